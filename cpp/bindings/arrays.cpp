@@ -1,0 +1,158 @@
+#include "arrays.h"
+
+#include <algorithm>
+
+#include "device_array.h"
+
+namespace fastopt {
+
+void raise_value(const std::string& msg) { throw py::value_error(msg); }
+void raise_type(const std::string& msg) { throw py::type_error(msg); }
+
+std::string ArgName::str() const {
+  return index < 0 ? std::string(name) : std::string(name) + "[" + std::to_string(index) + "]";
+}
+
+std::string device_str(int device) { return device == kCPU ? "cpu" : "cuda:" + std::to_string(device); }
+
+size_t itemsize(DType t) {
+  switch (t) {
+    case DType::f64:
+    case DType::i64: return 8;
+    case DType::f32:
+    case DType::i32: return 4;
+    default: return 1;
+  }
+}
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "float32";
+    case DType::f64: return "float64";
+    case DType::i32: return "int32";
+    case DType::i64: return "int64";
+    case DType::u8: return "uint8";
+    default: return "bool";
+  }
+}
+
+py::dtype numpy_dtype(DType t) { return py::dtype(dtype_name(t)); }
+
+static bool dtype_from_code(char kind, size_t size, DType* out) {
+  if (kind == 'f' && size == 4) *out = DType::f32;
+  else if (kind == 'f' && size == 8) *out = DType::f64;
+  else if (kind == 'i' && size == 4) *out = DType::i32;
+  else if (kind == 'i' && size == 8) *out = DType::i64;
+  else if (kind == 'u' && size == 1) *out = DType::u8;
+  else if (kind == 'b' && size == 1) *out = DType::b1;
+  else return false;
+  return true;
+}
+
+DType dtype_from_numpy(const py::dtype& dt) {
+  DType t;
+  if (!dtype_from_code(dt.kind(), dt.itemsize(), &t) || dt.byteorder() == '>')
+    raise_type("unsupported dtype " + py::str(dt).cast<std::string>());
+  return t;
+}
+
+static void check_dtype(DType got, const DType* want, const ArgName& name) {
+  if (want && got != *want)
+    raise_type(name.str() + ": expected a " + dtype_name(*want) + " array, got " + dtype_name(got) +
+               " (fastopt never converts, so in-place results cannot land in a copy)");
+}
+
+static ArrayView view_numpy(const py::array& arr, const ArgName& name, bool writable, const DType* want) {
+  ArrayView v;
+  DType t;
+  const py::dtype dt = arr.dtype();
+  if (!dtype_from_code(dt.kind(), dt.itemsize(), &t) || dt.byteorder() == '>')
+    raise_type(name.str() + ": unsupported dtype " + py::str(dt).cast<std::string>());
+  check_dtype(t, want, name);
+  if (!(arr.flags() & py::array::c_style))
+    raise_value(name.str() + ": array must be C-contiguous (use numpy.ascontiguousarray)");
+  if (writable && !arr.writeable()) raise_value(name.str() + ": array is read-only but is written in place");
+  v.data = const_cast<void*>(arr.data());
+  v.shape.assign(arr.shape(), arr.shape() + arr.ndim());
+  v.numel = arr.size();
+  v.dtype = t;
+  v.writable = arr.writeable();
+  return v;
+}
+
+static ArrayView view_cuda_interface(py::handle obj, const ArgName& name, bool writable, const DType* want) {
+  py::dict cai;
+  try {
+    cai = obj.attr("__cuda_array_interface__").cast<py::dict>();
+  } catch (py::error_already_set&) {
+    raise_type(name.str() + ": __cuda_array_interface__ is not a dict");
+  }
+  ArrayView v;
+  const py::tuple data = cai["data"].cast<py::tuple>();
+  v.data = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
+  v.writable = !data[1].cast<bool>();
+  const std::string typestr = cai["typestr"].cast<std::string>();
+  DType t;
+  if (typestr.size() < 3 || typestr[0] == '>' ||
+      !dtype_from_code(typestr[1], std::stoul(typestr.substr(2)), &t))
+    raise_type(name.str() + ": unsupported typestr '" + typestr + "'");
+  check_dtype(t, want, name);
+  v.dtype = t;
+  v.numel = 1;
+  for (auto d : cai["shape"].cast<py::tuple>()) {
+    v.shape.push_back(d.cast<int64_t>());
+    v.numel *= v.shape.back();
+  }
+  if (cai.contains("strides") && !cai["strides"].is_none()) {
+    const py::tuple strides = cai["strides"].cast<py::tuple>();
+    int64_t expect = static_cast<int64_t>(itemsize(t));
+    for (int64_t i = static_cast<int64_t>(v.shape.size()) - 1; i >= 0; --i) {
+      if (v.shape[i] != 1 && strides[i].cast<int64_t>() != expect && v.numel > 0)
+        raise_value(name.str() + ": CUDA array must be C-contiguous");
+      expect *= v.shape[i];
+    }
+  }
+  if (writable && !v.writable) raise_value(name.str() + ": CUDA array is read-only but is written in place");
+  v.device = cuda_device_of(v.data);
+  return v;
+}
+
+ArrayView view_array(py::handle obj, const ArgName& name, bool writable, const DType* want) {
+  if (py::isinstance<py::array>(obj)) return view_numpy(py::reinterpret_borrow<py::array>(obj), name, writable, want);
+  if (py::isinstance<DeviceArray>(obj)) {
+    const DeviceArray& d = obj.cast<const DeviceArray&>();
+    check_dtype(d.dtype, want, name);
+    ArrayView v;
+    v.data = d.data();
+    v.shape = d.shape;
+    v.numel = d.numel();
+    v.dtype = d.dtype;
+    v.device = d.device();
+    return v;
+  }
+  if (py::hasattr(obj, "__cuda_array_interface__")) return view_cuda_interface(obj, name, writable, want);
+  raise_type(name.str() + ": expected a numpy.ndarray or a CUDA array (fastopt.DeviceArray, CuPy, PyTorch), got " +
+             py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+}
+
+void require_same_device(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn) {
+  if (a.device != b.device)
+    raise_value(bn.str() + " is on " + device_str(b.device) + " but " + an.str() + " is on " + device_str(a.device) +
+                ": all arrays of one call must be on the same device");
+}
+
+void require_disjoint(std::vector<ByteRange> ranges, const std::vector<const char*>& names) {
+  ranges.erase(std::remove_if(ranges.begin(), ranges.end(), [](const ByteRange& r) { return r.begin == r.end; }),
+               ranges.end());
+  std::sort(ranges.begin(), ranges.end(), [](const ByteRange& a, const ByteRange& b) { return a.begin < b.begin; });
+  size_t reach = 0;  // the range that extends furthest so far
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    if (ranges[i].begin < ranges[reach].end)
+      raise_value(ArgName{names[ranges[i].arg], ranges[i].index}.str() + " and " +
+                  ArgName{names[ranges[reach].arg], ranges[reach].index}.str() +
+                  " share memory; they must be distinct arrays");
+    if (ranges[i].end > ranges[reach].end) reach = i;
+  }
+}
+
+}  // namespace fastopt

@@ -1,0 +1,69 @@
+// Turning Python arguments into raw views: NumPy arrays (CPU), fastopt.DeviceArray, and any
+// object with __cuda_array_interface__ (CuPy, PyTorch, Numba), all zero-copy. Every check
+// failure raises a Python exception that names the argument, e.g. "grads[3]: ...".
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace fastopt {
+namespace py = pybind11;
+
+enum class DType : uint8_t { f32, f64, i32, i64, u8, b1 };
+
+size_t itemsize(DType t);
+const char* dtype_name(DType t);
+DType dtype_from_numpy(const py::dtype& dt);  // TypeError for anything else
+py::dtype numpy_dtype(DType t);
+
+constexpr int kCPU = -1;  // device id of host memory; GPUs are 0, 1, ...
+
+// Where an argument came from, for error messages: "name" or "name[index]".
+struct ArgName {
+  const char* name;
+  int64_t index = -1;
+  std::string str() const;
+};
+
+struct ArrayView {
+  void* data = nullptr;
+  std::vector<int64_t> shape;
+  int64_t numel = 0;
+  DType dtype = DType::f32;
+  int device = kCPU;
+  bool writable = true;
+};
+
+std::string device_str(int device);
+
+// Parses obj; checks C-contiguity (and writability when `writable`). With want_dtype set the
+// dtype must match exactly: nothing is ever converted, since a converted copy would silently
+// swallow an in-place update.
+ArrayView view_array(py::handle obj, const ArgName& name, bool writable, const DType* want_dtype);
+
+inline ArrayView view_f32(py::handle obj, const ArgName& name, bool writable) {
+  const DType f = DType::f32;
+  return view_array(obj, name, writable, &f);
+}
+
+// Raises ValueError unless a and b live on the same device.
+void require_same_device(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn);
+
+[[noreturn]] void raise_value(const std::string& msg);
+[[noreturn]] void raise_type(const std::string& msg);
+
+// The byte ranges an operation writes must not overlap anything else it touches.
+struct ByteRange {
+  uintptr_t begin;
+  uintptr_t end;
+  int32_t arg;    // index into the caller's name table
+  int64_t index;
+};
+// Raises ValueError naming both arguments when two non-empty ranges overlap.
+void require_disjoint(std::vector<ByteRange> ranges, const std::vector<const char*>& names);
+
+}  // namespace fastopt

@@ -1,0 +1,46 @@
+// fastopt.DeviceArray: a minimal GPU array owned by fastopt. Memory comes from the CUDA
+// stream-ordered allocator on the stream it was made for, and goes back to it on that stream.
+#pragma once
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "arrays.h"
+
+namespace fastopt {
+
+struct Allocation {
+  void* ptr = nullptr;
+  size_t nbytes = 0;
+  int device = 0;
+  uintptr_t stream = 0;
+  Allocation(size_t nbytes, int device, uintptr_t stream);
+  ~Allocation();
+  Allocation(const Allocation&) = delete;
+  Allocation& operator=(const Allocation&) = delete;
+};
+
+struct DeviceArray {
+  std::shared_ptr<Allocation> alloc;
+  size_t offset = 0;  // bytes into alloc
+  std::vector<int64_t> shape;
+  DType dtype = DType::f32;
+
+  void* data() const { return static_cast<char*>(alloc->ptr) + offset; }
+  int64_t numel() const;
+  size_t nbytes() const { return static_cast<size_t>(numel()) * itemsize(dtype); }
+  int device() const { return alloc->device; }
+};
+
+bool cuda_compiled();
+int cuda_device_count();              // 0 without CUDA support, driver or GPU
+int cuda_device_of(const void* ptr);  // for CUDA-array-interface pointers
+void require_cuda(const char* what);  // RuntimeError unless a GPU can be used
+
+DeviceArray device_empty(std::vector<int64_t> shape, DType dtype, int device, uintptr_t stream);
+
+void bind_device_array(py::module_& m);
+
+}  // namespace fastopt

@@ -1,0 +1,79 @@
+// fastopt._C: the one extension module. Arrays are parsed in arrays.cpp, ops are bound per
+// family; this file holds the module, build facts and device queries.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "arrays.h"
+#include "device_array.h"
+#include "fastopt/backend.h"
+
+namespace py = pybind11;
+
+namespace fastopt {
+void bind_optim(py::module_& m);
+}
+
+PYBIND11_MODULE(_C, m) {
+  using namespace fastopt;
+  m.doc() = "fastopt native kernels (CPU, and CUDA when built with it)";
+
+  m.def("build_info", [] {
+    py::dict d;
+    d["version"] = FASTOPT_VERSION;
+    d["cuda"] = cuda_compiled();
+#ifdef FASTOPT_WITH_CUDA
+    d["cuda_version"] = FASTOPT_CUDA_VERSION;
+    d["cuda_architectures"] = FASTOPT_CUDA_ARCHS;
+#else
+    d["cuda_version"] = py::none();
+    d["cuda_architectures"] = py::none();
+#endif
+#ifdef FASTOPT_OPENMP
+    d["openmp"] = true;
+#else
+    d["openmp"] = false;
+#endif
+    d["cpu_threads"] = cpu::num_threads();
+    d["simd_compiled"] = FASTOPT_ISA_LIST;
+    d["simd"] = cpu::isa();
+    d["compiler"] = FASTOPT_CXX_COMPILER;
+    return d;
+  });
+
+  py::module_ c = m.def_submodule("cuda", "CUDA device queries");
+  c.def("is_compiled", &cuda_compiled);
+  c.def("device_count", &cuda_device_count, "GPUs usable here; 0 without a GPU or driver (never an error).");
+  c.def("device_name", [](int device) -> std::string {
+    require_cuda("fastopt.cuda.device_name");
+    if (device < 0 || device >= cuda_device_count()) raise_value("device: no GPU " + std::to_string(device));
+#ifdef FASTOPT_WITH_CUDA
+    return cuda::device_name(device);
+#else
+    return "";
+#endif
+  }, py::arg("device") = 0);
+  c.def("runtime_version", [] {
+#ifdef FASTOPT_WITH_CUDA
+    return cuda::runtime_version();
+#else
+    return 0;
+#endif
+  });
+  c.def("driver_version", [] {
+#ifdef FASTOPT_WITH_CUDA
+    return cuda::driver_version();
+#else
+    return 0;
+#endif
+  });
+  c.def("synchronize", [](uintptr_t stream) {
+    require_cuda("fastopt.cuda.synchronize");
+#ifdef FASTOPT_WITH_CUDA
+    py::gil_scoped_release nogil;
+    cuda::synchronize(reinterpret_cast<void*>(stream));
+#endif
+  }, py::arg("stream") = 0);
+
+  bind_device_array(m);
+  bind_optim(m);
+}

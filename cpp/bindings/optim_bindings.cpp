@@ -1,0 +1,315 @@
+// Python entry points for the fused optimizer step and the gradient-norm family. Each one
+// validates everything it is handed, releases the GIL, and dispatches on the arrays' device.
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "arrays.h"
+#include "device_array.h"
+#include "fastopt/backend.h"
+
+namespace fastopt {
+namespace {
+
+// Checking that no two of thousands of arrays overlap costs a sort; an optimizer passes the
+// same arrays step after step, so remember the last few sets that passed.
+class DisjointCache {
+ public:
+  bool seen(uint64_t key) const {
+    for (uint64_t k : keys_)
+      if (k == key) return true;
+    return false;
+  }
+  void add(uint64_t key) { keys_[next_++ % keys_.size()] = key; }
+
+ private:
+  std::array<uint64_t, 16> keys_{};
+  size_t next_ = 0;
+};
+
+uint64_t mix(uint64_t h, uint64_t v) { return (h ^ v) * 0x100000001b3ULL + (h >> 29); }
+
+void check_disjoint(std::vector<ByteRange>&& ranges, const std::vector<const char*>& names) {
+  static DisjointCache cache;  // guarded by the GIL
+  uint64_t key = 0xcbf29ce484222325ULL;
+  for (const ByteRange& r : ranges) key = mix(mix(key, r.begin), r.end);
+  if (cache.seen(key)) return;
+  require_disjoint(std::move(ranges), names);
+  cache.add(key);
+}
+
+ByteRange range_of(const ArrayView& v, int32_t arg, int64_t index) {
+  const auto b = reinterpret_cast<uintptr_t>(v.data);
+  return {b, b + static_cast<uintptr_t>(v.numel) * itemsize(v.dtype), arg, index};
+}
+
+void require_same_shape(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn) {
+  if (a.shape != b.shape) {
+    auto fmt = [](const std::vector<int64_t>& s) {
+      std::string o = "(";
+      for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+      return o + (s.size() == 1 ? ",)" : ")");
+    };
+    raise_value(bn.str() + ": shape " + fmt(b.shape) + " does not match " + an.str() + " shape " + fmt(a.shape));
+  }
+}
+
+std::vector<Span> grad_spans(py::sequence grads, bool writable, int* device) {
+  const int64_t n = static_cast<int64_t>(py::len(grads));
+  std::vector<Span> spans(n);
+  ArrayView first;
+  for (int64_t i = 0; i < n; ++i) {
+    const ArgName name{"grads", i};
+    ArrayView v = view_f32(grads[i], name, writable);
+    if (i == 0) first = v;
+    else require_same_device(first, ArgName{"grads", 0}, v, name);
+    spans[i] = Span{static_cast<float*>(v.data), v.numel};
+  }
+  if (writable) {
+    std::vector<ByteRange> ranges;
+    for (int64_t i = 0; i < n; ++i) {
+      const auto b = reinterpret_cast<uintptr_t>(spans[i].data);
+      ranges.push_back({b, b + static_cast<uintptr_t>(spans[i].numel) * 4, 0, i});
+    }
+    check_disjoint(std::move(ranges), {"grads"});
+  }
+  *device = n ? first.device : kCPU;
+  return spans;
+}
+
+// The two 0-d device results of a GPU norm pass share one 8-byte allocation.
+std::pair<DeviceArray, DeviceArray> device_scalars(int device, uintptr_t stream) {
+  DeviceArray norm;
+  norm.dtype = DType::f32;
+  norm.alloc = std::make_shared<Allocation>(8, device, stream);
+  DeviceArray flag = norm;
+  flag.dtype = DType::i32;
+  flag.offset = 4;
+  return {norm, flag};
+}
+
+py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence states, py::handle steps,
+                     py::sequence groups, py::sequence group_of, py::object max_norm, bool skip_nonfinite,
+                     uintptr_t stream) {
+  const int64_t n = static_cast<int64_t>(py::len(params));
+  if (static_cast<int64_t>(py::len(grads)) != n)
+    raise_value("grads: got " + std::to_string(py::len(grads)) + " gradients for " + std::to_string(n) + " parameters");
+  if (static_cast<int64_t>(py::len(states)) != n) raise_value("states: needs one tuple of buffers per parameter");
+  if (static_cast<int64_t>(py::len(group_of)) != n) raise_value("group_of: needs one group index per parameter");
+
+  std::vector<Hyper> hypers;
+  for (py::handle g : groups) {
+    hypers.push_back(g.cast<Hyper>());
+    const int k = static_cast<int>(hypers.back().kind);
+    if (k < 0 || k >= kNumOptKinds) raise_value("groups: unknown optimizer kind " + std::to_string(k));
+  }
+
+  std::vector<TensorRef> refs(n);
+  std::vector<ByteRange> ranges;
+  ranges.reserve(n * 5 + 1);
+  ArrayView first;
+  for (int64_t i = 0; i < n; ++i) {
+    const ArgName pn{"params", i}, gn{"grads", i}, sn{"states", i};
+    const ArrayView p = view_f32(params[i], pn, true);
+    const ArrayView g = view_f32(grads[i], gn, false);
+    if (i == 0) first = p;
+    else require_same_device(first, ArgName{"params", 0}, p, pn);
+    require_same_device(p, pn, g, gn);
+    require_same_shape(p, pn, g, gn);
+    const int64_t gi = group_of[i].cast<int64_t>();
+    if (gi < 0 || gi >= static_cast<int64_t>(hypers.size()))
+      raise_value("group_of[" + std::to_string(i) + "]: no group " + std::to_string(gi));
+    TensorRef& r = refs[i];
+    r.param = static_cast<float*>(p.data);
+    r.grad = static_cast<const float*>(g.data);
+    r.numel = p.numel;
+    r.group = static_cast<int32_t>(gi);
+    r.state[0] = r.state[1] = r.state[2] = nullptr;
+    ranges.push_back(range_of(p, 0, i));
+    ranges.push_back(range_of(g, 1, i));
+    const py::sequence bufs = py::reinterpret_borrow<py::sequence>(states[i]);
+    const int ns = num_states(hypers[gi].kind);
+    if (static_cast<int>(py::len(bufs)) != ns)
+      raise_value(sn.str() + ": this rule keeps " + std::to_string(ns) + " state buffers per parameter, got " +
+                  std::to_string(py::len(bufs)));
+    for (int k = 0; k < ns; ++k) {
+      const ArrayView s = view_f32(bufs[k], sn, true);
+      require_same_device(p, pn, s, sn);
+      require_same_shape(p, pn, s, sn);
+      r.state[k] = static_cast<float*>(s.data);
+      ranges.push_back(range_of(s, 2, i));
+    }
+  }
+  const DType i64 = DType::i64;
+  const ArrayView st = view_array(steps, ArgName{"steps"}, true, &i64);
+  if (st.numel != n) raise_value("steps: needs one counter per parameter");
+  if (n) require_same_device(first, ArgName{"params", 0}, st, ArgName{"steps"});
+  ranges.push_back(range_of(st, 3, -1));
+  check_disjoint(std::move(ranges), {"params", "grads", "states", "steps"});
+
+  StepRequest req{};
+  req.groups = hypers.data();
+  req.num_groups = static_cast<int32_t>(hypers.size());
+  req.tensors = refs.data();
+  req.num_tensors = n;
+  req.steps = static_cast<int64_t*>(st.data);
+  req.clip = !max_norm.is_none();
+  req.max_norm = req.clip ? max_norm.cast<double>() : 0.0;
+  if (req.clip && !(req.max_norm >= 0.0)) raise_value("max_grad_norm: must be >= 0, got " + std::to_string(req.max_norm));
+  req.check_finite = req.clip || skip_nonfinite;
+
+  const int device = n ? first.device : kCPU;
+  if (device == kCPU) {
+    cpu::StepOutcome out;
+    {
+      py::gil_scoped_release nogil;
+      out = cpu::optim_step(req);
+    }
+    return py::make_tuple(out.has_norm ? py::object(py::float_(out.norm)) : py::object(py::none()), out.skipped);
+  }
+#ifdef FASTOPT_WITH_CUDA
+  if (!req.check_finite) {
+    py::gil_scoped_release nogil;
+    cuda::set_device(device);
+    cuda::optim_step(req, nullptr, nullptr, reinterpret_cast<void*>(stream));
+    return py::make_tuple(py::none(), false);
+  }
+  auto [norm, flag] = device_scalars(device, stream);
+  {
+    py::gil_scoped_release nogil;
+    cuda::set_device(device);
+    cuda::optim_step(req, static_cast<float*>(norm.data()), static_cast<int32_t*>(flag.data()),
+                     reinterpret_cast<void*>(stream));
+  }
+  return py::make_tuple(py::cast(norm), py::cast(flag));
+#else
+  (void)stream;
+  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
+}
+
+double norm_type_arg(double p) {
+  if (!(p > 0.0)) raise_value("norm_type: must be > 0 or inf, got " + std::to_string(p));
+  return p;
+}
+
+py::object grad_norm(py::sequence grads, double p, uintptr_t stream) {
+  norm_type_arg(p);
+  int device;
+  const std::vector<Span> spans = grad_spans(grads, false, &device);
+  if (device == kCPU) {
+    py::gil_scoped_release nogil;
+    const double r = cpu::grad_norm(spans.data(), static_cast<int64_t>(spans.size()), p);
+    py::gil_scoped_acquire gil;
+    return py::float_(r);
+  }
+#ifdef FASTOPT_WITH_CUDA
+  DeviceArray out = device_empty({}, DType::f32, device, stream);
+  {
+    py::gil_scoped_release nogil;
+    cuda::set_device(device);
+    cuda::grad_norm(spans.data(), static_cast<int64_t>(spans.size()), p, static_cast<float*>(out.data()),
+                    reinterpret_cast<void*>(stream));
+  }
+  return py::cast(out);
+#else
+  (void)stream;
+  throw std::runtime_error("unreachable");
+#endif
+}
+
+void clip_by_norm_(py::sequence grads, py::handle norm, double max_norm, uintptr_t stream) {
+  if (!(max_norm >= 0.0)) raise_value("max_norm: must be >= 0, got " + std::to_string(max_norm));
+  int device;
+  const std::vector<Span> spans = grad_spans(grads, true, &device);
+  const int64_t n = static_cast<int64_t>(spans.size());
+  if (device == kCPU) {
+    const double total = norm.cast<double>();
+    // torch clamps the coefficient with clamp(max=1), which keeps a NaN norm's NaN.
+    const double coef = std::isnan(total) ? total : std::fmin(1.0, max_norm / (total + 1e-6));
+    if (coef < 1.0 || std::isnan(coef)) {
+      py::gil_scoped_release nogil;
+      cpu::scale(spans.data(), n, static_cast<float>(coef));
+    }
+    return;
+  }
+#ifdef FASTOPT_WITH_CUDA
+  const DType f32 = DType::f32;
+  const ArrayView nv = view_array(norm, ArgName{"norm"}, false, &f32);
+  if (nv.numel != 1) raise_value("norm: must hold one value");
+  require_same_device(ArrayView{nullptr, {}, 0, DType::f32, device}, ArgName{"grads", 0}, nv, ArgName{"norm"});
+  py::gil_scoped_release nogil;
+  cuda::set_device(device);
+  cuda::clip_scale(spans.data(), n, static_cast<const float*>(nv.data), max_norm, reinterpret_cast<void*>(stream));
+#else
+  (void)stream;
+#endif
+}
+
+void clamp_(py::sequence grads, double lo, double hi, uintptr_t stream) {
+  if (!(lo <= hi)) raise_value("clip_value: the range [" + std::to_string(lo) + ", " + std::to_string(hi) + "] is empty");
+  int device;
+  const std::vector<Span> spans = grad_spans(grads, true, &device);
+  const int64_t n = static_cast<int64_t>(spans.size());
+  py::gil_scoped_release nogil;
+  if (device == kCPU) {
+    cpu::clamp(spans.data(), n, static_cast<float>(lo), static_cast<float>(hi));
+    return;
+  }
+#ifdef FASTOPT_WITH_CUDA
+  cuda::set_device(device);
+  cuda::clamp(spans.data(), n, static_cast<float>(lo), static_cast<float>(hi), reinterpret_cast<void*>(stream));
+#else
+  (void)stream;
+#endif
+}
+
+}  // namespace
+
+void bind_optim(py::module_& m) {
+  py::class_<Hyper>(m, "Hyper", "One parameter group's hyper-parameters for a step (see fastopt.optim).")
+      .def(py::init<>())
+      .def_readwrite("kind", &Hyper::kind)
+      .def_readwrite("lr", &Hyper::lr)
+      .def_readwrite("weight_decay", &Hyper::weight_decay)
+      .def_readwrite("momentum", &Hyper::momentum)
+      .def_readwrite("dampening", &Hyper::dampening)
+      .def_readwrite("beta1", &Hyper::beta1)
+      .def_readwrite("beta2", &Hyper::beta2)
+      .def_readwrite("eps", &Hyper::eps)
+      .def_readwrite("alpha", &Hyper::alpha)
+      .def_readwrite("lr_decay", &Hyper::lr_decay)
+      .def_readwrite("decoupled_weight_decay", &Hyper::decoupled_weight_decay)
+      .def_readwrite("maximize", &Hyper::maximize);
+
+  py::enum_<OptKind>(m, "OptKind")
+      .value("SGD", OptKind::SGD)
+      .value("SGD_MOMENTUM", OptKind::SGD_MOMENTUM)
+      .value("SGD_NESTEROV", OptKind::SGD_NESTEROV)
+      .value("ADAGRAD", OptKind::ADAGRAD)
+      .value("RMSPROP", OptKind::RMSPROP)
+      .value("RMSPROP_MOMENTUM", OptKind::RMSPROP_MOMENTUM)
+      .value("RMSPROP_CENTERED", OptKind::RMSPROP_CENTERED)
+      .value("RMSPROP_CENTERED_MOMENTUM", OptKind::RMSPROP_CENTERED_MOMENTUM)
+      .value("ADAM", OptKind::ADAM)
+      .value("ADAM_AMSGRAD", OptKind::ADAM_AMSGRAD);
+  m.def("num_states", [](int k) {
+    if (k < 0 || k >= kNumOptKinds) raise_value("kind: unknown optimizer kind " + std::to_string(k));
+    return num_states(static_cast<OptKind>(k));
+  });
+
+  m.def("optim_step", &optim_step, py::arg("params"), py::arg("grads"), py::arg("states"),
+        py::arg("steps"), py::arg("groups"), py::arg("group_of"), py::arg("max_norm") = py::none(),
+        py::arg("skip_nonfinite") = false, py::arg("stream") = 0,
+        "One fused step over all tensors. Returns (norm, skipped): Python scalars on the CPU, "
+        "0-d DeviceArrays on the GPU (None, False when no norm pass ran).");
+  m.def("grad_norm", &grad_norm, py::arg("grads"), py::arg("norm_type") = 2.0, py::arg("stream") = 0);
+  m.def("clip_by_norm_", &clip_by_norm_, py::arg("grads"), py::arg("norm"), py::arg("max_norm"),
+        py::arg("stream") = 0);
+  m.def("clamp_", &clamp_, py::arg("grads"), py::arg("lo"), py::arg("hi"), py::arg("stream") = 0);
+}
+
+}  // namespace fastopt

@@ -1,0 +1,120 @@
+// Global gradient norms and in-place clipping on the CPU.
+//
+//   ||g||_p = (sum over all tensors and elements |g_i|^p)^(1/p);  p = inf: max |g_i|
+//   clip by norm: g *= min(1, max_norm / (||g|| + 1e-6));  clip by value: g = min(max(g, lo), hi)
+//
+// Traffic: a norm reads 4 B/element; scale and clamp read and write 8 B/element.
+// Sums accumulate in double over 16 fixed lanes per chunk, and chunks are combined in order, so
+// the result is the same for any thread count and any ISA level. In double a sum of float
+// squares cannot overflow, so a non-finite sum means a non-finite gradient.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels.h"
+
+namespace fastopt::cpu::FASTOPT_ISA {
+namespace {
+
+constexpr int kLanes = 16;
+
+template <class Acc, class Combine>
+double reduce_chunks(const Span* grads, int64_t n, Acc acc_of_range, Combine combine, double init) {
+  const std::vector<Chunk> chunks = make_chunks(n, [&](int64_t t) { return grads[t].numel; });
+  const int64_t nc = static_cast<int64_t>(chunks.size());
+  std::vector<double> partial(nc);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < nc; ++c) {
+    const Chunk& ch = chunks[c];
+    partial[c] = acc_of_range(grads[ch.tensor].data + ch.begin, ch.end - ch.begin);
+  }
+  double total = init;
+  for (double v : partial) total = combine(total, v);
+  return total;
+}
+
+template <class F>
+double lane_sum(const float* __restrict x, int64_t n, F f) {
+  double acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += f(static_cast<double>(x[i + j]));
+  for (int j = 0; i < n; ++i, ++j) acc[j] += f(static_cast<double>(x[i]));
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
+  return acc[0];
+}
+
+// max |x| that propagates NaN, as torch's inf-norm does.
+double nan_max_abs(const float* __restrict x, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const float a = std::fabs(x[i + j]);
+      acc[j] = (a > acc[j] || a != a) ? a : acc[j];
+    }
+  for (int j = 0; i < n; ++i, ++j) {
+    const float a = std::fabs(x[i]);
+    acc[j] = (a > acc[j] || a != a) ? a : acc[j];
+  }
+  float m = 0.0f;
+  for (float a : acc) m = (a > m || a != a) ? a : m;
+  return m;
+}
+
+double plus(double a, double b) { return a + b; }
+double nan_max(double a, double b) {
+  if (a != a || b != b) return std::numeric_limits<double>::quiet_NaN();
+  return a > b ? a : b;
+}
+
+}  // namespace
+
+double sum_squares(const Span* grads, int64_t n) {
+  return reduce_chunks(
+      grads, n, [](const float* x, int64_t m) { return lane_sum(x, m, [](double v) { return v * v; }); },
+      plus, 0.0);
+}
+
+double grad_norm(const Span* grads, int64_t n, double p) {
+  if (p == 2.0) return std::sqrt(sum_squares(grads, n));
+  if (std::isinf(p)) return reduce_chunks(grads, n, nan_max_abs, nan_max, 0.0);
+  if (p == 1.0)
+    return reduce_chunks(
+        grads, n, [](const float* x, int64_t m) { return lane_sum(x, m, [](double v) { return std::fabs(v); }); },
+        plus, 0.0);
+  const double s = reduce_chunks(
+      grads, n,
+      [p](const float* x, int64_t m) { return lane_sum(x, m, [p](double v) { return std::pow(std::fabs(v), p); }); },
+      plus, 0.0);
+  return std::pow(s, 1.0 / p);
+}
+
+void scale(const Span* grads, int64_t n, float coef) {
+  const std::vector<Chunk> chunks = make_chunks(n, [&](int64_t t) { return grads[t].numel; });
+  const int64_t nc = static_cast<int64_t>(chunks.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < nc; ++c) {
+    float* __restrict x = grads[chunks[c].tensor].data;
+#pragma omp simd
+    for (int64_t i = chunks[c].begin; i < chunks[c].end; ++i) x[i] *= coef;
+  }
+}
+
+void clamp(const Span* grads, int64_t n, float lo, float hi) {
+  const std::vector<Chunk> chunks = make_chunks(n, [&](int64_t t) { return grads[t].numel; });
+  const int64_t nc = static_cast<int64_t>(chunks.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < nc; ++c) {
+    float* __restrict x = grads[chunks[c].tensor].data;
+#pragma omp simd
+    for (int64_t i = chunks[c].begin; i < chunks[c].end; ++i) {
+      // NaN stays NaN, as torch.clamp does.
+      const float v = x[i];
+      x[i] = v < lo ? lo : (v > hi ? hi : v);
+    }
+  }
+}
+
+}  // namespace fastopt::cpu::FASTOPT_ISA

@@ -1,0 +1,89 @@
+// The interface between the Python bindings and the two backends (cpp/cpu, cuda/). Bindings
+// validate every argument before calling in here; backends trust what they are given.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "fastopt/common.h"
+#include "fastopt/optim_rules.h"
+
+namespace fastopt {
+
+// One parameter tensor in an optimizer step: all pointers address `numel` floats on the same
+// device, none aliases another.
+struct TensorRef {
+  float* param;
+  const float* grad;
+  float* state[3];  // num_states(groups[group].kind) of them are used
+  int64_t numel;
+  int32_t group;    // index into StepRequest::groups
+};
+
+// The update rule is per group (Hyper::kind), so one call steps every group of an optimizer
+// and the clipping norm is global over all of them.
+struct StepRequest {
+  const Hyper* groups;
+  int32_t num_groups;
+  const TensorRef* tensors;
+  int64_t num_tensors;
+  int64_t* steps;       // per tensor, same device as the tensors; incremented unless skipped
+  bool clip;            // scale gradients by min(1, max_norm / (||g||_2 + 1e-6))
+  double max_norm;
+  bool check_finite;    // skip the whole step (nothing written) if any gradient is NaN/Inf
+};
+
+// Norm kinds for the standalone reductions: p = 2 is the usual; p = inf is max |g|.
+struct NormSpec {
+  double p;
+};
+
+namespace cpu {
+
+struct StepOutcome {
+  bool has_norm;  // a norm pass ran (clip or check_finite)
+  double norm;    // global L2 norm of the gradients before clipping
+  bool skipped;
+};
+
+StepOutcome optim_step(const StepRequest& req);
+double grad_norm(const Span* grads, int64_t n, double p);   // sum over all tensors
+void scale(const Span* grads, int64_t n, float coef);
+void clamp(const Span* grads, int64_t n, float lo, float hi);
+
+std::string isa();    // the instruction set the kernels were dispatched to
+int num_threads();
+
+}  // namespace cpu
+
+namespace cuda {
+
+// Device management. device_count() is 0 (never an error) without a GPU or driver.
+int device_count();
+std::string device_name(int device);
+int runtime_version();
+int driver_version();
+int current_device();
+void set_device(int device);
+int pointer_device(const void* ptr);   // device owning ptr, -1 for host memory
+
+void* malloc_async(size_t nbytes, void* stream);
+void free_async(void* ptr, void* stream);
+void memcpy_h2d(void* dst, const void* src, size_t nbytes, void* stream);  // synchronous for the host
+void memcpy_d2h(void* dst, const void* src, size_t nbytes, void* stream);  // synchronous for the host
+void memcpy_d2d(void* dst, const void* src, size_t nbytes, void* stream);  // asynchronous
+void memset_async(void* ptr, int value, size_t nbytes, void* stream);
+void synchronize(void* stream);
+
+// The fused multi-tensor step. All pointers are device memory. norm_out (float) and
+// skipped_out (int32) receive the pre-clip L2 norm and the skip flag when a norm pass runs
+// (req.clip or req.check_finite); they may be null otherwise. Never waits for the host.
+void optim_step(const StepRequest& req, float* norm_out, int32_t* skipped_out, void* stream);
+
+// Standalone reductions and in-place updates over a list of device tensors.
+void grad_norm(const Span* grads, int64_t n, double p, float* norm_out, void* stream);
+// grads *= min(1, max_norm / (norm + 1e-6)), reading norm from device memory.
+void clip_scale(const Span* grads, int64_t n, const float* norm, double max_norm, void* stream);
+void clamp(const Span* grads, int64_t n, float lo, float hi, void* stream);
+
+}  // namespace cuda
+}  // namespace fastopt

@@ -1,0 +1,190 @@
+// The per-element optimizer update rules, written once and called by both the CPU loops
+// (cpp/cpu/optim.cpp) and the CUDA kernels (cuda/optim.cu), so the backends cannot drift.
+//
+// Formulas follow torch.optim's documented single-tensor implementations operation by operation
+// (same order of float32 operations where it matters: lerp for the first moment, sqrt(v)/bc2 + eps
+// for Adam's denominator), so a trajectory matches torch to float32 rounding.
+//
+//   g  <- clip * g, negated when maximize; g <- g + wd * p (L2 weight decay, not AdamW)
+//   SGD:       p -= lr * g
+//   momentum:  b = g on the first step, else b = mu * b + (1 - dampening) * g;
+//              p -= lr * b            (nesterov: p -= lr * (g + mu * b))
+//   Adagrad:   s += g^2;  p -= clr * g / (sqrt(s) + eps),  clr = lr / (1 + (t - 1) lr_decay)
+//   RMSprop:   v = alpha v + (1 - alpha) g^2;  centered: a = lerp(a, g, 1 - alpha), v~ = v - a^2
+//              d = sqrt(v~) + eps;  momentum: b = mu b + g / d, p -= lr b;  else p -= lr g / d
+//   Adam:      p *= 1 - lr wd (AdamW only);  m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2
+//              (AMSGrad: vmax = max(vmax, v), used in place of v)
+//              p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "fastopt/common.h"
+
+namespace fastopt {
+
+// One kind per distinct state layout / inner loop. AdamW is ADAM with a decoupled decay.
+enum class OptKind : int {
+  SGD = 0,
+  SGD_MOMENTUM = 1,
+  SGD_NESTEROV = 2,
+  ADAGRAD = 3,
+  RMSPROP = 4,
+  RMSPROP_MOMENTUM = 5,
+  RMSPROP_CENTERED = 6,
+  RMSPROP_CENTERED_MOMENTUM = 7,
+  ADAM = 8,
+  ADAM_AMSGRAD = 9,
+};
+constexpr int kNumOptKinds = 10;
+
+// State buffers per parameter, in order:
+//   SGD_MOMENTUM/NESTEROV: momentum_buffer      ADAGRAD: sum
+//   RMSPROP: square_avg [, momentum_buffer] [, grad_avg]     ADAM: exp_avg, exp_avg_sq [, max_exp_avg_sq]
+FASTOPT_HD constexpr int num_states(OptKind k) {
+  return k == OptKind::SGD                         ? 0
+         : k == OptKind::SGD_MOMENTUM              ? 1
+         : k == OptKind::SGD_NESTEROV              ? 1
+         : k == OptKind::ADAGRAD                   ? 1
+         : k == OptKind::RMSPROP                   ? 1
+         : k == OptKind::RMSPROP_MOMENTUM          ? 2
+         : k == OptKind::RMSPROP_CENTERED          ? 2
+         : k == OptKind::RMSPROP_CENTERED_MOMENTUM ? 3
+         : k == OptKind::ADAM                      ? 2
+                                                   : 3;
+}
+
+// A parameter group's hyper-parameters for one step, as the user gave them (double, like
+// torch's Python scalars).
+struct Hyper {
+  OptKind kind = OptKind::SGD;  // groups of one optimizer may differ (momentum 0 in one, 0.9 in another)
+  double lr = 1e-3;
+  double weight_decay = 0.0;
+  double momentum = 0.0;
+  double dampening = 0.0;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double alpha = 0.99;
+  double lr_decay = 0.0;
+  bool decoupled_weight_decay = false;  // AdamW
+  bool maximize = false;
+};
+
+// The float32 scalars one tensor's update needs at step t (t counts from 1). Derived in double
+// and rounded once, as torch does when it passes Python floats into float32 kernels.
+struct StepScalars {
+  float sign;         // -1 when maximizing
+  float l2;           // added as g += l2 * p
+  float decay;        // p *= decay before the update (AdamW)
+  float lr;           // SGD/RMSprop lr, Adagrad's decayed lr, Adam's lr / (1 - beta1^t)
+  float eps;
+  float momentum;     // SGD and RMSprop momentum
+  float one_minus_dampening;
+  float one_minus_beta1;
+  float beta2;        // Adam beta2, RMSprop alpha
+  float one_minus_beta2;
+  float bc2_sqrt;     // sqrt(1 - beta2^t)
+  int first;          // t == 1: SGD's momentum buffer starts as g
+};
+
+FASTOPT_HD StepScalars prepare_step(const Hyper& h, OptKind k, int64_t t) {
+  StepScalars s;
+  const bool adam = k == OptKind::ADAM || k == OptKind::ADAM_AMSGRAD;
+  const bool rms = k >= OptKind::RMSPROP && k <= OptKind::RMSPROP_CENTERED_MOMENTUM;
+  const double td = static_cast<double>(t);
+  s.sign = h.maximize ? -1.0f : 1.0f;
+  s.l2 = h.decoupled_weight_decay ? 0.0f : static_cast<float>(h.weight_decay);
+  s.decay = h.decoupled_weight_decay ? static_cast<float>(1.0 - h.lr * h.weight_decay) : 1.0f;
+  s.eps = static_cast<float>(h.eps);
+  s.momentum = static_cast<float>(h.momentum);
+  s.one_minus_dampening = static_cast<float>(1.0 - h.dampening);
+  s.one_minus_beta1 = static_cast<float>(1.0 - h.beta1);
+  s.beta2 = static_cast<float>(rms ? h.alpha : h.beta2);
+  s.one_minus_beta2 = static_cast<float>(1.0 - (rms ? h.alpha : h.beta2));
+  s.bc2_sqrt = 1.0f;
+  s.first = t == 1;
+  if (adam) {
+    s.lr = static_cast<float>(h.lr / (1.0 - pow(h.beta1, td)));
+    s.bc2_sqrt = static_cast<float>(sqrt(1.0 - pow(h.beta2, td)));
+  } else if (k == OptKind::ADAGRAD) {
+    s.lr = static_cast<float>(h.lr / (1.0 + (td - 1.0) * h.lr_decay));
+  } else {
+    s.lr = static_cast<float>(h.lr);
+  }
+  return s;
+}
+
+// torch.lerp's two-sided form (exact at both ends).
+FASTOPT_HD float lerp(float a, float b, float w) {
+  return fabsf(w) < 0.5f ? a + w * (b - a) : b - (b - a) * (1.0f - w);
+}
+
+// One element's update. g arrives already multiplied by the clip coefficient and the sign.
+// s0..s2 are the element's state values in num_states(K) order (unused ones are ignored).
+template <OptKind K>
+FASTOPT_HD void update(const StepScalars& s, float g, float& p, float& s0, float& s1, float& s2) {
+  if (s.l2 != 0.0f) g = g + s.l2 * p;
+  if constexpr (K == OptKind::SGD) {
+    p = p - s.lr * g;
+  } else if constexpr (K == OptKind::SGD_MOMENTUM || K == OptKind::SGD_NESTEROV) {
+    s0 = s.first ? g : s.momentum * s0 + s.one_minus_dampening * g;
+    const float d = K == OptKind::SGD_NESTEROV ? g + s.momentum * s0 : s0;
+    p = p - s.lr * d;
+  } else if constexpr (K == OptKind::ADAGRAD) {
+    s0 = s0 + g * g;
+    p = p - s.lr * g / (sqrtf(s0) + s.eps);
+  } else if constexpr (K == OptKind::ADAM || K == OptKind::ADAM_AMSGRAD) {
+    p = p * s.decay;
+    s0 = lerp(s0, g, s.one_minus_beta1);
+    s1 = s.beta2 * s1 + s.one_minus_beta2 * g * g;
+    float v = s1;
+    if constexpr (K == OptKind::ADAM_AMSGRAD) {
+      s2 = fmaxf(s2, s1);
+      v = s2;
+    }
+    p = p - s.lr * s0 / (sqrtf(v) / s.bc2_sqrt + s.eps);
+  } else {  // RMSprop family: s0 square_avg, then momentum_buffer, then grad_avg
+    constexpr bool kMomentum = K == OptKind::RMSPROP_MOMENTUM || K == OptKind::RMSPROP_CENTERED_MOMENTUM;
+    constexpr bool kCentered = K == OptKind::RMSPROP_CENTERED || K == OptKind::RMSPROP_CENTERED_MOMENTUM;
+    s0 = s.beta2 * s0 + s.one_minus_beta2 * g * g;
+    float v = s0;
+    if constexpr (kCentered) {
+      float& a = kMomentum ? s2 : s1;
+      a = lerp(a, g, s.one_minus_beta2);
+      v = s0 - a * a;
+    }
+    const float d = sqrtf(v) + s.eps;
+    if constexpr (kMomentum) {
+      s1 = s.momentum * s1 + g / d;
+      p = p - s.lr * s1;
+    } else {
+      p = p - s.lr * g / d;
+    }
+  }
+}
+
+// Runs f(std::integral_constant<OptKind, k>) for the run-time kind k: the one switch both
+// backends use to instantiate their loops.
+template <OptKind K>
+struct KindTag {
+  static constexpr OptKind value = K;
+};
+
+template <class F>
+void dispatch_kind(OptKind k, F&& f) {
+  switch (k) {
+    case OptKind::SGD: f(KindTag<OptKind::SGD>{}); break;
+    case OptKind::SGD_MOMENTUM: f(KindTag<OptKind::SGD_MOMENTUM>{}); break;
+    case OptKind::SGD_NESTEROV: f(KindTag<OptKind::SGD_NESTEROV>{}); break;
+    case OptKind::ADAGRAD: f(KindTag<OptKind::ADAGRAD>{}); break;
+    case OptKind::RMSPROP: f(KindTag<OptKind::RMSPROP>{}); break;
+    case OptKind::RMSPROP_MOMENTUM: f(KindTag<OptKind::RMSPROP_MOMENTUM>{}); break;
+    case OptKind::RMSPROP_CENTERED: f(KindTag<OptKind::RMSPROP_CENTERED>{}); break;
+    case OptKind::RMSPROP_CENTERED_MOMENTUM: f(KindTag<OptKind::RMSPROP_CENTERED_MOMENTUM>{}); break;
+    case OptKind::ADAM: f(KindTag<OptKind::ADAM>{}); break;
+    case OptKind::ADAM_AMSGRAD: f(KindTag<OptKind::ADAM_AMSGRAD>{}); break;
+  }
+}
+
+}  // namespace fastopt

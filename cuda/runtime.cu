@@ -1,0 +1,111 @@
+/*
+Device management and memory for the bindings: thin wrappers over the CUDA runtime that turn
+errors into std::runtime_error (message from cudaGetErrorString), so nothing reachable from
+Python aborts.
+
+The runtime is linked statically, so this file is loaded on machines without a driver. There
+cudaGetDeviceCount fails (cudaErrorInsufficientDriver, cudaErrorNoDevice): that means "no GPU",
+so device_count() answers 0 and clears the error instead of throwing.
+
+`void* stream` is a cudaStream_t; 0 is the legacy default stream. Allocation is stream-ordered
+(cudaMallocAsync/cudaFreeAsync): no device-wide sync as with cudaMalloc/cudaFree. Host buffers
+handed to memcpy_h2d/d2h are pageable, so those copies end with a stream synchronize: the caller
+may free or read its host buffer on return.
+*/
+#include "fastopt/backend.h"
+#include "launch.cuh"
+
+namespace fastopt::cuda {
+
+using detail::as_stream;
+using detail::check;
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string device_name(int device) {
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+  return prop.name;
+}
+
+int runtime_version() {
+  int v = 0;
+  if (cudaRuntimeGetVersion(&v) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return v;
+}
+
+int driver_version() {
+  int v = 0;
+  if (cudaDriverGetVersion(&v) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return v;
+}
+
+int current_device() {
+  int d = 0;
+  check(cudaGetDevice(&d), "cudaGetDevice");
+  return d;
+}
+
+void set_device(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
+
+// Pinned host memory counts as host (-1); managed memory belongs to its device. Pointers the
+// runtime does not know (plain host memory, or no driver at all) are host memory as well.
+int pointer_device(const void* ptr) {
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, ptr) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged ? attr.device : -1;
+}
+
+void* malloc_async(size_t nbytes, void* stream) {
+  if (nbytes == 0) return nullptr;
+  void* ptr = nullptr;
+  check(cudaMallocAsync(&ptr, nbytes, as_stream(stream)), "cudaMallocAsync");
+  return ptr;
+}
+
+void free_async(void* ptr, void* stream) {
+  if (ptr == nullptr) return;
+  check(cudaFreeAsync(ptr, as_stream(stream)), "cudaFreeAsync");
+}
+
+void memcpy_h2d(void* dst, const void* src, size_t nbytes, void* stream) {
+  if (nbytes == 0) return;
+  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, as_stream(stream)), "cudaMemcpyAsync (host to device)");
+  check(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
+}
+
+void memcpy_d2h(void* dst, const void* src, size_t nbytes, void* stream) {
+  if (nbytes == 0) return;
+  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, as_stream(stream)), "cudaMemcpyAsync (device to host)");
+  check(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
+}
+
+void memcpy_d2d(void* dst, const void* src, size_t nbytes, void* stream) {
+  if (nbytes == 0) return;
+  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, as_stream(stream)), "cudaMemcpyAsync (device to device)");
+}
+
+void memset_async(void* ptr, int value, size_t nbytes, void* stream) {
+  if (nbytes == 0) return;
+  check(cudaMemsetAsync(ptr, value, nbytes, as_stream(stream)), "cudaMemsetAsync");
+}
+
+void synchronize(void* stream) { check(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize"); }
+
+}  // namespace fastopt::cuda

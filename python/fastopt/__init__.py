@@ -1,0 +1,23 @@
+"""fastopt: fused CUDA and C++ kernels for neural-network training.
+
+Arrays are NumPy float32 arrays on the CPU and fastopt.DeviceArray (or any CUDA array: CuPy,
+PyTorch) on the GPU; every op runs where its arrays live.
+"""
+from . import _C
+from ._C import DeviceArray
+from ._arrays import empty, to_device, zeros
+from . import cuda, functional, optim, reference, schedules
+from .functional import clip_grad_norm_, clip_grad_value_, global_norm
+
+__version__ = _C.build_info()["version"]
+
+
+def build_info():
+    """How this fastopt was built: version, CUDA (version, architectures), OpenMP, SIMD, compiler."""
+    return dict(_C.build_info())
+
+
+__all__ = [
+    "DeviceArray", "to_device", "empty", "zeros", "build_info", "cuda", "functional", "optim",
+    "reference", "schedules", "clip_grad_norm_", "clip_grad_value_", "global_norm",
+]

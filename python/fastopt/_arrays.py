@@ -1,0 +1,79 @@
+"""The one place that answers, for a user's array, where it lives and how to make its twins.
+
+The native layer (cpp/bindings/arrays.cpp) does the strict checks (dtype, contiguity, device,
+aliasing) on every call; this module only picks devices and allocates state.
+"""
+import numpy as np
+
+from . import _C
+
+
+def _device_index(device):
+    if isinstance(device, int):
+        return device
+    if isinstance(device, str) and device.startswith("cuda"):
+        return int(device.split(":")[1]) if ":" in device else 0
+    raise ValueError(f"device: expected 'cuda', 'cuda:N' or an int, got {device!r}")
+
+
+def to_device(array, device="cuda", stream=0):
+    """Copy a NumPy array to the GPU as a fastopt.DeviceArray (dtype and shape kept)."""
+    return _C.to_device(np.ascontiguousarray(array), _device_index(device), stream)
+
+
+def empty(shape, dtype=np.float32, device="cuda", stream=0):
+    if device == "cpu":
+        return np.empty(shape, dtype)
+    return _C.empty(shape, np.dtype(dtype), _device_index(device), stream)
+
+
+def zeros(shape, dtype=np.float32, device="cuda", stream=0):
+    if device == "cpu":
+        return np.zeros(shape, dtype)
+    return _C.zeros(shape, np.dtype(dtype), _device_index(device), stream)
+
+
+def is_cuda(x):
+    return isinstance(x, _C.DeviceArray) or hasattr(x, "__cuda_array_interface__")
+
+
+def device_of(x):
+    """'cpu' for NumPy arrays, 'cuda:N' for GPU arrays; TypeError for anything else."""
+    if isinstance(x, np.ndarray):
+        return "cpu"
+    if isinstance(x, _C.DeviceArray):
+        return x.device
+    if hasattr(x, "__cuda_array_interface__"):
+        dev = getattr(x, "device", None)  # torch.device / cupy Device
+        index = getattr(dev, "index", None)
+        if index is None:
+            index = getattr(dev, "id", 0)
+        return f"cuda:{index or 0}"
+    raise TypeError(f"expected a numpy.ndarray or a CUDA array, got {type(x).__name__}")
+
+
+def full_like(x, value, dtype=np.float32, stream=0):
+    """An array of x's shape on x's device filled with value."""
+    shape = tuple(x.shape)
+    if device_of(x) == "cpu":
+        return np.full(shape, value, dtype)
+    out = zeros(shape, dtype, device_of(x), stream)
+    if value != 0:
+        _C.copy_(out, np.full(shape, value, dtype), stream)
+    return out
+
+
+def to_numpy(x):
+    """A NumPy copy of any supported array."""
+    if isinstance(x, np.ndarray):
+        return x.copy()
+    if isinstance(x, _C.DeviceArray):
+        return x.numpy()
+    out = np.empty(tuple(x.shape), np.dtype(x.__cuda_array_interface__["typestr"]))
+    _C.copy_(out, x)
+    return out
+
+
+def copy_(dst, src, stream=0):
+    """Copy src into dst in place (host or device, either way); shapes' sizes must match."""
+    _C.copy_(dst, np.ascontiguousarray(src) if isinstance(src, np.ndarray) else src, stream)

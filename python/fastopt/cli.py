@@ -1,0 +1,40 @@
+"""The `fastopt` console script: `fastopt info` and `fastopt bench`."""
+import argparse
+import json
+import sys
+
+
+def _info(args):
+    import fastopt
+
+    info = fastopt.build_info()
+    info["gpus"] = [fastopt.cuda.device_name(i) for i in range(fastopt.cuda.device_count())]
+    runtime, driver = fastopt.cuda.versions()
+    info["cuda_runtime"], info["cuda_driver"] = runtime, driver
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        print(f"{key:<{width}}  {value}")
+    if not info["gpus"]:
+        print(f"{'':<{width}}  (no usable GPU: fastopt runs on the CPU)")
+    return 0
+
+
+def _bench(args):
+    from bench_entry import main as bench_main  # noqa: F401  (replaced below)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="fastopt", description="fastopt: fused training kernels")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_info = sub.add_parser("info", help="how fastopt was built, and the devices it sees")
+    p_info.add_argument("--json", action="store_true")
+    p_info.set_defaults(func=_info)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Functional ops. This issue's family: global gradient norms and clipping (torch semantics)."""
+import math
+
+from . import _C
+from ._arrays import is_cuda, to_numpy
+
+
+def _as_list(grads):
+    if hasattr(grads, "shape") and not isinstance(grads, (list, tuple)):
+        return [grads]
+    return list(grads)
+
+
+def global_norm(grads, norm_type=2.0, stream=0):
+    """The norm of all gradients taken together: (sum_i ||g_i||_p^p)^(1/p); p = inf is max |g|.
+
+    Returns a Python float for CPU arrays, a 0-d fastopt.DeviceArray (float32, still on the GPU,
+    no host sync) for GPU arrays. An empty list has norm 0.
+    """
+    grads = _as_list(grads)
+    return _C.grad_norm(grads, float(norm_type), stream)
+
+
+def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, stream=0):
+    """Scale gradients in place so that their global norm is at most max_norm.
+
+    As torch.nn.utils.clip_grad_norm_: coefficient min(1, max_norm / (norm + 1e-6)); returns the
+    norm before clipping. error_if_nonfinite=True raises RuntimeError, leaving the gradients as
+    they were, when the norm is NaN or Inf (on the GPU this reads the norm back: one sync).
+    """
+    grads = _as_list(grads)
+    norm = _C.grad_norm(grads, float(norm_type), stream)
+    if error_if_nonfinite:
+        value = float(to_numpy(norm)) if is_cuda(norm) else norm
+        if not math.isfinite(value):
+            raise RuntimeError(
+                f"The total norm of order {float(norm_type)} for gradients is non-finite, so it cannot be "
+                "clipped. To disable this error and scale the gradients by the non-finite norm anyway, "
+                "set error_if_nonfinite=False")
+    _C.clip_by_norm_(grads, norm, float(max_norm), stream)
+    return norm
+
+
+def clip_grad_value_(grads, clip_value, stream=0):
+    """Clamp every gradient element in place to [-clip_value, clip_value] (torch semantics)."""
+    clip_value = float(clip_value)
+    if not clip_value >= 0:
+        raise ValueError(f"clip_value: must be >= 0, got {clip_value}")
+    _C.clamp_(_as_list(grads), -clip_value, clip_value, stream)
