@@ -1,0 +1,44 @@
+"""Tests run on every backend present: 'cpu' always, 'cuda' when a GPU is usable."""
+import numpy as np
+import pytest
+
+import fastopt
+
+BACKENDS = ["cpu"] + (["cuda"] if fastopt.cuda.is_available() else [])
+
+
+def pytest_collection_modifyitems(config, items):
+    if fastopt.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no usable CUDA GPU here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    if request.param == "cuda":
+        request.applymarker(pytest.mark.gpu)
+    return request.param
+
+
+def put(x, backend):
+    """A float32 (or given dtype) copy of x on the backend."""
+    x = np.ascontiguousarray(x)
+    return x.copy() if backend == "cpu" else fastopt.to_device(x)
+
+
+def fetch(x):
+    """NumPy copy of an array from any backend (0-d arrays and Python scalars too)."""
+    if isinstance(x, (float, int, bool, np.generic)):
+        return np.asarray(x)
+    return x.copy() if isinstance(x, np.ndarray) else x.numpy()
+
+
+@pytest.fixture
+def rng(request):
+    # Fresh inputs every run, but reproducible from the printed seed when a test fails.
+    seed = np.random.SeedSequence().entropy % (2**32)
+    print(f"rng seed {seed}")
+    return np.random.default_rng(seed)

@@ -1,0 +1,254 @@
+"""Argument checking (every bad input is a clear Python exception naming the argument), the
+device layer, and build facts."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import optim
+
+from conftest import fetch, put
+
+
+def _adam(n=8):
+    p = np.zeros(n, np.float32)
+    return p, optim.Adam([p])
+
+
+@pytest.mark.parametrize("make,exc,match", [
+    (lambda p: [p.astype(np.float64)], TypeError, r"grads\[0\]: expected a float32 array, got float64"),
+    (lambda p: [np.zeros(16, np.float32)[::2]], ValueError, r"grads\[0\]: array must be C-contiguous"),
+    (lambda p: [np.zeros(9, np.float32)], ValueError, r"grads\[0\]: shape \(9,\) does not match params\[0\]"),
+    (lambda p: [p], ValueError, r"share memory"),
+    (lambda p: [], ValueError, r"grads: got 0 gradients for 1 parameters"),
+    (lambda p: [[1.0] * 8], TypeError, r"grads\[0\]: expected a numpy.ndarray"),
+    (lambda p: ["x"], TypeError, r"grads\[0\]"),
+])
+def test_bad_gradients(make, exc, match):
+    p, opt = _adam()
+    before = p.copy()
+    with pytest.raises(exc, match=match):
+        opt.step(make(p))
+    np.testing.assert_array_equal(p, before)
+
+
+def test_read_only_parameter():
+    p = np.zeros(4, np.float32)
+    p.flags.writeable = False
+    opt = optim.SGD([p], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[0\]: array is read-only"):
+        opt.step([np.ones(4, np.float32)])
+
+
+def test_read_only_gradient_is_fine():
+    p = np.zeros(4, np.float32)
+    g = np.ones(4, np.float32)
+    g.flags.writeable = False
+    optim.SGD([p], lr=0.5).step([g])
+    np.testing.assert_array_equal(p, -0.5)
+
+
+def test_overlapping_parameters():
+    buf = np.zeros(10, np.float32)
+    opt = optim.SGD([buf[:6], buf[4:]], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[1\] and params\[0\] share memory"):
+        opt.step([np.ones(6, np.float32), np.ones(6, np.float32)])
+
+
+def test_gradient_aliasing_state():
+    p = np.zeros(4, np.float32)
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    opt.step([np.ones(4, np.float32)])
+    with pytest.raises(ValueError, match=r"share memory"):
+        opt.step([opt.state[0]["momentum_buffer"]])
+
+
+@pytest.mark.parametrize("cls,kwargs,match", [
+    (optim.SGD, dict(lr=-1.0), "lr"),
+    (optim.SGD, dict(momentum=-0.1), "momentum"),
+    (optim.SGD, dict(nesterov=True), "nesterov"),
+    (optim.SGD, dict(nesterov=True, momentum=0.9, dampening=0.1), "nesterov"),
+    (optim.SGD, dict(lr=float("nan")), "lr"),
+    (optim.Adam, dict(betas=(1.0, 0.999)), r"betas\[0\]"),
+    (optim.Adam, dict(betas=(0.9, -0.1)), r"betas\[1\]"),
+    (optim.Adam, dict(betas=(0.9,)), "betas"),
+    (optim.AdamW, dict(eps=-1e-8), "eps"),
+    (optim.AdamW, dict(weight_decay=-1), "weight_decay"),
+    (optim.Adagrad, dict(lr_decay=-1), "lr_decay"),
+    (optim.Adagrad, dict(initial_accumulator_value=-1), "initial_accumulator_value"),
+    (optim.RMSprop, dict(alpha=-0.5), "alpha"),
+    (optim.SGD, dict(foo=1), "unexpected keyword"),
+])
+def test_bad_hyperparameters(cls, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        cls([np.zeros(3, np.float32)], **kwargs)
+
+
+def test_bad_params():
+    with pytest.raises(ValueError, match="empty"):
+        optim.SGD([])
+    with pytest.raises(TypeError, match=r"params\[0\]: expected float32"):
+        optim.SGD([np.zeros(3)])
+    p = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="appears twice"):
+        optim.SGD([p, p])
+    with pytest.raises(ValueError, match="unknown option"):
+        optim.SGD([{"params": [p], "betas": (0.9, 0.9)}])
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        optim.SGD([p]).step([np.zeros(3, np.float32)], max_grad_norm=-1.0)
+
+
+def test_lr_edited_to_invalid_value_is_caught_at_step():
+    p, opt = _adam()
+    opt.param_groups[0]["lr"] = -1.0
+    with pytest.raises(ValueError, match="lr"):
+        opt.step([np.ones(8, np.float32)])
+
+
+def test_load_state_dict_mismatch():
+    p, opt = _adam()
+    opt.step([np.ones(8, np.float32)])
+    sd = opt.state_dict()
+    _, other = _adam(9)
+    with pytest.raises(ValueError, match="shape"):
+        other.load_state_dict(sd)
+    with pytest.raises(ValueError, match="parameter groups"):
+        optim.Adam([{"params": [np.zeros(8, np.float32)]}, {"params": [np.zeros(1, np.float32)]}]).load_state_dict(sd)
+
+
+def test_native_layer_rejects_inconsistent_calls():
+    # The Python layer never sends these, but nothing reachable from Python may crash.
+    from fastopt import _C
+    p = np.zeros(4, np.float32)
+    g = np.zeros(4, np.float32)
+    h = _C.Hyper()
+    h.kind = _C.OptKind.ADAM
+    steps = np.zeros(1, np.int64)
+    with pytest.raises(ValueError, match=r"states\[0\]: this rule keeps 2"):
+        _C.optim_step([p], [g], [()], steps, [h], [0])
+    with pytest.raises(ValueError, match=r"group_of\[0\]: no group 3"):
+        _C.optim_step([p], [g], [(np.zeros(4, np.float32), np.zeros(4, np.float32))], steps, [h], [3])
+    with pytest.raises(ValueError, match="steps: needs one counter"):
+        _C.optim_step([p], [g], [(np.zeros(4, np.float32), np.zeros(4, np.float32))], np.zeros(2, np.int64), [h], [0])
+    with pytest.raises(TypeError, match="steps: expected a int64"):
+        _C.optim_step([p], [g], [(np.zeros(4, np.float32), np.zeros(4, np.float32))], np.zeros(1, np.int32), [h], [0])
+
+
+# ------------------------------------------------------------------------------ devices
+
+def test_cuda_availability_is_consistent():
+    info = fastopt.build_info()
+    assert fastopt.cuda.is_available() == (fastopt.cuda.device_count() > 0)
+    if not info["cuda"]:
+        assert not fastopt.cuda.is_available()
+
+
+@pytest.mark.skipif(fastopt.cuda.is_available(), reason="checks the no-GPU behaviour")
+def test_device_arrays_need_a_gpu():
+    with pytest.raises(RuntimeError, match="CUDA"):
+        fastopt.to_device(np.zeros(3, np.float32))
+    with pytest.raises(RuntimeError, match="CUDA"):
+        fastopt.zeros((2, 3))
+
+
+def test_build_info():
+    info = fastopt.build_info()
+    assert info["version"] == fastopt.__version__
+    for key in ("cuda", "cuda_version", "cuda_architectures", "openmp", "simd", "simd_compiled", "compiler",
+                "cpu_threads"):
+        assert key in info
+    assert info["simd"] in info["simd_compiled"].split(",")
+    if info["cuda"]:
+        assert "80" in info["cuda_architectures"] and "90" in info["cuda_architectures"]
+
+
+def test_cli_info():
+    out = subprocess.run([sys.executable, "-m", "fastopt.cli", "info"], capture_output=True, text=True, check=True)
+    assert "version" in out.stdout and "simd" in out.stdout
+
+
+def test_host_dlpack_layout_is_read_by_numpy(rng):
+    # The DLPack structs DeviceArray exports, checked through NumPy's own importer.
+    from fastopt import _C
+    for dtype in (np.float32, np.float64, np.int32, np.int64, np.uint8, np.bool_):
+        x = (rng.standard_normal((3, 5)) * 10).astype(dtype)
+
+        class Exporter:
+            def __dlpack__(self, **kwargs):
+                return _C._host_dlpack(x)
+
+            def __dlpack_device__(self):
+                return (1, 0)
+
+        y = np.from_dlpack(Exporter())
+        assert y.dtype == x.dtype and y.shape == x.shape
+        np.testing.assert_array_equal(y, x)
+        assert np.shares_memory(x, y)
+    del x, y  # the capsule's deleter runs without crashing
+
+
+@pytest.mark.gpu
+def test_device_array_round_trip(rng):
+    for dtype in (np.float32, np.float64, np.int64, np.int32, np.uint8):
+        for shape in [(0,), (1,), (7, 3), (1031,)]:
+            x = (rng.standard_normal(shape) * 100).astype(dtype)
+            d = fastopt.to_device(x)
+            assert d.shape == x.shape and d.dtype == x.dtype and d.nbytes == x.nbytes and d.size == x.size
+            np.testing.assert_array_equal(d.numpy(), x)
+            cai = d.__cuda_array_interface__
+            assert cai["shape"] == x.shape and cai["typestr"] == x.dtype.str and cai["version"] == 3
+            assert cai["data"][0] == d.ptr
+    z = fastopt.zeros((4, 5))
+    np.testing.assert_array_equal(z.numpy(), np.zeros((4, 5), np.float32))
+    assert "DeviceArray(shape=(4, 5)" in repr(z)
+
+
+@pytest.mark.gpu
+def test_torch_and_cupy_share_memory_with_device_arrays(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal(100).astype(np.float32)
+    d = fastopt.to_device(x)
+    t = torch.from_dlpack(d)
+    assert t.is_cuda and t.data_ptr() == d.ptr
+    t.mul_(2)
+    np.testing.assert_allclose(d.numpy(), 2 * x)
+    t2 = torch.as_tensor(d, device="cuda")  # via __cuda_array_interface__
+    assert t2.data_ptr() == d.ptr
+
+
+@pytest.mark.gpu
+def test_step_on_torch_cuda_tensors_in_place(rng):
+    torch = pytest.importorskip("torch")
+    init = rng.standard_normal(1000).astype(np.float32)
+    g = rng.standard_normal(1000).astype(np.float32)
+    p = torch.tensor(init, device="cuda")
+    opt = optim.AdamW([p], lr=0.01)
+    res = opt.step([torch.tensor(g, device="cuda")], max_grad_norm=1.0)
+    assert isinstance(res.norm, fastopt.DeviceArray) and res.norm.shape == ()
+    ref_p = init.copy()
+    optim.AdamW([ref_p], lr=0.01).step([g], max_grad_norm=1.0)
+    np.testing.assert_allclose(p.cpu().numpy(), ref_p, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_mixed_devices_rejected(rng):
+    p = fastopt.to_device(np.zeros(4, np.float32))
+    opt = optim.SGD([p], lr=0.1)
+    with pytest.raises(ValueError, match=r"grads\[0\] is on cpu but params\[0\] is on cuda:0"):
+        opt.step([np.ones(4, np.float32)])
+    with pytest.raises(ValueError, match=r"params\[1\]: on cpu"):
+        optim.SGD([p, np.zeros(3, np.float32)])
+
+
+@pytest.mark.gpu
+def test_tensor_over_2_31_elements():
+    # int64 indexing end to end: SGD on 2^31 + 5 elements (17 GB of device memory).
+    torch = pytest.importorskip("torch")
+    n = 2**31 + 5
+    p = torch.zeros(n, device="cuda")
+    g = torch.ones(n, device="cuda")
+    optim.SGD([p], lr=0.5).step([g])
+    assert float(p[0]) == -0.5 and float(p[-1]) == -0.5 and float(p[2**31 + 1]) == -0.5
+    assert float(fastopt.global_norm([g], np.inf)) == 1.0
