@@ -72,8 +72,23 @@ int pointer_device(const void* ptr) {
   return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged ? attr.device : -1;
 }
 
+// The default pool hands memory back to the OS at every synchronization, which makes the next
+// cudaMallocAsync pay for mapping it again; a per-step scratch buffer would pay that every step.
+static void keep_pool_memory() {
+  static thread_local int done_for = -1;
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  if (done_for == device) return;
+  cudaMemPool_t pool;
+  check(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+  uint64_t keep = UINT64_MAX;
+  check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+  done_for = device;
+}
+
 void* malloc_async(size_t nbytes, void* stream) {
   if (nbytes == 0) return nullptr;
+  keep_pool_memory();
   void* ptr = nullptr;
   check(cudaMallocAsync(&ptr, nbytes, as_stream(stream)), "cudaMallocAsync");
   return ptr;

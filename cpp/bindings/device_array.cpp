@@ -180,6 +180,14 @@ static py::tuple shape_tuple(const std::vector<int64_t>& s) {
   return t;
 }
 
+static py::object device_item(py::object self) {
+  const DeviceArray& a = self.cast<const DeviceArray&>();
+  if (a.numel() != 1)
+    throw py::value_error("only a one-element DeviceArray converts to a Python scalar, this one has " +
+                          std::to_string(a.numel()));
+  return self.attr("numpy")().attr("item")();
+}
+
 void bind_device_array(py::module_& m) {
   py::class_<DeviceArray>(m, "DeviceArray", R"doc(
 A contiguous array in GPU memory owned by fastopt.
@@ -242,6 +250,11 @@ it to the host.)doc")
             return out;
           },
           "Copy to a new NumPy array (waits for the work queued on this array's stream).")
+      .def("item", [](py::object self) { return device_item(self); },
+           "The single value of a one-element array, as a Python scalar (waits for the GPU).")
+      .def("__float__", [](py::object self) { return py::float_(device_item(self)); })
+      .def("__int__", [](py::object self) { return py::int_(device_item(self)); })
+      .def("__bool__", [](py::object self) { return py::bool_(device_item(self)); })
       .def("__repr__", [](const DeviceArray& a) {
         std::string s = "DeviceArray(shape=(";
         for (size_t i = 0; i < a.shape.size(); ++i) s += std::to_string(a.shape[i]) + (a.shape.size() == 1 ? "," : (i + 1 < a.shape.size() ? ", " : ""));

@@ -1,0 +1,4 @@
+"""fastopt's benchmark harness: `fastopt bench --help`."""
+from .harness import main
+
+__all__ = ["main"]
