@@ -3,6 +3,8 @@ import argparse
 import json
 import sys
 
+from .bench import options as bench_options
+
 
 def _info(args):
     import fastopt
@@ -23,7 +25,9 @@ def _info(args):
 
 
 def _bench(args):
-    from bench_entry import main as bench_main  # noqa: F401  (replaced below)
+    from .bench.harness import run
+
+    return run(args)
 
 
 def main(argv=None):
@@ -32,7 +36,14 @@ def main(argv=None):
     p_info = sub.add_parser("info", help="how fastopt was built, and the devices it sees")
     p_info.add_argument("--json", action="store_true")
     p_info.set_defaults(func=_info)
+    p_bench = sub.add_parser("bench", help="time the optimizers against copy bandwidth, NumPy and torch",
+                             description="Time fastopt's optimizer steps against the copy bandwidth, the "
+                                         "NumPy reference and torch (foreach, fused); writes JSON, Markdown, PNG.")
+    bench_options.add_arguments(p_bench)
+    p_bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        bench_options.finish(args, p_bench.error)
     return args.func(args)
 
 

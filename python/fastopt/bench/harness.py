@@ -17,39 +17,18 @@ import fastopt
 
 from . import report
 from .backends import Unavailable, backends_for, copies_for
-from .cases import CASES, DEFAULT_CASES, MANY_MEAN, MANY_TENSORS, SIZES, host_data, parse_size, size_label
+from .cases import CASES, MANY_MEAN, MANY_TENSORS, SIZES, host_data, parse_size, size_label
+from .options import MIN_ROUNDS, add_arguments, finish
 from .timing import clock_for, release_gpu_memory
 
-MIN_ROUNDS = 3
 
-
-def parse_args(argv):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="fastopt bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                   help="all: the CPU, plus the GPU when one is usable (default)")
-    p.add_argument("--quick", action="store_true",
-                   help="fewer sizes and rounds (CPU: 1e5, 2^20, 2^24, many; a few minutes on 2 cores)")
-    p.add_argument("--optimizers", default=",".join(DEFAULT_CASES),
-                   help=f"comma-separated cases, or 'all'; known: {', '.join(CASES)}")
-    p.add_argument("--sizes", help="comma-separated parameter counts (1e5, 2^24, 1048576) and/or 'many' "
-                                   "(10k small tensors); default depends on --device and --quick")
-    p.add_argument("--repeat", type=int, help="timed rounds per backend (default: 5 quick, 15 full; GPU 20)")
-    p.add_argument("--budget", type=float, help="seconds per case after which rounds stop once "
-                                                f"{MIN_ROUNDS} are done (default: 2 quick, 8 full)")
-    p.add_argument("--ref-max", default="2^22",
-                   help="largest parameter count the float64 NumPy reference runs at (it is slow)")
-    p.add_argument("--out", help="folder for results.json, results.md and chart.png")
-    p.add_argument("--append", action="store_true",
-                   help="merge into an existing OUT/results.json, replacing only the devices run now")
-    p.add_argument("--no-chart", action="store_true")
-    args = p.parse_args(argv)
-    args.cases = list(CASES) if args.optimizers == "all" else [c.strip() for c in args.optimizers.split(",") if c.strip()]
-    unknown = [c for c in args.cases if c not in CASES]
-    if unknown:
-        p.error(f"--optimizers: unknown {unknown}; known: {', '.join(CASES)}")
-    if args.append and not args.out:
-        p.error("--append needs --out")
-    return args
+    return finish(add_arguments(p).parse_args(argv), p.error)
+
+
+def main(argv=None):
+    return run(parse_args(argv))
 
 
 def pick_devices(choice):
@@ -97,7 +76,7 @@ def time_case(device, case, size, host, clock, rounds, budget, ref_max):
         try:
             step = maker(case, device, *host)
             step(), step()  # state allocation, first-touch, lazy init
-            est = clock.block(step, 1)
+            est = min(clock.block(step, 1))
         except Unavailable as e:
             row["note"] = str(e)
             continue
@@ -108,14 +87,14 @@ def time_case(device, case, size, host, clock, rounds, budget, ref_max):
         for row, step, inner, warm, samples in contenders:
             if warm:
                 step()  # the other contenders evicted our caches and left threads spinning
-            samples.append(clock.block(step, inner))
+            samples += clock.block(step, inner)
         if r + 1 >= MIN_ROUNDS and time.perf_counter() - t0 > budget:
             break
     for row, step, inner, warm, samples in contenders:
         ms = sorted(s * 1e3 for s in samples)
         q = lambda f: ms[min(len(ms) - 1, int(f * len(ms)))]
         median = (ms[(len(ms) - 1) // 2] + ms[len(ms) // 2]) / 2
-        row.update(median_ms=median, p10_ms=q(0.1), p90_ms=q(0.9), samples=len(ms), steps_per_sample=inner,
+        row.update(median_ms=median, p10_ms=q(0.1), p90_ms=q(0.9), min_ms=ms[0], samples=len(ms), steps_per_block=inner,
                    gbs=row["bytes_per_param"] * size.n / (median * 1e-3) / 1e9)
     copy_gbs = max((r["gbs"] for r in rows if r["backend"].startswith("copy") and r["median_ms"]), default=None)
     for row in rows:
@@ -142,8 +121,8 @@ def summary(rows, device):
     return " | ".join(parts)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args):
+    """Run the benchmark described by parsed arguments (see options.py); returns an exit code."""
     devices = pick_devices(args.device)
     ref_max = parse_size(args.ref_max).n
     plan = []
@@ -154,7 +133,7 @@ def main(argv=None):
     rounds_for = lambda d: args.repeat or (5 if args.quick else 20 if d == "cuda" else 15)
     budget = args.budget or (2.0 if args.quick else 8.0)
     settings = dict(quick=args.quick, cases=args.cases, ref_max=ref_max, budget_s=budget,
-                    rounds={d: rounds_for(d) for d in devices}, argv=sys.argv[1:] if argv is None else list(argv))
+                    rounds={d: rounds_for(d) for d in devices}, argv=sys.argv[1:])
     dev_info = {}
     for d in devices:
         dev_info[d] = dict(name=report.cpu_model() if d == "cpu" else fastopt.cuda.device_name(0),

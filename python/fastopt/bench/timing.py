@@ -1,6 +1,9 @@
-"""Clocks. A sample is the mean of a block of back-to-back steps, so fast steps are not lost in
-timer resolution and, on the GPU, host-side launch overhead counts whenever it is the
-bottleneck (the GPU idles between steps and the events see it)."""
+"""Clocks. block(step, inner) runs `inner` back-to-back steps and returns per-step samples in seconds.
+
+CPU: every step is timed on its own (perf_counter costs ~0.1 us), so a step that lost its core
+to another process is one outlier sample, not a spoiled average. GPU: one sample per block, the
+block's mean, because the GPU runs asynchronously; host-side launch overhead still counts
+whenever it is the bottleneck (the GPU idles between steps and the events see it)."""
 import time
 
 import fastopt
@@ -13,10 +16,12 @@ class CpuClock:
     block_s = 0.004
 
     def block(self, step, inner):
-        t0 = time.perf_counter()
+        clock, out = time.perf_counter, []
         for _ in range(inner):
+            t0 = clock()
             step()
-        return (time.perf_counter() - t0) / inner
+            out.append(clock() - t0)
+        return out
 
 
 class CudaEventClock:
@@ -36,7 +41,7 @@ class CudaEventClock:
             step()
         self.end.record()
         self.end.synchronize()
-        return self.start.elapsed_time(self.end) / 1e3 / inner
+        return [self.start.elapsed_time(self.end) / 1e3 / inner]
 
 
 class CudaSyncClock:
@@ -49,7 +54,7 @@ class CudaSyncClock:
         for _ in range(inner):
             step()
         fastopt.cuda.synchronize()
-        return (time.perf_counter() - t0) / inner
+        return [(time.perf_counter() - t0) / inner]
 
 
 def clock_for(device):
