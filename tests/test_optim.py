@@ -40,6 +40,9 @@ SHAPES = [(0,), (1,), (7,), (33, 5), (1031,), (3, 4, 5), (40_009,)]
 STEPS = 12
 ATOL = 3e-5
 RTOL = 3e-5
+# The global norm: the CPU sums squares in double; the GPU in float32 (64 terms per thread, then
+# a fixed tree), within a few float32 ulps.
+NORM_RTOL = {"cpu": 1e-9, "cuda": 1e-5}
 
 
 def _ref_hyper(kwargs):
@@ -84,7 +87,7 @@ def test_clipping_fused(rule, cls, kwargs, backend, rng):
     for p, rp in zip(params, ref_params):
         np.testing.assert_allclose(fetch(p), rp, rtol=RTOL, atol=ATOL)
     for res, (ref_norm, ref_skipped) in results:
-        assert float(fetch(res.norm)) == pytest.approx(ref_norm, rel=1e-6)
+        assert float(fetch(res.norm)) == pytest.approx(ref_norm, rel=NORM_RTOL[backend])
         assert not bool(fetch(res.skipped)) and not ref_skipped
 
 
@@ -97,7 +100,7 @@ def test_clipping_inactive_below_max_norm(backend, rng):
     for g in grads:
         oa.step([put(g, backend)])
         res = ob.step([put(g, backend)], max_grad_norm=1e6)
-        assert float(fetch(res.norm)) == pytest.approx(np.linalg.norm(g.astype(np.float64)), rel=1e-6)
+        assert float(fetch(res.norm)) == pytest.approx(np.linalg.norm(g.astype(np.float64)), rel=NORM_RTOL[backend])
     np.testing.assert_array_equal(fetch(a), fetch(b))
 
 
