@@ -91,30 +91,26 @@ double grad_norm(const Span* grads, int64_t n, double p) {
   return std::pow(s, 1.0 / p);
 }
 
-void scale(const Span* grads, int64_t n, float coef) {
+// Applies f to every element of every tensor in place, chunks spread over the threads.
+template <class F>
+void map_inplace(const Span* grads, int64_t n, F f) {
   const std::vector<Chunk> chunks = make_chunks(n, [&](int64_t t) { return grads[t].numel; });
   const int64_t nc = static_cast<int64_t>(chunks.size());
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < nc; ++c) {
     float* __restrict x = grads[chunks[c].tensor].data;
 #pragma omp simd
-    for (int64_t i = chunks[c].begin; i < chunks[c].end; ++i) x[i] *= coef;
+    for (int64_t i = chunks[c].begin; i < chunks[c].end; ++i) x[i] = f(x[i]);
   }
 }
 
+void scale(const Span* grads, int64_t n, float coef) {
+  map_inplace(grads, n, [coef](float v) { return v * coef; });
+}
+
 void clamp(const Span* grads, int64_t n, float lo, float hi) {
-  const std::vector<Chunk> chunks = make_chunks(n, [&](int64_t t) { return grads[t].numel; });
-  const int64_t nc = static_cast<int64_t>(chunks.size());
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < nc; ++c) {
-    float* __restrict x = grads[chunks[c].tensor].data;
-#pragma omp simd
-    for (int64_t i = chunks[c].begin; i < chunks[c].end; ++i) {
-      // NaN stays NaN, as torch.clamp does.
-      const float v = x[i];
-      x[i] = v < lo ? lo : (v > hi ? hi : v);
-    }
-  }
+  // NaN stays NaN, as torch.clamp does.
+  map_inplace(grads, n, [lo, hi](float v) { return v < lo ? lo : (v > hi ? hi : v); });
 }
 
 }  // namespace fastopt::cpu::FASTOPT_ISA
