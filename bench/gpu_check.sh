@@ -33,7 +33,7 @@ stage() {
   local left=$(( BUDGET - (SECONDS - START) ))
   local limit=$(( cap < left ? cap : left ))
   local t0=$SECONDS rc
-  if (( limit < 15 )); then
+  if (( left < 15 )); then
     rc=125
     echo "== $name: skipped, ${left}s left of ${BUDGET}s" | tee -a "$OUT/$log"
   else

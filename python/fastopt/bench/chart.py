@@ -17,13 +17,14 @@ def role(backend):
 
 
 def _bars(ax, rows, cases, value, ylabel, title, fmt):
-    width = 0.8 / len(ROLES)
-    for k, name in enumerate(ROLES):
+    roles = [name for name in ROLES if any(role(r["backend"]) == name and r["median_ms"] for r in rows)]
+    width = 0.8 / max(1, len(roles))
+    for k, name in enumerate(roles):
         vals = []
         for c in cases:
             r = next((r for r in rows if r["case"] == c and role(r["backend"]) == name and r["median_ms"]), None)
             vals.append(value(r) if r else np.nan)
-        x = np.arange(len(cases)) + (k - (len(ROLES) - 1) / 2) * width
+        x = np.arange(len(cases)) + (k - (len(roles) - 1) / 2) * width
         bars = ax.bar(x, vals, width, label=name, color=COLORS[name])
         for b, v in zip(bars, vals):
             if np.isfinite(v):
@@ -66,9 +67,10 @@ def draw(doc, path):
             n = max(r["n"] for r in single)
             at_n = [r for r in single if r["n"] == n]
             label = at_n[0]["size"]
-            copy = at_n[0]["copy_gbs"]
+            copy = [r["copy_gbs"] for r in at_n if r["copy_gbs"]]
+            span = f"{min(copy):.0f}-{max(copy):.0f} GB/s" if copy else "not measured"
             _bars(row_axes[0], at_n, cases, lambda r: r["pct_copy"], "% of copy bandwidth (minimal bytes)",
-                  f"{device} ({name}), {label} params: % of copy bandwidth ({copy:.0f} GB/s)", lambda v: f"{v:.0f}")
+                  f"{device} ({name}), {label} params: % of copy bandwidth (copy {span})", lambda v: f"{v:.0f}")
             row_axes[0].axhline(100, color="k", lw=0.8, ls=":")
             _lines(row_axes[1], rows, device)
         many = [r for r in rows if r["tensors"] > 1]

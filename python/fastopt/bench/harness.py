@@ -10,6 +10,7 @@ import gc
 import json
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -67,7 +68,8 @@ def time_case(device, case, size, host, clock, rounds, budget, ref_max):
     base = dict(device=device, case=case.name, optimizer=case.optimizer, size=size.label, n=size.n,
                 tensors=size.tensors)
     for name, maker in copies_for(device) + backends_for(case, device):
-        bpp = 8 if name.startswith("copy") else case.bytes_per_param
+        # A copy's bytes (read + write) per parameter of the case are its working set.
+        bpp = case.working_set if name.startswith("copy") else case.bytes_per_param
         row = dict(base, backend=name, bytes_per_param=bpp, median_ms=None, note="")
         rows.append(row)
         if name == "numpy-ref" and size.n > ref_max:
@@ -81,6 +83,10 @@ def time_case(device, case, size, host, clock, rounds, budget, ref_max):
                 est = min(clock.block(step, 1))
         except Unavailable as e:
             row["note"] = str(e)
+            continue
+        except Exception as e:  # one broken backend must not cost the whole run its results
+            row["note"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+            print(f"fastopt bench: {device} {case.name} {size.label} {name}: {row['note']}", file=sys.stderr)
             continue
         inner = max(1, min(1000, math.ceil(clock.block_s / max(est, 1e-7))))
         contenders.append((row, step, inner, est < 0.02, []))
@@ -142,13 +148,12 @@ def run(args):
     dev_info = {}
     for d in devices:
         dev_info[d] = dict(name=report.cpu_model() if d == "cpu" else fastopt.cuda.device_name(0),
-                           clock=clock_for(d).name, copy_gbs={},
-                           copies=[name for name, _ in copies_for(d)])
+                           clock=clock_for(d).name, copy_gbs={}, copies=[])
     doc = report.header(settings, dev_info)
     print(f"fastopt bench: {len(plan)} cases on {', '.join(devices)}; progress below, table at the end",
           file=sys.stderr, flush=True)
     progress = Progress(plan, budget)
-    rows, host_key, host = [], None, None
+    rows, host_key, host, copies = [], None, None, {}
     for device, size, c in plan:
         if host_key != size:  # one set of host data per size, shared by every case and backend
             host, host_key = None, None
@@ -156,13 +161,17 @@ def run(args):
             host, host_key = host_data(size), size
         case_rows = time_case(device, CASES[c], size, host, clock_for(device), rounds_for(device), budget, ref_max)
         rows += case_rows
-        copy = case_rows[0]["copy_gbs"]
-        if copy:
-            dev_info[device]["copy_gbs"].setdefault(size.label, copy)
+        if case_rows[0]["copy_gbs"]:
+            copies.setdefault((device, size.label), []).append(case_rows[0]["copy_gbs"])
         progress.line(f"{device} {c} {size.label}: {summary(case_rows, device)}")
         gc.collect()
         if device == "cuda":
             release_gpu_memory()
+    for (device, label), values in copies.items():
+        dev_info[device]["copy_gbs"][label] = statistics.median(values)
+    for d in devices:
+        dev_info[d]["copies"] = sorted({r["backend"] for r in rows
+                                        if r["device"] == d and r["backend"].startswith("copy") and r["median_ms"]})
     doc["host"]["loadavg_end"] = report._loadavg()
     doc["rows"] = rows
     doc["notes"] = [

@@ -38,7 +38,10 @@ def fill_ratios(rows):
 def evaluate_targets(rows):
     out = []
     index = {(r["device"], r["case"], r["size"], r["backend"]): r for r in rows}
+    measured = {r["device"] for r in rows}
     for device, case, size, peer, goal, what in TARGETS:
+        if device not in measured:
+            continue
         r = index.get((device, case, size, f"fastopt-{device}"))
         value = None
         if r and r["median_ms"]:
@@ -88,7 +91,7 @@ def header(settings, devices):
 
 def _loadavg():
     try:
-        return list(os.getloadavg())
+        return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
 
@@ -126,10 +129,11 @@ def markdown(doc):
     for dev, info in h["devices"].items():
         bw = ", ".join(f"{k}: {v:.0f}" for k, v in info["copy_gbs"].items())
         lines.append(f"- {dev}: {info['name']}; timed with {info['clock']}; copy bandwidth (GB/s, read + write, "
-                     f"best of {' / '.join(info['copies'])}) by size: {bw}")
+                     f"best of {' / '.join(info['copies'])}; median over the cases) by size: {bw}")
     lines += ["", "GB/s counts the minimal fp32 bytes of a step for every backend (AdamW 28 B/param, "
-              "clip+AdamW 32, SGD 12, momentum/Adagrad/RMSprop 20); % copy = that rate / the copy "
-              "bandwidth measured at the same size in the same rounds. 'fastopt speedup' = the peer's "
+              "clip+AdamW 32, SGD 12, momentum/Adagrad/RMSprop 20); % copy = that rate / the bandwidth of a "
+              "copy with the same working set, timed in the same rounds (column 'copy GB/s'). Above 100% is "
+              "possible: a copy to a cold destination also reads it (write-allocate), an in-place update does not. 'fastopt speedup' = the peer's "
               "median / fastopt's median (> 1: fastopt is faster).", ""]
     lines += ["## Targets", "", "| device | target | measured | met |", "|---|---|---|---|"]
     for t in doc["targets"]:
@@ -139,19 +143,20 @@ def markdown(doc):
         lines.append(f"| {t['device']} | {t['what']} ({t['size']}) | {shown} | {met} |")
     for dev in h["devices"]:
         lines += ["", f"## {dev}", "",
-                  "| case | size | tensors | backend | median ms | p10-p90 ms | GB/s | % copy | fastopt speedup |",
-                  "|---|---|--:|---|--:|--:|--:|--:|--:|"]
+                  "| case | size | tensors | backend | median ms | p10-p90 ms | GB/s | copy GB/s | % copy | fastopt speedup |",
+                  "|---|---|--:|---|--:|--:|--:|--:|--:|--:|"]
         for r in (r for r in doc["rows"] if r["device"] == dev):
             if r["backend"].startswith("copy"):
                 continue
             if r["median_ms"] is None:
-                lines.append(f"| {r['case']} | {r['size']} | {r['tensors']} | {r['backend']} | {r['note']} | | | | |")
+                lines.append(f"| {r['case']} | {r['size']} | {r['tensors']} | {r['backend']} | {r['note']} | | | | | |")
                 continue
             fo_name = f"fastopt-{dev}"
             vs = "" if r["backend"] == fo_name else _fmt_ratio(r["speedup_vs"].get(fo_name) and 1 / r["speedup_vs"][fo_name])
             pct = "" if r["pct_copy"] is None else f"{r['pct_copy']:.0f}%"
+            copy = "" if r["copy_gbs"] is None else f"{r['copy_gbs']:.0f}"
             lines.append(f"| {r['case']} | {r['size']} | {r['tensors']} | {r['backend']} | {_fmt_ms(r['median_ms'])} "
-                         f"| {_fmt_ms(r['p10_ms'])}-{_fmt_ms(r['p90_ms'])} | {r['gbs']:.1f} | {pct} | {vs} |")
+                         f"| {_fmt_ms(r['p10_ms'])}-{_fmt_ms(r['p90_ms'])} | {r['gbs']:.1f} | {copy} | {pct} | {vs} |")
     if doc.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
     return "\n".join(lines) + "\n"
