@@ -85,6 +85,11 @@ DeviceArray device_empty(std::vector<int64_t> shape, DType dtype, int device, ui
   return a;
 }
 
+py::object new_array(const std::vector<int64_t>& shape, DType dtype, int device, uintptr_t stream) {
+  if (device == kCPU) return py::array(numpy_dtype(dtype), shape);
+  return py::cast(device_empty(shape, dtype, device, stream));
+}
+
 // ------------------------------------------------------------------------------------ DLPack
 // The DLPack v0.8 ABI (dlpack.h), declared here to avoid a vendored header.
 namespace dl {

@@ -41,6 +41,10 @@ void require_cuda(const char* what);  // RuntimeError unless a GPU can be used
 
 DeviceArray device_empty(std::vector<int64_t> shape, DType dtype, int device, uintptr_t stream);
 
+// A new uninitialized output array where the inputs live: a NumPy array for kCPU, else a
+// DeviceArray on that GPU (allocated on `stream`).
+py::object new_array(const std::vector<int64_t>& shape, DType dtype, int device, uintptr_t stream);
+
 void bind_device_array(py::module_& m);
 
 }  // namespace fastopt

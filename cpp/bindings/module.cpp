@@ -11,6 +11,9 @@ namespace py = pybind11;
 
 namespace fastopt {
 void bind_optim(py::module_& m);
+void bind_normalization(py::module_& m);
+void bind_dropout(py::module_& m);
+void bind_conv2d(py::module_& m);
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -76,4 +79,7 @@ PYBIND11_MODULE(_C, m) {
 
   bind_device_array(m);
   bind_optim(m);
+  bind_normalization(m);
+  bind_dropout(m);
+  bind_conv2d(m);
 }

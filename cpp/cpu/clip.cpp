@@ -11,9 +11,16 @@
 #include <limits>
 #include <vector>
 
-#include "kernels.h"
+#include "fastopt/backend.h"
+#include "isa.h"
 
-namespace fastopt::cpu::FASTOPT_ISA {
+namespace fastopt::cpu {
+
+FASTOPT_FOR_EACH_ISA(double grad_norm(const Span* grads, int64_t n, double p); double sum_squares(const Span* grads, int64_t n);
+                     void scale(const Span* grads, int64_t n, float coef);
+                     void clamp(const Span* grads, int64_t n, float lo, float hi);)
+
+namespace FASTOPT_ISA {
 namespace {
 
 constexpr int kLanes = 16;
@@ -113,4 +120,12 @@ void clamp(const Span* grads, int64_t n, float lo, float hi) {
   map_inplace(grads, n, [lo, hi](float v) { return v < lo ? lo : (v > hi ? hi : v); });
 }
 
-}  // namespace fastopt::cpu::FASTOPT_ISA
+}  // namespace FASTOPT_ISA
+
+#ifdef FASTOPT_ISA_BASELINE
+double grad_norm(const Span* grads, int64_t n, double p) { FASTOPT_CPU_DISPATCH(grad_norm(grads, n, p)) }
+void scale(const Span* grads, int64_t n, float coef) { FASTOPT_CPU_DISPATCH(scale(grads, n, coef)) }
+void clamp(const Span* grads, int64_t n, float lo, float hi) { FASTOPT_CPU_DISPATCH(clamp(grads, n, lo, hi)) }
+#endif
+
+}  // namespace fastopt::cpu

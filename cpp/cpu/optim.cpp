@@ -8,9 +8,14 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels.h"
+#include "fastopt/backend.h"
+#include "isa.h"
 
-namespace fastopt::cpu::FASTOPT_ISA {
+namespace fastopt::cpu {
+
+FASTOPT_FOR_EACH_ISA(StepOutcome optim_step(const StepRequest& req); double sum_squares(const Span* grads, int64_t n);)
+
+namespace FASTOPT_ISA {
 namespace {
 
 template <OptKind K>
@@ -71,4 +76,10 @@ StepOutcome optim_step(const StepRequest& req) {
   return out;
 }
 
-}  // namespace fastopt::cpu::FASTOPT_ISA
+}  // namespace FASTOPT_ISA
+
+#ifdef FASTOPT_ISA_BASELINE
+StepOutcome optim_step(const StepRequest& req) { FASTOPT_CPU_DISPATCH(optim_step(req)) }
+#endif
+
+}  // namespace fastopt::cpu

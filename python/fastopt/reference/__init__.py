@@ -1,5 +1,5 @@
-"""fastopt.reference: float64 NumPy versions of fastopt's update rules, norms and
-learning-rate schedules, written to be read. The tests use them as the oracle."""
-from . import norms, optim, schedules
+"""fastopt.reference: float64 NumPy versions of every fastopt op, update rule, norm and
+learning-rate schedule, written to be read. The tests use them as the oracle."""
+from . import conv, dropout, normalization, norms, optim, schedules
 
-__all__ = ["norms", "optim", "schedules"]
+__all__ = ["conv", "dropout", "normalization", "norms", "optim", "schedules"]

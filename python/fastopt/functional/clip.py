@@ -1,8 +1,8 @@
-"""Functional ops. This issue's family: global gradient norms and clipping (torch semantics)."""
+"""Global gradient norms and clipping (torch.nn.utils semantics)."""
 import math
 
-from . import _C
-from ._arrays import is_cuda, to_numpy
+from .. import _C
+from .._arrays import is_cuda, to_numpy
 
 
 def _as_list(grads):

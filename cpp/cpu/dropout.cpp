@@ -1,0 +1,2 @@
+// The dropout family on the CPU (being written).
+#include "isa.h"

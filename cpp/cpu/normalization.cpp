@@ -1,0 +1,2 @@
+// The normalization family on the CPU (being written).
+#include "isa.h"

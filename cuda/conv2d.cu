@@ -1,0 +1,2 @@
+// The conv2d family on CUDA (being written).
+#include "fastopt/backend.h"

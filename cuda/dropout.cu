@@ -1,0 +1,2 @@
+// The dropout family on CUDA (being written).
+#include "fastopt/backend.h"

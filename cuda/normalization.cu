@@ -1,0 +1,2 @@
+// The normalization family on CUDA (being written).
+#include "fastopt/backend.h"

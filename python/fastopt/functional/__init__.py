@@ -1,0 +1,5 @@
+"""Functional ops, one module per family; each works on NumPy arrays (CPU) and GPU arrays."""
+from .clip import clip_grad_norm_, clip_grad_value_, global_norm
+from .normalization import *  # noqa: F401,F403
+from .dropout import *  # noqa: F401,F403
+from .conv import *  # noqa: F401,F403

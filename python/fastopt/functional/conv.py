@@ -1,0 +1,2 @@
+"""The conv family (being written)."""
+__all__ = []

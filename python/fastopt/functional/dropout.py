@@ -1,0 +1,2 @@
+"""The dropout family (being written)."""
+__all__ = []

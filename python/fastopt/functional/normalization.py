@@ -1,0 +1,2 @@
+"""The normalization family (being written)."""
+__all__ = []

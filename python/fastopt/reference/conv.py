@@ -1,0 +1,1 @@
+"""float64 NumPy reference of the conv family (being written)."""

@@ -1,0 +1,1 @@
+"""float64 NumPy reference of the dropout family (being written)."""
