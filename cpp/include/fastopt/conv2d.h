@@ -1,0 +1,38 @@
+// Conv2d, NCHW, float32: the interface between the bindings and both backends.
+//
+//   y[n,k,p,q] = b[k] + sum_{c in group(k), r, s} x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw] * w[k, c', r, s]
+//   P = (H + 2 ph - dh (R - 1) - 1) / sh + 1, Q likewise; K and C divisible by groups.
+// Flops per pass: 2 N K (C/groups) R S P Q (forward, data-grad and weight-grad each).
+#pragma once
+#include <cstdint>
+
+namespace fastopt {
+
+struct Conv2dShape {
+  int64_t N, C, H, W;   // input x
+  int64_t K, R, S;      // weight w: (K, C / groups, R, S)
+  int64_t P, Q;         // output y: (N, K, P, Q)
+  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
+};
+
+namespace cpu {
+// b may be null (no bias). Outputs are fully overwritten (never accumulated into).
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
+void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw);
+void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db);
+}  // namespace cpu
+
+namespace cuda {
+// Same contracts, device pointers, queued on `stream` (a cudaStream_t; 0 = legacy default).
+// allow_tf32 opts into tensor-core TF32 math; the default path is exact float32 FMA.
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
+                    bool allow_tf32, void* stream);
+void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx, bool allow_tf32,
+                          void* stream);
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool allow_tf32,
+                            void* stream);
+void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, void* stream);
+}  // namespace cuda
+
+}  // namespace fastopt
