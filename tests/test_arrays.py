@@ -252,3 +252,31 @@ def test_tensor_over_2_31_elements():
     optim.SGD([p], lr=0.5).step([g])
     assert float(p[0]) == -0.5 and float(p[-1]) == -0.5 and float(p[2**31 + 1]) == -0.5
     assert float(fastopt.global_norm([g], np.inf)) == 1.0
+
+
+def test_torch_cpu_tensors_update_in_place(rng):
+    torch = pytest.importorskip("torch")
+    init = rng.standard_normal((5, 7)).astype(np.float32)
+    grads = [rng.standard_normal((5, 7)).astype(np.float32) for _ in range(3)]
+    p_np, p_t = init.copy(), torch.tensor(init)
+    o_np, o_t = optim.AdamW([p_np], lr=0.01), optim.AdamW([p_t], lr=0.01)
+    for g in grads:
+        o_np.step([g], max_grad_norm=1.0)
+        o_t.step([torch.tensor(g)], max_grad_norm=1.0)
+    np.testing.assert_array_equal(p_t.numpy(), p_np)
+    assert isinstance(o_t.state[0]["exp_avg"], np.ndarray)
+    assert o_t.state_dict()["state"][0]["step"] == 3
+    g = torch.tensor(grads[0])
+    assert fastopt.clip_grad_norm_([g], 1.0) == pytest.approx(np.linalg.norm(grads[0].astype(np.float64)), rel=1e-6)
+
+
+def test_torch_tensor_errors():
+    torch = pytest.importorskip("torch")
+    p = torch.zeros(4, 4)
+    opt = optim.SGD([p], lr=0.1)
+    with pytest.raises(ValueError, match=r"grads\[0\]: tensor must be contiguous"):
+        opt.step([torch.zeros(4, 4).t()])
+    with pytest.raises(TypeError, match=r"grads\[0\]: expected a float32 array, got float64"):
+        opt.step([torch.zeros(4, 4, dtype=torch.float64)])
+    with pytest.raises(TypeError, match=r"params\[0\]: expected float32"):
+        optim.SGD([torch.zeros(3, dtype=torch.float16)])

@@ -117,6 +117,57 @@ static ArrayView view_cuda_interface(py::handle obj, const ArgName& name, bool w
   return v;
 }
 
+// PyTorch tensors, CPU or CUDA, read through their C-level methods: torch's
+// __cuda_array_interface__ is Python code costing ~10 us a call, too slow for thousands of
+// tensors a step. Only consulted once torch has been imported by the user.
+struct TorchTypes {
+  py::object tensor;
+  std::pair<py::object, DType> dtypes[6];
+};
+
+static const TorchTypes* torch_types() {
+  static TorchTypes* types = nullptr;  // guarded by the GIL; leaked on purpose (interpreter lifetime)
+  if (types) return types;
+  py::dict modules = py::module_::import("sys").attr("modules");
+  if (!modules.contains("torch")) return nullptr;
+  py::object torch = modules["torch"];
+  if (!py::hasattr(torch, "Tensor") || !py::hasattr(torch, "float32")) return nullptr;  // half-imported
+  types = new TorchTypes{torch.attr("Tensor"),
+                         {{torch.attr("float32"), DType::f32},
+                          {torch.attr("float64"), DType::f64},
+                          {torch.attr("int32"), DType::i32},
+                          {torch.attr("int64"), DType::i64},
+                          {torch.attr("uint8"), DType::u8},
+                          {torch.attr("bool"), DType::b1}}};
+  return types;
+}
+
+static ArrayView view_torch(const TorchTypes& tt, py::handle obj, const ArgName& name, const DType* want) {
+  ArrayView v;
+  const py::object dt = obj.attr("dtype");
+  bool known = false;
+  for (const auto& [tdt, ours] : tt.dtypes)
+    if (dt.is(tdt)) {
+      v.dtype = ours;
+      known = true;
+    }
+  if (!known) raise_type(name.str() + ": unsupported dtype " + py::str(dt).cast<std::string>());
+  check_dtype(v.dtype, want, name);
+  if (!obj.attr("is_contiguous")().cast<bool>())
+    raise_value(name.str() + ": tensor must be contiguous (use .contiguous())");
+  v.data = reinterpret_cast<void*>(obj.attr("data_ptr")().cast<uintptr_t>());
+  for (auto d : obj.attr("shape")) v.shape.push_back(d.cast<int64_t>());
+  v.numel = obj.attr("numel")().cast<int64_t>();
+  if (obj.attr("is_cuda").cast<bool>()) {
+    require_cuda("a CUDA tensor argument");
+    v.device = obj.attr("get_device")().cast<int>();
+  } else {
+    const std::string type = py::str(obj.attr("device").attr("type"));
+    if (type != "cpu") raise_value(name.str() + ": tensors on '" + type + "' are not supported (cpu or cuda only)");
+  }
+  return v;
+}
+
 ArrayView view_array(py::handle obj, const ArgName& name, bool writable, const DType* want) {
   if (py::isinstance<py::array>(obj)) return view_numpy(py::reinterpret_borrow<py::array>(obj), name, writable, want);
   if (py::isinstance<DeviceArray>(obj)) {
@@ -130,8 +181,9 @@ ArrayView view_array(py::handle obj, const ArgName& name, bool writable, const D
     v.device = d.device();
     return v;
   }
+  if (const TorchTypes* tt = torch_types(); tt && py::isinstance(obj, tt->tensor)) return view_torch(*tt, obj, name, want);
   if (py::hasattr(obj, "__cuda_array_interface__")) return view_cuda_interface(obj, name, writable, want);
-  raise_type(name.str() + ": expected a numpy.ndarray or a CUDA array (fastopt.DeviceArray, CuPy, PyTorch), got " +
+  raise_type(name.str() + ": expected a numpy.ndarray, a torch.Tensor or a CUDA array (fastopt.DeviceArray, CuPy), got " +
              py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
 }
 

@@ -37,19 +37,40 @@ def is_cuda(x):
     return isinstance(x, _C.DeviceArray) or hasattr(x, "__cuda_array_interface__")
 
 
+def _is_torch(x):
+    return type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
+
+
 def device_of(x):
-    """'cpu' for NumPy arrays, 'cuda:N' for GPU arrays; TypeError for anything else."""
+    """'cpu' for NumPy arrays and CPU tensors, 'cuda:N' for GPU arrays; TypeError otherwise."""
     if isinstance(x, np.ndarray):
         return "cpu"
     if isinstance(x, _C.DeviceArray):
         return x.device
+    if _is_torch(x):
+        return "cpu" if x.device.type == "cpu" else f"cuda:{x.device.index or 0}"
     if hasattr(x, "__cuda_array_interface__"):
         dev = getattr(x, "device", None)  # torch.device / cupy Device
         index = getattr(dev, "index", None)
         if index is None:
             index = getattr(dev, "id", 0)
         return f"cuda:{index or 0}"
-    raise TypeError(f"expected a numpy.ndarray or a CUDA array, got {type(x).__name__}")
+    raise TypeError(f"expected a numpy.ndarray, a torch.Tensor or a CUDA array, got {type(x).__name__}")
+
+
+def dtype_of(x):
+    """x's dtype as a numpy.dtype (torch.float32 -> float32), or None when it has none."""
+    dt = getattr(x, "dtype", None)
+    try:
+        return np.dtype(dt) if dt is not None else None
+    except TypeError:
+        pass
+    if hasattr(x, "__cuda_array_interface__"):
+        return np.dtype(x.__cuda_array_interface__["typestr"])
+    try:
+        return np.dtype(str(dt).rsplit(".", 1)[-1])  # torch.float32
+    except TypeError:
+        return None
 
 
 def full_like(x, value, dtype=np.float32, stream=0):
@@ -69,7 +90,9 @@ def to_numpy(x):
         return x.copy()
     if isinstance(x, _C.DeviceArray):
         return x.numpy()
-    out = np.empty(tuple(x.shape), np.dtype(x.__cuda_array_interface__["typestr"]))
+    if _is_torch(x) and x.device.type == "cpu":
+        return x.detach().numpy().copy()
+    out = np.empty(tuple(x.shape), dtype_of(x))
     _C.copy_(out, x)
     return out
 

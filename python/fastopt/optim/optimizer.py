@@ -6,7 +6,7 @@ from collections import namedtuple
 import numpy as np
 
 from .. import _C
-from .._arrays import copy_, device_of, full_like, to_numpy, zeros
+from .._arrays import copy_, device_of, dtype_of, full_like, to_numpy, zeros
 
 K = _C.OptKind
 
@@ -79,7 +79,7 @@ class Optimizer:
         seen = {id(p) for p in self._params}
         device = device_of(self._params[0]) if self._params else None
         for i, p in enumerate(params):
-            if getattr(p, "dtype", None) != np.float32:
+            if dtype_of(p) != np.float32:
                 raise TypeError(f"params[{len(self._params) + i}]: expected float32, got {getattr(p, 'dtype', type(p).__name__)}")
             if id(p) in seen:
                 raise ValueError(f"params[{len(self._params) + i}]: a parameter appears twice")
