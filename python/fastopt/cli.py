@@ -1,5 +1,6 @@
-"""The `fastopt` console script: `fastopt info` and `fastopt bench`."""
+"""The `fastopt` console script: `fastopt info` and `fastopt bench [SUITE]`."""
 import argparse
+import importlib
 import json
 import sys
 
@@ -30,7 +31,15 @@ def _bench(args):
     return run(args)
 
 
+# `fastopt bench SUITE ...` hands the rest of the command line to that suite's own main();
+# `fastopt bench ...` without a suite times the optimizers.
+SUITES = ("normalization", "dropout", "conv2d")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in SUITES:
+        return importlib.import_module(f"fastopt.bench.{argv[1]}").main(argv[2:])
     parser = argparse.ArgumentParser(prog="fastopt", description="fastopt: fused training kernels")
     sub = parser.add_subparsers(dest="command", required=True)
     p_info = sub.add_parser("info", help="how fastopt was built, and the devices it sees")
@@ -38,7 +47,8 @@ def main(argv=None):
     p_info.set_defaults(func=_info)
     p_bench = sub.add_parser("bench", help="time the optimizers against copy bandwidth, NumPy and torch",
                              description="Time fastopt's optimizer steps against the copy bandwidth, the "
-                                         "NumPy reference and torch (foreach, fused); writes JSON, Markdown, PNG.")
+                                         "NumPy reference and torch (foreach, fused); writes JSON, Markdown, PNG.",
+                             epilog=f"Other suites: fastopt bench {{{','.join(SUITES)}}} --help")
     bench_options.add_arguments(p_bench)
     p_bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
