@@ -44,7 +44,7 @@ uint64_t offset_arg(py::handle offset, int64_t numel) {
   return o;
 }
 
-py::tuple philox4x32_10(py::sequence counter, py::sequence key) {
+py::tuple philox_words(py::sequence counter, py::sequence key) {
   if (py::len(counter) != 4) raise_value("counter: expected 4 words, got " + std::to_string(py::len(counter)));
   if (py::len(key) != 2) raise_value("key: expected 2 words, got " + std::to_string(py::len(key)));
   uint32_t c[4], k[2];
@@ -55,10 +55,12 @@ py::tuple philox4x32_10(py::sequence counter, py::sequence key) {
 }
 
 // y = x * m for forward (name "x") and backward (name "dy") alike.
+// training = false: validated all the same, then x itself comes back, as torch returns its input.
 py::object dropout_apply(py::handle x, const char* name, double p, py::handle seed, py::handle offset,
-                         uintptr_t stream) {
+                         bool training, uintptr_t stream) {
   const ArrayView xv = view_f32(x, ArgName{name}, false);
   const DropoutParams d = dropout_params(probability_arg(p), unsigned_arg(seed, "seed", 64), offset_arg(offset, xv.numel));
+  if (!training) return py::reinterpret_borrow<py::object>(x);
   py::object out = new_array(xv.shape, DType::f32, xv.device, stream);
   const ArrayView yv = view_f32(out, ArgName{"out"}, true);
   const float* xp = static_cast<const float*>(xv.data);
@@ -80,12 +82,13 @@ py::object dropout_apply(py::handle x, const char* name, double p, py::handle se
 #endif
 }
 
-py::object dropout_forward(py::handle x, double p, py::handle seed, py::handle offset, uintptr_t stream) {
-  return dropout_apply(x, "x", p, seed, offset, stream);
+py::object dropout_forward(py::handle x, double p, py::handle seed, py::handle offset, bool training,
+                           uintptr_t stream) {
+  return dropout_apply(x, "x", p, seed, offset, training, stream);
 }
 
 py::object dropout_backward(py::handle dy, double p, py::handle seed, py::handle offset, uintptr_t stream) {
-  return dropout_apply(dy, "dy", p, seed, offset, stream);
+  return dropout_apply(dy, "dy", p, seed, offset, true, stream);
 }
 
 py::object dropout_mask(py::sequence shape, double p, py::handle seed, py::handle offset, int device,
@@ -123,10 +126,11 @@ py::object dropout_mask(py::sequence shape, double p, py::handle seed, py::handl
 }  // namespace
 
 void bind_dropout(py::module_& m) {
-  m.def("philox4x32_10", &philox4x32_10, py::arg("counter"), py::arg("key"),
+  m.def("philox4x32_10", &philox_words, py::arg("counter"), py::arg("key"),
         "Philox4x32-10 (Random123) of one 128-bit counter (4 words) under a 64-bit key (2 words): 4 words.");
   m.def("dropout_forward", &dropout_forward, py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("offset") = 0,
-        py::arg("stream") = 0, "y = x * mask / (1 - p), a new float32 array on x's device.");
+        py::arg("training") = true, py::arg("stream") = 0,
+        "y = x * mask / (1 - p), a new float32 array on x's device; x itself when not training.");
   m.def("dropout_backward", &dropout_backward, py::arg("dy"), py::arg("p"), py::arg("seed"), py::arg("offset") = 0,
         py::arg("stream") = 0, "dx = dy * mask / (1 - p), the mask regenerated from (seed, offset).");
   m.def("dropout_mask", &dropout_mask, py::arg("shape"), py::arg("p"), py::arg("seed"), py::arg("offset") = 0,
