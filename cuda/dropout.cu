@@ -42,17 +42,17 @@ dropout_apply_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t
   const int64_t i0 = 4 * t - static_cast<int64_t>(d.offset & 3u);
   if (vec && i0 + 4 <= n) {
     float4 v = *reinterpret_cast<const float4*>(x + i0);
-    v.x *= dropout_factor(r.v[0], d);
-    v.y *= dropout_factor(r.v[1], d);
-    v.z *= dropout_factor(r.v[2], d);
-    v.w *= dropout_factor(r.v[3], d);
+    v.x *= dropout_factor(r.v[0], d.threshold, d.scale);
+    v.y *= dropout_factor(r.v[1], d.threshold, d.scale);
+    v.z *= dropout_factor(r.v[2], d.threshold, d.scale);
+    v.w *= dropout_factor(r.v[3], d.threshold, d.scale);
     *reinterpret_cast<float4*>(y + i0) = v;
     return;
   }
 #pragma unroll
   for (int w = 0; w < 4; ++w) {
     const int64_t i = i0 + w;
-    if (i >= 0 && i < n) y[i] = x[i] * dropout_factor(r.v[w], d);
+    if (i >= 0 && i < n) y[i] = x[i] * dropout_factor(r.v[w], d.threshold, d.scale);
   }
 }
 

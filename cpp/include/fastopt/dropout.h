@@ -43,8 +43,9 @@ inline DropoutParams dropout_params(double p, uint64_t seed, uint64_t offset) {
 
 FASTOPT_HD bool dropout_keep(uint32_t word, uint64_t threshold) { return word < threshold; }
 
-FASTOPT_HD float dropout_factor(uint32_t word, const DropoutParams& d) {
-  return dropout_keep(word, d.threshold) ? d.scale : 0.0f;
+// Scalars rather than DropoutParams, so that vector loops see loop-invariant registers.
+FASTOPT_HD float dropout_factor(uint32_t word, uint64_t threshold, float scale) {
+  return dropout_keep(word, threshold) ? scale : 0.0f;
 }
 
 namespace cpu {
