@@ -10,6 +10,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "fastopt/backend.h"
 #include "fastopt/dropout.h"
 #include "fastopt/philox.h"
 
