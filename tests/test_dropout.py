@@ -6,6 +6,9 @@ rounding of the exact product, so fastopt's output equals the float32 product x 
 and is within 2^-24 relative of the float64 reference; dropped elements are exactly x * 0.
 """
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -166,6 +169,16 @@ def test_offset_skips_words(rng):
     a = F.dropout_mask(n, 0.5, seed, 0)
     b = F.dropout_mask(n, 0.5, seed, n)
     np.testing.assert_array_equal(np.concatenate([a, b]), F.dropout_mask(2 * n, 0.5, seed))
+
+
+def test_mask_independent_of_thread_count():
+    # Chunks are spread over OpenMP threads; the words an element draws must not depend on that.
+    n, offset, seed = 3 * 32768 + 5, 3, 2**63 + 11
+    code = ("import sys, numpy as np; from fastopt import functional as F; "
+            f"sys.stdout.write(np.packbits(F.dropout_mask({n}, 0.3, {seed}, {offset})).tobytes().hex())")
+    one = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, check=True).stdout
+    assert one == np.packbits(F.dropout_mask(n, 0.3, seed, offset)).tobytes().hex()
 
 
 def test_deterministic_and_seed_dependent(rng):
