@@ -254,6 +254,7 @@ def run(args):
         done[0] += 1
         print(f"[{done[0]:>2}/{total} {time.perf_counter() - t0:6.1f} s] {text}", file=sys.stderr, flush=True)
 
+    hdr = header(dict(quick=args.quick, rounds=rounds, p=P), devices)  # load average before timing
     rows, dev_info = [], {}
     for device in devices:
         clock = clock_for(device)
@@ -263,7 +264,7 @@ def run(args):
             rows += time_case(device, op, label, n, clock, rounds, ref_max, progress)
         if device == "cuda":
             release_gpu_memory()
-    doc = dict(header=header(dict(quick=args.quick, rounds=rounds, p=P), list(dev_info)), devices=dev_info,
+    doc = dict(header=hdr, devices=dev_info,
                rows=rows, targets=evaluate(rows))
     try:
         doc["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
