@@ -1,2 +1,400 @@
-// The normalization family on the CPU (being written).
+// Batch, layer and group normalization on the CPU (math: fastopt/normalization.h).
+//
+// Traffic, fp32 elements of x: forward reads x twice (statistics, normalize) and writes y: 12 B;
+// backward reads x and dy twice (sums, dx) and writes dx: 20 B. Both passes of a plane or row
+// run back to back, so the second read mostly hits cache.
+//
+// Layout: batch norm with spatial dims walks (n, c) planes of S contiguous floats; each plane's
+// moments come from an exact two-pass over the cached plane in double, and planes are merged
+// per channel in n order (Chan), OpenMP over channels. A 2-d (N, C) input walks tiles of
+// kTile channels down the rows instead, vectorized along C. The row family (layer/group norm)
+// runs OpenMP over rows; its dw/db column sums go to per-block partials over fixed blocks of
+// samples, folded in block order. Every sum therefore has a fixed order for any thread count
+// and ISA (16 double lanes folded by a fixed tree), so results are bitwise reproducible.
+#include <cmath>
+#include <vector>
+
+#include "fastopt/normalization.h"
 #include "isa.h"
+
+namespace fastopt::cpu {
+
+FASTOPT_FOR_EACH_ISA(
+    void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                                  float* mean, float* rstd, float* running_mean, float* running_var,
+                                  double factor, double eps);
+    void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                                 float* mean, float* rstd, const float* running_mean, const float* running_var,
+                                 double eps);
+    void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w,
+                             const float* mean, const float* rstd, bool training, float* dx, float* dw, float* db);
+    void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                          float* mean, float* rstd, double eps);
+    void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w,
+                           const float* mean, const float* rstd, float* dx, float* dw, float* db);)
+
+namespace FASTOPT_ISA {
+namespace {
+
+constexpr int kLanes = 16;
+constexpr int64_t kTile = 64;         // channels per task of a 2-d batch norm
+constexpr int64_t kMaxBlocks = 64;    // sample blocks of the row family's dw/db partials
+
+double fold(double (&acc)[kLanes]) {
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
+  return acc[0];
+}
+
+// Exact two-pass moments of n >= 1 contiguous floats; the second pass also sums the deviations
+// so that m2 is corrected for the rounding of the mean (the "corrected two-pass" formula).
+Moments<double> plane_moments(const float* __restrict x, int64_t n) {
+  double s[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) s[j] += x[i + j];
+  for (int j = 0; i < n; ++i, ++j) s[j] += x[i];
+  const double mu = fold(s) / static_cast<double>(n);
+  double q[kLanes] = {}, d[kLanes] = {};
+  for (i = 0; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const double v = x[i + j] - mu;
+      q[j] += v * v;
+      d[j] += v;
+    }
+  for (int j = 0; i < n; ++i, ++j) {
+    const double v = x[i] - mu;
+    q[j] += v * v;
+    d[j] += v;
+  }
+  const double dev = fold(d);
+  return {static_cast<double>(n), mu, fold(q) - dev * dev / static_cast<double>(n)};
+}
+
+// sum dy and sum dy * (x - mean) over n contiguous elements (x - mean in float, which is exact
+// for x near the mean, then widened).
+void plane_grad_sums(const float* __restrict dy, const float* __restrict x, float mean, int64_t n, double* sdy,
+                     double* sdyxmu) {
+  double a[kLanes] = {}, c[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const double g = dy[i + j];
+      a[j] += g;
+      c[j] += g * static_cast<double>(x[i + j] - mean);
+    }
+  for (int j = 0; i < n; ++i, ++j) {
+    const double g = dy[i];
+    a[j] += g;
+    c[j] += g * static_cast<double>(x[i] - mean);
+  }
+  *sdy = fold(a);
+  *sdyxmu = fold(c);
+}
+
+void plane_apply(const float* __restrict x, float* __restrict y, int64_t n, float mean, float scale, float shift) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = norm_apply(x[i], mean, scale, shift);
+}
+
+void plane_dx(const float* __restrict dy, const float* __restrict x, float* __restrict dx, int64_t n, float mean,
+              float k, float c2, float c3) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dx[i] = norm_backward_dx(dy[i], x[i] - mean, k, c2, c3);
+}
+
+// Per-channel moments of a batch norm input, into mom[C].
+void channel_moments(const NormShape& s, const float* x, Moments<double>* mom) {
+  const int64_t N = s.N, C = s.C, S = s.S;
+  if (S > 1) {
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      Moments<double> m{0.0, 0.0, 0.0};
+      for (int64_t n = 0; n < N; ++n) m = moments_merge(m, plane_moments(x + (n * C + c) * S, S));
+      mom[c] = m;
+    }
+    return;
+  }
+  const int64_t tiles = (C + kTile - 1) / kTile;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t c0 = t * kTile, w = C - c0 < kTile ? C - c0 : kTile;
+    double sum[kTile] = {}, q[kTile] = {}, d[kTile] = {};
+    for (int64_t n = 0; n < N; ++n) {
+      const float* __restrict row = x + n * C + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) sum[j] += row[j];
+    }
+    for (int64_t j = 0; j < w; ++j) sum[j] /= static_cast<double>(N);
+    for (int64_t n = 0; n < N; ++n) {
+      const float* __restrict row = x + n * C + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) {
+        const double v = row[j] - sum[j];
+        q[j] += v * v;
+        d[j] += v;
+      }
+    }
+    for (int64_t j = 0; j < w; ++j)
+      mom[c0 + j] = {static_cast<double>(N), sum[j], q[j] - d[j] * d[j] / static_cast<double>(N)};
+  }
+}
+
+// y = norm_apply(x, mean[c], scale[c], shift[c]) over every (n, c) plane.
+void channel_apply(const NormShape& s, const float* x, float* y, const float* mean, const float* scale,
+                   const float* shift) {
+  const int64_t N = s.N, C = s.C, S = s.S;
+  if (S > 1) {
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < N * C; ++p) plane_apply(x + p * S, y + p * S, S, mean[p % C], scale[p % C], shift[p % C]);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* __restrict xr = x + n * C;
+    float* __restrict yr = y + n * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) yr[c] = norm_apply(xr[c], mean[c], scale[c], shift[c]);
+  }
+}
+
+void bn_normalize(const NormShape& s, const float* x, const float* w, const float* b, float* y, const float* mean,
+                  const float* rstd) {
+  std::vector<float> scale(s.C), shift(s.C);
+  for (int64_t c = 0; c < s.C; ++c) {
+    scale[c] = w ? w[c] * rstd[c] : rstd[c];
+    shift[c] = b ? b[c] : 0.0f;
+  }
+  channel_apply(s, x, y, mean, scale.data(), shift.data());
+}
+
+}  // namespace
+
+void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
+                              double eps) {
+  std::vector<Moments<double>> mom(s.C);
+  channel_moments(s, x, mom.data());
+  for (int64_t c = 0; c < s.C; ++c) {
+    const double var = mom[c].m2 / mom[c].count;
+    mean[c] = static_cast<float>(mom[c].mean);
+    rstd[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
+    if (running_mean != nullptr)
+      update_running(running_mean + c, running_var + c, mom[c].mean, var, mom[c].count, factor);
+  }
+  bn_normalize(s, x, w, b, y, mean, rstd);
+}
+
+void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                             float* mean, float* rstd, const float* running_mean, const float* running_var,
+                             double eps) {
+  for (int64_t c = 0; c < s.C; ++c) {
+    mean[c] = running_mean[c];
+    rstd[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps));
+  }
+  bn_normalize(s, x, w, b, y, mean, rstd);
+}
+
+void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
+                         const float* rstd, bool training, float* dx, float* dw, float* db) {
+  const int64_t N = s.N, C = s.C, S = s.S;
+  std::vector<double> sdy(C, 0.0), sdyxmu(C, 0.0);
+  if (training || dw != nullptr || db != nullptr) {
+    if (S > 1) {
+#pragma omp parallel for schedule(static)
+      for (int64_t c = 0; c < C; ++c) {
+        double a = 0.0, q = 0.0;
+        for (int64_t n = 0; n < N; ++n) {
+          double pa, pq;
+          plane_grad_sums(dy + (n * C + c) * S, x + (n * C + c) * S, mean[c], S, &pa, &pq);
+          a += pa;
+          q += pq;
+        }
+        sdy[c] = a;
+        sdyxmu[c] = q;
+      }
+    } else {
+      const int64_t tiles = (C + kTile - 1) / kTile;
+#pragma omp parallel for schedule(static)
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t c0 = t * kTile, wd = C - c0 < kTile ? C - c0 : kTile;
+        double a[kTile] = {}, q[kTile] = {};
+        for (int64_t n = 0; n < N; ++n) {
+          const float* __restrict g = dy + n * C + c0;
+          const float* __restrict xr = x + n * C + c0;
+#pragma omp simd
+          for (int64_t j = 0; j < wd; ++j) {
+            a[j] += g[j];
+            q[j] += static_cast<double>(g[j]) * static_cast<double>(xr[j] - mean[c0 + j]);
+          }
+        }
+        for (int64_t j = 0; j < wd; ++j) {
+          sdy[c0 + j] = a[j];
+          sdyxmu[c0 + j] = q[j];
+        }
+      }
+    }
+  }
+  const double M = static_cast<double>(N * S);
+  std::vector<float> k(C), c2(C), c3(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double r = rstd[c], wc = w ? w[c] : 1.0;
+    k[c] = static_cast<float>(wc * r);
+    c2[c] = training ? static_cast<float>(-r * r * r * wc * sdyxmu[c] / M) : 0.0f;
+    c3[c] = training ? static_cast<float>(-r * wc * sdy[c] / M) : 0.0f;
+    if (dw != nullptr) dw[c] = static_cast<float>(sdyxmu[c] * r);
+    if (db != nullptr) db[c] = static_cast<float>(sdy[c]);
+  }
+  if (S > 1) {
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < N * C; ++p) {
+      const int64_t c = p % C;
+      plane_dx(dy + p * S, x + p * S, dx + p * S, S, mean[c], k[c], c2[c], c3[c]);
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* __restrict g = dy + n * C;
+    const float* __restrict xr = x + n * C;
+    float* __restrict o = dx + n * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) o[c] = norm_backward_dx(g[c], xr[c] - mean[c], k[c], c2[c], c3[c]);
+  }
+}
+
+void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
+                      float* rstd, double eps) {
+  const int64_t G = s.G, Cg = s.C / s.G, S = s.S, L = Cg * S, R = s.N * G;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < R; ++r) {
+    const Moments<double> m = plane_moments(x + r * L, L);
+    const float mu = static_cast<float>(m.mean);
+    const float rs = static_cast<float>(1.0 / std::sqrt(m.m2 / m.count + eps));
+    mean[r] = mu;
+    rstd[r] = rs;
+    const float* __restrict xr = x + r * L;
+    float* __restrict yr = y + r * L;
+    const int64_t c0 = (r % G) * Cg;
+    if (S == 1 && w != nullptr) {
+#pragma omp simd
+      for (int64_t j = 0; j < Cg; ++j) yr[j] = norm_apply(xr[j], mu, w[c0 + j] * rs, b ? b[c0 + j] : 0.0f);
+    } else {
+      for (int64_t j = 0; j < Cg; ++j)
+        plane_apply(xr + j * S, yr + j * S, S, mu, w ? w[c0 + j] * rs : rs, b ? b[c0 + j] : 0.0f);
+    }
+  }
+}
+
+void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
+                       const float* rstd, float* dx, float* dw, float* db) {
+  const int64_t N = s.N, C = s.C, G = s.G, Cg = C / G, S = s.S, L = Cg * S;
+  const bool affine_grads = dw != nullptr || db != nullptr;
+  // Fixed sample blocks (a function of N only) carry the dw/db partial sums.
+  const int64_t per = (N + kMaxBlocks - 1) / kMaxBlocks;
+  const int64_t blocks = N == 0 ? 0 : (N + per - 1) / per;
+  std::vector<double> pdw(affine_grads ? blocks * C : 0, 0.0), pdb(affine_grads ? blocks * C : 0, 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    double* __restrict bw = affine_grads ? pdw.data() + blk * C : nullptr;
+    double* __restrict bb = affine_grads ? pdb.data() + blk * C : nullptr;
+    const int64_t n1 = (blk + 1) * per < N ? (blk + 1) * per : N;
+    for (int64_t n = blk * per; n < n1; ++n)
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t r = n * G + g, c0 = g * Cg;
+        const float mu = mean[r], rs = rstd[r];
+        const float* __restrict xr = x + r * L;
+        const float* __restrict gr = dy + r * L;
+        float* __restrict o = dx + r * L;
+        double sg = 0.0, sgx = 0.0;
+        if (S == 1) {
+          double a[kLanes] = {}, q[kLanes] = {};
+          int64_t j = 0;
+          for (; j + kLanes <= Cg; j += kLanes)
+            for (int l = 0; l < kLanes; ++l) {
+              const double wv = w ? w[c0 + j + l] : 1.0;
+              const double d = static_cast<double>(gr[j + l]), v = static_cast<double>(xr[j + l] - mu);
+              a[l] += d * wv;
+              q[l] += d * wv * v;
+            }
+          for (int l = 0; j < Cg; ++j, ++l) {
+            const double wv = w ? w[c0 + j] : 1.0;
+            const double d = static_cast<double>(gr[j]), v = static_cast<double>(xr[j] - mu);
+            a[l] += d * wv;
+            q[l] += d * wv * v;
+          }
+          sg = fold(a);
+          sgx = fold(q);
+          if (affine_grads) {
+#pragma omp simd
+            for (int64_t c = 0; c < Cg; ++c) {
+              bw[c0 + c] += static_cast<double>(gr[c]) * static_cast<double>(xr[c] - mu) * rs;
+              bb[c0 + c] += gr[c];
+            }
+          }
+        } else {
+          for (int64_t j = 0; j < Cg; ++j) {
+            double pa, pq;
+            plane_grad_sums(gr + j * S, xr + j * S, mu, S, &pa, &pq);
+            const double wv = w ? w[c0 + j] : 1.0;
+            sg += wv * pa;
+            sgx += wv * pq;
+            if (affine_grads) {
+              bw[c0 + j] += pq * rs;
+              bb[c0 + j] += pa;
+            }
+          }
+        }
+        const double rd = rs, Ld = static_cast<double>(L);
+        const float c2 = static_cast<float>(-rd * rd * rd * sgx / Ld);
+        const float c3 = static_cast<float>(-rd * sg / Ld);
+        if (S == 1 && w != nullptr) {
+#pragma omp simd
+          for (int64_t j = 0; j < Cg; ++j) o[j] = norm_backward_dx(gr[j], xr[j] - mu, w[c0 + j] * rs, c2, c3);
+        } else {
+          for (int64_t j = 0; j < Cg; ++j)
+            plane_dx(gr + j * S, xr + j * S, o + j * S, S, mu, w ? w[c0 + j] * rs : rs, c2, c3);
+        }
+      }
+  }
+  if (!affine_grads) return;
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    double a = 0.0, q = 0.0;
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      q += pdw[blk * C + c];
+      a += pdb[blk * C + c];
+    }
+    if (dw != nullptr) dw[c] = static_cast<float>(q);
+    if (db != nullptr) db[c] = static_cast<float>(a);
+  }
+}
+
+}  // namespace FASTOPT_ISA
+
+#ifdef FASTOPT_ISA_BASELINE
+void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
+                              double eps) {
+  FASTOPT_CPU_DISPATCH(batch_norm_forward_train(s, x, w, b, y, mean, rstd, running_mean, running_var, factor, eps))
+}
+void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                             float* mean, float* rstd, const float* running_mean, const float* running_var,
+                             double eps) {
+  FASTOPT_CPU_DISPATCH(batch_norm_forward_eval(s, x, w, b, y, mean, rstd, running_mean, running_var, eps))
+}
+void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
+                         const float* rstd, bool training, float* dx, float* dw, float* db) {
+  FASTOPT_CPU_DISPATCH(batch_norm_backward(s, dy, x, w, mean, rstd, training, dx, dw, db))
+}
+void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
+                      float* rstd, double eps) {
+  FASTOPT_CPU_DISPATCH(row_norm_forward(s, x, w, b, y, mean, rstd, eps))
+}
+void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
+                       const float* rstd, float* dx, float* dw, float* db) {
+  FASTOPT_CPU_DISPATCH(row_norm_backward(s, dy, x, w, mean, rstd, dx, dw, db))
+}
+#endif
+
+}  // namespace fastopt::cpu
