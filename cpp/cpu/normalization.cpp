@@ -4,9 +4,9 @@
 // backward reads x and dy twice (sums, dx) and writes dx: 20 B. Both passes of a plane or row
 // run back to back, so the second read mostly hits cache.
 //
-// Layout: batch norm with spatial dims walks (n, c) planes of S contiguous floats; each plane's
-// moments come from an exact two-pass over the cached plane in double, and planes are merged
-// per channel in n order (Chan), OpenMP over channels. A 2-d (N, C) input walks tiles of
+// Layout: batch norm with spatial dims walks the (n, c) planes of S contiguous floats, OpenMP
+// over channels; a channel's statistics are an exact two-pass in double over its planes (the
+// second pass re-reads them from cache). A 2-d (N, C) input walks tiles of
 // kTile channels down the rows instead, vectorized along C. The row family (layer/group norm)
 // runs OpenMP over rows; its dw/db column sums go to per-block partials over fixed blocks of
 // samples, folded in block order. Every sum therefore has a fixed order for any thread count
@@ -40,61 +40,73 @@ constexpr int kLanes = 16;
 constexpr int64_t kTile = 64;         // channels per task of a 2-d batch norm
 constexpr int64_t kMaxBlocks = 64;    // sample blocks of the row family's dw/db partials
 
-double fold(double (&acc)[kLanes]) {
-  for (int w = kLanes / 2; w > 0; w /= 2)
-    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
-  return acc[0];
-}
+// Lane accumulators: element i of a run goes to lane i % kLanes, whatever the run length, so
+// several runs (the planes of a channel) can be summed into the same lanes in a fixed order.
+struct Lanes {
+  double v[kLanes] = {};
+  double fold() {
+    for (int w = kLanes / 2; w > 0; w /= 2)
+      for (int j = 0; j < w; ++j) v[j] += v[j + w];
+    return v[0];
+  }
+};
 
-// Exact two-pass moments of n >= 1 contiguous floats; the second pass also sums the deviations
-// so that m2 is corrected for the rounding of the mean (the "corrected two-pass" formula).
-Moments<double> plane_moments(const float* __restrict x, int64_t n) {
-  double s[kLanes] = {};
+void lanes_sum(Lanes& s, const float* __restrict x, int64_t n) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) s[j] += x[i + j];
-  for (int j = 0; i < n; ++i, ++j) s[j] += x[i];
-  const double mu = fold(s) / static_cast<double>(n);
-  double q[kLanes] = {}, d[kLanes] = {};
-  for (i = 0; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) s.v[j] += x[i + j];
+  for (int j = 0; i < n; ++i, ++j) s.v[j] += x[i];
+}
+
+// Second pass of the corrected two-pass variance: sum (x - mu)^2 and sum (x - mu); the latter
+// corrects m2 for the rounding of mu.
+void lanes_dev(Lanes& q, Lanes& d, const float* __restrict x, int64_t n, double mu) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
     for (int j = 0; j < kLanes; ++j) {
       const double v = x[i + j] - mu;
-      q[j] += v * v;
-      d[j] += v;
+      q.v[j] += v * v;
+      d.v[j] += v;
     }
   for (int j = 0; i < n; ++i, ++j) {
     const double v = x[i] - mu;
-    q[j] += v * v;
-    d[j] += v;
+    q.v[j] += v * v;
+    d.v[j] += v;
   }
-  const double dev = fold(d);
-  return {static_cast<double>(n), mu, fold(q) - dev * dev / static_cast<double>(n)};
 }
 
-// sum dy and sum dy * (x - mean) over n contiguous elements (x - mean in float, which is exact
-// for x near the mean, then widened).
-void plane_grad_sums(const float* __restrict dy, const float* __restrict x, float mean, int64_t n, double* sdy,
-                     double* sdyxmu) {
-  double a[kLanes] = {}, c[kLanes] = {};
+// sum dy and sum dy * (x - mean); x - mean in float is exact for x near the mean.
+void lanes_grad(Lanes& a, Lanes& c, const float* __restrict dy, const float* __restrict x, float mean, int64_t n) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int j = 0; j < kLanes; ++j) {
       const double g = dy[i + j];
-      a[j] += g;
-      c[j] += g * static_cast<double>(x[i + j] - mean);
+      a.v[j] += g;
+      c.v[j] += g * static_cast<double>(x[i + j] - mean);
     }
   for (int j = 0; i < n; ++i, ++j) {
     const double g = dy[i];
-    a[j] += g;
-    c[j] += g * static_cast<double>(x[i] - mean);
+    a.v[j] += g;
+    c.v[j] += g * static_cast<double>(x[i] - mean);
   }
-  *sdy = fold(a);
-  *sdyxmu = fold(c);
 }
 
-void plane_apply(const float* __restrict x, float* __restrict y, int64_t n, float mean, float scale, float shift) {
+// Moments of `runs` runs of n contiguous floats, run r at x + r * stride: the whole set is read
+// twice (mean, then deviations), which for one channel or one row is a cache-resident re-read.
+Moments<double> runs_moments(const float* x, int64_t runs, int64_t n, int64_t stride) {
+  Lanes s, q, d;
+  for (int64_t r = 0; r < runs; ++r) lanes_sum(s, x + r * stride, n);
+  const double count = static_cast<double>(runs * n);
+  const double mu = s.fold() / count;
+  for (int64_t r = 0; r < runs; ++r) lanes_dev(q, d, x + r * stride, n, mu);
+  const double dev = d.fold();
+  return {count, mu, q.fold() - dev * dev / count};
+}
+
+void plane_apply(const float* __restrict x, float* __restrict y, int64_t n, float hi, float lo, float scale,
+                 float shift) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] = norm_apply(x[i], mean, scale, shift);
+  for (int64_t i = 0; i < n; ++i) y[i] = norm_apply(x[i], hi, lo, scale, shift);
 }
 
 void plane_dx(const float* __restrict dy, const float* __restrict x, float* __restrict dx, int64_t n, float mean,
@@ -108,11 +120,7 @@ void channel_moments(const NormShape& s, const float* x, Moments<double>* mom) {
   const int64_t N = s.N, C = s.C, S = s.S;
   if (S > 1) {
 #pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < C; ++c) {
-      Moments<double> m{0.0, 0.0, 0.0};
-      for (int64_t n = 0; n < N; ++n) m = moments_merge(m, plane_moments(x + (n * C + c) * S, S));
-      mom[c] = m;
-    }
+    for (int64_t c = 0; c < C; ++c) mom[c] = runs_moments(x + c * S, N, S, C * S);
     return;
   }
   const int64_t tiles = (C + kTile - 1) / kTile;
@@ -140,13 +148,13 @@ void channel_moments(const NormShape& s, const float* x, Moments<double>* mom) {
   }
 }
 
-// y = norm_apply(x, mean[c], scale[c], shift[c]) over every (n, c) plane.
-void channel_apply(const NormShape& s, const float* x, float* y, const float* mean, const float* scale,
+// y = norm_apply(x, hi[c], lo[c], scale[c], shift[c]) over every (n, c) plane.
+void channel_apply(const NormShape& s, const float* x, float* y, const float* hi, const float* lo, const float* scale,
                    const float* shift) {
   const int64_t N = s.N, C = s.C, S = s.S;
   if (S > 1) {
 #pragma omp parallel for schedule(static)
-    for (int64_t p = 0; p < N * C; ++p) plane_apply(x + p * S, y + p * S, S, mean[p % C], scale[p % C], shift[p % C]);
+    for (int64_t p = 0; p < N * C; ++p) plane_apply(x + p * S, y + p * S, S, hi[p % C], lo[p % C], scale[p % C], shift[p % C]);
     return;
   }
 #pragma omp parallel for schedule(static)
@@ -154,18 +162,19 @@ void channel_apply(const NormShape& s, const float* x, float* y, const float* me
     const float* __restrict xr = x + n * C;
     float* __restrict yr = y + n * C;
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) yr[c] = norm_apply(xr[c], mean[c], scale[c], shift[c]);
+    for (int64_t c = 0; c < C; ++c) yr[c] = norm_apply(xr[c], hi[c], lo[c], scale[c], shift[c]);
   }
 }
 
+// lo: the part of each channel's mean below the float mean[c] (see norm_apply).
 void bn_normalize(const NormShape& s, const float* x, const float* w, const float* b, float* y, const float* mean,
-                  const float* rstd) {
+                  const float* lo, const float* rstd) {
   std::vector<float> scale(s.C), shift(s.C);
   for (int64_t c = 0; c < s.C; ++c) {
     scale[c] = w ? w[c] * rstd[c] : rstd[c];
     shift[c] = b ? b[c] : 0.0f;
   }
-  channel_apply(s, x, y, mean, scale.data(), shift.data());
+  channel_apply(s, x, y, mean, lo, scale.data(), shift.data());
 }
 
 }  // namespace
@@ -174,15 +183,17 @@ void batch_norm_forward_train(const NormShape& s, const float* x, const float* w
                               float* mean, float* rstd, float* running_mean, float* running_var, double factor,
                               double eps) {
   std::vector<Moments<double>> mom(s.C);
+  std::vector<float> lo(s.C);
   channel_moments(s, x, mom.data());
   for (int64_t c = 0; c < s.C; ++c) {
     const double var = mom[c].m2 / mom[c].count;
     mean[c] = static_cast<float>(mom[c].mean);
+    lo[c] = static_cast<float>(mom[c].mean - mean[c]);
     rstd[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
     if (running_mean != nullptr)
       update_running(running_mean + c, running_var + c, mom[c].mean, var, mom[c].count, factor);
   }
-  bn_normalize(s, x, w, b, y, mean, rstd);
+  bn_normalize(s, x, w, b, y, mean, lo.data(), rstd);
 }
 
 void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
@@ -192,7 +203,8 @@ void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w,
     mean[c] = running_mean[c];
     rstd[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps));
   }
-  bn_normalize(s, x, w, b, y, mean, rstd);
+  const std::vector<float> lo(s.C, 0.0f);
+  bn_normalize(s, x, w, b, y, mean, lo.data(), rstd);
 }
 
 void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
@@ -203,15 +215,10 @@ void batch_norm_backward(const NormShape& s, const float* dy, const float* x, co
     if (S > 1) {
 #pragma omp parallel for schedule(static)
       for (int64_t c = 0; c < C; ++c) {
-        double a = 0.0, q = 0.0;
-        for (int64_t n = 0; n < N; ++n) {
-          double pa, pq;
-          plane_grad_sums(dy + (n * C + c) * S, x + (n * C + c) * S, mean[c], S, &pa, &pq);
-          a += pa;
-          q += pq;
-        }
-        sdy[c] = a;
-        sdyxmu[c] = q;
+        Lanes a, q;
+        for (int64_t n = 0; n < N; ++n) lanes_grad(a, q, dy + (n * C + c) * S, x + (n * C + c) * S, mean[c], S);
+        sdy[c] = a.fold();
+        sdyxmu[c] = q.fold();
       }
     } else {
       const int64_t tiles = (C + kTile - 1) / kTile;
@@ -268,8 +275,9 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
   const int64_t G = s.G, Cg = s.C / s.G, S = s.S, L = Cg * S, R = s.N * G;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < R; ++r) {
-    const Moments<double> m = plane_moments(x + r * L, L);
+    const Moments<double> m = runs_moments(x + r * L, 1, L, L);
     const float mu = static_cast<float>(m.mean);
+    const float lo = static_cast<float>(m.mean - mu);
     const float rs = static_cast<float>(1.0 / std::sqrt(m.m2 / m.count + eps));
     mean[r] = mu;
     rstd[r] = rs;
@@ -278,10 +286,10 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
     const int64_t c0 = (r % G) * Cg;
     if (S == 1 && w != nullptr) {
 #pragma omp simd
-      for (int64_t j = 0; j < Cg; ++j) yr[j] = norm_apply(xr[j], mu, w[c0 + j] * rs, b ? b[c0 + j] : 0.0f);
+      for (int64_t j = 0; j < Cg; ++j) yr[j] = norm_apply(xr[j], mu, lo, w[c0 + j] * rs, b ? b[c0 + j] : 0.0f);
     } else {
       for (int64_t j = 0; j < Cg; ++j)
-        plane_apply(xr + j * S, yr + j * S, S, mu, w ? w[c0 + j] * rs : rs, b ? b[c0 + j] : 0.0f);
+        plane_apply(xr + j * S, yr + j * S, S, mu, lo, w ? w[c0 + j] * rs : rs, b ? b[c0 + j] : 0.0f);
     }
   }
 }
@@ -308,23 +316,23 @@ void row_norm_backward(const NormShape& s, const float* dy, const float* x, cons
         float* __restrict o = dx + r * L;
         double sg = 0.0, sgx = 0.0;
         if (S == 1) {
-          double a[kLanes] = {}, q[kLanes] = {};
+          Lanes a, q;
           int64_t j = 0;
           for (; j + kLanes <= Cg; j += kLanes)
             for (int l = 0; l < kLanes; ++l) {
               const double wv = w ? w[c0 + j + l] : 1.0;
               const double d = static_cast<double>(gr[j + l]), v = static_cast<double>(xr[j + l] - mu);
-              a[l] += d * wv;
-              q[l] += d * wv * v;
+              a.v[l] += d * wv;
+              q.v[l] += d * wv * v;
             }
           for (int l = 0; j < Cg; ++j, ++l) {
             const double wv = w ? w[c0 + j] : 1.0;
             const double d = static_cast<double>(gr[j]), v = static_cast<double>(xr[j] - mu);
-            a[l] += d * wv;
-            q[l] += d * wv * v;
+            a.v[l] += d * wv;
+            q.v[l] += d * wv * v;
           }
-          sg = fold(a);
-          sgx = fold(q);
+          sg = a.fold();
+          sgx = q.fold();
           if (affine_grads) {
 #pragma omp simd
             for (int64_t c = 0; c < Cg; ++c) {
@@ -334,8 +342,9 @@ void row_norm_backward(const NormShape& s, const float* dy, const float* x, cons
           }
         } else {
           for (int64_t j = 0; j < Cg; ++j) {
-            double pa, pq;
-            plane_grad_sums(gr + j * S, xr + j * S, mu, S, &pa, &pq);
+            Lanes la, lq;
+            lanes_grad(la, lq, gr + j * S, xr + j * S, mu, S);
+            const double pa = la.fold(), pq = lq.fold();
             const double wv = w ? w[c0 + j] : 1.0;
             sg += wv * pa;
             sgx += wv * pq;

@@ -18,7 +18,7 @@ def _f64(a):
 
 def _channel_view(x):
     """x (N, C, ...) as (N, C, S)."""
-    return x.reshape(x.shape[0], x.shape[1], -1)
+    return x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:])))
 
 
 def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5,
@@ -84,7 +84,7 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     x = _f64(x)
     normalized_shape = tuple(normalized_shape)
     lead = x.shape[:x.ndim - len(normalized_shape)]
-    xhat, mean, rstd = _rows_forward(x.reshape(-1, int(np.prod(normalized_shape))), eps)
+    xhat, mean, rstd = _rows_forward(x.reshape(int(np.prod(lead)), int(np.prod(normalized_shape))), eps)
     y = xhat.reshape(x.shape)
     if weight is not None:
         y = y * _f64(weight)
@@ -110,7 +110,8 @@ def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None):
 def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
     x = _f64(x)
     N, C = x.shape[:2]
-    xhat, mean, rstd = _rows_forward(x.reshape(N * num_groups, -1), eps)
+    L = C // num_groups * int(np.prod(x.shape[2:]))
+    xhat, mean, rstd = _rows_forward(x.reshape(N * num_groups, L), eps)
     y = _channel_view(xhat.reshape(x.shape))
     if weight is not None:
         y = y * _f64(weight)[None, :, None]
@@ -122,12 +123,13 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
 def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None):
     x, dy = _f64(x), _f64(dy)
     N, C = x.shape[:2]
+    R, L = N * num_groups, C // num_groups * int(np.prod(x.shape[2:]))
     w = np.ones(C) if weight is None else _f64(weight)
-    g = (_channel_view(dy) * w[None, :, None]).reshape(N * num_groups, -1)
+    g = (_channel_view(dy) * w[None, :, None]).reshape(R, L)
     mean, rstd = _f64(mean).reshape(-1), _f64(rstd).reshape(-1)
-    dx = _rows_backward(g, x.reshape(N * num_groups, -1), mean, rstd).reshape(x.shape)
+    dx = _rows_backward(g, x.reshape(R, L), mean, rstd).reshape(x.shape)
     if weight is None:
         return dx, None, None
-    xhat = ((x.reshape(N * num_groups, -1) - mean[:, None]) * rstd[:, None]).reshape(x.shape)
+    xhat = ((x.reshape(R, L) - mean[:, None]) * rstd[:, None]).reshape(x.shape)
     g3 = _channel_view(dy)
     return dx, (g3 * _channel_view(xhat)).sum(axis=(0, 2)), g3.sum(axis=(0, 2))
