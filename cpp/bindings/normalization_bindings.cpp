@@ -9,6 +9,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "fastopt/backend.h"
 #include "fastopt/normalization.h"
 
 namespace fastopt {
