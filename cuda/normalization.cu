@@ -18,8 +18,9 @@ Launch shapes, 256 threads per block:
   range of its N*S values; splits = ceil(N*S / 8192) capped at 256, so C = 64 still yields
   thousands of blocks. A 2-d input (S = 1) is laid out by rows, so there a block covers 32
   consecutive channels (one per lane, coalesced) and 8 row strides: grid (ceil(C/32), splits).
-  finalize: one thread per channel.  normalize / dx: grid-stride elementwise, float4 when a
-  plane's length S is a multiple of 4 and the pointers are 16-byte aligned.
+  finalize: one thread per channel.  normalize / dx: grid-stride elementwise, float4 when the
+  pointers are 16-byte aligned and a quad stays in one row and one channel (S % 4 == 0) or on
+  four consecutive channels (S == 1, C % 4 == 0).
   row family (layer/group norm): one block per row for the statistics and for dx (its two sums,
   then dx, the row's second read hitting L2).
 */
@@ -192,8 +193,16 @@ struct Index {
   __device__ int64_t stat(int64_t i, int64_t c) const { return L > 0 ? i / L : c; }
 };
 
-// Grid-stride over quads: f(i0) handles elements [i0, i0 + 4) (fewer at the end). A quad lies in
-// one channel and one row when S % 4 == 0 (and L % 4 == 0), which is when callers use float4.
+// float4 access needs 16-byte aligned pointers and quads that stay inside one row (L % 4 == 0)
+// and either inside one channel (S % 4 == 0) or on 4 consecutive channels of one sample
+// (S == 1, C % 4 == 0): then element e of the quad at i0 has channel c0 + e * cstep.
+bool quad_layout(const Index& ix, int64_t* cstep) {
+  *cstep = ix.S == 1 ? 1 : 0;
+  const bool rows_ok = ix.L == 0 || ix.L % 4 == 0;
+  return rows_ok && (ix.S % 4 == 0 || (ix.S == 1 && ix.C % 4 == 0));
+}
+
+// Grid-stride over quads: f(i0) handles elements [i0, i0 + 4) (fewer at the end).
 template <class F>
 __device__ void for_each_quad(int64_t numel, F&& f) {
   const int64_t quads = (numel + 3) / 4;
@@ -204,20 +213,26 @@ __device__ void for_each_quad(int64_t numel, F&& f) {
 
 __global__ void __launch_bounds__(kThreads)
 norm_apply_kernel(const float* x, float* y, int64_t numel, Index ix, const float* hi, const float* lo,
-                  const float* rstd, const float* w, const float* b, bool vec) {
+                  const float* rstd, const float* w, const float* b, bool vec, int64_t cstep) {
+  auto one = [&](float v, int64_t c, int64_t r) {
+    return norm_apply(v, hi[r], lo[r], w ? w[c] * rstd[r] : rstd[r], b ? b[c] : 0.0f);
+  };
   for_each_quad(numel, [&](int64_t i0) {
     if (vec && i0 + 4 <= numel) {
-      const int64_t c = ix.channel(i0), r = ix.stat(i0, c);
-      const float scale = w ? w[c] * rstd[r] : rstd[r], shift = b ? b[c] : 0.0f;
+      const int64_t c0 = ix.channel(i0), r0 = ix.stat(i0, c0);
       const float4 v = *reinterpret_cast<const float4*>(x + i0);
-      *reinterpret_cast<float4*>(y + i0) =
-          make_float4(norm_apply(v.x, hi[r], lo[r], scale, shift), norm_apply(v.y, hi[r], lo[r], scale, shift),
-                      norm_apply(v.z, hi[r], lo[r], scale, shift), norm_apply(v.w, hi[r], lo[r], scale, shift));
+      float o[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t c = c0 + e * cstep;
+        o[e] = one(o[e], c, ix.L > 0 ? r0 : c);
+      }
+      *reinterpret_cast<float4*>(y + i0) = make_float4(o[0], o[1], o[2], o[3]);
       return;
     }
     for (int64_t i = i0; i < i0 + 4 && i < numel; ++i) {
-      const int64_t c = ix.channel(i), r = ix.stat(i, c);
-      y[i] = norm_apply(x[i], hi[r], lo[r], w ? w[c] * rstd[r] : rstd[r], b ? b[c] : 0.0f);
+      const int64_t c = ix.channel(i);
+      y[i] = one(x[i], c, ix.stat(i, c));
     }
   });
 }
@@ -271,22 +286,18 @@ __global__ void bn_eval_coefs(int64_t C, const float* w, const float* rstd, floa
 
 __global__ void __launch_bounds__(kThreads)
 bn_dx_kernel(const float* dy, const float* x, float* dx, int64_t numel, Index ix, const float* mean, const float* k,
-             const float* c2, const float* c3, bool vec) {
+             const float* c2, const float* c3, bool vec, int64_t cstep) {
+  auto one = [&](float g, float v, int64_t c) { return norm_backward_dx(g, v - mean[c], k[c], c2[c], c3[c]); };
   for_each_quad(numel, [&](int64_t i0) {
     if (vec && i0 + 4 <= numel) {
-      const int64_t c = ix.channel(i0);
-      const float m = mean[c], kc = k[c], a = c2[c], e = c3[c];
+      const int64_t c0 = ix.channel(i0);
       const float4 g = *reinterpret_cast<const float4*>(dy + i0);
       const float4 v = *reinterpret_cast<const float4*>(x + i0);
-      *reinterpret_cast<float4*>(dx + i0) =
-          make_float4(norm_backward_dx(g.x, v.x - m, kc, a, e), norm_backward_dx(g.y, v.y - m, kc, a, e),
-                      norm_backward_dx(g.z, v.z - m, kc, a, e), norm_backward_dx(g.w, v.w - m, kc, a, e));
+      *reinterpret_cast<float4*>(dx + i0) = make_float4(one(g.x, v.x, c0), one(g.y, v.y, c0 + cstep),
+                                                        one(g.z, v.z, c0 + 2 * cstep), one(g.w, v.w, c0 + 3 * cstep));
       return;
     }
-    for (int64_t i = i0; i < i0 + 4 && i < numel; ++i) {
-      const int64_t c = ix.channel(i);
-      dx[i] = norm_backward_dx(dy[i], x[i] - mean[c], k[c], c2[c], c3[c]);
-    }
+    for (int64_t i = i0; i < i0 + 4 && i < numel; ++i) dx[i] = one(dy[i], x[i], ix.channel(i));
   });
 }
 
@@ -334,6 +345,16 @@ unsigned blocks_for(int64_t count, int64_t per_block) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+void launch_apply(const float* x, float* y, int64_t numel, const Index& ix, const float* hi, const float* lo,
+                  const float* rstd, const float* w, const float* b, cudaStream_t st) {
+  if (numel == 0) return;
+  int64_t cstep;
+  const bool vec = quad_layout(ix, &cstep) && aligned16(x) && aligned16(y);
+  norm_apply_kernel<<<blocks_for((numel + 3) / 4, kThreads), kThreads, 0, st>>>(x, y, numel, ix, hi, lo, rstd, w, b,
+                                                                                vec, cstep);
+  check(cudaGetLastError(), "norm_apply_kernel");
+}
+
 void check_rows(int64_t rows) {
   if (rows > INT32_MAX) throw std::runtime_error("fastopt CUDA normalization: more than 2^31 - 1 rows");
 }
@@ -356,10 +377,7 @@ void batch_norm_forward_train(const NormShape& s, const float* x, const float* w
                                                                     running_var, factor, eps);
   check(cudaGetLastError(), "bn_stats_final");
   const int64_t numel = s.N * s.C * s.S;
-  const bool vec = s.S % 4 == 0 && aligned16(x) && aligned16(y);
-  norm_apply_kernel<<<blocks_for((numel + 3) / 4, kThreads), kThreads, 0, st>>>(x, y, numel, Index{s.S, s.C, 0}, hi,
-                                                                                lo, rstd, w, b, vec);
-  check(cudaGetLastError(), "norm_apply_kernel");
+  launch_apply(x, y, numel, Index{s.S, s.C, 0}, hi, lo, rstd, w, b, st);
 }
 
 void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
@@ -371,12 +389,7 @@ void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w,
   float* lo = reinterpret_cast<float*>(lo_buf.bytes());
   bn_eval_stats<<<blocks_for(s.C, kThreads), kThreads, 0, st>>>(s.C, running_mean, running_var, eps, mean, rstd, lo);
   check(cudaGetLastError(), "bn_eval_stats");
-  const int64_t numel = s.N * s.C * s.S;
-  if (numel == 0) return;
-  const bool vec = s.S % 4 == 0 && aligned16(x) && aligned16(y);
-  norm_apply_kernel<<<blocks_for((numel + 3) / 4, kThreads), kThreads, 0, st>>>(x, y, numel, Index{s.S, s.C, 0},
-                                                                                mean, lo, rstd, w, b, vec);
-  check(cudaGetLastError(), "norm_apply_kernel");
+  launch_apply(x, y, s.N * s.C * s.S, Index{s.S, s.C, 0}, mean, lo, rstd, w, b, st);
 }
 
 void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
@@ -406,9 +419,11 @@ void batch_norm_backward(const NormShape& s, const float* dy, const float* x, co
     check(cudaGetLastError(), "bn_eval_coefs");
   }
   if (numel == 0) return;
-  const bool vec = s.S % 4 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx);
-  bn_dx_kernel<<<blocks_for((numel + 3) / 4, kThreads), kThreads, 0, st>>>(dy, x, dx, numel, Index{s.S, s.C, 0}, mean,
-                                                                           k, c2, c3, vec);
+  const Index ix{s.S, s.C, 0};
+  int64_t cstep;
+  const bool vec = quad_layout(ix, &cstep) && aligned16(x) && aligned16(dy) && aligned16(dx);
+  bn_dx_kernel<<<blocks_for((numel + 3) / 4, kThreads), kThreads, 0, st>>>(dy, x, dx, numel, ix, mean, k, c2, c3, vec,
+                                                                           cstep);
   check(cudaGetLastError(), "bn_dx_kernel");
 }
 
@@ -423,11 +438,7 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
   float* lo = hi + R;
   row_stats_kernel<<<static_cast<unsigned>(R), kThreads, 0, st>>>(x, L, eps, mean, rstd, hi, lo);
   check(cudaGetLastError(), "row_stats_kernel");
-  const int64_t numel = R * L;
-  const bool vec = s.S % 4 == 0 && L % 4 == 0 && aligned16(x) && aligned16(y);
-  norm_apply_kernel<<<blocks_for((numel + 3) / 4, kThreads), kThreads, 0, st>>>(x, y, numel, Index{s.S, s.C, L}, hi,
-                                                                                lo, rstd, w, b, vec);
-  check(cudaGetLastError(), "norm_apply_kernel");
+  launch_apply(x, y, R * L, Index{s.S, s.C, L}, hi, lo, rstd, w, b, st);
 }
 
 void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,

@@ -70,7 +70,7 @@ void require_same_shape(const ArrayView& x, const ArrayView& v, const char* name
     raise_value(std::string(name) + ": shape " + shape_str(v.shape) + " does not match x shape " + shape_str(x.shape));
 }
 
-void sync_device(int device) {
+void use_device(int device) {
 #ifdef FASTOPT_WITH_CUDA
   cuda::set_device(device);
 #else
@@ -133,7 +133,7 @@ py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta
       else cpu::batch_norm_forward_eval(s, xp, w, b, y.ptr, mean.ptr, rstd.ptr, rm, rv, eps);
     } else {
 #ifdef FASTOPT_WITH_CUDA
-      sync_device(x.device);
+      use_device(x.device);
       void* st = reinterpret_cast<void*>(stream);
       if (training) cuda::batch_norm_forward_train(s, xp, w, b, y.ptr, mean.ptr, rstd.ptr, rm, rv, factor, eps, st);
       else cuda::batch_norm_forward_eval(s, xp, w, b, y.ptr, mean.ptr, rstd.ptr, rm, rv, eps, st);
@@ -174,7 +174,7 @@ py::tuple batch_norm_backward(py::handle dy_obj, py::handle x_obj, py::handle ga
       cpu::batch_norm_backward(s, gp, xp, w, mp, rp, training, dx.ptr, dw, db);
     } else {
 #ifdef FASTOPT_WITH_CUDA
-      sync_device(x.device);
+      use_device(x.device);
       cuda::batch_norm_backward(s, gp, xp, w, mp, rp, training, dx.ptr, dw, db, reinterpret_cast<void*>(stream));
 #else
       no_cuda();
@@ -225,7 +225,7 @@ py::tuple row_forward(const ArrayView& x, const NormShape& s, const std::vector<
       cpu::row_norm_forward(s, xp, w, b, y.ptr, mean.ptr, rstd.ptr, eps);
     } else {
 #ifdef FASTOPT_WITH_CUDA
-      sync_device(x.device);
+      use_device(x.device);
       cuda::row_norm_forward(s, xp, w, b, y.ptr, mean.ptr, rstd.ptr, eps, reinterpret_cast<void*>(stream));
 #else
       no_cuda();
@@ -259,7 +259,7 @@ py::tuple row_backward(const ArrayView& dy, const ArrayView& x, const NormShape&
       cpu::row_norm_backward(s, gp, xp, w, mp, rp, dx.ptr, dw, db);
     } else {
 #ifdef FASTOPT_WITH_CUDA
-      sync_device(x.device);
+      use_device(x.device);
       cuda::row_norm_backward(s, gp, xp, w, mp, rp, dx.ptr, dw, db, reinterpret_cast<void*>(stream));
 #else
       no_cuda();
