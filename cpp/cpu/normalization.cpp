@@ -1,13 +1,15 @@
 // Batch, layer and group normalization on the CPU (math: fastopt/normalization.h).
 //
-// Traffic, fp32 elements of x: forward reads x twice (statistics, normalize) and writes y: 12 B;
-// backward reads x and dy twice (sums, dx) and writes dx: 20 B. Both passes of a plane or row
-// run back to back, so the second read mostly hits cache.
+// Traffic, fp32 elements of x: forward reads x for the statistics (two passes: mean, then
+// deviations) and once more to normalize, and writes y; backward reads x and dy for the fused
+// sums and again for dx, and writes dx. Only the first read of each must come from DRAM: all
+// passes over a channel or row run back to back, while it sits in L2 (a (64, 56, 56) channel
+// is 800 KB), so the floor is about 8 B forward and 12 B backward per element.
 //
-// Layout: batch norm with spatial dims walks the (n, c) planes of S contiguous floats, OpenMP
-// over channels; a channel's statistics are an exact two-pass in double over its planes (the
-// second pass re-reads them from cache). A 2-d (N, C) input walks tiles of
-// kTile channels down the rows instead, vectorized along C. The row family (layer/group norm)
+// Layout: batch norm with spatial dims runs OpenMP over channels; a channel is N planes of S
+// contiguous floats, vectorized along S, its statistics an exact two-pass in double, then its
+// normalize (or dx) pass. A 2-d (N, C) input walks tiles of kTile channels down the rows
+// instead, vectorized along C. The row family (layer/group norm)
 // runs OpenMP over rows; its dw/db column sums go to per-block partials over fixed blocks of
 // samples, folded in block order. Every sum therefore has a fixed order for any thread count
 // and ISA (16 double lanes folded by a fixed tree), so results are bitwise reproducible.
@@ -115,14 +117,10 @@ void plane_dx(const float* __restrict dy, const float* __restrict x, float* __re
   for (int64_t i = 0; i < n; ++i) dx[i] = norm_backward_dx(dy[i], x[i] - mean, k, c2, c3);
 }
 
-// Per-channel moments of a batch norm input, into mom[C].
-void channel_moments(const NormShape& s, const float* x, Moments<double>* mom) {
-  const int64_t N = s.N, C = s.C, S = s.S;
-  if (S > 1) {
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < C; ++c) mom[c] = runs_moments(x + c * S, N, S, C * S);
-    return;
-  }
+// Per-channel moments of a 2-d (N, C) batch norm input, into mom[C]: tiles of kTile channels
+// walk down the rows, vectorized along C.
+void column_moments(const NormShape& s, const float* x, Moments<double>* mom) {
+  const int64_t N = s.N, C = s.C;
   const int64_t tiles = (C + kTile - 1) / kTile;
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < tiles; ++t) {
@@ -182,17 +180,30 @@ void bn_normalize(const NormShape& s, const float* x, const float* w, const floa
 void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y,
                               float* mean, float* rstd, float* running_mean, float* running_var, double factor,
                               double eps) {
-  std::vector<Moments<double>> mom(s.C);
-  std::vector<float> lo(s.C);
-  channel_moments(s, x, mom.data());
-  for (int64_t c = 0; c < s.C; ++c) {
-    const double var = mom[c].m2 / mom[c].count;
-    mean[c] = static_cast<float>(mom[c].mean);
-    lo[c] = static_cast<float>(mom[c].mean - mean[c]);
+  const int64_t N = s.N, C = s.C, S = s.S;
+  // Channel c's statistics: float mean and rstd, the mean's float rounding in *lo.
+  auto finish = [&](int64_t c, const Moments<double>& m, float* lo) {
+    const double var = m.m2 / m.count;
+    mean[c] = static_cast<float>(m.mean);
+    *lo = static_cast<float>(m.mean - mean[c]);
     rstd[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
-    if (running_mean != nullptr)
-      update_running(running_mean + c, running_var + c, mom[c].mean, var, mom[c].count, factor);
+    if (running_mean != nullptr) update_running(running_mean + c, running_var + c, m.mean, var, m.count, factor);
+  };
+  if (S > 1) {
+    // Statistics and normalization of a channel back to back: its planes are still in L2.
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      float lo;
+      finish(c, runs_moments(x + c * S, N, S, C * S), &lo);
+      const float scale = w ? w[c] * rstd[c] : rstd[c], shift = b ? b[c] : 0.0f;
+      for (int64_t n = 0; n < N; ++n) plane_apply(x + (n * C + c) * S, y + (n * C + c) * S, S, mean[c], lo, scale, shift);
+    }
+    return;
   }
+  std::vector<Moments<double>> mom(C);
+  std::vector<float> lo(C);
+  column_moments(s, x, mom.data());
+  for (int64_t c = 0; c < C; ++c) finish(c, mom[c], &lo[c]);
   bn_normalize(s, x, w, b, y, mean, lo.data(), rstd);
 }
 
@@ -210,55 +221,49 @@ void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w,
 void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
                          const float* rstd, bool training, float* dx, float* dw, float* db) {
   const int64_t N = s.N, C = s.C, S = s.S;
-  std::vector<double> sdy(C, 0.0), sdyxmu(C, 0.0);
-  if (training || dw != nullptr || db != nullptr) {
-    if (S > 1) {
-#pragma omp parallel for schedule(static)
-      for (int64_t c = 0; c < C; ++c) {
-        Lanes a, q;
-        for (int64_t n = 0; n < N; ++n) lanes_grad(a, q, dy + (n * C + c) * S, x + (n * C + c) * S, mean[c], S);
-        sdy[c] = a.fold();
-        sdyxmu[c] = q.fold();
-      }
-    } else {
-      const int64_t tiles = (C + kTile - 1) / kTile;
-#pragma omp parallel for schedule(static)
-      for (int64_t t = 0; t < tiles; ++t) {
-        const int64_t c0 = t * kTile, wd = C - c0 < kTile ? C - c0 : kTile;
-        double a[kTile] = {}, q[kTile] = {};
-        for (int64_t n = 0; n < N; ++n) {
-          const float* __restrict g = dy + n * C + c0;
-          const float* __restrict xr = x + n * C + c0;
-#pragma omp simd
-          for (int64_t j = 0; j < wd; ++j) {
-            a[j] += g[j];
-            q[j] += static_cast<double>(g[j]) * static_cast<double>(xr[j] - mean[c0 + j]);
-          }
-        }
-        for (int64_t j = 0; j < wd; ++j) {
-          sdy[c0 + j] = a[j];
-          sdyxmu[c0 + j] = q[j];
-        }
-      }
-    }
-  }
+  const bool sums = training || dw != nullptr || db != nullptr;
   const double M = static_cast<double>(N * S);
-  std::vector<float> k(C), c2(C), c3(C);
-  for (int64_t c = 0; c < C; ++c) {
+  // Channel c's dw, db and dx coefficients from its sums (zero in eval: dx = dy * k).
+  auto finish = [&](int64_t c, double sdy, double sdyxmu, float* k, float* c2, float* c3) {
     const double r = rstd[c], wc = w ? w[c] : 1.0;
-    k[c] = static_cast<float>(wc * r);
-    c2[c] = training ? static_cast<float>(-r * r * r * wc * sdyxmu[c] / M) : 0.0f;
-    c3[c] = training ? static_cast<float>(-r * wc * sdy[c] / M) : 0.0f;
-    if (dw != nullptr) dw[c] = static_cast<float>(sdyxmu[c] * r);
-    if (db != nullptr) db[c] = static_cast<float>(sdy[c]);
-  }
+    *k = static_cast<float>(wc * r);
+    *c2 = training ? static_cast<float>(-r * r * r * wc * sdyxmu / M) : 0.0f;
+    *c3 = training ? static_cast<float>(-r * wc * sdy / M) : 0.0f;
+    if (dw != nullptr) dw[c] = static_cast<float>(sdyxmu * r);
+    if (db != nullptr) db[c] = static_cast<float>(sdy);
+  };
   if (S > 1) {
+    // The fused sums, then dx, channel by channel while its planes are in cache.
 #pragma omp parallel for schedule(static)
-    for (int64_t p = 0; p < N * C; ++p) {
-      const int64_t c = p % C;
-      plane_dx(dy + p * S, x + p * S, dx + p * S, S, mean[c], k[c], c2[c], c3[c]);
+    for (int64_t c = 0; c < C; ++c) {
+      Lanes a, q;
+      if (sums)
+        for (int64_t n = 0; n < N; ++n) lanes_grad(a, q, dy + (n * C + c) * S, x + (n * C + c) * S, mean[c], S);
+      float k, c2, c3;
+      finish(c, a.fold(), q.fold(), &k, &c2, &c3);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t p = (n * C + c) * S;
+        plane_dx(dy + p, x + p, dx + p, S, mean[c], k, c2, c3);
+      }
     }
     return;
+  }
+  std::vector<float> k(C), c2(C), c3(C);
+  const int64_t tiles = (C + kTile - 1) / kTile;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t c0 = t * kTile, wd = C - c0 < kTile ? C - c0 : kTile;
+    double a[kTile] = {}, q[kTile] = {};
+    for (int64_t n = 0; sums && n < N; ++n) {
+      const float* __restrict g = dy + n * C + c0;
+      const float* __restrict xr = x + n * C + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < wd; ++j) {
+        a[j] += g[j];
+        q[j] += static_cast<double>(g[j]) * static_cast<double>(xr[j] - mean[c0 + j]);
+      }
+    }
+    for (int64_t j = 0; j < wd; ++j) finish(c0 + j, a[j], q[j], &k[c0 + j], &c2[c0 + j], &c3[c0 + j]);
   }
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
