@@ -44,10 +44,10 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     p.add_argument("--quick", action="store_true", help="fewer rounds (about a minute on a 2-core CPU)")
     p.add_argument("--out", metavar="DIR", help="write results.json, results.md and chart.png here")
-    p.add_argument("--repeat", type=int, default=None, help="timing rounds per case (default 15, --quick 5)")
+    p.add_argument("--repeat", type=int, default=None, help="timing rounds per case (default 25, --quick 9)")
     args = p.parse_args(argv)
     if args.repeat is None:
-        args.repeat = 5 if args.quick else 15
+        args.repeat = 9 if args.quick else 25
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
     return args
@@ -276,6 +276,7 @@ def run(args):
                                                                      [args.device])
     torch = torch_or_none()
     t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
     rows = []
     plan = [(d, op, shape) for d in devices for op, shape in CASES]
     for i, (device, op, shape) in enumerate(plan):
@@ -293,7 +294,7 @@ def run(args):
                build=fastopt.build_info(), torch=getattr(torch, "__version__", None),
                torch_threads=torch.get_num_threads() if torch is not None else None,
                floor_bytes_per_element=FLOOR_BYTES, working_set_bytes_per_element=WORKING_SET,
-               seconds=time.perf_counter() - t0, rows=rows)
+               seconds=time.perf_counter() - t0, load_average=[load_before, os.getloadavg()[0]], rows=rows)
     md = markdown(doc)
     print(md)
     if args.out:
@@ -303,7 +304,8 @@ def run(args):
         with open(os.path.join(args.out, "results.md"), "w") as f:
             f.write(f"# fastopt normalization benchmark\n\n{doc['machine']}; build {doc['build']['simd']}, "
                     f"{doc['build']['cpu_threads']} threads; torch {doc['torch']} "
-                    f"({doc['torch_threads']} threads).\n\n{md}\n")
+                    f"({doc['torch_threads']} threads). 1-minute load average {doc['load_average'][0]:.1f} "
+                    f"before, {doc['load_average'][1]:.1f} after the run ({os.cpu_count()} CPUs).\n\n{md}\n")
         draw(doc, os.path.join(args.out, "chart.png"))
         print(f"wrote {args.out}/results.json, results.md, chart.png", file=sys.stderr)
     return 0
