@@ -289,9 +289,10 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
     const float* __restrict xr = x + r * L;
     float* __restrict yr = y + r * L;
     const int64_t c0 = (r % G) * Cg;
-    if (S == 1 && w != nullptr) {
+    if (S == 1) {
 #pragma omp simd
-      for (int64_t j = 0; j < Cg; ++j) yr[j] = norm_apply(xr[j], mu, lo, w[c0 + j] * rs, b ? b[c0 + j] : 0.0f);
+      for (int64_t j = 0; j < Cg; ++j)
+        yr[j] = norm_apply(xr[j], mu, lo, w ? w[c0 + j] * rs : rs, b ? b[c0 + j] : 0.0f);
     } else {
       for (int64_t j = 0; j < Cg; ++j)
         plane_apply(xr + j * S, yr + j * S, S, mu, lo, w ? w[c0 + j] * rs : rs, b ? b[c0 + j] : 0.0f);
@@ -362,9 +363,10 @@ void row_norm_backward(const NormShape& s, const float* dy, const float* x, cons
         const double rd = rs, Ld = static_cast<double>(L);
         const float c2 = static_cast<float>(-rd * rd * rd * sgx / Ld);
         const float c3 = static_cast<float>(-rd * sg / Ld);
-        if (S == 1 && w != nullptr) {
+        if (S == 1) {
 #pragma omp simd
-          for (int64_t j = 0; j < Cg; ++j) o[j] = norm_backward_dx(gr[j], xr[j] - mu, w[c0 + j] * rs, c2, c3);
+          for (int64_t j = 0; j < Cg; ++j)
+            o[j] = norm_backward_dx(gr[j], xr[j] - mu, w ? w[c0 + j] * rs : rs, c2, c3);
         } else {
           for (int64_t j = 0; j < Cg; ++j)
             plane_dx(gr + j * S, xr + j * S, o + j * S, S, mu, w ? w[c0 + j] * rs : rs, c2, c3);
