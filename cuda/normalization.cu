@@ -45,6 +45,12 @@ constexpr int64_t kSplitElems = 8192;  // values of one channel per statistics b
 constexpr int64_t kMaxSplits = 256;
 constexpr int64_t kTileRows = 64;      // rows per block of a 2-d (S = 1) channel reduction
 
+// i / d, in 32-bit arithmetic when both fit (`narrow`, uniform per launch): a 64-bit division
+// costs several times as many instructions, and the elementwise passes do one per quad.
+__device__ __forceinline__ int64_t div_index(int64_t i, int64_t d, bool narrow) {
+  return narrow ? static_cast<int64_t>(static_cast<uint32_t>(i) / static_cast<uint32_t>(d)) : i / d;
+}
+
 struct WelfordOp {
   using T = Moments<float>;
   static __device__ T zero() { return {0.0f, 0.0f, 0.0f}; }
@@ -102,10 +108,11 @@ struct Geom {
   int64_t N, C, S;
   int64_t splits, per;  // per: values (spread) or rows (tile) of one split
   bool tile;            // S == 1
+  bool narrow;          // N * S < 2^32: 32-bit index division
 };
 
 Geom make_geom(const NormShape& s) {
-  Geom g{s.N, s.C, s.S, 1, 0, s.S == 1};
+  Geom g{s.N, s.C, s.S, 1, 0, s.S == 1, s.N * s.S <= static_cast<int64_t>(UINT32_MAX)};
   const int64_t span = g.tile ? s.N : s.N * s.S;
   g.splits = std::min(kMaxSplits, std::max<int64_t>(1, (span + (g.tile ? kTileRows : kSplitElems) - 1) /
                                                            (g.tile ? kTileRows : kSplitElems)));
@@ -132,7 +139,7 @@ __device__ int64_t for_each_value(const Geom& g, F&& f) {
   const int64_t c = blockIdx.x;
   const int64_t j1 = min(g.N * g.S, (k + 1) * g.per);
   for (int64_t j = k * g.per + threadIdx.x; j < j1; j += kThreads) {
-    const int64_t n = j / g.S;
+    const int64_t n = div_index(j, g.S, g.narrow);
     f(c, n, (n * g.C + c) * g.S + (j - n * g.S));
   }
   return c;
@@ -189,9 +196,17 @@ __global__ void bn_eval_stats(int64_t C, const float* running_mean, const float*
 // i / L (row family, L = row length) or its channel (batch norm, L = 0).
 struct Index {
   int64_t S, C, L;
-  __device__ int64_t channel(int64_t i) const { return (i / S) % C; }
-  __device__ int64_t stat(int64_t i, int64_t c) const { return L > 0 ? i / L : c; }
+  bool narrow;  // numel < 2^32
+  __device__ int64_t channel(int64_t i) const {
+    const int64_t p = div_index(i, S, narrow);
+    return p - div_index(p, C, narrow) * C;
+  }
+  __device__ int64_t stat(int64_t i, int64_t c) const { return L > 0 ? div_index(i, L, narrow) : c; }
 };
+
+Index make_index(const NormShape& s, int64_t L) {
+  return Index{s.S, s.C, L, s.N * s.C * s.S <= static_cast<int64_t>(UINT32_MAX)};
+}
 
 // float4 access needs 16-byte aligned pointers and quads that stay inside one row (L % 4 == 0)
 // and either inside one channel (S % 4 == 0) or on 4 consecutive channels of one sample
@@ -323,12 +338,13 @@ __global__ void __launch_bounds__(kThreads)
 row_dx_kernel(const float* dy, const float* x, const float* w, const float* mean, const float* rstd, int64_t L,
               int64_t S, int64_t G, int64_t Cg, float* dx) {
   const int64_t r = blockIdx.x, c0 = (r % G) * Cg;
+  const bool narrow = L <= static_cast<int64_t>(UINT32_MAX);
   const float mu = mean[r], rs = rstd[r];
   const float* xr = x + r * L;
   const float* gr = dy + r * L;
   float2 acc = SumOp::zero();
   for (int64_t j = threadIdx.x; j < L; j += kThreads) {
-    const float g = w ? gr[j] * w[c0 + j / S] : gr[j];
+    const float g = w ? gr[j] * w[c0 + div_index(j, S, narrow)] : gr[j];
     acc.x += g;
     acc.y += g * (xr[j] - mu);
   }
@@ -336,7 +352,7 @@ row_dx_kernel(const float* dy, const float* x, const float* w, const float* mean
   const float c2 = static_cast<float>(-static_cast<double>(rs) * rs * rs * acc.y / static_cast<double>(L));
   const float c3 = static_cast<float>(-static_cast<double>(rs) * acc.x / static_cast<double>(L));
   for (int64_t j = threadIdx.x; j < L; j += kThreads)
-    dx[r * L + j] = norm_backward_dx(gr[j], xr[j] - mu, w ? w[c0 + j / S] * rs : rs, c2, c3);
+    dx[r * L + j] = norm_backward_dx(gr[j], xr[j] - mu, w ? w[c0 + div_index(j, S, narrow)] * rs : rs, c2, c3);
 }
 
 unsigned blocks_for(int64_t count, int64_t per_block) {
@@ -377,7 +393,7 @@ void batch_norm_forward_train(const NormShape& s, const float* x, const float* w
                                                                     running_var, factor, eps);
   check(cudaGetLastError(), "bn_stats_final");
   const int64_t numel = s.N * s.C * s.S;
-  launch_apply(x, y, numel, Index{s.S, s.C, 0}, hi, lo, rstd, w, b, st);
+  launch_apply(x, y, numel, make_index(s, 0), hi, lo, rstd, w, b, st);
 }
 
 void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
@@ -389,7 +405,7 @@ void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w,
   float* lo = reinterpret_cast<float*>(lo_buf.bytes());
   bn_eval_stats<<<blocks_for(s.C, kThreads), kThreads, 0, st>>>(s.C, running_mean, running_var, eps, mean, rstd, lo);
   check(cudaGetLastError(), "bn_eval_stats");
-  launch_apply(x, y, s.N * s.C * s.S, Index{s.S, s.C, 0}, mean, lo, rstd, w, b, st);
+  launch_apply(x, y, s.N * s.C * s.S, make_index(s, 0), mean, lo, rstd, w, b, st);
 }
 
 void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
@@ -419,7 +435,7 @@ void batch_norm_backward(const NormShape& s, const float* dy, const float* x, co
     check(cudaGetLastError(), "bn_eval_coefs");
   }
   if (numel == 0) return;
-  const Index ix{s.S, s.C, 0};
+  const Index ix = make_index(s, 0);
   int64_t cstep;
   const bool vec = quad_layout(ix, &cstep) && aligned16(x) && aligned16(dy) && aligned16(dx);
   bn_dx_kernel<<<blocks_for((numel + 3) / 4, kThreads), kThreads, 0, st>>>(dy, x, dx, numel, ix, mean, k, c2, c3, vec,
@@ -438,7 +454,7 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
   float* lo = hi + R;
   row_stats_kernel<<<static_cast<unsigned>(R), kThreads, 0, st>>>(x, L, eps, mean, rstd, hi, lo);
   check(cudaGetLastError(), "row_stats_kernel");
-  launch_apply(x, y, R * L, Index{s.S, s.C, L}, hi, lo, rstd, w, b, st);
+  launch_apply(x, y, R * L, make_index(s, L), hi, lo, rstd, w, b, st);
 }
 
 void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
