@@ -297,6 +297,13 @@ def test_matches_torch(rng):
     assert_close(rm, rmt.numpy(), 1e-6, "running_mean")
     assert_close(rv, rvt.numpy(), 1e-6, "running_var")
 
+    # Eval mode, forward and backward through the running statistics.
+    want = torch_run(lambda xt, wt, bt: tf.batch_norm(xt, rmt, rvt, wt, bt, False, 0.1, 1e-5), w, b)
+    y, m, s = F.batch_norm_forward(x, w, b, rm, rv, False)
+    got = [y, *F.batch_norm_backward(dy, x, w, m, s, training=False)]
+    for g, t, name in zip(got, want, ("y", "dx", "dgamma", "dbeta")):
+        assert_close(g, t, 1e-5, f"eval batch_norm {name}")
+
     want = torch_run(lambda xt, wt, bt: tf.layer_norm(xt, (7, 3), wt, bt), w[0] * np.ones((7, 3), np.float32),
                      np.ones((7, 3), np.float32))
     y, m, s = F.layer_norm_forward(x, (7, 3), w[0] * np.ones((7, 3), np.float32), np.ones((7, 3), np.float32))
