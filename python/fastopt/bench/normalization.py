@@ -191,8 +191,8 @@ def time_case(device, op, shape, clock, rounds, quick):
 
 # ------------------------------------------------------------------------------- reports
 
-def _fmt(v, spec):
-    return "-" if v is None else format(v, spec)
+def _fmt(v, spec, suffix=""):
+    return "-" if v is None else format(v, spec) + suffix
 
 
 def markdown(doc):
@@ -209,8 +209,8 @@ def markdown(doc):
             out.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 case, _fmt(fo["median_ms"], ".2f"), _fmt(at[f"torch-{device}"]["median_ms"], ".2f"),
                 _fmt(at["numpy-ref"]["median_ms"], ".1f"), _fmt(fo["floor_ms"], ".2f"), _fmt(fo["copy_gbs"], ".1f"),
-                _fmt(fo.get("pct_floor"), ".0f"), _fmt(fo.get("speedup_vs_torch"), ".2f") + "x",
-                _fmt(fo.get("speedup_vs_numpy"), ".1f") + "x"))
+                _fmt(fo.get("pct_floor"), ".0f"), _fmt(fo.get("speedup_vs_torch"), ".2f", "x"),
+                _fmt(fo.get("speedup_vs_numpy"), ".1f", "x")))
         targets = f"target: BN >= {TARGET_VS_TORCH[device]:.1f}x torch"
         if device in TARGET_PCT_FLOOR:
             targets += f" and >= {TARGET_PCT_FLOOR[device]:.0f}% of the floor"
