@@ -1,2 +1,416 @@
-// The normalization family on the CPU (being written).
+// Batch, layer and group normalization on the CPU (math: fastopt/normalization.h).
+//
+// Traffic, fp32 elements of x: forward reads x for the statistics (two passes: mean, then
+// deviations) and once more to normalize, and writes y; backward reads x and dy for the fused
+// sums and again for dx, and writes dx. Only the first read of each must come from DRAM: all
+// passes over a channel or row run back to back, while it sits in L2 (a (64, 56, 56) channel
+// is 800 KB), so the floor is about 8 B forward and 12 B backward per element.
+//
+// Layout: batch norm with spatial dims runs OpenMP over channels; a channel is N planes of S
+// contiguous floats, vectorized along S, its statistics an exact two-pass in double, then its
+// normalize (or dx) pass. A 2-d (N, C) input walks tiles of kTile channels down the rows
+// instead, vectorized along C. The row family (layer/group norm)
+// runs OpenMP over rows; its dw/db column sums go to per-block partials over fixed blocks of
+// samples, folded in block order. Every sum therefore has a fixed order for any thread count
+// and ISA (16 double lanes folded by a fixed tree), so results are bitwise reproducible.
+#include <cmath>
+#include <vector>
+
+#include "fastopt/normalization.h"
 #include "isa.h"
+
+namespace fastopt::cpu {
+
+FASTOPT_FOR_EACH_ISA(
+    void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                                  float* mean, float* rstd, float* running_mean, float* running_var,
+                                  double factor, double eps);
+    void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                                 float* mean, float* rstd, const float* running_mean, const float* running_var,
+                                 double eps);
+    void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w,
+                             const float* mean, const float* rstd, bool training, float* dx, float* dw, float* db);
+    void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                          float* mean, float* rstd, double eps);
+    void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w,
+                           const float* mean, const float* rstd, float* dx, float* dw, float* db);)
+
+namespace FASTOPT_ISA {
+namespace {
+
+constexpr int kLanes = 16;
+constexpr int64_t kTile = 64;         // channels per task of a 2-d batch norm
+constexpr int64_t kMaxBlocks = 64;    // sample blocks of the row family's dw/db partials
+
+// Lane accumulators: element i of a run goes to lane i % kLanes, whatever the run length, so
+// several runs (the planes of a channel) can be summed into the same lanes in a fixed order.
+struct Lanes {
+  double v[kLanes] = {};
+  double fold() {
+    for (int w = kLanes / 2; w > 0; w /= 2)
+      for (int j = 0; j < w; ++j) v[j] += v[j + w];
+    return v[0];
+  }
+};
+
+void lanes_sum(Lanes& s, const float* __restrict x, int64_t n) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) s.v[j] += x[i + j];
+  for (int j = 0; i < n; ++i, ++j) s.v[j] += x[i];
+}
+
+// Second pass of the corrected two-pass variance: sum (x - mu)^2 and sum (x - mu); the latter
+// corrects m2 for the rounding of mu.
+void lanes_dev(Lanes& q, Lanes& d, const float* __restrict x, int64_t n, double mu) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const double v = x[i + j] - mu;
+      q.v[j] += v * v;
+      d.v[j] += v;
+    }
+  for (int j = 0; i < n; ++i, ++j) {
+    const double v = x[i] - mu;
+    q.v[j] += v * v;
+    d.v[j] += v;
+  }
+}
+
+// sum dy and sum dy * (x - mean); x - mean in float is exact for x near the mean.
+void lanes_grad(Lanes& a, Lanes& c, const float* __restrict dy, const float* __restrict x, float mean, int64_t n) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const double g = dy[i + j];
+      a.v[j] += g;
+      c.v[j] += g * static_cast<double>(x[i + j] - mean);
+    }
+  for (int j = 0; i < n; ++i, ++j) {
+    const double g = dy[i];
+    a.v[j] += g;
+    c.v[j] += g * static_cast<double>(x[i] - mean);
+  }
+}
+
+// Moments of `runs` runs of n contiguous floats, run r at x + r * stride: the whole set is read
+// twice (mean, then deviations), which for one channel or one row is a cache-resident re-read.
+Moments<double> runs_moments(const float* x, int64_t runs, int64_t n, int64_t stride) {
+  Lanes s, q, d;
+  for (int64_t r = 0; r < runs; ++r) lanes_sum(s, x + r * stride, n);
+  const double count = static_cast<double>(runs * n);
+  const double mu = s.fold() / count;
+  for (int64_t r = 0; r < runs; ++r) lanes_dev(q, d, x + r * stride, n, mu);
+  const double dev = d.fold();
+  return {count, mu, q.fold() - dev * dev / count};
+}
+
+void plane_apply(const float* __restrict x, float* __restrict y, int64_t n, float hi, float lo, float scale,
+                 float shift) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = norm_apply(x[i], hi, lo, scale, shift);
+}
+
+void plane_dx(const float* __restrict dy, const float* __restrict x, float* __restrict dx, int64_t n, float mean,
+              float k, float c2, float c3) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dx[i] = norm_backward_dx(dy[i], x[i] - mean, k, c2, c3);
+}
+
+// Per-channel moments of a 2-d (N, C) batch norm input, into mom[C]: tiles of kTile channels
+// walk down the rows, vectorized along C.
+void column_moments(const NormShape& s, const float* x, Moments<double>* mom) {
+  const int64_t N = s.N, C = s.C;
+  const int64_t tiles = (C + kTile - 1) / kTile;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t c0 = t * kTile, w = C - c0 < kTile ? C - c0 : kTile;
+    double sum[kTile] = {}, q[kTile] = {}, d[kTile] = {};
+    for (int64_t n = 0; n < N; ++n) {
+      const float* __restrict row = x + n * C + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) sum[j] += row[j];
+    }
+    for (int64_t j = 0; j < w; ++j) sum[j] /= static_cast<double>(N);
+    for (int64_t n = 0; n < N; ++n) {
+      const float* __restrict row = x + n * C + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) {
+        const double v = row[j] - sum[j];
+        q[j] += v * v;
+        d[j] += v;
+      }
+    }
+    for (int64_t j = 0; j < w; ++j)
+      mom[c0 + j] = {static_cast<double>(N), sum[j], q[j] - d[j] * d[j] / static_cast<double>(N)};
+  }
+}
+
+// y = norm_apply(x, hi[c], lo[c], scale[c], shift[c]) over every (n, c) plane.
+void channel_apply(const NormShape& s, const float* x, float* y, const float* hi, const float* lo, const float* scale,
+                   const float* shift) {
+  const int64_t N = s.N, C = s.C, S = s.S;
+  if (S > 1) {
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < N * C; ++p) plane_apply(x + p * S, y + p * S, S, hi[p % C], lo[p % C], scale[p % C], shift[p % C]);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* __restrict xr = x + n * C;
+    float* __restrict yr = y + n * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) yr[c] = norm_apply(xr[c], hi[c], lo[c], scale[c], shift[c]);
+  }
+}
+
+// lo: the part of each channel's mean below the float mean[c] (see norm_apply).
+void bn_normalize(const NormShape& s, const float* x, const float* w, const float* b, float* y, const float* mean,
+                  const float* lo, const float* rstd) {
+  std::vector<float> scale(s.C), shift(s.C);
+  for (int64_t c = 0; c < s.C; ++c) {
+    scale[c] = w ? w[c] * rstd[c] : rstd[c];
+    shift[c] = b ? b[c] : 0.0f;
+  }
+  channel_apply(s, x, y, mean, lo, scale.data(), shift.data());
+}
+
+}  // namespace
+
+void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
+                              double eps) {
+  const int64_t N = s.N, C = s.C, S = s.S;
+  // Channel c's statistics: float mean and rstd, the mean's float rounding in *lo.
+  auto finish = [&](int64_t c, const Moments<double>& m, float* lo) {
+    const double var = m.m2 / m.count;
+    mean[c] = static_cast<float>(m.mean);
+    *lo = static_cast<float>(m.mean - mean[c]);
+    rstd[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
+    if (running_mean != nullptr) update_running(running_mean + c, running_var + c, m.mean, var, m.count, factor);
+  };
+  if (S > 1) {
+    // Statistics and normalization of a channel back to back: its planes are still in L2.
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      float lo;
+      finish(c, runs_moments(x + c * S, N, S, C * S), &lo);
+      const float scale = w ? w[c] * rstd[c] : rstd[c], shift = b ? b[c] : 0.0f;
+      for (int64_t n = 0; n < N; ++n) plane_apply(x + (n * C + c) * S, y + (n * C + c) * S, S, mean[c], lo, scale, shift);
+    }
+    return;
+  }
+  std::vector<Moments<double>> mom(C);
+  std::vector<float> lo(C);
+  column_moments(s, x, mom.data());
+  for (int64_t c = 0; c < C; ++c) finish(c, mom[c], &lo[c]);
+  bn_normalize(s, x, w, b, y, mean, lo.data(), rstd);
+}
+
+void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                             float* mean, float* rstd, const float* running_mean, const float* running_var,
+                             double eps) {
+  for (int64_t c = 0; c < s.C; ++c) {
+    mean[c] = running_mean[c];
+    rstd[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps));
+  }
+  const std::vector<float> lo(s.C, 0.0f);
+  bn_normalize(s, x, w, b, y, mean, lo.data(), rstd);
+}
+
+void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
+                         const float* rstd, bool training, float* dx, float* dw, float* db) {
+  const int64_t N = s.N, C = s.C, S = s.S;
+  const bool sums = training || dw != nullptr || db != nullptr;
+  const double M = static_cast<double>(N * S);
+  // Channel c's dw, db and dx coefficients from its sums (zero in eval: dx = dy * k).
+  auto finish = [&](int64_t c, double sdy, double sdyxmu, float* k, float* c2, float* c3) {
+    const double r = rstd[c], wc = w ? w[c] : 1.0;
+    *k = static_cast<float>(wc * r);
+    *c2 = training ? static_cast<float>(-r * r * r * wc * sdyxmu / M) : 0.0f;
+    *c3 = training ? static_cast<float>(-r * wc * sdy / M) : 0.0f;
+    if (dw != nullptr) dw[c] = static_cast<float>(sdyxmu * r);
+    if (db != nullptr) db[c] = static_cast<float>(sdy);
+  };
+  if (S > 1) {
+    // The fused sums, then dx, channel by channel while its planes are in cache.
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      Lanes a, q;
+      if (sums)
+        for (int64_t n = 0; n < N; ++n) lanes_grad(a, q, dy + (n * C + c) * S, x + (n * C + c) * S, mean[c], S);
+      float k, c2, c3;
+      finish(c, a.fold(), q.fold(), &k, &c2, &c3);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t p = (n * C + c) * S;
+        plane_dx(dy + p, x + p, dx + p, S, mean[c], k, c2, c3);
+      }
+    }
+    return;
+  }
+  std::vector<float> k(C), c2(C), c3(C);
+  const int64_t tiles = (C + kTile - 1) / kTile;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t c0 = t * kTile, wd = C - c0 < kTile ? C - c0 : kTile;
+    double a[kTile] = {}, q[kTile] = {};
+    for (int64_t n = 0; sums && n < N; ++n) {
+      const float* __restrict g = dy + n * C + c0;
+      const float* __restrict xr = x + n * C + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < wd; ++j) {
+        a[j] += g[j];
+        q[j] += static_cast<double>(g[j]) * static_cast<double>(xr[j] - mean[c0 + j]);
+      }
+    }
+    for (int64_t j = 0; j < wd; ++j) finish(c0 + j, a[j], q[j], &k[c0 + j], &c2[c0 + j], &c3[c0 + j]);
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* __restrict g = dy + n * C;
+    const float* __restrict xr = x + n * C;
+    float* __restrict o = dx + n * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) o[c] = norm_backward_dx(g[c], xr[c] - mean[c], k[c], c2[c], c3[c]);
+  }
+}
+
+void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
+                      float* rstd, double eps) {
+  const int64_t G = s.G, Cg = s.C / s.G, S = s.S, L = Cg * S, R = s.N * G;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < R; ++r) {
+    const Moments<double> m = runs_moments(x + r * L, 1, L, L);
+    const float mu = static_cast<float>(m.mean);
+    const float lo = static_cast<float>(m.mean - mu);
+    const float rs = static_cast<float>(1.0 / std::sqrt(m.m2 / m.count + eps));
+    mean[r] = mu;
+    rstd[r] = rs;
+    const float* __restrict xr = x + r * L;
+    float* __restrict yr = y + r * L;
+    const int64_t c0 = (r % G) * Cg;
+    if (S == 1) {
+#pragma omp simd
+      for (int64_t j = 0; j < Cg; ++j)
+        yr[j] = norm_apply(xr[j], mu, lo, w ? w[c0 + j] * rs : rs, b ? b[c0 + j] : 0.0f);
+    } else {
+      for (int64_t j = 0; j < Cg; ++j)
+        plane_apply(xr + j * S, yr + j * S, S, mu, lo, w ? w[c0 + j] * rs : rs, b ? b[c0 + j] : 0.0f);
+    }
+  }
+}
+
+void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
+                       const float* rstd, float* dx, float* dw, float* db) {
+  const int64_t N = s.N, C = s.C, G = s.G, Cg = C / G, S = s.S, L = Cg * S;
+  const bool affine_grads = dw != nullptr || db != nullptr;
+  // Fixed sample blocks (a function of N only) carry the dw/db partial sums.
+  const int64_t per = (N + kMaxBlocks - 1) / kMaxBlocks;
+  const int64_t blocks = N == 0 ? 0 : (N + per - 1) / per;
+  std::vector<double> pdw(affine_grads ? blocks * C : 0, 0.0), pdb(affine_grads ? blocks * C : 0, 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    double* __restrict bw = affine_grads ? pdw.data() + blk * C : nullptr;
+    double* __restrict bb = affine_grads ? pdb.data() + blk * C : nullptr;
+    const int64_t n1 = (blk + 1) * per < N ? (blk + 1) * per : N;
+    for (int64_t n = blk * per; n < n1; ++n)
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t r = n * G + g, c0 = g * Cg;
+        const float mu = mean[r], rs = rstd[r];
+        const float* __restrict xr = x + r * L;
+        const float* __restrict gr = dy + r * L;
+        float* __restrict o = dx + r * L;
+        double sg = 0.0, sgx = 0.0;
+        if (S == 1) {
+          Lanes a, q;
+          int64_t j = 0;
+          for (; j + kLanes <= Cg; j += kLanes)
+            for (int l = 0; l < kLanes; ++l) {
+              const double wv = w ? w[c0 + j + l] : 1.0;
+              const double d = static_cast<double>(gr[j + l]), v = static_cast<double>(xr[j + l] - mu);
+              a.v[l] += d * wv;
+              q.v[l] += d * wv * v;
+            }
+          for (int l = 0; j < Cg; ++j, ++l) {
+            const double wv = w ? w[c0 + j] : 1.0;
+            const double d = static_cast<double>(gr[j]), v = static_cast<double>(xr[j] - mu);
+            a.v[l] += d * wv;
+            q.v[l] += d * wv * v;
+          }
+          sg = a.fold();
+          sgx = q.fold();
+          if (affine_grads) {
+#pragma omp simd
+            for (int64_t c = 0; c < Cg; ++c) {
+              bw[c0 + c] += static_cast<double>(gr[c]) * static_cast<double>(xr[c] - mu) * rs;
+              bb[c0 + c] += gr[c];
+            }
+          }
+        } else {
+          for (int64_t j = 0; j < Cg; ++j) {
+            Lanes la, lq;
+            lanes_grad(la, lq, gr + j * S, xr + j * S, mu, S);
+            const double pa = la.fold(), pq = lq.fold();
+            const double wv = w ? w[c0 + j] : 1.0;
+            sg += wv * pa;
+            sgx += wv * pq;
+            if (affine_grads) {
+              bw[c0 + j] += pq * rs;
+              bb[c0 + j] += pa;
+            }
+          }
+        }
+        const double rd = rs, Ld = static_cast<double>(L);
+        const float c2 = static_cast<float>(-rd * rd * rd * sgx / Ld);
+        const float c3 = static_cast<float>(-rd * sg / Ld);
+        if (S == 1) {
+#pragma omp simd
+          for (int64_t j = 0; j < Cg; ++j)
+            o[j] = norm_backward_dx(gr[j], xr[j] - mu, w ? w[c0 + j] * rs : rs, c2, c3);
+        } else {
+          for (int64_t j = 0; j < Cg; ++j)
+            plane_dx(gr + j * S, xr + j * S, o + j * S, S, mu, w ? w[c0 + j] * rs : rs, c2, c3);
+        }
+      }
+  }
+  if (!affine_grads) return;
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    double a = 0.0, q = 0.0;
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      q += pdw[blk * C + c];
+      a += pdb[blk * C + c];
+    }
+    if (dw != nullptr) dw[c] = static_cast<float>(q);
+    if (db != nullptr) db[c] = static_cast<float>(a);
+  }
+}
+
+}  // namespace FASTOPT_ISA
+
+#ifdef FASTOPT_ISA_BASELINE
+void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
+                              double eps) {
+  FASTOPT_CPU_DISPATCH(batch_norm_forward_train(s, x, w, b, y, mean, rstd, running_mean, running_var, factor, eps))
+}
+void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                             float* mean, float* rstd, const float* running_mean, const float* running_var,
+                             double eps) {
+  FASTOPT_CPU_DISPATCH(batch_norm_forward_eval(s, x, w, b, y, mean, rstd, running_mean, running_var, eps))
+}
+void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
+                         const float* rstd, bool training, float* dx, float* dw, float* db) {
+  FASTOPT_CPU_DISPATCH(batch_norm_backward(s, dy, x, w, mean, rstd, training, dx, dw, db))
+}
+void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
+                      float* rstd, double eps) {
+  FASTOPT_CPU_DISPATCH(row_norm_forward(s, x, w, b, y, mean, rstd, eps))
+}
+void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
+                       const float* rstd, float* dx, float* dw, float* db) {
+  FASTOPT_CPU_DISPATCH(row_norm_backward(s, dy, x, w, mean, rstd, dx, dw, db))
+}
+#endif
+
+}  // namespace fastopt::cpu

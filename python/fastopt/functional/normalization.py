@@ -1,2 +1,105 @@
-"""The normalization family (being written)."""
-__all__ = []
+"""Batch, layer and group normalization (torch.nn.functional semantics), float32.
+
+Arrays are C-contiguous float32 NumPy arrays (CPU) or GPU arrays (fastopt.DeviceArray, CuPy,
+PyTorch); every op runs where x lives and returns new arrays there. Statistics accumulate in
+double on the CPU and with Welford/Chan merges in float32 on the GPU; every reduction has a fixed
+order, so results are bitwise reproducible run to run. `stream` is a CUDA stream handle (0: the
+legacy default stream), ignored on the CPU.
+
+Each forward returns (y, mean, rstd) where rstd = 1 / sqrt(var_biased + eps), and each backward
+takes those saved statistics and returns (dx, dweight, dbias). dweight is None when the weight
+(gamma) is None; dbias is None when has_bias is False, which by default it is exactly when the
+weight is None (pass has_bias=True for a bias-only affine).
+"""
+from .. import _C
+
+__all__ = [
+    "batch_norm_forward", "batch_norm_backward", "layer_norm_forward", "layer_norm_backward",
+    "group_norm_forward", "group_norm_backward",
+]
+
+
+def _grads(out, weight, has_bias):
+    dx, dw, db = out
+    if has_bias is None:
+        has_bias = weight is not None
+    return dx, (dw if weight is not None else None), (db if has_bias else None)
+
+
+def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5,
+                       num_batches_tracked=None, stream=0):
+    """Batch normalization of x (N, C) or (N, C, H, W) (any (N, C, ...)): statistics per channel
+    over every dim but C, as torch.nn.functional.batch_norm.
+
+    training=True normalizes with the batch mean and biased variance and, when running_mean and
+    running_var (float32 (C,), both or neither) are given, updates them in place:
+    running = (1 - f) * running + f * batch with the unbiased batch variance, f = momentum; for
+    momentum=None f = 1 / num_batches_tracked (a cumulative average; pass the count including
+    this batch, as torch.nn.BatchNorm does after incrementing it). Training needs more than one
+    value per channel (ValueError otherwise, as torch).
+    training=False normalizes with running_mean / running_var (then required).
+    gamma / beta (C,) may be None (no scale / no shift).
+
+    Returns (y, save_mean, save_invstd), each (C,): the mean and 1 / sqrt(var + eps) actually
+    used (batch statistics in training, running statistics in eval). Pass them to
+    batch_norm_backward with the same `training`.
+    """
+    if momentum is None:
+        if num_batches_tracked is None or int(num_batches_tracked) < 1:
+            raise ValueError("num_batches_tracked: momentum=None (cumulative average) needs the batch count "
+                             f"including this batch, >= 1; got {num_batches_tracked!r}")
+        factor = 1.0 / int(num_batches_tracked)
+    else:
+        factor = float(momentum)
+        if not 0.0 <= factor <= 1.0:
+            raise ValueError(f"momentum: must lie in [0, 1] or be None, got {momentum!r}")
+    return _C.batch_norm_forward(x, gamma, beta, running_mean, running_var, bool(training), factor, float(eps),
+                                 stream)
+
+
+def batch_norm_backward(dy, x, gamma, save_mean, save_invstd, training=True, has_bias=None, stream=0):
+    """Gradients of batch_norm_forward: (dx, dgamma, dbeta).
+
+    save_mean / save_invstd are what the forward returned. training=True differentiates through
+    the batch statistics (sum dy and sum dy * (x - mean) per channel, fused in one pass);
+    training=False is the eval-mode backward, where mean and invstd are constants:
+    dx = dy * gamma * invstd.
+    """
+    affine = gamma is not None or bool(has_bias)
+    return _grads(_C.batch_norm_backward(dy, x, gamma, save_mean, save_invstd, bool(training), affine, stream),
+                  gamma, has_bias)
+
+
+def _normalized_shape(normalized_shape):
+    if isinstance(normalized_shape, int):
+        return [normalized_shape]
+    return [int(d) for d in normalized_shape]
+
+
+def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, stream=0):
+    """Layer normalization over the trailing dims normalized_shape (int or tuple), as
+    torch.nn.functional.layer_norm; weight / bias have shape normalized_shape (elementwise affine).
+    The same in training and eval. Returns (y, mean, rstd), mean/rstd shaped x.shape[:-k]."""
+    return _C.layer_norm_forward(x, _normalized_shape(normalized_shape), weight, bias, float(eps), stream)
+
+
+def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, has_bias=None, stream=0):
+    """Gradients of layer_norm_forward: (dx, dweight, dbias)."""
+    affine = weight is not None or bool(has_bias)
+    return _grads(_C.layer_norm_backward(dy, x, _normalized_shape(normalized_shape), mean, rstd, weight, affine,
+                                         stream), weight, has_bias)
+
+
+def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5, stream=0):
+    """Group normalization of x (N, C, ...), as torch.nn.functional.group_norm: the C channels
+    split into num_groups consecutive groups, statistics per (sample, group); num_groups = C is
+    instance norm, 1 is layer norm over (C, ...) with per-channel affine. weight / bias (C,).
+    Returns (y, mean, rstd), mean/rstd shaped (N, num_groups)."""
+    return _C.group_norm_forward(x, int(num_groups), weight, bias, float(eps), stream)
+
+
+def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, has_bias=None, stream=0):
+    """Gradients of group_norm_forward: (dx, dweight, dbias)."""
+    affine = weight is not None or bool(has_bias)
+    return _grads(_C.group_norm_backward(dy, x, int(num_groups), mean, rstd, weight, affine, stream), weight,
+                  has_bias)
