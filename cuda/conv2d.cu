@@ -1,2 +1,318 @@
-// The conv2d family on CUDA (being written).
+/*
+Conv2d on CUDA, NCHW float32: forward, data-grad, weight-grad and bias-grad.
+
+Math (fastopt/conv2d.h): y[n,k,p,q] = b[k] + sum_{c in group(k), r, s} x[n,c,p sh-ph+r dh, q sw-pw+s dw] w[k,c',r,s];
+the two gradients are the adjoints; cuda/conv2d_tiles.cuh writes all three as implicit GEMMs.
+
+Work each pass must do: 2 N K (C/groups) R S P Q flops (forward, data-grad, weight-grad alike);
+bytes at least 4 (|x| + |w| + |y|). The 3x3 layers are compute-bound (e.g. N=128, C=K=64, 56x56:
+59 GFLOP vs 103 MB); depthwise (groups = C) is bandwidth-bound: 4 (|x| + |y|) bytes for forward
+and data-grad.
+
+Paths, chosen per call by shape (choose() below):
+  tiled implicit GEMM  (stage 2) 256 threads, a BM x BN tile per block (128x128, or 64x64 when the
+                       128 grid would not fill the SMs), 8-deep k steps double-buffered through
+                       shared memory with the next step's global loads in flight during the FMAs;
+                       grid (N tiles, M tiles, groups x splits). 1x1 stride-1 unpadded convs take
+                       the plain-GEMM variant (no im2col index math). Weight-grad splits the
+                       (n,p,q) reduction: each split stores its own dw-shaped partial in stream-
+                       ordered scratch, then one thread per dw element sums the splits in order.
+  depthwise direct     groups = C (Cg = 1): one thread per output of a plane, grid (planes, tiles
+                       of 256 outputs); reads x (or dy) once from DRAM, the halo from L1/L2.
+  gather               (stage 1) one thread per output element (grid-stride, int64 indices), or
+                       for weight- and bias-grad one 256-thread block per output element; the
+                       reference path on the GPU and the fallback for what the others do not
+                       take (extents past int32, tiny GEMMs, depthwise weight-grad, grids past
+                       CUDA's y/z limits). FASTOPT_CONV2D_GATHER=1 forces it, to cross-check the
+                       fast paths on a GPU.
+Every output is written exactly once, every sum runs in a fixed order (no atomics): results are
+bitwise reproducible run to run. allow_tf32 is accepted but stage 3 (TF32 mma.sync) is not built
+yet, so TF32 requests run the exact float32 path.
+*/
+#include <algorithm>
+#include <cstdlib>
+
+#include "conv2d_tiles.cuh"
 #include "fastopt/backend.h"
+#include "fastopt/conv2d.h"
+#include "launch.cuh"
+
+namespace fastopt::cuda {
+namespace {
+
+using detail::as_stream;
+using detail::check;
+using namespace conv;
+
+constexpr int64_t kMaxGridX = 65535LL * 64;  // grid-stride kernels: plenty of blocks, never past int32
+constexpr int kMaxGridYZ = 65535;
+
+// ------------------------------------------------------------------ kernels
+
+template <class Prob, int BM, int BN>
+__global__ void __launch_bounds__(kThreads) gemm_kernel(const Prob pb) {
+  using T = Tile<BM, BN>;
+  __shared__ T tiles[2];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int split = static_cast<int>(blockIdx.z) % pb.splits;
+  const int g = static_cast<int>(blockIdx.z) / pb.splits;
+  const int m0 = static_cast<int>(blockIdx.y) * BM;
+  const int n0 = static_cast<int>(blockIdx.x) * BN;
+  int k_begin, k_end;
+  split_range(pb.Kd, pb.splits, split, k_begin, k_end);
+
+  float acc[T::TM][T::TN];
+#pragma unroll
+  for (int i = 0; i < T::TM; ++i)
+#pragma unroll
+    for (int j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
+
+  if (k_begin < k_end) {
+    float ra[T::LA], rb[T::LB];
+    load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k_begin, k_end, ra, rb);
+    store_tiles<Prob, BM, BN>(tiles[0], tid, ra, rb);
+    __syncthreads();
+    int buf = 0;
+    // Step k reads tiles[buf] and fills tiles[buf ^ 1]; the one barrier per step separates both
+    // from the previous step, which read tiles[buf ^ 1].
+    for (int k0 = k_begin; k0 < k_end; k0 += kBK) {
+      const bool more = k0 + kBK < k_end;
+      if (more) load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k0 + kBK, k_end, ra, rb);
+      tile_fma<BM, BN>(tiles[buf], tid, acc);
+      if (more) store_tiles<Prob, BM, BN>(tiles[buf ^ 1], tid, ra, rb);
+      __syncthreads();
+      buf ^= 1;
+    }
+  }
+  store_outputs<Prob, BM, BN>(pb, g, split, tid, m0, n0, acc);
+}
+
+__global__ void __launch_bounds__(kThreads) split_sum_kernel(const float* part, int64_t numel, int splits,
+                                                             float* dw) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < numel; i += int64_t{gridDim.x} * kThreads)
+    dw[i] = split_sum_at(part, numel, splits, i);
+}
+
+__global__ void __launch_bounds__(kThreads) forward_gather(const Dims d, const float* x, const float* w,
+                                                           const float* b, float* y, int64_t total) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < total; i += int64_t{gridDim.x} * kThreads)
+    y[i] = forward_at(d, x, w, b, i);
+}
+
+__global__ void __launch_bounds__(kThreads) backward_data_gather(const Dims d, const float* dy, const float* w,
+                                                                 float* dx, int64_t total) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < total; i += int64_t{gridDim.x} * kThreads)
+    dx[i] = backward_data_at(d, dy, w, i);
+}
+
+// Sum of v over the block in a fixed shuffle tree, valid in thread 0. Every thread must call it;
+// it leaves `warp_sums` free for the next call.
+__device__ __forceinline__ float block_sum(float v, float* warp_sums) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = 0.0f;
+  if (threadIdx.x < 32) {
+    if (threadIdx.x < kThreads / 32) v = warp_sums[threadIdx.x];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+  }
+  __syncthreads();
+  return v;
+}
+
+// One block per dw element (block-stride over elements).
+__global__ void __launch_bounds__(kThreads) backward_weight_gather(const Dims d, const float* dy, const float* x,
+                                                                   float* dw, int64_t total) {
+  __shared__ float warp_sums[kThreads / 32];
+  for (int64_t e = blockIdx.x; e < total; e += gridDim.x) {
+    const float v = block_sum(backward_weight_part(d, dy, x, e, threadIdx.x, kThreads), warp_sums);
+    if (threadIdx.x == 0) dw[e] = v;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) backward_bias_kernel(const Dims d, const float* dy, float* db) {
+  __shared__ float warp_sums[kThreads / 32];
+  for (int64_t k = blockIdx.x; k < d.K; k += gridDim.x) {
+    const float v = block_sum(backward_bias_part(d, dy, k, threadIdx.x, kThreads), warp_sums);
+    if (threadIdx.x == 0) db[k] = v;
+  }
+}
+
+// grid (N K planes, ceil(P Q / 256)).
+__global__ void __launch_bounds__(kThreads) depthwise_forward(const Dims32 d, const float* x, const float* w,
+                                                              const float* b, float* y) {
+  const int plane = static_cast<int>(blockIdx.x);
+  const int pq = static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x);
+  if (pq >= d.PQ) return;
+  const int n = plane / d.K, k = plane - n * d.K;
+  const int p = pq / d.Q, q = pq - p * d.Q;
+  const float* xplane = x + (int64_t(n) * d.C + k / d.Kg) * d.HW;
+  const float v = depthwise_forward_at(d, xplane, w + int64_t(k) * d.RS, p, q);
+  y[int64_t(plane) * d.PQ + pq] = b != nullptr ? v + b[k] : v;
+}
+
+// grid (N C planes, ceil(H W / 256)).
+__global__ void __launch_bounds__(kThreads) depthwise_backward_data(const Dims32 d, const float* dy,
+                                                                    const float* w, float* dx) {
+  const int plane = static_cast<int>(blockIdx.x);
+  const int hw = static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x);
+  if (hw >= d.HW) return;
+  const int n = plane / d.C, c = plane - n * d.C;
+  const int h = hw / d.W, w_ = hw - h * d.W;
+  const float* dyplanes = dy + (int64_t(n) * d.K + int64_t(c) * d.Kg) * d.PQ;
+  dx[int64_t(plane) * d.HW + hw] = depthwise_backward_data_at(d, dyplanes, w + int64_t(c) * d.Kg * d.RS, h, w_);
+}
+
+// ------------------------------------------------------------------ host side
+
+bool force_gather() {
+  static const bool forced = [] {
+    const char* v = std::getenv("FASTOPT_CONV2D_GATHER");
+    return v != nullptr && v[0] != '\0' && v[0] != '0';
+  }();
+  return forced;
+}
+
+int sm_count() {
+  int dev = 0, sms = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  return sms;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+dim3 grid_stride_grid(int64_t total) { return dim3(static_cast<unsigned>(std::min(ceil_div(total, kThreads), kMaxGridX))); }
+
+// A GEMM M x N x Kd per group is worth tiling when neither M nor Kd is tiny (else most of every
+// tile is padding) and its grid fits CUDA's limits with the 64-wide tiles.
+bool gemm_fits(const Dims& d, int64_t M, int64_t Kd, int64_t z) {
+  return !force_gather() && fits_int32(d) && M >= 16 && Kd >= kBK && ceil_div(M, 64) <= kMaxGridYZ &&
+         z <= kMaxGridYZ;
+}
+
+bool depthwise_fits(const Dims& d, int64_t planes, int64_t plane_size) {
+  return !force_gather() && d.Cg == 1 && fits_int32(d) && planes < (int64_t{1} << 31) &&
+         ceil_div(plane_size, kThreads) <= kMaxGridYZ;
+}
+
+template <class Prob, int BM, int BN>
+void launch_gemm(const Prob& pb, int64_t z, cudaStream_t st, const char* what) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(pb.N, BN)), static_cast<unsigned>(ceil_div(pb.M, BM)),
+                  static_cast<unsigned>(z));
+  gemm_kernel<Prob, BM, BN><<<grid, kThreads, 0, st>>>(pb);
+  check(cudaGetLastError(), what);
+}
+
+// 128x128 tiles do twice the FMAs per shared-memory load of 64x64 ones, but only pay when M is
+// past 64 and there are enough of them to give every SM a block.
+template <class Prob>
+void launch_gemm_sized(const Prob& pb, int64_t z, cudaStream_t st, const char* what) {
+  const int64_t big_blocks = ceil_div(pb.M, 128) * ceil_div(pb.N, 128) * z;
+  if (pb.M > 64 && big_blocks >= sm_count())
+    launch_gemm<Prob, 128, 128>(pb, z, st, what);
+  else
+    launch_gemm<Prob, 64, 64>(pb, z, st, what);
+}
+
+bool is_unit(const Dims& d) {
+  return d.R == 1 && d.S == 1 && d.sh == 1 && d.sw == 1 && d.ph == 0 && d.pw == 0 && d.P == d.H && d.Q == d.W;
+}
+
+}  // namespace
+
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
+                    bool /*allow_tf32: no TF32 path yet, exact float32*/, void* stream) {
+  const Dims d = make_dims(s);
+  const int64_t total = d.N * d.K * d.P * d.Q;
+  if (total == 0) return;
+  const cudaStream_t st = as_stream(stream);
+  if (depthwise_fits(d, d.N * d.K, d.P * d.Q)) {
+    const dim3 grid(static_cast<unsigned>(d.N * d.K), static_cast<unsigned>(ceil_div(d.P * d.Q, kThreads)));
+    depthwise_forward<<<grid, kThreads, 0, st>>>(to_dims32(d), x, w, b, y);
+    check(cudaGetLastError(), "conv2d_forward (depthwise)");
+  } else if (gemm_fits(d, d.Kg, d.Cg * d.R * d.S, d.G)) {
+    const Dims32 e = to_dims32(d);
+    if (is_unit(d)) {
+      const ForwardProblem<true> pb{e, e.Kg, e.N * e.PQ, e.Cg, 1, x, w, b, y};
+      launch_gemm_sized(pb, d.G, st, "conv2d_forward (1x1 GEMM)");
+    } else {
+      const ForwardProblem<false> pb{e, e.Kg, e.N * e.PQ, e.Cg * e.RS, 1, x, w, b, y};
+      launch_gemm_sized(pb, d.G, st, "conv2d_forward (implicit GEMM)");
+    }
+  } else {
+    forward_gather<<<grid_stride_grid(total), kThreads, 0, st>>>(d, x, w, b, y, total);
+    check(cudaGetLastError(), "conv2d_forward (gather)");
+  }
+}
+
+void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx,
+                          bool /*allow_tf32: no TF32 path yet, exact float32*/, void* stream) {
+  const Dims d = make_dims(s);
+  const int64_t total = d.N * d.C * d.H * d.W;
+  if (total == 0) return;
+  const cudaStream_t st = as_stream(stream);
+  if (depthwise_fits(d, d.N * d.C, d.H * d.W)) {
+    const dim3 grid(static_cast<unsigned>(d.N * d.C), static_cast<unsigned>(ceil_div(d.H * d.W, kThreads)));
+    depthwise_backward_data<<<grid, kThreads, 0, st>>>(to_dims32(d), dy, w, dx);
+    check(cudaGetLastError(), "conv2d_backward_data (depthwise)");
+  } else if (gemm_fits(d, d.Cg, d.Kg * d.R * d.S, d.G)) {
+    const Dims32 e = to_dims32(d);
+    if (is_unit(d)) {
+      const BackwardDataProblem<true> pb{e, e.Cg, e.N * e.HW, e.Kg, 1, dy, w, dx};
+      launch_gemm_sized(pb, d.G, st, "conv2d_backward_data (1x1 GEMM)");
+    } else {
+      const BackwardDataProblem<false> pb{e, e.Cg, e.N * e.HW, e.Kg * e.RS, 1, dy, w, dx};
+      launch_gemm_sized(pb, d.G, st, "conv2d_backward_data (implicit GEMM)");
+    }
+  } else {
+    backward_data_gather<<<grid_stride_grid(total), kThreads, 0, st>>>(d, dy, w, dx, total);
+    check(cudaGetLastError(), "conv2d_backward_data (gather)");
+  }
+}
+
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw,
+                            bool /*allow_tf32: no TF32 path yet, exact float32*/, void* stream) {
+  const Dims d = make_dims(s);
+  const int64_t numel = d.K * d.Cg * d.R * d.S;
+  if (numel == 0) return;
+  const cudaStream_t st = as_stream(stream);
+  const int64_t M = d.Kg, N = d.Cg * d.R * d.S, Kd = d.N * d.P * d.Q;
+  if (d.Cg != 1 && N >= 16 && gemm_fits(d, M, Kd, d.G)) {
+    const Dims32 e = to_dims32(d);
+    const bool big = M > 64 && N > 64;
+    const int64_t tiles = (big ? ceil_div(M, 128) * ceil_div(N, 128) : ceil_div(M, 64) * ceil_div(N, 64)) * d.G;
+    // Enough splits for about 4 blocks per SM, each still reducing at least 512 terms; the
+    // partials cost splits x |dw| floats of scratch, capped at 64 M floats.
+    int64_t splits = std::max<int64_t>(1, ceil_div(4 * int64_t{sm_count()}, tiles));
+    splits = std::min({splits, std::max<int64_t>(1, Kd / 512), int64_t{kMaxGridYZ} / d.G,
+                       std::max<int64_t>(1, (int64_t{1} << 26) / numel)});
+    const detail::Scratch scratch(splits > 1 ? static_cast<size_t>(splits * numel) * sizeof(float) : 0, st);
+    float* out = splits > 1 ? reinterpret_cast<float*>(scratch.bytes()) : dw;
+    const BackwardWeightProblem pb{e, e.Kg, e.Cg * e.RS, e.N * e.PQ, static_cast<int>(splits), dy, x, out};
+    if (big)
+      launch_gemm<BackwardWeightProblem, 128, 128>(pb, d.G * splits, st, "conv2d_backward_weight (implicit GEMM)");
+    else
+      launch_gemm<BackwardWeightProblem, 64, 64>(pb, d.G * splits, st, "conv2d_backward_weight (implicit GEMM)");
+    if (splits > 1) {
+      split_sum_kernel<<<grid_stride_grid(numel), kThreads, 0, st>>>(out, numel, static_cast<int>(splits), dw);
+      check(cudaGetLastError(), "conv2d_backward_weight (split sum)");
+    }
+  } else {
+    backward_weight_gather<<<dim3(static_cast<unsigned>(std::min(numel, kMaxGridX))), kThreads, 0, st>>>(
+        d, dy, x, dw, numel);
+    check(cudaGetLastError(), "conv2d_backward_weight (gather)");
+  }
+}
+
+void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, void* stream) {
+  const Dims d = make_dims(s);
+  if (d.K == 0) return;
+  backward_bias_kernel<<<dim3(static_cast<unsigned>(std::min(d.K, kMaxGridX))), kThreads, 0, as_stream(stream)>>>(
+      d, dy, db);
+  check(cudaGetLastError(), "conv2d_backward_bias");
+}
+
+}  // namespace fastopt::cuda
