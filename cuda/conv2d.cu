@@ -45,12 +45,12 @@ using detail::check;
 using namespace conv;
 
 constexpr int64_t kMaxGridX = 65535LL * 64;  // grid-stride kernels: plenty of blocks, never past int32
-constexpr int kMaxGridYZ = 65535;
 
 // ------------------------------------------------------------------ kernels
 
+// 128x128 tiles: at most 128 registers, so that two blocks (16 warps) share an SM.
 template <class Prob, int BM, int BN>
-__global__ void __launch_bounds__(kThreads) gemm_kernel(const Prob pb) {
+__global__ void __launch_bounds__(kThreads, BM == 128 ? 2 : 1) gemm_kernel(const Prob pb) {
   using T = Tile<BM, BN>;
   __shared__ T tiles[2];
   const int tid = static_cast<int>(threadIdx.x);
@@ -140,29 +140,16 @@ __global__ void __launch_bounds__(kThreads) backward_bias_kernel(const Dims d, c
   }
 }
 
-// grid (N K planes, ceil(P Q / 256)).
 __global__ void __launch_bounds__(kThreads) depthwise_forward(const Dims32 d, const float* x, const float* w,
                                                               const float* b, float* y) {
-  const int plane = static_cast<int>(blockIdx.x);
-  const int pq = static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x);
-  if (pq >= d.PQ) return;
-  const int n = plane / d.K, k = plane - n * d.K;
-  const int p = pq / d.Q, q = pq - p * d.Q;
-  const float* xplane = x + (int64_t(n) * d.C + k / d.Kg) * d.HW;
-  const float v = depthwise_forward_at(d, xplane, w + int64_t(k) * d.RS, p, q);
-  y[int64_t(plane) * d.PQ + pq] = b != nullptr ? v + b[k] : v;
+  depthwise_forward_thread(d, x, w, b, y, static_cast<int>(blockIdx.x),
+                           static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x));
 }
 
-// grid (N C planes, ceil(H W / 256)).
 __global__ void __launch_bounds__(kThreads) depthwise_backward_data(const Dims32 d, const float* dy,
                                                                     const float* w, float* dx) {
-  const int plane = static_cast<int>(blockIdx.x);
-  const int hw = static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x);
-  if (hw >= d.HW) return;
-  const int n = plane / d.C, c = plane - n * d.C;
-  const int h = hw / d.W, w_ = hw - h * d.W;
-  const float* dyplanes = dy + (int64_t(n) * d.K + int64_t(c) * d.Kg) * d.PQ;
-  dx[int64_t(plane) * d.HW + hw] = depthwise_backward_data_at(d, dyplanes, w + int64_t(c) * d.Kg * d.RS, h, w_);
+  depthwise_backward_data_thread(d, dy, w, dx, static_cast<int>(blockIdx.x),
+                                 static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x));
 }
 
 // ------------------------------------------------------------------ host side
@@ -182,21 +169,7 @@ int sm_count() {
   return sms;
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 dim3 grid_stride_grid(int64_t total) { return dim3(static_cast<unsigned>(std::min(ceil_div(total, kThreads), kMaxGridX))); }
-
-// A GEMM M x N x Kd per group is worth tiling when neither M nor Kd is tiny (else most of every
-// tile is padding) and its grid fits CUDA's limits with the 64-wide tiles.
-bool gemm_fits(const Dims& d, int64_t M, int64_t Kd, int64_t z) {
-  return !force_gather() && fits_int32(d) && M >= 16 && Kd >= kBK && ceil_div(M, 64) <= kMaxGridYZ &&
-         z <= kMaxGridYZ;
-}
-
-bool depthwise_fits(const Dims& d, int64_t planes, int64_t plane_size) {
-  return !force_gather() && d.Cg == 1 && fits_int32(d) && planes < (int64_t{1} << 31) &&
-         ceil_div(plane_size, kThreads) <= kMaxGridYZ;
-}
 
 template <class Prob, int BM, int BN>
 void launch_gemm(const Prob& pb, int64_t z, cudaStream_t st, const char* what) {
@@ -206,19 +179,12 @@ void launch_gemm(const Prob& pb, int64_t z, cudaStream_t st, const char* what) {
   check(cudaGetLastError(), what);
 }
 
-// 128x128 tiles do twice the FMAs per shared-memory load of 64x64 ones, but only pay when M is
-// past 64 and there are enough of them to give every SM a block.
 template <class Prob>
 void launch_gemm_sized(const Prob& pb, int64_t z, cudaStream_t st, const char* what) {
-  const int64_t big_blocks = ceil_div(pb.M, 128) * ceil_div(pb.N, 128) * z;
-  if (pb.M > 64 && big_blocks >= sm_count())
+  if (big_tiles(pb.M, pb.N, z, sm_count()))
     launch_gemm<Prob, 128, 128>(pb, z, st, what);
   else
     launch_gemm<Prob, 64, 64>(pb, z, st, what);
-}
-
-bool is_unit(const Dims& d) {
-  return d.R == 1 && d.S == 1 && d.sh == 1 && d.sw == 1 && d.ph == 0 && d.pw == 0 && d.P == d.H && d.Q == d.W;
 }
 
 }  // namespace
@@ -229,13 +195,14 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
   const int64_t total = d.N * d.K * d.P * d.Q;
   if (total == 0) return;
   const cudaStream_t st = as_stream(stream);
-  if (depthwise_fits(d, d.N * d.K, d.P * d.Q)) {
+  const Path path = force_gather() ? Path::Gather : forward_path(d);
+  if (path == Path::Depthwise) {
     const dim3 grid(static_cast<unsigned>(d.N * d.K), static_cast<unsigned>(ceil_div(d.P * d.Q, kThreads)));
     depthwise_forward<<<grid, kThreads, 0, st>>>(to_dims32(d), x, w, b, y);
     check(cudaGetLastError(), "conv2d_forward (depthwise)");
-  } else if (gemm_fits(d, d.Kg, d.Cg * d.R * d.S, d.G)) {
+  } else if (path != Path::Gather) {
     const Dims32 e = to_dims32(d);
-    if (is_unit(d)) {
+    if (path == Path::UnitGemm) {
       const ForwardProblem<true> pb{e, e.Kg, e.N * e.PQ, e.Cg, 1, x, w, b, y};
       launch_gemm_sized(pb, d.G, st, "conv2d_forward (1x1 GEMM)");
     } else {
@@ -254,13 +221,14 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
   const int64_t total = d.N * d.C * d.H * d.W;
   if (total == 0) return;
   const cudaStream_t st = as_stream(stream);
-  if (depthwise_fits(d, d.N * d.C, d.H * d.W)) {
+  const Path path = force_gather() ? Path::Gather : backward_data_path(d);
+  if (path == Path::Depthwise) {
     const dim3 grid(static_cast<unsigned>(d.N * d.C), static_cast<unsigned>(ceil_div(d.H * d.W, kThreads)));
     depthwise_backward_data<<<grid, kThreads, 0, st>>>(to_dims32(d), dy, w, dx);
     check(cudaGetLastError(), "conv2d_backward_data (depthwise)");
-  } else if (gemm_fits(d, d.Cg, d.Kg * d.R * d.S, d.G)) {
+  } else if (path != Path::Gather) {
     const Dims32 e = to_dims32(d);
-    if (is_unit(d)) {
+    if (path == Path::UnitGemm) {
       const BackwardDataProblem<true> pb{e, e.Cg, e.N * e.HW, e.Kg, 1, dy, w, dx};
       launch_gemm_sized(pb, d.G, st, "conv2d_backward_data (1x1 GEMM)");
     } else {
@@ -280,15 +248,10 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
   if (numel == 0) return;
   const cudaStream_t st = as_stream(stream);
   const int64_t M = d.Kg, N = d.Cg * d.R * d.S, Kd = d.N * d.P * d.Q;
-  if (d.Cg != 1 && N >= 16 && gemm_fits(d, M, Kd, d.G)) {
+  if (!force_gather() && backward_weight_path(d) == Path::Gemm) {
     const Dims32 e = to_dims32(d);
-    const bool big = M > 64 && N > 64;
-    const int64_t tiles = (big ? ceil_div(M, 128) * ceil_div(N, 128) : ceil_div(M, 64) * ceil_div(N, 64)) * d.G;
-    // Enough splits for about 4 blocks per SM, each still reducing at least 512 terms; the
-    // partials cost splits x |dw| floats of scratch, capped at 64 M floats.
-    int64_t splits = std::max<int64_t>(1, ceil_div(4 * int64_t{sm_count()}, tiles));
-    splits = std::min({splits, std::max<int64_t>(1, Kd / 512), int64_t{kMaxGridYZ} / d.G,
-                       std::max<int64_t>(1, (int64_t{1} << 26) / numel)});
+    const bool big = big_weight_tiles(M, N);
+    const int64_t splits = weight_grad_splits(M, N, Kd, d.G, numel, big, sm_count());
     const detail::Scratch scratch(splits > 1 ? static_cast<size_t>(splits * numel) * sizeof(float) : 0, st);
     float* out = splits > 1 ? reinterpret_cast<float*>(scratch.bytes()) : dw;
     const BackwardWeightProblem pb{e, e.Kg, e.Cg * e.RS, e.N * e.PQ, static_cast<int>(splits), dy, x, out};

@@ -15,6 +15,8 @@ into the tensors are int64.
 */
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "fastopt/common.h"
@@ -160,16 +162,37 @@ FASTOPT_HD float depthwise_backward_data_at(const Dims32& d, const float* dyplan
   float acc = 0.0f;
   for (int kl = 0; kl < d.Kg; ++kl) {
     for (int r = 0; r < d.R; ++r) {
-      const int th = h + d.ph - r * d.dh;
-      if (th < 0 || th % d.sh != 0 || th / d.sh >= d.P) continue;
+      const int th = h + d.ph - r * d.dh, p = th / d.sh;
+      if (th < 0 || p * d.sh != th || p >= d.P) continue;
       for (int s = 0; s < d.S; ++s) {
-        const int tw = w + d.pw - s * d.dw;
-        if (tw < 0 || tw % d.sw != 0 || tw / d.sw >= d.Q) continue;
-        acc = fmaf(dyplanes[int64_t(kl) * d.PQ + (th / d.sh) * d.Q + tw / d.sw], wc[(kl * d.R + r) * d.S + s], acc);
+        const int tw = w + d.pw - s * d.dw, q = tw / d.sw;
+        if (tw < 0 || q * d.sw != tw || q >= d.Q) continue;
+        acc = fmaf(dyplanes[int64_t(kl) * d.PQ + p * d.Q + q], wc[(kl * d.R + r) * d.S + s], acc);
       }
     }
   }
   return acc;
+}
+
+// Thread bodies of the depthwise kernels: output pq of plane (n, k) = plane, grid (N K, ceil(P Q / 256)),
+// and input pixel hw of plane (n, c), grid (N C, ceil(H W / 256)).
+FASTOPT_HD void depthwise_forward_thread(const Dims32& d, const float* x, const float* w, const float* b, float* y,
+                                         int plane, int pq) {
+  if (pq >= d.PQ) return;
+  const int n = plane / d.K, k = plane - n * d.K;
+  const int p = pq / d.Q, q = pq - p * d.Q;
+  const float* xplane = x + (int64_t(n) * d.C + k / d.Kg) * d.HW;
+  const float v = depthwise_forward_at(d, xplane, w + int64_t(k) * d.RS, p, q);
+  y[int64_t(plane) * d.PQ + pq] = b != nullptr ? v + b[k] : v;
+}
+
+FASTOPT_HD void depthwise_backward_data_thread(const Dims32& d, const float* dy, const float* w, float* dx, int plane,
+                                               int hw) {
+  if (hw >= d.HW) return;
+  const int n = plane / d.C, c = plane - n * d.C;
+  const int h = hw / d.W, w_ = hw - h * d.W;
+  const float* dyplanes = dy + (int64_t(n) * d.K + int64_t(c) * d.Kg) * d.PQ;
+  dx[int64_t(plane) * d.HW + hw] = depthwise_backward_data_at(d, dyplanes, w + int64_t(c) * d.Kg * d.RS, h, w_);
 }
 
 // ------------------------------------------------------------------ stage 2: tiled implicit GEMM
@@ -398,6 +421,67 @@ FASTOPT_HD float split_sum_at(const float* part, int64_t numel, int splits, int6
   float acc = 0.0f;
   for (int s = 0; s < splits; ++s) acc += part[s * numel + i];
   return acc;
+}
+
+// ------------------------------------------------------------------ host-side planning
+
+constexpr int kMaxGridYZ = 65535;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A per-group GEMM M x N x Kd is worth tiling when neither M nor Kd is tiny (else most of every
+// tile is padding) and its grid (N tiles, M tiles, z) fits CUDA's limits with 64-wide tiles.
+inline bool gemm_fits(const Dims& d, int64_t M, int64_t Kd, int64_t z) {
+  return fits_int32(d) && M >= 16 && Kd >= kBK && ceil_div(M, 64) <= kMaxGridYZ && z <= kMaxGridYZ;
+}
+
+inline bool depthwise_fits(const Dims& d, int64_t planes, int64_t plane_size) {
+  return d.Cg == 1 && fits_int32(d) && planes < (int64_t{1} << 31) && ceil_div(plane_size, kThreads) <= kMaxGridYZ;
+}
+
+inline bool is_unit(const Dims& d) {
+  return d.R == 1 && d.S == 1 && d.sh == 1 && d.sw == 1 && d.ph == 0 && d.pw == 0 && d.P == d.H && d.Q == d.W;
+}
+
+// 128x128 tiles do twice the FMAs per shared-memory load of 64x64 ones, but only pay when M is
+// past 64 and there are enough of them to give every SM a block.
+inline bool big_tiles(int64_t M, int64_t N, int64_t z, int sms) {
+  return M > 64 && ceil_div(M, 128) * ceil_div(N, 128) * z >= sms;
+}
+
+// Weight-grad: 128x128 tiles when both sides pass 64 (split-K supplies the parallelism).
+inline bool big_weight_tiles(int64_t M, int64_t N) { return M > 64 && N > 64; }
+
+// Weight-grad splits: about 4 blocks per SM, each split still reducing at least 512 terms, the
+// grid's z = groups x splits within CUDA's limit, and the partials (splits x |dw| floats of
+// scratch) at most 64 M floats.
+inline int weight_grad_splits(int64_t M, int64_t N, int64_t Kd, int64_t G, int64_t numel, bool big, int sms) {
+  const int64_t tiles = (big ? ceil_div(M, 128) * ceil_div(N, 128) : ceil_div(M, 64) * ceil_div(N, 64)) * G;
+  int64_t splits = std::max<int64_t>(1, ceil_div(4 * int64_t{sms}, tiles));
+  splits = std::min({splits, std::max<int64_t>(1, Kd / 512), int64_t{kMaxGridYZ} / G,
+                     std::max<int64_t>(1, (int64_t{1} << 26) / numel)});
+  return static_cast<int>(splits);
+}
+
+enum class Path { Gather, Depthwise, Gemm, UnitGemm };
+
+// Which kernel each pass takes (the gather whenever the faster ones do not apply).
+inline Path forward_path(const Dims& d) {
+  if (depthwise_fits(d, d.N * d.K, d.P * d.Q)) return Path::Depthwise;
+  if (gemm_fits(d, d.Kg, d.Cg * d.R * d.S, d.G)) return is_unit(d) ? Path::UnitGemm : Path::Gemm;
+  return Path::Gather;
+}
+
+inline Path backward_data_path(const Dims& d) {
+  if (depthwise_fits(d, d.N * d.C, d.H * d.W)) return Path::Depthwise;
+  if (gemm_fits(d, d.Cg, d.Kg * d.R * d.S, d.G)) return is_unit(d) ? Path::UnitGemm : Path::Gemm;
+  return Path::Gather;
+}
+
+// Depthwise weight-grad (Cg = 1, N = R S) would leave most of a GEMM tile empty: gather.
+inline Path backward_weight_path(const Dims& d) {
+  if (d.Cg != 1 && d.Cg * d.R * d.S >= 16 && gemm_fits(d, d.Kg, d.N * d.P * d.Q, d.G)) return Path::Gemm;
+  return Path::Gather;
 }
 
 }  // namespace fastopt::cuda::conv
