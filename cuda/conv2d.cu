@@ -6,17 +6,18 @@ the two gradients are the adjoints; cuda/conv2d_tiles.cuh writes all three as im
 
 Work each pass must do: 2 N K (C/groups) R S P Q flops (forward, data-grad, weight-grad alike);
 bytes at least 4 (|x| + |w| + |y|). The 3x3 layers are compute-bound (e.g. N=128, C=K=64, 56x56:
-59 GFLOP vs 103 MB); depthwise (groups = C) is bandwidth-bound: 4 (|x| + |y|) bytes for forward
+29.6 GFLOP vs 206 MB); depthwise (groups = C) is bandwidth-bound: 4 (|x| + |y|) bytes for forward
 and data-grad.
 
-Paths, chosen per call by shape (choose() below):
-  tiled implicit GEMM  (stage 2) 256 threads, a BM x BN tile per block (128x128, or 64x64 when the
-                       128 grid would not fill the SMs), 8-deep k steps double-buffered through
-                       shared memory with the next step's global loads in flight during the FMAs;
-                       grid (N tiles, M tiles, groups x splits). 1x1 stride-1 unpadded convs take
-                       the plain-GEMM variant (no im2col index math). Weight-grad splits the
-                       (n,p,q) reduction: each split stores its own dw-shaped partial in stream-
-                       ordered scratch, then one thread per dw element sums the splits in order.
+Paths, chosen per call by shape (forward_path & co. in conv2d_tiles.cuh):
+  tiled implicit GEMM  (stage 2) 256 threads, a BM x BN tile per block: 128x128, or 64x64 when
+                       the 128 grid would not fill the SMs; weight-grad 128x64 or 64x64. 8-deep
+                       k steps double-buffered through shared memory, the next step's global loads
+                       in flight during the FMAs; grid (N tiles, M tiles, groups x splits). 1x1
+                       stride-1 unpadded convs take the plain-GEMM variant (no im2col index math).
+                       Weight-grad splits the (n,p,q) reduction: each split stores its own
+                       dw-shaped partial in stream-ordered scratch, then one thread per dw element
+                       sums the splits in order.
   depthwise direct     groups = C (Cg = 1): one thread per output of a plane, grid (planes, tiles
                        of 256 outputs); reads x (or dy) once from DRAM, the halo from L1/L2.
   gather               (stage 1) one thread per output element (grid-stride, int64 indices), or
@@ -48,7 +49,7 @@ constexpr int64_t kMaxGridX = 65535LL * 64;  // grid-stride kernels: plenty of b
 
 // ------------------------------------------------------------------ kernels
 
-// 128x128 tiles: at most 128 registers, so that two blocks (16 warps) share an SM.
+// 128-row tiles: at most 128 registers, so that two blocks (16 warps) share an SM.
 template <class Prob, int BM, int BN>
 __global__ void __launch_bounds__(kThreads, BM == 128 ? 2 : 1) gemm_kernel(const Prob pb) {
   using T = Tile<BM, BN>;
@@ -256,7 +257,7 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
     float* out = splits > 1 ? reinterpret_cast<float*>(scratch.bytes()) : dw;
     const BackwardWeightProblem pb{e, e.Kg, e.Cg * e.RS, e.N * e.PQ, static_cast<int>(splits), dy, x, out};
     if (big)
-      launch_gemm<BackwardWeightProblem, 128, 128>(pb, d.G * splits, st, "conv2d_backward_weight (implicit GEMM)");
+      launch_gemm<BackwardWeightProblem, 128, 64>(pb, d.G * splits, st, "conv2d_backward_weight (implicit GEMM)");
     else
       launch_gemm<BackwardWeightProblem, 64, 64>(pb, d.G * splits, st, "conv2d_backward_weight (implicit GEMM)");
     if (splits > 1) {

@@ -38,11 +38,38 @@ inline Dims make_dims(const Conv2dShape& s) {
           s.dil_w,    s.groups,   s.C / s.groups, s.K / s.groups};
 }
 
-// The same in int32 for the tiled kernels; valid only when fits_int32(d).
+// n / d for 0 <= n < 2^31 and 1 <= d < 2^31 by a multiply-high and a shift (Granlund and
+// Montgomery; PyTorch's IntDivider): a run-time integer division costs ~20 instructions on the GPU,
+// and the im2col gathers of the tiled kernels do several per loaded element.
+// With l = ceil(log2 d) and mul = floor(2^32 (2^l - d) / d) + 1 (< 2^32 since 2^l - d < d),
+// n / d = (mulhi(n, mul) + n) >> l, and mulhi(n, mul) + n <= 2n < 2^32 does not wrap.
+struct Divider {
+  uint32_t d, mul, shift;
+
+  static Divider make(uint32_t d) {
+    uint32_t l = 0;
+    while ((uint64_t{1} << l) < d) ++l;
+    const uint64_t mul = ((uint64_t{1} << 32) * ((uint64_t{1} << l) - d)) / d + 1;
+    return {d, static_cast<uint32_t>(mul), l};
+  }
+  FASTOPT_HD int div(int n) const {
+    const uint32_t u = static_cast<uint32_t>(n);
+#if defined(__CUDA_ARCH__)
+    const uint32_t t = __umulhi(u, mul);
+#else
+    const uint32_t t = static_cast<uint32_t>((uint64_t{u} * mul) >> 32);
+#endif
+    return static_cast<int>((t + u) >> shift);
+  }
+};
+
+// The same in int32 for the tiled kernels; valid only when fits_int32(d). The dividers divide by
+// the extents the GEMM coordinates are decomposed with.
 struct Dims32 {
   int N, C, H, W, K, R, S, P, Q;
   int sh, sw, ph, pw, dh, dw, G, Cg, Kg;
   int RS, PQ, HW;
+  Divider by_RS, by_S, by_PQ, by_Q, by_HW, by_W;
 };
 
 // Every extent and product the tiled kernels form in int32 stays below 2^31 - 2^16, leaving room
@@ -66,6 +93,9 @@ inline Dims32 to_dims32(const Dims& d) {
   e.sh = int(d.sh); e.sw = int(d.sw); e.ph = int(d.ph); e.pw = int(d.pw); e.dh = int(d.dh); e.dw = int(d.dw);
   e.G = int(d.G); e.Cg = int(d.Cg); e.Kg = int(d.Kg);
   e.RS = e.R * e.S; e.PQ = e.P * e.Q; e.HW = e.H * e.W;
+  // A zero extent means an empty pass, which launches nothing: its divider is never used.
+  auto div = [](int v) { return Divider::make(static_cast<uint32_t>(v > 0 ? v : 1)); };
+  e.by_RS = div(e.RS); e.by_S = div(e.S); e.by_PQ = div(e.PQ); e.by_Q = div(e.Q); e.by_HW = div(e.HW); e.by_W = div(e.W);
   return e;
 }
 
@@ -180,7 +210,7 @@ FASTOPT_HD void depthwise_forward_thread(const Dims32& d, const float* x, const 
                                          int plane, int pq) {
   if (pq >= d.PQ) return;
   const int n = plane / d.K, k = plane - n * d.K;
-  const int p = pq / d.Q, q = pq - p * d.Q;
+  const int p = d.by_Q.div(pq), q = pq - p * d.Q;
   const float* xplane = x + (int64_t(n) * d.C + k / d.Kg) * d.HW;
   const float v = depthwise_forward_at(d, xplane, w + int64_t(k) * d.RS, p, q);
   y[int64_t(plane) * d.PQ + pq] = b != nullptr ? v + b[k] : v;
@@ -190,7 +220,7 @@ FASTOPT_HD void depthwise_backward_data_thread(const Dims32& d, const float* dy,
                                                int hw) {
   if (hw >= d.HW) return;
   const int n = plane / d.C, c = plane - n * d.C;
-  const int h = hw / d.W, w_ = hw - h * d.W;
+  const int h = d.by_W.div(hw), w_ = hw - h * d.W;
   const float* dyplanes = dy + (int64_t(n) * d.K + int64_t(c) * d.Kg) * d.PQ;
   dx[int64_t(plane) * d.HW + hw] = depthwise_backward_data_at(d, dyplanes, w + int64_t(c) * d.Kg * d.RS, h, w_);
 }
@@ -341,16 +371,16 @@ struct ForwardProblem {
 
   FASTOPT_HD float a(int g, int m, int k) const { return w[int64_t(g * d.Kg + m) * Kd + k]; }
   FASTOPT_HD float b(int g, int k, int j) const {
-    const int n = j / d.PQ, pq = j - n * d.PQ;
+    const int n = d.by_PQ.div(j), pq = j - n * d.PQ;
     if (kUnit) return x[(int64_t(n) * d.C + g * d.Cg + k) * d.HW + pq];
-    const int p = pq / d.Q, q = pq - p * d.Q;
-    const int c = k / d.RS, rs = k - c * d.RS, r = rs / d.S, s = rs - r * d.S;
+    const int p = d.by_Q.div(pq), q = pq - p * d.Q;
+    const int c = d.by_RS.div(k), rs = k - c * d.RS, r = d.by_S.div(rs), s = rs - r * d.S;
     const int h = p * d.sh - d.ph + r * d.dh, w_ = q * d.sw - d.pw + s * d.dw;
     if (h < 0 || h >= d.H || w_ < 0 || w_ >= d.W) return 0.0f;
     return x[(int64_t(n) * d.C + g * d.Cg + c) * d.HW + h * d.W + w_];
   }
   FASTOPT_HD void store(int g, int, int m, int j, float v) const {
-    const int n = j / d.PQ, pq = j - n * d.PQ, k = g * d.Kg + m;
+    const int n = d.by_PQ.div(j), pq = j - n * d.PQ, k = g * d.Kg + m;
     y[(int64_t(n) * d.K + k) * d.PQ + pq] = bias != nullptr ? v + bias[k] : v;
   }
 };
@@ -368,14 +398,14 @@ struct BackwardDataProblem {
   float* dx;
 
   FASTOPT_HD float a(int g, int m, int k) const {
-    const int kl = k / d.RS, rs = k - kl * d.RS;
+    const int kl = d.by_RS.div(k), rs = k - kl * d.RS;
     return w[(int64_t(g * d.Kg + kl) * d.Cg + m) * d.RS + rs];
   }
   FASTOPT_HD float b(int g, int k, int j) const {
-    const int n = j / d.HW, hw = j - n * d.HW;
+    const int n = d.by_HW.div(j), hw = j - n * d.HW;
     if (kUnit) return dy[(int64_t(n) * d.K + g * d.Kg + k) * d.PQ + hw];
-    const int h = hw / d.W, w_ = hw - h * d.W;
-    const int kl = k / d.RS, rs = k - kl * d.RS, r = rs / d.S, s = rs - r * d.S;
+    const int h = d.by_W.div(hw), w_ = hw - h * d.W;
+    const int kl = d.by_RS.div(k), rs = k - kl * d.RS, r = d.by_S.div(rs), s = rs - r * d.S;
     const int th = h + d.ph - r * d.dh, tw = w_ + d.pw - s * d.dw;
     if (th < 0 || tw < 0) return 0.0f;
     const int p = th / d.sh, q = tw / d.sw;
@@ -383,7 +413,7 @@ struct BackwardDataProblem {
     return dy[(int64_t(n) * d.K + g * d.Kg + kl) * d.PQ + p * d.Q + q];
   }
   FASTOPT_HD void store(int g, int, int m, int j, float v) const {
-    const int n = j / d.HW, hw = j - n * d.HW;
+    const int n = d.by_HW.div(j), hw = j - n * d.HW;
     dx[(int64_t(n) * d.C + g * d.Cg + m) * d.HW + hw] = v;
   }
 };
@@ -401,12 +431,12 @@ struct BackwardWeightProblem {
   float* out;
 
   FASTOPT_HD float a(int g, int m, int k) const {
-    const int n = k / d.PQ, pq = k - n * d.PQ;
+    const int n = d.by_PQ.div(k), pq = k - n * d.PQ;
     return dy[(int64_t(n) * d.K + g * d.Kg + m) * d.PQ + pq];
   }
   FASTOPT_HD float b(int g, int k, int j) const {
-    const int n = k / d.PQ, pq = k - n * d.PQ, p = pq / d.Q, q = pq - p * d.Q;
-    const int c = j / d.RS, rs = j - c * d.RS, r = rs / d.S, s = rs - r * d.S;
+    const int n = d.by_PQ.div(k), pq = k - n * d.PQ, p = d.by_Q.div(pq), q = pq - p * d.Q;
+    const int c = d.by_RS.div(j), rs = j - c * d.RS, r = d.by_S.div(rs), s = rs - r * d.S;
     const int h = p * d.sh - d.ph + r * d.dh, w_ = q * d.sw - d.pw + s * d.dw;
     if (h < 0 || h >= d.H || w_ < 0 || w_ >= d.W) return 0.0f;
     return x[(int64_t(n) * d.C + g * d.Cg + c) * d.HW + h * d.W + w_];
@@ -449,14 +479,16 @@ inline bool big_tiles(int64_t M, int64_t N, int64_t z, int sms) {
   return M > 64 && ceil_div(M, 128) * ceil_div(N, 128) * z >= sms;
 }
 
-// Weight-grad: 128x128 tiles when both sides pass 64 (split-K supplies the parallelism).
+// Weight-grad: 128x64 tiles when both sides pass 64 (split-K supplies the parallelism). Its two
+// im2col'd operands cost more registers than forward's: 128x128 spilled on sm_80 under the
+// 128-register cap, 128x64 takes 90 registers and spills nothing.
 inline bool big_weight_tiles(int64_t M, int64_t N) { return M > 64 && N > 64; }
 
 // Weight-grad splits: about 4 blocks per SM, each split still reducing at least 512 terms, the
 // grid's z = groups x splits within CUDA's limit, and the partials (splits x |dw| floats of
 // scratch) at most 64 M floats.
 inline int weight_grad_splits(int64_t M, int64_t N, int64_t Kd, int64_t G, int64_t numel, bool big, int sms) {
-  const int64_t tiles = (big ? ceil_div(M, 128) * ceil_div(N, 128) : ceil_div(M, 64) * ceil_div(N, 64)) * G;
+  const int64_t tiles = (big ? ceil_div(M, 128) : ceil_div(M, 64)) * ceil_div(N, 64) * G;
   int64_t splits = std::max<int64_t>(1, ceil_div(4 * int64_t{sms}, tiles));
   splits = std::min({splits, std::max<int64_t>(1, Kd / 512), int64_t{kMaxGridYZ} / G,
                      std::max<int64_t>(1, (int64_t{1} << 26) / numel)});
