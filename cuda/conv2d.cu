@@ -20,10 +20,11 @@ Paths, chosen per call by shape (forward_path & co. in conv2d_tiles.cuh):
                        sums the splits in order.
   depthwise direct     groups = C (Cg = 1): one thread per output of a plane, grid (planes, tiles
                        of 256 outputs); reads x (or dy) once from DRAM, the halo from L1/L2.
+                       Weight-grad: one block per dw element, int32 plane-wise sums, a fixed tree.
   gather               (stage 1) one thread per output element (grid-stride, int64 indices), or
                        for weight- and bias-grad one 256-thread block per output element; the
                        reference path on the GPU and the fallback for what the others do not
-                       take (extents past int32, tiny GEMMs, depthwise weight-grad, grids past
+                       take (extents past int32, tiny GEMMs, grids past
                        CUDA's y/z limits). FASTOPT_CONV2D_GATHER=1 forces it, to cross-check the
                        fast paths on a GPU.
 Every output is written exactly once, every sum runs in a fixed order (no atomics): results are
@@ -131,6 +132,16 @@ __global__ void __launch_bounds__(kThreads) backward_weight_gather(const Dims d,
     const float v = block_sum(backward_weight_part(d, dy, x, e, threadIdx.x, kThreads), warp_sums);
     if (threadIdx.x == 0) dw[e] = v;
   }
+}
+
+// One block per dw element (k, 0, r, s), Cg = 1; grid K R S.
+__global__ void __launch_bounds__(kThreads) depthwise_backward_weight(const Dims32 d, const float* dy, const float* x,
+                                                                      float* dw) {
+  __shared__ float warp_sums[kThreads / 32];
+  const int e = static_cast<int>(blockIdx.x);
+  const int k = e / d.RS, rs = e - k * d.RS;
+  const float v = block_sum(depthwise_backward_weight_part(d, dy, x, k, rs, threadIdx.x, kThreads), warp_sums);
+  if (threadIdx.x == 0) dw[e] = v;
 }
 
 __global__ void __launch_bounds__(kThreads) backward_bias_kernel(const Dims d, const float* dy, float* db) {
@@ -249,7 +260,11 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
   if (numel == 0) return;
   const cudaStream_t st = as_stream(stream);
   const int64_t M = d.Kg, N = d.Cg * d.R * d.S, Kd = d.N * d.P * d.Q;
-  if (!force_gather() && backward_weight_path(d) == Path::Gemm) {
+  const Path path = force_gather() ? Path::Gather : backward_weight_path(d);
+  if (path == Path::Depthwise) {
+    depthwise_backward_weight<<<dim3(static_cast<unsigned>(numel)), kThreads, 0, st>>>(to_dims32(d), dy, x, dw);
+    check(cudaGetLastError(), "conv2d_backward_weight (depthwise)");
+  } else if (path == Path::Gemm) {
     const Dims32 e = to_dims32(d);
     const bool big = big_weight_tiles(M, N);
     const int64_t splits = weight_grad_splits(M, N, Kd, d.G, numel, big, sm_count());

@@ -225,6 +225,26 @@ FASTOPT_HD void depthwise_backward_data_thread(const Dims32& d, const float* dy,
   dx[int64_t(plane) * d.HW + hw] = depthwise_backward_data_at(d, dyplanes, w + int64_t(c) * d.Kg * d.RS, h, w_);
 }
 
+// Thread t of nt's share of dw[k, 0, r, s] (rs = r S + s) for Cg = 1: the terms (n, p, q) with
+// pq = t, t + nt, ... of every plane pair (dy[n, k], x[n, k / Kg]), n ascending. Same sum as
+// backward_weight_part, with int32 in-plane math and no per-term division by N or P Q.
+FASTOPT_HD float depthwise_backward_weight_part(const Dims32& d, const float* dy, const float* x, int k, int rs,
+                                                int t, int nt) {
+  const int r = d.by_S.div(rs), s = rs - r * d.S, c = k / d.Kg;
+  float acc = 0.0f;
+  for (int n = 0; n < d.N; ++n) {
+    const float* dyp = dy + (int64_t(n) * d.K + k) * d.PQ;
+    const float* xp = x + (int64_t(n) * d.C + c) * d.HW;
+    for (int pq = t; pq < d.PQ; pq += nt) {
+      const int p = d.by_Q.div(pq), q = pq - p * d.Q;
+      const int h = p * d.sh - d.ph + r * d.dh, w = q * d.sw - d.pw + s * d.dw;
+      if (h < 0 || h >= d.H || w < 0 || w >= d.W) continue;
+      acc = fmaf(dyp[pq], xp[h * d.W + w], acc);
+    }
+  }
+  return acc;
+}
+
 // ------------------------------------------------------------------ stage 2: tiled implicit GEMM
 // A block of kThreads computes a BM x BN tile of C = A B (per group g = blockIdx.z / splits),
 // stepping through the reduction BK = 8 at a time. Shared tiles are k-major, As[k][m] and Bs[k][n],
@@ -510,9 +530,11 @@ inline Path backward_data_path(const Dims& d) {
   return Path::Gather;
 }
 
-// Depthwise weight-grad (Cg = 1, N = R S) would leave most of a GEMM tile empty: gather.
+// Depthwise weight-grad (Cg = 1: GEMM N = R S) would leave most of a GEMM tile empty; it takes a
+// block per dw element instead, like the gather but with int32 plane-wise index math.
 inline Path backward_weight_path(const Dims& d) {
-  if (d.Cg != 1 && d.Cg * d.R * d.S >= 16 && gemm_fits(d, d.Kg, d.N * d.P * d.Q, d.G)) return Path::Gemm;
+  if (d.Cg == 1) return fits_int32(d) && d.K * d.R * d.S < (int64_t{1} << 31) ? Path::Depthwise : Path::Gather;
+  if (d.Cg * d.R * d.S >= 16 && gemm_fits(d, d.Kg, d.N * d.P * d.Q, d.G)) return Path::Gemm;
   return Path::Gather;
 }
 
