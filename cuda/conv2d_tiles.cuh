@@ -226,8 +226,8 @@ FASTOPT_HD void depthwise_backward_data_thread(const Dims32& d, const float* dy,
 }
 
 // Thread t of nt's share of dw[k, 0, r, s] (rs = r S + s) for Cg = 1: the terms (n, p, q) with
-// pq = t, t + nt, ... of every plane pair (dy[n, k], x[n, k / Kg]), n ascending. Same sum as
-// backward_weight_part, with int32 in-plane math and no per-term division by N or P Q.
+// pq = t, t + nt, ... of every plane pair (dy[n, k], x[n, k / Kg]), n ascending. The terms of
+// backward_weight_part, with int32 in-plane math and no per-term division by P Q.
 FASTOPT_HD float depthwise_backward_weight_part(const Dims32& d, const float* dy, const float* x, int k, int rs,
                                                 int t, int nt) {
   const int r = d.by_S.div(rs), s = rs - r * d.S, c = k / d.Kg;
