@@ -27,9 +27,11 @@ Paths, chosen per call by shape (forward_path & co. in conv2d_tiles.cuh):
                        take (extents past int32, tiny GEMMs, grids past
                        CUDA's y/z limits). FASTOPT_CONV2D_GATHER=1 forces it, to cross-check the
                        fast paths on a GPU.
+  TF32 (stage 3)       allow_tf32 runs the implicit-GEMM tiles through mma.sync.m16n8k8 tensor
+                       cores (inputs rounded to TF32, float32 accumulation); the depthwise and
+                       gather paths, which do not do GEMM math, stay exact float32.
 Every output is written exactly once, every sum runs in a fixed order (no atomics): results are
-bitwise reproducible run to run. allow_tf32 is accepted but stage 3 (TF32 mma.sync) is not built
-yet, so TF32 requests run the exact float32 path.
+bitwise reproducible run to run.
 */
 #include <algorithm>
 #include <cstdlib>
@@ -51,7 +53,8 @@ constexpr int64_t kMaxGridX = 65535LL * 64;  // grid-stride kernels: plenty of b
 // ------------------------------------------------------------------ kernels
 
 // 128-row tiles: at most 128 registers, so that two blocks (16 warps) share an SM.
-template <class Prob, int BM, int BN>
+// kTF32: the k steps go through tensor cores (tile_mma) instead of FMAs (tile_fma).
+template <class Prob, int BM, int BN, bool kTF32>
 __global__ void __launch_bounds__(kThreads, BM == 128 ? 2 : 1) gemm_kernel(const Prob pb) {
   using T = Tile<BM, BN>;
   __shared__ T tiles[2];
@@ -80,13 +83,19 @@ __global__ void __launch_bounds__(kThreads, BM == 128 ? 2 : 1) gemm_kernel(const
     for (int k0 = k_begin; k0 < k_end; k0 += kBK) {
       const bool more = k0 + kBK < k_end;
       if (more) load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k0 + kBK, k_end, ra, rb);
-      tile_fma<BM, BN>(tiles[buf], tid, acc);
+      if constexpr (kTF32)
+        tile_mma<BM, BN>(tiles[buf], tid, acc);
+      else
+        tile_fma<BM, BN>(tiles[buf], tid, acc);
       if (more) store_tiles<Prob, BM, BN>(tiles[buf ^ 1], tid, ra, rb);
       __syncthreads();
       buf ^= 1;
     }
   }
-  store_outputs<Prob, BM, BN>(pb, g, split, tid, m0, n0, acc);
+  if constexpr (kTF32)
+    store_outputs_mma<Prob, BM, BN>(pb, g, split, tid, m0, n0, acc);
+  else
+    store_outputs<Prob, BM, BN>(pb, g, split, tid, m0, n0, acc);
 }
 
 __global__ void __launch_bounds__(kThreads) split_sum_kernel(const float* part, int64_t numel, int splits,
@@ -184,25 +193,28 @@ int sm_count() {
 dim3 grid_stride_grid(int64_t total) { return dim3(static_cast<unsigned>(std::min(ceil_div(total, kThreads), kMaxGridX))); }
 
 template <class Prob, int BM, int BN>
-void launch_gemm(const Prob& pb, int64_t z, cudaStream_t st, const char* what) {
+void launch_gemm(const Prob& pb, int64_t z, bool tf32, cudaStream_t st, const char* what) {
   const dim3 grid(static_cast<unsigned>(ceil_div(pb.N, BN)), static_cast<unsigned>(ceil_div(pb.M, BM)),
                   static_cast<unsigned>(z));
-  gemm_kernel<Prob, BM, BN><<<grid, kThreads, 0, st>>>(pb);
+  if (tf32)
+    gemm_kernel<Prob, BM, BN, true><<<grid, kThreads, 0, st>>>(pb);
+  else
+    gemm_kernel<Prob, BM, BN, false><<<grid, kThreads, 0, st>>>(pb);
   check(cudaGetLastError(), what);
 }
 
 template <class Prob>
-void launch_gemm_sized(const Prob& pb, int64_t z, cudaStream_t st, const char* what) {
+void launch_gemm_sized(const Prob& pb, int64_t z, bool tf32, cudaStream_t st, const char* what) {
   if (big_tiles(pb.M, pb.N, z, sm_count()))
-    launch_gemm<Prob, 128, 128>(pb, z, st, what);
+    launch_gemm<Prob, 128, 128>(pb, z, tf32, st, what);
   else
-    launch_gemm<Prob, 64, 64>(pb, z, st, what);
+    launch_gemm<Prob, 64, 64>(pb, z, tf32, st, what);
 }
 
 }  // namespace
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
-                    bool /*allow_tf32: no TF32 path yet, exact float32*/, void* stream) {
+                    bool allow_tf32, void* stream) {
   const Dims d = make_dims(s);
   const int64_t total = d.N * d.K * d.P * d.Q;
   if (total == 0) return;
@@ -216,10 +228,10 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
     const Dims32 e = to_dims32(d);
     if (path == Path::UnitGemm) {
       const ForwardProblem<true> pb{e, e.Kg, e.N * e.PQ, e.Cg, 1, x, w, b, y};
-      launch_gemm_sized(pb, d.G, st, "conv2d_forward (1x1 GEMM)");
+      launch_gemm_sized(pb, d.G, allow_tf32, st, "conv2d_forward (1x1 GEMM)");
     } else {
       const ForwardProblem<false> pb{e, e.Kg, e.N * e.PQ, e.Cg * e.RS, 1, x, w, b, y};
-      launch_gemm_sized(pb, d.G, st, "conv2d_forward (implicit GEMM)");
+      launch_gemm_sized(pb, d.G, allow_tf32, st, "conv2d_forward (implicit GEMM)");
     }
   } else {
     forward_gather<<<grid_stride_grid(total), kThreads, 0, st>>>(d, x, w, b, y, total);
@@ -228,7 +240,7 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 }
 
 void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx,
-                          bool /*allow_tf32: no TF32 path yet, exact float32*/, void* stream) {
+                          bool allow_tf32, void* stream) {
   const Dims d = make_dims(s);
   const int64_t total = d.N * d.C * d.H * d.W;
   if (total == 0) return;
@@ -242,10 +254,10 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
     const Dims32 e = to_dims32(d);
     if (path == Path::UnitGemm) {
       const BackwardDataProblem<true> pb{e, e.Cg, e.N * e.HW, e.Kg, 1, dy, w, dx};
-      launch_gemm_sized(pb, d.G, st, "conv2d_backward_data (1x1 GEMM)");
+      launch_gemm_sized(pb, d.G, allow_tf32, st, "conv2d_backward_data (1x1 GEMM)");
     } else {
       const BackwardDataProblem<false> pb{e, e.Cg, e.N * e.HW, e.Kg * e.RS, 1, dy, w, dx};
-      launch_gemm_sized(pb, d.G, st, "conv2d_backward_data (implicit GEMM)");
+      launch_gemm_sized(pb, d.G, allow_tf32, st, "conv2d_backward_data (implicit GEMM)");
     }
   } else {
     backward_data_gather<<<grid_stride_grid(total), kThreads, 0, st>>>(d, dy, w, dx, total);
@@ -254,7 +266,7 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
 }
 
 void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw,
-                            bool /*allow_tf32: no TF32 path yet, exact float32*/, void* stream) {
+                            bool allow_tf32, void* stream) {
   const Dims d = make_dims(s);
   const int64_t numel = d.K * d.Cg * d.R * d.S;
   if (numel == 0) return;
@@ -272,9 +284,9 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
     float* out = splits > 1 ? reinterpret_cast<float*>(scratch.bytes()) : dw;
     const BackwardWeightProblem pb{e, e.Kg, e.Cg * e.RS, e.N * e.PQ, static_cast<int>(splits), dy, x, out};
     if (big)
-      launch_gemm<BackwardWeightProblem, 128, 64>(pb, d.G * splits, st, "conv2d_backward_weight (implicit GEMM)");
+      launch_gemm<BackwardWeightProblem, 128, 64>(pb, d.G * splits, allow_tf32, st, "conv2d_backward_weight (implicit GEMM)");
     else
-      launch_gemm<BackwardWeightProblem, 64, 64>(pb, d.G * splits, st, "conv2d_backward_weight (implicit GEMM)");
+      launch_gemm<BackwardWeightProblem, 64, 64>(pb, d.G * splits, allow_tf32, st, "conv2d_backward_weight (implicit GEMM)");
     if (splits > 1) {
       split_sum_kernel<<<grid_stride_grid(numel), kThreads, 0, st>>>(out, numel, static_cast<int>(splits), dw);
       check(cudaGetLastError(), "conv2d_backward_weight (split sum)");

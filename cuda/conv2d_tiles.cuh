@@ -18,6 +18,7 @@ into the tensors are int64.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "fastopt/common.h"
 #include "fastopt/conv2d.h"
@@ -360,6 +361,106 @@ FASTOPT_HD void store_outputs(const Prob& pb, int g, int split, int tid, int m0,
       const int n = n0 + tn * 4 + 64 * (j / 4) + j % 4;
       if (n < pb.N) pb.store(g, split, m, n, acc[i][j]);
     }
+  }
+}
+
+// ---- stage 3, opt-in (allow_tf32): the same tiles through TF32 tensor cores, mma.sync.m16n8k8.
+// The 8 warps form 2 (m) x 4 (n); warp w owns rows (w / 4) BM/2 + [0, BM/2) and columns
+// (w % 4) BN/4 + [0, BN/4) of the tile as MI x NI fragments of 16 x 8. PTX fragment layout, with
+// g = lane / 4 and t = lane % 4:
+//   A 16x8: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4);  B 8x8: b0 (t, g), b1 (t+4, g);
+//   C 16x8: c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1).
+// A thread keeps element q of fragment (mi, ni) at flat index f = (mi NI + ni) 4 + q of the same
+// TM x TN accumulator array the FMA path uses (MI NI 4 = TM TN). One mma per fragment and k step
+// sums the 8 products in the tensor core's fixed order, so results are still run-to-run identical.
+template <int BM, int BN>
+struct Mma {
+  static constexpr int MI = BM / 2 / 16, NI = BN / 4 / 8;
+  static_assert(MI * NI * 4 == Tile<BM, BN>::TM * Tile<BM, BN>::TN, "same accumulators as the FMA path");
+};
+
+// (row, col) in the tile of the thread's flat accumulator f.
+template <int BM, int BN>
+FASTOPT_HD void mma_coords(int tid, int f, int& row, int& col) {
+  constexpr int NI = Mma<BM, BN>::NI;
+  const int warp = tid / 32, g = (tid % 32) / 4, t = tid % 4;
+  const int mi = f / (4 * NI), ni = (f / 4) % NI, q = f % 4;
+  row = (warp / 4) * (BM / 2) + mi * 16 + g + 8 * (q / 2);
+  col = (warp % 4) * (BN / 4) + ni * 8 + 2 * t + q % 2;
+}
+
+// x rounded to TF32 (10 mantissa bits, to nearest, ties away from zero: cvt.rna.tf32.f32).
+FASTOPT_HD float to_tf32(float x) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return __uint_as_float(r);
+#else
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+  std::memcpy(&x, &u, 4);
+  return x;
+#endif
+}
+
+// The thread's A and B fragments of this k step, rounded to TF32: a[mi][0..3], b[ni][0..1] in the
+// register order of the layout above.
+template <int BM, int BN>
+FASTOPT_HD void mma_fragments(const Tile<BM, BN>& t, int tid, float (&a)[Mma<BM, BN>::MI][4],
+                              float (&b)[Mma<BM, BN>::NI][2]) {
+  const int warp = tid / 32, g = (tid % 32) / 4, tq = tid % 4;
+  const int wm = (warp / 4) * (BM / 2), wn = (warp % 4) * (BN / 4);
+#pragma unroll
+  for (int mi = 0; mi < Mma<BM, BN>::MI; ++mi) {
+    const int r = wm + mi * 16 + g;
+    a[mi][0] = to_tf32(t.a[tq][r]);
+    a[mi][1] = to_tf32(t.a[tq][r + 8]);
+    a[mi][2] = to_tf32(t.a[tq + 4][r]);
+    a[mi][3] = to_tf32(t.a[tq + 4][r + 8]);
+  }
+#pragma unroll
+  for (int ni = 0; ni < Mma<BM, BN>::NI; ++ni) {
+    const int c = wn + ni * 8 + g;
+    b[ni][0] = to_tf32(t.b[tq][c]);
+    b[ni][1] = to_tf32(t.b[tq + 4][c]);
+  }
+}
+
+#if defined(__CUDACC__)
+// acc += this k step's A B for the thread's fragments (device only: the mma is warp-collective;
+// a host replay gathers all lanes' mma_fragments and applies the PTX layout itself).
+template <int BM, int BN>
+__device__ __forceinline__ void tile_mma(const Tile<BM, BN>& t, int tid,
+                                         float (&acc)[Tile<BM, BN>::TM][Tile<BM, BN>::TN]) {
+  constexpr int TN = Tile<BM, BN>::TN, MI = Mma<BM, BN>::MI, NI = Mma<BM, BN>::NI;
+  float a[MI][4], b[NI][2];
+  mma_fragments<BM, BN>(t, tid, a, b);
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni) {
+      const int f = (mi * NI + ni) * 4;
+      asm volatile(
+          "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+          "{%0,%1,%2,%3};"
+          : "+f"(acc[f / TN][f % TN]), "+f"(acc[(f + 1) / TN][(f + 1) % TN]), "+f"(acc[(f + 2) / TN][(f + 2) % TN]),
+            "+f"(acc[(f + 3) / TN][(f + 3) % TN])
+          : "r"(__float_as_uint(a[mi][0])), "r"(__float_as_uint(a[mi][1])), "r"(__float_as_uint(a[mi][2])),
+            "r"(__float_as_uint(a[mi][3])), "r"(__float_as_uint(b[ni][0])), "r"(__float_as_uint(b[ni][1])));
+    }
+}
+#endif
+
+template <class Prob, int BM, int BN>
+FASTOPT_HD void store_outputs_mma(const Prob& pb, int g, int split, int tid, int m0, int n0,
+                                  const float (&acc)[Tile<BM, BN>::TM][Tile<BM, BN>::TN]) {
+  constexpr int TN = Tile<BM, BN>::TN;
+#pragma unroll
+  for (int f = 0; f < Mma<BM, BN>::MI * Mma<BM, BN>::NI * 4; ++f) {
+    int row, col;
+    mma_coords<BM, BN>(tid, f, row, col);
+    if (m0 + row < pb.M && n0 + col < pb.N) pb.store(g, split, m0 + row, n0 + col, acc[f / TN][f % TN]);
   }
 }
 
