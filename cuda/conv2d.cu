@@ -190,7 +190,9 @@ int sm_count() {
   return sms;
 }
 
-dim3 grid_stride_grid(int64_t total) { return dim3(static_cast<unsigned>(std::min(ceil_div(total, kThreads), kMaxGridX))); }
+dim3 grid_stride_grid(int64_t total) {
+  return dim3(static_cast<unsigned>(std::min(ceil_div(total, kThreads), kMaxGridX)));
+}
 
 template <class Prob, int BM, int BN>
 void launch_gemm(const Prob& pb, int64_t z, bool tf32, cudaStream_t st, const char* what) {
@@ -283,10 +285,11 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
     const detail::Scratch scratch(splits > 1 ? static_cast<size_t>(splits * numel) * sizeof(float) : 0, st);
     float* out = splits > 1 ? reinterpret_cast<float*>(scratch.bytes()) : dw;
     const BackwardWeightProblem pb{e, e.Kg, e.Cg * e.RS, e.N * e.PQ, static_cast<int>(splits), dy, x, out};
+    const char* what = "conv2d_backward_weight (implicit GEMM)";
     if (big)
-      launch_gemm<BackwardWeightProblem, 128, 64>(pb, d.G * splits, allow_tf32, st, "conv2d_backward_weight (implicit GEMM)");
+      launch_gemm<BackwardWeightProblem, 128, 64>(pb, d.G * splits, allow_tf32, st, what);
     else
-      launch_gemm<BackwardWeightProblem, 64, 64>(pb, d.G * splits, allow_tf32, st, "conv2d_backward_weight (implicit GEMM)");
+      launch_gemm<BackwardWeightProblem, 64, 64>(pb, d.G * splits, allow_tf32, st, what);
     if (splits > 1) {
       split_sum_kernel<<<grid_stride_grid(numel), kThreads, 0, st>>>(out, numel, static_cast<int>(splits), dw);
       check(cudaGetLastError(), "conv2d_backward_weight (split sum)");

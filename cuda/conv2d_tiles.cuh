@@ -96,7 +96,8 @@ inline Dims32 to_dims32(const Dims& d) {
   e.RS = e.R * e.S; e.PQ = e.P * e.Q; e.HW = e.H * e.W;
   // A zero extent means an empty pass, which launches nothing: its divider is never used.
   auto div = [](int v) { return Divider::make(static_cast<uint32_t>(v > 0 ? v : 1)); };
-  e.by_RS = div(e.RS); e.by_S = div(e.S); e.by_PQ = div(e.PQ); e.by_Q = div(e.Q); e.by_HW = div(e.HW); e.by_W = div(e.W);
+  e.by_RS = div(e.RS); e.by_S = div(e.S); e.by_PQ = div(e.PQ);
+  e.by_Q = div(e.Q); e.by_HW = div(e.HW); e.by_W = div(e.W);
   return e;
 }
 
