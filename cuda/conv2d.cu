@@ -1,2 +1,312 @@
-// The conv2d family on CUDA (being written).
+/*
+Conv2d on CUDA, NCHW float32: forward, data-grad, weight-grad and bias-grad.
+
+Math (fastopt/conv2d.h): y[n,k,p,q] = b[k] + sum_{c in group(k), r, s} x[n,c,p sh-ph+r dh, q sw-pw+s dw] w[k,c',r,s];
+the two gradients are the adjoints; cuda/conv2d_tiles.cuh writes all three as implicit GEMMs.
+
+Work each pass must do: 2 N K (C/groups) R S P Q flops (forward, data-grad, weight-grad alike);
+bytes at least 4 (|x| + |w| + |y|). The 3x3 layers are compute-bound (e.g. N=128, C=K=64, 56x56:
+29.6 GFLOP vs 206 MB); depthwise (groups = C) is bandwidth-bound: 4 (|x| + |y|) bytes for forward
+and data-grad.
+
+Paths, chosen per call by shape (forward_path & co. in conv2d_tiles.cuh):
+  tiled implicit GEMM  (stage 2) 256 threads, a BM x BN tile per block: 128x128, or 64x64 when
+                       the 128 grid would not fill the SMs; weight-grad 128x64 or 64x64. 8-deep
+                       k steps double-buffered through shared memory, the next step's global loads
+                       in flight during the FMAs; grid (N tiles, M tiles, groups x splits). 1x1
+                       stride-1 unpadded convs take the plain-GEMM variant (no im2col index math).
+                       Weight-grad splits the (n,p,q) reduction: each split stores its own
+                       dw-shaped partial in stream-ordered scratch, then one thread per dw element
+                       sums the splits in order.
+  depthwise direct     groups = C (Cg = 1): one thread per output of a plane, grid (planes, tiles
+                       of 256 outputs); reads x (or dy) once from DRAM, the halo from L1/L2.
+                       Weight-grad: one block per dw element, int32 plane-wise sums, a fixed tree.
+  gather               (stage 1) one thread per output element (grid-stride, int64 indices), or
+                       for weight- and bias-grad one 256-thread block per output element; the
+                       reference path on the GPU and the fallback for what the others do not
+                       take (extents past int32, tiny GEMMs, grids past
+                       CUDA's y/z limits). FASTOPT_CONV2D_GATHER=1 forces it, to cross-check the
+                       fast paths on a GPU.
+  TF32 (stage 3)       allow_tf32 runs the implicit-GEMM tiles through mma.sync.m16n8k8 tensor
+                       cores (inputs rounded to TF32, float32 accumulation); the depthwise and
+                       gather paths, which do not do GEMM math, stay exact float32.
+Every output is written exactly once, every sum runs in a fixed order (no atomics): results are
+bitwise reproducible run to run.
+*/
+#include <algorithm>
+#include <cstdlib>
+
+#include "conv2d_tiles.cuh"
 #include "fastopt/backend.h"
+#include "fastopt/conv2d.h"
+#include "launch.cuh"
+
+namespace fastopt::cuda {
+namespace {
+
+using detail::as_stream;
+using detail::check;
+using namespace conv;
+
+constexpr int64_t kMaxGridX = 65535LL * 64;  // grid-stride kernels: plenty of blocks, never past int32
+
+// ------------------------------------------------------------------ kernels
+
+// 128-row tiles: at most 128 registers, so that two blocks (16 warps) share an SM.
+// kTF32: the k steps go through tensor cores (tile_mma) instead of FMAs (tile_fma).
+template <class Prob, int BM, int BN, bool kTF32>
+__global__ void __launch_bounds__(kThreads, BM == 128 ? 2 : 1) gemm_kernel(const Prob pb) {
+  using T = Tile<BM, BN>;
+  __shared__ T tiles[2];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int split = static_cast<int>(blockIdx.z) % pb.splits;
+  const int g = static_cast<int>(blockIdx.z) / pb.splits;
+  const int m0 = static_cast<int>(blockIdx.y) * BM;
+  const int n0 = static_cast<int>(blockIdx.x) * BN;
+  int k_begin, k_end;
+  split_range(pb.Kd, pb.splits, split, k_begin, k_end);
+
+  float acc[T::TM][T::TN];
+#pragma unroll
+  for (int i = 0; i < T::TM; ++i)
+#pragma unroll
+    for (int j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
+
+  if (k_begin < k_end) {
+    float ra[T::LA], rb[T::LB];
+    load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k_begin, k_end, ra, rb);
+    store_tiles<Prob, BM, BN>(tiles[0], tid, ra, rb);
+    __syncthreads();
+    int buf = 0;
+    // Step k reads tiles[buf] and fills tiles[buf ^ 1]; the one barrier per step separates both
+    // from the previous step, which read tiles[buf ^ 1].
+    for (int k0 = k_begin; k0 < k_end; k0 += kBK) {
+      const bool more = k0 + kBK < k_end;
+      if (more) load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k0 + kBK, k_end, ra, rb);
+      if constexpr (kTF32)
+        tile_mma<BM, BN>(tiles[buf], tid, acc);
+      else
+        tile_fma<BM, BN>(tiles[buf], tid, acc);
+      if (more) store_tiles<Prob, BM, BN>(tiles[buf ^ 1], tid, ra, rb);
+      __syncthreads();
+      buf ^= 1;
+    }
+  }
+  if constexpr (kTF32)
+    store_outputs_mma<Prob, BM, BN>(pb, g, split, tid, m0, n0, acc);
+  else
+    store_outputs<Prob, BM, BN>(pb, g, split, tid, m0, n0, acc);
+}
+
+__global__ void __launch_bounds__(kThreads) split_sum_kernel(const float* part, int64_t numel, int splits,
+                                                             float* dw) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < numel; i += int64_t{gridDim.x} * kThreads)
+    dw[i] = split_sum_at(part, numel, splits, i);
+}
+
+__global__ void __launch_bounds__(kThreads) forward_gather(const Dims d, const float* x, const float* w,
+                                                           const float* b, float* y, int64_t total) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < total; i += int64_t{gridDim.x} * kThreads)
+    y[i] = forward_at(d, x, w, b, i);
+}
+
+__global__ void __launch_bounds__(kThreads) backward_data_gather(const Dims d, const float* dy, const float* w,
+                                                                 float* dx, int64_t total) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < total; i += int64_t{gridDim.x} * kThreads)
+    dx[i] = backward_data_at(d, dy, w, i);
+}
+
+// Sum of v over the block in a fixed shuffle tree, valid in thread 0. Every thread must call it;
+// it leaves `warp_sums` free for the next call.
+__device__ __forceinline__ float block_sum(float v, float* warp_sums) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = 0.0f;
+  if (threadIdx.x < 32) {
+    if (threadIdx.x < kThreads / 32) v = warp_sums[threadIdx.x];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+  }
+  __syncthreads();
+  return v;
+}
+
+// One block per dw element (block-stride over elements).
+__global__ void __launch_bounds__(kThreads) backward_weight_gather(const Dims d, const float* dy, const float* x,
+                                                                   float* dw, int64_t total) {
+  __shared__ float warp_sums[kThreads / 32];
+  for (int64_t e = blockIdx.x; e < total; e += gridDim.x) {
+    const float v = block_sum(backward_weight_part(d, dy, x, e, threadIdx.x, kThreads), warp_sums);
+    if (threadIdx.x == 0) dw[e] = v;
+  }
+}
+
+// One block per dw element (k, 0, r, s), Cg = 1; grid K R S.
+__global__ void __launch_bounds__(kThreads) depthwise_backward_weight(const Dims32 d, const float* dy, const float* x,
+                                                                      float* dw) {
+  __shared__ float warp_sums[kThreads / 32];
+  const int e = static_cast<int>(blockIdx.x);
+  const int k = e / d.RS, rs = e - k * d.RS;
+  const float v = block_sum(depthwise_backward_weight_part(d, dy, x, k, rs, threadIdx.x, kThreads), warp_sums);
+  if (threadIdx.x == 0) dw[e] = v;
+}
+
+__global__ void __launch_bounds__(kThreads) backward_bias_kernel(const Dims d, const float* dy, float* db) {
+  __shared__ float warp_sums[kThreads / 32];
+  for (int64_t k = blockIdx.x; k < d.K; k += gridDim.x) {
+    const float v = block_sum(backward_bias_part(d, dy, k, threadIdx.x, kThreads), warp_sums);
+    if (threadIdx.x == 0) db[k] = v;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) depthwise_forward(const Dims32 d, const float* x, const float* w,
+                                                              const float* b, float* y) {
+  depthwise_forward_thread(d, x, w, b, y, static_cast<int>(blockIdx.x),
+                           static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x));
+}
+
+__global__ void __launch_bounds__(kThreads) depthwise_backward_data(const Dims32 d, const float* dy,
+                                                                    const float* w, float* dx) {
+  depthwise_backward_data_thread(d, dy, w, dx, static_cast<int>(blockIdx.x),
+                                 static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x));
+}
+
+// ------------------------------------------------------------------ host side
+
+bool force_gather() {
+  static const bool forced = [] {
+    const char* v = std::getenv("FASTOPT_CONV2D_GATHER");
+    return v != nullptr && v[0] != '\0' && v[0] != '0';
+  }();
+  return forced;
+}
+
+int sm_count() {
+  int dev = 0, sms = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  return sms;
+}
+
+dim3 grid_stride_grid(int64_t total) {
+  return dim3(static_cast<unsigned>(std::min(ceil_div(total, kThreads), kMaxGridX)));
+}
+
+template <class Prob, int BM, int BN>
+void launch_gemm(const Prob& pb, int64_t z, bool tf32, cudaStream_t st, const char* what) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(pb.N, BN)), static_cast<unsigned>(ceil_div(pb.M, BM)),
+                  static_cast<unsigned>(z));
+  if (tf32)
+    gemm_kernel<Prob, BM, BN, true><<<grid, kThreads, 0, st>>>(pb);
+  else
+    gemm_kernel<Prob, BM, BN, false><<<grid, kThreads, 0, st>>>(pb);
+  check(cudaGetLastError(), what);
+}
+
+template <class Prob>
+void launch_gemm_sized(const Prob& pb, int64_t z, bool tf32, cudaStream_t st, const char* what) {
+  if (big_tiles(pb.M, pb.N, z, sm_count()))
+    launch_gemm<Prob, 128, 128>(pb, z, tf32, st, what);
+  else
+    launch_gemm<Prob, 64, 64>(pb, z, tf32, st, what);
+}
+
+}  // namespace
+
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
+                    bool allow_tf32, void* stream) {
+  const Dims d = make_dims(s);
+  const int64_t total = d.N * d.K * d.P * d.Q;
+  if (total == 0) return;
+  const cudaStream_t st = as_stream(stream);
+  const Path path = force_gather() ? Path::Gather : forward_path(d);
+  if (path == Path::Depthwise) {
+    const dim3 grid(static_cast<unsigned>(d.N * d.K), static_cast<unsigned>(ceil_div(d.P * d.Q, kThreads)));
+    depthwise_forward<<<grid, kThreads, 0, st>>>(to_dims32(d), x, w, b, y);
+    check(cudaGetLastError(), "conv2d_forward (depthwise)");
+  } else if (path != Path::Gather) {
+    const Dims32 e = to_dims32(d);
+    if (path == Path::UnitGemm) {
+      const ForwardProblem<true> pb{e, e.Kg, e.N * e.PQ, e.Cg, 1, x, w, b, y};
+      launch_gemm_sized(pb, d.G, allow_tf32, st, "conv2d_forward (1x1 GEMM)");
+    } else {
+      const ForwardProblem<false> pb{e, e.Kg, e.N * e.PQ, e.Cg * e.RS, 1, x, w, b, y};
+      launch_gemm_sized(pb, d.G, allow_tf32, st, "conv2d_forward (implicit GEMM)");
+    }
+  } else {
+    forward_gather<<<grid_stride_grid(total), kThreads, 0, st>>>(d, x, w, b, y, total);
+    check(cudaGetLastError(), "conv2d_forward (gather)");
+  }
+}
+
+void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx,
+                          bool allow_tf32, void* stream) {
+  const Dims d = make_dims(s);
+  const int64_t total = d.N * d.C * d.H * d.W;
+  if (total == 0) return;
+  const cudaStream_t st = as_stream(stream);
+  const Path path = force_gather() ? Path::Gather : backward_data_path(d);
+  if (path == Path::Depthwise) {
+    const dim3 grid(static_cast<unsigned>(d.N * d.C), static_cast<unsigned>(ceil_div(d.H * d.W, kThreads)));
+    depthwise_backward_data<<<grid, kThreads, 0, st>>>(to_dims32(d), dy, w, dx);
+    check(cudaGetLastError(), "conv2d_backward_data (depthwise)");
+  } else if (path != Path::Gather) {
+    const Dims32 e = to_dims32(d);
+    if (path == Path::UnitGemm) {
+      const BackwardDataProblem<true> pb{e, e.Cg, e.N * e.HW, e.Kg, 1, dy, w, dx};
+      launch_gemm_sized(pb, d.G, allow_tf32, st, "conv2d_backward_data (1x1 GEMM)");
+    } else {
+      const BackwardDataProblem<false> pb{e, e.Cg, e.N * e.HW, e.Kg * e.RS, 1, dy, w, dx};
+      launch_gemm_sized(pb, d.G, allow_tf32, st, "conv2d_backward_data (implicit GEMM)");
+    }
+  } else {
+    backward_data_gather<<<grid_stride_grid(total), kThreads, 0, st>>>(d, dy, w, dx, total);
+    check(cudaGetLastError(), "conv2d_backward_data (gather)");
+  }
+}
+
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw,
+                            bool allow_tf32, void* stream) {
+  const Dims d = make_dims(s);
+  const int64_t numel = d.K * d.Cg * d.R * d.S;
+  if (numel == 0) return;
+  const cudaStream_t st = as_stream(stream);
+  const int64_t M = d.Kg, N = d.Cg * d.R * d.S, Kd = d.N * d.P * d.Q;
+  const Path path = force_gather() ? Path::Gather : backward_weight_path(d);
+  if (path == Path::Depthwise) {
+    depthwise_backward_weight<<<dim3(static_cast<unsigned>(numel)), kThreads, 0, st>>>(to_dims32(d), dy, x, dw);
+    check(cudaGetLastError(), "conv2d_backward_weight (depthwise)");
+  } else if (path == Path::Gemm) {
+    const Dims32 e = to_dims32(d);
+    const bool big = big_weight_tiles(M, N);
+    const int64_t splits = weight_grad_splits(M, N, Kd, d.G, numel, big, sm_count());
+    const detail::Scratch scratch(splits > 1 ? static_cast<size_t>(splits * numel) * sizeof(float) : 0, st);
+    float* out = splits > 1 ? reinterpret_cast<float*>(scratch.bytes()) : dw;
+    const BackwardWeightProblem pb{e, e.Kg, e.Cg * e.RS, e.N * e.PQ, static_cast<int>(splits), dy, x, out};
+    const char* what = "conv2d_backward_weight (implicit GEMM)";
+    if (big)
+      launch_gemm<BackwardWeightProblem, 128, 64>(pb, d.G * splits, allow_tf32, st, what);
+    else
+      launch_gemm<BackwardWeightProblem, 64, 64>(pb, d.G * splits, allow_tf32, st, what);
+    if (splits > 1) {
+      split_sum_kernel<<<grid_stride_grid(numel), kThreads, 0, st>>>(out, numel, static_cast<int>(splits), dw);
+      check(cudaGetLastError(), "conv2d_backward_weight (split sum)");
+    }
+  } else {
+    backward_weight_gather<<<dim3(static_cast<unsigned>(std::min(numel, kMaxGridX))), kThreads, 0, st>>>(
+        d, dy, x, dw, numel);
+    check(cudaGetLastError(), "conv2d_backward_weight (gather)");
+  }
+}
+
+void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, void* stream) {
+  const Dims d = make_dims(s);
+  if (d.K == 0) return;
+  backward_bias_kernel<<<dim3(static_cast<unsigned>(std::min(d.K, kMaxGridX))), kThreads, 0, as_stream(stream)>>>(
+      d, dy, db);
+  check(cudaGetLastError(), "conv2d_backward_bias");
+}
+
+}  // namespace fastopt::cuda

@@ -1,0 +1,643 @@
+/*
+Private to cuda/conv2d.cu: the conv2d index math and the per-thread work of every conv kernel, as
+FASTOPT_HD functions. The kernels in conv2d.cu are thin loops around them, and a host program can
+include this header with a plain C++ compiler and replay a kernel as loops over (block, thread),
+so that the index logic the GPU runs is the very code that was checked against a naive conv.
+
+The three passes as GEMMs (per group g, Cg = C / groups, Kg = K / groups, RS = R * S):
+  forward      y[k, (n,p,q)]     = sum_{(c,r,s)} w[k, (c,r,s)]  * im2col(x)[(c,r,s), (n,p,q)]
+  data-grad    dx[c, (n,h,w)]    = sum_{(k,r,s)} w[k, c, r, s]  * col2im(dy)[(k,r,s), (n,h,w)]
+  weight-grad  dw[k, (c,r,s)]    = sum_{(n,p,q)} dy[k, (n,p,q)] * im2col(x)[(n,p,q), (c,r,s)]
+with col2im(dy)[(k,r,s), (n,h,w)] = dy[n, k, (h + ph - r dh) / sh, (w + pw - s dw) / sw] when both
+divisions are exact and in range, else 0: that one gather covers stride 1 and strided data-grad.
+Inside a group, GEMM coordinates are int32 (the host checks that every extent fits); addresses
+into the tensors are int64.
+*/
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "fastopt/common.h"
+#include "fastopt/conv2d.h"
+
+namespace fastopt::cuda::conv {
+
+// ------------------------------------------------------------------ shapes
+
+// The shape in int64, with the group extents the kernels need.
+struct Dims {
+  int64_t N, C, H, W, K, R, S, P, Q;
+  int64_t sh, sw, ph, pw, dh, dw, G, Cg, Kg;
+};
+
+inline Dims make_dims(const Conv2dShape& s) {
+  return {s.N,        s.C,        s.H,      s.W,      s.K,      s.R,      s.S,
+          s.P,        s.Q,        s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h,
+          s.dil_w,    s.groups,   s.C / s.groups, s.K / s.groups};
+}
+
+// n / d for 0 <= n < 2^31 and 1 <= d < 2^31 by a multiply-high and a shift (Granlund and
+// Montgomery; PyTorch's IntDivider): a run-time integer division costs ~20 instructions on the GPU,
+// and the im2col gathers of the tiled kernels do several per loaded element.
+// With l = ceil(log2 d) and mul = floor(2^32 (2^l - d) / d) + 1 (< 2^32 since 2^l - d < d),
+// n / d = (mulhi(n, mul) + n) >> l, and mulhi(n, mul) + n <= 2n < 2^32 does not wrap.
+struct Divider {
+  uint32_t d, mul, shift;
+
+  static Divider make(uint32_t d) {
+    uint32_t l = 0;
+    while ((uint64_t{1} << l) < d) ++l;
+    const uint64_t mul = ((uint64_t{1} << 32) * ((uint64_t{1} << l) - d)) / d + 1;
+    return {d, static_cast<uint32_t>(mul), l};
+  }
+  FASTOPT_HD int div(int n) const {
+    const uint32_t u = static_cast<uint32_t>(n);
+#if defined(__CUDA_ARCH__)
+    const uint32_t t = __umulhi(u, mul);
+#else
+    const uint32_t t = static_cast<uint32_t>((uint64_t{u} * mul) >> 32);
+#endif
+    return static_cast<int>((t + u) >> shift);
+  }
+};
+
+// The same in int32 for the tiled kernels; valid only when fits_int32(d). The dividers divide by
+// the extents the GEMM coordinates are decomposed with.
+struct Dims32 {
+  int N, C, H, W, K, R, S, P, Q;
+  int sh, sw, ph, pw, dh, dw, G, Cg, Kg;
+  int RS, PQ, HW;
+  Divider by_RS, by_S, by_PQ, by_Q, by_HW, by_W;
+};
+
+// Every extent and product the tiled kernels form in int32 stays below 2^31 - 2^16, leaving room
+// for a tile origin plus a tile (n0 + 127 and the like) without overflow.
+inline bool fits_int32(const Dims& d) {
+  const int64_t lim = (int64_t{1} << 31) - (int64_t{1} << 16);
+  const int64_t v[] = {d.N * d.P * d.Q, d.N * d.H * d.W, d.Cg * d.R * d.S, d.Kg * d.R * d.S,
+                       d.K,             d.C,             d.G,
+                       // h = p sh - ph + r dh and its data-grad mirror h + ph - r dh
+                       d.P * d.sh + d.ph + d.R * d.dh, d.Q * d.sw + d.pw + d.S * d.dw,
+                       d.H + d.ph + d.R * d.dh,        d.W + d.pw + d.S * d.dw};
+  for (int64_t x : v)
+    if (x >= lim) return false;
+  return true;
+}
+
+inline Dims32 to_dims32(const Dims& d) {
+  Dims32 e{};
+  e.N = int(d.N); e.C = int(d.C); e.H = int(d.H); e.W = int(d.W); e.K = int(d.K);
+  e.R = int(d.R); e.S = int(d.S); e.P = int(d.P); e.Q = int(d.Q);
+  e.sh = int(d.sh); e.sw = int(d.sw); e.ph = int(d.ph); e.pw = int(d.pw); e.dh = int(d.dh); e.dw = int(d.dw);
+  e.G = int(d.G); e.Cg = int(d.Cg); e.Kg = int(d.Kg);
+  e.RS = e.R * e.S; e.PQ = e.P * e.Q; e.HW = e.H * e.W;
+  // A zero extent means an empty pass, which launches nothing: its divider is never used.
+  auto div = [](int v) { return Divider::make(static_cast<uint32_t>(v > 0 ? v : 1)); };
+  e.by_RS = div(e.RS); e.by_S = div(e.S); e.by_PQ = div(e.PQ);
+  e.by_Q = div(e.Q); e.by_HW = div(e.HW); e.by_W = div(e.W);
+  return e;
+}
+
+// ------------------------------------------------------------------ stage 1: gathers
+// One output element per call, every sum in a fixed order (c, r, s or k, r, s ascending), int64
+// throughout: the obviously-right path, and the one for shapes the tiled kernels do not take.
+
+FASTOPT_HD float forward_at(const Dims& d, const float* x, const float* w, const float* b, int64_t i) {
+  const int64_t q = i % d.Q, p = (i / d.Q) % d.P, k = (i / (d.Q * d.P)) % d.K, n = i / (d.Q * d.P * d.K);
+  const int64_t g = k / d.Kg;
+  float acc = 0.0f;
+  for (int64_t c = 0; c < d.Cg; ++c) {
+    const float* xc = x + (n * d.C + g * d.Cg + c) * d.H * d.W;
+    const float* wc = w + (k * d.Cg + c) * d.R * d.S;
+    for (int64_t r = 0; r < d.R; ++r) {
+      const int64_t h = p * d.sh - d.ph + r * d.dh;
+      if (h < 0 || h >= d.H) continue;
+      for (int64_t s = 0; s < d.S; ++s) {
+        const int64_t ww = q * d.sw - d.pw + s * d.dw;
+        if (ww < 0 || ww >= d.W) continue;
+        acc = fmaf(xc[h * d.W + ww], wc[r * d.S + s], acc);
+      }
+    }
+  }
+  return b != nullptr ? acc + b[k] : acc;
+}
+
+FASTOPT_HD float backward_data_at(const Dims& d, const float* dy, const float* w, int64_t i) {
+  const int64_t ww = i % d.W, h = (i / d.W) % d.H, c = (i / (d.W * d.H)) % d.C, n = i / (d.W * d.H * d.C);
+  const int64_t g = c / d.Cg, cl = c - g * d.Cg;
+  float acc = 0.0f;
+  for (int64_t kl = 0; kl < d.Kg; ++kl) {
+    const int64_t k = g * d.Kg + kl;
+    const float* dyk = dy + (n * d.K + k) * d.P * d.Q;
+    const float* wk = w + (k * d.Cg + cl) * d.R * d.S;
+    for (int64_t r = 0; r < d.R; ++r) {
+      const int64_t th = h + d.ph - r * d.dh;
+      if (th < 0 || th % d.sh != 0 || th / d.sh >= d.P) continue;
+      for (int64_t s = 0; s < d.S; ++s) {
+        const int64_t tw = ww + d.pw - s * d.dw;
+        if (tw < 0 || tw % d.sw != 0 || tw / d.sw >= d.Q) continue;
+        acc = fmaf(dyk[(th / d.sh) * d.Q + tw / d.sw], wk[r * d.S + s], acc);
+      }
+    }
+  }
+  return acc;
+}
+
+// Thread t of nt's share of dw[e]: the terms j = t, t + nt, ... of the sum over j = (n, p, q).
+FASTOPT_HD float backward_weight_part(const Dims& d, const float* dy, const float* x, int64_t e, int64_t t,
+                                      int64_t nt) {
+  const int64_t s = e % d.S, r = (e / d.S) % d.R, cl = (e / (d.S * d.R)) % d.Cg, k = e / (d.S * d.R * d.Cg);
+  const int64_t c = (k / d.Kg) * d.Cg + cl;
+  float acc = 0.0f;
+  for (int64_t j = t; j < d.N * d.P * d.Q; j += nt) {
+    const int64_t q = j % d.Q, p = (j / d.Q) % d.P, n = j / (d.Q * d.P);
+    const int64_t h = p * d.sh - d.ph + r * d.dh, ww = q * d.sw - d.pw + s * d.dw;
+    if (h < 0 || h >= d.H || ww < 0 || ww >= d.W) continue;
+    acc = fmaf(dy[((n * d.K + k) * d.P + p) * d.Q + q], x[((n * d.C + c) * d.H + h) * d.W + ww], acc);
+  }
+  return acc;
+}
+
+// Thread t of nt's share of db[k] = sum over (n, p, q) of dy[n, k, p, q].
+FASTOPT_HD float backward_bias_part(const Dims& d, const float* dy, int64_t k, int64_t t, int64_t nt) {
+  const int64_t pq = d.P * d.Q;
+  float acc = 0.0f;
+  for (int64_t j = t; j < d.N * pq; j += nt) acc += dy[((j / pq) * d.K + k) * pq + j % pq];
+  return acc;
+}
+
+// ------------------------------------------------------------------ depthwise direct (Cg = 1)
+// One output of plane (n, k) per call. The plane's R*S weights are read straight from global
+// memory: every thread of a block reads the same ones (uniform, L1-resident broadcasts). In-plane
+// index math is int32 (the host checks fits_int32).
+
+FASTOPT_HD float depthwise_forward_at(const Dims32& d, const float* xplane, const float* wk, int p, int q) {
+  float acc = 0.0f;
+  for (int r = 0; r < d.R; ++r) {
+    const int h = p * d.sh - d.ph + r * d.dh;
+    if (h < 0 || h >= d.H) continue;
+    for (int s = 0; s < d.S; ++s) {
+      const int w = q * d.sw - d.pw + s * d.dw;
+      if (w < 0 || w >= d.W) continue;
+      acc = fmaf(xplane[h * d.W + w], wk[r * d.S + s], acc);
+    }
+  }
+  return acc;
+}
+
+// dx of plane (n, c): dyplanes are the Kg planes (n, c Kg + kl) back to back, wc their Kg R S
+// weights (kl, r, s); the sum runs over kl, r, s ascending, as backward_data_at does.
+FASTOPT_HD float depthwise_backward_data_at(const Dims32& d, const float* dyplanes, const float* wc, int h, int w) {
+  float acc = 0.0f;
+  for (int kl = 0; kl < d.Kg; ++kl) {
+    for (int r = 0; r < d.R; ++r) {
+      const int th = h + d.ph - r * d.dh, p = th / d.sh;
+      if (th < 0 || p * d.sh != th || p >= d.P) continue;
+      for (int s = 0; s < d.S; ++s) {
+        const int tw = w + d.pw - s * d.dw, q = tw / d.sw;
+        if (tw < 0 || q * d.sw != tw || q >= d.Q) continue;
+        acc = fmaf(dyplanes[int64_t(kl) * d.PQ + p * d.Q + q], wc[(kl * d.R + r) * d.S + s], acc);
+      }
+    }
+  }
+  return acc;
+}
+
+// Thread bodies of the depthwise kernels: output pq of plane (n, k) = plane, grid (N K, ceil(P Q / 256)),
+// and input pixel hw of plane (n, c), grid (N C, ceil(H W / 256)).
+FASTOPT_HD void depthwise_forward_thread(const Dims32& d, const float* x, const float* w, const float* b, float* y,
+                                         int plane, int pq) {
+  if (pq >= d.PQ) return;
+  const int n = plane / d.K, k = plane - n * d.K;
+  const int p = d.by_Q.div(pq), q = pq - p * d.Q;
+  const float* xplane = x + (int64_t(n) * d.C + k / d.Kg) * d.HW;
+  const float v = depthwise_forward_at(d, xplane, w + int64_t(k) * d.RS, p, q);
+  y[int64_t(plane) * d.PQ + pq] = b != nullptr ? v + b[k] : v;
+}
+
+FASTOPT_HD void depthwise_backward_data_thread(const Dims32& d, const float* dy, const float* w, float* dx, int plane,
+                                               int hw) {
+  if (hw >= d.HW) return;
+  const int n = plane / d.C, c = plane - n * d.C;
+  const int h = d.by_W.div(hw), w_ = hw - h * d.W;
+  const float* dyplanes = dy + (int64_t(n) * d.K + int64_t(c) * d.Kg) * d.PQ;
+  dx[int64_t(plane) * d.HW + hw] = depthwise_backward_data_at(d, dyplanes, w + int64_t(c) * d.Kg * d.RS, h, w_);
+}
+
+// Thread t of nt's share of dw[k, 0, r, s] (rs = r S + s) for Cg = 1: the terms (n, p, q) with
+// pq = t, t + nt, ... of every plane pair (dy[n, k], x[n, k / Kg]), n ascending. The terms of
+// backward_weight_part, with int32 in-plane math and no per-term division by P Q.
+FASTOPT_HD float depthwise_backward_weight_part(const Dims32& d, const float* dy, const float* x, int k, int rs,
+                                                int t, int nt) {
+  const int r = d.by_S.div(rs), s = rs - r * d.S, c = k / d.Kg;
+  float acc = 0.0f;
+  for (int n = 0; n < d.N; ++n) {
+    const float* dyp = dy + (int64_t(n) * d.K + k) * d.PQ;
+    const float* xp = x + (int64_t(n) * d.C + c) * d.HW;
+    for (int pq = t; pq < d.PQ; pq += nt) {
+      const int p = d.by_Q.div(pq), q = pq - p * d.Q;
+      const int h = p * d.sh - d.ph + r * d.dh, w = q * d.sw - d.pw + s * d.dw;
+      if (h < 0 || h >= d.H || w < 0 || w >= d.W) continue;
+      acc = fmaf(dyp[pq], xp[h * d.W + w], acc);
+    }
+  }
+  return acc;
+}
+
+// ------------------------------------------------------------------ stage 2: tiled implicit GEMM
+// A block of kThreads computes a BM x BN tile of C = A B (per group g = blockIdx.z / splits),
+// stepping through the reduction BK = 8 at a time. Shared tiles are k-major, As[k][m] and Bs[k][n],
+// each row padded by 4 floats: the stores of the global-to-shared copy then hit 32 distinct banks,
+// and the float4 fragment reads stay 16-byte aligned. Thread (tm, tn) = (tid / 16, tid % 16) owns
+// rows tm*4 + 64 i + {0..3} and columns tn*4 + 64 j + {0..3}: a warp's float4 reads of a k-row
+// cover 256 contiguous bytes (conflict-free) and every output is summed over k ascending.
+
+constexpr int kThreads = 256;
+constexpr int kBK = 8;
+constexpr int kPad = 4;
+
+template <int BM, int BN>
+struct Tile {
+  static_assert((BM == 64 || BM == 128) && (BN == 64 || BN == 128), "16 x 16 threads, 4-wide groups");
+  static constexpr int TM = BM / 16, TN = BN / 16;          // outputs per thread along m and n
+  static constexpr int LA = BM * kBK / kThreads;           // A elements each thread copies per step
+  static constexpr int LB = BN * kBK / kThreads;
+  alignas(16) float a[kBK][BM + kPad];
+  alignas(16) float b[kBK][BN + kPad];
+};
+
+// Local coordinates (row along the tile's outer dim, k) of a thread's i-th copied element. With
+// kAlongK, 8 consecutive threads read 8 consecutive k of one row (the operand is contiguous along
+// k); otherwise consecutive threads read consecutive rows.
+template <int B, bool kAlongK>
+FASTOPT_HD void copy_slot(int tid, int i, int& row, int& kk) {
+  if (kAlongK) {
+    kk = tid % kBK;
+    row = tid / kBK + (kThreads / kBK) * i;
+  } else {
+    row = tid % B;
+    kk = tid / B + (kThreads / B) * i;
+  }
+}
+
+// Reads this thread's share of the A and B tiles at (m0, n0, k0) into registers (0 outside the
+// problem or past k_end), so that the global loads of the next step overlap the current FMAs.
+template <class Prob, int BM, int BN>
+FASTOPT_HD void load_tiles(const Prob& pb, int g, int tid, int m0, int n0, int k0, int k_end,
+                           float (&ra)[Tile<BM, BN>::LA], float (&rb)[Tile<BM, BN>::LB]) {
+#pragma unroll
+  for (int i = 0; i < Tile<BM, BN>::LA; ++i) {
+    int m, kk;
+    copy_slot<BM, Prob::kAAlongK>(tid, i, m, kk);
+    ra[i] = (m0 + m < pb.M && k0 + kk < k_end) ? pb.a(g, m0 + m, k0 + kk) : 0.0f;
+  }
+#pragma unroll
+  for (int i = 0; i < Tile<BM, BN>::LB; ++i) {
+    int n, kk;
+    copy_slot<BN, Prob::kBAlongK>(tid, i, n, kk);
+    rb[i] = (n0 + n < pb.N && k0 + kk < k_end) ? pb.b(g, k0 + kk, n0 + n) : 0.0f;
+  }
+}
+
+template <class Prob, int BM, int BN>
+FASTOPT_HD void store_tiles(Tile<BM, BN>& t, int tid, const float (&ra)[Tile<BM, BN>::LA],
+                            const float (&rb)[Tile<BM, BN>::LB]) {
+#pragma unroll
+  for (int i = 0; i < Tile<BM, BN>::LA; ++i) {
+    int m, kk;
+    copy_slot<BM, Prob::kAAlongK>(tid, i, m, kk);
+    t.a[kk][m] = ra[i];
+  }
+#pragma unroll
+  for (int i = 0; i < Tile<BM, BN>::LB; ++i) {
+    int n, kk;
+    copy_slot<BN, Prob::kBAlongK>(tid, i, n, kk);
+    t.b[kk][n] = rb[i];
+  }
+}
+
+// 4 floats from a 16-byte aligned shared-memory address: one ld.shared.v4 on the GPU.
+FASTOPT_HD void load4(const float* p, float* v) {
+#if defined(__CUDA_ARCH__)
+  const float4 f = *reinterpret_cast<const float4*>(p);
+  v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
+#else
+  for (int e = 0; e < 4; ++e) v[e] = p[e];
+#endif
+}
+
+// acc[i][j] += sum over the tile's 8 k (ascending) of A[row i][k] * B[k][col j].
+template <int BM, int BN>
+FASTOPT_HD void tile_fma(const Tile<BM, BN>& t, int tid, float (&acc)[Tile<BM, BN>::TM][Tile<BM, BN>::TN]) {
+  constexpr int TM = Tile<BM, BN>::TM, TN = Tile<BM, BN>::TN;
+  const int tm = tid / 16, tn = tid % 16;
+#pragma unroll
+  for (int kk = 0; kk < kBK; ++kk) {
+    float a[TM], b[TN];
+#pragma unroll
+    for (int i = 0; i < TM / 4; ++i) load4(&t.a[kk][tm * 4 + 64 * i], a + 4 * i);
+#pragma unroll
+    for (int j = 0; j < TN / 4; ++j) load4(&t.b[kk][tn * 4 + 64 * j], b + 4 * j);
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+  }
+}
+
+template <class Prob, int BM, int BN>
+FASTOPT_HD void store_outputs(const Prob& pb, int g, int split, int tid, int m0, int n0,
+                              const float (&acc)[Tile<BM, BN>::TM][Tile<BM, BN>::TN]) {
+  constexpr int TM = Tile<BM, BN>::TM, TN = Tile<BM, BN>::TN;
+  const int tm = tid / 16, tn = tid % 16;
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int m = m0 + tm * 4 + 64 * (i / 4) + i % 4;
+    if (m >= pb.M) continue;
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      const int n = n0 + tn * 4 + 64 * (j / 4) + j % 4;
+      if (n < pb.N) pb.store(g, split, m, n, acc[i][j]);
+    }
+  }
+}
+
+// ---- stage 3, opt-in (allow_tf32): the same tiles through TF32 tensor cores, mma.sync.m16n8k8.
+// The 8 warps form 2 (m) x 4 (n); warp w owns rows (w / 4) BM/2 + [0, BM/2) and columns
+// (w % 4) BN/4 + [0, BN/4) of the tile as MI x NI fragments of 16 x 8. PTX fragment layout, with
+// g = lane / 4 and t = lane % 4:
+//   A 16x8: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4);  B 8x8: b0 (t, g), b1 (t+4, g);
+//   C 16x8: c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1).
+// A thread keeps element q of fragment (mi, ni) at flat index f = (mi NI + ni) 4 + q of the same
+// TM x TN accumulator array the FMA path uses (MI NI 4 = TM TN). One mma per fragment and k step
+// sums the 8 products in the tensor core's fixed order, so results are still run-to-run identical.
+template <int BM, int BN>
+struct Mma {
+  static constexpr int MI = BM / 2 / 16, NI = BN / 4 / 8;
+  static_assert(MI * NI * 4 == Tile<BM, BN>::TM * Tile<BM, BN>::TN, "same accumulators as the FMA path");
+};
+
+// (row, col) in the tile of the thread's flat accumulator f.
+template <int BM, int BN>
+FASTOPT_HD void mma_coords(int tid, int f, int& row, int& col) {
+  constexpr int NI = Mma<BM, BN>::NI;
+  const int warp = tid / 32, g = (tid % 32) / 4, t = tid % 4;
+  const int mi = f / (4 * NI), ni = (f / 4) % NI, q = f % 4;
+  row = (warp / 4) * (BM / 2) + mi * 16 + g + 8 * (q / 2);
+  col = (warp % 4) * (BN / 4) + ni * 8 + 2 * t + q % 2;
+}
+
+// x rounded to TF32 (10 mantissa bits, to nearest, ties away from zero: cvt.rna.tf32.f32).
+FASTOPT_HD float to_tf32(float x) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return __uint_as_float(r);
+#else
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+  std::memcpy(&x, &u, 4);
+  return x;
+#endif
+}
+
+// The thread's A and B fragments of this k step, rounded to TF32: a[mi][0..3], b[ni][0..1] in the
+// register order of the layout above.
+template <int BM, int BN>
+FASTOPT_HD void mma_fragments(const Tile<BM, BN>& t, int tid, float (&a)[Mma<BM, BN>::MI][4],
+                              float (&b)[Mma<BM, BN>::NI][2]) {
+  const int warp = tid / 32, g = (tid % 32) / 4, tq = tid % 4;
+  const int wm = (warp / 4) * (BM / 2), wn = (warp % 4) * (BN / 4);
+#pragma unroll
+  for (int mi = 0; mi < Mma<BM, BN>::MI; ++mi) {
+    const int r = wm + mi * 16 + g;
+    a[mi][0] = to_tf32(t.a[tq][r]);
+    a[mi][1] = to_tf32(t.a[tq][r + 8]);
+    a[mi][2] = to_tf32(t.a[tq + 4][r]);
+    a[mi][3] = to_tf32(t.a[tq + 4][r + 8]);
+  }
+#pragma unroll
+  for (int ni = 0; ni < Mma<BM, BN>::NI; ++ni) {
+    const int c = wn + ni * 8 + g;
+    b[ni][0] = to_tf32(t.b[tq][c]);
+    b[ni][1] = to_tf32(t.b[tq + 4][c]);
+  }
+}
+
+#if defined(__CUDACC__)
+// acc += this k step's A B for the thread's fragments (device only: the mma is warp-collective;
+// a host replay gathers all lanes' mma_fragments and applies the PTX layout itself).
+template <int BM, int BN>
+__device__ __forceinline__ void tile_mma(const Tile<BM, BN>& t, int tid,
+                                         float (&acc)[Tile<BM, BN>::TM][Tile<BM, BN>::TN]) {
+  constexpr int TN = Tile<BM, BN>::TN, MI = Mma<BM, BN>::MI, NI = Mma<BM, BN>::NI;
+  float a[MI][4], b[NI][2];
+  mma_fragments<BM, BN>(t, tid, a, b);
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni) {
+      const int f = (mi * NI + ni) * 4;
+      asm volatile(
+          "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+          "{%0,%1,%2,%3};"
+          : "+f"(acc[f / TN][f % TN]), "+f"(acc[(f + 1) / TN][(f + 1) % TN]), "+f"(acc[(f + 2) / TN][(f + 2) % TN]),
+            "+f"(acc[(f + 3) / TN][(f + 3) % TN])
+          : "r"(__float_as_uint(a[mi][0])), "r"(__float_as_uint(a[mi][1])), "r"(__float_as_uint(a[mi][2])),
+            "r"(__float_as_uint(a[mi][3])), "r"(__float_as_uint(b[ni][0])), "r"(__float_as_uint(b[ni][1])));
+    }
+}
+#endif
+
+template <class Prob, int BM, int BN>
+FASTOPT_HD void store_outputs_mma(const Prob& pb, int g, int split, int tid, int m0, int n0,
+                                  const float (&acc)[Tile<BM, BN>::TM][Tile<BM, BN>::TN]) {
+  constexpr int TN = Tile<BM, BN>::TN;
+#pragma unroll
+  for (int f = 0; f < Mma<BM, BN>::MI * Mma<BM, BN>::NI * 4; ++f) {
+    int row, col;
+    mma_coords<BM, BN>(tid, f, row, col);
+    if (m0 + row < pb.M && n0 + col < pb.N) pb.store(g, split, m0 + row, n0 + col, acc[f / TN][f % TN]);
+  }
+}
+
+// The reduction range [begin, end) of split `split` of `splits`: whole BK steps, the last split
+// possibly shorter or empty (an empty split stores zeros, which the fixed-order sum adds).
+FASTOPT_HD void split_range(int Kd, int splits, int split, int& begin, int& end) {
+  const int steps = (Kd + kBK - 1) / kBK;
+  const int per = (steps + splits - 1) / splits;
+  begin = split * per * kBK;
+  end = begin + per * kBK < Kd ? begin + per * kBK : Kd;
+  if (begin > end) begin = end;
+}
+
+// ---- the three problems: a(g, m, k), b(g, k, n), store(g, split, m, n, v) over M x N x Kd
+
+// Forward: M = Kg, N = N P Q, Kd = Cg R S. kUnit: 1x1, stride 1, no padding, the plain GEMM
+// y[n, k, :] = w[k, :] x[n, :, :] (B rows are contiguous input planes).
+template <bool kUnit>
+struct ForwardProblem {
+  static constexpr bool kAAlongK = true;   // w[k, (c,r,s)] is contiguous along (c,r,s)
+  static constexpr bool kBAlongK = false;  // x along (n,p,q) is contiguous along q
+  Dims32 d;
+  int M, N, Kd;
+  int splits;         // 1
+  const float* x;
+  const float* w;
+  const float* bias;  // may be null
+  float* y;
+
+  FASTOPT_HD float a(int g, int m, int k) const { return w[int64_t(g * d.Kg + m) * Kd + k]; }
+  FASTOPT_HD float b(int g, int k, int j) const {
+    const int n = d.by_PQ.div(j), pq = j - n * d.PQ;
+    if (kUnit) return x[(int64_t(n) * d.C + g * d.Cg + k) * d.HW + pq];
+    const int p = d.by_Q.div(pq), q = pq - p * d.Q;
+    const int c = d.by_RS.div(k), rs = k - c * d.RS, r = d.by_S.div(rs), s = rs - r * d.S;
+    const int h = p * d.sh - d.ph + r * d.dh, w_ = q * d.sw - d.pw + s * d.dw;
+    if (h < 0 || h >= d.H || w_ < 0 || w_ >= d.W) return 0.0f;
+    return x[(int64_t(n) * d.C + g * d.Cg + c) * d.HW + h * d.W + w_];
+  }
+  FASTOPT_HD void store(int g, int, int m, int j, float v) const {
+    const int n = d.by_PQ.div(j), pq = j - n * d.PQ, k = g * d.Kg + m;
+    y[(int64_t(n) * d.K + k) * d.PQ + pq] = bias != nullptr ? v + bias[k] : v;
+  }
+};
+
+// Data-grad: M = Cg, N = N H W, Kd = Kg R S. kUnit as above: dx[n, c, :] = sum_k w[k, c] dy[n, k, :].
+template <bool kUnit>
+struct BackwardDataProblem {
+  static constexpr bool kAAlongK = true;   // w[k, c, r, s] along (k,r,s): runs of R S
+  static constexpr bool kBAlongK = false;  // dy along (n,h,w): contiguous along w for stride 1
+  Dims32 d;
+  int M, N, Kd;
+  int splits;         // 1
+  const float* dy;
+  const float* w;
+  float* dx;
+
+  FASTOPT_HD float a(int g, int m, int k) const {
+    const int kl = d.by_RS.div(k), rs = k - kl * d.RS;
+    return w[(int64_t(g * d.Kg + kl) * d.Cg + m) * d.RS + rs];
+  }
+  FASTOPT_HD float b(int g, int k, int j) const {
+    const int n = d.by_HW.div(j), hw = j - n * d.HW;
+    if (kUnit) return dy[(int64_t(n) * d.K + g * d.Kg + k) * d.PQ + hw];
+    const int h = d.by_W.div(hw), w_ = hw - h * d.W;
+    const int kl = d.by_RS.div(k), rs = k - kl * d.RS, r = d.by_S.div(rs), s = rs - r * d.S;
+    const int th = h + d.ph - r * d.dh, tw = w_ + d.pw - s * d.dw;
+    if (th < 0 || tw < 0) return 0.0f;
+    const int p = th / d.sh, q = tw / d.sw;
+    if (p * d.sh != th || q * d.sw != tw || p >= d.P || q >= d.Q) return 0.0f;
+    return dy[(int64_t(n) * d.K + g * d.Kg + kl) * d.PQ + p * d.Q + q];
+  }
+  FASTOPT_HD void store(int g, int, int m, int j, float v) const {
+    const int n = d.by_HW.div(j), hw = j - n * d.HW;
+    dx[(int64_t(n) * d.C + g * d.Cg + m) * d.HW + hw] = v;
+  }
+};
+
+// Weight-grad: M = Kg, N = Cg R S, Kd = N P Q, split over Kd. Split `split` writes its own full
+// dw-shaped slice out[split][k][(c,r,s)] (out = dw itself when there is one split).
+struct BackwardWeightProblem {
+  static constexpr bool kAAlongK = true;  // dy[n, k, p, q] along (n,p,q): contiguous along p q
+  static constexpr bool kBAlongK = true;  // x gathered along (n,p,q): contiguous along q
+  Dims32 d;
+  int M, N, Kd;
+  int splits;
+  const float* dy;
+  const float* x;
+  float* out;
+
+  FASTOPT_HD float a(int g, int m, int k) const {
+    const int n = d.by_PQ.div(k), pq = k - n * d.PQ;
+    return dy[(int64_t(n) * d.K + g * d.Kg + m) * d.PQ + pq];
+  }
+  FASTOPT_HD float b(int g, int k, int j) const {
+    const int n = d.by_PQ.div(k), pq = k - n * d.PQ, p = d.by_Q.div(pq), q = pq - p * d.Q;
+    const int c = d.by_RS.div(j), rs = j - c * d.RS, r = d.by_S.div(rs), s = rs - r * d.S;
+    const int h = p * d.sh - d.ph + r * d.dh, w_ = q * d.sw - d.pw + s * d.dw;
+    if (h < 0 || h >= d.H || w_ < 0 || w_ >= d.W) return 0.0f;
+    return x[(int64_t(n) * d.C + g * d.Cg + c) * d.HW + h * d.W + w_];
+  }
+  FASTOPT_HD void store(int g, int split, int m, int j, float v) const {
+    out[(int64_t(split) * d.K + g * d.Kg + m) * N + j] = v;
+  }
+};
+
+// dw[i] = sum over splits s = 0, 1, ... (in that order) of part[s][i].
+FASTOPT_HD float split_sum_at(const float* part, int64_t numel, int splits, int64_t i) {
+  float acc = 0.0f;
+  for (int s = 0; s < splits; ++s) acc += part[s * numel + i];
+  return acc;
+}
+
+// ------------------------------------------------------------------ host-side planning
+
+constexpr int kMaxGridYZ = 65535;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A per-group GEMM M x N x Kd is worth tiling when neither M nor Kd is tiny (else most of every
+// tile is padding) and its grid (N tiles, M tiles, z) fits CUDA's limits with 64-wide tiles.
+inline bool gemm_fits(const Dims& d, int64_t M, int64_t Kd, int64_t z) {
+  return fits_int32(d) && M >= 16 && Kd >= kBK && ceil_div(M, 64) <= kMaxGridYZ && z <= kMaxGridYZ;
+}
+
+inline bool depthwise_fits(const Dims& d, int64_t planes, int64_t plane_size) {
+  return d.Cg == 1 && fits_int32(d) && planes < (int64_t{1} << 31) && ceil_div(plane_size, kThreads) <= kMaxGridYZ;
+}
+
+inline bool is_unit(const Dims& d) {
+  return d.R == 1 && d.S == 1 && d.sh == 1 && d.sw == 1 && d.ph == 0 && d.pw == 0 && d.P == d.H && d.Q == d.W;
+}
+
+// 128x128 tiles do twice the FMAs per shared-memory load of 64x64 ones, but only pay when M is
+// past 64 and there are enough of them to give every SM a block.
+inline bool big_tiles(int64_t M, int64_t N, int64_t z, int sms) {
+  return M > 64 && ceil_div(M, 128) * ceil_div(N, 128) * z >= sms;
+}
+
+// Weight-grad: 128x64 tiles when both sides pass 64 (split-K supplies the parallelism). Its two
+// im2col'd operands cost more registers than forward's: 128x128 spilled on sm_80 under the
+// 128-register cap, 128x64 takes 90 registers and spills nothing.
+inline bool big_weight_tiles(int64_t M, int64_t N) { return M > 64 && N > 64; }
+
+// Weight-grad splits: about 4 blocks per SM, each split still reducing at least 512 terms, the
+// grid's z = groups x splits within CUDA's limit, and the partials (splits x |dw| floats of
+// scratch) at most 64 M floats.
+inline int weight_grad_splits(int64_t M, int64_t N, int64_t Kd, int64_t G, int64_t numel, bool big, int sms) {
+  const int64_t tiles = (big ? ceil_div(M, 128) : ceil_div(M, 64)) * ceil_div(N, 64) * G;
+  int64_t splits = std::max<int64_t>(1, ceil_div(4 * int64_t{sms}, tiles));
+  splits = std::min({splits, std::max<int64_t>(1, Kd / 512), int64_t{kMaxGridYZ} / G,
+                     std::max<int64_t>(1, (int64_t{1} << 26) / numel)});
+  return static_cast<int>(splits);
+}
+
+enum class Path { Gather, Depthwise, Gemm, UnitGemm };
+
+// Which kernel each pass takes (the gather whenever the faster ones do not apply).
+inline Path forward_path(const Dims& d) {
+  if (depthwise_fits(d, d.N * d.K, d.P * d.Q)) return Path::Depthwise;
+  if (gemm_fits(d, d.Kg, d.Cg * d.R * d.S, d.G)) return is_unit(d) ? Path::UnitGemm : Path::Gemm;
+  return Path::Gather;
+}
+
+inline Path backward_data_path(const Dims& d) {
+  if (depthwise_fits(d, d.N * d.C, d.H * d.W)) return Path::Depthwise;
+  if (gemm_fits(d, d.Cg, d.Kg * d.R * d.S, d.G)) return is_unit(d) ? Path::UnitGemm : Path::Gemm;
+  return Path::Gather;
+}
+
+// Depthwise weight-grad (Cg = 1: GEMM N = R S) would leave most of a GEMM tile empty; it takes a
+// block per dw element instead, like the gather but with int32 plane-wise index math.
+inline Path backward_weight_path(const Dims& d) {
+  if (d.Cg == 1) return fits_int32(d) && d.K * d.R * d.S < (int64_t{1} << 31) ? Path::Depthwise : Path::Gather;
+  if (d.Cg * d.R * d.S >= 16 && gemm_fits(d, d.Kg, d.N * d.P * d.Q, d.G)) return Path::Gemm;
+  return Path::Gather;
+}
+
+}  // namespace fastopt::cuda::conv
