@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Build, test and benchmark fastopt on the lent GPU machine (no network), writing into OUTDIR:
 #   build.log  pip build + install, then `fastopt info`
-#   tests.log  pytest -m gpu, then the full suite
-#   bench.log  benchmark progress and tables (cuda full, then cpu --quick)
-#   results.json results.md chart.png   (both devices in one document)
+#   tests.log  pytest -m gpu, conv2d again on its stage-1 kernels, then the full suite
+#   bench.log  benchmark progress and tables (optimizers, normalization, dropout, conv2d on cuda)
+#   results.tar.gz  one folder per suite: results.json, results.md, chart.png
 #   status.txt one line per stage: name, exit status, seconds
+# PART: all (default), tests (build + tests) or bench (build + benchmarks), so that the work
+# can be split over two device calls of 10 minutes each.
 # At most 8 files come back from that machine, so nothing else is written there.
 # Every stage runs even when an earlier one failed (except that nothing runs without a build);
 # the script's exit status is the first failing stage's. Fits the 10-minute command limit:
 # each stage has a timeout, and the total is held under GPU_CHECK_BUDGET seconds (default 540).
 #
-#   bash bench/gpu_check.sh "$OUT"
+#   bash bench/gpu_check.sh "$OUT" [all|tests|bench]
 set -u -o pipefail
-OUT=${1:?usage: gpu_check.sh OUTDIR}
+OUT=${1:?usage: gpu_check.sh OUTDIR [all|tests|bench]}
+PART=${2:-all}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
@@ -49,16 +52,32 @@ stage() {
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1; nvcc --version 2>&1 | tail -2;
   python3 -c 'import sys, torch, numpy; print(sys.version.split()[0], "torch", torch.__version__, "numpy", numpy.__version__)' 2>&1
-} > "$OUT/build.log"
+  git rev-parse HEAD 2>/dev/null; date -u +%FT%TZ
+} >> "$OUT/build.log"
+
+# Each benchmark writes results.json/.md and chart.png into its own folder under $OUT; they are
+# packed into one results.tar.gz at the end (the device tool brings back at most 8 files).
+bench() {  # bench NAME CAP ARGS...: one suite on the GPU
+  local name=$1 cap=$2; shift 2
+  stage "bench-$name" "$cap" bench.log python3 -m fastopt.cli bench "$@" --out "$OUT/$name"
+}
 
 if stage build 330 build.log python3 -m pip install --no-build-isolation --no-index --no-deps -v . ; then
   # From /tmp, so that the installed package is what gets imported, not the source tree.
   stage info 30 build.log bash -c 'cd /tmp && python3 -m fastopt.cli info && python3 -c "import fastopt, sys; sys.exit(0 if fastopt.cuda.is_available() else 1)"'
-  stage gpu-tests 90 tests.log python3 -m pytest -q -m gpu tests
-  stage all-tests 150 tests.log python3 -m pytest -q tests
-  stage bench-cuda 200 bench.log python3 -m fastopt.bench --device cuda --budget 2 --out "$OUT"
-  stage bench-cpu 100 bench.log python3 -m fastopt.bench --device cpu --quick --out "$OUT" --append
+  if [[ $PART == all || $PART == tests ]]; then
+    stage gpu-tests 150 tests.log python3 -m pytest -q -m gpu tests
+    stage conv-gather 90 tests.log env FASTOPT_CONV2D_GATHER=1 python3 -m pytest -q -m gpu tests/test_conv2d.py
+    stage all-tests 200 tests.log python3 -m pytest -q tests
+  fi
+  if [[ $PART == all || $PART == bench ]]; then
+    bench optim 200 --device cuda --budget 2
+    bench normalization 90 normalization --device cuda
+    bench dropout 60 dropout --device cuda
+    bench conv2d 150 conv2d --device cuda
+  fi
 fi
+( cd "$OUT" && dirs=$(ls -d */ 2>/dev/null) && [[ -n $dirs ]] && tar czf results.tar.gz $dirs && rm -rf $dirs )
 echo "total $(( SECONDS - START ))s" >> "$OUT/status.txt"
 cat "$OUT/status.txt"
 exit "$FIRST_FAIL"
