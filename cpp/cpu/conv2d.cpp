@@ -1,2 +1,297 @@
-// The conv2d family on the CPU (being written).
+// Conv2d on the CPU, NCHW float32, as three implicit GEMMs per group g (gemm.h), whose packers
+// gather im2col / col2im panels straight from x, w and dy, one KC x NR strip at a time:
+//
+//   forward      y[k, (n,p,q)]    = sum_(c,r,s)  w[k, (c,r,s)] * x[n, c, p*sh-ph+r*dh, q*sw-pw+s*dw]   (+ b[k])
+//   data-grad    dx[c, (n,h,w)]   = sum_(k,r,s)  w[k, c, r, s] * dy[n, k, (h+ph-r*dh)/sh, (w+pw-s*dw)/sw]
+//                                   (terms whose division is inexact or out of range are zeros of the panel)
+//   weight-grad  dw[k, (c,r,s)]   = sum_(n,p,q)  dy[n, k, p, q] * x[n, c, p*sh-ph+r*dh, q*sw-pw+s*dw]
+//   bias-grad    db[k]            = sum_(n,p,q)  dy[n, k, p, q]
+//
+// Work: 2 N K (C/G) R S P Q flops per GEMM pass; the floor in bytes is x + w + y (once each),
+// far below the flops at these layer sizes, so the passes are compute-bound: the target is the
+// machine's SGEMM rate. Columns run over (n, p, q) jointly, so small 7x7 images still fill NR.
+//
+// No atomics and no partial buffers: the data-grad is a gather (each dx element is one GEMM
+// output), and the weight-grad splits its output (K x C R S per group) over the threads, each
+// element reduced over (n, p, q) in fixed order. All passes are deterministic for any thread
+// count; the ISA copies differ only in FMA rounding (see gemm.h).
+#include "fastopt/conv2d.h"
 #include "isa.h"
+
+#include "gemm.h"
+
+namespace fastopt::cpu {
+
+FASTOPT_FOR_EACH_ISA(void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
+                     void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
+                     void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw);)
+
+namespace FASTOPT_ISA {
+namespace {
+
+using gemm::MR;
+using gemm::NR;
+
+// Output addressing shared by the three passes: row i of group g, column j = (n, inner) with
+// `inner_len` inner positions per image: out + n*n_stride + (row0 + i)*row_stride + inner.
+struct OutMap {
+  float* out;
+  int64_t inner_len, n_stride, row_stride, rows_per_group;
+  const float* bias;  // per global row, or null
+
+  void store(int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) const {
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t row = g * rows_per_group + i0 + i;
+      const float init = bias ? bias[row] : 0.0f;
+      const float* t = tile + i * NR;
+      int64_t n = j0 / inner_len, in = j0 % inner_len;
+      for (int64_t j = 0; j < cols;) {
+        const int64_t len = std::min(cols - j, inner_len - in);
+        float* o = out + n * n_stride + row * row_stride + in;
+        if (first)
+          for (int64_t u = 0; u < len; ++u) o[u] = init + t[j + u];
+        else
+          for (int64_t u = 0; u < len; ++u) o[u] += t[j + u];
+        j += len;
+        in = 0;
+        ++n;
+      }
+    }
+  }
+};
+
+// A run of consecutive output columns inside one image row: panel columns [jj, jj+len) are
+// (n, a, b0 .. b0+len) for spatial rows a and positions b.
+struct Run {
+  int64_t jj, len, n, a, b0;
+};
+
+// Splits columns [j0, j0+cols) of an (n, A, B) column space into image-row runs.
+inline int make_runs(int64_t j0, int64_t cols, int64_t A, int64_t B, Run* runs) {
+  int nr = 0;
+  int64_t n = j0 / (A * B), a = (j0 / B) % A, b = j0 % B;
+  for (int64_t jj = 0; jj < cols;) {
+    const int64_t len = std::min(cols - jj, B - b);
+    runs[nr++] = {jj, len, n, a, b};
+    jj += len;
+    b = 0;
+    if (++a == A) {
+      a = 0;
+      ++n;
+    }
+  }
+  return nr;
+}
+
+inline void zero_tail(float* dst, int64_t cols, int64_t kc) {
+  if (cols == NR) return;
+  for (int64_t p = 0; p < kc; ++p)
+    for (int64_t j = cols; j < NR; ++j) dst[p * NR + j] = 0.0f;
+}
+
+}  // namespace
+
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t Kd = Cg * RS;
+  auto pack_a = [&](int64_t g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
+    for (int64_t i = 0; i < MR; ++i) {
+      const float* src = w + (g * Kg + i0 + i) * Kd + p0;
+      if (i < rows)
+        for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = src[p];
+      else
+        for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = 0.0f;
+    }
+  };
+  auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+    Run runs[NR];
+    const int nruns = make_runs(j0, cols, s.P, s.Q, runs);
+    int64_t c = p0 / RS, r = (p0 % RS) / s.S, sc = p0 % s.S;
+    for (int64_t p = 0; p < kc; ++p) {
+      float* d = dst + p * NR;
+      for (int u = 0; u < nruns; ++u) {
+        const Run& ru = runs[u];
+        const int64_t ih = ru.a * s.stride_h - s.pad_h + r * s.dil_h;
+        if (ih < 0 || ih >= s.H) {
+          for (int64_t t = 0; t < ru.len; ++t) d[ru.jj + t] = 0.0f;
+          continue;
+        }
+        const float* row = x + (ru.n * s.C + g * Cg + c) * HW + ih * s.W;
+        int64_t iw = ru.b0 * s.stride_w - s.pad_w + sc * s.dil_w;
+        for (int64_t t = 0; t < ru.len; ++t, iw += s.stride_w) d[ru.jj + t] = (iw >= 0 && iw < s.W) ? row[iw] : 0.0f;
+      }
+      if (++sc == s.S) {
+        sc = 0;
+        if (++r == s.R) {
+          r = 0;
+          ++c;
+        }
+      }
+    }
+    zero_tail(dst, cols, kc);
+  };
+  const OutMap out{y, PQ, s.K * PQ, PQ, Kg, b};
+  gemm::run(
+      G, Kg, s.N * PQ, Kd, pack_a, pack_b,
+      [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
+        out.store(g, i0, rows, j0, cols, tile, first);
+      });
+}
+
+void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t Kd = Kg * RS;
+  auto pack_a = [&](int64_t g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
+    // A[c, (k, r, s)] = w[g*Kg + k, c, r, s]
+    for (int64_t i = 0; i < MR; ++i) {
+      if (i >= rows) {
+        for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = 0.0f;
+        continue;
+      }
+      const float* wc = w + (i0 + i) * RS;
+      int64_t k = p0 / RS, rs = p0 % RS;
+      for (int64_t p = 0; p < kc; ++p) {
+        dst[p * MR + i] = wc[(g * Kg + k) * Cg * RS + rs];
+        if (++rs == RS) {
+          rs = 0;
+          ++k;
+        }
+      }
+    }
+  };
+  auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+    Run runs[NR];
+    const int nruns = make_runs(j0, cols, s.H, s.W, runs);
+    int64_t k = p0 / RS, r = (p0 % RS) / s.S, sc = p0 % s.S;
+    for (int64_t p = 0; p < kc; ++p) {
+      float* d = dst + p * NR;
+      for (int u = 0; u < nruns; ++u) {
+        const Run& ru = runs[u];
+        const int64_t th = ru.a + s.pad_h - r * s.dil_h;
+        const int64_t oh = th / s.stride_h;
+        if (th < 0 || th % s.stride_h != 0 || oh >= s.P) {
+          for (int64_t t = 0; t < ru.len; ++t) d[ru.jj + t] = 0.0f;
+          continue;
+        }
+        const float* row = dy + (ru.n * s.K + g * Kg + k) * PQ + oh * s.Q;
+        int64_t tw = ru.b0 + s.pad_w - sc * s.dil_w;
+        if (s.stride_w == 1) {
+          for (int64_t t = 0; t < ru.len; ++t, ++tw) d[ru.jj + t] = (tw >= 0 && tw < s.Q) ? row[tw] : 0.0f;
+        } else {
+          for (int64_t t = 0; t < ru.len; ++t, ++tw) {
+            const int64_t ow = tw / s.stride_w;
+            d[ru.jj + t] = (tw >= 0 && tw % s.stride_w == 0 && ow < s.Q) ? row[ow] : 0.0f;
+          }
+        }
+      }
+      if (++sc == s.S) {
+        sc = 0;
+        if (++r == s.R) {
+          r = 0;
+          ++k;
+        }
+      }
+    }
+    zero_tail(dst, cols, kc);
+  };
+  const OutMap out{dx, HW, s.C * HW, HW, Cg, nullptr};
+  gemm::run(
+      G, Cg, s.N * HW, Kd, pack_a, pack_b,
+      [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
+        out.store(g, i0, rows, j0, cols, tile, first);
+      });
+}
+
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t Nn = Cg * RS, Kd = s.N * PQ;
+  if (Kd == 0) {
+    std::fill(dw, dw + s.K * Nn, 0.0f);
+    return;
+  }
+  auto pack_a = [&](int64_t g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
+    // A[k, (n, p, q)] = dy[n, g*Kg + k, p, q]: per row, contiguous runs of one image.
+    for (int64_t i = 0; i < MR; ++i) {
+      if (i >= rows) {
+        for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = 0.0f;
+        continue;
+      }
+      int64_t n = p0 / PQ, pq = p0 % PQ;
+      for (int64_t p = 0; p < kc;) {
+        const int64_t len = std::min(kc - p, PQ - pq);
+        const float* src = dy + (n * s.K + g * Kg + i0 + i) * PQ + pq;
+        for (int64_t t = 0; t < len; ++t) dst[(p + t) * MR + i] = src[t];
+        p += len;
+        pq = 0;
+        ++n;
+      }
+    }
+  };
+  auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+    // B[(n, p, q), (c, r, s)] = x[n, g*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw]
+    int64_t off[NR], dh[NR], dwo[NR];
+    for (int64_t j = 0; j < cols; ++j) {
+      const int64_t col = j0 + j, c = col / RS, r = (col % RS) / s.S, sc = col % s.S;
+      dh[j] = r * s.dil_h;
+      dwo[j] = sc * s.dil_w;
+      off[j] = (g * Cg + c) * HW + dh[j] * s.W + dwo[j];
+    }
+    int64_t n = p0 / PQ, oh = (p0 % PQ) / s.Q, ow = p0 % s.Q;
+    for (int64_t p = 0; p < kc; ++p) {
+      float* d = dst + p * NR;
+      const int64_t ih0 = oh * s.stride_h - s.pad_h, iw0 = ow * s.stride_w - s.pad_w;
+      const int64_t base = n * s.C * HW + ih0 * s.W + iw0;
+      for (int64_t j = 0; j < cols; ++j) {
+        const int64_t ih = ih0 + dh[j], iw = iw0 + dwo[j];
+        d[j] = (ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) ? x[base + off[j]] : 0.0f;
+      }
+      for (int64_t j = cols; j < NR; ++j) d[j] = 0.0f;
+      if (++ow == s.Q) {
+        ow = 0;
+        if (++oh == s.P) {
+          oh = 0;
+          ++n;
+        }
+      }
+    }
+  };
+  const OutMap out{dw, Nn, 0, Nn, Kg, nullptr};
+  gemm::run(
+      G, Kg, Nn, Kd, pack_a, pack_b,
+      [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
+        out.store(g, i0, rows, j0, cols, tile, first);
+      });
+}
+
+}  // namespace FASTOPT_ISA
+
+#ifdef FASTOPT_ISA_BASELINE
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+  FASTOPT_CPU_DISPATCH(conv2d_forward(s, x, w, b, y))
+}
+void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+  FASTOPT_CPU_DISPATCH(conv2d_backward_data(s, dy, w, dx))
+}
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
+  FASTOPT_CPU_DISPATCH(conv2d_backward_weight(s, dy, x, dw))
+}
+
+// Memory-bound (4 bytes read per flop), so one plain pass: channels over the threads, each
+// summed in double in (n, p, q) order.
+void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db) {
+  const int64_t PQ = s.P * s.Q;
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < s.K; ++k) {
+    double acc = 0.0;
+    for (int64_t n = 0; n < s.N; ++n) {
+      const float* src = dy + (n * s.K + k) * PQ;
+      double part = 0.0;
+      for (int64_t i = 0; i < PQ; ++i) part += src[i];
+      acc += part;
+    }
+    db[k] = static_cast<float>(acc);
+  }
+}
+#endif
+
+}  // namespace fastopt::cpu

@@ -1,0 +1,150 @@
+// A packed, blocked single-precision GEMM, C (M x Nn) = A (M x Kd) B (Kd x Nn), in the BLIS
+// shape: the caller's packers write A in MR-row strips and B in NR-column strips (zero-padded),
+// so the micro-kernel reads both with unit stride, and the caller's store maps the MR x NR tile
+// onto its output. Packers that gather (im2col, col2im) thus never materialize a whole matrix.
+//
+// Blocking: B strip KC x NR (32 KiB at AVX-512) stays in L1 while the A panel MC x KC streams
+// from L2; a thread packs one KC x NC panel of B at a time. Each output element is reduced over
+// Kd in fixed KC blocks, in order, by one thread, so results never depend on the thread count.
+//
+// Included by one CPU family file that is compiled once per ISA: the tile shape and the
+// micro-kernel follow the ISA of the copy (explicit FMA, since the family builds with
+// -ffp-contract=off; the baseline copy multiplies and adds).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace fastopt::cpu::FASTOPT_ISA {
+namespace gemm {
+
+#if defined(__AVX512F__)
+constexpr int MR = 12, NR = 32;  // 24 zmm accumulators, 2 for B, 1 broadcast
+#elif defined(__AVX2__)
+constexpr int MR = 6, NR = 16;   // 12 ymm accumulators
+#else
+constexpr int MR = 4, NR = 8;
+#endif
+constexpr int64_t KC = 256;
+constexpr int64_t MC = MR * 12;
+constexpr int64_t NC = NR * 24;
+
+// tile (MR x NR, row-major) = sum_p a[p*MR + i] * b[p*NR + j]
+inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict tile) {
+#if defined(__AVX512F__)
+  __m512 c0[MR], c1[MR];
+  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < kc; ++p) {
+    const __m512 b0 = _mm512_loadu_ps(b + p * NR), b1 = _mm512_loadu_ps(b + p * NR + 16);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 ai = _mm512_set1_ps(a[p * MR + i]);
+      c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm512_storeu_ps(tile + i * NR, c0[i]);
+    _mm512_storeu_ps(tile + i * NR + 16, c1[i]);
+  }
+#elif defined(__AVX2__)
+  __m256 c0[MR], c1[MR];
+  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
+  for (int64_t p = 0; p < kc; ++p) {
+    const __m256 b0 = _mm256_loadu_ps(b + p * NR), b1 = _mm256_loadu_ps(b + p * NR + 8);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(a + p * MR + i);
+      c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
+      c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm256_storeu_ps(tile + i * NR, c0[i]);
+    _mm256_storeu_ps(tile + i * NR + 8, c1[i]);
+  }
+#else
+  float c[MR * NR] = {};
+  for (int64_t p = 0; p < kc; ++p)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) c[i * NR + j] += a[p * MR + i] * b[p * NR + j];
+  std::memcpy(tile, c, sizeof c);
+#endif
+}
+
+// One unit of parallel work: rows [i0, i1) and columns [j0, j1) of batch item `item`.
+struct Task {
+  int64_t item, i0, i1, j0, j1;
+};
+
+// Splits items x M x Nn into tasks, finer only while there are fewer than a few per thread, so
+// that B panels are packed once for as many rows as possible.
+inline std::vector<Task> make_tasks(int64_t items, int64_t M, int64_t Nn, int threads) {
+  const int64_t want = 4 * static_cast<int64_t>(threads);
+  int64_t nb = std::min<int64_t>(NC, (Nn + NR - 1) / NR * NR);
+  int64_t mb = M;
+  auto count = [&] { return items * ((M + mb - 1) / mb) * ((Nn + nb - 1) / nb); };
+  while (count() < want && nb > NR) nb = std::max<int64_t>(NR, (nb / 2 + NR - 1) / NR * NR);
+  while (count() < want && mb > MR) mb = std::max<int64_t>(MR, (mb / 2 + MR - 1) / MR * MR);
+  std::vector<Task> tasks;
+  for (int64_t t = 0; t < items; ++t)
+    for (int64_t i = 0; i < M; i += mb)
+      for (int64_t j = 0; j < Nn; j += nb) tasks.push_back({t, i, std::min(M, i + mb), j, std::min(Nn, j + nb)});
+  return tasks;
+}
+
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// pack_a(item, i0, rows, p0, kc, dst): dst[p*MR + i] = A[i0+i][p0+p], zero for i >= rows.
+// pack_b(item, p0, kc, j0, cols, dst): dst[p*NR + j] = B[p0+p][j0+j], zero for j >= cols.
+// store(item, i0, rows, j0, cols, tile, first): tile rows of NR floats; first = the tile holds
+// the first KC block of the reduction, so the store overwrites instead of accumulating.
+template <class PackA, class PackB, class Store>
+void run(int64_t items, int64_t M, int64_t Nn, int64_t Kd, PackA pack_a, PackB pack_b, Store store) {
+  if (items <= 0 || M <= 0 || Nn <= 0 || Kd <= 0) return;
+  const std::vector<Task> tasks = make_tasks(items, M, Nn, max_threads());
+  const int64_t nt = static_cast<int64_t>(tasks.size());
+#pragma omp parallel
+  {
+    std::vector<float> abuf(static_cast<size_t>(MC * KC)), bbuf(static_cast<size_t>(KC * NC));
+    alignas(64) float tile[MR * NR];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < nt; ++t) {
+      const Task& tk = tasks[t];
+      for (int64_t jc = tk.j0; jc < tk.j1; jc += NC) {
+        const int64_t nc = std::min(NC, tk.j1 - jc);
+        for (int64_t pc = 0; pc < Kd; pc += KC) {
+          const int64_t kc = std::min(KC, Kd - pc);
+          for (int64_t jr = 0; jr < nc; jr += NR)
+            pack_b(tk.item, pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), bbuf.data() + jr * kc);
+          for (int64_t ic = tk.i0; ic < tk.i1; ic += MC) {
+            const int64_t mc = std::min(MC, tk.i1 - ic);
+            for (int64_t ir = 0; ir < mc; ir += MR)
+              pack_a(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, abuf.data() + ir * kc);
+            for (int64_t jr = 0; jr < nc; jr += NR)
+              for (int64_t ir = 0; ir < mc; ir += MR) {
+                micro_kernel(kc, abuf.data() + ir * kc, bbuf.data() + jr * kc, tile);
+                store(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), jc + jr, std::min<int64_t>(NR, nc - jr), tile,
+                      pc == 0);
+              }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace gemm
+}  // namespace fastopt::cpu::FASTOPT_ISA
