@@ -83,6 +83,22 @@ inline int make_runs(int64_t j0, int64_t cols, int64_t A, int64_t B, Run* runs) 
   return nr;
 }
 
+// dst[t] = src[i0 + t*step] where that index lies in [0, n), else 0, for t < len. The valid
+// range is computed once, so the middle is a plain (vectorizable) copy.
+inline void copy_row(float* __restrict dst, int64_t len, const float* __restrict src, int64_t i0, int64_t step,
+                     int64_t n) {
+  int64_t lo = i0 >= 0 ? 0 : (-i0 + step - 1) / step;
+  int64_t hi = i0 >= n ? 0 : (n - i0 + step - 1) / step;
+  lo = std::min(lo, len);
+  hi = std::max(lo, std::min(hi, len));
+  for (int64_t t = 0; t < lo; ++t) dst[t] = 0.0f;
+  if (step == 1)
+    for (int64_t t = lo; t < hi; ++t) dst[t] = src[i0 + t];
+  else
+    for (int64_t t = lo; t < hi; ++t) dst[t] = src[i0 + t * step];
+  for (int64_t t = hi; t < len; ++t) dst[t] = 0.0f;
+}
+
 inline void zero_tail(float* dst, int64_t cols, int64_t kc) {
   if (cols == NR) return;
   for (int64_t p = 0; p < kc; ++p)
@@ -117,8 +133,7 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
           continue;
         }
         const float* row = x + (ru.n * s.C + g * Cg + c) * HW + ih * s.W;
-        int64_t iw = ru.b0 * s.stride_w - s.pad_w + sc * s.dil_w;
-        for (int64_t t = 0; t < ru.len; ++t, iw += s.stride_w) d[ru.jj + t] = (iw >= 0 && iw < s.W) ? row[iw] : 0.0f;
+        copy_row(d + ru.jj, ru.len, row, ru.b0 * s.stride_w - s.pad_w + sc * s.dil_w, s.stride_w, s.W);
       }
       if (++sc == s.S) {
         sc = 0;
@@ -132,7 +147,7 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
   };
   const OutMap out{y, PQ, s.K * PQ, PQ, Kg, b};
   gemm::run(
-      G, Kg, s.N * PQ, Kd, pack_a, pack_b,
+      G, Kg, s.N * PQ, Kd, true, pack_a, pack_b,
       [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
         out.store(g, i0, rows, j0, cols, tile, first);
       });
@@ -176,7 +191,7 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
         const float* row = dy + (ru.n * s.K + g * Kg + k) * PQ + oh * s.Q;
         int64_t tw = ru.b0 + s.pad_w - sc * s.dil_w;
         if (s.stride_w == 1) {
-          for (int64_t t = 0; t < ru.len; ++t, ++tw) d[ru.jj + t] = (tw >= 0 && tw < s.Q) ? row[tw] : 0.0f;
+          copy_row(d + ru.jj, ru.len, row, tw, 1, s.Q);
         } else {
           for (int64_t t = 0; t < ru.len; ++t, ++tw) {
             const int64_t ow = tw / s.stride_w;
@@ -196,7 +211,7 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
   };
   const OutMap out{dx, HW, s.C * HW, HW, Cg, nullptr};
   gemm::run(
-      G, Cg, s.N * HW, Kd, pack_a, pack_b,
+      G, Cg, s.N * HW, Kd, true, pack_a, pack_b,
       [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
         out.store(g, i0, rows, j0, cols, tile, first);
       });
@@ -257,7 +272,7 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
   };
   const OutMap out{dw, Nn, 0, Nn, Kg, nullptr};
   gemm::run(
-      G, Kg, Nn, Kd, pack_a, pack_b,
+      G, Kg, Nn, Kd, false, pack_a, pack_b,
       [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
         out.store(g, i0, rows, j0, cols, tile, first);
       });

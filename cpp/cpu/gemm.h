@@ -84,14 +84,26 @@ struct Task {
 };
 
 // Splits items x M x Nn into tasks, finer only while there are fewer than a few per thread, so
-// that B panels are packed once for as many rows as possible.
-inline std::vector<Task> make_tasks(int64_t items, int64_t M, int64_t Nn, int threads) {
+// that B panels are packed once for as many rows as possible. Columns split first when A is
+// prepacked (shared), rows first when each task packs its own A from a long reduction.
+inline std::vector<Task> make_tasks(int64_t items, int64_t M, int64_t Nn, int threads, bool columns_first) {
   const int64_t want = 4 * static_cast<int64_t>(threads);
   int64_t nb = std::min<int64_t>(NC, (Nn + NR - 1) / NR * NR);
   int64_t mb = M;
   auto count = [&] { return items * ((M + mb - 1) / mb) * ((Nn + nb - 1) / nb); };
-  while (count() < want && nb > NR) nb = std::max<int64_t>(NR, (nb / 2 + NR - 1) / NR * NR);
-  while (count() < want && mb > MR) mb = std::max<int64_t>(MR, (mb / 2 + MR - 1) / MR * MR);
+  auto split_cols = [&] {
+    while (count() < want && nb > NR) nb = std::max<int64_t>(NR, (nb / 2 + NR - 1) / NR * NR);
+  };
+  auto split_rows = [&] {
+    while (count() < want && mb > MR) mb = std::max<int64_t>(MR, (mb / 2 + MR - 1) / MR * MR);
+  };
+  if (columns_first) {
+    split_cols();
+    split_rows();
+  } else {
+    split_rows();
+    split_cols();
+  }
   std::vector<Task> tasks;
   for (int64_t t = 0; t < items; ++t)
     for (int64_t i = 0; i < M; i += mb)
@@ -111,14 +123,27 @@ inline int max_threads() {
 // pack_b(item, p0, kc, j0, cols, dst): dst[p*NR + j] = B[p0+p][j0+j], zero for j >= cols.
 // store(item, i0, rows, j0, cols, tile, first): tile rows of NR floats; first = the tile holds
 // the first KC block of the reduction, so the store overwrites instead of accumulating.
+// prepack_a packs all of A once up front (worth it when A is small next to B, e.g. weights):
+// tasks then share it and columns can be split finely without repacking A per task.
 template <class PackA, class PackB, class Store>
-void run(int64_t items, int64_t M, int64_t Nn, int64_t Kd, PackA pack_a, PackB pack_b, Store store) {
+void run(int64_t items, int64_t M, int64_t Nn, int64_t Kd, bool prepack_a, PackA pack_a, PackB pack_b, Store store) {
   if (items <= 0 || M <= 0 || Nn <= 0 || Kd <= 0) return;
-  const std::vector<Task> tasks = make_tasks(items, M, Nn, max_threads());
+  const std::vector<Task> tasks = make_tasks(items, M, Nn, max_threads(), prepack_a);
   const int64_t nt = static_cast<int64_t>(tasks.size());
+  // Packed A of item t: KC blocks in order, each holding Mp/MR strips of kc x MR.
+  const int64_t Mp = (M + MR - 1) / MR * MR, strips = Mp / MR, nkc = (Kd + KC - 1) / KC;
+  std::vector<float> apack(prepack_a ? static_cast<size_t>(items * Mp * Kd) : 0);
+  if (prepack_a) {
+#pragma omp parallel for schedule(static)
+    for (int64_t u = 0; u < items * nkc * strips; ++u) {
+      const int64_t t = u / (nkc * strips), pc = (u / strips) % nkc * KC, i = u % strips * MR;
+      const int64_t kc = std::min(KC, Kd - pc);
+      pack_a(t, i, std::min<int64_t>(MR, M - i), pc, kc, apack.data() + t * Mp * Kd + pc * Mp + i * kc);
+    }
+  }
 #pragma omp parallel
   {
-    std::vector<float> abuf(static_cast<size_t>(MC * KC)), bbuf(static_cast<size_t>(KC * NC));
+    std::vector<float> abuf(prepack_a ? 0 : static_cast<size_t>(MC * KC)), bbuf(static_cast<size_t>(KC * NC));
     alignas(64) float tile[MR * NR];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < nt; ++t) {
@@ -131,11 +156,13 @@ void run(int64_t items, int64_t M, int64_t Nn, int64_t Kd, PackA pack_a, PackB p
             pack_b(tk.item, pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), bbuf.data() + jr * kc);
           for (int64_t ic = tk.i0; ic < tk.i1; ic += MC) {
             const int64_t mc = std::min(MC, tk.i1 - ic);
-            for (int64_t ir = 0; ir < mc; ir += MR)
-              pack_a(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, abuf.data() + ir * kc);
+            const float* a = prepack_a ? apack.data() + tk.item * Mp * Kd + pc * Mp + ic * kc : abuf.data();
+            if (!prepack_a)
+              for (int64_t ir = 0; ir < mc; ir += MR)
+                pack_a(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, abuf.data() + ir * kc);
             for (int64_t jr = 0; jr < nc; jr += NR)
               for (int64_t ir = 0; ir < mc; ir += MR) {
-                micro_kernel(kc, abuf.data() + ir * kc, bbuf.data() + jr * kc, tile);
+                micro_kernel(kc, a + ir * kc, bbuf.data() + jr * kc, tile);
                 store(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), jc + jr, std::min<int64_t>(NR, nc - jr), tile,
                       pc == 0);
               }
