@@ -15,7 +15,7 @@ def pair(v, name):
     """(h, w) from an int or a pair of ints."""
     if isinstance(v, (int, np.integer)):
         return (int(v), int(v))
-    v = tuple(v)
+    v = tuple(v) if isinstance(v, (tuple, list)) else (v,)
     if len(v) != 2 or not all(isinstance(u, (int, np.integer)) for u in v):
         raise ValueError(f"{name}: expected an int or a pair of ints, got {v!r}")
     return (int(v[0]), int(v[1]))
