@@ -62,6 +62,7 @@ def test_all_combinations(backend, rng, stride, padding, dilation, groups, ksize
 @pytest.mark.parametrize("n,c,h,w,k,r,s,stride,padding,dilation,groups", [
     (2, 3, 9, 11, 5, 3, 2, (2, 1), (1, 0), (1, 2), 1),        # non-square everything
     (3, 40, 13, 13, 30, 3, 3, 1, 1, 1, 1),                    # reduction over several KC blocks
+    (2, 48, 11, 9, 10, 3, 3, 1, 2, 2, 2),                     # data-grad as a gather, grouped, dilated
     (1, 300, 5, 7, 160, 1, 1, 1, 0, 1, 1),                    # more rows than one MC block
     (2, 6, 31, 29, 12, 3, 3, 2, 1, 1, 3),                     # many column tiles, grouped
     (5, 3, 23, 23, 7, 7, 7, 2, 3, 1, 1),                      # stem-like, 3 input channels

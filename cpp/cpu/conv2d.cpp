@@ -99,6 +99,17 @@ inline void copy_row(float* __restrict dst, int64_t len, const float* __restrict
   for (int64_t t = hi; t < len; ++t) dst[t] = 0.0f;
 }
 
+// row[w0 + q*step] += src[q] for q < nq where that index lies in [0, n).
+inline void add_row(float* __restrict row, int64_t n, const float* __restrict src, int64_t nq, int64_t w0,
+                    int64_t step) {
+  const int64_t lo = std::min(nq, w0 >= 0 ? int64_t{0} : (-w0 + step - 1) / step);
+  const int64_t hi = std::max(lo, std::min(nq, w0 >= n ? int64_t{0} : (n - w0 + step - 1) / step));
+  if (step == 1)
+    for (int64_t q = lo; q < hi; ++q) row[w0 + q] += src[q];
+  else
+    for (int64_t q = lo; q < hi; ++q) row[w0 + q * step] += src[q];
+}
+
 inline void zero_tail(float* dst, int64_t cols, int64_t kc) {
   if (cols == NR) return;
   for (int64_t p = 0; p < kc; ++p)
@@ -153,7 +164,11 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
       });
 }
 
-void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+namespace {
+
+// The gather form: one implicit GEMM straight into dx. With stride > 1 most of its panel is
+// zeros (1 - 1/(sh sw)), and with few channels per group it fills few of the MR rows.
+void data_grad_gather(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t Kd = Kg * RS;
   auto pack_a = [&](int64_t g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
@@ -215,6 +230,67 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
       [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
         out.store(g, i0, rows, j0, cols, tile, first);
       });
+}
+
+// The col2im form, per image and group on one thread: dcols[(c,r,s), (p,q)] = sum_k w[k,c,r,s]
+// dy[k,p,q] as an exact GEMM (M = Cg R S, Kd = Kg), then each dx plane is folded from its
+// R S shifted rows in fixed (r, s) order by the thread that owns the image: no atomics.
+void data_grad_col2im(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t M = Cg * RS, items = s.N * G;
+#pragma omp parallel
+  {
+    gemm::Workspace ws;
+    std::vector<float> cols(static_cast<size_t>(M * PQ));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t n = item / G, g = item % G;
+      const float* dyg = dy + (n * s.K + g * Kg) * PQ;
+      auto pack_a = [&](int64_t, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
+        // A[(c,r,s), k] = w[g*Kg + k, (c,r,s)]: contiguous along the rows of the strip.
+        for (int64_t p = 0; p < kc; ++p) {
+          const float* src = w + (g * Kg + p0 + p) * M + i0;
+          for (int64_t i = 0; i < MR; ++i) dst[p * MR + i] = i < rows ? src[i] : 0.0f;
+        }
+      };
+      auto pack_b = [&](int64_t, int64_t p0, int64_t kc, int64_t j0, int64_t ncols, float* dst) {
+        for (int64_t p = 0; p < kc; ++p) {
+          const float* src = dyg + (p0 + p) * PQ + j0;
+          for (int64_t j = 0; j < NR; ++j) dst[p * NR + j] = j < ncols ? src[j] : 0.0f;
+        }
+      };
+      const OutMap out{cols.data(), PQ, 0, PQ, 0, nullptr};
+      gemm::serial(
+          0, M, PQ, Kg, pack_a, pack_b,
+          [&](int64_t, int64_t i0, int64_t rows, int64_t j0, int64_t ncols, const float* tile, bool first) {
+            out.store(0, i0, rows, j0, ncols, tile, first);
+          },
+          ws);
+      for (int64_t c = 0; c < Cg; ++c) {
+        float* plane = dx + (n * s.C + g * Cg + c) * HW;
+        std::fill(plane, plane + HW, 0.0f);
+        for (int64_t rs = 0; rs < RS; ++rs) {
+          const int64_t r = rs / s.S, sc = rs % s.S;
+          const float* src = cols.data() + (c * RS + rs) * PQ;
+          for (int64_t p = 0; p < s.P; ++p) {
+            const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
+            if (h < 0 || h >= s.H) continue;
+            add_row(plane + h * s.W, s.W, src + p * s.Q, s.Q, sc * s.dil_w - s.pad_w, s.stride_w);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// The gather form wins when it wastes nothing (stride 1) and its M = C/G fills the tile rows.
+void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+  if (s.stride_h * s.stride_w > 1 || s.C / s.groups < 2 * MR)
+    data_grad_col2im(s, dy, w, dx);
+  else
+    data_grad_gather(s, dy, w, dx);
 }
 
 void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {

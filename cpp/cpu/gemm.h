@@ -119,12 +119,54 @@ inline int max_threads() {
 #endif
 }
 
+// Thread-private packing buffers and the output tile.
+struct Workspace {
+  std::vector<float> a = std::vector<float>(static_cast<size_t>(MC * KC));
+  std::vector<float> b = std::vector<float>(static_cast<size_t>(KC * NC));
+  alignas(64) float tile[MR * NR];
+};
+
+// One task on the calling thread. apre: A of this item prepacked by run(), or null to pack here.
 // pack_a(item, i0, rows, p0, kc, dst): dst[p*MR + i] = A[i0+i][p0+p], zero for i >= rows.
 // pack_b(item, p0, kc, j0, cols, dst): dst[p*NR + j] = B[p0+p][j0+j], zero for j >= cols.
 // store(item, i0, rows, j0, cols, tile, first): tile rows of NR floats; first = the tile holds
 // the first KC block of the reduction, so the store overwrites instead of accumulating.
 // prepack_a packs all of A once up front (worth it when A is small next to B, e.g. weights):
 // tasks then share it and columns can be split finely without repacking A per task.
+template <class PackA, class PackB, class Store>
+void task(const Task& tk, int64_t Kd, const float* apre, int64_t Mp, PackA& pack_a, PackB& pack_b, Store& store,
+          Workspace& ws) {
+  for (int64_t jc = tk.j0; jc < tk.j1; jc += NC) {
+    const int64_t nc = std::min(NC, tk.j1 - jc);
+    for (int64_t pc = 0; pc < Kd; pc += KC) {
+      const int64_t kc = std::min(KC, Kd - pc);
+      for (int64_t jr = 0; jr < nc; jr += NR)
+        pack_b(tk.item, pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), ws.b.data() + jr * kc);
+      for (int64_t ic = tk.i0; ic < tk.i1; ic += MC) {
+        const int64_t mc = std::min(MC, tk.i1 - ic);
+        const float* a = apre ? apre + pc * Mp + ic * kc : ws.a.data();
+        if (!apre)
+          for (int64_t ir = 0; ir < mc; ir += MR)
+            pack_a(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, ws.a.data() + ir * kc);
+        for (int64_t jr = 0; jr < nc; jr += NR)
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            micro_kernel(kc, a + ir * kc, ws.b.data() + jr * kc, ws.tile);
+            store(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), jc + jr, std::min<int64_t>(NR, nc - jr), ws.tile,
+                  pc == 0);
+          }
+      }
+    }
+  }
+}
+
+// A whole M x Nn product of one item on the calling thread (for callers that parallelize over
+// items themselves).
+template <class PackA, class PackB, class Store>
+void serial(int64_t item, int64_t M, int64_t Nn, int64_t Kd, PackA pack_a, PackB pack_b, Store store, Workspace& ws) {
+  if (M <= 0 || Nn <= 0 || Kd <= 0) return;
+  task(Task{item, 0, M, 0, Nn}, Kd, nullptr, 0, pack_a, pack_b, store, ws);
+}
+
 template <class PackA, class PackB, class Store>
 void run(int64_t items, int64_t M, int64_t Nn, int64_t Kd, bool prepack_a, PackA pack_a, PackB pack_b, Store store) {
   if (items <= 0 || M <= 0 || Nn <= 0 || Kd <= 0) return;
@@ -143,33 +185,10 @@ void run(int64_t items, int64_t M, int64_t Nn, int64_t Kd, bool prepack_a, PackA
   }
 #pragma omp parallel
   {
-    std::vector<float> abuf(prepack_a ? 0 : static_cast<size_t>(MC * KC)), bbuf(static_cast<size_t>(KC * NC));
-    alignas(64) float tile[MR * NR];
+    Workspace ws;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < nt; ++t) {
-      const Task& tk = tasks[t];
-      for (int64_t jc = tk.j0; jc < tk.j1; jc += NC) {
-        const int64_t nc = std::min(NC, tk.j1 - jc);
-        for (int64_t pc = 0; pc < Kd; pc += KC) {
-          const int64_t kc = std::min(KC, Kd - pc);
-          for (int64_t jr = 0; jr < nc; jr += NR)
-            pack_b(tk.item, pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), bbuf.data() + jr * kc);
-          for (int64_t ic = tk.i0; ic < tk.i1; ic += MC) {
-            const int64_t mc = std::min(MC, tk.i1 - ic);
-            const float* a = prepack_a ? apack.data() + tk.item * Mp * Kd + pc * Mp + ic * kc : abuf.data();
-            if (!prepack_a)
-              for (int64_t ir = 0; ir < mc; ir += MR)
-                pack_a(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, abuf.data() + ir * kc);
-            for (int64_t jr = 0; jr < nc; jr += NR)
-              for (int64_t ir = 0; ir < mc; ir += MR) {
-                micro_kernel(kc, a + ir * kc, bbuf.data() + jr * kc, tile);
-                store(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), jc + jr, std::min<int64_t>(NR, nc - jr), tile,
-                      pc == 0);
-              }
-          }
-        }
-      }
-    }
+    for (int64_t t = 0; t < nt; ++t)
+      task(tasks[t], Kd, prepack_a ? apack.data() + tasks[t].item * Mp * Kd : nullptr, Mp, pack_a, pack_b, store, ws);
   }
 }
 
