@@ -293,21 +293,35 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
     data_grad_gather(s, dy, w, dx);
 }
 
+// The reduction over (n, p, q) is cut into `chunks` equal runs of whole images (a divisor of N,
+// fixed by the shape alone), each reduced into its own partial dw; partials are then summed in
+// chunk order. Threads thus work on different images without repacking the other operand, and
+// the result does not depend on the thread count.
 void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
-  const int64_t Nn = Cg * RS, Kd = s.N * PQ;
-  if (Kd == 0) {
-    std::fill(dw, dw + s.K * Nn, 0.0f);
+  const int64_t Nn = Cg * RS, size = s.K * Nn;
+  if (s.N * PQ == 0) {
+    std::fill(dw, dw + size, 0.0f);
     return;
   }
-  auto pack_a = [&](int64_t g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
+  const int64_t max_chunks = std::min<int64_t>(8, std::max<int64_t>(1, (int64_t{16} << 20) / size));
+  int64_t chunks = 1;
+  for (int64_t d = std::min(s.N, max_chunks); d > 1; --d)
+    if (s.N % d == 0) {
+      chunks = d;
+      break;
+    }
+  const int64_t per = s.N / chunks, Kd = per * PQ;
+  std::vector<float> partial(chunks > 1 ? static_cast<size_t>(chunks * size) : 0);
+  auto pack_a = [&](int64_t item, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
     // A[k, (n, p, q)] = dy[n, g*Kg + k, p, q]: per row, contiguous runs of one image.
+    const int64_t n0 = item / G * per, g = item % G;
     for (int64_t i = 0; i < MR; ++i) {
       if (i >= rows) {
         for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = 0.0f;
         continue;
       }
-      int64_t n = p0 / PQ, pq = p0 % PQ;
+      int64_t n = n0 + p0 / PQ, pq = p0 % PQ;
       for (int64_t p = 0; p < kc;) {
         const int64_t len = std::min(kc - p, PQ - pq);
         const float* src = dy + (n * s.K + g * Kg + i0 + i) * PQ + pq;
@@ -318,26 +332,24 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
       }
     }
   };
-  auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
-    // B[(n, p, q), (c, r, s)] = x[n, g*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw]
-    int64_t off[NR], dh[NR], dwo[NR];
+  auto pack_b = [&](int64_t item, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+    // B[(n, p, q), (c, r, s)] = x[n, g*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw]: each column
+    // is a strided walk along rows of x, so gather it with range-split row copies, then transpose.
+    const int64_t n0 = item / G * per, g = item % G;
+    alignas(64) float tmp[NR * gemm::KC];
     for (int64_t j = 0; j < cols; ++j) {
       const int64_t col = j0 + j, c = col / RS, r = (col % RS) / s.S, sc = col % s.S;
-      dh[j] = r * s.dil_h;
-      dwo[j] = sc * s.dil_w;
-      off[j] = (g * Cg + c) * HW + dh[j] * s.W + dwo[j];
-    }
-    int64_t n = p0 / PQ, oh = (p0 % PQ) / s.Q, ow = p0 % s.Q;
-    for (int64_t p = 0; p < kc; ++p) {
-      float* d = dst + p * NR;
-      const int64_t ih0 = oh * s.stride_h - s.pad_h, iw0 = ow * s.stride_w - s.pad_w;
-      const int64_t base = n * s.C * HW + ih0 * s.W + iw0;
-      for (int64_t j = 0; j < cols; ++j) {
-        const int64_t ih = ih0 + dh[j], iw = iw0 + dwo[j];
-        d[j] = (ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) ? x[base + off[j]] : 0.0f;
-      }
-      for (int64_t j = cols; j < NR; ++j) d[j] = 0.0f;
-      if (++ow == s.Q) {
+      float* d = tmp + j * kc;
+      int64_t n = n0 + p0 / PQ, oh = (p0 % PQ) / s.Q, ow = p0 % s.Q;
+      for (int64_t p = 0; p < kc;) {
+        const int64_t len = std::min(kc - p, s.Q - ow);
+        const int64_t ih = oh * s.stride_h - s.pad_h + r * s.dil_h;
+        if (ih < 0 || ih >= s.H)
+          for (int64_t t = 0; t < len; ++t) d[p + t] = 0.0f;
+        else
+          copy_row(d + p, len, x + (n * s.C + g * Cg + c) * HW + ih * s.W, ow * s.stride_w - s.pad_w + sc * s.dil_w,
+                   s.stride_w, s.W);
+        p += len;
         ow = 0;
         if (++oh == s.P) {
           oh = 0;
@@ -345,13 +357,23 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
         }
       }
     }
+    for (int64_t p = 0; p < kc; ++p)
+      for (int64_t j = 0; j < NR; ++j) dst[p * NR + j] = j < cols ? tmp[j * kc + p] : 0.0f;
   };
-  const OutMap out{dw, Nn, 0, Nn, Kg, nullptr};
   gemm::run(
-      G, Kg, Nn, Kd, false, pack_a, pack_b,
-      [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
-        out.store(g, i0, rows, j0, cols, tile, first);
+      chunks * G, Kg, Nn, Kd, false, pack_a, pack_b,
+      [&](int64_t item, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
+        float* target = chunks > 1 ? partial.data() + item / G * size : dw;
+        OutMap{target, Nn, 0, Nn, Kg, nullptr}.store(item % G, i0, rows, j0, cols, tile, first);
       });
+  if (chunks > 1) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < size; ++i) {
+      float acc = partial[i];
+      for (int64_t c = 1; c < chunks; ++c) acc += partial[c * size + i];
+      dw[i] = acc;
+    }
+  }
 }
 
 }  // namespace FASTOPT_ISA

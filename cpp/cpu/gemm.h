@@ -83,27 +83,15 @@ struct Task {
   int64_t item, i0, i1, j0, j1;
 };
 
-// Splits items x M x Nn into tasks, finer only while there are fewer than a few per thread, so
-// that B panels are packed once for as many rows as possible. Columns split first when A is
-// prepacked (shared), rows first when each task packs its own A from a long reduction.
-inline std::vector<Task> make_tasks(int64_t items, int64_t M, int64_t Nn, int threads, bool columns_first) {
+// Splits items x M x Nn into tasks, finer only while there are fewer than a few per thread.
+// Columns split first: a task packs its own B panels, which (im2col) cost more than A's.
+inline std::vector<Task> make_tasks(int64_t items, int64_t M, int64_t Nn, int threads) {
   const int64_t want = 4 * static_cast<int64_t>(threads);
   int64_t nb = std::min<int64_t>(NC, (Nn + NR - 1) / NR * NR);
   int64_t mb = M;
   auto count = [&] { return items * ((M + mb - 1) / mb) * ((Nn + nb - 1) / nb); };
-  auto split_cols = [&] {
-    while (count() < want && nb > NR) nb = std::max<int64_t>(NR, (nb / 2 + NR - 1) / NR * NR);
-  };
-  auto split_rows = [&] {
-    while (count() < want && mb > MR) mb = std::max<int64_t>(MR, (mb / 2 + MR - 1) / MR * MR);
-  };
-  if (columns_first) {
-    split_cols();
-    split_rows();
-  } else {
-    split_rows();
-    split_cols();
-  }
+  while (count() < want && nb > NR) nb = std::max<int64_t>(NR, (nb / 2 + NR - 1) / NR * NR);
+  while (count() < want && mb > MR) mb = std::max<int64_t>(MR, (mb / 2 + MR - 1) / MR * MR);
   std::vector<Task> tasks;
   for (int64_t t = 0; t < items; ++t)
     for (int64_t i = 0; i < M; i += mb)
@@ -170,7 +158,7 @@ void serial(int64_t item, int64_t M, int64_t Nn, int64_t Kd, PackA pack_a, PackB
 template <class PackA, class PackB, class Store>
 void run(int64_t items, int64_t M, int64_t Nn, int64_t Kd, bool prepack_a, PackA pack_a, PackB pack_b, Store store) {
   if (items <= 0 || M <= 0 || Nn <= 0 || Kd <= 0) return;
-  const std::vector<Task> tasks = make_tasks(items, M, Nn, max_threads(), prepack_a);
+  const std::vector<Task> tasks = make_tasks(items, M, Nn, max_threads());
   const int64_t nt = static_cast<int64_t>(tasks.size());
   // Packed A of item t: KC blocks in order, each holding Mp/MR strips of kc x MR.
   const int64_t Mp = (M + MR - 1) / MR * MR, strips = Mp / MR, nkc = (Kd + KC - 1) / KC;
