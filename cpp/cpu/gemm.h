@@ -33,7 +33,7 @@ constexpr int MR = 6, NR = 16;   // 12 ymm accumulators
 #else
 constexpr int MR = 4, NR = 8;
 #endif
-constexpr int64_t KC = 256;
+constexpr int64_t KC = 384;  // the most; a reduction is cut into equal blocks of at most KC
 constexpr int64_t MC = MR * 12;
 constexpr int64_t NC = NR * 24;
 
@@ -84,14 +84,21 @@ struct Task {
 };
 
 // Splits items x M x Nn into tasks, finer only while there are fewer than a few per thread.
-// Columns split first: a task packs its own B panels, which (im2col) cost more than A's.
+// Columns split first, down to 4 strips: a task packs its own B panels (im2col, dear) but
+// shares A. Below that rows split: a few wide A panels streamed against a small B panel beat
+// many passes over A, which for deep layers (512 x 4608 weights) no longer fits in cache.
 inline std::vector<Task> make_tasks(int64_t items, int64_t M, int64_t Nn, int threads) {
   const int64_t want = 4 * static_cast<int64_t>(threads);
   int64_t nb = std::min<int64_t>(NC, (Nn + NR - 1) / NR * NR);
   int64_t mb = M;
   auto count = [&] { return items * ((M + mb - 1) / mb) * ((Nn + nb - 1) / nb); };
-  while (count() < want && nb > NR) nb = std::max<int64_t>(NR, (nb / 2 + NR - 1) / NR * NR);
-  while (count() < want && mb > MR) mb = std::max<int64_t>(MR, (mb / 2 + MR - 1) / MR * MR);
+  auto split = [&](int64_t& b, int64_t unit, int64_t floor) {
+    while (count() < want && b > floor) b = std::max<int64_t>(floor, (b / 2 + unit - 1) / unit * unit);
+  };
+  split(nb, NR, 4 * NR);
+  split(mb, MR, 4 * MR);
+  split(nb, NR, NR);
+  split(mb, MR, MR);
   std::vector<Task> tasks;
   for (int64_t t = 0; t < items; ++t)
     for (int64_t i = 0; i < M; i += mb)
@@ -105,6 +112,12 @@ inline int max_threads() {
 #else
   return 1;
 #endif
+}
+
+// Equal reduction blocks: 576 = 2 x 288 rather than 384 + 192, so no pass runs a short block.
+inline int64_t kc_block(int64_t Kd) {
+  const int64_t blocks = (Kd + KC - 1) / KC;
+  return (Kd + blocks - 1) / blocks;
 }
 
 // Thread-private packing buffers and the output tile.
@@ -126,8 +139,9 @@ void task(const Task& tk, int64_t Kd, const float* apre, int64_t Mp, PackA& pack
           Workspace& ws) {
   for (int64_t jc = tk.j0; jc < tk.j1; jc += NC) {
     const int64_t nc = std::min(NC, tk.j1 - jc);
-    for (int64_t pc = 0; pc < Kd; pc += KC) {
-      const int64_t kc = std::min(KC, Kd - pc);
+    const int64_t kb = kc_block(Kd);
+    for (int64_t pc = 0; pc < Kd; pc += kb) {
+      const int64_t kc = std::min(kb, Kd - pc);
       for (int64_t jr = 0; jr < nc; jr += NR)
         pack_b(tk.item, pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), ws.b.data() + jr * kc);
       for (int64_t ic = tk.i0; ic < tk.i1; ic += MC) {
@@ -161,13 +175,13 @@ void run(int64_t items, int64_t M, int64_t Nn, int64_t Kd, bool prepack_a, PackA
   const std::vector<Task> tasks = make_tasks(items, M, Nn, max_threads());
   const int64_t nt = static_cast<int64_t>(tasks.size());
   // Packed A of item t: KC blocks in order, each holding Mp/MR strips of kc x MR.
-  const int64_t Mp = (M + MR - 1) / MR * MR, strips = Mp / MR, nkc = (Kd + KC - 1) / KC;
+  const int64_t Mp = (M + MR - 1) / MR * MR, strips = Mp / MR, kb = kc_block(Kd), nkc = (Kd + kb - 1) / kb;
   std::vector<float> apack(prepack_a ? static_cast<size_t>(items * Mp * Kd) : 0);
   if (prepack_a) {
 #pragma omp parallel for schedule(static)
     for (int64_t u = 0; u < items * nkc * strips; ++u) {
-      const int64_t t = u / (nkc * strips), pc = (u / strips) % nkc * KC, i = u % strips * MR;
-      const int64_t kc = std::min(KC, Kd - pc);
+      const int64_t t = u / (nkc * strips), pc = (u / strips) % nkc * kb, i = u % strips * MR;
+      const int64_t kc = std::min(kb, Kd - pc);
       pack_a(t, i, std::min<int64_t>(MR, M - i), pc, kc, apack.data() + t * Mp * Kd + pc * Mp + i * kc);
     }
   }

@@ -7,7 +7,7 @@ that a noisy neighbour hits all alike. Each pass must do 2 N K (C/G) R S P Q flo
 is the larger of flops / the machine's SGEMM rate (numpy.matmul 2048^3 float32 on the CPU,
 torch.matmul with TF32 off on the GPU) and bytes (x + w + y once) / the copy bandwidth
 (fastopt._C.copy_ between two float32 arrays of the layer's working-set size), both measured in
-the same run. Medians; progress on stderr, a Markdown table on stdout; --out DIR writes
+the same run (best sample). Medians of the contenders; progress on stderr, a Markdown table on stdout; --out DIR writes
 results.json, results.md and chart.png.
 """
 import argparse
@@ -39,19 +39,16 @@ LAYERS = [
     ("7x7/2 3>64@224", 3, 64, 224, 7, 2, 3, 1),
 ]
 PASSES = ("forward", "data-grad", "weight-grad")
-QUICK_LAYERS = LAYERS
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="fastopt bench conv2d", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    p.add_argument("--quick", action="store_true", help="small batch (N=4 on the CPU, 32 on the GPU), fewer rounds")
+    p.add_argument("--quick", action="store_true", help="small batch (N=8 on the CPU, 32 on the GPU)")
     p.add_argument("--out", metavar="DIR", help="write results.json, results.md and chart.png here")
-    p.add_argument("--repeat", type=int, default=None, help="timed rounds per contender (default 7, --quick 3)")
+    p.add_argument("--repeat", type=int, default=9, help="timed rounds per contender (default 9; NumPy: 1 with --quick, else 3)")
     p.add_argument("--batch", type=int, default=None, help="override N (default 32 CPU / 128 GPU)")
     a = p.parse_args(argv)
-    if a.repeat is None:
-        a.repeat = 3 if a.quick else 7
     if a.repeat < 1:
         p.error("--repeat must be >= 1")
     return a
@@ -66,7 +63,9 @@ def flops(n, c, k, p, q, r, groups):
 
 
 # ------------------------------------------------------------------------ ceilings
-def sgemm_rate(device, torch, rounds=3):
+# Ceilings take the best sample, not the median: a neighbour's load only ever slows a sample
+# down, and a ceiling that noise lowered would flatter every percentage measured against it.
+def sgemm_rate(device, torch, rounds=5):
     """FLOP/s of a 2048^3 float32 matrix product: numpy.matmul (OpenBLAS) or torch on the GPU."""
     n = 2048
     if device == "cpu":
@@ -79,10 +78,10 @@ def sgemm_rate(device, torch, rounds=3):
         step = lambda: torch.matmul(a, b, out=c)  # noqa: E731
     clock = clock_for(device)
     step()
-    return 2.0 * n ** 3 / statistics.median(sum((clock.block(step, 2) for _ in range(rounds)), []))
+    return 2.0 * n ** 3 / min(sum((clock.block(step, 2) for _ in range(rounds)), []))
 
 
-def copy_bandwidth(device, nbytes, rounds=5):
+def copy_bandwidth(device, nbytes, rounds=7):
     """Bytes/s (read + write) of fastopt._C.copy_ between two float32 arrays of nbytes each."""
     n = max(nbytes // 4, 1 << 16)
     if device == "cpu":
@@ -92,7 +91,7 @@ def copy_bandwidth(device, nbytes, rounds=5):
     step = lambda: _C.copy_(dst, src, 0)  # noqa: E731
     clock = clock_for(device)
     step()
-    return 2.0 * 4 * n / statistics.median(sum((clock.block(step, 3) for _ in range(rounds)), []))
+    return 2.0 * 4 * n / min(sum((clock.block(step, 3) for _ in range(rounds)), []))
 
 
 # ------------------------------------------------------------------------ contenders
@@ -165,14 +164,13 @@ def run(args):
         torch.backends.cuda.matmul.allow_tf32 = False
     rows, ceilings = [], {}
     for device in devices:
-        n = args.batch or ((4 if args.quick else 32) if device == "cpu" else (32 if args.quick else 128))
+        n = args.batch or ((8 if args.quick else 32) if device == "cpu" else (32 if args.quick else 128))
         tdev = torch if (torch is not None and (device == "cpu" or torch.cuda.is_available())) else None
         log(f"{device}: measuring the SGEMM rate (2048^3 float32)")
         rate = sgemm_rate(device, tdev) if (device == "cpu" or tdev is not None) else None
         ceilings[device] = {"sgemm_gflops": rate / 1e9 if rate else None, "batch": n, "copy_gbps": {}}
         log(f"{device}: SGEMM {rate / 1e9:.0f} GFLOP/s" if rate else f"{device}: no SGEMM reference (no torch)")
-        layers = QUICK_LAYERS if args.quick else LAYERS
-        for i, layer in enumerate(layers):
+        for i, layer in enumerate(LAYERS):
             t0 = time.perf_counter()
             times, fl, nbytes = time_layer(device, layer, n, tdev, args.repeat, device == "cpu",
                                            1 if args.quick else 3)
@@ -192,7 +190,7 @@ def run(args):
                         "vs_numpy": base["numpy-ref"] / t if "numpy-ref" in base else None,
                     })
             release_gpu_memory()
-            log(f"{device}: [{i + 1}/{len(layers)}] {layer[0]} in {time.perf_counter() - t0:.1f} s")
+            log(f"{device}: [{i + 1}/{len(LAYERS)}] {layer[0]} in {time.perf_counter() - t0:.1f} s")
     doc = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": {"cpu_model": cpu_model(), "cpus": os.cpu_count()},
