@@ -32,33 +32,33 @@ namespace fastopt::cpu::FASTOPT_ISA {
 namespace gemm {
 
 #if defined(__AVX512F__)
-constexpr int MR = 12, NR = 32;  // 24 zmm accumulators, 2 for B, 1 broadcast
+constexpr int MR = 8, NR = 48;  // 24 zmm accumulators, 3 for B, 1 broadcast; MR divides 64, 128, ...
 #elif defined(__AVX2__)
 constexpr int MR = 6, NR = 16;   // 12 ymm accumulators
 #else
 constexpr int MR = 4, NR = 8;
 #endif
-constexpr int64_t KC = 384;  // the most; a reduction is cut into equal blocks of at most KC
-constexpr int64_t MC = MR * 12;
+constexpr int64_t KC = 256;  // the most; a reduction is cut into equal blocks of at most KC
+constexpr int64_t MC = MR * 16;
 constexpr int64_t NC = NR * 24;
 
 // tile (MR x NR, row-major) = sum_p a[p*MR + i] * b[p*NR + j]
 inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict tile) {
 #if defined(__AVX512F__)
-  __m512 c0[MR], c1[MR];
-  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+  constexpr int NV = NR / 16;
+  __m512 c[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) c[i][v] = _mm512_setzero_ps();
   for (int64_t p = 0; p < kc; ++p) {
-    const __m512 b0 = _mm512_loadu_ps(b + p * NR), b1 = _mm512_loadu_ps(b + p * NR + 16);
+    __m512 bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + p * NR + 16 * v);
     for (int i = 0; i < MR; ++i) {
       const __m512 ai = _mm512_set1_ps(a[p * MR + i]);
-      c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
-      c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+      for (int v = 0; v < NV; ++v) c[i][v] = _mm512_fmadd_ps(ai, bv[v], c[i][v]);
     }
   }
-  for (int i = 0; i < MR; ++i) {
-    _mm512_storeu_ps(tile + i * NR, c0[i]);
-    _mm512_storeu_ps(tile + i * NR + 16, c1[i]);
-  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(tile + i * NR + 16 * v, c[i][v]);
 #elif defined(__AVX2__)
   __m256 c0[MR], c1[MR];
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
