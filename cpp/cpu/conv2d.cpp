@@ -460,8 +460,7 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
         }
       }
     }
-    for (int64_t p = 0; p < kc; ++p)
-      for (int64_t j = 0; j < NR; ++j) dst[p * NR + j] = j < cols ? tmp[j * kc + p] : 0.0f;
+    gemm::transpose_to_panel(tmp, kc, kc, cols, dst);
   };
   gemm::run(
       chunks * G, Kg, Nn, Kd, false, pack_a, pack_b,

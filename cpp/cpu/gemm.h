@@ -83,6 +83,48 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
 #endif
 }
 
+// dst[p*NR + j] = src[j*ld + p] for p < kc, j < cols; zero for cols <= j < NR. Packs a panel
+// whose columns were gathered as contiguous rows (weight-grad's im2col) into the B layout;
+// AVX-512 transposes 16 x 16 blocks in registers instead of 256 scattered element moves.
+inline void transpose_to_panel(const float* __restrict src, int64_t ld, int64_t kc, int64_t cols,
+                               float* __restrict dst) {
+  int64_t p0 = 0;
+#if defined(__AVX512F__)
+  if (cols == NR) {
+    for (; p0 + 16 <= kc; p0 += 16)
+      for (int jb = 0; jb < NR; jb += 16) {
+        __m512 r[16], t[16];
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (jb + i) * ld + p0);
+        for (int i = 0; i < 16; i += 2) {
+          t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+          t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 16; i += 4) {
+          r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+          r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+          r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+          r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+        // r[4a + b] now holds element b of every 4-lane group of rows 4a..4a+3; combine the
+        // 128-bit lanes across row groups.
+        for (int b = 0; b < 4; ++b) {
+          t[b] = _mm512_shuffle_f32x4(r[b], r[4 + b], 0x88);
+          t[4 + b] = _mm512_shuffle_f32x4(r[b], r[4 + b], 0xdd);
+          t[8 + b] = _mm512_shuffle_f32x4(r[8 + b], r[12 + b], 0x88);
+          t[12 + b] = _mm512_shuffle_f32x4(r[8 + b], r[12 + b], 0xdd);
+        }
+        for (int b = 0; b < 8; ++b) {
+          r[b] = _mm512_shuffle_f32x4(t[b], t[8 + b], 0x88);
+          r[8 + b] = _mm512_shuffle_f32x4(t[b], t[8 + b], 0xdd);
+        }
+        for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + (p0 + i) * NR + jb, r[i]);
+      }
+  }
+#endif
+  for (int64_t p = p0; p < kc; ++p)
+    for (int64_t j = 0; j < NR; ++j) dst[p * NR + j] = j < cols ? src[j * ld + p] : 0.0f;
+}
+
 // One unit of parallel work: rows [i0, i1) and columns [j0, j1) of batch item `item`.
 struct Task {
   int64_t item, i0, i1, j0, j1;
