@@ -65,6 +65,7 @@ def test_all_combinations(backend, rng, stride, padding, dilation, groups, ksize
     (2, 48, 11, 9, 10, 3, 3, 1, 2, 2, 2),                     # data-grad as a gather, grouped, dilated
     (1, 300, 5, 7, 160, 1, 1, 1, 0, 1, 1),                    # more rows than one MC block
     (2, 6, 31, 29, 12, 3, 3, 2, 1, 1, 3),                     # many column tiles, grouped
+    (4, 6, 33, 35, 8, 3, 3, 1, 1, 1, 1),                      # weight-grad over 4 image chunks
     (5, 3, 23, 23, 7, 7, 7, 2, 3, 1, 1),                      # stem-like, 3 input channels
     (1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1),                        # one element
     (1, 2, 1, 1, 3, 3, 3, 1, 1, 1, 1),                        # 1x1 image, all taps but one in padding

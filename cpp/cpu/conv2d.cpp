@@ -407,7 +407,10 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
     std::fill(dw, dw + size, 0.0f);
     return;
   }
-  const int64_t max_chunks = std::min<int64_t>(8, std::max<int64_t>(1, (int64_t{16} << 20) / size));
+  // Each partial costs a write and a read of dw: worth it only with >= 1024 reduction terms per
+  // element of it, and bounded in memory. Columns give the threads work when chunks cannot.
+  const int64_t max_chunks =
+      std::min<int64_t>({8, std::max<int64_t>(1, (int64_t{16} << 20) / size), std::max<int64_t>(1, s.N * PQ / 1024)});
   int64_t chunks = 1;
   for (int64_t d = std::min(s.N, max_chunks); d > 1; --d)
     if (s.N % d == 0) {
