@@ -91,6 +91,23 @@ inline void copy_row(float* __restrict dst, int64_t len, const float* __restrict
   int64_t hi = i0 >= n ? 0 : (n - i0 + step - 1) / step;
   lo = std::min(lo, len);
   hi = std::max(lo, std::min(hi, len));
+#if defined(__AVX512F__)
+  // Runs are short (an image row, at most NR): masked loads and stores do the zero edges and
+  // the tail in the same few vector steps, where a plain loop would finish in scalar code.
+  // Masked-off lanes are never read, so src + i0 + t may point outside the row.
+  if (step == 1) {
+    auto lanes = [](int64_t a, int64_t b) {
+      a = std::clamp<int64_t>(a, 0, 16);
+      b = std::clamp<int64_t>(b, 0, 16);
+      return static_cast<__mmask16>(b > a ? (1u << b) - (1u << a) : 0u);
+    };
+    for (int64_t t = 0; t < len; t += 16) {
+      const __m512 v = _mm512_maskz_loadu_ps(lanes(lo - t, hi - t), src + i0 + t);
+      _mm512_mask_storeu_ps(dst + t, lanes(0, len - t), v);
+    }
+    return;
+  }
+#endif
   for (int64_t t = 0; t < lo; ++t) dst[t] = 0.0f;
   if (step == 1)
     for (int64_t t = lo; t < hi; ++t) dst[t] = src[i0 + t];
