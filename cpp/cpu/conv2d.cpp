@@ -1,20 +1,23 @@
-// Conv2d on the CPU, NCHW float32, as three implicit GEMMs per group g (gemm.h), whose packers
-// gather im2col / col2im panels straight from x, w and dy, one KC x NR strip at a time:
+// Conv2d on the CPU, NCHW float32, as implicit GEMMs per group g (gemm.h), whose packers
+// gather im2col panels straight from x, w and dy, one kc x NR strip at a time:
 //
 //   forward      y[k, (n,p,q)]    = sum_(c,r,s)  w[k, (c,r,s)] * x[n, c, p*sh-ph+r*dh, q*sw-pw+s*dw]   (+ b[k])
 //   data-grad    dx[c, (n,h,w)]   = sum_(k,r,s)  w[k, c, r, s] * dy[n, k, (h+ph-r*dh)/sh, (w+pw-s*dw)/sw]
-//                                   (terms whose division is inexact or out of range are zeros of the panel)
+//                                   (terms whose division is inexact or out of range are zeros)
+//                or, for strided or narrow layers, dcols = w^T dy per image, then col2im
 //   weight-grad  dw[k, (c,r,s)]   = sum_(n,p,q)  dy[n, k, p, q] * x[n, c, p*sh-ph+r*dh, q*sw-pw+s*dw]
 //   bias-grad    db[k]            = sum_(n,p,q)  dy[n, k, p, q]
+// Channel-wise layers (C/groups = 1) skip the GEMM: there is no reuse to pack for.
 //
-// Work: 2 N K (C/G) R S P Q flops per GEMM pass; the floor in bytes is x + w + y (once each),
-// far below the flops at these layer sizes, so the passes are compute-bound: the target is the
-// machine's SGEMM rate. Columns run over (n, p, q) jointly, so small 7x7 images still fill NR.
+// Work: 2 N K (C/G) R S P Q flops per pass; the floor in bytes is x + w + y (or dy) once each,
+// far below the flops at these layer sizes, so the GEMM passes are compute-bound: the target
+// is the machine's SGEMM rate (the channel-wise ones are memory-bound). Columns run over
+// (n, p, q) jointly, so small 7x7 images still fill NR. Launch shape: an OpenMP team over
+// (group, row block, column block) tasks, or over images for col2im and channel-wise planes.
 //
-// No atomics and no partial buffers: the data-grad is a gather (each dx element is one GEMM
-// output), and the weight-grad splits its output (K x C R S per group) over the threads, each
-// element reduced over (n, p, q) in fixed order. All passes are deterministic for any thread
-// count; the ISA copies differ only in FMA rounding (see gemm.h).
+// No atomics anywhere: every output element is written by one thread, and the weight-grad
+// reduces fixed image chunks into partials summed in chunk order. All passes are therefore
+// deterministic for any thread count; the ISA copies differ only in FMA rounding (gemm.h).
 #include "fastopt/conv2d.h"
 #include "isa.h"
 
