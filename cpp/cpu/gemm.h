@@ -174,7 +174,8 @@ struct Workspace {
   alignas(64) float tile[MR * NR];
 };
 
-// One task on the calling thread. apre: A of this item prepacked by run(), or null to pack here.
+// One task on the calling thread. apre / bpre: A / B of this item prepacked by run(), or null
+// to pack here.
 // pack_a(item, i0, rows, p0, kc, dst): dst[p*MR + i] = A[i0+i][p0+p], zero for i >= rows.
 // pack_b(item, p0, kc, j0, cols, dst): dst[p*NR + j] = B[p0+p][j0+j], zero for j >= cols.
 // store(item, i0, rows, j0, cols, tile, first): tile rows of NR floats; first = the tile holds
@@ -182,15 +183,17 @@ struct Workspace {
 // prepack_a packs all of A once up front (worth it when A is small next to B, e.g. weights):
 // tasks then share it and columns can be split finely without repacking A per task.
 template <class PackA, class PackB, class Store>
-void task(const Task& tk, int64_t Kd, const float* apre, int64_t Mp, PackA& pack_a, PackB& pack_b, Store& store,
-          Workspace& ws) {
+void task(const Task& tk, int64_t Kd, const float* apre, int64_t Mp, const float* bpre, int64_t Np, PackA& pack_a,
+          PackB& pack_b, Store& store, Workspace& ws) {
   for (int64_t jc = tk.j0; jc < tk.j1; jc += NC) {
     const int64_t nc = std::min(NC, tk.j1 - jc);
     const int64_t kb = kc_block(Kd);
     for (int64_t pc = 0; pc < Kd; pc += kb) {
       const int64_t kc = std::min(kb, Kd - pc);
-      for (int64_t jr = 0; jr < nc; jr += NR)
-        pack_b(tk.item, pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), ws.b.data() + jr * kc);
+      const float* b = bpre ? bpre + pc * Np + jc * kc : ws.b.data();
+      if (!bpre)
+        for (int64_t jr = 0; jr < nc; jr += NR)
+          pack_b(tk.item, pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), ws.b.data() + jr * kc);
       for (int64_t ic = tk.i0; ic < tk.i1; ic += MC) {
         const int64_t mc = std::min(MC, tk.i1 - ic);
         const float* a = apre ? apre + pc * Mp + ic * kc : ws.a.data();
@@ -199,7 +202,7 @@ void task(const Task& tk, int64_t Kd, const float* apre, int64_t Mp, PackA& pack
             pack_a(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, ws.a.data() + ir * kc);
         for (int64_t jr = 0; jr < nc; jr += NR)
           for (int64_t ir = 0; ir < mc; ir += MR) {
-            micro_kernel(kc, a + ir * kc, ws.b.data() + jr * kc, ws.tile);
+            micro_kernel(kc, a + ir * kc, b + jr * kc, ws.tile);
             store(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), jc + jr, std::min<int64_t>(NR, nc - jr), ws.tile,
                   pc == 0);
           }
@@ -213,7 +216,7 @@ void task(const Task& tk, int64_t Kd, const float* apre, int64_t Mp, PackA& pack
 template <class PackA, class PackB, class Store>
 void serial(int64_t item, int64_t M, int64_t Nn, int64_t Kd, PackA pack_a, PackB pack_b, Store store, Workspace& ws) {
   if (M <= 0 || Nn <= 0 || Kd <= 0) return;
-  task(Task{item, 0, M, 0, Nn}, Kd, nullptr, 0, pack_a, pack_b, store, ws);
+  task(Task{item, 0, M, 0, Nn}, Kd, nullptr, 0, nullptr, 0, pack_a, pack_b, store, ws);
 }
 
 template <class PackA, class PackB, class Store>
@@ -232,12 +235,28 @@ void run(int64_t items, int64_t M, int64_t Nn, int64_t Kd, bool prepack_a, PackA
       pack_a(t, i, std::min<int64_t>(MR, M - i), pc, kc, apack.data() + t * Mp * Kd + pc * Mp + i * kc);
     }
   }
+  // With more rows than one A block, row tasks would each pack the same B panels again; when
+  // B is small (deep layers on small images), pack it once and share it.
+  const int64_t Np = (Nn + NR - 1) / NR * NR, bstrips = Np / NR;
+  const bool prepack_b = prepack_a && M > MC && items * Np * Kd <= (int64_t{16} << 20);
+  std::vector<float> bpack(prepack_b ? static_cast<size_t>(items * Np * Kd) : 0);
+  if (prepack_b) {
+#pragma omp parallel for schedule(static)
+    for (int64_t u = 0; u < items * nkc * bstrips; ++u) {
+      const int64_t t = u / (nkc * bstrips), pc = (u / bstrips) % nkc * kb, j = u % bstrips * NR;
+      const int64_t kc = std::min(kb, Kd - pc);
+      pack_b(t, pc, kc, j, std::min<int64_t>(NR, Nn - j), bpack.data() + t * Np * Kd + pc * Np + j * kc);
+    }
+  }
 #pragma omp parallel
   {
     Workspace ws;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < nt; ++t)
-      task(tasks[t], Kd, prepack_a ? apack.data() + tasks[t].item * Mp * Kd : nullptr, Mp, pack_a, pack_b, store, ws);
+    for (int64_t t = 0; t < nt; ++t) {
+      const int64_t item = tasks[t].item;
+      task(tasks[t], Kd, prepack_a ? apack.data() + item * Mp * Kd : nullptr, Mp,
+           prepack_b ? bpack.data() + item * Np * Kd : nullptr, Np, pack_a, pack_b, store, ws);
+    }
   }
 }
 
