@@ -43,11 +43,12 @@ struct OutMap {
   const float* bias;  // per global row, or null
 
   void store(int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) const {
+    const int64_t n0 = j0 / inner_len, in0 = j0 % inner_len;
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t row = g * rows_per_group + i0 + i;
       const float init = bias ? bias[row] : 0.0f;
       const float* t = tile + i * NR;
-      int64_t n = j0 / inner_len, in = j0 % inner_len;
+      int64_t n = n0, in = in0;
       for (int64_t j = 0; j < cols;) {
         const int64_t len = std::min(cols - j, inner_len - in);
         float* o = out + n * n_stride + row * row_stride + in;
