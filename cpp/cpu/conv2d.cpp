@@ -167,8 +167,12 @@ inline float dot_row(const float* __restrict a, int64_t nq, const float* __restr
   const int64_t hi = std::max(lo, std::min(nq, w0 >= n ? int64_t{0} : (n - w0 + step - 1) / step));
   float acc[16] = {};
   int64_t q = lo;
-  for (; q + 16 <= hi; q += 16)
-    for (int j = 0; j < 16; ++j) acc[j] += a[q + j] * row[w0 + (q + j) * step];
+  if (step == 1)  // the common case, kept apart so that it vectorizes
+    for (; q + 16 <= hi; q += 16)
+      for (int j = 0; j < 16; ++j) acc[j] += a[q + j] * row[w0 + q + j];
+  else
+    for (; q + 16 <= hi; q += 16)
+      for (int j = 0; j < 16; ++j) acc[j] += a[q + j] * row[w0 + (q + j) * step];
   for (int j = 0; q < hi; ++q, ++j) acc[j] += a[q] * row[w0 + q * step];
   float sum = 0.0f;
   for (float v : acc) sum += v;
