@@ -9,8 +9,10 @@
 // results never depend on the thread count.
 //
 // Why not link a BLAS: a BLAS needs both operands materialized, while conv wants im2col built
-// inside the packing step; and numpy.matmul (OpenBLAS) measured no faster than this kernel on
-// pure-GEMM (1x1) shapes here, so the build keeps no extra dependency.
+// inside the packing step, and the build keeps no extra dependency. Measured here (one core):
+// the micro-kernel alone runs at ~200 GFLOP/s from L1 and ~143 from L2-resident panels, against
+// ~150 for a whole numpy.matmul (OpenBLAS) SGEMM; the driver around it (packing, stores) is
+// where this GEMM still loses to OpenBLAS (a 1x1 conv reaches ~40% of numpy.matmul's rate).
 //
 // Included by one CPU family file that is compiled once per ISA: the tile shape and the
 // micro-kernel follow the ISA of the copy (explicit FMA, since the family builds with
