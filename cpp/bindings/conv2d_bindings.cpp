@@ -1,6 +1,177 @@
-// Python entry points of the conv2d family (being written).
-#include <pybind11/pybind11.h>
+// Python entry points of the conv2d family: _C.conv2d_forward and _C.conv2d_backward. Each
+// validates shapes and hyper-parameters against the interface (fastopt/conv2d.h), allocates the
+// outputs on the inputs' device, releases the GIL and dispatches to the CPU or CUDA backend.
+#include <pybind11/stl.h>
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "arrays.h"
+#include "device_array.h"
+#include "fastopt/backend.h"
+#include "fastopt/conv2d.h"
 
 namespace fastopt {
-void bind_conv2d(pybind11::module_& m) { (void)m; }
+namespace {
+
+using Pair = std::array<int64_t, 2>;
+
+std::string fmt(const std::vector<int64_t>& s) {
+  std::string o = "(";
+  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+  return o + (s.size() == 1 ? ",)" : ")");
+}
+
+void require_4d(const ArrayView& v, const char* name, const char* dims) {
+  if (v.shape.size() != 4)
+    raise_value(std::string(name) + ": expected a 4-D array " + dims + ", got shape " + fmt(v.shape));
+}
+
+// Checks x (N, C, H, W), w (K, C/groups, R, S) and the hyper-parameters; fills in P and Q.
+Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair padding, Pair dilation,
+                       int64_t groups) {
+  require_4d(x, "x", "(N, C, H, W)");
+  require_4d(w, "w", "(K, C/groups, R, S)");
+  for (int i = 0; i < 2; ++i) {
+    if (stride[i] < 1) raise_value("stride: must be >= 1, got " + std::to_string(stride[i]));
+    if (padding[i] < 0) raise_value("padding: must be >= 0, got " + std::to_string(padding[i]));
+    if (dilation[i] < 1) raise_value("dilation: must be >= 1, got " + std::to_string(dilation[i]));
+  }
+  if (groups < 1) raise_value("groups: must be >= 1, got " + std::to_string(groups));
+  Conv2dShape s{};
+  s.N = x.shape[0];
+  s.C = x.shape[1];
+  s.H = x.shape[2];
+  s.W = x.shape[3];
+  s.K = w.shape[0];
+  s.R = w.shape[2];
+  s.S = w.shape[3];
+  if (s.C < 1) raise_value("x: needs at least one input channel, got shape " + fmt(x.shape));
+  if (s.C % groups)
+    raise_value("groups: the " + std::to_string(s.C) + " input channels of x are not divisible by groups=" +
+                std::to_string(groups));
+  if (s.K < 1 || s.R < 1 || s.S < 1) raise_value("w: every dimension must be >= 1, got shape " + fmt(w.shape));
+  if (s.K % groups)
+    raise_value("groups: the " + std::to_string(s.K) + " output channels of w are not divisible by groups=" +
+                std::to_string(groups));
+  if (w.shape[1] * groups != s.C)
+    raise_value("w: expected shape (K, C/groups = " + std::to_string(s.C / groups) + ", R, S) for x " + fmt(x.shape) +
+                " and groups=" + std::to_string(groups) + ", got " + fmt(w.shape));
+  s.stride_h = stride[0];
+  s.stride_w = stride[1];
+  s.pad_h = padding[0];
+  s.pad_w = padding[1];
+  s.dil_h = dilation[0];
+  s.dil_w = dilation[1];
+  s.groups = groups;
+  const int64_t eh = s.H + 2 * s.pad_h - s.dil_h * (s.R - 1) - 1, ew = s.W + 2 * s.pad_w - s.dil_w * (s.S - 1) - 1;
+  s.P = eh < 0 ? 0 : eh / s.stride_h + 1;
+  s.Q = ew < 0 ? 0 : ew / s.stride_w + 1;
+  if (s.P < 1 || s.Q < 1)
+    raise_value("x: output size would be <= 0: input " + fmt({s.H, s.W}) +
+                " is too small for kernel " + fmt({s.R, s.S}) + " with padding " + fmt({s.pad_h, s.pad_w}) +
+                " and dilation " + fmt({s.dil_h, s.dil_w}));
+  return s;
+}
+
+float* data_of(py::handle out, const char* name) { return static_cast<float*>(view_f32(out, ArgName{name}, true).data); }
+
+py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, Pair stride, Pair padding,
+                          Pair dilation, int64_t groups, bool allow_tf32, uintptr_t stream) {
+  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
+  const ArrayView w = view_f32(w_obj, ArgName{"w"}, false);
+  require_same_device(x, ArgName{"x"}, w, ArgName{"w"});
+  const Conv2dShape s = conv_shape(x, w, stride, padding, dilation, groups);
+  const float* b = nullptr;
+  if (!b_obj.is_none()) {
+    const ArrayView bv = view_f32(b_obj, ArgName{"b"}, false);
+    require_same_device(x, ArgName{"x"}, bv, ArgName{"b"});
+    if (bv.shape != std::vector<int64_t>{s.K})
+      raise_value("b: expected shape (" + std::to_string(s.K) + ",), one bias per output channel, got " + fmt(bv.shape));
+    b = static_cast<const float*>(bv.data);
+  }
+  py::object y = new_array({s.N, s.K, s.P, s.Q}, DType::f32, x.device, stream);
+  float* yp = data_of(y, "y");
+  const auto* xp = static_cast<const float*>(x.data);
+  const auto* wp = static_cast<const float*>(w.data);
+  if (x.device == kCPU) {
+    {
+      py::gil_scoped_release nogil;
+      cpu::conv2d_forward(s, xp, wp, b, yp);
+    }
+    return y;
+  }
+#ifdef FASTOPT_WITH_CUDA
+  {
+    py::gil_scoped_release nogil;
+    cuda::set_device(x.device);
+    cuda::conv2d_forward(s, xp, wp, b, yp, allow_tf32, reinterpret_cast<void*>(stream));
+  }
+  return y;
+#else
+  (void)allow_tf32;
+  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
+}
+
+py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj, Pair stride, Pair padding,
+                          Pair dilation, int64_t groups, bool need_dx, bool need_dw, bool need_db, bool allow_tf32,
+                          uintptr_t stream) {
+  const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
+  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
+  const ArrayView w = view_f32(w_obj, ArgName{"w"}, false);
+  require_same_device(x, ArgName{"x"}, w, ArgName{"w"});
+  require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
+  const Conv2dShape s = conv_shape(x, w, stride, padding, dilation, groups);
+  const std::vector<int64_t> yshape{s.N, s.K, s.P, s.Q};
+  if (dy.shape != yshape)
+    raise_value("dy: expected the output shape " + fmt(yshape) + " of this convolution, got " + fmt(dy.shape));
+
+  py::object dx = py::none(), dw = py::none(), db = py::none();
+  float *dxp = nullptr, *dwp = nullptr, *dbp = nullptr;
+  if (need_dx) dxp = data_of(dx = new_array(x.shape, DType::f32, x.device, stream), "dx");
+  if (need_dw) dwp = data_of(dw = new_array(w.shape, DType::f32, x.device, stream), "dw");
+  if (need_db) dbp = data_of(db = new_array({s.K}, DType::f32, x.device, stream), "db");
+  const auto* dyp = static_cast<const float*>(dy.data);
+  const auto* xp = static_cast<const float*>(x.data);
+  const auto* wp = static_cast<const float*>(w.data);
+  if (x.device == kCPU) {
+    {
+      py::gil_scoped_release nogil;
+      if (dxp) cpu::conv2d_backward_data(s, dyp, wp, dxp);
+      if (dwp) cpu::conv2d_backward_weight(s, dyp, xp, dwp);
+      if (dbp) cpu::conv2d_backward_bias(s, dyp, dbp);
+    }
+    return py::make_tuple(dx, dw, db);
+  }
+#ifdef FASTOPT_WITH_CUDA
+  {
+    py::gil_scoped_release nogil;
+    void* st = reinterpret_cast<void*>(stream);
+    cuda::set_device(x.device);
+    if (dxp) cuda::conv2d_backward_data(s, dyp, wp, dxp, allow_tf32, st);
+    if (dwp) cuda::conv2d_backward_weight(s, dyp, xp, dwp, allow_tf32, st);
+    if (dbp) cuda::conv2d_backward_bias(s, dyp, dbp, st);
+  }
+  return py::make_tuple(dx, dw, db);
+#else
+  (void)allow_tf32;
+  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
+}
+
+}  // namespace
+
+void bind_conv2d(py::module_& m) {
+  m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("stride"),
+        py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("allow_tf32") = false,
+        py::arg("stream") = 0,
+        "y = conv2d(x, w, b) in NCHW float32; stride, padding, dilation are (h, w) pairs.");
+  m.def("conv2d_backward", &conv2d_backward, py::arg("dy"), py::arg("x"), py::arg("w"), py::arg("stride"),
+        py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("need_dx") = true,
+        py::arg("need_dw") = true, py::arg("need_db") = true, py::arg("allow_tf32") = false, py::arg("stream") = 0,
+        "(dx, dw, db) of conv2d for the output gradient dy; an output not asked for is None.");
+}
+
 }  // namespace fastopt

@@ -1,2 +1,540 @@
-// The conv2d family on the CPU (being written).
+// Conv2d on the CPU, NCHW float32, as implicit GEMMs per group g (gemm.h), whose packers
+// gather im2col panels straight from x, w and dy, one kc x NR strip at a time:
+//
+//   forward      y[k, (n,p,q)]    = sum_(c,r,s)  w[k, (c,r,s)] * x[n, c, p*sh-ph+r*dh, q*sw-pw+s*dw]   (+ b[k])
+//   data-grad    dx[c, (n,h,w)]   = sum_(k,r,s)  w[k, c, r, s] * dy[n, k, (h+ph-r*dh)/sh, (w+pw-s*dw)/sw]
+//                                   (terms whose division is inexact or out of range are zeros)
+//                or, for strided or narrow layers, dcols = w^T dy per image, then col2im
+//   weight-grad  dw[k, (c,r,s)]   = sum_(n,p,q)  dy[n, k, p, q] * x[n, c, p*sh-ph+r*dh, q*sw-pw+s*dw]
+//   bias-grad    db[k]            = sum_(n,p,q)  dy[n, k, p, q]
+// Channel-wise layers (C/groups = 1) skip the GEMM: there is no reuse to pack for.
+//
+// Work: 2 N K (C/G) R S P Q flops per pass; the floor in bytes is x + w + y (or dy) once each,
+// far below the flops at these layer sizes, so the GEMM passes are compute-bound: the target
+// is the machine's SGEMM rate (the channel-wise ones are memory-bound). Columns run over
+// (n, p, q) jointly, so small 7x7 images still fill NR. Launch shape: an OpenMP team over
+// (group, row block, column block) tasks, or over images for col2im and channel-wise planes.
+//
+// No atomics anywhere: every output element is written by one thread, and the weight-grad
+// reduces fixed image chunks into partials summed in chunk order. All passes are therefore
+// deterministic for any thread count; the ISA copies differ only in FMA rounding (gemm.h).
+#include "fastopt/conv2d.h"
 #include "isa.h"
+
+#include "gemm.h"
+
+namespace fastopt::cpu {
+
+FASTOPT_FOR_EACH_ISA(void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
+                     void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
+                     void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw);)
+
+namespace FASTOPT_ISA {
+namespace {
+
+using gemm::MR;
+using gemm::NR;
+
+// Output addressing shared by the three passes: row i of group g, column j = (n, inner) with
+// `inner_len` inner positions per image: out + n*n_stride + (row0 + i)*row_stride + inner.
+struct OutMap {
+  float* out;
+  int64_t inner_len, n_stride, row_stride, rows_per_group;
+  const float* bias;  // per global row, or null
+
+  void store(int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) const {
+    const int64_t n0 = j0 / inner_len, in0 = j0 % inner_len;
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t row = g * rows_per_group + i0 + i;
+      const float init = bias ? bias[row] : 0.0f;
+      const float* t = tile + i * NR;
+      int64_t n = n0, in = in0;
+      for (int64_t j = 0; j < cols;) {
+        const int64_t len = std::min(cols - j, inner_len - in);
+        float* o = out + n * n_stride + row * row_stride + in;
+        if (first)
+          for (int64_t u = 0; u < len; ++u) o[u] = init + t[j + u];
+        else
+          for (int64_t u = 0; u < len; ++u) o[u] += t[j + u];
+        j += len;
+        in = 0;
+        ++n;
+      }
+    }
+  }
+};
+
+// A run of consecutive output columns inside one image row: panel columns [jj, jj+len) are
+// (n, a, b0 .. b0+len) for spatial rows a and positions b.
+struct Run {
+  int64_t jj, len, n, a, b0;
+};
+
+// Splits columns [j0, j0+cols) of an (n, A, B) column space into image-row runs.
+inline int make_runs(int64_t j0, int64_t cols, int64_t A, int64_t B, Run* runs) {
+  int nr = 0;
+  int64_t n = j0 / (A * B), a = (j0 / B) % A, b = j0 % B;
+  for (int64_t jj = 0; jj < cols;) {
+    const int64_t len = std::min(cols - jj, B - b);
+    runs[nr++] = {jj, len, n, a, b};
+    jj += len;
+    b = 0;
+    if (++a == A) {
+      a = 0;
+      ++n;
+    }
+  }
+  return nr;
+}
+
+// dst[t] = src[i0 + t*step] where that index lies in [0, n), else 0, for t < len. The valid
+// range is computed once, so the middle is a plain (vectorizable) copy.
+inline void copy_row(float* __restrict dst, int64_t len, const float* __restrict src, int64_t i0, int64_t step,
+                     int64_t n) {
+  int64_t lo = i0 >= 0 ? 0 : (-i0 + step - 1) / step;
+  int64_t hi = i0 >= n ? 0 : (n - i0 + step - 1) / step;
+  lo = std::min(lo, len);
+  hi = std::max(lo, std::min(hi, len));
+#if defined(__AVX512F__)
+  // Runs are short (an image row, at most NR): masked loads and stores do the zero edges and
+  // the tail in the same few vector steps, where a plain loop would finish in scalar code.
+  // Masked-off lanes are never read, so src + i0 + t may point outside the row.
+  if (step == 1) {
+    auto lanes = [](int64_t a, int64_t b) {
+      a = std::clamp<int64_t>(a, 0, 16);
+      b = std::clamp<int64_t>(b, 0, 16);
+      return static_cast<__mmask16>(b > a ? (1u << b) - (1u << a) : 0u);
+    };
+    for (int64_t t = 0; t < len; t += 16) {
+      const __m512 v = _mm512_maskz_loadu_ps(lanes(lo - t, hi - t), src + i0 + t);
+      _mm512_mask_storeu_ps(dst + t, lanes(0, len - t), v);
+    }
+    return;
+  }
+#endif
+  for (int64_t t = 0; t < lo; ++t) dst[t] = 0.0f;
+  if (step == 1)
+    for (int64_t t = lo; t < hi; ++t) dst[t] = src[i0 + t];
+  else
+    for (int64_t t = lo; t < hi; ++t) dst[t] = src[i0 + t * step];
+  for (int64_t t = hi; t < len; ++t) dst[t] = 0.0f;
+}
+
+// row[w0 + q*step] += src[q] for q < nq where that index lies in [0, n).
+inline void add_row(float* __restrict row, int64_t n, const float* __restrict src, int64_t nq, int64_t w0,
+                    int64_t step) {
+  const int64_t lo = std::min(nq, w0 >= 0 ? int64_t{0} : (-w0 + step - 1) / step);
+  const int64_t hi = std::max(lo, std::min(nq, w0 >= n ? int64_t{0} : (n - w0 + step - 1) / step));
+  if (step == 1)
+    for (int64_t q = lo; q < hi; ++q) row[w0 + q] += src[q];
+  else
+    for (int64_t q = lo; q < hi; ++q) row[w0 + q * step] += src[q];
+}
+
+inline void zero_tail(float* dst, int64_t cols, int64_t kc) {
+  if (cols == NR) return;
+  for (int64_t p = 0; p < kc; ++p)
+    for (int64_t j = cols; j < NR; ++j) dst[p * NR + j] = 0.0f;
+}
+
+
+// row[w0 + q*step] += a * src[q] for q < nq where that index lies in [0, n).
+inline void axpy_to_row(float* __restrict row, int64_t n, float a, const float* __restrict src, int64_t nq,
+                        int64_t w0, int64_t step) {
+  const int64_t lo = std::min(nq, w0 >= 0 ? int64_t{0} : (-w0 + step - 1) / step);
+  const int64_t hi = std::max(lo, std::min(nq, w0 >= n ? int64_t{0} : (n - w0 + step - 1) / step));
+  if (step == 1)
+    for (int64_t q = lo; q < hi; ++q) row[w0 + q] += a * src[q];
+  else
+    for (int64_t q = lo; q < hi; ++q) row[w0 + q * step] += a * src[q];
+}
+
+// out[q] += a * row[w0 + q*step] for q < nq where that index lies in [0, n).
+inline void axpy_from_row(float* __restrict out, int64_t nq, float a, const float* __restrict row, int64_t n,
+                          int64_t w0, int64_t step) {
+  const int64_t lo = std::min(nq, w0 >= 0 ? int64_t{0} : (-w0 + step - 1) / step);
+  const int64_t hi = std::max(lo, std::min(nq, w0 >= n ? int64_t{0} : (n - w0 + step - 1) / step));
+  if (step == 1)
+    for (int64_t q = lo; q < hi; ++q) out[q] += a * row[w0 + q];
+  else
+    for (int64_t q = lo; q < hi; ++q) out[q] += a * row[w0 + q * step];
+}
+
+// sum_q a[q] * row[w0 + q*step] over the valid q, in 16 fixed float lanes.
+inline float dot_row(const float* __restrict a, int64_t nq, const float* __restrict row, int64_t n, int64_t w0,
+                     int64_t step) {
+  const int64_t lo = std::min(nq, w0 >= 0 ? int64_t{0} : (-w0 + step - 1) / step);
+  const int64_t hi = std::max(lo, std::min(nq, w0 >= n ? int64_t{0} : (n - w0 + step - 1) / step));
+  float acc[16] = {};
+  int64_t q = lo;
+  if (step == 1)  // the common case, kept apart so that it vectorizes
+    for (; q + 16 <= hi; q += 16)
+      for (int j = 0; j < 16; ++j) acc[j] += a[q + j] * row[w0 + q + j];
+  else
+    for (; q + 16 <= hi; q += 16)
+      for (int j = 0; j < 16; ++j) acc[j] += a[q + j] * row[w0 + (q + j) * step];
+  for (int j = 0; q < hi; ++q, ++j) acc[j] += a[q] * row[w0 + q * step];
+  float sum = 0.0f;
+  for (float v : acc) sum += v;
+  return sum;
+}
+
+// Channel-wise layers (C/groups = 1, depthwise): the GEMMs would have one row or a reduction of
+// R S, with no reuse to pack for, so each output plane is computed directly from its one input
+// plane: R S shifted row AXPYs per output row, a fixed order for every element. Memory-bound
+// (x + y + w once), 2 K R S P Q flops per image.
+void channelwise_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+  const int64_t Kg = s.K / s.groups, PQ = s.P * s.Q, HW = s.H * s.W;
+#pragma omp parallel for schedule(static)
+  for (int64_t nk = 0; nk < s.N * s.K; ++nk) {
+    const int64_t n = nk / s.K, k = nk % s.K;
+    const float* plane = x + (n * s.C + k / Kg) * HW;
+    float* out = y + nk * PQ;
+    std::fill(out, out + PQ, b ? b[k] : 0.0f);
+    for (int64_t p = 0; p < s.P; ++p)
+      for (int64_t r = 0; r < s.R; ++r) {
+        const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
+        if (h < 0 || h >= s.H) continue;
+        for (int64_t sc = 0; sc < s.S; ++sc)
+          axpy_from_row(out + p * s.Q, s.Q, w[(k * s.R + r) * s.S + sc], plane + h * s.W, s.W,
+                        sc * s.dil_w - s.pad_w, s.stride_w);
+      }
+  }
+}
+
+void channelwise_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+  const int64_t Kg = s.K / s.groups, PQ = s.P * s.Q, HW = s.H * s.W;
+#pragma omp parallel for schedule(static)
+  for (int64_t nc = 0; nc < s.N * s.C; ++nc) {
+    const int64_t n = nc / s.C, c = nc % s.C;
+    float* plane = dx + nc * HW;
+    std::fill(plane, plane + HW, 0.0f);
+    for (int64_t k = c * Kg; k < (c + 1) * Kg; ++k)
+      for (int64_t p = 0; p < s.P; ++p)
+        for (int64_t r = 0; r < s.R; ++r) {
+          const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
+          if (h < 0 || h >= s.H) continue;
+          for (int64_t sc = 0; sc < s.S; ++sc)
+            axpy_to_row(plane + h * s.W, s.W, w[(k * s.R + r) * s.S + sc], dy + (n * s.K + k) * PQ + p * s.Q, s.Q,
+                        sc * s.dil_w - s.pad_w, s.stride_w);
+        }
+  }
+}
+
+void channelwise_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
+  const int64_t Kg = s.K / s.groups, PQ = s.P * s.Q, HW = s.H * s.W, RS = s.R * s.S;
+#pragma omp parallel for schedule(static)
+  for (int64_t krs = 0; krs < s.K * RS; ++krs) {
+    const int64_t k = krs / RS, r = (krs % RS) / s.S, sc = krs % s.S;
+    double acc = 0.0;
+    for (int64_t n = 0; n < s.N; ++n) {
+      const float* plane = x + (n * s.C + k / Kg) * HW;
+      for (int64_t p = 0; p < s.P; ++p) {
+        const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
+        if (h < 0 || h >= s.H) continue;
+        acc += dot_row(dy + (n * s.K + k) * PQ + p * s.Q, s.Q, plane + h * s.W, s.W, sc * s.dil_w - s.pad_w,
+                       s.stride_w);
+      }
+    }
+    dw[krs] = static_cast<float>(acc);
+  }
+}
+
+}  // namespace
+
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+  if (s.C == s.groups) return channelwise_forward(s, x, w, b, y);
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t Kd = Cg * RS;
+  auto pack_a = [&](int64_t g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
+    for (int64_t i = 0; i < MR; ++i) {
+      const float* src = w + (g * Kg + i0 + i) * Kd + p0;
+      if (i < rows)
+        for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = src[p];
+      else
+        for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = 0.0f;
+    }
+  };
+  auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+    Run runs[NR];
+    const int nruns = make_runs(j0, cols, s.P, s.Q, runs);
+    int64_t c = p0 / RS, r = (p0 % RS) / s.S, sc = p0 % s.S;
+    for (int64_t p = 0; p < kc; ++p) {
+      float* d = dst + p * NR;
+      for (int u = 0; u < nruns; ++u) {
+        const Run& ru = runs[u];
+        const int64_t ih = ru.a * s.stride_h - s.pad_h + r * s.dil_h;
+        if (ih < 0 || ih >= s.H) {
+          for (int64_t t = 0; t < ru.len; ++t) d[ru.jj + t] = 0.0f;
+          continue;
+        }
+        const float* row = x + (ru.n * s.C + g * Cg + c) * HW + ih * s.W;
+        copy_row(d + ru.jj, ru.len, row, ru.b0 * s.stride_w - s.pad_w + sc * s.dil_w, s.stride_w, s.W);
+      }
+      if (++sc == s.S) {
+        sc = 0;
+        if (++r == s.R) {
+          r = 0;
+          ++c;
+        }
+      }
+    }
+    zero_tail(dst, cols, kc);
+  };
+  const OutMap out{y, PQ, s.K * PQ, PQ, Kg, b};
+  gemm::run(
+      G, Kg, s.N * PQ, Kd, true, pack_a, pack_b,
+      [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
+        out.store(g, i0, rows, j0, cols, tile, first);
+      });
+}
+
+namespace {
+
+// The gather form: one implicit GEMM straight into dx. With stride > 1 most of its panel is
+// zeros (1 - 1/(sh sw)), and with few channels per group it fills few of the MR rows.
+void data_grad_gather(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t Kd = Kg * RS;
+  auto pack_a = [&](int64_t g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
+    // A[c, (k, r, s)] = w[g*Kg + k, c, r, s]
+    for (int64_t i = 0; i < MR; ++i) {
+      if (i >= rows) {
+        for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = 0.0f;
+        continue;
+      }
+      const float* wc = w + (i0 + i) * RS;
+      int64_t k = p0 / RS, rs = p0 % RS;
+      for (int64_t p = 0; p < kc; ++p) {
+        dst[p * MR + i] = wc[(g * Kg + k) * Cg * RS + rs];
+        if (++rs == RS) {
+          rs = 0;
+          ++k;
+        }
+      }
+    }
+  };
+  auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+    Run runs[NR];
+    const int nruns = make_runs(j0, cols, s.H, s.W, runs);
+    int64_t k = p0 / RS, r = (p0 % RS) / s.S, sc = p0 % s.S;
+    for (int64_t p = 0; p < kc; ++p) {
+      float* d = dst + p * NR;
+      for (int u = 0; u < nruns; ++u) {
+        const Run& ru = runs[u];
+        const int64_t th = ru.a + s.pad_h - r * s.dil_h;
+        const int64_t oh = th / s.stride_h;
+        if (th < 0 || th % s.stride_h != 0 || oh >= s.P) {
+          for (int64_t t = 0; t < ru.len; ++t) d[ru.jj + t] = 0.0f;
+          continue;
+        }
+        const float* row = dy + (ru.n * s.K + g * Kg + k) * PQ + oh * s.Q;
+        int64_t tw = ru.b0 + s.pad_w - sc * s.dil_w;
+        if (s.stride_w == 1) {
+          copy_row(d + ru.jj, ru.len, row, tw, 1, s.Q);
+        } else {
+          for (int64_t t = 0; t < ru.len; ++t, ++tw) {
+            const int64_t ow = tw / s.stride_w;
+            d[ru.jj + t] = (tw >= 0 && tw % s.stride_w == 0 && ow < s.Q) ? row[ow] : 0.0f;
+          }
+        }
+      }
+      if (++sc == s.S) {
+        sc = 0;
+        if (++r == s.R) {
+          r = 0;
+          ++k;
+        }
+      }
+    }
+    zero_tail(dst, cols, kc);
+  };
+  const OutMap out{dx, HW, s.C * HW, HW, Cg, nullptr};
+  gemm::run(
+      G, Cg, s.N * HW, Kd, true, pack_a, pack_b,
+      [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
+        out.store(g, i0, rows, j0, cols, tile, first);
+      });
+}
+
+// The col2im form, per image and group on one thread: dcols[(c,r,s), (p,q)] = sum_k w[k,c,r,s]
+// dy[k,p,q] as an exact GEMM (M = Cg R S, Kd = Kg), then each dx plane is folded from its
+// R S shifted rows in fixed (r, s) order by the thread that owns the image: no atomics.
+void data_grad_col2im(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t M = Cg * RS, items = s.N * G;
+#pragma omp parallel
+  {
+    gemm::Workspace ws;
+    std::vector<float> cols(static_cast<size_t>(M * PQ));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t n = item / G, g = item % G;
+      const float* dyg = dy + (n * s.K + g * Kg) * PQ;
+      auto pack_a = [&](int64_t, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
+        // A[(c,r,s), k] = w[g*Kg + k, (c,r,s)]: contiguous along the rows of the strip.
+        for (int64_t p = 0; p < kc; ++p) {
+          const float* src = w + (g * Kg + p0 + p) * M + i0;
+          for (int64_t i = 0; i < MR; ++i) dst[p * MR + i] = i < rows ? src[i] : 0.0f;
+        }
+      };
+      auto pack_b = [&](int64_t, int64_t p0, int64_t kc, int64_t j0, int64_t ncols, float* dst) {
+        for (int64_t p = 0; p < kc; ++p) {
+          const float* src = dyg + (p0 + p) * PQ + j0;
+          for (int64_t j = 0; j < NR; ++j) dst[p * NR + j] = j < ncols ? src[j] : 0.0f;
+        }
+      };
+      const OutMap out{cols.data(), PQ, 0, PQ, 0, nullptr};
+      gemm::serial(
+          0, M, PQ, Kg, pack_a, pack_b,
+          [&](int64_t, int64_t i0, int64_t rows, int64_t j0, int64_t ncols, const float* tile, bool first) {
+            out.store(0, i0, rows, j0, ncols, tile, first);
+          },
+          ws);
+      for (int64_t c = 0; c < Cg; ++c) {
+        float* plane = dx + (n * s.C + g * Cg + c) * HW;
+        std::fill(plane, plane + HW, 0.0f);
+        for (int64_t rs = 0; rs < RS; ++rs) {
+          const int64_t r = rs / s.S, sc = rs % s.S;
+          const float* src = cols.data() + (c * RS + rs) * PQ;
+          for (int64_t p = 0; p < s.P; ++p) {
+            const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
+            if (h < 0 || h >= s.H) continue;
+            add_row(plane + h * s.W, s.W, src + p * s.Q, s.Q, sc * s.dil_w - s.pad_w, s.stride_w);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// The gather form wins when it wastes nothing (stride 1) and its M = C/G fills the tile rows.
+void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+  if (s.C == s.groups)
+    channelwise_backward_data(s, dy, w, dx);
+  else if (s.stride_h * s.stride_w > 1 || s.C / s.groups < 2 * MR)
+    data_grad_col2im(s, dy, w, dx);
+  else
+    data_grad_gather(s, dy, w, dx);
+}
+
+// The reduction over (n, p, q) is cut into `chunks` equal runs of whole images (a divisor of N,
+// fixed by the shape alone), each reduced into its own partial dw; partials are then summed in
+// chunk order. Threads thus work on different images without repacking the other operand, and
+// the result does not depend on the thread count.
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
+  if (s.C == s.groups) return channelwise_backward_weight(s, dy, x, dw);
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t Nn = Cg * RS, size = s.K * Nn;
+  if (s.N * PQ == 0) {
+    std::fill(dw, dw + size, 0.0f);
+    return;
+  }
+  // Each partial costs a write and a read of dw: worth it only with >= 1024 reduction terms per
+  // element of it, and bounded in memory. Columns give the threads work when chunks cannot.
+  const int64_t max_chunks =
+      std::min<int64_t>({8, std::max<int64_t>(1, (int64_t{16} << 20) / size), std::max<int64_t>(1, s.N * PQ / 1024)});
+  int64_t chunks = 1;
+  for (int64_t d = std::min(s.N, max_chunks); d > 1; --d)
+    if (s.N % d == 0) {
+      chunks = d;
+      break;
+    }
+  const int64_t per = s.N / chunks, Kd = per * PQ;
+  std::vector<float> partial(chunks > 1 ? static_cast<size_t>(chunks * size) : 0);
+  auto pack_a = [&](int64_t item, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
+    // A[k, (n, p, q)] = dy[n, g*Kg + k, p, q]: per row, contiguous runs of one image.
+    const int64_t n0 = item / G * per, g = item % G;
+    for (int64_t i = 0; i < MR; ++i) {
+      if (i >= rows) {
+        for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = 0.0f;
+        continue;
+      }
+      int64_t n = n0 + p0 / PQ, pq = p0 % PQ;
+      for (int64_t p = 0; p < kc;) {
+        const int64_t len = std::min(kc - p, PQ - pq);
+        const float* src = dy + (n * s.K + g * Kg + i0 + i) * PQ + pq;
+        for (int64_t t = 0; t < len; ++t) dst[(p + t) * MR + i] = src[t];
+        p += len;
+        pq = 0;
+        ++n;
+      }
+    }
+  };
+  auto pack_b = [&](int64_t item, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+    // B[(n, p, q), (c, r, s)] = x[n, g*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw]: each column
+    // is a strided walk along rows of x, so gather it with range-split row copies, then transpose.
+    const int64_t n0 = item / G * per, g = item % G;
+    alignas(64) float tmp[NR * gemm::KC];
+    for (int64_t j = 0; j < cols; ++j) {
+      const int64_t col = j0 + j, c = col / RS, r = (col % RS) / s.S, sc = col % s.S;
+      float* d = tmp + j * kc;
+      int64_t n = n0 + p0 / PQ, oh = (p0 % PQ) / s.Q, ow = p0 % s.Q;
+      for (int64_t p = 0; p < kc;) {
+        const int64_t len = std::min(kc - p, s.Q - ow);
+        const int64_t ih = oh * s.stride_h - s.pad_h + r * s.dil_h;
+        if (ih < 0 || ih >= s.H)
+          for (int64_t t = 0; t < len; ++t) d[p + t] = 0.0f;
+        else
+          copy_row(d + p, len, x + (n * s.C + g * Cg + c) * HW + ih * s.W, ow * s.stride_w - s.pad_w + sc * s.dil_w,
+                   s.stride_w, s.W);
+        p += len;
+        ow = 0;
+        if (++oh == s.P) {
+          oh = 0;
+          ++n;
+        }
+      }
+    }
+    gemm::transpose_to_panel(tmp, kc, kc, cols, dst);
+  };
+  gemm::run(
+      chunks * G, Kg, Nn, Kd, false, pack_a, pack_b,
+      [&](int64_t item, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
+        float* target = chunks > 1 ? partial.data() + item / G * size : dw;
+        OutMap{target, Nn, 0, Nn, Kg, nullptr}.store(item % G, i0, rows, j0, cols, tile, first);
+      });
+  if (chunks > 1) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < size; ++i) {
+      float acc = partial[i];
+      for (int64_t c = 1; c < chunks; ++c) acc += partial[c * size + i];
+      dw[i] = acc;
+    }
+  }
+}
+
+}  // namespace FASTOPT_ISA
+
+#ifdef FASTOPT_ISA_BASELINE
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+  FASTOPT_CPU_DISPATCH(conv2d_forward(s, x, w, b, y))
+}
+void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+  FASTOPT_CPU_DISPATCH(conv2d_backward_data(s, dy, w, dx))
+}
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
+  FASTOPT_CPU_DISPATCH(conv2d_backward_weight(s, dy, x, dw))
+}
+
+// Memory-bound (4 bytes read per flop), so one plain pass: channels over the threads, each
+// summed in double in (n, p, q) order.
+void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db) {
+  const int64_t PQ = s.P * s.Q;
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < s.K; ++k) {
+    double acc = 0.0;
+    for (int64_t n = 0; n < s.N; ++n) {
+      const float* src = dy + (n * s.K + k) * PQ;
+      double part = 0.0;
+      for (int64_t i = 0; i < PQ; ++i) part += src[i];
+      acc += part;
+    }
+    db[k] = static_cast<float>(acc);
+  }
+}
+#endif
+
+}  // namespace fastopt::cpu

@@ -1,0 +1,287 @@
+"""conv2d benchmark: `python -m fastopt.bench.conv2d` (the lead wires `fastopt bench` to main()).
+
+For each layer of the issue's set and each pass (forward, data-grad, weight-grad), times fastopt
+(CPU, and CUDA when a GPU is usable), torch (oneDNN on the CPU; cuDNN with benchmark mode and
+TF32 off on the GPU) and the float64 NumPy reference, interleaving contenders round by round so
+that a noisy neighbour hits all alike. Each pass must do 2 N K (C/G) R S P Q flops; its floor
+is the larger of flops / the machine's SGEMM rate (numpy.matmul 2048^3 float32 on the CPU,
+torch.matmul with TF32 off on the GPU) and bytes (x + w + y once) / the copy bandwidth
+(fastopt._C.copy_ between two float32 arrays of the layer's working-set size), both measured in
+the same run (best sample). Medians of the contenders; progress on stderr, a Markdown table on stdout; --out DIR writes
+results.json, results.md and chart.png.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import fastopt
+from fastopt import _C
+from fastopt import functional as F
+from fastopt.reference import conv as ref
+
+from .backends import torch_or_none
+from .report import cpu_model
+from .timing import clock_for, release_gpu_memory
+
+# name, C, K, H (= W), R (= S), stride, padding, groups
+LAYERS = [
+    ("3x3 64@56", 64, 64, 56, 3, 1, 1, 1),
+    ("3x3 128@28", 128, 128, 28, 3, 1, 1, 1),
+    ("3x3 256@14", 256, 256, 14, 3, 1, 1, 1),
+    ("3x3 512@7", 512, 512, 7, 3, 1, 1, 1),
+    ("1x1 64>256@56", 64, 256, 56, 1, 1, 0, 1),
+    ("dw3x3 64@56", 64, 64, 56, 3, 1, 1, 64),
+    ("7x7/2 3>64@224", 3, 64, 224, 7, 2, 3, 1),
+]
+PASSES = ("forward", "data-grad", "weight-grad")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="fastopt bench conv2d", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    p.add_argument("--quick", action="store_true", help="small batch (N=8 on the CPU, 32 on the GPU)")
+    p.add_argument("--out", metavar="DIR", help="write results.json, results.md and chart.png here")
+    p.add_argument("--repeat", type=int, default=9, help="timed rounds per contender (default 9; NumPy: 1 with --quick, else 3)")
+    p.add_argument("--batch", type=int, default=None, help="override N (default 32 CPU / 128 GPU)")
+    a = p.parse_args(argv)
+    if a.repeat < 1:
+        p.error("--repeat must be >= 1")
+    return a
+
+
+def log(msg):
+    print(f"[conv2d bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def flops(n, c, k, p, q, r, groups):
+    return 2.0 * n * k * (c // groups) * r * r * p * q
+
+
+# ------------------------------------------------------------------------ ceilings
+# Ceilings take the best sample, not the median: a neighbour's load only ever slows a sample
+# down, and a ceiling that noise lowered would flatter every percentage measured against it.
+def sgemm_rate(device, torch, rounds=5):
+    """FLOP/s of a 2048^3 float32 matrix product: numpy.matmul (OpenBLAS) or torch on the GPU."""
+    n = 2048
+    if device == "cpu":
+        a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+        b, c = a.copy(), np.empty_like(a)
+        step = lambda: np.matmul(a, b, out=c)  # noqa: E731
+    else:
+        a = torch.randn(n, n, device="cuda")
+        b, c = a.clone(), torch.empty_like(a)
+        step = lambda: torch.matmul(a, b, out=c)  # noqa: E731
+    clock = clock_for(device)
+    step()
+    return 2.0 * n ** 3 / min(sum((clock.block(step, 2) for _ in range(rounds)), []))
+
+
+def copy_bandwidth(device, nbytes, rounds=7):
+    """Bytes/s (read + write) of fastopt._C.copy_ between two float32 arrays of nbytes each."""
+    n = max(nbytes // 4, 1 << 16)
+    if device == "cpu":
+        src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
+    else:
+        src, dst = fastopt.to_device(np.ones(n, np.float32)), fastopt.empty((n,))
+    step = lambda: _C.copy_(dst, src, 0)  # noqa: E731
+    clock = clock_for(device)
+    step()
+    return 2.0 * 4 * n / min(sum((clock.block(step, 3) for _ in range(rounds)), []))
+
+
+# ------------------------------------------------------------------------ contenders
+def contenders(device, layer, n, torch, with_reference):
+    """{backend: {pass: step}} on one copy of the layer's data per backend."""
+    _, c, k, h, r, stride, pad, groups = layer
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    w = (rng.standard_normal((k, c // groups, r, r)) / np.sqrt(c // groups * r * r)).astype(np.float32)
+    p, q = ref.output_size(h, h, r, r, (stride, stride), (pad, pad), (1, 1))
+    dy = rng.standard_normal((n, k, p, q)).astype(np.float32)
+    args = (stride, pad, 1, groups)
+    out = {}
+    put = (lambda a: a) if device == "cpu" else fastopt.to_device
+    xd, wd, dyd = put(x), put(w), put(dy)
+    out["fastopt"] = {
+        "forward": lambda: F.conv2d_forward(xd, wd, None, *args),
+        "data-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(True, False, False)),
+        "weight-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(False, True, False)),
+    }
+    if torch is not None:
+        dev = "cpu" if device == "cpu" else "cuda"
+        xt, wt, dyt = (torch.from_numpy(a.copy()).to(dev) for a in (x, w, dy))
+        bwd = torch.ops.aten.convolution_backward
+
+        def tb(mask):
+            return lambda: bwd(dyt, xt, wt, None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0], groups, mask)
+
+        out["torch"] = {
+            "forward": lambda: torch.nn.functional.conv2d(xt, wt, None, stride, pad, 1, groups),
+            "data-grad": tb([True, False, False]),
+            "weight-grad": tb([False, True, False]),
+        }
+    if with_reference:
+        out["numpy-ref"] = {
+            "forward": lambda: ref.conv2d_forward(x, w, None, *args),
+            "data-grad": lambda: ref.conv2d_backward(dy, x, w, *args, need=(True, False, False)),
+            "weight-grad": lambda: ref.conv2d_backward(dy, x, w, *args, need=(False, True, False)),
+        }
+    nbytes = 4 * (x.size + w.size + dy.size)
+    return out, flops(n, c, k, p, q, r, groups), nbytes
+
+
+def time_layer(device, layer, n, torch, repeat, with_reference, ref_repeat):
+    steps, fl, nbytes = contenders(device, layer, n, torch, with_reference)
+    clock = clock_for(device)
+    samples = {(b, ps): [] for b in steps for ps in PASSES}
+    for b in steps:  # warm-up: first-touch allocation, oneDNN/cuDNN plan selection
+        for ps in PASSES:
+            steps[b][ps]()
+    for rnd in range(repeat):
+        for b in steps:
+            if b == "numpy-ref" and rnd >= ref_repeat:
+                continue
+            for ps in PASSES:
+                samples[(b, ps)] += clock.block(steps[b][ps], 1)
+    return {k: statistics.median(v) for k, v in samples.items()}, fl, nbytes
+
+
+# ------------------------------------------------------------------------ report
+def run(args):
+    torch = torch_or_none()
+    gpu = fastopt.cuda.is_available()
+    if args.device == "cuda" and not gpu:
+        raise SystemExit("conv2d bench: --device cuda, but no usable GPU")
+    devices = ["cpu", "cuda"] if args.device == "all" and gpu else (["cpu"] if args.device == "all" else [args.device])
+    if torch is not None:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    rows, ceilings = [], {}
+    for device in devices:
+        n = args.batch or ((8 if args.quick else 32) if device == "cpu" else (32 if args.quick else 128))
+        tdev = torch if (torch is not None and (device == "cpu" or torch.cuda.is_available())) else None
+        has_sgemm = device == "cpu" or tdev is not None
+        ceilings[device] = {"sgemm_gflops": None, "batch": n, "copy_gbps": {}}
+        rates, measured = [], []
+        # The SGEMM rate is sampled next to every layer and the best kept, so that the ceiling
+        # sees the same quiet spells as the layers it is compared with.
+        for i, layer in enumerate(LAYERS):
+            t0 = time.perf_counter()
+            if has_sgemm:
+                rates.append(sgemm_rate(device, tdev))
+            times, fl, nbytes = time_layer(device, layer, n, tdev, args.repeat, device == "cpu",
+                                           1 if args.quick else 3)
+            bw = copy_bandwidth(device, nbytes)
+            ceilings[device]["copy_gbps"][layer[0]] = bw / 1e9
+            measured.append((layer, fl, nbytes, bw, times))
+            log(f"{device}: [{i + 1}/{len(LAYERS)}] {layer[0]} in {time.perf_counter() - t0:.1f} s")
+        rate = max(rates) if rates else None
+        ceilings[device]["sgemm_gflops"] = rate / 1e9 if rate else None
+        ceilings[device]["sgemm_samples_gflops"] = [r / 1e9 for r in rates]
+        log(f"{device}: SGEMM (best of {len(rates)}) {rate / 1e9:.0f} GFLOP/s" if rate else f"{device}: no SGEMM rate")
+        for layer, fl, nbytes, bw, times in measured:
+            floor = max(fl / rate if rate else 0.0, nbytes / bw)
+            for ps in PASSES:
+                base = {b: times[(b, ps)] for b in ("torch", "numpy-ref") if (b, ps) in times}
+                for b in sorted({b for b, p in times if p == ps}):
+                    t = times[(b, ps)]
+                    rows.append({
+                        "device": device, "layer": layer[0], "pass": ps, "backend": b, "batch": n,
+                        "median_ms": t * 1e3, "gflops": fl / t / 1e9, "gflop": fl / 1e9, "bytes": nbytes,
+                        "pct_of_floor": 100.0 * floor / t,
+                        "pct_of_sgemm": 100.0 * fl / t / rate if rate else None,
+                        "vs_torch": base["torch"] / t if "torch" in base else None,
+                        "vs_numpy": base["numpy-ref"] / t if "numpy-ref" in base else None,
+                    })
+        release_gpu_memory()
+    doc = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": {"cpu_model": cpu_model(), "cpus": os.cpu_count()},
+        "fastopt": fastopt.build_info(), "torch": getattr(torch, "__version__", None), "numpy": np.__version__,
+        "settings": {"quick": args.quick, "repeat": args.repeat, "devices": devices},
+        "ceilings": ceilings, "rows": rows,
+    }
+    md = markdown(doc)
+    print(md)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(doc, f, indent=1)
+        with open(os.path.join(args.out, "results.md"), "w") as f:
+            f.write(md + "\n")
+        chart(doc, os.path.join(args.out, "chart.png"))
+        log(f"wrote {args.out}/results.json, results.md, chart.png")
+    return 0
+
+
+def _f(v, fmt):
+    return "-" if v is None else format(v, fmt)
+
+
+def markdown(doc):
+    out = [f"# conv2d, {doc['date']}", "",
+           f"Host: {doc['host']['cpu_model']} ({doc['host']['cpus']} CPUs); torch {doc['torch']}, "
+           f"numpy {doc['numpy']}; settings {doc['settings']}.", ""]
+    for device, ceil in doc["ceilings"].items():
+        out.append(f"**{device}**: N = {ceil['batch']}; SGEMM {_f(ceil['sgemm_gflops'], '.0f')} GFLOP/s; copy "
+                   f"{_f(min(ceil['copy_gbps'].values(), default=None), '.0f')}-"
+                   f"{_f(max(ceil['copy_gbps'].values(), default=None), '.0f')} GB/s (read + write).")
+    out += ["", "GFLOP/s = 2 N K (C/G) R S P Q / median time. % floor: the floor (max of flops / SGEMM rate, "
+            "bytes / copy bandwidth) over the time. vs torch / vs NumPy: their time over this one (> 1: faster).", "",
+            "| device | layer | pass | backend | median ms | GFLOP/s | % floor | % SGEMM | vs torch | vs NumPy |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in doc["rows"]:
+        out.append(f"| {r['device']} | {r['layer']} | {r['pass']} | {r['backend']} | {r['median_ms']:.2f} | "
+                   f"{r['gflops']:.1f} | {r['pct_of_floor']:.0f}% | {_f(r['pct_of_sgemm'], '.0f')}% | "
+                   f"{_f(r['vs_torch'], '.2f')} | {_f(r['vs_numpy'], '.1f')} |")
+    return "\n".join(out)
+
+
+def chart(doc, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    devices = list(doc["ceilings"])
+    fig, axes = plt.subplots(len(devices), len(PASSES), figsize=(18, 5.5 * len(devices)), squeeze=False)
+    colors = {"fastopt": "#1f77b4", "torch": "#ff7f0e", "numpy-ref": "#7f7f7f"}
+    for di, device in enumerate(devices):
+        rows = [r for r in doc["rows"] if r["device"] == device]
+        layers = list(dict.fromkeys(r["layer"] for r in rows))
+        backends = [b for b in colors if any(r["backend"] == b for r in rows)]
+        width = 0.8 / len(backends)
+        for pi, ps in enumerate(PASSES):
+            ax = axes[di][pi]
+            for bi, b in enumerate(backends):
+                vals = [next((r["gflops"] for r in rows if r["layer"] == l and r["pass"] == ps and r["backend"] == b),
+                             0.0) for l in layers]
+                xs = np.arange(len(layers)) + (bi - (len(backends) - 1) / 2) * width
+                ax.bar(xs, vals, width, label=b, color=colors[b])
+            rate = doc["ceilings"][device]["sgemm_gflops"]
+            if rate:
+                ax.axhline(rate, color="k", ls="--", lw=1)
+                ax.text(len(layers) - 0.5, rate, f"SGEMM {rate:.0f}", ha="right", va="bottom", fontsize=9)
+            ax.set_xticks(np.arange(len(layers)))
+            ax.set_xticklabels(layers, rotation=30, ha="right", fontsize=9)
+            ax.set_ylabel("GFLOP/s (higher is better)")
+            ax.set_title(f"{device}, N={doc['ceilings'][device]['batch']}: {ps}")
+            ax.grid(axis="y", alpha=0.3)
+            if pi == 0:
+                ax.legend(fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None):
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""conv2d forward and gradients against the float64 NumPy reference, the reference against the
+plain definition (and against torch in float64 when installed), and argument checking.
+
+Tolerance: max |native - reference| / max |reference| < 1e-5 for every output (float32
+accumulation over at most a few hundred terms here; the issue's bound is 1e-4)."""
+import itertools
+
+import numpy as np
+import pytest
+
+import fastopt.functional as F
+from fastopt.reference import conv as ref
+
+from conftest import fetch, put
+
+RTOL = 1e-5
+
+
+def rel_err(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape
+    scale = np.abs(want).max() if want.size else 0.0
+    return np.abs(got - want).max() / scale if want.size and scale > 0 else np.abs(got - want).max(initial=0.0)
+
+
+def check(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, groups, bias, need=(True, True, True)):
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((k, c // groups, r, s)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32) if bias else None
+    args = (stride, padding, dilation, groups)
+    y = fetch(F.conv2d_forward(put(x, backend), put(wt, backend), None if b is None else put(b, backend), *args))
+    want = ref.conv2d_forward(x, wt, b, *args)
+    assert y.dtype == np.float32
+    assert rel_err(y, want) < RTOL
+    dy = rng.standard_normal(want.shape).astype(np.float32)
+    got = F.conv2d_backward(put(dy, backend), put(x, backend), put(wt, backend), *args, need=need)
+    wants = ref.conv2d_backward(dy, x, wt, *args, need=need)
+    for name, g, gw, asked in zip(("dx", "dw", "db"), got, wants, need):
+        if not asked:
+            assert g is None, name
+            continue
+        g = fetch(g)
+        assert g.dtype == np.float32, name
+        assert rel_err(g, gw) < RTOL, name
+
+
+# The issue's full product: stride x padding x dilation x groups x kernel size x bias, N = 1,
+# odd spatial sizes (large enough that a 7x7 kernel with dilation 2 and no padding still fits).
+C, K = 4, 8
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("ksize", [1, 3, 5, 7])
+@pytest.mark.parametrize("groups", [1, 2, C])
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("padding", [0, 1, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_all_combinations(backend, rng, stride, padding, dilation, groups, ksize, bias):
+    check(backend, rng, 1, C, 15, 13, K, ksize, ksize, stride, padding, dilation, groups, bias)
+
+
+@pytest.mark.parametrize("n,c,h,w,k,r,s,stride,padding,dilation,groups", [
+    (2, 3, 9, 11, 5, 3, 2, (2, 1), (1, 0), (1, 2), 1),        # non-square everything
+    (3, 40, 13, 13, 30, 3, 3, 1, 1, 1, 1),                    # reduction over several KC blocks
+    (2, 48, 11, 9, 10, 3, 3, 1, 2, 2, 2),                     # data-grad as a gather, grouped, dilated
+    (1, 300, 5, 7, 160, 1, 1, 1, 0, 1, 1),                    # more rows than one MC block
+    (2, 6, 31, 29, 12, 3, 3, 2, 1, 1, 3),                     # many column tiles, grouped
+    (4, 6, 33, 35, 8, 3, 3, 1, 1, 1, 1),                      # weight-grad over 4 image chunks
+    (5, 3, 23, 23, 7, 7, 7, 2, 3, 1, 1),                      # stem-like, 3 input channels
+    (1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1),                        # one element
+    (1, 2, 1, 1, 3, 3, 3, 1, 1, 1, 1),                        # 1x1 image, all taps but one in padding
+    (2, 8, 7, 7, 8, 3, 3, 1, 1, 1, 8),                        # depthwise
+    (1, 2, 8, 8, 2, 3, 3, 3, 0, 1, 1),                        # stride that skips input pixels
+])
+def test_shapes(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, groups):
+    check(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, groups, bias=True)
+
+
+@pytest.mark.parametrize("need", [(True, False, False), (False, True, False), (False, False, True),
+                                  (False, False, False), (True, True, False)])
+def test_need(backend, rng, need):
+    check(backend, rng, 2, 4, 9, 7, 6, 3, 3, 1, 1, 1, 2, True, need=need)
+
+
+def test_empty_batch(backend):
+    x = np.zeros((0, 3, 5, 5), np.float32)
+    wt = np.ones((4, 3, 3, 3), np.float32)
+    y = fetch(F.conv2d_forward(put(x, backend), put(wt, backend), None, 1, 1))
+    assert y.shape == (0, 4, 5, 5)
+    dx, dw, db = F.conv2d_backward(put(y, backend), put(x, backend), put(wt, backend), 1, 1)
+    assert fetch(dx).shape == (0, 3, 5, 5)
+    np.testing.assert_array_equal(fetch(dw), np.zeros((4, 3, 3, 3), np.float32))
+    np.testing.assert_array_equal(fetch(db), np.zeros(4, np.float32))
+
+
+def test_deterministic(backend, rng):
+    x = rng.standard_normal((4, 16, 19, 17)).astype(np.float32)
+    wt = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((4, 24, 19, 17)).astype(np.float32)
+    xd, wd, dyd = put(x, backend), put(wt, backend), put(dy, backend)
+    first = [fetch(a) for a in F.conv2d_backward(dyd, xd, wd, 1, 1)] + [fetch(F.conv2d_forward(xd, wd, None, 1, 1))]
+    again = [fetch(a) for a in F.conv2d_backward(dyd, xd, wd, 1, 1)] + [fetch(F.conv2d_forward(xd, wd, None, 1, 1))]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- the reference itself
+
+@pytest.mark.parametrize("stride,padding,dilation,groups,ksize", [
+    (1, 0, 1, 1, 3), (2, 1, 1, 2, 3), (1, 2, 2, 4, 3), (2, 0, 2, 1, 1), ((2, 1), (0, 2), (1, 2), 2, 5)])
+def test_reference_matches_definition(rng, stride, padding, dilation, groups, ksize):
+    x = rng.standard_normal((2, 4, 9, 8))
+    w = rng.standard_normal((6 if groups != 4 else 4, 4 // groups, ksize, ksize))
+    b = rng.standard_normal(w.shape[0])
+    fast = ref.conv2d_forward(x, w, b, stride, padding, dilation, groups)
+    np.testing.assert_allclose(fast, ref.conv2d_loop(x, w, b, stride, padding, dilation, groups), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_reference_gradients_are_adjoints(rng):
+    # <dy, conv(x)> = <dx, x> and <dy, conv_w(x)> = <dw, w> for the bias-free linear map.
+    for stride, padding, dilation, groups in itertools.product([1, 2], [0, 2], [1, 2], [1, 2]):
+        x = rng.standard_normal((2, 4, 11, 10))
+        w = rng.standard_normal((6, 4 // groups, 3, 3))
+        y = ref.conv2d_forward(x, w, None, stride, padding, dilation, groups)
+        dy = rng.standard_normal(y.shape)
+        dx, dw, db = ref.conv2d_backward(dy, x, w, stride, padding, dilation, groups)
+        inner = np.vdot(dy, y)
+        np.testing.assert_allclose(np.vdot(dx, x), inner, rtol=1e-10)
+        np.testing.assert_allclose(np.vdot(dw, w), inner, rtol=1e-10)
+        np.testing.assert_allclose(db, dy.sum(axis=(0, 2, 3)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups", [(1, 1, 1, 1), (2, 2, 2, 2), ((1, 2), (2, 0), (2, 1), 4)])
+def test_reference_matches_torch(rng, stride, padding, dilation, groups):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 4, 10, 9))
+    w = rng.standard_normal((8, 4 // groups, 3, 3))
+    b = rng.standard_normal(8)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    yt = torch.nn.functional.conv2d(xt, wt, bt, stride, padding, dilation, groups)
+    dy = rng.standard_normal(tuple(yt.shape))
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(ref.conv2d_forward(x, w, b, stride, padding, dilation, groups), yt.detach().numpy(),
+                               rtol=1e-12, atol=1e-12)
+    for got, want in zip(ref.conv2d_backward(dy, x, w, stride, padding, dilation, groups), (xt, wt, bt)):
+        np.testing.assert_allclose(got, want.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- bad input
+
+def _args():
+    return np.zeros((2, 4, 8, 8), np.float32), np.zeros((6, 2, 3, 3), np.float32)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda x, w: F.conv2d_forward(x, w, groups=3), ValueError, r"groups: the 4 input channels of x are not divisible"),
+    (lambda x, w: F.conv2d_forward(x, np.zeros((5, 1, 3, 3), np.float32), groups=4), ValueError,
+     r"groups: the 5 output channels of w are not divisible"),
+    (lambda x, w: F.conv2d_forward(x, w), ValueError, r"w: expected shape \(K, C/groups = 4, R, S\)"),
+    (lambda x, w: F.conv2d_forward(x, np.zeros((6, 4, 9, 3), np.float32)), ValueError, r"x: output size would be <= 0"),
+    (lambda x, w: F.conv2d_forward(x, w, dilation=5, groups=2), ValueError, r"x: output size would be <= 0"),
+    (lambda x, w: F.conv2d_forward(x[0], w, groups=2), ValueError, r"x: expected a 4-D array"),
+    (lambda x, w: F.conv2d_forward(x, w[0], groups=2), ValueError, r"w: expected a 4-D array"),
+    (lambda x, w: F.conv2d_forward(x, np.zeros((0, 2, 3, 3), np.float32), groups=2), ValueError,
+     r"w: every dimension must be >= 1"),
+    (lambda x, w: F.conv2d_forward(x, w, np.zeros(5, np.float32), groups=2), ValueError, r"b: expected shape \(6,\)"),
+    (lambda x, w: F.conv2d_forward(x.astype(np.float64), w, groups=2), TypeError, r"x: expected a float32 array"),
+    (lambda x, w: F.conv2d_forward(x, w.astype(np.float16), groups=2), TypeError, r"w: unsupported dtype float16"),
+    (lambda x, w: F.conv2d_forward(x[:, :, ::2], w, groups=2), ValueError, r"x: array must be C-contiguous"),
+    (lambda x, w: F.conv2d_forward(x, w, stride=0, groups=2), ValueError, r"stride: must be >= 1"),
+    (lambda x, w: F.conv2d_forward(x, w, padding=(1, -1), groups=2), ValueError, r"padding: must be >= 0"),
+    (lambda x, w: F.conv2d_forward(x, w, dilation=0, groups=2), ValueError, r"dilation: must be >= 1"),
+    (lambda x, w: F.conv2d_forward(x, w, groups=0), ValueError, r"groups: must be >= 1"),
+    (lambda x, w: F.conv2d_forward(x, w, stride=(1, 2, 3), groups=2), ValueError, r"stride: expected an int or a pair"),
+    (lambda x, w: F.conv2d_forward(x, w, padding=1.5, groups=2), ValueError, r"padding: expected an int or a pair"),
+    (lambda x, w: F.conv2d_forward([[1.0]], w, groups=2), TypeError, r"x: expected a numpy.ndarray"),
+    (lambda x, w: F.conv2d_backward(np.zeros((2, 6, 6, 7), np.float32), x, w, groups=2), ValueError,
+     r"dy: expected the output shape \(2, 6, 6, 6\)"),
+    (lambda x, w: F.conv2d_backward(np.zeros((2, 6, 6, 6), np.float64), x, w, groups=2), TypeError,
+     r"dy: expected a float32 array"),
+    (lambda x, w: F.conv2d_backward(np.zeros((2, 6, 6, 6), np.float32), x, w, groups=3), ValueError, r"groups: "),
+    (lambda x, w: F.conv2d_backward(np.zeros((2, 6, 6, 6), np.float32), x, w, groups=2, need=(True,)), ValueError,
+     r"need: expected three flags"),
+])
+def test_bad_arguments(call, exc, match):
+    x, w = _args()
+    with pytest.raises(exc, match=match):
+        call(x, w)
+
+
+def test_read_only_inputs_are_fine(rng):
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    x.flags.writeable = w.flags.writeable = False
+    assert rel_err(F.conv2d_forward(x, w, None, 1, 1), ref.conv2d_forward(x, w, None, 1, 1)) < RTOL
+
+
+def test_thread_count_does_not_change_bits(tmp_path):
+    # Every reduction has a fixed order (fixed image chunks, fixed KC blocks, no atomics), so one
+    # thread and many give identical bits. Shapes hit each CPU path: GEMM with several image
+    # chunks, col2im data-grad (stride 2), gather data-grad (wide groups), channel-wise.
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, numpy as np, fastopt.functional as F\n"
+        "rng = np.random.default_rng(7)\n"
+        "out = []\n"
+        "for n, c, k, h, st, g in [(6, 16, 24, 19, 1, 1), (4, 8, 16, 17, 2, 2), (2, 64, 48, 9, 1, 2), (3, 8, 16, 11, 1, 8)]:\n"
+        "    x = rng.standard_normal((n, c, h, h)).astype(np.float32)\n"
+        "    w = rng.standard_normal((k, c // g, 3, 3)).astype(np.float32)\n"
+        "    y = F.conv2d_forward(x, w, None, st, 1, 1, g)\n"
+        "    dy = rng.standard_normal(y.shape).astype(np.float32)\n"
+        "    out += [y, *F.conv2d_backward(dy, x, w, st, 1, 1, g)]\n"
+        "np.savez(sys.argv[1], *out)\n")
+    results = []
+    for threads in ("1", "2", "3"):
+        path = tmp_path / f"t{threads}.npz"
+        subprocess.run([sys.executable, str(script), str(path)], check=True,
+                       env={**os.environ, "OMP_NUM_THREADS": threads})
+        results.append(np.load(path))
+    for other in results[1:]:
+        for key in results[0].files:
+            np.testing.assert_array_equal(results[0][key], other[key], err_msg=key)
