@@ -9,7 +9,6 @@ import pytest
 import fastopt
 from fastopt import optim
 
-from conftest import fetch, put
 
 
 def _adam(n=8):
@@ -172,17 +171,20 @@ def test_cli_info():
 def test_host_dlpack_layout_is_read_by_numpy(rng):
     # The DLPack structs DeviceArray exports, checked through NumPy's own importer.
     from fastopt import _C
+
+    class Exporter:
+        def __init__(self, array):
+            self.array = array
+
+        def __dlpack__(self, **kwargs):
+            return _C._host_dlpack(self.array)
+
+        def __dlpack_device__(self):
+            return (1, 0)
+
     for dtype in (np.float32, np.float64, np.int32, np.int64, np.uint8, np.bool_):
         x = (rng.standard_normal((3, 5)) * 10).astype(dtype)
-
-        class Exporter:
-            def __dlpack__(self, **kwargs):
-                return _C._host_dlpack(x)
-
-            def __dlpack_device__(self):
-                return (1, 0)
-
-        y = np.from_dlpack(Exporter())
+        y = np.from_dlpack(Exporter(x))
         assert y.dtype == x.dtype and y.shape == x.shape
         np.testing.assert_array_equal(y, x)
         assert np.shares_memory(x, y)

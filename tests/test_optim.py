@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import fastopt
 from fastopt import optim
 from fastopt.reference import optim as ref
 

@@ -11,7 +11,6 @@ the same run (best sample). Medians of the contenders; progress on stderr, a Mar
 results.json, results.md and chart.png.
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ from fastopt import functional as F
 from fastopt.reference import conv as ref
 
 from .backends import torch_or_none
-from .report import cpu_model
+from .report import cpu_model, save
 from .timing import clock_for, release_gpu_memory
 
 # name, C, K, H (= W), R (= S), stride, padding, groups
@@ -210,13 +209,7 @@ def run(args):
     md = markdown(doc)
     print(md)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump(doc, f, indent=1)
-        with open(os.path.join(args.out, "results.md"), "w") as f:
-            f.write(md + "\n")
-        chart(doc, os.path.join(args.out, "chart.png"))
-        log(f"wrote {args.out}/results.json, results.md, chart.png")
+        save(args.out, doc, md, chart)
     return 0
 
 

@@ -10,7 +10,6 @@ F.dropout does; the copy writes into a preallocated one.
   python -m fastopt.bench.dropout [--device cpu|cuda|all] [--quick] [--repeat R] [--out DIR]
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,7 +23,7 @@ from fastopt import functional as F
 from fastopt.reference import dropout as R
 
 from .backends import torch_or_none
-from .report import cpu_model, header
+from .report import cpu_model, header, save
 from .timing import clock_for, release_gpu_memory
 
 P = 0.5
@@ -279,13 +278,7 @@ def main(argv=None):
     text = markdown(doc)
     print(text)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump(doc, f, indent=1)
-        with open(os.path.join(args.out, "results.md"), "w") as f:
-            f.write(text)
-        chart(doc, os.path.join(args.out, "chart.png"))
-        print(f"wrote {args.out}/results.json, results.md, chart.png", file=sys.stderr)
+        save(args.out, doc, text, chart)
     return 0
 
 

@@ -191,13 +191,10 @@ def run(args):
     text = report.markdown(doc)
     print(text)
     if args.out:
-        report.write(doc, args.out)
-        if not args.no_chart:
-            try:
-                from .chart import draw
-                draw(doc, os.path.join(args.out, "chart.png"))
-            except ImportError as e:
-                print(f"fastopt bench: no chart ({e}; pip install matplotlib)", file=sys.stderr)
-        print(f"fastopt bench: wrote {args.out}/results.json, results.md"
-              f"{'' if args.no_chart else ', chart.png'}", file=sys.stderr)
+        report.save(args.out, doc, text, None if args.no_chart else _draw)
     return 0
+
+
+def _draw(doc, path):
+    from .chart import draw  # matplotlib is optional
+    draw(doc, path)

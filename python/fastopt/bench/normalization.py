@@ -12,7 +12,6 @@ alike; medians are reported. Progress goes to stderr, a Markdown table to stdout
 results.json, results.md and chart.png. Run: python -m fastopt.bench.normalization --quick.
 """
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,6 +24,7 @@ from fastopt import functional as F
 from fastopt.reference import normalization as ref
 
 from .backends import torch_or_none
+from .report import save
 from .timing import clock_for, release_gpu_memory
 
 FLOOR_BYTES = 20      # per element: 3 reads + 2 writes of fp32
@@ -298,16 +298,11 @@ def run(args):
     md = markdown(doc)
     print(md)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump(doc, f, indent=1)
-        with open(os.path.join(args.out, "results.md"), "w") as f:
-            f.write(f"# fastopt normalization benchmark\n\n{doc['machine']}; build {doc['build']['simd']}, "
-                    f"{doc['build']['cpu_threads']} threads; torch {doc['torch']} "
-                    f"({doc['torch_threads']} threads). 1-minute load average {doc['load_average'][0]:.1f} "
-                    f"before, {doc['load_average'][1]:.1f} after the run ({os.cpu_count()} CPUs).\n\n{md}\n")
-        draw(doc, os.path.join(args.out, "chart.png"))
-        print(f"wrote {args.out}/results.json, results.md, chart.png", file=sys.stderr)
+        header = (f"# fastopt normalization benchmark\n\n{doc['machine']}; build {doc['build']['simd']}, "
+                  f"{doc['build']['cpu_threads']} threads; torch {doc['torch']} "
+                  f"({doc['torch_threads']} threads). 1-minute load average {doc['load_average'][0]:.1f} "
+                  f"before, {doc['load_average'][1]:.1f} after the run ({os.cpu_count()} CPUs).\n\n")
+        save(args.out, doc, header + md, draw)
     return 0
 
 

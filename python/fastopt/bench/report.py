@@ -2,6 +2,7 @@
 import datetime
 import json
 import os
+import sys
 import platform
 import subprocess
 
@@ -162,9 +163,19 @@ def markdown(doc):
     return "\n".join(lines) + "\n"
 
 
-def write(doc, out):
+def save(out, doc, text, draw=None):
+    """Write results.json (doc), results.md (text) and, when matplotlib is installed, chart.png
+    through draw(doc, path): the same three files for every suite."""
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(doc, f, indent=1)
     with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(markdown(doc))
+        f.write(text if text.endswith("\n") else text + "\n")
+    written = ["results.json", "results.md"]
+    if draw is not None:
+        try:
+            draw(doc, os.path.join(out, "chart.png"))
+            written.append("chart.png")
+        except ImportError as e:
+            print(f"fastopt bench: no chart ({e}; pip install matplotlib)", file=sys.stderr)
+    print(f"fastopt bench: wrote {', '.join(os.path.join(out, w) for w in written)}", file=sys.stderr)
