@@ -14,6 +14,7 @@
 // samples, folded in block order. Every sum therefore has a fixed order for any thread count
 // and ISA (16 double lanes folded by a fixed tree), so results are bitwise reproducible.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "fastopt/normalization.h"
@@ -42,67 +43,116 @@ constexpr int kLanes = 16;
 constexpr int64_t kTile = 64;         // channels per task of a 2-d batch norm
 constexpr int64_t kMaxBlocks = 64;    // sample blocks of the row family's dw/db partials
 
+// GCC vector types: the same lane-wise double arithmetic on every ISA (baseline splits them into
+// SSE2 halves), with the accumulators held in registers across the runs of a channel.
+typedef double d8 __attribute__((vector_size(64)));
+typedef float f8 __attribute__((vector_size(32)));
+
+inline f8 load8(const float* p) {
+  f8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline d8 wide(f8 v) { return __builtin_convertvector(v, d8); }
+
 // Lane accumulators: element i of a run goes to lane i % kLanes, whatever the run length, so
 // several runs (the planes of a channel) can be summed into the same lanes in a fixed order.
 struct Lanes {
-  double v[kLanes] = {};
-  double fold() {
+  d8 lo = {}, hi = {};  // lanes 0-7, 8-15
+  double fold() const {
+    double v[kLanes];
+    std::memcpy(v, &lo, sizeof lo);
+    std::memcpy(v + 8, &hi, sizeof hi);
     for (int w = kLanes / 2; w > 0; w /= 2)
       for (int j = 0; j < w; ++j) v[j] += v[j + w];
     return v[0];
   }
 };
 
-void lanes_sum(Lanes& s, const float* __restrict x, int64_t n) {
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) s.v[j] += x[i + j];
-  for (int j = 0; i < n; ++i, ++j) s.v[j] += x[i];
+// The last n % 16 elements of a run, padded with `pad` to a whole vector.
+inline void tail16(float* t, const float* x, int64_t n, float pad) {
+  for (int64_t j = 0; j < kLanes; ++j) t[j] = j < n ? x[j] : pad;
 }
 
-// Second pass of the corrected two-pass variance: sum (x - mu)^2 and sum (x - mu); the latter
-// corrects m2 for the rounding of mu.
-void lanes_dev(Lanes& q, Lanes& d, const float* __restrict x, int64_t n, double mu) {
+// Sums of d = x - k and d^2 in double; k is a float, so padding with it adds exact zeros.
+__attribute__((always_inline)) inline void shifted_run(Lanes& s, Lanes& q, const float* __restrict x, int64_t n,
+                                                       float k) {
+  const double kd = k;
+  auto step = [&](const float* p) {
+    const d8 a = wide(load8(p)) - kd, b = wide(load8(p + 8)) - kd;
+    s.lo += a;
+    s.hi += b;
+    q.lo += a * a;
+    q.hi += b * b;
+  };
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const double v = x[i + j] - mu;
-      q.v[j] += v * v;
-      d.v[j] += v;
-    }
-  for (int j = 0; i < n; ++i, ++j) {
-    const double v = x[i] - mu;
-    q.v[j] += v * v;
-    d.v[j] += v;
+  for (; i + kLanes <= n; i += kLanes) step(x + i);
+  if (i < n) {
+    float t[kLanes];
+    tail16(t, x + i, n - i, k);
+    step(t);
   }
 }
 
-// sum dy and sum dy * (x - mean); x - mean in float is exact for x near the mean.
-void lanes_grad(Lanes& a, Lanes& c, const float* __restrict dy, const float* __restrict x, float mean, int64_t n) {
+// sum dy and sum dy * (x - mean); x - mean in float is exact for x near the mean. Padding
+// (dy 0, x mean) adds exact zeros.
+__attribute__((always_inline)) inline void grad_run(Lanes& a, Lanes& c, const float* __restrict dy,
+                                                    const float* __restrict x, float mean, int64_t n) {
+  auto step = [&](const float* g, const float* xp) {
+    const d8 g0 = wide(load8(g)), g1 = wide(load8(g + 8));
+    a.lo += g0;
+    a.hi += g1;
+    c.lo += g0 * wide(load8(xp) - mean);
+    c.hi += g1 * wide(load8(xp + 8) - mean);
+  };
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const double g = dy[i + j];
-      a.v[j] += g;
-      c.v[j] += g * static_cast<double>(x[i + j] - mean);
-    }
-  for (int j = 0; i < n; ++i, ++j) {
-    const double g = dy[i];
-    a.v[j] += g;
-    c.v[j] += g * static_cast<double>(x[i] - mean);
+  for (; i + kLanes <= n; i += kLanes) step(dy + i, x + i);
+  if (i < n) {
+    float tg[kLanes], tx[kLanes];
+    tail16(tg, dy + i, n - i, 0.0f);
+    tail16(tx, x + i, n - i, mean);
+    step(tg, tx);
   }
 }
 
-// Moments of `runs` runs of n contiguous floats, run r at x + r * stride: the whole set is read
-// twice (mean, then deviations), which for one channel or one row is a cache-resident re-read.
+// grad_run with dy scaled by w (when given): sum g and sum g * (x - mean), g = dy * w exact in
+// double.
+__attribute__((always_inline)) inline void weighted_grad_run(Lanes& a, Lanes& c, const float* __restrict dy,
+                                                             const float* __restrict x, const float* __restrict w,
+                                                             float mean, int64_t n) {
+  auto step = [&](const float* g, const float* xp, const float* wp) {
+    d8 g0 = wide(load8(g)), g1 = wide(load8(g + 8));
+    if (wp) {
+      g0 *= wide(load8(wp));
+      g1 *= wide(load8(wp + 8));
+    }
+    a.lo += g0;
+    a.hi += g1;
+    c.lo += g0 * wide(load8(xp) - mean);
+    c.hi += g1 * wide(load8(xp + 8) - mean);
+  };
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) step(dy + i, x + i, w ? w + i : nullptr);
+  if (i < n) {
+    float tg[kLanes], tx[kLanes], tw[kLanes];
+    tail16(tg, dy + i, n - i, 0.0f);
+    tail16(tx, x + i, n - i, mean);
+    if (w) tail16(tw, w + i, n - i, 0.0f);
+    step(tg, tx, w ? tw : nullptr);
+  }
+}
+
+// Moments of `runs` runs of n contiguous floats, run r at x + r * stride, in one pass: sums of
+// x - k and (x - k)^2 around k = x[0]. Never E[x^2] - E[x]^2: as k is one of the values,
+// (k - mean)^2 <= M2, so the cancellation in M2 = sum d^2 - (sum d)^2 / count costs at most a
+// factor count of double precision, far below float's.
 Moments<double> runs_moments(const float* x, int64_t runs, int64_t n, int64_t stride) {
-  Lanes s, q, d;
-  for (int64_t r = 0; r < runs; ++r) lanes_sum(s, x + r * stride, n);
-  const double count = static_cast<double>(runs * n);
-  const double mu = s.fold() / count;
-  for (int64_t r = 0; r < runs; ++r) lanes_dev(q, d, x + r * stride, n, mu);
-  const double dev = d.fold();
-  return {count, mu, q.fold() - dev * dev / count};
+  const float k = x[0];
+  Lanes s, q;
+  for (int64_t r = 0; r < runs; ++r) shifted_run(s, q, x + r * stride, n, k);
+  const double count = static_cast<double>(runs * n), sum = s.fold();
+  const double m2 = q.fold() - sum * sum / count;
+  return {count, k + sum / count, m2 > 0.0 ? m2 : 0.0};
 }
 
 void plane_apply(const float* __restrict x, float* __restrict y, int64_t n, float hi, float lo, float scale,
@@ -238,7 +288,7 @@ void batch_norm_backward(const NormShape& s, const float* dy, const float* x, co
     for (int64_t c = 0; c < C; ++c) {
       Lanes a, q;
       if (sums)
-        for (int64_t n = 0; n < N; ++n) lanes_grad(a, q, dy + (n * C + c) * S, x + (n * C + c) * S, mean[c], S);
+        for (int64_t n = 0; n < N; ++n) grad_run(a, q, dy + (n * C + c) * S, x + (n * C + c) * S, mean[c], S);
       float k, c2, c3;
       finish(c, a.fold(), q.fold(), &k, &c2, &c3);
       for (int64_t n = 0; n < N; ++n) {
@@ -323,20 +373,7 @@ void row_norm_backward(const NormShape& s, const float* dy, const float* x, cons
         double sg = 0.0, sgx = 0.0;
         if (S == 1) {
           Lanes a, q;
-          int64_t j = 0;
-          for (; j + kLanes <= Cg; j += kLanes)
-            for (int l = 0; l < kLanes; ++l) {
-              const double wv = w ? w[c0 + j + l] : 1.0;
-              const double d = static_cast<double>(gr[j + l]), v = static_cast<double>(xr[j + l] - mu);
-              a.v[l] += d * wv;
-              q.v[l] += d * wv * v;
-            }
-          for (int l = 0; j < Cg; ++j, ++l) {
-            const double wv = w ? w[c0 + j] : 1.0;
-            const double d = static_cast<double>(gr[j]), v = static_cast<double>(xr[j] - mu);
-            a.v[l] += d * wv;
-            q.v[l] += d * wv * v;
-          }
+          weighted_grad_run(a, q, gr, xr, w ? w + c0 : nullptr, mu, Cg);
           sg = a.fold();
           sgx = q.fold();
           if (affine_grads) {
@@ -349,7 +386,7 @@ void row_norm_backward(const NormShape& s, const float* dy, const float* x, cons
         } else {
           for (int64_t j = 0; j < Cg; ++j) {
             Lanes la, lq;
-            lanes_grad(la, lq, gr + j * S, xr + j * S, mu, S);
+            grad_run(la, lq, gr + j * S, xr + j * S, mu, S);
             const double pa = la.fold(), pq = lq.fold();
             const double wv = w ? w[c0 + j] : 1.0;
             sg += wv * pa;
