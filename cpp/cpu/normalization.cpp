@@ -142,17 +142,28 @@ __attribute__((always_inline)) inline void weighted_grad_run(Lanes& a, Lanes& c,
   }
 }
 
-// Moments of `runs` runs of n contiguous floats, run r at x + r * stride, in one pass: sums of
-// x - k and (x - k)^2 around k = x[0]. Never E[x^2] - E[x]^2: as k is one of the values,
+// Moments of n values from the sums of d = x - k and d^2 over them (shifted_run), k one of the
+// values (the first). Never E[x^2] - E[x]^2: as k is one of the values,
 // (k - mean)^2 <= M2, so the cancellation in M2 = sum d^2 - (sum d)^2 / count costs at most a
 // factor count of double precision, far below float's.
-Moments<double> runs_moments(const float* x, int64_t runs, int64_t n, int64_t stride) {
-  const float k = x[0];
-  Lanes s, q;
-  for (int64_t r = 0; r < runs; ++r) shifted_run(s, q, x + r * stride, n, k);
-  const double count = static_cast<double>(runs * n), sum = s.fold();
+Moments<double> shifted_moments(const Lanes& s, const Lanes& q, int64_t n, float k) {
+  const double count = static_cast<double>(n), sum = s.fold();
   const double m2 = q.fold() - sum * sum / count;
   return {count, k + sum / count, m2 > 0.0 ? m2 : 0.0};
+}
+
+Moments<double> row_moments(const float* x, int64_t n) {
+  Lanes s, q;
+  shifted_run(s, q, x, n, x[0]);
+  return shifted_moments(s, q, n, x[0]);
+}
+
+// Channels per batch-norm task: enough small planes that a sample's slice of the block is a
+// run of about kBlockFloats, one prefetch stream instead of one per plane.
+constexpr int64_t kBlockFloats = 1024, kMaxBlockChannels = 32;
+int64_t channel_block(int64_t S, int64_t C) {
+  const int64_t cb = kBlockFloats / S;
+  return cb < 1 ? 1 : cb > kMaxBlockChannels ? kMaxBlockChannels : cb > C ? C : cb;
 }
 
 void plane_apply(const float* __restrict x, float* __restrict y, int64_t n, float hi, float lo, float scale,
@@ -240,13 +251,24 @@ void batch_norm_forward_train(const NormShape& s, const float* x, const float* w
     if (running_mean != nullptr) update_running(running_mean + c, running_var + c, m.mean, var, m.count, factor);
   };
   if (S > 1) {
-    // Statistics and normalization of a channel back to back: its planes are still in L2.
+    // Statistics and normalization of a block of channels back to back, sample by sample: each
+    // sample's slice of the block is contiguous, and the second read finds it in L2.
+    const int64_t cb = channel_block(S, C), blocks = (C + cb - 1) / cb;
 #pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < C; ++c) {
-      float lo;
-      finish(c, runs_moments(x + c * S, N, S, C * S), &lo);
-      const float scale = w ? w[c] * rstd[c] : rstd[c], shift = b ? b[c] : 0.0f;
-      for (int64_t n = 0; n < N; ++n) plane_apply(x + (n * C + c) * S, y + (n * C + c) * S, S, mean[c], lo, scale, shift);
+    for (int64_t t = 0; t < blocks; ++t) {
+      const int64_t c0 = t * cb, nc = C - c0 < cb ? C - c0 : cb;
+      Lanes sum[kMaxBlockChannels], sq[kMaxBlockChannels];
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t j = 0; j < nc; ++j) shifted_run(sum[j], sq[j], x + (n * C + c0 + j) * S, S, x[(c0 + j) * S]);
+      float lo[kMaxBlockChannels], scale[kMaxBlockChannels], shift[kMaxBlockChannels];
+      for (int64_t j = 0, c = c0; j < nc; ++j, ++c) {
+        finish(c, shifted_moments(sum[j], sq[j], N * S, x[c * S]), &lo[j]);
+        scale[j] = w ? w[c] * rstd[c] : rstd[c];
+        shift[j] = b ? b[c] : 0.0f;
+      }
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t j = 0, c = c0; j < nc; ++j, ++c)
+          plane_apply(x + (n * C + c) * S, y + (n * C + c) * S, S, mean[c], lo[j], scale[j], shift[j]);
     }
     return;
   }
@@ -283,18 +305,24 @@ void batch_norm_backward(const NormShape& s, const float* dy, const float* x, co
     if (db != nullptr) db[c] = static_cast<float>(sdy);
   };
   if (S > 1) {
-    // The fused sums, then dx, channel by channel while its planes are in cache.
+    // The fused sums, then dx, for a block of channels sample by sample, as in the forward.
+    const int64_t cb = channel_block(S, C), blocks = (C + cb - 1) / cb;
 #pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < C; ++c) {
-      Lanes a, q;
-      if (sums)
-        for (int64_t n = 0; n < N; ++n) grad_run(a, q, dy + (n * C + c) * S, x + (n * C + c) * S, mean[c], S);
-      float k, c2, c3;
-      finish(c, a.fold(), q.fold(), &k, &c2, &c3);
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t p = (n * C + c) * S;
-        plane_dx(dy + p, x + p, dx + p, S, mean[c], k, c2, c3);
-      }
+    for (int64_t t = 0; t < blocks; ++t) {
+      const int64_t c0 = t * cb, nc = C - c0 < cb ? C - c0 : cb;
+      Lanes a[kMaxBlockChannels], q[kMaxBlockChannels];
+      for (int64_t n = 0; sums && n < N; ++n)
+        for (int64_t j = 0; j < nc; ++j) {
+          const int64_t p = (n * C + c0 + j) * S;
+          grad_run(a[j], q[j], dy + p, x + p, mean[c0 + j], S);
+        }
+      float k[kMaxBlockChannels], c2[kMaxBlockChannels], c3[kMaxBlockChannels];
+      for (int64_t j = 0; j < nc; ++j) finish(c0 + j, a[j].fold(), q[j].fold(), &k[j], &c2[j], &c3[j]);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t j = 0; j < nc; ++j) {
+          const int64_t p = (n * C + c0 + j) * S;
+          plane_dx(dy + p, x + p, dx + p, S, mean[c0 + j], k[j], c2[j], c3[j]);
+        }
     }
     return;
   }
@@ -330,7 +358,7 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
   const int64_t G = s.G, Cg = s.C / s.G, S = s.S, L = Cg * S, R = s.N * G;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < R; ++r) {
-    const Moments<double> m = runs_moments(x + r * L, 1, L, L);
+    const Moments<double> m = row_moments(x + r * L, L);
     const float mu = static_cast<float>(m.mean);
     const float lo = static_cast<float>(m.mean - mu);
     const float rs = static_cast<float>(1.0 / std::sqrt(m.m2 / m.count + eps));
