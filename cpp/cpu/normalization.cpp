@@ -115,30 +115,47 @@ __attribute__((always_inline)) inline void grad_run(Lanes& a, Lanes& c, const fl
   }
 }
 
+inline d8 load_d8(const double* p) {
+  d8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store_d8(double* p, d8 v) { std::memcpy(p, &v, sizeof v); }
+
 // grad_run with dy scaled by w (when given): sum g and sum g * (x - mean), g = dy * w exact in
-// double.
+// double. With pw, also adds dy (x - mean) rstd and dy into the column partials pw[i], pb[i] in
+// the same read of the row.
 __attribute__((always_inline)) inline void weighted_grad_run(Lanes& a, Lanes& c, const float* __restrict dy,
                                                              const float* __restrict x, const float* __restrict w,
-                                                             float mean, int64_t n) {
-  auto step = [&](const float* g, const float* xp, const float* wp) {
-    d8 g0 = wide(load8(g)), g1 = wide(load8(g + 8));
-    if (wp) {
-      g0 *= wide(load8(wp));
-      g1 *= wide(load8(wp + 8));
+                                                             float mean, int64_t n, double* __restrict pw,
+                                                             double* __restrict pb, double rstd) {
+  auto half = [&](d8& al, d8& cl, const float* g, const float* xp, const float* wp, double* qw, double* qb) {
+    const d8 d = wide(load8(g)), xm = wide(load8(xp) - mean);
+    const d8 gw = wp ? d * wide(load8(wp)) : d;
+    al += gw;
+    cl += gw * xm;
+    if (qw) {
+      store_d8(qw, load_d8(qw) + d * xm * rstd);
+      store_d8(qb, load_d8(qb) + d);
     }
-    a.lo += g0;
-    a.hi += g1;
-    c.lo += g0 * wide(load8(xp) - mean);
-    c.hi += g1 * wide(load8(xp + 8) - mean);
   };
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) step(dy + i, x + i, w ? w + i : nullptr);
+  for (; i + kLanes <= n; i += kLanes) {
+    half(a.lo, c.lo, dy + i, x + i, w ? w + i : nullptr, pw ? pw + i : nullptr, pb ? pb + i : nullptr);
+    half(a.hi, c.hi, dy + i + 8, x + i + 8, w ? w + i + 8 : nullptr, pw ? pw + i + 8 : nullptr,
+         pb ? pb + i + 8 : nullptr);
+  }
   if (i < n) {
     float tg[kLanes], tx[kLanes], tw[kLanes];
     tail16(tg, dy + i, n - i, 0.0f);
     tail16(tx, x + i, n - i, mean);
     if (w) tail16(tw, w + i, n - i, 0.0f);
-    step(tg, tx, w ? tw : nullptr);
+    half(a.lo, c.lo, tg, tx, w ? tw : nullptr, nullptr, nullptr);
+    half(a.hi, c.hi, tg + 8, tx + 8, w ? tw + 8 : nullptr, nullptr, nullptr);
+    for (; pw && i < n; ++i) {
+      pw[i] += static_cast<double>(dy[i]) * static_cast<double>(x[i] - mean) * rstd;
+      pb[i] += dy[i];
+    }
   }
 }
 
@@ -401,16 +418,10 @@ void row_norm_backward(const NormShape& s, const float* dy, const float* x, cons
         double sg = 0.0, sgx = 0.0;
         if (S == 1) {
           Lanes a, q;
-          weighted_grad_run(a, q, gr, xr, w ? w + c0 : nullptr, mu, Cg);
+          weighted_grad_run(a, q, gr, xr, w ? w + c0 : nullptr, mu, Cg, affine_grads ? bw + c0 : nullptr,
+                            affine_grads ? bb + c0 : nullptr, rs);
           sg = a.fold();
           sgx = q.fold();
-          if (affine_grads) {
-#pragma omp simd
-            for (int64_t c = 0; c < Cg; ++c) {
-              bw[c0 + c] += static_cast<double>(gr[c]) * static_cast<double>(xr[c] - mu) * rs;
-              bb[c0 + c] += gr[c];
-            }
-          }
         } else {
           for (int64_t j = 0; j < Cg; ++j) {
             Lanes la, lq;
