@@ -1,18 +1,26 @@
 // Batch, layer and group normalization on the CPU (math: fastopt/normalization.h).
 //
-// Traffic, fp32 elements of x: forward reads x for the statistics (two passes: mean, then
-// deviations) and once more to normalize, and writes y; backward reads x and dy for the fused
-// sums and again for dx, and writes dx. Only the first read of each must come from DRAM: all
-// passes over a channel or row run back to back, while it sits in L2 (a (64, 56, 56) channel
-// is 800 KB), so the floor is about 8 B forward and 12 B backward per element.
+// Traffic, fp32 elements of x: forward reads x once for the statistics and once more to
+// normalize, and writes y; backward reads x and dy for the fused sums and again for dx, and
+// writes dx. Only the first read of each must come from DRAM: both passes over a block of
+// channels or a row run back to back while it sits in L2, so the floor is about 8 B forward
+// and 12 B backward per element.
 //
-// Layout: batch norm with spatial dims runs OpenMP over channels; a channel is N planes of S
-// contiguous floats, vectorized along S, its statistics an exact two-pass in double, then its
-// normalize (or dx) pass. A 2-d (N, C) input walks tiles of kTile channels down the rows
-// instead, vectorized along C. The row family (layer/group norm)
-// runs OpenMP over rows; its dw/db column sums go to per-block partials over fixed blocks of
-// samples, folded in block order. Every sum therefore has a fixed order for any thread count
-// and ISA (16 double lanes folded by a fixed tree), so results are bitwise reproducible.
+// Statistics are one pass: sums of d = x - k and d^2 in double around k, one of the values (a
+// channel's or row's first), then M2 = sum d^2 - (sum d)^2 / count. The shift bounds the
+// cancellation ((k - mean)^2 <= M2) where the unshifted E[x^2] - E[x]^2 would lose every digit
+// at mean 1e5, std 1e-2. It saves the two-pass method's second read of the data.
+//
+// Layout: batch norm with spatial dims runs OpenMP over blocks of channels (channel_block), a
+// channel being N planes of S contiguous floats, vectorized along S. A block is walked sample by
+// sample, so small planes (7x7) make one contiguous stream per sample rather than N strided
+// ones, which the prefetchers could not follow. A 2-d (N, C) input walks tiles of kTile channels
+// down the rows instead, vectorized along C, with a two-pass mean/deviation (it is cheap
+// there). The row family (layer/group norm) runs OpenMP over rows; its dw/db column sums go to
+// per-block partials over fixed blocks of samples, added in the sums pass and folded in block
+// order. Every sum therefore has a fixed order for any thread count and ISA (16 double lanes,
+// lane i % 16 for element i of a run, folded by a fixed tree), so results are bitwise
+// reproducible.
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -44,7 +52,7 @@ constexpr int64_t kTile = 64;         // channels per task of a 2-d batch norm
 constexpr int64_t kMaxBlocks = 64;    // sample blocks of the row family's dw/db partials
 
 // GCC vector types: the same lane-wise double arithmetic on every ISA (baseline splits them into
-// SSE2 halves), with the accumulators held in registers across the runs of a channel.
+// SSE2 halves), the accumulators kept in registers through a run.
 typedef double d8 __attribute__((vector_size(64)));
 typedef float f8 __attribute__((vector_size(32)));
 
