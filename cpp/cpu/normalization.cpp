@@ -77,7 +77,7 @@ struct Lanes {
   }
 };
 
-// The last n % 16 elements of a run, padded with `pad` to a whole vector.
+// The last n < 16 elements of a run, padded with `pad` to a whole vector.
 inline void tail16(float* t, const float* x, int64_t n, float pad) {
   for (int64_t j = 0; j < kLanes; ++j) t[j] = j < n ? x[j] : pad;
 }
@@ -167,10 +167,9 @@ __attribute__((always_inline)) inline void weighted_grad_run(Lanes& a, Lanes& c,
   }
 }
 
-// Moments of n values from the sums of d = x - k and d^2 over them (shifted_run), k one of the
-// values (the first). Never E[x^2] - E[x]^2: as k is one of the values,
-// (k - mean)^2 <= M2, so the cancellation in M2 = sum d^2 - (sum d)^2 / count costs at most a
-// factor count of double precision, far below float's.
+// Moments of n values from the sums of d = x - k and d^2 over them (shifted_run). As k is one
+// of the values, (k - mean)^2 <= M2, so the cancellation in M2 = sum d^2 - (sum d)^2 / n costs
+// at most a factor n of double precision, far below float's.
 Moments<double> shifted_moments(const Lanes& s, const Lanes& q, int64_t n, float k) {
   const double count = static_cast<double>(n), sum = s.fold();
   const double m2 = q.fold() - sum * sum / count;
@@ -178,9 +177,10 @@ Moments<double> shifted_moments(const Lanes& s, const Lanes& q, int64_t n, float
 }
 
 Moments<double> row_moments(const float* x, int64_t n) {
+  const float k = n > 0 ? x[0] : 0.0f;
   Lanes s, q;
-  shifted_run(s, q, x, n, x[0]);
-  return shifted_moments(s, q, n, x[0]);
+  shifted_run(s, q, x, n, k);
+  return shifted_moments(s, q, n, k);
 }
 
 // Channels per batch-norm task: enough small planes that a sample's slice of the block is a
