@@ -1,19 +1,28 @@
 // Batch, layer and group normalization on the CPU (math: fastopt/normalization.h).
 //
-// Traffic, fp32 elements of x: forward reads x for the statistics (two passes: mean, then
-// deviations) and once more to normalize, and writes y; backward reads x and dy for the fused
-// sums and again for dx, and writes dx. Only the first read of each must come from DRAM: all
-// passes over a channel or row run back to back, while it sits in L2 (a (64, 56, 56) channel
-// is 800 KB), so the floor is about 8 B forward and 12 B backward per element.
+// Traffic, fp32 elements of x: forward reads x once for the statistics and once more to
+// normalize, and writes y; backward reads x and dy for the fused sums and again for dx, and
+// writes dx. Only the first read of each must come from DRAM: both passes over a block of
+// channels or a row run back to back while it sits in L2, so the floor is about 8 B forward
+// and 12 B backward per element.
 //
-// Layout: batch norm with spatial dims runs OpenMP over channels; a channel is N planes of S
-// contiguous floats, vectorized along S, its statistics an exact two-pass in double, then its
-// normalize (or dx) pass. A 2-d (N, C) input walks tiles of kTile channels down the rows
-// instead, vectorized along C. The row family (layer/group norm)
-// runs OpenMP over rows; its dw/db column sums go to per-block partials over fixed blocks of
-// samples, folded in block order. Every sum therefore has a fixed order for any thread count
-// and ISA (16 double lanes folded by a fixed tree), so results are bitwise reproducible.
+// Statistics are one pass: sums of d = x - k and d^2 in double around k, one of the values (a
+// channel's or row's first), then M2 = sum d^2 - (sum d)^2 / count. The shift bounds the
+// cancellation ((k - mean)^2 <= M2) where the unshifted E[x^2] - E[x]^2 would lose every digit
+// at mean 1e5, std 1e-2. It saves the two-pass method's second read of the data.
+//
+// Layout: batch norm with spatial dims runs OpenMP over blocks of channels (channel_block), a
+// channel being N planes of S contiguous floats, vectorized along S. A block is walked sample by
+// sample, so small planes (7x7) make one contiguous stream per sample rather than N strided
+// ones, which the prefetchers could not follow. A 2-d (N, C) input walks tiles of kTile channels
+// down the rows instead, vectorized along C, with a two-pass mean/deviation (it is cheap
+// there). The row family (layer/group norm) runs OpenMP over rows; its dw/db column sums go to
+// per-block partials over fixed blocks of samples, added in the sums pass and folded in block
+// order. Every sum therefore has a fixed order for any thread count and ISA (16 double lanes,
+// lane i % 16 for element i of a run, folded by a fixed tree), so results are bitwise
+// reproducible.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "fastopt/normalization.h"
@@ -42,67 +51,144 @@ constexpr int kLanes = 16;
 constexpr int64_t kTile = 64;         // channels per task of a 2-d batch norm
 constexpr int64_t kMaxBlocks = 64;    // sample blocks of the row family's dw/db partials
 
+// GCC vector types: the same lane-wise double arithmetic on every ISA (baseline splits them into
+// SSE2 halves), the accumulators kept in registers through a run.
+typedef double d8 __attribute__((vector_size(64)));
+typedef float f8 __attribute__((vector_size(32)));
+
+inline f8 load8(const float* p) {
+  f8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline d8 wide(f8 v) { return __builtin_convertvector(v, d8); }
+
 // Lane accumulators: element i of a run goes to lane i % kLanes, whatever the run length, so
 // several runs (the planes of a channel) can be summed into the same lanes in a fixed order.
 struct Lanes {
-  double v[kLanes] = {};
-  double fold() {
+  d8 lo = {}, hi = {};  // lanes 0-7, 8-15
+  double fold() const {
+    double v[kLanes];
+    std::memcpy(v, &lo, sizeof lo);
+    std::memcpy(v + 8, &hi, sizeof hi);
     for (int w = kLanes / 2; w > 0; w /= 2)
       for (int j = 0; j < w; ++j) v[j] += v[j + w];
     return v[0];
   }
 };
 
-void lanes_sum(Lanes& s, const float* __restrict x, int64_t n) {
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) s.v[j] += x[i + j];
-  for (int j = 0; i < n; ++i, ++j) s.v[j] += x[i];
+// The last n < 16 elements of a run, padded with `pad` to a whole vector.
+inline void tail16(float* t, const float* x, int64_t n, float pad) {
+  for (int64_t j = 0; j < kLanes; ++j) t[j] = j < n ? x[j] : pad;
 }
 
-// Second pass of the corrected two-pass variance: sum (x - mu)^2 and sum (x - mu); the latter
-// corrects m2 for the rounding of mu.
-void lanes_dev(Lanes& q, Lanes& d, const float* __restrict x, int64_t n, double mu) {
+// Sums of d = x - k and d^2 in double; k is a float, so padding with it adds exact zeros.
+__attribute__((always_inline)) inline void shifted_run(Lanes& s, Lanes& q, const float* __restrict x, int64_t n,
+                                                       float k) {
+  const double kd = k;
+  auto step = [&](const float* p) {
+    const d8 a = wide(load8(p)) - kd, b = wide(load8(p + 8)) - kd;
+    s.lo += a;
+    s.hi += b;
+    q.lo += a * a;
+    q.hi += b * b;
+  };
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const double v = x[i + j] - mu;
-      q.v[j] += v * v;
-      d.v[j] += v;
-    }
-  for (int j = 0; i < n; ++i, ++j) {
-    const double v = x[i] - mu;
-    q.v[j] += v * v;
-    d.v[j] += v;
+  for (; i + kLanes <= n; i += kLanes) step(x + i);
+  if (i < n) {
+    float t[kLanes];
+    tail16(t, x + i, n - i, k);
+    step(t);
   }
 }
 
-// sum dy and sum dy * (x - mean); x - mean in float is exact for x near the mean.
-void lanes_grad(Lanes& a, Lanes& c, const float* __restrict dy, const float* __restrict x, float mean, int64_t n) {
+// sum dy and sum dy * (x - mean); x - mean in float is exact for x near the mean. Padding
+// (dy 0, x mean) adds exact zeros.
+__attribute__((always_inline)) inline void grad_run(Lanes& a, Lanes& c, const float* __restrict dy,
+                                                    const float* __restrict x, float mean, int64_t n) {
+  auto step = [&](const float* g, const float* xp) {
+    const d8 g0 = wide(load8(g)), g1 = wide(load8(g + 8));
+    a.lo += g0;
+    a.hi += g1;
+    c.lo += g0 * wide(load8(xp) - mean);
+    c.hi += g1 * wide(load8(xp + 8) - mean);
+  };
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const double g = dy[i + j];
-      a.v[j] += g;
-      c.v[j] += g * static_cast<double>(x[i + j] - mean);
-    }
-  for (int j = 0; i < n; ++i, ++j) {
-    const double g = dy[i];
-    a.v[j] += g;
-    c.v[j] += g * static_cast<double>(x[i] - mean);
+  for (; i + kLanes <= n; i += kLanes) step(dy + i, x + i);
+  if (i < n) {
+    float tg[kLanes], tx[kLanes];
+    tail16(tg, dy + i, n - i, 0.0f);
+    tail16(tx, x + i, n - i, mean);
+    step(tg, tx);
   }
 }
 
-// Moments of `runs` runs of n contiguous floats, run r at x + r * stride: the whole set is read
-// twice (mean, then deviations), which for one channel or one row is a cache-resident re-read.
-Moments<double> runs_moments(const float* x, int64_t runs, int64_t n, int64_t stride) {
-  Lanes s, q, d;
-  for (int64_t r = 0; r < runs; ++r) lanes_sum(s, x + r * stride, n);
-  const double count = static_cast<double>(runs * n);
-  const double mu = s.fold() / count;
-  for (int64_t r = 0; r < runs; ++r) lanes_dev(q, d, x + r * stride, n, mu);
-  const double dev = d.fold();
-  return {count, mu, q.fold() - dev * dev / count};
+inline d8 load_d8(const double* p) {
+  d8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store_d8(double* p, d8 v) { std::memcpy(p, &v, sizeof v); }
+
+// grad_run with dy scaled by w (when given): sum g and sum g * (x - mean), g = dy * w exact in
+// double. With pw, also adds dy (x - mean) rstd and dy into the column partials pw[i], pb[i] in
+// the same read of the row.
+__attribute__((always_inline)) inline void weighted_grad_run(Lanes& a, Lanes& c, const float* __restrict dy,
+                                                             const float* __restrict x, const float* __restrict w,
+                                                             float mean, int64_t n, double* __restrict pw,
+                                                             double* __restrict pb, double rstd) {
+  auto half = [&](d8& al, d8& cl, const float* g, const float* xp, const float* wp, double* qw, double* qb) {
+    const d8 d = wide(load8(g)), xm = wide(load8(xp) - mean);
+    const d8 gw = wp ? d * wide(load8(wp)) : d;
+    al += gw;
+    cl += gw * xm;
+    if (qw) {
+      store_d8(qw, load_d8(qw) + d * xm * rstd);
+      store_d8(qb, load_d8(qb) + d);
+    }
+  };
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    half(a.lo, c.lo, dy + i, x + i, w ? w + i : nullptr, pw ? pw + i : nullptr, pb ? pb + i : nullptr);
+    half(a.hi, c.hi, dy + i + 8, x + i + 8, w ? w + i + 8 : nullptr, pw ? pw + i + 8 : nullptr,
+         pb ? pb + i + 8 : nullptr);
+  }
+  if (i < n) {
+    float tg[kLanes], tx[kLanes], tw[kLanes];
+    tail16(tg, dy + i, n - i, 0.0f);
+    tail16(tx, x + i, n - i, mean);
+    if (w) tail16(tw, w + i, n - i, 0.0f);
+    half(a.lo, c.lo, tg, tx, w ? tw : nullptr, nullptr, nullptr);
+    half(a.hi, c.hi, tg + 8, tx + 8, w ? tw + 8 : nullptr, nullptr, nullptr);
+    for (; pw && i < n; ++i) {
+      pw[i] += static_cast<double>(dy[i]) * static_cast<double>(x[i] - mean) * rstd;
+      pb[i] += dy[i];
+    }
+  }
+}
+
+// Moments of n values from the sums of d = x - k and d^2 over them (shifted_run). As k is one
+// of the values, (k - mean)^2 <= M2, so the cancellation in M2 = sum d^2 - (sum d)^2 / n costs
+// at most a factor n of double precision, far below float's.
+Moments<double> shifted_moments(const Lanes& s, const Lanes& q, int64_t n, float k) {
+  const double count = static_cast<double>(n), sum = s.fold();
+  const double m2 = q.fold() - sum * sum / count;
+  return {count, k + sum / count, m2 > 0.0 ? m2 : 0.0};
+}
+
+Moments<double> row_moments(const float* x, int64_t n) {
+  const float k = n > 0 ? x[0] : 0.0f;
+  Lanes s, q;
+  shifted_run(s, q, x, n, k);
+  return shifted_moments(s, q, n, k);
+}
+
+// Channels per batch-norm task: enough small planes that a sample's slice of the block is a
+// run of about kBlockFloats, one prefetch stream instead of one per plane.
+constexpr int64_t kBlockFloats = 1024, kMaxBlockChannels = 32;
+int64_t channel_block(int64_t S, int64_t C) {
+  const int64_t cb = kBlockFloats / S;
+  return cb < 1 ? 1 : cb > kMaxBlockChannels ? kMaxBlockChannels : cb > C ? C : cb;
 }
 
 void plane_apply(const float* __restrict x, float* __restrict y, int64_t n, float hi, float lo, float scale,
@@ -190,13 +276,24 @@ void batch_norm_forward_train(const NormShape& s, const float* x, const float* w
     if (running_mean != nullptr) update_running(running_mean + c, running_var + c, m.mean, var, m.count, factor);
   };
   if (S > 1) {
-    // Statistics and normalization of a channel back to back: its planes are still in L2.
+    // Statistics and normalization of a block of channels back to back, sample by sample: each
+    // sample's slice of the block is contiguous, and the second read finds it in L2.
+    const int64_t cb = channel_block(S, C), blocks = (C + cb - 1) / cb;
 #pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < C; ++c) {
-      float lo;
-      finish(c, runs_moments(x + c * S, N, S, C * S), &lo);
-      const float scale = w ? w[c] * rstd[c] : rstd[c], shift = b ? b[c] : 0.0f;
-      for (int64_t n = 0; n < N; ++n) plane_apply(x + (n * C + c) * S, y + (n * C + c) * S, S, mean[c], lo, scale, shift);
+    for (int64_t t = 0; t < blocks; ++t) {
+      const int64_t c0 = t * cb, nc = C - c0 < cb ? C - c0 : cb;
+      Lanes sum[kMaxBlockChannels], sq[kMaxBlockChannels];
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t j = 0; j < nc; ++j) shifted_run(sum[j], sq[j], x + (n * C + c0 + j) * S, S, x[(c0 + j) * S]);
+      float lo[kMaxBlockChannels], scale[kMaxBlockChannels], shift[kMaxBlockChannels];
+      for (int64_t j = 0, c = c0; j < nc; ++j, ++c) {
+        finish(c, shifted_moments(sum[j], sq[j], N * S, x[c * S]), &lo[j]);
+        scale[j] = w ? w[c] * rstd[c] : rstd[c];
+        shift[j] = b ? b[c] : 0.0f;
+      }
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t j = 0, c = c0; j < nc; ++j, ++c)
+          plane_apply(x + (n * C + c) * S, y + (n * C + c) * S, S, mean[c], lo[j], scale[j], shift[j]);
     }
     return;
   }
@@ -233,18 +330,24 @@ void batch_norm_backward(const NormShape& s, const float* dy, const float* x, co
     if (db != nullptr) db[c] = static_cast<float>(sdy);
   };
   if (S > 1) {
-    // The fused sums, then dx, channel by channel while its planes are in cache.
+    // The fused sums, then dx, for a block of channels sample by sample, as in the forward.
+    const int64_t cb = channel_block(S, C), blocks = (C + cb - 1) / cb;
 #pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < C; ++c) {
-      Lanes a, q;
-      if (sums)
-        for (int64_t n = 0; n < N; ++n) lanes_grad(a, q, dy + (n * C + c) * S, x + (n * C + c) * S, mean[c], S);
-      float k, c2, c3;
-      finish(c, a.fold(), q.fold(), &k, &c2, &c3);
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t p = (n * C + c) * S;
-        plane_dx(dy + p, x + p, dx + p, S, mean[c], k, c2, c3);
-      }
+    for (int64_t t = 0; t < blocks; ++t) {
+      const int64_t c0 = t * cb, nc = C - c0 < cb ? C - c0 : cb;
+      Lanes a[kMaxBlockChannels], q[kMaxBlockChannels];
+      for (int64_t n = 0; sums && n < N; ++n)
+        for (int64_t j = 0; j < nc; ++j) {
+          const int64_t p = (n * C + c0 + j) * S;
+          grad_run(a[j], q[j], dy + p, x + p, mean[c0 + j], S);
+        }
+      float k[kMaxBlockChannels], c2[kMaxBlockChannels], c3[kMaxBlockChannels];
+      for (int64_t j = 0; j < nc; ++j) finish(c0 + j, a[j].fold(), q[j].fold(), &k[j], &c2[j], &c3[j]);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t j = 0; j < nc; ++j) {
+          const int64_t p = (n * C + c0 + j) * S;
+          plane_dx(dy + p, x + p, dx + p, S, mean[c0 + j], k[j], c2[j], c3[j]);
+        }
     }
     return;
   }
@@ -280,7 +383,7 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
   const int64_t G = s.G, Cg = s.C / s.G, S = s.S, L = Cg * S, R = s.N * G;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < R; ++r) {
-    const Moments<double> m = runs_moments(x + r * L, 1, L, L);
+    const Moments<double> m = row_moments(x + r * L, L);
     const float mu = static_cast<float>(m.mean);
     const float lo = static_cast<float>(m.mean - mu);
     const float rs = static_cast<float>(1.0 / std::sqrt(m.m2 / m.count + eps));
@@ -323,33 +426,14 @@ void row_norm_backward(const NormShape& s, const float* dy, const float* x, cons
         double sg = 0.0, sgx = 0.0;
         if (S == 1) {
           Lanes a, q;
-          int64_t j = 0;
-          for (; j + kLanes <= Cg; j += kLanes)
-            for (int l = 0; l < kLanes; ++l) {
-              const double wv = w ? w[c0 + j + l] : 1.0;
-              const double d = static_cast<double>(gr[j + l]), v = static_cast<double>(xr[j + l] - mu);
-              a.v[l] += d * wv;
-              q.v[l] += d * wv * v;
-            }
-          for (int l = 0; j < Cg; ++j, ++l) {
-            const double wv = w ? w[c0 + j] : 1.0;
-            const double d = static_cast<double>(gr[j]), v = static_cast<double>(xr[j] - mu);
-            a.v[l] += d * wv;
-            q.v[l] += d * wv * v;
-          }
+          weighted_grad_run(a, q, gr, xr, w ? w + c0 : nullptr, mu, Cg, affine_grads ? bw + c0 : nullptr,
+                            affine_grads ? bb + c0 : nullptr, rs);
           sg = a.fold();
           sgx = q.fold();
-          if (affine_grads) {
-#pragma omp simd
-            for (int64_t c = 0; c < Cg; ++c) {
-              bw[c0 + c] += static_cast<double>(gr[c]) * static_cast<double>(xr[c] - mu) * rs;
-              bb[c0 + c] += gr[c];
-            }
-          }
         } else {
           for (int64_t j = 0; j < Cg; ++j) {
             Lanes la, lq;
-            lanes_grad(la, lq, gr + j * S, xr + j * S, mu, S);
+            grad_run(la, lq, gr + j * S, xr + j * S, mu, S);
             const double pa = la.fold(), pq = lq.fold();
             const double wv = w ? w[c0 + j] : 1.0;
             sg += wv * pa;
