@@ -148,10 +148,19 @@ inline std::vector<Task> make_tasks(int64_t items, int64_t M, int64_t Nn, int th
   split(mb, MR, 4 * MR);
   split(nb, NR, NR);
   split(mb, MR, MR);
+  // With few tasks, a count that the threads do not divide leaves one thread idle at the end
+  // (11 column tasks for 3x3 256@14: 8% of the pass), so add column blocks up to a multiple of
+  // the thread count and spread the NR strips evenly over them.
+  const int64_t strips = (Nn + NR - 1) / NR, rblocks = (M + mb - 1) / mb;
+  int64_t cblocks = (Nn + nb - 1) / nb;
+  if (items * rblocks * cblocks < 8 * threads)
+    while ((items * rblocks * cblocks) % threads != 0 && cblocks < strips) ++cblocks;
   std::vector<Task> tasks;
   for (int64_t t = 0; t < items; ++t)
     for (int64_t i = 0; i < M; i += mb)
-      for (int64_t j = 0; j < Nn; j += nb) tasks.push_back({t, i, std::min(M, i + mb), j, std::min(Nn, j + nb)});
+      for (int64_t b = 0; b < cblocks; ++b)
+        tasks.push_back({t, i, std::min(M, i + mb), b * strips / cblocks * NR,
+                         std::min(Nn, (b + 1) * strips / cblocks * NR)});
   return tasks;
 }
 
