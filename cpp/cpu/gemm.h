@@ -42,7 +42,7 @@ constexpr int MR = 4, NR = 8;
 #endif
 constexpr int64_t KC = 256;  // the most; a reduction is cut into equal blocks of at most KC
 constexpr int64_t MC = MR * 16;
-constexpr int64_t NC = NR * 24;
+constexpr int64_t NC = NR * 12;  // the kc x NC B panel (576 KiB) and the output it updates share L2
 
 // tile (MR x NR, row-major) = sum_p a[p*MR + i] * b[p*NR + j]
 inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict tile) {
