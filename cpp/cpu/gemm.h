@@ -3,10 +3,14 @@
 // so the micro-kernel reads both with unit stride, and the caller's store maps the MR x NR tile
 // onto its output. Packers that gather (im2col, col2im) thus never materialize a whole matrix.
 //
-// Blocking: a B strip kc x NR (at most 48 KiB at AVX-512, L1-sized) stays in L1 while the A
-// panel MC x kc streams from L2; a thread packs one kc x NC panel of B at a time. Each output
-// element is reduced over Kd in fixed equal blocks (kc_block), in order, by one thread, so
-// results never depend on the thread count.
+// Blocking: a B strip kc x NR (at most 48 KiB at AVX-512) is reused from L1 across the MR-row
+// strips of an MC x kc A block streaming from L2. A task packs one kc x NC panel of B (576 KiB)
+// at a time and runs all of its rows against it, so the panel and the output block it updates
+// (rows x NC) both stay in L2; at twice that NC they spilled to L3 and cost 10-15%. Forward and
+// data-grad share one prepacked A (the weights) across tasks, so their tasks are column blocks
+// each packing its own part of the im2col once; the whole im2col is materialized only when
+// tasks must split rows (see run()). Each output element is reduced over Kd in fixed equal
+// blocks (kc_block), in order, by one thread, so results never depend on the thread count.
 //
 // Why not link a BLAS: a BLAS needs both operands materialized, while conv wants im2col built
 // inside the packing step, and the build keeps no extra dependency. Measured here (one core):
