@@ -293,10 +293,9 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 
 namespace {
 
-// The gather form: one implicit GEMM straight into dx, for stride 1 only (conv2d_backward_data):
-// with stride > 1 most of its panel would be zeros (1 - 1/(sh sw)), and the divisions that find
-// the nonzero terms cost more than the copies (they made this pass 15-25% slower than the
-// forward). With few channels per group it fills few of the MR rows.
+// The gather form: one implicit GEMM straight into dx, for stride 1 only (conv2d_backward_data),
+// so its packer maps output rows to dy rows without divisions: with stride > 1 most of its panel
+// would be zeros (1 - 1/(sh sw)). With few channels per group it fills few of the MR rows.
 void data_grad_gather(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t Kd = Kg * RS;
