@@ -91,8 +91,10 @@ inline int make_runs(int64_t j0, int64_t cols, int64_t A, int64_t B, Run* runs) 
 // range is computed once, so the middle is a plain (vectorizable) copy.
 inline void copy_row(float* __restrict dst, int64_t len, const float* __restrict src, int64_t i0, int64_t step,
                      int64_t n) {
-  int64_t lo = i0 >= 0 ? 0 : (-i0 + step - 1) / step;
-  int64_t hi = i0 >= n ? 0 : (n - i0 + step - 1) / step;
+  // Unit stride needs no division for the valid range (this runs per image row per reduction
+  // step of every packed strip).
+  int64_t lo = step == 1 ? std::max<int64_t>(0, -i0) : i0 >= 0 ? 0 : (-i0 + step - 1) / step;
+  int64_t hi = step == 1 ? std::max<int64_t>(0, n - i0) : i0 >= n ? 0 : (n - i0 + step - 1) / step;
   lo = std::min(lo, len);
   hi = std::max(lo, std::min(hi, len));
 #if defined(__AVX512F__)
@@ -291,8 +293,9 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 
 namespace {
 
-// The gather form: one implicit GEMM straight into dx. With stride > 1 most of its panel is
-// zeros (1 - 1/(sh sw)), and with few channels per group it fills few of the MR rows.
+// The gather form: one implicit GEMM straight into dx, for stride 1 only (conv2d_backward_data),
+// so its packer maps output rows to dy rows without divisions: with stride > 1 most of its panel
+// would be zeros (1 - 1/(sh sw)). With few channels per group it fills few of the MR rows.
 void data_grad_gather(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t Kd = Kg * RS;
@@ -322,22 +325,13 @@ void data_grad_gather(const Conv2dShape& s, const float* dy, const float* w, flo
       float* d = dst + p * NR;
       for (int u = 0; u < nruns; ++u) {
         const Run& ru = runs[u];
-        const int64_t th = ru.a + s.pad_h - r * s.dil_h;
-        const int64_t oh = th / s.stride_h;
-        if (th < 0 || th % s.stride_h != 0 || oh >= s.P) {
+        const int64_t oh = ru.a + s.pad_h - r * s.dil_h;
+        if (oh < 0 || oh >= s.P) {
           for (int64_t t = 0; t < ru.len; ++t) d[ru.jj + t] = 0.0f;
           continue;
         }
-        const float* row = dy + (ru.n * s.K + g * Kg + k) * PQ + oh * s.Q;
-        int64_t tw = ru.b0 + s.pad_w - sc * s.dil_w;
-        if (s.stride_w == 1) {
-          copy_row(d + ru.jj, ru.len, row, tw, 1, s.Q);
-        } else {
-          for (int64_t t = 0; t < ru.len; ++t, ++tw) {
-            const int64_t ow = tw / s.stride_w;
-            d[ru.jj + t] = (tw >= 0 && tw % s.stride_w == 0 && ow < s.Q) ? row[ow] : 0.0f;
-          }
-        }
+        copy_row(d + ru.jj, ru.len, dy + (ru.n * s.K + g * Kg + k) * PQ + oh * s.Q, ru.b0 + s.pad_w - sc * s.dil_w, 1,
+                 s.Q);
       }
       if (++sc == s.S) {
         sc = 0;
