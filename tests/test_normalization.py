@@ -192,6 +192,23 @@ LN_CASES = [((1, 1), (1,)), ((3, 7), (7,)), ((5, 4, 33), (33,)), ((5, 4, 33), (4
             ((64, 1024), (1024,)), ((0, 8), (8,)), ((3, 2, 2, 5), (2, 2, 5))]
 
 
+def check_row_norm(backend, dy, w, affine, forward, forward_ref, backward, backward_ref):
+    """Layer/group norm: forward outputs, then the backward from the saved statistics, against the
+    reference (whose backward takes the same saved statistics)."""
+    (y, mean, rstd), (y_ref, mean_ref, rstd_ref) = forward, forward_ref
+    assert_close(y, y_ref, TOL[backend], "y")
+    assert_close(mean, mean_ref, TOL[backend], "mean")
+    np.testing.assert_allclose(fetch(rstd), rstd_ref, rtol=RSTD_TOL[backend])
+    dx, dw, db = backward(mean, rstd)
+    dx_ref, dw_ref, db_ref = backward_ref(fetch(mean), fetch(rstd))
+    assert_close(dx, dx_ref, TOL[backend], "dx", dx_scale(dy, w, rstd))
+    if affine:
+        assert_close(dw, dw_ref, TOL[backend], "dweight")
+        assert_close(db, db_ref, TOL[backend], "dbias")
+    else:
+        assert dw is None and db is None
+
+
 @pytest.mark.parametrize("shape,normalized", LN_CASES)
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm_matches_reference(shape, normalized, affine, backend, rng):
@@ -199,19 +216,13 @@ def test_layer_norm_matches_reference(shape, normalized, affine, backend, rng):
     x = f32(rng.standard_normal(shape) * rng.uniform(0.1, 10.0) + rng.uniform(-5, 5))
     dy = f32(rng.standard_normal(shape))
     w, b = affine_params(rng, nshape, affine)
-    y, mean, rstd = F.layer_norm_forward(put(x, backend), normalized, maybe(w, backend), maybe(b, backend), eps=1e-3)
-    y_ref, mean_ref, rstd_ref = ref.layer_norm_forward(x, nshape, w, b, eps=1e-3)
-    assert_close(y, y_ref, TOL[backend], "y")
-    assert_close(mean, mean_ref, TOL[backend], "mean")
-    np.testing.assert_allclose(fetch(rstd), rstd_ref, rtol=RSTD_TOL[backend])
-    dx, dw, db = F.layer_norm_backward(put(dy, backend), put(x, backend), normalized, mean, rstd, maybe(w, backend))
-    dx_ref, dw_ref, db_ref = ref.layer_norm_backward(dy, x, nshape, fetch(mean), fetch(rstd), w)
-    assert_close(dx, dx_ref, TOL[backend], "dx", dx_scale(dy, w, rstd))
-    if affine:
-        assert_close(dw, dw_ref, TOL[backend], "dweight")
-        assert_close(db, db_ref, TOL[backend], "dbias")
-    else:
-        assert dw is None and db is None
+    check_row_norm(
+        backend, dy, w, affine,
+        F.layer_norm_forward(put(x, backend), normalized, maybe(w, backend), maybe(b, backend), eps=1e-3),
+        ref.layer_norm_forward(x, nshape, w, b, eps=1e-3),
+        lambda mean, rstd: F.layer_norm_backward(put(dy, backend), put(x, backend), normalized, mean, rstd,
+                                                 maybe(w, backend)),
+        lambda mean, rstd: ref.layer_norm_backward(dy, x, nshape, mean, rstd, w))
 
 
 def test_layer_norm_large_mean_tiny_std(backend, rng):
@@ -233,20 +244,13 @@ def test_group_norm_matches_reference(shape, groups, affine, backend, rng):
     x = f32(rng.standard_normal(shape) * rng.uniform(0.1, 10.0) + rng.uniform(-5, 5))
     dy = f32(rng.standard_normal(shape))
     w, b = affine_params(rng, C, affine)
-    y, mean, rstd = F.group_norm_forward(put(x, backend), groups, maybe(w, backend), maybe(b, backend))
-    y_ref, mean_ref, rstd_ref = ref.group_norm_forward(x, groups, w, b)
-    assert fetch(mean).shape == (shape[0], groups)
-    assert_close(y, y_ref, TOL[backend], "y")
-    assert_close(mean, mean_ref, TOL[backend], "mean")
-    np.testing.assert_allclose(fetch(rstd), rstd_ref, rtol=RSTD_TOL[backend])
-    dx, dw, db = F.group_norm_backward(put(dy, backend), put(x, backend), groups, mean, rstd, maybe(w, backend))
-    dx_ref, dw_ref, db_ref = ref.group_norm_backward(dy, x, groups, fetch(mean), fetch(rstd), w)
-    assert_close(dx, dx_ref, TOL[backend], "dx", dx_scale(dy, w, rstd))
-    if affine:
-        assert_close(dw, dw_ref, TOL[backend], "dweight")
-        assert_close(db, db_ref, TOL[backend], "dbias")
-    else:
-        assert dw is None and db is None
+    forward = F.group_norm_forward(put(x, backend), groups, maybe(w, backend), maybe(b, backend))
+    assert fetch(forward[1]).shape == (shape[0], groups)
+    check_row_norm(
+        backend, dy, w, affine, forward, ref.group_norm_forward(x, groups, w, b),
+        lambda mean, rstd: F.group_norm_backward(put(dy, backend), put(x, backend), groups, mean, rstd,
+                                                 maybe(w, backend)),
+        lambda mean, rstd: ref.group_norm_backward(dy, x, groups, mean, rstd, w))
 
 
 def test_group_norm_constant_groups(backend, rng):
