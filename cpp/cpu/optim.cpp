@@ -53,9 +53,16 @@ StepOutcome optim_step(const StepRequest& req) {
     if (req.clip) coef = static_cast<float>(std::fmin(1.0, req.max_norm / (out.norm + 1e-6)));
   }
 
+  // Neighbouring tensors nearly always share group and step: derive their scalars (two pows)
+  // once per run of equal (group, step), not once per tensor.
   std::vector<StepScalars> scalars(req.num_tensors);
-  for (int64_t t = 0; t < req.num_tensors; ++t)
-    scalars[t] = prepare_step(req.groups[req.tensors[t].group], req.groups[req.tensors[t].group].kind, req.steps[t] + 1);
+  for (int64_t t = 0; t < req.num_tensors; ++t) {
+    const int32_t g = req.tensors[t].group;
+    if (t > 0 && g == req.tensors[t - 1].group && req.steps[t] == req.steps[t - 1])
+      scalars[t] = scalars[t - 1];
+    else
+      scalars[t] = prepare_step(req.groups[g], req.groups[g].kind, req.steps[t] + 1);
+  }
 
   const std::vector<Chunk> chunks = make_chunks(req.num_tensors, [&](int64_t t) { return req.tensors[t].numel; });
   const int64_t nc = static_cast<int64_t>(chunks.size());
