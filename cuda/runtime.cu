@@ -53,12 +53,6 @@ int driver_version() {
   return v;
 }
 
-int current_device() {
-  int d = 0;
-  check(cudaGetDevice(&d), "cudaGetDevice");
-  return d;
-}
-
 void set_device(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
 
 // Pinned host memory counts as host (-1); managed memory belongs to its device. Pointers the

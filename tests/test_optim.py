@@ -44,10 +44,6 @@ RTOL = 3e-5
 NORM_RTOL = {"cpu": 1e-9, "cuda": 1e-5}
 
 
-def _ref_hyper(kwargs):
-    return dict(kwargs)
-
-
 def _run_pair(rule, cls, kwargs, shapes, backend, rng, steps=STEPS, **step_kwargs):
     init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     params = [put(p, backend) for p in init]

@@ -56,6 +56,11 @@ Out new_output(const std::vector<int64_t>& shape, const ArrayView& x, uintptr_t 
   return o;
 }
 
+// The affine gradients: outputs when the layer has those parameters, else None and null.
+Out optional_output(bool wanted, const std::vector<int64_t>& shape, const ArrayView& x, uintptr_t stream) {
+  return wanted ? new_output(shape, x, stream) : Out{py::none(), nullptr};
+}
+
 // x as (N, C, S): N = shape[0], C = shape[1], S = the product of the rest.
 NormShape channel_shape(const ArrayView& x, const char* what) {
   if (x.shape.size() < 2)
@@ -159,29 +164,23 @@ py::tuple batch_norm_backward(py::handle dy_obj, py::handle x_obj, py::handle ga
   if (training && s.N * s.S < 2)
     raise_value("x: expected more than 1 value per channel when training, got input size " + shape_str(x.shape));
   Out dx = new_output(x.shape, x, stream);
-  py::object dw_obj = py::none(), db_obj = py::none();
-  float* dw = nullptr;
-  float* db = nullptr;
-  if (affine) {
-    Out a = new_output(cshape, x, stream), c = new_output(cshape, x, stream);
-    dw_obj = a.obj, dw = a.ptr, db_obj = c.obj, db = c.ptr;
-  }
+  const Out dw = optional_output(affine, cshape, x, stream), db = optional_output(affine, cshape, x, stream);
   const float* xp = static_cast<const float*>(x.data);
   const float* gp = static_cast<const float*>(dy.data);
   {
     py::gil_scoped_release nogil;
     if (x.device == kCPU) {
-      cpu::batch_norm_backward(s, gp, xp, w, mp, rp, training, dx.ptr, dw, db);
+      cpu::batch_norm_backward(s, gp, xp, w, mp, rp, training, dx.ptr, dw.ptr, db.ptr);
     } else {
 #ifdef FASTOPT_WITH_CUDA
       use_device(x.device);
-      cuda::batch_norm_backward(s, gp, xp, w, mp, rp, training, dx.ptr, dw, db, reinterpret_cast<void*>(stream));
+      cuda::batch_norm_backward(s, gp, xp, w, mp, rp, training, dx.ptr, dw.ptr, db.ptr, reinterpret_cast<void*>(stream));
 #else
       no_cuda();
 #endif
     }
   }
-  return py::make_tuple(dx.obj, dw_obj, db_obj);
+  return py::make_tuple(dx.obj, dw.obj, db.obj);
 }
 
 // Layer norm as the row family: rows = the leading dims, one group of D = prod(normalized_shape).
@@ -244,29 +243,23 @@ py::tuple row_backward(const ArrayView& dy, const ArrayView& x, const NormShape&
   const float* mp = required_input(mean, "mean", stat_shape, x);
   const float* rp = required_input(rstd, "rstd", stat_shape, x);
   Out dx = new_output(x.shape, x, stream);
-  py::object dw_obj = py::none(), db_obj = py::none();
-  float* dw = nullptr;
-  float* db = nullptr;
-  if (affine) {
-    Out a = new_output(wshape, x, stream), c = new_output(wshape, x, stream);
-    dw_obj = a.obj, dw = a.ptr, db_obj = c.obj, db = c.ptr;
-  }
+  const Out dw = optional_output(affine, wshape, x, stream), db = optional_output(affine, wshape, x, stream);
   const float* xp = static_cast<const float*>(x.data);
   const float* gp = static_cast<const float*>(dy.data);
   {
     py::gil_scoped_release nogil;
     if (x.device == kCPU) {
-      cpu::row_norm_backward(s, gp, xp, w, mp, rp, dx.ptr, dw, db);
+      cpu::row_norm_backward(s, gp, xp, w, mp, rp, dx.ptr, dw.ptr, db.ptr);
     } else {
 #ifdef FASTOPT_WITH_CUDA
       use_device(x.device);
-      cuda::row_norm_backward(s, gp, xp, w, mp, rp, dx.ptr, dw, db, reinterpret_cast<void*>(stream));
+      cuda::row_norm_backward(s, gp, xp, w, mp, rp, dx.ptr, dw.ptr, db.ptr, reinterpret_cast<void*>(stream));
 #else
       no_cuda();
 #endif
     }
   }
-  return py::make_tuple(dx.obj, dw_obj, db_obj);
+  return py::make_tuple(dx.obj, dw.obj, db.obj);
 }
 
 std::vector<int64_t> leading_shape(const ArrayView& x, size_t k) {

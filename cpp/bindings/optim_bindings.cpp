@@ -296,10 +296,6 @@ void bind_optim(py::module_& m) {
       .value("RMSPROP_CENTERED_MOMENTUM", OptKind::RMSPROP_CENTERED_MOMENTUM)
       .value("ADAM", OptKind::ADAM)
       .value("ADAM_AMSGRAD", OptKind::ADAM_AMSGRAD);
-  m.def("num_states", [](int k) {
-    if (k < 0 || k >= kNumOptKinds) raise_value("kind: unknown optimizer kind " + std::to_string(k));
-    return num_states(static_cast<OptKind>(k));
-  });
 
   m.def("optim_step", &optim_step, py::arg("params"), py::arg("grads"), py::arg("states"),
         py::arg("steps"), py::arg("groups"), py::arg("group_of"), py::arg("max_norm") = py::none(),

@@ -32,11 +32,6 @@ struct StepRequest {
   bool check_finite;    // skip the whole step (nothing written) if any gradient is NaN/Inf
 };
 
-// Norm kinds for the standalone reductions: p = 2 is the usual; p = inf is max |g|.
-struct NormSpec {
-  double p;
-};
-
 namespace cpu {
 
 struct StepOutcome {
@@ -62,7 +57,6 @@ int device_count();
 std::string device_name(int device);
 int runtime_version();
 int driver_version();
-int current_device();
 void set_device(int device);
 int pointer_device(const void* ptr);   // device owning ptr, -1 for host memory
 
