@@ -14,6 +14,10 @@ void bind_optim(py::module_& m);
 void bind_normalization(py::module_& m);
 void bind_dropout(py::module_& m);
 void bind_conv2d(py::module_& m);
+void bind_activation(py::module_& m);
+void bind_pooling(py::module_& m);
+void bind_loss(py::module_& m);
+void bind_augment(py::module_& m);
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -82,4 +86,8 @@ PYBIND11_MODULE(_C, m) {
   bind_normalization(m);
   bind_dropout(m);
   bind_conv2d(m);
+  bind_activation(m);
+  bind_pooling(m);
+  bind_loss(m);
+  bind_augment(m);
 }

@@ -3,3 +3,7 @@ from .clip import clip_grad_norm_, clip_grad_value_, global_norm
 from .normalization import *  # noqa: F401,F403
 from .dropout import *  # noqa: F401,F403
 from .conv import *  # noqa: F401,F403
+from .activation import *  # noqa: F401,F403
+from .pooling import *  # noqa: F401,F403
+from .loss import *  # noqa: F401,F403
+from .augment import *  # noqa: F401,F403

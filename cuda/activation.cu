@@ -1,0 +1,2 @@
+// activation: placeholder, filled in by its branch.
+#include "fastopt/activation.h"

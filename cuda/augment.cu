@@ -1,0 +1,2 @@
+// augment: placeholder, filled in by its branch.
+#include "fastopt/augment.h"

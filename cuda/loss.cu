@@ -1,0 +1,2 @@
+// loss: placeholder, filled in by its branch.
+#include "fastopt/loss.h"

@@ -1,0 +1,1 @@
+"""activation: placeholder, filled in by its branch."""

@@ -1,0 +1,1 @@
+"""augment: placeholder, filled in by its branch."""

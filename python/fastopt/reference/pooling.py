@@ -1,0 +1,1 @@
+"""pooling: placeholder, filled in by its branch."""
