@@ -18,6 +18,7 @@ void bind_activation(py::module_& m);
 void bind_pooling(py::module_& m);
 void bind_loss(py::module_& m);
 void bind_augment(py::module_& m);
+void bind_linear(py::module_& m);
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -90,4 +91,5 @@ PYBIND11_MODULE(_C, m) {
   bind_pooling(m);
   bind_loss(m);
   bind_augment(m);
+  bind_linear(m);
 }

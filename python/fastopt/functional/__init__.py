@@ -7,3 +7,4 @@ from .activation import *  # noqa: F401,F403
 from .pooling import *  # noqa: F401,F403
 from .loss import *  # noqa: F401,F403
 from .augment import *  # noqa: F401,F403
+from .linear import *  # noqa: F401,F403

@@ -1,0 +1,2 @@
+// linear: placeholder, filled in by its branch.
+#include "fastopt/linear.h"

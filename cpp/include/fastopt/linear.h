@@ -1,0 +1,2 @@
+// linear: placeholder, filled in by its branch.
+#pragma once

@@ -1,0 +1,1 @@
+"""linear: placeholder, filled in by its branch."""
