@@ -193,6 +193,49 @@ static py::object device_item(py::object self) {
   return self.attr("numpy")().attr("item")();
 }
 
+// Views share the allocation, so a layer's parameters can be slices of one flat buffer and a
+// batch a slice of a data set already on the GPU.
+static DeviceArray device_reshape(const DeviceArray& a, py::args args) {
+  py::handle spec = args;
+  if (args.size() == 1 && !PyIndex_Check(args[0].ptr())) spec = args[0];
+  std::vector<int64_t> shape;
+  int64_t known = 1, infer = -1;
+  for (py::handle d : spec) {
+    const int64_t v = d.cast<int64_t>();
+    if (v == -1 && infer < 0) {
+      infer = static_cast<int64_t>(shape.size());
+    } else if (v < 0) {
+      raise_value("shape: invalid dimension " + std::to_string(v));
+    } else {
+      known *= v;
+    }
+    shape.push_back(v);
+  }
+  if (infer >= 0) {
+    if (known == 0 || a.numel() % known != 0)
+      raise_value("shape: cannot infer -1 for " + std::to_string(a.numel()) + " elements");
+    shape[infer] = a.numel() / known;
+    known *= shape[infer];
+  }
+  if (known != a.numel())
+    raise_value("shape: " + std::to_string(known) + " elements requested, the array has " + std::to_string(a.numel()));
+  DeviceArray v = a;
+  v.shape = std::move(shape);
+  return v;
+}
+
+static DeviceArray device_rows(const DeviceArray& a, const py::slice& s) {
+  if (a.shape.empty()) throw py::index_error("a 0-d DeviceArray has no rows");
+  py::ssize_t start, stop, step, len;
+  if (!s.compute(a.shape[0], &start, &stop, &step, &len)) throw py::error_already_set();
+  if (step != 1) raise_value("index: only slices with step 1 are supported (views stay contiguous)");
+  DeviceArray v = a;
+  v.shape[0] = len;
+  v.offset += static_cast<size_t>(start) * static_cast<size_t>(a.numel() / std::max<int64_t>(a.shape[0], 1)) *
+              itemsize(a.dtype);
+  return v;
+}
+
 void bind_device_array(py::module_& m) {
   py::class_<DeviceArray>(m, "DeviceArray", R"doc(
 A contiguous array in GPU memory owned by fastopt.
@@ -212,6 +255,10 @@ it to the host.)doc")
              if (a.shape.empty()) throw py::type_error("len() of a 0-d DeviceArray");
              return a.shape[0];
            })
+      .def("reshape", [](const DeviceArray& a, py::args shape) { return device_reshape(a, shape); },
+           "A view of the same memory with another shape (one dimension may be -1).")
+      .def("__getitem__", [](const DeviceArray& a, py::slice s) { return device_rows(a, s); },
+           "A view of rows start:stop along the first axis (step 1), sharing this array's memory.")
       .def_property_readonly("__cuda_array_interface__",
                              [](const DeviceArray& a) {
                                py::dict d;

@@ -6,7 +6,7 @@ PyTorch) on the GPU; every op runs where its arrays live.
 from . import _C
 from ._C import DeviceArray
 from ._arrays import empty, to_device, zeros
-from . import cuda, functional, optim, reference, schedules
+from . import cuda, functional, nn, optim, reference, schedules
 from .functional import clip_grad_norm_, clip_grad_value_, global_norm
 
 __version__ = _C.build_info()["version"]
@@ -18,6 +18,6 @@ def build_info():
 
 
 __all__ = [
-    "DeviceArray", "to_device", "empty", "zeros", "build_info", "cuda", "functional", "optim",
+    "DeviceArray", "to_device", "empty", "zeros", "build_info", "cuda", "functional", "nn", "optim",
     "reference", "schedules", "clip_grad_norm_", "clip_grad_value_", "global_norm",
 ]

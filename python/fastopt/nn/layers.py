@@ -1,0 +1,358 @@
+"""The layers: each a forward/backward pair over fastopt's native kernels, with torch.nn's
+constructor arguments, defaults and default initializations.
+
+Weights decay; biases and normalization affines do not (they land in the store's second group).
+"""
+import math
+
+import numpy as np
+
+from .. import functional as F
+from .._arrays import copy_, to_numpy
+from ..reference.conv import pair
+from . import init as I
+from .module import Module, Parameter, _alloc
+
+__all__ = [
+    "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "ReLU", "LeakyReLU",
+    "MaxPool2d", "GlobalAvgPool2d", "Flatten", "Dropout",
+]
+
+
+def _set_grad(param, value):
+    if param is not None and value is not None:
+        copy_(param.grad, value)
+
+
+def _take(module, name):
+    """The state a forward saved for backward, used exactly once."""
+    value = getattr(module, name, None)
+    if value is None:
+        raise RuntimeError(f"{type(module).__name__}.backward: no saved forward state (call forward with "
+                           "training=True before each backward)")
+    setattr(module, name, None)
+    return value
+
+
+class Conv2d(Module):
+    """2-D convolution, NCHW. Default init as torch: weight kaiming_uniform(a=sqrt(5)), bias
+    U(+-1/sqrt(fan_in)). allow_tf32 lets the GPU use TF32 tensor cores."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, weight_init=None, bias_init=None, allow_tf32=False):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups: {groups} must divide in_channels {in_channels} and out_channels {out_channels}")
+        kh, kw = pair(kernel_size, "kernel_size")
+        shape = (out_channels, in_channels // groups, kh, kw)
+        fan_in = I.fans(shape)[0]
+        self.params["weight"] = Parameter(shape, weight_init or I.kaiming_uniform(a=math.sqrt(5)))
+        self.params["bias"] = (Parameter((out_channels,), bias_init or I.fan_in_uniform(fan_in), decay=False)
+                               if bias else None)
+        self.conv = dict(stride=pair(stride, "stride"), padding=pair(padding, "padding"),
+                         dilation=pair(dilation, "dilation"), groups=groups, allow_tf32=allow_tf32)
+        self._x = None
+
+    def forward(self, x, training=True):
+        b = self.params["bias"]
+        y = F.conv2d_forward(x, self.params["weight"].data, b.data if b else None, **self.conv)
+        self._x = x if training else None
+        return y
+
+    def backward(self, dy):
+        w, b = self.params["weight"], self.params["bias"]
+        dx, dw, db = F.conv2d_backward(dy, _take(self, "_x"), w.data, need=(self.needs_input_grad, True, b is not None),
+                                       **self.conv)
+        _set_grad(w, dw)
+        _set_grad(b, db)
+        return dx
+
+    def extra_repr(self):
+        k, c = self.params["weight"].shape, self.conv
+        return (f"{k[1] * c['groups']}, {k[0]}, kernel_size={k[2:]}, stride={c['stride']}, padding={c['padding']}, "
+                f"bias={self.params['bias'] is not None}")
+
+
+class Linear(Module):
+    """y = x W^T + b, x (N, in), on fastopt's batched GEMM. Init as torch."""
+
+    def __init__(self, in_features, out_features, bias=True, weight_init=None, bias_init=None):
+        super().__init__()
+        self.params["weight"] = Parameter((out_features, in_features),
+                                          weight_init or I.kaiming_uniform(a=math.sqrt(5)))
+        self.params["bias"] = (Parameter((out_features,), bias_init or I.fan_in_uniform(in_features), decay=False)
+                               if bias else None)
+        self._x = None
+
+    def forward(self, x, training=True):
+        b = self.params["bias"]
+        y = F.linear_forward(x, self.params["weight"].data, b.data if b else None)
+        self._x = x if training else None
+        return y
+
+    def backward(self, dy):
+        w, b = self.params["weight"], self.params["bias"]
+        dx, dw, db = F.linear_backward(dy, _take(self, "_x"), w.data, need=(self.needs_input_grad, True, b is not None))
+        _set_grad(w, dw)
+        _set_grad(b, db)
+        return dx
+
+    def extra_repr(self):
+        out_f, in_f = self.params["weight"].shape
+        return f"in_features={in_f}, out_features={out_f}, bias={self.params['bias'] is not None}"
+
+
+def _affine(params, shape, affine, bias=True):
+    params["weight"] = Parameter(shape, I.ones(), decay=False) if affine else None
+    params["bias"] = Parameter(shape, I.zeros(), decay=False) if affine and bias else None
+
+
+def _data(p):
+    return None if p is None else p.data
+
+
+class _BatchNorm(Module):
+    """Batch normalization over every dim but C, torch.nn.BatchNorm semantics: batch statistics
+    in training (running statistics updated with `momentum`, None = cumulative average), running
+    statistics in eval."""
+    ndims = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
+        self.track_running_stats = track_running_stats
+        _affine(self.params, (self.num_features,), affine)
+        self.running_mean = self.running_var = None
+        self.num_batches_tracked = 0
+        self._saved = None
+
+    def build(self, device, seed):
+        super().build(device, seed)
+        if self.track_running_stats:
+            self.running_mean = _alloc((self.num_features,), device)
+            self.running_var = _alloc((self.num_features,), device, fill=1.0)
+
+    def forward(self, x, training=True):
+        if len(x.shape) not in self.ndims or x.shape[1] != self.num_features:
+            raise ValueError(f"x: {type(self).__name__}({self.num_features}) expects {self.ndims[0]}-d input with "
+                             f"{self.num_features} channels, got shape {tuple(x.shape)}")
+        batch_stats = training or not self.track_running_stats
+        if training and self.track_running_stats:
+            self.num_batches_tracked += 1
+        y, mean, invstd = F.batch_norm_forward(
+            x, _data(self.params["weight"]), _data(self.params["bias"]), self.running_mean, self.running_var,
+            batch_stats, self.momentum, self.eps, num_batches_tracked=self.num_batches_tracked)
+        self._saved = (x, mean, invstd, batch_stats) if training else None
+        return y
+
+    def backward(self, dy):
+        x, mean, invstd, batch_stats = _take(self, "_saved")
+        w, b = self.params["weight"], self.params["bias"]
+        dx, dw, db = F.batch_norm_backward(dy, x, _data(w), mean, invstd, batch_stats, has_bias=b is not None)
+        _set_grad(w, dw)
+        _set_grad(b, db)
+        return dx
+
+    def state_dict(self):
+        if not self.track_running_stats:
+            return {}
+        return {"running_mean": to_numpy(self.running_mean), "running_var": to_numpy(self.running_var),
+                "num_batches_tracked": np.int64(self.num_batches_tracked)}
+
+    def load_state_dict(self, state):
+        if self.track_running_stats:
+            copy_(self.running_mean, np.asarray(state["running_mean"], np.float32))
+            copy_(self.running_var, np.asarray(state["running_var"], np.float32))
+            self.num_batches_tracked = int(state["num_batches_tracked"])
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.params['weight'] is not None}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Over (N, C) or (N, C, L)."""
+    ndims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Over (N, C, H, W)."""
+    ndims = (4,)
+
+
+class LayerNorm(Module):
+    """Normalization over the trailing normalized_shape dims, per sample; same in eval."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.normalized_shape, self.eps = shape, float(eps)
+        _affine(self.params, shape, elementwise_affine, bias)
+        self._saved = None
+
+    def forward(self, x, training=True):
+        y, mean, rstd = F.layer_norm_forward(x, self.normalized_shape, _data(self.params["weight"]),
+                                             _data(self.params["bias"]), self.eps)
+        self._saved = (x, mean, rstd) if training else None
+        return y
+
+    def backward(self, dy):
+        x, mean, rstd = _take(self, "_saved")
+        w, b = self.params["weight"], self.params["bias"]
+        dx, dw, db = F.layer_norm_backward(dy, x, self.normalized_shape, mean, rstd, _data(w), has_bias=b is not None)
+        _set_grad(w, dw)
+        _set_grad(b, db)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class GroupNorm(Module):
+    """Normalization per (sample, group of channels); same in eval."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True):
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError(f"num_groups: {num_groups} must divide num_channels {num_channels}")
+        self.num_groups, self.eps = int(num_groups), float(eps)
+        _affine(self.params, (int(num_channels),), affine)
+        self._saved = None
+
+    def forward(self, x, training=True):
+        y, mean, rstd = F.group_norm_forward(x, self.num_groups, _data(self.params["weight"]),
+                                             _data(self.params["bias"]), self.eps)
+        self._saved = (x, mean, rstd) if training else None
+        return y
+
+    def backward(self, dy):
+        x, mean, rstd = _take(self, "_saved")
+        w, b = self.params["weight"], self.params["bias"]
+        dx, dw, db = F.group_norm_backward(dy, x, self.num_groups, mean, rstd, _data(w), has_bias=b is not None)
+        _set_grad(w, dw)
+        _set_grad(b, db)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_groups}, eps={self.eps}"
+
+
+class ReLU(Module):
+    def __init__(self):
+        super().__init__()
+        self._x = None
+
+    def forward(self, x, training=True):
+        self._x = x if training else None
+        return F.relu_forward(x)
+
+    def backward(self, dy):
+        return F.relu_backward(dy, _take(self, "_x"))
+
+
+class LeakyReLU(Module):
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+        self._x = None
+
+    def forward(self, x, training=True):
+        self._x = x if training else None
+        return F.leaky_relu_forward(x, self.negative_slope)
+
+    def backward(self, dy):
+        return F.leaky_relu_backward(dy, _take(self, "_x"), self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class MaxPool2d(Module):
+    """Max pooling (floor mode); backward routes each output's gradient to its argmax."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self._saved = None
+
+    def forward(self, x, training=True):
+        y, idx = F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        self._saved = (tuple(x.shape), idx) if training else None
+        return y
+
+    def backward(self, dy):
+        shape, idx = _take(self, "_saved")
+        return F.max_pool2d_backward(dy, idx, shape, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class GlobalAvgPool2d(Module):
+    """(N, C, H, W) -> (N, C): the mean over H and W."""
+
+    def __init__(self):
+        super().__init__()
+        self._shape = None
+
+    def forward(self, x, training=True):
+        self._shape = tuple(x.shape) if training else None
+        return F.global_avg_pool_forward(x)
+
+    def backward(self, dy):
+        return F.global_avg_pool_backward(dy, _take(self, "_shape"))
+
+
+class Flatten(Module):
+    """(N, ...) -> (N, prod(...)), a free view."""
+
+    def __init__(self):
+        super().__init__()
+        self._shape = None
+
+    def forward(self, x, training=True):
+        self._shape = tuple(x.shape) if training else None
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(_take(self, "_shape"))
+
+
+class Dropout(Module):
+    """Inverted dropout; identity in eval. The mask of each training call comes from the layer's
+    seed (drawn at build) and a stream offset that advances by the input's size every call, so
+    backward regenerates it and a checkpoint (which stores the offset) resumes the same masks."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p: dropout probability has to be between 0 and 1, but got {p}")
+        self.p = float(p)
+        self.seed = 0
+        self.offset = 0
+        self._saved = None
+
+    def build(self, device, seed):
+        super().build(device, seed)
+        self.seed = int(seed)
+
+    def forward(self, x, training=True):
+        if not training or self.p == 0.0:
+            self._saved = self.offset if training else None
+            return x
+        y = F.dropout_forward(x, self.p, self.seed, self.offset)
+        self._saved = self.offset
+        self.offset += int(np.prod(x.shape))
+        return y
+
+    def backward(self, dy):
+        offset = _take(self, "_saved")
+        return dy if self.p == 0.0 else F.dropout_backward(dy, self.p, self.seed, offset)
+
+    def state_dict(self):
+        return {"seed": np.uint64(self.seed), "offset": np.uint64(self.offset)}
+
+    def load_state_dict(self, state):
+        self.seed, self.offset = int(state["seed"]), int(state["offset"])
+
+    def extra_repr(self):
+        return f"p={self.p}"

@@ -1,0 +1,305 @@
+"""The trainer: mini-batch training of a fastopt.nn network with any fastopt optimizer, a warm-up
+plus cosine schedule, fused gradient clipping, device-side augmentation, metrics, early stopping
+and checkpoints.
+
+Where time goes and why:
+- Each epoch the shuffled training set goes to the device in one copy; batches are views of it.
+- A step is forward, loss, backward and ONE optimizer call over the model's two flat parameter
+  tensors (clipping fused in). On the GPU nothing comes back to the host but the scalar loss, and
+  only every `check_every` steps (for the NaN and explosion rules); epoch metrics accumulate on
+  the device in a 3-float array read once per epoch.
+- Randomness is a function of (seed, epoch, step): shuffles and mixup's lambda from NumPy
+  generators seeded by (seed, epoch), augmentation and dropout from Philox counters. A run
+  resumed from a checkpoint therefore continues bit for bit as if it had never stopped.
+"""
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from . import _arrays, cuda, functional as F, optim, schedules
+from .nn import SoftmaxCrossEntropy
+
+__all__ = ["TrainConfig", "Trainer", "TrainingStopped", "make_optimizer"]
+
+OPTIMIZERS = ("adamw", "adam", "amsgrad", "sgd", "momentum", "nesterov", "rmsprop", "adagrad")
+
+
+@dataclass
+class TrainConfig:
+    device: str = "auto"          # "auto": the GPU when one is usable, else the CPU
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 2.0
+    min_lr_ratio: float = 0.0     # cosine floor, as a fraction of lr
+    max_grad_norm: float = 5.0    # 0: no clipping
+    label_smoothing: float = 0.05
+    max_shift: int = 1            # random translation, pixels
+    cutout: int = 0               # square side, pixels
+    flip: bool = False            # off for digits: a mirrored digit is another glyph
+    brightness: float = 0.0
+    contrast: float = 0.0
+    mixup: float = 0.0            # Beta(alpha, alpha); 0: off
+    patience: int = 10            # epochs without a better validation loss before stopping
+    seed: int = 0
+    check_every: int = 10         # steps between host reads of the loss
+    explode_factor: float = 3.0
+    topk: int = 5
+    progress: bool = True
+
+    def check(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        for name in ("epochs", "batch_size", "check_every", "patience", "topk"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "warmup_epochs", "max_grad_norm", "brightness", "contrast", "mixup",
+                     "min_lr_ratio"):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing <= 1:
+            raise ValueError(f"label_smoothing: must lie in [0, 1], got {self.label_smoothing}")
+        return self
+
+
+class TrainingStopped(RuntimeError):
+    """Training diverged (NaN loss, or loss above explode_factor x its first value)."""
+
+
+def resolve_device(device):
+    if device == "auto":
+        return "cuda:0" if cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    return f"cuda:{_arrays._device_index(device)}"
+
+
+def make_optimizer(name, groups, lr):
+    """torch.optim's rules by name; the groups carry their own weight decay."""
+    if name == "adamw":
+        return optim.AdamW(groups, lr=lr)
+    if name == "amsgrad":
+        return optim.AdamW(groups, lr=lr, amsgrad=True)
+    if name == "adam":
+        return optim.Adam(groups, lr=lr)
+    if name == "sgd":
+        return optim.SGD(groups, lr=lr)
+    if name in ("momentum", "nesterov"):
+        return optim.SGD(groups, lr=lr, momentum=0.9, nesterov=name == "nesterov")
+    if name == "rmsprop":
+        return optim.RMSprop(groups, lr=lr)
+    if name == "adagrad":
+        return optim.Adagrad(groups, lr=lr)
+    raise ValueError(f"optimizer: unknown {name!r}")
+
+
+class Progress:
+    """One line per epoch, redrawn in place on a terminal: batches done, samples/s, last loss."""
+
+    def __init__(self, enabled, total, title, stream=sys.stderr):
+        self.enabled, self.total, self.title, self.stream = enabled, total, title, stream
+        self.tty = enabled and stream.isatty()
+        self.start = time.perf_counter()
+
+    def update(self, done, samples, loss):
+        if not self.tty:
+            return
+        width = 24
+        filled = int(width * done / max(self.total, 1))
+        rate = samples / max(time.perf_counter() - self.start, 1e-9)
+        loss_s = "   -  " if loss is None else f"{loss:.4f}"
+        self.stream.write(f"\r{self.title} [{'=' * filled}{' ' * (width - filled)}] {done}/{self.total} "
+                          f"{rate:8.0f} samples/s  loss {loss_s}")
+        self.stream.flush()
+
+    def close(self, summary):
+        if self.enabled:
+            self.stream.write(f"\r{self.title} {summary}\033[K\n" if self.tty else f"{self.title} {summary}\n")
+            self.stream.flush()
+
+
+@dataclass
+class History:
+    epochs: list = field(default_factory=list)  # one dict of metrics per epoch
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+    stopped: str = ""                            # why training ended early, if it did
+
+
+class Trainer:
+    """Trains `model` (a built-on-demand fastopt.nn.Sequential) on `data` (fastopt.data.Dataset)."""
+
+    def __init__(self, model, data, config=None, out_dir=None):
+        self.config = (config or TrainConfig()).check()
+        self.model, self.data = model, data
+        self.device = resolve_device(self.config.device)
+        self.out_dir = out_dir
+        c = self.config
+        self.store = model.build(self.device, seed=c.seed)
+        self.optimizer = make_optimizer(c.optimizer, self.store.param_groups(c.weight_decay), c.lr)
+        self.steps_per_epoch = math.ceil(len(data.train) / c.batch_size)
+        total = c.epochs * self.steps_per_epoch
+        warmup = min(int(round(c.warmup_epochs * self.steps_per_epoch)), total)
+        cosine = schedules.CosineAnnealingLR(self.optimizer, T_max=max(total - warmup, 1), eta_min=c.lr * c.min_lr_ratio)
+        self.schedule = schedules.LinearWarmup(self.optimizer, warmup, after=cosine)
+        self.loss_fn = SoftmaxCrossEntropy(c.label_smoothing, topk=c.topk)
+        self.history = History()
+        self.epoch = 0           # epochs completed
+        self.step = 0            # optimizer steps taken
+        self.initial_loss = None
+        self._eval_cache = {}
+
+    # ------------------------------------------------------------------------- data
+    def _to_device(self, array):
+        return array if self.device == "cpu" else _arrays.to_device(array, self.device)
+
+    def _epoch_data(self, epoch):
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.data.train))
+        return self._to_device(self.data.train.x[order]), self._to_device(self.data.train.y[order])
+
+    def _augment(self, x, y, rng):
+        c = self.config
+        if c.max_shift or c.cutout or c.flip or c.brightness or c.contrast:
+            x = F.augment_batch(x, c.seed, self.step, max_shift=c.max_shift, flip=c.flip, cutout=c.cutout,
+                                brightness=c.brightness, contrast=c.contrast, fill=self.data.background)
+        if c.mixup > 0:
+            lam = float(rng.beta(c.mixup, c.mixup))
+            x, y = F.mixup(x, y, lam, self.data.num_classes)
+        return x, y
+
+    # ----------------------------------------------------------------------- loops
+    def _check_loss(self, loss):
+        value = float(loss)
+        if not math.isfinite(value):
+            raise TrainingStopped(f"loss is {value} at step {self.step} (epoch {self.epoch + 1}): training diverged; "
+                                  "try a lower --lr or stronger clipping")
+        if self.initial_loss is None:
+            self.initial_loss = value
+        elif value > self.config.explode_factor * self.initial_loss:
+            raise TrainingStopped(f"loss {value:.4g} at step {self.step} exceeds {self.config.explode_factor:g}x its "
+                                  f"initial value {self.initial_loss:.4g}: training is exploding; try a lower --lr")
+        return value
+
+    def train_epoch(self):
+        c = self.config
+        xs, ys = self._epoch_data(self.epoch)
+        rng = np.random.default_rng([c.seed, self.epoch, 1])
+        stats = _arrays.zeros((3,), np.float32, self.device) if self.device != "cpu" else np.zeros(3, np.float32)
+        n = len(self.data.train)
+        bar = Progress(c.progress, self.steps_per_epoch, f"epoch {self.epoch + 1:3d}/{c.epochs}")
+        start, last = time.perf_counter(), None
+        for b in range(self.steps_per_epoch):
+            lo, hi = b * c.batch_size, min((b + 1) * c.batch_size, n)
+            x, y = self._augment(xs[lo:hi], ys[lo:hi], rng)
+            logits = self.model.forward(x, training=True)
+            loss = self.loss_fn.forward(logits, y, training=True, stats=stats)
+            self.model.backward(self.loss_fn.backward())
+            self.optimizer.step(self.store.grads, max_grad_norm=c.max_grad_norm or None)
+            self.schedule.step()
+            self.step += 1
+            if self.step == 1 or b % c.check_every == c.check_every - 1 or b == self.steps_per_epoch - 1:
+                last = self._check_loss(loss)
+            bar.update(b + 1, hi, last)
+        seconds = time.perf_counter() - start
+        loss_sum, top1, topk = (float(v) for v in _arrays.to_numpy(stats))
+        self.epoch += 1
+        return {"train_loss": loss_sum / n, "train_acc": top1 / n, f"train_top{c.topk}": topk / n,
+                "train_seconds": seconds, "samples_per_s": n / seconds, "lr": self.optimizer.param_groups[0]["lr"]}, bar
+
+    def evaluate(self, split, batch_size=512):
+        """Mean loss and top-1 / top-k accuracy on a split (eval mode: running statistics, no dropout)."""
+        key = id(split)
+        if key not in self._eval_cache:
+            self._eval_cache = {key: (self._to_device(split.x), self._to_device(split.y))}
+        xs, ys = self._eval_cache[key]
+        stats = _arrays.zeros((3,), np.float32, self.device) if self.device != "cpu" else np.zeros(3, np.float32)
+        n = len(split)
+        for lo in range(0, n, batch_size):
+            logits = self.model.forward(xs[lo:lo + batch_size], training=False)
+            self.loss_fn.forward(logits, ys[lo:lo + batch_size], training=False, stats=stats)
+        loss_sum, top1, topk = (float(v) for v in _arrays.to_numpy(stats))
+        return {"loss": loss_sum / n, "acc": top1 / n, f"top{self.config.topk}": topk / n}
+
+    def fit(self):
+        """Train until `epochs`, early stopping or divergence; returns the History. With an
+        out_dir it keeps last.npz (every epoch) and best.npz (lowest validation loss)."""
+        c = self.config
+        while self.epoch < c.epochs:
+            try:
+                metrics, bar = self.train_epoch()
+            except TrainingStopped as stop:
+                self.history.stopped = str(stop)
+                print(f"\nstopped: {stop}", file=sys.stderr)
+                break
+            val = self.evaluate(self.data.val)
+            metrics.update({f"val_{k}": v for k, v in val.items()})
+            metrics["epoch"] = self.epoch
+            self.history.epochs.append(metrics)
+            improved = val["loss"] < self.history.best_val_loss
+            if improved:
+                self.history.best_val_loss, self.history.best_epoch = val["loss"], self.epoch
+                self.save(self._path("best.npz"))
+            bar.close(f"train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.4f} | val loss "
+                      f"{val['loss']:.4f} acc {val['acc']:.4f} | {metrics['samples_per_s']:.0f} samples/s"
+                      + (" *" if improved else ""))
+            self.save(self._path("last.npz"))
+            if self.epoch - self.history.best_epoch >= c.patience:
+                self.history.stopped = (f"early stop: no better validation loss for {c.patience} epochs "
+                                        f"(best {self.history.best_val_loss:.4f} at epoch {self.history.best_epoch})")
+                if c.progress:
+                    print(self.history.stopped, file=sys.stderr)
+                break
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+    def _path(self, name):
+        return None if self.out_dir is None else os.path.join(self.out_dir, name)
+
+    def save(self, path):
+        """Parameters, layer state, optimizer state, schedule and progress, as one .npz."""
+        if path is None:
+            return
+        arrays = {f"model/{k}": np.asarray(v) for k, v in self.model.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        for i, entry in opt["state"].items():
+            for name, value in entry.items():
+                arrays[f"optim/{i}/{name}"] = np.asarray(value)
+        meta = {"config": asdict(self.config), "param_groups": opt["param_groups"], "schedule": self.schedule.state_dict(),
+                "epoch": self.epoch, "step": self.step, "initial_loss": self.initial_loss,
+                "history": asdict(self.history)}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    def load(self, path):
+        """Restore a checkpoint written by save(); training then continues bit-identically."""
+        with np.load(path) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            model = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
+            state = {}
+            for k in z.files:
+                if k.startswith("optim/"):
+                    _, i, name = k.split("/", 2)
+                    state.setdefault(int(i), {})[name] = z[k] if name != "step" else int(z[k])
+        self.model.load_state_dict(model)
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.schedule.load_state_dict(meta["schedule"])
+        self.epoch, self.step, self.initial_loss = meta["epoch"], meta["step"], meta["initial_loss"]
+        h = meta["history"]
+        self.history = History(h["epochs"], h["best_epoch"], h["best_val_loss"], h["stopped"])
+        return meta
+
+
+def config_from(values):
+    """A TrainConfig from a dict, ignoring keys it does not have (argparse namespaces carry more)."""
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in names and v is not None})
