@@ -33,7 +33,7 @@ def _bench(args):
 
 # `fastopt bench SUITE ...` hands the rest of the command line to that suite's own main();
 # `fastopt bench ...` without a suite times the optimizers.
-SUITES = ("normalization", "dropout", "conv2d")
+SUITES = ("normalization", "dropout", "conv2d", "train")
 
 
 def main(argv=None):
