@@ -1,6 +1,6 @@
 /*
 ReLU and LeakyReLU on CUDA, forward and backward (element math: fastopt/activation.h):
-  relu:  y = x < 0 ? 0 : x,          dx = x > 0 ? dy : 0
+  relu:  y = x < 0 ? 0 : x,          dx = x <= 0 ? 0 : dy
   leaky: y = x > 0 ? x : x * slope,  dx = x > 0 ? dy : dy * slope
 
 Bytes per element: forward 8 (read x, write y), backward 12 (read dy and x, write dx). Pure

@@ -72,7 +72,7 @@ void bind_activation(py::module_& m) {
   m.def(
       "relu_backward",
       [](py::handle dy, py::handle x, uintptr_t stream) { return activation(Act::relu_grad, dy, x, 0.0, stream); },
-      py::arg("dy"), py::arg("x"), py::arg("stream") = 0, "dx = x > 0 ? dy : 0.");
+      py::arg("dy"), py::arg("x"), py::arg("stream") = 0, "dx = x <= 0 ? 0 : dy (torch's threshold_backward: a NaN x passes dy).");
   m.def(
       "leaky_relu_forward",
       [](py::handle x, double slope, uintptr_t stream) { return activation(Act::leaky, {}, x, slope, stream); },

@@ -1,10 +1,11 @@
 // Pointwise activations (torch.nn.functional semantics), float32, forward and backward:
-//   relu:        y = x < 0 ? 0 : x                 dx = x > 0 ? dy : 0
+//   relu:        y = x < 0 ? 0 : x                 dx = x <= 0 ? 0 : dy
 //   leaky_relu:  y = x > 0 ? x : x * slope         dx = x > 0 ? dy : dy * slope
-// relu is written as a "< 0" test, not max(x, 0): NaN inputs pass through (as in torch) and -0.0
-// stays -0.0, so outputs equal torch's bit for bit. The backward passes read x, not y: for relu
-// x > 0 <=> y > 0 (torch's threshold_backward on the result), and leaky_relu's torch backward
-// tests the input. slope is float32, the value torch multiplies by.
+// Each test is written the way torch writes it, so that NaN and -0.0 come out bit for bit as in
+// torch: relu is "< 0", not max(x, 0), so NaN passes through and -0.0 stays -0.0; its backward is
+// torch's threshold_backward(dy, y, 0) = y <= 0 ? 0 : dy, read off x (x <= 0 <=> y <= 0), which
+// passes dy where x is NaN. leaky_relu's backward tests x > 0 as torch does (NaN gets dy * slope).
+// The backward passes read x, not y. slope is float32, the value torch multiplies by.
 #pragma once
 #include <cstdint>
 
@@ -13,7 +14,7 @@
 namespace fastopt {
 
 FASTOPT_HD float relu(float x) { return x < 0.0f ? 0.0f : x; }
-FASTOPT_HD float relu_grad(float dy, float x) { return x > 0.0f ? dy : 0.0f; }
+FASTOPT_HD float relu_grad(float dy, float x) { return x <= 0.0f ? 0.0f : dy; }
 FASTOPT_HD float leaky_relu(float x, float slope) { return x > 0.0f ? x : x * slope; }
 FASTOPT_HD float leaky_relu_grad(float dy, float x, float slope) { return x > 0.0f ? dy : dy * slope; }
 

@@ -22,7 +22,7 @@ def relu_forward(x, stream=0):
 
 
 def relu_backward(dy, x, stream=0):
-    """dx = dy where x > 0, else 0 (torch's threshold_backward); dy and x of one shape."""
+    """dx = 0 where x <= 0, else dy (torch's threshold_backward: NaN x passes dy); dy, x of one shape."""
     return _C.relu_backward(dy, x, stream)
 
 

@@ -1,7 +1,8 @@
 """float64 NumPy reference of the activation family (torch.nn.functional semantics).
 
-relu keeps NaN (torch's clamp_min propagates it) and the sign of -0.0; the gradients are taken
-with respect to the input x, the backward of leaky_relu also testing x > 0 as torch does.
+relu keeps NaN (torch's clamp_min propagates it) and the sign of -0.0. The gradients are taken
+with respect to the input x, with torch's tests: relu's is threshold_backward(dy, y, 0), i.e. 0
+where x <= 0 and dy elsewhere, NaN x included; leaky_relu's is dy where x > 0, else dy * slope.
 """
 import numpy as np
 
@@ -14,7 +15,7 @@ def relu_forward(x):
 
 
 def relu_backward(dy, x):
-    return np.where(np.asarray(x) > 0, np.asarray(dy, np.float64), 0.0)
+    return np.where(np.asarray(x) <= 0, 0.0, np.asarray(dy, np.float64))
 
 
 def leaky_relu_forward(x, negative_slope=0.01):
