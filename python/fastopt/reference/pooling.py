@@ -49,11 +49,12 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
 
 def max_pool2d_backward(dy, indices, input_shape):
     """dx[n, c, i] = sum of dy[n, c, p, q] over the (p, q) with indices[n, c, p, q] == i."""
-    dy = np.asarray(dy, np.float64)
+    dy, indices = np.asarray(dy, np.float64), np.asarray(indices)
     n, c, h, w = input_shape
+    pq = indices.shape[2] * indices.shape[3]
     dx = np.zeros((n, c, h * w))
     nn, cc = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
-    np.add.at(dx, (nn[:, :, None], cc[:, :, None], np.asarray(indices).reshape(n, c, -1)), dy.reshape(n, c, -1))
+    np.add.at(dx, (nn[:, :, None], cc[:, :, None], indices.reshape(n, c, pq)), dy.reshape(n, c, pq))
     return dx.reshape(n, c, h, w)
 
 
