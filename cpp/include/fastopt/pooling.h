@@ -16,8 +16,8 @@
 // global average pool: y[n, c] = sum(x[n, c]) / (H*W), summed in double then rounded once;
 // backward dx[n, c, h, w] = dy[n, c] / float(H*W), one rounding (exact H*W below 2^24).
 //
-// The bindings guarantee H*W, P*Q, H + 2*ph and W + 2*pw all fit in int32, so window arithmetic
-// is int; only plane offsets (plane * H*W) need 64 bits.
+// The bindings guarantee that H*W, P*Q, H + 2*ph, W + 2*pw and the strides fit in int32, so all
+// window arithmetic is int (p*stride <= H + 2*ph - kh); only plane offsets (plane * H*W) need 64 bits.
 #pragma once
 #include <cstdint>
 
