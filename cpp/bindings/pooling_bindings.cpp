@@ -1,8 +1,207 @@
-// pooling bindings: placeholder, filled in by its branch.
-#include <pybind11/pybind11.h>
+// Python entry points of the pooling family: max_pool2d (values + int32 indices) and global
+// average pooling, forward and backward. Shapes and hyper-parameters are checked against torch's
+// rules here, with messages naming the argument, and so that every index the kernels form fits
+// in int32 (fastopt/pooling.h); the GIL is released around the kernels.
+#include <pybind11/stl.h>
 
+#include <array>
+#include <climits>
+#include <string>
+#include <vector>
+
+#include "arrays.h"
+#include "device_array.h"
+#include "fastopt/backend.h"
 #include "fastopt/pooling.h"
 
 namespace fastopt {
-void bind_pooling(pybind11::module_& m) { (void)m; }
+namespace {
+
+using Pair = std::array<int64_t, 2>;
+
+std::string fmt(const std::vector<int64_t>& s) {
+  std::string o = "(";
+  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+  return o + (s.size() == 1 ? ",)" : ")");
+}
+
+std::string fmt_pair(Pair p) { return fmt(std::vector<int64_t>{p[0], p[1]}); }
+
+void require_4d(const std::vector<int64_t>& shape, const char* name) {
+  if (shape.size() != 4) raise_value(std::string(name) + ": expected 4 dimensions (N, C, H, W), got shape " + fmt(shape));
+  int64_t numel = 1;
+  for (int64_t d : shape) {
+    if (d < 0) raise_value(std::string(name) + ": negative dimension in " + fmt(shape));
+    if (d != 0 && numel > (int64_t{1} << 62) / d) raise_value(std::string(name) + ": too many elements in " + fmt(shape));
+    numel *= d;
+  }
+}
+
+// input_shape (N, C, H, W) of x (name "x") or of the forward input (name "input_shape").
+Pool2dShape pool_shape(const std::vector<int64_t>& in, const char* name, Pair kernel, Pair stride, Pair padding) {
+  require_4d(in, name);
+  for (int i = 0; i < 2; ++i) {
+    if (kernel[i] < 1) raise_value("kernel_size: must be >= 1, got " + fmt_pair(kernel));
+    if (stride[i] < 1 || stride[i] > INT_MAX) raise_value("stride: must be in [1, 2^31), got " + fmt_pair(stride));
+    if (padding[i] < 0) raise_value("padding: must be >= 0, got " + fmt_pair(padding));
+    if (padding[i] > kernel[i] / 2)
+      raise_value("padding: should be at most half of kernel_size, got padding " + fmt_pair(padding) + " and kernel_size " +
+                  fmt_pair(kernel));
+  }
+  const int64_t H = in[2], W = in[3];
+  if (H < 1 || W < 1) raise_value(std::string(name) + ": H and W must be >= 1, got shape " + fmt(in));
+  if (H > INT_MAX || W > INT_MAX || H * W > INT_MAX)
+    raise_value(std::string(name) + ": plane " + fmt({H, W}) + " too large: indices are int32 (H*W < 2^31)");
+  if (padding[0] > INT_MAX - H || padding[1] > INT_MAX - W || H + 2 * padding[0] > INT_MAX ||
+      W + 2 * padding[1] > INT_MAX)
+    raise_value("padding: " + fmt_pair(padding) + " too large: the padded plane must have sides < 2^31");
+  const int64_t eh = H + 2 * padding[0] - kernel[0], ew = W + 2 * padding[1] - kernel[1];
+  const int64_t P = eh < 0 ? 0 : eh / stride[0] + 1, Q = ew < 0 ? 0 : ew / stride[1] + 1;
+  if (P < 1 || Q < 1)
+    raise_value(std::string(name) + ": output size would be " + fmt({P, Q}) + ", below 1: input " + fmt({H, W}) +
+                " is too small for kernel_size " + fmt_pair(kernel) + " with padding " + fmt_pair(padding));
+  if (P * Q > INT_MAX) raise_value(std::string(name) + ": output plane " + fmt({P, Q}) + " has 2^31 or more elements");
+  Pool2dShape s{};
+  s.planes = in[0] * in[1];
+  s.H = static_cast<int>(H);
+  s.W = static_cast<int>(W);
+  s.P = static_cast<int>(P);
+  s.Q = static_cast<int>(Q);
+  s.kh = static_cast<int>(kernel[0]);
+  s.kw = static_cast<int>(kernel[1]);
+  s.sh = static_cast<int>(stride[0]);
+  s.sw = static_cast<int>(stride[1]);
+  s.ph = static_cast<int>(padding[0]);
+  s.pw = static_cast<int>(padding[1]);
+  return s;
+}
+
+template <class T>
+T* data_of(py::handle out, DType t) {
+  return static_cast<T*>(view_array(out, ArgName{"out"}, true, &t).data);
+}
+
+py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair padding, uintptr_t stream) {
+  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
+  const Pool2dShape s = pool_shape(x.shape, "x", kernel, stride, padding);
+  const std::vector<int64_t> yshape{x.shape[0], x.shape[1], s.P, s.Q};
+  py::object y = new_array(yshape, DType::f32, x.device, stream);
+  py::object idx = new_array(yshape, DType::i32, x.device, stream);
+  const auto* xp = static_cast<const float*>(x.data);
+  float* yp = data_of<float>(y, DType::f32);
+  int32_t* ip = data_of<int32_t>(idx, DType::i32);
+  if (x.device == kCPU) {
+    py::gil_scoped_release nogil;
+    cpu::max_pool2d_forward(s, xp, yp, ip);
+  } else {
+#ifdef FASTOPT_WITH_CUDA
+    py::gil_scoped_release nogil;
+    cuda::set_device(x.device);
+    cuda::max_pool2d_forward(s, xp, yp, ip, reinterpret_cast<void*>(stream));
+#else
+    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
+  }
+  return py::make_tuple(y, idx);
+}
+
+py::object max_pool2d_backward(py::handle dy_obj, py::handle idx_obj, std::vector<int64_t> input_shape, Pair kernel,
+                               Pair stride, Pair padding, uintptr_t stream) {
+  const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
+  const DType i32 = DType::i32;
+  const ArrayView idx = view_array(idx_obj, ArgName{"indices"}, false, &i32);
+  require_same_device(dy, ArgName{"dy"}, idx, ArgName{"indices"});
+  const Pool2dShape s = pool_shape(input_shape, "input_shape", kernel, stride, padding);
+  const std::vector<int64_t> yshape{input_shape[0], input_shape[1], s.P, s.Q};
+  if (dy.shape != yshape)
+    raise_value("dy: expected the output shape " + fmt(yshape) + " of this pooling, got " + fmt(dy.shape));
+  if (idx.shape != yshape)
+    raise_value("indices: expected the output shape " + fmt(yshape) + " of this pooling, got " + fmt(idx.shape));
+  py::object dx = new_array(input_shape, DType::f32, dy.device, stream);
+  const auto* dyp = static_cast<const float*>(dy.data);
+  const auto* ip = static_cast<const int32_t*>(idx.data);
+  float* dxp = data_of<float>(dx, DType::f32);
+  if (dy.device == kCPU) {
+    py::gil_scoped_release nogil;
+    cpu::max_pool2d_backward(s, dyp, ip, dxp);
+  } else {
+#ifdef FASTOPT_WITH_CUDA
+    py::gil_scoped_release nogil;
+    cuda::set_device(dy.device);
+    cuda::max_pool2d_backward(s, dyp, ip, dxp, reinterpret_cast<void*>(stream));
+#else
+    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
+  }
+  return dx;
+}
+
+int64_t plane_size(const std::vector<int64_t>& shape, const char* name) {
+  require_4d(shape, name);
+  if (shape[2] < 1 || shape[3] < 1) raise_value(std::string(name) + ": H and W must be >= 1, got shape " + fmt(shape));
+  return shape[2] * shape[3];
+}
+
+py::object global_avg_pool_forward(py::handle x_obj, uintptr_t stream) {
+  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
+  const int64_t hw = plane_size(x.shape, "x");
+  const int64_t planes = x.shape[0] * x.shape[1];
+  py::object y = new_array({x.shape[0], x.shape[1]}, DType::f32, x.device, stream);
+  const auto* xp = static_cast<const float*>(x.data);
+  float* yp = data_of<float>(y, DType::f32);
+  if (x.device == kCPU) {
+    py::gil_scoped_release nogil;
+    cpu::global_avg_pool_forward(xp, yp, planes, hw);
+  } else {
+#ifdef FASTOPT_WITH_CUDA
+    py::gil_scoped_release nogil;
+    cuda::set_device(x.device);
+    cuda::global_avg_pool_forward(xp, yp, planes, hw, reinterpret_cast<void*>(stream));
+#else
+    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
+  }
+  return y;
+}
+
+py::object global_avg_pool_backward(py::handle dy_obj, std::vector<int64_t> input_shape, uintptr_t stream) {
+  const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
+  const int64_t hw = plane_size(input_shape, "input_shape");
+  const std::vector<int64_t> yshape{input_shape[0], input_shape[1]};
+  if (dy.shape != yshape) raise_value("dy: expected the output shape " + fmt(yshape) + ", got " + fmt(dy.shape));
+  const int64_t planes = input_shape[0] * input_shape[1];
+  py::object dx = new_array(input_shape, DType::f32, dy.device, stream);
+  const auto* dyp = static_cast<const float*>(dy.data);
+  float* dxp = data_of<float>(dx, DType::f32);
+  if (dy.device == kCPU) {
+    py::gil_scoped_release nogil;
+    cpu::global_avg_pool_backward(dyp, dxp, planes, hw);
+  } else {
+#ifdef FASTOPT_WITH_CUDA
+    py::gil_scoped_release nogil;
+    cuda::set_device(dy.device);
+    cuda::global_avg_pool_backward(dyp, dxp, planes, hw, reinterpret_cast<void*>(stream));
+#else
+    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
+  }
+  return dx;
+}
+
+}  // namespace
+
+void bind_pooling(py::module_& m) {
+  m.def("max_pool2d_forward", &max_pool2d_forward, py::arg("x"), py::arg("kernel_size"), py::arg("stride"),
+        py::arg("padding"), py::arg("stream") = 0,
+        "(y, indices) of max_pool2d over x (N, C, H, W); kernel_size, stride, padding are (h, w) pairs; "
+        "indices are int32 flat positions h*W + w within the input plane.");
+  m.def("max_pool2d_backward", &max_pool2d_backward, py::arg("dy"), py::arg("indices"), py::arg("input_shape"),
+        py::arg("kernel_size"), py::arg("stride"), py::arg("padding"), py::arg("stream") = 0,
+        "dx (input_shape) of max_pool2d: each dy routed to its index; deterministic, no atomics.");
+  m.def("global_avg_pool_forward", &global_avg_pool_forward, py::arg("x"), py::arg("stream") = 0,
+        "y (N, C) = mean of x (N, C, H, W) over H and W.");
+  m.def("global_avg_pool_backward", &global_avg_pool_backward, py::arg("dy"), py::arg("input_shape"),
+        py::arg("stream") = 0, "dx (input_shape) = dy / (H*W) broadcast over H and W.");
+}
+
 }  // namespace fastopt
