@@ -211,6 +211,28 @@ def test_device_array_round_trip(rng):
 
 
 @pytest.mark.gpu
+def test_device_array_views_share_memory(rng):
+    host = rng.standard_normal((6, 4)).astype(np.float32)
+    a = fastopt.to_device(host)
+    rows = a[2:5]
+    assert rows.shape == (3, 4) and rows.ptr == a.ptr + 2 * 4 * 4
+    assert np.array_equal(rows.numpy(), host[2:5])
+    flat = a.reshape(-1)
+    assert flat.shape == (24,) and flat.ptr == a.ptr
+    assert np.array_equal(a.reshape(3, 8).numpy(), host.reshape(3, 8))
+    assert np.array_equal(a.reshape((2, 3, 4))[1:].numpy(), host.reshape(2, 3, 4)[1:])
+    fastopt._arrays.copy_(flat[4:8], np.full(4, 7, np.float32))  # writes land in the base
+    assert np.all(a.numpy()[1] == 7)
+    assert a[4:].shape == (2, 4) and a[7:].shape == (0, 4) and a[-2:].ptr == a.ptr + 4 * 4 * 4
+    with pytest.raises(ValueError, match="shape"):
+        a.reshape(5, 5)
+    with pytest.raises(ValueError, match="shape"):
+        a.reshape(-1, -1)
+    with pytest.raises(ValueError, match="step 1"):
+        a[::2]
+
+
+@pytest.mark.gpu
 def test_torch_and_cupy_share_memory_with_device_arrays(rng):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal(100).astype(np.float32)
