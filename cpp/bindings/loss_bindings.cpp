@@ -44,7 +44,7 @@ py::tuple softmax_cross_entropy(py::handle logits, py::handle target, double lab
   if (t.dtype == DType::i32 || t.dtype == DType::i64) {
     kind = t.dtype == DType::i32 ? TargetKind::i32 : TargetKind::i64;
     if (t.shape != std::vector<int64_t>{N})
-      raise_value("target: class indices must have shape (N,) = " + shape_str({N}) + ", got " + shape_str(t.shape));
+      raise_value("target: class indices must have shape " + shape_str({N}) + ", got " + shape_str(t.shape));
   } else if (t.dtype == DType::f32) {
     kind = TargetKind::soft;
     if (t.shape != z.shape)
