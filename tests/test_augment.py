@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import fastopt
+from fastopt import _C
 from fastopt import functional as F
 from fastopt.reference import augment as R
 
@@ -24,6 +25,17 @@ SHAPES = [(1, 1, 1, 1), (3, 3, 8, 9), (5, 2, 32, 32), (2, 1, 1, 7), (4, 3, 5, 1)
 GEOMETRY = [dict(), dict(max_shift=3), dict(flip=True), dict(max_shift=2, flip=True, cutout=5),
             dict(max_shift=40, cutout=1), dict(cutout=100)]
 SEEDS = [(0, 0), (123, 7), (2**64 - 1, 2**40 + 5)]
+
+
+def test_counter_layout():
+    # Draw d of sample n is word d % 4 of the block with counter (d // 4, n, step lo, step hi).
+    seed, step, n = 0x0123456789ABCDEF, 2**33 + 5, 77
+    words = R.sample_words(seed, step, n)
+    for d in range(8):
+        block = _C.philox4x32_10([d // 4, n, step & 0xFFFFFFFF, step >> 32], [seed & 0xFFFFFFFF, seed >> 32])
+        assert int(words[d]) == block[d % 4]
+    assert R.uniform_int(2**32 - 1, 5) == 4 and R.uniform_int(0, 5) == 0
+    assert R.uniform_pm1(0) == -1.0 and R.uniform_pm1(2**32 - 1) == np.float32(1 - 2**-23)
 
 
 def _augment(x, backend, seed, step, **kw):

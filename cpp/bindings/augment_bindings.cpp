@@ -64,18 +64,16 @@ py::object augment_batch(py::handle x_obj, uint64_t seed, uint64_t step, int64_t
   if (x.device == kCPU) {
     py::gil_scoped_release nogil;
     cpu::augment_batch(xp, yp, s);
-    return y;
-  }
+  } else {
 #ifdef FASTOPT_WITH_CUDA
-  {
     py::gil_scoped_release nogil;
     cuda::set_device(x.device);
     cuda::augment_batch(xp, yp, s, reinterpret_cast<void*>(stream));
+#else
+    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
   }
   return y;
-#else
-  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
 }
 
 template <class Index>

@@ -82,22 +82,18 @@ py::tuple softmax_cross_entropy(py::handle logits, py::handle target, double lab
   float* dp = need_grad ? static_cast<float*>(view_f32(dlogits, ArgName{"dlogits"}, true).data) : nullptr;
   const float* zp = static_cast<const float*>(z.data);
   if (z.device == kCPU) {
-    {
-      py::gil_scoped_release nogil;
-      cpu::softmax_cross_entropy(zp, t.data, kind, p, lp, dp, sp);
-    }
-    return py::make_tuple(loss, dlogits);
-  }
+    py::gil_scoped_release nogil;
+    cpu::softmax_cross_entropy(zp, t.data, kind, p, lp, dp, sp);
+  } else {
 #ifdef FASTOPT_WITH_CUDA
-  {
     py::gil_scoped_release nogil;
     cuda::set_device(z.device);
     cuda::softmax_cross_entropy(zp, t.data, kind, p, lp, dp, sp, reinterpret_cast<void*>(stream));
+#else
+    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
   }
   return py::make_tuple(loss, dlogits);
-#else
-  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
 }
 
 }  // namespace
