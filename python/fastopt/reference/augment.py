@@ -31,13 +31,14 @@ def sample_words(seed, step, n):
 
 
 def sample_params(seed, step, n, height, width, max_shift=0, flip=False, cutout=0, brightness=0.0, contrast=0.0):
-    """dict(dy, dx, mirror, scale, bias, cy, cx) of sample n."""
+    """dict(dy, dx, mirror, scale, bias, y0, x0) of sample n; (y0, x0) is the cutout square's
+    top-left corner (cy - cutout // 2, cx - cutout // 2), possibly outside the image."""
     w = sample_words(seed, step, n)
     b, c = np.float32(brightness), np.float32(contrast)
     return dict(dy=uniform_int(w[0], 2 * max_shift + 1) - max_shift, dx=uniform_int(w[1], 2 * max_shift + 1) - max_shift,
                 mirror=bool(flip) and bool(w[2] >> 31),
                 bias=np.float32(b * uniform_pm1(w[3])), scale=np.float32(np.float32(1) + c * uniform_pm1(w[4])),
-                cy=uniform_int(w[5], height), cx=uniform_int(w[6], width))
+                y0=uniform_int(w[5], height) - cutout // 2, x0=uniform_int(w[6], width) - cutout // 2)
 
 
 def augment_batch(x, seed, step, max_shift=0, flip=False, cutout=0, brightness=0.0, contrast=0.0):
@@ -52,7 +53,7 @@ def augment_batch(x, seed, step, max_shift=0, flip=False, cutout=0, brightness=0
         out = padded[:, top:top + height, left:left + width]
         if brightness > 0 or contrast > 0:
             out = float(p["scale"]) * out + float(p["bias"])
-        y0, x0 = p["cy"] - cutout // 2, p["cx"] - cutout // 2
+        y0, x0 = p["y0"], p["x0"]
         out[:, max(y0, 0):max(y0 + cutout, 0), max(x0, 0):max(x0 + cutout, 0)] = 0.0
         y[n] = out
     return y
