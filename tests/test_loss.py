@@ -2,9 +2,10 @@
 backend; hard (int32/int64) and soft targets, label smoothing, large logits, edge shapes, errors.
 
 Tolerances: the loss to rel 1e-5 (abs 1e-6 for losses near 0), dlogits = (Q p - q) / N to rel
-1e-5 or abs 2e-7 / N (p is exp in float32 scaled by a float32 1 / s: a few ulp of max(p, q)
-before the subtraction); the stats' hit counts exactly (the rank test compares the same float32
-logits as the reference), their loss sum like the loss.
+1e-5 or abs 4e-7 / N (p is exp in float32 scaled by a float32 1 / s, s summed in double on the
+CPU and in float32 on the GPU: a few ulp of max(p, q) <= 1 before the subtraction, which may
+cancel); the stats' hit counts exactly (the rank test compares the same float32 logits as the
+reference), their loss sum like the loss.
 """
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ def _check(backend, z, t, eps, topk=5, stats0=None):
     assert loss.shape == () and loss.dtype == np.float32
     assert dz.shape == z.shape and dz.dtype == np.float32
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(dz, ref_dz, rtol=1e-5, atol=2e-7 / max(n, 1))
+    np.testing.assert_allclose(dz, ref_dz, rtol=1e-5, atol=4e-7 / max(n, 1))
     if stats is not None:
         got = fetch(stats)
         np.testing.assert_allclose(got[0], stats0[0] + ref_stats[0], rtol=1e-5, atol=1e-5)
