@@ -2,17 +2,17 @@
 Batched augmentation (shift, flip, jitter, cutout) and mixup on CUDA (math and the Philox draws:
 fastopt/augment.h; the per-pixel expressions are the CPU's, so outputs agree bit for bit).
 
-Bytes per element: augment reads x once and writes y once (8 B); a warp's 32 outputs read 32
-consecutive (or, mirrored, reversed) source pixels of one row, so loads stay coalesced. Mixup
-reads x[n] and x[N - 1 - n] (each sample twice, the second time typically from L2) and writes y:
-8-12 B, plus 4 B per soft-target entry.
+Bytes per element: 8 (x read once, y written once). For augment, a warp's 32 outputs read 32
+consecutive (or, mirrored, reversed) source pixels of one row, so loads stay coalesced; mixup
+walks the pairs (n, N - 1 - n) and writes both values from one read of the two. Soft targets:
+4 B per entry written.
 
 Launch shapes, 256 threads per block:
   augment: a grid-stride loop over the N * C planes (grid min(planes, 2^16)); per plane, thread 0
   draws the sample's parameters (two Philox blocks) into shared memory, then the block walks the
   H * W outputs one per thread per round, dividing by W in 32 bits when the plane allows.
-  mixup: two grid-stride elementwise kernels (grid <= 2^16), over the N * F values and over the
-  N * K soft-target entries.
+  mixup: two grid-stride elementwise kernels (grid <= 2^16), over the ceil(N / 2) * F value
+  pairs and over the N * K soft-target entries.
 */
 #include <algorithm>
 
@@ -52,13 +52,17 @@ augment_kernel(const float* __restrict__ x, float* __restrict__ y, const Augment
   }
 }
 
+// Thread i owns value j of the pair (n, N - 1 - n) and writes both samples' value j.
 __global__ void __launch_bounds__(kThreads)
 mixup_values(const float* __restrict__ x, float* __restrict__ y, const MixupParams p, bool narrow) {
-  const int64_t total = p.N * p.F;
+  const int64_t total = (p.N + 1) / 2 * p.F;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
     const int64_t n = div_index(i, p.F, narrow);
-    y[i] = mixup_value(p, x[i], x[i + (p.N - 1 - 2 * n) * p.F]);  // same offset in sample N - 1 - n
+    const int64_t a = i, b = i + (p.N - 1 - 2 * n) * p.F;  // value j of samples n and N - 1 - n
+    const float xa = x[a], xb = x[b];
+    y[a] = mixup_value(p, xa, xb);
+    if (b != a) y[b] = mixup_value(p, xb, xa);
   }
 }
 
@@ -88,8 +92,9 @@ void augment_batch(const float* x, float* y, const AugmentSpec& s, void* stream)
 void mixup(const float* x, const void* labels, int index_bytes, float* y, float* targets, const MixupParams& p,
            void* stream) {
   const cudaStream_t st = as_stream(stream);
-  if (p.N * p.F > 0) {
-    mixup_values<<<grid_for(p.N * p.F), kThreads, 0, st>>>(x, y, p, p.N * p.F <= static_cast<int64_t>(UINT32_MAX));
+  const int64_t pairs = (p.N + 1) / 2 * p.F;
+  if (pairs > 0) {
+    mixup_values<<<grid_for(pairs), kThreads, 0, st>>>(x, y, p, pairs <= static_cast<int64_t>(UINT32_MAX));
     check(cudaGetLastError(), "mixup_values launch");
   }
   if (p.N * p.K > 0) {

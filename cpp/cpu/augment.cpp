@@ -1,15 +1,14 @@
 // Batched augmentation (shift, flip, brightness/contrast jitter, cutout) and mixup on the CPU
 // (math and the Philox draws: fastopt/augment.h).
 //
-// Traffic: x read once, y written once (8 B per element); mixup reads each sample and its
-// partner (which is someone else's sample: still one read of x overall), writes y and the
-// (N, K) soft targets.
+// Traffic: x read once, y written once (8 B per element), mixup included: it walks the pairs
+// (n, N - 1 - n) and writes both samples from one read of the two; plus the (N, K) soft targets.
 //
 // Shape: OpenMP over (sample, channel) planes; each plane recomputes its sample's two Philox
 // blocks (negligible next to a plane) and walks its output rows as three runs: fill where the
 // shifted source column falls outside, a copy (forward or mirrored) in the middle, fill again;
 // then the cutout columns of the row are zeroed. The runs hold the same per-pixel expressions as
-// augment_pixel(), so the bits equal the GPU's. Mixup runs OpenMP over samples.
+// augment_pixel(), so the bits equal the GPU's. Mixup runs OpenMP over sample pairs.
 #include <algorithm>
 
 #include "fastopt/augment.h"
@@ -53,19 +52,34 @@ void augment_plane(const float* __restrict x, float* __restrict y, const Augment
   }
 }
 
+// Samples n and N - 1 - n are each other's partners: one pass over the pair reads both once.
 template <class Index>
 void mixup_impl(const float* x, const Index* labels, float* y, float* targets, const MixupParams& p) {
   const int64_t N = p.N, F = p.F, K = p.K;
 #pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
+  for (int64_t n = 0; n < (N + 1) / 2; ++n) {
     const int64_t m = N - 1 - n;
     const float* __restrict xn = x + n * F;
     const float* __restrict xm = x + m * F;
     float* __restrict yn = y + n * F;
-    for (int64_t j = 0; j < F; ++j) yn[j] = mixup_value(p, xn[j], xm[j]);
     const int64_t t = labels[n], u = labels[m];
-    float* __restrict row = targets + n * K;
-    for (int64_t k = 0; k < K; ++k) row[k] = mixup_target(p, k, t, u);
+    float* __restrict rn = targets + n * K;
+    if (m == n) {  // the middle sample of an odd batch is its own partner
+      for (int64_t j = 0; j < F; ++j) yn[j] = mixup_value(p, xn[j], xn[j]);
+      for (int64_t k = 0; k < K; ++k) rn[k] = mixup_target(p, k, t, t);
+      continue;
+    }
+    float* __restrict ym = y + m * F;
+    for (int64_t j = 0; j < F; ++j) {
+      const float a = xn[j], b = xm[j];
+      yn[j] = mixup_value(p, a, b);
+      ym[j] = mixup_value(p, b, a);
+    }
+    float* __restrict rm = targets + m * K;
+    for (int64_t k = 0; k < K; ++k) {
+      rn[k] = mixup_target(p, k, t, u);
+      rm[k] = mixup_target(p, k, u, t);
+    }
   }
 }
 
