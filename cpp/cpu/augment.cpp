@@ -1,2 +1,109 @@
-// augment: placeholder, filled in by its branch.
+// Batched augmentation (shift, flip, brightness/contrast jitter, cutout) and mixup on the CPU
+// (math and the Philox draws: fastopt/augment.h).
+//
+// Traffic: x read once, y written once (8 B per element), mixup included: it walks the pairs
+// (n, N - 1 - n) and writes both samples from one read of the two; plus the (N, K) soft targets.
+//
+// Shape: OpenMP over (sample, channel) planes; each plane recomputes its sample's two Philox
+// blocks (negligible next to a plane) and walks its output rows as three runs: fill where the
+// shifted source column falls outside, a copy (forward or mirrored) in the middle, fill again;
+// then the cutout columns of the row are zeroed. The runs hold the same per-pixel expressions as
+// augment_pixel(), so the bits equal the GPU's. Mixup runs OpenMP over sample pairs.
+#include <algorithm>
+
 #include "fastopt/augment.h"
+#include "isa.h"
+
+namespace fastopt::cpu {
+
+FASTOPT_FOR_EACH_ISA(void augment_batch(const float* x, float* y, const AugmentSpec& s);
+                     void mixup(const float* x, const void* labels, int index_bytes, float* y, float* targets,
+                                const MixupParams& p);)
+
+namespace FASTOPT_ISA {
+namespace {
+
+void augment_plane(const float* __restrict x, float* __restrict y, const AugmentSpec& s, const SampleAug& a) {
+  const int64_t H = s.H, W = s.W;
+  const float fill = augment_jitter(a, 0.0f);
+  // Output columns [w0, w1) read source columns w + dx inside the image.
+  const int64_t w0 = std::clamp<int64_t>(-a.dx, 0, W), w1 = std::clamp<int64_t>(W - a.dx, w0, W);
+  for (int64_t h = 0; h < H; ++h) {
+    float* __restrict yr = y + h * W;
+    const int64_t sh = h + a.dy;
+    if (sh < 0 || sh >= H) {
+      for (int64_t w = 0; w < W; ++w) yr[w] = fill;
+    } else {
+      const float* __restrict xr = x + sh * W;
+      for (int64_t w = 0; w < w0; ++w) yr[w] = fill;
+      if (a.mirror) {
+        const float* __restrict xm = xr + (W - 1 - a.dx);  // source column W - 1 - (w + dx)
+        for (int64_t w = w0; w < w1; ++w) yr[w] = augment_jitter(a, xm[-w]);
+      } else {
+        const float* __restrict xs = xr + a.dx;
+        for (int64_t w = w0; w < w1; ++w) yr[w] = augment_jitter(a, xs[w]);
+      }
+      for (int64_t w = w1; w < W; ++w) yr[w] = fill;
+    }
+    if (h >= a.y0 && h < a.y0 + s.cutout) {
+      const int64_t c1 = std::clamp<int64_t>(a.x0 + s.cutout, 0, W);
+      for (int64_t w = std::clamp<int64_t>(a.x0, 0, W); w < c1; ++w) yr[w] = 0.0f;
+    }
+  }
+}
+
+// Samples n and N - 1 - n are each other's partners: one pass over the pair reads both once.
+template <class Index>
+void mixup_impl(const float* x, const Index* labels, float* y, float* targets, const MixupParams& p) {
+  const int64_t N = p.N, F = p.F, K = p.K;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < (N + 1) / 2; ++n) {
+    const int64_t m = N - 1 - n;
+    const float* __restrict xn = x + n * F;
+    const float* __restrict xm = x + m * F;
+    float* __restrict yn = y + n * F;
+    const int64_t t = labels[n], u = labels[m];
+    float* __restrict rn = targets + n * K;
+    if (m == n) {  // the middle sample of an odd batch is its own partner
+      for (int64_t j = 0; j < F; ++j) yn[j] = mixup_value(p, xn[j], xn[j]);
+      for (int64_t k = 0; k < K; ++k) rn[k] = mixup_target(p, k, t, t);
+      continue;
+    }
+    float* __restrict ym = y + m * F;
+    for (int64_t j = 0; j < F; ++j) {
+      const float a = xn[j], b = xm[j];
+      yn[j] = mixup_value(p, a, b);
+      ym[j] = mixup_value(p, b, a);
+    }
+    float* __restrict rm = targets + m * K;
+    for (int64_t k = 0; k < K; ++k) {
+      rn[k] = mixup_target(p, k, t, u);
+      rm[k] = mixup_target(p, k, u, t);
+    }
+  }
+}
+
+}  // namespace
+
+void augment_batch(const float* x, float* y, const AugmentSpec& s) {
+  const int64_t planes = s.N * s.C, plane = s.H * s.W;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < planes; ++i)
+    augment_plane(x + i * plane, y + i * plane, s, augment_sample(s, i / s.C));
+}
+
+void mixup(const float* x, const void* labels, int index_bytes, float* y, float* targets, const MixupParams& p) {
+  if (index_bytes == 4) mixup_impl(x, static_cast<const int32_t*>(labels), y, targets, p);
+  else mixup_impl(x, static_cast<const int64_t*>(labels), y, targets, p);
+}
+
+}  // namespace FASTOPT_ISA
+
+#ifdef FASTOPT_ISA_BASELINE
+void augment_batch(const float* x, float* y, const AugmentSpec& s) { FASTOPT_CPU_DISPATCH(augment_batch(x, y, s)) }
+void mixup(const float* x, const void* labels, int index_bytes, float* y, float* targets, const MixupParams& p) {
+  FASTOPT_CPU_DISPATCH(mixup(x, labels, index_bytes, y, targets, p))
+}
+#endif
+
+}  // namespace fastopt::cpu
