@@ -23,7 +23,7 @@ from conftest import fetch, put
 
 SHAPES = [(1, 1, 1, 1), (3, 3, 8, 9), (5, 2, 32, 32), (2, 1, 1, 7), (4, 3, 5, 1), (0, 3, 4, 4), (2, 0, 4, 4)]
 GEOMETRY = [dict(), dict(max_shift=3), dict(flip=True), dict(max_shift=2, flip=True, cutout=5),
-            dict(max_shift=40, cutout=1), dict(cutout=100)]
+            dict(max_shift=40, cutout=1), dict(cutout=100), dict(max_shift=2, cutout=3, fill=-0.75)]
 SEEDS = [(0, 0), (123, 7), (2**64 - 1, 2**40 + 5)]
 
 
@@ -219,6 +219,9 @@ L = np.array([0, 1])
     (lambda: F.augment_batch(X, 1, 0, brightness="a"), TypeError, r"^brightness: expected a number"),
     (lambda: F.augment_batch(X, 1, 0, contrast=1.01), ValueError, r"^contrast: must lie in \[0, 1\]"),
     (lambda: F.augment_batch(X, 1, 0, contrast=-0.5), ValueError, r"^contrast: "),
+    (lambda: F.augment_batch(X, 1, 0, fill=float("nan")), ValueError, r"^fill: must be a finite"),
+    (lambda: F.augment_batch(X, 1, 0, fill=1e39), ValueError, r"^fill: "),
+    (lambda: F.augment_batch(X, 1, 0, fill="a"), TypeError, r"^fill: expected a number"),
     (lambda: F.mixup(X.astype(np.float64), L, 0.5, 2), TypeError, r"^x: expected a float32 array"),
     (lambda: F.mixup(np.ones((), np.float32), L, 0.5, 2), ValueError, r"^x: expected shape \(N, "),
     (lambda: F.mixup(X, L.astype(np.float32), 0.5, 2), TypeError, r"^labels: expected an int32 or int64 array"),

@@ -1,6 +1,7 @@
 // Python entry points of the augment family: seeded batch augmentation and mixup. Every argument
 // is validated here with a message naming it (labels too, on the CPU); the GIL is released around
 // the kernels. Defaults and docs: fastopt/functional/augment.py.
+#include <cmath>
 #include <limits>
 #include <string>
 #include <vector>
@@ -41,7 +42,7 @@ float contrast_arg(double v) {
 float* out_ptr(const py::object& obj) { return static_cast<float*>(view_f32(obj, ArgName{"out"}, true).data); }
 
 py::object augment_batch(py::handle x_obj, uint64_t seed, uint64_t step, int64_t max_shift, bool flip, int64_t cutout,
-                         double brightness, double contrast, uintptr_t stream) {
+                         double brightness, double contrast, double fill, uintptr_t stream) {
   const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
   if (x.shape.size() != 4) raise_value("x: expected shape (N, C, H, W), got " + shape_str(x.shape));
   if (x.shape[0] > int64_t{1} << 32) raise_value("x: at most 2^32 samples (the Philox counter holds n in 32 bits)");
@@ -56,6 +57,8 @@ py::object augment_batch(py::handle x_obj, uint64_t seed, uint64_t step, int64_t
   s.flip = flip;
   s.brightness = brightness_arg(brightness);
   s.contrast = contrast_arg(contrast);
+  if (!std::isfinite(fill) || std::fabs(fill) > 3.4e38) raise_value("fill: must be a finite float32, got " + std::to_string(fill));
+  s.fill = static_cast<float>(fill);
   s.seed = seed;
   s.step = step;
   py::object y = new_array(x.shape, DType::f32, x.device, stream);
@@ -132,7 +135,7 @@ py::tuple mixup(py::handle x_obj, py::handle labels_obj, double lam, int64_t num
 void bind_augment(py::module_& m) {
   m.def("augment_batch", &augment_batch, py::arg("x"), py::arg("seed"), py::arg("step"), py::arg("max_shift") = 0,
         py::arg("flip") = false, py::arg("cutout") = 0, py::arg("brightness") = 0.0, py::arg("contrast") = 0.0,
-        py::arg("stream") = 0,
+        py::arg("fill") = 0.0, py::arg("stream") = 0,
         "y: x (N, C, H, W) shifted, mirrored, jittered and cut out per sample, draws keyed by (seed, step, n).");
   m.def("mixup", &mixup, py::arg("x"), py::arg("labels"), py::arg("lam"), py::arg("num_classes"),
         py::arg("stream") = 0, "(x_mixed, soft_targets): each sample mixed with the flipped batch's.");

@@ -25,7 +25,7 @@ namespace {
 
 void augment_plane(const float* __restrict x, float* __restrict y, const AugmentSpec& s, const SampleAug& a) {
   const int64_t H = s.H, W = s.W;
-  const float fill = augment_jitter(a, 0.0f);
+  const float fill = augment_jitter(a, s.fill);
   // Output columns [w0, w1) read source columns w + dx inside the image.
   const int64_t w0 = std::clamp<int64_t>(-a.dx, 0, W), w1 = std::clamp<int64_t>(W - a.dx, w0, W);
   for (int64_t h = 0; h < H; ++h) {
@@ -47,7 +47,7 @@ void augment_plane(const float* __restrict x, float* __restrict y, const Augment
     }
     if (h >= a.y0 && h < a.y0 + s.cutout) {
       const int64_t c1 = std::clamp<int64_t>(a.x0 + s.cutout, 0, W);
-      for (int64_t w = std::clamp<int64_t>(a.x0, 0, W); w < c1; ++w) yr[w] = 0.0f;
+      for (int64_t w = std::clamp<int64_t>(a.x0, 0, W); w < c1; ++w) yr[w] = s.fill;
     }
   }
 }

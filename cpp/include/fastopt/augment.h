@@ -12,10 +12,11 @@
 // with uniform_int(w, m) = (uint64(w) * m) >> 32, exact in [0, m), and uniform_pm1(w) =
 // (w >> 8) * 2^-23 - 1 in [-1, 1): the top 24 bits of w, so that every step is exact in float32.
 // Output pixel (h, w) of a channel, with sh = h + dy, sw = w + dx:
-//   v = x[sh, mirror ? W - 1 - sw : sw] if (sh, sw) is inside the image, else 0   (pad, then crop)
+//   v = x[sh, mirror ? W - 1 - sw : sw] if (sh, sw) is inside the image, else F   (pad, then crop)
 //   y = c * v + b   (only when B > 0 or C > 0; each product and sum rounded to float32 on its
 //                    own, never fused, so the CPU and the GPU agree bit for bit)
-//   y = 0 inside the cutout square, rows [cy - L/2, cy - L/2 + L) x cols [cx - L/2, ...), L = cutout
+//   y = F inside the cutout square, rows [cy - L/2, cy - L/2 + L) x cols [cx - L/2, ...), L = cutout
+// F = fill, the value of a blank pixel (0 by default; for standardized data -mean / std).
 // A draw's counter has c0 in {0, 1} and dropout's (philox.h) has c2 = c3 = 0, so the two streams
 // share blocks only for step 0 against dropout offsets >= 2^34 words; use distinct seeds anyway.
 //
@@ -54,6 +55,7 @@ struct AugmentSpec {
   int64_t max_shift, cutout;  // in [0, 2^30]
   bool flip;
   float brightness, contrast;  // B >= 0, C in [0, 1]
+  float fill;                  // blank pixels: translated in, cut out
   uint64_t seed, step;
 };
 
@@ -98,10 +100,10 @@ FASTOPT_HD bool in_cutout(const SampleAug& a, int64_t cutout, int64_t h, int64_t
 
 // Output pixel (h, w) of one channel; x is that channel's source plane (H x W).
 FASTOPT_HD float augment_pixel(const float* x, const AugmentSpec& s, const SampleAug& a, int64_t h, int64_t w) {
-  if (in_cutout(a, s.cutout, h, w)) return 0.0f;
+  if (in_cutout(a, s.cutout, h, w)) return s.fill;
   const int64_t sh = h + a.dy, sw = w + a.dx;
   const bool inside = sh >= 0 && sh < s.H && sw >= 0 && sw < s.W;
-  return augment_jitter(a, inside ? x[sh * s.W + (a.mirror ? s.W - 1 - sw : sw)] : 0.0f);
+  return augment_jitter(a, inside ? x[sh * s.W + (a.mirror ? s.W - 1 - sw : sw)] : s.fill);
 }
 
 struct MixupParams {

@@ -44,21 +44,21 @@ def _number(v, name):
         raise TypeError(f"{name}: expected a number, got {type(v).__name__}") from None
 
 
-def augment_batch(x, seed, step, max_shift=0, flip=False, cutout=0, brightness=0.0, contrast=0.0, stream=0):
+def augment_batch(x, seed, step, max_shift=0, flip=False, cutout=0, brightness=0.0, contrast=0.0, fill=0.0, stream=0):
     """y = augmented x, x float32 (N, C, H, W); all channels of a sample share its parameters.
 
     Per sample: a shift (dy, dx), each uniform in [-max_shift, max_shift] (zero-pad by max_shift,
-    then crop: y[h, w] = x[h + dy, w + dx], 0 outside); with flip, a horizontal mirror with
+    then crop: y[h, w] = x[h + dy, w + dx], fill outside); with flip, a horizontal mirror with
     probability 1/2, applied to the source before the shift; brightness b uniform in
     [-brightness, brightness) and contrast c uniform in [1 - contrast, 1 + contrast), y = c * v + b
-    (padded pixels too: c * 0 + b; data are standardized, so contrast scales about the mean 0);
+    (padded pixels too: c * fill + b; data are standardized, so contrast scales about the mean 0);
     then a cutout x cutout square centered at a uniform pixel (cy, cx), clipped to the image, set
-    to 0. seed, step: integers in [0, 2^64); the same (seed, step) reproduces a batch exactly.
+    to fill. fill is the value of a blank pixel: 0 for raw images, -mean / std once standardized. seed, step: integers in [0, 2^64); the same (seed, step) reproduces a batch exactly.
     max_shift, cutout: integers >= 0; brightness >= 0; contrast in [0, 1].
     """
     return _C.augment_batch(x, _uint64(seed, "seed"), _uint64(step, "step"), _count(max_shift, "max_shift"),
                             bool(flip), _count(cutout, "cutout"), _number(brightness, "brightness"),
-                            _number(contrast, "contrast"), stream)
+                            _number(contrast, "contrast"), _number(fill, "fill"), stream)
 
 
 def mixup(x, labels, lam, num_classes, stream=0):

@@ -41,20 +41,20 @@ def sample_params(seed, step, n, height, width, max_shift=0, flip=False, cutout=
                 y0=uniform_int(w[5], height) - cutout // 2, x0=uniform_int(w[6], width) - cutout // 2)
 
 
-def augment_batch(x, seed, step, max_shift=0, flip=False, cutout=0, brightness=0.0, contrast=0.0):
+def augment_batch(x, seed, step, max_shift=0, flip=False, cutout=0, brightness=0.0, contrast=0.0, fill=0.0):
     x = np.asarray(x, np.float64)
     n_samples, _, height, width = x.shape
     y = np.empty_like(x)
     for n in range(n_samples):
         p = sample_params(seed, step, n, height, width, max_shift, flip, cutout, brightness, contrast)
         src = x[n, :, :, ::-1] if p["mirror"] else x[n]
-        padded = np.pad(src, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+        padded = np.pad(src, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)), constant_values=fill)
         top, left = max_shift + p["dy"], max_shift + p["dx"]
         out = padded[:, top:top + height, left:left + width]
         if brightness > 0 or contrast > 0:
             out = float(p["scale"]) * out + float(p["bias"])
         y0, x0 = p["y0"], p["x0"]
-        out[:, max(y0, 0):max(y0 + cutout, 0), max(x0, 0):max(x0 + cutout, 0)] = 0.0
+        out[:, max(y0, 0):max(y0 + cutout, 0), max(x0, 0):max(x0 + cutout, 0)] = fill
         y[n] = out
     return y
 
