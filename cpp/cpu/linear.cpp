@@ -85,8 +85,18 @@ void gemm_oriented(int64_t M, int64_t Nn, int64_t Kd, Factor A, Factor B, Out C,
     }
   };
   auto pack_b = [&](int64_t, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
-    if (B.along_k) {
-      gemm::transpose_to_panel(B.p + j0 * B.ld + p0, B.ld, kc, cols, dst);
+    if (B.along_k && cols == NR) {
+      gemm::transpose_to_panel(B.p + j0 * B.ld + p0, B.ld, kc, NR, dst);
+    } else if (B.along_k) {
+      // A partial strip is staged as NR zero-padded rows, so that it also takes the vector
+      // transpose (the element-wise tail of transpose_to_panel took half of 128 x 256 x 10).
+      alignas(64) float tmp[NR * gemm::KC];
+      for (int64_t j = 0; j < NR; ++j)
+        if (j < cols)
+          std::copy_n(B.p + (j0 + j) * B.ld + p0, kc, tmp + j * kc);
+        else
+          std::fill_n(tmp + j * kc, kc, 0.0f);
+      gemm::transpose_to_panel(tmp, kc, kc, NR, dst);
     } else {
       for (int64_t p = 0; p < kc; ++p) {
         const float* src = B.p + (p0 + p) * B.ld + j0;
@@ -183,7 +193,7 @@ void linear_backward_bias(const LinearShape& s, const float* dy, float* db) {
     }
   };
   const int64_t units = rblocks * cblocks;
-  if (N * out < (int64_t{1} << 18)) {
+  if (N * out < (int64_t{1} << 20)) {
     for (int64_t u = 0; u < units; ++u) unit(u);
   } else {
 #pragma omp parallel for schedule(static)
