@@ -16,8 +16,9 @@
 // orientation with less padded work (ties: C = A B, whose stores are contiguous).
 //
 // Launch shape: small products (under kSerialFlops) run on the calling thread with a
-// thread-local workspace: an OpenMP team and fresh 1.3 MB packing buffers cost more than the
-// whole 128 x 256 x 10 product. Larger ones run gemm::run's tasks over an OpenMP team.
+// thread-local workspace: an OpenMP team and fresh 1.3 MB packing buffers cost more than a
+// 128 x 256 x 10 product. Larger ones run gemm::run's tasks (row x column blocks of C) over an
+// OpenMP team, and so does the bias sum past 1M elements.
 //
 // Determinism: each output element is reduced over the whole of K by one thread, in gemm.h's
 // fixed KC blocks, so neither the thread count nor the serial/parallel choice changes a bit;
@@ -42,9 +43,11 @@ namespace {
 using gemm::MR;
 using gemm::NR;
 
-// Below this many padded flops one thread beats a team (measured on the 2-core dev VM:
-// 128 x 256 x 10 serial ~10 us, through gemm::run ~60 us).
-constexpr int64_t kSerialFlops = int64_t{8} << 20;
+// Below this many padded flops (~250 us of one core) one thread does as well as a team: on
+// the 2-core dev VM, 256 x 512 x 256 (67 Mflop) ran in 466 us on one thread and 426 on two,
+// while a team's start, three barriers and fresh per-thread packing buffers dominate anything
+// much smaller (and stall for whole scheduler slices when the other core is busy).
+constexpr int64_t kSerialFlops = int64_t{32} << 20;
 
 // A factor with rows r and reduction index k: element (r, k) = p[r*ld + k] when along_k (rows
 // contiguous along the reduction), else p[k*ld + r].
