@@ -1,8 +1,132 @@
-// linear bindings: placeholder, filled in by its branch.
+// Python entry points of the linear family: _C.linear_forward and _C.linear_backward. Each
+// validates shapes against the interface (fastopt/linear.h), allocates the outputs on the
+// inputs' device, releases the GIL and dispatches to the CPU or CUDA backend.
 #include <pybind11/pybind11.h>
 
+#include <string>
+#include <vector>
+
+#include "arrays.h"
+#include "device_array.h"
+#include "fastopt/backend.h"
 #include "fastopt/linear.h"
 
 namespace fastopt {
-void bind_linear(pybind11::module_& m) { (void)m; }
+namespace {
+
+std::string fmt(const std::vector<int64_t>& s) {
+  std::string o = "(";
+  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+  return o + (s.size() == 1 ? ",)" : ")");
+}
+
+void require_2d(const ArrayView& v, const char* name, const char* dims) {
+  if (v.shape.size() != 2)
+    raise_value(std::string(name) + ": expected a 2-D array " + dims + ", got shape " + fmt(v.shape));
+}
+
+// Checks x (N, in) against weight (out, in).
+LinearShape linear_shape(const ArrayView& x, const ArrayView& w) {
+  require_2d(x, "x", "(N, in_features)");
+  require_2d(w, "weight", "(out_features, in_features)");
+  if (w.shape[1] != x.shape[1])
+    raise_value("weight: expected shape (out_features, " + std::to_string(x.shape[1]) + ") to match x " +
+                fmt(x.shape) + ", got " + fmt(w.shape));
+  return LinearShape{x.shape[0], x.shape[1], w.shape[0]};
+}
+
+float* data_of(py::handle out, const char* name) { return static_cast<float*>(view_f32(out, ArgName{name}, true).data); }
+
+py::object linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, uintptr_t stream) {
+  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
+  const ArrayView w = view_f32(w_obj, ArgName{"weight"}, false);
+  require_same_device(x, ArgName{"x"}, w, ArgName{"weight"});
+  const LinearShape s = linear_shape(x, w);
+  const float* b = nullptr;
+  if (!b_obj.is_none()) {
+    const ArrayView bv = view_f32(b_obj, ArgName{"bias"}, false);
+    require_same_device(x, ArgName{"x"}, bv, ArgName{"bias"});
+    if (bv.shape != std::vector<int64_t>{s.out})
+      raise_value("bias: expected shape (" + std::to_string(s.out) + ",), one per output feature, got " +
+                  fmt(bv.shape));
+    b = static_cast<const float*>(bv.data);
+  }
+  py::object y = new_array({s.N, s.out}, DType::f32, x.device, stream);
+  float* yp = data_of(y, "y");
+  const auto* xp = static_cast<const float*>(x.data);
+  const auto* wp = static_cast<const float*>(w.data);
+  if (x.device == kCPU) {
+    {
+      py::gil_scoped_release nogil;
+      cpu::linear_forward(s, xp, wp, b, yp);
+    }
+    return y;
+  }
+#ifdef FASTOPT_WITH_CUDA
+  {
+    py::gil_scoped_release nogil;
+    cuda::set_device(x.device);
+    cuda::linear_forward(s, xp, wp, b, yp, reinterpret_cast<void*>(stream));
+  }
+  return y;
+#else
+  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
+}
+
+py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj, bool need_dx, bool need_dw,
+                          bool need_db, uintptr_t stream) {
+  const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
+  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
+  const ArrayView w = view_f32(w_obj, ArgName{"weight"}, false);
+  require_same_device(x, ArgName{"x"}, w, ArgName{"weight"});
+  require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
+  const LinearShape s = linear_shape(x, w);
+  const std::vector<int64_t> yshape{s.N, s.out};
+  if (dy.shape != yshape)
+    raise_value("dy: expected the output shape " + fmt(yshape) + " of x " + fmt(x.shape) + " and weight " +
+                fmt(w.shape) + ", got " + fmt(dy.shape));
+
+  py::object dx = py::none(), dw = py::none(), db = py::none();
+  float *dxp = nullptr, *dwp = nullptr, *dbp = nullptr;
+  if (need_dx) dxp = data_of(dx = new_array(x.shape, DType::f32, x.device, stream), "dx");
+  if (need_dw) dwp = data_of(dw = new_array(w.shape, DType::f32, x.device, stream), "dweight");
+  if (need_db) dbp = data_of(db = new_array({s.out}, DType::f32, x.device, stream), "dbias");
+  const auto* dyp = static_cast<const float*>(dy.data);
+  const auto* xp = static_cast<const float*>(x.data);
+  const auto* wp = static_cast<const float*>(w.data);
+  if (x.device == kCPU) {
+    {
+      py::gil_scoped_release nogil;
+      if (dxp) cpu::linear_backward_data(s, dyp, wp, dxp);
+      if (dwp) cpu::linear_backward_weight(s, dyp, xp, dwp);
+      if (dbp) cpu::linear_backward_bias(s, dyp, dbp);
+    }
+    return py::make_tuple(dx, dw, db);
+  }
+#ifdef FASTOPT_WITH_CUDA
+  {
+    py::gil_scoped_release nogil;
+    void* st = reinterpret_cast<void*>(stream);
+    cuda::set_device(x.device);
+    if (dxp) cuda::linear_backward_data(s, dyp, wp, dxp, st);
+    if (dwp) cuda::linear_backward_weight(s, dyp, xp, dwp, st);
+    if (dbp) cuda::linear_backward_bias(s, dyp, dbp, st);
+  }
+  return py::make_tuple(dx, dw, db);
+#else
+  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
+}
+
+}  // namespace
+
+void bind_linear(py::module_& m) {
+  m.def("linear_forward", &linear_forward, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stream") = 0,
+        "y = x @ weight.T + bias in float32: x (N, in), weight (out, in), bias (out,) or None.");
+  m.def("linear_backward", &linear_backward, py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("need_dx") = true,
+        py::arg("need_dweight") = true, py::arg("need_dbias") = true, py::arg("stream") = 0,
+        "(dx, dweight, dbias) of linear for the output gradient dy; an output not asked for is None.");
+}
+
 }  // namespace fastopt

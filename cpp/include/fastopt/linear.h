@@ -1,2 +1,35 @@
-// linear: placeholder, filled in by its branch.
+// Linear (fully connected) layer, float32, torch layout: the interface between the bindings and
+// both backends.
+//
+//   forward      y[n, o]  = b[o] + sum_i x[n, i] w[o, i]      x (N, in), w (out, in), y (N, out)
+//   data-grad    dx[n, i] = sum_o dy[n, o] w[o, i]
+//   weight-grad  dw[o, i] = sum_n dy[n, o] x[n, i]
+//   bias-grad    db[o]    = sum_n dy[n, o]
+// Flops: 2 N in out per GEMM pass. Every output is fully overwritten (empty sums give 0, or b),
+// so N, in and out may each be 0. All sums run in float32 in an order fixed by the shape alone.
 #pragma once
+#include <cstdint>
+
+namespace fastopt {
+
+struct LinearShape {
+  int64_t N, in, out;
+};
+
+namespace cpu {
+// b may be null (no bias).
+void linear_forward(const LinearShape& s, const float* x, const float* w, const float* b, float* y);
+void linear_backward_data(const LinearShape& s, const float* dy, const float* w, float* dx);
+void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw);
+void linear_backward_bias(const LinearShape& s, const float* dy, float* db);
+}  // namespace cpu
+
+namespace cuda {
+// Same contracts, device pointers, queued on `stream` (a cudaStream_t; 0 = legacy default).
+void linear_forward(const LinearShape& s, const float* x, const float* w, const float* b, float* y, void* stream);
+void linear_backward_data(const LinearShape& s, const float* dy, const float* w, float* dx, void* stream);
+void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw, void* stream);
+void linear_backward_bias(const LinearShape& s, const float* dy, float* db, void* stream);
+}  // namespace cuda
+
+}  // namespace fastopt
