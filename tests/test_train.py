@@ -25,9 +25,9 @@ def _small(d, n=400):
                             d.mean, d.std)
 
 
-def _trainer(data, backend="cpu", out_dir=None, **overrides):
-    config = TrainConfig(device=backend, progress=False, epochs=4, **overrides)
-    return Trainer(small_cnn(1, 10, widths=(8, 16), dropout=0.2), data, config, out_dir=out_dir)
+def _trainer(data, backend="cpu", out_dir=None, widths=(8, 16), **overrides):
+    config = TrainConfig(**{"device": backend, "progress": False, "epochs": 4, **overrides})
+    return Trainer(small_cnn(1, 10, widths=widths, dropout=0.2), data, config, out_dir=out_dir)
 
 
 def test_digits_split_is_stratified_and_standardized(digits):
@@ -43,12 +43,14 @@ def test_digits_split_is_stratified_and_standardized(digits):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_learns_digits(backend, digits):
-    t = _trainer(_small(digits), backend, epochs=6, mixup=0.2, cutout=2, brightness=0.1, contrast=0.1)
+    # Every augmentation on; 400 images, 78 steps: ~0.91 validation accuracy on the CPU.
+    t = _trainer(_small(digits), backend, widths=(32, 64), epochs=6, batch_size=32, warmup_epochs=1, mixup=0.2,
+                 cutout=2, brightness=0.1, contrast=0.1)
     history = t.fit()
     assert not history.stopped
     assert len(history.epochs) == 6
     assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
-    assert t.evaluate(digits.val)["acc"] > 0.85
+    assert t.evaluate(digits.val)["acc"] > 0.8
 
 
 def test_resume_continues_bit_identically(digits, tmp_path):
@@ -73,10 +75,13 @@ def test_resume_continues_bit_identically(digits, tmp_path):
 
 
 def test_early_stopping_triggers(digits):
-    t = _trainer(_small(digits, 128), epochs=10, lr=0.0, patience=2, warmup_epochs=0)
+    # Scripted validation losses: the best is epoch 2, then `patience` epochs without a better one.
+    t = _trainer(_small(digits, 64), epochs=10, patience=2)
+    losses = iter([1.0, 0.9, 0.95, 0.9, 0.5, 0.4])
+    t.evaluate = lambda split: {"loss": next(losses), "acc": 0.5, "top5": 0.9}
     history = t.fit()
-    assert history.stopped.startswith("early stop")
-    assert len(history.epochs) == 3 and history.best_epoch == 1
+    assert history.stopped.startswith("early stop: no better validation loss for 2 epochs")
+    assert len(history.epochs) == 4 and history.best_epoch == 2
 
 
 def test_nan_loss_stops_training(digits):
