@@ -1,4 +1,4 @@
-"""`fastopt bench`, the README's main job, runs end to end and writes its three files."""
+"""`fastopt bench` and its suites run end to end and write their three files."""
 import json
 import subprocess
 import sys
@@ -18,8 +18,18 @@ def test_optimizer_bench_tiny(tmp_path):
     assert "fastopt-cpu" in (tmp_path / "results.md").read_text()
 
 
-@pytest.mark.parametrize("suite", ["normalization", "dropout", "conv2d"])
+@pytest.mark.parametrize("suite", ["normalization", "dropout", "conv2d", "train"])
 def test_suite_help(suite):
     run = subprocess.run([sys.executable, "-m", "fastopt.cli", "bench", suite, "--help"], capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 0 and "--quick" in run.stdout
+
+
+def test_train_bench_quick(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "fastopt.cli", "bench", "train", "--device", "cpu", "--quick",
+                          "--batch", "8", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    row = json.loads((tmp_path / "results.json").read_text())["rows"][0]
+    assert row["device"] == "cpu" and row["ms_per_step"]["fastopt"] > 0
+    assert {"conv2d", "batchnorm", "optimizer", "loss"} <= set(row["split_ms"])
+    assert "Split of fastopt's step time" in (tmp_path / "results.md").read_text()

@@ -27,6 +27,16 @@ def test_cpu_tour_runs():
     assert opt.state_dict()["state"][0]["step"] == 1000
 
 
+def test_nn_tour_runs():
+    block = [b for b in re.findall(r"```python\n(.*?)```", _readme(), re.S) if "nn.Sequential" in b][0]
+    ns = {}
+    exec(block, ns)
+    assert np.isfinite(float(ns["loss"]))
+    trained = ns["store"].data.copy()
+    initial = ns["model"].build("cpu", seed=0).data  # the same seed draws the starting point again
+    assert np.abs(trained - initial).max() > 1e-3  # 20 AdamW steps moved the weights
+
+
 def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```bash\n(.*?)\n```", _readme(), re.S)
     test_command = commands[1].strip()
