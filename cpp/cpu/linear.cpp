@@ -102,10 +102,8 @@ void gemm_oriented(int64_t M, int64_t Nn, int64_t Kd, Factor A, Factor B, Out C,
       gemm::transpose_to_panel(tmp, kc, kc, NR, dst);
     } else {
       for (int64_t p = 0; p < kc; ++p) {
-        const float* src = B.p + (p0 + p) * B.ld + j0;
-        float* d = dst + p * NR;
-        for (int64_t j = 0; j < cols; ++j) d[j] = src[j];
-        for (int64_t j = cols; j < NR; ++j) d[j] = 0.0f;
+        std::copy_n(B.p + (p0 + p) * B.ld + j0, cols, dst + p * NR);
+        std::fill(dst + p * NR + cols, dst + (p + 1) * NR, 0.0f);
       }
     }
   };
