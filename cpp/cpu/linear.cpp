@@ -147,7 +147,9 @@ void gemm_oriented(int64_t M, int64_t Nn, int64_t Kd, Factor A, Factor B, Out C,
     static thread_local gemm::Workspace ws;
     gemm::serial(0, M, Nn, Kd, pack_a, pack_b, store, ws);
   } else {
-    gemm::run(1, M, Nn, Kd, true, pack_a, pack_b, store);
+    // A prepacked once is shared by all column tasks, but it is a copy of the whole operand
+    // (x itself when the batch is on the rows): past 64 MB the tasks pack their own strips.
+    gemm::run(1, M, Nn, Kd, padded(M, MR) * Kd <= (int64_t{16} << 20), pack_a, pack_b, store);
   }
 }
 
