@@ -2,19 +2,20 @@
 # Build, test and benchmark fastopt on the lent GPU machine (no network), writing into OUTDIR:
 #   build.log  pip build + install, then `fastopt info`
 #   tests.log  pytest -m gpu, conv2d again on its stage-1 kernels, then the full suite
-#   bench.log  benchmark progress and tables (optimizers, normalization, dropout, conv2d on cuda)
+#   bench.log  benchmark progress and tables (optimizers, normalization, dropout, conv2d on cuda;
+#              with PART=train: the training-step suite and `fastopt train` on digits)
 #   results.tar.gz  one folder per suite: results.json, results.md, chart.png
 #   status.txt one line per stage: name, exit status, seconds
-# PART: all (default), tests (build + tests) or bench (build + benchmarks), so that the work
-# can be split over two device calls of 10 minutes each.
+# PART: all (default), tests (build + tests), bench (build + kernel benchmarks) or train (build +
+# training benchmarks), so that the work can be split over device calls of 10 minutes each.
 # At most 8 files come back from that machine, so nothing else is written there.
 # Every stage runs even when an earlier one failed (except that nothing runs without a build);
 # the script's exit status is the first failing stage's. Fits the 10-minute command limit:
 # each stage has a timeout, and the total is held under GPU_CHECK_BUDGET seconds (default 540).
 #
-#   bash bench/gpu_check.sh "$OUT" [all|tests|bench]
+#   bash bench/gpu_check.sh "$OUT" [all|tests|bench|train]
 set -u -o pipefail
-OUT=${1:?usage: gpu_check.sh OUTDIR [all|tests|bench]}
+OUT=${1:?usage: gpu_check.sh OUTDIR [all|tests|bench|train]}
 PART=${2:-all}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -75,6 +76,11 @@ if stage build 330 build.log python3 -m pip install --no-build-isolation --no-in
     bench normalization 90 normalization --device cuda
     bench dropout 60 dropout --device cuda
     bench conv2d 150 conv2d --device cuda
+  fi
+  if [[ $PART == train ]]; then
+    bench train 200 train --device all
+    # Digits needs scikit-learn, which that machine may lack (no network): then this stage fails alone.
+    stage digits 200 bench.log python3 -m fastopt.cli train --device cuda --out "$OUT/digits"
   fi
 fi
 ( cd "$OUT" && dirs=$(ls -d */ 2>/dev/null) && [[ -n $dirs ]] && tar czf results.tar.gz $dirs && rm -rf $dirs )

@@ -16,6 +16,7 @@ from conftest import BACKENDS
 
 @pytest.fixture(scope="module")
 def digits():
+    pytest.importorskip("sklearn")  # a dependency; only a hand-made environment lacks it
     return datasets.load_digits(seed=0)
 
 
@@ -99,7 +100,8 @@ def test_exploding_loss_stops_training(digits):
     assert len(history.epochs) < 3
 
 
-def test_cli_writes_metrics_curves_and_checkpoints(tmp_path):
+def test_cli_writes_metrics_curves_and_checkpoints(tmp_path, digits):
+    pytest.importorskip("matplotlib")
     out = tmp_path / "run"
     rc = train_main(["--device", "cpu", "--epochs", "2", "--width", "8", "16", "--out", str(out), "--quiet"])
     assert rc == 0
@@ -110,7 +112,7 @@ def test_cli_writes_metrics_curves_and_checkpoints(tmp_path):
         assert os.path.getsize(out / name) > 0
 
 
-def test_cli_search_prints_a_sorted_table(tmp_path, capsys):
+def test_cli_search_prints_a_sorted_table(tmp_path, capsys, digits):
     rc = train_main(["--device", "cpu", "--search", "2", "--search-epochs", "1", "--width", "4", "8",
                      "--out", str(tmp_path)])
     assert rc == 0

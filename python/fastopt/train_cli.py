@@ -109,11 +109,14 @@ def _run(args):
     }
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(report, f, indent=2)
-    plot_curves(history, os.path.join(args.out, "curves.png"))
+    try:
+        plot_curves(history, os.path.join(args.out, "curves.png"))
+    except ImportError as e:
+        print(f"no curves.png ({e}; pip install matplotlib)", file=sys.stderr)
     print(f"{data.name} on {trainer.device}: {len(history.epochs)} epochs in {seconds:.1f} s; best epoch "
           f"{history.best_epoch}: val acc {val['acc']:.4f}; test loss {test['loss']:.4f}, test acc "
           f"{test['acc']:.4f}, top-{k} {test[f'top{k}']:.4f}")
-    print(f"wrote {args.out}/metrics.json, curves.png, best.npz, last.npz")
+    print(f"wrote {args.out}/: metrics.json, curves.png, best.npz (lowest validation loss), last.npz")
     return 0 if not history.stopped or history.stopped.startswith("early stop") else 2
 
 
