@@ -8,10 +8,11 @@
 //
 // Shape: OpenMP over output rows (forward: plane x p) or input rows (backward: plane x h), so
 // that a few large planes are split as well as many small ones. The backward gathers per input
-// element over the outputs whose windows cover it, in (p, q) order: deterministic, no atomics,
-// and bitwise the same as the CUDA kernel. The column ranges of that gather are computed once
+// element over the outputs whose windows cover it, in (p, q) order (a scatter within the row when
+// windows do not overlap): deterministic, no atomics, and bitwise the same as the CUDA kernel. The column ranges of that gather are computed once
 // per call. Global average pool sums a plane in 8 double lanes folded in a fixed order, so every
 // ISA (and thread count) gives the same bits.
+#include <algorithm>
 #include <vector>
 
 #include "fastopt/pooling.h"
@@ -27,19 +28,95 @@ FASTOPT_FOR_EACH_ISA(void max_pool2d_forward(const Pool2dShape& s, const float* 
 
 namespace FASTOPT_ISA {
 
+namespace {
+
+// Outputs [lo, hi) along one axis whose windows lie wholly inside [0, size).
+void interior(int out, int stride, int pad, int k, int size, int& lo, int& hi) {
+  lo = 0;
+  while (lo < out && lo * stride - pad < 0) ++lo;
+  hi = out;
+  while (hi > lo && (hi - 1) * stride - pad + k > size) --hi;
+}
+
+}  // namespace
+
+// Interior windows are scanned with the window loops outside and q innermost: each q still sees
+// its elements in row-major window order (so ties and NaNs resolve exactly as max_pool_window
+// does), and the select-based update vectorizes; edge windows take the clipped generic path.
 void max_pool2d_forward(const Pool2dShape& s, const float* x, float* y, int32_t* indices) {
+  const int64_t rows = s.planes * s.P;
+  const int64_t in_plane = static_cast<int64_t>(s.H) * s.W;
+  int qa, qb;
+  interior(s.Q, s.sw, s.pw, s.kw, s.W, qa, qb);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t plane = r / s.P;
+    const int p = static_cast<int>(r - plane * s.P);
+    const float* xp = x + plane * in_plane;
+    float* __restrict yr = y + r * s.Q;
+    int32_t* __restrict ir = indices + r * s.Q;
+    const int h0 = p * s.sh - s.ph;
+    const bool rows_inside = h0 >= 0 && h0 + s.kh <= s.H;
+    const int a = rows_inside ? qa : s.Q, b = rows_inside ? qb : s.Q;
+    for (int q = 0; q < a; ++q) max_pool_window(xp, s, p, q, yr + q, ir + q);
+    for (int q = b; q < s.Q; ++q) max_pool_window(xp, s, p, q, yr + q, ir + q);
+    if (a >= b) continue;
+    const int sw = s.sw, c0 = -s.pw;
+    for (int q = a; q < b; ++q) {
+      const int32_t i = h0 * s.W + q * sw + c0;
+      yr[q] = xp[i];
+      ir[q] = i;
+    }
+    for (int dh = 0; dh < s.kh; ++dh) {
+      const int32_t row = (h0 + dh) * s.W;
+      for (int dw = 0; dw < s.kw; ++dw) {
+        if (dh == 0 && dw == 0) continue;
+        const float* xr = xp + row + c0 + dw;
+#pragma omp simd
+        for (int q = a; q < b; ++q) {
+          const float v = xr[q * sw];
+          const bool take = max_pool_takes(v, yr[q]);
+          yr[q] = take ? v : yr[q];
+          ir[q] = take ? row + c0 + dw + q * sw : ir[q];
+        }
+      }
+    }
+  }
+}
+
+// Non-overlapping windows (stride >= kernel) cover each input at most once, so the gather
+// reduces to a scatter over output rows: a task zeroes the input rows between its window and the
+// next one's, then each output adds its dy at its index if the index lies in its own window. Same
+// sums (0 + dy) as the gather, one pass over dy and the indices.
+static void max_pool2d_backward_disjoint(const Pool2dShape& s, const float* dy, const int32_t* indices, float* dx) {
   const int64_t rows = s.planes * s.P;
   const int64_t in_plane = static_cast<int64_t>(s.H) * s.W;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t plane = r / s.P;
     const int p = static_cast<int>(r - plane * s.P);
-    const float* xp = x + plane * in_plane;
-    for (int q = 0; q < s.Q; ++q) max_pool_window(xp, s, p, q, y + r * s.Q + q, indices + r * s.Q + q);
+    const int h0 = p * s.sh - s.ph;
+    const int zb = p == 0 ? 0 : h0, ze = p == s.P - 1 ? s.H : std::min(h0 + s.sh, s.H);
+    float* dxp = dx + plane * in_plane;
+    std::fill(dxp + static_cast<int64_t>(zb) * s.W, dxp + static_cast<int64_t>(ze) * s.W, 0.0f);
+    const float* dyr = dy + r * s.Q;
+    const int32_t* ir = indices + r * s.Q;
+    for (int q = 0; q < s.Q; ++q) {
+      const int32_t i = ir[q], w0 = q * s.sw - s.pw;
+      for (int dh = 0; dh < s.kh; ++dh) {
+        const int h = h0 + dh;
+        const int32_t w = i - h * s.W;
+        if (h >= 0 && h < s.H && w >= std::max(w0, 0) && w < std::min(w0 + s.kw, s.W)) {
+          dxp[i] += dyr[q];
+          break;
+        }
+      }
+    }
   }
 }
 
 void max_pool2d_backward(const Pool2dShape& s, const float* dy, const int32_t* indices, float* dx) {
+  if (s.sh >= s.kh && s.sw >= s.kw) return max_pool2d_backward_disjoint(s, dy, indices, dx);
   std::vector<int> q0(s.W), q1(s.W);
   for (int w = 0; w < s.W; ++w) {
     q0[w] = cover_begin(w, s.sw, s.pw, s.kw);
