@@ -13,12 +13,6 @@ namespace {
 
 enum class Act { relu, relu_grad, leaky, leaky_grad };
 
-std::string fmt(const std::vector<int64_t>& s) {
-  std::string o = "(";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + (s.size() == 1 ? ",)" : ")");
-}
-
 // Forward: dy_obj is null. Backward: dy must match x in shape and device. The output is a new
 // array like x.
 py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negative_slope, uintptr_t stream) {
@@ -28,7 +22,7 @@ py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negat
   if (dy_obj) {
     const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
     require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
-    if (dy.shape != x.shape) raise_value("dy: expected the shape " + fmt(x.shape) + " of x, got " + fmt(dy.shape));
+    if (dy.shape != x.shape) raise_value("dy: expected the shape " + shape_str(x.shape) + " of x, got " + shape_str(dy.shape));
     dyp = static_cast<const float*>(dy.data);
   }
   const float slope = static_cast<float>(negative_slope);  // torch multiplies by the float32 value

@@ -13,6 +13,12 @@ std::string ArgName::str() const {
   return index < 0 ? std::string(name) : std::string(name) + "[" + std::to_string(index) + "]";
 }
 
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string o = "(";
+  for (size_t i = 0; i < shape.size(); ++i) o += (i ? ", " : "") + std::to_string(shape[i]);
+  return o + (shape.size() == 1 ? ",)" : ")");
+}
+
 std::string device_str(int device) { return device == kCPU ? "cpu" : "cuda:" + std::to_string(device); }
 
 size_t itemsize(DType t) {

@@ -39,6 +39,7 @@ struct ArrayView {
 };
 
 std::string device_str(int device);
+std::string shape_str(const std::vector<int64_t>& shape);  // "(2, 3)", "(4,)"
 
 // Parses obj; checks C-contiguity (and writability when `writable`). With want_dtype set the
 // dtype must match exactly: nothing is ever converted, since a converted copy would silently

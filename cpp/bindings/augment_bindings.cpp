@@ -16,12 +16,6 @@ namespace {
 
 constexpr int64_t kMaxParam = int64_t{1} << 30;
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string o = "(";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + (s.size() == 1 ? ",)" : ")");
-}
-
 int64_t count_arg(int64_t v, const char* name) {
   if (v < 0 || v > kMaxParam)
     raise_value(std::string(name) + ": must be an integer in [0, 2^30], got " + std::to_string(v));

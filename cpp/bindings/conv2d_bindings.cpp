@@ -17,15 +17,9 @@ namespace {
 
 using Pair = std::array<int64_t, 2>;
 
-std::string fmt(const std::vector<int64_t>& s) {
-  std::string o = "(";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + (s.size() == 1 ? ",)" : ")");
-}
-
 void require_4d(const ArrayView& v, const char* name, const char* dims) {
   if (v.shape.size() != 4)
-    raise_value(std::string(name) + ": expected a 4-D array " + dims + ", got shape " + fmt(v.shape));
+    raise_value(std::string(name) + ": expected a 4-D array " + dims + ", got shape " + shape_str(v.shape));
 }
 
 // Checks x (N, C, H, W), w (K, C/groups, R, S) and the hyper-parameters; fills in P and Q.
@@ -47,17 +41,17 @@ Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair
   s.K = w.shape[0];
   s.R = w.shape[2];
   s.S = w.shape[3];
-  if (s.C < 1) raise_value("x: needs at least one input channel, got shape " + fmt(x.shape));
+  if (s.C < 1) raise_value("x: needs at least one input channel, got shape " + shape_str(x.shape));
   if (s.C % groups)
     raise_value("groups: the " + std::to_string(s.C) + " input channels of x are not divisible by groups=" +
                 std::to_string(groups));
-  if (s.K < 1 || s.R < 1 || s.S < 1) raise_value("w: every dimension must be >= 1, got shape " + fmt(w.shape));
+  if (s.K < 1 || s.R < 1 || s.S < 1) raise_value("w: every dimension must be >= 1, got shape " + shape_str(w.shape));
   if (s.K % groups)
     raise_value("groups: the " + std::to_string(s.K) + " output channels of w are not divisible by groups=" +
                 std::to_string(groups));
   if (w.shape[1] * groups != s.C)
-    raise_value("w: expected shape (K, C/groups = " + std::to_string(s.C / groups) + ", R, S) for x " + fmt(x.shape) +
-                " and groups=" + std::to_string(groups) + ", got " + fmt(w.shape));
+    raise_value("w: expected shape (K, C/groups = " + std::to_string(s.C / groups) + ", R, S) for x " + shape_str(x.shape) +
+                " and groups=" + std::to_string(groups) + ", got " + shape_str(w.shape));
   s.stride_h = stride[0];
   s.stride_w = stride[1];
   s.pad_h = padding[0];
@@ -69,9 +63,9 @@ Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair
   s.P = eh < 0 ? 0 : eh / s.stride_h + 1;
   s.Q = ew < 0 ? 0 : ew / s.stride_w + 1;
   if (s.P < 1 || s.Q < 1)
-    raise_value("x: output size would be <= 0: input " + fmt({s.H, s.W}) +
-                " is too small for kernel " + fmt({s.R, s.S}) + " with padding " + fmt({s.pad_h, s.pad_w}) +
-                " and dilation " + fmt({s.dil_h, s.dil_w}));
+    raise_value("x: output size would be <= 0: input " + shape_str({s.H, s.W}) +
+                " is too small for kernel " + shape_str({s.R, s.S}) + " with padding " + shape_str({s.pad_h, s.pad_w}) +
+                " and dilation " + shape_str({s.dil_h, s.dil_w}));
   return s;
 }
 
@@ -88,7 +82,7 @@ py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
     const ArrayView bv = view_f32(b_obj, ArgName{"b"}, false);
     require_same_device(x, ArgName{"x"}, bv, ArgName{"b"});
     if (bv.shape != std::vector<int64_t>{s.K})
-      raise_value("b: expected shape (" + std::to_string(s.K) + ",), one bias per output channel, got " + fmt(bv.shape));
+      raise_value("b: expected shape (" + std::to_string(s.K) + ",), one bias per output channel, got " + shape_str(bv.shape));
     b = static_cast<const float*>(bv.data);
   }
   py::object y = new_array({s.N, s.K, s.P, s.Q}, DType::f32, x.device, stream);
@@ -126,7 +120,7 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
   const Conv2dShape s = conv_shape(x, w, stride, padding, dilation, groups);
   const std::vector<int64_t> yshape{s.N, s.K, s.P, s.Q};
   if (dy.shape != yshape)
-    raise_value("dy: expected the output shape " + fmt(yshape) + " of this convolution, got " + fmt(dy.shape));
+    raise_value("dy: expected the output shape " + shape_str(yshape) + " of this convolution, got " + shape_str(dy.shape));
 
   py::object dx = py::none(), dw = py::none(), db = py::none();
   float *dxp = nullptr, *dwp = nullptr, *dbp = nullptr;

@@ -14,15 +14,9 @@
 namespace fastopt {
 namespace {
 
-std::string fmt(const std::vector<int64_t>& s) {
-  std::string o = "(";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + (s.size() == 1 ? ",)" : ")");
-}
-
 void require_2d(const ArrayView& v, const char* name, const char* dims) {
   if (v.shape.size() != 2)
-    raise_value(std::string(name) + ": expected a 2-D array " + dims + ", got shape " + fmt(v.shape));
+    raise_value(std::string(name) + ": expected a 2-D array " + dims + ", got shape " + shape_str(v.shape));
 }
 
 // Checks x (N, in) against weight (out, in).
@@ -31,7 +25,7 @@ LinearShape linear_shape(const ArrayView& x, const ArrayView& w) {
   require_2d(w, "weight", "(out_features, in_features)");
   if (w.shape[1] != x.shape[1])
     raise_value("weight: expected shape (out_features, " + std::to_string(x.shape[1]) + ") to match x " +
-                fmt(x.shape) + ", got " + fmt(w.shape));
+                shape_str(x.shape) + ", got " + shape_str(w.shape));
   return LinearShape{x.shape[0], x.shape[1], w.shape[0]};
 }
 
@@ -48,7 +42,7 @@ py::object linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
     require_same_device(x, ArgName{"x"}, bv, ArgName{"bias"});
     if (bv.shape != std::vector<int64_t>{s.out})
       raise_value("bias: expected shape (" + std::to_string(s.out) + ",), one per output feature, got " +
-                  fmt(bv.shape));
+                  shape_str(bv.shape));
     b = static_cast<const float*>(bv.data);
   }
   py::object y = new_array({s.N, s.out}, DType::f32, x.device, stream);
@@ -84,8 +78,8 @@ py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
   const LinearShape s = linear_shape(x, w);
   const std::vector<int64_t> yshape{s.N, s.out};
   if (dy.shape != yshape)
-    raise_value("dy: expected the output shape " + fmt(yshape) + " of x " + fmt(x.shape) + " and weight " +
-                fmt(w.shape) + ", got " + fmt(dy.shape));
+    raise_value("dy: expected the output shape " + shape_str(yshape) + " of x " + shape_str(x.shape) + " and weight " +
+                shape_str(w.shape) + ", got " + shape_str(dy.shape));
 
   py::object dx = py::none(), dw = py::none(), db = py::none();
   float *dxp = nullptr, *dwp = nullptr, *dbp = nullptr;

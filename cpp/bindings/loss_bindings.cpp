@@ -13,12 +13,6 @@
 namespace fastopt {
 namespace {
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string o = "(";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + (s.size() == 1 ? ",)" : ")");
-}
-
 ByteRange range_of(const ArrayView& v, int32_t arg) {
   const auto b = reinterpret_cast<uintptr_t>(v.data);
   return {b, b + static_cast<uintptr_t>(v.numel) * itemsize(v.dtype), arg, -1};

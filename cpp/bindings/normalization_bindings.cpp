@@ -15,12 +15,6 @@
 namespace fastopt {
 namespace {
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string o = "(";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + (s.size() == 1 ? ",)" : ")");
-}
-
 // An optional float32 input: nullptr for None, else checked for shape and device.
 const float* optional_input(py::handle obj, const char* name, const std::vector<int64_t>& shape,
                             const ArrayView& x, std::vector<ByteRange>* ranges, int32_t arg) {

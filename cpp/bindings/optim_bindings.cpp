@@ -48,12 +48,8 @@ ByteRange range_of(const ArrayView& v, int32_t arg, int64_t index) {
 
 void require_same_shape(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn) {
   if (a.shape != b.shape) {
-    auto fmt = [](const std::vector<int64_t>& s) {
-      std::string o = "(";
-      for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-      return o + (s.size() == 1 ? ",)" : ")");
-    };
-    raise_value(bn.str() + ": shape " + fmt(b.shape) + " does not match " + an.str() + " shape " + fmt(a.shape));
+    raise_value(bn.str() + ": shape " + shape_str(b.shape) + " does not match " + an.str() + " shape " +
+                shape_str(a.shape));
   }
 }
 

@@ -19,20 +19,14 @@ namespace {
 
 using Pair = std::array<int64_t, 2>;
 
-std::string fmt(const std::vector<int64_t>& s) {
-  std::string o = "(";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + (s.size() == 1 ? ",)" : ")");
-}
-
-std::string fmt_pair(Pair p) { return fmt(std::vector<int64_t>{p[0], p[1]}); }
+std::string fmt_pair(Pair p) { return shape_str(std::vector<int64_t>{p[0], p[1]}); }
 
 void require_4d(const std::vector<int64_t>& shape, const char* name) {
-  if (shape.size() != 4) raise_value(std::string(name) + ": expected 4 dimensions (N, C, H, W), got shape " + fmt(shape));
+  if (shape.size() != 4) raise_value(std::string(name) + ": expected 4 dimensions (N, C, H, W), got shape " + shape_str(shape));
   int64_t numel = 1;
   for (int64_t d : shape) {
-    if (d < 0) raise_value(std::string(name) + ": negative dimension in " + fmt(shape));
-    if (d != 0 && numel > (int64_t{1} << 62) / d) raise_value(std::string(name) + ": too many elements in " + fmt(shape));
+    if (d < 0) raise_value(std::string(name) + ": negative dimension in " + shape_str(shape));
+    if (d != 0 && numel > (int64_t{1} << 62) / d) raise_value(std::string(name) + ": too many elements in " + shape_str(shape));
     numel *= d;
   }
 }
@@ -49,18 +43,18 @@ Pool2dShape pool_shape(const std::vector<int64_t>& in, const char* name, Pair ke
                   fmt_pair(kernel));
   }
   const int64_t H = in[2], W = in[3];
-  if (H < 1 || W < 1) raise_value(std::string(name) + ": H and W must be >= 1, got shape " + fmt(in));
+  if (H < 1 || W < 1) raise_value(std::string(name) + ": H and W must be >= 1, got shape " + shape_str(in));
   if (H > INT_MAX || W > INT_MAX || H * W > INT_MAX)
-    raise_value(std::string(name) + ": plane " + fmt({H, W}) + " too large: indices are int32 (H*W < 2^31)");
+    raise_value(std::string(name) + ": plane " + shape_str({H, W}) + " too large: indices are int32 (H*W < 2^31)");
   if (padding[0] > INT_MAX - H || padding[1] > INT_MAX - W || H + 2 * padding[0] > INT_MAX ||
       W + 2 * padding[1] > INT_MAX)
     raise_value("padding: " + fmt_pair(padding) + " too large: the padded plane must have sides < 2^31");
   const int64_t eh = H + 2 * padding[0] - kernel[0], ew = W + 2 * padding[1] - kernel[1];
   const int64_t P = eh < 0 ? 0 : eh / stride[0] + 1, Q = ew < 0 ? 0 : ew / stride[1] + 1;
   if (P < 1 || Q < 1)
-    raise_value(std::string(name) + ": output size would be " + fmt({P, Q}) + ", below 1: input " + fmt({H, W}) +
+    raise_value(std::string(name) + ": output size would be " + shape_str({P, Q}) + ", below 1: input " + shape_str({H, W}) +
                 " is too small for kernel_size " + fmt_pair(kernel) + " with padding " + fmt_pair(padding));
-  if (P * Q > INT_MAX) raise_value(std::string(name) + ": output plane " + fmt({P, Q}) + " has 2^31 or more elements");
+  if (P * Q > INT_MAX) raise_value(std::string(name) + ": output plane " + shape_str({P, Q}) + " has 2^31 or more elements");
   Pool2dShape s{};
   s.planes = in[0] * in[1];
   s.H = static_cast<int>(H);
@@ -114,9 +108,9 @@ py::object max_pool2d_backward(py::handle dy_obj, py::handle idx_obj, std::vecto
   const Pool2dShape s = pool_shape(input_shape, "input_shape", kernel, stride, padding);
   const std::vector<int64_t> yshape{input_shape[0], input_shape[1], s.P, s.Q};
   if (dy.shape != yshape)
-    raise_value("dy: expected the output shape " + fmt(yshape) + " of this pooling, got " + fmt(dy.shape));
+    raise_value("dy: expected the output shape " + shape_str(yshape) + " of this pooling, got " + shape_str(dy.shape));
   if (idx.shape != yshape)
-    raise_value("indices: expected the output shape " + fmt(yshape) + " of this pooling, got " + fmt(idx.shape));
+    raise_value("indices: expected the output shape " + shape_str(yshape) + " of this pooling, got " + shape_str(idx.shape));
   py::object dx = new_array(input_shape, DType::f32, dy.device, stream);
   const auto* dyp = static_cast<const float*>(dy.data);
   const auto* ip = static_cast<const int32_t*>(idx.data);
@@ -138,7 +132,7 @@ py::object max_pool2d_backward(py::handle dy_obj, py::handle idx_obj, std::vecto
 
 int64_t plane_size(const std::vector<int64_t>& shape, const char* name) {
   require_4d(shape, name);
-  if (shape[2] < 1 || shape[3] < 1) raise_value(std::string(name) + ": H and W must be >= 1, got shape " + fmt(shape));
+  if (shape[2] < 1 || shape[3] < 1) raise_value(std::string(name) + ": H and W must be >= 1, got shape " + shape_str(shape));
   return shape[2] * shape[3];
 }
 
@@ -168,7 +162,7 @@ py::object global_avg_pool_backward(py::handle dy_obj, std::vector<int64_t> inpu
   const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
   const int64_t hw = plane_size(input_shape, "input_shape");
   const std::vector<int64_t> yshape{input_shape[0], input_shape[1]};
-  if (dy.shape != yshape) raise_value("dy: expected the output shape " + fmt(yshape) + ", got " + fmt(dy.shape));
+  if (dy.shape != yshape) raise_value("dy: expected the output shape " + shape_str(yshape) + ", got " + shape_str(dy.shape));
   const int64_t planes = input_shape[0] * input_shape[1];
   py::object dx = new_array(input_shape, DType::f32, dy.device, stream);
   const auto* dyp = static_cast<const float*>(dy.data);

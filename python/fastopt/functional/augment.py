@@ -5,27 +5,10 @@ counters made of (step, sample index, draw index) (layout: cpp/include/fastopt/a
 the CPU, the GPU and fastopt.reference.augment agree bit for bit for any thread count. Outputs
 are new arrays on x's device; `stream` (a CUDA stream handle) is ignored on the CPU.
 """
-import operator
-
 from .. import _C
+from ._args import integer as _integer, number as _number, uint64 as _uint64
 
 __all__ = ["augment_batch", "mixup"]
-
-
-def _integer(v, name):
-    if isinstance(v, bool):
-        raise TypeError(f"{name}: expected an integer, got bool")
-    try:
-        return operator.index(v)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer, got {type(v).__name__}") from None
-
-
-def _uint64(v, name):
-    v = _integer(v, name)
-    if not 0 <= v < 2**64:
-        raise ValueError(f"{name}: must be an integer in [0, 2^64), got {v}")
-    return v
 
 
 def _count(v, name):
@@ -33,15 +16,6 @@ def _count(v, name):
     if not 0 <= v <= 2**30:
         raise ValueError(f"{name}: must be an integer in [0, 2^30], got {v}")
     return v
-
-
-def _number(v, name):
-    if isinstance(v, bool):
-        raise TypeError(f"{name}: expected a number, got bool")
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a number, got {type(v).__name__}") from None
 
 
 def augment_batch(x, seed, step, max_shift=0, flip=False, cutout=0, brightness=0.0, contrast=0.0, fill=0.0, stream=0):
@@ -53,7 +27,8 @@ def augment_batch(x, seed, step, max_shift=0, flip=False, cutout=0, brightness=0
     [-brightness, brightness) and contrast c uniform in [1 - contrast, 1 + contrast), y = c * v + b
     (padded pixels too: c * fill + b; data are standardized, so contrast scales about the mean 0);
     then a cutout x cutout square centered at a uniform pixel (cy, cx), clipped to the image, set
-    to fill. fill is the value of a blank pixel: 0 for raw images, -mean / std once standardized. seed, step: integers in [0, 2^64); the same (seed, step) reproduces a batch exactly.
+    to fill. fill is the value of a blank pixel: 0 for raw images, -mean / std once standardized.
+    seed, step: integers in [0, 2^64); the same (seed, step) reproduces a batch exactly.
     max_shift, cutout: integers >= 0; brightness >= 0; contrast in [0, 1].
     """
     return _C.augment_batch(x, _uint64(seed, "seed"), _uint64(step, "step"), _count(max_shift, "max_shift"),

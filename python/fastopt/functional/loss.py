@@ -6,27 +6,10 @@ GPU; outputs are new arrays on the logits' device and `stream` (a CUDA stream ha
 legacy default stream) is ignored on the CPU. Every row reduction and the mean have a fixed
 order, so results are bitwise reproducible run to run.
 """
-import operator
-
 from .. import _C
+from ._args import integer as _integer, number as _number
 
 __all__ = ["softmax_cross_entropy"]
-
-
-def _number(v, name):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a number, got {type(v).__name__}") from None
-
-
-def _integer(v, name):
-    if isinstance(v, bool):
-        raise TypeError(f"{name}: expected an integer, got bool")
-    try:
-        return operator.index(v)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer, got {type(v).__name__}") from None
 
 
 def softmax_cross_entropy(logits, target, label_smoothing=0.0, need_grad=True, stats=None, topk=5, stream=0):

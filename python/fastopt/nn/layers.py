@@ -179,61 +179,52 @@ class BatchNorm2d(_BatchNorm):
     ndims = (4,)
 
 
-class LayerNorm(Module):
-    """Normalization over the trailing normalized_shape dims, per sample; same in eval."""
-
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
-        super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-        self.normalized_shape, self.eps = shape, float(eps)
-        _affine(self.params, shape, elementwise_affine, bias)
-        self._saved = None
+class _SampleNorm(Module):
+    """Statistics per sample (layer and group norm): the same in training and eval. Subclasses
+    name their functional pair and its grouping argument (`self.arg`)."""
+    forward_fn = backward_fn = None
 
     def forward(self, x, training=True):
-        y, mean, rstd = F.layer_norm_forward(x, self.normalized_shape, _data(self.params["weight"]),
-                                             _data(self.params["bias"]), self.eps)
+        y, mean, rstd = type(self).forward_fn(x, self.arg, _data(self.params["weight"]), _data(self.params["bias"]),
+                                              self.eps)
         self._saved = (x, mean, rstd) if training else None
         return y
 
     def backward(self, dy):
         x, mean, rstd = _take(self, "_saved")
         w, b = self.params["weight"], self.params["bias"]
-        dx, dw, db = F.layer_norm_backward(dy, x, self.normalized_shape, mean, rstd, _data(w), has_bias=b is not None)
+        dx, dw, db = type(self).backward_fn(dy, x, self.arg, mean, rstd, _data(w), has_bias=b is not None)
         _set_grad(w, dw)
         _set_grad(b, db)
         return dx
 
     def extra_repr(self):
-        return f"{self.normalized_shape}, eps={self.eps}"
+        return f"{self.arg}, eps={self.eps}"
 
 
-class GroupNorm(Module):
-    """Normalization per (sample, group of channels); same in eval."""
+class LayerNorm(_SampleNorm):
+    """Normalization over the trailing normalized_shape dims, per sample."""
+    forward_fn, backward_fn = F.layer_norm_forward, F.layer_norm_backward
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.arg, self.eps = shape, float(eps)
+        _affine(self.params, shape, elementwise_affine, bias)
+        self._saved = None
+
+
+class GroupNorm(_SampleNorm):
+    """Normalization per (sample, group of consecutive channels)."""
+    forward_fn, backward_fn = F.group_norm_forward, F.group_norm_backward
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True):
         super().__init__()
         if num_channels % num_groups:
             raise ValueError(f"num_groups: {num_groups} must divide num_channels {num_channels}")
-        self.num_groups, self.eps = int(num_groups), float(eps)
+        self.arg, self.eps = int(num_groups), float(eps)
         _affine(self.params, (int(num_channels),), affine)
         self._saved = None
-
-    def forward(self, x, training=True):
-        y, mean, rstd = F.group_norm_forward(x, self.num_groups, _data(self.params["weight"]),
-                                             _data(self.params["bias"]), self.eps)
-        self._saved = (x, mean, rstd) if training else None
-        return y
-
-    def backward(self, dy):
-        x, mean, rstd = _take(self, "_saved")
-        w, b = self.params["weight"], self.params["bias"]
-        dx, dw, db = F.group_norm_backward(dy, x, self.num_groups, mean, rstd, _data(w), has_bias=b is not None)
-        _set_grad(w, dw)
-        _set_grad(b, db)
-        return dx
-
-    def extra_repr(self):
-        return f"{self.num_groups}, eps={self.eps}"
 
 
 class ReLU(Module):
