@@ -534,9 +534,43 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
     }
   const int64_t per = s.N / chunks, Kd = per * PQ;
   std::vector<float> partial(chunks > 1 ? static_cast<size_t>(chunks * size) : 0);
+#if defined(__AVX512F__)
+  // tap_ok[pq]: bit r*S + s set where output pixel pq's tap (r, s) lies inside x (pack_b).
+  const bool fast_b = s.stride_h == 1 && s.stride_w == 1 && s.Q == s.W && RS <= 16;
+  std::vector<uint16_t> tap_ok(fast_b ? static_cast<size_t>(PQ + 16) : 0);
+  if (fast_b)
+    for (int64_t pq = 0; pq < PQ; ++pq)
+      for (int64_t r = 0; r < s.R; ++r)
+        for (int64_t sc = 0; sc < s.S; ++sc) {
+          const int64_t ih = pq / s.Q - s.pad_h + r * s.dil_h, iw = pq % s.Q - s.pad_w + sc * s.dil_w;
+          if (ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) tap_ok[pq] |= static_cast<uint16_t>(1u << (r * s.S + sc));
+        }
+#endif
   auto pack_a = [&](int64_t item, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
     // A[k, (n, p, q)] = dy[n, g*Kg + k, p, q]: per row, contiguous runs of one image.
     const int64_t n0 = item / G * per, g = item % G;
+#if defined(__AVX512F__)
+    if constexpr (MR == 8) {
+      // 8 x 16 blocks loaded along the rows and transposed in registers: the scalar loop's
+      // stores at stride MR cost as much as the GEMM itself on the narrow layers.
+      int64_t n = n0 + p0 / PQ, pq = p0 % PQ;
+      for (int64_t p = 0; p < kc;) {
+        const int64_t len = std::min(kc - p, PQ - pq);
+        const float* src = dy + (n * s.K + g * Kg + i0) * PQ + pq;
+        for (int64_t t = 0; t < len; t += 16) {
+          const int count = static_cast<int>(std::min<int64_t>(16, len - t));
+          const auto m = static_cast<__mmask16>((1u << count) - 1);
+          __m512 r[8];
+          for (int i = 0; i < 8; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(m, src + i * PQ + t) : _mm512_setzero_ps();
+          gemm::transpose8x16_to_strip(r, count, dst + (p + t) * MR);
+        }
+        p += len;
+        pq = 0;
+        ++n;
+      }
+      return;
+    }
+#endif
     for (int64_t i = 0; i < MR; ++i) {
       if (i >= rows) {
         for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = 0.0f;
@@ -557,6 +591,42 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
     // B[(n, p, q), (c, r, s)] = x[n, g*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw]: each column
     // is a strided walk along rows of x, so gather it with range-split row copies, then transpose.
     const int64_t n0 = item / G * per, g = item % G;
+#if defined(__AVX512F__)
+    if (fast_b) {
+      // Unit strides with Q = W: column (c, r, s) at pixel pq reads x[.., c, pq + roff_r W + soff_s]
+      // where tap_ok[pq] has bit r*S + s, so 16 x 16 blocks load straight from x (masks zero the
+      // padding taps) and transpose in registers, with no gathered copy in between.
+      int64_t off[NR];
+      __m256i bit[NR];
+      for (int64_t j = 0; j < cols; ++j) {
+        const int64_t col = j0 + j, c = col / RS, r = (col % RS) / s.S, sc = col % s.S;
+        off[j] = (g * Cg + c) * HW + (r * s.dil_h - s.pad_h) * s.W + sc * s.dil_w - s.pad_w;
+        bit[j] = _mm256_set1_epi16(static_cast<short>(1 << (r * s.S + sc)));
+      }
+      int64_t n = n0 + p0 / PQ, pq = p0 % PQ;
+      for (int64_t p = 0; p < kc;) {
+        const int64_t len = std::min(kc - p, PQ - pq);
+        const float* xn = x + n * s.C * HW + pq;
+        for (int64_t t = 0; t < len; t += 16) {
+          const int count = static_cast<int>(std::min<int64_t>(16, len - t));
+          const auto m = static_cast<__mmask16>((1u << count) - 1);
+          const __m256i taps = _mm256_maskz_loadu_epi16(m, tap_ok.data() + pq + t);
+          for (int64_t jb = 0; jb < NR; jb += 16) {
+            __m512 r[16];
+            for (int64_t i = 0; i < 16; ++i)
+              r[i] = jb + i < cols ? _mm512_maskz_loadu_ps(m & _mm256_test_epi16_mask(taps, bit[jb + i]), xn + off[jb + i] + t)
+                                   : _mm512_setzero_ps();
+            if (jb < cols) gemm::transpose16(r);
+            for (int i = 0; i < count; ++i) _mm512_storeu_ps(dst + (p + t + i) * NR + jb, r[i]);
+          }
+        }
+        p += len;
+        pq = 0;
+        ++n;
+      }
+      return;
+    }
+#endif
     alignas(64) float tmp[NR * gemm::KC];
     for (int64_t j = 0; j < cols; ++j) {
       const int64_t col = j0 + j, c = col / RS, r = (col % RS) / s.S, sc = col % s.S;

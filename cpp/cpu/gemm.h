@@ -89,6 +89,60 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
 #endif
 }
 
+#if defined(__AVX512F__)
+// In-register transposes for packers whose source runs along the reduction (weight-grad: both
+// operands are rows of pixels). transpose16: r[i] holds element i of every input row on return.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  // r[4a + b] now holds element b of every 4-lane group of rows 4a..4a+3; combine the 128-bit
+  // lanes across row groups.
+  for (int b = 0; b < 4; ++b) {
+    t[b] = _mm512_shuffle_f32x4(r[b], r[4 + b], 0x88);
+    t[4 + b] = _mm512_shuffle_f32x4(r[b], r[4 + b], 0xdd);
+    t[8 + b] = _mm512_shuffle_f32x4(r[8 + b], r[12 + b], 0x88);
+    t[12 + b] = _mm512_shuffle_f32x4(r[8 + b], r[12 + b], 0xdd);
+  }
+  for (int b = 0; b < 8; ++b) {
+    r[b] = _mm512_shuffle_f32x4(t[b], t[8 + b], 0x88);
+    r[8 + b] = _mm512_shuffle_f32x4(t[b], t[8 + b], 0xdd);
+  }
+}
+
+// An MR = 8 row strip from 8 rows of 16 elements: dst[e*8 + i] = row i element e, for the first
+// `count` elements (<= 16). Output vector u holds elements 2u and 2u + 1.
+inline void transpose8x16_to_strip(const __m512 r[8], int count, float* __restrict dst) {
+  __m512 q[8], x[8];
+  for (int h = 0; h < 8; h += 4) {  // rows h..h+3: q[h + e] lane L = those rows of element 4L + e
+    const __m512 t0 = _mm512_unpacklo_ps(r[h], r[h + 1]), t1 = _mm512_unpackhi_ps(r[h], r[h + 1]);
+    const __m512 t2 = _mm512_unpacklo_ps(r[h + 2], r[h + 3]), t3 = _mm512_unpackhi_ps(r[h + 2], r[h + 3]);
+    q[h] = _mm512_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    q[h + 1] = _mm512_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    q[h + 2] = _mm512_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    q[h + 3] = _mm512_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int e = 0; e < 4; ++e) {  // x[e]: lanes 0, 1 of q[e], q[4+e]; x[4+e]: lanes 2, 3
+    x[e] = _mm512_shuffle_f32x4(q[e], q[4 + e], 0x44);
+    x[4 + e] = _mm512_shuffle_f32x4(q[e], q[4 + e], 0xee);
+  }
+  for (int u = 0; 2 * u < count; ++u) {
+    const int L = u / 2, e = 2 * (u % 2);
+    const __m512* xs = x + (L >= 2 ? 4 : 0);
+    const __m512 o = (L % 2) ? _mm512_shuffle_f32x4(xs[e], xs[e + 1], 0xdd) : _mm512_shuffle_f32x4(xs[e], xs[e + 1], 0x88);
+    _mm512_mask_storeu_ps(dst + 16 * u, 2 * u + 1 < count ? 0xffff : 0x00ff, o);
+  }
+}
+#endif
+
 // dst[p*NR + j] = src[j*ld + p] for p < kc, j < cols; zero for cols <= j < NR. Packs a panel
 // whose columns were gathered as contiguous rows (weight-grad's im2col) into the B layout;
 // AVX-512 transposes 16 x 16 blocks in registers instead of 256 scattered element moves.
@@ -99,30 +153,9 @@ inline void transpose_to_panel(const float* __restrict src, int64_t ld, int64_t 
   if (cols == NR) {
     for (; p0 + 16 <= kc; p0 += 16)
       for (int jb = 0; jb < NR; jb += 16) {
-        __m512 r[16], t[16];
+        __m512 r[16];
         for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (jb + i) * ld + p0);
-        for (int i = 0; i < 16; i += 2) {
-          t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-          t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-        }
-        for (int i = 0; i < 16; i += 4) {
-          r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-          r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-          r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-          r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-        }
-        // r[4a + b] now holds element b of every 4-lane group of rows 4a..4a+3; combine the
-        // 128-bit lanes across row groups.
-        for (int b = 0; b < 4; ++b) {
-          t[b] = _mm512_shuffle_f32x4(r[b], r[4 + b], 0x88);
-          t[4 + b] = _mm512_shuffle_f32x4(r[b], r[4 + b], 0xdd);
-          t[8 + b] = _mm512_shuffle_f32x4(r[8 + b], r[12 + b], 0x88);
-          t[12 + b] = _mm512_shuffle_f32x4(r[8 + b], r[12 + b], 0xdd);
-        }
-        for (int b = 0; b < 8; ++b) {
-          r[b] = _mm512_shuffle_f32x4(t[b], t[8 + b], 0x88);
-          r[8 + b] = _mm512_shuffle_f32x4(t[b], t[8 + b], 0xdd);
-        }
+        transpose16(r);
         for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + (p0 + i) * NR + jb, r[i]);
       }
   }
