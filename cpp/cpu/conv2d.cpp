@@ -173,9 +173,62 @@ struct ShiftGather {
       for (int64_t l = 0; l < cols; ++l)
         if (lane_b[l] + soff[s] >= 0 && lane_b[l] + soff[s] < SW) sok[s] |= uint64_t{1} << l;
     }
-    const int64_t RS = R * S;
-    int64_t c = p0 / RS, r = (p0 % RS) / S, s = p0 % S;
+    // What a channel's rows read: per image run, one span from the lowest to the highest tap.
+    // Prefetched PF channels ahead: the spans of successive channels lie a plane apart, a
+    // pattern the hardware prefetcher does not follow, and the loads otherwise wait on L3.
+    constexpr int64_t PF = 2;
+    int64_t span_lo[NR], span_hi[NR];
+    int nspans = 0;
+    {
+      int64_t rlo = roff[0], rhi = roff[0], slo = soff[0], shi = soff[0];
+      for (int64_t r = 1; r < R; ++r) rlo = std::min(rlo, roff[r]), rhi = std::max(rhi, roff[r]);
+      for (int64_t s = 1; s < S; ++s) slo = std::min(slo, soff[s]), shi = std::max(shi, soff[s]);
+      for (int u = 0; u < nruns; ++u) {
+        const Run& ru = runs[u];
+        const int64_t first = ru.n * img + ru.a * sa * SW + ru.b0;
+        const int64_t lo = first + rlo * SW + slo, hi = first + ru.len - 1 + rhi * SW + shi;
+        if (nspans > 0 && lo <= span_hi[nspans - 1] + 16)
+          span_hi[nspans - 1] = std::max(span_hi[nspans - 1], hi);
+        else
+          span_lo[nspans] = lo, span_hi[nspans++] = hi;
+      }
+    }
+    const int64_t RS = R * S, c_end = (p0 + kc + RS - 1) / RS;
+    auto prefetch = [&](int64_t c) {
+      if (c < c_end)
+        for (int t = 0; t < nspans; ++t)
+          for (int64_t e = span_lo[t]; e <= span_hi[t] + 15; e += 16)
+            _mm_prefetch(reinterpret_cast<const char*>(src + c * chan + e), _MM_HINT_T0);
+    };
+    int64_t c = p0 / RS, rs = p0 % RS;
+    if (std::all_of(nl, nl + NV, [](int n) { return n <= 1; }) && RS <= 16) {
+      // The common case (no image boundary inside a vector): one load per vector, so its masks
+      // and offsets are fixed per tap (r, s) and a panel row is NV loads and NV stores.
+      __mmask16 m[16][NV];
+      int64_t d[16];
+      for (int64_t t = 0; t < RS; ++t) {
+        const int64_t r = t / S, s = t % S;
+        d[t] = roff[r] * SW + soff[s];
+        for (int v = 0; v < NV; ++v)
+          m[t][v] = nl[v] ? static_cast<__mmask16>(loads[v][0].mask & ((rok[r] & sok[s]) >> (16 * v))) : 0;
+      }
+      int64_t base[NV];
+      for (int v = 0; v < NV; ++v) base[v] = nl[v] ? loads[v][0].base : 0;
+      for (int64_t p = 0; p < kc; ++p) {
+        if (rs == 0) prefetch(c + PF);
+        const float* from = src + c * chan + d[rs];
+        for (int v = 0; v < NV; ++v)
+          _mm512_storeu_ps(dst + p * NR + 16 * v, _mm512_maskz_loadu_ps(m[rs][v], from + base[v]));
+        if (++rs == RS) {
+          rs = 0;
+          ++c;
+        }
+      }
+      return;
+    }
     for (int64_t p = 0; p < kc; ++p) {
+      if (rs == 0) prefetch(c + PF);
+      const int64_t r = rs / S, s = rs % S;
       const uint64_t ok = rok[r] & sok[s];
       const float* from = src + c * chan + roff[r] * SW + soff[s];
       for (int v = 0; v < NV; ++v) {
@@ -184,12 +237,9 @@ struct ShiftGather {
         for (int t = 0; t < nl[v]; ++t) acc = _mm512_mask_loadu_ps(acc, loads[v][t].mask & vok, from + loads[v][t].base);
         _mm512_storeu_ps(dst + p * NR + 16 * v, acc);
       }
-      if (++s == S) {
-        s = 0;
-        if (++r == R) {
-          r = 0;
-          ++c;
-        }
+      if (++rs == RS) {
+        rs = 0;
+        ++c;
       }
     }
   }
