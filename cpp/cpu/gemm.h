@@ -3,13 +3,15 @@
 // so the micro-kernel reads both with unit stride, and the caller's store maps the MR x NR tile
 // onto its output. Packers that gather (im2col, col2im) thus never materialize a whole matrix.
 //
-// Blocking: a B strip kc x NR (at most 48 KiB at AVX-512) is reused from L1 across the MR-row
-// strips of an MC x kc A block streaming from L2. A task packs one kc x NC panel of B (1.1 MiB,
-// L2-resident) at a time and runs all of its rows against it. Forward and data-grad share one
-// prepacked A (the weights) across tasks, so their tasks are column blocks, each packing its
-// own part of the im2col once; the whole im2col is materialized only when tasks must split
-// rows (see run()). Measured on the 3x3 layers, neither KC = 128 or 192 nor NC = 12 NR moved
-// the rate by more than the noise (1-2%). Each output element is reduced over Kd in fixed equal
+// Blocking: a B strip kc x NR (at most 60 KiB at AVX-512) is reused from L1/L2 across the
+// MR-row strips of an MC x kc A block streaming from L2. A task packs one kc x NC panel of B
+// (1.4 MiB, L2-resident) at a time and runs all of its rows against it. Forward and data-grad
+// share one prepacked A (the weights) across tasks, so their tasks are column blocks, each
+// packing its own part of the im2col once; the whole im2col is materialized only when tasks
+// must split rows (see run()). KC = 320 keeps the 3x3 reductions C*9 = 288 in one block and
+// 576 in two: at KC = 256 they ran as 2 x 144 and 3 x 192, each extra block another pass of
+// tile stores, and forward / data-grad of the 32- and 64-channel layers took 2-6% longer;
+// 640 gained nothing more. NC = 12 NR moved nothing beyond the noise. Each output element is reduced over Kd in fixed equal
 // blocks (kc_block), in order, by one thread, so results never depend on the thread count.
 //
 // Why not link a BLAS: a BLAS needs both operands materialized, while conv wants im2col built
@@ -44,7 +46,7 @@ constexpr int MR = 6, NR = 16;   // 12 ymm accumulators
 #else
 constexpr int MR = 4, NR = 8;
 #endif
-constexpr int64_t KC = 256;  // the most; a reduction is cut into equal blocks of at most KC
+constexpr int64_t KC = 320;  // the most; a reduction is cut into equal blocks of at most KC
 constexpr int64_t MC = MR * 16;
 constexpr int64_t NC = NR * 24;
 
