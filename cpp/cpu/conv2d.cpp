@@ -548,6 +548,104 @@ void data_grad_col2im(const Conv2dShape& s, const float* dy, const float* w, flo
   }
 }
 
+// tap_ok[pq]: bit r*S + s set where output pixel pq's tap (r, s) lies inside x; for unit
+// strides with Q = W (R*S <= 16), where that tap reads x at pq + (r dh - ph) W + s dw - pw. Padded
+// by 16 zeros so that a vector of 16 pixels may load past the last one.
+std::vector<uint16_t> tap_table(const Conv2dShape& s) {
+  const int64_t PQ = s.P * s.Q;
+  std::vector<uint16_t> tap_ok(static_cast<size_t>(PQ + 16));
+  for (int64_t pq = 0; pq < PQ; ++pq)
+    for (int64_t r = 0; r < s.R; ++r)
+      for (int64_t sc = 0; sc < s.S; ++sc) {
+        const int64_t ih = pq / s.Q - s.pad_h + r * s.dil_h, iw = pq % s.Q - s.pad_w + sc * s.dil_w;
+        if (ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) tap_ok[pq] |= static_cast<uint16_t>(1u << (r * s.S + sc));
+      }
+  return tap_ok;
+}
+
+#if defined(__AVX512F__)
+// Weight-grad with fewer columns C R S than a tile (the 3-channel stem: 27 of NR = 48, and the
+// GEMM's transposing packers cost as much again): dot products along the pixels instead.
+// Accumulator vector acc[k][col] sums dy[n, k, pq] * x[n, c, pq + d_rs] over 16-pixel vectors
+// (pq in lanes), loaded straight from both tensors (masks zero the padding taps), so nothing is
+// packed or transposed and no lane is wasted. Register block: 8 rows k x NB <= 3 columns = 24
+// accumulators, 8 + NB loads per 8 NB FMAs, data of one image (dy: K PQ, x: C HW floats) in L1/L2.
+// Images run in `chunks` fixed runs (by shape), each into its own vector partials, spilled per
+// image and block (24 loads + stores per 8 NB PQ / 16 FMAs); partials are summed in chunk order,
+// then each vector's 16 lanes in a fixed tree, so the bits do not depend on the thread count.
+template <int NB>
+void narrow_block(int64_t PQ, int64_t t0, int64_t t1, const float* dyk, const float* xn, const int64_t* off,
+                  const __m256i* bit, const uint16_t* tap_ok, float* acc) {
+  __m512 a[8][NB];
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < NB; ++j) a[i][j] = _mm512_loadu_ps(acc + (i * NB + j) * 16);
+  for (int64_t t = t0; t < t1; t += 16) {
+    const auto m = static_cast<__mmask16>(PQ - t >= 16 ? 0xffff : (1u << (PQ - t)) - 1);
+    const __m256i taps = _mm256_maskz_loadu_epi16(m, tap_ok + t);
+    __m512 xv[NB];
+    for (int j = 0; j < NB; ++j) xv[j] = _mm512_maskz_loadu_ps(m & _mm256_test_epi16_mask(taps, bit[j]), xn + off[j] + t);
+    for (int i = 0; i < 8; ++i) {
+      const __m512 d = _mm512_maskz_loadu_ps(m, dyk + i * PQ + t);
+      for (int j = 0; j < NB; ++j) a[i][j] = _mm512_fmadd_ps(d, xv[j], a[i][j]);
+    }
+  }
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < NB; ++j) _mm512_storeu_ps(acc + (i * NB + j) * 16, a[i][j]);
+}
+
+void weight_grad_narrow(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
+  const int64_t RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W, Nn = s.C * RS, Kp = (s.K + 7) / 8 * 8;
+  const std::vector<uint16_t> tap_ok = tap_table(s);
+  const int64_t chunks = std::min<int64_t>(s.N, 16), slab = Kp * Nn * 16;
+  // Pixels per pass over the column blocks: 8 rows of dy (8 KiB) and the x rows under them stay
+  // in L1; a whole 32x32 image's 32 KiB of dy rows and 12 KiB of x did not.
+  constexpr int64_t kPixels = 256;
+  std::vector<float> part(static_cast<size_t>(chunks * slab));
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t u = 0; u < chunks; ++u) {
+    float* acc = part.data() + u * slab;  // [k block][column block][8][NB][16]
+    std::fill(acc, acc + slab, 0.0f);
+    for (int64_t n = u * s.N / chunks; n < (u + 1) * s.N / chunks; ++n)
+      for (int64_t k0 = 0; k0 < Kp; k0 += 8)
+        for (int64_t t0 = 0; t0 < PQ; t0 += kPixels) {
+          const int64_t t1 = std::min(PQ, t0 + kPixels);
+          // A last partial block of rows starts at K - 8 instead (K >= 8), overlapping the one
+          // before it; the reduction below reads each row k from one block only.
+          const float* dyk = dy + (n * s.K + std::min(k0, s.K - 8)) * PQ;
+          float* ak = acc + k0 * Nn * 16;
+          for (int64_t j0 = 0; j0 < Nn; j0 += 3) {
+            const int nb = static_cast<int>(std::min<int64_t>(3, Nn - j0));
+            int64_t off[3];
+            __m256i bit[3];
+            for (int j = 0; j < nb; ++j) {
+              const int64_t col = j0 + j, c = col / RS, r = (col % RS) / s.S, sc = col % s.S;
+              off[j] = c * HW + (r * s.dil_h - s.pad_h) * s.W + sc * s.dil_w - s.pad_w;
+              bit[j] = _mm256_set1_epi16(static_cast<short>(1 << (r * s.S + sc)));
+            }
+            const float* xn = x + n * s.C * HW;
+            float* a = ak + j0 * 8 * 16;
+            if (nb == 3)
+              narrow_block<3>(PQ, t0, t1, dyk, xn, off, bit, tap_ok.data(), a);
+            else if (nb == 2)
+              narrow_block<2>(PQ, t0, t1, dyk, xn, off, bit, tap_ok.data(), a);
+            else
+              narrow_block<1>(PQ, t0, t1, dyk, xn, off, bit, tap_ok.data(), a);
+          }
+        }
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t e = 0; e < s.K * Nn; ++e) {
+    const int64_t k = e / Nn, col = e % Nn, j0 = col / 3 * 3, nb = std::min<int64_t>(3, Nn - j0);
+    const int64_t k0 = k / 8 * 8;
+    const int64_t i = k - std::min(k0, s.K - 8);  // row k's place in its block
+    const int64_t at = k0 * Nn * 16 + j0 * 8 * 16 + (i * nb + (col - j0)) * 16;
+    __m512 v = _mm512_loadu_ps(part.data() + at);
+    for (int64_t u = 1; u < chunks; ++u) v = _mm512_add_ps(v, _mm512_loadu_ps(part.data() + u * slab + at));
+    dw[e] = _mm512_reduce_add_ps(v);
+  }
+}
+#endif
+
 }  // namespace
 
 // The gather form wins when it wastes nothing (stride 1) and its M = C/G fills the tile rows.
@@ -572,6 +670,10 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
     std::fill(dw, dw + size, 0.0f);
     return;
   }
+#if defined(__AVX512F__)
+  if (G == 1 && Nn < NR && s.K >= 8 && s.stride_h == 1 && s.stride_w == 1 && s.Q == s.W && RS <= 16)
+    return weight_grad_narrow(s, dy, x, dw);
+#endif
   // Each partial costs a write and a read of dw: worth it only with >= 1024 reduction terms per
   // element of it, and bounded in memory. Columns give the threads work when chunks cannot.
   const int64_t max_chunks =
@@ -585,16 +687,8 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
   const int64_t per = s.N / chunks, Kd = per * PQ;
   std::vector<float> partial(chunks > 1 ? static_cast<size_t>(chunks * size) : 0);
 #if defined(__AVX512F__)
-  // tap_ok[pq]: bit r*S + s set where output pixel pq's tap (r, s) lies inside x (pack_b).
   const bool fast_b = s.stride_h == 1 && s.stride_w == 1 && s.Q == s.W && RS <= 16;
-  std::vector<uint16_t> tap_ok(fast_b ? static_cast<size_t>(PQ + 16) : 0);
-  if (fast_b)
-    for (int64_t pq = 0; pq < PQ; ++pq)
-      for (int64_t r = 0; r < s.R; ++r)
-        for (int64_t sc = 0; sc < s.S; ++sc) {
-          const int64_t ih = pq / s.Q - s.pad_h + r * s.dil_h, iw = pq % s.Q - s.pad_w + sc * s.dil_w;
-          if (ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) tap_ok[pq] |= static_cast<uint16_t>(1u << (r * s.S + sc));
-        }
+  const std::vector<uint16_t> tap_ok = fast_b ? tap_table(s) : std::vector<uint16_t>();
 #endif
   auto pack_a = [&](int64_t item, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
     // A[k, (n, p, q)] = dy[n, g*Kg + k, p, q]: per row, contiguous runs of one image.
