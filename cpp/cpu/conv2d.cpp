@@ -129,6 +129,12 @@ inline void copy_row(float* __restrict dst, int64_t len, const float* __restrict
 // stride 1) a whole image is one run. A strip is then a few masked vector loads per row from
 // precomputed bases, the masks zeroing the padding taps: copy_row's per-run range logic per
 // panel row cost 20-35% of a pass on these layers.
+// As a volatile asm: GCC 12 deleted these as _mm_prefetch calls (all of them, in this loop).
+inline void prefetch_spans(const float* p, const int64_t* lo, const int64_t* hi, int n) {
+  for (int t = 0; t < n; ++t)
+    for (int64_t e = lo[t]; e <= hi[t] + 15; e += 16) asm volatile("prefetcht0 %0" : : "m"(p[e]));
+}
+
 struct ShiftGather {
   const float* src;
   int64_t chan, img, A, B, SH, SW, sa, R, S;
@@ -175,7 +181,7 @@ struct ShiftGather {
     }
     // What a channel's rows read: per image run, one span from the lowest to the highest tap.
     // Prefetched PF channels ahead: the spans of successive channels lie a plane apart, a
-    // pattern the hardware prefetcher does not follow, and the loads otherwise wait on L3.
+    // pattern the hardware prefetcher does not follow (1-2% on the 16x16 layers).
     constexpr int64_t PF = 2;
     int64_t span_lo[NR], span_hi[NR];
     int nspans = 0;
@@ -195,10 +201,7 @@ struct ShiftGather {
     }
     const int64_t RS = R * S, c_end = (p0 + kc + RS - 1) / RS;
     auto prefetch = [&](int64_t c) {
-      if (c < c_end)
-        for (int t = 0; t < nspans; ++t)
-          for (int64_t e = span_lo[t]; e <= span_hi[t] + 15; e += 16)
-            _mm_prefetch(reinterpret_cast<const char*>(src + c * chan + e), _MM_HINT_T0);
+      if (c < c_end) prefetch_spans(src + c * chan, span_lo, span_hi, nspans);
     };
     int64_t c = p0 / RS, rs = p0 % RS;
     if (std::all_of(nl, nl + NV, [](int n) { return n <= 1; }) && RS <= 16) {
