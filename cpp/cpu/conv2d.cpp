@@ -566,6 +566,7 @@ void data_grad_col2im(const Conv2dShape& s, const float* dy, const float* w, flo
   }
 }
 
+#if defined(__AVX512F__)
 // tap_ok[pq]: bit r*S + s set where output pixel pq's tap (r, s) lies inside x; for unit
 // strides with Q = W (R*S <= 16), where that tap reads x at pq + (r dh - ph) W + s dw - pw. Padded
 // by 16 zeros so that a vector of 16 pixels may load past the last one.
@@ -581,7 +582,6 @@ std::vector<uint16_t> tap_table(const Conv2dShape& s) {
   return tap_ok;
 }
 
-#if defined(__AVX512F__)
 // Weight-grad with fewer columns C R S than a tile (the 3-channel stem: 27 of NR = 48, and the
 // GEMM's transposing packers cost as much again): dot products along the pixels instead.
 // Accumulator vector acc[k][col] sums dy[n, k, pq] * x[n, c, pq + d_rs] over 16-pixel vectors
