@@ -9,11 +9,23 @@
 //   bias-grad    db[k]            = sum_(n,p,q)  dy[n, k, p, q]
 // Channel-wise layers (C/groups = 1) skip the GEMM: there is no reuse to pack for.
 //
+// Packing (AVX-512 copy; the others keep the generic gathers): with unit column stride an
+// im2col row (c, r, s) over a strip's columns is the source shifted by (r, s), so a strip row
+// is NR/16 masked vector loads from per-strip bases, the masks zeroing the padding taps
+// (ShiftGather); the weight-grad's operands run along the pixels, so both are packed by 8x16
+// and 16x16 in-register transposes of masked row loads, and layers with fewer columns C R S
+// than a tile (the 3-channel stem: 27 of 48) skip the GEMM for pixel-vector dot products
+// (weight_grad_narrow). Before these, the packers' per-run scalar logic took 20-35% of a pass.
+//
 // Work: 2 N K (C/G) R S P Q flops per pass; the floor in bytes is x + w + y (or dy) once each,
 // far below the flops at these layer sizes, so the GEMM passes are compute-bound: the target
-// is the machine's SGEMM rate (the channel-wise ones are memory-bound). Columns run over
+// is the machine's SGEMM rate (the channel-wise ones are memory-bound). Traffic beyond the
+// floor: each source element is read once per strip that covers it (R S rows of the strip),
+// from L1/L2, and each kc x NR strip is written once and read M/MR times. Columns run over
 // (n, p, q) jointly, so small 7x7 images still fill NR. Launch shape: an OpenMP team over
-// (group, row block, column block) tasks, or over images for col2im and channel-wise planes.
+// (group, row block, column block) tasks (at least 32 column tasks per thread when the shared
+// A is small), or over images for col2im and channel-wise planes, or over image chunks for
+// the narrow weight-grad.
 //
 // No atomics anywhere: every output element is written by one thread, and the weight-grad
 // reduces fixed image chunks into partials summed in chunk order. All passes are therefore
