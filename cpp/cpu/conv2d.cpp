@@ -30,6 +30,20 @@
 // No atomics anywhere: every output element is written by one thread, and the weight-grad
 // reduces fixed image chunks into partials summed in chunk order. All passes are therefore
 // deterministic for any thread count; the ISA copies differ only in FMA rounding (gemm.h).
+//
+// Measured 2026-11-22 (2-core AVX-512 Xeon, torch 2.13 oneDNN on 2 threads, 3x3 pad 1, medians
+// of 11 interleaved rounds in one process), torch time / this time, before -> after the packer
+// and kernel-prefetch work; fwd / data-grad / weight-grad:
+//   N = 128:  3>32@32   1.30 / -    / 0.25  ->  1.32 / -    / 0.98
+//             32>32@32  0.99 / 0.97 / 0.85  ->  1.20 / 1.14 / 1.31
+//             32>64@16  0.70 / 0.53 / 0.60  ->  0.95 / 0.82 / 0.87
+//             64>64@16  0.64 / 0.68 / 0.59  ->  0.88 / 0.91 / 0.87   (sum of the 11: 0.76 -> 1.06)
+//   N = 32:   64@56     0.69 / 0.86 / 0.69  ->  0.85-1.13 / 0.99-1.24 / 0.98-1.37 (torch noisy)
+//             128@28    0.74 / 0.79 / 0.72  ->  0.97 / 0.98 / 0.93
+//             256@14    0.76 / 0.85 / 0.74  ->  0.98 / 1.00 / 0.90
+//             512@7     0.69 / 0.72 / 0.92  ->  0.85 / 0.86 / 1.14
+// Still behind: the 16x16 layers (the strip pack and tile stores are 15-20% of a pass at M =
+// 32-64 rows per strip) and the 7x7 one (the micro-kernel runs at ~85% of its L1 rate there).
 #include "fastopt/conv2d.h"
 #include "isa.h"
 
