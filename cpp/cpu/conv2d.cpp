@@ -9,15 +9,41 @@
 //   bias-grad    db[k]            = sum_(n,p,q)  dy[n, k, p, q]
 // Channel-wise layers (C/groups = 1) skip the GEMM: there is no reuse to pack for.
 //
+// Packing (AVX-512 copy; the others keep the generic gathers): with unit column stride an
+// im2col row (c, r, s) over a strip's columns is the source shifted by (r, s), so a strip row
+// is NR/16 masked vector loads from per-strip bases, the masks zeroing the padding taps
+// (ShiftGather); the weight-grad's operands run along the pixels, so both are packed by 8x16
+// and 16x16 in-register transposes of masked row loads, and layers with fewer columns C R S
+// than a tile (the 3-channel stem: 27 of 48) skip the GEMM for pixel-vector dot products
+// (weight_grad_narrow). Before these, the packers' per-run scalar logic took 20-35% of a pass.
+//
 // Work: 2 N K (C/G) R S P Q flops per pass; the floor in bytes is x + w + y (or dy) once each,
 // far below the flops at these layer sizes, so the GEMM passes are compute-bound: the target
-// is the machine's SGEMM rate (the channel-wise ones are memory-bound). Columns run over
+// is the machine's SGEMM rate (the channel-wise ones are memory-bound). Traffic beyond the
+// floor: each source element is read once per strip that covers it (R S rows of the strip),
+// from L1/L2, and each kc x NR strip is written once and read M/MR times. Columns run over
 // (n, p, q) jointly, so small 7x7 images still fill NR. Launch shape: an OpenMP team over
-// (group, row block, column block) tasks, or over images for col2im and channel-wise planes.
+// (group, row block, column block) tasks (at least 32 column tasks per thread when the shared
+// A is small), or over images for col2im and channel-wise planes, or over image chunks for
+// the narrow weight-grad.
 //
 // No atomics anywhere: every output element is written by one thread, and the weight-grad
 // reduces fixed image chunks into partials summed in chunk order. All passes are therefore
 // deterministic for any thread count; the ISA copies differ only in FMA rounding (gemm.h).
+//
+// Measured 2026-11-22 (2-core AVX-512 Xeon, torch 2.13 oneDNN on 2 threads, 3x3 pad 1, medians
+// of 11 interleaved rounds in one process), torch time / this time, before -> after the packer
+// and kernel-prefetch work; fwd / data-grad / weight-grad:
+//   N = 128:  3>32@32   1.30 / -    / 0.25  ->  1.32 / -    / 0.98
+//             32>32@32  0.99 / 0.97 / 0.85  ->  1.20 / 1.14 / 1.31
+//             32>64@16  0.70 / 0.53 / 0.60  ->  0.95 / 0.82 / 0.87
+//             64>64@16  0.64 / 0.68 / 0.59  ->  0.88 / 0.91 / 0.87   (sum of the 11: 0.76 -> 1.06)
+//   N = 32:   64@56     0.69 / 0.86 / 0.69  ->  0.85-1.13 / 0.99-1.24 / 0.98-1.37 (torch noisy)
+//             128@28    0.74 / 0.79 / 0.72  ->  0.97 / 0.98 / 0.93
+//             256@14    0.76 / 0.85 / 0.74  ->  0.98 / 1.00 / 0.90
+//             512@7     0.69 / 0.72 / 0.92  ->  0.85 / 0.86 / 1.14
+// Still behind: the 16x16 layers (the strip pack and tile stores are 15-20% of a pass at M =
+// 32-64 rows per strip) and the 7x7 one (the micro-kernel runs at ~85% of its L1 rate there).
 #include "fastopt/conv2d.h"
 #include "isa.h"
 
@@ -121,6 +147,133 @@ inline void copy_row(float* __restrict dst, int64_t len, const float* __restrict
     for (int64_t t = lo; t < hi; ++t) dst[t] = src[i0 + t * step];
   for (int64_t t = hi; t < len; ++t) dst[t] = 0.0f;
 }
+
+#if defined(__AVX512F__)
+// Fast im2col strips for unit column stride (forward; data-grad's gather). Panel row p = (c, r, s)
+// and column j = (n, a, b) read src[n*img + c*chan + (a*sa + roff[r])*SW + b + soff[s]], so within
+// one image row consecutive columns read consecutive floats, and when sa*SW = B ("same" padding,
+// stride 1) a whole image is one run. A strip is then a few masked vector loads per row from
+// precomputed bases, the masks zeroing the padding taps: copy_row's per-run range logic per
+// panel row cost 20-35% of a pass on these layers.
+// As a volatile asm: GCC 12 deleted these as _mm_prefetch calls (all of them, in this loop).
+inline void prefetch_spans(const float* p, const int64_t* lo, const int64_t* hi, int n) {
+  for (int t = 0; t < n; ++t)
+    for (int64_t e = lo[t]; e <= hi[t] + 15; e += 16) asm volatile("prefetcht0 %0" : : "m"(p[e]));
+}
+
+struct ShiftGather {
+  const float* src;
+  int64_t chan, img, A, B, SH, SW, sa, R, S;
+  const int64_t* roff;  // R entries
+  const int64_t* soff;  // S entries
+
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* __restrict dst) const {
+    constexpr int NV = NR / 16;
+    // Loads of vector v: lanes `mask` from src + base + (row offset) + lane.
+    struct Load {
+      int64_t base;
+      __mmask16 mask;
+    };
+    Load loads[NV][16];
+    int nl[NV] = {};
+    Run runs[NR];
+    const int nruns = make_runs(j0, cols, A, B, runs);
+    int64_t lane_a[NR], lane_b[NR];
+    for (int u = 0; u < nruns; ++u) {
+      const Run& ru = runs[u];
+      const int64_t base = ru.n * img + ru.a * sa * SW + ru.b0 - ru.jj;
+      for (int64_t l = ru.jj; l < ru.jj + ru.len; ++l) {
+        lane_a[l] = ru.a * sa;
+        lane_b[l] = ru.b0 + l - ru.jj;
+        const int v = static_cast<int>(l / 16);
+        const auto bit = static_cast<__mmask16>(1u << (l % 16));
+        if (nl[v] > 0 && loads[v][nl[v] - 1].base == base + 16 * v)
+          loads[v][nl[v] - 1].mask |= bit;
+        else
+          loads[v][nl[v]++] = {base + 16 * v, bit};
+      }
+    }
+    // Lane validity per kernel row r and column s (bit l: tap inside the source plane).
+    uint64_t rok[16], sok[16];
+    for (int64_t r = 0; r < R; ++r) {
+      rok[r] = 0;
+      for (int64_t l = 0; l < cols; ++l)
+        if (lane_a[l] + roff[r] >= 0 && lane_a[l] + roff[r] < SH) rok[r] |= uint64_t{1} << l;
+    }
+    for (int64_t s = 0; s < S; ++s) {
+      sok[s] = 0;
+      for (int64_t l = 0; l < cols; ++l)
+        if (lane_b[l] + soff[s] >= 0 && lane_b[l] + soff[s] < SW) sok[s] |= uint64_t{1} << l;
+    }
+    // What a channel's rows read: per image run, one span from the lowest to the highest tap.
+    // Prefetched PF channels ahead: the spans of successive channels lie a plane apart, a
+    // pattern the hardware prefetcher does not follow (1-2% on the 16x16 layers).
+    constexpr int64_t PF = 2;
+    int64_t span_lo[NR], span_hi[NR];
+    int nspans = 0;
+    {
+      int64_t rlo = roff[0], rhi = roff[0], slo = soff[0], shi = soff[0];
+      for (int64_t r = 1; r < R; ++r) rlo = std::min(rlo, roff[r]), rhi = std::max(rhi, roff[r]);
+      for (int64_t s = 1; s < S; ++s) slo = std::min(slo, soff[s]), shi = std::max(shi, soff[s]);
+      for (int u = 0; u < nruns; ++u) {
+        const Run& ru = runs[u];
+        const int64_t first = ru.n * img + ru.a * sa * SW + ru.b0;
+        const int64_t lo = first + rlo * SW + slo, hi = first + ru.len - 1 + rhi * SW + shi;
+        if (nspans > 0 && lo <= span_hi[nspans - 1] + 16)
+          span_hi[nspans - 1] = std::max(span_hi[nspans - 1], hi);
+        else
+          span_lo[nspans] = lo, span_hi[nspans++] = hi;
+      }
+    }
+    const int64_t RS = R * S, c_end = (p0 + kc + RS - 1) / RS;
+    auto prefetch = [&](int64_t c) {
+      if (c < c_end) prefetch_spans(src + c * chan, span_lo, span_hi, nspans);
+    };
+    int64_t c = p0 / RS, rs = p0 % RS;
+    if (std::all_of(nl, nl + NV, [](int n) { return n <= 1; }) && RS <= 16) {
+      // The common case (no image boundary inside a vector): one load per vector, so its masks
+      // and offsets are fixed per tap (r, s) and a panel row is NV loads and NV stores.
+      __mmask16 m[16][NV];
+      int64_t d[16];
+      for (int64_t t = 0; t < RS; ++t) {
+        const int64_t r = t / S, s = t % S;
+        d[t] = roff[r] * SW + soff[s];
+        for (int v = 0; v < NV; ++v)
+          m[t][v] = nl[v] ? static_cast<__mmask16>(loads[v][0].mask & ((rok[r] & sok[s]) >> (16 * v))) : 0;
+      }
+      int64_t base[NV];
+      for (int v = 0; v < NV; ++v) base[v] = nl[v] ? loads[v][0].base : 0;
+      for (int64_t p = 0; p < kc; ++p) {
+        if (rs == 0) prefetch(c + PF);
+        const float* from = src + c * chan + d[rs];
+        for (int v = 0; v < NV; ++v)
+          _mm512_storeu_ps(dst + p * NR + 16 * v, _mm512_maskz_loadu_ps(m[rs][v], from + base[v]));
+        if (++rs == RS) {
+          rs = 0;
+          ++c;
+        }
+      }
+      return;
+    }
+    for (int64_t p = 0; p < kc; ++p) {
+      if (rs == 0) prefetch(c + PF);
+      const int64_t r = rs / S, s = rs % S;
+      const uint64_t ok = rok[r] & sok[s];
+      const float* from = src + c * chan + roff[r] * SW + soff[s];
+      for (int v = 0; v < NV; ++v) {
+        __m512 acc = _mm512_setzero_ps();
+        const auto vok = static_cast<__mmask16>(ok >> (16 * v));
+        for (int t = 0; t < nl[v]; ++t) acc = _mm512_mask_loadu_ps(acc, loads[v][t].mask & vok, from + loads[v][t].base);
+        _mm512_storeu_ps(dst + p * NR + 16 * v, acc);
+      }
+      if (++rs == RS) {
+        rs = 0;
+        ++c;
+      }
+    }
+  }
+};
+#endif
 
 // row[w0 + q*step] += src[q] for q < nq where that index lies in [0, n).
 inline void add_row(float* __restrict row, int64_t n, const float* __restrict src, int64_t nq, int64_t w0,
@@ -249,6 +402,21 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t Kd = Cg * RS;
   auto pack_a = [&](int64_t g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
+#if defined(__AVX512F__)
+    if constexpr (MR == 8) {
+      // 8 x 16 blocks of weight rows transposed in registers (2-3% of a deep layer's forward
+      // went into the scalar loop's strided stores: 512 x 4608 weights).
+      for (int64_t t = 0; t < kc; t += 16) {
+        const int count = static_cast<int>(std::min<int64_t>(16, kc - t));
+        const auto m = static_cast<__mmask16>((1u << count) - 1);
+        __m512 r[8];
+        for (int i = 0; i < 8; ++i)
+          r[i] = i < rows ? _mm512_maskz_loadu_ps(m, w + (g * Kg + i0 + i) * Kd + p0 + t) : _mm512_setzero_ps();
+        gemm::transpose8x16_to_strip(r, count, dst + t * MR);
+      }
+      return;
+    }
+#endif
     for (int64_t i = 0; i < MR; ++i) {
       const float* src = w + (g * Kg + i0 + i) * Kd + p0;
       if (i < rows)
@@ -257,7 +425,18 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
         for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = 0.0f;
     }
   };
+#if defined(__AVX512F__)
+  int64_t roff[16], soff[16];
+  for (int64_t r = 0; r < std::min<int64_t>(s.R, 16); ++r) roff[r] = r * s.dil_h - s.pad_h;
+  for (int64_t c = 0; c < std::min<int64_t>(s.S, 16); ++c) soff[c] = c * s.dil_w - s.pad_w;
+  const bool fast = s.stride_w == 1 && s.R <= 16 && s.S <= 16;
+#endif
   auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+#if defined(__AVX512F__)
+    if (fast)
+      return ShiftGather{x + g * Cg * HW, HW, s.C * HW, s.P, s.Q, s.H, s.W, s.stride_h, s.R, s.S, roff, soff}.pack(
+          p0, kc, j0, cols, dst);
+#endif
     Run runs[NR];
     const int nruns = make_runs(j0, cols, s.P, s.Q, runs);
     int64_t c = p0 / RS, r = (p0 % RS) / s.S, sc = p0 % s.S;
@@ -317,7 +496,18 @@ void data_grad_gather(const Conv2dShape& s, const float* dy, const float* w, flo
       }
     }
   };
+#if defined(__AVX512F__)
+  int64_t roff[16], soff[16];
+  for (int64_t r = 0; r < std::min<int64_t>(s.R, 16); ++r) roff[r] = s.pad_h - r * s.dil_h;
+  for (int64_t c = 0; c < std::min<int64_t>(s.S, 16); ++c) soff[c] = s.pad_w - c * s.dil_w;
+  const bool fast = s.R <= 16 && s.S <= 16;
+#endif
   auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+#if defined(__AVX512F__)
+    if (fast)
+      return ShiftGather{dy + g * Kg * PQ, PQ, s.K * PQ, s.H, s.W, s.P, s.Q, 1, s.R, s.S, roff, soff}.pack(
+          p0, kc, j0, cols, dst);
+#endif
     Run runs[NR];
     const int nruns = make_runs(j0, cols, s.H, s.W, runs);
     int64_t k = p0 / RS, r = (p0 % RS) / s.S, sc = p0 % s.S;
@@ -402,6 +592,104 @@ void data_grad_col2im(const Conv2dShape& s, const float* dy, const float* w, flo
   }
 }
 
+#if defined(__AVX512F__)
+// tap_ok[pq]: bit r*S + s set where output pixel pq's tap (r, s) lies inside x; for unit
+// strides with Q = W (R*S <= 16), where that tap reads x at pq + (r dh - ph) W + s dw - pw. Padded
+// by 16 zeros so that a vector of 16 pixels may load past the last one.
+std::vector<uint16_t> tap_table(const Conv2dShape& s) {
+  const int64_t PQ = s.P * s.Q;
+  std::vector<uint16_t> tap_ok(static_cast<size_t>(PQ + 16));
+  for (int64_t pq = 0; pq < PQ; ++pq)
+    for (int64_t r = 0; r < s.R; ++r)
+      for (int64_t sc = 0; sc < s.S; ++sc) {
+        const int64_t ih = pq / s.Q - s.pad_h + r * s.dil_h, iw = pq % s.Q - s.pad_w + sc * s.dil_w;
+        if (ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) tap_ok[pq] |= static_cast<uint16_t>(1u << (r * s.S + sc));
+      }
+  return tap_ok;
+}
+
+// Weight-grad with fewer columns C R S than a tile (the 3-channel stem: 27 of NR = 48, and the
+// GEMM's transposing packers cost as much again): dot products along the pixels instead.
+// Accumulator vector acc[k][col] sums dy[n, k, pq] * x[n, c, pq + d_rs] over 16-pixel vectors
+// (pq in lanes), loaded straight from both tensors (masks zero the padding taps), so nothing is
+// packed or transposed and no lane is wasted. Register block: 8 rows k x NB <= 3 columns = 24
+// accumulators, 8 + NB loads per 8 NB FMAs, data of one image (dy: K PQ, x: C HW floats) in L1/L2.
+// Images run in `chunks` fixed runs (by shape), each into its own vector partials, spilled per
+// image and block (24 loads + stores per 8 NB PQ / 16 FMAs); partials are summed in chunk order,
+// then each vector's 16 lanes in a fixed tree, so the bits do not depend on the thread count.
+template <int NB>
+void narrow_block(int64_t PQ, int64_t t0, int64_t t1, const float* dyk, const float* xn, const int64_t* off,
+                  const __m256i* bit, const uint16_t* tap_ok, float* acc) {
+  __m512 a[8][NB];
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < NB; ++j) a[i][j] = _mm512_loadu_ps(acc + (i * NB + j) * 16);
+  for (int64_t t = t0; t < t1; t += 16) {
+    const auto m = static_cast<__mmask16>(PQ - t >= 16 ? 0xffff : (1u << (PQ - t)) - 1);
+    const __m256i taps = _mm256_maskz_loadu_epi16(m, tap_ok + t);
+    __m512 xv[NB];
+    for (int j = 0; j < NB; ++j) xv[j] = _mm512_maskz_loadu_ps(m & _mm256_test_epi16_mask(taps, bit[j]), xn + off[j] + t);
+    for (int i = 0; i < 8; ++i) {
+      const __m512 d = _mm512_maskz_loadu_ps(m, dyk + i * PQ + t);
+      for (int j = 0; j < NB; ++j) a[i][j] = _mm512_fmadd_ps(d, xv[j], a[i][j]);
+    }
+  }
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < NB; ++j) _mm512_storeu_ps(acc + (i * NB + j) * 16, a[i][j]);
+}
+
+void weight_grad_narrow(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
+  const int64_t RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W, Nn = s.C * RS, Kp = (s.K + 7) / 8 * 8;
+  const std::vector<uint16_t> tap_ok = tap_table(s);
+  const int64_t chunks = std::min<int64_t>(s.N, 16), slab = Kp * Nn * 16;
+  // Pixels per pass over the column blocks: 8 rows of dy (8 KiB) and the x rows under them stay
+  // in L1; a whole 32x32 image's 32 KiB of dy rows and 12 KiB of x did not.
+  constexpr int64_t kPixels = 256;
+  std::vector<float> part(static_cast<size_t>(chunks * slab));
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t u = 0; u < chunks; ++u) {
+    float* acc = part.data() + u * slab;  // [k block][column block][8][NB][16]
+    std::fill(acc, acc + slab, 0.0f);
+    for (int64_t n = u * s.N / chunks; n < (u + 1) * s.N / chunks; ++n)
+      for (int64_t k0 = 0; k0 < Kp; k0 += 8)
+        for (int64_t t0 = 0; t0 < PQ; t0 += kPixels) {
+          const int64_t t1 = std::min(PQ, t0 + kPixels);
+          // A last partial block of rows starts at K - 8 instead (K >= 8), overlapping the one
+          // before it; the reduction below reads each row k from one block only.
+          const float* dyk = dy + (n * s.K + std::min(k0, s.K - 8)) * PQ;
+          float* ak = acc + k0 * Nn * 16;
+          for (int64_t j0 = 0; j0 < Nn; j0 += 3) {
+            const int nb = static_cast<int>(std::min<int64_t>(3, Nn - j0));
+            int64_t off[3];
+            __m256i bit[3];
+            for (int j = 0; j < nb; ++j) {
+              const int64_t col = j0 + j, c = col / RS, r = (col % RS) / s.S, sc = col % s.S;
+              off[j] = c * HW + (r * s.dil_h - s.pad_h) * s.W + sc * s.dil_w - s.pad_w;
+              bit[j] = _mm256_set1_epi16(static_cast<short>(1 << (r * s.S + sc)));
+            }
+            const float* xn = x + n * s.C * HW;
+            float* a = ak + j0 * 8 * 16;
+            if (nb == 3)
+              narrow_block<3>(PQ, t0, t1, dyk, xn, off, bit, tap_ok.data(), a);
+            else if (nb == 2)
+              narrow_block<2>(PQ, t0, t1, dyk, xn, off, bit, tap_ok.data(), a);
+            else
+              narrow_block<1>(PQ, t0, t1, dyk, xn, off, bit, tap_ok.data(), a);
+          }
+        }
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t e = 0; e < s.K * Nn; ++e) {
+    const int64_t k = e / Nn, col = e % Nn, j0 = col / 3 * 3, nb = std::min<int64_t>(3, Nn - j0);
+    const int64_t k0 = k / 8 * 8;
+    const int64_t i = k - std::min(k0, s.K - 8);  // row k's place in its block
+    const int64_t at = k0 * Nn * 16 + j0 * 8 * 16 + (i * nb + (col - j0)) * 16;
+    __m512 v = _mm512_loadu_ps(part.data() + at);
+    for (int64_t u = 1; u < chunks; ++u) v = _mm512_add_ps(v, _mm512_loadu_ps(part.data() + u * slab + at));
+    dw[e] = _mm512_reduce_add_ps(v);
+  }
+}
+#endif
+
 }  // namespace
 
 // The gather form wins when it wastes nothing (stride 1) and its M = C/G fills the tile rows.
@@ -426,6 +714,10 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
     std::fill(dw, dw + size, 0.0f);
     return;
   }
+#if defined(__AVX512F__)
+  if (G == 1 && Nn < NR && s.K >= 8 && s.stride_h == 1 && s.stride_w == 1 && s.Q == s.W && RS <= 16)
+    return weight_grad_narrow(s, dy, x, dw);
+#endif
   // Each partial costs a write and a read of dw: worth it only with >= 1024 reduction terms per
   // element of it, and bounded in memory. Columns give the threads work when chunks cannot.
   const int64_t max_chunks =
@@ -438,9 +730,35 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
     }
   const int64_t per = s.N / chunks, Kd = per * PQ;
   std::vector<float> partial(chunks > 1 ? static_cast<size_t>(chunks * size) : 0);
+#if defined(__AVX512F__)
+  const bool fast_b = s.stride_h == 1 && s.stride_w == 1 && s.Q == s.W && RS <= 16;
+  const std::vector<uint16_t> tap_ok = fast_b ? tap_table(s) : std::vector<uint16_t>();
+#endif
   auto pack_a = [&](int64_t item, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
     // A[k, (n, p, q)] = dy[n, g*Kg + k, p, q]: per row, contiguous runs of one image.
     const int64_t n0 = item / G * per, g = item % G;
+#if defined(__AVX512F__)
+    if constexpr (MR == 8) {
+      // 8 x 16 blocks loaded along the rows and transposed in registers: the scalar loop's
+      // stores at stride MR cost as much as the GEMM itself on the narrow layers.
+      int64_t n = n0 + p0 / PQ, pq = p0 % PQ;
+      for (int64_t p = 0; p < kc;) {
+        const int64_t len = std::min(kc - p, PQ - pq);
+        const float* src = dy + (n * s.K + g * Kg + i0) * PQ + pq;
+        for (int64_t t = 0; t < len; t += 16) {
+          const int count = static_cast<int>(std::min<int64_t>(16, len - t));
+          const auto m = static_cast<__mmask16>((1u << count) - 1);
+          __m512 r[8];
+          for (int i = 0; i < 8; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(m, src + i * PQ + t) : _mm512_setzero_ps();
+          gemm::transpose8x16_to_strip(r, count, dst + (p + t) * MR);
+        }
+        p += len;
+        pq = 0;
+        ++n;
+      }
+      return;
+    }
+#endif
     for (int64_t i = 0; i < MR; ++i) {
       if (i >= rows) {
         for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = 0.0f;
@@ -461,6 +779,42 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
     // B[(n, p, q), (c, r, s)] = x[n, g*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw]: each column
     // is a strided walk along rows of x, so gather it with range-split row copies, then transpose.
     const int64_t n0 = item / G * per, g = item % G;
+#if defined(__AVX512F__)
+    if (fast_b) {
+      // Unit strides with Q = W: column (c, r, s) at pixel pq reads x[.., c, pq + roff_r W + soff_s]
+      // where tap_ok[pq] has bit r*S + s, so 16 x 16 blocks load straight from x (masks zero the
+      // padding taps) and transpose in registers, with no gathered copy in between.
+      int64_t off[NR];
+      __m256i bit[NR];
+      for (int64_t j = 0; j < cols; ++j) {
+        const int64_t col = j0 + j, c = col / RS, r = (col % RS) / s.S, sc = col % s.S;
+        off[j] = (g * Cg + c) * HW + (r * s.dil_h - s.pad_h) * s.W + sc * s.dil_w - s.pad_w;
+        bit[j] = _mm256_set1_epi16(static_cast<short>(1 << (r * s.S + sc)));
+      }
+      int64_t n = n0 + p0 / PQ, pq = p0 % PQ;
+      for (int64_t p = 0; p < kc;) {
+        const int64_t len = std::min(kc - p, PQ - pq);
+        const float* xn = x + n * s.C * HW + pq;
+        for (int64_t t = 0; t < len; t += 16) {
+          const int count = static_cast<int>(std::min<int64_t>(16, len - t));
+          const auto m = static_cast<__mmask16>((1u << count) - 1);
+          const __m256i taps = _mm256_maskz_loadu_epi16(m, tap_ok.data() + pq + t);
+          for (int64_t jb = 0; jb < NR; jb += 16) {
+            __m512 r[16];
+            for (int64_t i = 0; i < 16; ++i)
+              r[i] = jb + i < cols ? _mm512_maskz_loadu_ps(m & _mm256_test_epi16_mask(taps, bit[jb + i]), xn + off[jb + i] + t)
+                                   : _mm512_setzero_ps();
+            if (jb < cols) gemm::transpose16(r);
+            for (int i = 0; i < count; ++i) _mm512_storeu_ps(dst + (p + t + i) * NR + jb, r[i]);
+          }
+        }
+        p += len;
+        pq = 0;
+        ++n;
+      }
+      return;
+    }
+#endif
     alignas(64) float tmp[NR * gemm::KC];
     for (int64_t j = 0; j < cols; ++j) {
       const int64_t col = j0 + j, c = col / RS, r = (col % RS) / s.S, sc = col % s.S;

@@ -3,13 +3,15 @@
 // so the micro-kernel reads both with unit stride, and the caller's store maps the MR x NR tile
 // onto its output. Packers that gather (im2col, col2im) thus never materialize a whole matrix.
 //
-// Blocking: a B strip kc x NR (at most 48 KiB at AVX-512) is reused from L1 across the MR-row
-// strips of an MC x kc A block streaming from L2. A task packs one kc x NC panel of B (1.1 MiB,
-// L2-resident) at a time and runs all of its rows against it. Forward and data-grad share one
-// prepacked A (the weights) across tasks, so their tasks are column blocks, each packing its
-// own part of the im2col once; the whole im2col is materialized only when tasks must split
-// rows (see run()). Measured on the 3x3 layers, neither KC = 128 or 192 nor NC = 12 NR moved
-// the rate by more than the noise (1-2%). Each output element is reduced over Kd in fixed equal
+// Blocking: a B strip kc x NR (at most 60 KiB at AVX-512) is reused from L1/L2 across the
+// MR-row strips of an MC x kc A block streaming from L2. A task packs one kc x NC panel of B
+// (1.4 MiB, L2-resident) at a time and runs all of its rows against it. Forward and data-grad
+// share one prepacked A (the weights) across tasks, so their tasks are column blocks, each
+// packing its own part of the im2col once; the whole im2col is materialized only when tasks
+// must split rows (see run()). KC = 320 keeps the 3x3 reductions C*9 = 288 in one block and
+// 576 in two: at KC = 256 they ran as 2 x 144 and 3 x 192, each extra block another pass of
+// tile stores, and forward / data-grad of the 32- and 64-channel layers took 2-6% longer;
+// 640 gained nothing more. NC = 12 NR moved nothing beyond the noise. Each output element is reduced over Kd in fixed equal
 // blocks (kc_block), in order, by one thread, so results never depend on the thread count.
 //
 // Why not link a BLAS: a BLAS needs both operands materialized, while conv wants im2col built
@@ -44,7 +46,7 @@ constexpr int MR = 6, NR = 16;   // 12 ymm accumulators
 #else
 constexpr int MR = 4, NR = 8;
 #endif
-constexpr int64_t KC = 256;  // the most; a reduction is cut into equal blocks of at most KC
+constexpr int64_t KC = 320;  // the most; a reduction is cut into equal blocks of at most KC
 constexpr int64_t MC = MR * 16;
 constexpr int64_t NC = NR * 24;
 
@@ -57,6 +59,12 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
     for (int v = 0; v < NV; ++v) c[i][v] = _mm512_setzero_ps();
   for (int64_t p = 0; p < kc; ++p) {
     __m512 bv[NV];
+    // The B strip outgrows L1 at kc near KC (60 KiB), so its rows come from L2: fetch them 8
+    // steps ahead (2-4% on the 32- and 64-channel layers' forward and data-grad). The A strip
+    // streams from L2 (L3 for deep layers' weights): fetch its line 32 steps ahead, once per
+    // line (another 2-7%, most on 3x3 512@7).
+    for (int v = 0; v < NV; ++v) _mm_prefetch(reinterpret_cast<const char*>(b + (p + 8) * NR + 16 * v), _MM_HINT_T0);
+    if (p % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(a + (p + 32) * MR), _MM_HINT_T0);
     for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + p * NR + 16 * v);
     for (int i = 0; i < MR; ++i) {
       const __m512 ai = _mm512_set1_ps(a[p * MR + i]);
@@ -89,6 +97,60 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
 #endif
 }
 
+#if defined(__AVX512F__)
+// In-register transposes for packers whose source runs along the reduction (weight-grad: both
+// operands are rows of pixels). transpose16: r[i] holds element i of every input row on return.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  // r[4a + b] now holds element b of every 4-lane group of rows 4a..4a+3; combine the 128-bit
+  // lanes across row groups.
+  for (int b = 0; b < 4; ++b) {
+    t[b] = _mm512_shuffle_f32x4(r[b], r[4 + b], 0x88);
+    t[4 + b] = _mm512_shuffle_f32x4(r[b], r[4 + b], 0xdd);
+    t[8 + b] = _mm512_shuffle_f32x4(r[8 + b], r[12 + b], 0x88);
+    t[12 + b] = _mm512_shuffle_f32x4(r[8 + b], r[12 + b], 0xdd);
+  }
+  for (int b = 0; b < 8; ++b) {
+    r[b] = _mm512_shuffle_f32x4(t[b], t[8 + b], 0x88);
+    r[8 + b] = _mm512_shuffle_f32x4(t[b], t[8 + b], 0xdd);
+  }
+}
+
+// An MR = 8 row strip from 8 rows of 16 elements: dst[e*8 + i] = row i element e, for the first
+// `count` elements (<= 16). Output vector u holds elements 2u and 2u + 1.
+inline void transpose8x16_to_strip(const __m512 r[8], int count, float* __restrict dst) {
+  __m512 q[8], x[8];
+  for (int h = 0; h < 8; h += 4) {  // rows h..h+3: q[h + e] lane L = those rows of element 4L + e
+    const __m512 t0 = _mm512_unpacklo_ps(r[h], r[h + 1]), t1 = _mm512_unpackhi_ps(r[h], r[h + 1]);
+    const __m512 t2 = _mm512_unpacklo_ps(r[h + 2], r[h + 3]), t3 = _mm512_unpackhi_ps(r[h + 2], r[h + 3]);
+    q[h] = _mm512_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    q[h + 1] = _mm512_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    q[h + 2] = _mm512_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    q[h + 3] = _mm512_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int e = 0; e < 4; ++e) {  // x[e]: lanes 0, 1 of q[e], q[4+e]; x[4+e]: lanes 2, 3
+    x[e] = _mm512_shuffle_f32x4(q[e], q[4 + e], 0x44);
+    x[4 + e] = _mm512_shuffle_f32x4(q[e], q[4 + e], 0xee);
+  }
+  for (int u = 0; 2 * u < count; ++u) {
+    const int L = u / 2, e = 2 * (u % 2);
+    const __m512* xs = x + (L >= 2 ? 4 : 0);
+    const __m512 o = (L % 2) ? _mm512_shuffle_f32x4(xs[e], xs[e + 1], 0xdd) : _mm512_shuffle_f32x4(xs[e], xs[e + 1], 0x88);
+    _mm512_mask_storeu_ps(dst + 16 * u, 2 * u + 1 < count ? 0xffff : 0x00ff, o);
+  }
+}
+#endif
+
 // dst[p*NR + j] = src[j*ld + p] for p < kc, j < cols; zero for cols <= j < NR. Packs a panel
 // whose columns were gathered as contiguous rows (weight-grad's im2col) into the B layout;
 // AVX-512 transposes 16 x 16 blocks in registers instead of 256 scattered element moves.
@@ -99,30 +161,9 @@ inline void transpose_to_panel(const float* __restrict src, int64_t ld, int64_t 
   if (cols == NR) {
     for (; p0 + 16 <= kc; p0 += 16)
       for (int jb = 0; jb < NR; jb += 16) {
-        __m512 r[16], t[16];
+        __m512 r[16];
         for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (jb + i) * ld + p0);
-        for (int i = 0; i < 16; i += 2) {
-          t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-          t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-        }
-        for (int i = 0; i < 16; i += 4) {
-          r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-          r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-          r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-          r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-        }
-        // r[4a + b] now holds element b of every 4-lane group of rows 4a..4a+3; combine the
-        // 128-bit lanes across row groups.
-        for (int b = 0; b < 4; ++b) {
-          t[b] = _mm512_shuffle_f32x4(r[b], r[4 + b], 0x88);
-          t[4 + b] = _mm512_shuffle_f32x4(r[b], r[4 + b], 0xdd);
-          t[8 + b] = _mm512_shuffle_f32x4(r[8 + b], r[12 + b], 0x88);
-          t[12 + b] = _mm512_shuffle_f32x4(r[8 + b], r[12 + b], 0xdd);
-        }
-        for (int b = 0; b < 8; ++b) {
-          r[b] = _mm512_shuffle_f32x4(t[b], t[8 + b], 0x88);
-          r[8 + b] = _mm512_shuffle_f32x4(t[b], t[8 + b], 0xdd);
-        }
+        transpose16(r);
         for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + (p0 + i) * NR + jb, r[i]);
       }
   }
@@ -140,7 +181,7 @@ struct Task {
 // Columns split first, down to 4 strips: a task packs its own B panels (im2col, dear) but
 // shares A. Below that rows split: a few wide A panels streamed against a small B panel beat
 // many passes over A, which for deep layers (512 x 4608 weights) no longer fits in cache.
-inline std::vector<Task> make_tasks(int64_t items, int64_t M, int64_t Nn, int threads) {
+inline std::vector<Task> make_tasks(int64_t items, int64_t M, int64_t Nn, int threads, bool shared_a, int64_t Kd) {
   const int64_t want = 4 * static_cast<int64_t>(threads);
   int64_t nb = std::min<int64_t>(NC, (Nn + NR - 1) / NR * NR);
   int64_t mb = M;
@@ -158,7 +199,15 @@ inline std::vector<Task> make_tasks(int64_t items, int64_t M, int64_t Nn, int th
   // most of it).
   const int64_t strips = (Nn + NR - 1) / NR, rblocks = (M + mb - 1) / mb;
   int64_t cblocks = (Nn + nb - 1) / nb;
-  if (items * rblocks * cblocks < 8 * threads)
+  // With A shared and L2-resident (<= 512 KiB), a column block costs nothing extra, so cut at
+  // least 32 per thread (down to 4 strips): dynamic scheduling then ends within a small task of
+  // the other thread, where 29 blocks of 24 strips (3x3 32>64@16 data-grad, N = 128) could idle
+  // one for 7% of the pass (2% measured). A larger A is streamed again by every block (3% lost
+  // on 3x3 256@14).
+  const bool fine = shared_a && M * Kd <= (int64_t{128} << 10);
+  if (fine)
+    while (items * rblocks * cblocks < 32 * threads && (cblocks + 1) * 4 <= strips) ++cblocks;
+  if (items * rblocks * cblocks < 8 * threads || fine)
     while ((items * rblocks * cblocks) % threads != 0 && cblocks < strips) ++cblocks;
   std::vector<Task> tasks;
   for (int64_t t = 0; t < items; ++t)
@@ -253,7 +302,7 @@ void serial(int64_t item, int64_t M, int64_t Nn, int64_t Kd, PackA pack_a, PackB
 template <class PackA, class PackB, class Store>
 void run(int64_t items, int64_t M, int64_t Nn, int64_t Kd, bool prepack_a, PackA pack_a, PackB pack_b, Store store) {
   if (items <= 0 || M <= 0 || Nn <= 0 || Kd <= 0) return;
-  const std::vector<Task> tasks = make_tasks(items, M, Nn, max_threads());
+  const std::vector<Task> tasks = make_tasks(items, M, Nn, max_threads(), prepack_a, Kd);
   const int64_t nt = static_cast<int64_t>(tasks.size());
   // Packed A of item t: KC blocks in order, each holding Mp/MR strips of kc x MR.
   const int64_t Mp = (M + MR - 1) / MR * MR, strips = Mp / MR, kb = kc_block(Kd), nkc = (Kd + kb - 1) / kb;
