@@ -121,3 +121,13 @@ def test_cli_search_prints_a_sorted_table(tmp_path, capsys, digits):
     losses = [float(r[4]) for r in rows]
     assert losses == sorted(losses)
     assert len(json.loads((tmp_path / "search.json").read_text())) == 2
+
+
+def test_cli_refuses_a_missing_gpu(capsys):
+    import fastopt
+
+    if fastopt.cuda.is_available():
+        pytest.skip("a GPU is usable here")
+    with pytest.raises(SystemExit) as e:
+        train_main(["--device", "cuda", "--epochs", "1"])
+    assert e.value.code == 2 and "no usable CUDA GPU" in capsys.readouterr().err

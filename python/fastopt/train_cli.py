@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from . import data as datasets
+from . import cuda, data as datasets
 from .nn.models import small_cnn
 from .train import OPTIMIZERS, Trainer, TrainConfig, config_from
 
@@ -157,4 +157,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="fastopt train", description="Train a small CNN on scikit-learn's digits with "
                                 "fastopt's kernels (AdamW, warm-up + cosine, clipping, augmentation on the device).")
     add_arguments(p)
-    return _run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not cuda.is_available():
+        p.error(f"--device {args.device}: no usable CUDA GPU here (fastopt.cuda.is_available() is False); "
+                "use --device cpu or auto")
+    return _run(args)
