@@ -8,7 +8,7 @@ optimizer, schedule and clipping; torch's fused AdamW when it has one). Contende
 round by round, so a noisy neighbour hits both alike; steps/s are medians of per-step samples.
 
 A second pass times each layer's forward and backward (synchronizing the GPU around each) and
-reports the split of fastopt's step time by op family. Progress on stderr, a Markdown table on
+reports the split of fastopt's step time by op family, beside torch's from torch.profiler. Progress on stderr, a Markdown table on
 stdout; --out DIR writes results.json, results.md and chart.png (the split as a stacked bar).
 """
 import argparse
@@ -163,6 +163,39 @@ class TorchStep:
             self.torch.cuda.synchronize()
 
 
+# torch's ops by family, for the peer's split (profiler self time; first match wins).
+TORCH_FAMILY = [
+    ("conv2d", ("convolution", "conv2d", "mkldnn_conv", "cudnn_conv")),
+    ("batchnorm", ("batch_norm",)),
+    ("activation", ("relu", "threshold", "clamp_min")),
+    ("pooling", ("max_pool", "avg_pool", "adaptive_avg", "mean")),
+    ("dropout", ("dropout", "bernoulli")),
+    ("linear", ("addmm", "linear", "aten::mm", "aten::t")),
+    ("loss", ("log_softmax", "nll_loss", "cross_entropy")),
+    ("optimizer", ("adamw", "adam", "foreach", "norm", "clip", "stack")),
+]
+
+
+def torch_split(step, device, torch, steps):
+    """ms per step by op family from torch.profiler's self times (CPU time, or GPU kernel time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device != "cpu" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step.step()
+        step.sync()
+    out = {}
+    for e in prof.key_averages():
+        t = (e.self_cpu_time_total if device == "cpu" else getattr(e, "self_device_time_total", 0.0)) / 1e3 / steps
+        if t <= 0:
+            continue
+        name = e.key.lower()
+        fam = next((f for f, keys in TORCH_FAMILY if any(k in name for k in keys)), "other")
+        out[fam] = out.get(fam, 0.0) + t
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def _has_cpu_fused(torch):
     try:
         p = torch.zeros(1, requires_grad=True)
@@ -201,13 +234,15 @@ def time_device(device, args, torch):
     for _ in range(split_steps):
         fast.step()
     split = {k: v / split_steps for k, v in sorted(fast.timers.items(), key=lambda kv: -kv[1])}
+    peer_split = torch_split(contenders[1], device, torch, split_steps) if len(contenders) > 1 else {}
     med = {k: statistics.median(v) for k, v in samples.items()}
     row = {"device": device, "batch": args.batch,
            "ms_per_step": {k: v * 1e3 for k, v in med.items()},
            "steps_per_s": {k: 1.0 / v for k, v in med.items()},
            "p10_p90_ms": {k: [float(np.percentile(v, 10)) * 1e3, float(np.percentile(v, 90)) * 1e3]
                           for k, v in samples.items()},
-           "split_ms": {k: v * 1e3 for k, v in split.items()}}
+           "split_ms": {k: v * 1e3 for k, v in split.items()},
+           "torch_split_ms": peer_split}
     if "torch" in med:
         row["speedup_vs_torch"] = med["torch"] / med["fastopt"]
     return row
@@ -227,9 +262,15 @@ def markdown(doc):
                      f"| {ratio} |")
     for r in doc["rows"]:
         total = sum(r["split_ms"].values())
-        lines += ["", f"Split of fastopt's step time on {r['device']} (layers timed one by one, synchronized):", "",
-                  "| op family | ms/step | share |", "|---|---|---|"]
-        lines += [f"| {k} | {v:.2f} | {100 * v / total:.1f}% |" for k, v in r["split_ms"].items()]
+        peer = r.get("torch_split_ms", {})
+        lines += ["", f"Split of the step time by op family on {r['device']}: fastopt's layers timed one by one "
+                  "(synchronized); torch's from torch.profiler self times (ops matched by name).", "",
+                  "| op family | fastopt ms/step | share | torch ms/step |", "|---|---|---|---|"]
+        for k in list(r["split_ms"]) + [k for k in peer if k not in r["split_ms"]]:
+            v = r["split_ms"].get(k)
+            share = f"{100 * v / total:.1f}%" if v is not None else "-"
+            lines.append(f"| {k} | {'-' if v is None else f'{v:.2f}'} | {share} | "
+                         f"{f'{peer[k]:.2f}' if k in peer else '-'} |")
     return "\n".join(lines) + "\n"
 
 
