@@ -50,13 +50,14 @@ constexpr int64_t KC = 320;  // the most; a reduction is cut into equal blocks o
 constexpr int64_t MC = MR * 16;
 constexpr int64_t NC = NR * 24;
 
-// tile (MR x NR, row-major) = sum_p a[p*MR + i] * b[p*NR + j]
-inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict tile) {
+// tile (MR x NR, row-major) = (acc ? tile : 0) + sum_p a[p*MR + i] * b[p*NR + j], summed in p order
+inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict tile,
+                         bool acc) {
 #if defined(__AVX512F__)
   constexpr int NV = NR / 16;
   __m512 c[MR][NV];
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) c[i][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) c[i][v] = acc ? _mm512_load_ps(tile + i * NR + 16 * v) : _mm512_setzero_ps();
   for (int64_t p = 0; p < kc; ++p) {
     __m512 bv[NV];
     // The B strip outgrows L1 at kc near KC (60 KiB), so its rows come from L2: fetch them 8
@@ -72,10 +73,13 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(tile + i * NR + 16 * v, c[i][v]);
+    for (int v = 0; v < NV; ++v) _mm512_store_ps(tile + i * NR + 16 * v, c[i][v]);
 #elif defined(__AVX2__)
   __m256 c0[MR], c1[MR];
-  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
+  for (int i = 0; i < MR; ++i) {
+    c0[i] = acc ? _mm256_loadu_ps(tile + i * NR) : _mm256_setzero_ps();
+    c1[i] = acc ? _mm256_loadu_ps(tile + i * NR + 8) : _mm256_setzero_ps();
+  }
   for (int64_t p = 0; p < kc; ++p) {
     const __m256 b0 = _mm256_loadu_ps(b + p * NR), b1 = _mm256_loadu_ps(b + p * NR + 8);
     for (int i = 0; i < MR; ++i) {
@@ -90,6 +94,7 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
   }
 #else
   float c[MR * NR] = {};
+  if (acc) std::memcpy(c, tile, sizeof c);
   for (int64_t p = 0; p < kc; ++p)
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j) c[i * NR + j] += a[p * MR + i] * b[p * NR + j];
@@ -247,11 +252,15 @@ class Panel {
   float* data_;
 };
 
-// Thread-private packing buffers and the output tile.
+// Row blocks of a task are cut to at most this many accumulator floats (1 MiB: with a kc x NC
+// B panel it stays within a core's 2 MiB L2).
+constexpr int64_t C_FLOATS = int64_t{1} << 18;
+
+// Thread-private packing buffers and the accumulator tiles of one task block.
 struct Workspace {
   Panel a{static_cast<size_t>(MC * KC)};
   Panel b{static_cast<size_t>(KC * NC)};
-  alignas(64) float tile[MR * NR];
+  Panel c{static_cast<size_t>(C_FLOATS)};
 };
 
 // One task on the calling thread. apre / bpre: A / B of this item prepacked by run(), or null
@@ -265,28 +274,36 @@ struct Workspace {
 template <class PackA, class PackB, class Store>
 void task(const Task& tk, int64_t Kd, const float* apre, int64_t Mp, const float* bpre, int64_t Np, PackA& pack_a,
           PackB& pack_b, Store& store, Workspace& ws) {
+  const int64_t kb = kc_block(Kd);
   for (int64_t jc = tk.j0; jc < tk.j1; jc += NC) {
-    const int64_t nc = std::min(NC, tk.j1 - jc);
-    const int64_t kb = kc_block(Kd);
-    for (int64_t pc = 0; pc < Kd; pc += kb) {
-      const int64_t kc = std::min(kb, Kd - pc);
-      const float* b = bpre ? bpre + pc * Np + jc * kc : ws.b.data();
-      if (!bpre)
-        for (int64_t jr = 0; jr < nc; jr += NR)
-          pack_b(tk.item, pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), ws.b.data() + jr * kc);
-      for (int64_t ic = tk.i0; ic < tk.i1; ic += MC) {
-        const int64_t mc = std::min(MC, tk.i1 - ic);
-        const float* a = apre ? apre + pc * Mp + ic * kc : ws.a.data();
-        if (!apre)
-          for (int64_t ir = 0; ir < mc; ir += MR)
-            pack_a(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, ws.a.data() + ir * kc);
-        for (int64_t jr = 0; jr < nc; jr += NR)
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            micro_kernel(kc, a + ir * kc, b + jr * kc, ws.tile);
-            store(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), jc + jr, std::min<int64_t>(NR, nc - jr), ws.tile,
-                  pc == 0);
-          }
+    const int64_t nc = std::min(NC, tk.j1 - jc), ns = (nc + NR - 1) / NR;
+    // The tiles of rows [is, ie) accumulate over all KC blocks in ws.c (tile (ir, jr) at
+    // (ir/MR * ns + jr/NR) MR NR) and reach the output once, at the end.
+    const int64_t sb = std::max<int64_t>(MC, C_FLOATS / (ns * NR * MC) * MC);
+    for (int64_t is = tk.i0; is < tk.i1; is += sb) {
+      const int64_t ie = std::min(tk.i1, is + sb);
+      float* const c = ws.c.data();
+      for (int64_t pc = 0; pc < Kd; pc += kb) {
+        const int64_t kc = std::min(kb, Kd - pc);
+        const float* b = bpre ? bpre + pc * Np + jc * kc : ws.b.data();
+        if (!bpre)
+          for (int64_t jr = 0; jr < nc; jr += NR)
+            pack_b(tk.item, pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), ws.b.data() + jr * kc);
+        for (int64_t ic = is; ic < ie; ic += MC) {
+          const int64_t mc = std::min(MC, ie - ic);
+          const float* a = apre ? apre + pc * Mp + ic * kc : ws.a.data();
+          if (!apre)
+            for (int64_t ir = 0; ir < mc; ir += MR)
+              pack_a(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, ws.a.data() + ir * kc);
+          for (int64_t jr = 0; jr < nc; jr += NR)
+            for (int64_t ir = 0; ir < mc; ir += MR)
+              micro_kernel(kc, a + ir * kc, b + jr * kc, c + ((ic - is + ir) / MR * ns + jr / NR) * MR * NR, pc > 0);
+        }
       }
+      for (int64_t i = is; i < ie; i += MR)
+        for (int64_t jr = 0; jr < nc; jr += NR)
+          store(tk.item, i, std::min<int64_t>(MR, ie - i), jc + jr, std::min<int64_t>(NR, nc - jr),
+                c + ((i - is) / MR * ns + jr / NR) * MR * NR, true);
     }
   }
 }
