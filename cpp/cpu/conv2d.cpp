@@ -68,7 +68,7 @@ struct OutMap {
   int64_t inner_len, n_stride, row_stride, rows_per_group;
   const float* bias;  // per global row, or null
 
-  void store(int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) const {
+  void store(int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) const {
     const int64_t n0 = j0 / inner_len, in0 = j0 % inner_len;
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t row = g * rows_per_group + i0 + i;
@@ -78,10 +78,7 @@ struct OutMap {
       for (int64_t j = 0; j < cols;) {
         const int64_t len = std::min(cols - j, inner_len - in);
         float* o = out + n * n_stride + row * row_stride + in;
-        if (first)
-          for (int64_t u = 0; u < len; ++u) o[u] = init + t[j + u];
-        else
-          for (int64_t u = 0; u < len; ++u) o[u] += t[j + u];
+        for (int64_t u = 0; u < len; ++u) o[u] = init + t[j + u];
         j += len;
         in = 0;
         ++n;
@@ -465,8 +462,8 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
   const OutMap out{y, PQ, s.K * PQ, PQ, Kg, b};
   gemm::run(
       G, Kg, s.N * PQ, Kd, true, pack_a, pack_b,
-      [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
-        out.store(g, i0, rows, j0, cols, tile, first);
+      [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) {
+        out.store(g, i0, rows, j0, cols, tile);
       });
 }
 
@@ -536,8 +533,8 @@ void data_grad_gather(const Conv2dShape& s, const float* dy, const float* w, flo
   const OutMap out{dx, HW, s.C * HW, HW, Cg, nullptr};
   gemm::run(
       G, Cg, s.N * HW, Kd, true, pack_a, pack_b,
-      [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
-        out.store(g, i0, rows, j0, cols, tile, first);
+      [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) {
+        out.store(g, i0, rows, j0, cols, tile);
       });
 }
 
@@ -571,8 +568,8 @@ void data_grad_col2im(const Conv2dShape& s, const float* dy, const float* w, flo
       const OutMap out{cols.data(), PQ, 0, PQ, 0, nullptr};
       gemm::serial(
           0, M, PQ, Kg, pack_a, pack_b,
-          [&](int64_t, int64_t i0, int64_t rows, int64_t j0, int64_t ncols, const float* tile, bool first) {
-            out.store(0, i0, rows, j0, ncols, tile, first);
+          [&](int64_t, int64_t i0, int64_t rows, int64_t j0, int64_t ncols, const float* tile) {
+            out.store(0, i0, rows, j0, ncols, tile);
           },
           ws);
       for (int64_t c = 0; c < Cg; ++c) {
@@ -840,9 +837,9 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
   };
   gemm::run(
       chunks * G, Kg, Nn, Kd, false, pack_a, pack_b,
-      [&](int64_t item, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
+      [&](int64_t item, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) {
         float* target = chunks > 1 ? partial.data() + item / G * size : dw;
-        OutMap{target, Nn, 0, Nn, Kg, nullptr}.store(item % G, i0, rows, j0, cols, tile, first);
+        OutMap{target, Nn, 0, Nn, Kg, nullptr}.store(item % G, i0, rows, j0, cols, tile);
       });
   if (chunks > 1) {
 #pragma omp parallel for schedule(static)

@@ -8,11 +8,15 @@
 // (1.4 MiB, L2-resident) at a time and runs all of its rows against it. Forward and data-grad
 // share one prepacked A (the weights) across tasks, so their tasks are column blocks, each
 // packing its own part of the im2col once; the whole im2col is materialized only when tasks
-// must split rows (see run()). KC = 320 keeps the 3x3 reductions C*9 = 288 in one block and
-// 576 in two: at KC = 256 they ran as 2 x 144 and 3 x 192, each extra block another pass of
-// tile stores, and forward / data-grad of the 32- and 64-channel layers took 2-6% longer;
-// 640 gained nothing more. NC = 12 NR moved nothing beyond the noise. Each output element is reduced over Kd in fixed equal
-// blocks (kc_block), in order, by one thread, so results never depend on the thread count.
+// must split rows (see run()). A task's tiles stay in a thread-private accumulator buffer
+// (ws.c, at most 1 MiB) for all KC blocks: the micro-kernel loads a tile, adds one block's
+// products and stores it back (contiguous, L2), and each tile reaches the output once. Before,
+// every KC block's tile went through the caller's scattered read-add-write store: 5-7% of the
+// deep layers' forward and data-grad (3x3 512@7, Kd = 4608 in 15 blocks), 1-4% at 128@28.
+// KC = 320 keeps the 3x3 reductions C*9 = 288 in one block and 576 in two; with the buffer,
+// KC = 160, 192 and 256 (B strip in L1) measured no better, within the noise. NC = 12 NR moved
+// nothing beyond the noise. Each output element is reduced over Kd in fixed equal blocks
+// (kc_block), in order, by one thread, so results never depend on the thread count.
 //
 // Why not link a BLAS: a BLAS needs both operands materialized, while conv wants im2col built
 // inside the packing step, and the build keeps no extra dependency. Measured here (one core):
@@ -267,8 +271,8 @@ struct Workspace {
 // to pack here.
 // pack_a(item, i0, rows, p0, kc, dst): dst[p*MR + i] = A[i0+i][p0+p], zero for i >= rows.
 // pack_b(item, p0, kc, j0, cols, dst): dst[p*NR + j] = B[p0+p][j0+j], zero for j >= cols.
-// store(item, i0, rows, j0, cols, tile, first): tile rows of NR floats; first = the tile holds
-// the first KC block of the reduction, so the store overwrites instead of accumulating.
+// store(item, i0, rows, j0, cols, tile): writes the finished tile (rows of NR floats, reduced
+// over all of Kd) to the output.
 // prepack_a packs all of A once up front (worth it when A is small next to B, e.g. weights):
 // tasks then share it and columns can be split finely without repacking A per task.
 template <class PackA, class PackB, class Store>
@@ -303,7 +307,7 @@ void task(const Task& tk, int64_t Kd, const float* apre, int64_t Mp, const float
       for (int64_t i = is; i < ie; i += MR)
         for (int64_t jr = 0; jr < nc; jr += NR)
           store(tk.item, i, std::min<int64_t>(MR, ie - i), jc + jr, std::min<int64_t>(NR, nc - jr),
-                c + ((i - is) / MR * ns + jr / NR) * MR * NR, true);
+                c + ((i - is) / MR * ns + jr / NR) * MR * NR);
     }
   }
 }
