@@ -9,7 +9,7 @@
 // share one prepacked A (the weights) across tasks, so their tasks are column blocks, each
 // packing its own part of the im2col once; the whole im2col is materialized only when tasks
 // must split rows (see run()). A task's tiles stay in a thread-private accumulator buffer
-// (ws.c, at most 1 MiB) for all KC blocks: the micro-kernel loads a tile, adds one block's
+// (ws.c, at most 2 MiB) for all KC blocks: the micro-kernel loads a tile, adds one block's
 // products and stores it back (contiguous, L2), and each tile reaches the output once. Before,
 // every KC block's tile went through the caller's scattered read-add-write store: 5-7% of the
 // deep layers' forward and data-grad (3x3 512@7, Kd = 4608 in 15 blocks), 1-4% at 128@28.
@@ -245,7 +245,7 @@ inline int64_t kc_block(int64_t Kd) {
 // Packed panels start on a cache line: B rows are NR floats (a whole number of lines), and a
 // vector load that straddles two lines costs twice (it halved the GEMM rate when unaligned).
 // Left uninitialized: every float is written before it is read, and zeroing the workspaces
-// (2.6 MiB per thread per call) and the prepacked A cost 1-2% of a deep layer's pass.
+// (3.6 MiB per thread per call) and the prepacked A cost 1-2% of a deep layer's pass.
 class Panel {
  public:
   explicit Panel(size_t n) : buf_(new float[n + 16]) {
@@ -259,9 +259,10 @@ class Panel {
   float* data_;
 };
 
-// Row blocks of a task are cut to at most this many accumulator floats (1 MiB: with a kc x NC
-// B panel it stays within a core's 2 MiB L2).
-constexpr int64_t C_FLOATS = int64_t{1} << 18;
+// Row blocks of a task are cut to at most this many accumulator floats (2 MiB; each row block
+// packs its B panels again). At 1 MiB the 256-row weight-grad tasks of 3x3 256@14 (M x NC =
+// 256 x 1152) ran as two row blocks, repacking the transposed x panel: 4-5% of that pass.
+constexpr int64_t C_FLOATS = int64_t{1} << 19;
 
 // Thread-private packing buffers and the accumulator tiles of one task block.
 struct Workspace {
