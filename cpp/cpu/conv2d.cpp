@@ -42,8 +42,25 @@
 //             128@28    0.74 / 0.79 / 0.72  ->  0.97 / 0.98 / 0.93
 //             256@14    0.76 / 0.85 / 0.74  ->  0.98 / 1.00 / 0.90
 //             512@7     0.69 / 0.72 / 0.92  ->  0.85 / 0.86 / 1.14
-// Still behind: the 16x16 layers (the strip pack and tile stores are 15-20% of a pass at M =
-// 32-64 rows per strip) and the 7x7 one (the micro-kernel runs at ~85% of its L1 rate there).
+// Second round (same day and setup; orig vs this build alternated 3 times, each a median of 9
+// interleaved rounds; the machine's neighbour made single runs swing 5-10%): gemm.h's tiles
+// accumulate over all KC blocks in a per-task buffer and reach the output once, its buffers are
+// no longer zeroed, and the buffer (2 MiB) spares 256-row weight-grad tasks a B repack:
+//   N = 32:   128@28    0.95 / 0.96 / 0.95  ->  1.00 / 1.03 / 0.97
+//             256@14    0.94 / 0.98 / 0.91  ->  0.99 / 1.05 / 0.93
+//             512@7     0.86 / 0.85 / 1.12  ->  0.92 / 0.92 / 1.16
+//   N = 128:  32>64@16  0.94 / 0.80 / 0.88  ->  0.94 / 0.84 / 0.90
+//             64>64@16  0.92 / 0.91 / 0.86  ->  0.92 / 0.93 / 0.89     (64@56 stays 1.2-1.7 ahead)
+// Measured and not kept (no gain beyond that noise): KC 160 / 192 / 256 with the buffer, the
+// micro-kernel unrolled by 2, the A prefetch 64-160 steps ahead, the B strip packed just before
+// its first use, a jr-major buffer, row-split tasks for 512@7 (with and without a shared packed
+// B: that one halved 256@14's rate), 6-22 column blocks there, masked-vector output stores,
+// data-grad by col2im at 32-64 channels (0.6x), and a channels-last copy of x for the
+// weight-grad's B panel (no transposes, but 3-15% slower: an extra pass over x, read from L3).
+// Still behind: the 16x16 layers (the strip pack is 10-15% of a pass at M = 32-64 rows per
+// strip, worst for 32>64's data-grad, M = 32), their and 256@14's weight-grad (the transposing
+// B pack, ~20%), and 512@7's forward and data-grad (the micro-kernel runs at ~85-90% of its L1
+// rate there, torch's direct kernels at ~98% of SGEMM).
 #include "fastopt/conv2d.h"
 #include "isa.h"
 
