@@ -42,8 +42,25 @@
 //             128@28    0.74 / 0.79 / 0.72  ->  0.97 / 0.98 / 0.93
 //             256@14    0.76 / 0.85 / 0.74  ->  0.98 / 1.00 / 0.90
 //             512@7     0.69 / 0.72 / 0.92  ->  0.85 / 0.86 / 1.14
-// Still behind: the 16x16 layers (the strip pack and tile stores are 15-20% of a pass at M =
-// 32-64 rows per strip) and the 7x7 one (the micro-kernel runs at ~85% of its L1 rate there).
+// Second round (same day and setup; orig vs this build alternated 3 times, each a median of 9
+// interleaved rounds; the machine's neighbour made single runs swing 5-10%): gemm.h's tiles
+// accumulate over all KC blocks in a per-task buffer and reach the output once, its buffers are
+// no longer zeroed, and the buffer (2 MiB) spares 256-row weight-grad tasks a B repack:
+//   N = 32:   128@28    0.95 / 0.96 / 0.95  ->  1.00 / 1.03 / 0.97
+//             256@14    0.94 / 0.98 / 0.91  ->  0.99 / 1.05 / 0.93
+//             512@7     0.86 / 0.85 / 1.12  ->  0.92 / 0.92 / 1.16
+//   N = 128:  32>64@16  0.94 / 0.80 / 0.88  ->  0.94 / 0.84 / 0.90
+//             64>64@16  0.92 / 0.91 / 0.86  ->  0.92 / 0.93 / 0.89     (64@56 stays 1.2-1.7 ahead)
+// Measured and not kept (no gain beyond that noise): KC 160 / 192 / 256 with the buffer, the
+// micro-kernel unrolled by 2, the A prefetch 64-160 steps ahead, the B strip packed just before
+// its first use, a jr-major buffer, row-split tasks for 512@7 (with and without a shared packed
+// B: that one halved 256@14's rate), 6-22 column blocks there, masked-vector output stores,
+// data-grad by col2im at 32-64 channels (0.6x), and a channels-last copy of x for the
+// weight-grad's B panel (no transposes, but 3-15% slower: an extra pass over x, read from L3).
+// Still behind: the 16x16 layers (the strip pack is 10-15% of a pass at M = 32-64 rows per
+// strip, worst for 32>64's data-grad, M = 32), their and 256@14's weight-grad (the transposing
+// B pack, ~20%), and 512@7's forward and data-grad (the micro-kernel runs at ~85-90% of its L1
+// rate there, torch's direct kernels at ~98% of SGEMM).
 #include "fastopt/conv2d.h"
 #include "isa.h"
 
@@ -68,7 +85,7 @@ struct OutMap {
   int64_t inner_len, n_stride, row_stride, rows_per_group;
   const float* bias;  // per global row, or null
 
-  void store(int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) const {
+  void store(int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) const {
     const int64_t n0 = j0 / inner_len, in0 = j0 % inner_len;
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t row = g * rows_per_group + i0 + i;
@@ -78,10 +95,7 @@ struct OutMap {
       for (int64_t j = 0; j < cols;) {
         const int64_t len = std::min(cols - j, inner_len - in);
         float* o = out + n * n_stride + row * row_stride + in;
-        if (first)
-          for (int64_t u = 0; u < len; ++u) o[u] = init + t[j + u];
-        else
-          for (int64_t u = 0; u < len; ++u) o[u] += t[j + u];
+        for (int64_t u = 0; u < len; ++u) o[u] = init + t[j + u];
         j += len;
         in = 0;
         ++n;
@@ -465,8 +479,8 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
   const OutMap out{y, PQ, s.K * PQ, PQ, Kg, b};
   gemm::run(
       G, Kg, s.N * PQ, Kd, true, pack_a, pack_b,
-      [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
-        out.store(g, i0, rows, j0, cols, tile, first);
+      [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) {
+        out.store(g, i0, rows, j0, cols, tile);
       });
 }
 
@@ -536,8 +550,8 @@ void data_grad_gather(const Conv2dShape& s, const float* dy, const float* w, flo
   const OutMap out{dx, HW, s.C * HW, HW, Cg, nullptr};
   gemm::run(
       G, Cg, s.N * HW, Kd, true, pack_a, pack_b,
-      [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
-        out.store(g, i0, rows, j0, cols, tile, first);
+      [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) {
+        out.store(g, i0, rows, j0, cols, tile);
       });
 }
 
@@ -571,8 +585,8 @@ void data_grad_col2im(const Conv2dShape& s, const float* dy, const float* w, flo
       const OutMap out{cols.data(), PQ, 0, PQ, 0, nullptr};
       gemm::serial(
           0, M, PQ, Kg, pack_a, pack_b,
-          [&](int64_t, int64_t i0, int64_t rows, int64_t j0, int64_t ncols, const float* tile, bool first) {
-            out.store(0, i0, rows, j0, ncols, tile, first);
+          [&](int64_t, int64_t i0, int64_t rows, int64_t j0, int64_t ncols, const float* tile) {
+            out.store(0, i0, rows, j0, ncols, tile);
           },
           ws);
       for (int64_t c = 0; c < Cg; ++c) {
@@ -840,9 +854,9 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
   };
   gemm::run(
       chunks * G, Kg, Nn, Kd, false, pack_a, pack_b,
-      [&](int64_t item, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
+      [&](int64_t item, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) {
         float* target = chunks > 1 ? partial.data() + item / G * size : dw;
-        OutMap{target, Nn, 0, Nn, Kg, nullptr}.store(item % G, i0, rows, j0, cols, tile, first);
+        OutMap{target, Nn, 0, Nn, Kg, nullptr}.store(item % G, i0, rows, j0, cols, tile);
       });
   if (chunks > 1) {
 #pragma omp parallel for schedule(static)

@@ -8,11 +8,15 @@
 // (1.4 MiB, L2-resident) at a time and runs all of its rows against it. Forward and data-grad
 // share one prepacked A (the weights) across tasks, so their tasks are column blocks, each
 // packing its own part of the im2col once; the whole im2col is materialized only when tasks
-// must split rows (see run()). KC = 320 keeps the 3x3 reductions C*9 = 288 in one block and
-// 576 in two: at KC = 256 they ran as 2 x 144 and 3 x 192, each extra block another pass of
-// tile stores, and forward / data-grad of the 32- and 64-channel layers took 2-6% longer;
-// 640 gained nothing more. NC = 12 NR moved nothing beyond the noise. Each output element is reduced over Kd in fixed equal
-// blocks (kc_block), in order, by one thread, so results never depend on the thread count.
+// must split rows (see run()). A task's tiles stay in a thread-private accumulator buffer
+// (ws.c, at most 2 MiB) for all KC blocks: the micro-kernel loads a tile, adds one block's
+// products and stores it back (contiguous, L2), and each tile reaches the output once. Before,
+// every KC block's tile went through the caller's scattered read-add-write store: 5-7% of the
+// deep layers' forward and data-grad (3x3 512@7, Kd = 4608 in 15 blocks), 1-4% at 128@28.
+// KC = 320 keeps the 3x3 reductions C*9 = 288 in one block and 576 in two; with the buffer,
+// KC = 160, 192 and 256 (B strip in L1) measured no better, within the noise. NC = 12 NR moved
+// nothing beyond the noise. Each output element is reduced over Kd in fixed equal blocks
+// (kc_block), in order, by one thread, so results never depend on the thread count.
 //
 // Why not link a BLAS: a BLAS needs both operands materialized, while conv wants im2col built
 // inside the packing step, and the build keeps no extra dependency. Measured here (one core):
@@ -27,6 +31,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -50,13 +55,14 @@ constexpr int64_t KC = 320;  // the most; a reduction is cut into equal blocks o
 constexpr int64_t MC = MR * 16;
 constexpr int64_t NC = NR * 24;
 
-// tile (MR x NR, row-major) = sum_p a[p*MR + i] * b[p*NR + j]
-inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict tile) {
+// tile (MR x NR, row-major) = (acc ? tile : 0) + sum_p a[p*MR + i] * b[p*NR + j], summed in p order
+inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict tile,
+                         bool acc) {
 #if defined(__AVX512F__)
   constexpr int NV = NR / 16;
   __m512 c[MR][NV];
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) c[i][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) c[i][v] = acc ? _mm512_load_ps(tile + i * NR + 16 * v) : _mm512_setzero_ps();
   for (int64_t p = 0; p < kc; ++p) {
     __m512 bv[NV];
     // The B strip outgrows L1 at kc near KC (60 KiB), so its rows come from L2: fetch them 8
@@ -72,10 +78,13 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(tile + i * NR + 16 * v, c[i][v]);
+    for (int v = 0; v < NV; ++v) _mm512_store_ps(tile + i * NR + 16 * v, c[i][v]);
 #elif defined(__AVX2__)
   __m256 c0[MR], c1[MR];
-  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
+  for (int i = 0; i < MR; ++i) {
+    c0[i] = acc ? _mm256_loadu_ps(tile + i * NR) : _mm256_setzero_ps();
+    c1[i] = acc ? _mm256_loadu_ps(tile + i * NR + 8) : _mm256_setzero_ps();
+  }
   for (int64_t p = 0; p < kc; ++p) {
     const __m256 b0 = _mm256_loadu_ps(b + p * NR), b1 = _mm256_loadu_ps(b + p * NR + 8);
     for (int i = 0; i < MR; ++i) {
@@ -90,6 +99,7 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
   }
 #else
   float c[MR * NR] = {};
+  if (acc) std::memcpy(c, tile, sizeof c);
   for (int64_t p = 0; p < kc; ++p)
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j) c[i * NR + j] += a[p * MR + i] * b[p * NR + j];
@@ -234,59 +244,74 @@ inline int64_t kc_block(int64_t Kd) {
 
 // Packed panels start on a cache line: B rows are NR floats (a whole number of lines), and a
 // vector load that straddles two lines costs twice (it halved the GEMM rate when unaligned).
+// Left uninitialized: every float is written before it is read, and zeroing the workspaces
+// (3.6 MiB per thread per call) and the prepacked A cost 1-2% of a deep layer's pass.
 class Panel {
  public:
-  explicit Panel(size_t n) : buf_(n + 16) {
-    const auto addr = reinterpret_cast<uintptr_t>(buf_.data());
-    data_ = buf_.data() + ((64 - addr % 64) % 64) / sizeof(float);
+  explicit Panel(size_t n) : buf_(new float[n + 16]) {
+    const auto addr = reinterpret_cast<uintptr_t>(buf_.get());
+    data_ = buf_.get() + ((64 - addr % 64) % 64) / sizeof(float);
   }
   float* data() { return data_; }
 
  private:
-  std::vector<float> buf_;
+  std::unique_ptr<float[]> buf_;
   float* data_;
 };
 
-// Thread-private packing buffers and the output tile.
+// Row blocks of a task are cut to at most this many accumulator floats (2 MiB; each row block
+// packs its B panels again). At 1 MiB the 256-row weight-grad tasks of 3x3 256@14 (M x NC =
+// 256 x 1152) ran as two row blocks, repacking the transposed x panel: 4-5% of that pass.
+constexpr int64_t C_FLOATS = int64_t{1} << 19;
+
+// Thread-private packing buffers and the accumulator tiles of one task block.
 struct Workspace {
   Panel a{static_cast<size_t>(MC * KC)};
   Panel b{static_cast<size_t>(KC * NC)};
-  alignas(64) float tile[MR * NR];
+  Panel c{static_cast<size_t>(C_FLOATS)};
 };
 
 // One task on the calling thread. apre / bpre: A / B of this item prepacked by run(), or null
 // to pack here.
 // pack_a(item, i0, rows, p0, kc, dst): dst[p*MR + i] = A[i0+i][p0+p], zero for i >= rows.
 // pack_b(item, p0, kc, j0, cols, dst): dst[p*NR + j] = B[p0+p][j0+j], zero for j >= cols.
-// store(item, i0, rows, j0, cols, tile, first): tile rows of NR floats; first = the tile holds
-// the first KC block of the reduction, so the store overwrites instead of accumulating.
+// store(item, i0, rows, j0, cols, tile): writes the finished tile (rows of NR floats, reduced
+// over all of Kd) to the output.
 // prepack_a packs all of A once up front (worth it when A is small next to B, e.g. weights):
 // tasks then share it and columns can be split finely without repacking A per task.
 template <class PackA, class PackB, class Store>
 void task(const Task& tk, int64_t Kd, const float* apre, int64_t Mp, const float* bpre, int64_t Np, PackA& pack_a,
           PackB& pack_b, Store& store, Workspace& ws) {
+  const int64_t kb = kc_block(Kd);
   for (int64_t jc = tk.j0; jc < tk.j1; jc += NC) {
-    const int64_t nc = std::min(NC, tk.j1 - jc);
-    const int64_t kb = kc_block(Kd);
-    for (int64_t pc = 0; pc < Kd; pc += kb) {
-      const int64_t kc = std::min(kb, Kd - pc);
-      const float* b = bpre ? bpre + pc * Np + jc * kc : ws.b.data();
-      if (!bpre)
-        for (int64_t jr = 0; jr < nc; jr += NR)
-          pack_b(tk.item, pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), ws.b.data() + jr * kc);
-      for (int64_t ic = tk.i0; ic < tk.i1; ic += MC) {
-        const int64_t mc = std::min(MC, tk.i1 - ic);
-        const float* a = apre ? apre + pc * Mp + ic * kc : ws.a.data();
-        if (!apre)
-          for (int64_t ir = 0; ir < mc; ir += MR)
-            pack_a(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, ws.a.data() + ir * kc);
-        for (int64_t jr = 0; jr < nc; jr += NR)
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            micro_kernel(kc, a + ir * kc, b + jr * kc, ws.tile);
-            store(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), jc + jr, std::min<int64_t>(NR, nc - jr), ws.tile,
-                  pc == 0);
-          }
+    const int64_t nc = std::min(NC, tk.j1 - jc), ns = (nc + NR - 1) / NR;
+    // The tiles of rows [is, ie) accumulate over all KC blocks in ws.c (tile (ir, jr) at
+    // (ir/MR * ns + jr/NR) MR NR) and reach the output once, at the end.
+    const int64_t sb = std::max<int64_t>(MC, C_FLOATS / (ns * NR * MC) * MC);
+    for (int64_t is = tk.i0; is < tk.i1; is += sb) {
+      const int64_t ie = std::min(tk.i1, is + sb);
+      float* const c = ws.c.data();
+      for (int64_t pc = 0; pc < Kd; pc += kb) {
+        const int64_t kc = std::min(kb, Kd - pc);
+        const float* b = bpre ? bpre + pc * Np + jc * kc : ws.b.data();
+        if (!bpre)
+          for (int64_t jr = 0; jr < nc; jr += NR)
+            pack_b(tk.item, pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), ws.b.data() + jr * kc);
+        for (int64_t ic = is; ic < ie; ic += MC) {
+          const int64_t mc = std::min(MC, ie - ic);
+          const float* a = apre ? apre + pc * Mp + ic * kc : ws.a.data();
+          if (!apre)
+            for (int64_t ir = 0; ir < mc; ir += MR)
+              pack_a(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, ws.a.data() + ir * kc);
+          for (int64_t jr = 0; jr < nc; jr += NR)
+            for (int64_t ir = 0; ir < mc; ir += MR)
+              micro_kernel(kc, a + ir * kc, b + jr * kc, c + ((ic - is + ir) / MR * ns + jr / NR) * MR * NR, pc > 0);
+        }
       }
+      for (int64_t i = is; i < ie; i += MR)
+        for (int64_t jr = 0; jr < nc; jr += NR)
+          store(tk.item, i, std::min<int64_t>(MR, ie - i), jc + jr, std::min<int64_t>(NR, nc - jr),
+                c + ((i - is) / MR * ns + jr / NR) * MR * NR);
     }
   }
 }

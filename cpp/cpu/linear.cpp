@@ -113,14 +113,12 @@ void gemm_oriented(int64_t M, int64_t Nn, int64_t Kd, Factor A, Factor B, Out C,
       }
     }
   };
-  auto store = [&](int64_t, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile, bool first) {
+  auto store = [&](int64_t, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) {
     if (!C.transposed) {
       for (int64_t i = 0; i < rows; ++i) {
         float* o = C.p + (i0 + i) * C.ld + j0;
         const float* t = tile + i * NR;
-        if (!first)
-          for (int64_t j = 0; j < cols; ++j) o[j] += t[j];
-        else if (bias_col)
+        if (bias_col)
           for (int64_t j = 0; j < cols; ++j) o[j] = bias_col[j0 + j] + t[j];
         else if (bias_row)
           for (int64_t j = 0; j < cols; ++j) o[j] = bias_row[i0 + i] + t[j];
@@ -132,9 +130,7 @@ void gemm_oriented(int64_t M, int64_t Nn, int64_t Kd, Factor A, Factor B, Out C,
       for (int64_t j = 0; j < cols; ++j) {
         float* o = C.p + (j0 + j) * C.ld + i0;
         const float* t = tile + j;
-        if (!first)
-          for (int64_t i = 0; i < rows; ++i) o[i] += t[i * NR];
-        else if (bias_col)
+        if (bias_col)
           for (int64_t i = 0; i < rows; ++i) o[i] = bias_col[j0 + j] + t[i * NR];
         else if (bias_row)
           for (int64_t i = 0; i < rows; ++i) o[i] = bias_row[i0 + i] + t[i * NR];
