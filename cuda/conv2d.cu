@@ -53,7 +53,6 @@ constexpr int64_t kMaxGridX = 65535LL * 64;  // grid-stride kernels: plenty of b
 // ------------------------------------------------------------------ kernels
 
 // 128-row tiles: at most 128 registers, so that two blocks (16 warps) share an SM.
-// kTF32: the k steps go through tensor cores (tile_mma) instead of FMAs (tile_fma).
 template <class Prob, int BM, int BN, bool kTF32>
 __global__ void __launch_bounds__(kThreads, BM == 128 ? 2 : 1) gemm_kernel(const Prob pb) {
   using T = Tile<BM, BN>;
@@ -65,33 +64,8 @@ __global__ void __launch_bounds__(kThreads, BM == 128 ? 2 : 1) gemm_kernel(const
   const int n0 = static_cast<int>(blockIdx.x) * BN;
   int k_begin, k_end;
   split_range(pb.Kd, pb.splits, split, k_begin, k_end);
-
   float acc[T::TM][T::TN];
-#pragma unroll
-  for (int i = 0; i < T::TM; ++i)
-#pragma unroll
-    for (int j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
-
-  if (k_begin < k_end) {
-    float ra[T::LA], rb[T::LB];
-    load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k_begin, k_end, ra, rb);
-    store_tiles<Prob, BM, BN>(tiles[0], tid, ra, rb);
-    __syncthreads();
-    int buf = 0;
-    // Step k reads tiles[buf] and fills tiles[buf ^ 1]; the one barrier per step separates both
-    // from the previous step, which read tiles[buf ^ 1].
-    for (int k0 = k_begin; k0 < k_end; k0 += kBK) {
-      const bool more = k0 + kBK < k_end;
-      if (more) load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k0 + kBK, k_end, ra, rb);
-      if constexpr (kTF32)
-        tile_mma<BM, BN>(tiles[buf], tid, acc);
-      else
-        tile_fma<BM, BN>(tiles[buf], tid, acc);
-      if (more) store_tiles<Prob, BM, BN>(tiles[buf ^ 1], tid, ra, rb);
-      __syncthreads();
-      buf ^= 1;
-    }
-  }
+  gemm_mainloop<Prob, BM, BN, kTF32>(pb, g, tid, m0, n0, k_begin, k_end, tiles, acc);
   if constexpr (kTF32)
     store_outputs_mma<Prob, BM, BN>(pb, g, split, tid, m0, n0, acc);
   else

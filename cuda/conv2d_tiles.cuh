@@ -451,6 +451,39 @@ __device__ __forceinline__ void tile_mma(const Tile<BM, BN>& t, int tid,
             "r"(__float_as_uint(a[mi][3])), "r"(__float_as_uint(b[ni][0])), "r"(__float_as_uint(b[ni][1])));
     }
 }
+
+// The block's main loop (device only: it synchronizes the block), shared by the conv and linear
+// GEMM kernels: acc = this block's (m0, n0) tile of A B over the reduction range [k_begin, k_end)
+// of group g, double-buffered through `tiles`. Step k reads tiles[buf] and fills tiles[buf ^ 1];
+// the one barrier per step separates both from the previous step, which read tiles[buf ^ 1].
+// kTF32: the k steps go through tensor cores (tile_mma) instead of FMAs (tile_fma).
+template <class Prob, int BM, int BN, bool kTF32>
+__device__ __forceinline__ void gemm_mainloop(const Prob& pb, int g, int tid, int m0, int n0, int k_begin, int k_end,
+                                              Tile<BM, BN> (&tiles)[2],
+                                              float (&acc)[Tile<BM, BN>::TM][Tile<BM, BN>::TN]) {
+  using T = Tile<BM, BN>;
+#pragma unroll
+  for (int i = 0; i < T::TM; ++i)
+#pragma unroll
+    for (int j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
+  if (k_begin >= k_end) return;
+  float ra[T::LA], rb[T::LB];
+  load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k_begin, k_end, ra, rb);
+  store_tiles<Prob, BM, BN>(tiles[0], tid, ra, rb);
+  __syncthreads();
+  int buf = 0;
+  for (int k0 = k_begin; k0 < k_end; k0 += kBK) {
+    const bool more = k0 + kBK < k_end;
+    if (more) load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k0 + kBK, k_end, ra, rb);
+    if constexpr (kTF32)
+      tile_mma<BM, BN>(tiles[buf], tid, acc);
+    else
+      tile_fma<BM, BN>(tiles[buf], tid, acc);
+    if (more) store_tiles<Prob, BM, BN>(tiles[buf ^ 1], tid, ra, rb);
+    __syncthreads();
+    buf ^= 1;
+  }
+}
 #endif
 
 template <class Prob, int BM, int BN>

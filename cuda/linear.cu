@@ -36,7 +36,6 @@ device's SM count, so results are bitwise reproducible run to run. Empty extents
 namespace fastopt::cuda {
 namespace {
 
-using conv::kBK;
 using conv::kThreads;
 using conv::Tile;
 using detail::as_stream;
@@ -82,30 +81,8 @@ __global__ void __launch_bounds__(kThreads, BM == 128 ? 2 : 1) gemm_kernel(const
   const int n0 = static_cast<int>(blockIdx.y) * BN;
   int k_begin, k_end;
   conv::split_range(pb.Kd, pb.splits, split, k_begin, k_end);
-
   float acc[T::TM][T::TN];
-#pragma unroll
-  for (int i = 0; i < T::TM; ++i)
-#pragma unroll
-    for (int j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
-
-  if (k_begin < k_end) {
-    float ra[T::LA], rb[T::LB];
-    conv::load_tiles<Prob, BM, BN>(pb, 0, tid, m0, n0, k_begin, k_end, ra, rb);
-    conv::store_tiles<Prob, BM, BN>(tiles[0], tid, ra, rb);
-    __syncthreads();
-    int buf = 0;
-    // Step k reads tiles[buf] and fills tiles[buf ^ 1]; the one barrier per step separates both
-    // from the previous step, which read tiles[buf ^ 1].
-    for (int k0 = k_begin; k0 < k_end; k0 += kBK) {
-      const bool more = k0 + kBK < k_end;
-      if (more) conv::load_tiles<Prob, BM, BN>(pb, 0, tid, m0, n0, k0 + kBK, k_end, ra, rb);
-      conv::tile_fma<BM, BN>(tiles[buf], tid, acc);
-      if (more) conv::store_tiles<Prob, BM, BN>(tiles[buf ^ 1], tid, ra, rb);
-      __syncthreads();
-      buf ^= 1;
-    }
-  }
+  conv::gemm_mainloop<Prob, BM, BN, false>(pb, 0, tid, m0, n0, k_begin, k_end, tiles, acc);
   conv::store_outputs<Prob, BM, BN>(pb, 0, split, tid, m0, n0, acc);
 }
 
