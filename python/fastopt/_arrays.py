@@ -16,6 +16,11 @@ def _device_index(device):
     raise ValueError(f"device: expected 'cuda', 'cuda:N' or an int, got {device!r}")
 
 
+def canonical_device(device):
+    """'cpu' or 'cuda:N' for any device spelling fastopt accepts ('cuda', 'cuda:1', 1)."""
+    return "cpu" if device == "cpu" else f"cuda:{_device_index(device)}"
+
+
 def to_device(array, device="cuda", stream=0):
     """Copy a NumPy array to the GPU as a fastopt.DeviceArray (dtype and shape kept)."""
     return _C.to_device(np.ascontiguousarray(array), _device_index(device), stream)
@@ -73,15 +78,19 @@ def dtype_of(x):
         return None
 
 
-def full_like(x, value, dtype=np.float32, stream=0):
-    """An array of x's shape on x's device filled with value."""
-    shape = tuple(x.shape)
-    if device_of(x) == "cpu":
+def full(shape, value, dtype=np.float32, device="cuda", stream=0):
+    """An array of this shape on `device` ('cpu' too) filled with value."""
+    if device == "cpu":
         return np.full(shape, value, dtype)
-    out = zeros(shape, dtype, device_of(x), stream)
+    out = zeros(shape, dtype, device, stream)
     if value != 0:
         _C.copy_(out, np.full(shape, value, dtype), stream)
     return out
+
+
+def full_like(x, value, dtype=np.float32, stream=0):
+    """An array of x's shape on x's device filled with value."""
+    return full(tuple(x.shape), value, dtype, device_of(x), stream)
 
 
 def to_numpy(x):

@@ -1,5 +1,5 @@
-"""Data sets for the trainer: scikit-learn's digits (shipped inside the scikit-learn wheel, so
-nothing is downloaded) and synthetic CIFAR-shaped data for benchmarks.
+"""The trainer's data set: scikit-learn's digits (shipped inside the scikit-learn wheel, so
+nothing is downloaded).
 
 Images are float32 NCHW standardized with the training set's mean and standard deviation (one
 scalar each, so an image stays an image); `Dataset.background` is the standardized value of a
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Split", "Dataset", "load_digits", "synthetic"]
+__all__ = ["Split", "Dataset", "load_digits"]
 
 
 @dataclass
@@ -74,10 +74,3 @@ def load_digits(val_fraction=0.1, test_fraction=0.2, seed=0):
     fractions = [1.0 - val_fraction - test_fraction, val_fraction, test_fraction]
     return _standardize("digits", images, d.target, fractions, seed, 10)
 
-
-def synthetic(n=1280, shape=(3, 32, 32), num_classes=10, seed=0):
-    """Random CIFAR-shaped data (benchmarks only: nothing to learn)."""
-    rng = np.random.default_rng(seed)
-    images = rng.standard_normal((n,) + tuple(shape))
-    labels = rng.integers(0, num_classes, n)
-    return _standardize("synthetic", images, labels, [0.8, 0.1, 0.1], seed, num_classes)

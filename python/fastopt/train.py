@@ -76,9 +76,7 @@ class TrainingStopped(RuntimeError):
 def resolve_device(device):
     if device == "auto":
         return "cuda:0" if cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    return f"cuda:{_arrays._device_index(device)}"
+    return _arrays.canonical_device(device)
 
 
 def make_optimizer(name, groups, lr):
@@ -191,7 +189,7 @@ class Trainer:
         c = self.config
         xs, ys = self._epoch_data(self.epoch)
         rng = np.random.default_rng([c.seed, self.epoch, 1])
-        stats = _arrays.zeros((3,), np.float32, self.device) if self.device != "cpu" else np.zeros(3, np.float32)
+        stats = _arrays.zeros((3,), np.float32, self.device)
         n = len(self.data.train)
         bar = Progress(c.progress, self.steps_per_epoch, f"epoch {self.epoch + 1:3d}/{c.epochs}")
         start, last = time.perf_counter(), None
@@ -219,7 +217,7 @@ class Trainer:
         if key not in self._eval_cache:
             self._eval_cache = {key: (self._to_device(split.x), self._to_device(split.y))}
         xs, ys = self._eval_cache[key]
-        stats = _arrays.zeros((3,), np.float32, self.device) if self.device != "cpu" else np.zeros(3, np.float32)
+        stats = _arrays.zeros((3,), np.float32, self.device)
         n = len(split)
         for lo in range(0, n, batch_size):
             logits = self.model.forward(xs[lo:lo + batch_size], training=False)

@@ -8,10 +8,10 @@ import math
 import numpy as np
 
 from .. import functional as F
-from .._arrays import copy_, to_numpy
+from .._arrays import copy_, full, to_numpy
 from ..reference.conv import pair
 from . import init as I
-from .module import Module, Parameter, _alloc
+from .module import Module, Parameter
 
 __all__ = [
     "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "ReLU", "LeakyReLU",
@@ -129,8 +129,8 @@ class _BatchNorm(Module):
     def build(self, device, seed):
         super().build(device, seed)
         if self.track_running_stats:
-            self.running_mean = _alloc((self.num_features,), device)
-            self.running_var = _alloc((self.num_features,), device, fill=1.0)
+            self.running_mean = full((self.num_features,), 0.0, device=device)
+            self.running_var = full((self.num_features,), 1.0, device=device)
 
     def forward(self, x, training=True):
         if len(x.shape) not in self.ndims or x.shape[1] != self.num_features:

@@ -37,15 +37,6 @@ class Parameter:
         return f"Parameter(shape={self.shape}, decay={self.decay})"
 
 
-def _alloc(shape, device, dtype=np.float32, fill=0.0):
-    if device == "cpu":
-        return np.full(shape, fill, dtype)
-    out = _arrays.zeros(shape, dtype, device)
-    if fill != 0.0:
-        copy_(out, np.full(shape, fill, dtype))
-    return out
-
-
 def _view(flat, start, shape):
     return flat[start:start + int(np.prod(shape))].reshape(tuple(shape))
 
@@ -115,7 +106,7 @@ class ParameterStore:
                 raise ValueError(f"init: returned shape {value.shape} for a parameter of shape {p.shape}")
             host[offsets[id(p)]:offsets[id(p)] + p.size] = value.ravel()
         self.data = host if device == "cpu" else _arrays.to_device(host, device)
-        self.grad = _alloc((self.size,), device)
+        self.grad = _arrays.zeros((self.size,), np.float32, device)
         for p in self.parameters:
             p.data = _view(self.data, offsets[id(p)], p.shape)
             p.grad = _view(self.grad, offsets[id(p)], p.shape)
@@ -157,7 +148,7 @@ class Sequential(Module):
         """Allocate the parameters (one flat buffer on `device`, drawn from `seed`) and every
         layer's state; returns the ParameterStore. input_grad=False skips d(input) of the first
         layer (its input is data)."""
-        device = "cpu" if device == "cpu" else f"cuda:{_arrays._device_index(device)}"
+        device = _arrays.canonical_device(device)
         self.device = device
         seeds = np.random.SeedSequence(seed).spawn(len(self.layers) + 1)
         self.store = ParameterStore(self.parameters(), device, seeds[0])
