@@ -428,7 +428,21 @@ FASTOPT_HD void mma_fragments(const Tile<BM, BN>& t, int tid, float (&a)[Mma<BM,
   }
 }
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(FASTOPT_CUDA_EMULATION)
+// d += a b for one warp-wide m16n8k8 TF32 product, each lane holding its fragments.
+__device__ __forceinline__ void mma_m16n8k8_tf32(float& d0, float& d1, float& d2, float& d3, const float (&a)[4],
+                                                 const float (&b)[2]) {
+#if defined(FASTOPT_CUDA_EMULATION)
+  fastopt_emulation::mma_m16n8k8_tf32(d0, d1, d2, d3, a, b);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
+      : "r"(__float_as_uint(a[0])), "r"(__float_as_uint(a[1])), "r"(__float_as_uint(a[2])), "r"(__float_as_uint(a[3])),
+        "r"(__float_as_uint(b[0])), "r"(__float_as_uint(b[1])));
+#endif
+}
+
 // acc += this k step's A B for the thread's fragments (device only: the mma is warp-collective;
 // a host replay gathers all lanes' mma_fragments and applies the PTX layout itself).
 template <int BM, int BN>
@@ -442,13 +456,8 @@ __device__ __forceinline__ void tile_mma(const Tile<BM, BN>& t, int tid,
 #pragma unroll
     for (int ni = 0; ni < NI; ++ni) {
       const int f = (mi * NI + ni) * 4;
-      asm volatile(
-          "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-          "{%0,%1,%2,%3};"
-          : "+f"(acc[f / TN][f % TN]), "+f"(acc[(f + 1) / TN][(f + 1) % TN]), "+f"(acc[(f + 2) / TN][(f + 2) % TN]),
-            "+f"(acc[(f + 3) / TN][(f + 3) % TN])
-          : "r"(__float_as_uint(a[mi][0])), "r"(__float_as_uint(a[mi][1])), "r"(__float_as_uint(a[mi][2])),
-            "r"(__float_as_uint(a[mi][3])), "r"(__float_as_uint(b[ni][0])), "r"(__float_as_uint(b[ni][1])));
+      mma_m16n8k8_tf32(acc[f / TN][f % TN], acc[(f + 1) / TN][(f + 1) % TN], acc[(f + 2) / TN][(f + 2) % TN],
+                       acc[(f + 3) / TN][(f + 3) % TN], a[mi], b[ni]);
     }
 }
 

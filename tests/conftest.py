@@ -18,6 +18,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def torch_with_cuda():
+    """torch, for tests that share GPU memory with it; skips without a CUDA torch and GPU (the
+    FASTOPT_CUDA=EMULATE build has no GPU to share)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without a usable CUDA device")
+    return torch
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     return request.param

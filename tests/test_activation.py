@@ -13,7 +13,7 @@ import fastopt
 from fastopt import functional as F
 from fastopt.reference import activation as R
 
-from conftest import fetch, put
+from conftest import fetch, put, torch_with_cuda
 
 SHAPES = [(0,), (1,), (7,), (2, 0, 3), (3, 5, 7, 9), (2, 3, 13, 11), (4099,), (32768 * 2 + 13,)]
 SLOPES = [0.01, 0.2, 0.0, -0.5, 1.5, 1 / 3]
@@ -153,9 +153,7 @@ def test_mixed_devices_are_an_error():
 @pytest.mark.gpu
 def test_gpu_equals_cpu_on_unaligned_views_and_torch_stream(rng):
     # Views starting 1 float into a buffer take the scalar path; a torch stream is honoured.
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("torch without CUDA")
+    torch = torch_with_cuda()
     x = _inputs(rng, (100003,))
     dy = rng.standard_normal(x.shape).astype(np.float32)
     tx = torch.from_numpy(np.concatenate([[0], x]).astype(np.float32)).cuda()[1:]

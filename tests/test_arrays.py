@@ -9,6 +9,7 @@ import pytest
 
 import fastopt
 from fastopt import optim
+from conftest import torch_with_cuda
 
 
 
@@ -234,7 +235,7 @@ def test_device_array_views_share_memory(rng):
 
 @pytest.mark.gpu
 def test_torch_and_cupy_share_memory_with_device_arrays(rng):
-    torch = pytest.importorskip("torch")
+    torch = torch_with_cuda()
     x = rng.standard_normal(100).astype(np.float32)
     d = fastopt.to_device(x)
     t = torch.from_dlpack(d)
@@ -247,7 +248,7 @@ def test_torch_and_cupy_share_memory_with_device_arrays(rng):
 
 @pytest.mark.gpu
 def test_step_on_torch_cuda_tensors_in_place(rng):
-    torch = pytest.importorskip("torch")
+    torch = torch_with_cuda()
     init = rng.standard_normal(1000).astype(np.float32)
     g = rng.standard_normal(1000).astype(np.float32)
     p = torch.tensor(init, device="cuda")
@@ -272,7 +273,7 @@ def test_mixed_devices_rejected(rng):
 @pytest.mark.gpu
 def test_tensor_over_2_31_elements():
     # int64 indexing end to end: SGD on 2^31 + 5 elements (17 GB of device memory).
-    torch = pytest.importorskip("torch")
+    torch = torch_with_cuda()
     n = 2**31 + 5
     p = torch.zeros(n, device="cuda")
     g = torch.ones(n, device="cuda")

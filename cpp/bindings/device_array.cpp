@@ -19,6 +19,14 @@ bool cuda_compiled() {
 #endif
 }
 
+bool cuda_emulated() {
+#ifdef FASTOPT_CUDA_EMULATION
+  return true;
+#else
+  return false;
+#endif
+}
+
 int cuda_device_count() {
 #ifdef FASTOPT_WITH_CUDA
   static const int n = cuda::device_count();

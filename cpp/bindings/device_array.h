@@ -35,6 +35,7 @@ struct DeviceArray {
 };
 
 bool cuda_compiled();
+bool cuda_emulated();                 // FASTOPT_CUDA=EMULATE: "device" memory and kernels on the host
 int cuda_device_count();              // 0 without CUDA support, driver or GPU
 int cuda_device_of(const void* ptr);  // for CUDA-array-interface pointers
 void require_cuda(const char* what);  // RuntimeError unless a GPU can be used

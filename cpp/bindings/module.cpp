@@ -29,6 +29,7 @@ PYBIND11_MODULE(_C, m) {
     py::dict d;
     d["version"] = FASTOPT_VERSION;
     d["cuda"] = cuda_compiled();
+    d["cuda_emulated"] = cuda_emulated();
 #ifdef FASTOPT_WITH_CUDA
     d["cuda_version"] = FASTOPT_CUDA_VERSION;
     d["cuda_architectures"] = FASTOPT_CUDA_ARCHS;
@@ -50,6 +51,7 @@ PYBIND11_MODULE(_C, m) {
 
   py::module_ c = m.def_submodule("cuda", "CUDA device queries");
   c.def("is_compiled", &cuda_compiled);
+  c.def("is_emulated", &cuda_emulated, "Built with FASTOPT_CUDA=EMULATE: the CUDA kernels run on the host.");
   c.def("device_count", &cuda_device_count, "GPUs usable here; 0 without a GPU or driver (never an error).");
   c.def("device_name", [](int device) -> std::string {
     require_cuda("fastopt.cuda.device_name");

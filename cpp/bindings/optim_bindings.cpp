@@ -168,10 +168,12 @@ py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence state
   }
 #ifdef FASTOPT_WITH_CUDA
   if (!req.check_finite) {
-    py::gil_scoped_release nogil;
-    cuda::set_device(device);
-    cuda::optim_step(req, nullptr, nullptr, reinterpret_cast<void*>(stream));
-    return py::make_tuple(py::none(), false);
+    {
+      py::gil_scoped_release nogil;
+      cuda::set_device(device);
+      cuda::optim_step(req, nullptr, nullptr, reinterpret_cast<void*>(stream));
+    }
+    return py::make_tuple(py::none(), false);  // with the GIL again
   }
   auto [norm, flag] = device_scalars(device, stream);
   {

@@ -3,8 +3,20 @@ from . import _C
 
 
 def is_available():
-    """True when fastopt was built with CUDA and a GPU with a working driver is present."""
+    """True when fastopt was built with CUDA and a GPU with a working driver is present (or the
+    build emulates one: see is_emulated)."""
     return _C.cuda.device_count() > 0
+
+
+def is_emulated():
+    """True for a test build (FASTOPT_CUDA=EMULATE) whose CUDA kernels run on the host: device 0
+    is then an emulation, right but slow, never the default and never benchmarked."""
+    return _C.cuda.is_emulated()
+
+
+def has_gpu():
+    """True when a real GPU is usable (available and not emulated)."""
+    return is_available() and not is_emulated()
 
 
 def device_count():

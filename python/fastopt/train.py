@@ -75,7 +75,7 @@ class TrainingStopped(RuntimeError):
 
 def resolve_device(device):
     if device == "auto":
-        return "cuda:0" if cuda.is_available() else "cpu"
+        return "cuda:0" if cuda.has_gpu() else "cpu"
     return _arrays.canonical_device(device)
 
 

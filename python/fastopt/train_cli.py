@@ -161,4 +161,7 @@ def main(argv=None):
     if args.device.startswith("cuda") and not cuda.is_available():
         p.error(f"--device {args.device}: no usable CUDA GPU here (fastopt.cuda.is_available() is False); "
                 "use --device cpu or auto")
+    if args.device.startswith("cuda") and cuda.is_emulated():
+        print("note: this build's CUDA device is the host emulation (FASTOPT_CUDA=EMULATE): right, but slow",
+              file=sys.stderr)
     return _run(args)

@@ -153,7 +153,7 @@ def time_layer(device, layer, n, torch, repeat, with_reference, ref_repeat):
 # ------------------------------------------------------------------------ report
 def run(args):
     torch = torch_or_none()
-    gpu = fastopt.cuda.is_available()
+    gpu = fastopt.cuda.has_gpu()
     if args.device == "cuda" and not gpu:
         raise SystemExit("conv2d bench: --device cuda, but no usable GPU")
     devices = ["cpu", "cuda"] if args.device == "all" and gpu else (["cpu"] if args.device == "all" else [args.device])

@@ -57,7 +57,7 @@ def parse_args(argv=None):
 
 
 def _devices(choice):
-    gpu = fastopt.cuda.is_available()
+    gpu = fastopt.cuda.has_gpu()
     if choice == "cuda" and not gpu:
         raise SystemExit("fastopt bench dropout: --device cuda, but no usable GPU here")
     return {"cpu": ["cpu"], "cuda": ["cuda"], "all": ["cpu"] + (["cuda"] if gpu else [])}[choice]

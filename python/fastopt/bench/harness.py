@@ -33,7 +33,7 @@ def main(argv=None):
 
 
 def pick_devices(choice):
-    gpu = fastopt.cuda.is_available()
+    gpu = fastopt.cuda.has_gpu()
     if choice == "cuda" and not gpu:
         raise SystemExit("fastopt bench: --device cuda, but no usable GPU (see `fastopt info`)")
     return ["cpu", "cuda"] if choice == "all" and gpu else (["cpu"] if choice == "all" else [choice])

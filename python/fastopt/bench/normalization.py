@@ -269,7 +269,7 @@ def draw(doc, path):
 
 
 def run(args):
-    gpu = fastopt.cuda.is_available()
+    gpu = fastopt.cuda.has_gpu()
     if args.device == "cuda" and not gpu:
         raise SystemExit("fastopt bench normalization: --device cuda, but no usable GPU")
     devices = ["cpu", "cuda"] if args.device == "all" and gpu else (["cpu"] if args.device == "all" else

@@ -305,8 +305,8 @@ def main(argv=None):
     if torch is not None:
         torch.manual_seed(0)
     devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else (
-        ["cpu"] + (["cuda"] if fastopt.cuda.is_available() else []))
-    if "cuda" in devices and not fastopt.cuda.is_available():
+        ["cpu"] + (["cuda"] if fastopt.cuda.has_gpu() else []))
+    if "cuda" in devices and not fastopt.cuda.has_gpu():
         log("no usable GPU")
         return 1
     info = {"cpu": cpu_model()}
