@@ -224,3 +224,39 @@ def test_thread_count_does_not_change_bits(tmp_path):
     for other in results[1:]:
         for key in results[0].files:
             np.testing.assert_array_equal(results[0][key], other[key], err_msg=key)
+
+
+# TF32 (opt-in): each operand rounded to 10 mantissa bits (unit roundoff 2^-11), so a product is
+# off by at most (2 * 2^-11 + 2^-22) |a b| and each output by that times sum |a b| (the reference
+# on |x|, |w|, |dy|), plus float32 accumulation over Kd terms. CPU has no TF32: bit-identical.
+# On the GPU the GEMM paths must show TF32's rounding; small grouped layers take the exact
+# float32 gather kernels (TF32 is allowed, not required).
+@pytest.mark.parametrize("n, c, h, k, r, stride, padding, groups, gemm", [
+    (2, 16, 11, 24, 3, 1, 1, 1, True),   # implicit GEMM
+    (3, 32, 9, 40, 1, 1, 0, 1, True),    # 1x1 as a plain GEMM
+    (2, 12, 13, 16, 3, 2, 1, 2, False),  # strided, grouped
+])
+def test_tf32_is_opt_in_and_within_its_rounding_bound(backend, rng, n, c, h, k, r, stride, padding, groups, gemm):
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    wt = rng.standard_normal((k, c // groups, r, r)).astype(np.float32)
+    args = (stride, padding, 1, groups)
+    y = fetch(F.conv2d_forward(put(x, backend), put(wt, backend), None, *args, allow_tf32=True))
+    y32 = fetch(F.conv2d_forward(put(x, backend), put(wt, backend), None, *args))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    grads = F.conv2d_backward(put(dy, backend), put(x, backend), put(wt, backend), *args, need=(True, True, False),
+                              allow_tf32=True)
+    grads32 = F.conv2d_backward(put(dy, backend), put(x, backend), put(wt, backend), *args, need=(True, True, False))
+    ax, aw, ady = np.abs(x), np.abs(wt), np.abs(dy)
+    terms = max(c // groups * r * r, k // groups * r * r, n * y.shape[2] * y.shape[3])
+    unit = 2 * 2.0**-11 + 2.0**-22 + terms * 2.0**-24
+    cases = [("y", y, y32, ref.conv2d_forward(x, wt, None, *args), ref.conv2d_forward(ax, aw, None, *args))]
+    (dx, dw, _), (dx32, dw32, _) = grads, grads32
+    want_dx, want_dw, _ = ref.conv2d_backward(dy, x, wt, *args, need=(True, True, False))
+    abs_dx, abs_dw, _ = ref.conv2d_backward(ady, ax, aw, *args, need=(True, True, False))
+    cases += [("dx", fetch(dx), fetch(dx32), want_dx, abs_dx), ("dw", fetch(dw), fetch(dw32), want_dw, abs_dw)]
+    for name, got, got32, want, scale in cases:
+        assert np.all(np.abs(got - want) <= unit * scale + 1e-30), name
+        if backend == "cpu":
+            np.testing.assert_array_equal(got, got32, err_msg=name)
+        elif gemm:  # the tensor cores did run: TF32 rounding moves some outputs
+            assert not np.array_equal(got, got32), name

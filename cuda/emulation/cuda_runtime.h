@@ -8,7 +8,8 @@ What it models, to catch the bugs a GPU would show:
 - Every CUDA thread runs on a fiber of its own. A block's fibers run one at a time, each until it
   waits at a barrier (__syncthreads, __syncthreads_or, a warp shuffle) or returns; the order in
   which they are resumed is reversed or shuffled from launch to launch, so code that reads
-  another thread's shared or global writes without a barrier in between gives varying results.
+  another thread's shared or global writes without a barrier in between gives varying results
+  (the order's seed is fixed; FASTOPT_CUDA_EMULATION_SEED=N draws other orders).
 - Warp shuffles exchange values through the warp's 32 lanes exactly as the hardware does
   (__shfl_down_sync, __shfl_xor_sync, __shfl_sync), and block barriers count exited threads as
   arrived. A barrier that some live thread never reaches is reported as a deadlock.

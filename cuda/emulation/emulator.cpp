@@ -314,8 +314,12 @@ void fiber_main() {
   switch_context(b.fibers[t].context, b.scheduler);
 }
 
+// Fixed, so that a failure repeats; FASTOPT_CUDA_EMULATION_SEED explores other interleavings.
 std::mt19937_64& order_rng() {
-  static thread_local std::mt19937_64 rng(0x5eed);
+  static thread_local std::mt19937_64 rng([] {
+    const char* v = std::getenv("FASTOPT_CUDA_EMULATION_SEED");
+    return v != nullptr ? std::strtoull(v, nullptr, 10) : 0x5eedull;
+  }());
   return rng;
 }
 
