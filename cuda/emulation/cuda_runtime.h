@@ -9,7 +9,8 @@ What it models, to catch the bugs a GPU would show:
   waits at a barrier (__syncthreads, __syncthreads_or, a warp shuffle) or returns; the order in
   which they are resumed is reversed or shuffled from launch to launch, so code that reads
   another thread's shared or global writes without a barrier in between gives varying results
-  (the order's seed is fixed; FASTOPT_CUDA_EMULATION_SEED=N draws other orders).
+  (the order's seed is fixed; FASTOPT_CUDA_EMULATION_SEED=N draws other orders). Blocks run one
+  at a time, also in an order that changes per launch.
 - Warp shuffles exchange values through the warp's 32 lanes exactly as the hardware does
   (__shfl_down_sync, __shfl_xor_sync, __shfl_sync), and block barriers count exited threads as
   arrived. A barrier that some live thread never reaches is reported as a deadlock.
@@ -18,7 +19,7 @@ What it models, to catch the bugs a GPU would show:
   cudaErrorInvalidValue) for cudaGetLastError, as the runtime does, and runs nothing.
 - Device memory comes poisoned (every byte 0xFF: float NaN), as uninitialized GPU memory is not
   zero; pointers know their "device", so the bindings' device checks behave as on a GPU.
-Not modelled: timing, concurrency between blocks, memory ordering across blocks, and TF32
+Not modelled: timing, blocks running at the same time, memory ordering across blocks, and TF32
 rounding inside the tensor-core product (the operands are rounded to TF32, the sums are fp32).
 
 The launch syntax kernel<<<grid, block, smem, stream>>>(args) is rewritten at build time

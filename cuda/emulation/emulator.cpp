@@ -450,10 +450,22 @@ void run_grid(dim3 grid, dim3 block, size_t smem, size_t param_bytes, void (*bod
     case 2: std::shuffle(b.order.begin(), b.order.end(), order_rng()); break;
     default: break;
   }
+  // Blocks run one after another, in an order that also changes per launch: forward, backward
+  // or shuffled (a kernel must not depend on the order in which its blocks run).
+  const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+  const uint64_t mode = order_rng()() % 3;
+  std::vector<uint64_t> perm;
+  if (mode == 2) {
+    perm.resize(blocks);
+    for (uint64_t i = 0; i < blocks; ++i) perm[i] = i;
+    std::shuffle(perm.begin(), perm.end(), order_rng());
+  }
   active = &b;
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) run_block(b, x, y, z);
+  for (uint64_t i = 0; i < blocks; ++i) {
+    const uint64_t k = mode == 0 ? i : mode == 1 ? blocks - 1 - i : perm[i];
+    run_block(b, static_cast<unsigned>(k % grid.x), static_cast<unsigned>(k / grid.x % grid.y),
+              static_cast<unsigned>(k / (uint64_t{grid.x} * grid.y)));
+  }
   active = nullptr;
 }
 
