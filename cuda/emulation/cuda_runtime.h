@@ -12,8 +12,8 @@ What it models, to catch the bugs a GPU would show:
   (the order's seed is fixed; FASTOPT_CUDA_EMULATION_SEED=N draws other orders). Blocks run one
   at a time, also in an order that changes per launch.
 - Warp shuffles exchange values through the warp's 32 lanes exactly as the hardware does
-  (__shfl_down_sync, __shfl_xor_sync, __shfl_sync), and block barriers count exited threads as
-  arrived. A barrier that some live thread never reaches is reported as a deadlock.
+  (__shfl_down_sync, __shfl_xor_sync: the ones the sources use), and block barriers count exited
+  threads as arrived. A barrier that some live thread never reaches is reported as a deadlock.
 - Launch limits: block size (<= 1024), grid dimensions (x < 2^31, y and z < 65536) and the 32764
   bytes of kernel parameters; a launch beyond them records cudaErrorInvalidConfiguration (or
   cudaErrorInvalidValue) for cudaGetLastError, as the runtime does, and runs nothing.
@@ -74,7 +74,6 @@ enum cudaError_t {
   cudaErrorNoDevice = 100,
   cudaErrorInvalidDevice = 101,
   cudaErrorInvalidConfiguration = 9,
-  cudaErrorLaunchFailure = 719,
 };
 using cudaError = cudaError_t;
 enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
@@ -100,7 +99,6 @@ struct cudaDeviceProp {
 
 // ------------------------------------------------------------------------------ runtime API
 cudaError_t cudaGetLastError();
-cudaError_t cudaPeekAtLastError();
 const char* cudaGetErrorString(cudaError_t err);
 cudaError_t cudaGetDeviceCount(int* count);
 cudaError_t cudaGetDevice(int* device);
@@ -120,7 +118,6 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t nbytes, cudaMemcpyKind
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t nbytes, cudaMemcpyKind kind, cudaStream_t stream);
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t nbytes, cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
-cudaError_t cudaDeviceSynchronize();
 
 // ------------------------------------------------------------------------------ device side
 namespace fastopt_emulation {
@@ -188,13 +185,7 @@ constexpr int warpSize = 32;
 
 inline void __syncthreads() { fastopt_emulation::sync_block(); }
 inline int __syncthreads_or(int predicate) { return fastopt_emulation::sync_block_or(predicate); }
-inline void __syncwarp(unsigned = 0xffffffffu) { fastopt_emulation::warp_exchange(0, -1); }
 
-template <class T>
-T __shfl_sync(unsigned, T v, int src, int width = 32) {
-  const int lane = fastopt_emulation::lane_id();
-  return fastopt_emulation::shuffle(v, (lane / width) * width + (src % width));
-}
 template <class T>
 T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
   const int lane = fastopt_emulation::lane_id();
@@ -234,4 +225,3 @@ std::common_type_t<A, B> max(A a, B b) {
 }
 using std::isfinite;
 using std::isinf;
-using std::isnan;

@@ -1,5 +1,5 @@
-// The CUDA host emulation's runtime: device memory on the host heap, and kernel launches as
-// fibers (see cuda_runtime.h for what is and is not modelled). Single device, one launch at a
+// The CUDA host emulation's runtime: device memory as guarded host mappings, and kernel launches
+// as fibers (see cuda_runtime.h for what is and is not modelled). Single device, one launch at a
 // time per host thread; the bindings hold the GIL around every call anyway.
 #include "cuda_runtime.h"
 
@@ -18,7 +18,6 @@
 #include <mutex>
 #include <random>
 #include <stdexcept>
-#include <string>
 #include <vector>
 
 namespace {
@@ -274,32 +273,27 @@ void yield() {
   switch_context(b.fibers[b.running].context, b.scheduler);
 }
 
+void release(Barrier& bar) {
+  bar.arrived = 0;
+  bar.or_result = bar.or_value;
+  bar.or_value = 0;
+  ++bar.generation;
+  ++active->progress;
+}
+
 // Counts this thread in; the last arrival (exited threads count as arrived) releases the others.
 void arrive_and_wait(Barrier& bar) {
   const uint64_t gen = bar.generation;
   if (++bar.arrived == bar.live) {
-    bar.arrived = 0;
-    bar.or_result = bar.or_value;
-    bar.or_value = 0;
-    ++bar.generation;
-    ++active->progress;
+    release(bar);
     return;
   }
   while (bar.generation == gen) yield();
 }
 
+// A returning thread: if all the others still live are waiting, it was the last one.
 void leave(Barrier& bar) {
-  if (--bar.live > 0 && bar.arrived == bar.live) {
-    bar.arrived = 0;
-    bar.or_result = bar.or_value;
-    bar.or_value = 0;
-    ++bar.generation;
-  }
-}
-
-int thread_rank() {
-  const Block& b = *active;
-  return b.running;
+  if (--bar.live > 0 && bar.arrived == bar.live) release(bar);
 }
 
 void fiber_main() {
@@ -376,11 +370,11 @@ int sync_block_or(int predicate) {
   return bar.or_result;
 }
 
-int lane_id() { return thread_rank() % kWarp; }
+int lane_id() { return active->running % kWarp; }
 
 uint64_t warp_exchange(uint64_t value, int src) {
   Block& b = *active;
-  const int t = thread_rank(), w = t / kWarp;
+  const int t = active->running, w = t / kWarp;
   b.slots[t] = value;
   arrive_and_wait(b.warps[w]);
   const int s = w * kWarp + src;
@@ -391,7 +385,7 @@ uint64_t warp_exchange(uint64_t value, int src) {
 
 void mma_m16n8k8_tf32(float& d0, float& d1, float& d2, float& d3, const float (&a)[4], const float (&b)[2]) {
   Block& blk = *active;
-  const int t = thread_rank(), w = t / kWarp, lane = t % kWarp;
+  const int t = active->running, w = t / kWarp, lane = t % kWarp;
   if (blk.warps[w].live != kWarp) {
     std::fprintf(stderr, "fastopt CUDA emulation: mma.sync in a warp that is not whole\n");
     std::abort();
@@ -477,7 +471,6 @@ cudaError_t cudaGetLastError() {
   last_error = cudaSuccess;
   return err;
 }
-cudaError_t cudaPeekAtLastError() { return last_error; }
 
 const char* cudaGetErrorString(cudaError_t err) {
   switch (err) {
@@ -567,4 +560,3 @@ cudaError_t cudaMemsetAsync(void* ptr, int value, size_t nbytes, cudaStream_t) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
