@@ -1,7 +1,8 @@
 """The CUDA host emulation itself (cuda/emulation), which tests/test_build_variants.py runs the
 GPU suite on: tests/native/emulation_selftest.cu checks its shuffles, barriers, TF32 mma layout,
-launch limits and memory checks, that a missing barrier shows, and that a deadlock, a write past
-the end of an allocation and a host read of device memory each stop the program with a message."""
+launch limits, memory checks and the poisoning of shared and device memory, that a missing
+barrier shows, and that a deadlock, a write past the end of an allocation and a host read of
+device memory each stop the program with a message."""
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ def selftest(tmp_path_factory):
         pytest.skip("the emulation needs a C++ compiler on Linux")
     out = tmp_path_factory.mktemp("emulation")
     rewritten = out / "selftest.cpp"
-    subprocess.run([sys.executable, str(EMULATION / "rewrite_launches.py"), str(source), str(rewritten)], check=True)
+    subprocess.run([sys.executable, str(EMULATION / "rewrite_for_host.py"), str(source), str(rewritten)], check=True)
     exe = out / "selftest"
     build = subprocess.run([cxx, "-std=c++17", "-O1", "-ffp-contract=off", f"-I{EMULATION}", "-include",
                             str(EMULATION / "cuda_runtime.h"), str(rewritten), str(EMULATION / "emulator.cpp"),

@@ -22,8 +22,8 @@ What it models, to catch the bugs a GPU would show:
 Not modelled: timing, blocks running at the same time, memory ordering across blocks, and TF32
 rounding inside the tensor-core product (the operands are rounded to TF32, the sums are fp32).
 
-The launch syntax kernel<<<grid, block, smem, stream>>>(args) is rewritten at build time
-(rewrite_launches.py) into fastopt_emulation::launch(grid, block, smem, stream)(call, args), where
+Shared memory is poisoned at the start of every block, too. The launch syntax
+kernel<<<grid, block, smem, stream>>>(args) is rewritten at build time (rewrite_for_host.py) into fastopt_emulation::launch(grid, block, smem, stream)(call, args), where
 call is a generic lambda that calls the kernel, so that template arguments are deduced as nvcc
 deduces them.
 */
@@ -127,6 +127,11 @@ struct ThreadState {
   dim3 block_dim, grid_dim;
 };
 const ThreadState& current();
+
+// Poisons a __shared__ variable (every byte 0xFF) the first time a thread of the block reaches
+// its declaration: a block's shared memory starts as garbage, and a static would keep the last
+// block's values.
+void fresh_shared(void* p, size_t nbytes);
 
 void sync_block();
 int sync_block_or(int predicate);

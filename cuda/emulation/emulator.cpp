@@ -260,6 +260,7 @@ struct Block {
   std::vector<Barrier> warps;
   std::vector<uint64_t> slots;  // one exchange slot per thread
   std::vector<float> fragments;  // 6 per thread: a mma's a[4] and b[2]
+  std::vector<void*> fresh;      // __shared__ variables poisoned in this block
   uint64_t progress = 0;        // barrier releases and returns: a pass without any is a deadlock
   void (*body)(void*) = nullptr;
   void* ctx = nullptr;
@@ -320,6 +321,7 @@ std::mt19937_64& order_rng() {
 void run_block(Block& b, unsigned bx, unsigned by, unsigned bz) {
   const int threads = static_cast<int>(b.fibers.size());
   b.state.block = {bx, by, bz};
+  b.fresh.clear();
   b.block = Barrier{};
   b.block.live = threads;
   for (size_t w = 0; w < b.warps.size(); ++w) {
@@ -359,6 +361,13 @@ namespace fastopt_emulation {
 const ThreadState& current() {
   if (active == nullptr) return host_state;
   return active->state;
+}
+
+void fresh_shared(void* p, size_t nbytes) {
+  std::vector<void*>& fresh = active->fresh;
+  if (std::find(fresh.begin(), fresh.end(), p) != fresh.end()) return;
+  std::memset(p, 0xFF, nbytes);
+  fresh.push_back(p);
 }
 
 void sync_block() { arrive_and_wait(active->block); }

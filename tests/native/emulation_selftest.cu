@@ -57,6 +57,15 @@ __global__ void one_mma(const float* A, const float* B, float* D) {
   D[(g + 8) * 8 + 2 * t + 1] = d[3];
 }
 
+// Reads shared memory before any write: garbage on a GPU, NaN here in every block, although
+// each block leaves 1.0 behind.
+__global__ void read_fresh_shared(float* out) {
+  __shared__ float s[32];
+  if (threadIdx.x == 0) out[blockIdx.x] = s[5];
+  __syncthreads();
+  s[threadIdx.x] = 1.0f;
+}
+
 __global__ void noop(float*) {}
 
 // Lanes 0-15 wait at the block barrier, lanes 16-31 of the same warp at a shuffle that needs them.
@@ -144,6 +153,12 @@ void checks() {
     cudaFree(dA);
     cudaFree(dB);
     cudaFree(dD);
+  }
+  {  // shared memory starts poisoned in every block
+    float* d = device_copy(std::vector<float>(4, 0.0f));
+    read_fresh_shared<<<4, 32>>>(d);
+    for (float v : host_copy(d, 4)) REQUIRE(std::isnan(v));
+    cudaFree(d);
   }
   {  // launch limits and memory checks as the runtime reports them
     float* p = device_copy(std::vector<float>(4));
