@@ -80,6 +80,9 @@ def test_cpu_only_build_without_nvcc(tmp_path):
 def test_gpu_suite_passes_on_the_emulated_cuda_backend(tmp_path):
     if not (ROOT / "cuda" / "emulation" / "cuda_runtime.h").exists():
         pytest.skip("not running from a source checkout")
+    import fastopt
+    if fastopt.cuda.has_gpu():
+        pytest.skip("a GPU is here: the GPU tests run on it for real")
     configured, site = build_variant(tmp_path, ["-DFASTOPT_CUDA=EMULATE"])
     assert "CUDA backend EMULATED" in configured
     script = PRELUDE + (
