@@ -38,8 +38,9 @@ def test_train_bench_quick(tmp_path):
 # Every suite's GPU path, at the smallest settings each offers: on a GPU, and in CI on the CUDA
 # emulation, where the benchmarks otherwise refuse the device (its timings mean nothing), so that
 # a lent GPU's few minutes are not lost to a bug in the benchmark code.
-RUN_ON_ANY_CUDA = ("import sys, fastopt\n"
+RUN_ON_ANY_CUDA = ("import sys\n"
                    "sys.meta_path = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]\n"
+                   "import fastopt\n"
                    "fastopt.cuda.has_gpu = fastopt.cuda.is_available\n"
                    "from fastopt.cli import main\n"
                    "sys.exit(main(sys.argv[1:]))\n")
