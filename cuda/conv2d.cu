@@ -46,9 +46,10 @@ namespace {
 
 using detail::as_stream;
 using detail::check;
+using detail::grid_stride_grid;
+using detail::kMaxGridX;
+using detail::sm_count;
 using namespace conv;
-
-constexpr int64_t kMaxGridX = 65535LL * 64;  // grid-stride kernels: plenty of blocks, never past int32
 
 // ------------------------------------------------------------------ kernels
 
@@ -155,17 +156,6 @@ bool force_gather() {
     return v != nullptr && v[0] != '\0' && v[0] != '0';
   }();
   return forced;
-}
-
-int sm_count() {
-  int dev = 0, sms = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  return sms;
-}
-
-dim3 grid_stride_grid(int64_t total) {
-  return dim3(static_cast<unsigned>(std::min(ceil_div(total, kThreads), kMaxGridX)));
 }
 
 template <class Prob, int BM, int BN>

@@ -50,6 +50,21 @@ inline void check(cudaError_t err, const char* what) {
 
 inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
 
+// Streaming multiprocessors of the current device, for grid sizing.
+inline int sm_count() {
+  int dev = 0, sms = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  return sms;
+}
+
+// Grid-stride kernels: plenty of blocks, never past int32.
+constexpr int64_t kMaxGridX = 65535LL * 64;
+inline dim3 grid_stride_grid(int64_t total, int threads = kThreads) {
+  const int64_t blocks = (total + threads - 1) / threads;
+  return dim3(static_cast<unsigned>(blocks < 1 ? 1 : blocks < kMaxGridX ? blocks : kMaxGridX));
+}
+
 // Stream-ordered scratch: freed on the stream after the kernels that use it, even when a later
 // launch throws.
 class Scratch {

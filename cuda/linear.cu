@@ -38,14 +38,14 @@ namespace {
 
 using conv::kThreads;
 using conv::Tile;
+using conv::ceil_div;
 using detail::as_stream;
 using detail::check;
+using detail::grid_stride_grid;
+using detail::sm_count;
 
-constexpr int64_t kMaxGridX = 65535LL * 64;  // grid-stride kernels: plenty of blocks, never past int32
 constexpr int64_t kMaxGridYZ = 65535;
 constexpr int64_t kMaxSplitFloats = int64_t{1} << 26;  // split-K scratch, 256 MiB at most
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // C (M x N) = A (M x Kd) B (Kd x N) (+ bias[n]) with strided operands: A[m][k] = A[m lda + k] when
 // kA (rows contiguous along k) else A[k lda + m]; B[k][n] = B[n ldb + k] when kB else B[k ldb + n].
@@ -143,17 +143,6 @@ __global__ void __launch_bounds__(kThreads) column_sum_kernel(const float* dy, i
 }
 
 // ------------------------------------------------------------------ host side
-
-int sm_count() {
-  int dev = 0, sms = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  return sms;
-}
-
-dim3 grid_stride_grid(int64_t total) {
-  return dim3(static_cast<unsigned>(std::max<int64_t>(1, std::min(ceil_div(total, kThreads), kMaxGridX))));
-}
 
 template <class Prob, int BM, int BN>
 void launch_tiles(const Prob& pb, int64_t splits, cudaStream_t st, const char* what) {

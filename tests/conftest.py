@@ -18,6 +18,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def assert_bits_independent_of_threads(tmp_path, body):
+    """Runs `body` (Python filling the list `out` with arrays, numpy as np and fastopt.functional
+    as F imported) under OMP_NUM_THREADS 1, 2 and 3 and asserts identical bits."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "run.py"
+    script.write_text("import sys, numpy as np, fastopt.functional as F\nout = []\n" + body +
+                      "np.savez(sys.argv[1], *out)\n")
+    results = []
+    for threads in ("1", "2", "3"):
+        path = tmp_path / f"t{threads}.npz"
+        subprocess.run([sys.executable, str(script), str(path)], check=True,
+                       env={**os.environ, "OMP_NUM_THREADS": threads})
+        results.append(np.load(path))
+    for other in results[1:]:
+        for key in results[0].files:
+            np.testing.assert_array_equal(results[0][key], other[key], err_msg=key)
+
+
 def torch_with_cuda():
     """torch, for tests that share GPU memory with it; skips without a CUDA torch and GPU (the
     FASTOPT_CUDA=EMULATE build has no GPU to share)."""

@@ -11,7 +11,7 @@ import pytest
 import fastopt.functional as F
 from fastopt.reference import conv as ref
 
-from conftest import fetch, put
+from conftest import assert_bits_independent_of_threads, fetch, put
 
 RTOL = 1e-5
 
@@ -200,30 +200,14 @@ def test_thread_count_does_not_change_bits(tmp_path):
     # Every reduction has a fixed order (fixed image chunks, fixed KC blocks, no atomics), so one
     # thread and many give identical bits. Shapes hit each CPU path: GEMM with several image
     # chunks, col2im data-grad (stride 2), gather data-grad (wide groups), channel-wise.
-    import os
-    import subprocess
-    import sys
-    script = tmp_path / "run.py"
-    script.write_text(
-        "import sys, numpy as np, fastopt.functional as F\n"
+    assert_bits_independent_of_threads(tmp_path, (
         "rng = np.random.default_rng(7)\n"
-        "out = []\n"
         "for n, c, k, h, st, g in [(6, 16, 24, 19, 1, 1), (4, 8, 16, 17, 2, 2), (2, 64, 48, 9, 1, 2), (3, 8, 16, 11, 1, 8)]:\n"
         "    x = rng.standard_normal((n, c, h, h)).astype(np.float32)\n"
         "    w = rng.standard_normal((k, c // g, 3, 3)).astype(np.float32)\n"
         "    y = F.conv2d_forward(x, w, None, st, 1, 1, g)\n"
         "    dy = rng.standard_normal(y.shape).astype(np.float32)\n"
-        "    out += [y, *F.conv2d_backward(dy, x, w, st, 1, 1, g)]\n"
-        "np.savez(sys.argv[1], *out)\n")
-    results = []
-    for threads in ("1", "2", "3"):
-        path = tmp_path / f"t{threads}.npz"
-        subprocess.run([sys.executable, str(script), str(path)], check=True,
-                       env={**os.environ, "OMP_NUM_THREADS": threads})
-        results.append(np.load(path))
-    for other in results[1:]:
-        for key in results[0].files:
-            np.testing.assert_array_equal(results[0][key], other[key], err_msg=key)
+        "    out += [y, *F.conv2d_backward(dy, x, w, st, 1, 1, g)]\n"))
 
 
 # TF32 (opt-in): each operand rounded to 10 mantissa bits (unit roundoff 2^-11), so a product is

@@ -12,7 +12,7 @@ import pytest
 import fastopt.functional as F
 from fastopt.reference import linear as ref
 
-from conftest import fetch, put
+from conftest import assert_bits_independent_of_threads, fetch, put
 
 RTOL = 1e-5
 
@@ -182,27 +182,11 @@ def test_read_only_inputs_are_fine(rng):
 def test_thread_count_does_not_change_bits(tmp_path):
     # Every output is reduced by one thread in fixed KC blocks, the bias in fixed row blocks: one
     # thread and several give identical bits, on both the serial and the OpenMP paths.
-    import os
-    import subprocess
-    import sys
-    script = tmp_path / "run.py"
-    script.write_text(
-        "import sys, numpy as np, fastopt.functional as F\n"
+    assert_bits_independent_of_threads(tmp_path, (
         "rng = np.random.default_rng(7)\n"
-        "out = []\n"
         "for n, i, o in [(128, 256, 10), (300, 700, 200), (3000, 40, 300), (5, 2000, 900)]:\n"
         "    x = rng.standard_normal((n, i)).astype(np.float32)\n"
         "    w = rng.standard_normal((o, i)).astype(np.float32)\n"
         "    b = rng.standard_normal(o).astype(np.float32)\n"
         "    dy = rng.standard_normal((n, o)).astype(np.float32)\n"
-        "    out += [F.linear_forward(x, w, b), *F.linear_backward(dy, x, w)]\n"
-        "np.savez(sys.argv[1], *out)\n")
-    results = []
-    for threads in ("1", "2", "3"):
-        path = tmp_path / f"t{threads}.npz"
-        subprocess.run([sys.executable, str(script), str(path)], check=True,
-                       env={**os.environ, "OMP_NUM_THREADS": threads})
-        results.append(np.load(path))
-    for other in results[1:]:
-        for key in results[0].files:
-            np.testing.assert_array_equal(results[0][key], other[key], err_msg=key)
+        "    out += [F.linear_forward(x, w, b), *F.linear_backward(dy, x, w)]\n"))
