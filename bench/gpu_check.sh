@@ -6,17 +6,22 @@
 #              with PART=train: the training-step suite and `fastopt train` on digits)
 #   results.tar.gz  one folder per suite: results.json, results.md, chart.png
 #   status.txt one line per stage: name, exit status, seconds
-# PART: all (default), tests (build + tests), bench (build + kernel benchmarks) or train (build +
-# training benchmarks), so that the work can be split over device calls of 10 minutes each.
+# PARTS: comma-separated stages after the build, so that the work can be split over device calls
+# of 10 minutes each: tests (GPU tests, conv2d again on its gather kernels), cpu-tests, optim,
+# normalization, dropout, conv2d, train (training-step suite), digits (`fastopt train`); or the
+# groups all (default: tests, cpu-tests, the four kernel suites), bench (the four kernel suites).
 # At most 8 files come back from that machine, so nothing else is written there.
 # Every stage runs even when an earlier one failed (except that nothing runs without a build);
 # the script's exit status is the first failing stage's. Fits the 10-minute command limit:
 # each stage has a timeout, and the total is held under GPU_CHECK_BUDGET seconds (default 540).
 #
-#   bash bench/gpu_check.sh "$OUT" [all|tests|bench|train]
+#   bash bench/gpu_check.sh "$OUT" [PARTS]
 set -u -o pipefail
-OUT=${1:?usage: gpu_check.sh OUTDIR [all|tests|bench|train]}
-PART=${2:-all}
+OUT=${1:?usage: gpu_check.sh OUTDIR [PARTS]}
+PARTS=,${2:-all},
+PARTS=${PARTS//,all,/,tests,cpu-tests,bench,}
+PARTS=${PARTS//,bench,/,optim,normalization,dropout,conv2d,}
+want() { [[ $PARTS == *,$1,* ]]; }
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
@@ -66,23 +71,20 @@ bench() {  # bench NAME CAP ARGS...: one suite on the GPU
 if stage build 330 build.log python3 -m pip install --no-build-isolation --no-index --no-deps -v . ; then
   # From /tmp, so that the installed package is what gets imported, not the source tree.
   stage info 30 build.log bash -c 'cd /tmp && python3 -m fastopt.cli info && python3 -c "import fastopt, sys; sys.exit(0 if fastopt.cuda.is_available() else 1)"'
-  if [[ $PART == all || $PART == tests ]]; then
-    # ~1000 GPU tests first; the CPU ones (what CI runs) get whatever time is left.
-    stage gpu-tests 240 tests.log python3 -m pytest -q -m gpu tests
-    stage conv-gather 90 tests.log env FASTOPT_CONV2D_GATHER=1 python3 -m pytest -q -m gpu tests/test_conv2d.py
-    stage cpu-tests 200 tests.log python3 -m pytest -q -m "not gpu" tests
+  # xdist, where installed, spreads the ~1000 GPU tests (mostly float64 references) over the cores.
+  xdist=(); python3 -c 'import xdist' 2>/dev/null && xdist=(-n 8)
+  if want tests; then
+    stage gpu-tests 240 tests.log python3 -m pytest -q -rfE "${xdist[@]}" -m gpu tests
+    stage conv-gather 90 tests.log env FASTOPT_CONV2D_GATHER=1 python3 -m pytest -q -rfE "${xdist[@]}" -m gpu tests/test_conv2d.py
   fi
-  if [[ $PART == all || $PART == bench ]]; then
-    bench optim 200 --device cuda --budget 2
-    bench normalization 90 normalization --device cuda
-    bench dropout 60 dropout --device cuda
-    bench conv2d 150 conv2d --device cuda
-  fi
-  if [[ $PART == train ]]; then
-    bench train 200 train --device all
-    # Digits needs scikit-learn, which that machine may lack (no network): then this stage fails alone.
-    stage digits 200 bench.log python3 -m fastopt.cli train --device cuda --out "$OUT/digits"
-  fi
+  want cpu-tests && stage cpu-tests 200 tests.log python3 -m pytest -q -rfE "${xdist[@]}" -m "not gpu" tests
+  want optim && bench optim 200 --device cuda --budget 2
+  want normalization && bench normalization 90 normalization --device cuda
+  want dropout && bench dropout 60 dropout --device cuda
+  want conv2d && bench conv2d 150 conv2d --device cuda
+  want train && bench train 200 train --device all
+  # Digits needs scikit-learn, which that machine may lack (no network): then this stage fails alone.
+  want digits && stage digits 200 bench.log python3 -m fastopt.cli train --device cuda --out "$OUT/digits"
 fi
 ( cd "$OUT" && dirs=$(ls -d */ 2>/dev/null) && [[ -n $dirs ]] && tar czf results.tar.gz $dirs && rm -rf $dirs )
 echo "total $(( SECONDS - START ))s" >> "$OUT/status.txt"
