@@ -4,6 +4,7 @@ plain definition (and against torch in float64 when installed), and argument che
 Tolerance: max |native - reference| / max |reference| < 1e-5 for every output (float32
 accumulation over at most a few hundred terms here; the issue's bound is 1e-4)."""
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -242,5 +243,5 @@ def test_tf32_is_opt_in_and_within_its_rounding_bound(backend, rng, n, c, h, k, 
         assert np.all(np.abs(got - want) <= unit * scale + 1e-30), name
         if backend == "cpu":
             np.testing.assert_array_equal(got, got32, err_msg=name)
-        elif gemm:  # the tensor cores did run: TF32 rounding moves some outputs
+        elif gemm and os.environ.get("FASTOPT_CONV2D_GATHER", "0") in ("", "0"):  # the tensor cores did run: TF32 rounding moves some outputs
             assert not np.array_equal(got, got32), name

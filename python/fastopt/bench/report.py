@@ -75,7 +75,9 @@ def cpu_model():
 def header(settings, devices):
     torch = torch_or_none()
     commit = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    # A copy of the tree without .git (the lent GPU machine's) is told its commit by gpu_check.sh.
+    commit = commit or os.environ.get("FASTOPT_GIT_COMMIT") or None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git": {"commit": commit, "dirty": bool(dirty) if commit else None},
