@@ -71,6 +71,7 @@ struct Dims32 {
   int sh, sw, ph, pw, dh, dw, G, Cg, Kg;
   int RS, PQ, HW;
   Divider by_RS, by_S, by_PQ, by_Q, by_HW, by_W;
+  Divider by_sh, by_sw;  // data-grad's dy row and column: a hardware division per tap cost ~20 instructions
 };
 
 // Every extent and product the tiled kernels form in int32 stays below 2^31 - 2^16, leaving room
@@ -98,6 +99,7 @@ inline Dims32 to_dims32(const Dims& d) {
   auto div = [](int v) { return Divider::make(static_cast<uint32_t>(v > 0 ? v : 1)); };
   e.by_RS = div(e.RS); e.by_S = div(e.S); e.by_PQ = div(e.PQ);
   e.by_Q = div(e.Q); e.by_HW = div(e.HW); e.by_W = div(e.W);
+  e.by_sh = div(e.sh); e.by_sw = div(e.sw);
   return e;
 }
 
@@ -194,10 +196,10 @@ FASTOPT_HD float depthwise_backward_data_at(const Dims32& d, const float* dyplan
   float acc = 0.0f;
   for (int kl = 0; kl < d.Kg; ++kl) {
     for (int r = 0; r < d.R; ++r) {
-      const int th = h + d.ph - r * d.dh, p = th / d.sh;
+      const int th = h + d.ph - r * d.dh, p = th < 0 ? -1 : d.by_sh.div(th);
       if (th < 0 || p * d.sh != th || p >= d.P) continue;
       for (int s = 0; s < d.S; ++s) {
-        const int tw = w + d.pw - s * d.dw, q = tw / d.sw;
+        const int tw = w + d.pw - s * d.dw, q = tw < 0 ? -1 : d.by_sw.div(tw);
         if (tw < 0 || q * d.sw != tw || q >= d.Q) continue;
         acc = fmaf(dyplanes[int64_t(kl) * d.PQ + p * d.Q + q], wc[(kl * d.R + r) * d.S + s], acc);
       }
@@ -572,7 +574,7 @@ struct BackwardDataProblem {
     const int kl = d.by_RS.div(k), rs = k - kl * d.RS, r = d.by_S.div(rs), s = rs - r * d.S;
     const int th = h + d.ph - r * d.dh, tw = w_ + d.pw - s * d.dw;
     if (th < 0 || tw < 0) return 0.0f;
-    const int p = th / d.sh, q = tw / d.sw;
+    const int p = d.by_sh.div(th), q = d.by_sw.div(tw);
     if (p * d.sh != th || q * d.sw != tw || p >= d.P || q >= d.Q) return 0.0f;
     return dy[(int64_t(n) * d.K + g * d.Kg + kl) * d.PQ + p * d.Q + q];
   }
@@ -659,7 +661,26 @@ inline int weight_grad_splits(int64_t M, int64_t N, int64_t Kd, int64_t G, int64
   return static_cast<int>(splits);
 }
 
-enum class Path { Gather, Depthwise, Gemm, UnitGemm };
+// Data-grad with few channels per group (Cg < 16: the GEMM's M, so its tiles would be mostly
+// empty): backward_data_small_c in conv2d.cu. Its weights go through kSmallCFloats of shared
+// memory, kc output channels at a time, each channel's R x S taps padded to a CG of 4, 8 or 16;
+// its phase tap lists cap R and S.
+constexpr int kSmallCFloats = 8192;
+constexpr int kSmallCMaxTaps = 32;
+
+inline int small_c_width(int64_t Cg) { return Cg <= 4 ? 4 : Cg <= 8 ? 8 : 16; }
+
+inline int64_t small_c_chunk(const Dims& d) {
+  return std::min<int64_t>(d.Kg, kSmallCFloats / (d.R * d.S * small_c_width(d.Cg)));
+}
+
+inline bool small_c_fits(const Dims& d) {
+  return d.Cg < 16 && d.R <= kSmallCMaxTaps && d.S <= kSmallCMaxTaps && fits_int32(d) && small_c_chunk(d) >= 1 &&
+         d.N * d.G < (int64_t{1} << 31) && d.sh * d.sw <= kMaxGridYZ &&
+         ceil_div(ceil_div(d.H, d.sh) * ceil_div(d.W, d.sw), kThreads) <= kMaxGridYZ;
+}
+
+enum class Path { Gather, Depthwise, Gemm, UnitGemm, SmallC };
 
 // Which kernel each pass takes (the gather whenever the faster ones do not apply).
 inline Path forward_path(const Dims& d) {
@@ -671,6 +692,7 @@ inline Path forward_path(const Dims& d) {
 inline Path backward_data_path(const Dims& d) {
   if (depthwise_fits(d, d.N * d.C, d.H * d.W)) return Path::Depthwise;
   if (gemm_fits(d, d.Cg, d.Kg * d.R * d.S, d.G)) return is_unit(d) ? Path::UnitGemm : Path::Gemm;
+  if (small_c_fits(d)) return Path::SmallC;
   return Path::Gather;
 }
 

@@ -72,6 +72,8 @@ def test_all_combinations(backend, rng, stride, padding, dilation, groups, ksize
     (1, 2, 1, 1, 3, 3, 3, 1, 1, 1, 1),                        # 1x1 image, all taps but one in padding
     (2, 8, 7, 7, 8, 3, 3, 1, 1, 1, 8),                        # depthwise
     (1, 2, 8, 8, 2, 3, 3, 3, 0, 1, 1),                        # stride that skips input pixels
+    (2, 10, 12, 11, 200, 3, 3, 2, 1, 1, 1),                   # data-grad, 10 channels: weights in 4 chunks
+    (1, 6, 2, 3, 20, 3, 3, 3, 2, 2, 2),                       # stride past the image: phases with no pixel
 ])
 def test_shapes(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, groups):
     check(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, groups, bias=True)

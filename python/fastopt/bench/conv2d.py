@@ -2,7 +2,8 @@
 
 For each layer of the issue's set and each pass (forward, data-grad, weight-grad), times fastopt
 (CPU, and CUDA when a GPU is usable), torch (oneDNN on the CPU; cuDNN with benchmark mode and
-TF32 off on the GPU) and the float64 NumPy reference, interleaving contenders round by round so
+TF32 off on the GPU) and the float64 NumPy reference, and on the GPU also the opt-in TF32 paths
+(fastopt-tf32: allow_tf32=True, against torch-tf32: cuDNN with TF32 allowed), interleaving contenders round by round so
 that a noisy neighbour hits all alike. Each pass must do 2 N K (C/G) R S P Q flops; its floor
 is the larger of flops / the machine's SGEMM rate (numpy.matmul 2048^3 float32 on the CPU,
 torch.matmul with TF32 off on the GPU) and bytes (x + w + y once) / the copy bandwidth
@@ -111,6 +112,12 @@ def contenders(device, layer, n, torch, with_reference):
         "data-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(True, False, False)),
         "weight-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(False, True, False)),
     }
+    if device == "cuda":
+        out["fastopt-tf32"] = {
+            "forward": lambda: F.conv2d_forward(xd, wd, None, *args, allow_tf32=True),
+            "data-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(True, False, False), allow_tf32=True),
+            "weight-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(False, True, False), allow_tf32=True),
+        }
     if torch is not None:
         dev = "cpu" if device == "cpu" else "cuda"
         xt, wt, dyt = (torch.from_numpy(a.copy()).to(dev) for a in (x, w, dy))
@@ -124,6 +131,16 @@ def contenders(device, layer, n, torch, with_reference):
             "data-grad": tb([True, False, False]),
             "weight-grad": tb([False, True, False]),
         }
+        if device == "cuda":
+            def tf32(step):
+                def run():
+                    torch.backends.cudnn.allow_tf32 = True
+                    try:
+                        return step()
+                    finally:
+                        torch.backends.cudnn.allow_tf32 = False
+                return run
+            out["torch-tf32"] = {ps: tf32(step) for ps, step in out["torch"].items()}
     if with_reference:
         out["numpy-ref"] = {
             "forward": lambda: ref.conv2d_forward(x, w, None, *args),
@@ -187,15 +204,16 @@ def run(args):
         for layer, fl, nbytes, bw, times in measured:
             floor = max(fl / rate if rate else 0.0, nbytes / bw)
             for ps in PASSES:
-                base = {b: times[(b, ps)] for b in ("torch", "numpy-ref") if (b, ps) in times}
+                base = {b: times[(b, ps)] for b in ("torch", "torch-tf32", "numpy-ref") if (b, ps) in times}
                 for b in sorted({b for b, p in times if p == ps}):
                     t = times[(b, ps)]
+                    peer = "torch-tf32" if b.endswith("-tf32") else "torch"  # TF32 against TF32
                     rows.append({
                         "device": device, "layer": layer[0], "pass": ps, "backend": b, "batch": n,
                         "median_ms": t * 1e3, "gflops": fl / t / 1e9, "gflop": fl / 1e9, "bytes": nbytes,
                         "pct_of_floor": 100.0 * floor / t,
                         "pct_of_sgemm": 100.0 * fl / t / rate if rate else None,
-                        "vs_torch": base["torch"] / t if "torch" in base else None,
+                        "vs_torch": base[peer] / t if peer in base else None,
                         "vs_numpy": base["numpy-ref"] / t if "numpy-ref" in base else None,
                     })
         release_gpu_memory()
@@ -226,7 +244,8 @@ def markdown(doc):
                    f"{_f(min(ceil['copy_gbps'].values(), default=None), '.0f')}-"
                    f"{_f(max(ceil['copy_gbps'].values(), default=None), '.0f')} GB/s (read + write).")
     out += ["", "GFLOP/s = 2 N K (C/G) R S P Q / median time. % floor: the floor (max of flops / SGEMM rate, "
-            "bytes / copy bandwidth) over the time. vs torch / vs NumPy: their time over this one (> 1: faster).", "",
+            "bytes / copy bandwidth) over the time. vs torch / vs NumPy: their time over this one (> 1: faster); "
+            "the -tf32 rows (tensor cores, opt-in) are compared with torch-tf32.", "",
             "| device | layer | pass | backend | median ms | GFLOP/s | % floor | % SGEMM | vs torch | vs NumPy |",
             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in doc["rows"]:
@@ -243,7 +262,8 @@ def chart(doc, path):
 
     devices = list(doc["ceilings"])
     fig, axes = plt.subplots(len(devices), len(PASSES), figsize=(18, 5.5 * len(devices)), squeeze=False)
-    colors = {"fastopt": "#1f77b4", "torch": "#ff7f0e", "numpy-ref": "#7f7f7f"}
+    colors = {"fastopt": "#1f77b4", "torch": "#ff7f0e", "fastopt-tf32": "#9ecae1", "torch-tf32": "#fdbe85",
+              "numpy-ref": "#7f7f7f"}
     for di, device in enumerate(devices):
         rows = [r for r in doc["rows"] if r["device"] == device]
         layers = list(dict.fromkeys(r["layer"] for r in rows))
