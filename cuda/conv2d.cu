@@ -10,8 +10,9 @@ bytes at least 4 (|x| + |w| + |y|). The 3x3 layers are compute-bound (e.g. N=128
 and data-grad.
 
 Paths, chosen per call by shape (forward_path & co. in conv2d_tiles.cuh):
-  tiled implicit GEMM  (stage 2) 256 threads, a BM x BN tile per block: 128x128, or 64x64 when
-                       the 128 grid would not fill the SMs; weight-grad 128x64 or 64x64. 8-deep
+  tiled implicit GEMM  (stage 2) 256 threads, a BM x BN tile per block: 128x128, 64x128 for
+                       M <= 64, or 64x64 when the grid would not fill the SMs (gemm_tiles);
+                       weight-grad 128x64 or 64x64, split so that the grid fills whole waves. 8-deep
                        k steps double-buffered through shared memory, the next step's global loads
                        in flight during the FMAs; grid (N tiles, M tiles, groups x splits). 1x1
                        stride-1 unpadded convs take the plain-GEMM variant (no im2col index math).
@@ -56,9 +57,9 @@ using namespace conv;
 
 // ------------------------------------------------------------------ kernels
 
-// 128-row tiles: at most 128 registers, so that two blocks (16 warps) share an SM.
+// Tiles past 64x64: at most 128 registers, so that two blocks (16 warps) share an SM.
 template <class Prob, int BM, int BN, bool kTF32>
-__global__ void __launch_bounds__(kThreads, BM == 128 ? 2 : 1) gemm_kernel(const Prob pb) {
+__global__ void __launch_bounds__(kThreads, BM == 128 || BN == 128 ? 2 : 1) gemm_kernel(const Prob pb) {
   using T = Tile<BM, BN>;
   __shared__ T tiles[2];
   const int tid = static_cast<int>(threadIdx.x);
@@ -233,6 +234,19 @@ bool force_gather() {
   return forced;
 }
 
+// Blocks of gemm_kernel<Prob, BM, BN> resident on all SMs at once: one wave of the grid.
+template <class Prob, int BM, int BN>
+int64_t gemm_wave(bool tf32) {
+  int per_sm = 0;
+  if (tf32)
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemm_kernel<Prob, BM, BN, true>, kThreads, 0),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  else
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemm_kernel<Prob, BM, BN, false>, kThreads, 0),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  return int64_t{std::max(per_sm, 1)} * sm_count();
+}
+
 template <class Prob, int BM, int BN>
 void launch_gemm(const Prob& pb, int64_t z, bool tf32, cudaStream_t st, const char* what) {
   const dim3 grid(static_cast<unsigned>(ceil_div(pb.N, BN)), static_cast<unsigned>(ceil_div(pb.M, BM)),
@@ -260,10 +274,11 @@ void launch_backward_data_small_c(const Dims& d, const float* dy, const float* w
 
 template <class Prob>
 void launch_gemm_sized(const Prob& pb, int64_t z, bool tf32, cudaStream_t st, const char* what) {
-  if (big_tiles(pb.M, pb.N, z, sm_count()))
-    launch_gemm<Prob, 128, 128>(pb, z, tf32, st, what);
-  else
-    launch_gemm<Prob, 64, 64>(pb, z, tf32, st, what);
+  switch (gemm_tiles(pb.M, pb.N, z, sm_count())) {
+    case Tiles::k128x128: launch_gemm<Prob, 128, 128>(pb, z, tf32, st, what); break;
+    case Tiles::k64x128: launch_gemm<Prob, 64, 128>(pb, z, tf32, st, what); break;
+    default: launch_gemm<Prob, 64, 64>(pb, z, tf32, st, what); break;
+  }
 }
 
 }  // namespace
@@ -336,7 +351,9 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
   } else if (path == Path::Gemm) {
     const Dims32 e = to_dims32(d);
     const bool big = big_weight_tiles(M, N);
-    const int64_t splits = weight_grad_splits(M, N, Kd, d.G, numel, big, sm_count());
+    const int64_t wave = big ? gemm_wave<BackwardWeightProblem, 128, 64>(allow_tf32)
+                             : gemm_wave<BackwardWeightProblem, 64, 64>(allow_tf32);
+    const int64_t splits = weight_grad_splits(M, N, Kd, d.G, numel, big, wave);
     const detail::Scratch scratch(splits > 1 ? static_cast<size_t>(splits * numel) * sizeof(float) : 0, st);
     float* out = splits > 1 ? reinterpret_cast<float*>(scratch.bytes()) : dw;
     const BackwardWeightProblem pb{e, e.Kg, e.Cg * e.RS, e.N * e.PQ, static_cast<int>(splits), dy, x, out};

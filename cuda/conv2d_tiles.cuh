@@ -19,6 +19,7 @@ into the tensors are int64.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "fastopt/common.h"
 #include "fastopt/conv2d.h"
@@ -285,11 +286,42 @@ FASTOPT_HD void copy_slot(int tid, int i, int& row, int& kk) {
   }
 }
 
+// A thread's B slots keep their column j (the GEMM's n) for the whole main loop: copy_slot's
+// row depends on tid and the slot alone. A problem that declares BColumn hoists what it derives
+// from j (image and pixel offsets: two divisions and a few multiplies) out of the k loop, with
+// b_column(g, j) once and b_at(column, k) per element; the others keep b(g, k, j).
+template <class Prob, class = void>
+struct ColumnOf {
+  using type = int;
+  static FASTOPT_HD int make(const Prob&, int, int j) { return j; }
+  static FASTOPT_HD float at(const Prob& pb, int g, int j, int k) { return pb.b(g, k, j); }
+};
+template <class Prob>
+struct ColumnOf<Prob, std::void_t<typename Prob::BColumn>> {
+  using type = typename Prob::BColumn;
+  static FASTOPT_HD type make(const Prob& pb, int g, int j) { return pb.b_column(g, j); }
+  static FASTOPT_HD float at(const Prob& pb, int, const type& c, int k) { return pb.b_at(c, k); }
+};
+
+template <class Prob, int BM, int BN>
+using Columns = typename ColumnOf<Prob>::type[Tile<BM, BN>::LB];
+
+template <class Prob, int BM, int BN>
+FASTOPT_HD void make_columns(const Prob& pb, int g, int tid, int n0, Columns<Prob, BM, BN>& cols) {
+#pragma unroll
+  for (int i = 0; i < Tile<BM, BN>::LB; ++i) {
+    int n, kk;
+    copy_slot<BN, Prob::kBAlongK>(tid, i, n, kk);
+    cols[i] = ColumnOf<Prob>::make(pb, g, n0 + n);
+  }
+}
+
 // Reads this thread's share of the A and B tiles at (m0, n0, k0) into registers (0 outside the
 // problem or past k_end), so that the global loads of the next step overlap the current FMAs.
 template <class Prob, int BM, int BN>
 FASTOPT_HD void load_tiles(const Prob& pb, int g, int tid, int m0, int n0, int k0, int k_end,
-                           float (&ra)[Tile<BM, BN>::LA], float (&rb)[Tile<BM, BN>::LB]) {
+                           const Columns<Prob, BM, BN>& cols, float (&ra)[Tile<BM, BN>::LA],
+                           float (&rb)[Tile<BM, BN>::LB]) {
 #pragma unroll
   for (int i = 0; i < Tile<BM, BN>::LA; ++i) {
     int m, kk;
@@ -300,8 +332,17 @@ FASTOPT_HD void load_tiles(const Prob& pb, int g, int tid, int m0, int n0, int k
   for (int i = 0; i < Tile<BM, BN>::LB; ++i) {
     int n, kk;
     copy_slot<BN, Prob::kBAlongK>(tid, i, n, kk);
-    rb[i] = (n0 + n < pb.N && k0 + kk < k_end) ? pb.b(g, k0 + kk, n0 + n) : 0.0f;
+    rb[i] = (n0 + n < pb.N && k0 + kk < k_end) ? ColumnOf<Prob>::at(pb, g, cols[i], k0 + kk) : 0.0f;
   }
+}
+
+// The same without hoisted columns (the host replay's entry point).
+template <class Prob, int BM, int BN>
+FASTOPT_HD void load_tiles(const Prob& pb, int g, int tid, int m0, int n0, int k0, int k_end,
+                           float (&ra)[Tile<BM, BN>::LA], float (&rb)[Tile<BM, BN>::LB]) {
+  Columns<Prob, BM, BN> cols;
+  make_columns<Prob, BM, BN>(pb, g, tid, n0, cols);
+  load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k0, k_end, cols, ra, rb);
 }
 
 template <class Prob, int BM, int BN>
@@ -479,13 +520,15 @@ __device__ __forceinline__ void gemm_mainloop(const Prob& pb, int g, int tid, in
     for (int j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
   if (k_begin >= k_end) return;
   float ra[T::LA], rb[T::LB];
-  load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k_begin, k_end, ra, rb);
+  Columns<Prob, BM, BN> cols;
+  make_columns<Prob, BM, BN>(pb, g, tid, n0, cols);
+  load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k_begin, k_end, cols, ra, rb);
   store_tiles<Prob, BM, BN>(tiles[0], tid, ra, rb);
   __syncthreads();
   int buf = 0;
   for (int k0 = k_begin; k0 < k_end; k0 += kBK) {
     const bool more = k0 + kBK < k_end;
-    if (more) load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k0 + kBK, k_end, ra, rb);
+    if (more) load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k0 + kBK, k_end, cols, ra, rb);
     if constexpr (kTF32)
       tile_mma<BM, BN>(tiles[buf], tid, acc);
     else
@@ -536,14 +579,24 @@ struct ForwardProblem {
   float* y;
 
   FASTOPT_HD float a(int g, int m, int k) const { return w[int64_t(g * d.Kg + m) * Kd + k]; }
-  FASTOPT_HD float b(int g, int k, int j) const {
+  FASTOPT_HD float b(int g, int k, int j) const { return b_at(b_column(g, j), k); }
+  // Column j = (n, p, q): the image's group of planes and the window's top-left corner.
+  struct BColumn {
+    int64_t planes;
+    int h0, w0;
+  };
+  FASTOPT_HD BColumn b_column(int g, int j) const {
     const int n = d.by_PQ.div(j), pq = j - n * d.PQ;
-    if (kUnit) return x[(int64_t(n) * d.C + g * d.Cg + k) * d.HW + pq];
+    if (kUnit) return {(int64_t(n) * d.C + g * d.Cg) * d.HW + pq, 0, 0};
     const int p = d.by_Q.div(pq), q = pq - p * d.Q;
+    return {(int64_t(n) * d.C + g * d.Cg) * d.HW, p * d.sh - d.ph, q * d.sw - d.pw};
+  }
+  FASTOPT_HD float b_at(const BColumn& col, int k) const {
+    if (kUnit) return x[col.planes + int64_t(k) * d.HW];
     const int c = d.by_RS.div(k), rs = k - c * d.RS, r = d.by_S.div(rs), s = rs - r * d.S;
-    const int h = p * d.sh - d.ph + r * d.dh, w_ = q * d.sw - d.pw + s * d.dw;
+    const int h = col.h0 + r * d.dh, w_ = col.w0 + s * d.dw;
     if (h < 0 || h >= d.H || w_ < 0 || w_ >= d.W) return 0.0f;
-    return x[(int64_t(n) * d.C + g * d.Cg + c) * d.HW + h * d.W + w_];
+    return x[col.planes + int64_t(c) * d.HW + h * d.W + w_];
   }
   FASTOPT_HD void store(int g, int, int m, int j, float v) const {
     const int n = d.by_PQ.div(j), pq = j - n * d.PQ, k = g * d.Kg + m;
@@ -567,16 +620,26 @@ struct BackwardDataProblem {
     const int kl = d.by_RS.div(k), rs = k - kl * d.RS;
     return w[(int64_t(g * d.Kg + kl) * d.Cg + m) * d.RS + rs];
   }
-  FASTOPT_HD float b(int g, int k, int j) const {
+  FASTOPT_HD float b(int g, int k, int j) const { return b_at(b_column(g, j), k); }
+  // Column j = (n, h, w): the image's group of dy planes and the padded pixel (h + ph, w + pw).
+  struct BColumn {
+    int64_t planes;
+    int th0, tw0;
+  };
+  FASTOPT_HD BColumn b_column(int g, int j) const {
     const int n = d.by_HW.div(j), hw = j - n * d.HW;
-    if (kUnit) return dy[(int64_t(n) * d.K + g * d.Kg + k) * d.PQ + hw];
+    if (kUnit) return {(int64_t(n) * d.K + g * d.Kg) * d.PQ + hw, 0, 0};
     const int h = d.by_W.div(hw), w_ = hw - h * d.W;
+    return {(int64_t(n) * d.K + g * d.Kg) * d.PQ, h + d.ph, w_ + d.pw};
+  }
+  FASTOPT_HD float b_at(const BColumn& col, int k) const {
+    if (kUnit) return dy[col.planes + int64_t(k) * d.PQ];
     const int kl = d.by_RS.div(k), rs = k - kl * d.RS, r = d.by_S.div(rs), s = rs - r * d.S;
-    const int th = h + d.ph - r * d.dh, tw = w_ + d.pw - s * d.dw;
+    const int th = col.th0 - r * d.dh, tw = col.tw0 - s * d.dw;
     if (th < 0 || tw < 0) return 0.0f;
     const int p = d.by_sh.div(th), q = d.by_sw.div(tw);
     if (p * d.sh != th || q * d.sw != tw || p >= d.P || q >= d.Q) return 0.0f;
-    return dy[(int64_t(n) * d.K + g * d.Kg + kl) * d.PQ + p * d.Q + q];
+    return dy[col.planes + int64_t(kl) * d.PQ + p * d.Q + q];
   }
   FASTOPT_HD void store(int g, int, int m, int j, float v) const {
     const int n = d.by_HW.div(j), hw = j - n * d.HW;
@@ -600,12 +663,21 @@ struct BackwardWeightProblem {
     const int n = d.by_PQ.div(k), pq = k - n * d.PQ;
     return dy[(int64_t(n) * d.K + g * d.Kg + m) * d.PQ + pq];
   }
-  FASTOPT_HD float b(int g, int k, int j) const {
-    const int n = d.by_PQ.div(k), pq = k - n * d.PQ, p = d.by_Q.div(pq), q = pq - p * d.Q;
+  FASTOPT_HD float b(int g, int k, int j) const { return b_at(b_column(g, j), k); }
+  // Column j = (c, r, s): the input plane and the tap's offset from a window's corner.
+  struct BColumn {
+    int64_t plane;
+    int dh0, dw0;
+  };
+  FASTOPT_HD BColumn b_column(int g, int j) const {
     const int c = d.by_RS.div(j), rs = j - c * d.RS, r = d.by_S.div(rs), s = rs - r * d.S;
-    const int h = p * d.sh - d.ph + r * d.dh, w_ = q * d.sw - d.pw + s * d.dw;
+    return {int64_t(g * d.Cg + c) * d.HW, r * d.dh - d.ph, s * d.dw - d.pw};
+  }
+  FASTOPT_HD float b_at(const BColumn& col, int k) const {
+    const int n = d.by_PQ.div(k), pq = k - n * d.PQ, p = d.by_Q.div(pq), q = pq - p * d.Q;
+    const int h = p * d.sh + col.dh0, w_ = q * d.sw + col.dw0;
     if (h < 0 || h >= d.H || w_ < 0 || w_ >= d.W) return 0.0f;
-    return x[(int64_t(n) * d.C + g * d.Cg + c) * d.HW + h * d.W + w_];
+    return x[int64_t(n) * d.C * d.HW + col.plane + h * d.W + w_];
   }
   FASTOPT_HD void store(int g, int split, int m, int j, float v) const {
     out[(int64_t(split) * d.K + g * d.Kg + m) * N + j] = v;
@@ -639,10 +711,18 @@ inline bool is_unit(const Dims& d) {
   return d.R == 1 && d.S == 1 && d.sh == 1 && d.sw == 1 && d.ph == 0 && d.pw == 0 && d.P == d.H && d.Q == d.W;
 }
 
-// 128x128 tiles do twice the FMAs per shared-memory load of 64x64 ones, but only pay when M is
-// past 64 and there are enough of them to give every SM a block.
-inline bool big_tiles(int64_t M, int64_t N, int64_t z, int sms) {
-  return M > 64 && ceil_div(M, 128) * ceil_div(N, 128) * z >= sms;
+// Tile shape of forward and data-grad. Per 8-deep k step a thread does TM TN FMAs against
+// (TM + TN) / 4 shared-memory loads and its share of the global loads with their index math, so
+// the FMA share of issued instructions grows with the tile: on an H100 a 64x64 tile (4x4 per
+// thread) spent half its issue slots on other work. 128x128 when M passes 64 and the grid still
+// gives every SM a block; 64x128 when M is at most 64 (the 64-channel layers) and N fills the
+// SMs; else 64x64.
+enum class Tiles { k64x64, k64x128, k128x128 };
+
+inline Tiles gemm_tiles(int64_t M, int64_t N, int64_t z, int sms) {
+  if (M > 64 && ceil_div(M, 128) * ceil_div(N, 128) * z >= sms) return Tiles::k128x128;
+  if (M <= 64 && ceil_div(N, 128) * z >= sms) return Tiles::k64x128;
+  return Tiles::k64x64;
 }
 
 // Weight-grad: 128x64 tiles when both sides pass 64 (split-K supplies the parallelism). Its two
@@ -650,15 +730,23 @@ inline bool big_tiles(int64_t M, int64_t N, int64_t z, int sms) {
 // 128-register cap, 128x64 takes 90 registers and spills nothing.
 inline bool big_weight_tiles(int64_t M, int64_t N) { return M > 64 && N > 64; }
 
-// Weight-grad splits: about 4 blocks per SM, each split still reducing at least 512 terms, the
-// grid's z = groups x splits within CUDA's limit, and the partials (splits x |dw| floats of
-// scratch) at most 64 M floats.
-inline int weight_grad_splits(int64_t M, int64_t N, int64_t Kd, int64_t G, int64_t numel, bool big, int sms) {
+// Weight-grad splits: the count whose grid fills the GPU's waves (`wave` = resident blocks per SM
+// x SMs) best, at most about 4 waves of blocks, the fewest on a tie (each split costs a partial
+// dw in scratch and in the final sum); each split still reducing at least 512 terms, the grid's
+// z = groups x splits within CUDA's limit, and the partials at most 64 M floats. (With 4 blocks
+// per SM regardless of the waves, the 64-channel layer ran 1.34 waves on an H100.)
+inline int weight_grad_splits(int64_t M, int64_t N, int64_t Kd, int64_t G, int64_t numel, bool big, int64_t wave) {
   const int64_t tiles = (big ? ceil_div(M, 128) : ceil_div(M, 64)) * ceil_div(N, 64) * G;
-  int64_t splits = std::max<int64_t>(1, ceil_div(4 * int64_t{sms}, tiles));
-  splits = std::min({splits, std::max<int64_t>(1, Kd / 512), int64_t{kMaxGridYZ} / G,
-                     std::max<int64_t>(1, (int64_t{1} << 26) / numel)});
-  return static_cast<int>(splits);
+  const int64_t cap = std::min({std::max<int64_t>(1, ceil_div(4 * wave, tiles)), std::max<int64_t>(1, Kd / 512),
+                                int64_t{kMaxGridYZ} / G, std::max<int64_t>(1, (int64_t{1} << 26) / numel)});
+  int64_t best = 1;
+  double best_fill = 0.0;
+  for (int64_t s = 1; s <= cap; ++s) {
+    const int64_t blocks = tiles * s;
+    const double fill = double(blocks) / double(ceil_div(blocks, wave) * wave);
+    if (fill > best_fill + 1e-9) { best = s; best_fill = fill; }
+  }
+  return static_cast<int>(best);
 }
 
 // Data-grad with few channels per group (Cg < 16: the GEMM's M, so its tiles would be mostly

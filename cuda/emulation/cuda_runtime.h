@@ -118,6 +118,13 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t nbytes, cudaMemcpyKind
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t nbytes, cudaMemcpyKind kind, cudaStream_t stream);
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t nbytes, cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+// Two blocks per SM whatever the kernel (the count the tiled kernels' launch bounds aim at): only
+// grid sizing reads it, and any count >= 1 is one a GPU could report.
+template <class Kernel>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel, int block_size, size_t) {
+  *blocks = block_size > 0 && block_size <= 1024 ? 2 : 0;
+  return block_size > 0 && block_size <= 1024 ? cudaSuccess : cudaErrorInvalidValue;
+}
 
 // ------------------------------------------------------------------------------ device side
 namespace fastopt_emulation {

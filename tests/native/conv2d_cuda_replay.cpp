@@ -199,7 +199,7 @@ static void planning_check() {
   expect(forward_path(shape(1, 1 << 20, 4, 4, 1 << 20, 1, 1 << 18)) == Path::Gather, "grid z past 65535 -> gather");
   for (int64_t G : {1, 7, 300, 65535}) for (int64_t Kd : {int64_t{8}, int64_t{600}, int64_t{401408}, int64_t{2000000000}}) for (int64_t MN : {16, 64, 65, 512, 4608}) {
     const int64_t numel = G * MN * MN; const bool big = big_weight_tiles(MN, MN);
-    const int sp = weight_grad_splits(MN, MN, Kd, G, numel, big, 132);
+    const int sp = weight_grad_splits(MN, MN, Kd, G, numel, big, 2 * 132);
     expect(sp >= 1 && G * sp <= kMaxGridYZ && (sp == 1 || int64_t(sp) * numel <= (int64_t{1} << 26)) && (sp == 1 || Kd / sp >= 512), "split-K bounds");
   }
 }
@@ -263,11 +263,13 @@ int main(int argc, char** argv) {
     gemm_sweep<64, 64>(d, x, w, b, dy, ry, rdx, rdw);
     gemm_sweep<128, 128>(d, x, w, b, dy, ry, rdx, rdw);
     gemm_sweep<128, 64>(d, x, w, b, dy, ry, rdx, rdw);
+    gemm_sweep<64, 128>(d, x, w, b, dy, ry, rdx, rdw);
     if (it % 2 == 0) {   // TF32 tiles (tensor-core path), every other shape
       g_rel_tol = 1.5e-3;
       gemm_sweep<64, 64>(d, x, w, b, dy, ry, rdx, rdw);
       gemm_sweep<128, 128>(d, x, w, b, dy, ry, rdx, rdw);
       gemm_sweep<128, 64>(d, x, w, b, dy, ry, rdx, rdw);
+    gemm_sweep<64, 128>(d, x, w, b, dy, ry, rdx, rdw);
       g_rel_tol = 2e-6;
     }
   }
