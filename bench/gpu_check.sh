@@ -10,6 +10,7 @@
 # of 10 minutes each: tests (GPU tests, conv2d again on its gather kernels), cpu-tests, optim,
 # normalization, dropout, conv2d, train (training-step suite), digits (`fastopt train`); or the
 # groups all (default: tests, cpu-tests, the four kernel suites), bench (the four kernel suites).
+# GPU_TESTS narrows the GPU tests to some files (default: all of tests/).
 # At most 8 files come back from that machine, so nothing else is written there.
 # Every stage runs even when an earlier one failed (except that nothing runs without a build);
 # the script's exit status is the first failing stage's. Fits the 10-minute command limit:
@@ -74,7 +75,7 @@ if stage build 330 build.log python3 -m pip install --no-build-isolation --no-in
   # xdist, where installed, spreads the ~1000 GPU tests (mostly float64 references) over the cores.
   xdist=(); python3 -c 'import xdist' 2>/dev/null && xdist=(-n 8)
   if want tests; then
-    stage gpu-tests 240 tests.log python3 -m pytest -q -rfE "${xdist[@]}" -m gpu tests
+    stage gpu-tests 240 tests.log python3 -m pytest -q -rfE "${xdist[@]}" -m gpu ${GPU_TESTS:-tests}
     stage conv-gather 90 tests.log env FASTOPT_CONV2D_GATHER=1 python3 -m pytest -q -rfE "${xdist[@]}" -m gpu tests/test_conv2d.py
   fi
   want cpu-tests && stage cpu-tests 200 tests.log python3 -m pytest -q -rfE "${xdist[@]}" -m "not gpu" tests
