@@ -19,8 +19,9 @@ Paths, chosen per call by shape (forward_path & co. in conv2d_tiles.cuh):
                        Weight-grad splits the (n,p,q) reduction: each split stores its own
                        dw-shaped partial in stream-ordered scratch, then one thread per dw element
                        sums the splits in order.
-  depthwise direct     groups = C (Cg = 1): one thread per output of a plane, grid (planes, tiles
-                       of 256 outputs); reads x (or dy) once from DRAM, the halo from L1/L2.
+  depthwise direct     groups = C (Cg = 1): a block per plane and band of rows, grid (planes,
+                       bands): the band's input rows (halo included) staged in shared memory with
+                       coalesced loads, then one thread per output; x (or dy) read once from DRAM.
                        Weight-grad: one block per dw element, int32 plane-wise sums, a fixed tree.
   few channels         data-grad with Cg < 16 (the GEMM's M), e.g. the C = 3 stem: one thread per
                        input pixel for all its Cg channels, weights staged in shared memory, pixels
@@ -212,16 +213,26 @@ __global__ void __launch_bounds__(kThreads) backward_bias_kernel(const Dims d, c
   }
 }
 
-__global__ void __launch_bounds__(kThreads) depthwise_forward(const Dims32 d, const float* x, const float* w,
-                                                              const float* b, float* y) {
-  depthwise_forward_thread(d, x, w, b, y, static_cast<int>(blockIdx.x),
-                           static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x));
+// Depthwise (Cg = 1): grid (planes, bands); see the depthwise section of conv2d_tiles.cuh.
+__global__ void __launch_bounds__(kThreads) depthwise_forward(const Dims32 d, const DwPlan pl, const float* x,
+                                                              const float* w, const float* b, float* y) {
+  __shared__ float tile[kDwTileFloats];
+  const int plane = static_cast<int>(blockIdx.x), band = static_cast<int>(blockIdx.y), t = static_cast<int>(threadIdx.x);
+  dw_forward_load(d, pl, x, plane, band, tile, t, kThreads);
+  __syncthreads();
+  dw_forward_compute(d, pl, tile, w, b, y, plane, band, t, kThreads);
 }
 
-__global__ void __launch_bounds__(kThreads) depthwise_backward_data(const Dims32 d, const float* dy,
+__global__ void __launch_bounds__(kThreads) depthwise_backward_data(const Dims32 d, const DwPlan pl, const float* dy,
                                                                     const float* w, float* dx) {
-  depthwise_backward_data_thread(d, dy, w, dx, static_cast<int>(blockIdx.x),
-                                 static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x));
+  __shared__ float tile[kDwTileFloats];
+  const int plane = static_cast<int>(blockIdx.x), band = static_cast<int>(blockIdx.y), t = static_cast<int>(threadIdx.x);
+  for (int kl = 0; kl < d.Kg; ++kl) {
+    if (kl > 0) __syncthreads();  // the last plane's tile is read
+    dw_backward_data_load(d, pl, dy, plane, band, kl, tile, t, kThreads);
+    __syncthreads();
+    dw_backward_data_compute(d, pl, tile, w, dx, plane, band, kl, t, kThreads);
+  }
 }
 
 // ------------------------------------------------------------------ host side
@@ -291,8 +302,9 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
   const cudaStream_t st = as_stream(stream);
   const Path path = force_gather() ? Path::Gather : forward_path(d);
   if (path == Path::Depthwise) {
-    const dim3 grid(static_cast<unsigned>(d.N * d.K), static_cast<unsigned>(ceil_div(d.P * d.Q, kThreads)));
-    depthwise_forward<<<grid, kThreads, 0, st>>>(to_dims32(d), x, w, b, y);
+    const DwPlan pl = dw_forward_plan(d);
+    const dim3 grid(static_cast<unsigned>(d.N * d.K), static_cast<unsigned>(ceil_div(d.P, pl.band)));
+    depthwise_forward<<<grid, kThreads, 0, st>>>(to_dims32(d), pl, x, w, b, y);
     check(cudaGetLastError(), "conv2d_forward (depthwise)");
   } else if (path != Path::Gather) {
     const Dims32 e = to_dims32(d);
@@ -317,8 +329,9 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
   const cudaStream_t st = as_stream(stream);
   const Path path = force_gather() ? Path::Gather : backward_data_path(d);
   if (path == Path::Depthwise) {
-    const dim3 grid(static_cast<unsigned>(d.N * d.C), static_cast<unsigned>(ceil_div(d.H * d.W, kThreads)));
-    depthwise_backward_data<<<grid, kThreads, 0, st>>>(to_dims32(d), dy, w, dx);
+    const DwPlan pl = dw_backward_data_plan(d);
+    const dim3 grid(static_cast<unsigned>(d.N * d.C), static_cast<unsigned>(ceil_div(d.H, pl.band)));
+    depthwise_backward_data<<<grid, kThreads, 0, st>>>(to_dims32(d), pl, dy, w, dx);
     check(cudaGetLastError(), "conv2d_backward_data (depthwise)");
   } else if (path == Path::SmallC) {
     launch_backward_data_small_c(d, dy, w, dx, st);

@@ -173,61 +173,92 @@ FASTOPT_HD float backward_bias_part(const Dims& d, const float* dy, int64_t k, i
 }
 
 // ------------------------------------------------------------------ depthwise direct (Cg = 1)
-// One output of plane (n, k) per call. The plane's R*S weights are read straight from global
-// memory: every thread of a block reads the same ones (uniform, L1-resident broadcasts). In-plane
-// index math is int32 (the host checks fits_int32).
+// A block takes one plane and a band of its rows: forward, output rows of plane (n, k) from input
+// plane (n, k / Kg); data-grad, dx rows of plane (n, c) from its Kg dy planes (n, c Kg + kl). It
+// first copies the rows the band reads (its halo included; rows and columns past the image as
+// zeros) into a shared-memory tile, consecutive threads on consecutive elements (coalesced), then
+// every thread computes outputs from the tile: x (or dy) comes from DRAM once instead of through
+// R*S cached loads per output, and the taps need no bounds tests. Taps that fall in the padding
+// add 0 * w, as the reference's im2col does. The plane's weights are uniform loads (broadcasts).
+// In-plane index math is int32 (the host checks fits_int32).
 
-FASTOPT_HD float depthwise_forward_at(const Dims32& d, const float* xplane, const float* wk, int p, int q) {
-  float acc = 0.0f;
-  for (int r = 0; r < d.R; ++r) {
-    const int h = p * d.sh - d.ph + r * d.dh;
-    if (h < 0 || h >= d.H) continue;
-    for (int s = 0; s < d.S; ++s) {
-      const int w = q * d.sw - d.pw + s * d.dw;
-      if (w < 0 || w >= d.W) continue;
-      acc = fmaf(xplane[h * d.W + w], wk[r * d.S + s], acc);
-    }
+constexpr int kDwTileFloats = 8192;  // 32 KB
+
+// Rows per band, the tile's width and the image column (forward: input column; data-grad: dy
+// column) of its first column.
+struct DwPlan {
+  int band, cols, col0;
+  Divider by_cols;
+};
+
+FASTOPT_HD int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
+
+// Forward band `band_idx`: output rows [o0, o0 + on), tile row i = input row o0 sh - ph + i.
+FASTOPT_HD void dw_forward_load(const Dims32& d, const DwPlan& pl, const float* x, int plane, int band_idx,
+                                float* tile, int t, int nt) {
+  const int n = plane / d.K, k = plane - n * d.K;
+  const float* xp = x + (int64_t(n) * d.C + k / d.Kg) * d.HW;
+  const int o0 = band_idx * pl.band, on = d.P - o0 < pl.band ? d.P - o0 : pl.band;
+  const int i0 = o0 * d.sh - d.ph, size = ((on - 1) * d.sh + (d.R - 1) * d.dh + 1) * pl.cols;
+  for (int e = t; e < size; e += nt) {
+    const int i = pl.by_cols.div(e), h = i0 + i, w = pl.col0 + e - i * pl.cols;
+    tile[e] = h >= 0 && h < d.H && w >= 0 && w < d.W ? xp[h * d.W + w] : 0.0f;
   }
-  return acc;
 }
 
-// dx of plane (n, c): dyplanes are the Kg planes (n, c Kg + kl) back to back, wc their Kg R S
-// weights (kl, r, s); the sum runs over kl, r, s ascending, as backward_data_at does.
-FASTOPT_HD float depthwise_backward_data_at(const Dims32& d, const float* dyplanes, const float* wc, int h, int w) {
-  float acc = 0.0f;
-  for (int kl = 0; kl < d.Kg; ++kl) {
+FASTOPT_HD void dw_forward_compute(const Dims32& d, const DwPlan& pl, const float* tile, const float* w,
+                                   const float* b, float* y, int plane, int band_idx, int t, int nt) {
+  const int k = plane % d.K;
+  const float* wk = w + int64_t(k) * d.RS;
+  const int o0 = band_idx * pl.band, on = d.P - o0 < pl.band ? d.P - o0 : pl.band;
+  for (int o = t; o < on * d.Q; o += nt) {
+    const int pr = d.by_Q.div(o), q = o - pr * d.Q;
+    const float* base = tile + pr * d.sh * pl.cols + q * d.sw;
+    float acc = 0.0f;
+    for (int r = 0; r < d.R; ++r)
+      for (int s = 0; s < d.S; ++s) acc = fmaf(base[r * d.dh * pl.cols + s * d.dw], wk[r * d.S + s], acc);
+    y[(int64_t(plane) * d.P + o0 + pr) * d.Q + q] = b != nullptr ? acc + b[k] : acc;
+  }
+}
+
+// Data-grad band `band_idx`: dx rows [h0, h0 + hn); tile row i = dy row p_lo + i of plane c Kg + kl.
+FASTOPT_HD int dw_dgrad_first_row(const Dims32& d, int h0) { return floor_div(h0 + d.ph - (d.R - 1) * d.dh, d.sh); }
+
+FASTOPT_HD void dw_backward_data_load(const Dims32& d, const DwPlan& pl, const float* dy, int plane, int band_idx,
+                                      int kl, float* tile, int t, int nt) {
+  const int n = plane / d.C, c = plane - n * d.C;
+  const float* dyp = dy + (int64_t(n) * d.K + c * d.Kg + kl) * d.PQ;
+  const int h0 = band_idx * pl.band, hn = d.H - h0 < pl.band ? d.H - h0 : pl.band;
+  const int p_lo = dw_dgrad_first_row(d, h0), rows = floor_div(h0 + hn - 1 + d.ph, d.sh) - p_lo + 1;
+  for (int e = t; e < rows * pl.cols; e += nt) {
+    const int i = pl.by_cols.div(e), p = p_lo + i, q = pl.col0 + e - i * pl.cols;
+    tile[e] = p >= 0 && p < d.P && q >= 0 && q < d.Q ? dyp[p * d.Q + q] : 0.0f;
+  }
+}
+
+// Adds plane kl's taps to dx (kl = 0 starts from zero): the sum runs over kl, r, s ascending.
+FASTOPT_HD void dw_backward_data_compute(const Dims32& d, const DwPlan& pl, const float* tile, const float* w,
+                                         float* dx, int plane, int band_idx, int kl, int t, int nt) {
+  const int c = plane % d.C;
+  const float* wk = w + (int64_t(c) * d.Kg + kl) * d.RS;
+  const int h0 = band_idx * pl.band, hn = d.H - h0 < pl.band ? d.H - h0 : pl.band;
+  const int row0 = dw_dgrad_first_row(d, h0) * d.sh, col0 = pl.col0 * d.sw;
+  for (int o = t; o < hn * d.W; o += nt) {
+    const int hr = d.by_W.div(o), w_ = o - hr * d.W;
+    float* out = dx + (int64_t(plane) * d.H + h0 + hr) * d.W + w_;
+    float acc = kl == 0 ? 0.0f : *out;
     for (int r = 0; r < d.R; ++r) {
-      const int th = h + d.ph - r * d.dh, p = th < 0 ? -1 : d.by_sh.div(th);
-      if (th < 0 || p * d.sh != th || p >= d.P) continue;
+      const int th = h0 + hr + d.ph - r * d.dh - row0, i = d.by_sh.div(th);  // th >= 0
+      if (i * d.sh != th) continue;
+      const float* row = tile + i * pl.cols;
       for (int s = 0; s < d.S; ++s) {
-        const int tw = w + d.pw - s * d.dw, q = tw < 0 ? -1 : d.by_sw.div(tw);
-        if (tw < 0 || q * d.sw != tw || q >= d.Q) continue;
-        acc = fmaf(dyplanes[int64_t(kl) * d.PQ + p * d.Q + q], wc[(kl * d.R + r) * d.S + s], acc);
+        const int tw = w_ + d.pw - s * d.dw - col0, j = d.by_sw.div(tw);
+        if (j * d.sw != tw) continue;
+        acc = fmaf(row[j], wk[r * d.S + s], acc);
       }
     }
+    *out = acc;
   }
-  return acc;
-}
-
-// Thread bodies of the depthwise kernels: output pq of plane (n, k) = plane, grid (N K, ceil(P Q / 256)),
-// and input pixel hw of plane (n, c), grid (N C, ceil(H W / 256)).
-FASTOPT_HD void depthwise_forward_thread(const Dims32& d, const float* x, const float* w, const float* b, float* y,
-                                         int plane, int pq) {
-  if (pq >= d.PQ) return;
-  const int n = plane / d.K, k = plane - n * d.K;
-  const int p = d.by_Q.div(pq), q = pq - p * d.Q;
-  const float* xplane = x + (int64_t(n) * d.C + k / d.Kg) * d.HW;
-  const float v = depthwise_forward_at(d, xplane, w + int64_t(k) * d.RS, p, q);
-  y[int64_t(plane) * d.PQ + pq] = b != nullptr ? v + b[k] : v;
-}
-
-FASTOPT_HD void depthwise_backward_data_thread(const Dims32& d, const float* dy, const float* w, float* dx, int plane,
-                                               int hw) {
-  if (hw >= d.HW) return;
-  const int n = plane / d.C, c = plane - n * d.C;
-  const int h = d.by_W.div(hw), w_ = hw - h * d.W;
-  const float* dyplanes = dy + (int64_t(n) * d.K + int64_t(c) * d.Kg) * d.PQ;
-  dx[int64_t(plane) * d.HW + hw] = depthwise_backward_data_at(d, dyplanes, w + int64_t(c) * d.Kg * d.RS, h, w_);
 }
 
 // Thread t of nt's share of dw[k, 0, r, s] (rs = r S + s) for Cg = 1: the terms (n, p, q) with
@@ -703,8 +734,38 @@ inline bool gemm_fits(const Dims& d, int64_t M, int64_t Kd, int64_t z) {
   return fits_int32(d) && M >= 16 && Kd >= kBK && ceil_div(M, 64) <= kMaxGridYZ && z <= kMaxGridYZ;
 }
 
-inline bool depthwise_fits(const Dims& d, int64_t planes, int64_t plane_size) {
-  return d.Cg == 1 && fits_int32(d) && planes < (int64_t{1} << 31) && ceil_div(plane_size, kThreads) <= kMaxGridYZ;
+// The depthwise plans: the tile must hold a band of at least one row, and the grid (planes, bands)
+// fit CUDA's limits.
+inline bool dw_plan_fits(const Dims& d, int64_t planes, int64_t rows, const DwPlan& pl) {
+  return d.Cg == 1 && fits_int32(d) && planes < (int64_t{1} << 31) && pl.band >= 1 &&
+         ceil_div(rows, pl.band) <= kMaxGridYZ;
+}
+
+inline DwPlan dw_plan(int64_t band, int64_t cols, int64_t col0) {
+  const bool ok = band >= 1 && cols <= kDwTileFloats;
+  return {ok ? static_cast<int>(band) : 0, static_cast<int>(std::min<int64_t>(cols, kDwTileFloats)),
+          static_cast<int>(col0), Divider::make(static_cast<uint32_t>(std::max<int64_t>(1, std::min<int64_t>(cols, kDwTileFloats))))};
+}
+
+// Forward: a band of b output rows reads (b - 1) sh + (R - 1) dh + 1 input rows of
+// (Q - 1) sw + (S - 1) dw + 1 columns, from input column -pw.
+inline DwPlan dw_forward_plan(const Dims& d) {
+  const int64_t cols = (d.Q - 1) * d.sw + (d.S - 1) * d.dw + 1;
+  const int64_t rows = kDwTileFloats / std::max<int64_t>(cols, 1);
+  const int64_t band = rows < (d.R - 1) * d.dh + 1 ? 0 : std::min<int64_t>(d.P, (rows - (d.R - 1) * d.dh - 1) / d.sh + 1);
+  return dw_plan(band, cols, -d.pw);
+}
+
+// Data-grad: dx rows [h0, h0 + b) read dy rows floor((h0 + ph - (R-1) dh) / sh) to
+// floor((h0 + b - 1 + ph) / sh), at most (b - 1 + (R - 1) dh) / sh + 2 of them; dy columns from
+// floor((pw - (S-1) dw) / sw) to floor((W - 1 + pw) / sw).
+inline DwPlan dw_backward_data_plan(const Dims& d) {
+  const auto fdiv = [](int64_t a, int64_t b) { return a >= 0 ? a / b : -((b - 1 - a) / b); };
+  const int64_t q_lo = fdiv(d.pw - (d.S - 1) * d.dw, d.sw), q_hi = fdiv(d.W - 1 + d.pw, d.sw);
+  const int64_t cols = q_hi - q_lo + 1;
+  const int64_t rows = kDwTileFloats / std::max<int64_t>(cols, 1);
+  const int64_t band = rows < 2 ? 0 : std::min<int64_t>(d.H, (rows - 2) * d.sh - (d.R - 1) * d.dh + 1);
+  return dw_plan(band, cols, q_lo);
 }
 
 inline bool is_unit(const Dims& d) {
@@ -772,13 +833,13 @@ enum class Path { Gather, Depthwise, Gemm, UnitGemm, SmallC };
 
 // Which kernel each pass takes (the gather whenever the faster ones do not apply).
 inline Path forward_path(const Dims& d) {
-  if (depthwise_fits(d, d.N * d.K, d.P * d.Q)) return Path::Depthwise;
+  if (dw_plan_fits(d, d.N * d.K, d.P, dw_forward_plan(d))) return Path::Depthwise;
   if (gemm_fits(d, d.Kg, d.Cg * d.R * d.S, d.G)) return is_unit(d) ? Path::UnitGemm : Path::Gemm;
   return Path::Gather;
 }
 
 inline Path backward_data_path(const Dims& d) {
-  if (depthwise_fits(d, d.N * d.C, d.H * d.W)) return Path::Depthwise;
+  if (dw_plan_fits(d, d.N * d.C, d.H, dw_backward_data_plan(d))) return Path::Depthwise;
   if (gemm_fits(d, d.Cg, d.Kg * d.R * d.S, d.G)) return is_unit(d) ? Path::UnitGemm : Path::Gemm;
   if (small_c_fits(d)) return Path::SmallC;
   return Path::Gather;

@@ -247,10 +247,20 @@ int main(int argc, char** argv) {
     if (d.Cg == 1) {   // depthwise direct kernels, grid as launched
       const Dims32 e = to_dims32(d);
       std::fill(y.begin(), y.end(), NAN); std::fill(dx.begin(), dx.end(), NAN);
-      for (int64_t plane = 0; plane < d.N * d.K; ++plane) for (int64_t by = 0; by < ceil_div(d.P*d.Q, kThreads); ++by)
-        for (int t = 0; t < kThreads; ++t) depthwise_forward_thread(e, x.data(), w.data(), b, y.data(), int(plane), int(by * kThreads + t));
-      for (int64_t plane = 0; plane < d.N * d.C; ++plane) for (int64_t by = 0; by < ceil_div(d.H*d.W, kThreads); ++by)
-        for (int t = 0; t < kThreads; ++t) depthwise_backward_data_thread(e, dy.data(), w.data(), dx.data(), int(plane), int(by * kThreads + t));
+      std::vector<float> tile(kDwTileFloats);
+      const DwPlan fp = dw_forward_plan(d), bp = dw_backward_data_plan(d);
+      if (fp.band < 1 || bp.band < 1) { printf("unexpected: depthwise tile does not fit\n"); return 1; }
+      for (int64_t plane = 0; plane < d.N * d.K; ++plane) for (int64_t by = 0; by < ceil_div(d.P, fp.band); ++by) {
+        std::fill(tile.begin(), tile.end(), NAN);   // what the tile's load does not write stays NaN
+        for (int t = 0; t < kThreads; ++t) dw_forward_load(e, fp, x.data(), int(plane), int(by), tile.data(), t, kThreads);
+        for (int t = 0; t < kThreads; ++t) dw_forward_compute(e, fp, tile.data(), w.data(), b, y.data(), int(plane), int(by), t, kThreads);
+      }
+      for (int64_t plane = 0; plane < d.N * d.C; ++plane) for (int64_t by = 0; by < ceil_div(d.H, bp.band); ++by)
+        for (int kl = 0; kl < e.Kg; ++kl) {
+          std::fill(tile.begin(), tile.end(), NAN);
+          for (int t = 0; t < kThreads; ++t) dw_backward_data_load(e, bp, dy.data(), int(plane), int(by), kl, tile.data(), t, kThreads);
+          for (int t = 0; t < kThreads; ++t) dw_backward_data_compute(e, bp, tile.data(), w.data(), dx.data(), int(plane), int(by), kl, t, kThreads);
+        }
       compare("fwd depthwise", d, ry, y); compare("dgrad depthwise", d, rdx, dx);
       std::fill(dw.begin(), dw.end(), NAN);
       for (int64_t el = 0; el < d.K * d.R * d.S; ++el) {
