@@ -213,16 +213,19 @@ __global__ void __launch_bounds__(kThreads) backward_bias_kernel(const Dims d, c
   }
 }
 
-// Depthwise (Cg = 1): grid (planes, bands); see the depthwise section of conv2d_tiles.cuh.
+// Depthwise (Cg = 1): grid (planes, bands); see the depthwise section of conv2d_tiles.cuh. KR x KS:
+// the kernel size when fixed at compile time (3 x 3), else 0 x 0.
+template <int KR, int KS>
 __global__ void __launch_bounds__(kThreads) depthwise_forward(const Dims32 d, const DwPlan pl, const float* x,
                                                               const float* w, const float* b, float* y) {
   __shared__ float tile[kDwTileFloats];
   const int plane = static_cast<int>(blockIdx.x), band = static_cast<int>(blockIdx.y), t = static_cast<int>(threadIdx.x);
   dw_forward_load(d, pl, x, plane, band, tile, t, kThreads);
   __syncthreads();
-  dw_forward_compute(d, pl, tile, w, b, y, plane, band, t, kThreads);
+  dw_forward_compute<KR, KS>(d, pl, tile, w, b, y, plane, band, t, kThreads);
 }
 
+template <int KR, int KS, bool kUnitStride>
 __global__ void __launch_bounds__(kThreads) depthwise_backward_data(const Dims32 d, const DwPlan pl, const float* dy,
                                                                     const float* w, float* dx) {
   __shared__ float tile[kDwTileFloats];
@@ -231,7 +234,7 @@ __global__ void __launch_bounds__(kThreads) depthwise_backward_data(const Dims32
     if (kl > 0) __syncthreads();  // the last plane's tile is read
     dw_backward_data_load(d, pl, dy, plane, band, kl, tile, t, kThreads);
     __syncthreads();
-    dw_backward_data_compute(d, pl, tile, w, dx, plane, band, kl, t, kThreads);
+    dw_backward_data_compute<KR, KS, kUnitStride>(d, pl, tile, w, dx, plane, band, kl, t, kThreads);
   }
 }
 
@@ -304,7 +307,10 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
   if (path == Path::Depthwise) {
     const DwPlan pl = dw_forward_plan(d);
     const dim3 grid(static_cast<unsigned>(d.N * d.K), static_cast<unsigned>(ceil_div(d.P, pl.band)));
-    depthwise_forward<<<grid, kThreads, 0, st>>>(to_dims32(d), pl, x, w, b, y);
+    if (d.R == 3 && d.S == 3)
+      depthwise_forward<3, 3><<<grid, kThreads, 0, st>>>(to_dims32(d), pl, x, w, b, y);
+    else
+      depthwise_forward<0, 0><<<grid, kThreads, 0, st>>>(to_dims32(d), pl, x, w, b, y);
     check(cudaGetLastError(), "conv2d_forward (depthwise)");
   } else if (path != Path::Gather) {
     const Dims32 e = to_dims32(d);
@@ -331,7 +337,16 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
   if (path == Path::Depthwise) {
     const DwPlan pl = dw_backward_data_plan(d);
     const dim3 grid(static_cast<unsigned>(d.N * d.C), static_cast<unsigned>(ceil_div(d.H, pl.band)));
-    depthwise_backward_data<<<grid, kThreads, 0, st>>>(to_dims32(d), pl, dy, w, dx);
+    const Dims32 e = to_dims32(d);
+    const bool k3 = d.R == 3 && d.S == 3, unit = d.sh == 1 && d.sw == 1;
+    if (k3 && unit)
+      depthwise_backward_data<3, 3, true><<<grid, kThreads, 0, st>>>(e, pl, dy, w, dx);
+    else if (k3)
+      depthwise_backward_data<3, 3, false><<<grid, kThreads, 0, st>>>(e, pl, dy, w, dx);
+    else if (unit)
+      depthwise_backward_data<0, 0, true><<<grid, kThreads, 0, st>>>(e, pl, dy, w, dx);
+    else
+      depthwise_backward_data<0, 0, false><<<grid, kThreads, 0, st>>>(e, pl, dy, w, dx);
     check(cudaGetLastError(), "conv2d_backward_data (depthwise)");
   } else if (path == Path::SmallC) {
     launch_backward_data_small_c(d, dy, w, dx, st);

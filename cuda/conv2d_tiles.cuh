@@ -206,18 +206,43 @@ FASTOPT_HD void dw_forward_load(const Dims32& d, const DwPlan& pl, const float* 
   }
 }
 
+// The plane's weights, in registers when the kernel size is a template argument (KR x KS; 0 x 0:
+// R x S at run time, read from memory per tap).
+template <int KR, int KS>
+struct DwWeights {
+  static constexpr bool kFixed = KR > 0 && KS > 0;
+  float v[kFixed ? KR * KS : 1];
+  const float* p;
+  FASTOPT_HD DwWeights(const float* wk, int rs) : p(wk) {
+    if constexpr (kFixed) {
+#pragma unroll
+      for (int i = 0; i < KR * KS; ++i) v[i] = wk[i];
+    }
+    (void)rs;
+  }
+  FASTOPT_HD float operator[](int i) const {
+    if constexpr (kFixed) return v[i];
+    return p[i];
+  }
+};
+
+template <int KR, int KS>
 FASTOPT_HD void dw_forward_compute(const Dims32& d, const DwPlan& pl, const float* tile, const float* w,
                                    const float* b, float* y, int plane, int band_idx, int t, int nt) {
+  const int R = KR > 0 ? KR : d.R, S = KS > 0 ? KS : d.S;
   const int k = plane % d.K;
-  const float* wk = w + int64_t(k) * d.RS;
+  const DwWeights<KR, KS> wk(w + int64_t(k) * d.RS, d.RS);
+  const float bias = b != nullptr ? b[k] : 0.0f;
   const int o0 = band_idx * pl.band, on = d.P - o0 < pl.band ? d.P - o0 : pl.band;
   for (int o = t; o < on * d.Q; o += nt) {
     const int pr = d.by_Q.div(o), q = o - pr * d.Q;
     const float* base = tile + pr * d.sh * pl.cols + q * d.sw;
     float acc = 0.0f;
-    for (int r = 0; r < d.R; ++r)
-      for (int s = 0; s < d.S; ++s) acc = fmaf(base[r * d.dh * pl.cols + s * d.dw], wk[r * d.S + s], acc);
-    y[(int64_t(plane) * d.P + o0 + pr) * d.Q + q] = b != nullptr ? acc + b[k] : acc;
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int s = 0; s < S; ++s) acc = fmaf(base[r * d.dh * pl.cols + s * d.dw], wk[r * S + s], acc);
+    y[(int64_t(plane) * d.P + o0 + pr) * d.Q + q] = b != nullptr ? acc + bias : acc;
   }
 }
 
@@ -237,24 +262,31 @@ FASTOPT_HD void dw_backward_data_load(const Dims32& d, const DwPlan& pl, const f
 }
 
 // Adds plane kl's taps to dx (kl = 0 starts from zero): the sum runs over kl, r, s ascending.
+// kUnitStride: sh = sw = 1, where every tap lands on a dy pixel (no division, no test).
+template <int KR, int KS, bool kUnitStride>
 FASTOPT_HD void dw_backward_data_compute(const Dims32& d, const DwPlan& pl, const float* tile, const float* w,
                                          float* dx, int plane, int band_idx, int kl, int t, int nt) {
+  const int R = KR > 0 ? KR : d.R, S = KS > 0 ? KS : d.S;
   const int c = plane % d.C;
-  const float* wk = w + (int64_t(c) * d.Kg + kl) * d.RS;
+  const DwWeights<KR, KS> wk(w + (int64_t(c) * d.Kg + kl) * d.RS, d.RS);
   const int h0 = band_idx * pl.band, hn = d.H - h0 < pl.band ? d.H - h0 : pl.band;
   const int row0 = dw_dgrad_first_row(d, h0) * d.sh, col0 = pl.col0 * d.sw;
   for (int o = t; o < hn * d.W; o += nt) {
     const int hr = d.by_W.div(o), w_ = o - hr * d.W;
     float* out = dx + (int64_t(plane) * d.H + h0 + hr) * d.W + w_;
     float acc = kl == 0 ? 0.0f : *out;
-    for (int r = 0; r < d.R; ++r) {
-      const int th = h0 + hr + d.ph - r * d.dh - row0, i = d.by_sh.div(th);  // th >= 0
-      if (i * d.sh != th) continue;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int th = h0 + hr + d.ph - r * d.dh - row0;  // >= 0
+      const int i = kUnitStride ? th : d.by_sh.div(th);
+      if (!kUnitStride && i * d.sh != th) continue;
       const float* row = tile + i * pl.cols;
-      for (int s = 0; s < d.S; ++s) {
-        const int tw = w_ + d.pw - s * d.dw - col0, j = d.by_sw.div(tw);
-        if (j * d.sw != tw) continue;
-        acc = fmaf(row[j], wk[r * d.S + s], acc);
+#pragma unroll
+      for (int s = 0; s < S; ++s) {
+        const int tw = w_ + d.pw - s * d.dw - col0;
+        const int j = kUnitStride ? tw : d.by_sw.div(tw);
+        if (!kUnitStride && j * d.sw != tw) continue;
+        acc = fmaf(row[j], wk[r * S + s], acc);
       }
     }
     *out = acc;

@@ -253,13 +253,13 @@ int main(int argc, char** argv) {
       for (int64_t plane = 0; plane < d.N * d.K; ++plane) for (int64_t by = 0; by < ceil_div(d.P, fp.band); ++by) {
         std::fill(tile.begin(), tile.end(), NAN);   // what the tile's load does not write stays NaN
         for (int t = 0; t < kThreads; ++t) dw_forward_load(e, fp, x.data(), int(plane), int(by), tile.data(), t, kThreads);
-        for (int t = 0; t < kThreads; ++t) dw_forward_compute(e, fp, tile.data(), w.data(), b, y.data(), int(plane), int(by), t, kThreads);
+        for (int t = 0; t < kThreads; ++t) dw_forward_compute<0, 0>(e, fp, tile.data(), w.data(), b, y.data(), int(plane), int(by), t, kThreads);
       }
       for (int64_t plane = 0; plane < d.N * d.C; ++plane) for (int64_t by = 0; by < ceil_div(d.H, bp.band); ++by)
         for (int kl = 0; kl < e.Kg; ++kl) {
           std::fill(tile.begin(), tile.end(), NAN);
           for (int t = 0; t < kThreads; ++t) dw_backward_data_load(e, bp, dy.data(), int(plane), int(by), kl, tile.data(), t, kThreads);
-          for (int t = 0; t < kThreads; ++t) dw_backward_data_compute(e, bp, tile.data(), w.data(), dx.data(), int(plane), int(by), kl, t, kThreads);
+          for (int t = 0; t < kThreads; ++t) dw_backward_data_compute<0, 0, false>(e, bp, tile.data(), w.data(), dx.data(), int(plane), int(by), kl, t, kThreads);
         }
       compare("fwd depthwise", d, ry, y); compare("dgrad depthwise", d, rdx, dx);
       std::fill(dw.begin(), dw.end(), NAN);
