@@ -59,7 +59,8 @@ stage() {
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1; nvcc --version 2>&1 | tail -2;
   python3 -c 'import sys, torch, numpy; print(sys.version.split()[0], "torch", torch.__version__, "numpy", numpy.__version__)' 2>&1
-  git rev-parse HEAD 2>/dev/null; date -u +%FT%TZ
+  # The copy of the tree on the lent machine may carry a stale .git: the caller's word comes first.
+  echo "commit ${FASTOPT_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"; date -u +%FT%TZ
 } >> "$OUT/build.log"
 
 # Each benchmark writes results.json/.md and chart.png into its own folder under $OUT; they are
