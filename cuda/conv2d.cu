@@ -58,9 +58,10 @@ using namespace conv;
 
 // ------------------------------------------------------------------ kernels
 
-// Tiles past 64x64: at most 128 registers, so that two blocks (16 warps) share an SM.
+// Tiles past 64x64: at most 128 registers, so that two blocks (16 warps) share an SM; 64x64: at
+// most 85, three blocks.
 template <class Prob, int BM, int BN, bool kTF32>
-__global__ void __launch_bounds__(kThreads, BM == 128 || BN == 128 ? 2 : 1) gemm_kernel(const Prob pb) {
+__global__ void __launch_bounds__(kThreads, BM == 128 || BN == 128 ? 2 : 3) gemm_kernel(const Prob pb) {
   using T = Tile<BM, BN>;
   __shared__ T tiles[2];
   const int tid = static_cast<int>(threadIdx.x);

@@ -387,23 +387,50 @@ FASTOPT_HD void make_columns(const Prob& pb, int g, int tid, int n0, Columns<Pro
   }
 }
 
+// A problem whose operands both run along k (weight-grad) may declare KCoord: a thread's A and B
+// slots then share one k per step (copy_slot along k: kk = tid % 8), decomposed once per step by
+// k_coord and read with a_at / b_at, instead of once per element.
+template <class Prob, class = void>
+struct HasKCoord : std::false_type {};
+template <class Prob>
+struct HasKCoord<Prob, std::void_t<typename Prob::KCoord>> : std::true_type {};
+
 // Reads this thread's share of the A and B tiles at (m0, n0, k0) into registers (0 outside the
 // problem or past k_end), so that the global loads of the next step overlap the current FMAs.
 template <class Prob, int BM, int BN>
 FASTOPT_HD void load_tiles(const Prob& pb, int g, int tid, int m0, int n0, int k0, int k_end,
                            const Columns<Prob, BM, BN>& cols, float (&ra)[Tile<BM, BN>::LA],
                            float (&rb)[Tile<BM, BN>::LB]) {
+  if constexpr (HasKCoord<Prob>::value) {
+    static_assert(Prob::kAAlongK && Prob::kBAlongK && Prob::kHoistB, "one k per thread and step");
+    const int k = k0 + tid % kBK;
+    const bool live = k < k_end;
+    const typename Prob::KCoord kc = pb.k_coord(live ? k : k0);
 #pragma unroll
-  for (int i = 0; i < Tile<BM, BN>::LA; ++i) {
-    int m, kk;
-    copy_slot<BM, Prob::kAAlongK>(tid, i, m, kk);
-    ra[i] = (m0 + m < pb.M && k0 + kk < k_end) ? pb.a(g, m0 + m, k0 + kk) : 0.0f;
-  }
+    for (int i = 0; i < Tile<BM, BN>::LA; ++i) {
+      int m, kk;
+      copy_slot<BM, true>(tid, i, m, kk);
+      ra[i] = (m0 + m < pb.M && live) ? pb.a_at(g, m0 + m, kc) : 0.0f;
+    }
 #pragma unroll
-  for (int i = 0; i < Tile<BM, BN>::LB; ++i) {
-    int n, kk;
-    copy_slot<BN, Prob::kBAlongK>(tid, i, n, kk);
-    rb[i] = (n0 + n < pb.N && k0 + kk < k_end) ? ColumnOf<Prob>::at(pb, g, cols[i], k0 + kk) : 0.0f;
+    for (int i = 0; i < Tile<BM, BN>::LB; ++i) {
+      int n, kk;
+      copy_slot<BN, true>(tid, i, n, kk);
+      rb[i] = (n0 + n < pb.N && live) ? pb.b_at(cols[i], kc) : 0.0f;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < Tile<BM, BN>::LA; ++i) {
+      int m, kk;
+      copy_slot<BM, Prob::kAAlongK>(tid, i, m, kk);
+      ra[i] = (m0 + m < pb.M && k0 + kk < k_end) ? pb.a(g, m0 + m, k0 + kk) : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < Tile<BM, BN>::LB; ++i) {
+      int n, kk;
+      copy_slot<BN, Prob::kBAlongK>(tid, i, n, kk);
+      rb[i] = (n0 + n < pb.N && k0 + kk < k_end) ? ColumnOf<Prob>::at(pb, g, cols[i], k0 + kk) : 0.0f;
+    }
   }
 }
 
@@ -733,11 +760,19 @@ struct BackwardWeightProblem {
   const float* x;
   float* out;
 
-  FASTOPT_HD float a(int g, int m, int k) const {
-    const int n = d.by_PQ.div(k), pq = k - n * d.PQ;
-    return dy[(int64_t(n) * d.K + g * d.Kg + m) * d.PQ + pq];
+  // Both operands run along k = (n, p, q): load_tiles decomposes each step's k once (HasKCoord).
+  struct KCoord {
+    int n, pq, h0, w0;  // image, pixel, and the pixel's window corner (p sh, q sw)
+  };
+  FASTOPT_HD KCoord k_coord(int k) const {
+    const int n = d.by_PQ.div(k), pq = k - n * d.PQ, p = d.by_Q.div(pq), q = pq - p * d.Q;
+    return {n, pq, p * d.sh, q * d.sw};
   }
-  FASTOPT_HD float b(int g, int k, int j) const { return b_at(b_column(g, j), k); }
+  FASTOPT_HD float a(int g, int m, int k) const { return a_at(g, m, k_coord(k)); }
+  FASTOPT_HD float a_at(int g, int m, const KCoord& kc) const {
+    return dy[(int64_t(kc.n) * d.K + g * d.Kg + m) * d.PQ + kc.pq];
+  }
+  FASTOPT_HD float b(int g, int k, int j) const { return b_at(b_column(g, j), k_coord(k)); }
   // Column j = (c, r, s): the input plane and the tap's offset from a window's corner.
   struct BColumn {
     int64_t plane;
@@ -747,11 +782,10 @@ struct BackwardWeightProblem {
     const int c = d.by_RS.div(j), rs = j - c * d.RS, r = d.by_S.div(rs), s = rs - r * d.S;
     return {int64_t(g * d.Cg + c) * d.HW, r * d.dh - d.ph, s * d.dw - d.pw};
   }
-  FASTOPT_HD float b_at(const BColumn& col, int k) const {
-    const int n = d.by_PQ.div(k), pq = k - n * d.PQ, p = d.by_Q.div(pq), q = pq - p * d.Q;
-    const int h = p * d.sh + col.dh0, w_ = q * d.sw + col.dw0;
+  FASTOPT_HD float b_at(const BColumn& col, const KCoord& kc) const {
+    const int h = kc.h0 + col.dh0, w_ = kc.w0 + col.dw0;
     if (h < 0 || h >= d.H || w_ < 0 || w_ >= d.W) return 0.0f;
-    return x[int64_t(n) * d.C * d.HW + col.plane + h * d.W + w_];
+    return x[int64_t(kc.n) * d.C * d.HW + col.plane + h * d.W + w_];
   }
   FASTOPT_HD void store(int g, int split, int m, int j, float v) const {
     out[(int64_t(split) * d.K + g * d.Kg + m) * N + j] = v;
