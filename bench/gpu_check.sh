@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Build, test and benchmark fastopt on the lent GPU machine (no network), writing into OUTDIR:
 #   build.log  pip build + install, then `fastopt info`
-#   tests.log  pytest -m gpu, conv2d again on its stage-1 kernels, then the CPU tests
-#   bench.log  benchmark progress and tables (optimizers, normalization, dropout, conv2d on cuda;
-#              with PART=train: the training-step suite and `fastopt train` on digits)
+#   tests.log  pytest -m gpu, conv2d again on its stage-1 kernels, the CPU tests (each if asked)
+#   bench.log  progress and tables of the suites asked for (on cuda; train: CPU and GPU)
 #   results.tar.gz  one folder per suite: results.json, results.md, chart.png
 #   status.txt one line per stage: name, exit status, seconds
 # PARTS: comma-separated stages after the build, so that the work can be split over device calls

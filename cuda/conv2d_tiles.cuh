@@ -222,12 +222,11 @@ struct DwWeights {
   static constexpr bool kFixed = KR > 0 && KS > 0;
   float v[kFixed ? KR * KS : 1];
   const float* p;
-  FASTOPT_HD DwWeights(const float* wk, int rs) : p(wk) {
+  FASTOPT_HD explicit DwWeights(const float* wk) : p(wk) {
     if constexpr (kFixed) {
 #pragma unroll
       for (int i = 0; i < KR * KS; ++i) v[i] = wk[i];
     }
-    (void)rs;
   }
   FASTOPT_HD float operator[](int i) const {
     if constexpr (kFixed) return v[i];
@@ -240,7 +239,7 @@ FASTOPT_HD void dw_forward_compute(const Dims32& d, const DwPlan& pl, const floa
                                    const float* b, float* y, int plane, int band_idx, int t, int nt) {
   const int R = KR > 0 ? KR : d.R, S = KS > 0 ? KS : d.S;
   const int k = plane % d.K;
-  const DwWeights<KR, KS> wk(w + int64_t(k) * d.RS, d.RS);
+  const DwWeights<KR, KS> wk(w + int64_t(k) * d.RS);
   const float bias = b != nullptr ? b[k] : 0.0f;
   const int o0 = band_idx * pl.band, on = d.P - o0 < pl.band ? d.P - o0 : pl.band;
   for (int o = t; o < on * d.Q; o += nt) {
@@ -274,7 +273,7 @@ FASTOPT_HD void dw_backward_data_compute(const Dims32& d, const DwPlan& pl, cons
                                          float* dx, int plane, int band_idx, int kl, int t, int nt) {
   const int R = KR > 0 ? KR : d.R, S = KS > 0 ? KS : d.S;
   const int c = plane % d.C;
-  const DwWeights<KR, KS> wk(w + (int64_t(c) * d.Kg + kl) * d.RS, d.RS);
+  const DwWeights<KR, KS> wk(w + (int64_t(c) * d.Kg + kl) * d.RS);
   const int h0 = band_idx * pl.band, hn = d.H - h0 < pl.band ? d.H - h0 : pl.band;
   const int row0 = dw_dgrad_first_row(d, h0) * d.sh, col0 = pl.col0 * d.sw;
   for (int o = t; o < hn * d.W; o += nt) {
@@ -768,11 +767,9 @@ struct BackwardWeightProblem {
     const int n = d.by_PQ.div(k), pq = k - n * d.PQ, p = d.by_Q.div(pq), q = pq - p * d.Q;
     return {n, pq, p * d.sh, q * d.sw};
   }
-  FASTOPT_HD float a(int g, int m, int k) const { return a_at(g, m, k_coord(k)); }
   FASTOPT_HD float a_at(int g, int m, const KCoord& kc) const {
     return dy[(int64_t(kc.n) * d.K + g * d.Kg + m) * d.PQ + kc.pq];
   }
-  FASTOPT_HD float b(int g, int k, int j) const { return b_at(b_column(g, j), k_coord(k)); }
   // Column j = (c, r, s): the input plane and the tap's offset from a window's corner.
   struct BColumn {
     int64_t plane;
