@@ -81,6 +81,26 @@ def test_shapes(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, gr
     check(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, groups, bias=True)
 
 
+# 3x3 unit-stride layers with >= 64 channels per group take the CPU's Winograd F(2x2, 3x3) path
+# (FASTOPT_CONV2D_WINOGRAD=0: the direct GEMMs); odd outputs leave tiles overhanging the image,
+# padding 0 and 2 move the taps, and 1x1 / 2x3 images leave most taps in the padding. Its
+# error measured against the reference stays below the direct GEMMs' (shorter reductions).
+@pytest.mark.parametrize("winograd", ["1", "0"])
+@pytest.mark.parametrize("n,c,h,w,k,padding,groups,bias", [
+    (2, 64, 9, 11, 64, 1, 1, True),      # odd width: the last tile column overhangs
+    (1, 64, 7, 7, 96, 0, 1, False),      # no padding, 5x5 out, more filters than channels
+    (3, 72, 6, 5, 64, 2, 1, True),       # padding 2 (data-grad pads 0), 8x7 out
+    (2, 128, 5, 6, 192, 1, 2, True),     # grouped, 64 -> 96 per group
+    (1, 64, 1, 1, 64, 1, 1, True),       # 1x1 image: one tile, 8 of 9 taps in the padding
+    (1, 64, 2, 3, 80, 2, 1, False),      # output larger than the input
+    (5, 65, 13, 4, 70, 1, 1, True),      # channel counts off the tile multiples, many blocks
+    (1, 320, 4, 4, 64, 1, 1, True),      # reduction over two KC blocks
+])
+def test_winograd_shapes(backend, rng, monkeypatch, winograd, n, c, h, w, k, padding, groups, bias):
+    monkeypatch.setenv("FASTOPT_CONV2D_WINOGRAD", winograd)
+    check(backend, rng, n, c, h, w, k, 3, 3, 1, padding, 1, groups, bias)
+
+
 @pytest.mark.parametrize("need", [(True, False, False), (False, True, False), (False, False, True),
                                   (False, False, False), (True, True, False)])
 def test_need(backend, rng, need):
@@ -204,10 +224,12 @@ def test_read_only_inputs_are_fine(rng):
 def test_thread_count_does_not_change_bits(tmp_path):
     # Every reduction has a fixed order (fixed image chunks, fixed KC blocks, no atomics), so one
     # thread and many give identical bits. Shapes hit each CPU path: GEMM with several image
-    # chunks, col2im data-grad (stride 2), gather data-grad (wide groups), channel-wise.
+    # chunks, col2im data-grad (stride 2), gather data-grad (wide groups), channel-wise, and
+    # Winograd (ungrouped with several tile blocks; grouped with rows split).
     assert_bits_independent_of_threads(tmp_path, (
         "rng = np.random.default_rng(7)\n"
-        "for n, c, k, h, st, g in [(6, 16, 24, 19, 1, 1), (4, 8, 16, 17, 2, 2), (2, 64, 48, 9, 1, 2), (3, 8, 16, 11, 1, 8)]:\n"
+        "for n, c, k, h, st, g in [(6, 16, 24, 19, 1, 1), (4, 8, 16, 17, 2, 2), (2, 64, 48, 9, 1, 2), (3, 8, 16, 11, 1, 8),"
+        "                          (9, 64, 72, 15, 1, 1), (2, 128, 256, 7, 1, 2)]:\n"
         "    x = rng.standard_normal((n, c, h, h)).astype(np.float32)\n"
         "    w = rng.standard_normal((k, c // g, 3, 3)).astype(np.float32)\n"
         "    y = F.conv2d_forward(x, w, None, st, 1, 1, g)\n"

@@ -64,6 +64,7 @@
 #include "fastopt/conv2d.h"
 #include "isa.h"
 
+#include "conv2d_winograd.h"
 #include "gemm.h"
 
 namespace fastopt::cpu {
@@ -413,6 +414,7 @@ void channelwise_backward_weight(const Conv2dShape& s, const float* dy, const fl
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
   if (s.C == s.groups) return channelwise_forward(s, x, w, b, y);
+  if (winograd_applies(s)) return winograd_forward(s, x, w, b, y);
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t Kd = Cg * RS;
   auto pack_a = [&](int64_t g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
@@ -710,6 +712,8 @@ void weight_grad_narrow(const Conv2dShape& s, const float* dy, const float* x, f
 void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
   if (s.C == s.groups)
     channelwise_backward_data(s, dy, w, dx);
+  else if (winograd_applies(s))
+    winograd_backward_data(s, dy, w, dx);
   else if (s.stride_h * s.stride_w > 1 || s.C / s.groups < 2 * MR)
     data_grad_col2im(s, dy, w, dx);
   else

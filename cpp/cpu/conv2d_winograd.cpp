@@ -1,0 +1,423 @@
+// Conv2d 3x3 with unit stride and dilation on the CPU by Winograd F(2x2, 3x3) (the transforms'
+// math: fastopt/winograd.h), for every pass:
+//
+//   forward      V[xi, c, t] = (B^T x_t B)[xi]      4x4 input tile t = (n, ty, tx), stride 2
+//                U[xi, k, c] = (G w[k, c] G^T)[xi]
+//                M[xi, k, t] = sum_c U[xi, k, c] V[xi, c, t]      16 GEMMs per group (gemm.h)
+//                y_t[k]      = A^T M[., k, t] A  (+ b[k])         2x2 output tile
+//   data-grad    the forward over dy, with the filters flipped and transposed and padding 2 - p
+//   weight-grad  dM[xi, k, t] = (A dy_t A^T)[xi];  dU[xi, k, c] = sum_t dM[xi, k, t] V[xi, c, t];
+//                dw[k, c] = G^T dU[., k, c] G
+//
+// The GEMMs do 16 multiply-adds per tile where the direct form does 36: 2.25x fewer flops, less
+// where P or Q is odd (a 7x7 output runs as 8x8 in tiles: 1.72x). V, M and dM hold 16 floats per
+// tile and channel, 4x their tensors; they are written and read once each per GEMM operand, so
+// the transforms move ~12 bytes per flop saved... in practice a few percent of a deep layer's pass,
+// and more on wide images with few channels, where the direct GEMMs stay (winograd_applies).
+// Images run in chunks so that V and M stay within kChunkFloats, and results never depend on the
+// chunking, the thread count or the ISA copy beyond FMA rounding: each GEMM output is reduced in
+// gemm.h's fixed order, and the weight-grad's chunks are summed in image order.
+//
+// Rounding: each transform output is a sum of at most 4 terms (coefficients 1 or 1/2), and each
+// GEMM reduces over channels only (C terms, where the direct form reduces 9 C): measured against
+// the float64 reference the error stays within 2x of the direct GEMMs' (tests/test_conv2d.py).
+//
+// Launch shape: transforms are OpenMP loops over (image, channel) planes; the GEMMs are
+// gemm::run over 16 G items (forward, data-grad: columns = tiles, prepacked transformed filters
+// shared by all tasks; weight-grad: reduction over tiles, both operands packed by transposes).
+#include "conv2d_winograd.h"
+
+#include <cstdlib>
+#include <chrono>
+#include <cstdio>
+
+#include "fastopt/winograd.h"
+#include "gemm.h"
+
+namespace fastopt::cpu::FASTOPT_ISA {
+namespace {
+
+namespace wg = fastopt::winograd;
+using gemm::MR;
+using gemm::NR;
+
+// A 3x3 unit-stride correlation of src (N, Ci, Hi, Wi) into out (N, Co, Ho, Wo) with padding
+// (ph, pw), in G groups, cut into 2x2 output tiles, TH x TW of them per image (the last row and
+// column of tiles overhang odd outputs). Tiles t = (n, ty, tx) run over the whole batch.
+struct Tiling {
+  int64_t Ci, Hi, Wi, Co, Ho, Wo, ph, pw, G;
+  int64_t TH() const { return (Ho + 1) / 2; }
+  int64_t TW() const { return (Wo + 1) / 2; }
+  int64_t per_image() const { return TH() * TW(); }
+};
+
+// Where the tiles of one block (block columns j < NB, tiles t0 + j) read and write: the input
+// tile's corner relative to the block's first image (in_off), which of its 16 taps lie inside
+// the image (bit i*4 + q of in_taps), the output tile's corner (out_off) and which of its 4
+// pixels exist (bit i*2 + q of out_px). Columns past the last tile have no taps and no pixels.
+// The offsets are 32-bit for the gathers: within a block's few images of one channel plane.
+struct BlockMap {
+  int64_t n0;
+  std::vector<int32_t> in_off, out_off;
+  std::vector<uint16_t> in_taps, out_px;
+  explicit BlockMap(int64_t NB) : in_off(NB), out_off(NB), in_taps(NB), out_px(NB) {}
+
+  void build(const Tiling& tl, int64_t t0, int64_t nb) {
+    const int64_t TW = tl.TW(), per = tl.per_image();
+    n0 = t0 / per;
+    for (int64_t j = 0; j < static_cast<int64_t>(in_off.size()); ++j) {
+      if (j >= nb) {
+        in_off[j] = out_off[j] = 0;
+        in_taps[j] = out_px[j] = 0;
+        continue;
+      }
+      const int64_t t = t0 + j, n = t / per - n0, ty = t % per / TW, tx = t % TW;
+      const int64_t h0 = 2 * ty - tl.ph, w0 = 2 * tx - tl.pw;
+      in_off[j] = static_cast<int32_t>(n * tl.Ci * tl.Hi * tl.Wi + h0 * tl.Wi + w0);
+      out_off[j] = static_cast<int32_t>(n * tl.Co * tl.Ho * tl.Wo + 2 * ty * tl.Wo + 2 * tx);
+      uint16_t taps = 0, px = 0;
+      for (int i = 0; i < 4; ++i)
+        for (int q = 0; q < 4; ++q)
+          if (h0 + i >= 0 && h0 + i < tl.Hi && w0 + q >= 0 && w0 + q < tl.Wi) taps |= 1u << (i * 4 + q);
+      for (int i = 0; i < 2; ++i)
+        for (int q = 0; q < 2; ++q)
+          if (2 * ty + i < tl.Ho && 2 * tx + q < tl.Wo) px |= 1u << (i * 2 + q);
+      in_taps[j] = taps;
+      out_px[j] = px;
+    }
+  }
+};
+
+// 32-bit gather offsets hold: a block spans at most NB tiles, so at most NB images.
+bool offsets_fit(const Tiling& tl, int64_t NB) {
+  const int64_t span = std::min<int64_t>(NB, std::max<int64_t>(1, NB / tl.per_image() + 2));
+  return span * std::max(tl.Ci * tl.Hi * tl.Wi, tl.Co * tl.Ho * tl.Wo) < (int64_t{1} << 31);
+}
+
+// A thread's buffers for one block of NB tiles: the transformed inputs as packed B panels
+// (vp: per xi, Cg rows in gemm.h's KC blocks of NR-column strips) and the GEMM tiles (mp: per
+// xi, MR-row strips of the task's rows, NB columns as NR-wide tiles).
+struct BlockBuffers {
+  gemm::Panel vp, mp;
+  BlockMap map;
+  BlockBuffers(int64_t cg, int64_t rows_p, int64_t NB)
+      : vp(static_cast<size_t>(16 * cg * NB)), mp(static_cast<size_t>(16 * rows_p * NB)), map(NB) {}
+};
+
+// vp = B^T d B of every tile of the block in channels g*Cg .. (g+1)*Cg of src, laid out for
+// the micro-kernel: element (xi, c, j) at xi*Cg*NB + pc*NB + (j/NR)*kc*NR + (c-pc)*NR + j%NR,
+// for the KC block [pc, pc + kc) holding c. AVX-512 runs 16 tiles per vector: each of the 16
+// taps is one masked gather (the masks zero the padding), the transform runs in registers, and
+// each xi is one aligned store.
+void transform_inputs(const Tiling& tl, const float* src, int64_t g, int64_t NB, BlockBuffers& bb) {
+  const int64_t Cg = tl.Ci / tl.G, kb = gemm::kc_block(Cg), plane = tl.Hi * tl.Wi;
+  const BlockMap& bm = bb.map;
+  const float* base = src + (bm.n0 * tl.Ci + g * Cg) * plane;
+  for (int64_t c = 0; c < Cg; ++c) {
+    const int64_t pc = c / kb * kb, kc = std::min(kb, Cg - pc);
+    float* const vc = bb.vp.data() + pc * NB + (c - pc) * NR;
+    const float* bc = base + c * plane;
+    for (int64_t j = 0; j < NB; j += 16) {
+      float* const dst = vc + j / NR * kc * NR + j % NR;
+#if defined(__AVX512F__)
+      const __m512i idx = _mm512_loadu_si512(bm.in_off.data() + j);
+      const __m256i taps = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bm.in_taps.data() + j));
+      __m512 r[4][4];
+      for (int i = 0; i < 4; ++i) {
+        __m512 d[4];
+        for (int q = 0; q < 4; ++q) {
+          const __mmask16 m = _mm256_test_epi16_mask(taps, _mm256_set1_epi16(static_cast<short>(1 << (i * 4 + q))));
+          d[q] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m,
+                                          _mm512_add_epi32(idx, _mm512_set1_epi32(static_cast<int>(i * tl.Wi + q))), bc, 4);
+        }
+        wg::input_1d(d[0], d[1], d[2], d[3], r[i]);
+      }
+      for (int b = 0; b < 4; ++b) {
+        __m512 col[4];
+        wg::input_1d(r[0][b], r[1][b], r[2][b], r[3][b], col);
+        for (int a = 0; a < 4; ++a) _mm512_store_ps(dst + (a * 4 + b) * Cg * NB, col[a]);
+      }
+#else
+      for (int64_t l = 0; l < 16; ++l) {
+        const float* at = bc + bm.in_off[j + l];
+        const unsigned taps = bm.in_taps[j + l];
+        float r[4][4];
+        for (int i = 0; i < 4; ++i) {
+          float d[4];
+          for (int q = 0; q < 4; ++q) d[q] = taps >> (i * 4 + q) & 1u ? at[i * tl.Wi + q] : 0.0f;
+          wg::input_1d(d[0], d[1], d[2], d[3], r[i]);
+        }
+        for (int b = 0; b < 4; ++b) {
+          float col[4];
+          wg::input_1d(r[0][b], r[1][b], r[2][b], r[3][b], col);
+          for (int a = 0; a < 4; ++a) dst[(a * 4 + b) * Cg * NB + l] = col[a];
+        }
+      }
+#endif
+    }
+  }
+}
+
+// out[n, g*Kg + k] tiles = A^T m A (+ bias) for rows k0 .. k0 + rows of the block's products
+// (mp: element (xi, kl, j) at xi*RP*NB + (kl/MR)*MR*NB + (j/NR)*MR*NR + (kl%MR)*NR + j%NR).
+// AVX-512: 16 tiles per vector, each output pixel one masked scatter.
+void transform_outputs(const Tiling& tl, int64_t g, int64_t k0, int64_t rows, int64_t RP, int64_t NB,
+                       const float* bias, float* out, BlockBuffers& bb) {
+  const int64_t Kg = tl.Co / tl.G, plane = tl.Ho * tl.Wo;
+  const BlockMap& bm = bb.map;
+  for (int64_t kl = 0; kl < rows; ++kl) {
+    const int64_t k = g * Kg + k0 + kl;
+    const float init = bias ? bias[k] : 0.0f;
+    const float* mk = bb.mp.data() + kl / MR * MR * NB + kl % MR * NR;
+    float* const ok = out + (bm.n0 * tl.Co + k) * plane;
+    for (int64_t j = 0; j < NB; j += 16) {
+      const float* src = mk + j / NR * MR * NR + j % NR;
+#if defined(__AVX512F__)
+      __m512 sm[4][2];
+      for (int a = 0; a < 4; ++a)
+        wg::output_1d(_mm512_load_ps(src + (a * 4) * RP * NB), _mm512_load_ps(src + (a * 4 + 1) * RP * NB),
+                      _mm512_load_ps(src + (a * 4 + 2) * RP * NB), _mm512_load_ps(src + (a * 4 + 3) * RP * NB), sm[a]);
+      const __m512i idx = _mm512_loadu_si512(bm.out_off.data() + j);
+      const __m256i px = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bm.out_px.data() + j));
+      for (int q = 0; q < 2; ++q) {
+        __m512 yv[2];
+        wg::output_1d(sm[0][q], sm[1][q], sm[2][q], sm[3][q], yv);
+        for (int i = 0; i < 2; ++i) {
+          const __mmask16 m = _mm256_test_epi16_mask(px, _mm256_set1_epi16(static_cast<short>(1 << (i * 2 + q))));
+          _mm512_mask_i32scatter_ps(ok, m, _mm512_add_epi32(idx, _mm512_set1_epi32(static_cast<int>(i * tl.Wo + q))),
+                                    _mm512_add_ps(_mm512_set1_ps(init), yv[i]), 4);
+        }
+      }
+#else
+      for (int64_t l = 0; l < 16; ++l) {
+        const unsigned px = bm.out_px[j + l];
+        float sm[4][2];
+        for (int a = 0; a < 4; ++a)
+          wg::output_1d(src[(a * 4) * RP * NB + l], src[(a * 4 + 1) * RP * NB + l], src[(a * 4 + 2) * RP * NB + l],
+                        src[(a * 4 + 3) * RP * NB + l], sm[a]);
+        for (int q = 0; q < 2; ++q) {
+          float yv[2];
+          wg::output_1d(sm[0][q], sm[1][q], sm[2][q], sm[3][q], yv);
+          for (int i = 0; i < 2; ++i)
+            if (px >> (i * 2 + q) & 1u) ok[bm.out_off[j + l] + i * tl.Wo + q] = init + yv[i];
+        }
+      }
+#endif
+    }
+  }
+}
+
+// dM[(g*16 + xi) * Kg + k][t] = (A dY A^T)[xi] for the 2x2 tile dY of dy (zeros where the tile
+// overhangs P or Q): the adjoint of output_transform.
+void output_grad_transform(const Tiling& tl, const float* dy, int64_t nimg, int64_t T, float* __restrict dM) {
+  const int64_t Kg = tl.Co / tl.G, TH = tl.TH(), TW = tl.TW();
+#pragma omp parallel
+  {
+    std::vector<float> buf(static_cast<size_t>(4 * TW));
+#pragma omp for schedule(static)
+    for (int64_t nk = 0; nk < nimg * tl.Co; ++nk) {
+      const int64_t n = nk / tl.Co, k = nk % tl.Co, g = k / Kg;
+      const float* plane = dy + nk * tl.Ho * tl.Wo;
+      float* dm = dM + (g * 16 * Kg + k % Kg) * T + n * TH * TW;
+      for (int64_t ty = 0; ty < TH; ++ty) {
+        for (int64_t i = 0; i < 2; ++i) {
+          float* d = buf.data() + i * 2 * TW;
+          const bool in = 2 * ty + i < tl.Ho;
+          for (int64_t q = 0; q < 2 * TW; ++q) d[q] = in && q < tl.Wo ? plane[(2 * ty + i) * tl.Wo + q] : 0.0f;
+        }
+        const float* d0 = buf.data();
+        const float* d1 = d0 + 2 * TW;
+        float* dt = dm + ty * TW;
+        for (int64_t tx = 0; tx < TW; ++tx) {
+          float c[2][4];
+          wg::output_grad_1d(d0[2 * tx], d0[2 * tx + 1], c[0]);
+          wg::output_grad_1d(d1[2 * tx], d1[2 * tx + 1], c[1]);
+          for (int b = 0; b < 4; ++b) {
+            float col[4];
+            wg::output_grad_1d(c[0][b], c[1][b], col);
+            for (int a = 0; a < 4; ++a) dt[(a * 4 + b) * Kg * T + tx] = col[a];
+          }
+        }
+      }
+    }
+  }
+}
+
+// The transformed filters as packed A panels, per item g*16 + xi: rows i < Mp (MR-padded),
+// columns j < cols in gemm.h's KC blocks: element (i, j) at pc*Mp + (i/MR)*MR*kc + (j-pc)*MR + i%MR
+// for the block [pc, pc + kc) holding j. Forward: i = k, j = c, f = w[k, c]; data-grad (flip):
+// i = c, j = k, f[r][s] = w[k, c, 2 - r, 2 - s]. Rows past the last are zeros. A task is one
+// MR-row strip of one group, so each item's panel is written as one sequential stream (writing
+// filter by filter, 16 items apart, cost 18% of 3x3 512@7's forward).
+gemm::Panel transform_weights(const Conv2dShape& s, const float* w, bool flip, int64_t& Mp) {
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, rows = flip ? Cg : Kg, cols = flip ? Kg : Cg;
+  Mp = (rows + MR - 1) / MR * MR;
+  const int64_t kb = gemm::kc_block(cols), item = Mp * cols, strips = Mp / MR;
+  gemm::Panel U(static_cast<size_t>(16 * G * item));
+  float* const u = U.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t gs = 0; gs < G * strips; ++gs) {
+    const int64_t g = gs / strips, i0 = gs % strips * MR;
+    for (int64_t pc = 0; pc < cols; pc += kb) {
+      const int64_t kc = std::min(kb, cols - pc);
+      float* const strip = u + g * 16 * item + pc * Mp + i0 * kc;
+      for (int64_t j = pc; j < pc + kc; ++j)
+        for (int64_t ii = 0; ii < MR; ++ii) {
+          float* const dst = strip + (j - pc) * MR + ii;
+          const int64_t i = i0 + ii;
+          if (i >= rows) {
+            for (int xi = 0; xi < 16; ++xi) dst[xi * item] = 0.0f;
+            continue;
+          }
+          const int64_t k = flip ? j : i, c = flip ? i : j;
+          const float* f = w + ((g * Kg + k) * Cg + c) * 9;
+          float t[3][4];
+          for (int r = 0; r < 3; ++r) {
+            if (flip)
+              wg::weight_1d(f[(2 - r) * 3 + 2], f[(2 - r) * 3 + 1], f[(2 - r) * 3], t[r]);
+            else
+              wg::weight_1d(f[r * 3], f[r * 3 + 1], f[r * 3 + 2], t[r]);
+          }
+          for (int b = 0; b < 4; ++b) {
+            float col[4];
+            wg::weight_1d(t[0][b], t[1][b], t[2][b], col);
+            for (int a = 0; a < 4; ++a) dst[(a * 4 + b) * item] = col[a];
+          }
+        }
+    }
+  }
+  return U;
+}
+
+// dw[k, c] = G^T dU[., k, c] G, dU[(g*16 + xi) * Kg + k][c].
+void weight_grad_transform(const Conv2dShape& s, const float* dU, float* dw) {
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G;
+#pragma omp parallel for schedule(static)
+  for (int64_t kc = 0; kc < s.K * Cg; ++kc) {
+    const int64_t k = kc / Cg, c = kc % Cg, g = k / Kg;
+    const float* u = dU + (g * 16 * Kg + k % Kg) * Cg + c;
+    const int64_t xs = Kg * Cg;  // stride between xi
+    float q[4][3];
+    for (int a = 0; a < 4; ++a)
+      wg::weight_grad_1d(u[(a * 4) * xs], u[(a * 4 + 1) * xs], u[(a * 4 + 2) * xs], u[(a * 4 + 3) * xs], q[a]);
+    for (int sc = 0; sc < 3; ++sc) {
+      float col[3];
+      wg::weight_grad_1d(q[0][sc], q[1][sc], q[2][sc], q[3][sc], col);
+      for (int r = 0; r < 3; ++r) dw[kc * 9 + r * 3 + sc] = col[r];
+    }
+  }
+}
+
+// dst[p*NR + j] = src[p*ld + j] for j < cols, zero up to NR: rows of a tile-major operand.
+inline void copy_panel(const float* __restrict src, int64_t ld, int64_t kc, int64_t cols, float* __restrict dst) {
+#if defined(__AVX512F__)
+  __mmask16 m[NR / 16];
+  for (int v = 0; v < NR / 16; ++v) {
+    const int64_t n = std::clamp<int64_t>(cols - 16 * v, 0, 16);
+    m[v] = static_cast<__mmask16>((1u << n) - 1);
+  }
+  for (int64_t p = 0; p < kc; ++p)
+    for (int v = 0; v < NR / 16; ++v)
+      _mm512_store_ps(dst + p * NR + 16 * v, _mm512_maskz_loadu_ps(m[v], src + p * ld + 16 * v));
+#else
+  for (int64_t p = 0; p < kc; ++p)
+    for (int64_t j = 0; j < NR; ++j) dst[p * NR + j] = j < cols ? src[p * ld + j] : 0.0f;
+#endif
+}
+
+// dst[p*MR + i] = src[i*ld + p] for i < rows, zero up to MR: an A strip from rows along the
+// reduction.
+inline void transpose_strip(const float* __restrict src, int64_t ld, int64_t rows, int64_t kc, float* __restrict dst) {
+#if defined(__AVX512F__)
+  if constexpr (MR == 8) {
+    for (int64_t t = 0; t < kc; t += 16) {
+      const int count = static_cast<int>(std::min<int64_t>(16, kc - t));
+      const auto m = static_cast<__mmask16>((1u << count) - 1);
+      __m512 r[8];
+      for (int i = 0; i < 8; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(m, src + i * ld + t) : _mm512_setzero_ps();
+      gemm::transpose8x16_to_strip(r, count, dst + t * MR);
+    }
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = i < rows ? src[i * ld + p] : 0.0f;
+}
+
+// Tiles per block: two strips reuse each A strip once from L1; one when tiles are few.
+int64_t block_tiles(int64_t T, int64_t threads) { return T >= 2 * NR * 8 * threads ? 2 * NR : NR; }
+
+// The forward and the data-grad: out = src correlated with the filters whose transforms are
+// packed in U (transform_weights), fused per block of tiles so that nothing the size of the
+// batch is materialized: a task transforms its block's inputs into L2 (vp), runs the 16 GEMMs
+// of its rows into L2 (mp), and transforms those straight into out. Tasks are (group, tile
+// block, row block); rows split (each split transforms the block's inputs again) only while
+// there are fewer than 8 tasks per thread.
+void apply(const Tiling& tl, int64_t N, const float* src, const float* U, int64_t Mp, const float* bias, float* out) {
+  const int64_t G = tl.G, Cgi = tl.Ci / G, Cgo = tl.Co / G, T = N * tl.per_image();
+  if (T == 0) return;
+  const int64_t threads = gemm::max_threads(), NB = block_tiles(T, threads), blocks = (T + NB - 1) / NB;
+  int64_t rblocks = 1;
+  while (G * blocks * rblocks < 8 * threads && Cgo / (2 * rblocks) >= 4 * MR) rblocks *= 2;
+  const int64_t RB = ((Cgo + rblocks - 1) / rblocks + MR - 1) / MR * MR;
+  const int64_t kb = gemm::kc_block(Cgi), tasks = G * blocks * rblocks;
+#pragma omp parallel
+  {
+    BlockBuffers bb(Cgi, RB, NB);
+    int64_t last = -1;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t g = task / (blocks * rblocks), blk = task / rblocks % blocks, rb = task % rblocks;
+      const int64_t k0 = rb * RB, rows = std::min(RB, Cgo - k0);
+      if (rows <= 0) continue;
+      // Consecutive tasks of one thread often share a block: transform it once.
+      if (last != g * blocks + blk) {
+        bb.map.build(tl, blk * NB, std::min(NB, T - blk * NB));
+        transform_inputs(tl, src, g, NB, bb);
+        last = g * blocks + blk;
+      }
+      const int64_t strips = (rows + MR - 1) / MR;
+      for (int64_t xi = 0; xi < 16; ++xi) {
+        const float* ua = U + (g * 16 + xi) * Mp * Cgi;
+        const float* vb = bb.vp.data() + xi * Cgi * NB;
+        float* mt = bb.mp.data() + xi * RB * NB;
+        for (int64_t ks = 0; ks < strips; ++ks)
+          for (int64_t sj = 0; sj < NB / NR; ++sj)
+            for (int64_t pc = 0; pc < Cgi; pc += kb) {
+              const int64_t kc = std::min(kb, Cgi - pc);
+              gemm::micro_kernel(kc, ua + pc * Mp + (k0 + ks * MR) * kc, vb + pc * NB + sj * kc * NR,
+                                 mt + ks * MR * NB + sj * MR * NR, pc > 0);
+            }
+      }
+      transform_outputs(tl, g, k0, rows, RB, NB, bias, out, bb);
+    }
+  }
+}
+
+}  // namespace
+
+bool winograd_applies(const Conv2dShape& s) {
+  // Read per call (microseconds against milliseconds), so a process can compare both paths.
+  const char* v = std::getenv("FASTOPT_CONV2D_WINOGRAD");
+  const bool enabled = v == nullptr || v[0] != '0';
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
+  return enabled && s.R == 3 && s.S == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
+         s.pad_h <= 2 && s.pad_w <= 2 && Cg >= 64 && Kg >= 64 &&
+         offsets_fit(Tiling{s.C, s.H, s.W, s.K, s.P, s.Q, s.pad_h, s.pad_w, s.groups}, 2 * NR) &&
+         offsets_fit(Tiling{s.K, s.P, s.Q, s.C, s.H, s.W, 2 - s.pad_h, 2 - s.pad_w, s.groups}, 2 * NR);
+}
+
+void winograd_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+  int64_t Mp = 0;
+  gemm::Panel U = transform_weights(s, w, false, Mp);
+  apply(Tiling{s.C, s.H, s.W, s.K, s.P, s.Q, s.pad_h, s.pad_w, s.groups}, s.N, x, U.data(), Mp, b, y);
+}
+
+// dx = dy correlated with w flipped and transposed, dy padded by 2 - p: the same tiles.
+void winograd_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+  int64_t Mp = 0;
+  gemm::Panel U = transform_weights(s, w, true, Mp);
+  apply(Tiling{s.K, s.P, s.Q, s.C, s.H, s.W, 2 - s.pad_h, 2 - s.pad_w, s.groups}, s.N, dy, U.data(), Mp, nullptr, dx);
+}
+
+}  // namespace fastopt::cpu::FASTOPT_ISA
