@@ -82,7 +82,7 @@ def test_shapes(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, gr
 
 
 # 3x3 unit-stride layers with >= 64 channels per group take the CPU's Winograd F(2x2, 3x3) path
-# (FASTOPT_CONV2D_WINOGRAD=0: the direct GEMMs); odd outputs leave tiles overhanging the image,
+# (>= 128 for the weight-grad; FASTOPT_CONV2D_WINOGRAD=0: the direct GEMMs); odd outputs leave tiles overhanging the image,
 # padding 0 and 2 move the taps, and 1x1 / 2x3 images leave most taps in the padding. Its
 # error measured against the reference stays below the direct GEMMs' (shorter reductions).
 @pytest.mark.parametrize("winograd", ["1", "0"])
@@ -95,10 +95,41 @@ def test_shapes(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, gr
     (1, 64, 2, 3, 80, 2, 1, False),      # output larger than the input
     (5, 65, 13, 4, 70, 1, 1, True),      # channel counts off the tile multiples, many blocks
     (1, 320, 4, 4, 64, 1, 1, True),      # reduction over two KC blocks
+    (2, 130, 9, 7, 136, 1, 1, True),     # weight-grad: channel and filter strips off their tile sizes
+    (8, 256, 13, 13, 128, 0, 1, False),  # weight-grad over two blocks of 256 tiles
+    (1, 256, 6, 6, 256, 1, 2, True),     # weight-grad, grouped
 ])
 def test_winograd_shapes(backend, rng, monkeypatch, winograd, n, c, h, w, k, padding, groups, bias):
     monkeypatch.setenv("FASTOPT_CONV2D_WINOGRAD", winograd)
     check(backend, rng, n, c, h, w, k, 3, 3, 1, padding, 1, groups, bias)
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_winograd_narrower_isa_copies(tmp_path, isa):
+    # The CPU kernels are compiled per ISA (other tile shapes, scalar transforms); this machine
+    # runs the widest, so run the narrower copies on Winograd shapes in a child process.
+    import subprocess
+    import sys
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import numpy as np, fastopt, fastopt.functional as F\n"
+        "from fastopt.reference import conv as ref\n"
+        "rng = np.random.default_rng(3)\n"
+        "for n, c, h, w, k, pad, g in [(2, 64, 9, 11, 72, 1, 1), (1, 130, 6, 5, 136, 2, 1), (1, 256, 5, 5, 256, 0, 2)]:\n"
+        "    x = rng.standard_normal((n, c, h, w)).astype(np.float32)\n"
+        "    wt = rng.standard_normal((k, c // g, 3, 3)).astype(np.float32)\n"
+        "    y = F.conv2d_forward(x, wt, None, 1, pad, 1, g)\n"
+        "    want = ref.conv2d_forward(x, wt, None, 1, pad, 1, g)\n"
+        "    dy = rng.standard_normal(want.shape).astype(np.float32)\n"
+        "    got = [y, *F.conv2d_backward(dy, x, wt, 1, pad, 1, g, need=(True, True, False))[:2]]\n"
+        "    wants = [want, *ref.conv2d_backward(dy, x, wt, 1, pad, 1, g, need=(True, True, False))[:2]]\n"
+        "    for a, b in zip(got, wants):\n"
+        "        err = np.abs(a - b).max() / np.abs(b).max()\n"
+        "        assert err < 1e-5, (n, c, err)\n"
+        "print(fastopt.build_info()['simd'])\n")
+    out = subprocess.run([sys.executable, str(script)], check=True, capture_output=True, text=True,
+                         env={**os.environ, "FASTOPT_CPU_ISA": isa}).stdout.split()
+    assert out[-1] in (isa, "baseline")  # baseline where the machine or build lacks AVX2
 
 
 @pytest.mark.parametrize("need", [(True, False, False), (False, True, False), (False, False, True),

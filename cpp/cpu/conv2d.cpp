@@ -732,6 +732,7 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
     std::fill(dw, dw + size, 0.0f);
     return;
   }
+  if (winograd_applies(s, true)) return winograd_backward_weight(s, dy, x, dw);
 #if defined(__AVX512F__)
   if (G == 1 && Nn < NR && s.K >= 8 && s.stride_h == 1 && s.stride_w == 1 && s.Q == s.W && RS <= 16)
     return weight_grad_narrow(s, dy, x, dw);

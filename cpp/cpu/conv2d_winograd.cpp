@@ -28,6 +28,7 @@
 #include "conv2d_winograd.h"
 
 #include <cstdlib>
+#include <memory>
 #include <chrono>
 #include <cstdio>
 
@@ -94,14 +95,31 @@ bool offsets_fit(const Tiling& tl, int64_t NB) {
   return span * std::max(tl.Ci * tl.Hi * tl.Wi, tl.Co * tl.Ho * tl.Wo) < (int64_t{1} << 31);
 }
 
+// Buffers kept by each thread across calls, grown as needed: a fresh allocation of this size is
+// mapped anew and page-faulted in on every call (3x3 512@7's weight-grad touches 34 MiB: 9 of
+// its 26 ms went to that). The price: each thread holds its largest buffers until exit.
+enum class Slot { filters, inputs, grads, vp, mp, count };
+float* reused(Slot slot, int64_t n) {
+  thread_local std::unique_ptr<gemm::Panel> bufs[static_cast<int>(Slot::count)];
+  thread_local int64_t sizes[static_cast<int>(Slot::count)] = {};
+  const int i = static_cast<int>(slot);
+  if (sizes[i] < n) {
+    bufs[i].reset();
+    bufs[i] = std::make_unique<gemm::Panel>(static_cast<size_t>(n));
+    sizes[i] = n;
+  }
+  return bufs[i]->data();
+}
+
 // A thread's buffers for one block of NB tiles: the transformed inputs as packed B panels
 // (vp: per xi, Cg rows in gemm.h's KC blocks of NR-column strips) and the GEMM tiles (mp: per
 // xi, MR-row strips of the task's rows, NB columns as NR-wide tiles).
 struct BlockBuffers {
-  gemm::Panel vp, mp;
+  float* vp;
+  float* mp;
   BlockMap map;
   BlockBuffers(int64_t cg, int64_t rows_p, int64_t NB)
-      : vp(static_cast<size_t>(16 * cg * NB)), mp(static_cast<size_t>(16 * rows_p * NB)), map(NB) {}
+      : vp(reused(Slot::vp, 16 * cg * NB)), mp(reused(Slot::mp, 16 * rows_p * NB)), map(NB) {}
 };
 
 // vp = B^T d B of every tile of the block in channels g*Cg .. (g+1)*Cg of src, laid out for
@@ -115,11 +133,11 @@ void transform_inputs(const Tiling& tl, const float* src, int64_t g, int64_t NB,
   const float* base = src + (bm.n0 * tl.Ci + g * Cg) * plane;
   for (int64_t c = 0; c < Cg; ++c) {
     const int64_t pc = c / kb * kb, kc = std::min(kb, Cg - pc);
-    float* const vc = bb.vp.data() + pc * NB + (c - pc) * NR;
+    float* const vc = bb.vp + pc * NB + (c - pc) * NR;
     const float* bc = base + c * plane;
     for (int64_t j = 0; j < NB; j += 16) {
-      float* const dst = vc + j / NR * kc * NR + j % NR;
 #if defined(__AVX512F__)
+      float* const dst = vc + j / NR * kc * NR + j % NR;
       const __m512i idx = _mm512_loadu_si512(bm.in_off.data() + j);
       const __m256i taps = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bm.in_taps.data() + j));
       __m512 r[4][4];
@@ -138,9 +156,10 @@ void transform_inputs(const Tiling& tl, const float* src, int64_t g, int64_t NB,
         for (int a = 0; a < 4; ++a) _mm512_store_ps(dst + (a * 4 + b) * Cg * NB, col[a]);
       }
 #else
-      for (int64_t l = 0; l < 16; ++l) {
+      for (int64_t l = 0; l < 16 && j + l < NB; ++l) {  // NR may be 8: per-lane addresses
         const float* at = bc + bm.in_off[j + l];
         const unsigned taps = bm.in_taps[j + l];
+        float* const dl = vc + (j + l) / NR * kc * NR + (j + l) % NR;
         float r[4][4];
         for (int i = 0; i < 4; ++i) {
           float d[4];
@@ -150,7 +169,7 @@ void transform_inputs(const Tiling& tl, const float* src, int64_t g, int64_t NB,
         for (int b = 0; b < 4; ++b) {
           float col[4];
           wg::input_1d(r[0][b], r[1][b], r[2][b], r[3][b], col);
-          for (int a = 0; a < 4; ++a) dst[(a * 4 + b) * Cg * NB + l] = col[a];
+          for (int a = 0; a < 4; ++a) dl[(a * 4 + b) * Cg * NB] = col[a];
         }
       }
 #endif
@@ -168,11 +187,11 @@ void transform_outputs(const Tiling& tl, int64_t g, int64_t k0, int64_t rows, in
   for (int64_t kl = 0; kl < rows; ++kl) {
     const int64_t k = g * Kg + k0 + kl;
     const float init = bias ? bias[k] : 0.0f;
-    const float* mk = bb.mp.data() + kl / MR * MR * NB + kl % MR * NR;
+    const float* mk = bb.mp + kl / MR * MR * NB + kl % MR * NR;
     float* const ok = out + (bm.n0 * tl.Co + k) * plane;
     for (int64_t j = 0; j < NB; j += 16) {
-      const float* src = mk + j / NR * MR * NR + j % NR;
 #if defined(__AVX512F__)
+      const float* src = mk + j / NR * MR * NR + j % NR;
       __m512 sm[4][2];
       for (int a = 0; a < 4; ++a)
         wg::output_1d(_mm512_load_ps(src + (a * 4) * RP * NB), _mm512_load_ps(src + (a * 4 + 1) * RP * NB),
@@ -189,12 +208,13 @@ void transform_outputs(const Tiling& tl, int64_t g, int64_t k0, int64_t rows, in
         }
       }
 #else
-      for (int64_t l = 0; l < 16; ++l) {
+      for (int64_t l = 0; l < 16 && j + l < NB; ++l) {  // NR may be 8: per-lane addresses
         const unsigned px = bm.out_px[j + l];
+        const float* sl = mk + (j + l) / NR * MR * NR + (j + l) % NR;
         float sm[4][2];
         for (int a = 0; a < 4; ++a)
-          wg::output_1d(src[(a * 4) * RP * NB + l], src[(a * 4 + 1) * RP * NB + l], src[(a * 4 + 2) * RP * NB + l],
-                        src[(a * 4 + 3) * RP * NB + l], sm[a]);
+          wg::output_1d(sl[(a * 4) * RP * NB], sl[(a * 4 + 1) * RP * NB], sl[(a * 4 + 2) * RP * NB],
+                        sl[(a * 4 + 3) * RP * NB], sm[a]);
         for (int q = 0; q < 2; ++q) {
           float yv[2];
           wg::output_1d(sm[0][q], sm[1][q], sm[2][q], sm[3][q], yv);
@@ -207,40 +227,121 @@ void transform_outputs(const Tiling& tl, int64_t g, int64_t k0, int64_t rows, in
   }
 }
 
-// dM[(g*16 + xi) * Kg + k][t] = (A dY A^T)[xi] for the 2x2 tile dY of dy (zeros where the tile
-// overhangs P or Q): the adjoint of output_transform.
-void output_grad_transform(const Tiling& tl, const float* dy, int64_t nimg, int64_t T, float* __restrict dM) {
-  const int64_t Kg = tl.Co / tl.G, TH = tl.TH(), TW = tl.TW();
-#pragma omp parallel
-  {
-    std::vector<float> buf(static_cast<size_t>(4 * TW));
-#pragma omp for schedule(static)
-    for (int64_t nk = 0; nk < nimg * tl.Co; ++nk) {
-      const int64_t n = nk / tl.Co, k = nk % tl.Co, g = k / Kg;
-      const float* plane = dy + nk * tl.Ho * tl.Wo;
-      float* dm = dM + (g * 16 * Kg + k % Kg) * T + n * TH * TW;
-      for (int64_t ty = 0; ty < TH; ++ty) {
-        for (int64_t i = 0; i < 2; ++i) {
-          float* d = buf.data() + i * 2 * TW;
-          const bool in = 2 * ty + i < tl.Ho;
-          for (int64_t q = 0; q < 2 * TW; ++q) d[q] = in && q < tl.Wo ? plane[(2 * ty + i) * tl.Wo + q] : 0.0f;
+// The weight-grad's operands for one block of nb tiles, each transposed so that the reduction
+// (over tiles, p < nb) runs down its panels: vt[item][c/NR][p][c%NR] = V[xi, c, t0 + p] (the
+// micro-kernel's B, channels in NR-wide strips) and dmt[item][k/MR][p][k%MR] = dM[xi, k, t0 + p]
+// (its A), item = g*16 + xi, Cp and Kp the channel counts padded to NR and MR (zeros). AVX-512
+// runs 16 channels per vector: one masked gather per tap (the masks zero the padding and the
+// channels past Cg), the transform in registers, one aligned store per xi.
+void transform_inputs_t(const Tiling& tl, const float* src, int64_t g, int64_t nb, int64_t Cp, const BlockMap& bm,
+                        float* __restrict vt) {
+  const int64_t Cg = tl.Ci / tl.G, plane = tl.Hi * tl.Wi, item = Cp * nb;
+  const float* base = src + (bm.n0 * tl.Ci + g * Cg) * plane;
+  float* const vg = vt + g * 16 * item;
+#pragma omp for schedule(static) collapse(2)
+  for (int64_t c0 = 0; c0 < Cp; c0 += 16)
+    for (int64_t p = 0; p < nb; ++p) {
+      const unsigned taps = bm.in_taps[p];
+      const float* at = base + bm.in_off[p];
+      float* const dst = vg + c0 / NR * nb * NR + p * NR + c0 % NR;
+#if defined(__AVX512F__)
+      if constexpr (NR % 16 == 0) {
+        const int64_t live = std::clamp<int64_t>(Cg - c0, 0, 16);
+        const auto lanes = static_cast<__mmask16>((1u << live) - 1);
+        const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                               _mm512_set1_epi32(static_cast<int>(plane)));
+        const float* ac = at + c0 * plane;
+        __m512 r[4][4];
+        for (int i = 0; i < 4; ++i) {
+          __m512 d[4];
+          for (int q = 0; q < 4; ++q)
+            d[q] = taps >> (i * 4 + q) & 1u ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, idx, ac + i * tl.Wi + q, 4)
+                                            : _mm512_setzero_ps();
+          wg::input_1d(d[0], d[1], d[2], d[3], r[i]);
         }
-        const float* d0 = buf.data();
-        const float* d1 = d0 + 2 * TW;
-        float* dt = dm + ty * TW;
-        for (int64_t tx = 0; tx < TW; ++tx) {
-          float c[2][4];
-          wg::output_grad_1d(d0[2 * tx], d0[2 * tx + 1], c[0]);
-          wg::output_grad_1d(d1[2 * tx], d1[2 * tx + 1], c[1]);
-          for (int b = 0; b < 4; ++b) {
-            float col[4];
-            wg::output_grad_1d(c[0][b], c[1][b], col);
-            for (int a = 0; a < 4; ++a) dt[(a * 4 + b) * Kg * T + tx] = col[a];
-          }
+        for (int b = 0; b < 4; ++b) {
+          __m512 col[4];
+          wg::input_1d(r[0][b], r[1][b], r[2][b], r[3][b], col);
+          for (int a = 0; a < 4; ++a) _mm512_store_ps(dst + (a * 4 + b) * item, col[a]);
+        }
+        continue;
+      }
+#endif
+      for (int64_t l = 0; l < 16 && c0 + l < Cp; ++l) {
+        const int64_t c = c0 + l;
+        float r[4][4];
+        for (int i = 0; i < 4; ++i) {
+          float d[4];
+          for (int q = 0; q < 4; ++q) d[q] = c < Cg && taps >> (i * 4 + q) & 1u ? at[c * plane + i * tl.Wi + q] : 0.0f;
+          wg::input_1d(d[0], d[1], d[2], d[3], r[i]);
+        }
+        float* const dc = vg + c / NR * nb * NR + p * NR + c % NR;
+        for (int b = 0; b < 4; ++b) {
+          float col[4];
+          wg::input_1d(r[0][b], r[1][b], r[2][b], r[3][b], col);
+          for (int a = 0; a < 4; ++a) dc[(a * 4 + b) * item] = col[a];
         }
       }
     }
-  }
+}
+
+// dmt (above) = A dY A^T of the block's 2x2 dy tiles (zeros where a tile overhangs P or Q): the
+// adjoint of transform_outputs. 16 filters per vector; with MR = 8 each half is one strip.
+void transform_output_grads_t(const Tiling& tl, const float* dy, int64_t g, int64_t nb, int64_t Kp, const BlockMap& bm,
+                              float* __restrict dmt) {
+  const int64_t Kg = tl.Co / tl.G, plane = tl.Ho * tl.Wo, item = Kp * nb;
+  const float* base = dy + (bm.n0 * tl.Co + g * Kg) * plane;
+  float* const dg = dmt + g * 16 * item;
+#pragma omp for schedule(static) collapse(2)
+  for (int64_t k0 = 0; k0 < Kp; k0 += 16)
+    for (int64_t p = 0; p < nb; ++p) {
+      const unsigned px = bm.out_px[p];
+      const float* at = base + bm.out_off[p];
+#if defined(__AVX512F__)
+      if constexpr (MR == 8) {
+        const int64_t live = std::clamp<int64_t>(Kg - k0, 0, 16);
+        const auto lanes = static_cast<__mmask16>((1u << live) - 1);
+        const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                               _mm512_set1_epi32(static_cast<int>(plane)));
+        const float* ak = at + k0 * plane;
+        __m512 c[2][4];
+        for (int i = 0; i < 2; ++i) {
+          __m512 d[2];
+          for (int q = 0; q < 2; ++q)
+            d[q] = px >> (i * 2 + q) & 1u ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, idx, ak + i * tl.Wo + q, 4)
+                                          : _mm512_setzero_ps();
+          wg::output_grad_1d(d[0], d[1], c[i]);
+        }
+        float* const lo = dg + k0 / MR * nb * MR + p * MR;
+        float* const hi = lo + nb * MR;  // the next strip: filters k0 + 8 ..
+        const bool has_hi = k0 + 8 < Kp;
+        for (int b = 0; b < 4; ++b) {
+          __m512 col[4];
+          wg::output_grad_1d(c[0][b], c[1][b], col);
+          for (int a = 0; a < 4; ++a) {
+            _mm256_store_ps(lo + (a * 4 + b) * item, _mm512_castps512_ps256(col[a]));
+            if (has_hi) _mm256_store_ps(hi + (a * 4 + b) * item, _mm512_extractf32x8_ps(col[a], 1));
+          }
+        }
+        continue;
+      }
+#endif
+      for (int64_t l = 0; l < 16 && k0 + l < Kp; ++l) {
+        const int64_t k = k0 + l;
+        float c[2][4];
+        for (int i = 0; i < 2; ++i) {
+          float d[2];
+          for (int q = 0; q < 2; ++q) d[q] = k < Kg && px >> (i * 2 + q) & 1u ? at[k * plane + i * tl.Wo + q] : 0.0f;
+          wg::output_grad_1d(d[0], d[1], c[i]);
+        }
+        float* const dk = dg + k / MR * nb * MR + p * MR + k % MR;
+        for (int b = 0; b < 4; ++b) {
+          float col[4];
+          wg::output_grad_1d(c[0][b], c[1][b], col);
+          for (int a = 0; a < 4; ++a) dk[(a * 4 + b) * item] = col[a];
+        }
+      }
+    }
 }
 
 // The transformed filters as packed A panels, per item g*16 + xi: rows i < Mp (MR-padded),
@@ -249,18 +350,44 @@ void output_grad_transform(const Tiling& tl, const float* dy, int64_t nimg, int6
 // i = c, j = k, f[r][s] = w[k, c, 2 - r, 2 - s]. Rows past the last are zeros. A task is one
 // MR-row strip of one group, so each item's panel is written as one sequential stream (writing
 // filter by filter, 16 items apart, cost 18% of 3x3 512@7's forward).
-gemm::Panel transform_weights(const Conv2dShape& s, const float* w, bool flip, int64_t& Mp) {
+const float* transform_weights(const Conv2dShape& s, const float* w, bool flip, int64_t& Mp) {
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, rows = flip ? Cg : Kg, cols = flip ? Kg : Cg;
   Mp = (rows + MR - 1) / MR * MR;
   const int64_t kb = gemm::kc_block(cols), item = Mp * cols, strips = Mp / MR;
-  gemm::Panel U(static_cast<size_t>(16 * G * item));
-  float* const u = U.data();
+  float* const u = reused(Slot::filters, 16 * G * item);
 #pragma omp parallel for schedule(static)
   for (int64_t gs = 0; gs < G * strips; ++gs) {
     const int64_t g = gs / strips, i0 = gs % strips * MR;
     for (int64_t pc = 0; pc < cols; pc += kb) {
       const int64_t kc = std::min(kb, cols - pc);
       float* const strip = u + g * 16 * item + pc * Mp + i0 * kc;
+#if defined(__AVX512F__)
+      if constexpr (MR == 8) {
+        // 16 filters per vector, in the panel's own order (lane l: row i0 + l%8, column j + l/8),
+        // so each xi is one aligned store; their 9 taps come by gathers.
+        for (int64_t j = pc; j < pc + kc; j += 2) {
+          const __mmask16 live = static_cast<__mmask16>((j + 1 < pc + kc ? 0xffff : 0x00ff) &
+                                                        (0x0101 * ((1u << std::clamp<int64_t>(rows - i0, 0, 8)) - 1)));
+          // lane offsets to filter (k, c): forward k = i0 + l%8, c = j + l/8; flip c = i0 + l%8, k = j + l/8
+          const int32_t si = static_cast<int32_t>(flip ? 9 : Cg * 9), sj = static_cast<int32_t>(flip ? Cg * 9 : 9);
+          const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+          const __m512i idx = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_and_si512(lane, _mm512_set1_epi32(7)), _mm512_set1_epi32(si)),
+                                               _mm512_mullo_epi32(_mm512_srli_epi32(lane, 3), _mm512_set1_epi32(sj)));
+          const float* f = w + ((g * Kg + (flip ? j : i0)) * Cg + (flip ? i0 : j)) * 9;
+          __m512 tap[9];
+          for (int e = 0; e < 9; ++e) tap[e] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, f + (flip ? 8 - e : e), 4);
+          __m512 t[3][4];
+          for (int r = 0; r < 3; ++r) wg::weight_1d(tap[r * 3], tap[r * 3 + 1], tap[r * 3 + 2], t[r]);
+          float* const dst = strip + (j - pc) * MR;
+          for (int b = 0; b < 4; ++b) {
+            __m512 col[4];
+            wg::weight_1d(t[0][b], t[1][b], t[2][b], col);
+            for (int a = 0; a < 4; ++a) _mm512_mask_storeu_ps(dst + (a * 4 + b) * item, j + 1 < pc + kc ? 0xffff : 0x00ff, col[a]);
+          }
+        }
+        continue;
+      }
+#endif
       for (int64_t j = pc; j < pc + kc; ++j)
         for (int64_t ii = 0; ii < MR; ++ii) {
           float* const dst = strip + (j - pc) * MR + ii;
@@ -286,17 +413,17 @@ gemm::Panel transform_weights(const Conv2dShape& s, const float* w, bool flip, i
         }
     }
   }
-  return U;
+  return u;
 }
 
-// dw[k, c] = G^T dU[., k, c] G, dU[(g*16 + xi) * Kg + k][c].
-void weight_grad_transform(const Conv2dShape& s, const float* dU, float* dw) {
-  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G;
+// dw[k, c] = G^T dU[., k, c] G, dU as the micro-kernel's tiles: element (item, k, c) at
+// ((item*KS + k/MR)*CS + c/NR)*MR*NR + (k%MR)*NR + c%NR, KS and CS strips of MR and NR.
+void weight_grad_transform(const Conv2dShape& s, const float* dU, int64_t KS, int64_t CS, float* dw) {
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, xs = KS * CS * MR * NR;
 #pragma omp parallel for schedule(static)
   for (int64_t kc = 0; kc < s.K * Cg; ++kc) {
-    const int64_t k = kc / Cg, c = kc % Cg, g = k / Kg;
-    const float* u = dU + (g * 16 * Kg + k % Kg) * Cg + c;
-    const int64_t xs = Kg * Cg;  // stride between xi
+    const int64_t k = kc / Cg % Kg, c = kc % Cg, g = kc / Cg / Kg;
+    const float* u = dU + ((g * 16 * KS + k / MR) * CS + c / NR) * MR * NR + k % MR * NR + c % NR;
     float q[4][3];
     for (int a = 0; a < 4; ++a)
       wg::weight_grad_1d(u[(a * 4) * xs], u[(a * 4 + 1) * xs], u[(a * 4 + 2) * xs], u[(a * 4 + 3) * xs], q[a]);
@@ -308,41 +435,8 @@ void weight_grad_transform(const Conv2dShape& s, const float* dU, float* dw) {
   }
 }
 
-// dst[p*NR + j] = src[p*ld + j] for j < cols, zero up to NR: rows of a tile-major operand.
-inline void copy_panel(const float* __restrict src, int64_t ld, int64_t kc, int64_t cols, float* __restrict dst) {
-#if defined(__AVX512F__)
-  __mmask16 m[NR / 16];
-  for (int v = 0; v < NR / 16; ++v) {
-    const int64_t n = std::clamp<int64_t>(cols - 16 * v, 0, 16);
-    m[v] = static_cast<__mmask16>((1u << n) - 1);
-  }
-  for (int64_t p = 0; p < kc; ++p)
-    for (int v = 0; v < NR / 16; ++v)
-      _mm512_store_ps(dst + p * NR + 16 * v, _mm512_maskz_loadu_ps(m[v], src + p * ld + 16 * v));
-#else
-  for (int64_t p = 0; p < kc; ++p)
-    for (int64_t j = 0; j < NR; ++j) dst[p * NR + j] = j < cols ? src[p * ld + j] : 0.0f;
-#endif
-}
-
-// dst[p*MR + i] = src[i*ld + p] for i < rows, zero up to MR: an A strip from rows along the
-// reduction.
-inline void transpose_strip(const float* __restrict src, int64_t ld, int64_t rows, int64_t kc, float* __restrict dst) {
-#if defined(__AVX512F__)
-  if constexpr (MR == 8) {
-    for (int64_t t = 0; t < kc; t += 16) {
-      const int count = static_cast<int>(std::min<int64_t>(16, kc - t));
-      const auto m = static_cast<__mmask16>((1u << count) - 1);
-      __m512 r[8];
-      for (int i = 0; i < 8; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(m, src + i * ld + t) : _mm512_setzero_ps();
-      gemm::transpose8x16_to_strip(r, count, dst + t * MR);
-    }
-    return;
-  }
-#endif
-  for (int64_t i = 0; i < MR; ++i)
-    for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = i < rows ? src[i * ld + p] : 0.0f;
-}
+// The weight-grad's reduction block: the micro-kernel's whole kc range (gemm::KC).
+constexpr int64_t kWeightGradTiles = 256;
 
 // Tiles per block: two strips reuse each A strip once from L1; one when tiles are few.
 int64_t block_tiles(int64_t T, int64_t threads) { return T >= 2 * NR * 8 * threads ? 2 * NR : NR; }
@@ -379,8 +473,8 @@ void apply(const Tiling& tl, int64_t N, const float* src, const float* U, int64_
       const int64_t strips = (rows + MR - 1) / MR;
       for (int64_t xi = 0; xi < 16; ++xi) {
         const float* ua = U + (g * 16 + xi) * Mp * Cgi;
-        const float* vb = bb.vp.data() + xi * Cgi * NB;
-        float* mt = bb.mp.data() + xi * RB * NB;
+        const float* vb = bb.vp + xi * Cgi * NB;
+        float* mt = bb.mp + xi * RB * NB;
         for (int64_t ks = 0; ks < strips; ++ks)
           for (int64_t sj = 0; sj < NB / NR; ++sj)
             for (int64_t pc = 0; pc < Cgi; pc += kb) {
@@ -396,28 +490,67 @@ void apply(const Tiling& tl, int64_t N, const float* src, const float* U, int64_
 
 }  // namespace
 
-bool winograd_applies(const Conv2dShape& s) {
+bool winograd_applies(const Conv2dShape& s, bool weight_grad) {
   // Read per call (microseconds against milliseconds), so a process can compare both paths.
   const char* v = std::getenv("FASTOPT_CONV2D_WINOGRAD");
   const bool enabled = v == nullptr || v[0] != '0';
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
   return enabled && s.R == 3 && s.S == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
-         s.pad_h <= 2 && s.pad_w <= 2 && Cg >= 64 && Kg >= 64 &&
-         offsets_fit(Tiling{s.C, s.H, s.W, s.K, s.P, s.Q, s.pad_h, s.pad_w, s.groups}, 2 * NR) &&
+         s.pad_h <= 2 && s.pad_w <= 2 && std::min(Cg, Kg) >= (weight_grad ? 128 : 64) &&
+         offsets_fit(Tiling{s.C, s.H, s.W, s.K, s.P, s.Q, s.pad_h, s.pad_w, s.groups}, kWeightGradTiles) &&
          offsets_fit(Tiling{s.K, s.P, s.Q, s.C, s.H, s.W, 2 - s.pad_h, 2 - s.pad_w, s.groups}, 2 * NR);
 }
 
 void winograd_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
   int64_t Mp = 0;
-  gemm::Panel U = transform_weights(s, w, false, Mp);
-  apply(Tiling{s.C, s.H, s.W, s.K, s.P, s.Q, s.pad_h, s.pad_w, s.groups}, s.N, x, U.data(), Mp, b, y);
+  const float* U = transform_weights(s, w, false, Mp);
+  apply(Tiling{s.C, s.H, s.W, s.K, s.P, s.Q, s.pad_h, s.pad_w, s.groups}, s.N, x, U, Mp, b, y);
 }
 
 // dx = dy correlated with w flipped and transposed, dy padded by 2 - p: the same tiles.
 void winograd_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
   int64_t Mp = 0;
-  gemm::Panel U = transform_weights(s, w, true, Mp);
-  apply(Tiling{s.K, s.P, s.Q, s.C, s.H, s.W, 2 - s.pad_h, 2 - s.pad_w, s.groups}, s.N, dy, U.data(), Mp, nullptr, dx);
+  const float* U = transform_weights(s, w, true, Mp);
+  apply(Tiling{s.K, s.P, s.Q, s.C, s.H, s.W, 2 - s.pad_h, 2 - s.pad_w, s.groups}, s.N, dy, U, Mp, nullptr, dx);
+}
+
+// dU accumulates over blocks of kWeightGradTiles tiles, in order: each block's operands are
+// transformed by all threads into shared panels (vt, dmt), then each task (item, channel
+// strip, filter strips) adds the block's rank-nb product into the dU tiles it owns, so every
+// element is reduced in a fixed order by one thread and no partial sums are needed.
+void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
+  const Tiling tl{s.C, s.H, s.W, s.K, s.P, s.Q, s.pad_h, s.pad_w, s.groups};
+  const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, T = s.N * tl.per_image();
+  const int64_t CS = (Cg + NR - 1) / NR, KS = (Kg + MR - 1) / MR, Cp = CS * NR, Kp = KS * MR;
+  float* const vt = reused(Slot::inputs, 16 * G * Cp * kWeightGradTiles);
+  float* const dmt = reused(Slot::grads, 16 * G * Kp * kWeightGradTiles);
+  float* const dU = reused(Slot::filters, 16 * G * KS * CS * MR * NR);
+  BlockMap bm(kWeightGradTiles);
+  // Filter strips per task: enough tasks for the threads, few enough that the B strip is reused.
+  const int64_t threads = gemm::max_threads();
+  int64_t kparts = 1;
+  while (16 * G * CS * kparts < 8 * threads && KS / (2 * kparts) >= 2) kparts *= 2;
+  const int64_t ks_per = (KS + kparts - 1) / kparts, tasks = 16 * G * CS * kparts;
+  for (int64_t t0 = 0; t0 < T; t0 += kWeightGradTiles) {
+    const int64_t nb = std::min(kWeightGradTiles, T - t0);
+    bm.build(tl, t0, nb);
+#pragma omp parallel
+    {
+      for (int64_t g = 0; g < G; ++g) {
+        transform_inputs_t(tl, x, g, nb, Cp, bm, vt);
+        transform_output_grads_t(tl, dy, g, nb, Kp, bm, dmt);
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t task = 0; task < tasks; ++task) {
+        const int64_t item = task / (CS * kparts), cs = task / kparts % CS, kp = task % kparts;
+        const float* b = vt + item * Cp * nb + cs * nb * NR;
+        for (int64_t ks = kp * ks_per; ks < std::min(KS, (kp + 1) * ks_per); ++ks)
+          gemm::micro_kernel(nb, dmt + item * Kp * nb + ks * nb * MR, b,
+                             dU + ((item * KS + ks) * CS + cs) * MR * NR, t0 > 0);
+      }
+    }
+  }
+  weight_grad_transform(s, dU, KS, CS, dw);
 }
 
 }  // namespace fastopt::cpu::FASTOPT_ISA

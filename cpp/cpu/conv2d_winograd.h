@@ -7,8 +7,10 @@
 namespace fastopt::cpu::FASTOPT_ISA {
 
 // 3x3, unit stride and dilation, padding <= 2, enough channels per group for the transforms to
-// pay; FASTOPT_CONV2D_WINOGRAD=0 turns it off (to compare with the direct GEMMs).
-bool winograd_applies(const Conv2dShape& s);
+// pay (64 for the forward and data-grad; 128 for the weight-grad, whose transforms gather
+// across channel planes: 64@56 ran 7% slower than its direct GEMM). FASTOPT_CONV2D_WINOGRAD=0
+// turns it off (to compare with the direct GEMMs).
+bool winograd_applies(const Conv2dShape& s, bool weight_grad = false);
 void winograd_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
 void winograd_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
 void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw);

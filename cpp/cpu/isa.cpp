@@ -1,6 +1,7 @@
 // Which compiled copy of the CPU kernels this machine runs (see isa.h); compiled once.
 #include "isa.h"
 
+#include <cstdlib>
 #include <string>
 
 #include "fastopt/backend.h"
@@ -25,8 +26,23 @@ static Isa detect() {
   return Isa::baseline;
 }
 
+// FASTOPT_CPU_ISA=baseline|avx2 caps the choice, so the tests can run the narrower copies on a
+// wider machine (it never raises it past what the CPU runs).
 Isa best_isa() {
-  static const Isa isa = detect();
+  static const Isa isa = [] {
+    const Isa best = detect();
+    const char* v = std::getenv("FASTOPT_CPU_ISA");
+    const std::string cap = v ? v : "";
+    if (cap == "baseline") return Isa::baseline;
+    if (cap == "avx2" && best == Isa::avx512) {
+#if defined(FASTOPT_HAVE_ISA_avx2)
+      return Isa::avx2;
+#else
+      return Isa::baseline;
+#endif
+    }
+    return best;
+  }();
   return isa;
 }
 

@@ -29,12 +29,12 @@ FASTOPT_HD void input_1d(T d0, T d1, T d2, T d3, T* o) {
 }
 
 // o = G g: filter row or column (3) -> transformed (4)
+// (T may be a vector type: the halving is by a float scalar, which vector extensions broadcast.)
 template <class T>
 FASTOPT_HD void weight_1d(T g0, T g1, T g2, T* o) {
-  const T h = T(0.5);
   o[0] = g0;
-  o[1] = (g0 + g1 + g2) * h;
-  o[2] = (g0 - g1 + g2) * h;
+  o[1] = (g0 + g1 + g2) * 0.5f;
+  o[2] = (g0 - g1 + g2) * 0.5f;
   o[3] = g2;
 }
 
@@ -58,10 +58,9 @@ FASTOPT_HD void output_grad_1d(T y0, T y1, T* o) {
 // of weight_1d
 template <class T>
 FASTOPT_HD void weight_grad_1d(T u0, T u1, T u2, T u3, T* o) {
-  const T h = T(0.5);
-  o[0] = u0 + (u1 + u2) * h;
-  o[1] = (u1 - u2) * h;
-  o[2] = (u1 + u2) * h + u3;
+  o[0] = u0 + (u1 + u2) * 0.5f;
+  o[1] = (u1 - u2) * 0.5f;
+  o[2] = (u1 + u2) * 0.5f + u3;
 }
 
 }  // namespace fastopt::winograd
