@@ -2,7 +2,8 @@
 plain definition (and against torch in float64 when installed), and argument checking.
 
 Tolerance: max |native - reference| / max |reference| < 1e-5 for every output (float32
-accumulation over at most a few hundred terms here; the issue's bound is 1e-4)."""
+accumulation over at most a few thousand terms here, Winograd transforms included; the issue's
+bound is 1e-4)."""
 import itertools
 import os
 

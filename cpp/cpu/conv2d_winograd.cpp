@@ -253,9 +253,9 @@ void transform_inputs_t(const Tiling& tl, const float* src, int64_t g, int64_t n
     for (int64_t p = 0; p < nb; ++p) {
       const unsigned taps = bm.in_taps[p];
       const float* at = base + bm.in_off[p];
-      float* const dst = vg + c0 / NR * nb * NR + p * NR + c0 % NR;
 #if defined(__AVX512F__)
       if constexpr (NR % 16 == 0) {
+        float* const dst = vg + c0 / NR * nb * NR + p * NR + c0 % NR;
         const int64_t live = std::clamp<int64_t>(Cg - c0, 0, 16);
         const auto lanes = static_cast<__mmask16>((1u << live) - 1);
         const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
