@@ -237,6 +237,16 @@ void transform_outputs(const Tiling& tl, int64_t g, int64_t k0, int64_t rows, in
   }
 }
 
+#if defined(__AVX512F__)
+// The weight-grad's transforms put 16 channel (or filter) planes in a vector: lane l reads at
+// l * plane from the first, and only the first n lanes have a plane.
+inline __m512i plane_offsets(int64_t plane) {
+  return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                            _mm512_set1_epi32(static_cast<int>(plane)));
+}
+inline __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>((1u << std::clamp<int64_t>(n, 0, 16)) - 1); }
+#endif
+
 // The weight-grad's operands for one block of nb tiles, each transposed so that the reduction
 // (over tiles, p < nb) runs down its panels: vt[item][c/NR][p][c%NR] = V[xi, c, t0 + p] (the
 // micro-kernel's B, channels in NR-wide strips) and dmt[item][k/MR][p][k%MR] = dM[xi, k, t0 + p]
@@ -248,6 +258,9 @@ void transform_inputs_t(const Tiling& tl, const float* src, int64_t g, int64_t n
   const int64_t Cg = tl.Ci / tl.G, plane = tl.Hi * tl.Wi, item = Cp * nb;
   const float* base = src + (bm.n0 * tl.Ci + g * Cg) * plane;
   float* const vg = vt + g * 16 * item;
+#if defined(__AVX512F__)
+  const __m512i idx = plane_offsets(plane);
+#endif
 #pragma omp for schedule(static) collapse(2)
   for (int64_t c0 = 0; c0 < Cp; c0 += 16)
     for (int64_t p = 0; p < nb; ++p) {
@@ -256,10 +269,7 @@ void transform_inputs_t(const Tiling& tl, const float* src, int64_t g, int64_t n
 #if defined(__AVX512F__)
       if constexpr (NR % 16 == 0) {
         float* const dst = vg + c0 / NR * nb * NR + p * NR + c0 % NR;
-        const int64_t live = std::clamp<int64_t>(Cg - c0, 0, 16);
-        const auto lanes = static_cast<__mmask16>((1u << live) - 1);
-        const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                               _mm512_set1_epi32(static_cast<int>(plane)));
+        const __mmask16 lanes = first_lanes(Cg - c0);
         const float* ac = at + c0 * plane;
         __m512 r[4][4];
         for (int i = 0; i < 4; ++i) {
@@ -302,6 +312,9 @@ void transform_output_grads_t(const Tiling& tl, const float* dy, int64_t g, int6
   const int64_t Kg = tl.Co / tl.G, plane = tl.Ho * tl.Wo, item = Kp * nb;
   const float* base = dy + (bm.n0 * tl.Co + g * Kg) * plane;
   float* const dg = dmt + g * 16 * item;
+#if defined(__AVX512F__)
+  const __m512i idx = plane_offsets(plane);
+#endif
 #pragma omp for schedule(static) collapse(2)
   for (int64_t k0 = 0; k0 < Kp; k0 += 16)
     for (int64_t p = 0; p < nb; ++p) {
@@ -309,10 +322,7 @@ void transform_output_grads_t(const Tiling& tl, const float* dy, int64_t g, int6
       const float* at = base + bm.out_off[p];
 #if defined(__AVX512F__)
       if constexpr (MR == 8) {
-        const int64_t live = std::clamp<int64_t>(Kg - k0, 0, 16);
-        const auto lanes = static_cast<__mmask16>((1u << live) - 1);
-        const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                               _mm512_set1_epi32(static_cast<int>(plane)));
+        const __mmask16 lanes = first_lanes(Kg - k0);
         const float* ak = at + k0 * plane;
         __m512 c[2][4];
         for (int i = 0; i < 2; ++i) {
@@ -375,14 +385,15 @@ const float* transform_weights(const Conv2dShape& s, const float* w, bool flip, 
       if constexpr (MR == 8) {
         // 16 filters per vector, in the panel's own order (lane l: row i0 + l%8, column j + l/8),
         // so each xi is one aligned store; their 9 taps come by gathers.
+        // Lane offsets to filter (k, c): forward k = i0 + l%8, c = j + l/8; flip c = i0 + l%8, k = j + l/8.
+        const int32_t si = static_cast<int32_t>(flip ? 9 : Cg * 9), sj = static_cast<int32_t>(flip ? Cg * 9 : 9);
+        const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        const __m512i idx = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_and_si512(lane, _mm512_set1_epi32(7)), _mm512_set1_epi32(si)),
+                                             _mm512_mullo_epi32(_mm512_srli_epi32(lane, 3), _mm512_set1_epi32(sj)));
+        const __mmask16 row_lanes = static_cast<__mmask16>(0x0101 * first_lanes(std::min<int64_t>(rows - i0, 8)));
         for (int64_t j = pc; j < pc + kc; j += 2) {
-          const __mmask16 live = static_cast<__mmask16>((j + 1 < pc + kc ? 0xffff : 0x00ff) &
-                                                        (0x0101 * ((1u << std::clamp<int64_t>(rows - i0, 0, 8)) - 1)));
-          // lane offsets to filter (k, c): forward k = i0 + l%8, c = j + l/8; flip c = i0 + l%8, k = j + l/8
-          const int32_t si = static_cast<int32_t>(flip ? 9 : Cg * 9), sj = static_cast<int32_t>(flip ? Cg * 9 : 9);
-          const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-          const __m512i idx = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_and_si512(lane, _mm512_set1_epi32(7)), _mm512_set1_epi32(si)),
-                                               _mm512_mullo_epi32(_mm512_srli_epi32(lane, 3), _mm512_set1_epi32(sj)));
+          const __mmask16 cols2 = j + 1 < pc + kc ? 0xffff : 0x00ff;  // the last column may be alone
+          const __mmask16 live = cols2 & row_lanes;
           const float* f = w + ((g * Kg + (flip ? j : i0)) * Cg + (flip ? i0 : j)) * 9;
           __m512 tap[9];
           for (int e = 0; e < 9; ++e) tap[e] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, f + (flip ? 8 - e : e), 4);
@@ -392,7 +403,7 @@ const float* transform_weights(const Conv2dShape& s, const float* w, bool flip, 
           for (int b = 0; b < 4; ++b) {
             __m512 col[4];
             wg::weight_1d(t[0][b], t[1][b], t[2][b], col);
-            for (int a = 0; a < 4; ++a) _mm512_mask_storeu_ps(dst + (a * 4 + b) * item, j + 1 < pc + kc ? 0xffff : 0x00ff, col[a]);
+            for (int a = 0; a < 4; ++a) _mm512_mask_storeu_ps(dst + (a * 4 + b) * item, cols2, col[a]);
           }
         }
         continue;

@@ -10,8 +10,9 @@
 //         | 0  1  0 -1 |         | 0    0    1  |
 //
 // and the gradients by the adjoints: dM = A dY A^T, dU = sum over tiles of dM .* V, dw = G^T dU G.
-// Every transform is separable (one 1-D map along the rows, then along the columns), so the
-// backends share these 1-D maps and apply them in their own loop order. Each output is a sum of
+// Every transform is separable (one 1-D map along the rows, then along the columns): these 1-D
+// maps are host/device templates so each backend applies them in its own loop order (the CPU's
+// conv2d_winograd.cpp uses them today, on floats and AVX-512 vectors alike). Each output is a sum of
 // at most four terms with coefficients 1 or 1/2 (exact in binary), so a transform adds no more
 // rounding than the sums themselves.
 #pragma once
