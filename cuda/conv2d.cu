@@ -42,6 +42,7 @@ bitwise reproducible run to run.
 #include <cstdlib>
 
 #include "conv2d_tiles.cuh"
+#include "conv2d_winograd.h"
 #include "fastopt/backend.h"
 #include "fastopt/conv2d.h"
 #include "launch.cuh"
@@ -304,6 +305,7 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
   const int64_t total = d.N * d.K * d.P * d.Q;
   if (total == 0) return;
   const cudaStream_t st = as_stream(stream);
+  if (!force_gather() && winograd_applies(s, allow_tf32)) return winograd_forward(s, x, w, b, y, stream);
   const Path path = force_gather() ? Path::Gather : forward_path(d);
   if (path == Path::Depthwise) {
     const DwPlan pl = dw_forward_plan(d);
@@ -334,6 +336,7 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
   const int64_t total = d.N * d.C * d.H * d.W;
   if (total == 0) return;
   const cudaStream_t st = as_stream(stream);
+  if (!force_gather() && winograd_applies(s, allow_tf32)) return winograd_backward_data(s, dy, w, dx, stream);
   const Path path = force_gather() ? Path::Gather : backward_data_path(d);
   if (path == Path::Depthwise) {
     const DwPlan pl = dw_backward_data_plan(d);

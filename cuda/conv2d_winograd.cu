@@ -1,0 +1,322 @@
+/*
+Conv2d by Winograd F(2x2, 3x3) on CUDA, float32: the forward, and the data-grad as the forward
+over dy with the filters flipped and transposed and padding 2 - p (the CPU's conv2d_winograd.cpp
+does the same; fastopt/winograd.h holds the transforms both use). Per group, for each 2x2 output
+tile t = (n, th, tw) and each position xi of the 4x4 transformed tile:
+    U[c][xi][k] = (G w[k, c] G^T)[xi]               filter transform (its own small kernel)
+    V[c][xi][t] = (B^T d[c, t] B)[xi]                d: the 4x4 input patch at (2 th - ph, 2 tw - pw)
+    M[xi][k][t] = sum over c of U[c][xi][k] V[c][xi][t]     16 GEMMs of Cout x tiles x Cin
+    y[k, t]     = A^T M[.][k][t] A  (+ b[k])
+The GEMMs do 16 multiply-adds per tile and channel pair where the direct form does 36 (4 pixels x
+9 taps): 2.25x fewer flops. Bytes: x once per block of 32 filters (from L2 after the first),
+U (16/9 |w|) once per block of 32 tiles, y written once; nothing the size of the batch is
+materialized (V and M live in shared memory and registers).
+
+Launch: grid (tile blocks of 32, filter blocks of 32, groups), 256 threads. Thread (xi, kq, tq) =
+(tid / 16, tid / 4 % 4, tid % 4) accumulates M[xi] for 8 filters x 8 tiles (own()). The input
+channels go by in stages of 4, double-buffered in shared memory (32 KB): while all 8 warps run a
+stage's 512 FMAs per thread, warps 0-3 gather and transform the next stage's 4 x 32 patches (one
+per thread; a warp's loads cover 32 neighbouring tiles of one plane) and warps 4-7 copy its U (4
+float4 each). Then M goes through shared memory in 4 rounds of 256 (filter, tile) pairs, one per
+thread, for the output transform. Each output is one thread's sum over c ascending: bitwise
+reproducible.
+*/
+#include <cstdlib>
+
+#include "conv2d_tiles.cuh"
+#include "conv2d_winograd.h"
+#include "fastopt/winograd.h"
+#include "launch.cuh"
+
+namespace fastopt::cuda {
+namespace {
+
+using conv::Divider;
+using conv::load4;
+using detail::as_stream;
+using detail::check;
+
+constexpr int kWinoThreads = 256;
+constexpr int kBK = 32;                // filters per block
+constexpr int kBT = 32;                // tiles per block
+constexpr int kCC = 4;                 // input channels per stage
+constexpr int kStage = kCC * 16 * 32;  // floats of one operand per stage
+// M's exchange: 256 pairs per xi row, skewed by one float per 64 (see below), the row padded to
+// 16 mod 32 floats so that the rows of xi = 2w and 2w + 1 fall in opposite bank halves.
+constexpr int kRow = 272;
+
+// One pass: `in` (N, G Cin, Hin, Win) correlated with the transformed filters U into `out`
+// (N, G Cout, Hout, Wout), padding (ph, pw).
+struct WinoPass {
+  const float* in;
+  const float* U;     // [G][Cpad][16][Kpad], zero past Cin and Cout
+  const float* bias;  // nullptr: none
+  float* out;
+  int Cin, Hin, Win, Cout, Hout, Wout, ph, pw, G;
+  int TH, TW, T;  // tiles per image along h and along w; tiles in all (N TH TW)
+  int Cpad, Kpad;
+  Divider by_TW, by_tiles;  // by TW, by TH TW
+};
+
+struct alignas(16) Stage {
+  float u[kStage];  // [c][xi][32 filters]
+  float v[kStage];  // [c][xi][32 tiles]
+};
+static_assert(2 * sizeof(Stage) >= 16 * kRow * sizeof(float), "M's exchange reuses the stages");
+
+// Column of logical column j (0..31) in row xi of a staged operand: odd rows swap their halves, so
+// that the float4 reads of a warp (rows xi = 2w and 2w + 1) cover all 32 banks once.
+FASTOPT_HD int col(int xi, int j) { return j ^ ((xi & 1) << 4); }
+
+// Logical index (0..31) of the i-th of a thread's 8 filters (or tiles): two runs of 4, 16 apart.
+FASTOPT_HD int own(int q, int i) { return (i < 4 ? 0 : 16) + 4 * q + (i & 3); }
+
+FASTOPT_HD void store4(float* p, const float* v) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+#else
+  for (int e = 0; e < 4; ++e) p[e] = v[e];
+#endif
+}
+
+// U[g][c][xi][k] for all c < Cpad, k < Kpad, one thread per (g, c, k), k fastest (coalesced
+// stores). Forward: in channel c, out channel k of w[k][c]. Data-grad (flip): in = dy's channel
+// c, out = dx's channel k, the filter w[c][k] rotated by 180 degrees.
+__global__ void __launch_bounds__(kWinoThreads) transform_filters(const float* w, int Cg, int Kg, int Cpad, int Kpad,
+                                                                  bool flip, float* U, int64_t total) {
+  const int Cin = flip ? Kg : Cg, Cout = flip ? Cg : Kg;
+  for (int64_t e = blockIdx.x * int64_t{kWinoThreads} + threadIdx.x; e < total;
+       e += int64_t{gridDim.x} * kWinoThreads) {
+    const int k = static_cast<int>(e % Kpad);
+    const int64_t gc = e / Kpad;
+    const int c = static_cast<int>(gc % Cpad);
+    const int64_t g = gc / Cpad;
+    float f[3][3] = {};
+    if (c < Cin && k < Cout) {
+      const float* src = flip ? w + ((g * Kg + c) * Cg + k) * 9 : w + ((g * Kg + k) * Cg + c) * 9;
+      for (int r = 0; r < 3; ++r)
+        for (int s = 0; s < 3; ++s) f[r][s] = flip ? src[(2 - r) * 3 + 2 - s] : src[r * 3 + s];
+    }
+    float rows[3][4], u[4][4];
+    for (int r = 0; r < 3; ++r) winograd::weight_1d(f[r][0], f[r][1], f[r][2], rows[r]);
+    for (int b = 0; b < 4; ++b) {
+      float o[4];
+      winograd::weight_1d(rows[0][b], rows[1][b], rows[2][b], o);
+      for (int a = 0; a < 4; ++a) u[a][b] = o[a];
+    }
+    float* dst = U + gc * 16 * Kpad + k;
+    for (int xi = 0; xi < 16; ++xi) dst[int64_t{xi} * Kpad] = u[xi / 4][xi % 4];
+  }
+}
+
+__global__ void __launch_bounds__(kWinoThreads, 2) winograd_kernel(const WinoPass p) {
+  __shared__ Stage stages[2];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int g = static_cast<int>(blockIdx.z), k0 = static_cast<int>(blockIdx.y) * kBK;
+  const int t0 = static_cast<int>(blockIdx.x) * kBT;
+  const bool copies_u = tid >= 128;  // warp-uniform: warps 4-7 copy U, warps 0-3 gather patches
+
+  // Gatherers: tile t0 + tl, channel c0 + cl of each stage; mask bit 4 i + j: patch pixel (i, j)
+  // lies in the image (else it is padding, a zero).
+  const int tl = tid % 32, cl = tid / 32 % 4;
+  const int64_t HWin = int64_t{p.Hin} * p.Win;
+  const float* patch = p.in;
+  unsigned mask = 0;
+  if (!copies_u && t0 + tl < p.T) {
+    const int t = t0 + tl, n = p.by_tiles.div(t), r = t - n * p.TH * p.TW, th = p.by_TW.div(r), tw = r - th * p.TW;
+    const int h0 = 2 * th - p.ph, w0 = 2 * tw - p.pw;
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j)
+        if (h0 + i >= 0 && h0 + i < p.Hin && w0 + j >= 0 && w0 + j < p.Win) mask |= 1u << (4 * i + j);
+    // h0 and w0 may be negative: only the mask's pixels are ever read.
+    patch = p.in + (int64_t{n} * p.G * p.Cin + int64_t{g} * p.Cin + cl) * HWin + int64_t{h0} * p.Win + w0;
+  }
+  const float* ublock = p.U + int64_t{g} * p.Cpad * 16 * p.Kpad + k0;
+
+  float staged[16];
+  // The stage of input channels [c0, c0 + kCC) into registers.
+  auto fetch = [&](int c0) {
+    if (copies_u) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int f = tid - 128 + 128 * j, c = f >> 7, xi = (f >> 3) & 15, q = f & 7;
+        load4(ublock + (int64_t{c0 + c} * 16 + xi) * p.Kpad + 4 * q, staged + 4 * j);
+      }
+    } else {
+      const bool live = c0 + cl < p.Cin;
+      const float* src = patch + int64_t{c0} * HWin;
+#pragma unroll
+      for (int e = 0; e < 16; ++e)
+        staged[e] = live && (mask >> e & 1u) ? src[(e / 4) * p.Win + e % 4] : 0.0f;
+    }
+  };
+  // The registers, transformed (patches), into shared stage s.
+  auto stash = [&](Stage& s) {
+    if (copies_u) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int f = tid - 128 + 128 * j, c = f >> 7, xi = (f >> 3) & 15, q = f & 7;
+        store4(s.u + (c * 16 + xi) * 32 + col(xi, 4 * q), staged + 4 * j);
+      }
+    } else {
+      float rows[4][4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        winograd::input_1d(staged[4 * i], staged[4 * i + 1], staged[4 * i + 2], staged[4 * i + 3], rows[i]);
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        float o[4];
+        winograd::input_1d(rows[0][b], rows[1][b], rows[2][b], rows[3][b], o);
+#pragma unroll
+        for (int a = 0; a < 4; ++a) s.v[(cl * 16 + 4 * a + b) * 32 + col(4 * a + b, tl)] = o[a];
+      }
+    }
+  };
+
+  const int xi = tid >> 4, kq = (tid >> 2) & 3, tq = tid & 3;
+  float acc[8][8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+  const int ua = xi * 32 + col(xi, 4 * kq), ub = xi * 32 + col(xi, 16 + 4 * kq);
+  const int va = xi * 32 + col(xi, 4 * tq), vb = xi * 32 + col(xi, 16 + 4 * tq);
+
+  // Step s reads stages[s & 1] and fills the other; the one barrier per step separates both from
+  // step s - 1, which read the other.
+  const int steps = p.Cpad / kCC;
+  fetch(0);
+  stash(stages[0]);
+  __syncthreads();
+  for (int s = 0; s < steps; ++s) {
+    const bool more = s + 1 < steps;
+    if (more) fetch((s + 1) * kCC);
+    const Stage& cur = stages[s & 1];
+#pragma unroll
+    for (int c = 0; c < kCC; ++c) {
+      float a[8], b[8];
+      load4(cur.u + c * 512 + ua, a);
+      load4(cur.u + c * 512 + ub, a + 4);
+      load4(cur.v + c * 512 + va, b);
+      load4(cur.v + c * 512 + vb, b + 4);
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    if (more) stash(stages[(s + 1) & 1]);
+    __syncthreads();
+  }
+
+  // Output transform, round r: the pairs of filters own(kq, 2r), own(kq, 2r + 1) with all 32
+  // tiles. Pair pr = (2 kq + ii) 32 + tile sits at m[xi kRow + pr + pr / 64]: the skew by kq puts
+  // a warp's 32 stores (2 xi x 4 kq x 4 tq) in 32 banks; thread tid then reads pair tid's 16
+  // values, a warp 32 consecutive floats per row.
+  float* m = reinterpret_cast<float*>(stages);
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+#pragma unroll
+    for (int ii = 0; ii < 2; ++ii)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int pr = (2 * kq + ii) * 32 + own(tq, j);
+        m[xi * kRow + pr + (pr >> 6)] = acc[2 * r + ii][j];
+      }
+    __syncthreads();
+    const int kk = tid >> 5, k = k0 + own(kk >> 1, 2 * r + (kk & 1)), t = t0 + (tid & 31);
+    if (k < p.Cout && t < p.T) {
+      float mv[16];
+#pragma unroll
+      for (int e = 0; e < 16; ++e) mv[e] = m[e * kRow + tid + (tid >> 6)];
+      float half[2][4], y[2][2];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        float o[2];
+        winograd::output_1d(mv[b], mv[4 + b], mv[8 + b], mv[12 + b], o);
+        half[0][b] = o[0];
+        half[1][b] = o[1];
+      }
+#pragma unroll
+      for (int a = 0; a < 2; ++a) winograd::output_1d(half[a][0], half[a][1], half[a][2], half[a][3], y[a]);
+      const float bias = p.bias != nullptr ? p.bias[g * p.Cout + k] : 0.0f;
+      const int n = p.by_tiles.div(t), rt = t - n * p.TH * p.TW, th = p.by_TW.div(rt), tw = rt - th * p.TW;
+      float* dst = p.out + (int64_t{n} * p.G * p.Cout + int64_t{g} * p.Cout + k) * p.Hout * p.Wout;
+#pragma unroll
+      for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int b = 0; b < 2; ++b) {
+          const int h = 2 * th + a, w_ = 2 * tw + b;
+          if (h < p.Hout && w_ < p.Wout) dst[h * p.Wout + w_] = y[a][b] + bias;
+        }
+    }
+    __syncthreads();  // round r's pairs are read before round r + 1 overwrites them
+  }
+}
+
+bool enabled() {
+  const char* v = std::getenv("FASTOPT_CONV2D_WINOGRAD");
+  return v != nullptr && v[0] != '\0' && v[0] != '0';
+}
+
+int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// in (N, G Cin, Hin, Win) -> out (N, G Cout, Hout, Wout); flip: the data-grad's filters.
+void run(const Conv2dShape& s, bool flip, const float* in, const float* w, const float* b, float* out, void* stream) {
+  const cudaStream_t st = as_stream(stream);
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
+  WinoPass p{};
+  p.in = in;
+  p.bias = b;
+  p.out = out;
+  p.G = static_cast<int>(s.groups);
+  if (flip) {
+    p.Cin = int(Kg); p.Hin = int(s.P); p.Win = int(s.Q);
+    p.Cout = int(Cg); p.Hout = int(s.H); p.Wout = int(s.W);
+    p.ph = int(2 - s.pad_h); p.pw = int(2 - s.pad_w);
+  } else {
+    p.Cin = int(Cg); p.Hin = int(s.H); p.Win = int(s.W);
+    p.Cout = int(Kg); p.Hout = int(s.P); p.Wout = int(s.Q);
+    p.ph = int(s.pad_h); p.pw = int(s.pad_w);
+  }
+  p.TH = (p.Hout + 1) / 2;
+  p.TW = (p.Wout + 1) / 2;
+  p.T = static_cast<int>(s.N * p.TH * p.TW);
+  p.Cpad = static_cast<int>(round_up(p.Cin, kCC));
+  p.Kpad = static_cast<int>(round_up(p.Cout, kBK));
+  p.by_TW = Divider::make(static_cast<uint32_t>(p.TW));
+  p.by_tiles = Divider::make(static_cast<uint32_t>(p.TH * p.TW));
+
+  const int64_t u_numel = s.groups * p.Cpad * int64_t{p.Kpad};  // (g, c, k) triples; 16 floats each
+  const detail::Scratch scratch(static_cast<size_t>(u_numel) * 16 * sizeof(float), st);
+  float* U = reinterpret_cast<float*>(scratch.bytes());
+  p.U = U;
+  transform_filters<<<detail::grid_stride_grid(u_numel, kWinoThreads), kWinoThreads, 0, st>>>(
+      w, int(Cg), int(Kg), p.Cpad, p.Kpad, flip, U, u_numel);
+  check(cudaGetLastError(), flip ? "conv2d_backward_data (Winograd filters)" : "conv2d_forward (Winograd filters)");
+  const dim3 grid(static_cast<unsigned>((p.T + kBT - 1) / kBT), static_cast<unsigned>(p.Kpad / kBK),
+                  static_cast<unsigned>(p.G));
+  winograd_kernel<<<grid, kWinoThreads, 0, st>>>(p);
+  check(cudaGetLastError(), flip ? "conv2d_backward_data (Winograd)" : "conv2d_forward (Winograd)");
+}
+
+}  // namespace
+
+bool winograd_applies(const Conv2dShape& s, bool allow_tf32) {
+  if (allow_tf32 || !enabled()) return false;
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
+  // Tiles of the larger of the two passes' outputs (the forward's y, the data-grad's dx).
+  const int64_t tiles = s.N * ((std::max(s.P, s.H) + 1) / 2) * ((std::max(s.Q, s.W) + 1) / 2);
+  return s.R == 3 && s.S == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
+         s.pad_h <= 2 && s.pad_w <= 2 && std::min(Cg, Kg) >= kBK && s.groups < 65536 &&
+         conv::fits_int32(conv::make_dims(s)) && tiles < (int64_t{1} << 31) - kBT;
+}
+
+void winograd_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, void* stream) {
+  run(s, false, x, w, b, y, stream);
+}
+
+void winograd_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx, void* stream) {
+  run(s, true, dy, w, nullptr, dx, stream);
+}
+
+}  // namespace fastopt::cuda
