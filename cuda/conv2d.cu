@@ -375,6 +375,7 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
   const int64_t numel = d.K * d.Cg * d.R * d.S;
   if (numel == 0) return;
   const cudaStream_t st = as_stream(stream);
+  if (!force_gather() && winograd_applies(s, allow_tf32)) return winograd_backward_weight(s, dy, x, dw, stream);
   const int64_t M = d.Kg, N = d.Cg * d.R * d.S, Kd = d.N * d.P * d.Q;
   const Path path = force_gather() ? Path::Gather : backward_weight_path(d);
   if (path == Path::Depthwise) {

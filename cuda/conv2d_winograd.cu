@@ -253,6 +253,163 @@ __global__ void __launch_bounds__(kWinoThreads, 2) winograd_kernel(const WinoPas
   }
 }
 
+// ------------------------------------------------------------------ weight-grad
+// dU[xi][k][c] = sum over tiles t of dM[xi][k][t] V[xi][c][t], with dM = A dY A^T the adjoint of
+// the output transform (dY: dy's 2x2 tile, zero past the output) and V the forward's input
+// transform; then dw[k, c] = G^T dU[.][k][c] G. The tiles are split over grid.z (a deterministic
+// split-K): split z sums its tiles into its own dU slice of `part`, and reduce_weight_grad adds
+// the slices in order before the filter transform's adjoint.
+//
+// Launch: grid (channel blocks of 32, filter blocks of 32, groups x splits), 256 threads, the
+// same thread tiling as the forward (8 filters x 8 channels of one xi). Stages of 8 tiles go
+// through one 32 KB shared buffer, the next stage's dy and x values in flight in registers
+// during the FMAs: thread (q, tt) = (tid / 8, tid % 8) transforms filter q's dY and channel q's
+// patch of stage tile tt (a warp: 4 planes x 8 neighbouring tiles per load).
+constexpr int kTS = 8;  // tiles per stage
+
+struct WinoGradPass {
+  const float* x;   // (N, G Cg, H, W)
+  const float* dy;  // (N, G Kg, P, Q)
+  float* part;      // [splits][G][16][Kpad][Cpad]
+  int Cg, H, W, Kg, P, Q, ph, pw, G;
+  int TH, TW, T, Cpad, Kpad, splits, per_split;  // per_split: tiles per split, a multiple of kTS
+  Divider by_TW, by_tiles;
+};
+
+struct alignas(16) GradStage {
+  float m[kTS * 16 * 32];  // [tile][xi][32 filters]
+  float v[kTS * 16 * 32];  // [tile][xi][32 channels]
+};
+
+// Column of logical column j in row (tt, xi) of a GradStage operand: col()'s half swap, and the
+// float4 slots rotated by tile, so that a warp's stores (4 columns x 8 tiles) hit 32 banks; the
+// FMA loop reads one tile at a time, where the rotation is uniform.
+FASTOPT_HD int grad_col(int tt, int xi, int j) { return col(xi, j) ^ (4 * tt); }
+
+__global__ void __launch_bounds__(kWinoThreads, 2) winograd_weight_kernel(const WinoGradPass p) {
+  __shared__ GradStage stage;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int c0 = static_cast<int>(blockIdx.x) * kBK, k0 = static_cast<int>(blockIdx.y) * kBK;
+  const int g = static_cast<int>(blockIdx.z) % p.G, split = static_cast<int>(blockIdx.z) / p.G;
+  const int t_begin = split * p.per_split, t_end = min(p.T, t_begin + p.per_split);
+  const int q = tid >> 3, tt = tid & 7;
+  const bool k_live = k0 + q < p.Kg, c_live = c0 + q < p.Cg;
+  const float* dy_plane = p.dy + (int64_t{g} * p.Kg + k0 + q) * p.P * p.Q;  // + n G Kg P Q per tile
+  const float* x_plane = p.x + (int64_t{g} * p.Cg + c0 + q) * p.H * p.W;
+  const int64_t dy_image = int64_t{p.G} * p.Kg * p.P * p.Q, x_image = int64_t{p.G} * p.Cg * p.H * p.W;
+
+  float dyv[4], xv[16];
+  // Stage tiles [t, t + kTS): this thread's dY values and patch into registers (0 outside).
+  auto fetch = [&](int t) {
+    t += tt;
+    int n = 0, th = 0, tw = 0;
+    const bool live = t < t_end;
+    if (live) {
+      n = p.by_tiles.div(t);
+      const int r = t - n * p.TH * p.TW;
+      th = p.by_TW.div(r);
+      tw = r - th * p.TW;
+    }
+    const float* dsrc = dy_plane + n * dy_image;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int h = 2 * th + e / 2, w_ = 2 * tw + e % 2;
+      dyv[e] = live && k_live && h < p.P && w_ < p.Q ? dsrc[h * p.Q + w_] : 0.0f;
+    }
+    const float* xsrc = x_plane + n * x_image;
+    const int h0 = 2 * th - p.ph, w0 = 2 * tw - p.pw;
+#pragma unroll
+    for (int e = 0; e < 16; ++e) {
+      const int h = h0 + e / 4, w_ = w0 + e % 4;
+      xv[e] = live && c_live && h >= 0 && h < p.H && w_ >= 0 && w_ < p.W ? xsrc[h * p.W + w_] : 0.0f;
+    }
+  };
+  auto stash = [&]() {
+    float rows[4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) winograd::output_grad_1d(dyv[2 * i], dyv[2 * i + 1], rows[i]);
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      float o[4];
+      winograd::output_grad_1d(rows[0][b], rows[1][b], o);
+#pragma unroll
+      for (int a = 0; a < 4; ++a) stage.m[(tt * 16 + 4 * a + b) * 32 + grad_col(tt, 4 * a + b, q)] = o[a];
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) winograd::input_1d(xv[4 * i], xv[4 * i + 1], xv[4 * i + 2], xv[4 * i + 3], rows[i]);
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      float o[4];
+      winograd::input_1d(rows[0][b], rows[1][b], rows[2][b], rows[3][b], o);
+#pragma unroll
+      for (int a = 0; a < 4; ++a) stage.v[(tt * 16 + 4 * a + b) * 32 + grad_col(tt, 4 * a + b, q)] = o[a];
+    }
+  };
+
+  const int xi = tid >> 4, kq = (tid >> 2) & 3, cq = tid & 3;
+  float acc[8][8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+  if (t_begin < t_end) fetch(t_begin);
+  for (int t = t_begin; t < t_end; t += kTS) {
+    stash();
+    __syncthreads();
+    if (t + kTS < t_end) fetch(t + kTS);
+#pragma unroll
+    for (int s = 0; s < kTS; ++s) {
+      const float* mr = stage.m + (s * 16 + xi) * 32;
+      const float* vr = stage.v + (s * 16 + xi) * 32;
+      float a[8], b[8];
+      load4(mr + grad_col(s, xi, 4 * kq), a);
+      load4(mr + grad_col(s, xi, 16 + 4 * kq), a + 4);
+      load4(vr + grad_col(s, xi, 4 * cq), b);
+      load4(vr + grad_col(s, xi, 16 + 4 * cq), b + 4);
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();  // the stage is read before the next stash overwrites it
+  }
+  // This split's dU[xi][k][c] for the thread's 8 x 8, two float4 runs per filter.
+  float* dst = p.part + ((int64_t{split} * p.G + g) * 16 + xi) * p.Kpad * p.Cpad;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    float* row = dst + int64_t{k0 + own(kq, i)} * p.Cpad + c0;
+    store4(row + own(cq, 0), acc[i]);
+    store4(row + own(cq, 4), acc[i] + 4);
+  }
+}
+
+// dw[g Kg + k][c] = G^T (sum over splits, in order, of dU[split][g][.][k][c]) G; one thread per
+// (g, k, c), c fastest.
+__global__ void __launch_bounds__(kWinoThreads) reduce_weight_grad(const WinoGradPass p, float* dw, int64_t total) {
+  for (int64_t e = blockIdx.x * int64_t{kWinoThreads} + threadIdx.x; e < total;
+       e += int64_t{gridDim.x} * kWinoThreads) {
+    const int c = static_cast<int>(e % p.Cg);
+    const int64_t gk = e / p.Cg;
+    const int k = static_cast<int>(gk % p.Kg), g = static_cast<int>(gk / p.Kg);
+    const int64_t slice = int64_t{p.G} * 16 * p.Kpad * p.Cpad, plane = int64_t{p.Kpad} * p.Cpad;
+    const float* src = p.part + int64_t{g} * 16 * plane + int64_t{k} * p.Cpad + c;
+    float u[16];
+    for (int xi = 0; xi < 16; ++xi) {
+      float v = 0.0f;
+      for (int s = 0; s < p.splits; ++s) v += src[s * slice + xi * plane];
+      u[xi] = v;
+    }
+    float rows[4][3];
+    for (int a = 0; a < 4; ++a) winograd::weight_grad_1d(u[4 * a], u[4 * a + 1], u[4 * a + 2], u[4 * a + 3], rows[a]);
+    float* out = dw + e * 9;
+    for (int s_ = 0; s_ < 3; ++s_) {
+      float o[3];
+      winograd::weight_grad_1d(rows[0][s_], rows[1][s_], rows[2][s_], rows[3][s_], o);
+      for (int r = 0; r < 3; ++r) out[r * 3 + s_] = o[r];
+    }
+  }
+}
+
 bool enabled() {
   const char* v = std::getenv("FASTOPT_CONV2D_WINOGRAD");
   return v != nullptr && v[0] != '\0' && v[0] != '0';
@@ -306,7 +463,7 @@ bool winograd_applies(const Conv2dShape& s, bool allow_tf32) {
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
   // Tiles of the larger of the two passes' outputs (the forward's y, the data-grad's dx).
   const int64_t tiles = s.N * ((std::max(s.P, s.H) + 1) / 2) * ((std::max(s.Q, s.W) + 1) / 2);
-  return s.R == 3 && s.S == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
+  return s.N > 0 && s.P > 0 && s.Q > 0 && s.R == 3 && s.S == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
          s.pad_h <= 2 && s.pad_w <= 2 && std::min(Cg, Kg) >= kBK && s.groups < 65536 &&
          conv::fits_int32(conv::make_dims(s)) && tiles < (int64_t{1} << 31) - kBT;
 }
@@ -317,6 +474,40 @@ void winograd_forward(const Conv2dShape& s, const float* x, const float* w, cons
 
 void winograd_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx, void* stream) {
   run(s, true, dy, w, nullptr, dx, stream);
+}
+
+void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, void* stream) {
+  const cudaStream_t st = as_stream(stream);
+  WinoGradPass p{};
+  p.x = x;
+  p.dy = dy;
+  p.Cg = int(s.C / s.groups); p.H = int(s.H); p.W = int(s.W);
+  p.Kg = int(s.K / s.groups); p.P = int(s.P); p.Q = int(s.Q);
+  p.ph = int(s.pad_h); p.pw = int(s.pad_w); p.G = int(s.groups);
+  p.TH = (p.P + 1) / 2;
+  p.TW = (p.Q + 1) / 2;
+  p.T = static_cast<int>(s.N * p.TH * p.TW);
+  p.Cpad = static_cast<int>(round_up(p.Cg, kBK));
+  p.Kpad = static_cast<int>(round_up(p.Kg, kBK));
+  p.by_TW = Divider::make(static_cast<uint32_t>(p.TW));
+  p.by_tiles = Divider::make(static_cast<uint32_t>(p.TH * p.TW));
+  // Splits: about 4 waves of 2 blocks per SM, each split at least 4 stages, dU slices <= 2^26 floats.
+  const int64_t per_slice = int64_t{p.G} * 16 * p.Kpad * p.Cpad;
+  const int64_t blocks = int64_t{p.G} * (p.Kpad / kBK) * (p.Cpad / kBK);
+  const int64_t want = std::max<int64_t>(1, (8 * int64_t{detail::sm_count()} + blocks - 1) / blocks);
+  const int64_t splits = std::max<int64_t>(1, std::min({want, int64_t{p.T} / (4 * kTS), (int64_t{1} << 26) / per_slice,
+                                                        int64_t{conv::kMaxGridYZ} / p.G}));
+  p.per_split = static_cast<int>(round_up((p.T + splits - 1) / splits, kTS));
+  p.splits = (p.T + p.per_split - 1) / p.per_split;
+  const detail::Scratch scratch(static_cast<size_t>(p.splits * per_slice) * sizeof(float), st);
+  p.part = reinterpret_cast<float*>(scratch.bytes());
+  const dim3 grid(static_cast<unsigned>(p.Cpad / kBK), static_cast<unsigned>(p.Kpad / kBK),
+                  static_cast<unsigned>(p.G * p.splits));
+  winograd_weight_kernel<<<grid, kWinoThreads, 0, st>>>(p);
+  check(cudaGetLastError(), "conv2d_backward_weight (Winograd)");
+  const int64_t total = s.groups * int64_t{p.Kg} * p.Cg;
+  reduce_weight_grad<<<detail::grid_stride_grid(total, kWinoThreads), kWinoThreads, 0, st>>>(p, dw, total);
+  check(cudaGetLastError(), "conv2d_backward_weight (Winograd split sum)");
 }
 
 }  // namespace fastopt::cuda

@@ -62,3 +62,6 @@ def test_suite_runs_on_cuda(tmp_path, suite, args):
     times = [r["ms_per_step"]["fastopt"] for r in rows if "ms_per_step" in r] + \
         [r["median_ms"] for r in rows if str(r.get("backend", "")).startswith("fastopt")]
     assert times and all(t > 0 for t in times), rows[:3]
+    if suite == ["conv2d"]:  # the opt-in Winograd path is timed beside the default one
+        assert {r["layer"] for r in rows if r["backend"] == "fastopt-winograd"} == {
+            "3x3 64@56", "3x3 128@28", "3x3 256@14", "3x3 512@7"}, rows[:3]

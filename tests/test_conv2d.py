@@ -83,9 +83,10 @@ def test_shapes(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, gr
 
 
 # 3x3 unit-stride layers with >= 64 channels per group take the CPU's Winograd F(2x2, 3x3) path
-# (>= 128 for the weight-grad; FASTOPT_CONV2D_WINOGRAD=0: the direct GEMMs); odd outputs leave tiles overhanging the image,
-# padding 0 and 2 move the taps, and 1x1 / 2x3 images leave most taps in the padding. Its
-# error measured against the reference stays below the direct GEMMs' (shorter reductions).
+# (>= 128 for the weight-grad; FASTOPT_CONV2D_WINOGRAD=0: the direct GEMMs), and with "1" and
+# >= 32 the GPU's (opt-in there); odd outputs leave tiles overhanging the image, padding 0 and 2
+# move the taps, and 1x1 / 2x3 images leave most taps in the padding. Its error measured
+# against the reference stays below the direct GEMMs' (shorter reductions).
 @pytest.mark.parametrize("winograd", ["1", "0"])
 @pytest.mark.parametrize("n,c,h,w,k,padding,groups,bias", [
     (2, 64, 9, 11, 64, 1, 1, True),      # odd width: the last tile column overhangs
@@ -99,6 +100,8 @@ def test_shapes(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, gr
     (2, 130, 9, 7, 136, 1, 1, True),     # weight-grad: channel and filter strips off their tile sizes
     (8, 256, 13, 13, 128, 0, 1, False),  # weight-grad over two blocks of 256 tiles
     (1, 256, 6, 6, 256, 1, 2, True),     # weight-grad, grouped
+    (7, 33, 7, 9, 40, 2, 1, True),       # GPU: channels and filters off their blocks of 32 and 4,
+                                         # 210 tiles: weight-grad splits, the last stage partial
 ])
 def test_winograd_shapes(backend, rng, monkeypatch, winograd, n, c, h, w, k, padding, groups, bias):
     monkeypatch.setenv("FASTOPT_CONV2D_WINOGRAD", winograd)
@@ -150,10 +153,12 @@ def test_empty_batch(backend):
     np.testing.assert_array_equal(fetch(db), np.zeros(4, np.float32))
 
 
-def test_deterministic(backend, rng):
-    x = rng.standard_normal((4, 16, 19, 17)).astype(np.float32)
-    wt = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
-    dy = rng.standard_normal((4, 24, 19, 17)).astype(np.float32)
+@pytest.mark.parametrize("c,winograd", [(16, "0"), (64, "1")])
+def test_deterministic(backend, rng, monkeypatch, c, winograd):
+    monkeypatch.setenv("FASTOPT_CONV2D_WINOGRAD", winograd)
+    x = rng.standard_normal((4, c, 19, 17)).astype(np.float32)
+    wt = rng.standard_normal((c + 8, c, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((4, c + 8, 19, 17)).astype(np.float32)
     xd, wd, dyd = put(x, backend), put(wt, backend), put(dy, backend)
     first = [fetch(a) for a in F.conv2d_backward(dyd, xd, wd, 1, 1)] + [fetch(F.conv2d_forward(xd, wd, None, 1, 1))]
     again = [fetch(a) for a in F.conv2d_backward(dyd, xd, wd, 1, 1)] + [fetch(F.conv2d_forward(xd, wd, None, 1, 1))]

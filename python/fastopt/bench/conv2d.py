@@ -3,7 +3,9 @@
 For each layer of the issue's set and each pass (forward, data-grad, weight-grad), times fastopt
 (CPU, and CUDA when a GPU is usable), torch (oneDNN on the CPU; cuDNN with benchmark mode and
 TF32 off on the GPU) and the float64 NumPy reference, and on the GPU also the opt-in TF32 paths
-(fastopt-tf32: allow_tf32=True, against torch-tf32: cuDNN with TF32 allowed), interleaving contenders round by round so
+(fastopt-tf32: allow_tf32=True, against torch-tf32: cuDNN with TF32 allowed) and, on the 3x3
+unit-stride layers, the Winograd path that is opt-in on the GPU (fastopt-winograd:
+FASTOPT_CONV2D_WINOGRAD=1 around each call), interleaving contenders round by round so
 that a noisy neighbour hits all alike. Each pass must do 2 N K (C/G) R S P Q flops; its floor
 is the larger of flops / the machine's SGEMM rate (numpy.matmul 2048^3 float32 on the CPU,
 torch.matmul with TF32 off on the GPU) and bytes (x + w + y once) / the copy bandwidth
@@ -95,6 +97,21 @@ def copy_bandwidth(device, nbytes, rounds=7):
 
 
 # ------------------------------------------------------------------------ contenders
+def with_env(name, value, step):
+    """step, run with the environment variable `name` set to `value` (the native code reads it per call)."""
+    def run():
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return step()
+        finally:
+            if old is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = old
+    return run
+
+
 def contenders(device, layer, n, torch, with_reference):
     """{backend: {pass: step}} on one copy of the layer's data per backend."""
     _, c, k, h, r, stride, pad, groups = layer
@@ -118,6 +135,9 @@ def contenders(device, layer, n, torch, with_reference):
             "data-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(True, False, False), allow_tf32=True),
             "weight-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(False, True, False), allow_tf32=True),
         }
+        if r == 3 and stride == 1 and groups == 1:  # the passes the CUDA Winograd path takes
+            out["fastopt-winograd"] = {ps: with_env("FASTOPT_CONV2D_WINOGRAD", "1", step)
+                                       for ps, step in out["fastopt"].items()}
     if torch is not None:
         dev = "cpu" if device == "cpu" else "cuda"
         xt, wt, dyt = (torch.from_numpy(a.copy()).to(dev) for a in (x, w, dy))
@@ -154,15 +174,15 @@ def contenders(device, layer, n, torch, with_reference):
 def time_layer(device, layer, n, torch, repeat, with_reference, ref_repeat):
     steps, fl, nbytes = contenders(device, layer, n, torch, with_reference)
     clock = clock_for(device)
-    samples = {(b, ps): [] for b in steps for ps in PASSES}
+    samples = {(b, ps): [] for b in steps for ps in steps[b]}
     for b in steps:  # warm-up: first-touch allocation, oneDNN/cuDNN plan selection
-        for ps in PASSES:
+        for ps in steps[b]:
             steps[b][ps]()
     for rnd in range(repeat):
         for b in steps:
             if b == "numpy-ref" and rnd >= ref_repeat:
                 continue
-            for ps in PASSES:
+            for ps in steps[b]:
                 samples[(b, ps)] += clock.block(steps[b][ps], 1)
     return {k: statistics.median(v) for k, v in samples.items()}, fl, nbytes
 
@@ -262,8 +282,8 @@ def chart(doc, path):
 
     devices = list(doc["ceilings"])
     fig, axes = plt.subplots(len(devices), len(PASSES), figsize=(18, 5.5 * len(devices)), squeeze=False)
-    colors = {"fastopt": "#1f77b4", "torch": "#ff7f0e", "fastopt-tf32": "#9ecae1", "torch-tf32": "#fdbe85",
-              "numpy-ref": "#7f7f7f"}
+    colors = {"fastopt": "#1f77b4", "fastopt-winograd": "#2ca02c", "torch": "#ff7f0e", "fastopt-tf32": "#9ecae1",
+              "torch-tf32": "#fdbe85", "numpy-ref": "#7f7f7f"}
     for di, device in enumerate(devices):
         rows = [r for r in doc["rows"] if r["device"] == device]
         layers = list(dict.fromkeys(r["layer"] for r in rows))
