@@ -10,6 +10,8 @@ bytes at least 4 (|x| + |w| + |y|). The 3x3 layers are compute-bound (e.g. N=128
 and data-grad.
 
 Paths, chosen per call by shape (forward_path & co. in conv2d_tiles.cuh):
+  Winograd             (opt-in: FASTOPT_CONV2D_WINOGRAD=1) 3x3, unit stride and dilation, >= 32
+                       channels per group, fp32: cuda/conv2d_winograd.cu, all three passes.
   tiled implicit GEMM  (stage 2) 256 threads, a BM x BN tile per block: 128x128, 64x128 for
                        M <= 64, or 64x64 when the grid would not fill the SMs (gemm_tiles);
                        weight-grad 128x64 or 64x64, split so that the grid fills whole waves. 8-deep

@@ -15,9 +15,9 @@ materialized (V and M live in shared memory and registers).
 Launch: grid (tile blocks of 32, filter blocks of 32, groups), 256 threads. Thread (xi, kq, tq) =
 (tid / 16, tid / 4 % 4, tid % 4) accumulates M[xi] for 8 filters x 8 tiles (own()). The input
 channels go by in stages of 4, double-buffered in shared memory (32 KB): while all 8 warps run a
-stage's 512 FMAs per thread, warps 0-3 gather and transform the next stage's 4 x 32 patches (one
-per thread; a warp's loads cover 32 neighbouring tiles of one plane) and warps 4-7 copy its U (4
-float4 each). Then M goes through shared memory in 4 rounds of 256 (filter, tile) pairs, one per
+stage's 256 FMAs per thread, every thread also gathers half of one of the next stage's 4 x 32
+patches (a warp: 2 rows of 16 neighbouring tiles of one plane, transformed with 4 shuffles) and
+copies 2 float4 of its U, so that no warp waits for another at the stage's barrier. Then M goes through shared memory in 4 rounds of 256 (filter, tile) pairs, one per
 thread, for the output transform. Each output is one thread's sum over c ascending: bitwise
 reproducible.
 */
@@ -64,9 +64,11 @@ struct alignas(16) Stage {
 };
 static_assert(2 * sizeof(Stage) >= 16 * kRow * sizeof(float), "M's exchange reuses the stages");
 
-// Column of logical column j (0..31) in row xi of a staged operand: odd rows swap their halves, so
-// that the float4 reads of a warp (rows xi = 2w and 2w + 1) cover all 32 banks once.
-FASTOPT_HD int col(int xi, int j) { return j ^ ((xi & 1) << 4); }
+// Column of logical column j (0..31) in row xi of a staged operand: the rows with bit 0 ^ bit 1
+// of xi set swap their 16-float halves. Then the float4 reads of a warp (rows xi = 2w and
+// 2w + 1) cover all 32 banks once, and so do the forward's patch stores (rows xi and xi ^ 2,
+// 16 tiles each).
+FASTOPT_HD int col(int xi, int j) { return j ^ (((xi ^ (xi >> 1)) & 1) << 4); }
 
 // Logical index (0..31) of the i-th of a thread's 8 filters (or tiles): two runs of 4, 16 apart.
 FASTOPT_HD int own(int q, int i) { return (i < 4 ? 0 : 16) + 4 * q + (i & 3); }
@@ -114,18 +116,19 @@ __global__ void __launch_bounds__(kWinoThreads, 2) winograd_kernel(const WinoPas
   const int tid = static_cast<int>(threadIdx.x);
   const int g = static_cast<int>(blockIdx.z), k0 = static_cast<int>(blockIdx.y) * kBK;
   const int t0 = static_cast<int>(blockIdx.x) * kBT;
-  const bool copies_u = tid >= 128;  // warp-uniform: warps 4-7 copy U, warps 0-3 gather patches
 
-  // Gatherers: tile t0 + tl, channel c0 + cl of each stage; mask bit 4 i + j: patch pixel (i, j)
-  // lies in the image (else it is padding, a zero).
-  const int tl = tid % 32, cl = tid / 32 % 4;
+  // Every thread gathers half a patch, rows 2 half and 2 half + 1 (half = lane / 16), of patch
+  // 16 warp + lane % 16 of the stage (channel cl, tile tl); mask bit 4 i + j: the half's pixel
+  // (i, j) lies in the image (else it is padding, a zero).
+  const int half = (tid >> 4) & 1, pi = (tid >> 5) * 16 + (tid & 15);
+  const int tl = pi & 31, cl = pi >> 5;
   const int64_t HWin = int64_t{p.Hin} * p.Win;
   const float* patch = p.in;
   unsigned mask = 0;
-  if (!copies_u && t0 + tl < p.T) {
+  if (t0 + tl < p.T) {
     const int t = t0 + tl, n = p.by_tiles.div(t), r = t - n * p.TH * p.TW, th = p.by_TW.div(r), tw = r - th * p.TW;
-    const int h0 = 2 * th - p.ph, w0 = 2 * tw - p.pw;
-    for (int i = 0; i < 4; ++i)
+    const int h0 = 2 * th - p.ph + 2 * half, w0 = 2 * tw - p.pw;
+    for (int i = 0; i < 2; ++i)
       for (int j = 0; j < 4; ++j)
         if (h0 + i >= 0 && h0 + i < p.Hin && w0 + j >= 0 && w0 + j < p.Win) mask |= 1u << (4 * i + j);
     // h0 and w0 may be negative: only the mask's pixels are ever read.
@@ -133,43 +136,47 @@ __global__ void __launch_bounds__(kWinoThreads, 2) winograd_kernel(const WinoPas
   }
   const float* ublock = p.U + int64_t{g} * p.Cpad * 16 * p.Kpad + k0;
 
-  float staged[16];
+  float px[8], uv[8];  // the half patch; two float4 of U: float4 number f = tid + 256 j of the stage
   // The stage of input channels [c0, c0 + kCC) into registers.
   auto fetch = [&](int c0) {
-    if (copies_u) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int f = tid - 128 + 128 * j, c = f >> 7, xi = (f >> 3) & 15, q = f & 7;
-        load4(ublock + (int64_t{c0 + c} * 16 + xi) * p.Kpad + 4 * q, staged + 4 * j);
-      }
-    } else {
-      const bool live = c0 + cl < p.Cin;
-      const float* src = patch + int64_t{c0} * HWin;
-#pragma unroll
-      for (int e = 0; e < 16; ++e)
-        staged[e] = live && (mask >> e & 1u) ? src[(e / 4) * p.Win + e % 4] : 0.0f;
+    for (int j = 0; j < 2; ++j) {
+      const int f = tid + 256 * j, c = f >> 7, xi = (f >> 3) & 15, q = f & 7;
+      load4(ublock + (int64_t{c0 + c} * 16 + xi) * p.Kpad + 4 * q, uv + 4 * j);
     }
+    const bool live = c0 + cl < p.Cin;
+    const float* src = patch + int64_t{c0} * HWin;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) px[e] = live && (mask >> e & 1u) ? src[(e / 4) * p.Win + e % 4] : 0.0f;
   };
-  // The registers, transformed (patches), into shared stage s.
+  // The registers into shared stage s, the patch transformed: each half transforms its two rows
+  // (d B), then the partners (lanes l and l ^ 16) swap two columns of them, so that each holds
+  // whole columns (half 0: 0 and 1, half 1: 2 and 3) for the column transform (B^T .).
   auto stash = [&](Stage& s) {
-    if (copies_u) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int f = tid - 128 + 128 * j, c = f >> 7, xi = (f >> 3) & 15, q = f & 7;
-        store4(s.u + (c * 16 + xi) * 32 + col(xi, 4 * q), staged + 4 * j);
+    for (int j = 0; j < 2; ++j) {
+      const int f = tid + 256 * j, c = f >> 7, xi = (f >> 3) & 15, q = f & 7;
+      store4(s.u + (c * 16 + xi) * 32 + col(xi, 4 * q), uv + 4 * j);
+    }
+    float rows[2][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) winograd::input_1d(px[4 * i], px[4 * i + 1], px[4 * i + 2], px[4 * i + 3], rows[i]);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      float mine[2], theirs[2];  // this half's two rows of column (2 half + j), and the partner's
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        mine[i] = half ? rows[i][2 + j] : rows[i][j];
+        theirs[i] = __shfl_xor_sync(0xffffffffu, half ? rows[i][j] : rows[i][2 + j], 16);
       }
-    } else {
-      float rows[4][4];
+      float o[4];
+      if (half)
+        winograd::input_1d(theirs[0], theirs[1], mine[0], mine[1], o);
+      else
+        winograd::input_1d(mine[0], mine[1], theirs[0], theirs[1], o);
+      const int b = 2 * half + j;
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-        winograd::input_1d(staged[4 * i], staged[4 * i + 1], staged[4 * i + 2], staged[4 * i + 3], rows[i]);
-#pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        float o[4];
-        winograd::input_1d(rows[0][b], rows[1][b], rows[2][b], rows[3][b], o);
-#pragma unroll
-        for (int a = 0; a < 4; ++a) s.v[(cl * 16 + 4 * a + b) * 32 + col(4 * a + b, tl)] = o[a];
-      }
+      for (int a = 0; a < 4; ++a) s.v[(cl * 16 + 4 * a + b) * 32 + col(4 * a + b, tl)] = o[a];
     }
   };
 
