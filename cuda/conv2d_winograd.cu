@@ -1,7 +1,8 @@
 /*
-Conv2d by Winograd F(2x2, 3x3) on CUDA, float32: the forward, and the data-grad as the forward
-over dy with the filters flipped and transposed and padding 2 - p (the CPU's conv2d_winograd.cpp
-does the same; fastopt/winograd.h holds the transforms both use). Per group, for each 2x2 output
+Conv2d by Winograd F(2x2, 3x3) on CUDA, float32, opt-in (conv2d_winograd.h): the forward; the
+data-grad as the forward over dy with the filters flipped and transposed and padding 2 - p; the
+weight-grad by the adjoint transforms (its own section below). The CPU's conv2d_winograd.cpp
+does the same; fastopt/winograd.h holds the transforms both use. Forward, per group, for each 2x2 output
 tile t = (n, th, tw) and each position xi of the 4x4 transformed tile:
     U[c][xi][k] = (G w[k, c] G^T)[xi]               filter transform (its own small kernel)
     V[c][xi][t] = (B^T d[c, t] B)[xi]                d: the 4x4 input patch at (2 th - ph, 2 tw - pw)
@@ -17,8 +18,9 @@ Launch: grid (tile blocks of 32, filter blocks of 32, groups), 256 threads. Thre
 channels go by in stages of 4, double-buffered in shared memory (32 KB): while all 8 warps run a
 stage's 256 FMAs per thread, every thread also gathers half of one of the next stage's 4 x 32
 patches (a warp: 2 rows of 16 neighbouring tiles of one plane, transformed with 4 shuffles) and
-copies 2 float4 of its U, so that no warp waits for another at the stage's barrier. Then M goes through shared memory in 4 rounds of 256 (filter, tile) pairs, one per
-thread, for the output transform. Each output is one thread's sum over c ascending: bitwise
+copies 2 float4 of its U, so that no warp waits for another at the stage's barrier. Then M goes
+through shared memory in 4 rounds of 256 (filter, tile) pairs, one per thread, for the output
+transform. Each output is one thread's sum over c ascending: bitwise
 reproducible.
 */
 #include <cstdlib>
@@ -235,16 +237,16 @@ __global__ void __launch_bounds__(kWinoThreads, 2) winograd_kernel(const WinoPas
       float mv[16];
 #pragma unroll
       for (int e = 0; e < 16; ++e) mv[e] = m[e * kRow + tid + (tid >> 6)];
-      float half[2][4], y[2][2];
+      float am[2][4], y[2][2];  // A^T M, then A^T M A
 #pragma unroll
       for (int b = 0; b < 4; ++b) {
         float o[2];
         winograd::output_1d(mv[b], mv[4 + b], mv[8 + b], mv[12 + b], o);
-        half[0][b] = o[0];
-        half[1][b] = o[1];
+        am[0][b] = o[0];
+        am[1][b] = o[1];
       }
 #pragma unroll
-      for (int a = 0; a < 2; ++a) winograd::output_1d(half[a][0], half[a][1], half[a][2], half[a][3], y[a]);
+      for (int a = 0; a < 2; ++a) winograd::output_1d(am[a][0], am[a][1], am[a][2], am[a][3], y[a]);
       const float bias = p.bias != nullptr ? p.bias[g * p.Cout + k] : 0.0f;
       const int n = p.by_tiles.div(t), rt = t - n * p.TH * p.TW, th = p.by_TW.div(rt), tw = rt - th * p.TW;
       float* dst = p.out + (int64_t{n} * p.G * p.Cout + int64_t{g} * p.Cout + k) * p.Hout * p.Wout;
