@@ -144,15 +144,27 @@ inline void copy_row(float* __restrict dst, int64_t len, const float* __restrict
   // Runs are short (an image row, at most NR): masked loads and stores do the zero edges and
   // the tail in the same few vector steps, where a plain loop would finish in scalar code.
   // Masked-off lanes are never read, so src + i0 + t may point outside the row.
+  auto lanes = [](int64_t a, int64_t b) {
+    a = std::clamp<int64_t>(a, 0, 16);
+    b = std::clamp<int64_t>(b, 0, 16);
+    return static_cast<__mmask16>(b > a ? (1u << b) - (1u << a) : 0u);
+  };
   if (step == 1) {
-    auto lanes = [](int64_t a, int64_t b) {
-      a = std::clamp<int64_t>(a, 0, 16);
-      b = std::clamp<int64_t>(b, 0, 16);
-      return static_cast<__mmask16>(b > a ? (1u << b) - (1u << a) : 0u);
-    };
     for (int64_t t = 0; t < len; t += 16) {
       const __m512 v = _mm512_maskz_loadu_ps(lanes(lo - t, hi - t), src + i0 + t);
       _mm512_mask_storeu_ps(dst + t, lanes(0, len - t), v);
+    }
+    return;
+  }
+  if (step == 2) {
+    // 16 outputs from the even lanes of two loads (a 7x7 stride-2 stem's weight-grad packs its
+    // whole B panel this way); the loads' masks keep only the in-range even lanes.
+    const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    for (int64_t t = 0; t < len; t += 16) {
+      const int64_t a = 2 * (lo - t), b = 2 * (hi - t);
+      const __m512 v0 = _mm512_maskz_loadu_ps(lanes(a, b) & 0x5555, src + i0 + 2 * t);
+      const __m512 v1 = _mm512_maskz_loadu_ps(lanes(a - 16, b - 16) & 0x5555, src + i0 + 2 * t + 16);
+      _mm512_mask_storeu_ps(dst + t, lanes(0, len - t), _mm512_permutex2var_ps(v0, evens, v1));
     }
     return;
   }
