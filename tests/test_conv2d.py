@@ -77,6 +77,9 @@ def test_all_combinations(backend, rng, stride, padding, dilation, groups, ksize
     (1, 6, 2, 3, 20, 3, 3, 3, 2, 2, 2),                       # stride past the image: phases with no pixel
     (1, 2, 100, 301, 2, 3, 3, 1, 1, 1, 2),                    # depthwise, rows in several shared-memory bands
     (1, 3, 90, 257, 6, 5, 5, 2, 2, 2, 3),                     # the same strided and dilated, 2 planes per channel
+    (2, 6, 9, 70, 12, 3, 3, 1, 3, 1, 6),                      # depthwise x2, padding past R - 1, rows past 64
+    (1, 4, 11, 13, 4, 5, 5, 1, 2, 1, 4),                      # depthwise 5x5
+    (2, 3, 15, 17, 3, 7, 3, 1, (3, 0), 1, 3),                 # depthwise 7x3, no column padding
 ])
 def test_shapes(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, groups):
     check(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, groups, bias=True)

@@ -66,6 +66,7 @@
 #include "fastopt/conv2d.h"
 #include "isa.h"
 
+#include "conv2d_channelwise.h"
 #include "conv2d_winograd.h"
 #include "gemm.h"
 
@@ -319,109 +320,6 @@ inline void zero_tail(float* dst, int64_t cols, int64_t kc) {
   if (cols == NR) return;
   for (int64_t p = 0; p < kc; ++p)
     for (int64_t j = cols; j < NR; ++j) dst[p * NR + j] = 0.0f;
-}
-
-
-// row[w0 + q*step] += a * src[q] for q < nq where that index lies in [0, n).
-inline void axpy_to_row(float* __restrict row, int64_t n, float a, const float* __restrict src, int64_t nq,
-                        int64_t w0, int64_t step) {
-  const int64_t lo = std::min(nq, w0 >= 0 ? int64_t{0} : (-w0 + step - 1) / step);
-  const int64_t hi = std::max(lo, std::min(nq, w0 >= n ? int64_t{0} : (n - w0 + step - 1) / step));
-  if (step == 1)
-    for (int64_t q = lo; q < hi; ++q) row[w0 + q] += a * src[q];
-  else
-    for (int64_t q = lo; q < hi; ++q) row[w0 + q * step] += a * src[q];
-}
-
-// out[q] += a * row[w0 + q*step] for q < nq where that index lies in [0, n).
-inline void axpy_from_row(float* __restrict out, int64_t nq, float a, const float* __restrict row, int64_t n,
-                          int64_t w0, int64_t step) {
-  const int64_t lo = std::min(nq, w0 >= 0 ? int64_t{0} : (-w0 + step - 1) / step);
-  const int64_t hi = std::max(lo, std::min(nq, w0 >= n ? int64_t{0} : (n - w0 + step - 1) / step));
-  if (step == 1)
-    for (int64_t q = lo; q < hi; ++q) out[q] += a * row[w0 + q];
-  else
-    for (int64_t q = lo; q < hi; ++q) out[q] += a * row[w0 + q * step];
-}
-
-// sum_q a[q] * row[w0 + q*step] over the valid q, in 16 fixed float lanes.
-inline float dot_row(const float* __restrict a, int64_t nq, const float* __restrict row, int64_t n, int64_t w0,
-                     int64_t step) {
-  const int64_t lo = std::min(nq, w0 >= 0 ? int64_t{0} : (-w0 + step - 1) / step);
-  const int64_t hi = std::max(lo, std::min(nq, w0 >= n ? int64_t{0} : (n - w0 + step - 1) / step));
-  float acc[16] = {};
-  int64_t q = lo;
-  if (step == 1)  // the common case, kept apart so that it vectorizes
-    for (; q + 16 <= hi; q += 16)
-      for (int j = 0; j < 16; ++j) acc[j] += a[q + j] * row[w0 + q + j];
-  else
-    for (; q + 16 <= hi; q += 16)
-      for (int j = 0; j < 16; ++j) acc[j] += a[q + j] * row[w0 + (q + j) * step];
-  for (int j = 0; q < hi; ++q, ++j) acc[j] += a[q] * row[w0 + q * step];
-  float sum = 0.0f;
-  for (float v : acc) sum += v;
-  return sum;
-}
-
-// Channel-wise layers (C/groups = 1, depthwise): the GEMMs would have one row or a reduction of
-// R S, with no reuse to pack for, so each output plane is computed directly from its one input
-// plane: R S shifted row AXPYs per output row, a fixed order for every element. Memory-bound
-// (x + y + w once), 2 K R S P Q flops per image.
-void channelwise_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
-  const int64_t Kg = s.K / s.groups, PQ = s.P * s.Q, HW = s.H * s.W;
-#pragma omp parallel for schedule(static)
-  for (int64_t nk = 0; nk < s.N * s.K; ++nk) {
-    const int64_t n = nk / s.K, k = nk % s.K;
-    const float* plane = x + (n * s.C + k / Kg) * HW;
-    float* out = y + nk * PQ;
-    std::fill(out, out + PQ, b ? b[k] : 0.0f);
-    for (int64_t p = 0; p < s.P; ++p)
-      for (int64_t r = 0; r < s.R; ++r) {
-        const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
-        if (h < 0 || h >= s.H) continue;
-        for (int64_t sc = 0; sc < s.S; ++sc)
-          axpy_from_row(out + p * s.Q, s.Q, w[(k * s.R + r) * s.S + sc], plane + h * s.W, s.W,
-                        sc * s.dil_w - s.pad_w, s.stride_w);
-      }
-  }
-}
-
-void channelwise_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
-  const int64_t Kg = s.K / s.groups, PQ = s.P * s.Q, HW = s.H * s.W;
-#pragma omp parallel for schedule(static)
-  for (int64_t nc = 0; nc < s.N * s.C; ++nc) {
-    const int64_t n = nc / s.C, c = nc % s.C;
-    float* plane = dx + nc * HW;
-    std::fill(plane, plane + HW, 0.0f);
-    for (int64_t k = c * Kg; k < (c + 1) * Kg; ++k)
-      for (int64_t p = 0; p < s.P; ++p)
-        for (int64_t r = 0; r < s.R; ++r) {
-          const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
-          if (h < 0 || h >= s.H) continue;
-          for (int64_t sc = 0; sc < s.S; ++sc)
-            axpy_to_row(plane + h * s.W, s.W, w[(k * s.R + r) * s.S + sc], dy + (n * s.K + k) * PQ + p * s.Q, s.Q,
-                        sc * s.dil_w - s.pad_w, s.stride_w);
-        }
-  }
-}
-
-void channelwise_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
-  const int64_t Kg = s.K / s.groups, PQ = s.P * s.Q, HW = s.H * s.W, RS = s.R * s.S;
-#pragma omp parallel for schedule(static)
-  for (int64_t krs = 0; krs < s.K * RS; ++krs) {
-    const int64_t k = krs / RS, r = (krs % RS) / s.S, sc = krs % s.S;
-    double acc = 0.0;
-    for (int64_t n = 0; n < s.N; ++n) {
-      const float* plane = x + (n * s.C + k / Kg) * HW;
-      for (int64_t p = 0; p < s.P; ++p) {
-        const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
-        if (h < 0 || h >= s.H) continue;
-        acc += dot_row(dy + (n * s.K + k) * PQ + p * s.Q, s.Q, plane + h * s.W, s.W, sc * s.dil_w - s.pad_w,
-                       s.stride_w);
-      }
-    }
-    dw[krs] = static_cast<float>(acc);
-  }
 }
 
 }  // namespace
