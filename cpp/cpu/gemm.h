@@ -55,11 +55,15 @@ constexpr int64_t KC = 320;  // the most; a reduction is cut into equal blocks o
 constexpr int64_t MC = MR * 16;
 constexpr int64_t NC = NR * 24;
 
-// tile (MR x NR, row-major) = (acc ? tile : 0) + sum_p a[p*MR + i] * b[p*NR + j], summed in p order
+// tile (MR x NR, row-major) = (acc ? tile : 0) + sum_p a[p*MR + i] * b[p*NR + j], summed in p order.
+// AVX-512: NV < NR / 16 computes only the tile's first 16 NV columns (a strip's tail), leaving
+// the others unwritten.
+#if defined(__AVX512F__)
+template <int NV = NR / 16>
+#endif
 inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict tile,
                          bool acc) {
 #if defined(__AVX512F__)
-  constexpr int NV = NR / 16;
   __m512 c[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) c[i][v] = acc ? _mm512_load_ps(tile + i * NR + 16 * v) : _mm512_setzero_ps();
@@ -105,6 +109,18 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
       for (int j = 0; j < NR; ++j) c[i * NR + j] += a[p * MR + i] * b[p * NR + j];
   std::memcpy(tile, c, sizeof c);
 #endif
+}
+
+// The micro-kernel for a strip of `cols` <= NR columns: on AVX-512, only the vectors that hold
+// them (the 7x7 stem's weight-grad has 147 = 3 x 48 + 3 columns; a 10-class linear layer 10).
+inline void micro_kernel_cols(int64_t cols, int64_t kc, const float* __restrict a, const float* __restrict b,
+                              float* __restrict tile, bool acc) {
+#if defined(__AVX512F__)
+  if (cols <= 16) return micro_kernel<1>(kc, a, b, tile, acc);
+  if (cols <= 32) return micro_kernel<2>(kc, a, b, tile, acc);
+#endif
+  (void)cols;
+  micro_kernel(kc, a, b, tile, acc);
 }
 
 #if defined(__AVX512F__)
@@ -305,7 +321,8 @@ void task(const Task& tk, int64_t Kd, const float* apre, int64_t Mp, const float
               pack_a(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, ws.a.data() + ir * kc);
           for (int64_t jr = 0; jr < nc; jr += NR)
             for (int64_t ir = 0; ir < mc; ir += MR)
-              micro_kernel(kc, a + ir * kc, b + jr * kc, c + ((ic - is + ir) / MR * ns + jr / NR) * MR * NR, pc > 0);
+              micro_kernel_cols(std::min<int64_t>(NR, nc - jr), kc, a + ir * kc, b + jr * kc,
+                                c + ((ic - is + ir) / MR * ns + jr / NR) * MR * NR, pc > 0);
         }
       }
       for (int64_t i = is; i < ie; i += MR)
