@@ -27,7 +27,7 @@ from fastopt import functional as F
 from fastopt.reference import conv as ref
 
 from .backends import torch_or_none
-from .report import cpu_model, save
+from .report import cpu_model, git_info, save
 from .timing import clock_for, release_gpu_memory
 
 # name, C, K, H (= W), R (= S), stride, padding, groups
@@ -239,7 +239,9 @@ def run(args):
         release_gpu_memory()
     doc = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {"cpu_model": cpu_model(), "cpus": os.cpu_count()},
+        "git": git_info(),
+        "host": {"cpu_model": cpu_model(), "cpus": os.cpu_count(),
+                 "gpu": fastopt.cuda.device_name(0) if "cuda" in devices else None},
         "fastopt": fastopt.build_info(), "torch": getattr(torch, "__version__", None), "numpy": np.__version__,
         "settings": {"quick": args.quick, "repeat": args.repeat, "devices": devices},
         "ceilings": ceilings, "rows": rows,
@@ -256,8 +258,10 @@ def _f(v, fmt):
 
 
 def markdown(doc):
+    git, gpu = doc.get("git") or {}, doc["host"].get("gpu")
     out = [f"# conv2d, {doc['date']}", "",
-           f"Host: {doc['host']['cpu_model']} ({doc['host']['cpus']} CPUs); torch {doc['torch']}, "
+           f"Host: {doc['host']['cpu_model']} ({doc['host']['cpus']} CPUs){f', {gpu}' if gpu else ''}; "
+           f"commit {str(git.get('commit'))[:12]}{' (dirty)' if git.get('dirty') else ''}; torch {doc['torch']}, "
            f"numpy {doc['numpy']}; settings {doc['settings']}.", ""]
     for device, ceil in doc["ceilings"].items():
         out.append(f"**{device}**: N = {ceil['batch']}; SGEMM {_f(ceil['sgemm_gflops'], '.0f')} GFLOP/s; copy "

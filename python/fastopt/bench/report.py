@@ -72,15 +72,20 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def header(settings, devices):
-    torch = torch_or_none()
+def git_info():
+    """{"commit", "dirty"} of the source tree the benchmark runs from."""
     commit = _git("rev-parse", "HEAD")
     dirty = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     # A copy of the tree without .git (the lent GPU machine's) is told its commit by gpu_check.sh.
     commit = commit or os.environ.get("FASTOPT_GIT_COMMIT") or None
+    return {"commit": commit, "dirty": bool(dirty) if commit else None}
+
+
+def header(settings, devices):
+    torch = torch_or_none()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git": {"commit": commit, "dirty": bool(dirty) if commit else None},
+        "git": git_info(),
         "fastopt": fastopt.build_info(),
         "torch": getattr(torch, "__version__", None),
         "numpy": np.__version__,
