@@ -85,7 +85,7 @@ def test_shapes(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, gr
     check(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, groups, bias=True)
 
 
-# 3x3 unit-stride layers with >= 64 channels per group take the CPU's Winograd F(2x2, 3x3) path
+# 3x3 unit-stride layers with >= 8 channels per group take the CPU's Winograd F(2x2, 3x3) path
 # (>= 128 for the weight-grad; FASTOPT_CONV2D_WINOGRAD=0: the direct GEMMs), and with "1" and
 # >= 32 the GPU's (opt-in there); odd outputs leave tiles overhanging the image, padding 0 and 2
 # move the taps, and 1x1 / 2x3 images leave most taps in the padding. Its error measured
@@ -103,6 +103,8 @@ def test_shapes(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, gr
     (2, 130, 9, 7, 136, 1, 1, True),     # weight-grad: channel and filter strips off their tile sizes
     (8, 256, 13, 13, 128, 0, 1, False),  # weight-grad over two blocks of 256 tiles
     (1, 256, 6, 6, 256, 1, 2, True),     # weight-grad, grouped
+    (4, 8, 11, 9, 12, 1, 1, True),       # CPU: the fewest channels it takes, filters off MR
+    (2, 16, 6, 7, 24, 0, 2, False),      # CPU: 8 channels per group
     (7, 33, 7, 9, 40, 2, 1, True),       # GPU: channels and filters off their blocks of 32 and 4,
                                          # 210 tiles: weight-grad splits, the last stage partial
 ])

@@ -8,8 +8,8 @@
 //   weight-grad  dw[k, (c,r,s)]   = sum_(n,p,q)  dy[n, k, p, q] * x[n, c, p*sh-ph+r*dh, q*sw-pw+s*dw]
 //   bias-grad    db[k]            = sum_(n,p,q)  dy[n, k, p, q]
 // Channel-wise layers (C/groups = 1) skip the GEMM: there is no reuse to pack for
-// (conv2d_channelwise.cpp). 3x3 layers with unit stride and >= 64 channels per group (128 for
-// the weight-grad) take Winograd F(2x2, 3x3) instead (conv2d_winograd.cpp: 1.2-1.9x faster
+// (conv2d_channelwise.cpp). 3x3 layers with unit stride and >= 8 channels per group (128 for
+// the weight-grad) take Winograd F(2x2, 3x3) instead (conv2d_winograd.cpp: 1.1-1.9x faster
 // than the GEMMs below on them).
 //
 // Packing (AVX-512 copy; the others keep the generic gathers): with unit column stride an
