@@ -166,10 +166,14 @@ void transform_inputs(const Tiling& tl, const float* src, int64_t g, int64_t NB,
         for (int a = 0; a < 4; ++a) _mm512_store_ps(dst + (a * 4 + b) * Cg * NB, col[a]);
       }
 #else
-      for (int64_t l = 0; l < 16 && j + l < NB; ++l) {  // NR may be 8: per-lane addresses
+      // Tile by tile into v, then each xi's 16 values stored as runs: stored straight from each
+      // tile, its 16 values lie Cg NB floats apart (a multiple of 4 KiB at 32 and 64 channels),
+      // and the AVX2 copy ran 5x slower there on thrashed L1 sets.
+      const int64_t lanes = std::min<int64_t>(16, NB - j);
+      float v[16][16];  // [xi][tile]
+      for (int64_t l = 0; l < lanes; ++l) {
         const float* at = bc + bm.in_off[j + l];
         const unsigned taps = bm.in_taps[j + l];
-        float* const dl = vc + (j + l) / NR * kc * NR + (j + l) % NR;
         float r[4][4];
         for (int i = 0; i < 4; ++i) {
           float d[4];
@@ -179,9 +183,11 @@ void transform_inputs(const Tiling& tl, const float* src, int64_t g, int64_t NB,
         for (int b = 0; b < 4; ++b) {
           float col[4];
           wg::input_1d(r[0][b], r[1][b], r[2][b], r[3][b], col);
-          for (int a = 0; a < 4; ++a) dl[(a * 4 + b) * Cg * NB] = col[a];
+          for (int a = 0; a < 4; ++a) v[a * 4 + b][l] = col[a];
         }
       }
+      for (int xi = 0; xi < 16; ++xi)
+        for (int64_t l = 0; l < lanes; ++l) vc[xi * Cg * NB + (j + l) / NR * kc * NR + (j + l) % NR] = v[xi][l];  // NR may be 8
 #endif
     }
   }
@@ -218,13 +224,15 @@ void transform_outputs(const Tiling& tl, int64_t g, int64_t k0, int64_t rows, in
         }
       }
 #else
-      for (int64_t l = 0; l < 16 && j + l < NB; ++l) {  // NR may be 8: per-lane addresses
+      // Each xi's 16 values loaded as runs first (see transform_inputs).
+      const int64_t lanes = std::min<int64_t>(16, NB - j);
+      float v[16][16];  // [xi][tile]
+      for (int xi = 0; xi < 16; ++xi)
+        for (int64_t l = 0; l < lanes; ++l) v[xi][l] = mk[xi * RP * NB + (j + l) / NR * MR * NR + (j + l) % NR];
+      for (int64_t l = 0; l < lanes; ++l) {
         const unsigned px = bm.out_px[j + l];
-        const float* sl = mk + (j + l) / NR * MR * NR + (j + l) % NR;
         float sm[4][2];
-        for (int a = 0; a < 4; ++a)
-          wg::output_1d(sl[(a * 4) * RP * NB], sl[(a * 4 + 1) * RP * NB], sl[(a * 4 + 2) * RP * NB],
-                        sl[(a * 4 + 3) * RP * NB], sm[a]);
+        for (int a = 0; a < 4; ++a) wg::output_1d(v[a * 4][l], v[a * 4 + 1][l], v[a * 4 + 2][l], v[a * 4 + 3][l], sm[a]);
         for (int q = 0; q < 2; ++q) {
           float yv[2];
           wg::output_1d(sm[0][q], sm[1][q], sm[2][q], sm[3][q], yv);
@@ -517,10 +525,10 @@ bool winograd_applies(const Conv2dShape& s, bool weight_grad) {
   const bool enabled = v == nullptr || v[0] != '0';
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
 #if defined(__AVX2__) && !defined(__AVX512F__)
-  // The AVX2 copy's transforms gather lane by lane: measured on this AVX-512 machine, its
-  // forward and data-grad beat the direct GEMMs only from 128 channels (64@56: 1.24x slower),
-  // and its weight-grad nowhere (128@28 to 512@7: 1.25-1.85x slower).
-  const int64_t min_channels = weight_grad ? INT64_MAX : 128;
+  // The AVX2 copy's transforms go tile by tile. Measured on this AVX-512 machine, its forward
+  // and data-grad beat the direct GEMMs from 32 channels (1.1-1.9x from 32>32@32 to 256@14),
+  // not at 8-16 (0.8-0.95x), and its weight-grad nowhere (128@28 to 512@7: 1.25-1.85x slower).
+  const int64_t min_channels = weight_grad ? INT64_MAX : 32;
 #else
   const int64_t min_channels = weight_grad ? 128 : 8;
 #endif
