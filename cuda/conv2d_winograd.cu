@@ -47,6 +47,29 @@ constexpr int kStage = kCC * 16 * 32;  // floats of one operand per stage
 // 16 mod 32 floats so that the rows of xi = 2w and 2w + 1 fall in opposite bank halves.
 constexpr int kRow = 272;
 
+// The 2x2 output tiles of N images of Hout x Wout: TH x TW per image, T in all; tile t is
+// (n, th, tw), row-major.
+struct TileGrid {
+  int TH, TW, T;
+  Divider by_TW, by_image;  // by TW, by TH TW
+
+  static TileGrid make(int64_t N, int Hout, int Wout) {
+    TileGrid g{};
+    g.TH = (Hout + 1) / 2;
+    g.TW = (Wout + 1) / 2;
+    g.T = static_cast<int>(N * g.TH * g.TW);
+    g.by_TW = Divider::make(static_cast<uint32_t>(g.TW));
+    g.by_image = Divider::make(static_cast<uint32_t>(g.TH * g.TW));
+    return g;
+  }
+  FASTOPT_HD void locate(int t, int& n, int& th, int& tw) const {
+    n = by_image.div(t);
+    const int r = t - n * TH * TW;
+    th = by_TW.div(r);
+    tw = r - th * TW;
+  }
+};
+
 // One pass: `in` (N, G Cin, Hin, Win) correlated with the transformed filters U into `out`
 // (N, G Cout, Hout, Wout), padding (ph, pw).
 struct WinoPass {
@@ -55,9 +78,8 @@ struct WinoPass {
   const float* bias;  // nullptr: none
   float* out;
   int Cin, Hin, Win, Cout, Hout, Wout, ph, pw, G;
-  int TH, TW, T;  // tiles per image along h and along w; tiles in all (N TH TW)
+  TileGrid tiles;  // of the output
   int Cpad, Kpad;
-  Divider by_TW, by_tiles;  // by TW, by TH TW
 };
 
 struct alignas(16) Stage {
@@ -138,8 +160,9 @@ __global__ void __launch_bounds__(kWinoThreads, 2) winograd_kernel(const WinoPas
   const int64_t HWin = int64_t{p.Hin} * p.Win;
   const float* patch = p.in;
   unsigned mask = 0;
-  if (t0 + tl < p.T) {
-    const int t = t0 + tl, n = p.by_tiles.div(t), r = t - n * p.TH * p.TW, th = p.by_TW.div(r), tw = r - th * p.TW;
+  if (t0 + tl < p.tiles.T) {
+    int n, th, tw;
+    p.tiles.locate(t0 + tl, n, th, tw);
     const int h0 = 2 * th - p.ph + 2 * half, w0 = 2 * tw - p.pw;
     for (int i = 0; i < 2; ++i)
       for (int j = 0; j < 4; ++j)
@@ -245,7 +268,7 @@ __global__ void __launch_bounds__(kWinoThreads, 2) winograd_kernel(const WinoPas
       }
     __syncthreads();
     const int kk = tid >> 5, k = k0 + own(kk >> 1, 2 * r + (kk & 1)), t = t0 + (tid & 31);
-    if (k < p.Cout && t < p.T) {
+    if (k < p.Cout && t < p.tiles.T) {
       float mv[16];
 #pragma unroll
       for (int e = 0; e < 16; ++e) mv[e] = m[e * kRow + tid + (tid >> 6)];
@@ -260,7 +283,8 @@ __global__ void __launch_bounds__(kWinoThreads, 2) winograd_kernel(const WinoPas
 #pragma unroll
       for (int a = 0; a < 2; ++a) winograd::output_1d(am[a][0], am[a][1], am[a][2], am[a][3], y[a]);
       const float bias = p.bias != nullptr ? p.bias[g * p.Cout + k] : 0.0f;
-      const int n = p.by_tiles.div(t), rt = t - n * p.TH * p.TW, th = p.by_TW.div(rt), tw = rt - th * p.TW;
+      int n, th, tw;
+      p.tiles.locate(t, n, th, tw);
       float* dst = p.out + (int64_t{n} * p.G * p.Cout + int64_t{g} * p.Cout + k) * p.Hout * p.Wout;
 #pragma unroll
       for (int a = 0; a < 2; ++a)
@@ -293,8 +317,8 @@ struct WinoGradPass {
   const float* dy;  // (N, G Kg, P, Q)
   float* part;      // [splits][G][16][Kpad][Cpad]
   int Cg, H, W, Kg, P, Q, ph, pw, G;
-  int TH, TW, T, Cpad, Kpad, splits, per_split;  // per_split: tiles per split, a multiple of kTS
-  Divider by_TW, by_tiles;
+  TileGrid tiles;  // of dy
+  int Cpad, Kpad, splits, per_split;  // per_split: tiles per split, a multiple of kTS
 };
 
 struct alignas(16) GradStage {
@@ -312,7 +336,7 @@ __global__ void __launch_bounds__(kWinoThreads, 2) winograd_weight_kernel(const 
   const int tid = static_cast<int>(threadIdx.x);
   const int c0 = static_cast<int>(blockIdx.x) * kBK, k0 = static_cast<int>(blockIdx.y) * kBK;
   const int g = static_cast<int>(blockIdx.z) % p.G, split = static_cast<int>(blockIdx.z) / p.G;
-  const int t_begin = split * p.per_split, t_end = min(p.T, t_begin + p.per_split);
+  const int t_begin = split * p.per_split, t_end = min(p.tiles.T, t_begin + p.per_split);
   const int q = tid >> 3, tt = tid & 7;
   const bool k_live = k0 + q < p.Kg, c_live = c0 + q < p.Cg;
   const float* dy_plane = p.dy + (int64_t{g} * p.Kg + k0 + q) * p.P * p.Q;  // + n G Kg P Q per tile
@@ -325,12 +349,7 @@ __global__ void __launch_bounds__(kWinoThreads, 2) winograd_weight_kernel(const 
     t += tt;
     int n = 0, th = 0, tw = 0;
     const bool live = t < t_end;
-    if (live) {
-      n = p.by_tiles.div(t);
-      const int r = t - n * p.TH * p.TW;
-      th = p.by_TW.div(r);
-      tw = r - th * p.TW;
-    }
+    if (live) p.tiles.locate(t, n, th, tw);
     const float* dsrc = dy_plane + n * dy_image;
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
@@ -456,13 +475,9 @@ void run(const Conv2dShape& s, bool flip, const float* in, const float* w, const
     p.Cout = int(Kg); p.Hout = int(s.P); p.Wout = int(s.Q);
     p.ph = int(s.pad_h); p.pw = int(s.pad_w);
   }
-  p.TH = (p.Hout + 1) / 2;
-  p.TW = (p.Wout + 1) / 2;
-  p.T = static_cast<int>(s.N * p.TH * p.TW);
+  p.tiles = TileGrid::make(s.N, p.Hout, p.Wout);
   p.Cpad = static_cast<int>(round_up(p.Cin, kCC));
   p.Kpad = static_cast<int>(round_up(p.Cout, kBK));
-  p.by_TW = Divider::make(static_cast<uint32_t>(p.TW));
-  p.by_tiles = Divider::make(static_cast<uint32_t>(p.TH * p.TW));
 
   const int64_t u_numel = s.groups * p.Cpad * int64_t{p.Kpad};  // (g, c, k) triples; 16 floats each
   const detail::Scratch scratch(static_cast<size_t>(u_numel) * 16 * sizeof(float), st);
@@ -471,7 +486,7 @@ void run(const Conv2dShape& s, bool flip, const float* in, const float* w, const
   transform_filters<<<detail::grid_stride_grid(u_numel, kWinoThreads), kWinoThreads, 0, st>>>(
       w, int(Cg), int(Kg), p.Cpad, p.Kpad, flip, U, u_numel);
   check(cudaGetLastError(), flip ? "conv2d_backward_data (Winograd filters)" : "conv2d_forward (Winograd filters)");
-  const dim3 grid(static_cast<unsigned>((p.T + kBT - 1) / kBT), static_cast<unsigned>(p.Kpad / kBK),
+  const dim3 grid(static_cast<unsigned>((p.tiles.T + kBT - 1) / kBT), static_cast<unsigned>(p.Kpad / kBK),
                   static_cast<unsigned>(p.G));
   winograd_kernel<<<grid, kWinoThreads, 0, st>>>(p);
   check(cudaGetLastError(), flip ? "conv2d_backward_data (Winograd)" : "conv2d_forward (Winograd)");
@@ -484,8 +499,8 @@ bool winograd_applies(const Conv2dShape& s, bool allow_tf32) {
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
   // Tiles of the larger of the two passes' outputs (the forward's y, the data-grad's dx).
   const int64_t tiles = s.N * ((std::max(s.P, s.H) + 1) / 2) * ((std::max(s.Q, s.W) + 1) / 2);
-  return s.N > 0 && s.P > 0 && s.Q > 0 && s.R == 3 && s.S == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
-         s.pad_h <= 2 && s.pad_w <= 2 && std::min(Cg, Kg) >= kBK && s.groups < 65536 &&
+  return s.N > 0 && s.P > 0 && s.Q > 0 && s.R == 3 && s.S == 3 && s.stride_h == 1 && s.stride_w == 1 &&
+         s.dil_h == 1 && s.dil_w == 1 && s.pad_h <= 2 && s.pad_w <= 2 && std::min(Cg, Kg) >= kBK && s.groups < 65536 &&
          conv::fits_int32(conv::make_dims(s)) && tiles < (int64_t{1} << 31) - kBT;
 }
 
@@ -505,21 +520,18 @@ void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float
   p.Cg = int(s.C / s.groups); p.H = int(s.H); p.W = int(s.W);
   p.Kg = int(s.K / s.groups); p.P = int(s.P); p.Q = int(s.Q);
   p.ph = int(s.pad_h); p.pw = int(s.pad_w); p.G = int(s.groups);
-  p.TH = (p.P + 1) / 2;
-  p.TW = (p.Q + 1) / 2;
-  p.T = static_cast<int>(s.N * p.TH * p.TW);
+  p.tiles = TileGrid::make(s.N, p.P, p.Q);
+  const int T = p.tiles.T;
   p.Cpad = static_cast<int>(round_up(p.Cg, kBK));
   p.Kpad = static_cast<int>(round_up(p.Kg, kBK));
-  p.by_TW = Divider::make(static_cast<uint32_t>(p.TW));
-  p.by_tiles = Divider::make(static_cast<uint32_t>(p.TH * p.TW));
   // Splits: about 4 waves of 2 blocks per SM, each split at least 4 stages, dU slices <= 2^26 floats.
   const int64_t per_slice = int64_t{p.G} * 16 * p.Kpad * p.Cpad;
   const int64_t blocks = int64_t{p.G} * (p.Kpad / kBK) * (p.Cpad / kBK);
   const int64_t want = std::max<int64_t>(1, (8 * int64_t{detail::sm_count()} + blocks - 1) / blocks);
-  const int64_t splits = std::max<int64_t>(1, std::min({want, int64_t{p.T} / (4 * kTS), (int64_t{1} << 26) / per_slice,
+  const int64_t splits = std::max<int64_t>(1, std::min({want, int64_t{T} / (4 * kTS), (int64_t{1} << 26) / per_slice,
                                                         int64_t{conv::kMaxGridYZ} / p.G}));
-  p.per_split = static_cast<int>(round_up((p.T + splits - 1) / splits, kTS));
-  p.splits = (p.T + p.per_split - 1) / p.per_split;
+  p.per_split = static_cast<int>(round_up((T + splits - 1) / splits, kTS));
+  p.splits = (T + p.per_split - 1) / p.per_split;
   const detail::Scratch scratch(static_cast<size_t>(p.splits * per_slice) * sizeof(float), st);
   p.part = reinterpret_cast<float*>(scratch.bytes());
   const dim3 grid(static_cast<unsigned>(p.Cpad / kBK), static_cast<unsigned>(p.Kpad / kBK),

@@ -22,9 +22,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <vector>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+
+#include "gemm.h"
 
 namespace fastopt::cpu::FASTOPT_ISA {
 namespace {
@@ -132,10 +131,7 @@ void generic_backward_weight(const Conv2dShape& s, const float* dy, const float*
 }
 
 #if defined(__AVX512F__)
-// Lanes [0, n) of 16, clamped, as a mask.
-inline __mmask16 first_lanes(int64_t n) {
-  return static_cast<__mmask16>(n >= 16 ? 0xffffu : n <= 0 ? 0u : (1u << n) - 1u);
-}
+using gemm::first_lanes;
 
 // The plane zero-padded by (ph, pw) on every side, in a per-thread buffer whose border (and 64
 // floats of slack past the end, which the last row's vector tails read) stays zero between

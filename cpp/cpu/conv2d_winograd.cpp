@@ -252,7 +252,7 @@ inline __m512i plane_offsets(int64_t plane) {
   return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                             _mm512_set1_epi32(static_cast<int>(plane)));
 }
-inline __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>((1u << std::clamp<int64_t>(n, 0, 16)) - 1); }
+using gemm::first_lanes;
 #endif
 
 // The weight-grad's operands for one block of nb tiles, each transposed so that the reduction
