@@ -25,9 +25,9 @@ Paths, chosen per call by shape (forward_path & co. in conv2d_tiles.cuh):
                        bands): the band's input rows (halo included) staged in shared memory with
                        coalesced loads, then one thread per output; x (or dy) read once from DRAM.
                        Weight-grad: one block per dw element, int32 plane-wise sums, a fixed tree.
-  few channels         data-grad with Cg < 16 (the GEMM's M), e.g. the C = 3 stem: one thread per
-                       input pixel for all its Cg channels, weights staged in shared memory, pixels
-                       grouped by stride phase so that a block's threads share their taps.
+  few channels         data-grad with Cg < 16 (the GEMM's M), e.g. the C = 3 stem: cuda/conv2d_small_c.cu,
+                       pixels grouped by stride phase, one thread per pixel (or, opt-in with
+                       FASTOPT_CONV2D_STRIPS=1, per strip of 8 rows) for all its Cg channels.
   gather               (stage 1) one thread per output element (grid-stride, int64 indices), or
                        for weight- and bias-grad one 256-thread block per output element; the
                        reference path on the GPU and the fallback for what the others do not
@@ -43,6 +43,7 @@ bitwise reproducible run to run.
 #include <algorithm>
 #include <cstdlib>
 
+#include "conv2d_small_c.h"
 #include "conv2d_tiles.cuh"
 #include "conv2d_winograd.h"
 #include "fastopt/backend.h"
@@ -98,78 +99,6 @@ __global__ void __launch_bounds__(kThreads) backward_data_gather(const Dims d, c
                                                                  float* dx, int64_t total) {
   for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < total; i += int64_t{gridDim.x} * kThreads)
     dx[i] = backward_data_at(d, dy, w, i);
-}
-
-// Data-grad for Cg < 16 channels per group (the 7x7 stride-2 stem has C = 3), where a GEMM tile
-// would be mostly empty and the gather reads every dy value once per channel and tests every tap.
-// One thread per input pixel computes all Cg channels; the group's weights pass through shared
-// memory kc output channels at a time, laid out [k][r][s][c] with c padded to CG. The pixels are
-// split by phase (h mod sh, w mod sw): one phase's pixels all take the same taps, so the block
-// lists them once and no warp diverges on the stride. Each dy value read feeds CG FMAs; the sum
-// runs over k, r, s ascending, as the gather's does. Grid (N G, pixel tiles of a phase, sh sw).
-template <int CG>
-__global__ void __launch_bounds__(kThreads) backward_data_small_c(const Dims32 d, const float* dy, const float* w,
-                                                                  float* dx, int kc) {
-  __shared__ float ws[kSmallCFloats];
-  __shared__ int tap_r[kSmallCMaxTaps], tap_p[kSmallCMaxTaps], tap_s[kSmallCMaxTaps], tap_q[kSmallCMaxTaps];
-  __shared__ int taps[2];
-  const int n = static_cast<int>(blockIdx.x) / d.G, g = static_cast<int>(blockIdx.x) - n * d.G;
-  const int a = static_cast<int>(blockIdx.z) / d.sw, b = static_cast<int>(blockIdx.z) - a * d.sw;
-  if (threadIdx.x == 0) {
-    // Tap r reaches this phase's row h = a + i sh from dy row p = i + (a + ph - r dh) / sh, when that divides.
-    int nr = 0, ns = 0;
-    for (int r = 0; r < d.R; ++r) {
-      const int t = a + d.ph - r * d.dh;
-      if (t % d.sh == 0) { tap_r[nr] = r; tap_p[nr++] = t / d.sh; }
-    }
-    for (int s_ = 0; s_ < d.S; ++s_) {
-      const int t = b + d.pw - s_ * d.dw;
-      if (t % d.sw == 0) { tap_s[ns] = s_; tap_q[ns++] = t / d.sw; }
-    }
-    taps[0] = nr;
-    taps[1] = ns;
-  }
-  const int Hp = (d.H - a + d.sh - 1) / d.sh, Wp = (d.W - b + d.sw - 1) / d.sw;
-  const int i = static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x);
-  const bool live = i < Hp * Wp;
-  const int ih = live ? i / Wp : 0, jw = live ? i - ih * Wp : 0;
-  float acc[CG];
-#pragma unroll
-  for (int c = 0; c < CG; ++c) acc[c] = 0.0f;
-  for (int k0 = 0; k0 < d.Kg; k0 += kc) {
-    const int kn = min(kc, d.Kg - k0);
-    __syncthreads();  // the last chunk's weights are read (and, the first time, the tap lists written)
-    for (int e = static_cast<int>(threadIdx.x); e < kn * d.RS * CG; e += kThreads) {
-      const int c = e % CG, krs = e / CG, kk = krs / d.RS, rs = krs - kk * d.RS;
-      ws[e] = c < d.Cg ? w[(int64_t(g) * d.Kg + k0 + kk) * d.Cg * d.RS + c * d.RS + rs] : 0.0f;
-    }
-    __syncthreads();
-    if (!live) continue;
-    const int nr = taps[0], ns = taps[1];
-    for (int kk = 0; kk < kn; ++kk) {
-      const float* dyk = dy + (int64_t(n) * d.K + g * d.Kg + k0 + kk) * d.PQ;
-      const float* wk = ws + kk * d.RS * CG;
-      for (int ir = 0; ir < nr; ++ir) {
-        const int p = ih + tap_p[ir];
-        if (p < 0 || p >= d.P) continue;
-        const float* dyrow = dyk + p * d.Q;
-        const float* wrow = wk + tap_r[ir] * d.S * CG;
-        for (int is = 0; is < ns; ++is) {
-          const int q = jw + tap_q[is];
-          if (q < 0 || q >= d.Q) continue;
-          const float v = dyrow[q];
-          const float* wc = wrow + tap_s[is] * CG;
-#pragma unroll
-          for (int c = 0; c < CG; ++c) acc[c] = fmaf(v, wc[c], acc[c]);
-        }
-      }
-    }
-  }
-  if (!live) return;
-  const int h = a + ih * d.sh, w_ = b + jw * d.sw;
-#pragma unroll
-  for (int c = 0; c < CG; ++c)
-    if (c < d.Cg) dx[((int64_t(n) * d.C + g * d.Cg + c) * d.H + h) * d.W + w_] = acc[c];
 }
 
 // Sum of v over the block in a fixed shuffle tree, valid in thread 0. Every thread must call it;
@@ -276,20 +205,6 @@ void launch_gemm(const Prob& pb, int64_t z, bool tf32, cudaStream_t st, const ch
   check(cudaGetLastError(), what);
 }
 
-void launch_backward_data_small_c(const Dims& d, const float* dy, const float* w, float* dx, cudaStream_t st) {
-  const dim3 grid(static_cast<unsigned>(d.N * d.G),
-                  static_cast<unsigned>(ceil_div(ceil_div(d.H, d.sh) * ceil_div(d.W, d.sw), kThreads)),
-                  static_cast<unsigned>(d.sh * d.sw));
-  const Dims32 e = to_dims32(d);
-  const int kc = static_cast<int>(small_c_chunk(d));
-  switch (small_c_width(d.Cg)) {
-    case 4: backward_data_small_c<4><<<grid, kThreads, 0, st>>>(e, dy, w, dx, kc); break;
-    case 8: backward_data_small_c<8><<<grid, kThreads, 0, st>>>(e, dy, w, dx, kc); break;
-    default: backward_data_small_c<16><<<grid, kThreads, 0, st>>>(e, dy, w, dx, kc); break;
-  }
-  check(cudaGetLastError(), "conv2d_backward_data (few channels)");
-}
-
 template <class Prob>
 void launch_gemm_sized(const Prob& pb, int64_t z, bool tf32, cudaStream_t st, const char* what) {
   switch (gemm_tiles(pb.M, pb.N, z, sm_count())) {
@@ -355,7 +270,7 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
       depthwise_backward_data<0, 0, false><<<grid, kThreads, 0, st>>>(e, pl, dy, w, dx);
     check(cudaGetLastError(), "conv2d_backward_data (depthwise)");
   } else if (path == Path::SmallC) {
-    launch_backward_data_small_c(d, dy, w, dx, st);
+    conv2d_backward_data_small_c(d, dy, w, dx, st);
   } else if (path != Path::Gather) {
     const Dims32 e = to_dims32(d);
     if (path == Path::UnitGemm) {

@@ -885,22 +885,33 @@ inline int weight_grad_splits(int64_t M, int64_t N, int64_t Kd, int64_t G, int64
 }
 
 // Data-grad with few channels per group (Cg < 16: the GEMM's M, so its tiles would be mostly
-// empty): backward_data_small_c in conv2d.cu. Its weights go through kSmallCFloats of shared
-// memory, kc output channels at a time, each channel's R x S taps padded to a CG of 4, 8 or 16;
-// its phase tap lists cap R and S.
+// empty): cuda/conv2d_small_c.cu. Its weights go through kSmallCFloats of shared memory, kc output
+// channels at a time, each channel's R x S taps padded to `width` channels; its phase tap lists
+// cap R and S. The pixels kernel pads to 4, 8 or 16 channels; the strips kernel to 1, 2, 3, 4, 8
+// or 16, takes strip_rows pixels per thread, and at most kStripTaps row taps per phase.
 constexpr int kSmallCFloats = 8192;
 constexpr int kSmallCMaxTaps = 32;
+constexpr int kStripTaps = 4;
 
 inline int small_c_width(int64_t Cg) { return Cg <= 4 ? 4 : Cg <= 8 ? 8 : 16; }
+inline int strip_width(int64_t Cg) { return Cg <= 4 ? static_cast<int>(Cg) : Cg <= 8 ? 8 : 16; }
+// At most 32 accumulators and 8 rows (the window of dy rows is strip_rows + kStripTaps - 1).
+constexpr int strip_rows(int width) { return width <= 4 ? 8 : 32 / width; }
 
-inline int64_t small_c_chunk(const Dims& d) {
-  return std::min<int64_t>(d.Kg, kSmallCFloats / (d.R * d.S * small_c_width(d.Cg)));
+inline int64_t small_c_chunk(const Dims& d, int width) {
+  return std::min<int64_t>(d.Kg, kSmallCFloats / (d.R * d.S * width));
 }
 
 inline bool small_c_fits(const Dims& d) {
-  return d.Cg < 16 && d.R <= kSmallCMaxTaps && d.S <= kSmallCMaxTaps && fits_int32(d) && small_c_chunk(d) >= 1 &&
-         d.N * d.G < (int64_t{1} << 31) && d.sh * d.sw <= kMaxGridYZ &&
+  return d.Cg < 16 && d.R <= kSmallCMaxTaps && d.S <= kSmallCMaxTaps && fits_int32(d) &&
+         small_c_chunk(d, small_c_width(d.Cg)) >= 1 && d.N * d.G < (int64_t{1} << 31) && d.sh * d.sw <= kMaxGridYZ &&
          ceil_div(ceil_div(d.H, d.sh) * ceil_div(d.W, d.sw), kThreads) <= kMaxGridYZ;
+}
+
+// With unit row dilation a phase's row taps reach consecutive dy rows, at most ceil(R / sh) of them.
+inline bool strips_fit(const Dims& d) {
+  return small_c_fits(d) && d.dh == 1 && ceil_div(d.R, d.sh) <= kStripTaps &&
+         small_c_chunk(d, strip_width(d.Cg)) >= 1;
 }
 
 enum class Path { Gather, Depthwise, Gemm, UnitGemm, SmallC };

@@ -62,6 +62,8 @@ def test_suite_runs_on_cuda(tmp_path, suite, args):
     times = [r["ms_per_step"]["fastopt"] for r in rows if "ms_per_step" in r] + \
         [r["median_ms"] for r in rows if str(r.get("backend", "")).startswith("fastopt")]
     assert times and all(t > 0 for t in times), rows[:3]
-    if suite == ["conv2d"]:  # the opt-in Winograd path is timed beside the default one
+    if suite == ["conv2d"]:  # the opt-in Winograd and strips kernels are timed beside the defaults
         assert {r["layer"] for r in rows if r["backend"] == "fastopt-winograd"} == {
             "3x3 64@56", "3x3 128@28", "3x3 256@14", "3x3 512@7"}, rows[:3]
+        assert {(r["layer"], r["pass"]) for r in rows if r["backend"] == "fastopt-strips"} == {
+            ("7x7/2 3>64@224", "data-grad")}, rows[:3]

@@ -113,6 +113,45 @@ def test_winograd_shapes(backend, rng, monkeypatch, winograd, n, c, h, w, k, pad
     check(backend, rng, n, c, h, w, k, 3, 3, 1, padding, 1, groups, bias)
 
 
+# The GPU's few-channel data-grad (Cg < 16) with FASTOPT_CONV2D_STRIPS=1: each thread a strip of
+# up to 8 rows of one stride phase, all channels, at most 4 row taps per phase with unit row
+# dilation; shapes past that take the pixels kernel either way. Only data-grad changes.
+@pytest.mark.gpu
+@pytest.mark.parametrize("strips", ["1", "0"])
+@pytest.mark.parametrize("n,c,h,w,k,r,s,stride,padding,dilation,groups", [
+    (5, 3, 23, 23, 7, 7, 7, 2, 3, 1, 1),                # stem-like: 4 x 4, 4 x 3, 3 x 4, 3 x 3 taps per phase
+    (2, 3, 21, 19, 200, 7, 7, 2, 3, 1, 1),              # 3 channels, weights in 4 chunks, 11 x 10 phase rows
+    (1, 1, 70, 40, 3, 3, 3, 1, 1, 1, 1),                # one channel: 9 strips x 40 columns, two blocks
+    (2, 4, 13, 9, 6, 4, 4, 1, 2, 1, 2),                 # 2 per group, 4 row taps, even kernel
+    (1, 5, 17, 11, 8, 3, 5, 1, (4, 1), (1, 2), 1),      # 8-wide (5 channels), padding past R - 1, dilated columns
+    (2, 9, 10, 12, 5, 3, 3, (3, 2), 1, 1, 1),           # 16-wide (9 channels), stride 3 rows: one row tap
+    (1, 15, 9, 9, 4, 5, 3, 2, 2, 1, 1),                 # 15 channels, 5 rows at stride 2: 3 and 2 row taps
+    (1, 6, 2, 3, 20, 3, 3, 3, 2, (1, 2), 2),            # stride past the image: phases with no pixel
+    (1, 2, 9, 9, 4, 5, 5, 1, 2, 1, 1),                  # 5 row taps: the pixels kernel
+    (1, 2, 9, 9, 4, 3, 3, 1, 2, 2, 1),                  # dilated rows: the pixels kernel
+])
+def test_few_channel_data_grad(rng, monkeypatch, strips, n, c, h, w, k, r, s, stride, padding, dilation, groups):
+    monkeypatch.setenv("FASTOPT_CONV2D_STRIPS", strips)
+    check("cuda", rng, n, c, h, w, k, r, s, stride, padding, dilation, groups, bias=False, need=(True, False, False))
+
+
+@pytest.mark.gpu
+def test_few_channel_strips_run(rng, monkeypatch):
+    # The strips kernel sums each pixel over (k, s, r) where the pixels kernel goes (k, r, s): with
+    # 64 x 16 terms per pixel some bits differ, which shows that the switch took it.
+    dy = rng.standard_normal((2, 64, 12, 12)).astype(np.float32)
+    wt = rng.standard_normal((64, 3, 7, 7)).astype(np.float32)
+    x = np.zeros((2, 3, 24, 24), np.float32)
+    dxs = {}
+    for strips in ("1", "0"):
+        monkeypatch.setenv("FASTOPT_CONV2D_STRIPS", strips)
+        dxs[strips] = fetch(F.conv2d_backward(put(dy, "cuda"), put(x, "cuda"), put(wt, "cuda"), 2, 3,
+                                              need=(True, False, False))[0])
+    want = ref.conv2d_backward(dy, x, wt, 2, 3, need=(True, False, False))[0]
+    assert rel_err(dxs["1"], want) < RTOL and rel_err(dxs["0"], want) < RTOL
+    assert not np.array_equal(dxs["1"], dxs["0"])
+
+
 @pytest.mark.parametrize("isa", ["baseline", "avx2"])
 def test_winograd_narrower_isa_copies(tmp_path, isa):
     # The CPU kernels are compiled per ISA (other tile shapes, scalar transforms); this machine

@@ -5,7 +5,8 @@ For each layer of the issue's set and each pass (forward, data-grad, weight-grad
 TF32 off on the GPU) and the float64 NumPy reference, and on the GPU also the opt-in TF32 paths
 (fastopt-tf32: allow_tf32=True, against torch-tf32: cuDNN with TF32 allowed) and, on the 3x3
 unit-stride layers, the Winograd path that is opt-in on the GPU (fastopt-winograd:
-FASTOPT_CONV2D_WINOGRAD=1 around each call), interleaving contenders round by round so
+FASTOPT_CONV2D_WINOGRAD=1 around each call), and on the stem's data-grad the opt-in strips
+kernel (fastopt-strips: FASTOPT_CONV2D_STRIPS=1), interleaving contenders round by round so
 that a noisy neighbour hits all alike. Each pass must do 2 N K (C/G) R S P Q flops; its floor
 is the larger of flops / the machine's SGEMM rate (numpy.matmul 2048^3 float32 on the CPU,
 torch.matmul with TF32 off on the GPU) and bytes (x + w + y once) / the copy bandwidth
@@ -138,6 +139,8 @@ def contenders(device, layer, n, torch, with_reference):
         if r == 3 and stride == 1 and groups == 1:  # the passes the CUDA Winograd path takes
             out["fastopt-winograd"] = {ps: with_env("FASTOPT_CONV2D_WINOGRAD", "1", step)
                                        for ps, step in out["fastopt"].items()}
+        if c // groups < 16 and groups < c:  # data-grad takes the few-channel kernels: the stem
+            out["fastopt-strips"] = {"data-grad": with_env("FASTOPT_CONV2D_STRIPS", "1", out["fastopt"]["data-grad"])}
     if torch is not None:
         dev = "cpu" if device == "cpu" else "cuda"
         xt, wt, dyt = (torch.from_numpy(a.copy()).to(dev) for a in (x, w, dy))
