@@ -24,7 +24,10 @@ Paths, chosen per call by shape (forward_path & co. in conv2d_tiles.cuh):
   depthwise direct     groups = C (Cg = 1): a block per plane and band of rows, grid (planes,
                        bands): the band's input rows (halo included) staged in shared memory with
                        coalesced loads, then one thread per output; x (or dy) read once from DRAM.
-                       Weight-grad: one block per dw element, int32 plane-wise sums, a fixed tree.
+                       Weight-grad: one block per dw element, int32 plane-wise sums, a fixed tree;
+                       or (opt-in: FASTOPT_CONV2D_DW_TAPS=1) for 3x3, 5x5 and 7x7, a block per
+                       filter and chunk of images summing all taps at once from the forward's
+                       tiles (x and dy read once, not R S times), the chunks then summed in order.
   few channels         data-grad with Cg < 16 (the GEMM's M), e.g. the C = 3 stem: cuda/conv2d_small_c.cu,
                        pixels grouped by stride phase, one thread per pixel (or, opt-in with
                        FASTOPT_CONV2D_STRIPS=1, per strip of 8 rows) for all its Cg channels.
@@ -138,6 +141,44 @@ __global__ void __launch_bounds__(kThreads) depthwise_backward_weight(const Dims
   if (threadIdx.x == 0) dw[e] = v;
 }
 
+// Depthwise taps kernel: grid (K, image chunks); block (k, chunk) writes part[chunk][k][r][s], the
+// sum over its images ascending, each output's taps in a fixed order, then the warps in order.
+template <int KR, int KS>
+__global__ void __launch_bounds__(kThreads) depthwise_backward_weight_taps(const Dims32 d, const DwPlan pl,
+                                                                           const float* dy, const float* x,
+                                                                           int per_chunk, float* part) {
+  constexpr int RS = KR * KS;
+  __shared__ float tile[kDwTileFloats];
+  __shared__ float warp_sums[kThreads / 32][RS];
+  const int k = static_cast<int>(blockIdx.x), chunk = static_cast<int>(blockIdx.y), t = static_cast<int>(threadIdx.x);
+  const int n0 = chunk * per_chunk, n1 = min(d.N, n0 + per_chunk), bands = (d.P + pl.band - 1) / pl.band;
+  float acc[RS];
+#pragma unroll
+  for (int i = 0; i < RS; ++i) acc[i] = 0.0f;
+  for (int n = n0; n < n1; ++n) {
+    for (int band = 0; band < bands; ++band) {
+      __syncthreads();  // the last band's tile is read
+      dw_forward_load(d, pl, x, n * d.K + k, band, tile, t, kThreads);
+      __syncthreads();
+      dw_weight_grad_accumulate<KR, KS>(d, pl, tile, dy, n * d.K + k, band, acc, t, kThreads);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < RS; ++i) {
+    float v = acc[i];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+    if (t % 32 == 0) warp_sums[t / 32][i] = v;
+  }
+  __syncthreads();
+  if (t < RS) {
+    float v = 0.0f;
+#pragma unroll
+    for (int wp = 0; wp < kThreads / 32; ++wp) v += warp_sums[wp][t];
+    part[(int64_t(chunk) * d.K + k) * RS + t] = v;
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) backward_bias_kernel(const Dims d, const float* dy, float* db) {
   __shared__ float warp_sums[kThreads / 32];
   for (int64_t k = blockIdx.x; k < d.K; k += gridDim.x) {
@@ -203,6 +244,38 @@ void launch_gemm(const Prob& pb, int64_t z, bool tf32, cudaStream_t st, const ch
   else
     gemm_kernel<Prob, BM, BN, false><<<grid, kThreads, 0, st>>>(pb);
   check(cudaGetLastError(), what);
+}
+
+bool dw_taps_enabled() {
+  const char* v = std::getenv("FASTOPT_CONV2D_DW_TAPS");
+  return v != nullptr && v[0] != '\0' && v[0] != '0';
+}
+
+template <int KR>
+void launch_dw_taps(const Dims& d, const DwPlan& pl, int per_chunk, int chunks, const float* dy, const float* x,
+                    float* out, cudaStream_t st) {
+  depthwise_backward_weight_taps<KR, KR><<<dim3(static_cast<unsigned>(d.K), static_cast<unsigned>(chunks)), kThreads,
+                                           0, st>>>(to_dims32(d), pl, dy, x, per_chunk, out);
+  check(cudaGetLastError(), "conv2d_backward_weight (depthwise taps)");
+}
+
+void launch_depthwise_backward_weight_taps(const Dims& d, const float* dy, const float* x, float* dw,
+                                           cudaStream_t st) {
+  const int64_t per_chunk = dw_taps_images_per_chunk(d, sm_count()), chunks = ceil_div(d.N, per_chunk);
+  const int64_t numel = d.K * d.R * d.S;
+  const detail::Scratch scratch(chunks > 1 ? static_cast<size_t>(chunks * numel) * sizeof(float) : 0, st);
+  float* out = chunks > 1 ? reinterpret_cast<float*>(scratch.bytes()) : dw;
+  const DwPlan pl = dw_forward_plan(d);
+  const int pc = static_cast<int>(per_chunk), nc = static_cast<int>(chunks);
+  switch (d.R) {
+    case 3: launch_dw_taps<3>(d, pl, pc, nc, dy, x, out, st); break;
+    case 5: launch_dw_taps<5>(d, pl, pc, nc, dy, x, out, st); break;
+    default: launch_dw_taps<7>(d, pl, pc, nc, dy, x, out, st); break;
+  }
+  if (chunks > 1) {
+    split_sum_kernel<<<grid_stride_grid(numel), kThreads, 0, st>>>(out, numel, nc, dw);
+    check(cudaGetLastError(), "conv2d_backward_weight (depthwise taps, chunk sum)");
+  }
 }
 
 template <class Prob>
@@ -295,7 +368,9 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
   if (!force_gather() && winograd_applies(s, allow_tf32)) return winograd_backward_weight(s, dy, x, dw, stream);
   const int64_t M = d.Kg, N = d.Cg * d.R * d.S, Kd = d.N * d.P * d.Q;
   const Path path = force_gather() ? Path::Gather : backward_weight_path(d);
-  if (path == Path::Depthwise) {
+  if (path == Path::Depthwise && dw_taps_enabled() && dw_taps_fit(d)) {
+    launch_depthwise_backward_weight_taps(d, dy, x, dw, st);
+  } else if (path == Path::Depthwise) {
     depthwise_backward_weight<<<dim3(static_cast<unsigned>(numel)), kThreads, 0, st>>>(to_dims32(d), dy, x, dw);
     check(cudaGetLastError(), "conv2d_backward_weight (depthwise)");
   } else if (path == Path::Gemm) {

@@ -318,6 +318,27 @@ FASTOPT_HD float depthwise_backward_weight_part(const Dims32& d, const float* dy
   return acc;
 }
 
+// The taps kernel (opt-in: FASTOPT_CONV2D_DW_TAPS=1), for K x K kernels, K in {3, 5, 7}: a block
+// takes one filter k and a chunk of images, stages each x band as the forward does, and every
+// thread adds dy[n, k, p, q] times all K K taps of its outputs' windows to K K register sums. x
+// and dy then come from DRAM once, where the per-element blocks above read them R S times.
+// Thread t's outputs of forward band `band_idx`, as dw_forward_compute's, into acc[r KS + s].
+template <int KR, int KS>
+FASTOPT_HD void dw_weight_grad_accumulate(const Dims32& d, const DwPlan& pl, const float* tile, const float* dy,
+                                          int plane, int band_idx, float (&acc)[KR * KS], int t, int nt) {
+  const int o0 = band_idx * pl.band, on = d.P - o0 < pl.band ? d.P - o0 : pl.band;
+  const float* dyb = dy + (int64_t(plane) * d.P + o0) * d.Q;
+  for (int o = t; o < on * d.Q; o += nt) {
+    const int pr = d.by_Q.div(o), q = o - pr * d.Q;
+    const float* base = tile + pr * d.sh * pl.cols + q * d.sw;
+    const float g = dyb[o];
+#pragma unroll
+    for (int r = 0; r < KR; ++r)
+#pragma unroll
+      for (int s = 0; s < KS; ++s) acc[r * KS + s] = fmaf(g, base[r * d.dh * pl.cols + s * d.dw], acc[r * KS + s]);
+  }
+}
+
 // ------------------------------------------------------------------ stage 2: tiled implicit GEMM
 // A block of kThreads computes a BM x BN tile of C = A B (per group g = blockIdx.z / splits),
 // stepping through the reduction BK = 8 at a time. Shared tiles are k-major, As[k][m] and Bs[k][n],
@@ -928,6 +949,18 @@ inline Path backward_data_path(const Dims& d) {
   if (gemm_fits(d, d.Cg, d.Kg * d.R * d.S, d.G)) return is_unit(d) ? Path::UnitGemm : Path::Gemm;
   if (small_c_fits(d)) return Path::SmallC;
   return Path::Gather;
+}
+
+// Images per block of the depthwise taps kernel: about 12 blocks per SM (two waves of the 6 that
+// its 33 KB of shared memory lets reside), whole images each; chunks = ceil(N / per_chunk) <= 65535.
+inline int64_t dw_taps_images_per_chunk(const Dims& d, int sms) {
+  const int64_t want = std::clamp<int64_t>(ceil_div(12 * int64_t{sms}, d.K), 1, d.N);
+  return std::max(ceil_div(d.N, want), ceil_div(d.N, kMaxGridYZ));
+}
+
+inline bool dw_taps_fit(const Dims& d) {
+  return d.Cg == 1 && d.R == d.S && (d.R == 3 || d.R == 5 || d.R == 7) && d.N > 0 &&
+         dw_plan_fits(d, d.N * d.K, d.P, dw_forward_plan(d)) && d.K < (int64_t{1} << 31);
 }
 
 // Depthwise weight-grad (Cg = 1: GEMM N = R S) would leave most of a GEMM tile empty; it takes a

@@ -135,21 +135,46 @@ def test_few_channel_data_grad(rng, monkeypatch, strips, n, c, h, w, k, r, s, st
     check("cuda", rng, n, c, h, w, k, r, s, stride, padding, dilation, groups, bias=False, need=(True, False, False))
 
 
+# The GPU's depthwise weight-grad with FASTOPT_CONV2D_DW_TAPS=1 (square 3, 5 and 7 kernels): a
+# block per filter and chunk of images sums all taps; other kernels take the per-element blocks.
 @pytest.mark.gpu
-def test_few_channel_strips_run(rng, monkeypatch):
-    # The strips kernel sums each pixel over (k, s, r) where the pixels kernel goes (k, r, s): with
-    # 64 x 16 terms per pixel some bits differ, which shows that the switch took it.
-    dy = rng.standard_normal((2, 64, 12, 12)).astype(np.float32)
-    wt = rng.standard_normal((64, 3, 7, 7)).astype(np.float32)
-    x = np.zeros((2, 3, 24, 24), np.float32)
-    dxs = {}
-    for strips in ("1", "0"):
-        monkeypatch.setenv("FASTOPT_CONV2D_STRIPS", strips)
-        dxs[strips] = fetch(F.conv2d_backward(put(dy, "cuda"), put(x, "cuda"), put(wt, "cuda"), 2, 3,
-                                              need=(True, False, False))[0])
-    want = ref.conv2d_backward(dy, x, wt, 2, 3, need=(True, False, False))[0]
-    assert rel_err(dxs["1"], want) < RTOL and rel_err(dxs["0"], want) < RTOL
-    assert not np.array_equal(dxs["1"], dxs["0"])
+@pytest.mark.parametrize("taps", ["1", "0"])
+@pytest.mark.parametrize("n,c,h,w,k,r,stride,padding,dilation", [
+    (5, 8, 7, 9, 8, 3, 1, 1, 1),          # one image per chunk, odd width
+    (2, 2, 100, 301, 2, 3, 1, 1, 1),      # 4 bands of rows per plane
+    (3, 3, 90, 257, 6, 5, 2, 2, 2),       # 5x5, strided and dilated, 2 filters per channel
+    (2, 4, 23, 19, 4, 7, (2, 1), 3, 1),   # 7x7, row stride 2
+    (1, 6, 9, 70, 12, 3, 1, 3, 1),        # padding past R - 1
+    (2, 4, 11, 13, 4, (3, 5), 1, 1, 1),   # 3x5: the per-element blocks
+])
+def test_depthwise_weight_grad_taps(rng, monkeypatch, taps, n, c, h, w, k, r, stride, padding, dilation):
+    monkeypatch.setenv("FASTOPT_CONV2D_DW_TAPS", taps)
+    rr, ss = r if isinstance(r, tuple) else (r, r)
+    check("cuda", rng, n, c, h, w, k, rr, ss, stride, padding, dilation, c, bias=False, need=(False, True, False))
+
+
+# Each opt-in kernel sums in another order than the default one (strips: each pixel over k, s, r
+# where the pixels kernel goes k, r, s; taps: by image chunks): with thousands of terms per output
+# some bits differ, which shows that the switch took it.
+@pytest.mark.gpu
+@pytest.mark.parametrize("switch,n,c,h,k,r,stride,padding,groups,need", [
+    ("FASTOPT_CONV2D_STRIPS", 2, 3, 24, 64, 7, 2, 3, 1, (True, False, False)),
+    ("FASTOPT_CONV2D_DW_TAPS", 16, 4, 20, 4, 3, 1, 1, 4, (False, True, False)),
+])
+def test_opt_in_kernels_run(rng, monkeypatch, switch, n, c, h, k, r, stride, padding, groups, need):
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    wt = rng.standard_normal((k, c // groups, r, r)).astype(np.float32)
+    p = (h + 2 * padding - r) // stride + 1
+    dy = rng.standard_normal((n, k, p, p)).astype(np.float32)
+    args = (stride, padding, 1, groups)
+    want = ref.conv2d_backward(dy, x, wt, *args, need=need)[need.index(True)]
+    got = {}
+    for on in ("1", "0"):
+        monkeypatch.setenv(switch, on)
+        grads = F.conv2d_backward(put(dy, "cuda"), put(x, "cuda"), put(wt, "cuda"), *args, need=need)
+        got[on] = fetch(grads[need.index(True)])
+        assert rel_err(got[on], want) < RTOL, on
+    assert not np.array_equal(got["1"], got["0"])
 
 
 @pytest.mark.parametrize("isa", ["baseline", "avx2"])

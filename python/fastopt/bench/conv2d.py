@@ -3,11 +3,11 @@
 For each layer of the issue's set and each pass (forward, data-grad, weight-grad), times fastopt
 (CPU, and CUDA when a GPU is usable), torch (oneDNN on the CPU; cuDNN with benchmark mode and
 TF32 off on the GPU) and the float64 NumPy reference, and on the GPU also the opt-in TF32 paths
-(fastopt-tf32: allow_tf32=True, against torch-tf32: cuDNN with TF32 allowed) and, on the 3x3
-unit-stride layers, the Winograd path that is opt-in on the GPU (fastopt-winograd:
-FASTOPT_CONV2D_WINOGRAD=1 around each call), and on the stem's data-grad the opt-in strips
-kernel (fastopt-strips: FASTOPT_CONV2D_STRIPS=1), interleaving contenders round by round so
-that a noisy neighbour hits all alike. Each pass must do 2 N K (C/G) R S P Q flops; its floor
+(fastopt-tf32: allow_tf32=True, against torch-tf32: cuDNN with TF32 allowed) and the kernels
+that are opt-in until timed on a GPU, with their switch set around each call (opt_in_kernels:
+fastopt-winograd on the 3x3 unit-stride layers, fastopt-strips on the stem's data-grad,
+fastopt-dw-taps on the depthwise weight-grad), interleaving contenders round by round so that a
+noisy neighbour hits all alike. Each pass must do 2 N K (C/G) R S P Q flops; its floor
 is the larger of flops / the machine's SGEMM rate (numpy.matmul 2048^3 float32 on the CPU,
 torch.matmul with TF32 off on the GPU) and bytes (x + w + y once) / the copy bandwidth
 (fastopt._C.copy_ between two float32 arrays of the layer's working-set size), both measured in
@@ -113,6 +113,19 @@ def with_env(name, value, step):
     return run
 
 
+def opt_in_kernels(c, r, stride, groups):
+    """(backend, environment switch, passes) of the CUDA kernels that are opt-in until timed on a
+    GPU and that would take passes of this layer."""
+    out = []
+    if r == 3 and stride == 1 and groups == 1:
+        out.append(("fastopt-winograd", "FASTOPT_CONV2D_WINOGRAD", PASSES))
+    if c // groups < 16 and groups < c:  # the few-channel data-grad: the stem
+        out.append(("fastopt-strips", "FASTOPT_CONV2D_STRIPS", ("data-grad",)))
+    if groups == c and r in (3, 5, 7):
+        out.append(("fastopt-dw-taps", "FASTOPT_CONV2D_DW_TAPS", ("weight-grad",)))
+    return out
+
+
 def contenders(device, layer, n, torch, with_reference):
     """{backend: {pass: step}} on one copy of the layer's data per backend."""
     _, c, k, h, r, stride, pad, groups = layer
@@ -136,11 +149,8 @@ def contenders(device, layer, n, torch, with_reference):
             "data-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(True, False, False), allow_tf32=True),
             "weight-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(False, True, False), allow_tf32=True),
         }
-        if r == 3 and stride == 1 and groups == 1:  # the passes the CUDA Winograd path takes
-            out["fastopt-winograd"] = {ps: with_env("FASTOPT_CONV2D_WINOGRAD", "1", step)
-                                       for ps, step in out["fastopt"].items()}
-        if c // groups < 16 and groups < c:  # data-grad takes the few-channel kernels: the stem
-            out["fastopt-strips"] = {"data-grad": with_env("FASTOPT_CONV2D_STRIPS", "1", out["fastopt"]["data-grad"])}
+        for backend, switch, passes in opt_in_kernels(c, r, stride, groups):
+            out[backend] = {ps: with_env(switch, "1", out["fastopt"][ps]) for ps in passes}
     if torch is not None:
         dev = "cpu" if device == "cpu" else "cuda"
         xt, wt, dyt = (torch.from_numpy(a.copy()).to(dev) for a in (x, w, dy))
