@@ -23,7 +23,8 @@ Paths, chosen per call by shape (forward_path & co. in conv2d_tiles.cuh):
                        sums the splits in order.
   depthwise direct     groups = C (Cg = 1): a block per plane and band of rows, grid (planes,
                        bands): the band's input rows (halo included) staged in shared memory with
-                       coalesced loads, then one thread per output; x (or dy) read once from DRAM.
+                       coalesced loads (opt-in: FASTOPT_CONV2D_DW_LOADS=1, 8 in flight per
+                       thread), then one thread per output; x (or dy) read once from DRAM.
                        Weight-grad: one block per dw element, int32 plane-wise sums, a fixed tree;
                        or (opt-in: FASTOPT_CONV2D_DW_TAPS=1) for 3x3, 5x5 and 7x7, a block per
                        filter and chunk of images summing all taps at once from the forward's
@@ -44,7 +45,6 @@ Every output is written exactly once, every sum runs in a fixed order (no atomic
 bitwise reproducible run to run.
 */
 #include <algorithm>
-#include <cstdlib>
 
 #include "conv2d_small_c.h"
 #include "conv2d_tiles.cuh"
@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kThreads) depthwise_backward_weight_taps(const
   for (int n = n0; n < n1; ++n) {
     for (int band = 0; band < bands; ++band) {
       __syncthreads();  // the last band's tile is read
-      dw_forward_load(d, pl, x, n * d.K + k, band, tile, t, kThreads);
+      dw_forward_load<kDwLoadBatch>(d, pl, x, n * d.K + k, band, tile, t, kThreads);
       __syncthreads();
       dw_weight_grad_accumulate<KR, KS>(d, pl, tile, dy, n * d.K + k, band, acc, t, kThreads);
     }
@@ -188,25 +188,25 @@ __global__ void __launch_bounds__(kThreads) backward_bias_kernel(const Dims d, c
 }
 
 // Depthwise (Cg = 1): grid (planes, bands); see the depthwise section of conv2d_tiles.cuh. KR x KS:
-// the kernel size when fixed at compile time (3 x 3), else 0 x 0.
-template <int KR, int KS>
+// the kernel size when fixed at compile time (3 x 3), else 0 x 0; U: the tile loads' batch.
+template <int KR, int KS, int U>
 __global__ void __launch_bounds__(kThreads) depthwise_forward(const Dims32 d, const DwPlan pl, const float* x,
                                                               const float* w, const float* b, float* y) {
   __shared__ float tile[kDwTileFloats];
   const int plane = static_cast<int>(blockIdx.x), band = static_cast<int>(blockIdx.y), t = static_cast<int>(threadIdx.x);
-  dw_forward_load(d, pl, x, plane, band, tile, t, kThreads);
+  dw_forward_load<U>(d, pl, x, plane, band, tile, t, kThreads);
   __syncthreads();
   dw_forward_compute<KR, KS>(d, pl, tile, w, b, y, plane, band, t, kThreads);
 }
 
-template <int KR, int KS, bool kUnitStride>
+template <int KR, int KS, bool kUnitStride, int U>
 __global__ void __launch_bounds__(kThreads) depthwise_backward_data(const Dims32 d, const DwPlan pl, const float* dy,
                                                                     const float* w, float* dx) {
   __shared__ float tile[kDwTileFloats];
   const int plane = static_cast<int>(blockIdx.x), band = static_cast<int>(blockIdx.y), t = static_cast<int>(threadIdx.x);
   for (int kl = 0; kl < d.Kg; ++kl) {
     if (kl > 0) __syncthreads();  // the last plane's tile is read
-    dw_backward_data_load(d, pl, dy, plane, band, kl, tile, t, kThreads);
+    dw_backward_data_load<U>(d, pl, dy, plane, band, kl, tile, t, kThreads);
     __syncthreads();
     dw_backward_data_compute<KR, KS, kUnitStride>(d, pl, tile, w, dx, plane, band, kl, t, kThreads);
   }
@@ -215,10 +215,7 @@ __global__ void __launch_bounds__(kThreads) depthwise_backward_data(const Dims32
 // ------------------------------------------------------------------ host side
 
 bool force_gather() {
-  static const bool forced = [] {
-    const char* v = std::getenv("FASTOPT_CONV2D_GATHER");
-    return v != nullptr && v[0] != '\0' && v[0] != '0';
-  }();
+  static const bool forced = detail::env_on("FASTOPT_CONV2D_GATHER");
   return forced;
 }
 
@@ -246,9 +243,36 @@ void launch_gemm(const Prob& pb, int64_t z, bool tf32, cudaStream_t st, const ch
   check(cudaGetLastError(), what);
 }
 
-bool dw_taps_enabled() {
-  const char* v = std::getenv("FASTOPT_CONV2D_DW_TAPS");
-  return v != nullptr && v[0] != '\0' && v[0] != '0';
+bool dw_taps_enabled() { return detail::env_on("FASTOPT_CONV2D_DW_TAPS"); }
+bool dw_loads_enabled() { return detail::env_on("FASTOPT_CONV2D_DW_LOADS"); }
+
+template <int U>
+void launch_depthwise_forward(const Dims& d, const float* x, const float* w, const float* b, float* y,
+                              cudaStream_t st) {
+  const DwPlan pl = dw_forward_plan(d);
+  const dim3 grid(static_cast<unsigned>(d.N * d.K), static_cast<unsigned>(ceil_div(d.P, pl.band)));
+  if (d.R == 3 && d.S == 3)
+    depthwise_forward<3, 3, U><<<grid, kThreads, 0, st>>>(to_dims32(d), pl, x, w, b, y);
+  else
+    depthwise_forward<0, 0, U><<<grid, kThreads, 0, st>>>(to_dims32(d), pl, x, w, b, y);
+  check(cudaGetLastError(), "conv2d_forward (depthwise)");
+}
+
+template <int U>
+void launch_depthwise_backward_data(const Dims& d, const float* dy, const float* w, float* dx, cudaStream_t st) {
+  const DwPlan pl = dw_backward_data_plan(d);
+  const dim3 grid(static_cast<unsigned>(d.N * d.C), static_cast<unsigned>(ceil_div(d.H, pl.band)));
+  const Dims32 e = to_dims32(d);
+  const bool k3 = d.R == 3 && d.S == 3, unit = d.sh == 1 && d.sw == 1;
+  if (k3 && unit)
+    depthwise_backward_data<3, 3, true, U><<<grid, kThreads, 0, st>>>(e, pl, dy, w, dx);
+  else if (k3)
+    depthwise_backward_data<3, 3, false, U><<<grid, kThreads, 0, st>>>(e, pl, dy, w, dx);
+  else if (unit)
+    depthwise_backward_data<0, 0, true, U><<<grid, kThreads, 0, st>>>(e, pl, dy, w, dx);
+  else
+    depthwise_backward_data<0, 0, false, U><<<grid, kThreads, 0, st>>>(e, pl, dy, w, dx);
+  check(cudaGetLastError(), "conv2d_backward_data (depthwise)");
 }
 
 template <int KR>
@@ -298,13 +322,10 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
   if (!force_gather() && winograd_applies(s, allow_tf32)) return winograd_forward(s, x, w, b, y, stream);
   const Path path = force_gather() ? Path::Gather : forward_path(d);
   if (path == Path::Depthwise) {
-    const DwPlan pl = dw_forward_plan(d);
-    const dim3 grid(static_cast<unsigned>(d.N * d.K), static_cast<unsigned>(ceil_div(d.P, pl.band)));
-    if (d.R == 3 && d.S == 3)
-      depthwise_forward<3, 3><<<grid, kThreads, 0, st>>>(to_dims32(d), pl, x, w, b, y);
+    if (dw_loads_enabled())
+      launch_depthwise_forward<kDwLoadBatch>(d, x, w, b, y, st);
     else
-      depthwise_forward<0, 0><<<grid, kThreads, 0, st>>>(to_dims32(d), pl, x, w, b, y);
-    check(cudaGetLastError(), "conv2d_forward (depthwise)");
+      launch_depthwise_forward<1>(d, x, w, b, y, st);
   } else if (path != Path::Gather) {
     const Dims32 e = to_dims32(d);
     if (path == Path::UnitGemm) {
@@ -329,19 +350,10 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
   if (!force_gather() && winograd_applies(s, allow_tf32)) return winograd_backward_data(s, dy, w, dx, stream);
   const Path path = force_gather() ? Path::Gather : backward_data_path(d);
   if (path == Path::Depthwise) {
-    const DwPlan pl = dw_backward_data_plan(d);
-    const dim3 grid(static_cast<unsigned>(d.N * d.C), static_cast<unsigned>(ceil_div(d.H, pl.band)));
-    const Dims32 e = to_dims32(d);
-    const bool k3 = d.R == 3 && d.S == 3, unit = d.sh == 1 && d.sw == 1;
-    if (k3 && unit)
-      depthwise_backward_data<3, 3, true><<<grid, kThreads, 0, st>>>(e, pl, dy, w, dx);
-    else if (k3)
-      depthwise_backward_data<3, 3, false><<<grid, kThreads, 0, st>>>(e, pl, dy, w, dx);
-    else if (unit)
-      depthwise_backward_data<0, 0, true><<<grid, kThreads, 0, st>>>(e, pl, dy, w, dx);
+    if (dw_loads_enabled())
+      launch_depthwise_backward_data<kDwLoadBatch>(d, dy, w, dx, st);
     else
-      depthwise_backward_data<0, 0, false><<<grid, kThreads, 0, st>>>(e, pl, dy, w, dx);
-    check(cudaGetLastError(), "conv2d_backward_data (depthwise)");
+      launch_depthwise_backward_data<1>(d, dy, w, dx, st);
   } else if (path == Path::SmallC) {
     conv2d_backward_data_small_c(d, dy, w, dx, st);
   } else if (path != Path::Gather) {

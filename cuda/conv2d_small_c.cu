@@ -25,7 +25,6 @@ to CG. Every sum runs in a fixed order, no atomics.
           per 11 loads and 12 weight reads, against the pixels kernel's 4 FMAs (3 of use) per load.
 */
 #include <algorithm>
-#include <cstdlib>
 
 #include "conv2d_small_c.h"
 #include "conv2d_tiles.cuh"
@@ -200,10 +199,7 @@ __global__ void __launch_bounds__(kThreads) backward_data_strips(const Dims32 d,
   }
 }
 
-bool strips_enabled() {
-  const char* v = std::getenv("FASTOPT_CONV2D_STRIPS");
-  return v != nullptr && v[0] != '\0' && v[0] != '0';
-}
+bool strips_enabled() { return detail::env_on("FASTOPT_CONV2D_STRIPS"); }
 
 template <int CG>
 void launch_pixels(const Dims& d, const float* dy, const float* w, float* dx, cudaStream_t st) {

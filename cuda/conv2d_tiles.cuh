@@ -196,23 +196,39 @@ FASTOPT_HD int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) /
 // tile[i][j] = plane[row0 + i][col0 + j] for i < rows, j < cols (by_cols divides by cols), 0
 // outside the plane (height x width); consecutive threads on consecutive elements. (A warp per
 // row, which saves the division, ran the 56x56 depthwise layer 1.4x slower on an H100; measured,
-// not profiled.)
+// not profiled.) U: elements a thread loads before it stores any. With U = 1 each load's store
+// waits for it before the next load issues (the PTX shows load, store, load, ...), so a thread
+// has one load in flight: 6 KB per SM at 6 blocks of 256, where ~15 KB would cover an H100's
+// DRAM latency at its bandwidth. U = 8 (opt-in: FASTOPT_CONV2D_DW_LOADS=1, until timed) issues 8.
+constexpr int kDwLoadBatch = 8;
+
+template <int U = 1>
 FASTOPT_HD void dw_load_rows(float* tile, int cols, const Divider& by_cols, int rows, const float* plane, int height,
                              int width, int row0, int col0, int t, int nt) {
-  for (int e = t; e < rows * cols; e += nt) {
-    const int i = by_cols.div(e), h = row0 + i, c = col0 + e - i * cols;
-    tile[e] = h >= 0 && h < height && c >= 0 && c < width ? plane[int64_t(h) * width + c] : 0.0f;
+  const int total = rows * cols;
+  for (int e0 = t; e0 < total; e0 += U * nt) {
+    float v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int e = e0 + u * nt;
+      const int i = by_cols.div(e), h = row0 + i, c = col0 + e - i * cols;
+      v[u] = e < total && h >= 0 && h < height && c >= 0 && c < width ? plane[int64_t(h) * width + c] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (e0 + u * nt < total) tile[e0 + u * nt] = v[u];
   }
 }
 
 // Forward band `band_idx`: output rows [o0, o0 + on), tile row i = input row o0 sh - ph + i.
+template <int U = 1>
 FASTOPT_HD void dw_forward_load(const Dims32& d, const DwPlan& pl, const float* x, int plane, int band_idx,
                                 float* tile, int t, int nt) {
   const int n = plane / d.K, k = plane - n * d.K;
   const float* xp = x + (int64_t(n) * d.C + k / d.Kg) * d.HW;
   const int o0 = band_idx * pl.band, on = d.P - o0 < pl.band ? d.P - o0 : pl.band;
   const int i0 = o0 * d.sh - d.ph, rows = (on - 1) * d.sh + (d.R - 1) * d.dh + 1;
-  dw_load_rows(tile, pl.cols, pl.by_cols, rows, xp, d.H, d.W, i0, pl.col0, t, nt);
+  dw_load_rows<U>(tile, pl.cols, pl.by_cols, rows, xp, d.H, d.W, i0, pl.col0, t, nt);
 }
 
 // The plane's weights, in registers when the kernel size is a template argument (KR x KS; 0 x 0:
@@ -257,13 +273,14 @@ FASTOPT_HD void dw_forward_compute(const Dims32& d, const DwPlan& pl, const floa
 // Data-grad band `band_idx`: dx rows [h0, h0 + hn); tile row i = dy row p_lo + i of plane c Kg + kl.
 FASTOPT_HD int dw_dgrad_first_row(const Dims32& d, int h0) { return floor_div(h0 + d.ph - (d.R - 1) * d.dh, d.sh); }
 
+template <int U = 1>
 FASTOPT_HD void dw_backward_data_load(const Dims32& d, const DwPlan& pl, const float* dy, int plane, int band_idx,
                                       int kl, float* tile, int t, int nt) {
   const int n = plane / d.C, c = plane - n * d.C;
   const float* dyp = dy + (int64_t(n) * d.K + c * d.Kg + kl) * d.PQ;
   const int h0 = band_idx * pl.band, hn = d.H - h0 < pl.band ? d.H - h0 : pl.band;
   const int p_lo = dw_dgrad_first_row(d, h0), rows = floor_div(h0 + hn - 1 + d.ph, d.sh) - p_lo + 1;
-  dw_load_rows(tile, pl.cols, pl.by_cols, rows, dyp, d.P, d.Q, p_lo, pl.col0, t, nt);
+  dw_load_rows<U>(tile, pl.cols, pl.by_cols, rows, dyp, d.P, d.Q, p_lo, pl.col0, t, nt);
 }
 
 // Adds plane kl's taps to dx (kl = 0 starts from zero): the sum runs over kl, r, s ascending.

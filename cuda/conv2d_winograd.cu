@@ -23,7 +23,6 @@ through shared memory in 4 rounds of 256 (filter, tile) pairs, one per thread, f
 transform. Each output is one thread's sum over c ascending: bitwise
 reproducible.
 */
-#include <cstdlib>
 
 #include "conv2d_tiles.cuh"
 #include "conv2d_winograd.h"
@@ -450,10 +449,7 @@ __global__ void __launch_bounds__(kWinoThreads) reduce_weight_grad(const WinoGra
   }
 }
 
-bool enabled() {
-  const char* v = std::getenv("FASTOPT_CONV2D_WINOGRAD");
-  return v != nullptr && v[0] != '\0' && v[0] != '0';
-}
+bool enabled() { return detail::env_on("FASTOPT_CONV2D_WINOGRAD"); }
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 

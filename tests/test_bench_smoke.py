@@ -65,5 +65,7 @@ def test_suite_runs_on_cuda(tmp_path, suite, args):
     if suite == ["conv2d"]:  # the opt-in Winograd and strips kernels are timed beside the defaults
         assert {r["layer"] for r in rows if r["backend"] == "fastopt-winograd"} == {
             "3x3 64@56", "3x3 128@28", "3x3 256@14", "3x3 512@7"}, rows[:3]
-        assert {(r["layer"], r["pass"]) for r in rows if r["backend"] in ("fastopt-strips", "fastopt-dw-taps")} == {
-            ("7x7/2 3>64@224", "data-grad"), ("dw3x3 64@56", "weight-grad")}, rows[:3]
+        assert {(r["layer"], r["pass"]) for r in rows
+                if r["backend"] in ("fastopt-strips", "fastopt-dw-loads", "fastopt-dw-taps")} == {
+            ("7x7/2 3>64@224", "data-grad"), ("dw3x3 64@56", "forward"), ("dw3x3 64@56", "data-grad"),
+            ("dw3x3 64@56", "weight-grad")}, rows[:3]

@@ -153,6 +153,33 @@ def test_depthwise_weight_grad_taps(rng, monkeypatch, taps, n, c, h, w, k, r, st
     check("cuda", rng, n, c, h, w, k, rr, ss, stride, padding, dilation, c, bias=False, need=(False, True, False))
 
 
+# FASTOPT_CONV2D_DW_LOADS=1 batches the depthwise tiles' loads (8 per thread before any store):
+# the same tiles, so the same bits as without it, and right against the reference.
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,c,h,w,k,r,s,stride,padding,dilation", [
+    (3, 8, 13, 11, 8, 3, 3, 1, 1, 1),     # 3x3: 15 x 13 tiles, 195 elements (a partial batch)
+    (1, 2, 100, 301, 2, 3, 3, 1, 1, 1),   # bands of rows
+    (2, 3, 31, 29, 6, 5, 3, 2, 2, 2),     # strided, dilated, 2 filters per channel
+    (2, 4, 56, 56, 4, 7, 7, 1, 3, 1),     # 62 x 62 tiles: 16 loads per thread
+])
+def test_depthwise_batched_loads(rng, monkeypatch, n, c, h, w, k, r, s, stride, padding, dilation):
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((k, 1, r, s)).astype(np.float32)
+    args = (stride, padding, dilation, c)
+    want_y = ref.conv2d_forward(x, wt, None, *args)
+    dy = rng.standard_normal(want_y.shape).astype(np.float32)
+    want_dx = ref.conv2d_backward(dy, x, wt, *args, need=(True, False, False))[0]
+    got = {}
+    for on in ("1", "0"):
+        monkeypatch.setenv("FASTOPT_CONV2D_DW_LOADS", on)
+        xd, wd, dyd = put(x, "cuda"), put(wt, "cuda"), put(dy, "cuda")
+        got[on] = (fetch(F.conv2d_forward(xd, wd, None, *args)),
+                   fetch(F.conv2d_backward(dyd, xd, wd, *args, need=(True, False, False))[0]))
+    assert rel_err(got["1"][0], want_y) < RTOL and rel_err(got["1"][1], want_dx) < RTOL
+    np.testing.assert_array_equal(got["1"][0], got["0"][0])
+    np.testing.assert_array_equal(got["1"][1], got["0"][1])
+
+
 # Each opt-in kernel sums in another order than the default one (strips: each pixel over k, s, r
 # where the pixels kernel goes k, r, s; taps: by image chunks): with thousands of terms per output
 # some bits differ, which shows that the switch took it.

@@ -6,7 +6,7 @@ TF32 off on the GPU) and the float64 NumPy reference, and on the GPU also the op
 (fastopt-tf32: allow_tf32=True, against torch-tf32: cuDNN with TF32 allowed) and the kernels
 that are opt-in until timed on a GPU, with their switch set around each call (opt_in_kernels:
 fastopt-winograd on the 3x3 unit-stride layers, fastopt-strips on the stem's data-grad,
-fastopt-dw-taps on the depthwise weight-grad), interleaving contenders round by round so that a
+fastopt-dw-loads and fastopt-dw-taps on the depthwise passes), interleaving contenders round by round so that a
 noisy neighbour hits all alike. Each pass must do 2 N K (C/G) R S P Q flops; its floor
 is the larger of flops / the machine's SGEMM rate (numpy.matmul 2048^3 float32 on the CPU,
 torch.matmul with TF32 off on the GPU) and bytes (x + w + y once) / the copy bandwidth
@@ -121,8 +121,10 @@ def opt_in_kernels(c, r, stride, groups):
         out.append(("fastopt-winograd", "FASTOPT_CONV2D_WINOGRAD", PASSES))
     if c // groups < 16 and groups < c:  # the few-channel data-grad: the stem
         out.append(("fastopt-strips", "FASTOPT_CONV2D_STRIPS", ("data-grad",)))
-    if groups == c and r in (3, 5, 7):
-        out.append(("fastopt-dw-taps", "FASTOPT_CONV2D_DW_TAPS", ("weight-grad",)))
+    if groups == c:
+        out.append(("fastopt-dw-loads", "FASTOPT_CONV2D_DW_LOADS", ("forward", "data-grad")))
+        if r in (3, 5, 7):
+            out.append(("fastopt-dw-taps", "FASTOPT_CONV2D_DW_TAPS", ("weight-grad",)))
     return out
 
 
