@@ -89,15 +89,16 @@ __global__ void __launch_bounds__(kThreads) backward_data_pixels(const Dims32 d,
     stage_weights<CG>(d, w, g, k0, kn, ws);
     __syncthreads();
     if (!live) continue;
+    const int nr = taps.nr, ns = taps.ns;
     for (int kk = 0; kk < kn; ++kk) {
       const float* dyk = dy + (int64_t(n) * d.K + g * d.Kg + k0 + kk) * d.PQ;
       const float* wk = ws + kk * d.RS * CG;
-      for (int ir = 0; ir < taps.nr; ++ir) {
+      for (int ir = 0; ir < nr; ++ir) {
         const int p = ih + taps.p[ir];
         if (p < 0 || p >= d.P) continue;
         const float* dyrow = dyk + p * d.Q;
         const float* wrow = wk + taps.r[ir] * d.S * CG;
-        for (int is = 0; is < taps.ns; ++is) {
+        for (int is = 0; is < ns; ++is) {
           const int q = jw + taps.q[is];
           if (q < 0 || q >= d.Q) continue;
           const float v = dyrow[q];

@@ -69,3 +69,5 @@ def test_suite_runs_on_cuda(tmp_path, suite, args):
                 if r["backend"] in ("fastopt-strips", "fastopt-dw-loads", "fastopt-dw-taps")} == {
             ("7x7/2 3>64@224", "data-grad"), ("dw3x3 64@56", "forward"), ("dw3x3 64@56", "data-grad"),
             ("dw3x3 64@56", "weight-grad")}, rows[:3]
+        verdicts = (tmp_path / "results.md").read_text().split("Opt-in kernels")[1]
+        assert "| cuda | 7x7/2 3>64@224 | data-grad | fastopt-strips |" in verdicts

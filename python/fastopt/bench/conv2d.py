@@ -113,6 +113,9 @@ def with_env(name, value, step):
     return run
 
 
+OPT_IN_BACKENDS = ("fastopt-winograd", "fastopt-strips", "fastopt-dw-loads", "fastopt-dw-taps")
+
+
 def opt_in_kernels(c, r, stride, groups):
     """(backend, environment switch, passes) of the CUDA kernels that are opt-in until timed on a
     GPU and that would take passes of this layer."""
@@ -291,7 +294,25 @@ def markdown(doc):
         out.append(f"| {r['device']} | {r['layer']} | {r['pass']} | {r['backend']} | {r['median_ms']:.2f} | "
                    f"{r['gflops']:.1f} | {r['pct_of_floor']:.0f}% | {_f(r['pct_of_sgemm'], '.0f')}% | "
                    f"{_f(r['vs_torch'], '.2f')} | {_f(r['vs_numpy'], '.1f')} |")
+    out += opt_in_verdicts(doc["rows"])
     return "\n".join(out)
+
+
+def opt_in_verdicts(rows):
+    """Markdown lines: each opt-in kernel's time against the default fastopt path on the same pass
+    (> 1: the opt-in kernel is faster, and should become the default there)."""
+    default = {(r["device"], r["layer"], r["pass"]): r["median_ms"] for r in rows if r["backend"] == "fastopt"}
+    opt_in = [r for r in rows if r["backend"] in OPT_IN_BACKENDS and (r["device"], r["layer"], r["pass"]) in default]
+    if not opt_in:
+        return []
+    out = ["", "Opt-in kernels (each with its switch set) against the default path: default ms / opt-in ms.", "",
+           "| device | layer | pass | opt-in | default ms | opt-in ms | speed-up | vs torch |",
+           "|---|---|---|---|---:|---:|---:|---:|"]
+    for r in opt_in:
+        base = default[(r["device"], r["layer"], r["pass"])]
+        out.append(f"| {r['device']} | {r['layer']} | {r['pass']} | {r['backend']} | {base:.3f} | "
+                   f"{r['median_ms']:.3f} | {base / r['median_ms']:.2f} | {_f(r['vs_torch'], '.2f')} |")
+    return out
 
 
 def chart(doc, path):
