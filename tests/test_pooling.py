@@ -37,6 +37,7 @@ CASES = [
     ((0, 3, 5, 5), 2, None, 0),            # empty batch
     ((2, 0, 5, 5), 3, 2, 1),               # no channels
     ((2, 4, 32, 32), 3, 2, 1),             # ResNet stem shape (smaller)
+    ((2, 3, 16, 38), 2, 2, 0),             # 2x2 / 2, even sizes, rows past a vector (19 outputs)
 ]
 IDS = [f"{s}-k{k}-s{st}-p{p}" for s, k, st, p in CASES]
 
@@ -170,6 +171,17 @@ def test_max_pool2d_backward_ignores_indices_outside_their_window(backend):
     expect = np.zeros((1, 1, 4, 4), np.float32)
     expect[0, 0, 0, 0] = expect[0, 0, 3, 3] = 1
     np.testing.assert_array_equal(dx, expect)
+
+
+@pytest.mark.parametrize("kernel_size,stride,padding", [(2, 2, 0), (3, 3, 1), (3, 2, 1)])
+def test_max_pool2d_backward_sums_from_plus_zero(backend, rng, kernel_size, stride, padding):
+    # dx starts from +0 and adds its terms (the reference's order): dy = -0 gives +0 everywhere,
+    # on the paths that write each input once as on the gathers.
+    x = rng.standard_normal((2, 3, 11, 12)).astype(np.float32)
+    _, idx = F.max_pool2d_forward(x, kernel_size, stride, padding)
+    dy = np.full(idx.shape, -0.0, np.float32)
+    dx = fetch(F.max_pool2d_backward(put(dy, backend), put(idx, backend), x.shape, kernel_size, stride, padding))
+    np.testing.assert_array_equal(dx.view(np.int32), np.zeros(x.shape, np.int32))
 
 
 def test_max_pool2d_stride_defaults_to_kernel(rng):

@@ -9,9 +9,12 @@
 // Shape: OpenMP over output rows (forward: plane x p) or input rows (backward: plane x h), so
 // that a few large planes are split as well as many small ones. The backward gathers per input
 // element over the outputs whose windows cover it, in (p, q) order (a scatter within the row when
-// windows do not overlap): deterministic, no atomics, and bitwise the same as the CUDA kernel. The column ranges of that gather are computed once
-// per call. Global average pool sums a plane in 8 double lanes folded in a fixed order, so every
-// ISA (and thread count) gives the same bits.
+// windows do not overlap): deterministic, no atomics, and bitwise the same as the CUDA kernel. The
+// column ranges of that gather are computed once per call. 2x2 windows at stride 2 (the usual
+// downsampling) take their own loops both ways, 5x and 9x faster than the generic ones at
+// 128x32x32x32 (forward 2.4 -> 0.48 ms, backward 4.9 -> 0.53 ms, on 2 cores: ~50 GB/s).
+// Global average pool sums a plane in 8 double lanes folded in a fixed order, so every ISA (and
+// thread count) gives the same bits.
 #include <algorithm>
 #include <vector>
 
@@ -40,10 +43,42 @@ void interior(int out, int stride, int pad, int k, int size, int& lo, int& hi) {
 
 }  // namespace
 
+// 2x2 windows at stride 2 without padding: every window is interior, and the four candidates of
+// output q are two interleaved pairs of two rows (loads that vectorize as de-interleaving
+// shuffles, where the generic loop below reads at stride 2), taken in row-major order.
+static void max_pool2d_forward_2x2(const Pool2dShape& s, const float* x, float* y, int32_t* indices) {
+  const int64_t rows = s.planes * s.P;
+  const int64_t in_plane = static_cast<int64_t>(s.H) * s.W;
+  const int W = s.W, Q = s.Q;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t plane = r / s.P;
+    const int p = static_cast<int>(r - plane * s.P);
+    const float* __restrict x0 = x + plane * in_plane + static_cast<int64_t>(2 * p) * W;
+    const float* __restrict x1 = x0 + W;
+    float* __restrict yr = y + r * Q;
+    int32_t* __restrict ir = indices + r * Q;
+    const int32_t f0 = 2 * p * W, f1 = f0 + W;
+#pragma omp simd
+    for (int q = 0; q < Q; ++q) {
+      float best = x0[2 * q];
+      int32_t at = f0 + 2 * q;
+      const float b = x0[2 * q + 1], c = x1[2 * q], d = x1[2 * q + 1];
+      if (max_pool_takes(b, best)) { best = b; at = f0 + 2 * q + 1; }
+      if (max_pool_takes(c, best)) { best = c; at = f1 + 2 * q; }
+      if (max_pool_takes(d, best)) { best = d; at = f1 + 2 * q + 1; }
+      yr[q] = best;
+      ir[q] = at;
+    }
+  }
+}
+
 // Interior windows are scanned with the window loops outside and q innermost: each q still sees
 // its elements in row-major window order (so ties and NaNs resolve exactly as max_pool_window
 // does), and the select-based update vectorizes; edge windows take the clipped generic path.
 void max_pool2d_forward(const Pool2dShape& s, const float* x, float* y, int32_t* indices) {
+  if (s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.ph == 0 && s.pw == 0)
+    return max_pool2d_forward_2x2(s, x, y, indices);
   const int64_t rows = s.planes * s.P;
   const int64_t in_plane = static_cast<int64_t>(s.H) * s.W;
   int qa, qb;
@@ -103,19 +138,55 @@ static void max_pool2d_backward_disjoint(const Pool2dShape& s, const float* dy, 
     const int32_t* ir = indices + r * s.Q;
     for (int q = 0; q < s.Q; ++q) {
       const int32_t i = ir[q], w0 = q * s.sw - s.pw;
+      const int wa = std::max(w0, 0), wb = std::min(w0 + s.kw, s.W);
+      // Which window row holds the index is a coin toss per output: tested without branches
+      // (a branch per row cost a misprediction per output, 3.4x torch's time).
+      bool hit = false;
       for (int dh = 0; dh < s.kh; ++dh) {
         const int h = h0 + dh;
         const int32_t w = i - h * s.W;
-        if (h >= 0 && h < s.H && w >= std::max(w0, 0) && w < std::min(w0 + s.kw, s.W)) {
-          dxp[i] += dyr[q];
-          break;
-        }
+        hit |= (h >= 0) & (h < s.H) & (w >= wa) & (w < wb);
       }
+      if (hit) dxp[i] += dyr[q];
     }
   }
 }
 
+// 2x2 windows at stride 2 without padding (the common downsampling pool) write each input once:
+// the four elements of output q's window take 0 + dy[q] where the index points and 0 elsewhere,
+// and the row and column that odd sizes leave uncovered take 0. Selects over interleaved stores,
+// which vectorize: the same sums as the gather, without its zero fill and scattered writes.
+static void max_pool2d_backward_2x2(const Pool2dShape& s, const float* dy, const int32_t* indices, float* dx) {
+  const int64_t rows = s.planes * s.P;
+  const int64_t in_plane = static_cast<int64_t>(s.H) * s.W;
+  const int W = s.W, Q = s.Q;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t plane = r / s.P;
+    const int p = static_cast<int>(r - plane * s.P);
+    float* dxp = dx + plane * in_plane;
+    float* __restrict d0 = dxp + static_cast<int64_t>(2 * p) * W;
+    float* __restrict d1 = d0 + W;
+    const float* __restrict dyr = dy + r * Q;
+    const int32_t* __restrict ir = indices + r * Q;
+    const int32_t f0 = 2 * p * W, f1 = f0 + W;
+#pragma omp simd
+    for (int q = 0; q < Q; ++q) {
+      const int32_t i = ir[q];
+      const float v = 0.0f + dyr[q];
+      d0[2 * q] = i == f0 + 2 * q ? v : 0.0f;
+      d0[2 * q + 1] = i == f0 + 2 * q + 1 ? v : 0.0f;
+      d1[2 * q] = i == f1 + 2 * q ? v : 0.0f;
+      d1[2 * q + 1] = i == f1 + 2 * q + 1 ? v : 0.0f;
+    }
+    if (W > 2 * Q) d0[W - 1] = d1[W - 1] = 0.0f;
+    if (p == s.P - 1) std::fill(dxp + static_cast<int64_t>(2 * s.P) * W, dxp + in_plane, 0.0f);
+  }
+}
+
 void max_pool2d_backward(const Pool2dShape& s, const float* dy, const int32_t* indices, float* dx) {
+  if (s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.ph == 0 && s.pw == 0)
+    return max_pool2d_backward_2x2(s, dy, indices, dx);
   if (s.sh >= s.kh && s.sw >= s.kw) return max_pool2d_backward_disjoint(s, dy, indices, dx);
   std::vector<int> q0(s.W), q1(s.W);
   for (int w = 0; w < s.W; ++w) {
