@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--out", metavar="DIR", help="write results.json, results.md and chart.png here")
     p.add_argument("--repeat", type=int, default=9, help="timed rounds per contender (default 9; NumPy: 1 with --quick, else 3)")
     p.add_argument("--batch", type=int, default=None, help="override N (default 32 CPU / 128 GPU)")
+    p.add_argument("--no-opt-in", dest="opt_in", action="store_false",
+                   help="leave out the kernels that are opt-in until timed on a GPU (should one of them fail)")
     a = p.parse_args(argv)
     if a.repeat < 1:
         p.error("--repeat must be >= 1")
@@ -131,7 +133,7 @@ def opt_in_kernels(c, r, stride, groups):
     return out
 
 
-def contenders(device, layer, n, torch, with_reference):
+def contenders(device, layer, n, torch, with_reference, opt_in=True):
     """{backend: {pass: step}} on one copy of the layer's data per backend."""
     _, c, k, h, r, stride, pad, groups = layer
     rng = np.random.default_rng(0)
@@ -154,7 +156,7 @@ def contenders(device, layer, n, torch, with_reference):
             "data-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(True, False, False), allow_tf32=True),
             "weight-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(False, True, False), allow_tf32=True),
         }
-        for backend, switch, passes in opt_in_kernels(c, r, stride, groups):
+        for backend, switch, passes in opt_in_kernels(c, r, stride, groups) if opt_in else ():
             out[backend] = {ps: with_env(switch, "1", out["fastopt"][ps]) for ps in passes}
     if torch is not None:
         dev = "cpu" if device == "cpu" else "cuda"
@@ -189,8 +191,8 @@ def contenders(device, layer, n, torch, with_reference):
     return out, flops(n, c, k, p, q, r, groups), nbytes
 
 
-def time_layer(device, layer, n, torch, repeat, with_reference, ref_repeat):
-    steps, fl, nbytes = contenders(device, layer, n, torch, with_reference)
+def time_layer(device, layer, n, torch, repeat, with_reference, ref_repeat, opt_in=True):
+    steps, fl, nbytes = contenders(device, layer, n, torch, with_reference, opt_in)
     clock = clock_for(device)
     samples = {(b, ps): [] for b in steps for ps in steps[b]}
     for b in steps:  # warm-up: first-touch allocation, oneDNN/cuDNN plan selection
@@ -230,7 +232,7 @@ def run(args):
             if has_sgemm:
                 rates.append(sgemm_rate(device, tdev))
             times, fl, nbytes = time_layer(device, layer, n, tdev, args.repeat, device == "cpu",
-                                           1 if args.quick else 3)
+                                           1 if args.quick else 3, args.opt_in)
             bw = copy_bandwidth(device, nbytes)
             ceilings[device]["copy_gbps"][layer[0]] = bw / 1e9
             measured.append((layer, fl, nbytes, bw, times))
