@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "fastopt/backend.h"
+#include "host_cache.h"
 
 namespace fastopt {
 
@@ -94,7 +95,7 @@ DeviceArray device_empty(std::vector<int64_t> shape, DType dtype, int device, ui
 }
 
 py::object new_array(const std::vector<int64_t>& shape, DType dtype, int device, uintptr_t stream) {
-  if (device == kCPU) return py::array(numpy_dtype(dtype), shape);
+  if (device == kCPU) return host_empty(shape, dtype);
   return py::cast(device_empty(shape, dtype, device, stream));
 }
 

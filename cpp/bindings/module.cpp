@@ -5,6 +5,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "host_cache.h"
 #include "fastopt/backend.h"
 
 namespace py = pybind11;
@@ -85,6 +86,7 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("stream") = 0);
 
   bind_device_array(m);
+  bind_host_cache(m);
   bind_optim(m);
   bind_normalization(m);
   bind_dropout(m);

@@ -12,12 +12,24 @@ from .functional import clip_grad_norm_, clip_grad_value_, global_norm
 __version__ = _C.build_info()["version"]
 
 
+def host_cache_info():
+    """The cache that large CPU outputs (>= min_bytes) come from, as a dict: cached_bytes (freed
+    blocks it holds for the next outputs of their size), cap_bytes (FASTOPT_HOST_CACHE_MB, default
+    1024; 0 turns it off), min_bytes, hits and misses."""
+    return dict(_C.host_cache_info())
+
+
+def empty_host_cache():
+    """Free the blocks the CPU output cache holds (arrays still alive keep theirs)."""
+    _C.empty_host_cache()
+
+
 def build_info():
     """How this fastopt was built: version, CUDA (version, architectures), OpenMP, SIMD, compiler."""
     return dict(_C.build_info())
 
 
 __all__ = [
-    "DeviceArray", "to_device", "empty", "zeros", "build_info", "cuda", "functional", "nn", "optim",
+    "DeviceArray", "to_device", "empty", "zeros", "build_info", "host_cache_info", "empty_host_cache", "cuda", "functional", "nn", "optim",
     "reference", "schedules", "clip_grad_norm_", "clip_grad_value_", "global_norm",
 ]
