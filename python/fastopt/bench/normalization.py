@@ -24,7 +24,7 @@ from fastopt import functional as F
 from fastopt.reference import normalization as ref
 
 from .backends import torch_or_none
-from .report import save
+from .report import git_info, save
 from .timing import clock_for, release_gpu_memory
 
 FLOOR_BYTES = 20      # per element: 3 reads + 2 writes of fp32
@@ -288,7 +288,8 @@ def run(args):
               f"{_fmt(fo.get('pct_floor'), '.0f')}% of floor", file=sys.stderr, flush=True)
         if device == "cuda":
             release_gpu_memory()
-    doc = dict(benchmark="normalization", rounds=args.repeat, quick=args.quick, devices=devices,
+    doc = dict(benchmark="normalization", date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), git=git_info(),
+               rounds=args.repeat, quick=args.quick, devices=devices,
                machine=f"{platform.machine()}, {os.cpu_count()} CPUs" + (
                    f", {fastopt.cuda.device_name(0)}" if "cuda" in devices else ""),
                build=fastopt.build_info(), torch=getattr(torch, "__version__", None),
@@ -298,7 +299,9 @@ def run(args):
     md = markdown(doc)
     print(md)
     if args.out:
-        header = (f"# fastopt normalization benchmark\n\n{doc['machine']}; build {doc['build']['simd']}, "
+        commit = str(doc["git"].get("commit"))[:12] + (" (dirty)" if doc["git"].get("dirty") else "")
+        header = (f"# fastopt normalization benchmark, {doc['date']}\n\n{doc['machine']}; commit {commit}; "
+                  f"build {doc['build']['simd']}, "
                   f"{doc['build']['cpu_threads']} threads; torch {doc['torch']} "
                   f"({doc['torch_threads']} threads). 1-minute load average {doc['load_average'][0]:.1f} "
                   f"before, {doc['load_average'][1]:.1f} after the run ({os.cpu_count()} CPUs).\n\n")
