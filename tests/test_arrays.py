@@ -169,7 +169,7 @@ def test_build_info():
 
 def test_cli_info():
     out = subprocess.run([sys.executable, "-m", "fastopt.cli", "info"], capture_output=True, text=True, check=True)
-    assert "version" in out.stdout and "simd" in out.stdout
+    assert "version" in out.stdout and "simd" in out.stdout and "host_cache_mb" in out.stdout
 
 
 def test_host_dlpack_layout_is_read_by_numpy(rng):

@@ -14,6 +14,7 @@ def _info(args):
     info["gpus"] = [fastopt.cuda.device_name(i) for i in range(fastopt.cuda.device_count())]
     runtime, driver = fastopt.cuda.versions()
     info["cuda_runtime"], info["cuda_driver"] = runtime, driver
+    info["host_cache_mb"] = fastopt.host_cache_info()["cap_bytes"] >> 20  # FASTOPT_HOST_CACHE_MB
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
