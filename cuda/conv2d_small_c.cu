@@ -57,6 +57,25 @@ __device__ __forceinline__ void list_taps(const Dims32& d, int a, int b, PhaseTa
   t.ns = ns;
 }
 
+// Block (n G + g, tile, a sw + b) of either kernel: image n, group g, phase (a, b) of Hp x Wp
+// pixels, and thread i of the tile's; thread 0 lists the phase's taps.
+struct PhaseBlock {
+  int n, g, a, b, Hp, Wp, i;
+};
+
+__device__ __forceinline__ PhaseBlock phase_block(const Dims32& d, PhaseTaps& taps) {
+  PhaseBlock p;
+  p.n = static_cast<int>(blockIdx.x) / d.G;
+  p.g = static_cast<int>(blockIdx.x) - p.n * d.G;
+  p.a = static_cast<int>(blockIdx.z) / d.sw;
+  p.b = static_cast<int>(blockIdx.z) - p.a * d.sw;
+  if (threadIdx.x == 0) list_taps(d, p.a, p.b, taps);
+  p.Hp = (d.H - p.a + d.sh - 1) / d.sh;
+  p.Wp = (d.W - p.b + d.sw - 1) / d.sw;
+  p.i = static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x);
+  return p;
+}
+
 // Output channels [k0, k0 + kn) of group g into ws[kk][r][s][c], c padded to CG with zeros.
 template <int CG>
 __device__ __forceinline__ void stage_weights(const Dims32& d, const float* w, int g, int k0, int kn, float* ws) {
@@ -73,11 +92,8 @@ __global__ void __launch_bounds__(kThreads) backward_data_pixels(const Dims32 d,
                                                                  float* dx, int kc) {
   __shared__ float ws[kSmallCFloats];
   __shared__ PhaseTaps taps;
-  const int n = static_cast<int>(blockIdx.x) / d.G, g = static_cast<int>(blockIdx.x) - n * d.G;
-  const int a = static_cast<int>(blockIdx.z) / d.sw, b = static_cast<int>(blockIdx.z) - a * d.sw;
-  if (threadIdx.x == 0) list_taps(d, a, b, taps);
-  const int Hp = (d.H - a + d.sh - 1) / d.sh, Wp = (d.W - b + d.sw - 1) / d.sw;
-  const int i = static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x);
+  const PhaseBlock blk = phase_block(d, taps);
+  const int n = blk.n, g = blk.g, a = blk.a, b = blk.b, Hp = blk.Hp, Wp = blk.Wp, i = blk.i;
   const bool live = i < Hp * Wp;
   const int ih = live ? i / Wp : 0, jw = live ? i - ih * Wp : 0;
   float acc[CG];
@@ -124,11 +140,8 @@ __global__ void __launch_bounds__(kThreads) backward_data_strips(const Dims32 d,
   constexpr int NR = kStripTaps, WIN = PX + NR - 1;
   alignas(16) __shared__ float ws[kSmallCFloats];
   __shared__ PhaseTaps taps;
-  const int n = static_cast<int>(blockIdx.x) / d.G, g = static_cast<int>(blockIdx.x) - n * d.G;
-  const int a = static_cast<int>(blockIdx.z) / d.sw, b = static_cast<int>(blockIdx.z) - a * d.sw;
-  if (threadIdx.x == 0) list_taps(d, a, b, taps);
-  const int Hp = (d.H - a + d.sh - 1) / d.sh, Wp = (d.W - b + d.sw - 1) / d.sw;
-  const int i = static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x);
+  const PhaseBlock blk = phase_block(d, taps);
+  const int n = blk.n, g = blk.g, a = blk.a, b = blk.b, Hp = blk.Hp, Wp = blk.Wp, i = blk.i;
   const bool live = i < ((Hp + PX - 1) / PX) * Wp;
   const int strip = live ? i / Wp : 0, jw = live ? i - strip * Wp : 0, ih0 = strip * PX;
   float acc[PX][CG];

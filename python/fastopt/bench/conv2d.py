@@ -115,22 +115,25 @@ def with_env(name, value, step):
     return run
 
 
-OPT_IN_BACKENDS = ("fastopt-winograd", "fastopt-strips", "fastopt-dw-loads", "fastopt-dw-taps")
+# The CUDA kernels that are opt-in until timed on a GPU: (backend, environment switch, passes it
+# takes, whether it takes a layer (C, R, stride, groups)).
+OPT_IN_KERNELS = [
+    ("fastopt-winograd", "FASTOPT_CONV2D_WINOGRAD", PASSES,
+     lambda c, r, stride, groups: r == 3 and stride == 1 and groups == 1),
+    ("fastopt-strips", "FASTOPT_CONV2D_STRIPS", ("data-grad",),  # the few-channel data-grad: the stem
+     lambda c, r, stride, groups: c // groups < 16 and groups < c),
+    ("fastopt-dw-loads", "FASTOPT_CONV2D_DW_LOADS", ("forward", "data-grad"),
+     lambda c, r, stride, groups: groups == c),
+    ("fastopt-dw-taps", "FASTOPT_CONV2D_DW_TAPS", ("weight-grad",),
+     lambda c, r, stride, groups: groups == c and r in (3, 5, 7)),
+]
+OPT_IN_BACKENDS = {backend for backend, *_ in OPT_IN_KERNELS}
 
 
 def opt_in_kernels(c, r, stride, groups):
-    """(backend, environment switch, passes) of the CUDA kernels that are opt-in until timed on a
-    GPU and that would take passes of this layer."""
-    out = []
-    if r == 3 and stride == 1 and groups == 1:
-        out.append(("fastopt-winograd", "FASTOPT_CONV2D_WINOGRAD", PASSES))
-    if c // groups < 16 and groups < c:  # the few-channel data-grad: the stem
-        out.append(("fastopt-strips", "FASTOPT_CONV2D_STRIPS", ("data-grad",)))
-    if groups == c:
-        out.append(("fastopt-dw-loads", "FASTOPT_CONV2D_DW_LOADS", ("forward", "data-grad")))
-        if r in (3, 5, 7):
-            out.append(("fastopt-dw-taps", "FASTOPT_CONV2D_DW_TAPS", ("weight-grad",)))
-    return out
+    """(backend, environment switch, passes) of the opt-in kernels that would take passes of this layer."""
+    return [(backend, switch, passes) for backend, switch, passes, takes in OPT_IN_KERNELS
+            if takes(c, r, stride, groups)]
 
 
 def contenders(device, layer, n, torch, with_reference, opt_in=True):
