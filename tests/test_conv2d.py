@@ -85,6 +85,47 @@ def test_shapes(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, gr
     check(backend, rng, n, c, h, w, k, r, s, stride, padding, dilation, groups, bias=True)
 
 
+# Channel-wise layers (one input channel per group) with square 3x3, 5x5 and 7x7 filters at unit
+# stride take the CPU's AVX-512 blocks: 4 output rows x up to 64 columns, loads masked to the
+# plane. Widths put every vector count (1 to 4) in a block and several blocks in a row, heights
+# leave 0 to 3 rows after the 4-row blocks, and padding runs from 0 to K - 1 (the data-grad's
+# K - 1 - p: from K - 1 to 0); 2 filters per channel make the data-grad add a second plane.
+# The last shape gives the weight-grad's image sums several batches (2500 filters x 9 taps:
+# 2 images a batch).
+@pytest.mark.parametrize("n,c,h,w,k,r,padding", [
+    (2, 3, 9, 16, 3, 3, 1),       # one vector per row, 1 row after the blocks
+    (1, 2, 6, 64, 4, 3, 0),       # 4 vectors, no padding, 2 rows after the blocks
+    (2, 2, 11, 65, 2, 3, 2),      # a 64-column block and a 1-column one; padding K - 1
+    (1, 3, 8, 130, 3, 5, 2),      # 3 column blocks, the last of 1 vector
+    (2, 2, 15, 47, 4, 5, 4),      # padding K - 1: the data-grad pads 0
+    (1, 2, 14, 33, 2, 7, 3),      # 7x7, 3 vectors
+    (2, 1, 9, 9, 2, 7, 0),        # 7x7, no padding: 3 x 3 outputs
+    (3, 2500, 5, 5, 2500, 3, 1),  # weight-grad image sums in batches
+])
+def test_channelwise_shapes(backend, rng, n, c, h, w, k, r, padding):
+    check(backend, rng, n, c, h, w, k, r, r, 1, padding, 1, c, bias=True)
+
+
+# A pixel that no tap of a filter column reaches must not touch that column's weight gradient,
+# even when it is Inf (0 * Inf is NaN): with no padding, the last image column meets only the
+# last filter column. Summing vector lanes past the output row's end would meet it.
+@pytest.mark.parametrize("r", [3, 5, 7])
+def test_channelwise_weight_grad_ignores_unreached_inf(backend, rng, r):
+    n, c, h, w = 2, 3, 12, 37
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    x[:, :, ::2, -1] = np.inf
+    wt = rng.standard_normal((c, 1, r, r)).astype(np.float32)
+    dy = rng.standard_normal((n, c, h - r + 1, w - r + 1)).astype(np.float32)
+    args = (1, 0, 1, c)
+    with np.errstate(invalid="ignore"):  # Inf - Inf in the last column's sums
+        want = ref.conv2d_backward(dy, x, wt, *args, need=(False, True, False))[1]
+    got = fetch(F.conv2d_backward(put(dy, backend), put(x, backend), put(wt, backend), *args,
+                                  need=(False, True, False))[1])
+    assert np.isfinite(want[..., :-1]).all() and not np.isfinite(want[..., -1]).any()
+    assert rel_err(got[..., :-1], want[..., :-1]) < RTOL
+    assert not np.isfinite(got[..., -1]).any()
+
+
 # 3x3 unit-stride layers with >= 8 channels per group take the CPU's Winograd F(2x2, 3x3) path
 # (>= 128 for the weight-grad; FASTOPT_CONV2D_WINOGRAD=0: the direct GEMMs), and with "1" and
 # >= 32 the GPU's (opt-in there); odd outputs leave tiles overhanging the image, padding 0 and 2
