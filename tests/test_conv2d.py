@@ -69,6 +69,8 @@ def test_all_combinations(backend, rng, stride, padding, dilation, groups, ksize
     (2, 6, 31, 29, 12, 3, 3, 2, 1, 1, 3),                     # many column tiles, grouped
     (4, 6, 33, 35, 8, 3, 3, 1, 1, 1, 1),                      # weight-grad over 4 image chunks
     (5, 3, 23, 23, 7, 7, 7, 2, 3, 1, 1),                      # stem-like, 3 input channels
+    (2, 3, 61, 67, 8, 7, 7, 2, 3, 1, 1),                      # stem-like, 34 columns: vectors across a row end
+    (1, 5, 40, 41, 6, 3, 3, 2, 2, 2, 1),                      # column stride 2, dilated
     (1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1),                        # one element
     (1, 2, 1, 1, 3, 3, 3, 1, 1, 1, 1),                        # 1x1 image, all taps but one in padding
     (2, 8, 7, 7, 8, 3, 3, 1, 1, 1, 8),                        # depthwise

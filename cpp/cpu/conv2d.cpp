@@ -12,10 +12,11 @@
 // the weight-grad) take Winograd F(2x2, 3x3) instead (conv2d_winograd.cpp: 1.1-1.9x faster
 // than the GEMMs below on them).
 //
-// Packing (AVX-512 copy; the others keep the generic gathers): with unit column stride an
+// Packing (AVX-512 copy; the others keep the generic gathers): with column stride 1 or 2 an
 // im2col row (c, r, s) over a strip's columns is the source shifted by (r, s), so a strip row
-// is NR/16 masked vector loads from per-strip bases, the masks zeroing the padding taps
-// (ShiftGather); the weight-grad's operands run along the pixels, so both are packed by 8x16
+// is NR/16 masked vector loads (two and a permute at stride 2) from per-strip bases, the masks
+// zeroing the padding taps (ShiftGather; at stride 2 the 7x7 stem's forward went from 43.6 to
+// 31.6 ms, N = 32, and a 3x3/2 32>64@56 from 3.15 to 1.85 ms, N = 16); the weight-grad's operands run along the pixels, so both are packed by 8x16
 // and 16x16 in-register transposes of masked row loads, and layers with fewer columns C R S
 // than a tile (the 3-channel stem: 27 of 48) skip the GEMM for pixel-vector dot products
 // (weight_grad_narrow). Before these, the packers' per-run scalar logic took 20-35% of a pass.
@@ -180,27 +181,61 @@ inline void copy_row(float* __restrict dst, int64_t len, const float* __restrict
 }
 
 #if defined(__AVX512F__)
-// Fast im2col strips for unit column stride (forward; data-grad's gather). Panel row p = (c, r, s)
-// and column j = (n, a, b) read src[n*img + c*chan + (a*sa + roff[r])*SW + b + soff[s]], so within
-// one image row consecutive columns read consecutive floats, and when sa*SW = B ("same" padding,
-// stride 1) a whole image is one run. A strip is then a few masked vector loads per row from
-// precomputed bases, the masks zeroing the padding taps: copy_row's per-run range logic per
-// panel row cost 20-35% of a pass on these layers.
+// Fast im2col strips for column stride 1 or 2 (forward; data-grad's gather at stride 1). Panel
+// row p = (c, r, s) and column j = (n, a, b) read src[n*img + c*chan + (a*sa + roff[r])*SW +
+// b*sb + soff[s]], so within one image row consecutive columns read every sb-th float, and when
+// sa*SW = B ("same" padding, stride 1) a whole image is one run. A strip is then a few masked
+// vector loads per row from precomputed bases, the masks zeroing the padding taps: copy_row's
+// per-run range logic per panel row cost 20-35% of a pass on these layers.
 // As a volatile asm: GCC 12 deleted these as _mm_prefetch calls (all of them, in this loop).
 inline void prefetch_spans(const float* p, const int64_t* lo, const int64_t* hi, int n) {
   for (int t = 0; t < n; ++t)
     for (int64_t e = lo[t]; e <= hi[t] + 15; e += 16) asm volatile("prefetcht0 %0" : : "m"(p[e]));
 }
 
+// The source lanes of 16 outputs `m` read with column stride CS (1 or 2): for CS = 2, bit i of
+// m becomes bit 2i of the pair of 16-lane loads (bits 0-15 the first, 16-31 the second).
+template <int CS>
+inline uint32_t source_lanes(__mmask16 m) {
+  uint32_t b = m;
+  if constexpr (CS == 2) {
+    b = (b | b << 8) & 0x00ff00ffu;
+    b = (b | b << 4) & 0x0f0f0f0fu;
+    b = (b | b << 2) & 0x33333333u;
+    b = (b | b << 1) & 0x55555555u;
+  }
+  return b;
+}
+
+// 16 floats from p, p + CS, ..., p + 15 CS at the source lanes `src` (source_lanes); the others
+// are zero and not read. Column stride 2 (the 7x7 stem) takes the even lanes of two loads: its
+// panel rows went through copy_row's per-run logic.
+template <int CS>
+inline __m512 load_lanes(uint32_t src, const float* p) {
+  if constexpr (CS == 1) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>(src), p);
+  } else {
+    const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(static_cast<__mmask16>(src), p), evens,
+                                  _mm512_maskz_loadu_ps(static_cast<__mmask16>(src >> 16), p + 16));
+  }
+}
+
 struct ShiftGather {
   const float* src;
-  int64_t chan, img, A, B, SH, SW, sa, R, S;
+  int64_t chan, img, A, B, SH, SW, sa, sb, R, S;  // sa, sb: row and column strides, sb 1 or 2
   const int64_t* roff;  // R entries
   const int64_t* soff;  // S entries
 
   void pack(int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* __restrict dst) const {
+    if (sb == 2) return pack_cs<2>(p0, kc, j0, cols, dst);
+    pack_cs<1>(p0, kc, j0, cols, dst);
+  }
+
+  template <int CS>
+  void pack_cs(int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* __restrict dst) const {
     constexpr int NV = NR / 16;
-    // Loads of vector v: lanes `mask` from src + base + (row offset) + lane.
+    // Loads of vector v: lanes `mask` from src + base + (row offset) + CS lane.
     struct Load {
       int64_t base;
       __mmask16 mask;
@@ -212,29 +247,32 @@ struct ShiftGather {
     int64_t lane_a[NR], lane_b[NR];
     for (int u = 0; u < nruns; ++u) {
       const Run& ru = runs[u];
-      const int64_t base = ru.n * img + ru.a * sa * SW + ru.b0 - ru.jj;
+      const int64_t base = ru.n * img + ru.a * sa * SW + (ru.b0 - ru.jj) * CS;
       for (int64_t l = ru.jj; l < ru.jj + ru.len; ++l) {
         lane_a[l] = ru.a * sa;
-        lane_b[l] = ru.b0 + l - ru.jj;
+        lane_b[l] = (ru.b0 + l - ru.jj) * CS;
         const int v = static_cast<int>(l / 16);
         const auto bit = static_cast<__mmask16>(1u << (l % 16));
-        if (nl[v] > 0 && loads[v][nl[v] - 1].base == base + 16 * v)
+        if (nl[v] > 0 && loads[v][nl[v] - 1].base == base + 16 * v * CS)
           loads[v][nl[v] - 1].mask |= bit;
         else
-          loads[v][nl[v]++] = {base + 16 * v, bit};
+          loads[v][nl[v]++] = {base + 16 * v * CS, bit};
       }
     }
-    // Lane validity per kernel row r and column s (bit l: tap inside the source plane).
+    // Lane validity per kernel row r and column s (bit l: tap inside the source plane), built in
+    // a register: or-ing into the array went through memory, a tenth of the stem's packing.
     uint64_t rok[16], sok[16];
     for (int64_t r = 0; r < R; ++r) {
-      rok[r] = 0;
+      uint64_t bits = 0;
       for (int64_t l = 0; l < cols; ++l)
-        if (lane_a[l] + roff[r] >= 0 && lane_a[l] + roff[r] < SH) rok[r] |= uint64_t{1} << l;
+        bits |= uint64_t{lane_a[l] + roff[r] >= 0 && lane_a[l] + roff[r] < SH} << l;
+      rok[r] = bits;
     }
     for (int64_t s = 0; s < S; ++s) {
-      sok[s] = 0;
+      uint64_t bits = 0;
       for (int64_t l = 0; l < cols; ++l)
-        if (lane_b[l] + soff[s] >= 0 && lane_b[l] + soff[s] < SW) sok[s] |= uint64_t{1} << l;
+        bits |= uint64_t{lane_b[l] + soff[s] >= 0 && lane_b[l] + soff[s] < SW} << l;
+      sok[s] = bits;
     }
     // What a channel's rows read: per image run, one span from the lowest to the highest tap.
     // Prefetched PF channels ahead: the spans of successive channels lie a plane apart, a
@@ -248,8 +286,8 @@ struct ShiftGather {
       for (int64_t s = 1; s < S; ++s) slo = std::min(slo, soff[s]), shi = std::max(shi, soff[s]);
       for (int u = 0; u < nruns; ++u) {
         const Run& ru = runs[u];
-        const int64_t first = ru.n * img + ru.a * sa * SW + ru.b0;
-        const int64_t lo = first + rlo * SW + slo, hi = first + ru.len - 1 + rhi * SW + shi;
+        const int64_t first = ru.n * img + ru.a * sa * SW + ru.b0 * CS;
+        const int64_t lo = first + rlo * SW + slo, hi = first + (ru.len - 1) * CS + rhi * SW + shi;
         if (nspans > 0 && lo <= span_hi[nspans - 1] + 16)
           span_hi[nspans - 1] = std::max(span_hi[nspans - 1], hi);
         else
@@ -261,24 +299,32 @@ struct ShiftGather {
       if (c < c_end) prefetch_spans(src + c * chan, span_lo, span_hi, nspans);
     };
     int64_t c = p0 / RS, rs = p0 % RS;
-    if (std::all_of(nl, nl + NV, [](int n) { return n <= 1; }) && RS <= 16) {
-      // The common case (no image boundary inside a vector): one load per vector, so its masks
-      // and offsets are fixed per tap (r, s) and a panel row is NV loads and NV stores.
-      __mmask16 m[16][NV];
-      int64_t d[16];
+    // The common case (at most one image-row boundary inside a vector): one or two loads per
+    // vector, so their masks and offsets are fixed per tap (r, s) and a panel row is a few loads
+    // and NV stores. Up to 8x8 taps: the 7x7 stem's 49 took the general loop below, as did the
+    // strips that cross one of its rows, 27% of its forward.
+    constexpr int64_t kMaxTaps = 64;
+    if (std::all_of(nl, nl + NV, [](int n) { return n <= 2; }) && RS <= kMaxTaps) {
+      uint32_t m[kMaxTaps][NV][2];
+      int64_t d[kMaxTaps];
       for (int64_t t = 0; t < RS; ++t) {
         const int64_t r = t / S, s = t % S;
         d[t] = roff[r] * SW + soff[s];
         for (int v = 0; v < NV; ++v)
-          m[t][v] = nl[v] ? static_cast<__mmask16>(loads[v][0].mask & ((rok[r] & sok[s]) >> (16 * v))) : 0;
+          for (int i = 0; i < 2; ++i)
+            m[t][v][i] = i < nl[v] ? source_lanes<CS>(loads[v][i].mask & ((rok[r] & sok[s]) >> (16 * v))) : 0;
       }
-      int64_t base[NV];
-      for (int v = 0; v < NV; ++v) base[v] = nl[v] ? loads[v][0].base : 0;
+      int64_t base[NV][2];
+      for (int v = 0; v < NV; ++v)
+        for (int i = 0; i < 2; ++i) base[v][i] = i < nl[v] ? loads[v][i].base : 0;
       for (int64_t p = 0; p < kc; ++p) {
         if (rs == 0) prefetch(c + PF);
         const float* from = src + c * chan + d[rs];
-        for (int v = 0; v < NV; ++v)
-          _mm512_storeu_ps(dst + p * NR + 16 * v, _mm512_maskz_loadu_ps(m[rs][v], from + base[v]));
+        for (int v = 0; v < NV; ++v) {
+          __m512 val = load_lanes<CS>(m[rs][v][0], from + base[v][0]);  // zero outside its lanes
+          if (nl[v] == 2) val = _mm512_or_ps(val, load_lanes<CS>(m[rs][v][1], from + base[v][1]));
+          _mm512_storeu_ps(dst + p * NR + 16 * v, val);
+        }
         if (++rs == RS) {
           rs = 0;
           ++c;
@@ -294,7 +340,10 @@ struct ShiftGather {
       for (int v = 0; v < NV; ++v) {
         __m512 acc = _mm512_setzero_ps();
         const auto vok = static_cast<__mmask16>(ok >> (16 * v));
-        for (int t = 0; t < nl[v]; ++t) acc = _mm512_mask_loadu_ps(acc, loads[v][t].mask & vok, from + loads[v][t].base);
+        for (int t = 0; t < nl[v]; ++t) {
+          const auto m = static_cast<__mmask16>(loads[v][t].mask & vok);
+          acc = _mm512_or_ps(acc, load_lanes<CS>(source_lanes<CS>(m), from + loads[v][t].base));
+        }
         _mm512_storeu_ps(dst + p * NR + 16 * v, acc);
       }
       if (++rs == RS) {
@@ -358,12 +407,13 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
   int64_t roff[16], soff[16];
   for (int64_t r = 0; r < std::min<int64_t>(s.R, 16); ++r) roff[r] = r * s.dil_h - s.pad_h;
   for (int64_t c = 0; c < std::min<int64_t>(s.S, 16); ++c) soff[c] = c * s.dil_w - s.pad_w;
-  const bool fast = s.stride_w == 1 && s.R <= 16 && s.S <= 16;
+  const bool fast = (s.stride_w == 1 || s.stride_w == 2) && s.R <= 16 && s.S <= 16;
 #endif
   auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
 #if defined(__AVX512F__)
     if (fast)
-      return ShiftGather{x + g * Cg * HW, HW, s.C * HW, s.P, s.Q, s.H, s.W, s.stride_h, s.R, s.S, roff, soff}.pack(
+      return ShiftGather{x + g * Cg * HW, HW, s.C * HW, s.P, s.Q, s.H, s.W, s.stride_h, s.stride_w, s.R, s.S, roff,
+                         soff}.pack(
           p0, kc, j0, cols, dst);
 #endif
     Run runs[NR];
@@ -434,7 +484,7 @@ void data_grad_gather(const Conv2dShape& s, const float* dy, const float* w, flo
   auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
 #if defined(__AVX512F__)
     if (fast)
-      return ShiftGather{dy + g * Kg * PQ, PQ, s.K * PQ, s.H, s.W, s.P, s.Q, 1, s.R, s.S, roff, soff}.pack(
+      return ShiftGather{dy + g * Kg * PQ, PQ, s.K * PQ, s.H, s.W, s.P, s.Q, 1, 1, s.R, s.S, roff, soff}.pack(
           p0, kc, j0, cols, dst);
 #endif
     Run runs[NR];
