@@ -16,8 +16,9 @@
 // im2col row (c, r, s) over a strip's columns is the source shifted by (r, s), so a strip row
 // is NR/16 masked vector loads (two and a permute at stride 2) from per-strip bases, the masks
 // zeroing the padding taps (ShiftGather; at stride 2 the 7x7 stem's forward went from 43.6 to
-// 31.6 ms, N = 32, and a 3x3/2 32>64@56 from 3.15 to 1.85 ms, N = 16); the weight-grad's operands run along the pixels, so both are packed by 8x16
-// and 16x16 in-register transposes of masked row loads, and layers with fewer columns C R S
+// 31.6 ms, N = 32, and a 3x3/2 32>64@56 from 3.15 to 1.85 ms, N = 16); the weight-grad's
+// operands run along the pixels, so both are packed by 8x16 and 16x16 in-register transposes
+// of masked row loads, and layers with fewer columns C R S
 // than a tile (the 3-channel stem: 27 of 48) skip the GEMM for pixel-vector dot products
 // (weight_grad_narrow). Before these, the packers' per-run scalar logic took 20-35% of a pass.
 //
