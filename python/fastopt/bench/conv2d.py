@@ -7,10 +7,10 @@ TF32 off on the GPU) and the float64 NumPy reference, and on the GPU also the op
 that are opt-in until timed on a GPU, with their switch set around each call (opt_in_kernels:
 fastopt-winograd on the 3x3 unit-stride layers, fastopt-strips on the stem's data-grad,
 fastopt-dw-loads and fastopt-dw-taps on the depthwise passes), interleaving contenders round by round so that a
-noisy neighbour hits all alike. On the CPU each timed call follows an untimed one of the same
-step: the first call after another contender paid that one's spinning thread pool (OpenBLAS
-after the NumPy reference) and its own pool's wake-up, up to 2x on the 1-2 ms depthwise passes.
-Each pass must do 2 N K (C/G) R S P Q flops; its floor
+noisy neighbour hits all alike. On the CPU each timed call follows at least 10 ms of untimed
+calls of the same step: the first calls after another contender pay that one's still spinning
+thread pool (torch's OpenMP for ~5 ms, OpenBLAS after the NumPy reference) and their own pool's
+wake-up, up to 2x on the 1-2 ms depthwise passes. Each pass must do 2 N K (C/G) R S P Q flops; its floor
 is the larger of flops / the machine's SGEMM rate (numpy.matmul 2048^3 float32 on the CPU,
 torch.matmul with TF32 off on the GPU) and bytes (x + w + y once) / the copy bandwidth
 (fastopt._C.copy_ between two float32 arrays of the layer's working-set size), both measured in
@@ -210,7 +210,9 @@ def time_layer(device, layer, n, torch, repeat, with_reference, ref_repeat, opt_
                 continue
             for ps in steps[b]:
                 if device == "cpu" and b != "numpy-ref":  # settle: see the module docstring
-                    steps[b][ps]()
+                    settle_until = time.perf_counter() + 0.01
+                    while time.perf_counter() < settle_until:
+                        steps[b][ps]()
                 samples[(b, ps)] += clock.block(steps[b][ps], 1)
     return {k: statistics.median(v) for k, v in samples.items()}, fl, nbytes
 
