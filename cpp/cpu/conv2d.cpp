@@ -69,6 +69,8 @@
 #include "fastopt/conv2d.h"
 #include "isa.h"
 
+#include <type_traits>
+
 #include "conv2d_channelwise.h"
 #include "conv2d_winograd.h"
 #include "gemm.h"
@@ -318,19 +320,28 @@ struct ShiftGather {
       int64_t base[NV][2];
       for (int v = 0; v < NV; ++v)
         for (int i = 0; i < 2; ++i) base[v][i] = i < nl[v] ? loads[v][i].base : 0;
-      for (int64_t p = 0; p < kc; ++p) {
-        if (rs == 0) prefetch(c + PF);
-        const float* from = src + c * chan + d[rs];
-        for (int v = 0; v < NV; ++v) {
-          __m512 val = load_lanes<CS>(m[rs][v][0], from + base[v][0]);  // zero outside its lanes
-          if (nl[v] == 2) val = _mm512_or_ps(val, load_lanes<CS>(m[rs][v][1], from + base[v][1]));
-          _mm512_storeu_ps(dst + p * NR + 16 * v, val);
+      // Strips with one load per vector (all but those that cross a row) keep the loop free of
+      // the second load's test.
+      const auto rows = [&](auto two_loads) {
+        for (int64_t p = 0; p < kc; ++p) {
+          if (rs == 0) prefetch(c + PF);
+          const float* from = src + c * chan + d[rs];
+          for (int v = 0; v < NV; ++v) {
+            __m512 val = load_lanes<CS>(m[rs][v][0], from + base[v][0]);  // zero outside its lanes
+            if constexpr (decltype(two_loads)::value)
+              if (nl[v] == 2) val = _mm512_or_ps(val, load_lanes<CS>(m[rs][v][1], from + base[v][1]));
+            _mm512_storeu_ps(dst + p * NR + 16 * v, val);
+          }
+          if (++rs == RS) {
+            rs = 0;
+            ++c;
+          }
         }
-        if (++rs == RS) {
-          rs = 0;
-          ++c;
-        }
-      }
+      };
+      if (std::all_of(nl, nl + NV, [](int n) { return n <= 1; }))
+        rows(std::false_type{});
+      else
+        rows(std::true_type{});
       return;
     }
     for (int64_t p = 0; p < kc; ++p) {
