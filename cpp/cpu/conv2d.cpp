@@ -150,15 +150,11 @@ inline void copy_row(float* __restrict dst, int64_t len, const float* __restrict
   // Runs are short (an image row, at most NR): masked loads and stores do the zero edges and
   // the tail in the same few vector steps, where a plain loop would finish in scalar code.
   // Masked-off lanes are never read, so src + i0 + t may point outside the row.
-  auto lanes = [](int64_t a, int64_t b) {
-    a = std::clamp<int64_t>(a, 0, 16);
-    b = std::clamp<int64_t>(b, 0, 16);
-    return static_cast<__mmask16>(b > a ? (1u << b) - (1u << a) : 0u);
-  };
+  using gemm::lanes_between;
   if (step == 1) {
     for (int64_t t = 0; t < len; t += 16) {
-      const __m512 v = _mm512_maskz_loadu_ps(lanes(lo - t, hi - t), src + i0 + t);
-      _mm512_mask_storeu_ps(dst + t, lanes(0, len - t), v);
+      const __m512 v = _mm512_maskz_loadu_ps(lanes_between(lo - t, hi - t), src + i0 + t);
+      _mm512_mask_storeu_ps(dst + t, lanes_between(0, len - t), v);
     }
     return;
   }
@@ -168,9 +164,9 @@ inline void copy_row(float* __restrict dst, int64_t len, const float* __restrict
     const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     for (int64_t t = 0; t < len; t += 16) {
       const int64_t a = 2 * (lo - t), b = 2 * (hi - t);
-      const __m512 v0 = _mm512_maskz_loadu_ps(lanes(a, b) & 0x5555, src + i0 + 2 * t);
-      const __m512 v1 = _mm512_maskz_loadu_ps(lanes(a - 16, b - 16) & 0x5555, src + i0 + 2 * t + 16);
-      _mm512_mask_storeu_ps(dst + t, lanes(0, len - t), _mm512_permutex2var_ps(v0, evens, v1));
+      const __m512 v0 = _mm512_maskz_loadu_ps(lanes_between(a, b) & 0x5555, src + i0 + 2 * t);
+      const __m512 v1 = _mm512_maskz_loadu_ps(lanes_between(a - 16, b - 16) & 0x5555, src + i0 + 2 * t + 16);
+      _mm512_mask_storeu_ps(dst + t, lanes_between(0, len - t), _mm512_permutex2var_ps(v0, evens, v1));
     }
     return;
   }
@@ -379,13 +375,11 @@ inline void add_row(float* __restrict row, int64_t n, const float* __restrict sr
     // 52.4 -> 47.8 ms, N = 32; 3x3/2 32>64@56 3.45 -> 2.87 ms, N = 16).
     const __m512i first8 = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
     const __m512i last8 = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
-    const auto evens = [](int64_t count) {  // lanes 0, 2, ..., 2 count - 2 of 16
-      return static_cast<__mmask16>(((1u << (2 * std::clamp<int64_t>(count, 0, 8))) - 1) & 0x5555u);
-    };
     for (int64_t q = lo; q < hi; q += 16) {
       const __m512 v = _mm512_maskz_loadu_ps(gemm::first_lanes(hi - q), src + q);
       float* d = row + w0 + 2 * q;
-      const __mmask16 m0 = evens(hi - q), m1 = evens(hi - q - 8);
+      const auto m0 = static_cast<__mmask16>(gemm::first_lanes(2 * (hi - q)) & 0x5555);  // even lanes
+      const auto m1 = static_cast<__mmask16>(gemm::first_lanes(2 * (hi - q) - 16) & 0x5555);
       _mm512_mask_storeu_ps(d, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, d), _mm512_permutexvar_ps(first8, v)));
       _mm512_mask_storeu_ps(d + 16, m1,
                             _mm512_add_ps(_mm512_maskz_loadu_ps(m1, d + 16), _mm512_permutexvar_ps(last8, v)));

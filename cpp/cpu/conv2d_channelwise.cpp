@@ -136,12 +136,7 @@ void generic_backward_weight(const Conv2dShape& s, const float* dy, const float*
 
 #if defined(__AVX512F__)
 using gemm::first_lanes;
-
-// The lanes of a 16-float load at column c of a row that lie in [0, W).
-inline __mmask16 lanes_within(int64_t c, int64_t W) {
-  const int64_t lo = std::clamp<int64_t>(-c, 0, 16), hi = std::clamp<int64_t>(W - c, 0, 16);
-  return static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1));
-}
+using gemm::lanes_between;
 
 // Rows [p, p + RB) of a K x K correlation of the H x W plane `in`, padded by (ph, pw) in place,
 // lanes [q0, q0 + 16 NV) of each output row cut at Q:
@@ -197,7 +192,7 @@ void correlate_chunk(float* out, int64_t P, int64_t Q, int64_t q0, const float* 
   constexpr int64_t kRows = 4;
   __mmask16 masks[K][4];
   for (int s = 0; s < K; ++s)
-    for (int v = 0; v < NV; ++v) masks[s][v] = lanes_within(q0 + 16 * v + s - pw, W);
+    for (int v = 0; v < NV; ++v) masks[s][v] = lanes_between(pw - s - q0 - 16 * v, W + pw - s - q0 - 16 * v);
   int64_t p = 0;
   for (; p + kRows <= P; p += kRows)
     correlate_block<K, kRows, NV>(out, Q, p, q0, in, H, W, ph, pw, masks, taps, init, accumulate);
@@ -265,7 +260,7 @@ void weight_grad_rows(const float* dy, int64_t P, int64_t Q, const float* x, int
     const __mmask16 m = first_lanes(Q - q0);
     __mmask16 mx[K];
 #pragma GCC unroll 8
-    for (int t = 0; t < K; ++t) mx[t] = m & lanes_within(q0 - pw + t, W);
+    for (int t = 0; t < K; ++t) mx[t] = m & lanes_between(pw - t - q0, W + pw - t - q0);
     for (int64_t h = h_lo; h < h_hi; ++h) {
       __m512 xv[K];
 #pragma GCC unroll 8

@@ -127,6 +127,9 @@ inline void micro_kernel_cols(int64_t cols, int64_t kc, const float* __restrict 
 // Lanes [0, n) of 16 (n clamped to [0, 16]) as a mask: a row's or a block's tail.
 inline __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>((1u << std::clamp<int64_t>(n, 0, 16)) - 1); }
 
+// Lanes [a, b) of 16, clamped to [0, 16]: the part of a vector that lies inside a row.
+inline __mmask16 lanes_between(int64_t a, int64_t b) { return first_lanes(b) & ~first_lanes(a); }
+
 // In-register transposes for packers whose source runs along the reduction (weight-grad: both
 // operands are rows of pixels). transpose16: r[i] holds element i of every input row on return.
 inline void transpose16(__m512 r[16]) {
