@@ -42,6 +42,21 @@ def check_range(name, value, low=0.0, high=None, high_open=True):
     return value
 
 
+def group_hyper(rule, group):
+    """The native step's hyper-parameters for one group, checked first: schedules and users may
+    have edited the group since the last step. `rule` is an optimizer or its class (its _check,
+    _kind and _fill read only the group and class attributes), so fastopt.torch.optim builds its
+    steps here too."""
+    cls = rule if isinstance(rule, type) else type(rule)
+    cls._check(rule, group)
+    h = _C.Hyper()
+    h.kind = cls._kind(rule, group)
+    h.lr = float(group["lr"])
+    h.maximize = bool(group.get("maximize", False))
+    cls._fill(rule, h, group)
+    return h
+
+
 class Optimizer:
     """Base class. Subclasses set `defaults` through __init__ and implement _check(group),
     _kind(group) -> _C.OptKind and _fill(hyper, group)."""
@@ -127,15 +142,7 @@ class Optimizer:
             raise ValueError(f"grads: got {len(grads)} gradients for {len(self._params)} parameters")
         if max_grad_norm is not None:
             max_grad_norm = check_range("max_grad_norm", max_grad_norm)
-        hypers = []
-        for group in self.param_groups:
-            self._check(group)  # schedules and users may have edited the group since
-            h = _C.Hyper()
-            h.kind = self._kind(group)
-            h.lr = float(group["lr"])
-            h.maximize = bool(group.get("maximize", False))
-            self._fill(h, group)
-            hypers.append(h)
+        hypers = [group_hyper(self, group) for group in self.param_groups]
         kinds = tuple(h.kind for h in hypers)
         if self._state_cache is None or self._state_cache[0] != kinds:
             self._state_cache = (kinds, [self._buffers(i, kinds[g]) for i, g in enumerate(self._group_of)])
