@@ -1,0 +1,332 @@
+"""torch.optim optimizers whose step is fastopt's fused native step.
+
+`SGD`, `Adagrad`, `RMSprop`, `Adam` and `AdamW` are `torch.optim.Optimizer` subclasses with
+torch's constructor arguments, defaults and update formulas (the arguments and checks are those of
+fastopt.optim's classes of the same name), plus two keyword-only options:
+
+- `max_grad_norm`: clip by the global L2 norm of all gradients first, torch's `clip_grad_norm_`
+  definition (coef = min(1, max_norm / (norm + 1e-6))), fused into the step: the gradients are
+  read once for the norm and once for the update, and are not modified.
+- `skip_nonfinite`: a NaN/Inf gradient cancels the whole step (with `max_grad_norm` it always does).
+
+`step()` reads `p.grad`, skips parameters whose grad is None, and makes one native call per device
+however many tensors. After a step with a norm pass (`max_grad_norm` or `skip_nonfinite`),
+`opt.grad_norm` is the pre-clip global norm as a 0-d float32 tensor on the parameters' device
+(on the GPU it is not read back, so the step never waits for the GPU); otherwise it is None.
+
+LR schedulers and `torch.amp.GradScaler` work unchanged (GradScaler unscales the gradients and
+skips the step on an Inf). `state_dict()` is torch's format, so a checkpoint moves between this
+optimizer and torch's own of the same name in both directions. Parameters must be float32 and
+dense (any memory format, channels_last included), on the CPU or a CUDA device.
+"""
+import inspect
+
+import torch
+
+from .. import _C
+from ..optim import optimizers as _rules
+from ..optim.optimizer import STATE_NAMES, check_range, group_hyper
+
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+
+_STRIDED = torch.strided
+# Group keys of torch's optimizers that choose an implementation, not the math: fastopt's step is
+# always the fused one, so they are dropped when a torch state_dict is loaded.
+_TORCH_IMPL_KEYS = ("foreach", "fused", "capturable", "differentiable", "decoupled_weight_decay")
+
+
+def _is_dense(t):
+    """True when t's elements fill one block of memory exactly (contiguous in some dimension order)."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda s: s[1]):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _flat(t):
+    """A 1-d view of a dense tensor's memory (the native step is elementwise, so any order will do
+    as long as the parameter, its gradient and its state share it)."""
+    return t if t.is_contiguous() else t.as_strided((t.numel(),), (1,))
+
+
+class _Plan:
+    """One device's native call for a given set of parameters with gradients: everything but the
+    gradients, which change every step. steps: None when the call covers all of the device's
+    counters, else the indices of those it covers."""
+
+    def __init__(self, device, index, originals, states, group_of, steps):
+        self.device, self.index, self.originals, self.states = device, index, originals, states
+        self.params = [_flat(p) for p in originals]
+        self.flat = [not p.is_contiguous() for p in originals]
+        self.group_of, self.steps = group_of, steps
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base class: a subclass names the fastopt.optim class (`_rule`) whose signature, defaults,
+    checks and update rule it takes."""
+
+    _rule = None
+    _torch_steps = True     # torch keeps a per-parameter 'step' in the state (SGD does not)
+    _eager_state = False    # torch's Adagrad creates its state in __init__, not at the first step
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        sig = inspect.signature(cls._rule.__init__)
+        extra = [inspect.Parameter("max_grad_norm", inspect.Parameter.KEYWORD_ONLY, default=None),
+                 inspect.Parameter("skip_nonfinite", inspect.Parameter.KEYWORD_ONLY, default=False)]
+        cls._rule_signature = sig
+        cls.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:] + extra)
+
+    def __init__(self, params, *args, max_grad_norm=None, skip_nonfinite=False, **kwargs):
+        bound = self._rule_signature.bind(self, params, *args, **kwargs)
+        bound.apply_defaults()
+        defaults = {k: v for k, v in bound.arguments.items() if k not in ("self", "params")}
+        if max_grad_norm is not None:
+            max_grad_norm = check_range("max_grad_norm", max_grad_norm)
+        if not isinstance(skip_nonfinite, bool):
+            raise TypeError(f"skip_nonfinite: expected a bool, got {type(skip_nonfinite).__name__}")
+        self.max_grad_norm = max_grad_norm
+        self.skip_nonfinite = skip_nonfinite
+        self.grad_norm = None
+        self._steps = {}        # device -> int64 step counters of its parameters, in param_groups order
+        self._where = []        # flat parameter index -> (device, slot in that device's counters)
+        self._plans = None
+        super().__init__(params, defaults)
+        self._install_hooks()
+
+    # ------------------------------------------------------------------- groups and state
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            group_hyper(self._rule, group)
+            start = len(self._where)
+            seen = {id(p) for g in self.param_groups[:-1] for p in g["params"]}
+            for i, p in enumerate(group["params"]):
+                self._check_param(p, self._name(len(self.param_groups) - 1, i), seen)
+        except Exception:
+            self.param_groups.pop()
+            raise
+        for p in group["params"]:
+            device = p.device
+            old = self._steps.get(device, torch.zeros(0, dtype=torch.int64, device=device))
+            self._where.append((device, old.numel()))
+            self._steps[device] = torch.cat([old, torch.zeros(1, dtype=torch.int64, device=device)])
+        if self._eager_state:
+            kind = group_hyper(self._rule, group).kind
+            for i, p in enumerate(group["params"]):
+                self._state_of(start + i, p, group, kind)
+        self._plans = None
+
+    def _name(self, gi, i):
+        names = self.param_groups[gi].get("param_names")
+        return repr(names[i]) if names else f"param_groups[{gi}]['params'][{i}]"
+
+    @staticmethod
+    def _check_param(p, name, seen):
+        if p.dtype != torch.float32:
+            raise TypeError(f"{name}: expected a torch.float32 parameter, got {p.dtype} "
+                            "(fastopt's kernels are float32 until bfloat16 lands)")
+        if p.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{name}: on {p.device}, but fastopt runs on cpu and cuda")
+        if not _is_dense(p):
+            raise ValueError(f"{name}: a parameter must be dense (a view with gaps or overlaps cannot be "
+                             "stepped in place); make it contiguous before creating the optimizer")
+        if id(p) in seen:
+            raise ValueError(f"{name}: a parameter appears twice in this optimizer")
+        seen.add(id(p))
+
+    def _state_of(self, i, p, group, kind):
+        """Parameter i's state buffers for `kind` in the native order, creating missing ones the way
+        torch does: zeros (Adagrad: initial_accumulator_value) laid out like the parameter."""
+        state = self.state[p]
+        for name in STATE_NAMES[kind]:
+            if name not in state:
+                init = self._rule._initial_state(self._rule, name, group)
+                state[name] = torch.full_like(p, init, memory_format=torch.preserve_format)
+                if name == "momentum_buffer" and not self._torch_steps:
+                    # torch's SGD starts a new momentum buffer as the gradient (b = g), which the
+                    # native rule does at step 1: this counter only marks that first step.
+                    device, slot = self._where[i]
+                    self._steps[device][slot] = 0
+        return tuple(_flat(state[name]) for name in STATE_NAMES[kind])
+
+    def _plan(self, kinds, grads):
+        """The per-device native calls for this set of parameters with gradients (cached: it only
+        changes when a group's rule or the set of gradients that are None does)."""
+        key = (kinds, tuple(i for i, g in enumerate(grads) if g is None))
+        if self._plans is not None and self._plans[0] == key:
+            return self._plans[1]
+        per_device = {}
+        i = 0
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                if grads[i] is not None:
+                    device, slot = self._where[i]
+                    entry = per_device.setdefault(device, ([], [], [], [], []))
+                    for lst, value in zip(entry, (i, p, self._state_of(i, p, group, kinds[gi]), gi, slot)):
+                        lst.append(value)
+                i += 1
+        plans = []
+        for device, (index, originals, states, group_of, slots) in per_device.items():
+            whole = slots == list(range(self._steps[device].numel()))
+            steps = None if whole else torch.tensor(slots, dtype=torch.int64, device=device)
+            plans.append(_Plan(device, index, originals, states, group_of, steps))
+        self._plans = (key, plans)
+        return plans
+
+    # ------------------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One fused step over every parameter with a gradient; returns closure's loss, if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        hypers = [group_hyper(self._rule, group) for group in self.param_groups]
+        grads = [p.grad for group in self.param_groups for p in group["params"]]
+        plans = self._plan(tuple(h.kind for h in hypers), grads)
+        clip = self.max_grad_norm
+        if clip is not None:
+            clip = check_range("max_grad_norm", clip)
+        norm_pass = clip is not None or bool(self.skip_nonfinite)
+        if norm_pass and len(plans) > 1:
+            raise ValueError(f"max_grad_norm / skip_nonfinite: the parameters are on {len(plans)} devices "
+                             f"({', '.join(str(p.device) for p in plans)}), but the global norm is computed "
+                             "within one native call; clip with torch.nn.utils.clip_grad_norm_ instead")
+        self.grad_norm = None
+        for plan in plans:
+            gl = [self._grad(grads[i], k, plan) for k, i in enumerate(plan.index)]
+            counters = self._steps[plan.device]
+            steps = counters if plan.steps is None else counters.index_select(0, plan.steps)
+            stream = torch.cuda.current_stream(plan.device).cuda_stream if plan.device.type == "cuda" else 0
+            norm, _ = _C.optim_step(plan.params, gl, plan.states, steps, hypers, plan.group_of, clip,
+                                    bool(self.skip_nonfinite), stream)
+            if plan.steps is not None:
+                counters.index_copy_(0, plan.steps, steps)
+            # Autograd must see the in-place change (a parameter saved for a pending backward).
+            torch.autograd.graph.increment_version(plan.params)
+            if norm is not None:
+                self.grad_norm = self._as_tensor(norm, plan.device)
+        return loss
+
+    def _grad(self, g, k, plan):
+        if not plan.flat[k] and g.layout is _STRIDED and g.is_contiguous():
+            return g
+        if g.layout is not _STRIDED:
+            raise TypeError(f"{self._name(*self._locate(plan.index[k]))}.grad: {g.layout} gradients are not "
+                            "supported (fastopt's step is dense; torch.optim.SparseAdam takes sparse gradients)")
+        p = plan.originals[k]
+        if g.stride() != p.stride():
+            g = torch.empty_like(p).copy_(g)  # a gradient laid out unlike its parameter: rare, copied
+        return _flat(g)
+
+    def _locate(self, i):
+        for gi, group in enumerate(self.param_groups):
+            if i < len(group["params"]):
+                return gi, i
+            i -= len(group["params"])
+        raise IndexError(i)
+
+    @staticmethod
+    def _as_tensor(norm, device):
+        if device.type == "cpu":
+            return torch.tensor(norm, dtype=torch.float32)
+        # A 0-d DeviceArray written on torch's current stream: viewed without a copy or a wait.
+        return torch.utils.dlpack.from_dlpack(norm.__dlpack__(stream=-1))
+
+    # -------------------------------------------------------------------- checkpointing
+    def _install_hooks(self):
+        # Prepended, so that user hooks see torch's format too.
+        self.register_state_dict_post_hook(Optimizer._export_steps, prepend=True)
+        self.register_load_state_dict_pre_hook(Optimizer._check_loaded, prepend=True)
+        self.register_load_state_dict_post_hook(Optimizer._import_steps, prepend=True)
+
+    def _counts(self):
+        host = {d: c.tolist() for d, c in self._steps.items()}
+        return [host[d][slot] for d, slot in self._where]
+
+    def _export_steps(self, state_dict):
+        """torch's per-parameter 'step' (a float32 0-d CPU tensor) from the step counters."""
+        if not self._torch_steps:
+            return state_dict
+        counts = self._counts()
+        state = {k: ({"step": torch.tensor(float(counts[k]), dtype=torch.float32), **v} if isinstance(k, int) else v)
+                 for k, v in state_dict["state"].items()}
+        return {**state_dict, "state": state}
+
+    def _check_loaded(self, state_dict):
+        """Refuse what fastopt cannot continue; drop torch's implementation switches; fill options
+        a checkpoint lacks from this optimizer's defaults."""
+        groups = []
+        for gi, saved in enumerate(state_dict["param_groups"]):
+            if saved.get("differentiable"):
+                raise ValueError(f"state_dict: param group {gi} was saved with differentiable=True, "
+                                 "which fastopt's step does not support")
+            if self._rule is _rules.Adam and saved.get("decoupled_weight_decay"):
+                raise ValueError(f"state_dict: param group {gi} has decoupled_weight_decay=True (torch's AdamW "
+                                 "rule): load it into fastopt.torch.optim.AdamW")
+            group = {k: v for k, v in {**self.defaults, **saved}.items() if k not in _TORCH_IMPL_KEYS}
+            group_hyper(self._rule, group)
+            groups.append(group)
+        return {**state_dict, "param_groups": groups}
+
+    def _import_steps(self):
+        """Step counters from the loaded 'step' entries (SGD: 1 where a momentum buffer exists, so
+        the next step continues it), and state buffers laid out like their parameters."""
+        counts = {d: c.tolist() for d, c in self._steps.items()}
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p, {})
+                for name in [k for k, v in state.items() if v is None]:
+                    del state[name]  # torch's SGD once saved momentum_buffer=None
+                step = state.pop("step", None) if self._torch_steps else ("momentum_buffer" in state)
+                device, slot = self._where[i]
+                counts[device][slot] = int(step) if step is not None else 0
+                for name, value in state.items():
+                    if torch.is_tensor(value) and value.stride() != p.stride():
+                        state[name] = torch.empty_like(p).copy_(value)
+                i += 1
+        for device, values in counts.items():
+            self._steps[device].copy_(torch.tensor(values, dtype=torch.int64))
+        self._plans = None
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "max_grad_norm": self.max_grad_norm, "skip_nonfinite": self.skip_nonfinite,
+                "grad_norm": None, "_steps": self._steps, "_where": self._where, "_plans": None}
+
+    def __setstate__(self, state):
+        hooked = "_optimizer_state_dict_post_hooks" in self.__dict__
+        super().__setstate__(state)
+        if not hooked:  # unpickling (deepcopy, multiprocessing): torch does not keep hooks
+            self._install_hooks()
+
+
+class SGD(Optimizer):
+    __doc__ = _rules.SGD.__doc__
+    _rule = _rules.SGD
+    _torch_steps = False
+
+
+class Adagrad(Optimizer):
+    __doc__ = _rules.Adagrad.__doc__
+    _rule = _rules.Adagrad
+    _eager_state = True
+
+
+class RMSprop(Optimizer):
+    __doc__ = _rules.RMSprop.__doc__
+    _rule = _rules.RMSprop
+
+
+class Adam(Optimizer):
+    __doc__ = _rules.Adam.__doc__
+    _rule = _rules.Adam
+
+
+class AdamW(Optimizer):
+    __doc__ = _rules.AdamW.__doc__
+    _rule = _rules.AdamW
