@@ -62,12 +62,13 @@ def _clock(s):
     return f"{int(s) // 60}:{int(s) % 60:02d}"
 
 
-def time_case(device, case, size, host, clock, rounds, budget, ref_max):
-    """Rows for one (device, case, size)."""
+def time_case(device, case, size, host, clock, rounds, budget, ref_max, makers=None):
+    """Rows for one (device, case, size). makers: (backend name, maker) pairs to time instead of
+    the optimizer suite's (copies_for + backends_for); a name starting with 'copy' is a ceiling."""
     contenders, rows = [], []
     base = dict(device=device, case=case.name, optimizer=case.optimizer, size=size.label, n=size.n,
                 tensors=size.tensors)
-    for name, maker in copies_for(device) + backends_for(case, device):
+    for name, maker in makers or copies_for(device) + backends_for(case, device):
         # A copy's bytes (read + write) per parameter of the case are its working set.
         bpp = case.working_set if name.startswith("copy") else case.bytes_per_param
         row = dict(base, backend=name, bytes_per_param=bpp, median_ms=None, note="")
