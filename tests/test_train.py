@@ -1,15 +1,17 @@
 """The trainer and `fastopt train`: learning on digits, bit-identical resume from a checkpoint,
 early stopping, the divergence rules, metrics/curves output, and the search table."""
+import argparse
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
 from fastopt import data as datasets
 from fastopt.nn.models import small_cnn
-from fastopt.train import Trainer, TrainConfig, TrainingStopped
-from fastopt.train_cli import main as train_main
+from fastopt.train import CheckpointError, Trainer, TrainConfig, TrainingStopped, read_checkpoint
+from fastopt.train_cli import add_arguments, main as train_main, train_once
 
 from conftest import BACKENDS
 
@@ -131,3 +133,279 @@ def test_cli_refuses_a_missing_gpu(capsys):
     with pytest.raises(SystemExit) as e:
         train_main(["--device", "cuda", "--epochs", "1"])
     assert e.value.code == 2 and "no usable CUDA GPU" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ resume
+def _lrs_per_step(trainer, epochs):
+    """Train `epochs` epochs, returning the lr each optimizer step ran with."""
+    lrs, step = [], trainer.optimizer.step
+
+    def recording(*args, **kwargs):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording
+    for _ in range(epochs):
+        trainer.train_epoch()
+    return lrs
+
+
+@pytest.mark.parametrize("changes", [
+    {"epochs": 4},
+    {"epochs": 5, "lr": 1e-3, "warmup_epochs": 2.5, "min_lr_ratio": 0.1},
+], ids=["epochs", "epochs_lr_warmup_floor"])
+def test_resume_with_new_options_follows_their_schedule(changes, digits, tmp_path):
+    # 64 images in batches of 16: 4 steps per epoch. The first run's schedule (2 epochs, warm-up 1)
+    # ends at lr 0; the resumed one must take, at every later step, exactly the lr a fresh run
+    # with the new options takes at that step.
+    data = _small(digits, 64)
+    base = dict(epochs=2, batch_size=16, warmup_epochs=1.0, widths=(4, 8))
+    first = _trainer(data, **base)
+    first.train_epoch()
+    first.train_epoch()
+    path = str(tmp_path / "two.npz")
+    first.save(path)
+    options = {**base, **changes}
+    fresh = _lrs_per_step(_trainer(data, **options), options["epochs"])
+    resumed = _trainer(data, **options)
+    note = resumed.load(path)
+    assert f"rebuilt for {options['epochs']} epochs and continued at step 8" in note
+    assert all(f"{k} {base.get(k, getattr(TrainConfig().check(), k))} -> {v}" in note for k, v in changes.items())
+    later = _lrs_per_step(resumed, options["epochs"] - 2)
+    assert later == fresh[8:]
+    assert len(later) == 4 * (options["epochs"] - 2) and min(later) > 0  # the old schedule had ended at 0
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"batch_size": 32}, "written with batch_size 16; it cannot resume with batch_size 32"),
+    ({"optimizer": "sgd"}, "written with optimizer 'adamw'; it cannot resume with optimizer 'sgd'"),
+    ({"seed": 1}, "written with seed 0; it cannot resume with seed 1"),
+    ({"epochs": 1, "warmup_epochs": 0.0}, "2 epochs already done, more than epochs=1"),
+    ({"widths": (4, 4)}, "written for another model"),
+])
+def test_resume_refuses_options_it_cannot_continue(change, message, digits, tmp_path):
+    data = _small(digits, 64)
+    base = dict(epochs=2, batch_size=16, widths=(4, 8))
+    first = _trainer(data, **base)
+    first.train_epoch()
+    first.train_epoch()
+    path = str(tmp_path / "ckpt.npz")
+    first.save(path)
+    with pytest.raises(CheckpointError, match=f"^{re.escape(path)}: {re.escape(message)}"):
+        _trainer(data, **{**base, **change}).load(path)
+
+
+def _corrupt(kind, good, path):
+    """Write a bad checkpoint of one kind at `path` (good: the bytes of a real one)."""
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif kind == "flipped_bytes":  # the zip directory intact, a member's bytes not: its CRC fails
+        bad = bytearray(good)
+        bad[len(bad) // 3: len(bad) // 3 + 64] = bytes(64)
+        path.write_bytes(bytes(bad))
+    elif kind == "foreign_npz":
+        np.savez(path, weights=np.ones(3))
+    elif kind == "single_array":
+        with open(path, "wb") as f:
+            np.save(f, np.ones(3))
+    elif kind == "text":
+        path.write_text("epoch 3\n")
+    elif kind == "meta_not_json":
+        np.savez(path, meta=np.frombuffer(b"{not json", np.uint8), **{"model/params": np.ones(3)})
+    elif kind == "meta_missing_step":
+        meta = {"config": {}, "param_groups": [], "epoch": 1, "history": {}}
+        np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    elif kind == "folder":
+        path.mkdir()
+
+
+BAD_FILES = {
+    "empty": "empty, not a checkpoint",
+    "truncated": "truncated or corrupt",
+    "flipped_bytes": "truncated or corrupt",
+    "foreign_npz": "not a training checkpoint (no 'meta' entry; it holds weights)",
+    "single_array": "a single NumPy array, not a training checkpoint",
+    "text": "not a NumPy .npz file",
+    "meta_not_json": "unreadable, not a checkpoint written by fastopt train (JSONDecodeError",
+    "meta_missing_step": "not a usable training checkpoint (its meta has no 'step')",
+    "folder": "a folder, not a checkpoint file",
+    "missing": "no such file",
+}
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(digits, tmp_path_factory):
+    t = _trainer(_small(digits, 64), epochs=1, batch_size=16, widths=(4, 8))
+    t.train_epoch()
+    path = tmp_path_factory.mktemp("good") / "last.npz"
+    t.save(str(path))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_bad_checkpoint_files_get_one_clear_line(kind, good_checkpoint, digits, tmp_path, capsys):
+    path = tmp_path / "bad.npz"
+    _corrupt(kind, good_checkpoint, path)
+    with pytest.raises(CheckpointError) as e:
+        _trainer(_small(digits, 64), epochs=2, batch_size=16, widths=(4, 8)).load(str(path))
+    assert str(e.value).startswith(f"{path}: {BAD_FILES[kind]}")
+    # The command line: one usage error naming the option and the file, exit code 2, no traceback.
+    with pytest.raises(SystemExit) as exit_:
+        train_main(["--device", "cpu", "--epochs", "2", "--width", "4", "8", "--quiet", "--resume", str(path),
+                    "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == f"fastopt train: error: argument --resume: {e.value}"
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(digits, tmp_path, monkeypatch):
+    t = _trainer(_small(digits, 64), epochs=2, batch_size=16, widths=(4, 8))
+    path = tmp_path / "last.npz"
+    t.save(str(path))
+    before = path.read_bytes()
+    t.train_epoch()
+
+    def interrupted(f, **arrays):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        t.save(str(path))
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.npz"]
+    monkeypatch.undo()
+    t.save(str(path))
+    assert read_checkpoint(str(path))[0]["epoch"] == 1
+
+
+def _scripted_validation(monkeypatch, losses):
+    """Trainer.evaluate returns these validation losses, one per epoch (test evaluations unscripted)."""
+    losses, real = iter(losses), Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, split, batch_size=512: (
+        {"loss": next(losses), "acc": 0.5, "top5": 0.9} if split is self.data.val else real(self, split, batch_size)))
+
+
+def _args(*argv):
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(["--device", "cpu", "--width", "4", "8", "--batch-size", "16", "--warmup-epochs", "1",
+                         "--quiet", *argv])
+
+
+@pytest.mark.parametrize("source_best", ["kept", "deleted"])
+def test_resume_into_another_out_without_a_new_best(source_best, digits, tmp_path, monkeypatch, capsys):
+    # The best epoch (2) lies before the checkpoint (3), and the resumed epoch 4 does not beat it.
+    data = _small(digits, 64)
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    _scripted_validation(monkeypatch, [1.0, 0.5, 0.9, 0.95])
+    train_once(_args("--epochs", "3", "--out", first), data, progress=False, out_dir=first)
+    if source_best == "deleted":
+        os.remove(os.path.join(first, "best.npz"))
+    trainer, history, _ = train_once(_args("--epochs", "4", "--out", second, "--resume", os.path.join(first, "last.npz")),
+                                     data, progress=False, out_dir=second)
+    assert len(history.epochs) == 4 and history.best_epoch == 2
+    err = capsys.readouterr().err
+    if source_best == "kept":  # carried over, and the reported model is epoch 2's
+        best = read_checkpoint(os.path.join(second, "best.npz"))
+        assert best[0]["epoch"] == 2 and np.array_equal(trainer.model.state_dict()["params"], best[1]["params"])
+    else:  # nothing to carry: said so, and the last model is reported
+        assert not os.path.exists(os.path.join(second, "best.npz"))
+        assert "not beside" in err and "reporting the last model" in err
+        last = read_checkpoint(os.path.join(second, "last.npz"))
+        assert last[0]["epoch"] == 4 and np.array_equal(trainer.model.state_dict()["params"], last[1]["params"])
+
+
+def test_cli_resume_continues_to_the_new_epochs(tmp_path, digits, capsys):
+    out = tmp_path / "run"
+    common = ["--device", "cpu", "--width", "4", "8", "--warmup-epochs", "1", "--out", str(out), "--quiet"]
+    assert train_main(["--epochs", "1", *common]) == 0
+    assert train_main(["--epochs", "2", "--resume", str(out / "last.npz"), *common]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["epochs_run"] == 2 and [m["epoch"] for m in report["history"]] == [1, 2]
+    assert "changed: epochs 1 -> 2; the warm-up + cosine schedule is rebuilt for 2 epochs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- command-line errors
+# Every option that takes a value, with values it must refuse: each a one-line usage error that
+# names the option (exit code 2, as argparse gives its own type errors), never a traceback.
+BAD_OPTIONS = {
+    "--device": [["foo"], ["cuda:x"], ["CPU"]],
+    "--epochs": [["0"], ["-1"], ["1.5"], ["x"]],
+    "--batch-size": [["0"], ["-3"]],
+    "--optimizer": [["lion"]],
+    "--lr": [["nan"], ["inf"], ["-1"], ["0.1x"]],
+    "--weight-decay": [["-1e-3"], ["nan"]],
+    "--warmup-epochs": [["-1"], ["nan"], ["100", "--epochs", "2"], ["3", "--search", "2", "--search-epochs", "2"]],
+    "--max-grad-norm": [["-1"], ["inf"]],
+    "--label-smoothing": [["1.5"], ["-0.1"], ["nan"]],
+    "--patience": [["0"]],
+    "--seed": [["-1"], [str(2**64)]],
+    "--max-shift": [["-1"]],
+    "--cutout": [["-1"]],
+    "--brightness": [["-0.5"], ["nan"]],
+    "--contrast": [["2"], ["-0.1"]],
+    "--mixup": [["-1"], ["inf"]],
+    "--width": [["0", "16"], ["16", "-1"], ["8"]],
+    "--dropout": [["1.5"], ["-0.1"], ["nan"]],
+    "--out": [["{file}/sub"]],
+    "--resume": [["{file}", "--search", "2"]],
+    "--search": [["-1"], ["two"]],
+    "--search-epochs": [["0"]],
+}
+
+
+def _usage_error(main, argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and errors[0] == err.splitlines()[-1], err
+    return errors[0]
+
+
+def test_bad_options_table_covers_every_option():
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    takes_value = {a.option_strings[0] for a in p._actions if a.option_strings and a.nargs != 0}
+    assert takes_value == set(BAD_OPTIONS)
+
+
+@pytest.mark.parametrize("option,values", [(o, v) for o, vs in BAD_OPTIONS.items() for v in vs],
+                         ids=lambda x: x if isinstance(x, str) else "_".join(x))
+def test_cli_bad_values_are_one_line_usage_errors(option, values, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    values = [v.replace("{file}", str(a_file)) for v in values]
+    line = _usage_error(train_main, ["--out", str(tmp_path / "out"), option, *values], capsys)
+    assert line.startswith(f"fastopt train: error: argument {option}")
+
+
+@pytest.mark.parametrize("field,value,error", [
+    ("epochs", True, TypeError), ("epochs", 2.0, TypeError), ("lr", "0.1", TypeError), ("lr", None, TypeError),
+    ("lr", float("inf"), ValueError), ("contrast", 1.5, ValueError), ("seed", -1, ValueError),
+    ("explode_factor", 1.0, ValueError), ("warmup_epochs", 31.0, ValueError), ("flip", 1, TypeError),
+])
+def test_config_rejects_wrong_types_and_ranges(field, value, error):
+    with pytest.raises(error, match=f"^{field}: "):
+        TrainConfig(**{field: value}).check()
+
+
+# `fastopt bench` (the optimizer suite's options.py): the same standard.
+BAD_BENCH_OPTIONS = [
+    ["--device", "gpu"], ["--optimizers", "lion"], ["--optimizers", ","], ["--sizes", "abc"], ["--sizes", "1e5,0"],
+    ["--sizes", "1e400"], ["--repeat", "0"], ["--repeat", "x"], ["--budget", "-1"], ["--budget", "nan"],
+    ["--budget", "0"], ["--ref-max", "x"], ["--ref-max", "0"], ["--out", "{file}/sub"], ["--append"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_BENCH_OPTIONS, ids="_".join)
+def test_bench_bad_values_are_one_line_usage_errors(argv, tmp_path, capsys):
+    from fastopt.cli import main as fastopt_main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    line = _usage_error(fastopt_main, ["bench", *(v.replace("{file}", str(a_file)) for v in argv)], capsys)
+    assert line.startswith(f"fastopt bench: error: argument {argv[0]}")

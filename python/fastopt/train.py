@@ -17,14 +17,16 @@ import math
 import os
 import sys
 import time
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from . import _arrays, cuda, functional as F, optim, schedules
+from . import _arrays, _options, cuda, functional as F, optim, schedules
 from .nn import SoftmaxCrossEntropy
 
-__all__ = ["TrainConfig", "Trainer", "TrainingStopped", "make_optimizer"]
+__all__ = ["CheckpointError", "TrainConfig", "Trainer", "TrainingStopped", "make_optimizer", "read_checkpoint"]
 
 OPTIMIZERS = ("adamw", "adam", "amsgrad", "sgd", "momentum", "nesterov", "rmsprop", "adagrad")
 
@@ -37,7 +39,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     lr: float = 3e-3
     weight_decay: float = 5e-4
-    warmup_epochs: float = 2.0
+    warmup_epochs: float = None   # None: 2, or epochs when the run is shorter
     min_lr_ratio: float = 0.0     # cosine floor, as a fraction of lr
     max_grad_norm: float = 5.0    # 0: no clipping
     label_smoothing: float = 0.05
@@ -55,18 +57,34 @@ class TrainConfig:
     progress: bool = True
 
     def check(self):
+        """Every field's type and range (LIMITS); TypeError or ValueError naming the field."""
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        for name in ("epochs", "batch_size", "check_every", "patience", "topk"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "weight_decay", "warmup_epochs", "max_grad_norm", "brightness", "contrast", "mixup",
-                     "min_lr_ratio"):
-            if not float(getattr(self, name)) >= 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.label_smoothing <= 1:
-            raise ValueError(f"label_smoothing: must lie in [0, 1], got {self.label_smoothing}")
+        for name, rule in LIMITS.items():
+            if getattr(self, name) is not None or name != "warmup_epochs":
+                _options.check(name, getattr(self, name), *rule)
+        if self.warmup_epochs is None:
+            self.warmup_epochs = min(2.0, float(self.epochs))
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs: must not exceed epochs ({self.epochs}), got {self.warmup_epochs}")
+        for name in ("flip", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected a bool, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.device, str):
+            raise TypeError(f"device: expected a str, got {type(self.device).__name__}")
         return self
+
+
+# Each numeric field's kind and range (fastopt._options.problem); `fastopt train` parses its
+# options with the same rules.
+LIMITS = {
+    "epochs": ("int", 1), "batch_size": ("int", 1), "patience": ("int", 1), "check_every": ("int", 1),
+    "topk": ("int", 1), "seed": ("int", 0, 2**64 - 1), "max_shift": ("int", 0), "cutout": ("int", 0),
+    "lr": ("real", 0.0), "weight_decay": ("real", 0.0), "warmup_epochs": ("real", 0.0),
+    "max_grad_norm": ("real", 0.0), "brightness": ("real", 0.0), "mixup": ("real", 0.0),
+    "contrast": ("real", 0.0, 1.0), "label_smoothing": ("real", 0.0, 1.0), "min_lr_ratio": ("real", 0.0, 1.0),
+    "explode_factor": ("real", 1.0, None, True),
+}
 
 
 class TrainingStopped(RuntimeError):
@@ -142,17 +160,25 @@ class Trainer:
         c = self.config
         self.store = model.build(self.device, seed=c.seed)
         self.optimizer = make_optimizer(c.optimizer, self.store.param_groups(c.weight_decay), c.lr)
+        # The groups' options as built (lr = the peak lr): a resumed run keeps these, not the checkpoint's.
+        self._fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.steps_per_epoch = math.ceil(len(data.train) / c.batch_size)
-        total = c.epochs * self.steps_per_epoch
-        warmup = min(int(round(c.warmup_epochs * self.steps_per_epoch)), total)
-        cosine = schedules.CosineAnnealingLR(self.optimizer, T_max=max(total - warmup, 1), eta_min=c.lr * c.min_lr_ratio)
-        self.schedule = schedules.LinearWarmup(self.optimizer, warmup, after=cosine)
+        self.schedule = self._schedule()
         self.loss_fn = SoftmaxCrossEntropy(c.label_smoothing, topk=c.topk)
         self.history = History()
         self.epoch = 0           # epochs completed
         self.step = 0            # optimizer steps taken
         self.initial_loss = None
         self._eval_cache = {}
+
+    def _schedule(self, step=0):
+        """Linear warm-up over warmup_epochs, then cosine down to lr * min_lr_ratio at the end of
+        `epochs`, standing at `step` (the lr of step `step` set in the optimizer)."""
+        c = self.config
+        total = c.epochs * self.steps_per_epoch
+        warmup = min(int(round(c.warmup_epochs * self.steps_per_epoch)), total)
+        cosine = schedules.CosineAnnealingLR(self.optimizer, T_max=max(total - warmup, 1), eta_min=c.lr * c.min_lr_ratio)
+        return schedules.LinearWarmup(self.optimizer, warmup, after=cosine, last_epoch=step - 1)
 
     # ------------------------------------------------------------------------- data
     def _to_device(self, array):
@@ -261,7 +287,8 @@ class Trainer:
         return None if self.out_dir is None else os.path.join(self.out_dir, name)
 
     def save(self, path):
-        """Parameters, layer state, optimizer state, schedule and progress, as one .npz."""
+        """Parameters, layer state, optimizer state and progress, as one .npz, written atomically:
+        an interrupted save leaves the previous checkpoint whole."""
         if path is None:
             return
         arrays = {f"model/{k}": np.asarray(v) for k, v in self.model.state_dict().items()}
@@ -269,32 +296,152 @@ class Trainer:
         for i, entry in opt["state"].items():
             for name, value in entry.items():
                 arrays[f"optim/{i}/{name}"] = np.asarray(value)
-        meta = {"config": asdict(self.config), "param_groups": opt["param_groups"], "schedule": self.schedule.state_dict(),
-                "epoch": self.epoch, "step": self.step, "initial_loss": self.initial_loss,
-                "history": asdict(self.history)}
+        meta = {"config": asdict(self.config), "param_groups": opt["param_groups"], "epoch": self.epoch,
+                "step": self.step, "initial_loss": self.initial_loss, "history": asdict(self.history)}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        write_atomically(path, lambda f: np.savez(f, **arrays))
 
     def load(self, path):
-        """Restore a checkpoint written by save(); training then continues bit-identically."""
-        with np.load(path) as z:
-            meta = json.loads(z["meta"].tobytes().decode())
-            model = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
-            state = {}
-            for k in z.files:
-                if k.startswith("optim/"):
-                    _, i, name = k.split("/", 2)
-                    state.setdefault(int(i), {})[name] = z[k] if name != "step" else int(z[k])
+        """Restore a checkpoint written by save(); returns a one-line summary of the resume.
+
+        With the same config, training continues bit-identically. The config may change: the
+        schedule is rebuilt from this trainer's epochs, lr, warmup_epochs and min_lr_ratio and
+        continued at the checkpoint's step, so every later step takes the lr a run started with
+        this config takes at that step; the group options (weight decay) and the per-step
+        options (augmentation, clipping, smoothing, patience) are this config's from the next
+        step on. batch_size, optimizer and seed must match (the checkpoint's step count, state
+        and random streams depend on them), and epochs cannot drop below those completed.
+        Anything else wrong with the file raises CheckpointError naming it."""
+        meta, model, state = read_checkpoint(path)
+        c, saved = self.config, meta["config"]
+        for name in RESUME_FIXED:
+            if saved.get(name) != getattr(c, name):
+                raise CheckpointError(f"{path}: written with {name} {saved.get(name)!r}; it cannot resume with "
+                                      f"{name} {getattr(c, name)!r} (its steps, state and random streams follow "
+                                      f"{name}): use {saved.get(name)!r} or start afresh")
+        epoch, step = meta["epoch"], meta["step"]
+        if step != epoch * self.steps_per_epoch:
+            raise CheckpointError(f"{path}: {step} steps in {epoch} epochs, but this run takes {self.steps_per_epoch} "
+                                  "steps per epoch (another training set?)")
+        if epoch > c.epochs:
+            raise CheckpointError(f"{path}: {epoch} epochs already done, more than epochs={c.epochs}")
+        mine = {k: np.shape(v) for k, v in self.model.state_dict().items()}
+        theirs = {k: np.shape(v) for k, v in model.items()}
+        if mine != theirs:
+            wrong = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+            raise CheckpointError(f"{path}: written for another model ({wrong[0]}: shape {theirs.get(wrong[0])} there, "
+                                  f"{mine.get(wrong[0])} here; another --width?)")
+        try:
+            self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: its optimizer state does not fit ({e})") from None
+        for group, fresh in zip(self.optimizer.param_groups, self._fresh_groups):
+            group.update(fresh)
+            group["initial_lr"] = fresh["lr"]
         self.model.load_state_dict(model)
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        self.schedule.load_state_dict(meta["schedule"])
-        self.epoch, self.step, self.initial_loss = meta["epoch"], meta["step"], meta["initial_loss"]
+        self.schedule = self._schedule(step)
+        self.epoch, self.step, self.initial_loss = epoch, step, meta["initial_loss"]
         h = meta["history"]
         self.history = History(h["epochs"], h["best_epoch"], h["best_val_loss"], h["stopped"])
-        return meta
+        changed = [f"{k} {saved.get(k)} -> {v}" for k, v in asdict(c).items()
+                   if k not in ("device", "progress") and saved.get(k) != v]
+        note = f"resumed {path} at epoch {epoch} (step {step})"
+        if changed:
+            note += f"; changed: {', '.join(changed)}"
+        if any(saved.get(k) != getattr(c, k) for k in SCHEDULE_FIELDS):
+            note += (f"; the warm-up + cosine schedule is rebuilt for {c.epochs} epochs and continued at step {step}: "
+                     "every later step takes the lr a run started with these options takes at that step")
+        return note
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: unreadable, not a training checkpoint, or written by a
+    run this one cannot continue. The message names the file and what is wrong."""
+
+
+# Options a resumed run must share with its checkpoint, and those the schedule is built from.
+RESUME_FIXED = ("batch_size", "optimizer", "seed")
+SCHEDULE_FIELDS = ("epochs", "lr", "warmup_epochs", "min_lr_ratio")
+
+# The checkpoint's meta entries and their JSON types.
+_META = {"config": dict, "param_groups": list, "epoch": int, "step": int, "history": dict}
+_HISTORY = {"epochs": list, "best_epoch": int, "best_val_loss": (int, float), "stopped": str}
+
+
+def _meta_problem(meta):
+    if not isinstance(meta, dict):
+        return f"its meta entry is a JSON {type(meta).__name__}, not an object"
+    for table, where in ((_META, meta), (_HISTORY, meta.get("history"))):
+        for key, kind in table.items():
+            if key not in where:
+                return f"its meta has no {key!r}"
+            if not isinstance(where[key], kind) or isinstance(where[key], bool):
+                return f"its meta {key!r} is {where[key]!r}"
+    if meta["epoch"] < 0 or meta["step"] < 0:
+        return f"its meta has a negative count (epoch {meta['epoch']}, step {meta['step']})"
+    if not isinstance(meta.get("initial_loss"), (int, float, type(None))):
+        return f"its meta 'initial_loss' is {meta.get('initial_loss')!r}"
+    return None
+
+
+def read_checkpoint(path):
+    """(meta, model state, optimizer state) of a checkpoint written by Trainer.save; any file
+    that is not one (missing, empty, truncated, corrupt, foreign) raises CheckpointError."""
+    try:
+        with open(path, "rb") as f:
+            try:
+                z = np.load(f, allow_pickle=False)
+            except ValueError:  # no NumPy magic: NumPy then takes the bytes for a pickle
+                raise CheckpointError(f"{path}: not a NumPy .npz file, so not a training checkpoint") from None
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise CheckpointError(f"{path}: a single NumPy array, not a training checkpoint (.npz from fastopt train)")
+            with z:
+                if "meta" not in z.files:
+                    raise CheckpointError(f"{path}: not a training checkpoint (no 'meta' entry; it holds "
+                                          f"{', '.join(sorted(z.files)[:4]) or 'nothing'})")
+                meta = json.loads(z["meta"].tobytes().decode())
+                wrong = _meta_problem(meta)
+                if wrong:
+                    raise CheckpointError(f"{path}: not a usable training checkpoint ({wrong})")
+                model = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
+                state = {}
+                for k in z.files:
+                    if k.startswith("optim/"):
+                        _, i, name = k.split("/", 2)
+                        state.setdefault(int(i), {})[name] = z[k] if name != "step" else int(z[k])
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file") from None
+    except EOFError:
+        raise CheckpointError(f"{path}: empty, not a checkpoint") from None
+    except zipfile.BadZipFile as e:
+        raise CheckpointError(f"{path}: truncated or corrupt ({e})") from None
+    except (OSError, ValueError, UnicodeDecodeError, zlib.error) as e:
+        raise CheckpointError(f"{path}: unreadable, not a checkpoint written by fastopt train "
+                              f"({type(e).__name__}: {e})") from None
+    if "params" not in model:
+        raise CheckpointError(f"{path}: not a usable training checkpoint (no model parameters)")
+    return meta, model, state
+
+
+def write_atomically(path, write):
+    """Write `path` through write(binary file) so that it holds its old content or the whole new
+    one, never a part: a temporary file beside it, flushed to disk, then renamed over it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def config_from(values):

@@ -4,46 +4,80 @@ import argparse
 import json
 import math
 import os
+import re
+import shutil
 import sys
 import time
 
 import numpy as np
 
-from . import cuda, data as datasets
+from . import _arrays, _options, cuda, data as datasets
 from .nn.models import small_cnn
-from .train import OPTIMIZERS, Trainer, TrainConfig, config_from
+from .train import (LIMITS, OPTIMIZERS, CheckpointError, Trainer, TrainConfig, config_from, read_checkpoint,
+                    write_atomically)
 
 DEFAULTS = TrainConfig()
 
 
+def _device(text):
+    """auto, cpu, cuda or cuda:N: anything else is a usage error."""
+    if text in ("auto", "cpu"):
+        return text
+    if not re.fullmatch(r"cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return _arrays.canonical_device(text)
+
+
 def add_arguments(p):
-    a = p.add_argument
-    a("--device", default=DEFAULTS.device, help="auto (GPU if usable, else CPU), cpu, cuda, cuda:N")
-    a("--epochs", type=int, default=DEFAULTS.epochs)
-    a("--batch-size", type=int, default=DEFAULTS.batch_size)
+    def a(*names, **kw):
+        """An option; a config field's range (train.LIMITS) becomes its argparse type."""
+        field = names[0][2:].replace("-", "_")
+        if field in LIMITS:
+            kw["type"] = _options.arg_type(*LIMITS[field])
+            kw.setdefault("default", getattr(DEFAULTS, field))
+        return (kw.pop("group", None) or p).add_argument(*names, **kw)
+
+    a("--device", type=_device, default=DEFAULTS.device, help="auto (GPU if usable, else CPU), cpu, cuda, cuda:N")
+    a("--epochs", help="total epochs (with --resume: of the whole run, the checkpoint's included)")
+    a("--batch-size")
     a("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer)
-    a("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate (after warm-up)")
-    a("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="on conv/linear weights only")
-    a("--warmup-epochs", type=float, default=DEFAULTS.warmup_epochs)
-    a("--max-grad-norm", type=float, default=DEFAULTS.max_grad_norm, help="global-norm clipping; 0 disables")
-    a("--label-smoothing", type=float, default=DEFAULTS.label_smoothing)
-    a("--patience", type=int, default=DEFAULTS.patience, help="early stopping on validation loss")
-    a("--seed", type=int, default=DEFAULTS.seed)
+    a("--lr", help="peak learning rate (after warm-up)")
+    a("--weight-decay", help="on conv/linear weights only")
+    a("--warmup-epochs", help="linear warm-up, at most --epochs (default: 2, or --epochs when fewer)")
+    a("--max-grad-norm", help="global-norm clipping; 0 disables")
+    a("--label-smoothing", help="in [0, 1]")
+    a("--patience", help="early stopping on validation loss")
+    a("--seed")
     g = p.add_argument_group("augmentation (on the device)")
-    g.add_argument("--max-shift", type=int, default=DEFAULTS.max_shift, help="random translation in pixels")
-    g.add_argument("--cutout", type=int, default=DEFAULTS.cutout, help="side of the zeroed square; 0 disables")
-    g.add_argument("--flip", action="store_true", help="random horizontal flips (off for digits)")
-    g.add_argument("--brightness", type=float, default=DEFAULTS.brightness)
-    g.add_argument("--contrast", type=float, default=DEFAULTS.contrast)
-    g.add_argument("--mixup", type=float, default=DEFAULTS.mixup, help="Beta(alpha, alpha) mixing; 0 disables")
-    a("--width", type=int, nargs=2, default=(32, 64), metavar=("C1", "C2"), help="channels of the two stages")
-    a("--dropout", type=float, default=0.25)
+    a("--max-shift", group=g, help="random translation in pixels")
+    a("--cutout", group=g, help="side of the zeroed square; 0 disables")
+    a("--flip", group=g, action="store_true", help="random horizontal flips (off for digits)")
+    a("--brightness", group=g)
+    a("--contrast", group=g, help="in [0, 1]")
+    a("--mixup", group=g, help="Beta(alpha, alpha) mixing; 0 disables")
+    a("--width", type=_options.arg_type("int", 1), nargs=2, default=(32, 64), metavar=("C1", "C2"),
+      help="channels of the two stages")
+    a("--dropout", type=_options.arg_type("real", 0.0, 1.0), default=0.25)
     a("--out", default="fastopt-train", help="folder for checkpoints, metrics.json and curves.png")
-    a("--resume", help="a checkpoint (.npz) to continue from")
-    a("--search", type=int, default=0, metavar="N",
+    a("--resume", help="a checkpoint (.npz) to continue from; --epochs counts the whole run, and the schedule "
+                       "follows the options given now from the checkpoint's step on")
+    a("--search", type=_options.arg_type("int", 0), default=0, metavar="N",
       help="N short trials sampling lr and weight decay log-uniformly (coarse, then fine), as a table")
-    a("--search-epochs", type=int, default=8)
+    a("--search-epochs", type=_options.arg_type("int", 1), default=8)
     a("--quiet", action="store_true", help="no progress bars")
+
+
+def check_arguments(args, error):
+    """What one option's type cannot see: options against each other, and the output folder.
+    `error` is the parser's error method (a one-line usage error, exit code 2)."""
+    epochs, which = (args.search_epochs, "--search-epochs") if args.search else (args.epochs, "--epochs")
+    if args.warmup_epochs is not None and args.warmup_epochs > epochs:
+        error(f"argument --warmup-epochs: must not exceed {which} ({epochs}), got {args.warmup_epochs:g}")
+    if args.search and args.resume:
+        error("argument --resume: not allowed with --search (every trial starts afresh)")
+    unwritable = _options.unwritable(args.out)
+    if unwritable:
+        error(f"argument --out: {unwritable}")
 
 
 def _model(args, data):
@@ -75,25 +109,63 @@ def plot_curves(history, path):
     plt.close(fig)
 
 
+def _is_best(path, history):
+    """Whether `path` is the checkpoint of this run's best epoch (not a stale or foreign file)."""
+    try:
+        meta = read_checkpoint(path)[0]
+    except CheckpointError:
+        return False
+    return meta["epoch"] == history.best_epoch and meta["history"]["best_val_loss"] == history.best_val_loss
+
+
+def _carry_best(trainer, resume, out_dir):
+    """Resuming into another folder: bring the best checkpoint so far along (the one beside the
+    resumed file, or the resumed state itself when that is the best), so that out_dir/best.npz is
+    this run's best even if no later epoch beats it."""
+    history, best = trainer.history, os.path.join(out_dir, "best.npz")
+    if history.best_epoch < 1 or _is_best(best, history):
+        return
+    if history.best_epoch == trainer.epoch:
+        trainer.save(best)
+        return
+    source = os.path.join(os.path.dirname(os.path.abspath(resume)), "best.npz")
+    if _is_best(source, history):
+        with open(source, "rb") as f:
+            write_atomically(best, lambda out: shutil.copyfileobj(f, out))
+    else:
+        print(f"note: the best checkpoint so far (epoch {history.best_epoch}) is not beside {resume}; "
+              f"{best} will be written only if a later epoch beats it", file=sys.stderr)
+
+
 def train_once(args, data, progress=True, out_dir=None):
     config = config_from(vars(args))
     config.progress = progress
     trainer = Trainer(_model(args, data), data, config, out_dir=out_dir)
     if getattr(args, "resume", None):
-        trainer.load(args.resume)
+        print(trainer.load(args.resume), file=sys.stderr)
+        if out_dir:
+            _carry_best(trainer, args.resume, out_dir)
     start = time.perf_counter()
     history = trainer.fit()
     seconds = time.perf_counter() - start
     if out_dir and history.best_epoch > 0:
-        trainer.load(os.path.join(out_dir, "best.npz"))  # report the best model, not the last
+        best = os.path.join(out_dir, "best.npz")
+        if _is_best(best, history):
+            trainer.load(best)  # report the best model, not the last
+        else:
+            print(f"note: no best.npz of epoch {history.best_epoch} in {out_dir}; reporting the last model",
+                  file=sys.stderr)
     return trainer, history, seconds
+
+
+def _write_json(path, value):
+    write_atomically(path, lambda f: f.write(json.dumps(value, indent=2).encode()))
 
 
 def _run(args):
     data = datasets.load_digits(seed=args.seed)
     if args.search:
         return _search(args, data)
-    os.makedirs(args.out, exist_ok=True)
     trainer, history, seconds = train_once(args, data, progress=not args.quiet, out_dir=args.out)
     if not history.epochs:
         print(f"no epoch completed: {history.stopped}", file=sys.stderr)
@@ -107,8 +179,7 @@ def _run(args):
         "best_epoch": history.best_epoch, "stopped": history.stopped, "val": val, "test": test,
         "history": history.epochs,
     }
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    _write_json(os.path.join(args.out, "metrics.json"), report)
     try:
         plot_curves(history, os.path.join(args.out, "curves.png"))
     except ImportError as e:
@@ -116,7 +187,8 @@ def _run(args):
     print(f"{data.name} on {trainer.device}: {len(history.epochs)} epochs in {seconds:.1f} s; best epoch "
           f"{history.best_epoch}: val acc {val['acc']:.4f}; test loss {test['loss']:.4f}, test acc "
           f"{test['acc']:.4f}, top-{k} {test[f'top{k}']:.4f}")
-    print(f"wrote {args.out}/: metrics.json, curves.png, best.npz (lowest validation loss), last.npz")
+    written = [n for n in ("metrics.json", "curves.png", "best.npz", "last.npz") if os.path.exists(os.path.join(args.out, n))]
+    print(f"wrote {args.out}/: {', '.join(written)} (best.npz: lowest validation loss)")
     return 0 if not history.stopped or history.stopped.startswith("early stop") else 2
 
 
@@ -147,9 +219,7 @@ def _search(args, data):
     for i, r in enumerate(results):
         print(f"{i + 1:>4} {r['stage']:>6} {r['lr']:>10.3e} {r['weight_decay']:>12.3e} {r['val_loss']:>9.4f} "
               f"{r['val_acc']:>8.4f}  {r['note'][:40]}")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "search.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    _write_json(os.path.join(args.out, "search.json"), results)
     return 0
 
 
@@ -158,10 +228,16 @@ def main(argv=None):
                                 "fastopt's kernels (AdamW, warm-up + cosine, clipping, augmentation on the device).")
     add_arguments(p)
     args = p.parse_args(argv)
+    check_arguments(args, p.error)
     if args.device.startswith("cuda") and not cuda.is_available():
-        p.error(f"--device {args.device}: no usable CUDA GPU here (fastopt.cuda.is_available() is False); "
-                "use --device cpu or auto")
+        p.error(f"argument --device: {args.device}, but no usable CUDA GPU here (fastopt.cuda.is_available() is "
+                "False); use --device cpu or auto")
+    if args.device.startswith("cuda") and int(args.device[5:]) >= cuda.device_count():
+        p.error(f"argument --device: {args.device}, but this machine has {cuda.device_count()} GPU(s)")
     if args.device.startswith("cuda") and cuda.is_emulated():
         print("note: this build's CUDA device is the host emulation (FASTOPT_CUDA=EMULATE): right, but slow",
               file=sys.stderr)
-    return _run(args)
+    try:
+        return _run(args)
+    except CheckpointError as e:
+        p.error(f"argument --resume: {e}")

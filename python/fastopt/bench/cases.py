@@ -67,8 +67,8 @@ class Size:
         return len(self.lengths)
 
 
-def parse_size(text):
-    """'1e5', '2^24', '1048576', '1_000_000' or 'many' -> Size."""
+def parse_size(text, option="--sizes"):
+    """'1e5', '2^24', '1048576', '1_000_000' or 'many' -> Size; ValueError naming `option`."""
     text = text.strip().lower()
     if text == "many":
         # Deterministic lengths, mostly not multiples of any vector width, like biases and norms.
@@ -81,10 +81,10 @@ def parse_size(text):
     else:
         try:
             n = int(float(text)) if re.fullmatch(r"[\d.]+e\d+", text) else int(text.replace("_", ""))
-        except ValueError:
-            raise ValueError(f"--sizes: cannot read {text!r} (use 1e5, 2^24, 1048576 or many)") from None
+        except (ValueError, OverflowError):
+            raise ValueError(f"{option}: cannot read {text!r} (use 1e5, 2^24, 1048576 or many)") from None
     if n < 1:
-        raise ValueError(f"--sizes: {text!r} must be >= 1")
+        raise ValueError(f"{option}: {text!r} must be >= 1")
     return Size(size_label(n), (n,))
 
 

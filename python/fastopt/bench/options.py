@@ -1,6 +1,7 @@
 """The command line of `fastopt bench`, shared by fastopt.cli and `python -m fastopt.bench`, so
 the two cannot drift apart."""
-from .cases import CASES, DEFAULT_CASES
+from .. import _options
+from .cases import CASES, DEFAULT_CASES, parse_size
 
 MIN_ROUNDS = 3
 
@@ -14,8 +15,9 @@ def add_arguments(p):
                    help=f"comma-separated cases, or 'all'; known: {', '.join(CASES)} (default: all but amsgrad)")
     p.add_argument("--sizes", help="comma-separated parameter counts (1e5, 2^24, 1048576) and/or 'many' "
                                    "(10k small tensors); default depends on --device and --quick")
-    p.add_argument("--repeat", type=int, help="timed rounds per backend (default: 5 quick, 15 full, 20 GPU)")
-    p.add_argument("--budget", type=float, help="seconds per case after which rounds stop once "
+    p.add_argument("--repeat", type=_options.arg_type("int", 1),
+                   help="timed rounds per backend (default: 5 quick, 15 full, 20 GPU)")
+    p.add_argument("--budget", type=_options.arg_type("real", 0.0, low_open=True), help="seconds per case after which rounds stop once "
                                                 f"{MIN_ROUNDS} are done (default: 2 quick, 8 full)")
     p.add_argument("--ref-max", default="2^22",
                    help="largest parameter count the float64 NumPy reference runs at (it is slow)")
@@ -27,13 +29,27 @@ def add_arguments(p):
 
 
 def finish(args, error):
-    """Validate and normalize parsed arguments; `error` is the parser's error method."""
+    """Validate and normalize parsed arguments; `error` is the parser's error method (a one-line
+    usage error, exit code 2), so nothing the run would trip over later ends in a traceback."""
     args.cases = list(CASES) if args.optimizers == "all" else [c.strip() for c in args.optimizers.split(",") if c.strip()]
     unknown = [c for c in args.cases if c not in CASES]
-    if unknown:
-        error(f"--optimizers: unknown {unknown}; known: {', '.join(CASES)}")
+    if unknown or not args.cases:
+        error(f"argument --optimizers: unknown {unknown or args.optimizers!r}; known: {', '.join(CASES)}")
+    for option, texts in (("--sizes", (args.sizes or "many").split(",")), ("--ref-max", [args.ref_max])):
+        for text in texts:
+            try:
+                parse_size(text, f"argument {option}")
+            except ValueError as e:
+                error(str(e))
+    if args.device == "cuda":
+        import fastopt
+
+        if not fastopt.cuda.has_gpu():
+            error("argument --device: cuda, but no usable GPU here (see `fastopt info`)")
     if args.append and not args.out:
-        error("--append needs --out")
-    if args.repeat is not None and args.repeat < 1:
-        error("--repeat: must be >= 1")
+        error("argument --append: needs --out")
+    if args.out:
+        unwritable = _options.unwritable(args.out)
+        if unwritable:
+            error(f"argument --out: {unwritable}")
     return args
