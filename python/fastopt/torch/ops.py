@@ -1,0 +1,526 @@
+"""fastopt's kernels as torch custom ops in the `fastopt` namespace (torch.ops.fastopt.*).
+
+Each op is functional (no input is mutated), has a fake kernel (shapes only, for torch.compile
+and torch.library.opcheck) and an autograd formula whose backward is itself a fastopt custom op,
+so a compiled graph holds them as opaque nodes without graph breaks. The ops take float32
+tensors on the CPU or a CUDA device; anything else is refused with an error naming the argument
+(under torch.autocast the inputs are first cast to float32: fastopt has no bf16 kernels yet).
+Non-contiguous inputs (channels_last included) are copied to contiguous NCHW first; outputs are
+contiguous. CPU results are NumPy arrays from fastopt's host cache, wrapped without a copy; CUDA
+results are fastopt.DeviceArrays from its stream-ordered pool, allocated and computed on torch's
+current stream and handed over through DLPack.
+
+The user-facing API, with torch's signatures and defaults, is fastopt.torch.nn.functional.
+"""
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.library import custom_op
+
+from .. import functional as K
+
+_DEVICES = ("cpu", "cuda", "meta")
+
+
+def check(t, name, input=None):
+    """Refuses what the kernels cannot take, naming the argument: a non-float32 tensor, a device
+    fastopt does not run on, or a device other than input's."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name}: expected a float32 tensor, got {t.dtype} (fastopt's kernels are float32; "
+                        "under torch.autocast these ops run in float32)")
+    if t.device.type not in _DEVICES:
+        raise ValueError(f"{name}: fastopt runs on CPU and CUDA tensors, got a tensor on {t.device}")
+    if input is not None and t.device != input.device:
+        raise ValueError(f"{name}: on {t.device}, but input is on {input.device}")
+
+
+def _check_all(input, **others):
+    check(input, "input")
+    for name, t in others.items():
+        if t is not None:
+            check(t, name, input)
+
+
+def _tensor(a):
+    if a is None or isinstance(a, Tensor):
+        return a
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
+
+
+def _run(kernel, device, *args, **kw):
+    """kernel(*args) on device (torch's current stream on CUDA); NumPy / DeviceArray results as tensors."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            out = kernel(*args, stream=torch.cuda.current_stream(device).cuda_stream, **kw)
+    else:
+        out = kernel(*args, **kw)
+    return tuple(_tensor(a) for a in out) if isinstance(out, (tuple, list)) else _tensor(out)
+
+
+def _c(t):
+    return None if t is None else t.contiguous()
+
+
+def _grads(out, like):
+    """Schemas cannot return None: a gradient not computed travels as an empty tensor."""
+    return tuple(like.new_empty(0) if g is None else g for g in out)
+
+
+def _given(g, needed):
+    return g if needed else None
+
+
+def _given_all(grads, needed):
+    return tuple(_given(g, n) for g, n in zip(grads, needed))
+
+
+def _new(like, shape):
+    return like.new_empty(tuple(shape))
+
+
+def _register_autograd(op, backward, setup):
+    op.register_autograd(backward, setup_context=setup)
+    for device in ("cpu", "cuda"):
+        op.register_autocast(device, torch.float32)
+
+
+# ----------------------------------------------------------------------------------- conv2d
+def conv2d_output_shape(input, weight, stride, padding, dilation, groups):
+    if input.dim() != 4:
+        raise ValueError(f"input: expected a 4-D (N, C, H, W) tensor, got shape {tuple(input.shape)}")
+    if weight.dim() != 4 or input.shape[1] != weight.shape[1] * groups or weight.shape[0] % groups != 0:
+        raise ValueError(f"weight: expected (out_channels, {input.shape[1]} / groups={groups}, kH, kW) with "
+                         f"out_channels divisible by groups, got shape {tuple(weight.shape)}")
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    p = (input.shape[2] + 2 * ph - dh * (weight.shape[2] - 1) - 1) // sh + 1
+    q = (input.shape[3] + 2 * pw - dw * (weight.shape[3] - 1) - 1) // sw + 1
+    if p < 1 or q < 1:
+        raise ValueError(f"input: spatial size {tuple(input.shape[2:])} is too small for the kernel "
+                         f"{tuple(weight.shape[2:])} (output {p}x{q})")
+    return input.shape[0], weight.shape[0], p, q
+
+
+def _tf32(device):
+    return device.type == "cuda" and torch.backends.cudnn.allow_tf32
+
+
+@custom_op("fastopt::conv2d", mutates_args=())
+def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
+           dilation: list[int], groups: int) -> Tensor:
+    _check_all(input, weight=weight, bias=bias)
+    conv2d_output_shape(input, weight, stride, padding, dilation, groups)
+    return _run(K.conv2d_forward, input.device, input.contiguous(), weight.contiguous(), _c(bias), tuple(stride),
+                tuple(padding), tuple(dilation), groups, allow_tf32=_tf32(input.device))
+
+
+@conv2d.register_fake
+def _(input, weight, bias, stride, padding, dilation, groups):
+    _check_all(input, weight=weight, bias=bias)
+    return _new(input, conv2d_output_shape(input, weight, stride, padding, dilation, groups))
+
+
+@custom_op("fastopt::conv2d_backward", mutates_args=())
+def conv2d_backward(grad: Tensor, input: Tensor, weight: Tensor, stride: list[int], padding: list[int],
+                    dilation: list[int], groups: int, need_input: bool, need_weight: bool,
+                    need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    out = _run(K.conv2d_backward, input.device, grad.contiguous(), input.contiguous(), weight.contiguous(),
+               tuple(stride), tuple(padding), tuple(dilation), groups, (need_input, need_weight, need_bias),
+               allow_tf32=_tf32(input.device))
+    return _grads(out, input)
+
+
+@conv2d_backward.register_fake
+def _(grad, input, weight, stride, padding, dilation, groups, need_input, need_weight, need_bias):
+    return (_new(input, input.shape if need_input else (0,)), _new(input, weight.shape if need_weight else (0,)),
+            _new(input, weight.shape[:1] if need_bias else (0,)))
+
+
+def _conv2d_setup(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.conf = (stride, padding, dilation, groups)
+    ctx.has_bias = bias is not None
+
+
+def _conv2d_grad(ctx, grad):
+    input, weight = ctx.saved_tensors
+    need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias)
+    grads = conv2d_backward(grad, input, weight, *ctx.conf, *need)
+    return _given_all(grads, need) + (None,) * 4
+
+
+_register_autograd(conv2d, _conv2d_grad, _conv2d_setup)
+
+
+# ----------------------------------------------------------------------------------- linear
+def _linear_check(input, weight, bias):
+    _check_all(input, weight=weight, bias=bias)
+    if input.dim() < 1 or weight.dim() != 2 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(f"weight: expected (out_features, {input.shape[-1] if input.dim() else '?'}), got shape "
+                         f"{tuple(weight.shape)}")
+
+
+def _rows(t):
+    return t.contiguous().reshape(-1, t.shape[-1])
+
+
+@custom_op("fastopt::linear", mutates_args=())
+def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    _linear_check(input, weight, bias)
+    y = _run(K.linear_forward, input.device, _rows(input), weight.contiguous(), _c(bias))
+    return y.reshape(*input.shape[:-1], weight.shape[0])
+
+
+@linear.register_fake
+def _(input, weight, bias):
+    _linear_check(input, weight, bias)
+    return _new(input, (*input.shape[:-1], weight.shape[0]))
+
+
+@custom_op("fastopt::linear_backward", mutates_args=())
+def linear_backward(grad: Tensor, input: Tensor, weight: Tensor, need_input: bool, need_weight: bool,
+                    need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    dx, dw, db = _run(K.linear_backward, input.device, _rows(grad), _rows(input), weight.contiguous(),
+                      (need_input, need_weight, need_bias))
+    return _grads((None if dx is None else dx.reshape(input.shape), dw, db), input)
+
+
+@linear_backward.register_fake
+def _(grad, input, weight, need_input, need_weight, need_bias):
+    return (_new(input, input.shape if need_input else (0,)), _new(input, weight.shape if need_weight else (0,)),
+            _new(input, weight.shape[:1] if need_bias else (0,)))
+
+
+def _linear_setup(ctx, inputs, output):
+    input, weight, bias = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.has_bias = bias is not None
+
+
+def _linear_grad(ctx, grad):
+    input, weight = ctx.saved_tensors
+    need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias)
+    return _given_all(linear_backward(grad, input, weight, *need), need)
+
+
+_register_autograd(linear, _linear_grad, _linear_setup)
+
+
+# ------------------------------------------------------------------------------- batch norm
+def _channels(input):
+    if input.dim() < 2:
+        raise ValueError(f"input: expected (N, C, ...), got shape {tuple(input.shape)}")
+    return input.shape[1]
+
+
+def _batch_norm_check(input, weight, bias, running_mean, running_var, training):
+    _check_all(input, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    c = _channels(input)
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and tuple(t.shape) != (c,):
+            raise ValueError(f"{name}: expected shape ({c},) for input with {c} channels, got {tuple(t.shape)}")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("running_mean: normalizing with running statistics (training=False) needs "
+                         "running_mean and running_var")
+    return c
+
+
+@custom_op("fastopt::batch_norm", mutates_args=())
+def batch_norm(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+               running_var: Optional[Tensor], training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, mean, invstd, batch variance): training normalizes with the batch statistics (running
+    ones are not read) and returns the unbiased batch variance for the caller's running-stat
+    update; eval normalizes with running_mean / running_var and returns an empty variance."""
+    c = _batch_norm_check(input, weight, bias, running_mean, running_var, training)
+    x = input.contiguous()
+    if training:
+        # The kernel's running-stat update with factor 1 on zeros yields the batch mean and the
+        # unbiased batch variance, computed in the same pass, without mutating an op input.
+        mean, var = x.new_zeros(c), x.new_zeros(c)
+        y, save_mean, invstd = _run(K.batch_norm_forward, x.device, x, _c(weight), _c(bias), mean, var, True, 1.0,
+                                    eps)
+        return y, save_mean, invstd, var
+    y, mean, invstd = _run(K.batch_norm_forward, x.device, x, _c(weight), _c(bias), running_mean.contiguous(),
+                           running_var.contiguous(), False, 0.0, eps)
+    return y, mean, invstd, x.new_empty(0)
+
+
+@batch_norm.register_fake
+def _(input, weight, bias, running_mean, running_var, training, eps):
+    c = _batch_norm_check(input, weight, bias, running_mean, running_var, training)
+    return _new(input, input.shape), _new(input, (c,)), _new(input, (c,)), _new(input, (c,) if training else (0,))
+
+
+@custom_op("fastopt::batch_norm_backward", mutates_args=())
+def batch_norm_backward(grad: Tensor, input: Tensor, weight: Optional[Tensor], mean: Tensor, invstd: Tensor,
+                        training: bool, has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    out = _run(K.batch_norm_backward, input.device, grad.contiguous(), input.contiguous(), _c(weight), mean, invstd,
+               training, has_bias)
+    return _grads(out, input)
+
+
+@batch_norm_backward.register_fake
+def _(grad, input, weight, mean, invstd, training, has_bias):
+    c = input.shape[1]
+    return _new(input, input.shape), _new(input, (c,) if weight is not None else (0,)), _new(input, (c,) if has_bias
+                                                                                             else (0,))
+
+
+def _batch_norm_setup(ctx, inputs, output):
+    input, weight, bias, _, _, training, _ = inputs
+    y, mean, invstd, var = output
+    ctx.mark_non_differentiable(mean, invstd, var)
+    ctx.save_for_backward(input, weight, mean, invstd)
+    ctx.training, ctx.has_bias = training, bias is not None
+
+
+def _batch_norm_grad(ctx, grad, *_):
+    input, weight, mean, invstd = ctx.saved_tensors
+    grads = batch_norm_backward(grad, input, weight, mean, invstd, ctx.training, ctx.has_bias)
+    return _given_all(grads, ctx.needs_input_grad[:3]) + (None,) * 4
+
+
+_register_autograd(batch_norm, _batch_norm_grad, _batch_norm_setup)
+
+
+# ---------------------------------------------------------------------------- layer / group norm
+def _layer_norm_check(input, normalized_shape, weight, bias):
+    _check_all(input, weight=weight, bias=bias)
+    k = len(normalized_shape)
+    if k == 0 or input.dim() < k or list(input.shape[input.dim() - k:]) != list(normalized_shape):
+        raise ValueError(f"normalized_shape: {list(normalized_shape)} must be the trailing dims of input's shape "
+                         f"{tuple(input.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and list(t.shape) != list(normalized_shape):
+            raise ValueError(f"{name}: expected shape {tuple(normalized_shape)}, got {tuple(t.shape)}")
+    return input.shape[:input.dim() - k]
+
+
+def _group_norm_check(input, num_groups, weight, bias):
+    _check_all(input, weight=weight, bias=bias)
+    c = _channels(input)
+    if num_groups < 1 or c % num_groups != 0:
+        raise ValueError(f"num_groups: must divide the {c} channels of input, got {num_groups}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (c,):
+            raise ValueError(f"{name}: expected shape ({c},), got {tuple(t.shape)}")
+    return input.shape[0], num_groups
+
+
+@custom_op("fastopt::layer_norm", mutates_args=())
+def layer_norm(input: Tensor, normalized_shape: list[int], weight: Optional[Tensor], bias: Optional[Tensor],
+               eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    _layer_norm_check(input, normalized_shape, weight, bias)
+    return _run(K.layer_norm_forward, input.device, input.contiguous(), list(normalized_shape), _c(weight), _c(bias),
+                eps)
+
+
+@layer_norm.register_fake
+def _(input, normalized_shape, weight, bias, eps):
+    stats = _layer_norm_check(input, normalized_shape, weight, bias)
+    return _new(input, input.shape), _new(input, stats), _new(input, stats)
+
+
+@custom_op("fastopt::group_norm", mutates_args=())
+def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
+               eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    _group_norm_check(input, num_groups, weight, bias)
+    return _run(K.group_norm_forward, input.device, input.contiguous(), num_groups, _c(weight), _c(bias), eps)
+
+
+@group_norm.register_fake
+def _(input, num_groups, weight, bias, eps):
+    stats = _group_norm_check(input, num_groups, weight, bias)
+    return _new(input, input.shape), _new(input, stats), _new(input, stats)
+
+
+def _affine_grads_fake(input, weight, has_bias):
+    shape = (0,) if weight is None else weight.shape
+    bshape = (0,) if not has_bias else (weight.shape if weight is not None else input.shape[1:2])
+    return _new(input, input.shape), _new(input, shape), _new(input, bshape)
+
+
+@custom_op("fastopt::layer_norm_backward", mutates_args=())
+def layer_norm_backward(grad: Tensor, input: Tensor, normalized_shape: list[int], mean: Tensor, rstd: Tensor,
+                        weight: Optional[Tensor], has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    out = _run(K.layer_norm_backward, input.device, grad.contiguous(), input.contiguous(), list(normalized_shape),
+               mean, rstd, _c(weight), has_bias)
+    return _grads(out, input)
+
+
+@layer_norm_backward.register_fake
+def _(grad, input, normalized_shape, mean, rstd, weight, has_bias):
+    dx, dw, db = _affine_grads_fake(input, weight, has_bias)
+    return dx, dw, (_new(input, normalized_shape) if has_bias and weight is None else db)
+
+
+@custom_op("fastopt::group_norm_backward", mutates_args=())
+def group_norm_backward(grad: Tensor, input: Tensor, num_groups: int, mean: Tensor, rstd: Tensor,
+                        weight: Optional[Tensor], has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    out = _run(K.group_norm_backward, input.device, grad.contiguous(), input.contiguous(), num_groups, mean, rstd,
+               _c(weight), has_bias)
+    return _grads(out, input)
+
+
+@group_norm_backward.register_fake
+def _(grad, input, num_groups, mean, rstd, weight, has_bias):
+    return _affine_grads_fake(input, weight, has_bias)
+
+
+def _norm_setup(ctx, inputs, output):
+    input, shape_or_groups, weight, bias, _ = inputs
+    y, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(input, mean, rstd, weight)
+    ctx.arg, ctx.has_bias = shape_or_groups, bias is not None
+
+
+def _norm_grad(backward):
+    def grad_fn(ctx, grad, *_):
+        input, mean, rstd, weight = ctx.saved_tensors
+        grads = backward(grad, input, ctx.arg, mean, rstd, weight, ctx.has_bias)
+        need = ctx.needs_input_grad
+        return _given(grads[0], need[0]), None, _given(grads[1], need[2]), _given(grads[2], need[3]), None
+    return grad_fn
+
+
+_register_autograd(layer_norm, _norm_grad(layer_norm_backward), _norm_setup)
+_register_autograd(group_norm, _norm_grad(group_norm_backward), _norm_setup)
+
+
+# ---------------------------------------------------------------------------------- dropout
+def _seed(seed):
+    if not isinstance(seed, Tensor) or seed.dtype != torch.int64 or seed.numel() != 1 or seed.device.type not in (
+            "cpu", "meta"):
+        raise ValueError(f"seed: expected a one-element int64 CPU tensor, got {seed!r}")
+
+
+@custom_op("fastopt::dropout", mutates_args=())
+def dropout(input: Tensor, p: float, seed: Tensor) -> Tensor:
+    """Inverted dropout with the Philox mask of (seed, offset 0): backward regenerates it."""
+    check(input, "input")
+    _seed(seed)
+    return _run(K.dropout_forward, input.device, input.contiguous(), p, int(seed.item()))
+
+
+@dropout.register_fake
+def _(input, p, seed):
+    check(input, "input")
+    _seed(seed)
+    return _new(input, input.shape)
+
+
+@custom_op("fastopt::dropout_backward", mutates_args=())
+def dropout_backward(grad: Tensor, p: float, seed: Tensor) -> Tensor:
+    return _run(K.dropout_backward, grad.device, grad.contiguous(), p, int(seed.item()))
+
+
+@dropout_backward.register_fake
+def _(grad, p, seed):
+    return _new(grad, grad.shape)
+
+
+def _dropout_setup(ctx, inputs, output):
+    ctx.p = inputs[1]
+    ctx.save_for_backward(inputs[2])
+
+
+def _dropout_grad(ctx, grad):
+    return dropout_backward(grad, ctx.p, ctx.saved_tensors[0]), None, None
+
+
+_register_autograd(dropout, _dropout_grad, _dropout_setup)
+
+
+# --------------------------------------------------------------------------------- relu
+@custom_op("fastopt::relu", mutates_args=())
+def relu(input: Tensor) -> Tensor:
+    check(input, "input")
+    return _run(K.relu_forward, input.device, input.contiguous())
+
+
+@relu.register_fake
+def _(input):
+    check(input, "input")
+    return _new(input, input.shape)
+
+
+@custom_op("fastopt::relu_backward", mutates_args=())
+def relu_backward(grad: Tensor, input: Tensor) -> Tensor:
+    return _run(K.relu_backward, input.device, grad.contiguous(), input.contiguous())
+
+
+@relu_backward.register_fake
+def _(grad, input):
+    return _new(input, input.shape)
+
+
+def _relu_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _relu_grad(ctx, grad):
+    return relu_backward(grad, ctx.saved_tensors[0])
+
+
+_register_autograd(relu, _relu_grad, _relu_setup)
+
+
+# ------------------------------------------------------------------------------ max pool 2d
+def max_pool2d_output_shape(input, kernel_size, stride, padding):
+    if input.dim() != 4:
+        raise ValueError(f"input: expected a 4-D (N, C, H, W) tensor, got shape {tuple(input.shape)}")
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0 or 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"padding: must be at most half of kernel_size (positive, like stride), got kernel_size "
+                         f"{tuple(kernel_size)}, stride {tuple(stride)}, padding {tuple(padding)}")
+    p, q = (input.shape[2] + 2 * ph - kh) // sh + 1, (input.shape[3] + 2 * pw - kw) // sw + 1
+    if p < 1 or q < 1:
+        raise ValueError(f"input: spatial size {tuple(input.shape[2:])} is too small for kernel_size "
+                         f"{tuple(kernel_size)}")
+    return input.shape[0], input.shape[1], p, q
+
+
+@custom_op("fastopt::max_pool2d", mutates_args=())
+def max_pool2d(input: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
+    """(y, indices): indices are int32 flat positions h * W + w within each input plane."""
+    check(input, "input")
+    max_pool2d_output_shape(input, kernel_size, stride, padding)
+    return _run(K.max_pool2d_forward, input.device, input.contiguous(), tuple(kernel_size), tuple(stride),
+                tuple(padding))
+
+
+@max_pool2d.register_fake
+def _(input, kernel_size, stride, padding):
+    check(input, "input")
+    shape = max_pool2d_output_shape(input, kernel_size, stride, padding)
+    return _new(input, shape), input.new_empty(tuple(shape), dtype=torch.int32)
+
+
+@custom_op("fastopt::max_pool2d_backward", mutates_args=())
+def max_pool2d_backward(grad: Tensor, indices: Tensor, input_shape: list[int], kernel_size: list[int],
+                        stride: list[int], padding: list[int]) -> Tensor:
+    return _run(K.max_pool2d_backward, grad.device, grad.contiguous(), indices.contiguous(), tuple(input_shape),
+                tuple(kernel_size), tuple(stride), tuple(padding))
+
+
+@max_pool2d_backward.register_fake
+def _(grad, indices, input_shape, kernel_size, stride, padding):
+    return _new(grad, input_shape)
+
+
+def _max_pool2d_setup(ctx, inputs, output):
+    input, *ctx.conf = inputs
+    ctx.shape = list(input.shape)
+    ctx.save_for_backward(output[1])
+
+
+def _max_pool2d_grad(ctx, grad, _):
+    return (max_pool2d_backward(grad, ctx.saved_tensors[0], ctx.shape, *ctx.conf), None, None, None)
+
+
+_register_autograd(max_pool2d, _max_pool2d_grad, _max_pool2d_setup)
