@@ -135,7 +135,7 @@ def test_zero_dimensional_array():
     (lambda x: F.relu_backward(x[:2], x), ValueError, r"dy: expected the shape \(4, 6\) of x, got \(2, 6\)"),
     (lambda x: F.relu_backward(x.reshape(6, 4), x), ValueError, r"^dy: expected the shape"),
     (lambda x: F.relu_backward(None, x), TypeError, r"^dy: "),
-    (lambda x: F.leaky_relu_forward(x, "big"), TypeError, r"negative_slope: expected a number, got str"),
+    (lambda x: F.leaky_relu_forward(x, "big"), TypeError, r"negative_slope: expected a real number, got str"),
     (lambda x: F.leaky_relu_backward(x, x, None), TypeError, r"^negative_slope: "),
     (lambda x: F.leaky_relu_backward(x.reshape(-1), x), ValueError, r"^dy: expected the shape"),
     (lambda x: F.leaky_relu_backward(x, x.astype(np.float64)), TypeError, r"^x: expected a float32"),

@@ -374,7 +374,7 @@ def _args():
     (lambda x, w: F.conv2d_forward(x, w, dilation=0, groups=2), ValueError, r"dilation: must be >= 1"),
     (lambda x, w: F.conv2d_forward(x, w, groups=0), ValueError, r"groups: must be >= 1"),
     (lambda x, w: F.conv2d_forward(x, w, stride=(1, 2, 3), groups=2), ValueError, r"stride: expected an int or a pair"),
-    (lambda x, w: F.conv2d_forward(x, w, padding=1.5, groups=2), ValueError, r"padding: expected an int or a pair"),
+    (lambda x, w: F.conv2d_forward(x, w, padding=1.5, groups=2), TypeError, r"padding: expected an integer, got float"),
     (lambda x, w: F.conv2d_forward([[1.0]], w, groups=2), TypeError, r"x: expected a numpy.ndarray"),
     (lambda x, w: F.conv2d_backward(np.zeros((2, 6, 6, 7), np.float32), x, w, groups=2), ValueError,
      r"dy: expected the output shape \(2, 6, 6, 6\)"),
@@ -382,7 +382,7 @@ def _args():
      r"dy: expected a float32 array"),
     (lambda x, w: F.conv2d_backward(np.zeros((2, 6, 6, 6), np.float32), x, w, groups=3), ValueError, r"groups: "),
     (lambda x, w: F.conv2d_backward(np.zeros((2, 6, 6, 6), np.float32), x, w, groups=2, need=(True,)), ValueError,
-     r"need: expected three flags"),
+     r"need: expected 3 flags"),
 ])
 def test_bad_arguments(call, exc, match):
     x, w = _args()

@@ -224,7 +224,7 @@ def test_read_only_input_is_fine():
     (lambda x: F.dropout_forward(x, -0.1, 1), ValueError, r"p: dropout probability has to be between 0 and 1"),
     (lambda x: F.dropout_forward(x, 1.0000001, 1), ValueError, r"^p: "),
     (lambda x: F.dropout_backward(x, float("nan"), 1), ValueError, r"^p: "),
-    (lambda x: F.dropout_forward(x, "half", 1), TypeError, r"p: expected a number, got str"),
+    (lambda x: F.dropout_forward(x, "half", 1), TypeError, r"p: expected a real number, got str"),
     (lambda x: F.dropout_forward(x, 0.5, -1), ValueError, r"seed: must be an integer in \[0, 2\^64\)"),
     (lambda x: F.dropout_forward(x, 0.5, 2**64), ValueError, r"^seed: "),
     (lambda x: F.dropout_forward(x, 0.5, 1.5), TypeError, r"seed: expected an integer, got float"),

@@ -163,7 +163,7 @@ def _args():
     (lambda x, w, dy: F.linear_backward(dy.astype(np.float64), x, w), TypeError, r"dy: expected a float32 array"),
     (lambda x, w, dy: F.linear_backward(dy, x, w[:, :2].copy()), ValueError, r"weight: expected shape"),
     (lambda x, w, dy: F.linear_backward(dy, x[0], w), ValueError, r"x: expected a 2-D array"),
-    (lambda x, w, dy: F.linear_backward(dy, x, w, need=(True, True)), ValueError, r"need: expected three flags"),
+    (lambda x, w, dy: F.linear_backward(dy, x, w, need=(True, True)), ValueError, r"need: expected 3 flags"),
 ])
 def test_bad_arguments(call, exc, match):
     with pytest.raises(exc, match=match):

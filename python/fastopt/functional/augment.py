@@ -6,16 +6,11 @@ the CPU, the GPU and fastopt.reference.augment agree bit for bit for any thread 
 are new arrays on x's device; `stream` (a CUDA stream handle) is ignored on the CPU.
 """
 from .. import _C
-from ._args import integer as _integer, number as _number, uint64 as _uint64
+from .._args import boolean, integer, real, stream as _stream, uint64
+
+# Here Python checks the kinds of the arguments (a bool is not an integer), the native layer their ranges.
 
 __all__ = ["augment_batch", "mixup"]
-
-
-def _count(v, name):
-    v = _integer(v, name)
-    if not 0 <= v <= 2**30:
-        raise ValueError(f"{name}: must be an integer in [0, 2^30], got {v}")
-    return v
 
 
 def augment_batch(x, seed, step, max_shift=0, flip=False, cutout=0, brightness=0.0, contrast=0.0, fill=0.0, stream=0):
@@ -31,9 +26,9 @@ def augment_batch(x, seed, step, max_shift=0, flip=False, cutout=0, brightness=0
     seed, step: integers in [0, 2^64); the same (seed, step) reproduces a batch exactly.
     max_shift, cutout: integers >= 0; brightness >= 0; contrast in [0, 1].
     """
-    return _C.augment_batch(x, _uint64(seed, "seed"), _uint64(step, "step"), _count(max_shift, "max_shift"),
-                            bool(flip), _count(cutout, "cutout"), _number(brightness, "brightness"),
-                            _number(contrast, "contrast"), _number(fill, "fill"), stream)
+    return _C.augment_batch(x, uint64(seed, "seed"), uint64(step, "step"), integer(max_shift, "max_shift"),
+                            boolean(flip, "flip"), integer(cutout, "cutout"), real(brightness, "brightness"),
+                            real(contrast, "contrast"), real(fill, "fill"), _stream(stream))
 
 
 def mixup(x, labels, lam, num_classes, stream=0):
@@ -47,4 +42,4 @@ def mixup(x, labels, lam, num_classes, stream=0):
     the CPU; on the GPU its soft-target rows (the sample's and its partner's) are NaN, which makes
     the loss NaN.
     """
-    return _C.mixup(x, labels, _number(lam, "lam"), _integer(num_classes, "num_classes"), stream)
+    return _C.mixup(x, labels, real(lam, "lam"), integer(num_classes, "num_classes"), _stream(stream))

@@ -2,7 +2,12 @@
 import math
 
 from .. import _C
+from .._args import boolean, real, stream as _stream
 from .._arrays import is_cuda, to_numpy
+
+
+def _norm_type(norm_type):
+    return real(norm_type, "norm_type", 0.0, low_open=True)
 
 
 def _as_list(grads):
@@ -18,7 +23,7 @@ def global_norm(grads, norm_type=2.0, stream=0):
     no host sync) for GPU arrays. An empty list has norm 0.
     """
     grads = _as_list(grads)
-    return _C.grad_norm(grads, float(norm_type), stream)
+    return _C.grad_norm(grads, _norm_type(norm_type), _stream(stream))
 
 
 def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, stream=0):
@@ -29,21 +34,21 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, st
     they were, when the norm is NaN or Inf (on the GPU this reads the norm back: one sync).
     """
     grads = _as_list(grads)
-    norm = _C.grad_norm(grads, float(norm_type), stream)
+    max_norm, norm_type = real(max_norm, "max_norm", 0.0), _norm_type(norm_type)
+    error_if_nonfinite, stream = boolean(error_if_nonfinite, "error_if_nonfinite"), _stream(stream)
+    norm = _C.grad_norm(grads, norm_type, stream)
     if error_if_nonfinite:
         value = float(to_numpy(norm)) if is_cuda(norm) else norm
         if not math.isfinite(value):
             raise RuntimeError(
-                f"The total norm of order {float(norm_type)} for gradients is non-finite, so it cannot be "
+                f"The total norm of order {norm_type} for gradients is non-finite, so it cannot be "
                 "clipped. To disable this error and scale the gradients by the non-finite norm anyway, "
                 "set error_if_nonfinite=False")
-    _C.clip_by_norm_(grads, norm, float(max_norm), stream)
+    _C.clip_by_norm_(grads, norm, max_norm, stream)
     return norm
 
 
 def clip_grad_value_(grads, clip_value, stream=0):
     """Clamp every gradient element in place to [-clip_value, clip_value] (torch semantics)."""
-    clip_value = float(clip_value)
-    if not clip_value >= 0:
-        raise ValueError(f"clip_value: must be >= 0, got {clip_value}")
-    _C.clamp_(_as_list(grads), -clip_value, clip_value, stream)
+    clip_value = real(clip_value, "clip_value", 0.0)
+    _C.clamp_(_as_list(grads), -clip_value, clip_value, _stream(stream))

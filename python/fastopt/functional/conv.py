@@ -1,8 +1,12 @@
 """2-D convolution, NCHW float32 (torch.nn.functional.conv2d semantics and its gradients)."""
 from .. import _C
-from ..reference.conv import pair
+from .._args import boolean, flags, integer, pair, stream as _stream
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
+
+
+def _hyper(stride, padding, dilation, groups):
+    return pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"), integer(groups, "groups")
 
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, allow_tf32=False, stream=0):
@@ -13,8 +17,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, allo
     on the same device. allow_tf32=True lets the GPU use TF32 tensor cores (about 10 mantissa
     bits); it is ignored on the CPU, which always computes in float32.
     """
-    return _C.conv2d_forward(x, w, b, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"),
-                             int(groups), bool(allow_tf32), stream)
+    return _C.conv2d_forward(x, w, b, *_hyper(stride, padding, dilation, groups), boolean(allow_tf32, "allow_tf32"),
+                             _stream(stream))
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, need=(True, True, True), allow_tf32=False,
@@ -23,9 +27,6 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, need=(T
 
     need = (dx, dw, db) flags: a gradient not asked for is not computed and is returned as None.
     """
-    need = tuple(need)
-    if len(need) != 3:
-        raise ValueError(f"need: expected three flags (dx, dw, db), got {need!r}")
-    return tuple(_C.conv2d_backward(dy, x, w, pair(stride, "stride"), pair(padding, "padding"),
-                                    pair(dilation, "dilation"), int(groups), bool(need[0]), bool(need[1]),
-                                    bool(need[2]), bool(allow_tf32), stream))
+    need = flags(need, "need", ("dx", "dw", "db"))
+    return tuple(_C.conv2d_backward(dy, x, w, *_hyper(stride, padding, dilation, groups), *need,
+                                    boolean(allow_tf32, "allow_tf32"), _stream(stream)))

@@ -8,16 +8,14 @@ draws several masks from one seed advances `offset` by the number of elements ea
 (offset += x.size), which never reuses a random word.
 """
 from .. import _C
+from .._args import boolean, real, shape as _shape, stream as _stream, uint64
 from .._arrays import _device_index
 
 __all__ = ["dropout_forward", "dropout_backward", "dropout_mask"]
 
 
 def _probability(p):
-    try:
-        return float(p)
-    except (TypeError, ValueError):
-        raise TypeError(f"p: expected a number, got {type(p).__name__}") from None
+    return real(p, "p")  # its range is checked natively, with torch's message
 
 
 def dropout_forward(x, p, seed, offset=0, training=True, stream=0):
@@ -30,18 +28,18 @@ def dropout_forward(x, p, seed, offset=0, training=True, stream=0):
     training=False is the identity and, like torch, returns x itself (no copy; the arguments
     are still validated).
     """
-    return _C.dropout_forward(x, _probability(p), seed, offset, training, stream)
+    return _C.dropout_forward(x, _probability(p), uint64(seed, "seed"), uint64(offset, "offset"),
+                              boolean(training, "training"), _stream(stream))
 
 
 def dropout_backward(dy, p, seed, offset=0, stream=0):
     """dx = dy * mask / (1 - p), the mask of the forward call with the same (p, seed, offset)."""
-    return _C.dropout_backward(dy, _probability(p), seed, offset, stream)
+    return _C.dropout_backward(dy, _probability(p), uint64(seed, "seed"), uint64(offset, "offset"), _stream(stream))
 
 
 def dropout_mask(shape, p, seed, offset=0, device="cpu", stream=0):
     """The keep mask of an array of this shape: bool NumPy array, or a bool fastopt.DeviceArray
     on the GPU for device='cuda' / 'cuda:N'."""
-    if isinstance(shape, int):
-        shape = (shape,)
     dev = -1 if device == "cpu" else _device_index(device)
-    return _C.dropout_mask(tuple(shape), _probability(p), seed, offset, dev, stream)
+    return _C.dropout_mask(_shape(shape, "shape"), _probability(p), uint64(seed, "seed"), uint64(offset, "offset"), dev,
+                           _stream(stream))

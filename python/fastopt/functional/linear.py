@@ -1,5 +1,6 @@
 """Linear (fully connected) layer, float32, torch layout (torch.nn.functional.linear and its gradients)."""
 from .. import _C
+from .._args import flags, stream as _stream
 
 __all__ = ["linear_forward", "linear_backward"]
 
@@ -11,7 +12,7 @@ def linear_forward(x, weight, bias=None, stream=0):
     __cuda_array_interface__ array), returning a new float32 array on x's device. Sums run in
     float32 in an order fixed by the shape, so results are bitwise reproducible.
     """
-    return _C.linear_forward(x, weight, bias, stream)
+    return _C.linear_forward(x, weight, bias, _stream(stream))
 
 
 def linear_backward(dy, x, weight, need=(True, True, True), stream=0):
@@ -20,7 +21,5 @@ def linear_backward(dy, x, weight, need=(True, True, True), stream=0):
     dx = dy @ weight, dweight = dy.T @ x, dbias = dy.sum(0). need = (dx, dweight, dbias) flags:
     a gradient not asked for is not computed and is returned as None.
     """
-    need = tuple(need)
-    if len(need) != 3:
-        raise ValueError(f"need: expected three flags (dx, dweight, dbias), got {need!r}")
-    return tuple(_C.linear_backward(dy, x, weight, bool(need[0]), bool(need[1]), bool(need[2]), stream))
+    need = flags(need, "need", ("dx", "dweight", "dbias"))
+    return tuple(_C.linear_backward(dy, x, weight, *need, _stream(stream)))

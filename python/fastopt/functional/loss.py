@@ -7,7 +7,7 @@ legacy default stream) is ignored on the CPU. Every row reduction and the mean h
 order, so results are bitwise reproducible run to run.
 """
 from .. import _C
-from ._args import integer as _integer, number as _number
+from .._args import boolean, integer, real, stream as _stream
 
 __all__ = ["softmax_cross_entropy"]
 
@@ -35,5 +35,5 @@ def softmax_cross_entropy(logits, target, label_smoothing=0.0, need_grad=True, s
     A class index outside [0, K) raises ValueError on the CPU; on the GPU (no sync to raise) that
     row's loss is NaN, and so are its dlogits row, the mean and stats[0].
     """
-    return _C.softmax_cross_entropy(logits, target, _number(label_smoothing, "label_smoothing"), bool(need_grad),
-                                    stats, _integer(topk, "topk"), stream)
+    return _C.softmax_cross_entropy(logits, target, real(label_smoothing, "label_smoothing"),
+                                    boolean(need_grad, "need_grad"), stats, integer(topk, "topk"), _stream(stream))

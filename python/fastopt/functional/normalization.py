@@ -12,6 +12,7 @@ takes those saved statistics and returns (dx, dweight, dbias). dweight is None w
 weight is None (pass has_bias=True for a bias-only affine).
 """
 from .. import _C
+from .._args import boolean, finite, integer, real, shape, stream as _stream
 
 __all__ = [
     "batch_norm_forward", "batch_norm_backward", "layer_norm_forward", "layer_norm_backward",
@@ -19,10 +20,16 @@ __all__ = [
 ]
 
 
+def _eps(eps):
+    return finite(eps, "eps", 0.0)
+
+
+def _has_bias(has_bias, weight):
+    return weight is not None if has_bias is None else boolean(has_bias, "has_bias")
+
+
 def _grads(out, weight, has_bias):
     dx, dw, db = out
-    if has_bias is None:
-        has_bias = weight is not None
     return dx, (dw if weight is not None else None), (db if has_bias else None)
 
 
@@ -44,17 +51,17 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
     used (batch statistics in training, running statistics in eval). Pass them to
     batch_norm_backward with the same `training`.
     """
+    if num_batches_tracked is not None:
+        num_batches_tracked = integer(num_batches_tracked, "num_batches_tracked", 0)
     if momentum is None:
-        if num_batches_tracked is None or int(num_batches_tracked) < 1:
+        if not num_batches_tracked:
             raise ValueError("num_batches_tracked: momentum=None (cumulative average) needs the batch count "
                              f"including this batch, >= 1; got {num_batches_tracked!r}")
-        factor = 1.0 / int(num_batches_tracked)
+        factor = 1.0 / num_batches_tracked
     else:
-        factor = float(momentum)
-        if not 0.0 <= factor <= 1.0:
-            raise ValueError(f"momentum: must lie in [0, 1] or be None, got {momentum!r}")
-    return _C.batch_norm_forward(x, gamma, beta, running_mean, running_var, bool(training), factor, float(eps),
-                                 stream)
+        factor = real(momentum, "momentum", 0.0, 1.0)
+    return _C.batch_norm_forward(x, gamma, beta, running_mean, running_var, boolean(training, "training"), factor,
+                                 _eps(eps), _stream(stream))
 
 
 def batch_norm_backward(dy, x, gamma, save_mean, save_invstd, training=True, has_bias=None, stream=0):
@@ -65,29 +72,27 @@ def batch_norm_backward(dy, x, gamma, save_mean, save_invstd, training=True, has
     training=False is the eval-mode backward, where mean and invstd are constants:
     dx = dy * gamma * invstd.
     """
-    affine = gamma is not None or bool(has_bias)
-    return _grads(_C.batch_norm_backward(dy, x, gamma, save_mean, save_invstd, bool(training), affine, stream),
-                  gamma, has_bias)
+    has_bias = _has_bias(has_bias, gamma)
+    return _grads(_C.batch_norm_backward(dy, x, gamma, save_mean, save_invstd, boolean(training, "training"),
+                                         gamma is not None or has_bias, _stream(stream)), gamma, has_bias)
 
 
 def _normalized_shape(normalized_shape):
-    if isinstance(normalized_shape, int):
-        return [normalized_shape]
-    return [int(d) for d in normalized_shape]
+    return list(shape(normalized_shape, "normalized_shape", 1))
 
 
 def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, stream=0):
     """Layer normalization over the trailing dims normalized_shape (int or tuple), as
     torch.nn.functional.layer_norm; weight / bias have shape normalized_shape (elementwise affine).
     The same in training and eval. Returns (y, mean, rstd), mean/rstd shaped x.shape[:-k]."""
-    return _C.layer_norm_forward(x, _normalized_shape(normalized_shape), weight, bias, float(eps), stream)
+    return _C.layer_norm_forward(x, _normalized_shape(normalized_shape), weight, bias, _eps(eps), _stream(stream))
 
 
 def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, has_bias=None, stream=0):
     """Gradients of layer_norm_forward: (dx, dweight, dbias)."""
-    affine = weight is not None or bool(has_bias)
-    return _grads(_C.layer_norm_backward(dy, x, _normalized_shape(normalized_shape), mean, rstd, weight, affine,
-                                         stream), weight, has_bias)
+    has_bias = _has_bias(has_bias, weight)
+    return _grads(_C.layer_norm_backward(dy, x, _normalized_shape(normalized_shape), mean, rstd, weight,
+                                         weight is not None or has_bias, _stream(stream)), weight, has_bias)
 
 
 def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5, stream=0):
@@ -95,11 +100,11 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5, stream=0
     split into num_groups consecutive groups, statistics per (sample, group); num_groups = C is
     instance norm, 1 is layer norm over (C, ...) with per-channel affine. weight / bias (C,).
     Returns (y, mean, rstd), mean/rstd shaped (N, num_groups)."""
-    return _C.group_norm_forward(x, int(num_groups), weight, bias, float(eps), stream)
+    return _C.group_norm_forward(x, integer(num_groups, "num_groups", 1), weight, bias, _eps(eps), _stream(stream))
 
 
 def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, has_bias=None, stream=0):
     """Gradients of group_norm_forward: (dx, dweight, dbias)."""
-    affine = weight is not None or bool(has_bias)
-    return _grads(_C.group_norm_backward(dy, x, int(num_groups), mean, rstd, weight, affine, stream), weight,
-                  has_bias)
+    has_bias = _has_bias(has_bias, weight)
+    return _grads(_C.group_norm_backward(dy, x, integer(num_groups, "num_groups", 1), mean, rstd, weight,
+                                         weight is not None or has_bias, _stream(stream)), weight, has_bias)

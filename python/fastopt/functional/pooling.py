@@ -6,10 +6,8 @@ input plane, as int32 (torch's indices, at half the bytes); max_pool2d_backward 
 through those indices, deterministically (no atomics: each input gathers from the windows that
 cover it, in row-major order). Outputs are new arrays on the input's device.
 """
-import operator
-
 from .. import _C
-from ..reference.conv import pair
+from .._args import pair, shape, stream as _stream
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "global_avg_pool_forward", "global_avg_pool_backward"]
 
@@ -21,10 +19,7 @@ def _hyper(kernel_size, stride, padding):
 
 
 def _shape(input_shape):
-    try:
-        return tuple(operator.index(d) for d in input_shape)
-    except TypeError:
-        raise TypeError(f"input_shape: expected a sequence of ints (N, C, H, W), got {input_shape!r}") from None
+    return shape(input_shape, "input_shape", ints_ok=False)
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, stream=0):
@@ -36,7 +31,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, stream=0):
     row-major window order; a NaN in a window is selected (the last one if several), as in torch.
     """
     k, s, p = _hyper(kernel_size, stride, padding)
-    return tuple(_C.max_pool2d_forward(x, k, s, p, stream))
+    return tuple(_C.max_pool2d_forward(x, k, s, p, _stream(stream)))
 
 
 def max_pool2d_backward(dy, indices, input_shape, kernel_size, stride=None, padding=0, stream=0):
@@ -47,14 +42,14 @@ def max_pool2d_backward(dy, indices, input_shape, kernel_size, stride=None, padd
     index outside its own window (never produced by the forward) contributes nothing.
     """
     k, s, p = _hyper(kernel_size, stride, padding)
-    return _C.max_pool2d_backward(dy, indices, _shape(input_shape), k, s, p, stream)
+    return _C.max_pool2d_backward(dy, indices, _shape(input_shape), k, s, p, _stream(stream))
 
 
 def global_avg_pool_forward(x, stream=0):
     """y (N, C) = mean of x (N, C, H, W) over H, W (summed in double, rounded once); H*W >= 1."""
-    return _C.global_avg_pool_forward(x, stream)
+    return _C.global_avg_pool_forward(x, _stream(stream))
 
 
 def global_avg_pool_backward(dy, input_shape, stream=0):
     """dx (input_shape) = dy[n, c] / (H*W) at every (h, w); dy has shape (N, C)."""
-    return _C.global_avg_pool_backward(dy, _shape(input_shape), stream)
+    return _C.global_avg_pool_backward(dy, _shape(input_shape), _stream(stream))

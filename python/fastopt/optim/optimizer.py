@@ -2,10 +2,12 @@
 checkpointing. A concrete optimizer only names its defaults, checks them, and maps a group to
 its update rule (optimizers.py)."""
 from collections import namedtuple
+from collections.abc import Mapping
 
 import numpy as np
 
 from .. import _C
+from .._args import boolean, finite, integer, real, stream as stream_arg
 from .._arrays import copy_, device_of, dtype_of, full_like, to_numpy, zeros
 
 K = _C.OptKind
@@ -33,42 +35,99 @@ On the GPU both are 0-d DeviceArrays, so the step never waits for the host; floa
 on them reads them back."""
 
 
+# Buffers that only ever accumulate squares: a negative entry cannot come from any trajectory.
+NONNEGATIVE_STATE = ("sum", "square_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
 def check_range(name, value, low=0.0, high=None, high_open=True):
-    """Raise ValueError naming the argument unless low <= value (< or <=) high."""
-    value = float(value)
-    if not (value >= low and (high is None or (value < high if high_open else value <= high))):
-        bound = f"in [{low}, {high}{')' if high_open else ']'}" if high is not None else f">= {low}"
-        raise ValueError(f"{name}: must be {bound}, got {value}")
-    return value
+    """float(value) for a real number (never a bool or a str) in [low, high) ([low, high] unless
+    high_open; no upper end when high is None), else TypeError / ValueError naming the argument."""
+    if high is None:
+        return real(value, name, low)
+    return real(value, name, low, high, high_open=high_open)
 
 
-def group_hyper(rule, group):
-    """The native step's hyper-parameters for one group, checked first: schedules and users may
-    have edited the group since the last step. `rule` is an optimizer or its class (its _check,
-    _kind and _fill read only the group and class attributes), so fastopt.torch.optim builds its
-    steps here too."""
-    cls = rule if isinstance(rule, type) else type(rule)
-    cls._check(rule, group)
+def option_name(prefix, key):
+    return f"{prefix}[{key!r}]" if prefix else key
+
+
+def group_hyper(rule, group, prefix=""):
+    """Check a param group's options against the optimizer class `rule` and return the native
+    Hyper of its update. Errors name the option as prefix[key] (just the key without a prefix)."""
+    missing = [key for key in rule.OPTIONS if key not in group]
+    if missing:
+        raise ValueError(f"{prefix or 'param group'}: missing option(s) {missing}")
+    for key, check in rule.OPTIONS.items():
+        check(group[key], option_name(prefix, key))
+    if "initial_lr" in group:
+        nonnegative(group["initial_lr"], option_name(prefix, "initial_lr"))
+    rule._check_rule(group, prefix)
     h = _C.Hyper()
-    h.kind = cls._kind(rule, group)
+    h.kind = rule._kind(group)
     h.lr = float(group["lr"])
-    h.maximize = bool(group.get("maximize", False))
-    cls._fill(rule, h, group)
+    h.maximize = bool(group["maximize"])
+    rule._fill(h, group)
     return h
 
 
+# Option checks, (value, name) -> value: optimizer hyperparameters are finite real numbers.
+def any_real(value, name):
+    return finite(value, name)
+
+
+def nonnegative(value, name):
+    return finite(value, name, 0.0)
+
+
+def unit(value, name):
+    return finite(value, name, 0.0, 1.0)
+
+
+def betas(value, name):
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"{name}: expected a pair of real numbers, got {type(value).__name__}")
+    if len(value) != 2:
+        raise ValueError(f"{name}: expected a pair, got {tuple(value)!r}")
+    return tuple(finite(b, f"{name}[{i}]", 0.0, 1.0, high_open=True) for i, b in enumerate(value))
+
+
+def _index(key, n, where):
+    """The flat parameter index a checkpoint's state key names (an int, or its str from JSON)."""
+    if isinstance(key, str) and key.isdigit():
+        key = int(key)
+    if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)) or not 0 <= key < n:
+        raise ValueError(f"{where}: key {key!r} names no parameter (this optimizer has {n}, indexed 0 to {n - 1})")
+    return int(key)
+
+
+def _loaded(check, value, name, *args):
+    """check(value, name, ...) where a wrong kind is a corrupt checkpoint too: ValueError."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]  # np.savez stores Python scalars as 0-d arrays
+    try:
+        return check(value, name, *args)
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+
+
 class Optimizer:
-    """Base class. Subclasses set `defaults` through __init__ and implement _check(group),
-    _kind(group) -> _C.OptKind and _fill(hyper, group)."""
+    """Base class. A subclass names its options and their checks (OPTIONS, option -> check(value,
+    name)) and the update rules it may use (KINDS), passes its defaults to __init__, and implements
+    _kind(group) -> _C.OptKind and _fill(hyper, group) (and _check_rule(group, prefix) for checks
+    across options), all classmethods, so that a group can be checked without an instance."""
+
+    OPTIONS = {}
+    KINDS = ()
 
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
+        group_hyper(type(self), self.defaults)  # a bad default is named plainly: "lr: ..."
         self.param_groups = []
         self.state = []         # per flat parameter: {state name: array}
         self._params = []       # flat, group by group
         self._group_of = []
         self._steps = None      # int64 per parameter, on the parameters' device
-        groups = list(params) if not hasattr(params, "shape") else [params]
+        groups = _as_list(params, "params")
         if not groups:
             raise ValueError("params: optimizer got an empty parameter list")
         if not isinstance(groups[0], dict):
@@ -76,21 +135,33 @@ class Optimizer:
         for group in groups:
             self.add_param_group(group)
 
+    @classmethod
+    def _check_rule(cls, group, prefix):
+        pass
+
+    @classmethod
+    def state_names(cls):
+        """Every state buffer this optimizer's rules keep."""
+        return {name for kind in cls.KINDS for name in STATE_NAMES[kind]}
+
+    def _hyper(self, group, prefix):
+        unknown = set(group) - set(self.defaults) - {"params", "initial_lr"}
+        if unknown:
+            raise ValueError(f"{prefix}: unknown option(s) {sorted(unknown)} for {type(self).__name__}")
+        return group_hyper(type(self), group, prefix)
+
     # -------------------------------------------------------------------- groups and state
     def add_param_group(self, group):
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError("param group: expected a dict with a 'params' entry")
         group = dict(group)
-        params = group["params"]
-        params = [params] if hasattr(params, "shape") else list(params)
+        gi = len(self.param_groups)
+        params = _as_list(group["params"], f"param_groups[{gi}]['params']")
         if not params:
             raise ValueError("params: a parameter group is empty")
         for key, value in self.defaults.items():
             group.setdefault(key, value)
-        unknown = set(group) - set(self.defaults) - {"params", "initial_lr"}
-        if unknown:
-            raise ValueError(f"param group: unknown option(s) {sorted(unknown)}")
-        self._check(group)
+        self._hyper(group, f"param_groups[{gi}]")
         seen = {id(p) for p in self._params}
         device = device_of(self._params[0]) if self._params else None
         for i, p in enumerate(params):
@@ -104,7 +175,6 @@ class Optimizer:
             if d != device:
                 raise ValueError(f"params[{len(self._params) + i}]: on {d}, but the other parameters are on {device}")
         group["params"] = params
-        gi = len(self.param_groups)
         self.param_groups.append(group)
         for p in params:
             self._params.append(p)
@@ -137,17 +207,19 @@ class Optimizer:
         themselves are not modified). A NaN/Inf gradient skips the whole step when clipping or
         when skip_nonfinite=True: no parameter, state or step count changes. Returns StepResult.
         """
-        grads = [grads] if hasattr(grads, "shape") else list(grads)
+        grads = [grads] if hasattr(grads, "shape") else _as_list(grads, "grads")
         if len(grads) != len(self._params):
             raise ValueError(f"grads: got {len(grads)} gradients for {len(self._params)} parameters")
         if max_grad_norm is not None:
             max_grad_norm = check_range("max_grad_norm", max_grad_norm)
-        hypers = [group_hyper(self, group) for group in self.param_groups]
+        skip_nonfinite, stream = boolean(skip_nonfinite, "skip_nonfinite"), stream_arg(stream)
+        # Schedules and users may have edited the groups since the last step: check them again.
+        hypers = [self._hyper(group, f"param_groups[{gi}]") for gi, group in enumerate(self.param_groups)]
         kinds = tuple(h.kind for h in hypers)
         if self._state_cache is None or self._state_cache[0] != kinds:
             self._state_cache = (kinds, [self._buffers(i, kinds[g]) for i, g in enumerate(self._group_of)])
         norm, skipped = _C.optim_step(self._params, grads, self._state_cache[1], self._steps, hypers,
-                                      self._group_of, max_grad_norm, bool(skip_nonfinite), stream)
+                                      self._group_of, max_grad_norm, skip_nonfinite, stream)
         return StepResult(norm, skipped)
 
     # ------------------------------------------------------------------- checkpointing
@@ -170,36 +242,76 @@ class Optimizer:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
-        groups = state_dict["param_groups"]
-        if len(groups) != len(self.param_groups):
-            raise ValueError(f"state_dict: has {len(groups)} parameter groups, this optimizer {len(self.param_groups)}")
-        for gi, (saved, group) in enumerate(zip(groups, self.param_groups)):
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(f"state_dict: group {gi} has {len(saved['params'])} parameters, expected {len(group['params'])}")
-        steps = np.zeros(len(self._params), np.int64)
-        new_state = []
-        for i, p in enumerate(self._params):
-            saved = state_dict["state"].get(i, state_dict["state"].get(str(i), {}))
-            steps[i] = int(saved.get("step", 0))
-            entry = {}
-            for name, value in saved.items():
-                if name == "step":
-                    continue
-                value = np.asarray(value, np.float32)
-                if value.shape != tuple(p.shape):
-                    raise ValueError(f"state_dict: state[{i}][{name!r}] has shape {value.shape}, parameter {tuple(p.shape)}")
+        """Continue from a state_dict() checkpoint. Everything is checked before anything changes:
+        a checkpoint that does not fit this optimizer (entries missing, another optimizer's options
+        or buffers, buffers of the wrong shape or dtype, non-finite or impossible values, negative
+        or non-integer step counts) raises ValueError naming the entry and leaves it as it was."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict: expected a dict, got {type(state_dict).__name__}")
+        for key in ("state", "param_groups"):
+            if key not in state_dict:
+                raise ValueError(f"state_dict: missing the {key!r} entry (not an optimizer checkpoint?)")
+        options = self._loaded_groups(state_dict["param_groups"])
+        state, steps = self._loaded_state(state_dict["state"])
+        for group, saved in zip(self.param_groups, options):
+            group.update(saved)
+        for i, (p, entry) in enumerate(zip(self._params, state)):
+            for name, value in entry.items():
                 buf = self.state[i].get(name)
-                if buf is None:
-                    buf = full_like(p, 0.0)
-                copy_(buf, value)
-                entry[name] = buf
-            new_state.append(entry)
-        for saved, group in zip(groups, self.param_groups):
-            group.update({k: v for k, v in saved.items() if k != "params"})
-            self._check(group)
-        self.state = new_state
+                entry[name] = buf if buf is not None else full_like(p, 0.0)
+                copy_(entry[name], value)
+        self.state = state
         copy_(self._steps, steps)
         self._state_cache = None
+
+    def _loaded_groups(self, groups):
+        """The options of every saved group, checked as this optimizer's (nothing is changed)."""
+        if not isinstance(groups, (list, tuple)):
+            raise ValueError(f"state_dict['param_groups']: expected a list of dicts, got {type(groups).__name__}")
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict: has {len(groups)} parameter groups, this optimizer {len(self.param_groups)}")
+        out = []
+        for gi, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            where = f"state_dict['param_groups'][{gi}]"
+            if not isinstance(saved, Mapping) or not isinstance(saved.get("params"), (list, tuple)):
+                raise ValueError(f"{where}: expected a dict with a 'params' list")
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"state_dict: group {gi} has {len(saved['params'])} parameters, expected {len(group['params'])}")
+            options = {k: v for k, v in saved.items() if k != "params"}
+            _loaded(self._hyper, {**group, **options}, where)
+            out.append(options)
+        return out
+
+    def _loaded_state(self, saved):
+        """(per-parameter {name: float32 array}, int64 step counts), checked against the parameters."""
+        if not isinstance(saved, Mapping):
+            raise ValueError(f"state_dict['state']: expected a dict, got {type(saved).__name__}")
+        n = len(self._params)
+        entries = {}
+        for key, entry in saved.items():
+            i = _index(key, n, "state_dict['state']")
+            if i in entries:
+                raise ValueError(f"state_dict['state']: parameter {i} has two entries ({entries[i][0]!r}, {key!r})")
+            entries[i] = (key, entry)
+        allowed = self.state_names()
+        steps = np.zeros(n, np.int64)
+        state = []
+        for i, p in enumerate(self._params):
+            key, entry = entries.get(i, (i, {}))
+            where = f"state_dict['state'][{key!r}]"
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"{where}: expected a dict, got {type(entry).__name__}")
+            steps[i] = _loaded(integer, entry.get("step", 0), f"{where}['step']", 0, 2**63 - 1)
+            buffers = {}
+            for name, value in entry.items():
+                if name == "step":
+                    continue
+                if name not in allowed:
+                    raise ValueError(f"{where}[{name!r}]: {type(self).__name__} keeps no such state (only "
+                                     f"{sorted(allowed)}); a checkpoint of another optimizer?")
+                buffers[name] = _buffer(value, tuple(p.shape), f"{where}[{name!r}]", name in NONNEGATIVE_STATE)
+            state.append(buffers)
+        return state, steps
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
@@ -207,3 +319,27 @@ class Optimizer:
             opts = ", ".join(f"{k}={v}" for k, v in group.items() if k != "params")
             lines.append(f"  group {i}: {len(group['params'])} tensors, {opts}")
         return "\n".join(lines + [")"])
+
+
+def _as_list(values, name):
+    if hasattr(values, "shape"):
+        return [values]
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name}: expected an array or a list of them, got {type(values).__name__}")
+    return list(values)
+
+
+def _buffer(value, shape, where, nonnegative):
+    """A saved state buffer as a float32 array of the parameter's shape, finite (and >= 0 where
+    it accumulates squares)."""
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"{where}: expected a float32 NumPy array, got {type(value).__name__}")
+    if value.dtype != np.float32:
+        raise ValueError(f"{where}: expected float32, got {value.dtype}")
+    if value.shape != shape:
+        raise ValueError(f"{where}: has shape {value.shape}, parameter {shape}")
+    if not np.isfinite(value).all():
+        raise ValueError(f"{where}: holds NaN or Inf")
+    if nonnegative and (value < 0).any():
+        raise ValueError(f"{where}: holds negative values, which a sum of squares never does")
+    return value

@@ -1,34 +1,48 @@
 """The optimizers: each names torch.optim's defaults, checks its options and picks the update
-rule (optim_rules.h) for a group. The math itself lives once, in the native rules."""
-from .optimizer import K, Optimizer, check_range
+rule (optim_rules.h) for a group. The math itself lives once, in the native rules.
+
+Every option is checked when the optimizer is built, when a group is added, before every step (a
+schedule or the user may have edited a group) and when a checkpoint is loaded: a wrong kind of
+value (a str, None, a bool for a number) raises TypeError and a value out of range ValueError,
+each naming the option. The ranges are torch's, and every number must be finite."""
+from .._args import boolean
+from .optimizer import K, Optimizer, any_real, betas, nonnegative, option_name, unit
 
 
 class SGD(Optimizer):
     """SGD with optional momentum (heavy ball or Nesterov), dampening and L2 weight decay."""
+
+    OPTIONS = dict(lr=nonnegative, momentum=nonnegative, dampening=any_real, weight_decay=nonnegative,
+                   nesterov=boolean, maximize=boolean)
+    KINDS = (K.SGD, K.SGD_MOMENTUM, K.SGD_NESTEROV)
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
                  maximize=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize))
 
-    def _check(self, g):
-        check_range("lr", g["lr"])
-        check_range("momentum", g["momentum"])
-        check_range("weight_decay", g["weight_decay"])
+    @classmethod
+    def _check_rule(cls, g, prefix):
         if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
-            raise ValueError("nesterov: requires a momentum > 0 and zero dampening")
+            raise ValueError(f"{option_name(prefix, 'nesterov')}: requires a momentum > 0 and zero dampening")
 
-    def _kind(self, g):
+    @classmethod
+    def _kind(cls, g):
         if g["momentum"] == 0:
             return K.SGD
         return K.SGD_NESTEROV if g["nesterov"] else K.SGD_MOMENTUM
 
-    def _fill(self, h, g):
-        h.momentum, h.dampening, h.weight_decay = g["momentum"], g["dampening"], g["weight_decay"]
+    @classmethod
+    def _fill(cls, h, g):
+        h.momentum, h.dampening, h.weight_decay = float(g["momentum"]), float(g["dampening"]), float(g["weight_decay"])
 
 
 class Adagrad(Optimizer):
     """Adagrad: per-coordinate steps lr / (sqrt(sum of squared gradients) + eps)."""
+
+    OPTIONS = dict(lr=nonnegative, lr_decay=nonnegative, weight_decay=nonnegative,
+                   initial_accumulator_value=nonnegative, eps=nonnegative, maximize=boolean)
+    KINDS = (K.ADAGRAD,)
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
                  *, maximize=False):
@@ -36,67 +50,65 @@ class Adagrad(Optimizer):
                                       initial_accumulator_value=initial_accumulator_value, eps=eps,
                                       maximize=maximize))
 
-    def _check(self, g):
-        for name in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
-            check_range(name, g[name])
-
-    def _kind(self, g):
+    @classmethod
+    def _kind(cls, g):
         return K.ADAGRAD
 
     def _initial_state(self, name, group):
         return float(group["initial_accumulator_value"])
 
-    def _fill(self, h, g):
-        h.lr_decay, h.weight_decay, h.eps = g["lr_decay"], g["weight_decay"], g["eps"]
+    @classmethod
+    def _fill(cls, h, g):
+        h.lr_decay, h.weight_decay, h.eps = float(g["lr_decay"]), float(g["weight_decay"]), float(g["eps"])
 
 
 class RMSprop(Optimizer):
-    """RMSprop (Hinton): divide by a running RMS of the gradients; optionally centered and with momentum."""
+    """RMSprop (Hinton): divide by a running RMS of the gradients; optionally centered and with momentum.
+    alpha lies in [0, 1] (above 1 the running average of squares could turn negative)."""
+
+    OPTIONS = dict(lr=nonnegative, alpha=unit, eps=nonnegative, weight_decay=nonnegative, momentum=nonnegative,
+                   centered=boolean, maximize=boolean)
+    KINDS = (K.RMSPROP, K.RMSPROP_MOMENTUM, K.RMSPROP_CENTERED, K.RMSPROP_CENTERED_MOMENTUM)
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
                  maximize=False):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                                       centered=centered, maximize=maximize))
 
-    def _check(self, g):
-        for name in ("lr", "alpha", "eps", "weight_decay", "momentum"):
-            check_range(name, g[name])
-
-    def _kind(self, g):
+    @classmethod
+    def _kind(cls, g):
         if g["centered"]:
             return K.RMSPROP_CENTERED_MOMENTUM if g["momentum"] > 0 else K.RMSPROP_CENTERED
         return K.RMSPROP_MOMENTUM if g["momentum"] > 0 else K.RMSPROP
 
-    def _fill(self, h, g):
-        h.alpha, h.eps, h.weight_decay, h.momentum = g["alpha"], g["eps"], g["weight_decay"], g["momentum"]
+    @classmethod
+    def _fill(cls, h, g):
+        h.alpha, h.eps = float(g["alpha"]), float(g["eps"])
+        h.weight_decay, h.momentum = float(g["weight_decay"]), float(g["momentum"])
 
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction; weight_decay is L2 (added to the gradient)."""
 
+    OPTIONS = dict(lr=nonnegative, betas=betas, eps=nonnegative, weight_decay=nonnegative, amsgrad=boolean,
+                   maximize=boolean)
+    KINDS = (K.ADAM, K.ADAM_AMSGRAD)
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  maximize=False):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+        super().__init__(params, dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize))
 
-    def _check(self, g):
-        check_range("lr", g["lr"])
-        check_range("eps", g["eps"])
-        check_range("weight_decay", g["weight_decay"])
-        if len(g["betas"]) != 2:
-            raise ValueError(f"betas: expected a pair, got {g['betas']!r}")
-        check_range("betas[0]", g["betas"][0], 0.0, 1.0)
-        check_range("betas[1]", g["betas"][1], 0.0, 1.0)
-
-    def _kind(self, g):
+    @classmethod
+    def _kind(cls, g):
         return K.ADAM_AMSGRAD if g["amsgrad"] else K.ADAM
 
-    def _fill(self, h, g):
-        h.beta1, h.beta2 = g["betas"]
-        h.eps, h.weight_decay = g["eps"], g["weight_decay"]
-        h.decoupled_weight_decay = self._decoupled
+    @classmethod
+    def _fill(cls, h, g):
+        h.beta1, h.beta2 = (float(b) for b in g["betas"])
+        h.eps, h.weight_decay = float(g["eps"]), float(g["weight_decay"])
+        h.decoupled_weight_decay = cls._decoupled
 
 
 class AdamW(Adam):
