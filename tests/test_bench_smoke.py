@@ -1,5 +1,6 @@
 """`fastopt bench` and its suites run end to end and write their three files."""
 import json
+import os
 import subprocess
 import sys
 
@@ -16,6 +17,24 @@ def test_optimizer_bench_tiny(tmp_path):
     assert {r["case"] for r in rows} == {"adamw", "clip+adamw"}
     assert all(r["median_ms"] > 0 for r in rows)
     assert "fastopt-cpu" in (tmp_path / "results.md").read_text()
+
+
+def test_torch_optimizer_bench_tiny(tmp_path):
+    """The optimizer step on a (shrunk) ResNet-18's 62 tensors: fastopt.torch vs torch's two."""
+    pytest.importorskip("torch")
+    run = subprocess.run([sys.executable, "-m", "fastopt.bench.torch_optim", "--device", "cpu", "--scale", "1e-3",
+                          "--optimizers", "clip+adamw", "--repeat", "3", "--budget", "0.2", "--no-chart",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         # one thread: torch's per-tensor OpenMP regions crawl on a busy 2-core runner
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    timed = {r["backend"]: r for r in rows if r["median_ms"]}
+    assert {"fastopt.torch", "torch-clip+foreach", "torch-clip+fused"} <= set(timed)
+    ours = timed["fastopt.torch"]
+    assert ours["tensors"] == 62 and ours["bytes_per_param"] == 32 and ours["floor_ms"] > 0
+    assert ours["speedup_vs"]["torch-clip+fused"] > 0
+    assert "| clip+adamw | fastopt.torch | 32 |" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.parametrize("suite", ["normalization", "dropout", "conv2d", "train"])

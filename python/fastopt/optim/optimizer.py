@@ -196,7 +196,8 @@ class Optimizer:
                 state[name] = full_like(self._params[i], self._initial_state(name, self.param_groups[self._group_of[i]]))
         return tuple(state[name] for name in STATE_NAMES[kind])
 
-    def _initial_state(self, name, group):
+    @classmethod
+    def _initial_state(cls, name, group):
         return 0.0
 
     # ------------------------------------------------------------------------------ step

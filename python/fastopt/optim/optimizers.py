@@ -54,7 +54,8 @@ class Adagrad(Optimizer):
     def _kind(cls, g):
         return K.ADAGRAD
 
-    def _initial_state(self, name, group):
+    @classmethod
+    def _initial_state(cls, name, group):
         return float(group["initial_accumulator_value"])
 
     @classmethod

@@ -51,16 +51,31 @@ def _flat(t):
     return t if t.is_contiguous() else t.as_strided((t.numel(),), (1,))
 
 
+def _numpy(t):
+    return t.numpy() if not t.requires_grad else t.detach().numpy()
+
+
 class _Plan:
     """One device's native call for a given set of parameters with gradients: everything but the
     gradients, which change every step. steps: None when the call covers all of the device's
-    counters, else the indices of those it covers."""
+    counters, else the indices of those it covers.
+
+    On the CPU the native step is handed NumPy views of the tensors' memory: the binding reads an
+    ndarray in ~0.1 us, a tensor through its Python methods in ~2 us, which for a few hundred
+    tensors would cost more than the step of a small model. The views are valid while each
+    parameter keeps its storage (`ptrs`, checked every step: `p.data = ...` swaps it)."""
 
     def __init__(self, device, index, originals, states, group_of, steps):
-        self.device, self.index, self.originals, self.states = device, index, originals, states
-        self.params = [_flat(p) for p in originals]
+        self.device, self.index, self.originals, self.group_of, self.steps = device, index, originals, group_of, steps
+        self.host = _numpy if device.type == "cpu" else None
+        view = self.host or (lambda t: t)
+        self.params = [view(_flat(p)) for p in originals]
+        self.states = [tuple(view(_flat(s)) for s in st) for st in states]
         self.flat = [not p.is_contiguous() for p in originals]
-        self.group_of, self.steps = group_of, steps
+        self.ptrs = [p.data_ptr() for p in originals]
+
+    def stale(self):
+        return any(p.data_ptr() != ptr for p, ptr in zip(self.originals, self.ptrs))
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -83,6 +98,7 @@ class Optimizer(torch.optim.Optimizer):
         bound = self._rule_signature.bind(self, params, *args, **kwargs)
         bound.apply_defaults()
         defaults = {k: v for k, v in bound.arguments.items() if k not in ("self", "params")}
+        group_hyper(self._rule, defaults)  # a bad argument is named plainly: "lr: ..."
         if max_grad_norm is not None:
             max_grad_norm = check_range("max_grad_norm", max_grad_norm)
         if not isinstance(skip_nonfinite, bool):
@@ -100,12 +116,13 @@ class Optimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        gi = len(self.param_groups) - 1
         try:
-            group_hyper(self._rule, group)
+            group_hyper(self._rule, group, f"param_groups[{gi}]")
             start = len(self._where)
             seen = {id(p) for g in self.param_groups[:-1] for p in g["params"]}
             for i, p in enumerate(group["params"]):
-                self._check_param(p, self._name(len(self.param_groups) - 1, i), seen)
+                self._check_param(p, self._name(gi, i), seen)
         except Exception:
             self.param_groups.pop()
             raise
@@ -115,7 +132,7 @@ class Optimizer(torch.optim.Optimizer):
             self._where.append((device, old.numel()))
             self._steps[device] = torch.cat([old, torch.zeros(1, dtype=torch.int64, device=device)])
         if self._eager_state:
-            kind = group_hyper(self._rule, group).kind
+            kind = group_hyper(self._rule, group, f"param_groups[{gi}]").kind
             for i, p in enumerate(group["params"]):
                 self._state_of(start + i, p, group, kind)
         self._plans = None
@@ -143,28 +160,34 @@ class Optimizer(torch.optim.Optimizer):
         torch does: zeros (Adagrad: initial_accumulator_value) laid out like the parameter."""
         state = self.state[p]
         for name in STATE_NAMES[kind]:
+            if name in state and state[name].stride() != p.stride():
+                state[name] = torch.empty_like(p).copy_(state[name])  # p.data was swapped for another layout
             if name not in state:
-                init = self._rule._initial_state(self._rule, name, group)
+                init = self._rule._initial_state(name, group)
                 state[name] = torch.full_like(p, init, memory_format=torch.preserve_format)
                 if name == "momentum_buffer" and not self._torch_steps:
                     # torch's SGD starts a new momentum buffer as the gradient (b = g), which the
                     # native rule does at step 1: this counter only marks that first step.
                     device, slot = self._where[i]
                     self._steps[device][slot] = 0
-        return tuple(_flat(state[name]) for name in STATE_NAMES[kind])
+        return tuple(state[name] for name in STATE_NAMES[kind])
 
     def _plan(self, kinds, grads):
         """The per-device native calls for this set of parameters with gradients (cached: it only
         changes when a group's rule or the set of gradients that are None does)."""
         key = (kinds, tuple(i for i, g in enumerate(grads) if g is None))
-        if self._plans is not None and self._plans[0] == key:
+        if self._plans is not None and self._plans[0] == key and not any(p.stale() for p in self._plans[1]):
             return self._plans[1]
         per_device = {}
         i = 0
         for gi, group in enumerate(self.param_groups):
-            for p in group["params"]:
+            for j, p in enumerate(group["params"]):
                 if grads[i] is not None:
                     device, slot = self._where[i]
+                    if p.device != device or p.dtype != torch.float32:
+                        raise ValueError(f"{self._name(gi, j)}: was a float32 tensor on {device} when the optimizer "
+                                         f"was made, is now {p.dtype} on {p.device}; make the optimizer after "
+                                         "moving or converting the model")
                     entry = per_device.setdefault(device, ([], [], [], [], []))
                     for lst, value in zip(entry, (i, p, self._state_of(i, p, group, kinds[gi]), gi, slot)):
                         lst.append(value)
@@ -185,7 +208,7 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        hypers = [group_hyper(self._rule, group) for group in self.param_groups]
+        hypers = [group_hyper(self._rule, group, f"param_groups[{gi}]") for gi, group in enumerate(self.param_groups)]
         grads = [p.grad for group in self.param_groups for p in group["params"]]
         plans = self._plan(tuple(h.kind for h in hypers), grads)
         clip = self.max_grad_norm
@@ -207,21 +230,21 @@ class Optimizer(torch.optim.Optimizer):
             if plan.steps is not None:
                 counters.index_copy_(0, plan.steps, steps)
             # Autograd must see the in-place change (a parameter saved for a pending backward).
-            torch.autograd.graph.increment_version(plan.params)
+            torch.autograd.graph.increment_version(plan.originals)
             if norm is not None:
                 self.grad_norm = self._as_tensor(norm, plan.device)
         return loss
 
     def _grad(self, g, k, plan):
         if not plan.flat[k] and g.layout is _STRIDED and g.is_contiguous():
-            return g
+            return plan.host(g) if plan.host else g
         if g.layout is not _STRIDED:
             raise TypeError(f"{self._name(*self._locate(plan.index[k]))}.grad: {g.layout} gradients are not "
                             "supported (fastopt's step is dense; torch.optim.SparseAdam takes sparse gradients)")
         p = plan.originals[k]
         if g.stride() != p.stride():
             g = torch.empty_like(p).copy_(g)  # a gradient laid out unlike its parameter: rare, copied
-        return _flat(g)
+        return plan.host(_flat(g)) if plan.host else _flat(g)
 
     def _locate(self, i):
         for gi, group in enumerate(self.param_groups):
@@ -269,7 +292,7 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"state_dict: param group {gi} has decoupled_weight_decay=True (torch's AdamW "
                                  "rule): load it into fastopt.torch.optim.AdamW")
             group = {k: v for k, v in {**self.defaults, **saved}.items() if k not in _TORCH_IMPL_KEYS}
-            group_hyper(self._rule, group)
+            group_hyper(self._rule, group, f"state_dict['param_groups'][{gi}]")
             groups.append(group)
         return {**state_dict, "param_groups": groups}
 
