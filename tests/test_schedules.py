@@ -93,6 +93,28 @@ def test_cyclic_matches_reference(kw):
     assert [g["initial_lr"] for g in opt.param_groups] == base
 
 
+def _decay(x):
+    return 0.97 ** x
+
+
+@pytest.mark.parametrize("scale_mode", ["cycle", "iterations"])
+def test_cyclic_scale_fn_matches_reference(scale_mode):
+    base, top = [0.01, 0.02, 0.5], [0.1, 0.05, 1.0]
+    kw = dict(step_size_up=3, step_size_down=5, scale_fn=_decay, scale_mode=scale_mode)
+    got = trace(S.CyclicLR(Opt(), base, top, **kw), 300)
+    expect = np.array([[R.cyclic_lr(t, b, m, **kw) for b, m in zip(base, top)] for t in range(301)])
+    np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-14)
+
+
+def test_cyclic_scale_mode_iterations_by_hand():
+    # up 2, down 2, amplitude 4 scaled by 2^-t ('iterations') or 2^-cycle ('cycle'): heights 0, .5, 1, .5, 0, ...
+    it = trace(S.CyclicLR(Opt([9.0]), 1.0, 5.0, step_size_up=2, scale_fn=lambda x: 0.5 ** x,
+                          scale_mode="iterations"), 6)[:, 0]
+    np.testing.assert_allclose(it, [1, 1 + 2 * 0.5, 1 + 4 * 0.25, 1 + 2 * 0.125, 1, 1 + 2 / 32, 1 + 4 / 64], rtol=1e-15)
+    cyc = trace(S.CyclicLR(Opt([9.0]), 1.0, 5.0, step_size_up=2, scale_fn=lambda x: 0.5 ** x), 6)[:, 0]
+    np.testing.assert_allclose(cyc, [1, 2, 3, 2, 1, 1.5, 2], rtol=1e-15)
+
+
 # --- hand-computed values ------------------------------------------------------------
 
 def lrs_at(sched, ts, group=0):
@@ -348,25 +370,196 @@ def test_second_schedule_keeps_the_first_initial_lr():
     assert s.base_lrs == [1.0] and opt.param_groups[0]["lr"] == 1.0
 
 
-def test_bad_arguments():
+def test_bad_optimizer():
     with pytest.raises(TypeError):
         S.StepLR(object(), 3)
     with pytest.raises(TypeError):
         S.StepLR(type("O", (), {"param_groups": [{"x": 1}]})(), 3)
-    for bad in (lambda: S.StepLR(Opt(), 0), lambda: S.CosineAnnealingLR(Opt(), 0),
-                lambda: S.LinearLR(Opt(), start_factor=0.0), lambda: S.LinearLR(Opt(), end_factor=1.5),
-                lambda: S.CosineAnnealingWarmRestarts(Opt(), 0),
-                lambda: S.CosineAnnealingWarmRestarts(Opt(), 3, T_mult=1.5),
-                lambda: S.CyclicLR(Opt(), 0.1, 1.0, mode="sawtooth"),
-                lambda: S.CyclicLR(Opt(), [0.1, 0.2], 1.0),
-                lambda: S.InverseTimeLR(Opt(), 0.5, decay_steps=0),
-                lambda: S.InverseSqrtLR(Opt(), 0),
-                lambda: S.LinearWarmup(Opt(), -1),
-                lambda: S.ReduceLROnPlateau(Opt(), factor=1.0),
-                lambda: S.ReduceLROnPlateau(Opt(), mode="up"),
-                lambda: S.ReduceLROnPlateau(Opt(), threshold_mode="pct")):
-        with pytest.raises(ValueError):
-            bad()
+
+
+# --- argument checks: every argument of every schedule, each kind of bad value ---------------------
+# (build on Opt(), exception, the argument its message must start with). A wrong kind (str, None, a
+# bool or float for a step count) is a TypeError; a value out of range is a ValueError, in
+# particular every value that would write a negative, NaN or infinite lr.
+
+def _bad(name, build, cases):
+    return [pytest.param(build(v), exc, arg, id=f"{name}-{arg}={v!r}") for v, exc, arg in cases]
+
+
+NAN, INF = math.nan, math.inf
+BAD_ARGUMENTS = (
+    _bad("StepLR", lambda v: lambda o: S.StepLR(o, v), [
+        (0, ValueError, "step_size"), (2.0, TypeError, "step_size"), (True, TypeError, "step_size"),
+        ("3", TypeError, "step_size"), (None, TypeError, "step_size")])
+    + _bad("StepLR", lambda v: lambda o: S.StepLR(o, 3, gamma=v), [
+        (-0.5, ValueError, "gamma"), (NAN, ValueError, "gamma"), (INF, ValueError, "gamma"),
+        ("0.1", TypeError, "gamma"), (None, TypeError, "gamma"), (False, TypeError, "gamma")])
+    + _bad("StepLR", lambda v: lambda o: S.StepLR(o, 3, last_epoch=v), [
+        (-2, ValueError, "last_epoch"), (0.0, TypeError, "last_epoch"), (None, TypeError, "last_epoch")])
+    + _bad("MultiStepLR", lambda v: lambda o: S.MultiStepLR(o, v), [
+        ([3, 2.5], TypeError, "milestones[1]"), ([-1, 4], ValueError, "milestones[0]"),
+        ("12", TypeError, "milestones"), (None, TypeError, "milestones"), ([True], TypeError, "milestones[0]")])
+    + _bad("MultiStepLR", lambda v: lambda o: S.MultiStepLR(o, [2], gamma=v), [
+        (-1.0, ValueError, "gamma"), (NAN, ValueError, "gamma"), ("x", TypeError, "gamma")])
+    + _bad("ExponentialLR", lambda v: lambda o: S.ExponentialLR(o, v), [
+        (-0.9, ValueError, "gamma"), (INF, ValueError, "gamma"), (NAN, ValueError, "gamma"),
+        (None, TypeError, "gamma"), ("0.9", TypeError, "gamma")])
+    + _bad("CosineAnnealingLR", lambda v: lambda o: S.CosineAnnealingLR(o, v), [
+        (0, ValueError, "T_max"), (10.0, TypeError, "T_max"), (None, TypeError, "T_max")])
+    + _bad("CosineAnnealingLR", lambda v: lambda o: S.CosineAnnealingLR(o, 10, eta_min=v), [
+        (-1e-3, ValueError, "eta_min"), (NAN, ValueError, "eta_min"), (INF, ValueError, "eta_min"),
+        ("0", TypeError, "eta_min"), (None, TypeError, "eta_min")])
+    + _bad("LinearLR", lambda v: lambda o: S.LinearLR(o, start_factor=v), [
+        (0.0, ValueError, "start_factor"), (1.5, ValueError, "start_factor"), (-0.5, ValueError, "start_factor"),
+        (NAN, ValueError, "start_factor"), ("0.5", TypeError, "start_factor")])
+    + _bad("LinearLR", lambda v: lambda o: S.LinearLR(o, end_factor=v), [
+        (1.5, ValueError, "end_factor"), (-0.1, ValueError, "end_factor"), (None, TypeError, "end_factor")])
+    + _bad("LinearLR", lambda v: lambda o: S.LinearLR(o, total_iters=v), [
+        (0, ValueError, "total_iters"), (2.5, TypeError, "total_iters")])
+    + _bad("CosineAnnealingWarmRestarts", lambda v: lambda o: S.CosineAnnealingWarmRestarts(o, v), [
+        (0, ValueError, "T_0"), (1.5, TypeError, "T_0")])
+    + _bad("CosineAnnealingWarmRestarts", lambda v: lambda o: S.CosineAnnealingWarmRestarts(o, 3, T_mult=v), [
+        (0, ValueError, "T_mult"), (1.5, TypeError, "T_mult")])
+    + _bad("CosineAnnealingWarmRestarts", lambda v: lambda o: S.CosineAnnealingWarmRestarts(o, 3, eta_min=v), [
+        (-1.0, ValueError, "eta_min"), (NAN, ValueError, "eta_min"), ("0", TypeError, "eta_min")])
+    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, v, 1.0), [
+        (-0.1, ValueError, "base_lr"), ([0.1, 0.2], ValueError, "base_lr"), ([0.1, -0.2, 0.3], ValueError, "base_lr[1]"),
+        (NAN, ValueError, "base_lr"), ("0.1", TypeError, "base_lr"), ([0.1, None, 0.3], TypeError, "base_lr[1]")])
+    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, 0.1, v), [
+        (-1.0, ValueError, "max_lr"), (INF, ValueError, "max_lr"), (None, TypeError, "max_lr")])
+    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, 0.1, 1.0, step_size_up=v), [
+        (0, ValueError, "step_size_up"), (2.5, TypeError, "step_size_up")])
+    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, 0.1, 1.0, step_size_down=v), [
+        (0, ValueError, "step_size_down"), (2.5, TypeError, "step_size_down")])
+    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, 0.1, 1.0, mode=v), [
+        ("sawtooth", ValueError, "mode"), (1, TypeError, "mode")])
+    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, 0.1, 1.0, mode="exp_range", gamma=v), [
+        (-0.5, ValueError, "gamma"), (NAN, ValueError, "gamma"), ("1", TypeError, "gamma")])
+    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, 0.1, 1.0, scale_fn=v), [(3, TypeError, "scale_fn")])
+    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, 0.1, 1.0, scale_fn=abs, scale_mode=v), [
+        ("epochs", ValueError, "scale_mode"), (None, TypeError, "scale_mode")])
+    + _bad("InverseTimeLR", lambda v: lambda o: S.InverseTimeLR(o, v), [
+        (-1.0, ValueError, "decay_rate"), (-0.5, ValueError, "decay_rate"), (NAN, ValueError, "decay_rate"),
+        ("0.5", TypeError, "decay_rate"), (None, TypeError, "decay_rate")])
+    + _bad("InverseTimeLR", lambda v: lambda o: S.InverseTimeLR(o, 0.5, decay_steps=v), [
+        (0, ValueError, "decay_steps"), (-10, ValueError, "decay_steps"), (NAN, ValueError, "decay_steps"),
+        (INF, ValueError, "decay_steps"), ("10", TypeError, "decay_steps")])
+    + _bad("InverseSqrtLR", lambda v: lambda o: S.InverseSqrtLR(o, v), [
+        (0, ValueError, "warmup_steps"), (4.0, TypeError, "warmup_steps")])
+    + _bad("LinearWarmup", lambda v: lambda o: S.LinearWarmup(o, v), [
+        (-1, ValueError, "warmup_steps"), (2.0, TypeError, "warmup_steps"), (None, TypeError, "warmup_steps")])
+    + _bad("LinearWarmup", lambda v: lambda o: S.LinearWarmup(o, 3, start_factor=v), [
+        (1.5, ValueError, "start_factor"), (-0.1, ValueError, "start_factor"), (None, TypeError, "start_factor")])
+    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, mode=v), [
+        ("up", ValueError, "mode"), (None, TypeError, "mode")])
+    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, factor=v), [
+        (1.0, ValueError, "factor"), (-0.1, ValueError, "factor"), (NAN, ValueError, "factor"),
+        ("0.1", TypeError, "factor")])
+    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, patience=v), [
+        (-1, ValueError, "patience"), (1.5, TypeError, "patience")])
+    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, threshold=v), [
+        (-1e-4, ValueError, "threshold"), (NAN, ValueError, "threshold"), ("x", TypeError, "threshold")])
+    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, threshold_mode=v), [
+        ("pct", ValueError, "threshold_mode")])
+    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, cooldown=v), [
+        (-1, ValueError, "cooldown"), (0.5, TypeError, "cooldown")])
+    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, min_lr=v), [
+        (-1.0, ValueError, "min_lr"), ([0.1], ValueError, "min_lr"), ([0.0, NAN, 0.0], ValueError, "min_lr[1]")])
+    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, eps=v), [
+        (-1.0, ValueError, "eps"), (None, TypeError, "eps")])
+)
+
+
+@pytest.mark.parametrize("build,exc,arg", BAD_ARGUMENTS)
+def test_bad_arguments_name_the_argument(build, exc, arg):
+    opt = Opt()
+    before = [dict(g) for g in opt.param_groups]
+    with pytest.raises(exc) as info:
+        build(opt)
+    assert str(info.value).startswith(f"{arg}: "), str(info.value)
+    assert opt.param_groups == before        # nothing written before the check
+
+
+@pytest.mark.parametrize("lrs,key", [([0.1, -0.03, 2.5], "lr"), ([0.1, NAN, 2.5], "lr"), ([INF], "lr"),
+                                     (["0.1"], "lr")])
+def test_impossible_initial_lr_is_refused(lrs, key):
+    for build in [lambda o: S.StepLR(o, 3), lambda o: S.CosineAnnealingLR(o, 5), lambda o: S.LinearWarmup(o, 2)]:
+        opt = Opt(lrs)
+        bad = next(i for i, v in enumerate(lrs) if not isinstance(v, float) or not 0 <= v < INF)
+        with pytest.raises(TypeError if isinstance(lrs[bad], str) else ValueError,
+                           match=rf"^optimizer\.param_groups\[{bad}\]\['{key}'\]: "):
+            build(opt)
+    opt = Opt([0.1])
+    opt.param_groups[0]["initial_lr"] = -1.0     # resuming from a corrupt group
+    with pytest.raises(ValueError, match=r"^optimizer\.param_groups\[0\]\['initial_lr'\]: must be a finite number >= 0"):
+        S.StepLR(opt, 3, last_epoch=4)
+
+
+def test_inverse_time_decay_rate_minus_one_would_divide_by_zero():
+    # 1 + decay_rate * t / decay_steps = 0 at t = decay_steps: refused at construction.
+    with pytest.raises(ValueError, match=r"^decay_rate: must be a finite number >= 0, got -1.0"):
+        S.InverseTimeLR(Opt(), -1.0, decay_steps=4)
+    assert lrs_at(S.InverseTimeLR(Opt([1.0]), 0.0, decay_steps=4), [0, 4, 100]) == [1.0, 1.0, 1.0]
+
+
+def test_zero_gamma_is_allowed_and_stays_nonnegative():
+    assert lrs_at(S.StepLR(Opt([1.0]), 2, gamma=0.0), [0, 1, 2, 7]) == [1.0, 1.0, 0.0, 0.0]
+    assert lrs_at(S.ExponentialLR(Opt([1.0]), 0.0), [0, 1, 5]) == [1.0, 0.0, 0.0]
+
+
+def test_scale_fn_that_would_write_an_impossible_lr_raises_and_writes_nothing():
+    opt = Opt([9.0])
+    s = S.CyclicLR(opt, 1.0, 5.0, step_size_up=2, scale_fn=lambda t: 1.0 - t / 2.0, scale_mode="iterations")
+    s.step()                                 # t = 1: scale 0.5
+    assert s.get_last_lr() == [1.0 + 4.0 * 0.5 * 0.5]
+    s.step()                                 # t = 2: scale 0, lr = base
+    assert s.get_last_lr() == [1.0]
+    with pytest.raises(ValueError, match=r"^scale_fn\(3\): must be a finite number >= 0, got -0.5"):
+        s.step()
+    assert opt.param_groups[0]["lr"] == 1.0
+    opt = Opt([9.0])
+    with pytest.raises(ValueError, match=r"^scale_fn\(1\): must be a finite number >= 0, got nan"):
+        S.CyclicLR(opt, 1.0, 5.0, step_size_up=2, scale_fn=lambda c: NAN)
+
+
+def test_plateau_metric_kinds():
+    s = S.ReduceLROnPlateau(Opt([1.0]), patience=0)
+    s.step(np.float32(2.0))
+    s.step(np.array(1.0))                    # a 0-d array, as a loss often is
+    assert s.best == 1.0
+    s.step(NAN)                              # no improvement, as in torch
+    assert s.get_last_lr() == [pytest.approx(0.1)]
+    for bad in ("1.0", None, True):
+        with pytest.raises(TypeError, match=r"^metric: "):
+            s.step(bad)
+
+
+# torch rejects these too (ValueError, or TypeError for a wrong kind): fastopt refuses at least what torch does.
+TORCH_REJECTS = [
+    ("LinearLR-start0", lambda M, o: M.LinearLR(o, start_factor=0.0)),
+    ("LinearLR-start1.5", lambda M, o: M.LinearLR(o, start_factor=1.5)),
+    ("LinearLR-end1.5", lambda M, o: M.LinearLR(o, end_factor=1.5)),
+    ("SGDR-T0", lambda M, o: M.CosineAnnealingWarmRestarts(o, 0)),
+    ("SGDR-T0-float", lambda M, o: M.CosineAnnealingWarmRestarts(o, 1.5)),
+    ("SGDR-Tmult", lambda M, o: M.CosineAnnealingWarmRestarts(o, 3, T_mult=0)),
+    ("SGDR-Tmult-float", lambda M, o: M.CosineAnnealingWarmRestarts(o, 3, T_mult=1.5)),
+    ("SGDR-eta-str", lambda M, o: M.CosineAnnealingWarmRestarts(o, 3, eta_min="0")),
+    ("Cyclic-mode", lambda M, o: M.CyclicLR(o, 0.1, 1.0, mode="sawtooth", cycle_momentum=False)),
+    ("Cyclic-groups", lambda M, o: M.CyclicLR(o, [0.1, 0.2], 1.0, cycle_momentum=False)),
+    ("Plateau-factor", lambda M, o: M.ReduceLROnPlateau(o, factor=1.0)),
+    ("Plateau-mode", lambda M, o: M.ReduceLROnPlateau(o, mode="up")),
+    ("Plateau-threshold-mode", lambda M, o: M.ReduceLROnPlateau(o, threshold_mode="pct")),
+    ("Plateau-min-lr", lambda M, o: M.ReduceLROnPlateau(o, min_lr=[0.1])),
+]
+
+
+@pytest.mark.parametrize("name,build", TORCH_REJECTS, ids=[n for n, _ in TORCH_REJECTS])
+def test_refuses_what_torch_refuses(name, build):
+    with pytest.raises((ValueError, TypeError)):
+        build(S, Opt())
+    torch = pytest.importorskip("torch")
+    with pytest.raises((ValueError, TypeError)):
+        build(torch.optim.lr_scheduler, _torch_opt(torch))
 
 
 # --- torch cross-checks (optional) -----------------------------------------------------------
@@ -406,6 +599,11 @@ TORCH_CASES = {
     "cyclic-exp": (lambda o: S.CyclicLR(o, 0.01, 0.1, 4, mode="exp_range", gamma=0.98),
                    lambda L, o: L.CyclicLR(o, 0.01, 0.1, 4, mode="exp_range", gamma=0.98,
                                            cycle_momentum=False)),
+    "cyclic-scale-iterations": (lambda o: S.CyclicLR(o, 0.01, 0.1, 4, 7, scale_fn=_decay, scale_mode="iterations"),
+                                lambda L, o: L.CyclicLR(o, 0.01, 0.1, 4, 7, scale_fn=_decay, scale_mode="iterations",
+                                                        cycle_momentum=False)),
+    "cyclic-scale-cycle": (lambda o: S.CyclicLR(o, 0.01, 0.1, 4, 7, scale_fn=_decay),
+                           lambda L, o: L.CyclicLR(o, 0.01, 0.1, 4, 7, scale_fn=_decay, cycle_momentum=False)),
     "warmup-cosine": (lambda o: S.LinearWarmup(o, 10, S.CosineAnnealingLR(o, 50), start_factor=0.1),
                       lambda L, o: L.SequentialLR(o, [L.LinearLR(o, 0.1, 1.0, 10),
                                                       L.CosineAnnealingLR(o, 50)], [10])),

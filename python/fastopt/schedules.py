@@ -21,10 +21,21 @@ Usage::
 
 Composition: ``LinearWarmup(opt, 500, after=CosineAnnealingLR(opt, T_max=9500))``
 ramps for 500 steps, then the cosine runs as if it had started at t = 500.
+
+Arguments are checked at construction: a wrong kind of value (a str, a float for a step count, a
+bool) raises TypeError, and one that could write a negative, NaN or infinite lr (gamma < 0,
+eta_min < 0, a negative initial lr, decay_rate < 0, ...) raises ValueError, each naming the
+argument; torch's own range checks (LinearLR's factors, ReduceLROnPlateau's factor < 1, ...) are
+kept. A user's scale_fn is checked when it is called: an lr it would make impossible raises
+ValueError and no group is written.
 """
 import bisect
 import copy
 import math
+
+import numpy as np
+
+from ._args import choice, finite, integer, real, shape
 
 __all__ = ["LRSchedule", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
            "LinearLR", "CosineAnnealingWarmRestarts", "CyclicLR", "InverseTimeLR",
@@ -39,17 +50,21 @@ def _param_groups(optimizer):
 
 
 def _per_group(name, value, groups):
+    """One lr-like value >= 0 per group, from a list of them or one for all."""
     if isinstance(value, (list, tuple)):
         if len(value) != len(groups):
-            raise ValueError(f"expected {len(groups)} values for {name}, got {len(value)}")
-        return [float(v) for v in value]
-    return [float(value)] * len(groups)
+            raise ValueError(f"{name}: expected {len(groups)} values (one per param group), got {len(value)}")
+        return [_rate(v, f"{name}[{i}]") for i, v in enumerate(value)]
+    return [_rate(value, name)] * len(groups)
 
 
-def _positive_int(name, value, minimum=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+def _rate(value, name):
+    """An lr, or a factor or bound of one: a finite real number >= 0."""
+    return finite(value, name, 0.0)
+
+
+def _steps(value, name, minimum=1):
+    return integer(value, name, minimum)
 
 
 class _Scheduler:
@@ -64,6 +79,10 @@ class _Scheduler:
         return list(self._last_lr)
 
     def _set_lrs(self, lrs):
+        for i, lr in enumerate(lrs):
+            if not (math.isfinite(lr) and lr >= 0):
+                raise ValueError(f"{type(self).__name__}: computed lr {lr!r} for param group {i} at step "
+                                 f"{getattr(self, 'last_epoch', 0)}; an lr must be finite and >= 0")
         for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
         self._last_lr = list(lrs)
@@ -100,14 +119,17 @@ class LRSchedule(_Scheduler):
 
     def __init__(self, optimizer, last_epoch=-1, base_lrs=None):
         super().__init__(optimizer)
+        last_epoch = integer(last_epoch, "last_epoch", -1)
         groups = optimizer.param_groups
+        if base_lrs is None:
+            if last_epoch >= 0 and not all("initial_lr" in g for g in groups):
+                raise KeyError("resuming with last_epoch >= 0 needs 'initial_lr' in every param group")
+            keys = ["initial_lr" if "initial_lr" in g else "lr" for g in groups]
+            base_lrs = [_rate(g[k], f"optimizer.param_groups[{i}][{k!r}]") for i, (g, k) in enumerate(zip(groups, keys))]
         if last_epoch == -1:
             for group in groups:
                 group.setdefault("initial_lr", group["lr"])
-        elif not all("initial_lr" in g for g in groups):
-            raise KeyError("resuming with last_epoch >= 0 needs 'initial_lr' in every param group")
-        self.base_lrs = ([float(g["initial_lr"]) for g in groups] if base_lrs is None
-                         else list(base_lrs))
+        self.base_lrs = list(base_lrs)
         self.last_epoch = last_epoch
         self.step()
 
@@ -131,8 +153,8 @@ class StepLR(LRSchedule):
     """lr_t = base_lr * gamma^floor(t / step_size)."""
 
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
-        self.step_size = _positive_int("step_size", step_size)
-        self.gamma = gamma
+        self.step_size = _steps(step_size, "step_size")
+        self.gamma = _rate(gamma, "gamma")
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t, base_lr):
@@ -143,8 +165,8 @@ class MultiStepLR(LRSchedule):
     """lr_t = base_lr * gamma^(number of milestones <= t); a repeated milestone counts twice."""
 
     def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
-        self.milestones = sorted(milestones)
-        self.gamma = gamma
+        self.milestones = sorted(shape(milestones, "milestones", 0, ints_ok=False))
+        self.gamma = _rate(gamma, "gamma")
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t, base_lr):
@@ -155,7 +177,7 @@ class ExponentialLR(LRSchedule):
     """lr_t = base_lr * gamma^t."""
 
     def __init__(self, optimizer, gamma, last_epoch=-1):
-        self.gamma = gamma
+        self.gamma = _rate(gamma, "gamma")
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t, base_lr):
@@ -173,8 +195,8 @@ class CosineAnnealingLR(LRSchedule):
     """
 
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
-        self.T_max = _positive_int("T_max", T_max)
-        self.eta_min = eta_min
+        self.T_max = _steps(T_max, "T_max")
+        self.eta_min = _rate(eta_min, "eta_min")
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t, base_lr):
@@ -186,13 +208,9 @@ class LinearLR(LRSchedule):
 
     def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5,
                  last_epoch=-1):
-        if not 0.0 < start_factor <= 1.0:
-            raise ValueError("start_factor must be in (0, 1]")
-        if not 0.0 <= end_factor <= 1.0:
-            raise ValueError("end_factor must be in [0, 1]")
-        self.start_factor = start_factor
-        self.end_factor = end_factor
-        self.total_iters = _positive_int("total_iters", total_iters)
+        self.start_factor = real(start_factor, "start_factor", 0.0, 1.0, low_open=True)
+        self.end_factor = real(end_factor, "end_factor", 0.0, 1.0)
+        self.total_iters = _steps(total_iters, "total_iters")
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t, base_lr):
@@ -209,9 +227,9 @@ class CosineAnnealingWarmRestarts(LRSchedule):
     """
 
     def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0, last_epoch=-1):
-        self.T_0 = _positive_int("T_0", T_0)
-        self.T_mult = _positive_int("T_mult", T_mult)
-        self.eta_min = eta_min
+        self.T_0 = _steps(T_0, "T_0")
+        self.T_mult = _steps(T_mult, "T_mult")
+        self.eta_min = _rate(eta_min, "eta_min")
         super().__init__(optimizer, last_epoch)
 
     def period(self, t):
@@ -250,15 +268,14 @@ class CyclicLR(LRSchedule):
         groups = _param_groups(optimizer)
         base_lrs = _per_group("base_lr", base_lr, groups)
         self.max_lrs = _per_group("max_lr", max_lr, groups)
-        self.step_size_up = _positive_int("step_size_up", step_size_up)
-        self.step_size_down = _positive_int(
-            "step_size_down", step_size_up if step_size_down is None else step_size_down)
-        if scale_fn is None and mode not in self._MODES:
-            raise ValueError(f"mode must be one of {self._MODES}, got {mode!r}")
-        if scale_mode not in ("cycle", "iterations"):
-            raise ValueError("scale_mode must be 'cycle' or 'iterations'")
-        self.mode, self.gamma = mode, gamma
-        self.scale_fn, self.scale_mode = scale_fn, scale_mode
+        self.step_size_up = _steps(step_size_up, "step_size_up")
+        self.step_size_down = _steps(step_size_up if step_size_down is None else step_size_down, "step_size_down")
+        if scale_fn is None:
+            choice(mode, "mode", self._MODES)
+        elif not callable(scale_fn):
+            raise TypeError(f"scale_fn: expected a function of the cycle or step count, got {type(scale_fn).__name__}")
+        self.mode, self.gamma = mode, _rate(gamma, "gamma")
+        self.scale_fn, self.scale_mode = scale_fn, choice(scale_mode, "scale_mode", ("cycle", "iterations"))
         if last_epoch == -1:
             for group, lr in zip(groups, base_lrs):
                 group["lr"] = lr
@@ -266,7 +283,8 @@ class CyclicLR(LRSchedule):
 
     def _scale(self, cycle, t):
         if self.scale_fn is not None:
-            return self.scale_fn(cycle if self.scale_mode == "cycle" else t)
+            arg = cycle if self.scale_mode == "cycle" else t
+            return _rate(self.scale_fn(arg), f"scale_fn({arg})")
         if self.mode == "triangular":
             return 1.0
         if self.mode == "triangular2":
@@ -291,10 +309,8 @@ class InverseTimeLR(LRSchedule):
     """The "1/t" decay: lr_t = base_lr / (1 + decay_rate t / decay_steps)."""
 
     def __init__(self, optimizer, decay_rate, decay_steps=1, last_epoch=-1):
-        if decay_steps <= 0:
-            raise ValueError("decay_steps must be > 0")
-        self.decay_rate = decay_rate
-        self.decay_steps = decay_steps
+        self.decay_rate = _rate(decay_rate, "decay_rate")
+        self.decay_steps = finite(decay_steps, "decay_steps", 0.0, low_open=True)
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t, base_lr):
@@ -313,7 +329,7 @@ class InverseSqrtLR(LRSchedule):
     """
 
     def __init__(self, optimizer, warmup_steps, last_epoch=-1):
-        self.warmup_steps = _positive_int("warmup_steps", warmup_steps)
+        self.warmup_steps = _steps(warmup_steps, "warmup_steps")
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t, base_lr):
@@ -336,9 +352,8 @@ class LinearWarmup(LRSchedule):
     """
 
     def __init__(self, optimizer, warmup_steps, after=None, start_factor=0.0, last_epoch=-1):
-        self.warmup_steps = _positive_int("warmup_steps", warmup_steps, minimum=0)
-        if not 0.0 <= start_factor <= 1.0:
-            raise ValueError("start_factor must be in [0, 1]")
+        self.warmup_steps = _steps(warmup_steps, "warmup_steps", minimum=0)
+        start_factor = real(start_factor, "start_factor", 0.0, 1.0)
         if after is not None:
             if not isinstance(after, LRSchedule):
                 raise TypeError("after must be a closed-form schedule (not ReduceLROnPlateau)")
@@ -376,15 +391,13 @@ class ReduceLROnPlateau(_Scheduler):
     def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
                  threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
         super().__init__(optimizer)
-        if factor >= 1.0:
-            raise ValueError("factor must be < 1.0")
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        if threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
-        self.mode, self.factor, self.patience = mode, factor, patience
-        self.threshold, self.threshold_mode = threshold, threshold_mode
-        self.cooldown, self.eps = cooldown, eps
+        self.mode = choice(mode, "mode", ("min", "max"))
+        self.factor = real(factor, "factor", 0.0, 1.0, high_open=True)
+        self.patience = _steps(patience, "patience", minimum=0)
+        self.threshold = _rate(threshold, "threshold")
+        self.threshold_mode = choice(threshold_mode, "threshold_mode", ("rel", "abs"))
+        self.cooldown = _steps(cooldown, "cooldown", minimum=0)
+        self.eps = _rate(eps, "eps")
         self.min_lrs = _per_group("min_lr", min_lr, optimizer.param_groups)
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = 0
@@ -404,7 +417,10 @@ class ReduceLROnPlateau(_Scheduler):
         return self.cooldown_counter > 0
 
     def step(self, metric):
-        current = float(metric)
+        """metric: a real number (Python, NumPy, or a 0-d array); NaN counts as no improvement."""
+        if isinstance(metric, np.ndarray) and metric.ndim == 0:
+            metric = metric[()]
+        current = real(metric, "metric")
         self.last_epoch += 1
         if self.is_better(current, self.best):
             self.best = current

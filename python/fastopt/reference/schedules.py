@@ -55,19 +55,23 @@ def cosine_warm_restarts_lr(t, base_lr, T_0, T_mult=1, eta_min=0.0):
 
 
 def cyclic_lr(t, base_lr, max_lr, step_size_up=2000, step_size_down=None,
-              mode="triangular", gamma=1.0):
+              mode="triangular", gamma=1.0, scale_fn=None, scale_mode="cycle"):
     """Smith's triangular cycle, written as torch documents it:
     cycle = floor(1 + t / L), x = 1 + t / L - cycle (fraction of the cycle, L = up + down),
     height = x / r while x <= r (r = up / L), else (1 - x) / (1 - r);
-    lr = base_lr + (max_lr - base_lr) height scale, scale = 1, 2^-(cycle-1) or gamma^t."""
+    lr = base_lr + (max_lr - base_lr) height scale, scale = 1, 2^-(cycle-1) or gamma^t,
+    or with a scale_fn: scale_fn(cycle) ('cycle') or scale_fn(t) ('iterations')."""
     down = step_size_up if step_size_down is None else step_size_down
     L = step_size_up + down
     r = step_size_up / L
     cycle = math.floor(1 + t / L)
     x = 1.0 + t / L - cycle
     height = x / r if x <= r else (1.0 - x) / (1.0 - r)
-    scale = {"triangular": 1.0, "triangular2": 0.5 ** (cycle - 1),
-             "exp_range": gamma ** t}[mode]
+    if scale_fn is not None:
+        scale = scale_fn(cycle if scale_mode == "cycle" else t)
+    else:
+        scale = {"triangular": 1.0, "triangular2": 0.5 ** (cycle - 1),
+                 "exp_range": gamma ** t}[mode]
     return base_lr + (max_lr - base_lr) * height * scale
 
 
