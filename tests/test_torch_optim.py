@@ -199,6 +199,21 @@ def test_channels_last_and_noncontiguous_grad():
     assert opt.state[our_p[0]]["momentum_buffer"].stride() == our_p[0].stride()
 
 
+def test_parameter_storage_swapped():
+    """`p.data = ...` (a new storage, even a new layout) between steps is followed; a new dtype is refused."""
+    ref, opt, ref_p, our_p, gen = _pair("Adam", dict(lr=0.01), shapes=[(4, 3, 5, 2), (6,)])
+    _run(ref, opt, ref_p, our_p, gen, steps=2)
+    for p in (ref_p[0], our_p[0]):
+        p.data = p.data.to(memory_format=torch.channels_last)
+    _run(ref, opt, ref_p, our_p, gen, steps=2)
+    assert opt.state[our_p[0]]["exp_avg"].stride() == our_p[0].stride()
+    our_p[1].data = our_p[1].data.double()
+    our_p[1].grad = None  # assigning .data of another dtype drops nothing else; make the grad match
+    our_p[1].grad = torch.ones(6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[1\]: was a float32 tensor"):
+        opt.step()
+
+
 def test_add_param_group():
     ref, opt, ref_p, our_p, gen = _pair("Adam", dict(lr=0.01), shapes=[(5,), (6,)])
     _run(ref, opt, ref_p, our_p, gen, steps=2)
@@ -335,6 +350,8 @@ def test_bad_input():
         ft.optim.AdamW([p], max_grad_norm=-1.0)
     with pytest.raises(TypeError, match="skip_nonfinite"):
         ft.optim.AdamW([p], skip_nonfinite="yes")
+    with pytest.raises(TypeError, match="lr: expected a real number, got str"):
+        ft.optim.SGD([p], lr="0.1")
     with pytest.raises(ValueError, match="twice"), pytest.warns(UserWarning, match="duplicate"):
         ft.optim.SGD([p, p], lr=0.1)
     opt = ft.optim.SGD([p], lr=0.1)
@@ -358,6 +375,19 @@ def test_bad_state_dict():
     sd = torch.optim.SGD(p, lr=0.1, differentiable=True).state_dict()
     with pytest.raises(ValueError, match="differentiable"):
         ft.optim.SGD([torch.randn(3, requires_grad=True)], lr=0.1).load_state_dict(sd)
+    adam = torch.optim.Adam(p)
+    p[0].grad = torch.ones(3)
+    adam.step()
+    ours = ft.optim.SGD([torch.randn(3, requires_grad=True)], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="'exp_avg'.*another optimizer"):
+        ours.load_state_dict(adam.state_dict())
+    sd = copy.deepcopy(adam.state_dict())  # its entries are the live state's
+    sd["state"][0]["step"] = torch.tensor(-2.0)
+    with pytest.raises(ValueError, match=r"\['step'\]: expected a step count"):
+        ft.optim.Adam([torch.randn(3, requires_grad=True)]).load_state_dict(sd)
+    with pytest.raises(ValueError, match="has shape \\(3,\\), its parameter \\(4,\\)"):
+        ft.optim.Adam([torch.randn(4, requires_grad=True)]).load_state_dict(adam.state_dict())
+    assert ours.state_dict()["state"] == {}  # the refused checkpoints changed nothing
     sd = torch.optim.SGD(p, lr=0.1).state_dict()
     sd["param_groups"][0]["momentum"] = -1.0
     with pytest.raises(ValueError, match="momentum"):

@@ -24,6 +24,7 @@ import inspect
 import torch
 
 from .. import _C
+from .._args import boolean
 from ..optim import optimizers as _rules
 from ..optim.optimizer import STATE_NAMES, check_range, group_hyper
 
@@ -101,10 +102,8 @@ class Optimizer(torch.optim.Optimizer):
         group_hyper(self._rule, defaults)  # a bad argument is named plainly: "lr: ..."
         if max_grad_norm is not None:
             max_grad_norm = check_range("max_grad_norm", max_grad_norm)
-        if not isinstance(skip_nonfinite, bool):
-            raise TypeError(f"skip_nonfinite: expected a bool, got {type(skip_nonfinite).__name__}")
         self.max_grad_norm = max_grad_norm
-        self.skip_nonfinite = skip_nonfinite
+        self.skip_nonfinite = boolean(skip_nonfinite, "skip_nonfinite")
         self.grad_norm = None
         self._steps = {}        # device -> int64 step counters of its parameters, in param_groups order
         self._where = []        # flat parameter index -> (device, slot in that device's counters)
@@ -211,10 +210,10 @@ class Optimizer(torch.optim.Optimizer):
         hypers = [group_hyper(self._rule, group, f"param_groups[{gi}]") for gi, group in enumerate(self.param_groups)]
         grads = [p.grad for group in self.param_groups for p in group["params"]]
         plans = self._plan(tuple(h.kind for h in hypers), grads)
-        clip = self.max_grad_norm
-        if clip is not None:
-            clip = check_range("max_grad_norm", clip)
-        norm_pass = clip is not None or bool(self.skip_nonfinite)
+        # Both may have been set since construction: checked again, like the groups.
+        clip = None if self.max_grad_norm is None else check_range("max_grad_norm", self.max_grad_norm)
+        skip = boolean(self.skip_nonfinite, "skip_nonfinite")
+        norm_pass = clip is not None or skip
         if norm_pass and len(plans) > 1:
             raise ValueError(f"max_grad_norm / skip_nonfinite: the parameters are on {len(plans)} devices "
                              f"({', '.join(str(p.device) for p in plans)}), but the global norm is computed "
@@ -225,8 +224,7 @@ class Optimizer(torch.optim.Optimizer):
             counters = self._steps[plan.device]
             steps = counters if plan.steps is None else counters.index_select(0, plan.steps)
             stream = torch.cuda.current_stream(plan.device).cuda_stream if plan.device.type == "cuda" else 0
-            norm, _ = _C.optim_step(plan.params, gl, plan.states, steps, hypers, plan.group_of, clip,
-                                    bool(self.skip_nonfinite), stream)
+            norm, _ = _C.optim_step(plan.params, gl, plan.states, steps, hypers, plan.group_of, clip, skip, stream)
             if plan.steps is not None:
                 counters.index_copy_(0, plan.steps, steps)
             # Autograd must see the in-place change (a parameter saved for a pending backward).
@@ -281,8 +279,23 @@ class Optimizer(torch.optim.Optimizer):
         return {**state_dict, "state": state}
 
     def _check_loaded(self, state_dict):
-        """Refuse what fastopt cannot continue; drop torch's implementation switches; fill options
-        a checkpoint lacks from this optimizer's defaults."""
+        """Refuse what fastopt cannot continue (before anything changes); drop torch's
+        implementation switches; fill options a checkpoint lacks from this optimizer's defaults."""
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = dict(zip(ids, (p for g in self.param_groups for p in g["params"])))
+        allowed = self._rule.state_names()
+        for key, entry in state_dict["state"].items():
+            for name, value in entry.items() if key in params else ():
+                where = f"state_dict['state'][{key!r}][{name!r}]"
+                if name == "step":
+                    step = float(value)
+                    if not (step >= 0 and step.is_integer()):
+                        raise ValueError(f"{where}: expected a step count (an integer >= 0), got {step}")
+                elif name not in allowed:
+                    raise ValueError(f"{where}: {type(self).__name__} keeps no such state (only {sorted(allowed)}); "
+                                     "a checkpoint of another optimizer?")
+                elif value is not None and tuple(value.shape) != tuple(params[key].shape):
+                    raise ValueError(f"{where}: has shape {tuple(value.shape)}, its parameter {tuple(params[key].shape)}")
         groups = []
         for gi, saved in enumerate(state_dict["param_groups"]):
             if saved.get("differentiable"):
