@@ -130,6 +130,25 @@ def test_one_native_call_per_step(monkeypatch):
     assert all(p._version > v for p, v in zip(params, before))  # autograd sees the in-place update
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch without CUDA")
+def test_two_devices(monkeypatch):
+    """Parameters on the CPU and a GPU: one native call per device; a global clip across them is refused."""
+    calls = []
+    native = fastopt._C.optim_step
+    monkeypatch.setattr(fastopt._C, "optim_step", lambda *a: calls.append(len(a[0])) or native(*a))
+    ref, opt, ref_p, our_p, gen = _pair("SGD", dict(lr=0.1, momentum=0.9), shapes=[(7,), (3, 5), (4,)])
+    for group in (ref_p, our_p):
+        group[1].data = group[1].data.cuda()
+    opt = ft.optim.SGD(our_p, lr=0.1, momentum=0.9)
+    ref = torch.optim.SGD(ref_p, lr=0.1, momentum=0.9, foreach=False)
+    _run(ref, opt, ref_p, our_p, gen, steps=3)
+    assert calls == [2, 1] * 3
+    opt.max_grad_norm = 1.0
+    with pytest.raises(ValueError, match="2 devices"):
+        opt.step()
+
+
 def test_params_without_grad_and_closure():
     ref, opt, ref_p, our_p, gen = _pair("Adam", dict(lr=0.01), shapes=[(5,), (6,), (7,)])
     track = Tracker(ref_p)
@@ -145,9 +164,10 @@ def test_params_without_grad_and_closure():
     assert counts == {i: int(s["step"]) for i, s in ref.state_dict()["state"].items()} == {0: 5, 1: 2, 2: 5}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("max_norm", [1e9, 0.5])
-def test_max_grad_norm_matches_clip_grad_norm(max_norm):
-    ref, opt, ref_p, our_p, gen = _pair("AdamW", dict(lr=0.01, weight_decay=0.1), max_grad_norm=max_norm)
+def test_max_grad_norm_matches_clip_grad_norm(max_norm, device):
+    ref, opt, ref_p, our_p, gen = _pair("AdamW", dict(lr=0.01, weight_decay=0.1), device, max_grad_norm=max_norm)
     track = Tracker(ref_p)
     for t in range(STEPS):
         _set_grads(ref_p, our_p, gen)
@@ -157,8 +177,9 @@ def test_max_grad_norm_matches_clip_grad_norm(max_norm):
         opt.step()
         track.step(ref_p)
         track.check(our_p, ref_p, f"step {t}")
-        # The norm: a sum of ~1100 squares; the CPU sums in double, torch in float32 per tensor.
+        # The norm: a sum of ~1100 squares; the CPU sums in double, torch and the GPU in float32.
         assert opt.grad_norm.dtype == torch.float32 and opt.grad_norm.shape == ()
+        assert opt.grad_norm.device == our_p[0].device
         assert math.isclose(float(opt.grad_norm), float(total), rel_tol=1e-5)
         assert all(torch.equal(p.grad, g) for p, g in zip(our_p, grads))  # gradients are left unclipped
 
