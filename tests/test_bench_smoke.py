@@ -37,6 +37,21 @@ def test_torch_optimizer_bench_tiny(tmp_path):
     assert "| clip+adamw | fastopt.torch | 32 |" in (tmp_path / "results.md").read_text()
 
 
+def test_torch_training_step_bench_tiny(tmp_path):
+    """Training steps of a torch model: eager, converted + fastopt's optimizer, bf16 autocast +
+    channels_last (the compiled contenders cost a minute of compilation; the lead's run has them)."""
+    pytest.importorskip("torch")
+    run = subprocess.run([sys.executable, "-m", "fastopt.bench.torch_train", "--device", "cpu", "--models",
+                          "small_cnn", "--contenders", "torch,fastopt,torch bf16+CL", "--batch", "4", "--rounds", "1",
+                          "--steps", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    row = json.loads((tmp_path / "results.json").read_text())["rows"][0]
+    assert row["model"] == "small_cnn" and set(row["ms_per_step"]) == {"torch", "fastopt", "torch bf16+CL"}
+    assert all(v > 0 for v in row["ms_per_step"].values()) and row["fastopt_speedup_vs"]["torch"] > 0
+    assert "| cpu | small_cnn | 4 |" in (tmp_path / "results.md").read_text() and (tmp_path / "chart.png").exists()
+
+
 @pytest.mark.parametrize("suite", ["normalization", "dropout", "conv2d", "train"])
 def test_suite_help(suite):
     run = subprocess.run([sys.executable, "-m", "fastopt.cli", "bench", suite, "--help"], capture_output=True,
