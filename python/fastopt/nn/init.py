@@ -10,16 +10,22 @@ import math
 
 import numpy as np
 
+from .._args import choice, finite, integer
+
 __all__ = [
     "calculate_gain", "fans", "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform",
     "lecun_normal", "lecun_uniform", "constant", "zeros", "ones",
 ]
 
 
+_GAINS = ("linear", "conv1d", "conv2d", "conv3d", "sigmoid", "identity", "tanh", "relu", "leaky_relu", "selu")
+
+
 def calculate_gain(nonlinearity, param=None):
     """The recommended gain for an activation, torch.nn.init.calculate_gain's table:
     linear/conv/sigmoid 1, tanh 5/3, relu sqrt(2), leaky_relu sqrt(2 / (1 + slope^2)) (slope
     default 0.01), selu 3/4."""
+    choice(nonlinearity, "nonlinearity", _GAINS)
     if nonlinearity in ("linear", "conv1d", "conv2d", "conv3d", "sigmoid", "identity"):
         return 1.0
     if nonlinearity == "tanh":
@@ -27,11 +33,9 @@ def calculate_gain(nonlinearity, param=None):
     if nonlinearity == "relu":
         return math.sqrt(2.0)
     if nonlinearity == "leaky_relu":
-        slope = 0.01 if param is None else float(param)
+        slope = 0.01 if param is None else finite(param, "param")
         return math.sqrt(2.0 / (1.0 + slope * slope))
-    if nonlinearity == "selu":
-        return 0.75
-    raise ValueError(f"nonlinearity: unsupported {nonlinearity!r}")
+    return 0.75  # selu
 
 
 def fans(shape):
@@ -44,9 +48,11 @@ def fans(shape):
 
 def _fan(shape, mode):
     fan_in, fan_out = fans(shape)
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"mode: expected 'fan_in' or 'fan_out', got {mode!r}")
     return fan_in if mode == "fan_in" else fan_out
+
+
+def _gain(gain):
+    return finite(gain, "gain")
 
 
 def _normal(rng, shape, std):
@@ -59,24 +65,26 @@ def _uniform(rng, shape, bound):
 
 def xavier_normal(gain=1.0):
     """Glorot normal: std = gain * sqrt(2 / (fan_in + fan_out))."""
+    gain = _gain(gain)
     return lambda rng, shape: _normal(rng, shape, gain * math.sqrt(2.0 / sum(fans(shape))))
 
 
 def xavier_uniform(gain=1.0):
     """Glorot uniform: U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out))."""
+    gain = _gain(gain)
     return lambda rng, shape: _uniform(rng, shape, gain * math.sqrt(6.0 / sum(fans(shape))))
 
 
 def kaiming_normal(a=0.0, mode="fan_in", nonlinearity="leaky_relu"):
     """He normal: std = gain / sqrt(fan), gain = calculate_gain(nonlinearity, a) (torch's defaults)."""
-    gain = calculate_gain(nonlinearity, a)
+    gain, mode = calculate_gain(nonlinearity, finite(a, "a")), choice(mode, "mode", ("fan_in", "fan_out"))
     return lambda rng, shape: _normal(rng, shape, gain / math.sqrt(_fan(shape, mode)))
 
 
 def kaiming_uniform(a=0.0, mode="fan_in", nonlinearity="leaky_relu"):
     """He uniform: U(-b, b), b = gain * sqrt(3 / fan). With a = sqrt(5) this is the default
     initialization of torch's Linear and Conv2d weights."""
-    gain = calculate_gain(nonlinearity, a)
+    gain, mode = calculate_gain(nonlinearity, finite(a, "a")), choice(mode, "mode", ("fan_in", "fan_out"))
     return lambda rng, shape: _uniform(rng, shape, gain * math.sqrt(3.0 / _fan(shape, mode)))
 
 
@@ -92,11 +100,13 @@ def lecun_uniform():
 
 def fan_in_uniform(fan_in):
     """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's default bias initialization."""
+    fan_in = integer(fan_in, "fan_in", 0)
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     return lambda rng, shape: _uniform(rng, shape, bound)
 
 
 def constant(value):
+    value = finite(value, "value")
     return lambda rng, shape: np.full(shape, value, np.float32)
 
 

@@ -2,14 +2,17 @@
 constructor arguments, defaults and default initializations.
 
 Weights decay; biases and normalization affines do not (they land in the store's second group).
+Constructor arguments are checked as torch.nn's are, and strictly: a bool or float where an
+integer goes, a str or None where a number goes, raise TypeError naming the argument; a value out
+of range raises ValueError.
 """
 import math
 
 import numpy as np
 
 from .. import functional as F
+from .._args import boolean, finite, integer, pair, real, shape
 from .._arrays import copy_, full, to_numpy
-from ..reference.conv import pair
 from . import init as I
 from .module import Module, Parameter
 
@@ -22,6 +25,16 @@ __all__ = [
 def _set_grad(param, value):
     if param is not None and value is not None:
         copy_(param.grad, value)
+
+
+def _init(init, name):
+    if init is not None and not callable(init):
+        raise TypeError(f"{name}: expected an initializer (rng, shape) -> array or None, got {type(init).__name__}")
+    return init
+
+
+def _eps(eps):
+    return finite(eps, "eps", 0.0)
 
 
 def _take(module, name):
@@ -41,16 +54,20 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, weight_init=None, bias_init=None, allow_tf32=False):
         super().__init__()
+        in_channels, out_channels = integer(in_channels, "in_channels", 1), integer(out_channels, "out_channels", 1)
+        groups = integer(groups, "groups", 1)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups: {groups} must divide in_channels {in_channels} and out_channels {out_channels}")
-        kh, kw = pair(kernel_size, "kernel_size")
+        kh, kw = pair(kernel_size, "kernel_size", 1)
+        weight_init, bias_init = _init(weight_init, "weight_init"), _init(bias_init, "bias_init")
         shape = (out_channels, in_channels // groups, kh, kw)
         fan_in = I.fans(shape)[0]
         self.params["weight"] = Parameter(shape, weight_init or I.kaiming_uniform(a=math.sqrt(5)))
         self.params["bias"] = (Parameter((out_channels,), bias_init or I.fan_in_uniform(fan_in), decay=False)
-                               if bias else None)
-        self.conv = dict(stride=pair(stride, "stride"), padding=pair(padding, "padding"),
-                         dilation=pair(dilation, "dilation"), groups=groups, allow_tf32=allow_tf32)
+                               if boolean(bias, "bias") else None)
+        self.conv = dict(stride=pair(stride, "stride", 1), padding=pair(padding, "padding", 0),
+                         dilation=pair(dilation, "dilation", 1), groups=groups,
+                         allow_tf32=boolean(allow_tf32, "allow_tf32"))
         self._x = None
 
     def forward(self, x, training=True):
@@ -78,10 +95,12 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, weight_init=None, bias_init=None):
         super().__init__()
+        in_features, out_features = integer(in_features, "in_features", 1), integer(out_features, "out_features", 1)
+        weight_init, bias_init = _init(weight_init, "weight_init"), _init(bias_init, "bias_init")
         self.params["weight"] = Parameter((out_features, in_features),
                                           weight_init or I.kaiming_uniform(a=math.sqrt(5)))
         self.params["bias"] = (Parameter((out_features,), bias_init or I.fan_in_uniform(in_features), decay=False)
-                               if bias else None)
+                               if boolean(bias, "bias") else None)
         self._x = None
 
     def forward(self, x, training=True):
@@ -102,7 +121,8 @@ class Linear(Module):
         return f"in_features={in_f}, out_features={out_f}, bias={self.params['bias'] is not None}"
 
 
-def _affine(params, shape, affine, bias=True):
+def _affine(params, shape, affine, bias=True, name="affine"):
+    affine, bias = boolean(affine, name), boolean(bias, "bias")
     params["weight"] = Parameter(shape, I.ones(), decay=False) if affine else None
     params["bias"] = Parameter(shape, I.zeros(), decay=False) if affine and bias else None
 
@@ -119,8 +139,9 @@ class _BatchNorm(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
         super().__init__()
-        self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
-        self.track_running_stats = track_running_stats
+        self.num_features, self.eps = integer(num_features, "num_features", 1), _eps(eps)
+        self.momentum = None if momentum is None else real(momentum, "momentum", 0.0, 1.0)
+        self.track_running_stats = boolean(track_running_stats, "track_running_stats")
         _affine(self.params, (self.num_features,), affine)
         self.running_mean = self.running_var = None
         self.num_batches_tracked = 0
@@ -137,11 +158,14 @@ class _BatchNorm(Module):
             raise ValueError(f"x: {type(self).__name__}({self.num_features}) expects {self.ndims[0]}-d input with "
                              f"{self.num_features} channels, got shape {tuple(x.shape)}")
         batch_stats = training or not self.track_running_stats
-        if training and self.track_running_stats:
+        updating = training and self.track_running_stats
+        if updating:
             self.num_batches_tracked += 1
+        # As torch.nn.BatchNorm: momentum=None (a cumulative average) matters only when updating.
+        momentum = 0.0 if self.momentum is None and not updating else self.momentum
         y, mean, invstd = F.batch_norm_forward(
             x, _data(self.params["weight"]), _data(self.params["bias"]), self.running_mean, self.running_var,
-            batch_stats, self.momentum, self.eps, num_batches_tracked=self.num_batches_tracked)
+            batch_stats, momentum, self.eps, num_batches_tracked=self.num_batches_tracked)
         self._saved = (x, mean, invstd, batch_stats) if training else None
         return y
 
@@ -208,9 +232,9 @@ class LayerNorm(_SampleNorm):
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
         super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-        self.arg, self.eps = shape, float(eps)
-        _affine(self.params, shape, elementwise_affine, bias)
+        dims = shape(normalized_shape, "normalized_shape", 1)
+        self.arg, self.eps = dims, _eps(eps)
+        _affine(self.params, dims, elementwise_affine, bias, "elementwise_affine")
         self._saved = None
 
 
@@ -220,10 +244,11 @@ class GroupNorm(_SampleNorm):
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True):
         super().__init__()
+        num_groups, num_channels = integer(num_groups, "num_groups", 1), integer(num_channels, "num_channels", 1)
         if num_channels % num_groups:
             raise ValueError(f"num_groups: {num_groups} must divide num_channels {num_channels}")
-        self.arg, self.eps = int(num_groups), float(eps)
-        _affine(self.params, (int(num_channels),), affine)
+        self.arg, self.eps = num_groups, _eps(eps)
+        _affine(self.params, (num_channels,), affine)
         self._saved = None
 
 
@@ -243,7 +268,7 @@ class ReLU(Module):
 class LeakyReLU(Module):
     def __init__(self, negative_slope=0.01):
         super().__init__()
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = finite(negative_slope, "negative_slope")
         self._x = None
 
     def forward(self, x, training=True):
@@ -262,6 +287,10 @@ class MaxPool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
+        pair(kernel_size, "kernel_size", 1)
+        if stride is not None:
+            pair(stride, "stride", 1)
+        pair(padding, "padding", 0)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self._saved = None
 
@@ -315,9 +344,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.5):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p: dropout probability has to be between 0 and 1, but got {p}")
-        self.p = float(p)
+        self.p = real(p, "p", 0.0, 1.0)
         self.seed = 0
         self.offset = 0
         self._saved = None

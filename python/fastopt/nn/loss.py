@@ -1,5 +1,6 @@
 """Softmax cross-entropy, the loss every classifier here trains with."""
 from .. import functional as F
+from .._args import integer, real
 
 __all__ = ["SoftmaxCrossEntropy"]
 
@@ -12,10 +13,8 @@ class SoftmaxCrossEntropy:
     on the device for the epoch's metrics."""
 
     def __init__(self, label_smoothing=0.0, topk=5):
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"label_smoothing: must lie in [0, 1], got {label_smoothing}")
-        self.label_smoothing = float(label_smoothing)
-        self.topk = int(topk)
+        self.label_smoothing = real(label_smoothing, "label_smoothing", 0.0, 1.0)
+        self.topk = integer(topk, "topk", 1)
         self._dlogits = None
 
     def forward(self, logits, target, training=True, stats=None):

@@ -13,6 +13,7 @@ tensors, a single native call (one launch on the GPU) however many layers there 
 import numpy as np
 
 from .. import _arrays
+from .._args import boolean, integer, shape as _shape
 from .._arrays import copy_, to_numpy
 
 __all__ = ["Parameter", "Module", "Sequential", "ParameterStore"]
@@ -23,9 +24,11 @@ class Parameter:
     decay applies. `data` and `grad` are views into the store's flat buffers once built."""
 
     def __init__(self, shape, init, decay=True):
-        self.shape = tuple(int(d) for d in shape)
+        self.shape = _shape(shape, "shape", 0)
+        if not callable(init):
+            raise TypeError(f"init: expected an initializer (rng, shape) -> array, got {type(init).__name__}")
         self.init = init
-        self.decay = bool(decay)
+        self.decay = boolean(decay, "decay")
         self.data = None
         self.grad = None
 
@@ -149,13 +152,14 @@ class Sequential(Module):
         layer's state; returns the ParameterStore. input_grad=False skips d(input) of the first
         layer (its input is data)."""
         device = _arrays.canonical_device(device)
+        seed, input_grad = integer(seed, "seed", 0), boolean(input_grad, "input_grad")
         self.device = device
         seeds = np.random.SeedSequence(seed).spawn(len(self.layers) + 1)
         self.store = ParameterStore(self.parameters(), device, seeds[0])
         for i, layer in enumerate(self.layers):
             layer.build(device, int(seeds[i + 1].generate_state(1, np.uint64)[0]))
         if self.layers:
-            self.layers[0].needs_input_grad = bool(input_grad)
+            self.layers[0].needs_input_grad = input_grad
         return self.store
 
     def forward(self, x, training=True):
