@@ -220,6 +220,17 @@ def test_channels_last_and_noncontiguous_grad():
     assert opt.state[our_p[0]]["momentum_buffer"].stride() == our_p[0].stride()
 
 
+def test_sgd_momentum_switched_on_later():
+    """torch starts a momentum buffer as the gradient itself whenever it first needs one."""
+    ref, opt, ref_p, our_p, gen = _pair("SGD", dict(lr=0.1), shapes=[(7,), (3, 5)])
+    _run(ref, opt, ref_p, our_p, gen, steps=2)
+    for o in (ref, opt):
+        o.param_groups[0].update(momentum=0.9, dampening=0.5)
+    _run(ref, opt, ref_p, our_p, gen, steps=3)
+    assert torch.allclose(opt.state[our_p[0]]["momentum_buffer"], ref.state[ref_p[0]]["momentum_buffer"],
+                          rtol=0, atol=1e-6)
+
+
 def test_parameter_storage_swapped():
     """`p.data = ...` (a new storage, even a new layout) between steps is followed; a new dtype is refused."""
     ref, opt, ref_p, our_p, gen = _pair("Adam", dict(lr=0.01), shapes=[(4, 3, 5, 2), (6,)])
