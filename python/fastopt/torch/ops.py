@@ -48,7 +48,11 @@ def _check_all(input, **others):
 def _tensor(a):
     if a is None or isinstance(a, Tensor):
         return a
-    return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(a)
+    # The kernel ran on torch's current stream, so no ordering is needed (stream=-1); torch's own
+    # from_dlpack would name that stream and make a DeviceArray on a non-default stream sync the host.
+    return torch.utils.dlpack.from_dlpack(a.__dlpack__(stream=-1))
 
 
 def _run(kernel, device, *args, **kw):
@@ -514,8 +518,7 @@ def _(grad, indices, input_shape, kernel_size, stride, padding):
 
 
 def _max_pool2d_setup(ctx, inputs, output):
-    input, *ctx.conf = inputs
-    ctx.shape = list(input.shape)
+    ctx.shape, ctx.conf = list(inputs[0].shape), inputs[1:]
     ctx.save_for_backward(output[1])
 
 
