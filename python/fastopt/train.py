@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from . import _arrays, _options, cuda, functional as F, optim, schedules
+from . import _args, _arrays, _options, cuda, functional as F, optim, schedules
 from .nn import SoftmaxCrossEntropy
 
 __all__ = ["CheckpointError", "TrainConfig", "Trainer", "TrainingStopped", "make_optimizer", "read_checkpoint"]
@@ -58,25 +58,23 @@ class TrainConfig:
 
     def check(self):
         """Every field's type and range (LIMITS); TypeError or ValueError naming the field."""
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        for name, rule in LIMITS.items():
+        _args.choice(self.optimizer, "optimizer", OPTIMIZERS)
+        for name, rule in LIMITS.items():  # NumPy scalars become Python ones (the checkpoint's JSON)
             if getattr(self, name) is not None or name != "warmup_epochs":
-                _options.check(name, getattr(self, name), *rule)
+                setattr(self, name, _options.check(name, getattr(self, name), *rule))
         if self.warmup_epochs is None:
             self.warmup_epochs = min(2.0, float(self.epochs))
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs: must not exceed epochs ({self.epochs}), got {self.warmup_epochs}")
         for name in ("flip", "progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name}: expected a bool, got {type(getattr(self, name)).__name__}")
+            _args.boolean(getattr(self, name), name)
         if not isinstance(self.device, str):
             raise TypeError(f"device: expected a str, got {type(self.device).__name__}")
         return self
 
 
-# Each numeric field's kind and range (fastopt._options.problem); `fastopt train` parses its
-# options with the same rules.
+# Each numeric field's kind and range (fastopt._options.check); `fastopt train` parses its options
+# with the same rules.
 LIMITS = {
     "epochs": ("int", 1), "batch_size": ("int", 1), "patience": ("int", 1), "check_every": ("int", 1),
     "topk": ("int", 1), "seed": ("int", 0, 2**64 - 1), "max_shift": ("int", 0), "cutout": ("int", 0),
