@@ -45,7 +45,7 @@ norm_finalize_kernel(const float* partial, int64_t count, float inv_p, float* no
 // norm fails the test and scales by NaN, as torch's clip_grad_norm_ does.
 __global__ void __launch_bounds__(kThreads)
 scale_kernel(const __grid_constant__ TensorList<1> list, const float* norm, float max_norm) {
-  const float coef = max_norm / (*norm + 1e-6f);
+  const float coef = clip_coefficient(max_norm, *norm);
   if (coef >= 1.0f) return;
   const Chunk c = locate(list);
   float* const ptr[1] = {list.ptr[0][c.t]};

@@ -99,13 +99,13 @@ xent_rows(const float* __restrict__ logits, const void* __restrict__ target, con
     s += expf(d);
     const float q = kSoft ? __fadd_rn(__fmul_rn(p.on, y[k]), p.off) : p.off;
     sum_q += q;
-    sum_qz += q * d;
+    sum_qz += loss_qz(q, d);
     greater += z[k] > zt ? 1 : 0;
   }
   s = warp_sum(s);
   sum_qz = warp_sum(sum_qz);
   sum_q = kSoft ? warp_sum(sum_q) : 1.0f;  // one-hot rows sum to 1 by definition
-  if (!kSoft) sum_qz += p.on * (zt - m);
+  if (!kSoft) sum_qz += loss_qz(p.on, zt - m);
   if (want_hits)
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) greater += __shfl_xor_sync(0xffffffffu, greater, off);

@@ -7,7 +7,8 @@ Batch norm forward + backward: 32 B per element (the "3-read/2-write" floor of t
 one read of x per pass). Per-channel or per-row vectors are negligible.
 
 Statistics: every thread runs Welford on x - K, K a sample of the channel or row (its first
-element), so float32 moments stay accurate for a mean of 1e5 and a std of 1e-2; threads merge
+element; 0 if that is not finite: norm_shift), so float32 moments stay accurate for a mean of
+1e5 and a std of 1e-2, and NaN/Inf reach mean and rstd as in torch (moments_push); threads merge
 with Chan's rule over warp shuffles (a fixed tree), warps in index order, and per-block partials
 in split order in a per-channel finalize kernel. The normalize pass uses mean = K + m with the
 exact x - K. No atomics: results are bitwise reproducible run to run.
@@ -159,7 +160,7 @@ __device__ void store_partial(const Geom& g, int64_t c, typename Op::T v, typena
 
 __global__ void __launch_bounds__(kThreads) bn_stats_partial(const float* x, Geom g, Moments<float>* partial) {
   const int64_t cs = g.tile ? min(g.C - 1, static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x % 32) : blockIdx.x;
-  const float K = x[g.tile ? cs : cs * g.S];  // element (0, c, 0): the shift
+  const float K = norm_shift(x[g.tile ? cs : cs * g.S]);  // from element (0, c, 0)
   Moments<float> m = WelfordOp::zero();
   const int64_t c = for_each_value(g, [&](int64_t, int64_t, int64_t off) { m = moments_push(m, x[off] - K); });
   store_partial<WelfordOp>(g, c, m, partial);
@@ -172,12 +173,12 @@ __global__ void bn_stats_final(const float* x, Geom g, const Moments<float>* par
   if (c >= g.C) return;
   Moments<float> m = partial[c * g.splits];
   for (int64_t k = 1; k < g.splits; ++k) m = moments_merge(m, partial[c * g.splits + k]);
-  const float K = x[g.tile ? c : c * g.S];
+  const float K = norm_shift(x[g.tile ? c : c * g.S]);
   const double count = static_cast<double>(g.N * g.S);
   const double mu = static_cast<double>(K) + static_cast<double>(m.mean);
   const double var = static_cast<double>(m.m2) / count;
   mean[c] = static_cast<float>(mu);
-  rstd[c] = static_cast<float>(1.0 / sqrt(var + eps));
+  rstd[c] = static_cast<float>(norm_rstd(var, eps));
   hi[c] = K;
   lo[c] = m.mean;
   if (running_mean != nullptr) update_running(running_mean + c, running_var + c, mu, var, count, factor);
@@ -188,7 +189,7 @@ __global__ void bn_eval_stats(int64_t C, const float* running_mean, const float*
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   mean[c] = running_mean[c];
-  rstd[c] = static_cast<float>(1.0 / sqrt(static_cast<double>(running_var[c]) + eps));
+  rstd[c] = static_cast<float>(norm_rstd(running_var[c], eps));
   lo[c] = 0.0f;
 }
 
@@ -320,14 +321,14 @@ __global__ void __launch_bounds__(kThreads)
 row_stats_kernel(const float* x, int64_t L, double eps, float* mean, float* rstd, float* hi, float* lo) {
   const int64_t r = blockIdx.x;
   const float* row = x + r * L;
-  const float K = row[0];
+  const float K = norm_shift(row[0]);
   Moments<float> m = WelfordOp::zero();
   for (int64_t j = threadIdx.x; j < L; j += kThreads) m = moments_push(m, row[j] - K);
   m = block_fold<WelfordOp>(m);
   if (threadIdx.x == 0) {
     const double var = static_cast<double>(m.m2) / static_cast<double>(L);
     mean[r] = static_cast<float>(static_cast<double>(K) + static_cast<double>(m.mean));
-    rstd[r] = static_cast<float>(1.0 / sqrt(var + eps));
+    rstd[r] = static_cast<float>(norm_rstd(var, eps));
     hi[r] = K;
     lo[r] = m.mean;
   }

@@ -34,8 +34,7 @@ grad_norm_partials(const __grid_constant__ TensorList<1> list, float* partial, i
   norm_partials<NormKind::L2, true>(list, 0.0f, partial, flag);
 }
 
-// coef is computed in float as torch's clip_grad_norm_ does; written as "c > 1 ? 1 : c" so that
-// a NaN norm gives a NaN coefficient (torch.clamp propagates NaN) instead of 1.
+// coef is computed in float as torch's clip_grad_norm_ does (a NaN norm gives a NaN coefficient).
 __global__ void __launch_bounds__(kFinalThreads)
 grad_norm_finalize(const float* partial, const int32_t* flag, int64_t count, bool clip, float max_norm,
                    bool check_finite, float* norm_out, int32_t* skipped_out, float* coef, int32_t* skip) {
@@ -45,9 +44,8 @@ grad_norm_finalize(const float* partial, const int32_t* flag, int64_t count, boo
   const float sum = fold_partials<NormKind::L2, kFinalThreads>(partial, count);
   if (threadIdx.x == 0) {
     const float norm = sqrtf(sum);
-    const float c = max_norm / (norm + 1e-6f);
     const int32_t skipped = check_finite && bad ? 1 : 0;
-    *coef = clip ? (c > 1.0f ? 1.0f : c) : 1.0f;
+    *coef = clip ? clip_coefficient(max_norm, norm) : 1.0f;
     *skip = skipped;
     if (norm_out != nullptr) *norm_out = norm;
     if (skipped_out != nullptr) *skipped_out = skipped;

@@ -226,8 +226,7 @@ void clip_by_norm_(py::sequence grads, py::handle norm, double max_norm, uintptr
   const int64_t n = static_cast<int64_t>(spans.size());
   if (device == kCPU) {
     const double total = norm.cast<double>();
-    // torch clamps the coefficient with clamp(max=1), which keeps a NaN norm's NaN.
-    const double coef = std::isnan(total) ? total : std::fmin(1.0, max_norm / (total + 1e-6));
+    const double coef = clip_coefficient(max_norm, total);
     if (coef < 1.0 || std::isnan(coef)) {
       py::gil_scoped_release nogil;
       cpu::scale(spans.data(), n, static_cast<float>(coef));

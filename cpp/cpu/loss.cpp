@@ -56,12 +56,12 @@ double row_loss(const float* __restrict z, const float* __restrict y, int64_t t,
     s += std::exp(d);
     const float q = y != nullptr ? p.on * y[k] + p.off : p.off;
     sum_q += q;
-    sum_qz += static_cast<double>(q) * d;
+    sum_qz += loss_qz<double>(q, d);
     greater += z[k] > zt ? 1 : 0;
   }
   if (y == nullptr) {  // the one-hot term; q sums to 1 by definition
     sum_q = 1.0;
-    sum_qz += static_cast<double>(p.on) * (zt - m);
+    sum_qz += loss_qz<double>(p.on, zt - m);
   }
   *hits = want_hits ? static_cast<uint8_t>(loss_hits(greater, p.topk)) : 0;
   if (dz != nullptr) {

@@ -7,7 +7,8 @@
 // and 12 B backward per element.
 //
 // Statistics are one pass: sums of d = x - k and d^2 in double around k, one of the values (a
-// channel's or row's first), then M2 = sum d^2 - (sum d)^2 / count. The shift bounds the
+// channel's or row's first; 0 if that is not finite, see norm_shift), then M2 = sum d^2 -
+// (sum d)^2 / count, clamped at 0 without losing a NaN (clamp_m2). The shift bounds the
 // cancellation ((k - mean)^2 <= M2) where the unshifted E[x^2] - E[x]^2 would lose every digit
 // at mean 1e5, std 1e-2. It saves the two-pass method's second read of the data.
 //
@@ -168,16 +169,15 @@ __attribute__((always_inline)) inline void weighted_grad_run(Lanes& a, Lanes& c,
 }
 
 // Moments of n values from the sums of d = x - k and d^2 over them (shifted_run). As k is one
-// of the values, (k - mean)^2 <= M2, so the cancellation in M2 = sum d^2 - (sum d)^2 / n costs
-// at most a factor n of double precision, far below float's.
+// of the values (norm_shift), (k - mean)^2 <= M2, so the cancellation in M2 = sum d^2 -
+// (sum d)^2 / n costs at most a factor n of double precision, far below float's.
 Moments<double> shifted_moments(const Lanes& s, const Lanes& q, int64_t n, float k) {
   const double count = static_cast<double>(n), sum = s.fold();
-  const double m2 = q.fold() - sum * sum / count;
-  return {count, k + sum / count, m2 > 0.0 ? m2 : 0.0};
+  return {count, k + sum / count, clamp_m2(q.fold() - sum * sum / count)};
 }
 
 Moments<double> row_moments(const float* x, int64_t n) {
-  const float k = n > 0 ? x[0] : 0.0f;
+  const float k = n > 0 ? norm_shift(x[0]) : 0.0f;
   Lanes s, q;
   shifted_run(s, q, x, n, k);
   return shifted_moments(s, q, n, k);
@@ -228,7 +228,7 @@ void column_moments(const NormShape& s, const float* x, Moments<double>* mom) {
       }
     }
     for (int64_t j = 0; j < w; ++j)
-      mom[c0 + j] = {static_cast<double>(N), sum[j], q[j] - d[j] * d[j] / static_cast<double>(N)};
+      mom[c0 + j] = {static_cast<double>(N), sum[j], clamp_m2(q[j] - d[j] * d[j] / static_cast<double>(N))};
   }
 }
 
@@ -272,7 +272,7 @@ void batch_norm_forward_train(const NormShape& s, const float* x, const float* w
     const double var = m.m2 / m.count;
     mean[c] = static_cast<float>(m.mean);
     *lo = static_cast<float>(m.mean - mean[c]);
-    rstd[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
+    rstd[c] = static_cast<float>(norm_rstd(var, eps));
     if (running_mean != nullptr) update_running(running_mean + c, running_var + c, m.mean, var, m.count, factor);
   };
   if (S > 1) {
@@ -283,11 +283,13 @@ void batch_norm_forward_train(const NormShape& s, const float* x, const float* w
     for (int64_t t = 0; t < blocks; ++t) {
       const int64_t c0 = t * cb, nc = C - c0 < cb ? C - c0 : cb;
       Lanes sum[kMaxBlockChannels], sq[kMaxBlockChannels];
+      float k[kMaxBlockChannels];
+      for (int64_t j = 0; j < nc; ++j) k[j] = norm_shift(x[(c0 + j) * S]);
       for (int64_t n = 0; n < N; ++n)
-        for (int64_t j = 0; j < nc; ++j) shifted_run(sum[j], sq[j], x + (n * C + c0 + j) * S, S, x[(c0 + j) * S]);
+        for (int64_t j = 0; j < nc; ++j) shifted_run(sum[j], sq[j], x + (n * C + c0 + j) * S, S, k[j]);
       float lo[kMaxBlockChannels], scale[kMaxBlockChannels], shift[kMaxBlockChannels];
       for (int64_t j = 0, c = c0; j < nc; ++j, ++c) {
-        finish(c, shifted_moments(sum[j], sq[j], N * S, x[c * S]), &lo[j]);
+        finish(c, shifted_moments(sum[j], sq[j], N * S, k[j]), &lo[j]);
         scale[j] = w ? w[c] * rstd[c] : rstd[c];
         shift[j] = b ? b[c] : 0.0f;
       }
@@ -309,7 +311,7 @@ void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w,
                              double eps) {
   for (int64_t c = 0; c < s.C; ++c) {
     mean[c] = running_mean[c];
-    rstd[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps));
+    rstd[c] = static_cast<float>(norm_rstd(running_var[c], eps));
   }
   const std::vector<float> lo(s.C, 0.0f);
   bn_normalize(s, x, w, b, y, mean, lo.data(), rstd);
@@ -386,7 +388,7 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
     const Moments<double> m = row_moments(x + r * L, L);
     const float mu = static_cast<float>(m.mean);
     const float lo = static_cast<float>(m.mean - mu);
-    const float rs = static_cast<float>(1.0 / std::sqrt(m.m2 / m.count + eps));
+    const float rs = static_cast<float>(norm_rstd(m.m2 / m.count, eps));
     mean[r] = mu;
     rstd[r] = rs;
     const float* __restrict xr = x + r * L;

@@ -50,7 +50,7 @@ StepOutcome optim_step(const StepRequest& req) {
       out.skipped = true;
       return out;
     }
-    if (req.clip) coef = static_cast<float>(std::fmin(1.0, req.max_norm / (out.norm + 1e-6)));
+    if (req.clip) coef = static_cast<float>(clip_coefficient(req.max_norm, out.norm));
   }
 
   // Neighbouring tensors nearly always share group and step: derive their scalars (two pows)

@@ -6,6 +6,9 @@
 //   row  = sum_k q_k (log s - (z_k - m))  =  Q log s - sum_k q_k (z_k - m),   Q = sum_k q_k
 //   loss = (1 / N) sum_n row_n
 //   dz_k = (Q softmax(z)_k - q_k) / N
+// Non-finite logits, as torch: a -Inf logit has probability 0 (gradient 0 - q_k / N); its term
+// counts 0 where q_k = 0 (loss_qz), so the loss stays finite, and +Inf where q_k > 0 (the
+// target, or any class under label smoothing). A NaN or +Inf logit makes its row NaN.
 // The shift by m keeps every exp() <= 1 and every log-prob exact for logits of +-1e4. Q is 1 for
 // class indices; for soft targets it is summed, so dz is the exact gradient of `row` even when a
 // row of y does not sum to 1 (torch's autograd agrees), and is softmax - q when it does.
@@ -36,6 +39,14 @@ struct LossParams {
 // A hit: bit 0 top-1, bit 1 top-k, from the number of classes with a larger logit.
 FASTOPT_HD uint32_t loss_hits(int64_t greater, int64_t topk) {
   return (greater < 1 ? 1u : 0u) | (greater < topk ? 2u : 0u);
+}
+
+// One term q_k (z_k - m) of sum_qz; 0 when q_k = 0, the limit of q log p, so that a class with
+// no target mass adds nothing even at z_k = -Inf (0 * -Inf would make the loss NaN where the
+// true loss, and torch's for class indices, is finite). With q_k > 0 a -Inf logit gives +Inf.
+template <class T>
+FASTOPT_HD T loss_qz(T q, T d) {
+  return q == T(0) ? T(0) : q * d;
 }
 
 template <class T>

@@ -15,6 +15,7 @@
 // x - mean is formed before scaling (never x * scale + shift): with mean 1e5 and std 1e-2 the
 // difference is exact in float32 (Sterbenz), while x * scale would round away the signal.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "fastopt/common.h"
@@ -35,10 +36,33 @@ FASTOPT_HD float norm_apply(float x, float hi, float lo, float scale, float shif
   return ((x - hi) - lo) * scale + shift;
 }
 
-FASTOPT_HD float norm_backward_dx(float dy, float xmu, float k, float c2, float c3) { return dy * k + xmu * c2 + c3; }
+// The x term only where c2 != 0: eval batch norm (c2 = c3 = 0) has dx = dy * k, which must not
+// depend on x (a NaN in x would give NaN * 0 = NaN where torch's dx is finite).
+FASTOPT_HD float norm_backward_dx(float dy, float xmu, float k, float c2, float c3) {
+  return dy * k + (c2 != 0.0f ? xmu * c2 : 0.0f) + c3;
+}
+
+// Non-finite input follows torch: a NaN anywhere in a statistic's values makes its mean, its
+// variance and so rstd NaN; an Inf makes the mean +-Inf (NaN if both signs) and the variance NaN.
+// Nothing below may turn a NaN into a number (as max(var, 0) would: rstd = 1 / sqrt(eps)).
+
+// The shift K of one-pass statistics over x - K: a sample of the data, so that x - K is exact
+// near the mean, or 0 when that sample is not finite (Inf - Inf would make an Inf mean NaN).
+FASTOPT_HD float norm_shift(float sample) { return is_finite(sample) ? sample : 0.0f; }
+
+// M2 of a one-pass sum (sum d^2 - (sum d)^2 / n) clamped at 0 from below, where rounding can
+// take it; NaN kept (NaN < 0 is false), where max(m2, 0) would make it 0.
+FASTOPT_HD double clamp_m2(double m2) { return m2 < 0.0 ? 0.0 : m2; }
+
+// rstd = 1 / sqrt(var + eps), in double, for every statistic of both backends. Not clamped: a
+// negative running_var in eval mode gives NaN, as in torch (batch variances never go below 0).
+FASTOPT_HD double norm_rstd(double var, double eps) { return 1.0 / sqrt(var + eps); }
 
 // Welford/Chan running statistics: count, mean and M2 = sum (x - mean)^2. merge() is Chan et
-// al.'s pairwise update; it never forms E[x^2] - E[x]^2, so large means do not cancel.
+// al.'s pairwise update; it never forms E[x^2] - E[x]^2, so large means do not cancel. Once the
+// mean is not finite, the update mean + (x - mean) / n would make an Inf mean NaN at the next
+// finite value (Inf - Inf): the mean then becomes mean + x, which keeps +Inf + finite = +Inf and
+// gives NaN for +Inf + -Inf or a NaN, as a plain sum would. M2 turns NaN by itself.
 template <class T>
 struct Moments {
   T count, mean, m2;
@@ -48,7 +72,7 @@ template <class T>
 FASTOPT_HD Moments<T> moments_push(Moments<T> a, T x) {
   a.count += T(1);
   const T d = x - a.mean;
-  a.mean += d / a.count;
+  a.mean = is_finite(a.mean) ? a.mean + d / a.count : a.mean + x;
   a.m2 += d * (x - a.mean);
   return a;
 }
@@ -61,7 +85,7 @@ FASTOPT_HD Moments<T> moments_merge(Moments<T> a, Moments<T> b) {
   const T wb = b.count / n;
   Moments<T> r;
   r.count = n;
-  r.mean = a.mean + d * wb;
+  r.mean = is_finite(a.mean) && is_finite(b.mean) ? a.mean + d * wb : a.mean + b.mean;
   r.m2 = a.m2 + b.m2 + d * d * a.count * wb;
   return r;
 }
@@ -86,7 +110,7 @@ namespace cpu {
 void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y,
                               float* mean, float* rstd, float* running_mean, float* running_var, double factor,
                               double eps);
-// Eval batch norm: mean = running_mean, rstd = 1 / sqrt(running_var + eps), then normalize.
+// Eval batch norm: mean = running_mean, rstd = norm_rstd(running_var, eps), then normalize.
 void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
                              float* mean, float* rstd, const float* running_mean, const float* running_var,
                              double eps);

@@ -42,8 +42,11 @@ def hits(logits, target, topk=5):
 
 
 def row_losses(logits, target, label_smoothing=0.0):
+    """-sum_k q_k log softmax(z)_k, a term with q_k = 0 counting 0 (the limit of q log p) even
+    where z_k = -inf: such a class leaves the loss finite, as torch's does for class indices."""
     q = target_distribution(target, np.shape(logits)[1], label_smoothing)
-    return -(q * log_softmax(logits)).sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        return -np.where(q == 0, 0.0, q * log_softmax(logits)).sum(axis=1)
 
 
 def softmax_cross_entropy(logits, target, label_smoothing=0.0, topk=5):
