@@ -1,7 +1,8 @@
 /*
 Device management and memory for the bindings: thin wrappers over the CUDA runtime that turn
 errors into std::runtime_error (message from cudaGetErrorString), so nothing reachable from
-Python aborts.
+Python aborts; an allocation the device refuses throws std::bad_alloc instead (MemoryError in
+Python, reworded by the bindings for the array it was for).
 
 The runtime is linked statically, so this file is loaded on machines without a driver. There
 cudaGetDeviceCount fails (cudaErrorInsufficientDriver, cudaErrorNoDevice): that means "no GPU",
@@ -12,6 +13,9 @@ so device_count() answers 0 and clears the error instead of throwing.
 handed to memcpy_h2d/d2h are pageable, so those copies end with a stream synchronize: the caller
 may free or read its host buffer on return.
 */
+#include <new>
+#include <string>
+
 #include "fastopt/backend.h"
 #include "launch.cuh"
 
@@ -80,11 +84,25 @@ static void keep_pool_memory() {
   done_for = device;
 }
 
+namespace {
+struct DeviceOutOfMemory : std::bad_alloc {
+  std::string msg;
+  explicit DeviceOutOfMemory(size_t nbytes)
+      : msg("fastopt CUDA: cudaMallocAsync of " + std::to_string(nbytes) + " bytes: out of memory") {}
+  const char* what() const noexcept override { return msg.c_str(); }
+};
+}  // namespace
+
 void* malloc_async(size_t nbytes, void* stream) {
   if (nbytes == 0) return nullptr;
   keep_pool_memory();
   void* ptr = nullptr;
-  check(cudaMallocAsync(&ptr, nbytes, as_stream(stream)), "cudaMallocAsync");
+  const cudaError_t err = cudaMallocAsync(&ptr, nbytes, as_stream(stream));
+  if (err == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // not sticky: clear it, as check() does
+    throw DeviceOutOfMemory(nbytes);
+  }
+  check(err, "cudaMallocAsync");
   return ptr;
 }
 

@@ -27,7 +27,7 @@ py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negat
   }
   const float slope = static_cast<float>(negative_slope);  // torch multiplies by the float32 value
   const int64_t n = x.numel;
-  py::object out = new_array(x.shape, DType::f32, x.device, stream);
+  py::object out = new_array(x.shape, DType::f32, x.device, stream, dy_obj ? "dx" : "y", "x");
   float* yp = static_cast<float*>(view_f32(out, ArgName{"out"}, true).data);
   if (x.device == kCPU) {
     py::gil_scoped_release nogil;

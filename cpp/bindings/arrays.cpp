@@ -1,6 +1,8 @@
 #include "arrays.h"
 
 #include <algorithm>
+#include <new>
+#include <utility>
 
 #include "device_array.h"
 
@@ -8,6 +10,17 @@ namespace fastopt {
 
 void raise_value(const std::string& msg) { throw py::value_error(msg); }
 void raise_type(const std::string& msg) { throw py::type_error(msg); }
+
+namespace {
+// pybind11 turns a std::bad_alloc into MemoryError with its what() as the message.
+struct OutOfMemory : std::bad_alloc {
+  std::string msg;
+  explicit OutOfMemory(std::string m) : msg(std::move(m)) {}
+  const char* what() const noexcept override { return msg.c_str(); }
+};
+}  // namespace
+
+void raise_memory(const std::string& msg) { throw OutOfMemory(msg); }
 
 std::string ArgName::str() const {
   return index < 0 ? std::string(name) : std::string(name) + "[" + std::to_string(index) + "]";

@@ -56,6 +56,7 @@ void require_same_device(const ArrayView& a, const ArgName& an, const ArrayView&
 
 [[noreturn]] void raise_value(const std::string& msg);
 [[noreturn]] void raise_type(const std::string& msg);
+[[noreturn]] void raise_memory(const std::string& msg);  // MemoryError
 
 // The byte ranges an operation writes must not overlap anything else it touches.
 struct ByteRange {

@@ -55,7 +55,7 @@ py::object augment_batch(py::handle x_obj, uint64_t seed, uint64_t step, int64_t
   s.fill = static_cast<float>(fill);
   s.seed = seed;
   s.step = step;
-  py::object y = new_array(x.shape, DType::f32, x.device, stream);
+  py::object y = new_array(x.shape, DType::f32, x.device, stream, "y", "x");
   float* yp = out_ptr(y);
   const float* xp = static_cast<const float*>(x.data);
   if (x.device == kCPU) {
@@ -104,8 +104,8 @@ py::tuple mixup(py::handle x_obj, py::handle labels_obj, double lam, int64_t num
   p.K = num_classes;
   p.lam = static_cast<float>(lam);
   p.rest = static_cast<float>(1.0 - lam);
-  py::object y = new_array(x.shape, DType::f32, x.device, stream);
-  py::object targets = new_array({N, num_classes}, DType::f32, x.device, stream);
+  py::object y = new_array(x.shape, DType::f32, x.device, stream, "y", "x");
+  py::object targets = new_array({N, num_classes}, DType::f32, x.device, stream, "targets", "num_classes");
   float* yp = out_ptr(y);
   float* tp = out_ptr(targets);
   const float* xp = static_cast<const float*>(x.data);

@@ -59,7 +59,16 @@ Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair
   s.dil_h = dilation[0];
   s.dil_w = dilation[1];
   s.groups = groups;
-  const int64_t eh = s.H + 2 * s.pad_h - s.dil_h * (s.R - 1) - 1, ew = s.W + 2 * s.pad_w - s.dil_w * (s.S - 1) - 1;
+  // H + 2 * pad and dil * (R - 1), checked: a huge padding or dilation must not wrap around.
+  int64_t padded_h, padded_w, span_h, span_w;
+  if (__builtin_mul_overflow(s.pad_h, 2, &padded_h) || __builtin_add_overflow(padded_h, s.H, &padded_h) ||
+      __builtin_mul_overflow(s.pad_w, 2, &padded_w) || __builtin_add_overflow(padded_w, s.W, &padded_w))
+    raise_value("padding: " + shape_str({s.pad_h, s.pad_w}) + " is too large: the padded input " +
+                shape_str({s.H, s.W}) + " would have 2^63 or more rows or columns");
+  if (__builtin_mul_overflow(s.dil_h, s.R - 1, &span_h) || __builtin_mul_overflow(s.dil_w, s.S - 1, &span_w))
+    raise_value("dilation: " + shape_str({s.dil_h, s.dil_w}) + " is too large: the dilated kernel " +
+                shape_str({s.R, s.S}) + " would span 2^63 or more rows or columns");
+  const int64_t eh = padded_h - span_h - 1, ew = padded_w - span_w - 1;
   s.P = eh < 0 ? 0 : eh / s.stride_h + 1;
   s.Q = ew < 0 ? 0 : ew / s.stride_w + 1;
   if (s.P < 1 || s.Q < 1)
@@ -85,7 +94,9 @@ py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
       raise_value("b: expected shape (" + std::to_string(s.K) + ",), one bias per output channel, got " + shape_str(bv.shape));
     b = static_cast<const float*>(bv.data);
   }
-  py::object y = new_array({s.N, s.K, s.P, s.Q}, DType::f32, x.device, stream);
+  // Only padding can make the output plane larger than the input's; else N * K makes the size.
+  const char* source = s.pad_h > s.H || s.pad_w > s.W ? "padding" : "x and w";
+  py::object y = new_array({s.N, s.K, s.P, s.Q}, DType::f32, x.device, stream, "y", source);
   float* yp = data_of(y, "y");
   const auto* xp = static_cast<const float*>(x.data);
   const auto* wp = static_cast<const float*>(w.data);
@@ -124,9 +135,9 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
 
   py::object dx = py::none(), dw = py::none(), db = py::none();
   float *dxp = nullptr, *dwp = nullptr, *dbp = nullptr;
-  if (need_dx) dxp = data_of(dx = new_array(x.shape, DType::f32, x.device, stream), "dx");
-  if (need_dw) dwp = data_of(dw = new_array(w.shape, DType::f32, x.device, stream), "dw");
-  if (need_db) dbp = data_of(db = new_array({s.K}, DType::f32, x.device, stream), "db");
+  if (need_dx) dxp = data_of(dx = new_array(x.shape, DType::f32, x.device, stream, "dx", "x"), "dx");
+  if (need_dw) dwp = data_of(dw = new_array(w.shape, DType::f32, x.device, stream, "dw", "w"), "dw");
+  if (need_db) dbp = data_of(db = new_array({s.K}, DType::f32, x.device, stream, "db", "w"), "db");
   const auto* dyp = static_cast<const float*>(dy.data);
   const auto* xp = static_cast<const float*>(x.data);
   const auto* wp = static_cast<const float*>(w.data);

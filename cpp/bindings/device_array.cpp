@@ -4,7 +4,9 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
+#include <new>
 #include <stdexcept>
 
 #include "fastopt/backend.h"
@@ -84,19 +86,78 @@ int64_t DeviceArray::numel() const {
   return n;
 }
 
-DeviceArray device_empty(std::vector<int64_t> shape, DType dtype, int device, uintptr_t stream) {
+namespace {
+
+// "17.6 TiB": the size an allocation asked for, in the error that refuses it.
+std::string bytes_str(double bytes) {
+  const char* units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int u = 0;
+  for (; bytes >= 1024.0 && u < 6; ++u) bytes /= 1024.0;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.3g %s", bytes, units[u]);
+  return buf;
+}
+
+// The bytes of an array of this shape, checked before anything is allocated: a negative
+// dimension or a size past what an array can address (int64 bytes, NumPy's and CUDA's limit)
+// raises ValueError naming `source`, the argument the shape came from.
+size_t checked_nbytes(const std::vector<int64_t>& shape, DType dtype, const char* output, const char* source) {
+  int64_t bytes = static_cast<int64_t>(itemsize(dtype));
+  bool overflow = false;
+  for (int64_t d : shape) {
+    if (d < 0)
+      raise_value(std::string(source) + ": " + output + " would have shape " + shape_str(shape) +
+                  ", with a negative dimension");
+    overflow = overflow || __builtin_mul_overflow(bytes, d, &bytes);
+  }
+  const bool empty = std::find(shape.begin(), shape.end(), int64_t{0}) != shape.end();
+  if (overflow && !empty)
+    raise_value(std::string(source) + ": " + output + " would have shape " + shape_str(shape) + ", 2^63 or more bytes of " +
+                dtype_name(dtype) + ": larger than any array can be");
+  return empty ? 0 : static_cast<size_t>(bytes);
+}
+
+// Runs the allocation `alloc`; a refusal (host or device) becomes a MemoryError that names the
+// output, its shape and size, and the argument it came from, instead of a bare std::bad_alloc.
+template <class Alloc>
+auto allocate(Alloc alloc, const std::vector<int64_t>& shape, DType dtype, int device, size_t nbytes,
+              const char* output, const char* source) {
+  try {
+    return alloc();
+  } catch (const std::bad_alloc&) {  // the host cache, or the CUDA pool (cuda/runtime.cu)
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_MemoryError)) throw;  // NumPy's own refusal, reworded the same way
+  }
+  raise_memory(std::string(source) + ": " + output + " would have shape " + shape_str(shape) + ", " +
+               bytes_str(static_cast<double>(nbytes)) + " of " + dtype_name(dtype) + ", which cannot be allocated on " +
+               device_str(device));
+}
+
+DeviceArray device_alloc(std::vector<int64_t> shape, DType dtype, int device, uintptr_t stream) {
   DeviceArray a;
-  for (int64_t d : shape)
-    if (d < 0) throw py::value_error("shape: negative dimension " + std::to_string(d));
   a.shape = std::move(shape);
   a.dtype = dtype;
   a.alloc = std::make_shared<Allocation>(a.nbytes(), device, stream);
   return a;
 }
 
-py::object new_array(const std::vector<int64_t>& shape, DType dtype, int device, uintptr_t stream) {
-  if (device == kCPU) return host_empty(shape, dtype);
-  return py::cast(device_empty(shape, dtype, device, stream));
+}  // namespace
+
+DeviceArray device_empty(std::vector<int64_t> shape, DType dtype, int device, uintptr_t stream) {
+  const size_t nbytes = checked_nbytes(shape, dtype, "the array", "shape");
+  return allocate([&] { return device_alloc(shape, dtype, device, stream); }, shape, dtype, device, nbytes,
+                  "the array", "shape");
+}
+
+py::object new_array(const std::vector<int64_t>& shape, DType dtype, int device, uintptr_t stream, const char* output,
+                     const char* source) {
+  const size_t nbytes = checked_nbytes(shape, dtype, output, source);
+  return allocate(
+      [&]() -> py::object {
+        if (device == kCPU) return host_empty(shape, dtype);
+        return py::cast(device_alloc(shape, dtype, device, stream));
+      },
+      shape, dtype, device, nbytes, output, source);
 }
 
 // ------------------------------------------------------------------------------------ DLPack

@@ -40,11 +40,16 @@ int cuda_device_count();              // 0 without CUDA support, driver or GPU
 int cuda_device_of(const void* ptr);  // for CUDA-array-interface pointers
 void require_cuda(const char* what);  // RuntimeError unless a GPU can be used
 
+// An uninitialized DeviceArray of `shape` (a user's argument: errors name it "shape").
 DeviceArray device_empty(std::vector<int64_t> shape, DType dtype, int device, uintptr_t stream);
 
 // A new uninitialized output array where the inputs live: a NumPy array for kCPU, else a
-// DeviceArray on that GPU (allocated on `stream`).
-py::object new_array(const std::vector<int64_t>& shape, DType dtype, int device, uintptr_t stream);
+// DeviceArray on that GPU (allocated on `stream`). Every op allocates its outputs here, so the
+// size checks live in one place: `output` names the array ("y") and `source` the argument(s) its
+// shape came from ("padding"). A shape with a negative dimension or of 2^63 bytes or more raises
+// ValueError; one the allocator refuses raises MemoryError; each message names both.
+py::object new_array(const std::vector<int64_t>& shape, DType dtype, int device, uintptr_t stream, const char* output,
+                     const char* source);
 
 void bind_device_array(py::module_& m);
 

@@ -62,7 +62,7 @@ py::object dropout_apply(py::handle x, const char* name, double p, py::handle se
   const ArrayView xv = view_f32(x, ArgName{name}, false);
   const DropoutParams d = dropout_params(probability_arg(p), unsigned_arg(seed, "seed", 64), offset_arg(offset, xv.numel));
   if (!training) return py::reinterpret_borrow<py::object>(x);
-  py::object out = new_array(xv.shape, DType::f32, xv.device, stream);
+  py::object out = new_array(xv.shape, DType::f32, xv.device, stream, "the output", name);
   const ArrayView yv = view_f32(out, ArgName{"out"}, true);
   const float* xp = static_cast<const float*>(xv.data);
   float* yp = static_cast<float*>(yv.data);
@@ -104,7 +104,7 @@ py::object dropout_mask(py::sequence shape, double p, py::handle seed, py::handl
   }
   if (device < kCPU) raise_value("device: expected -1 (CPU) or a GPU index, got " + std::to_string(device));
   const DropoutParams d = dropout_params(probability_arg(p), unsigned_arg(seed, "seed", 64), offset_arg(offset, numel));
-  py::object out = new_array(dims, DType::b1, device, stream);
+  py::object out = new_array(dims, DType::b1, device, stream, "the mask", "shape");
   const DType b1 = DType::b1;
   uint8_t* mp = static_cast<uint8_t*>(view_array(out, ArgName{"out"}, true, &b1).data);
   if (device == kCPU) {

@@ -54,6 +54,10 @@ class HostCache {
       ++misses_;
     }
     void* p = std::aligned_alloc(kGranule, bytes);
+    if (p == nullptr) {  // the blocks held for other sizes may be what is missing
+      clear();
+      p = std::aligned_alloc(kGranule, bytes);
+    }
     if (p == nullptr) throw std::bad_alloc();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     madvise(p, bytes, MADV_HUGEPAGE);  // advice only: its failure changes nothing

@@ -45,7 +45,7 @@ py::object linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
                   shape_str(bv.shape));
     b = static_cast<const float*>(bv.data);
   }
-  py::object y = new_array({s.N, s.out}, DType::f32, x.device, stream);
+  py::object y = new_array({s.N, s.out}, DType::f32, x.device, stream, "y", "x and weight");
   float* yp = data_of(y, "y");
   const auto* xp = static_cast<const float*>(x.data);
   const auto* wp = static_cast<const float*>(w.data);
@@ -83,9 +83,9 @@ py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
 
   py::object dx = py::none(), dw = py::none(), db = py::none();
   float *dxp = nullptr, *dwp = nullptr, *dbp = nullptr;
-  if (need_dx) dxp = data_of(dx = new_array(x.shape, DType::f32, x.device, stream), "dx");
-  if (need_dw) dwp = data_of(dw = new_array(w.shape, DType::f32, x.device, stream), "dweight");
-  if (need_db) dbp = data_of(db = new_array({s.out}, DType::f32, x.device, stream), "dbias");
+  if (need_dx) dxp = data_of(dx = new_array(x.shape, DType::f32, x.device, stream, "dx", "x"), "dx");
+  if (need_dw) dwp = data_of(dw = new_array(w.shape, DType::f32, x.device, stream, "dweight", "weight"), "dweight");
+  if (need_db) dbp = data_of(db = new_array({s.out}, DType::f32, x.device, stream, "dbias", "weight"), "dbias");
   const auto* dyp = static_cast<const float*>(dy.data);
   const auto* xp = static_cast<const float*>(x.data);
   const auto* wp = static_cast<const float*>(w.data);

@@ -70,8 +70,8 @@ py::tuple softmax_cross_entropy(py::handle logits, py::handle target, double lab
   p.on = static_cast<float>(1.0 - label_smoothing);
   p.off = static_cast<float>(label_smoothing / static_cast<double>(K));
   p.topk = topk < K ? topk : K;
-  py::object loss = new_array({}, DType::f32, z.device, stream);
-  py::object dlogits = need_grad ? new_array(z.shape, DType::f32, z.device, stream) : py::none();
+  py::object loss = new_array({}, DType::f32, z.device, stream, "loss", "logits");
+  py::object dlogits = need_grad ? new_array(z.shape, DType::f32, z.device, stream, "dlogits", "logits") : py::none();
   float* lp = static_cast<float*>(view_f32(loss, ArgName{"loss"}, true).data);
   float* dp = need_grad ? static_cast<float*>(view_f32(dlogits, ArgName{"dlogits"}, true).data) : nullptr;
   const float* zp = static_cast<const float*>(z.data);

@@ -44,15 +44,16 @@ struct Out {
   py::object obj;
   float* ptr;
 };
-Out new_output(const std::vector<int64_t>& shape, const ArrayView& x, uintptr_t stream) {
-  Out o{new_array(shape, DType::f32, x.device, stream), nullptr};
+Out new_output(const std::vector<int64_t>& shape, const ArrayView& x, uintptr_t stream, const char* name) {
+  Out o{new_array(shape, DType::f32, x.device, stream, name, "x"), nullptr};
   o.ptr = static_cast<float*>(view_f32(o.obj, ArgName{"output"}, true).data);
   return o;
 }
 
 // The affine gradients: outputs when the layer has those parameters, else None and null.
-Out optional_output(bool wanted, const std::vector<int64_t>& shape, const ArrayView& x, uintptr_t stream) {
-  return wanted ? new_output(shape, x, stream) : Out{py::none(), nullptr};
+Out optional_output(bool wanted, const std::vector<int64_t>& shape, const ArrayView& x, uintptr_t stream,
+                    const char* name) {
+  return wanted ? new_output(shape, x, stream, name) : Out{py::none(), nullptr};
 }
 
 // x as (N, C, S): N = shape[0], C = shape[1], S = the product of the rest.
@@ -123,7 +124,8 @@ py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta
   if (training && s.N * s.S < 2)
     raise_value("x: expected more than 1 value per channel when training, got input size " + shape_str(x.shape));
 
-  Out y = new_output(x.shape, x, stream), mean = new_output(cshape, x, stream), rstd = new_output(cshape, x, stream);
+  Out y = new_output(x.shape, x, stream, "y"), mean = new_output(cshape, x, stream, "mean"),
+      rstd = new_output(cshape, x, stream, "rstd");
   const float* xp = static_cast<const float*>(x.data);
   {
     py::gil_scoped_release nogil;
@@ -157,8 +159,9 @@ py::tuple batch_norm_backward(py::handle dy_obj, py::handle x_obj, py::handle ga
   const float* rp = required_input(save_invstd, "save_invstd", cshape, x);
   if (training && s.N * s.S < 2)
     raise_value("x: expected more than 1 value per channel when training, got input size " + shape_str(x.shape));
-  Out dx = new_output(x.shape, x, stream);
-  const Out dw = optional_output(affine, cshape, x, stream), db = optional_output(affine, cshape, x, stream);
+  Out dx = new_output(x.shape, x, stream, "dx");
+  const Out dw = optional_output(affine, cshape, x, stream, "dweight"),
+            db = optional_output(affine, cshape, x, stream, "dbias");
   const float* xp = static_cast<const float*>(x.data);
   const float* gp = static_cast<const float*>(dy.data);
   {
@@ -209,8 +212,8 @@ py::tuple row_forward(const ArrayView& x, const NormShape& s, const std::vector<
   eps_arg(eps);
   const float* w = optional_input(weight, "weight", wshape, x, nullptr, 0);
   const float* b = optional_input(bias, "bias", wshape, x, nullptr, 0);
-  Out y = new_output(x.shape, x, stream), mean = new_output(stat_shape, x, stream),
-      rstd = new_output(stat_shape, x, stream);
+  Out y = new_output(x.shape, x, stream, "y"), mean = new_output(stat_shape, x, stream, "mean"),
+      rstd = new_output(stat_shape, x, stream, "rstd");
   const float* xp = static_cast<const float*>(x.data);
   {
     py::gil_scoped_release nogil;
@@ -236,8 +239,9 @@ py::tuple row_backward(const ArrayView& dy, const ArrayView& x, const NormShape&
   const float* w = optional_input(weight, "weight", wshape, x, nullptr, 0);
   const float* mp = required_input(mean, "mean", stat_shape, x);
   const float* rp = required_input(rstd, "rstd", stat_shape, x);
-  Out dx = new_output(x.shape, x, stream);
-  const Out dw = optional_output(affine, wshape, x, stream), db = optional_output(affine, wshape, x, stream);
+  Out dx = new_output(x.shape, x, stream, "dx");
+  const Out dw = optional_output(affine, wshape, x, stream, "dweight"),
+            db = optional_output(affine, wshape, x, stream, "dbias");
   const float* xp = static_cast<const float*>(x.data);
   const float* gp = static_cast<const float*>(dy.data);
   {

@@ -79,8 +79,8 @@ py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair pa
   const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
   const Pool2dShape s = pool_shape(x.shape, "x", kernel, stride, padding);
   const std::vector<int64_t> yshape{x.shape[0], x.shape[1], s.P, s.Q};
-  py::object y = new_array(yshape, DType::f32, x.device, stream);
-  py::object idx = new_array(yshape, DType::i32, x.device, stream);
+  py::object y = new_array(yshape, DType::f32, x.device, stream, "y", "x");
+  py::object idx = new_array(yshape, DType::i32, x.device, stream, "indices", "x");
   const auto* xp = static_cast<const float*>(x.data);
   float* yp = data_of<float>(y, DType::f32);
   int32_t* ip = data_of<int32_t>(idx, DType::i32);
@@ -111,7 +111,7 @@ py::object max_pool2d_backward(py::handle dy_obj, py::handle idx_obj, std::vecto
     raise_value("dy: expected the output shape " + shape_str(yshape) + " of this pooling, got " + shape_str(dy.shape));
   if (idx.shape != yshape)
     raise_value("indices: expected the output shape " + shape_str(yshape) + " of this pooling, got " + shape_str(idx.shape));
-  py::object dx = new_array(input_shape, DType::f32, dy.device, stream);
+  py::object dx = new_array(input_shape, DType::f32, dy.device, stream, "dx", "input_shape");
   const auto* dyp = static_cast<const float*>(dy.data);
   const auto* ip = static_cast<const int32_t*>(idx.data);
   float* dxp = data_of<float>(dx, DType::f32);
@@ -140,7 +140,7 @@ py::object global_avg_pool_forward(py::handle x_obj, uintptr_t stream) {
   const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
   const int64_t hw = plane_size(x.shape, "x");
   const int64_t planes = x.shape[0] * x.shape[1];
-  py::object y = new_array({x.shape[0], x.shape[1]}, DType::f32, x.device, stream);
+  py::object y = new_array({x.shape[0], x.shape[1]}, DType::f32, x.device, stream, "y", "x");
   const auto* xp = static_cast<const float*>(x.data);
   float* yp = data_of<float>(y, DType::f32);
   if (x.device == kCPU) {
@@ -164,7 +164,7 @@ py::object global_avg_pool_backward(py::handle dy_obj, std::vector<int64_t> inpu
   const std::vector<int64_t> yshape{input_shape[0], input_shape[1]};
   if (dy.shape != yshape) raise_value("dy: expected the output shape " + shape_str(yshape) + ", got " + shape_str(dy.shape));
   const int64_t planes = input_shape[0] * input_shape[1];
-  py::object dx = new_array(input_shape, DType::f32, dy.device, stream);
+  py::object dx = new_array(input_shape, DType::f32, dy.device, stream, "dx", "input_shape");
   const auto* dyp = static_cast<const float*>(dy.data);
   float* dxp = data_of<float>(dx, DType::f32);
   if (dy.device == kCPU) {
