@@ -255,6 +255,7 @@ def test_step_on_torch_cuda_tensors_in_place(rng):
     opt = optim.AdamW([p], lr=0.01)
     res = opt.step([torch.tensor(g, device="cuda")], max_grad_norm=1.0)
     assert isinstance(res.norm, fastopt.DeviceArray) and res.norm.shape == ()
+    assert float(res.norm.numpy()) == pytest.approx(np.linalg.norm(g.astype(np.float64)), rel=1e-5)
     ref_p = init.copy()
     optim.AdamW([ref_p], lr=0.01).step([g], max_grad_norm=1.0)
     np.testing.assert_allclose(p.cpu().numpy(), ref_p, rtol=1e-6, atol=1e-6)

@@ -210,10 +210,13 @@ def test_scale_matches_torch(rng):
         np.testing.assert_array_equal(y[kept], x[kept] * R.scale(p))
 
 
-def test_read_only_input_is_fine():
-    x = np.ones(8, np.float32)
+def test_read_only_input_is_fine(rng):
+    x = rng.standard_normal(1000).astype(np.float32)
     x.flags.writeable = False
-    assert F.dropout_forward(x, 0.0, 1).flags.writeable
+    y = F.dropout_forward(x, 0.0, 1)
+    assert y.flags.writeable and not np.shares_memory(x, y)
+    np.testing.assert_array_equal(y, x)  # p = 0: an exact copy
+    np.testing.assert_array_equal(F.dropout_forward(x, 0.5, 1), R.dropout_forward(x, 0.5, 1).astype(np.float32))
 
 
 @pytest.mark.parametrize("call,exc,match", [

@@ -108,10 +108,20 @@ def test_cli_writes_metrics_curves_and_checkpoints(tmp_path, digits):
     rc = train_main(["--device", "cpu", "--epochs", "2", "--width", "8", "16", "--out", str(out), "--quiet"])
     assert rc == 0
     report = json.loads((out / "metrics.json").read_text())
-    assert report["epochs_run"] == 2 and 0 <= report["test"]["acc"] <= 1
-    assert len(report["history"]) == 2 and {"train_loss", "val_loss", "val_acc"} <= set(report["history"][0])
-    for name in ("curves.png", "best.npz", "last.npz"):
-        assert os.path.getsize(out / name) > 0
+    history = report["history"]
+    assert report["epochs_run"] == 2 and [m["epoch"] for m in history] == [1, 2]
+    assert report["best_epoch"] == 1 + int(np.argmin([m["val_loss"] for m in history]))
+    assert history[-1]["lr"] == 3e-3  # the default warm-up (2 epochs) spans this run: it ends at the peak lr
+    assert read_checkpoint(str(out / "last.npz"))[0]["epoch"] == 2
+    assert read_checkpoint(str(out / "best.npz"))[0]["epoch"] == report["best_epoch"]
+    # The reported metrics are those of the best checkpoint, evaluated again here.
+    config = TrainConfig(device="cpu", epochs=2, progress=False)
+    again = Trainer(small_cnn(1, 10, widths=(8, 16), dropout=0.25), digits, config)
+    again.load(str(out / "best.npz"))
+    assert again.evaluate(digits.test) == report["test"] and again.evaluate(digits.val) == report["val"]
+    assert report["val"]["loss"] == history[report["best_epoch"] - 1]["val_loss"]
+    png = (out / "curves.png").read_bytes()  # figsize 10 x 4 inches at 110 dpi
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (1100, 440)
 
 
 def test_cli_search_prints_a_sorted_table(tmp_path, capsys, digits):
@@ -119,10 +129,16 @@ def test_cli_search_prints_a_sorted_table(tmp_path, capsys, digits):
                      "--out", str(tmp_path)])
     assert rc == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
-    assert len(rows) == 2
+    assert [r[:2] for r in rows] in ([["1", "coarse"], ["2", "fine"]], [["1", "fine"], ["2", "coarse"]])
     losses = [float(r[4]) for r in rows]
     assert losses == sorted(losses)
-    assert len(json.loads((tmp_path / "search.json").read_text())) == 2
+    saved = json.loads((tmp_path / "search.json").read_text())  # the same trials, in the table's order
+    assert [(f"{t['lr']:.3e}", f"{t['weight_decay']:.3e}", f"{t['val_loss']:.4f}") for t in saved] == \
+        [(r[2], r[3], r[4]) for r in rows]
+    coarse, fine = (next(t for t in saved if t["stage"] == s) for s in ("coarse", "fine"))
+    assert 1e-4 <= coarse["lr"] <= 1e-1 and 1e-6 <= coarse["weight_decay"] <= 1e-2  # the full ranges
+    for k in ("lr", "weight_decay"):  # then within half a decade of the best so far
+        assert coarse[k] / 10**0.5 <= fine[k] <= coarse[k] * 10**0.5
 
 
 def test_cli_refuses_a_missing_gpu(capsys):
