@@ -44,6 +44,18 @@ def test_digits_split_is_stratified_and_standardized(digits):
     assert np.all(digits.train.x.min(axis=(1, 2, 3)) == pytest.approx(digits.background))
 
 
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(val_fraction=1.5), ValueError, r"^val_fraction: must lie in \[0, 1\), got 1.5"),
+    (dict(test_fraction="0.2"), TypeError, r"^test_fraction: expected a real number, got str"),
+    (dict(val_fraction=0.5, test_fraction=0.5), ValueError, r"^val_fraction \+ test_fraction: must be < 1"),
+    (dict(seed=-1), ValueError, r"^seed: must be >= 0"),
+    (dict(seed=1.0), TypeError, r"^seed: expected an integer, got float"),
+])
+def test_load_digits_names_a_bad_argument(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        datasets.load_digits(**kwargs)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_learns_digits(backend, digits):
     # Every augmentation on; 400 images, 78 steps: ~0.91 validation accuracy on the CPU.

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _args
+
 __all__ = ["Split", "Dataset", "load_digits"]
 
 
@@ -65,6 +67,12 @@ def load_digits(val_fraction=0.1, test_fraction=0.2, seed=0):
     """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), split stratified into
     train/validation/test with a fixed seed and standardized with the training set's mean and
     standard deviation (one scalar each, so an image stays an image)."""
+    val_fraction = _args.finite(val_fraction, "val_fraction", 0.0, 1.0, high_open=True)
+    test_fraction = _args.finite(test_fraction, "test_fraction", 0.0, 1.0, high_open=True)
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(f"val_fraction + test_fraction: must be < 1 (no training images left), got "
+                         f"{val_fraction} + {test_fraction}")
+    _args.integer(seed, "seed", 0)
     try:
         from sklearn.datasets import load_digits as sk_digits
     except ImportError as e:  # pragma: no cover - scikit-learn is a dependency
