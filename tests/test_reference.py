@@ -2,6 +2,7 @@
 momentum identities, step()'s clipping/skip contract, norms, and (when torch is
 installed) torch.optim / torch.nn.utils cross-checks."""
 import copy
+import inspect
 import itertools
 import math
 
@@ -361,6 +362,14 @@ def test_rules_match_torch(name, hyper):
             else:
                 np.testing.assert_allclose(value, ts[key].numpy(), rtol=1e-10, atol=1e-12)
         assert set(s) - {"step"} == {k for k, v in ts.items() if v is not None} - {"step"}
+
+
+@pytest.mark.parametrize("name", sorted(optim.RULES))
+def test_rule_defaults_are_torchs(name):
+    torch = pytest.importorskip("torch")
+    sig = inspect.signature(getattr(torch.optim, _TORCH_CLASS[name]))
+    defaults = optim.RULES[name].__kwdefaults__
+    assert defaults == {k: sig.parameters[k].default for k in defaults}
 
 
 def test_clipped_step_matches_torch():

@@ -32,7 +32,7 @@ def _check_interval(v, name, low, high, low_open, high_open, finite=False):
         bound = f"{'<' if high_open else '<='} {_fmt(high)}"
     else:
         bound = f"in {'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
-    if finite:
+    if finite and not bound.startswith("in"):
         need = f"be a finite number {bound}".rstrip()
     else:
         need = ("lie " if bound.startswith("in") else "be ") + bound
