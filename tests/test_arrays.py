@@ -233,6 +233,25 @@ def test_device_array_views_share_memory(rng):
         a[::2]
 
 
+FILLS = [  # (value, dtype): the GPU branch of full() zero-fills, then copies any other value in
+    (0.0, np.float32), (1.0, np.float32), (-0.0, np.float32), (np.nan, np.float32), (-np.inf, np.float32),
+    (0.1, np.float64), (-7, np.int64), (3, np.int32), (0, np.int32), (255, np.uint8)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(), (0,), (1,), (3, 1031)])
+@pytest.mark.parametrize("value,dtype", FILLS)
+def test_full_on_the_gpu_matches_numpy_bit_for_bit(shape, value, dtype):
+    want = np.full(shape, value, dtype)
+    got = fastopt._arrays.full(shape, value, dtype, device="cuda")
+    assert isinstance(got, fastopt.DeviceArray) and got.shape == shape and got.dtype == want.dtype
+    bits = want.reshape(-1).view(np.uint8)  # -0.0 and NaN compared by their bits
+    np.testing.assert_array_equal(got.numpy().reshape(-1).view(np.uint8), bits)
+    like = fastopt._arrays.full_like(got, value, dtype)
+    assert isinstance(like, fastopt.DeviceArray) and like.shape == shape
+    np.testing.assert_array_equal(like.numpy().reshape(-1).view(np.uint8), bits)
+
+
 @pytest.mark.gpu
 def test_torch_and_cupy_share_memory_with_device_arrays(rng):
     torch = torch_with_cuda()

@@ -83,7 +83,7 @@ def full(shape, value, dtype=np.float32, device="cuda", stream=0):
     if device == "cpu":
         return np.full(shape, value, dtype)
     out = zeros(shape, dtype, device, stream)
-    if value != 0:
+    if value != 0 or np.signbit(value):  # -0.0 is not zeros' +0.0
         _C.copy_(out, np.full(shape, value, dtype), stream)
     return out
 
