@@ -10,7 +10,10 @@ Where time goes and why:
   the device in a 3-float array read once per epoch.
 - Randomness is a function of (seed, epoch, step): shuffles and mixup's lambda from NumPy
   generators seeded by (seed, epoch), augmentation and dropout from Philox counters. A run
-  resumed from a checkpoint therefore continues bit for bit as if it had never stopped.
+  resumed from a checkpoint with the same options therefore continues bit for bit as if it had
+  never stopped; with other options see Trainer.load.
+- Checkpoints are written atomically (a temporary file, then a rename): an interrupted run keeps
+  its last whole checkpoint.
 """
 import json
 import math
