@@ -377,117 +377,35 @@ def test_bad_optimizer():
         S.StepLR(type("O", (), {"param_groups": [{"x": 1}]})(), 3)
 
 
-# --- argument checks: every argument of every schedule, each kind of bad value ---------------------
-# (build on Opt(), exception, the argument its message must start with). A wrong kind (str, None, a
-# bool or float for a step count) is a TypeError; a value out of range is a ValueError, in
-# particular every value that would write a negative, NaN or infinite lr.
-
-def _bad(name, build, cases):
-    return [pytest.param(build(v), exc, arg, id=f"{name}-{arg}={v!r}") for v, exc, arg in cases]
-
-
+# --- argument checks (the kinds of every argument: test_api_args.py) -------------------------------
 NAN, INF = math.nan, math.inf
-BAD_ARGUMENTS = (
-    _bad("StepLR", lambda v: lambda o: S.StepLR(o, v), [
-        (0, ValueError, "step_size"), (2.0, TypeError, "step_size"), (True, TypeError, "step_size"),
-        ("3", TypeError, "step_size"), (None, TypeError, "step_size")])
-    + _bad("StepLR", lambda v: lambda o: S.StepLR(o, 3, gamma=v), [
-        (-0.5, ValueError, "gamma"), (NAN, ValueError, "gamma"), (INF, ValueError, "gamma"),
-        ("0.1", TypeError, "gamma"), (None, TypeError, "gamma"), (False, TypeError, "gamma")])
-    + _bad("StepLR", lambda v: lambda o: S.StepLR(o, 3, last_epoch=v), [
-        (-2, ValueError, "last_epoch"), (0.0, TypeError, "last_epoch"), (None, TypeError, "last_epoch")])
-    + _bad("MultiStepLR", lambda v: lambda o: S.MultiStepLR(o, v), [
-        ([3, 2.5], TypeError, "milestones[1]"), ([-1, 4], ValueError, "milestones[0]"),
-        ("12", TypeError, "milestones"), (None, TypeError, "milestones"), ([True], TypeError, "milestones[0]")])
-    + _bad("MultiStepLR", lambda v: lambda o: S.MultiStepLR(o, [2], gamma=v), [
-        (-1.0, ValueError, "gamma"), (NAN, ValueError, "gamma"), ("x", TypeError, "gamma")])
-    + _bad("ExponentialLR", lambda v: lambda o: S.ExponentialLR(o, v), [
-        (-0.9, ValueError, "gamma"), (INF, ValueError, "gamma"), (NAN, ValueError, "gamma"),
-        (None, TypeError, "gamma"), ("0.9", TypeError, "gamma")])
-    + _bad("CosineAnnealingLR", lambda v: lambda o: S.CosineAnnealingLR(o, v), [
-        (0, ValueError, "T_max"), (10.0, TypeError, "T_max"), (None, TypeError, "T_max")])
-    + _bad("CosineAnnealingLR", lambda v: lambda o: S.CosineAnnealingLR(o, 10, eta_min=v), [
-        (-1e-3, ValueError, "eta_min"), (NAN, ValueError, "eta_min"), (INF, ValueError, "eta_min"),
-        ("0", TypeError, "eta_min"), (None, TypeError, "eta_min")])
-    + _bad("LinearLR", lambda v: lambda o: S.LinearLR(o, start_factor=v), [
-        (0.0, ValueError, "start_factor"), (1.5, ValueError, "start_factor"), (-0.5, ValueError, "start_factor"),
-        (NAN, ValueError, "start_factor"), ("0.5", TypeError, "start_factor")])
-    + _bad("LinearLR", lambda v: lambda o: S.LinearLR(o, end_factor=v), [
-        (1.5, ValueError, "end_factor"), (-0.1, ValueError, "end_factor"), (None, TypeError, "end_factor")])
-    + _bad("LinearLR", lambda v: lambda o: S.LinearLR(o, total_iters=v), [
-        (0, ValueError, "total_iters"), (2.5, TypeError, "total_iters")])
-    + _bad("CosineAnnealingWarmRestarts", lambda v: lambda o: S.CosineAnnealingWarmRestarts(o, v), [
-        (0, ValueError, "T_0"), (1.5, TypeError, "T_0")])
-    + _bad("CosineAnnealingWarmRestarts", lambda v: lambda o: S.CosineAnnealingWarmRestarts(o, 3, T_mult=v), [
-        (0, ValueError, "T_mult"), (1.5, TypeError, "T_mult")])
-    + _bad("CosineAnnealingWarmRestarts", lambda v: lambda o: S.CosineAnnealingWarmRestarts(o, 3, eta_min=v), [
-        (-1.0, ValueError, "eta_min"), (NAN, ValueError, "eta_min"), ("0", TypeError, "eta_min")])
-    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, v, 1.0), [
-        (-0.1, ValueError, "base_lr"), ([0.1, 0.2], ValueError, "base_lr"), ([0.1, -0.2, 0.3], ValueError, "base_lr[1]"),
-        (NAN, ValueError, "base_lr"), ("0.1", TypeError, "base_lr"), ([0.1, None, 0.3], TypeError, "base_lr[1]")])
-    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, 0.1, v), [
-        (-1.0, ValueError, "max_lr"), (INF, ValueError, "max_lr"), (None, TypeError, "max_lr")])
-    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, 0.1, 1.0, step_size_up=v), [
-        (0, ValueError, "step_size_up"), (2.5, TypeError, "step_size_up")])
-    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, 0.1, 1.0, step_size_down=v), [
-        (0, ValueError, "step_size_down"), (2.5, TypeError, "step_size_down")])
-    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, 0.1, 1.0, mode=v), [
-        ("sawtooth", ValueError, "mode"), (1, TypeError, "mode")])
-    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, 0.1, 1.0, mode="exp_range", gamma=v), [
-        (-0.5, ValueError, "gamma"), (NAN, ValueError, "gamma"), ("1", TypeError, "gamma")])
-    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, 0.1, 1.0, scale_fn=v), [(3, TypeError, "scale_fn")])
-    + _bad("CyclicLR", lambda v: lambda o: S.CyclicLR(o, 0.1, 1.0, scale_fn=abs, scale_mode=v), [
-        ("epochs", ValueError, "scale_mode"), (None, TypeError, "scale_mode")])
-    + _bad("InverseTimeLR", lambda v: lambda o: S.InverseTimeLR(o, v), [
-        (-1.0, ValueError, "decay_rate"), (-0.5, ValueError, "decay_rate"), (NAN, ValueError, "decay_rate"),
-        ("0.5", TypeError, "decay_rate"), (None, TypeError, "decay_rate")])
-    + _bad("InverseTimeLR", lambda v: lambda o: S.InverseTimeLR(o, 0.5, decay_steps=v), [
-        (0, ValueError, "decay_steps"), (-10, ValueError, "decay_steps"), (NAN, ValueError, "decay_steps"),
-        (INF, ValueError, "decay_steps"), ("10", TypeError, "decay_steps")])
-    + _bad("InverseSqrtLR", lambda v: lambda o: S.InverseSqrtLR(o, v), [
-        (0, ValueError, "warmup_steps"), (4.0, TypeError, "warmup_steps")])
-    + _bad("LinearWarmup", lambda v: lambda o: S.LinearWarmup(o, v), [
-        (-1, ValueError, "warmup_steps"), (2.0, TypeError, "warmup_steps"), (None, TypeError, "warmup_steps")])
-    + _bad("LinearWarmup", lambda v: lambda o: S.LinearWarmup(o, 3, start_factor=v), [
-        (1.5, ValueError, "start_factor"), (-0.1, ValueError, "start_factor"), (None, TypeError, "start_factor")])
-    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, mode=v), [
-        ("up", ValueError, "mode"), (None, TypeError, "mode")])
-    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, factor=v), [
-        (1.0, ValueError, "factor"), (-0.1, ValueError, "factor"), (NAN, ValueError, "factor"),
-        ("0.1", TypeError, "factor")])
-    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, patience=v), [
-        (-1, ValueError, "patience"), (1.5, TypeError, "patience")])
-    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, threshold=v), [
-        (-1e-4, ValueError, "threshold"), (NAN, ValueError, "threshold"), ("x", TypeError, "threshold")])
-    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, threshold_mode=v), [
-        ("pct", ValueError, "threshold_mode")])
-    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, cooldown=v), [
-        (-1, ValueError, "cooldown"), (0.5, TypeError, "cooldown")])
-    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, min_lr=v), [
-        (-1.0, ValueError, "min_lr"), ([0.1], ValueError, "min_lr"), ([0.0, NAN, 0.0], ValueError, "min_lr[1]")])
-    + _bad("ReduceLROnPlateau", lambda v: lambda o: S.ReduceLROnPlateau(o, eps=v), [
-        (-1.0, ValueError, "eps"), (None, TypeError, "eps")])
-)
 
+# Every argument that could write a negative, NaN or infinite lr is refused at construction:
+# gamma < 0 (StepLR, MultiStepLR, ExponentialLR, CyclicLR), eta_min < 0, base_lr / max_lr / min_lr
+# < 0, decay_rate < 0 (InverseTimeLR; -1 divides by zero at t = decay_steps), a factor outside
+# torch's range; test_api_args.py feeds each its negative, NaN and infinite values.
 
-@pytest.mark.parametrize("build,exc,arg", BAD_ARGUMENTS)
-def test_bad_arguments_name_the_argument(build, exc, arg):
+@pytest.mark.parametrize("build", [
+    lambda o: S.CyclicLR(o, 0.01, 0.1, scale_mode="epochs"),        # CyclicLR writes base_lr into the groups
+    lambda o: S.StepLR(o, 3, last_epoch=-2),                         # LRSchedule adds 'initial_lr'
+    lambda o: S.LinearWarmup(o, 3, start_factor=2.0),
+    lambda o: S.CosineAnnealingLR(o, 10, eta_min=-1e-3),
+], ids=["cyclic", "step", "warmup", "cosine"])
+def test_a_refused_schedule_writes_nothing(build):
     opt = Opt()
     before = [dict(g) for g in opt.param_groups]
-    with pytest.raises(exc) as info:
+    with pytest.raises(ValueError):
         build(opt)
-    assert str(info.value).startswith(f"{arg}: "), str(info.value)
-    assert opt.param_groups == before        # nothing written before the check
+    assert opt.param_groups == before
 
 
-@pytest.mark.parametrize("lrs,key", [([0.1, -0.03, 2.5], "lr"), ([0.1, NAN, 2.5], "lr"), ([INF], "lr"),
-                                     (["0.1"], "lr")])
-def test_impossible_initial_lr_is_refused(lrs, key):
+@pytest.mark.parametrize("lrs", [[0.1, -0.03, 2.5], [0.1, NAN, 2.5], [INF], ["0.1"]])
+def test_impossible_initial_lr_is_refused(lrs):
     for build in [lambda o: S.StepLR(o, 3), lambda o: S.CosineAnnealingLR(o, 5), lambda o: S.LinearWarmup(o, 2)]:
         opt = Opt(lrs)
         bad = next(i for i, v in enumerate(lrs) if not isinstance(v, float) or not 0 <= v < INF)
         with pytest.raises(TypeError if isinstance(lrs[bad], str) else ValueError,
-                           match=rf"^optimizer\.param_groups\[{bad}\]\['{key}'\]: "):
+                           match=rf"^optimizer\.param_groups\[{bad}\]\['lr'\]: "):
             build(opt)
     opt = Opt([0.1])
     opt.param_groups[0]["initial_lr"] = -1.0     # resuming from a corrupt group

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .._args import choice, finite, integer
+from .._args import choice, finite, integer, shape as _shape
 
 __all__ = [
     "calculate_gain", "fans", "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform",
@@ -40,6 +40,7 @@ def calculate_gain(nonlinearity, param=None):
 
 def fans(shape):
     """(fan_in, fan_out) of a weight shaped (out, in, *kernel)."""
+    shape = _shape(shape, "shape", 0, ints_ok=False)
     if len(shape) < 2:
         raise ValueError(f"shape: fans need at least 2 dimensions, got {tuple(shape)}")
     receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
