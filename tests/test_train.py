@@ -10,7 +10,7 @@ import pytest
 
 from fastopt import data as datasets
 from fastopt.nn.models import small_cnn
-from fastopt.train import CheckpointError, Trainer, TrainConfig, TrainingStopped, read_checkpoint
+from fastopt.train import OPTIMIZERS, CheckpointError, Trainer, TrainConfig, TrainingStopped, read_checkpoint
 from fastopt.train_cli import add_arguments, main as train_main, train_once
 
 from conftest import BACKENDS
@@ -68,17 +68,19 @@ def test_learns_digits(backend, digits):
     assert t.evaluate(digits.val)["acc"] > 0.8
 
 
-def test_resume_continues_bit_identically(digits, tmp_path):
-    data = _small(digits, 256)
-    straight = _trainer(data, epochs=4, mixup=0.2, cutout=2)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_resume_continues_bit_identically(optimizer, digits, tmp_path):
+    data = _small(digits, 96)
+    options = dict(epochs=4, batch_size=32, mixup=0.2, cutout=2, optimizer=optimizer, widths=(4, 8))
+    straight = _trainer(data, **options)
     for _ in range(4):
         straight.train_epoch()
-    first = _trainer(data, epochs=4, mixup=0.2, cutout=2)
+    first = _trainer(data, **options)
     first.train_epoch()
     first.train_epoch()
     path = str(tmp_path / "ckpt.npz")
     first.save(path)
-    resumed = _trainer(data, epochs=4, mixup=0.2, cutout=2)
+    resumed = _trainer(data, **options)
     resumed.load(path)
     assert resumed.epoch == 2 and resumed.step == first.step
     resumed.train_epoch()
