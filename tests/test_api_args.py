@@ -194,14 +194,19 @@ def _grouped(cls, group):
     return cls([{"params": ps[:1]}, {"params": ps[1:], **group}])
 
 
+def _in_group(args, gi):
+    """The same checks, named as options of param group gi."""
+    return {k: A(a.kind, a.none, a.bad, f"param_groups[{gi}][{k!r}]") for k, a in args.items()}
+
+
 OPTIMIZERS = []
 for cls, args in OPTIMIZER_ARGS.items():
     OPTIMIZERS += [
         Entry(cls.__name__, lambda cls=cls, **kw: cls(_params(), **kw), {}, args, ("params",), cls),
         Entry(f"{cls.__name__} group edit checked at step", lambda cls=cls, **kw: _stepped(cls, kw),
-              cls(_params()).defaults, {k: A(a.kind, a.none, a.bad, f"param_groups[0][{k!r}]") for k, a in args.items()}),
+              cls(_params()).defaults, _in_group(args, 0)),
         Entry(f"{cls.__name__} param group", lambda cls=cls, **kw: _grouped(cls, kw), cls(_params()).defaults,
-              {k: A(a.kind, a.none, a.bad, f"param_groups[1][{k!r}]") for k, a in args.items()}),
+              _in_group(args, 1)),
     ]
 OPTIMIZERS.append(Entry("Optimizer.step", lambda **kw: optim.AdamW(_params()).step(_grads(), **kw), {},
                         dict(max_grad_norm=REAL(-1.0, NAN, none=True), skip_nonfinite=BOOL, stream=STREAM),
@@ -233,7 +238,8 @@ SCHEDULES = [
           dict(base_lr=LRS, max_lr=LRS, step_size_up=STEPS, step_size_down=INT(0, none=True),
                mode=A("choice", bad=["sawtooth"]), gamma=REAL(-0.5, NAN), scale_fn=A("callable", none=True),
                scale_mode=A("choice", bad=["epochs"]))),
-    sched(S.InverseTimeLR, dict(decay_rate=0.5), dict(decay_rate=REAL(-1.0, -0.5, NAN), decay_steps=REAL(0.0, -1.0, NAN))),
+    sched(S.InverseTimeLR, dict(decay_rate=0.5),
+          dict(decay_rate=REAL(-1.0, -0.5, NAN), decay_steps=REAL(0.0, -1.0, NAN))),
     sched(S.InverseSqrtLR, dict(warmup_steps=4), dict(warmup_steps=STEPS)),
     sched(S.LinearWarmup, dict(warmup_steps=3), dict(warmup_steps=INT(-1), start_factor=REAL(-0.1, 1.5, NAN)),
           ("optimizer", "after")),
@@ -254,8 +260,9 @@ LAYERS = [
             weight_init=INIT, bias_init=INIT, allow_tf32=BOOL)),
     fn(nn.Linear, dict(in_features=7, out_features=5),
        dict(in_features=INT(0), out_features=INT(-1), bias=BOOL, weight_init=INIT, bias_init=INIT)),
-    *[fn(cls, dict(num_features=4), dict(num_features=INT(0), eps=REAL(-1.0, NAN), momentum=REAL(1.5, -0.1, NAN, none=True),
-                                         affine=BOOL, track_running_stats=BOOL)) for cls in (nn.BatchNorm1d, nn.BatchNorm2d)],
+    *[fn(cls, dict(num_features=4),
+         dict(num_features=INT(0), eps=REAL(-1.0, NAN), momentum=REAL(1.5, -0.1, NAN, none=True), affine=BOOL,
+              track_running_stats=BOOL)) for cls in (nn.BatchNorm1d, nn.BatchNorm2d)],
     fn(nn.LayerNorm, dict(normalized_shape=(5, 5)),
        dict(normalized_shape=A("shape", bad=[(0,), (5, -5)]), eps=REAL(-1.0, NAN), elementwise_affine=BOOL, bias=BOOL)),
     fn(nn.GroupNorm, dict(num_groups=2, num_channels=4),

@@ -125,7 +125,8 @@ class LRSchedule(_Scheduler):
             if last_epoch >= 0 and not all("initial_lr" in g for g in groups):
                 raise KeyError("resuming with last_epoch >= 0 needs 'initial_lr' in every param group")
             keys = ["initial_lr" if "initial_lr" in g else "lr" for g in groups]
-            base_lrs = [_rate(g[k], f"optimizer.param_groups[{i}][{k!r}]") for i, (g, k) in enumerate(zip(groups, keys))]
+            base_lrs = [_rate(g[k], f"optimizer.param_groups[{i}][{k!r}]")
+                        for i, (g, k) in enumerate(zip(groups, keys))]
         if last_epoch == -1:
             for group in groups:
                 group.setdefault("initial_lr", group["lr"])
