@@ -67,7 +67,8 @@ LAYERS = {
                     lambda t: t.nn.Conv2d(2, 3, (1, 3), padding=(0, 1), bias=False),
                     dict(stride=1, padding=(0, 1), dilation=1, groups=1)),
     "linear": (lambda: nn.Linear(7, 5), (3, 7), "normal", lambda t: t.nn.Linear(7, 5), {}),
-    "linear_nobias": (lambda: nn.Linear(7, 5, bias=False), (3, 7), "normal", lambda t: t.nn.Linear(7, 5, bias=False), {}),
+    "linear_nobias": (lambda: nn.Linear(7, 5, bias=False), (3, 7), "normal",
+                      lambda t: t.nn.Linear(7, 5, bias=False), {}),
     "batchnorm2d": (lambda: nn.BatchNorm2d(3), (4, 3, 3, 3), "normal", lambda t: t.nn.BatchNorm2d(3),
                     dict(momentum=0.1, eps=1e-5, track=True)),
     "batchnorm2d_cumulative": (lambda: nn.BatchNorm2d(3, momentum=None, eps=1e-3), (4, 3, 3, 3), "normal",
@@ -197,7 +198,8 @@ def _reference_run(layer, hyper, xs, dys):
     from fastopt.reference import (activation as ra, conv as rc, dropout as rd, linear as rl,
                                    normalization as rn, pooling as rp)
 
-    w, b = (None if layer.params.get(k) is None else layer.params[k].data.astype(np.float64) for k in ("weight", "bias"))
+    w, b = (None if layer.params.get(k) is None else layer.params[k].data.astype(np.float64)
+            for k in ("weight", "bias"))
     state = {}
     if isinstance(layer, nn.BatchNorm1d | nn.BatchNorm2d) and hyper["track"]:
         c = layer.num_features
@@ -222,7 +224,8 @@ def _reference_run(layer, hyper, xs, dys):
         elif isinstance(layer, nn.LayerNorm | nn.GroupNorm):
             ln = isinstance(layer, nn.LayerNorm)
             arg = hyper["normalized_shape"] if ln else hyper["num_groups"]
-            fwd, bwd = (rn.layer_norm_forward, rn.layer_norm_backward) if ln else (rn.group_norm_forward, rn.group_norm_backward)
+            fwd, bwd = ((rn.layer_norm_forward, rn.layer_norm_backward) if ln
+                        else (rn.group_norm_forward, rn.group_norm_backward))
             y, mean, rstd = fwd(x, arg, w, b, hyper["eps"])
             dx, dw, db = bwd(dy, x, arg, mean, rstd, w)
         elif isinstance(layer, nn.LeakyReLU):

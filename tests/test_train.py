@@ -135,7 +135,8 @@ def test_cli_writes_metrics_curves_and_checkpoints(tmp_path, digits):
     assert again.evaluate(digits.test) == report["test"] and again.evaluate(digits.val) == report["val"]
     assert report["val"]["loss"] == history[report["best_epoch"] - 1]["val_loss"]
     png = (out / "curves.png").read_bytes()  # figsize 10 x 4 inches at 110 dpi
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (1100, 440)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (1100, 440)
 
 
 def test_cli_search_prints_a_sorted_table(tmp_path, capsys, digits):
@@ -333,8 +334,8 @@ def test_resume_into_another_out_without_a_new_best(source_best, digits, tmp_pat
     train_once(_args("--epochs", "3", "--out", first), data, progress=False, out_dir=first)
     if source_best == "deleted":
         os.remove(os.path.join(first, "best.npz"))
-    trainer, history, _ = train_once(_args("--epochs", "4", "--out", second, "--resume", os.path.join(first, "last.npz")),
-                                     data, progress=False, out_dir=second)
+    resume = _args("--epochs", "4", "--out", second, "--resume", os.path.join(first, "last.npz"))
+    trainer, history, _ = train_once(resume, data, progress=False, out_dir=second)
     assert len(history.epochs) == 4 and history.best_epoch == 2
     err = capsys.readouterr().err
     if source_best == "kept":  # carried over, and the reported model is epoch 2's

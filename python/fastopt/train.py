@@ -178,7 +178,8 @@ class Trainer:
         c = self.config
         total = c.epochs * self.steps_per_epoch
         warmup = min(int(round(c.warmup_epochs * self.steps_per_epoch)), total)
-        cosine = schedules.CosineAnnealingLR(self.optimizer, T_max=max(total - warmup, 1), eta_min=c.lr * c.min_lr_ratio)
+        cosine = schedules.CosineAnnealingLR(self.optimizer, T_max=max(total - warmup, 1),
+                                             eta_min=c.lr * c.min_lr_ratio)
         return schedules.LinearWarmup(self.optimizer, warmup, after=cosine, last_epoch=step - 1)
 
     # ------------------------------------------------------------------------- data
@@ -395,7 +396,8 @@ def read_checkpoint(path):
             except ValueError:  # no NumPy magic: NumPy then takes the bytes for a pickle
                 raise CheckpointError(f"{path}: not a NumPy .npz file, so not a training checkpoint") from None
             if not isinstance(z, np.lib.npyio.NpzFile):
-                raise CheckpointError(f"{path}: a single NumPy array, not a training checkpoint (.npz from fastopt train)")
+                raise CheckpointError(f"{path}: a single NumPy array, not a training checkpoint "
+                                      "(.npz from fastopt train)")
             with z:
                 if "meta" not in z.files:
                     raise CheckpointError(f"{path}: not a training checkpoint (no 'meta' entry; it holds "

@@ -187,7 +187,8 @@ def _run(args):
     print(f"{data.name} on {trainer.device}: {len(history.epochs)} epochs in {seconds:.1f} s; best epoch "
           f"{history.best_epoch}: val acc {val['acc']:.4f}; test loss {test['loss']:.4f}, test acc "
           f"{test['acc']:.4f}, top-{k} {test[f'top{k}']:.4f}")
-    written = [n for n in ("metrics.json", "curves.png", "best.npz", "last.npz") if os.path.exists(os.path.join(args.out, n))]
+    written = [n for n in ("metrics.json", "curves.png", "best.npz", "last.npz")
+               if os.path.exists(os.path.join(args.out, n))]
     print(f"wrote {args.out}/: {', '.join(written)} (best.npz: lowest validation loss)")
     return 0 if not history.stopped or history.stopped.startswith("early stop") else 2
 
