@@ -18,8 +18,8 @@ def add_arguments(p):
     p.add_argument("--repeat", type=_options.arg_type("int", 1),
                    help="timed rounds per backend (default: 5 quick, 15 full, 20 GPU)")
     p.add_argument("--budget", type=_options.arg_type("real", 0.0, low_open=True),
-                   help="seconds per case after which rounds stop once "
-                                                f"{MIN_ROUNDS} are done (default: 2 quick, 8 full)")
+                   help=f"seconds per case after which rounds stop once {MIN_ROUNDS} are done "
+                        "(default: 2 quick, 8 full)")
     p.add_argument("--ref-max", default="2^22",
                    help="largest parameter count the float64 NumPy reference runs at (it is slow)")
     p.add_argument("--out", help="folder for results.json, results.md and chart.png")
