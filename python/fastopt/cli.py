@@ -34,7 +34,8 @@ def _bench(args):
 
 # `fastopt bench SUITE ...` hands the rest of the command line to that suite's own main();
 # `fastopt bench ...` without a suite times the optimizers.
-SUITES = ("normalization", "dropout", "conv2d", "train")
+SUITES = {"normalization": "normalization", "dropout": "dropout", "conv2d": "conv2d", "train": "train",
+          "torch": "torch_suite"}
 
 
 def main(argv=None):
@@ -44,7 +45,7 @@ def main(argv=None):
 
         return train_cli.main(argv[1:])
     if len(argv) >= 2 and argv[0] == "bench" and argv[1] in SUITES:
-        return importlib.import_module(f"fastopt.bench.{argv[1]}").main(argv[2:])
+        return importlib.import_module(f"fastopt.bench.{SUITES[argv[1]]}").main(argv[2:])
     parser = argparse.ArgumentParser(prog="fastopt", description="fastopt: fused training kernels")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train a small CNN on digits (fastopt train --help)")
