@@ -40,6 +40,8 @@ size_t itemsize(DType t) {
     case DType::i64: return 8;
     case DType::f32:
     case DType::i32: return 4;
+    case DType::bf16:
+    case DType::f16: return 2;
     default: return 1;
   }
 }
@@ -51,14 +53,39 @@ const char* dtype_name(DType t) {
     case DType::i32: return "int32";
     case DType::i64: return "int64";
     case DType::u8: return "uint8";
+    case DType::bf16: return "bfloat16";
+    case DType::f16: return "float16";
     default: return "bool";
   }
 }
 
-py::dtype numpy_dtype(DType t) { return py::dtype(dtype_name(t)); }
+bool is_low_precision(DType t) { return t == DType::bf16 || t == DType::f16; }
+
+Storage storage_of(DType t) {
+  return t == DType::bf16 ? Storage::bf16 : t == DType::f16 ? Storage::f16 : Storage::f32;
+}
+
+// ml_dtypes' bfloat16 dtype, imported on first use (a required dependency of fastopt). Kept for
+// the interpreter's lifetime, guarded by the GIL.
+static const py::dtype& bfloat16_dtype() {
+  static py::dtype* dt = nullptr;
+  if (!dt) {
+    py::object bf16;
+    try {
+      bf16 = py::module_::import("ml_dtypes").attr("bfloat16");
+    } catch (py::error_already_set&) {
+      raise_type("bfloat16 needs the ml_dtypes package (pip install ml_dtypes)");
+    }
+    dt = new py::dtype(py::dtype::from_args(bf16));
+  }
+  return *dt;
+}
+
+py::dtype numpy_dtype(DType t) { return t == DType::bf16 ? bfloat16_dtype() : py::dtype(dtype_name(t)); }
 
 static bool dtype_from_code(char kind, size_t size, DType* out) {
   if (kind == 'f' && size == 4) *out = DType::f32;
+  else if (kind == 'f' && size == 2) *out = DType::f16;
   else if (kind == 'f' && size == 8) *out = DType::f64;
   else if (kind == 'i' && size == 4) *out = DType::i32;
   else if (kind == 'i' && size == 8) *out = DType::i64;
@@ -68,25 +95,36 @@ static bool dtype_from_code(char kind, size_t size, DType* out) {
   return true;
 }
 
+// A NumPy dtype fastopt handles; bfloat16 is a user-defined dtype (kind 'V'), known by its
+// registered type number.
+static bool numpy_dtype_code(const py::dtype& dt, DType* out) {
+  if (dt.kind() == 'V' && dt.itemsize() == 2 && dt.num() == bfloat16_dtype().num()) {
+    *out = DType::bf16;
+    return true;
+  }
+  return dtype_from_code(dt.kind(), dt.itemsize(), out) && dt.byteorder() != '>';
+}
+
 DType dtype_from_numpy(const py::dtype& dt) {
   DType t;
-  if (!dtype_from_code(dt.kind(), dt.itemsize(), &t) || dt.byteorder() == '>')
-    raise_type("unsupported dtype " + py::str(dt).cast<std::string>());
+  if (!numpy_dtype_code(dt, &t)) raise_type("unsupported dtype " + py::str(dt).cast<std::string>());
   return t;
 }
 
 static void check_dtype(DType got, const DType* want, const ArgName& name) {
-  if (want && got != *want)
-    raise_type(name.str() + ": expected a " + dtype_name(*want) + " array, got " + dtype_name(got) +
-               " (fastopt never converts, so in-place results cannot land in a copy)");
+  if (!want || got == *want) return;
+  if (*want == DType::f32 && is_low_precision(got))
+    raise_type(name.str() + ": " + dtype_name(got) + " is not supported by this op yet (float32 only); fastopt "
+               "never converts, so pass a float32 array");
+  raise_type(name.str() + ": expected a " + dtype_name(*want) + " array, got " + dtype_name(got) +
+             " (fastopt never converts, so in-place results cannot land in a copy)");
 }
 
 static ArrayView view_numpy(const py::array& arr, const ArgName& name, bool writable, const DType* want) {
   ArrayView v;
   DType t;
   const py::dtype dt = arr.dtype();
-  if (!dtype_from_code(dt.kind(), dt.itemsize(), &t) || dt.byteorder() == '>')
-    raise_type(name.str() + ": unsupported dtype " + py::str(dt).cast<std::string>());
+  if (!numpy_dtype_code(dt, &t)) raise_type(name.str() + ": unsupported dtype " + py::str(dt).cast<std::string>());
   check_dtype(t, want, name);
   if (!(arr.flags() & py::array::c_style))
     raise_value(name.str() + ": array must be C-contiguous (use numpy.ascontiguousarray)");
@@ -141,7 +179,7 @@ static ArrayView view_cuda_interface(py::handle obj, const ArgName& name, bool w
 // tensors a step. Only consulted once torch has been imported by the user.
 struct TorchTypes {
   py::object tensor;
-  std::pair<py::object, DType> dtypes[6];
+  std::pair<py::object, DType> dtypes[8];
 };
 
 static const TorchTypes* torch_types() {
@@ -157,7 +195,9 @@ static const TorchTypes* torch_types() {
                           {torch.attr("int32"), DType::i32},
                           {torch.attr("int64"), DType::i64},
                           {torch.attr("uint8"), DType::u8},
-                          {torch.attr("bool"), DType::b1}}};
+                          {torch.attr("bool"), DType::b1},
+                          {torch.attr("bfloat16"), DType::bf16},
+                          {torch.attr("float16"), DType::f16}}};
   return types;
 }
 
@@ -204,6 +244,27 @@ ArrayView view_array(py::handle obj, const ArgName& name, bool writable, const D
   if (py::hasattr(obj, "__cuda_array_interface__")) return view_cuda_interface(obj, name, writable, want);
   raise_type(name.str() + ": expected a numpy.ndarray, a torch.Tensor or a CUDA array (fastopt.DeviceArray, CuPy), got " +
              py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+}
+
+ArrayView view_floating(py::handle obj, const ArgName& name, bool writable) {
+  ArrayView v = view_array(obj, name, writable, nullptr);
+  if (v.dtype != DType::f32 && v.dtype != DType::bf16)
+    raise_type(name.str() + ": expected a float32 or bfloat16 array, got " + dtype_name(v.dtype) +
+               " (fastopt never converts)");
+  require_host_lowp(v, name);
+  return v;
+}
+
+void require_same_dtype(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn) {
+  if (a.dtype != b.dtype)
+    raise_type(bn.str() + ": expected " + dtype_name(a.dtype) + " like " + an.str() + ", got " + dtype_name(b.dtype) +
+               " (one op, one dtype: fastopt never converts)");
+}
+
+void require_host_lowp(const ArrayView& v, const ArgName& name) {
+  if (v.device != kCPU && is_low_precision(v.dtype))
+    raise_type(name.str() + ": " + dtype_name(v.dtype) + " on the GPU: not yet (issue 21); fastopt's CUDA kernels "
+               "take float32 only");
 }
 
 void require_same_device(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn) {

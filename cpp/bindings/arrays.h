@@ -1,6 +1,11 @@
 // Turning Python arguments into raw views: NumPy arrays (CPU), fastopt.DeviceArray, and any
 // object with __cuda_array_interface__ (CuPy, PyTorch, Numba), all zero-copy. Every check
 // failure raises a Python exception that names the argument, e.g. "grads[3]: ...".
+//
+// This is the one place that decides an argument's dtype. bfloat16 comes as ml_dtypes'
+// bfloat16 NumPy arrays (recognized by their registered type number: they have no buffer
+// protocol, but NumPy's C API reads them like any array), torch.bfloat16 tensors and bf16
+// DeviceArrays; float16 as NumPy/torch float16. Outputs of bf16 ops are ml_dtypes arrays.
 #pragma once
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -10,15 +15,19 @@
 #include <string>
 #include <vector>
 
+#include "fastopt/bf16.h"
+
 namespace fastopt {
 namespace py = pybind11;
 
-enum class DType : uint8_t { f32, f64, i32, i64, u8, b1 };
+enum class DType : uint8_t { f32, f64, i32, i64, u8, b1, bf16, f16 };
 
 size_t itemsize(DType t);
 const char* dtype_name(DType t);
 DType dtype_from_numpy(const py::dtype& dt);  // TypeError for anything else
-py::dtype numpy_dtype(DType t);
+py::dtype numpy_dtype(DType t);           // bf16: ml_dtypes.bfloat16
+bool is_low_precision(DType t);           // bf16 or f16
+Storage storage_of(DType t);              // f32, bf16 or f16 (the kernels' storage types)
 
 constexpr int kCPU = -1;  // device id of host memory; GPUs are 0, 1, ...
 
@@ -50,6 +59,16 @@ inline ArrayView view_f32(py::handle obj, const ArgName& name, bool writable) {
   const DType f = DType::f32;
   return view_array(obj, name, writable, &f);
 }
+
+// A float32 or bfloat16 array: the inputs of kernels that have a bf16 path. Anything else raises
+// TypeError naming the argument; bf16 on a GPU raises TypeError "not yet" (require_host_lowp).
+ArrayView view_floating(py::handle obj, const ArgName& name, bool writable);
+
+// TypeError naming b unless b has a's dtype: ops that need one dtype never mix (or convert) them.
+void require_same_dtype(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn);
+
+// The CUDA kernels are fp32 only for now: a bf16/f16 array on a GPU raises TypeError naming it.
+void require_host_lowp(const ArrayView& v, const ArgName& name);
 
 // Raises ValueError unless a and b live on the same device.
 void require_same_device(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn);

@@ -168,7 +168,7 @@ struct Device {
   int32_t device_id;
 };
 struct DataType {
-  uint8_t code;  // 0 int, 1 uint, 2 float, 6 bool
+  uint8_t code;  // 0 int, 1 uint, 2 float, 4 bfloat, 6 bool
   uint8_t bits;
   uint16_t lanes;
 };
@@ -203,6 +203,8 @@ dl::DataType dl_dtype(DType t) {
     case DType::i32: return {0, 32, 1};
     case DType::i64: return {0, 64, 1};
     case DType::u8: return {1, 8, 1};
+    case DType::bf16: return {4, 16, 1};  // kDLBfloat
+    case DType::f16: return {2, 16, 1};
     default: return {6, 8, 1};
   }
 }

@@ -1,8 +1,11 @@
 """fastopt: fused CUDA and C++ kernels for neural-network training.
 
 Arrays are NumPy float32 arrays on the CPU and fastopt.DeviceArray (or any CUDA array: CuPy,
-PyTorch) on the GPU; every op runs where its arrays live.
+PyTorch) on the GPU; every op runs where its arrays live. fastopt.bfloat16 (ml_dtypes' NumPy
+bfloat16) is the dtype of the mixed-precision kernels and optimizers (CPU; see the README).
 """
+from ml_dtypes import bfloat16
+
 from . import _C
 from ._C import DeviceArray
 from ._arrays import empty, to_device, zeros
@@ -30,6 +33,6 @@ def build_info():
 
 
 __all__ = [
-    "DeviceArray", "to_device", "empty", "zeros", "build_info", "host_cache_info", "empty_host_cache", "cuda", "functional", "nn", "optim",
+    "bfloat16", "DeviceArray", "to_device", "empty", "zeros", "build_info", "host_cache_info", "empty_host_cache", "cuda", "functional", "nn", "optim",
     "reference", "schedules", "clip_grad_norm_", "clip_grad_value_", "global_norm",
 ]

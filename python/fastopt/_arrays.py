@@ -1,11 +1,20 @@
 """The one place that answers, for a user's array, where it lives and how to make its twins.
 
 The native layer (cpp/bindings/arrays.cpp) does the strict checks (dtype, contiguity, device,
-aliasing) on every call; this module only picks devices and allocates state.
+aliasing) on every call and reads every dtype itself, bfloat16 included; this module only picks
+devices, names dtypes and allocates state.
+
+bfloat16 is ml_dtypes' NumPy dtype on the host (fastopt.bfloat16), torch.bfloat16 for tensors;
+dtype_of maps both to numpy.dtype(bfloat16), and every bf16 op returns ml_dtypes arrays.
 """
 import numpy as np
+from ml_dtypes import bfloat16
 
 from . import _C
+
+BFLOAT16 = np.dtype(bfloat16)
+FLOAT16 = np.dtype(np.float16)
+LOW_PRECISION = (BFLOAT16, FLOAT16)  # what fastopt.optim keeps fp32 master weights for
 
 
 def _device_index(device):
@@ -64,18 +73,22 @@ def device_of(x):
 
 
 def dtype_of(x):
-    """x's dtype as a numpy.dtype (torch.float32 -> float32), or None when it has none."""
+    """x's dtype as a numpy.dtype (torch.float32 -> float32, torch.bfloat16 -> ml_dtypes'
+    bfloat16), or None when it has none."""
     dt = getattr(x, "dtype", None)
+    if dt is None:
+        return None
     try:
-        return np.dtype(dt) if dt is not None else None
+        return np.dtype(dt)
+    except TypeError:
+        pass
+    try:
+        return np.dtype(str(dt).rsplit(".", 1)[-1])  # torch.float32, torch.bfloat16
     except TypeError:
         pass
     if hasattr(x, "__cuda_array_interface__"):
         return np.dtype(x.__cuda_array_interface__["typestr"])
-    try:
-        return np.dtype(str(dt).rsplit(".", 1)[-1])  # torch.float32
-    except TypeError:
-        return None
+    return None
 
 
 def full(shape, value, dtype=np.float32, device="cuda", stream=0):
@@ -100,6 +113,9 @@ def to_numpy(x):
     if isinstance(x, _C.DeviceArray):
         return x.numpy()
     if _is_torch(x) and x.device.type == "cpu":
+        if dtype_of(x) == BFLOAT16:  # torch has no NumPy bf16: reinterpret the bits
+            import torch
+            return x.detach().view(torch.int16).numpy().view(BFLOAT16).copy()
         return x.detach().numpy().copy()
     out = np.empty(tuple(x.shape), dtype_of(x))
     _C.copy_(out, x)
