@@ -39,17 +39,26 @@ def _check_interval(v, name, low, high, low_open, high_open, finite=False):
     raise ValueError(f"{name}: must {need}, got {v!r}")
 
 
+_INT64 = (-2**63, 2**63 - 1)
+
+
 def integer(v, name, low=-math.inf, high=math.inf):
-    """A Python or NumPy integer (never a bool or a float) in [low, high], as a Python int."""
+    """A Python or NumPy integer (never a bool or a float) in [low, high], as a Python int.
+    Unbounded ends stop at int64's: the native layer takes 64-bit integers, and a bigger one
+    would otherwise fail in pybind11's conversion with a message that names no argument."""
     if isinstance(v, _BOOLS) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name}: expected an integer, got {_kind(v)}")
     v = operator.index(v)
     _check_interval(v, name, low, high, False, False)
+    if not _INT64[0] <= v <= _INT64[1]:
+        raise ValueError(f"{name}: must be a 64-bit integer (in [-2^63, 2^63)), got {v}")
     return v
 
 
 def uint64(v, name):
-    v = integer(v, name)
+    if isinstance(v, _BOOLS) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {_kind(v)}")
+    v = operator.index(v)
     if not 0 <= v < 2**64:
         raise ValueError(f"{name}: must be an integer in [0, 2^64), got {v}")
     return v

@@ -18,7 +18,7 @@ LOW_PRECISION = (BFLOAT16, FLOAT16)  # what fastopt.optim keeps fp32 master weig
 
 
 def _device_index(device):
-    if isinstance(device, int):
+    if isinstance(device, int) and not isinstance(device, bool):
         return device
     if isinstance(device, str) and device.startswith("cuda"):
         return int(device.split(":")[1]) if ":" in device else 0
