@@ -112,7 +112,7 @@ void optim_step(const StepRequest& req, float* norm_out, int32_t* skipped_out, v
     for_each_batch<1>(
         req.num_tensors,
         [&](int64_t i, float* (&ptrs)[1]) {
-          ptrs[0] = const_cast<float*>(req.tensors[i].grad);
+          ptrs[0] = static_cast<float*>(const_cast<void*>(req.tensors[i].grad));
           return req.tensors[i].numel;
         },
         [&](const TensorList<1>& list, int grid) {
@@ -139,8 +139,8 @@ void optim_step(const StepRequest& req, float* norm_out, int32_t* skipped_out, v
           [&](int64_t i, float* (&ptrs)[N]) -> int64_t {
             const TensorRef& t = req.tensors[i];
             if (t.group != g) return 0;
-            ptrs[0] = t.param;
-            ptrs[1] = const_cast<float*>(t.grad);
+            ptrs[0] = static_cast<float*>(t.param);  // fp32: the bindings refuse bf16/f16 on the GPU
+            ptrs[1] = static_cast<float*>(const_cast<void*>(t.grad));
             for (int a = 0; a < num_states(K); ++a) ptrs[2 + a] = t.state[a];
             return t.numel;
           },

@@ -174,6 +174,8 @@ OPTIMIZER_ARGS = {
     optim.Adam: dict(lr=RATE, betas=A("betas", bad=[(0.9, 1.0), (-0.1, 0.9), (0.9,), (NAN, 0.9)]),
                      eps=REAL(-1e-8, NAN), weight_decay=RATE, amsgrad=BOOL, maximize=BOOL),
 }
+for _args in OPTIMIZER_ARGS.values():  # every optimizer's options for bf16/fp16 parameters
+    _args.update(master_weights=BOOL, stochastic_rounding=BOOL, seed=INT(-1, 2**64))
 OPTIMIZER_ARGS[optim.AdamW] = OPTIMIZER_ARGS[optim.Adam]
 
 

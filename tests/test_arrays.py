@@ -327,4 +327,4 @@ def test_torch_tensor_errors():
     with pytest.raises(TypeError, match=r"grads\[0\]: expected a float32 array, got float64"):
         opt.step([torch.zeros(4, 4, dtype=torch.float64)])
     with pytest.raises(TypeError, match=r"params\[0\]: expected float32"):
-        optim.SGD([torch.zeros(3, dtype=torch.float16)])
+        optim.SGD([torch.zeros(3, dtype=torch.float64)])  # bf16/fp16 ones are taken (test_optim_bf16.py)

@@ -114,8 +114,8 @@ DType dtype_from_numpy(const py::dtype& dt) {
 static void check_dtype(DType got, const DType* want, const ArgName& name) {
   if (!want || got == *want) return;
   if (*want == DType::f32 && is_low_precision(got))
-    raise_type(name.str() + ": " + dtype_name(got) + " is not supported by this op yet (float32 only); fastopt "
-               "never converts, so pass a float32 array");
+    raise_type(name.str() + ": unsupported dtype " + dtype_name(got) + ": this op takes float32 only (its " +
+               dtype_name(got) + " path: not yet); fastopt never converts, so pass a float32 array");
   raise_type(name.str() + ": expected a " + dtype_name(*want) + " array, got " + dtype_name(got) +
              " (fastopt never converts, so in-place results cannot land in a copy)");
 }
@@ -257,8 +257,8 @@ ArrayView view_floating(py::handle obj, const ArgName& name, bool writable) {
 
 void require_same_dtype(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn) {
   if (a.dtype != b.dtype)
-    raise_type(bn.str() + ": expected " + dtype_name(a.dtype) + " like " + an.str() + ", got " + dtype_name(b.dtype) +
-               " (one op, one dtype: fastopt never converts)");
+    raise_type(bn.str() + ": expected a " + dtype_name(a.dtype) + " array, got " + dtype_name(b.dtype) + " (" + an.str() +
+               " is " + dtype_name(a.dtype) + "; one op, one dtype: fastopt never converts)");
 }
 
 void require_host_lowp(const ArrayView& v, const ArgName& name) {

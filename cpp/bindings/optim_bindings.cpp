@@ -87,14 +87,25 @@ std::pair<DeviceArray, DeviceArray> device_scalars(int device, uintptr_t stream)
   return {norm, flag};
 }
 
+// A parameter (or its gradient): fp32, bf16 or f16; the GPU takes fp32 only.
+ArrayView view_param(py::handle obj, const ArgName& name, bool writable) {
+  ArrayView v = view_array(obj, name, writable, nullptr);
+  if (v.dtype != DType::f32 && !is_low_precision(v.dtype))
+    raise_type(name.str() + ": expected a float32, bfloat16 or float16 array, got " + dtype_name(v.dtype));
+  require_host_lowp(v, name);
+  return v;
+}
+
 py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence states, py::handle steps,
                      py::sequence groups, py::sequence group_of, py::object max_norm, bool skip_nonfinite,
-                     uintptr_t stream) {
+                     uintptr_t stream, py::object masters) {
   const int64_t n = static_cast<int64_t>(py::len(params));
   if (static_cast<int64_t>(py::len(grads)) != n)
     raise_value("grads: got " + std::to_string(py::len(grads)) + " gradients for " + std::to_string(n) + " parameters");
   if (static_cast<int64_t>(py::len(states)) != n) raise_value("states: needs one tuple of buffers per parameter");
   if (static_cast<int64_t>(py::len(group_of)) != n) raise_value("group_of: needs one group index per parameter");
+  if (!masters.is_none() && static_cast<int64_t>(py::len(masters)) != n)
+    raise_value("masters: needs one entry (an array or None) per parameter");
 
   std::vector<Hyper> hypers;
   for (py::handle g : groups) {
@@ -105,27 +116,48 @@ py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence state
 
   std::vector<TensorRef> refs(n);
   std::vector<ByteRange> ranges;
-  ranges.reserve(n * 5 + 1);
+  ranges.reserve(n * 6 + 1);
   ArrayView first;
   for (int64_t i = 0; i < n; ++i) {
-    const ArgName pn{"params", i}, gn{"grads", i}, sn{"states", i};
-    const ArrayView p = view_f32(params[i], pn, true);
-    const ArrayView g = view_f32(grads[i], gn, false);
+    const ArgName pn{"params", i}, gn{"grads", i}, sn{"states", i}, mn{"masters", i};
+    const ArrayView p = view_param(params[i], pn, true);
+    const ArrayView g = view_array(grads[i], gn, false, nullptr);
     if (i == 0) first = p;
     else require_same_device(first, ArgName{"params", 0}, p, pn);
+    require_same_dtype(p, pn, g, gn);
     require_same_device(p, pn, g, gn);
     require_same_shape(p, pn, g, gn);
     const int64_t gi = group_of[i].cast<int64_t>();
     if (gi < 0 || gi >= static_cast<int64_t>(hypers.size()))
       raise_value("group_of[" + std::to_string(i) + "]: no group " + std::to_string(gi));
     TensorRef& r = refs[i];
-    r.param = static_cast<float*>(p.data);
-    r.grad = static_cast<const float*>(g.data);
+    r.param = p.data;
+    r.grad = g.data;
     r.numel = p.numel;
     r.group = static_cast<int32_t>(gi);
+    r.type = storage_of(p.dtype);
+    r.master = nullptr;
+    r.rounding = Rounding::nearest;
     r.state[0] = r.state[1] = r.state[2] = nullptr;
     ranges.push_back(range_of(p, 0, i));
     ranges.push_back(range_of(g, 1, i));
+    const py::object m =
+        masters.is_none() ? py::object(py::none()) : py::object(py::reinterpret_borrow<py::sequence>(masters)[i]);
+    if (!m.is_none()) {
+      if (!is_low_precision(p.dtype))
+        raise_value(mn.str() + ": params[" + std::to_string(i) + "] is float32 and is its own master");
+      const ArrayView mv = view_f32(m, mn, true);
+      require_same_device(p, pn, mv, mn);
+      require_same_shape(p, pn, mv, mn);
+      r.master = static_cast<float*>(mv.data);
+      r.rounding = Rounding::master;
+      ranges.push_back(range_of(mv, 4, i));
+    } else if (hypers[gi].stochastic_rounding && p.dtype != DType::f32) {
+      if (p.dtype != DType::bf16)
+        raise_type(pn.str() + ": stochastic rounding stores bfloat16; a " + std::string(dtype_name(p.dtype)) +
+                   " parameter needs master weights");
+      r.rounding = Rounding::stochastic;
+    }
     const py::sequence bufs = py::reinterpret_borrow<py::sequence>(states[i]);
     const int ns = num_states(hypers[gi].kind);
     if (static_cast<int>(py::len(bufs)) != ns)
@@ -144,7 +176,7 @@ py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence state
   if (st.numel != n) raise_value("steps: needs one counter per parameter");
   if (n) require_same_device(first, ArgName{"params", 0}, st, ArgName{"steps"});
   ranges.push_back(range_of(st, 3, -1));
-  check_disjoint(std::move(ranges), {"params", "grads", "states", "steps"});
+  check_disjoint(std::move(ranges), {"params", "grads", "states", "steps", "masters"});
 
   StepRequest req{};
   req.groups = hypers.data();
@@ -280,7 +312,9 @@ void bind_optim(py::module_& m) {
       .def_readwrite("alpha", &Hyper::alpha)
       .def_readwrite("lr_decay", &Hyper::lr_decay)
       .def_readwrite("decoupled_weight_decay", &Hyper::decoupled_weight_decay)
-      .def_readwrite("maximize", &Hyper::maximize);
+      .def_readwrite("maximize", &Hyper::maximize)
+      .def_readwrite("stochastic_rounding", &Hyper::stochastic_rounding)
+      .def_readwrite("seed", &Hyper::seed);
 
   py::enum_<OptKind>(m, "OptKind")
       .value("SGD", OptKind::SGD)
@@ -296,9 +330,11 @@ void bind_optim(py::module_& m) {
 
   m.def("optim_step", &optim_step, py::arg("params"), py::arg("grads"), py::arg("states"),
         py::arg("steps"), py::arg("groups"), py::arg("group_of"), py::arg("max_norm") = py::none(),
-        py::arg("skip_nonfinite") = false, py::arg("stream") = 0,
+        py::arg("skip_nonfinite") = false, py::arg("stream") = 0, py::arg("masters") = py::none(),
         "One fused step over all tensors. Returns (norm, skipped): Python scalars on the CPU, "
-        "0-d DeviceArrays on the GPU (None, False when no norm pass ran).");
+        "0-d DeviceArrays on the GPU (None, False when no norm pass ran). params/grads: float32, or "
+        "bfloat16/float16 on the CPU (one dtype per pair); masters: per parameter None or the float32 "
+        "master copy of a bfloat16/float16 parameter.");
   m.def("grad_norm", &grad_norm, py::arg("grads"), py::arg("norm_type") = 2.0, py::arg("stream") = 0);
   m.def("clip_by_norm_", &clip_by_norm_, py::arg("grads"), py::arg("norm"), py::arg("max_norm"),
         py::arg("stream") = 0);

@@ -16,7 +16,8 @@
 
 namespace fastopt::cpu {
 
-FASTOPT_FOR_EACH_ISA(double grad_norm(const Span* grads, int64_t n, double p); double sum_squares(const Span* grads, int64_t n);
+FASTOPT_FOR_EACH_ISA(double grad_norm(const Span* grads, int64_t n, double p);
+                     double sum_squares(const TypedSpan* grads, int64_t n);
                      void scale(const Span* grads, int64_t n, float coef);
                      void clamp(const Span* grads, int64_t n, float lo, float hi);)
 
@@ -25,28 +26,41 @@ namespace {
 
 constexpr int kLanes = 16;
 
-template <class Acc, class Combine>
-double reduce_chunks(const Span* grads, int64_t n, Acc acc_of_range, Combine combine, double init) {
+// acc_of_range(x, count) for elements [begin, end) of every chunk; x points at the chunk's first
+// element, typed as the span's storage (float for Span, any of bf16.h's for TypedSpan).
+template <class Acc>
+double chunk_value(const Span& g, int64_t begin, int64_t count, Acc& acc) {
+  return acc(g.data + begin, count);
+}
+template <class Acc>
+double chunk_value(const TypedSpan& g, int64_t begin, int64_t count, Acc& acc) {
+  double r = 0.0;
+  dispatch_storage(g.type, [&](auto tag) { r = acc(static_cast<const decltype(tag)*>(g.data) + begin, count); });
+  return r;
+}
+
+template <class SpanT, class Acc, class Combine>
+double reduce_chunks(const SpanT* grads, int64_t n, Acc acc_of_range, Combine combine, double init) {
   const std::vector<Chunk> chunks = make_chunks(n, [&](int64_t t) { return grads[t].numel; });
   const int64_t nc = static_cast<int64_t>(chunks.size());
   std::vector<double> partial(nc);
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < nc; ++c) {
     const Chunk& ch = chunks[c];
-    partial[c] = acc_of_range(grads[ch.tensor].data + ch.begin, ch.end - ch.begin);
+    partial[c] = chunk_value(grads[ch.tensor], ch.begin, ch.end - ch.begin, acc_of_range);
   }
   double total = init;
   for (double v : partial) total = combine(total, v);
   return total;
 }
 
-template <class F>
-double lane_sum(const float* __restrict x, int64_t n, F f) {
+template <class T, class F>
+double lane_sum(const T* __restrict x, int64_t n, F f) {
   double acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += f(static_cast<double>(x[i + j]));
-  for (int j = 0; i < n; ++i, ++j) acc[j] += f(static_cast<double>(x[i]));
+    for (int j = 0; j < kLanes; ++j) acc[j] += f(static_cast<double>(to_float(x[i + j])));
+  for (int j = 0; i < n; ++i, ++j) acc[j] += f(static_cast<double>(to_float(x[i])));
   for (int w = kLanes / 2; w > 0; w /= 2)
     for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
   return acc[0];
@@ -76,16 +90,21 @@ double nan_max(double a, double b) {
   return a > b ? a : b;
 }
 
+// Of fp32, bf16 and f16 elements alike: the same lanes and order, so bf16 values summed here give
+// the bits their fp32 upcast would.
+struct SumSquares {
+  template <class T>
+  double operator()(const T* x, int64_t m) const {
+    return lane_sum(x, m, [](double v) { return v * v; });
+  }
+};
+
 }  // namespace
 
-double sum_squares(const Span* grads, int64_t n) {
-  return reduce_chunks(
-      grads, n, [](const float* x, int64_t m) { return lane_sum(x, m, [](double v) { return v * v; }); },
-      plus, 0.0);
-}
+double sum_squares(const TypedSpan* grads, int64_t n) { return reduce_chunks(grads, n, SumSquares{}, plus, 0.0); }
 
 double grad_norm(const Span* grads, int64_t n, double p) {
-  if (p == 2.0) return std::sqrt(sum_squares(grads, n));
+  if (p == 2.0) return std::sqrt(reduce_chunks(grads, n, SumSquares{}, plus, 0.0));
   if (std::isinf(p)) return reduce_chunks(grads, n, nan_max_abs, nan_max, 0.0);
   if (p == 1.0)
     return reduce_chunks(

@@ -85,29 +85,7 @@ void philox_batch(uint64_t j0, uint64_t seed, uint32_t* __restrict words) {
 }
 #else
 void philox_batch(uint64_t j0, uint64_t seed, uint32_t* __restrict words) {
-  alignas(64) uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
-#pragma omp simd
-  for (int l = 0; l < kLanes; ++l) {
-    const uint64_t j = j0 + static_cast<uint64_t>(l);
-    c0[l] = static_cast<uint32_t>(j);
-    c1[l] = static_cast<uint32_t>(j >> 32);
-    c2[l] = 0u;
-    c3[l] = 0u;
-  }
-  uint32_t k0 = static_cast<uint32_t>(seed);
-  uint32_t k1 = static_cast<uint32_t>(seed >> 32);
-  for (int r = 0; r < kPhiloxRounds; ++r) {
-#pragma omp simd
-    for (int l = 0; l < kLanes; ++l) philox_round(c0[l], c1[l], c2[l], c3[l], k0, k1);
-    k0 += kPhiloxW0;
-    k1 += kPhiloxW1;
-  }
-  for (int l = 0; l < kLanes; ++l) {
-    words[4 * l + 0] = c0[l];
-    words[4 * l + 1] = c1[l];
-    words[4 * l + 2] = c2[l];
-    words[4 * l + 3] = c3[l];
-  }
+  philox_blocks<kLanes>(j0, 0u, 0u, seed, words);
 }
 #endif
 

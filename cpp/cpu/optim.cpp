@@ -5,7 +5,12 @@
 // momentum/Nesterov/Adagrad/RMSprop 20 B, RMSprop with momentum or centered 28 B, centered with
 // momentum 36 B, Adam/AdamW 28 B, AMSGrad 36 B; clipping adds one 4 B read of the gradients (the
 // norm pass), so clipped AdamW moves 32 B instead of the 40 B of clip-then-step.
+// bf16/f16 params (update_stored): the param and grad move 2 B each instead of 4, so AdamW with
+// fp32 master weights moves 2 (grad) + 8 (master) + 16 (state) + 2 (param written) = 28 B, and
+// without a master 20 B; stochastic rounding adds a quarter Philox evaluation per element,
+// generated 64 words at a time in vector lanes (philox_blocks).
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "fastopt/backend.h"
@@ -13,26 +18,74 @@
 
 namespace fastopt::cpu {
 
-FASTOPT_FOR_EACH_ISA(StepOutcome optim_step(const StepRequest& req); double sum_squares(const Span* grads, int64_t n);)
+FASTOPT_FOR_EACH_ISA(StepOutcome optim_step(const StepRequest& req);
+                     double sum_squares(const TypedSpan* grads, int64_t n);)
 
 namespace FASTOPT_ISA {
 namespace {
 
-template <OptKind K>
-void update_range(const StepScalars& s, float gmul, float* __restrict p, const float* __restrict g,
-                  float* __restrict s0, float* __restrict s1, float* __restrict s2, int64_t n) {
+constexpr int kSrBlocks = 16;              // Philox blocks per batch of stochastic rounding
+constexpr int64_t kSrWords = 4 * kSrBlocks;
+static_assert(kChunk % kSrWords == 0, "batches never straddle chunks");
+
+// Elements [b, b + n) of one tensor; `at` is the element index b within the tensor, which picks
+// stochastic rounding's words.
+template <OptKind K, Rounding R, class T>
+void update_range(const StepScalars& s, float gmul, T* __restrict p, const T* __restrict g, float* __restrict m,
+                  float* __restrict s0, float* __restrict s1, float* __restrict s2, int64_t n, uint64_t seed,
+                  uint32_t tensor, int64_t t, int64_t at) {
   constexpr int ns = num_states(K);
+  auto run = [&](int64_t i0, int64_t count, const uint32_t* __restrict words) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    float a = 0.0f, b = 0.0f, c = 0.0f;
-    if constexpr (ns > 0) a = s0[i];
-    if constexpr (ns > 1) b = s1[i];
-    if constexpr (ns > 2) c = s2[i];
-    update<K>(s, g[i] * gmul, p[i], a, b, c);
-    if constexpr (ns > 0) s0[i] = a;
-    if constexpr (ns > 1) s1[i] = b;
-    if constexpr (ns > 2) s2[i] = c;
+    for (int64_t i = i0; i < i0 + count; ++i) {
+      float a = 0.0f, b = 0.0f, c = 0.0f, w = 0.0f;
+      if constexpr (ns > 0) a = s0[i];
+      if constexpr (ns > 1) b = s1[i];
+      if constexpr (ns > 2) c = s2[i];
+      if constexpr (R == Rounding::master) w = m[i];
+      update_stored<K, R>(s, to_float(g[i]) * gmul, p[i], w, a, b, c, words ? words[i - i0] : 0u);
+      if constexpr (ns > 0) s0[i] = a;
+      if constexpr (ns > 1) s1[i] = b;
+      if constexpr (ns > 2) s2[i] = c;
+      if constexpr (R == Rounding::master) m[i] = w;
+    }
+  };
+  if constexpr (R != Rounding::stochastic) {
+    run(0, n, nullptr);
+  } else {
+    alignas(64) uint32_t words[kSrWords];
+    for (int64_t i0 = 0; i0 < n; i0 += kSrWords) {
+      philox_blocks<kSrBlocks>(static_cast<uint64_t>(at + i0) >> 2, tensor, static_cast<uint32_t>(t), seed, words);
+      run(i0, n - i0 < kSrWords ? n - i0 : kSrWords, words);
+    }
   }
+}
+
+// The instantiations a tensor needs: its rule, its storage type and how it stores.
+template <OptKind K>
+void update_chunk(const TensorRef& tr, const StepScalars& s, float gmul, int64_t b, int64_t e, uint64_t seed,
+                  uint32_t tensor, int64_t t) {
+  auto at = [b](float* base) { return base ? base + b : nullptr; };
+  dispatch_storage(tr.type, [&](auto tag) {
+    using T = decltype(tag);
+    T* p = static_cast<T*>(tr.param) + b;
+    const T* g = static_cast<const T*>(tr.grad) + b;
+    auto go = [&](auto rounding) {
+      update_range<K, decltype(rounding)::value>(s, gmul, p, g, at(tr.master), at(tr.state[0]), at(tr.state[1]),
+                                                  at(tr.state[2]), e - b, seed, tensor, t, b);
+    };
+    if constexpr (std::is_same_v<T, float>) {
+      go(std::integral_constant<Rounding, Rounding::nearest>{});
+    } else {
+      if (tr.rounding == Rounding::master) go(std::integral_constant<Rounding, Rounding::master>{});
+      else if constexpr (std::is_same_v<T, bf16>) {
+        if (tr.rounding == Rounding::stochastic) go(std::integral_constant<Rounding, Rounding::stochastic>{});
+        else go(std::integral_constant<Rounding, Rounding::nearest>{});
+      } else {
+        go(std::integral_constant<Rounding, Rounding::nearest>{});
+      }
+    }
+  });
 }
 
 }  // namespace
@@ -41,9 +94,9 @@ StepOutcome optim_step(const StepRequest& req) {
   StepOutcome out{false, 0.0, false};
   float coef = 1.0f;
   if (req.clip || req.check_finite) {
-    std::vector<Span> grads(req.num_tensors);
+    std::vector<TypedSpan> grads(req.num_tensors);
     for (int64_t t = 0; t < req.num_tensors; ++t)
-      grads[t] = Span{const_cast<float*>(req.tensors[t].grad), req.tensors[t].numel};
+      grads[t] = TypedSpan{req.tensors[t].grad, req.tensors[t].numel, req.tensors[t].type};
     out.has_norm = true;
     out.norm = std::sqrt(sum_squares(grads.data(), req.num_tensors));
     if (!std::isfinite(out.norm) && req.check_finite) {
@@ -71,12 +124,10 @@ StepOutcome optim_step(const StepRequest& req) {
     const Chunk& ch = chunks[c];
     const TensorRef& tr = req.tensors[ch.tensor];
     const StepScalars& s = scalars[ch.tensor];
-    const int64_t b = ch.begin;
-    auto at = [b](float* base) { return base ? base + b : nullptr; };
     // One switch per chunk of 32K elements: groups may use different rules in one step.
     dispatch_kind(req.groups[tr.group].kind, [&](auto tag) {
-      update_range<decltype(tag)::value>(s, coef * s.sign, tr.param + b, tr.grad + b, at(tr.state[0]),
-                                         at(tr.state[1]), at(tr.state[2]), ch.end - b);
+      update_chunk<decltype(tag)::value>(tr, s, coef * s.sign, ch.begin, ch.end, req.groups[tr.group].seed,
+                                         static_cast<uint32_t>(ch.tensor), req.steps[ch.tensor] + 1);
     });
   }
   for (int64_t t = 0; t < req.num_tensors; ++t) ++req.steps[t];

@@ -4,19 +4,31 @@
 #include <cstdint>
 #include <string>
 
+#include "fastopt/bf16.h"
 #include "fastopt/common.h"
 #include "fastopt/optim_rules.h"
 
 namespace fastopt {
 
-// One parameter tensor in an optimizer step: all pointers address `numel` floats on the same
-// device, none aliases another.
+// One parameter tensor in an optimizer step: all pointers address `numel` elements on the same
+// device, none aliases another. param and grad hold `type` (fp32, bf16 or f16; the GPU takes
+// fp32 only); state and master are fp32.
 struct TensorRef {
-  float* param;
-  const float* grad;
+  void* param;
+  const void* grad;
   float* state[3];  // num_states(groups[group].kind) of them are used
+  float* master;    // the fp32 master copy of a bf16/f16 param (Rounding::master), else null
   int64_t numel;
   int32_t group;    // index into StepRequest::groups
+  Storage type;
+  Rounding rounding;  // how the new value is stored (optim_rules.h); nearest for fp32
+};
+
+// A read-only buffer of `numel` elements of `type`, host memory.
+struct TypedSpan {
+  const void* data;
+  int64_t numel;
+  Storage type;
 };
 
 // The update rule is per group (Hyper::kind), so one call steps every group of an optimizer

@@ -15,11 +15,20 @@
 //   Adam:      p *= 1 - lr wd (AdamW only);  m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2
 //              (AMSGrad: vmax = max(vmax, v), used in place of v)
 //              p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+//
+// Low-precision parameters (bf16/f16, fastopt/bf16.h) run the same rule on an fp32 value w and
+// store it (update_stored): with fp32 master weights w is the master (read and written in fp32;
+// the bf16/f16 param only written, rounded to nearest even, in the same pass), so the master's
+// trajectory is the fp32 optimizer's fed the upcast gradients, bit for bit. Without them w is
+// the upcast param, written back rounded to nearest even, or stochastically (bf16): the update's
+// rounding is unbiased there, so updates below half an ulp are not all lost. State stays fp32.
 #pragma once
 #include <cmath>
 #include <cstdint>
 
+#include "fastopt/bf16.h"
 #include "fastopt/common.h"
+#include "fastopt/philox.h"
 
 namespace fastopt {
 
@@ -69,6 +78,8 @@ struct Hyper {
   double lr_decay = 0.0;
   bool decoupled_weight_decay = false;  // AdamW
   bool maximize = false;
+  bool stochastic_rounding = false;     // bf16 params without a master: Rounding::stochastic
+  uint64_t seed = 0;                    // its Philox key (sr_word)
 };
 
 // The float32 scalars one tensor's update needs at step t (t counts from 1). Derived in double
@@ -161,6 +172,41 @@ FASTOPT_HD void update(const StepScalars& s, float g, float& p, float& s0, float
     } else {
       p = p - s.lr * g / d;
     }
+  }
+}
+
+// How a step stores a parameter's new value.
+enum class Rounding : uint8_t {
+  nearest = 0,     // to the param's own type, nearest even (exact for fp32)
+  master = 1,      // fp32 master copy updated; the bf16/f16 param written from it, nearest even
+  stochastic = 2,  // bf16 only: stochastic rounding with the element's sr_word
+};
+
+// The random word of element i of the tensor at flat index `tensor` at step t (t counts from 1):
+// word i mod 4 of Philox4x32-10 with counter (low and high 32 bits of i / 4, tensor, low 32 bits
+// of t) under the 64-bit seed. Dropout's stream has counter words 2 and 3 zero and t >= 1 here,
+// so the two never share a word; a step's words depend on (seed, tensor, t, i) only, never on
+// threads or chunking.
+FASTOPT_HD uint32_t sr_word(uint64_t seed, uint32_t tensor, int64_t t, uint64_t i) {
+  const Philox4 r = philox4x32_10(static_cast<uint32_t>(i >> 2), static_cast<uint32_t>(i >> 34), tensor,
+                                  static_cast<uint32_t>(t), static_cast<uint32_t>(seed),
+                                  static_cast<uint32_t>(seed >> 32));
+  return r.v[i & 3u];
+}
+
+// One element's step on a parameter stored as T (float, bf16, f16): the rule on the fp32 value
+// w, then the store R says. `random` is the element's sr_word (stochastic only).
+template <OptKind K, Rounding R, class T>
+FASTOPT_HD void update_stored(const StepScalars& s, float g, T& p, float& master, float& s0, float& s1, float& s2,
+                              uint32_t random) {
+  float w = R == Rounding::master ? master : to_float(p);
+  update<K>(s, g, w, s0, s1, s2);
+  if constexpr (R == Rounding::master) master = w;
+  if constexpr (R == Rounding::stochastic) {
+    static_assert(StorageOf<T>::value == Storage::bf16, "stochastic rounding stores bf16");
+    p = bf16_stochastic(w, random);
+  } else {
+    p = from_float<T>(w);
   }
 }
 

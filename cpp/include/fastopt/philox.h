@@ -65,4 +65,34 @@ FASTOPT_HD Philox4 philox_block(uint64_t j, uint64_t seed) {
                        static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
+// The words of L consecutive blocks j0 .. j0 + L - 1 with counter words (c2, c3) (the stream
+// above has c2 = c3 = 0): words[4 l + w] = word w of block j0 + l. Lane loops over
+// philox_round() in structure-of-arrays form, which host compilers vectorize; the same bits as
+// philox4x32_10() block by block.
+template <int L>
+inline void philox_blocks(uint64_t j0, uint32_t c2, uint32_t c3, uint64_t seed, uint32_t* __restrict words) {
+  alignas(64) uint32_t x0[L], x1[L], x2[L], x3[L];
+#pragma omp simd
+  for (int l = 0; l < L; ++l) {
+    const uint64_t j = j0 + static_cast<uint64_t>(l);
+    x0[l] = static_cast<uint32_t>(j);
+    x1[l] = static_cast<uint32_t>(j >> 32);
+    x2[l] = c2;
+    x3[l] = c3;
+  }
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int r = 0; r < kPhiloxRounds; ++r) {
+#pragma omp simd
+    for (int l = 0; l < L; ++l) philox_round(x0[l], x1[l], x2[l], x3[l], k0, k1);
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  for (int l = 0; l < L; ++l) {
+    words[4 * l + 0] = x0[l];
+    words[4 * l + 1] = x1[l];
+    words[4 * l + 2] = x2[l];
+    words[4 * l + 3] = x3[l];
+  }
+}
+
 }  // namespace fastopt

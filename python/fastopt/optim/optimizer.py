@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import _C
-from .._args import boolean, finite, integer, real, stream as stream_arg
-from .._arrays import copy_, device_of, dtype_of, full_like, to_numpy, zeros
+from .._args import boolean, finite, integer, real, stream as stream_arg, uint64
+from .._arrays import LOW_PRECISION, copy_, device_of, dtype_of, full_like, to_numpy, zeros
 
 K = _C.OptKind
 
@@ -34,6 +34,9 @@ max_grad_norm and no skip_nonfinite). skipped: True when a NaN/Inf gradient canc
 On the GPU both are 0-d DeviceArrays, so the step never waits for the host; float() / bool()
 on them reads them back."""
 
+
+# The fp32 master copy of a bfloat16/float16 parameter (master_weights=True), kept in its state.
+MASTER = "master"
 
 # Buffers that only ever accumulate squares: a negative entry cannot come from any trajectory.
 NONNEGATIVE_STATE = ("sum", "square_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -62,10 +65,15 @@ def group_hyper(rule, group, prefix=""):
     if "initial_lr" in group:
         nonnegative(group["initial_lr"], option_name(prefix, "initial_lr"))
     rule._check_rule(group, prefix)
+    if group["master_weights"] and group["stochastic_rounding"]:
+        raise ValueError(f"{option_name(prefix, 'stochastic_rounding')}: rounds parameters that have no master "
+                         "weights; with master_weights=True the fp32 master keeps every update (pick one)")
     h = _C.Hyper()
     h.kind = rule._kind(group)
     h.lr = float(group["lr"])
     h.maximize = bool(group["maximize"])
+    h.stochastic_rounding = bool(group["stochastic_rounding"])
+    h.seed = int(group["seed"])
     rule._fill(h, group)
     return h
 
@@ -81,6 +89,10 @@ def nonnegative(value, name):
 
 def unit(value, name):
     return finite(value, name, 0.0, 1.0)
+
+
+# Options of every optimizer: how bfloat16/float16 parameters are stored (see Optimizer).
+PRECISION_OPTIONS = dict(master_weights=boolean, stochastic_rounding=boolean, seed=uint64)
 
 
 def betas(value, name):
@@ -114,7 +126,23 @@ class Optimizer:
     """Base class. A subclass names its options and their checks (OPTIONS, option -> check(value,
     name)) and the update rules it may use (KINDS), passes its defaults to __init__, and implements
     _kind(group) -> _C.OptKind and _fill(hyper, group) (and _check_rule(group, prefix) for checks
-    across options), all classmethods, so that a group can be checked without an instance."""
+    across options), all classmethods, so that a group can be checked without an instance.
+
+    Parameters are float32, or bfloat16 / float16 (CPU; NumPy ml_dtypes arrays or torch tensors),
+    each with a gradient of its own dtype; state is always float32. Three options of every group
+    say how a low-precision parameter is stored:
+    - master_weights=True: the optimizer keeps a float32 master copy (state 'master', in
+      state_dict; made from the parameter at its first step). The fused step reads the bf16/fp16
+      gradient, updates the master and the state in fp32 and writes the parameter rounded to
+      nearest even, in one pass: the master follows the float32 optimizer's trajectory on the
+      upcast gradients bit for bit. The optimizer then owns the values: a parameter changed from
+      outside is overwritten at the next step (load a state_dict instead).
+    - stochastic_rounding=True (bfloat16 only, no master): the updated value is rounded up or down
+      with probability given by Philox bits, unbiased, deterministic in (seed, parameter index,
+      step): small updates survive on average instead of rounding away.
+    - neither: the update is computed in fp32 and rounded to nearest even (updates below half a
+      bf16 ulp of the parameter are lost, as with torch's optimizers on bf16 parameters).
+    float32 parameters ignore all three."""
 
     OPTIONS = {}
     KINDS = ()
@@ -165,8 +193,13 @@ class Optimizer:
         seen = {id(p) for p in self._params}
         device = device_of(self._params[0]) if self._params else None
         for i, p in enumerate(params):
-            if dtype_of(p) != np.float32:
-                raise TypeError(f"params[{len(self._params) + i}]: expected float32, got {getattr(p, 'dtype', type(p).__name__)}")
+            dt = dtype_of(p)
+            if dt != np.float32 and dt not in LOW_PRECISION:
+                raise TypeError(f"params[{len(self._params) + i}]: expected float32, bfloat16 or float16, "
+                                f"got {getattr(p, 'dtype', type(p).__name__)}")
+            if dt in LOW_PRECISION and device_of(p) != "cpu":
+                raise TypeError(f"params[{len(self._params) + i}]: {dt} on the GPU: not yet (issue 21); "
+                                "fastopt's CUDA optimizers take float32 parameters")
             if id(p) in seen:
                 raise ValueError(f"params[{len(self._params) + i}]: a parameter appears twice")
             seen.add(id(p))
@@ -200,6 +233,18 @@ class Optimizer:
     def _initial_state(cls, name, group):
         return 0.0
 
+    def _master(self, i, on):
+        """Parameter i's fp32 master (made from the parameter when missing), or None when its group
+        keeps none or it is float32. A master dropped while master_weights is off is made afresh
+        when it comes back on, so it never resumes from stale values."""
+        state, p = self.state[i], self._params[i]
+        if not on or dtype_of(p) not in LOW_PRECISION:
+            state.pop(MASTER, None)
+            return None
+        if MASTER not in state:
+            state[MASTER] = to_numpy(p).astype(np.float32)
+        return state[MASTER]
+
     # ------------------------------------------------------------------------------ step
     def step(self, grads, max_grad_norm=None, skip_nonfinite=False, stream=0):
         """Update every parameter from `grads` (aligned with the parameters, group by group).
@@ -217,17 +262,21 @@ class Optimizer:
         # Schedules and users may have edited the groups since the last step: check them again.
         hypers = [self._hyper(group, f"param_groups[{gi}]") for gi, group in enumerate(self.param_groups)]
         kinds = tuple(h.kind for h in hypers)
-        if self._state_cache is None or self._state_cache[0] != kinds:
-            self._state_cache = (kinds, [self._buffers(i, kinds[g]) for i, g in enumerate(self._group_of)])
+        masters_on = tuple(bool(group["master_weights"]) for group in self.param_groups)
+        if self._state_cache is None or self._state_cache[0] != (kinds, masters_on):
+            buffers = [self._buffers(i, kinds[g]) for i, g in enumerate(self._group_of)]
+            masters = [self._master(i, masters_on[g]) for i, g in enumerate(self._group_of)]
+            self._state_cache = ((kinds, masters_on), buffers, None if all(m is None for m in masters) else masters)
         norm, skipped = _C.optim_step(self._params, grads, self._state_cache[1], self._steps, hypers,
-                                      self._group_of, max_grad_norm, skip_nonfinite, stream)
+                                      self._group_of, max_grad_norm, skip_nonfinite, stream, self._state_cache[2])
         return StepResult(norm, skipped)
 
     # ------------------------------------------------------------------- checkpointing
     def state_dict(self):
         """A checkpoint as NumPy copies: {'state': {index: {'step': int, buffer: array}},
         'param_groups': [{options..., 'params': [indices]}]}, torch's layout, ready for np.savez
-        or pickle. Loading it into an optimizer over the same parameters continues bit-identically."""
+        or pickle; the fp32 master of a bf16/fp16 parameter is its buffer 'master'. Loading it into
+        an optimizer over the same parameters continues bit-identically."""
         steps = to_numpy(self._steps)
         state = {}
         for i, s in enumerate(self.state):
@@ -294,7 +343,7 @@ class Optimizer:
             if i in entries:
                 raise ValueError(f"state_dict['state']: parameter {i} has two entries ({entries[i][0]!r}, {key!r})")
             entries[i] = (key, entry)
-        allowed = self.state_names()
+        allowed = self.state_names() | {MASTER}
         steps = np.zeros(n, np.int64)
         state = []
         for i, p in enumerate(self._params):
@@ -310,6 +359,8 @@ class Optimizer:
                 if name not in allowed:
                     raise ValueError(f"{where}[{name!r}]: {type(self).__name__} keeps no such state (only "
                                      f"{sorted(allowed)}); a checkpoint of another optimizer?")
+                if name == MASTER and dtype_of(p) not in LOW_PRECISION:
+                    raise ValueError(f"{where}[{name!r}]: parameter {i} is {dtype_of(p)}, which keeps no master")
                 buffers[name] = _buffer(value, tuple(p.shape), f"{where}[{name!r}]", name in NONNEGATIVE_STATE)
             state.append(buffers)
         return state, steps

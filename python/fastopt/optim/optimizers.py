@@ -1,25 +1,29 @@
 """The optimizers: each names torch.optim's defaults, checks its options and picks the update
 rule (optim_rules.h) for a group. The math itself lives once, in the native rules.
 
+Every optimizer also takes master_weights, stochastic_rounding and seed, group options like
+the others: how bfloat16/float16 parameters are stored (fastopt.optim.Optimizer says how).
+
 Every option is checked when the optimizer is built, when a group is added, before every step (a
 schedule or the user may have edited a group) and when a checkpoint is loaded: a wrong kind of
 value (a str, None, a bool for a number) raises TypeError and a value out of range ValueError,
 each naming the option. The ranges are torch's, and every number must be finite."""
 from .._args import boolean
-from .optimizer import K, Optimizer, any_real, betas, nonnegative, option_name, unit
+from .optimizer import PRECISION_OPTIONS, K, Optimizer, any_real, betas, nonnegative, option_name, unit
 
 
 class SGD(Optimizer):
     """SGD with optional momentum (heavy ball or Nesterov), dampening and L2 weight decay."""
 
     OPTIONS = dict(lr=nonnegative, momentum=nonnegative, dampening=any_real, weight_decay=nonnegative,
-                   nesterov=boolean, maximize=boolean)
+                   nesterov=boolean, maximize=boolean, **PRECISION_OPTIONS)
     KINDS = (K.SGD, K.SGD_MOMENTUM, K.SGD_NESTEROV)
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
-                 maximize=False):
+                 maximize=False, master_weights=False, stochastic_rounding=False, seed=0):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                                      nesterov=nesterov, maximize=maximize))
+                                      nesterov=nesterov, maximize=maximize, master_weights=master_weights,
+                                      stochastic_rounding=stochastic_rounding, seed=seed))
 
     @classmethod
     def _check_rule(cls, g, prefix):
@@ -41,14 +45,16 @@ class Adagrad(Optimizer):
     """Adagrad: per-coordinate steps lr / (sqrt(sum of squared gradients) + eps)."""
 
     OPTIONS = dict(lr=nonnegative, lr_decay=nonnegative, weight_decay=nonnegative,
-                   initial_accumulator_value=nonnegative, eps=nonnegative, maximize=boolean)
+                   initial_accumulator_value=nonnegative, eps=nonnegative, maximize=boolean,
+                   **PRECISION_OPTIONS)
     KINDS = (K.ADAGRAD,)
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
-                 *, maximize=False):
+                 *, maximize=False, master_weights=False, stochastic_rounding=False, seed=0):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps,
-                                      maximize=maximize))
+                                      maximize=maximize, master_weights=master_weights,
+                                      stochastic_rounding=stochastic_rounding, seed=seed))
 
     @classmethod
     def _kind(cls, g):
@@ -68,13 +74,14 @@ class RMSprop(Optimizer):
     alpha lies in [0, 1] (above 1 the running average of squares could turn negative)."""
 
     OPTIONS = dict(lr=nonnegative, alpha=unit, eps=nonnegative, weight_decay=nonnegative, momentum=nonnegative,
-                   centered=boolean, maximize=boolean)
+                   centered=boolean, maximize=boolean, **PRECISION_OPTIONS)
     KINDS = (K.RMSPROP, K.RMSPROP_MOMENTUM, K.RMSPROP_CENTERED, K.RMSPROP_CENTERED_MOMENTUM)
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
-                 maximize=False):
+                 maximize=False, master_weights=False, stochastic_rounding=False, seed=0):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                                      centered=centered, maximize=maximize))
+                                      centered=centered, maximize=maximize, master_weights=master_weights,
+                                      stochastic_rounding=stochastic_rounding, seed=seed))
 
     @classmethod
     def _kind(cls, g):
@@ -92,15 +99,16 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction; weight_decay is L2 (added to the gradient)."""
 
     OPTIONS = dict(lr=nonnegative, betas=betas, eps=nonnegative, weight_decay=nonnegative, amsgrad=boolean,
-                   maximize=boolean)
+                   maximize=boolean, **PRECISION_OPTIONS)
     KINDS = (K.ADAM, K.ADAM_AMSGRAD)
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 maximize=False):
+                 maximize=False, master_weights=False, stochastic_rounding=False, seed=0):
         betas = tuple(betas) if isinstance(betas, list) else betas
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize))
+                                      maximize=maximize, master_weights=master_weights,
+                                      stochastic_rounding=stochastic_rounding, seed=seed))
 
     @classmethod
     def _kind(cls, g):
@@ -119,6 +127,7 @@ class AdamW(Adam):
     _decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False):
+                 maximize=False, master_weights=False, stochastic_rounding=False, seed=0):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                         maximize=maximize)
+                         maximize=maximize, master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         seed=seed)
