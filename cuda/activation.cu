@@ -1,10 +1,12 @@
 /*
-ReLU and LeakyReLU on CUDA, forward and backward (element math: fastopt/activation.h):
+Pointwise maps on CUDA, forward and backward (element math: fastopt/activation.h):
   relu:  y = x < 0 ? 0 : x,          dx = x <= 0 ? 0 : dy
   leaky: y = x > 0 ? x : x * slope,  dx = x > 0 ? dy : dy * slope
+  tanh, sigmoid, elu, gelu (CUDA's tanhf/expf/expm1f/erff), the residual add with drop path, axpby.
 
-Bytes per element: forward 8 (read x, write y), backward 12 (read dy and x, write dx). Pure
-bandwidth; the only goal is full-width coalesced accesses.
+Bytes per element: forward 8 (read x, write y), backward 12 (read dy and x, write dx); residual
+add 12, axpby 12. Pure bandwidth (the smooth activations' few dozen flops hide under the loads);
+the only goal is full-width coalesced accesses.
 
 Launch shape: one map kernel for all four ops, 256 threads per block, a grid-stride loop over
 quads of 4 elements (one float4 per array and quad when every pointer is 16-byte aligned, which
@@ -69,6 +71,50 @@ struct LeakyReluGrad {
   float slope;
   __device__ float operator()(float dy, float x) const { return leaky_relu_grad(dy, x, slope); }
 };
+template <Smooth op>
+struct SmoothForward {
+  float alpha;
+  __device__ float operator()(float x, float) const { return smooth_forward(op, x, alpha); }
+};
+template <Smooth op>
+struct SmoothBackward {
+  float alpha;
+  __device__ float operator()(float dy, float x) const { return smooth_backward(op, dy, x, alpha); }
+};
+
+template <template <Smooth> class Functor>
+void launch_smooth(Smooth op, const float* a, const float* b, float* y, int64_t n, float alpha, void* stream,
+                   const char* what) {
+  switch (op) {
+    case Smooth::tanh: return launch_map(a, b, y, n, Functor<Smooth::tanh>{alpha}, stream, what);
+    case Smooth::sigmoid: return launch_map(a, b, y, n, Functor<Smooth::sigmoid>{alpha}, stream, what);
+    case Smooth::elu: return launch_map(a, b, y, n, Functor<Smooth::elu>{alpha}, stream, what);
+    default: return launch_map(a, b, y, n, Functor<Smooth::gelu>{alpha}, stream, what);
+  }
+}
+
+// blockIdx.y strides over rows (samples), blockIdx.x over a row: a thread draws its row's
+// factor once per row it visits (10 Philox rounds, a few dozen integer ops) and then streams.
+__global__ void __launch_bounds__(kThreads)
+residual_kernel(const float* __restrict__ b, const float* __restrict__ s, float* __restrict__ y, int64_t rows,
+                int64_t inner, const DropoutParams d, bool drop) {
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    const float f = drop ? drop_path_factor(d, row) : 1.0f;
+    const int64_t base = row * inner;
+    for (int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; k < inner;
+         k += static_cast<int64_t>(gridDim.x) * kThreads) {
+      const float bv = b[base + k];
+      y[base + k] = s != nullptr ? fastopt::residual_add(bv, s[base + k], f) : bv * f;
+    }
+  }
+}
+
+// x may equal y (an in-place scale), so no __restrict__ here.
+__global__ void __launch_bounds__(kThreads) axpby_kernel(const float* x, float* y, int64_t n, float a, float b) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * kThreads)
+    y[i] = fastopt::axpby(x[i], y[i], a, b);
+}
 
 }  // namespace
 
@@ -86,6 +132,35 @@ void leaky_relu_forward(const float* x, float* y, int64_t n, float slope, void* 
 
 void leaky_relu_backward(const float* dy, const float* x, float* dx, int64_t n, float slope, void* stream) {
   launch_map(dy, x, dx, n, LeakyReluGrad{slope}, stream, "leaky_relu_backward launch");
+}
+
+void smooth_forward(Smooth op, const float* x, float* y, int64_t n, float alpha, void* stream) {
+  launch_smooth<SmoothForward>(op, x, x, y, n, alpha, stream, "smooth activation forward launch");
+}
+
+void smooth_backward(Smooth op, const float* dy, const float* x, float* dx, int64_t n, float alpha, void* stream) {
+  launch_smooth<SmoothBackward>(op, dy, x, dx, n, alpha, stream, "smooth activation backward launch");
+}
+
+void residual_add(const float* b, const float* s, float* y, int64_t rows, int64_t inner, const DropoutParams& d,
+                  void* stream) {
+  if (rows == 0 || inner == 0) return;
+  const bool drop = d.threshold < (uint64_t{1} << 32);
+  if (!drop) {  // one long row: no draws, and the grid covers the whole array
+    inner *= rows;
+    rows = 1;
+  }
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((inner + kThreads - 1) / kThreads, kMaxBlocks)),
+                  static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  residual_kernel<<<grid, kThreads, 0, detail::as_stream(stream)>>>(b, s, y, rows, inner, d, drop);
+  check(cudaGetLastError(), "residual_add launch");
+}
+
+void axpby(const float* x, float* y, int64_t n, float a, float b, void* stream) {
+  if (n == 0) return;
+  const int grid = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
+  axpby_kernel<<<grid, kThreads, 0, detail::as_stream(stream)>>>(x, y, n, a, b);
+  check(cudaGetLastError(), "axpby launch");
 }
 
 }  // namespace fastopt::cuda

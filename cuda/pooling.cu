@@ -1,5 +1,5 @@
 /*
-Max pooling (int32 argmax indices) and global average pooling on CUDA, forward and backward
+Max pooling (int32 argmax indices), average pooling and global average pooling on CUDA, forward and backward
 (window rules, tie/NaN rule and the backward gather: fastopt/pooling.h).
 
 Bytes: max pool forward reads each input once from DRAM (overlapping windows hit L1/L2) and
@@ -17,6 +17,7 @@ grid never overflows):
   accumulators folded by a fixed shuffle tree: deterministic. Planes are small (7x7 .. 32x32)
   and many where this op is used, so a warp per plane keeps every lane busy.
 - global average pool backward: one thread per input element.
+- average pool: one thread per output (forward) / per input (backward, a gather), like max pool.
 Positions decompose into (plane, row, col) with 32-bit division when the whole index space
 fits in int32 (the common case: 64-bit division is a long emulated sequence), else 64-bit.
 */
@@ -100,6 +101,38 @@ global_avg_backward_kernel(const float* __restrict__ dy, float* __restrict__ dx,
     dx[i] = dy[static_cast<Index>(i) / static_cast<Index>(hw)] / count;
 }
 
+template <class Index>
+__global__ void __launch_bounds__(kThreads)
+avg_pool_forward_kernel(const Pool2dShape s, const float* __restrict__ x, float* __restrict__ y, bool include_pad,
+                        int64_t total) {
+  const int64_t in_plane = static_cast<int64_t>(s.H) * s.W;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const Index row = static_cast<Index>(i) / s.Q;
+    const int q = static_cast<int>(static_cast<Index>(i) - row * s.Q);
+    const Index plane = row / s.P;
+    const int p = static_cast<int>(row - plane * s.P);
+    y[i] = avg_pool_window(x + static_cast<int64_t>(plane) * in_plane, s, p, q, include_pad);
+  }
+}
+
+template <class Index>
+__global__ void __launch_bounds__(kThreads)
+avg_pool_backward_kernel(const Pool2dShape s, const float* __restrict__ dy, float* __restrict__ dx, bool include_pad,
+                         int64_t total) {
+  const int64_t out_plane = static_cast<int64_t>(s.P) * s.Q;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const Index row = static_cast<Index>(i) / s.W;
+    const int w = static_cast<int>(static_cast<Index>(i) - row * s.W);
+    const Index plane = row / s.H;
+    const int h = static_cast<int>(row - plane * s.H);
+    dx[i] = avg_pool_gather(dy + static_cast<int64_t>(plane) * out_plane, s, cover_begin(h, s.sh, s.ph, s.kh),
+                            cover_end(h, s.sh, s.ph, s.P), cover_begin(w, s.sw, s.pw, s.kw),
+                            cover_end(w, s.sw, s.pw, s.Q), include_pad);
+  }
+}
+
 }  // namespace
 
 void max_pool2d_forward(const Pool2dShape& s, const float* x, float* y, int32_t* indices, void* stream) {
@@ -140,6 +173,28 @@ void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_
   else
     global_avg_backward_kernel<int64_t><<<grid_for(total), kThreads, 0, st>>>(dy, dx, hw, total);
   check(cudaGetLastError(), "global_avg_backward_kernel launch");
+}
+
+void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool include_pad, void* stream) {
+  const int64_t total = s.planes * s.P * s.Q;
+  if (total == 0) return;
+  const cudaStream_t st = detail::as_stream(stream);
+  if (fits_int32(total))
+    avg_pool_forward_kernel<int32_t><<<grid_for(total), kThreads, 0, st>>>(s, x, y, include_pad, total);
+  else
+    avg_pool_forward_kernel<int64_t><<<grid_for(total), kThreads, 0, st>>>(s, x, y, include_pad, total);
+  check(cudaGetLastError(), "avg_pool_forward_kernel launch");
+}
+
+void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad, void* stream) {
+  const int64_t total = s.planes * s.H * s.W;
+  if (total == 0) return;
+  const cudaStream_t st = detail::as_stream(stream);
+  if (fits_int32(total))
+    avg_pool_backward_kernel<int32_t><<<grid_for(total), kThreads, 0, st>>>(s, dy, dx, include_pad, total);
+  else
+    avg_pool_backward_kernel<int64_t><<<grid_for(total), kThreads, 0, st>>>(s, dy, dx, include_pad, total);
+  check(cudaGetLastError(), "avg_pool_backward_kernel launch");
 }
 
 }  // namespace fastopt::cuda

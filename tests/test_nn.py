@@ -187,7 +187,8 @@ def _fastopt_run(layer, xs, dys):
         y = np.array(layer.forward(x.copy(), True))
         dx = np.array(layer.backward(dy.copy()))
         grads = {k: p.grad.copy() for k, p in layer.params.items() if p is not None}
-        state = {k: np.asarray(v, np.float64) for k, v in layer.state_dict().items() if k != "seed"}
+        state = {k: np.asarray(v, np.float64) for k, v in [*layer.named_buffers(), *layer.extra_state().items()]
+                 if k != "seed"}
         steps.append((y, dx, grads, state))
     return steps, np.array(layer.forward(xs[-1].copy(), False))
 

@@ -340,12 +340,12 @@ def test_resume_into_another_out_without_a_new_best(source_best, digits, tmp_pat
     err = capsys.readouterr().err
     if source_best == "kept":  # carried over, and the reported model is epoch 2's
         best = read_checkpoint(os.path.join(second, "best.npz"))
-        assert best[0]["epoch"] == 2 and np.array_equal(trainer.model.state_dict()["params"], best[1]["params"])
+        assert best[0]["epoch"] == 2 and all(np.array_equal(v, best[1][k]) for k, v in trainer.model.state_dict().items())
     else:  # nothing to carry: said so, and the last model is reported
         assert not os.path.exists(os.path.join(second, "best.npz"))
         assert "not beside" in err and "reporting the last model" in err
         last = read_checkpoint(os.path.join(second, "last.npz"))
-        assert last[0]["epoch"] == 4 and np.array_equal(trainer.model.state_dict()["params"], last[1]["params"])
+        assert last[0]["epoch"] == 4 and all(np.array_equal(v, last[1][k]) for k, v in trainer.model.state_dict().items())
 
 
 def test_cli_resume_continues_to_the_new_epochs(tmp_path, digits, capsys):
@@ -378,6 +378,7 @@ BAD_OPTIONS = {
     "--brightness": [["-0.5"], ["nan"]],
     "--contrast": [["2"], ["-0.1"]],
     "--mixup": [["-1"], ["inf"]],
+    "--model": [["resnet18"], ["resnet"]],
     "--width": [["0", "16"], ["16", "-1"], ["8"]],
     "--dropout": [["1.5"], ["-0.1"], ["nan"]],
     "--out": [["{file}/sub"]],

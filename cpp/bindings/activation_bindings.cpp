@@ -1,4 +1,5 @@
-// Python entry points of the activation family: ReLU and LeakyReLU, forward and backward. Every
+// Python entry points of the pointwise family: ReLU, LeakyReLU and the smooth activations,
+// forward and backward; the residual add with drop path; axpby over lists of arrays. Every
 // argument is validated here with a message naming it; the GIL is released around the kernels.
 #include <string>
 #include <vector>
@@ -57,6 +58,109 @@ py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negat
 #endif
 }
 
+// tanh / sigmoid / elu / gelu, forward (dy_obj null) and backward, same checks as activation().
+py::object smooth_activation(Smooth op, py::handle dy_obj, py::handle x_obj, double alpha, uintptr_t stream) {
+  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
+  const float* dyp = nullptr;
+  if (dy_obj) {
+    const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
+    require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
+    if (dy.shape != x.shape) raise_value("dy: expected the shape " + shape_str(x.shape) + " of x, got " + shape_str(dy.shape));
+    dyp = static_cast<const float*>(dy.data);
+  }
+  const auto* xp = static_cast<const float*>(x.data);
+  py::object out = new_array(x.shape, DType::f32, x.device, stream, dy_obj ? "dx" : "y", "x");
+  float* yp = static_cast<float*>(view_f32(out, ArgName{"out"}, true).data);
+  const float a = static_cast<float>(alpha);
+  py::gil_scoped_release nogil;
+  if (x.device == kCPU) {
+    if (dyp) cpu::smooth_backward(op, dyp, xp, yp, x.numel, a);
+    else cpu::smooth_forward(op, xp, yp, x.numel, a);
+    return out;
+  }
+#ifdef FASTOPT_WITH_CUDA
+  cuda::set_device(x.device);
+  if (dyp) cuda::smooth_backward(op, dyp, xp, yp, x.numel, a, reinterpret_cast<void*>(stream));
+  else cuda::smooth_forward(op, xp, yp, x.numel, a, reinterpret_cast<void*>(stream));
+  return out;
+#else
+  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
+}
+
+// y = s + b * f_n per sample n (the first dim), s optional; p, seed, offset are checked in Python.
+py::object residual_add_op(py::handle b_obj, py::handle s_obj, double p, uint64_t seed, uint64_t offset,
+                        uintptr_t stream) {
+  const ArrayView b = view_f32(b_obj, ArgName{"body"}, false);
+  const float* sp = nullptr;
+  if (!s_obj.is_none()) {
+    const ArrayView s = view_f32(s_obj, ArgName{"shortcut"}, false);
+    require_same_device(b, ArgName{"body"}, s, ArgName{"shortcut"});
+    if (s.shape != b.shape)
+      raise_value("shortcut: its output shape " + shape_str(s.shape) + " differs from the body's " + shape_str(b.shape) +
+                  " (a projection shortcut, e.g. a strided 1x1 conv + batch norm, makes them match)");
+    sp = static_cast<const float*>(s.data);
+  }
+  if (b.shape.empty()) raise_value("body: expected at least 1 dimension (samples first), got a 0-d array");
+  const int64_t rows = b.shape[0], inner = rows == 0 ? 0 : b.numel / rows;
+  py::object out = new_array(b.shape, DType::f32, b.device, stream, "y", "body");
+  float* yp = static_cast<float*>(view_f32(out, ArgName{"out"}, true).data);
+  const auto* bp = static_cast<const float*>(b.data);
+  const DropoutParams d = dropout_params(p, seed, offset);
+  py::gil_scoped_release nogil;
+  if (b.device == kCPU) {
+    cpu::residual_add(bp, sp, yp, rows, inner, d);
+    return out;
+  }
+#ifdef FASTOPT_WITH_CUDA
+  cuda::set_device(b.device);
+  cuda::residual_add(bp, sp, yp, rows, inner, d, reinterpret_cast<void*>(stream));
+  return out;
+#else
+  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
+}
+
+// ys[i] = a * xs[i] + b * ys[i] for every pair, in one call. xs[i] may be ys[i] itself; no other
+// memory may be shared (a partial overlap would make the result depend on the order of work).
+void axpby_lists(py::sequence ys_obj, py::sequence xs_obj, double a, double b, uintptr_t stream) {
+  const size_t n = py::len(ys_obj);
+  if (py::len(xs_obj) != n)
+    raise_value("xs: expected " + std::to_string(n) + " arrays (one per ys), got " + std::to_string(py::len(xs_obj)));
+  std::vector<ArrayView> ys, xs;
+  std::vector<ByteRange> ranges;
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t k = static_cast<int64_t>(i);
+    ys.push_back(view_f32(ys_obj[i], ArgName{"ys", k}, true));
+    xs.push_back(view_f32(xs_obj[i], ArgName{"xs", k}, false));
+    require_same_device(ys[i], ArgName{"ys", k}, xs[i], ArgName{"xs", k});
+    require_same_device(ys[0], ArgName{"ys", 0}, ys[i], ArgName{"ys", k});
+    if (xs[i].numel != ys[i].numel)
+      raise_value(ArgName{"xs", k}.str() + ": expected " + std::to_string(ys[i].numel) + " elements like ys[" +
+                  std::to_string(i) + "], got shape " + shape_str(xs[i].shape));
+    const auto yb = reinterpret_cast<uintptr_t>(ys[i].data), xb = reinterpret_cast<uintptr_t>(xs[i].data);
+    ranges.push_back({yb, yb + static_cast<uintptr_t>(ys[i].numel) * 4u, 0, k});
+    if (xb != yb) ranges.push_back({xb, xb + static_cast<uintptr_t>(xs[i].numel) * 4u, 1, k});
+  }
+  require_disjoint(std::move(ranges), {"ys", "xs"});
+  const float af = static_cast<float>(a), bf = static_cast<float>(b);
+  py::gil_scoped_release nogil;
+  for (size_t i = 0; i < n; ++i) {
+    const auto* xp = static_cast<const float*>(xs[i].data);
+    auto* yp = static_cast<float*>(ys[i].data);
+    if (ys[i].device == kCPU) {
+      cpu::axpby(xp, yp, ys[i].numel, af, bf);
+      continue;
+    }
+#ifdef FASTOPT_WITH_CUDA
+    cuda::set_device(ys[i].device);
+    cuda::axpby(xp, yp, ys[i].numel, af, bf, reinterpret_cast<void*>(stream));
+#else
+    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
+  }
+}
+
 }  // namespace
 
 void bind_activation(py::module_& m) {
@@ -79,6 +183,28 @@ void bind_activation(py::module_& m) {
       },
       py::arg("dy"), py::arg("x"), py::arg("negative_slope") = 0.01, py::arg("stream") = 0,
       "dx = x > 0 ? dy : dy * negative_slope.");
+  py::enum_<Smooth>(m, "Smooth")
+      .value("tanh", Smooth::tanh)
+      .value("sigmoid", Smooth::sigmoid)
+      .value("elu", Smooth::elu)
+      .value("gelu", Smooth::gelu);
+  m.def(
+      "smooth_forward",
+      [](Smooth op, py::handle x, double alpha, uintptr_t stream) { return smooth_activation(op, {}, x, alpha, stream); },
+      py::arg("op"), py::arg("x"), py::arg("alpha") = 1.0, py::arg("stream") = 0,
+      "y = tanh, sigmoid, elu (alpha) or exact gelu of x, a new float32 array on x's device.");
+  m.def(
+      "smooth_backward",
+      [](Smooth op, py::handle dy, py::handle x, double alpha, uintptr_t stream) {
+        return smooth_activation(op, dy, x, alpha, stream);
+      },
+      py::arg("op"), py::arg("dy"), py::arg("x"), py::arg("alpha") = 1.0, py::arg("stream") = 0,
+      "dx of the smooth activation at x for the output gradient dy.");
+  m.def("residual_add", &residual_add_op, py::arg("body"), py::arg("shortcut"), py::arg("p"), py::arg("seed"),
+        py::arg("offset"), py::arg("stream") = 0,
+        "y = shortcut + body * f_n per sample n (drop path: f_n = keep ? 1/(1-p) : 0), a new array.");
+  m.def("axpby_", &axpby_lists, py::arg("ys"), py::arg("xs"), py::arg("a"), py::arg("b"), py::arg("stream") = 0,
+        "ys[i] = a * xs[i] + b * ys[i] in place for every pair (a zero coefficient's term is not read).");
 }
 
 }  // namespace fastopt

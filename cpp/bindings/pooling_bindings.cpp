@@ -1,5 +1,5 @@
-// Python entry points of the pooling family: max_pool2d (values + int32 indices) and global
-// average pooling, forward and backward. Shapes and hyper-parameters are checked against torch's
+// Python entry points of the pooling family: max_pool2d (values + int32 indices), avg_pool2d and
+// global average pooling, forward and backward. Shapes and hyper-parameters are checked against torch's
 // rules here, with messages naming the argument, and so that every index the kernels form fits
 // in int32 (fastopt/pooling.h); the GIL is released around the kernels.
 #include <pybind11/stl.h>
@@ -182,6 +182,51 @@ py::object global_avg_pool_backward(py::handle dy_obj, std::vector<int64_t> inpu
   return dx;
 }
 
+py::object avg_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair padding, bool include_pad,
+                              uintptr_t stream) {
+  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
+  const Pool2dShape s = pool_shape(x.shape, "x", kernel, stride, padding);
+  py::object y = new_array({x.shape[0], x.shape[1], s.P, s.Q}, DType::f32, x.device, stream, "y", "x");
+  const auto* xp = static_cast<const float*>(x.data);
+  float* yp = data_of<float>(y, DType::f32);
+  py::gil_scoped_release nogil;
+  if (x.device == kCPU) {
+    cpu::avg_pool2d_forward(s, xp, yp, include_pad);
+  } else {
+#ifdef FASTOPT_WITH_CUDA
+    cuda::set_device(x.device);
+    cuda::avg_pool2d_forward(s, xp, yp, include_pad, reinterpret_cast<void*>(stream));
+#else
+    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
+  }
+  return y;
+}
+
+py::object avg_pool2d_backward(py::handle dy_obj, std::vector<int64_t> input_shape, Pair kernel, Pair stride,
+                               Pair padding, bool include_pad, uintptr_t stream) {
+  const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
+  const Pool2dShape s = pool_shape(input_shape, "input_shape", kernel, stride, padding);
+  const std::vector<int64_t> yshape{input_shape[0], input_shape[1], s.P, s.Q};
+  if (dy.shape != yshape)
+    raise_value("dy: expected the output shape " + shape_str(yshape) + " of this pooling, got " + shape_str(dy.shape));
+  py::object dx = new_array(input_shape, DType::f32, dy.device, stream, "dx", "input_shape");
+  const auto* dyp = static_cast<const float*>(dy.data);
+  float* dxp = data_of<float>(dx, DType::f32);
+  py::gil_scoped_release nogil;
+  if (dy.device == kCPU) {
+    cpu::avg_pool2d_backward(s, dyp, dxp, include_pad);
+  } else {
+#ifdef FASTOPT_WITH_CUDA
+    cuda::set_device(dy.device);
+    cuda::avg_pool2d_backward(s, dyp, dxp, include_pad, reinterpret_cast<void*>(stream));
+#else
+    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
+  }
+  return dx;
+}
+
 }  // namespace
 
 void bind_pooling(py::module_& m) {
@@ -196,6 +241,12 @@ void bind_pooling(py::module_& m) {
         "y (N, C) = mean of x (N, C, H, W) over H and W.");
   m.def("global_avg_pool_backward", &global_avg_pool_backward, py::arg("dy"), py::arg("input_shape"),
         py::arg("stream") = 0, "dx (input_shape) = dy / (H*W) broadcast over H and W.");
+  m.def("avg_pool2d_forward", &avg_pool2d_forward, py::arg("x"), py::arg("kernel_size"), py::arg("stride"),
+        py::arg("padding"), py::arg("count_include_pad"), py::arg("stream") = 0,
+        "y of average pooling over x (N, C, H, W); kernel_size, stride, padding are (h, w) pairs.");
+  m.def("avg_pool2d_backward", &avg_pool2d_backward, py::arg("dy"), py::arg("input_shape"), py::arg("kernel_size"),
+        py::arg("stride"), py::arg("padding"), py::arg("count_include_pad"), py::arg("stream") = 0,
+        "dx (input_shape) of average pooling: a deterministic gather, no atomics.");
 }
 
 }  // namespace fastopt

@@ -1,5 +1,7 @@
-// Max pooling (with int32 argmax indices) and global average pooling on the CPU, forward and
-// backward (window rules and the backward gather: fastopt/pooling.h).
+// Max pooling (with int32 argmax indices), average pooling and global average pooling on the CPU,
+// forward and backward (window rules and the backward gathers: fastopt/pooling.h). Average
+// pooling moves 4 B per input read and 4 per output written each way (overlapping windows
+// re-read from cache); it takes the generic window loops only (no network here leans on it).
 //
 // Traffic: max pool forward reads x once (overlapping windows re-read it from cache) and writes
 // 8 B per output (value + index); backward reads dy and indices (8 B per output, re-read from
@@ -27,7 +29,9 @@ FASTOPT_FOR_EACH_ISA(void max_pool2d_forward(const Pool2dShape& s, const float* 
                      void max_pool2d_backward(const Pool2dShape& s, const float* dy, const int32_t* indices,
                                               float* dx);
                      void global_avg_pool_forward(const float* x, float* y, int64_t planes, int64_t hw);
-                     void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_t hw);)
+                     void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_t hw);
+                     void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool include_pad);
+                     void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad);)
 
 namespace FASTOPT_ISA {
 
@@ -234,6 +238,38 @@ void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_
   }
 }
 
+// Average pooling: the window sums and the backward gather are the shared per-element functions
+// (pooling.h), one output row (forward) or input row (backward) per task: the same bits as CUDA.
+void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool include_pad) {
+  const int64_t rows = s.planes * s.P;
+  const int64_t in_plane = static_cast<int64_t>(s.H) * s.W;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t plane = r / s.P;
+    const int p = static_cast<int>(r - plane * s.P);
+    const float* xp = x + plane * in_plane;
+    for (int q = 0; q < s.Q; ++q) y[r * s.Q + q] = avg_pool_window(xp, s, p, q, include_pad);
+  }
+}
+
+void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad) {
+  std::vector<int> q0(s.W), q1(s.W);
+  for (int w = 0; w < s.W; ++w) {
+    q0[w] = cover_begin(w, s.sw, s.pw, s.kw);
+    q1[w] = cover_end(w, s.sw, s.pw, s.Q);
+  }
+  const int64_t rows = s.planes * s.H;
+  const int64_t out_plane = static_cast<int64_t>(s.P) * s.Q;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t plane = r / s.H;
+    const int h = static_cast<int>(r - plane * s.H);
+    const int p0 = cover_begin(h, s.sh, s.ph, s.kh), p1 = cover_end(h, s.sh, s.ph, s.P);
+    const float* dyp = dy + plane * out_plane;
+    for (int w = 0; w < s.W; ++w) dx[r * s.W + w] = avg_pool_gather(dyp, s, p0, p1, q0[w], q1[w], include_pad);
+  }
+}
+
 }  // namespace FASTOPT_ISA
 
 #ifdef FASTOPT_ISA_BASELINE
@@ -248,6 +284,12 @@ void global_avg_pool_forward(const float* x, float* y, int64_t planes, int64_t h
 }
 void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_t hw) {
   FASTOPT_CPU_DISPATCH(global_avg_pool_backward(dy, dx, planes, hw))
+}
+void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool include_pad) {
+  FASTOPT_CPU_DISPATCH(avg_pool2d_forward(s, x, y, include_pad))
+}
+void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad) {
+  FASTOPT_CPU_DISPATCH(avg_pool2d_backward(s, dy, dx, include_pad))
 }
 #endif
 

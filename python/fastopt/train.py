@@ -227,7 +227,7 @@ class Trainer:
             logits = self.model.forward(x, training=True)
             loss = self.loss_fn.forward(logits, y, training=True, stats=stats)
             self.model.backward(self.loss_fn.backward())
-            self.optimizer.step(self.store.grads, max_grad_norm=c.max_grad_norm or None)
+            self.optimizer.step(self.store.grads_for(self.optimizer), max_grad_norm=c.max_grad_norm or None)
             self.schedule.step()
             self.step += 1
             if self.step == 1 or b % c.check_every == c.check_every - 1 or b == self.steps_per_epoch - 1:
@@ -293,13 +293,14 @@ class Trainer:
         an interrupted save leaves the previous checkpoint whole."""
         if path is None:
             return
-        arrays = {f"model/{k}": np.asarray(v) for k, v in self.model.state_dict().items()}
+        arrays = {f"model/{k}": np.asarray(v) for k, v in self.model.state_dict().items()}  # torch's names
         opt = self.optimizer.state_dict()
         for i, entry in opt["state"].items():
             for name, value in entry.items():
                 arrays[f"optim/{i}/{name}"] = np.asarray(value)
         meta = {"config": asdict(self.config), "param_groups": opt["param_groups"], "epoch": self.epoch,
-                "step": self.step, "initial_loss": self.initial_loss, "history": asdict(self.history)}
+                "step": self.step, "initial_loss": self.initial_loss, "history": asdict(self.history),
+                "extra_state": self.model.extra_state()}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         write_atomically(path, lambda f: np.savez(f, **arrays))
 
@@ -341,6 +342,7 @@ class Trainer:
             group.update(fresh)
             group["initial_lr"] = fresh["lr"]
         self.model.load_state_dict(model)
+        self.model.load_extra_state(meta.get("extra_state", {}))
         self.schedule = self._schedule(step)
         self.epoch, self.step, self.initial_loss = epoch, step, meta["initial_loss"]
         h = meta["history"]
@@ -425,7 +427,10 @@ def read_checkpoint(path):
     except (OSError, ValueError, UnicodeDecodeError, zlib.error) as e:
         raise CheckpointError(f"{path}: unreadable, not a checkpoint written by fastopt train "
                               f"({type(e).__name__}: {e})") from None
-    if "params" not in model:
+    if "params" in model:
+        raise CheckpointError(f"{path}: written by an older fastopt (one flat 'params' vector, no parameter names); "
+                              "checkpoints now name every parameter as torch does: train afresh")
+    if not model:
         raise CheckpointError(f"{path}: not a usable training checkpoint (no model parameters)")
     return meta, model, state
 

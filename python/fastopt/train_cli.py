@@ -1,5 +1,5 @@
-"""`fastopt train`: the small CNN on digits by default, curves as PNG, metrics as JSON, and
-`--search N`, a coarse-to-fine random search over lr and weight decay."""
+"""`fastopt train`: the small CNN (or a CIFAR ResNet: --model resnet20) on digits, curves as PNG,
+metrics as JSON, and `--search N`, a coarse-to-fine random search over lr and weight decay."""
 import argparse
 import json
 import math
@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from . import _arrays, _options, cuda, data as datasets
-from .nn.models import small_cnn
+from .nn.models import resnet, small_cnn
 from .train import (LIMITS, OPTIMIZERS, CheckpointError, Trainer, TrainConfig, config_from, read_checkpoint,
                     write_atomically)
 
@@ -55,8 +55,10 @@ def add_arguments(p):
     a("--brightness", group=g)
     a("--contrast", group=g, help="in [0, 1]")
     a("--mixup", group=g, help="Beta(alpha, alpha) mixing; 0 disables")
+    a("--model", choices=MODELS, default="cnn",
+      help="cnn: the small CNN (--width, --dropout); resnetN: the CIFAR ResNet of depth N (He et al.)")
     a("--width", type=_options.arg_type("int", 1), nargs=2, default=(32, 64), metavar=("C1", "C2"),
-      help="channels of the two stages")
+      help="channels of the small CNN's two stages")
     a("--dropout", type=_options.arg_type("real", 0.0, 1.0), default=0.25)
     a("--out", default="fastopt-train", help="folder for checkpoints, metrics.json and curves.png")
     a("--resume", help="a checkpoint (.npz) to continue from; --epochs counts the whole run, and the schedule "
@@ -80,7 +82,13 @@ def check_arguments(args, error):
         error(f"argument --out: {unwritable}")
 
 
+MODELS = ("cnn", "resnet20", "resnet32", "resnet44", "resnet56")
+
+
 def _model(args, data):
+    name = getattr(args, "model", "cnn")
+    if name.startswith("resnet"):
+        return resnet(int(name[6:]), data.num_classes, in_channels=data.shape[0])
     return small_cnn(data.shape[0], data.num_classes, widths=tuple(args.width), dropout=args.dropout)
 
 

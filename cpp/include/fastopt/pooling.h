@@ -13,6 +13,12 @@
 // its own window (never produced by the forward) contributes nothing, so garbage indices can
 // never write out of bounds.
 //
+// avg_pool2d (ceil_mode False): y[p, q] = (sum of x over the window clipped to the plane, in
+// float, row-major) / divisor, divisor = kh*kw with count_include_pad (torch's default: padded
+// positions count as zeros; in floor mode no window reaches past the padding, so this is torch's
+// divisor), else the clipped window's size. Backward: dx[h, w] = sum over the outputs whose
+// windows cover (h, w), in row-major (p, q) order, of dy[p, q] / divisor(p, q): a gather again.
+//
 // global average pool: y[n, c] = sum(x[n, c]) / (H*W), summed in double then rounded once;
 // backward dx[n, c, h, w] = dy[n, c] / float(H*W), one rounding (exact H*W below 2^24).
 //
@@ -84,6 +90,31 @@ FASTOPT_HD float max_pool_gather(const float* dy_plane, const int32_t* index_pla
   return acc;
 }
 
+FASTOPT_HD float avg_pool_divisor(const Pool2dShape& s, int p, int q, bool include_pad) {
+  if (include_pad) return static_cast<float>(s.kh * s.kw);
+  const int rows = window_end(p, s.sh, s.ph, s.kh, s.H) - window_begin(p, s.sh, s.ph);
+  const int cols = window_end(q, s.sw, s.pw, s.kw, s.W) - window_begin(q, s.sw, s.pw);
+  return static_cast<float>(rows * cols);
+}
+
+FASTOPT_HD float avg_pool_window(const float* plane, const Pool2dShape& s, int p, int q, bool include_pad) {
+  const int h0 = window_begin(p, s.sh, s.ph), h1 = window_end(p, s.sh, s.ph, s.kh, s.H);
+  const int w0 = window_begin(q, s.sw, s.pw), w1 = window_end(q, s.sw, s.pw, s.kw, s.W);
+  float sum = 0.0f;
+  for (int h = h0; h < h1; ++h)
+    for (int w = w0; w < w1; ++w) sum += plane[h * s.W + w];
+  return sum / avg_pool_divisor(s, p, q, include_pad);
+}
+
+// dx at (h, w) of one plane; the outputs [p0, p1) x [q0, q1) cover it (cover_begin/cover_end).
+FASTOPT_HD float avg_pool_gather(const float* dy_plane, const Pool2dShape& s, int p0, int p1, int q0, int q1,
+                                 bool include_pad) {
+  float acc = 0.0f;
+  for (int p = p0; p < p1; ++p)
+    for (int q = q0; q < q1; ++q) acc += dy_plane[p * s.Q + q] / avg_pool_divisor(s, p, q, include_pad);
+  return acc;
+}
+
 namespace cpu {
 // x (planes, H, W) -> y, indices (planes, P, Q).
 void max_pool2d_forward(const Pool2dShape& s, const float* x, float* y, int32_t* indices);
@@ -92,6 +123,9 @@ void max_pool2d_backward(const Pool2dShape& s, const float* dy, const int32_t* i
 // x (planes, hw) -> y (planes); dy (planes) -> dx (planes, hw). hw >= 1.
 void global_avg_pool_forward(const float* x, float* y, int64_t planes, int64_t hw);
 void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_t hw);
+// x (planes, H, W) -> y (planes, P, Q); dy (planes, P, Q) -> dx (planes, H, W).
+void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool include_pad);
+void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad);
 }  // namespace cpu
 
 namespace cuda {
@@ -100,6 +134,8 @@ void max_pool2d_forward(const Pool2dShape& s, const float* x, float* y, int32_t*
 void max_pool2d_backward(const Pool2dShape& s, const float* dy, const int32_t* indices, float* dx, void* stream);
 void global_avg_pool_forward(const float* x, float* y, int64_t planes, int64_t hw, void* stream);
 void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_t hw, void* stream);
+void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool include_pad, void* stream);
+void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad, void* stream);
 }  // namespace cuda
 
 }  // namespace fastopt

@@ -106,6 +106,61 @@ class FastoptStep:
             fastopt.cuda.synchronize()
 
 
+_TORCH_RESIDUAL = {}
+
+
+def _torch_residual(torch):
+    """torch's twin of nn.Residual: children "body" and "shortcut", y = body(x) + shortcut(x)."""
+    if "cls" not in _TORCH_RESIDUAL:
+        class Residual(torch.nn.Module):
+            def __init__(self, body, shortcut=None):
+                super().__init__()
+                self.body, self.shortcut = body, shortcut
+
+            def forward(self, x):
+                return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+        _TORCH_RESIDUAL["cls"] = Residual
+    return _TORCH_RESIDUAL["cls"]
+
+
+def torch_twin(module, torch):
+    """The torch.nn module of the same structure as a fastopt.nn module, children named alike, so
+    that state_dicts move between the two with their keys unchanged (drop_path is left out:
+    torch.nn has no stochastic depth). Copy the weights with
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in module.state_dict().items()})."""
+    tn = torch.nn
+    if isinstance(module, nn.Sequential):
+        return tn.Sequential(*[torch_twin(m, torch) for m in module.layers])
+    if isinstance(module, nn.Residual):
+        shortcut = None if module.shortcut is None else torch_twin(module.shortcut, torch)
+        return _torch_residual(torch)(torch_twin(module.body, torch), shortcut)
+    if isinstance(module, nn.Conv2d):
+        k, c = module.params["weight"].shape, module.conv
+        return tn.Conv2d(k[1] * c["groups"], k[0], tuple(k[2:]), stride=c["stride"], padding=c["padding"],
+                         dilation=c["dilation"], groups=c["groups"], bias=module.params["bias"] is not None)
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        cls = tn.BatchNorm2d if isinstance(module, nn.BatchNorm2d) else tn.BatchNorm1d
+        return cls(module.num_features, module.eps, module.momentum, module.params["weight"] is not None,
+                   module.track_running_stats)
+    if isinstance(module, nn.Linear):
+        out_f, in_f = module.params["weight"].shape
+        return tn.Linear(in_f, out_f, bias=module.params["bias"] is not None)
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        if isinstance(module, nn.MaxPool2d):
+            return tn.MaxPool2d(module.kernel_size, module.stride, module.padding)
+        return tn.AvgPool2d(module.kernel_size, module.stride, module.padding,
+                            count_include_pad=module.count_include_pad)
+    if isinstance(module, nn.GlobalAvgPool2d):
+        return tn.Sequential(tn.AdaptiveAvgPool2d(1), tn.Flatten())
+    simple = {nn.ReLU: lambda m: tn.ReLU(), nn.LeakyReLU: lambda m: tn.LeakyReLU(m.negative_slope),
+              nn.Tanh: lambda m: tn.Tanh(), nn.Sigmoid: lambda m: tn.Sigmoid(), nn.ELU: lambda m: tn.ELU(m.alpha),
+              nn.GELU: lambda m: tn.GELU(), nn.Flatten: lambda m: tn.Flatten(), nn.Dropout: lambda m: tn.Dropout(m.p)}
+    if type(module) not in simple:
+        raise TypeError(f"torch_twin: no torch twin for {type(module).__name__}")
+    return simple[type(module)](module)
+
+
 class TorchStep:
     name = "torch"
 

@@ -1,5 +1,5 @@
-"""2-D max pooling and global average pooling, NCHW float32, forward and backward
-(torch.nn.functional.max_pool2d / adaptive_avg_pool2d(x, 1) semantics).
+"""2-D max, average and global average pooling, NCHW float32, forward and backward
+(torch.nn.functional.max_pool2d / avg_pool2d / adaptive_avg_pool2d(x, 1) semantics).
 
 max_pool2d_forward returns the max of every window and its flat position h*W + w within the
 input plane, as int32 (torch's indices, at half the bytes); max_pool2d_backward routes dy back
@@ -7,9 +7,10 @@ through those indices, deterministically (no atomics: each input gathers from th
 cover it, in row-major order). Outputs are new arrays on the input's device.
 """
 from .. import _C
-from .._args import pair, shape, stream as _stream
+from .._args import boolean, pair, shape, stream as _stream
 
-__all__ = ["max_pool2d_forward", "max_pool2d_backward", "global_avg_pool_forward", "global_avg_pool_backward"]
+__all__ = ["max_pool2d_forward", "max_pool2d_backward", "global_avg_pool_forward", "global_avg_pool_backward",
+           "avg_pool2d_forward", "avg_pool2d_backward"]
 
 
 def _hyper(kernel_size, stride, padding):
@@ -53,3 +54,22 @@ def global_avg_pool_forward(x, stream=0):
 def global_avg_pool_backward(dy, input_shape, stream=0):
     """dx (input_shape) = dy[n, c] / (H*W) at every (h, w); dy has shape (N, C)."""
     return _C.global_avg_pool_backward(dy, _shape(input_shape), _stream(stream))
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True, stream=0):
+    """y of average pooling x (N, C, H, W) -> (N, C, P, Q) (torch.nn.functional.avg_pool2d, floor mode).
+
+    Each window's sum (clipped to the plane, in float32, row-major) is divided by kh * kw with
+    count_include_pad (torch's default: padded positions count as zeros), else by the number of
+    positions inside the plane. Hyper-parameters as max_pool2d_forward's (padding <= kernel/2).
+    """
+    k, s, p = _hyper(kernel_size, stride, padding)
+    return _C.avg_pool2d_forward(x, k, s, p, boolean(count_include_pad, "count_include_pad"), _stream(stream))
+
+
+def avg_pool2d_backward(dy, input_shape, kernel_size, stride=None, padding=0, count_include_pad=True, stream=0):
+    """dx (input_shape) of avg_pool2d_forward: each input gathers dy / divisor from the windows that
+    cover it, in row-major output order (deterministic, no atomics)."""
+    k, s, p = _hyper(kernel_size, stride, padding)
+    return _C.avg_pool2d_backward(dy, _shape(input_shape), k, s, p, boolean(count_include_pad, "count_include_pad"),
+                                  _stream(stream))

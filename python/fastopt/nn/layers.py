@@ -12,19 +12,13 @@ import numpy as np
 
 from .. import functional as F
 from .._args import boolean, finite, integer, pair, real, shape
-from .._arrays import copy_, full, to_numpy
 from . import init as I
-from .module import Module, Parameter
+from .module import Module, Parameter, take_saved as _take
 
 __all__ = [
-    "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "ReLU", "LeakyReLU",
-    "MaxPool2d", "GlobalAvgPool2d", "Flatten", "Dropout",
+    "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "ReLU", "LeakyReLU", "Tanh",
+    "Sigmoid", "ELU", "GELU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten", "Dropout",
 ]
-
-
-def _set_grad(param, value):
-    if param is not None and value is not None:
-        copy_(param.grad, value)
 
 
 def _init(init, name):
@@ -35,16 +29,6 @@ def _init(init, name):
 
 def _eps(eps):
     return finite(eps, "eps", 0.0)
-
-
-def _take(module, name):
-    """The state a forward saved for backward, used exactly once."""
-    value = getattr(module, name, None)
-    if value is None:
-        raise RuntimeError(f"{type(module).__name__}.backward: no saved forward state (call forward with "
-                           "training=True before each backward)")
-    setattr(module, name, None)
-    return value
 
 
 class Conv2d(Module):
@@ -78,10 +62,11 @@ class Conv2d(Module):
 
     def backward(self, dy):
         w, b = self.params["weight"], self.params["bias"]
-        dx, dw, db = F.conv2d_backward(dy, _take(self, "_x"), w.data, need=(self.needs_input_grad, True, b is not None),
-                                       **self.conv)
-        _set_grad(w, dw)
-        _set_grad(b, db)
+        train = w.requires_grad
+        dx, dw, db = F.conv2d_backward(dy, _take(self, "_x"), w.data,
+                                       need=(self.needs_input_grad, train, train and b is not None), **self.conv)
+        self.set_grad(w, dw)
+        self.set_grad(b, db)
         return dx
 
     def extra_repr(self):
@@ -111,9 +96,11 @@ class Linear(Module):
 
     def backward(self, dy):
         w, b = self.params["weight"], self.params["bias"]
-        dx, dw, db = F.linear_backward(dy, _take(self, "_x"), w.data, need=(self.needs_input_grad, True, b is not None))
-        _set_grad(w, dw)
-        _set_grad(b, db)
+        train = w.requires_grad
+        dx, dw, db = F.linear_backward(dy, _take(self, "_x"), w.data,
+                                       need=(self.needs_input_grad, train, train and b is not None))
+        self.set_grad(w, dw)
+        self.set_grad(b, db)
         return dx
 
     def extra_repr(self):
@@ -134,7 +121,8 @@ def _data(p):
 class _BatchNorm(Module):
     """Batch normalization over every dim but C, torch.nn.BatchNorm semantics: batch statistics
     in training (running statistics updated with `momentum`, None = cumulative average), running
-    statistics in eval."""
+    statistics in eval and while frozen (then not updated either). The running statistics are
+    views of the store's buffer array."""
     ndims = ()
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
@@ -147,18 +135,20 @@ class _BatchNorm(Module):
         self.num_batches_tracked = 0
         self._saved = None
 
-    def build(self, device, seed):
-        super().build(device, seed)
-        if self.track_running_stats:
-            self.running_mean = full((self.num_features,), 0.0, device=device)
-            self.running_var = full((self.num_features,), 1.0, device=device)
+    def buffer_specs(self):
+        if not self.track_running_stats:
+            return []
+        return [("running_mean", (self.num_features,), 0.0), ("running_var", (self.num_features,), 1.0)]
+
+    def counters(self):
+        return ["num_batches_tracked"] if self.track_running_stats else []
 
     def forward(self, x, training=True):
         if len(x.shape) not in self.ndims or x.shape[1] != self.num_features:
             raise ValueError(f"x: {type(self).__name__}({self.num_features}) expects {self.ndims[0]}-d input with "
                              f"{self.num_features} channels, got shape {tuple(x.shape)}")
-        batch_stats = training or not self.track_running_stats
-        updating = training and self.track_running_stats
+        batch_stats = (training and not self.frozen) or not self.track_running_stats
+        updating = training and not self.frozen and self.track_running_stats
         if updating:
             self.num_batches_tracked += 1
         # As torch.nn.BatchNorm: momentum=None (a cumulative average) matters only when updating.
@@ -172,22 +162,12 @@ class _BatchNorm(Module):
     def backward(self, dy):
         x, mean, invstd, batch_stats = _take(self, "_saved")
         w, b = self.params["weight"], self.params["bias"]
+        # A frozen affine's gradients come out of the same native pass but are not written.
         dx, dw, db = F.batch_norm_backward(dy, x, _data(w), mean, invstd, batch_stats, has_bias=b is not None)
-        _set_grad(w, dw)
-        _set_grad(b, db)
+        if not self.frozen:
+            self.set_grad(w, dw)
+            self.set_grad(b, db)
         return dx
-
-    def state_dict(self):
-        if not self.track_running_stats:
-            return {}
-        return {"running_mean": to_numpy(self.running_mean), "running_var": to_numpy(self.running_var),
-                "num_batches_tracked": np.int64(self.num_batches_tracked)}
-
-    def load_state_dict(self, state):
-        if self.track_running_stats:
-            copy_(self.running_mean, np.asarray(state["running_mean"], np.float32))
-            copy_(self.running_var, np.asarray(state["running_var"], np.float32))
-            self.num_batches_tracked = int(state["num_batches_tracked"])
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.params['weight'] is not None}"
@@ -218,8 +198,9 @@ class _SampleNorm(Module):
         x, mean, rstd = _take(self, "_saved")
         w, b = self.params["weight"], self.params["bias"]
         dx, dw, db = type(self).backward_fn(dy, x, self.arg, mean, rstd, _data(w), has_bias=b is not None)
-        _set_grad(w, dw)
-        _set_grad(b, db)
+        if not self.frozen:
+            self.set_grad(w, dw)
+            self.set_grad(b, db)
         return dx
 
     def extra_repr(self):
@@ -282,16 +263,67 @@ class LeakyReLU(Module):
         return f"negative_slope={self.negative_slope}"
 
 
+class _Pointwise(Module):
+    """An activation whose backward reads its input: subclasses name the functional pair."""
+    forward_fn = backward_fn = None
+
+    def __init__(self):
+        super().__init__()
+        self._x = None
+
+    def _args(self):
+        return ()
+
+    def forward(self, x, training=True):
+        self._x = x if training else None
+        return type(self).forward_fn(x, *self._args())
+
+    def backward(self, dy):
+        return type(self).backward_fn(dy, _take(self, "_x"), *self._args())
+
+
+class Tanh(_Pointwise):
+    forward_fn, backward_fn = F.tanh_forward, F.tanh_backward
+
+
+class Sigmoid(_Pointwise):
+    forward_fn, backward_fn = F.sigmoid_forward, F.sigmoid_backward
+
+
+class ELU(_Pointwise):
+    """x if x > 0 else alpha * (exp(x) - 1)."""
+    forward_fn, backward_fn = F.elu_forward, F.elu_backward
+
+    def __init__(self, alpha=1.0):
+        super().__init__()
+        self.alpha = finite(alpha, "alpha")
+
+    def _args(self):
+        return (self.alpha,)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+
+class GELU(_Pointwise):
+    """x * Phi(x), the exact (erf) form: torch's GELU(approximate='none')."""
+    forward_fn, backward_fn = F.gelu_forward, F.gelu_backward
+
+
+def _pool_hyper(kernel_size, stride, padding):
+    pair(kernel_size, "kernel_size", 1)
+    if stride is not None:
+        pair(stride, "stride", 1)
+    pair(padding, "padding", 0)
+    return kernel_size, stride, padding
+
+
 class MaxPool2d(Module):
     """Max pooling (floor mode); backward routes each output's gradient to its argmax."""
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        pair(kernel_size, "kernel_size", 1)
-        if stride is not None:
-            pair(stride, "stride", 1)
-        pair(padding, "padding", 0)
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.kernel_size, self.stride, self.padding = _pool_hyper(kernel_size, stride, padding)
         self._saved = None
 
     def forward(self, x, training=True):
@@ -302,6 +334,30 @@ class MaxPool2d(Module):
     def backward(self, dy):
         shape, idx = _take(self, "_saved")
         return F.max_pool2d_backward(dy, idx, shape, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AvgPool2d(Module):
+    """Average pooling (floor mode), torch's count_include_pad=True default (padding counts as zeros)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = _pool_hyper(kernel_size, stride, padding)
+        self.count_include_pad = boolean(count_include_pad, "count_include_pad")
+        self._shape = None
+
+    def _hyper(self):
+        return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                    count_include_pad=self.count_include_pad)
+
+    def forward(self, x, training=True):
+        self._shape = tuple(x.shape) if training else None
+        return F.avg_pool2d_forward(x, **self._hyper())
+
+    def backward(self, dy):
+        return F.avg_pool2d_backward(dy, _take(self, "_shape"), **self._hyper())
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -349,8 +405,7 @@ class Dropout(Module):
         self.offset = 0
         self._saved = None
 
-    def build(self, device, seed):
-        super().build(device, seed)
+    def build_state(self, device, seed):
         self.seed = int(seed)
 
     def forward(self, x, training=True):
@@ -366,10 +421,10 @@ class Dropout(Module):
         offset = _take(self, "_saved")
         return dy if self.p == 0.0 else F.dropout_backward(dy, self.p, self.seed, offset)
 
-    def state_dict(self):
-        return {"seed": np.uint64(self.seed), "offset": np.uint64(self.offset)}
+    def own_extra_state(self):
+        return {"seed": self.seed, "offset": self.offset}
 
-    def load_state_dict(self, state):
+    def load_own_extra_state(self, state):
         self.seed, self.offset = int(state["seed"]), int(state["offset"])
 
     def extra_repr(self):

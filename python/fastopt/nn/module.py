@@ -2,26 +2,47 @@
 
 A module's forward(x, training) keeps what its backward needs on the module itself; backward(dout)
 uses it once, writes the parameter gradients into their slots and returns d(input). No autograd
-tape: a network is a Sequential, and training is forward, loss, backward, one optimizer step.
+tape: a network is a tree of containers (Sequential, Residual) over layers, and training is
+forward, loss, backward, one optimizer step.
 
-Parameters live in one contiguous buffer per device, and their gradients in a second one:
-`Sequential.build` lays the parameters out (those with weight decay first, then biases and
-normalization affines), draws their initial values on the host from one seed, copies them to the
-device once, and hands each Parameter a view of its slice. The optimizer then steps two flat
-tensors, a single native call (one launch on the GPU) however many layers there are.
+Names follow torch for the same structure: a Sequential's children are "0", "1", ..., a
+Residual's "body" and "shortcut", a layer's parameters "weight" and "bias" and batch norm's
+buffers "running_mean", "running_var" and "num_batches_tracked". So `state_dict()` of a fastopt
+model and of the torch model of the same structure have the same keys, and load into each other.
+
+Parameters live in one contiguous buffer per device, and their gradients in a second one; the
+float buffers (batch norm's running statistics) in a third. `build` (on the root of the tree)
+lays the parameters out (those with weight decay first, then biases and normalization affines),
+draws their initial values on the host from one seed, copies them to the device once, and hands
+each Parameter a view of its slice. The optimizer then steps a few flat tensors, a single
+native call (one launch on the GPU) however many layers there are, and weight averaging
+(optim.EMA) covers parameters and statistics in one call too.
+
+Transfer learning: `freeze()` marks a subtree's parameters as not trained. The store's
+`param_groups` leaves them out (so the optimizer never touches them or keeps state for them),
+backward skips their weight-gradient kernels, a frozen batch norm normalizes with its running
+statistics and leaves them as they are, and backward stops at the first layer below which
+nothing trains.
 """
+from collections import namedtuple
+from collections.abc import Mapping
+
 import numpy as np
 
 from .. import _arrays
+from .. import functional as F
 from .._args import boolean, integer, shape as _shape
 from .._arrays import copy_, to_numpy
 
-__all__ = ["Parameter", "Module", "Sequential", "ParameterStore"]
+__all__ = ["Parameter", "Module", "IncompatibleKeys"]
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
 class Parameter:
     """A learnable tensor: its shape, initializer (rng, shape) -> float32 array, and whether weight
-    decay applies. `data` and `grad` are views into the store's flat buffers once built."""
+    decay applies. `data` and `grad` are views into the store's flat buffers once built;
+    `requires_grad` is False while its module is frozen."""
 
     def __init__(self, shape, init, decay=True):
         self.shape = _shape(shape, "shape", 0)
@@ -29,6 +50,7 @@ class Parameter:
             raise TypeError(f"init: expected an initializer (rng, shape) -> array, got {type(init).__name__}")
         self.init = init
         self.decay = boolean(decay, "decay")
+        self.requires_grad = True
         self.data = None
         self.grad = None
 
@@ -37,156 +59,285 @@ class Parameter:
         return int(np.prod(self.shape))
 
     def __repr__(self):
-        return f"Parameter(shape={self.shape}, decay={self.decay})"
+        return f"Parameter(shape={self.shape}, decay={self.decay}{'' if self.requires_grad else ', frozen'})"
 
 
-def _view(flat, start, shape):
-    return flat[start:start + int(np.prod(shape))].reshape(tuple(shape))
+def take_saved(module, name):
+    """The state a forward saved for backward, used exactly once."""
+    value = getattr(module, name, None)
+    if value is None:
+        raise RuntimeError(f"{type(module).__name__}.backward: no saved forward state (call forward with "
+                           "training=True before each backward)")
+    setattr(module, name, None)
+    return value
+
+
+def _join(prefix, name):
+    return f"{prefix}.{name}" if prefix else name
 
 
 class Module:
     """Base: subclasses set `self.params` (name -> Parameter or None) in __init__ and implement
-    forward/backward. `needs_input_grad` is cleared by Sequential for the first layer, whose
-    input is data: its d(input) is never computed."""
+    forward/backward; containers list their submodules in children(). `needs_input_grad` is set
+    at build and by freeze(): False where nothing below the module trains and its input is data,
+    so its d(input) is never computed."""
 
     def __init__(self):
         self.params = {}
         self.device = "cpu"
         self.needs_input_grad = True
+        self.frozen = False
+        self.store = None  # the ParameterStore of the tree this module was built in
+
+    # ---------------------------------------------------------------------------- the tree
+    def children(self):
+        """[(name, module)] of the direct submodules, in torch's registration order."""
+        return []
+
+    def named_modules(self, prefix=""):
+        """[(name, module)], this module first ("" at the root), then each subtree in order."""
+        out = [(prefix, self)]
+        for name, child in self.children():
+            out += child.named_modules(_join(prefix, name))
+        return out
+
+    def modules(self):
+        return [m for _, m in self.named_modules()]
+
+    def named_parameters(self, prefix=""):
+        """[(name, Parameter)] with torch's names ("3.body.0.weight") and order."""
+        return [(_join(p, k), param) for p, m in self.named_modules(prefix)
+                for k, param in m.params.items() if param is not None]
 
     def parameters(self):
-        return [p for p in self.params.values() if p is not None]
+        return [p for _, p in self.named_parameters()]
 
-    def build(self, device, seed):
-        """Allocate what is not a parameter (running statistics, ...) on `device`."""
-        self.device = device
+    def buffer_specs(self):
+        """[(name, shape, initial value)] of this module's own float32 buffers (running
+        statistics), allocated by build as views of the store's buffer array."""
+        return []
 
+    def counters(self):
+        """Names of this module's own int64 scalar buffers (batch norm's num_batches_tracked)."""
+        return []
+
+    def named_buffers(self, prefix=""):
+        """[(name, array or int)] of every buffer in the tree, torch's names and order."""
+        out = []
+        for p, m in self.named_modules(prefix):
+            out += [(_join(p, k), getattr(m, k)) for k, _, _ in m.buffer_specs()]
+            out += [(_join(p, k), getattr(m, k)) for k in m.counters()]
+        return out
+
+    def trainable(self):
+        return any(p.requires_grad for p in self.parameters())
+
+    # -------------------------------------------------------------------------- building
+    def build(self, device="cpu", seed=0, input_grad=False):
+        """Allocate the parameters (one flat buffer on `device`, drawn from `seed`), the buffers
+        and every module's state; returns the ParameterStore. input_grad=False skips d(input) of
+        the first layer (its input is data). Only the root of a tree is built."""
+        device = _arrays.canonical_device(device)
+        seed, input_grad = integer(seed, "seed", 0), boolean(input_grad, "input_grad")
+        modules = self.named_modules()
+        owners = {}
+        for name, m in modules:
+            if id(m) in owners:
+                raise ValueError(f"build: module {name!r} also appears as {owners[id(m)]!r}; a module can sit in "
+                                 "one place of a network only (build a second one for the other place)")
+            owners[id(m)] = name
+        seeds = np.random.SeedSequence(seed).spawn(len(modules))
+        from .store import ParameterStore  # the store lays out a tree of Modules
+
+        self.store = ParameterStore(self, device, seeds[0], input_grad)
+        for (_, m), s in zip(modules, seeds):
+            m.device, m.store = device, self.store
+            m.build_state(device, int(s.generate_state(1, np.uint64)[0]))
+        self.store.replan()
+        return self.store
+
+    def build_state(self, device, seed):
+        """Per-module state that is neither a parameter nor a buffer (a dropout seed)."""
+
+    def _require_built(self, what):
+        if self.store is None:
+            raise RuntimeError(f"{what}: {type(self).__name__} is not built yet; call build(device, seed) on the "
+                               "whole network first")
+
+    def plan(self, needs_input_grad):
+        """Set which d(input) the backward pass computes (containers pass it down)."""
+        self.needs_input_grad = needs_input_grad
+
+    # ------------------------------------------------------------------- forward/backward
     def forward(self, x, training=True):
         raise NotImplementedError
 
     def backward(self, dout):
         raise NotImplementedError
 
-    # Extra state a checkpoint needs besides the parameters (running statistics, RNG offsets).
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
     def __call__(self, x, training=True):
         return self.forward(x, training)
+
+    def _begin_backward(self, accumulate):
+        """Containers' backward starts here: at the root it sets the store's accumulate mode."""
+        if self.store is not None and self.store.root is self:
+            self.store.begin_backward(accumulate)
+        elif accumulate:
+            raise ValueError("accumulate: only the root of a built network takes it (its backward sets the mode "
+                             "for every layer)")
+
+    def set_grad(self, param, value):
+        """Write (or, in an accumulating backward, add) a gradient into its slot."""
+        if param is None or value is None:
+            return
+        if self.store.accumulate:
+            F.axpby_(param.grad, value, 1.0, 1.0)
+        else:
+            copy_(param.grad, value)
+
+    def zero_grad(self):
+        """Zero the gradients of this module's parameters (the whole store at the root)."""
+        self._require_built("zero_grad")
+        if self.store.root is self:
+            self.store.zero_grad()
+        else:
+            for p in self.parameters():
+                F.axpby_(p.grad, p.grad, 0.0, 0.0)
+
+    # --------------------------------------------------------------- transfer learning
+    def freeze(self):
+        """Stop training this module and everything below it: no weight gradients, batch norm
+        on its running statistics (not updated), and the store's param_groups leave the
+        parameters out. Build (and load the pretrained weights) first; build the optimizer
+        after freezing."""
+        return self._set_frozen(True, "freeze")
+
+    def unfreeze(self):
+        """Train this subtree again (give the optimizer its parameters: store.param_groups)."""
+        return self._set_frozen(False, "unfreeze")
+
+    def _set_frozen(self, frozen, what):
+        self._require_built(what)
+        for m in self.modules():
+            m.frozen = frozen
+            for p in m.params.values():
+                if p is not None:
+                    p.requires_grad = not frozen
+        self.store.replan()
+        return self
+
+    # --------------------------------------------------------------------- state dicts
+    def state_dict(self):
+        """{name: NumPy copy} of every parameter and buffer, torch's keys and order (the int64
+        num_batches_tracked as a 0-d array, as torch's tensor becomes)."""
+        self._require_built("state_dict")
+        out = {}
+        for p, m in self.named_modules():
+            for k, param in m.params.items():
+                if param is not None:
+                    out[_join(p, k)] = to_numpy(param.data)
+            for k, _, _ in m.buffer_specs():
+                out[_join(p, k)] = to_numpy(getattr(m, k))
+            for k in m.counters():
+                out[_join(p, k)] = np.asarray(getattr(m, k), np.int64)
+        return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy parameters and buffers from {name: array} (a fastopt or torch state_dict, torch
+        tensors or NumPy arrays). Everything is checked before anything changes: with strict, a
+        missing or unexpected key raises RuntimeError as torch does; a shape that differs, or a
+        value that is not a real array, raises RuntimeError either way. strict=False loads what
+        matches (a new head keeps its initialization) and returns IncompatibleKeys."""
+        self._require_built("load_state_dict")
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict: expected a dict of arrays, got {type(state_dict).__name__}")
+        strict = boolean(strict, "strict")
+        targets = {}
+        for p, m in self.named_modules():
+            for k, param in m.params.items():
+                if param is not None:
+                    targets[_join(p, k)] = ("param", param, param.shape)
+            for k, shape, _ in m.buffer_specs():
+                targets[_join(p, k)] = ("buffer", (m, k), tuple(shape))
+            for k in m.counters():
+                targets[_join(p, k)] = ("counter", (m, k), ())
+        missing = [k for k in targets if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in targets]
+        errors = []
+        if strict and missing:
+            errors.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
+        if strict and unexpected:
+            errors.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
+        values = {}
+        for key, (kind, _, shape) in targets.items():
+            if key in state_dict:
+                value, problem = _loadable(state_dict[key], shape, kind)
+                if problem == "size mismatch":  # torch's wording
+                    errors.append(f"size mismatch for {key}: copying a param with shape "
+                                  f"{tuple(np.shape(state_dict[key]))} from checkpoint, the shape in current model "
+                                  f"is {tuple(shape)}.")
+                elif problem:
+                    errors.append(f"{key}: {problem}")
+                values[key] = value
+        if errors:
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors))
+        for key, value in values.items():
+            kind, target, _ = targets[key]
+            if kind == "param":
+                copy_(target.data, value)
+            elif kind == "buffer":
+                copy_(getattr(*target), value)
+            else:
+                setattr(*target, int(value))
+        return IncompatibleKeys(missing, unexpected)
+
+    # Dropout-like layers keep RNG positions a checkpoint needs; torch's state_dict has no place
+    # for them, so they travel separately.
+    def extra_state(self):
+        """{name: int} of every module's RNG state (dropout seed and stream offset)."""
+        out = {}
+        for p, m in self.named_modules():
+            out.update({_join(p, k): v for k, v in m.own_extra_state().items()})
+        return out
+
+    def load_extra_state(self, state):
+        for p, m in self.named_modules():
+            mine = {k: state[_join(p, k)] for k in m.own_extra_state() if _join(p, k) in state}
+            if mine:
+                m.load_own_extra_state(mine)
+
+    def own_extra_state(self):
+        return {}
+
+    def load_own_extra_state(self, state):
+        pass
 
     def extra_repr(self):
         return ""
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.extra_repr()})"
+        children = self.children()
+        if not children:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        inner = "\n".join(f"  ({name}) " + repr(m).replace("\n", "\n  ") for name, m in children)
+        return f"{type(self).__name__}({self.extra_repr()}\n{inner}\n)"
 
 
-class ParameterStore:
-    """The flat parameter and gradient buffers of a built model.
-
-    `tensors` / `grads` are the optimizer's inputs: [decayed, not decayed] flat views (an empty
-    part left out), aligned with `param_groups(weight_decay)`."""
-
-    def __init__(self, parameters, device, seed):
-        self.device = device
-        self.parameters = sorted(parameters, key=lambda p: not p.decay)  # stable: decayed first
-        self.size = sum(p.size for p in self.parameters)
-        self.num_decay = sum(p.size for p in self.parameters if p.decay)
-        rng = np.random.default_rng(seed)
-        host = np.empty(self.size, np.float32)
-        start = 0
-        # Drawn in construction order, so the values do not depend on the decay layout.
-        offsets = {}
-        for p in self.parameters:
-            offsets[id(p)] = start
-            start += p.size
-        for p in parameters:
-            value = np.asarray(p.init(rng, p.shape), np.float32)
-            if value.shape != p.shape:
-                raise ValueError(f"init: returned shape {value.shape} for a parameter of shape {p.shape}")
-            host[offsets[id(p)]:offsets[id(p)] + p.size] = value.ravel()
-        self.data = host if device == "cpu" else _arrays.to_device(host, device)
-        self.grad = _arrays.zeros((self.size,), np.float32, device)
-        for p in self.parameters:
-            p.data = _view(self.data, offsets[id(p)], p.shape)
-            p.grad = _view(self.grad, offsets[id(p)], p.shape)
-        parts = [(0, self.num_decay), (self.num_decay, self.size)]
-        self._parts = [(a, b) for a, b in parts if b > a]
-        self.tensors = [self.data[a:b] for a, b in self._parts]
-        self.grads = [self.grad[a:b] for a, b in self._parts]
-
-    def param_groups(self, weight_decay):
-        """Optimizer groups over `tensors`: weight decay on weights, none on biases and norm affines."""
-        return [{"params": [t], "weight_decay": weight_decay if a == 0 and self.num_decay else 0.0}
-                for t, (a, _) in zip(self.tensors, self._parts)]
-
-    def numpy(self):
-        return to_numpy(self.data)
-
-    def load(self, values):
-        values = np.asarray(values, np.float32)
-        if values.shape != (self.size,):
-            raise ValueError(f"params: expected {self.size} values, got shape {values.shape}")
-        copy_(self.data, values)
-
-
-class Sequential(Module):
-    """Layers applied in order; backward runs them in reverse."""
-
-    def __init__(self, *layers):
-        super().__init__()
-        self.layers = list(layers)
-        for i, layer in enumerate(self.layers):
-            if not isinstance(layer, Module):
-                raise TypeError(f"layers[{i}]: expected a fastopt.nn.Module, got {type(layer).__name__}")
-        self.store = None
-
-    def parameters(self):
-        return [p for layer in self.layers for p in layer.parameters()]
-
-    def build(self, device="cpu", seed=0, input_grad=False):
-        """Allocate the parameters (one flat buffer on `device`, drawn from `seed`) and every
-        layer's state; returns the ParameterStore. input_grad=False skips d(input) of the first
-        layer (its input is data)."""
-        device = _arrays.canonical_device(device)
-        seed, input_grad = integer(seed, "seed", 0), boolean(input_grad, "input_grad")
-        self.device = device
-        seeds = np.random.SeedSequence(seed).spawn(len(self.layers) + 1)
-        self.store = ParameterStore(self.parameters(), device, seeds[0])
-        for i, layer in enumerate(self.layers):
-            layer.build(device, int(seeds[i + 1].generate_state(1, np.uint64)[0]))
-        if self.layers:
-            self.layers[0].needs_input_grad = input_grad
-        return self.store
-
-    def forward(self, x, training=True):
-        for layer in self.layers:
-            x = layer.forward(x, training)
-        return x
-
-    def backward(self, dout):
-        for layer in reversed(self.layers):
-            dout = layer.backward(dout)
-        return dout
-
-    def state_dict(self):
-        """Parameters (flat) and every layer's extra state, as NumPy values."""
-        out = {"params": self.store.numpy()}
-        for i, layer in enumerate(self.layers):
-            for key, value in layer.state_dict().items():
-                out[f"{i}.{key}"] = value
-        return out
-
-    def load_state_dict(self, state):
-        self.store.load(state["params"])
-        for i, layer in enumerate(self.layers):
-            prefix = f"{i}."
-            mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            layer.load_state_dict(mine)
-
-    def __repr__(self):
-        inner = "\n".join(f"  ({i}) {layer!r}" for i, layer in enumerate(self.layers))
-        return f"Sequential(\n{inner}\n)"
+def _loadable(value, shape, kind):
+    """(float32 or int array, None) or (None, what is wrong)."""
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except Exception as e:  # noqa: BLE001 - anything unconvertible is reported by name
+        return None, f"not an array ({type(e).__name__}: {e})"
+    if array.dtype.kind not in "fiu":
+        return None, f"expected a real-valued array, got dtype {array.dtype}"
+    if tuple(array.shape) != tuple(shape) and not (kind == "counter" and array.size == 1):
+        return None, "size mismatch"
+    if kind == "counter":
+        count = array.reshape(()).item()
+        if count != int(count) or count < 0:
+            return None, f"expected a count >= 0, got {count!r}"
+        return int(count), None
+    return np.ascontiguousarray(array, np.float32), None

@@ -10,7 +10,7 @@ import numpy as np
 from .conv import pair
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "global_avg_pool_forward", "global_avg_pool_backward",
-           "pool_output_size"]
+           "avg_pool2d_forward", "avg_pool2d_backward", "pool_output_size"]
 
 
 def pool_output_size(h, w, kernel_size, stride, padding):
@@ -65,3 +65,34 @@ def global_avg_pool_forward(x):
 def global_avg_pool_backward(dy, input_shape):
     n, c, h, w = input_shape
     return np.broadcast_to(np.asarray(dy, np.float64)[:, :, None, None] / (h * w), (n, c, h, w)).copy()
+
+
+def _avg_windows(x_shape, kernel_size, stride, padding, count_include_pad):
+    """For each output (p, q): the clipped row and column ranges of its window, and its divisor."""
+    hyper = _hyper(kernel_size, stride, padding)
+    (kh, kw), (sh, sw), (ph, pw) = hyper
+    h, w = x_shape[2], x_shape[3]
+    p, q = pool_output_size(h, w, *hyper)
+    for i in range(p):
+        r0, r1 = max(i * sh - ph, 0), min(i * sh - ph + kh, h)
+        for j in range(q):
+            c0, c1 = max(j * sw - pw, 0), min(j * sw - pw + kw, w)
+            yield i, j, (r0, r1, c0, c1), (kh * kw if count_include_pad else (r1 - r0) * (c1 - c0))
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """torch's definition: the window's sum over the plane (padding counts as zeros) / divisor."""
+    x = np.asarray(x, np.float64)
+    p, q = pool_output_size(x.shape[2], x.shape[3], *_hyper(kernel_size, stride, padding))
+    y = np.zeros(x.shape[:2] + (p, q))
+    for i, j, (r0, r1, c0, c1), div in _avg_windows(x.shape, kernel_size, stride, padding, count_include_pad):
+        y[:, :, i, j] = x[:, :, r0:r1, c0:c1].sum(axis=(2, 3)) / div
+    return y
+
+
+def avg_pool2d_backward(dy, input_shape, kernel_size, stride=None, padding=0, count_include_pad=True):
+    dy = np.asarray(dy, np.float64)
+    dx = np.zeros(tuple(input_shape))
+    for i, j, (r0, r1, c0, c1), div in _avg_windows(input_shape, kernel_size, stride, padding, count_include_pad):
+        dx[:, :, r0:r1, c0:c1] += dy[:, :, i, j][:, :, None, None] / div
+    return dx
