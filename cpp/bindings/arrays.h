@@ -64,6 +64,22 @@ inline ArrayView view_f32(py::handle obj, const ArgName& name, bool writable) {
 // TypeError naming the argument; bf16 on a GPU raises TypeError "not yet" (require_host_lowp).
 ArrayView view_floating(py::handle obj, const ArgName& name, bool writable);
 
+// Calls f(float{}) or f(bf16{}) for the dtype of a view_floating array v, so that one generic
+// lambda instantiates an op's kernel call for both storage types.
+template <class F>
+void by_floating_dtype(const ArrayView& v, F&& f) {
+  if (v.dtype == DType::bf16)
+    f(bf16{});
+  else
+    f(float{});
+}
+
+// v's data as a T array (T: the storage type the view's dtype holds).
+template <class T>
+const T* data_as(const ArrayView& v) {
+  return static_cast<const T*>(v.data);
+}
+
 // TypeError naming b unless b has a's dtype: ops that need one dtype never mix (or convert) them.
 void require_same_dtype(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn);
 

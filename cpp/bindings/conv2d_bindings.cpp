@@ -1,6 +1,9 @@
 // Python entry points of the conv2d family: _C.conv2d_forward and _C.conv2d_backward. Each
 // validates shapes and hyper-parameters against the interface (fastopt/conv2d.h), allocates the
 // outputs on the inputs' device, releases the GIL and dispatches to the CPU or CUDA backend.
+// dtypes: x, w, b and dy all float32 or all bfloat16 (CPU only: view_floating refuses bf16 on a
+// GPU, "not yet"); a mix raises TypeError naming the odd one. y and dx take the inputs' dtype,
+// dw and db are float32 either way (fp32 master gradients).
 #include <pybind11/stl.h>
 
 #include <array>
@@ -78,32 +81,35 @@ Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair
   return s;
 }
 
-float* data_of(py::handle out, const char* name) { return static_cast<float*>(view_f32(out, ArgName{name}, true).data); }
+void* data_of(py::handle out, const char* name) { return view_array(out, ArgName{name}, true, nullptr).data; }
 
 py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, Pair stride, Pair padding,
                           Pair dilation, int64_t groups, bool allow_tf32, uintptr_t stream) {
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
-  const ArrayView w = view_f32(w_obj, ArgName{"w"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView w = view_floating(w_obj, ArgName{"w"}, false);
   require_same_device(x, ArgName{"x"}, w, ArgName{"w"});
+  require_same_dtype(x, ArgName{"x"}, w, ArgName{"w"});
   const Conv2dShape s = conv_shape(x, w, stride, padding, dilation, groups);
-  const float* b = nullptr;
+  const void* b = nullptr;
   if (!b_obj.is_none()) {
-    const ArrayView bv = view_f32(b_obj, ArgName{"b"}, false);
+    const ArrayView bv = view_floating(b_obj, ArgName{"b"}, false);
     require_same_device(x, ArgName{"x"}, bv, ArgName{"b"});
+    require_same_dtype(x, ArgName{"x"}, bv, ArgName{"b"});
     if (bv.shape != std::vector<int64_t>{s.K})
       raise_value("b: expected shape (" + std::to_string(s.K) + ",), one bias per output channel, got " + shape_str(bv.shape));
-    b = static_cast<const float*>(bv.data);
+    b = bv.data;
   }
   // Only padding can make the output plane larger than the input's; else N * K makes the size.
   const char* source = s.pad_h > s.H || s.pad_w > s.W ? "padding" : "x and w";
-  py::object y = new_array({s.N, s.K, s.P, s.Q}, DType::f32, x.device, stream, "y", source);
-  float* yp = data_of(y, "y");
-  const auto* xp = static_cast<const float*>(x.data);
-  const auto* wp = static_cast<const float*>(w.data);
+  py::object y = new_array({s.N, s.K, s.P, s.Q}, x.dtype, x.device, stream, "y", source);
+  void* yp = data_of(y, "y");
   if (x.device == kCPU) {
     {
       py::gil_scoped_release nogil;
-      cpu::conv2d_forward(s, xp, wp, b, yp);
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        cpu::conv2d_forward(s, data_as<T>(x), data_as<T>(w), static_cast<const T*>(b), static_cast<T*>(yp));
+      });
     }
     return y;
   }
@@ -111,7 +117,8 @@ py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
   {
     py::gil_scoped_release nogil;
     cuda::set_device(x.device);
-    cuda::conv2d_forward(s, xp, wp, b, yp, allow_tf32, reinterpret_cast<void*>(stream));
+    cuda::conv2d_forward(s, data_as<float>(x), data_as<float>(w), static_cast<const float*>(b), static_cast<float*>(yp),
+                         allow_tf32, reinterpret_cast<void*>(stream));
   }
   return y;
 #else
@@ -123,30 +130,33 @@ py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
 py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj, Pair stride, Pair padding,
                           Pair dilation, int64_t groups, bool need_dx, bool need_dw, bool need_db, bool allow_tf32,
                           uintptr_t stream) {
-  const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
-  const ArrayView w = view_f32(w_obj, ArgName{"w"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView w = view_floating(w_obj, ArgName{"w"}, false);
   require_same_device(x, ArgName{"x"}, w, ArgName{"w"});
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
+  require_same_dtype(x, ArgName{"x"}, w, ArgName{"w"});
+  require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
   const Conv2dShape s = conv_shape(x, w, stride, padding, dilation, groups);
   const std::vector<int64_t> yshape{s.N, s.K, s.P, s.Q};
   if (dy.shape != yshape)
     raise_value("dy: expected the output shape " + shape_str(yshape) + " of this convolution, got " + shape_str(dy.shape));
 
   py::object dx = py::none(), dw = py::none(), db = py::none();
-  float *dxp = nullptr, *dwp = nullptr, *dbp = nullptr;
-  if (need_dx) dxp = data_of(dx = new_array(x.shape, DType::f32, x.device, stream, "dx", "x"), "dx");
-  if (need_dw) dwp = data_of(dw = new_array(w.shape, DType::f32, x.device, stream, "dw", "w"), "dw");
-  if (need_db) dbp = data_of(db = new_array({s.K}, DType::f32, x.device, stream, "db", "w"), "db");
-  const auto* dyp = static_cast<const float*>(dy.data);
-  const auto* xp = static_cast<const float*>(x.data);
-  const auto* wp = static_cast<const float*>(w.data);
+  void* dxp = nullptr;
+  float *dwp = nullptr, *dbp = nullptr;
+  if (need_dx) dxp = data_of(dx = new_array(x.shape, x.dtype, x.device, stream, "dx", "x"), "dx");
+  if (need_dw) dwp = static_cast<float*>(data_of(dw = new_array(w.shape, DType::f32, x.device, stream, "dw", "w"), "dw"));
+  if (need_db) dbp = static_cast<float*>(data_of(db = new_array({s.K}, DType::f32, x.device, stream, "db", "w"), "db"));
   if (x.device == kCPU) {
     {
       py::gil_scoped_release nogil;
-      if (dxp) cpu::conv2d_backward_data(s, dyp, wp, dxp);
-      if (dwp) cpu::conv2d_backward_weight(s, dyp, xp, dwp);
-      if (dbp) cpu::conv2d_backward_bias(s, dyp, dbp);
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        if (dxp) cpu::conv2d_backward_data(s, data_as<T>(dy), data_as<T>(w), static_cast<T*>(dxp));
+        if (dwp) cpu::conv2d_backward_weight(s, data_as<T>(dy), data_as<T>(x), dwp);
+        if (dbp) cpu::conv2d_backward_bias(s, data_as<T>(dy), dbp);
+      });
     }
     return py::make_tuple(dx, dw, db);
   }
@@ -154,8 +164,9 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
   {
     py::gil_scoped_release nogil;
     void* st = reinterpret_cast<void*>(stream);
+    const auto *dyp = data_as<float>(dy), *xp = data_as<float>(x), *wp = data_as<float>(w);
     cuda::set_device(x.device);
-    if (dxp) cuda::conv2d_backward_data(s, dyp, wp, dxp, allow_tf32, st);
+    if (dxp) cuda::conv2d_backward_data(s, dyp, wp, static_cast<float*>(dxp), allow_tf32, st);
     if (dwp) cuda::conv2d_backward_weight(s, dyp, xp, dwp, allow_tf32, st);
     if (dbp) cuda::conv2d_backward_bias(s, dyp, dbp, st);
   }
@@ -172,11 +183,12 @@ void bind_conv2d(py::module_& m) {
   m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("allow_tf32") = false,
         py::arg("stream") = 0,
-        "y = conv2d(x, w, b) in NCHW float32; stride, padding, dilation are (h, w) pairs.");
+        "y = conv2d(x, w, b) in NCHW float32 or bfloat16 (CPU); stride, padding, dilation are (h, w) pairs.");
   m.def("conv2d_backward", &conv2d_backward, py::arg("dy"), py::arg("x"), py::arg("w"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("need_dx") = true,
         py::arg("need_dw") = true, py::arg("need_db") = true, py::arg("allow_tf32") = false, py::arg("stream") = 0,
-        "(dx, dw, db) of conv2d for the output gradient dy; an output not asked for is None.");
+        "(dx, dw, db) of conv2d for the output gradient dy (dx in the inputs' dtype, dw and db float32); "
+        "an output not asked for is None.");
 }
 
 }  // namespace fastopt

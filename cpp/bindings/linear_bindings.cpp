@@ -1,6 +1,9 @@
 // Python entry points of the linear family: _C.linear_forward and _C.linear_backward. Each
 // validates shapes against the interface (fastopt/linear.h), allocates the outputs on the
 // inputs' device, releases the GIL and dispatches to the CPU or CUDA backend.
+// dtypes: x, weight, bias and dy all float32 or all bfloat16 (CPU only: view_floating refuses
+// bf16 on a GPU, "not yet"); a mix raises TypeError naming the odd one. y and dx take the
+// inputs' dtype, dweight and dbias are float32 either way (fp32 master gradients).
 #include <pybind11/pybind11.h>
 
 #include <string>
@@ -29,30 +32,33 @@ LinearShape linear_shape(const ArrayView& x, const ArrayView& w) {
   return LinearShape{x.shape[0], x.shape[1], w.shape[0]};
 }
 
-float* data_of(py::handle out, const char* name) { return static_cast<float*>(view_f32(out, ArgName{name}, true).data); }
+void* data_of(py::handle out, const char* name) { return view_array(out, ArgName{name}, true, nullptr).data; }
 
 py::object linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, uintptr_t stream) {
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
-  const ArrayView w = view_f32(w_obj, ArgName{"weight"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView w = view_floating(w_obj, ArgName{"weight"}, false);
   require_same_device(x, ArgName{"x"}, w, ArgName{"weight"});
+  require_same_dtype(x, ArgName{"x"}, w, ArgName{"weight"});
   const LinearShape s = linear_shape(x, w);
-  const float* b = nullptr;
+  const void* b = nullptr;
   if (!b_obj.is_none()) {
-    const ArrayView bv = view_f32(b_obj, ArgName{"bias"}, false);
+    const ArrayView bv = view_floating(b_obj, ArgName{"bias"}, false);
     require_same_device(x, ArgName{"x"}, bv, ArgName{"bias"});
+    require_same_dtype(x, ArgName{"x"}, bv, ArgName{"bias"});
     if (bv.shape != std::vector<int64_t>{s.out})
       raise_value("bias: expected shape (" + std::to_string(s.out) + ",), one per output feature, got " +
                   shape_str(bv.shape));
-    b = static_cast<const float*>(bv.data);
+    b = bv.data;
   }
-  py::object y = new_array({s.N, s.out}, DType::f32, x.device, stream, "y", "x and weight");
-  float* yp = data_of(y, "y");
-  const auto* xp = static_cast<const float*>(x.data);
-  const auto* wp = static_cast<const float*>(w.data);
+  py::object y = new_array({s.N, s.out}, x.dtype, x.device, stream, "y", "x and weight");
+  void* yp = data_of(y, "y");
   if (x.device == kCPU) {
     {
       py::gil_scoped_release nogil;
-      cpu::linear_forward(s, xp, wp, b, yp);
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        cpu::linear_forward(s, data_as<T>(x), data_as<T>(w), static_cast<const T*>(b), static_cast<T*>(yp));
+      });
     }
     return y;
   }
@@ -60,7 +66,8 @@ py::object linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
   {
     py::gil_scoped_release nogil;
     cuda::set_device(x.device);
-    cuda::linear_forward(s, xp, wp, b, yp, reinterpret_cast<void*>(stream));
+    cuda::linear_forward(s, data_as<float>(x), data_as<float>(w), static_cast<const float*>(b), static_cast<float*>(yp),
+                         reinterpret_cast<void*>(stream));
   }
   return y;
 #else
@@ -70,11 +77,13 @@ py::object linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
 
 py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj, bool need_dx, bool need_dw,
                           bool need_db, uintptr_t stream) {
-  const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
-  const ArrayView w = view_f32(w_obj, ArgName{"weight"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView w = view_floating(w_obj, ArgName{"weight"}, false);
   require_same_device(x, ArgName{"x"}, w, ArgName{"weight"});
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
+  require_same_dtype(x, ArgName{"x"}, w, ArgName{"weight"});
+  require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
   const LinearShape s = linear_shape(x, w);
   const std::vector<int64_t> yshape{s.N, s.out};
   if (dy.shape != yshape)
@@ -82,19 +91,22 @@ py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
                 shape_str(w.shape) + ", got " + shape_str(dy.shape));
 
   py::object dx = py::none(), dw = py::none(), db = py::none();
-  float *dxp = nullptr, *dwp = nullptr, *dbp = nullptr;
-  if (need_dx) dxp = data_of(dx = new_array(x.shape, DType::f32, x.device, stream, "dx", "x"), "dx");
-  if (need_dw) dwp = data_of(dw = new_array(w.shape, DType::f32, x.device, stream, "dweight", "weight"), "dweight");
-  if (need_db) dbp = data_of(db = new_array({s.out}, DType::f32, x.device, stream, "dbias", "weight"), "dbias");
-  const auto* dyp = static_cast<const float*>(dy.data);
-  const auto* xp = static_cast<const float*>(x.data);
-  const auto* wp = static_cast<const float*>(w.data);
+  void* dxp = nullptr;
+  float *dwp = nullptr, *dbp = nullptr;
+  if (need_dx) dxp = data_of(dx = new_array(x.shape, x.dtype, x.device, stream, "dx", "x"), "dx");
+  if (need_dw)
+    dwp = static_cast<float*>(data_of(dw = new_array(w.shape, DType::f32, x.device, stream, "dweight", "weight"), "dweight"));
+  if (need_db)
+    dbp = static_cast<float*>(data_of(db = new_array({s.out}, DType::f32, x.device, stream, "dbias", "weight"), "dbias"));
   if (x.device == kCPU) {
     {
       py::gil_scoped_release nogil;
-      if (dxp) cpu::linear_backward_data(s, dyp, wp, dxp);
-      if (dwp) cpu::linear_backward_weight(s, dyp, xp, dwp);
-      if (dbp) cpu::linear_backward_bias(s, dyp, dbp);
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        if (dxp) cpu::linear_backward_data(s, data_as<T>(dy), data_as<T>(w), static_cast<T*>(dxp));
+        if (dwp) cpu::linear_backward_weight(s, data_as<T>(dy), data_as<T>(x), dwp);
+        if (dbp) cpu::linear_backward_bias(s, data_as<T>(dy), dbp);
+      });
     }
     return py::make_tuple(dx, dw, db);
   }
@@ -102,8 +114,9 @@ py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
   {
     py::gil_scoped_release nogil;
     void* st = reinterpret_cast<void*>(stream);
+    const auto *dyp = data_as<float>(dy), *xp = data_as<float>(x), *wp = data_as<float>(w);
     cuda::set_device(x.device);
-    if (dxp) cuda::linear_backward_data(s, dyp, wp, dxp, st);
+    if (dxp) cuda::linear_backward_data(s, dyp, wp, static_cast<float*>(dxp), st);
     if (dwp) cuda::linear_backward_weight(s, dyp, xp, dwp, st);
     if (dbp) cuda::linear_backward_bias(s, dyp, dbp, st);
   }
@@ -117,10 +130,11 @@ py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
 
 void bind_linear(py::module_& m) {
   m.def("linear_forward", &linear_forward, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stream") = 0,
-        "y = x @ weight.T + bias in float32: x (N, in), weight (out, in), bias (out,) or None.");
+        "y = x @ weight.T + bias in float32 or bfloat16 (CPU): x (N, in), weight (out, in), bias (out,) or None.");
   m.def("linear_backward", &linear_backward, py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("need_dx") = true,
         py::arg("need_dweight") = true, py::arg("need_dbias") = true, py::arg("stream") = 0,
-        "(dx, dweight, dbias) of linear for the output gradient dy; an output not asked for is None.");
+        "(dx, dweight, dbias) of linear for the output gradient dy (dx in the inputs' dtype, dweight and dbias "
+        "float32); an output not asked for is None.");
 }
 
 }  // namespace fastopt

@@ -268,18 +268,43 @@ inline int64_t kc_block(int64_t Kd) {
 // vector load that straddles two lines costs twice (it halved the GEMM rate when unaligned).
 // Left uninitialized: every float is written before it is read, and zeroing the workspaces
 // (3.6 MiB per thread per call) and the prepacked A cost 1-2% of a deep layer's pass.
-class Panel {
+template <class T>
+class PanelOf {
  public:
-  explicit Panel(size_t n) : buf_(new float[n + 16]) {
+  explicit PanelOf(size_t n) : buf_(new T[n + 64 / sizeof(T)]) {
     const auto addr = reinterpret_cast<uintptr_t>(buf_.get());
-    data_ = buf_.get() + ((64 - addr % 64) % 64) / sizeof(float);
+    data_ = buf_.get() + ((64 - addr % 64) % 64) / sizeof(T);
   }
-  float* data() { return data_; }
+  T* data() { return data_; }
 
  private:
-  std::unique_ptr<float[]> buf_;
-  float* data_;
+  std::unique_ptr<T[]> buf_;
+  T* data_;
 };
+using Panel = PanelOf<float>;
+
+// The packed operand format and the micro-kernel that multiplies it: here float32 panels
+// (dst[p*MR + i], dst[p*NR + j]); gemm_bf16.h adds bf16 pairs. kstep: reduction rows per
+// packed group, so a strip of kc rows holds kpad(kc) = kc rounded up to kstep rows (zeros past
+// kc), and every KC block but the last is a whole number of groups.
+struct F32 {
+  using Elem = float;
+  static constexpr int64_t kstep = 1;
+  static void micro(int64_t cols, int64_t kc, const float* a, const float* b, float* tile, bool acc) {
+    micro_kernel_cols(cols, kc, a, b, tile, acc);
+  }
+};
+
+template <class Kern>
+inline int64_t kpad(int64_t kc) {
+  return (kc + Kern::kstep - 1) / Kern::kstep * Kern::kstep;
+}
+
+// The reduction block of a Kern: kc_block rounded up to whole groups (still <= KC, an even number).
+template <class Kern>
+inline int64_t kc_block_of(int64_t Kd) {
+  return kpad<Kern>(kc_block(Kd));
+}
 
 // Row blocks of a task are cut to at most this many accumulator floats (2 MiB; each row block
 // packs its B panels again). At 1 MiB the 256-row weight-grad tasks of 3x3 256@14 (M x NC =
@@ -287,24 +312,28 @@ class Panel {
 constexpr int64_t C_FLOATS = int64_t{1} << 19;
 
 // Thread-private packing buffers and the accumulator tiles of one task block.
-struct Workspace {
-  Panel a{static_cast<size_t>(MC * KC)};
-  Panel b{static_cast<size_t>(KC * NC)};
+template <class Kern>
+struct WorkspaceOf {
+  PanelOf<typename Kern::Elem> a{static_cast<size_t>(MC * KC)};
+  PanelOf<typename Kern::Elem> b{static_cast<size_t>(KC * NC)};
   Panel c{static_cast<size_t>(C_FLOATS)};
 };
+using Workspace = WorkspaceOf<F32>;
 
 // One task on the calling thread. apre / bpre: A / B of this item prepacked by run(), or null
 // to pack here.
 // pack_a(item, i0, rows, p0, kc, dst): dst[p*MR + i] = A[i0+i][p0+p], zero for i >= rows.
 // pack_b(item, p0, kc, j0, cols, dst): dst[p*NR + j] = B[p0+p][j0+j], zero for j >= cols.
+// (That is the F32 layout; another Kern's packers write its own, kpad(kc) rows per strip.)
 // store(item, i0, rows, j0, cols, tile): writes the finished tile (rows of NR floats, reduced
 // over all of Kd) to the output.
 // prepack_a packs all of A once up front (worth it when A is small next to B, e.g. weights):
 // tasks then share it and columns can be split finely without repacking A per task.
-template <class PackA, class PackB, class Store>
-void task(const Task& tk, int64_t Kd, const float* apre, int64_t Mp, const float* bpre, int64_t Np, PackA& pack_a,
-          PackB& pack_b, Store& store, Workspace& ws) {
-  const int64_t kb = kc_block(Kd);
+template <class Kern, class PackA, class PackB, class Store>
+void task(const Task& tk, int64_t Kd, const typename Kern::Elem* apre, int64_t Mp, const typename Kern::Elem* bpre,
+          int64_t Np, PackA& pack_a, PackB& pack_b, Store& store, WorkspaceOf<Kern>& ws) {
+  using E = typename Kern::Elem;
+  const int64_t kb = kc_block_of<Kern>(Kd);
   for (int64_t jc = tk.j0; jc < tk.j1; jc += NC) {
     const int64_t nc = std::min(NC, tk.j1 - jc), ns = (nc + NR - 1) / NR;
     // The tiles of rows [is, ie) accumulate over all KC blocks in ws.c (tile (ir, jr) at
@@ -314,21 +343,21 @@ void task(const Task& tk, int64_t Kd, const float* apre, int64_t Mp, const float
       const int64_t ie = std::min(tk.i1, is + sb);
       float* const c = ws.c.data();
       for (int64_t pc = 0; pc < Kd; pc += kb) {
-        const int64_t kc = std::min(kb, Kd - pc);
-        const float* b = bpre ? bpre + pc * Np + jc * kc : ws.b.data();
+        const int64_t kc = std::min(kb, Kd - pc), kp = kpad<Kern>(kc);
+        const E* b = bpre ? bpre + pc * Np + jc * kp : ws.b.data();
         if (!bpre)
           for (int64_t jr = 0; jr < nc; jr += NR)
-            pack_b(tk.item, pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), ws.b.data() + jr * kc);
+            pack_b(tk.item, pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), ws.b.data() + jr * kp);
         for (int64_t ic = is; ic < ie; ic += MC) {
           const int64_t mc = std::min(MC, ie - ic);
-          const float* a = apre ? apre + pc * Mp + ic * kc : ws.a.data();
+          const E* a = apre ? apre + pc * Mp + ic * kp : ws.a.data();
           if (!apre)
             for (int64_t ir = 0; ir < mc; ir += MR)
-              pack_a(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, ws.a.data() + ir * kc);
+              pack_a(tk.item, ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, ws.a.data() + ir * kp);
           for (int64_t jr = 0; jr < nc; jr += NR)
             for (int64_t ir = 0; ir < mc; ir += MR)
-              micro_kernel_cols(std::min<int64_t>(NR, nc - jr), kc, a + ir * kc, b + jr * kc,
-                                c + ((ic - is + ir) / MR * ns + jr / NR) * MR * NR, pc > 0);
+              Kern::micro(std::min<int64_t>(NR, nc - jr), kc, a + ir * kp, b + jr * kp,
+                          c + ((ic - is + ir) / MR * ns + jr / NR) * MR * NR, pc > 0);
         }
       }
       for (int64_t i = is; i < ie; i += MR)
@@ -341,26 +370,29 @@ void task(const Task& tk, int64_t Kd, const float* apre, int64_t Mp, const float
 
 // A whole M x Nn product of one item on the calling thread (for callers that parallelize over
 // items themselves).
-template <class PackA, class PackB, class Store>
-void serial(int64_t item, int64_t M, int64_t Nn, int64_t Kd, PackA pack_a, PackB pack_b, Store store, Workspace& ws) {
+template <class Kern = F32, class PackA, class PackB, class Store>
+void serial(int64_t item, int64_t M, int64_t Nn, int64_t Kd, PackA pack_a, PackB pack_b, Store store,
+            WorkspaceOf<Kern>& ws) {
   if (M <= 0 || Nn <= 0 || Kd <= 0) return;
-  task(Task{item, 0, M, 0, Nn}, Kd, nullptr, 0, nullptr, 0, pack_a, pack_b, store, ws);
+  task<Kern>(Task{item, 0, M, 0, Nn}, Kd, nullptr, 0, nullptr, 0, pack_a, pack_b, store, ws);
 }
 
-template <class PackA, class PackB, class Store>
+template <class Kern = F32, class PackA, class PackB, class Store>
 void run(int64_t items, int64_t M, int64_t Nn, int64_t Kd, bool prepack_a, PackA pack_a, PackB pack_b, Store store) {
   if (items <= 0 || M <= 0 || Nn <= 0 || Kd <= 0) return;
   const std::vector<Task> tasks = make_tasks(items, M, Nn, max_threads(), prepack_a, Kd);
   const int64_t nt = static_cast<int64_t>(tasks.size());
-  // Packed A of item t: KC blocks in order, each holding Mp/MR strips of kc x MR.
-  const int64_t Mp = (M + MR - 1) / MR * MR, strips = Mp / MR, kb = kc_block(Kd), nkc = (Kd + kb - 1) / kb;
-  Panel apack(prepack_a ? static_cast<size_t>(items * Mp * Kd) : 0);
+  // Packed A of item t: KC blocks in order, each holding Mp/MR strips of kpad(kc) x MR (only
+  // the last block can be padded, so block pc starts at pc * Mp).
+  const int64_t Mp = (M + MR - 1) / MR * MR, strips = Mp / MR, kb = kc_block_of<Kern>(Kd), nkc = (Kd + kb - 1) / kb;
+  const int64_t Kdp = kpad<Kern>(Kd);
+  PanelOf<typename Kern::Elem> apack(prepack_a ? static_cast<size_t>(items * Mp * Kdp) : 0);
   if (prepack_a) {
 #pragma omp parallel for schedule(static)
     for (int64_t u = 0; u < items * nkc * strips; ++u) {
       const int64_t t = u / (nkc * strips), pc = (u / strips) % nkc * kb, i = u % strips * MR;
       const int64_t kc = std::min(kb, Kd - pc);
-      pack_a(t, i, std::min<int64_t>(MR, M - i), pc, kc, apack.data() + t * Mp * Kd + pc * Mp + i * kc);
+      pack_a(t, i, std::min<int64_t>(MR, M - i), pc, kc, apack.data() + t * Mp * Kdp + pc * Mp + i * kpad<Kern>(kc));
     }
   }
   // Only when the tasks split rows would several tasks pack the same B panels; then, if B is
@@ -371,23 +403,23 @@ void run(int64_t items, int64_t M, int64_t Nn, int64_t Kd, bool prepack_a, PackA
   const int64_t Np = (Nn + NR - 1) / NR * NR, bstrips = Np / NR;
   const bool rows_split = std::any_of(tasks.begin(), tasks.end(), [&](const Task& t) { return t.i1 - t.i0 < M; });
   const bool prepack_b = prepack_a && rows_split && items * Np * Kd <= (int64_t{16} << 20);
-  Panel bpack(prepack_b ? static_cast<size_t>(items * Np * Kd) : 0);
+  PanelOf<typename Kern::Elem> bpack(prepack_b ? static_cast<size_t>(items * Np * Kdp) : 0);
   if (prepack_b) {
 #pragma omp parallel for schedule(static)
     for (int64_t u = 0; u < items * nkc * bstrips; ++u) {
       const int64_t t = u / (nkc * bstrips), pc = (u / bstrips) % nkc * kb, j = u % bstrips * NR;
       const int64_t kc = std::min(kb, Kd - pc);
-      pack_b(t, pc, kc, j, std::min<int64_t>(NR, Nn - j), bpack.data() + t * Np * Kd + pc * Np + j * kc);
+      pack_b(t, pc, kc, j, std::min<int64_t>(NR, Nn - j), bpack.data() + t * Np * Kdp + pc * Np + j * kpad<Kern>(kc));
     }
   }
 #pragma omp parallel
   {
-    Workspace ws;
+    WorkspaceOf<Kern> ws;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < nt; ++t) {
       const int64_t item = tasks[t].item;
-      task(tasks[t], Kd, prepack_a ? apack.data() + item * Mp * Kd : nullptr, Mp,
-           prepack_b ? bpack.data() + item * Np * Kd : nullptr, Np, pack_a, pack_b, store, ws);
+      task<Kern>(tasks[t], Kd, prepack_a ? apack.data() + item * Mp * Kdp : nullptr, Mp,
+                 prepack_b ? bpack.data() + item * Np * Kdp : nullptr, Np, pack_a, pack_b, store, ws);
     }
   }
 }

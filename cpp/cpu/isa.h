@@ -1,5 +1,6 @@
 // The CPU kernels are compiled once per instruction set (CMakeLists.txt: baseline, avx2,
-// avx512), each copy in its own namespace fastopt::cpu::<isa>. A family's public entry points
+// avx512, avx512bf16 = avx512 plus the bf16 dot product VDPBF16PS, which only the bf16 GEMMs
+// use: gemm_bf16.h), each copy in its own namespace fastopt::cpu::<isa>. A family's public entry points
 // are compiled with the baseline copy only (FASTOPT_ISA_BASELINE) and forward to the best copy
 // this CPU runs (FASTOPT_CPU_DISPATCH), so one portable build still uses wide vectors.
 //
@@ -20,7 +21,7 @@
 
 namespace fastopt::cpu {
 
-enum class Isa { baseline, avx2, avx512 };
+enum class Isa { baseline, avx2, avx512, avx512bf16 };  // in order: each runs where the next does
 Isa best_isa();  // the widest compiled-in copy this CPU runs; decided once (isa.cpp)
 
 #define FASTOPT_FOR_EACH_ISA(decl) \
@@ -32,8 +33,17 @@ Isa best_isa();  // the widest compiled-in copy this CPU runs; decided once (isa
   }                                \
   namespace avx512 {               \
   decl                             \
+  }                                \
+  namespace avx512bf16 {           \
+  decl                             \
   }
 
+#ifdef FASTOPT_HAVE_ISA_avx512bf16
+#define FASTOPT_ISA_CASE_avx512bf16(call) \
+  case ::fastopt::cpu::Isa::avx512bf16: return avx512bf16::call;
+#else
+#define FASTOPT_ISA_CASE_avx512bf16(call)
+#endif
 #ifdef FASTOPT_HAVE_ISA_avx512
 #define FASTOPT_ISA_CASE_avx512(call) \
   case ::fastopt::cpu::Isa::avx512: return avx512::call;
@@ -50,6 +60,7 @@ Isa best_isa();  // the widest compiled-in copy this CPU runs; decided once (isa
 // Returns call(...) from the best copy; use inside namespace fastopt::cpu.
 #define FASTOPT_CPU_DISPATCH(call)        \
   switch (::fastopt::cpu::best_isa()) {   \
+    FASTOPT_ISA_CASE_avx512bf16(call)     \
     FASTOPT_ISA_CASE_avx512(call)         \
     FASTOPT_ISA_CASE_avx2(call)           \
     default: return baseline::call;       \

@@ -1,12 +1,13 @@
 // Linear layer on the CPU (fastopt/linear.h): three GEMMs on the packed driver of gemm.h and a
-// column sum.
+// column sum, in float32 or bfloat16 (x, w, b, dy bf16; fp32 accumulation, gemm_bf16.h; y and dx
+// rounded to bf16 once at the store, dw and db kept in fp32 for an fp32-master-weight optimizer).
 //
 //   forward      y  (N x out) = x (N x in) w^T (in x out)  (+ b per column)
 //   data-grad    dx (N x in)  = dy (N x out) w (out x in)
 //   weight-grad  dw (out x in) = dy^T (out x N) x (N x in)
 //   bias-grad    db (out)     = column sums of dy
-// Each GEMM is 2 N in out flops against 4 (N in + N out + in out) bytes, so all but the
-// thinnest are compute-bound: the target is the SGEMM rate. The operands are read in place by
+// Each GEMM is 2 N in out flops against 4 (N in + N out + in out) bytes (2 per element in bf16),
+// so all but the thinnest are compute-bound: the target is the GEMM rate (fp32, or bf16). The operands are read in place by
 // the packers (row-major, or transposed: the torch layout makes w^T and dy^T strided views), so
 // nothing is materialized besides the packed panels.
 //
@@ -32,7 +33,7 @@
 #include <algorithm>
 
 #include "fastopt/linear.h"
-#include "gemm.h"
+#include "gemm_bf16.h"
 #include "isa.h"
 
 namespace fastopt::cpu {
@@ -41,11 +42,19 @@ FASTOPT_FOR_EACH_ISA(void linear_forward(const LinearShape& s, const float* x, c
                                          float* y);
                      void linear_backward_data(const LinearShape& s, const float* dy, const float* w, float* dx);
                      void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw);
-                     void linear_backward_bias(const LinearShape& s, const float* dy, float* db);)
+                     void linear_backward_bias(const LinearShape& s, const float* dy, float* db);
+                     void linear_forward(const LinearShape& s, const bf16* x, const bf16* w,
+                                         const bf16* b, bf16* y);
+                     void linear_backward_data(const LinearShape& s, const bf16* dy, const bf16* w,
+                                               bf16* dx);
+                     void linear_backward_weight(const LinearShape& s, const bf16* dy, const bf16* x,
+                                                 float* dw);
+                     void linear_backward_bias(const LinearShape& s, const bf16* dy, float* db);)
 
 namespace FASTOPT_ISA {
 namespace {
 
+using gemm::bf16;
 using gemm::MR;
 using gemm::NR;
 
@@ -57,15 +66,17 @@ constexpr int64_t kSerialFlops = int64_t{32} << 20;
 
 // A factor with rows r and reduction index k: element (r, k) = p[r*ld + k] when along_k (rows
 // contiguous along the reduction), else p[k*ld + r].
+template <class T>
 struct Factor {
-  const float* p;
+  const T* p;
   int64_t ld;
   bool along_k;
 };
 
 // C[m][j] = p[m*ld + j], or p[j*ld + m] when transposed.
+template <class TO>
 struct Out {
-  float* p;
+  TO* p;
   int64_t ld;
   bool transposed;
 };
@@ -74,41 +85,38 @@ inline int64_t padded(int64_t v, int64_t unit) { return (v + unit - 1) / unit * 
 
 // C (M x Nn) = A (M x Kd) B (Kd x Nn) + bias_row[m] + bias_col[j] (either may be null), with B
 // given as the factor of B^T (rows j). Requires M, Nn, Kd >= 1.
-void gemm_oriented(int64_t M, int64_t Nn, int64_t Kd, Factor A, Factor B, Out C, const float* bias_row,
-                   const float* bias_col) {
+template <class T, class TO>
+void gemm_oriented(int64_t M, int64_t Nn, int64_t Kd, Factor<T> A, Factor<T> B, Out<TO> C, const T* bias_row,
+                   const T* bias_col) {
   auto pack_a = [&](int64_t, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
     if (A.along_k) {
-      for (int64_t i = 0; i < MR; ++i) {
-        if (i >= rows) {
-          for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = 0.0f;
-          continue;
-        }
-        const float* src = A.p + (i0 + i) * A.ld + p0;
-        for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = src[p];
-      }
+      gemm::rows_to_strip(A.p + i0 * A.ld + p0, A.ld, rows, kc, dst);
     } else {
       for (int64_t p = 0; p < kc; ++p) {
-        const float* src = A.p + (p0 + p) * A.ld + i0;
-        for (int64_t i = 0; i < MR; ++i) dst[p * MR + i] = i < rows ? src[i] : 0.0f;
+        const T* src = A.p + (p0 + p) * A.ld + i0;
+        for (int64_t i = 0; i < MR; ++i) dst[p * MR + i] = i < rows ? to_float(src[i]) : 0.0f;
       }
     }
   };
   auto pack_b = [&](int64_t, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
-    if (B.along_k && cols == NR) {
-      gemm::transpose_to_panel(B.p + j0 * B.ld + p0, B.ld, kc, NR, dst);
+    if (B.along_k && cols == NR && std::is_same_v<T, float>) {
+      gemm::transpose_to_panel(reinterpret_cast<const float*>(B.p) + j0 * B.ld + p0, B.ld, kc, NR, dst);
     } else if (B.along_k) {
-      // A partial strip is staged as NR zero-padded rows, so that it also takes the vector
-      // transpose (the element-wise tail of transpose_to_panel took half of 128 x 256 x 10).
+      // A partial (or bf16) strip is staged as NR zero-padded fp32 rows, so that it also takes
+      // the vector transpose (the element-wise tail of transpose_to_panel took half of 128 x
+      // 256 x 10).
       alignas(64) float tmp[NR * gemm::KC];
       for (int64_t j = 0; j < NR; ++j)
         if (j < cols)
-          std::copy_n(B.p + (j0 + j) * B.ld + p0, kc, tmp + j * kc);
+          std::transform(B.p + (j0 + j) * B.ld + p0, B.p + (j0 + j) * B.ld + p0 + kc, tmp + j * kc,
+                         [](T v) { return to_float(v); });
         else
           std::fill_n(tmp + j * kc, kc, 0.0f);
       gemm::transpose_to_panel(tmp, kc, kc, NR, dst);
     } else {
       for (int64_t p = 0; p < kc; ++p) {
-        std::copy_n(B.p + (p0 + p) * B.ld + j0, cols, dst + p * NR);
+        const T* src = B.p + (p0 + p) * B.ld + j0;
+        std::transform(src, src + cols, dst + p * NR, [](T v) { return to_float(v); });
         std::fill(dst + p * NR + cols, dst + (p + 1) * NR, 0.0f);
       }
     }
@@ -116,73 +124,78 @@ void gemm_oriented(int64_t M, int64_t Nn, int64_t Kd, Factor A, Factor B, Out C,
   auto store = [&](int64_t, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) {
     if (!C.transposed) {
       for (int64_t i = 0; i < rows; ++i) {
-        float* o = C.p + (i0 + i) * C.ld + j0;
+        TO* o = C.p + (i0 + i) * C.ld + j0;
         const float* t = tile + i * NR;
         if (bias_col)
-          for (int64_t j = 0; j < cols; ++j) o[j] = bias_col[j0 + j] + t[j];
+          for (int64_t j = 0; j < cols; ++j) o[j] = from_float<TO>(to_float(bias_col[j0 + j]) + t[j]);
         else if (bias_row)
-          for (int64_t j = 0; j < cols; ++j) o[j] = bias_row[i0 + i] + t[j];
+          for (int64_t j = 0; j < cols; ++j) o[j] = from_float<TO>(to_float(bias_row[i0 + i]) + t[j]);
         else
-          for (int64_t j = 0; j < cols; ++j) o[j] = t[j];
+          for (int64_t j = 0; j < cols; ++j) o[j] = from_float<TO>(t[j]);
       }
     } else {
-      // Column j of the tile is a run of `rows` consecutive floats of C's storage.
+      // Column j of the tile is a run of `rows` consecutive elements of C's storage.
       for (int64_t j = 0; j < cols; ++j) {
-        float* o = C.p + (j0 + j) * C.ld + i0;
+        TO* o = C.p + (j0 + j) * C.ld + i0;
         const float* t = tile + j;
         if (bias_col)
-          for (int64_t i = 0; i < rows; ++i) o[i] = bias_col[j0 + j] + t[i * NR];
+          for (int64_t i = 0; i < rows; ++i) o[i] = from_float<TO>(to_float(bias_col[j0 + j]) + t[i * NR]);
         else if (bias_row)
-          for (int64_t i = 0; i < rows; ++i) o[i] = bias_row[i0 + i] + t[i * NR];
+          for (int64_t i = 0; i < rows; ++i) o[i] = from_float<TO>(to_float(bias_row[i0 + i]) + t[i * NR]);
         else
-          for (int64_t i = 0; i < rows; ++i) o[i] = t[i * NR];
+          for (int64_t i = 0; i < rows; ++i) o[i] = from_float<TO>(t[i * NR]);
       }
     }
   };
   if (2 * padded(M, MR) * padded(Nn, NR) * Kd < kSerialFlops || gemm::max_threads() == 1) {
-    static thread_local gemm::Workspace ws;
-    gemm::serial(0, M, Nn, Kd, pack_a, pack_b, store, ws);
+    static thread_local gemm::WorkspaceOf<gemm::KernFor<T>> ws;
+    gemm::serial_typed<T>(0, M, Nn, Kd, pack_a, pack_b, store, ws);
   } else {
     // A prepacked once is shared by all column tasks, but it is a copy of the whole operand
     // (x itself when the batch is on the rows): past 64 MB the tasks pack their own strips.
-    gemm::run(1, M, Nn, Kd, padded(M, MR) * Kd <= (int64_t{16} << 20), pack_a, pack_b, store);
+    gemm::run_typed<T>(1, M, Nn, Kd, padded(M, MR) * Kd <= (int64_t{16} << 20), pack_a, pack_b, store);
   }
 }
 
 // C = A B in whichever orientation pads less; with Kd = 0, C = the bias (or zeros).
-void matmul(int64_t M, int64_t Nn, int64_t Kd, Factor A, Factor B, Out C, const float* bias_col) {
+template <class T, class TO>
+void matmul(int64_t M, int64_t Nn, int64_t Kd, Factor<T> A, Factor<T> B, Out<TO> C, const T* bias_col) {
   if (M == 0 || Nn == 0) return;
   if (Kd == 0) {
     for (int64_t m = 0; m < M; ++m)
       for (int64_t j = 0; j < Nn; ++j)
-        C.p[C.transposed ? j * C.ld + m : m * C.ld + j] = bias_col ? bias_col[j] : 0.0f;
+        C.p[C.transposed ? j * C.ld + m : m * C.ld + j] = from_float<TO>(bias_col ? to_float(bias_col[j]) : 0.0f);
     return;
   }
   if (padded(Nn, MR) * padded(M, NR) < padded(M, MR) * padded(Nn, NR))
-    gemm_oriented(Nn, M, Kd, B, A, Out{C.p, C.ld, !C.transposed}, bias_col, nullptr);
+    gemm_oriented(Nn, M, Kd, B, A, Out<TO>{C.p, C.ld, !C.transposed}, bias_col, static_cast<const T*>(nullptr));
   else
-    gemm_oriented(M, Nn, Kd, A, B, C, nullptr, bias_col);
+    gemm_oriented(M, Nn, Kd, A, B, C, static_cast<const T*>(nullptr), bias_col);
 }
 
-}  // namespace
-
-void linear_forward(const LinearShape& s, const float* x, const float* w, const float* b, float* y) {
-  matmul(s.N, s.out, s.in, Factor{x, s.in, true}, Factor{w, s.in, true}, Out{y, s.out, false}, b);
+template <class T, class TO>
+void forward(const LinearShape& s, const T* x, const T* w, const T* b, TO* y) {
+  matmul(s.N, s.out, s.in, Factor<T>{x, s.in, true}, Factor<T>{w, s.in, true}, Out<TO>{y, s.out, false}, b);
 }
 
-void linear_backward_data(const LinearShape& s, const float* dy, const float* w, float* dx) {
-  matmul(s.N, s.in, s.out, Factor{dy, s.out, true}, Factor{w, s.in, false}, Out{dx, s.in, false}, nullptr);
+template <class T>
+void backward_data(const LinearShape& s, const T* dy, const T* w, T* dx) {
+  matmul(s.N, s.in, s.out, Factor<T>{dy, s.out, true}, Factor<T>{w, s.in, false}, Out<T>{dx, s.in, false},
+         static_cast<const T*>(nullptr));
 }
 
-void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw) {
-  matmul(s.out, s.in, s.N, Factor{dy, s.out, false}, Factor{x, s.in, false}, Out{dw, s.in, false}, nullptr);
+template <class T>
+void backward_weight(const LinearShape& s, const T* dy, const T* x, float* dw) {
+  matmul(s.out, s.in, s.N, Factor<T>{dy, s.out, false}, Factor<T>{x, s.in, false}, Out<float>{dw, s.in, false},
+         static_cast<const T*>(nullptr));
 }
 
-// Memory-bound (one add per float read). Rows are summed in fixed blocks of kRows, each block
+// Memory-bound (one add per element read). Rows are summed in fixed blocks of kRows, each block
 // row by row (vectorized across columns), and the block sums added in order: a fixed order whose
 // error grows like kRows + N / kRows rather than N. Threads take (row block, column block)
 // units, each writing its own partial; the partials are then added in row-block order.
-void linear_backward_bias(const LinearShape& s, const float* dy, float* db) {
+template <class T>
+void backward_bias(const LinearShape& s, const T* dy, float* db) {
   constexpr int64_t kRows = 256, kCols = 256;
   const int64_t N = s.N, out = s.out;
   if (out == 0) return;
@@ -193,8 +206,8 @@ void linear_backward_bias(const LinearShape& s, const float* dy, float* db) {
     float* acc = partial.data() + rb * out;
     for (int64_t c = c0; c < c1; ++c) acc[c] = 0.0f;
     for (int64_t n = rb * kRows; n < std::min(N, (rb + 1) * kRows); ++n) {
-      const float* row = dy + n * out;
-      for (int64_t c = c0; c < c1; ++c) acc[c] += row[c];
+      const T* row = dy + n * out;
+      for (int64_t c = c0; c < c1; ++c) acc[c] += to_float(row[c]);
     }
   };
   const int64_t units = rblocks * cblocks;
@@ -209,6 +222,29 @@ void linear_backward_bias(const LinearShape& s, const float* dy, float* db) {
     for (int64_t c = 0; c < out; ++c) db[c] += partial[rb * out + c];
 }
 
+}  // namespace
+
+void linear_forward(const LinearShape& s, const float* x, const float* w, const float* b, float* y) {
+  forward(s, x, w, b, y);
+}
+void linear_backward_data(const LinearShape& s, const float* dy, const float* w, float* dx) {
+  backward_data(s, dy, w, dx);
+}
+void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw) {
+  backward_weight(s, dy, x, dw);
+}
+void linear_backward_bias(const LinearShape& s, const float* dy, float* db) { backward_bias(s, dy, db); }
+void linear_forward(const LinearShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y) {
+  forward(s, x, w, b, y);
+}
+void linear_backward_data(const LinearShape& s, const bf16* dy, const bf16* w, bf16* dx) {
+  backward_data(s, dy, w, dx);
+}
+void linear_backward_weight(const LinearShape& s, const bf16* dy, const bf16* x, float* dw) {
+  backward_weight(s, dy, x, dw);
+}
+void linear_backward_bias(const LinearShape& s, const bf16* dy, float* db) { backward_bias(s, dy, db); }
+
 }  // namespace FASTOPT_ISA
 
 #ifdef FASTOPT_ISA_BASELINE
@@ -222,6 +258,18 @@ void linear_backward_weight(const LinearShape& s, const float* dy, const float* 
   FASTOPT_CPU_DISPATCH(linear_backward_weight(s, dy, x, dw))
 }
 void linear_backward_bias(const LinearShape& s, const float* dy, float* db) {
+  FASTOPT_CPU_DISPATCH(linear_backward_bias(s, dy, db))
+}
+void linear_forward(const LinearShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y) {
+  FASTOPT_CPU_DISPATCH(linear_forward(s, x, w, b, y))
+}
+void linear_backward_data(const LinearShape& s, const bf16* dy, const bf16* w, bf16* dx) {
+  FASTOPT_CPU_DISPATCH(linear_backward_data(s, dy, w, dx))
+}
+void linear_backward_weight(const LinearShape& s, const bf16* dy, const bf16* x, float* dw) {
+  FASTOPT_CPU_DISPATCH(linear_backward_weight(s, dy, x, dw))
+}
+void linear_backward_bias(const LinearShape& s, const bf16* dy, float* db) {
   FASTOPT_CPU_DISPATCH(linear_backward_bias(s, dy, db))
 }
 #endif

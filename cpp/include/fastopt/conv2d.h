@@ -1,10 +1,12 @@
-// Conv2d, NCHW, float32: the interface between the bindings and both backends.
+// Conv2d, NCHW, float32 (CPU: also bfloat16): the interface between the bindings and both backends.
 //
 //   y[n,k,p,q] = b[k] + sum_{c in group(k), r, s} x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw] * w[k, c', r, s]
 //   P = (H + 2 ph - dh (R - 1) - 1) / sh + 1, Q likewise; K and C divisible by groups.
 // Flops per pass: 2 N K (C/groups) R S P Q (forward, data-grad and weight-grad each).
 #pragma once
 #include <cstdint>
+
+#include "fastopt/bf16.h"
 
 namespace fastopt {
 
@@ -21,6 +23,12 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
 void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw);
 void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db);
+// bfloat16 (fastopt/bf16.h): x, w, b, dy in bf16, fp32 accumulation; y and dx rounded to bf16
+// once (to nearest even), dw and db in fp32.
+void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y);
+void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx);
+void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw);
+void conv2d_backward_bias(const Conv2dShape& s, const bf16* dy, float* db);
 }  // namespace cpu
 
 namespace cuda {

@@ -1,5 +1,5 @@
-// Linear (fully connected) layer, float32, torch layout: the interface between the bindings and
-// both backends.
+// Linear (fully connected) layer, float32 (CPU: also bfloat16), torch layout: the interface
+// between the bindings and both backends.
 //
 //   forward      y[n, o]  = b[o] + sum_i x[n, i] w[o, i]      x (N, in), w (out, in), y (N, out)
 //   data-grad    dx[n, i] = sum_o dy[n, o] w[o, i]
@@ -9,6 +9,8 @@
 // so N, in and out may each be 0. All sums run in float32 in an order fixed by the shape alone.
 #pragma once
 #include <cstdint>
+
+#include "fastopt/bf16.h"
 
 namespace fastopt {
 
@@ -22,6 +24,12 @@ void linear_forward(const LinearShape& s, const float* x, const float* w, const 
 void linear_backward_data(const LinearShape& s, const float* dy, const float* w, float* dx);
 void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw);
 void linear_backward_bias(const LinearShape& s, const float* dy, float* db);
+// bfloat16 (fastopt/bf16.h): x, w, b, dy in bf16, fp32 accumulation; y and dx rounded to bf16
+// once (to nearest even), dw and db in fp32.
+void linear_forward(const LinearShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y);
+void linear_backward_data(const LinearShape& s, const bf16* dy, const bf16* w, bf16* dx);
+void linear_backward_weight(const LinearShape& s, const bf16* dy, const bf16* x, float* dw);
+void linear_backward_bias(const LinearShape& s, const bf16* dy, float* db);
 }  // namespace cpu
 
 namespace cuda {
