@@ -16,32 +16,42 @@ enum class Act { relu, relu_grad, leaky, leaky_grad };
 
 // Forward: dy_obj is null. Backward: dy must match x in shape and device. The output is a new
 // array like x.
+// x and dy: float32 or bfloat16 (one dtype); the output has x's dtype.
 py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negative_slope, uintptr_t stream) {
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
-  const float* xp = static_cast<const float*>(x.data);
-  const float* dyp = nullptr;
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const void* dyv = nullptr;
   if (dy_obj) {
-    const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
+    const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
     require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
+    require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
     if (dy.shape != x.shape) raise_value("dy: expected the shape " + shape_str(x.shape) + " of x, got " + shape_str(dy.shape));
-    dyp = static_cast<const float*>(dy.data);
+    dyv = dy.data;
   }
   const float slope = static_cast<float>(negative_slope);  // torch multiplies by the float32 value
   const int64_t n = x.numel;
-  py::object out = new_array(x.shape, DType::f32, x.device, stream, dy_obj ? "dx" : "y", "x");
-  float* yp = static_cast<float*>(view_f32(out, ArgName{"out"}, true).data);
+  py::object out = new_array(x.shape, x.dtype, x.device, stream, dy_obj ? "dx" : "y", "x");
+  void* yv = view_array(out, ArgName{"out"}, true, &x.dtype).data;
   if (x.device == kCPU) {
     py::gil_scoped_release nogil;
-    switch (act) {
-      case Act::relu: cpu::relu_forward(xp, yp, n); break;
-      case Act::relu_grad: cpu::relu_backward(dyp, xp, yp, n); break;
-      case Act::leaky: cpu::leaky_relu_forward(xp, yp, n, slope); break;
-      case Act::leaky_grad: cpu::leaky_relu_backward(dyp, xp, yp, n, slope); break;
-    }
+    by_floating_dtype(x, [&](auto tag) {
+      using T = decltype(tag);
+      const T* xp = data_as<T>(x);
+      const T* dyp = static_cast<const T*>(dyv);
+      T* yp = static_cast<T*>(yv);
+      switch (act) {
+        case Act::relu: cpu::relu_forward(xp, yp, n); break;
+        case Act::relu_grad: cpu::relu_backward(dyp, xp, yp, n); break;
+        case Act::leaky: cpu::leaky_relu_forward(xp, yp, n, slope); break;
+        case Act::leaky_grad: cpu::leaky_relu_backward(dyp, xp, yp, n, slope); break;
+      }
+    });
     return out;
   }
 #ifdef FASTOPT_WITH_CUDA
   {
+    const float* xp = static_cast<const float*>(x.data);  // float32: view_floating keeps bf16 off the GPU
+    const float* dyp = static_cast<const float*>(dyv);
+    float* yp = static_cast<float*>(yv);
     py::gil_scoped_release nogil;
     void* s = reinterpret_cast<void*>(stream);
     cuda::set_device(x.device);

@@ -248,9 +248,12 @@ ArrayView view_array(py::handle obj, const ArgName& name, bool writable, const D
 
 ArrayView view_floating(py::handle obj, const ArgName& name, bool writable) {
   ArrayView v = view_array(obj, name, writable, nullptr);
+  if (v.dtype == DType::f16)
+    raise_type(name.str() + ": unsupported dtype float16: this op takes float32 or bfloat16 (its float16 path: not "
+               "yet); fastopt never converts");
   if (v.dtype != DType::f32 && v.dtype != DType::bf16)
-    raise_type(name.str() + ": expected a float32 or bfloat16 array, got " + dtype_name(v.dtype) +
-               " (fastopt never converts)");
+    raise_type(name.str() + ": expected a float32 array, got " + dtype_name(v.dtype) +
+               " (bfloat16 too; fastopt never converts)");
   require_host_lowp(v, name);
   return v;
 }
