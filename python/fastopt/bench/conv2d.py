@@ -16,6 +16,11 @@ torch.matmul with TF32 off on the GPU) and bytes (x + w + y once) / the copy ban
 (fastopt._C.copy_ between two float32 arrays of the layer's working-set size), both measured in
 the same run (best sample). Medians of the contenders; progress on stderr, a Markdown table on stdout; --out DIR writes
 results.json, results.md and chart.png.
+
+--dtype bf16 (CPU): fastopt in bfloat16 (fastopt-bf16) beside fastopt in float32, torch in bfloat16 with
+channels_last tensors (torch-bf16-cl: oneDNN's fast bf16 layout) and torch in float32; the GEMM ceiling is
+then torch.matmul's bf16 rate (2048^3, measured in the same run), and a second table gives each pass's bf16
+speed-up over fastopt's own float32.
 """
 import argparse
 import os
@@ -29,6 +34,7 @@ import fastopt
 from fastopt import _C
 from fastopt import functional as F
 from fastopt.reference import conv as ref
+from ml_dtypes import bfloat16
 
 from .backends import torch_or_none
 from .report import cpu_model, git_info, save
@@ -56,9 +62,14 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=None, help="override N (default 32 CPU / 128 GPU)")
     p.add_argument("--no-opt-in", dest="opt_in", action="store_false",
                    help="leave out the kernels that are opt-in until timed on a GPU (should one of them fail)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: fastopt and torch (channels_last) in bfloat16 beside both in float32, against "
+                        "torch.matmul's bf16 rate (CPU only)")
     a = p.parse_args(argv)
     if a.repeat < 1:
         p.error("--repeat must be >= 1")
+    if a.dtype == "bf16" and a.device == "cuda":
+        p.error("--dtype bf16: fastopt's CUDA kernels are float32 only (not yet); use --device cpu")
     return a
 
 
@@ -73,10 +84,17 @@ def flops(n, c, k, p, q, r, groups):
 # ------------------------------------------------------------------------ ceilings
 # Ceilings take the best sample, not the median: a neighbour's load only ever slows a sample
 # down, and a ceiling that noise lowered would flatter every percentage measured against it.
-def sgemm_rate(device, torch, rounds=5):
-    """FLOP/s of a 2048^3 float32 matrix product: numpy.matmul (OpenBLAS) or torch on the GPU."""
+def sgemm_rate(device, torch, rounds=5, dtype="fp32"):
+    """FLOP/s of a 2048^3 float32 matrix product: numpy.matmul (OpenBLAS) or torch on the GPU; for
+    dtype bf16, torch.matmul in bfloat16 on the CPU (None without torch)."""
     n = 2048
-    if device == "cpu":
+    if dtype == "bf16":
+        if torch is None:
+            return None
+        a = torch.randn(n, n).bfloat16()
+        b, c = a.clone(), torch.empty_like(a)
+        step = lambda: torch.matmul(a, b, out=c)  # noqa: E731
+    elif device == "cpu":
         a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
         b, c = a.copy(), np.empty_like(a)
         step = lambda: np.matmul(a, b, out=c)  # noqa: E731
@@ -139,7 +157,15 @@ def opt_in_kernels(c, r, stride, groups):
             if takes(c, r, stride, groups)]
 
 
-def contenders(device, layer, n, torch, with_reference, opt_in=True):
+def fastopt_steps(x, w, dy, args, **kw):
+    return {
+        "forward": lambda: F.conv2d_forward(x, w, None, *args, **kw),
+        "data-grad": lambda: F.conv2d_backward(dy, x, w, *args, need=(True, False, False), **kw),
+        "weight-grad": lambda: F.conv2d_backward(dy, x, w, *args, need=(False, True, False), **kw),
+    }
+
+
+def contenders(device, layer, n, torch, with_reference, opt_in=True, dtype="fp32"):
     """{backend: {pass: step}} on one copy of the layer's data per backend."""
     _, c, k, h, r, stride, pad, groups = layer
     rng = np.random.default_rng(0)
@@ -151,17 +177,11 @@ def contenders(device, layer, n, torch, with_reference, opt_in=True):
     out = {}
     put = (lambda a: a) if device == "cpu" else fastopt.to_device
     xd, wd, dyd = put(x), put(w), put(dy)
-    out["fastopt"] = {
-        "forward": lambda: F.conv2d_forward(xd, wd, None, *args),
-        "data-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(True, False, False)),
-        "weight-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(False, True, False)),
-    }
+    out["fastopt"] = fastopt_steps(xd, wd, dyd, args)
+    if dtype == "bf16":
+        out["fastopt-bf16"] = fastopt_steps(*(a.astype(bfloat16) for a in (x, w, dy)), args)
     if device == "cuda":
-        out["fastopt-tf32"] = {
-            "forward": lambda: F.conv2d_forward(xd, wd, None, *args, allow_tf32=True),
-            "data-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(True, False, False), allow_tf32=True),
-            "weight-grad": lambda: F.conv2d_backward(dyd, xd, wd, *args, need=(False, True, False), allow_tf32=True),
-        }
+        out["fastopt-tf32"] = fastopt_steps(xd, wd, dyd, args, allow_tf32=True)
         for backend, switch, passes in opt_in_kernels(c, r, stride, groups) if opt_in else ():
             out[backend] = {ps: with_env(switch, "1", out["fastopt"][ps]) for ps in passes}
     if torch is not None:
@@ -169,14 +189,20 @@ def contenders(device, layer, n, torch, with_reference, opt_in=True):
         xt, wt, dyt = (torch.from_numpy(a.copy()).to(dev) for a in (x, w, dy))
         bwd = torch.ops.aten.convolution_backward
 
-        def tb(mask):
-            return lambda: bwd(dyt, xt, wt, None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0], groups, mask)
+        def torch_steps(xt, wt, dyt):
+            def tb(mask):
+                return lambda: bwd(dyt, xt, wt, None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0], groups, mask)
 
-        out["torch"] = {
-            "forward": lambda: torch.nn.functional.conv2d(xt, wt, None, stride, pad, 1, groups),
-            "data-grad": tb([True, False, False]),
-            "weight-grad": tb([False, True, False]),
-        }
+            return {
+                "forward": lambda: torch.nn.functional.conv2d(xt, wt, None, stride, pad, 1, groups),
+                "data-grad": tb([True, False, False]),
+                "weight-grad": tb([False, True, False]),
+            }
+
+        out["torch"] = torch_steps(xt, wt, dyt)
+        if dtype == "bf16":
+            out["torch-bf16-cl"] = torch_steps(*(t.bfloat16().contiguous(memory_format=torch.channels_last)
+                                                 for t in (xt, wt, dyt)))
         if device == "cuda":
             def tf32(step):
                 def run():
@@ -193,12 +219,12 @@ def contenders(device, layer, n, torch, with_reference, opt_in=True):
             "data-grad": lambda: ref.conv2d_backward(dy, x, w, *args, need=(True, False, False)),
             "weight-grad": lambda: ref.conv2d_backward(dy, x, w, *args, need=(False, True, False)),
         }
-    nbytes = 4 * (x.size + w.size + dy.size)
+    nbytes = (2 if dtype == "bf16" else 4) * (x.size + w.size + dy.size)
     return out, flops(n, c, k, p, q, r, groups), nbytes
 
 
-def time_layer(device, layer, n, torch, repeat, with_reference, ref_repeat, opt_in=True):
-    steps, fl, nbytes = contenders(device, layer, n, torch, with_reference, opt_in)
+def time_layer(device, layer, n, torch, repeat, with_reference, ref_repeat, opt_in=True, dtype="fp32"):
+    steps, fl, nbytes = contenders(device, layer, n, torch, with_reference, opt_in, dtype)
     clock = clock_for(device)
     samples = {(b, ps): [] for b in steps for ps in steps[b]}
     for b in steps:  # warm-up: first-touch allocation, oneDNN/cuDNN plan selection
@@ -224,6 +250,8 @@ def run(args):
     if args.device == "cuda" and not gpu:
         raise SystemExit("conv2d bench: --device cuda, but no usable GPU")
     devices = ["cpu", "cuda"] if args.device == "all" and gpu else (["cpu"] if args.device == "all" else [args.device])
+    if args.dtype == "bf16":
+        devices = ["cpu"]
     if torch is not None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = False
@@ -233,31 +261,38 @@ def run(args):
         n = args.batch or ((8 if args.quick else 32) if device == "cpu" else (32 if args.quick else 128))
         tdev = torch if (torch is not None and (device == "cpu" or torch.cuda.is_available())) else None
         has_sgemm = device == "cpu" or tdev is not None
-        ceilings[device] = {"sgemm_gflops": None, "batch": n, "copy_gbps": {}}
+        ceilings[device] = {"sgemm_gflops": None, "batch": n, "copy_gbps": {},
+                            "gemm": "torch.matmul bf16" if args.dtype == "bf16" else "float32 SGEMM"}
         rates, measured = [], []
         # The SGEMM rate is sampled next to every layer and the best kept, so that the ceiling
         # sees the same quiet spells as the layers it is compared with.
         for i, layer in enumerate(LAYERS):
             t0 = time.perf_counter()
             if has_sgemm:
-                rates.append(sgemm_rate(device, tdev))
-            times, fl, nbytes = time_layer(device, layer, n, tdev, args.repeat, device == "cpu",
-                                           1 if args.quick else 3, args.opt_in)
+                rates.append(sgemm_rate(device, tdev, dtype=args.dtype))
+            with_reference = device == "cpu" and args.dtype == "fp32"
+            times, fl, nbytes = time_layer(device, layer, n, tdev, args.repeat, with_reference,
+                                           1 if args.quick else 3, args.opt_in, args.dtype)
             bw = copy_bandwidth(device, nbytes)
             ceilings[device]["copy_gbps"][layer[0]] = bw / 1e9
             measured.append((layer, fl, nbytes, bw, times))
             log(f"{device}: [{i + 1}/{len(LAYERS)}] {layer[0]} in {time.perf_counter() - t0:.1f} s")
+        rates = [r for r in rates if r]
         rate = max(rates) if rates else None
         ceilings[device]["sgemm_gflops"] = rate / 1e9 if rate else None
         ceilings[device]["sgemm_samples_gflops"] = [r / 1e9 for r in rates]
-        log(f"{device}: SGEMM (best of {len(rates)}) {rate / 1e9:.0f} GFLOP/s" if rate else f"{device}: no SGEMM rate")
+        gemm = ceilings[device]["gemm"]
+        log(f"{device}: {gemm} (best of {len(rates)}) {rate / 1e9:.0f} GFLOP/s" if rate
+            else f"{device}: no {gemm} rate")
         for layer, fl, nbytes, bw, times in measured:
             floor = max(fl / rate if rate else 0.0, nbytes / bw)
             for ps in PASSES:
-                base = {b: times[(b, ps)] for b in ("torch", "torch-tf32", "numpy-ref") if (b, ps) in times}
+                base = {b: times[(b, ps)] for b in ("torch", "torch-tf32", "torch-bf16-cl", "numpy-ref")
+                        if (b, ps) in times}
                 for b in sorted({b for b, p in times if p == ps}):
                     t = times[(b, ps)]
-                    peer = "torch-tf32" if b.endswith("-tf32") else "torch"  # TF32 against TF32
+                    # TF32 against TF32, bf16 against torch's bf16 channels_last
+                    peer = "torch-tf32" if b.endswith("-tf32") else "torch-bf16-cl" if b.endswith("-bf16") else "torch"
                     rows.append({
                         "device": device, "layer": layer[0], "pass": ps, "backend": b, "batch": n,
                         "median_ms": t * 1e3, "gflops": fl / t / 1e9, "gflop": fl / 1e9, "bytes": nbytes,
@@ -273,7 +308,7 @@ def run(args):
         "host": {"cpu_model": cpu_model(), "cpus": os.cpu_count(),
                  "gpu": fastopt.cuda.device_name(0) if "cuda" in devices else None},
         "fastopt": fastopt.build_info(), "torch": getattr(torch, "__version__", None), "numpy": np.__version__,
-        "settings": {"quick": args.quick, "repeat": args.repeat, "devices": devices},
+        "settings": {"quick": args.quick, "repeat": args.repeat, "devices": devices, "dtype": args.dtype},
         "ceilings": ceilings, "rows": rows,
     }
     md = markdown(doc)
@@ -294,20 +329,37 @@ def markdown(doc):
            f"commit {str(git.get('commit'))[:12]}{' (dirty)' if git.get('dirty') else ''}; torch {doc['torch']}, "
            f"numpy {doc['numpy']}; settings {doc['settings']}.", ""]
     for device, ceil in doc["ceilings"].items():
-        out.append(f"**{device}**: N = {ceil['batch']}; SGEMM {_f(ceil['sgemm_gflops'], '.0f')} GFLOP/s; copy "
+        out.append(f"**{device}**: N = {ceil['batch']}; {ceil.get('gemm', 'SGEMM')} {_f(ceil['sgemm_gflops'], '.0f')} "
+                   "GFLOP/s; copy "
                    f"{_f(min(ceil['copy_gbps'].values(), default=None), '.0f')}-"
                    f"{_f(max(ceil['copy_gbps'].values(), default=None), '.0f')} GB/s (read + write).")
-    out += ["", "GFLOP/s = 2 N K (C/G) R S P Q / median time. % floor: the floor (max of flops / SGEMM rate, "
+    out += ["", "GFLOP/s = 2 N K (C/G) R S P Q / median time. % floor: the floor (max of flops / GEMM rate, "
             "bytes / copy bandwidth) over the time. vs torch / vs NumPy: their time over this one (> 1: faster); "
-            "the -tf32 rows (tensor cores, opt-in) are compared with torch-tf32.", "",
+            "the -tf32 rows (tensor cores, opt-in) are compared with torch-tf32, the -bf16 rows with torch-bf16-cl.",
+            "",
             "| device | layer | pass | backend | median ms | GFLOP/s | % floor | % SGEMM | vs torch | vs NumPy |",
             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in doc["rows"]:
         out.append(f"| {r['device']} | {r['layer']} | {r['pass']} | {r['backend']} | {r['median_ms']:.2f} | "
                    f"{r['gflops']:.1f} | {r['pct_of_floor']:.0f}% | {_f(r['pct_of_sgemm'], '.0f')}% | "
                    f"{_f(r['vs_torch'], '.2f')} | {_f(r['vs_numpy'], '.1f')} |")
-    out += opt_in_verdicts(doc["rows"])
+    out += opt_in_verdicts(doc["rows"]) + bf16_speedups(doc["rows"])
     return "\n".join(out)
+
+
+def bf16_speedups(rows):
+    """Markdown lines: fastopt's bf16 time against its own float32 time on the same pass."""
+    fp32 = {(r["layer"], r["pass"]): r["median_ms"] for r in rows if r["backend"] == "fastopt"}
+    bf16 = [r for r in rows if r["backend"] == "fastopt-bf16" and (r["layer"], r["pass"]) in fp32]
+    if not bf16:
+        return []
+    out = ["", "bfloat16 against float32 (fastopt): fp32 ms / bf16 ms.", "",
+           "| layer | pass | fp32 ms | bf16 ms | speed-up | vs torch bf16 CL |", "|---|---|---:|---:|---:|---:|"]
+    for r in bf16:
+        base = fp32[(r["layer"], r["pass"])]
+        out.append(f"| {r['layer']} | {r['pass']} | {base:.2f} | {r['median_ms']:.2f} | {base / r['median_ms']:.2f} | "
+                   f"{_f(r['vs_torch'], '.2f')} |")
+    return out
 
 
 def opt_in_verdicts(rows):
@@ -335,7 +387,7 @@ def chart(doc, path):
     devices = list(doc["ceilings"])
     fig, axes = plt.subplots(len(devices), len(PASSES), figsize=(18, 5.5 * len(devices)), squeeze=False)
     colors = {"fastopt": "#1f77b4", "fastopt-winograd": "#2ca02c", "torch": "#ff7f0e", "fastopt-tf32": "#9ecae1",
-              "torch-tf32": "#fdbe85", "numpy-ref": "#7f7f7f"}
+              "torch-tf32": "#fdbe85", "fastopt-bf16": "#08519c", "torch-bf16-cl": "#a63603", "numpy-ref": "#7f7f7f"}
     for di, device in enumerate(devices):
         rows = [r for r in doc["rows"] if r["device"] == device]
         layers = list(dict.fromkeys(r["layer"] for r in rows))
@@ -351,7 +403,8 @@ def chart(doc, path):
             rate = doc["ceilings"][device]["sgemm_gflops"]
             if rate:
                 ax.axhline(rate, color="k", ls="--", lw=1)
-                ax.text(len(layers) - 0.5, rate, f"SGEMM {rate:.0f}", ha="right", va="bottom", fontsize=9)
+                gemm = doc["ceilings"][device].get("gemm", "SGEMM")
+                ax.text(len(layers) - 0.5, rate, f"{gemm} {rate:.0f}", ha="right", va="bottom", fontsize=9)
             ax.set_xticks(np.arange(len(layers)))
             ax.set_xticklabels(layers, rotation=30, ha="right", fontsize=9)
             ax.set_ylabel("GFLOP/s (higher is better)")

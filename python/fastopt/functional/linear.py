@@ -1,4 +1,12 @@
-"""Linear (fully connected) layer, float32, torch layout (torch.nn.functional.linear and its gradients)."""
+"""Linear (fully connected) layer, torch layout (torch.nn.functional.linear and its gradients).
+
+dtypes: float32 everywhere; bfloat16 on the CPU (ml_dtypes.bfloat16 arrays, fastopt.bfloat16, or
+torch.bfloat16 tensors), with float32 accumulation. One call takes one dtype: x, weight, bias
+and dy all float32 or all bfloat16; a mix raises TypeError naming the odd argument (nothing is
+converted). In bfloat16, y and dx come back in bfloat16, rounded once to nearest even (NaN stays
+NaN), and dweight and dbias in float32, unrounded: what an optimizer with float32 master weights
+consumes. A bfloat16 array on the GPU raises TypeError (not yet: the CUDA kernels are float32).
+"""
 from .. import _C
 from .._args import flags, stream as _stream
 
@@ -9,8 +17,9 @@ def linear_forward(x, weight, bias=None, stream=0):
     """y = x @ weight.T + bias: x (N, in), weight (out, in), bias (out,) or None -> y (N, out).
 
     Works on NumPy arrays (CPU) and on GPU arrays (fastopt.DeviceArray or any
-    __cuda_array_interface__ array), returning a new float32 array on x's device. Sums run in
-    float32 in an order fixed by the shape, so results are bitwise reproducible.
+    __cuda_array_interface__ array), returning a new array on x's device in x's dtype (float32,
+    or bfloat16 on the CPU: see the module's dtype rules). Sums run in float32 in an order fixed
+    by the shape, so results are bitwise reproducible.
     """
     return _C.linear_forward(x, weight, bias, _stream(stream))
 
@@ -19,7 +28,8 @@ def linear_backward(dy, x, weight, need=(True, True, True), stream=0):
     """(dx, dweight, dbias) of linear_forward(x, weight, bias) for the output gradient dy (N, out).
 
     dx = dy @ weight, dweight = dy.T @ x, dbias = dy.sum(0). need = (dx, dweight, dbias) flags:
-    a gradient not asked for is not computed and is returned as None.
+    a gradient not asked for is not computed and is returned as None. dx has x's dtype; dweight
+    and dbias are float32 (also for bfloat16 inputs).
     """
     need = flags(need, "need", ("dx", "dweight", "dbias"))
     return tuple(_C.linear_backward(dy, x, weight, *need, _stream(stream)))
