@@ -55,27 +55,30 @@ py::tuple philox_words(py::sequence counter, py::sequence key) {
   return py::make_tuple(r.v[0], r.v[1], r.v[2], r.v[3]);
 }
 
-// y = x * m for forward (name "x") and backward (name "dy") alike.
-// training = false: validated all the same, then x itself comes back, as torch returns its input.
+// y = x * m for forward (name "x") and backward (name "dy") alike; float32 or bfloat16, the
+// output of x's dtype. training = false: validated all the same, then x itself comes back, as
+// torch returns its input.
 py::object dropout_apply(py::handle x, const char* name, double p, py::handle seed, py::handle offset,
                          bool training, uintptr_t stream) {
-  const ArrayView xv = view_f32(x, ArgName{name}, false);
+  const ArrayView xv = view_floating(x, ArgName{name}, false);
   const DropoutParams d = dropout_params(probability_arg(p), unsigned_arg(seed, "seed", 64), offset_arg(offset, xv.numel));
   if (!training) return py::reinterpret_borrow<py::object>(x);
-  py::object out = new_array(xv.shape, DType::f32, xv.device, stream, "the output", name);
-  const ArrayView yv = view_f32(out, ArgName{"out"}, true);
-  const float* xp = static_cast<const float*>(xv.data);
-  float* yp = static_cast<float*>(yv.data);
+  py::object out = new_array(xv.shape, xv.dtype, xv.device, stream, "the output", name);
+  void* yp = view_array(out, ArgName{"out"}, true, &xv.dtype).data;
   if (xv.device == kCPU) {
     py::gil_scoped_release nogil;
-    cpu::dropout_apply(xp, yp, xv.numel, d);
+    by_floating_dtype(xv, [&](auto tag) {
+      using T = decltype(tag);
+      cpu::dropout_apply(data_as<T>(xv), static_cast<T*>(yp), xv.numel, d);
+    });
     return out;
   }
 #ifdef FASTOPT_WITH_CUDA
   {
+    const float* xp = static_cast<const float*>(xv.data);  // float32: view_floating keeps bf16 off the GPU
     py::gil_scoped_release nogil;
     cuda::set_device(xv.device);
-    cuda::dropout_apply(xp, yp, xv.numel, d, reinterpret_cast<void*>(stream));
+    cuda::dropout_apply(xp, static_cast<float*>(yp), xv.numel, d, reinterpret_cast<void*>(stream));
   }
   return out;
 #else

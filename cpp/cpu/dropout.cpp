@@ -1,7 +1,7 @@
 // Inverted dropout on the CPU: y = x * (word(offset + i) < threshold ? scale : 0), the mask
 // regenerated from Philox4x32-10 (fastopt/philox.h, fastopt/dropout.h) in forward and backward.
 //
-// Traffic: read x + write y = 8 B/element (the mask: 1 B/element written). Compute: one Philox
+// Traffic: read x + write y = 8 B/element, 4 B in bf16 (the mask: 1 B/element written). Compute: one Philox
 // evaluation (10 rounds, 20 32x32->64-bit multiplies) per 4 elements.
 //
 // Shape: OpenMP over fixed chunks of kChunk elements. Inside a chunk, batches of kLanes = 16
@@ -25,6 +25,7 @@
 namespace fastopt::cpu {
 
 FASTOPT_FOR_EACH_ISA(void dropout_apply(const float* x, float* y, int64_t n, const DropoutParams& d);
+                     void dropout_apply(const bf16* x, bf16* y, int64_t n, const DropoutParams& d);
                      void dropout_mask(uint8_t* mask, int64_t n, const DropoutParams& d);)
 
 namespace FASTOPT_ISA {
@@ -111,18 +112,22 @@ void for_each_batch(int64_t n, const DropoutParams& d, Emit emit) {
   }
 }
 
-}  // namespace
-
-void dropout_apply(const float* x, float* y, int64_t n, const DropoutParams& d) {
+template <class T>
+void apply(const T* x, T* y, int64_t n, const DropoutParams& d) {
   const uint64_t threshold = d.threshold;
   const float scale = d.scale;
   for_each_batch(n, d, [x, y, threshold, scale](int64_t i, const uint32_t* __restrict w, int64_t count) {
-    const float* __restrict xi = x + i;
-    float* __restrict yi = y + i;
+    const T* __restrict xi = x + i;
+    T* __restrict yi = y + i;
 #pragma omp simd
-    for (int64_t k = 0; k < count; ++k) yi[k] = xi[k] * dropout_factor(w[k], threshold, scale);
+    for (int64_t k = 0; k < count; ++k) yi[k] = from_float<T>(to_float(xi[k]) * dropout_factor(w[k], threshold, scale));
   });
 }
+
+}  // namespace
+
+void dropout_apply(const float* x, float* y, int64_t n, const DropoutParams& d) { apply(x, y, n, d); }
+void dropout_apply(const bf16* x, bf16* y, int64_t n, const DropoutParams& d) { apply(x, y, n, d); }
 
 void dropout_mask(uint8_t* mask, int64_t n, const DropoutParams& d) {
   const uint64_t threshold = d.threshold;
@@ -137,6 +142,9 @@ void dropout_mask(uint8_t* mask, int64_t n, const DropoutParams& d) {
 
 #ifdef FASTOPT_ISA_BASELINE
 void dropout_apply(const float* x, float* y, int64_t n, const DropoutParams& d) {
+  FASTOPT_CPU_DISPATCH(dropout_apply(x, y, n, d))
+}
+void dropout_apply(const bf16* x, bf16* y, int64_t n, const DropoutParams& d) {
   FASTOPT_CPU_DISPATCH(dropout_apply(x, y, n, d))
 }
 void dropout_mask(uint8_t* mask, int64_t n, const DropoutParams& d) { FASTOPT_CPU_DISPATCH(dropout_mask(mask, n, d)) }

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "fastopt/bf16.h"
 #include "fastopt/common.h"
 #include "fastopt/philox.h"
 
@@ -49,8 +50,10 @@ FASTOPT_HD float dropout_factor(uint32_t word, uint64_t threshold, float scale) 
 }
 
 namespace cpu {
-// y[i] = x[i] * m_i for i < n (x == y allowed). Forward on x, backward on dy.
+// y[i] = x[i] * m_i for i < n (x == y allowed). Forward on x, backward on dy. bf16: the product in
+// fp32 rounded once to nearest even (the same mask; kept values x * scale, dropped ones x * 0).
 void dropout_apply(const float* x, float* y, int64_t n, const DropoutParams& d);
+void dropout_apply(const bf16* x, bf16* y, int64_t n, const DropoutParams& d);
 // mask[i] = keep_i as 0/1 bytes (NumPy bool).
 void dropout_mask(uint8_t* mask, int64_t n, const DropoutParams& d);
 }  // namespace cpu
