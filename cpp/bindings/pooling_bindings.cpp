@@ -75,23 +75,26 @@ T* data_of(py::handle out, DType t) {
   return static_cast<T*>(view_array(out, ArgName{"out"}, true, &t).data);
 }
 
+// x: float32 or bfloat16; y has x's dtype.
 py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair padding, uintptr_t stream) {
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const Pool2dShape s = pool_shape(x.shape, "x", kernel, stride, padding);
   const std::vector<int64_t> yshape{x.shape[0], x.shape[1], s.P, s.Q};
-  py::object y = new_array(yshape, DType::f32, x.device, stream, "y", "x");
+  py::object y = new_array(yshape, x.dtype, x.device, stream, "y", "x");
   py::object idx = new_array(yshape, DType::i32, x.device, stream, "indices", "x");
-  const auto* xp = static_cast<const float*>(x.data);
-  float* yp = data_of<float>(y, DType::f32);
+  void* yp = view_array(y, ArgName{"out"}, true, &x.dtype).data;
   int32_t* ip = data_of<int32_t>(idx, DType::i32);
   if (x.device == kCPU) {
     py::gil_scoped_release nogil;
-    cpu::max_pool2d_forward(s, xp, yp, ip);
+    by_floating_dtype(x, [&](auto tag) {
+      using T = decltype(tag);
+      cpu::max_pool2d_forward(s, data_as<T>(x), static_cast<T*>(yp), ip);
+    });
   } else {
 #ifdef FASTOPT_WITH_CUDA
     py::gil_scoped_release nogil;
     cuda::set_device(x.device);
-    cuda::max_pool2d_forward(s, xp, yp, ip, reinterpret_cast<void*>(stream));
+    cuda::max_pool2d_forward(s, data_as<float>(x), static_cast<float*>(yp), ip, reinterpret_cast<void*>(stream));
 #else
     throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif
@@ -101,7 +104,7 @@ py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair pa
 
 py::object max_pool2d_backward(py::handle dy_obj, py::handle idx_obj, std::vector<int64_t> input_shape, Pair kernel,
                                Pair stride, Pair padding, uintptr_t stream) {
-  const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const DType i32 = DType::i32;
   const ArrayView idx = view_array(idx_obj, ArgName{"indices"}, false, &i32);
   require_same_device(dy, ArgName{"dy"}, idx, ArgName{"indices"});
@@ -111,18 +114,20 @@ py::object max_pool2d_backward(py::handle dy_obj, py::handle idx_obj, std::vecto
     raise_value("dy: expected the output shape " + shape_str(yshape) + " of this pooling, got " + shape_str(dy.shape));
   if (idx.shape != yshape)
     raise_value("indices: expected the output shape " + shape_str(yshape) + " of this pooling, got " + shape_str(idx.shape));
-  py::object dx = new_array(input_shape, DType::f32, dy.device, stream, "dx", "input_shape");
-  const auto* dyp = static_cast<const float*>(dy.data);
+  py::object dx = new_array(input_shape, dy.dtype, dy.device, stream, "dx", "input_shape");
   const auto* ip = static_cast<const int32_t*>(idx.data);
-  float* dxp = data_of<float>(dx, DType::f32);
+  void* dxp = view_array(dx, ArgName{"out"}, true, &dy.dtype).data;
   if (dy.device == kCPU) {
     py::gil_scoped_release nogil;
-    cpu::max_pool2d_backward(s, dyp, ip, dxp);
+    by_floating_dtype(dy, [&](auto tag) {
+      using T = decltype(tag);
+      cpu::max_pool2d_backward(s, data_as<T>(dy), ip, static_cast<T*>(dxp));
+    });
   } else {
 #ifdef FASTOPT_WITH_CUDA
     py::gil_scoped_release nogil;
     cuda::set_device(dy.device);
-    cuda::max_pool2d_backward(s, dyp, ip, dxp, reinterpret_cast<void*>(stream));
+    cuda::max_pool2d_backward(s, data_as<float>(dy), ip, static_cast<float*>(dxp), reinterpret_cast<void*>(stream));
 #else
     throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif

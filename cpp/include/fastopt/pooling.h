@@ -27,6 +27,7 @@
 #pragma once
 #include <cstdint>
 
+#include "fastopt/bf16.h"
 #include "fastopt/common.h"
 
 namespace fastopt {
@@ -61,16 +62,18 @@ FASTOPT_HD int cover_end(int h, int stride, int pad, int out) {
 
 FASTOPT_HD bool max_pool_takes(float v, float best) { return v > best || v != v; }
 
-// Max and its flat index over output (p, q)'s window of one plane.
-FASTOPT_HD void max_pool_window(const float* plane, const Pool2dShape& s, int p, int q, float* best_out,
+// Max and its flat index over output (p, q)'s window of one plane of T (float or bf16: the max
+// is one of the values, so it is exact in T).
+template <class T>
+FASTOPT_HD void max_pool_window(const T* plane, const Pool2dShape& s, int p, int q, float* best_out,
                                 int32_t* index_out) {
   const int h0 = window_begin(p, s.sh, s.ph), h1 = window_end(p, s.sh, s.ph, s.kh, s.H);
   const int w0 = window_begin(q, s.sw, s.pw), w1 = window_end(q, s.sw, s.pw, s.kw, s.W);
   int32_t index = h0 * s.W + w0;
-  float best = plane[index];
+  float best = to_float(plane[index]);
   for (int h = h0; h < h1; ++h)
     for (int w = w0; w < w1; ++w) {
-      const float v = plane[h * s.W + w];
+      const float v = to_float(plane[h * s.W + w]);
       if (max_pool_takes(v, best)) {
         best = v;
         index = h * s.W + w;
@@ -81,12 +84,14 @@ FASTOPT_HD void max_pool_window(const float* plane, const Pool2dShape& s, int p,
 }
 
 // dx at (h, w) of one plane: the outputs [p0, p1) x [q0, q1) cover it (cover_begin/cover_end).
-FASTOPT_HD float max_pool_gather(const float* dy_plane, const int32_t* index_plane, int Q, int p0, int p1, int q0,
+// Summed in fp32 for T = bf16 too (the caller rounds the sum once).
+template <class T>
+FASTOPT_HD float max_pool_gather(const T* dy_plane, const int32_t* index_plane, int Q, int p0, int p1, int q0,
                                  int q1, int32_t flat) {
   float acc = 0.0f;
   for (int p = p0; p < p1; ++p)
     for (int q = q0; q < q1; ++q)
-      if (index_plane[p * Q + q] == flat) acc += dy_plane[p * Q + q];
+      if (index_plane[p * Q + q] == flat) acc += to_float(dy_plane[p * Q + q]);
   return acc;
 }
 
@@ -120,6 +125,9 @@ namespace cpu {
 void max_pool2d_forward(const Pool2dShape& s, const float* x, float* y, int32_t* indices);
 // dy, indices (planes, P, Q) -> dx (planes, H, W).
 void max_pool2d_backward(const Pool2dShape& s, const float* dy, const int32_t* indices, float* dx);
+// bf16 in and out: windows compared in fp32 (exact), dx summed in fp32 and rounded once.
+void max_pool2d_forward(const Pool2dShape& s, const bf16* x, bf16* y, int32_t* indices);
+void max_pool2d_backward(const Pool2dShape& s, const bf16* dy, const int32_t* indices, bf16* dx);
 // x (planes, hw) -> y (planes); dy (planes) -> dx (planes, hw). hw >= 1.
 void global_avg_pool_forward(const float* x, float* y, int64_t planes, int64_t hw);
 void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_t hw);
