@@ -28,7 +28,7 @@ void check_classes(const Index* t, int64_t n, int64_t K) {
 
 py::tuple softmax_cross_entropy(py::handle logits, py::handle target, double label_smoothing, bool need_grad,
                                 py::handle stats, int64_t topk, uintptr_t stream) {
-  const ArrayView z = view_f32(logits, ArgName{"logits"}, false);
+  const ArrayView z = view_floating(logits, ArgName{"logits"}, false);
   if (z.shape.size() != 2) raise_value("logits: expected shape (N, K), got " + shape_str(z.shape));
   const int64_t N = z.shape[0], K = z.shape[1];
   if (K < 1) raise_value("logits: needs at least one class (K >= 1), got shape " + shape_str(z.shape));
@@ -39,13 +39,14 @@ py::tuple softmax_cross_entropy(py::handle logits, py::handle target, double lab
     kind = t.dtype == DType::i32 ? TargetKind::i32 : TargetKind::i64;
     if (t.shape != std::vector<int64_t>{N})
       raise_value("target: class indices must have shape " + shape_str({N}) + ", got " + shape_str(t.shape));
-  } else if (t.dtype == DType::f32) {
+  } else if (t.dtype == DType::f32 || t.dtype == DType::bf16) {
+    require_same_dtype(z, ArgName{"logits"}, t, ArgName{"target"});  // soft targets in the logits' dtype
     kind = TargetKind::soft;
     if (t.shape != z.shape)
       raise_value("target: soft targets must have the logits' shape " + shape_str(z.shape) + ", got " +
                   shape_str(t.shape));
   } else {
-    raise_type(std::string("target: expected int32/int64 class indices or float32 soft targets, got ") +
+    raise_type(std::string("target: expected int32/int64 class indices or soft targets of the logits' dtype, got ") +
                dtype_name(t.dtype));
   }
   if (!(label_smoothing >= 0.0 && label_smoothing <= 1.0))
@@ -71,18 +72,21 @@ py::tuple softmax_cross_entropy(py::handle logits, py::handle target, double lab
   p.off = static_cast<float>(label_smoothing / static_cast<double>(K));
   p.topk = topk < K ? topk : K;
   py::object loss = new_array({}, DType::f32, z.device, stream, "loss", "logits");
-  py::object dlogits = need_grad ? new_array(z.shape, DType::f32, z.device, stream, "dlogits", "logits") : py::none();
+  py::object dlogits = need_grad ? new_array(z.shape, z.dtype, z.device, stream, "dlogits", "logits") : py::none();
   float* lp = static_cast<float*>(view_f32(loss, ArgName{"loss"}, true).data);
-  float* dp = need_grad ? static_cast<float*>(view_f32(dlogits, ArgName{"dlogits"}, true).data) : nullptr;
-  const float* zp = static_cast<const float*>(z.data);
+  void* dp = need_grad ? view_array(dlogits, ArgName{"dlogits"}, true, &z.dtype).data : nullptr;
   if (z.device == kCPU) {
     py::gil_scoped_release nogil;
-    cpu::softmax_cross_entropy(zp, t.data, kind, p, lp, dp, sp);
+    by_floating_dtype(z, [&](auto tag) {
+      using T = decltype(tag);
+      cpu::softmax_cross_entropy(data_as<T>(z), t.data, kind, p, lp, static_cast<T*>(dp), sp);
+    });
   } else {
 #ifdef FASTOPT_WITH_CUDA
     py::gil_scoped_release nogil;
     cuda::set_device(z.device);
-    cuda::softmax_cross_entropy(zp, t.data, kind, p, lp, dp, sp, reinterpret_cast<void*>(stream));
+    cuda::softmax_cross_entropy(data_as<float>(z), t.data, kind, p, lp, static_cast<float*>(dp), sp,
+                                reinterpret_cast<void*>(stream));
 #else
     throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif

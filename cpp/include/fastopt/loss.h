@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "fastopt/bf16.h"
 #include "fastopt/common.h"
 
 namespace fastopt {
@@ -70,6 +71,10 @@ namespace cpu {
 // accumulated: += [sum of row losses, top-1 hits, top-k hits].
 void softmax_cross_entropy(const float* logits, const void* target, TargetKind kind, const LossParams& p,
                            float* loss, float* dlogits, float* stats);
+// bf16 logits (and soft targets, when kind is soft) and dlogits: the same fp32/double math on the
+// upcast values, dlogits rounded once; loss and stats stay fp32.
+void softmax_cross_entropy(const bf16* logits, const void* target, TargetKind kind, const LossParams& p,
+                           float* loss, bf16* dlogits, float* stats);
 }  // namespace cpu
 
 namespace cuda {
