@@ -1,4 +1,4 @@
-"""The `fastopt` console script: `fastopt train`, `fastopt info` and `fastopt bench [SUITE]`."""
+"""The `fastopt` console script: `fastopt train`, `fastopt transfer`, `fastopt info` and `fastopt bench [SUITE]`."""
 import argparse
 import importlib
 import json
@@ -44,11 +44,17 @@ def main(argv=None):
         from . import train_cli
 
         return train_cli.main(argv[1:])
+    if argv and argv[0] == "transfer":
+        from . import transfer
+
+        return transfer.main(argv[1:])
     if len(argv) >= 2 and argv[0] == "bench" and argv[1] in SUITES:
         return importlib.import_module(f"fastopt.bench.{SUITES[argv[1]]}").main(argv[2:])
     parser = argparse.ArgumentParser(prog="fastopt", description="fastopt: fused training kernels")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train a small CNN on digits (fastopt train --help)")
+    sub.add_parser("transfer", help="pretrain on digits 0-4, learn 5-9 from K images per class: scratch, linear "
+                                    "probe, fine-tune (fastopt transfer --help)")
     p_info = sub.add_parser("info", help="how fastopt was built, and the devices it sees")
     p_info.add_argument("--json", action="store_true")
     p_info.set_defaults(func=_info)

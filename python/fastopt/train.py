@@ -151,16 +151,29 @@ class History:
 
 
 class Trainer:
-    """Trains `model` (a built-on-demand fastopt.nn.Sequential) on `data` (fastopt.data.Dataset)."""
+    """Trains `model` (a fastopt.nn network) on `data` (fastopt.data.Dataset).
 
-    def __init__(self, model, data, config=None, out_dir=None):
+    An unbuilt model is built here from the config's seed. A model built already (pretrained
+    weights loaded, parts frozen) is trained as it is: the optimizer gets the store's groups of its
+    trainable parameters, `lr_scale` ({name prefix: factor}) setting lower learning rates for
+    some (fine-tuning a body under a new head)."""
+
+    def __init__(self, model, data, config=None, out_dir=None, lr_scale=None):
         self.config = (config or TrainConfig()).check()
         self.model, self.data = model, data
         self.device = resolve_device(self.config.device)
         self.out_dir = out_dir
         c = self.config
-        self.store = model.build(self.device, seed=c.seed)
-        self.optimizer = make_optimizer(c.optimizer, self.store.param_groups(c.weight_decay), c.lr)
+        if model.store is None:
+            self.store = model.build(self.device, seed=c.seed)
+        elif model.store.root is not model:
+            raise ValueError("model: part of another built network; train the network it was built in")
+        elif model.store.device != self.device:
+            raise ValueError(f"model: built on {model.store.device}, but this trainer runs on {self.device}")
+        else:
+            self.store = model.store
+        groups = self.store.param_groups(c.weight_decay, lr=c.lr if lr_scale else None, lr_scale=lr_scale)
+        self.optimizer = make_optimizer(c.optimizer, groups, c.lr)
         # The groups' options as built (lr = the peak lr): a resumed run keeps these, not the checkpoint's.
         self._fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.steps_per_epoch = math.ceil(len(data.train) / c.batch_size)

@@ -188,12 +188,8 @@ class Module:
 
     def set_grad(self, param, value):
         """Write (or, in an accumulating backward, add) a gradient into its slot."""
-        if param is None or value is None:
-            return
-        if self.store.accumulate:
-            F.axpby_(param.grad, value, 1.0, 1.0)
-        else:
-            copy_(param.grad, value)
+        if param is not None and value is not None:  # a copy is axpby with b = 0: one native pass either way
+            F.axpby_(param.grad, value, 1.0, 1.0 if self.store.accumulate else 0.0)
 
     def zero_grad(self):
         """Zero the gradients of this module's parameters (the whole store at the root)."""
