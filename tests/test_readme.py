@@ -40,6 +40,22 @@ def test_nn_tour_runs():
     assert float(ns["loss"]) < first
 
 
+def test_torch_tour_runs():
+    torch = pytest.importorskip("torch")
+    block = [b for b in re.findall(r"```python\n(.*?)```", _readme(), re.S) if "fastopt.torch" in b][0]
+    # torch.compile wraps lazily; the first call compiles (tens of seconds), which
+    # tests/test_torch_ops.py covers, so the tour is run up to the wrapping.
+    torch.manual_seed(0)
+    ns = {}
+    exec(block, ns)
+    model, opt = ns["model"], ns["opt"]
+    assert type(model[0]).__module__.startswith("fastopt.torch")  # converted in place
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert opt.grad_norm.shape == () and float(opt.grad_norm) > 0
+    assert opt.state_dict()["state"][0]["step"].item() == len(ns["loader"])
+    assert ns["sched"].last_epoch == len(ns["loader"])
+
+
 def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```bash\n(.*?)\n```", _readme(), re.S)
     test_command = commands[1].strip()
