@@ -80,9 +80,10 @@ void use_device(int device) {
 
 [[noreturn]] void no_cuda() { throw std::runtime_error("unreachable: a CUDA array in a build without CUDA"); }
 
+// x (and y, dy, dx): float32 or bfloat16; every per-channel array is float32.
 py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta, py::handle running_mean,
                              py::handle running_var, bool training, double factor, double eps, uintptr_t stream) {
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const NormShape s = channel_shape(x, "batch norm");
   eps_arg(eps);
   if (!(factor >= 0.0 && factor <= 1.0))
@@ -90,7 +91,7 @@ py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta
   const std::vector<int64_t> cshape{s.C};
   std::vector<ByteRange> ranges;
   const auto xb = reinterpret_cast<uintptr_t>(x.data);
-  ranges.push_back({xb, xb + static_cast<uintptr_t>(x.numel) * 4, 0, -1});
+  ranges.push_back({xb, xb + static_cast<uintptr_t>(x.numel) * itemsize(x.dtype), 0, -1});
   const float* w = optional_input(gamma, "gamma", cshape, x, &ranges, 1);
   const float* b = optional_input(beta, "beta", cshape, x, &ranges, 2);
   if (running_mean.is_none() != running_var.is_none())
@@ -124,33 +125,41 @@ py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta
   if (training && s.N * s.S < 2)
     raise_value("x: expected more than 1 value per channel when training, got input size " + shape_str(x.shape));
 
-  Out y = new_output(x.shape, x, stream, "y"), mean = new_output(cshape, x, stream, "mean"),
-      rstd = new_output(cshape, x, stream, "rstd");
-  const float* xp = static_cast<const float*>(x.data);
+  py::object y = new_array(x.shape, x.dtype, x.device, stream, "y", "x");
+  void* yp = view_array(y, ArgName{"output"}, true, &x.dtype).data;
+  Out mean = new_output(cshape, x, stream, "mean"), rstd = new_output(cshape, x, stream, "rstd");
   {
     py::gil_scoped_release nogil;
     if (x.device == kCPU) {
-      if (training) cpu::batch_norm_forward_train(s, xp, w, b, y.ptr, mean.ptr, rstd.ptr, rm, rv, factor, eps);
-      else cpu::batch_norm_forward_eval(s, xp, w, b, y.ptr, mean.ptr, rstd.ptr, rm, rv, eps);
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        const T* xp = data_as<T>(x);
+        T* out = static_cast<T*>(yp);
+        if (training) cpu::batch_norm_forward_train(s, xp, w, b, out, mean.ptr, rstd.ptr, rm, rv, factor, eps);
+        else cpu::batch_norm_forward_eval(s, xp, w, b, out, mean.ptr, rstd.ptr, rm, rv, eps);
+      });
     } else {
 #ifdef FASTOPT_WITH_CUDA
       use_device(x.device);
       void* st = reinterpret_cast<void*>(stream);
-      if (training) cuda::batch_norm_forward_train(s, xp, w, b, y.ptr, mean.ptr, rstd.ptr, rm, rv, factor, eps, st);
-      else cuda::batch_norm_forward_eval(s, xp, w, b, y.ptr, mean.ptr, rstd.ptr, rm, rv, eps, st);
+      const float* xp = data_as<float>(x);
+      float* out = static_cast<float*>(yp);
+      if (training) cuda::batch_norm_forward_train(s, xp, w, b, out, mean.ptr, rstd.ptr, rm, rv, factor, eps, st);
+      else cuda::batch_norm_forward_eval(s, xp, w, b, out, mean.ptr, rstd.ptr, rm, rv, eps, st);
 #else
       no_cuda();
 #endif
     }
   }
-  return py::make_tuple(y.obj, mean.obj, rstd.obj);
+  return py::make_tuple(y, mean.obj, rstd.obj);
 }
 
 py::tuple batch_norm_backward(py::handle dy_obj, py::handle x_obj, py::handle gamma, py::handle save_mean,
                               py::handle save_invstd, bool training, bool affine, uintptr_t stream) {
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
-  const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
+  require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_shape(x, dy, "dy");
   const NormShape s = channel_shape(x, "batch norm");
   const std::vector<int64_t> cshape{s.C};
@@ -159,25 +168,29 @@ py::tuple batch_norm_backward(py::handle dy_obj, py::handle x_obj, py::handle ga
   const float* rp = required_input(save_invstd, "save_invstd", cshape, x);
   if (training && s.N * s.S < 2)
     raise_value("x: expected more than 1 value per channel when training, got input size " + shape_str(x.shape));
-  Out dx = new_output(x.shape, x, stream, "dx");
+  py::object dx = new_array(x.shape, x.dtype, x.device, stream, "dx", "x");
+  void* dxp = view_array(dx, ArgName{"output"}, true, &x.dtype).data;
   const Out dw = optional_output(affine, cshape, x, stream, "dweight"),
             db = optional_output(affine, cshape, x, stream, "dbias");
-  const float* xp = static_cast<const float*>(x.data);
-  const float* gp = static_cast<const float*>(dy.data);
   {
     py::gil_scoped_release nogil;
     if (x.device == kCPU) {
-      cpu::batch_norm_backward(s, gp, xp, w, mp, rp, training, dx.ptr, dw.ptr, db.ptr);
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        cpu::batch_norm_backward(s, data_as<T>(dy), data_as<T>(x), w, mp, rp, training, static_cast<T*>(dxp), dw.ptr,
+                                 db.ptr);
+      });
     } else {
 #ifdef FASTOPT_WITH_CUDA
       use_device(x.device);
-      cuda::batch_norm_backward(s, gp, xp, w, mp, rp, training, dx.ptr, dw.ptr, db.ptr, reinterpret_cast<void*>(stream));
+      cuda::batch_norm_backward(s, data_as<float>(dy), data_as<float>(x), w, mp, rp, training, static_cast<float*>(dxp),
+                                dw.ptr, db.ptr, reinterpret_cast<void*>(stream));
 #else
       no_cuda();
 #endif
     }
   }
-  return py::make_tuple(dx.obj, dw.obj, db.obj);
+  return py::make_tuple(dx, dw.obj, db.obj);
 }
 
 // Layer norm as the row family: rows = the leading dims, one group of D = prod(normalized_shape).

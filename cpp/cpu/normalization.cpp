@@ -22,6 +22,10 @@
 // order. Every sum therefore has a fixed order for any thread count and ISA (16 double lanes,
 // lane i % 16 for element i of a run, folded by a fixed tree), so results are bitwise
 // reproducible.
+//
+// Batch norm also runs on bf16 activations (x, y, dy, dx): the same loops read 2-byte elements
+// (load_f8 widens them exactly), statistics, sums and coefficients stay fp32/double, and each
+// output element is rounded once. Traffic halves: about 4 B forward and 6 B backward per element.
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -40,6 +44,14 @@ FASTOPT_FOR_EACH_ISA(
                                  double eps);
     void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w,
                              const float* mean, const float* rstd, bool training, float* dx, float* dw, float* db);
+    void batch_norm_forward_train(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
+                                  float* mean, float* rstd, float* running_mean, float* running_var,
+                                  double factor, double eps);
+    void batch_norm_forward_eval(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
+                                 float* mean, float* rstd, const float* running_mean, const float* running_var,
+                                 double eps);
+    void batch_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w,
+                             const float* mean, const float* rstd, bool training, bf16* dx, float* dw, float* db);
     void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y,
                           float* mean, float* rstd, double eps);
     void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w,
@@ -55,13 +67,8 @@ constexpr int64_t kMaxBlocks = 64;    // sample blocks of the row family's dw/db
 // GCC vector types: the same lane-wise double arithmetic on every ISA (baseline splits them into
 // SSE2 halves), the accumulators kept in registers through a run.
 typedef double d8 __attribute__((vector_size(64)));
-typedef float f8 __attribute__((vector_size(32)));
+typedef f32x8 f8;  // load_f8 (fastopt/bf16.h) reads float or bf16 runs into it
 
-inline f8 load8(const float* p) {
-  f8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
 inline d8 wide(f8 v) { return __builtin_convertvector(v, d8); }
 
 // Lane accumulators: element i of a run goes to lane i % kLanes, whatever the run length, so
@@ -78,17 +85,19 @@ struct Lanes {
   }
 };
 
-// The last n < 16 elements of a run, padded with `pad` to a whole vector.
-inline void tail16(float* t, const float* x, int64_t n, float pad) {
-  for (int64_t j = 0; j < kLanes; ++j) t[j] = j < n ? x[j] : pad;
+// The last n < 16 elements of a run, in fp32, padded with `pad` to a whole vector.
+template <class T>
+inline void tail16(float* t, const T* x, int64_t n, float pad) {
+  for (int64_t j = 0; j < kLanes; ++j) t[j] = j < n ? to_float(x[j]) : pad;
 }
 
 // Sums of d = x - k and d^2 in double; k is a float, so padding with it adds exact zeros.
-__attribute__((always_inline)) inline void shifted_run(Lanes& s, Lanes& q, const float* __restrict x, int64_t n,
-                                                       float k) {
+// T: float or bf16 storage (every run helper below reads either).
+template <class T>
+__attribute__((always_inline)) inline void shifted_run(Lanes& s, Lanes& q, const T* __restrict x, int64_t n, float k) {
   const double kd = k;
-  auto step = [&](const float* p) {
-    const d8 a = wide(load8(p)) - kd, b = wide(load8(p + 8)) - kd;
+  auto step = [&](const auto* p) {
+    const d8 a = wide(load_f8(p)) - kd, b = wide(load_f8(p + 8)) - kd;
     s.lo += a;
     s.hi += b;
     q.lo += a * a;
@@ -105,14 +114,15 @@ __attribute__((always_inline)) inline void shifted_run(Lanes& s, Lanes& q, const
 
 // sum dy and sum dy * (x - mean); x - mean in float is exact for x near the mean. Padding
 // (dy 0, x mean) adds exact zeros.
-__attribute__((always_inline)) inline void grad_run(Lanes& a, Lanes& c, const float* __restrict dy,
-                                                    const float* __restrict x, float mean, int64_t n) {
-  auto step = [&](const float* g, const float* xp) {
-    const d8 g0 = wide(load8(g)), g1 = wide(load8(g + 8));
+template <class T>
+__attribute__((always_inline)) inline void grad_run(Lanes& a, Lanes& c, const T* __restrict dy, const T* __restrict x,
+                                                    float mean, int64_t n) {
+  auto step = [&](const auto* g, const auto* xp) {
+    const d8 g0 = wide(load_f8(g)), g1 = wide(load_f8(g + 8));
     a.lo += g0;
     a.hi += g1;
-    c.lo += g0 * wide(load8(xp) - mean);
-    c.hi += g1 * wide(load8(xp + 8) - mean);
+    c.lo += g0 * wide(load_f8(xp) - mean);
+    c.hi += g1 * wide(load_f8(xp + 8) - mean);
   };
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) step(dy + i, x + i);
@@ -139,8 +149,8 @@ __attribute__((always_inline)) inline void weighted_grad_run(Lanes& a, Lanes& c,
                                                              float mean, int64_t n, double* __restrict pw,
                                                              double* __restrict pb, double rstd) {
   auto half = [&](d8& al, d8& cl, const float* g, const float* xp, const float* wp, double* qw, double* qb) {
-    const d8 d = wide(load8(g)), xm = wide(load8(xp) - mean);
-    const d8 gw = wp ? d * wide(load8(wp)) : d;
+    const d8 d = wide(load_f8(g)), xm = wide(load_f8(xp) - mean);
+    const d8 gw = wp ? d * wide(load_f8(wp)) : d;
     al += gw;
     cl += gw * xm;
     if (qw) {
@@ -191,21 +201,23 @@ int64_t channel_block(int64_t S, int64_t C) {
   return cb < 1 ? 1 : cb > kMaxBlockChannels ? kMaxBlockChannels : cb > C ? C : cb;
 }
 
-void plane_apply(const float* __restrict x, float* __restrict y, int64_t n, float hi, float lo, float scale,
-                 float shift) {
+template <class T>
+void plane_apply(const T* __restrict x, T* __restrict y, int64_t n, float hi, float lo, float scale, float shift) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] = norm_apply(x[i], hi, lo, scale, shift);
+  for (int64_t i = 0; i < n; ++i) y[i] = from_float<T>(norm_apply(to_float(x[i]), hi, lo, scale, shift));
 }
 
-void plane_dx(const float* __restrict dy, const float* __restrict x, float* __restrict dx, int64_t n, float mean,
-              float k, float c2, float c3) {
+template <class T>
+void plane_dx(const T* __restrict dy, const T* __restrict x, T* __restrict dx, int64_t n, float mean, float k, float c2,
+              float c3) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dx[i] = norm_backward_dx(dy[i], x[i] - mean, k, c2, c3);
+  for (int64_t i = 0; i < n; ++i) dx[i] = from_float<T>(norm_backward_dx(to_float(dy[i]), to_float(x[i]) - mean, k, c2, c3));
 }
 
 // Per-channel moments of a 2-d (N, C) batch norm input, into mom[C]: tiles of kTile channels
 // walk down the rows, vectorized along C.
-void column_moments(const NormShape& s, const float* x, Moments<double>* mom) {
+template <class T>
+void column_moments(const NormShape& s, const T* x, Moments<double>* mom) {
   const int64_t N = s.N, C = s.C;
   const int64_t tiles = (C + kTile - 1) / kTile;
 #pragma omp parallel for schedule(static)
@@ -213,16 +225,16 @@ void column_moments(const NormShape& s, const float* x, Moments<double>* mom) {
     const int64_t c0 = t * kTile, w = C - c0 < kTile ? C - c0 : kTile;
     double sum[kTile] = {}, q[kTile] = {}, d[kTile] = {};
     for (int64_t n = 0; n < N; ++n) {
-      const float* __restrict row = x + n * C + c0;
+      const T* __restrict row = x + n * C + c0;
 #pragma omp simd
-      for (int64_t j = 0; j < w; ++j) sum[j] += row[j];
+      for (int64_t j = 0; j < w; ++j) sum[j] += to_float(row[j]);
     }
     for (int64_t j = 0; j < w; ++j) sum[j] /= static_cast<double>(N);
     for (int64_t n = 0; n < N; ++n) {
-      const float* __restrict row = x + n * C + c0;
+      const T* __restrict row = x + n * C + c0;
 #pragma omp simd
       for (int64_t j = 0; j < w; ++j) {
-        const double v = row[j] - sum[j];
+        const double v = to_float(row[j]) - sum[j];
         q[j] += v * v;
         d[j] += v;
       }
@@ -233,7 +245,8 @@ void column_moments(const NormShape& s, const float* x, Moments<double>* mom) {
 }
 
 // y = norm_apply(x, hi[c], lo[c], scale[c], shift[c]) over every (n, c) plane.
-void channel_apply(const NormShape& s, const float* x, float* y, const float* hi, const float* lo, const float* scale,
+template <class T>
+void channel_apply(const NormShape& s, const T* x, T* y, const float* hi, const float* lo, const float* scale,
                    const float* shift) {
   const int64_t N = s.N, C = s.C, S = s.S;
   if (S > 1) {
@@ -243,15 +256,16 @@ void channel_apply(const NormShape& s, const float* x, float* y, const float* hi
   }
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
-    const float* __restrict xr = x + n * C;
-    float* __restrict yr = y + n * C;
+    const T* __restrict xr = x + n * C;
+    T* __restrict yr = y + n * C;
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) yr[c] = norm_apply(xr[c], hi[c], lo[c], scale[c], shift[c]);
+    for (int64_t c = 0; c < C; ++c) yr[c] = from_float<T>(norm_apply(to_float(xr[c]), hi[c], lo[c], scale[c], shift[c]));
   }
 }
 
 // lo: the part of each channel's mean below the float mean[c] (see norm_apply).
-void bn_normalize(const NormShape& s, const float* x, const float* w, const float* b, float* y, const float* mean,
+template <class T>
+void bn_normalize(const NormShape& s, const T* x, const float* w, const float* b, T* y, const float* mean,
                   const float* lo, const float* rstd) {
   std::vector<float> scale(s.C), shift(s.C);
   for (int64_t c = 0; c < s.C; ++c) {
@@ -261,11 +275,11 @@ void bn_normalize(const NormShape& s, const float* x, const float* w, const floa
   channel_apply(s, x, y, mean, lo, scale.data(), shift.data());
 }
 
-}  // namespace
-
-void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y,
-                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
-                              double eps) {
+// Batch norm for activations stored as T (float or bf16); w, b, statistics and running
+// statistics are fp32 always.
+template <class T>
+void bn_forward_train(const NormShape& s, const T* x, const float* w, const float* b, T* y, float* mean, float* rstd,
+                      float* running_mean, float* running_var, double factor, double eps) {
   const int64_t N = s.N, C = s.C, S = s.S;
   // Channel c's statistics: float mean and rstd, the mean's float rounding in *lo.
   auto finish = [&](int64_t c, const Moments<double>& m, float* lo) {
@@ -284,7 +298,7 @@ void batch_norm_forward_train(const NormShape& s, const float* x, const float* w
       const int64_t c0 = t * cb, nc = C - c0 < cb ? C - c0 : cb;
       Lanes sum[kMaxBlockChannels], sq[kMaxBlockChannels];
       float k[kMaxBlockChannels];
-      for (int64_t j = 0; j < nc; ++j) k[j] = norm_shift(x[(c0 + j) * S]);
+      for (int64_t j = 0; j < nc; ++j) k[j] = norm_shift(to_float(x[(c0 + j) * S]));
       for (int64_t n = 0; n < N; ++n)
         for (int64_t j = 0; j < nc; ++j) shifted_run(sum[j], sq[j], x + (n * C + c0 + j) * S, S, k[j]);
       float lo[kMaxBlockChannels], scale[kMaxBlockChannels], shift[kMaxBlockChannels];
@@ -306,9 +320,9 @@ void batch_norm_forward_train(const NormShape& s, const float* x, const float* w
   bn_normalize(s, x, w, b, y, mean, lo.data(), rstd);
 }
 
-void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
-                             float* mean, float* rstd, const float* running_mean, const float* running_var,
-                             double eps) {
+template <class T>
+void bn_forward_eval(const NormShape& s, const T* x, const float* w, const float* b, T* y, float* mean, float* rstd,
+                     const float* running_mean, const float* running_var, double eps) {
   for (int64_t c = 0; c < s.C; ++c) {
     mean[c] = running_mean[c];
     rstd[c] = static_cast<float>(norm_rstd(running_var[c], eps));
@@ -317,8 +331,9 @@ void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w,
   bn_normalize(s, x, w, b, y, mean, lo.data(), rstd);
 }
 
-void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
-                         const float* rstd, bool training, float* dx, float* dw, float* db) {
+template <class T>
+void bn_backward(const NormShape& s, const T* dy, const T* x, const float* w, const float* mean, const float* rstd,
+                 bool training, T* dx, float* dw, float* db) {
   const int64_t N = s.N, C = s.C, S = s.S;
   const bool sums = training || dw != nullptr || db != nullptr;
   const double M = static_cast<double>(N * S);
@@ -360,24 +375,57 @@ void batch_norm_backward(const NormShape& s, const float* dy, const float* x, co
     const int64_t c0 = t * kTile, wd = C - c0 < kTile ? C - c0 : kTile;
     double a[kTile] = {}, q[kTile] = {};
     for (int64_t n = 0; sums && n < N; ++n) {
-      const float* __restrict g = dy + n * C + c0;
-      const float* __restrict xr = x + n * C + c0;
+      const T* __restrict g = dy + n * C + c0;
+      const T* __restrict xr = x + n * C + c0;
 #pragma omp simd
       for (int64_t j = 0; j < wd; ++j) {
-        a[j] += g[j];
-        q[j] += static_cast<double>(g[j]) * static_cast<double>(xr[j] - mean[c0 + j]);
+        const float gj = to_float(g[j]);
+        a[j] += gj;
+        q[j] += static_cast<double>(gj) * static_cast<double>(to_float(xr[j]) - mean[c0 + j]);
       }
     }
     for (int64_t j = 0; j < wd; ++j) finish(c0 + j, a[j], q[j], &k[c0 + j], &c2[c0 + j], &c3[c0 + j]);
   }
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
-    const float* __restrict g = dy + n * C;
-    const float* __restrict xr = x + n * C;
-    float* __restrict o = dx + n * C;
+    const T* __restrict g = dy + n * C;
+    const T* __restrict xr = x + n * C;
+    T* __restrict o = dx + n * C;
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) o[c] = norm_backward_dx(g[c], xr[c] - mean[c], k[c], c2[c], c3[c]);
+    for (int64_t c = 0; c < C; ++c)
+      o[c] = from_float<T>(norm_backward_dx(to_float(g[c]), to_float(xr[c]) - mean[c], k[c], c2[c], c3[c]));
   }
+}
+
+}  // namespace
+
+void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
+                              double eps) {
+  bn_forward_train(s, x, w, b, y, mean, rstd, running_mean, running_var, factor, eps);
+}
+void batch_norm_forward_train(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
+                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
+                              double eps) {
+  bn_forward_train(s, x, w, b, y, mean, rstd, running_mean, running_var, factor, eps);
+}
+void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                             float* mean, float* rstd, const float* running_mean, const float* running_var,
+                             double eps) {
+  bn_forward_eval(s, x, w, b, y, mean, rstd, running_mean, running_var, eps);
+}
+void batch_norm_forward_eval(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
+                             float* mean, float* rstd, const float* running_mean, const float* running_var,
+                             double eps) {
+  bn_forward_eval(s, x, w, b, y, mean, rstd, running_mean, running_var, eps);
+}
+void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
+                         const float* rstd, bool training, float* dx, float* dw, float* db) {
+  bn_backward(s, dy, x, w, mean, rstd, training, dx, dw, db);
+}
+void batch_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,
+                         const float* rstd, bool training, bf16* dx, float* dw, float* db) {
+  bn_backward(s, dy, x, w, mean, rstd, training, dx, dw, db);
 }
 
 void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
@@ -487,6 +535,20 @@ void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w,
 }
 void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
                          const float* rstd, bool training, float* dx, float* dw, float* db) {
+  FASTOPT_CPU_DISPATCH(batch_norm_backward(s, dy, x, w, mean, rstd, training, dx, dw, db))
+}
+void batch_norm_forward_train(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
+                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
+                              double eps) {
+  FASTOPT_CPU_DISPATCH(batch_norm_forward_train(s, x, w, b, y, mean, rstd, running_mean, running_var, factor, eps))
+}
+void batch_norm_forward_eval(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
+                             float* mean, float* rstd, const float* running_mean, const float* running_var,
+                             double eps) {
+  FASTOPT_CPU_DISPATCH(batch_norm_forward_eval(s, x, w, b, y, mean, rstd, running_mean, running_var, eps))
+}
+void batch_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,
+                         const float* rstd, bool training, bf16* dx, float* dw, float* db) {
   FASTOPT_CPU_DISPATCH(batch_norm_backward(s, dy, x, w, mean, rstd, training, dx, dw, db))
 }
 void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,

@@ -152,6 +152,25 @@ inline void from_float_n(const float* __restrict src, T* __restrict dst, int64_t
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) dst[i] = from_float<T>(src[i]);
 }
+
+// 8 values as one GCC vector of floats, for host loops written in vector types (the same lane
+// arithmetic on every ISA copy): bf16 widens exactly (zero-extend, shift into the high half).
+typedef float f32x8 __attribute__((vector_size(32)));
+inline f32x8 load_f8(const float* p) {
+  f32x8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline f32x8 load_f8(const bf16* p) {
+  typedef uint16_t u16x8 __attribute__((vector_size(16)));
+  typedef uint32_t u32x8 __attribute__((vector_size(32)));
+  u16x8 h;
+  std::memcpy(&h, p, sizeof h);
+  const u32x8 w = __builtin_convertvector(h, u32x8) << 16;
+  f32x8 v;
+  std::memcpy(&v, &w, sizeof v);
+  return v;
+}
 #endif
 
 }  // namespace fastopt

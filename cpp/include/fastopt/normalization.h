@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "fastopt/bf16.h"
 #include "fastopt/common.h"
 
 namespace fastopt {
@@ -116,6 +117,15 @@ void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w,
                              double eps);
 void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
                          const float* rstd, bool training, float* dx, float* dw, float* db);
+// bf16 activations (x, y, dy, dx); w, b, mean, rstd, running stats, dw, db stay fp32.
+void batch_norm_forward_train(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
+                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
+                              double eps);
+void batch_norm_forward_eval(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
+                             float* mean, float* rstd, const float* running_mean, const float* running_var,
+                             double eps);
+void batch_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,
+                         const float* rstd, bool training, bf16* dx, float* dw, float* db);
 void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
                       float* rstd, double eps);
 void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
