@@ -78,7 +78,7 @@ void forward(const Conv2dShape& s, const T* x, const T* w, const T* b, T* y) {
   };
   const Im2col<T> im2col{x, HW, s.C * HW, s.P, s.Q, s.H, s.W, s.stride_h, s.stride_w, s.R, s.S,
                          -s.pad_h, s.dil_h, -s.pad_w, s.dil_w};
-  auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+  auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, auto* dst) {
     Im2col<T> at = im2col;
     at.src += g * Cg * HW;
     at.pack(p0, kc, j0, cols, dst);
@@ -116,7 +116,7 @@ void data_grad_gather(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
     }
   };
   const Im2col<T> im2col{dy, PQ, s.K * PQ, s.H, s.W, s.P, s.Q, 1, 1, s.R, s.S, s.pad_h, -s.dil_h, s.pad_w, -s.dil_w};
-  auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+  auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, auto* dst) {
     Im2col<T> at = im2col;
     at.src += g * Kg * PQ;
     at.pack(p0, kc, j0, cols, dst);
@@ -328,9 +328,10 @@ void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw) {
       ++n;
     }
   };
-  auto pack_b = [&](int64_t item, int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
+  auto pack_b = [&](int64_t item, int64_t p0, int64_t kc, int64_t j0, int64_t cols, auto* dst) {
     // B[(n, p, q), (c, r, s)] = x[n, g*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw]: each column
     // is a strided walk along rows of x, so gather it with range-split row copies, then transpose.
+    // dst: an fp32 strip, or bf16 pairs (gemm_bf16.h).
     const int64_t n0 = item / G * per, g = item % G;
 #if defined(__AVX512F__)
     if (fast_b) {
@@ -344,6 +345,7 @@ void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw) {
         off[j] = (g * Cg + c) * HW + (r * s.dil_h - s.pad_h) * s.W + sc * s.dil_w - s.pad_w;
         bit[j] = _mm256_set1_epi16(static_cast<short>(1 << (r * s.S + sc)));
       }
+      gemm::RowsOf<std::remove_pointer_t<decltype(dst)>> out{dst};
       int64_t n = n0 + p0 / PQ, pq = p0 % PQ;
       for (int64_t p = 0; p < kc;) {
         const int64_t len = std::min(kc - p, PQ - pq);
@@ -358,14 +360,14 @@ void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw) {
               r[i] = jb + i < cols ? gemm::load16(m & _mm256_test_epi16_mask(taps, bit[jb + i]), xn + off[jb + i] + t)
                                    : _mm512_setzero_ps();
             if (jb < cols) gemm::transpose16(r);
-            for (int i = 0; i < count; ++i) _mm512_storeu_ps(dst + (p + t + i) * NR + jb, r[i]);
+            for (int i = 0; i < count; ++i) out.put(p + t + i, static_cast<int>(jb / 16), r[i]);
           }
         }
         p += len;
         pq = 0;
         ++n;
       }
-      return;
+      return out.finish(kc);
     }
 #endif
     alignas(64) float tmp[NR * gemm::KC];
@@ -389,7 +391,7 @@ void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw) {
         }
       }
     }
-    gemm::transpose_to_panel(tmp, kc, kc, cols, dst);
+    gemm::via_stage(dst, kc, [&](float* strip) { gemm::transpose_to_panel(tmp, kc, kc, cols, strip); });
   };
   gemm::run_typed<T>(
       chunks * G, Kg, Nn, Kd, false, pack_a, pack_b,

@@ -163,13 +163,18 @@ struct ShiftGather {
   const int64_t* roff;  // R entries
   const int64_t* soff;  // S entries
 
-  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* __restrict dst) const {
-    if (sb == 2) return pack_cs<2>(p0, kc, j0, cols, dst);
-    pack_cs<1>(p0, kc, j0, cols, dst);
+  // Rows: gemm::RowsF32 or gemm::RowPairs.
+  template <class Rows>
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t cols, Rows& out) const {
+    if (sb == 2)
+      pack_cs<2>(p0, kc, j0, cols, out);
+    else
+      pack_cs<1>(p0, kc, j0, cols, out);
+    out.finish(kc);
   }
 
-  template <int CS>
-  void pack_cs(int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* __restrict dst) const {
+  template <int CS, class Rows>
+  void pack_cs(int64_t p0, int64_t kc, int64_t j0, int64_t cols, Rows& out) const {
     constexpr int NV = NR / 16;
     // Loads of vector v: lanes `mask` from src + base + (row offset) + CS lane.
     struct Load {
@@ -263,7 +268,7 @@ struct ShiftGather {
             __m512 val = load_lanes<CS>(m[rs][v][0], from + base[v][0]);  // zero outside its lanes
             if constexpr (decltype(two_loads)::value)
               if (nl[v] == 2) val = _mm512_or_ps(val, load_lanes<CS>(m[rs][v][1], from + base[v][1]));
-            _mm512_storeu_ps(dst + p * NR + 16 * v, val);
+            out.put(p, v, val);
           }
           if (++rs == RS) {
             rs = 0;
@@ -289,7 +294,7 @@ struct ShiftGather {
           const auto m = static_cast<__mmask16>(loads[v][t].mask & vok);
           acc = _mm512_or_ps(acc, load_lanes<CS>(source_lanes<CS>(m), from + loads[v][t].base));
         }
-        _mm512_storeu_ps(dst + p * NR + 16 * v, acc);
+        out.put(p, v, acc);
       }
       if (++rs == RS) {
         rs = 0;
@@ -315,16 +320,24 @@ struct Im2col {
   const T* src;
   int64_t chan, img, A, B, SH, SW, sa, sb, R, S, r0, rd, s0, sd;
 
-  // The strip of rows [p0, p0 + kc) and columns [j0, j0 + cols) in the F32 layout.
-  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* __restrict dst) const {
+  // The strip of rows [p0, p0 + kc) and columns [j0, j0 + cols) in gemm.h's F32 layout, or
+  // (Dst = bf16) gemm_bf16.h's pairs: ShiftGather writes those directly, the generic gather
+  // through an fp32 stage.
+  template <class Dst>
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t cols, Dst* __restrict dst) const {
 #if defined(__AVX512F__)
     if ((sb == 1 || sb == 2) && R <= 16 && S <= 16) {
       int64_t roff[16], soff[16];
       for (int64_t r = 0; r < R; ++r) roff[r] = r0 + r * rd;
       for (int64_t c = 0; c < S; ++c) soff[c] = s0 + c * sd;
-      return ShiftGather<T>{src, chan, img, A, B, SH, SW, sa, sb, R, S, roff, soff}.pack(p0, kc, j0, cols, dst);
+      gemm::RowsOf<Dst> rows{dst};
+      return ShiftGather<T>{src, chan, img, A, B, SH, SW, sa, sb, R, S, roff, soff}.pack(p0, kc, j0, cols, rows);
     }
 #endif
+    gemm::via_stage(dst, kc, [&](float* strip) { gather(p0, kc, j0, cols, strip); });
+  }
+
+  void gather(int64_t p0, int64_t kc, int64_t j0, int64_t cols, float* __restrict dst) const {
     Run runs[NR];
     const int nruns = make_runs(j0, cols, A, B, runs);
     const int64_t RS = R * S;

@@ -15,8 +15,9 @@
 // B[p][j], an odd last row paired with zeros. The micro-kernel broadcasts one A pair (32 bits)
 // per row and multiplies it into three 16-column B vectors of pairs: 24 VDPBF16PS per pair of
 // rows, 2 x the fp32 kernel's multiply-adds per instruction. The packers (conv2d_pack.h,
-// linear.cpp) write fp32 strips, widening bf16 at the load; stage_a / stage_b turn a strip into
-// pairs through a thread-private buffer (exact: the values are bf16 already).
+// linear.cpp) widen bf16 to fp32 at the load and write fp32 strips, or, for the im2col B strips
+// (the ones packed per task), the pairs themselves (RowPairs); stage_a / stage_b turn the other
+// strips into pairs through a thread-private buffer (exact: the values are bf16 already).
 //
 // Bytes: the operands move half the bytes of fp32 panels (a 320 x 48 B strip is 30 KiB, in L1).
 // Launch: that of gemm::run (an OpenMP team over row x column blocks).
@@ -83,9 +84,107 @@ inline void rows_to_strip(const T* __restrict src, int64_t ld, int64_t rows, int
     for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = i < rows ? to_float(src[i * ld + p]) : 0.0f;
 }
 
-#if defined(__AVX512BF16__)
-constexpr bool kBf16Dot = true;
+#if defined(__AVX512F__)
+// Where a B packer puts row p's 16 columns 16v .. 16v + 15 (fp32 vectors holding exact bf16
+// values when the strip is bf16): RowsF32 writes gemm.h's F32 layout, RowPairs the Bf16 layout,
+// pairing each odd row with the even row it holds back (finish() pairs an odd last row with
+// zeros), so that a packer writes either layout without a staging copy.
+struct RowsF32 {
+  float* dst;
+  void put(int64_t p, int v, __m512 val) { _mm512_storeu_ps(dst + p * NR + 16 * v, val); }
+  void finish(int64_t) {}
+};
 
+struct RowPairs {
+  bf16* dst;
+  __m512i held[NR / 16] = {};
+  void put(int64_t p, int v, __m512 val) {
+    if (p % 2 == 0)
+      held[v] = _mm512_castps_si512(val);
+    else  // the odd row's bf16 is already the high half of its lanes, the low half zero
+      _mm512_storeu_si512(dst + (p - 1) * NR + 32 * v,
+                          _mm512_or_si512(_mm512_castps_si512(val), _mm512_srli_epi32(held[v], 16)));
+  }
+  void finish(int64_t kc) {
+    if (kc % 2)
+      for (int v = 0; v < NR / 16; ++v) put(kc, v, _mm512_setzero_ps());
+  }
+};
+
+template <class Dst>
+using RowsOf = std::conditional_t<std::is_same_v<Dst, float>, RowsF32, RowPairs>;
+
+// Pairs from fp32 rows of W (16 or 8) floats holding bf16 values: dst[(p/2)*2W + 2j + p%2] =
+// bf16 of src[p*W + j] for p < kc, the odd last row paired with zeros. Truncation is exact here.
+template <int W>
+inline void pairs_from_rows(const float* __restrict src, int64_t kc, bf16* __restrict dst) {
+  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  for (int64_t p = 0; p < kc; p += 2) {
+    const float* r0 = src + p * W;
+    for (int j = 0; j < W; j += 16) {
+      const __mmask16 m = W - j >= 16 ? 0xffff : static_cast<__mmask16>((1u << (W - j)) - 1);
+      const __m512i lo = _mm512_srli_epi32(_mm512_castps_si512(_mm512_maskz_loadu_ps(m, r0 + j)), 16);
+      const __m512i up = p + 1 < kc ? _mm512_castps_si512(_mm512_maskz_loadu_ps(m, r0 + W + j)) : _mm512_setzero_si512();
+      // The odd row's bf16 in the high half of each 32-bit pair.
+      _mm512_mask_storeu_epi32(dst + p * W + 2 * j, m, _mm512_or_si512(_mm512_and_si512(up, hi), lo));
+    }
+  }
+}
+
+// A thread-private fp32 strip of up to KC rows of NR floats, for the staging packers.
+inline float* stage_buffer() {
+  thread_local Panel stage(static_cast<size_t>(KC * NR));
+  return stage.data();
+}
+#endif
+
+// fill(strip) writes an fp32 B strip of kc rows; into dst itself (Dst = float), or into the stage,
+// then paired into dst (Dst = bf16: the AVX-512 copies only).
+template <class Dst, class Fill>
+void via_stage(Dst* dst, [[maybe_unused]] int64_t kc, Fill&& fill) {
+  if constexpr (std::is_same_v<Dst, float>) {
+    fill(dst);
+  } else {
+#if defined(__AVX512F__)
+    float* stage = stage_buffer();
+    fill(stage);
+    pairs_from_rows<NR>(stage, kc, dst);
+#else
+    static_assert(std::is_same_v<Dst, float>, "only the AVX-512 copies pack bf16 pairs");
+#endif
+  }
+}
+
+#if defined(__AVX512F__)
+// Packers of the Bf16 layout from packers of fp32 strips (gemm.h's F32 layout), through a
+// thread-private stage.
+template <class PackA>
+auto stage_a(PackA& pack) {
+  return [&pack](int64_t item, int64_t i0, int64_t rows, int64_t p0, int64_t kc, bf16* dst) {
+    float* s = stage_buffer();
+    pack(item, i0, rows, p0, kc, s);
+    pairs_from_rows<MR>(s, kc, dst);
+  };
+}
+template <class PackB>
+auto stage_b(PackB& pack) {
+  return [&pack](int64_t item, int64_t p0, int64_t kc, int64_t j0, int64_t cols, bf16* dst) {
+    via_stage(dst, kc, [&](float* strip) { pack(item, p0, kc, j0, cols, strip); });
+  };
+}
+
+// A B packer that also takes a bf16* destination writes the Bf16 layout itself (RowPairs); the
+// others are staged.
+template <class PackB>
+auto pairs_b(PackB& pack) {
+  if constexpr (std::is_invocable_v<PackB&, int64_t, int64_t, int64_t, int64_t, int64_t, bf16*>)
+    return pack;
+  else
+    return stage_b(pack);
+}
+#endif
+
+#if defined(__AVX512BF16__)
 // tile (MR x NR) = (acc ? tile : 0) + sum over the kp/2 row pairs of a and b (layout above).
 // NV < NR / 16 computes only the first 16 NV columns.
 template <int NV = NR / 16>
@@ -123,48 +222,6 @@ struct Bf16 {
   }
 };
 
-// Pairs from fp32 rows of W (16 or 8) floats holding bf16 values: dst[(p/2)*2W + 2j + p%2] =
-// bf16 of src[p*W + j] for p < kc, the odd last row paired with zeros. Truncation is exact here.
-template <int W>
-inline void pairs_from_rows(const float* __restrict src, int64_t kc, bf16* __restrict dst) {
-  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-  for (int64_t p = 0; p < kc; p += 2) {
-    const float* r0 = src + p * W;
-    for (int j = 0; j < W; j += 16) {
-      const __mmask16 m = W - j >= 16 ? 0xffff : static_cast<__mmask16>((1u << (W - j)) - 1);
-      const __m512i lo = _mm512_srli_epi32(_mm512_castps_si512(_mm512_maskz_loadu_ps(m, r0 + j)), 16);
-      const __m512i up = p + 1 < kc ? _mm512_castps_si512(_mm512_maskz_loadu_ps(m, r0 + W + j)) : _mm512_setzero_si512();
-      // The odd row's bf16 in the high half of each 32-bit pair.
-      _mm512_mask_storeu_epi32(dst + p * W + 2 * j, m, _mm512_or_si512(_mm512_and_si512(up, hi), lo));
-    }
-  }
-}
-
-// A thread-private fp32 strip of up to KC rows of NR floats, for the staging packers below.
-inline float* stage_buffer() {
-  thread_local Panel stage(static_cast<size_t>(KC * NR));
-  return stage.data();
-}
-
-// Packers of the Bf16 layout from packers of fp32 strips (gemm.h's F32 layout).
-template <class PackA>
-auto stage_a(PackA& pack) {
-  return [&pack](int64_t item, int64_t i0, int64_t rows, int64_t p0, int64_t kc, bf16* dst) {
-    float* s = stage_buffer();
-    pack(item, i0, rows, p0, kc, s);
-    pairs_from_rows<MR>(s, kc, dst);
-  };
-}
-template <class PackB>
-auto stage_b(PackB& pack) {
-  return [&pack](int64_t item, int64_t p0, int64_t kc, int64_t j0, int64_t cols, bf16* dst) {
-    float* s = stage_buffer();
-    pack(item, p0, kc, j0, cols, s);
-    pairs_from_rows<NR>(s, kc, dst);
-  };
-}
-#else
-constexpr bool kBf16Dot = false;
 #endif
 
 // The kernel for operands of type T: VDPBF16PS for bf16 where this copy has it, else fp32 (on
@@ -183,7 +240,7 @@ template <class T, class PackA, class PackB, class Store>
 void run_typed(int64_t items, int64_t M, int64_t Nn, int64_t Kd, bool prepack_a, PackA pack_a, PackB pack_b,
                Store store) {
   if constexpr (!std::is_same_v<KernFor<T>, F32>)
-    run<KernFor<T>>(items, M, Nn, Kd, prepack_a, stage_a(pack_a), stage_b(pack_b), store);
+    run<KernFor<T>>(items, M, Nn, Kd, prepack_a, stage_a(pack_a), pairs_b(pack_b), store);
   else
     run<F32>(items, M, Nn, Kd, prepack_a, pack_a, pack_b, store);
 }
@@ -192,7 +249,7 @@ template <class T, class PackA, class PackB, class Store>
 void serial_typed(int64_t item, int64_t M, int64_t Nn, int64_t Kd, PackA pack_a, PackB pack_b, Store store,
                   WorkspaceOf<KernFor<T>>& ws) {
   if constexpr (!std::is_same_v<KernFor<T>, F32>)
-    serial<KernFor<T>>(item, M, Nn, Kd, stage_a(pack_a), stage_b(pack_b), store, ws);
+    serial<KernFor<T>>(item, M, Nn, Kd, stage_a(pack_a), pairs_b(pack_b), store, ws);
   else
     serial<F32>(item, M, Nn, Kd, pack_a, pack_b, store, ws);
 }
