@@ -207,3 +207,43 @@ def test_checkpoint_masters_are_checked(rng):
         with pytest.raises(ValueError, match=message):
             opt.load_state_dict({**sd, "state": entry})
     assert np.array_equal(opt.state[0]["master"], sd["state"][0]["master"])  # nothing changed
+
+
+# ------------------------------------------------------------------- the PyTorch front
+def test_torch_front_master_weights_and_fp32_state_through_checkpoints(rng):
+    torch = pytest.importorskip("torch")
+    from fastopt import torch as ft
+    shapes = [(5, 7), (3, 4, 5, 6)]
+    low = [torch.tensor(rng.standard_normal(s), dtype=torch.float32).to(torch.bfloat16) for s in shapes]
+    low[1] = low[1].contiguous(memory_format=torch.channels_last)  # stepped through its memory order
+    low = [p.requires_grad_() for p in low]
+    full = [p.detach().float().requires_grad_() for p in low]
+    make = lambda ps, **kw: ft.optim.AdamW(ps, lr=0.01, max_grad_norm=1.0, **kw)  # noqa: E731
+    opt, ref = make(low, master_weights=True), make(full)
+    grads = [[torch.tensor(rng.standard_normal(s), dtype=torch.float32).to(torch.bfloat16) for s in shapes]
+             for _ in range(5)]
+
+    def step(o, params, gs, up=False):
+        for p, g in zip(params, gs):
+            p.grad = g.float() if up else g
+        o.step()
+
+    for gs in grads[:3]:
+        step(opt, low, gs)
+        step(ref, full, gs, up=True)
+    for p, q in zip(low, full):
+        state = opt.state[p]
+        assert state["master"].dtype == state["exp_avg"].dtype == torch.float32
+        assert torch.equal(state["master"], q.detach())  # the fp32 trajectory, bit for bit
+        assert torch.equal(p.detach(), q.detach().to(torch.bfloat16))
+    # torch's load_state_dict casts state to the parameter's dtype; fastopt's keeps it float32
+    twins = [p.detach().clone().requires_grad_() for p in low]
+    again = make(twins, master_weights=True)
+    again.load_state_dict(opt.state_dict())
+    for p, t in zip(low, twins):
+        for name in ("master", "exp_avg", "exp_avg_sq"):
+            assert again.state[t][name].dtype == torch.float32 and torch.equal(again.state[t][name], opt.state[p][name])
+    for gs in grads[3:]:
+        step(opt, low, gs)
+        step(again, twins, gs)
+    assert all(torch.equal(p, t) for p, t in zip(low, twins))

@@ -365,7 +365,7 @@ def test_bad_input():
     p = torch.randn(4, requires_grad=True)
     with pytest.raises(TypeError, match="expected a torch.float32 parameter, got torch.float64"):
         ft.optim.AdamW([p.detach().double().requires_grad_()])
-    named = [("encoder.scale", torch.randn(3, dtype=torch.float16, requires_grad=True))]
+    named = [("encoder.scale", torch.randn(3, dtype=torch.float64, requires_grad=True))]  # fp16 is taken
     with pytest.raises(TypeError, match="'encoder.scale'"):
         ft.optim.SGD(named, lr=0.1)
     with pytest.raises(ValueError, match="dense"):

@@ -16,8 +16,12 @@ however many tensors. After a step with a norm pass (`max_grad_norm` or `skip_no
 
 LR schedulers and `torch.amp.GradScaler` work unchanged (GradScaler unscales the gradients and
 skips the step on an Inf). `state_dict()` is torch's format, so a checkpoint moves between this
-optimizer and torch's own of the same name in both directions. Parameters must be float32 and
-dense (any memory format, channels_last included), on the CPU or a CUDA device.
+optimizer and torch's own of the same name in both directions. Parameters must be dense (any
+memory format, channels_last included), on the CPU or a CUDA device, and float32, or bfloat16 /
+float16 on the CPU: those take fastopt.optim's `master_weights` (an fp32 master in the state as
+'master', updated in the fused step that writes the parameter) or `stochastic_rounding` (bf16),
+with every state buffer kept in float32, loaded checkpoints included (torch would cast them to
+the parameter's dtype).
 """
 import inspect
 
@@ -25,12 +29,14 @@ import torch
 
 from .. import _C
 from .._args import boolean
+from .._arrays import BFLOAT16
 from ..optim import optimizers as _rules
 from ..optim.optimizer import STATE_NAMES, check_range, group_hyper
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
 
 _STRIDED = torch.strided
+_LOW = (torch.bfloat16, torch.float16)  # parameter dtypes whose state fastopt keeps in float32
 # Group keys of torch's optimizers that choose an implementation, not the math: fastopt's step is
 # always the fused one, so they are dropped when a torch state_dict is loaded.
 _TORCH_IMPL_KEYS = ("foreach", "fused", "capturable", "differentiable", "decoupled_weight_decay")
@@ -53,7 +59,16 @@ def _flat(t):
 
 
 def _numpy(t):
-    return t.numpy() if not t.requires_grad else t.detach().numpy()
+    t = t.detach()
+    return t.view(torch.int16).numpy().view(BFLOAT16) if t.dtype == torch.bfloat16 else t.numpy()
+
+
+class _Fp32:
+    """A loaded state tensor of a bf16/fp16 parameter, hidden from torch's load_state_dict (which
+    casts state to the parameter's dtype) until _import_steps restores it as float32."""
+
+    def __init__(self, value):
+        self.value = value
 
 
 class _Plan:
@@ -66,12 +81,13 @@ class _Plan:
     tensors would cost more than the step of a small model. The views are valid while each
     parameter keeps its storage (`ptrs`, checked every step: `p.data = ...` swaps it)."""
 
-    def __init__(self, device, index, originals, states, group_of, steps):
+    def __init__(self, device, index, originals, states, group_of, steps, masters):
         self.device, self.index, self.originals, self.group_of, self.steps = device, index, originals, group_of, steps
         self.host = _numpy if device.type == "cpu" else None
         view = self.host or (lambda t: t)
         self.params = [view(_flat(p)) for p in originals]
         self.states = [tuple(view(_flat(s)) for s in st) for st in states]
+        self.masters = None if all(m is None for m in masters) else [m if m is None else view(_flat(m)) for m in masters]
         self.flat = [not p.is_contiguous() for p in originals]
         self.ptrs = [p.data_ptr() for p in originals]
 
@@ -142,9 +158,12 @@ class Optimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _check_param(p, name, seen):
-        if p.dtype != torch.float32:
-            raise TypeError(f"{name}: expected a torch.float32 parameter, got {p.dtype} "
-                            "(fastopt's kernels are float32 until bfloat16 lands)")
+        if p.dtype != torch.float32 and p.dtype not in _LOW:
+            raise TypeError(f"{name}: expected a torch.float32 parameter, got {p.dtype} (bfloat16 and float16 too, "
+                            "on the CPU)")
+        if p.dtype in _LOW and p.device.type != "cpu":
+            raise TypeError(f"{name}: {p.dtype} on the GPU: not yet (issue 21); fastopt's CUDA optimizers take "
+                            "float32 parameters")
         if p.device.type not in ("cpu", "cuda"):
             raise ValueError(f"{name}: on {p.device}, but fastopt runs on cpu and cuda")
         if not _is_dense(p):
@@ -163,7 +182,7 @@ class Optimizer(torch.optim.Optimizer):
                 state[name] = torch.empty_like(p).copy_(state[name])  # p.data was swapped for another layout
             if name not in state:
                 init = self._rule._initial_state(name, group)
-                state[name] = torch.full_like(p, init, memory_format=torch.preserve_format)
+                state[name] = torch.full_like(p, init, dtype=torch.float32, memory_format=torch.preserve_format)
                 if name == "momentum_buffer" and not self._torch_steps:
                     # torch's SGD starts a new momentum buffer as the gradient (b = g), which the
                     # native rule does at step 1: this counter only marks that first step.
@@ -171,10 +190,22 @@ class Optimizer(torch.optim.Optimizer):
                     self._steps[device][slot] = 0
         return tuple(state[name] for name in STATE_NAMES[kind])
 
+    def _master_of(self, p, group):
+        """p's fp32 master (made from p when missing) when its group keeps one, else None (and a
+        master left from before is dropped, so that switching back on never resumes stale values)."""
+        state = self.state[p]
+        if not group["master_weights"] or p.dtype not in _LOW:
+            state.pop("master", None)
+            return None
+        if "master" not in state or state["master"].stride() != p.stride():
+            state["master"] = torch.empty_like(p, dtype=torch.float32).copy_(state.get("master", p))
+        return state["master"]
+
     def _plan(self, kinds, grads):
         """The per-device native calls for this set of parameters with gradients (cached: it only
         changes when a group's rule or the set of gradients that are None does)."""
-        key = (kinds, tuple(i for i, g in enumerate(grads) if g is None))
+        key = (kinds, tuple(bool(g["master_weights"]) for g in self.param_groups),
+               tuple(i for i, g in enumerate(grads) if g is None))
         if self._plans is not None and self._plans[0] == key and not any(p.stale() for p in self._plans[1]):
             return self._plans[1]
         per_device = {}
@@ -183,19 +214,20 @@ class Optimizer(torch.optim.Optimizer):
             for j, p in enumerate(group["params"]):
                 if grads[i] is not None:
                     device, slot = self._where[i]
-                    if p.device != device or p.dtype != torch.float32:
-                        raise ValueError(f"{self._name(gi, j)}: was a float32 tensor on {device} when the optimizer "
-                                         f"was made, is now {p.dtype} on {p.device}; make the optimizer after "
+                    if p.device != device or (p.dtype != torch.float32 and p.dtype not in _LOW):
+                        raise ValueError(f"{self._name(gi, j)}: was a float32 tensor (or bf16/fp16) on {device} "
+                                         f"when the optimizer was made, is now {p.dtype} on {p.device}; make the optimizer after "
                                          "moving or converting the model")
-                    entry = per_device.setdefault(device, ([], [], [], [], []))
-                    for lst, value in zip(entry, (i, p, self._state_of(i, p, group, kinds[gi]), gi, slot)):
+                    entry = per_device.setdefault(device, ([], [], [], [], [], []))
+                    values = (i, p, self._state_of(i, p, group, kinds[gi]), gi, slot, self._master_of(p, group))
+                    for lst, value in zip(entry, values):
                         lst.append(value)
                 i += 1
         plans = []
-        for device, (index, originals, states, group_of, slots) in per_device.items():
+        for device, (index, originals, states, group_of, slots, masters) in per_device.items():
             whole = slots == list(range(self._steps[device].numel()))
             steps = None if whole else torch.tensor(slots, dtype=torch.int64, device=device)
-            plans.append(_Plan(device, index, originals, states, group_of, steps))
+            plans.append(_Plan(device, index, originals, states, group_of, steps, masters))
         self._plans = (key, plans)
         return plans
 
@@ -224,7 +256,8 @@ class Optimizer(torch.optim.Optimizer):
             counters = self._steps[plan.device]
             steps = counters if plan.steps is None else counters.index_select(0, plan.steps)
             stream = torch.cuda.current_stream(plan.device).cuda_stream if plan.device.type == "cuda" else 0
-            norm, _ = _C.optim_step(plan.params, gl, plan.states, steps, hypers, plan.group_of, clip, skip, stream)
+            norm, _ = _C.optim_step(plan.params, gl, plan.states, steps, hypers, plan.group_of, clip, skip, stream,
+                                    plan.masters)
             if plan.steps is not None:
                 counters.index_copy_(0, plan.steps, steps)
             # Autograd must see the in-place change (a parameter saved for a pending backward).
@@ -283,10 +316,13 @@ class Optimizer(torch.optim.Optimizer):
         implementation switches; fill options a checkpoint lacks from this optimizer's defaults."""
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = dict(zip(ids, (p for g in self.param_groups for p in g["params"])))
-        allowed = self._rule.state_names()
+        allowed = self._rule.state_names() | {"master"}
+        state = {}
         for key, entry in state_dict["state"].items():
             for name, value in entry.items() if key in params else ():
                 where = f"state_dict['state'][{key!r}][{name!r}]"
+                if name == "master" and params[key].dtype not in _LOW:
+                    raise ValueError(f"{where}: its parameter is {params[key].dtype}, which keeps no master")
                 if name == "step":
                     step = float(value)
                     if not (step >= 0 and step.is_integer()):
@@ -296,6 +332,10 @@ class Optimizer(torch.optim.Optimizer):
                                      "a checkpoint of another optimizer?")
                 elif value is not None and tuple(value.shape) != tuple(params[key].shape):
                     raise ValueError(f"{where}: has shape {tuple(value.shape)}, its parameter {tuple(params[key].shape)}")
+            if key in params and params[key].dtype in _LOW:  # kept float32 through torch's cast to the param's dtype
+                entry = {k: _Fp32(v) if torch.is_tensor(v) and v.is_floating_point() and k != "step" else v
+                         for k, v in entry.items()}
+            state[key] = entry
         groups = []
         for gi, saved in enumerate(state_dict["param_groups"]):
             if saved.get("differentiable"):
@@ -307,7 +347,7 @@ class Optimizer(torch.optim.Optimizer):
             group = {k: v for k, v in {**self.defaults, **saved}.items() if k not in _TORCH_IMPL_KEYS}
             group_hyper(self._rule, group, f"state_dict['param_groups'][{gi}]")
             groups.append(group)
-        return {**state_dict, "param_groups": groups}
+        return {**state_dict, "state": state, "param_groups": groups}
 
     def _import_steps(self):
         """Step counters from the loaded 'step' entries (SGD: 1 where a momentum buffer exists, so
@@ -323,7 +363,9 @@ class Optimizer(torch.optim.Optimizer):
                 device, slot = self._where[i]
                 counts[device][slot] = int(step) if step is not None else 0
                 for name, value in state.items():
-                    if torch.is_tensor(value) and value.stride() != p.stride():
+                    if isinstance(value, _Fp32):
+                        state[name] = torch.empty_like(p, dtype=torch.float32).copy_(value.value)
+                    elif torch.is_tensor(value) and value.stride() != p.stride():
                         state[name] = torch.empty_like(p).copy_(value)
                 i += 1
         for device, values in counts.items():
