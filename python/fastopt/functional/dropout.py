@@ -6,6 +6,9 @@ floor((1 - p) * 2^32). The CPU, the GPU and fastopt.reference.dropout therefore 
 mask bit for bit, and the backward pass regenerates it instead of storing it. A caller that
 draws several masks from one seed advances `offset` by the number of elements each time
 (offset += x.size), which never reuses a random word.
+
+dropout_forward / dropout_backward also take bfloat16 on the CPU (the same mask; x * factor in
+fp32, rounded once to bfloat16).
 """
 from .. import _C
 from .._args import boolean, real, shape as _shape, stream as _stream, uint64

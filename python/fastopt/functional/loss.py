@@ -5,6 +5,9 @@ Arrays are C-contiguous: NumPy on the CPU, GPU arrays (fastopt.DeviceArray, CuPy
 GPU; outputs are new arrays on the logits' device and `stream` (a CUDA stream handle, 0: the
 legacy default stream) is ignored on the CPU. Every row reduction and the mean have a fixed
 order, so results are bitwise reproducible run to run.
+
+bfloat16 logits (CPU; soft targets then bfloat16 too) give the same float32 loss the float32 kernel
+gives on their values, and bfloat16 dlogits (the float32 gradient rounded once).
 """
 from .. import _C
 from .._args import boolean, integer, real, stream as _stream

@@ -10,6 +10,10 @@ Each forward returns (y, mean, rstd) where rstd = 1 / sqrt(var_biased + eps), an
 takes those saved statistics and returns (dx, dweight, dbias). dweight is None when the weight
 (gamma) is None; dbias is None when has_bias is False, which by default it is exactly when the
 weight is None (pass has_bias=True for a bias-only affine).
+
+Batch norm also takes bfloat16 activations on the CPU (x, dy; y and dx come back bfloat16), with
+every per-channel array (gamma, beta, running statistics, save_mean/save_invstd, dgamma, dbeta)
+float32: statistics and affine math in fp32/double, one rounding per output element.
 """
 from .. import _C
 from .._args import boolean, finite, integer, real, shape, stream as _stream

@@ -5,6 +5,9 @@ max_pool2d_forward returns the max of every window and its flat position h*W + w
 input plane, as int32 (torch's indices, at half the bytes); max_pool2d_backward routes dy back
 through those indices, deterministically (no atomics: each input gathers from the windows that
 cover it, in row-major order). Outputs are new arrays on the input's device.
+
+max pooling also takes bfloat16 on the CPU and returns bfloat16 values (exact: a max is one of
+the inputs) and dx (summed in fp32, rounded once).
 """
 from .. import _C
 from .._args import boolean, pair, shape, stream as _stream
