@@ -98,21 +98,13 @@ void data_grad_gather(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t Kd = Kg * RS;
   auto pack_a = [&](int64_t g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
-    // A[c, (k, r, s)] = w[g*Kg + k, c, r, s]
-    for (int64_t i = 0; i < MR; ++i) {
-      if (i >= rows) {
-        for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = 0.0f;
-        continue;
-      }
-      const T* wc = w + (i0 + i) * RS;
-      int64_t k = p0 / RS, rs = p0 % RS;
-      for (int64_t p = 0; p < kc; ++p) {
-        dst[p * MR + i] = to_float(wc[(g * Kg + k) * Cg * RS + rs]);
-        if (++rs == RS) {
-          rs = 0;
-          ++k;
-        }
-      }
+    // A[c, (k, r, s)] = w[g*Kg + k, c, r, s]: for each k, the strip's channels are rows of R S
+    // taps, transposed in registers (an element-wise gather took 16% of a bf16 3x3 512@7
+    // data-grad at N = 4, one thread: 8.4 -> 7.0 ms).
+    for (int64_t p = 0; p < kc;) {
+      const int64_t k = (p0 + p) / RS, rs = (p0 + p) % RS, len = std::min(RS - rs, kc - p);
+      gemm::rows_to_strip(w + ((g * Kg + k) * Cg + i0) * RS + rs, RS, rows, len, dst + p * MR);
+      p += len;
     }
   };
   const Im2col<T> im2col{dy, PQ, s.K * PQ, s.H, s.W, s.P, s.Q, 1, 1, s.R, s.S, s.pad_h, -s.dil_h, s.pad_w, -s.dil_w};

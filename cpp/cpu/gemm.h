@@ -300,7 +300,8 @@ inline int64_t kpad(int64_t kc) {
   return (kc + Kern::kstep - 1) / Kern::kstep * Kern::kstep;
 }
 
-// The reduction block of a Kern: kc_block rounded up to whole groups (still <= KC, an even number).
+// The reduction block of a Kern: kc_block rounded up to whole groups (KC is a multiple of every
+// kstep, so the block stays within the workspaces).
 template <class Kern>
 inline int64_t kc_block_of(int64_t Kd) {
   return kpad<Kern>(kc_block(Kd));
