@@ -223,3 +223,46 @@ def test_train_cli_resnet20_and_resume_guard(tmp_path, capsys):
     with pytest.raises(SystemExit):  # a checkpoint of another network is refused by name
         main(["--epochs", "2", "--quiet", "--out", str(tmp_path / "cnn"), "--resume", str(tmp_path / "r20" / "last.npz")])
     assert "written for another model" in capsys.readouterr().err
+
+
+def test_bench_train_resnet20_smoke(tmp_path):
+    pytest.importorskip("torch")
+    from fastopt.bench.train import main
+
+    assert main(["--device", "cpu", "--model", "resnet20", "--quick", "--batch", "2", "--steps", "1", "--rounds", "1",
+                 "--out", str(tmp_path)]) == 0
+    row = __import__("json").loads((tmp_path / "results.json").read_text())["rows"][0]
+    assert row["model"] == "resnet20" and set(row["ms_per_step"]) == {"fastopt", "torch"}
+    assert row["fastopt_speedup_vs"]["torch"] == pytest.approx(row["ms_per_step"]["torch"] / row["ms_per_step"]["fastopt"])
+    assert {"conv2d", "batchnorm", "residual add", "optimizer"} <= set(row["split_ms"])
+
+
+@pytest.mark.gpu
+def test_resnet_on_the_gpu_matches_the_cpu(rng):
+    from fastopt import optim
+
+    from conftest import fetch, put
+
+    models = []
+    for device in ("cpu", "cuda"):
+        m = nn.models.resnet(8, num_classes=3, in_channels=1, width=4, drop_path=0.5)
+        m.build(device, seed=5, input_grad=True)
+        models.append(m)
+    x = rng.standard_normal((6, 1, 8, 8)).astype(np.float32)
+    dy = rng.standard_normal((6, 3)).astype(np.float32)
+    out = []
+    for m, device in zip(models, ("cpu", "cuda")):
+        y = fetch(m.forward(put(x, device)))
+        dx = fetch(m.backward(put(dy, device)))
+        m.forward(put(x, device))
+        m.backward(put(dy, device), accumulate=True)  # the next drop-path draws, added on
+        ema = optim.EMA(m, 0.5)
+        ema.update()
+        with ema.applied():
+            state = {k: fetch(v) for k, v in m.state_dict().items()}
+        out.append((y, dx, fetch(m.store.grad), state))
+    (yc, dxc, gc, sc), (yg, dxg, gg, sg) = out
+    for a, b, what in ((yc, yg, "y"), (dxc, dxg, "dx"), (gc, gg, "grads")):
+        assert _rel(b, a) < 1e-5, what
+    for k in sc:
+        assert _rel(sg[k], sc[k]) < 1e-5, k

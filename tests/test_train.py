@@ -373,6 +373,8 @@ BAD_OPTIONS = {
     "--label-smoothing": [["1.5"], ["-0.1"], ["nan"]],
     "--patience": [["0"]],
     "--seed": [["-1"], [str(2**64)]],
+    "--accumulate": [["0"], ["1.5"]],
+    "--ema": [["1.5"], ["-0.1"], ["nan"]],
     "--max-shift": [["-1"]],
     "--cutout": [["-1"]],
     "--brightness": [["-0.5"], ["nan"]],

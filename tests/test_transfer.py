@@ -137,3 +137,22 @@ def test_transfer_cli_quick(tmp_path, capsys):
     cells = [float(v) for v in row.replace("+-", " ").split()[1::2]]
     assert cells == pytest.approx([np.mean(report["accuracy"][m]["3"]) for m in METHODS], abs=5e-4)
     assert all(0.0 <= a <= 1.0 for m in METHODS for a in report["accuracy"][m]["3"])
+
+
+def test_readme_recipe_runs():
+    from pathlib import Path
+    import re
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    if not readme.exists():
+        pytest.skip("not running from a source checkout")
+    block = [b for b in re.findall(r"```python\n(.*?)```", readme.read_text(), re.S) if "optim.EMA" in b][0]
+    np.random.seed(0)
+    ns = {}
+    exec(block, ns)
+    model, ema, opt = ns["model"], ns["ema"], ns["opt"]
+    assert ns["logits"].shape == (64, 10) and ema.num_updates == 3
+    lrs = sorted({g["lr"] for g in opt.param_groups})
+    assert lrs == pytest.approx([3e-4, 3e-3])  # body and head
+    head = ns["state"]["3.body.0.weight"]
+    assert not np.array_equal(model.state_dict()["3.body.0.weight"], head)  # fine-tuned from the pretrained body

@@ -57,6 +57,8 @@ class TrainConfig:
     check_every: int = 10         # steps between host reads of the loss
     explode_factor: float = 3.0
     topk: int = 5
+    accumulate: int = 1           # micro-batches of batch_size per optimizer step
+    ema: float = 0.0              # decay of the weights' moving average (warm-up ramp); 0: off
     progress: bool = True
 
     def check(self):
@@ -84,7 +86,7 @@ LIMITS = {
     "lr": ("real", 0.0), "weight_decay": ("real", 0.0), "warmup_epochs": ("real", 0.0),
     "max_grad_norm": ("real", 0.0), "brightness": ("real", 0.0), "mixup": ("real", 0.0),
     "contrast": ("real", 0.0, 1.0), "label_smoothing": ("real", 0.0, 1.0), "min_lr_ratio": ("real", 0.0, 1.0),
-    "explode_factor": ("real", 1.0, None, True),
+    "explode_factor": ("real", 1.0, None, True), "accumulate": ("int", 1), "ema": ("real", 0.0, 1.0),
 }
 
 
@@ -176,7 +178,9 @@ class Trainer:
         self.optimizer = make_optimizer(c.optimizer, groups, c.lr)
         # The groups' options as built (lr = the peak lr): a resumed run keeps these, not the checkpoint's.
         self._fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        self.steps_per_epoch = math.ceil(len(data.train) / c.batch_size)
+        self.ema = optim.EMA(self.store, c.ema, warmup=True) if c.ema else None
+        self.batches_per_epoch = math.ceil(len(data.train) / c.batch_size)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / c.accumulate)
         self.schedule = self._schedule()
         self.loss_fn = SoftmaxCrossEntropy(c.label_smoothing, topk=c.topk)
         self.history = History()
@@ -203,10 +207,11 @@ class Trainer:
         order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.data.train))
         return self._to_device(self.data.train.x[order]), self._to_device(self.data.train.y[order])
 
-    def _augment(self, x, y, rng):
+    def _augment(self, x, y, rng, micro=0):
         c = self.config
-        if c.max_shift or c.cutout or c.flip or c.brightness or c.contrast:
-            x = F.augment_batch(x, c.seed, self.step, max_shift=c.max_shift, flip=c.flip, cutout=c.cutout,
+        if c.max_shift or c.cutout or c.flip or c.brightness or c.contrast:  # keyed by micro-batch
+            x = F.augment_batch(x, c.seed, self.step * c.accumulate + micro, max_shift=c.max_shift, flip=c.flip,
+                                cutout=c.cutout,
                                 brightness=c.brightness, contrast=c.contrast, fill=self.data.background)
         if c.mixup > 0:
             lam = float(rng.beta(c.mixup, c.mixup))
@@ -232,18 +237,29 @@ class Trainer:
         rng = np.random.default_rng([c.seed, self.epoch, 1])
         stats = _arrays.zeros((3,), np.float32, self.device)
         n = len(self.data.train)
-        bar = Progress(c.progress, self.steps_per_epoch, f"epoch {self.epoch + 1:3d}/{c.epochs}")
+        bar = Progress(c.progress, self.batches_per_epoch, f"epoch {self.epoch + 1:3d}/{c.epochs}")
         start, last = time.perf_counter(), None
-        for b in range(self.steps_per_epoch):
+        window = c.accumulate * c.batch_size
+        for b in range(self.batches_per_epoch):
             lo, hi = b * c.batch_size, min((b + 1) * c.batch_size, n)
-            x, y = self._augment(xs[lo:hi], ys[lo:hi], rng)
+            micro = b % c.accumulate
+            x, y = self._augment(xs[lo:hi], ys[lo:hi], rng, micro)
             logits = self.model.forward(x, training=True)
             loss = self.loss_fn.forward(logits, y, training=True, stats=stats)
-            self.model.backward(self.loss_fn.backward())
-            self.optimizer.step(self.store.grads_for(self.optimizer), max_grad_norm=c.max_grad_norm or None)
-            self.schedule.step()
-            self.step += 1
-            if self.step == 1 or b % c.check_every == c.check_every - 1 or b == self.steps_per_epoch - 1:
+            dlogits = self.loss_fn.backward()
+            if c.accumulate == 1:
+                self.model.backward(dlogits)
+            else:  # the window's mean loss: each micro-batch weighs by its share of the window
+                w0 = (b - micro) * c.batch_size
+                F.axpby_(dlogits, dlogits, (hi - lo) / (min(w0 + window, n) - w0), 0.0)
+                self.model.backward(dlogits, accumulate=micro > 0)
+            if micro == c.accumulate - 1 or b == self.batches_per_epoch - 1:
+                self.optimizer.step(self.store.grads_for(self.optimizer), max_grad_norm=c.max_grad_norm or None)
+                self.schedule.step()
+                self.step += 1
+                if self.ema is not None:
+                    self.ema.update()
+            if self.initial_loss is None or b % c.check_every == c.check_every - 1 or b == self.batches_per_epoch - 1:
                 last = self._check_loss(loss)
             bar.update(b + 1, hi, last)
         seconds = time.perf_counter() - start
@@ -253,7 +269,14 @@ class Trainer:
                 "train_seconds": seconds, "samples_per_s": n / seconds, "lr": self.optimizer.param_groups[0]["lr"]}, bar
 
     def evaluate(self, split, batch_size=512):
-        """Mean loss and top-1 / top-k accuracy on a split (eval mode: running statistics, no dropout)."""
+        """Mean loss and top-1 / top-k accuracy on a split (eval mode: running statistics, no
+        dropout), of the weights' moving average when the config keeps one."""
+        if self.ema is not None:
+            with self.ema.applied():
+                return self._evaluate(split, batch_size)
+        return self._evaluate(split, batch_size)
+
+    def _evaluate(self, split, batch_size):
         key = id(split)
         if key not in self._eval_cache:
             self._eval_cache = {key: (self._to_device(split.x), self._to_device(split.y))}
@@ -314,6 +337,10 @@ class Trainer:
         meta = {"config": asdict(self.config), "param_groups": opt["param_groups"], "epoch": self.epoch,
                 "step": self.step, "initial_loss": self.initial_loss, "history": asdict(self.history),
                 "extra_state": self.model.extra_state()}
+        if self.ema is not None:  # the averaged network under the same names: loadable as it is
+            with self.ema.applied():
+                arrays.update({f"ema/{k}": np.asarray(v) for k, v in self.model.state_dict().items()})
+            meta["ema_updates"] = self.ema.num_updates
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         write_atomically(path, lambda f: np.savez(f, **arrays))
 
@@ -347,6 +374,8 @@ class Trainer:
             wrong = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
             raise CheckpointError(f"{path}: written for another model ({wrong[0]}: shape {theirs.get(wrong[0])} there, "
                                   f"{mine.get(wrong[0])} here; another --width?)")
+        if meta["ema"] and {k: np.shape(v) for k, v in meta["ema"].items()} != mine:
+            raise CheckpointError(f"{path}: its weight average (ema/ entries) does not fit this model")
         try:
             self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         except (ValueError, KeyError, TypeError) as e:
@@ -354,6 +383,9 @@ class Trainer:
         for group, fresh in zip(self.optimizer.param_groups, self._fresh_groups):
             group.update(fresh)
             group["initial_lr"] = fresh["lr"]
+        if self.ema is not None:  # the average (a checkpoint without one: from the weights it holds)
+            self.model.load_state_dict(meta["ema"] if meta["ema"] else model)
+            self.ema.copy_from_model(meta.get("ema_updates", 0) if meta["ema"] else 0)
         self.model.load_state_dict(model)
         self.model.load_extra_state(meta.get("extra_state", {}))
         self.schedule = self._schedule(step)
@@ -377,7 +409,7 @@ class CheckpointError(ValueError):
 
 
 # Options a resumed run must share with its checkpoint, and those the schedule is built from.
-RESUME_FIXED = ("batch_size", "optimizer", "seed")
+RESUME_FIXED = ("batch_size", "accumulate", "optimizer", "seed")
 SCHEDULE_FIELDS = ("epochs", "lr", "warmup_epochs", "min_lr_ratio")
 
 # The checkpoint's meta entries and their JSON types.
@@ -422,6 +454,7 @@ def read_checkpoint(path):
                 if wrong:
                     raise CheckpointError(f"{path}: not a usable training checkpoint ({wrong})")
                 model = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
+                meta["ema"] = {k[len("ema/"):]: z[k] for k in z.files if k.startswith("ema/")}
                 state = {}
                 for k in z.files:
                     if k.startswith("optim/"):

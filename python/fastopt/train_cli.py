@@ -48,6 +48,10 @@ def add_arguments(p):
     a("--label-smoothing", help="in [0, 1]")
     a("--patience", help="early stopping on validation loss")
     a("--seed")
+    a("--accumulate", help="micro-batches of --batch-size per optimizer step (gradient accumulation: for a network "
+                            "without batch norm the same step as one batch N times larger)")
+    a("--ema", help="keep a moving average of the weights with this decay (e.g. 0.999, ramped up early on) and "
+                    "evaluate and checkpoint it; 0 disables")
     g = p.add_argument_group("augmentation (on the device)")
     a("--max-shift", group=g, help="random translation in pixels")
     a("--cutout", group=g, help="side of the zeroed square; 0 disables")

@@ -91,8 +91,9 @@ def run(args, method, target, pretrained, seed):
         if method == "linear probe":
             model.freeze()
             model.layers[-1].unfreeze()
+            config.max_shift = 0  # the frozen features were not trained to ignore shifts: they only add noise
         else:
-            lr_scale = {str(i): BODY_LR_SCALE for i, layer in enumerate(model.layers[:-1]) if layer.parameters()}
+            lr_scale = {"": BODY_LR_SCALE, head: 1.0}
     trainer = Trainer(model, target, config, lr_scale=lr_scale)
     trainer.fit()
     return trainer.evaluate(target.test)["acc"]

@@ -1,14 +1,17 @@
-"""Training-step benchmark: `fastopt bench train`.
+"""Training-step benchmark: `fastopt bench train [--model small_cnn|resnet20]`.
 
-The default `fastopt train` network (small_cnn: 4 conv-BN-ReLU blocks of 32 and 64 channels, two
-max pools, global average pool, dropout, linear) trains on synthetic CIFAR-shaped data (3x32x32,
-batch 128) with AdamW, warm-up + cosine, global-norm clipping at 5 and label smoothing 0.05.
-The peer is the same network in PyTorch eager (same initial weights, same parameter groups,
-optimizer, schedule and clipping; torch's fused AdamW when it has one). Contenders alternate
-round by round, so a noisy neighbour hits both alike; steps/s are medians of per-step samples.
+The network (the default `fastopt train` small_cnn: 4 conv-BN-ReLU blocks of 32 and 64 channels,
+two max pools, global average pool, dropout, linear; or resnet20, the CIFAR ResNet-20 of He et al.)
+trains on synthetic CIFAR-shaped data (3x32x32, batch 128) with AdamW, warm-up + cosine,
+global-norm clipping at 5 and label smoothing 0.05. The peers are the same network in PyTorch
+(torch_twin: the same structure and state_dict keys, the same initial weights, parameter groups,
+optimizer, schedule and clipping; torch's fused AdamW when it has one): eager float32, its
+torch.compile, and eager under bfloat16 autocast with channels_last tensors. Contenders alternate
+round by round, so a noisy neighbour hits all alike; steps/s are medians of per-step samples.
 
-A second pass times each layer's forward and backward (synchronizing the GPU around each) and
-reports the split of fastopt's step time by op family, beside torch's from torch.profiler. Progress on stderr, a Markdown table on
+A second pass times each module's forward and backward (synchronizing the GPU around each, the
+time of nested modules subtracted from their container's) and reports the split of fastopt's step
+time by op family, beside torch's from torch.profiler. Progress on stderr, a Markdown table on
 stdout; --out DIR writes results.json, results.md and chart.png (the split as a stacked bar).
 """
 import argparse
@@ -21,7 +24,7 @@ import numpy as np
 
 import fastopt
 from fastopt import nn
-from fastopt.nn.models import small_cnn
+from fastopt.nn.models import resnet, small_cnn
 from fastopt.train import make_optimizer
 
 from .backends import torch_or_none
@@ -29,8 +32,11 @@ from .report import cpu_model, header, save
 
 FAMILY = {
     nn.Conv2d: "conv2d", nn.BatchNorm2d: "batchnorm", nn.ReLU: "activation", nn.MaxPool2d: "pooling",
-    nn.GlobalAvgPool2d: "pooling", nn.Dropout: "dropout", nn.Linear: "linear",
+    nn.GlobalAvgPool2d: "pooling", nn.AvgPool2d: "pooling", nn.Dropout: "dropout", nn.Linear: "linear",
+    nn.Residual: "residual add", nn.Tanh: "activation", nn.GELU: "activation",
 }
+MODELS = {"small_cnn": lambda: small_cnn(3, 10), "resnet20": lambda: resnet(20, 10, in_channels=3)}
+CONTENDERS = ("fastopt", "torch", "torch compile", "torch bf16+CL")
 LR, WD, CLIP, SMOOTH, WARMUP = 3e-3, 5e-4, 5.0, 0.05, 50
 
 
@@ -41,6 +47,9 @@ def log(msg):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="fastopt bench train", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    p.add_argument("--model", choices=sorted(MODELS), default="small_cnn")
+    p.add_argument("--contenders", default=None,
+                   help=f"comma-separated, of {', '.join(CONTENDERS)} (default: all; --quick: fastopt,torch)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=10, help="timed steps per contender and round")
     p.add_argument("--rounds", type=int, default=5)
@@ -50,6 +59,11 @@ def parse_args(argv=None):
     if a.quick:
         a.rounds, a.steps = 2, 3
         a.batch = 32 if a.batch == 128 else a.batch
+    chosen = [c.strip() for c in (a.contenders or ",".join(CONTENDERS[:2] if a.quick else CONTENDERS)).split(",")]
+    unknown = [c for c in chosen if c not in CONTENDERS]
+    if unknown or "fastopt" not in chosen:
+        p.error(f"argument --contenders: fastopt and any of {', '.join(CONTENDERS[1:])}; got {a.contenders!r}")
+    a.contenders = chosen
     return a
 
 
@@ -61,12 +75,48 @@ def _lr_lambda(total):
     return f
 
 
+class Split:
+    """Exclusive time per op family: every module's forward and backward wrapped (instance
+    attributes, removed by close()), a container's time net of its children's."""
+
+    def __init__(self, model, device):
+        self.device, self.times, self.stack, self.wrapped = device, {}, [], []
+        for _, m in model.named_modules():
+            family = FAMILY.get(type(m), "other")
+            for name in ("forward", "backward"):
+                setattr(m, name, self._wrap(getattr(m, name), family))
+                self.wrapped.append((m, name))
+
+    def sync(self):
+        if self.device != "cpu":
+            fastopt.cuda.synchronize()
+
+    def _wrap(self, fn, family):
+        def timed(*args, **kw):
+            self.sync()
+            t0 = time.perf_counter()
+            self.stack.append(0.0)
+            out = fn(*args, **kw)
+            self.sync()
+            dt = time.perf_counter() - t0
+            inner = self.stack.pop()
+            self.times[family] = self.times.get(family, 0.0) + dt - inner
+            if self.stack:
+                self.stack[-1] += dt
+            return out
+        return timed
+
+    def close(self):
+        for m, name in self.wrapped:
+            delattr(m, name)
+
+
 class FastoptStep:
     name = "fastopt"
 
-    def __init__(self, device, batches, total):
+    def __init__(self, device, batches, total, model):
         self.device = device
-        self.model = small_cnn(3, 10)
+        self.model = MODELS[model]()
         self.store = self.model.build(device, seed=0)
         self.opt = make_optimizer("adamw", self.store.param_groups(WD), LR)
         self.sched = fastopt.schedules.LinearWarmup(
@@ -75,31 +125,37 @@ class FastoptStep:
         put = (lambda a: a) if device == "cpu" else fastopt.to_device
         self.batches = [(put(x), put(y)) for x, y in batches]
         self.i = 0
-        self.timers = None
+        self.split = None
 
     def _timed(self, key, fn, *args):
-        if self.timers is None:
+        if self.split is None:
             return fn(*args)
-        if self.device != "cpu":
-            fastopt.cuda.synchronize()
+        self.split.sync()
         t0 = time.perf_counter()
         out = fn(*args)
-        if self.device != "cpu":
-            fastopt.cuda.synchronize()
-        self.timers[key] = self.timers.get(key, 0.0) + time.perf_counter() - t0
+        self.split.sync()
+        self.split.times[key] = self.split.times.get(key, 0.0) + time.perf_counter() - t0
         return out
 
     def step(self):
         x, y = self.batches[self.i % len(self.batches)]
         self.i += 1
-        for layer in self.model.layers:
-            x = self._timed(FAMILY[type(layer)], layer.forward, x, True)
-        self._timed("loss", self.ce.forward, x, y)
-        d = self.ce.backward()
-        for layer in reversed(self.model.layers):
-            d = self._timed(FAMILY[type(layer)], layer.backward, d)
+        logits = self.model.forward(x, True)
+        self._timed("loss", self.ce.forward, logits, y)
+        self.model.backward(self.ce.backward())
         self._timed("optimizer", lambda: self.opt.step(self.store.grads, max_grad_norm=CLIP))
         self.sched.step()
+
+    def timed_split(self, steps):
+        """ms per step by op family."""
+        self.split = Split(self.model, self.device)
+        try:
+            for _ in range(steps):
+                self.step()
+        finally:
+            self.split.close()
+        times, self.split = self.split.times, None
+        return {k: v / steps for k, v in sorted(times.items(), key=lambda kv: -kv[1])}
 
     def sync(self):
         if self.device != "cpu":
@@ -162,44 +218,31 @@ def torch_twin(module, torch):
 
 
 class TorchStep:
-    name = "torch"
+    """The peer: torch_twin of the fastopt network with its initial weights; `variant` is eager
+    float32 ("torch"), its torch.compile, or eager under bf16 autocast with channels_last."""
 
-    def __init__(self, torch, device, batches, total, init_from):
+    def __init__(self, torch, device, batches, total, init_from, variant="torch"):
         tn = torch.nn
         dev = "cpu" if device == "cpu" else "cuda"
-        layers = []
-        for layer in init_from.model.layers:
-            if isinstance(layer, nn.Conv2d):
-                k = layer.params["weight"].shape
-                m = tn.Conv2d(k[1], k[0], k[2], padding=layer.conv["padding"], bias=False)
-            elif isinstance(layer, nn.BatchNorm2d):
-                m = tn.BatchNorm2d(layer.num_features)
-            elif isinstance(layer, nn.ReLU):
-                m = tn.ReLU()
-            elif isinstance(layer, nn.MaxPool2d):
-                m = tn.MaxPool2d(layer.kernel_size)
-            elif isinstance(layer, nn.GlobalAvgPool2d):
-                m = tn.Sequential(tn.AdaptiveAvgPool2d(1), tn.Flatten())
-            elif isinstance(layer, nn.Dropout):
-                m = tn.Dropout(layer.p)
-            else:
-                m = tn.Linear(*reversed(layer.params["weight"].shape))
-            for name, p in layer.params.items():
-                if p is not None:
-                    getattr(m, name).data.copy_(torch.from_numpy(fastopt._arrays.to_numpy(p.data)))
-            layers.append(m)
-        self.torch = torch
-        self.model = tn.Sequential(*layers).to(dev).train()
-        decay = [m.weight for m in self.model.modules() if isinstance(m, (tn.Conv2d, tn.Linear))]
-        ids = {id(p) for p in decay}
-        rest = [p for p in self.model.parameters() if id(p) not in ids]
+        self.name, self.torch, self.dev = variant, torch, dev
+        model = torch_twin(init_from.model, torch)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in init_from.model.state_dict().items()})
+        model = model.to(dev).train()
+        self.bf16 = variant == "torch bf16+CL"
+        fmt = torch.channels_last if self.bf16 else torch.contiguous_format
+        model = model.to(memory_format=fmt)
+        decayed = {n for n, p in init_from.model.named_parameters() if p.decay}  # fastopt's groups, by name
+        params = dict(model.named_parameters())
         kw = {"fused": True} if dev == "cuda" or _has_cpu_fused(torch) else {}
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": rest, "weight_decay": 0.0}],
-                                     lr=LR, **kw)
+        self.opt = torch.optim.AdamW([{"params": [p for n, p in params.items() if n in decayed], "weight_decay": WD},
+                                      {"params": [p for n, p in params.items() if n not in decayed],
+                                       "weight_decay": 0.0}], lr=LR, **kw)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(total))
         self.loss = tn.CrossEntropyLoss(label_smoothing=SMOOTH)
-        self.batches = [(torch.from_numpy(x).to(dev), torch.from_numpy(y).long().to(dev)) for x, y in batches]
-        self.dev = dev
+        self.params = list(params.values())
+        self.model = torch.compile(model) if variant == "torch compile" else model
+        self.batches = [(torch.from_numpy(x).to(dev).contiguous(memory_format=fmt), torch.from_numpy(y).long().to(dev))
+                        for x, y in batches]
         self.i = 0
 
     def step(self):
@@ -207,9 +250,10 @@ class TorchStep:
         x, y = self.batches[self.i % len(self.batches)]
         self.i += 1
         self.opt.zero_grad(set_to_none=True)
-        loss = self.loss(self.model(x), y)
+        with torch.autocast(self.dev, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.loss(self.model(x), y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), CLIP)
+        torch.nn.utils.clip_grad_norm_(self.params, CLIP)
         self.opt.step()
         self.sched.step()
 
@@ -228,6 +272,7 @@ TORCH_FAMILY = [
     ("linear", ("addmm", "linear", "aten::mm", "aten::t")),
     ("loss", ("log_softmax", "nll_loss", "cross_entropy")),
     ("optimizer", ("adamw", "adam", "foreach", "norm", "clip", "stack")),
+    ("residual add", ("aten::add",)),
 ]
 
 
@@ -266,11 +311,11 @@ def time_device(device, args, torch):
     batches = [(rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32),
                 rng.integers(0, 10, args.batch).astype(np.int32)) for _ in range(4)]
     total = args.rounds * args.steps + 2 * args.steps + 100
-    contenders = [FastoptStep(device, batches, total)]
+    contenders = [FastoptStep(device, batches, total, args.model)]
     if torch is not None and (device == "cpu" or torch.cuda.is_available()):
-        contenders.append(TorchStep(torch, device, batches, total, contenders[0]))
+        contenders += [TorchStep(torch, device, batches, total, contenders[0], v) for v in args.contenders[1:]]
     samples = {c.name: [] for c in contenders}
-    for c in contenders:  # warm-up: allocators, oneDNN/cuDNN plans, page faults
+    for c in contenders:  # warm-up: allocators, oneDNN/cuDNN plans, compilation, page faults
         for _ in range(2):
             c.step()
         c.sync()
@@ -283,19 +328,17 @@ def time_device(device, args, torch):
                 samples[c.name].append(time.perf_counter() - t0)
         log(f"{device} round {r + 1}/{args.rounds}: " + ", ".join(
             f"{k} {statistics.median(v) * 1e3:.1f} ms/step" for k, v in samples.items()))
-    fast = contenders[0]
-    fast.timers = {}
     split_steps = max(args.steps, 3)
-    for _ in range(split_steps):
-        fast.step()
-    split = {k: v / split_steps for k, v in sorted(fast.timers.items(), key=lambda kv: -kv[1])}
-    peer_split = torch_split(contenders[1], device, torch, split_steps) if len(contenders) > 1 else {}
+    split = contenders[0].timed_split(split_steps)
+    eager = [c for c in contenders if c.name == "torch"]
+    peer_split = torch_split(eager[0], device, torch, split_steps) if eager else {}
     med = {k: statistics.median(v) for k, v in samples.items()}
-    row = {"device": device, "batch": args.batch,
+    row = {"device": device, "model": args.model, "batch": args.batch,
            "ms_per_step": {k: v * 1e3 for k, v in med.items()},
            "steps_per_s": {k: 1.0 / v for k, v in med.items()},
            "p10_p90_ms": {k: [float(np.percentile(v, 10)) * 1e3, float(np.percentile(v, 90)) * 1e3]
                           for k, v in samples.items()},
+           "fastopt_speedup_vs": {k: v / med["fastopt"] for k, v in med.items() if k != "fastopt"},
            "split_ms": {k: v * 1e3 for k, v in split.items()},
            "torch_split_ms": peer_split}
     if "torch" in med:
@@ -304,22 +347,23 @@ def time_device(device, args, torch):
 
 
 def markdown(doc):
-    lines = [f"# Training step: small_cnn, 3x32x32, AdamW + clipping ({doc['date']})", "",
+    model = doc["rows"][0]["model"] if doc["rows"] else "?"
+    names = [n for n in CONTENDERS if any(n in r["ms_per_step"] for r in doc["rows"])]
+    lines = [f"# Training step: {model}, 3x32x32, AdamW + clipping ({doc['date']})", "",
              f"CPU: {doc['host']['cpu_model']}; commit {doc['git']['commit']}", "",
-             "| device | batch | fastopt ms/step | torch ms/step | fastopt steps/s | torch steps/s | fastopt / torch |",
-             "|---|---|---|---|---|---|---|"]
+             "| device | batch | " + " | ".join(f"{n} ms/step" for n in names) + " | " +
+             " | ".join(f"fastopt vs {n}" for n in names[1:]) + " |",
+             "|---|---|" + "---|" * (2 * len(names) - 1)]
     for r in doc["rows"]:
-        ms, sps = r["ms_per_step"], r["steps_per_s"]
-        t_ms = f"{ms['torch']:.1f}" if "torch" in ms else "-"
-        t_sps = f"{sps['torch']:.2f}" if "torch" in sps else "-"
-        ratio = f"{r['speedup_vs_torch']:.2f}x" if "speedup_vs_torch" in r else "-"
-        lines.append(f"| {r['device']} | {r['batch']} | {ms['fastopt']:.1f} | {t_ms} | {sps['fastopt']:.2f} | {t_sps} "
-                     f"| {ratio} |")
+        ms, sp = r["ms_per_step"], r["fastopt_speedup_vs"]
+        lines.append(f"| {r['device']} | {r['batch']} | " + " | ".join(f"{ms[n]:.1f}" if n in ms else "-" for n in names)
+                     + " | " + " | ".join(f"{sp[n]:.2f}x" if n in sp else "-" for n in names[1:]) + " |")
     for r in doc["rows"]:
         total = sum(r["split_ms"].values())
         peer = r.get("torch_split_ms", {})
-        lines += ["", f"Split of the step time by op family on {r['device']}: fastopt's layers timed one by one "
-                  "(synchronized); torch's from torch.profiler self times (ops matched by name).", "",
+        lines += ["", f"Split of the step time by op family on {r['device']}: fastopt's modules timed one by one "
+                  "(synchronized, a container's time net of its children's); torch's from torch.profiler self times "
+                  "(ops matched by name).", "",
                   "| op family | fastopt ms/step | share | torch ms/step |", "|---|---|---|---|"]
         for k in list(r["split_ms"]) + [k for k in peer if k not in r["split_ms"]]:
             v = r["split_ms"].get(k)
@@ -340,7 +384,8 @@ def chart(doc, path):
     names = [f"{r['device']}\n{k}" for r in rows for k in r["ms_per_step"]]
     vals = [v for r in rows for v in r["ms_per_step"].values()]
     axes[0].bar(names, vals, color=["tab:blue" if "fastopt" in n else "tab:grey" for n in names])
-    axes[0].set(ylabel="ms per training step (median)", title="small_cnn step, batch %d" % rows[0]["batch"])
+    axes[0].tick_params(axis="x", labelsize=7)
+    axes[0].set(ylabel="ms per training step (median)", title=f"{rows[0]['model']} step, batch {rows[0]['batch']}")
     families = sorted({k for r in rows for k in r["split_ms"]})
     bottom = np.zeros(len(rows))
     for fam in families:
@@ -370,7 +415,7 @@ def main(argv=None):
     doc = header(vars(args), info)
     doc["rows"] = []
     for d in devices:
-        log(f"{d}: batch {args.batch}, {args.rounds} rounds x {args.steps} steps per contender")
+        log(f"{d}: {args.model}, batch {args.batch}, {args.rounds} rounds x {args.steps} steps per contender")
         doc["rows"].append(time_device(d, args, torch))
     text = markdown(doc)
     print(text)

@@ -111,7 +111,8 @@ class ParameterStore:
         lr_scale: {name prefix: factor}, e.g. {"0": 0.1} trains module "0" (and everything
         below it) at a tenth of `lr` (then required): each group's "lr" is lr * factor, the
         longest matching prefix winning, others at lr. A prefix matches a parameter name equal
-        to it or starting with it followed by a dot."""
+        to it or starting with it followed by a dot; "" matches every name, so {"": 0.1, "22": 1}
+        trains everything but module "22" at lr / 10."""
         weight_decay = finite(weight_decay, "weight_decay", 0.0)
         scales = self._scales(lr_scale)
         if scales and lr is None:
@@ -222,4 +223,4 @@ class ParameterStore:
 
 
 def _matches(name, prefix):
-    return name == prefix or name.startswith(prefix + ".")
+    return prefix == "" or name == prefix or name.startswith(prefix + ".")
