@@ -337,7 +337,8 @@ void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw) {
         off[j] = (g * Cg + c) * HW + (r * s.dil_h - s.pad_h) * s.W + sc * s.dil_w - s.pad_w;
         bit[j] = _mm256_set1_epi16(static_cast<short>(1 << (r * s.S + sc)));
       }
-      gemm::RowsOf<std::remove_pointer_t<decltype(dst)>> out{dst};
+      using Rows = gemm::RowsOf<std::remove_pointer_t<decltype(dst)>>;
+      Rows out{dst};
       int64_t n = n0 + p0 / PQ, pq = p0 % PQ;
       for (int64_t p = 0; p < kc;) {
         const int64_t len = std::min(kc - p, PQ - pq);
@@ -349,7 +350,7 @@ void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw) {
           for (int64_t jb = 0; jb < NR; jb += 16) {
             __m512 r[16];
             for (int64_t i = 0; i < 16; ++i)
-              r[i] = jb + i < cols ? gemm::load16(m & _mm256_test_epi16_mask(taps, bit[jb + i]), xn + off[jb + i] + t)
+              r[i] = jb + i < cols ? Rows::load(m & _mm256_test_epi16_mask(taps, bit[jb + i]), xn + off[jb + i] + t)
                                    : _mm512_setzero_ps();
             if (jb < cols) gemm::transpose16(r);
             for (int i = 0; i < count; ++i) out.put(p + t + i, static_cast<int>(jb / 16), r[i]);

@@ -145,15 +145,15 @@ inline uint32_t source_lanes(__mmask16 m) {
   return b;
 }
 
-// 16 floats from p, p + CS, ..., p + 15 CS at the source lanes `src` (source_lanes); the others
-// are zero and not read. Column stride 2 (the 7x7 stem) takes the even lanes of two loads: its
-// panel rows went through copy_row's per-run logic.
-template <int CS, class T>
+// 16 lanes from p, p + CS, ..., p + 15 CS at the source lanes `src` (source_lanes), as Rows
+// loads them; the others are zero and not read. Column stride 2 (the 7x7 stem) takes the even
+// lanes of 32: its panel rows went through copy_row's per-run logic.
+template <int CS, class Rows, class T>
 inline __m512 load_lanes(uint32_t src, const T* p) {
   if constexpr (CS == 1)
-    return gemm::load16(static_cast<__mmask16>(src), p);
+    return Rows::load(static_cast<__mmask16>(src), p);
   else
-    return gemm::load16_evens(src, p);
+    return Rows::load_evens(src, p);
 }
 
 template <class T>
@@ -265,9 +265,9 @@ struct ShiftGather {
           if (rs == 0) prefetch(c + PF);
           const T* from = src + c * chan + d[rs];
           for (int v = 0; v < NV; ++v) {
-            __m512 val = load_lanes<CS>(m[rs][v][0], from + base[v][0]);  // zero outside its lanes
+            __m512 val = load_lanes<CS, Rows>(m[rs][v][0], from + base[v][0]);  // zero outside its lanes
             if constexpr (decltype(two_loads)::value)
-              if (nl[v] == 2) val = _mm512_or_ps(val, load_lanes<CS>(m[rs][v][1], from + base[v][1]));
+              if (nl[v] == 2) val = _mm512_or_ps(val, load_lanes<CS, Rows>(m[rs][v][1], from + base[v][1]));
             out.put(p, v, val);
           }
           if (++rs == RS) {
@@ -292,7 +292,7 @@ struct ShiftGather {
         const auto vok = static_cast<__mmask16>(ok >> (16 * v));
         for (int t = 0; t < nl[v]; ++t) {
           const auto m = static_cast<__mmask16>(loads[v][t].mask & vok);
-          acc = _mm512_or_ps(acc, load_lanes<CS>(source_lanes<CS>(m), from + loads[v][t].base));
+          acc = _mm512_or_ps(acc, load_lanes<CS, Rows>(source_lanes<CS>(m), from + loads[v][t].base));
         }
         out.put(p, v, acc);
       }

@@ -85,12 +85,22 @@ inline void rows_to_strip(const T* __restrict src, int64_t ld, int64_t rows, int
 }
 
 #if defined(__AVX512F__)
-// Where a B packer puts row p's 16 columns 16v .. 16v + 15 (fp32 vectors holding exact bf16
-// values when the strip is bf16): RowsF32 writes gemm.h's F32 layout, RowPairs the Bf16 layout,
-// pairing each odd row with the even row it holds back (finish() pairs an odd last row with
-// zeros), so that a packer writes either layout without a staging copy.
+// Where a B packer puts row p's 16 columns 16v .. 16v + 15, and how it loads them: RowsF32
+// writes gemm.h's F32 layout from fp32 vectors (bf16 widened at the load); RowPairs writes the
+// Bf16 layout from bf16 loaded into the low half of 32-bit lanes, holding each even row back
+// and shifting the odd row's into the high half (finish() pairs an odd last row with zeros).
+// Either way a packer writes its layout without a staging copy, and RowPairs spends one shift
+// per pair of rows where widening and narrowing took three.
 struct RowsF32 {
   float* dst;
+  template <class T>
+  static __m512 load(__mmask16 m, const T* p) {
+    return load16(m, p);
+  }
+  template <class T>
+  static __m512 load_evens(uint32_t m, const T* p) {
+    return load16_evens(m, p);
+  }
   void put(int64_t p, int v, __m512 val) { _mm512_storeu_ps(dst + p * NR + 16 * v, val); }
   void finish(int64_t) {}
 };
@@ -98,12 +108,17 @@ struct RowsF32 {
 struct RowPairs {
   bf16* dst;
   __m512i held[NR / 16] = {};
+  static __m512 load(__mmask16 m, const bf16* p) {
+    return _mm512_castsi512_ps(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)));
+  }
+  // m has only even source lanes: each element lands in the low half of its lane.
+  static __m512 load_evens(uint32_t m, const bf16* p) { return _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(m, p)); }
   void put(int64_t p, int v, __m512 val) {
+    const __m512i u = _mm512_castps_si512(val);
     if (p % 2 == 0)
-      held[v] = _mm512_castps_si512(val);
-    else  // the odd row's bf16 is already the high half of its lanes, the low half zero
-      _mm512_storeu_si512(dst + (p - 1) * NR + 32 * v,
-                          _mm512_or_si512(_mm512_castps_si512(val), _mm512_srli_epi32(held[v], 16)));
+      held[v] = u;
+    else
+      _mm512_storeu_si512(dst + (p - 1) * NR + 32 * v, _mm512_or_si512(_mm512_slli_epi32(u, 16), held[v]));
   }
   void finish(int64_t kc) {
     if (kc % 2)
