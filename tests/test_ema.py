@@ -155,3 +155,42 @@ def test_trainer_ema_evaluates_and_checkpoints_the_average(rng, tmp_path):
 def _bn_model_1ch():
     return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.GlobalAvgPool2d(),
                          nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("cls, rule, kw", [
+    (optim.SGD, "sgd", dict(lr=0.1, momentum=0.9, weight_decay=0.01)),
+    (optim.Adam, "adam", dict(lr=1e-2, maximize=True)),
+    (optim.AdamW, "adamw", dict(lr=1e-2)),
+    (optim.RMSprop, "rmsprop", dict(lr=1e-2, centered=True)),
+], ids=["sgd", "adam-max", "adamw", "rmsprop"])
+def test_l1_inside_the_fused_update(cls, rule, kw, backend, rng):
+    from fastopt.reference import optim as ref
+
+    from conftest import put
+
+    p = rng.standard_normal(101).astype(np.float32)
+    p[:4] = 0.0  # sign(0) = 0: no pull either way
+    dev = put(p, backend)
+    opt = cls([{"params": [dev], "l1": 0.05}], **kw)
+    expected, state = p.astype(np.float64), {}
+    for _ in range(3):
+        g = rng.standard_normal(101).astype(np.float32)
+        opt.step([put(g, backend)])
+        ref.step(rule, [expected], [g], [state], [dict(kw, l1=0.05)])
+    # a few float32 roundings per step of values O(1): 1e-5 leaves a wide margin, and l1 = 0.05
+    # moves each weight by far more over three steps (checked below)
+    np.testing.assert_allclose(fetch(dev), expected, rtol=1e-5, atol=1e-6)
+    plain = p.astype(np.float64)
+    ref.step(rule, [plain], [np.zeros(101, np.float32)], [{}], [kw])
+    assert np.abs(fetch(dev) - plain).max() > 1e-3
+
+
+def test_l1_group_option_checks_and_store_groups():
+    with pytest.raises(ValueError, match=r"^param_groups\[0\]\['l1'\]: must be a finite number >= 0"):
+        optim.SGD([{"params": [np.zeros(3, np.float32)], "l1": -0.1}], lr=0.1)
+    with pytest.raises(TypeError, match=r"^param_groups\[0\]\['l1'\]: expected a real number"):
+        optim.SGD([{"params": [np.zeros(3, np.float32)], "l1": "0.1"}], lr=0.1)
+    model = _no_bn()
+    groups = model.store.param_groups(1e-4, l1=1e-3)
+    assert [g.get("l1") for g in groups] == [1e-3, None]  # weights only, as weight decay
+    assert optim.AdamW(groups).state_dict()["param_groups"][0]["l1"] == 1e-3

@@ -177,6 +177,8 @@ def test_residual_forward_backward_and_bad_input(rng):
     relu = nn.ReLU()
     with pytest.raises(ValueError, match=r"^build: module '1' also appears as '0'"):
         nn.Sequential(relu, relu).build("cpu")
+    with pytest.raises(RuntimeError, match="^build: this Sequential is part of a built network"):
+        block.body.build("cpu")
 
 
 def test_drop_path_in_a_block(rng):

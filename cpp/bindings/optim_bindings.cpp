@@ -311,6 +311,7 @@ void bind_optim(py::module_& m) {
       .def_readwrite("eps", &Hyper::eps)
       .def_readwrite("alpha", &Hyper::alpha)
       .def_readwrite("lr_decay", &Hyper::lr_decay)
+      .def_readwrite("l1", &Hyper::l1)
       .def_readwrite("decoupled_weight_decay", &Hyper::decoupled_weight_decay)
       .def_readwrite("maximize", &Hyper::maximize)
       .def_readwrite("stochastic_rounding", &Hyper::stochastic_rounding)

@@ -143,6 +143,7 @@ def plot(report, path):
         ax.errorbar(ks, [np.mean(a) for a in accs], yerr=[np.std(a) for a in accs], marker="o", capsize=3, label=m)
     ax.set(xscale="log", xticks=ks, xticklabels=[str(k) for k in ks], xlabel="labelled images per class (K)",
            ylabel="test accuracy", title=f"{report['target']} after pretraining on {report['source']}")
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

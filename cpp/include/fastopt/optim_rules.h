@@ -5,7 +5,8 @@
 // (same order of float32 operations where it matters: lerp for the first moment, sqrt(v)/bc2 + eps
 // for Adam's denominator), so a trajectory matches torch to float32 rounding.
 //
-//   g  <- clip * g, negated when maximize; g <- g + wd * p (L2 weight decay, not AdamW)
+//   g  <- clip * g, negated when maximize; g <- g + wd * p (L2 weight decay, not AdamW);
+//   g  <- g + l1 * sign(p) (L1 regularization's subgradient, 0 at p = 0; a group option)
 //   SGD:       p -= lr * g
 //   momentum:  b = g on the first step, else b = mu * b + (1 - dampening) * g;
 //              p -= lr * b            (nesterov: p -= lr * (g + mu * b))
@@ -76,10 +77,11 @@ struct Hyper {
   double eps = 1e-8;
   double alpha = 0.99;
   double lr_decay = 0.0;
+  double l1 = 0.0;                      // L1 regularization strength (every rule)
   bool decoupled_weight_decay = false;  // AdamW
   bool maximize = false;
   bool stochastic_rounding = false;     // bf16 params without a master: Rounding::stochastic
-  uint64_t seed = 0;                    // its Philox key (sr_word)
+  uint64_t seed = 0;                    // its Philox key (see Rounding)
 };
 
 // The float32 scalars one tensor's update needs at step t (t counts from 1). Derived in double
@@ -87,6 +89,7 @@ struct Hyper {
 struct StepScalars {
   float sign;         // -1 when maximizing
   float l2;           // added as g += l2 * p
+  float l1;           // added as g += l1 * sign(p)
   float decay;        // p *= decay before the update (AdamW)
   float lr;           // SGD/RMSprop lr, Adagrad's decayed lr, Adam's lr / (1 - beta1^t)
   float eps;
@@ -106,6 +109,7 @@ FASTOPT_HD StepScalars prepare_step(const Hyper& h, OptKind k, int64_t t) {
   const double td = static_cast<double>(t);
   s.sign = h.maximize ? -1.0f : 1.0f;
   s.l2 = h.decoupled_weight_decay ? 0.0f : static_cast<float>(h.weight_decay);
+  s.l1 = static_cast<float>(h.l1);
   s.decay = h.decoupled_weight_decay ? static_cast<float>(1.0 - h.lr * h.weight_decay) : 1.0f;
   s.eps = static_cast<float>(h.eps);
   s.momentum = static_cast<float>(h.momentum);
@@ -136,6 +140,7 @@ FASTOPT_HD float lerp(float a, float b, float w) {
 template <OptKind K>
 FASTOPT_HD void update(const StepScalars& s, float g, float& p, float& s0, float& s1, float& s2) {
   if (s.l2 != 0.0f) g = g + s.l2 * p;
+  if (s.l1 != 0.0f) g = g + s.l1 * (p > 0.0f ? 1.0f : p < 0.0f ? -1.0f : 0.0f);
   if constexpr (K == OptKind::SGD) {
     p = p - s.lr * g;
   } else if constexpr (K == OptKind::SGD_MOMENTUM || K == OptKind::SGD_NESTEROV) {
@@ -179,23 +184,16 @@ FASTOPT_HD void update(const StepScalars& s, float g, float& p, float& s0, float
 enum class Rounding : uint8_t {
   nearest = 0,     // to the param's own type, nearest even (exact for fp32)
   master = 1,      // fp32 master copy updated; the bf16/f16 param written from it, nearest even
-  stochastic = 2,  // bf16 only: stochastic rounding with the element's sr_word
+  stochastic = 2,  // bf16 only: stochastic rounding with the element's random word
 };
-
-// The random word of element i of the tensor at flat index `tensor` at step t (t counts from 1):
-// word i mod 4 of Philox4x32-10 with counter (low and high 32 bits of i / 4, tensor, low 32 bits
-// of t) under the 64-bit seed. Dropout's stream has counter words 2 and 3 zero and t >= 1 here,
-// so the two never share a word; a step's words depend on (seed, tensor, t, i) only, never on
-// threads or chunking.
-FASTOPT_HD uint32_t sr_word(uint64_t seed, uint32_t tensor, int64_t t, uint64_t i) {
-  const Philox4 r = philox4x32_10(static_cast<uint32_t>(i >> 2), static_cast<uint32_t>(i >> 34), tensor,
-                                  static_cast<uint32_t>(t), static_cast<uint32_t>(seed),
-                                  static_cast<uint32_t>(seed >> 32));
-  return r.v[i & 3u];
-}
+// The random word of element i of the tensor at flat index `tensor` at step t (t counts from 1)
+// is word i mod 4 of Philox4x32-10 with counter (low and high 32 bits of i / 4, tensor, low 32
+// bits of t) under the group's 64-bit seed (philox.h's philox_blocks with c2 = tensor, c3 = t).
+// Dropout's stream has counter words 2 and 3 zero and t >= 1 here, so the two never share a
+// word; a step's words depend on (seed, tensor, t, i) only, never on threads or chunking.
 
 // One element's step on a parameter stored as T (float, bf16, f16): the rule on the fp32 value
-// w, then the store R says. `random` is the element's sr_word (stochastic only).
+// w, then the store R says. `random` is the element's random word (stochastic only).
 template <OptKind K, Rounding R, class T>
 FASTOPT_HD void update_stored(const StepScalars& s, float g, T& p, float& master, float& s0, float& s1, float& s2,
                               uint32_t random) {

@@ -139,6 +139,9 @@ class Module:
         the first layer (its input is data). Only the root of a tree is built."""
         device = _arrays.canonical_device(device)
         seed, input_grad = integer(seed, "seed", 0), boolean(input_grad, "input_grad")
+        if self.store is not None and self.store.root is not self:
+            raise RuntimeError(f"build: this {type(self).__name__} is part of a built network; build that network "
+                               "(its store holds this module's parameters)")
         modules = self.named_modules()
         owners = {}
         for name, m in modules:

@@ -104,7 +104,7 @@ class ParameterStore:
                                "store.param_groups(...) for the optimizer and store.grads_for(optimizer) for its "
                                "gradients, which leave them out")
 
-    def param_groups(self, weight_decay, lr=None, lr_scale=None):
+    def param_groups(self, weight_decay, lr=None, lr_scale=None, l1=0.0):
         """Optimizer groups over the trainable parameters: weight decay on conv/linear weights,
         none on biases and normalization affines; frozen parameters left out.
 
@@ -112,8 +112,9 @@ class ParameterStore:
         below it) at a tenth of `lr` (then required): each group's "lr" is lr * factor, the
         longest matching prefix winning, others at lr. A prefix matches a parameter name equal
         to it or starting with it followed by a dot; "" matches every name, so {"": 0.1, "22": 1}
-        trains everything but module "22" at lr / 10."""
-        weight_decay = finite(weight_decay, "weight_decay", 0.0)
+        trains everything but module "22" at lr / 10. l1 > 0 adds L1 regularization (the
+        optimizer's l1 group option) to the groups that take weight decay."""
+        weight_decay, l1 = finite(weight_decay, "weight_decay", 0.0), finite(l1, "l1", 0.0)
         scales = self._scales(lr_scale)
         if scales and lr is None:
             raise ValueError("lr: lr_scale sets each group's lr as lr * factor, so lr is needed too")
@@ -122,7 +123,7 @@ class ParameterStore:
         if not trainable:
             raise ValueError("param_groups: every parameter is frozen; nothing to optimize (unfreeze() a part)")
         if len(trainable) == len(self.parameters) and not scales:
-            return [self._group([t], weight_decay if a == 0 and self.num_decay else 0.0, lr)
+            return [self._group([t], a == 0 and self.num_decay, weight_decay, lr, l1)
                     for t, (a, _) in zip(self._all, self._parts)]
         groups = {}
         run = None  # (key, start, end) of the current run of adjacent parameters
@@ -137,14 +138,16 @@ class ParameterStore:
                 runs.append(run)
         for key, a, b in runs:
             groups.setdefault(key, []).append(self._slice(a, b))
-        return [self._group(ts, weight_decay if decay else 0.0, None if lr is None else lr * scale)
+        return [self._group(ts, decay, weight_decay, None if lr is None else lr * scale, l1)
                 for (decay, scale), ts in groups.items()]
 
     @staticmethod
-    def _group(tensors, weight_decay, lr):
-        group = {"params": tensors, "weight_decay": weight_decay}
+    def _group(tensors, decay, weight_decay, lr, l1):
+        group = {"params": tensors, "weight_decay": weight_decay if decay else 0.0}
         if lr is not None:
             group["lr"] = lr
+        if l1 and decay:
+            group["l1"] = l1
         return group
 
     def _scales(self, lr_scale):

@@ -64,6 +64,7 @@ def group_hyper(rule, group, prefix=""):
         check(group[key], option_name(prefix, key))
     if "initial_lr" in group:
         nonnegative(group["initial_lr"], option_name(prefix, "initial_lr"))
+    l1 = nonnegative(group.get("l1", 0.0), option_name(prefix, "l1"))
     rule._check_rule(group, prefix)
     if group["master_weights"] and group["stochastic_rounding"]:
         raise ValueError(f"{option_name(prefix, 'stochastic_rounding')}: rounds parameters that have no master "
@@ -74,6 +75,7 @@ def group_hyper(rule, group, prefix=""):
     h.maximize = bool(group["maximize"])
     h.stochastic_rounding = bool(group["stochastic_rounding"])
     h.seed = int(group["seed"])
+    h.l1 = l1
     rule._fill(h, group)
     return h
 
@@ -142,7 +144,10 @@ class Optimizer:
       step): small updates survive on average instead of rounding away.
     - neither: the update is computed in fp32 and rounded to nearest even (updates below half a
       bf16 ulp of the parameter are lost, as with torch's optimizers on bf16 parameters).
-    float32 parameters ignore all three."""
+    float32 parameters ignore all three.
+
+    Any group may also set l1 >= 0 (absent: 0), L1 regularization: l1 * sign(p) is added to the
+    gradient inside the fused update (after the L2 term), every rule alike."""
 
     OPTIONS = {}
     KINDS = ()
@@ -173,7 +178,7 @@ class Optimizer:
         return {name for kind in cls.KINDS for name in STATE_NAMES[kind]}
 
     def _hyper(self, group, prefix):
-        unknown = set(group) - set(self.defaults) - {"params", "initial_lr"}
+        unknown = set(group) - set(self.defaults) - {"params", "initial_lr", "l1"}
         if unknown:
             raise ValueError(f"{prefix}: unknown option(s) {sorted(unknown)} for {type(self).__name__}")
         return group_hyper(type(self), group, prefix)

@@ -163,7 +163,8 @@ def step(rule, params, grads, states, hypers, max_grad_norm=None, skip_nonfinite
     """One optimizer step over a list of tensors, with optional global-norm clipping.
 
     ``rule`` is a name in RULES or a rule function; params/grads/states/hypers are
-    aligned per tensor (hypers: the rule's keyword arguments for that tensor).
+    aligned per tensor (hypers: the rule's keyword arguments for that tensor, and optionally
+    ``l1``: L1 regularization, l1 * sign(p) added to the gradient like the L2 term).
 
     When ``max_grad_norm`` is given or ``skip_nonfinite`` is set, the global L2 norm
     ||g|| of all gradients is computed first and returned (otherwise None is).
@@ -188,6 +189,10 @@ def step(rule, params, grads, states, hypers, max_grad_norm=None, skip_nonfinite
         coef = float(np.minimum(1.0, max_grad_norm / (norm + 1e-6)))
         grads = [np.asarray(g, dtype=np.float64) * coef for g in grads]
     for p, g, s, h in zip(params, grads, states, hypers):
+        h = dict(h)
+        l1 = h.pop("l1", 0.0)
+        if l1:  # the kernels add l1 * sign(p) after the sign flip and the L2 term: the same, pre-flipped
+            g = np.asarray(g, np.float64) + (-1.0 if h.get("maximize") else 1.0) * l1 * np.sign(p)
         fn(p, g, s, **h)
     return norm, False
 
