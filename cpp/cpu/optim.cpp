@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "fastopt/backend.h"
+#include "fastopt/philox.h"
 #include "isa.h"
 
 namespace fastopt::cpu {

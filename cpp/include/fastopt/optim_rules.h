@@ -29,7 +29,6 @@
 
 #include "fastopt/bf16.h"
 #include "fastopt/common.h"
-#include "fastopt/philox.h"
 
 namespace fastopt {
 

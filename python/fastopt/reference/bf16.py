@@ -32,7 +32,7 @@ def inputs(*arrays):
 def sr_words(n, seed, tensor, step):
     """The random words of elements 0 .. n-1 of the parameter at flat index `tensor` at step
     `step` (counting from 1): word i % 4 of Philox4x32-10 with counter (low, high 32 bits of i // 4,
-    tensor, low 32 bits of step) under the 64-bit seed (optim_rules.h, sr_word)."""
+    tensor, low 32 bits of step) under the 64-bit seed (optim_rules.h, Rounding)."""
     seed = int(seed)
     j = np.arange((n + 3) // 4, dtype=np.uint64)
     counter = np.stack([j & MASK32, j >> np.uint64(32), np.full_like(j, tensor), np.full_like(j, int(step) & 0xFFFFFFFF)],
