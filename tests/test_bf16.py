@@ -1,6 +1,6 @@
-"""bfloat16 on the CPU: relu / leaky relu, max pool, dropout, batch norm and softmax cross-entropy
-against the float64 reference on bf16 inputs, every ISA copy, the dtype plumbing (ml_dtypes
-arrays, torch tensors, DLPack, DeviceArrays) and the errors.
+"""bfloat16 on the CPU: relu / leaky relu, max and global average pool, dropout, batch norm and
+softmax cross-entropy against the float64 reference on bf16 inputs, every ISA copy, the dtype
+plumbing (ml_dtypes arrays, torch tensors, DLPack, DeviceArrays) and the errors.
 
 How a bf16 kernel is judged. Its inputs are bf16 values; the reference widens them exactly to
 float64 and computes there. The kernel runs the fp32 kernel's arithmetic on the same values and
@@ -126,6 +126,22 @@ def test_max_pool2d(rng, shape, k, s, p):
     same_bits(dx, F.max_pool2d_backward(up(dy), idx, shape, k, s, p), "dx")
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1), (3, 5, 7, 9), (2, 4, 61, 67), (0, 3, 2, 2)])
+def test_global_avg_pool(rng, shape):
+    # The mean is summed in double (error ~hw 2^-53: nothing) and rounded to fp32 before bf16:
+    # E32 = u32 |ref|. Backward: dy / float(H*W), one fp32 division: E32 = u32 |ref|.
+    x = bf(rng.standard_normal(shape) + 1)
+    y = F.global_avg_pool_forward(x)
+    ref = R.pooling.global_avg_pool_forward(x)
+    check(y, ref, U32 * np.abs(ref), "y")
+    same_bits(y, F.global_avg_pool_forward(up(x)), "y")
+    dy = bf(rng.standard_normal(shape[:2]))
+    dx = F.global_avg_pool_backward(dy, shape)
+    ref_dx = R.pooling.global_avg_pool_backward(dy, shape)
+    check(dx, ref_dx, U32 * np.abs(ref_dx), "dx")
+    same_bits(dx, F.global_avg_pool_backward(up(dy), shape), "dx")
+
+
 # ----------------------------------------------------------------------------- dropout
 @pytest.mark.parametrize("shape", [(1,), (1000,), (3, 70001)])
 @pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
@@ -233,7 +249,8 @@ def all_outputs(seed=3):
     loss, dz = F.softmax_cross_entropy(z, rng.integers(0, 70, 33))
     out = [F.relu_forward(x), F.relu_backward(dy, x), F.leaky_relu_forward(x, 0.1), F.leaky_relu_backward(dy, x, 0.1),
            F.dropout_forward(x, 0.4, 9), y, *F.batch_norm_backward(dy, x, g, mean, rstd, True), mean, rstd,
-           pooled, F.max_pool2d_backward(bf(rng.standard_normal(pooled.shape)), idx, x.shape, 3, 2, 1), dz, loss]
+           pooled, F.max_pool2d_backward(bf(rng.standard_normal(pooled.shape)), idx, x.shape, 3, 2, 1), dz, loss,
+           F.global_avg_pool_forward(x), F.global_avg_pool_backward(bf(rng.standard_normal(x.shape[:2])), x.shape)]
     return [a.view(np.uint16) if a.dtype == bfloat16 else np.asarray(a) for a in out]
 
 
@@ -301,7 +318,7 @@ BAD = [
     (lambda: F.batch_norm_forward(X, None, None, bf(C3), bf(C3), False), r"running_mean: unsupported dtype bfloat16"),
     # ops without a bf16 path say so
     (lambda: F.layer_norm_forward(X, 4), r"x: unsupported dtype bfloat16: this op takes float32 only .*not yet"),
-    (lambda: F.global_avg_pool_forward(X), r"x: unsupported dtype bfloat16.*not yet"),
+    (lambda: F.avg_pool2d_forward(X, 2), r"x: unsupported dtype bfloat16.*not yet"),
     (lambda: F.clip_grad_norm_([X], 1.0), r"grads\[0\]: unsupported dtype bfloat16.*not yet"),
     # float16 has no kernel path (the optimizers take it: test_optim_bf16.py)
     (lambda: F.relu_forward(X.astype(np.float16)), r"x: unsupported dtype float16"),

@@ -142,20 +142,23 @@ int64_t plane_size(const std::vector<int64_t>& shape, const char* name) {
 }
 
 py::object global_avg_pool_forward(py::handle x_obj, uintptr_t stream) {
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const int64_t hw = plane_size(x.shape, "x");
   const int64_t planes = x.shape[0] * x.shape[1];
-  py::object y = new_array({x.shape[0], x.shape[1]}, DType::f32, x.device, stream, "y", "x");
-  const auto* xp = static_cast<const float*>(x.data);
-  float* yp = data_of<float>(y, DType::f32);
+  py::object y = new_array({x.shape[0], x.shape[1]}, x.dtype, x.device, stream, "y", "x");
+  void* yp = view_array(y, ArgName{"out"}, true, &x.dtype).data;
   if (x.device == kCPU) {
     py::gil_scoped_release nogil;
-    cpu::global_avg_pool_forward(xp, yp, planes, hw);
+    by_floating_dtype(x, [&](auto tag) {
+      using T = decltype(tag);
+      cpu::global_avg_pool_forward(data_as<T>(x), static_cast<T*>(yp), planes, hw);
+    });
   } else {
 #ifdef FASTOPT_WITH_CUDA
     py::gil_scoped_release nogil;
     cuda::set_device(x.device);
-    cuda::global_avg_pool_forward(xp, yp, planes, hw, reinterpret_cast<void*>(stream));
+    cuda::global_avg_pool_forward(data_as<float>(x), static_cast<float*>(yp), planes, hw,
+                                  reinterpret_cast<void*>(stream));
 #else
     throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif
@@ -164,22 +167,25 @@ py::object global_avg_pool_forward(py::handle x_obj, uintptr_t stream) {
 }
 
 py::object global_avg_pool_backward(py::handle dy_obj, std::vector<int64_t> input_shape, uintptr_t stream) {
-  const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const int64_t hw = plane_size(input_shape, "input_shape");
   const std::vector<int64_t> yshape{input_shape[0], input_shape[1]};
   if (dy.shape != yshape) raise_value("dy: expected the output shape " + shape_str(yshape) + ", got " + shape_str(dy.shape));
   const int64_t planes = input_shape[0] * input_shape[1];
-  py::object dx = new_array(input_shape, DType::f32, dy.device, stream, "dx", "input_shape");
-  const auto* dyp = static_cast<const float*>(dy.data);
-  float* dxp = data_of<float>(dx, DType::f32);
+  py::object dx = new_array(input_shape, dy.dtype, dy.device, stream, "dx", "input_shape");
+  void* dxp = view_array(dx, ArgName{"out"}, true, &dy.dtype).data;
   if (dy.device == kCPU) {
     py::gil_scoped_release nogil;
-    cpu::global_avg_pool_backward(dyp, dxp, planes, hw);
+    by_floating_dtype(dy, [&](auto tag) {
+      using T = decltype(tag);
+      cpu::global_avg_pool_backward(data_as<T>(dy), static_cast<T*>(dxp), planes, hw);
+    });
   } else {
 #ifdef FASTOPT_WITH_CUDA
     py::gil_scoped_release nogil;
     cuda::set_device(dy.device);
-    cuda::global_avg_pool_backward(dyp, dxp, planes, hw, reinterpret_cast<void*>(stream));
+    cuda::global_avg_pool_backward(data_as<float>(dy), static_cast<float*>(dxp), planes, hw,
+                                   reinterpret_cast<void*>(stream));
 #else
     throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif

@@ -34,6 +34,8 @@ FASTOPT_FOR_EACH_ISA(void max_pool2d_forward(const Pool2dShape& s, const float* 
                                               float* dx);
                      void global_avg_pool_forward(const float* x, float* y, int64_t planes, int64_t hw);
                      void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_t hw);
+                     void global_avg_pool_forward(const bf16* x, bf16* y, int64_t planes, int64_t hw);
+                     void global_avg_pool_backward(const bf16* dy, bf16* dx, int64_t planes, int64_t hw);
                      void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool include_pad);
                      void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad);)
 
@@ -240,31 +242,47 @@ void max_pool2d_backward(const Pool2dShape& s, const bf16* dy, const int32_t* in
 }
 
 
-void global_avg_pool_forward(const float* x, float* y, int64_t planes, int64_t hw) {
+namespace {
+
+// T: float or bf16 (the mean rounded once from the double sum through float; dx once).
+template <class T>
+void global_avg_fwd(const T* x, T* y, int64_t planes, int64_t hw) {
   constexpr int kLanes = 8;
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < planes; ++c) {
-    const float* __restrict xc = x + c * hw;
+    const T* __restrict xc = x + c * hw;
     double lane[kLanes] = {};
     int64_t j = 0;
     for (; j + kLanes <= hw; j += kLanes)
 #pragma omp simd
-      for (int l = 0; l < kLanes; ++l) lane[l] += static_cast<double>(xc[j + l]);
-    for (int l = 0; j < hw; ++j, ++l) lane[l] += static_cast<double>(xc[j]);
+      for (int l = 0; l < kLanes; ++l) lane[l] += static_cast<double>(to_float(xc[j + l]));
+    for (int l = 0; j < hw; ++j, ++l) lane[l] += static_cast<double>(to_float(xc[j]));
     const double sum = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-    y[c] = static_cast<float>(sum / static_cast<double>(hw));
+    y[c] = from_float<T>(static_cast<float>(sum / static_cast<double>(hw)));
   }
 }
 
-void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_t hw) {
+template <class T>
+void global_avg_bwd(const T* dy, T* dx, int64_t planes, int64_t hw) {
   const float count = static_cast<float>(hw);
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < planes; ++c) {
-    const float g = dy[c] / count;
-    float* __restrict dxc = dx + c * hw;
+    const T g = from_float<T>(to_float(dy[c]) / count);
+    T* __restrict dxc = dx + c * hw;
 #pragma omp simd
     for (int64_t j = 0; j < hw; ++j) dxc[j] = g;
   }
+}
+
+}  // namespace
+
+void global_avg_pool_forward(const float* x, float* y, int64_t planes, int64_t hw) { global_avg_fwd(x, y, planes, hw); }
+void global_avg_pool_forward(const bf16* x, bf16* y, int64_t planes, int64_t hw) { global_avg_fwd(x, y, planes, hw); }
+void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_t hw) {
+  global_avg_bwd(dy, dx, planes, hw);
+}
+void global_avg_pool_backward(const bf16* dy, bf16* dx, int64_t planes, int64_t hw) {
+  global_avg_bwd(dy, dx, planes, hw);
 }
 
 // Average pooling: the window sums and the backward gather are the shared per-element functions
@@ -318,6 +336,12 @@ void global_avg_pool_forward(const float* x, float* y, int64_t planes, int64_t h
   FASTOPT_CPU_DISPATCH(global_avg_pool_forward(x, y, planes, hw))
 }
 void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_t hw) {
+  FASTOPT_CPU_DISPATCH(global_avg_pool_backward(dy, dx, planes, hw))
+}
+void global_avg_pool_forward(const bf16* x, bf16* y, int64_t planes, int64_t hw) {
+  FASTOPT_CPU_DISPATCH(global_avg_pool_forward(x, y, planes, hw))
+}
+void global_avg_pool_backward(const bf16* dy, bf16* dx, int64_t planes, int64_t hw) {
   FASTOPT_CPU_DISPATCH(global_avg_pool_backward(dy, dx, planes, hw))
 }
 void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool include_pad) {

@@ -131,6 +131,9 @@ void max_pool2d_backward(const Pool2dShape& s, const bf16* dy, const int32_t* in
 // x (planes, hw) -> y (planes); dy (planes) -> dx (planes, hw). hw >= 1.
 void global_avg_pool_forward(const float* x, float* y, int64_t planes, int64_t hw);
 void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_t hw);
+// bf16 in and out: the double sum's mean rounded once to bf16 (via float); dx = bf16(dy / hw).
+void global_avg_pool_forward(const bf16* x, bf16* y, int64_t planes, int64_t hw);
+void global_avg_pool_backward(const bf16* dy, bf16* dx, int64_t planes, int64_t hw);
 // x (planes, H, W) -> y (planes, P, Q); dy (planes, P, Q) -> dx (planes, H, W).
 void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool include_pad);
 void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad);

@@ -6,8 +6,9 @@ input plane, as int32 (torch's indices, at half the bytes); max_pool2d_backward 
 through those indices, deterministically (no atomics: each input gathers from the windows that
 cover it, in row-major order). Outputs are new arrays on the input's device.
 
-max pooling also takes bfloat16 on the CPU and returns bfloat16 values (exact: a max is one of
-the inputs) and dx (summed in fp32, rounded once).
+max pooling and global average pooling also take bfloat16 on the CPU and return bfloat16: the
+max is exact (one of the inputs), max pool's dx is summed in fp32 and the global mean in double,
+each rounded once.
 """
 from .. import _C
 from .._args import boolean, pair, shape, stream as _stream
