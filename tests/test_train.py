@@ -366,6 +366,7 @@ BAD_OPTIONS = {
     "--epochs": [["0"], ["-1"], ["1.5"], ["x"]],
     "--batch-size": [["0"], ["-3"]],
     "--optimizer": [["lion"]],
+    "--precision": [["fp16"], ["bf16", "--accumulate", "2"]],
     "--lr": [["nan"], ["inf"], ["-1"], ["0.1x"]],
     "--weight-decay": [["-1e-3"], ["nan"]],
     "--warmup-epochs": [["-1"], ["nan"], ["100", "--epochs", "2"], ["3", "--search", "2", "--search-epochs", "2"]],

@@ -32,6 +32,7 @@ from .nn import SoftmaxCrossEntropy
 __all__ = ["CheckpointError", "TrainConfig", "Trainer", "TrainingStopped", "make_optimizer", "read_checkpoint"]
 
 OPTIMIZERS = ("adamw", "adam", "amsgrad", "sgd", "momentum", "nesterov", "rmsprop", "adagrad")
+PRECISIONS = ("fp32", "bf16")  # bf16: Module.build's mixed precision (fp32 master weights, CPU)
 
 
 @dataclass
@@ -59,11 +60,13 @@ class TrainConfig:
     topk: int = 5
     accumulate: int = 1           # micro-batches of batch_size per optimizer step
     ema: float = 0.0              # decay of the weights' moving average (warm-up ramp); 0: off
+    precision: str = "fp32"       # "bf16": bf16 activations and conv/linear math, fp32 master weights
     progress: bool = True
 
     def check(self):
         """Every field's type and range (LIMITS); TypeError or ValueError naming the field."""
         _args.choice(self.optimizer, "optimizer", OPTIMIZERS)
+        _args.choice(self.precision, "precision", PRECISIONS)
         for name, rule in LIMITS.items():  # NumPy scalars become Python ones (the checkpoint's JSON)
             if getattr(self, name) is not None or name != "warmup_epochs":
                 setattr(self, name, _options.check(name, getattr(self, name), *rule))
@@ -71,6 +74,9 @@ class TrainConfig:
             self.warmup_epochs = min(2.0, float(self.epochs))
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs: must not exceed epochs ({self.epochs}), got {self.warmup_epochs}")
+        if self.precision == "bf16" and self.accumulate > 1:
+            raise ValueError("accumulate: gradient accumulation with precision bf16: not yet (the micro-batch "
+                             "weighting scales float32 gradients only)")
         for name in ("flip", "progress"):
             _args.boolean(getattr(self, name), name)
         if not isinstance(self.device, str):
@@ -167,11 +173,14 @@ class Trainer:
         self.out_dir = out_dir
         c = self.config
         if model.store is None:
-            self.store = model.build(self.device, seed=c.seed)
+            self.store = model.build(self.device, seed=c.seed, precision=c.precision)
         elif model.store.root is not model:
             raise ValueError("model: part of another built network; train the network it was built in")
         elif model.store.device != self.device:
             raise ValueError(f"model: built on {model.store.device}, but this trainer runs on {self.device}")
+        elif model.store.precision != c.precision:
+            raise ValueError(f"model: built with precision {model.store.precision}, but this trainer's is "
+                             f"{c.precision}")
         else:
             self.store = model.store
         groups = self.store.param_groups(c.weight_decay, lr=c.lr if lr_scale else None, lr_scale=lr_scale)

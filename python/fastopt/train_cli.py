@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _arrays, _options, cuda, data as datasets
 from .nn.models import resnet, small_cnn
-from .train import (LIMITS, OPTIMIZERS, CheckpointError, Trainer, TrainConfig, config_from, read_checkpoint,
+from .train import (LIMITS, OPTIMIZERS, PRECISIONS, CheckpointError, Trainer, TrainConfig, config_from, read_checkpoint,
                     write_atomically)
 
 DEFAULTS = TrainConfig()
@@ -41,6 +41,8 @@ def add_arguments(p):
     a("--epochs", help="total epochs (with --resume: of the whole run, the checkpoint's included)")
     a("--batch-size")
     a("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer)
+    a("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
+      help="bf16: bfloat16 activations and conv/linear math with float32 master weights (CPU)")
     a("--lr", help="peak learning rate (after warm-up)")
     a("--weight-decay", help="on conv/linear weights only")
     a("--warmup-epochs", help="linear warm-up, at most --epochs (default: 2, or --epochs when fewer)")
@@ -81,6 +83,8 @@ def check_arguments(args, error):
         error(f"argument --warmup-epochs: must not exceed {which} ({epochs}), got {args.warmup_epochs:g}")
     if args.search and args.resume:
         error("argument --resume: not allowed with --search (every trial starts afresh)")
+    if args.precision == "bf16" and args.accumulate > 1:
+        error("argument --precision: bf16 with --accumulate above 1: not yet")
     unwritable = _options.unwritable(args.out)
     if unwritable:
         error(f"argument --out: {unwritable}")

@@ -11,6 +11,8 @@ class Sequential(Module):
     """Layers applied in order; backward runs them in reverse, down to the lowest layer that
     trains or whose input needs a gradient. Children are named "0", "1", ... as in torch."""
 
+    bf16 = True  # runs in a precision='bf16' network
+
     def __init__(self, *layers):
         super().__init__()
         self.layers = list(layers)

@@ -31,9 +31,18 @@ def _eps(eps):
     return finite(eps, "eps", 0.0)
 
 
+def _computed(module, x, weight, bias):
+    """x and the layer's weight and bias (Parameters, bias maybe None) in the network's compute
+    dtype (ParameterStore.compute: bfloat16 copies in a precision='bf16' network)."""
+    compute = module.store.compute
+    return compute(x), compute(weight.data), None if bias is None else compute(bias.data)
+
+
 class Conv2d(Module):
     """2-D convolution, NCHW. Default init as torch: weight kaiming_uniform(a=sqrt(5)), bias
     U(+-1/sqrt(fan_in)). allow_tf32 lets the GPU use TF32 tensor cores."""
+
+    bf16 = True  # runs in a precision='bf16' network
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, weight_init=None, bias_init=None, allow_tf32=False):
@@ -52,18 +61,18 @@ class Conv2d(Module):
         self.conv = dict(stride=pair(stride, "stride", 1), padding=pair(padding, "padding", 0),
                          dilation=pair(dilation, "dilation", 1), groups=groups,
                          allow_tf32=boolean(allow_tf32, "allow_tf32"))
-        self._x = None
+        self._x = self._w = None
 
     def forward(self, x, training=True):
-        b = self.params["bias"]
-        y = F.conv2d_forward(x, self.params["weight"].data, b.data if b else None, **self.conv)
-        self._x = x if training else None
+        x, w, b = _computed(self, x, self.params["weight"], self.params["bias"])
+        y = F.conv2d_forward(x, w, b, **self.conv)
+        self._x, self._w = (x, w) if training else (None, None)
         return y
 
     def backward(self, dy):
         w, b = self.params["weight"], self.params["bias"]
         train = w.requires_grad
-        dx, dw, db = F.conv2d_backward(dy, _take(self, "_x"), w.data,
+        dx, dw, db = F.conv2d_backward(dy, _take(self, "_x"), _take(self, "_w"),
                                        need=(self.needs_input_grad, train, train and b is not None), **self.conv)
         self.set_grad(w, dw)
         self.set_grad(b, db)
@@ -78,6 +87,8 @@ class Conv2d(Module):
 class Linear(Module):
     """y = x W^T + b, x (N, in), on fastopt's batched GEMM. Init as torch."""
 
+    bf16 = True  # runs in a precision='bf16' network
+
     def __init__(self, in_features, out_features, bias=True, weight_init=None, bias_init=None):
         super().__init__()
         in_features, out_features = integer(in_features, "in_features", 1), integer(out_features, "out_features", 1)
@@ -86,18 +97,18 @@ class Linear(Module):
                                           weight_init or I.kaiming_uniform(a=math.sqrt(5)))
         self.params["bias"] = (Parameter((out_features,), bias_init or I.fan_in_uniform(in_features), decay=False)
                                if boolean(bias, "bias") else None)
-        self._x = None
+        self._x = self._w = None
 
     def forward(self, x, training=True):
-        b = self.params["bias"]
-        y = F.linear_forward(x, self.params["weight"].data, b.data if b else None)
-        self._x = x if training else None
+        x, w, b = _computed(self, x, self.params["weight"], self.params["bias"])
+        y = F.linear_forward(x, w, b)
+        self._x, self._w = (x, w) if training else (None, None)
         return y
 
     def backward(self, dy):
         w, b = self.params["weight"], self.params["bias"]
         train = w.requires_grad
-        dx, dw, db = F.linear_backward(dy, _take(self, "_x"), w.data,
+        dx, dw, db = F.linear_backward(dy, _take(self, "_x"), _take(self, "_w"),
                                        need=(self.needs_input_grad, train, train and b is not None))
         self.set_grad(w, dw)
         self.set_grad(b, db)
@@ -123,6 +134,8 @@ class _BatchNorm(Module):
     in training (running statistics updated with `momentum`, None = cumulative average), running
     statistics in eval and while frozen (then not updated either). The running statistics are
     views of the store's buffer array."""
+
+    bf16 = True  # runs in a precision='bf16' network
     ndims = ()
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
@@ -234,6 +247,8 @@ class GroupNorm(_SampleNorm):
 
 
 class ReLU(Module):
+    bf16 = True  # runs in a precision='bf16' network
+
     def __init__(self):
         super().__init__()
         self._x = None
@@ -247,6 +262,8 @@ class ReLU(Module):
 
 
 class LeakyReLU(Module):
+    bf16 = True  # runs in a precision='bf16' network
+
     def __init__(self, negative_slope=0.01):
         super().__init__()
         self.negative_slope = finite(negative_slope, "negative_slope")
@@ -265,6 +282,7 @@ class LeakyReLU(Module):
 
 class _Pointwise(Module):
     """An activation whose backward reads its input: subclasses name the functional pair."""
+
     forward_fn = backward_fn = None
 
     def __init__(self):
@@ -321,6 +339,8 @@ def _pool_hyper(kernel_size, stride, padding):
 class MaxPool2d(Module):
     """Max pooling (floor mode); backward routes each output's gradient to its argmax."""
 
+    bf16 = True  # runs in a precision='bf16' network
+
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         self.kernel_size, self.stride, self.padding = _pool_hyper(kernel_size, stride, padding)
@@ -366,6 +386,8 @@ class AvgPool2d(Module):
 class GlobalAvgPool2d(Module):
     """(N, C, H, W) -> (N, C): the mean over H and W."""
 
+    bf16 = True  # runs in a precision='bf16' network
+
     def __init__(self):
         super().__init__()
         self._shape = None
@@ -380,6 +402,8 @@ class GlobalAvgPool2d(Module):
 
 class Flatten(Module):
     """(N, ...) -> (N, prod(...)), a free view."""
+
+    bf16 = True  # runs in a precision='bf16' network
 
     def __init__(self):
         super().__init__()
@@ -397,6 +421,8 @@ class Dropout(Module):
     """Inverted dropout; identity in eval. The mask of each training call comes from the layer's
     seed (drawn at build) and a stream offset that advances by the input's size every call, so
     backward regenerates it and a checkpoint (which stores the offset) resumes the same masks."""
+
+    bf16 = True  # runs in a precision='bf16' network
 
     def __init__(self, p=0.5):
         super().__init__()

@@ -1,5 +1,7 @@
 """Softmax cross-entropy, the loss every classifier here trains with."""
-from .. import functional as F
+import numpy as np
+
+from .. import _arrays, functional as F
 from .._args import integer, real
 
 __all__ = ["SoftmaxCrossEntropy"]
@@ -10,7 +12,9 @@ class SoftmaxCrossEntropy:
     torch's label smoothing. forward returns the loss as a 0-d array on the logits' device (the
     step never waits for the host) and keeps d(loss)/d(logits), computed in the same pass, for
     backward. `stats`, a float32 (3,) array, accumulates [sum of losses, top-1 hits, top-k hits]
-    on the device for the epoch's metrics."""
+    on the device for the epoch's metrics. With bfloat16 logits (a precision='bf16' network) the
+    loss is float32, d(logits) bfloat16, and float32 soft targets are rounded to bfloat16 (the
+    kernel takes soft targets in the logits' dtype)."""
 
     def __init__(self, label_smoothing=0.0, topk=5):
         self.label_smoothing = real(label_smoothing, "label_smoothing", 0.0, 1.0)
@@ -18,6 +22,8 @@ class SoftmaxCrossEntropy:
         self._dlogits = None
 
     def forward(self, logits, target, training=True, stats=None):
+        if _arrays.dtype_of(logits) == _arrays.BFLOAT16 and _arrays.dtype_of(target) == np.float32:
+            target = np.asarray(target).astype(_arrays.BFLOAT16)
         loss, dlogits = F.softmax_cross_entropy(logits, target, self.label_smoothing, need_grad=training,
                                                 stats=stats, topk=self.topk)
         self._dlogits = dlogits

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import _arrays
 from .. import functional as F
-from .._args import boolean, integer, shape as _shape
+from .._args import boolean, choice, integer, shape as _shape
 from .._arrays import copy_, to_numpy
 
 __all__ = ["Parameter", "Module", "IncompatibleKeys"]
@@ -80,7 +80,10 @@ class Module:
     """Base: subclasses set `self.params` (name -> Parameter or None) in __init__ and implement
     forward/backward; containers list their submodules in children(). `needs_input_grad` is set
     at build and by freeze(): False where nothing below the module trains and its input is data,
-    so its d(input) is never computed."""
+    so its d(input) is never computed. `bf16`: the module runs in a network built with
+    precision='bf16' (its kernels take bfloat16 activations)."""
+
+    bf16 = False
 
     def __init__(self):
         self.params = {}
@@ -133,12 +136,19 @@ class Module:
         return any(p.requires_grad for p in self.parameters())
 
     # -------------------------------------------------------------------------- building
-    def build(self, device="cpu", seed=0, input_grad=False):
+    def build(self, device="cpu", seed=0, input_grad=False, precision="fp32"):
         """Allocate the parameters (one flat buffer on `device`, drawn from `seed`), the buffers
         and every module's state; returns the ParameterStore. input_grad=False skips d(input) of
-        the first layer (its input is data). Only the root of a tree is built."""
+        the first layer (its input is data). Only the root of a tree is built.
+
+        precision='bf16' (CPU): mixed precision as torch AMP runs it. The store keeps float32
+        master parameters (the optimizer steps them with float32 gradients); conv and linear
+        layers compute on bfloat16 copies of their weights and inputs, made each forward, so
+        activations and their gradients flow in bfloat16 (batch norm's statistics and affine stay
+        float32) and the loss is float32. Every module must have a bfloat16 path (`bf16`)."""
         device = _arrays.canonical_device(device)
         seed, input_grad = integer(seed, "seed", 0), boolean(input_grad, "input_grad")
+        precision = choice(precision, "precision", ("fp32", "bf16"))
         if self.store is not None and self.store.root is not self:
             raise RuntimeError(f"build: this {type(self).__name__} is part of a built network; build that network "
                                "(its store holds this module's parameters)")
@@ -149,10 +159,17 @@ class Module:
                 raise ValueError(f"build: module {name!r} also appears as {owners[id(m)]!r}; a module can sit in "
                                  "one place of a network only (build a second one for the other place)")
             owners[id(m)] = name
+        if precision == "bf16":
+            if device != "cpu":
+                raise ValueError(f"precision: bf16 on the GPU ({device}): not yet (issue 21); build on the CPU")
+            lacking = [f"{name or 'the root'} ({type(m).__name__})" for name, m in modules if not m.bf16]
+            if lacking:
+                raise ValueError("precision: bf16 needs a bfloat16 path in every module; not yet in "
+                                 + ", ".join(lacking))
         seeds = np.random.SeedSequence(seed).spawn(len(modules))
         from .store import ParameterStore  # the store lays out a tree of Modules
 
-        self.store = ParameterStore(self, device, seeds[0], input_grad)
+        self.store = ParameterStore(self, device, seeds[0], input_grad, precision)
         for (_, m), s in zip(modules, seeds):
             m.device, m.store = device, self.store
             m.build_state(device, int(s.generate_state(1, np.uint64)[0]))

@@ -25,8 +25,8 @@ class ParameterStore:
     lr_scale the groups are the two views `tensors` ([decayed, not decayed], an empty part left
     out) and their gradients `grads`."""
 
-    def __init__(self, root, device, seed, input_grad=False):
-        self.root, self.device, self.input_grad = root, device, input_grad
+    def __init__(self, root, device, seed, input_grad=False, precision="fp32"):
+        self.root, self.device, self.input_grad, self.precision = root, device, input_grad, precision
         named = root.named_parameters()
         seen = {}
         for name, p in named:
@@ -76,6 +76,14 @@ class ParameterStore:
         for m, k, s, _ in specs:
             setattr(m, k, _view(self.buffers, start, s))
             start += int(np.prod(s))
+
+    def compute(self, a):
+        """a in the network's compute dtype: a itself for precision 'fp32' (and for an array that is
+        bfloat16 already), else a bfloat16 copy rounded to nearest even. The store keeps the fp32
+        master values; conv and linear layers compute on these copies, made each forward."""
+        if self.precision == "fp32" or a is None or _arrays.dtype_of(a) == _arrays.BFLOAT16:
+            return a
+        return np.asarray(a).astype(_arrays.BFLOAT16)
 
     def replan(self):
         self.root.plan(self.input_grad)

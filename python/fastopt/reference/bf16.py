@@ -35,8 +35,8 @@ def sr_words(n, seed, tensor, step):
     tensor, low 32 bits of step) under the 64-bit seed (optim_rules.h, Rounding)."""
     seed = int(seed)
     j = np.arange((n + 3) // 4, dtype=np.uint64)
-    counter = np.stack([j & MASK32, j >> np.uint64(32), np.full_like(j, tensor), np.full_like(j, int(step) & 0xFFFFFFFF)],
-                       axis=-1)
+    counter = np.stack([j & MASK32, j >> np.uint64(32), np.full_like(j, tensor),
+                        np.full_like(j, int(step) & 0xFFFFFFFF)], axis=-1)
     return philox4x32_10(counter, (seed & 0xFFFFFFFF, seed >> 32)).reshape(-1)[:n]
 
 

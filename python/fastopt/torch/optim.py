@@ -87,7 +87,8 @@ class _Plan:
         view = self.host or (lambda t: t)
         self.params = [view(_flat(p)) for p in originals]
         self.states = [tuple(view(_flat(s)) for s in st) for st in states]
-        self.masters = None if all(m is None for m in masters) else [m if m is None else view(_flat(m)) for m in masters]
+        self.masters = (None if all(m is None for m in masters)
+                        else [m if m is None else view(_flat(m)) for m in masters])
         self.flat = [not p.is_contiguous() for p in originals]
         self.ptrs = [p.data_ptr() for p in originals]
 
@@ -216,8 +217,8 @@ class Optimizer(torch.optim.Optimizer):
                     device, slot = self._where[i]
                     if p.device != device or (p.dtype != torch.float32 and p.dtype not in _LOW):
                         raise ValueError(f"{self._name(gi, j)}: was a float32 tensor (or bf16/fp16) on {device} "
-                                         f"when the optimizer was made, is now {p.dtype} on {p.device}; make the optimizer after "
-                                         "moving or converting the model")
+                                         f"when the optimizer was made, is now {p.dtype} on {p.device}; make the "
+                                         "optimizer after moving or converting the model")
                     entry = per_device.setdefault(device, ([], [], [], [], [], []))
                     values = (i, p, self._state_of(i, p, group, kinds[gi]), gi, slot, self._master_of(p, group))
                     for lst, value in zip(entry, values):
