@@ -146,8 +146,10 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
   void* dxp = nullptr;
   float *dwp = nullptr, *dbp = nullptr;
   if (need_dx) dxp = data_of(dx = new_array(x.shape, x.dtype, x.device, stream, "dx", "x"), "dx");
-  if (need_dw) dwp = static_cast<float*>(data_of(dw = new_array(w.shape, DType::f32, x.device, stream, "dw", "w"), "dw"));
-  if (need_db) dbp = static_cast<float*>(data_of(db = new_array({s.K}, DType::f32, x.device, stream, "db", "w"), "db"));
+  if (need_dw)
+    dwp = static_cast<float*>(data_of(dw = new_array(w.shape, DType::f32, x.device, stream, "dw", "w"), "dw"));
+  if (need_db)
+    dbp = static_cast<float*>(data_of(db = new_array({s.K}, DType::f32, x.device, stream, "db", "w"), "db"));
   if (x.device == kCPU) {
     {
       py::gil_scoped_release nogil;

@@ -94,10 +94,14 @@ py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
   void* dxp = nullptr;
   float *dwp = nullptr, *dbp = nullptr;
   if (need_dx) dxp = data_of(dx = new_array(x.shape, x.dtype, x.device, stream, "dx", "x"), "dx");
-  if (need_dw)
-    dwp = static_cast<float*>(data_of(dw = new_array(w.shape, DType::f32, x.device, stream, "dweight", "weight"), "dweight"));
-  if (need_db)
-    dbp = static_cast<float*>(data_of(db = new_array({s.out}, DType::f32, x.device, stream, "dbias", "weight"), "dbias"));
+  if (need_dw) {
+    dw = new_array(w.shape, DType::f32, x.device, stream, "dweight", "weight");
+    dwp = static_cast<float*>(data_of(dw, "dweight"));
+  }
+  if (need_db) {
+    db = new_array({s.out}, DType::f32, x.device, stream, "dbias", "weight");
+    dbp = static_cast<float*>(data_of(db, "dbias"));
+  }
   if (x.device == kCPU) {
     {
       py::gil_scoped_release nogil;

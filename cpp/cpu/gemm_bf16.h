@@ -139,7 +139,8 @@ inline void pairs_from_rows(const float* __restrict src, int64_t kc, bf16* __res
     for (int j = 0; j < W; j += 16) {
       const __mmask16 m = W - j >= 16 ? 0xffff : static_cast<__mmask16>((1u << (W - j)) - 1);
       const __m512i lo = _mm512_srli_epi32(_mm512_castps_si512(_mm512_maskz_loadu_ps(m, r0 + j)), 16);
-      const __m512i up = p + 1 < kc ? _mm512_castps_si512(_mm512_maskz_loadu_ps(m, r0 + W + j)) : _mm512_setzero_si512();
+      const __m512i up =
+          p + 1 < kc ? _mm512_castps_si512(_mm512_maskz_loadu_ps(m, r0 + W + j)) : _mm512_setzero_si512();
       // The odd row's bf16 in the high half of each 32-bit pair.
       _mm512_mask_storeu_epi32(dst + p * W + 2 * j, m, _mm512_or_si512(_mm512_and_si512(up, hi), lo));
     }
@@ -236,7 +237,6 @@ struct Bf16 {
     micro_kernel_bf16(kp, a, b, tile, acc);
   }
 };
-
 #endif
 
 // The kernel for operands of type T: VDPBF16PS for bf16 where this copy has it, else fp32 (on

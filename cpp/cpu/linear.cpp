@@ -7,9 +7,9 @@
 //   weight-grad  dw (out x in) = dy^T (out x N) x (N x in)
 //   bias-grad    db (out)     = column sums of dy
 // Each GEMM is 2 N in out flops against 4 (N in + N out + in out) bytes (2 per element in bf16),
-// so all but the thinnest are compute-bound: the target is the GEMM rate (fp32, or bf16). The operands are read in place by
-// the packers (row-major, or transposed: the torch layout makes w^T and dy^T strided views), so
-// nothing is materialized besides the packed panels.
+// so all but the thinnest are compute-bound: the target is the GEMM rate (fp32, or bf16). The
+// operands are read in place by the packers (row-major, or transposed: the torch layout makes
+// w^T and dy^T strided views), so nothing is materialized besides the packed panels.
 //
 // Orientation: C = A B or, equivalently, C^T = B^T A^T with the store transposed. The
 // micro-tile is MR x NR = 8 x 48 (AVX-512), so a thin side belongs on the rows: for y = x w^T
