@@ -203,29 +203,38 @@ void max_pool2d_backward_2x2(const Pool2dShape& s, const T* dy, const int32_t* i
   }
 }
 
-template <class T>
-void max_pool_bwd(const Pool2dShape& s, const T* dy, const int32_t* indices, T* dx) {
-  if (s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.ph == 0 && s.pw == 0)
-    return max_pool2d_backward_2x2(s, dy, indices, dx);
-  if (s.sh >= s.kh && s.sw >= s.kw) return max_pool2d_backward_disjoint(s, dy, indices, dx);
+// The gather backward of overlapping windows, row by row of dx: body(r, plane, h, p0, p1, q0, q1)
+// gets the output rows [p0, p1) covering input row h and, per input column w, the output columns
+// [q0[w], q1[w]) (pooling.h's cover_begin/cover_end); rows run in parallel, each written once.
+template <class Body>
+void for_each_dx_row(const Pool2dShape& s, Body body) {
   std::vector<int> q0(s.W), q1(s.W);
   for (int w = 0; w < s.W; ++w) {
     q0[w] = cover_begin(w, s.sw, s.pw, s.kw);
     q1[w] = cover_end(w, s.sw, s.pw, s.Q);
   }
   const int64_t rows = s.planes * s.H;
-  const int64_t out_plane = static_cast<int64_t>(s.P) * s.Q;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t plane = r / s.H;
     const int h = static_cast<int>(r - plane * s.H);
-    const int p0 = cover_begin(h, s.sh, s.ph, s.kh), p1 = cover_end(h, s.sh, s.ph, s.P);
+    body(r, plane, h, cover_begin(h, s.sh, s.ph, s.kh), cover_end(h, s.sh, s.ph, s.P), q0.data(), q1.data());
+  }
+}
+
+template <class T>
+void max_pool_bwd(const Pool2dShape& s, const T* dy, const int32_t* indices, T* dx) {
+  if (s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.ph == 0 && s.pw == 0)
+    return max_pool2d_backward_2x2(s, dy, indices, dx);
+  if (s.sh >= s.kh && s.sw >= s.kw) return max_pool2d_backward_disjoint(s, dy, indices, dx);
+  for_each_dx_row(s, [&](int64_t r, int64_t plane, int h, int p0, int p1, const int* q0, const int* q1) {
+    const int64_t out_plane = static_cast<int64_t>(s.P) * s.Q;
     const T* dyp = dy + plane * out_plane;
     const int32_t* ip = indices + plane * out_plane;
     T* dxr = dx + r * s.W;
     for (int w = 0; w < s.W; ++w)
       dxr[w] = from_float<T>(max_pool_gather(dyp, ip, s.Q, p0, p1, q0[w], q1[w], h * s.W + w));
-  }
+  });
 }
 
 }  // namespace
@@ -302,21 +311,10 @@ void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool inc
 }
 
 void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad) {
-  std::vector<int> q0(s.W), q1(s.W);
-  for (int w = 0; w < s.W; ++w) {
-    q0[w] = cover_begin(w, s.sw, s.pw, s.kw);
-    q1[w] = cover_end(w, s.sw, s.pw, s.Q);
-  }
-  const int64_t rows = s.planes * s.H;
-  const int64_t out_plane = static_cast<int64_t>(s.P) * s.Q;
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t plane = r / s.H;
-    const int h = static_cast<int>(r - plane * s.H);
-    const int p0 = cover_begin(h, s.sh, s.ph, s.kh), p1 = cover_end(h, s.sh, s.ph, s.P);
-    const float* dyp = dy + plane * out_plane;
+  for_each_dx_row(s, [&](int64_t r, int64_t plane, int, int p0, int p1, const int* q0, const int* q1) {
+    const float* dyp = dy + plane * static_cast<int64_t>(s.P) * s.Q;
     for (int w = 0; w < s.W; ++w) dx[r * s.W + w] = avg_pool_gather(dyp, s, p0, p1, q0[w], q1[w], include_pad);
-  }
+  });
 }
 
 }  // namespace FASTOPT_ISA
