@@ -62,16 +62,21 @@ def _torch_params(torch, device, host_p, host_g):
     return params
 
 
+def torch_params_or_unavailable(device, host_p, host_g):
+    """(torch, the case's parameters with .grad as torch tensors on device), or Unavailable."""
+    torch = torch_or_none()
+    if torch is None:
+        raise Unavailable("torch not installed")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise Unavailable("torch without CUDA")
+    return torch, _torch_params(torch, device, host_p, host_g)
+
+
 def torch_step(mode):
     """mode: 'foreach' or 'fused'. For a clip case the peer is torch's usual recipe,
     clip_grad_norm_ (its default implementation choice) then the step."""
     def make(case, device, host_p, host_g):
-        torch = torch_or_none()
-        if torch is None:
-            raise Unavailable("torch not installed")
-        if device != "cpu" and not torch.cuda.is_available():
-            raise Unavailable("torch without CUDA")
-        params = _torch_params(torch, device, host_p, host_g)
+        torch, params = torch_params_or_unavailable(device, host_p, host_g)
         try:
             opt = getattr(torch.optim, case.optimizer)(params, **case.kwargs, **{mode: True})
         except (RuntimeError, TypeError, ValueError) as e:

@@ -17,7 +17,7 @@ import sys
 import fastopt
 
 from . import report
-from .backends import Unavailable, _torch_params, copies_for, torch_or_none, torch_step
+from .backends import copies_for, torch_or_none, torch_params_or_unavailable, torch_step
 from .cases import CASES, CLIP_NORM, Size, host_data
 from .harness import time_case
 from .timing import clock_for, release_gpu_memory
@@ -46,14 +46,9 @@ def resnet18_shapes(num_classes=10, cifar=True):
 
 
 def fastopt_torch_step(case, device, host_p, host_g):
-    torch = torch_or_none()
-    if torch is None:
-        raise Unavailable("torch not installed")
-    if device != "cpu" and not torch.cuda.is_available():
-        raise Unavailable("torch without CUDA")
+    _, params = torch_params_or_unavailable(device, host_p, host_g)
     import fastopt.torch as ft
 
-    params = _torch_params(torch, device, host_p, host_g)
     opt = getattr(ft.optim, case.optimizer)(params, **case.kwargs, max_grad_norm=CLIP_NORM if case.clip else None)
     return opt.step
 
