@@ -1,4 +1,4 @@
-"""conv2d benchmark: `python -m fastopt.bench.conv2d` (the lead wires `fastopt bench` to main()).
+"""conv2d benchmark: `fastopt bench conv2d` (also `python -m fastopt.bench.conv2d`).
 
 For each layer of the issue's set and each pass (forward, data-grad, weight-grad), times fastopt
 (CPU, and CUDA when a GPU is usable), torch (oneDNN on the CPU; cuDNN with benchmark mode and
