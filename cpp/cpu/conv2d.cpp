@@ -69,6 +69,22 @@ using gemm::MR;
 using gemm::NR;
 using namespace conv2d_pack;
 
+// One implicit GEMM per group over im2col panels: group g's B rows start group_src elements into
+// the image, and each finished tile goes straight to its place in the output (OutMap).
+template <class T, class PackA>
+void im2col_gemm(int64_t G, int64_t M, int64_t N, int64_t Kd, PackA pack_a, const Im2col<T>& im2col,
+                 int64_t group_src, const OutMap<T>& out) {
+  auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, auto* dst) {
+    Im2col<T> at = im2col;
+    at.src += g * group_src;
+    at.pack(p0, kc, j0, cols, dst);
+  };
+  gemm::run_typed<T>(G, M, N, Kd, true, pack_a, pack_b,
+                     [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) {
+                       out.store(g, i0, rows, j0, cols, tile);
+                     });
+}
+
 template <class T>
 void forward(const Conv2dShape& s, const T* x, const T* w, const T* b, T* y) {
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
@@ -78,16 +94,7 @@ void forward(const Conv2dShape& s, const T* x, const T* w, const T* b, T* y) {
   };
   const Im2col<T> im2col{x, HW, s.C * HW, s.P, s.Q, s.H, s.W, s.stride_h, s.stride_w, s.R, s.S,
                          -s.pad_h, s.dil_h, -s.pad_w, s.dil_w};
-  auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, auto* dst) {
-    Im2col<T> at = im2col;
-    at.src += g * Cg * HW;
-    at.pack(p0, kc, j0, cols, dst);
-  };
-  const OutMap<T> out{y, PQ, s.K * PQ, PQ, Kg, b};
-  gemm::run_typed<T>(G, Kg, s.N * PQ, Kd, true, pack_a, pack_b,
-                     [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) {
-                       out.store(g, i0, rows, j0, cols, tile);
-                     });
+  im2col_gemm<T>(G, Kg, s.N * PQ, Kd, pack_a, im2col, Cg * HW, OutMap<T>{y, PQ, s.K * PQ, PQ, Kg, b});
 }
 
 // The gather form: one implicit GEMM straight into dx, for stride 1 only (backward_data), so its
@@ -108,16 +115,7 @@ void data_grad_gather(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
     }
   };
   const Im2col<T> im2col{dy, PQ, s.K * PQ, s.H, s.W, s.P, s.Q, 1, 1, s.R, s.S, s.pad_h, -s.dil_h, s.pad_w, -s.dil_w};
-  auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, auto* dst) {
-    Im2col<T> at = im2col;
-    at.src += g * Kg * PQ;
-    at.pack(p0, kc, j0, cols, dst);
-  };
-  const OutMap<T> out{dx, HW, s.C * HW, HW, Cg, nullptr};
-  gemm::run_typed<T>(G, Cg, s.N * HW, Kd, true, pack_a, pack_b,
-                     [&](int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) {
-                       out.store(g, i0, rows, j0, cols, tile);
-                     });
+  im2col_gemm<T>(G, Cg, s.N * HW, Kd, pack_a, im2col, Kg * PQ, OutMap<T>{dx, HW, s.C * HW, HW, Cg, nullptr});
 }
 
 // The col2im form, per image and group on one thread: dcols[(c,r,s), (p,q)] = sum_k w[k,c,r,s]
