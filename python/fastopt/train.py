@@ -3,7 +3,8 @@ plus cosine schedule, fused gradient clipping, device-side augmentation, metrics
 and checkpoints.
 
 Where time goes and why:
-- Each epoch the shuffled training set goes to the device in one copy; batches are views of it.
+- Batches are gathered in the epoch's shuffled order, preprocessed (a user's raw images) and
+  copied to the device by a background thread while the previous step runs (fastopt.loader).
 - A step is forward, loss, backward and ONE optimizer call over the model's two flat parameter
   tensors (clipping fused in). On the GPU nothing comes back to the host but the scalar loss, and
   only every `check_every` steps (for the NaN and explosion rules); epoch metrics accumulate on
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from . import _args, _arrays, _options, cuda, functional as F, optim, schedules
+from .loader import BatchLoader
 from .nn import SoftmaxCrossEntropy
 
 __all__ = ["CheckpointError", "TrainConfig", "Trainer", "TrainingStopped", "make_optimizer", "read_checkpoint"]
@@ -61,6 +63,7 @@ class TrainConfig:
     accumulate: int = 1           # micro-batches of batch_size per optimizer step
     ema: float = 0.0              # decay of the weights' moving average (warm-up ramp); 0: off
     precision: str = "fp32"       # "bf16": bf16 activations and conv/linear math, fp32 master weights
+    snapshots: int = 0            # SGDR cycles, each ending in a snapshot checkpoint; 0: one cosine
     progress: bool = True
 
     def check(self):
@@ -70,10 +73,14 @@ class TrainConfig:
         for name, rule in LIMITS.items():  # NumPy scalars become Python ones (the checkpoint's JSON)
             if getattr(self, name) is not None or name != "warmup_epochs":
                 setattr(self, name, _options.check(name, getattr(self, name), *rule))
-        if self.warmup_epochs is None:
-            self.warmup_epochs = min(2.0, float(self.epochs))
+        if self.warmup_epochs is None:  # snapshot cycles restart at the peak lr: no warm-up unless asked
+            self.warmup_epochs = 0.0 if self.snapshots else min(2.0, float(self.epochs))
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs: must not exceed epochs ({self.epochs}), got {self.warmup_epochs}")
+        if self.snapshots and (self.warmup_epochs % 1 or (self.epochs - self.warmup_epochs) % self.snapshots):
+            raise ValueError(f"snapshots: the {self.epochs - self.warmup_epochs:g} epochs after warm-up must split into "
+                             f"{self.snapshots} cycles of whole epochs (epochs {self.epochs}, warmup_epochs "
+                             f"{self.warmup_epochs:g})")
         if self.precision == "bf16" and self.accumulate > 1:
             raise ValueError("accumulate: gradient accumulation with precision bf16: not yet (the micro-batch "
                              "weighting scales float32 gradients only)")
@@ -93,6 +100,7 @@ LIMITS = {
     "max_grad_norm": ("real", 0.0), "brightness": ("real", 0.0), "mixup": ("real", 0.0),
     "contrast": ("real", 0.0, 1.0), "label_smoothing": ("real", 0.0, 1.0), "min_lr_ratio": ("real", 0.0, 1.0),
     "explode_factor": ("real", 1.0, None, True), "accumulate": ("int", 1), "ema": ("real", 0.0, 1.0),
+    "snapshots": ("int", 0),
 }
 
 
@@ -126,27 +134,31 @@ def make_optimizer(name, groups, lr):
 
 
 class Progress:
-    """One line per epoch, redrawn in place on a terminal: batches done, samples/s, last loss."""
+    """A tqdm bar per epoch on a terminal (when tqdm is installed: the `logging` extra), then one
+    plain summary line per epoch; only the line when the stream is not a terminal."""
 
     def __init__(self, enabled, total, title, stream=sys.stderr):
-        self.enabled, self.total, self.title, self.stream = enabled, total, title, stream
-        self.tty = enabled and stream.isatty()
-        self.start = time.perf_counter()
+        self.enabled, self.title, self.stream = enabled, title, stream
+        self.bar = None
+        if enabled and stream.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, desc=title, file=stream, leave=False, unit="batch", dynamic_ncols=True)
 
     def update(self, done, samples, loss):
-        if not self.tty:
-            return
-        width = 24
-        filled = int(width * done / max(self.total, 1))
-        rate = samples / max(time.perf_counter() - self.start, 1e-9)
-        loss_s = "   -  " if loss is None else f"{loss:.4f}"
-        self.stream.write(f"\r{self.title} [{'=' * filled}{' ' * (width - filled)}] {done}/{self.total} "
-                          f"{rate:8.0f} samples/s  loss {loss_s}")
-        self.stream.flush()
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
     def close(self, summary):
+        if self.bar is not None:
+            self.bar.close()
         if self.enabled:
-            self.stream.write(f"\r{self.title} {summary}\033[K\n" if self.tty else f"{self.title} {summary}\n")
+            self.stream.write(f"{self.title} {summary}\n")
             self.stream.flush()
 
 
@@ -166,8 +178,10 @@ class Trainer:
     trainable parameters, `lr_scale` ({name prefix: factor}) setting lower learning rates for
     some (fine-tuning a body under a new head)."""
 
-    def __init__(self, model, data, config=None, out_dir=None, lr_scale=None):
+    def __init__(self, model, data, config=None, out_dir=None, lr_scale=None, model_spec=None, monitor=None):
         self.config = (config or TrainConfig()).check()
+        self.model_spec = model_spec  # how to rebuild the model (fastopt evaluate), stored in checkpoints
+        self.monitor = monitor        # fastopt.runlog.RunLog or anything with its hooks
         self.model, self.data = model, data
         self.device = resolve_device(self.config.device)
         self.out_dir = out_dir
@@ -204,17 +218,22 @@ class Trainer:
         c = self.config
         total = c.epochs * self.steps_per_epoch
         warmup = min(int(round(c.warmup_epochs * self.steps_per_epoch)), total)
-        cosine = schedules.CosineAnnealingLR(self.optimizer, T_max=max(total - warmup, 1),
-                                             eta_min=c.lr * c.min_lr_ratio)
+        if c.snapshots:  # SGDR: cycles of whole epochs, each one restarting at the peak lr
+            cycle = (total - warmup) // c.snapshots
+            cosine = schedules.CosineAnnealingWarmRestarts(self.optimizer, T_0=max(cycle, 1),
+                                                           eta_min=c.lr * c.min_lr_ratio)
+        else:
+            cosine = schedules.CosineAnnealingLR(self.optimizer, T_max=max(total - warmup, 1),
+                                                 eta_min=c.lr * c.min_lr_ratio)
         return schedules.LinearWarmup(self.optimizer, warmup, after=cosine, last_epoch=step - 1)
 
     # ------------------------------------------------------------------------- data
     def _to_device(self, array):
         return array if self.device == "cpu" else _arrays.to_device(array, self.device)
 
-    def _epoch_data(self, epoch):
+    def _epoch_batches(self, epoch):
         order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.data.train))
-        return self._to_device(self.data.train.x[order]), self._to_device(self.data.train.y[order])
+        return BatchLoader(self.data, self.data.train, order, self.config.batch_size, self.device)
 
     def _augment(self, x, y, rng, micro=0):
         c = self.config
@@ -242,17 +261,18 @@ class Trainer:
 
     def train_epoch(self):
         c = self.config
-        xs, ys = self._epoch_data(self.epoch)
+        batches = self._epoch_batches(self.epoch)
         rng = np.random.default_rng([c.seed, self.epoch, 1])
         stats = _arrays.zeros((3,), np.float32, self.device)
         n = len(self.data.train)
         bar = Progress(c.progress, self.batches_per_epoch, f"epoch {self.epoch + 1:3d}/{c.epochs}")
         start, last = time.perf_counter(), None
         window = c.accumulate * c.batch_size
-        for b in range(self.batches_per_epoch):
+        monitor = self.monitor
+        for b, (x, y) in enumerate(batches):
             lo, hi = b * c.batch_size, min((b + 1) * c.batch_size, n)
             micro = b % c.accumulate
-            x, y = self._augment(xs[lo:hi], ys[lo:hi], rng, micro)
+            x, y = self._augment(x, y, rng, micro)
             logits = self.model.forward(x, training=True)
             loss = self.loss_fn.forward(logits, y, training=True, stats=stats)
             dlogits = self.loss_fn.backward()
@@ -263,11 +283,16 @@ class Trainer:
                 F.axpby_(dlogits, dlogits, (hi - lo) / (min(w0 + window, n) - w0), 0.0)
                 self.model.backward(dlogits, accumulate=micro > 0)
             if micro == c.accumulate - 1 or b == self.batches_per_epoch - 1:
-                self.optimizer.step(self.store.grads_for(self.optimizer), max_grad_norm=c.max_grad_norm or None)
+                if monitor is not None:
+                    monitor.before_step(self)
+                lr = self.optimizer.param_groups[0]["lr"]
+                result = self.optimizer.step(self.store.grads_for(self.optimizer), max_grad_norm=c.max_grad_norm or None)
                 self.schedule.step()
                 self.step += 1
                 if self.ema is not None:
                     self.ema.update()
+                if monitor is not None:
+                    monitor.after_step(self, loss, result.norm, lr, hi - (b - micro) * c.batch_size)
             if self.initial_loss is None or b % c.check_every == c.check_every - 1 or b == self.batches_per_epoch - 1:
                 last = self._check_loss(loss)
             bar.update(b + 1, hi, last)
@@ -288,7 +313,7 @@ class Trainer:
     def _evaluate(self, split, batch_size):
         key = id(split)
         if key not in self._eval_cache:
-            self._eval_cache = {key: (self._to_device(split.x), self._to_device(split.y))}
+            self._eval_cache = {key: (self._to_device(self.data.inputs(split.x)), self._to_device(split.y))}
         xs, ys = self._eval_cache[key]
         stats = _arrays.zeros((3,), np.float32, self.device)
         n = len(split)
@@ -313,6 +338,11 @@ class Trainer:
             metrics.update({f"val_{k}": v for k, v in val.items()})
             metrics["epoch"] = self.epoch
             self.history.epochs.append(metrics)
+            if self.monitor is not None:
+                self.monitor.after_epoch(self, metrics)
+            cycle = (c.epochs - int(c.warmup_epochs)) // c.snapshots if c.snapshots else 0
+            if cycle and self.epoch > c.warmup_epochs and (self.epoch - int(c.warmup_epochs)) % cycle == 0:
+                self.save(self._path(f"snapshot-{(self.epoch - int(c.warmup_epochs)) // cycle}.npz"))
             improved = val["loss"] < self.history.best_val_loss
             if improved:
                 self.history.best_val_loss, self.history.best_epoch = val["loss"], self.epoch
@@ -345,13 +375,30 @@ class Trainer:
                 arrays[f"optim/{i}/{name}"] = np.asarray(value)
         meta = {"config": asdict(self.config), "param_groups": opt["param_groups"], "epoch": self.epoch,
                 "step": self.step, "initial_loss": self.initial_loss, "history": asdict(self.history),
-                "extra_state": self.model.extra_state()}
+                "extra_state": self.model.extra_state(), "model_spec": self.model_spec, "data": self._data_meta()}
+        arrays.update({f"data/{k}": np.asarray(v) for k, v in self._preprocess_arrays().items()})
         if self.ema is not None:  # the averaged network under the same names: loadable as it is
             with self.ema.applied():
                 arrays.update({f"ema/{k}": np.asarray(v) for k, v in self.model.state_dict().items()})
             meta["ema_updates"] = self.ema.num_updates
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         write_atomically(path, lambda f: np.savez(f, **arrays))
+
+    def _data_meta(self):
+        d = self.data
+        meta = {"name": d.name, "shape": list(d.shape), "num_classes": d.num_classes,
+                "classes": None if d.classes is None else list(d.classes)}
+        if d.preprocess is not None:
+            meta["preprocess"] = d.preprocess.meta()
+        return meta
+
+    def _preprocess_arrays(self):
+        """What turns this data set's images into inputs at evaluation: the per-channel statistics
+        (digits': its one mean and std) and the whitening, if any."""
+        d = self.data
+        if d.preprocess is not None:
+            return d.preprocess.arrays()
+        return {"mean": np.atleast_1d(np.float64(d.mean)), "std": np.atleast_1d(np.float64(d.std))}
 
     def load(self, path):
         """Restore a checkpoint written by save(); returns a one-line summary of the resume.
@@ -464,6 +511,7 @@ def read_checkpoint(path):
                     raise CheckpointError(f"{path}: not a usable training checkpoint ({wrong})")
                 model = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
                 meta["ema"] = {k[len("ema/"):]: z[k] for k in z.files if k.startswith("ema/")}
+                meta["data_arrays"] = {k[len("data/"):]: z[k] for k in z.files if k.startswith("data/")}
                 state = {}
                 for k in z.files:
                     if k.startswith("optim/"):

@@ -12,6 +12,8 @@ import time
 import numpy as np
 
 from . import _arrays, _options, cuda, data as datasets
+from .datafiles import LAYOUTS
+from .preprocess import WHITENINGS
 from .nn.models import resnet, small_cnn
 from .train import (LIMITS, OPTIMIZERS, PRECISIONS, CheckpointError, Trainer, TrainConfig, config_from, read_checkpoint,
                     write_atomically)
@@ -61,6 +63,18 @@ def add_arguments(p):
     a("--brightness", group=g)
     a("--contrast", group=g, help="in [0, 1]")
     a("--mixup", group=g, help="Beta(alpha, alpha) mixing; 0 disables")
+    g = p.add_argument_group("data (default: scikit-learn's digits)")
+    a("--data", group=g, metavar="PATH",
+      help="an .npz (x_train, y_train; optional x_val, y_val, x_test, y_test; NCHW or NHWC, uint8 or float) or an "
+           "ImageFolder (one subfolder of PNG/JPEG images per class, or train/ val/ test/ folders of those); splits "
+           "missing are drawn from the training images by --seed")
+    a("--image-size", group=g, type=_options.arg_type("int", 1), metavar="S",
+      help="resize an ImageFolder's images to S x S (required when their sizes differ)")
+    a("--layout", group=g, choices=LAYOUTS, default="auto", help="an .npz's image layout (auto: by the channel axis)")
+    a("--whiten", group=g, choices=("none",) + WHITENINGS, default="none",
+      help="after per-channel normalization, PCA or ZCA whitening of the training images (small images only)")
+    a("--whiten-eps", group=g, type=_options.arg_type("real", 0.0, None, True), default=1e-2,
+      help="added to the covariance's eigenvalues (the features have unit variance)")
     a("--model", choices=MODELS, default="cnn",
       help="cnn: the small CNN (--width, --dropout); resnetN: the CIFAR ResNet of depth N (He et al.)")
     a("--width", type=_options.arg_type("int", 1), nargs=2, default=(32, 64), metavar=("C1", "C2"),
@@ -69,6 +83,8 @@ def add_arguments(p):
     a("--out", default="fastopt-train", help="folder for checkpoints, metrics.json and curves.png")
     a("--resume", help="a checkpoint (.npz) to continue from; --epochs counts the whole run, and the schedule "
                        "follows the options given now from the checkpoint's step on")
+    a("--snapshots", metavar="N", help="SGDR: N cosine cycles of whole epochs (no warm-up unless given), a snapshot-K.npz "
+                                       "at the end of each, for fastopt evaluate's snapshot ensemble; 0: one cosine")
     a("--search", type=_options.arg_type("int", 0), default=0, metavar="N",
       help="N short trials sampling lr and weight decay log-uniformly (coarse, then fine), as a table")
     a("--search-epochs", type=_options.arg_type("int", 1), default=8)
@@ -81,6 +97,11 @@ def check_arguments(args, error):
     epochs, which = (args.search_epochs, "--search-epochs") if args.search else (args.epochs, "--epochs")
     if args.warmup_epochs is not None and args.warmup_epochs > epochs:
         error(f"argument --warmup-epochs: must not exceed {which} ({epochs}), got {args.warmup_epochs:g}")
+    if args.snapshots:
+        warmup = args.warmup_epochs or 0.0
+        if warmup % 1 or (epochs - warmup) % args.snapshots:
+            error(f"argument --snapshots: the {epochs - warmup:g} epochs after warm-up must split into {args.snapshots} "
+                  f"cycles of whole epochs")
     if args.search and args.resume:
         error("argument --resume: not allowed with --search (every trial starts afresh)")
     if args.precision == "bf16" and args.accumulate > 1:
@@ -93,11 +114,28 @@ def check_arguments(args, error):
 MODELS = ("cnn", "resnet20", "resnet32", "resnet44", "resnet56")
 
 
+def model_spec(args, data):
+    """What rebuilds the network (stored in checkpoints for fastopt evaluate)."""
+    return {"model": getattr(args, "model", "cnn"), "width": list(args.width), "dropout": args.dropout,
+            "in_channels": int(data.shape[0]), "num_classes": int(data.num_classes)}
+
+
+def build_model(spec):
+    if spec["model"].startswith("resnet"):
+        return resnet(int(spec["model"][6:]), spec["num_classes"], in_channels=spec["in_channels"])
+    return small_cnn(spec["in_channels"], spec["num_classes"], widths=tuple(spec["width"]), dropout=spec["dropout"])
+
+
 def _model(args, data):
-    name = getattr(args, "model", "cnn")
-    if name.startswith("resnet"):
-        return resnet(int(name[6:]), data.num_classes, in_channels=data.shape[0])
-    return small_cnn(data.shape[0], data.num_classes, widths=tuple(args.width), dropout=args.dropout)
+    return build_model(model_spec(args, data))
+
+
+def load_data(args):
+    """The data set the options name: digits, or --data's (ValueError/OSError naming the problem)."""
+    if not getattr(args, "data", None):
+        return datasets.load_digits(seed=args.seed)
+    return datasets.load(args.data, image_size=args.image_size, whiten=args.whiten, whiten_eps=args.whiten_eps,
+                         seed=args.seed, layout=args.layout)
 
 
 def plot_curves(history, path):
@@ -156,7 +194,7 @@ def _carry_best(trainer, resume, out_dir):
 def train_once(args, data, progress=True, out_dir=None):
     config = config_from(vars(args))
     config.progress = progress
-    trainer = Trainer(_model(args, data), data, config, out_dir=out_dir)
+    trainer = Trainer(_model(args, data), data, config, out_dir=out_dir, model_spec=model_spec(args, data))
     if getattr(args, "resume", None):
         print(trainer.load(args.resume), file=sys.stderr)
         if out_dir:
@@ -178,8 +216,7 @@ def _write_json(path, value):
     write_atomically(path, lambda f: f.write(json.dumps(value, indent=2).encode()))
 
 
-def _run(args):
-    data = datasets.load_digits(seed=args.seed)
+def _run(args, data):
     if args.search:
         return _search(args, data)
     trainer, history, seconds = train_once(args, data, progress=not args.quiet, out_dir=args.out)
@@ -255,6 +292,10 @@ def main(argv=None):
         print("note: this build's CUDA device is the host emulation (FASTOPT_CUDA=EMULATE): right, but slow",
               file=sys.stderr)
     try:
-        return _run(args)
+        data = load_data(args)
+    except (ValueError, OSError) as e:
+        p.error(f"argument --data: {e}")
+    try:
+        return _run(args, data)
     except CheckpointError as e:
         p.error(f"argument --resume: {e}")
