@@ -14,6 +14,7 @@ import numpy as np
 from . import _arrays, _options, cuda, data as datasets
 from .datafiles import LAYOUTS
 from .preprocess import WHITENINGS
+from .runlog import RunLog, writer_class
 from .nn.models import resnet, small_cnn
 from .train import (LIMITS, OPTIMIZERS, PRECISIONS, CheckpointError, Trainer, TrainConfig, config_from, read_checkpoint,
                     write_atomically)
@@ -89,6 +90,11 @@ def add_arguments(p):
       help="N short trials sampling lr and weight decay log-uniformly (coarse, then fine), as a table")
     a("--search-epochs", type=_options.arg_type("int", 1), default=8)
     a("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("watching the run (every run writes --out/steps.jsonl, one JSON line per step)")
+    a("--tensorboard", group=g, metavar="DIR", help="also write TensorBoard event files under DIR: scalars, per-layer "
+                                                   "weight/gradient norms and histograms, update/weight ratios")
+    a("--tensorboard-every", group=g, type=_options.arg_type("int", 1), default=20, metavar="N",
+      help="steps between the per-layer norms, histograms and update ratios")
 
 
 def check_arguments(args, error):
@@ -106,6 +112,13 @@ def check_arguments(args, error):
         error("argument --resume: not allowed with --search (every trial starts afresh)")
     if args.precision == "bf16" and args.accumulate > 1:
         error("argument --precision: bf16 with --accumulate above 1: not yet")
+    if args.tensorboard:
+        try:
+            writer_class()
+        except ImportError as e:
+            error(f"argument --tensorboard: {e}")
+        if _options.unwritable(args.tensorboard):
+            error(f"argument --tensorboard: {_options.unwritable(args.tensorboard)}")
     unwritable = _options.unwritable(args.out)
     if unwritable:
         error(f"argument --out: {unwritable}")
@@ -194,13 +207,23 @@ def _carry_best(trainer, resume, out_dir):
 def train_once(args, data, progress=True, out_dir=None):
     config = config_from(vars(args))
     config.progress = progress
-    trainer = Trainer(_model(args, data), data, config, out_dir=out_dir, model_spec=model_spec(args, data))
+    monitor = None
+    if out_dir:
+        monitor = RunLog(os.path.join(out_dir, "steps.jsonl"), getattr(args, "tensorboard", None),
+                         getattr(args, "tensorboard_every", 20), config.check_every,
+                         append=bool(getattr(args, "resume", None)))
+    trainer = Trainer(_model(args, data), data, config, out_dir=out_dir, model_spec=model_spec(args, data),
+                      monitor=monitor)
     if getattr(args, "resume", None):
         print(trainer.load(args.resume), file=sys.stderr)
         if out_dir:
             _carry_best(trainer, args.resume, out_dir)
     start = time.perf_counter()
-    history = trainer.fit()
+    try:
+        history = trainer.fit()
+    finally:
+        if monitor is not None:
+            monitor.close()
     seconds = time.perf_counter() - start
     if out_dir and history.best_epoch > 0:
         best = os.path.join(out_dir, "best.npz")
