@@ -1,6 +1,7 @@
 /*
-Batched augmentation (shift, flip, jitter, cutout) and mixup on CUDA (math and the Philox draws:
-fastopt/augment.h; the per-pixel expressions are the CPU's, so outputs agree bit for bit).
+Batched augmentation (shift, flip, jitter, cutout), mixup, cutmix and the test-time views' mean
+on CUDA (math and the Philox draws: fastopt/augment.h; the per-pixel expressions are the CPU's,
+so outputs agree bit for bit; the per-plane ops: augment_planes.cu).
 
 Bytes per element: 8 (x read once, y written once). For augment, a warp's 32 outputs read 32
 consecutive (or, mirrored, reversed) source pixels of one row, so loads stay coalesced; mixup
@@ -12,7 +13,10 @@ Launch shapes, 256 threads per block:
   draws the sample's parameters (two Philox blocks) into shared memory, then the block walks the
   H * W outputs one per thread per round, dividing by W in 32 bits when the plane allows.
   mixup: two grid-stride elementwise kernels (grid <= 2^16), over the ceil(N / 2) * F value
-  pairs and over the N * K soft-target entries.
+  pairs and over the N * K soft-target entries. cutmix: a grid-stride elementwise kernel over
+  the N * C * H * W outputs (4 B read, from the sample or, inside the box, its partner) and
+  mixup's soft-target kernel. tta_mean: one thread per output, the views summed in order in
+  double (one rounding, as the CPU does); 4 B read per view and input.
 */
 #include <algorithm>
 
@@ -79,6 +83,41 @@ mixup_targets(const Index* __restrict__ labels, float* __restrict__ targets, con
   }
 }
 
+__global__ void __launch_bounds__(kThreads)
+cutmix_values(const float* __restrict__ x, float* __restrict__ y, const CutmixSpec s, bool narrow) {
+  const int64_t plane = s.H * s.W, sample = s.C * plane, total = s.N * sample;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t n = div_index(i, sample, narrow), r = i - n * sample;
+    const int64_t q = r - div_index(r, plane, narrow) * plane;  // offset in the plane
+    const int64_t h = div_index(q, s.W, narrow);
+    y[i] = in_box(s, h, q - h * s.W) ? x[i + (s.N - 1 - 2 * n) * sample] : x[i];
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+tta_mean_kernel(const float* __restrict__ y, float* __restrict__ out, int64_t views, int64_t M) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < M;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    double sum = 0.0;
+    for (int64_t v = 0; v < views; ++v) sum = dadd(sum, static_cast<double>(y[v * M + i]));
+    out[i] = static_cast<float>(sum / static_cast<double>(views));
+  }
+}
+
+template <class Index>
+void launch_targets(const void* labels, float* targets, const MixupParams& p, cudaStream_t st) {
+  if (p.N * p.K == 0) return;
+  const bool narrow = p.N * p.K <= static_cast<int64_t>(UINT32_MAX);
+  mixup_targets<<<grid_for(p.N * p.K), kThreads, 0, st>>>(static_cast<const Index*>(labels), targets, p, narrow);
+  check(cudaGetLastError(), "mixup_targets launch");
+}
+
+void soft_targets(const void* labels, int index_bytes, float* targets, const MixupParams& p, cudaStream_t st) {
+  if (index_bytes == 4) launch_targets<int32_t>(labels, targets, p, st);
+  else launch_targets<int64_t>(labels, targets, p, st);
+}
+
 }  // namespace
 
 void augment_batch(const float* x, float* y, const AugmentSpec& s, void* stream) {
@@ -97,14 +136,24 @@ void mixup(const float* x, const void* labels, int index_bytes, float* y, float*
     mixup_values<<<grid_for(pairs), kThreads, 0, st>>>(x, y, p, pairs <= static_cast<int64_t>(UINT32_MAX));
     check(cudaGetLastError(), "mixup_values launch");
   }
-  if (p.N * p.K > 0) {
-    const bool narrow = p.N * p.K <= static_cast<int64_t>(UINT32_MAX);
-    if (index_bytes == 4)
-      mixup_targets<<<grid_for(p.N * p.K), kThreads, 0, st>>>(static_cast<const int32_t*>(labels), targets, p, narrow);
-    else
-      mixup_targets<<<grid_for(p.N * p.K), kThreads, 0, st>>>(static_cast<const int64_t*>(labels), targets, p, narrow);
-    check(cudaGetLastError(), "mixup_targets launch");
+  soft_targets(labels, index_bytes, targets, p, st);
+}
+
+void cutmix(const float* x, const void* labels, int index_bytes, float* y, float* targets, const CutmixSpec& s,
+            void* stream) {
+  const cudaStream_t st = as_stream(stream);
+  const int64_t total = s.N * s.C * s.H * s.W;
+  if (total > 0) {
+    cutmix_values<<<grid_for(total), kThreads, 0, st>>>(x, y, s, total <= static_cast<int64_t>(UINT32_MAX));
+    check(cudaGetLastError(), "cutmix_values launch");
   }
+  soft_targets(labels, index_bytes, targets, s.p, st);
+}
+
+void tta_mean(const float* y, float* out, int64_t views, int64_t M, void* stream) {
+  if (M == 0) return;
+  tta_mean_kernel<<<grid_for(M), kThreads, 0, as_stream(stream)>>>(y, out, views, M);
+  check(cudaGetLastError(), "tta_mean_kernel launch");
 }
 
 }  // namespace fastopt::cuda

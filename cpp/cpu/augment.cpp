@@ -1,5 +1,6 @@
-// Batched augmentation (shift, flip, brightness/contrast jitter, cutout) and mixup on the CPU
-// (math and the Philox draws: fastopt/augment.h).
+// Batched augmentation (shift, flip, brightness/contrast jitter, cutout), mixup, cutmix and the
+// test-time views' mean on the CPU (math and the Philox draws: fastopt/augment.h; the per-plane
+// ops: augment_planes.cpp).
 //
 // Traffic: x read once, y written once (8 B per element), mixup included: it walks the pairs
 // (n, N - 1 - n) and writes both samples from one read of the two; plus the (N, K) soft targets.
@@ -8,7 +9,9 @@
 // blocks (negligible next to a plane) and walks its output rows as three runs: fill where the
 // shifted source column falls outside, a copy (forward or mirrored) in the middle, fill again;
 // then the cutout columns of the row are zeroed. The runs hold the same per-pixel expressions as
-// augment_pixel(), so the bits equal the GPU's. Mixup runs OpenMP over sample pairs.
+// augment_pixel(), so the bits equal the GPU's. Mixup runs OpenMP over sample pairs; cutmix over
+// planes, each row a copy of its own sample with the box's columns from the partner; tta_mean
+// over outputs, the views summed in order in double (one rounding, as the GPU does).
 #include <algorithm>
 
 #include "fastopt/augment.h"
@@ -18,7 +21,10 @@ namespace fastopt::cpu {
 
 FASTOPT_FOR_EACH_ISA(void augment_batch(const float* x, float* y, const AugmentSpec& s);
                      void mixup(const float* x, const void* labels, int index_bytes, float* y, float* targets,
-                                const MixupParams& p);)
+                                const MixupParams& p);
+                     void cutmix(const float* x, const void* labels, int index_bytes, float* y, float* targets,
+                                 const CutmixSpec& s);
+                     void tta_mean(const float* y, float* out, int64_t views, int64_t M);)
 
 namespace FASTOPT_ISA {
 namespace {
@@ -83,7 +89,37 @@ void mixup_impl(const float* x, const Index* labels, float* y, float* targets, c
   }
 }
 
+template <class Index>
+void cutmix_impl(const float* x, const Index* labels, float* y, float* targets, const CutmixSpec& s) {
+  const int64_t plane = s.H * s.W, W = s.W, N = s.N, K = s.p.K;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N * s.C; ++i) {
+    const int64_t n = i / s.C;
+    const float* __restrict xn = x + i * plane;
+    const float* __restrict xm = x + ((N - 1 - n) * s.C + i % s.C) * plane;  // the partner's same channel
+    float* __restrict yn = y + i * plane;
+    for (int64_t h = 0; h < s.H; ++h)
+      for (int64_t w = 0; w < W; ++w) yn[h * W + w] = in_box(s, h, w) ? xm[h * W + w] : xn[h * W + w];
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) targets[n * K + k] = mixup_target(s.p, k, labels[n], labels[N - 1 - n]);
+}
+
 }  // namespace
+
+void cutmix(const float* x, const void* labels, int index_bytes, float* y, float* targets, const CutmixSpec& s) {
+  if (index_bytes == 4) cutmix_impl(x, static_cast<const int32_t*>(labels), y, targets, s);
+  else cutmix_impl(x, static_cast<const int64_t*>(labels), y, targets, s);
+}
+
+void tta_mean(const float* y, float* out, int64_t views, int64_t M) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < M; ++i) {
+    double sum = 0.0;
+    for (int64_t v = 0; v < views; ++v) sum += y[v * M + i];
+    out[i] = static_cast<float>(sum / static_cast<double>(views));
+  }
+}
 
 void augment_batch(const float* x, float* y, const AugmentSpec& s) {
   const int64_t planes = s.N * s.C, plane = s.H * s.W;
@@ -104,6 +140,10 @@ void augment_batch(const float* x, float* y, const AugmentSpec& s) { FASTOPT_CPU
 void mixup(const float* x, const void* labels, int index_bytes, float* y, float* targets, const MixupParams& p) {
   FASTOPT_CPU_DISPATCH(mixup(x, labels, index_bytes, y, targets, p))
 }
+void cutmix(const float* x, const void* labels, int index_bytes, float* y, float* targets, const CutmixSpec& s) {
+  FASTOPT_CPU_DISPATCH(cutmix(x, labels, index_bytes, y, targets, s))
+}
+void tta_mean(const float* y, float* out, int64_t views, int64_t M) { FASTOPT_CPU_DISPATCH(tta_mean(y, out, views, M)) }
 #endif
 
 }  // namespace fastopt::cpu
