@@ -36,7 +36,10 @@ void update_range(const StepScalars& s, float gmul, T* __restrict p, const T* __
                   float* __restrict s0, float* __restrict s1, float* __restrict s2, int64_t n, uint64_t seed,
                   uint32_t tensor, int64_t t, int64_t at) {
   constexpr int ns = num_states(K);
-  auto run = [&](int64_t i0, int64_t count, const uint32_t* __restrict words) {
+  // A local copy of the scalars: through the reference, GCC reloads every field each iteration
+  // (it cannot prove the stores to p and the state miss it), and the loop ran about 2x slower.
+  const StepScalars sc = s;
+  auto run = [&](auto penalty, int64_t i0, int64_t count, const uint32_t* __restrict words) {
 #pragma omp simd
     for (int64_t i = i0; i < i0 + count; ++i) {
       float a = 0.0f, b = 0.0f, c = 0.0f, w = 0.0f;
@@ -44,7 +47,8 @@ void update_range(const StepScalars& s, float gmul, T* __restrict p, const T* __
       if constexpr (ns > 1) b = s1[i];
       if constexpr (ns > 2) c = s2[i];
       if constexpr (R == Rounding::master) w = m[i];
-      update_stored<K, R>(s, to_float(g[i]) * gmul, p[i], w, a, b, c, words ? words[i - i0] : 0u);
+      update_stored<K, R, decltype(penalty)::value>(sc, to_float(g[i]) * gmul, p[i], w, a, b, c,
+                                                    words ? words[i - i0] : 0u);
       if constexpr (ns > 0) s0[i] = a;
       if constexpr (ns > 1) s1[i] = b;
       if constexpr (ns > 2) s2[i] = c;
@@ -52,12 +56,13 @@ void update_range(const StepScalars& s, float gmul, T* __restrict p, const T* __
     }
   };
   if constexpr (R != Rounding::stochastic) {
-    run(0, n, nullptr);
+    if (sc.l2 != 0.0f || sc.l1 != 0.0f) run(std::true_type{}, 0, n, nullptr);
+    else run(std::false_type{}, 0, n, nullptr);
   } else {
     alignas(64) uint32_t words[kSrWords];
     for (int64_t i0 = 0; i0 < n; i0 += kSrWords) {
       philox_blocks<kSrBlocks>(static_cast<uint64_t>(at + i0) >> 2, tensor, static_cast<uint32_t>(t), seed, words);
-      run(i0, n - i0 < kSrWords ? n - i0 : kSrWords, words);
+      run(std::true_type{}, i0, n - i0 < kSrWords ? n - i0 : kSrWords, words);
     }
   }
 }

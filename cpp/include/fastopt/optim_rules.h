@@ -136,10 +136,14 @@ FASTOPT_HD float lerp(float a, float b, float w) {
 
 // One element's update. g arrives already multiplied by the clip coefficient and the sign.
 // s0..s2 are the element's state values in num_states(K) order (unused ones are ignored).
-template <OptKind K>
+// kPenalty = false promises l2 = l1 = 0, so a vector loop carries no per-element test for them
+// (the tests cannot be dropped in general: 0 * p is NaN for an infinite p).
+template <OptKind K, bool kPenalty = true>
 FASTOPT_HD void update(const StepScalars& s, float g, float& p, float& s0, float& s1, float& s2) {
-  if (s.l2 != 0.0f) g = g + s.l2 * p;
-  if (s.l1 != 0.0f) g = g + s.l1 * (p > 0.0f ? 1.0f : p < 0.0f ? -1.0f : 0.0f);
+  if constexpr (kPenalty) {
+    if (s.l2 != 0.0f) g = g + s.l2 * p;
+    if (s.l1 != 0.0f) g = g + s.l1 * (p > 0.0f ? 1.0f : p < 0.0f ? -1.0f : 0.0f);
+  }
   if constexpr (K == OptKind::SGD) {
     p = p - s.lr * g;
   } else if constexpr (K == OptKind::SGD_MOMENTUM || K == OptKind::SGD_NESTEROV) {
@@ -193,11 +197,11 @@ enum class Rounding : uint8_t {
 
 // One element's step on a parameter stored as T (float, bf16, f16): the rule on the fp32 value
 // w, then the store R says. `random` is the element's random word (stochastic only).
-template <OptKind K, Rounding R, class T>
+template <OptKind K, Rounding R, bool kPenalty, class T>
 FASTOPT_HD void update_stored(const StepScalars& s, float g, T& p, float& master, float& s0, float& s1, float& s2,
                               uint32_t random) {
   float w = R == Rounding::master ? master : to_float(p);
-  update<K>(s, g, w, s0, s1, s2);
+  update<K, kPenalty>(s, g, w, s0, s1, s2);
   if constexpr (R == Rounding::master) master = w;
   if constexpr (R == Rounding::stochastic) {
     static_assert(StorageOf<T>::value == Storage::bf16, "stochastic rounding stores bf16");
