@@ -184,14 +184,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(scenario, out, world=2, env=None, timeout=60):
-    """Start `world` ranks as torchrun would; wait for all; return their exit codes."""
+def launch(scenario, out, world=2, env=None, timeout=60, script=HERE):
+    """Start `world` ranks of `script` as torchrun would; wait for all; return their exit codes
+    and stderr."""
     port = free_port()
     procs = []
     for rank in range(world):
         e = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                  MASTER_PORT=str(port), OMP_NUM_THREADS="1", **(env or {}))
-        procs.append(subprocess.Popen([sys.executable, HERE, scenario, str(out)], env=e, stderr=subprocess.PIPE))
+        procs.append(subprocess.Popen([sys.executable, script, scenario, str(out)], env=e, stderr=subprocess.PIPE))
     deadline = time.monotonic() + timeout
     codes, errors = [], []
     for p in procs:
