@@ -409,3 +409,6 @@ class Adam(Optimizer):
 class AdamW(Optimizer):
     __doc__ = _rules.AdamW.__doc__
     _rule = _rules.AdamW
+
+
+from .zero import ZeroRedundancy  # noqa: E402,F401 - ZeRO-1 over these optimizers (zero.py)
