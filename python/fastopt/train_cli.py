@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import _arrays, _options, cuda, data as datasets
+from . import _arrays, _options, cuda, data as datasets, diagnose
 from .datafiles import LAYOUTS
 from .preprocess import WHITENINGS
 from .runlog import RunLog, writer_class
@@ -89,6 +89,11 @@ def add_arguments(p):
     a("--search", type=_options.arg_type("int", 0), default=0, metavar="N",
       help="N short trials sampling lr and weight decay log-uniformly (coarse, then fine), as a table")
     a("--search-epochs", type=_options.arg_type("int", 1), default=8)
+    a("--lr-find", action="store_true", help="instead of training: the learning-rate range test (exponential sweep "
+                                             "1e-7 to 10), lr_find.png and lr_find.json in --out, a suggested --lr")
+    a("--lr-find-steps", type=_options.arg_type("int", 2), default=100, metavar="N")
+    a("--sanity", action="store_true", help="instead of training: initial loss ~ log(C) with regularization off, "
+                                            "and overfitting 20 training images; pass/fail with the numbers")
     a("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("watching the run (every run writes --out/steps.jsonl, one JSON line per step)")
     a("--tensorboard", group=g, metavar="DIR", help="also write TensorBoard event files under DIR: scalars, per-layer "
@@ -108,6 +113,8 @@ def check_arguments(args, error):
         if warmup % 1 or (epochs - warmup) % args.snapshots:
             error(f"argument --snapshots: the {epochs - warmup:g} epochs after warm-up must split into {args.snapshots} "
                   f"cycles of whole epochs")
+    if sum(map(bool, (args.search, args.lr_find, args.sanity))) > 1:
+        error("argument --search/--lr-find/--sanity: one at a time")
     if args.search and args.resume:
         error("argument --resume: not allowed with --search (every trial starts afresh)")
     if args.precision == "bf16" and args.accumulate > 1:
@@ -239,9 +246,34 @@ def _write_json(path, value):
     write_atomically(path, lambda f: f.write(json.dumps(value, indent=2).encode()))
 
 
+def _lr_find(args, data):
+    result = diagnose.lr_find(_model(args, data), data, config_from(vars(args)), steps=args.lr_find_steps)
+    _write_json(os.path.join(args.out, "lr_find.json"), result)
+    try:
+        diagnose.plot_lr_find(result, os.path.join(args.out, "lr_find.png"))
+    except ImportError as e:
+        print(f"no lr_find.png ({e}; pip install matplotlib)", file=sys.stderr)
+    print(f"lr range test ({len(result['lr'])} steps, {result['stopped']}): smallest smoothed loss "
+          f"{min(result['smoothed']):.4f} at lr {result['min_loss_lr']:.3g}; suggested --lr {result['suggested_lr']:.3g}")
+    print(f"wrote {args.out}/: lr_find.json, lr_find.png")
+    return 0
+
+
+def _sanity(args, data):
+    spec = {**model_spec(args, data), "dropout": 0.0}
+    result = diagnose.sanity(lambda: build_model(spec), data, config_from(vars(args)))
+    print("\n".join(diagnose.sanity_report(result)))
+    _write_json(os.path.join(args.out, "sanity.json"), result)
+    return 0 if result["passed"] else 1
+
+
 def _run(args, data):
     if args.search:
         return _search(args, data)
+    if args.lr_find:
+        return _lr_find(args, data)
+    if args.sanity:
+        return _sanity(args, data)
     trainer, history, seconds = train_once(args, data, progress=not args.quiet, out_dir=args.out)
     if not history.epochs:
         print(f"no epoch completed: {history.stopped}", file=sys.stderr)
