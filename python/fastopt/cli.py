@@ -1,4 +1,5 @@
-"""The `fastopt` console script: `fastopt train`, `fastopt transfer`, `fastopt info` and `fastopt bench [SUITE]`."""
+"""The `fastopt` console script: `fastopt train`, `fastopt evaluate`, `fastopt transfer`, `fastopt info` and
+`fastopt bench [SUITE]`."""
 import argparse
 import importlib
 import json
@@ -44,6 +45,10 @@ def main(argv=None):
         from . import train_cli
 
         return train_cli.main(argv[1:])
+    if argv and argv[0] == "evaluate":
+        from . import evaluate
+
+        return evaluate.main(argv[1:])
     if argv and argv[0] == "transfer":
         from . import transfer
 
@@ -53,6 +58,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastopt", description="fastopt: fused training kernels")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train a small CNN on digits (fastopt train --help)")
+    sub.add_parser("evaluate", help="accuracy, top-5, confusion matrix and ensembles of checkpoints (fastopt evaluate "
+                                    "--help)")
     sub.add_parser("transfer", help="pretrain on digits 0-4, learn 5-9 from K images per class: scratch, linear "
                                     "probe, fine-tune (fastopt transfer --help)")
     p_info = sub.add_parser("info", help="how fastopt was built, and the devices it sees")

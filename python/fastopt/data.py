@@ -100,11 +100,12 @@ def load_digits(val_fraction=0.1, test_fraction=0.2, seed=0):
 
 
 def load(path, image_size=None, whiten="", whiten_eps=1e-2, val_fraction=0.1, test_fraction=0.1, seed=0,
-         layout="auto"):
+         layout="auto", preprocess=None):
     """A user's data set: an .npz file or an ImageFolder (fastopt.datafiles), its missing splits
     drawn stratified from the training images by `seed`, its preprocessing fitted on the training
-    split (per-channel mean/std, then `whiten` "pca"/"zca" if asked)."""
-    from . import datafiles, preprocess
+    split (per-channel mean/std, then `whiten` "pca"/"zca" if asked) unless `preprocess` (a
+    checkpoint's, at evaluation) is given."""
+    from . import datafiles, preprocess as fitting
 
     val_fraction = _args.finite(val_fraction, "val_fraction", 0.0, 1.0, high_open=True)
     test_fraction = _args.finite(test_fraction, "test_fraction", 0.0, 1.0, high_open=True)
@@ -125,7 +126,7 @@ def load(path, image_size=None, whiten="", whiten_eps=1e-2, val_fraction=0.1, te
         x, y = x[parts[0]], y[parts[0]]
     if len(y) == 0:
         raise ValueError(f"{path}: no training images left after taking the validation and test splits")
-    pre = preprocess.fit(x, whiten, whiten_eps, seed)
+    pre = preprocess if preprocess is not None else fitting.fit(x, whiten, whiten_eps, seed)
     splits = [Split(x, y)] + [Split(*arrays[s]) for s in ("val", "test")]
     return Dataset(name, *splits, num_classes, tuple(pre.mean.tolist()), tuple(pre.std.tolist()), pre,
                    None if classes is None else tuple(classes))
