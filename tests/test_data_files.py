@@ -1,6 +1,8 @@
 """A user's data: .npz in both layouts, an ImageFolder of generated PNGs, the training split's
 per-channel normalization and whitening (against float64 hand computations), the bad inputs'
 errors, and the background loader."""
+import json
+import math
 import threading
 
 import numpy as np
@@ -247,3 +249,15 @@ def test_train_cli_on_an_npz_stores_its_normalization(tmp_path, capsys):
         train_main(["--data", str(tmp_path / "missing.npz"), "--out", str(out)])
     assert e.value.code == 2
     assert "argument --data: " in capsys.readouterr().err
+
+
+def test_search_trains_on_the_given_data(tmp_path, capsys):
+    from fastopt.train_cli import main as train_main
+
+    x, y = _images(80, h=8, w=8, c=1)
+    path = _npz(tmp_path / "g.npz", x_train=x[:, 0], y_train=y)  # (N, H, W): one channel
+    assert train_main(["--data", path, "--device", "cpu", "--search", "2", "--search-epochs", "1", "--width", "4", "8",
+                       "--out", str(tmp_path)]) == 0
+    trials = json.loads((tmp_path / "search.json").read_text())
+    assert len(trials) == 2 and all(math.isfinite(t["val_loss"]) for t in trials)
+    assert "trial 2/2" in capsys.readouterr().err

@@ -1,5 +1,7 @@
-"""`fastopt train`: the small CNN (or a CIFAR ResNet: --model resnet20) on digits, curves as PNG,
-metrics as JSON, and `--search N`, a coarse-to-fine random search over lr and weight decay."""
+"""`fastopt train`: the small CNN (or a CIFAR ResNet: --model resnet20) on digits or the user's own
+data (--data: an .npz or an ImageFolder), curves as PNG, metrics as JSON, a per-step log
+(steps.jsonl, TensorBoard with --tensorboard), and the lectures' tools: `--search N` (a
+coarse-to-fine random search over lr and weight decay), `--lr-find`, `--sanity`, `--snapshots`."""
 import argparse
 import json
 import math
@@ -16,6 +18,7 @@ from .datafiles import LAYOUTS
 from .preprocess import WHITENINGS
 from .runlog import RunLog, writer_class
 from .nn.models import resnet, small_cnn
+from .distributed import launch
 from .train import (LIMITS, OPTIMIZERS, PRECISIONS, CheckpointError, Trainer, TrainConfig, config_from, read_checkpoint,
                     write_atomically)
 
@@ -95,6 +98,10 @@ def add_arguments(p):
     a("--sanity", action="store_true", help="instead of training: initial loss ~ log(C) with regularization off, "
                                             "and overfitting 20 training images; pass/fail with the numbers")
     a("--quiet", action="store_true", help="no progress bars")
+    a("--nproc", type=_options.arg_type("int", 1), default=1, metavar="N",
+      help="N local processes training one model (data parallel: gloo on the CPU, NCCL on GPUs); --batch-size is "
+           "per process; rank 0 alone writes --out. Under torchrun (several machines) leave it out")
+    a("--sync-bn", action="store_true", help="in a data-parallel run: batch norm statistics over every process's batch")
     g = p.add_argument_group("watching the run (every run writes --out/steps.jsonl, one JSON line per step)")
     a("--tensorboard", group=g, metavar="DIR", help="also write TensorBoard event files under DIR: scalars, per-layer "
                                                    "weight/gradient norms and histograms, update/weight ratios")
@@ -147,7 +154,7 @@ def build_model(spec):
 
 
 def _model(args, data):
-    return build_model(model_spec(args, data))
+    return launch.wrap(build_model(model_spec(args, data)), args)  # DataParallel in a distributed run
 
 
 def load_data(args):
@@ -333,11 +340,17 @@ def _search(args, data):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="fastopt train", description="Train a small CNN on scikit-learn's digits with "
-                                "fastopt's kernels (AdamW, warm-up + cosine, clipping, augmentation on the device).")
+    p = argparse.ArgumentParser(prog="fastopt train", description="Train a small CNN on scikit-learn's digits or your "
+                                "own images (--data) with fastopt's kernels (AdamW, warm-up + cosine, clipping, "
+                                "augmentation on the device).")
     add_arguments(p)
     args = p.parse_args(argv)
     check_arguments(args, p.error)
+    if args.nproc > 1 and not launch.in_distributed_run():
+        try:
+            return launch.spawn(args, sys.argv[1:] if argv is None else list(argv))
+        except ValueError as e:
+            p.error(f"argument {e}")
     if args.device.startswith("cuda") and not cuda.is_available():
         p.error(f"argument --device: {args.device}, but no usable CUDA GPU here (fastopt.cuda.is_available() is "
                 "False); use --device cpu or auto")
@@ -350,6 +363,11 @@ def main(argv=None):
         data = load_data(args)
     except (ValueError, OSError) as e:
         p.error(f"argument --data: {e}")
+    if launch.in_distributed_run():
+        try:
+            data = launch.setup(args, data)
+        except ValueError as e:
+            p.error(f"argument {e}")
     try:
         return _run(args, data)
     except CheckpointError as e:
