@@ -31,8 +31,7 @@ torch = pytest.importorskip("torch")
 if not torch.distributed.is_available():
     pytest.skip("this PyTorch has no torch.distributed", allow_module_level=True)
 
-import fastopt  # noqa: E402
-from fastopt import nn, optim  # noqa: E402
+from fastopt import data as datasets, nn, optim  # noqa: E402
 
 B, K, LR, MOMENTUM = 4, 4, 0.1, 0.9
 ATOL = 2e-4  # derived in the module docstring
@@ -313,6 +312,26 @@ def test_mismatched_world_sizes_are_refused(tmp_path):
     assert all(p.returncode != 0 for p in procs)
     assert "rank 1 was started with world_size 3, rank 0 with 2" in errs[1]
     assert "rank 0 was started with world_size 2, rank 1 with 3" in errs[0]
+
+
+def test_fastopt_train_nproc_2_writes_from_rank_0_only(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "fastopt.cli", "train", "--nproc", "2", "--epochs", "1", "--device",
+                           "cpu", "--sync-bn", "--width", "4", "8", "--quiet", "--out", str(out)], env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().count("wrote ") == 1  # one report: rank 0's
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1
+    # Each rank trained on half the training split, --batch-size per rank: rank 0's log has
+    # ceil(n / batch) steps for its n images, and no other rank appended to it.
+    n, batch = metrics["data"]["train"], metrics["config"]["batch_size"]
+    assert n == len(datasets.load_digits(seed=0).train) // 2
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines() if line.strip()]
+    assert len([s for s in steps if "loss" in s]) == -(-n // batch)
+    with np.load(out / "last.npz") as z:
+        assert any(k.startswith("model/") for k in z.files)
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
 
 
 if __name__ == "__main__":

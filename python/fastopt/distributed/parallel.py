@@ -35,7 +35,8 @@ class DataParallel:
     broadcast=True (torch DDP's behaviour): rank 0's parameters and buffers overwrite the others'
     at build. broadcast=False: they must already agree, bit for bit (a DistributedError names the
     first parameter that differs). broadcast_buffers=True: every training forward starts from rank
-    0's buffers (running statistics), as DDP does; with SyncBatchNorm they agree anyway."""
+    0's buffers (running statistics), as DDP does, and so does the first eval forward after
+    training; with SyncBatchNorm they agree anyway."""
 
     def __init__(self, model, broadcast=True, broadcast_buffers=True):
         from ..nn import Module
@@ -45,7 +46,8 @@ class DataParallel:
         if model.store is not None and model.store.root is not model:
             raise ValueError("model: part of another built network; wrap the network it was built in")
         self.__dict__.update(module=model, broadcast=boolean(broadcast, "broadcast"),
-                             broadcast_buffers=boolean(broadcast_buffers, "broadcast_buffers"), _sync=True)
+                             broadcast_buffers=boolean(broadcast_buffers, "broadcast_buffers"), _sync=True,
+                             _stale=False)
         if model.store is not None:
             self._join()
 
@@ -81,9 +83,13 @@ class DataParallel:
     # ------------------------------------------------------------------ forward/backward
     def forward(self, x, training=True):
         store = self.module.store
-        if training and self.broadcast_buffers and store is not None and store.buffers.size and core.world_size() > 1:
+        # Before a training forward, and before the first eval forward after training (each rank
+        # updated its running statistics from its own batch), so that every rank evaluates alike.
+        if (training or self._stale) and self.broadcast_buffers and store is not None and store.buffers.size \
+                and core.world_size() > 1:
             _, dist = core.torch_modules()
             core.timed("DataParallel: broadcasting buffers", dist.broadcast, core.as_tensor(store.buffers), 0)
+        self.__dict__["_stale"] = training
         return self.module.forward(x, training)
 
     __call__ = forward
