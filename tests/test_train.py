@@ -386,8 +386,18 @@ BAD_OPTIONS = {
     "--dropout": [["1.5"], ["-0.1"], ["nan"]],
     "--out": [["{file}/sub"]],
     "--resume": [["{file}", "--search", "2"]],
-    "--search": [["-1"], ["two"]],
+    "--search": [["-1"], ["two"], ["2", "--lr-find"]],
     "--search-epochs": [["0"]],
+    "--data": [["{file}"], ["{file}/missing.npz"]],
+    "--image-size": [["0"], ["x"]],
+    "--layout": [["nwhc"]],
+    "--whiten": [["svd"]],
+    "--whiten-eps": [["0"], ["nan"]],
+    "--snapshots": [["-1"], ["3", "--epochs", "4"]],
+    "--tensorboard": [["{file}/tb"]],
+    "--tensorboard-every": [["0"]],
+    "--lr-find-steps": [["1"]],
+    "--nproc": [["0"], ["x"]],
 }
 
 
