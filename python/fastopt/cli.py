@@ -36,7 +36,7 @@ def _bench(args):
 # `fastopt bench SUITE ...` hands the rest of the command line to that suite's own main();
 # `fastopt bench ...` without a suite times the optimizers.
 SUITES = {"normalization": "normalization", "dropout": "dropout", "conv2d": "conv2d", "train": "train",
-          "torch": "torch_suite", "loader": "loader"}
+          "torch": "torch_suite", "loader": "loader", "distributed": "distributed"}
 
 
 def main(argv=None):
