@@ -298,7 +298,9 @@ def test_bf16_device_arrays_copy_but_gpu_kernels_refuse():
         with pytest.raises(TypeError, match=r"bfloat16 on the GPU: not yet \(issue 21\)"):
             call()
     with pytest.raises(TypeError, match=r"x: unsupported dtype bfloat16.*not yet"):
-        F.layer_norm_forward(d, 4)  # an op without a bf16 path, CPU or GPU
+        F.augment_batch(d, 1, 0)  # an op without a bf16 path, CPU or GPU
+    with pytest.raises(TypeError, match=r"bfloat16 on the GPU: not yet \(issue 21\)"):
+        F.layer_norm_forward(d, 4)  # a bf16 path on the CPU only
     with pytest.raises(TypeError, match=r"params\[0\]: bfloat16 on the GPU: not yet \(issue 21\)"):
         fastopt.optim.SGD([d])
 
@@ -318,8 +320,8 @@ BAD = [
     (lambda: F.batch_norm_forward(X, bf(C3), None, None, None, True), r"gamma: unsupported dtype bfloat16"),
     (lambda: F.batch_norm_forward(X, None, None, bf(C3), bf(C3), False), r"running_mean: unsupported dtype bfloat16"),
     # ops without a bf16 path say so
-    (lambda: F.layer_norm_forward(X, 4), r"x: unsupported dtype bfloat16: this op takes float32 only .*not yet"),
-    (lambda: F.avg_pool2d_forward(X, 2), r"x: unsupported dtype bfloat16.*not yet"),
+    (lambda: F.augment_batch(X, 1, 0), r"x: unsupported dtype bfloat16: this op takes float32 only .*not yet"),
+    (lambda: F.axpby_([X], [X], 1.0, 1.0), r"ys\[0\]: unsupported dtype bfloat16.*not yet"),
     (lambda: F.clip_grad_norm_([X], 1.0), r"grads\[0\]: unsupported dtype bfloat16.*not yet"),
     # float16 has no kernel path (the optimizers take it: test_optim_bf16.py)
     (lambda: F.relu_forward(X.astype(np.float16)), r"x: unsupported dtype float16"),
@@ -356,9 +358,14 @@ def test_bf16_network_trains_digits_as_well_as_fp32():
 
 def test_bf16_build_refuses_what_has_no_bf16_path():
     from fastopt import nn
+
+    class Square(nn.Module):  # a user's module that has not declared a bfloat16 path
+        def forward(self, x, training=True):
+            return x * x
+
     with pytest.raises(ValueError, match=r"precision: bf16 needs a bfloat16 path in every module; not yet in "
-                                         r"1 \(LayerNorm\), 2 \(Tanh\)"):
-        nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Tanh()).build(precision="bf16")
+                                         r"1 \(Square\), 3 \(Square\)"):
+        nn.Sequential(nn.Linear(4, 4), Square(), nn.LayerNorm(4), Square()).build(precision="bf16")
     with pytest.raises(ValueError, match=r"precision: bf16 on the GPU \(cuda:0\): not yet \(issue 21\)"):
         nn.Sequential(nn.Linear(4, 4)).build("cuda", precision="bf16")
 

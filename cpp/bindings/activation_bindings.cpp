@@ -70,28 +70,38 @@ py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negat
 
 // tanh / sigmoid / elu / gelu, forward (dy_obj null) and backward, same checks as activation().
 py::object smooth_activation(Smooth op, py::handle dy_obj, py::handle x_obj, double alpha, uintptr_t stream) {
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
-  const float* dyp = nullptr;
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const void* dyv = nullptr;
   if (dy_obj) {
-    const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
+    const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
     require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
+    require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
     if (dy.shape != x.shape) raise_value("dy: expected the shape " + shape_str(x.shape) + " of x, got " + shape_str(dy.shape));
-    dyp = static_cast<const float*>(dy.data);
+    dyv = dy.data;
   }
-  const auto* xp = static_cast<const float*>(x.data);
-  py::object out = new_array(x.shape, DType::f32, x.device, stream, dy_obj ? "dx" : "y", "x");
-  float* yp = static_cast<float*>(view_f32(out, ArgName{"out"}, true).data);
+  py::object out = new_array(x.shape, x.dtype, x.device, stream, dy_obj ? "dx" : "y", "x");
+  void* yv = view_array(out, ArgName{"out"}, true, &x.dtype).data;
   const float a = static_cast<float>(alpha);
   py::gil_scoped_release nogil;
   if (x.device == kCPU) {
-    if (dyp) cpu::smooth_backward(op, dyp, xp, yp, x.numel, a);
-    else cpu::smooth_forward(op, xp, yp, x.numel, a);
+    by_floating_dtype(x, [&](auto tag) {
+      using T = decltype(tag);
+      const T* dyp = static_cast<const T*>(dyv);
+      if (dyp) cpu::smooth_backward(op, dyp, data_as<T>(x), static_cast<T*>(yv), x.numel, a);
+      else cpu::smooth_forward(op, data_as<T>(x), static_cast<T*>(yv), x.numel, a);
+    });
     return out;
   }
 #ifdef FASTOPT_WITH_CUDA
-  cuda::set_device(x.device);
-  if (dyp) cuda::smooth_backward(op, dyp, xp, yp, x.numel, a, reinterpret_cast<void*>(stream));
-  else cuda::smooth_forward(op, xp, yp, x.numel, a, reinterpret_cast<void*>(stream));
+  {
+    // float32: view_floating keeps bf16 off the GPU
+    const auto* xp = static_cast<const float*>(x.data);
+    const auto* dyp = static_cast<const float*>(dyv);
+    auto* yp = static_cast<float*>(yv);
+    cuda::set_device(x.device);
+    if (dyp) cuda::smooth_backward(op, dyp, xp, yp, x.numel, a, reinterpret_cast<void*>(stream));
+    else cuda::smooth_forward(op, xp, yp, x.numel, a, reinterpret_cast<void*>(stream));
+  }
   return out;
 #else
   throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
@@ -101,30 +111,34 @@ py::object smooth_activation(Smooth op, py::handle dy_obj, py::handle x_obj, dou
 // y = s + b * f_n per sample n (the first dim), s optional; p, seed, offset are checked in Python.
 py::object residual_add_op(py::handle b_obj, py::handle s_obj, double p, uint64_t seed, uint64_t offset,
                         uintptr_t stream) {
-  const ArrayView b = view_f32(b_obj, ArgName{"body"}, false);
-  const float* sp = nullptr;
+  const ArrayView b = view_floating(b_obj, ArgName{"body"}, false);
+  const void* sv = nullptr;
   if (!s_obj.is_none()) {
-    const ArrayView s = view_f32(s_obj, ArgName{"shortcut"}, false);
+    const ArrayView s = view_floating(s_obj, ArgName{"shortcut"}, false);
     require_same_device(b, ArgName{"body"}, s, ArgName{"shortcut"});
+    require_same_dtype(b, ArgName{"body"}, s, ArgName{"shortcut"});
     if (s.shape != b.shape)
       raise_value("shortcut: its output shape " + shape_str(s.shape) + " differs from the body's " + shape_str(b.shape) +
                   " (a projection shortcut, e.g. a strided 1x1 conv + batch norm, makes them match)");
-    sp = static_cast<const float*>(s.data);
+    sv = s.data;
   }
   if (b.shape.empty()) raise_value("body: expected at least 1 dimension (samples first), got a 0-d array");
   const int64_t rows = b.shape[0], inner = rows == 0 ? 0 : b.numel / rows;
-  py::object out = new_array(b.shape, DType::f32, b.device, stream, "y", "body");
-  float* yp = static_cast<float*>(view_f32(out, ArgName{"out"}, true).data);
-  const auto* bp = static_cast<const float*>(b.data);
+  py::object out = new_array(b.shape, b.dtype, b.device, stream, "y", "body");
+  void* yv = view_array(out, ArgName{"out"}, true, &b.dtype).data;
   const DropoutParams d = dropout_params(p, seed, offset);
   py::gil_scoped_release nogil;
   if (b.device == kCPU) {
-    cpu::residual_add(bp, sp, yp, rows, inner, d);
+    by_floating_dtype(b, [&](auto tag) {
+      using T = decltype(tag);
+      cpu::residual_add(data_as<T>(b), static_cast<const T*>(sv), static_cast<T*>(yv), rows, inner, d);
+    });
     return out;
   }
 #ifdef FASTOPT_WITH_CUDA
   cuda::set_device(b.device);
-  cuda::residual_add(bp, sp, yp, rows, inner, d, reinterpret_cast<void*>(stream));
+  cuda::residual_add(static_cast<const float*>(b.data), static_cast<const float*>(sv), static_cast<float*>(yv), rows,
+                     inner, d, reinterpret_cast<void*>(stream));
   return out;
 #else
   throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
@@ -202,7 +216,7 @@ void bind_activation(py::module_& m) {
       "smooth_forward",
       [](Smooth op, py::handle x, double alpha, uintptr_t stream) { return smooth_activation(op, {}, x, alpha, stream); },
       py::arg("op"), py::arg("x"), py::arg("alpha") = 1.0, py::arg("stream") = 0,
-      "y = tanh, sigmoid, elu (alpha) or exact gelu of x, a new float32 array on x's device.");
+      "y = tanh, sigmoid, elu (alpha) or exact gelu of x, a new array of x's dtype (float32 or bfloat16) on its device.");
   m.def(
       "smooth_backward",
       [](Smooth op, py::handle dy, py::handle x, double alpha, uintptr_t stream) {

@@ -225,52 +225,60 @@ py::tuple row_forward(const ArrayView& x, const NormShape& s, const std::vector<
   eps_arg(eps);
   const float* w = optional_input(weight, "weight", wshape, x, nullptr, 0);
   const float* b = optional_input(bias, "bias", wshape, x, nullptr, 0);
-  Out y = new_output(x.shape, x, stream, "y"), mean = new_output(stat_shape, x, stream, "mean"),
-      rstd = new_output(stat_shape, x, stream, "rstd");
-  const float* xp = static_cast<const float*>(x.data);
+  py::object y = new_array(x.shape, x.dtype, x.device, stream, "y", "x");
+  void* yp = view_array(y, ArgName{"output"}, true, &x.dtype).data;
+  Out mean = new_output(stat_shape, x, stream, "mean"), rstd = new_output(stat_shape, x, stream, "rstd");
   {
     py::gil_scoped_release nogil;
     if (x.device == kCPU) {
-      cpu::row_norm_forward(s, xp, w, b, y.ptr, mean.ptr, rstd.ptr, eps);
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        cpu::row_norm_forward(s, data_as<T>(x), w, b, static_cast<T*>(yp), mean.ptr, rstd.ptr, eps);
+      });
     } else {
 #ifdef FASTOPT_WITH_CUDA
       use_device(x.device);
-      cuda::row_norm_forward(s, xp, w, b, y.ptr, mean.ptr, rstd.ptr, eps, reinterpret_cast<void*>(stream));
+      cuda::row_norm_forward(s, data_as<float>(x), w, b, static_cast<float*>(yp), mean.ptr, rstd.ptr, eps,
+                             reinterpret_cast<void*>(stream));
 #else
       no_cuda();
 #endif
     }
   }
-  return py::make_tuple(y.obj, mean.obj, rstd.obj);
+  return py::make_tuple(y, mean.obj, rstd.obj);
 }
 
 py::tuple row_backward(const ArrayView& dy, const ArrayView& x, const NormShape& s, const std::vector<int64_t>& wshape,
                        const std::vector<int64_t>& stat_shape, py::handle mean, py::handle rstd, py::handle weight,
                        bool affine, uintptr_t stream) {
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
+  require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_shape(x, dy, "dy");
   const float* w = optional_input(weight, "weight", wshape, x, nullptr, 0);
   const float* mp = required_input(mean, "mean", stat_shape, x);
   const float* rp = required_input(rstd, "rstd", stat_shape, x);
-  Out dx = new_output(x.shape, x, stream, "dx");
+  py::object dx = new_array(x.shape, x.dtype, x.device, stream, "dx", "x");
+  void* dxp = view_array(dx, ArgName{"output"}, true, &x.dtype).data;
   const Out dw = optional_output(affine, wshape, x, stream, "dweight"),
             db = optional_output(affine, wshape, x, stream, "dbias");
-  const float* xp = static_cast<const float*>(x.data);
-  const float* gp = static_cast<const float*>(dy.data);
   {
     py::gil_scoped_release nogil;
     if (x.device == kCPU) {
-      cpu::row_norm_backward(s, gp, xp, w, mp, rp, dx.ptr, dw.ptr, db.ptr);
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        cpu::row_norm_backward(s, data_as<T>(dy), data_as<T>(x), w, mp, rp, static_cast<T*>(dxp), dw.ptr, db.ptr);
+      });
     } else {
 #ifdef FASTOPT_WITH_CUDA
       use_device(x.device);
-      cuda::row_norm_backward(s, gp, xp, w, mp, rp, dx.ptr, dw.ptr, db.ptr, reinterpret_cast<void*>(stream));
+      cuda::row_norm_backward(s, data_as<float>(dy), data_as<float>(x), w, mp, rp, static_cast<float*>(dxp), dw.ptr,
+                              db.ptr, reinterpret_cast<void*>(stream));
 #else
       no_cuda();
 #endif
     }
   }
-  return py::make_tuple(dx.obj, dw.obj, db.obj);
+  return py::make_tuple(dx, dw.obj, db.obj);
 }
 
 std::vector<int64_t> leading_shape(const ArrayView& x, size_t k) {
@@ -279,15 +287,15 @@ std::vector<int64_t> leading_shape(const ArrayView& x, size_t k) {
 
 py::tuple layer_norm_forward(py::handle x_obj, std::vector<int64_t> normalized_shape, py::handle weight,
                              py::handle bias, double eps, uintptr_t stream) {
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const NormShape s = layer_shape(x, normalized_shape);
   return row_forward(x, s, normalized_shape, leading_shape(x, normalized_shape.size()), weight, bias, eps, stream);
 }
 
 py::tuple layer_norm_backward(py::handle dy_obj, py::handle x_obj, std::vector<int64_t> normalized_shape,
                               py::handle mean, py::handle rstd, py::handle weight, bool affine, uintptr_t stream) {
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
-  const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const NormShape s = layer_shape(x, normalized_shape);
   return row_backward(dy, x, s, normalized_shape, leading_shape(x, normalized_shape.size()), mean, rstd, weight,
                       affine, stream);
@@ -295,15 +303,15 @@ py::tuple layer_norm_backward(py::handle dy_obj, py::handle x_obj, std::vector<i
 
 py::tuple group_norm_forward(py::handle x_obj, int64_t num_groups, py::handle weight, py::handle bias, double eps,
                              uintptr_t stream) {
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const NormShape s = group_shape(x, num_groups);
   return row_forward(x, s, {s.C}, {s.N, s.G}, weight, bias, eps, stream);
 }
 
 py::tuple group_norm_backward(py::handle dy_obj, py::handle x_obj, int64_t num_groups, py::handle mean,
                               py::handle rstd, py::handle weight, bool affine, uintptr_t stream) {
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
-  const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const NormShape s = group_shape(x, num_groups);
   return row_backward(dy, x, s, {s.C}, {s.N, s.G}, mean, rstd, weight, affine, stream);
 }

@@ -195,18 +195,21 @@ py::object global_avg_pool_backward(py::handle dy_obj, std::vector<int64_t> inpu
 
 py::object avg_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair padding, bool include_pad,
                               uintptr_t stream) {
-  const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const Pool2dShape s = pool_shape(x.shape, "x", kernel, stride, padding);
-  py::object y = new_array({x.shape[0], x.shape[1], s.P, s.Q}, DType::f32, x.device, stream, "y", "x");
-  const auto* xp = static_cast<const float*>(x.data);
-  float* yp = data_of<float>(y, DType::f32);
+  py::object y = new_array({x.shape[0], x.shape[1], s.P, s.Q}, x.dtype, x.device, stream, "y", "x");
+  void* yp = view_array(y, ArgName{"y"}, true, &x.dtype).data;
   py::gil_scoped_release nogil;
   if (x.device == kCPU) {
-    cpu::avg_pool2d_forward(s, xp, yp, include_pad);
+    by_floating_dtype(x, [&](auto tag) {
+      using T = decltype(tag);
+      cpu::avg_pool2d_forward(s, data_as<T>(x), static_cast<T*>(yp), include_pad);
+    });
   } else {
 #ifdef FASTOPT_WITH_CUDA
     cuda::set_device(x.device);
-    cuda::avg_pool2d_forward(s, xp, yp, include_pad, reinterpret_cast<void*>(stream));
+    cuda::avg_pool2d_forward(s, data_as<float>(x), static_cast<float*>(yp), include_pad,
+                             reinterpret_cast<void*>(stream));
 #else
     throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif
@@ -216,21 +219,24 @@ py::object avg_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair p
 
 py::object avg_pool2d_backward(py::handle dy_obj, std::vector<int64_t> input_shape, Pair kernel, Pair stride,
                                Pair padding, bool include_pad, uintptr_t stream) {
-  const ArrayView dy = view_f32(dy_obj, ArgName{"dy"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const Pool2dShape s = pool_shape(input_shape, "input_shape", kernel, stride, padding);
   const std::vector<int64_t> yshape{input_shape[0], input_shape[1], s.P, s.Q};
   if (dy.shape != yshape)
     raise_value("dy: expected the output shape " + shape_str(yshape) + " of this pooling, got " + shape_str(dy.shape));
-  py::object dx = new_array(input_shape, DType::f32, dy.device, stream, "dx", "input_shape");
-  const auto* dyp = static_cast<const float*>(dy.data);
-  float* dxp = data_of<float>(dx, DType::f32);
+  py::object dx = new_array(input_shape, dy.dtype, dy.device, stream, "dx", "input_shape");
+  void* dxp = view_array(dx, ArgName{"dx"}, true, &dy.dtype).data;
   py::gil_scoped_release nogil;
   if (dy.device == kCPU) {
-    cpu::avg_pool2d_backward(s, dyp, dxp, include_pad);
+    by_floating_dtype(dy, [&](auto tag) {
+      using T = decltype(tag);
+      cpu::avg_pool2d_backward(s, data_as<T>(dy), static_cast<T*>(dxp), include_pad);
+    });
   } else {
 #ifdef FASTOPT_WITH_CUDA
     cuda::set_device(dy.device);
-    cuda::avg_pool2d_backward(s, dyp, dxp, include_pad, reinterpret_cast<void*>(stream));
+    cuda::avg_pool2d_backward(s, data_as<float>(dy), static_cast<float*>(dxp), include_pad,
+                              reinterpret_cast<void*>(stream));
 #else
     throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif

@@ -1,6 +1,7 @@
 // Pointwise maps on the CPU (element math: fastopt/activation.h): ReLU and LeakyReLU, the smooth
 // activations (tanh, sigmoid, ELU, GELU), forward and backward; the residual add with drop path;
-// axpby.
+// axpby. All but axpby (which updates fp32 gradient buffers) also take bf16 arrays: fp32 math,
+// one rounding to nearest even per result, half the bytes.
 //
 // Traffic: forward reads x and writes y, 8 B/element; backward reads dy and x and writes dx,
 // 12 B/element; the residual add 12 (8 for the body gradient), axpby 12. ReLU is one compare and
@@ -27,7 +28,12 @@ FASTOPT_FOR_EACH_ISA(void relu_forward(const float* x, float* y, int64_t n);
                      void smooth_forward(Smooth op, const float* x, float* y, int64_t n, float alpha);
                      void smooth_backward(Smooth op, const float* dy, const float* x, float* dx, int64_t n,
                                           float alpha);
+                     void smooth_forward(Smooth op, const bf16* x, bf16* y, int64_t n, float alpha);
+                     void smooth_backward(Smooth op, const bf16* dy, const bf16* x, bf16* dx, int64_t n,
+                                          float alpha);
                      void residual_add(const float* b, const float* s, float* y, int64_t rows, int64_t inner,
+                                       const DropoutParams& d);
+                     void residual_add(const bf16* b, const bf16* s, bf16* y, int64_t rows, int64_t inner,
                                        const DropoutParams& d);
                      void axpby(const float* x, float* y, int64_t n, float a, float b);)
 
@@ -88,15 +94,16 @@ void leaky_relu_backward(const bf16* dy, const bf16* x, bf16* dx, int64_t n, flo
 
 namespace {
 
-template <Smooth op>
-void smooth_map(const float* dy, const float* x, float* y, int64_t n, float alpha) {
+template <Smooth op, class T>
+void smooth_map(const T* dy, const T* x, T* y, int64_t n, float alpha) {
   if (dy == nullptr)
     map(x, x, y, n, [alpha](float a, float) { return smooth_forward(op, a, alpha); });
   else
     map(dy, x, y, n, [alpha](float g, float a) { return smooth_backward(op, g, a, alpha); });
 }
 
-void smooth(Smooth op, const float* dy, const float* x, float* y, int64_t n, float alpha) {
+template <class T>
+void smooth(Smooth op, const T* dy, const T* x, T* y, int64_t n, float alpha) {
   switch (op) {
     case Smooth::tanh: return smooth_map<Smooth::tanh>(dy, x, y, n, alpha);
     case Smooth::sigmoid: return smooth_map<Smooth::sigmoid>(dy, x, y, n, alpha);
@@ -105,17 +112,10 @@ void smooth(Smooth op, const float* dy, const float* x, float* y, int64_t n, flo
   }
 }
 
-}  // namespace
-
-void smooth_forward(Smooth op, const float* x, float* y, int64_t n, float alpha) { smooth(op, nullptr, x, y, n, alpha); }
-
-void smooth_backward(Smooth op, const float* dy, const float* x, float* dx, int64_t n, float alpha) {
-  smooth(op, dy, x, dx, n, alpha);
-}
-
 // Tasks are (row, chunk of the row), so one huge sample and many small ones both spread over
 // the threads; each task draws its row's factor once.
-void residual_add(const float* b, const float* s, float* y, int64_t rows, int64_t inner, const DropoutParams& d) {
+template <class T>
+void residual(const T* b, const T* s, T* y, int64_t rows, int64_t inner, const DropoutParams& d) {
   const bool drop = d.threshold < (uint64_t{1} << 32);
   const int64_t per_row = (inner + kChunk - 1) / kChunk;
   const int64_t tasks = rows * per_row;
@@ -125,17 +125,39 @@ void residual_add(const float* b, const float* s, float* y, int64_t rows, int64_
     const int64_t end = begin + kChunk < inner ? begin + kChunk : inner;
     const float f = drop ? drop_path_factor(d, row) : 1.0f;
     const int64_t at = row * inner + begin;
-    const float* __restrict bi = b + at;
-    float* __restrict yi = y + at;
+    const T* __restrict bi = b + at;
+    T* __restrict yi = y + at;
     if (s == nullptr) {
 #pragma omp simd
-      for (int64_t k = 0; k < end - begin; ++k) yi[k] = bi[k] * f;
+      for (int64_t k = 0; k < end - begin; ++k) yi[k] = from_float<T>(to_float(bi[k]) * f);
     } else {
-      const float* __restrict si = s + at;
+      const T* __restrict si = s + at;
 #pragma omp simd
-      for (int64_t k = 0; k < end - begin; ++k) yi[k] = fastopt::residual_add(bi[k], si[k], f);
+      for (int64_t k = 0; k < end - begin; ++k)
+        yi[k] = from_float<T>(fastopt::residual_add(to_float(bi[k]), to_float(si[k]), f));
     }
   }
+}
+
+}  // namespace
+
+void smooth_forward(Smooth op, const float* x, float* y, int64_t n, float alpha) {
+  smooth<float>(op, nullptr, x, y, n, alpha);
+}
+void smooth_forward(Smooth op, const bf16* x, bf16* y, int64_t n, float alpha) {
+  smooth<bf16>(op, nullptr, x, y, n, alpha);
+}
+void smooth_backward(Smooth op, const float* dy, const float* x, float* dx, int64_t n, float alpha) {
+  smooth(op, dy, x, dx, n, alpha);
+}
+void smooth_backward(Smooth op, const bf16* dy, const bf16* x, bf16* dx, int64_t n, float alpha) {
+  smooth(op, dy, x, dx, n, alpha);
+}
+void residual_add(const float* b, const float* s, float* y, int64_t rows, int64_t inner, const DropoutParams& d) {
+  residual(b, s, y, rows, inner, d);
+}
+void residual_add(const bf16* b, const bf16* s, bf16* y, int64_t rows, int64_t inner, const DropoutParams& d) {
+  residual(b, s, y, rows, inner, d);
 }
 
 // Not map(): x may be y, and y is read and written, so no __restrict (same-index aliasing only,
@@ -179,7 +201,16 @@ void smooth_forward(Smooth op, const float* x, float* y, int64_t n, float alpha)
 void smooth_backward(Smooth op, const float* dy, const float* x, float* dx, int64_t n, float alpha) {
   FASTOPT_CPU_DISPATCH(smooth_backward(op, dy, x, dx, n, alpha))
 }
+void smooth_forward(Smooth op, const bf16* x, bf16* y, int64_t n, float alpha) {
+  FASTOPT_CPU_DISPATCH(smooth_forward(op, x, y, n, alpha))
+}
+void smooth_backward(Smooth op, const bf16* dy, const bf16* x, bf16* dx, int64_t n, float alpha) {
+  FASTOPT_CPU_DISPATCH(smooth_backward(op, dy, x, dx, n, alpha))
+}
 void residual_add(const float* b, const float* s, float* y, int64_t rows, int64_t inner, const DropoutParams& d) {
+  FASTOPT_CPU_DISPATCH(residual_add(b, s, y, rows, inner, d))
+}
+void residual_add(const bf16* b, const bf16* s, bf16* y, int64_t rows, int64_t inner, const DropoutParams& d) {
   FASTOPT_CPU_DISPATCH(residual_add(b, s, y, rows, inner, d))
 }
 void axpby(const float* x, float* y, int64_t n, float a, float b) { FASTOPT_CPU_DISPATCH(axpby(x, y, n, a, b)) }

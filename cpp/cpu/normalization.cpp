@@ -55,7 +55,11 @@ FASTOPT_FOR_EACH_ISA(
     void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y,
                           float* mean, float* rstd, double eps);
     void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w,
-                           const float* mean, const float* rstd, float* dx, float* dw, float* db);)
+                           const float* mean, const float* rstd, float* dx, float* dw, float* db);
+    void row_norm_forward(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
+                          float* mean, float* rstd, double eps);
+    void row_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w,
+                           const float* mean, const float* rstd, bf16* dx, float* dw, float* db);)
 
 namespace FASTOPT_ISA {
 namespace {
@@ -144,11 +148,12 @@ inline void store_d8(double* p, d8 v) { std::memcpy(p, &v, sizeof v); }
 // grad_run with dy scaled by w (when given): sum g and sum g * (x - mean), g = dy * w exact in
 // double. With pw, also adds dy (x - mean) rstd and dy into the column partials pw[i], pb[i] in
 // the same read of the row.
-__attribute__((always_inline)) inline void weighted_grad_run(Lanes& a, Lanes& c, const float* __restrict dy,
-                                                             const float* __restrict x, const float* __restrict w,
+template <class T>
+__attribute__((always_inline)) inline void weighted_grad_run(Lanes& a, Lanes& c, const T* __restrict dy,
+                                                             const T* __restrict x, const float* __restrict w,
                                                              float mean, int64_t n, double* __restrict pw,
                                                              double* __restrict pb, double rstd) {
-  auto half = [&](d8& al, d8& cl, const float* g, const float* xp, const float* wp, double* qw, double* qb) {
+  auto half = [&](d8& al, d8& cl, const auto* g, const auto* xp, const float* wp, double* qw, double* qb) {
     const d8 d = wide(load_f8(g)), xm = wide(load_f8(xp) - mean);
     const d8 gw = wp ? d * wide(load_f8(wp)) : d;
     al += gw;
@@ -172,8 +177,8 @@ __attribute__((always_inline)) inline void weighted_grad_run(Lanes& a, Lanes& c,
     half(a.lo, c.lo, tg, tx, w ? tw : nullptr, nullptr, nullptr);
     half(a.hi, c.hi, tg + 8, tx + 8, w ? tw + 8 : nullptr, nullptr, nullptr);
     for (; pw && i < n; ++i) {
-      pw[i] += static_cast<double>(dy[i]) * static_cast<double>(x[i] - mean) * rstd;
-      pb[i] += dy[i];
+      pw[i] += static_cast<double>(to_float(dy[i])) * static_cast<double>(to_float(x[i]) - mean) * rstd;
+      pb[i] += to_float(dy[i]);
     }
   }
 }
@@ -186,8 +191,9 @@ Moments<double> shifted_moments(const Lanes& s, const Lanes& q, int64_t n, float
   return {count, k + sum / count, clamp_m2(q.fold() - sum * sum / count)};
 }
 
-Moments<double> row_moments(const float* x, int64_t n) {
-  const float k = n > 0 ? norm_shift(x[0]) : 0.0f;
+template <class T>
+Moments<double> row_moments(const T* x, int64_t n) {
+  const float k = n > 0 ? norm_shift(to_float(x[0])) : 0.0f;
   Lanes s, q;
   shifted_run(s, q, x, n, k);
   return shifted_moments(s, q, n, k);
@@ -428,8 +434,14 @@ void batch_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, cons
   bn_backward(s, dy, x, w, mean, rstd, training, dx, dw, db);
 }
 
-void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
-                      float* rstd, double eps) {
+namespace {
+
+// The row family (layer and group norm) for activations stored as T (float or bf16); w, b,
+// mean, rstd, dw, db stay fp32 and the sums double, so bf16 changes only the reads and the one
+// rounding of each y and dx.
+template <class T>
+void row_forward(const NormShape& s, const T* x, const float* w, const float* b, T* y, float* mean, float* rstd,
+                 double eps) {
   const int64_t G = s.G, Cg = s.C / s.G, S = s.S, L = Cg * S, R = s.N * G;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < R; ++r) {
@@ -439,13 +451,13 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
     const float rs = static_cast<float>(norm_rstd(m.m2 / m.count, eps));
     mean[r] = mu;
     rstd[r] = rs;
-    const float* __restrict xr = x + r * L;
-    float* __restrict yr = y + r * L;
+    const T* __restrict xr = x + r * L;
+    T* __restrict yr = y + r * L;
     const int64_t c0 = (r % G) * Cg;
     if (S == 1) {
 #pragma omp simd
       for (int64_t j = 0; j < Cg; ++j)
-        yr[j] = norm_apply(xr[j], mu, lo, w ? w[c0 + j] * rs : rs, b ? b[c0 + j] : 0.0f);
+        yr[j] = from_float<T>(norm_apply(to_float(xr[j]), mu, lo, w ? w[c0 + j] * rs : rs, b ? b[c0 + j] : 0.0f));
     } else {
       for (int64_t j = 0; j < Cg; ++j)
         plane_apply(xr + j * S, yr + j * S, S, mu, lo, w ? w[c0 + j] * rs : rs, b ? b[c0 + j] : 0.0f);
@@ -453,8 +465,9 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
   }
 }
 
-void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
-                       const float* rstd, float* dx, float* dw, float* db) {
+template <class T>
+void row_backward(const NormShape& s, const T* dy, const T* x, const float* w, const float* mean, const float* rstd,
+                  T* dx, float* dw, float* db) {
   const int64_t N = s.N, C = s.C, G = s.G, Cg = C / G, S = s.S, L = Cg * S;
   const bool affine_grads = dw != nullptr || db != nullptr;
   // Fixed sample blocks (a function of N only) carry the dw/db partial sums.
@@ -470,9 +483,9 @@ void row_norm_backward(const NormShape& s, const float* dy, const float* x, cons
       for (int64_t g = 0; g < G; ++g) {
         const int64_t r = n * G + g, c0 = g * Cg;
         const float mu = mean[r], rs = rstd[r];
-        const float* __restrict xr = x + r * L;
-        const float* __restrict gr = dy + r * L;
-        float* __restrict o = dx + r * L;
+        const T* __restrict xr = x + r * L;
+        const T* __restrict gr = dy + r * L;
+        T* __restrict o = dx + r * L;
         double sg = 0.0, sgx = 0.0;
         if (S == 1) {
           Lanes a, q;
@@ -500,7 +513,8 @@ void row_norm_backward(const NormShape& s, const float* dy, const float* x, cons
         if (S == 1) {
 #pragma omp simd
           for (int64_t j = 0; j < Cg; ++j)
-            o[j] = norm_backward_dx(gr[j], xr[j] - mu, w ? w[c0 + j] * rs : rs, c2, c3);
+            o[j] = from_float<T>(
+                norm_backward_dx(to_float(gr[j]), to_float(xr[j]) - mu, w ? w[c0 + j] * rs : rs, c2, c3));
         } else {
           for (int64_t j = 0; j < Cg; ++j)
             plane_dx(gr + j * S, xr + j * S, o + j * S, S, mu, w ? w[c0 + j] * rs : rs, c2, c3);
@@ -518,6 +532,25 @@ void row_norm_backward(const NormShape& s, const float* dy, const float* x, cons
     if (dw != nullptr) dw[c] = static_cast<float>(q);
     if (db != nullptr) db[c] = static_cast<float>(a);
   }
+}
+
+}  // namespace
+
+void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
+                      float* rstd, double eps) {
+  row_forward(s, x, w, b, y, mean, rstd, eps);
+}
+void row_norm_forward(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y, float* mean,
+                      float* rstd, double eps) {
+  row_forward(s, x, w, b, y, mean, rstd, eps);
+}
+void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
+                       const float* rstd, float* dx, float* dw, float* db) {
+  row_backward(s, dy, x, w, mean, rstd, dx, dw, db);
+}
+void row_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,
+                       const float* rstd, bf16* dx, float* dw, float* db) {
+  row_backward(s, dy, x, w, mean, rstd, dx, dw, db);
 }
 
 }  // namespace FASTOPT_ISA
@@ -557,6 +590,14 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
 }
 void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
                        const float* rstd, float* dx, float* dw, float* db) {
+  FASTOPT_CPU_DISPATCH(row_norm_backward(s, dy, x, w, mean, rstd, dx, dw, db))
+}
+void row_norm_forward(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y, float* mean,
+                      float* rstd, double eps) {
+  FASTOPT_CPU_DISPATCH(row_norm_forward(s, x, w, b, y, mean, rstd, eps))
+}
+void row_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,
+                       const float* rstd, bf16* dx, float* dw, float* db) {
   FASTOPT_CPU_DISPATCH(row_norm_backward(s, dy, x, w, mean, rstd, dx, dw, db))
 }
 #endif

@@ -37,7 +37,9 @@ FASTOPT_FOR_EACH_ISA(void max_pool2d_forward(const Pool2dShape& s, const float* 
                      void global_avg_pool_forward(const bf16* x, bf16* y, int64_t planes, int64_t hw);
                      void global_avg_pool_backward(const bf16* dy, bf16* dx, int64_t planes, int64_t hw);
                      void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool include_pad);
-                     void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad);)
+                     void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad);
+                     void avg_pool2d_forward(const Pool2dShape& s, const bf16* x, bf16* y, bool include_pad);
+                     void avg_pool2d_backward(const Pool2dShape& s, const bf16* dy, bf16* dx, bool include_pad);)
 
 namespace FASTOPT_ISA {
 
@@ -298,23 +300,43 @@ void global_avg_pool_backward(const bf16* dy, bf16* dx, int64_t planes, int64_t 
 
 // Average pooling: the window sums and the backward gather are the shared per-element functions
 // (pooling.h), one output row (forward) or input row (backward) per task: the same bits as CUDA.
-void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool include_pad) {
+namespace {
+
+template <class T>
+void avg_fwd(const Pool2dShape& s, const T* x, T* y, bool include_pad) {
   const int64_t rows = s.planes * s.P;
   const int64_t in_plane = static_cast<int64_t>(s.H) * s.W;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t plane = r / s.P;
     const int p = static_cast<int>(r - plane * s.P);
-    const float* xp = x + plane * in_plane;
-    for (int q = 0; q < s.Q; ++q) y[r * s.Q + q] = avg_pool_window(xp, s, p, q, include_pad);
+    const T* xp = x + plane * in_plane;
+    for (int q = 0; q < s.Q; ++q) y[r * s.Q + q] = from_float<T>(avg_pool_window(xp, s, p, q, include_pad));
   }
 }
 
-void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad) {
+template <class T>
+void avg_bwd(const Pool2dShape& s, const T* dy, T* dx, bool include_pad) {
   for_each_dx_row(s, [&](int64_t r, int64_t plane, int, int p0, int p1, const int* q0, const int* q1) {
-    const float* dyp = dy + plane * static_cast<int64_t>(s.P) * s.Q;
-    for (int w = 0; w < s.W; ++w) dx[r * s.W + w] = avg_pool_gather(dyp, s, p0, p1, q0[w], q1[w], include_pad);
+    const T* dyp = dy + plane * static_cast<int64_t>(s.P) * s.Q;
+    for (int w = 0; w < s.W; ++w)
+      dx[r * s.W + w] = from_float<T>(avg_pool_gather(dyp, s, p0, p1, q0[w], q1[w], include_pad));
   });
+}
+
+}  // namespace
+
+void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool include_pad) {
+  avg_fwd(s, x, y, include_pad);
+}
+void avg_pool2d_forward(const Pool2dShape& s, const bf16* x, bf16* y, bool include_pad) {
+  avg_fwd(s, x, y, include_pad);
+}
+void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad) {
+  avg_bwd(s, dy, dx, include_pad);
+}
+void avg_pool2d_backward(const Pool2dShape& s, const bf16* dy, bf16* dx, bool include_pad) {
+  avg_bwd(s, dy, dx, include_pad);
 }
 
 }  // namespace FASTOPT_ISA
@@ -348,6 +370,12 @@ void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool inc
   FASTOPT_CPU_DISPATCH(avg_pool2d_forward(s, x, y, include_pad))
 }
 void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad) {
+  FASTOPT_CPU_DISPATCH(avg_pool2d_backward(s, dy, dx, include_pad))
+}
+void avg_pool2d_forward(const Pool2dShape& s, const bf16* x, bf16* y, bool include_pad) {
+  FASTOPT_CPU_DISPATCH(avg_pool2d_forward(s, x, y, include_pad))
+}
+void avg_pool2d_backward(const Pool2dShape& s, const bf16* dy, bf16* dx, bool include_pad) {
   FASTOPT_CPU_DISPATCH(avg_pool2d_backward(s, dy, dx, include_pad))
 }
 #endif

@@ -108,8 +108,12 @@ void leaky_relu_forward(const bf16* x, bf16* y, int64_t n, float slope);
 void leaky_relu_backward(const bf16* dy, const bf16* x, bf16* dx, int64_t n, float slope);
 void smooth_forward(Smooth op, const float* x, float* y, int64_t n, float alpha);
 void smooth_backward(Smooth op, const float* dy, const float* x, float* dx, int64_t n, float alpha);
+void smooth_forward(Smooth op, const bf16* x, bf16* y, int64_t n, float alpha);
+void smooth_backward(Smooth op, const bf16* dy, const bf16* x, bf16* dx, int64_t n, float alpha);
 // b, s, y: (rows, inner); s may be null. d.threshold = 2^32 (p = 0) skips the draws.
+// bf16: s + b * f in fp32, rounded once (with f = 1 the sum of two bf16 values, rounded once).
 void residual_add(const float* b, const float* s, float* y, int64_t rows, int64_t inner, const DropoutParams& d);
+void residual_add(const bf16* b, const bf16* s, bf16* y, int64_t rows, int64_t inner, const DropoutParams& d);
 // y[i] = axpby(x[i], y[i], a, b); x == y allowed.
 void axpby(const float* x, float* y, int64_t n, float a, float b);
 }  // namespace cpu

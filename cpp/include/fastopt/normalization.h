@@ -130,6 +130,10 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
                       float* rstd, double eps);
 void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
                        const float* rstd, float* dx, float* dw, float* db);
+void row_norm_forward(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y, float* mean,
+                      float* rstd, double eps);
+void row_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,
+                       const float* rstd, bf16* dx, float* dw, float* db);
 }  // namespace cpu
 
 namespace cuda {

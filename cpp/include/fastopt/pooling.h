@@ -102,21 +102,24 @@ FASTOPT_HD float avg_pool_divisor(const Pool2dShape& s, int p, int q, bool inclu
   return static_cast<float>(rows * cols);
 }
 
-FASTOPT_HD float avg_pool_window(const float* plane, const Pool2dShape& s, int p, int q, bool include_pad) {
+// T: float or bf16 (fastopt/bf16.h); the sum is fp32 either way, the caller rounds the result.
+template <class T>
+FASTOPT_HD float avg_pool_window(const T* plane, const Pool2dShape& s, int p, int q, bool include_pad) {
   const int h0 = window_begin(p, s.sh, s.ph), h1 = window_end(p, s.sh, s.ph, s.kh, s.H);
   const int w0 = window_begin(q, s.sw, s.pw), w1 = window_end(q, s.sw, s.pw, s.kw, s.W);
   float sum = 0.0f;
   for (int h = h0; h < h1; ++h)
-    for (int w = w0; w < w1; ++w) sum += plane[h * s.W + w];
+    for (int w = w0; w < w1; ++w) sum += to_float(plane[h * s.W + w]);
   return sum / avg_pool_divisor(s, p, q, include_pad);
 }
 
 // dx at (h, w) of one plane; the outputs [p0, p1) x [q0, q1) cover it (cover_begin/cover_end).
-FASTOPT_HD float avg_pool_gather(const float* dy_plane, const Pool2dShape& s, int p0, int p1, int q0, int q1,
+template <class T>
+FASTOPT_HD float avg_pool_gather(const T* dy_plane, const Pool2dShape& s, int p0, int p1, int q0, int q1,
                                  bool include_pad) {
   float acc = 0.0f;
   for (int p = p0; p < p1; ++p)
-    for (int q = q0; q < q1; ++q) acc += dy_plane[p * s.Q + q] / avg_pool_divisor(s, p, q, include_pad);
+    for (int q = q0; q < q1; ++q) acc += to_float(dy_plane[p * s.Q + q]) / avg_pool_divisor(s, p, q, include_pad);
   return acc;
 }
 
@@ -137,6 +140,9 @@ void global_avg_pool_backward(const bf16* dy, bf16* dx, int64_t planes, int64_t 
 // x (planes, H, W) -> y (planes, P, Q); dy (planes, P, Q) -> dx (planes, H, W).
 void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool include_pad);
 void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad);
+// bf16 in and out: window sums and gathers in fp32, each result rounded once.
+void avg_pool2d_forward(const Pool2dShape& s, const bf16* x, bf16* y, bool include_pad);
+void avg_pool2d_backward(const Pool2dShape& s, const bf16* dy, bf16* dx, bool include_pad);
 }  // namespace cpu
 
 namespace cuda {

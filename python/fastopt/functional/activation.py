@@ -1,12 +1,12 @@
 """Pointwise ops, forward and backward: the activations (torch.nn.functional.relu, leaky_relu,
 tanh, sigmoid, elu, gelu semantics), the residual add with drop path, and axpby_.
 
-Each call returns a new float32 array on the input's device (NumPy on the CPU, fastopt.DeviceArray
+Each call returns a new array of the input's dtype on its device (NumPy on the CPU, fastopt.DeviceArray
 on the GPU). The backward passes take the forward input x, not its output. NaN inputs propagate in
 the forward pass; -0.0 stays -0.0 through relu, as in torch, so outputs match torch bit for bit.
 
-relu and leaky_relu (forward and backward) also take bfloat16 on the CPU (fastopt.bfloat16 arrays
-or torch.bfloat16 tensors; dy and x of one dtype) and return bfloat16: fp32 math, one rounding.
+Every op but axpby_ also takes bfloat16 on the CPU (fastopt.bfloat16 arrays or torch.bfloat16
+tensors; dy and x, body and shortcut of one dtype) and returns bfloat16: fp32 math, one rounding.
 """
 from .. import _C
 from .._args import finite, real, stream as _stream, uint64

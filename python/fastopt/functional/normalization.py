@@ -1,4 +1,4 @@
-"""Batch, layer and group normalization (torch.nn.functional semantics), float32.
+"""Batch, layer and group normalization (torch.nn.functional semantics), float32 (and bfloat16).
 
 Arrays are C-contiguous float32 NumPy arrays (CPU) or GPU arrays (fastopt.DeviceArray, CuPy,
 PyTorch); every op runs where x lives and returns new arrays there. Statistics accumulate in
@@ -11,9 +11,9 @@ takes those saved statistics and returns (dx, dweight, dbias). dweight is None w
 (gamma) is None; dbias is None when has_bias is False, which by default it is exactly when the
 weight is None (pass has_bias=True for a bias-only affine).
 
-Batch norm also takes bfloat16 activations on the CPU (x, dy; y and dx come back bfloat16), with
-every per-channel array (gamma, beta, running statistics, save_mean/save_invstd, dgamma, dbeta)
-float32: statistics and affine math in fp32/double, one rounding per output element.
+All three also take bfloat16 activations on the CPU (x, dy; y and dx come back bfloat16), with
+every per-channel or per-row array (gamma/weight, beta/bias, running statistics, mean and rstd,
+dweight, dbias) float32: statistics and affine math in fp32/double, one rounding per output element.
 """
 from .. import _C
 from .._args import boolean, finite, integer, real, shape, stream as _stream

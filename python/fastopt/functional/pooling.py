@@ -6,9 +6,9 @@ input plane, as int32 (torch's indices, at half the bytes); max_pool2d_backward 
 through those indices, deterministically (no atomics: each input gathers from the windows that
 cover it, in row-major order). Outputs are new arrays on the input's device.
 
-max pooling and global average pooling also take bfloat16 on the CPU and return bfloat16: the
-max is exact (one of the inputs), max pool's dx is summed in fp32 and the global mean in double,
-each rounded once.
+All three also take bfloat16 on the CPU and return bfloat16: the max is exact (one of the
+inputs), max pool's dx and average pooling's window sums and gathers are summed in fp32 and the
+global mean in double, each rounded once.
 """
 from .. import _C
 from .._args import boolean, pair, shape, stream as _stream

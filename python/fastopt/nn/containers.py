@@ -61,6 +61,8 @@ class Residual(Module):
     scaling in eval. The shortcut's output must have the body's shape: a change of width or
     resolution needs a projection shortcut (a strided 1x1 Conv2d + BatchNorm2d)."""
 
+    bf16 = True  # runs in a precision='bf16' network
+
     def __init__(self, body, shortcut=None, drop_path=0.0):
         super().__init__()
         if not isinstance(body, Module):

@@ -199,6 +199,8 @@ class BatchNorm2d(_BatchNorm):
 class _SampleNorm(Module):
     """Statistics per sample (layer and group norm): the same in training and eval. Subclasses
     name their functional pair and its grouping argument (`self.arg`)."""
+
+    bf16 = True  # runs in a precision='bf16' network
     forward_fn = backward_fn = None
 
     def forward(self, x, training=True):
@@ -283,6 +285,8 @@ class LeakyReLU(Module):
 class _Pointwise(Module):
     """An activation whose backward reads its input: subclasses name the functional pair."""
 
+    bf16 = True  # runs in a precision='bf16' network
+
     forward_fn = backward_fn = None
 
     def __init__(self):
@@ -361,6 +365,8 @@ class MaxPool2d(Module):
 
 class AvgPool2d(Module):
     """Average pooling (floor mode), torch's count_include_pad=True default (padding counts as zeros)."""
+
+    bf16 = True  # runs in a precision='bf16' network
 
     def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
         super().__init__()
