@@ -397,6 +397,11 @@ BAD_OPTIONS = {
     "--tensorboard": [["{file}/tb"]],
     "--tensorboard-every": [["0"]],
     "--lr-find-steps": [["1"]],
+    "--cutmix": [["-1"], ["nan"]],
+    "--crop-scale": [["1.5"], ["-0.1"]],
+    "--rotation": [["-5"], ["400"]],
+    "--pca-jitter": [["-0.1"], ["inf"]],
+    "--tta": [["hflip"]],
     "--nproc": [["0"], ["x"]],
 }
 

@@ -25,9 +25,9 @@ SMOOTHING = 0.9
 DIVERGED = 4.0
 
 
-def _loss(trainer, x, y, rng):
+def _loss(trainer, x, y, rng, indices):
     """One training step's loss at the optimizer's current lr (float, read back)."""
-    x, y = trainer._augment(x, y, rng)
+    x, y = trainer._augment(x, y, rng, indices=indices)
     logits = trainer.model.forward(x, training=True)
     loss = trainer.loss_fn.forward(logits, y, training=True)
     trainer.model.backward(trainer.loss_fn.backward())
@@ -47,14 +47,15 @@ def lr_find(model, data, config, start=1e-7, end=10.0, steps=100):
     lrs, losses, smoothed = [], [], []
     avg, best, stopped, epoch = 0.0, math.inf, "", 0
     while len(lrs) < steps and not stopped:
-        for x, y in trainer._epoch_batches(epoch):
+        batches = trainer._epoch_batches(epoch)
+        for b, (x, y) in enumerate(batches):
             k = len(lrs)
             if k == steps:
                 break
             lr = start * (end / start) ** (k / max(steps - 1, 1))
             for group, s in zip(trainer.optimizer.param_groups, scales):
                 group["lr"] = lr * s
-            loss = _loss(trainer, x, y, rng)
+            loss = _loss(trainer, x, y, rng, batches.order[b * config.batch_size:(b + 1) * config.batch_size])
             trainer.step += 1
             if not math.isfinite(loss):
                 stopped = f"loss {loss} at lr {lr:.3g}"
@@ -104,7 +105,8 @@ def sanity(make_model, data, config, subset=20, steps=200, tolerance=0.25, targe
     network whose logits start with a spread of order 1 (He-initialized layers, a head of fan-in
     scale) sits within ~0.5 of it; one whose logits start large (a scale bug) is far above."""
     quiet = dict(weight_decay=0.0, label_smoothing=0.0, max_shift=0, cutout=0, flip=False, brightness=0.0,
-                 contrast=0.0, mixup=0.0, ema=0.0, progress=False, snapshots=0)
+                 contrast=0.0, mixup=0.0, ema=0.0, progress=False, snapshots=0,
+                 cutmix=0.0, crop_scale=0.0, rotation=0.0, pca_jitter=0.0, alt_flip=False, tta="")
     rng = np.random.default_rng([config.seed, 3])
     first = Trainer(make_model(), data, replace(config, **quiet))
     take = rng.permutation(len(data.train))[:max(subset, config.batch_size)]

@@ -21,7 +21,7 @@ import numpy as np
 from . import _arrays, _options, cuda, data as datasets
 from .datafiles import LAYOUTS
 from .preprocess import Preprocess
-from .train import CheckpointError, read_checkpoint, resolve_device, write_atomically
+from .train import TTA_MODES, CheckpointError, eval_logits, read_checkpoint, resolve_device, write_atomically
 from .train_cli import MODELS, _device, build_model
 
 __all__ = ["Member", "load_member", "predict", "scores", "confusion", "main"]
@@ -77,13 +77,17 @@ def load_member(path, device="cpu", expect=None):
     return Member(path, model, pre, meta)
 
 
-def predict(member, x, batch_size=512):
-    """Softmax probabilities, float64 (N, C), of member's network on raw images x."""
+def predict(member, x, batch_size=512, tta=""):
+    """Softmax probabilities, float64 (N, C), of member's network on raw images x; with tta, of
+    its mean logits over the test-time views (the crops shifted by its training's max_shift)."""
     device = member.model.store.device
+    pad = member.meta["config"].get("max_shift", 0)
+    fill = (member.meta.get("data") or {}).get("background", 0.0)  # what the trainer padded with
     out = []
     for lo in range(0, len(x), batch_size):
         inputs = member.preprocess(x[lo:lo + batch_size])
-        logits = member.model.forward(inputs if device == "cpu" else _arrays.to_device(inputs, device), training=False)
+        inputs = inputs if device == "cpu" else _arrays.to_device(inputs, device)
+        logits = eval_logits(member.model, inputs, tta, pad, fill)
         z = np.asarray(_arrays.to_numpy(logits), np.float64)
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
@@ -176,11 +180,11 @@ def _check_fit(member, x, num_classes):
         raise CheckpointError(f"{member.path}: trained for {classes} classes, the data has {num_classes}")
 
 
-def evaluate(members, x, y, num_classes, topk=5, batch_size=512):
-    """Per member and (for several) the ensemble: scores; plus the ensemble's predictions."""
+def evaluate(members, x, y, num_classes, topk=5, batch_size=512, tta=""):
+    """Per member and (for several) the ensemble: scores; plus the ensemble's mean probabilities."""
     for m in members:
         _check_fit(m, x, num_classes)
-    probs = [predict(m, x, batch_size) for m in members]
+    probs = [predict(m, x, batch_size, tta) for m in members]
     results = [{"checkpoint": m.path, **scores(p, y, topk)} for m, p in zip(members, probs)]
     mean = np.mean(probs, axis=0)
     ensemble = scores(mean, y, topk)
@@ -199,6 +203,7 @@ def main(argv=None):
     p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--batch-size", type=_options.arg_type("int", 1), default=512)
     p.add_argument("--topk", type=_options.arg_type("int", 1), default=5)
+    p.add_argument("--tta", choices=TTA_MODES, help="average each network's logits over test-time views")
     p.add_argument("--out", default="fastopt-evaluate", help="folder for evaluate.json and confusion.png")
     g = p.add_argument_group("checks (checkpoints record their network; these refuse any other)")
     g.add_argument("--model", choices=MODELS)
@@ -220,7 +225,7 @@ def main(argv=None):
     except (ValueError, OSError) as e:
         p.error(f"argument --data: {e}")
     try:
-        results, ensemble, probs = evaluate(members, x, y, len(classes), args.topk, args.batch_size)
+        results, ensemble, probs = evaluate(members, x, y, len(classes), args.topk, args.batch_size, args.tta or "")
     except CheckpointError as e:
         p.error(f"argument CHECKPOINT: {e}")
     k = min(args.topk, len(classes))
@@ -230,7 +235,7 @@ def main(argv=None):
         print(f"ensemble of {len(members)} (mean probabilities): acc {ensemble['acc']:.4f}, top-{k} "
               f"{ensemble[f'top{k}']:.4f}, nll {ensemble['nll']:.4f}")
     matrix = confusion(np.argmax(probs, axis=1), y, len(classes))
-    report = {"data": name, "split": args.split, "images": int(len(y)), "classes": classes, "members": results,
+    report = {"data": name, "split": args.split, "tta": args.tta, "images": int(len(y)), "classes": classes, "members": results,
               "ensemble": ensemble if len(members) > 1 else None, "confusion": matrix.tolist()}
     write_atomically(os.path.join(args.out, "evaluate.json"), lambda f: f.write(json.dumps(report, indent=2).encode()))
     written = ["evaluate.json"]

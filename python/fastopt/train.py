@@ -55,6 +55,12 @@ class TrainConfig:
     brightness: float = 0.0
     contrast: float = 0.0
     mixup: float = 0.0            # Beta(alpha, alpha); 0: off
+    cutmix: float = 0.0           # Beta(alpha, alpha) CutMix; with mixup too, one of them per step (timm)
+    crop_scale: float = 0.0       # random-resized crop of area fraction U(crop_scale, 1), back to HxW; 0: off
+    rotation: float = 0.0         # random rotation within +-degrees
+    pca_jitter: float = 0.0       # AlexNet's colour jitter along the training set's channel PCA, sigma; 0: off
+    alt_flip: bool = False        # airbench's alternating flip (each image mirrored every other epoch)
+    tta: str = ""                 # evaluation averages the logits of views: "flip", "five_crop", "ten_crop"
     patience: int = 10            # epochs without a better validation loss before stopping
     seed: int = 0
     check_every: int = 10         # steps between host reads of the loss
@@ -84,8 +90,14 @@ class TrainConfig:
         if self.precision == "bf16" and self.accumulate > 1:
             raise ValueError("accumulate: gradient accumulation with precision bf16: not yet (the micro-batch "
                              "weighting scales float32 gradients only)")
-        for name in ("flip", "progress"):
+        for name in ("flip", "progress", "alt_flip"):
             _args.boolean(getattr(self, name), name)
+        if self.flip and self.alt_flip:
+            raise ValueError("alt_flip: replaces the random flip; set flip or alt_flip, not both")
+        if self.tta:
+            _args.choice(self.tta, "tta", TTA_MODES)
+        elif self.tta is None:
+            self.tta = ""
         if not isinstance(self.device, str):
             raise TypeError(f"device: expected a str, got {type(self.device).__name__}")
         return self
@@ -100,8 +112,10 @@ LIMITS = {
     "max_grad_norm": ("real", 0.0), "brightness": ("real", 0.0), "mixup": ("real", 0.0),
     "contrast": ("real", 0.0, 1.0), "label_smoothing": ("real", 0.0, 1.0), "min_lr_ratio": ("real", 0.0, 1.0),
     "explode_factor": ("real", 1.0, None, True), "accumulate": ("int", 1), "ema": ("real", 0.0, 1.0),
-    "snapshots": ("int", 0),
+    "snapshots": ("int", 0), "cutmix": ("real", 0.0), "crop_scale": ("real", 0.0, 1.0), "rotation": ("real", 0.0, 360.0),
+    "pca_jitter": ("real", 0.0),
 }
+TTA_MODES = ("flip", "five_crop", "ten_crop")
 
 
 class TrainingStopped(RuntimeError):
@@ -211,6 +225,7 @@ class Trainer:
         self.step = 0            # optimizer steps taken
         self.initial_loss = None
         self._eval_cache = {}
+        self._pca = None
 
     def _schedule(self, step=0):
         """Linear warm-up over warmup_epochs, then cosine down to lr * min_lr_ratio at the end of
@@ -235,13 +250,34 @@ class Trainer:
         order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.data.train))
         return BatchLoader(self.data, self.data.train, order, self.config.batch_size, self.device)
 
-    def _augment(self, x, y, rng, micro=0):
+    def _channel_pca(self):
+        """pca_jitter's eigenvalues and eigenvectors: the channel covariance of the training inputs
+        (of up to 10,000 images, enough for a C x C matrix)."""
+        if self._pca is None:
+            x = self.data.train.x[:10000]
+            self._pca = F.channel_pca(np.asarray(self.data.inputs(x), np.float32))
+        return self._pca
+
+    def _augment(self, x, y, rng, micro=0, indices=None):
+        """Every augmentation keyed by (seed, micro-batch); each op draws from its own Philox stream."""
         c = self.config
-        if c.max_shift or c.cutout or c.flip or c.brightness or c.contrast:  # keyed by micro-batch
-            x = F.augment_batch(x, c.seed, self.step * c.accumulate + micro, max_shift=c.max_shift, flip=c.flip,
-                                cutout=c.cutout,
+        key = self.step * c.accumulate + micro
+        if c.crop_scale:
+            x = F.random_resized_crop(x, c.seed, key, tuple(x.shape[2:]), scale=(c.crop_scale, 1.0))
+        if c.rotation:
+            x = F.random_rotation(x, c.seed, key, c.rotation, fill=self.data.background)
+        if c.pca_jitter:
+            x = F.pca_jitter(x, c.seed, key, *self._channel_pca(), sigma=c.pca_jitter)
+        if c.alt_flip:
+            x = F.alternating_flip(x, self._to_device(np.asarray(indices, np.int64)), c.seed, self.epoch)
+        if c.max_shift or c.cutout or c.flip or c.brightness or c.contrast:
+            x = F.augment_batch(x, c.seed, key, max_shift=c.max_shift, flip=c.flip, cutout=c.cutout,
                                 brightness=c.brightness, contrast=c.contrast, fill=self.data.background)
-        if c.mixup > 0:
+        mix = c.mixup > 0
+        if c.cutmix > 0 and (not mix or rng.random() < 0.5):  # both: one of them per step, as timm switches
+            lam = float(rng.beta(c.cutmix, c.cutmix))
+            return F.cutmix(x, y, lam, self.data.num_classes, c.seed, key)
+        if mix:
             lam = float(rng.beta(c.mixup, c.mixup))
             x, y = F.mixup(x, y, lam, self.data.num_classes)
         return x, y
@@ -272,7 +308,7 @@ class Trainer:
         for b, (x, y) in enumerate(batches):
             lo, hi = b * c.batch_size, min((b + 1) * c.batch_size, n)
             micro = b % c.accumulate
-            x, y = self._augment(x, y, rng, micro)
+            x, y = self._augment(x, y, rng, micro, batches.order[lo:hi])
             logits = self.model.forward(x, training=True)
             loss = self.loss_fn.forward(logits, y, training=True, stats=stats)
             dlogits = self.loss_fn.backward()
@@ -318,7 +354,8 @@ class Trainer:
         stats = _arrays.zeros((3,), np.float32, self.device)
         n = len(split)
         for lo in range(0, n, batch_size):
-            logits = self.model.forward(xs[lo:lo + batch_size], training=False)
+            logits = eval_logits(self.model, xs[lo:lo + batch_size], self.config.tta, self.config.max_shift,
+                                 self.data.background)
             self.loss_fn.forward(logits, ys[lo:lo + batch_size], training=False, stats=stats)
         loss_sum, top1, topk = (float(v) for v in _arrays.to_numpy(stats))
         return {"loss": loss_sum / n, "acc": top1 / n, f"top{self.config.topk}": topk / n}
@@ -387,7 +424,7 @@ class Trainer:
     def _data_meta(self):
         d = self.data
         meta = {"name": d.name, "shape": list(d.shape), "num_classes": d.num_classes,
-                "classes": None if d.classes is None else list(d.classes)}
+                "classes": None if d.classes is None else list(d.classes), "background": d.background}
         if d.preprocess is not None:
             meta["preprocess"] = d.preprocess.meta()
         return meta
@@ -457,6 +494,17 @@ class Trainer:
             note += (f"; the warm-up + cosine schedule is rebuilt for {c.epochs} epochs and continued at step {step}: "
                      "every later step takes the lr a run started with these options takes at that step")
         return note
+
+
+def eval_logits(model, x, tta="", pad=0, fill=0.0):
+    """model's eval-mode logits for x; with tta ("flip", "five_crop", "ten_crop") the mean of its
+    logits over the test-time views (five_crop and ten_crop: the image shifted by +-pad, the crops
+    of shift-by-pad training, padded with fill)."""
+    if not tta:
+        return model.forward(x, training=False)
+    views = F.tta_num_views(tta)
+    logits = model.forward(F.tta_views(x, tta, pad=pad if tta != "flip" else 0, fill=fill), training=False)
+    return F.tta_mean(logits, views)
 
 
 class CheckpointError(ValueError):

@@ -19,8 +19,8 @@ from .preprocess import WHITENINGS
 from .runlog import RunLog, writer_class
 from .nn.models import resnet, small_cnn
 from .distributed import launch
-from .train import (LIMITS, OPTIMIZERS, PRECISIONS, CheckpointError, Trainer, TrainConfig, config_from, read_checkpoint,
-                    write_atomically)
+from .train import (LIMITS, OPTIMIZERS, PRECISIONS, TTA_MODES, CheckpointError, Trainer, TrainConfig, config_from,
+                    read_checkpoint, write_atomically)
 
 DEFAULTS = TrainConfig()
 
@@ -67,6 +67,16 @@ def add_arguments(p):
     a("--brightness", group=g)
     a("--contrast", group=g, help="in [0, 1]")
     a("--mixup", group=g, help="Beta(alpha, alpha) mixing; 0 disables")
+    a("--cutmix", group=g, help="Beta(alpha, alpha) CutMix; 0 disables; with --mixup, one of the two per step")
+    a("--crop-scale", group=g, metavar="S", help="random-resized crop of a fraction U(S, 1) of the area (aspect 3/4 to "
+                                                 "4/3), resized back; 0 disables")
+    a("--rotation", group=g, metavar="DEG", help="random rotation within +-DEG degrees")
+    a("--pca-jitter", group=g, metavar="SIGMA", help="AlexNet's colour jitter along the training set's channel PCA "
+                                                     "(0.1 in the paper); 0 disables")
+    a("--alt-flip", group=g, action="store_true", help="alternating flip: each image mirrored every other epoch "
+                                                       "(instead of --flip)")
+    a("--tta", group=g, choices=TTA_MODES, help="evaluate on the mean logits of test-time views: flip, five_crop or "
+                                                "ten_crop (crops shifted by --max-shift)")
     g = p.add_argument_group("data (default: scikit-learn's digits)")
     a("--data", group=g, metavar="PATH",
       help="an .npz (x_train, y_train; optional x_val, y_val, x_test, y_test; NCHW or NHWC, uint8 or float) or an "
@@ -122,6 +132,8 @@ def check_arguments(args, error):
                   f"cycles of whole epochs")
     if sum(map(bool, (args.search, args.lr_find, args.sanity))) > 1:
         error("argument --search/--lr-find/--sanity: one at a time")
+    if args.flip and args.alt_flip:
+        error("argument --alt-flip: replaces --flip; give one of them")
     if args.search and args.resume:
         error("argument --resume: not allowed with --search (every trial starts afresh)")
     if args.precision == "bf16" and args.accumulate > 1:
