@@ -22,10 +22,11 @@ namespace FASTOPT_ISA {
 namespace {
 
 template <class Op>
-void plane_map(const Op& op, const PlaneShape& s, int64_t planes, const float* x, float* y) {
+void plane_map(const Op& shared_op, const PlaneShape& s, int64_t planes, const float* x, float* y) {
   const int64_t in_plane = s.H * s.W, out_plane = s.OH * s.OW;
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < planes; ++p) {
+    const Op op = shared_op;  // a local copy: stores to y cannot alias its fields, so they stay in registers
     const typename Op::Param a = op.param(p);
     const float* __restrict xp = x + op.source_plane(p) * in_plane;
     float* __restrict yp = y + p * out_plane;

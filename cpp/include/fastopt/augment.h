@@ -40,7 +40,8 @@
 // parameters; they agree with the C library's to a few units in the last place.
 // Every op has its own c0, so one seed serves them all. Dropout's stream (philox.h: c2 = c3 = 0)
 // meets these counters only at step 0, where sample n's block c0 is dropout's block c0 + n 2^32
-// (word offset 4 c0 at n = 0): give dropout another seed.
+// (word offset 4 c0 at n = 0), and the optimizer's rounding stream (optim_rules.h) may meet them
+// too: key those with other seeds.
 //
 // mixup: y[n] = lam x[n] + (1 - lam) x[N - 1 - n] (the batch flipped, as timm does), soft target
 // row n = lam onehot(label[n]) + (1 - lam) onehot(label[N - 1 - n]), exactly one-hot when the two
