@@ -130,3 +130,19 @@ def test_refusals_name_the_checkpoint(run, tmp_path, capsys):
     err = _usage_error(["evaluate", snap, other, "--data", str(data), "--split", "val", "--out", str(tmp_path)], capsys)
     assert "checkpoints trained with seeds [0, 9]: the val split is drawn by the seed" in err
     assert fastopt_main(["evaluate", snap, other, "--data", str(data), "--out", str(tmp_path)]) == 0  # x_test given
+
+
+def test_digits_checkpoint_evaluates_without_data(tmp_path):
+    pytest.importorskip("sklearn")
+    out = tmp_path / "run"
+    assert fastopt_main(["train", "--device", "cpu", "--epochs", "1", "--width", "4", "8", "--quiet",
+                         "--out", str(out)]) == 0
+    assert fastopt_main(["evaluate", str(out / "best.npz"), "--out", str(tmp_path)]) == 0
+    mine = json.loads((tmp_path / "evaluate.json").read_text())
+    trainer = json.loads((out / "metrics.json").read_text())["test"]
+    from fastopt.data import load_digits
+
+    n = len(load_digits(seed=0).test)
+    assert mine["images"] == n and mine["data"] == "digits"
+    assert mine["members"][0]["acc"] == trainer["acc"] and mine["members"][0]["top5"] == trainer["top5"]
+    assert np.sum(mine["confusion"]) == n
