@@ -8,8 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fastopt.runlog import RunLog
-from fastopt.train import Progress
+from fastopt.runlog import Progress, RunLog
 from fastopt.train_cli import main as train_main
 
 

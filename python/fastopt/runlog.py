@@ -12,17 +12,20 @@ TensorBoard gets the same scalars (train/...), the epoch metrics (epoch/...), an
 `detail_every` steps, per parameter: the weight and gradient L2 norms, their histograms, and the
 update/weight ratio ||w_after - w_before|| / ||w_before|| of that step, which the lectures say
 should sit near 1e-3 (much lower: the lr is too small; much higher: too large).
+
+Progress is the epoch's bar on a terminal (tqdm) and its one summary line.
 """
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
 
 from . import _arrays
 
-__all__ = ["RunLog", "summary_writer"]
+__all__ = ["Progress", "RunLog", "summary_writer"]
 
 
 def writer_class():
@@ -128,3 +131,32 @@ class RunLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+class Progress:
+    """A tqdm bar per epoch on a terminal (when tqdm is installed: the `logging` extra), then one
+    plain summary line per epoch; only the line when the stream is not a terminal."""
+
+    def __init__(self, enabled, total, title, stream=sys.stderr):
+        self.enabled, self.title, self.stream = enabled, title, stream
+        self.bar = None
+        if enabled and stream.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, desc=title, file=stream, leave=False, unit="batch", dynamic_ncols=True)
+
+    def update(self, done, samples, loss):
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def close(self, summary):
+        if self.bar is not None:
+            self.bar.close()
+        if self.enabled:
+            self.stream.write(f"{self.title} {summary}\n")
+            self.stream.flush()

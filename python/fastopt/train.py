@@ -30,6 +30,7 @@ import numpy as np
 from . import _args, _arrays, _options, cuda, functional as F, optim, schedules
 from .loader import BatchLoader
 from .nn import SoftmaxCrossEntropy
+from .runlog import Progress
 
 __all__ = ["CheckpointError", "TrainConfig", "Trainer", "TrainingStopped", "make_optimizer", "read_checkpoint"]
 
@@ -145,35 +146,6 @@ def make_optimizer(name, groups, lr):
     if name == "adagrad":
         return optim.Adagrad(groups, lr=lr)
     raise ValueError(f"optimizer: unknown {name!r}")
-
-
-class Progress:
-    """A tqdm bar per epoch on a terminal (when tqdm is installed: the `logging` extra), then one
-    plain summary line per epoch; only the line when the stream is not a terminal."""
-
-    def __init__(self, enabled, total, title, stream=sys.stderr):
-        self.enabled, self.title, self.stream = enabled, title, stream
-        self.bar = None
-        if enabled and stream.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self.bar = tqdm(total=total, desc=title, file=stream, leave=False, unit="batch", dynamic_ncols=True)
-
-    def update(self, done, samples, loss):
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-            if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-
-    def close(self, summary):
-        if self.bar is not None:
-            self.bar.close()
-        if self.enabled:
-            self.stream.write(f"{self.title} {summary}\n")
-            self.stream.flush()
 
 
 @dataclass
