@@ -261,3 +261,21 @@ def test_search_trains_on_the_given_data(tmp_path, capsys):
     trials = json.loads((tmp_path / "search.json").read_text())
     assert len(trials) == 2 and all(math.isfinite(t["val_loss"]) for t in trials)
     assert "trial 2/2" in capsys.readouterr().err
+
+
+def test_train_and_evaluate_cli_on_an_image_folder(tmp_path, capsys):
+    from fastopt.cli import main as fastopt_main
+
+    _png_folder(tmp_path / "imgs", classes=("ant", "bee", "cow"), per_class=10,
+                sizes={("bee", 3): (9, 5), ("cow", 0): (3, 8)})
+    out = tmp_path / "run"
+    assert fastopt_main(["train", "--data", str(tmp_path / "imgs"), "--image-size", "6", "--device", "cpu",
+                         "--epochs", "2", "--batch-size", "8", "--width", "4", "8", "--quiet", "--out", str(out)]) == 0
+    assert fastopt_main(["evaluate", str(out / "best.npz"), "--data", str(tmp_path / "imgs"),
+                         "--out", str(tmp_path / "ev")]) == 0  # resized to the 6x6 it was trained on
+    report = json.loads((tmp_path / "ev" / "evaluate.json").read_text())
+    assert report["classes"] == ["ant", "bee", "cow"] and report["images"] == 3  # 10% of each class
+    trained = json.loads((out / "metrics.json").read_text())
+    assert report["members"][0]["acc"] == trained["test"]["acc"]
+    d = datasets.load(str(tmp_path / "imgs"), image_size=6)
+    assert d.train.x.flags["C_CONTIGUOUS"] and d.inputs(d.train.x[::2]).flags["C_CONTIGUOUS"]

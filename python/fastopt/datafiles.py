@@ -212,7 +212,7 @@ def _decode(files, image_size):
                     pixels = np.asarray(im, np.uint8)
             except (UnidentifiedImageError, OSError, ValueError) as e:
                 raise ValueError(f"{f}: not a readable image ({e})") from None
-            return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+            return pixels[None] if pixels.ndim == 2 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
         arrays = {}
         for split, listed in files.items():

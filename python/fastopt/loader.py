@@ -13,6 +13,8 @@ through a bounce buffer.
 import queue
 import threading
 
+import numpy as np
+
 from . import _arrays
 
 __all__ = ["BatchLoader"]
@@ -33,7 +35,7 @@ class BatchLoader:
 
     def batch(self, b):
         idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
-        x, y = self.data.inputs(self.split.x[idx]), self.split.y[idx]
+        x, y = np.ascontiguousarray(self.data.inputs(self.split.x[idx])), self.split.y[idx]
         if self.device != "cpu":
             x, y = _arrays.to_device(x, self.device), _arrays.to_device(y, self.device)
         return x, y

@@ -45,8 +45,9 @@ class Preprocess:
         return len(self.mean)
 
     def __call__(self, x):
-        """A float32 (N, C, H, W) batch from raw images of any real dtype."""
-        out = np.asarray(x, np.float32) * self._scale
+        """A float32 C-contiguous (N, C, H, W) batch from raw images of any real dtype and layout."""
+        out = np.array(x, np.float32, order="C")
+        out *= self._scale
         out += self._shift
         if self.matrix is not None:
             flat = out.reshape(len(out), -1)
