@@ -208,25 +208,38 @@ def test_compile_fullgraph_matches_eager():
         assert_wired(b.float(), c.float(), k)
 
 
+def _rel(a, b):
+    a, b = a.detach().double().flatten(), b.detach().double().flatten()
+    return ((a - b).norm() / b.norm()).item()
+
+
 def test_autocast_bf16_with_channels_last():
+    """The converted model under bf16 autocast with channels_last input: fastopt's conv and linear
+    run its bf16 kernels and the normalizations follow (bf16 in, bf16 out, fp32 statistics), as
+    torch's own layers do under autocast. Both move away from the float32 model by bf16
+    roundings; fastopt's output and parameter gradients must move by no more than 1.5x torch's
+    own autocast run of the unconverted model (plus 1e-3 for where torch's moves are tiny)."""
     torch.manual_seed(0)
-    model = ft.convert(small_resnet())
-    fp32 = copy.deepcopy(model)
+    peer = small_resnet()
+    model = ft.convert(copy.deepcopy(peer))
+    fp32 = copy.deepcopy(peer)
     x = torch.randn(4, 3, 16, 16)
-    y_cl = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = model(y_cl)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    out = {}
+    for name, net in (("fastopt", model), ("torch", peer)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = net(x_cl)
+        assert y.dtype == torch.bfloat16, name
+        y.float().square().sum().backward()
+        out[name] = (y, [p.grad for p in net.parameters()])
     want = fp32(x)
-    # fastopt's layers run in float32 under autocast, and every other op of this model is one
-    # autocast leaves in float32, so the bf16 region computes what the float32 model does.
-    assert y.dtype == torch.float32
-    assert_wired(y, want, "output")
-    y.square().sum().backward()
     want.square().sum().backward()
-    for (k, p), q in zip(model.named_parameters(), fp32.parameters()):
+    for p in model.parameters():
         assert p.grad.dtype == torch.float32
-        assert_wired(p.grad, q.grad, f"{k}.grad")
-    # a bf16 input (what a bf16 data pipeline hands over) is cast up by the autocast rule
+    assert _rel(out["fastopt"][0], want) <= 1.5 * _rel(out["torch"][0], want) + 1e-3
+    for (k, _), g, t, w in zip(model.named_parameters(), out["fastopt"][1], out["torch"][1], fp32.parameters()):
+        assert _rel(g, w.grad) <= 1.5 * _rel(t, w.grad) + 1e-3, k
+    # a bf16 input (what a bf16 data pipeline hands over) runs the bf16 kernels as is
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        yb = model.eval()(y_cl.bfloat16())
-    assert yb.dtype == torch.float32 and torch.isfinite(yb).all()
+        yb = model.eval()(x_cl.bfloat16())
+    assert yb.dtype == torch.bfloat16 and torch.isfinite(yb.float()).all()

@@ -284,16 +284,36 @@ def test_max_pool2d_fallbacks_to_torch(rng):
 
 
 # ------------------------------------------------------------------------- autocast, opcheck
-def test_autocast_runs_float32(rng):
+def test_autocast_bf16_runs_the_bf16_kernels(rng):
+    """Under torch.autocast("cpu", bfloat16) conv2d and linear cast to bf16 as torch's own do and
+    the others follow their input (bf16 activations stay bf16, parameters float32): each result
+    is then the op on those bf16 tensors outside autocast, bit for bit (test_torch_bf16.py holds
+    the bf16 ops to the reference)."""
     x, w, b = randn(rng, 2, 4, 6, 6), randn(rng, 5, 4, 3, 3), randn(rng, 5)
-    xb = x.bfloat16().requires_grad_()
+    g, gb = randn(rng, 5), randn(rng, 5)
+    xb = x.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = F.conv2d(xb, w, b, padding=1)
-        z = F.group_norm(F.relu(y), 5)
-    assert y.dtype == z.dtype == torch.float32
-    assert torch.equal(y, F.conv2d(xb.float(), w, b, padding=1))
-    z.sum().backward()
-    assert xb.grad.dtype == torch.bfloat16 and xb.grad.abs().sum() > 0
+        z = F.group_norm(F.relu(y), 5, g, gb)
+        zf = F.group_norm(x, 2)  # float32 in: stays float32, as torch's group_norm does under CPU autocast
+    assert y.dtype == z.dtype == torch.bfloat16 and zf.dtype == torch.float32
+    y_want = F.conv2d(x.bfloat16(), w.bfloat16(), b.bfloat16(), padding=1)
+    assert torch.equal(y, y_want)
+    assert torch.equal(z, F.group_norm(F.relu(y_want), 5, g, gb))
+    assert torch.equal(zf, F.group_norm(x, 2))
+    z.float().sum().backward()
+    assert xb.grad.dtype == torch.float32 and xb.grad.abs().sum() > 0
+    w2, b2 = w.clone().requires_grad_(), b.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        F.linear(x.reshape(2, -1)[:, :36], w2.reshape(5, 36), b2).float().sum().backward()
+    assert w2.grad.dtype == b2.grad.dtype == torch.float32 and w2.grad.abs().sum() > 0
+
+
+def test_autocast_float16_and_cuda_run_float32(rng):
+    x, w = randn(rng, 2, 4, 6, 6), randn(rng, 5, 4, 3, 3)
+    with torch.autocast("cpu", dtype=torch.float16):  # no fp16 kernels: float32, never a silent bf16
+        y = F.conv2d(x.half(), w, padding=1)
+    assert y.dtype == torch.float32 and torch.equal(y, F.conv2d(x.half().float(), w, padding=1))
 
 
 def _opcheck_cases(rng):
@@ -324,10 +344,15 @@ def test_opcheck(rng, name):
 # ------------------------------------------------------------------------------- bad input
 def test_bad_input_names_the_argument(rng):
     x, w = randn(rng, 2, 3, 5, 5), randn(rng, 4, 3, 3, 3)
-    with pytest.raises(TypeError, match="input: expected a float32 tensor, got torch.float64"):
+    with pytest.raises(TypeError, match=r"input: expected a float32 or \(CPU\) bfloat16 tensor, got torch.float64"):
         F.conv2d(x.double(), w)
-    with pytest.raises(TypeError, match="weight: expected a float32 tensor, got torch.float16"):
+    with pytest.raises(TypeError, match=r"weight: expected a torch.float32 tensor \(input's dtype\), got torch.float16"):
         F.conv2d(x, w.half())
+    with pytest.raises(TypeError, match=r"weight: expected a torch.bfloat16 tensor \(input's dtype\), got torch.float32"):
+        F.conv2d(x.bfloat16(), w)
+    with pytest.raises(TypeError, match=r"weight: expected a torch.float32 tensor \(parameters stay float32\), got "
+                                        r"torch.bfloat16"):
+        F.batch_norm(x.bfloat16(), None, None, w[0, 0, 0].bfloat16(), None, training=True)
     with pytest.raises(ValueError, match="weight: on meta, but input is on cpu"):
         F.conv2d(x, w.to("meta"))
     with pytest.raises(ValueError, match="weight: expected \\(out_channels, 3 / groups=1"):
@@ -348,7 +373,7 @@ def test_bad_input_names_the_argument(rng):
         F.group_norm(x, 2)
     with pytest.raises(ValueError, match="padding: must be at most half of kernel_size"):
         F.max_pool2d(x, 2, padding=2)
-    with pytest.raises(TypeError, match="input: expected a float32 tensor, got torch.int64"):
+    with pytest.raises(TypeError, match=r"input: expected a float32 or \(CPU\) bfloat16 tensor, got torch.int64"):
         F.relu(torch.arange(4))
     with pytest.raises(ValueError, match="weight: expected \\(out_features, 3\\)"):
         F.linear(randn(rng, 2, 3), randn(rng, 4, 5))

@@ -12,8 +12,9 @@ _LAYERS = {getattr(torch.nn, cls.__name__): cls for cls in (
 
 LAYOUT_NOTE = ("inputs: float32 contiguous NCHW tensors go to the kernels as they are; channels_last (and other "
                "non-contiguous) inputs are converted with .contiguous() (one copy per layer) and outputs are "
-               "contiguous NCHW; under torch.autocast these layers run in float32 (bf16 / fp16 inputs are cast "
-               "up, outputs are float32) until fastopt has bf16 kernels")
+               "contiguous NCHW; under torch.autocast('cpu', bfloat16) conv and linear compute in bf16 and the "
+               "other layers keep a bf16 input bf16 (fastopt's bf16 kernels); float16 autocast and CUDA run them "
+               "in float32")
 
 
 def _tensors_fallback(module):

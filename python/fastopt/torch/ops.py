@@ -3,8 +3,17 @@
 Each op is functional (no input is mutated), has a fake kernel (shapes only, for torch.compile
 and torch.library.opcheck) and an autograd formula whose backward is itself a fastopt custom op,
 so a compiled graph holds them as opaque nodes without graph breaks. The ops take float32
-tensors on the CPU or a CUDA device; anything else is refused with an error naming the argument
-(under torch.autocast the inputs are first cast to float32: fastopt has no bf16 kernels yet).
+tensors on the CPU or a CUDA device, and bfloat16 activations on the CPU (fastopt's bf16
+kernels: fp32 accumulation, one rounding per output); anything else is refused with an error
+naming the argument. Conv and linear take weight and bias in the input's dtype; the
+normalizations keep their affine parameters and running statistics float32 whatever the input's
+dtype, and return float32 statistics.
+
+Under torch.autocast these ops follow torch's CPU rules: with dtype=torch.bfloat16, conv2d and
+linear cast their floating inputs to bfloat16 (as torch's conv and matmul do) and the others run
+in the dtype their input arrives in (bf16 activations stay bf16, parameters stay float32);
+other autocast dtypes (float16) and CUDA run them in float32 (no fp16 kernels, no bf16 GPU
+kernels yet: issue 21).
 Non-contiguous inputs (channels_last included) are copied to contiguous NCHW first; outputs are
 contiguous. CPU results are NumPy arrays from fastopt's host cache, wrapped without a copy; CUDA
 results are fastopt.DeviceArrays from its stream-ordered pool, allocated and computed on torch's
@@ -16,6 +25,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from ml_dtypes import bfloat16
 from torch import Tensor
 from torch.library import custom_op
 
@@ -24,31 +34,44 @@ from .. import functional as K
 _DEVICES = ("cpu", "cuda", "meta")
 
 
-def check(t, name, input=None):
-    """Refuses what the kernels cannot take, naming the argument: a non-float32 tensor, a device
-    fastopt does not run on, or a device other than input's."""
+def check(t, name, input=None, dtype=None):
+    """Refuses what the kernels cannot take, naming the argument: a dtype other than `dtype`
+    (default: float32, or bfloat16 on the CPU), a device fastopt does not run on, or a device other
+    than input's."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != torch.float32:
-        raise TypeError(f"{name}: expected a float32 tensor, got {t.dtype} (fastopt's kernels are float32; "
-                        "under torch.autocast these ops run in float32)")
     if t.device.type not in _DEVICES:
         raise ValueError(f"{name}: fastopt runs on CPU and CUDA tensors, got a tensor on {t.device}")
     if input is not None and t.device != input.device:
         raise ValueError(f"{name}: on {t.device}, but input is on {input.device}")
+    if dtype is not None:
+        if t.dtype != dtype:
+            why = "input's dtype" if input is not None and dtype == input.dtype else "parameters stay float32"
+            raise TypeError(f"{name}: expected a {dtype} tensor ({why}), got {t.dtype}; fastopt never converts")
+        return
+    if t.dtype == torch.bfloat16 and t.device.type == "cuda":
+        raise TypeError(f"{name}: bfloat16 on the GPU: not yet (issue 21); under torch.autocast('cuda') these ops "
+                        "run in float32")
+    if t.dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"{name}: expected a float32 or (CPU) bfloat16 tensor, got {t.dtype}; fastopt never "
+                        "converts (under torch.autocast these ops choose their dtype themselves)")
 
 
-def _check_all(input, **others):
+def _check_all(input, same_dtype=False, **others):
+    """input: float32, or bfloat16 on the CPU. others: input's dtype when same_dtype (conv and
+    linear weights), else float32 (normalization parameters and statistics)."""
     check(input, "input")
     for name, t in others.items():
         if t is not None:
-            check(t, name, input)
+            check(t, name, input, input.dtype if same_dtype else torch.float32)
 
 
 def _tensor(a):
     if a is None or isinstance(a, Tensor):
         return a
     if isinstance(a, np.ndarray):
+        if a.dtype == bfloat16:  # torch.from_numpy does not know ml_dtypes' bfloat16: same bits, no copy
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(a)
     # The kernel ran on torch's current stream, so no ordering is needed (stream=-1); torch's own
     # from_dlpack would name that stream and make a DeviceArray on a non-default stream sync the host.
@@ -69,9 +92,11 @@ def _c(t):
     return None if t is None else t.contiguous()
 
 
-def _grads(out, like):
-    """Schemas cannot return None: a gradient not computed travels as an empty tensor."""
-    return tuple(like.new_empty(0) if g is None else g for g in out)
+def _grads(out, like, params=None):
+    """Schemas cannot return None: a gradient not computed travels as an empty tensor, in the
+    dtype the gradient would have (like's for the first, params' for the rest; default like's)."""
+    dtypes = [like.dtype] + [like.dtype if params is None else params] * (len(out) - 1)
+    return tuple(like.new_empty(0, dtype=d) if g is None else g for g, d in zip(out, dtypes))
 
 
 def _given(g, needed):
@@ -86,10 +111,46 @@ def _new(like, shape):
     return like.new_empty(tuple(shape))
 
 
-def _register_autograd(op, backward, setup):
+def _f32(like, shape):
+    """A float32 output (statistics, normalization parameter gradients) whatever like's dtype."""
+    return like.new_empty(tuple(shape), dtype=torch.float32)
+
+
+def _as(t, like):
+    """t in like's dtype: the bf16 kernels return the weight gradients of conv and linear in fp32,
+    and autograd wants them in the dtype of the (autocast-cast, bf16) weight they belong to."""
+    return t if t is None or t.dtype == like.dtype else t.to(like.dtype)
+
+
+_lib = torch.library.Library("fastopt", "IMPL")
+_AUTOCAST_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+
+
+def _autocast_cpu(op, lower):
+    """op's AutocastCPU kernel: the policy in the module docstring. register_autocast casts to
+    one fixed dtype, which cannot say "bf16 only under bf16 autocast, and keep the parameters
+    float32", so this registers the kernel itself the way register_autocast does (excluding the
+    autocast key around the call)."""
+    def cast(a, first, low):
+        if not isinstance(a, Tensor) or not a.is_floating_point() or a.device.type != "cpu":
+            return a
+        if low and (lower or (first and a.dtype == torch.bfloat16)):
+            return a.to(torch.bfloat16)
+        return a.float()
+
+    def kernel(_, *args):
+        low = torch.get_autocast_dtype("cpu") == torch.bfloat16
+        with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
+            return op(*[cast(a, i == 0, low) for i, a in enumerate(args)])
+
+    _lib.impl(op._schema.name.split("::")[1], kernel, "AutocastCPU", with_keyset=True)
+
+
+def _register_autograd(op, backward, setup, lower=False):
+    """lower: under bf16 autocast the op computes in bf16 (conv, linear), else it follows its input."""
     op.register_autograd(backward, setup_context=setup)
-    for device in ("cpu", "cuda"):
-        op.register_autocast(device, torch.float32)
+    op.register_autocast("cuda", torch.float32)
+    _autocast_cpu(getattr(torch.ops.fastopt, op._name).default, lower)
 
 
 # ----------------------------------------------------------------------------------- conv2d
@@ -115,7 +176,7 @@ def _tf32(device):
 @custom_op("fastopt::conv2d", mutates_args=())
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
            dilation: list[int], groups: int) -> Tensor:
-    _check_all(input, weight=weight, bias=bias)
+    _check_all(input, True, weight=weight, bias=bias)
     conv2d_output_shape(input, weight, stride, padding, dilation, groups)
     return _run(K.conv2d_forward, input.device, input.contiguous(), weight.contiguous(), _c(bias), tuple(stride),
                 tuple(padding), tuple(dilation), groups, allow_tf32=_tf32(input.device))
@@ -123,7 +184,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[i
 
 @conv2d.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups):
-    _check_all(input, weight=weight, bias=bias)
+    _check_all(input, True, weight=weight, bias=bias)
     return _new(input, conv2d_output_shape(input, weight, stride, padding, dilation, groups))
 
 
@@ -134,7 +195,7 @@ def conv2d_backward(grad: Tensor, input: Tensor, weight: Tensor, stride: list[in
     out = _run(K.conv2d_backward, input.device, grad.contiguous(), input.contiguous(), weight.contiguous(),
                tuple(stride), tuple(padding), tuple(dilation), groups, (need_input, need_weight, need_bias),
                allow_tf32=_tf32(input.device))
-    return _grads(out, input)
+    return _grads((out[0], _as(out[1], weight), _as(out[2], weight)), input)
 
 
 @conv2d_backward.register_fake
@@ -157,12 +218,12 @@ def _conv2d_grad(ctx, grad):
     return _given_all(grads, need) + (None,) * 4
 
 
-_register_autograd(conv2d, _conv2d_grad, _conv2d_setup)
+_register_autograd(conv2d, _conv2d_grad, _conv2d_setup, lower=True)
 
 
 # ----------------------------------------------------------------------------------- linear
 def _linear_check(input, weight, bias):
-    _check_all(input, weight=weight, bias=bias)
+    _check_all(input, True, weight=weight, bias=bias)
     if input.dim() < 1 or weight.dim() != 2 or input.shape[-1] != weight.shape[1]:
         raise ValueError(f"weight: expected (out_features, {input.shape[-1] if input.dim() else '?'}), got shape "
                          f"{tuple(weight.shape)}")
@@ -190,7 +251,7 @@ def linear_backward(grad: Tensor, input: Tensor, weight: Tensor, need_input: boo
                     need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
     dx, dw, db = _run(K.linear_backward, input.device, _rows(grad), _rows(input), weight.contiguous(),
                       (need_input, need_weight, need_bias))
-    return _grads((None if dx is None else dx.reshape(input.shape), dw, db), input)
+    return _grads((None if dx is None else dx.reshape(input.shape), _as(dw, weight), _as(db, weight)), input)
 
 
 @linear_backward.register_fake
@@ -211,7 +272,7 @@ def _linear_grad(ctx, grad):
     return _given_all(linear_backward(grad, input, weight, *need), need)
 
 
-_register_autograd(linear, _linear_grad, _linear_setup)
+_register_autograd(linear, _linear_grad, _linear_setup, lower=True)
 
 
 # ------------------------------------------------------------------------------- batch norm
@@ -244,7 +305,7 @@ def batch_norm(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], 
     if training:
         # The kernel's running-stat update with factor 1 on zeros yields the batch mean and the
         # unbiased batch variance, computed in the same pass, without mutating an op input.
-        mean, var = x.new_zeros(c), x.new_zeros(c)
+        mean, var = x.new_zeros(c, dtype=torch.float32), x.new_zeros(c, dtype=torch.float32)
         y, save_mean, invstd = _run(K.batch_norm_forward, x.device, x, _c(weight), _c(bias), mean, var, True, 1.0,
                                     eps)
         return y, save_mean, invstd, var
@@ -256,7 +317,7 @@ def batch_norm(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], 
 @batch_norm.register_fake
 def _(input, weight, bias, running_mean, running_var, training, eps):
     c = _batch_norm_check(input, weight, bias, running_mean, running_var, training)
-    return _new(input, input.shape), _new(input, (c,)), _new(input, (c,)), _new(input, (c,) if training else (0,))
+    return _new(input, input.shape), _f32(input, (c,)), _f32(input, (c,)), _f32(input, (c,) if training else (0,))
 
 
 @custom_op("fastopt::batch_norm_backward", mutates_args=())
@@ -264,13 +325,13 @@ def batch_norm_backward(grad: Tensor, input: Tensor, weight: Optional[Tensor], m
                         training: bool, has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
     out = _run(K.batch_norm_backward, input.device, grad.contiguous(), input.contiguous(), _c(weight), mean, invstd,
                training, has_bias)
-    return _grads(out, input)
+    return _grads(out, input, torch.float32)
 
 
 @batch_norm_backward.register_fake
 def _(grad, input, weight, mean, invstd, training, has_bias):
     c = input.shape[1]
-    return _new(input, input.shape), _new(input, (c,) if weight is not None else (0,)), _new(input, (c,) if has_bias
+    return _new(input, input.shape), _f32(input, (c,) if weight is not None else (0,)), _f32(input, (c,) if has_bias
                                                                                              else (0,))
 
 
@@ -326,7 +387,7 @@ def layer_norm(input: Tensor, normalized_shape: list[int], weight: Optional[Tens
 @layer_norm.register_fake
 def _(input, normalized_shape, weight, bias, eps):
     stats = _layer_norm_check(input, normalized_shape, weight, bias)
-    return _new(input, input.shape), _new(input, stats), _new(input, stats)
+    return _new(input, input.shape), _f32(input, stats), _f32(input, stats)
 
 
 @custom_op("fastopt::group_norm", mutates_args=())
@@ -339,13 +400,13 @@ def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor], bias: O
 @group_norm.register_fake
 def _(input, num_groups, weight, bias, eps):
     stats = _group_norm_check(input, num_groups, weight, bias)
-    return _new(input, input.shape), _new(input, stats), _new(input, stats)
+    return _new(input, input.shape), _f32(input, stats), _f32(input, stats)
 
 
 def _affine_grads_fake(input, weight, has_bias):
     shape = (0,) if weight is None else weight.shape
     bshape = (0,) if not has_bias else (weight.shape if weight is not None else input.shape[1:2])
-    return _new(input, input.shape), _new(input, shape), _new(input, bshape)
+    return _new(input, input.shape), _f32(input, shape), _f32(input, bshape)
 
 
 @custom_op("fastopt::layer_norm_backward", mutates_args=())
@@ -353,13 +414,13 @@ def layer_norm_backward(grad: Tensor, input: Tensor, normalized_shape: list[int]
                         weight: Optional[Tensor], has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
     out = _run(K.layer_norm_backward, input.device, grad.contiguous(), input.contiguous(), list(normalized_shape),
                mean, rstd, _c(weight), has_bias)
-    return _grads(out, input)
+    return _grads(out, input, torch.float32)
 
 
 @layer_norm_backward.register_fake
 def _(grad, input, normalized_shape, mean, rstd, weight, has_bias):
     dx, dw, db = _affine_grads_fake(input, weight, has_bias)
-    return dx, dw, (_new(input, normalized_shape) if has_bias and weight is None else db)
+    return dx, dw, (_f32(input, normalized_shape) if has_bias and weight is None else db)
 
 
 @custom_op("fastopt::group_norm_backward", mutates_args=())
@@ -367,7 +428,7 @@ def group_norm_backward(grad: Tensor, input: Tensor, num_groups: int, mean: Tens
                         weight: Optional[Tensor], has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
     out = _run(K.group_norm_backward, input.device, grad.contiguous(), input.contiguous(), num_groups, mean, rstd,
                _c(weight), has_bias)
-    return _grads(out, input)
+    return _grads(out, input, torch.float32)
 
 
 @group_norm_backward.register_fake

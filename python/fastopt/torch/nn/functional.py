@@ -1,8 +1,9 @@
 """torch.nn.functional's signatures and defaults on fastopt's kernels (the custom ops of
 fastopt.torch.ops): conv2d, linear, batch_norm, dropout, layer_norm, group_norm, max_pool2d, relu.
 
-Inputs are float32 CPU or CUDA tensors (under torch.autocast the ops run in float32 and return
-float32); channels_last and other non-contiguous inputs are copied to contiguous NCHW first, and
+Inputs are float32 CPU or CUDA tensors, or bfloat16 CPU tensors (conv and linear weights in the
+input's dtype, normalization parameters float32); under torch.autocast they follow torch's CPU
+rules on fastopt's bf16 kernels (see fastopt.torch.ops); channels_last and other non-contiguous inputs are copied to contiguous NCHW first, and
 outputs are contiguous. A few options the kernels do not have fall back to torch's own op, as
 documented on each function (fastopt.torch.convert leaves such layers as torch layers and lists
 them); everything else that fastopt cannot compute is refused with an error naming the argument.
