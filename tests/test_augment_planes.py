@@ -59,6 +59,23 @@ def test_polynomials_agree_with_the_c_library():
     assert R.sincos_turns(0.25) == (1.0, -0.0) and R.sincos_turns(0.5)[1] == -1.0  # quadrants exact
 
 
+def test_counter_layouts():
+    # Op k's block for sample n is Philox at counter (stream k, n, step lo, step hi) (augment.h);
+    # the flip's at (15, index lo, index hi, 1).
+    seed, step, n = 0x0123456789ABCDEF, 2**33 + 5, 77
+    key = [seed & 0xFFFFFFFF, seed >> 32]
+    streams = [*range(R.STREAM_CROP, R.STREAM_CROP + R.CROP_TRIES), R.STREAM_ROTATE, R.STREAM_PCA, R.STREAM_CUTMIX,
+               R.STREAM_FLIP]
+    assert len(set(streams) | {0, 1}) == len(streams) + 2  # disjoint, and from augment_batch's blocks 0 and 1
+    for stream in streams[:-1]:
+        want = fastopt._C.philox4x32_10([stream, n, step & 0xFFFFFFFF, step >> 32], key)
+        assert R.blocks(stream, [n], seed, step)[0].tolist() == list(want)
+    index = 2**35 + 3
+    top = fastopt._C.philox4x32_10([15, index & 0xFFFFFFFF, index >> 32, 1], key)[0] >> 31
+    assert [bool(f) for f in R.alternating_flips(seed, 4, [index])] == [top == 1]
+    assert [bool(f) for f in R.alternating_flips(seed, 7, [index])] == [top == 0]
+
+
 # ------------------------------------------------------------------------ random-resized crop
 CROPS = [dict(), dict(scale=(0.5, 1.0), ratio=(0.5, 2.0)), dict(scale=(0.01, 0.05)), dict(scale=(1.5, 2.0))]
 
@@ -423,7 +440,7 @@ L = np.array([0, 1])
     (lambda: F.tta_views(X, "five_crop", size=5), ValueError, r"^size: the views \(5, 5\) are larger"),
     (lambda: F.tta_views(X, "flip", pad=-1), ValueError, r"^pad: "),
     (lambda: F.tta_views(X[0], "flip"), ValueError, r"^x: expected shape \(N, C, H, W\)"),
-    (lambda: F.tta_mean(np.zeros((5, 3), np.float32), 2), ValueError, r"^y: its first dimension 5 is not a multiple"),
+    (lambda: F.tta_mean(np.zeros((5, 3), np.float32), 2), ValueError, r"^views: 2 does not divide y's first dimension 5"),
     (lambda: F.tta_mean(np.zeros((4, 3), np.float32), 0), ValueError, r"^views: must be an integer in \[1, 10\]"),
     (lambda: F.tta_mean(np.zeros((4, 3), np.float32), 2.0), TypeError, r"^views: expected an integer"),
 ])

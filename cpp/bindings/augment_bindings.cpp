@@ -232,8 +232,8 @@ py::object tta_mean(py::handle y_obj, int64_t views, uintptr_t stream) {
   if (y.shape.empty()) raise_value("y: expected shape (views * N, ...), got a 0-d array");
   if (views < 1 || views > kMaxViews) raise_value("views: must be an integer in [1, 10], got " + std::to_string(views));
   if (y.shape[0] % views != 0)
-    raise_value("y: its first dimension " + std::to_string(y.shape[0]) + " is not a multiple of views = " +
-                std::to_string(views));
+    raise_value("views: " + std::to_string(views) + " does not divide y's first dimension " +
+                std::to_string(y.shape[0]) + " (y stacks views * N outputs)");
   std::vector<int64_t> shape = y.shape;
   shape[0] /= views;
   const int64_t M = y.numel / views;

@@ -150,6 +150,8 @@ FASTOPT_HD float mixup_target(const MixupParams& p, int64_t k, int64_t t, int64_
 constexpr uint32_t kStreamCrop = 2, kCropTries = 10, kStreamRotate = 12, kStreamPca = 13, kStreamCutmix = 14,
                    kStreamFlip = 15;
 
+// The parameters' double-precision math, unfused like mul_rn and add_rn; sqrt and the divisions
+// are IEEE-rounded on both sides.
 FASTOPT_HD double dmul(double a, double b) {
 #if defined(__CUDA_ARCH__)
   return __dmul_rn(a, b);

@@ -129,6 +129,7 @@ def channel_pca(x, chunk=4096):
     the inputs of pca_jitter. x: a NumPy array on the host (the training split)."""
     if not isinstance(x, np.ndarray) or x.ndim != 4:
         raise ValueError("x: expected a NumPy array of shape (N, C, H, W)")
+    chunk = integer(chunk, "chunk", 1)
     channels, count = x.shape[1], x.shape[0] * x.shape[2] * x.shape[3]
     if count == 0:
         raise ValueError("x: no pixels")
