@@ -440,6 +440,7 @@ L = np.array([0, 1])
     (lambda: F.tta_views(X, "five_crop", size=5), ValueError, r"^size: the views \(5, 5\) are larger"),
     (lambda: F.tta_views(X, "flip", pad=-1), ValueError, r"^pad: "),
     (lambda: F.tta_views(X[0], "flip"), ValueError, r"^x: expected shape \(N, C, H, W\)"),
+    (lambda: F.tta_views(X.tolist(), "flip"), TypeError, r"^x: expected an array, got list"),
     (lambda: F.tta_mean(np.zeros((5, 3), np.float32), 2), ValueError, r"^views: 2 does not divide y's first dimension 5"),
     (lambda: F.tta_mean(np.zeros((4, 3), np.float32), 0), ValueError, r"^views: must be an integer in \[1, 10\]"),
     (lambda: F.tta_mean(np.zeros((4, 3), np.float32), 2.0), TypeError, r"^views: expected an integer"),

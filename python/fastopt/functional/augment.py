@@ -175,8 +175,10 @@ def tta_views(x, mode="flip", size=None, pad=0, fill=0.0, stream=0):
     same way: pass probabilities instead).
     """
     tta_num_views(mode)  # checks mode
-    if not hasattr(x, "shape") or len(x.shape) != 4:
-        raise ValueError(f"x: expected shape (N, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+    if not hasattr(x, "shape"):
+        raise TypeError(f"x: expected an array, got {type(x).__name__}")
+    if len(x.shape) != 4:
+        raise ValueError(f"x: expected shape (N, C, H, W), got {tuple(x.shape)}")
     height, width = int(x.shape[2]), int(x.shape[3])
     pad = integer(pad, "pad", 0, 2**24)
     oh, ow = (height, width) if size is None else pair(size, "size", 1)
