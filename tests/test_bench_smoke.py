@@ -43,17 +43,40 @@ def test_torch_optimizer_bench_tiny(tmp_path):
     assert "| clip+adamw | fastopt.torch | 32 |" in (tmp_path / "results.md").read_text()
 
 
+def test_train_bench_bf16_quick(tmp_path):
+    from fastopt.bench.train import main
+    contenders = "fastopt,torch bf16+CL" if _has_torch() else "fastopt"
+    assert main(["--device", "cpu", "--quick", "--batch", "4", "--steps", "1", "--rounds", "1", "--precision", "bf16",
+                 "--contenders", contenders, "--out", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "results.json").read_text())["rows"][0]
+    assert row["reference"] == "fastopt bf16" and row["ms_per_step"]["fastopt bf16"] > 0
+    assert row["fastopt_speedup_vs"]["fastopt"] == pytest.approx(row["ms_per_step"]["fastopt"] /
+                                                                 row["ms_per_step"]["fastopt bf16"])
+    if _has_torch():
+        assert row["bf16_speedup_vs_torch_bf16"] > 0
+        assert "fastopt bf16 vs torch bf16 autocast" in (tmp_path / "results.md").read_text()
+
+
+def _has_torch():
+    try:
+        import torch  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
 def test_torch_training_step_bench_tiny(tmp_path):
     """Training steps of a torch model: eager, converted + fastopt's optimizer, bf16 autocast +
     channels_last (the compiled contenders cost a minute of compilation; the lead's run has them)."""
     pytest.importorskip("torch")
     run = subprocess.run([sys.executable, "-m", "fastopt.bench.torch_train", "--device", "cpu", "--models",
-                          "small_cnn", "--contenders", "torch,fastopt,torch bf16+CL", "--batch", "4", "--rounds", "1",
+                          "small_cnn", "--contenders", "torch,fastopt,torch bf16+CL,fastopt bf16", "--batch", "4", "--rounds", "1",
                           "--steps", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     row = json.loads((tmp_path / "results.json").read_text())["rows"][0]
-    assert row["model"] == "small_cnn" and set(row["ms_per_step"]) == {"torch", "fastopt", "torch bf16+CL"}
+    assert row["model"] == "small_cnn" and set(row["ms_per_step"]) == {"torch", "fastopt", "torch bf16+CL", "fastopt bf16"}
+    assert row["bf16_speedup_vs_torch_bf16"] > 0
     assert all(v > 0 for v in row["ms_per_step"].values()) and row["fastopt_speedup_vs"]["torch"] > 0
     assert "| cpu | small_cnn | 4 |" in (tmp_path / "results.md").read_text() and (tmp_path / "chart.png").exists()
 

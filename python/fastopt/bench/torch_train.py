@@ -11,7 +11,9 @@ initial weights:
 - fastopt: the same model after fastopt.torch.convert, fastopt.torch.optim.AdamW with the clip fused
 - torch compile / fastopt compile: torch.compile of each model (the optimizer step stays eager)
 - torch bf16+CL: torch eager under torch.autocast(bfloat16) with channels_last model and input,
-  the row to beat (fastopt's layers have no bf16 kernels yet)
+  the row to beat
+- fastopt bf16: the converted model under torch.autocast(bfloat16) (fastopt's bf16 kernels; its
+  layers take NCHW, so the input stays contiguous), fastopt's optimizer on the fp32 parameters
 
 Contenders alternate round by round (A B C A B C ...), so a noisy neighbour hits all alike;
 ms/step are medians of per-step samples. Progress on stderr, a Markdown table on stdout; --out DIR
@@ -31,11 +33,12 @@ import fastopt
 from .report import cpu_model, header, save
 
 LR, WD, CLIP, SMOOTH = 3e-3, 5e-4, 5.0, 0.05
-CONTENDERS = ("torch", "fastopt", "torch compile", "fastopt compile", "torch bf16+CL")
+CONTENDERS = ("torch", "fastopt", "torch compile", "fastopt compile", "torch bf16+CL", "fastopt bf16")
 MODELS = ("resnet18", "small_cnn")
 # The issue's targets for the converted model's training step on the CPU: (peer, goal, what).
 TARGETS = [("torch", 1.3, "fastopt >= 1.3x torch eager"),
            ("torch compile", 1.0, "fastopt not slower than torch.compile of the unconverted model")]
+# bf16 (issue 17): fastopt's bf16 step against torch's bf16 autocast + channels_last, reported beside.
 
 
 class BasicBlock(torch.nn.Module):
@@ -127,10 +130,11 @@ class Contender:
         torch.manual_seed(0)  # every contender starts from the same weights
         model = build().to(device).train()
         fast = name.startswith("fastopt")
-        self.bf16 = name == "torch bf16+CL"
+        self.bf16 = name.endswith("bf16+CL") or name.endswith("bf16")
+        channels_last = name == "torch bf16+CL"
         if fast:
             ft.convert(model)
-        if self.bf16:
+        if channels_last:
             model = model.to(memory_format=torch.channels_last)
         decay = [p for n, p in model.named_parameters() if p.dim() > 1]
         rest = [p for n, p in model.named_parameters() if p.dim() <= 1]
@@ -142,7 +146,7 @@ class Contender:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total)
         self.params = decay + rest
         self.model = torch.compile(model) if name.endswith("compile") else model
-        fmt = torch.channels_last if self.bf16 else torch.contiguous_format
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.batches = [(x.to(device).contiguous(memory_format=fmt), y.to(device)) for x, y in batches]
         self.i = 0
 
@@ -205,6 +209,8 @@ def time_model(model, device, args):
                           for k, v in samples.items()}}
     if "fastopt" in ms:
         row["fastopt_speedup_vs"] = {k: v / ms["fastopt"] for k, v in ms.items() if k != "fastopt"}
+    if "fastopt bf16" in ms and "torch bf16+CL" in ms:
+        row["bf16_speedup_vs_torch_bf16"] = ms["torch bf16+CL"] / ms["fastopt bf16"]
     return row
 
 
@@ -245,6 +251,10 @@ def markdown(doc):
             s = r.get("fastopt_speedup_vs", {}).get(n)
             cells.append("-" if v is None else f"{v:.1f}" + (f" ({s:.2f}x)" if s is not None else ""))
         lines.append(f"| {r['device']} | {r['model']} | {r['batch']} | " + " | ".join(cells) + " |")
+    for r in doc["rows"]:
+        if "bf16_speedup_vs_torch_bf16" in r:
+            lines.append(f"\n{r['device']} {r['model']}: fastopt bf16 vs torch bf16+CL "
+                         f"{r['bf16_speedup_vs_torch_bf16']:.2f}x (> 1: fastopt faster)")
     if doc.get("targets"):
         lines += ["", "| model | target | measured | met |", "|---|---|---|---|"]
         lines += [f"| {t['model']} | {t['what']} | {t['value']:.2f}x | {'yes' if t['met'] else '**no**'} |"

@@ -6,8 +6,12 @@ trains on synthetic CIFAR-shaped data (3x32x32, batch 128) with AdamW, warm-up +
 global-norm clipping at 5 and label smoothing 0.05. The peers are the same network in PyTorch
 (torch_twin: the same structure and state_dict keys, the same initial weights, parameter groups,
 optimizer, schedule and clipping; torch's fused AdamW when it has one): eager float32, its
-torch.compile, and eager under bfloat16 autocast with channels_last tensors. Contenders alternate
-round by round, so a noisy neighbour hits all alike; steps/s are medians of per-step samples.
+torch.compile, and eager under bfloat16 autocast with channels_last tensors. "fastopt bf16" is
+fastopt's own mixed precision (CPU: `build(precision="bf16")`, bf16 activations and conv/linear
+math, fp32 master weights), the contender for torch's bf16 row; `--precision bf16` times it in
+place of fastopt's float32 step (which stays the reference for the others' ratios otherwise).
+Contenders alternate round by round, so a noisy neighbour hits all alike; steps/s are medians of
+per-step samples.
 
 A second pass times each module's forward and backward (synchronizing the GPU around each, the
 time of nested modules subtracted from their container's) and reports the split of fastopt's step
@@ -36,7 +40,7 @@ FAMILY = {
     nn.Residual: "residual add", nn.Tanh: "activation", nn.GELU: "activation",
 }
 MODELS = {"small_cnn": lambda: small_cnn(3, 10), "resnet20": lambda: resnet(20, 10, in_channels=3)}
-CONTENDERS = ("fastopt", "torch", "torch compile", "torch bf16+CL")
+CONTENDERS = ("fastopt", "fastopt bf16", "torch", "torch compile", "torch bf16+CL")
 LR, WD, CLIP, SMOOTH, WARMUP = 3e-3, 5e-4, 5.0, 0.05, 50
 
 
@@ -54,16 +58,25 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed steps per contender and round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="2 rounds of 3 steps, batch 32 unless --batch is given")
+    p.add_argument("--precision", choices=["fp32", "bf16", "both"], default=None,
+                   help="fastopt's precision: bf16 adds 'fastopt bf16' (CPU) and makes it the reference of the "
+                        "ratios; both: fp32 and bf16 (the default with all contenders)")
     p.add_argument("--out", metavar="DIR")
     a = p.parse_args(argv)
     if a.quick:
         a.rounds, a.steps = 2, 3
         a.batch = 32 if a.batch == 128 else a.batch
-    chosen = [c.strip() for c in (a.contenders or ",".join(CONTENDERS[:2] if a.quick else CONTENDERS)).split(",")]
+    default = ("fastopt", "torch") if a.quick else CONTENDERS
+    chosen = [c.strip() for c in (a.contenders or ",".join(default)).split(",")]
     unknown = [c for c in chosen if c not in CONTENDERS]
     if unknown or "fastopt" not in chosen:
         p.error(f"argument --contenders: fastopt and any of {', '.join(CONTENDERS[1:])}; got {a.contenders!r}")
-    a.contenders = chosen
+    if a.precision in ("bf16", "both") and "fastopt bf16" not in chosen:
+        chosen.insert(1, "fastopt bf16")
+    if a.precision == "fp32" and "fastopt bf16" in chosen:
+        chosen.remove("fastopt bf16")
+    a.contenders = [c for c in CONTENDERS if c in chosen]
+    a.reference = "fastopt bf16" if a.precision == "bf16" else "fastopt"
     return a
 
 
@@ -112,12 +125,10 @@ class Split:
 
 
 class FastoptStep:
-    name = "fastopt"
-
-    def __init__(self, device, batches, total, model):
-        self.device = device
+    def __init__(self, device, batches, total, model, precision="fp32"):
+        self.device, self.name = device, "fastopt" if precision == "fp32" else "fastopt bf16"
         self.model = MODELS[model]()
-        self.store = self.model.build(device, seed=0)
+        self.store = self.model.build(device, seed=0, precision=precision)
         self.opt = make_optimizer("adamw", self.store.param_groups(WD), LR)
         self.sched = fastopt.schedules.LinearWarmup(
             self.opt, WARMUP, after=fastopt.schedules.CosineAnnealingLR(self.opt, T_max=total - WARMUP))
@@ -312,8 +323,11 @@ def time_device(device, args, torch):
                 rng.integers(0, 10, args.batch).astype(np.int32)) for _ in range(4)]
     total = args.rounds * args.steps + 2 * args.steps + 100
     contenders = [FastoptStep(device, batches, total, args.model)]
+    if "fastopt bf16" in args.contenders and device == "cpu":  # bf16 on the GPU: issue 21
+        contenders.append(FastoptStep(device, batches, total, args.model, "bf16"))
     if torch is not None and (device == "cpu" or torch.cuda.is_available()):
-        contenders += [TorchStep(torch, device, batches, total, contenders[0], v) for v in args.contenders[1:]]
+        contenders += [TorchStep(torch, device, batches, total, contenders[0], v) for v in args.contenders
+                       if v.startswith("torch")]
     samples = {c.name: [] for c in contenders}
     for c in contenders:  # warm-up: allocators, oneDNN/cuDNN plans, compilation, page faults
         for _ in range(2):
@@ -333,31 +347,39 @@ def time_device(device, args, torch):
     eager = [c for c in contenders if c.name == "torch"]
     peer_split = torch_split(eager[0], device, torch, split_steps) if eager else {}
     med = {k: statistics.median(v) for k, v in samples.items()}
-    row = {"device": device, "model": args.model, "batch": args.batch,
+    ref = args.reference if args.reference in med else "fastopt"
+    row = {"device": device, "model": args.model, "batch": args.batch, "reference": ref,
            "ms_per_step": {k: v * 1e3 for k, v in med.items()},
            "steps_per_s": {k: 1.0 / v for k, v in med.items()},
            "p10_p90_ms": {k: [float(np.percentile(v, 10)) * 1e3, float(np.percentile(v, 90)) * 1e3]
                           for k, v in samples.items()},
-           "fastopt_speedup_vs": {k: v / med["fastopt"] for k, v in med.items() if k != "fastopt"},
+           "fastopt_speedup_vs": {k: v / med[ref] for k, v in med.items() if k != ref},
            "split_ms": {k: v * 1e3 for k, v in split.items()},
            "torch_split_ms": peer_split}
     if "torch" in med:
         row["speedup_vs_torch"] = med["torch"] / med["fastopt"]
+    if "fastopt bf16" in med and "torch bf16+CL" in med:
+        row["bf16_speedup_vs_torch_bf16"] = med["torch bf16+CL"] / med["fastopt bf16"]
     return row
 
 
 def markdown(doc):
     model = doc["rows"][0]["model"] if doc["rows"] else "?"
     names = [n for n in CONTENDERS if any(n in r["ms_per_step"] for r in doc["rows"])]
+    ref = doc["rows"][0].get("reference", "fastopt") if doc["rows"] else "fastopt"
     lines = [f"# Training step: {model}, 3x32x32, AdamW + clipping ({doc['date']})", "",
              f"CPU: {doc['host']['cpu_model']}; commit {doc['git']['commit']}", "",
              "| device | batch | " + " | ".join(f"{n} ms/step" for n in names) + " | " +
-             " | ".join(f"fastopt vs {n}" for n in names[1:]) + " |",
-             "|---|---|" + "---|" * (2 * len(names) - 1)]
+             " | ".join(f"{ref} vs {n}" for n in names) + " |",
+             "|---|---|" + "---|" * (2 * len(names))]
     for r in doc["rows"]:
         ms, sp = r["ms_per_step"], r["fastopt_speedup_vs"]
         lines.append(f"| {r['device']} | {r['batch']} | " + " | ".join(f"{ms[n]:.1f}" if n in ms else "-" for n in names)
-                     + " | " + " | ".join(f"{sp[n]:.2f}x" if n in sp else "-" for n in names[1:]) + " |")
+                     + " | " + " | ".join(f"{sp[n]:.2f}x" if n in sp else "-" for n in names) + " |")
+    for r in doc["rows"]:
+        if "bf16_speedup_vs_torch_bf16" in r:
+            lines += ["", f"{r['device']}: fastopt bf16 vs torch bf16 autocast + channels_last: "
+                      f"{r['bf16_speedup_vs_torch_bf16']:.2f}x (> 1: fastopt faster)"]
     for r in doc["rows"]:
         total = sum(r["split_ms"].values())
         peer = r.get("torch_split_ms", {})
