@@ -73,6 +73,7 @@ def test_ensemble_of_snapshots_equals_a_hand_computation(run, tmp_path, capsys):
     for t, pr in zip(y, mean.argmax(axis=1)):
         want[t, pr] += 1
     assert report["confusion"] == want.tolist() and report["classes"] == ["r", "g", "b"]
+    assert report["per_class_acc"] == [want[c, c] / want[c].sum() for c in range(3)]
     assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ensemble of 2 (mean probabilities)" in capsys.readouterr().out
 

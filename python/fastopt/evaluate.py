@@ -236,7 +236,8 @@ def main(argv=None):
               f"{ensemble[f'top{k}']:.4f}, nll {ensemble['nll']:.4f}")
     matrix = confusion(np.argmax(probs, axis=1), y, len(classes))
     report = {"data": name, "split": args.split, "tta": args.tta, "images": int(len(y)), "classes": classes, "members": results,
-              "ensemble": ensemble if len(members) > 1 else None, "confusion": matrix.tolist()}
+              "ensemble": ensemble if len(members) > 1 else None, "confusion": matrix.tolist(),
+              "per_class_acc": (np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)).tolist()}
     write_atomically(os.path.join(args.out, "evaluate.json"), lambda f: f.write(json.dumps(report, indent=2).encode()))
     written = ["evaluate.json"]
     try:
