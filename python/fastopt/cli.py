@@ -57,7 +57,7 @@ def main(argv=None):
         return importlib.import_module(f"fastopt.bench.{SUITES[argv[1]]}").main(argv[2:])
     parser = argparse.ArgumentParser(prog="fastopt", description="fastopt: fused training kernels")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="train a small CNN on digits (fastopt train --help)")
+    sub.add_parser("train", help="train a small CNN on digits or your own images, --data (fastopt train --help)")
     sub.add_parser("evaluate", help="accuracy, top-5, confusion matrix and ensembles of checkpoints (fastopt evaluate "
                                     "--help)")
     sub.add_parser("transfer", help="pretrain on digits 0-4, learn 5-9 from K images per class: scratch, linear "
