@@ -292,9 +292,13 @@ def _tiny_model(seed):
     return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
 
 
-def test_grad_scaler():
-    """torch.amp.GradScaler's plain path: unscale, skip on Inf (the scale drops, nothing moves),
-    and otherwise the same steps as torch's optimizer under the same scaler."""
+@pytest.mark.parametrize("unscale_first", [False, True])
+def test_grad_scaler(unscale_first):
+    """torch.amp.GradScaler: skip on Inf (the scale drops, nothing moves, the step count neither),
+    and otherwise the same steps as torch's optimizer under the same scaler. On the CPU fastopt
+    takes the fused path (GradScaler does not unscale: the gradients stay scaled and the step
+    unscales inside the kernel); with scaler.unscale_(opt) first (to clip by hand) the step gets
+    grad_scale None and steps the unscaled gradients."""
     models = [_tiny_model(0), _tiny_model(0)]
     opts = [torch.optim.AdamW(models[0].parameters(), lr=0.01, foreach=False),
             ft.optim.AdamW(models[1].parameters(), lr=0.01, max_grad_norm=10.0)]
@@ -309,7 +313,13 @@ def test_grad_scaler():
             scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
             if t == 3:
                 model[0].weight.grad[1, 2] = math.inf
+            if unscale_first:
+                scaler.unscale_(opt)
+            scaled = model[0].weight.grad.clone()
             scaler.step(opt)
+            if opt is opts[1] and t != 3:  # fused: the step read the gradients, and left them as they were
+                assert torch.equal(model[0].weight.grad, scaled)
+                assert opts[1]._step_supports_amp_scaling
             scaler.update()
         if t == 3:
             assert all(torch.equal(p, q) for p, q in zip(models[1].parameters(), before))

@@ -98,7 +98,7 @@ ArrayView view_param(py::handle obj, const ArgName& name, bool writable) {
 
 py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence states, py::handle steps,
                      py::sequence groups, py::sequence group_of, py::object max_norm, bool skip_nonfinite,
-                     uintptr_t stream, py::object masters) {
+                     uintptr_t stream, py::object masters, double inv_scale) {
   const int64_t n = static_cast<int64_t>(py::len(params));
   if (static_cast<int64_t>(py::len(grads)) != n)
     raise_value("grads: got " + std::to_string(py::len(grads)) + " gradients for " + std::to_string(n) + " parameters");
@@ -188,8 +188,14 @@ py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence state
   req.max_norm = req.clip ? max_norm.cast<double>() : 0.0;
   if (req.clip && !(req.max_norm >= 0.0)) raise_value("max_grad_norm: must be >= 0, got " + std::to_string(req.max_norm));
   req.check_finite = req.clip || skip_nonfinite;
+  if (!(inv_scale > 0.0) || std::isinf(inv_scale))
+    raise_value("inv_scale: must be a finite number > 0, got " + std::to_string(inv_scale));
+  req.inv_scale = static_cast<float>(inv_scale);
 
   const int device = n ? first.device : kCPU;
+  if (device != kCPU && inv_scale != 1.0)
+    raise_value("inv_scale: the fused unscale runs on the CPU only; on the GPU, unscale first (GradScaler's "
+                "plain path)");
   if (device == kCPU) {
     cpu::StepOutcome out;
     {
@@ -332,6 +338,7 @@ void bind_optim(py::module_& m) {
   m.def("optim_step", &optim_step, py::arg("params"), py::arg("grads"), py::arg("states"),
         py::arg("steps"), py::arg("groups"), py::arg("group_of"), py::arg("max_norm") = py::none(),
         py::arg("skip_nonfinite") = false, py::arg("stream") = 0, py::arg("masters") = py::none(),
+        py::arg("inv_scale") = 1.0,
         "One fused step over all tensors. Returns (norm, skipped): Python scalars on the CPU, "
         "0-d DeviceArrays on the GPU (None, False when no norm pass ran). params/grads: float32, or "
         "bfloat16/float16 on the CPU (one dtype per pair); masters: per parameter None or the float32 "

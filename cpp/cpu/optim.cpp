@@ -104,7 +104,7 @@ StepOutcome optim_step(const StepRequest& req) {
     for (int64_t t = 0; t < req.num_tensors; ++t)
       grads[t] = TypedSpan{req.tensors[t].grad, req.tensors[t].numel, req.tensors[t].type};
     out.has_norm = true;
-    out.norm = std::sqrt(sum_squares(grads.data(), req.num_tensors));
+    out.norm = std::sqrt(sum_squares(grads.data(), req.num_tensors)) * req.inv_scale;
     if (!std::isfinite(out.norm) && req.check_finite) {
       out.skipped = true;
       return out;
@@ -132,7 +132,9 @@ StepOutcome optim_step(const StepRequest& req) {
     const StepScalars& s = scalars[ch.tensor];
     // One switch per chunk of 32K elements: groups may use different rules in one step.
     dispatch_kind(req.groups[tr.group].kind, [&](auto tag) {
-      update_chunk<decltype(tag)::value>(tr, s, coef * s.sign, ch.begin, ch.end, req.groups[tr.group].seed,
+      // GradScaler's scales are powers of two, so folding 1/scale into the multiplier rounds
+      // exactly as unscaling the gradients first would.
+      update_chunk<decltype(tag)::value>(tr, s, coef * s.sign * req.inv_scale, ch.begin, ch.end, req.groups[tr.group].seed,
                                          static_cast<uint32_t>(ch.tensor), req.steps[ch.tensor] + 1);
     });
   }

@@ -42,6 +42,7 @@ struct StepRequest {
   bool clip;            // scale gradients by min(1, max_norm / (||g||_2 + 1e-6))
   double max_norm;
   bool check_finite;    // skip the whole step (nothing written) if any gradient is NaN/Inf
+  float inv_scale = 1.0f;  // CPU: gradients are g * inv_scale (GradScaler's unscale, fused; the norm too)
 };
 
 namespace cpu {
