@@ -76,3 +76,15 @@ def run_under_isa(isa, code, timeout=600):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "FASTOPT_CPU_ISA": isa})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+
+
+def assert_isa_copy_agrees(tmp_path, isa, module, outputs, *args):
+    """The ISA copy `isa` computes `module.outputs(*args)` (a list of arrays, bf16 viewed as
+    uint16; args: literals) with exactly the bits this process's copy (the default, checked against
+    the reference) computes: the kernels never contract into FMAs, so every copy agrees."""
+    fn = getattr(sys.modules[module], outputs)
+    np.savez(tmp_path / "want.npz", *[np.asarray(a) for a in fn(*args)])
+    run_under_isa(isa, f"import numpy as np\nfrom {module} import {outputs}\n"
+                       f"want = np.load({str(tmp_path / 'want.npz')!r})\n"
+                       f"for i, got in enumerate({outputs}(*{args!r})):\n"
+                       "    assert np.array_equal(np.asarray(got), want[f'arr_{i}']), i\n")

@@ -28,7 +28,7 @@ import fastopt
 from fastopt import functional as F
 from fastopt.reference import augment as R
 
-from bf16_checks import ISAS, run_under_isa
+from bf16_checks import ISAS, assert_isa_copy_agrees
 from conftest import assert_bits_independent_of_threads, fetch, put
 
 U = 2.0**-24
@@ -384,11 +384,7 @@ def test_independent_of_thread_count(tmp_path):
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_isa_copy_gives_the_same_bits(tmp_path, isa):
-    np.savez(tmp_path / "want.npz", *[np.asarray(v) for v in _all_ops("cpu")])
-    run_under_isa(isa, "import numpy as np\nfrom test_augment_planes import _all_ops\n"
-                       f"want = np.load({str(tmp_path / 'want.npz')!r})\n"
-                       "for i, got in enumerate(_all_ops('cpu')):\n"
-                       "    assert np.array_equal(np.asarray(got), want[f'arr_{i}']), i\n")
+    assert_isa_copy_agrees(tmp_path, isa, "test_augment_planes", "_all_ops", "cpu")
 
 
 @pytest.mark.gpu

@@ -38,7 +38,7 @@ import fastopt.functional as F
 from fastopt import reference as R
 from fastopt._arrays import dtype_of, to_numpy
 
-from bf16_checks import ISAS, run_under_isa
+from bf16_checks import ISAS, assert_isa_copy_agrees
 
 U, U32 = R.bf16.U, 2.0**-24
 bf = R.bf16.round_nearest
@@ -257,13 +257,7 @@ def all_outputs(seed=3):
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_isa_copy_gives_the_same_bits(tmp_path, isa):
-    # The default copy is the one checked against the reference above; every narrower copy the
-    # machine runs must agree bit for bit (the kernels never contract into FMAs).
-    np.savez(tmp_path / "want.npz", *all_outputs())
-    run_under_isa(isa, "import numpy as np\nfrom test_bf16 import all_outputs\n"
-                       f"want = np.load({str(tmp_path / 'want.npz')!r})\n"
-                       "for i, got in enumerate(all_outputs()):\n"
-                       "    assert np.array_equal(got, want[f'arr_{i}']), i\n")
+    assert_isa_copy_agrees(tmp_path, isa, "test_bf16", "all_outputs")
 
 
 # ------------------------------------------------------------------------------ plumbing

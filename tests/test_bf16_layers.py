@@ -25,7 +25,7 @@ from ml_dtypes import bfloat16
 import fastopt.functional as F
 from fastopt import reference as R
 
-from bf16_checks import ISAS, run_under_isa
+from bf16_checks import ISAS, assert_isa_copy_agrees
 from test_bf16 import U, U32, bf, check, f64, same_bits, up
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -194,11 +194,7 @@ def all_outputs(seed=5):
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_isa_copy_gives_the_same_bits(tmp_path, isa):
-    np.savez(tmp_path / "want.npz", *all_outputs())
-    run_under_isa(isa, "import numpy as np\nfrom test_bf16_layers import all_outputs\n"
-                       f"want = np.load({str(tmp_path / 'want.npz')!r})\n"
-                       "for i, got in enumerate(all_outputs()):\n"
-                       "    assert np.array_equal(got, want[f'arr_{i}']), i\n")
+    assert_isa_copy_agrees(tmp_path, isa, "test_bf16_layers", "all_outputs")
 
 
 # --------------------------------------------------------------------- whole networks
