@@ -119,6 +119,7 @@ def scenario_equivalence(dist, rank, world, part, result, out):
         model.build(seed=1)
         result[name] = train(model, sgd(model), "conv", K, part, clip)
         result[name + "_buffers"] = model.store.buffers.copy()
+    result.update(syncbn_layer(rank))
     try:  # parameters that differ are refused when they are not broadcast
         dist.DataParallel(mlp(), broadcast=False).build(seed=rank)
     except dist.DistributedError as e:
@@ -136,6 +137,25 @@ def scenario_equivalence(dist, rank, world, part, result, out):
             key = f"zero_{rule}_{'clipped' if clip else 'plain'}"
             result[key + "_ref"] = train(ref, ref_opt, "mlp", 3, part, clip)
             result[key] = train(zero, zero_opt, "mlp", 3, part, clip)
+
+
+UNEVEN = (slice(0, 3), slice(3, 8))  # SyncBatchNorm alone: 3 samples on rank 0, 5 on rank 1
+
+
+def syncbn_layer(rank, sync=True):
+    """One (Sync)BatchNorm's output, input gradient, affine gradients and running statistics for
+    rows `UNEVEN[rank]` of a fixed batch (all rows with rank=None) and a fixed upstream gradient."""
+    from fastopt.distributed import SyncBatchNorm
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((8, 3, 2, 2)) * 2 + 1).astype(np.float32)
+    dy = rng.standard_normal((8, 3, 2, 2)).astype(np.float32)
+    rows = slice(0, 8) if rank is None else UNEVEN[rank]
+    net = nn.Sequential(SyncBatchNorm(3) if sync else nn.BatchNorm2d(3))
+    store = net.build(seed=0, input_grad=True)
+    store.load(rng.standard_normal(store.size).astype(np.float32))  # a non-trivial affine
+    y = net.forward(np.ascontiguousarray(x[rows]), training=True)
+    dx = net.backward(np.ascontiguousarray(dy[rows]))
+    return {"sbn_y": y, "sbn_dx": dx, "sbn_grad": store.grad.copy(), "sbn_buffers": store.buffers.copy()}
 
 
 def zero_run(dist, seed=5):
@@ -236,6 +256,22 @@ def test_two_ranks_equal_one_rank_with_the_whole_batch(equivalence, name, kind, 
     if kind == "conv":  # running statistics merged across ranks as one batch's
         np.testing.assert_array_equal(r0[name + "_buffers"], r1[name + "_buffers"])
         np.testing.assert_allclose(r0[name + "_buffers"], buffers, rtol=0, atol=ATOL)
+
+
+def test_sync_batch_norm_with_uneven_batches_equals_batch_norm_over_all(equivalence):
+    ref = syncbn_layer(None, sync=False)
+    # Statistics in float64 on both sides, rounded once to float32: y to a few float32 ulps.
+    # dx is composed (eval-mode backward minus the per-channel correction) where the native
+    # kernel fuses it: each element is a few float32 operations on values of order 1, so the
+    # two differ by a few ulps (1e-6 absolute here).
+    for rank, r in enumerate(equivalence):
+        rows = UNEVEN[rank]
+        np.testing.assert_allclose(r["sbn_y"], ref["sbn_y"][rows], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(r["sbn_dx"], ref["sbn_dx"][rows], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r["sbn_buffers"], ref["sbn_buffers"], rtol=1e-6, atol=1e-7)
+    # Each rank's affine gradients are its share: their sum is the whole batch's.
+    np.testing.assert_allclose(equivalence[0]["sbn_grad"] + equivalence[1]["sbn_grad"], ref["sbn_grad"],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_clipping_uses_the_global_norm(equivalence):

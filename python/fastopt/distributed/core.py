@@ -28,7 +28,8 @@ def torch_modules():
         import torch
         import torch.distributed as dist
     except ImportError:
-        raise ImportError("fastopt.distributed runs on torch.distributed: install PyTorch (pip install torch)") from None
+        raise ImportError("fastopt.distributed runs on torch.distributed: install PyTorch "
+                          "(pip install torch)") from None
     if not dist.is_available():
         raise ImportError("fastopt.distributed: this PyTorch build has no torch.distributed")
     return torch, dist
@@ -172,10 +173,16 @@ def collective(what, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (RuntimeError, dist.DistError) as e:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        # The group is unusable now; left alive, its gloo threads can abort the interpreter's exit
+        # ("terminate called without an active exception") after the error below was reported.
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - tearing down a broken group may fail too; the error below stands
+            pass
         raise DistributedError(
-            f"{what}: failed on rank {dist.get_rank()} of {dist.get_world_size()}: another rank died or did not "
-            f"answer within the {_State.timeout:g} s timeout ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-        ) from e
+            f"{what}: failed on rank {rank} of {world}: another rank died or did not answer within the "
+            f"{_State.timeout:g} s timeout ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
 
 
 def barrier(what="barrier"):
