@@ -120,6 +120,7 @@ def scenario_equivalence(dist, rank, world, part, result, out):
         result[name] = train(model, sgd(model), "conv", K, part, clip)
         result[name + "_buffers"] = model.store.buffers.copy()
     result.update(syncbn_layer(rank))
+    result["mean_loss"] = model.mean_over_ranks(np.float32(rank + 1))  # the trainer's loss checks use it
     try:  # parameters that differ are refused when they are not broadcast
         dist.DataParallel(mlp(), broadcast=False).build(seed=rank)
     except dist.DistributedError as e:
@@ -278,6 +279,10 @@ def test_clipping_uses_the_global_norm(equivalence):
     # The clipped run differs from the plain one (the norm was above 0.05) and still equals one
     # rank with the whole batch (above): the norm was over both ranks' gradients.
     assert np.abs(equivalence[0]["clipped"] - equivalence[0]["plain"]).max() > 10 * ATOL
+
+
+def test_the_loss_the_trainer_checks_is_the_mean_over_ranks(equivalence):
+    assert [float(r["mean_loss"]) for r in equivalence] == [1.5, 1.5]
 
 
 def test_parameters_that_differ_are_refused(equivalence):

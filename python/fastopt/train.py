@@ -256,7 +256,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------- loops
     def _check_loss(self, loss):
-        value = float(loss)
+        value = getattr(self.model, "mean_over_ranks", float)(loss)  # data parallel: the global batch's loss
         if not math.isfinite(value):
             raise TrainingStopped(f"loss is {value} at step {self.step} (epoch {self.epoch + 1}): training diverged; "
                                   "try a lower --lr or stronger clipping")

@@ -115,6 +115,12 @@ class DataParallel:
         scale by 1 / world_size."""
         allreduce_mean(self.module.store.grad, "DataParallel: averaging gradients")
 
+    def mean_over_ranks(self, value):
+        """float(value) averaged over the ranks (one scalar all-reduce): fastopt.train.Trainer's
+        loss checks (NaN, explosion) see the global batch's loss and so stop every rank alike."""
+        value, world = float(value), core.world_size()
+        return value if world == 1 else core.global_sum("DataParallel: averaging the loss", value) / world
+
     def __repr__(self):
         return f"DataParallel(world_size={core.world_size()},\n  {self.module!r}\n)"
 
