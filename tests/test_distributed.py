@@ -6,20 +6,20 @@ Each scenario runs this file as a script in torchrun's environment (RANK, WORLD_
 MASTER_ADDR, MASTER_PORT on a free port); the ranks write their results to .npz files and the
 test compares them with a single-process reference computed here.
 
-Tolerances. Splitting the batch changes only the order of float32 reductions: a weight
-gradient is a sum of n = 2B (per pixel: 2B*H*W) terms, which one rank adds in one order and two
-ranks as two halves then one add. Each order's error is at most (n - 1) * u * sum|t_i| (u =
-2^-24), so per step |dg| <= 2 (n - 1) u G with G = mean |t_i| <= max |g| scale; SGD with momentum
-m turns it into at most lr / (1 - m) * |dg| per step and K steps add up. With n <= 2*8*16 = 256,
-lr = 0.1, m = 0.9, K = 4 steps and gradients of order 1: 4 * 1 * 2 * 255 * 6e-8 ~ 1.2e-4. The
-trajectories also feed the differences back through the next steps' gradients (a Lipschitz factor
-of order 1 for these small, well-conditioned nets), so the tests use atol = 2e-4 (and the
-observed differences are ~1e-7: the bound is a worst case).
+Tolerances. Splitting the batch changes only the order of float32 reductions. A weight gradient
+is g = (1/n) sum of n per-sample (per-pixel) terms t_i, n <= 2B*H*W = 8*16 = 128 here, which one
+rank adds in one order and two ranks as two halves then one add; each order's error is at most
+(n - 1) u sum|t_i| (u = 2^-24), so |dg| <= 2 (n - 1) u T with T = max |t_i|, of order 1 for these
+small nets. SGD with momentum m passes a gradient change to the parameters with a gain of at most
+lr / (1 - m) = 1 (lr = 0.1, m = 0.9), and K = 4 steps add up: 4 * 2 * 127 * 6e-8 ~ 6e-5. The
+differences also feed back through the next steps' gradients (a Lipschitz factor of order 1 for
+these well-conditioned nets, over 4 steps), hence atol = 2e-4; the observed differences are
+~1e-7 (the bound is a worst case). Clipping scales both runs' gradients by the same coefficient
+(the same norm to float64 rounding), which leaves the bound as it is.
 """
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +32,7 @@ if not torch.distributed.is_available():
     pytest.skip("this PyTorch has no torch.distributed", allow_module_level=True)
 
 from fastopt import data as datasets, nn, optim  # noqa: E402
+from fastopt.distributed.launch import free_port, rank_env  # noqa: E402
 
 B, K, LR, MOMENTUM = 4, 4, 0.1, 0.9
 ATOL = 2e-4  # derived in the module docstring
@@ -198,21 +199,13 @@ SCENARIOS = {"equivalence": scenario_equivalence, "checkpoint": scenario_checkpo
 
 
 # ---------------------------------------------------------------------- the launcher
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(scenario, out, world=2, env=None, timeout=60, script=HERE):
     """Start `world` ranks of `script` as torchrun would; wait for all; return their exit codes
     and stderr."""
     port = free_port()
-    procs = []
-    for rank in range(world):
-        e = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                 MASTER_PORT=str(port), OMP_NUM_THREADS="1", **(env or {}))
-        procs.append(subprocess.Popen([sys.executable, script, scenario, str(out)], env=e, stderr=subprocess.PIPE))
+    procs = [subprocess.Popen([sys.executable, script, scenario, str(out)],
+                              env={**rank_env(rank, world, port, threads=1), **(env or {})}, stderr=subprocess.PIPE)
+             for rank in range(world)]
     deadline = time.monotonic() + timeout
     codes, errors = [], []
     for p in procs:
@@ -359,7 +352,8 @@ def test_fastopt_train_nproc_2_writes_from_rank_0_only(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "fastopt.cli", "train", "--nproc", "2", "--epochs", "1", "--device",
-                           "cpu", "--sync-bn", "--width", "4", "8", "--quiet", "--out", str(out)], env=env, capture_output=True, timeout=120)
+                           "cpu", "--sync-bn", "--width", "4", "8", "--quiet", "--out", str(out)],
+                          env=env, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout.decode().count("wrote ") == 1  # one report: rank 0's
     metrics = json.loads((out / "metrics.json").read_text())

@@ -123,15 +123,13 @@ def worker(args):
 
 
 def _run_ranks(args, nproc, path):
-    from ..distributed.launch import free_port
-    port = str(free_port())
-    threads = str(max(1, (os.cpu_count() or 1) // nproc))
+    from ..distributed.launch import free_port, rank_env
+    port = free_port()
+    threads = max(1, (os.cpu_count() or 1) // nproc)
     argv = [sys.executable, "-m", "fastopt.bench.distributed", "--worker", path, "--model", args.model,
             "--batch", str(args.batch)] + (["--steps", str(args.steps)] if args.steps else []) + \
         (["--quick"] if args.quick else [])
-    procs = [subprocess.Popen(argv, env=dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc),
-                                             MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS=threads))
-             for r in range(nproc)]
+    procs = [subprocess.Popen(argv, env=rank_env(r, nproc, port, threads)) for r in range(nproc)]
     codes = [p.wait() for p in procs]
     if any(codes):
         raise SystemExit(f"fastopt bench distributed: a rank of the {nproc}-process run failed (exit codes {codes})")
@@ -178,8 +176,8 @@ def markdown(doc):
               "| model | ranks | all-reduce | ZeRO-1 (RS + AG) | comm at link | Adam state/rank | ZeRO-1 state/rank |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for r in doc["paper"]:
-        lines.append(f"| {r['model']} | {r['ranks']} | {_gb(r['allreduce_bytes'])} | {_gb(r['zero1_reduce_scatter_bytes'])}"
-                     f" + {_gb(r['zero1_all_gather_bytes'])} | {r['allreduce_ms_at_link']:.1f} ms | "
+        lines.append(f"| {r['model']} | {r['ranks']} | {_gb(r['allreduce_bytes'])} | "
+                     f"{_gb(r['zero1_reduce_scatter_bytes'])} + {_gb(r['zero1_all_gather_bytes'])} | {r['allreduce_ms_at_link']:.1f} ms | "
                      f"{_gb(r['adam_state_bytes_unsharded'])} | {_gb(r['adam_state_bytes_zero1'])} |")
     return "\n".join(lines) + "\n"
 

@@ -46,6 +46,18 @@ def refuse(args):
             raise ValueError(f"--{option.replace('_', '-')}: runs in one process; leave out --nproc")
 
 
+def rank_env(rank, nproc, port, threads=None):
+    """os.environ plus torchrun's variables for local rank `rank` of nproc (MASTER_PORT = port),
+    and OMP_NUM_THREADS = cores / nproc unless set (threads: set it to that)."""
+    env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    default = str(max(1, (os.cpu_count() or 1) // nproc))
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    env.setdefault("OMP_NUM_THREADS", default)
+    return env
+
+
 def spawn(args, argv, command=("train",), poll=0.2):
     """Run `fastopt <command> argv` as args.nproc local ranks; returns the first non-zero exit
     code (0 when all succeed). When one rank fails the others are stopped (they would otherwise
@@ -53,13 +65,8 @@ def spawn(args, argv, command=("train",), poll=0.2):
     refuse(args)
     nproc = args.nproc
     port = free_port()
-    threads = str(max(1, (os.cpu_count() or 1) // nproc))
-    procs = []
-    for rank in range(nproc):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
-                   LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        env.setdefault("OMP_NUM_THREADS", threads)
-        procs.append(subprocess.Popen([sys.executable, "-m", "fastopt.cli", *command, *argv], env=env))
+    procs = [subprocess.Popen([sys.executable, "-m", "fastopt.cli", *command, *argv], env=rank_env(rank, nproc, port))
+             for rank in range(nproc)]
     try:
         while True:
             codes = [p.poll() for p in procs]

@@ -18,7 +18,8 @@ import os
 
 import numpy as np
 
-from ..optim.optimizer import StepResult
+from .._args import boolean
+from ..optim.optimizer import StepResult, check_range
 from . import core
 
 __all__ = ["ZeroOptimizer", "save_checkpoint", "load_checkpoint"]
@@ -75,8 +76,6 @@ class ZeroOptimizer:
 
     # ------------------------------------------------------------------------------ step
     def step(self, max_grad_norm=None, skip_nonfinite=False):
-        from .._args import boolean
-        from ..optim.optimizer import check_range
         if max_grad_norm is not None:
             max_grad_norm = check_range("max_grad_norm", max_grad_norm)
         skip_nonfinite = boolean(skip_nonfinite, "skip_nonfinite")

@@ -148,7 +148,8 @@ class ZeroRedundancy(torch.optim.Optimizer):
         groups, start = [], 0
         for group in self.param_groups:
             n = len(group["params"])
-            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": list(range(start, start + n))})
+            options = {k: v for k, v in group.items() if k != "params"}
+            groups.append({**options, "params": list(range(start, start + n))})
             start += n
         self._consolidated = {"state": {i: e for i, e in full.items() if e}, "param_groups": groups} \
             if self.rank == to else None
