@@ -122,6 +122,10 @@ def scenario_equivalence(dist, rank, world, part, result, out):
         result[name + "_buffers"] = model.store.buffers.copy()
     result.update(syncbn_layer(rank))
     result["mean_loss"] = model.mean_over_ranks(np.float32(rank + 1))  # the trainer's loss checks use it
+    try:  # ranks that built different networks are refused
+        dist.DataParallel(nn.Sequential(nn.Linear(5, 7 + rank))).build(seed=0)
+    except dist.DistributedError as e:
+        result["different"] = np.array(str(e))
     try:  # parameters that differ are refused when they are not broadcast
         dist.DataParallel(mlp(), broadcast=False).build(seed=rank)
     except dist.DistributedError as e:
@@ -276,6 +280,12 @@ def test_clipping_uses_the_global_norm(equivalence):
 
 def test_the_loss_the_trainer_checks_is_the_mean_over_ranks(equivalence):
     assert [float(r["mean_loss"]) for r in equivalence] == [1.5, 1.5]
+
+
+def test_different_networks_are_refused(equivalence):
+    assert ("rank 0 and rank 1 built different networks ('0.weight' of shape (7, 5) here, '0.weight' of shape "
+            "(8, 5) on rank 1)") in str(equivalence[0]["different"])
+    assert "rank 1 and rank 0 built different networks" in str(equivalence[1]["different"])
 
 
 def test_parameters_that_differ_are_refused(equivalence):

@@ -145,7 +145,8 @@ def check_same_network(model, what):
     for r, theirs in enumerate(everyone):
         if theirs == mine:
             continue
-        diff = next((f"{a} here, {b} on rank {r}" for a, b in zip(mine, theirs) if a != b),
+        diff = next((f"{a[0]!r} of shape {a[1]} here, {b[0]!r} of shape {b[1]} on rank {r}"
+                     for a, b in zip(mine, theirs) if a != b),
                     f"{len(mine)} parameters and buffers here, {len(theirs)} on rank {r}")
         raise core.DistributedError(f"{what}: rank {me} and rank {r} built different networks ({diff})")
 
