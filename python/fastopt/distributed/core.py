@@ -51,7 +51,7 @@ def _env_int(name):
         raise ValueError(f"{name}: expected an integer in the environment, got {value!r}") from None
 
 
-def _backend_for(backend, device):
+def backend_for(backend, device):
     """The backend name, checked against the device the model lives on."""
     if backend is None:
         return "gloo" if device == "cpu" else "nccl"
@@ -96,7 +96,7 @@ def init(backend=None, rank=None, world_size=None, device=None, init_method=None
         local = _env_int("LOCAL_RANK") or 0
         device = f"cuda:{local}" if backend == "nccl" else "cpu"
     device = _arrays.canonical_device(device)
-    backend = _backend_for(backend, device)
+    backend = backend_for(backend, device)
     if backend == "nccl" and not dist.is_nccl_available():
         raise RuntimeError("backend: 'nccl' is not in this PyTorch build (a CPU-only build?); install a CUDA one")
     if init_method is None:
@@ -148,10 +148,6 @@ def rank():
 def world_size():
     """The number of ranks (1 when no process group is initialized)."""
     return torch_modules()[1].get_world_size() if is_initialized() else 1
-
-
-def device():
-    return _State.device
 
 
 def require_init(what):
@@ -213,15 +209,9 @@ def as_tensor(array):
     torch, _ = torch_modules()
     if isinstance(array, np.ndarray):
         return torch.from_numpy(array)
-    if hasattr(array, "data_ptr") and hasattr(array, "device"):
-        return array  # a torch tensor already
+    if _arrays._is_torch(array):
+        return array
     return torch.from_dlpack(array)
-
-
-def like(tensor, array):
-    """A torch tensor as the kind of array fastopt's functions take beside `array`: NumPy on the host
-    (a view when it can be), the tensor itself on the GPU."""
-    return tensor.numpy() if isinstance(array, np.ndarray) else tensor
 
 
 def all_gather_objects(what, value):
@@ -230,11 +220,6 @@ def all_gather_objects(what, value):
     out = [None] * dist.get_world_size()
     collective(what, dist.all_gather_object, out, value)
     return out
-
-
-def float32(x):
-    """x rounded to float32 (as a Python float): what a float32 kernel would hold."""
-    return float(np.float32(x))
 
 
 def global_sum(what, value):

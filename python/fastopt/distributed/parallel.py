@@ -65,7 +65,7 @@ class DataParallel:
 
     def _join(self):
         store = self.module.store
-        core._backend_for(core.torch_modules()[1].get_backend(), store.device)
+        core.backend_for(core.torch_modules()[1].get_backend(), store.device)
         check_same_network(self.module, "DataParallel")
         _, dist = core.torch_modules()
         if self.broadcast:
