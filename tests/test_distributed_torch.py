@@ -34,12 +34,14 @@ def batch(step):
     return torch.randn(2 * B, 5, generator=g), torch.randint(0, 3, (2 * B,), generator=g)
 
 
-def train(model, opt, part, steps, first=0):
+def train(model, opt, part, steps, first=0, sched=None):
     for step in range(first, first + steps):
         x, y = batch(step)
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x[part]), y[part]).backward()
         opt.step()
+        if sched is not None:
+            sched.step()
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy().copy()
 
 
@@ -59,6 +61,10 @@ def worker(out):
             model = ddp(net())
             opt = fo.ZeroRedundancy(model.parameters(), cls, max_grad_norm=clip, **options)
             result[key] = train(model, opt, part, K)
+    for key, make in (("sched_ref", fo.AdamW), ("sched", lambda ps, **kw: fo.ZeroRedundancy(ps, fo.AdamW, **kw))):
+        model = ddp(net())  # an LR scheduler edits the wrapper's groups; the shard follows
+        opt = make(model.parameters(), **CLASSES["adamw"][1])
+        result[key] = train(model, opt, part, K, sched=torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.1))
     model = ddp(net())
     opt = fo.ZeroRedundancy(model.parameters(), fo.AdamW, lr=0.01, max_grad_norm=0.5)
     train(model, opt, part, K)
@@ -102,6 +108,12 @@ def test_zero_redundancy_equals_the_unsharded_optimizer(run, name):
         np.testing.assert_array_equal(r[f"{name}_plain"], r[f"{name}_plain_ref"])
         # The norm summed in another order may move the float32 clip coefficient by an ulp.
         np.testing.assert_allclose(r[f"{name}_clipped"], r[f"{name}_clipped_ref"], rtol=1e-6, atol=1e-7)
+
+
+def test_zero_redundancy_follows_an_lr_scheduler(run):
+    _, (r0, _) = run
+    np.testing.assert_array_equal(r0["sched"], r0["sched_ref"])
+    assert not np.array_equal(r0["sched"], r0["adamw_plain"])  # the same run without the schedule differs
 
 
 def test_consolidated_checkpoint_resumes_on_two_ranks_and_in_the_plain_optimizer(run):
