@@ -5,12 +5,13 @@ Pointwise maps on CUDA, forward and backward (element math: fastopt/activation.h
   tanh, sigmoid, elu, gelu (CUDA's tanhf/expf/expm1f/erff), the residual add with drop path, axpby.
 
 Bytes per element: forward 8 (read x, write y), backward 12 (read dy and x, write dx); residual
-add 12, axpby 12. Pure bandwidth (the smooth activations' few dozen flops hide under the loads);
+add 12, axpby 12; half of that in bf16 (all but axpby, which updates fp32 gradient buffers, take
+bf16 arrays: fp32 math, each output rounded once, the CPU kernels' contract). Pure bandwidth (the smooth activations' few dozen flops hide under the loads);
 the only goal is full-width coalesced accesses.
 
 Launch shape: one map kernel for all four ops, 256 threads per block, a grid-stride loop over
-quads of 4 elements (one float4 per array and quad when every pointer is 16-byte aligned, which
-fresh allocations are), the n % 4 tail elements done by the first threads. The grid is capped at
+packs of 16 bytes (4 floats or 8 bf16: one access per array and pack when every pointer is
+16-byte aligned, which fresh allocations are), the tail elements done by the first threads. The grid is capped at
 kMaxBlocks (many waves on any GPU), so the int32 grid never overflows; indices are 64-bit.
 A unary op ignores its second operand; the forward passes x twice and nvcc drops the dead loads.
 */
@@ -18,40 +19,44 @@ A unary op ignores its second operand; the forward passes x twice and nvcc drops
 
 #include "fastopt/activation.h"
 #include "launch.cuh"
+#include "pack.cuh"
 
 namespace fastopt::cuda {
 namespace {
 
 using detail::check;
+using detail::kPack16;
 using detail::kThreads;
 
 constexpr int64_t kMaxBlocks = 65536;
 
-template <class Op>
+template <class T, class Op>
 __global__ void __launch_bounds__(kThreads)
-map_kernel(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y, int64_t n, bool vec,
-           Op op) {
+map_kernel(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y, int64_t n, bool vec, Op op) {
+  constexpr int V = kPack16<T>;
   const int64_t start = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
-  int64_t head = 0;  // elements done as quads
+  int64_t head = 0;  // elements done as packs
   if (vec) {
-    head = n & ~int64_t{3};
-    for (int64_t q = 4 * start; q < head; q += 4 * step) {
-      const float4 u = *reinterpret_cast<const float4*>(a + q);
-      const float4 v = *reinterpret_cast<const float4*>(b + q);
-      *reinterpret_cast<float4*>(y + q) = make_float4(op(u.x, v.x), op(u.y, v.y), op(u.z, v.z), op(u.w, v.w));
+    head = n - n % V;
+    for (int64_t q = V * start; q < head; q += V * step) {
+      float u[V], v[V], o[V];
+      detail::load_pack(a + q, u);
+      detail::load_pack(b + q, v);
+#pragma unroll
+      for (int e = 0; e < V; ++e) o[e] = op(u[e], v[e]);
+      detail::store_pack(y + q, o);
     }
   }
-  for (int64_t i = head + start; i < n; i += step) y[i] = op(a[i], b[i]);
+  for (int64_t i = head + start; i < n; i += step) y[i] = from_float<T>(op(to_float(a[i]), to_float(b[i])));
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-template <class Op>
-void launch_map(const float* a, const float* b, float* y, int64_t n, Op op, void* stream, const char* what) {
+template <class T, class Op>
+void launch_map(const T* a, const T* b, T* y, int64_t n, Op op, void* stream, const char* what) {
   if (n == 0) return;
-  const bool vec = aligned16(a) && aligned16(b) && aligned16(y);
-  const int64_t work = vec ? (n + 3) / 4 : n;
+  constexpr int V = kPack16<T>;
+  const bool vec = detail::pack_aligned<T, V>(a) && detail::pack_aligned<T, V>(b) && detail::pack_aligned<T, V>(y);
+  const int64_t work = vec ? (n + V - 1) / V : n;
   const int grid = static_cast<int>(std::min<int64_t>((work + kThreads - 1) / kThreads, kMaxBlocks));
   map_kernel<<<grid, kThreads, 0, detail::as_stream(stream)>>>(a, b, y, n, vec, op);
   check(cudaGetLastError(), what);
@@ -82,9 +87,8 @@ struct SmoothBackward {
   __device__ float operator()(float dy, float x) const { return smooth_backward(op, dy, x, alpha); }
 };
 
-template <template <Smooth> class Functor>
-void launch_smooth(Smooth op, const float* a, const float* b, float* y, int64_t n, float alpha, void* stream,
-                   const char* what) {
+template <template <Smooth> class Functor, class T>
+void launch_smooth(Smooth op, const T* a, const T* b, T* y, int64_t n, float alpha, void* stream, const char* what) {
   switch (op) {
     case Smooth::tanh: return launch_map(a, b, y, n, Functor<Smooth::tanh>{alpha}, stream, what);
     case Smooth::sigmoid: return launch_map(a, b, y, n, Functor<Smooth::sigmoid>{alpha}, stream, what);
@@ -95,16 +99,17 @@ void launch_smooth(Smooth op, const float* a, const float* b, float* y, int64_t 
 
 // blockIdx.y strides over rows (samples), blockIdx.x over a row: a thread draws its row's
 // factor once per row it visits (10 Philox rounds, a few dozen integer ops) and then streams.
+template <class T>
 __global__ void __launch_bounds__(kThreads)
-residual_kernel(const float* __restrict__ b, const float* __restrict__ s, float* __restrict__ y, int64_t rows,
-                int64_t inner, const DropoutParams d, bool drop) {
+residual_kernel(const T* __restrict__ b, const T* __restrict__ s, T* __restrict__ y, int64_t rows, int64_t inner,
+                const DropoutParams d, bool drop) {
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
     const float f = drop ? drop_path_factor(d, row) : 1.0f;
     const int64_t base = row * inner;
     for (int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; k < inner;
          k += static_cast<int64_t>(gridDim.x) * kThreads) {
-      const float bv = b[base + k];
-      y[base + k] = s != nullptr ? fastopt::residual_add(bv, s[base + k], f) : bv * f;
+      const float bv = to_float(b[base + k]);
+      y[base + k] = from_float<T>(s != nullptr ? fastopt::residual_add(bv, to_float(s[base + k]), f) : bv * f);
     }
   }
 }
@@ -116,34 +121,8 @@ __global__ void __launch_bounds__(kThreads) axpby_kernel(const float* x, float* 
     y[i] = fastopt::axpby(x[i], y[i], a, b);
 }
 
-}  // namespace
-
-void relu_forward(const float* x, float* y, int64_t n, void* stream) {
-  launch_map(x, x, y, n, Relu{}, stream, "relu_forward launch");
-}
-
-void relu_backward(const float* dy, const float* x, float* dx, int64_t n, void* stream) {
-  launch_map(dy, x, dx, n, ReluGrad{}, stream, "relu_backward launch");
-}
-
-void leaky_relu_forward(const float* x, float* y, int64_t n, float slope, void* stream) {
-  launch_map(x, x, y, n, LeakyRelu{slope}, stream, "leaky_relu_forward launch");
-}
-
-void leaky_relu_backward(const float* dy, const float* x, float* dx, int64_t n, float slope, void* stream) {
-  launch_map(dy, x, dx, n, LeakyReluGrad{slope}, stream, "leaky_relu_backward launch");
-}
-
-void smooth_forward(Smooth op, const float* x, float* y, int64_t n, float alpha, void* stream) {
-  launch_smooth<SmoothForward>(op, x, x, y, n, alpha, stream, "smooth activation forward launch");
-}
-
-void smooth_backward(Smooth op, const float* dy, const float* x, float* dx, int64_t n, float alpha, void* stream) {
-  launch_smooth<SmoothBackward>(op, dy, x, dx, n, alpha, stream, "smooth activation backward launch");
-}
-
-void residual_add(const float* b, const float* s, float* y, int64_t rows, int64_t inner, const DropoutParams& d,
-                  void* stream) {
+template <class T>
+void residual_launch(const T* b, const T* s, T* y, int64_t rows, int64_t inner, const DropoutParams& d, void* stream) {
   if (rows == 0 || inner == 0) return;
   const bool drop = d.threshold < (uint64_t{1} << 32);
   if (!drop) {  // one long row: no draws, and the grid covers the whole array
@@ -155,6 +134,36 @@ void residual_add(const float* b, const float* s, float* y, int64_t rows, int64_
   residual_kernel<<<grid, kThreads, 0, detail::as_stream(stream)>>>(b, s, y, rows, inner, d, drop);
   check(cudaGetLastError(), "residual_add launch");
 }
+
+}  // namespace
+
+// One definition per storage type T in {float, bf16}.
+#define FASTOPT_ACTIVATION_ENTRIES(T)                                                                            \
+  void relu_forward(const T* x, T* y, int64_t n, void* stream) {                                                 \
+    launch_map(x, x, y, n, Relu{}, stream, "relu_forward launch");                                               \
+  }                                                                                                              \
+  void relu_backward(const T* dy, const T* x, T* dx, int64_t n, void* stream) {                                  \
+    launch_map(dy, x, dx, n, ReluGrad{}, stream, "relu_backward launch");                                        \
+  }                                                                                                              \
+  void leaky_relu_forward(const T* x, T* y, int64_t n, float slope, void* stream) {                              \
+    launch_map(x, x, y, n, LeakyRelu{slope}, stream, "leaky_relu_forward launch");                               \
+  }                                                                                                              \
+  void leaky_relu_backward(const T* dy, const T* x, T* dx, int64_t n, float slope, void* stream) {               \
+    launch_map(dy, x, dx, n, LeakyReluGrad{slope}, stream, "leaky_relu_backward launch");                        \
+  }                                                                                                              \
+  void smooth_forward(Smooth op, const T* x, T* y, int64_t n, float alpha, void* stream) {                       \
+    launch_smooth<SmoothForward>(op, x, x, y, n, alpha, stream, "smooth activation forward launch");             \
+  }                                                                                                              \
+  void smooth_backward(Smooth op, const T* dy, const T* x, T* dx, int64_t n, float alpha, void* stream) {        \
+    launch_smooth<SmoothBackward>(op, dy, x, dx, n, alpha, stream, "smooth activation backward launch");         \
+  }                                                                                                              \
+  void residual_add(const T* b, const T* s, T* y, int64_t rows, int64_t inner, const DropoutParams& d,           \
+                    void* stream) {                                                                              \
+    residual_launch(b, s, y, rows, inner, d, stream);                                                            \
+  }
+FASTOPT_ACTIVATION_ENTRIES(float)
+FASTOPT_ACTIVATION_ENTRIES(bf16)
+#undef FASTOPT_ACTIVATION_ENTRIES
 
 void axpby(const float* x, float* y, int64_t n, float a, float b, void* stream) {
   if (n == 0) return;

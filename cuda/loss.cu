@@ -2,6 +2,9 @@
 Softmax cross-entropy forward + backward on CUDA (math: fastopt/loss.h):
   row = Q log s - sum_k q_k (z_k - m),  dz_k = (Q exp(z_k - m) / s - q_k) / N,  loss = mean(row)
 
+Logits, soft targets and dlogits are of a storage type T (float or bf16: fp32 math, dlogits
+rounded once, the loss and its row sums fp32; the CPU's bf16 contract), bf16 halving their bytes.
+
 Bytes per logit: three reads of the row (max; exp-sum and target sums; gradient), the second
 and third from L1/L2, soft targets read twice, dlogits written once: about 8 B (hard) or 12 B
 (soft) from DRAM per element, plus 8 B per row of scratch (row loss, hit flags).
@@ -53,25 +56,25 @@ __device__ __forceinline__ int64_t warp_argmax(float v, int64_t i, int64_t K) {
   return i < K ? i : 0;
 }
 
-template <TargetKind kKind>
+template <TargetKind kKind, class T>
 __global__ void __launch_bounds__(kThreads)
-xent_rows(const float* __restrict__ logits, const void* __restrict__ target, const LossParams p, float inv_n,
-          bool want_hits, float* __restrict__ dlogits, float* __restrict__ row_loss, uint32_t* __restrict__ row_hits) {
+xent_rows(const T* __restrict__ logits, const void* __restrict__ target, const LossParams p, float inv_n,
+          bool want_hits, T* __restrict__ dlogits, float* __restrict__ row_loss, uint32_t* __restrict__ row_hits) {
   constexpr bool kSoft = kKind == TargetKind::soft;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kRows + threadIdx.x / 32;
   if (n >= p.N) return;  // the whole warp: no shuffle below misses a lane
   const int lane = threadIdx.x % 32;
   const int64_t K = p.K;
-  const float* z = logits + n * K;
-  const float* y = kSoft ? static_cast<const float*>(target) + n * K : nullptr;
-  float* dz = dlogits != nullptr ? dlogits + n * K : nullptr;
+  const T* z = logits + n * K;
+  const T* y = kSoft ? static_cast<const T*>(target) + n * K : nullptr;
+  T* dz = dlogits != nullptr ? dlogits + n * K : nullptr;
 
   float m = -INFINITY, ybest = -INFINITY;
   int64_t t = K;
   for (int64_t k = lane; k < K; k += 32) {
-    m = fmaxf(m, z[k]);
-    if (kSoft && want_hits && y[k] > ybest) {
-      ybest = y[k];
+    m = fmaxf(m, to_float(z[k]));
+    if (kSoft && want_hits && to_float(y[k]) > ybest) {
+      ybest = to_float(y[k]);
       t = k;
     }
   }
@@ -82,7 +85,7 @@ xent_rows(const float* __restrict__ logits, const void* __restrict__ target, con
     t = kKind == TargetKind::i32 ? static_cast<const int32_t*>(target)[n] : static_cast<const int64_t*>(target)[n];
     if (!class_in_range(t, K)) {
       if (dz != nullptr)
-        for (int64_t k = lane; k < K; k += 32) dz[k] = NAN;
+        for (int64_t k = lane; k < K; k += 32) dz[k] = from_float<T>(NAN);
       if (lane == 0) {
         row_loss[n] = NAN;
         row_hits[n] = 0;
@@ -91,16 +94,17 @@ xent_rows(const float* __restrict__ logits, const void* __restrict__ target, con
     }
   }
 
-  const float zt = z[t];
+  const float zt = to_float(z[t]);
   float s = 0.0f, sum_q = 0.0f, sum_qz = 0.0f;
   long long greater = 0;
   for (int64_t k = lane; k < K; k += 32) {
-    const float d = z[k] - m;
+    const float zk = to_float(z[k]);
+    const float d = zk - m;
     s += expf(d);
-    const float q = kSoft ? __fadd_rn(__fmul_rn(p.on, y[k]), p.off) : p.off;
+    const float q = kSoft ? __fadd_rn(__fmul_rn(p.on, to_float(y[k])), p.off) : p.off;
     sum_q += q;
     sum_qz += loss_qz(q, d);
-    greater += z[k] > zt ? 1 : 0;
+    greater += zk > zt ? 1 : 0;
   }
   s = warp_sum(s);
   sum_qz = warp_sum(sum_qz);
@@ -116,8 +120,8 @@ xent_rows(const float* __restrict__ logits, const void* __restrict__ target, con
   if (dz == nullptr) return;
   const float inv_s = 1.0f / s;
   for (int64_t k = lane; k < K; k += 32) {
-    const float q = kSoft ? __fadd_rn(__fmul_rn(p.on, y[k]), p.off) : p.off + (k == t ? p.on : 0.0f);
-    dz[k] = loss_grad(expf(z[k] - m), inv_s, sum_q, q, inv_n);
+    const float q = kSoft ? __fadd_rn(__fmul_rn(p.on, to_float(y[k])), p.off) : p.off + (k == t ? p.on : 0.0f);
+    dz[k] = from_float<T>(loss_grad(expf(to_float(z[k]) - m), inv_s, sum_q, q, inv_n));
   }
 }
 
@@ -160,33 +164,44 @@ xent_fold(const float* __restrict__ row_loss, const uint32_t* __restrict__ row_h
   }
 }
 
-template <TargetKind kKind>
-void launch_rows(const float* logits, const void* target, const LossParams& p, bool want_hits, float* dlogits,
+template <TargetKind kKind, class T>
+void launch_rows(const T* logits, const void* target, const LossParams& p, bool want_hits, T* dlogits,
                  float* row_loss, uint32_t* row_hits, cudaStream_t st) {
   const int64_t grid = (p.N + kRows - 1) / kRows;
   if (grid > INT_MAX) throw std::runtime_error("fastopt softmax_cross_entropy: too many rows for one launch");
   const float inv_n = 1.0f / static_cast<float>(p.N);
-  xent_rows<kKind><<<static_cast<int>(grid), kThreads, 0, st>>>(logits, target, p, inv_n, want_hits, dlogits,
+  xent_rows<kKind, T><<<static_cast<int>(grid), kThreads, 0, st>>>(logits, target, p, inv_n, want_hits, dlogits,
                                                                 row_loss, row_hits);
   check(cudaGetLastError(), "xent_rows launch");
 }
 
-}  // namespace
-
-void softmax_cross_entropy(const float* logits, const void* target, TargetKind kind, const LossParams& p,
-                           float* loss, float* dlogits, float* stats, void* stream) {
+template <class T>
+void xent(const T* logits, const void* target, TargetKind kind, const LossParams& p, float* loss, T* dlogits,
+          float* stats, void* stream) {
   const cudaStream_t st = detail::as_stream(stream);
   detail::Scratch scratch(static_cast<size_t>(p.N) * 8, st);  // [row loss float x N][hits uint32 x N]
   float* row_loss = reinterpret_cast<float*>(scratch.bytes());
   uint32_t* row_hits = reinterpret_cast<uint32_t*>(scratch.bytes() + static_cast<size_t>(p.N) * 4);
   const bool want_hits = stats != nullptr;
   if (p.N > 0) {
-    if (kind == TargetKind::i32) launch_rows<TargetKind::i32>(logits, target, p, want_hits, dlogits, row_loss, row_hits, st);
-    if (kind == TargetKind::i64) launch_rows<TargetKind::i64>(logits, target, p, want_hits, dlogits, row_loss, row_hits, st);
-    if (kind == TargetKind::soft) launch_rows<TargetKind::soft>(logits, target, p, want_hits, dlogits, row_loss, row_hits, st);
+    if (kind == TargetKind::i32) launch_rows<TargetKind::i32, T>(logits, target, p, want_hits, dlogits, row_loss, row_hits, st);
+    if (kind == TargetKind::i64) launch_rows<TargetKind::i64, T>(logits, target, p, want_hits, dlogits, row_loss, row_hits, st);
+    if (kind == TargetKind::soft) launch_rows<TargetKind::soft, T>(logits, target, p, want_hits, dlogits, row_loss, row_hits, st);
   }
   xent_fold<<<1, kFinalThreads, 0, st>>>(row_loss, row_hits, p.N, loss, stats);
   check(cudaGetLastError(), "xent_fold launch");
+}
+
+}  // namespace
+
+void softmax_cross_entropy(const float* logits, const void* target, TargetKind kind, const LossParams& p,
+                           float* loss, float* dlogits, float* stats, void* stream) {
+  xent(logits, target, kind, p, loss, dlogits, stats, stream);
+}
+
+void softmax_cross_entropy(const bf16* logits, const void* target, TargetKind kind, const LossParams& p,
+                           float* loss, bf16* dlogits, float* stats, void* stream) {
+  xent(logits, target, kind, p, loss, dlogits, stats, stream);
 }
 
 }  // namespace fastopt::cuda

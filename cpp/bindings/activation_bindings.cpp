@@ -18,10 +18,10 @@ enum class Act { relu, relu_grad, leaky, leaky_grad };
 // array like x.
 // x and dy: float32 or bfloat16 (one dtype); the output has x's dtype.
 py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negative_slope, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
   const void* dyv = nullptr;
   if (dy_obj) {
-    const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
+    const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
     require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
     require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
     if (dy.shape != x.shape) raise_value("dy: expected the shape " + shape_str(x.shape) + " of x, got " + shape_str(dy.shape));
@@ -49,18 +49,21 @@ py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negat
   }
 #ifdef FASTOPT_WITH_CUDA
   {
-    const float* xp = static_cast<const float*>(x.data);  // float32: view_floating keeps bf16 off the GPU
-    const float* dyp = static_cast<const float*>(dyv);
-    float* yp = static_cast<float*>(yv);
     py::gil_scoped_release nogil;
     void* s = reinterpret_cast<void*>(stream);
     cuda::set_device(x.device);
-    switch (act) {
-      case Act::relu: cuda::relu_forward(xp, yp, n, s); break;
-      case Act::relu_grad: cuda::relu_backward(dyp, xp, yp, n, s); break;
-      case Act::leaky: cuda::leaky_relu_forward(xp, yp, n, slope, s); break;
-      case Act::leaky_grad: cuda::leaky_relu_backward(dyp, xp, yp, n, slope, s); break;
-    }
+    by_floating_dtype(x, [&](auto tag) {
+      using T = decltype(tag);
+      const T* xp = data_as<T>(x);
+      const T* dyp = static_cast<const T*>(dyv);
+      T* yp = static_cast<T*>(yv);
+      switch (act) {
+        case Act::relu: cuda::relu_forward(xp, yp, n, s); break;
+        case Act::relu_grad: cuda::relu_backward(dyp, xp, yp, n, s); break;
+        case Act::leaky: cuda::leaky_relu_forward(xp, yp, n, slope, s); break;
+        case Act::leaky_grad: cuda::leaky_relu_backward(dyp, xp, yp, n, slope, s); break;
+      }
+    });
   }
   return out;
 #else
@@ -70,10 +73,10 @@ py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negat
 
 // tanh / sigmoid / elu / gelu, forward (dy_obj null) and backward, same checks as activation().
 py::object smooth_activation(Smooth op, py::handle dy_obj, py::handle x_obj, double alpha, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
   const void* dyv = nullptr;
   if (dy_obj) {
-    const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
+    const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
     require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
     require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
     if (dy.shape != x.shape) raise_value("dy: expected the shape " + shape_str(x.shape) + " of x, got " + shape_str(dy.shape));
@@ -93,15 +96,14 @@ py::object smooth_activation(Smooth op, py::handle dy_obj, py::handle x_obj, dou
     return out;
   }
 #ifdef FASTOPT_WITH_CUDA
-  {
-    // float32: view_floating keeps bf16 off the GPU
-    const auto* xp = static_cast<const float*>(x.data);
-    const auto* dyp = static_cast<const float*>(dyv);
-    auto* yp = static_cast<float*>(yv);
-    cuda::set_device(x.device);
-    if (dyp) cuda::smooth_backward(op, dyp, xp, yp, x.numel, a, reinterpret_cast<void*>(stream));
-    else cuda::smooth_forward(op, xp, yp, x.numel, a, reinterpret_cast<void*>(stream));
-  }
+  cuda::set_device(x.device);
+  by_floating_dtype(x, [&](auto tag) {
+    using T = decltype(tag);
+    const T* dyp = static_cast<const T*>(dyv);
+    void* s = reinterpret_cast<void*>(stream);
+    if (dyp) cuda::smooth_backward(op, dyp, data_as<T>(x), static_cast<T*>(yv), x.numel, a, s);
+    else cuda::smooth_forward(op, data_as<T>(x), static_cast<T*>(yv), x.numel, a, s);
+  });
   return out;
 #else
   throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
@@ -111,10 +113,10 @@ py::object smooth_activation(Smooth op, py::handle dy_obj, py::handle x_obj, dou
 // y = s + b * f_n per sample n (the first dim), s optional; p, seed, offset are checked in Python.
 py::object residual_add_op(py::handle b_obj, py::handle s_obj, double p, uint64_t seed, uint64_t offset,
                         uintptr_t stream) {
-  const ArrayView b = view_floating(b_obj, ArgName{"body"}, false);
+  const ArrayView b = view_floating(b_obj, ArgName{"body"}, false, true);
   const void* sv = nullptr;
   if (!s_obj.is_none()) {
-    const ArrayView s = view_floating(s_obj, ArgName{"shortcut"}, false);
+    const ArrayView s = view_floating(s_obj, ArgName{"shortcut"}, false, true);
     require_same_device(b, ArgName{"body"}, s, ArgName{"shortcut"});
     require_same_dtype(b, ArgName{"body"}, s, ArgName{"shortcut"});
     if (s.shape != b.shape)
@@ -137,8 +139,11 @@ py::object residual_add_op(py::handle b_obj, py::handle s_obj, double p, uint64_
   }
 #ifdef FASTOPT_WITH_CUDA
   cuda::set_device(b.device);
-  cuda::residual_add(static_cast<const float*>(b.data), static_cast<const float*>(sv), static_cast<float*>(yv), rows,
-                     inner, d, reinterpret_cast<void*>(stream));
+  by_floating_dtype(b, [&](auto tag) {
+    using T = decltype(tag);
+    cuda::residual_add(data_as<T>(b), static_cast<const T*>(sv), static_cast<T*>(yv), rows, inner, d,
+                       reinterpret_cast<void*>(stream));
+  });
   return out;
 #else
   throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
@@ -190,7 +195,7 @@ void axpby_lists(py::sequence ys_obj, py::sequence xs_obj, double a, double b, u
 void bind_activation(py::module_& m) {
   m.def(
       "relu_forward", [](py::handle x, uintptr_t stream) { return activation(Act::relu, {}, x, 0.0, stream); },
-      py::arg("x"), py::arg("stream") = 0, "y = max(x, 0) (NaN propagates), a new float32 array on x's device.");
+      py::arg("x"), py::arg("stream") = 0, "y = max(x, 0) (NaN propagates), a new array of x's dtype (float32 or bfloat16) on its device.");
   m.def(
       "relu_backward",
       [](py::handle dy, py::handle x, uintptr_t stream) { return activation(Act::relu_grad, dy, x, 0.0, stream); },

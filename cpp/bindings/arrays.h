@@ -61,8 +61,10 @@ inline ArrayView view_f32(py::handle obj, const ArgName& name, bool writable) {
 }
 
 // A float32 or bfloat16 array: the inputs of kernels that have a bf16 path. Anything else raises
-// TypeError naming the argument; bf16 on a GPU raises TypeError "not yet" (require_host_lowp).
-ArrayView view_floating(py::handle obj, const ArgName& name, bool writable);
+// TypeError naming the argument. gpu_bf16: the op has CUDA bf16 kernels too (issue 21's
+// memory-bound ops); without it bf16 on a GPU raises TypeError "not yet" (require_host_lowp),
+// as for conv2d and linear, whose GPU bf16 (tensor-core) kernels do not exist yet.
+ArrayView view_floating(py::handle obj, const ArgName& name, bool writable, bool gpu_bf16 = false);
 
 // Calls f(float{}) or f(bf16{}) for the dtype of a view_floating array v, so that one generic
 // lambda instantiates an op's kernel call for both storage types.

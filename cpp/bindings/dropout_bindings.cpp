@@ -60,7 +60,7 @@ py::tuple philox_words(py::sequence counter, py::sequence key) {
 // torch returns its input.
 py::object dropout_apply(py::handle x, const char* name, double p, py::handle seed, py::handle offset,
                          bool training, uintptr_t stream) {
-  const ArrayView xv = view_floating(x, ArgName{name}, false);
+  const ArrayView xv = view_floating(x, ArgName{name}, false, true);
   const DropoutParams d = dropout_params(probability_arg(p), unsigned_arg(seed, "seed", 64), offset_arg(offset, xv.numel));
   if (!training) return py::reinterpret_borrow<py::object>(x);
   py::object out = new_array(xv.shape, xv.dtype, xv.device, stream, "the output", name);
@@ -75,10 +75,12 @@ py::object dropout_apply(py::handle x, const char* name, double p, py::handle se
   }
 #ifdef FASTOPT_WITH_CUDA
   {
-    const float* xp = static_cast<const float*>(xv.data);  // float32: view_floating keeps bf16 off the GPU
     py::gil_scoped_release nogil;
     cuda::set_device(xv.device);
-    cuda::dropout_apply(xp, static_cast<float*>(yp), xv.numel, d, reinterpret_cast<void*>(stream));
+    by_floating_dtype(xv, [&](auto tag) {
+      using T = decltype(tag);
+      cuda::dropout_apply(data_as<T>(xv), static_cast<T*>(yp), xv.numel, d, reinterpret_cast<void*>(stream));
+    });
   }
   return out;
 #else
@@ -134,7 +136,7 @@ void bind_dropout(py::module_& m) {
         "Philox4x32-10 (Random123) of one 128-bit counter (4 words) under a 64-bit key (2 words): 4 words.");
   m.def("dropout_forward", &dropout_forward, py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("offset") = 0,
         py::arg("training") = true, py::arg("stream") = 0,
-        "y = x * mask / (1 - p), a new float32 array on x's device; x itself when not training.");
+        "y = x * mask / (1 - p), a new array of x's dtype (float32 or bfloat16) on its device; x itself when not training.");
   m.def("dropout_backward", &dropout_backward, py::arg("dy"), py::arg("p"), py::arg("seed"), py::arg("offset") = 0,
         py::arg("stream") = 0, "dx = dy * mask / (1 - p), the mask regenerated from (seed, offset).");
   m.def("dropout_mask", &dropout_mask, py::arg("shape"), py::arg("p"), py::arg("seed"), py::arg("offset") = 0,

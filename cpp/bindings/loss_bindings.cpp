@@ -28,7 +28,7 @@ void check_classes(const Index* t, int64_t n, int64_t K) {
 
 py::tuple softmax_cross_entropy(py::handle logits, py::handle target, double label_smoothing, bool need_grad,
                                 py::handle stats, int64_t topk, uintptr_t stream) {
-  const ArrayView z = view_floating(logits, ArgName{"logits"}, false);
+  const ArrayView z = view_floating(logits, ArgName{"logits"}, false, true);
   if (z.shape.size() != 2) raise_value("logits: expected shape (N, K), got " + shape_str(z.shape));
   const int64_t N = z.shape[0], K = z.shape[1];
   if (K < 1) raise_value("logits: needs at least one class (K >= 1), got shape " + shape_str(z.shape));
@@ -85,8 +85,11 @@ py::tuple softmax_cross_entropy(py::handle logits, py::handle target, double lab
 #ifdef FASTOPT_WITH_CUDA
     py::gil_scoped_release nogil;
     cuda::set_device(z.device);
-    cuda::softmax_cross_entropy(data_as<float>(z), t.data, kind, p, lp, static_cast<float*>(dp), sp,
-                                reinterpret_cast<void*>(stream));
+    by_floating_dtype(z, [&](auto tag) {
+      using T = decltype(tag);
+      cuda::softmax_cross_entropy(data_as<T>(z), t.data, kind, p, lp, static_cast<T*>(dp), sp,
+                                  reinterpret_cast<void*>(stream));
+    });
 #else
     throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif

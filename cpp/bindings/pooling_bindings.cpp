@@ -77,7 +77,7 @@ T* data_of(py::handle out, DType t) {
 
 // x: float32 or bfloat16; y has x's dtype.
 py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair padding, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
   const Pool2dShape s = pool_shape(x.shape, "x", kernel, stride, padding);
   const std::vector<int64_t> yshape{x.shape[0], x.shape[1], s.P, s.Q};
   py::object y = new_array(yshape, x.dtype, x.device, stream, "y", "x");
@@ -94,7 +94,10 @@ py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair pa
 #ifdef FASTOPT_WITH_CUDA
     py::gil_scoped_release nogil;
     cuda::set_device(x.device);
-    cuda::max_pool2d_forward(s, data_as<float>(x), static_cast<float*>(yp), ip, reinterpret_cast<void*>(stream));
+    by_floating_dtype(x, [&](auto tag) {
+      using T = decltype(tag);
+      cuda::max_pool2d_forward(s, data_as<T>(x), static_cast<T*>(yp), ip, reinterpret_cast<void*>(stream));
+    });
 #else
     throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif
@@ -104,7 +107,7 @@ py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair pa
 
 py::object max_pool2d_backward(py::handle dy_obj, py::handle idx_obj, std::vector<int64_t> input_shape, Pair kernel,
                                Pair stride, Pair padding, uintptr_t stream) {
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
   const DType i32 = DType::i32;
   const ArrayView idx = view_array(idx_obj, ArgName{"indices"}, false, &i32);
   require_same_device(dy, ArgName{"dy"}, idx, ArgName{"indices"});
@@ -127,7 +130,10 @@ py::object max_pool2d_backward(py::handle dy_obj, py::handle idx_obj, std::vecto
 #ifdef FASTOPT_WITH_CUDA
     py::gil_scoped_release nogil;
     cuda::set_device(dy.device);
-    cuda::max_pool2d_backward(s, data_as<float>(dy), ip, static_cast<float*>(dxp), reinterpret_cast<void*>(stream));
+    by_floating_dtype(dy, [&](auto tag) {
+      using T = decltype(tag);
+      cuda::max_pool2d_backward(s, data_as<T>(dy), ip, static_cast<T*>(dxp), reinterpret_cast<void*>(stream));
+    });
 #else
     throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif
@@ -142,7 +148,7 @@ int64_t plane_size(const std::vector<int64_t>& shape, const char* name) {
 }
 
 py::object global_avg_pool_forward(py::handle x_obj, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
   const int64_t hw = plane_size(x.shape, "x");
   const int64_t planes = x.shape[0] * x.shape[1];
   py::object y = new_array({x.shape[0], x.shape[1]}, x.dtype, x.device, stream, "y", "x");
@@ -157,8 +163,10 @@ py::object global_avg_pool_forward(py::handle x_obj, uintptr_t stream) {
 #ifdef FASTOPT_WITH_CUDA
     py::gil_scoped_release nogil;
     cuda::set_device(x.device);
-    cuda::global_avg_pool_forward(data_as<float>(x), static_cast<float*>(yp), planes, hw,
-                                  reinterpret_cast<void*>(stream));
+    by_floating_dtype(x, [&](auto tag) {
+      using T = decltype(tag);
+      cuda::global_avg_pool_forward(data_as<T>(x), static_cast<T*>(yp), planes, hw, reinterpret_cast<void*>(stream));
+    });
 #else
     throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif
@@ -167,7 +175,7 @@ py::object global_avg_pool_forward(py::handle x_obj, uintptr_t stream) {
 }
 
 py::object global_avg_pool_backward(py::handle dy_obj, std::vector<int64_t> input_shape, uintptr_t stream) {
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
   const int64_t hw = plane_size(input_shape, "input_shape");
   const std::vector<int64_t> yshape{input_shape[0], input_shape[1]};
   if (dy.shape != yshape) raise_value("dy: expected the output shape " + shape_str(yshape) + ", got " + shape_str(dy.shape));
@@ -184,8 +192,10 @@ py::object global_avg_pool_backward(py::handle dy_obj, std::vector<int64_t> inpu
 #ifdef FASTOPT_WITH_CUDA
     py::gil_scoped_release nogil;
     cuda::set_device(dy.device);
-    cuda::global_avg_pool_backward(data_as<float>(dy), static_cast<float*>(dxp), planes, hw,
-                                   reinterpret_cast<void*>(stream));
+    by_floating_dtype(dy, [&](auto tag) {
+      using T = decltype(tag);
+      cuda::global_avg_pool_backward(data_as<T>(dy), static_cast<T*>(dxp), planes, hw, reinterpret_cast<void*>(stream));
+    });
 #else
     throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif
@@ -195,7 +205,7 @@ py::object global_avg_pool_backward(py::handle dy_obj, std::vector<int64_t> inpu
 
 py::object avg_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair padding, bool include_pad,
                               uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
   const Pool2dShape s = pool_shape(x.shape, "x", kernel, stride, padding);
   py::object y = new_array({x.shape[0], x.shape[1], s.P, s.Q}, x.dtype, x.device, stream, "y", "x");
   void* yp = view_array(y, ArgName{"y"}, true, &x.dtype).data;
@@ -208,8 +218,10 @@ py::object avg_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair p
   } else {
 #ifdef FASTOPT_WITH_CUDA
     cuda::set_device(x.device);
-    cuda::avg_pool2d_forward(s, data_as<float>(x), static_cast<float*>(yp), include_pad,
-                             reinterpret_cast<void*>(stream));
+    by_floating_dtype(x, [&](auto tag) {
+      using T = decltype(tag);
+      cuda::avg_pool2d_forward(s, data_as<T>(x), static_cast<T*>(yp), include_pad, reinterpret_cast<void*>(stream));
+    });
 #else
     throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif
@@ -219,7 +231,7 @@ py::object avg_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair p
 
 py::object avg_pool2d_backward(py::handle dy_obj, std::vector<int64_t> input_shape, Pair kernel, Pair stride,
                                Pair padding, bool include_pad, uintptr_t stream) {
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
   const Pool2dShape s = pool_shape(input_shape, "input_shape", kernel, stride, padding);
   const std::vector<int64_t> yshape{input_shape[0], input_shape[1], s.P, s.Q};
   if (dy.shape != yshape)
@@ -235,8 +247,10 @@ py::object avg_pool2d_backward(py::handle dy_obj, std::vector<int64_t> input_sha
   } else {
 #ifdef FASTOPT_WITH_CUDA
     cuda::set_device(dy.device);
-    cuda::avg_pool2d_backward(s, data_as<float>(dy), static_cast<float*>(dxp), include_pad,
-                              reinterpret_cast<void*>(stream));
+    by_floating_dtype(dy, [&](auto tag) {
+      using T = decltype(tag);
+      cuda::avg_pool2d_backward(s, data_as<T>(dy), static_cast<T*>(dxp), include_pad, reinterpret_cast<void*>(stream));
+    });
 #else
     throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif

@@ -128,6 +128,15 @@ void smooth_forward(Smooth op, const float* x, float* y, int64_t n, float alpha,
 void smooth_backward(Smooth op, const float* dy, const float* x, float* dx, int64_t n, float alpha, void* stream);
 void residual_add(const float* b, const float* s, float* y, int64_t rows, int64_t inner, const DropoutParams& d,
                   void* stream);
+// bf16 in and out: the CPU's bf16 contract (fp32 math, one rounding per output).
+void relu_forward(const bf16* x, bf16* y, int64_t n, void* stream);
+void relu_backward(const bf16* dy, const bf16* x, bf16* dx, int64_t n, void* stream);
+void leaky_relu_forward(const bf16* x, bf16* y, int64_t n, float slope, void* stream);
+void leaky_relu_backward(const bf16* dy, const bf16* x, bf16* dx, int64_t n, float slope, void* stream);
+void smooth_forward(Smooth op, const bf16* x, bf16* y, int64_t n, float alpha, void* stream);
+void smooth_backward(Smooth op, const bf16* dy, const bf16* x, bf16* dx, int64_t n, float alpha, void* stream);
+void residual_add(const bf16* b, const bf16* s, bf16* y, int64_t rows, int64_t inner, const DropoutParams& d,
+                  void* stream);
 void axpby(const float* x, float* y, int64_t n, float a, float b, void* stream);
 }  // namespace cuda
 

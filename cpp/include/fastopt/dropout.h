@@ -61,6 +61,7 @@ void dropout_mask(uint8_t* mask, int64_t n, const DropoutParams& d);
 namespace cuda {
 // Same contracts on device pointers, queued on `stream` (a cudaStream_t; 0 = legacy default).
 void dropout_apply(const float* x, float* y, int64_t n, const DropoutParams& d, void* stream);
+void dropout_apply(const bf16* x, bf16* y, int64_t n, const DropoutParams& d, void* stream);  // fp32 product, rounded once
 void dropout_mask(uint8_t* mask, int64_t n, const DropoutParams& d, void* stream);
 }  // namespace cuda
 

@@ -81,6 +81,9 @@ namespace cuda {
 // Same contract on device pointers, queued on `stream`; never waits for the host.
 void softmax_cross_entropy(const float* logits, const void* target, TargetKind kind, const LossParams& p,
                            float* loss, float* dlogits, float* stats, void* stream);
+// bf16 logits, soft targets and dlogits (the CPU's bf16 contract); the loss and stats stay fp32.
+void softmax_cross_entropy(const bf16* logits, const void* target, TargetKind kind, const LossParams& p,
+                           float* loss, bf16* dlogits, float* stats, void* stream);
 }  // namespace cuda
 
 }  // namespace fastopt

@@ -153,6 +153,13 @@ void global_avg_pool_forward(const float* x, float* y, int64_t planes, int64_t h
 void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_t hw, void* stream);
 void avg_pool2d_forward(const Pool2dShape& s, const float* x, float* y, bool include_pad, void* stream);
 void avg_pool2d_backward(const Pool2dShape& s, const float* dy, float* dx, bool include_pad, void* stream);
+// bf16 in and out, the CPU's bf16 contract (fp32 windows and sums, each output rounded once).
+void max_pool2d_forward(const Pool2dShape& s, const bf16* x, bf16* y, int32_t* indices, void* stream);
+void max_pool2d_backward(const Pool2dShape& s, const bf16* dy, const int32_t* indices, bf16* dx, void* stream);
+void global_avg_pool_forward(const bf16* x, bf16* y, int64_t planes, int64_t hw, void* stream);
+void global_avg_pool_backward(const bf16* dy, bf16* dx, int64_t planes, int64_t hw, void* stream);
+void avg_pool2d_forward(const Pool2dShape& s, const bf16* x, bf16* y, bool include_pad, void* stream);
+void avg_pool2d_backward(const Pool2dShape& s, const bf16* dy, bf16* dx, bool include_pad, void* stream);
 }  // namespace cuda
 
 }  // namespace fastopt
