@@ -135,4 +135,29 @@ void memset_async(void* ptr, int value, size_t nbytes, void* stream) {
 
 void synchronize(void* stream) { check(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize"); }
 
+void* host_alloc_pinned(size_t nbytes) {
+  void* p = nullptr;
+  if (cudaHostAlloc(&p, nbytes, cudaHostAllocDefault) != cudaSuccess) {
+    cudaGetLastError();
+    throw std::bad_alloc();  // pybind11 turns it into MemoryError
+  }
+  return p;
+}
+
+void host_free_pinned(void* ptr) { check(cudaFreeHost(ptr), "cudaFreeHost"); }
+
+bool is_pinned(const void* ptr) {
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, ptr) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return attr.type == cudaMemoryTypeHost;
+}
+
+void memcpy_h2d_async(void* dst, const void* src, size_t nbytes, void* stream) {
+  if (nbytes == 0) return;
+  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, as_stream(stream)), "cudaMemcpyAsync (host to device)");
+}
+
 }  // namespace fastopt::cuda

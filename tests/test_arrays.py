@@ -328,3 +328,29 @@ def test_torch_tensor_errors():
         opt.step([torch.zeros(4, 4, dtype=torch.float64)])
     with pytest.raises(TypeError, match=r"params\[0\]: expected float32"):
         optim.SGD([torch.zeros(3, dtype=torch.float64)])  # bf16/fp16 ones are taken (test_optim_bf16.py)
+
+
+@pytest.mark.gpu
+def test_pinned_host_buffers_and_non_blocking_copies(rng):
+    """fastopt.cuda.pinned_empty gives page-locked NumPy arrays (the runtime reports them as host
+    memory it can copy from directly); to_device(..., non_blocking=True) from one queues the copy
+    and returns, from ordinary memory it copies synchronously, and both give the same array."""
+    from ml_dtypes import bfloat16
+    for shape, dtype in (((3, 5, 7), np.float32), ((0,), np.float32), ((4, 9), np.int64), ((6,), bfloat16)):
+        buf = fastopt.cuda.pinned_empty(shape, dtype)
+        assert buf.shape == shape and buf.dtype == dtype and buf.flags.c_contiguous and buf.flags.writeable
+        src = rng.standard_normal(shape).astype(dtype)
+        np.copyto(buf, src)
+        a = fastopt.to_device(buf, non_blocking=True)
+        b = fastopt.to_device(src, non_blocking=True)  # pageable: a synchronous copy
+        fastopt.cuda.synchronize()
+        for d in (a, b):
+            assert d.dtype == dtype and np.array_equal(d.numpy().view(np.uint8), src.view(np.uint8))
+    with pytest.raises(ValueError, match="shape"):
+        fastopt.cuda.pinned_empty((2, -1))
+
+
+@pytest.mark.skipif(fastopt.cuda.is_available(), reason="checks the no-GPU behaviour")
+def test_pinned_host_buffers_need_a_gpu():
+    with pytest.raises(RuntimeError, match="pinned_empty: page-locked host memory needs a (CUDA build|usable GPU)"):
+        fastopt.cuda.pinned_empty((2,))

@@ -403,18 +403,49 @@ it to the host.)doc")
       py::arg("shape"), py::arg("dtype"), py::arg("device") = 0, py::arg("stream") = 0);
   m.def(
       "to_device",
-      [](py::array arr, int device, uintptr_t stream) {
+      [](py::array arr, int device, uintptr_t stream, bool non_blocking) {
         const ArrayView v = view_array(arr, ArgName{"array"}, false, nullptr);
         DeviceArray a = device_empty(v.shape, v.dtype, device, stream);
 #ifdef FASTOPT_WITH_CUDA
         if (a.nbytes()) {
           py::gil_scoped_release nogil;
-          cuda::memcpy_h2d(a.data(), v.data, a.nbytes(), reinterpret_cast<void*>(stream));
+          // As torch's non_blocking: asynchronous only from pinned memory (pageable memory would
+          // be staged through a bounce buffer and waited for anyway), synchronous otherwise.
+          if (non_blocking && cuda::is_pinned(v.data))
+            cuda::memcpy_h2d_async(a.data(), v.data, a.nbytes(), reinterpret_cast<void*>(stream));
+          else
+            cuda::memcpy_h2d(a.data(), v.data, a.nbytes(), reinterpret_cast<void*>(stream));
         }
+#else
+        (void)non_blocking;
 #endif
         return a;
       },
-      py::arg("array"), py::arg("device") = 0, py::arg("stream") = 0);
+      py::arg("array"), py::arg("device") = 0, py::arg("stream") = 0, py::arg("non_blocking") = false);
+  m.def(
+      "pinned_empty",
+      [](py::handle shape, py::object dtype) -> py::array {
+        const std::vector<int64_t> dims = shape_arg(shape);
+        const py::dtype dt = py::dtype::from_args(dtype);
+        int64_t n = 1;
+        for (int64_t d : dims) {
+          if (d < 0) raise_value("shape: dimensions must be >= 0, got " + shape_str(dims));
+          n *= d;
+        }
+#ifdef FASTOPT_WITH_CUDA
+        if (cuda::device_count() == 0)
+          throw std::runtime_error("pinned_empty: page-locked host memory needs a usable GPU (this machine has none)");
+        void* p = cuda::host_alloc_pinned(static_cast<size_t>(n) * static_cast<size_t>(dt.itemsize()));
+        py::capsule owner(p, [](void* q) { cuda::host_free_pinned(q); });
+        return py::array(dt, dims, p, owner);
+#else
+        (void)n;
+        throw std::runtime_error("pinned_empty: page-locked host memory needs a CUDA build of fastopt");
+#endif
+      },
+      py::arg("shape"), py::arg("dtype"),
+      "A C-contiguous NumPy array in page-locked (pinned) host memory, freed with the array: the source "
+      "to_device(..., non_blocking=True) copies from without the host waiting.");
   m.def(
       "copy_",
       [](py::handle dst, py::handle src, uintptr_t stream) {

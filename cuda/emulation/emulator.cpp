@@ -528,9 +528,40 @@ cudaError_t cudaDriverGetVersion(int* version) {
   return cudaSuccess;
 }
 
+// Page-locked host memory: ordinary heap memory here, remembered so that pointer attributes
+// answer cudaMemoryTypeHost for it (and only for it, from its start to its end) as the runtime does.
+static std::map<uintptr_t, size_t> pinned_blocks;  // start -> size, under memory_mutex
+
+static bool in_pinned_block(const void* ptr) {
+  std::lock_guard<std::mutex> lock(memory_mutex);
+  const auto p = reinterpret_cast<uintptr_t>(ptr);
+  auto it = pinned_blocks.upper_bound(p);
+  if (it == pinned_blocks.begin()) return false;
+  --it;
+  return p < it->first + it->second;
+}
+
+cudaError_t cudaHostAlloc(void** ptr, size_t nbytes, unsigned int) {
+  *ptr = std::malloc(nbytes ? nbytes : 1);
+  if (*ptr == nullptr) return fail(cudaErrorMemoryAllocation);
+  std::lock_guard<std::mutex> lock(memory_mutex);
+  pinned_blocks[reinterpret_cast<uintptr_t>(*ptr)] = nbytes ? nbytes : 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFreeHost(void* ptr) {
+  if (ptr == nullptr) return cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(memory_mutex);
+    if (pinned_blocks.erase(reinterpret_cast<uintptr_t>(ptr)) == 0) return fail(cudaErrorInvalidValue);
+  }
+  std::free(ptr);
+  return cudaSuccess;
+}
+
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* ptr) {
   *attr = cudaPointerAttributes{};
-  attr->type = is_device(ptr) ? cudaMemoryTypeDevice : cudaMemoryTypeUnregistered;
+  attr->type = is_device(ptr) ? cudaMemoryTypeDevice : in_pinned_block(ptr) ? cudaMemoryTypeHost : cudaMemoryTypeUnregistered;
   attr->device = is_device(ptr) ? 0 : -1;
   return cudaSuccess;
 }

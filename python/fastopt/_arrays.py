@@ -30,9 +30,13 @@ def canonical_device(device):
     return "cpu" if device == "cpu" else f"cuda:{_device_index(device)}"
 
 
-def to_device(array, device="cuda", stream=0):
-    """Copy a NumPy array to the GPU as a fastopt.DeviceArray (dtype and shape kept)."""
-    return _C.to_device(np.ascontiguousarray(array), _device_index(device), stream)
+def to_device(array, device="cuda", stream=0, non_blocking=False):
+    """Copy a NumPy array to the GPU as a fastopt.DeviceArray (dtype and shape kept).
+
+    non_blocking=True, as in torch: from pinned host memory (fastopt.cuda.pinned_empty) the copy is
+    queued on `stream` and the call returns at once (keep the source unchanged until the stream
+    has passed the copy); from ordinary memory the copy is synchronous anyway."""
+    return _C.to_device(np.ascontiguousarray(array), _device_index(device), stream, bool(non_blocking))
 
 
 def empty(shape, dtype=np.float32, device="cuda", stream=0):

@@ -1,4 +1,6 @@
 """GPU queries. Importing fastopt never needs a GPU or a driver; these answer at run time."""
+import numpy as np
+
 from . import _C
 
 
@@ -30,6 +32,14 @@ def device_name(device=0):
 def synchronize(stream=0):
     """Wait for the work queued on `stream` (default: the legacy default stream)."""
     _C.cuda.synchronize(stream)
+
+
+def pinned_empty(shape, dtype="float32"):
+    """An uninitialized C-contiguous NumPy array in page-locked (pinned) host memory, released
+    with the array. A copy from it to the GPU can run asynchronously
+    (fastopt.to_device(a, non_blocking=True)). Needs a CUDA build; pinned memory is a scarce
+    system resource, so reuse such buffers rather than making one per batch."""
+    return _C.pinned_empty(tuple(int(d) for d in shape), np.dtype(dtype))
 
 
 def versions():

@@ -80,6 +80,13 @@ void memcpy_d2h(void* dst, const void* src, size_t nbytes, void* stream);  // sy
 void memcpy_d2d(void* dst, const void* src, size_t nbytes, void* stream);  // asynchronous
 void memset_async(void* ptr, int value, size_t nbytes, void* stream);
 void synchronize(void* stream);
+// Page-locked (pinned) host memory, which the copy engine reads directly: the source an
+// asynchronous host-to-device copy needs. memcpy_h2d_async returns before the copy is done; the
+// caller keeps src unchanged until the stream has passed the copy.
+void* host_alloc_pinned(size_t nbytes);
+void host_free_pinned(void* ptr);
+bool is_pinned(const void* ptr);
+void memcpy_h2d_async(void* dst, const void* src, size_t nbytes, void* stream);
 
 // The fused multi-tensor step. All pointers are device memory. norm_out (float) and
 // skipped_out (int32) receive the pre-clip L2 norm and the skip flag when a norm pass runs
