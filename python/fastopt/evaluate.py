@@ -12,7 +12,6 @@ seeds on such data are refused (each one's test split holds others' training ima
 """
 import argparse
 import json
-import math
 import os
 import sys
 

@@ -7,7 +7,6 @@ own stream, so one seed serves them all), so the CPU, the GPU, every CPU instruc
 fastopt.reference.augment draw the same parameters for any thread count. Outputs are new arrays
 on x's device; `stream` (a CUDA stream handle) is ignored on the CPU.
 """
-import math
 
 import numpy as np
 
