@@ -7,8 +7,11 @@
 #   status.txt one line per stage: name, exit status, seconds
 # PARTS: comma-separated stages after the build, so that the work can be split over device calls
 # of 10 minutes each: tests (GPU tests, conv2d again on its gather kernels), cpu-tests, optim,
-# normalization, dropout, conv2d, train (training-step suite), digits (`fastopt train`); or the
-# groups all (default: tests, cpu-tests, the four kernel suites), bench (the four kernel suites).
+# normalization, dropout, conv2d, train (training-step suite), digits (`fastopt train`), loader
+# (training from a file vs in memory: pinned buffers, async copies), torch-optim and torch-train
+# (the PyTorch front against torch fused / eager / compile on CUDA tensors); or the groups all
+# (default: tests, cpu-tests, the four kernel suites), bench (the four kernel suites), torch
+# (torch-optim, torch-train).
 # GPU_TESTS narrows the GPU tests to some files (default: all of tests/).
 # At most 8 files come back from that machine, so nothing else is written there.
 # Every stage runs even when an earlier one failed (except that nothing runs without a build);
@@ -21,6 +24,7 @@ OUT=${1:?usage: gpu_check.sh OUTDIR [PARTS]}
 PARTS=,${2:-all},
 PARTS=${PARTS//,all,/,tests,cpu-tests,bench,}
 PARTS=${PARTS//,bench,/,optim,normalization,dropout,conv2d,}
+PARTS=${PARTS//,torch,/,torch-optim,torch-train,}
 want() { [[ $PARTS == *,$1,* ]]; }
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -85,6 +89,9 @@ if stage build 330 build.log python3 -m pip install --no-build-isolation --no-in
   # Should an opt-in kernel (never run on a GPU before) fail, the defaults are still timed.
   want conv2d && { bench conv2d 150 conv2d --device cuda || bench conv2d-default 150 conv2d --device cuda --no-opt-in; }
   want train && bench train 200 train --device all
+  want loader && bench loader 200 loader --device cuda
+  want torch-optim && bench torch-optim 150 torch optim --device cuda
+  want torch-train && bench torch-train 300 torch train --device cuda --steps 5 --rounds 3
   # Digits needs scikit-learn, which that machine may lack (no network): then this stage fails alone.
   want digits && stage digits 200 bench.log python3 -m fastopt.cli train --device cuda --out "$OUT/digits"
 fi
