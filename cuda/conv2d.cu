@@ -86,10 +86,11 @@ __global__ void __launch_bounds__(kThreads, BM == 128 || BN == 128 ? 2 : 3) gemm
     store_outputs<Prob, BM, BN>(pb, g, split, tid, m0, n0, acc);
 }
 
+// Every weight-grad kernel's final store goes through store_grad: with accumulate it adds into dw.
 __global__ void __launch_bounds__(kThreads) split_sum_kernel(const float* part, int64_t numel, int splits,
-                                                             float* dw) {
+                                                             float* dw, bool accumulate) {
   for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < numel; i += int64_t{gridDim.x} * kThreads)
-    dw[i] = split_sum_at(part, numel, splits, i);
+    store_grad(dw + i, split_sum_at(part, numel, splits, i), accumulate);
 }
 
 __global__ void __launch_bounds__(kThreads) forward_gather(const Dims d, const float* x, const float* w,
@@ -123,30 +124,32 @@ __device__ __forceinline__ float block_sum(float v, float* warp_sums) {
 
 // One block per dw element (block-stride over elements).
 __global__ void __launch_bounds__(kThreads) backward_weight_gather(const Dims d, const float* dy, const float* x,
-                                                                   float* dw, int64_t total) {
+                                                                   float* dw, int64_t total, bool accumulate) {
   __shared__ float warp_sums[kThreads / 32];
   for (int64_t e = blockIdx.x; e < total; e += gridDim.x) {
     const float v = block_sum(backward_weight_part(d, dy, x, e, threadIdx.x, kThreads), warp_sums);
-    if (threadIdx.x == 0) dw[e] = v;
+    if (threadIdx.x == 0) store_grad(dw + e, v, accumulate);
   }
 }
 
 // One block per dw element (k, 0, r, s), Cg = 1; grid K R S.
 __global__ void __launch_bounds__(kThreads) depthwise_backward_weight(const Dims32 d, const float* dy, const float* x,
-                                                                      float* dw) {
+                                                                      float* dw, bool accumulate) {
   __shared__ float warp_sums[kThreads / 32];
   const int e = static_cast<int>(blockIdx.x);
   const int k = e / d.RS, rs = e - k * d.RS;
   const float v = block_sum(depthwise_backward_weight_part(d, dy, x, k, rs, threadIdx.x, kThreads), warp_sums);
-  if (threadIdx.x == 0) dw[e] = v;
+  if (threadIdx.x == 0) store_grad(dw + e, v, accumulate);
 }
 
 // Depthwise taps kernel: grid (K, image chunks); block (k, chunk) writes part[chunk][k][r][s], the
-// sum over its images ascending, each output's taps in a fixed order, then the warps in order.
+// sum over its images ascending, each output's taps in a fixed order, then the warps in order
+// (part = dw when there is one chunk, which adds into dw with accumulate).
 template <int KR, int KS>
 __global__ void __launch_bounds__(kThreads) depthwise_backward_weight_taps(const Dims32 d, const DwPlan pl,
                                                                            const float* dy, const float* x,
-                                                                           int per_chunk, float* part) {
+                                                                           int per_chunk, float* part,
+                                                                           bool accumulate) {
   constexpr int RS = KR * KS;
   __shared__ float tile[kDwTileFloats];
   __shared__ float warp_sums[kThreads / 32][RS];
@@ -175,15 +178,16 @@ __global__ void __launch_bounds__(kThreads) depthwise_backward_weight_taps(const
     float v = 0.0f;
 #pragma unroll
     for (int wp = 0; wp < kThreads / 32; ++wp) v += warp_sums[wp][t];
-    part[(int64_t(chunk) * d.K + k) * RS + t] = v;
+    store_grad(part + (int64_t(chunk) * d.K + k) * RS + t, v, accumulate);
   }
 }
 
-__global__ void __launch_bounds__(kThreads) backward_bias_kernel(const Dims d, const float* dy, float* db) {
+__global__ void __launch_bounds__(kThreads) backward_bias_kernel(const Dims d, const float* dy, float* db,
+                                                                 bool accumulate) {
   __shared__ float warp_sums[kThreads / 32];
   for (int64_t k = blockIdx.x; k < d.K; k += gridDim.x) {
     const float v = block_sum(backward_bias_part(d, dy, k, threadIdx.x, kThreads), warp_sums);
-    if (threadIdx.x == 0) db[k] = v;
+    if (threadIdx.x == 0) store_grad(db + k, v, accumulate);
   }
 }
 
@@ -277,27 +281,28 @@ void launch_depthwise_backward_data(const Dims& d, const float* dy, const float*
 
 template <int KR>
 void launch_dw_taps(const Dims& d, const DwPlan& pl, int per_chunk, int chunks, const float* dy, const float* x,
-                    float* out, cudaStream_t st) {
+                    float* out, bool accumulate, cudaStream_t st) {
   depthwise_backward_weight_taps<KR, KR><<<dim3(static_cast<unsigned>(d.K), static_cast<unsigned>(chunks)), kThreads,
-                                           0, st>>>(to_dims32(d), pl, dy, x, per_chunk, out);
+                                           0, st>>>(to_dims32(d), pl, dy, x, per_chunk, out, accumulate);
   check(cudaGetLastError(), "conv2d_backward_weight (depthwise taps)");
 }
 
 void launch_depthwise_backward_weight_taps(const Dims& d, const float* dy, const float* x, float* dw,
-                                           cudaStream_t st) {
+                                           bool accumulate, cudaStream_t st) {
   const int64_t per_chunk = dw_taps_images_per_chunk(d, sm_count()), chunks = ceil_div(d.N, per_chunk);
   const int64_t numel = d.K * d.R * d.S;
   const detail::Scratch scratch(chunks > 1 ? static_cast<size_t>(chunks * numel) * sizeof(float) : 0, st);
   float* out = chunks > 1 ? reinterpret_cast<float*>(scratch.bytes()) : dw;
   const DwPlan pl = dw_forward_plan(d);
   const int pc = static_cast<int>(per_chunk), nc = static_cast<int>(chunks);
+  const bool direct = accumulate && chunks == 1;
   switch (d.R) {
-    case 3: launch_dw_taps<3>(d, pl, pc, nc, dy, x, out, st); break;
-    case 5: launch_dw_taps<5>(d, pl, pc, nc, dy, x, out, st); break;
-    default: launch_dw_taps<7>(d, pl, pc, nc, dy, x, out, st); break;
+    case 3: launch_dw_taps<3>(d, pl, pc, nc, dy, x, out, direct, st); break;
+    case 5: launch_dw_taps<5>(d, pl, pc, nc, dy, x, out, direct, st); break;
+    default: launch_dw_taps<7>(d, pl, pc, nc, dy, x, out, direct, st); break;
   }
   if (chunks > 1) {
-    split_sum_kernel<<<grid_stride_grid(numel), kThreads, 0, st>>>(out, numel, nc, dw);
+    split_sum_kernel<<<grid_stride_grid(numel), kThreads, 0, st>>>(out, numel, nc, dw, accumulate);
     check(cudaGetLastError(), "conv2d_backward_weight (depthwise taps, chunk sum)");
   }
 }
@@ -371,19 +376,20 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
   }
 }
 
-void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw,
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate,
                             bool allow_tf32, void* stream) {
   const Dims d = make_dims(s);
   const int64_t numel = d.K * d.Cg * d.R * d.S;
   if (numel == 0) return;
   const cudaStream_t st = as_stream(stream);
-  if (!force_gather() && winograd_applies(s, allow_tf32)) return winograd_backward_weight(s, dy, x, dw, stream);
+  if (!force_gather() && winograd_applies(s, allow_tf32)) return winograd_backward_weight(s, dy, x, dw, accumulate, stream);
   const int64_t M = d.Kg, N = d.Cg * d.R * d.S, Kd = d.N * d.P * d.Q;
   const Path path = force_gather() ? Path::Gather : backward_weight_path(d);
   if (path == Path::Depthwise && dw_taps_enabled() && dw_taps_fit(d)) {
-    launch_depthwise_backward_weight_taps(d, dy, x, dw, st);
+    launch_depthwise_backward_weight_taps(d, dy, x, dw, accumulate, st);
   } else if (path == Path::Depthwise) {
-    depthwise_backward_weight<<<dim3(static_cast<unsigned>(numel)), kThreads, 0, st>>>(to_dims32(d), dy, x, dw);
+    depthwise_backward_weight<<<dim3(static_cast<unsigned>(numel)), kThreads, 0, st>>>(to_dims32(d), dy, x, dw,
+                                                                                       accumulate);
     check(cudaGetLastError(), "conv2d_backward_weight (depthwise)");
   } else if (path == Path::Gemm) {
     const Dims32 e = to_dims32(d);
@@ -393,28 +399,30 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
     const int64_t splits = weight_grad_splits(M, N, Kd, d.G, numel, big, wave);
     const detail::Scratch scratch(splits > 1 ? static_cast<size_t>(splits * numel) * sizeof(float) : 0, st);
     float* out = splits > 1 ? reinterpret_cast<float*>(scratch.bytes()) : dw;
-    const BackwardWeightProblem pb{e, e.Kg, e.Cg * e.RS, e.N * e.PQ, static_cast<int>(splits), dy, x, out};
+    const BackwardWeightProblem pb{e, e.Kg, e.Cg * e.RS, e.N * e.PQ, static_cast<int>(splits), dy, x, out,
+                                   accumulate && splits == 1};
     const char* what = "conv2d_backward_weight (implicit GEMM)";
     if (big)
       launch_gemm<BackwardWeightProblem, 128, 64>(pb, d.G * splits, allow_tf32, st, what);
     else
       launch_gemm<BackwardWeightProblem, 64, 64>(pb, d.G * splits, allow_tf32, st, what);
     if (splits > 1) {
-      split_sum_kernel<<<grid_stride_grid(numel), kThreads, 0, st>>>(out, numel, static_cast<int>(splits), dw);
+      split_sum_kernel<<<grid_stride_grid(numel), kThreads, 0, st>>>(out, numel, static_cast<int>(splits), dw,
+                                                                     accumulate);
       check(cudaGetLastError(), "conv2d_backward_weight (split sum)");
     }
   } else {
     backward_weight_gather<<<dim3(static_cast<unsigned>(std::min(numel, kMaxGridX))), kThreads, 0, st>>>(
-        d, dy, x, dw, numel);
+        d, dy, x, dw, numel, accumulate);
     check(cudaGetLastError(), "conv2d_backward_weight (gather)");
   }
 }
 
-void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, void* stream) {
+void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, bool accumulate, void* stream) {
   const Dims d = make_dims(s);
   if (d.K == 0) return;
   backward_bias_kernel<<<dim3(static_cast<unsigned>(std::min(d.K, kMaxGridX))), kThreads, 0, as_stream(stream)>>>(
-      d, dy, db);
+      d, dy, db, accumulate);
   check(cudaGetLastError(), "conv2d_backward_bias");
 }
 

@@ -785,7 +785,8 @@ struct BackwardDataProblem {
 };
 
 // Weight-grad: M = Kg, N = Cg R S, Kd = N P Q, split over Kd. Split `split` writes its own full
-// dw-shaped slice out[split][k][(c,r,s)] (out = dw itself when there is one split).
+// dw-shaped slice out[split][k][(c,r,s)] (out = dw itself when there is one split, which adds
+// into dw with accumulate: store_grad).
 struct BackwardWeightProblem {
   static constexpr bool kAAlongK = true;  // dy[n, k, p, q] along (n,p,q): contiguous along p q
   static constexpr bool kBAlongK = true;  // x gathered along (n,p,q): contiguous along q
@@ -796,6 +797,7 @@ struct BackwardWeightProblem {
   const float* dy;
   const float* x;
   float* out;
+  bool accumulate = false;
 
   // Both operands run along k = (n, p, q): load_tiles decomposes each step's k once (HasKCoord).
   struct KCoord {
@@ -823,7 +825,7 @@ struct BackwardWeightProblem {
     return x[int64_t(kc.n) * d.C * d.HW + col.plane + h * d.W + w_];
   }
   FASTOPT_HD void store(int g, int split, int m, int j, float v) const {
-    out[(int64_t(split) * d.K + g * d.Kg + m) * N + j] = v;
+    store_grad(out + (int64_t(split) * d.K + g * d.Kg + m) * N + j, v, accumulate);
   }
 };
 

@@ -423,8 +423,9 @@ __global__ void __launch_bounds__(kWinoThreads, 2) winograd_weight_kernel(const 
 }
 
 // dw[g Kg + k][c] = G^T (sum over splits, in order, of dU[split][g][.][k][c]) G; one thread per
-// (g, k, c), c fastest.
-__global__ void __launch_bounds__(kWinoThreads) reduce_weight_grad(const WinoGradPass p, float* dw, int64_t total) {
+// (g, k, c), c fastest. accumulate: the result is added into dw (store_grad).
+__global__ void __launch_bounds__(kWinoThreads) reduce_weight_grad(const WinoGradPass p, float* dw, int64_t total,
+                                                                   bool accumulate) {
   for (int64_t e = blockIdx.x * int64_t{kWinoThreads} + threadIdx.x; e < total;
        e += int64_t{gridDim.x} * kWinoThreads) {
     const int c = static_cast<int>(e % p.Cg);
@@ -444,7 +445,7 @@ __global__ void __launch_bounds__(kWinoThreads) reduce_weight_grad(const WinoGra
     for (int s_ = 0; s_ < 3; ++s_) {
       float o[3];
       winograd::weight_grad_1d(rows[0][s_], rows[1][s_], rows[2][s_], rows[3][s_], o);
-      for (int r = 0; r < 3; ++r) out[r * 3 + s_] = o[r];
+      for (int r = 0; r < 3; ++r) store_grad(out + r * 3 + s_, o[r], accumulate);
     }
   }
 }
@@ -508,7 +509,8 @@ void winograd_backward_data(const Conv2dShape& s, const float* dy, const float* 
   run(s, true, dy, w, nullptr, dx, stream);
 }
 
-void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, void* stream) {
+void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate,
+                              void* stream) {
   const cudaStream_t st = as_stream(stream);
   WinoGradPass p{};
   p.x = x;
@@ -535,7 +537,8 @@ void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float
   winograd_weight_kernel<<<grid, kWinoThreads, 0, st>>>(p);
   check(cudaGetLastError(), "conv2d_backward_weight (Winograd)");
   const int64_t total = s.groups * int64_t{p.Kg} * p.Cg;
-  reduce_weight_grad<<<detail::grid_stride_grid(total, kWinoThreads), kWinoThreads, 0, st>>>(p, dw, total);
+  reduce_weight_grad<<<detail::grid_stride_grid(total, kWinoThreads), kWinoThreads, 0, st>>>(p, dw, total,
+                                                                                              accumulate);
   check(cudaGetLastError(), "conv2d_backward_weight (Winograd split sum)");
 }
 

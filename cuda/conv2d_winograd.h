@@ -13,6 +13,7 @@ bool winograd_applies(const Conv2dShape& s, bool allow_tf32);
 
 void winograd_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, void* stream);
 void winograd_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx, void* stream);
-void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, void* stream);
+void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate,
+                              void* stream);
 
 }  // namespace fastopt::cuda

@@ -49,7 +49,8 @@ constexpr int64_t kMaxSplitFloats = int64_t{1} << 26;  // split-K scratch, 256 M
 
 // C (M x N) = A (M x Kd) B (Kd x N) (+ bias[n]) with strided operands: A[m][k] = A[m lda + k] when
 // kA (rows contiguous along k) else A[k lda + m]; B[k][n] = B[n ldb + k] when kB else B[k ldb + n].
-// Split `split` stores into out + split M N; the bias is only passed with a single split.
+// Split `split` stores into out + split M N; the bias is only passed with a single split, and so is
+// accumulate (the weight-grad adds into out: store_grad).
 template <bool kA, bool kB>
 struct Problem {
   static constexpr bool kAAlongK = kA;
@@ -62,11 +63,12 @@ struct Problem {
   int64_t ldb;
   const float* bias;
   float* out;
+  bool accumulate = false;
 
   FASTOPT_HD float a(int, int m, int k) const { return kA ? A[int64_t(m) * lda + k] : A[int64_t(k) * lda + m]; }
   FASTOPT_HD float b(int, int k, int n) const { return kB ? B[int64_t(n) * ldb + k] : B[int64_t(k) * ldb + n]; }
   FASTOPT_HD void store(int, int split, int m, int n, float v) const {
-    out[(int64_t(split) * M + m) * N + n] = bias != nullptr ? v + bias[n] : v;
+    store_grad(out + (int64_t(split) * M + m) * N + n, bias != nullptr ? v + bias[n] : v, accumulate);
   }
 };
 
@@ -86,13 +88,13 @@ __global__ void __launch_bounds__(kThreads, BM == 128 ? 2 : 1) gemm_kernel(const
   conv::store_outputs<Prob, BM, BN>(pb, 0, split, tid, m0, n0, acc);
 }
 
-// out[i] = sum over s ascending of part[s numel + i] (+ bias[i % N]).
+// out[i] = sum over s ascending of part[s numel + i] (+ bias[i % N]), added into out with accumulate.
 __global__ void __launch_bounds__(kThreads) split_sum_kernel(const float* part, int64_t numel, int splits, int64_t N,
-                                                             const float* bias, float* out) {
+                                                             const float* bias, float* out, bool accumulate) {
   for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < numel; i += int64_t{gridDim.x} * kThreads) {
     float acc = part[i];
     for (int s = 1; s < splits; ++s) acc += part[s * numel + i];
-    out[i] = bias != nullptr ? acc + bias[i % N] : acc;
+    store_grad(out + i, bias != nullptr ? acc + bias[i % N] : acc, accumulate);
   }
 }
 
@@ -107,6 +109,7 @@ struct Gemm64 {
   bool b_along_k;
   const float* bias;
   float* out;
+  bool accumulate;
 };
 
 __global__ void __launch_bounds__(kThreads) gemm_gather_kernel(const Gemm64 g) {
@@ -116,16 +119,17 @@ __global__ void __launch_bounds__(kThreads) gemm_gather_kernel(const Gemm64 g) {
     for (int64_t k = 0; k < g.Kd; ++k)
       acc = fmaf(g.a_along_k ? g.A[m * g.lda + k] : g.A[k * g.lda + m],
                  g.b_along_k ? g.B[n * g.ldb + k] : g.B[k * g.ldb + n], acc);
-    g.out[i] = g.bias != nullptr ? acc + g.bias[n] : acc;
+    store_grad(g.out + i, g.bias != nullptr ? acc + g.bias[n] : acc, g.accumulate);
   }
 }
 
 constexpr int kSumCols = 32;
 constexpr int kSumLanes = kThreads / kSumCols;
 
-// dst[blockIdx.y out + c] = sum of dy[r, c] over the block's row range [y rows, (y + 1) rows).
+// dst[blockIdx.y out + c] = sum of dy[r, c] over the block's row range [y rows, (y + 1) rows)
+// (added into dst with accumulate).
 __global__ void __launch_bounds__(kThreads) column_sum_kernel(const float* dy, int64_t N, int64_t out, int64_t rows,
-                                                              float* dst) {
+                                                              float* dst, bool accumulate) {
   __shared__ float lane_sum[kSumLanes][kSumCols];
   const int cx = static_cast<int>(threadIdx.x) % kSumCols, ly = static_cast<int>(threadIdx.x) / kSumCols;
   const int64_t c = int64_t{blockIdx.x} * kSumCols + cx;
@@ -138,7 +142,7 @@ __global__ void __launch_bounds__(kThreads) column_sum_kernel(const float* dy, i
   if (ly == 0 && c < out) {
     float s = lane_sum[0][cx];
     for (int l = 1; l < kSumLanes; ++l) s += lane_sum[l][cx];
-    dst[int64_t{blockIdx.y} * out + c] = s;
+    store_grad(dst + int64_t{blockIdx.y} * out + c, s, accumulate);
   }
 }
 
@@ -152,15 +156,15 @@ void launch_tiles(const Prob& pb, int64_t splits, cudaStream_t st, const char* w
   check(cudaGetLastError(), what);
 }
 
-// out (M x N, row-major) = A B (+ bias[n]) with A, B as in Problem<kA, kB>.
+// out (M x N, row-major) = A B (+ bias[n]) with A, B as in Problem<kA, kB>; with accumulate, out +=.
 template <bool kA, bool kB>
 void gemm(int64_t M, int64_t N, int64_t Kd, const float* A, int64_t lda, const float* B, int64_t ldb,
-          const float* bias, float* out, cudaStream_t st, const char* what) {
+          const float* bias, float* out, bool accumulate, cudaStream_t st, const char* what) {
   if (M == 0 || N == 0) return;
   // Tile coordinates are int32 with room for a tile origin plus a tile past the extent.
   const int64_t lim = (int64_t{1} << 31) - (int64_t{1} << 16);
   if (M >= lim || N >= lim || Kd >= lim || ceil_div(N, 64) > kMaxGridYZ) {
-    const Gemm64 g{M, N, Kd, A, lda, kA, B, ldb, kB, bias, out};
+    const Gemm64 g{M, N, Kd, A, lda, kA, B, ldb, kB, bias, out, accumulate};
     gemm_gather_kernel<<<grid_stride_grid(M * N), kThreads, 0, st>>>(g);
     check(cudaGetLastError(), what);
     return;
@@ -178,14 +182,14 @@ void gemm(int64_t M, int64_t N, int64_t Kd, const float* A, int64_t lda, const f
   const detail::Scratch scratch(splits > 1 ? static_cast<size_t>(splits * M * N) * sizeof(float) : 0, st);
   float* dst = splits > 1 ? reinterpret_cast<float*>(scratch.bytes()) : out;
   const Problem<kA, kB> pb{static_cast<int>(M), static_cast<int>(N), static_cast<int>(Kd), static_cast<int>(splits),
-                           A, lda, B, ldb, splits > 1 ? nullptr : bias, dst};
+                           A, lda, B, ldb, splits > 1 ? nullptr : bias, dst, accumulate && splits == 1};
   if (big)
     launch_tiles<Problem<kA, kB>, 128, 128>(pb, splits, st, what);
   else
     launch_tiles<Problem<kA, kB>, 64, 64>(pb, splits, st, what);
   if (splits > 1) {
     split_sum_kernel<<<grid_stride_grid(M * N), kThreads, 0, st>>>(dst, M * N, static_cast<int>(splits), N, bias,
-                                                                   out);
+                                                                   out, accumulate);
     check(cudaGetLastError(), what);
   }
 }
@@ -193,20 +197,23 @@ void gemm(int64_t M, int64_t N, int64_t Kd, const float* A, int64_t lda, const f
 }  // namespace
 
 void linear_forward(const LinearShape& s, const float* x, const float* w, const float* b, float* y, void* stream) {
-  gemm<true, true>(s.N, s.out, s.in, x, s.in, w, s.in, b, y, as_stream(stream), "linear_forward");
+  gemm<true, true>(s.N, s.out, s.in, x, s.in, w, s.in, b, y, false, as_stream(stream), "linear_forward");
 }
 
 void linear_backward_data(const LinearShape& s, const float* dy, const float* w, float* dx, void* stream) {
-  gemm<true, false>(s.N, s.in, s.out, dy, s.out, w, s.in, nullptr, dx, as_stream(stream), "linear_backward_data");
+  gemm<true, false>(s.N, s.in, s.out, dy, s.out, w, s.in, nullptr, dx, false, as_stream(stream),
+                    "linear_backward_data");
 }
 
-void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw, void* stream) {
-  gemm<false, false>(s.out, s.in, s.N, dy, s.out, x, s.in, nullptr, dw, as_stream(stream), "linear_backward_weight");
+void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw, bool accumulate,
+                            void* stream) {
+  gemm<false, false>(s.out, s.in, s.N, dy, s.out, x, s.in, nullptr, dw, accumulate, as_stream(stream),
+                     "linear_backward_weight");
 }
 
 // Row ranges of at least 1024 rows, as many as give about 4 blocks per SM (at least one range,
 // so an empty batch still writes zeros).
-void linear_backward_bias(const LinearShape& s, const float* dy, float* db, void* stream) {
+void linear_backward_bias(const LinearShape& s, const float* dy, float* db, bool accumulate, void* stream) {
   if (s.out == 0) return;
   const cudaStream_t st = as_stream(stream);
   const int64_t cblocks = ceil_div(s.out, kSumCols);
@@ -217,11 +224,11 @@ void linear_backward_bias(const LinearShape& s, const float* dy, float* db, void
   const detail::Scratch scratch(ranges > 1 ? static_cast<size_t>(ranges * s.out) * sizeof(float) : 0, st);
   float* dst = ranges > 1 ? reinterpret_cast<float*>(scratch.bytes()) : db;
   column_sum_kernel<<<dim3(static_cast<unsigned>(cblocks), static_cast<unsigned>(ranges)), kThreads, 0, st>>>(
-      dy, s.N, s.out, rows, dst);
+      dy, s.N, s.out, rows, dst, accumulate && ranges == 1);
   check(cudaGetLastError(), "linear_backward_bias");
   if (ranges > 1) {
     split_sum_kernel<<<grid_stride_grid(s.out), kThreads, 0, st>>>(dst, s.out, static_cast<int>(ranges), s.out,
-                                                                   nullptr, db);
+                                                                   nullptr, db, accumulate);
     check(cudaGetLastError(), "linear_backward_bias (range sum)");
   }
 }

@@ -269,9 +269,9 @@ grad_sums_partial(const float* dy, const float* x, Geom g, const float* mean, co
   store_partial<SumOp>(g, c, acc, partial);
 }
 
-// Per channel: dw, db and, for batch norm, dx's coefficients k, c2, c3.
+// Per channel: dw, db (added into them with accumulate) and, for batch norm, dx's coefficients k, c2, c3.
 __global__ void grad_sums_final(Geom g, const float2* partial, const float* w, const float* rstd, bool rows,
-                                bool training, float* dw, float* db, float* k, float* c2, float* c3) {
+                                bool training, float* dw, float* db, bool accumulate, float* k, float* c2, float* c3) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= g.C) return;
   double sdy = 0.0, sdyxmu = 0.0;
@@ -280,16 +280,16 @@ __global__ void grad_sums_final(Geom g, const float2* partial, const float* w, c
     sdyxmu += partial[c * g.splits + s].y;
   }
   if (rows) {
-    if (dw != nullptr) dw[c] = static_cast<float>(sdyxmu);
-    if (db != nullptr) db[c] = static_cast<float>(sdy);
+    if (dw != nullptr) store_grad(dw + c, static_cast<float>(sdyxmu), accumulate);
+    if (db != nullptr) store_grad(db + c, static_cast<float>(sdy), accumulate);
     return;
   }
   const double r = rstd[c], wc = w ? w[c] : 1.0, M = static_cast<double>(g.N * g.S);
   k[c] = static_cast<float>(wc * r);
   c2[c] = training ? static_cast<float>(-r * r * r * wc * sdyxmu / M) : 0.0f;
   c3[c] = training ? static_cast<float>(-r * wc * sdy / M) : 0.0f;
-  if (dw != nullptr) dw[c] = static_cast<float>(sdyxmu * r);
-  if (db != nullptr) db[c] = static_cast<float>(sdy);
+  if (dw != nullptr) store_grad(dw + c, static_cast<float>(sdyxmu * r), accumulate);
+  if (db != nullptr) store_grad(db + c, static_cast<float>(sdy), accumulate);
 }
 
 __global__ void bn_eval_coefs(int64_t C, const float* w, const float* rstd, float* k, float* c2, float* c3) {
@@ -410,7 +410,8 @@ void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w,
 }
 
 void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
-                         const float* rstd, bool training, float* dx, float* dw, float* db, void* stream) {
+                         const float* rstd, bool training, float* dx, float* dw, float* db, bool accumulate,
+                         void* stream) {
   if (s.C == 0) return;
   const cudaStream_t st = as_stream(stream);
   const Geom g = make_geom(s);
@@ -428,8 +429,8 @@ void batch_norm_backward(const NormShape& s, const float* dy, const float* x, co
     } else {
       check(cudaMemsetAsync(part, 0, sizeof(float2) * g.C * g.splits, st), "cudaMemsetAsync");
     }
-    grad_sums_final<<<blocks_for(g.C, kThreads), kThreads, 0, st>>>(g, part, w, rstd, false, training, dw, db, k, c2,
-                                                                     c3);
+    grad_sums_final<<<blocks_for(g.C, kThreads), kThreads, 0, st>>>(g, part, w, rstd, false, training, dw, db,
+                                                                     accumulate, k, c2, c3);
     check(cudaGetLastError(), "grad_sums_final");
   } else {
     bn_eval_coefs<<<blocks_for(g.C, kThreads), kThreads, 0, st>>>(g.C, w, rstd, k, c2, c3);
@@ -459,7 +460,7 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
 }
 
 void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
-                       const float* rstd, float* dx, float* dw, float* db, void* stream) {
+                       const float* rstd, float* dx, float* dw, float* db, bool accumulate, void* stream) {
   const int64_t R = s.N * s.G, Cg = s.C / s.G, L = Cg * s.S;
   const cudaStream_t st = as_stream(stream);
   check_rows(R);
@@ -477,8 +478,8 @@ void row_norm_backward(const NormShape& s, const float* dy, const float* x, cons
   } else {
     check(cudaMemsetAsync(part, 0, sizeof(float2) * g.C * g.splits, st), "cudaMemsetAsync");
   }
-  grad_sums_final<<<blocks_for(g.C, kThreads), kThreads, 0, st>>>(g, part, w, rstd, true, true, dw, db, nullptr,
-                                                                   nullptr, nullptr);
+  grad_sums_final<<<blocks_for(g.C, kThreads), kThreads, 0, st>>>(g, part, w, rstd, true, true, dw, db, accumulate,
+                                                                   nullptr, nullptr, nullptr);
   check(cudaGetLastError(), "grad_sums_final");
 }
 

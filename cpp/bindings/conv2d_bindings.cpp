@@ -3,7 +3,8 @@
 // outputs on the inputs' device, releases the GIL and dispatches to the CPU or CUDA backend.
 // dtypes: x, w, b and dy all float32 or all bfloat16 (CPU only: view_floating refuses bf16 on a
 // GPU, "not yet"); a mix raises TypeError naming the odd one. y and dx take the inputs' dtype,
-// dw and db are float32 either way (fp32 master gradients).
+// dw and db are float32 either way (fp32 master gradients), fresh or written (with accumulate:
+// added) into the caller's dw_out / db_out by the kernels' final stores (grad_out.h).
 #include <pybind11/stl.h>
 
 #include <array>
@@ -12,6 +13,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "grad_out.h"
 #include "fastopt/backend.h"
 #include "fastopt/conv2d.h"
 
@@ -129,7 +131,7 @@ py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
 
 py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj, Pair stride, Pair padding,
                           Pair dilation, int64_t groups, bool need_dx, bool need_dw, bool need_db, bool allow_tf32,
-                          uintptr_t stream) {
+                          uintptr_t stream, py::handle dw_out, py::handle db_out, bool accumulate) {
   const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const ArrayView w = view_floating(w_obj, ArgName{"w"}, false);
@@ -142,25 +144,25 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
   if (dy.shape != yshape)
     raise_value("dy: expected the output shape " + shape_str(yshape) + " of this convolution, got " + shape_str(dy.shape));
 
-  py::object dx = py::none(), dw = py::none(), db = py::none();
+  const std::vector<NamedRange> inputs{{"dy", &dy}, {"x", &x}, {"w", &w}};
+  const GradOut dw = grad_output(need_dw, "dw", dw_out, "dw_out", w.shape, x, accumulate, stream, "w", inputs);
+  const GradOut db = grad_output(need_db, "db", db_out, "db_out", {s.K}, x, accumulate, stream, "w", inputs);
+  require_distinct_outputs(dw, "dw_out", db, "db_out");
+  py::object dx = py::none();
   void* dxp = nullptr;
-  float *dwp = nullptr, *dbp = nullptr;
   if (need_dx) dxp = data_of(dx = new_array(x.shape, x.dtype, x.device, stream, "dx", "x"), "dx");
-  if (need_dw)
-    dwp = static_cast<float*>(data_of(dw = new_array(w.shape, DType::f32, x.device, stream, "dw", "w"), "dw"));
-  if (need_db)
-    dbp = static_cast<float*>(data_of(db = new_array({s.K}, DType::f32, x.device, stream, "db", "w"), "db"));
+  float *const dwp = dw.ptr, *const dbp = db.ptr;
   if (x.device == kCPU) {
     {
       py::gil_scoped_release nogil;
       by_floating_dtype(x, [&](auto tag) {
         using T = decltype(tag);
         if (dxp) cpu::conv2d_backward_data(s, data_as<T>(dy), data_as<T>(w), static_cast<T*>(dxp));
-        if (dwp) cpu::conv2d_backward_weight(s, data_as<T>(dy), data_as<T>(x), dwp);
-        if (dbp) cpu::conv2d_backward_bias(s, data_as<T>(dy), dbp);
+        if (dwp) cpu::conv2d_backward_weight(s, data_as<T>(dy), data_as<T>(x), dwp, accumulate);
+        if (dbp) cpu::conv2d_backward_bias(s, data_as<T>(dy), dbp, accumulate);
       });
     }
-    return py::make_tuple(dx, dw, db);
+    return py::make_tuple(dx, dw.obj, db.obj);
   }
 #ifdef FASTOPT_WITH_CUDA
   {
@@ -169,10 +171,10 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
     const auto *dyp = data_as<float>(dy), *xp = data_as<float>(x), *wp = data_as<float>(w);
     cuda::set_device(x.device);
     if (dxp) cuda::conv2d_backward_data(s, dyp, wp, static_cast<float*>(dxp), allow_tf32, st);
-    if (dwp) cuda::conv2d_backward_weight(s, dyp, xp, dwp, allow_tf32, st);
-    if (dbp) cuda::conv2d_backward_bias(s, dyp, dbp, st);
+    if (dwp) cuda::conv2d_backward_weight(s, dyp, xp, dwp, accumulate, allow_tf32, st);
+    if (dbp) cuda::conv2d_backward_bias(s, dyp, dbp, accumulate, st);
   }
-  return py::make_tuple(dx, dw, db);
+  return py::make_tuple(dx, dw.obj, db.obj);
 #else
   (void)allow_tf32;
   throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
@@ -189,8 +191,9 @@ void bind_conv2d(py::module_& m) {
   m.def("conv2d_backward", &conv2d_backward, py::arg("dy"), py::arg("x"), py::arg("w"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("need_dx") = true,
         py::arg("need_dw") = true, py::arg("need_db") = true, py::arg("allow_tf32") = false, py::arg("stream") = 0,
+        py::arg("dw_out") = py::none(), py::arg("db_out") = py::none(), py::arg("accumulate") = false,
         "(dx, dw, db) of conv2d for the output gradient dy (dx in the inputs' dtype, dw and db float32); "
-        "an output not asked for is None.");
+        "an output not asked for is None. dw_out / db_out receive dw / db (accumulate: added into them).");
 }
 
 }  // namespace fastopt

@@ -3,7 +3,8 @@
 // inputs' device, releases the GIL and dispatches to the CPU or CUDA backend.
 // dtypes: x, weight, bias and dy all float32 or all bfloat16 (CPU only: view_floating refuses
 // bf16 on a GPU, "not yet"); a mix raises TypeError naming the odd one. y and dx take the
-// inputs' dtype, dweight and dbias are float32 either way (fp32 master gradients).
+// inputs' dtype, dweight and dbias are float32 either way (fp32 master gradients), fresh or written
+// (with accumulate: added) into the caller's dweight_out / dbias_out at the final store (grad_out.h).
 #include <pybind11/pybind11.h>
 
 #include <string>
@@ -11,6 +12,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "grad_out.h"
 #include "fastopt/backend.h"
 #include "fastopt/linear.h"
 
@@ -76,7 +78,7 @@ py::object linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
 }
 
 py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj, bool need_dx, bool need_dw,
-                          bool need_db, uintptr_t stream) {
+                          bool need_db, uintptr_t stream, py::handle dw_out, py::handle db_out, bool accumulate) {
   const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const ArrayView w = view_floating(w_obj, ArgName{"weight"}, false);
@@ -90,29 +92,27 @@ py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
     raise_value("dy: expected the output shape " + shape_str(yshape) + " of x " + shape_str(x.shape) + " and weight " +
                 shape_str(w.shape) + ", got " + shape_str(dy.shape));
 
-  py::object dx = py::none(), dw = py::none(), db = py::none();
+  const std::vector<NamedRange> inputs{{"dy", &dy}, {"x", &x}, {"weight", &w}};
+  const GradOut dw =
+      grad_output(need_dw, "dweight", dw_out, "dweight_out", w.shape, x, accumulate, stream, "weight", inputs);
+  const GradOut db =
+      grad_output(need_db, "dbias", db_out, "dbias_out", {s.out}, x, accumulate, stream, "weight", inputs);
+  require_distinct_outputs(dw, "dweight_out", db, "dbias_out");
+  py::object dx = py::none();
   void* dxp = nullptr;
-  float *dwp = nullptr, *dbp = nullptr;
   if (need_dx) dxp = data_of(dx = new_array(x.shape, x.dtype, x.device, stream, "dx", "x"), "dx");
-  if (need_dw) {
-    dw = new_array(w.shape, DType::f32, x.device, stream, "dweight", "weight");
-    dwp = static_cast<float*>(data_of(dw, "dweight"));
-  }
-  if (need_db) {
-    db = new_array({s.out}, DType::f32, x.device, stream, "dbias", "weight");
-    dbp = static_cast<float*>(data_of(db, "dbias"));
-  }
+  float *const dwp = dw.ptr, *const dbp = db.ptr;
   if (x.device == kCPU) {
     {
       py::gil_scoped_release nogil;
       by_floating_dtype(x, [&](auto tag) {
         using T = decltype(tag);
         if (dxp) cpu::linear_backward_data(s, data_as<T>(dy), data_as<T>(w), static_cast<T*>(dxp));
-        if (dwp) cpu::linear_backward_weight(s, data_as<T>(dy), data_as<T>(x), dwp);
-        if (dbp) cpu::linear_backward_bias(s, data_as<T>(dy), dbp);
+        if (dwp) cpu::linear_backward_weight(s, data_as<T>(dy), data_as<T>(x), dwp, accumulate);
+        if (dbp) cpu::linear_backward_bias(s, data_as<T>(dy), dbp, accumulate);
       });
     }
-    return py::make_tuple(dx, dw, db);
+    return py::make_tuple(dx, dw.obj, db.obj);
   }
 #ifdef FASTOPT_WITH_CUDA
   {
@@ -121,10 +121,10 @@ py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
     const auto *dyp = data_as<float>(dy), *xp = data_as<float>(x), *wp = data_as<float>(w);
     cuda::set_device(x.device);
     if (dxp) cuda::linear_backward_data(s, dyp, wp, static_cast<float*>(dxp), st);
-    if (dwp) cuda::linear_backward_weight(s, dyp, xp, dwp, st);
-    if (dbp) cuda::linear_backward_bias(s, dyp, dbp, st);
+    if (dwp) cuda::linear_backward_weight(s, dyp, xp, dwp, accumulate, st);
+    if (dbp) cuda::linear_backward_bias(s, dyp, dbp, accumulate, st);
   }
-  return py::make_tuple(dx, dw, db);
+  return py::make_tuple(dx, dw.obj, db.obj);
 #else
   throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
 #endif
@@ -137,8 +137,9 @@ void bind_linear(py::module_& m) {
         "y = x @ weight.T + bias in float32 or bfloat16 (CPU): x (N, in), weight (out, in), bias (out,) or None.");
   m.def("linear_backward", &linear_backward, py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("need_dx") = true,
         py::arg("need_dweight") = true, py::arg("need_dbias") = true, py::arg("stream") = 0,
+        py::arg("dweight_out") = py::none(), py::arg("dbias_out") = py::none(), py::arg("accumulate") = false,
         "(dx, dweight, dbias) of linear for the output gradient dy (dx in the inputs' dtype, dweight and dbias "
-        "float32); an output not asked for is None.");
+        "float32); an output not asked for is None. dweight_out / dbias_out receive them (accumulate: added).");
 }
 
 }  // namespace fastopt

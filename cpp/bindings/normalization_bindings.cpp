@@ -1,6 +1,7 @@
 // Python entry points of the normalization family (batch, layer, group norm). Each validates
 // every argument (naming it), allocates outputs on the inputs' device, releases the GIL and
 // dispatches to the CPU or CUDA backend. Defaults and docs live in fastopt/functional/normalization.py.
+// The affine gradients go to fresh arrays or into the caller's out arrays (grad_out.h).
 #include <pybind11/stl.h>
 
 #include <cmath>
@@ -9,6 +10,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "grad_out.h"
 #include "fastopt/backend.h"
 #include "fastopt/normalization.h"
 
@@ -50,10 +52,18 @@ Out new_output(const std::vector<int64_t>& shape, const ArrayView& x, uintptr_t 
   return o;
 }
 
-// The affine gradients: outputs when the layer has those parameters, else None and null.
-Out optional_output(bool wanted, const std::vector<int64_t>& shape, const ArrayView& x, uintptr_t stream,
-                    const char* name) {
-  return wanted ? new_output(shape, x, stream, name) : Out{py::none(), nullptr};
+// The affine gradients (names: the gradients and their out arguments), each computed when wanted.
+struct AffineGrads {
+  GradOut dw, db;
+};
+AffineGrads affine_grads(const char* const names[4], bool need_dw, bool need_db, py::handle dw_out, py::handle db_out,
+                         bool accumulate, const std::vector<int64_t>& shape, const ArrayView& x, const ArrayView& dy,
+                         uintptr_t stream) {
+  const std::vector<NamedRange> inputs{{"dy", &dy}, {"x", &x}};
+  AffineGrads g{grad_output(need_dw, names[0], dw_out, names[1], shape, x, accumulate, stream, "x", inputs),
+                grad_output(need_db, names[2], db_out, names[3], shape, x, accumulate, stream, "x", inputs)};
+  require_distinct_outputs(g.dw, names[1], g.db, names[3]);
+  return g;
 }
 
 // x as (N, C, S): N = shape[0], C = shape[1], S = the product of the rest.
@@ -155,7 +165,8 @@ py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta
 }
 
 py::tuple batch_norm_backward(py::handle dy_obj, py::handle x_obj, py::handle gamma, py::handle save_mean,
-                              py::handle save_invstd, bool training, bool affine, uintptr_t stream) {
+                              py::handle save_invstd, bool training, bool need_dgamma, bool need_dbeta, uintptr_t stream,
+                              py::handle dgamma_out, py::handle dbeta_out, bool accumulate) {
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
@@ -170,21 +181,23 @@ py::tuple batch_norm_backward(py::handle dy_obj, py::handle x_obj, py::handle ga
     raise_value("x: expected more than 1 value per channel when training, got input size " + shape_str(x.shape));
   py::object dx = new_array(x.shape, x.dtype, x.device, stream, "dx", "x");
   void* dxp = view_array(dx, ArgName{"output"}, true, &x.dtype).data;
-  const Out dw = optional_output(affine, cshape, x, stream, "dweight"),
-            db = optional_output(affine, cshape, x, stream, "dbias");
+  static const char* const names[4] = {"dgamma", "dgamma_out", "dbeta", "dbeta_out"};
+  const AffineGrads g = affine_grads(names, need_dgamma, need_dbeta, dgamma_out, dbeta_out, accumulate, cshape, x, dy,
+                                     stream);
+  const GradOut &dw = g.dw, &db = g.db;
   {
     py::gil_scoped_release nogil;
     if (x.device == kCPU) {
       by_floating_dtype(x, [&](auto tag) {
         using T = decltype(tag);
         cpu::batch_norm_backward(s, data_as<T>(dy), data_as<T>(x), w, mp, rp, training, static_cast<T*>(dxp), dw.ptr,
-                                 db.ptr);
+                                 db.ptr, accumulate);
       });
     } else {
 #ifdef FASTOPT_WITH_CUDA
       use_device(x.device);
       cuda::batch_norm_backward(s, data_as<float>(dy), data_as<float>(x), w, mp, rp, training, static_cast<float*>(dxp),
-                                dw.ptr, db.ptr, reinterpret_cast<void*>(stream));
+                                dw.ptr, db.ptr, accumulate, reinterpret_cast<void*>(stream));
 #else
       no_cuda();
 #endif
@@ -250,7 +263,8 @@ py::tuple row_forward(const ArrayView& x, const NormShape& s, const std::vector<
 
 py::tuple row_backward(const ArrayView& dy, const ArrayView& x, const NormShape& s, const std::vector<int64_t>& wshape,
                        const std::vector<int64_t>& stat_shape, py::handle mean, py::handle rstd, py::handle weight,
-                       bool affine, uintptr_t stream) {
+                       bool need_dweight, bool need_dbias, uintptr_t stream, py::handle dweight_out,
+                       py::handle dbias_out, bool accumulate) {
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_shape(x, dy, "dy");
@@ -259,20 +273,23 @@ py::tuple row_backward(const ArrayView& dy, const ArrayView& x, const NormShape&
   const float* rp = required_input(rstd, "rstd", stat_shape, x);
   py::object dx = new_array(x.shape, x.dtype, x.device, stream, "dx", "x");
   void* dxp = view_array(dx, ArgName{"output"}, true, &x.dtype).data;
-  const Out dw = optional_output(affine, wshape, x, stream, "dweight"),
-            db = optional_output(affine, wshape, x, stream, "dbias");
+  static const char* const names[4] = {"dweight", "dweight_out", "dbias", "dbias_out"};
+  const AffineGrads g = affine_grads(names, need_dweight, need_dbias, dweight_out, dbias_out, accumulate, wshape, x,
+                                     dy, stream);
+  const GradOut &dw = g.dw, &db = g.db;
   {
     py::gil_scoped_release nogil;
     if (x.device == kCPU) {
       by_floating_dtype(x, [&](auto tag) {
         using T = decltype(tag);
-        cpu::row_norm_backward(s, data_as<T>(dy), data_as<T>(x), w, mp, rp, static_cast<T*>(dxp), dw.ptr, db.ptr);
+        cpu::row_norm_backward(s, data_as<T>(dy), data_as<T>(x), w, mp, rp, static_cast<T*>(dxp), dw.ptr, db.ptr,
+                               accumulate);
       });
     } else {
 #ifdef FASTOPT_WITH_CUDA
       use_device(x.device);
       cuda::row_norm_backward(s, data_as<float>(dy), data_as<float>(x), w, mp, rp, static_cast<float*>(dxp), dw.ptr,
-                              db.ptr, reinterpret_cast<void*>(stream));
+                              db.ptr, accumulate, reinterpret_cast<void*>(stream));
 #else
       no_cuda();
 #endif
@@ -293,12 +310,13 @@ py::tuple layer_norm_forward(py::handle x_obj, std::vector<int64_t> normalized_s
 }
 
 py::tuple layer_norm_backward(py::handle dy_obj, py::handle x_obj, std::vector<int64_t> normalized_shape,
-                              py::handle mean, py::handle rstd, py::handle weight, bool affine, uintptr_t stream) {
+                              py::handle mean, py::handle rstd, py::handle weight, bool need_dweight, bool need_dbias,
+                              uintptr_t stream, py::handle dweight_out, py::handle dbias_out, bool accumulate) {
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const NormShape s = layer_shape(x, normalized_shape);
   return row_backward(dy, x, s, normalized_shape, leading_shape(x, normalized_shape.size()), mean, rstd, weight,
-                      affine, stream);
+                      need_dweight, need_dbias, stream, dweight_out, dbias_out, accumulate);
 }
 
 py::tuple group_norm_forward(py::handle x_obj, int64_t num_groups, py::handle weight, py::handle bias, double eps,
@@ -309,11 +327,13 @@ py::tuple group_norm_forward(py::handle x_obj, int64_t num_groups, py::handle we
 }
 
 py::tuple group_norm_backward(py::handle dy_obj, py::handle x_obj, int64_t num_groups, py::handle mean,
-                              py::handle rstd, py::handle weight, bool affine, uintptr_t stream) {
+                              py::handle rstd, py::handle weight, bool need_dweight, bool need_dbias, uintptr_t stream,
+                              py::handle dweight_out, py::handle dbias_out, bool accumulate) {
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const NormShape s = group_shape(x, num_groups);
-  return row_backward(dy, x, s, {s.C}, {s.N, s.G}, mean, rstd, weight, affine, stream);
+  return row_backward(dy, x, s, {s.C}, {s.N, s.G}, mean, rstd, weight, need_dweight, need_dbias, stream, dweight_out,
+                      dbias_out, accumulate);
 }
 
 }  // namespace
@@ -323,16 +343,23 @@ void bind_normalization(py::module_& m) {
         py::arg("running_mean"), py::arg("running_var"), py::arg("training"), py::arg("factor"), py::arg("eps"),
         py::arg("stream") = 0, "(y, save_mean, save_invstd); factor is the running-average weight of this batch.");
   m.def("batch_norm_backward", &batch_norm_backward, py::arg("dy"), py::arg("x"), py::arg("gamma"),
-        py::arg("save_mean"), py::arg("save_invstd"), py::arg("training"), py::arg("affine"), py::arg("stream") = 0,
-        "(dx, dgamma, dbeta); dgamma and dbeta are None unless affine.");
+        py::arg("save_mean"), py::arg("save_invstd"), py::arg("training"), py::arg("need_dgamma"),
+        py::arg("need_dbeta"), py::arg("stream") = 0, py::arg("dgamma_out") = py::none(),
+        py::arg("dbeta_out") = py::none(), py::arg("accumulate") = false,
+        "(dx, dgamma, dbeta); a gradient not asked for is None; dgamma_out / dbeta_out receive them "
+        "(accumulate: added into them).");
   m.def("layer_norm_forward", &layer_norm_forward, py::arg("x"), py::arg("normalized_shape"), py::arg("weight"),
         py::arg("bias"), py::arg("eps"), py::arg("stream") = 0);
   m.def("layer_norm_backward", &layer_norm_backward, py::arg("dy"), py::arg("x"), py::arg("normalized_shape"),
-        py::arg("mean"), py::arg("rstd"), py::arg("weight"), py::arg("affine"), py::arg("stream") = 0);
+        py::arg("mean"), py::arg("rstd"), py::arg("weight"), py::arg("need_dweight"), py::arg("need_dbias"),
+        py::arg("stream") = 0, py::arg("dweight_out") = py::none(), py::arg("dbias_out") = py::none(),
+        py::arg("accumulate") = false);
   m.def("group_norm_forward", &group_norm_forward, py::arg("x"), py::arg("num_groups"), py::arg("weight"),
         py::arg("bias"), py::arg("eps"), py::arg("stream") = 0);
   m.def("group_norm_backward", &group_norm_backward, py::arg("dy"), py::arg("x"), py::arg("num_groups"),
-        py::arg("mean"), py::arg("rstd"), py::arg("weight"), py::arg("affine"), py::arg("stream") = 0);
+        py::arg("mean"), py::arg("rstd"), py::arg("weight"), py::arg("need_dweight"), py::arg("need_dbias"),
+        py::arg("stream") = 0, py::arg("dweight_out") = py::none(), py::arg("dbias_out") = py::none(),
+        py::arg("accumulate") = false);
 }
 
 }  // namespace fastopt

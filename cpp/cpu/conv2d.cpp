@@ -53,13 +53,14 @@ namespace fastopt::cpu {
 
 FASTOPT_FOR_EACH_ISA(void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
                      void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
-                     void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw);
+                     void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw,
+                                                 bool accumulate);
                      void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b,
                                          bf16* y);
                      void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w,
                                                bf16* dx);
                      void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x,
-                                                 float* dw);)
+                                                 float* dw, bool accumulate);)
 
 namespace FASTOPT_ISA {
 namespace {
@@ -219,7 +220,7 @@ void narrow_block(int64_t PQ, int64_t t0, int64_t t1, const T* dyk, const T* xn,
 }
 
 template <class T>
-void weight_grad_narrow(const Conv2dShape& s, const T* dy, const T* x, float* dw) {
+void weight_grad_narrow(const Conv2dShape& s, const T* dy, const T* x, float* dw, bool accumulate) {
   const int64_t RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W, Nn = s.C * RS, Kp = (s.K + 7) / 8 * 8;
   const std::vector<uint16_t> tap_ok = tap_table(s);
   const int64_t chunks = std::min<int64_t>(s.N, 16), slab = Kp * Nn * 16;
@@ -267,7 +268,7 @@ void weight_grad_narrow(const Conv2dShape& s, const T* dy, const T* x, float* dw
     const int64_t at = k0 * Nn * 16 + j0 * 8 * 16 + (i * nb + (col - j0)) * 16;
     __m512 v = _mm512_loadu_ps(part.data() + at);
     for (int64_t u = 1; u < chunks; ++u) v = _mm512_add_ps(v, _mm512_loadu_ps(part.data() + u * slab + at));
-    dw[e] = _mm512_reduce_add_ps(v);
+    store_grad(dw + e, _mm512_reduce_add_ps(v), accumulate);
   }
 }
 #endif
@@ -275,20 +276,21 @@ void weight_grad_narrow(const Conv2dShape& s, const T* dy, const T* x, float* dw
 // The reduction over (n, p, q) is cut into `chunks` equal runs of whole images (a divisor of N,
 // fixed by the shape alone), each reduced into its own partial dw; partials are then summed in
 // chunk order. Threads thus work on different images without repacking the other operand, and
-// the result does not depend on the thread count.
+// the result does not depend on the thread count. With accumulate, the last write of each element
+// (the tile store, or the sum of the partials) adds into dw.
 template <class T>
-void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw) {
+void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw, bool accumulate) {
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
   const int64_t Nn = Cg * RS, size = s.K * Nn;
   if (s.N * PQ == 0) {
-    std::fill(dw, dw + size, 0.0f);
+    for (int64_t i = 0; i < size; ++i) store_grad(dw + i, 0.0f, accumulate);
     return;
   }
   if constexpr (std::is_same_v<T, float>)
-    if (winograd_applies(s, true)) return winograd_backward_weight(s, dy, x, dw);
+    if (winograd_applies(s, true)) return winograd_backward_weight(s, dy, x, dw, accumulate);
 #if defined(__AVX512F__)
   if (G == 1 && Nn < NR && s.K >= 8 && s.stride_h == 1 && s.stride_w == 1 && s.Q == s.W && RS <= 16)
-    return weight_grad_narrow(s, dy, x, dw);
+    return weight_grad_narrow(s, dy, x, dw, accumulate);
 #endif
   // Each partial costs a write and a read of dw: worth it only with >= 1024 reduction terms per
   // element of it, and bounded in memory. Columns give the threads work when chunks cannot.
@@ -388,14 +390,15 @@ void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw) {
       chunks * G, Kg, Nn, Kd, false, pack_a, pack_b,
       [&](int64_t item, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) {
         float* target = chunks > 1 ? partial.data() + item / G * size : dw;
-        OutMap<float>{target, Nn, 0, Nn, Kg, nullptr}.store(item % G, i0, rows, j0, cols, tile);
+        OutMap<float>{target, Nn, 0, Nn, Kg, nullptr, accumulate && chunks == 1}.store(item % G, i0, rows, j0, cols,
+                                                                                        tile);
       });
   if (chunks > 1) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < size; ++i) {
       float acc = partial[i];
       for (int64_t c = 1; c < chunks; ++c) acc += partial[c * size + i];
-      dw[i] = acc;
+      store_grad(dw + i, acc, accumulate);
     }
   }
 }
@@ -429,9 +432,9 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
   backward_data(s, dy, w, dx);
 }
 
-void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
-  if (s.C == s.groups) return channelwise_backward_weight(s, dy, x, dw);
-  weight_grad(s, dy, x, dw);
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate) {
+  if (s.C == s.groups) return channelwise_backward_weight(s, dy, x, dw, accumulate);
+  weight_grad(s, dy, x, dw, accumulate);
 }
 
 void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y) {
@@ -451,10 +454,10 @@ void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, b
   round_to(dxf, dx);
 }
 
-void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw) {
-  if (s.C != s.groups) return weight_grad(s, dy, x, dw);
+void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate) {
+  if (s.C != s.groups) return weight_grad(s, dy, x, dw, accumulate);
   const std::vector<float> dyf = widen(dy, s.N * s.K * s.P * s.Q), xf = widen(x, s.N * s.C * s.H * s.W);
-  channelwise_backward_weight(s, dyf.data(), xf.data(), dw);
+  channelwise_backward_weight(s, dyf.data(), xf.data(), dw, accumulate);
 }
 
 }  // namespace FASTOPT_ISA
@@ -466,8 +469,8 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
   FASTOPT_CPU_DISPATCH(conv2d_backward_data(s, dy, w, dx))
 }
-void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
-  FASTOPT_CPU_DISPATCH(conv2d_backward_weight(s, dy, x, dw))
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate) {
+  FASTOPT_CPU_DISPATCH(conv2d_backward_weight(s, dy, x, dw, accumulate))
 }
 void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y) {
   FASTOPT_CPU_DISPATCH(conv2d_forward(s, x, w, b, y))
@@ -475,14 +478,14 @@ void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf
 void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx) {
   FASTOPT_CPU_DISPATCH(conv2d_backward_data(s, dy, w, dx))
 }
-void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw) {
-  FASTOPT_CPU_DISPATCH(conv2d_backward_weight(s, dy, x, dw))
+void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate) {
+  FASTOPT_CPU_DISPATCH(conv2d_backward_weight(s, dy, x, dw, accumulate))
 }
 
 // Memory-bound (4 bytes read per flop, 2 in bf16), so one plain pass: channels over the threads,
 // each summed in double in (n, p, q) order.
 template <class T>
-static void backward_bias(const Conv2dShape& s, const T* dy, float* db) {
+static void backward_bias(const Conv2dShape& s, const T* dy, float* db, bool accumulate) {
   const int64_t PQ = s.P * s.Q;
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < s.K; ++k) {
@@ -493,11 +496,15 @@ static void backward_bias(const Conv2dShape& s, const T* dy, float* db) {
       for (int64_t i = 0; i < PQ; ++i) part += to_float(src[i]);
       acc += part;
     }
-    db[k] = static_cast<float>(acc);
+    store_grad(db + k, static_cast<float>(acc), accumulate);
   }
 }
-void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db) { backward_bias(s, dy, db); }
-void conv2d_backward_bias(const Conv2dShape& s, const bf16* dy, float* db) { backward_bias(s, dy, db); }
+void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, bool accumulate) {
+  backward_bias(s, dy, db, accumulate);
+}
+void conv2d_backward_bias(const Conv2dShape& s, const bf16* dy, float* db, bool accumulate) {
+  backward_bias(s, dy, db, accumulate);
+}
 #endif
 
 }  // namespace fastopt::cpu

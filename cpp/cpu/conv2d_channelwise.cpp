@@ -115,7 +115,7 @@ void generic_backward_data(const Conv2dShape& s, const float* dy, const float* w
   }
 }
 
-void generic_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
+void generic_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate) {
   const int64_t Kg = s.K / s.groups, PQ = s.P * s.Q, HW = s.H * s.W, RS = s.R * s.S;
 #pragma omp parallel for schedule(static)
   for (int64_t krs = 0; krs < s.K * RS; ++krs) {
@@ -130,7 +130,7 @@ void generic_backward_weight(const Conv2dShape& s, const float* dy, const float*
                        s.stride_w);
       }
     }
-    dw[krs] = static_cast<float>(acc);
+    store_grad(dw + krs, static_cast<float>(acc), accumulate);
   }
 }
 
@@ -291,7 +291,7 @@ void weight_grad_rows(const float* dy, int64_t P, int64_t Q, const float* x, int
 constexpr int64_t kPartialSums = int64_t{1} << 16;
 
 template <int K>
-void fast_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
+void fast_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate) {
   constexpr int G = K == 5 ? 4 : 3;  // G K + K + 1 vector registers of 32
   const int64_t Kg = s.K / s.groups, HW = s.H * s.W, PQ = s.P * s.Q, per_image = s.K * K * K;
   const int64_t batch = std::clamp<int64_t>(kPartialSums / per_image, 1, s.N);
@@ -311,7 +311,7 @@ void fast_backward_weight(const Conv2dShape& s, const float* dy, const float* x,
     for (int64_t j = 0; j < per_image; ++j)
       for (int64_t b = 0; b < nb; ++b) sum[j] += part[b * per_image + j];
   }
-  for (int64_t j = 0; j < per_image; ++j) dw[j] = static_cast<float>(sum[j]);
+  for (int64_t j = 0; j < per_image; ++j) store_grad(dw + j, static_cast<float>(sum[j]), accumulate);
 }
 
 // Square 3x3, 5x5 and 7x7 filters, unit stride and dilation, padding < the kernel (so the
@@ -344,11 +344,12 @@ void channelwise_backward_data(const Conv2dShape& s, const float* dy, const floa
   generic_backward_data(s, dy, w, dx);
 }
 
-void channelwise_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
+void channelwise_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate) {
 #if defined(__AVX512F__)
-  if (fast(s)) return by_s(s, fast_backward_weight<3>, fast_backward_weight<5>, fast_backward_weight<7>)(s, dy, x, dw);
+  if (fast(s))
+    return by_s(s, fast_backward_weight<3>, fast_backward_weight<5>, fast_backward_weight<7>)(s, dy, x, dw, accumulate);
 #endif
-  generic_backward_weight(s, dy, x, dw);
+  generic_backward_weight(s, dy, x, dw, accumulate);
 }
 
 }  // namespace fastopt::cpu::FASTOPT_ISA

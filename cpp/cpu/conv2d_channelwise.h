@@ -8,6 +8,6 @@ namespace fastopt::cpu::FASTOPT_ISA {
 
 void channelwise_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
 void channelwise_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
-void channelwise_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw);
+void channelwise_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate);
 
 }  // namespace fastopt::cpu::FASTOPT_ISA

@@ -25,12 +25,14 @@ using gemm::NR;
 
 // Output addressing shared by the three passes: row i of group g, column j = (n, inner) with
 // `inner_len` inner positions per image: out + n*n_stride + (row0 + i)*row_stride + inner.
-// TO: the output type (float, or bf16: each element rounded once, here).
+// TO: the output type (float, or bf16: each element rounded once, here). accumulate (a float
+// weight-grad's dw): add each finished value into the output instead (store_grad).
 template <class TO>
 struct OutMap {
   TO* out;
   int64_t inner_len, n_stride, row_stride, rows_per_group;
   const TO* bias;  // per global row, or null
+  bool accumulate = false;
 
   void store(int64_t g, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) const {
     const int64_t n0 = j0 / inner_len, in0 = j0 % inner_len;
@@ -42,7 +44,14 @@ struct OutMap {
       for (int64_t j = 0; j < cols;) {
         const int64_t len = std::min(cols - j, inner_len - in);
         TO* o = out + n * n_stride + row * row_stride + in;
-        for (int64_t u = 0; u < len; ++u) o[u] = from_float<TO>(init + t[j + u]);
+        if constexpr (std::is_same_v<TO, float>) {
+          if (accumulate)
+            for (int64_t u = 0; u < len; ++u) store_grad(o + u, init + t[j + u], true);
+          else
+            for (int64_t u = 0; u < len; ++u) o[u] = init + t[j + u];
+        } else {
+          for (int64_t u = 0; u < len; ++u) o[u] = from_float<TO>(init + t[j + u]);
+        }
         j += len;
         in = 0;
         ++n;

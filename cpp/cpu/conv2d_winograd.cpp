@@ -447,7 +447,7 @@ const float* transform_weights(const Conv2dShape& s, const float* w, bool flip, 
 
 // dw[k, c] = G^T dU[., k, c] G, dU as the micro-kernel's tiles: element (item, k, c) at
 // ((item*KS + k/MR)*CS + c/NR)*MR*NR + (k%MR)*NR + c%NR, KS and CS strips of MR and NR.
-void weight_grad_transform(const Conv2dShape& s, const float* dU, int64_t KS, int64_t CS, float* dw) {
+void weight_grad_transform(const Conv2dShape& s, const float* dU, int64_t KS, int64_t CS, float* dw, bool accumulate) {
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, xs = KS * CS * MR * NR;
 #pragma omp parallel for schedule(static)
   for (int64_t kc = 0; kc < s.K * Cg; ++kc) {
@@ -459,7 +459,7 @@ void weight_grad_transform(const Conv2dShape& s, const float* dU, int64_t KS, in
     for (int sc = 0; sc < 3; ++sc) {
       float col[3];
       wg::weight_grad_1d(q[0][sc], q[1][sc], q[2][sc], q[3][sc], col);
-      for (int r = 0; r < 3; ++r) dw[kc * 9 + r * 3 + sc] = col[r];
+      for (int r = 0; r < 3; ++r) store_grad(dw + kc * 9 + r * 3 + sc, col[r], accumulate);
     }
   }
 }
@@ -555,7 +555,7 @@ void winograd_backward_data(const Conv2dShape& s, const float* dy, const float* 
 // transformed by all threads into shared panels (vt, dmt), then each task (item, channel
 // strip, filter strips) adds the block's rank-nb product into the dU tiles it owns, so every
 // element is reduced in a fixed order by one thread and no partial sums are needed.
-void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw) {
+void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate) {
   const Tiling tl{s.C, s.H, s.W, s.K, s.P, s.Q, s.pad_h, s.pad_w, s.groups};
   const int64_t G = s.groups, Cg = s.C / G, Kg = s.K / G, T = s.N * tl.per_image();
   const int64_t CS = (Cg + NR - 1) / NR, KS = (Kg + MR - 1) / MR, Cp = CS * NR, Kp = KS * MR;
@@ -587,7 +587,7 @@ void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float
       }
     }
   }
-  weight_grad_transform(s, dU, KS, CS, dw);
+  weight_grad_transform(s, dU, KS, CS, dw, accumulate);
 }
 
 }  // namespace fastopt::cpu::FASTOPT_ISA

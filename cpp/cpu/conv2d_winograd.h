@@ -15,6 +15,6 @@ namespace fastopt::cpu::FASTOPT_ISA {
 bool winograd_applies(const Conv2dShape& s, bool weight_grad = false);
 void winograd_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
 void winograd_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
-void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw);
+void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate);
 
 }  // namespace fastopt::cpu::FASTOPT_ISA

@@ -41,15 +41,16 @@ namespace fastopt::cpu {
 FASTOPT_FOR_EACH_ISA(void linear_forward(const LinearShape& s, const float* x, const float* w, const float* b,
                                          float* y);
                      void linear_backward_data(const LinearShape& s, const float* dy, const float* w, float* dx);
-                     void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw);
-                     void linear_backward_bias(const LinearShape& s, const float* dy, float* db);
+                     void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw,
+                                                 bool accumulate);
+                     void linear_backward_bias(const LinearShape& s, const float* dy, float* db, bool accumulate);
                      void linear_forward(const LinearShape& s, const bf16* x, const bf16* w,
                                          const bf16* b, bf16* y);
                      void linear_backward_data(const LinearShape& s, const bf16* dy, const bf16* w,
                                                bf16* dx);
                      void linear_backward_weight(const LinearShape& s, const bf16* dy, const bf16* x,
-                                                 float* dw);
-                     void linear_backward_bias(const LinearShape& s, const bf16* dy, float* db);)
+                                                 float* dw, bool accumulate);
+                     void linear_backward_bias(const LinearShape& s, const bf16* dy, float* db, bool accumulate);)
 
 namespace FASTOPT_ISA {
 namespace {
@@ -73,13 +74,21 @@ struct Factor {
   bool along_k;
 };
 
-// C[m][j] = p[m*ld + j], or p[j*ld + m] when transposed.
+// C[m][j] = p[m*ld + j], or p[j*ld + m] when transposed; accumulate (float C without bias: the
+// weight-grad) adds each finished element into C (store_grad).
 template <class TO>
 struct Out {
   TO* p;
   int64_t ld;
   bool transposed;
+  bool accumulate = false;
 };
+
+// An accumulating store (gradient accumulation): one addition into what C holds, rounded once.
+template <class TO>
+void grad_to(TO* o, float v) {
+  *o = from_float<TO>(to_float(*o) + v);
+}
 
 inline int64_t padded(int64_t v, int64_t unit) { return (v + unit - 1) / unit * unit; }
 
@@ -130,6 +139,8 @@ void gemm_oriented(int64_t M, int64_t Nn, int64_t Kd, Factor<T> A, Factor<T> B, 
           for (int64_t j = 0; j < cols; ++j) o[j] = from_float<TO>(to_float(bias_col[j0 + j]) + t[j]);
         else if (bias_row)
           for (int64_t j = 0; j < cols; ++j) o[j] = from_float<TO>(to_float(bias_row[i0 + i]) + t[j]);
+        else if (C.accumulate)
+          for (int64_t j = 0; j < cols; ++j) grad_to(o + j, t[j]);
         else
           for (int64_t j = 0; j < cols; ++j) o[j] = from_float<TO>(t[j]);
       }
@@ -142,6 +153,8 @@ void gemm_oriented(int64_t M, int64_t Nn, int64_t Kd, Factor<T> A, Factor<T> B, 
           for (int64_t i = 0; i < rows; ++i) o[i] = from_float<TO>(to_float(bias_col[j0 + j]) + t[i * NR]);
         else if (bias_row)
           for (int64_t i = 0; i < rows; ++i) o[i] = from_float<TO>(to_float(bias_row[i0 + i]) + t[i * NR]);
+        else if (C.accumulate)
+          for (int64_t i = 0; i < rows; ++i) grad_to(o + i, t[i * NR]);
         else
           for (int64_t i = 0; i < rows; ++i) o[i] = from_float<TO>(t[i * NR]);
       }
@@ -163,12 +176,18 @@ void matmul(int64_t M, int64_t Nn, int64_t Kd, Factor<T> A, Factor<T> B, Out<TO>
   if (M == 0 || Nn == 0) return;
   if (Kd == 0) {
     for (int64_t m = 0; m < M; ++m)
-      for (int64_t j = 0; j < Nn; ++j)
-        C.p[C.transposed ? j * C.ld + m : m * C.ld + j] = from_float<TO>(bias_col ? to_float(bias_col[j]) : 0.0f);
+      for (int64_t j = 0; j < Nn; ++j) {
+        TO* o = C.p + (C.transposed ? j * C.ld + m : m * C.ld + j);
+        if (C.accumulate)
+          grad_to(o, 0.0f);
+        else
+          *o = from_float<TO>(bias_col ? to_float(bias_col[j]) : 0.0f);
+      }
     return;
   }
   if (padded(Nn, MR) * padded(M, NR) < padded(M, MR) * padded(Nn, NR))
-    gemm_oriented(Nn, M, Kd, B, A, Out<TO>{C.p, C.ld, !C.transposed}, bias_col, static_cast<const T*>(nullptr));
+    gemm_oriented(Nn, M, Kd, B, A, Out<TO>{C.p, C.ld, !C.transposed, C.accumulate}, bias_col,
+                  static_cast<const T*>(nullptr));
   else
     gemm_oriented(M, Nn, Kd, A, B, C, static_cast<const T*>(nullptr), bias_col);
 }
@@ -185,9 +204,9 @@ void backward_data(const LinearShape& s, const T* dy, const T* w, T* dx) {
 }
 
 template <class T>
-void backward_weight(const LinearShape& s, const T* dy, const T* x, float* dw) {
-  matmul(s.out, s.in, s.N, Factor<T>{dy, s.out, false}, Factor<T>{x, s.in, false}, Out<float>{dw, s.in, false},
-         static_cast<const T*>(nullptr));
+void backward_weight(const LinearShape& s, const T* dy, const T* x, float* dw, bool accumulate) {
+  matmul(s.out, s.in, s.N, Factor<T>{dy, s.out, false}, Factor<T>{x, s.in, false},
+         Out<float>{dw, s.in, false, accumulate}, static_cast<const T*>(nullptr));
 }
 
 // Memory-bound (one add per element read). Rows are summed in fixed blocks of kRows, each block
@@ -195,7 +214,7 @@ void backward_weight(const LinearShape& s, const T* dy, const T* x, float* dw) {
 // error grows like kRows + N / kRows rather than N. Threads take (row block, column block)
 // units, each writing its own partial; the partials are then added in row-block order.
 template <class T>
-void backward_bias(const LinearShape& s, const T* dy, float* db) {
+void backward_bias(const LinearShape& s, const T* dy, float* db, bool accumulate) {
   constexpr int64_t kRows = 256, kCols = 256;
   const int64_t N = s.N, out = s.out;
   if (out == 0) return;
@@ -217,9 +236,11 @@ void backward_bias(const LinearShape& s, const T* dy, float* db) {
 #pragma omp parallel for schedule(static)
     for (int64_t u = 0; u < units; ++u) unit(u);
   }
-  for (int64_t c = 0; c < out; ++c) db[c] = partial[c];
-  for (int64_t rb = 1; rb < rblocks; ++rb)
-    for (int64_t c = 0; c < out; ++c) db[c] += partial[rb * out + c];
+  for (int64_t c = 0; c < out; ++c) {
+    float sum = partial[c];
+    for (int64_t rb = 1; rb < rblocks; ++rb) sum += partial[rb * out + c];
+    store_grad(db + c, sum, accumulate);
+  }
 }
 
 }  // namespace
@@ -230,20 +251,24 @@ void linear_forward(const LinearShape& s, const float* x, const float* w, const 
 void linear_backward_data(const LinearShape& s, const float* dy, const float* w, float* dx) {
   backward_data(s, dy, w, dx);
 }
-void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw) {
-  backward_weight(s, dy, x, dw);
+void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw, bool accumulate) {
+  backward_weight(s, dy, x, dw, accumulate);
 }
-void linear_backward_bias(const LinearShape& s, const float* dy, float* db) { backward_bias(s, dy, db); }
+void linear_backward_bias(const LinearShape& s, const float* dy, float* db, bool accumulate) {
+  backward_bias(s, dy, db, accumulate);
+}
 void linear_forward(const LinearShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y) {
   forward(s, x, w, b, y);
 }
 void linear_backward_data(const LinearShape& s, const bf16* dy, const bf16* w, bf16* dx) {
   backward_data(s, dy, w, dx);
 }
-void linear_backward_weight(const LinearShape& s, const bf16* dy, const bf16* x, float* dw) {
-  backward_weight(s, dy, x, dw);
+void linear_backward_weight(const LinearShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate) {
+  backward_weight(s, dy, x, dw, accumulate);
 }
-void linear_backward_bias(const LinearShape& s, const bf16* dy, float* db) { backward_bias(s, dy, db); }
+void linear_backward_bias(const LinearShape& s, const bf16* dy, float* db, bool accumulate) {
+  backward_bias(s, dy, db, accumulate);
+}
 
 }  // namespace FASTOPT_ISA
 
@@ -254,11 +279,11 @@ void linear_forward(const LinearShape& s, const float* x, const float* w, const 
 void linear_backward_data(const LinearShape& s, const float* dy, const float* w, float* dx) {
   FASTOPT_CPU_DISPATCH(linear_backward_data(s, dy, w, dx))
 }
-void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw) {
-  FASTOPT_CPU_DISPATCH(linear_backward_weight(s, dy, x, dw))
+void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw, bool accumulate) {
+  FASTOPT_CPU_DISPATCH(linear_backward_weight(s, dy, x, dw, accumulate))
 }
-void linear_backward_bias(const LinearShape& s, const float* dy, float* db) {
-  FASTOPT_CPU_DISPATCH(linear_backward_bias(s, dy, db))
+void linear_backward_bias(const LinearShape& s, const float* dy, float* db, bool accumulate) {
+  FASTOPT_CPU_DISPATCH(linear_backward_bias(s, dy, db, accumulate))
 }
 void linear_forward(const LinearShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y) {
   FASTOPT_CPU_DISPATCH(linear_forward(s, x, w, b, y))
@@ -266,11 +291,11 @@ void linear_forward(const LinearShape& s, const bf16* x, const bf16* w, const bf
 void linear_backward_data(const LinearShape& s, const bf16* dy, const bf16* w, bf16* dx) {
   FASTOPT_CPU_DISPATCH(linear_backward_data(s, dy, w, dx))
 }
-void linear_backward_weight(const LinearShape& s, const bf16* dy, const bf16* x, float* dw) {
-  FASTOPT_CPU_DISPATCH(linear_backward_weight(s, dy, x, dw))
+void linear_backward_weight(const LinearShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate) {
+  FASTOPT_CPU_DISPATCH(linear_backward_weight(s, dy, x, dw, accumulate))
 }
-void linear_backward_bias(const LinearShape& s, const bf16* dy, float* db) {
-  FASTOPT_CPU_DISPATCH(linear_backward_bias(s, dy, db))
+void linear_backward_bias(const LinearShape& s, const bf16* dy, float* db, bool accumulate) {
+  FASTOPT_CPU_DISPATCH(linear_backward_bias(s, dy, db, accumulate))
 }
 #endif
 

@@ -43,7 +43,8 @@ FASTOPT_FOR_EACH_ISA(
                                  float* mean, float* rstd, const float* running_mean, const float* running_var,
                                  double eps);
     void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w,
-                             const float* mean, const float* rstd, bool training, float* dx, float* dw, float* db);
+                             const float* mean, const float* rstd, bool training, float* dx, float* dw, float* db,
+                             bool accumulate);
     void batch_norm_forward_train(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
                                   float* mean, float* rstd, float* running_mean, float* running_var,
                                   double factor, double eps);
@@ -51,15 +52,16 @@ FASTOPT_FOR_EACH_ISA(
                                  float* mean, float* rstd, const float* running_mean, const float* running_var,
                                  double eps);
     void batch_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w,
-                             const float* mean, const float* rstd, bool training, bf16* dx, float* dw, float* db);
+                             const float* mean, const float* rstd, bool training, bf16* dx, float* dw, float* db,
+                             bool accumulate);
     void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y,
                           float* mean, float* rstd, double eps);
     void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w,
-                           const float* mean, const float* rstd, float* dx, float* dw, float* db);
+                           const float* mean, const float* rstd, float* dx, float* dw, float* db, bool accumulate);
     void row_norm_forward(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
                           float* mean, float* rstd, double eps);
     void row_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w,
-                           const float* mean, const float* rstd, bf16* dx, float* dw, float* db);)
+                           const float* mean, const float* rstd, bf16* dx, float* dw, float* db, bool accumulate);)
 
 namespace FASTOPT_ISA {
 namespace {
@@ -339,7 +341,7 @@ void bn_forward_eval(const NormShape& s, const T* x, const float* w, const float
 
 template <class T>
 void bn_backward(const NormShape& s, const T* dy, const T* x, const float* w, const float* mean, const float* rstd,
-                 bool training, T* dx, float* dw, float* db) {
+                 bool training, T* dx, float* dw, float* db, bool accumulate) {
   const int64_t N = s.N, C = s.C, S = s.S;
   const bool sums = training || dw != nullptr || db != nullptr;
   const double M = static_cast<double>(N * S);
@@ -349,8 +351,8 @@ void bn_backward(const NormShape& s, const T* dy, const T* x, const float* w, co
     *k = static_cast<float>(wc * r);
     *c2 = training ? static_cast<float>(-r * r * r * wc * sdyxmu / M) : 0.0f;
     *c3 = training ? static_cast<float>(-r * wc * sdy / M) : 0.0f;
-    if (dw != nullptr) dw[c] = static_cast<float>(sdyxmu * r);
-    if (db != nullptr) db[c] = static_cast<float>(sdy);
+    if (dw != nullptr) store_grad(dw + c, static_cast<float>(sdyxmu * r), accumulate);
+    if (db != nullptr) store_grad(db + c, static_cast<float>(sdy), accumulate);
   };
   if (S > 1) {
     // The fused sums, then dx, for a block of channels sample by sample, as in the forward.
@@ -426,12 +428,12 @@ void batch_norm_forward_eval(const NormShape& s, const bf16* x, const float* w, 
   bn_forward_eval(s, x, w, b, y, mean, rstd, running_mean, running_var, eps);
 }
 void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
-                         const float* rstd, bool training, float* dx, float* dw, float* db) {
-  bn_backward(s, dy, x, w, mean, rstd, training, dx, dw, db);
+                         const float* rstd, bool training, float* dx, float* dw, float* db, bool accumulate) {
+  bn_backward(s, dy, x, w, mean, rstd, training, dx, dw, db, accumulate);
 }
 void batch_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,
-                         const float* rstd, bool training, bf16* dx, float* dw, float* db) {
-  bn_backward(s, dy, x, w, mean, rstd, training, dx, dw, db);
+                         const float* rstd, bool training, bf16* dx, float* dw, float* db, bool accumulate) {
+  bn_backward(s, dy, x, w, mean, rstd, training, dx, dw, db, accumulate);
 }
 
 namespace {
@@ -467,7 +469,7 @@ void row_forward(const NormShape& s, const T* x, const float* w, const float* b,
 
 template <class T>
 void row_backward(const NormShape& s, const T* dy, const T* x, const float* w, const float* mean, const float* rstd,
-                  T* dx, float* dw, float* db) {
+                  T* dx, float* dw, float* db, bool accumulate) {
   const int64_t N = s.N, C = s.C, G = s.G, Cg = C / G, S = s.S, L = Cg * S;
   const bool affine_grads = dw != nullptr || db != nullptr;
   // Fixed sample blocks (a function of N only) carry the dw/db partial sums.
@@ -529,8 +531,8 @@ void row_backward(const NormShape& s, const T* dy, const T* x, const float* w, c
       q += pdw[blk * C + c];
       a += pdb[blk * C + c];
     }
-    if (dw != nullptr) dw[c] = static_cast<float>(q);
-    if (db != nullptr) db[c] = static_cast<float>(a);
+    if (dw != nullptr) store_grad(dw + c, static_cast<float>(q), accumulate);
+    if (db != nullptr) store_grad(db + c, static_cast<float>(a), accumulate);
   }
 }
 
@@ -545,12 +547,12 @@ void row_norm_forward(const NormShape& s, const bf16* x, const float* w, const f
   row_forward(s, x, w, b, y, mean, rstd, eps);
 }
 void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
-                       const float* rstd, float* dx, float* dw, float* db) {
-  row_backward(s, dy, x, w, mean, rstd, dx, dw, db);
+                       const float* rstd, float* dx, float* dw, float* db, bool accumulate) {
+  row_backward(s, dy, x, w, mean, rstd, dx, dw, db, accumulate);
 }
 void row_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,
-                       const float* rstd, bf16* dx, float* dw, float* db) {
-  row_backward(s, dy, x, w, mean, rstd, dx, dw, db);
+                       const float* rstd, bf16* dx, float* dw, float* db, bool accumulate) {
+  row_backward(s, dy, x, w, mean, rstd, dx, dw, db, accumulate);
 }
 
 }  // namespace FASTOPT_ISA
@@ -567,8 +569,8 @@ void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w,
   FASTOPT_CPU_DISPATCH(batch_norm_forward_eval(s, x, w, b, y, mean, rstd, running_mean, running_var, eps))
 }
 void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
-                         const float* rstd, bool training, float* dx, float* dw, float* db) {
-  FASTOPT_CPU_DISPATCH(batch_norm_backward(s, dy, x, w, mean, rstd, training, dx, dw, db))
+                         const float* rstd, bool training, float* dx, float* dw, float* db, bool accumulate) {
+  FASTOPT_CPU_DISPATCH(batch_norm_backward(s, dy, x, w, mean, rstd, training, dx, dw, db, accumulate))
 }
 void batch_norm_forward_train(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
                               float* mean, float* rstd, float* running_mean, float* running_var, double factor,
@@ -581,24 +583,24 @@ void batch_norm_forward_eval(const NormShape& s, const bf16* x, const float* w, 
   FASTOPT_CPU_DISPATCH(batch_norm_forward_eval(s, x, w, b, y, mean, rstd, running_mean, running_var, eps))
 }
 void batch_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,
-                         const float* rstd, bool training, bf16* dx, float* dw, float* db) {
-  FASTOPT_CPU_DISPATCH(batch_norm_backward(s, dy, x, w, mean, rstd, training, dx, dw, db))
+                         const float* rstd, bool training, bf16* dx, float* dw, float* db, bool accumulate) {
+  FASTOPT_CPU_DISPATCH(batch_norm_backward(s, dy, x, w, mean, rstd, training, dx, dw, db, accumulate))
 }
 void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
                       float* rstd, double eps) {
   FASTOPT_CPU_DISPATCH(row_norm_forward(s, x, w, b, y, mean, rstd, eps))
 }
 void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
-                       const float* rstd, float* dx, float* dw, float* db) {
-  FASTOPT_CPU_DISPATCH(row_norm_backward(s, dy, x, w, mean, rstd, dx, dw, db))
+                       const float* rstd, float* dx, float* dw, float* db, bool accumulate) {
+  FASTOPT_CPU_DISPATCH(row_norm_backward(s, dy, x, w, mean, rstd, dx, dw, db, accumulate))
 }
 void row_norm_forward(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y, float* mean,
                       float* rstd, double eps) {
   FASTOPT_CPU_DISPATCH(row_norm_forward(s, x, w, b, y, mean, rstd, eps))
 }
 void row_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,
-                       const float* rstd, bf16* dx, float* dw, float* db) {
-  FASTOPT_CPU_DISPATCH(row_norm_backward(s, dy, x, w, mean, rstd, dx, dw, db))
+                       const float* rstd, bf16* dx, float* dw, float* db, bool accumulate) {
+  FASTOPT_CPU_DISPATCH(row_norm_backward(s, dy, x, w, mean, rstd, dx, dw, db, accumulate))
 }
 #endif
 

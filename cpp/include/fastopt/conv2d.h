@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "fastopt/bf16.h"
+#include "fastopt/grad_store.h"
 
 namespace fastopt {
 
@@ -18,17 +19,18 @@ struct Conv2dShape {
 };
 
 namespace cpu {
-// b may be null (no bias). Outputs are fully overwritten (never accumulated into).
+// b may be null (no bias). Outputs are fully overwritten, except dw and db with accumulate set,
+// which add the fresh gradient into what they hold at the final store (store_grad).
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
 void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
-void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw);
-void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db);
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate);
+void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, bool accumulate);
 // bfloat16 (fastopt/bf16.h): x, w, b, dy in bf16, fp32 accumulation; y and dx rounded to bf16
 // once (to nearest even), dw and db in fp32.
 void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y);
 void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx);
-void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw);
-void conv2d_backward_bias(const Conv2dShape& s, const bf16* dy, float* db);
+void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate);
+void conv2d_backward_bias(const Conv2dShape& s, const bf16* dy, float* db, bool accumulate);
 }  // namespace cpu
 
 namespace cuda {
@@ -38,9 +40,9 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
                     bool allow_tf32, void* stream);
 void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx, bool allow_tf32,
                           void* stream);
-void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool allow_tf32,
-                            void* stream);
-void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, void* stream);
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate,
+                            bool allow_tf32, void* stream);
+void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, bool accumulate, void* stream);
 }  // namespace cuda
 
 }  // namespace fastopt

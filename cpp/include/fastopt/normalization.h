@@ -20,6 +20,7 @@
 
 #include "fastopt/bf16.h"
 #include "fastopt/common.h"
+#include "fastopt/grad_store.h"
 
 namespace fastopt {
 
@@ -102,7 +103,8 @@ FASTOPT_HD void update_running(float* running_mean, float* running_var, double m
 
 // ------------------------------------------------------------------ backend interface
 // Pointers address float32 arrays of the shapes the bindings checked; optional ones may be null
-// (w, b: no affine; running_*: not tracked; dw, db: not wanted). Outputs are overwritten.
+// (w, b: no affine; running_*: not tracked; dw, db: not wanted). Outputs are overwritten, except
+// dw and db with accumulate set: the fresh gradient is added into them at the final store.
 // mean and rstd have C entries for batch norm, N * G for the row family.
 
 namespace cpu {
@@ -116,7 +118,7 @@ void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w,
                              float* mean, float* rstd, const float* running_mean, const float* running_var,
                              double eps);
 void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
-                         const float* rstd, bool training, float* dx, float* dw, float* db);
+                         const float* rstd, bool training, float* dx, float* dw, float* db, bool accumulate);
 // bf16 activations (x, y, dy, dx); w, b, mean, rstd, running stats, dw, db stay fp32.
 void batch_norm_forward_train(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
                               float* mean, float* rstd, float* running_mean, float* running_var, double factor,
@@ -125,15 +127,15 @@ void batch_norm_forward_eval(const NormShape& s, const bf16* x, const float* w, 
                              float* mean, float* rstd, const float* running_mean, const float* running_var,
                              double eps);
 void batch_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,
-                         const float* rstd, bool training, bf16* dx, float* dw, float* db);
+                         const float* rstd, bool training, bf16* dx, float* dw, float* db, bool accumulate);
 void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
                       float* rstd, double eps);
 void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
-                       const float* rstd, float* dx, float* dw, float* db);
+                       const float* rstd, float* dx, float* dw, float* db, bool accumulate);
 void row_norm_forward(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y, float* mean,
                       float* rstd, double eps);
 void row_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,
-                       const float* rstd, bf16* dx, float* dw, float* db);
+                       const float* rstd, bf16* dx, float* dw, float* db, bool accumulate);
 }  // namespace cpu
 
 namespace cuda {
@@ -145,11 +147,12 @@ void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w,
                              float* mean, float* rstd, const float* running_mean, const float* running_var,
                              double eps, void* stream);
 void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
-                         const float* rstd, bool training, float* dx, float* dw, float* db, void* stream);
+                         const float* rstd, bool training, float* dx, float* dw, float* db, bool accumulate,
+                         void* stream);
 void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
                       float* rstd, double eps, void* stream);
 void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
-                       const float* rstd, float* dx, float* dw, float* db, void* stream);
+                       const float* rstd, float* dx, float* dw, float* db, bool accumulate, void* stream);
 }  // namespace cuda
 
 }  // namespace fastopt

@@ -31,12 +31,19 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, allo
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, need=(True, True, True), allow_tf32=False,
-                    stream=0):
+                    stream=0, dw_out=None, db_out=None, accumulate=False):
     """(dx, dw, db) of conv2d_forward(x, w, b, ...) for the output gradient dy.
 
     need = (dx, dw, db) flags: a gradient not asked for is not computed and is returned as None.
     dx has x's dtype; dw and db are float32 (also for bfloat16 inputs).
+
+    dw_out / db_out: C-contiguous float32 arrays of dw's / db's shape on x's device, sharing no
+    memory with dy, x or w (e.g. a parameter's slot in a flat gradient buffer): the kernel writes
+    the gradient there (and returns that array) instead of into a fresh one. accumulate=True adds
+    it into them instead, rounded once (each out then required): gradient accumulation with no
+    pass of its own.
     """
     need = flags(need, "need", ("dx", "dw", "db"))
     return tuple(_C.conv2d_backward(dy, x, w, *_hyper(stride, padding, dilation, groups), *need,
-                                    boolean(allow_tf32, "allow_tf32"), _stream(stream)))
+                                    boolean(allow_tf32, "allow_tf32"), _stream(stream), dw_out, db_out,
+                                    boolean(accumulate, "accumulate")))

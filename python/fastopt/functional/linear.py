@@ -8,7 +8,7 @@ NaN), and dweight and dbias in float32, unrounded: what an optimizer with float3
 consumes. A bfloat16 array on the GPU raises TypeError (not yet: the CUDA kernels are float32).
 """
 from .. import _C
-from .._args import flags, stream as _stream
+from .._args import boolean, flags, stream as _stream
 
 __all__ = ["linear_forward", "linear_backward"]
 
@@ -24,12 +24,18 @@ def linear_forward(x, weight, bias=None, stream=0):
     return _C.linear_forward(x, weight, bias, _stream(stream))
 
 
-def linear_backward(dy, x, weight, need=(True, True, True), stream=0):
+def linear_backward(dy, x, weight, need=(True, True, True), stream=0, dweight_out=None, dbias_out=None,
+                    accumulate=False):
     """(dx, dweight, dbias) of linear_forward(x, weight, bias) for the output gradient dy (N, out).
 
     dx = dy @ weight, dweight = dy.T @ x, dbias = dy.sum(0). need = (dx, dweight, dbias) flags:
     a gradient not asked for is not computed and is returned as None. dx has x's dtype; dweight
     and dbias are float32 (also for bfloat16 inputs).
+
+    dweight_out / dbias_out: C-contiguous float32 arrays of (out, in) / (out,) on x's device,
+    sharing no memory with dy, x or weight: the GEMM's final store writes the gradient there (and
+    returns that array); accumulate=True adds it into them, rounded once (each out then required).
     """
     need = flags(need, "need", ("dx", "dweight", "dbias"))
-    return tuple(_C.linear_backward(dy, x, weight, *need, _stream(stream)))
+    return tuple(_C.linear_backward(dy, x, weight, *need, _stream(stream), dweight_out, dbias_out,
+                                    boolean(accumulate, "accumulate")))

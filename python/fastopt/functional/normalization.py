@@ -14,6 +14,11 @@ weight is None (pass has_bias=True for a bias-only affine).
 All three also take bfloat16 activations on the CPU (x, dy; y and dx come back bfloat16), with
 every per-channel or per-row array (gamma/weight, beta/bias, running statistics, mean and rstd,
 dweight, dbias) float32: statistics and affine math in fp32/double, one rounding per output element.
+
+Each backward also takes out arrays for its affine gradients (dweight_out / dbias_out; batch norm:
+dgamma_out / dbeta_out): C-contiguous float32 arrays of the parameter's shape on x's device,
+sharing no memory with dy or x. The final per-channel store writes the gradient there (and
+returns that array); accumulate=True adds it into them, rounded once (each out then required).
 """
 from .. import _C
 from .._args import boolean, finite, integer, real, shape, stream as _stream
@@ -30,11 +35,6 @@ def _eps(eps):
 
 def _has_bias(has_bias, weight):
     return weight is not None if has_bias is None else boolean(has_bias, "has_bias")
-
-
-def _grads(out, weight, has_bias):
-    dx, dw, db = out
-    return dx, (dw if weight is not None else None), (db if has_bias else None)
 
 
 def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5,
@@ -68,7 +68,8 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
                                  _eps(eps), _stream(stream))
 
 
-def batch_norm_backward(dy, x, gamma, save_mean, save_invstd, training=True, has_bias=None, stream=0):
+def batch_norm_backward(dy, x, gamma, save_mean, save_invstd, training=True, has_bias=None, stream=0, dgamma_out=None,
+                        dbeta_out=None, accumulate=False):
     """Gradients of batch_norm_forward: (dx, dgamma, dbeta).
 
     save_mean / save_invstd are what the forward returned. training=True differentiates through
@@ -76,9 +77,9 @@ def batch_norm_backward(dy, x, gamma, save_mean, save_invstd, training=True, has
     training=False is the eval-mode backward, where mean and invstd are constants:
     dx = dy * gamma * invstd.
     """
-    has_bias = _has_bias(has_bias, gamma)
-    return _grads(_C.batch_norm_backward(dy, x, gamma, save_mean, save_invstd, boolean(training, "training"),
-                                         gamma is not None or has_bias, _stream(stream)), gamma, has_bias)
+    return tuple(_C.batch_norm_backward(dy, x, gamma, save_mean, save_invstd, boolean(training, "training"),
+                                        gamma is not None, _has_bias(has_bias, gamma), _stream(stream), dgamma_out,
+                                        dbeta_out, boolean(accumulate, "accumulate")))
 
 
 def _normalized_shape(normalized_shape):
@@ -92,11 +93,12 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, st
     return _C.layer_norm_forward(x, _normalized_shape(normalized_shape), weight, bias, _eps(eps), _stream(stream))
 
 
-def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, has_bias=None, stream=0):
+def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, has_bias=None, stream=0, dweight_out=None,
+                        dbias_out=None, accumulate=False):
     """Gradients of layer_norm_forward: (dx, dweight, dbias)."""
-    has_bias = _has_bias(has_bias, weight)
-    return _grads(_C.layer_norm_backward(dy, x, _normalized_shape(normalized_shape), mean, rstd, weight,
-                                         weight is not None or has_bias, _stream(stream)), weight, has_bias)
+    return tuple(_C.layer_norm_backward(dy, x, _normalized_shape(normalized_shape), mean, rstd, weight,
+                                        weight is not None, _has_bias(has_bias, weight), _stream(stream), dweight_out,
+                                        dbias_out, boolean(accumulate, "accumulate")))
 
 
 def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5, stream=0):
@@ -107,8 +109,9 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5, stream=0
     return _C.group_norm_forward(x, integer(num_groups, "num_groups", 1), weight, bias, _eps(eps), _stream(stream))
 
 
-def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, has_bias=None, stream=0):
+def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, has_bias=None, stream=0, dweight_out=None,
+                        dbias_out=None, accumulate=False):
     """Gradients of group_norm_forward: (dx, dweight, dbias)."""
-    has_bias = _has_bias(has_bias, weight)
-    return _grads(_C.group_norm_backward(dy, x, integer(num_groups, "num_groups", 1), mean, rstd, weight,
-                                         weight is not None or has_bias, _stream(stream)), weight, has_bias)
+    return tuple(_C.group_norm_backward(dy, x, integer(num_groups, "num_groups", 1), mean, rstd, weight,
+                                        weight is not None, _has_bias(has_bias, weight), _stream(stream), dweight_out,
+                                        dbias_out, boolean(accumulate, "accumulate")))

@@ -72,10 +72,9 @@ class Conv2d(Module):
     def backward(self, dy):
         w, b = self.params["weight"], self.params["bias"]
         train = w.requires_grad
-        dx, dw, db = F.conv2d_backward(dy, _take(self, "_x"), _take(self, "_w"),
-                                       need=(self.needs_input_grad, train, train and b is not None), **self.conv)
-        self.set_grad(w, dw)
-        self.set_grad(b, db)
+        dx, _, _ = F.conv2d_backward(dy, _take(self, "_x"), _take(self, "_w"),
+                                     need=(self.needs_input_grad, train, train and b is not None), dw_out=_slot(w, train),
+                                     db_out=_slot(b, train), accumulate=self.store.accumulate, **self.conv)
         return dx
 
     def extra_repr(self):
@@ -108,10 +107,10 @@ class Linear(Module):
     def backward(self, dy):
         w, b = self.params["weight"], self.params["bias"]
         train = w.requires_grad
-        dx, dw, db = F.linear_backward(dy, _take(self, "_x"), _take(self, "_w"),
-                                       need=(self.needs_input_grad, train, train and b is not None))
-        self.set_grad(w, dw)
-        self.set_grad(b, db)
+        dx, _, _ = F.linear_backward(dy, _take(self, "_x"), _take(self, "_w"),
+                                     need=(self.needs_input_grad, train, train and b is not None),
+                                     dweight_out=_slot(w, train), dbias_out=_slot(b, train),
+                                     accumulate=self.store.accumulate)
         return dx
 
     def extra_repr(self):
@@ -127,6 +126,12 @@ def _affine(params, shape, affine, bias=True, name="affine"):
 
 def _data(p):
     return None if p is None else p.data
+
+
+def _slot(p, wanted=True):
+    """p's slot in the store's flat gradient buffer, where the backward kernel writes (or, in an
+    accumulating backward, adds) its gradient at its final store; None when not computed."""
+    return p.grad if wanted and p is not None else None
 
 
 class _BatchNorm(Module):
@@ -175,11 +180,11 @@ class _BatchNorm(Module):
     def backward(self, dy):
         x, mean, invstd, batch_stats = _take(self, "_saved")
         w, b = self.params["weight"], self.params["bias"]
-        # A frozen affine's gradients come out of the same native pass but are not written.
-        dx, dw, db = F.batch_norm_backward(dy, x, _data(w), mean, invstd, batch_stats, has_bias=b is not None)
-        if not self.frozen:
-            self.set_grad(w, dw)
-            self.set_grad(b, db)
+        # A frozen affine's gradients come out of the same native pass into fresh arrays, dropped.
+        train = not self.frozen
+        dx, _, _ = F.batch_norm_backward(dy, x, _data(w), mean, invstd, batch_stats, has_bias=b is not None,
+                                         dgamma_out=_slot(w, train), dbeta_out=_slot(b, train),
+                                         accumulate=train and self.store.accumulate)
         return dx
 
     def extra_repr(self):
@@ -212,10 +217,10 @@ class _SampleNorm(Module):
     def backward(self, dy):
         x, mean, rstd = _take(self, "_saved")
         w, b = self.params["weight"], self.params["bias"]
-        dx, dw, db = type(self).backward_fn(dy, x, self.arg, mean, rstd, _data(w), has_bias=b is not None)
-        if not self.frozen:
-            self.set_grad(w, dw)
-            self.set_grad(b, db)
+        train = not self.frozen
+        dx, _, _ = type(self).backward_fn(dy, x, self.arg, mean, rstd, _data(w), has_bias=b is not None,
+                                          dweight_out=_slot(w, train), dbias_out=_slot(b, train),
+                                          accumulate=train and self.store.accumulate)
         return dx
 
     def extra_repr(self):
