@@ -1,6 +1,10 @@
 /*
 Batch, layer and group normalization on CUDA (math and NormShape: fastopt/normalization.h).
 
+x, y, dy and dx are of a storage type T (float or bf16: the CPU's bf16 contract, fp32 statistics
+and math, each output rounded once; per-channel and per-row arrays stay fp32), bf16 halving the
+bytes below; a bf16 quad moves as one 8-byte access.
+
 Bytes per element of x (fp32), the floor: forward reads x twice (statistics, normalize) and
 writes y: 12 B; backward reads x and dy for the fused sums and again for dx, writes dx: 20 B.
 Batch norm forward + backward: 32 B per element (the "3-read/2-write" floor of the issue counts
@@ -32,6 +36,7 @@ Launch shapes, 256 threads per block:
 
 #include "fastopt/normalization.h"
 #include "launch.cuh"
+#include "pack.cuh"
 
 namespace fastopt::cuda {
 namespace {
@@ -158,22 +163,27 @@ __device__ void store_partial(const Geom& g, int64_t c, typename Op::T v, typena
   }
 }
 
-__global__ void __launch_bounds__(kThreads) bn_stats_partial(const float* x, Geom g, Moments<float>* partial) {
+template <class T>
+__global__ void __launch_bounds__(kThreads) bn_stats_partial(const T* x, Geom g, Moments<float>* partial) {
   const int64_t cs = g.tile ? min(g.C - 1, static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x % 32) : blockIdx.x;
-  const float K = norm_shift(x[g.tile ? cs : cs * g.S]);  // from element (0, c, 0)
+  const float K = norm_shift(to_float(x[g.tile ? cs : cs * g.S]));  // from element (0, c, 0)
   Moments<float> m = WelfordOp::zero();
-  const int64_t c = for_each_value(g, [&](int64_t, int64_t, int64_t off) { m = moments_push(m, x[off] - K); });
+  // Named lambdas here and below: nvcc 13's front end crashes (i_copy_expr_tree) on them as
+  // temporaries in these kernel templates.
+  auto push = [&](int64_t, int64_t, int64_t off) { m = moments_push(m, to_float(x[off]) - K); };
+  const int64_t c = for_each_value(g, push);
   store_partial<WelfordOp>(g, c, m, partial);
 }
 
-__global__ void bn_stats_final(const float* x, Geom g, const Moments<float>* partial, float* mean, float* rstd,
+template <class T>
+__global__ void bn_stats_final(const T* x, Geom g, const Moments<float>* partial, float* mean, float* rstd,
                                float* hi, float* lo, float* running_mean, float* running_var, double factor,
                                double eps) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= g.C) return;
   Moments<float> m = partial[c * g.splits];
   for (int64_t k = 1; k < g.splits; ++k) m = moments_merge(m, partial[c * g.splits + k]);
-  const float K = norm_shift(x[g.tile ? c : c * g.S]);
+  const float K = norm_shift(to_float(x[g.tile ? c : c * g.S]));
   const double count = static_cast<double>(g.N * g.S);
   const double mu = static_cast<double>(K) + static_cast<double>(m.mean);
   const double var = static_cast<double>(m.m2) / count;
@@ -227,8 +237,9 @@ __device__ void for_each_quad(int64_t numel, F&& f) {
     f(q * 4);
 }
 
+template <class T>
 __global__ void __launch_bounds__(kThreads)
-norm_apply_kernel(const float* x, float* y, int64_t numel, Index ix, const float* hi, const float* lo,
+norm_apply_kernel(const T* x, T* y, int64_t numel, Index ix, const float* hi, const float* lo,
                   const float* rstd, const float* w, const float* b, bool vec, int64_t cstep) {
   auto one = [&](float v, int64_t c, int64_t r) {
     return norm_apply(v, hi[r], lo[r], w ? w[c] * rstd[r] : rstd[r], b ? b[c] : 0.0f);
@@ -236,36 +247,38 @@ norm_apply_kernel(const float* x, float* y, int64_t numel, Index ix, const float
   for_each_quad(numel, [&](int64_t i0) {
     if (vec && i0 + 4 <= numel) {
       const int64_t c0 = ix.channel(i0), r0 = ix.stat(i0, c0);
-      const float4 v = *reinterpret_cast<const float4*>(x + i0);
-      float o[4] = {v.x, v.y, v.z, v.w};
+      float o[4];
+      detail::load_pack(x + i0, o);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int64_t c = c0 + e * cstep;
         o[e] = one(o[e], c, ix.L > 0 ? r0 : c);
       }
-      *reinterpret_cast<float4*>(y + i0) = make_float4(o[0], o[1], o[2], o[3]);
+      detail::store_pack(y + i0, o);
       return;
     }
     for (int64_t i = i0; i < i0 + 4 && i < numel; ++i) {
       const int64_t c = ix.channel(i);
-      y[i] = one(x[i], c, ix.stat(i, c));
+      y[i] = from_float<T>(one(to_float(x[i]), c, ix.stat(i, c)));
     }
   });
 }
 
 // Fused backward sums per channel: (sum dy, sum dy (x - mean)), mean per channel (batch norm,
 // rows == false) or per row n * G + c / Cg times that row's rstd (row family: dw, db directly).
+template <class T>
 __global__ void __launch_bounds__(kThreads)
-grad_sums_partial(const float* dy, const float* x, Geom g, const float* mean, const float* rstd, bool rows,
+grad_sums_partial(const T* dy, const T* x, Geom g, const float* mean, const float* rstd, bool rows,
                   int64_t G, int64_t Cg, float2* partial) {
   float2 acc = SumOp::zero();
-  const int64_t c = for_each_value(g, [&](int64_t ch, int64_t n, int64_t off) {
+  auto add = [&](int64_t ch, int64_t n, int64_t off) {
     const int64_t r = rows ? n * G + ch / Cg : ch;
-    const float d = dy[off];
-    const float t = d * (x[off] - mean[r]);
+    const float d = to_float(dy[off]);
+    const float t = d * (to_float(x[off]) - mean[r]);
     acc.x += d;
     acc.y += rows ? t * rstd[r] : t;
-  });
+  };
+  const int64_t c = for_each_value(g, add);
   store_partial<SumOp>(g, c, acc, partial);
 }
 
@@ -300,30 +313,35 @@ __global__ void bn_eval_coefs(int64_t C, const float* w, const float* rstd, floa
   c3[c] = 0.0f;
 }
 
+template <class T>
 __global__ void __launch_bounds__(kThreads)
-bn_dx_kernel(const float* dy, const float* x, float* dx, int64_t numel, Index ix, const float* mean, const float* k,
+bn_dx_kernel(const T* dy, const T* x, T* dx, int64_t numel, Index ix, const float* mean, const float* k,
              const float* c2, const float* c3, bool vec, int64_t cstep) {
   auto one = [&](float g, float v, int64_t c) { return norm_backward_dx(g, v - mean[c], k[c], c2[c], c3[c]); };
   for_each_quad(numel, [&](int64_t i0) {
     if (vec && i0 + 4 <= numel) {
       const int64_t c0 = ix.channel(i0);
-      const float4 g = *reinterpret_cast<const float4*>(dy + i0);
-      const float4 v = *reinterpret_cast<const float4*>(x + i0);
-      *reinterpret_cast<float4*>(dx + i0) = make_float4(one(g.x, v.x, c0), one(g.y, v.y, c0 + cstep),
-                                                        one(g.z, v.z, c0 + 2 * cstep), one(g.w, v.w, c0 + 3 * cstep));
+      float g[4], v[4], o[4];
+      detail::load_pack(dy + i0, g);
+      detail::load_pack(x + i0, v);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[e] = one(g[e], v[e], c0 + e * cstep);
+      detail::store_pack(dx + i0, o);
       return;
     }
-    for (int64_t i = i0; i < i0 + 4 && i < numel; ++i) dx[i] = one(dy[i], x[i], ix.channel(i));
+    for (int64_t i = i0; i < i0 + 4 && i < numel; ++i)
+      dx[i] = from_float<T>(one(to_float(dy[i]), to_float(x[i]), ix.channel(i)));
   });
 }
 
+template <class T>
 __global__ void __launch_bounds__(kThreads)
-row_stats_kernel(const float* x, int64_t L, double eps, float* mean, float* rstd, float* hi, float* lo) {
+row_stats_kernel(const T* x, int64_t L, double eps, float* mean, float* rstd, float* hi, float* lo) {
   const int64_t r = blockIdx.x;
-  const float* row = x + r * L;
-  const float K = norm_shift(row[0]);
+  const T* row = x + r * L;
+  const float K = norm_shift(to_float(row[0]));
   Moments<float> m = WelfordOp::zero();
-  for (int64_t j = threadIdx.x; j < L; j += kThreads) m = moments_push(m, row[j] - K);
+  for (int64_t j = threadIdx.x; j < L; j += kThreads) m = moments_push(m, to_float(row[j]) - K);
   m = block_fold<WelfordOp>(m);
   if (threadIdx.x == 0) {
     const double var = static_cast<double>(m.m2) / static_cast<double>(L);
@@ -335,38 +353,40 @@ row_stats_kernel(const float* x, int64_t L, double eps, float* mean, float* rstd
 }
 
 // One block per row (n, g): the two sums of dx, then dx itself.
+template <class T>
 __global__ void __launch_bounds__(kThreads)
-row_dx_kernel(const float* dy, const float* x, const float* w, const float* mean, const float* rstd, int64_t L,
-              int64_t S, int64_t G, int64_t Cg, float* dx) {
+row_dx_kernel(const T* dy, const T* x, const float* w, const float* mean, const float* rstd, int64_t L, int64_t S,
+              int64_t G, int64_t Cg, T* dx) {
   const int64_t r = blockIdx.x, c0 = (r % G) * Cg;
   const bool narrow = L <= static_cast<int64_t>(UINT32_MAX);
   const float mu = mean[r], rs = rstd[r];
-  const float* xr = x + r * L;
-  const float* gr = dy + r * L;
+  const T* xr = x + r * L;
+  const T* gr = dy + r * L;
   float2 acc = SumOp::zero();
   for (int64_t j = threadIdx.x; j < L; j += kThreads) {
-    const float g = w ? gr[j] * w[c0 + div_index(j, S, narrow)] : gr[j];
+    const float gj = to_float(gr[j]);
+    const float g = w ? gj * w[c0 + div_index(j, S, narrow)] : gj;
     acc.x += g;
-    acc.y += g * (xr[j] - mu);
+    acc.y += g * (to_float(xr[j]) - mu);
   }
   acc = block_fold<SumOp>(acc);
   const float c2 = static_cast<float>(-static_cast<double>(rs) * rs * rs * acc.y / static_cast<double>(L));
   const float c3 = static_cast<float>(-static_cast<double>(rs) * acc.x / static_cast<double>(L));
   for (int64_t j = threadIdx.x; j < L; j += kThreads)
-    dx[r * L + j] = norm_backward_dx(gr[j], xr[j] - mu, w ? w[c0 + div_index(j, S, narrow)] * rs : rs, c2, c3);
+    dx[r * L + j] = from_float<T>(norm_backward_dx(to_float(gr[j]), to_float(xr[j]) - mu,
+                                                   w ? w[c0 + div_index(j, S, narrow)] * rs : rs, c2, c3));
 }
 
 unsigned blocks_for(int64_t count, int64_t per_block) {
   return static_cast<unsigned>(std::min<int64_t>((count + per_block - 1) / per_block, int64_t(1) << 20));
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-void launch_apply(const float* x, float* y, int64_t numel, const Index& ix, const float* hi, const float* lo,
+template <class T>
+void launch_apply(const T* x, T* y, int64_t numel, const Index& ix, const float* hi, const float* lo,
                   const float* rstd, const float* w, const float* b, cudaStream_t st) {
   if (numel == 0) return;
   int64_t cstep;
-  const bool vec = quad_layout(ix, &cstep) && aligned16(x) && aligned16(y);
+  const bool vec = quad_layout(ix, &cstep) && detail::pack_aligned<T, 4>(x) && detail::pack_aligned<T, 4>(y);
   norm_apply_kernel<<<blocks_for((numel + 3) / 4, kThreads), kThreads, 0, st>>>(x, y, numel, ix, hi, lo, rstd, w, b,
                                                                                 vec, cstep);
   check(cudaGetLastError(), "norm_apply_kernel");
@@ -376,11 +396,9 @@ void check_rows(int64_t rows) {
   if (rows > INT32_MAX) throw std::runtime_error("fastopt CUDA normalization: more than 2^31 - 1 rows");
 }
 
-}  // namespace
-
-void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y,
-                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
-                              double eps, void* stream) {
+template <class T>
+void bn_forward_train(const NormShape& s, const T* x, const float* w, const float* b, T* y, float* mean, float* rstd,
+                      float* running_mean, float* running_var, double factor, double eps, void* stream) {
   if (s.C == 0) return;
   const cudaStream_t st = as_stream(stream);
   const Geom g = make_geom(s);
@@ -397,9 +415,9 @@ void batch_norm_forward_train(const NormShape& s, const float* x, const float* w
   launch_apply(x, y, numel, make_index(s, 0), hi, lo, rstd, w, b, st);
 }
 
-void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
-                             float* mean, float* rstd, const float* running_mean, const float* running_var,
-                             double eps, void* stream) {
+template <class T>
+void bn_forward_eval(const NormShape& s, const T* x, const float* w, const float* b, T* y, float* mean, float* rstd,
+                     const float* running_mean, const float* running_var, double eps, void* stream) {
   if (s.C == 0) return;
   const cudaStream_t st = as_stream(stream);
   Scratch lo_buf(sizeof(float) * s.C, st);
@@ -409,9 +427,9 @@ void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w,
   launch_apply(x, y, s.N * s.C * s.S, make_index(s, 0), mean, lo, rstd, w, b, st);
 }
 
-void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
-                         const float* rstd, bool training, float* dx, float* dw, float* db, bool accumulate,
-                         void* stream) {
+template <class T>
+void bn_backward(const NormShape& s, const T* dy, const T* x, const float* w, const float* mean, const float* rstd,
+                 bool training, T* dx, float* dw, float* db, bool accumulate, void* stream) {
   if (s.C == 0) return;
   const cudaStream_t st = as_stream(stream);
   const Geom g = make_geom(s);
@@ -439,14 +457,16 @@ void batch_norm_backward(const NormShape& s, const float* dy, const float* x, co
   if (numel == 0) return;
   const Index ix = make_index(s, 0);
   int64_t cstep;
-  const bool vec = quad_layout(ix, &cstep) && aligned16(x) && aligned16(dy) && aligned16(dx);
+  const bool vec = quad_layout(ix, &cstep) && detail::pack_aligned<T, 4>(x) && detail::pack_aligned<T, 4>(dy) &&
+                   detail::pack_aligned<T, 4>(dx);
   bn_dx_kernel<<<blocks_for((numel + 3) / 4, kThreads), kThreads, 0, st>>>(dy, x, dx, numel, ix, mean, k, c2, c3, vec,
                                                                            cstep);
   check(cudaGetLastError(), "bn_dx_kernel");
 }
 
-void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
-                      float* rstd, double eps, void* stream) {
+template <class T>
+void row_forward(const NormShape& s, const T* x, const float* w, const float* b, T* y, float* mean, float* rstd,
+                 double eps, void* stream) {
   const int64_t R = s.N * s.G, L = s.C / s.G * s.S;
   if (R == 0) return;
   check_rows(R);
@@ -459,8 +479,9 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
   launch_apply(x, y, R * L, make_index(s, L), hi, lo, rstd, w, b, st);
 }
 
-void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
-                       const float* rstd, float* dx, float* dw, float* db, bool accumulate, void* stream) {
+template <class T>
+void row_backward(const NormShape& s, const T* dy, const T* x, const float* w, const float* mean, const float* rstd,
+                  T* dx, float* dw, float* db, bool accumulate, void* stream) {
   const int64_t R = s.N * s.G, Cg = s.C / s.G, L = Cg * s.S;
   const cudaStream_t st = as_stream(stream);
   check_rows(R);
@@ -482,5 +503,36 @@ void row_norm_backward(const NormShape& s, const float* dy, const float* x, cons
                                                                    nullptr, nullptr, nullptr);
   check(cudaGetLastError(), "grad_sums_final");
 }
+
+}  // namespace
+
+// One definition per storage type T in {float, bf16}.
+#define FASTOPT_NORMALIZATION_ENTRIES(T)                                                                         \
+  void batch_norm_forward_train(const NormShape& s, const T* x, const float* w, const float* b, T* y,            \
+                                float* mean, float* rstd, float* running_mean, float* running_var, double factor, \
+                                double eps, void* stream) {                                                      \
+    bn_forward_train(s, x, w, b, y, mean, rstd, running_mean, running_var, factor, eps, stream);                 \
+  }                                                                                                              \
+  void batch_norm_forward_eval(const NormShape& s, const T* x, const float* w, const float* b, T* y, float* mean, \
+                               float* rstd, const float* running_mean, const float* running_var, double eps,     \
+                               void* stream) {                                                                   \
+    bn_forward_eval(s, x, w, b, y, mean, rstd, running_mean, running_var, eps, stream);                          \
+  }                                                                                                              \
+  void batch_norm_backward(const NormShape& s, const T* dy, const T* x, const float* w, const float* mean,       \
+                           const float* rstd, bool training, T* dx, float* dw, float* db, bool accumulate,       \
+                           void* stream) {                                                                       \
+    bn_backward(s, dy, x, w, mean, rstd, training, dx, dw, db, accumulate, stream);                              \
+  }                                                                                                              \
+  void row_norm_forward(const NormShape& s, const T* x, const float* w, const float* b, T* y, float* mean,       \
+                        float* rstd, double eps, void* stream) {                                                 \
+    row_forward(s, x, w, b, y, mean, rstd, eps, stream);                                                         \
+  }                                                                                                              \
+  void row_norm_backward(const NormShape& s, const T* dy, const T* x, const float* w, const float* mean,         \
+                         const float* rstd, T* dx, float* dw, float* db, bool accumulate, void* stream) {        \
+    row_backward(s, dy, x, w, mean, rstd, dx, dw, db, accumulate, stream);                                       \
+  }
+FASTOPT_NORMALIZATION_ENTRIES(float)
+FASTOPT_NORMALIZATION_ENTRIES(bf16)
+#undef FASTOPT_NORMALIZATION_ENTRIES
 
 }  // namespace fastopt::cuda

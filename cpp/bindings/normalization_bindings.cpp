@@ -93,7 +93,7 @@ void use_device(int device) {
 // x (and y, dy, dx): float32 or bfloat16; every per-channel array is float32.
 py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta, py::handle running_mean,
                              py::handle running_var, bool training, double factor, double eps, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
   const NormShape s = channel_shape(x, "batch norm");
   eps_arg(eps);
   if (!(factor >= 0.0 && factor <= 1.0))
@@ -152,10 +152,13 @@ py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta
 #ifdef FASTOPT_WITH_CUDA
       use_device(x.device);
       void* st = reinterpret_cast<void*>(stream);
-      const float* xp = data_as<float>(x);
-      float* out = static_cast<float*>(yp);
-      if (training) cuda::batch_norm_forward_train(s, xp, w, b, out, mean.ptr, rstd.ptr, rm, rv, factor, eps, st);
-      else cuda::batch_norm_forward_eval(s, xp, w, b, out, mean.ptr, rstd.ptr, rm, rv, eps, st);
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        const T* xp = data_as<T>(x);
+        T* out = static_cast<T*>(yp);
+        if (training) cuda::batch_norm_forward_train(s, xp, w, b, out, mean.ptr, rstd.ptr, rm, rv, factor, eps, st);
+        else cuda::batch_norm_forward_eval(s, xp, w, b, out, mean.ptr, rstd.ptr, rm, rv, eps, st);
+      });
 #else
       no_cuda();
 #endif
@@ -167,8 +170,8 @@ py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta
 py::tuple batch_norm_backward(py::handle dy_obj, py::handle x_obj, py::handle gamma, py::handle save_mean,
                               py::handle save_invstd, bool training, bool need_dgamma, bool need_dbeta, uintptr_t stream,
                               py::handle dgamma_out, py::handle dbeta_out, bool accumulate) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_shape(x, dy, "dy");
@@ -196,8 +199,11 @@ py::tuple batch_norm_backward(py::handle dy_obj, py::handle x_obj, py::handle ga
     } else {
 #ifdef FASTOPT_WITH_CUDA
       use_device(x.device);
-      cuda::batch_norm_backward(s, data_as<float>(dy), data_as<float>(x), w, mp, rp, training, static_cast<float*>(dxp),
-                                dw.ptr, db.ptr, accumulate, reinterpret_cast<void*>(stream));
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        cuda::batch_norm_backward(s, data_as<T>(dy), data_as<T>(x), w, mp, rp, training, static_cast<T*>(dxp), dw.ptr,
+                                  db.ptr, accumulate, reinterpret_cast<void*>(stream));
+      });
 #else
       no_cuda();
 #endif
@@ -251,8 +257,11 @@ py::tuple row_forward(const ArrayView& x, const NormShape& s, const std::vector<
     } else {
 #ifdef FASTOPT_WITH_CUDA
       use_device(x.device);
-      cuda::row_norm_forward(s, data_as<float>(x), w, b, static_cast<float*>(yp), mean.ptr, rstd.ptr, eps,
-                             reinterpret_cast<void*>(stream));
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        cuda::row_norm_forward(s, data_as<T>(x), w, b, static_cast<T*>(yp), mean.ptr, rstd.ptr, eps,
+                               reinterpret_cast<void*>(stream));
+      });
 #else
       no_cuda();
 #endif
@@ -288,8 +297,11 @@ py::tuple row_backward(const ArrayView& dy, const ArrayView& x, const NormShape&
     } else {
 #ifdef FASTOPT_WITH_CUDA
       use_device(x.device);
-      cuda::row_norm_backward(s, data_as<float>(dy), data_as<float>(x), w, mp, rp, static_cast<float*>(dxp), dw.ptr,
-                              db.ptr, accumulate, reinterpret_cast<void*>(stream));
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        cuda::row_norm_backward(s, data_as<T>(dy), data_as<T>(x), w, mp, rp, static_cast<T*>(dxp), dw.ptr, db.ptr,
+                                accumulate, reinterpret_cast<void*>(stream));
+      });
 #else
       no_cuda();
 #endif
@@ -304,7 +316,7 @@ std::vector<int64_t> leading_shape(const ArrayView& x, size_t k) {
 
 py::tuple layer_norm_forward(py::handle x_obj, std::vector<int64_t> normalized_shape, py::handle weight,
                              py::handle bias, double eps, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
   const NormShape s = layer_shape(x, normalized_shape);
   return row_forward(x, s, normalized_shape, leading_shape(x, normalized_shape.size()), weight, bias, eps, stream);
 }
@@ -312,8 +324,8 @@ py::tuple layer_norm_forward(py::handle x_obj, std::vector<int64_t> normalized_s
 py::tuple layer_norm_backward(py::handle dy_obj, py::handle x_obj, std::vector<int64_t> normalized_shape,
                               py::handle mean, py::handle rstd, py::handle weight, bool need_dweight, bool need_dbias,
                               uintptr_t stream, py::handle dweight_out, py::handle dbias_out, bool accumulate) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
   const NormShape s = layer_shape(x, normalized_shape);
   return row_backward(dy, x, s, normalized_shape, leading_shape(x, normalized_shape.size()), mean, rstd, weight,
                       need_dweight, need_dbias, stream, dweight_out, dbias_out, accumulate);
@@ -321,7 +333,7 @@ py::tuple layer_norm_backward(py::handle dy_obj, py::handle x_obj, std::vector<i
 
 py::tuple group_norm_forward(py::handle x_obj, int64_t num_groups, py::handle weight, py::handle bias, double eps,
                              uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
   const NormShape s = group_shape(x, num_groups);
   return row_forward(x, s, {s.C}, {s.N, s.G}, weight, bias, eps, stream);
 }
@@ -329,8 +341,8 @@ py::tuple group_norm_forward(py::handle x_obj, int64_t num_groups, py::handle we
 py::tuple group_norm_backward(py::handle dy_obj, py::handle x_obj, int64_t num_groups, py::handle mean,
                               py::handle rstd, py::handle weight, bool need_dweight, bool need_dbias, uintptr_t stream,
                               py::handle dweight_out, py::handle dbias_out, bool accumulate) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
   const NormShape s = group_shape(x, num_groups);
   return row_backward(dy, x, s, {s.C}, {s.N, s.G}, mean, rstd, weight, need_dweight, need_dbias, stream, dweight_out,
                       dbias_out, accumulate);

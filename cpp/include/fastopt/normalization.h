@@ -153,6 +153,20 @@ void row_norm_forward(const NormShape& s, const float* x, const float* w, const 
                       float* rstd, double eps, void* stream);
 void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
                        const float* rstd, float* dx, float* dw, float* db, bool accumulate, void* stream);
+// bf16 activations (x, y, dy, dx), the CPU's bf16 contract; every per-channel / per-row array fp32.
+void batch_norm_forward_train(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
+                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
+                              double eps, void* stream);
+void batch_norm_forward_eval(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
+                             float* mean, float* rstd, const float* running_mean, const float* running_var,
+                             double eps, void* stream);
+void batch_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,
+                         const float* rstd, bool training, bf16* dx, float* dw, float* db, bool accumulate,
+                         void* stream);
+void row_norm_forward(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y, float* mean,
+                      float* rstd, double eps, void* stream);
+void row_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,
+                       const float* rstd, bf16* dx, float* dw, float* db, bool accumulate, void* stream);
 }  // namespace cuda
 
 }  // namespace fastopt
