@@ -6,13 +6,15 @@ Pointwise maps on CUDA, forward and backward (element math: fastopt/activation.h
 
 Bytes per element: forward 8 (read x, write y), backward 12 (read dy and x, write dx); residual
 add 12, axpby 12; half of that in bf16 (all but axpby, which updates fp32 gradient buffers, take
-bf16 arrays: fp32 math, each output rounded once, the CPU kernels' contract). Pure bandwidth (the smooth activations' few dozen flops hide under the loads);
-the only goal is full-width coalesced accesses.
+bf16 arrays: fp32 math, each output rounded once, the CPU kernels' contract). Pure bandwidth (the
+smooth activations' few dozen flops hide under the loads); the only goal is full-width coalesced
+accesses.
 
 Launch shape: one map kernel for all four ops, 256 threads per block, a grid-stride loop over
 packs of 16 bytes (4 floats or 8 bf16: one access per array and pack when every pointer is
-16-byte aligned, which fresh allocations are), the tail elements done by the first threads. The grid is capped at
-kMaxBlocks (many waves on any GPU), so the int32 grid never overflows; indices are 64-bit.
+16-byte aligned, which fresh allocations are), the tail elements done by the first threads. The
+grid is capped at kMaxBlocks (many waves on any GPU), so the int32 grid never overflows; indices
+are 64-bit.
 A unary op ignores its second operand; the forward passes x twice and nvcc drops the dead loads.
 */
 #include <algorithm>

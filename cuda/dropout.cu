@@ -3,16 +3,17 @@ Inverted dropout on CUDA, the mask regenerated from Philox4x32-10 in forward and
   y_i = x_i * (word(offset + i) < threshold ? scale : 0)      (fastopt/dropout.h, fastopt/philox.h)
 
 Bytes per element: read x + write y = 8, 4 in bf16 (torch stores a 1-byte mask as well: 9); the
-mask kernel writes 1. bf16: x * factor in fp32, rounded once (the CPU's contract). Compute: one Philox evaluation (10 rounds, 20 32x32-bit multiply-highs) per 4 elements,
-well under the memory time on sm_80+.
+mask kernel writes 1. bf16: x * factor in fp32, rounded once (the CPU's contract). Compute: one
+Philox evaluation (10 rounds, 20 32x32-bit multiply-highs) per 4 elements, well under the memory
+time on sm_80+.
 
 Launch shape: one thread per Philox block, i.e. per 4 consecutive stream words, 256 threads per
 CUDA block, a 1-D grid covering all blocks that the elements [0, n) draw from. Thread t owns block
 (offset div 4) + t, hence elements 4t - (offset mod 4) + w, w = 0..3; so every word is generated
 exactly once and used by exactly the element the stream definition gives it, independent of the
 grid. When offset is a multiple of 4 and the pointers are aligned to 4 elements those 4 elements
-are one access (a float4, 4 bf16 in 8 bytes; one uint32 of mask bytes); otherwise a thread takes scalar loads and stores, so
-the same bits come out on either path.
+are one access (a float4, 4 bf16 in 8 bytes; one uint32 of mask bytes); otherwise a thread takes
+scalar loads and stores, so the same bits come out on either path.
 */
 #include "fastopt/dropout.h"
 #include "launch.cuh"

@@ -17,6 +17,7 @@ one 1024-thread block folds them in a fixed order (strided per thread, a fixed s
 writes the mean and adds to stats: no atomics, bitwise reproducible, and the host never waits.
 */
 #include <cmath>
+#include <type_traits>
 
 #include "fastopt/loss.h"
 #include "launch.cuh"
@@ -184,9 +185,12 @@ void xent(const T* logits, const void* target, TargetKind kind, const LossParams
   uint32_t* row_hits = reinterpret_cast<uint32_t*>(scratch.bytes() + static_cast<size_t>(p.N) * 4);
   const bool want_hits = stats != nullptr;
   if (p.N > 0) {
-    if (kind == TargetKind::i32) launch_rows<TargetKind::i32, T>(logits, target, p, want_hits, dlogits, row_loss, row_hits, st);
-    if (kind == TargetKind::i64) launch_rows<TargetKind::i64, T>(logits, target, p, want_hits, dlogits, row_loss, row_hits, st);
-    if (kind == TargetKind::soft) launch_rows<TargetKind::soft, T>(logits, target, p, want_hits, dlogits, row_loss, row_hits, st);
+    auto rows = [&](auto kind_tag) {
+      launch_rows<decltype(kind_tag)::value, T>(logits, target, p, want_hits, dlogits, row_loss, row_hits, st);
+    };
+    if (kind == TargetKind::i32) rows(std::integral_constant<TargetKind, TargetKind::i32>{});
+    if (kind == TargetKind::i64) rows(std::integral_constant<TargetKind, TargetKind::i64>{});
+    if (kind == TargetKind::soft) rows(std::integral_constant<TargetKind, TargetKind::soft>{});
   }
   xent_fold<<<1, kFinalThreads, 0, st>>>(row_loss, row_hits, p.N, loss, stats);
   check(cudaGetLastError(), "xent_fold launch");

@@ -20,9 +20,22 @@ Launch shape (cuda/launch.cuh: 256 threads per 16384-element chunk, <= 256 tenso
      pows for Adam), broadcast through shared memory.
   3. steps[i] += 1 for every tensor unless skipped, in its own kernel: all blocks of a tensor read
      steps[i] during step 2, so no block of step 2 may write it.
+
+bf16 parameters (and grads), the CPU's contract (cpp/cpu/optim.cpp, optim_rules.h update_stored):
+the rule runs in fp32 on the fp32 master (Rounding::master: master and state read and written in
+fp32, the bf16 param only written, rounded to nearest even, in the same pass), or on the upcast
+param rounded back to nearest or stochastically with the element's Philox word (counter: i / 4,
+the tensor's index, t; key: the group's seed), so the master follows the fp32 optimizer fed the
+upcast gradients bit for bit. Their launches are separate from the fp32 ones (one per rounding);
+a thread takes 4 consecutive elements (one Philox block, one 8-byte bf16 access per array when
+aligned). The norm pass reads bf16 gradients through their own chunk blocks, into the same
+partial slots after the fp32 ones. TensorList carries every array as float*: bf16 pointers are
+cast back in the bf16 kernels.
 */
 #include "fastopt/backend.h"
+#include "fastopt/philox.h"
 #include "launch.cuh"
+#include "pack.cuh"
 
 namespace fastopt::cuda {
 namespace {
@@ -32,6 +45,31 @@ using namespace detail;
 __global__ void __launch_bounds__(kThreads)
 grad_norm_partials(const __grid_constant__ TensorList<1> list, float* partial, int32_t* flag) {
   norm_partials<NormKind::L2, true>(list, 0.0f, partial, flag);
+}
+
+// The same partials over bf16 gradients, each thread summing its quads in chunk_apply's order,
+// so that the norm of bf16 gradients is the fp32 pass's on their upcast values, bit for bit.
+__global__ void __launch_bounds__(kThreads)
+grad_norm_partials_bf16(const __grid_constant__ TensorList<1> list, float* partial, int32_t* flag) {
+  const Chunk c = locate(list);
+  const bf16* g = reinterpret_cast<const bf16*>(list.ptr[0][c.t]);
+  float acc = 0.0f;
+  bool bad = false;
+  for (int64_t i0 = c.begin + 4 * static_cast<int64_t>(threadIdx.x); i0 < c.end; i0 += 4 * kThreads)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (i0 + e < c.end) {
+        const float v = to_float(g[i0 + e]);
+        acc += v * v;
+        bad = bad || !isfinite(v);
+      }
+  acc = block_fold<NormKind::L2, kThreads>(acc);
+  const int64_t slot = list.first_block + blockIdx.x;
+  const int any = __syncthreads_or(bad);
+  if (threadIdx.x == 0) {
+    flag[slot] = any;
+    partial[slot] = acc;
+  }
 }
 
 // coef is computed in float as torch's clip_grad_norm_ does (a NaN norm gives a NaN coefficient).
@@ -86,10 +124,108 @@ step_kernel(const __grid_constant__ TensorList<2 + num_states(K)> list, const __
   });
 }
 
+// 4 values of T at p + i0 (those below end), as floats; one access when vec and the quad is whole.
+template <class T>
+__device__ __forceinline__ void load4(const T* p, int64_t i0, int64_t end, bool vec, float (&x)[4]) {
+  if (vec && i0 + 4 <= end) return detail::load_pack(p + i0, x);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) x[e] = i0 + e < end ? to_float(p[i0 + e]) : 0.0f;
+}
+
+template <class T>
+__device__ __forceinline__ void store4(T* p, int64_t i0, int64_t end, bool vec, const T (&x)[4]) {
+  if (vec && i0 + 4 <= end) {
+    *reinterpret_cast<detail::Pack<T, 4>*>(p + i0) = detail::Pack<T, 4>{{x[0], x[1], x[2], x[3]}};
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e)
+    if (i0 + e < end) p[i0 + e] = x[e];
+}
+
+// bf16 params: x[0] param, x[1] grad (both bf16), x[2] the fp32 master (R == master, else
+// unused), x[3..] the fp32 states.
+template <OptKind K, Rounding R>
+__global__ void __launch_bounds__(kThreads)
+step_bf16_kernel(const __grid_constant__ TensorList<3 + num_states(K)> list, const __grid_constant__ Hyper hyper,
+                 const int64_t* steps, const float* coef, const int32_t* skip) {
+  constexpr int NS = num_states(K);
+  __shared__ StepScalars shared_scalars;
+  __shared__ float shared_scale;
+  __shared__ int64_t shared_t;
+  if (skip != nullptr && *skip != 0) return;
+  const Chunk c = locate(list);
+  const int64_t tensor = list.index[c.t];
+  if (threadIdx.x == 0) {
+    shared_t = steps[tensor] + 1;
+    shared_scalars = prepare_step(hyper, K, shared_t);
+    shared_scale = (coef != nullptr ? *coef : 1.0f) * shared_scalars.sign;
+  }
+  __syncthreads();
+  const StepScalars s = shared_scalars;
+  const float scale = shared_scale;
+  const uint32_t t = static_cast<uint32_t>(shared_t);
+  bf16* p = reinterpret_cast<bf16*>(list.ptr[0][c.t]);
+  const bf16* g = reinterpret_cast<const bf16*>(list.ptr[1][c.t]);
+  float* m = list.ptr[2][c.t];
+  float* st[3] = {nullptr, nullptr, nullptr};
+#pragma unroll
+  for (int a = 0; a < NS; ++a) st[a] = list.ptr[3 + a][c.t];
+  bool vec = detail::pack_aligned<bf16, 4>(p) && detail::pack_aligned<bf16, 4>(g) &&
+             (R != Rounding::master || detail::pack_aligned<float, 4>(m));
+#pragma unroll
+  for (int a = 0; a < NS; ++a) vec = vec && detail::pack_aligned<float, 4>(st[a]);
+  // c.begin is a multiple of kChunk, so i0 is a multiple of 4: the quad is one Philox block.
+  for (int64_t i0 = c.begin + 4 * static_cast<int64_t>(threadIdx.x); i0 < c.end; i0 += 4 * kThreads) {
+    float gv[4], mv[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sv[3][4] = {};
+    bf16 pv[4];
+    load4(g, i0, c.end, vec, gv);
+    if constexpr (R == Rounding::master) load4(m, i0, c.end, vec, mv);
+#pragma unroll
+    for (int a = 0; a < NS; ++a) load4(st[a], i0, c.end, vec, sv[a]);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) pv[e] = i0 + e < c.end ? p[i0 + e] : bf16{0};
+    Philox4 words{};
+    if constexpr (R == Rounding::stochastic) {
+      const uint64_t j = static_cast<uint64_t>(i0) >> 2;
+      words = philox4x32_10(static_cast<uint32_t>(j), static_cast<uint32_t>(j >> 32), static_cast<uint32_t>(tensor), t,
+                            static_cast<uint32_t>(hyper.seed), static_cast<uint32_t>(hyper.seed >> 32));
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      update_stored<K, R, true>(s, gv[e] * scale, pv[e], mv[e], sv[0][e], sv[1][e], sv[2][e], words.v[e]);
+    store4(p, i0, c.end, vec, pv);
+    if constexpr (R == Rounding::master) store4(m, i0, c.end, vec, mv);
+#pragma unroll
+    for (int a = 0; a < NS; ++a) store4(st[a], i0, c.end, vec, sv[a]);
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) count_step(int64_t* steps, int64_t n, const int32_t* skip) {
   if (skip != nullptr && *skip != 0) return;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (i < n) steps[i] += 1;
+}
+
+// Group g's bf16 tensors that store by rounding R (the bindings give the GPU no float16).
+template <OptKind K, Rounding R>
+void step_bf16(const StepRequest& req, int32_t g, const float* coef, const int32_t* skip, cudaStream_t stream) {
+  constexpr int N = 3 + num_states(K);
+  for_each_batch<N>(
+      req.num_tensors,
+      [&](int64_t i, float* (&ptrs)[N]) -> int64_t {
+        const TensorRef& t = req.tensors[i];
+        if (t.group != g || t.type != Storage::bf16 || t.rounding != R) return 0;
+        ptrs[0] = static_cast<float*>(t.param);
+        ptrs[1] = static_cast<float*>(const_cast<void*>(t.grad));
+        ptrs[2] = t.master;
+        for (int a = 0; a < num_states(K); ++a) ptrs[3 + a] = t.state[a];
+        return t.numel;
+      },
+      [&](const TensorList<N>& list, int grid) {
+        step_bf16_kernel<K, R><<<grid, kThreads, 0, stream>>>(list, req.groups[g], req.steps, coef, skip);
+        check(cudaGetLastError(), "optim_step (bf16 update)");
+      });
 }
 
 }  // namespace
@@ -109,16 +245,26 @@ void optim_step(const StepRequest& req, float* norm_out, int32_t* skipped_out, v
   if (norm_pass) {
     float* partial = reinterpret_cast<float*>(scratch.bytes() + 16);
     int32_t* flag = reinterpret_cast<int32_t*>(scratch.bytes() + 16 + 4 * total_blocks);
-    for_each_batch<1>(
-        req.num_tensors,
-        [&](int64_t i, float* (&ptrs)[1]) {
-          ptrs[0] = static_cast<float*>(const_cast<void*>(req.tensors[i].grad));
-          return req.tensors[i].numel;
-        },
-        [&](const TensorList<1>& list, int grid) {
-          grad_norm_partials<<<grid, kThreads, 0, stream>>>(list, partial, flag);
-          check(cudaGetLastError(), "optim_step (norm pass)");
-        });
+    int64_t base = 0;  // partial slots taken by the fp32 pass
+    for (const Storage type : {Storage::f32, Storage::bf16}) {
+      int64_t blocks = 0;
+      for_each_batch<1>(
+          req.num_tensors,
+          [&](int64_t i, float* (&ptrs)[1]) -> int64_t {
+            if (req.tensors[i].type != type) return 0;
+            ptrs[0] = static_cast<float*>(const_cast<void*>(req.tensors[i].grad));
+            blocks += num_blocks(req.tensors[i].numel);
+            return req.tensors[i].numel;
+          },
+          [&](const TensorList<1>& list, int grid) {
+            float* part = partial + base;
+            int32_t* bad = flag + base;
+            if (type == Storage::f32) grad_norm_partials<<<grid, kThreads, 0, stream>>>(list, part, bad);
+            else grad_norm_partials_bf16<<<grid, kThreads, 0, stream>>>(list, part, bad);
+            check(cudaGetLastError(), "optim_step (norm pass)");
+          });
+      base += blocks;
+    }
     coef = reinterpret_cast<float*>(scratch.bytes());
     skip = reinterpret_cast<int32_t*>(scratch.bytes() + 4);
     grad_norm_finalize<<<1, kFinalThreads, 0, stream>>>(partial, flag, total_blocks, req.clip,
@@ -138,8 +284,8 @@ void optim_step(const StepRequest& req, float* norm_out, int32_t* skipped_out, v
           req.num_tensors,
           [&](int64_t i, float* (&ptrs)[N]) -> int64_t {
             const TensorRef& t = req.tensors[i];
-            if (t.group != g) return 0;
-            ptrs[0] = static_cast<float*>(t.param);  // fp32: the bindings refuse bf16/f16 on the GPU
+            if (t.group != g || t.type != Storage::f32) return 0;
+            ptrs[0] = static_cast<float*>(t.param);
             ptrs[1] = static_cast<float*>(const_cast<void*>(t.grad));
             for (int a = 0; a < num_states(K); ++a) ptrs[2 + a] = t.state[a];
             return t.numel;
@@ -148,6 +294,9 @@ void optim_step(const StepRequest& req, float* norm_out, int32_t* skipped_out, v
             step_kernel<K><<<grid, kThreads, 0, stream>>>(list, hyper, req.steps, update_coef, update_skip);
             check(cudaGetLastError(), "optim_step (update)");
           });
+      step_bf16<K, Rounding::master>(req, g, update_coef, update_skip, stream);
+      step_bf16<K, Rounding::nearest>(req, g, update_coef, update_skip, stream);
+      step_bf16<K, Rounding::stochastic>(req, g, update_coef, update_skip, stream);
     });
   }
 

@@ -39,7 +39,7 @@ __device__ __forceinline__ void store_pack(T* p, const float (&in)[N]) {
 
 // Whether N elements of T at p can move as one access.
 template <class T, int N>
-inline bool pack_aligned(const void* p) {
+__host__ __device__ __forceinline__ bool pack_aligned(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) % (sizeof(T) * N)) == 0;
 }
 

@@ -131,9 +131,10 @@ avg_pool_backward_kernel(const Pool2dShape s, const T* __restrict__ dy, T* __res
     const int w = static_cast<int>(static_cast<Index>(i) - row * s.W);
     const Index plane = row / s.H;
     const int h = static_cast<int>(row - plane * s.H);
-    dx[i] = from_float<T>(avg_pool_gather(dy + static_cast<int64_t>(plane) * out_plane, s,
-                                          cover_begin(h, s.sh, s.ph, s.kh), cover_end(h, s.sh, s.ph, s.P),
-                                          cover_begin(w, s.sw, s.pw, s.kw), cover_end(w, s.sw, s.pw, s.Q), include_pad));
+    const float g = avg_pool_gather(dy + static_cast<int64_t>(plane) * out_plane, s, cover_begin(h, s.sh, s.ph, s.kh),
+                                    cover_end(h, s.sh, s.ph, s.P), cover_begin(w, s.sw, s.pw, s.kw),
+                                    cover_end(w, s.sw, s.pw, s.Q), include_pad);
+    dx[i] = from_float<T>(g);
   }
 }
 

@@ -13,8 +13,10 @@ and derive; at least 99% of many outputs must be the bf16 nearest the reference.
   Elsewhere (libm vs CUDA transcendentals, reduction orders, FMA contraction on a real GPU) the
   two backends meet only through the bound above.
 fp32 outputs (the loss, indices, normalization statistics and parameter gradients) equal the GPU
-fp32 kernel's exactly. These tests run on the CUDA emulation (tests/test_build_variants.py) and on
-a GPU when one is present.
+fp32 kernel's exactly. The optimizers with bf16 parameters: the fp32 master's trajectory is the GPU
+fp32 optimizer's fed the upcast gradients, bit for bit, and the CPU's (test_optim_bf16.py's
+contract). These tests run on the CUDA emulation (tests/test_build_variants.py) and on a GPU when
+one is present.
 """
 import numpy as np
 import pytest
@@ -22,10 +24,11 @@ from ml_dtypes import bfloat16
 
 import fastopt
 import fastopt.functional as F
-from fastopt import reference as R
+from fastopt import optim, reference as R
 
 from test_bf16 import U32, bf, check, f64, same_bits, up
 from test_bf16_layers import EPS32, _check_cancelling, _ulp
+from test_optim_bf16 import RULES as OPT_RULES, SHAPES as OPT_SHAPES, bits
 
 pytestmark = pytest.mark.gpu
 
@@ -329,3 +332,106 @@ def test_device_array_round_trip():
     assert d.dtype == bfloat16 and np.array_equal(d.numpy().view(np.uint16), x.view(np.uint16))
     z = fastopt.zeros((2, 3), bfloat16)
     assert z.dtype == bfloat16 and not f64(z.numpy()).any()
+
+
+# ---------------------------------------------------------------------------- optimizers
+def _fetch_state(opt, i, name):
+    return host(opt.state[i][name])
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+@pytest.mark.parametrize("rule,kw", OPT_RULES, ids=[f"{r.__name__}-{'-'.join(k)}" for r, k in OPT_RULES])
+def test_master_trajectory_is_the_fp32_one_and_the_cpus(rng, clip, rule, kw):
+    # Bound 0 throughout: the master is the GPU fp32 optimizer's parameter fed the upcast
+    # gradients (the bf16 norm pass sums in the fp32 pass's order, so clipping agrees too), the
+    # bf16 parameter its rounding to nearest even; and, without clipping, the CPU's master
+    # (the CPU's clip coefficient comes from a double norm). The GPU-CPU equality holds where the
+    # fp32 update rounds alike on both: on the emulation (no FMA contraction), not necessarily
+    # on a GPU, where nvcc may fuse p - lr * d; there the tolerance is the fp32 rule's few ulps.
+    low = [rng.standard_normal(s).astype(bfloat16) for s in OPT_SHAPES]
+    cpu_low = [p.copy() for p in low]
+    on_gpu, twins = [dev(p) for p in low], [dev(up(p)) for p in low]
+    opt, ref = rule(on_gpu, master_weights=True, **kw), rule(twins, **kw)
+    cpu_opt = rule(cpu_low, master_weights=True, **kw)
+    for _ in range(3):
+        grads = [rng.standard_normal(s).astype(bfloat16) for s in OPT_SHAPES]
+        got = opt.step([dev(g) for g in grads], max_grad_norm=clip)
+        want = ref.step([dev(up(g)) for g in grads], max_grad_norm=clip)
+        cpu_opt.step(grads, max_grad_norm=clip)
+        if clip is not None:
+            assert host(got.norm) == host(want.norm)
+    for i, (p, q) in enumerate(zip(on_gpu, twins)):
+        master, q = _fetch_state(opt, i, "master"), host(q)
+        assert master.dtype == np.float32 and np.array_equal(bits(master), bits(q)), i
+        assert np.array_equal(bits(host(p)), bits(q.astype(bfloat16))), i
+        for name in ref.state[i]:
+            assert np.array_equal(bits(_fetch_state(opt, i, name)), bits(_fetch_state(ref, i, name))), (i, name)
+        if clip is None:
+            cpu_master = cpu_opt.state[i]["master"]
+            if fastopt.cuda.is_emulated():
+                assert np.array_equal(bits(master), bits(cpu_master)), i
+                assert np.array_equal(bits(host(p)), bits(cpu_low[i])), i
+            else:
+                np.testing.assert_allclose(master, cpu_master, rtol=1e-5, atol=1e-6)
+
+
+def test_fp32_and_bf16_params_in_one_optimizer(rng):
+    # The norm pass covers both kinds (fp32 slots first, then bf16: the twin's order), clipping alike.
+    p32, p16 = rng.standard_normal(9).astype(np.float32), rng.standard_normal(70001).astype(bfloat16)
+    g_p32, g_p16, t32, t16 = dev(p32), dev(p16), dev(p32), dev(up(p16))
+    opt = optim.Adam([{"params": [g_p32]}, {"params": [g_p16], "lr": 0.05}], lr=0.01, master_weights=True)
+    ref = optim.Adam([{"params": [t32]}, {"params": [t16], "lr": 0.05}], lr=0.01)
+    for _ in range(3):
+        g32, g16 = rng.standard_normal(9).astype(np.float32), rng.standard_normal(70001).astype(bfloat16)
+        opt.step([dev(g32), dev(g16)], max_grad_norm=1.0)
+        ref.step([dev(g32), dev(up(g16))], max_grad_norm=1.0)
+    assert np.array_equal(host(g_p32), host(t32)) and "master" not in opt.state[0]
+    assert np.array_equal(bits(_fetch_state(opt, 1, "master")), bits(host(t16)))
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_rounding_without_master_is_the_cpus(rng, stochastic):
+    # Stochastic rounding draws each element's word from (seed, tensor, step, i / 4) alone, so
+    # the GPU's stored values are the CPU's bit for bit (on the emulation; see above for a GPU).
+    shapes, seed = [(3,), (70001,)], 2**40 + 17
+    ps = [rng.standard_normal(s).astype(bfloat16) for s in shapes]
+    cpu_ps, gpu_ps = [p.copy() for p in ps], [dev(p) for p in ps]
+    kw = dict(lr=0.01, momentum=0.9, stochastic_rounding=stochastic, seed=seed)
+    other_ps = [dev(p) for p in ps]
+    cpu_opt, gpu_opt = optim.SGD(cpu_ps, **kw), optim.SGD(gpu_ps, **kw)
+    other = optim.SGD(other_ps, **{**kw, "seed": seed + 1})
+    for _ in range(3):
+        grads = [rng.standard_normal(s).astype(bfloat16) for s in shapes]
+        cpu_opt.step(grads)
+        gpu_opt.step([dev(g) for g in grads])
+        other.step([dev(g) for g in grads])
+    for i, (c, g) in enumerate(zip(cpu_ps, gpu_ps)):
+        if fastopt.cuda.is_emulated():
+            assert np.array_equal(bits(host(g)), bits(c)), i
+        else:  # an FMA may move w across a rounding boundary: a few bf16 steps (2^-8 each) at most
+            np.testing.assert_allclose(f64(host(g)), f64(c), rtol=2.0**-6, atol=2.0**-120)
+    # another seed draws other words (nearest rounding ignores the seed)
+    assert np.array_equal(bits(host(other_ps[1])), bits(host(gpu_ps[1]))) != stochastic
+
+
+def test_float16_parameters_refuse_on_the_gpu():
+    with pytest.raises(TypeError, match=r"params\[0\]: float16 on the GPU: not yet \(issue 21\)"):
+        optim.SGD([dev(np.ones(3, np.float16))], lr=0.1)
+
+
+def test_checkpoint_carries_the_gpu_master_and_resumes_bit_identically(rng):
+    p = dev(rng.standard_normal(1001).astype(bfloat16))
+    opt = optim.AdamW([p], lr=0.01, master_weights=True)
+    grads = [dev(rng.standard_normal(1001).astype(bfloat16)) for _ in range(4)]
+    opt.step([grads[0]])
+    saved, p_saved = opt.state_dict(), host(p).copy()
+    assert isinstance(saved["state"][0]["master"], np.ndarray)  # NumPy copies, as on the CPU
+    for g in grads[1:]:
+        opt.step([g])
+    q = dev(p_saved)
+    again = optim.AdamW([q], lr=0.01, master_weights=True)
+    again.load_state_dict(saved)
+    for g in grads[1:]:
+        again.step([g])
+    assert np.array_equal(bits(host(q)), bits(host(p)))
+    assert np.array_equal(bits(_fetch_state(again, 0, "master")), bits(_fetch_state(opt, 0, "master")))

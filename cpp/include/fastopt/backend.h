@@ -12,7 +12,7 @@ namespace fastopt {
 
 // One parameter tensor in an optimizer step: all pointers address `numel` elements on the same
 // device, none aliases another. param and grad hold `type` (fp32, bf16 or f16; the GPU takes
-// fp32 only); state and master are fp32.
+// fp32 and bf16); state and master are fp32.
 struct TensorRef {
   void* param;
   const void* grad;

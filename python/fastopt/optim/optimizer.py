@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _C
 from .._args import boolean, finite, integer, real, stream as stream_arg, uint64
-from .._arrays import LOW_PRECISION, copy_, device_of, dtype_of, full_like, to_numpy, zeros
+from .._arrays import LOW_PRECISION, copy_, device_of, dtype_of, full_like, to_device, to_numpy, zeros
 
 K = _C.OptKind
 
@@ -202,9 +202,9 @@ class Optimizer:
             if dt != np.float32 and dt not in LOW_PRECISION:
                 raise TypeError(f"params[{len(self._params) + i}]: expected float32, bfloat16 or float16, "
                                 f"got {getattr(p, 'dtype', type(p).__name__)}")
-            if dt in LOW_PRECISION and device_of(p) != "cpu":
-                raise TypeError(f"params[{len(self._params) + i}]: {dt} on the GPU: not yet (issue 21); "
-                                "fastopt's CUDA optimizers take float32 parameters")
+            if dt == np.float16 and device_of(p) != "cpu":
+                raise TypeError(f"params[{len(self._params) + i}]: float16 on the GPU: not yet (issue 21); "
+                                "fastopt's CUDA optimizers take float32 and bfloat16 parameters")
             if id(p) in seen:
                 raise ValueError(f"params[{len(self._params) + i}]: a parameter appears twice")
             seen.add(id(p))
@@ -247,7 +247,8 @@ class Optimizer:
             state.pop(MASTER, None)
             return None
         if MASTER not in state:
-            state[MASTER] = to_numpy(p).astype(np.float32)
+            master = to_numpy(p).astype(np.float32)
+            state[MASTER] = master if device_of(p) == "cpu" else to_device(master, device_of(p))
         return state[MASTER]
 
     # ------------------------------------------------------------------------------ step
