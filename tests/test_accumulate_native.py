@@ -94,7 +94,8 @@ def test_conv2d_weight_grads_into_out(rng, case, backend, dtype):
     check_out_and_accumulate(rng, backend, lambda **o: F.conv2d_backward(dy, x, w, **kw, **o),
                              {"dw_out": 1, "db_out": 2})
     # dw alone (no bias): the other out stays unasked for.
-    check_out_and_accumulate(rng, backend, lambda **o: F.conv2d_backward(dy, x, w, need=(False, True, False), **kw, **o),
+    dw_only = (False, True, False)
+    check_out_and_accumulate(rng, backend, lambda **o: F.conv2d_backward(dy, x, w, need=dw_only, **kw, **o),
                              {"dw_out": 1})
 
 
@@ -104,9 +105,10 @@ def _backend_dtype_params():
     yield pytest.param("cpu", "bf16", id="cpu-bf16")
 
 
-# (N, in, out): serial and parallel GEMMs in both orientations, row-blocked bias sums, N = 0; the
-# last two split the GPU's reductions (split-K weight-grad, row-ranged bias sum).
-LINEAR_SHAPES = [(5, 7, 3), (3, 20, 10), (300, 256, 200), (600, 16, 8), (0, 5, 4), (1024, 32, 16), (2048, 8, 16)]
+# (N, in, out): serial and parallel GEMMs, the transposed store (4 x 3 -> 60), row-blocked bias
+# sums, N = 0; the last two split the GPU's reductions (split-K weight-grad, row-ranged bias sum).
+LINEAR_SHAPES = [(5, 7, 3), (3, 20, 10), (4, 3, 60), (300, 256, 200), (600, 16, 8), (0, 5, 4), (1024, 32, 16),
+                 (2048, 8, 16)]
 
 
 @pytest.mark.parametrize("backend,dtype", list(_backend_dtype_params()))
@@ -155,6 +157,23 @@ def test_norm_affine_grads_into_out(rng, backend, dtype, case):
     # A bias-only affine computes dbias alone.
     call = _norm_call(kind, x, dy, arg, training, None, True)
     check_out_and_accumulate(rng, backend, call, {"dbias_out": 2})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", NORM_CASES, ids=lambda c: c[0])
+def test_norm_without_affine_grads(rng, backend, case):
+    """affine_grads=False (a frozen layer): the same dx, no affine gradients (nor outs for them)."""
+    _, shape, kind, arg, training = case
+    x, dy = _inputs(rng, backend, "fp32", shape, shape)
+    wshape = tuple(arg) if kind == "layer" else (shape[1],)
+    weight = put(rng.standard_normal(wshape).astype(np.float32) + 1.0, backend)
+    call = _norm_call(kind, x, dy, arg, training, weight, True)
+    dx, dw, db = call()
+    frozen = call(affine_grads=False)
+    assert frozen[1] is None and frozen[2] is None and dw is not None and db is not None
+    assert_bits(frozen[0], fetch(dx), "dx")
+    with pytest.raises(ValueError, match="^d(weight|gamma)_out: given, but d(weight|gamma) is not computed"):
+        call(affine_grads=False, dweight_out=put(fetch(dw), backend))
 
 
 def test_bad_out_arguments_raise_naming_them():

@@ -15,10 +15,12 @@ All three also take bfloat16 activations on the CPU (x, dy; y and dx come back b
 every per-channel or per-row array (gamma/weight, beta/bias, running statistics, mean and rstd,
 dweight, dbias) float32: statistics and affine math in fp32/double, one rounding per output element.
 
-Each backward also takes out arrays for its affine gradients (dweight_out / dbias_out; batch norm:
-dgamma_out / dbeta_out): C-contiguous float32 arrays of the parameter's shape on x's device,
-sharing no memory with dy or x. The final per-channel store writes the gradient there (and
-returns that array); accumulate=True adds it into them, rounded once (each out then required).
+Each backward takes affine_grads=False to skip the affine gradients (a frozen layer's; they come
+back None, and eval batch norm then runs no reduction at all), and out arrays for them
+(dweight_out / dbias_out; batch norm: dgamma_out / dbeta_out): C-contiguous float32 arrays of the
+parameter's shape on x's device, sharing no memory with dy or x. The final per-channel store
+writes the gradient there (and returns that array); accumulate=True adds it into them, rounded
+once (each out then required).
 """
 from .. import _C
 from .._args import boolean, finite, integer, real, shape, stream as _stream
@@ -69,7 +71,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
 
 
 def batch_norm_backward(dy, x, gamma, save_mean, save_invstd, training=True, has_bias=None, stream=0, dgamma_out=None,
-                        dbeta_out=None, accumulate=False):
+                        dbeta_out=None, accumulate=False, affine_grads=True):
     """Gradients of batch_norm_forward: (dx, dgamma, dbeta).
 
     save_mean / save_invstd are what the forward returned. training=True differentiates through
@@ -77,9 +79,10 @@ def batch_norm_backward(dy, x, gamma, save_mean, save_invstd, training=True, has
     training=False is the eval-mode backward, where mean and invstd are constants:
     dx = dy * gamma * invstd.
     """
+    affine = boolean(affine_grads, "affine_grads")
     return tuple(_C.batch_norm_backward(dy, x, gamma, save_mean, save_invstd, boolean(training, "training"),
-                                        gamma is not None, _has_bias(has_bias, gamma), _stream(stream), dgamma_out,
-                                        dbeta_out, boolean(accumulate, "accumulate")))
+                                        affine and gamma is not None, affine and _has_bias(has_bias, gamma),
+                                        _stream(stream), dgamma_out, dbeta_out, boolean(accumulate, "accumulate")))
 
 
 def _normalized_shape(normalized_shape):
@@ -94,11 +97,12 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, st
 
 
 def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, has_bias=None, stream=0, dweight_out=None,
-                        dbias_out=None, accumulate=False):
+                        dbias_out=None, accumulate=False, affine_grads=True):
     """Gradients of layer_norm_forward: (dx, dweight, dbias)."""
+    affine = boolean(affine_grads, "affine_grads")
     return tuple(_C.layer_norm_backward(dy, x, _normalized_shape(normalized_shape), mean, rstd, weight,
-                                        weight is not None, _has_bias(has_bias, weight), _stream(stream), dweight_out,
-                                        dbias_out, boolean(accumulate, "accumulate")))
+                                        affine and weight is not None, affine and _has_bias(has_bias, weight),
+                                        _stream(stream), dweight_out, dbias_out, boolean(accumulate, "accumulate")))
 
 
 def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5, stream=0):
@@ -110,8 +114,9 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5, stream=0
 
 
 def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, has_bias=None, stream=0, dweight_out=None,
-                        dbias_out=None, accumulate=False):
+                        dbias_out=None, accumulate=False, affine_grads=True):
     """Gradients of group_norm_forward: (dx, dweight, dbias)."""
+    affine = boolean(affine_grads, "affine_grads")
     return tuple(_C.group_norm_backward(dy, x, integer(num_groups, "num_groups", 1), mean, rstd, weight,
-                                        weight is not None, _has_bias(has_bias, weight), _stream(stream), dweight_out,
-                                        dbias_out, boolean(accumulate, "accumulate")))
+                                        affine and weight is not None, affine and _has_bias(has_bias, weight),
+                                        _stream(stream), dweight_out, dbias_out, boolean(accumulate, "accumulate")))

@@ -73,8 +73,9 @@ class Conv2d(Module):
         w, b = self.params["weight"], self.params["bias"]
         train = w.requires_grad
         dx, _, _ = F.conv2d_backward(dy, _take(self, "_x"), _take(self, "_w"),
-                                     need=(self.needs_input_grad, train, train and b is not None), dw_out=_slot(w, train),
-                                     db_out=_slot(b, train), accumulate=self.store.accumulate, **self.conv)
+                                     need=(self.needs_input_grad, train, train and b is not None),
+                                     dw_out=_slot(w, train), db_out=_slot(b, train),
+                                     accumulate=self.store.accumulate, **self.conv)
         return dx
 
     def extra_repr(self):
@@ -180,11 +181,11 @@ class _BatchNorm(Module):
     def backward(self, dy):
         x, mean, invstd, batch_stats = _take(self, "_saved")
         w, b = self.params["weight"], self.params["bias"]
-        # A frozen affine's gradients come out of the same native pass into fresh arrays, dropped.
+        # Frozen: no affine gradients, so eval-mode batch norm skips its reduction pass entirely.
         train = not self.frozen
         dx, _, _ = F.batch_norm_backward(dy, x, _data(w), mean, invstd, batch_stats, has_bias=b is not None,
                                          dgamma_out=_slot(w, train), dbeta_out=_slot(b, train),
-                                         accumulate=train and self.store.accumulate)
+                                         accumulate=self.store.accumulate, affine_grads=train)
         return dx
 
     def extra_repr(self):
@@ -220,7 +221,7 @@ class _SampleNorm(Module):
         train = not self.frozen
         dx, _, _ = type(self).backward_fn(dy, x, self.arg, mean, rstd, _data(w), has_bias=b is not None,
                                           dweight_out=_slot(w, train), dbias_out=_slot(b, train),
-                                          accumulate=train and self.store.accumulate)
+                                          accumulate=self.store.accumulate, affine_grads=train)
         return dx
 
     def extra_repr(self):
