@@ -8,7 +8,7 @@ Linear layer on CUDA, float32, torch layout (fastopt/linear.h): three GEMMs and 
 Work: 2 N in out flops per GEMM against 4 (N in + N out + in out) bytes, so all but the thinnest
 layers are compute-bound; the column sum reads N out floats once (bandwidth-bound).
 
-GEMM: the tiled kernel of the conv family (cuda/conv2d_tiles.cuh: 256 threads, a BM x BN tile per
+GEMM: the tiled kernel of the conv family (cuda/gemm_tiles.cuh: 256 threads, a BM x BN tile per
 block, 8-deep k steps double-buffered through shared memory, exact float32 FMAs), here with plain
 strided operands: the transposes (w^T, dy^T) are only index math in the loaders. Tiles are 128x128
 when their grid fills the SMs, else 64x64. Grid (M tiles, N' tiles, splits): M, usually the batch,
@@ -28,7 +28,7 @@ device's SM count, so results are bitwise reproducible run to run. Empty extents
 */
 #include <algorithm>
 
-#include "conv2d_tiles.cuh"
+#include "gemm_tiles.cuh"
 #include "fastopt/backend.h"
 #include "fastopt/linear.h"
 #include "launch.cuh"
@@ -36,15 +36,15 @@ device's SM count, so results are bitwise reproducible run to run. Empty extents
 namespace fastopt::cuda {
 namespace {
 
-using conv::kThreads;
-using conv::Tile;
-using conv::ceil_div;
+using tiled::ceil_div;
+using tiled::kMaxGridYZ;
+using tiled::kThreads;
+using tiled::Tile;
 using detail::as_stream;
 using detail::check;
 using detail::grid_stride_grid;
 using detail::sm_count;
 
-constexpr int64_t kMaxGridYZ = 65535;
 constexpr int64_t kMaxSplitFloats = int64_t{1} << 26;  // split-K scratch, 256 MiB at most
 
 // C (M x N) = A (M x Kd) B (Kd x N) (+ bias[n]) with strided operands: A[m][k] = A[m lda + k] when
@@ -82,10 +82,10 @@ __global__ void __launch_bounds__(kThreads, BM == 128 ? 2 : 1) gemm_kernel(const
   const int m0 = static_cast<int>(blockIdx.x) * BM;
   const int n0 = static_cast<int>(blockIdx.y) * BN;
   int k_begin, k_end;
-  conv::split_range(pb.Kd, pb.splits, split, k_begin, k_end);
+  tiled::split_range(pb.Kd, pb.splits, split, k_begin, k_end);
   float acc[T::TM][T::TN];
-  conv::gemm_mainloop<Prob, BM, BN, false>(pb, 0, tid, m0, n0, k_begin, k_end, tiles, acc);
-  conv::store_outputs<Prob, BM, BN>(pb, 0, split, tid, m0, n0, acc);
+  tiled::gemm_mainloop<Prob, BM, BN, false>(pb, 0, tid, m0, n0, k_begin, k_end, tiles, acc);
+  tiled::store_outputs<Prob, BM, BN>(pb, 0, split, tid, m0, n0, acc);
 }
 
 // out[i] = sum over s ascending of part[s numel + i] (+ bias[i % N]), added into out with accumulate.
@@ -177,7 +177,7 @@ void gemm(int64_t M, int64_t N, int64_t Kd, const float* A, int64_t lda, const f
   // Split K only to fill the SMs (about 2 blocks each), each split reducing at least 256 terms.
   int64_t splits = 1;
   if (tiles < sms)
-    splits = std::min({ceil_div(2 * sms, tiles), std::max<int64_t>(1, Kd / 256), kMaxGridYZ,
+    splits = std::min({ceil_div(2 * sms, tiles), std::max<int64_t>(1, Kd / 256), int64_t{kMaxGridYZ},
                        std::max<int64_t>(1, kMaxSplitFloats / (M * N))});
   const detail::Scratch scratch(splits > 1 ? static_cast<size_t>(splits * M * N) * sizeof(float) : 0, st);
   float* dst = splits > 1 ? reinterpret_cast<float*>(scratch.bytes()) : out;
@@ -218,7 +218,7 @@ void linear_backward_bias(const LinearShape& s, const float* dy, float* db, bool
   const cudaStream_t st = as_stream(stream);
   const int64_t cblocks = ceil_div(s.out, kSumCols);
   const int64_t ranges = std::max<int64_t>(
-      1, std::min({s.N / 1024, std::max<int64_t>(1, 4 * sm_count() / cblocks), kMaxGridYZ,
+      1, std::min({s.N / 1024, std::max<int64_t>(1, 4 * sm_count() / cblocks), int64_t{kMaxGridYZ},
                    std::max<int64_t>(1, kMaxSplitFloats / s.out)}));
   const int64_t rows = std::max<int64_t>(1, ceil_div(s.N, ranges));
   const detail::Scratch scratch(ranges > 1 ? static_cast<size_t>(ranges * s.out) * sizeof(float) : 0, st);
