@@ -27,7 +27,7 @@ import fastopt.functional as F
 from fastopt import optim, reference as R
 
 from test_bf16 import U32, bf, check, f64, same_bits, up
-from test_bf16_layers import EPS32, _check_cancelling, _ulp
+from test_bf16_layers import EPS32, _affine, _check_cancelling, _ulp, group_norm_case, layer_norm_case
 from test_optim_bf16 import RULES as OPT_RULES, SHAPES as OPT_SHAPES, bits
 
 pytestmark = pytest.mark.gpu
@@ -211,13 +211,6 @@ def test_softmax_cross_entropy(rng, shape, kind, eps):
 BN_SHAPES = [(2, 3), (7, 13), (5, 3, 7, 11), (8, 4, 31, 29), (2, 1031, 3, 1), (3, 8, 4, 4)]
 
 
-def _affine(rng, n, affine):
-    if not affine:
-        return None, None
-    return ((rng.uniform(0.5, 2.0, n) * rng.choice([-1, 1], n)).astype(np.float32),
-            rng.standard_normal(n).astype(np.float32))
-
-
 # The GPU's normalization statistics are fp32 (shifted Welford, fp32 merges) where the CPU's are
 # double: E32 is test_normalization.py's CUDA bound, 5e-5 * max(1, max |ref|) (dx: also >= the
 # cancelling terms' size), and its rstd bound 1e-5 relative.
@@ -264,9 +257,10 @@ def test_batch_norm(rng, shape, training, affine):
         np.testing.assert_allclose(db, ref_db, rtol=0, atol=TOL * max(1.0, np.abs(ref_db).max()))
 
 
-def _check_row_norm(fwd, bwd, rfwd, rbwd, x, dy, w, b):
-    """test_bf16_layers.py's row-norm judge on the GPU: fwd (x, w, b) -> (y, mean, rstd), bwd
-    (dy, x, mean, rstd, w) -> (dx, dw, db), each given device arrays."""
+def _check_row_norm(fns, x, dy, w, b):
+    """test_bf16_layers.py's row-norm judge on the GPU: fns as layer_norm_case gives them, the
+    kernels given device arrays."""
+    fwd, bwd, rfwd, rbwd = fns
     y, mean, rstd = gpu(fwd, x, w, b)
     ref_y, ref_mean, ref_rstd = rfwd(f64(x), w, b)
     check(y, ref_y, TOL * max(1.0, np.abs(ref_y).max(initial=0.0)), "y")
@@ -292,29 +286,14 @@ def _check_row_norm(fwd, bwd, rfwd, rbwd, x, dy, w, b):
                                                ((2, 1031), (1031,)), ((1, 1), (1,))], ids=str)
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm(rng, shape, normalized, affine):
-    x, dy = bf(rng.standard_normal(shape) * 3 + 2), bf(rng.standard_normal(shape))
-    w, b = _affine(rng, int(np.prod(normalized)), affine)
-    w, b = (None, None) if w is None else (w.reshape(normalized), b.reshape(normalized))
-    _check_row_norm(
-        lambda x, w, b: F.layer_norm_forward(x, normalized, w, b),
-        lambda dy, x, m, r, w: F.layer_norm_backward(dy, x, normalized, m, r, w, has_bias=w is not None),
-        lambda x, w, b: R.normalization.layer_norm_forward(x, normalized, w, b),
-        lambda dy, x, m, r, w: R.normalization.layer_norm_backward(dy, x, normalized, m, r, w),
-        x, dy, w, b)
+    _check_row_norm(*layer_norm_case(rng, shape, normalized, affine))
 
 
 @pytest.mark.parametrize("shape,groups", [((2, 6, 5, 7), 3), ((3, 4, 9, 11), 1), ((2, 8, 4, 4), 8),
                                           ((5, 6), 2), ((1, 32, 31, 29), 4)], ids=str)
 @pytest.mark.parametrize("affine", [True, False])
 def test_group_norm(rng, shape, groups, affine):
-    x, dy = bf(rng.standard_normal(shape) * 3 + 2), bf(rng.standard_normal(shape))
-    w, b = _affine(rng, shape[1], affine)
-    _check_row_norm(
-        lambda x, w, b: F.group_norm_forward(x, groups, w, b),
-        lambda dy, x, m, r, w: F.group_norm_backward(dy, x, groups, m, r, w, has_bias=w is not None),
-        lambda x, w, b: R.normalization.group_norm_forward(x, groups, w, b),
-        lambda dy, x, m, r, w: R.normalization.group_norm_backward(dy, x, groups, m, r, w),
-        x, dy, w, b)
+    _check_row_norm(*group_norm_case(rng, shape, groups, affine))
 
 
 # ------------------------------------------------------------------ what still refuses

@@ -120,8 +120,34 @@ def _affine(rng, n, affine):
             rng.standard_normal(n).astype(np.float32))
 
 
-def _check_row_norm(fwd, bwd, rfwd, rbwd, x, dy, w, b, rng):
-    """fwd/bwd: the kernels (x, w, b) -> (y, mean, rstd) and (dy, x, mean, rstd, w) -> grads."""
+def layer_norm_case(rng, shape, normalized, affine):
+    """bf16 inputs (x, dy), fp32 (w, b) and the four functions _check_row_norm takes (kernel
+    forward/backward, reference forward/backward) for a layer norm over `normalized`."""
+    x, dy = bf(rng.standard_normal(shape) * 3 + 2), bf(rng.standard_normal(shape))
+    w, b = _affine(rng, int(np.prod(normalized)), affine)
+    w, b = (None, None) if w is None else (w.reshape(normalized), b.reshape(normalized))
+    fns = (lambda x, w, b: F.layer_norm_forward(x, normalized, w, b),
+           lambda dy, x, m, r, w: F.layer_norm_backward(dy, x, normalized, m, r, w, has_bias=w is not None),
+           lambda x, w, b: R.normalization.layer_norm_forward(x, normalized, w, b),
+           lambda dy, x, m, r, w: R.normalization.layer_norm_backward(dy, x, normalized, m, r, w))
+    return fns, x, dy, w, b
+
+
+def group_norm_case(rng, shape, groups, affine):
+    """As layer_norm_case, for a group norm of `groups` groups."""
+    x, dy = bf(rng.standard_normal(shape) * 3 + 2), bf(rng.standard_normal(shape))
+    w, b = _affine(rng, shape[1], affine)
+    fns = (lambda x, w, b: F.group_norm_forward(x, groups, w, b),
+           lambda dy, x, m, r, w: F.group_norm_backward(dy, x, groups, m, r, w, has_bias=w is not None),
+           lambda x, w, b: R.normalization.group_norm_forward(x, groups, w, b),
+           lambda dy, x, m, r, w: R.normalization.group_norm_backward(dy, x, groups, m, r, w))
+    return fns, x, dy, w, b
+
+
+def _check_row_norm(fns, x, dy, w, b):
+    """fns: the kernels (x, w, b) -> (y, mean, rstd) and (dy, x, mean, rstd, w) -> grads, then the
+    reference's two."""
+    fwd, bwd, rfwd, rbwd = fns
     y, mean, rstd = fwd(x, w, b)
     ref_y, ref_mean, ref_rstd = rfwd(f64(x), w, b)
     check(y, ref_y, 1e-5 * max(1.0, np.abs(ref_y).max(initial=0.0)), "y")
@@ -147,29 +173,14 @@ def _check_row_norm(fwd, bwd, rfwd, rbwd, x, dy, w, b, rng):
                                                ((2, 1031), (1031,)), ((1, 1), (1,))], ids=str)
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm(rng, shape, normalized, affine):
-    x, dy = bf(rng.standard_normal(shape) * 3 + 2), bf(rng.standard_normal(shape))
-    w, b = _affine(rng, int(np.prod(normalized)), affine)
-    w, b = (None, None) if w is None else (w.reshape(normalized), b.reshape(normalized))
-    _check_row_norm(
-        lambda x, w, b: F.layer_norm_forward(x, normalized, w, b),
-        lambda dy, x, m, r, w: F.layer_norm_backward(dy, x, normalized, m, r, w, has_bias=w is not None),
-        lambda x, w, b: R.normalization.layer_norm_forward(x, normalized, w, b),
-        lambda dy, x, m, r, w: R.normalization.layer_norm_backward(dy, x, normalized, m, r, w),
-        x, dy, w, b, rng)
+    _check_row_norm(*layer_norm_case(rng, shape, normalized, affine))
 
 
 @pytest.mark.parametrize("shape,groups", [((2, 6, 5, 7), 3), ((3, 4, 9, 11), 1), ((2, 8, 3, 3), 8),
                                           ((5, 6), 2), ((1, 32, 31, 29), 4)], ids=str)
 @pytest.mark.parametrize("affine", [True, False])
 def test_group_norm(rng, shape, groups, affine):
-    x, dy = bf(rng.standard_normal(shape) * 3 + 2), bf(rng.standard_normal(shape))
-    w, b = _affine(rng, shape[1], affine)
-    _check_row_norm(
-        lambda x, w, b: F.group_norm_forward(x, groups, w, b),
-        lambda dy, x, m, r, w: F.group_norm_backward(dy, x, groups, m, r, w, has_bias=w is not None),
-        lambda x, w, b: R.normalization.group_norm_forward(x, groups, w, b),
-        lambda dy, x, m, r, w: R.normalization.group_norm_backward(dy, x, groups, m, r, w),
-        x, dy, w, b, rng)
+    _check_row_norm(*group_norm_case(rng, shape, groups, affine))
 
 
 # ---------------------------------------------------------------------- every ISA copy

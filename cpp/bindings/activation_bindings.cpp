@@ -14,19 +14,23 @@ namespace {
 
 enum class Act { relu, relu_grad, leaky, leaky_grad };
 
+// A backward's dy (float32, or bf16 where the op has that path): x's dtype, device and shape.
+// Returns its data, or null for a forward (dy_obj null).
+const void* dy_data(py::handle dy_obj, const ArrayView& x) {
+  if (!dy_obj) return nullptr;
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
+  require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
+  require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
+  if (dy.shape != x.shape) raise_value("dy: expected the shape " + shape_str(x.shape) + " of x, got " + shape_str(dy.shape));
+  return dy.data;
+}
+
 // Forward: dy_obj is null. Backward: dy must match x in shape and device. The output is a new
 // array like x.
 // x and dy: float32 or bfloat16 (one dtype); the output has x's dtype.
 py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negative_slope, uintptr_t stream) {
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
-  const void* dyv = nullptr;
-  if (dy_obj) {
-    const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
-    require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
-    require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
-    if (dy.shape != x.shape) raise_value("dy: expected the shape " + shape_str(x.shape) + " of x, got " + shape_str(dy.shape));
-    dyv = dy.data;
-  }
+  const void* dyv = dy_data(dy_obj, x);
   const float slope = static_cast<float>(negative_slope);  // torch multiplies by the float32 value
   const int64_t n = x.numel;
   py::object out = new_array(x.shape, x.dtype, x.device, stream, dy_obj ? "dx" : "y", "x");
@@ -74,14 +78,7 @@ py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negat
 // tanh / sigmoid / elu / gelu, forward (dy_obj null) and backward, same checks as activation().
 py::object smooth_activation(Smooth op, py::handle dy_obj, py::handle x_obj, double alpha, uintptr_t stream) {
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
-  const void* dyv = nullptr;
-  if (dy_obj) {
-    const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
-    require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
-    require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
-    if (dy.shape != x.shape) raise_value("dy: expected the shape " + shape_str(x.shape) + " of x, got " + shape_str(dy.shape));
-    dyv = dy.data;
-  }
+  const void* dyv = dy_data(dy_obj, x);
   py::object out = new_array(x.shape, x.dtype, x.device, stream, dy_obj ? "dx" : "y", "x");
   void* yv = view_array(out, ArgName{"out"}, true, &x.dtype).data;
   const float a = static_cast<float>(alpha);

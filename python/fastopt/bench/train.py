@@ -8,8 +8,9 @@ global-norm clipping at 5 and label smoothing 0.05. The peers are the same netwo
 optimizer, schedule and clipping; torch's fused AdamW when it has one): eager float32, its
 torch.compile, and eager under bfloat16 autocast with channels_last tensors. "fastopt bf16" is
 fastopt's own mixed precision (CPU: `build(precision="bf16")`, bf16 activations and conv/linear
-math, fp32 master weights), the contender for torch's bf16 row; `--precision bf16` times it in
-place of fastopt's float32 step (which stays the reference for the others' ratios otherwise).
+math, fp32 master weights), the contender for torch's bf16 row; `--precision bf16` adds it and
+makes it the reference of the ratios (fastopt's float32 step is timed either way and is the
+reference otherwise).
 Contenders alternate round by round, so a noisy neighbour hits all alike; steps/s are medians of
 per-step samples.
 
@@ -367,15 +368,16 @@ def markdown(doc):
     model = doc["rows"][0]["model"] if doc["rows"] else "?"
     names = [n for n in CONTENDERS if any(n in r["ms_per_step"] for r in doc["rows"])]
     ref = doc["rows"][0].get("reference", "fastopt") if doc["rows"] else "fastopt"
+    peers = [n for n in names if n != ref]
     lines = [f"# Training step: {model}, 3x32x32, AdamW + clipping ({doc['date']})", "",
              f"CPU: {doc['host']['cpu_model']}; commit {doc['git']['commit']}", "",
              "| device | batch | " + " | ".join(f"{n} ms/step" for n in names) + " | " +
-             " | ".join(f"{ref} vs {n}" for n in names) + " |",
-             "|---|---|" + "---|" * (2 * len(names))]
+             " | ".join(f"{ref} vs {n}" for n in peers) + " |",
+             "|---|---|" + "---|" * (len(names) + len(peers))]
     for r in doc["rows"]:
         ms, sp = r["ms_per_step"], r["fastopt_speedup_vs"]
         lines.append(f"| {r['device']} | {r['batch']} | " + " | ".join(f"{ms[n]:.1f}" if n in ms else "-" for n in names)
-                     + " | " + " | ".join(f"{sp[n]:.2f}x" if n in sp else "-" for n in names) + " |")
+                     + " | " + " | ".join(f"{sp[n]:.2f}x" if n in sp else "-" for n in peers) + " |")
     for r in doc["rows"]:
         if "bf16_speedup_vs_torch_bf16" in r:
             lines += ["", f"{r['device']}: fastopt bf16 vs torch bf16 autocast + channels_last: "
