@@ -20,7 +20,8 @@ What it models, to catch the bugs a GPU would show:
 - Device memory comes poisoned (every byte 0xFF: float NaN), as uninitialized GPU memory is not
   zero; pointers know their "device", so the bindings' device checks behave as on a GPU.
 Not modelled: timing, blocks running at the same time, memory ordering across blocks, and TF32
-rounding inside the tensor-core product (the operands are rounded to TF32, the sums are fp32).
+rounding inside the tensor-core product (the operands are rounded to TF32 or are bf16, the sums
+are fp32, in k order).
 
 Shared memory is poisoned at the start of every block, too. The launch syntax
 kernel<<<grid, block, smem, stream>>>(args) is rewritten at build time (rewrite_for_host.py) into fastopt_emulation::launch(grid, block, smem, stream)(call, args), where
@@ -168,6 +169,12 @@ void run_grid(dim3 grid, dim3 block, size_t smem, size_t param_bytes, void (*bod
 // One warp-wide mma.sync.m16n8k8 TF32 product, d += a b, with PTX's fragment layout: every lane
 // passes its a[4], b[2] and d[4] registers.
 void mma_m16n8k8_tf32(float& d0, float& d1, float& d2, float& d3, const float (&a)[4], const float (&b)[2]);
+
+// One warp-wide mma.sync.m16n8k16 bf16 product with fp32 accumulation, d += a b: every lane passes
+// its A fragment as 4 registers of bf16 pairs, B as 2, and its 4 fp32 accumulators (PTX's layout;
+// the lower k of a pair in the low 16 bits). Products of bf16 are exact in fp32; they are added to
+// d in k order, in fp32.
+void mma_m16n8k16_bf16(float& d0, float& d1, float& d2, float& d3, const uint32_t (&a)[4], const uint32_t (&b)[2]);
 
 struct Launch {
   dim3 grid, block;

@@ -259,7 +259,7 @@ struct Block {
   Barrier block;
   std::vector<Barrier> warps;
   std::vector<uint64_t> slots;  // one exchange slot per thread
-  std::vector<float> fragments;  // 6 per thread: a mma's a[4] and b[2]
+  std::vector<uint32_t> fragments;  // 6 words per thread: a mma's a[4] and b[2]
   std::vector<void*> fresh;      // __shared__ variables poisoned in this block
   uint64_t progress = 0;        // barrier releases and returns: a pass without any is a deadlock
   void (*body)(void*) = nullptr;
@@ -392,31 +392,69 @@ uint64_t warp_exchange(uint64_t value, int src) {
   return r;
 }
 
-void mma_m16n8k8_tf32(float& d0, float& d1, float& d2, float& d3, const float (&a)[4], const float (&b)[2]) {
+namespace {
+
+// The lanes of warp w meet in `fragments` (6 words per thread: a[4] then b[2]); after the first
+// barrier every lane reads the whole warp's, after the second the slots may be reused.
+template <class Word>
+const uint32_t* gather_fragments(const Word (&a)[4], const Word (&b)[2], int& lane) {
   Block& blk = *active;
-  const int t = active->running, w = t / kWarp, lane = t % kWarp;
+  const int t = active->running, w = t / kWarp;
+  lane = t % kWarp;
   if (blk.warps[w].live != kWarp) {
     std::fprintf(stderr, "fastopt CUDA emulation: mma.sync in a warp that is not whole\n");
     std::abort();
   }
-  float* mine = blk.fragments.data() + 6 * t;
-  std::copy(a, a + 4, mine);
-  std::copy(b, b + 2, mine + 4);
+  uint32_t* mine = blk.fragments.data() + 6 * t;
+  std::memcpy(mine, a, 16);
+  std::memcpy(mine + 4, b, 8);
   arrive_and_wait(blk.warps[w]);
-  // Lane L holds A(L/4 + 8 (i%2), L%4 + 4 (i/2)) in a[i], B(L%4 + 4 i, L/4) in b[i]; this lane's
-  // d[q] is D(g + 8 (q/2), 2 t + q%2).
-  const float* lanes = blk.fragments.data() + 6 * w * kWarp;
-  auto A = [&](int r, int k) { return lanes[6 * ((r % 8) * 4 + k % 4) + (r / 8) + 2 * (k / 4)]; };
-  auto B = [&](int k, int n) { return lanes[6 * (n * 4 + k % 4) + 4 + k / 4]; };
+  return blk.fragments.data() + 6 * w * kWarp;
+}
+
+// d += A B for this lane's d[q] = D(g + 8 (q/2), 2 t + q%2), g = lane / 4, t = lane % 4: the K
+// products, each exact in fp32, added in k order.
+template <class FA, class FB>
+void mma_accumulate(float& d0, float& d1, float& d2, float& d3, int lane, int K, FA A, FB B) {
   const int g = lane / 4, tq = lane % 4;
   float* d[4] = {&d0, &d1, &d2, &d3};
   for (int q = 0; q < 4; ++q) {
     const int r = g + 8 * (q / 2), n = 2 * tq + q % 2;
     float sum = *d[q];
-    for (int k = 0; k < 8; ++k) sum += A(r, k) * B(k, n);
+    for (int k = 0; k < K; ++k) sum += A(r, k) * B(k, n);
     *d[q] = sum;
   }
-  arrive_and_wait(blk.warps[w]);
+  arrive_and_wait(active->warps[active->running / kWarp]);
+}
+
+float word_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+}  // namespace
+
+void mma_m16n8k8_tf32(float& d0, float& d1, float& d2, float& d3, const float (&a)[4], const float (&b)[2]) {
+  int lane;
+  const uint32_t* lanes = gather_fragments(a, b, lane);
+  // Lane L holds A(L/4 + 8 (i%2), L%4 + 4 (i/2)) in a[i], B(L%4 + 4 i, L/4) in b[i].
+  auto A = [&](int r, int k) { return word_float(lanes[6 * ((r % 8) * 4 + k % 4) + (r / 8) + 2 * (k / 4)]); };
+  auto B = [&](int k, int n) { return word_float(lanes[6 * (n * 4 + k % 4) + 4 + k / 4]); };
+  mma_accumulate(d0, d1, d2, d3, lane, 8, A, B);
+}
+
+void mma_m16n8k16_bf16(float& d0, float& d1, float& d2, float& d3, const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  int lane;
+  const uint32_t* lanes = gather_fragments(a, b, lane);
+  // Lane L = 4 g + t holds A(g + 8 (i%2), 2 t + 8 (i/2) + h) in half h of a[i] and B(2 t + 8 i + h, g)
+  // in half h of b[i] (h = 0: the low 16 bits).
+  auto half = [](uint32_t word, int h) { return word_float((h ? word >> 16 : word & 0xffffu) << 16); };
+  auto A = [&](int r, int k) {
+    return half(lanes[6 * ((r % 8) * 4 + (k % 8) / 2) + (r / 8) + 2 * (k / 8)], k % 2);
+  };
+  auto B = [&](int k, int n) { return half(lanes[6 * (n * 4 + (k % 8) / 2) + 4 + k / 8], k % 2); };
+  mma_accumulate(d0, d1, d2, d3, lane, 16, A, B);
 }
 
 void run_grid(dim3 grid, dim3 block, size_t smem, size_t param_bytes, void (*body)(void*), void* ctx) {
@@ -442,7 +480,7 @@ void run_grid(dim3 grid, dim3 block, size_t smem, size_t param_bytes, void (*bod
   for (uint64_t t = 0; t < threads; ++t) b.fibers[t].stack = stacks[t].get();
   b.warps.resize((threads + kWarp - 1) / kWarp);
   b.slots.assign(threads, 0);
-  b.fragments.assign(6 * threads, 0.0f);
+  b.fragments.assign(6 * threads, 0);
   b.body = body;
   b.ctx = ctx;
   b.order.resize(threads);

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -55,6 +56,24 @@ __global__ void one_mma(const float* A, const float* B, float* D) {
   D[g * 8 + 2 * t + 1] = d[1];
   D[(g + 8) * 8 + 2 * t] = d[2];
   D[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
+// One warp: D (16 x 8) = C + A (16 x 16, row-major bf16 bits) B (16 x 8, row-major bf16 bits), the
+// fragments built from PTX's m16n8k16 table (g = lane / 4, t = lane % 4): a_i at row g + 8 (i in
+// {2,3,6,7}), column 2 t + i % 2 + 8 (i >= 4); b_i at row 2 t + i % 2 + 8 (i >= 2), column g; two
+// elements per 32-bit register, the lower index in the low half.
+__global__ void one_mma_bf16(const uint16_t* A, const uint16_t* B, const float* C, float* D) {
+  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  uint16_t a[8], b[4];
+  for (int i = 0; i < 8; ++i) a[i] = A[(g + 8 * ((i / 2) % 2)) * 16 + 2 * t + i % 2 + 8 * (i / 4)];
+  for (int i = 0; i < 4; ++i) b[i] = B[(2 * t + i % 2 + 8 * (i / 2)) * 8 + g];
+  uint32_t ra[4], rb[2];
+  for (int i = 0; i < 4; ++i) ra[i] = a[2 * i] | uint32_t{a[2 * i + 1]} << 16;
+  for (int i = 0; i < 2; ++i) rb[i] = b[2 * i] | uint32_t{b[2 * i + 1]} << 16;
+  float d[4];
+  for (int q = 0; q < 4; ++q) d[q] = C[(g + 8 * (q / 2)) * 8 + 2 * t + q % 2];
+  fastopt_emulation::mma_m16n8k16_bf16(d[0], d[1], d[2], d[3], ra, rb);
+  for (int q = 0; q < 4; ++q) D[(g + 8 * (q / 2)) * 8 + 2 * t + q % 2] = d[q];
 }
 
 // Reads shared memory before any write: garbage on a GPU, NaN here in every block, although
@@ -152,6 +171,48 @@ void checks() {
       }
     cudaFree(dA);
     cudaFree(dB);
+    cudaFree(dD);
+  }
+  {  // the bf16 mma against a float64 matmul: random bf16 operands of mixed signs and scales, an fp32
+     // C; 17 fp32 additions of exact products err by at most gamma(17) sum |terms| (u = 2^-24)
+    uint32_t state = 12345u;
+    auto bf16_bits = [&]() {
+      state = state * 1664525u + 1013904223u;
+      float f = std::ldexp(static_cast<float>(state >> 8) / 16777216.0f - 0.5f, static_cast<int>(state % 7) - 3);
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      return static_cast<uint16_t>(u >> 16);  // truncated to bf16: still a random bf16 value
+    };
+    auto value = [](uint16_t h) {
+      const uint32_t u = uint32_t{h} << 16;
+      float f;
+      std::memcpy(&f, &u, 4);
+      return static_cast<double>(f);
+    };
+    std::vector<uint16_t> A(16 * 16), B(16 * 8);
+    std::vector<float> C(16 * 8);
+    for (auto& v : A) v = bf16_bits();
+    for (auto& v : B) v = bf16_bits();
+    for (auto& v : C) v = static_cast<float>(value(bf16_bits())) * 3.0f;
+    uint16_t *dA = device_copy(A), *dB = device_copy(B);
+    float *dC = device_copy(C), *dD = device_copy(std::vector<float>(128));
+    one_mma_bf16<<<1, 32>>>(dA, dB, dC, dD);
+    REQUIRE(cudaGetLastError() == cudaSuccess);
+    const auto D = host_copy(dD, 128);
+    const double gamma = 17 * 0x1p-24 / (1 - 17 * 0x1p-24);
+    for (int r = 0; r < 16; ++r)
+      for (int c = 0; c < 8; ++c) {
+        double want = C[r * 8 + c], scale = std::fabs(want);
+        for (int k = 0; k < 16; ++k) {
+          const double p = value(A[r * 16 + k]) * value(B[k * 8 + c]);
+          want += p;
+          scale += std::fabs(p);
+        }
+        REQUIRE(std::fabs(D[r * 8 + c] - want) <= gamma * scale);
+      }
+    cudaFree(dA);
+    cudaFree(dB);
+    cudaFree(dC);
     cudaFree(dD);
   }
   {  // shared memory starts poisoned in every block
