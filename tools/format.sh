@@ -25,7 +25,7 @@ for tool in ruff clang-format; do
   fi
 done
 
-dirs=(python tests bench cpp cuda)
+dirs=(python tests bench cpp cuda tools)
 mapfile -t cxx < <(find "${dirs[@]}" -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) | sort)
 
 if [ "$mode" = --check ]; then

@@ -54,8 +54,12 @@ def main():
     x = rng.standard_normal((7, 33)).astype(np.float32)
     w = rng.standard_normal((5, 33)).astype(np.float32)
     b = rng.standard_normal(5).astype(np.float32)
-    within("linear_forward", F.linear_forward(x, w, b), R.linear.linear_forward(x, w, b),
-           35 * U32 * R.linear.linear_forward(np.abs(x), np.abs(w), np.abs(b)))
+    within(
+        "linear_forward",
+        F.linear_forward(x, w, b),
+        R.linear.linear_forward(x, w, b),
+        35 * U32 * R.linear.linear_forward(np.abs(x), np.abs(w), np.abs(b)),
+    )
 
     # Three AdamW steps with the clipping fused. Per step the parameter (|p| < 6) is rounded to
     # float32 once and the update (about lr) carries a few u of its own: 4 u (|p| + 1) a step.
@@ -66,8 +70,14 @@ def main():
     for _ in range(3):
         grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
         opt.step(grads, max_grad_norm=1.0)
-        R.optim.step("adamw", ref_params, [g.astype(np.float64) for g in grads], states,
-                     [dict(lr=1e-2, weight_decay=1e-2)] * 2, max_grad_norm=1.0)
+        R.optim.step(
+            "adamw",
+            ref_params,
+            [g.astype(np.float64) for g in grads],
+            states,
+            [dict(lr=1e-2, weight_decay=1e-2)] * 2,
+            max_grad_norm=1.0,
+        )
     for i, (p, want) in enumerate(zip(params, ref_params)):
         within(f"AdamW step, tensor {i}", p, want, 3 * 4 * U32 * (np.abs(want) + 1))
 
