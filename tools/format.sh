@@ -36,6 +36,9 @@ if [ "$mode" = --check ]; then
   [ $status -eq 0 ] && echo "format: clean" || echo "format: run tools/format.sh to fix (lint findings may need a hand)" >&2
   exit $status
 fi
-ruff check --fix "${dirs[@]}"
+# Lint findings ruff cannot fix are reported; the formatting is applied all the same.
+status=0
+ruff check --fix "${dirs[@]}" || status=1
 ruff format "${dirs[@]}"
 clang-format -i "${cxx[@]}"
+exit $status
