@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(kThreads) backward_bias_kernel(const Dims d, c
   }
 }
 
-// Depthwise (Cg = 1): grid (planes, bands); see the depthwise section of conv2d_tiles.cuh. KR x KS:
+// Depthwise (Cg = 1): grid (planes, bands); see conv2d_depthwise.cuh. KR x KS:
 // the kernel size when fixed at compile time (3 x 3), else 0 x 0; U: the tile loads' batch.
 template <int KR, int KS, int U>
 __global__ void __launch_bounds__(kThreads) depthwise_forward(const Dims32 d, const DwPlan pl, const float* x,

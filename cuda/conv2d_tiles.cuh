@@ -1,8 +1,11 @@
 /*
-Private to cuda/conv2d.cu: the conv2d index math and the per-thread work of every conv kernel, as
-FASTOPT_HD functions. The kernels in conv2d.cu are thin loops around them, and a host program can
-include this header with a plain C++ compiler and replay a kernel as loops over (block, thread),
-so that the index logic the GPU runs is the very code that was checked against a naive conv.
+Private to cuda/conv2d.cu: the conv2d index math and the per-thread work of the gather and tiled
+implicit-GEMM conv kernels, as FASTOPT_HD functions, and the host-side choice of each pass's path
+(the shapes are in conv2d_shapes.cuh, the depthwise kernels' work and plans in
+conv2d_depthwise.cuh). The kernels in conv2d.cu are thin loops around them, and a host program
+can include this header with a plain C++ compiler and replay a kernel as loops over (block,
+thread), so that the index logic the GPU runs is the very code that was checked against a naive
+conv.
 
 The three passes as GEMMs (per group g, Cg = C / groups, Kg = K / groups, RS = R * S):
   forward      y[k, (n,p,q)]     = sum_{(c,r,s)} w[k, (c,r,s)]  * im2col(x)[(c,r,s), (n,p,q)]
@@ -21,6 +24,8 @@ into the tensors are int64.
 #include <cstring>
 #include <type_traits>
 
+#include "conv2d_depthwise.cuh"
+#include "conv2d_shapes.cuh"
 #include "fastopt/common.h"
 #include "fastopt/conv2d.h"
 #include "gemm_tiles.cuh"
@@ -29,84 +34,6 @@ namespace fastopt::cuda::conv {
 
 // The GEMM engine's names (Tile, kThreads, gemm_mainloop, ...) read as conv's own in the passes.
 using namespace fastopt::cuda::tiled;
-
-// ------------------------------------------------------------------ shapes
-
-// The shape in int64, with the group extents the kernels need.
-struct Dims {
-  int64_t N, C, H, W, K, R, S, P, Q;
-  int64_t sh, sw, ph, pw, dh, dw, G, Cg, Kg;
-};
-
-inline Dims make_dims(const Conv2dShape& s) {
-  return {s.N,        s.C,        s.H,      s.W,      s.K,      s.R,      s.S,
-          s.P,        s.Q,        s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h,
-          s.dil_w,    s.groups,   s.C / s.groups, s.K / s.groups};
-}
-
-// n / d for 0 <= n < 2^31 and 1 <= d < 2^31 by a multiply-high and a shift (Granlund and
-// Montgomery; PyTorch's IntDivider): a run-time integer division costs ~20 instructions on the GPU,
-// and the im2col gathers of the tiled kernels do several per loaded element.
-// With l = ceil(log2 d) and mul = floor(2^32 (2^l - d) / d) + 1 (< 2^32 since 2^l - d < d),
-// n / d = (mulhi(n, mul) + n) >> l, and mulhi(n, mul) + n <= 2n < 2^32 does not wrap.
-struct Divider {
-  uint32_t d, mul, shift;
-
-  static Divider make(uint32_t d) {
-    uint32_t l = 0;
-    while ((uint64_t{1} << l) < d) ++l;
-    const uint64_t mul = ((uint64_t{1} << 32) * ((uint64_t{1} << l) - d)) / d + 1;
-    return {d, static_cast<uint32_t>(mul), l};
-  }
-  FASTOPT_HD int div(int n) const {
-    const uint32_t u = static_cast<uint32_t>(n);
-#if defined(__CUDA_ARCH__)
-    const uint32_t t = __umulhi(u, mul);
-#else
-    const uint32_t t = static_cast<uint32_t>((uint64_t{u} * mul) >> 32);
-#endif
-    return static_cast<int>((t + u) >> shift);
-  }
-};
-
-// The same in int32 for the tiled kernels; valid only when fits_int32(d). The dividers divide by
-// the extents the GEMM coordinates are decomposed with.
-struct Dims32 {
-  int N, C, H, W, K, R, S, P, Q;
-  int sh, sw, ph, pw, dh, dw, G, Cg, Kg;
-  int RS, PQ, HW;
-  Divider by_RS, by_S, by_PQ, by_Q, by_HW, by_W;
-  Divider by_sh, by_sw;  // data-grad's dy row and column: a hardware division per tap cost ~20 instructions
-};
-
-// Every extent and product the tiled kernels form in int32 stays below 2^31 - 2^16, leaving room
-// for a tile origin plus a tile (n0 + 127 and the like) without overflow.
-inline bool fits_int32(const Dims& d) {
-  const int64_t lim = (int64_t{1} << 31) - (int64_t{1} << 16);
-  const int64_t v[] = {d.N * d.P * d.Q, d.N * d.H * d.W, d.Cg * d.R * d.S, d.Kg * d.R * d.S,
-                       d.K,             d.C,             d.G,
-                       // h = p sh - ph + r dh and its data-grad mirror h + ph - r dh
-                       d.P * d.sh + d.ph + d.R * d.dh, d.Q * d.sw + d.pw + d.S * d.dw,
-                       d.H + d.ph + d.R * d.dh,        d.W + d.pw + d.S * d.dw};
-  for (int64_t x : v)
-    if (x >= lim) return false;
-  return true;
-}
-
-inline Dims32 to_dims32(const Dims& d) {
-  Dims32 e{};
-  e.N = int(d.N); e.C = int(d.C); e.H = int(d.H); e.W = int(d.W); e.K = int(d.K);
-  e.R = int(d.R); e.S = int(d.S); e.P = int(d.P); e.Q = int(d.Q);
-  e.sh = int(d.sh); e.sw = int(d.sw); e.ph = int(d.ph); e.pw = int(d.pw); e.dh = int(d.dh); e.dw = int(d.dw);
-  e.G = int(d.G); e.Cg = int(d.Cg); e.Kg = int(d.Kg);
-  e.RS = e.R * e.S; e.PQ = e.P * e.Q; e.HW = e.H * e.W;
-  // A zero extent means an empty pass, which launches nothing: its divider is never used.
-  auto div = [](int v) { return Divider::make(static_cast<uint32_t>(v > 0 ? v : 1)); };
-  e.by_RS = div(e.RS); e.by_S = div(e.S); e.by_PQ = div(e.PQ);
-  e.by_Q = div(e.Q); e.by_HW = div(e.HW); e.by_W = div(e.W);
-  e.by_sh = div(e.sh); e.by_sw = div(e.sw);
-  return e;
-}
 
 // ------------------------------------------------------------------ stage 1: gathers
 // One output element per call, every sum in a fixed order (c, r, s or k, r, s ascending), int64
@@ -174,190 +101,6 @@ FASTOPT_HD float backward_bias_part(const Dims& d, const float* dy, int64_t k, i
   float acc = 0.0f;
   for (int64_t j = t; j < d.N * pq; j += nt) acc += dy[((j / pq) * d.K + k) * pq + j % pq];
   return acc;
-}
-
-// ------------------------------------------------------------------ depthwise direct (Cg = 1)
-// A block takes one plane and a band of its rows: forward, output rows of plane (n, k) from input
-// plane (n, k / Kg); data-grad, dx rows of plane (n, c) from its Kg dy planes (n, c Kg + kl). It
-// first copies the rows the band reads (its halo included; rows and columns past the image as
-// zeros) into a shared-memory tile, consecutive threads on consecutive elements (coalesced), then
-// every thread computes outputs from the tile: x (or dy) comes from DRAM once instead of through
-// R*S cached loads per output, and the taps need no bounds tests. Taps that fall in the padding
-// add 0 * w, as the reference's im2col does. The plane's weights are uniform loads (broadcasts).
-// In-plane index math is int32 (the host checks fits_int32).
-
-constexpr int kDwTileFloats = 8192;  // 32 KB
-
-// Rows per band, the tile's width and the image column (forward: input column; data-grad: dy
-// column) of its first column.
-struct DwPlan {
-  int band, cols, col0;
-  Divider by_cols;
-};
-
-FASTOPT_HD int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
-
-// tile[i][j] = plane[row0 + i][col0 + j] for i < rows, j < cols (by_cols divides by cols), 0
-// outside the plane (height x width); consecutive threads on consecutive elements. (A warp per
-// row, which saves the division, ran the 56x56 depthwise layer 1.4x slower on an H100; measured,
-// not profiled.) U: elements a thread loads before it stores any. With U = 1 each load's store
-// waits for it before the next load issues (the PTX shows load, store, load, ...), so a thread
-// has one load in flight: 6 KB per SM at 6 blocks of 256, where ~15 KB would cover an H100's
-// DRAM latency at its bandwidth. U = 8 (opt-in: FASTOPT_CONV2D_DW_LOADS=1, until timed) issues 8.
-constexpr int kDwLoadBatch = 8;
-
-template <int U = 1>
-FASTOPT_HD void dw_load_rows(float* tile, int cols, const Divider& by_cols, int rows, const float* plane, int height,
-                             int width, int row0, int col0, int t, int nt) {
-  const int total = rows * cols;
-  for (int e0 = t; e0 < total; e0 += U * nt) {
-    float v[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int e = e0 + u * nt;
-      const int i = by_cols.div(e), h = row0 + i, c = col0 + e - i * cols;
-      v[u] = e < total && h >= 0 && h < height && c >= 0 && c < width ? plane[int64_t(h) * width + c] : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (e0 + u * nt < total) tile[e0 + u * nt] = v[u];
-  }
-}
-
-// Forward band `band_idx`: output rows [o0, o0 + on), tile row i = input row o0 sh - ph + i.
-template <int U = 1>
-FASTOPT_HD void dw_forward_load(const Dims32& d, const DwPlan& pl, const float* x, int plane, int band_idx,
-                                float* tile, int t, int nt) {
-  const int n = plane / d.K, k = plane - n * d.K;
-  const float* xp = x + (int64_t(n) * d.C + k / d.Kg) * d.HW;
-  const int o0 = band_idx * pl.band, on = d.P - o0 < pl.band ? d.P - o0 : pl.band;
-  const int i0 = o0 * d.sh - d.ph, rows = (on - 1) * d.sh + (d.R - 1) * d.dh + 1;
-  dw_load_rows<U>(tile, pl.cols, pl.by_cols, rows, xp, d.H, d.W, i0, pl.col0, t, nt);
-}
-
-// The plane's weights, in registers when the kernel size is a template argument (KR x KS; 0 x 0:
-// R x S at run time, read from memory per tap).
-template <int KR, int KS>
-struct DwWeights {
-  static constexpr bool kFixed = KR > 0 && KS > 0;
-  float v[kFixed ? KR * KS : 1];
-  const float* p;
-  FASTOPT_HD explicit DwWeights(const float* wk) : p(wk) {
-    if constexpr (kFixed) {
-#pragma unroll
-      for (int i = 0; i < KR * KS; ++i) v[i] = wk[i];
-    }
-  }
-  FASTOPT_HD float operator[](int i) const {
-    if constexpr (kFixed) return v[i];
-    return p[i];
-  }
-};
-
-template <int KR, int KS>
-FASTOPT_HD void dw_forward_compute(const Dims32& d, const DwPlan& pl, const float* tile, const float* w,
-                                   const float* b, float* y, int plane, int band_idx, int t, int nt) {
-  const int R = KR > 0 ? KR : d.R, S = KS > 0 ? KS : d.S;
-  const int k = plane % d.K;
-  const DwWeights<KR, KS> wk(w + int64_t(k) * d.RS);
-  const float bias = b != nullptr ? b[k] : 0.0f;
-  const int o0 = band_idx * pl.band, on = d.P - o0 < pl.band ? d.P - o0 : pl.band;
-  for (int o = t; o < on * d.Q; o += nt) {
-    const int pr = d.by_Q.div(o), q = o - pr * d.Q;
-    const float* base = tile + pr * d.sh * pl.cols + q * d.sw;
-    float acc = 0.0f;
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int s = 0; s < S; ++s) acc = fmaf(base[r * d.dh * pl.cols + s * d.dw], wk[r * S + s], acc);
-    y[(int64_t(plane) * d.P + o0 + pr) * d.Q + q] = b != nullptr ? acc + bias : acc;
-  }
-}
-
-// Data-grad band `band_idx`: dx rows [h0, h0 + hn); tile row i = dy row p_lo + i of plane c Kg + kl.
-FASTOPT_HD int dw_dgrad_first_row(const Dims32& d, int h0) { return floor_div(h0 + d.ph - (d.R - 1) * d.dh, d.sh); }
-
-template <int U = 1>
-FASTOPT_HD void dw_backward_data_load(const Dims32& d, const DwPlan& pl, const float* dy, int plane, int band_idx,
-                                      int kl, float* tile, int t, int nt) {
-  const int n = plane / d.C, c = plane - n * d.C;
-  const float* dyp = dy + (int64_t(n) * d.K + c * d.Kg + kl) * d.PQ;
-  const int h0 = band_idx * pl.band, hn = d.H - h0 < pl.band ? d.H - h0 : pl.band;
-  const int p_lo = dw_dgrad_first_row(d, h0), rows = floor_div(h0 + hn - 1 + d.ph, d.sh) - p_lo + 1;
-  dw_load_rows<U>(tile, pl.cols, pl.by_cols, rows, dyp, d.P, d.Q, p_lo, pl.col0, t, nt);
-}
-
-// Adds plane kl's taps to dx (kl = 0 starts from zero): the sum runs over kl, r, s ascending.
-// kUnitStride: sh = sw = 1, where every tap lands on a dy pixel (no division, no test).
-template <int KR, int KS, bool kUnitStride>
-FASTOPT_HD void dw_backward_data_compute(const Dims32& d, const DwPlan& pl, const float* tile, const float* w,
-                                         float* dx, int plane, int band_idx, int kl, int t, int nt) {
-  const int R = KR > 0 ? KR : d.R, S = KS > 0 ? KS : d.S;
-  const int c = plane % d.C;
-  const DwWeights<KR, KS> wk(w + (int64_t(c) * d.Kg + kl) * d.RS);
-  const int h0 = band_idx * pl.band, hn = d.H - h0 < pl.band ? d.H - h0 : pl.band;
-  const int row0 = dw_dgrad_first_row(d, h0) * d.sh, col0 = pl.col0 * d.sw;
-  for (int o = t; o < hn * d.W; o += nt) {
-    const int hr = d.by_W.div(o), w_ = o - hr * d.W;
-    float* out = dx + (int64_t(plane) * d.H + h0 + hr) * d.W + w_;
-    float acc = kl == 0 ? 0.0f : *out;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const int th = h0 + hr + d.ph - r * d.dh - row0;  // >= 0
-      const int i = kUnitStride ? th : d.by_sh.div(th);
-      if (!kUnitStride && i * d.sh != th) continue;
-      const float* row = tile + i * pl.cols;
-#pragma unroll
-      for (int s = 0; s < S; ++s) {
-        const int tw = w_ + d.pw - s * d.dw - col0;
-        const int j = kUnitStride ? tw : d.by_sw.div(tw);
-        if (!kUnitStride && j * d.sw != tw) continue;
-        acc = fmaf(row[j], wk[r * S + s], acc);
-      }
-    }
-    *out = acc;
-  }
-}
-
-// Thread t of nt's share of dw[k, 0, r, s] (rs = r S + s) for Cg = 1: the terms (n, p, q) with
-// pq = t, t + nt, ... of every plane pair (dy[n, k], x[n, k / Kg]), n ascending. The terms of
-// backward_weight_part, with int32 in-plane math and no per-term division by P Q.
-FASTOPT_HD float depthwise_backward_weight_part(const Dims32& d, const float* dy, const float* x, int k, int rs,
-                                                int t, int nt) {
-  const int r = d.by_S.div(rs), s = rs - r * d.S, c = k / d.Kg;
-  float acc = 0.0f;
-  for (int n = 0; n < d.N; ++n) {
-    const float* dyp = dy + (int64_t(n) * d.K + k) * d.PQ;
-    const float* xp = x + (int64_t(n) * d.C + c) * d.HW;
-    for (int pq = t; pq < d.PQ; pq += nt) {
-      const int p = d.by_Q.div(pq), q = pq - p * d.Q;
-      const int h = p * d.sh - d.ph + r * d.dh, w = q * d.sw - d.pw + s * d.dw;
-      if (h < 0 || h >= d.H || w < 0 || w >= d.W) continue;
-      acc = fmaf(dyp[pq], xp[h * d.W + w], acc);
-    }
-  }
-  return acc;
-}
-
-// The taps kernel (opt-in: FASTOPT_CONV2D_DW_TAPS=1), for K x K kernels, K in {3, 5, 7}: a block
-// takes one filter k and a chunk of images, stages each x band as the forward does, and every
-// thread adds dy[n, k, p, q] times all K K taps of its outputs' windows to K K register sums. x
-// and dy then come from DRAM once, where the per-element blocks above read them R S times.
-// Thread t's outputs of forward band `band_idx`, as dw_forward_compute's, into acc[r KS + s].
-template <int KR, int KS>
-FASTOPT_HD void dw_weight_grad_accumulate(const Dims32& d, const DwPlan& pl, const float* tile, const float* dy,
-                                          int plane, int band_idx, float (&acc)[KR * KS], int t, int nt) {
-  const int o0 = band_idx * pl.band, on = d.P - o0 < pl.band ? d.P - o0 : pl.band;
-  const float* dyb = dy + (int64_t(plane) * d.P + o0) * d.Q;
-  for (int o = t; o < on * d.Q; o += nt) {
-    const int pr = d.by_Q.div(o), q = o - pr * d.Q;
-    const float* base = tile + pr * d.sh * pl.cols + q * d.sw;
-    const float g = dyb[o];
-#pragma unroll
-    for (int r = 0; r < KR; ++r)
-#pragma unroll
-      for (int s = 0; s < KS; ++s) acc[r * KS + s] = fmaf(g, base[r * d.dh * pl.cols + s * d.dw], acc[r * KS + s]);
-  }
 }
 
 // ------------------------------------------------------------------ stage 2: tiled implicit GEMM
@@ -511,40 +254,6 @@ inline bool gemm_fits(const Dims& d, int64_t M, int64_t Kd, int64_t z) {
   return fits_int32(d) && M >= 16 && Kd >= kBK && ceil_div(M, 64) <= kMaxGridYZ && z <= kMaxGridYZ;
 }
 
-// The depthwise plans: the tile must hold a band of at least one row, and the grid (planes, bands)
-// fit CUDA's limits.
-inline bool dw_plan_fits(const Dims& d, int64_t planes, int64_t rows, const DwPlan& pl) {
-  return d.Cg == 1 && fits_int32(d) && planes < (int64_t{1} << 31) && pl.band >= 1 &&
-         ceil_div(rows, pl.band) <= kMaxGridYZ;
-}
-
-inline DwPlan dw_plan(int64_t band, int64_t cols, int64_t col0) {
-  const bool ok = band >= 1 && cols <= kDwTileFloats;
-  const int c = static_cast<int>(std::clamp<int64_t>(cols, 1, kDwTileFloats));
-  return {ok ? static_cast<int>(band) : 0, c, static_cast<int>(col0), Divider::make(static_cast<uint32_t>(c))};
-}
-
-// Forward: a band of b output rows reads (b - 1) sh + (R - 1) dh + 1 input rows of
-// (Q - 1) sw + (S - 1) dw + 1 columns, from input column -pw.
-inline DwPlan dw_forward_plan(const Dims& d) {
-  const int64_t cols = (d.Q - 1) * d.sw + (d.S - 1) * d.dw + 1;
-  const int64_t rows = kDwTileFloats / std::max<int64_t>(cols, 1);
-  const int64_t band = rows < (d.R - 1) * d.dh + 1 ? 0 : std::min<int64_t>(d.P, (rows - (d.R - 1) * d.dh - 1) / d.sh + 1);
-  return dw_plan(band, cols, -d.pw);
-}
-
-// Data-grad: dx rows [h0, h0 + b) read dy rows floor((h0 + ph - (R-1) dh) / sh) to
-// floor((h0 + b - 1 + ph) / sh), at most (b - 1 + (R - 1) dh) / sh + 2 of them; dy columns from
-// floor((pw - (S-1) dw) / sw) to floor((W - 1 + pw) / sw).
-inline DwPlan dw_backward_data_plan(const Dims& d) {
-  const auto fdiv = [](int64_t a, int64_t b) { return a >= 0 ? a / b : -((b - 1 - a) / b); };
-  const int64_t q_lo = fdiv(d.pw - (d.S - 1) * d.dw, d.sw), q_hi = fdiv(d.W - 1 + d.pw, d.sw);
-  const int64_t cols = q_hi - q_lo + 1;
-  const int64_t rows = kDwTileFloats / std::max<int64_t>(cols, 1);
-  const int64_t band = rows < 2 ? 0 : std::min<int64_t>(d.H, (rows - 2) * d.sh - (d.R - 1) * d.dh + 1);
-  return dw_plan(band, cols, q_lo);
-}
-
 inline bool is_unit(const Dims& d) {
   return d.R == 1 && d.S == 1 && d.sh == 1 && d.sw == 1 && d.ph == 0 && d.pw == 0 && d.P == d.H && d.Q == d.W;
 }
@@ -618,18 +327,6 @@ inline Path backward_data_path(const Dims& d) {
   if (gemm_fits(d, d.Cg, d.Kg * d.R * d.S, d.G)) return is_unit(d) ? Path::UnitGemm : Path::Gemm;
   if (small_c_fits(d)) return Path::SmallC;
   return Path::Gather;
-}
-
-// Images per block of the depthwise taps kernel: about 12 blocks per SM (two waves of the 6 that
-// its 33 KB of shared memory lets reside), whole images each; chunks = ceil(N / per_chunk) <= 65535.
-inline int64_t dw_taps_images_per_chunk(const Dims& d, int sms) {
-  const int64_t want = std::clamp<int64_t>(ceil_div(12 * int64_t{sms}, d.K), 1, d.N);
-  return std::max(ceil_div(d.N, want), ceil_div(d.N, kMaxGridYZ));
-}
-
-inline bool dw_taps_fit(const Dims& d) {
-  return d.Cg == 1 && d.R == d.S && (d.R == 3 || d.R == 5 || d.R == 7) && d.N > 0 &&
-         dw_plan_fits(d, d.N * d.K, d.P, dw_forward_plan(d)) && d.K < (int64_t{1} << 31);
 }
 
 // Depthwise weight-grad (Cg = 1: GEMM N = R S) would leave most of a GEMM tile empty; it takes a
