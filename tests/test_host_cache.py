@@ -53,7 +53,7 @@ def test_empty_host_cache(rng):
 
 
 def _run(code, cache_mb):
-    env_code = "import os; os.environ['FASTOPT_HOST_CACHE_MB'] = %r\n" % cache_mb
+    env_code = f"import os; os.environ['FASTOPT_HOST_CACHE_MB'] = {cache_mb!r}\n"
     run = subprocess.run([sys.executable, "-c", env_code + code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     return run.stdout

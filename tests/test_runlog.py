@@ -33,7 +33,7 @@ def test_per_layer_norms_histograms_and_update_ratio(tmp_path):
     b, gb = np.array([3.0, 4.0], np.float32), np.array([0.5, -0.5], np.float32)
     trainer = _fake_trainer({"0.weight": (w, g), "0.bias": (b, gb)})
     log = RunLog(str(tmp_path / "steps.jsonl"), str(tmp_path / "tb"), detail_every=1, flush_every=1)
-    old_w, old_b = w.copy(), b.copy()
+    old_w = w.copy()
     log.before_step(trainer)
     w -= 0.01 * g          # the "step": known updates
     b[:] = [3.0, 4.3]

@@ -42,7 +42,7 @@ def numpy_ref_step(case, device, host_p, host_g):
         from fastopt.reference import optim as ref
         ref_step = ref.step
     except (ImportError, AttributeError) as e:
-        raise Unavailable(f"fastopt.reference.optim.step missing ({e})")
+        raise Unavailable(f"fastopt.reference.optim.step missing ({e})") from e
     params = [p.astype(np.float64) for p in host_p]
     grads = [g.astype(np.float64) for g in host_g]
     states = [{} for _ in params]
@@ -80,7 +80,7 @@ def torch_step(mode):
         try:
             opt = getattr(torch.optim, case.optimizer)(params, **case.kwargs, **{mode: True})
         except (RuntimeError, TypeError, ValueError) as e:
-            raise Unavailable(f"torch {mode} {case.optimizer}: {str(e).splitlines()[0][:80]}")
+            raise Unavailable(f"torch {mode} {case.optimizer}: {str(e).splitlines()[0][:80]}") from e
         clip = torch.nn.utils.clip_grad_norm_
 
         def step():
@@ -90,7 +90,7 @@ def torch_step(mode):
         try:
             step()  # some unsupported combinations fail only at the first step
         except (RuntimeError, TypeError, ValueError) as e:
-            raise Unavailable(f"torch {mode} {case.optimizer}: {str(e).splitlines()[0][:80]}")
+            raise Unavailable(f"torch {mode} {case.optimizer}: {str(e).splitlines()[0][:80]}") from e
         return step
     return make
 
