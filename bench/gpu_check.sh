@@ -80,7 +80,7 @@ if stage build 330 build.log python3 -m pip install --no-build-isolation --no-in
   xdist=(); python3 -c 'import xdist' 2>/dev/null && xdist=(-n 8)
   if want tests; then
     stage gpu-tests 240 tests.log python3 -m pytest -q -rfE "${xdist[@]}" -m gpu ${GPU_TESTS:-tests}
-    stage conv-gather 90 tests.log env FASTOPT_CONV2D_GATHER=1 python3 -m pytest -q -rfE "${xdist[@]}" -m gpu tests/test_conv2d.py
+    stage conv-gather 90 tests.log env FASTOPT_CUDA_CONV2D_GATHER=1 python3 -m pytest -q -rfE "${xdist[@]}" -m gpu tests/test_conv2d.py
   fi
   want cpu-tests && stage cpu-tests 200 tests.log python3 -m pytest -q -rfE "${xdist[@]}" -m "not gpu" tests
   want optim && bench optim 200 --device cuda --budget 2

@@ -10,7 +10,7 @@ bytes at least 4 (|x| + |w| + |y|). The 3x3 layers are compute-bound (e.g. N=128
 and data-grad.
 
 Paths, chosen per call by shape (forward_path & co. in conv2d_tiles.cuh):
-  Winograd             (opt-in: FASTOPT_CONV2D_WINOGRAD=1) 3x3, unit stride and dilation, >= 32
+  Winograd             (opt-in: FASTOPT_CUDA_CONV2D_WINOGRAD=1) 3x3, unit stride and dilation, >= 32
                        channels per group, fp32: cuda/conv2d_winograd.cu, all three passes.
   tiled implicit GEMM  (stage 2) 256 threads, a BM x BN tile per block: 128x128, 64x128 for
                        M <= 64, or 64x64 when the grid would not fill the SMs (gemm_tiles);
@@ -23,20 +23,20 @@ Paths, chosen per call by shape (forward_path & co. in conv2d_tiles.cuh):
                        sums the splits in order.
   depthwise direct     groups = C (Cg = 1): a block per plane and band of rows, grid (planes,
                        bands): the band's input rows (halo included) staged in shared memory with
-                       coalesced loads (opt-in: FASTOPT_CONV2D_DW_LOADS=1, 8 in flight per
+                       coalesced loads (opt-in: FASTOPT_CUDA_CONV2D_DW_LOADS=1, 8 in flight per
                        thread), then one thread per output; x (or dy) read once from DRAM.
                        Weight-grad: one block per dw element, int32 plane-wise sums, a fixed tree;
-                       or (opt-in: FASTOPT_CONV2D_DW_TAPS=1) for 3x3, 5x5 and 7x7, a block per
+                       or (opt-in: FASTOPT_CUDA_CONV2D_DW_TAPS=1) for 3x3, 5x5 and 7x7, a block per
                        filter and chunk of images summing all taps at once from the forward's
                        tiles (x and dy read once, not R S times), the chunks then summed in order.
   few channels         data-grad with Cg < 16 (the GEMM's M), e.g. the C = 3 stem: cuda/conv2d_small_c.cu,
                        pixels grouped by stride phase, one thread per pixel (or, opt-in with
-                       FASTOPT_CONV2D_STRIPS=1, per strip of 8 rows) for all its Cg channels.
+                       FASTOPT_CUDA_CONV2D_STRIPS=1, per strip of 8 rows) for all its Cg channels.
   gather               (stage 1) one thread per output element (grid-stride, int64 indices), or
                        for weight- and bias-grad one 256-thread block per output element; the
                        reference path on the GPU and the fallback for what the others do not
                        take (extents past int32, tiny GEMMs, grids past
-                       CUDA's y/z limits). FASTOPT_CONV2D_GATHER=1 forces it, to cross-check the
+                       CUDA's y/z limits). FASTOPT_CUDA_CONV2D_GATHER=1 forces it, to cross-check the
                        fast paths on a GPU.
   TF32 (stage 3)       allow_tf32 runs the implicit-GEMM tiles through mma.sync.m16n8k8 tensor
                        cores (inputs rounded to TF32, float32 accumulation); the depthwise and
@@ -219,7 +219,7 @@ __global__ void __launch_bounds__(kThreads) depthwise_backward_data(const Dims32
 // ------------------------------------------------------------------ host side
 
 bool force_gather() {
-  static const bool forced = detail::env_on("FASTOPT_CONV2D_GATHER");
+  static const bool forced = switch_on(switches::cuda_conv2d_gather);
   return forced;
 }
 
@@ -247,8 +247,8 @@ void launch_gemm(const Prob& pb, int64_t z, bool tf32, cudaStream_t st, const ch
   check(cudaGetLastError(), what);
 }
 
-bool dw_taps_enabled() { return detail::env_on("FASTOPT_CONV2D_DW_TAPS"); }
-bool dw_loads_enabled() { return detail::env_on("FASTOPT_CONV2D_DW_LOADS"); }
+bool dw_taps_enabled() { return switch_on(switches::cuda_conv2d_dw_taps); }
+bool dw_loads_enabled() { return switch_on(switches::cuda_conv2d_dw_loads); }
 
 template <int U>
 void launch_depthwise_forward(const Dims& d, const float* x, const float* w, const float* b, float* y,

@@ -45,7 +45,7 @@ FASTOPT_HD int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) /
 // not profiled.) U: elements a thread loads before it stores any. With U = 1 each load's store
 // waits for it before the next load issues (the PTX shows load, store, load, ...), so a thread
 // has one load in flight: 6 KB per SM at 6 blocks of 256, where ~15 KB would cover an H100's
-// DRAM latency at its bandwidth. U = 8 (opt-in: FASTOPT_CONV2D_DW_LOADS=1, until timed) issues 8.
+// DRAM latency at its bandwidth. U = 8 (opt-in: FASTOPT_CUDA_CONV2D_DW_LOADS=1, until timed) issues 8.
 constexpr int kDwLoadBatch = 8;
 
 template <int U = 1>
@@ -181,7 +181,7 @@ FASTOPT_HD float depthwise_backward_weight_part(const Dims32& d, const float* dy
   return acc;
 }
 
-// The taps kernel (opt-in: FASTOPT_CONV2D_DW_TAPS=1), for K x K kernels, K in {3, 5, 7}: a block
+// The taps kernel (opt-in: FASTOPT_CUDA_CONV2D_DW_TAPS=1), for K x K kernels, K in {3, 5, 7}: a block
 // takes one filter k and a chunk of images, stages each x band as the forward does, and every
 // thread adds dy[n, k, p, q] times all K K taps of its outputs' windows to K K register sums. x
 // and dy then come from DRAM once, where the per-element blocks above read them R S times.

@@ -13,7 +13,7 @@ through 32 KB of shared memory kc output channels at a time, laid out [k][r][s][
 to CG. Every sum runs in a fixed order, no atomics.
   pixels  one thread per dx pixel for all its Cg channels (CG in {4, 8, 16}): per tap, one dy load
           and one weight read for CG FMAs. It ran the stem at 4.0 TFLOP/s on an H100, 0.30x cuDNN.
-  strips  (opt-in: FASTOPT_CONV2D_STRIPS=1, until timed on a GPU) unit row dilation, at most
+  strips  (opt-in: FASTOPT_CUDA_CONV2D_STRIPS=1, until timed on a GPU) unit row dilation, at most
           kStripTaps row taps per phase (ceil(R / sh) <= 4: the 7x7/2 stem, every 3x3). A thread
           takes PX pixels of one column of its phase (rows ih0 .. ih0 + PX - 1) and CG channels,
           CG = Cg for Cg <= 4 (no padding FMAs for RGB), PX CG <= 32 accumulators. Phase rows
@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(kThreads) backward_data_strips(const Dims32 d,
   }
 }
 
-bool strips_enabled() { return detail::env_on("FASTOPT_CONV2D_STRIPS"); }
+bool strips_enabled() { return switch_on(switches::cuda_conv2d_strips); }
 
 template <int CG>
 void launch_pixels(const Dims& d, const float* dy, const float* w, float* dx, cudaStream_t st) {

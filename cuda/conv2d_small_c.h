@@ -10,7 +10,7 @@ namespace conv {
 struct Dims;  // conv2d_tiles.cuh, which this header leaves to its includers (the emulated build rewrites it)
 }
 
-// The strips kernel when FASTOPT_CONV2D_STRIPS=1 (read per call) and strips_fit, else the pixels kernel.
+// The strips kernel when FASTOPT_CUDA_CONV2D_STRIPS=1 (read per call) and strips_fit, else the pixels kernel.
 void conv2d_backward_data_small_c(const conv::Dims& d, const float* dy, const float* w, float* dx, cudaStream_t st);
 
 }  // namespace fastopt::cuda

@@ -450,7 +450,7 @@ __global__ void __launch_bounds__(kWinoThreads) reduce_weight_grad(const WinoGra
   }
 }
 
-bool enabled() { return detail::env_on("FASTOPT_CONV2D_WINOGRAD"); }
+bool enabled() { return switch_on(switches::cuda_conv2d_winograd); }
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 

@@ -8,7 +8,7 @@ namespace fastopt::cuda {
 
 // 3x3, unit stride and dilation, padding <= 2, >= 32 channels and filters per group, fp32 (the
 // TF32 path stays on the implicit GEMM's tensor cores), extents within int32. Opt-in on the GPU
-// until it is measured against the implicit GEMM there: FASTOPT_CONV2D_WINOGRAD=1 (read per call).
+// until it is measured against the implicit GEMM there: FASTOPT_CUDA_CONV2D_WINOGRAD=1 (read per call).
 bool winograd_applies(const Conv2dShape& s, bool allow_tf32);
 
 void winograd_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, void* stream);

@@ -24,11 +24,11 @@ loads of the same quads), so per-block reductions are bitwise identical whatever
 
 #include <climits>
 #include <cstdint>
-#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
 #include "fastopt/backend.h"
+#include "fastopt/switches.h"
 
 namespace fastopt::cuda::detail {
 
@@ -50,13 +50,6 @@ inline void check(cudaError_t err, const char* what) {
 }
 
 inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
-
-// Whether environment variable `name` is set to something other than "" or "0": the switches of
-// kernels that are opt-in until timed on a GPU, read per call so that a benchmark can flip them.
-inline bool env_on(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr && v[0] != '\0' && v[0] != '0';
-}
 
 // Streaming multiprocessors of the current device, for grid sizing.
 inline int sm_count() {

@@ -128,8 +128,14 @@ def test_channelwise_weight_grad_ignores_unreached_inf(backend, rng, r):
     assert not np.isfinite(got[..., -1]).any()
 
 
+def set_winograd(monkeypatch, value):
+    """The CPU's and the GPU's Winograd switches (on by default on the CPU, opt-in on the GPU) both to `value`."""
+    for name in ("FASTOPT_CPU_CONV2D_WINOGRAD", "FASTOPT_CUDA_CONV2D_WINOGRAD"):
+        monkeypatch.setenv(name, value)
+
+
 # 3x3 unit-stride layers with >= 8 channels per group take the CPU's Winograd F(2x2, 3x3) path
-# (>= 128 for the weight-grad; FASTOPT_CONV2D_WINOGRAD=0: the direct GEMMs), and with "1" and
+# (>= 128 for the weight-grad; FASTOPT_CPU_CONV2D_WINOGRAD=0: the direct GEMMs), and with "1" and
 # >= 32 the GPU's (opt-in there); odd outputs leave tiles overhanging the image, padding 0 and 2
 # move the taps, and 1x1 / 2x3 images leave most taps in the padding. Its error measured
 # against the reference stays below the direct GEMMs' (shorter reductions).
@@ -152,11 +158,11 @@ def test_channelwise_weight_grad_ignores_unreached_inf(backend, rng, r):
                                          # 210 tiles: weight-grad splits, the last stage partial
 ])
 def test_winograd_shapes(backend, rng, monkeypatch, winograd, n, c, h, w, k, padding, groups, bias):
-    monkeypatch.setenv("FASTOPT_CONV2D_WINOGRAD", winograd)
+    set_winograd(monkeypatch, winograd)
     check(backend, rng, n, c, h, w, k, 3, 3, 1, padding, 1, groups, bias)
 
 
-# The GPU's few-channel data-grad (Cg < 16) with FASTOPT_CONV2D_STRIPS=1: each thread a strip of
+# The GPU's few-channel data-grad (Cg < 16) with FASTOPT_CUDA_CONV2D_STRIPS=1: each thread a strip of
 # up to 8 rows of one stride phase, all channels, at most 4 row taps per phase with unit row
 # dilation; shapes past that take the pixels kernel either way. Only data-grad changes.
 @pytest.mark.gpu
@@ -174,11 +180,11 @@ def test_winograd_shapes(backend, rng, monkeypatch, winograd, n, c, h, w, k, pad
     (1, 2, 9, 9, 4, 3, 3, 1, 2, 2, 1),                  # dilated rows: the pixels kernel
 ])
 def test_few_channel_data_grad(rng, monkeypatch, strips, n, c, h, w, k, r, s, stride, padding, dilation, groups):
-    monkeypatch.setenv("FASTOPT_CONV2D_STRIPS", strips)
+    monkeypatch.setenv("FASTOPT_CUDA_CONV2D_STRIPS", strips)
     check("cuda", rng, n, c, h, w, k, r, s, stride, padding, dilation, groups, bias=False, need=(True, False, False))
 
 
-# The GPU's depthwise weight-grad with FASTOPT_CONV2D_DW_TAPS=1 (square 3, 5 and 7 kernels): a
+# The GPU's depthwise weight-grad with FASTOPT_CUDA_CONV2D_DW_TAPS=1 (square 3, 5 and 7 kernels): a
 # block per filter and chunk of images sums all taps; other kernels take the per-element blocks.
 @pytest.mark.gpu
 @pytest.mark.parametrize("taps", ["1", "0"])
@@ -191,12 +197,12 @@ def test_few_channel_data_grad(rng, monkeypatch, strips, n, c, h, w, k, r, s, st
     (2, 4, 11, 13, 4, (3, 5), 1, 1, 1),   # 3x5: the per-element blocks
 ])
 def test_depthwise_weight_grad_taps(rng, monkeypatch, taps, n, c, h, w, k, r, stride, padding, dilation):
-    monkeypatch.setenv("FASTOPT_CONV2D_DW_TAPS", taps)
+    monkeypatch.setenv("FASTOPT_CUDA_CONV2D_DW_TAPS", taps)
     rr, ss = r if isinstance(r, tuple) else (r, r)
     check("cuda", rng, n, c, h, w, k, rr, ss, stride, padding, dilation, c, bias=False, need=(False, True, False))
 
 
-# FASTOPT_CONV2D_DW_LOADS=1 batches the depthwise tiles' loads (8 per thread before any store):
+# FASTOPT_CUDA_CONV2D_DW_LOADS=1 batches the depthwise tiles' loads (8 per thread before any store):
 # the same tiles, so the same bits as without it, and right against the reference.
 @pytest.mark.gpu
 @pytest.mark.parametrize("n,c,h,w,k,r,s,stride,padding,dilation", [
@@ -214,7 +220,7 @@ def test_depthwise_batched_loads(rng, monkeypatch, n, c, h, w, k, r, s, stride, 
     want_dx = ref.conv2d_backward(dy, x, wt, *args, need=(True, False, False))[0]
     got = {}
     for on in ("1", "0"):
-        monkeypatch.setenv("FASTOPT_CONV2D_DW_LOADS", on)
+        monkeypatch.setenv("FASTOPT_CUDA_CONV2D_DW_LOADS", on)
         xd, wd, dyd = put(x, "cuda"), put(wt, "cuda"), put(dy, "cuda")
         got[on] = (fetch(F.conv2d_forward(xd, wd, None, *args)),
                    fetch(F.conv2d_backward(dyd, xd, wd, *args, need=(True, False, False))[0]))
@@ -228,8 +234,8 @@ def test_depthwise_batched_loads(rng, monkeypatch, n, c, h, w, k, r, s, stride, 
 # some bits differ, which shows that the switch took it.
 @pytest.mark.gpu
 @pytest.mark.parametrize("switch,n,c,h,k,r,stride,padding,groups,need", [
-    ("FASTOPT_CONV2D_STRIPS", 2, 3, 24, 64, 7, 2, 3, 1, (True, False, False)),
-    ("FASTOPT_CONV2D_DW_TAPS", 16, 4, 20, 4, 3, 1, 1, 4, (False, True, False)),
+    ("FASTOPT_CUDA_CONV2D_STRIPS", 2, 3, 24, 64, 7, 2, 3, 1, (True, False, False)),
+    ("FASTOPT_CUDA_CONV2D_DW_TAPS", 16, 4, 20, 4, 3, 1, 1, 4, (False, True, False)),
 ])
 def test_opt_in_kernels_run(rng, monkeypatch, switch, n, c, h, k, r, stride, padding, groups, need):
     x = rng.standard_normal((n, c, h, h)).astype(np.float32)
@@ -294,7 +300,7 @@ def test_empty_batch(backend):
 
 @pytest.mark.parametrize("c,winograd", [(16, "0"), (64, "1")])
 def test_deterministic(backend, rng, monkeypatch, c, winograd):
-    monkeypatch.setenv("FASTOPT_CONV2D_WINOGRAD", winograd)
+    set_winograd(monkeypatch, winograd)
     x = rng.standard_normal((4, c, 19, 17)).astype(np.float32)
     wt = rng.standard_normal((c + 8, c, 3, 3)).astype(np.float32)
     dy = rng.standard_normal((4, c + 8, 19, 17)).astype(np.float32)
@@ -445,5 +451,5 @@ def test_tf32_is_opt_in_and_within_its_rounding_bound(backend, rng, n, c, h, k, 
         assert np.all(np.abs(got - want) <= unit * scale + 1e-30), name
         if backend == "cpu":
             np.testing.assert_array_equal(got, got32, err_msg=name)
-        elif gemm and os.environ.get("FASTOPT_CONV2D_GATHER", "0") in ("", "0"):  # the tensor cores did run: TF32 rounding moves some outputs
+        elif gemm and os.environ.get("FASTOPT_CUDA_CONV2D_GATHER", "0") in ("", "0"):  # the tensor cores did run: TF32 rounding moves some outputs
             assert not np.array_equal(got, got32), name

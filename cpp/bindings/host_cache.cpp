@@ -13,6 +13,8 @@
 #include <sys/mman.h>
 #endif
 
+#include "fastopt/switches.h"
+
 namespace fastopt {
 namespace {
 
@@ -20,7 +22,7 @@ constexpr size_t kMinBytes = size_t{4} << 20;  // below, NumPy's allocator (glib
 constexpr size_t kGranule = size_t{2} << 20;   // a huge page
 
 size_t cap_from_env() {
-  const char* v = std::getenv("FASTOPT_HOST_CACHE_MB");
+  const char* v = switch_value(switches::host_cache_mb);
   if (v == nullptr || v[0] == '\0') return size_t{1024} << 20;
   try {
     const long long mb = std::stoll(v);

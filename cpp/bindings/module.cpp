@@ -7,6 +7,7 @@
 #include "device_array.h"
 #include "host_cache.h"
 #include "fastopt/backend.h"
+#include "fastopt/switches.h"
 
 namespace py = pybind11;
 
@@ -49,6 +50,24 @@ PYBIND11_MODULE(_C, m) {
     d["compiler"] = FASTOPT_CXX_COMPILER;
     return d;
   });
+
+  m.def("switches", [] {
+    const auto str_or_none = [](const char* s) -> py::object { return s ? py::str(s) : py::object(py::none()); };
+    py::list out;
+    for (const Switch* s : switches::all()) {
+      py::dict d;
+      d["name"] = s->name;
+      d["alias"] = str_or_none(s->alias);
+      d["backend"] = s->backend;
+      d["default"] = s->default_value;
+      d["read"] = s->read;
+      d["meaning"] = s->meaning;
+      d["value"] = str_or_none(switch_value(*s));
+      out.append(d);
+    }
+    return out;
+  }, "The environment switches (fastopt/switches.h): name, alias, backend, default, read, meaning, and value "
+     "(the environment's now, None when unset; a switch read once keeps the value it had at first use).");
 
   py::module_ c = m.def_submodule("cuda", "CUDA device queries");
   c.def("is_compiled", &cuda_compiled);

@@ -39,9 +39,9 @@
 // strips) tasks.
 #include "conv2d_winograd.h"
 
-#include <cstdlib>
 #include <memory>
 
+#include "fastopt/switches.h"
 #include "fastopt/winograd.h"
 #include "gemm.h"
 
@@ -521,7 +521,7 @@ void apply(const Tiling& tl, int64_t N, const float* src, const float* U, int64_
 
 bool winograd_applies(const Conv2dShape& s, bool weight_grad) {
   // Read per call (microseconds against milliseconds), so a process can compare both paths.
-  const char* v = std::getenv("FASTOPT_CONV2D_WINOGRAD");
+  const char* v = switch_value(switches::cpu_conv2d_winograd);
   const bool enabled = v == nullptr || v[0] != '0';
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
 #if defined(__AVX2__) && !defined(__AVX512F__)

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "fastopt/backend.h"
+#include "fastopt/switches.h"
 
 #ifdef FASTOPT_OPENMP
 #include <omp.h>
@@ -57,7 +58,7 @@ static const char* name(Isa isa) {
 Isa best_isa() {
   static const Isa isa = [] {
     int level = static_cast<int>(cpu_level());
-    const char* v = std::getenv("FASTOPT_CPU_ISA");
+    const char* v = switch_value(switches::cpu_isa);
     for (int cap = 0; v && cap <= static_cast<int>(Isa::avx512bf16); ++cap)
       if (std::string(v) == name(static_cast<Isa>(cap))) level = std::min(level, cap);
     while (!compiled(static_cast<Isa>(level))) --level;

@@ -52,7 +52,8 @@ int open_depth = 0;                           // > 0 while an emulated device op
 // Protecting device memory between operations costs two mprotect calls per live allocation and
 // operation: about 2x on the GPU tests, but minutes for the 10,000-tensor optimizer test. So
 // it is skipped while more than kGuardMax allocations live; FASTOPT_CUDA_EMULATION_GUARD_HOST=0
-// turns it off.
+// turns it off. (This file reads its two switches itself, since its own test builds it without the
+// module; the switchboard, fastopt/switches.h, declares them for the table.)
 constexpr size_t kGuardMax = 512;
 bool guard_host() {
   static const bool on = [] {

@@ -32,7 +32,14 @@ def build_info():
     return dict(_C.build_info())
 
 
+def switches():
+    """Every environment variable fastopt reads, as a list of dicts: name, alias (an older name still
+    honoured, or None), backend ("cpu", "cuda", "host", "cuda emulation"), default, read ("once": fixed
+    at first use; "per call"), meaning, and value (the environment's now, None when unset)."""
+    return [dict(s) for s in _C.switches()]
+
+
 __all__ = [
-    "bfloat16", "DeviceArray", "to_device", "empty", "zeros", "build_info", "host_cache_info", "empty_host_cache", "cuda", "functional", "nn", "optim",
+    "bfloat16", "DeviceArray", "to_device", "empty", "zeros", "build_info", "switches", "host_cache_info", "empty_host_cache", "cuda", "functional", "nn", "optim",
     "reference", "schedules", "clip_grad_norm_", "clip_grad_value_", "global_norm",
 ]

@@ -16,14 +16,20 @@ def _info(args):
     runtime, driver = fastopt.cuda.versions()
     info["cuda_runtime"], info["cuda_driver"] = runtime, driver
     info["host_cache_mb"] = fastopt.host_cache_info()["cap_bytes"] >> 20  # FASTOPT_HOST_CACHE_MB
+    switches = fastopt.switches()
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps({**info, "switches": switches}, indent=2))
         return 0
     width = max(len(k) for k in info)
     for key, value in info.items():
         print(f"{key:<{width}}  {value}")
     if not info["gpus"]:
         print(f"{'':<{width}}  (no usable GPU: fastopt runs on the CPU)")
+    print("\nenvironment switches (README, \"Environment switches\"):")
+    width = max(len(s["name"]) for s in switches)
+    for s in switches:
+        value = "unset" if s["value"] is None else repr(s["value"])
+        print(f"  {s['name']:<{width}}  {value} (default {s['default']}; {s['backend']}, read {s['read']})")
     return 0
 
 

@@ -139,13 +139,13 @@ def with_env(name, value, step):
 # The CUDA kernels that are opt-in until timed on a GPU: (backend, environment switch, passes it
 # takes, whether it takes a layer (C, R, stride, groups)).
 OPT_IN_KERNELS = [
-    ("fastopt-winograd", "FASTOPT_CONV2D_WINOGRAD", PASSES,
+    ("fastopt-winograd", "FASTOPT_CUDA_CONV2D_WINOGRAD", PASSES,
      lambda c, r, stride, groups: r == 3 and stride == 1 and groups == 1),
-    ("fastopt-strips", "FASTOPT_CONV2D_STRIPS", ("data-grad",),  # the few-channel data-grad: the stem
+    ("fastopt-strips", "FASTOPT_CUDA_CONV2D_STRIPS", ("data-grad",),  # the few-channel data-grad: the stem
      lambda c, r, stride, groups: c // groups < 16 and groups < c),
-    ("fastopt-dw-loads", "FASTOPT_CONV2D_DW_LOADS", ("forward", "data-grad"),
+    ("fastopt-dw-loads", "FASTOPT_CUDA_CONV2D_DW_LOADS", ("forward", "data-grad"),
      lambda c, r, stride, groups: groups == c),
-    ("fastopt-dw-taps", "FASTOPT_CONV2D_DW_TAPS", ("weight-grad",),
+    ("fastopt-dw-taps", "FASTOPT_CUDA_CONV2D_DW_TAPS", ("weight-grad",),
      lambda c, r, stride, groups: groups == c and r in (3, 5, 7)),
 ]
 OPT_IN_BACKENDS = {backend for backend, *_ in OPT_IN_KERNELS}
