@@ -6,6 +6,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "dispatch.h"
 #include "fastopt/activation.h"
 #include "fastopt/backend.h"
 
@@ -51,11 +52,9 @@ py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negat
     });
     return out;
   }
-#ifdef FASTOPT_WITH_CUDA
-  {
+  on_gpu(x.device, [&](auto) {
     py::gil_scoped_release nogil;
     void* s = reinterpret_cast<void*>(stream);
-    cuda::set_device(x.device);
     by_floating_dtype(x, [&](auto tag) {
       using T = decltype(tag);
       const T* xp = data_as<T>(x);
@@ -68,11 +67,8 @@ py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negat
         case Act::leaky_grad: cuda::leaky_relu_backward(dyp, xp, yp, n, slope, s); break;
       }
     });
-  }
+  });
   return out;
-#else
-  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
 }
 
 // tanh / sigmoid / elu / gelu, forward (dy_obj null) and backward, same checks as activation().
@@ -92,19 +88,16 @@ py::object smooth_activation(Smooth op, py::handle dy_obj, py::handle x_obj, dou
     });
     return out;
   }
-#ifdef FASTOPT_WITH_CUDA
-  cuda::set_device(x.device);
-  by_floating_dtype(x, [&](auto tag) {
-    using T = decltype(tag);
-    const T* dyp = static_cast<const T*>(dyv);
-    void* s = reinterpret_cast<void*>(stream);
-    if (dyp) cuda::smooth_backward(op, dyp, data_as<T>(x), static_cast<T*>(yv), x.numel, a, s);
-    else cuda::smooth_forward(op, data_as<T>(x), static_cast<T*>(yv), x.numel, a, s);
+  on_gpu(x.device, [&](auto) {
+    by_floating_dtype(x, [&](auto tag) {
+      using T = decltype(tag);
+      const T* dyp = static_cast<const T*>(dyv);
+      void* s = reinterpret_cast<void*>(stream);
+      if (dyp) cuda::smooth_backward(op, dyp, data_as<T>(x), static_cast<T*>(yv), x.numel, a, s);
+      else cuda::smooth_forward(op, data_as<T>(x), static_cast<T*>(yv), x.numel, a, s);
+    });
   });
   return out;
-#else
-  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
 }
 
 // y = s + b * f_n per sample n (the first dim), s optional; p, seed, offset are checked in Python.
@@ -134,17 +127,14 @@ py::object residual_add_op(py::handle b_obj, py::handle s_obj, double p, uint64_
     });
     return out;
   }
-#ifdef FASTOPT_WITH_CUDA
-  cuda::set_device(b.device);
-  by_floating_dtype(b, [&](auto tag) {
-    using T = decltype(tag);
-    cuda::residual_add(data_as<T>(b), static_cast<const T*>(sv), static_cast<T*>(yv), rows, inner, d,
-                       reinterpret_cast<void*>(stream));
+  on_gpu(b.device, [&](auto) {
+    by_floating_dtype(b, [&](auto tag) {
+      using T = decltype(tag);
+      cuda::residual_add(data_as<T>(b), static_cast<const T*>(sv), static_cast<T*>(yv), rows, inner, d,
+                         reinterpret_cast<void*>(stream));
+    });
   });
   return out;
-#else
-  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
 }
 
 // ys[i] = a * xs[i] + b * ys[i] for every pair, in one call. xs[i] may be ys[i] itself; no other
@@ -178,12 +168,9 @@ void axpby_lists(py::sequence ys_obj, py::sequence xs_obj, double a, double b, u
       cpu::axpby(xp, yp, ys[i].numel, af, bf);
       continue;
     }
-#ifdef FASTOPT_WITH_CUDA
-    cuda::set_device(ys[i].device);
-    cuda::axpby(xp, yp, ys[i].numel, af, bf, reinterpret_cast<void*>(stream));
-#else
-    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
+    on_gpu(ys[i].device, [&](auto) {
+      cuda::axpby(xp, yp, ys[i].numel, af, bf, reinterpret_cast<void*>(stream));
+    });
   }
 }
 

@@ -11,6 +11,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "dispatch.h"
 #include "fastopt/augment.h"
 #include "fastopt/backend.h"
 
@@ -42,16 +43,6 @@ float fill_arg(double v) {
   if (!std::isfinite(v) || std::fabs(v) > 3.4e38) raise_value("fill: must be a finite float32, got " + std::to_string(v));
   return static_cast<float>(v);
 }
-
-#ifdef FASTOPT_WITH_CUDA
-#define FASTOPT_AUGMENT_ON_GPU(device, call) \
-  do {                                       \
-    cuda::set_device(device);                \
-    cuda::call;                              \
-  } while (0)
-#else
-#define FASTOPT_AUGMENT_ON_GPU(device, call) throw std::runtime_error("unreachable: a CUDA array in a build without CUDA")
-#endif
 
 // Pixel indices and coordinates are exact in float32 up to 2^24.
 constexpr int64_t kMaxSide = int64_t{1} << 24;
@@ -102,7 +93,7 @@ py::object random_resized_crop(py::handle x_obj, uint64_t seed, uint64_t step, i
   {
     py::gil_scoped_release nogil;
     if (x.device == kCPU) cpu::random_resized_crop(xp, yp, c);
-    else FASTOPT_AUGMENT_ON_GPU(x.device, random_resized_crop(xp, yp, c, reinterpret_cast<void*>(stream)));
+    else on_gpu(x.device, [&](auto) { cuda::random_resized_crop(xp, yp, c, reinterpret_cast<void*>(stream)); });
   }
   return y;
 }
@@ -126,7 +117,7 @@ py::object random_rotation(py::handle x_obj, uint64_t seed, uint64_t step, doubl
   {
     py::gil_scoped_release nogil;
     if (x.device == kCPU) cpu::random_rotation(xp, yp, r);
-    else FASTOPT_AUGMENT_ON_GPU(x.device, random_rotation(xp, yp, r, reinterpret_cast<void*>(stream)));
+    else on_gpu(x.device, [&](auto) { cuda::random_rotation(xp, yp, r, reinterpret_cast<void*>(stream)); });
   }
   return y;
 }
@@ -164,7 +155,7 @@ py::object pca_jitter(py::handle x_obj, uint64_t seed, uint64_t step, const std:
   {
     py::gil_scoped_release nogil;
     if (x.device == kCPU) cpu::pca_jitter(xp, yp, q);
-    else FASTOPT_AUGMENT_ON_GPU(x.device, pca_jitter(xp, yp, q, reinterpret_cast<void*>(stream)));
+    else on_gpu(x.device, [&](auto) { cuda::pca_jitter(xp, yp, q, reinterpret_cast<void*>(stream)); });
   }
   return y;
 }
@@ -193,8 +184,9 @@ py::object alternating_flip(py::handle x_obj, py::handle indices_obj, uint64_t s
     py::gil_scoped_release nogil;
     if (x.device == kCPU) cpu::alternating_flip(xp, l.data, index_bytes, yp, s, seed, epoch);
     else
-      FASTOPT_AUGMENT_ON_GPU(x.device,
-                             alternating_flip(xp, l.data, index_bytes, yp, s, seed, epoch, reinterpret_cast<void*>(stream)));
+      on_gpu(x.device, [&](auto) {
+        cuda::alternating_flip(xp, l.data, index_bytes, yp, s, seed, epoch, reinterpret_cast<void*>(stream));
+      });
   }
   return y;
 }
@@ -222,7 +214,7 @@ py::object tta_views(py::handle x_obj, const std::vector<int64_t>& tops, const s
   {
     py::gil_scoped_release nogil;
     if (x.device == kCPU) cpu::tta_views(xp, yp, v);
-    else FASTOPT_AUGMENT_ON_GPU(x.device, tta_views(xp, yp, v, reinterpret_cast<void*>(stream)));
+    else on_gpu(x.device, [&](auto) { cuda::tta_views(xp, yp, v, reinterpret_cast<void*>(stream)); });
   }
   return y;
 }
@@ -243,7 +235,7 @@ py::object tta_mean(py::handle y_obj, int64_t views, uintptr_t stream) {
   {
     py::gil_scoped_release nogil;
     if (y.device == kCPU) cpu::tta_mean(yp, op, views, M);
-    else FASTOPT_AUGMENT_ON_GPU(y.device, tta_mean(yp, op, views, M, reinterpret_cast<void*>(stream)));
+    else on_gpu(y.device, [&](auto) { cuda::tta_mean(yp, op, views, M, reinterpret_cast<void*>(stream)); });
   }
   return out;
 }
@@ -274,13 +266,10 @@ py::object augment_batch(py::handle x_obj, uint64_t seed, uint64_t step, int64_t
     py::gil_scoped_release nogil;
     cpu::augment_batch(xp, yp, s);
   } else {
-#ifdef FASTOPT_WITH_CUDA
-    py::gil_scoped_release nogil;
-    cuda::set_device(x.device);
-    cuda::augment_batch(xp, yp, s, reinterpret_cast<void*>(stream));
-#else
-    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
+    on_gpu(x.device, [&](auto) {
+      py::gil_scoped_release nogil;
+      cuda::augment_batch(xp, yp, s, reinterpret_cast<void*>(stream));
+    });
   }
   return y;
 }
@@ -326,13 +315,10 @@ py::tuple mixup(py::handle x_obj, py::handle labels_obj, double lam, int64_t num
     py::gil_scoped_release nogil;
     cpu::mixup(xp, l.data, index_bytes, yp, tp, p);
   } else {
-#ifdef FASTOPT_WITH_CUDA
-    py::gil_scoped_release nogil;
-    cuda::set_device(x.device);
-    cuda::mixup(xp, l.data, index_bytes, yp, tp, p, reinterpret_cast<void*>(stream));
-#else
-    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
+    on_gpu(x.device, [&](auto) {
+      py::gil_scoped_release nogil;
+      cuda::mixup(xp, l.data, index_bytes, yp, tp, p, reinterpret_cast<void*>(stream));
+    });
   }
   return py::make_tuple(y, targets);
 }
@@ -366,7 +352,7 @@ py::tuple cutmix(py::handle x_obj, py::handle labels_obj, double lam, int64_t nu
   {
     py::gil_scoped_release nogil;
     if (x.device == kCPU) cpu::cutmix(xp, l.data, index_bytes, yp, tp, s);
-    else FASTOPT_AUGMENT_ON_GPU(x.device, cutmix(xp, l.data, index_bytes, yp, tp, s, reinterpret_cast<void*>(stream)));
+    else on_gpu(x.device, [&](auto) { cuda::cutmix(xp, l.data, index_bytes, yp, tp, s, reinterpret_cast<void*>(stream)); });
   }
   return py::make_tuple(y, targets);
 }

@@ -13,6 +13,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "dispatch.h"
 #include "grad_out.h"
 #include "fastopt/backend.h"
 #include "fastopt/conv2d.h"
@@ -83,8 +84,6 @@ Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair
   return s;
 }
 
-void* data_of(py::handle out, const char* name) { return view_array(out, ArgName{name}, true, nullptr).data; }
-
 py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, Pair stride, Pair padding,
                           Pair dilation, int64_t groups, bool allow_tf32, uintptr_t stream) {
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
@@ -115,18 +114,12 @@ py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
     }
     return y;
   }
-#ifdef FASTOPT_WITH_CUDA
-  {
+  on_gpu(x.device, [&](auto) {
     py::gil_scoped_release nogil;
-    cuda::set_device(x.device);
     cuda::conv2d_forward(s, data_as<float>(x), data_as<float>(w), static_cast<const float*>(b), static_cast<float*>(yp),
                          allow_tf32, reinterpret_cast<void*>(stream));
-  }
+  });
   return y;
-#else
-  (void)allow_tf32;
-  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
 }
 
 py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj, Pair stride, Pair padding,
@@ -164,21 +157,15 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
     }
     return py::make_tuple(dx, dw.obj, db.obj);
   }
-#ifdef FASTOPT_WITH_CUDA
-  {
+  on_gpu(x.device, [&](auto) {
     py::gil_scoped_release nogil;
     void* st = reinterpret_cast<void*>(stream);
     const auto *dyp = data_as<float>(dy), *xp = data_as<float>(x), *wp = data_as<float>(w);
-    cuda::set_device(x.device);
     if (dxp) cuda::conv2d_backward_data(s, dyp, wp, static_cast<float*>(dxp), allow_tf32, st);
     if (dwp) cuda::conv2d_backward_weight(s, dyp, xp, dwp, accumulate, allow_tf32, st);
     if (dbp) cuda::conv2d_backward_bias(s, dyp, dbp, accumulate, st);
-  }
+  });
   return py::make_tuple(dx, dw.obj, db.obj);
-#else
-  (void)allow_tf32;
-  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
 }
 
 }  // namespace

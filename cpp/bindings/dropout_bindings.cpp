@@ -10,6 +10,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "dispatch.h"
 #include "fastopt/backend.h"
 #include "fastopt/dropout.h"
 #include "fastopt/philox.h"
@@ -73,19 +74,14 @@ py::object dropout_apply(py::handle x, const char* name, double p, py::handle se
     });
     return out;
   }
-#ifdef FASTOPT_WITH_CUDA
-  {
+  on_gpu(xv.device, [&](auto) {
     py::gil_scoped_release nogil;
-    cuda::set_device(xv.device);
     by_floating_dtype(xv, [&](auto tag) {
       using T = decltype(tag);
       cuda::dropout_apply(data_as<T>(xv), static_cast<T*>(yp), xv.numel, d, reinterpret_cast<void*>(stream));
     });
-  }
+  });
   return out;
-#else
-  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
 }
 
 py::object dropout_forward(py::handle x, double p, py::handle seed, py::handle offset, bool training,
@@ -117,16 +113,11 @@ py::object dropout_mask(py::sequence shape, double p, py::handle seed, py::handl
     cpu::dropout_mask(mp, numel, d);
     return out;
   }
-#ifdef FASTOPT_WITH_CUDA
-  {
+  on_gpu(device, [&](auto) {
     py::gil_scoped_release nogil;
-    cuda::set_device(device);
     cuda::dropout_mask(mp, numel, d, reinterpret_cast<void*>(stream));
-  }
+  });
   return out;
-#else
-  throw std::runtime_error("unreachable: a GPU array in a build without CUDA");
-#endif
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "dispatch.h"
 #include "grad_out.h"
 #include "fastopt/backend.h"
 #include "fastopt/linear.h"
@@ -33,8 +34,6 @@ LinearShape linear_shape(const ArrayView& x, const ArrayView& w) {
                 shape_str(x.shape) + ", got " + shape_str(w.shape));
   return LinearShape{x.shape[0], x.shape[1], w.shape[0]};
 }
-
-void* data_of(py::handle out, const char* name) { return view_array(out, ArgName{name}, true, nullptr).data; }
 
 py::object linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, uintptr_t stream) {
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
@@ -64,17 +63,12 @@ py::object linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
     }
     return y;
   }
-#ifdef FASTOPT_WITH_CUDA
-  {
+  on_gpu(x.device, [&](auto) {
     py::gil_scoped_release nogil;
-    cuda::set_device(x.device);
     cuda::linear_forward(s, data_as<float>(x), data_as<float>(w), static_cast<const float*>(b), static_cast<float*>(yp),
                          reinterpret_cast<void*>(stream));
-  }
+  });
   return y;
-#else
-  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
 }
 
 py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj, bool need_dx, bool need_dw,
@@ -114,20 +108,15 @@ py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
     }
     return py::make_tuple(dx, dw.obj, db.obj);
   }
-#ifdef FASTOPT_WITH_CUDA
-  {
+  on_gpu(x.device, [&](auto) {
     py::gil_scoped_release nogil;
     void* st = reinterpret_cast<void*>(stream);
     const auto *dyp = data_as<float>(dy), *xp = data_as<float>(x), *wp = data_as<float>(w);
-    cuda::set_device(x.device);
     if (dxp) cuda::linear_backward_data(s, dyp, wp, static_cast<float*>(dxp), st);
     if (dwp) cuda::linear_backward_weight(s, dyp, xp, dwp, accumulate, st);
     if (dbp) cuda::linear_backward_bias(s, dyp, dbp, accumulate, st);
-  }
+  });
   return py::make_tuple(dx, dw.obj, db.obj);
-#else
-  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
 }
 
 }  // namespace

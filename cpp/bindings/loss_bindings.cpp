@@ -7,6 +7,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "dispatch.h"
 #include "fastopt/backend.h"
 #include "fastopt/loss.h"
 
@@ -82,17 +83,14 @@ py::tuple softmax_cross_entropy(py::handle logits, py::handle target, double lab
       cpu::softmax_cross_entropy(data_as<T>(z), t.data, kind, p, lp, static_cast<T*>(dp), sp);
     });
   } else {
-#ifdef FASTOPT_WITH_CUDA
-    py::gil_scoped_release nogil;
-    cuda::set_device(z.device);
-    by_floating_dtype(z, [&](auto tag) {
-      using T = decltype(tag);
-      cuda::softmax_cross_entropy(data_as<T>(z), t.data, kind, p, lp, static_cast<T*>(dp), sp,
-                                  reinterpret_cast<void*>(stream));
+    on_gpu(z.device, [&](auto) {
+      py::gil_scoped_release nogil;
+      by_floating_dtype(z, [&](auto tag) {
+        using T = decltype(tag);
+        cuda::softmax_cross_entropy(data_as<T>(z), t.data, kind, p, lp, static_cast<T*>(dp), sp,
+                                    reinterpret_cast<void*>(stream));
+      });
     });
-#else
-    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
   }
   return py::make_tuple(loss, dlogits);
 }

@@ -10,6 +10,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "dispatch.h"
 #include "grad_out.h"
 #include "fastopt/backend.h"
 #include "fastopt/normalization.h"
@@ -80,16 +81,6 @@ void require_same_shape(const ArrayView& x, const ArrayView& v, const char* name
     raise_value(std::string(name) + ": shape " + shape_str(v.shape) + " does not match x shape " + shape_str(x.shape));
 }
 
-void use_device(int device) {
-#ifdef FASTOPT_WITH_CUDA
-  cuda::set_device(device);
-#else
-  (void)device;
-#endif
-}
-
-[[noreturn]] void no_cuda() { throw std::runtime_error("unreachable: a CUDA array in a build without CUDA"); }
-
 // x (and y, dy, dx): float32 or bfloat16; every per-channel array is float32.
 py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta, py::handle running_mean,
                              py::handle running_var, bool training, double factor, double eps, uintptr_t stream) {
@@ -149,19 +140,16 @@ py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta
         else cpu::batch_norm_forward_eval(s, xp, w, b, out, mean.ptr, rstd.ptr, rm, rv, eps);
       });
     } else {
-#ifdef FASTOPT_WITH_CUDA
-      use_device(x.device);
-      void* st = reinterpret_cast<void*>(stream);
-      by_floating_dtype(x, [&](auto tag) {
-        using T = decltype(tag);
-        const T* xp = data_as<T>(x);
-        T* out = static_cast<T*>(yp);
-        if (training) cuda::batch_norm_forward_train(s, xp, w, b, out, mean.ptr, rstd.ptr, rm, rv, factor, eps, st);
-        else cuda::batch_norm_forward_eval(s, xp, w, b, out, mean.ptr, rstd.ptr, rm, rv, eps, st);
+      on_gpu(x.device, [&](auto) {
+        void* st = reinterpret_cast<void*>(stream);
+        by_floating_dtype(x, [&](auto tag) {
+          using T = decltype(tag);
+          const T* xp = data_as<T>(x);
+          T* out = static_cast<T*>(yp);
+          if (training) cuda::batch_norm_forward_train(s, xp, w, b, out, mean.ptr, rstd.ptr, rm, rv, factor, eps, st);
+          else cuda::batch_norm_forward_eval(s, xp, w, b, out, mean.ptr, rstd.ptr, rm, rv, eps, st);
+        });
       });
-#else
-      no_cuda();
-#endif
     }
   }
   return py::make_tuple(y, mean.obj, rstd.obj);
@@ -197,16 +185,13 @@ py::tuple batch_norm_backward(py::handle dy_obj, py::handle x_obj, py::handle ga
                                  db.ptr, accumulate);
       });
     } else {
-#ifdef FASTOPT_WITH_CUDA
-      use_device(x.device);
-      by_floating_dtype(x, [&](auto tag) {
-        using T = decltype(tag);
-        cuda::batch_norm_backward(s, data_as<T>(dy), data_as<T>(x), w, mp, rp, training, static_cast<T*>(dxp), dw.ptr,
-                                  db.ptr, accumulate, reinterpret_cast<void*>(stream));
+      on_gpu(x.device, [&](auto) {
+        by_floating_dtype(x, [&](auto tag) {
+          using T = decltype(tag);
+          cuda::batch_norm_backward(s, data_as<T>(dy), data_as<T>(x), w, mp, rp, training, static_cast<T*>(dxp), dw.ptr,
+                                    db.ptr, accumulate, reinterpret_cast<void*>(stream));
+        });
       });
-#else
-      no_cuda();
-#endif
     }
   }
   return py::make_tuple(dx, dw.obj, db.obj);
@@ -255,16 +240,13 @@ py::tuple row_forward(const ArrayView& x, const NormShape& s, const std::vector<
         cpu::row_norm_forward(s, data_as<T>(x), w, b, static_cast<T*>(yp), mean.ptr, rstd.ptr, eps);
       });
     } else {
-#ifdef FASTOPT_WITH_CUDA
-      use_device(x.device);
-      by_floating_dtype(x, [&](auto tag) {
-        using T = decltype(tag);
-        cuda::row_norm_forward(s, data_as<T>(x), w, b, static_cast<T*>(yp), mean.ptr, rstd.ptr, eps,
-                               reinterpret_cast<void*>(stream));
+      on_gpu(x.device, [&](auto) {
+        by_floating_dtype(x, [&](auto tag) {
+          using T = decltype(tag);
+          cuda::row_norm_forward(s, data_as<T>(x), w, b, static_cast<T*>(yp), mean.ptr, rstd.ptr, eps,
+                                 reinterpret_cast<void*>(stream));
+        });
       });
-#else
-      no_cuda();
-#endif
     }
   }
   return py::make_tuple(y, mean.obj, rstd.obj);
@@ -295,16 +277,13 @@ py::tuple row_backward(const ArrayView& dy, const ArrayView& x, const NormShape&
                                accumulate);
       });
     } else {
-#ifdef FASTOPT_WITH_CUDA
-      use_device(x.device);
-      by_floating_dtype(x, [&](auto tag) {
-        using T = decltype(tag);
-        cuda::row_norm_backward(s, data_as<T>(dy), data_as<T>(x), w, mp, rp, static_cast<T*>(dxp), dw.ptr, db.ptr,
-                                accumulate, reinterpret_cast<void*>(stream));
+      on_gpu(x.device, [&](auto) {
+        by_floating_dtype(x, [&](auto tag) {
+          using T = decltype(tag);
+          cuda::row_norm_backward(s, data_as<T>(dy), data_as<T>(x), w, mp, rp, static_cast<T*>(dxp), dw.ptr, db.ptr,
+                                  accumulate, reinterpret_cast<void*>(stream));
+        });
       });
-#else
-      no_cuda();
-#endif
     }
   }
   return py::make_tuple(dx, dw.obj, db.obj);

@@ -11,6 +11,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "dispatch.h"
 #include "fastopt/backend.h"
 #include "fastopt/pooling.h"
 
@@ -70,11 +71,6 @@ Pool2dShape pool_shape(const std::vector<int64_t>& in, const char* name, Pair ke
   return s;
 }
 
-template <class T>
-T* data_of(py::handle out, DType t) {
-  return static_cast<T*>(view_array(out, ArgName{"out"}, true, &t).data);
-}
-
 // x: float32 or bfloat16; y has x's dtype.
 py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair padding, uintptr_t stream) {
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
@@ -83,7 +79,8 @@ py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair pa
   py::object y = new_array(yshape, x.dtype, x.device, stream, "y", "x");
   py::object idx = new_array(yshape, DType::i32, x.device, stream, "indices", "x");
   void* yp = view_array(y, ArgName{"out"}, true, &x.dtype).data;
-  int32_t* ip = data_of<int32_t>(idx, DType::i32);
+  const DType i32 = DType::i32;
+  int32_t* ip = static_cast<int32_t*>(data_of(idx, "out", &i32));
   if (x.device == kCPU) {
     py::gil_scoped_release nogil;
     by_floating_dtype(x, [&](auto tag) {
@@ -91,16 +88,13 @@ py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair pa
       cpu::max_pool2d_forward(s, data_as<T>(x), static_cast<T*>(yp), ip);
     });
   } else {
-#ifdef FASTOPT_WITH_CUDA
-    py::gil_scoped_release nogil;
-    cuda::set_device(x.device);
-    by_floating_dtype(x, [&](auto tag) {
-      using T = decltype(tag);
-      cuda::max_pool2d_forward(s, data_as<T>(x), static_cast<T*>(yp), ip, reinterpret_cast<void*>(stream));
+    on_gpu(x.device, [&](auto) {
+      py::gil_scoped_release nogil;
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        cuda::max_pool2d_forward(s, data_as<T>(x), static_cast<T*>(yp), ip, reinterpret_cast<void*>(stream));
+      });
     });
-#else
-    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
   }
   return py::make_tuple(y, idx);
 }
@@ -127,16 +121,13 @@ py::object max_pool2d_backward(py::handle dy_obj, py::handle idx_obj, std::vecto
       cpu::max_pool2d_backward(s, data_as<T>(dy), ip, static_cast<T*>(dxp));
     });
   } else {
-#ifdef FASTOPT_WITH_CUDA
-    py::gil_scoped_release nogil;
-    cuda::set_device(dy.device);
-    by_floating_dtype(dy, [&](auto tag) {
-      using T = decltype(tag);
-      cuda::max_pool2d_backward(s, data_as<T>(dy), ip, static_cast<T*>(dxp), reinterpret_cast<void*>(stream));
+    on_gpu(dy.device, [&](auto) {
+      py::gil_scoped_release nogil;
+      by_floating_dtype(dy, [&](auto tag) {
+        using T = decltype(tag);
+        cuda::max_pool2d_backward(s, data_as<T>(dy), ip, static_cast<T*>(dxp), reinterpret_cast<void*>(stream));
+      });
     });
-#else
-    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
   }
   return dx;
 }
@@ -160,16 +151,13 @@ py::object global_avg_pool_forward(py::handle x_obj, uintptr_t stream) {
       cpu::global_avg_pool_forward(data_as<T>(x), static_cast<T*>(yp), planes, hw);
     });
   } else {
-#ifdef FASTOPT_WITH_CUDA
-    py::gil_scoped_release nogil;
-    cuda::set_device(x.device);
-    by_floating_dtype(x, [&](auto tag) {
-      using T = decltype(tag);
-      cuda::global_avg_pool_forward(data_as<T>(x), static_cast<T*>(yp), planes, hw, reinterpret_cast<void*>(stream));
+    on_gpu(x.device, [&](auto) {
+      py::gil_scoped_release nogil;
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        cuda::global_avg_pool_forward(data_as<T>(x), static_cast<T*>(yp), planes, hw, reinterpret_cast<void*>(stream));
+      });
     });
-#else
-    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
   }
   return y;
 }
@@ -189,16 +177,13 @@ py::object global_avg_pool_backward(py::handle dy_obj, std::vector<int64_t> inpu
       cpu::global_avg_pool_backward(data_as<T>(dy), static_cast<T*>(dxp), planes, hw);
     });
   } else {
-#ifdef FASTOPT_WITH_CUDA
-    py::gil_scoped_release nogil;
-    cuda::set_device(dy.device);
-    by_floating_dtype(dy, [&](auto tag) {
-      using T = decltype(tag);
-      cuda::global_avg_pool_backward(data_as<T>(dy), static_cast<T*>(dxp), planes, hw, reinterpret_cast<void*>(stream));
+    on_gpu(dy.device, [&](auto) {
+      py::gil_scoped_release nogil;
+      by_floating_dtype(dy, [&](auto tag) {
+        using T = decltype(tag);
+        cuda::global_avg_pool_backward(data_as<T>(dy), static_cast<T*>(dxp), planes, hw, reinterpret_cast<void*>(stream));
+      });
     });
-#else
-    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
   }
   return dx;
 }
@@ -216,15 +201,12 @@ py::object avg_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair p
       cpu::avg_pool2d_forward(s, data_as<T>(x), static_cast<T*>(yp), include_pad);
     });
   } else {
-#ifdef FASTOPT_WITH_CUDA
-    cuda::set_device(x.device);
-    by_floating_dtype(x, [&](auto tag) {
-      using T = decltype(tag);
-      cuda::avg_pool2d_forward(s, data_as<T>(x), static_cast<T*>(yp), include_pad, reinterpret_cast<void*>(stream));
+    on_gpu(x.device, [&](auto) {
+      by_floating_dtype(x, [&](auto tag) {
+        using T = decltype(tag);
+        cuda::avg_pool2d_forward(s, data_as<T>(x), static_cast<T*>(yp), include_pad, reinterpret_cast<void*>(stream));
+      });
     });
-#else
-    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
   }
   return y;
 }
@@ -245,15 +227,12 @@ py::object avg_pool2d_backward(py::handle dy_obj, std::vector<int64_t> input_sha
       cpu::avg_pool2d_backward(s, data_as<T>(dy), static_cast<T*>(dxp), include_pad);
     });
   } else {
-#ifdef FASTOPT_WITH_CUDA
-    cuda::set_device(dy.device);
-    by_floating_dtype(dy, [&](auto tag) {
-      using T = decltype(tag);
-      cuda::avg_pool2d_backward(s, data_as<T>(dy), static_cast<T*>(dxp), include_pad, reinterpret_cast<void*>(stream));
+    on_gpu(dy.device, [&](auto) {
+      by_floating_dtype(dy, [&](auto tag) {
+        using T = decltype(tag);
+        cuda::avg_pool2d_backward(s, data_as<T>(dy), static_cast<T*>(dxp), include_pad, reinterpret_cast<void*>(stream));
+      });
     });
-#else
-    throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
   }
   return dx;
 }
