@@ -11,7 +11,7 @@ import fastopt
 import fastopt.functional as F
 from fastopt.reference import conv as ref
 
-from bf16_checks import ISAS, assert_bf16_gemm_close, bf16, run_under_isa
+from bf16_checks import GEMM_COPIES, assert_bf16_gemm_close, bf16, run_under_copy
 from conftest import assert_bits_independent_of_threads
 
 # (N, C, H, W, K, R, S, stride, padding, dilation, groups), chosen to reach every path:
@@ -68,11 +68,11 @@ def test_against_reference(shape):
     check_shape(shape)
 
 
-@pytest.mark.parametrize("isa", ISAS)
-def test_every_isa_copy(isa):
-    # Each copy has its own tile shapes and packers, and only avx512bf16 multiplies with
-    # VDPBF16PS; the others widen to fp32 in the packing.
-    run_under_isa(isa, "import test_conv2d_bf16 as t\nt.check_all()\n")
+@pytest.mark.parametrize("copy", GEMM_COPIES)
+def test_every_isa_copy(copy):
+    # Each copy has its own tile shapes and packers; avx512bf16 multiplies with VDPBF16PS, or
+    # with AMX tiles (their own A layout and 32-row k steps); the others widen to fp32 in the packing.
+    run_under_copy(copy, "import test_conv2d_bf16 as t\nt.check_all()\n")
 
 
 def test_need_flags():

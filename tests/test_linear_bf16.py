@@ -10,7 +10,7 @@ from ml_dtypes import bfloat16
 import fastopt.functional as F
 from fastopt.reference import linear as ref
 
-from bf16_checks import ISAS, assert_bf16_gemm_close, bf16, run_under_isa
+from bf16_checks import GEMM_COPIES, assert_bf16_gemm_close, bf16, run_under_copy
 from conftest import assert_bits_independent_of_threads
 
 # (N, in, out): single elements, empty extents, primes, odd reductions (bf16 pairs), several KC
@@ -48,9 +48,9 @@ def test_against_reference(n, i, o, bias):
     check_shape(n, i, o, bias)
 
 
-@pytest.mark.parametrize("isa", ISAS)
-def test_every_isa_copy(isa):
-    run_under_isa(isa, "import test_linear_bf16 as t\nt.check_all()\n")
+@pytest.mark.parametrize("copy", GEMM_COPIES)
+def test_every_isa_copy(copy):
+    run_under_copy(copy, "import test_linear_bf16 as t\nt.check_all()\n")
 
 
 def test_bits_independent_of_threads(tmp_path):

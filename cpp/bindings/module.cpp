@@ -7,6 +7,7 @@
 #include "device_array.h"
 #include "host_cache.h"
 #include "fastopt/backend.h"
+#include "fastopt/device.h"
 #include "fastopt/switches.h"
 
 namespace py = pybind11;
@@ -47,6 +48,7 @@ PYBIND11_MODULE(_C, m) {
     d["cpu_threads"] = cpu::num_threads();
     d["simd_compiled"] = FASTOPT_ISA_LIST;
     d["simd"] = cpu::isa();
+    d["amx"] = cpu::amx();
     d["compiler"] = FASTOPT_CXX_COMPILER;
     return d;
   });

@@ -13,16 +13,14 @@
 // products and stores it back (contiguous, L2), and each tile reaches the output once. Before,
 // every KC block's tile went through the caller's scattered read-add-write store: 5-7% of the
 // deep layers' forward and data-grad (3x3 512@7, Kd = 4608 in 15 blocks), 1-4% at 128@28.
-// KC = 320 keeps the 3x3 reductions C*9 = 288 in one block and 576 in two; with the buffer,
-// KC = 160, 192 and 256 (B strip in L1) measured no better, within the noise. NC = 12 NR moved
-// nothing beyond the noise. Each output element is reduced over Kd in fixed equal blocks
+// KC = 320 keeps the 3x3 reductions C*9 = 288 in one block and 576 in two (smaller KCs and NCs,
+// tried: bench/results/notes-kernels.md). Each output element is reduced over Kd in fixed equal blocks
 // (kc_block), in order, by one thread, so results never depend on the thread count.
 //
 // Why not link a BLAS: a BLAS needs both operands materialized, while conv wants im2col built
-// inside the packing step, and the build keeps no extra dependency. Measured here (one core):
-// the micro-kernel alone runs at ~200 GFLOP/s from L1 and ~143 from L2-resident panels, against
-// ~150 for a whole numpy.matmul (OpenBLAS) SGEMM; the driver around it (packing, stores) is
-// where this GEMM still loses to OpenBLAS (a 1x1 conv reaches ~40% of numpy.matmul's rate).
+// inside the packing step, and the build keeps no extra dependency. The micro-kernel alone keeps
+// up with OpenBLAS; the driver around it (packing, stores) is where this GEMM still loses to it
+// (rates: bench/results/notes-kernels.md).
 //
 // Included by one CPU family file that is compiled once per ISA: the tile shape and the
 // micro-kernel follow the ISA of the copy (explicit FMA, since the family builds with
@@ -286,10 +284,13 @@ using Panel = PanelOf<float>;
 // The packed operand format and the micro-kernel that multiplies it: here float32 panels
 // (dst[p*MR + i], dst[p*NR + j]); gemm_bf16.h adds bf16 pairs. kstep: reduction rows per
 // packed group, so a strip of kc rows holds kpad(kc) = kc rounded up to kstep rows (zeros past
-// kc), and every KC block but the last is a whole number of groups.
+// kc), and every KC block but the last is a whole number of groups. begin() / end() bracket a
+// task on its thread (AMX configures and releases its tiles there: gemm_amx.h).
 struct F32 {
   using Elem = float;
   static constexpr int64_t kstep = 1;
+  static void begin() {}
+  static void end() {}
   static void micro(int64_t cols, int64_t kc, const float* a, const float* b, float* tile, bool acc) {
     micro_kernel_cols(cols, kc, a, b, tile, acc);
   }
@@ -312,13 +313,16 @@ inline int64_t kc_block_of(int64_t Kd) {
 // 256 x 1152) ran as two row blocks, repacking the transposed x panel: 4-5% of that pass.
 constexpr int64_t C_FLOATS = int64_t{1} << 19;
 
-// Thread-private packing buffers and the accumulator tiles of one task block.
-template <class Kern>
-struct WorkspaceOf {
-  PanelOf<typename Kern::Elem> a{static_cast<size_t>(MC * KC)};
-  PanelOf<typename Kern::Elem> b{static_cast<size_t>(KC * NC)};
+// Thread-private packing buffers and the accumulator tiles of one task block; the same for
+// every Kern of one element type (a kpad(kc) strip fits, as KC is a multiple of every kstep).
+template <class E>
+struct WorkspaceFor {
+  PanelOf<E> a{static_cast<size_t>(MC * KC)};
+  PanelOf<E> b{static_cast<size_t>(KC * NC)};
   Panel c{static_cast<size_t>(C_FLOATS)};
 };
+template <class Kern>
+using WorkspaceOf = WorkspaceFor<typename Kern::Elem>;
 using Workspace = WorkspaceOf<F32>;
 
 // One task on the calling thread. apre / bpre: A / B of this item prepacked by run(), or null
@@ -335,6 +339,10 @@ void task(const Task& tk, int64_t Kd, const typename Kern::Elem* apre, int64_t M
           int64_t Np, PackA& pack_a, PackB& pack_b, Store& store, WorkspaceOf<Kern>& ws) {
   using E = typename Kern::Elem;
   const int64_t kb = kc_block_of<Kern>(Kd);
+  struct Bracket {  // end() on every way out (a packer may throw)
+    Bracket() { Kern::begin(); }
+    ~Bracket() { Kern::end(); }
+  } bracket;
   for (int64_t jc = tk.j0; jc < tk.j1; jc += NC) {
     const int64_t nc = std::min(NC, tk.j1 - jc), ns = (nc + NR - 1) / NR;
     // The tiles of rows [is, ie) accumulate over all KC blocks in ws.c (tile (ir, jr) at

@@ -34,6 +34,7 @@
 
 #include "fastopt/bf16.h"
 #include "gemm.h"
+#include "isa.h"
 
 namespace fastopt::cpu::FASTOPT_ISA {
 namespace gemm {
@@ -230,6 +231,8 @@ inline void micro_kernel_bf16(int64_t kp, const bf16* __restrict a, const bf16* 
 struct Bf16 {
   using Elem = bf16;
   static constexpr int64_t kstep = 2;
+  static void begin() {}
+  static void end() {}
   static void micro(int64_t cols, int64_t kc, const bf16* a, const bf16* b, float* tile, bool acc) {
     const int64_t kp = kpad<Bf16>(kc);
     if (cols <= 16) return micro_kernel_bf16<1>(kp, a, b, tile, acc);
@@ -249,24 +252,57 @@ template <class T>
 using KernFor = F32;
 #endif
 
+}  // namespace gemm
+}  // namespace fastopt::cpu::FASTOPT_ISA
+
+#include "gemm_amx.h"  // the AMX kernel, built on the packers above
+
+namespace fastopt::cpu::FASTOPT_ISA {
+namespace gemm {
+
 // gemm::run and gemm::serial for operands of type T (float or bf16) read by packers of fp32
-// strips, with the kernel KernFor<T>.
+// strips, with the kernel KernFor<T>; bf16 in the AVX512-BF16 copy takes AMX tiles instead where
+// amx_mode() says so (isa.cpp: the CPU's tiles, or their software copy for tests).
 template <class T, class PackA, class PackB, class Store>
 void run_typed(int64_t items, int64_t M, int64_t Nn, int64_t Kd, bool prepack_a, PackA pack_a, PackB pack_b,
                Store store) {
-  if constexpr (!std::is_same_v<KernFor<T>, F32>)
+  if constexpr (!std::is_same_v<KernFor<T>, F32>) {
+#if defined(__AVX512BF16__)
+    switch (amx_mode()) {
+#if defined(FASTOPT_AMX_ASM)
+      case AmxMode::tiles:
+        return run<AmxKern<Tiles>>(items, M, Nn, Kd, prepack_a, amx_stage_a(pack_a), amx_pairs_b(pack_b), store);
+#endif
+      case AmxMode::emulated:
+        return run<AmxKern<Emulated>>(items, M, Nn, Kd, prepack_a, amx_stage_a(pack_a), amx_pairs_b(pack_b), store);
+      default: break;
+    }
+#endif
     run<KernFor<T>>(items, M, Nn, Kd, prepack_a, stage_a(pack_a), pairs_b(pack_b), store);
-  else
+  } else {
     run<F32>(items, M, Nn, Kd, prepack_a, pack_a, pack_b, store);
+  }
 }
 
 template <class T, class PackA, class PackB, class Store>
 void serial_typed(int64_t item, int64_t M, int64_t Nn, int64_t Kd, PackA pack_a, PackB pack_b, Store store,
                   WorkspaceOf<KernFor<T>>& ws) {
-  if constexpr (!std::is_same_v<KernFor<T>, F32>)
+  if constexpr (!std::is_same_v<KernFor<T>, F32>) {
+#if defined(__AVX512BF16__)
+    switch (amx_mode()) {
+#if defined(FASTOPT_AMX_ASM)
+      case AmxMode::tiles:
+        return serial<AmxKern<Tiles>>(item, M, Nn, Kd, amx_stage_a(pack_a), amx_pairs_b(pack_b), store, ws);
+#endif
+      case AmxMode::emulated:
+        return serial<AmxKern<Emulated>>(item, M, Nn, Kd, amx_stage_a(pack_a), amx_pairs_b(pack_b), store, ws);
+      default: break;
+    }
+#endif
     serial<KernFor<T>>(item, M, Nn, Kd, stage_a(pack_a), pairs_b(pack_b), store, ws);
-  else
+  } else {
     serial<F32>(item, M, Nn, Kd, pack_a, pack_b, store, ws);
+  }
 }
 
 }  // namespace gemm

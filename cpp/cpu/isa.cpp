@@ -11,6 +11,13 @@
 #ifdef FASTOPT_OPENMP
 #include <omp.h>
 #endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace fastopt::cpu {
 
@@ -68,6 +75,67 @@ Isa best_isa() {
 }
 
 std::string isa() { return name(best_isa()); }
+
+FASTOPT_FOR_EACH_ISA(bool amx_self_check(std::string* why);)
+
+// CPUID.(EAX=7, ECX=0):EDX bit 24 AMX-TILE, bit 22 AMX-BF16.
+static bool cpu_has_amx_bf16() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  unsigned a, b, c, d;
+  return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1u) && (d >> 22 & 1u);
+#else
+  return false;
+#endif
+}
+
+// Linux hands a process the 8 KiB tile state only on request (ARCH_REQ_XCOMP_PERM for
+// XFEATURE_XTILEDATA); without it the first tile instruction raises SIGILL.
+static bool os_grants_tiles() {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+  return false;
+#endif
+}
+
+struct AmxDecision {
+  AmxMode mode;
+  std::string status;
+};
+
+// FASTOPT_CPU_AMX=auto (default): the CPU's tiles where it has them, the OS grants them and they
+// pass the self-check (amx.cpp); off: never; emulate: the software tiles, for tests.
+static const AmxDecision& amx_decision() {
+  static const AmxDecision d = []() -> AmxDecision {
+    const char* v = switch_value(switches::cpu_amx);
+    const std::string want = v ? v : "auto";
+    if (want != "auto" && want != "off" && want != "emulate")
+      return {AmxMode::off, "off (FASTOPT_CPU_AMX=" + want + " is none of auto, off, emulate)"};
+    if (want == "off") return {AmxMode::off, "off (FASTOPT_CPU_AMX=off)"};
+#if defined(FASTOPT_HAVE_ISA_avx512bf16)
+    if (best_isa() != Isa::avx512bf16) return {AmxMode::off, "off (the AVX512-BF16 copy, which holds it, is not in use)"};
+    if (want == "emulate") return {AmxMode::emulated, "emulated (FASTOPT_CPU_AMX=emulate)"};
+    if (!cpu_has_amx_bf16()) return {AmxMode::off, "off (this CPU has no AMX-BF16)"};
+#if defined(FASTOPT_AMX_ASM)
+    if (!os_grants_tiles()) return {AmxMode::off, "off (the OS refused the tile state: arch_prctl ARCH_REQ_XCOMP_PERM)"};
+    std::string why;
+    if (!avx512bf16::amx_self_check(&why)) return {AmxMode::off, "off (failed its self-check: " + why + ")"};
+    return {AmxMode::tiles, "tiles"};
+#else
+    (void)os_grants_tiles;
+    return {AmxMode::off, "off (this build's assembler has no AMX instructions)"};
+#endif
+#else
+    (void)cpu_has_amx_bf16;
+    (void)os_grants_tiles;
+    return {AmxMode::off, "off (this build has no AVX512-BF16 copy)"};
+#endif
+  }();
+  return d;
+}
+
+AmxMode amx_mode() { return amx_decision().mode; }
+std::string amx() { return amx_decision().status; }
 
 int num_threads() {
 #ifdef FASTOPT_OPENMP

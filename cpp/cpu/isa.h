@@ -24,6 +24,12 @@ namespace fastopt::cpu {
 enum class Isa { baseline, avx2, avx512, avx512bf16 };  // in order: each runs where the next does
 Isa best_isa();  // the widest compiled-in copy this CPU runs; decided once (isa.cpp)
 
+// Whether the bf16 GEMMs of the AVX512-BF16 copy run on AMX tiles (gemm_amx.h): the CPU's own
+// (tiles), their software copy (emulated: FASTOPT_CPU_AMX=emulate, for tests), or not at all.
+// Decided once (isa.cpp); cpu::amx() (backend.h) says which and why, for build_info and `fastopt info`.
+enum class AmxMode { off, tiles, emulated };
+AmxMode amx_mode();
+
 #define FASTOPT_FOR_EACH_ISA(decl) \
   namespace baseline {             \
   decl                             \

@@ -1,5 +1,6 @@
-// The interface between the Python bindings and the two backends (cpp/cpu, cuda/). Bindings
-// validate every argument before calling in here; backends trust what they are given.
+// The optimizer-step and gradient-clipping interface between the Python bindings and the two
+// backends (cpp/cpu, cuda/); the CUDA runtime calls are fastopt/device.h. Bindings validate every
+// argument before calling in here; backends trust what they are given.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -43,6 +44,10 @@ struct StepRequest {
   double max_norm;
   bool check_finite;    // skip the whole step (nothing written) if any gradient is NaN/Inf
   float inv_scale = 1.0f;  // CPU: gradients are g * inv_scale (GradScaler's unscale, fused; the norm too)
+  // GPU, GradScaler's fused path without a host sync: 0-d fp32 device scalars or null. Gradients
+  // are g / *grad_scale (the norm too); a nonzero *found_inf skips the step like check_finite.
+  const float* grad_scale = nullptr;
+  const float* found_inf = nullptr;
 };
 
 namespace cpu {
@@ -59,34 +64,12 @@ void scale(const Span* grads, int64_t n, float coef);
 void clamp(const Span* grads, int64_t n, float lo, float hi);
 
 std::string isa();    // the instruction set the kernels were dispatched to
+std::string amx();    // whether the bf16 GEMMs run on AMX tiles, and why (cpu/isa.h)
 int num_threads();
 
 }  // namespace cpu
 
 namespace cuda {
-
-// Device management. device_count() is 0 (never an error) without a GPU or driver.
-int device_count();
-std::string device_name(int device);
-int runtime_version();
-int driver_version();
-void set_device(int device);
-int pointer_device(const void* ptr);   // device owning ptr, -1 for host memory
-
-void* malloc_async(size_t nbytes, void* stream);
-void free_async(void* ptr, void* stream);
-void memcpy_h2d(void* dst, const void* src, size_t nbytes, void* stream);  // synchronous for the host
-void memcpy_d2h(void* dst, const void* src, size_t nbytes, void* stream);  // synchronous for the host
-void memcpy_d2d(void* dst, const void* src, size_t nbytes, void* stream);  // asynchronous
-void memset_async(void* ptr, int value, size_t nbytes, void* stream);
-void synchronize(void* stream);
-// Page-locked (pinned) host memory, which the copy engine reads directly: the source an
-// asynchronous host-to-device copy needs. memcpy_h2d_async returns before the copy is done; the
-// caller keeps src unchanged until the stream has passed the copy.
-void* host_alloc_pinned(size_t nbytes);
-void host_free_pinned(void* ptr);
-bool is_pinned(const void* ptr);
-void memcpy_h2d_async(void* dst, const void* src, size_t nbytes, void* stream);
 
 // The fused multi-tensor step. All pointers are device memory. norm_out (float) and
 // skipped_out (int32) receive the pre-clip L2 norm and the skip flag when a norm pass runs
