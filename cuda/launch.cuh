@@ -28,6 +28,7 @@ loads of the same quads), so per-block reductions are bitwise identical whatever
 #include <string>
 
 #include "fastopt/backend.h"
+#include "fastopt/device.h"
 #include "fastopt/switches.h"
 
 namespace fastopt::cuda::detail {

@@ -17,6 +17,7 @@ may free or read its host buffer on return.
 #include <string>
 
 #include "fastopt/backend.h"
+#include "fastopt/device.h"
 #include "launch.cuh"
 
 namespace fastopt::cuda {

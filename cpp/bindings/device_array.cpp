@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "fastopt/backend.h"
+#include "fastopt/device.h"
 #include "host_cache.h"
 
 namespace fastopt {

@@ -6,7 +6,7 @@
 #include <type_traits>
 
 #include "arrays.h"
-#include "fastopt/backend.h"
+#include "fastopt/device.h"
 
 namespace fastopt {
 
