@@ -9,6 +9,7 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "dispatch.h"
 #include "fastopt/backend.h"
 
 namespace fastopt {
@@ -206,27 +207,25 @@ py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence state
     }
     return py::make_tuple(out.has_norm ? py::object(py::float_(out.norm)) : py::object(py::none()), out.skipped);
   }
-#ifdef FASTOPT_WITH_CUDA
-  if (!req.check_finite) {
+  py::tuple result;
+  on_gpu(device, [&](auto) {
+    if (!req.check_finite) {
+      {
+        py::gil_scoped_release nogil;
+        cuda::optim_step(req, nullptr, nullptr, reinterpret_cast<void*>(stream));
+      }
+      result = py::make_tuple(py::none(), false);  // with the GIL again
+      return;
+    }
+    auto [norm, flag] = device_scalars(device, stream);
     {
       py::gil_scoped_release nogil;
-      cuda::set_device(device);
-      cuda::optim_step(req, nullptr, nullptr, reinterpret_cast<void*>(stream));
+      cuda::optim_step(req, static_cast<float*>(norm.data()), static_cast<int32_t*>(flag.data()),
+                       reinterpret_cast<void*>(stream));
     }
-    return py::make_tuple(py::none(), false);  // with the GIL again
-  }
-  auto [norm, flag] = device_scalars(device, stream);
-  {
-    py::gil_scoped_release nogil;
-    cuda::set_device(device);
-    cuda::optim_step(req, static_cast<float*>(norm.data()), static_cast<int32_t*>(flag.data()),
-                     reinterpret_cast<void*>(stream));
-  }
-  return py::make_tuple(py::cast(norm), py::cast(flag));
-#else
-  (void)stream;
-  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
+    result = py::make_tuple(py::cast(norm), py::cast(flag));
+  });
+  return result;
 }
 
 double norm_type_arg(double p) {
@@ -244,19 +243,17 @@ py::object grad_norm(py::sequence grads, double p, uintptr_t stream) {
     py::gil_scoped_acquire gil;
     return py::float_(r);
   }
-#ifdef FASTOPT_WITH_CUDA
-  DeviceArray out = device_empty({}, DType::f32, device, stream);
-  {
-    py::gil_scoped_release nogil;
-    cuda::set_device(device);
-    cuda::grad_norm(spans.data(), static_cast<int64_t>(spans.size()), p, static_cast<float*>(out.data()),
-                    reinterpret_cast<void*>(stream));
-  }
-  return py::cast(out);
-#else
-  (void)stream;
-  throw std::runtime_error("unreachable");
-#endif
+  py::object result;
+  on_gpu(device, [&](auto) {
+    DeviceArray out = device_empty({}, DType::f32, device, stream);
+    {
+      py::gil_scoped_release nogil;
+      cuda::grad_norm(spans.data(), static_cast<int64_t>(spans.size()), p, static_cast<float*>(out.data()),
+                      reinterpret_cast<void*>(stream));
+    }
+    result = py::cast(out);
+  });
+  return result;
 }
 
 void clip_by_norm_(py::sequence grads, py::handle norm, double max_norm, uintptr_t stream) {
@@ -273,17 +270,14 @@ void clip_by_norm_(py::sequence grads, py::handle norm, double max_norm, uintptr
     }
     return;
   }
-#ifdef FASTOPT_WITH_CUDA
   const DType f32 = DType::f32;
   const ArrayView nv = view_array(norm, ArgName{"norm"}, false, &f32);
   if (nv.numel != 1) raise_value("norm: must hold one value");
   require_same_device(ArrayView{nullptr, {}, 0, DType::f32, device}, ArgName{"grads", 0}, nv, ArgName{"norm"});
   py::gil_scoped_release nogil;
-  cuda::set_device(device);
-  cuda::clip_scale(spans.data(), n, static_cast<const float*>(nv.data), max_norm, reinterpret_cast<void*>(stream));
-#else
-  (void)stream;
-#endif
+  on_gpu(device, [&](auto) {
+    cuda::clip_scale(spans.data(), n, static_cast<const float*>(nv.data), max_norm, reinterpret_cast<void*>(stream));
+  });
 }
 
 void clamp_(py::sequence grads, double lo, double hi, uintptr_t stream) {
@@ -296,12 +290,9 @@ void clamp_(py::sequence grads, double lo, double hi, uintptr_t stream) {
     cpu::clamp(spans.data(), n, static_cast<float>(lo), static_cast<float>(hi));
     return;
   }
-#ifdef FASTOPT_WITH_CUDA
-  cuda::set_device(device);
-  cuda::clamp(spans.data(), n, static_cast<float>(lo), static_cast<float>(hi), reinterpret_cast<void*>(stream));
-#else
-  (void)stream;
-#endif
+  on_gpu(device, [&](auto) {
+    cuda::clamp(spans.data(), n, static_cast<float>(lo), static_cast<float>(hi), reinterpret_cast<void*>(stream));
+  });
 }
 
 }  // namespace
