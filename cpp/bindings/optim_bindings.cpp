@@ -263,11 +263,8 @@ void clip_by_norm_(py::sequence grads, py::handle norm, double max_norm, uintptr
   const int64_t n = static_cast<int64_t>(spans.size());
   if (device == kCPU) {
     const double total = norm.cast<double>();
-    const double coef = clip_coefficient(max_norm, total);
-    if (coef < 1.0 || std::isnan(coef)) {
-      py::gil_scoped_release nogil;
-      cpu::scale(spans.data(), n, static_cast<float>(coef));
-    }
+    py::gil_scoped_release nogil;
+    cpu::clip_scale(spans.data(), n, total, max_norm);
     return;
   }
   const DType f32 = DType::f32;

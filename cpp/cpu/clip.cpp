@@ -11,15 +11,11 @@
 #include <limits>
 #include <vector>
 
+#include "clip.h"
 #include "fastopt/backend.h"
 #include "isa.h"
 
 namespace fastopt::cpu {
-
-FASTOPT_FOR_EACH_ISA(double grad_norm(const Span* grads, int64_t n, double p);
-                     double sum_squares(const TypedSpan* grads, int64_t n);
-                     void scale(const Span* grads, int64_t n, float coef);
-                     void clamp(const Span* grads, int64_t n, float lo, float hi);)
 
 namespace FASTOPT_ISA {
 namespace {
@@ -145,6 +141,13 @@ void clamp(const Span* grads, int64_t n, float lo, float hi) {
 double grad_norm(const Span* grads, int64_t n, double p) { FASTOPT_CPU_DISPATCH(grad_norm(grads, n, p)) }
 void scale(const Span* grads, int64_t n, float coef) { FASTOPT_CPU_DISPATCH(scale(grads, n, coef)) }
 void clamp(const Span* grads, int64_t n, float lo, float hi) { FASTOPT_CPU_DISPATCH(clamp(grads, n, lo, hi)) }
+
+// A coefficient of 1 leaves the gradients as they are, so they are not rewritten; a NaN one (a
+// NaN norm) is applied, making them NaN as torch's clip_grad_norm_ does.
+void clip_scale(const Span* grads, int64_t n, double norm, double max_norm) {
+  const double coef = clip_coefficient(max_norm, norm);
+  if (coef < 1.0 || std::isnan(coef)) scale(grads, n, static_cast<float>(coef));
+}
 #endif
 
 }  // namespace fastopt::cpu

@@ -13,14 +13,14 @@
 #include <type_traits>
 #include <vector>
 
+#include "clip.h"
 #include "fastopt/backend.h"
 #include "fastopt/philox.h"
 #include "isa.h"
 
 namespace fastopt::cpu {
 
-FASTOPT_FOR_EACH_ISA(StepOutcome optim_step(const StepRequest& req);
-                     double sum_squares(const TypedSpan* grads, int64_t n);)
+FASTOPT_FOR_EACH_ISA(StepOutcome optim_step(const StepRequest& req);)
 
 namespace FASTOPT_ISA {
 namespace {

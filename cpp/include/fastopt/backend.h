@@ -61,6 +61,8 @@ struct StepOutcome {
 StepOutcome optim_step(const StepRequest& req);
 double grad_norm(const Span* grads, int64_t n, double p);   // sum over all tensors
 void scale(const Span* grads, int64_t n, float coef);
+// grads *= min(1, max_norm / (norm + 1e-6)) (clip_coefficient, common.h).
+void clip_scale(const Span* grads, int64_t n, double norm, double max_norm);
 void clamp(const Span* grads, int64_t n, float lo, float hi);
 
 std::string isa();    // the instruction set the kernels were dispatched to
