@@ -40,9 +40,8 @@ struct DwPlan {
 FASTOPT_HD int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
 
 // tile[i][j] = plane[row0 + i][col0 + j] for i < rows, j < cols (by_cols divides by cols), 0
-// outside the plane (height x width); consecutive threads on consecutive elements. (A warp per
-// row, which saves the division, ran the 56x56 depthwise layer 1.4x slower on an H100; measured,
-// not profiled.) U: elements a thread loads before it stores any. With U = 1 each load's store
+// outside the plane (height x width); consecutive threads on consecutive elements (a warp per
+// row, tried, was slower: bench/results/notes-kernels.md). U: elements a thread loads before it stores any. With U = 1 each load's store
 // waits for it before the next load issues (the PTX shows load, store, load, ...), so a thread
 // has one load in flight: 6 KB per SM at 6 blocks of 256, where ~15 KB would cover an H100's
 // DRAM latency at its bandwidth. U = 8 (opt-in: FASTOPT_CUDA_CONV2D_DW_LOADS=1, until timed) issues 8.

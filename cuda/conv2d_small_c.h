@@ -7,7 +7,7 @@
 namespace fastopt::cuda {
 
 namespace conv {
-struct Dims;  // conv2d_tiles.cuh, which this header leaves to its includers (the emulated build rewrites it)
+struct Dims;  // conv2d_shapes.cuh, which this header leaves to its includers (the emulated build rewrites it)
 }
 
 // The strips kernel when FASTOPT_CUDA_CONV2D_STRIPS=1 (read per call) and strips_fit, else the pixels kernel.

@@ -17,20 +17,16 @@
 // the memory traffic stays near the floor (x, w, y once, plus the 16/9 C K transformed filters,
 // which deep layers stream from L3 once per tile block), and the passes are bound by the GEMMs.
 //
-// Measured 2026-11-22 (2-core AVX-512 Xeon, N = 32, 3x3 pad 1, medians of 3 interleaved rounds,
-// ms, Winograd / direct GEMM / torch 2.13 oneDNN): forward 64@56 14.5 / 24.5 / 37.5, 128@28
-// 12.8 / 23.4 / 22.6, 256@14 11.1 / 20.6 / 20.4, 512@7 13.5 / 21.0 / 19.5; the data-grad
-// within 5% of the forward; weight-grad 128@28 16.9 / 24.4 / 23.6, 256@14 14.1 / 22.6 / 21.1,
-// 512@7 16.8 / 20.8 / 25.1 (64@56: 27.6 / 25.6, so it keeps the direct GEMM there). Before the
-// fusion, V and M materialized per chunk of images (64-128 MiB) made every pass 1.5-3x slower
-// than the direct GEMMs: page faults, and panels repacked from L3.
+// Blocking V and M is what makes it pay: materialized per chunk of images they made every pass
+// slower than the direct GEMMs (page faults, panels repacked from L3). Timings, and the ones
+// behind winograd_applies' channel bars: bench/results/cpu-conv2d-2026-11-22/NOTES.md.
 //
 // Determinism: every output is reduced in a fixed order by one thread (the forward's M over
 // channels in gemm.h's KC blocks; the weight-grad's dU over tile blocks in order, each task
 // owning its dU tiles), so results depend on neither the thread count nor the blocking; the
 // ISA copies differ only in FMA rounding. Rounding: each transform output is a sum of at most 4
 // terms with coefficients 1 or 1/2, and each GEMM reduces over C terms where the direct form
-// reduces 9 C: against the float64 reference the error measured 0.4-1.0x the direct GEMMs'.
+// reduces 9 C, so its error against the float64 reference stays within the direct GEMMs'.
 //
 // Launch shape: forward / data-grad, an OpenMP team over (group, tile block, row block) tasks,
 // each transforming its block (masked AVX-512 gathers, 16 tiles per vector), running the
@@ -525,9 +521,8 @@ bool winograd_applies(const Conv2dShape& s, bool weight_grad) {
   const bool enabled = v == nullptr || v[0] != '0';
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
 #if defined(__AVX2__) && !defined(__AVX512F__)
-  // The AVX2 copy's transforms go tile by tile. Measured on this AVX-512 machine, its forward
-  // and data-grad beat the direct GEMMs from 32 channels (1.1-1.9x from 32>32@32 to 256@14),
-  // not at 8-16 (0.8-0.95x), and its weight-grad nowhere (128@28 to 512@7: 1.25-1.85x slower).
+  // The AVX2 copy's transforms go tile by tile: its forward and data-grad beat the direct GEMMs
+  // only from 32 channels, its weight-grad nowhere (timings: see the header).
   const int64_t min_channels = weight_grad ? INT64_MAX : 32;
 #else
   const int64_t min_channels = weight_grad ? 128 : 8;

@@ -7,11 +7,9 @@
 namespace fastopt::cpu::FASTOPT_ISA {
 
 // 3x3, unit stride and dilation, padding <= 2, enough channels per group for the transforms to
-// pay: 8 for the forward and data-grad (AVX-512: measured 1.1-1.8x faster than the direct GEMMs
-// from 8>8@32 to 64@56, where 3>32@32 and 32>4@32's data-grad ran 7-33% slower; baseline: 2x),
-// 128 for the weight-grad, whose transforms gather across channel planes (64@56 and 64>64@16 ran
-// 8-9% slower than their direct GEMMs). The AVX2 copy has its own bars (32, and no weight-grad:
-// see the .cpp). FASTOPT_CPU_CONV2D_WINOGRAD=0 turns it off (to compare with the direct GEMMs).
+// pay (timed against the direct GEMMs: bench/results/cpu-conv2d-2026-11-22/NOTES.md): 8 for the
+// forward and data-grad, 128 for the weight-grad, whose transforms gather across channel planes.
+// The AVX2 copy has its own bars (32, and no weight-grad: see the .cpp). FASTOPT_CPU_CONV2D_WINOGRAD=0 turns it off (to compare with the direct GEMMs).
 bool winograd_applies(const Conv2dShape& s, bool weight_grad = false);
 void winograd_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
 void winograd_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);

@@ -21,11 +21,8 @@
 // 128 x 256 x 10 product. Larger ones run gemm::run's tasks (row x column blocks of C) over an
 // OpenMP team, and so does the bias sum past 1M elements.
 //
-// Measured on the 2-core AVX-512 dev VM, one thread, medians through the Python API (numpy.matmul
-// on OpenBLAS alongside; the 1x1-conv path this replaces in brackets): 128 x 256 -> 10 forward
-// 14 us (numpy 17, conv 309), backward 22 us (numpy 16, conv 354); 256 x 1024 -> 1024 forward
-// 3.6-5.1 ms (numpy 5.1-5.8, conv 9.1), backward 6.9-10.7 ms (numpy 9.7-9.9, conv 18.8). The
-// tiny backward passes lose to numpy on packing: a 10-row product still packs whole 8 x 48 tiles.
+// Timings against numpy.matmul and the 1x1-conv path this replaced: bench/results/notes-kernels.md.
+// The tiny backward passes lose to numpy on packing: a 10-row product still packs whole 8 x 48 tiles.
 //
 // Determinism: each output element is reduced over the whole of K by one thread, in gemm.h's
 // fixed KC blocks, so neither the thread count nor the serial/parallel choice changes a bit;
