@@ -7,10 +7,11 @@
 #   status.txt one line per stage: name, exit status, seconds
 # PARTS: comma-separated stages after the build, so that the work can be split over device calls
 # of 10 minutes each: tests (GPU tests, conv2d again on its gather kernels), cpu-tests, optim,
-# normalization, dropout, conv2d, train (training-step suite), digits (`fastopt train`), loader
+# normalization, dropout, conv2d, conv2d-bf16 (bf16 tensor cores against cuDNN bf16 channels_last),
+# train (training-step suite), digits (`fastopt train`), loader
 # (training from a file vs in memory: pinned buffers, async copies), torch-optim and torch-train
 # (the PyTorch front against torch fused / eager / compile on CUDA tensors); or the groups all
-# (default: tests, cpu-tests, the four kernel suites), bench (the four kernel suites), torch
+# (default: tests, cpu-tests, the kernel suites), bench (the kernel suites), torch
 # (torch-optim, torch-train).
 # GPU_TESTS narrows the GPU tests to some files (default: all of tests/).
 # At most 8 files come back from that machine, so nothing else is written there.
@@ -23,7 +24,7 @@ set -u -o pipefail
 OUT=${1:?usage: gpu_check.sh OUTDIR [PARTS]}
 PARTS=,${2:-all},
 PARTS=${PARTS//,all,/,tests,cpu-tests,bench,}
-PARTS=${PARTS//,bench,/,optim,normalization,dropout,conv2d,}
+PARTS=${PARTS//,bench,/,optim,normalization,dropout,conv2d,conv2d-bf16,}
 PARTS=${PARTS//,torch,/,torch-optim,torch-train,}
 want() { [[ $PARTS == *,$1,* ]]; }
 mkdir -p "$OUT"
@@ -88,6 +89,7 @@ if stage build 330 build.log python3 -m pip install --no-build-isolation --no-in
   want dropout && bench dropout 60 dropout --device cuda
   # Should an opt-in kernel (never run on a GPU before) fail, the defaults are still timed.
   want conv2d && { bench conv2d 150 conv2d --device cuda || bench conv2d-default 150 conv2d --device cuda --no-opt-in; }
+  want conv2d-bf16 && bench conv2d-bf16 150 conv2d --device cuda --dtype bf16
   want train && bench train 200 train --device all
   want loader && bench loader 200 loader --device cuda
   want torch-optim && bench torch-optim 150 torch optim --device cuda

@@ -41,10 +41,18 @@ Paths, chosen per call by shape (forward_path & co. in conv2d_tiles.cuh):
   TF32 (stage 3)       allow_tf32 runs the implicit-GEMM tiles through mma.sync.m16n8k8 tensor
                        cores (inputs rounded to TF32, float32 accumulation); the depthwise and
                        gather paths, which do not do GEMM math, stay exact float32.
+  bf16                 x, w, b, dy in bf16 (y and dx rounded to bf16 once, dw and db fp32, as on the
+                       CPU): the implicit-GEMM passes run the same problems on the engine's bf16
+                       stage (gemm_bf16.cuh: bf16 tiles, mma.sync.m16n8k16, fp32 accumulators;
+                       allow_tf32 has no effect); bias-grad reads bf16 directly. The passes that
+                       are not GEMMs (depthwise, few channels, gathers) widen their bf16 inputs
+                       to fp32 scratch, run the fp32 kernel and round the output once: exact fp32
+                       math at 2x+ their fp32 bytes, until they are templated on the storage type.
 Every output is written exactly once, every sum runs in a fixed order (no atomics): results are
 bitwise reproducible run to run.
 */
 #include <algorithm>
+#include <type_traits>
 
 #include "conv2d_small_c.h"
 #include "conv2d_tiles.cuh"
@@ -67,9 +75,9 @@ using namespace conv;
 
 // Tiles past 64x64: at most 128 registers, so that two blocks (16 warps) share an SM; 64x64: at
 // most 85, three blocks.
-template <class Prob, int BM, int BN, bool kTF32>
+template <class Prob, int BM, int BN, Math kMath>
 __global__ void __launch_bounds__(kThreads, BM == 128 || BN == 128 ? 2 : 3) gemm_kernel(const Prob pb) {
-  using T = Tile<BM, BN>;
+  using T = TileFor<BM, BN, kMath>;
   __shared__ T tiles[2];
   const int tid = static_cast<int>(threadIdx.x);
   const int split = static_cast<int>(blockIdx.z) % pb.splits;
@@ -77,13 +85,17 @@ __global__ void __launch_bounds__(kThreads, BM == 128 || BN == 128 ? 2 : 3) gemm
   const int m0 = static_cast<int>(blockIdx.y) * BM;
   const int n0 = static_cast<int>(blockIdx.x) * BN;
   int k_begin, k_end;
-  split_range(pb.Kd, pb.splits, split, k_begin, k_end);
+  split_range(pb.Kd, pb.splits, split, k_begin, k_end, T::BK);
   float acc[T::TM][T::TN];
-  gemm_mainloop<Prob, BM, BN, kTF32>(pb, g, tid, m0, n0, k_begin, k_end, tiles, acc);
-  if constexpr (kTF32)
-    store_outputs_mma<Prob, BM, BN>(pb, g, split, tid, m0, n0, acc);
-  else
-    store_outputs<Prob, BM, BN>(pb, g, split, tid, m0, n0, acc);
+  gemm_mainloop<Prob, BM, BN, kMath>(pb, g, tid, m0, n0, k_begin, k_end, tiles, acc);
+  store_tile<Prob, BM, BN, kMath>(pb, g, split, tid, m0, n0, acc);
+}
+
+// dst[i] = src[i] converted (bf16 to fp32: exact; fp32 to bf16: rounded once).
+template <class From, class To>
+__global__ void __launch_bounds__(kThreads) convert_kernel(const From* src, To* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < n; i += int64_t{gridDim.x} * kThreads)
+    dst[i] = from_float<To>(to_float(src[i]));
 }
 
 // Every weight-grad kernel's final store goes through store_grad: with accumulate it adds into dw.
@@ -182,7 +194,8 @@ __global__ void __launch_bounds__(kThreads) depthwise_backward_weight_taps(const
   }
 }
 
-__global__ void __launch_bounds__(kThreads) backward_bias_kernel(const Dims d, const float* dy, float* db,
+template <class T>
+__global__ void __launch_bounds__(kThreads) backward_bias_kernel(const Dims d, const T* dy, float* db,
                                                                  bool accumulate) {
   __shared__ float warp_sums[kThreads / 32];
   for (int64_t k = blockIdx.x; k < d.K; k += gridDim.x) {
@@ -223,16 +236,26 @@ bool force_gather() {
   return forced;
 }
 
-// Blocks of gemm_kernel<Prob, BM, BN> resident on all SMs at once: one wave of the grid.
+// What a problem's tiles run: bf16 problems the bf16 stage, fp32 ones FMAs or (allow_tf32) TF32.
+template <class Prob, class F>
+void with_math(bool tf32, F&& f) {
+  if constexpr (std::is_same_v<typename Prob::Elem, bf16>)
+    f(std::integral_constant<Math, Math::kBf16>{});
+  else if (tf32)
+    f(std::integral_constant<Math, Math::kTf32>{});
+  else
+    f(std::integral_constant<Math, Math::kFma>{});
+}
+
+// Blocks of gemm_kernel<Prob, BM, BN, ...> resident on all SMs at once: one wave of the grid.
 template <class Prob, int BM, int BN>
 int64_t gemm_wave(bool tf32) {
   int per_sm = 0;
-  if (tf32)
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemm_kernel<Prob, BM, BN, true>, kThreads, 0),
+  with_math<Prob>(tf32, [&](auto math) {
+    constexpr Math m = decltype(math)::value;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemm_kernel<Prob, BM, BN, m>, kThreads, 0),
           "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-  else
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemm_kernel<Prob, BM, BN, false>, kThreads, 0),
-          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  });
   return int64_t{std::max(per_sm, 1)} * sm_count();
 }
 
@@ -240,11 +263,34 @@ template <class Prob, int BM, int BN>
 void launch_gemm(const Prob& pb, int64_t z, bool tf32, cudaStream_t st, const char* what) {
   const dim3 grid(static_cast<unsigned>(ceil_div(pb.N, BN)), static_cast<unsigned>(ceil_div(pb.M, BM)),
                   static_cast<unsigned>(z));
-  if (tf32)
-    gemm_kernel<Prob, BM, BN, true><<<grid, kThreads, 0, st>>>(pb);
-  else
-    gemm_kernel<Prob, BM, BN, false><<<grid, kThreads, 0, st>>>(pb);
+  with_math<Prob>(tf32, [&](auto math) {
+    constexpr Math m = decltype(math)::value;
+    gemm_kernel<Prob, BM, BN, m><<<grid, kThreads, 0, st>>>(pb);
+  });
   check(cudaGetLastError(), what);
+}
+
+// A bf16 array widened to fp32 in stream-ordered scratch (null stays null), for the passes that
+// have no bf16 kernel yet.
+class Widened {
+ public:
+  Widened(const bf16* src, int64_t n, cudaStream_t st)
+      : scratch_(src != nullptr ? static_cast<size_t>(n) * sizeof(float) : 0, st), present_(src != nullptr) {
+    if (present_ && n > 0) {
+      convert_kernel<<<grid_stride_grid(n), kThreads, 0, st>>>(src, data(), n);
+      check(cudaGetLastError(), "conv2d (bf16 widening)");
+    }
+  }
+  float* data() const { return present_ ? reinterpret_cast<float*>(scratch_.bytes()) : nullptr; }
+
+ private:
+  detail::Scratch scratch_;
+  bool present_;
+};
+
+void round_to_bf16(const float* src, bf16* dst, int64_t n, cudaStream_t st) {
+  convert_kernel<<<grid_stride_grid(n), kThreads, 0, st>>>(src, dst, n);
+  check(cudaGetLastError(), "conv2d (bf16 rounding)");
 }
 
 bool dw_taps_enabled() { return switch_on(switches::cuda_conv2d_dw_taps); }
@@ -316,6 +362,64 @@ void launch_gemm_sized(const Prob& pb, int64_t z, bool tf32, cudaStream_t st, co
   }
 }
 
+// The GEMM passes for storage type T, once the path is Gemm or UnitGemm (weight-grad: Gemm).
+template <class T>
+void forward_gemm(const Dims& d, Path path, const T* x, const T* w, const T* b, T* y, bool tf32, cudaStream_t st) {
+  const Dims32 e = to_dims32(d);
+  if (path == Path::UnitGemm) {
+    const ForwardProblem<true, T> pb{e, e.Kg, e.N * e.PQ, e.Cg, 1, x, w, b, y};
+    launch_gemm_sized(pb, d.G, tf32, st, "conv2d_forward (1x1 GEMM)");
+  } else {
+    const ForwardProblem<false, T> pb{e, e.Kg, e.N * e.PQ, e.Cg * e.RS, 1, x, w, b, y};
+    launch_gemm_sized(pb, d.G, tf32, st, "conv2d_forward (implicit GEMM)");
+  }
+}
+
+template <class T>
+void backward_data_gemm(const Dims& d, Path path, const T* dy, const T* w, T* dx, bool tf32, cudaStream_t st) {
+  const Dims32 e = to_dims32(d);
+  if (path == Path::UnitGemm) {
+    const BackwardDataProblem<true, T> pb{e, e.Cg, e.N * e.HW, e.Kg, 1, dy, w, dx};
+    launch_gemm_sized(pb, d.G, tf32, st, "conv2d_backward_data (1x1 GEMM)");
+  } else {
+    const BackwardDataProblem<false, T> pb{e, e.Cg, e.N * e.HW, e.Kg * e.RS, 1, dy, w, dx};
+    launch_gemm_sized(pb, d.G, tf32, st, "conv2d_backward_data (implicit GEMM)");
+  }
+}
+
+template <class T>
+void backward_weight_gemm(const Dims& d, const T* dy, const T* x, float* dw, bool accumulate, bool tf32,
+                          cudaStream_t st) {
+  using Prob = BackwardWeightProblemOf<T>;
+  const int64_t M = d.Kg, N = d.Cg * d.R * d.S, Kd = d.N * d.P * d.Q, numel = d.K * N;
+  const Dims32 e = to_dims32(d);
+  const bool big = big_weight_tiles(M, N);
+  const int64_t wave = big ? gemm_wave<Prob, 128, 64>(tf32) : gemm_wave<Prob, 64, 64>(tf32);
+  const int64_t splits = weight_grad_splits(M, N, Kd, d.G, numel, big, wave);
+  const detail::Scratch scratch(splits > 1 ? static_cast<size_t>(splits * numel) * sizeof(float) : 0, st);
+  float* out = splits > 1 ? reinterpret_cast<float*>(scratch.bytes()) : dw;
+  const Prob pb{e, e.Kg, e.Cg * e.RS, e.N * e.PQ, static_cast<int>(splits), dy, x, out, accumulate && splits == 1};
+  const char* what = "conv2d_backward_weight (implicit GEMM)";
+  if (big)
+    launch_gemm<Prob, 128, 64>(pb, d.G * splits, tf32, st, what);
+  else
+    launch_gemm<Prob, 64, 64>(pb, d.G * splits, tf32, st, what);
+  if (splits > 1) {
+    split_sum_kernel<<<grid_stride_grid(numel), kThreads, 0, st>>>(out, numel, static_cast<int>(splits), dw,
+                                                                   accumulate);
+    check(cudaGetLastError(), "conv2d_backward_weight (split sum)");
+  }
+}
+
+template <class T>
+void backward_bias(const Conv2dShape& s, const T* dy, float* db, bool accumulate, void* stream) {
+  const Dims d = make_dims(s);
+  if (d.K == 0) return;
+  backward_bias_kernel<<<dim3(static_cast<unsigned>(std::min(d.K, kMaxGridX))), kThreads, 0, as_stream(stream)>>>(
+      d, dy, db, accumulate);
+  check(cudaGetLastError(), "conv2d_backward_bias");
+}
+
 }  // namespace
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
@@ -332,14 +436,7 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
     else
       launch_depthwise_forward<1>(d, x, w, b, y, st);
   } else if (path != Path::Gather) {
-    const Dims32 e = to_dims32(d);
-    if (path == Path::UnitGemm) {
-      const ForwardProblem<true> pb{e, e.Kg, e.N * e.PQ, e.Cg, 1, x, w, b, y};
-      launch_gemm_sized(pb, d.G, allow_tf32, st, "conv2d_forward (1x1 GEMM)");
-    } else {
-      const ForwardProblem<false> pb{e, e.Kg, e.N * e.PQ, e.Cg * e.RS, 1, x, w, b, y};
-      launch_gemm_sized(pb, d.G, allow_tf32, st, "conv2d_forward (implicit GEMM)");
-    }
+    forward_gemm(d, path, x, w, b, y, allow_tf32, st);
   } else {
     forward_gather<<<grid_stride_grid(total), kThreads, 0, st>>>(d, x, w, b, y, total);
     check(cudaGetLastError(), "conv2d_forward (gather)");
@@ -362,14 +459,7 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
   } else if (path == Path::SmallC) {
     conv2d_backward_data_small_c(d, dy, w, dx, st);
   } else if (path != Path::Gather) {
-    const Dims32 e = to_dims32(d);
-    if (path == Path::UnitGemm) {
-      const BackwardDataProblem<true> pb{e, e.Cg, e.N * e.HW, e.Kg, 1, dy, w, dx};
-      launch_gemm_sized(pb, d.G, allow_tf32, st, "conv2d_backward_data (1x1 GEMM)");
-    } else {
-      const BackwardDataProblem<false> pb{e, e.Cg, e.N * e.HW, e.Kg * e.RS, 1, dy, w, dx};
-      launch_gemm_sized(pb, d.G, allow_tf32, st, "conv2d_backward_data (implicit GEMM)");
-    }
+    backward_data_gemm(d, path, dy, w, dx, allow_tf32, st);
   } else {
     backward_data_gather<<<grid_stride_grid(total), kThreads, 0, st>>>(d, dy, w, dx, total);
     check(cudaGetLastError(), "conv2d_backward_data (gather)");
@@ -383,7 +473,6 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
   if (numel == 0) return;
   const cudaStream_t st = as_stream(stream);
   if (!force_gather() && winograd_applies(s, allow_tf32)) return winograd_backward_weight(s, dy, x, dw, accumulate, stream);
-  const int64_t M = d.Kg, N = d.Cg * d.R * d.S, Kd = d.N * d.P * d.Q;
   const Path path = force_gather() ? Path::Gather : backward_weight_path(d);
   if (path == Path::Depthwise && dw_taps_enabled() && dw_taps_fit(d)) {
     launch_depthwise_backward_weight_taps(d, dy, x, dw, accumulate, st);
@@ -392,25 +481,7 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
                                                                                        accumulate);
     check(cudaGetLastError(), "conv2d_backward_weight (depthwise)");
   } else if (path == Path::Gemm) {
-    const Dims32 e = to_dims32(d);
-    const bool big = big_weight_tiles(M, N);
-    const int64_t wave = big ? gemm_wave<BackwardWeightProblem, 128, 64>(allow_tf32)
-                             : gemm_wave<BackwardWeightProblem, 64, 64>(allow_tf32);
-    const int64_t splits = weight_grad_splits(M, N, Kd, d.G, numel, big, wave);
-    const detail::Scratch scratch(splits > 1 ? static_cast<size_t>(splits * numel) * sizeof(float) : 0, st);
-    float* out = splits > 1 ? reinterpret_cast<float*>(scratch.bytes()) : dw;
-    const BackwardWeightProblem pb{e, e.Kg, e.Cg * e.RS, e.N * e.PQ, static_cast<int>(splits), dy, x, out,
-                                   accumulate && splits == 1};
-    const char* what = "conv2d_backward_weight (implicit GEMM)";
-    if (big)
-      launch_gemm<BackwardWeightProblem, 128, 64>(pb, d.G * splits, allow_tf32, st, what);
-    else
-      launch_gemm<BackwardWeightProblem, 64, 64>(pb, d.G * splits, allow_tf32, st, what);
-    if (splits > 1) {
-      split_sum_kernel<<<grid_stride_grid(numel), kThreads, 0, st>>>(out, numel, static_cast<int>(splits), dw,
-                                                                     accumulate);
-      check(cudaGetLastError(), "conv2d_backward_weight (split sum)");
-    }
+    backward_weight_gemm(d, dy, x, dw, accumulate, allow_tf32, st);
   } else {
     backward_weight_gather<<<dim3(static_cast<unsigned>(std::min(numel, kMaxGridX))), kThreads, 0, st>>>(
         d, dy, x, dw, numel, accumulate);
@@ -419,11 +490,55 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
 }
 
 void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, bool accumulate, void* stream) {
+  backward_bias(s, dy, db, accumulate, stream);
+}
+
+// ------------------------------------------------------------------ bf16
+// The GEMM paths run bf16 problems; the others widen their inputs, run the fp32 pass (exact fp32
+// math: allow_tf32 off) and round the output once.
+
+void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y, bool,
+                    void* stream) {
   const Dims d = make_dims(s);
-  if (d.K == 0) return;
-  backward_bias_kernel<<<dim3(static_cast<unsigned>(std::min(d.K, kMaxGridX))), kThreads, 0, as_stream(stream)>>>(
-      d, dy, db, accumulate);
-  check(cudaGetLastError(), "conv2d_backward_bias");
+  const int64_t total = d.N * d.K * d.P * d.Q;
+  if (total == 0) return;
+  const cudaStream_t st = as_stream(stream);
+  const Path path = force_gather() ? Path::Gather : forward_path(d);
+  if (path == Path::Gemm || path == Path::UnitGemm) return forward_gemm(d, path, x, w, b, y, false, st);
+  const Widened xf(x, d.N * d.C * d.H * d.W, st), wf(w, d.K * d.Cg * d.R * d.S, st), bf(b, d.K, st);
+  const detail::Scratch yf(static_cast<size_t>(total) * sizeof(float), st);
+  float* yp = reinterpret_cast<float*>(yf.bytes());
+  conv2d_forward(s, xf.data(), wf.data(), bf.data(), yp, false, stream);
+  round_to_bf16(yp, y, total, st);
+}
+
+void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx, bool, void* stream) {
+  const Dims d = make_dims(s);
+  const int64_t total = d.N * d.C * d.H * d.W;
+  if (total == 0) return;
+  const cudaStream_t st = as_stream(stream);
+  const Path path = force_gather() ? Path::Gather : backward_data_path(d);
+  if (path == Path::Gemm || path == Path::UnitGemm) return backward_data_gemm(d, path, dy, w, dx, false, st);
+  const Widened dyf(dy, d.N * d.K * d.P * d.Q, st), wf(w, d.K * d.Cg * d.R * d.S, st);
+  const detail::Scratch dxf(static_cast<size_t>(total) * sizeof(float), st);
+  float* dxp = reinterpret_cast<float*>(dxf.bytes());
+  conv2d_backward_data(s, dyf.data(), wf.data(), dxp, false, stream);
+  round_to_bf16(dxp, dx, total, st);
+}
+
+void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate, bool,
+                            void* stream) {
+  const Dims d = make_dims(s);
+  if (d.K * d.Cg * d.R * d.S == 0) return;
+  const cudaStream_t st = as_stream(stream);
+  if (!force_gather() && backward_weight_path(d) == Path::Gemm)
+    return backward_weight_gemm(d, dy, x, dw, accumulate, false, st);
+  const Widened dyf(dy, d.N * d.K * d.P * d.Q, st), xf(x, d.N * d.C * d.H * d.W, st);
+  conv2d_backward_weight(s, dyf.data(), xf.data(), dw, accumulate, false, stream);
+}
+
+void conv2d_backward_bias(const Conv2dShape& s, const bf16* dy, float* db, bool accumulate, void* stream) {
+  backward_bias(s, dy, db, accumulate, stream);
 }
 
 }  // namespace fastopt::cuda

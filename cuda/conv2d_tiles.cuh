@@ -26,6 +26,7 @@ into the tensors are int64.
 
 #include "conv2d_depthwise.cuh"
 #include "conv2d_shapes.cuh"
+#include "fastopt/bf16.h"
 #include "fastopt/common.h"
 #include "fastopt/conv2d.h"
 #include "gemm_tiles.cuh"
@@ -95,11 +96,12 @@ FASTOPT_HD float backward_weight_part(const Dims& d, const float* dy, const floa
   return acc;
 }
 
-// Thread t of nt's share of db[k] = sum over (n, p, q) of dy[n, k, p, q].
-FASTOPT_HD float backward_bias_part(const Dims& d, const float* dy, int64_t k, int64_t t, int64_t nt) {
+// Thread t of nt's share of db[k] = sum over (n, p, q) of dy[n, k, p, q] (dy float or bf16).
+template <class T>
+FASTOPT_HD float backward_bias_part(const Dims& d, const T* dy, int64_t k, int64_t t, int64_t nt) {
   const int64_t pq = d.P * d.Q;
   float acc = 0.0f;
-  for (int64_t j = t; j < d.N * pq; j += nt) acc += dy[((j / pq) * d.K + k) * pq + j % pq];
+  for (int64_t j = t; j < d.N * pq; j += nt) acc += to_float(dy[((j / pq) * d.K + k) * pq + j % pq]);
   return acc;
 }
 
@@ -108,23 +110,26 @@ FASTOPT_HD float backward_bias_part(const Dims& d, const float* dy, int64_t k, i
 // what is conv's here is the three problems it runs.
 
 // ---- the three problems: a(g, m, k), b(g, k, n), store(g, split, m, n, v) over M x N x Kd
+// T: the tensors' storage type, float or bf16 (read widened to float; bf16 problems run on the
+// engine's bf16 stage). Outputs y and dx are T, rounded once in store; dw stays fp32.
 
 // Forward: M = Kg, N = N P Q, Kd = Cg R S. kUnit: 1x1, stride 1, no padding, the plain GEMM
 // y[n, k, :] = w[k, :] x[n, :, :] (B rows are contiguous input planes).
-template <bool kUnit>
+template <bool kUnit, class T = float>
 struct ForwardProblem {
+  using Elem = T;
   static constexpr bool kAAlongK = true;   // w[k, (c,r,s)] is contiguous along (c,r,s)
   static constexpr bool kBAlongK = false;  // x along (n,p,q) is contiguous along q
   static constexpr bool kHoistB = !kUnit;
   Dims32 d;
   int M, N, Kd;
   int splits;         // 1
-  const float* x;
-  const float* w;
-  const float* bias;  // may be null
-  float* y;
+  const T* x;
+  const T* w;
+  const T* bias;  // may be null
+  T* y;
 
-  FASTOPT_HD float a(int g, int m, int k) const { return w[int64_t(g * d.Kg + m) * Kd + k]; }
+  FASTOPT_HD float a(int g, int m, int k) const { return to_float(w[int64_t(g * d.Kg + m) * Kd + k]); }
   FASTOPT_HD float b(int g, int k, int j) const { return b_at(b_column(g, j), k); }
   // Column j = (n, p, q): the image's group of planes and the window's top-left corner.
   struct BColumn {
@@ -138,34 +143,35 @@ struct ForwardProblem {
     return {(int64_t(n) * d.C + g * d.Cg) * d.HW, p * d.sh - d.ph, q * d.sw - d.pw};
   }
   FASTOPT_HD float b_at(const BColumn& col, int k) const {
-    if (kUnit) return x[col.planes + int64_t(k) * d.HW];
+    if (kUnit) return to_float(x[col.planes + int64_t(k) * d.HW]);
     const int c = d.by_RS.div(k), rs = k - c * d.RS, r = d.by_S.div(rs), s = rs - r * d.S;
     const int h = col.h0 + r * d.dh, w_ = col.w0 + s * d.dw;
     if (h < 0 || h >= d.H || w_ < 0 || w_ >= d.W) return 0.0f;
-    return x[col.planes + int64_t(c) * d.HW + h * d.W + w_];
+    return to_float(x[col.planes + int64_t(c) * d.HW + h * d.W + w_]);
   }
   FASTOPT_HD void store(int g, int, int m, int j, float v) const {
     const int n = d.by_PQ.div(j), pq = j - n * d.PQ, k = g * d.Kg + m;
-    y[(int64_t(n) * d.K + k) * d.PQ + pq] = bias != nullptr ? v + bias[k] : v;
+    y[(int64_t(n) * d.K + k) * d.PQ + pq] = from_float<T>(bias != nullptr ? v + to_float(bias[k]) : v);
   }
 };
 
 // Data-grad: M = Cg, N = N H W, Kd = Kg R S. kUnit as above: dx[n, c, :] = sum_k w[k, c] dy[n, k, :].
-template <bool kUnit>
+template <bool kUnit, class T = float>
 struct BackwardDataProblem {
+  using Elem = T;
   static constexpr bool kAAlongK = true;   // w[k, c, r, s] along (k,r,s): runs of R S
   static constexpr bool kBAlongK = false;  // dy along (n,h,w): contiguous along w for stride 1
   static constexpr bool kHoistB = !kUnit;
   Dims32 d;
   int M, N, Kd;
   int splits;         // 1
-  const float* dy;
-  const float* w;
-  float* dx;
+  const T* dy;
+  const T* w;
+  T* dx;
 
   FASTOPT_HD float a(int g, int m, int k) const {
     const int kl = d.by_RS.div(k), rs = k - kl * d.RS;
-    return w[(int64_t(g * d.Kg + kl) * d.Cg + m) * d.RS + rs];
+    return to_float(w[(int64_t(g * d.Kg + kl) * d.Cg + m) * d.RS + rs]);
   }
   FASTOPT_HD float b(int g, int k, int j) const { return b_at(b_column(g, j), k); }
   // Column j = (n, h, w): the image's group of dy planes and the padded pixel (h + ph, w + pw).
@@ -180,32 +186,34 @@ struct BackwardDataProblem {
     return {(int64_t(n) * d.K + g * d.Kg) * d.PQ, h + d.ph, w_ + d.pw};
   }
   FASTOPT_HD float b_at(const BColumn& col, int k) const {
-    if (kUnit) return dy[col.planes + int64_t(k) * d.PQ];
+    if (kUnit) return to_float(dy[col.planes + int64_t(k) * d.PQ]);
     const int kl = d.by_RS.div(k), rs = k - kl * d.RS, r = d.by_S.div(rs), s = rs - r * d.S;
     const int th = col.th0 - r * d.dh, tw = col.tw0 - s * d.dw;
     if (th < 0 || tw < 0) return 0.0f;
     const int p = d.by_sh.div(th), q = d.by_sw.div(tw);
     if (p * d.sh != th || q * d.sw != tw || p >= d.P || q >= d.Q) return 0.0f;
-    return dy[col.planes + int64_t(kl) * d.PQ + p * d.Q + q];
+    return to_float(dy[col.planes + int64_t(kl) * d.PQ + p * d.Q + q]);
   }
   FASTOPT_HD void store(int g, int, int m, int j, float v) const {
     const int n = d.by_HW.div(j), hw = j - n * d.HW;
-    dx[(int64_t(n) * d.C + g * d.Cg + m) * d.HW + hw] = v;
+    dx[(int64_t(n) * d.C + g * d.Cg + m) * d.HW + hw] = from_float<T>(v);
   }
 };
 
 // Weight-grad: M = Kg, N = Cg R S, Kd = N P Q, split over Kd. Split `split` writes its own full
 // dw-shaped slice out[split][k][(c,r,s)] (out = dw itself when there is one split, which adds
 // into dw with accumulate: store_grad).
-struct BackwardWeightProblem {
+template <class T>
+struct BackwardWeightProblemOf {
+  using Elem = T;
   static constexpr bool kAAlongK = true;  // dy[n, k, p, q] along (n,p,q): contiguous along p q
   static constexpr bool kBAlongK = true;  // x gathered along (n,p,q): contiguous along q
   static constexpr bool kHoistB = true;
   Dims32 d;
   int M, N, Kd;
   int splits;
-  const float* dy;
-  const float* x;
+  const T* dy;
+  const T* x;
   float* out;
   bool accumulate = false;
 
@@ -218,7 +226,7 @@ struct BackwardWeightProblem {
     return {n, pq, p * d.sh, q * d.sw};
   }
   FASTOPT_HD float a_at(int g, int m, const KCoord& kc) const {
-    return dy[(int64_t(kc.n) * d.K + g * d.Kg + m) * d.PQ + kc.pq];
+    return to_float(dy[(int64_t(kc.n) * d.K + g * d.Kg + m) * d.PQ + kc.pq]);
   }
   // Column j = (c, r, s): the input plane and the tap's offset from a window's corner.
   struct BColumn {
@@ -232,12 +240,13 @@ struct BackwardWeightProblem {
   FASTOPT_HD float b_at(const BColumn& col, const KCoord& kc) const {
     const int h = kc.h0 + col.dh0, w_ = kc.w0 + col.dw0;
     if (h < 0 || h >= d.H || w_ < 0 || w_ >= d.W) return 0.0f;
-    return x[int64_t(kc.n) * d.C * d.HW + col.plane + h * d.W + w_];
+    return to_float(x[int64_t(kc.n) * d.C * d.HW + col.plane + h * d.W + w_]);
   }
   FASTOPT_HD void store(int g, int split, int m, int j, float v) const {
     store_grad(out + (int64_t(split) * d.K + g * d.Kg + m) * N + j, v, accumulate);
   }
 };
+using BackwardWeightProblem = BackwardWeightProblemOf<float>;
 
 // dw[i] = sum over splits s = 0, 1, ... (in that order) of part[s][i].
 FASTOPT_HD float split_sum_at(const float* part, int64_t numel, int splits, int64_t i) {

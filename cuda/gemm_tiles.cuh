@@ -9,10 +9,18 @@ column generators), store(g, split, m, n, v), over M x N x Kd per group g, with 
 coordinates (the host checks the extents) and int64 addresses.
 
 Bytes / launch: each block of kThreads = 256 computes a BM x BN tile through two shared-memory
-tiles BK = 8 deep: the next step's operands are loaded into registers while the current tile is
+tiles BK deep: the next step's operands are loaded into registers while the current tile is
 multiplied, then stored into the other buffer; split-K over blockIdx.z for tall reductions, the
-splits summed later in a fixed order (deterministic). Stage 3 (opt-in allow_tf32) runs the same
-tiles through mma.sync.m16n8k8 TF32 tensor cores.
+splits summed later in a fixed order (deterministic).
+
+Math, one engine for three kinds (Math below): kFma, exact fp32 FMAs over BK = 8 (stage 2);
+kTf32 (opt-in allow_tf32), the same fp32 tiles through mma.sync.m16n8k8 TF32 tensor cores
+(stage 3); kBf16, bf16 operands staged as bf16 in tiles BK = 16 deep (the same bytes per step as
+fp32's 8) through mma.sync.m16n8k16 with fp32 accumulators (gemm_bf16.cuh). All three share the
+problems' loaders, the copy slots, the split ranges and the tile planning; kTf32 and kBf16 share
+the warp layout and the accumulators' fragment order (store_outputs_mma). A problem reads its
+operands as float (a bf16 problem widens exactly, and the bf16 tile narrows exactly) and its store
+rounds once to its output type, or keeps fp32 (weight-grad partials and dw).
 */
 #pragma once
 
@@ -38,24 +46,29 @@ constexpr int kThreads = 256;
 constexpr int kBK = 8;
 constexpr int kPad = 4;
 
+enum class Math { kFma, kTf32, kBf16 };
+
 template <int BM, int BN>
 struct Tile {
   static_assert((BM == 64 || BM == 128) && (BN == 64 || BN == 128), "16 x 16 threads, 4-wide groups");
   static constexpr int TM = BM / 16, TN = BN / 16;          // outputs per thread along m and n
   static constexpr int LA = BM * kBK / kThreads;           // A elements each thread copies per step
   static constexpr int LB = BN * kBK / kThreads;
+  static constexpr int BK = kBK;
   alignas(16) float a[kBK][BM + kPad];
   alignas(16) float b[kBK][BN + kPad];
+  FASTOPT_HD void put_a(int m, int kk, float v) { a[kk][m] = v; }
+  FASTOPT_HD void put_b(int n, int kk, float v) { b[kk][n] = v; }
 };
 
 // Local coordinates (row along the tile's outer dim, k) of a thread's i-th copied element. With
 // kAlongK, 8 consecutive threads read 8 consecutive k of one row (the operand is contiguous along
-// k); otherwise consecutive threads read consecutive rows.
-template <int B, bool kAlongK>
+// k); otherwise consecutive threads read consecutive rows. BK: the tile's depth.
+template <int B, bool kAlongK, int BK = kBK>
 FASTOPT_HD void copy_slot(int tid, int i, int& row, int& kk) {
   if (kAlongK) {
-    kk = tid % kBK;
-    row = tid / kBK + (kThreads / kBK) * i;
+    kk = tid % BK;
+    row = tid / BK + (kThreads / BK) * i;
   } else {
     row = tid % B;
     kk = tid / B + (kThreads / B) * i;
@@ -81,15 +94,16 @@ struct ColumnOf<Prob, std::enable_if_t<Prob::kHoistB>> {
   static FASTOPT_HD float at(const Prob& pb, int, const type& c, int k) { return pb.b_at(c, k); }
 };
 
-template <class Prob, int BM, int BN>
-using Columns = typename ColumnOf<Prob>::type[Tile<BM, BN>::LB];
+// Tl: the tile type (Tile, or gemm_bf16.cuh's TileBf16), whose LA, LB and BK set the copy slots.
+template <class Prob, class Tl>
+using Columns = typename ColumnOf<Prob>::type[Tl::LB];
 
-template <class Prob, int BM, int BN>
-FASTOPT_HD void make_columns(const Prob& pb, int g, int tid, int n0, Columns<Prob, BM, BN>& cols) {
+template <class Prob, int BM, int BN, class Tl = Tile<BM, BN>>
+FASTOPT_HD void make_columns(const Prob& pb, int g, int tid, int n0, Columns<Prob, Tl>& cols) {
 #pragma unroll
-  for (int i = 0; i < Tile<BM, BN>::LB; ++i) {
+  for (int i = 0; i < Tl::LB; ++i) {
     int n, kk;
-    copy_slot<BN, Prob::kBAlongK>(tid, i, n, kk);
+    copy_slot<BN, Prob::kBAlongK, Tl::BK>(tid, i, n, kk);
     cols[i] = ColumnOf<Prob>::make(pb, g, n0 + n);
   }
 }
@@ -104,66 +118,65 @@ struct HasKCoord<Prob, std::void_t<typename Prob::KCoord>> : std::true_type {};
 
 // Reads this thread's share of the A and B tiles at (m0, n0, k0) into registers (0 outside the
 // problem or past k_end), so that the global loads of the next step overlap the current FMAs.
-template <class Prob, int BM, int BN>
+template <class Prob, int BM, int BN, class Tl = Tile<BM, BN>>
 FASTOPT_HD void load_tiles(const Prob& pb, int g, int tid, int m0, int n0, int k0, int k_end,
-                           const Columns<Prob, BM, BN>& cols, float (&ra)[Tile<BM, BN>::LA],
-                           float (&rb)[Tile<BM, BN>::LB]) {
+                           const Columns<Prob, Tl>& cols, float (&ra)[Tl::LA], float (&rb)[Tl::LB]) {
+  constexpr int BK = Tl::BK;
   if constexpr (HasKCoord<Prob>::value) {
     static_assert(Prob::kAAlongK && Prob::kBAlongK && Prob::kHoistB, "one k per thread and step");
-    const int k = k0 + tid % kBK;
+    const int k = k0 + tid % BK;
     const bool live = k < k_end;
     const typename Prob::KCoord kc = pb.k_coord(live ? k : k0);
 #pragma unroll
-    for (int i = 0; i < Tile<BM, BN>::LA; ++i) {
+    for (int i = 0; i < Tl::LA; ++i) {
       int m, kk;
-      copy_slot<BM, true>(tid, i, m, kk);
+      copy_slot<BM, true, BK>(tid, i, m, kk);
       ra[i] = (m0 + m < pb.M && live) ? pb.a_at(g, m0 + m, kc) : 0.0f;
     }
 #pragma unroll
-    for (int i = 0; i < Tile<BM, BN>::LB; ++i) {
+    for (int i = 0; i < Tl::LB; ++i) {
       int n, kk;
-      copy_slot<BN, true>(tid, i, n, kk);
+      copy_slot<BN, true, BK>(tid, i, n, kk);
       rb[i] = (n0 + n < pb.N && live) ? pb.b_at(cols[i], kc) : 0.0f;
     }
   } else {
 #pragma unroll
-    for (int i = 0; i < Tile<BM, BN>::LA; ++i) {
+    for (int i = 0; i < Tl::LA; ++i) {
       int m, kk;
-      copy_slot<BM, Prob::kAAlongK>(tid, i, m, kk);
+      copy_slot<BM, Prob::kAAlongK, BK>(tid, i, m, kk);
       ra[i] = (m0 + m < pb.M && k0 + kk < k_end) ? pb.a(g, m0 + m, k0 + kk) : 0.0f;
     }
 #pragma unroll
-    for (int i = 0; i < Tile<BM, BN>::LB; ++i) {
+    for (int i = 0; i < Tl::LB; ++i) {
       int n, kk;
-      copy_slot<BN, Prob::kBAlongK>(tid, i, n, kk);
+      copy_slot<BN, Prob::kBAlongK, BK>(tid, i, n, kk);
       rb[i] = (n0 + n < pb.N && k0 + kk < k_end) ? ColumnOf<Prob>::at(pb, g, cols[i], k0 + kk) : 0.0f;
     }
   }
 }
 
 // The same without hoisted columns (the host replay's entry point).
-template <class Prob, int BM, int BN>
-FASTOPT_HD void load_tiles(const Prob& pb, int g, int tid, int m0, int n0, int k0, int k_end,
-                           float (&ra)[Tile<BM, BN>::LA], float (&rb)[Tile<BM, BN>::LB]) {
-  Columns<Prob, BM, BN> cols;
-  make_columns<Prob, BM, BN>(pb, g, tid, n0, cols);
-  load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k0, k_end, cols, ra, rb);
+template <class Prob, int BM, int BN, class Tl = Tile<BM, BN>>
+FASTOPT_HD void load_tiles(const Prob& pb, int g, int tid, int m0, int n0, int k0, int k_end, float (&ra)[Tl::LA],
+                           float (&rb)[Tl::LB]) {
+  Columns<Prob, Tl> cols;
+  make_columns<Prob, BM, BN, Tl>(pb, g, tid, n0, cols);
+  load_tiles<Prob, BM, BN, Tl>(pb, g, tid, m0, n0, k0, k_end, cols, ra, rb);
 }
 
-template <class Prob, int BM, int BN>
-FASTOPT_HD void store_tiles(Tile<BM, BN>& t, int tid, const float (&ra)[Tile<BM, BN>::LA],
-                            const float (&rb)[Tile<BM, BN>::LB]) {
+template <class Prob, int BM, int BN, class Tl = Tile<BM, BN>>
+FASTOPT_HD void store_tiles(Tl& t, int tid, const float (&ra)[Tl::LA], const float (&rb)[Tl::LB]) {
 #pragma unroll
-  for (int i = 0; i < Tile<BM, BN>::LA; ++i) {
+  for (int i = 0; i < Tl::LA; ++i) {
     int m, kk;
-    copy_slot<BM, Prob::kAAlongK>(tid, i, m, kk);
-    t.a[kk][m] = ra[i];
+    copy_slot<BM, Prob::kAAlongK, Tl::BK>(tid, i, m, kk);
+    t.put_a(m, kk, ra[i]);
   }
 #pragma unroll
-  for (int i = 0; i < Tile<BM, BN>::LB; ++i) {
+  for (int i = 0; i < Tl::LB; ++i) {
     int n, kk;
-    copy_slot<BN, Prob::kBAlongK>(tid, i, n, kk);
-    t.b[kk][n] = rb[i];
+    copy_slot<BN, Prob::kBAlongK, Tl::BK>(tid, i, n, kk);
+    t.put_b(n, kk, rb[i]);
   }
 }
 
@@ -276,6 +289,13 @@ FASTOPT_HD void mma_fragments(const Tile<BM, BN>& t, int tid, float (&a)[Mma<BM,
   }
 }
 
+}  // namespace fastopt::cuda::tiled
+
+// The bf16 stage (TileBf16, its fragments and tile_mma_bf16) builds on Tile and Mma above.
+#include "gemm_bf16.cuh"
+
+namespace fastopt::cuda::tiled {
+
 #if defined(__CUDACC__) || defined(FASTOPT_CUDA_EMULATION)
 // d += a b for one warp-wide m16n8k8 TF32 product, each lane holding its fragments.
 __device__ __forceinline__ void mma_m16n8k8_tf32(float& d0, float& d1, float& d2, float& d3, const float (&a)[4],
@@ -313,32 +333,36 @@ __device__ __forceinline__ void tile_mma(const Tile<BM, BN>& t, int tid,
 // GEMM kernels: acc = this block's (m0, n0) tile of A B over the reduction range [k_begin, k_end)
 // of group g, double-buffered through `tiles`. Step k reads tiles[buf] and fills tiles[buf ^ 1];
 // the one barrier per step separates both from the previous step, which read tiles[buf ^ 1].
-// kTF32: the k steps go through tensor cores (tile_mma) instead of FMAs (tile_fma).
-template <class Prob, int BM, int BN, bool kTF32>
+// kMath picks the tile type and what a k step runs: FMAs (tile_fma), TF32 mma (tile_mma) or
+// bf16 mma (tile_mma_bf16).
+template <class Prob, int BM, int BN, Math kMath>
 __device__ __forceinline__ void gemm_mainloop(const Prob& pb, int g, int tid, int m0, int n0, int k_begin, int k_end,
-                                              Tile<BM, BN> (&tiles)[2],
+                                              TileFor<BM, BN, kMath> (&tiles)[2],
                                               float (&acc)[Tile<BM, BN>::TM][Tile<BM, BN>::TN]) {
-  using T = Tile<BM, BN>;
+  using T = TileFor<BM, BN, kMath>;
+  constexpr int BK = T::BK;
 #pragma unroll
   for (int i = 0; i < T::TM; ++i)
 #pragma unroll
     for (int j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
   if (k_begin >= k_end) return;
   float ra[T::LA], rb[T::LB];
-  Columns<Prob, BM, BN> cols;
-  make_columns<Prob, BM, BN>(pb, g, tid, n0, cols);
-  load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k_begin, k_end, cols, ra, rb);
-  store_tiles<Prob, BM, BN>(tiles[0], tid, ra, rb);
+  Columns<Prob, T> cols;
+  make_columns<Prob, BM, BN, T>(pb, g, tid, n0, cols);
+  load_tiles<Prob, BM, BN, T>(pb, g, tid, m0, n0, k_begin, k_end, cols, ra, rb);
+  store_tiles<Prob, BM, BN, T>(tiles[0], tid, ra, rb);
   __syncthreads();
   int buf = 0;
-  for (int k0 = k_begin; k0 < k_end; k0 += kBK) {
-    const bool more = k0 + kBK < k_end;
-    if (more) load_tiles<Prob, BM, BN>(pb, g, tid, m0, n0, k0 + kBK, k_end, cols, ra, rb);
-    if constexpr (kTF32)
+  for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+    const bool more = k0 + BK < k_end;
+    if (more) load_tiles<Prob, BM, BN, T>(pb, g, tid, m0, n0, k0 + BK, k_end, cols, ra, rb);
+    if constexpr (kMath == Math::kBf16)
+      tile_mma_bf16<BM, BN>(tiles[buf], tid, acc);
+    else if constexpr (kMath == Math::kTf32)
       tile_mma<BM, BN>(tiles[buf], tid, acc);
     else
       tile_fma<BM, BN>(tiles[buf], tid, acc);
-    if (more) store_tiles<Prob, BM, BN>(tiles[buf ^ 1], tid, ra, rb);
+    if (more) store_tiles<Prob, BM, BN, T>(tiles[buf ^ 1], tid, ra, rb);
     __syncthreads();
     buf ^= 1;
   }
@@ -357,13 +381,25 @@ FASTOPT_HD void store_outputs_mma(const Prob& pb, int g, int split, int tid, int
   }
 }
 
-// The reduction range [begin, end) of split `split` of `splits`: whole BK steps, the last split
-// possibly shorter or empty (an empty split stores zeros, which the fixed-order sum adds).
-FASTOPT_HD void split_range(int Kd, int splits, int split, int& begin, int& end) {
-  const int steps = (Kd + kBK - 1) / kBK;
+// The tile epilogue of kMath: a thread's FMA outputs, or its mma fragments' (kTf32 and kBf16
+// share the fragment order), each through pb.store.
+template <class Prob, int BM, int BN, Math kMath>
+FASTOPT_HD void store_tile(const Prob& pb, int g, int split, int tid, int m0, int n0,
+                           const float (&acc)[Tile<BM, BN>::TM][Tile<BM, BN>::TN]) {
+  if constexpr (kMath == Math::kFma)
+    store_outputs<Prob, BM, BN>(pb, g, split, tid, m0, n0, acc);
+  else
+    store_outputs_mma<Prob, BM, BN>(pb, g, split, tid, m0, n0, acc);
+}
+
+// The reduction range [begin, end) of split `split` of `splits`: whole steps of BK (the tile's
+// depth), the last split possibly shorter or empty (an empty split stores zeros, which the
+// fixed-order sum adds).
+FASTOPT_HD void split_range(int Kd, int splits, int split, int& begin, int& end, int BK = kBK) {
+  const int steps = (Kd + BK - 1) / BK;
   const int per = (steps + splits - 1) / splits;
-  begin = split * per * kBK;
-  end = begin + per * kBK < Kd ? begin + per * kBK : Kd;
+  begin = split * per * BK;
+  end = begin + per * BK < Kd ? begin + per * BK : Kd;
   if (begin > end) begin = end;
 }
 

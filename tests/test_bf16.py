@@ -280,19 +280,17 @@ def test_torch_bfloat16_tensors():
 
 
 @pytest.mark.gpu
-def test_bf16_device_arrays_copy_but_gpu_kernels_refuse():
+def test_bf16_device_arrays_copy_and_gpu_kernels_take_them():
     x = bf(np.arange(-3, 9).reshape(3, 4) / 4)
     d = fastopt.to_device(x)
     assert d.dtype == bfloat16 and np.array_equal(d.numpy().view(np.uint16), x.view(np.uint16))
     z = fastopt.zeros((2, 3), bfloat16)
     assert z.dtype == bfloat16 and not f64(z.numpy()).any()
-    # The memory-bound ops run bf16 on the GPU (tests/test_bf16_gpu.py); conv2d and linear, whose
-    # tensor-core kernels do not exist yet, refuse and say so.
+    # The memory-bound ops (tests/test_bf16_gpu.py) and conv2d and linear (tensor cores:
+    # tests/test_gemm_bf16_gpu.py) run bf16 on the GPU.
     assert F.relu_forward(d).dtype == bfloat16
-    for call in (lambda: F.conv2d_forward(d.reshape((1, 1, 3, 4)), fastopt.to_device(bf(np.ones((2, 1, 1, 1))))),
-                 lambda: F.linear_forward(d, fastopt.to_device(bf(np.ones((2, 4)))))):
-        with pytest.raises(TypeError, match=r"x: bfloat16 on the GPU: not yet \(issue 21\).*not conv2d or linear"):
-            call()
+    assert F.conv2d_forward(d.reshape((1, 1, 3, 4)), fastopt.to_device(bf(np.ones((2, 1, 1, 1))))).dtype == bfloat16
+    assert F.linear_forward(d, fastopt.to_device(bf(np.ones((2, 4))))).dtype == bfloat16
     with pytest.raises(TypeError, match=r"x: unsupported dtype bfloat16.*not yet"):
         F.augment_batch(d, 1, 0)  # an op without a bf16 path, CPU or GPU
     with pytest.raises(TypeError, match=r"params\[0\]: float16 on the GPU: not yet \(issue 21\)"):

@@ -296,15 +296,7 @@ def test_group_norm(rng, shape, groups, affine):
     _check_row_norm(*group_norm_case(rng, shape, groups, affine))
 
 
-# ------------------------------------------------------------------ what still refuses
-def test_conv2d_and_linear_refuse_bf16_on_the_gpu():
-    x = dev(bf(np.ones((2, 3, 5, 5))))
-    with pytest.raises(TypeError, match=r"x: bfloat16 on the GPU: not yet \(issue 21\).*not conv2d or linear"):
-        F.conv2d_forward(x, dev(bf(np.ones((4, 3, 3, 3)))))
-    with pytest.raises(TypeError, match=r"x: bfloat16 on the GPU: not yet \(issue 21\).*not conv2d or linear"):
-        F.linear_forward(dev(bf(np.ones((2, 3)))), dev(bf(np.ones((4, 3)))))
-
-
+# ------------------------------------------------------------------ device arrays
 def test_device_array_round_trip():
     x = bf(np.arange(-3, 9).reshape(3, 4) / 4)
     d = fastopt.to_device(x)

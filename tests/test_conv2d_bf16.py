@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from ml_dtypes import bfloat16
 
-import fastopt
 import fastopt.functional as F
 from fastopt.reference import conv as ref
 
@@ -140,15 +139,6 @@ def test_float16_refused():
     x = np.zeros((1, 2, 4, 4), np.float16)
     with pytest.raises(TypeError, match=r"^x: .*float16.*bfloat16|^x: .*bfloat16.*float16"):
         F.conv2d_forward(x, np.zeros((2, 2, 3, 3), np.float16))
-
-
-@pytest.mark.gpu
-def test_gpu_not_yet():
-    if not fastopt.cuda.is_available():
-        pytest.skip("no usable CUDA GPU here")
-    x = fastopt.to_device(bf16(np.ones((1, 2, 4, 4))))
-    with pytest.raises(TypeError, match="^x: bfloat16 on the GPU: not yet"):
-        F.conv2d_forward(x, fastopt.to_device(bf16(np.ones((2, 2, 3, 3)))))
 
 
 def test_outputs_dtypes():

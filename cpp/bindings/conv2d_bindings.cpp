@@ -1,8 +1,8 @@
 // Python entry points of the conv2d family: _C.conv2d_forward and _C.conv2d_backward. Each
 // validates shapes and hyper-parameters against the interface (fastopt/conv2d.h), allocates the
 // outputs on the inputs' device, releases the GIL and dispatches to the CPU or CUDA backend.
-// dtypes: x, w, b and dy all float32 or all bfloat16 (CPU only: view_floating refuses bf16 on a
-// GPU, "not yet"); a mix raises TypeError naming the odd one. y and dx take the inputs' dtype,
+// dtypes: x, w, b and dy all float32 or all bfloat16, on either device (the GPU's bf16 GEMM
+// passes run on tensor cores); a mix raises TypeError naming the odd one. y and dx take the inputs' dtype,
 // dw and db are float32 either way (fp32 master gradients), fresh or written (with accumulate:
 // added) into the caller's dw_out / db_out by the kernels' final stores (grad_out.h).
 #include <pybind11/stl.h>
@@ -86,14 +86,14 @@ Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair
 
 py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, Pair stride, Pair padding,
                           Pair dilation, int64_t groups, bool allow_tf32, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
-  const ArrayView w = view_floating(w_obj, ArgName{"w"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView w = view_floating(w_obj, ArgName{"w"}, false, true);
   require_same_device(x, ArgName{"x"}, w, ArgName{"w"});
   require_same_dtype(x, ArgName{"x"}, w, ArgName{"w"});
   const Conv2dShape s = conv_shape(x, w, stride, padding, dilation, groups);
   const void* b = nullptr;
   if (!b_obj.is_none()) {
-    const ArrayView bv = view_floating(b_obj, ArgName{"b"}, false);
+    const ArrayView bv = view_floating(b_obj, ArgName{"b"}, false, true);
     require_same_device(x, ArgName{"x"}, bv, ArgName{"b"});
     require_same_dtype(x, ArgName{"x"}, bv, ArgName{"b"});
     if (bv.shape != std::vector<int64_t>{s.K})
@@ -116,8 +116,11 @@ py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
   }
   on_gpu(x.device, [&](auto) {
     py::gil_scoped_release nogil;
-    cuda::conv2d_forward(s, data_as<float>(x), data_as<float>(w), static_cast<const float*>(b), static_cast<float*>(yp),
-                         allow_tf32, reinterpret_cast<void*>(stream));
+    by_floating_dtype(x, [&](auto tag) {
+      using T = decltype(tag);
+      cuda::conv2d_forward(s, data_as<T>(x), data_as<T>(w), static_cast<const T*>(b), static_cast<T*>(yp), allow_tf32,
+                           reinterpret_cast<void*>(stream));
+    });
   });
   return y;
 }
@@ -125,9 +128,9 @@ py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
 py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj, Pair stride, Pair padding,
                           Pair dilation, int64_t groups, bool need_dx, bool need_dw, bool need_db, bool allow_tf32,
                           uintptr_t stream, py::handle dw_out, py::handle db_out, bool accumulate) {
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
-  const ArrayView w = view_floating(w_obj, ArgName{"w"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView w = view_floating(w_obj, ArgName{"w"}, false, true);
   require_same_device(x, ArgName{"x"}, w, ArgName{"w"});
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_dtype(x, ArgName{"x"}, w, ArgName{"w"});
@@ -160,10 +163,13 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
   on_gpu(x.device, [&](auto) {
     py::gil_scoped_release nogil;
     void* st = reinterpret_cast<void*>(stream);
-    const auto *dyp = data_as<float>(dy), *xp = data_as<float>(x), *wp = data_as<float>(w);
-    if (dxp) cuda::conv2d_backward_data(s, dyp, wp, static_cast<float*>(dxp), allow_tf32, st);
-    if (dwp) cuda::conv2d_backward_weight(s, dyp, xp, dwp, accumulate, allow_tf32, st);
-    if (dbp) cuda::conv2d_backward_bias(s, dyp, dbp, accumulate, st);
+    by_floating_dtype(x, [&](auto tag) {
+      using T = decltype(tag);
+      const T *dyp = data_as<T>(dy), *xp = data_as<T>(x), *wp = data_as<T>(w);
+      if (dxp) cuda::conv2d_backward_data(s, dyp, wp, static_cast<T*>(dxp), allow_tf32, st);
+      if (dwp) cuda::conv2d_backward_weight(s, dyp, xp, dwp, accumulate, allow_tf32, st);
+      if (dbp) cuda::conv2d_backward_bias(s, dyp, dbp, accumulate, st);
+    });
   });
   return py::make_tuple(dx, dw.obj, db.obj);
 }
@@ -174,7 +180,7 @@ void bind_conv2d(py::module_& m) {
   m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("allow_tf32") = false,
         py::arg("stream") = 0,
-        "y = conv2d(x, w, b) in NCHW float32 or bfloat16 (CPU); stride, padding, dilation are (h, w) pairs.");
+        "y = conv2d(x, w, b) in NCHW float32 or bfloat16; stride, padding, dilation are (h, w) pairs.");
   m.def("conv2d_backward", &conv2d_backward, py::arg("dy"), py::arg("x"), py::arg("w"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("need_dx") = true,
         py::arg("need_dw") = true, py::arg("need_db") = true, py::arg("allow_tf32") = false, py::arg("stream") = 0,

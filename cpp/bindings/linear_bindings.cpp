@@ -1,8 +1,8 @@
 // Python entry points of the linear family: _C.linear_forward and _C.linear_backward. Each
 // validates shapes against the interface (fastopt/linear.h), allocates the outputs on the
 // inputs' device, releases the GIL and dispatches to the CPU or CUDA backend.
-// dtypes: x, weight, bias and dy all float32 or all bfloat16 (CPU only: view_floating refuses
-// bf16 on a GPU, "not yet"); a mix raises TypeError naming the odd one. y and dx take the
+// dtypes: x, weight, bias and dy all float32 or all bfloat16, on either device (the GPU's bf16
+// runs on tensor cores); a mix raises TypeError naming the odd one. y and dx take the
 // inputs' dtype, dweight and dbias are float32 either way (fp32 master gradients), fresh or written
 // (with accumulate: added) into the caller's dweight_out / dbias_out at the final store (grad_out.h).
 #include <pybind11/pybind11.h>
@@ -36,14 +36,14 @@ LinearShape linear_shape(const ArrayView& x, const ArrayView& w) {
 }
 
 py::object linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
-  const ArrayView w = view_floating(w_obj, ArgName{"weight"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView w = view_floating(w_obj, ArgName{"weight"}, false, true);
   require_same_device(x, ArgName{"x"}, w, ArgName{"weight"});
   require_same_dtype(x, ArgName{"x"}, w, ArgName{"weight"});
   const LinearShape s = linear_shape(x, w);
   const void* b = nullptr;
   if (!b_obj.is_none()) {
-    const ArrayView bv = view_floating(b_obj, ArgName{"bias"}, false);
+    const ArrayView bv = view_floating(b_obj, ArgName{"bias"}, false, true);
     require_same_device(x, ArgName{"x"}, bv, ArgName{"bias"});
     require_same_dtype(x, ArgName{"x"}, bv, ArgName{"bias"});
     if (bv.shape != std::vector<int64_t>{s.out})
@@ -65,17 +65,20 @@ py::object linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
   }
   on_gpu(x.device, [&](auto) {
     py::gil_scoped_release nogil;
-    cuda::linear_forward(s, data_as<float>(x), data_as<float>(w), static_cast<const float*>(b), static_cast<float*>(yp),
-                         reinterpret_cast<void*>(stream));
+    by_floating_dtype(x, [&](auto tag) {
+      using T = decltype(tag);
+      cuda::linear_forward(s, data_as<T>(x), data_as<T>(w), static_cast<const T*>(b), static_cast<T*>(yp),
+                           reinterpret_cast<void*>(stream));
+    });
   });
   return y;
 }
 
 py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj, bool need_dx, bool need_dw,
                           bool need_db, uintptr_t stream, py::handle dw_out, py::handle db_out, bool accumulate) {
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
-  const ArrayView w = view_floating(w_obj, ArgName{"weight"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView w = view_floating(w_obj, ArgName{"weight"}, false, true);
   require_same_device(x, ArgName{"x"}, w, ArgName{"weight"});
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_dtype(x, ArgName{"x"}, w, ArgName{"weight"});
@@ -111,10 +114,13 @@ py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
   on_gpu(x.device, [&](auto) {
     py::gil_scoped_release nogil;
     void* st = reinterpret_cast<void*>(stream);
-    const auto *dyp = data_as<float>(dy), *xp = data_as<float>(x), *wp = data_as<float>(w);
-    if (dxp) cuda::linear_backward_data(s, dyp, wp, static_cast<float*>(dxp), st);
-    if (dwp) cuda::linear_backward_weight(s, dyp, xp, dwp, accumulate, st);
-    if (dbp) cuda::linear_backward_bias(s, dyp, dbp, accumulate, st);
+    by_floating_dtype(x, [&](auto tag) {
+      using T = decltype(tag);
+      const T *dyp = data_as<T>(dy), *xp = data_as<T>(x), *wp = data_as<T>(w);
+      if (dxp) cuda::linear_backward_data(s, dyp, wp, static_cast<T*>(dxp), st);
+      if (dwp) cuda::linear_backward_weight(s, dyp, xp, dwp, accumulate, st);
+      if (dbp) cuda::linear_backward_bias(s, dyp, dbp, accumulate, st);
+    });
   });
   return py::make_tuple(dx, dw.obj, db.obj);
 }
@@ -123,7 +129,7 @@ py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
 
 void bind_linear(py::module_& m) {
   m.def("linear_forward", &linear_forward, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stream") = 0,
-        "y = x @ weight.T + bias in float32 or bfloat16 (CPU): x (N, in), weight (out, in), bias (out,) or None.");
+        "y = x @ weight.T + bias in float32 or bfloat16: x (N, in), weight (out, in), bias (out,) or None.");
   m.def("linear_backward", &linear_backward, py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("need_dx") = true,
         py::arg("need_dweight") = true, py::arg("need_dbias") = true, py::arg("stream") = 0,
         py::arg("dweight_out") = py::none(), py::arg("dbias_out") = py::none(), py::arg("accumulate") = false,

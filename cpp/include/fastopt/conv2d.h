@@ -1,4 +1,4 @@
-// Conv2d, NCHW, float32 (CPU: also bfloat16): the interface between the bindings and both backends.
+// Conv2d, NCHW, float32 or bfloat16: the interface between the bindings and both backends.
 //
 //   y[n,k,p,q] = b[k] + sum_{c in group(k), r, s} x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw] * w[k, c', r, s]
 //   P = (H + 2 ph - dh (R - 1) - 1) / sh + 1, Q likewise; K and C divisible by groups.
@@ -43,6 +43,15 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
 void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate,
                             bool allow_tf32, void* stream);
 void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, bool accumulate, void* stream);
+// bfloat16 as on the CPU: the GEMM passes on bf16 tensor cores (mma.sync, sm_80+) with fp32
+// accumulation, the others through fp32; allow_tf32 has no effect.
+void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y, bool allow_tf32,
+                    void* stream);
+void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx, bool allow_tf32,
+                          void* stream);
+void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate,
+                            bool allow_tf32, void* stream);
+void conv2d_backward_bias(const Conv2dShape& s, const bf16* dy, float* db, bool accumulate, void* stream);
 }  // namespace cuda
 
 }  // namespace fastopt

@@ -1,4 +1,4 @@
-// Linear (fully connected) layer, float32 (CPU: also bfloat16), torch layout: the interface
+// Linear (fully connected) layer, float32 or bfloat16, torch layout: the interface
 // between the bindings and both backends.
 //
 //   forward      y[n, o]  = b[o] + sum_i x[n, i] w[o, i]      x (N, in), w (out, in), y (N, out)
@@ -41,6 +41,12 @@ void linear_backward_data(const LinearShape& s, const float* dy, const float* w,
 void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw, bool accumulate,
                             void* stream);
 void linear_backward_bias(const LinearShape& s, const float* dy, float* db, bool accumulate, void* stream);
+// bfloat16 as on the CPU, on bf16 tensor cores (mma.sync, sm_80+) with fp32 accumulation.
+void linear_forward(const LinearShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y, void* stream);
+void linear_backward_data(const LinearShape& s, const bf16* dy, const bf16* w, bf16* dx, void* stream);
+void linear_backward_weight(const LinearShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate,
+                            void* stream);
+void linear_backward_bias(const LinearShape& s, const bf16* dy, float* db, bool accumulate, void* stream);
 }  // namespace cuda
 
 }  // namespace fastopt

@@ -17,10 +17,11 @@ torch.matmul with TF32 off on the GPU) and bytes (x + w + y once) / the copy ban
 the same run (best sample). Medians of the contenders; progress on stderr, a Markdown table on stdout; --out DIR writes
 results.json, results.md and chart.png.
 
---dtype bf16 (CPU): fastopt in bfloat16 (fastopt-bf16) beside fastopt in float32, torch in bfloat16 with
-channels_last tensors (torch-bf16-cl: oneDNN's fast bf16 layout) and torch in float32; the GEMM ceiling is
-then torch.matmul's bf16 rate (2048^3, measured in the same run), and a second table gives each pass's bf16
-speed-up over fastopt's own float32.
+--dtype bf16: fastopt in bfloat16 (fastopt-bf16; on the GPU its bf16 tensor-core kernels) beside fastopt in
+float32, torch in bfloat16 with channels_last tensors (torch-bf16-cl: oneDNN's, or cuDNN's, fast bf16 layout)
+and torch in float32; the GEMM ceiling is then torch.matmul's bf16 rate (2048^3, measured in the same run on
+the same device), and a second table gives each pass's bf16 speed-up over fastopt's own float32. Without
+torch (on the GPU: without torch.cuda) the torch rows and the GEMM ceiling are left out, and the log says so.
 """
 import argparse
 import os
@@ -64,12 +65,10 @@ def parse_args(argv=None):
                    help="leave out the kernels that are opt-in until timed on a GPU (should one of them fail)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: fastopt and torch (channels_last) in bfloat16 beside both in float32, against "
-                        "torch.matmul's bf16 rate (CPU only)")
+                        "torch.matmul's bf16 rate")
     a = p.parse_args(argv)
     if a.repeat < 1:
         p.error("--repeat must be >= 1")
-    if a.dtype == "bf16" and a.device == "cuda":
-        p.error("--dtype bf16: fastopt's CUDA kernels are float32 only (not yet); use --device cpu")
     return a
 
 
@@ -86,12 +85,12 @@ def flops(n, c, k, p, q, r, groups):
 # down, and a ceiling that noise lowered would flatter every percentage measured against it.
 def sgemm_rate(device, torch, rounds=5, dtype="fp32"):
     """FLOP/s of a 2048^3 float32 matrix product: numpy.matmul (OpenBLAS) or torch on the GPU; for
-    dtype bf16, torch.matmul in bfloat16 on the CPU (None without torch)."""
+    dtype bf16, torch.matmul in bfloat16 on `device` (None without torch)."""
     n = 2048
     if dtype == "bf16":
         if torch is None:
             return None
-        a = torch.randn(n, n).bfloat16()
+        a = torch.randn(n, n, device=device).bfloat16()
         b, c = a.clone(), torch.empty_like(a)
         step = lambda: torch.matmul(a, b, out=c)  # noqa: E731
     elif device == "cpu":
@@ -179,7 +178,7 @@ def contenders(device, layer, n, torch, with_reference, opt_in=True, dtype="fp32
     xd, wd, dyd = put(x), put(w), put(dy)
     out["fastopt"] = fastopt_steps(xd, wd, dyd, args)
     if dtype == "bf16":
-        out["fastopt-bf16"] = fastopt_steps(*(a.astype(bfloat16) for a in (x, w, dy)), args)
+        out["fastopt-bf16"] = fastopt_steps(*(put(a.astype(bfloat16)) for a in (x, w, dy)), args)
     if device == "cuda":
         out["fastopt-tf32"] = fastopt_steps(xd, wd, dyd, args, allow_tf32=True)
         for backend, switch, passes in opt_in_kernels(c, r, stride, groups) if opt_in else ():
@@ -250,8 +249,6 @@ def run(args):
     if args.device == "cuda" and not gpu:
         raise SystemExit("conv2d bench: --device cuda, but no usable GPU")
     devices = ["cpu", "cuda"] if args.device == "all" and gpu else (["cpu"] if args.device == "all" else [args.device])
-    if args.dtype == "bf16":
-        devices = ["cpu"]
     if torch is not None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = False
@@ -260,7 +257,11 @@ def run(args):
     for device in devices:
         n = args.batch or ((8 if args.quick else 32) if device == "cpu" else (32 if args.quick else 128))
         tdev = torch if (torch is not None and (device == "cpu" or torch.cuda.is_available())) else None
-        has_sgemm = device == "cpu" or tdev is not None
+        has_sgemm = (device == "cpu" and args.dtype == "fp32") or tdev is not None
+        if tdev is None:
+            log(f"{device}: no torch{'' if device == 'cpu' else ' with CUDA'}: the torch rows are skipped"
+                + ("" if has_sgemm else f", and so is the {'torch.matmul bf16' if args.dtype == 'bf16' else 'SGEMM'} "
+                                        "ceiling (the floor is then the copy bandwidth's alone)"))
         ceilings[device] = {"sgemm_gflops": None, "batch": n, "copy_gbps": {},
                             "gemm": "torch.matmul bf16" if args.dtype == "bf16" else "float32 SGEMM"}
         rates, measured = [], []
@@ -327,7 +328,8 @@ def markdown(doc):
     out = [f"# conv2d, {doc['date']}", "",
            f"Host: {doc['host']['cpu_model']} ({doc['host']['cpus']} CPUs){f', {gpu}' if gpu else ''}; "
            f"commit {str(git.get('commit'))[:12]}{' (dirty)' if git.get('dirty') else ''}; torch {doc['torch']}, "
-           f"numpy {doc['numpy']}; settings {doc['settings']}.", ""]
+           f"numpy {doc['numpy']}; fastopt SIMD {doc['fastopt'].get('simd')}, AMX {doc['fastopt'].get('amx')}; "
+           f"settings {doc['settings']}.", ""]
     for device, ceil in doc["ceilings"].items():
         out.append(f"**{device}**: N = {ceil['batch']}; {ceil.get('gemm', 'SGEMM')} {_f(ceil['sgemm_gflops'], '.0f')} "
                    "GFLOP/s; copy "

@@ -1,11 +1,11 @@
 """2-D convolution, NCHW (torch.nn.functional.conv2d semantics and its gradients).
 
-dtypes: float32 everywhere; bfloat16 on the CPU (ml_dtypes.bfloat16 arrays, fastopt.bfloat16, or
-torch.bfloat16 tensors), with float32 accumulation. One call takes one dtype: x, w, b and dy all
+dtypes: float32 or bfloat16 (ml_dtypes.bfloat16 arrays, fastopt.bfloat16, or torch.bfloat16
+tensors), on the CPU and the GPU, with float32 accumulation. One call takes one dtype: x, w, b and dy all
 float32 or all bfloat16; a mix raises TypeError naming the odd argument (nothing is converted).
 In bfloat16, y and dx come back in bfloat16, rounded once to nearest even (NaN stays NaN), and
-dw and db in float32, unrounded: what an optimizer with float32 master weights consumes. A
-bfloat16 array on the GPU raises TypeError (not yet: the CUDA kernels are float32 only).
+dw and db in float32, unrounded: what an optimizer with float32 master weights consumes. On the
+GPU, bfloat16 runs the implicit-GEMM passes on bf16 tensor cores (sm_80+).
 """
 from .. import _C
 from .._args import boolean, flags, integer, pair, stream as _stream
@@ -22,9 +22,9 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, allo
 
     stride, padding and dilation are ints or (h, w) pairs. Works on NumPy arrays (CPU) and on
     GPU arrays (fastopt.DeviceArray or any __cuda_array_interface__ array), returning an array
-    on the same device, in x's dtype (float32, or bfloat16 on the CPU: see the module's dtype
-    rules). allow_tf32=True lets the GPU use TF32 tensor cores (about 10 mantissa bits); it is
-    ignored on the CPU, which always accumulates in float32.
+    on the same device, in x's dtype (float32 or bfloat16: see the module's dtype rules).
+    allow_tf32=True lets the GPU use TF32 tensor cores for float32 (about 10 mantissa bits); it is
+    ignored on the CPU, which always accumulates in float32, and for bfloat16.
     """
     return _C.conv2d_forward(x, w, b, *_hyper(stride, padding, dilation, groups), boolean(allow_tf32, "allow_tf32"),
                              _stream(stream))

@@ -1,11 +1,11 @@
 """Linear (fully connected) layer, torch layout (torch.nn.functional.linear and its gradients).
 
-dtypes: float32 everywhere; bfloat16 on the CPU (ml_dtypes.bfloat16 arrays, fastopt.bfloat16, or
-torch.bfloat16 tensors), with float32 accumulation. One call takes one dtype: x, weight, bias
+dtypes: float32 or bfloat16 (ml_dtypes.bfloat16 arrays, fastopt.bfloat16, or torch.bfloat16
+tensors), on the CPU and the GPU, with float32 accumulation. One call takes one dtype: x, weight, bias
 and dy all float32 or all bfloat16; a mix raises TypeError naming the odd argument (nothing is
 converted). In bfloat16, y and dx come back in bfloat16, rounded once to nearest even (NaN stays
 NaN), and dweight and dbias in float32, unrounded: what an optimizer with float32 master weights
-consumes. A bfloat16 array on the GPU raises TypeError (not yet: the CUDA kernels are float32).
+consumes. On the GPU, bfloat16 runs on bf16 tensor cores (sm_80+).
 """
 from .. import _C
 from .._args import boolean, flags, stream as _stream
@@ -17,8 +17,8 @@ def linear_forward(x, weight, bias=None, stream=0):
     """y = x @ weight.T + bias: x (N, in), weight (out, in), bias (out,) or None -> y (N, out).
 
     Works on NumPy arrays (CPU) and on GPU arrays (fastopt.DeviceArray or any
-    __cuda_array_interface__ array), returning a new array on x's device in x's dtype (float32,
-    or bfloat16 on the CPU: see the module's dtype rules). Sums run in float32 in an order fixed
+    __cuda_array_interface__ array), returning a new array on x's device in x's dtype (float32
+    or bfloat16: see the module's dtype rules). Sums run in float32 in an order fixed
     by the shape, so results are bitwise reproducible.
     """
     return _C.linear_forward(x, weight, bias, _stream(stream))
