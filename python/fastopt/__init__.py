@@ -33,9 +33,10 @@ def build_info():
 
 
 def switches():
-    """Every environment variable fastopt reads, as a list of dicts: name, alias (an older name still
-    honoured, or None), backend ("cpu", "cuda", "host", "cuda emulation"), default, read ("once": fixed
-    at first use; "per call"), meaning, and value (the environment's now, None when unset)."""
+    """Every environment switch of the native code (README, "Environment switches"), as a list of
+    dicts: name, alias (an older name still honoured, or None), backend ("cpu", "cuda", "host", "cuda
+    emulation"), default, read ("once": fixed at first use; "per call"), meaning, and value (the
+    environment's now, None when unset)."""
     return [dict(s) for s in _C.switches()]
 
 
