@@ -14,7 +14,9 @@ Bytes per parameter and step (fp32), the floor the timings are measured against:
 Launch shape (cuda/launch.cuh: 256 threads per 16384-element chunk, <= 256 tensors per launch):
   1. norm pass, only with clip or check_finite: chunk blocks over all grads, each writing its sum
      of squares and a non-finite flag to its own slot; one 1024-thread block folds the slots in
-     a fixed order into norm, skip flag and clip coefficient, all left in device memory.
+     a fixed order into norm, skip flag and clip coefficient, all left in device memory. With
+     GradScaler's device scalars (grad_scale, found_inf) that block also folds 1/scale into the
+     coefficient and found_inf into the skip flag (alone, without a norm pass, if neither is on).
   2. update: per parameter group (one Hyper, hence one update rule, per launch), chunk blocks over
      that group's tensors. Thread 0 reads skip/coef/steps[i] and derives the StepScalars once per block (two double
      pows for Adam), broadcast through shared memory.
@@ -73,17 +75,22 @@ grad_norm_partials_bf16(const __grid_constant__ TensorList<1> list, float* parti
 }
 
 // coef is computed in float as torch's clip_grad_norm_ does (a NaN norm gives a NaN coefficient).
+// GradScaler's fused path folds in here too: the norm is that of the unscaled gradients, the
+// update multiplier carries 1 / grad_scale (exact for GradScaler's power-of-two scales, as on the
+// CPU), and found_inf skips the step. count is 0 when only the AMP scalars are wanted.
 __global__ void __launch_bounds__(kFinalThreads)
 grad_norm_finalize(const float* partial, const int32_t* flag, int64_t count, bool clip, float max_norm,
-                   bool check_finite, float* norm_out, int32_t* skipped_out, float* coef, int32_t* skip) {
+                   bool check_finite, const float* grad_scale, const float* found_inf, float* norm_out,
+                   int32_t* skipped_out, float* coef, int32_t* skip) {
   int bad = 0;
   for (int64_t i = threadIdx.x; i < count; i += kFinalThreads) bad |= flag[i];
   bad = __syncthreads_or(bad);
   const float sum = fold_partials<NormKind::L2, kFinalThreads>(partial, count);
   if (threadIdx.x == 0) {
-    const float norm = sqrtf(sum);
-    const int32_t skipped = check_finite && bad ? 1 : 0;
-    *coef = clip ? clip_coefficient(max_norm, norm) : 1.0f;
+    const float inv = grad_scale != nullptr ? 1.0f / *grad_scale : 1.0f;
+    const float norm = sqrtf(sum) * inv;
+    const int32_t skipped = (check_finite && bad) || (found_inf != nullptr && *found_inf != 0.0f) ? 1 : 0;
+    *coef = (clip ? clip_coefficient(max_norm, norm) : 1.0f) * inv;
     *skip = skipped;
     if (norm_out != nullptr) *norm_out = norm;
     if (skipped_out != nullptr) *skipped_out = skipped;
@@ -233,20 +240,22 @@ void step_bf16(const StepRequest& req, int32_t g, const float* coef, const int32
 void optim_step(const StepRequest& req, float* norm_out, int32_t* skipped_out, void* stream_handle) {
   const cudaStream_t stream = as_stream(stream_handle);
   const bool norm_pass = req.clip || req.check_finite;
+  const bool amp = req.grad_scale != nullptr || req.found_inf != nullptr;
 
   // Scratch: [coef float][skip int32][pad to 16][partial float x B][flag int32 x B].
   int64_t total_blocks = 0;
   if (norm_pass) {
     for (int64_t i = 0; i < req.num_tensors; ++i) total_blocks += num_blocks(req.tensors[i].numel);
   }
-  Scratch scratch(norm_pass ? 16 + 8 * static_cast<size_t>(total_blocks) : 0, stream);
+  Scratch scratch(norm_pass || amp ? 16 + 8 * static_cast<size_t>(total_blocks) : 0, stream);
   float* coef = nullptr;
   int32_t* skip = nullptr;
-  if (norm_pass) {
+  if (norm_pass || amp) {
     float* partial = reinterpret_cast<float*>(scratch.bytes() + 16);
     int32_t* flag = reinterpret_cast<int32_t*>(scratch.bytes() + 16 + 4 * total_blocks);
     int64_t base = 0;  // partial slots taken by the fp32 pass
     for (const Storage type : {Storage::f32, Storage::bf16}) {
+      if (!norm_pass) break;  // the AMP scalars alone
       int64_t blocks = 0;
       for_each_batch<1>(
           req.num_tensors,
@@ -269,11 +278,12 @@ void optim_step(const StepRequest& req, float* norm_out, int32_t* skipped_out, v
     skip = reinterpret_cast<int32_t*>(scratch.bytes() + 4);
     grad_norm_finalize<<<1, kFinalThreads, 0, stream>>>(partial, flag, total_blocks, req.clip,
                                                         static_cast<float>(req.max_norm), req.check_finite,
-                                                        norm_out, skipped_out, coef, skip);
+                                                        req.grad_scale, req.found_inf, norm_out, skipped_out, coef,
+                                                        skip);
     check(cudaGetLastError(), "optim_step (norm finalize)");
   }
-  const float* update_coef = req.clip ? coef : nullptr;
-  const int32_t* update_skip = req.check_finite ? skip : nullptr;
+  const float* update_coef = req.clip || amp ? coef : nullptr;
+  const int32_t* update_skip = req.check_finite || amp ? skip : nullptr;
 
   for (int32_t g = 0; g < req.num_groups; ++g) {
     const Hyper& hyper = req.groups[g];

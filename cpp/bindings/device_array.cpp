@@ -60,6 +60,14 @@ int cuda_device_of(const void* ptr) {
 #endif
 }
 
+// The allocator in use (null: the pool); leaked, so that arrays freed at interpreter shutdown
+// never meet a destroyed global.
+std::shared_ptr<ExternalAllocator>& external_allocator() {
+  static auto* current = new std::shared_ptr<ExternalAllocator>();
+  return *current;
+}
+
+// Called with the GIL held (arrays are made by bindings before they release it).
 Allocation::Allocation(size_t n, int dev, uintptr_t s) : nbytes(n), device(dev), stream(s) {
   require_cuda("fastopt.DeviceArray");
 #ifdef FASTOPT_WITH_CUDA
@@ -67,12 +75,38 @@ Allocation::Allocation(size_t n, int dev, uintptr_t s) : nbytes(n), device(dev),
     throw py::value_error("device: cuda:" + std::to_string(dev) + " does not exist (" +
                           std::to_string(cuda_device_count()) + " GPUs)");
   cuda::set_device(dev);
+  if (const std::shared_ptr<ExternalAllocator> ext = external_allocator()) {
+    const py::object got = ext->alloc(n, dev, s);
+    if (!py::isinstance<py::int_>(got) || py::isinstance<py::bool_>(got))
+      throw py::type_error("set_allocator: alloc returned " + std::string(py::str(py::type::of(got).attr("__name__"))) +
+                           ", expected an int address");
+    ptr = reinterpret_cast<void*>(got.cast<uintptr_t>());
+    if (ptr == nullptr && n > 0)
+      throw py::value_error("set_allocator: alloc returned address 0 for " + std::to_string(n) + " bytes");
+    external = ext;
+    return;
+  }
   ptr = cuda::malloc_async(n, reinterpret_cast<void*>(s));
 #endif
 }
 
 Allocation::~Allocation() {
 #ifdef FASTOPT_WITH_CUDA
+  if (external) {
+    // An array may die where the GIL is not held; the free is a Python call.
+    if (!Py_IsInitialized()) {  // too late for Python: leak rather than touch its objects
+      (void)new std::shared_ptr<ExternalAllocator>(std::move(external));
+      return;
+    }
+    py::gil_scoped_acquire gil;
+    try {
+      external->free(reinterpret_cast<uintptr_t>(ptr), nbytes, device, stream);
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("fastopt: the allocator's free");  // a destructor must not throw
+    }
+    external.reset();
+    return;
+  }
   try {
     if (ptr) cuda::free_async(ptr, reinterpret_cast<void*>(stream));
   } catch (...) {
@@ -123,15 +157,20 @@ size_t checked_nbytes(const std::vector<int64_t>& shape, DType dtype, const char
 template <class Alloc>
 auto allocate(Alloc alloc, const std::vector<int64_t>& shape, DType dtype, int device, size_t nbytes,
               const char* output, const char* source) {
+  std::string why;
   try {
     return alloc();
   } catch (const std::bad_alloc&) {  // the host cache, or the CUDA pool (cuda/runtime.cu)
   } catch (py::error_already_set& e) {
-    if (!e.matches(PyExc_MemoryError)) throw;  // NumPy's own refusal, reworded the same way
+    // NumPy's own refusal, or that of an allocator given to fastopt.cuda.set_allocator (whose
+    // message is kept), reworded the same way.
+    if (!e.matches(PyExc_MemoryError)) throw;
+    const std::string msg = py::str(e.value());
+    if (device != kCPU && external_allocator() && !msg.empty()) why = " (" + msg + ")";
   }
   raise_memory(std::string(source) + ": " + output + " would have shape " + shape_str(shape) + ", " +
                bytes_str(static_cast<double>(nbytes)) + " of " + dtype_name(dtype) + ", which cannot be allocated on " +
-               device_str(device));
+               device_str(device) + why);
 }
 
 DeviceArray device_alloc(std::vector<int64_t> shape, DType dtype, int device, uintptr_t stream) {
@@ -479,6 +518,19 @@ it to the host.)doc")
 #endif
       },
       py::arg("dst"), py::arg("src"), py::arg("stream") = 0);
+  m.def(
+      "set_allocator",
+      [](py::object alloc, py::object free) {
+        if (alloc.is_none() != free.is_none()) raise_value("set_allocator: give both alloc and free, or neither");
+        for (auto [f, name] : {std::pair{&alloc, "alloc"}, std::pair{&free, "free"}})
+          if (!f->is_none() && !PyCallable_Check(f->ptr()))
+            throw py::type_error(std::string(name) + ": expected a callable, got " +
+                                 std::string(py::str(py::type::of(*f).attr("__name__"))));
+        // Arrays keep the allocator that made them, so switching never frees into the wrong one.
+        external_allocator() =
+            alloc.is_none() ? nullptr : std::make_shared<ExternalAllocator>(ExternalAllocator{alloc, free});
+      },
+      py::arg("alloc"), py::arg("free"));
   m.def(
       "_host_dlpack",
       [](py::array arr) {

@@ -11,11 +11,20 @@
 
 namespace fastopt {
 
+// Python callables that allocate and free device memory in place of fastopt's stream-ordered
+// pool (fastopt.cuda.set_allocator; fastopt.torch installs torch's caching allocator, so the two
+// libraries share one pool of GPU memory).
+struct ExternalAllocator {
+  py::object alloc;  // alloc(nbytes, device, stream) -> int address
+  py::object free;   // free(address, nbytes, device, stream)
+};
+
 struct Allocation {
   void* ptr = nullptr;
   size_t nbytes = 0;
   int device = 0;
   uintptr_t stream = 0;
+  std::shared_ptr<ExternalAllocator> external;  // who made ptr: null for the pool
   Allocation(size_t nbytes, int device, uintptr_t stream);
   ~Allocation();
   Allocation(const Allocation&) = delete;

@@ -6,11 +6,12 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <tuple>
 
 #include "arrays.h"
 #include "device_array.h"
-#include "dispatch.h"
 #include "fastopt/backend.h"
+#include "fastopt/device.h"
 
 namespace fastopt {
 namespace {
@@ -101,7 +102,8 @@ ArrayView view_param(py::handle obj, const ArgName& name, bool writable) {
 
 py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence states, py::handle steps,
                      py::sequence groups, py::sequence group_of, py::object max_norm, bool skip_nonfinite,
-                     uintptr_t stream, py::object masters, double inv_scale) {
+                     uintptr_t stream, py::object masters, double inv_scale, py::object grad_scale,
+                     py::object found_inf) {
   const int64_t n = static_cast<int64_t>(py::len(params));
   if (static_cast<int64_t>(py::len(grads)) != n)
     raise_value("grads: got " + std::to_string(py::len(grads)) + " gradients for " + std::to_string(n) + " parameters");
@@ -197,8 +199,21 @@ py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence state
 
   const int device = n ? first.device : kCPU;
   if (device != kCPU && inv_scale != 1.0)
-    raise_value("inv_scale: the fused unscale runs on the CPU only; on the GPU, unscale first (GradScaler's "
-                "plain path)");
+    raise_value("inv_scale: the host-side unscale is for CPU parameters; on the GPU pass grad_scale (a device "
+                "scalar, read without a sync)");
+  // GradScaler's scalars stay on the GPU: the step reads them there, so nothing waits for the host.
+  const DType f32 = DType::f32;
+  for (auto [obj, name, out] : {std::tuple{&grad_scale, "grad_scale", &req.grad_scale},
+                                std::tuple{&found_inf, "found_inf", &req.found_inf}}) {
+    if (obj->is_none()) continue;
+    const ArrayView v = view_array(*obj, ArgName{name}, false, &f32);
+    if (v.numel != 1) raise_value(std::string(name) + ": must hold one value, got " + std::to_string(v.numel));
+    if (device == kCPU)
+      raise_value(std::string(name) + ": a device scalar is for GPU parameters; on the CPU pass inv_scale "
+                  "(and skip the call when an Inf was found)");
+    require_same_device(first, ArgName{"params", 0}, v, ArgName{name});
+    *out = static_cast<const float*>(v.data);
+  }
   if (device == kCPU) {
     cpu::StepOutcome out;
     {
@@ -207,25 +222,27 @@ py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence state
     }
     return py::make_tuple(out.has_norm ? py::object(py::float_(out.norm)) : py::object(py::none()), out.skipped);
   }
-  py::tuple result;
-  on_gpu(device, [&](auto) {
-    if (!req.check_finite) {
-      {
-        py::gil_scoped_release nogil;
-        cuda::optim_step(req, nullptr, nullptr, reinterpret_cast<void*>(stream));
-      }
-      result = py::make_tuple(py::none(), false);  // with the GIL again
-      return;
-    }
-    auto [norm, flag] = device_scalars(device, stream);
+#ifdef FASTOPT_WITH_CUDA
+  if (!req.check_finite) {
     {
       py::gil_scoped_release nogil;
-      cuda::optim_step(req, static_cast<float*>(norm.data()), static_cast<int32_t*>(flag.data()),
-                       reinterpret_cast<void*>(stream));
+      cuda::set_device(device);
+      cuda::optim_step(req, nullptr, nullptr, reinterpret_cast<void*>(stream));
     }
-    result = py::make_tuple(py::cast(norm), py::cast(flag));
-  });
-  return result;
+    return py::make_tuple(py::none(), false);  // with the GIL again
+  }
+  auto [norm, flag] = device_scalars(device, stream);
+  {
+    py::gil_scoped_release nogil;
+    cuda::set_device(device);
+    cuda::optim_step(req, static_cast<float*>(norm.data()), static_cast<int32_t*>(flag.data()),
+                     reinterpret_cast<void*>(stream));
+  }
+  return py::make_tuple(py::cast(norm), py::cast(flag));
+#else
+  (void)stream;
+  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
+#endif
 }
 
 double norm_type_arg(double p) {
@@ -243,17 +260,19 @@ py::object grad_norm(py::sequence grads, double p, uintptr_t stream) {
     py::gil_scoped_acquire gil;
     return py::float_(r);
   }
-  py::object result;
-  on_gpu(device, [&](auto) {
-    DeviceArray out = device_empty({}, DType::f32, device, stream);
-    {
-      py::gil_scoped_release nogil;
-      cuda::grad_norm(spans.data(), static_cast<int64_t>(spans.size()), p, static_cast<float*>(out.data()),
-                      reinterpret_cast<void*>(stream));
-    }
-    result = py::cast(out);
-  });
-  return result;
+#ifdef FASTOPT_WITH_CUDA
+  DeviceArray out = device_empty({}, DType::f32, device, stream);
+  {
+    py::gil_scoped_release nogil;
+    cuda::set_device(device);
+    cuda::grad_norm(spans.data(), static_cast<int64_t>(spans.size()), p, static_cast<float*>(out.data()),
+                    reinterpret_cast<void*>(stream));
+  }
+  return py::cast(out);
+#else
+  (void)stream;
+  throw std::runtime_error("unreachable");
+#endif
 }
 
 void clip_by_norm_(py::sequence grads, py::handle norm, double max_norm, uintptr_t stream) {
@@ -263,18 +282,24 @@ void clip_by_norm_(py::sequence grads, py::handle norm, double max_norm, uintptr
   const int64_t n = static_cast<int64_t>(spans.size());
   if (device == kCPU) {
     const double total = norm.cast<double>();
-    py::gil_scoped_release nogil;
-    cpu::clip_scale(spans.data(), n, total, max_norm);
+    const double coef = clip_coefficient(max_norm, total);
+    if (coef < 1.0 || std::isnan(coef)) {
+      py::gil_scoped_release nogil;
+      cpu::scale(spans.data(), n, static_cast<float>(coef));
+    }
     return;
   }
+#ifdef FASTOPT_WITH_CUDA
   const DType f32 = DType::f32;
   const ArrayView nv = view_array(norm, ArgName{"norm"}, false, &f32);
   if (nv.numel != 1) raise_value("norm: must hold one value");
   require_same_device(ArrayView{nullptr, {}, 0, DType::f32, device}, ArgName{"grads", 0}, nv, ArgName{"norm"});
   py::gil_scoped_release nogil;
-  on_gpu(device, [&](auto) {
-    cuda::clip_scale(spans.data(), n, static_cast<const float*>(nv.data), max_norm, reinterpret_cast<void*>(stream));
-  });
+  cuda::set_device(device);
+  cuda::clip_scale(spans.data(), n, static_cast<const float*>(nv.data), max_norm, reinterpret_cast<void*>(stream));
+#else
+  (void)stream;
+#endif
 }
 
 void clamp_(py::sequence grads, double lo, double hi, uintptr_t stream) {
@@ -287,9 +312,12 @@ void clamp_(py::sequence grads, double lo, double hi, uintptr_t stream) {
     cpu::clamp(spans.data(), n, static_cast<float>(lo), static_cast<float>(hi));
     return;
   }
-  on_gpu(device, [&](auto) {
-    cuda::clamp(spans.data(), n, static_cast<float>(lo), static_cast<float>(hi), reinterpret_cast<void*>(stream));
-  });
+#ifdef FASTOPT_WITH_CUDA
+  cuda::set_device(device);
+  cuda::clamp(spans.data(), n, static_cast<float>(lo), static_cast<float>(hi), reinterpret_cast<void*>(stream));
+#else
+  (void)stream;
+#endif
 }
 
 }  // namespace
@@ -328,7 +356,7 @@ void bind_optim(py::module_& m) {
   m.def("optim_step", &optim_step, py::arg("params"), py::arg("grads"), py::arg("states"),
         py::arg("steps"), py::arg("groups"), py::arg("group_of"), py::arg("max_norm") = py::none(),
         py::arg("skip_nonfinite") = false, py::arg("stream") = 0, py::arg("masters") = py::none(),
-        py::arg("inv_scale") = 1.0,
+        py::arg("inv_scale") = 1.0, py::arg("grad_scale") = py::none(), py::arg("found_inf") = py::none(),
         "One fused step over all tensors. Returns (norm, skipped): Python scalars on the CPU, "
         "0-d DeviceArrays on the GPU (None, False when no norm pass ran). params/grads: float32, or "
         "bfloat16/float16 on the CPU (one dtype per pair); masters: per parameter None or the float32 "

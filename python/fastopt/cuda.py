@@ -45,3 +45,13 @@ def pinned_empty(shape, dtype="float32"):
 def versions():
     """(runtime, driver) CUDA versions as integers such as 13000; 0 where unknown."""
     return _C.cuda.runtime_version(), _C.cuda.driver_version()
+
+
+def set_allocator(alloc, free):
+    """Make fastopt's GPU arrays with `alloc(nbytes, device, stream) -> int address` and release
+    them with `free(address, nbytes, device, stream)` instead of fastopt's own stream-ordered pool;
+    `set_allocator(None, None)` returns to the pool. An array is always freed by the allocator
+    that made it. `import fastopt.torch` installs torch's caching allocator this way (when torch
+    sees a GPU), so torch and fastopt share one pool of GPU memory and torch's memory statistics
+    count fastopt's arrays."""
+    _C.set_allocator(alloc, free)

@@ -16,8 +16,9 @@ other autocast dtypes (float16) and CUDA run them in float32 (no fp16 kernels, n
 kernels yet: issue 21).
 Non-contiguous inputs (channels_last included) are copied to contiguous NCHW first; outputs are
 contiguous. CPU results are NumPy arrays from fastopt's host cache, wrapped without a copy; CUDA
-results are fastopt.DeviceArrays from its stream-ordered pool, allocated and computed on torch's
-current stream and handed over through DLPack.
+results are fastopt.DeviceArrays allocated by torch's caching allocator (fastopt.torch installs
+it: fastopt.cuda.set_allocator) and computed on torch's current stream, handed over through
+DLPack.
 
 The user-facing API, with torch's signatures and defaults, is fastopt.torch.nn.functional.
 """

@@ -14,12 +14,13 @@ however many tensors. After a step with a norm pass (`max_grad_norm` or `skip_no
 `opt.grad_norm` is the pre-clip global norm as a 0-d float32 tensor on the parameters' device
 (on the GPU it is not read back, so the step never waits for the GPU); otherwise it is None.
 
-LR schedulers and `torch.amp.GradScaler` work unchanged. With CPU parameters the optimizers take
-GradScaler's fused path, as torch's fused Adam does (`_step_supports_amp_scaling`): GradScaler only
-checks the gradients for Inf/NaN and hands over `grad_scale` and `found_inf`; the step skips itself
-when found_inf is set and otherwise unscales inside the kernel (1/scale folded into the gradient
+LR schedulers and `torch.amp.GradScaler` work unchanged. The optimizers take GradScaler's fused
+path, as torch's fused Adam does (`_step_supports_amp_scaling`): GradScaler only checks the
+gradients for Inf/NaN and hands over `grad_scale` and `found_inf`; the step skips itself when
+found_inf is set and otherwise unscales inside the kernel (1/scale folded into the gradient
 multiplier, exact for GradScaler's power-of-two scales), saving the unscale pass that writes every
-gradient. On the GPU GradScaler unscales first and skips the step on an Inf (the plain path). `state_dict()` is torch's format, so a checkpoint moves between this
+gradient. On the GPU the two scalars stay in device memory and the kernels read them there: no
+sync (a skipped step's `grad_norm`, if asked for, is then that of the scaled gradients' Inf). `state_dict()` is torch's format, so a checkpoint moves between this
 optimizer and torch's own of the same name in both directions. Parameters must be dense (any
 memory format, channels_last included), on the CPU or a CUDA device, and float32, or bfloat16 /
 float16 on the CPU: those take fastopt.optim's `master_weights` (an fp32 master in the state as
@@ -237,17 +238,27 @@ class Optimizer(torch.optim.Optimizer):
         return plans
 
     # ------------------------------------------------------------------------------ step
-    @property
-    def _step_supports_amp_scaling(self):
-        """GradScaler's fused path (see the module docstring): CPU parameters only."""
-        return all(p.device.type == "cpu" for group in self.param_groups for p in group["params"])
+    # GradScaler's fused path (see the module docstring), on either device.
+    _step_supports_amp_scaling = True
 
-    def _amp_scaling(self):
-        """(skip, inv_scale) from the attributes GradScaler sets just before a fused step."""
+    def _amp_scaling(self, plans):
+        """(skip, inv_scale, device scalars) from the attributes GradScaler sets just before a
+        fused step. With CPU parameters they are read here (skip: nothing changes, not even the
+        step counts); GPU parameters get them as device scalars (grad_scale, found_inf) that the
+        step reads on the GPU, so the host never waits."""
         found_inf, scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
-        if found_inf is not None and float(found_inf) != 0.0:
-            return True, 1.0
-        return False, 1.0 if scale is None else 1.0 / float(scale)
+        if found_inf is None and scale is None:
+            return False, 1.0, (None, None)
+        if any(plan.device.type == "cpu" for plan in plans):
+            if found_inf is not None and float(found_inf) != 0.0:
+                return True, 1.0, (None, None)
+            return False, 1.0 if scale is None else 1.0 / float(scale), (None, None)
+        return False, 1.0, (scale, found_inf)
+
+    @staticmethod
+    def _on(t, device):
+        """A GradScaler scalar as the 1-element float32 tensor the native step reads on device."""
+        return None if t is None else t.to(device=device, dtype=torch.float32, non_blocking=True).reshape(1)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -268,7 +279,7 @@ class Optimizer(torch.optim.Optimizer):
                              f"({', '.join(str(p.device) for p in plans)}), but the global norm is computed "
                              "within one native call; clip with torch.nn.utils.clip_grad_norm_ instead")
         self.grad_norm = None
-        skip_all, inv_scale = self._amp_scaling()
+        skip_all, inv_scale, (scale, found_inf) = self._amp_scaling(plans)
         if skip_all:  # an Inf/NaN in the scaled gradients: nothing changes, the step counts included
             return loss
         for plan in plans:
@@ -277,7 +288,8 @@ class Optimizer(torch.optim.Optimizer):
             steps = counters if plan.steps is None else counters.index_select(0, plan.steps)
             stream = torch.cuda.current_stream(plan.device).cuda_stream if plan.device.type == "cuda" else 0
             norm, _ = _C.optim_step(plan.params, gl, plan.states, steps, hypers, plan.group_of, clip, skip, stream,
-                                    plan.masters, inv_scale)
+                                    plan.masters, inv_scale, self._on(scale, plan.device),
+                                    self._on(found_inf, plan.device))
             if plan.steps is not None:
                 counters.index_copy_(0, plan.steps, steps)
             # Autograd must see the in-place change (a parameter saved for a pending backward).
