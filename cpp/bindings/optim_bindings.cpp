@@ -10,8 +10,8 @@
 
 #include "arrays.h"
 #include "device_array.h"
+#include "dispatch.h"
 #include "fastopt/backend.h"
-#include "fastopt/device.h"
 
 namespace fastopt {
 namespace {
@@ -222,27 +222,25 @@ py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence state
     }
     return py::make_tuple(out.has_norm ? py::object(py::float_(out.norm)) : py::object(py::none()), out.skipped);
   }
-#ifdef FASTOPT_WITH_CUDA
-  if (!req.check_finite) {
+  py::tuple result;
+  on_gpu(device, [&](auto) {
+    if (!req.check_finite) {  // (a found_inf skip is not reported: reading it back would wait for the GPU)
+      {
+        py::gil_scoped_release nogil;
+        cuda::optim_step(req, nullptr, nullptr, reinterpret_cast<void*>(stream));
+      }
+      result = py::make_tuple(py::none(), false);  // with the GIL again
+      return;
+    }
+    auto [norm, flag] = device_scalars(device, stream);
     {
       py::gil_scoped_release nogil;
-      cuda::set_device(device);
-      cuda::optim_step(req, nullptr, nullptr, reinterpret_cast<void*>(stream));
+      cuda::optim_step(req, static_cast<float*>(norm.data()), static_cast<int32_t*>(flag.data()),
+                       reinterpret_cast<void*>(stream));
     }
-    return py::make_tuple(py::none(), false);  // with the GIL again
-  }
-  auto [norm, flag] = device_scalars(device, stream);
-  {
-    py::gil_scoped_release nogil;
-    cuda::set_device(device);
-    cuda::optim_step(req, static_cast<float*>(norm.data()), static_cast<int32_t*>(flag.data()),
-                     reinterpret_cast<void*>(stream));
-  }
-  return py::make_tuple(py::cast(norm), py::cast(flag));
-#else
-  (void)stream;
-  throw std::runtime_error("unreachable: a CUDA array in a build without CUDA");
-#endif
+    result = py::make_tuple(py::cast(norm), py::cast(flag));
+  });
+  return result;
 }
 
 double norm_type_arg(double p) {
@@ -260,19 +258,17 @@ py::object grad_norm(py::sequence grads, double p, uintptr_t stream) {
     py::gil_scoped_acquire gil;
     return py::float_(r);
   }
-#ifdef FASTOPT_WITH_CUDA
-  DeviceArray out = device_empty({}, DType::f32, device, stream);
-  {
-    py::gil_scoped_release nogil;
-    cuda::set_device(device);
-    cuda::grad_norm(spans.data(), static_cast<int64_t>(spans.size()), p, static_cast<float*>(out.data()),
-                    reinterpret_cast<void*>(stream));
-  }
-  return py::cast(out);
-#else
-  (void)stream;
-  throw std::runtime_error("unreachable");
-#endif
+  py::object result;
+  on_gpu(device, [&](auto) {
+    DeviceArray out = device_empty({}, DType::f32, device, stream);
+    {
+      py::gil_scoped_release nogil;
+      cuda::grad_norm(spans.data(), static_cast<int64_t>(spans.size()), p, static_cast<float*>(out.data()),
+                      reinterpret_cast<void*>(stream));
+    }
+    result = py::cast(out);
+  });
+  return result;
 }
 
 void clip_by_norm_(py::sequence grads, py::handle norm, double max_norm, uintptr_t stream) {
@@ -282,24 +278,18 @@ void clip_by_norm_(py::sequence grads, py::handle norm, double max_norm, uintptr
   const int64_t n = static_cast<int64_t>(spans.size());
   if (device == kCPU) {
     const double total = norm.cast<double>();
-    const double coef = clip_coefficient(max_norm, total);
-    if (coef < 1.0 || std::isnan(coef)) {
-      py::gil_scoped_release nogil;
-      cpu::scale(spans.data(), n, static_cast<float>(coef));
-    }
+    py::gil_scoped_release nogil;
+    cpu::clip_scale(spans.data(), n, total, max_norm);
     return;
   }
-#ifdef FASTOPT_WITH_CUDA
   const DType f32 = DType::f32;
   const ArrayView nv = view_array(norm, ArgName{"norm"}, false, &f32);
   if (nv.numel != 1) raise_value("norm: must hold one value");
   require_same_device(ArrayView{nullptr, {}, 0, DType::f32, device}, ArgName{"grads", 0}, nv, ArgName{"norm"});
   py::gil_scoped_release nogil;
-  cuda::set_device(device);
-  cuda::clip_scale(spans.data(), n, static_cast<const float*>(nv.data), max_norm, reinterpret_cast<void*>(stream));
-#else
-  (void)stream;
-#endif
+  on_gpu(device, [&](auto) {
+    cuda::clip_scale(spans.data(), n, static_cast<const float*>(nv.data), max_norm, reinterpret_cast<void*>(stream));
+  });
 }
 
 void clamp_(py::sequence grads, double lo, double hi, uintptr_t stream) {
@@ -312,12 +302,9 @@ void clamp_(py::sequence grads, double lo, double hi, uintptr_t stream) {
     cpu::clamp(spans.data(), n, static_cast<float>(lo), static_cast<float>(hi));
     return;
   }
-#ifdef FASTOPT_WITH_CUDA
-  cuda::set_device(device);
-  cuda::clamp(spans.data(), n, static_cast<float>(lo), static_cast<float>(hi), reinterpret_cast<void*>(stream));
-#else
-  (void)stream;
-#endif
+  on_gpu(device, [&](auto) {
+    cuda::clamp(spans.data(), n, static_cast<float>(lo), static_cast<float>(hi), reinterpret_cast<void*>(stream));
+  });
 }
 
 }  // namespace
@@ -360,7 +347,8 @@ void bind_optim(py::module_& m) {
         "One fused step over all tensors. Returns (norm, skipped): Python scalars on the CPU, "
         "0-d DeviceArrays on the GPU (None, False when no norm pass ran). params/grads: float32, or "
         "bfloat16/float16 on the CPU (one dtype per pair); masters: per parameter None or the float32 "
-        "master copy of a bfloat16/float16 parameter.");
+        "master copy of a bfloat16/float16 parameter. inv_scale (CPU) or grad_scale and found_inf (0-d "
+        "float32 arrays on the parameters' GPU): GradScaler's unscale and Inf skip, fused.");
   m.def("grad_norm", &grad_norm, py::arg("grads"), py::arg("norm_type") = 2.0, py::arg("stream") = 0);
   m.def("clip_by_norm_", &clip_by_norm_, py::arg("grads"), py::arg("norm"), py::arg("max_norm"),
         py::arg("stream") = 0);
