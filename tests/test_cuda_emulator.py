@@ -1,5 +1,5 @@
 """The CUDA host emulation itself (cuda/emulation), which tests/test_build_variants.py runs the
-GPU suite on: tests/native/emulation_selftest.cu checks its shuffles, barriers, TF32 mma layout,
+GPU suite on: tests/native/emulation_selftest.cu checks its shuffles, barriers, TF32 and bf16 mma layouts,
 launch limits, memory checks and the poisoning of shared and device memory, that a missing
 barrier shows, and that a deadlock, a write past the end of an allocation and a host read of
 device memory each stop the program with a message."""
