@@ -7,11 +7,16 @@ own stream, so one seed serves them all), so the CPU, the GPU, every CPU instruc
 fastopt.reference.augment draw the same parameters for any thread count. Outputs are new arrays
 on x's device; `stream` (a CUDA stream handle) is ignored on the CPU.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .. import _C
 from .._args import boolean, choice, finite, integer, pair, real, stream as _stream, uint64
+from .._types import Array, IntPair, Stream
 
 # Here Python checks the kinds of the arguments (a bool is not an integer), the native layer their ranges.
 
@@ -19,7 +24,8 @@ __all__ = ["augment_batch", "mixup", "cutmix", "random_resized_crop", "random_ro
            "alternating_flip", "tta_views", "tta_mean", "tta_num_views"]
 
 
-def augment_batch(x, seed, step, max_shift=0, flip=False, cutout=0, brightness=0.0, contrast=0.0, fill=0.0, stream=0):
+def augment_batch(x: Array, seed: int, step: int, max_shift: int = 0, flip: bool = False, cutout: int = 0,
+                  brightness: float = 0.0, contrast: float = 0.0, fill: float = 0.0, stream: Stream = 0) -> Array:
     """y = augmented x, x float32 (N, C, H, W); all channels of a sample share its parameters.
 
     Per sample: a shift (dy, dx), each uniform in [-max_shift, max_shift] (zero-pad by max_shift,
@@ -37,7 +43,7 @@ def augment_batch(x, seed, step, max_shift=0, flip=False, cutout=0, brightness=0
                             real(contrast, "contrast"), real(fill, "fill"), _stream(stream))
 
 
-def mixup(x, labels, lam, num_classes, stream=0):
+def mixup(x: Array, labels: Array, lam: float, num_classes: int, stream: Stream = 0) -> tuple[Array, Array]:
     """(x_mixed, soft_targets): sample n mixed with sample N - 1 - n (the batch flipped, as timm
     does; batches are already shuffled, so no permutation is needed).
 
@@ -51,7 +57,8 @@ def mixup(x, labels, lam, num_classes, stream=0):
     return _C.mixup(x, labels, real(lam, "lam"), integer(num_classes, "num_classes"), _stream(stream))
 
 
-def cutmix(x, labels, lam, num_classes, seed, step, stream=0):
+def cutmix(x: Array, labels: Array, lam: float, num_classes: int, seed: int, step: int,
+           stream: Stream = 0) -> tuple[Array, Array]:
     """(x_mixed, soft_targets): CutMix as timm does it, beside mixup (same pairing and targets).
 
     x float32 (N, C, H, W), labels int32/int64 (N,) in [0, num_classes), lam in [0, 1] (drawn by
@@ -72,7 +79,8 @@ def _bounds(v, name):
     return real(v[0], f"{name}[0]"), real(v[1], f"{name}[1]")
 
 
-def random_resized_crop(x, seed, step, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), stream=0):
+def random_resized_crop(x: Array, seed: int, step: int, size: IntPair, scale: Sequence[float] = (0.08, 1.0),
+                        ratio: Sequence[float] = (3 / 4, 4 / 3), stream: Stream = 0) -> Array:
     """y (N, C, size_h, size_w): torchvision's RandomResizedCrop per sample, drawn from (seed, step).
 
     A box of area H W * U(scale) and aspect ratio exp(U(log ratio)) (width / height), sides
@@ -87,7 +95,8 @@ def random_resized_crop(x, seed, step, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 
                                   *_bounds(scale, "scale"), *_bounds(ratio, "ratio"), _stream(stream))
 
 
-def random_rotation(x, seed, step, degrees, fill=0.0, stream=0):
+def random_rotation(x: Array, seed: int, step: int, degrees: float | Sequence[float], fill: float = 0.0,
+                    stream: Stream = 0) -> Array:
     """y: each sample rotated counter-clockwise about its center by an angle uniform in
     [-degrees, degrees) (or [low, high) for a pair, within [-360, 360]), drawn from (seed, step);
     torchvision's rotate with bilinear interpolation, expand=False, the pixels from outside the
@@ -111,7 +120,8 @@ def _float64(v, name, ndim):
     return a
 
 
-def pca_jitter(x, seed, step, eigvals, eigvecs, sigma=0.1, stream=0):
+def pca_jitter(x: Array, seed: int, step: int, eigvals: ArrayLike, eigvecs: ArrayLike, sigma: float = 0.1,
+               stream: Stream = 0) -> Array:
     """y = x + eigvecs @ (alpha * eigvals) per sample (AlexNet's "fancy PCA" colour jitter), the
     shift added to every pixel of the channel; alpha_k ~ N(0, sigma) drawn from (seed, step) by
     Box-Muller. eigvals (C,) >= 0 and eigvecs (C, C) (eigenvector k in column k, as
@@ -122,7 +132,7 @@ def pca_jitter(x, seed, step, eigvals, eigvecs, sigma=0.1, stream=0):
                          real(sigma, "sigma"), _stream(stream))
 
 
-def channel_pca(x, chunk=4096):
+def channel_pca(x: Array, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """(eigvals, eigvecs) of the per-channel covariance of x (N, C, H, W) over all pixels, float64,
     eigenvalues in ascending order (numpy.linalg.eigh's), negative rounding noise clipped to 0:
     the inputs of pca_jitter. x: a NumPy array on the host (the training split)."""
@@ -142,7 +152,7 @@ def channel_pca(x, chunk=4096):
     return np.maximum(vals, 0.0), vecs
 
 
-def alternating_flip(x, indices, seed, epoch, stream=0):
+def alternating_flip(x: Array, indices: Array, seed: int, epoch: int, stream: Stream = 0) -> Array:
     """y: airbench's alternating flip. Sample n is mirrored iff epoch + b(indices[n]) is odd,
     b(i) a fixed random bit of data-set index i (Philox under seed), so every image is seen
     mirrored every other epoch, half of them each epoch, without any per-epoch randomness.
@@ -153,12 +163,13 @@ def alternating_flip(x, indices, seed, epoch, stream=0):
 _TTA_VIEWS = {"flip": 2, "five_crop": 5, "ten_crop": 10}
 
 
-def tta_num_views(mode):
+def tta_num_views(mode: str) -> int:
     """How many views tta_views(x, mode) makes per sample."""
     return _TTA_VIEWS[choice(mode, "mode", tuple(_TTA_VIEWS))]
 
 
-def tta_views(x, mode="flip", size=None, pad=0, fill=0.0, stream=0):
+def tta_views(x: Array, mode: str = "flip", size: IntPair | None = None, pad: int = 0, fill: float = 0.0,
+              stream: Stream = 0) -> Array:
     """The test-time augmentation views of a batch, stacked view-major: y ((V N), C, h, w) with view
     v of sample n at v N + n, V = tta_num_views(mode).
 
@@ -194,7 +205,7 @@ def tta_views(x, mode="flip", size=None, pad=0, fill=0.0, stream=0):
                         oh, ow, real(fill, "fill"), _stream(stream))
 
 
-def tta_mean(y, views, stream=0):
+def tta_mean(y: Array, views: int, stream: Stream = 0) -> Array:
     """out (N, ...): the mean over the views of y ((views N), ...) stacked as tta_views stacks
     them, summed in view order in double and rounded once (the same bits on every backend)."""
     return _C.tta_mean(y, integer(views, "views"), _stream(stream))

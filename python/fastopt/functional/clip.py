@@ -1,9 +1,12 @@
 """Global gradient norms and clipping (torch.nn.utils semantics)."""
+from __future__ import annotations
+
 import math
 
 from .. import _C
 from .._args import boolean, real, stream as _stream
 from .._arrays import is_cuda, to_numpy
+from .._types import Array, Arrays, Stream
 
 
 def _norm_type(norm_type):
@@ -16,7 +19,7 @@ def _as_list(grads):
     return list(grads)
 
 
-def global_norm(grads, norm_type=2.0, stream=0):
+def global_norm(grads: Arrays, norm_type: float = 2.0, stream: Stream = 0) -> float | Array:
     """The norm of all gradients taken together: (sum_i ||g_i||_p^p)^(1/p); p = inf is max |g|.
 
     Returns a Python float for CPU arrays, a 0-d fastopt.DeviceArray (float32, still on the GPU,
@@ -26,7 +29,8 @@ def global_norm(grads, norm_type=2.0, stream=0):
     return _C.grad_norm(grads, _norm_type(norm_type), _stream(stream))
 
 
-def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, stream=0):
+def clip_grad_norm_(grads: Arrays, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                    stream: Stream = 0) -> float | Array:
     """Scale gradients in place so that their global norm is at most max_norm.
 
     As torch.nn.utils.clip_grad_norm_: coefficient min(1, max_norm / (norm + 1e-6)); returns the
@@ -48,7 +52,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, st
     return norm
 
 
-def clip_grad_value_(grads, clip_value, stream=0):
+def clip_grad_value_(grads: Arrays, clip_value: float, stream: Stream = 0) -> None:
     """Clamp every gradient element in place to [-clip_value, clip_value] (torch semantics)."""
     clip_value = real(clip_value, "clip_value", 0.0)
     _C.clamp_(_as_list(grads), -clip_value, clip_value, _stream(stream))

@@ -7,8 +7,13 @@ In bfloat16, y and dx come back in bfloat16, rounded once to nearest even (NaN s
 dw and db in float32, unrounded: what an optimizer with float32 master weights consumes. On the
 GPU, bfloat16 runs the implicit-GEMM passes on bf16 tensor cores (sm_80+).
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 from .. import _C
 from .._args import boolean, flags, integer, pair, stream as _stream
+from .._types import Array, IntPair, Stream
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
@@ -17,7 +22,8 @@ def _hyper(stride, padding, dilation, groups):
     return pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"), integer(groups, "groups")
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, allow_tf32=False, stream=0):
+def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair = 1, padding: IntPair = 0,
+                   dilation: IntPair = 1, groups: int = 1, allow_tf32: bool = False, stream: Stream = 0) -> Array:
     """y = conv2d(x, w, b): x (N, C, H, W), w (K, C/groups, R, S), b (K,) or None -> y (N, K, P, Q).
 
     stride, padding and dilation are ints or (h, w) pairs. Works on NumPy arrays (CPU) and on
@@ -30,8 +36,10 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, allo
                              _stream(stream))
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, need=(True, True, True), allow_tf32=False,
-                    stream=0, dw_out=None, db_out=None, accumulate=False):
+def conv2d_backward(dy: Array, x: Array, w: Array, stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
+                    groups: int = 1, need: Sequence[bool] = (True, True, True), allow_tf32: bool = False,
+                    stream: Stream = 0, dw_out: Array | None = None, db_out: Array | None = None,
+                    accumulate: bool = False) -> tuple[Array | None, Array | None, Array | None]:
     """(dx, dw, db) of conv2d_forward(x, w, b, ...) for the output gradient dy.
 
     need = (dx, dw, db) flags: a gradient not asked for is not computed and is returned as None.

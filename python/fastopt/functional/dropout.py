@@ -10,9 +10,12 @@ draws several masks from one seed advances `offset` by the number of elements ea
 dropout_forward / dropout_backward also take bfloat16 on the CPU (the same mask; x * factor in
 fp32, rounded once to bfloat16).
 """
+from __future__ import annotations
+
 from .. import _C
 from .._args import boolean, real, shape as _shape, stream as _stream, uint64
 from .._arrays import _device_index
+from .._types import Array, Device, Shape, Stream
 
 __all__ = ["dropout_forward", "dropout_backward", "dropout_mask"]
 
@@ -21,7 +24,7 @@ def _probability(p):
     return real(p, "p")  # its range is checked natively, with torch's message
 
 
-def dropout_forward(x, p, seed, offset=0, training=True, stream=0):
+def dropout_forward(x: Array, p: float, seed: int, offset: int = 0, training: bool = True, stream: Stream = 0) -> Array:
     """y = x * mask / (1 - p) with mask_i ~ Bernoulli(1 - p); a new float32 array on x's device.
 
     p is the drop probability, in [0, 1]: p = 0 returns a copy of x, p = 1 returns x * 0 (zeros
@@ -35,12 +38,12 @@ def dropout_forward(x, p, seed, offset=0, training=True, stream=0):
                               boolean(training, "training"), _stream(stream))
 
 
-def dropout_backward(dy, p, seed, offset=0, stream=0):
+def dropout_backward(dy: Array, p: float, seed: int, offset: int = 0, stream: Stream = 0) -> Array:
     """dx = dy * mask / (1 - p), the mask of the forward call with the same (p, seed, offset)."""
     return _C.dropout_backward(dy, _probability(p), uint64(seed, "seed"), uint64(offset, "offset"), _stream(stream))
 
 
-def dropout_mask(shape, p, seed, offset=0, device="cpu", stream=0):
+def dropout_mask(shape: Shape, p: float, seed: int, offset: int = 0, device: Device = "cpu", stream: Stream = 0) -> Array:
     """The keep mask of an array of this shape: bool NumPy array, or a bool fastopt.DeviceArray
     on the GPU for device='cuda' / 'cuda:N'."""
     dev = -1 if device == "cpu" else _device_index(device)

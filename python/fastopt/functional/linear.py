@@ -7,13 +7,18 @@ converted). In bfloat16, y and dx come back in bfloat16, rounded once to nearest
 NaN), and dweight and dbias in float32, unrounded: what an optimizer with float32 master weights
 consumes. On the GPU, bfloat16 runs on bf16 tensor cores (sm_80+).
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 from .. import _C
 from .._args import boolean, flags, stream as _stream
+from .._types import Array, Stream
 
 __all__ = ["linear_forward", "linear_backward"]
 
 
-def linear_forward(x, weight, bias=None, stream=0):
+def linear_forward(x: Array, weight: Array, bias: Array | None = None, stream: Stream = 0) -> Array:
     """y = x @ weight.T + bias: x (N, in), weight (out, in), bias (out,) or None -> y (N, out).
 
     Works on NumPy arrays (CPU) and on GPU arrays (fastopt.DeviceArray or any
@@ -24,8 +29,9 @@ def linear_forward(x, weight, bias=None, stream=0):
     return _C.linear_forward(x, weight, bias, _stream(stream))
 
 
-def linear_backward(dy, x, weight, need=(True, True, True), stream=0, dweight_out=None, dbias_out=None,
-                    accumulate=False):
+def linear_backward(dy: Array, x: Array, weight: Array, need: Sequence[bool] = (True, True, True), stream: Stream = 0,
+                    dweight_out: Array | None = None, dbias_out: Array | None = None,
+                    accumulate: bool = False) -> tuple[Array | None, Array | None, Array | None]:
     """(dx, dweight, dbias) of linear_forward(x, weight, bias) for the output gradient dy (N, out).
 
     dx = dy @ weight, dweight = dy.T @ x, dbias = dy.sum(0). need = (dx, dweight, dbias) flags:

@@ -9,13 +9,17 @@ order, so results are bitwise reproducible run to run.
 bfloat16 logits (CPU; soft targets then bfloat16 too) give the same float32 loss the float32 kernel
 gives on their values, and bfloat16 dlogits (the float32 gradient rounded once).
 """
+from __future__ import annotations
+
 from .. import _C
 from .._args import boolean, integer, real, stream as _stream
+from .._types import Array, Stream
 
 __all__ = ["softmax_cross_entropy"]
 
 
-def softmax_cross_entropy(logits, target, label_smoothing=0.0, need_grad=True, stats=None, topk=5, stream=0):
+def softmax_cross_entropy(logits: Array, target: Array, label_smoothing: float = 0.0, need_grad: bool = True,
+                          stats: Array | None = None, topk: int = 5, stream: Stream = 0) -> tuple[Array, Array | None]:
     """Mean softmax cross-entropy of logits (N, K) float32, K >= 1, and its gradient.
 
     target: class indices, int32 or int64 (N,) in [0, K), or soft targets, float32 (N, K) whose

@@ -22,8 +22,11 @@ parameter's shape on x's device, sharing no memory with dy or x. The final per-c
 writes the gradient there (and returns that array); accumulate=True adds it into them, rounded
 once (each out then required).
 """
+from __future__ import annotations
+
 from .. import _C
 from .._args import boolean, finite, integer, real, shape, stream as _stream
+from .._types import Array, Shape, Stream
 
 __all__ = [
     "batch_norm_forward", "batch_norm_backward", "layer_norm_forward", "layer_norm_backward",
@@ -39,8 +42,9 @@ def _has_bias(has_bias, weight):
     return weight is not None if has_bias is None else boolean(has_bias, "has_bias")
 
 
-def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5,
-                       num_batches_tracked=None, stream=0):
+def batch_norm_forward(x: Array, gamma: Array | None, beta: Array | None, running_mean: Array | None,
+                       running_var: Array | None, training: bool, momentum: float | None = 0.1, eps: float = 1e-5,
+                       num_batches_tracked: int | None = None, stream: Stream = 0) -> tuple[Array, Array, Array]:
     """Batch normalization of x (N, C) or (N, C, H, W) (any (N, C, ...)): statistics per channel
     over every dim but C, as torch.nn.functional.batch_norm.
 
@@ -70,8 +74,10 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
                                  _eps(eps), _stream(stream))
 
 
-def batch_norm_backward(dy, x, gamma, save_mean, save_invstd, training=True, has_bias=None, stream=0, dgamma_out=None,
-                        dbeta_out=None, accumulate=False, affine_grads=True):
+def batch_norm_backward(dy: Array, x: Array, gamma: Array | None, save_mean: Array, save_invstd: Array,
+                        training: bool = True, has_bias: bool | None = None, stream: Stream = 0,
+                        dgamma_out: Array | None = None, dbeta_out: Array | None = None, accumulate: bool = False,
+                        affine_grads: bool = True) -> tuple[Array | None, Array | None, Array | None]:
     """Gradients of batch_norm_forward: (dx, dgamma, dbeta).
 
     save_mean / save_invstd are what the forward returned. training=True differentiates through
@@ -89,15 +95,18 @@ def _normalized_shape(normalized_shape):
     return list(shape(normalized_shape, "normalized_shape", 1))
 
 
-def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5, stream=0):
+def layer_norm_forward(x: Array, normalized_shape: Shape, weight: Array | None = None, bias: Array | None = None,
+                       eps: float = 1e-5, stream: Stream = 0) -> tuple[Array, Array, Array]:
     """Layer normalization over the trailing dims normalized_shape (int or tuple), as
     torch.nn.functional.layer_norm; weight / bias have shape normalized_shape (elementwise affine).
     The same in training and eval. Returns (y, mean, rstd), mean/rstd shaped x.shape[:-k]."""
     return _C.layer_norm_forward(x, _normalized_shape(normalized_shape), weight, bias, _eps(eps), _stream(stream))
 
 
-def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, has_bias=None, stream=0, dweight_out=None,
-                        dbias_out=None, accumulate=False, affine_grads=True):
+def layer_norm_backward(dy: Array, x: Array, normalized_shape: Shape, mean: Array, rstd: Array,
+                        weight: Array | None = None, has_bias: bool | None = None, stream: Stream = 0,
+                        dweight_out: Array | None = None,
+                        dbias_out: Array | None = None, accumulate: bool = False, affine_grads: bool = True) -> tuple[Array | None, Array | None, Array | None]:
     """Gradients of layer_norm_forward: (dx, dweight, dbias)."""
     affine = boolean(affine_grads, "affine_grads")
     return tuple(_C.layer_norm_backward(dy, x, _normalized_shape(normalized_shape), mean, rstd, weight,
@@ -105,7 +114,8 @@ def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, has_bi
                                         _stream(stream), dweight_out, dbias_out, boolean(accumulate, "accumulate")))
 
 
-def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5, stream=0):
+def group_norm_forward(x: Array, num_groups: int, weight: Array | None = None, bias: Array | None = None,
+                       eps: float = 1e-5, stream: Stream = 0) -> tuple[Array, Array, Array]:
     """Group normalization of x (N, C, ...), as torch.nn.functional.group_norm: the C channels
     split into num_groups consecutive groups, statistics per (sample, group); num_groups = C is
     instance norm, 1 is layer norm over (C, ...) with per-channel affine. weight / bias (C,).
@@ -113,8 +123,9 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5, stream=0
     return _C.group_norm_forward(x, integer(num_groups, "num_groups", 1), weight, bias, _eps(eps), _stream(stream))
 
 
-def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, has_bias=None, stream=0, dweight_out=None,
-                        dbias_out=None, accumulate=False, affine_grads=True):
+def group_norm_backward(dy: Array, x: Array, num_groups: int, mean: Array, rstd: Array, weight: Array | None = None,
+                        has_bias: bool | None = None, stream: Stream = 0, dweight_out: Array | None = None,
+                        dbias_out: Array | None = None, accumulate: bool = False, affine_grads: bool = True) -> tuple[Array | None, Array | None, Array | None]:
     """Gradients of group_norm_forward: (dx, dweight, dbias)."""
     affine = boolean(affine_grads, "affine_grads")
     return tuple(_C.group_norm_backward(dy, x, integer(num_groups, "num_groups", 1), mean, rstd, weight,
