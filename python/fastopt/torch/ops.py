@@ -2,18 +2,17 @@
 
 Each op is functional (no input is mutated), has a fake kernel (shapes only, for torch.compile
 and torch.library.opcheck) and an autograd formula whose backward is itself a fastopt custom op,
-so a compiled graph holds them as opaque nodes without graph breaks. The ops take float32
-tensors on the CPU or a CUDA device, and bfloat16 activations on the CPU (fastopt's bf16
-kernels: fp32 accumulation, one rounding per output); anything else is refused with an error
-naming the argument. Conv and linear take weight and bias in the input's dtype; the
+so a compiled graph holds them as opaque nodes without graph breaks. The ops take float32 or
+bfloat16 tensors on the CPU or a CUDA device (fastopt's bf16 kernels: fp32 accumulation, one
+rounding per output; tensor cores on the GPU); anything else is refused with an error naming
+the argument. Conv and linear take weight and bias in the input's dtype; the
 normalizations keep their affine parameters and running statistics float32 whatever the input's
 dtype, and return float32 statistics.
 
-Under torch.autocast these ops follow torch's CPU rules: with dtype=torch.bfloat16, conv2d and
-linear cast their floating inputs to bfloat16 (as torch's conv and matmul do) and the others run
-in the dtype their input arrives in (bf16 activations stay bf16, parameters stay float32);
-other autocast dtypes (float16) and CUDA run them in float32 (no fp16 kernels, no bf16 GPU
-kernels yet: issue 21).
+Under torch.autocast (CPU or CUDA) these ops follow torch's rules: with dtype=torch.bfloat16,
+conv2d and linear cast their floating inputs to bfloat16 (as torch's conv and matmul do) and the
+others run in the dtype their input arrives in (bf16 activations stay bf16, parameters stay
+float32); other autocast dtypes (float16) run them in float32 (fastopt has no fp16 kernels).
 Non-contiguous inputs (channels_last included) are copied to contiguous NCHW first; outputs are
 contiguous. CPU results are NumPy arrays from fastopt's host cache, wrapped without a copy; CUDA
 results are fastopt.DeviceArrays allocated by torch's caching allocator (fastopt.torch installs
@@ -37,7 +36,7 @@ _DEVICES = ("cpu", "cuda", "meta")
 
 def check(t, name, input=None, dtype=None):
     """Refuses what the kernels cannot take, naming the argument: a dtype other than `dtype`
-    (default: float32, or bfloat16 on the CPU), a device fastopt does not run on, or a device other
+    (default: float32 or bfloat16), a device fastopt does not run on, or a device other
     than input's."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -50,16 +49,13 @@ def check(t, name, input=None, dtype=None):
             why = "input's dtype" if input is not None and dtype == input.dtype else "parameters stay float32"
             raise TypeError(f"{name}: expected a {dtype} tensor ({why}), got {t.dtype}; fastopt never converts")
         return
-    if t.dtype == torch.bfloat16 and t.device.type == "cuda":
-        raise TypeError(f"{name}: bfloat16 on the GPU: not yet (issue 21); under torch.autocast('cuda') these ops "
-                        "run in float32")
     if t.dtype not in (torch.float32, torch.bfloat16):
-        raise TypeError(f"{name}: expected a float32 or (CPU) bfloat16 tensor, got {t.dtype}; fastopt never "
+        raise TypeError(f"{name}: expected a float32 or bfloat16 tensor, got {t.dtype}; fastopt never "
                         "converts (under torch.autocast these ops choose their dtype themselves)")
 
 
 def _check_all(input, same_dtype=False, **others):
-    """input: float32, or bfloat16 on the CPU. others: input's dtype when same_dtype (conv and
+    """input: float32 or bfloat16. others: input's dtype when same_dtype (conv and
     linear weights), else float32 (normalization parameters and statistics)."""
     check(input, "input")
     for name, t in others.items():
@@ -124,34 +120,36 @@ def _as(t, like):
 
 
 _lib = torch.library.Library("fastopt", "IMPL")
-_AUTOCAST_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+_AUTOCAST_KEYS = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA"}
 
 
-def _autocast_cpu(op, lower):
-    """op's AutocastCPU kernel: the policy in the module docstring. register_autocast casts to
-    one fixed dtype, which cannot say "bf16 only under bf16 autocast, and keep the parameters
-    float32", so this registers the kernel itself the way register_autocast does (excluding the
-    autocast key around the call)."""
-    def cast(a, first, low):
-        if not isinstance(a, Tensor) or not a.is_floating_point() or a.device.type != "cpu":
-            return a
-        if low and (lower or (first and a.dtype == torch.bfloat16)):
-            return a.to(torch.bfloat16)
-        return a.float()
+def _autocast(op, lower):
+    """op's autocast kernels (CPU and CUDA): the policy in the module docstring. register_autocast
+    casts to one fixed dtype, which cannot say "bf16 only under bf16 autocast, and keep the
+    parameters float32", so this registers the kernels themselves the way register_autocast does
+    (excluding the autocast key around the call)."""
+    for device, key in _AUTOCAST_KEYS.items():
+        excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
 
-    def kernel(_, *args):
-        low = torch.get_autocast_dtype("cpu") == torch.bfloat16
-        with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
-            return op(*[cast(a, i == 0, low) for i, a in enumerate(args)])
+        def cast(a, first, low, device=device):
+            if not isinstance(a, Tensor) or not a.is_floating_point() or a.device.type != device:
+                return a
+            if low and (lower or (first and a.dtype == torch.bfloat16)):
+                return a.to(torch.bfloat16)
+            return a.float()
 
-    _lib.impl(op._schema.name.split("::")[1], kernel, "AutocastCPU", with_keyset=True)
+        def kernel(_, *args, device=device, excluded=excluded, cast=cast):
+            low = torch.get_autocast_dtype(device) == torch.bfloat16
+            with torch._C._ExcludeDispatchKeyGuard(excluded):
+                return op(*[cast(a, i == 0, low) for i, a in enumerate(args)])
+
+        _lib.impl(op._schema.name.split("::")[1], kernel, key, with_keyset=True)
 
 
 def _register_autograd(op, backward, setup, lower=False):
     """lower: under bf16 autocast the op computes in bf16 (conv, linear), else it follows its input."""
     op.register_autograd(backward, setup_context=setup)
-    op.register_autocast("cuda", torch.float32)
-    _autocast_cpu(getattr(torch.ops.fastopt, op._name).default, lower)
+    _autocast(getattr(torch.ops.fastopt, op._name).default, lower)
 
 
 # ----------------------------------------------------------------------------------- conv2d

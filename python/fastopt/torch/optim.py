@@ -22,8 +22,8 @@ multiplier, exact for GradScaler's power-of-two scales), saving the unscale pass
 gradient. On the GPU the two scalars stay in device memory and the kernels read them there: no
 sync (a skipped step's `grad_norm`, if asked for, is then that of the scaled gradients' Inf). `state_dict()` is torch's format, so a checkpoint moves between this
 optimizer and torch's own of the same name in both directions. Parameters must be dense (any
-memory format, channels_last included), on the CPU or a CUDA device, and float32, or bfloat16 /
-float16 on the CPU: those take fastopt.optim's `master_weights` (an fp32 master in the state as
+memory format, channels_last included), on the CPU or a CUDA device, and float32, bfloat16, or
+float16 on the CPU: the low-precision ones take fastopt.optim's `master_weights` (an fp32 master in the state as
 'master', updated in the fused step that writes the parameter) or `stochastic_rounding` (bf16),
 with every state buffer kept in float32, loaded checkpoints included (torch would cast them to
 the parameter's dtype).
@@ -165,11 +165,11 @@ class Optimizer(torch.optim.Optimizer):
     @staticmethod
     def _check_param(p, name, seen):
         if p.dtype != torch.float32 and p.dtype not in _LOW:
-            raise TypeError(f"{name}: expected a torch.float32 parameter, got {p.dtype} (bfloat16 and float16 too, "
-                            "on the CPU)")
-        if p.dtype in _LOW and p.device.type != "cpu":
-            raise TypeError(f"{name}: {p.dtype} on the GPU: not yet (issue 21); fastopt's CUDA optimizers take "
-                            "float32 parameters")
+            raise TypeError(f"{name}: expected a torch.float32 parameter, got {p.dtype} (bfloat16 too, and "
+                            "float16 on the CPU)")
+        if p.dtype == torch.float16 and p.device.type != "cpu":
+            raise TypeError(f"{name}: float16 on the GPU: fastopt's CUDA optimizers take float32 and bfloat16 "
+                            "parameters")
         if p.device.type not in ("cpu", "cuda"):
             raise ValueError(f"{name}: on {p.device}, but fastopt runs on cpu and cuda")
         if not _is_dense(p):
