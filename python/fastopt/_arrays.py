@@ -7,17 +7,27 @@ devices, names dtypes and allocates state.
 bfloat16 is ml_dtypes' NumPy dtype on the host (fastopt.bfloat16), torch.bfloat16 for tensors;
 dtype_of maps both to numpy.dtype(bfloat16), and every bf16 op returns ml_dtypes arrays.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 from ml_dtypes import bfloat16
+from numpy.typing import ArrayLike
 
 from . import _C
+from ._types import Array, Device, DTypeLike, Stream
+
+if TYPE_CHECKING:
+    from ._C import DeviceArray
 
 BFLOAT16 = np.dtype(bfloat16)
 FLOAT16 = np.dtype(np.float16)
 LOW_PRECISION = (BFLOAT16, FLOAT16)  # what fastopt.optim keeps fp32 master weights for
 
 
-def _device_index(device):
+def _device_index(device: Device) -> int:
     if isinstance(device, int) and not isinstance(device, bool):
         return device
     if isinstance(device, str) and device.startswith("cuda"):
@@ -25,12 +35,12 @@ def _device_index(device):
     raise ValueError(f"device: expected 'cuda', 'cuda:N' or an int, got {device!r}")
 
 
-def canonical_device(device):
+def canonical_device(device: Device) -> str:
     """'cpu' or 'cuda:N' for any device spelling fastopt accepts ('cuda', 'cuda:1', 1)."""
     return "cpu" if device == "cpu" else f"cuda:{_device_index(device)}"
 
 
-def to_device(array, device="cuda", stream=0, non_blocking=False):
+def to_device(array: ArrayLike, device: Device = "cuda", stream: Stream = 0, non_blocking: bool = False) -> DeviceArray:
     """Copy a NumPy array to the GPU as a fastopt.DeviceArray (dtype and shape kept).
 
     non_blocking=True, as in torch: from pinned host memory (fastopt.cuda.pinned_empty) the copy is
@@ -39,19 +49,19 @@ def to_device(array, device="cuda", stream=0, non_blocking=False):
     return _C.to_device(np.ascontiguousarray(array), _device_index(device), stream, bool(non_blocking))
 
 
-def empty(shape, dtype=np.float32, device="cuda", stream=0):
+def empty(shape: Sequence[int], dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0) -> Array:
     if device == "cpu":
         return np.empty(shape, dtype)
     return _C.empty(shape, np.dtype(dtype), _device_index(device), stream)
 
 
-def zeros(shape, dtype=np.float32, device="cuda", stream=0):
+def zeros(shape: Sequence[int], dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0) -> Array:
     if device == "cpu":
         return np.zeros(shape, dtype)
     return _C.zeros(shape, np.dtype(dtype), _device_index(device), stream)
 
 
-def is_cuda(x):
+def is_cuda(x: object) -> bool:
     return isinstance(x, _C.DeviceArray) or hasattr(x, "__cuda_array_interface__")
 
 
@@ -59,7 +69,7 @@ def _is_torch(x):
     return type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
 
 
-def device_of(x):
+def device_of(x: Array) -> str:
     """'cpu' for NumPy arrays and CPU tensors, 'cuda:N' for GPU arrays; TypeError otherwise."""
     if isinstance(x, np.ndarray):
         return "cpu"
@@ -76,7 +86,7 @@ def device_of(x):
     raise TypeError(f"expected a numpy.ndarray, a torch.Tensor or a CUDA array, got {type(x).__name__}")
 
 
-def dtype_of(x):
+def dtype_of(x: object) -> np.dtype | None:
     """x's dtype as a numpy.dtype (torch.float32 -> float32, torch.bfloat16 -> ml_dtypes'
     bfloat16), or None when it has none."""
     dt = getattr(x, "dtype", None)
@@ -95,7 +105,7 @@ def dtype_of(x):
     return None
 
 
-def full(shape, value, dtype=np.float32, device="cuda", stream=0):
+def full(shape: Sequence[int], value: float, dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0) -> Array:
     """An array of this shape on `device` ('cpu' too) filled with value."""
     if device == "cpu":
         return np.full(shape, value, dtype)
@@ -105,12 +115,12 @@ def full(shape, value, dtype=np.float32, device="cuda", stream=0):
     return out
 
 
-def full_like(x, value, dtype=np.float32, stream=0):
+def full_like(x: Array, value: float, dtype: DTypeLike = np.float32, stream: Stream = 0) -> Array:
     """An array of x's shape on x's device filled with value."""
     return full(tuple(x.shape), value, dtype, device_of(x), stream)
 
 
-def to_numpy(x):
+def to_numpy(x: Array) -> np.ndarray:
     """A NumPy copy of any supported array."""
     if isinstance(x, np.ndarray):
         return x.copy()
@@ -126,6 +136,6 @@ def to_numpy(x):
     return out
 
 
-def copy_(dst, src, stream=0):
+def copy_(dst: Array, src: Array, stream: Stream = 0) -> None:
     """Copy src into dst in place (host or device, either way); shapes' sizes must match."""
     _C.copy_(dst, np.ascontiguousarray(src) if isinstance(src, np.ndarray) else src, stream)

@@ -2,7 +2,7 @@
 (the checks are _args' and the native layer's)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
 import numpy as np
@@ -23,9 +23,11 @@ class CudaArray(Protocol):
 Array = Union[np.ndarray, "DeviceArray", CudaArray]
 # One array or a list of them (the gradient lists of clipping and axpby_).
 Arrays = Union[Array, Sequence[Array]]
+# An optimizer's parameters: one array, a list of them, or param groups (dicts with a "params" entry).
+Params = Union[Array, Iterable[Array], Iterable[dict[str, Any]]]
 Stream = int  # a CUDA stream handle; 0 is the legacy default stream
 Device = Union[str, int]  # 'cpu', 'cuda', 'cuda:N' or N
 IntPair = Union[int, tuple[int, int], list[int]]  # an int or an (h, w) pair
 Shape = Union[int, tuple[int, ...], list[int]]
 
-__all__ = ["Array", "Arrays", "CudaArray", "Device", "DTypeLike", "IntPair", "Shape", "Stream"]
+__all__ = ["Array", "Arrays", "CudaArray", "Device", "DTypeLike", "IntPair", "Params", "Shape", "Stream"]

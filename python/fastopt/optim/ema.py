@@ -7,12 +7,19 @@ which the store keeps in two flat arrays: an update is ONE native call (axpby ov
 12 bytes per value: read the average and the weights, write the average). num_batches_tracked
 is a count, not averaged.
 """
+from __future__ import annotations
+
 import contextlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import _arrays, functional as F
 from .._args import boolean, integer, real
+
+if TYPE_CHECKING:
+    from ..nn import Module, ParameterStore
 
 __all__ = ["EMA"]
 
@@ -36,7 +43,7 @@ class EMA:
     and the live weights back on exit, for evaluation or a checkpoint of the averaged model.
     """
 
-    def __init__(self, store, decay=0.999, warmup=False):
+    def __init__(self, store: ParameterStore | Module, decay: float | None = 0.999, warmup: bool = False) -> None:
         store = getattr(store, "store", store)
         if not all(hasattr(store, a) for a in ("data", "buffers", "root")):
             raise TypeError(f"store: expected a built network or its ParameterStore (model.build(...)), got "
@@ -50,14 +57,14 @@ class EMA:
         self.average = [_clone(t) for t in self.live]
         self.num_updates = 0
 
-    def current_decay(self):
+    def current_decay(self) -> float:
         """The decay the next update() applies."""
         n = self.num_updates
         if self.decay is None:
             return (n + 1) / (n + 2)
         return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
 
-    def update(self):
+    def update(self) -> float:
         """Fold the current weights into the average; returns the decay used."""
         d = self.current_decay()
         F.axpby_(self.average, self.live, 1.0 - d, d)
@@ -65,7 +72,7 @@ class EMA:
         return d
 
     @contextlib.contextmanager
-    def applied(self):
+    def applied(self) -> Iterator[EMA]:
         """The averaged weights in the network for the duration of the block."""
         backup = [_clone(t) for t in self.live]
         F.axpby_(self.live, self.average, 1.0, 0.0)
@@ -74,19 +81,19 @@ class EMA:
         finally:
             F.axpby_(self.live, backup, 1.0, 0.0)
 
-    def copy_to_model(self):
+    def copy_to_model(self) -> None:
         """Keep the average in the network for good (the end of SWA)."""
         F.axpby_(self.live, self.average, 1.0, 0.0)
 
-    def copy_from_model(self, num_updates=0):
+    def copy_from_model(self, num_updates: int = 0) -> None:
         """Restart the average from the network's current weights, as after num_updates updates."""
         F.axpby_(self.average, self.live, 1.0, 0.0)
         self.num_updates = integer(num_updates, "num_updates", 0)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"num_updates": self.num_updates, "average": [_arrays.to_numpy(a) for a in self.average]}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state_dict(); checked whole before anything changes (ValueError naming the entry)."""
         n = integer(state["num_updates"], "state['num_updates']", 0)
         average = list(state["average"])

@@ -1,14 +1,18 @@
 """The optimizer machinery shared by every rule: param groups, state, the fused step, and
 checkpointing. A concrete optimizer only names its defaults, checks them, and maps a group to
 its update rule (optimizers.py)."""
+from __future__ import annotations
+
 from collections import namedtuple
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from .. import _C
 from .._args import boolean, finite, integer, real, stream as stream_arg, uint64
 from .._arrays import LOW_PRECISION, copy_, device_of, dtype_of, full_like, to_device, to_numpy, zeros
+from .._types import Arrays, Params, Stream
 
 K = _C.OptKind
 
@@ -152,7 +156,7 @@ class Optimizer:
     OPTIONS = {}
     KINDS = ()
 
-    def __init__(self, params, defaults):
+    def __init__(self, params: Params, defaults: Mapping[str, Any]) -> None:
         self.defaults = dict(defaults)
         group_hyper(type(self), self.defaults)  # a bad default is named plainly: "lr: ..."
         self.param_groups = []
@@ -173,7 +177,7 @@ class Optimizer:
         pass
 
     @classmethod
-    def state_names(cls):
+    def state_names(cls) -> set[str]:
         """Every state buffer this optimizer's rules keep."""
         return {name for kind in cls.KINDS for name in STATE_NAMES[kind]}
 
@@ -184,7 +188,7 @@ class Optimizer:
         return group_hyper(type(self), group, prefix)
 
     # -------------------------------------------------------------------- groups and state
-    def add_param_group(self, group):
+    def add_param_group(self, group: dict[str, Any]) -> None:
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError("param group: expected a dict with a 'params' entry")
         group = dict(group)
@@ -252,7 +256,8 @@ class Optimizer:
         return state[MASTER]
 
     # ------------------------------------------------------------------------------ step
-    def step(self, grads, max_grad_norm=None, skip_nonfinite=False, stream=0):
+    def step(self, grads: Arrays, max_grad_norm: float | None = None, skip_nonfinite: bool = False,
+             stream: Stream = 0) -> StepResult:
         """Update every parameter from `grads` (aligned with the parameters, group by group).
 
         max_grad_norm: clip by the global L2 norm first, fused into the update (the gradients
@@ -278,7 +283,7 @@ class Optimizer:
         return StepResult(norm, skipped)
 
     # ------------------------------------------------------------------- checkpointing
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """A checkpoint as NumPy copies: {'state': {index: {'step': int, buffer: array}},
         'param_groups': [{options..., 'params': [indices]}]}, torch's layout, ready for np.savez
         or pickle; the fp32 master of a bf16/fp16 parameter is its buffer 'master'. Loading it into
@@ -297,7 +302,7 @@ class Optimizer:
             groups.append(g)
         return {"state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Continue from a state_dict() checkpoint. Everything is checked before anything changes:
         a checkpoint that does not fit this optimizer (entries missing, another optimizer's options
         or buffers, buffers of the wrong shape or dtype, non-finite or impossible values, negative

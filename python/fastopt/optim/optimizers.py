@@ -8,7 +8,12 @@ Every option is checked when the optimizer is built, when a group is added, befo
 schedule or the user may have edited a group) and when a checkpoint is loaded: a wrong kind of
 value (a str, None, a bool for a number) raises TypeError and a value out of range ValueError,
 each naming the option. The ranges are torch's, and every number must be finite."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 from .._args import boolean
+from .._types import Params
 from .optimizer import PRECISION_OPTIONS, K, Optimizer, any_real, betas, nonnegative, option_name, unit
 
 
@@ -19,8 +24,9 @@ class SGD(Optimizer):
                    nesterov=boolean, maximize=boolean, **PRECISION_OPTIONS)
     KINDS = (K.SGD, K.SGD_MOMENTUM, K.SGD_NESTEROV)
 
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
-                 maximize=False, master_weights=False, stochastic_rounding=False, seed=0):
+    def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
+                 master_weights: bool = False, stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize, master_weights=master_weights,
                                       stochastic_rounding=stochastic_rounding, seed=seed))
@@ -49,8 +55,9 @@ class Adagrad(Optimizer):
                    **PRECISION_OPTIONS)
     KINDS = (K.ADAGRAD,)
 
-    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
-                 *, maximize=False, master_weights=False, stochastic_rounding=False, seed=0):
+    def __init__(self, params: Params, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, *, maximize: bool = False,
+                 master_weights: bool = False, stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps,
                                       maximize=maximize, master_weights=master_weights,
@@ -77,8 +84,9 @@ class RMSprop(Optimizer):
                    centered=boolean, maximize=boolean, **PRECISION_OPTIONS)
     KINDS = (K.RMSPROP, K.RMSPROP_MOMENTUM, K.RMSPROP_CENTERED, K.RMSPROP_CENTERED_MOMENTUM)
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
-                 maximize=False, master_weights=False, stochastic_rounding=False, seed=0):
+    def __init__(self, params: Params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *, maximize: bool = False,
+                 master_weights: bool = False, stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                                       centered=centered, maximize=maximize, master_weights=master_weights,
                                       stochastic_rounding=stochastic_rounding, seed=seed))
@@ -103,8 +111,9 @@ class Adam(Optimizer):
     KINDS = (K.ADAM, K.ADAM_AMSGRAD)
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 maximize=False, master_weights=False, stochastic_rounding=False, seed=0):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
+                 master_weights: bool = False, stochastic_rounding: bool = False, seed: int = 0) -> None:
         betas = tuple(betas) if isinstance(betas, list) else betas
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize, master_weights=master_weights,
@@ -126,8 +135,9 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, master_weights=False, stochastic_rounding=False, seed=0):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+                 master_weights: bool = False, stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                          maximize=maximize, master_weights=master_weights, stochastic_rounding=stochastic_rounding,
                          seed=seed)
