@@ -25,9 +25,17 @@ Array = Union[np.ndarray, "DeviceArray", CudaArray]
 Arrays = Union[Array, Sequence[Array]]
 # An optimizer's parameters: one array, a list of them, or param groups (dicts with a "params" entry).
 Params = Union[Array, Iterable[Array], Iterable[dict[str, Any]]]
+
+
+class HasParamGroups(Protocol):
+    """What a schedule drives: an optimizer with torch's param_groups (fastopt's or torch's)."""
+
+    param_groups: list[dict[str, Any]]
+
+
 Stream = int  # a CUDA stream handle; 0 is the legacy default stream
 Device = Union[str, int]  # 'cpu', 'cuda', 'cuda:N' or N
 IntPair = Union[int, tuple[int, int], list[int]]  # an int or an (h, w) pair
 Shape = Union[int, tuple[int, ...], list[int]]
 
-__all__ = ["Array", "Arrays", "CudaArray", "Device", "DTypeLike", "IntPair", "Params", "Shape", "Stream"]
+__all__ = ["Array", "Arrays", "CudaArray", "Device", "DTypeLike", "HasParamGroups", "IntPair", "Params", "Shape", "Stream"]

@@ -29,13 +29,18 @@ argument; torch's own range checks (LinearLR's factors, ReduceLROnPlateau's fact
 kept. A user's scale_fn is checked when it is called: an lr it would make impossible raises
 ValueError and no group is written.
 """
+from __future__ import annotations
+
 import bisect
 import copy
 import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ._args import choice, finite, integer, real, shape
+from ._types import HasParamGroups
 
 __all__ = ["LRSchedule", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
            "LinearLR", "CosineAnnealingWarmRestarts", "CyclicLR", "InverseTimeLR",
@@ -70,11 +75,11 @@ def _steps(value, name, minimum=1):
 class _Scheduler:
     """Bookkeeping every schedule shares: the optimizer, lrs out, state in and out."""
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer: HasParamGroups) -> None:
         _param_groups(optimizer)
         self.optimizer = optimizer
 
-    def get_last_lr(self):
+    def get_last_lr(self) -> list[float]:
         """The lrs this schedule last wrote, one per param group."""
         return list(self._last_lr)
 
@@ -87,7 +92,7 @@ class _Scheduler:
             group["lr"] = lr
         self._last_lr = list(lrs)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """Everything but the optimizer (and user callables, which do not pickle)."""
         out = {}
         for key, value in vars(self).items():
@@ -96,7 +101,7 @@ class _Scheduler:
             out[key] = value.state_dict() if isinstance(value, _Scheduler) else copy.deepcopy(value)
         return out
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         for key, value in state_dict.items():
             current = getattr(self, key, None)
             if callable(current):
@@ -117,7 +122,7 @@ class LRSchedule(_Scheduler):
     then call ``super().__init__`` and define ``lr_at`` (or ``lrs_at``).
     """
 
-    def __init__(self, optimizer, last_epoch=-1, base_lrs=None):
+    def __init__(self, optimizer: HasParamGroups, last_epoch: int = -1, base_lrs: Sequence[float] | None = None) -> None:
         super().__init__(optimizer)
         last_epoch = integer(last_epoch, "last_epoch", -1)
         groups = optimizer.param_groups
@@ -134,18 +139,18 @@ class LRSchedule(_Scheduler):
         self.last_epoch = last_epoch
         self.step()
 
-    def lr_at(self, t, base_lr):
+    def lr_at(self, t: int, base_lr: float) -> float:
         raise NotImplementedError
 
-    def lrs_at(self, t):
+    def lrs_at(self, t: int) -> list[float]:
         """The lr of every group after t steps (pure: changes nothing)."""
         return [self.lr_at(t, b) for b in self.base_lrs]
 
-    def step(self):
+    def step(self) -> None:
         self.last_epoch += 1
         self._set_lrs(self.lrs_at(self.last_epoch))
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._set_lrs(self.lrs_at(self.last_epoch))
 
@@ -153,35 +158,35 @@ class LRSchedule(_Scheduler):
 class StepLR(LRSchedule):
     """lr_t = base_lr * gamma^floor(t / step_size)."""
 
-    def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
+    def __init__(self, optimizer: HasParamGroups, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> None:
         self.step_size = _steps(step_size, "step_size")
         self.gamma = _rate(gamma, "gamma")
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, t, base_lr):
+    def lr_at(self, t: int, base_lr: float) -> float:
         return base_lr * self.gamma ** (t // self.step_size)
 
 
 class MultiStepLR(LRSchedule):
     """lr_t = base_lr * gamma^(number of milestones <= t); a repeated milestone counts twice."""
 
-    def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
+    def __init__(self, optimizer: HasParamGroups, milestones: Sequence[int], gamma: float = 0.1, last_epoch: int = -1) -> None:
         self.milestones = sorted(shape(milestones, "milestones", 0, ints_ok=False))
         self.gamma = _rate(gamma, "gamma")
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, t, base_lr):
+    def lr_at(self, t: int, base_lr: float) -> float:
         return base_lr * self.gamma ** bisect.bisect_right(self.milestones, t)
 
 
 class ExponentialLR(LRSchedule):
     """lr_t = base_lr * gamma^t."""
 
-    def __init__(self, optimizer, gamma, last_epoch=-1):
+    def __init__(self, optimizer: HasParamGroups, gamma: float, last_epoch: int = -1) -> None:
         self.gamma = _rate(gamma, "gamma")
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, t, base_lr):
+    def lr_at(self, t: int, base_lr: float) -> float:
         return base_lr * self.gamma ** t
 
 
@@ -195,26 +200,26 @@ class CosineAnnealingLR(LRSchedule):
     Past T_max the cosine carries on (back up to base_lr at 2 T_max), as torch's does.
     """
 
-    def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
+    def __init__(self, optimizer: HasParamGroups, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         self.T_max = _steps(T_max, "T_max")
         self.eta_min = _rate(eta_min, "eta_min")
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, t, base_lr):
+    def lr_at(self, t: int, base_lr: float) -> float:
         return _cosine(self.eta_min, base_lr, t, self.T_max)
 
 
 class LinearLR(LRSchedule):
     """lr_t = base_lr * (s + (e - s) min(t, total_iters) / total_iters),  s, e = start/end factor."""
 
-    def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5,
-                 last_epoch=-1):
+    def __init__(self, optimizer: HasParamGroups, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5,
+                 last_epoch: int = -1) -> None:
         self.start_factor = real(start_factor, "start_factor", 0.0, 1.0, low_open=True)
         self.end_factor = real(end_factor, "end_factor", 0.0, 1.0)
         self.total_iters = _steps(total_iters, "total_iters")
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, t, base_lr):
+    def lr_at(self, t: int, base_lr: float) -> float:
         frac = min(t, self.total_iters) / self.total_iters
         return base_lr * (self.start_factor + (self.end_factor - self.start_factor) * frac)
 
@@ -227,13 +232,13 @@ class CosineAnnealingWarmRestarts(LRSchedule):
     with T_i the current period and T_cur the steps taken since the last restart.
     """
 
-    def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0, last_epoch=-1):
+    def __init__(self, optimizer: HasParamGroups, T_0: int, T_mult: int = 1, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         self.T_0 = _steps(T_0, "T_0")
         self.T_mult = _steps(T_mult, "T_mult")
         self.eta_min = _rate(eta_min, "eta_min")
         super().__init__(optimizer, last_epoch)
 
-    def period(self, t):
+    def period(self, t: int) -> tuple[int, int]:
         """(T_cur, T_i) at step t, in exact integer arithmetic."""
         if self.T_mult == 1:
             return t % self.T_0, self.T_0
@@ -243,7 +248,7 @@ class CosineAnnealingWarmRestarts(LRSchedule):
             t_i *= self.T_mult
         return t_cur, t_i
 
-    def lr_at(self, t, base_lr):
+    def lr_at(self, t: int, base_lr: float) -> float:
         t_cur, t_i = self.period(t)
         return _cosine(self.eta_min, base_lr, t_cur, t_i)
 
@@ -263,9 +268,10 @@ class CyclicLR(LRSchedule):
 
     _MODES = ("triangular", "triangular2", "exp_range")
 
-    def __init__(self, optimizer, base_lr, max_lr, step_size_up=2000, step_size_down=None,
-                 mode="triangular", gamma=1.0, scale_fn=None, scale_mode="cycle",
-                 last_epoch=-1):
+    def __init__(self, optimizer: HasParamGroups, base_lr: float | Sequence[float], max_lr: float | Sequence[float],
+                 step_size_up: int = 2000, step_size_down: int | None = None, mode: str = "triangular",
+                 gamma: float = 1.0, scale_fn: Callable[[int], float] | None = None, scale_mode: str = "cycle",
+                 last_epoch: int = -1) -> None:
         groups = _param_groups(optimizer)
         base_lrs = _per_group("base_lr", base_lr, groups)
         self.max_lrs = _per_group("max_lr", max_lr, groups)
@@ -292,7 +298,7 @@ class CyclicLR(LRSchedule):
             return 1.0 / 2.0 ** (cycle - 1)
         return self.gamma ** t
 
-    def height(self, t):
+    def height(self, t: int) -> tuple[float, int]:
         """(h_t, cycle): position on the triangle, 0 at base_lr and 1 at max_lr."""
         total = self.step_size_up + self.step_size_down
         cycle, u = 1 + t // total, t % total
@@ -300,7 +306,7 @@ class CyclicLR(LRSchedule):
             return u / self.step_size_up, cycle
         return (total - u) / self.step_size_down, cycle
 
-    def lrs_at(self, t):
+    def lrs_at(self, t: int) -> list[float]:
         h, cycle = self.height(t)
         s = self._scale(cycle, t)
         return [b + (m - b) * h * s for b, m in zip(self.base_lrs, self.max_lrs)]
@@ -309,12 +315,12 @@ class CyclicLR(LRSchedule):
 class InverseTimeLR(LRSchedule):
     """The "1/t" decay: lr_t = base_lr / (1 + decay_rate t / decay_steps)."""
 
-    def __init__(self, optimizer, decay_rate, decay_steps=1, last_epoch=-1):
+    def __init__(self, optimizer: HasParamGroups, decay_rate: float, decay_steps: int = 1, last_epoch: int = -1) -> None:
         self.decay_rate = _rate(decay_rate, "decay_rate")
         self.decay_steps = finite(decay_steps, "decay_steps", 0.0, low_open=True)
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, t, base_lr):
+    def lr_at(self, t: int, base_lr: float) -> float:
         return base_lr / (1.0 + self.decay_rate * t / self.decay_steps)
 
 
@@ -329,11 +335,11 @@ class InverseSqrtLR(LRSchedule):
     flat for w more, then decays, because ``after`` sees t - w.)
     """
 
-    def __init__(self, optimizer, warmup_steps, last_epoch=-1):
+    def __init__(self, optimizer: HasParamGroups, warmup_steps: int, last_epoch: int = -1) -> None:
         self.warmup_steps = _steps(warmup_steps, "warmup_steps")
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, t, base_lr):
+    def lr_at(self, t: int, base_lr: float) -> float:
         if t <= self.warmup_steps:
             return base_lr
         return base_lr * math.sqrt(self.warmup_steps / t)
@@ -352,7 +358,8 @@ class LinearWarmup(LRSchedule):
     at its t = 0 should be base_lr, which holds for all schedules here but CyclicLR.
     """
 
-    def __init__(self, optimizer, warmup_steps, after=None, start_factor=0.0, last_epoch=-1):
+    def __init__(self, optimizer: HasParamGroups, warmup_steps: int, after: LRSchedule | None = None, start_factor: float = 0.0,
+                 last_epoch: int = -1) -> None:
         self.warmup_steps = _steps(warmup_steps, "warmup_steps", minimum=0)
         start_factor = real(start_factor, "start_factor", 0.0, 1.0)
         if after is not None:
@@ -364,7 +371,7 @@ class LinearWarmup(LRSchedule):
         self.after = after
         super().__init__(optimizer, last_epoch)
 
-    def lrs_at(self, t):
+    def lrs_at(self, t: int) -> list[float]:
         w, s = self.warmup_steps, self.start_factor
         if t < w:
             return [b * (s + (1.0 - s) * t / w) for b in self.base_lrs]
@@ -389,8 +396,9 @@ class ReduceLROnPlateau(_Scheduler):
     counted. This one is stateful by nature: it scales the groups' current lrs.
     """
 
-    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
-                 threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
+    def __init__(self, optimizer: HasParamGroups, mode: str = "min", factor: float = 0.1, patience: int = 10,
+                 threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0,
+                 min_lr: float | Sequence[float] = 0.0, eps: float = 1e-8) -> None:
         super().__init__(optimizer)
         self.mode = choice(mode, "mode", ("min", "max"))
         self.factor = real(factor, "factor", 0.0, 1.0, high_open=True)
@@ -406,7 +414,7 @@ class ReduceLROnPlateau(_Scheduler):
         self.last_epoch = 0
         self._last_lr = [g["lr"] for g in optimizer.param_groups]
 
-    def is_better(self, a, best):
+    def is_better(self, a: float, best: float) -> bool:
         if self.mode == "min":
             bar = best * (1.0 - self.threshold) if self.threshold_mode == "rel" else best - self.threshold
             return a < bar
@@ -414,10 +422,10 @@ class ReduceLROnPlateau(_Scheduler):
         return a > bar
 
     @property
-    def in_cooldown(self):
+    def in_cooldown(self) -> bool:
         return self.cooldown_counter > 0
 
-    def step(self, metric):
+    def step(self, metric: float | np.ndarray) -> None:
         """metric: a real number (Python, NumPy, or a 0-d array); NaN counts as no improvement."""
         if isinstance(metric, np.ndarray) and metric.ndim == 0:
             metric = metric[()]
