@@ -2,7 +2,7 @@
 (the checks are _args' and the native layer's)."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
 import numpy as np
@@ -33,9 +33,11 @@ class HasParamGroups(Protocol):
     param_groups: list[dict[str, Any]]
 
 
+# A weight initializer: (rng, shape) -> float32 NumPy array (fastopt.nn.init).
+Initializer = Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
 Stream = int  # a CUDA stream handle; 0 is the legacy default stream
 Device = Union[str, int]  # 'cpu', 'cuda', 'cuda:N' or N
 IntPair = Union[int, tuple[int, int], list[int]]  # an int or an (h, w) pair
 Shape = Union[int, tuple[int, ...], list[int]]
 
-__all__ = ["Array", "Arrays", "CudaArray", "Device", "DTypeLike", "HasParamGroups", "IntPair", "Params", "Shape", "Stream"]
+__all__ = ["Array", "Arrays", "CudaArray", "Device", "DTypeLike", "HasParamGroups", "Initializer", "IntPair", "Params", "Shape", "Stream"]

@@ -1,7 +1,12 @@
 """Containers: Sequential (layers in a line) and Residual (a body plus a shortcut, with drop path),
 named as torch names their children so that state_dict keys match torch's for the same structure."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
 from .. import functional as F
 from .._args import real
+from .._types import Array
 from .module import Module, take_saved
 
 __all__ = ["Sequential", "Residual"]
@@ -13,7 +18,7 @@ class Sequential(Module):
 
     bf16 = True  # runs in a precision='bf16' network
 
-    def __init__(self, *layers):
+    def __init__(self, *layers: Module) -> None:
         super().__init__()
         self.layers = list(layers)
         for i, layer in enumerate(self.layers):
@@ -21,10 +26,10 @@ class Sequential(Module):
                 raise TypeError(f"layers[{i}]: expected a fastopt.nn.Module, got {type(layer).__name__}")
         self._lowest = 0
 
-    def children(self):
+    def children(self) -> list[tuple[str, Module]]:
         return [(str(i), layer) for i, layer in enumerate(self.layers)]
 
-    def plan(self, needs_input_grad):
+    def plan(self, needs_input_grad: bool) -> None:
         self.needs_input_grad = needs_input_grad
         below = needs_input_grad  # whether anything below layer i trains (or the input needs its gradient)
         self._lowest = len(self.layers)
@@ -34,12 +39,12 @@ class Sequential(Module):
                 self._lowest = i
             below = below or layer.trainable()
 
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
 
-    def backward(self, dout, accumulate=False):
+    def backward(self, dout: Array, accumulate: bool = False) -> Array | None:
         """d(input) (None when not needed) from d(output). At the root, accumulate=True adds the
         parameter gradients into their slots instead of overwriting them (gradient accumulation
         over micro-batches); the slots must have been zeroed (zero_grad) or written by a plain
@@ -63,7 +68,7 @@ class Residual(Module):
 
     bf16 = True  # runs in a precision='bf16' network
 
-    def __init__(self, body, shortcut=None, drop_path=0.0):
+    def __init__(self, body: Module, shortcut: Module | None = None, drop_path: float = 0.0) -> None:
         super().__init__()
         if not isinstance(body, Module):
             raise TypeError(f"body: expected a fastopt.nn.Module, got {type(body).__name__}")
@@ -75,18 +80,18 @@ class Residual(Module):
         self.offset = 0
         self._saved = None
 
-    def children(self):
+    def children(self) -> list[tuple[str, Module]]:
         return [("body", self.body)] + ([("shortcut", self.shortcut)] if self.shortcut is not None else [])
 
-    def build_state(self, device, seed):
+    def build_state(self, device: str, seed: int) -> None:
         self.seed = int(seed)
 
-    def plan(self, needs_input_grad):
+    def plan(self, needs_input_grad: bool) -> None:
         self.needs_input_grad = needs_input_grad
         for _, child in self.children():
             child.plan(needs_input_grad)
 
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         b = self.body.forward(x, training)
         s = x if self.shortcut is None else self.shortcut.forward(x, training)
         if tuple(b.shape) != tuple(s.shape):
@@ -101,7 +106,7 @@ class Residual(Module):
             self.offset += int(b.shape[0])
         return y
 
-    def backward(self, dy, accumulate=False):
+    def backward(self, dy: Array, accumulate: bool = False) -> Array | None:
         self._begin_backward(accumulate)
         drop, offset = take_saved(self, "_saved")
         d_body = F.residual_add(dy, None, self.drop_path, self.seed, offset) if drop else dy
@@ -111,11 +116,11 @@ class Residual(Module):
             return None
         return F.residual_add(dx_body, dx_short)
 
-    def own_extra_state(self):
+    def own_extra_state(self) -> dict[str, int]:
         return {"seed": self.seed, "offset": self.offset}
 
-    def load_own_extra_state(self, state):
+    def load_own_extra_state(self, state: Mapping[str, int]) -> None:
         self.seed, self.offset = int(state["seed"]), int(state["offset"])
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"drop_path={self.drop_path}" if self.drop_path else ""

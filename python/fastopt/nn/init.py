@@ -6,11 +6,15 @@ copied to the parameter buffer, so a seed gives the same network on every device
 fan_in = shape[1] * receptive field, fan_out = shape[0] * receptive field (receptive field =
 prod(shape[2:])), as torch computes them for Linear (out, in) and Conv2d (K, C/groups, R, S).
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from .._args import choice, finite, integer, shape as _shape
+from .._types import Initializer
 
 __all__ = [
     "calculate_gain", "fans", "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform",
@@ -21,7 +25,7 @@ __all__ = [
 _GAINS = ("linear", "conv1d", "conv2d", "conv3d", "sigmoid", "identity", "tanh", "relu", "leaky_relu", "selu")
 
 
-def calculate_gain(nonlinearity, param=None):
+def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     """The recommended gain for an activation, torch.nn.init.calculate_gain's table:
     linear/conv/sigmoid 1, tanh 5/3, relu sqrt(2), leaky_relu sqrt(2 / (1 + slope^2)) (slope
     default 0.01), selu 3/4."""
@@ -38,7 +42,7 @@ def calculate_gain(nonlinearity, param=None):
     return 0.75  # selu
 
 
-def fans(shape):
+def fans(shape: Sequence[int]) -> tuple[int, int]:
     """(fan_in, fan_out) of a weight shaped (out, in, *kernel)."""
     shape = _shape(shape, "shape", 0, ints_ok=False)
     if len(shape) < 2:
@@ -64,56 +68,56 @@ def _uniform(rng, shape, bound):
     return rng.uniform(-bound, bound, shape).astype(np.float32)
 
 
-def xavier_normal(gain=1.0):
+def xavier_normal(gain: float = 1.0) -> Initializer:
     """Glorot normal: std = gain * sqrt(2 / (fan_in + fan_out))."""
     gain = _gain(gain)
     return lambda rng, shape: _normal(rng, shape, gain * math.sqrt(2.0 / sum(fans(shape))))
 
 
-def xavier_uniform(gain=1.0):
+def xavier_uniform(gain: float = 1.0) -> Initializer:
     """Glorot uniform: U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out))."""
     gain = _gain(gain)
     return lambda rng, shape: _uniform(rng, shape, gain * math.sqrt(6.0 / sum(fans(shape))))
 
 
-def kaiming_normal(a=0.0, mode="fan_in", nonlinearity="leaky_relu"):
+def kaiming_normal(a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu") -> Initializer:
     """He normal: std = gain / sqrt(fan), gain = calculate_gain(nonlinearity, a) (torch's defaults)."""
     gain, mode = calculate_gain(nonlinearity, finite(a, "a")), choice(mode, "mode", ("fan_in", "fan_out"))
     return lambda rng, shape: _normal(rng, shape, gain / math.sqrt(_fan(shape, mode)))
 
 
-def kaiming_uniform(a=0.0, mode="fan_in", nonlinearity="leaky_relu"):
+def kaiming_uniform(a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu") -> Initializer:
     """He uniform: U(-b, b), b = gain * sqrt(3 / fan). With a = sqrt(5) this is the default
     initialization of torch's Linear and Conv2d weights."""
     gain, mode = calculate_gain(nonlinearity, finite(a, "a")), choice(mode, "mode", ("fan_in", "fan_out"))
     return lambda rng, shape: _uniform(rng, shape, gain * math.sqrt(3.0 / _fan(shape, mode)))
 
 
-def lecun_normal():
+def lecun_normal() -> Initializer:
     """LeCun normal: std = 1 / sqrt(fan_in)."""
     return lambda rng, shape: _normal(rng, shape, 1.0 / math.sqrt(fans(shape)[0]))
 
 
-def lecun_uniform():
+def lecun_uniform() -> Initializer:
     """LeCun uniform: U(-b, b), b = sqrt(3 / fan_in)."""
     return lambda rng, shape: _uniform(rng, shape, math.sqrt(3.0 / fans(shape)[0]))
 
 
-def fan_in_uniform(fan_in):
+def fan_in_uniform(fan_in: int) -> Initializer:
     """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's default bias initialization."""
     fan_in = integer(fan_in, "fan_in", 0)
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     return lambda rng, shape: _uniform(rng, shape, bound)
 
 
-def constant(value):
+def constant(value: float) -> Initializer:
     value = finite(value, "value")
     return lambda rng, shape: np.full(shape, value, np.float32)
 
 
-def zeros():
+def zeros() -> Initializer:
     return constant(0.0)
 
 
-def ones():
+def ones() -> Initializer:
     return constant(1.0)

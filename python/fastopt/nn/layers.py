@@ -6,12 +6,16 @@ Constructor arguments are checked as torch.nn's are, and strictly: a bool or flo
 integer goes, a str or None where a number goes, raise TypeError naming the argument; a value out
 of range raises ValueError.
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
 from .. import functional as F
 from .._args import boolean, finite, integer, pair, real, shape
+from .._types import Array, Initializer, IntPair, Shape
 from . import init as I
 from .module import Module, Parameter, take_saved as _take
 
@@ -44,8 +48,9 @@ class Conv2d(Module):
 
     bf16 = True  # runs in a precision='bf16' network
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, weight_init=None, bias_init=None, allow_tf32=False):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair, stride: IntPair = 1,
+                 padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1, bias: bool = True,
+                 weight_init: Initializer | None = None, bias_init: Initializer | None = None, allow_tf32: bool = False) -> None:
         super().__init__()
         in_channels, out_channels = integer(in_channels, "in_channels", 1), integer(out_channels, "out_channels", 1)
         groups = integer(groups, "groups", 1)
@@ -63,13 +68,13 @@ class Conv2d(Module):
                          allow_tf32=boolean(allow_tf32, "allow_tf32"))
         self._x = self._w = None
 
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         x, w, b = _computed(self, x, self.params["weight"], self.params["bias"])
         y = F.conv2d_forward(x, w, b, **self.conv)
         self._x, self._w = (x, w) if training else (None, None)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         w, b = self.params["weight"], self.params["bias"]
         train = w.requires_grad
         dx, _, _ = F.conv2d_backward(dy, _take(self, "_x"), _take(self, "_w"),
@@ -78,7 +83,7 @@ class Conv2d(Module):
                                      accumulate=self.store.accumulate, **self.conv)
         return dx
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         k, c = self.params["weight"].shape, self.conv
         return (f"{k[1] * c['groups']}, {k[0]}, kernel_size={k[2:]}, stride={c['stride']}, padding={c['padding']}, "
                 f"bias={self.params['bias'] is not None}")
@@ -89,7 +94,8 @@ class Linear(Module):
 
     bf16 = True  # runs in a precision='bf16' network
 
-    def __init__(self, in_features, out_features, bias=True, weight_init=None, bias_init=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, weight_init: Initializer | None = None,
+                 bias_init: Initializer | None = None) -> None:
         super().__init__()
         in_features, out_features = integer(in_features, "in_features", 1), integer(out_features, "out_features", 1)
         weight_init, bias_init = _init(weight_init, "weight_init"), _init(bias_init, "bias_init")
@@ -99,13 +105,13 @@ class Linear(Module):
                                if boolean(bias, "bias") else None)
         self._x = self._w = None
 
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         x, w, b = _computed(self, x, self.params["weight"], self.params["bias"])
         y = F.linear_forward(x, w, b)
         self._x, self._w = (x, w) if training else (None, None)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         w, b = self.params["weight"], self.params["bias"]
         train = w.requires_grad
         dx, _, _ = F.linear_backward(dy, _take(self, "_x"), _take(self, "_w"),
@@ -114,7 +120,7 @@ class Linear(Module):
                                      accumulate=self.store.accumulate)
         return dx
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         out_f, in_f = self.params["weight"].shape
         return f"in_features={in_f}, out_features={out_f}, bias={self.params['bias'] is not None}"
 
@@ -144,7 +150,8 @@ class _BatchNorm(Module):
     bf16 = True  # runs in a precision='bf16' network
     ndims = ()
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True) -> None:
         super().__init__()
         self.num_features, self.eps = integer(num_features, "num_features", 1), _eps(eps)
         self.momentum = None if momentum is None else real(momentum, "momentum", 0.0, 1.0)
@@ -154,15 +161,15 @@ class _BatchNorm(Module):
         self.num_batches_tracked = 0
         self._saved = None
 
-    def buffer_specs(self):
+    def buffer_specs(self) -> list[tuple[str, tuple[int, ...], float]]:
         if not self.track_running_stats:
             return []
         return [("running_mean", (self.num_features,), 0.0), ("running_var", (self.num_features,), 1.0)]
 
-    def counters(self):
+    def counters(self) -> list[str]:
         return ["num_batches_tracked"] if self.track_running_stats else []
 
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         if len(x.shape) not in self.ndims or x.shape[1] != self.num_features:
             raise ValueError(f"x: {type(self).__name__}({self.num_features}) expects {self.ndims[0]}-d input with "
                              f"{self.num_features} channels, got shape {tuple(x.shape)}")
@@ -178,7 +185,7 @@ class _BatchNorm(Module):
         self._saved = (x, mean, invstd, batch_stats) if training else None
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         x, mean, invstd, batch_stats = _take(self, "_saved")
         w, b = self.params["weight"], self.params["bias"]
         # Frozen: no affine gradients, so eval-mode batch norm skips its reduction pass entirely.
@@ -188,7 +195,7 @@ class _BatchNorm(Module):
                                          accumulate=self.store.accumulate, affine_grads=train)
         return dx
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.params['weight'] is not None}"
 
 
@@ -209,13 +216,13 @@ class _SampleNorm(Module):
     bf16 = True  # runs in a precision='bf16' network
     forward_fn = backward_fn = None
 
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         y, mean, rstd = type(self).forward_fn(x, self.arg, _data(self.params["weight"]), _data(self.params["bias"]),
                                               self.eps)
         self._saved = (x, mean, rstd) if training else None
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         x, mean, rstd = _take(self, "_saved")
         w, b = self.params["weight"], self.params["bias"]
         train = not self.frozen
@@ -224,7 +231,7 @@ class _SampleNorm(Module):
                                           accumulate=self.store.accumulate, affine_grads=train)
         return dx
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.arg}, eps={self.eps}"
 
 
@@ -232,7 +239,8 @@ class LayerNorm(_SampleNorm):
     """Normalization over the trailing normalized_shape dims, per sample."""
     forward_fn, backward_fn = F.layer_norm_forward, F.layer_norm_backward
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
+    def __init__(self, normalized_shape: Shape, eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True) -> None:
         super().__init__()
         dims = shape(normalized_shape, "normalized_shape", 1)
         self.arg, self.eps = dims, _eps(eps)
@@ -244,7 +252,7 @@ class GroupNorm(_SampleNorm):
     """Normalization per (sample, group of consecutive channels)."""
     forward_fn, backward_fn = F.group_norm_forward, F.group_norm_backward
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True):
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
         num_groups, num_channels = integer(num_groups, "num_groups", 1), integer(num_channels, "num_channels", 1)
         if num_channels % num_groups:
@@ -257,34 +265,34 @@ class GroupNorm(_SampleNorm):
 class ReLU(Module):
     bf16 = True  # runs in a precision='bf16' network
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self._x = None
 
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         self._x = x if training else None
         return F.relu_forward(x)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         return F.relu_backward(dy, _take(self, "_x"))
 
 
 class LeakyReLU(Module):
     bf16 = True  # runs in a precision='bf16' network
 
-    def __init__(self, negative_slope=0.01):
+    def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
         self.negative_slope = finite(negative_slope, "negative_slope")
         self._x = None
 
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         self._x = x if training else None
         return F.leaky_relu_forward(x, self.negative_slope)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         return F.leaky_relu_backward(dy, _take(self, "_x"), self.negative_slope)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
 
 
@@ -295,18 +303,18 @@ class _Pointwise(Module):
 
     forward_fn = backward_fn = None
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self._x = None
 
     def _args(self):
         return ()
 
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         self._x = x if training else None
         return type(self).forward_fn(x, *self._args())
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         return type(self).backward_fn(dy, _take(self, "_x"), *self._args())
 
 
@@ -322,14 +330,14 @@ class ELU(_Pointwise):
     """x if x > 0 else alpha * (exp(x) - 1)."""
     forward_fn, backward_fn = F.elu_forward, F.elu_backward
 
-    def __init__(self, alpha=1.0):
+    def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
         self.alpha = finite(alpha, "alpha")
 
     def _args(self):
         return (self.alpha,)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
 
 
@@ -351,21 +359,21 @@ class MaxPool2d(Module):
 
     bf16 = True  # runs in a precision='bf16' network
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding = _pool_hyper(kernel_size, stride, padding)
         self._saved = None
 
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         y, idx = F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
         self._saved = (tuple(x.shape), idx) if training else None
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         shape, idx = _take(self, "_saved")
         return F.max_pool2d_backward(dy, idx, shape, self.kernel_size, self.stride, self.padding)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
@@ -374,7 +382,8 @@ class AvgPool2d(Module):
 
     bf16 = True  # runs in a precision='bf16' network
 
-    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+    def __init__(self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+                 count_include_pad: bool = True) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding = _pool_hyper(kernel_size, stride, padding)
         self.count_include_pad = boolean(count_include_pad, "count_include_pad")
@@ -384,14 +393,14 @@ class AvgPool2d(Module):
         return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
                     count_include_pad=self.count_include_pad)
 
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         self._shape = tuple(x.shape) if training else None
         return F.avg_pool2d_forward(x, **self._hyper())
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         return F.avg_pool2d_backward(dy, _take(self, "_shape"), **self._hyper())
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
@@ -400,15 +409,15 @@ class GlobalAvgPool2d(Module):
 
     bf16 = True  # runs in a precision='bf16' network
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self._shape = None
 
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         self._shape = tuple(x.shape) if training else None
         return F.global_avg_pool_forward(x)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         return F.global_avg_pool_backward(dy, _take(self, "_shape"))
 
 
@@ -417,15 +426,15 @@ class Flatten(Module):
 
     bf16 = True  # runs in a precision='bf16' network
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self._shape = None
 
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         self._shape = tuple(x.shape) if training else None
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         return dy.reshape(_take(self, "_shape"))
 
 
@@ -436,17 +445,17 @@ class Dropout(Module):
 
     bf16 = True  # runs in a precision='bf16' network
 
-    def __init__(self, p=0.5):
+    def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         self.p = real(p, "p", 0.0, 1.0)
         self.seed = 0
         self.offset = 0
         self._saved = None
 
-    def build_state(self, device, seed):
+    def build_state(self, device: str, seed: int) -> None:
         self.seed = int(seed)
 
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         if not training or self.p == 0.0:
             self._saved = self.offset if training else None
             return x
@@ -455,15 +464,15 @@ class Dropout(Module):
         self.offset += int(np.prod(x.shape))
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         offset = _take(self, "_saved")
         return dy if self.p == 0.0 else F.dropout_backward(dy, self.p, self.seed, offset)
 
-    def own_extra_state(self):
+    def own_extra_state(self) -> dict[str, int]:
         return {"seed": self.seed, "offset": self.offset}
 
-    def load_own_extra_state(self, state):
+    def load_own_extra_state(self, state: Mapping[str, int]) -> None:
         self.seed, self.offset = int(state["seed"]), int(state["offset"])
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -1,8 +1,11 @@
 """Softmax cross-entropy, the loss every classifier here trains with."""
+from __future__ import annotations
+
 import numpy as np
 
 from .. import _arrays, functional as F
 from .._args import integer, real
+from .._types import Array
 
 __all__ = ["SoftmaxCrossEntropy"]
 
@@ -16,12 +19,12 @@ class SoftmaxCrossEntropy:
     loss is float32, d(logits) bfloat16, and float32 soft targets are rounded to bfloat16 (the
     kernel takes soft targets in the logits' dtype)."""
 
-    def __init__(self, label_smoothing=0.0, topk=5):
+    def __init__(self, label_smoothing: float = 0.0, topk: int = 5) -> None:
         self.label_smoothing = real(label_smoothing, "label_smoothing", 0.0, 1.0)
         self.topk = integer(topk, "topk", 1)
         self._dlogits = None
 
-    def forward(self, logits, target, training=True, stats=None):
+    def forward(self, logits: Array, target: Array, training: bool = True, stats: Array | None = None) -> Array:
         if _arrays.dtype_of(logits) == _arrays.BFLOAT16 and _arrays.dtype_of(target) == np.float32:
             target = np.asarray(target).astype(_arrays.BFLOAT16)
         loss, dlogits = F.softmax_cross_entropy(logits, target, self.label_smoothing, need_grad=training,
@@ -29,7 +32,7 @@ class SoftmaxCrossEntropy:
         self._dlogits = dlogits
         return loss
 
-    def backward(self):
+    def backward(self) -> Array:
         if self._dlogits is None:
             raise RuntimeError("SoftmaxCrossEntropy.backward: call forward with training=True first")
         d, self._dlogits = self._dlogits, None

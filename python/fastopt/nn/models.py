@@ -1,4 +1,8 @@
 """Ready-made networks: the small CNN `fastopt train` starts with, and the CIFAR ResNets."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 from .._args import boolean, integer, real
 from . import init as I
 from .containers import Residual, Sequential
@@ -13,7 +17,8 @@ def _conv(c_in, c_out, kernel=3, stride=1):
                   weight_init=I.kaiming_normal(mode="fan_out", nonlinearity="relu"))
 
 
-def small_cnn(in_channels=1, num_classes=10, widths=(32, 64), dropout=0.25):
+def small_cnn(in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = (32, 64),
+              dropout: float = 0.25) -> Sequential:
     """Two stages of two conv-BN-ReLU blocks, each stage ending in a 2x2 max pool, then global
     average pooling, dropout and a linear classifier. Global pooling makes it size-agnostic:
     the same network trains on 8x8 digits and 32x32 CIFAR-shaped images."""
@@ -31,7 +36,8 @@ def _plain_block(c_in, c_out):
             BatchNorm2d(c_out), ReLU()]
 
 
-def resnet(depth=20, num_classes=10, in_channels=3, width=16, drop_path=0.0, zero_init_residual=False):
+def resnet(depth: int = 20, num_classes: int = 10, in_channels: int = 3, width: int = 16, drop_path: float = 0.0,
+           zero_init_residual: bool = False) -> Sequential:
     """The CIFAR ResNets of He et al. (2016, section 4.2): 6n + 2 weighted layers, depth 20, 32,
     44, 56, 110, ... A 3x3 conv-BN-ReLU stem of `width` channels, three stages of n basic blocks
     (conv-BN-ReLU-conv-BN plus a shortcut, then ReLU) at width, 2 width and 4 width channels, the

@@ -24,8 +24,11 @@ backward skips their weight-gradient kernels, a frozen batch norm normalizes wit
 statistics and leaves them as they are, and backward stops at the first layer below which
 nothing trains.
 """
+from __future__ import annotations
+
 from collections import namedtuple
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +36,10 @@ from .. import _arrays
 from .. import functional as F
 from .._args import boolean, choice, integer, shape as _shape
 from .._arrays import copy_, to_numpy
+from .._types import Array, Device, Initializer, Shape
+
+if TYPE_CHECKING:
+    from .store import ParameterStore
 
 __all__ = ["Parameter", "Module", "IncompatibleKeys"]
 
@@ -44,7 +51,7 @@ class Parameter:
     decay applies. `data` and `grad` are views into the store's flat buffers once built;
     `requires_grad` is False while its module is frozen."""
 
-    def __init__(self, shape, init, decay=True):
+    def __init__(self, shape: Shape, init: Initializer, decay: bool = True) -> None:
         self.shape = _shape(shape, "shape", 0)
         if not callable(init):
             raise TypeError(f"init: expected an initializer (rng, shape) -> array, got {type(init).__name__}")
@@ -55,14 +62,14 @@ class Parameter:
         self.grad = None
 
     @property
-    def size(self):
+    def size(self) -> int:
         return int(np.prod(self.shape))
 
     def __repr__(self):
         return f"Parameter(shape={self.shape}, decay={self.decay}{'' if self.requires_grad else ', frozen'})"
 
 
-def take_saved(module, name):
+def take_saved(module: Module, name: str) -> Any:
     """The state a forward saved for backward, used exactly once."""
     value = getattr(module, name, None)
     if value is None:
@@ -85,7 +92,7 @@ class Module:
 
     bf16 = False
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.params = {}
         self.device = "cpu"
         self.needs_input_grad = True
@@ -93,38 +100,38 @@ class Module:
         self.store = None  # the ParameterStore of the tree this module was built in
 
     # ---------------------------------------------------------------------------- the tree
-    def children(self):
+    def children(self) -> list[tuple[str, Module]]:
         """[(name, module)] of the direct submodules, in torch's registration order."""
         return []
 
-    def named_modules(self, prefix=""):
+    def named_modules(self, prefix: str = "") -> list[tuple[str, Module]]:
         """[(name, module)], this module first ("" at the root), then each subtree in order."""
         out = [(prefix, self)]
         for name, child in self.children():
             out += child.named_modules(_join(prefix, name))
         return out
 
-    def modules(self):
+    def modules(self) -> list[Module]:
         return [m for _, m in self.named_modules()]
 
-    def named_parameters(self, prefix=""):
+    def named_parameters(self, prefix: str = "") -> list[tuple[str, Parameter]]:
         """[(name, Parameter)] with torch's names ("3.body.0.weight") and order."""
         return [(_join(p, k), param) for p, m in self.named_modules(prefix)
                 for k, param in m.params.items() if param is not None]
 
-    def parameters(self):
+    def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
 
-    def buffer_specs(self):
+    def buffer_specs(self) -> list[tuple[str, tuple[int, ...], float]]:
         """[(name, shape, initial value)] of this module's own float32 buffers (running
         statistics), allocated by build as views of the store's buffer array."""
         return []
 
-    def counters(self):
+    def counters(self) -> list[str]:
         """Names of this module's own int64 scalar buffers (batch norm's num_batches_tracked)."""
         return []
 
-    def named_buffers(self, prefix=""):
+    def named_buffers(self, prefix: str = "") -> list[tuple[str, Array | int]]:
         """[(name, array or int)] of every buffer in the tree, torch's names and order."""
         out = []
         for p, m in self.named_modules(prefix):
@@ -132,11 +139,12 @@ class Module:
             out += [(_join(p, k), getattr(m, k)) for k in m.counters()]
         return out
 
-    def trainable(self):
+    def trainable(self) -> bool:
         return any(p.requires_grad for p in self.parameters())
 
     # -------------------------------------------------------------------------- building
-    def build(self, device="cpu", seed=0, input_grad=False, precision="fp32"):
+    def build(self, device: Device = "cpu", seed: int = 0, input_grad: bool = False,
+              precision: str = "fp32") -> ParameterStore:
         """Allocate the parameters (one flat buffer on `device`, drawn from `seed`), the buffers
         and every module's state; returns the ParameterStore. input_grad=False skips d(input) of
         the first layer (its input is data). Only the root of a tree is built.
@@ -178,7 +186,7 @@ class Module:
         self.store.replan()
         return self.store
 
-    def build_state(self, device, seed):
+    def build_state(self, device: str, seed: int) -> None:
         """Per-module state that is neither a parameter nor a buffer (a dropout seed)."""
 
     def _require_built(self, what):
@@ -186,18 +194,18 @@ class Module:
             raise RuntimeError(f"{what}: {type(self).__name__} is not built yet; call build(device, seed) on the "
                                "whole network first")
 
-    def plan(self, needs_input_grad):
+    def plan(self, needs_input_grad: bool) -> None:
         """Set which d(input) the backward pass computes (containers pass it down)."""
         self.needs_input_grad = needs_input_grad
 
     # ------------------------------------------------------------------- forward/backward
-    def forward(self, x, training=True):
+    def forward(self, x: Array, training: bool = True) -> Array:
         raise NotImplementedError
 
-    def backward(self, dout):
+    def backward(self, dout: Array) -> Array | None:
         raise NotImplementedError
 
-    def __call__(self, x, training=True):
+    def __call__(self, x: Array, training: bool = True) -> Array:
         return self.forward(x, training)
 
     def _begin_backward(self, accumulate):
@@ -208,12 +216,12 @@ class Module:
             raise ValueError("accumulate: only the root of a built network takes it (its backward sets the mode "
                              "for every layer)")
 
-    def set_grad(self, param, value):
+    def set_grad(self, param: Parameter, value: Array) -> None:
         """Write (or, in an accumulating backward, add) a gradient into its slot."""
         if param is not None and value is not None:  # a copy is axpby with b = 0: one native pass either way
             F.axpby_(param.grad, value, 1.0, 1.0 if self.store.accumulate else 0.0)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Zero the gradients of this module's parameters (the whole store at the root)."""
         self._require_built("zero_grad")
         if self.store.root is self:
@@ -223,14 +231,14 @@ class Module:
                 F.axpby_(p.grad, p.grad, 0.0, 0.0)
 
     # --------------------------------------------------------------- transfer learning
-    def freeze(self):
+    def freeze(self) -> Module:
         """Stop training this module and everything below it: no weight gradients, batch norm
         on its running statistics (not updated), and the store's param_groups leave the
         parameters out. Build (and load the pretrained weights) first; build the optimizer
         after freezing."""
         return self._set_frozen(True, "freeze")
 
-    def unfreeze(self):
+    def unfreeze(self) -> Module:
         """Train this subtree again (give the optimizer its parameters: store.param_groups)."""
         return self._set_frozen(False, "unfreeze")
 
@@ -245,7 +253,7 @@ class Module:
         return self
 
     # --------------------------------------------------------------------- state dicts
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """{name: NumPy copy} of every parameter and buffer, torch's keys and order (the int64
         num_batches_tracked as a 0-d array, as torch's tensor becomes)."""
         self._require_built("state_dict")
@@ -260,7 +268,7 @@ class Module:
                 out[_join(p, k)] = np.asarray(getattr(m, k), np.int64)
         return out
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         """Copy parameters and buffers from {name: array} (a fastopt or torch state_dict, torch
         tensors or NumPy arrays). Everything is checked before anything changes: with strict, a
         missing or unexpected key raises RuntimeError as torch does; a shape that differs, or a
@@ -311,26 +319,26 @@ class Module:
 
     # Dropout-like layers keep RNG positions a checkpoint needs; torch's state_dict has no place
     # for them, so they travel separately.
-    def extra_state(self):
+    def extra_state(self) -> dict[str, int]:
         """{name: int} of every module's RNG state (dropout seed and stream offset)."""
         out = {}
         for p, m in self.named_modules():
             out.update({_join(p, k): v for k, v in m.own_extra_state().items()})
         return out
 
-    def load_extra_state(self, state):
+    def load_extra_state(self, state: Mapping[str, int]) -> None:
         for p, m in self.named_modules():
             mine = {k: state[_join(p, k)] for k in m.own_extra_state() if _join(p, k) in state}
             if mine:
                 m.load_own_extra_state(mine)
 
-    def own_extra_state(self):
+    def own_extra_state(self) -> dict[str, int]:
         return {}
 
-    def load_own_extra_state(self, state):
+    def load_own_extra_state(self, state: Mapping[str, int]) -> None:
         pass
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return ""
 
     def __repr__(self):

@@ -1,14 +1,22 @@
 """The parameter store of a built network: one flat parameter array, one flat gradient array and
 one flat buffer array (running statistics) per device, and the optimizer's groups over views of
 them (module.py explains the layout)."""
-from collections.abc import Mapping
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .. import _arrays
 from .. import functional as F
 from .._args import boolean, finite
 from .._arrays import copy_, to_numpy
+from .._types import Array, HasParamGroups
+
+if TYPE_CHECKING:
+    from .module import Module
 
 __all__ = ["ParameterStore"]
 
@@ -25,7 +33,7 @@ class ParameterStore:
     lr_scale the groups are the two views `tensors` ([decayed, not decayed], an empty part left
     out) and their gradients `grads`."""
 
-    def __init__(self, root, device, seed, input_grad=False, precision="fp32"):
+    def __init__(self, root: Module, device: str, seed: int, input_grad: bool = False, precision: str = "fp32") -> None:
         self.root, self.device, self.input_grad, self.precision = root, device, input_grad, precision
         named = root.named_parameters()
         seen = {}
@@ -77,7 +85,7 @@ class ParameterStore:
             setattr(m, k, _view(self.buffers, start, s))
             start += int(np.prod(s))
 
-    def compute(self, a):
+    def compute(self, a: Array | None) -> Array | None:
         """a in the network's compute dtype: a itself for precision 'fp32' (and for an array that is
         bfloat16 already), else a bfloat16 copy rounded to nearest even. The store keeps the fp32
         master values; conv and linear layers compute on these copies, made each forward."""
@@ -85,7 +93,7 @@ class ParameterStore:
             return a
         return np.asarray(a).astype(_arrays.BFLOAT16)
 
-    def replan(self):
+    def replan(self) -> None:
         self.root.plan(self.input_grad)
         self.version += 1
 
@@ -94,13 +102,13 @@ class ParameterStore:
         return [self.names[id(p)] for p in self.parameters if not p.requires_grad]
 
     @property
-    def tensors(self):
+    def tensors(self) -> list[Array]:
         """The default groups' parameter views: [decayed, not decayed]."""
         self._refuse_frozen("tensors")
         return list(self._all)
 
     @property
-    def grads(self):
+    def grads(self) -> list[Array]:
         """The gradients of `tensors`."""
         self._refuse_frozen("grads")
         return list(self._all_grads)
@@ -112,7 +120,8 @@ class ParameterStore:
                                "store.param_groups(...) for the optimizer and store.grads_for(optimizer) for its "
                                "gradients, which leave them out")
 
-    def param_groups(self, weight_decay, lr=None, lr_scale=None, l1=0.0):
+    def param_groups(self, weight_decay: float, lr: float | None = None, lr_scale: Mapping[str, float] | None = None,
+                     l1: float = 0.0) -> list[dict[str, Any]]:
         """Optimizer groups over the trainable parameters: weight decay on conv/linear weights,
         none on biases and normalization affines; frozen parameters left out.
 
@@ -186,7 +195,7 @@ class ParameterStore:
         self._views[id(t)] = (t, g, a, b)
         return t
 
-    def grads_for(self, groups):
+    def grads_for(self, groups: HasParamGroups | Sequence[Mapping[str, Any]]) -> list[Array]:
         """The gradient views of an optimizer's (or a list of groups') parameter tensors, in
         order: what optimizer.step takes. Refuses a tensor the store did not hand out, or one
         holding a parameter frozen since the groups were made."""
@@ -211,11 +220,11 @@ class ParameterStore:
         return list(out)
 
     # ------------------------------------------------------------------------ gradients
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         F.axpby_(self.grad, self.grad, 0.0, 0.0)
         self.grads_ready = True
 
-    def begin_backward(self, accumulate):
+    def begin_backward(self, accumulate: bool) -> None:
         """Called by the root's backward: whether the layers add into the gradient slots."""
         accumulate = boolean(accumulate, "accumulate")
         if accumulate and not self.grads_ready:
@@ -223,10 +232,10 @@ class ParameterStore:
                                "model.zero_grad() first, or run the first micro-batch with accumulate=False")
         self.accumulate, self.grads_ready = accumulate, True
 
-    def numpy(self):
+    def numpy(self) -> np.ndarray:
         return to_numpy(self.data)
 
-    def load(self, values):
+    def load(self, values: ArrayLike) -> None:
         values = np.asarray(values, np.float32)
         if values.shape != (self.size,):
             raise ValueError(f"params: expected {self.size} values, got shape {values.shape}")
