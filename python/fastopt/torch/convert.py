@@ -1,9 +1,15 @@
 """fastopt.torch.convert(model): torch layers -> fastopt.torch.nn layers, in place."""
+from __future__ import annotations
+
+from typing import TypeVar
+
 import torch
 
 from .. import cuda
 from . import nn
 from .nn import functional as F
+
+_M = TypeVar("_M", bound=torch.nn.Module)
 
 # torch class -> fastopt class; exact types only, so a user's subclass (its own forward) stays as it is.
 _LAYERS = {getattr(torch.nn, cls.__name__): cls for cls in (
@@ -30,7 +36,7 @@ def _tensors_fallback(module):
     return None
 
 
-def fallback_reason(module):
+def fallback_reason(module: torch.nn.Module) -> str | None:
     """Why convert() leaves this torch layer as it is (None: it would be converted)."""
     reason = _tensors_fallback(module)
     if reason is None and isinstance(module, torch.nn.MaxPool2d):
@@ -40,7 +46,7 @@ def fallback_reason(module):
     return reason
 
 
-def convert(model, verbose=False):
+def convert(model: _M, verbose: bool = False) -> _M:
     """Replace every supported torch layer of `model` (Conv2d, Linear, BatchNorm1d/2d, Dropout,
     LayerNorm, GroupNorm, MaxPool2d, ReLU; the model itself too) by its fastopt.torch.nn twin, in
     place: each module object stays, with its Parameters, buffers, hooks and state_dict keys, and

@@ -28,7 +28,11 @@ float16 on the CPU: the low-precision ones take fastopt.optim's `master_weights`
 with every state buffer kept in float32, loaded checkpoints included (torch would cast them to
 the parameter's dtype).
 """
+from __future__ import annotations
+
 import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +41,9 @@ from .._args import boolean
 from .._arrays import BFLOAT16
 from ..optim import optimizers as _rules
 from ..optim.optimizer import STATE_NAMES, check_range, group_hyper
+
+if TYPE_CHECKING:
+    from torch.optim.optimizer import ParamsT
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
 
@@ -117,7 +124,8 @@ class Optimizer(torch.optim.Optimizer):
         cls._rule_signature = sig
         cls.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:] + extra)
 
-    def __init__(self, params, *args, max_grad_norm=None, skip_nonfinite=False, **kwargs):
+    def __init__(self, params: ParamsT, *args: Any, max_grad_norm: float | None = None, skip_nonfinite: bool = False,
+                 **kwargs: Any) -> None:
         bound = self._rule_signature.bind(self, params, *args, **kwargs)
         bound.apply_defaults()
         defaults = {k: v for k, v in bound.arguments.items() if k not in ("self", "params")}
@@ -134,7 +142,7 @@ class Optimizer(torch.optim.Optimizer):
         self._install_hooks()
 
     # ------------------------------------------------------------------- groups and state
-    def add_param_group(self, param_group):
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         gi = len(self.param_groups) - 1
@@ -261,7 +269,7 @@ class Optimizer(torch.optim.Optimizer):
         return None if t is None else t.to(device=device, dtype=torch.float32, non_blocking=True).reshape(1)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One fused step over every parameter with a gradient; returns closure's loss, if given."""
         loss = None
         if closure is not None:

@@ -8,6 +8,10 @@ outputs are contiguous. A few options the kernels do not have fall back to torch
 documented on each function (fastopt.torch.convert leaves such layers as torch layers and lists
 them); everything else that fastopt cannot compute is refused with an error naming the argument.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as TF
 
@@ -48,7 +52,8 @@ def _same_padding(input, weight, stride, dilation):
     return input, [t // 2 for t in total]
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
+           dilation: int | Sequence[int] = 1, groups: int = 1) -> torch.Tensor:
     """torch.nn.functional.conv2d: padding an int, a pair, 'valid' or 'same'."""
     stride, dilation, groups = _pair(stride, "stride"), _pair(dilation, "dilation"), integer(groups, "groups")
     if min(stride) < 1 or min(dilation) < 1 or groups < 1:
@@ -68,7 +73,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _batched(input, run)
 
 
-def linear(input, weight, bias=None):
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """torch.nn.functional.linear: y = input @ weight.T + bias over any leading dims."""
     return ops.linear(input, weight, bias)
 
@@ -81,7 +86,8 @@ def _verify_batch_size(input):
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.shape}")
 
 
-def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None, weight: torch.Tensor | None = None,
+               bias: torch.Tensor | None = None, training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
     """torch.nn.functional.batch_norm. In training the running statistics (when given) are
     updated in place with torch's rule: running = (1 - momentum) * running + momentum * batch,
     with the unbiased batch variance; the normalization is an autograd-aware fastopt op, the update
@@ -97,7 +103,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return y
 
 
-def inplace_fallback(inplace):
+def inplace_fallback(inplace: bool) -> str | None:
     """Why a layer with this `inplace` runs torch's op (None when fastopt takes it)."""
     if inplace:
         return "inplace=True (fastopt's kernels write new tensors; torch's in-place op is kept)"
@@ -110,7 +116,7 @@ def _probability(p):
     return float(p)
 
 
-def dropout(input, p=0.5, training=True, inplace=False):
+def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
     """torch.nn.functional.dropout. The keep mask is Philox of a 63-bit seed drawn from torch's
     default CPU generator (torch.manual_seed makes runs reproducible) and is regenerated in the
     backward pass. training=False returns input itself; inplace=True runs torch's op."""
@@ -129,17 +135,19 @@ def _normalized_shape(normalized_shape):
     return [integer(normalized_shape, "normalized_shape")]
 
 
-def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+def layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int], weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+               eps: float = 1e-5) -> torch.Tensor:
     """torch.nn.functional.layer_norm over the trailing dims normalized_shape."""
     return ops.layer_norm(input, _normalized_shape(normalized_shape), weight, bias, eps)[0]
 
 
-def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
+def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+               eps: float = 1e-5) -> torch.Tensor:
     """torch.nn.functional.group_norm (input (N, C, ...), num_groups dividing C)."""
     return ops.group_norm(input, integer(num_groups, "num_groups"), weight, bias, eps)[0]
 
 
-def max_pool2d_fallback(dilation=1, ceil_mode=False, return_indices=False):
+def max_pool2d_fallback(dilation: int | Sequence[int] = 1, ceil_mode: bool = False, return_indices: bool = False) -> str | None:
     """Why max pooling with these options runs torch's op (None when fastopt takes it)."""
     reasons = []
     if _pair(dilation, "dilation") != [1, 1]:
@@ -151,7 +159,8 @@ def max_pool2d_fallback(dilation=1, ceil_mode=False, return_indices=False):
     return f"{', '.join(reasons)} (not in fastopt's kernel; torch's op is kept)" if reasons else None
 
 
-def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+def max_pool2d(input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
+               ceil_mode: bool = False, return_indices: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """torch.nn.functional.max_pool2d. dilation != 1, ceil_mode=True and return_indices=True run
     torch's op (fastopt's indices are int32 and it has neither option)."""
     if max_pool2d_fallback(dilation, ceil_mode, return_indices):
@@ -164,7 +173,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     return _batched(input, lambda x: ops.max_pool2d(x, kernel_size, stride, padding)[0])
 
 
-def relu(input, inplace=False):
+def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """torch.nn.functional.relu; inplace=True runs torch's in-place op."""
     if inplace:
         return torch.relu_(input)
