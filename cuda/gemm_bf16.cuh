@@ -20,7 +20,9 @@ shared stores (with 4-way conflicts for operands not contiguous along k); 16-byt
 loads (cp.async) are the next step once a GPU can time it.
 
 Launch: the kernels and grids of the fp32 path (kThreads = 256, tiles 64 or 128 wide, split-K);
-sm_80 and sm_90 both run mma.sync. A Hopper path (sm_90a: wgmma.mma_async m64nNk16 on a
+sm_80 and sm_90 both run mma.sync. Under the big tiles' register caps (two blocks per SM) ptxas
+(CUDA 13, sm_90) spills nothing but 12 bytes in conv data-grad's 128x128 kernel, whose 8 + 8
+staged operands are floats: staging them as bf16 pairs would free 8 registers. A Hopper path (sm_90a: wgmma.mma_async m64nNk16 on a
 warpgroup of 4 warps, operands read from shared memory through matrix descriptors, tiles filled
 by TMA bulk copies into a multi-stage ring guarded by mbarriers) would keep this file's split: the
 problems stay the operand and store contract (a TMA path needs im2col'd or plain strided operands:
