@@ -49,13 +49,13 @@ def to_device(array: ArrayLike, device: Device = "cuda", stream: Stream = 0, non
     return _C.to_device(np.ascontiguousarray(array), _device_index(device), stream, bool(non_blocking))
 
 
-def empty(shape: Sequence[int], dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0) -> Array:
+def empty(shape: Sequence[int], dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0) -> np.ndarray | DeviceArray:
     if device == "cpu":
         return np.empty(shape, dtype)
     return _C.empty(shape, np.dtype(dtype), _device_index(device), stream)
 
 
-def zeros(shape: Sequence[int], dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0) -> Array:
+def zeros(shape: Sequence[int], dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0) -> np.ndarray | DeviceArray:
     if device == "cpu":
         return np.zeros(shape, dtype)
     return _C.zeros(shape, np.dtype(dtype), _device_index(device), stream)
@@ -105,7 +105,7 @@ def dtype_of(x: object) -> np.dtype | None:
     return None
 
 
-def full(shape: Sequence[int], value: float, dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0) -> Array:
+def full(shape: Sequence[int], value: float, dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0) -> np.ndarray | DeviceArray:
     """An array of this shape on `device` ('cpu' too) filled with value."""
     if device == "cpu":
         return np.full(shape, value, dtype)

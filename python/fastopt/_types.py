@@ -18,6 +18,9 @@ class CudaArray(Protocol):
     @property
     def __cuda_array_interface__(self) -> dict[str, Any]: ...
 
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
 
 # What every op takes and returns: NumPy on the CPU, fastopt.DeviceArray (or another CUDA array) on the GPU.
 Array = Union[np.ndarray, "DeviceArray", CudaArray]

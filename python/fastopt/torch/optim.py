@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 
@@ -269,6 +269,12 @@ class Optimizer(torch.optim.Optimizer):
         return None if t is None else t.to(device=device, dtype=torch.float32, non_blocking=True).reshape(1)
 
     @torch.no_grad()
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One fused step over every parameter with a gradient; returns closure's loss, if given."""
         loss = None
