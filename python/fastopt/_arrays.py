@@ -10,17 +10,14 @@ dtype_of maps both to numpy.dtype(bfloat16), and every bf16 op returns ml_dtypes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from ml_dtypes import bfloat16
 from numpy.typing import ArrayLike
 
 from . import _C
+from ._C import DeviceArray
 from ._types import Array, Device, DTypeLike, Stream
-
-if TYPE_CHECKING:
-    from ._C import DeviceArray
 
 BFLOAT16 = np.dtype(bfloat16)
 FLOAT16 = np.dtype(np.float16)

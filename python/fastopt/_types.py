@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, Union
+from typing import Any, Protocol, Union
 
 import numpy as np
 from numpy.typing import DTypeLike
 
-if TYPE_CHECKING:
-    from ._C import DeviceArray
+from ._C import DeviceArray
 
 
 class CudaArray(Protocol):
@@ -23,7 +22,7 @@ class CudaArray(Protocol):
 
 
 # What every op takes and returns: NumPy on the CPU, fastopt.DeviceArray (or another CUDA array) on the GPU.
-Array = Union[np.ndarray, "DeviceArray", CudaArray]
+Array = Union[np.ndarray, DeviceArray, CudaArray]
 # One array or a list of them (the gradient lists of clipping and axpby_).
 Arrays = Union[Array, Sequence[Array]]
 # An optimizer's parameters: one array, a list of them, or param groups (dicts with a "params" entry).
