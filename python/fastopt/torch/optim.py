@@ -268,13 +268,13 @@ class Optimizer(torch.optim.Optimizer):
         """A GradScaler scalar as the 1-element float32 tensor the native step reads on device."""
         return None if t is None else t.to(device=device, dtype=torch.float32, non_blocking=True).reshape(1)
 
-    @torch.no_grad()
     @overload
     def step(self, closure: None = None) -> None: ...
 
     @overload
     def step(self, closure: Callable[[], float]) -> float: ...
 
+    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One fused step over every parameter with a gradient; returns closure's loss, if given."""
         loss = None

@@ -11,7 +11,11 @@ scaled, in a copy, by the float32 coefficient the fused kernel would use and ste
 the same arithmetic as the unsharded optimizer, whose parameters these stay equal to bit for bit
 (up to the norm's summation order).
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
@@ -19,6 +23,9 @@ import torch
 from .._args import boolean
 from ..distributed import core
 from ..optim.optimizer import check_range
+
+if TYPE_CHECKING:
+    from torch.optim.optimizer import ParamsT
 
 __all__ = ["ZeroRedundancy"]
 
@@ -41,7 +48,8 @@ class ZeroRedundancy(torch.optim.Optimizer):
     optimizer_class itself or a ZeroRedundancy on any number of ranks loads (load_state_dict on
     every rank keeps that rank's part)."""
 
-    def __init__(self, params, optimizer_class, *, max_grad_norm=None, skip_nonfinite=False, **defaults):
+    def __init__(self, params: ParamsT, optimizer_class: type[torch.optim.Optimizer], *, max_grad_norm: float | None = None,
+                 skip_nonfinite: bool = False, **defaults: Any) -> None:
         _, dist = core.torch_modules()
         if not dist.is_initialized():
             raise RuntimeError("ZeroRedundancy: no process group; initialize torch.distributed (or "
@@ -73,8 +81,14 @@ class ZeroRedundancy(torch.optim.Optimizer):
         self._consolidated = None
 
     # ------------------------------------------------------------------------------ step
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -126,7 +140,7 @@ class ZeroRedundancy(torch.optim.Optimizer):
             _flat(p.detach()).copy_(whole[a:b])
 
     # -------------------------------------------------------------------- checkpointing
-    def consolidate_state_dict(self, to=0):
+    def consolidate_state_dict(self, to: int = 0) -> None:
         """Gather the unsharded state on rank `to` (a collective: every rank calls it)."""
         _, dist = core.torch_modules()
         shard = self.shard.state_dict()
@@ -154,13 +168,13 @@ class ZeroRedundancy(torch.optim.Optimizer):
         self._consolidated = {"state": {i: e for i, e in full.items() if e}, "param_groups": groups} \
             if self.rank == to else None
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         if self._consolidated is None:
             raise RuntimeError("ZeroRedundancy.state_dict: call consolidate_state_dict(to=rank) on every rank first, "
                                "then state_dict() on that rank")
         return self._consolidated
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep this rank's part of an unsharded state_dict (call it on every rank)."""
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups):
