@@ -2,10 +2,11 @@
 Pointwise maps on CUDA, forward and backward (element math: fastopt/activation.h):
   relu:  y = x < 0 ? 0 : x,          dx = x <= 0 ? 0 : dy
   leaky: y = x > 0 ? x : x * slope,  dx = x > 0 ? dy : dy * slope
-  tanh, sigmoid, elu, gelu (CUDA's tanhf/expf/expm1f/erff), the residual add with drop path, axpby.
+  tanh, sigmoid, elu, gelu (CUDA's tanhf/expf/expm1f/erff), the residual add with drop path, axpby,
+  and the fp32 <-> bf16 cast (y = x rounded to nearest even, or widened).
 
 Bytes per element: forward 8 (read x, write y), backward 12 (read dy and x, write dx); residual
-add 12, axpby 12; half of that in bf16 (all but axpby, which updates fp32 gradient buffers, take
+add 12, axpby 12, cast 6; half of that in bf16 (all but axpby, which updates fp32 gradient buffers, take
 bf16 arrays: fp32 math, each output rounded once, the CPU kernels' contract). Pure bandwidth (the
 smooth activations' few dozen flops hide under the loads); the only goal is full-width coalesced
 accesses.
@@ -123,6 +124,21 @@ __global__ void __launch_bounds__(kThreads) axpby_kernel(const float* x, float* 
     y[i] = fastopt::axpby(x[i], y[i], a, b);
 }
 
+template <class S, class D>
+__global__ void __launch_bounds__(kThreads) cast_kernel(const S* __restrict__ x, D* __restrict__ y, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * kThreads)
+    y[i] = from_float<D>(to_float(x[i]));
+}
+
+template <class S, class D>
+void cast_launch(const S* x, D* y, int64_t n, void* stream) {
+  if (n == 0) return;
+  const int grid = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
+  cast_kernel<<<grid, kThreads, 0, detail::as_stream(stream)>>>(x, y, n);
+  check(cudaGetLastError(), "cast launch");
+}
+
 template <class T>
 void residual_launch(const T* b, const T* s, T* y, int64_t rows, int64_t inner, const DropoutParams& d, void* stream) {
   if (rows == 0 || inner == 0) return;
@@ -173,5 +189,8 @@ void axpby(const float* x, float* y, int64_t n, float a, float b, void* stream) 
   axpby_kernel<<<grid, kThreads, 0, detail::as_stream(stream)>>>(x, y, n, a, b);
   check(cudaGetLastError(), "axpby launch");
 }
+
+void cast(const float* x, bf16* y, int64_t n, void* stream) { cast_launch(x, y, n, stream); }
+void cast(const bf16* x, float* y, int64_t n, void* stream) { cast_launch(x, y, n, stream); }
 
 }  // namespace fastopt::cuda

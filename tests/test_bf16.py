@@ -358,9 +358,6 @@ def test_bf16_build_refuses_what_has_no_bf16_path():
     with pytest.raises(ValueError, match=r"precision: bf16 needs a bfloat16 path in every module; not yet in "
                                          r"1 \(Square\), 3 \(Square\)"):
         nn.Sequential(nn.Linear(4, 4), Square(), nn.LayerNorm(4), Square()).build(precision="bf16")
-    with pytest.raises(ValueError, match=r"precision: bf16 on the GPU \(cuda:0\): not yet \(issue 21\): every op "
-                                         r"has its GPU bfloat16 kernel, but the parameter store"):
-        nn.Sequential(nn.Linear(4, 4)).build("cuda", precision="bf16")
 
 
 def test_train_cli_precision_bf16(tmp_path):

@@ -19,7 +19,7 @@ enum class Act { relu, relu_grad, leaky, leaky_grad };
 // Returns its data, or null for a forward (dy_obj null).
 const void* dy_data(py::handle dy_obj, const ArrayView& x) {
   if (!dy_obj) return nullptr;
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
   if (dy.shape != x.shape) raise_value("dy: expected the shape " + shape_str(x.shape) + " of x, got " + shape_str(dy.shape));
@@ -30,7 +30,7 @@ const void* dy_data(py::handle dy_obj, const ArrayView& x) {
 // array like x.
 // x and dy: float32 or bfloat16 (one dtype); the output has x's dtype.
 py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negative_slope, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const void* dyv = dy_data(dy_obj, x);
   const float slope = static_cast<float>(negative_slope);  // torch multiplies by the float32 value
   const int64_t n = x.numel;
@@ -73,7 +73,7 @@ py::object activation(Act act, py::handle dy_obj, py::handle x_obj, double negat
 
 // tanh / sigmoid / elu / gelu, forward (dy_obj null) and backward, same checks as activation().
 py::object smooth_activation(Smooth op, py::handle dy_obj, py::handle x_obj, double alpha, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const void* dyv = dy_data(dy_obj, x);
   py::object out = new_array(x.shape, x.dtype, x.device, stream, dy_obj ? "dx" : "y", "x");
   void* yv = view_array(out, ArgName{"out"}, true, &x.dtype).data;
@@ -103,10 +103,10 @@ py::object smooth_activation(Smooth op, py::handle dy_obj, py::handle x_obj, dou
 // y = s + b * f_n per sample n (the first dim), s optional; p, seed, offset are checked in Python.
 py::object residual_add_op(py::handle b_obj, py::handle s_obj, double p, uint64_t seed, uint64_t offset,
                         uintptr_t stream) {
-  const ArrayView b = view_floating(b_obj, ArgName{"body"}, false, true);
+  const ArrayView b = view_floating(b_obj, ArgName{"body"}, false);
   const void* sv = nullptr;
   if (!s_obj.is_none()) {
-    const ArrayView s = view_floating(s_obj, ArgName{"shortcut"}, false, true);
+    const ArrayView s = view_floating(s_obj, ArgName{"shortcut"}, false);
     require_same_device(b, ArgName{"body"}, s, ArgName{"shortcut"});
     require_same_dtype(b, ArgName{"body"}, s, ArgName{"shortcut"});
     if (s.shape != b.shape)
@@ -174,6 +174,46 @@ void axpby_lists(py::sequence ys_obj, py::sequence xs_obj, double a, double b, u
   }
 }
 
+// ys[i] = xs[i] converted to ys[i]'s dtype (float32 <-> bfloat16), pair by pair, in one call.
+void cast_lists(py::sequence ys_obj, py::sequence xs_obj, uintptr_t stream) {
+  const size_t n = py::len(ys_obj);
+  if (py::len(xs_obj) != n)
+    raise_value("xs: expected " + std::to_string(n) + " arrays (one per ys), got " + std::to_string(py::len(xs_obj)));
+  std::vector<ArrayView> ys, xs;
+  std::vector<ByteRange> ranges;
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t k = static_cast<int64_t>(i);
+    ys.push_back(view_floating(ys_obj[i], ArgName{"ys", k}, true));
+    xs.push_back(view_floating(xs_obj[i], ArgName{"xs", k}, false));
+    require_same_device(ys[i], ArgName{"ys", k}, xs[i], ArgName{"xs", k});
+    if (xs[i].numel != ys[i].numel)
+      raise_value(ArgName{"xs", k}.str() + ": expected " + std::to_string(ys[i].numel) + " elements like ys[" +
+                  std::to_string(i) + "], got shape " + shape_str(xs[i].shape));
+    if (xs[i].dtype == ys[i].dtype)
+      raise_type(ArgName{"xs", k}.str() + ": already " + dtype_name(xs[i].dtype) + " like ys[" + std::to_string(i) +
+                 "]; cast_ converts between float32 and bfloat16 (copy_ copies)");
+    const auto yb = reinterpret_cast<uintptr_t>(ys[i].data), xb = reinterpret_cast<uintptr_t>(xs[i].data);
+    ranges.push_back({yb, yb + static_cast<uintptr_t>(ys[i].numel) * itemsize(ys[i].dtype), 0, k});
+    ranges.push_back({xb, xb + static_cast<uintptr_t>(xs[i].numel) * itemsize(xs[i].dtype), 1, k});
+  }
+  require_disjoint(std::move(ranges), {"ys", "xs"});
+  py::gil_scoped_release nogil;
+  for (size_t i = 0; i < n; ++i) {
+    const ArrayView &x = xs[i], &y = ys[i];
+    const bool narrow = x.dtype == DType::f32;  // else bf16 -> f32
+    if (y.device == kCPU) {
+      if (narrow) cpu::cast(static_cast<const float*>(x.data), static_cast<bf16*>(y.data), x.numel);
+      else cpu::cast(static_cast<const bf16*>(x.data), static_cast<float*>(y.data), x.numel);
+      continue;
+    }
+    on_gpu(y.device, [&](auto) {
+      void* st = reinterpret_cast<void*>(stream);
+      if (narrow) cuda::cast(static_cast<const float*>(x.data), static_cast<bf16*>(y.data), x.numel, st);
+      else cuda::cast(static_cast<const bf16*>(x.data), static_cast<float*>(y.data), x.numel, st);
+    });
+  }
+}
+
 }  // namespace
 
 void bind_activation(py::module_& m) {
@@ -218,6 +258,9 @@ void bind_activation(py::module_& m) {
         "y = shortcut + body * f_n per sample n (drop path: f_n = keep ? 1/(1-p) : 0), a new array.");
   m.def("axpby_", &axpby_lists, py::arg("ys"), py::arg("xs"), py::arg("a"), py::arg("b"), py::arg("stream") = 0,
         "ys[i] = a * xs[i] + b * ys[i] in place for every pair (a zero coefficient's term is not read).");
+  m.def("cast_", &cast_lists, py::arg("ys"), py::arg("xs"), py::arg("stream") = 0,
+        "ys[i] = xs[i] converted between float32 and bfloat16 (rounded to nearest even, or widened exactly), "
+        "in place, for every pair.");
 }
 
 }  // namespace fastopt

@@ -246,7 +246,7 @@ ArrayView view_array(py::handle obj, const ArgName& name, bool writable, const D
              py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
 }
 
-ArrayView view_floating(py::handle obj, const ArgName& name, bool writable, bool gpu_bf16) {
+ArrayView view_floating(py::handle obj, const ArgName& name, bool writable) {
   ArrayView v = view_array(obj, name, writable, nullptr);
   if (v.dtype == DType::f16)
     raise_type(name.str() + ": unsupported dtype float16: this op takes float32 or bfloat16 (its float16 path: not "
@@ -254,7 +254,6 @@ ArrayView view_floating(py::handle obj, const ArgName& name, bool writable, bool
   if (v.dtype != DType::f32 && v.dtype != DType::bf16)
     raise_type(name.str() + ": expected a float32 array, got " + dtype_name(v.dtype) +
                " (bfloat16 too; fastopt never converts)");
-  if (!gpu_bf16) require_host_lowp(v, name);
   return v;
 }
 
@@ -262,13 +261,6 @@ void require_same_dtype(const ArrayView& a, const ArgName& an, const ArrayView& 
   if (a.dtype != b.dtype)
     raise_type(bn.str() + ": expected a " + dtype_name(a.dtype) + " array, got " + dtype_name(b.dtype) + " (" + an.str() +
                " is " + dtype_name(a.dtype) + "; one op, one dtype: fastopt never converts)");
-}
-
-void require_host_lowp(const ArrayView& v, const ArgName& name) {
-  if (v.device != kCPU && is_low_precision(v.dtype))
-    raise_type(name.str() + ": " + dtype_name(v.dtype) + " on the GPU: not yet (issue 21) for this op; fastopt's "
-               "CUDA bf16 kernels cover the activations, dropout, pooling, normalization and the loss, not conv2d or "
-               "linear (tensor-core kernels to come): use float32 on the GPU, or the CPU");
 }
 
 void require_same_device(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn) {

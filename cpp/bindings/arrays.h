@@ -60,11 +60,9 @@ inline ArrayView view_f32(py::handle obj, const ArgName& name, bool writable) {
   return view_array(obj, name, writable, &f);
 }
 
-// A float32 or bfloat16 array: the inputs of kernels that have a bf16 path. Anything else raises
-// TypeError naming the argument. gpu_bf16: the op has CUDA bf16 kernels too (issue 21's
-// memory-bound ops); without it bf16 on a GPU raises TypeError "not yet" (require_host_lowp),
-// as for conv2d and linear, whose GPU bf16 (tensor-core) kernels do not exist yet.
-ArrayView view_floating(py::handle obj, const ArgName& name, bool writable, bool gpu_bf16 = false);
+// A float32 or bfloat16 array (host or GPU): the inputs of kernels that have a bf16 path.
+// Anything else raises TypeError naming the argument.
+ArrayView view_floating(py::handle obj, const ArgName& name, bool writable);
 
 // Calls f(float{}) or f(bf16{}) for the dtype of a view_floating array v, so that one generic
 // lambda instantiates an op's kernel call for both storage types.
@@ -84,9 +82,6 @@ const T* data_as(const ArrayView& v) {
 
 // TypeError naming b unless b has a's dtype: ops that need one dtype never mix (or convert) them.
 void require_same_dtype(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn);
-
-// The CUDA kernels are fp32 only for now: a bf16/f16 array on a GPU raises TypeError naming it.
-void require_host_lowp(const ArrayView& v, const ArgName& name);
 
 // Raises ValueError unless a and b live on the same device.
 void require_same_device(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn);

@@ -86,14 +86,14 @@ Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair
 
 py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, Pair stride, Pair padding,
                           Pair dilation, int64_t groups, bool allow_tf32, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
-  const ArrayView w = view_floating(w_obj, ArgName{"w"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView w = view_floating(w_obj, ArgName{"w"}, false);
   require_same_device(x, ArgName{"x"}, w, ArgName{"w"});
   require_same_dtype(x, ArgName{"x"}, w, ArgName{"w"});
   const Conv2dShape s = conv_shape(x, w, stride, padding, dilation, groups);
   const void* b = nullptr;
   if (!b_obj.is_none()) {
-    const ArrayView bv = view_floating(b_obj, ArgName{"b"}, false, true);
+    const ArrayView bv = view_floating(b_obj, ArgName{"b"}, false);
     require_same_device(x, ArgName{"x"}, bv, ArgName{"b"});
     require_same_dtype(x, ArgName{"x"}, bv, ArgName{"b"});
     if (bv.shape != std::vector<int64_t>{s.K})
@@ -128,9 +128,9 @@ py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
 py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj, Pair stride, Pair padding,
                           Pair dilation, int64_t groups, bool need_dx, bool need_dw, bool need_db, bool allow_tf32,
                           uintptr_t stream, py::handle dw_out, py::handle db_out, bool accumulate) {
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
-  const ArrayView w = view_floating(w_obj, ArgName{"w"}, false, true);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView w = view_floating(w_obj, ArgName{"w"}, false);
   require_same_device(x, ArgName{"x"}, w, ArgName{"w"});
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_dtype(x, ArgName{"x"}, w, ArgName{"w"});

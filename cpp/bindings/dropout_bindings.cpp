@@ -61,7 +61,7 @@ py::tuple philox_words(py::sequence counter, py::sequence key) {
 // torch returns its input.
 py::object dropout_apply(py::handle x, const char* name, double p, py::handle seed, py::handle offset,
                          bool training, uintptr_t stream) {
-  const ArrayView xv = view_floating(x, ArgName{name}, false, true);
+  const ArrayView xv = view_floating(x, ArgName{name}, false);
   const DropoutParams d = dropout_params(probability_arg(p), unsigned_arg(seed, "seed", 64), offset_arg(offset, xv.numel));
   if (!training) return py::reinterpret_borrow<py::object>(x);
   py::object out = new_array(xv.shape, xv.dtype, xv.device, stream, "the output", name);

@@ -36,14 +36,14 @@ LinearShape linear_shape(const ArrayView& x, const ArrayView& w) {
 }
 
 py::object linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
-  const ArrayView w = view_floating(w_obj, ArgName{"weight"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView w = view_floating(w_obj, ArgName{"weight"}, false);
   require_same_device(x, ArgName{"x"}, w, ArgName{"weight"});
   require_same_dtype(x, ArgName{"x"}, w, ArgName{"weight"});
   const LinearShape s = linear_shape(x, w);
   const void* b = nullptr;
   if (!b_obj.is_none()) {
-    const ArrayView bv = view_floating(b_obj, ArgName{"bias"}, false, true);
+    const ArrayView bv = view_floating(b_obj, ArgName{"bias"}, false);
     require_same_device(x, ArgName{"x"}, bv, ArgName{"bias"});
     require_same_dtype(x, ArgName{"x"}, bv, ArgName{"bias"});
     if (bv.shape != std::vector<int64_t>{s.out})
@@ -76,9 +76,9 @@ py::object linear_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
 
 py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj, bool need_dx, bool need_dw,
                           bool need_db, uintptr_t stream, py::handle dw_out, py::handle db_out, bool accumulate) {
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
-  const ArrayView w = view_floating(w_obj, ArgName{"weight"}, false, true);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView w = view_floating(w_obj, ArgName{"weight"}, false);
   require_same_device(x, ArgName{"x"}, w, ArgName{"weight"});
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_dtype(x, ArgName{"x"}, w, ArgName{"weight"});

@@ -29,7 +29,7 @@ void check_classes(const Index* t, int64_t n, int64_t K) {
 
 py::tuple softmax_cross_entropy(py::handle logits, py::handle target, double label_smoothing, bool need_grad,
                                 py::handle stats, int64_t topk, uintptr_t stream) {
-  const ArrayView z = view_floating(logits, ArgName{"logits"}, false, true);
+  const ArrayView z = view_floating(logits, ArgName{"logits"}, false);
   if (z.shape.size() != 2) raise_value("logits: expected shape (N, K), got " + shape_str(z.shape));
   const int64_t N = z.shape[0], K = z.shape[1];
   if (K < 1) raise_value("logits: needs at least one class (K >= 1), got shape " + shape_str(z.shape));

@@ -84,7 +84,7 @@ void require_same_shape(const ArrayView& x, const ArrayView& v, const char* name
 // x (and y, dy, dx): float32 or bfloat16; every per-channel array is float32.
 py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta, py::handle running_mean,
                              py::handle running_var, bool training, double factor, double eps, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const NormShape s = channel_shape(x, "batch norm");
   eps_arg(eps);
   if (!(factor >= 0.0 && factor <= 1.0))
@@ -158,8 +158,8 @@ py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta
 py::tuple batch_norm_backward(py::handle dy_obj, py::handle x_obj, py::handle gamma, py::handle save_mean,
                               py::handle save_invstd, bool training, bool need_dgamma, bool need_dbeta, uintptr_t stream,
                               py::handle dgamma_out, py::handle dbeta_out, bool accumulate) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_shape(x, dy, "dy");
@@ -295,7 +295,7 @@ std::vector<int64_t> leading_shape(const ArrayView& x, size_t k) {
 
 py::tuple layer_norm_forward(py::handle x_obj, std::vector<int64_t> normalized_shape, py::handle weight,
                              py::handle bias, double eps, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const NormShape s = layer_shape(x, normalized_shape);
   return row_forward(x, s, normalized_shape, leading_shape(x, normalized_shape.size()), weight, bias, eps, stream);
 }
@@ -303,8 +303,8 @@ py::tuple layer_norm_forward(py::handle x_obj, std::vector<int64_t> normalized_s
 py::tuple layer_norm_backward(py::handle dy_obj, py::handle x_obj, std::vector<int64_t> normalized_shape,
                               py::handle mean, py::handle rstd, py::handle weight, bool need_dweight, bool need_dbias,
                               uintptr_t stream, py::handle dweight_out, py::handle dbias_out, bool accumulate) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const NormShape s = layer_shape(x, normalized_shape);
   return row_backward(dy, x, s, normalized_shape, leading_shape(x, normalized_shape.size()), mean, rstd, weight,
                       need_dweight, need_dbias, stream, dweight_out, dbias_out, accumulate);
@@ -312,7 +312,7 @@ py::tuple layer_norm_backward(py::handle dy_obj, py::handle x_obj, std::vector<i
 
 py::tuple group_norm_forward(py::handle x_obj, int64_t num_groups, py::handle weight, py::handle bias, double eps,
                              uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const NormShape s = group_shape(x, num_groups);
   return row_forward(x, s, {s.C}, {s.N, s.G}, weight, bias, eps, stream);
 }
@@ -320,8 +320,8 @@ py::tuple group_norm_forward(py::handle x_obj, int64_t num_groups, py::handle we
 py::tuple group_norm_backward(py::handle dy_obj, py::handle x_obj, int64_t num_groups, py::handle mean,
                               py::handle rstd, py::handle weight, bool need_dweight, bool need_dbias, uintptr_t stream,
                               py::handle dweight_out, py::handle dbias_out, bool accumulate) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const NormShape s = group_shape(x, num_groups);
   return row_backward(dy, x, s, {s.C}, {s.N, s.G}, mean, rstd, weight, need_dweight, need_dbias, stream, dweight_out,
                       dbias_out, accumulate);

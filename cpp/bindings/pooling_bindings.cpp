@@ -73,7 +73,7 @@ Pool2dShape pool_shape(const std::vector<int64_t>& in, const char* name, Pair ke
 
 // x: float32 or bfloat16; y has x's dtype.
 py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair padding, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const Pool2dShape s = pool_shape(x.shape, "x", kernel, stride, padding);
   const std::vector<int64_t> yshape{x.shape[0], x.shape[1], s.P, s.Q};
   py::object y = new_array(yshape, x.dtype, x.device, stream, "y", "x");
@@ -101,7 +101,7 @@ py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair pa
 
 py::object max_pool2d_backward(py::handle dy_obj, py::handle idx_obj, std::vector<int64_t> input_shape, Pair kernel,
                                Pair stride, Pair padding, uintptr_t stream) {
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const DType i32 = DType::i32;
   const ArrayView idx = view_array(idx_obj, ArgName{"indices"}, false, &i32);
   require_same_device(dy, ArgName{"dy"}, idx, ArgName{"indices"});
@@ -139,7 +139,7 @@ int64_t plane_size(const std::vector<int64_t>& shape, const char* name) {
 }
 
 py::object global_avg_pool_forward(py::handle x_obj, uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const int64_t hw = plane_size(x.shape, "x");
   const int64_t planes = x.shape[0] * x.shape[1];
   py::object y = new_array({x.shape[0], x.shape[1]}, x.dtype, x.device, stream, "y", "x");
@@ -163,7 +163,7 @@ py::object global_avg_pool_forward(py::handle x_obj, uintptr_t stream) {
 }
 
 py::object global_avg_pool_backward(py::handle dy_obj, std::vector<int64_t> input_shape, uintptr_t stream) {
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const int64_t hw = plane_size(input_shape, "input_shape");
   const std::vector<int64_t> yshape{input_shape[0], input_shape[1]};
   if (dy.shape != yshape) raise_value("dy: expected the output shape " + shape_str(yshape) + ", got " + shape_str(dy.shape));
@@ -190,7 +190,7 @@ py::object global_avg_pool_backward(py::handle dy_obj, std::vector<int64_t> inpu
 
 py::object avg_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair padding, bool include_pad,
                               uintptr_t stream) {
-  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false, true);
+  const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const Pool2dShape s = pool_shape(x.shape, "x", kernel, stride, padding);
   py::object y = new_array({x.shape[0], x.shape[1], s.P, s.Q}, x.dtype, x.device, stream, "y", "x");
   void* yp = view_array(y, ArgName{"y"}, true, &x.dtype).data;
@@ -213,7 +213,7 @@ py::object avg_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair p
 
 py::object avg_pool2d_backward(py::handle dy_obj, std::vector<int64_t> input_shape, Pair kernel, Pair stride,
                                Pair padding, bool include_pad, uintptr_t stream) {
-  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false, true);
+  const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const Pool2dShape s = pool_shape(input_shape, "input_shape", kernel, stride, padding);
   const std::vector<int64_t> yshape{input_shape[0], input_shape[1], s.P, s.Q};
   if (dy.shape != yshape)

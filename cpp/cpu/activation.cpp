@@ -1,6 +1,6 @@
 // Pointwise maps on the CPU (element math: fastopt/activation.h): ReLU and LeakyReLU, the smooth
 // activations (tanh, sigmoid, ELU, GELU), forward and backward; the residual add with drop path;
-// axpby. All but axpby (which updates fp32 gradient buffers) also take bf16 arrays: fp32 math,
+// axpby, and the fp32 <-> bf16 cast. All but axpby and cast (which updates fp32 gradient buffers) also take bf16 arrays: fp32 math,
 // one rounding to nearest even per result, half the bytes.
 //
 // Traffic: forward reads x and writes y, 8 B/element; backward reads dy and x and writes dx,
@@ -35,7 +35,8 @@ FASTOPT_FOR_EACH_ISA(void relu_forward(const float* x, float* y, int64_t n);
                                        const DropoutParams& d);
                      void residual_add(const bf16* b, const bf16* s, bf16* y, int64_t rows, int64_t inner,
                                        const DropoutParams& d);
-                     void axpby(const float* x, float* y, int64_t n, float a, float b);)
+                     void axpby(const float* x, float* y, int64_t n, float a, float b);
+                     void cast(const float* x, bf16* y, int64_t n); void cast(const bf16* x, float* y, int64_t n);)
 
 namespace FASTOPT_ISA {
 namespace {
@@ -172,6 +173,19 @@ void axpby(const float* x, float* y, int64_t n, float a, float b) {
   }
 }
 
+template <class S, class D>
+void cast_loop(const S* x, D* y, int64_t n) {
+  const int64_t num_chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (num_chunks > 1)
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    const int64_t begin = c * kChunk, end = begin + kChunk < n ? begin + kChunk : n;
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) y[i] = from_float<D>(to_float(x[i]));
+  }
+}
+void cast(const float* x, bf16* y, int64_t n) { cast_loop(x, y, n); }
+void cast(const bf16* x, float* y, int64_t n) { cast_loop(x, y, n); }
+
 }  // namespace FASTOPT_ISA
 
 #ifdef FASTOPT_ISA_BASELINE
@@ -214,6 +228,8 @@ void residual_add(const bf16* b, const bf16* s, bf16* y, int64_t rows, int64_t i
   FASTOPT_CPU_DISPATCH(residual_add(b, s, y, rows, inner, d))
 }
 void axpby(const float* x, float* y, int64_t n, float a, float b) { FASTOPT_CPU_DISPATCH(axpby(x, y, n, a, b)) }
+void cast(const float* x, bf16* y, int64_t n) { FASTOPT_CPU_DISPATCH(cast(x, y, n)) }
+void cast(const bf16* x, float* y, int64_t n) { FASTOPT_CPU_DISPATCH(cast(x, y, n)) }
 #endif
 
 }  // namespace fastopt::cpu

@@ -116,6 +116,9 @@ void residual_add(const float* b, const float* s, float* y, int64_t rows, int64_
 void residual_add(const bf16* b, const bf16* s, bf16* y, int64_t rows, int64_t inner, const DropoutParams& d);
 // y[i] = axpby(x[i], y[i], a, b); x == y allowed.
 void axpby(const float* x, float* y, int64_t n, float a, float b);
+// y[i] = x[i] in y's type: fp32 -> bf16 rounds to nearest even (fastopt/bf16.h), bf16 -> fp32 is exact.
+void cast(const float* x, bf16* y, int64_t n);
+void cast(const bf16* x, float* y, int64_t n);
 }  // namespace cpu
 
 namespace cuda {
@@ -138,6 +141,8 @@ void smooth_backward(Smooth op, const bf16* dy, const bf16* x, bf16* dx, int64_t
 void residual_add(const bf16* b, const bf16* s, bf16* y, int64_t rows, int64_t inner, const DropoutParams& d,
                   void* stream);
 void axpby(const float* x, float* y, int64_t n, float a, float b, void* stream);
+void cast(const float* x, bf16* y, int64_t n, void* stream);
+void cast(const bf16* x, float* y, int64_t n, void* stream);
 }  // namespace cuda
 
 }  // namespace fastopt

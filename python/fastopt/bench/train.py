@@ -324,7 +324,7 @@ def time_device(device, args, torch):
                 rng.integers(0, 10, args.batch).astype(np.int32)) for _ in range(4)]
     total = args.rounds * args.steps + 2 * args.steps + 100
     contenders = [FastoptStep(device, batches, total, args.model)]
-    if "fastopt bf16" in args.contenders and device == "cpu":  # bf16 on the GPU: issue 21
+    if "fastopt bf16" in args.contenders:
         contenders.append(FastoptStep(device, batches, total, args.model, "bf16"))
     if torch is not None and (device == "cpu" or torch.cuda.is_available()):
         contenders += [TorchStep(torch, device, batches, total, contenders[0], v) for v in args.contenders

@@ -16,7 +16,7 @@ from .._types import Array, Arrays, Stream
 
 __all__ = ["relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "tanh_forward",
            "tanh_backward", "sigmoid_forward", "sigmoid_backward", "elu_forward", "elu_backward", "gelu_forward",
-           "gelu_backward", "residual_add", "axpby_"]
+           "gelu_backward", "residual_add", "axpby_", "cast_"]
 
 
 def relu_forward(x: Array, stream: Stream = 0) -> Array:
@@ -110,3 +110,11 @@ def axpby_(ys: Arrays, xs: Arrays, a: float, b: float, stream: Stream = 0) -> No
     single = hasattr(ys, "shape")
     ys, xs = ([ys], [xs]) if single else (list(ys), list(xs))
     _C.axpby_(ys, xs, real(a, "a"), real(b, "b"), _stream(stream))
+
+
+def cast_(ys: Arrays, xs: Arrays, stream: Stream = 0) -> None:
+    """ys[i] = xs[i] converted between float32 and bfloat16, in place, for every pair: fp32 ->
+    bf16 rounds to nearest even (NaN stays NaN, as ml_dtypes and torch), bf16 -> fp32 is exact.
+    Each pair shares a device and an element count and differs in dtype; one call covers all of
+    them (the bf16 compute copies of a network's fp32 master weights, made every forward)."""
+    _C.cast_(ys, xs, _stream(stream))

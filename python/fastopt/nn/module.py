@@ -168,10 +168,6 @@ class Module:
                                  "one place of a network only (build a second one for the other place)")
             owners[id(m)] = name
         if precision == "bf16":
-            if device != "cpu":
-                raise ValueError(f"precision: bf16 on the GPU ({device}): not yet (issue 21): every op has its GPU "
-                                 "bfloat16 kernel, but the parameter store's per-forward bf16 copies of the fp32 "
-                                 "weights need a device-side rounding it lacks; build on the CPU")
             lacking = [f"{name or 'the root'} ({type(m).__name__})" for name, m in modules if not m.bf16]
             if lacking:
                 raise ValueError("precision: bf16 needs a bfloat16 path in every module; not yet in "

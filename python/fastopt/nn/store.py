@@ -91,7 +91,11 @@ class ParameterStore:
         master values; conv and linear layers compute on these copies, made each forward."""
         if self.precision == "fp32" or a is None or _arrays.dtype_of(a) == _arrays.BFLOAT16:
             return a
-        return np.asarray(a).astype(_arrays.BFLOAT16)
+        if isinstance(a, np.ndarray):
+            return a.astype(_arrays.BFLOAT16)
+        out = _arrays.empty(a.shape, _arrays.BFLOAT16, self.device)
+        F.cast_([out], [a])
+        return out
 
     def replan(self) -> None:
         self.root.plan(self.input_grad)
