@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 import pytest
+from ml_dtypes import bfloat16
 
 import fastopt.functional as F
 from fastopt import nn, optim, schedules as S
@@ -151,6 +152,8 @@ FUNCTIONAL = [
        ("body", "shortcut")),
     Entry("axpby_", lambda **kw: F.axpby_(X2.copy(), X2, **kw),
           dict(a=0.5, b=0.5), dict(a=REAL(), b=REAL(), stream=STREAM), ("ys", "xs"), F.axpby_),
+    Entry("cast_", lambda **kw: F.cast_([np.zeros(X2.shape, bfloat16)], [X2], **kw),
+          dict(), dict(stream=STREAM), ("ys", "xs"), F.cast_),
     fn(F.avg_pool2d_forward, dict(x=X4, kernel_size=2),
        dict(kernel_size=A("pair", bad=[0, (2, -1)]), stride=A("pair", none=True, bad=[0]),
             padding=A("pair", bad=[-1, 2]), count_include_pad=BOOL, stream=STREAM), ("x",)),
