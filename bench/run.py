@@ -4,6 +4,7 @@
 The harness itself lives in the package (fastopt.bench), so an installed fastopt has it as
 `fastopt bench` too; this script only forwards its arguments.
 """
+
 import sys
 
 from fastopt.bench import main

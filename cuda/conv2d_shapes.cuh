@@ -20,9 +20,24 @@ struct Dims {
 };
 
 inline Dims make_dims(const Conv2dShape& s) {
-  return {s.N,        s.C,        s.H,      s.W,      s.K,      s.R,      s.S,
-          s.P,        s.Q,        s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h,
-          s.dil_w,    s.groups,   s.C / s.groups, s.K / s.groups};
+  return {s.N,
+          s.C,
+          s.H,
+          s.W,
+          s.K,
+          s.R,
+          s.S,
+          s.P,
+          s.Q,
+          s.stride_h,
+          s.stride_w,
+          s.pad_h,
+          s.pad_w,
+          s.dil_h,
+          s.dil_w,
+          s.groups,
+          s.C / s.groups,
+          s.K / s.groups};
 }
 
 // n / d for 0 <= n < 2^31 and 1 <= d < 2^31 by a multiply-high and a shift (Granlund and

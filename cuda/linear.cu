@@ -44,16 +44,16 @@ device's SM count, so results are bitwise reproducible run to run. Empty extents
 namespace fastopt::cuda {
 namespace {
 
+using detail::as_stream;
+using detail::check;
+using detail::grid_stride_grid;
+using detail::sm_count;
 using tiled::ceil_div;
 using tiled::kMaxGridYZ;
 using tiled::kThreads;
 using tiled::Math;
 using tiled::Tile;
 using tiled::TileFor;
-using detail::as_stream;
-using detail::check;
-using detail::grid_stride_grid;
-using detail::sm_count;
 
 constexpr int64_t kMaxSplitFloats = int64_t{1} << 26;  // split-K scratch, 256 MiB at most
 

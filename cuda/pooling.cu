@@ -38,9 +38,7 @@ using detail::kThreads;
 constexpr int64_t kMaxBlocks = 65536;
 constexpr int kWarpsPerBlock = kThreads / 32;
 
-int grid_for(int64_t work) {
-  return static_cast<int>(std::min<int64_t>((work + kThreads - 1) / kThreads, kMaxBlocks));
-}
+int grid_for(int64_t work) { return static_cast<int>(std::min<int64_t>((work + kThreads - 1) / kThreads, kMaxBlocks)); }
 
 bool fits_int32(int64_t n) { return n <= INT32_MAX; }
 

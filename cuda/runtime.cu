@@ -114,19 +114,22 @@ void free_async(void* ptr, void* stream) {
 
 void memcpy_h2d(void* dst, const void* src, size_t nbytes, void* stream) {
   if (nbytes == 0) return;
-  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, as_stream(stream)), "cudaMemcpyAsync (host to device)");
+  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, as_stream(stream)),
+        "cudaMemcpyAsync (host to device)");
   check(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
 }
 
 void memcpy_d2h(void* dst, const void* src, size_t nbytes, void* stream) {
   if (nbytes == 0) return;
-  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, as_stream(stream)), "cudaMemcpyAsync (device to host)");
+  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, as_stream(stream)),
+        "cudaMemcpyAsync (device to host)");
   check(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
 }
 
 void memcpy_d2d(void* dst, const void* src, size_t nbytes, void* stream) {
   if (nbytes == 0) return;
-  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, as_stream(stream)), "cudaMemcpyAsync (device to device)");
+  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, as_stream(stream)),
+        "cudaMemcpyAsync (device to device)");
 }
 
 void memset_async(void* ptr, int value, size_t nbytes, void* stream) {
@@ -158,7 +161,8 @@ bool is_pinned(const void* ptr) {
 
 void memcpy_h2d_async(void* dst, const void* src, size_t nbytes, void* stream) {
   if (nbytes == 0) return;
-  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, as_stream(stream)), "cudaMemcpyAsync (host to device)");
+  check(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, as_stream(stream)),
+        "cudaMemcpyAsync (host to device)");
 }
 
 }  // namespace fastopt::cuda

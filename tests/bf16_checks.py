@@ -22,6 +22,7 @@ a worst-case bound, so the tests also require nearly every rounded output to be 
 nearest the float64 value (the accumulated error is ~2^-24 relative, far below half a bf16 ulp):
 a kernel that truncated instead of rounding, or rounded twice, would fail that check.
 """
+
 import os
 import subprocess
 import sys
@@ -31,8 +32,8 @@ import numpy as np
 import pytest
 from ml_dtypes import bfloat16
 
-U16 = 2.0 ** -8
-U32 = 2.0 ** -24
+U16 = 2.0**-8
+U32 = 2.0**-24
 ISAS = ("baseline", "avx2", "avx512", "avx512bf16")
 
 
@@ -51,13 +52,15 @@ def assert_bf16_gemm_close(got, want, scale, terms, rounded, name):
     assert got.dtype == (bfloat16 if rounded else np.float32), f"{name}: dtype {got.dtype}"
     assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
     g = got.astype(np.float64)
-    bound = (1 + U16 if rounded else 1.0) * gamma(terms) * scale + 2.0 ** -126
+    bound = (1 + U16 if rounded else 1.0) * gamma(terms) * scale + 2.0**-126
     if rounded:
         bound = bound + U16 * np.abs(want)
     err = np.abs(g - want)
     worst = np.unravel_index(np.argmax(err - bound), err.shape) if err.size else None
-    assert np.all(err <= bound), (f"{name}: error {err[worst]:.3g} over the bound {bound[worst]:.3g} at {worst} "
-                                  f"(got {g[worst]!r}, want {want[worst]!r})")
+    assert np.all(err <= bound), (
+        f"{name}: error {err[worst]:.3g} over the bound {bound[worst]:.3g} at {worst} "
+        f"(got {g[worst]!r}, want {want[worst]!r})"
+    )
     if rounded and want.size >= 100:
         nearest = np.mean(got.view(np.uint16) == want.astype(bfloat16).view(np.uint16))
         assert nearest >= 0.99, f"{name}: only {nearest:.4f} of the outputs are the bf16 nearest the exact value"
@@ -74,10 +77,17 @@ def run_under_isa(isa, code, timeout=600, amx="off"):
     the build has no such copy. The child sees this folder on sys.path."""
     here = Path(__file__).resolve().parent
     env = {**os.environ, "FASTOPT_CPU_ISA": isa, "FASTOPT_CPU_AMX": amx}
-    script = (f"import sys\nsys.path.insert(0, {str(here)!r})\nimport fastopt\n"
-              f"assert fastopt.build_info()['simd'] == {isa!r}, fastopt.build_info()['simd']\n" + code)
-    probe = subprocess.run([sys.executable, "-c", "import fastopt; i = fastopt.build_info(); print(i['amx']); "
-                            "print(i['simd'])"], capture_output=True, text=True, env=env, check=True)
+    script = (
+        f"import sys\nsys.path.insert(0, {str(here)!r})\nimport fastopt\n"
+        f"assert fastopt.build_info()['simd'] == {isa!r}, fastopt.build_info()['simd']\n" + code
+    )
+    probe = subprocess.run(
+        [sys.executable, "-c", "import fastopt; i = fastopt.build_info(); print(i['amx']); print(i['simd'])"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     status, simd = probe.stdout.strip().splitlines()[-2:]
     if simd != isa:
         pytest.skip(f"this machine or build has no {isa} copy (runs {simd})")
@@ -105,7 +115,10 @@ def assert_isa_copy_agrees(tmp_path, isa, module, outputs, *args):
     the reference) computes: the kernels never contract into FMAs, so every copy agrees."""
     fn = getattr(sys.modules[module], outputs)
     np.savez(tmp_path / "want.npz", *[np.asarray(a) for a in fn(*args)])
-    run_under_isa(isa, f"import numpy as np\nfrom {module} import {outputs}\n"
-                       f"want = np.load({str(tmp_path / 'want.npz')!r})\n"
-                       f"for i, got in enumerate({outputs}(*{args!r})):\n"
-                       "    assert np.array_equal(np.asarray(got), want[f'arr_{i}']), i\n")
+    run_under_isa(
+        isa,
+        f"import numpy as np\nfrom {module} import {outputs}\n"
+        f"want = np.load({str(tmp_path / 'want.npz')!r})\n"
+        f"for i, got in enumerate({outputs}(*{args!r})):\n"
+        "    assert np.array_equal(np.asarray(got), want[f'arr_{i}']), i\n",
+    )

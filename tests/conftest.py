@@ -1,4 +1,5 @@
 """Tests run on every backend present: 'cpu' always, 'cuda' when a GPU is usable."""
+
 import numpy as np
 import pytest
 
@@ -24,14 +25,17 @@ def assert_bits_independent_of_threads(tmp_path, body):
     import os
     import subprocess
     import sys
+
     script = tmp_path / "run.py"
-    script.write_text("import sys, numpy as np, fastopt.functional as F\nout = []\n" + body +
-                      "np.savez(sys.argv[1], *out)\n")
+    script.write_text(
+        "import sys, numpy as np, fastopt.functional as F\nout = []\n" + body + "np.savez(sys.argv[1], *out)\n"
+    )
     results = []
     for threads in ("1", "2", "3"):
         path = tmp_path / f"t{threads}.npz"
-        subprocess.run([sys.executable, str(script), str(path)], check=True,
-                       env={**os.environ, "OMP_NUM_THREADS": threads})
+        subprocess.run(
+            [sys.executable, str(script), str(path)], check=True, env={**os.environ, "OMP_NUM_THREADS": threads}
+        )
         results.append(np.load(path))
     for other in results[1:]:
         for key in results[0].files:

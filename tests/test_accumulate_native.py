@@ -8,15 +8,15 @@ same kernels, only the destination differs); with accumulate=True it must hold o
 float32 addition, which is what NumPy's float32 `+` computes. Every CPU path of each family is hit
 by a shape picked for it (see conv2d.cpp's dispatch), and the GPU variant runs the same checks.
 """
+
 import numpy as np
 import pytest
+from conftest import BACKENDS, fetch, put
 from ml_dtypes import bfloat16
 
 import fastopt
 import fastopt.functional as F
 from fastopt import nn
-
-from conftest import BACKENDS, fetch, put
 
 # (backend, marks) for hand-built parameter lists: the cuda variant carries the gpu marker.
 DEVICES = [("cpu", ()), ("cuda", (pytest.mark.gpu,))]
@@ -91,12 +91,14 @@ def test_conv2d_weight_grads_into_out(rng, case, backend, dtype):
     _, x_shape, w_shape, kw = case
     P, Q = _conv_out(x_shape, w_shape, kw)
     x, w, dy = _inputs(rng, backend, dtype, x_shape, w_shape, (x_shape[0], w_shape[0], P, Q))
-    check_out_and_accumulate(rng, backend, lambda **o: F.conv2d_backward(dy, x, w, **kw, **o),
-                             {"dw_out": 1, "db_out": 2})
+    check_out_and_accumulate(
+        rng, backend, lambda **o: F.conv2d_backward(dy, x, w, **kw, **o), {"dw_out": 1, "db_out": 2}
+    )
     # dw alone (no bias): the other out stays unasked for.
     dw_only = (False, True, False)
-    check_out_and_accumulate(rng, backend, lambda **o: F.conv2d_backward(dy, x, w, need=dw_only, **kw, **o),
-                             {"dw_out": 1})
+    check_out_and_accumulate(
+        rng, backend, lambda **o: F.conv2d_backward(dy, x, w, need=dw_only, **kw, **o), {"dw_out": 1}
+    )
 
 
 def _backend_dtype_params():
@@ -107,8 +109,16 @@ def _backend_dtype_params():
 
 # (N, in, out): serial and parallel GEMMs, the transposed store (4 x 3 -> 60), row-blocked bias
 # sums, N = 0; the last two split the GPU's reductions (split-K weight-grad, row-ranged bias sum).
-LINEAR_SHAPES = [(5, 7, 3), (3, 20, 10), (4, 3, 60), (300, 256, 200), (600, 16, 8), (0, 5, 4), (1024, 32, 16),
-                 (2048, 8, 16)]
+LINEAR_SHAPES = [
+    (5, 7, 3),
+    (3, 20, 10),
+    (4, 3, 60),
+    (300, 256, 200),
+    (600, 16, 8),
+    (0, 5, 4),
+    (1024, 32, 16),
+    (2048, 8, 16),
+]
 
 
 @pytest.mark.parametrize("backend,dtype", list(_backend_dtype_params()))
@@ -116,8 +126,9 @@ LINEAR_SHAPES = [(5, 7, 3), (3, 20, 10), (4, 3, 60), (300, 256, 200), (600, 16, 
 def test_linear_weight_grads_into_out(rng, backend, dtype, shape):
     n, i, o = shape
     x, w, dy = _inputs(rng, backend, dtype, (n, i), (o, i), (n, o))
-    check_out_and_accumulate(rng, backend, lambda **kw: F.linear_backward(dy, x, w, **kw),
-                             {"dweight_out": 1, "dbias_out": 2})
+    check_out_and_accumulate(
+        rng, backend, lambda **kw: F.linear_backward(dy, x, w, **kw), {"dweight_out": 1, "dbias_out": 2}
+    )
 
 
 # (id, x shape, function, its grouping argument or None for batch norm, training).
@@ -136,11 +147,21 @@ def _norm_call(kind, x, dy, arg, training, weight, has_bias):
     """The backward of `kind` as fn(**kw) with layer/group norm's out names (batch norm's renamed)."""
     if kind == "batch":
         y, mean, rstd = F.batch_norm_forward(x, weight, None, None, None, True)
-        return (lambda **kw: F.batch_norm_backward(dy, x, weight, mean, rstd, training, has_bias=has_bias,
-                                                   **{k.replace("dweight", "dgamma").replace("dbias", "dbeta"): v
-                                                      for k, v in kw.items()}))
-    fwd, bwd = (F.layer_norm_forward, F.layer_norm_backward) if kind == "layer" else (F.group_norm_forward,
-                                                                                      F.group_norm_backward)
+        return lambda **kw: F.batch_norm_backward(
+            dy,
+            x,
+            weight,
+            mean,
+            rstd,
+            training,
+            has_bias=has_bias,
+            **{k.replace("dweight", "dgamma").replace("dbias", "dbeta"): v for k, v in kw.items()},
+        )
+    fwd, bwd = (
+        (F.layer_norm_forward, F.layer_norm_backward)
+        if kind == "layer"
+        else (F.group_norm_forward, F.group_norm_backward)
+    )
     y, mean, rstd = fwd(x, arg, weight, None)
     return lambda **kw: bwd(dy, x, arg, mean, rstd, weight, has_bias=has_bias, **kw)
 
@@ -203,10 +224,10 @@ def test_bad_out_arguments_raise_naming_them():
         conv(dw_out=good, db_out=np.zeros(4, np.float32), accumulate=1)
     # Sharing memory with an input or with the other output.
     flat = np.zeros(dy.size + 8, np.float32)
-    dy_view = flat[:dy.size].reshape(dy.shape)
+    dy_view = flat[: dy.size].reshape(dy.shape)
     dy_view[...] = dy
     with pytest.raises(ValueError, match="^dw_out and dy share memory"):
-        F.conv2d_backward(dy_view, x, w, dw_out=flat[dy.size - w.size + 4:dy.size + 4].reshape(w.shape))
+        F.conv2d_backward(dy_view, x, w, dw_out=flat[dy.size - w.size + 4 : dy.size + 4].reshape(w.shape))
     with pytest.raises(ValueError, match="^db_out and dw_out share memory"):
         conv(dw_out=good, db_out=good.reshape(-1)[:4])
     with pytest.raises(ValueError, match="^dweight_out and x share memory"):
@@ -231,9 +252,16 @@ def test_an_out_on_another_device_is_refused():
 
 def _no_bn_net(backend, seed=3):
     # Per-sample layers only (GroupNorm and LayerNorm too), so micro-batches add up to the batch.
-    model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
-                          nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Flatten(), nn.Linear(8 * 6 * 6, 10),
-                          nn.LayerNorm(10), nn.Linear(10, 5))
+    model = nn.Sequential(
+        nn.Conv2d(2, 8, 3, padding=1),
+        nn.GroupNorm(2, 8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 10),
+        nn.LayerNorm(10),
+        nn.Linear(10, 5),
+    )
     model.build(backend, seed=seed)
     return model
 
@@ -259,8 +287,16 @@ def test_micro_batches_accumulate_to_the_large_batch(rng, backend):
 
 def test_layers_do_not_copy_gradients(monkeypatch, rng):
     """The layers hand their parameters' slots to the kernels: no axpby_ in any backward."""
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 6, 3, groups=6),
-                          nn.Flatten(), nn.Linear(6 * 4 * 4, 8), nn.LayerNorm(8), nn.Linear(8, 4))
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, groups=6),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 8),
+        nn.LayerNorm(8),
+        nn.Linear(8, 4),
+    )
     model.build("cpu", seed=1)
     model.zero_grad()
     x = rng.standard_normal((5, 3, 6, 6)).astype(np.float32)

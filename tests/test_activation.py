@@ -6,14 +6,14 @@ x * float32(slope) in float32, as torch does: fastopt equals that float32 produc
 is within 2^-23 relative of the float64 x * slope (2^-24 for the slope's float32 rounding, 2^-24
 for the product's).
 """
+
 import numpy as np
 import pytest
+from conftest import fetch, put, torch_with_cuda
 
 import fastopt
 from fastopt import functional as F
 from fastopt.reference import activation as R
-
-from conftest import fetch, put, torch_with_cuda
 
 SHAPES = [(0,), (1,), (7,), (2, 0, 3), (3, 5, 7, 9), (2, 3, 13, 11), (4099,), (32768 * 2 + 13,)]
 SLOPES = [0.01, 0.2, 0.0, -0.5, 1.5, 1 / 3]
@@ -45,7 +45,7 @@ def test_relu_forward_backward(backend, rng, shape):
     dy = rng.standard_normal(shape).astype(np.float32)
     y = fetch(F.relu_forward(put(x, backend)))
     np.testing.assert_array_equal(y, R.relu_forward(x))  # exact; NaN where x is NaN
-    _same_bits(y, np.where(x < 0, np.float32(0), x))   # keeps -0.0, as torch's clamp_min
+    _same_bits(y, np.where(x < 0, np.float32(0), x))  # keeps -0.0, as torch's clamp_min
     dx = fetch(F.relu_backward(put(dy, backend), put(x, backend)))
     assert dx.dtype == np.float32 and dx.shape == shape
     np.testing.assert_array_equal(dx, R.relu_backward(dy, x))
@@ -68,8 +68,9 @@ def test_leaky_relu_forward_backward(backend, rng, shape, slope):
 
 def test_default_slope_is_torchs(backend, rng):
     x = rng.standard_normal(1000).astype(np.float32)
-    np.testing.assert_array_equal(fetch(F.leaky_relu_forward(put(x, backend))),
-                                  np.where(x > 0, x, x * np.float32(0.01)))
+    np.testing.assert_array_equal(
+        fetch(F.leaky_relu_forward(put(x, backend))), np.where(x > 0, x, x * np.float32(0.01))
+    )
 
 
 def test_nan_propagation(backend):
@@ -127,21 +128,24 @@ def test_zero_dimensional_array():
     assert y.shape == () and y == np.float32(-1.0)
 
 
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda x: F.relu_forward(x.astype(np.float64)), TypeError, r"x: expected a float32 array, got float64"),
-    (lambda x: F.relu_forward(x[:, ::2]), ValueError, r"x: array must be C-contiguous"),
-    (lambda x: F.relu_forward([1.0, -1.0]), TypeError, r"^x: "),
-    (lambda x: F.relu_forward(x.astype(np.int32)), TypeError, r"^x: expected a float32 array, got int32"),
-    (lambda x: F.relu_backward(x.astype(np.float16), x), TypeError, r"dy: unsupported dtype float16"),
-    (lambda x: F.relu_backward(x, x.T), ValueError, r"^x: array must be C-contiguous"),
-    (lambda x: F.relu_backward(x[:2], x), ValueError, r"dy: expected the shape \(4, 6\) of x, got \(2, 6\)"),
-    (lambda x: F.relu_backward(x.reshape(6, 4), x), ValueError, r"^dy: expected the shape"),
-    (lambda x: F.relu_backward(None, x), TypeError, r"^dy: "),
-    (lambda x: F.leaky_relu_forward(x, "big"), TypeError, r"negative_slope: expected a real number, got str"),
-    (lambda x: F.leaky_relu_backward(x, x, None), TypeError, r"^negative_slope: "),
-    (lambda x: F.leaky_relu_backward(x.reshape(-1), x), ValueError, r"^dy: expected the shape"),
-    (lambda x: F.leaky_relu_backward(x, x.astype(np.float64)), TypeError, r"^x: expected a float32"),
-])
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda x: F.relu_forward(x.astype(np.float64)), TypeError, r"x: expected a float32 array, got float64"),
+        (lambda x: F.relu_forward(x[:, ::2]), ValueError, r"x: array must be C-contiguous"),
+        (lambda x: F.relu_forward([1.0, -1.0]), TypeError, r"^x: "),
+        (lambda x: F.relu_forward(x.astype(np.int32)), TypeError, r"^x: expected a float32 array, got int32"),
+        (lambda x: F.relu_backward(x.astype(np.float16), x), TypeError, r"dy: unsupported dtype float16"),
+        (lambda x: F.relu_backward(x, x.T), ValueError, r"^x: array must be C-contiguous"),
+        (lambda x: F.relu_backward(x[:2], x), ValueError, r"dy: expected the shape \(4, 6\) of x, got \(2, 6\)"),
+        (lambda x: F.relu_backward(x.reshape(6, 4), x), ValueError, r"^dy: expected the shape"),
+        (lambda x: F.relu_backward(None, x), TypeError, r"^dy: "),
+        (lambda x: F.leaky_relu_forward(x, "big"), TypeError, r"negative_slope: expected a real number, got str"),
+        (lambda x: F.leaky_relu_backward(x, x, None), TypeError, r"^negative_slope: "),
+        (lambda x: F.leaky_relu_backward(x.reshape(-1), x), ValueError, r"^dy: expected the shape"),
+        (lambda x: F.leaky_relu_backward(x, x.astype(np.float64)), TypeError, r"^x: expected a float32"),
+    ],
+)
 def test_bad_arguments(call, exc, match):
     with pytest.raises(exc, match=match):
         call(np.ones((4, 6), np.float32))

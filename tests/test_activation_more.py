@@ -13,27 +13,28 @@ Tolerances, derived per family:
 - axpby: a and b rounded to float32, two products and a sum, each rounding by at most eps32 / 2
   relative: 1.5 eps32 (|a x| + |b y|); 2 eps32 allowed.
 """
+
 import math
 
 import numpy as np
 import pytest
+from conftest import fetch, put
 
 import fastopt.functional as F
 from fastopt.reference import activation as ra, dropout as rd, pooling as rp
 
-from conftest import fetch, put
-
 EPS32 = float(np.finfo(np.float32).eps)
 SHAPES = [(0,), (1,), (7, 5), (3, 4, 9, 11)]
-SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 30.0, -30.0, 100.0, -100.0, 5.5, -6.0],
-                   np.float32)
+SPECIAL = np.array(
+    [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 30.0, -30.0, 100.0, -100.0, 5.5, -6.0], np.float32
+)
 SMOOTH = {"tanh": (), "sigmoid": (), "elu": (0.7,), "gelu": ()}
 
 
 def _inputs(rng, shape):
     x = (rng.standard_normal(shape) * 3).astype(np.float32)
     if x.size >= SPECIAL.size:
-        x.reshape(-1)[:SPECIAL.size] = SPECIAL
+        x.reshape(-1)[: SPECIAL.size] = SPECIAL
     return x
 
 
@@ -116,8 +117,12 @@ def test_avg_pool_matches_reference(shape, k, s, p, count_include_pad, backend, 
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx = fetch(F.avg_pool2d_backward(put(dy, backend), shape, **hyper))
     covers = math.ceil(kh / sh) * math.ceil(kw / sw)
-    _assert_close(dx, rp.avg_pool2d_backward(dy, shape, **hyper),
-                  2 * covers * EPS32 * (float(np.abs(dy).max()) if dy.size else 0.0), "avg_pool2d backward")
+    _assert_close(
+        dx,
+        rp.avg_pool2d_backward(dy, shape, **hyper),
+        2 * covers * EPS32 * (float(np.abs(dy).max()) if dy.size else 0.0),
+        "avg_pool2d backward",
+    )
 
 
 def test_avg_pool_divisor_rules():
@@ -137,8 +142,9 @@ def test_residual_add_matches_reference(p, shape, backend, rng):
     b, s = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
     seed, offset = int(rng.integers(2**63)), int(rng.integers(5))
     for shortcut in (s, None):
-        got = fetch(F.residual_add(put(b, backend), None if shortcut is None else put(shortcut, backend), p, seed,
-                                   offset))
+        got = fetch(
+            F.residual_add(put(b, backend), None if shortcut is None else put(shortcut, backend), p, seed, offset)
+        )
         ref = ra.residual_add(b, shortcut, p, seed, offset)
         scale = np.abs(b) * float(rd.scale(p)) + (0 if shortcut is None else np.abs(shortcut))
         _assert_close(got, ref, EPS32 * scale, f"residual_add p={p}")

@@ -7,12 +7,12 @@ Exactness: the scale S is a power of two (as GradScaler's always is), so g*S is 
 step's multiplier 1/S undoes it exactly: every result must equal the step on the unscaled
 gradients bit for bit, the clipped step and its reported norm included.
 """
+
 import numpy as np
 import pytest
+from conftest import fetch, put
 
 from fastopt import _C
-
-from conftest import fetch, put
 
 S = 1024.0
 
@@ -31,11 +31,14 @@ def setup(rng, backend, sizes=(7, 33, 1000)):
     grads = [rng.standard_normal(n).astype(np.float32) for n in sizes]
     runs = []
     for scale in (1.0, S):
-        runs.append(dict(params=[put(p, backend) for p in params],
-                         grads=[put(g * np.float32(scale), backend) for g in grads],
-                         states=[(put(np.zeros(n, np.float32), backend), put(np.zeros(n, np.float32), backend))
-                                 for n in sizes],
-                         steps=put(np.zeros(len(sizes), np.int64), backend)))
+        runs.append(
+            dict(
+                params=[put(p, backend) for p in params],
+                grads=[put(g * np.float32(scale), backend) for g in grads],
+                states=[(put(np.zeros(n, np.float32), backend), put(np.zeros(n, np.float32), backend)) for n in sizes],
+                steps=put(np.zeros(len(sizes), np.int64), backend),
+            )
+        )
     return runs
 
 
@@ -48,8 +51,9 @@ def step(run, backend, max_norm=None, scale=None, found_inf=0.0):
             kw["grad_scale"] = put(np.array(scale, np.float32), backend)
             kw["found_inf"] = put(np.array(found_inf, np.float32), backend)
     n = len(run["params"])
-    return _C.optim_step(run["params"], run["grads"], run["states"], run["steps"], [hyper()], [0] * n,
-                         max_norm, False, 0, None, **kw)
+    return _C.optim_step(
+        run["params"], run["grads"], run["states"], run["steps"], [hyper()], [0] * n, max_norm, False, 0, None, **kw
+    )
 
 
 def snapshot(run):

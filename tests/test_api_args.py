@@ -11,6 +11,7 @@ the message must start with the argument's name. Values of the right kind in Num
 public entry point is in the table and that every argument of each is either checked here or
 named as an array / object argument, so a new argument cannot go unchecked.
 """
+
 import inspect
 import math
 
@@ -28,7 +29,7 @@ NAN, INF = math.nan, math.inf
 WRONG_KINDS = {
     "int": [True, np.bool_(True), 2.5, np.float64(2.0), "3", [3]],
     "real": [True, np.bool_(False), "0.1", b"1", [0.1], 1j],
-    "reals": [True, "0.1", b"1", 1j, ["0.1", 0.2]],       # one real number, or one per param group
+    "reals": [True, "0.1", b"1", 1j, ["0.1", 0.2]],  # one real number, or one per param group
     "bool": [1, 0.0, "yes", np.int64(1)],
     "shape": ["6", (6.5,), (True,), 6.5, [np.float32(2.0)], {6}],
     "pair": [2.5, "2", True, (2, 2.5), (2, "2"), [True, 1]],
@@ -98,124 +99,338 @@ def _grads():
 
 
 FUNCTIONAL = [
-    fn(F.batch_norm_forward, dict(x=X4, gamma=C4, beta=Z4, running_mean=np.zeros(4, np.float32),
-                                  running_var=np.ones(4, np.float32), training=True),
-       dict(training=BOOL, momentum=REAL(1.5, -0.1, NAN, none=True), eps=REAL(-1.0, NAN, INF),
-            num_batches_tracked=INT(-1, none=True), stream=STREAM),
-       ("x", "gamma", "beta", "running_mean", "running_var")),
-    fn(F.batch_norm_backward, dict(dy=X4, x=X4, gamma=C4, save_mean=BN_MEAN, save_invstd=BN_INVSTD),
-       dict(training=BOOL, has_bias=BOOL_OR_NONE, stream=STREAM, accumulate=BOOL, affine_grads=BOOL),
-       ("dy", "x", "gamma", "save_mean", "save_invstd", "dgamma_out", "dbeta_out")),
-    fn(F.layer_norm_forward, dict(x=X4, normalized_shape=(5, 5)),
-       dict(normalized_shape=A("shape", bad=[(0, 5), (-1, 5)]), eps=REAL(-1.0, NAN), stream=STREAM),
-       ("x", "weight", "bias")),
-    fn(F.layer_norm_backward, dict(dy=X4, x=X4, normalized_shape=(5, 5), mean=LN_MEAN, rstd=LN_RSTD),
-       dict(normalized_shape=A("shape", bad=[(0, 5)]), has_bias=BOOL_OR_NONE, stream=STREAM, accumulate=BOOL,
-            affine_grads=BOOL), ("dy", "x", "mean", "rstd", "weight", "dweight_out", "dbias_out")),
-    fn(F.group_norm_forward, dict(x=X4, num_groups=2), dict(num_groups=INT(0, -2, 3), eps=REAL(-1.0, NAN),
-                                                           stream=STREAM), ("x", "weight", "bias")),
-    fn(F.group_norm_backward, dict(dy=X4, x=X4, num_groups=2, mean=GN_MEAN, rstd=GN_RSTD),
-       dict(num_groups=INT(0, 3), has_bias=BOOL_OR_NONE, stream=STREAM, accumulate=BOOL, affine_grads=BOOL),
-       ("dy", "x", "mean", "rstd", "weight", "dweight_out", "dbias_out")),
-    fn(F.dropout_forward, dict(x=X4, p=0.5, seed=1),
-       dict(p=REAL(1.5, -0.1, NAN), seed=INT(-1, 2**64), offset=INT(-1, 2**64 - 1), training=BOOL, stream=STREAM),
-       ("x",)),
-    fn(F.dropout_backward, dict(dy=X4, p=0.5, seed=1), dict(p=REAL(1.5, NAN), seed=INT(-1), offset=INT(-1),
-                                                            stream=STREAM), ("dy",)),
-    fn(F.dropout_mask, dict(shape=(3, 4), p=0.5, seed=1),
-       dict(shape=A("shape", bad=[(-1, 2)]), p=REAL(1.5, NAN), seed=INT(-1), offset=INT(-1), stream=STREAM),
-       ("device",)),
-    fn(F.conv2d_forward, dict(x=X4, w=W, padding=1, groups=2),
-       dict(stride=A("pair", bad=[0, (1, 0)]), padding=A("pair", bad=[-1]), dilation=A("pair", bad=[0]),
-            groups=INT(0, 3), allow_tf32=BOOL, stream=STREAM), ("x", "w", "b")),
-    fn(F.conv2d_backward, dict(dy=Y6, x=X4, w=W, padding=1, groups=2),
-       dict(stride=A("pair", bad=[0]), padding=A("pair", bad=[-1]), dilation=A("pair", bad=[0]), groups=INT(0, 3),
-            need=A("flags", bad=[(True,), (True, True, True, True)]), allow_tf32=BOOL, stream=STREAM,
-            accumulate=BOOL), ("dy", "x", "w", "dw_out", "db_out")),
+    fn(
+        F.batch_norm_forward,
+        dict(
+            x=X4,
+            gamma=C4,
+            beta=Z4,
+            running_mean=np.zeros(4, np.float32),
+            running_var=np.ones(4, np.float32),
+            training=True,
+        ),
+        dict(
+            training=BOOL,
+            momentum=REAL(1.5, -0.1, NAN, none=True),
+            eps=REAL(-1.0, NAN, INF),
+            num_batches_tracked=INT(-1, none=True),
+            stream=STREAM,
+        ),
+        ("x", "gamma", "beta", "running_mean", "running_var"),
+    ),
+    fn(
+        F.batch_norm_backward,
+        dict(dy=X4, x=X4, gamma=C4, save_mean=BN_MEAN, save_invstd=BN_INVSTD),
+        dict(training=BOOL, has_bias=BOOL_OR_NONE, stream=STREAM, accumulate=BOOL, affine_grads=BOOL),
+        ("dy", "x", "gamma", "save_mean", "save_invstd", "dgamma_out", "dbeta_out"),
+    ),
+    fn(
+        F.layer_norm_forward,
+        dict(x=X4, normalized_shape=(5, 5)),
+        dict(normalized_shape=A("shape", bad=[(0, 5), (-1, 5)]), eps=REAL(-1.0, NAN), stream=STREAM),
+        ("x", "weight", "bias"),
+    ),
+    fn(
+        F.layer_norm_backward,
+        dict(dy=X4, x=X4, normalized_shape=(5, 5), mean=LN_MEAN, rstd=LN_RSTD),
+        dict(
+            normalized_shape=A("shape", bad=[(0, 5)]),
+            has_bias=BOOL_OR_NONE,
+            stream=STREAM,
+            accumulate=BOOL,
+            affine_grads=BOOL,
+        ),
+        ("dy", "x", "mean", "rstd", "weight", "dweight_out", "dbias_out"),
+    ),
+    fn(
+        F.group_norm_forward,
+        dict(x=X4, num_groups=2),
+        dict(num_groups=INT(0, -2, 3), eps=REAL(-1.0, NAN), stream=STREAM),
+        ("x", "weight", "bias"),
+    ),
+    fn(
+        F.group_norm_backward,
+        dict(dy=X4, x=X4, num_groups=2, mean=GN_MEAN, rstd=GN_RSTD),
+        dict(num_groups=INT(0, 3), has_bias=BOOL_OR_NONE, stream=STREAM, accumulate=BOOL, affine_grads=BOOL),
+        ("dy", "x", "mean", "rstd", "weight", "dweight_out", "dbias_out"),
+    ),
+    fn(
+        F.dropout_forward,
+        dict(x=X4, p=0.5, seed=1),
+        dict(p=REAL(1.5, -0.1, NAN), seed=INT(-1, 2**64), offset=INT(-1, 2**64 - 1), training=BOOL, stream=STREAM),
+        ("x",),
+    ),
+    fn(
+        F.dropout_backward,
+        dict(dy=X4, p=0.5, seed=1),
+        dict(p=REAL(1.5, NAN), seed=INT(-1), offset=INT(-1), stream=STREAM),
+        ("dy",),
+    ),
+    fn(
+        F.dropout_mask,
+        dict(shape=(3, 4), p=0.5, seed=1),
+        dict(shape=A("shape", bad=[(-1, 2)]), p=REAL(1.5, NAN), seed=INT(-1), offset=INT(-1), stream=STREAM),
+        ("device",),
+    ),
+    fn(
+        F.conv2d_forward,
+        dict(x=X4, w=W, padding=1, groups=2),
+        dict(
+            stride=A("pair", bad=[0, (1, 0)]),
+            padding=A("pair", bad=[-1]),
+            dilation=A("pair", bad=[0]),
+            groups=INT(0, 3),
+            allow_tf32=BOOL,
+            stream=STREAM,
+        ),
+        ("x", "w", "b"),
+    ),
+    fn(
+        F.conv2d_backward,
+        dict(dy=Y6, x=X4, w=W, padding=1, groups=2),
+        dict(
+            stride=A("pair", bad=[0]),
+            padding=A("pair", bad=[-1]),
+            dilation=A("pair", bad=[0]),
+            groups=INT(0, 3),
+            need=A("flags", bad=[(True,), (True, True, True, True)]),
+            allow_tf32=BOOL,
+            stream=STREAM,
+            accumulate=BOOL,
+        ),
+        ("dy", "x", "w", "dw_out", "db_out"),
+    ),
     fn(F.relu_forward, dict(x=X4), dict(stream=STREAM), ("x",)),
     fn(F.relu_backward, dict(dy=X4, x=X4), dict(stream=STREAM), ("dy", "x")),
     fn(F.leaky_relu_forward, dict(x=X4), dict(negative_slope=REAL(NAN, INF), stream=STREAM), ("x",)),
     fn(F.leaky_relu_backward, dict(dy=X4, x=X4), dict(negative_slope=REAL(NAN, -INF), stream=STREAM), ("dy", "x")),
-    fn(F.max_pool2d_forward, dict(x=X4, kernel_size=2),
-       dict(kernel_size=A("pair", bad=[0, (2, -1)]), stride=A("pair", none=True, bad=[0]),
-            padding=A("pair", bad=[-1, 2]), stream=STREAM), ("x",)),
-    fn(F.max_pool2d_backward, dict(dy=P4, indices=P4_IDX, input_shape=X4.shape, kernel_size=2),
-       dict(input_shape=A("shape", bad=[(2, 4, -5, 5), (2, 4, 5)]), kernel_size=A("pair", bad=[0]),
-            stride=A("pair", none=True, bad=[0]), padding=A("pair", bad=[-1]), stream=STREAM), ("dy", "indices")),
+    fn(
+        F.max_pool2d_forward,
+        dict(x=X4, kernel_size=2),
+        dict(
+            kernel_size=A("pair", bad=[0, (2, -1)]),
+            stride=A("pair", none=True, bad=[0]),
+            padding=A("pair", bad=[-1, 2]),
+            stream=STREAM,
+        ),
+        ("x",),
+    ),
+    fn(
+        F.max_pool2d_backward,
+        dict(dy=P4, indices=P4_IDX, input_shape=X4.shape, kernel_size=2),
+        dict(
+            input_shape=A("shape", bad=[(2, 4, -5, 5), (2, 4, 5)]),
+            kernel_size=A("pair", bad=[0]),
+            stride=A("pair", none=True, bad=[0]),
+            padding=A("pair", bad=[-1]),
+            stream=STREAM,
+        ),
+        ("dy", "indices"),
+    ),
     *[fn(f, dict(x=X4), dict(stream=STREAM), ("x",)) for f in (F.tanh_forward, F.sigmoid_forward, F.gelu_forward)],
-    *[fn(f, dict(dy=X4, x=X4), dict(stream=STREAM), ("dy", "x"))
-      for f in (F.tanh_backward, F.sigmoid_backward, F.gelu_backward)],
+    *[
+        fn(f, dict(dy=X4, x=X4), dict(stream=STREAM), ("dy", "x"))
+        for f in (F.tanh_backward, F.sigmoid_backward, F.gelu_backward)
+    ],
     fn(F.elu_forward, dict(x=X4), dict(alpha=REAL(NAN, INF), stream=STREAM), ("x",)),
     fn(F.elu_backward, dict(dy=X4, x=X4), dict(alpha=REAL(NAN, -INF), stream=STREAM), ("dy", "x")),
-    fn(F.residual_add, dict(body=X4, shortcut=X4, p=0.5),
-       dict(p=REAL(1.5, -0.1, NAN), seed=INT(-1, 2**64), offset=INT(-1, 2**64 - 1), stream=STREAM),
-       ("body", "shortcut")),
-    Entry("axpby_", lambda **kw: F.axpby_(X2.copy(), X2, **kw),
-          dict(a=0.5, b=0.5), dict(a=REAL(), b=REAL(), stream=STREAM), ("ys", "xs"), F.axpby_),
-    Entry("cast_", lambda **kw: F.cast_([np.zeros(X2.shape, bfloat16)], [X2], **kw),
-          dict(), dict(stream=STREAM), ("ys", "xs"), F.cast_),
-    fn(F.avg_pool2d_forward, dict(x=X4, kernel_size=2),
-       dict(kernel_size=A("pair", bad=[0, (2, -1)]), stride=A("pair", none=True, bad=[0]),
-            padding=A("pair", bad=[-1, 2]), count_include_pad=BOOL, stream=STREAM), ("x",)),
-    fn(F.avg_pool2d_backward, dict(dy=P4, input_shape=X4.shape, kernel_size=2),
-       dict(input_shape=A("shape", bad=[(2, 4, -5, 5), (2, 4, 5)]), kernel_size=A("pair", bad=[0]),
-            stride=A("pair", none=True, bad=[0]), padding=A("pair", bad=[-1]), count_include_pad=BOOL,
-            stream=STREAM), ("dy",)),
+    fn(
+        F.residual_add,
+        dict(body=X4, shortcut=X4, p=0.5),
+        dict(p=REAL(1.5, -0.1, NAN), seed=INT(-1, 2**64), offset=INT(-1, 2**64 - 1), stream=STREAM),
+        ("body", "shortcut"),
+    ),
+    Entry(
+        "axpby_",
+        lambda **kw: F.axpby_(X2.copy(), X2, **kw),
+        dict(a=0.5, b=0.5),
+        dict(a=REAL(), b=REAL(), stream=STREAM),
+        ("ys", "xs"),
+        F.axpby_,
+    ),
+    Entry(
+        "cast_",
+        lambda **kw: F.cast_([np.zeros(X2.shape, bfloat16)], [X2], **kw),
+        dict(),
+        dict(stream=STREAM),
+        ("ys", "xs"),
+        F.cast_,
+    ),
+    fn(
+        F.avg_pool2d_forward,
+        dict(x=X4, kernel_size=2),
+        dict(
+            kernel_size=A("pair", bad=[0, (2, -1)]),
+            stride=A("pair", none=True, bad=[0]),
+            padding=A("pair", bad=[-1, 2]),
+            count_include_pad=BOOL,
+            stream=STREAM,
+        ),
+        ("x",),
+    ),
+    fn(
+        F.avg_pool2d_backward,
+        dict(dy=P4, input_shape=X4.shape, kernel_size=2),
+        dict(
+            input_shape=A("shape", bad=[(2, 4, -5, 5), (2, 4, 5)]),
+            kernel_size=A("pair", bad=[0]),
+            stride=A("pair", none=True, bad=[0]),
+            padding=A("pair", bad=[-1]),
+            count_include_pad=BOOL,
+            stream=STREAM,
+        ),
+        ("dy",),
+    ),
     fn(F.global_avg_pool_forward, dict(x=X4), dict(stream=STREAM), ("x",)),
-    fn(F.global_avg_pool_backward, dict(dy=X4[:, :, 0, 0].copy(), input_shape=X4.shape),
-       dict(input_shape=A("shape", bad=[(2, 4, 0, 5), (2, 4, -1, 5)]), stream=STREAM), ("dy",)),
-    fn(F.softmax_cross_entropy, dict(logits=X2, target=LABELS),
-       dict(label_smoothing=REAL(1.5, -0.1, NAN), need_grad=BOOL, topk=INT(0), stream=STREAM),
-       ("logits", "target", "stats")),
-    fn(F.augment_batch, dict(x=X4, seed=1, step=0),
-       dict(seed=INT(-1, 2**64), step=INT(-1, 2**64), max_shift=INT(-1, 2**30 + 1), flip=BOOL, cutout=INT(-1),
-            brightness=REAL(-0.1, NAN, INF), contrast=REAL(1.5, -0.1, NAN), fill=REAL(NAN, INF), stream=STREAM),
-       ("x",)),
-    fn(F.mixup, dict(x=X2, labels=LABELS, lam=0.3, num_classes=7),
-       dict(lam=REAL(1.5, -0.1, NAN), num_classes=INT(0), stream=STREAM), ("x", "labels")),
-    fn(F.cutmix, dict(x=X4[:1].repeat(3, 0), labels=LABELS, lam=0.3, num_classes=7, seed=1, step=0),
-       dict(lam=REAL(1.5, -0.1, NAN), num_classes=INT(0), seed=INT(-1, 2**64), step=INT(-1, 2**64), stream=STREAM),
-       ("x", "labels")),
-    fn(F.random_resized_crop, dict(x=X4, seed=1, step=0, size=(3, 4)),
-       dict(seed=INT(-1, 2**64), step=INT(-1, 2**64), size=A("pair", bad=[0, (2, -1), 2**24 + 1]),
+    fn(
+        F.global_avg_pool_backward,
+        dict(dy=X4[:, :, 0, 0].copy(), input_shape=X4.shape),
+        dict(input_shape=A("shape", bad=[(2, 4, 0, 5), (2, 4, -1, 5)]), stream=STREAM),
+        ("dy",),
+    ),
+    fn(
+        F.softmax_cross_entropy,
+        dict(logits=X2, target=LABELS),
+        dict(label_smoothing=REAL(1.5, -0.1, NAN), need_grad=BOOL, topk=INT(0), stream=STREAM),
+        ("logits", "target", "stats"),
+    ),
+    fn(
+        F.augment_batch,
+        dict(x=X4, seed=1, step=0),
+        dict(
+            seed=INT(-1, 2**64),
+            step=INT(-1, 2**64),
+            max_shift=INT(-1, 2**30 + 1),
+            flip=BOOL,
+            cutout=INT(-1),
+            brightness=REAL(-0.1, NAN, INF),
+            contrast=REAL(1.5, -0.1, NAN),
+            fill=REAL(NAN, INF),
+            stream=STREAM,
+        ),
+        ("x",),
+    ),
+    fn(
+        F.mixup,
+        dict(x=X2, labels=LABELS, lam=0.3, num_classes=7),
+        dict(lam=REAL(1.5, -0.1, NAN), num_classes=INT(0), stream=STREAM),
+        ("x", "labels"),
+    ),
+    fn(
+        F.cutmix,
+        dict(x=X4[:1].repeat(3, 0), labels=LABELS, lam=0.3, num_classes=7, seed=1, step=0),
+        dict(lam=REAL(1.5, -0.1, NAN), num_classes=INT(0), seed=INT(-1, 2**64), step=INT(-1, 2**64), stream=STREAM),
+        ("x", "labels"),
+    ),
+    fn(
+        F.random_resized_crop,
+        dict(x=X4, seed=1, step=0, size=(3, 4)),
+        dict(
+            seed=INT(-1, 2**64),
+            step=INT(-1, 2**64),
+            size=A("pair", bad=[0, (2, -1), 2**24 + 1]),
             scale=A("betas", bad=[(0.0, 1.0), (0.9, 0.5), (NAN, 1.0), (0.5, INF)]),
-            ratio=A("betas", bad=[(-1.0, 1.0), (2.0, 1.0), (1.0, NAN)]), stream=STREAM), ("x",)),
-    fn(F.random_rotation, dict(x=X4, seed=1, step=0, degrees=10),
-       dict(seed=INT(-1, 2**64), step=INT(-1, 2**64), degrees=REAL(-5, NAN, INF, 400), fill=REAL(NAN, INF),
-            stream=STREAM), ("x",)),
-    fn(F.pca_jitter, dict(x=X4, seed=1, step=0, eigvals=np.ones(4), eigvecs=np.eye(4)),
-       dict(seed=INT(-1, 2**64), step=INT(-1, 2**64), sigma=REAL(-1.0, NAN, INF), stream=STREAM),
-       ("x", "eigvals", "eigvecs")),
+            ratio=A("betas", bad=[(-1.0, 1.0), (2.0, 1.0), (1.0, NAN)]),
+            stream=STREAM,
+        ),
+        ("x",),
+    ),
+    fn(
+        F.random_rotation,
+        dict(x=X4, seed=1, step=0, degrees=10),
+        dict(
+            seed=INT(-1, 2**64),
+            step=INT(-1, 2**64),
+            degrees=REAL(-5, NAN, INF, 400),
+            fill=REAL(NAN, INF),
+            stream=STREAM,
+        ),
+        ("x",),
+    ),
+    fn(
+        F.pca_jitter,
+        dict(x=X4, seed=1, step=0, eigvals=np.ones(4), eigvecs=np.eye(4)),
+        dict(seed=INT(-1, 2**64), step=INT(-1, 2**64), sigma=REAL(-1.0, NAN, INF), stream=STREAM),
+        ("x", "eigvals", "eigvecs"),
+    ),
     fn(F.channel_pca, dict(x=X4), dict(chunk=INT(0, -1)), ("x",)),
-    fn(F.alternating_flip, dict(x=X4, indices=np.arange(2), seed=1, epoch=0),
-       dict(seed=INT(-1, 2**64), epoch=INT(-1, 2**64), stream=STREAM), ("x", "indices")),
-    fn(F.tta_views, dict(x=X4), dict(mode=A("choice", bad=["six_crop"]), size=A("pair", none=True, bad=[0, (2, -1), 6]),
-                                     pad=INT(-1, 2**24 + 1), fill=REAL(NAN, INF), stream=STREAM), ("x",)),
+    fn(
+        F.alternating_flip,
+        dict(x=X4, indices=np.arange(2), seed=1, epoch=0),
+        dict(seed=INT(-1, 2**64), epoch=INT(-1, 2**64), stream=STREAM),
+        ("x", "indices"),
+    ),
+    fn(
+        F.tta_views,
+        dict(x=X4),
+        dict(
+            mode=A("choice", bad=["six_crop"]),
+            size=A("pair", none=True, bad=[0, (2, -1), 6]),
+            pad=INT(-1, 2**24 + 1),
+            fill=REAL(NAN, INF),
+            stream=STREAM,
+        ),
+        ("x",),
+    ),
     fn(F.tta_mean, dict(y=X2[:2], views=2), dict(views=INT(0, 11, 3), stream=STREAM), ("y",)),
     fn(F.tta_num_views, dict(mode="flip"), dict(mode=A("choice", bad=["six_crop"])), ()),
     fn(F.linear_forward, dict(x=X2, weight=W2), dict(stream=STREAM), ("x", "weight", "bias")),
-    fn(F.linear_backward, dict(dy=Y2, x=X2, weight=W2),
-       dict(need=A("flags", bad=[(True, True)]), stream=STREAM, accumulate=BOOL),
-       ("dy", "x", "weight", "dweight_out", "dbias_out")),
+    fn(
+        F.linear_backward,
+        dict(dy=Y2, x=X2, weight=W2),
+        dict(need=A("flags", bad=[(True, True)]), stream=STREAM, accumulate=BOOL),
+        ("dy", "x", "weight", "dweight_out", "dbias_out"),
+    ),
     fn(F.global_norm, dict(grads=X2), dict(norm_type=REAL(0.0, -1.0, NAN), stream=STREAM), ("grads",)),
-    Entry("clip_grad_norm_", lambda **kw: F.clip_grad_norm_(_grads(), **kw), dict(max_norm=1.0),
-          dict(max_norm=REAL(-1.0, NAN), norm_type=REAL(0.0, NAN), error_if_nonfinite=BOOL, stream=STREAM),
-          ("grads",), F.clip_grad_norm_),
-    Entry("clip_grad_value_", lambda **kw: F.clip_grad_value_(_grads(), **kw), dict(clip_value=0.5),
-          dict(clip_value=REAL(-1.0, NAN), stream=STREAM), ("grads",), F.clip_grad_value_),
+    Entry(
+        "clip_grad_norm_",
+        lambda **kw: F.clip_grad_norm_(_grads(), **kw),
+        dict(max_norm=1.0),
+        dict(max_norm=REAL(-1.0, NAN), norm_type=REAL(0.0, NAN), error_if_nonfinite=BOOL, stream=STREAM),
+        ("grads",),
+        F.clip_grad_norm_,
+    ),
+    Entry(
+        "clip_grad_value_",
+        lambda **kw: F.clip_grad_value_(_grads(), **kw),
+        dict(clip_value=0.5),
+        dict(clip_value=REAL(-1.0, NAN), stream=STREAM),
+        ("grads",),
+        F.clip_grad_value_,
+    ),
 ]
 
 # ---------------------------------------------------------------------------------- optimizers
 RATE = REAL(-1.0, NAN, INF)
 OPTIMIZER_ARGS = {
-    optim.SGD: dict(lr=RATE, momentum=REAL(-0.5, NAN), dampening=REAL(NAN, INF), weight_decay=RATE,
-                    nesterov=BOOL, maximize=BOOL),
-    optim.Adagrad: dict(lr=RATE, lr_decay=REAL(-0.1, NAN), weight_decay=RATE, initial_accumulator_value=REAL(-1.0, NAN),
-                        eps=REAL(-1e-8, NAN, INF), maximize=BOOL),
-    optim.RMSprop: dict(lr=RATE, alpha=REAL(-0.1, 1.5, NAN), eps=REAL(-1e-8, NAN), weight_decay=RATE,
-                        momentum=REAL(-0.5, -1e-30, NAN, INF), centered=BOOL, maximize=BOOL),
-    optim.Adam: dict(lr=RATE, betas=A("betas", bad=[(0.9, 1.0), (-0.1, 0.9), (0.9,), (NAN, 0.9)]),
-                     eps=REAL(-1e-8, NAN), weight_decay=RATE, amsgrad=BOOL, maximize=BOOL),
+    optim.SGD: dict(
+        lr=RATE, momentum=REAL(-0.5, NAN), dampening=REAL(NAN, INF), weight_decay=RATE, nesterov=BOOL, maximize=BOOL
+    ),
+    optim.Adagrad: dict(
+        lr=RATE,
+        lr_decay=REAL(-0.1, NAN),
+        weight_decay=RATE,
+        initial_accumulator_value=REAL(-1.0, NAN),
+        eps=REAL(-1e-8, NAN, INF),
+        maximize=BOOL,
+    ),
+    optim.RMSprop: dict(
+        lr=RATE,
+        alpha=REAL(-0.1, 1.5, NAN),
+        eps=REAL(-1e-8, NAN),
+        weight_decay=RATE,
+        momentum=REAL(-0.5, -1e-30, NAN, INF),
+        centered=BOOL,
+        maximize=BOOL,
+    ),
+    optim.Adam: dict(
+        lr=RATE,
+        betas=A("betas", bad=[(0.9, 1.0), (-0.1, 0.9), (0.9,), (NAN, 0.9)]),
+        eps=REAL(-1e-8, NAN),
+        weight_decay=RATE,
+        amsgrad=BOOL,
+        maximize=BOOL,
+    ),
 }
 for _args in OPTIMIZER_ARGS.values():  # every optimizer's options for bf16/fp16 parameters
     _args.update(master_weights=BOOL, stochastic_rounding=BOOL, seed=INT(-1, 2**64))
@@ -248,14 +463,29 @@ OPTIMIZERS = []
 for cls, args in OPTIMIZER_ARGS.items():
     OPTIMIZERS += [
         Entry(cls.__name__, lambda cls=cls, **kw: cls(_params(), **kw), {}, args, ("params",), cls),
-        Entry(f"{cls.__name__} group edit checked at step", lambda cls=cls, **kw: _stepped(cls, kw),
-              cls(_params()).defaults, _in_group(args, 0)),
-        Entry(f"{cls.__name__} param group", lambda cls=cls, **kw: _grouped(cls, kw), cls(_params()).defaults,
-              _in_group(args, 1)),
+        Entry(
+            f"{cls.__name__} group edit checked at step",
+            lambda cls=cls, **kw: _stepped(cls, kw),
+            cls(_params()).defaults,
+            _in_group(args, 0),
+        ),
+        Entry(
+            f"{cls.__name__} param group",
+            lambda cls=cls, **kw: _grouped(cls, kw),
+            cls(_params()).defaults,
+            _in_group(args, 1),
+        ),
     ]
-OPTIMIZERS.append(Entry("Optimizer.step", lambda **kw: optim.AdamW(_params()).step(_grads(), **kw), {},
-                        dict(max_grad_norm=REAL(-1.0, NAN, none=True), skip_nonfinite=BOOL, stream=STREAM),
-                        ("self", "grads"), optim.Optimizer.step))
+OPTIMIZERS.append(
+    Entry(
+        "Optimizer.step",
+        lambda **kw: optim.AdamW(_params()).step(_grads(), **kw),
+        {},
+        dict(max_grad_norm=REAL(-1.0, NAN, none=True), skip_nonfinite=BOOL, stream=STREAM),
+        ("self", "grads"),
+        optim.Optimizer.step,
+    )
+)
 
 
 # ----------------------------------------------------------------------------------- schedules
@@ -265,8 +495,14 @@ class Opt:
 
 
 def sched(cls, valid, args, other=("optimizer",)):
-    return Entry(cls.__name__, lambda **kw: cls(Opt(), **kw), valid, {**args, "last_epoch": INT(-2)}
-                 if "last_epoch" in inspect.signature(cls).parameters else args, other, cls)
+    return Entry(
+        cls.__name__,
+        lambda **kw: cls(Opt(), **kw),
+        valid,
+        {**args, "last_epoch": INT(-2)} if "last_epoch" in inspect.signature(cls).parameters else args,
+        other,
+        cls,
+    )
 
 
 LR = REAL(-0.1, NAN, INF)
@@ -279,61 +515,159 @@ SCHEDULES = [
     sched(S.CosineAnnealingLR, dict(T_max=10), dict(T_max=STEPS, eta_min=LR)),
     sched(S.LinearLR, {}, dict(start_factor=REAL(0.0, 1.5, NAN), end_factor=REAL(-0.1, 1.5, NAN), total_iters=STEPS)),
     sched(S.CosineAnnealingWarmRestarts, dict(T_0=3), dict(T_0=STEPS, T_mult=STEPS, eta_min=LR)),
-    sched(S.CyclicLR, dict(base_lr=0.01, max_lr=0.1),
-          dict(base_lr=LRS, max_lr=LRS, step_size_up=STEPS, step_size_down=INT(0, none=True),
-               mode=A("choice", bad=["sawtooth"]), gamma=REAL(-0.5, NAN), scale_fn=A("callable", none=True),
-               scale_mode=A("choice", bad=["epochs"]))),
-    sched(S.InverseTimeLR, dict(decay_rate=0.5),
-          dict(decay_rate=REAL(-1.0, -0.5, NAN), decay_steps=REAL(0.0, -1.0, NAN))),
+    sched(
+        S.CyclicLR,
+        dict(base_lr=0.01, max_lr=0.1),
+        dict(
+            base_lr=LRS,
+            max_lr=LRS,
+            step_size_up=STEPS,
+            step_size_down=INT(0, none=True),
+            mode=A("choice", bad=["sawtooth"]),
+            gamma=REAL(-0.5, NAN),
+            scale_fn=A("callable", none=True),
+            scale_mode=A("choice", bad=["epochs"]),
+        ),
+    ),
+    sched(
+        S.InverseTimeLR, dict(decay_rate=0.5), dict(decay_rate=REAL(-1.0, -0.5, NAN), decay_steps=REAL(0.0, -1.0, NAN))
+    ),
     sched(S.InverseSqrtLR, dict(warmup_steps=4), dict(warmup_steps=STEPS)),
-    sched(S.LinearWarmup, dict(warmup_steps=3), dict(warmup_steps=INT(-1), start_factor=REAL(-0.1, 1.5, NAN)),
-          ("optimizer", "after")),
-    sched(S.ReduceLROnPlateau, {},
-          dict(mode=A("choice", bad=["up"]), factor=REAL(1.0, -0.1, NAN), patience=INT(-1),
-               threshold=REAL(-1e-4, NAN), threshold_mode=A("choice", bad=["pct"]), cooldown=INT(-1),
-               min_lr=LRS, eps=REAL(-1.0, NAN))),
-    Entry("ReduceLROnPlateau.step", lambda **kw: S.ReduceLROnPlateau(Opt()).step(**kw), dict(metric=1.0),
-          dict(metric=REAL()), ("self",), S.ReduceLROnPlateau.step),
+    sched(
+        S.LinearWarmup,
+        dict(warmup_steps=3),
+        dict(warmup_steps=INT(-1), start_factor=REAL(-0.1, 1.5, NAN)),
+        ("optimizer", "after"),
+    ),
+    sched(
+        S.ReduceLROnPlateau,
+        {},
+        dict(
+            mode=A("choice", bad=["up"]),
+            factor=REAL(1.0, -0.1, NAN),
+            patience=INT(-1),
+            threshold=REAL(-1e-4, NAN),
+            threshold_mode=A("choice", bad=["pct"]),
+            cooldown=INT(-1),
+            min_lr=LRS,
+            eps=REAL(-1.0, NAN),
+        ),
+    ),
+    Entry(
+        "ReduceLROnPlateau.step",
+        lambda **kw: S.ReduceLROnPlateau(Opt()).step(**kw),
+        dict(metric=1.0),
+        dict(metric=REAL()),
+        ("self",),
+        S.ReduceLROnPlateau.step,
+    ),
 ]
 
 # ---------------------------------------------------------------------------------------- nn
 INIT = A("callable", none=True)
 LAYERS = [
-    fn(nn.Conv2d, dict(in_channels=4, out_channels=6, kernel_size=3, groups=2),
-       dict(in_channels=INT(0), out_channels=INT(0, -6), kernel_size=A("pair", bad=[0]), stride=A("pair", bad=[0]),
-            padding=A("pair", bad=[-1]), dilation=A("pair", bad=[0]), groups=INT(0, 4), bias=BOOL,
-            weight_init=INIT, bias_init=INIT, allow_tf32=BOOL)),
-    fn(nn.Linear, dict(in_features=7, out_features=5),
-       dict(in_features=INT(0), out_features=INT(-1), bias=BOOL, weight_init=INIT, bias_init=INIT)),
-    *[fn(cls, dict(num_features=4),
-         dict(num_features=INT(0), eps=REAL(-1.0, NAN), momentum=REAL(1.5, -0.1, NAN, none=True), affine=BOOL,
-              track_running_stats=BOOL)) for cls in (nn.BatchNorm1d, nn.BatchNorm2d)],
-    fn(nn.LayerNorm, dict(normalized_shape=(5, 5)),
-       dict(normalized_shape=A("shape", bad=[(0,), (5, -5)]), eps=REAL(-1.0, NAN), elementwise_affine=BOOL, bias=BOOL)),
-    fn(nn.GroupNorm, dict(num_groups=2, num_channels=4),
-       dict(num_groups=INT(0, 3), num_channels=INT(0), eps=REAL(-1.0, NAN), affine=BOOL)),
+    fn(
+        nn.Conv2d,
+        dict(in_channels=4, out_channels=6, kernel_size=3, groups=2),
+        dict(
+            in_channels=INT(0),
+            out_channels=INT(0, -6),
+            kernel_size=A("pair", bad=[0]),
+            stride=A("pair", bad=[0]),
+            padding=A("pair", bad=[-1]),
+            dilation=A("pair", bad=[0]),
+            groups=INT(0, 4),
+            bias=BOOL,
+            weight_init=INIT,
+            bias_init=INIT,
+            allow_tf32=BOOL,
+        ),
+    ),
+    fn(
+        nn.Linear,
+        dict(in_features=7, out_features=5),
+        dict(in_features=INT(0), out_features=INT(-1), bias=BOOL, weight_init=INIT, bias_init=INIT),
+    ),
+    *[
+        fn(
+            cls,
+            dict(num_features=4),
+            dict(
+                num_features=INT(0),
+                eps=REAL(-1.0, NAN),
+                momentum=REAL(1.5, -0.1, NAN, none=True),
+                affine=BOOL,
+                track_running_stats=BOOL,
+            ),
+        )
+        for cls in (nn.BatchNorm1d, nn.BatchNorm2d)
+    ],
+    fn(
+        nn.LayerNorm,
+        dict(normalized_shape=(5, 5)),
+        dict(normalized_shape=A("shape", bad=[(0,), (5, -5)]), eps=REAL(-1.0, NAN), elementwise_affine=BOOL, bias=BOOL),
+    ),
+    fn(
+        nn.GroupNorm,
+        dict(num_groups=2, num_channels=4),
+        dict(num_groups=INT(0, 3), num_channels=INT(0), eps=REAL(-1.0, NAN), affine=BOOL),
+    ),
     fn(nn.LeakyReLU, {}, dict(negative_slope=REAL(NAN, INF))),
-    fn(nn.MaxPool2d, dict(kernel_size=2), dict(kernel_size=A("pair", bad=[0]), stride=A("pair", none=True, bad=[0]),
-                                               padding=A("pair", bad=[-1]))),
+    fn(
+        nn.MaxPool2d,
+        dict(kernel_size=2),
+        dict(kernel_size=A("pair", bad=[0]), stride=A("pair", none=True, bad=[0]), padding=A("pair", bad=[-1])),
+    ),
     fn(nn.Dropout, {}, dict(p=REAL(1.5, -0.1, NAN))),
     fn(nn.ELU, {}, dict(alpha=REAL(NAN, INF))),
-    fn(nn.AvgPool2d, dict(kernel_size=2), dict(kernel_size=A("pair", bad=[0]), stride=A("pair", none=True, bad=[0]),
-                                               padding=A("pair", bad=[-1]), count_include_pad=BOOL)),
+    fn(
+        nn.AvgPool2d,
+        dict(kernel_size=2),
+        dict(
+            kernel_size=A("pair", bad=[0]),
+            stride=A("pair", none=True, bad=[0]),
+            padding=A("pair", bad=[-1]),
+            count_include_pad=BOOL,
+        ),
+    ),
     fn(nn.Residual, dict(body=nn.ReLU()), dict(drop_path=REAL(1.5, -0.1, NAN)), ("body", "shortcut")),
-    fn(nn.models.resnet, {}, dict(depth=INT(7, 21, -4), num_classes=INT(0), in_channels=INT(0), width=INT(0),
-                                  drop_path=REAL(1.5, -0.1, NAN), zero_init_residual=BOOL)),
+    fn(
+        nn.models.resnet,
+        {},
+        dict(
+            depth=INT(7, 21, -4),
+            num_classes=INT(0),
+            in_channels=INT(0),
+            width=INT(0),
+            drop_path=REAL(1.5, -0.1, NAN),
+            zero_init_residual=BOOL,
+        ),
+    ),
     fn(nn.SoftmaxCrossEntropy, {}, dict(label_smoothing=REAL(1.5, NAN), topk=INT(0))),
-    fn(nn.Parameter, dict(shape=(2, 3), init=I.zeros()),
-       dict(shape=A("shape", bad=[(2, -3)]), init=A("callable"), decay=BOOL)),
-    Entry("Sequential.build", lambda **kw: nn.Sequential(nn.Linear(3, 2)).build(**kw), {},
-          dict(seed=INT(-1), input_grad=BOOL, precision=A("choice", bad=["fp16"])), ("self", "device"),
-          nn.Sequential.build),
-    fn(I.calculate_gain, dict(nonlinearity="leaky_relu"),
-       dict(nonlinearity=A("choice", bad=["swish"]), param=REAL(NAN, INF, none=True))),
+    fn(
+        nn.Parameter,
+        dict(shape=(2, 3), init=I.zeros()),
+        dict(shape=A("shape", bad=[(2, -3)]), init=A("callable"), decay=BOOL),
+    ),
+    Entry(
+        "Sequential.build",
+        lambda **kw: nn.Sequential(nn.Linear(3, 2)).build(**kw),
+        {},
+        dict(seed=INT(-1), input_grad=BOOL, precision=A("choice", bad=["fp16"])),
+        ("self", "device"),
+        nn.Sequential.build,
+    ),
+    fn(
+        I.calculate_gain,
+        dict(nonlinearity="leaky_relu"),
+        dict(nonlinearity=A("choice", bad=["swish"]), param=REAL(NAN, INF, none=True)),
+    ),
     fn(I.fans, dict(shape=(4, 3, 3, 3)), dict(shape=A("shape", bad=[(4,), (4, -3)]))),
     *[fn(f, {}, dict(gain=REAL(NAN, INF))) for f in (I.xavier_normal, I.xavier_uniform)],
-    *[fn(f, {}, dict(a=REAL(NAN, INF), mode=A("choice", bad=["fan"]), nonlinearity=A("choice", bad=["swish"])))
-      for f in (I.kaiming_normal, I.kaiming_uniform)],
+    *[
+        fn(f, {}, dict(a=REAL(NAN, INF), mode=A("choice", bad=["fan"]), nonlinearity=A("choice", bad=["swish"])))
+        for f in (I.kaiming_normal, I.kaiming_uniform)
+    ],
     fn(I.fan_in_uniform, dict(fan_in=9), dict(fan_in=INT(-1))),
     fn(I.constant, dict(value=0.5), dict(value=REAL(NAN, INF))),
 ]
@@ -350,7 +684,7 @@ def _refused(entry, name, value, exc):
         entry(**{name: value})
     except exc as e:
         msg = str(e)
-        return None if msg.startswith(named) and msg[len(named):len(named) + 1] in ":[" else f"message {msg!r}"
+        return None if msg.startswith(named) and msg[len(named) : len(named) + 1] in ":[" else f"message {msg!r}"
     except Exception as e:  # noqa: BLE001 - reported below
         return f"{type(e).__name__}: {e}"
     return "accepted"

@@ -1,16 +1,16 @@
 """Argument checking (every bad input is a clear Python exception naming the argument), the
 device layer, and build facts."""
+
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import torch_with_cuda
 
 import fastopt
 from fastopt import optim
-from conftest import torch_with_cuda
-
 
 
 def _adam(n=8):
@@ -18,15 +18,18 @@ def _adam(n=8):
     return p, optim.Adam([p])
 
 
-@pytest.mark.parametrize("make,exc,match", [
-    (lambda p: [p.astype(np.float64)], TypeError, r"grads\[0\]: expected a float32 array, got float64"),
-    (lambda p: [np.zeros(16, np.float32)[::2]], ValueError, r"grads\[0\]: array must be C-contiguous"),
-    (lambda p: [np.zeros(9, np.float32)], ValueError, r"grads\[0\]: shape \(9,\) does not match params\[0\]"),
-    (lambda p: [p], ValueError, r"share memory"),
-    (lambda p: [], ValueError, r"grads: got 0 gradients for 1 parameters"),
-    (lambda p: [[1.0] * 8], TypeError, r"grads\[0\]: expected a numpy.ndarray"),
-    (lambda p: ["x"], TypeError, r"grads\[0\]"),
-])
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda p: [p.astype(np.float64)], TypeError, r"grads\[0\]: expected a float32 array, got float64"),
+        (lambda p: [np.zeros(16, np.float32)[::2]], ValueError, r"grads\[0\]: array must be C-contiguous"),
+        (lambda p: [np.zeros(9, np.float32)], ValueError, r"grads\[0\]: shape \(9,\) does not match params\[0\]"),
+        (lambda p: [p], ValueError, r"share memory"),
+        (lambda p: [], ValueError, r"grads: got 0 gradients for 1 parameters"),
+        (lambda p: [[1.0] * 8], TypeError, r"grads\[0\]: expected a numpy.ndarray"),
+        (lambda p: ["x"], TypeError, r"grads\[0\]"),
+    ],
+)
 def test_bad_gradients(make, exc, match):
     p, opt = _adam()
     before = p.copy()
@@ -66,22 +69,25 @@ def test_gradient_aliasing_state():
         opt.step([opt.state[0]["momentum_buffer"]])
 
 
-@pytest.mark.parametrize("cls,kwargs,match", [
-    (optim.SGD, dict(lr=-1.0), "lr"),
-    (optim.SGD, dict(momentum=-0.1), "momentum"),
-    (optim.SGD, dict(nesterov=True), "nesterov"),
-    (optim.SGD, dict(nesterov=True, momentum=0.9, dampening=0.1), "nesterov"),
-    (optim.SGD, dict(lr=float("nan")), "lr"),
-    (optim.Adam, dict(betas=(1.0, 0.999)), r"betas\[0\]"),
-    (optim.Adam, dict(betas=(0.9, -0.1)), r"betas\[1\]"),
-    (optim.Adam, dict(betas=(0.9,)), "betas"),
-    (optim.AdamW, dict(eps=-1e-8), "eps"),
-    (optim.AdamW, dict(weight_decay=-1), "weight_decay"),
-    (optim.Adagrad, dict(lr_decay=-1), "lr_decay"),
-    (optim.Adagrad, dict(initial_accumulator_value=-1), "initial_accumulator_value"),
-    (optim.RMSprop, dict(alpha=-0.5), "alpha"),
-    (optim.SGD, dict(foo=1), "unexpected keyword"),
-])
+@pytest.mark.parametrize(
+    "cls,kwargs,match",
+    [
+        (optim.SGD, dict(lr=-1.0), "lr"),
+        (optim.SGD, dict(momentum=-0.1), "momentum"),
+        (optim.SGD, dict(nesterov=True), "nesterov"),
+        (optim.SGD, dict(nesterov=True, momentum=0.9, dampening=0.1), "nesterov"),
+        (optim.SGD, dict(lr=float("nan")), "lr"),
+        (optim.Adam, dict(betas=(1.0, 0.999)), r"betas\[0\]"),
+        (optim.Adam, dict(betas=(0.9, -0.1)), r"betas\[1\]"),
+        (optim.Adam, dict(betas=(0.9,)), "betas"),
+        (optim.AdamW, dict(eps=-1e-8), "eps"),
+        (optim.AdamW, dict(weight_decay=-1), "weight_decay"),
+        (optim.Adagrad, dict(lr_decay=-1), "lr_decay"),
+        (optim.Adagrad, dict(initial_accumulator_value=-1), "initial_accumulator_value"),
+        (optim.RMSprop, dict(alpha=-0.5), "alpha"),
+        (optim.SGD, dict(foo=1), "unexpected keyword"),
+    ],
+)
 def test_bad_hyperparameters(cls, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         cls([np.zeros(3, np.float32)], **kwargs)
@@ -122,6 +128,7 @@ def test_load_state_dict_mismatch():
 def test_native_layer_rejects_inconsistent_calls():
     # The Python layer never sends these, but nothing reachable from Python may crash.
     from fastopt import _C
+
     p = np.zeros(4, np.float32)
     g = np.zeros(4, np.float32)
     h = _C.Hyper()
@@ -138,6 +145,7 @@ def test_native_layer_rejects_inconsistent_calls():
 
 
 # ------------------------------------------------------------------------------ devices
+
 
 def test_cuda_availability_is_consistent():
     info = fastopt.build_info()
@@ -157,8 +165,16 @@ def test_device_arrays_need_a_gpu():
 def test_build_info():
     info = fastopt.build_info()
     assert info["version"] == fastopt.__version__
-    for key in ("cuda", "cuda_version", "cuda_architectures", "openmp", "simd", "simd_compiled", "compiler",
-                "cpu_threads"):
+    for key in (
+        "cuda",
+        "cuda_version",
+        "cuda_architectures",
+        "openmp",
+        "simd",
+        "simd_compiled",
+        "compiler",
+        "cpu_threads",
+    ):
         assert key in info
     assert info["simd"] in info["simd_compiled"].split(",")
     if info["cuda"]:
@@ -234,8 +250,17 @@ def test_device_array_views_share_memory(rng):
 
 
 FILLS = [  # (value, dtype): the GPU branch of full() zero-fills, then copies any other value in
-    (0.0, np.float32), (1.0, np.float32), (-0.0, np.float32), (np.nan, np.float32), (-np.inf, np.float32),
-    (0.1, np.float64), (-7, np.int64), (3, np.int32), (0, np.int32), (255, np.uint8)]
+    (0.0, np.float32),
+    (1.0, np.float32),
+    (-0.0, np.float32),
+    (np.nan, np.float32),
+    (-np.inf, np.float32),
+    (0.1, np.float64),
+    (-7, np.int64),
+    (3, np.int32),
+    (0, np.int32),
+    (255, np.uint8),
+]
 
 
 @pytest.mark.gpu
@@ -336,6 +361,7 @@ def test_pinned_host_buffers_and_non_blocking_copies(rng):
     memory it can copy from directly); to_device(..., non_blocking=True) from one queues the copy
     and returns, from ordinary memory it copies synchronously, and both give the same array."""
     from ml_dtypes import bfloat16
+
     for shape, dtype in (((3, 5, 7), np.float32), ((0,), np.float32), ((4, 9), np.int64), ((6,), bfloat16)):
         buf = fastopt.cuda.pinned_empty(shape, dtype)
         assert buf.shape == shape and buf.dtype == dtype and buf.flags.c_contiguous and buf.flags.writeable

@@ -6,6 +6,7 @@ them and the product and sum each rounded to float32: the output equals that flo
 for bit and is within 2^-23 (|c v| + |b|) of the float64 reference. Mixup likewise equals
 float32(lam x) + float32((1 - lam) x') bitwise; soft targets are exact.
 """
+
 import math
 import os
 import subprocess
@@ -13,17 +14,22 @@ import sys
 
 import numpy as np
 import pytest
-
-import fastopt
-from fastopt import _C
-from fastopt import functional as F
-from fastopt.reference import augment as R
-
 from conftest import fetch, put
 
+import fastopt
+from fastopt import _C, functional as F
+from fastopt.reference import augment as R
+
 SHAPES = [(1, 1, 1, 1), (3, 3, 8, 9), (5, 2, 32, 32), (2, 1, 1, 7), (4, 3, 5, 1), (0, 3, 4, 4), (2, 0, 4, 4)]
-GEOMETRY = [dict(), dict(max_shift=3), dict(flip=True), dict(max_shift=2, flip=True, cutout=5),
-            dict(max_shift=40, cutout=1), dict(cutout=100), dict(max_shift=2, cutout=3, fill=-0.75)]
+GEOMETRY = [
+    dict(),
+    dict(max_shift=3),
+    dict(flip=True),
+    dict(max_shift=2, flip=True, cutout=5),
+    dict(max_shift=40, cutout=1),
+    dict(cutout=100),
+    dict(max_shift=2, cutout=3, fill=-0.75),
+]
 SEEDS = [(0, 0), (123, 7), (2**64 - 1, 2**40 + 5)]
 
 
@@ -60,8 +66,10 @@ def test_no_options_is_a_copy(backend, rng):
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (6, 3, 8, 9), (3, 2, 32, 31)])
-@pytest.mark.parametrize("kw", [dict(brightness=0.3), dict(contrast=0.4), dict(max_shift=2, flip=True, cutout=4,
-                                                                             brightness=0.5, contrast=1.0)])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(brightness=0.3), dict(contrast=0.4), dict(max_shift=2, flip=True, cutout=4, brightness=0.5, contrast=1.0)],
+)
 def test_jitter_matches_float32_formula_and_reference(backend, rng, shape, kw):
     seed, step = int(rng.integers(0, 2**63)), int(rng.integers(0, 2**40))
     x = (rng.standard_normal(shape) * 2).astype(np.float32)
@@ -126,16 +134,22 @@ def test_draw_statistics(backend):
 
     zeros = (_augment(np.ones((n, 1, 8, 8), np.float32), backend, 77, 4, cutout=4) == 0).sum(axis=(1, 2, 3))
     assert zeros.max() == 16 and zeros.min() == 4  # whole square inside, or clipped at a corner
-    assert np.all((_augment(np.ones((n, 1, 8, 8), np.float32), backend, 77, 4, cutout=3) == 0).sum(axis=(1, 2, 3))
-                  >= 4)
+    assert np.all((_augment(np.ones((n, 1, 8, 8), np.float32), backend, 77, 4, cutout=3) == 0).sum(axis=(1, 2, 3)) >= 4)
 
 
 def test_independent_of_thread_count():
-    code = ("import sys, numpy as np; from fastopt import functional as F; "
-            "x = np.arange(40 * 3 * 20 * 20, dtype=np.float32).reshape(40, 3, 20, 20); "
-            "sys.stdout.write(F.augment_batch(x, 9, 8, 3, True, 5, 0.2, 0.3).tobytes().hex())")
-    one = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                         capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys, numpy as np; from fastopt import functional as F; "
+        "x = np.arange(40 * 3 * 20 * 20, dtype=np.float32).reshape(40, 3, 20, 20); "
+        "sys.stdout.write(F.augment_batch(x, 9, 8, 3, True, 5, 0.2, 0.3).tobytes().hex())"
+    )
+    one = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     x = np.arange(40 * 3 * 20 * 20, dtype=np.float32).reshape(40, 3, 20, 20)
     assert one == F.augment_batch(x, 9, 8, 3, True, 5, 0.2, 0.3).tobytes().hex()
 
@@ -144,11 +158,13 @@ def test_independent_of_thread_count():
 def test_gpu_equals_cpu_bit_for_bit(rng):
     x = rng.standard_normal((33, 3, 24, 40)).astype(np.float32)
     kw = dict(max_shift=5, flip=True, cutout=7, brightness=0.4, contrast=0.3)
-    np.testing.assert_array_equal(fetch(F.augment_batch(fastopt.to_device(x), 2**50 + 1, 17, **kw)),
-                                  F.augment_batch(x, 2**50 + 1, 17, **kw))
+    np.testing.assert_array_equal(
+        fetch(F.augment_batch(fastopt.to_device(x), 2**50 + 1, 17, **kw)), F.augment_batch(x, 2**50 + 1, 17, **kw)
+    )
 
 
 # ----------------------------------------------------------------------------------- mixup
+
 
 @pytest.mark.parametrize("shape", [(1,), (1, 3), (2, 5), (7, 3, 4, 5), (64, 10), (0, 3)])
 @pytest.mark.parametrize("lam", [0.0, 0.3, 0.5, 1.0])
@@ -188,8 +204,9 @@ def test_cpu_mixup_rejects_out_of_range_labels():
 
 @pytest.mark.gpu
 def test_gpu_mixup_out_of_range_label_gives_nan_rows():
-    _, soft = F.mixup(fastopt.to_device(np.zeros((4, 2), np.float32)), fastopt.to_device(np.array([0, 1, 3, 2])),
-                      0.5, 3)
+    _, soft = F.mixup(
+        fastopt.to_device(np.zeros((4, 2), np.float32)), fastopt.to_device(np.array([0, 1, 3, 2])), 0.5, 3
+    )
     soft = fetch(soft)
     assert np.isnan(soft[[1, 2]]).all()
     # Rows 0 and 3 (labels 0 and 2) are each other's partners: half of each class.
@@ -200,42 +217,45 @@ X = np.zeros((2, 3, 4, 4), np.float32)
 L = np.array([0, 1])
 
 
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda: F.augment_batch(X.astype(np.float64), 1, 0), TypeError, r"^x: expected a float32 array"),
-    (lambda: F.augment_batch(X[..., ::2], 1, 0), ValueError, r"^x: array must be C-contiguous"),
-    (lambda: F.augment_batch(X[0], 1, 0), ValueError, r"^x: expected shape \(N, C, H, W\)"),
-    (lambda: F.augment_batch(X.tolist(), 1, 0), TypeError, r"^x: "),
-    (lambda: F.augment_batch(X, -1, 0), ValueError, r"^seed: must be an integer in \[0, 2\^64\)"),
-    (lambda: F.augment_batch(X, 2**64, 0), ValueError, r"^seed: "),
-    (lambda: F.augment_batch(X, 1.0, 0), TypeError, r"^seed: expected an integer, got float"),
-    (lambda: F.augment_batch(X, True, 0), TypeError, r"^seed: expected an integer, got bool"),
-    (lambda: F.augment_batch(X, 1, -2), ValueError, r"^step: "),
-    (lambda: F.augment_batch(X, 1, "3"), TypeError, r"^step: "),
-    (lambda: F.augment_batch(X, 1, 0, max_shift=-1), ValueError, r"^max_shift: must be an integer in \[0, 2\^30\]"),
-    (lambda: F.augment_batch(X, 1, 0, max_shift=1.5), TypeError, r"^max_shift: expected an integer"),
-    (lambda: F.augment_batch(X, 1, 0, cutout=-3), ValueError, r"^cutout: "),
-    (lambda: F.augment_batch(X, 1, 0, cutout=2**31), ValueError, r"^cutout: "),
-    (lambda: F.augment_batch(X, 1, 0, brightness=-0.1), ValueError, r"^brightness: must be a finite"),
-    (lambda: F.augment_batch(X, 1, 0, brightness=float("nan")), ValueError, r"^brightness: "),
-    (lambda: F.augment_batch(X, 1, 0, brightness=float("inf")), ValueError, r"^brightness: "),
-    (lambda: F.augment_batch(X, 1, 0, brightness="a"), TypeError, r"^brightness: expected a real number"),
-    (lambda: F.augment_batch(X, 1, 0, contrast=1.01), ValueError, r"^contrast: must lie in \[0, 1\]"),
-    (lambda: F.augment_batch(X, 1, 0, contrast=-0.5), ValueError, r"^contrast: "),
-    (lambda: F.augment_batch(X, 1, 0, fill=float("nan")), ValueError, r"^fill: must be a finite"),
-    (lambda: F.augment_batch(X, 1, 0, fill=1e39), ValueError, r"^fill: "),
-    (lambda: F.augment_batch(X, 1, 0, fill="a"), TypeError, r"^fill: expected a real number"),
-    (lambda: F.mixup(X.astype(np.float64), L, 0.5, 2), TypeError, r"^x: expected a float32 array"),
-    (lambda: F.mixup(np.ones((), np.float32), L, 0.5, 2), ValueError, r"^x: expected shape \(N, "),
-    (lambda: F.mixup(X, L.astype(np.float32), 0.5, 2), TypeError, r"^labels: expected an int32 or int64 array"),
-    (lambda: F.mixup(X, np.array([0, 1, 1]), 0.5, 2), ValueError, r"^labels: expected shape \(2,\)"),
-    (lambda: F.mixup(X, np.array([[0, 1]]), 0.5, 2), ValueError, r"^labels: expected shape"),
-    (lambda: F.mixup(X, L, 1.5, 2), ValueError, r"^lam: must lie in \[0, 1\]"),
-    (lambda: F.mixup(X, L, -0.1, 2), ValueError, r"^lam: "),
-    (lambda: F.mixup(X, L, float("nan"), 2), ValueError, r"^lam: "),
-    (lambda: F.mixup(X, L, None, 2), TypeError, r"^lam: expected a real number"),
-    (lambda: F.mixup(X, L, 0.5, 0), ValueError, r"^num_classes: must be >= 1"),
-    (lambda: F.mixup(X, L, 0.5, 2.0), TypeError, r"^num_classes: expected an integer"),
-])
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: F.augment_batch(X.astype(np.float64), 1, 0), TypeError, r"^x: expected a float32 array"),
+        (lambda: F.augment_batch(X[..., ::2], 1, 0), ValueError, r"^x: array must be C-contiguous"),
+        (lambda: F.augment_batch(X[0], 1, 0), ValueError, r"^x: expected shape \(N, C, H, W\)"),
+        (lambda: F.augment_batch(X.tolist(), 1, 0), TypeError, r"^x: "),
+        (lambda: F.augment_batch(X, -1, 0), ValueError, r"^seed: must be an integer in \[0, 2\^64\)"),
+        (lambda: F.augment_batch(X, 2**64, 0), ValueError, r"^seed: "),
+        (lambda: F.augment_batch(X, 1.0, 0), TypeError, r"^seed: expected an integer, got float"),
+        (lambda: F.augment_batch(X, True, 0), TypeError, r"^seed: expected an integer, got bool"),
+        (lambda: F.augment_batch(X, 1, -2), ValueError, r"^step: "),
+        (lambda: F.augment_batch(X, 1, "3"), TypeError, r"^step: "),
+        (lambda: F.augment_batch(X, 1, 0, max_shift=-1), ValueError, r"^max_shift: must be an integer in \[0, 2\^30\]"),
+        (lambda: F.augment_batch(X, 1, 0, max_shift=1.5), TypeError, r"^max_shift: expected an integer"),
+        (lambda: F.augment_batch(X, 1, 0, cutout=-3), ValueError, r"^cutout: "),
+        (lambda: F.augment_batch(X, 1, 0, cutout=2**31), ValueError, r"^cutout: "),
+        (lambda: F.augment_batch(X, 1, 0, brightness=-0.1), ValueError, r"^brightness: must be a finite"),
+        (lambda: F.augment_batch(X, 1, 0, brightness=float("nan")), ValueError, r"^brightness: "),
+        (lambda: F.augment_batch(X, 1, 0, brightness=float("inf")), ValueError, r"^brightness: "),
+        (lambda: F.augment_batch(X, 1, 0, brightness="a"), TypeError, r"^brightness: expected a real number"),
+        (lambda: F.augment_batch(X, 1, 0, contrast=1.01), ValueError, r"^contrast: must lie in \[0, 1\]"),
+        (lambda: F.augment_batch(X, 1, 0, contrast=-0.5), ValueError, r"^contrast: "),
+        (lambda: F.augment_batch(X, 1, 0, fill=float("nan")), ValueError, r"^fill: must be a finite"),
+        (lambda: F.augment_batch(X, 1, 0, fill=1e39), ValueError, r"^fill: "),
+        (lambda: F.augment_batch(X, 1, 0, fill="a"), TypeError, r"^fill: expected a real number"),
+        (lambda: F.mixup(X.astype(np.float64), L, 0.5, 2), TypeError, r"^x: expected a float32 array"),
+        (lambda: F.mixup(np.ones((), np.float32), L, 0.5, 2), ValueError, r"^x: expected shape \(N, "),
+        (lambda: F.mixup(X, L.astype(np.float32), 0.5, 2), TypeError, r"^labels: expected an int32 or int64 array"),
+        (lambda: F.mixup(X, np.array([0, 1, 1]), 0.5, 2), ValueError, r"^labels: expected shape \(2,\)"),
+        (lambda: F.mixup(X, np.array([[0, 1]]), 0.5, 2), ValueError, r"^labels: expected shape"),
+        (lambda: F.mixup(X, L, 1.5, 2), ValueError, r"^lam: must lie in \[0, 1\]"),
+        (lambda: F.mixup(X, L, -0.1, 2), ValueError, r"^lam: "),
+        (lambda: F.mixup(X, L, float("nan"), 2), ValueError, r"^lam: "),
+        (lambda: F.mixup(X, L, None, 2), TypeError, r"^lam: expected a real number"),
+        (lambda: F.mixup(X, L, 0.5, 0), ValueError, r"^num_classes: must be >= 1"),
+        (lambda: F.mixup(X, L, 0.5, 2.0), TypeError, r"^num_classes: expected an integer"),
+    ],
+)
 def test_bad_arguments(call, exc, match):
     with pytest.raises(exc, match=match):
         call()

@@ -18,18 +18,18 @@ Tolerances (u = 2^-24, float32's unit roundoff; M = max |x| (and |fill|); S = ma
 - Cutmix, alternating flip and the views move pixels: bit for bit. Cutmix's soft targets hold
   lam' rounded once to float32. tta_mean: a double sum rounded once: u |mean| + 2^-50 mean |y|.
 """
+
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bf16_checks import ISAS, assert_isa_copy_agrees
+from conftest import assert_bits_independent_of_threads, fetch, put
 
 import fastopt
 from fastopt import functional as F
 from fastopt.reference import augment as R
-
-from bf16_checks import ISAS, assert_isa_copy_agrees
-from conftest import assert_bits_independent_of_threads, fetch, put
 
 U = 2.0**-24
 SHAPES = [(1, 1, 1, 1), (3, 3, 8, 9), (2, 1, 1, 7), (4, 3, 5, 1), (5, 2, 32, 32), (0, 3, 4, 4), (2, 0, 4, 4)]
@@ -64,8 +64,13 @@ def test_counter_layouts():
     # the flip's at (15, index lo, index hi, 1).
     seed, step, n = 0x0123456789ABCDEF, 2**33 + 5, 77
     key = [seed & 0xFFFFFFFF, seed >> 32]
-    streams = [*range(R.STREAM_CROP, R.STREAM_CROP + R.CROP_TRIES), R.STREAM_ROTATE, R.STREAM_PCA, R.STREAM_CUTMIX,
-               R.STREAM_FLIP]
+    streams = [
+        *range(R.STREAM_CROP, R.STREAM_CROP + R.CROP_TRIES),
+        R.STREAM_ROTATE,
+        R.STREAM_PCA,
+        R.STREAM_CUTMIX,
+        R.STREAM_FLIP,
+    ]
     assert len(set(streams) | {0, 1}) == len(streams) + 2  # disjoint, and from augment_batch's blocks 0 and 1
     for stream in streams[:-1]:
         want = fastopt._C.philox4x32_10([stream, n, step & 0xFFFFFFFF, step >> 32], key)
@@ -98,9 +103,10 @@ def test_crop_is_torch_interpolate_of_the_box(rng):
     y = F.random_resized_crop(x, 5, 8, (24, 20))
     for n in range(x.shape[0]):
         top, left, h, w = R.crop_box(5, 8, n, 29, 37)
-        box = torch.from_numpy(x[n:n + 1, :, top:top + h, left:left + w].copy())
-        want = torch.nn.functional.interpolate(box, size=(24, 20), mode="bilinear", align_corners=False,
-                                               antialias=False)[0].numpy()
+        box = torch.from_numpy(x[n : n + 1, :, top : top + h, left : left + w].copy())
+        want = torch.nn.functional.interpolate(
+            box, size=(24, 20), mode="bilinear", align_corners=False, antialias=False
+        )[0].numpy()
         np.testing.assert_allclose(y[n], want, rtol=0, atol=_bilinear_bound(x))
 
 
@@ -183,7 +189,7 @@ def test_rotation_reference_is_grid_sample_with_fill(rng):
         sx = cx + math.cos(a) * (ox - cx) - math.sin(a) * (oy - cy)
         sy = cy + math.sin(a) * (ox - cx) + math.cos(a) * (oy - cy)
         grid = torch.from_numpy(np.stack([(2 * sx + 1) / 13 - 1, (2 * sy + 1) / 9 - 1], -1)[None])
-        img = torch.from_numpy(x[n:n + 1])
+        img = torch.from_numpy(x[n : n + 1])
         sample = torch.nn.functional.grid_sample(img, grid, "bilinear", "zeros", align_corners=False)
         mask = torch.nn.functional.grid_sample(torch.ones_like(img), grid, "bilinear", "zeros", align_corners=False)
         np.testing.assert_allclose(want[n], (sample + (1 - mask) * fill)[0].numpy(), atol=1e-12)  # torchvision's fill
@@ -196,7 +202,9 @@ def test_rotation_angles_are_uniform():
 
 
 # ------------------------------------------------------------------------------ PCA jitter
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 3, 8, 9), (2, 2, 1, 7), (4, 4, 5, 1), (0, 3, 4, 4), (6, 3, 32, 32)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1, 1), (3, 3, 8, 9), (2, 2, 1, 7), (4, 4, 5, 1), (0, 3, 4, 4), (6, 3, 32, 32)]
+)
 @pytest.mark.parametrize("sigma", [0.0, 0.1, 1.0])
 def test_pca_matches_reference(backend, rng, shape, sigma):
     seed, step = _seeds(rng)
@@ -278,8 +286,9 @@ def test_cutmix_rejects_out_of_range_labels():
 
 @pytest.mark.gpu
 def test_gpu_cutmix_out_of_range_label_gives_nan_rows():
-    _, soft = F.cutmix(fastopt.to_device(np.zeros((4, 1, 3, 3), np.float32)), fastopt.to_device(np.array([0, 1, 3, 2])),
-                       0.5, 3, 1, 2)
+    _, soft = F.cutmix(
+        fastopt.to_device(np.zeros((4, 1, 3, 3), np.float32)), fastopt.to_device(np.array([0, 1, 3, 2])), 0.5, 3, 1, 2
+    )
     assert np.isnan(fetch(soft)[[1, 2]]).all() and not np.isnan(fetch(soft)[[0, 3]]).any()
 
 
@@ -305,7 +314,9 @@ def test_alternating_flip_alternates_per_sample(backend):
         assert (flipped | (y == x).all(axis=(1, 2, 3))).all()
         mirrored.append(flipped)
     assert abs(mirrored[0].mean() - 0.5) < 6 * math.sqrt(0.25 / n)
-    assert (mirrored[0] != mirrored[1]).all() and (mirrored[0] == mirrored[2]).all() and (mirrored[1] == mirrored[3]).all()
+    assert (
+        (mirrored[0] != mirrored[1]).all() and (mirrored[0] == mirrored[2]).all() and (mirrored[1] == mirrored[3]).all()
+    )
     # The decision belongs to the data-set index, not the batch position.
     order = np.random.default_rng(0).permutation(n)
     y = fetch(F.alternating_flip(put(x, backend), put(indices[order], backend), 8, 0))
@@ -332,8 +343,13 @@ def test_views_match_reference(backend, rng, shape, mode, size, pad):
 def test_views_are_torchvisions_crops():
     x = np.arange(2 * 1 * 6 * 7, dtype=np.float32).reshape(2, 1, 6, 7)
     y = F.tta_views(x, "ten_crop", size=(3, 4))
-    tl, tr, bl, br, center = (x[..., :3, :4], x[..., :3, 3:], x[..., 3:, :4], x[..., 3:, 3:],
-                              x[..., 2:5, 2:6])  # round(1.5) = 2, round(1.5) = 2
+    tl, tr, bl, br, center = (
+        x[..., :3, :4],
+        x[..., :3, 3:],
+        x[..., 3:, :4],
+        x[..., 3:, 3:],
+        x[..., 2:5, 2:6],
+    )  # round(1.5) = 2, round(1.5) = 2
     m = x[..., ::-1]
     # the mirrored image's center crop starts at column 2 too, so it is not the center crop mirrored
     want = [tl, tr, bl, br, center, m[..., :3, :4], m[..., :3, 3:], m[..., 3:, :4], m[..., 3:, 3:], m[..., 2:5, 2:6]]
@@ -358,11 +374,15 @@ def _all_ops(backend, seed=5, step=9):
     x = put(rng.standard_normal((9, 3, 21, 26)).astype(np.float32), backend)
     labels = put(rng.integers(0, 10, 9), backend)
     vals, vecs = np.linalg.eigh(np.cov(rng.standard_normal((3, 40))))
-    return [F.random_resized_crop(x, seed, step, (17, 19)), F.random_rotation(x, seed, step, 35, fill=0.25),
-            F.pca_jitter(x, seed, step, vals, vecs, 0.3), *F.cutmix(x, labels, 0.6, 10, seed, step),
-            F.alternating_flip(x, put(np.arange(100, 109), backend), seed, step),
-            F.tta_views(x, "ten_crop", size=18, pad=2),
-            F.tta_mean(F.tta_views(x, "five_crop", pad=1), 5)]
+    return [
+        F.random_resized_crop(x, seed, step, (17, 19)),
+        F.random_rotation(x, seed, step, 35, fill=0.25),
+        F.pca_jitter(x, seed, step, vals, vecs, 0.3),
+        *F.cutmix(x, labels, 0.6, 10, seed, step),
+        F.alternating_flip(x, put(np.arange(100, 109), backend), seed, step),
+        F.tta_views(x, "ten_crop", size=18, pad=2),
+        F.tta_mean(F.tta_views(x, "five_crop", pad=1), 5),
+    ]
 
 
 def test_same_draws_reproduce_and_other_seeds_and_steps_differ(backend):
@@ -377,9 +397,12 @@ def test_same_draws_reproduce_and_other_seeds_and_steps_differ(backend):
 
 def test_independent_of_thread_count(tmp_path):
     here = str(Path(__file__).resolve().parent)
-    assert_bits_independent_of_threads(tmp_path, f"sys.path.insert(0, {here!r})\n"
-                                                 "from test_augment_planes import _all_ops\n"
-                                                 "out = [np.asarray(v) for v in _all_ops('cpu')]\n")
+    assert_bits_independent_of_threads(
+        tmp_path,
+        f"sys.path.insert(0, {here!r})\n"
+        "from test_augment_planes import _all_ops\n"
+        "out = [np.asarray(v) for v in _all_ops('cpu')]\n",
+    )
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -398,49 +421,59 @@ X = np.zeros((2, 3, 4, 4), np.float32)
 L = np.array([0, 1])
 
 
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda: F.random_resized_crop(X.astype(np.float64), 1, 0, 4), TypeError, r"^x: expected a float32 array"),
-    (lambda: F.random_resized_crop(X[0], 1, 0, 4), ValueError, r"^x: expected shape \(N, C, H, W\)"),
-    (lambda: F.random_resized_crop(X, -1, 0, 4), ValueError, r"^seed: "),
-    (lambda: F.random_resized_crop(X, 1, 0, 0), ValueError, r"^size: must be an integer in \[1, 2\^24\]"),
-    (lambda: F.random_resized_crop(X, 1, 0, 4.0), TypeError, r"^size: expected an integer"),
-    (lambda: F.random_resized_crop(X, 1, 0, 4, scale=(0.0, 1.0)), ValueError, r"^scale: expected finite bounds"),
-    (lambda: F.random_resized_crop(X, 1, 0, 4, scale=(0.9, 0.5)), ValueError, r"^scale: "),
-    (lambda: F.random_resized_crop(X, 1, 0, 4, scale=0.5), TypeError, r"^scale: expected a pair"),
-    (lambda: F.random_resized_crop(X, 1, 0, 4, ratio=(1.0, float("inf"))), ValueError, r"^ratio: "),
-    (lambda: F.random_resized_crop(X, 1, 0, 4, ratio=(True, 2.0)), TypeError, r"^ratio\[0\]: expected a real"),
-    (lambda: F.random_resized_crop(np.zeros((1, 1, 0, 3), np.float32), 1, 0, 4), ValueError, r"^x: cannot crop"),
-    (lambda: F.random_rotation(X, 1, 0, -5), ValueError, r"^degrees: must be"),
-    (lambda: F.random_rotation(X, 1, 0, (10, 5)), ValueError, r"^degrees: expected -360 <= low <= high <= 360"),
-    (lambda: F.random_rotation(X, 1, 0, 400), ValueError, r"^degrees: "),
-    (lambda: F.random_rotation(X, 1, 0, "5"), TypeError, r"^degrees: expected a real"),
-    (lambda: F.random_rotation(X, 1, 0, 5, fill=float("nan")), ValueError, r"^fill: must be a finite"),
-    (lambda: F.pca_jitter(X, 1, 0, np.ones(2), np.eye(2)), ValueError, r"^eigvals: expected 3 values"),
-    (lambda: F.pca_jitter(X, 1, 0, np.ones(3), np.eye(2)), ValueError, r"^eigvecs: expected a \(3, 3\) matrix"),
-    (lambda: F.pca_jitter(X, 1, 0, np.ones(3), np.ones(9)), ValueError, r"^eigvecs: expected a square matrix"),
-    (lambda: F.pca_jitter(X, 1, 0, [1, -1, 1], np.eye(3)), ValueError, r"^eigvals: must be finite and >= 0"),
-    (lambda: F.pca_jitter(X, 1, 0, ["a", 1, 1], np.eye(3)), TypeError, r"^eigvals: expected real numbers"),
-    (lambda: F.pca_jitter(X, 1, 0, np.ones(3), np.eye(3), sigma=-1), ValueError, r"^sigma: must be finite"),
-    (lambda: F.pca_jitter(np.zeros((1, 5, 2, 2), np.float32), 1, 0, np.ones(5), np.eye(5)), ValueError,
-     r"^x: pca_jitter takes 1 to 4 channels"),
-    (lambda: F.cutmix(X, L, 1.5, 2, 1, 0), ValueError, r"^lam: must lie in \[0, 1\]"),
-    (lambda: F.cutmix(X, L.astype(np.float32), 0.5, 2, 1, 0), TypeError, r"^labels: expected an int32 or int64"),
-    (lambda: F.cutmix(X, np.array([0, 1, 1]), 0.5, 2, 1, 0), ValueError, r"^labels: expected shape \(2,\)"),
-    (lambda: F.cutmix(X, L, 0.5, 0, 1, 0), ValueError, r"^num_classes: must be >= 1"),
-    (lambda: F.cutmix(X, L, 0.5, 2, 1, -1), ValueError, r"^step: "),
-    (lambda: F.alternating_flip(X, L.astype(np.float64), 1, 0), TypeError, r"^indices: expected an int32 or int64"),
-    (lambda: F.alternating_flip(X, np.arange(3), 1, 0), ValueError, r"^indices: expected shape \(2,\)"),
-    (lambda: F.alternating_flip(X, L, 1, True), TypeError, r"^epoch: expected an integer, got bool"),
-    (lambda: F.tta_views(X, "six_crop"), ValueError, r"^mode: expected one of 'flip', 'five_crop', 'ten_crop'"),
-    (lambda: F.tta_views(X, 3), TypeError, r"^mode: "),
-    (lambda: F.tta_views(X, "five_crop", size=5), ValueError, r"^size: the views \(5, 5\) are larger"),
-    (lambda: F.tta_views(X, "flip", pad=-1), ValueError, r"^pad: "),
-    (lambda: F.tta_views(X[0], "flip"), ValueError, r"^x: expected shape \(N, C, H, W\)"),
-    (lambda: F.tta_views(X.tolist(), "flip"), TypeError, r"^x: expected an array, got list"),
-    (lambda: F.tta_mean(np.zeros((5, 3), np.float32), 2), ValueError, r"^views: 2 does not divide y's first dimension 5"),
-    (lambda: F.tta_mean(np.zeros((4, 3), np.float32), 0), ValueError, r"^views: must be an integer in \[1, 10\]"),
-    (lambda: F.tta_mean(np.zeros((4, 3), np.float32), 2.0), TypeError, r"^views: expected an integer"),
-])
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: F.random_resized_crop(X.astype(np.float64), 1, 0, 4), TypeError, r"^x: expected a float32 array"),
+        (lambda: F.random_resized_crop(X[0], 1, 0, 4), ValueError, r"^x: expected shape \(N, C, H, W\)"),
+        (lambda: F.random_resized_crop(X, -1, 0, 4), ValueError, r"^seed: "),
+        (lambda: F.random_resized_crop(X, 1, 0, 0), ValueError, r"^size: must be an integer in \[1, 2\^24\]"),
+        (lambda: F.random_resized_crop(X, 1, 0, 4.0), TypeError, r"^size: expected an integer"),
+        (lambda: F.random_resized_crop(X, 1, 0, 4, scale=(0.0, 1.0)), ValueError, r"^scale: expected finite bounds"),
+        (lambda: F.random_resized_crop(X, 1, 0, 4, scale=(0.9, 0.5)), ValueError, r"^scale: "),
+        (lambda: F.random_resized_crop(X, 1, 0, 4, scale=0.5), TypeError, r"^scale: expected a pair"),
+        (lambda: F.random_resized_crop(X, 1, 0, 4, ratio=(1.0, float("inf"))), ValueError, r"^ratio: "),
+        (lambda: F.random_resized_crop(X, 1, 0, 4, ratio=(True, 2.0)), TypeError, r"^ratio\[0\]: expected a real"),
+        (lambda: F.random_resized_crop(np.zeros((1, 1, 0, 3), np.float32), 1, 0, 4), ValueError, r"^x: cannot crop"),
+        (lambda: F.random_rotation(X, 1, 0, -5), ValueError, r"^degrees: must be"),
+        (lambda: F.random_rotation(X, 1, 0, (10, 5)), ValueError, r"^degrees: expected -360 <= low <= high <= 360"),
+        (lambda: F.random_rotation(X, 1, 0, 400), ValueError, r"^degrees: "),
+        (lambda: F.random_rotation(X, 1, 0, "5"), TypeError, r"^degrees: expected a real"),
+        (lambda: F.random_rotation(X, 1, 0, 5, fill=float("nan")), ValueError, r"^fill: must be a finite"),
+        (lambda: F.pca_jitter(X, 1, 0, np.ones(2), np.eye(2)), ValueError, r"^eigvals: expected 3 values"),
+        (lambda: F.pca_jitter(X, 1, 0, np.ones(3), np.eye(2)), ValueError, r"^eigvecs: expected a \(3, 3\) matrix"),
+        (lambda: F.pca_jitter(X, 1, 0, np.ones(3), np.ones(9)), ValueError, r"^eigvecs: expected a square matrix"),
+        (lambda: F.pca_jitter(X, 1, 0, [1, -1, 1], np.eye(3)), ValueError, r"^eigvals: must be finite and >= 0"),
+        (lambda: F.pca_jitter(X, 1, 0, ["a", 1, 1], np.eye(3)), TypeError, r"^eigvals: expected real numbers"),
+        (lambda: F.pca_jitter(X, 1, 0, np.ones(3), np.eye(3), sigma=-1), ValueError, r"^sigma: must be finite"),
+        (
+            lambda: F.pca_jitter(np.zeros((1, 5, 2, 2), np.float32), 1, 0, np.ones(5), np.eye(5)),
+            ValueError,
+            r"^x: pca_jitter takes 1 to 4 channels",
+        ),
+        (lambda: F.cutmix(X, L, 1.5, 2, 1, 0), ValueError, r"^lam: must lie in \[0, 1\]"),
+        (lambda: F.cutmix(X, L.astype(np.float32), 0.5, 2, 1, 0), TypeError, r"^labels: expected an int32 or int64"),
+        (lambda: F.cutmix(X, np.array([0, 1, 1]), 0.5, 2, 1, 0), ValueError, r"^labels: expected shape \(2,\)"),
+        (lambda: F.cutmix(X, L, 0.5, 0, 1, 0), ValueError, r"^num_classes: must be >= 1"),
+        (lambda: F.cutmix(X, L, 0.5, 2, 1, -1), ValueError, r"^step: "),
+        (lambda: F.alternating_flip(X, L.astype(np.float64), 1, 0), TypeError, r"^indices: expected an int32 or int64"),
+        (lambda: F.alternating_flip(X, np.arange(3), 1, 0), ValueError, r"^indices: expected shape \(2,\)"),
+        (lambda: F.alternating_flip(X, L, 1, True), TypeError, r"^epoch: expected an integer, got bool"),
+        (lambda: F.tta_views(X, "six_crop"), ValueError, r"^mode: expected one of 'flip', 'five_crop', 'ten_crop'"),
+        (lambda: F.tta_views(X, 3), TypeError, r"^mode: "),
+        (lambda: F.tta_views(X, "five_crop", size=5), ValueError, r"^size: the views \(5, 5\) are larger"),
+        (lambda: F.tta_views(X, "flip", pad=-1), ValueError, r"^pad: "),
+        (lambda: F.tta_views(X[0], "flip"), ValueError, r"^x: expected shape \(N, C, H, W\)"),
+        (lambda: F.tta_views(X.tolist(), "flip"), TypeError, r"^x: expected an array, got list"),
+        (
+            lambda: F.tta_mean(np.zeros((5, 3), np.float32), 2),
+            ValueError,
+            r"^views: 2 does not divide y's first dimension 5",
+        ),
+        (lambda: F.tta_mean(np.zeros((4, 3), np.float32), 0), ValueError, r"^views: must be an integer in \[1, 10\]"),
+        (lambda: F.tta_mean(np.zeros((4, 3), np.float32), 2.0), TypeError, r"^views: expected an integer"),
+    ],
+)
 def test_bad_arguments(call, exc, match):
     with pytest.raises(exc, match=match):
         call()

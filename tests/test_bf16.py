@@ -29,16 +29,16 @@ or rounded twice fails that). And each bf16 kernel is the fp32 kernel templated 
 type: its output must be the fp32 kernel's output on the upcast inputs rounded once, bit for
 bit, and its fp32 outputs (loss, statistics, indices) equal the fp32 kernel's exactly.
 """
+
 import numpy as np
 import pytest
+from bf16_checks import ISAS, assert_isa_copy_agrees
 from ml_dtypes import bfloat16
 
 import fastopt
 import fastopt.functional as F
 from fastopt import reference as R
 from fastopt._arrays import dtype_of, to_numpy
-
-from bf16_checks import ISAS, assert_isa_copy_agrees
 
 U, U32 = R.bf16.U, 2.0**-24
 bf = R.bf16.round_nearest
@@ -104,9 +104,16 @@ def test_leaky_relu(rng, shape, slope):
 
 
 # ---------------------------------------------------------------------------- max pool
-POOLS = [((3, 5, 7, 9), 2, None, 0), ((3, 5, 7, 9), 3, 2, 1), ((2, 3, 13, 11), 3, 1, 1), ((2, 3, 13, 11), 3, 3, 1),
-         ((2, 3, 13, 11), (3, 2), (2, 3), (1, 0)), ((2, 3, 16, 38), 2, 2, 0), ((1, 1, 1, 1), 1, None, 0),
-         ((0, 3, 5, 5), 2, None, 0)]
+POOLS = [
+    ((3, 5, 7, 9), 2, None, 0),
+    ((3, 5, 7, 9), 3, 2, 1),
+    ((2, 3, 13, 11), 3, 1, 1),
+    ((2, 3, 13, 11), 3, 3, 1),
+    ((2, 3, 13, 11), (3, 2), (2, 3), (1, 0)),
+    ((2, 3, 16, 38), 2, 2, 0),
+    ((1, 1, 1, 1), 1, None, 0),
+    ((0, 3, 5, 5), 2, None, 0),
+]
 
 
 @pytest.mark.parametrize("shape,k,s,p", POOLS)
@@ -248,10 +255,23 @@ def all_outputs(seed=3):
     pooled, idx = F.max_pool2d_forward(x, 3, 2, 1)
     z = bf(rng.standard_normal((33, 70)))
     loss, dz = F.softmax_cross_entropy(z, rng.integers(0, 70, 33))
-    out = [F.relu_forward(x), F.relu_backward(dy, x), F.leaky_relu_forward(x, 0.1), F.leaky_relu_backward(dy, x, 0.1),
-           F.dropout_forward(x, 0.4, 9), y, *F.batch_norm_backward(dy, x, g, mean, rstd, True), mean, rstd,
-           pooled, F.max_pool2d_backward(bf(rng.standard_normal(pooled.shape)), idx, x.shape, 3, 2, 1), dz, loss,
-           F.global_avg_pool_forward(x), F.global_avg_pool_backward(bf(rng.standard_normal(x.shape[:2])), x.shape)]
+    out = [
+        F.relu_forward(x),
+        F.relu_backward(dy, x),
+        F.leaky_relu_forward(x, 0.1),
+        F.leaky_relu_backward(dy, x, 0.1),
+        F.dropout_forward(x, 0.4, 9),
+        y,
+        *F.batch_norm_backward(dy, x, g, mean, rstd, True),
+        mean,
+        rstd,
+        pooled,
+        F.max_pool2d_backward(bf(rng.standard_normal(pooled.shape)), idx, x.shape, 3, 2, 1),
+        dz,
+        loss,
+        F.global_avg_pool_forward(x),
+        F.global_avg_pool_backward(bf(rng.standard_normal(x.shape[:2])), x.shape),
+    ]
     return [a.view(np.uint16) if a.dtype == bfloat16 else np.asarray(a) for a in out]
 
 
@@ -263,6 +283,7 @@ def test_every_isa_copy_gives_the_same_bits(tmp_path, isa):
 # ------------------------------------------------------------------------------ plumbing
 def test_bfloat16_is_ml_dtypes():
     import ml_dtypes
+
     assert fastopt.bfloat16 is ml_dtypes.bfloat16
     assert dtype_of(np.zeros(2, bfloat16)) == np.dtype(bfloat16)
 
@@ -306,8 +327,10 @@ BAD = [
     (lambda: F.relu_backward(X, X32), r"dy: expected a float32 array, got bfloat16"),
     (lambda: F.leaky_relu_backward(X32, X), r"dy: expected a bfloat16 array, got float32"),
     (lambda: F.batch_norm_backward(X32, X, C3, C3, C3), r"dy: expected a bfloat16 array, got float32"),
-    (lambda: F.softmax_cross_entropy(bf(np.ones((2, 3))), np.ones((2, 3), np.float32)),
-     r"target: expected a bfloat16 array, got float32"),
+    (
+        lambda: F.softmax_cross_entropy(bf(np.ones((2, 3))), np.ones((2, 3), np.float32)),
+        r"target: expected a bfloat16 array, got float32",
+    ),
     # per-channel arrays of batch norm are float32 with bf16 activations too
     (lambda: F.batch_norm_forward(X, bf(C3), None, None, None, True), r"gamma: unsupported dtype bfloat16"),
     (lambda: F.batch_norm_forward(X, None, None, bf(C3), bf(C3), False), r"running_mean: unsupported dtype bfloat16"),
@@ -331,13 +354,15 @@ def test_bad_input_is_named(call, message):
 # --------------------------------------------------------------- mixed-precision training
 def test_bf16_network_trains_digits_as_well_as_fp32():
     from fastopt import data, nn
-    from fastopt.train import Trainer, TrainConfig
+    from fastopt.train import TrainConfig, Trainer
+
     digits = data.load_digits()
     acc = {}
     for precision in ("fp32", "bf16"):
         model = nn.models.small_cnn(digits.shape[0], digits.num_classes)
-        trainer = Trainer(model, digits, TrainConfig(device="cpu", epochs=6, progress=False, precision=precision,
-                                                     mixup=0.2))  # mixup: float32 soft targets meet bf16 logits
+        trainer = Trainer(
+            model, digits, TrainConfig(device="cpu", epochs=6, progress=False, precision=precision, mixup=0.2)
+        )  # mixup: float32 soft targets meet bf16 logits
         trainer.fit()
         acc[precision] = trainer.evaluate(digits.test)["acc"]
         assert all(t.dtype == np.float32 for t in trainer.store.tensors)  # fp32 master parameters
@@ -355,14 +380,19 @@ def test_bf16_build_refuses_what_has_no_bf16_path():
         def forward(self, x, training=True):
             return x * x
 
-    with pytest.raises(ValueError, match=r"precision: bf16 needs a bfloat16 path in every module; not yet in "
-                                         r"1 \(Square\), 3 \(Square\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"precision: bf16 needs a bfloat16 path in every module; not yet in "
+        r"1 \(Square\), 3 \(Square\)",
+    ):
         nn.Sequential(nn.Linear(4, 4), Square(), nn.LayerNorm(4), Square()).build(precision="bf16")
 
 
 def test_train_cli_precision_bf16(tmp_path):
     import json
+
     from fastopt.train_cli import main
+
     out = tmp_path / "run"
     assert main(["--precision", "bf16", "--epochs", "2", "--quiet", "--out", str(out)]) in (0, None)
     report = json.loads((out / "metrics.json").read_text())

@@ -18,17 +18,17 @@ fp32 optimizer's fed the upcast gradients, bit for bit, and the CPU's (test_opti
 contract). These tests run on the CUDA emulation (tests/test_build_variants.py) and on a GPU when
 one is present.
 """
+
 import numpy as np
 import pytest
 from ml_dtypes import bfloat16
+from test_bf16 import U32, bf, check, f64, same_bits, up
+from test_bf16_layers import EPS32, _affine, _check_cancelling, _ulp, group_norm_case, layer_norm_case
+from test_optim_bf16 import RULES as OPT_RULES, SHAPES as OPT_SHAPES, bits
 
 import fastopt
 import fastopt.functional as F
 from fastopt import optim, reference as R
-
-from test_bf16 import U32, bf, check, f64, same_bits, up
-from test_bf16_layers import EPS32, _affine, _check_cancelling, _ulp, group_norm_case, layer_norm_case
-from test_optim_bf16 import RULES as OPT_RULES, SHAPES as OPT_SHAPES, bits
 
 pytestmark = pytest.mark.gpu
 
@@ -58,8 +58,10 @@ def equal_bits(a, b, name):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_relu_and_leaky_relu(rng, shape):
     x, dy = bf(rng.standard_normal(shape)), bf(rng.standard_normal(shape))
-    for name, fwd, bwd, args in (("relu", F.relu_forward, F.relu_backward, ()),
-                                 ("leaky", F.leaky_relu_forward, F.leaky_relu_backward, (0.2,))):
+    for name, fwd, bwd, args in (
+        ("relu", F.relu_forward, F.relu_backward, ()),
+        ("leaky", F.leaky_relu_forward, F.leaky_relu_backward, (0.2,)),
+    ):
         y, dx = gpu(fwd, x, *args), gpu(bwd, dy, x, *args)
         equal_bits(y, fwd(x, *args), name)
         equal_bits(dx, bwd(dy, x, *args), name + " dx")
@@ -123,8 +125,13 @@ def test_dropout(rng, shape, p, offset):
 
 
 # ------------------------------------------------------------------------------- pooling
-POOLS = [((3, 5, 7, 9), 2, None, 0), ((3, 5, 7, 9), 3, 2, 1), ((2, 3, 13, 11), 3, 1, 1),
-         ((2, 3, 13, 11), (3, 2), (2, 3), (1, 0)), ((1, 1, 1, 1), 1, None, 0)]
+POOLS = [
+    ((3, 5, 7, 9), 2, None, 0),
+    ((3, 5, 7, 9), 3, 2, 1),
+    ((2, 3, 13, 11), 3, 1, 1),
+    ((2, 3, 13, 11), (3, 2), (2, 3), (1, 0)),
+    ((1, 1, 1, 1), 1, None, 0),
+]
 
 
 @pytest.mark.parametrize("shape,k,s,p", POOLS)
@@ -241,8 +248,12 @@ def test_batch_norm(rng, shape, training, affine):
     _close_stats(mean, ref_mean, rstd, ref_rstd)
     y32, mean32, rstd32 = (host(o) for o in F.batch_norm_forward(dev(up(x)), dev(g), dev(b), rm32, rv32, training))
     same_bits(y, y32, "y")
-    for got, want, name in ((mean, mean32, "mean"), (rstd, rstd32, "rstd"), (host(rm), host(rm32), "running_mean"),
-                            (host(rv), host(rv32), "running_var")):
+    for got, want, name in (
+        (mean, mean32, "mean"),
+        (rstd, rstd32, "rstd"),
+        (host(rm), host(rm32), "running_mean"),
+        (host(rv), host(rv32), "running_var"),
+    ):
         _same_f32(got, want, name)
     dx, dg, db = gpu(F.batch_norm_backward, dy, x, g, mean, rstd, training)
     ref_dx, ref_dg, ref_db = R.normalization.batch_norm_backward(dy, x, g, mean, rstd, training)
@@ -282,15 +293,21 @@ def _check_row_norm(fns, x, dy, w, b):
         np.testing.assert_allclose(db, ref_db, rtol=0, atol=TOL * max(1.0, np.abs(ref_db).max()))
 
 
-@pytest.mark.parametrize("shape,normalized", [((3, 7), (7,)), ((4, 5, 33), (33,)), ((2, 3, 5, 8), (5, 8)),
-                                               ((2, 1031), (1031,)), ((1, 1), (1,))], ids=str)
+@pytest.mark.parametrize(
+    "shape,normalized",
+    [((3, 7), (7,)), ((4, 5, 33), (33,)), ((2, 3, 5, 8), (5, 8)), ((2, 1031), (1031,)), ((1, 1), (1,))],
+    ids=str,
+)
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm(rng, shape, normalized, affine):
     _check_row_norm(*layer_norm_case(rng, shape, normalized, affine))
 
 
-@pytest.mark.parametrize("shape,groups", [((2, 6, 5, 7), 3), ((3, 4, 9, 11), 1), ((2, 8, 4, 4), 8),
-                                          ((5, 6), 2), ((1, 32, 31, 29), 4)], ids=str)
+@pytest.mark.parametrize(
+    "shape,groups",
+    [((2, 6, 5, 7), 3), ((3, 4, 9, 11), 1), ((2, 8, 4, 4), 8), ((5, 6), 2), ((1, 32, 31, 29), 4)],
+    ids=str,
+)
 @pytest.mark.parametrize("affine", [True, False])
 def test_group_norm(rng, shape, groups, affine):
     _check_row_norm(*group_norm_case(rng, shape, groups, affine))

@@ -18,15 +18,15 @@ each output must equal the fp32 kernel's output on the upcast inputs rounded onc
 - layer and group norm: statistics in double, then a few fp32 roundings per element;
   test_normalization.py's 1e-5 * max(1, max |ref|) (dx: also >= the cancelling terms' size) is E32.
 """
+
 import numpy as np
 import pytest
+from bf16_checks import ISAS, assert_isa_copy_agrees
 from ml_dtypes import bfloat16
+from test_bf16 import U32, U, bf, check, f64, same_bits, up
 
 import fastopt.functional as F
 from fastopt import reference as R
-
-from bf16_checks import ISAS, assert_isa_copy_agrees
-from test_bf16 import U, U32, bf, check, f64, same_bits, up
 
 EPS32 = float(np.finfo(np.float32).eps)
 SHAPES = [(0,), (1,), (7, 5), (3, 4, 9, 11), (70001,)]  # the last spans three 32K-element chunks
@@ -88,8 +88,14 @@ def test_residual_add_refuses_mixed_dtypes(rng):
 
 
 # ---------------------------------------------------------------------- average pooling
-POOLS = [((3, 5, 7, 9), 2, None, 0), ((3, 5, 7, 9), 3, 2, 1), ((2, 3, 13, 11), 3, 1, 1),
-         ((2, 3, 13, 11), (3, 2), (2, 3), (1, 0)), ((1, 1, 1, 1), 1, None, 0), ((0, 3, 5, 5), 2, None, 0)]
+POOLS = [
+    ((3, 5, 7, 9), 2, None, 0),
+    ((3, 5, 7, 9), 3, 2, 1),
+    ((2, 3, 13, 11), 3, 1, 1),
+    ((2, 3, 13, 11), (3, 2), (2, 3), (1, 0)),
+    ((1, 1, 1, 1), 1, None, 0),
+    ((0, 3, 5, 5), 2, None, 0),
+]
 
 
 @pytest.mark.parametrize("shape,k,s,p", POOLS)
@@ -116,8 +122,10 @@ def test_avg_pool2d(rng, shape, k, s, p, include_pad):
 def _affine(rng, n, affine):
     if not affine:
         return None, None
-    return ((rng.uniform(0.5, 2.0, n) * rng.choice([-1, 1], n)).astype(np.float32),
-            rng.standard_normal(n).astype(np.float32))
+    return (
+        (rng.uniform(0.5, 2.0, n) * rng.choice([-1, 1], n)).astype(np.float32),
+        rng.standard_normal(n).astype(np.float32),
+    )
 
 
 def layer_norm_case(rng, shape, normalized, affine):
@@ -126,10 +134,12 @@ def layer_norm_case(rng, shape, normalized, affine):
     x, dy = bf(rng.standard_normal(shape) * 3 + 2), bf(rng.standard_normal(shape))
     w, b = _affine(rng, int(np.prod(normalized)), affine)
     w, b = (None, None) if w is None else (w.reshape(normalized), b.reshape(normalized))
-    fns = (lambda x, w, b: F.layer_norm_forward(x, normalized, w, b),
-           lambda dy, x, m, r, w: F.layer_norm_backward(dy, x, normalized, m, r, w, has_bias=w is not None),
-           lambda x, w, b: R.normalization.layer_norm_forward(x, normalized, w, b),
-           lambda dy, x, m, r, w: R.normalization.layer_norm_backward(dy, x, normalized, m, r, w))
+    fns = (
+        lambda x, w, b: F.layer_norm_forward(x, normalized, w, b),
+        lambda dy, x, m, r, w: F.layer_norm_backward(dy, x, normalized, m, r, w, has_bias=w is not None),
+        lambda x, w, b: R.normalization.layer_norm_forward(x, normalized, w, b),
+        lambda dy, x, m, r, w: R.normalization.layer_norm_backward(dy, x, normalized, m, r, w),
+    )
     return fns, x, dy, w, b
 
 
@@ -137,10 +147,12 @@ def group_norm_case(rng, shape, groups, affine):
     """As layer_norm_case, for a group norm of `groups` groups."""
     x, dy = bf(rng.standard_normal(shape) * 3 + 2), bf(rng.standard_normal(shape))
     w, b = _affine(rng, shape[1], affine)
-    fns = (lambda x, w, b: F.group_norm_forward(x, groups, w, b),
-           lambda dy, x, m, r, w: F.group_norm_backward(dy, x, groups, m, r, w, has_bias=w is not None),
-           lambda x, w, b: R.normalization.group_norm_forward(x, groups, w, b),
-           lambda dy, x, m, r, w: R.normalization.group_norm_backward(dy, x, groups, m, r, w))
+    fns = (
+        lambda x, w, b: F.group_norm_forward(x, groups, w, b),
+        lambda dy, x, m, r, w: F.group_norm_backward(dy, x, groups, m, r, w, has_bias=w is not None),
+        lambda x, w, b: R.normalization.group_norm_forward(x, groups, w, b),
+        lambda dy, x, m, r, w: R.normalization.group_norm_backward(dy, x, groups, m, r, w),
+    )
     return fns, x, dy, w, b
 
 
@@ -169,15 +181,21 @@ def _check_row_norm(fns, x, dy, w, b):
         np.testing.assert_allclose(db, ref_db, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref_db).max()))
 
 
-@pytest.mark.parametrize("shape,normalized", [((3, 7), (7,)), ((4, 5, 33), (33,)), ((2, 3, 5, 7), (5, 7)),
-                                               ((2, 1031), (1031,)), ((1, 1), (1,))], ids=str)
+@pytest.mark.parametrize(
+    "shape,normalized",
+    [((3, 7), (7,)), ((4, 5, 33), (33,)), ((2, 3, 5, 7), (5, 7)), ((2, 1031), (1031,)), ((1, 1), (1,))],
+    ids=str,
+)
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm(rng, shape, normalized, affine):
     _check_row_norm(*layer_norm_case(rng, shape, normalized, affine))
 
 
-@pytest.mark.parametrize("shape,groups", [((2, 6, 5, 7), 3), ((3, 4, 9, 11), 1), ((2, 8, 3, 3), 8),
-                                          ((5, 6), 2), ((1, 32, 31, 29), 4)], ids=str)
+@pytest.mark.parametrize(
+    "shape,groups",
+    [((2, 6, 5, 7), 3), ((3, 4, 9, 11), 1), ((2, 8, 3, 3), 8), ((5, 6), 2), ((1, 32, 31, 29), 4)],
+    ids=str,
+)
 @pytest.mark.parametrize("affine", [True, False])
 def test_group_norm(rng, shape, groups, affine):
     _check_row_norm(*group_norm_case(rng, shape, groups, affine))
@@ -221,16 +239,47 @@ def _twins(make, shape, seed=0):
     return nets, x
 
 
-@pytest.mark.parametrize("make,shape", [
-    (lambda: __import__("fastopt").nn.models.resnet(depth=8, num_classes=5, in_channels=3, width=8), (6, 3, 16, 16)),
-    (lambda: (lambda nn: nn.Sequential(nn.Linear(12, 24), nn.LayerNorm(24), nn.GELU(), nn.Linear(24, 24), nn.Tanh(),
-                                       nn.Linear(24, 16), nn.Sigmoid(), nn.Linear(16, 16), nn.ELU(0.5),
-                                       nn.Linear(16, 5)))(__import__("fastopt").nn), (9, 12)),
-    (lambda: (lambda nn: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.GELU(),
-                                       nn.AvgPool2d(2), nn.Residual(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1),
-                                                                                   nn.GroupNorm(4, 8)), drop_path=0.2),
-                                       nn.GlobalAvgPool2d(), nn.Linear(8, 5)))(__import__("fastopt").nn), (4, 3, 10, 10)),
-], ids=["resnet8", "layernorm-mlp", "groupnorm-cnn"])
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (
+            lambda: __import__("fastopt").nn.models.resnet(depth=8, num_classes=5, in_channels=3, width=8),
+            (6, 3, 16, 16),
+        ),
+        (
+            lambda: (
+                lambda nn: nn.Sequential(
+                    nn.Linear(12, 24),
+                    nn.LayerNorm(24),
+                    nn.GELU(),
+                    nn.Linear(24, 24),
+                    nn.Tanh(),
+                    nn.Linear(24, 16),
+                    nn.Sigmoid(),
+                    nn.Linear(16, 16),
+                    nn.ELU(0.5),
+                    nn.Linear(16, 5),
+                )
+            )(__import__("fastopt").nn),
+            (9, 12),
+        ),
+        (
+            lambda: (
+                lambda nn: nn.Sequential(
+                    nn.Conv2d(3, 8, 3, padding=1),
+                    nn.GroupNorm(2, 8),
+                    nn.GELU(),
+                    nn.AvgPool2d(2),
+                    nn.Residual(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(4, 8)), drop_path=0.2),
+                    nn.GlobalAvgPool2d(),
+                    nn.Linear(8, 5),
+                )
+            )(__import__("fastopt").nn),
+            (4, 3, 10, 10),
+        ),
+    ],
+    ids=["resnet8", "layernorm-mlp", "groupnorm-cnn"],
+)
 def test_bf16_network_tracks_its_fp32_twin(make, shape):
     """Forward and backward of a bf16 network against the same network in fp32. Every layer
     rounds its activations (and conv/linear their weight copies) to bf16, u = 2^-8, and batch
@@ -255,6 +304,7 @@ def test_bf16_network_tracks_its_fp32_twin(make, shape):
 
 def _forward_backward(model, x):
     from fastopt.nn import SoftmaxCrossEntropy
+
     logits = model.forward(x, training=True)
     loss_fn = SoftmaxCrossEntropy()
     loss = float(loss_fn.forward(logits, np.arange(x.shape[0]) % 5))
@@ -297,8 +347,9 @@ def test_bf16_resnet_deviates_from_fp32_as_torch_autocast_does():
         if isinstance(m, nn.Linear):
             w = m.params["weight"].shape
             return tnn.Linear(w[1], w[0])
-        return {nn.ReLU: tnn.ReLU, nn.GlobalAvgPool2d: lambda: tnn.Sequential(tnn.AdaptiveAvgPool2d(1),
-                                                                              tnn.Flatten())}[type(m)]()
+        return {nn.ReLU: tnn.ReLU, nn.GlobalAvgPool2d: lambda: tnn.Sequential(tnn.AdaptiveAvgPool2d(1), tnn.Flatten())}[
+            type(m)
+        ]()
 
     make = lambda: nn.models.resnet(depth=8, num_classes=5, in_channels=3, width=8)  # noqa: E731
     nets, x = _twins(make, (16, 3, 16, 16))
@@ -323,6 +374,7 @@ def test_bf16_resnet_trains():
     """A bf16 ResNet-8 learns a separable task as its fp32 twin does: loss falls by half within 40
     SGD steps in both (same data, same seed)."""
     from fastopt import nn, optim
+
     rng = np.random.default_rng(1)
     x = rng.standard_normal((32, 3, 8, 8)).astype(np.float32)
     labels = (x[:, 0].mean(axis=(1, 2)) > 0).astype(np.int64)

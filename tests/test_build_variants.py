@@ -9,6 +9,7 @@
 
 (The CUDA build without a GPU is the installed module itself on machines like CI's; a GPU
 machine runs the GPU tests for real through bench/gpu_check.sh.)"""
+
 import os
 import re
 import shutil
@@ -21,8 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # An editable install of fastopt on this machine must not shadow the freshly built package.
-PRELUDE = ("import sys\n"
-           "sys.meta_path = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]\n")
+PRELUDE = "import sys\nsys.meta_path = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]\n"
 
 
 def _tool(name):
@@ -41,12 +41,27 @@ def build_variant(tmp_path, defines, env=None):
     cmake, ninja = _tool("cmake"), _tool("ninja")
     build = tmp_path / "build"
     configure = subprocess.run(
-        [cmake, "-S", str(ROOT), "-B", str(build), "-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}",
-         f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", f"-DPython_EXECUTABLE={sys.executable}", *defines],
-        env=env, capture_output=True, text=True)
+        [
+            cmake,
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build),
+            "-G",
+            "Ninja",
+            f"-DCMAKE_MAKE_PROGRAM={ninja}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            *defines,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert configure.returncode == 0, configure.stdout + configure.stderr
-    make = subprocess.run([cmake, "--build", str(build), "-j", str(os.cpu_count() or 2)], env=env,
-                          capture_output=True, text=True)
+    make = subprocess.run(
+        [cmake, "--build", str(build), "-j", str(os.cpu_count() or 2)], env=env, capture_output=True, text=True
+    )
     assert make.returncode == 0, make.stdout[-6000:] + make.stderr[-6000:]
     site = tmp_path / "site"
     shutil.copytree(ROOT / "python" / "fastopt", site / "fastopt")
@@ -58,7 +73,9 @@ def build_variant(tmp_path, defines, env=None):
 def test_cpu_only_build_without_nvcc(tmp_path):
     cmake, ninja = _tool("cmake"), _tool("ninja")
     # A PATH without nvcc: keep only the folders of the tools the build needs.
-    path = os.pathsep.join(sorted({os.path.dirname(p) for p in (cmake, ninja, sys.executable, shutil.which("c++") or "/usr/bin/c++")}))
+    path = os.pathsep.join(
+        sorted({os.path.dirname(p) for p in (cmake, ninja, sys.executable, shutil.which("c++") or "/usr/bin/c++")})
+    )
     env = {**os.environ, "PATH": path}
     env.pop("CUDACXX", None)
     configured, site = build_variant(tmp_path, [], env)
@@ -70,9 +87,15 @@ def test_cpu_only_build_without_nvcc(tmp_path):
         "p = np.ones(5, np.float32)\n"
         "fastopt.optim.SGD([p], lr=0.5).step([np.ones(5, np.float32)])\n"
         "assert (p == 0.5).all(), p\n"
-        "print('ok', fastopt.__file__)\n")
-    run = subprocess.run([sys.executable, "-c", script], env={**env, "PYTHONPATH": str(site)},
-                         cwd=tmp_path, capture_output=True, text=True)
+        "print('ok', fastopt.__file__)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, "PYTHONPATH": str(site)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert str(site / "fastopt") in run.stdout
 
@@ -81,6 +104,7 @@ def test_gpu_suite_passes_on_the_emulated_cuda_backend(tmp_path):
     if not (ROOT / "cuda" / "emulation" / "cuda_runtime.h").exists():
         pytest.skip("not running from a source checkout")
     import fastopt
+
     if fastopt.cuda.has_gpu():
         pytest.skip("a GPU is here: the GPU tests run on it for real")
     configured, site = build_variant(tmp_path, ["-DFASTOPT_CUDA=EMULATE"])
@@ -89,9 +113,16 @@ def test_gpu_suite_passes_on_the_emulated_cuda_backend(tmp_path):
         "import fastopt, pytest\n"
         "assert fastopt.cuda.is_emulated() and fastopt.cuda.is_available(), fastopt.__file__\n"
         "assert not fastopt.cuda.has_gpu()\n"
-        f"sys.exit(pytest.main(['-q', '-m', 'gpu', '-rs', '-p', 'no:cacheprovider', {str(ROOT / 'tests')!r}]))\n")
-    run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", script], cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True, timeout=3600)
+        f"sys.exit(pytest.main(['-q', '-m', 'gpu', '-rs', '-p', 'no:cacheprovider', {str(ROOT / 'tests')!r}]))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-12000:]
     # Every GPU test ran: the only skips allowed are those that need torch's own CUDA.

@@ -5,15 +5,15 @@ weights to bf16 compute copies on the device every forward.
 cast_ must give exactly ml_dtypes' (and torch's) rounding, bit for bit: round to nearest even,
 ties included, subnormals kept, Inf kept, overflow to Inf, NaN stays NaN; the widening is exact.
 """
+
 import numpy as np
 import pytest
+from conftest import fetch, put
 from ml_dtypes import bfloat16
 
 import fastopt
 import fastopt.functional as F
 from fastopt import nn
-
-from conftest import fetch, put
 
 
 def special_values(rng, n):
@@ -22,10 +22,30 @@ def special_values(rng, n):
     NaN, +-0 and ordinary numbers."""
     bits = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
     tie = (bits & np.uint32(0xFFFF0000)) | np.uint32(0x8000)
-    picks = np.concatenate([tie, tie + np.uint32(1), tie - np.uint32(1),
-                            np.array([0x00000001, 0x007FFFFF, 0x00008000, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F8000,
-                                      0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00001, 0x00000000, 0x80000000],
-                                     np.uint32)])
+    picks = np.concatenate(
+        [
+            tie,
+            tie + np.uint32(1),
+            tie - np.uint32(1),
+            np.array(
+                [
+                    0x00000001,
+                    0x007FFFFF,
+                    0x00008000,
+                    0x7F7FFFFF,
+                    0xFF7FFFFF,
+                    0x7F7F8000,
+                    0x7F800000,
+                    0xFF800000,
+                    0x7FC00000,
+                    0xFFC00001,
+                    0x00000000,
+                    0x80000000,
+                ],
+                np.uint32,
+            ),
+        ]
+    )
     return np.concatenate([picks.view(np.float32), rng.standard_normal(n).astype(np.float32)])
 
 
@@ -74,9 +94,11 @@ def test_bf16_network_on_the_gpu_matches_the_cpu(rng):
     summation order before the one rounding to bf16: at most a couple of bf16 ulps (2^-7
     relative), far below what a wrong copy or a missing rounding would give. Then a few steps of
     training lower the loss on the GPU as well."""
+
     def build(device):
-        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
-                              nn.Linear(8 * 6 * 6, 10))
+        model = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)
+        )
         model.build(device, seed=3, precision="bf16")
         return model
 

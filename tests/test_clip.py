@@ -1,11 +1,11 @@
 """Global norms and clipping against the float64 reference (fastopt.reference.norms)."""
+
 import numpy as np
 import pytest
+from conftest import fetch, put
 
 import fastopt
 from fastopt.reference import norms as ref
-
-from conftest import fetch, put
 
 SHAPES = [(0,), (1,), (7,), (33, 5), (40_009,), (3, 4, 5)]
 
@@ -77,13 +77,16 @@ def test_single_array_accepted():
     np.testing.assert_allclose(g, 0.5, rtol=1e-6)
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda g: fastopt.global_norm(g, 0.0), "norm_type"),
-    (lambda g: fastopt.global_norm(g, -1.0), "norm_type"),
-    (lambda g: fastopt.clip_grad_norm_(g, -1.0), "max_norm"),
-    (lambda g: fastopt.clip_grad_norm_(g, float("nan")), "max_norm"),
-    (lambda g: fastopt.clip_grad_value_(g, -1.0), "clip_value"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda g: fastopt.global_norm(g, 0.0), "norm_type"),
+        (lambda g: fastopt.global_norm(g, -1.0), "norm_type"),
+        (lambda g: fastopt.clip_grad_norm_(g, -1.0), "max_norm"),
+        (lambda g: fastopt.clip_grad_norm_(g, float("nan")), "max_norm"),
+        (lambda g: fastopt.clip_grad_value_(g, -1.0), "clip_value"),
+    ],
+)
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call([np.ones(3, np.float32)])

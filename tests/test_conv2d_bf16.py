@@ -3,34 +3,34 @@ reference run on the same bf16 values (the error bound is derived in bf16_checks
 CPU ISA copy the machine has, bit-identical across thread counts; dtype rules and NaN.
 
 y and dx come back in bf16 (rounded once), dw and db in float32."""
+
 import numpy as np
 import pytest
+from bf16_checks import GEMM_COPIES, assert_bf16_gemm_close, bf16, run_under_copy
+from conftest import assert_bits_independent_of_threads
 from ml_dtypes import bfloat16
 
 import fastopt.functional as F
 from fastopt.reference import conv as ref
 
-from bf16_checks import GEMM_COPIES, assert_bf16_gemm_close, bf16, run_under_copy
-from conftest import assert_bits_independent_of_threads
-
 # (N, C, H, W, K, R, S, stride, padding, dilation, groups), chosen to reach every path:
 SHAPES = [
-    (2, 16, 9, 9, 24, 3, 3, 1, 1, 1, 1),          # gather data-grad (C/groups >= 16); fp32 would take Winograd
-    (3, 5, 11, 7, 13, 3, 3, 1, 1, 1, 1),          # odd sizes, col2im data-grad, narrow weight-grad (45 columns)
-    (2, 3, 23, 21, 10, 7, 7, 2, 3, 1, 1),         # 7x7/2 stem: stride-2 gathers, odd reduction 147
+    (2, 16, 9, 9, 24, 3, 3, 1, 1, 1, 1),  # gather data-grad (C/groups >= 16); fp32 would take Winograd
+    (3, 5, 11, 7, 13, 3, 3, 1, 1, 1, 1),  # odd sizes, col2im data-grad, narrow weight-grad (45 columns)
+    (2, 3, 23, 21, 10, 7, 7, 2, 3, 1, 1),  # 7x7/2 stem: stride-2 gathers, odd reduction 147
     (1, 34, 10, 13, 17, 3, 5, (2, 1), (1, 2), 1, 1),  # mixed strides and paddings
-    (2, 18, 8, 9, 12, 3, 3, 1, 2, 2, 1),          # dilation
-    (2, 32, 7, 7, 48, 3, 3, 1, 1, 1, 4),          # groups, 8 channels each (col2im)
-    (2, 64, 6, 5, 40, 3, 3, 1, 1, 1, 2),          # groups, 32 channels each (gather)
-    (1, 131, 5, 6, 70, 3, 3, 1, 0, 1, 1),         # reduction 1179 over several KC blocks, odd
-    (1, 64, 4, 4, 256, 3, 3, 1, 1, 1, 1),         # 16 columns, 256 rows: row-split tasks, shared B
-    (8, 20, 16, 16, 24, 3, 3, 1, 1, 1, 1),        # weight-grad over image chunks
-    (4, 24, 6, 6, 20, 1, 1, 1, 0, 1, 1),          # 1x1
-    (2, 20, 17, 19, 36, 1, 1, 2, 0, 1, 1),        # 1x1, stride 2
-    (1, 8, 9, 8, 8, 5, 5, 1, 2, 1, 1),            # 25 taps: the weight-grad's generic packers
-    (1, 2, 21, 20, 3, 17, 17, 1, 8, 1, 1),        # 17x17: the forward's generic im2col
-    (2, 12, 5, 5, 12, 3, 3, 1, 1, 1, 12),         # depthwise: the widened fp32 kernels
-    (1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1),            # one element
+    (2, 18, 8, 9, 12, 3, 3, 1, 2, 2, 1),  # dilation
+    (2, 32, 7, 7, 48, 3, 3, 1, 1, 1, 4),  # groups, 8 channels each (col2im)
+    (2, 64, 6, 5, 40, 3, 3, 1, 1, 1, 2),  # groups, 32 channels each (gather)
+    (1, 131, 5, 6, 70, 3, 3, 1, 0, 1, 1),  # reduction 1179 over several KC blocks, odd
+    (1, 64, 4, 4, 256, 3, 3, 1, 1, 1, 1),  # 16 columns, 256 rows: row-split tasks, shared B
+    (8, 20, 16, 16, 24, 3, 3, 1, 1, 1, 1),  # weight-grad over image chunks
+    (4, 24, 6, 6, 20, 1, 1, 1, 0, 1, 1),  # 1x1
+    (2, 20, 17, 19, 36, 1, 1, 2, 0, 1, 1),  # 1x1, stride 2
+    (1, 8, 9, 8, 8, 5, 5, 1, 2, 1, 1),  # 25 taps: the weight-grad's generic packers
+    (1, 2, 21, 20, 3, 17, 17, 1, 8, 1, 1),  # 17x17: the forward's generic im2col
+    (2, 12, 5, 5, 12, 3, 3, 1, 1, 1, 12),  # depthwise: the widened fp32 kernels
+    (1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1),  # one element
 ]
 
 
@@ -43,9 +43,14 @@ def check_shape(shape, seed=0):
     args = (stride, pad, dil, g)
     y = F.conv2d_forward(x, wt, b, *args)
     ax, aw = np.abs(x.astype(np.float64)), np.abs(wt.astype(np.float64))
-    assert_bf16_gemm_close(y, ref.conv2d_forward(x, wt, b, *args),
-                           ref.conv2d_forward(ax, aw, np.abs(b.astype(np.float64)), *args),
-                           c // g * r * s + 1, True, "y")
+    assert_bf16_gemm_close(
+        y,
+        ref.conv2d_forward(x, wt, b, *args),
+        ref.conv2d_forward(ax, aw, np.abs(b.astype(np.float64)), *args),
+        c // g * r * s + 1,
+        True,
+        "y",
+    )
     dy = bf16(rng.standard_normal(y.shape))
     got = F.conv2d_backward(dy, x, wt, *args)
     want = ref.conv2d_backward(dy, x, wt, *args)
@@ -88,7 +93,9 @@ def test_need_flags():
 
 def test_bits_independent_of_threads(tmp_path):
     # Forward, data-grad (gather and col2im) and weight-grad (GEMM, chunked, narrow).
-    assert_bits_independent_of_threads(tmp_path, """
+    assert_bits_independent_of_threads(
+        tmp_path,
+        """
 from ml_dtypes import bfloat16
 rng = np.random.default_rng(5)
 for n, c, hw, k, g, st in [(4, 32, 14, 40, 1, 1), (3, 5, 11, 13, 1, 1), (8, 24, 16, 20, 2, 2), (2, 3, 20, 16, 1, 1)]:
@@ -99,7 +106,8 @@ for n, c, hw, k, g, st in [(4, 32, 14, 40, 1, 1), (3, 5, 11, 13, 1, 1), (8, 24, 
     dy = rng.standard_normal(y.shape).astype(np.float32).astype(bfloat16)
     dx, dw, db = F.conv2d_backward(dy, x, w, st, 1, 1, g)
     out += [y.view(np.uint16), dx.view(np.uint16), dw, db]
-""")
+""",
+    )
 
 
 def test_nan_stays_nan():
@@ -124,8 +132,12 @@ def test_one_dtype_per_call(odd):
     # x, w, b and dy must share one dtype: a float32 among bf16 (or the reverse) is a TypeError
     # naming it, never a silent conversion.
     rng = np.random.default_rng(3)
-    arrays = {"x": rng.standard_normal((1, 4, 5, 5)), "w": rng.standard_normal((6, 4, 3, 3)),
-              "b": rng.standard_normal(6), "dy": rng.standard_normal((1, 6, 3, 3))}
+    arrays = {
+        "x": rng.standard_normal((1, 4, 5, 5)),
+        "w": rng.standard_normal((6, 4, 3, 3)),
+        "b": rng.standard_normal(6),
+        "dy": rng.standard_normal((1, 6, 3, 3)),
+    }
     arrays = {name: (a.astype(np.float32) if name == odd else bf16(a)) for name, a in arrays.items()}
     first = "w" if odd == "x" else odd  # with x the odd one, w is named (checked against x)
     with pytest.raises(TypeError, match=rf"^{first}: expected "):

@@ -5,6 +5,7 @@ functions; tests/native/conv2d_cuda_replay.cpp runs them as loops over (block, t
 kernel's barrier order (stale shared memory poisoned with NaN) and compares with a naive float64
 convolution over random shapes. This checks the GPU code paths on machines without a GPU; the
 GPU itself runs tests/test_conv2d.py."""
+
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,8 +24,12 @@ def test_cuda_conv2d_kernels_replayed_on_host(tmp_path):
     if cxx is None:
         pytest.skip("no C++ compiler")
     exe = tmp_path / "replay"
-    subprocess.run([cxx, "-std=c++17", "-O2", f"-I{ROOT / 'cuda'}", f"-I{ROOT / 'cpp' / 'include'}", str(source),
-                    "-o", str(exe)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [cxx, "-std=c++17", "-O2", f"-I{ROOT / 'cuda'}", f"-I{ROOT / 'cpp' / 'include'}", str(source), "-o", str(exe)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     seed = int(np.random.SeedSequence().entropy % 2**63)
     run = subprocess.run([str(exe), "40", str(seed)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"seed {seed}:\n{run.stdout[-4000:]}{run.stderr[-2000:]}"

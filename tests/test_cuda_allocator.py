@@ -2,16 +2,16 @@
 installs torch's caching allocator this way). The test allocator hands out pieces of one array
 made by fastopt's own pool before it is installed, so the memory is real device memory (on the
 emulation too), and records every call."""
+
 import gc
 
 import numpy as np
 import pytest
+from conftest import fetch
 
 import fastopt
 import fastopt.functional as F
 from fastopt import optim
-
-from conftest import fetch
 
 pytestmark = pytest.mark.gpu
 
@@ -112,7 +112,9 @@ def test_bad_allocators_are_refused(rng):
 
     fastopt.cuda.set_allocator(full, lambda *a: None)
     try:
-        with pytest.raises(MemoryError, match=r"cannot be allocated on cuda:0 \(out of memory in the user's allocator\)"):
+        with pytest.raises(
+            MemoryError, match=r"cannot be allocated on cuda:0 \(out of memory in the user's allocator\)"
+        ):
             fastopt.to_device(np.ones(4, np.float32))
     finally:
         fastopt.cuda.set_allocator(None, None)

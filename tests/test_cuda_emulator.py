@@ -3,6 +3,7 @@ GPU suite on: tests/native/emulation_selftest.cu checks its shuffles, barriers, 
 launch limits, memory checks and the poisoning of shared and device memory, that a missing
 barrier shows, and that a deadlock, a write past the end of an allocation and a host read of
 device memory each stop the program with a message."""
+
 import shutil
 import subprocess
 import sys
@@ -26,9 +27,23 @@ def selftest(tmp_path_factory):
     rewritten = out / "selftest.cpp"
     subprocess.run([sys.executable, str(EMULATION / "rewrite_for_host.py"), str(source), str(rewritten)], check=True)
     exe = out / "selftest"
-    build = subprocess.run([cxx, "-std=c++17", "-O1", "-ffp-contract=off", f"-I{EMULATION}", "-include",
-                            str(EMULATION / "cuda_runtime.h"), str(rewritten), str(EMULATION / "emulator.cpp"),
-                            "-o", str(exe)], capture_output=True, text=True)
+    build = subprocess.run(
+        [
+            cxx,
+            "-std=c++17",
+            "-O1",
+            "-ffp-contract=off",
+            f"-I{EMULATION}",
+            "-include",
+            str(EMULATION / "cuda_runtime.h"),
+            str(rewritten),
+            str(EMULATION / "emulator.cpp"),
+            "-o",
+            str(exe),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr[-4000:]
     return exe
 
@@ -42,11 +57,14 @@ def test_shuffles_barriers_mma_limits_and_memory_checks(selftest):
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("mode, message", [
-    ("deadlock", "deadlock in block (0, 0, 0)"),
-    ("overrun", "wrote past the end of a 20-byte device allocation"),
-    ("host-touch", "host code touched device memory (a 20-byte allocation)"),
-])
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        ("deadlock", "deadlock in block (0, 0, 0)"),
+        ("overrun", "wrote past the end of a 20-byte device allocation"),
+        ("host-touch", "host code touched device memory (a 20-byte allocation)"),
+    ],
+)
 def test_faults_stop_with_a_message(selftest, mode, message):
     r = run(selftest, mode)
     assert r.returncode != 0 and message in r.stderr, (r.returncode, r.stdout, r.stderr)

@@ -2,6 +2,7 @@
 jitter, CutMix, alternating flip) and test-time augmentation: each option applies the functional
 op with the step's key, the composition is reproducible across a resume, and the TTA logits equal
 the mean over views computed by hand."""
+
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from fastopt import data as datasets, functional as F
 from fastopt.nn.models import small_cnn
-from fastopt.train import Trainer, TrainConfig, eval_logits
+from fastopt.train import TrainConfig, Trainer, eval_logits
 from fastopt.train_cli import main as train_main
 
 
@@ -68,8 +69,9 @@ def test_alternating_flip_mirrors_each_image_every_other_epoch(images):
 
 def test_resume_is_bit_identical_with_every_augmentation(images, tmp_path):
     _, d = images
-    options = dict(crop_scale=0.4, rotation=10.0, pca_jitter=0.1, alt_flip=True, cutmix=1.0, mixup=0.4, max_shift=1,
-                   epochs=3)
+    options = dict(
+        crop_scale=0.4, rotation=10.0, pca_jitter=0.1, alt_flip=True, cutmix=1.0, mixup=0.4, max_shift=1, epochs=3
+    )
     straight = _trainer(d, **options)
     for _ in range(3):
         straight.train_epoch()
@@ -93,7 +95,7 @@ def test_tta_logits_are_the_mean_over_views_by_hand(images):
     flip = (forward(x) + forward(x[..., ::-1])) / 2
     np.testing.assert_allclose(eval_logits(t.model, x, "flip"), flip, rtol=0, atol=1e-5)
     padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)), constant_values=-1.5)
-    crops = [padded[..., r:r + 9, c:c + 7] for r, c in ((0, 0), (0, 4), (4, 0), (4, 4), (2, 2))]
+    crops = [padded[..., r : r + 9, c : c + 7] for r, c in ((0, 0), (0, 4), (4, 0), (4, 4), (2, 2))]
     five = sum(forward(v) for v in crops) / 5
     np.testing.assert_allclose(eval_logits(t.model, x, "five_crop", pad=2, fill=-1.5), five, rtol=0, atol=1e-5)
     ten = (five * 5 + sum(forward(v[..., ::-1]) for v in crops)) / 10
@@ -103,12 +105,38 @@ def test_tta_logits_are_the_mean_over_views_by_hand(images):
 def test_cli_tta_evaluates_as_the_trainer_reports(images, tmp_path):
     path, _ = images
     out = tmp_path / "run"
-    assert train_main(["--data", path, "--device", "cpu", "--epochs", "2", "--width", "4", "8", "--max-shift", "1",
-                       "--tta", "ten_crop", "--alt-flip", "--crop-scale", "0.5", "--quiet", "--out", str(out)]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                path,
+                "--device",
+                "cpu",
+                "--epochs",
+                "2",
+                "--width",
+                "4",
+                "8",
+                "--max-shift",
+                "1",
+                "--tta",
+                "ten_crop",
+                "--alt-flip",
+                "--crop-scale",
+                "0.5",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     from fastopt.cli import main as fastopt_main
 
-    assert fastopt_main(["evaluate", str(out / "best.npz"), "--data", path, "--tta", "ten_crop",
-                         "--out", str(tmp_path)]) == 0
+    assert (
+        fastopt_main(["evaluate", str(out / "best.npz"), "--data", path, "--tta", "ten_crop", "--out", str(tmp_path)])
+        == 0
+    )
     mine = json.loads((tmp_path / "evaluate.json").read_text())["members"][0]
     assert mine["acc"] == json.loads((out / "metrics.json").read_text())["test"]["acc"]
 

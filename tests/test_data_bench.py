@@ -1,17 +1,17 @@
 """`fastopt bench loader` end to end at a tiny size, and the fact it relies on: training from the
 raw file (normalized batch by batch in the loader thread) is step for step the training on the
 same arrays normalized in memory."""
+
 import json
 
 import numpy as np
 import pytest
+from conftest import BACKENDS
 
 from fastopt import _arrays, data as datasets
 from fastopt.bench import loader as bench
 from fastopt.nn.models import small_cnn
-from fastopt.train import Trainer, TrainConfig
-
-from conftest import BACKENDS
+from fastopt.train import TrainConfig, Trainer
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -33,8 +33,25 @@ def test_training_from_the_file_equals_training_in_memory(tmp_path, backend):
 
 
 def test_bench_loader_writes_its_table(tmp_path, capsys):
-    assert bench.main(["--device", "cpu", "--images", "128", "--batch", "64", "--rounds", "1",
-                       "--keep", str(tmp_path / "images.npz"), "--out", str(tmp_path / "out")]) == 0
+    assert (
+        bench.main(
+            [
+                "--device",
+                "cpu",
+                "--images",
+                "128",
+                "--batch",
+                "64",
+                "--rounds",
+                "1",
+                "--keep",
+                str(tmp_path / "images.npz"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     row = json.loads((tmp_path / "out" / "results.json").read_text())["row"]
     assert row["images"] == 128 and set(row["samples_per_s"]) == {"data", "memory"}
     assert row["ratio"] == row["samples_per_s"]["data"] / row["samples_per_s"]["memory"]

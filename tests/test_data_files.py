@@ -1,6 +1,7 @@
 """A user's data: .npz in both layouts, an ImageFolder of generated PNGs, the training split's
 per-channel normalization and whitening (against float64 hand computations), the bad inputs'
 errors, and the background loader."""
+
 import json
 import math
 import threading
@@ -44,8 +45,14 @@ def test_npz_nchw_and_nhwc_give_the_same_data(tmp_path):
 
 def test_given_splits_are_kept_and_missing_ones_drawn(tmp_path):
     x, y = _images(90)
-    path = _npz(tmp_path / "d.npz", x_train=x[:60], y_train=y[:60], x_test=x[60:], y_test=y[60:],
-                class_names=np.array(["cat", "dog", "owl"]))
+    path = _npz(
+        tmp_path / "d.npz",
+        x_train=x[:60],
+        y_train=y[:60],
+        x_test=x[60:],
+        y_test=y[60:],
+        class_names=np.array(["cat", "dog", "owl"]),
+    )
     d = datasets.load(path, seed=0)
     assert np.array_equal(d.test.x, x[60:]) and np.array_equal(d.test.y, y[60:])
     assert len(d.val) == 6 and len(d.train) == 54  # val drawn from x_train only
@@ -74,8 +81,13 @@ def test_whitening_decorrelates_the_training_images(tmp_path, kind):
     mixing = rng.normal(size=(12, 12))
     x = (rng.normal(size=(3000, 12)) @ mixing).reshape(3000, 3, 2, 2) * 20 + 100  # strongly correlated pixels
     y = np.arange(3000) % 2
-    d = datasets.load(_npz(tmp_path / "w.npz", x_train=x, y_train=y), whiten=kind, whiten_eps=1e-9,
-                      val_fraction=0.0, test_fraction=0.0)
+    d = datasets.load(
+        _npz(tmp_path / "w.npz", x_train=x, y_train=y),
+        whiten=kind,
+        whiten_eps=1e-9,
+        val_fraction=0.0,
+        test_fraction=0.0,
+    )
     flat = d.inputs(d.train.x).reshape(3000, -1).astype(np.float64)
     # eps 1e-9 against eigenvalues >= ~1e-3: the whitened covariance is the identity to ~1e-5
     # (float32 transform of 12 features).
@@ -136,18 +148,21 @@ def test_image_folder_grayscale_resized_and_presplit(tmp_path):
     assert any(np.array_equal(want, img) for img in stacked)
 
 
-@pytest.mark.parametrize("case,match", [
-    ("missing", r"no 'y_train' array \(it holds x_train\)"),
-    ("half_split", r"has 'x_val' but no 'y_val'"),
-    ("float_labels", r"y_train has dtype float64; expected integer class indices"),
-    ("negative", r"y_train\[3\] is -1; labels must be >= 0"),
-    ("names", r"y_train\[0\] is 5, out of range for the 3 names in class_names"),
-    ("unseen", r"y_test\[1\] is 7, a class no training image has"),
-    ("shape", r"x_test holds \(3, 6, 6\) images \(C, H, W\), x_train \(3, 6, 5\)"),
-    ("ambiguous", r"cannot tell NCHW from NHWC; give --layout"),
-    ("label_count", r"y_train has shape \(59,\); expected \(60,\)"),
-    ("nan", r"x_train\[2\] holds NaN"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("missing", r"no 'y_train' array \(it holds x_train\)"),
+        ("half_split", r"has 'x_val' but no 'y_val'"),
+        ("float_labels", r"y_train has dtype float64; expected integer class indices"),
+        ("negative", r"y_train\[3\] is -1; labels must be >= 0"),
+        ("names", r"y_train\[0\] is 5, out of range for the 3 names in class_names"),
+        ("unseen", r"y_test\[1\] is 7, a class no training image has"),
+        ("shape", r"x_test holds \(3, 6, 6\) images \(C, H, W\), x_train \(3, 6, 5\)"),
+        ("ambiguous", r"cannot tell NCHW from NHWC; give --layout"),
+        ("label_count", r"y_train has shape \(59,\); expected \(60,\)"),
+        ("nan", r"x_train\[2\] holds NaN"),
+    ],
+)
 def test_bad_npz_names_the_array(tmp_path, case, match):
     x, y = _images()
     arrays = {"x_train": x, "y_train": y}
@@ -182,8 +197,11 @@ def test_bad_npz_names_the_array(tmp_path, case, match):
 
 def test_bad_image_folder_names_the_file(tmp_path):
     _png_folder(tmp_path / "mixed", sizes={("bee", 2): (5, 6)})
-    with pytest.raises(ValueError, match=r"images of mixed sizes: .*ant/0.png is 6x4, .*bee/2.png is 6x5; give "
-                                         r"--image-size"):
+    with pytest.raises(
+        ValueError,
+        match=r"images of mixed sizes: .*ant/0.png is 6x4, .*bee/2.png is 6x5; give "
+        r"--image-size",
+    ):
         datasets.load(str(tmp_path / "mixed"))
     _png_folder(tmp_path / "empty")
     (tmp_path / "empty" / "cow").mkdir()
@@ -236,14 +254,17 @@ def test_train_cli_on_an_npz_stores_its_normalization(tmp_path, capsys):
     x, y = _images(80, h=8, w=8)
     path = _npz(tmp_path / "d.npz", x_train=x.transpose(0, 2, 3, 1), y_train=y)
     out = tmp_path / "run"
-    assert train_main(["--data", path, "--device", "cpu", "--epochs", "1", "--width", "4", "8", "--quiet",
-                       "--out", str(out)]) == 0
+    assert (
+        train_main(
+            ["--data", path, "--device", "cpu", "--epochs", "1", "--width", "4", "8", "--quiet", "--out", str(out)]
+        )
+        == 0
+    )
     meta, model, _ = read_checkpoint(str(out / "last.npz"))
     d = datasets.load(path)  # the same seed (0): the same training split, the same statistics
     np.testing.assert_array_equal(meta["data_arrays"]["mean"], d.preprocess.mean)
     np.testing.assert_array_equal(meta["data_arrays"]["std"], d.preprocess.std)
-    assert meta["model_spec"] == {"model": "cnn", "width": [4, 8], "dropout": 0.25, "in_channels": 3,
-                                  "num_classes": 3}
+    assert meta["model_spec"] == {"model": "cnn", "width": [4, 8], "dropout": 0.25, "in_channels": 3, "num_classes": 3}
     assert meta["data"]["shape"] == [3, 8, 8] and model["0.weight"].shape[1] == 3
     with pytest.raises(SystemExit) as e:
         train_main(["--data", str(tmp_path / "missing.npz"), "--out", str(out)])
@@ -256,8 +277,26 @@ def test_search_trains_on_the_given_data(tmp_path, capsys):
 
     x, y = _images(80, h=8, w=8, c=1)
     path = _npz(tmp_path / "g.npz", x_train=x[:, 0], y_train=y)  # (N, H, W): one channel
-    assert train_main(["--data", path, "--device", "cpu", "--search", "2", "--search-epochs", "1", "--width", "4", "8",
-                       "--out", str(tmp_path)]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                path,
+                "--device",
+                "cpu",
+                "--search",
+                "2",
+                "--search-epochs",
+                "1",
+                "--width",
+                "4",
+                "8",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     trials = json.loads((tmp_path / "search.json").read_text())
     assert len(trials) == 2 and all(math.isfinite(t["val_loss"]) for t in trials)
     assert "trial 2/2" in capsys.readouterr().err
@@ -266,13 +305,40 @@ def test_search_trains_on_the_given_data(tmp_path, capsys):
 def test_train_and_evaluate_cli_on_an_image_folder(tmp_path, capsys):
     from fastopt.cli import main as fastopt_main
 
-    _png_folder(tmp_path / "imgs", classes=("ant", "bee", "cow"), per_class=10,
-                sizes={("bee", 3): (9, 5), ("cow", 0): (3, 8)})
+    _png_folder(
+        tmp_path / "imgs", classes=("ant", "bee", "cow"), per_class=10, sizes={("bee", 3): (9, 5), ("cow", 0): (3, 8)}
+    )
     out = tmp_path / "run"
-    assert fastopt_main(["train", "--data", str(tmp_path / "imgs"), "--image-size", "6", "--device", "cpu",
-                         "--epochs", "2", "--batch-size", "8", "--width", "4", "8", "--quiet", "--out", str(out)]) == 0
-    assert fastopt_main(["evaluate", str(out / "best.npz"), "--data", str(tmp_path / "imgs"),
-                         "--out", str(tmp_path / "ev")]) == 0  # resized to the 6x6 it was trained on
+    assert (
+        fastopt_main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "imgs"),
+                "--image-size",
+                "6",
+                "--device",
+                "cpu",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "8",
+                "--width",
+                "4",
+                "8",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert (
+        fastopt_main(
+            ["evaluate", str(out / "best.npz"), "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "ev")]
+        )
+        == 0
+    )  # resized to the 6x6 it was trained on
     report = json.loads((tmp_path / "ev" / "evaluate.json").read_text())
     assert report["classes"] == ["ant", "bee", "cow"] and report["images"] == 3  # 10% of each class
     trained = json.loads((out / "metrics.json").read_text())

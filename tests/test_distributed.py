@@ -17,6 +17,7 @@ these well-conditioned nets, over 4 steps), hence atol = 2e-4; the observed diff
 ~1e-7 (the bound is a worst case). Clipping scales both runs' gradients by the same coefficient
 (the same norm to float64 rounding), which leaves the bound as it is.
 """
+
 import json
 import os
 import signal
@@ -48,6 +49,7 @@ def mlp():
 
 def bn_net(sync):
     from fastopt.distributed import SyncBatchNorm
+
     norm = SyncBatchNorm(4) if sync else nn.BatchNorm2d(4)
     return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), norm, nn.ReLU(), nn.GlobalAvgPool2d(), nn.Linear(4, 3))
 
@@ -84,12 +86,14 @@ def sgd(model):
 
 # Every fastopt rule (and its variants), for ZeRO-1 == unsharded.
 RULES = {
-    "sgd": (optim.SGD, dict(lr=0.1)), "momentum": (optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0.1)),
+    "sgd": (optim.SGD, dict(lr=0.1)),
+    "momentum": (optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0.1)),
     "nesterov": (optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
     "adagrad": (optim.Adagrad, dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)),
     "rmsprop": (optim.RMSprop, dict(lr=0.01)),
     "rmsprop_centered": (optim.RMSprop, dict(lr=0.01, centered=True, momentum=0.5)),
-    "adam": (optim.Adam, dict(lr=0.01)), "amsgrad": (optim.Adam, dict(lr=0.01, amsgrad=True)),
+    "adam": (optim.Adam, dict(lr=0.01)),
+    "amsgrad": (optim.Adam, dict(lr=0.01, amsgrad=True)),
     "adamw": (optim.AdamW, dict(lr=0.01, weight_decay=0.1)),
 }
 
@@ -97,6 +101,7 @@ RULES = {
 # ------------------------------------------------------------------------ the workers
 def worker_main(scenario, out):
     import fastopt.distributed as dist
+
     rank, world = dist.init(timeout=float(os.environ.get("FASTOPT_TEST_TIMEOUT", "20")))
     part = slice(rank * B, (rank + 1) * B) if world > 1 else slice(0, 2 * B)
     result = {}
@@ -152,6 +157,7 @@ def syncbn_layer(rank, sync=True):
     """One (Sync)BatchNorm's output, input gradient, affine gradients and running statistics for
     rows `UNEVEN[rank]` of a fixed batch (all rows with rank=None) and a fixed upstream gradient."""
     from fastopt.distributed import SyncBatchNorm
+
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((8, 3, 2, 2)) * 2 + 1).astype(np.float32)
     dy = rng.standard_normal((8, 3, 2, 2)).astype(np.float32)
@@ -198,8 +204,12 @@ def scenario_killed(dist, rank, world, part, result, out):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-SCENARIOS = {"equivalence": scenario_equivalence, "checkpoint": scenario_checkpoint, "resume": scenario_resume,
-             "killed": scenario_killed}
+SCENARIOS = {
+    "equivalence": scenario_equivalence,
+    "checkpoint": scenario_checkpoint,
+    "resume": scenario_resume,
+    "killed": scenario_killed,
+}
 
 
 # ---------------------------------------------------------------------- the launcher
@@ -207,9 +217,14 @@ def launch(scenario, out, world=2, env=None, timeout=60, script=HERE):
     """Start `world` ranks of `script` as torchrun would; wait for all; return their exit codes
     and stderr."""
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, script, scenario, str(out)],
-                              env={**rank_env(rank, world, port, threads=1), **(env or {})}, stderr=subprocess.PIPE)
-             for rank in range(world)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, scenario, str(out)],
+            env={**rank_env(rank, world, port, threads=1), **(env or {})},
+            stderr=subprocess.PIPE,
+        )
+        for rank in range(world)
+    ]
     deadline = time.monotonic() + timeout
     codes, errors = [], []
     for p in procs:
@@ -243,8 +258,10 @@ def reference(kind, clip):
     return train(model, sgd(model), kind, K, slice(0, 2 * B), clip), model.store.buffers.copy(), initial
 
 
-@pytest.mark.parametrize("name,kind,clip", [("plain", "mlp", None), ("clipped", "mlp", 0.05),
-                                            ("syncbn", "conv", None), ("syncbn_clipped", "conv", 0.05)])
+@pytest.mark.parametrize(
+    "name,kind,clip",
+    [("plain", "mlp", None), ("clipped", "mlp", 0.05), ("syncbn", "conv", None), ("syncbn_clipped", "conv", 0.05)],
+)
 def test_two_ranks_equal_one_rank_with_the_whole_batch(equivalence, name, kind, clip):
     r0, r1 = equivalence
     np.testing.assert_array_equal(r0[name], r1[name])  # the ranks agree bit for bit
@@ -268,8 +285,9 @@ def test_sync_batch_norm_with_uneven_batches_equals_batch_norm_over_all(equivale
         np.testing.assert_allclose(r["sbn_dx"], ref["sbn_dx"][rows], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(r["sbn_buffers"], ref["sbn_buffers"], rtol=1e-6, atol=1e-7)
     # Each rank's affine gradients are its share: their sum is the whole batch's.
-    np.testing.assert_allclose(equivalence[0]["sbn_grad"] + equivalence[1]["sbn_grad"], ref["sbn_grad"],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        equivalence[0]["sbn_grad"] + equivalence[1]["sbn_grad"], ref["sbn_grad"], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_clipping_uses_the_global_norm(equivalence):
@@ -283,8 +301,10 @@ def test_the_loss_the_trainer_checks_is_the_mean_over_ranks(equivalence):
 
 
 def test_different_networks_are_refused(equivalence):
-    assert ("rank 0 and rank 1 built different networks ('0.weight' of shape (7, 5) here, '0.weight' of shape "
-            "(8, 5) on rank 1)") in str(equivalence[0]["different"])
+    assert (
+        "rank 0 and rank 1 built different networks ('0.weight' of shape (7, 5) here, '0.weight' of shape "
+        "(8, 5) on rank 1)"
+    ) in str(equivalence[0]["different"])
     assert "rank 1 and rank 0 built different networks" in str(equivalence[1]["different"])
 
 
@@ -336,6 +356,7 @@ def test_a_killed_rank_fails_the_others_without_a_hang(tmp_path):
 
 def test_bad_backend_and_arguments_are_refused():
     import fastopt.distributed as dist
+
     with pytest.raises(ValueError, match="'nccl' moves CUDA arrays only"):
         dist.init(backend="nccl", rank=0, world_size=1, device="cpu", init_method="tcp://127.0.0.1:1")
     with pytest.raises(ValueError, match="'gloo' for a model on cuda:0"):
@@ -348,10 +369,14 @@ def test_bad_backend_and_arguments_are_refused():
 
 def test_mismatched_world_sizes_are_refused(tmp_path):
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", "import fastopt.distributed as d; d.init(timeout=10)"],
-                              env=dict(os.environ, RANK=str(r), WORLD_SIZE=str(w), MASTER_ADDR="127.0.0.1",
-                                       MASTER_PORT=str(port)), stderr=subprocess.PIPE)
-             for r, w in ((0, 2), (1, 3))]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", "import fastopt.distributed as d; d.init(timeout=10)"],
+            env=dict(os.environ, RANK=str(r), WORLD_SIZE=str(w), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
+            stderr=subprocess.PIPE,
+        )
+        for r, w in ((0, 2), (1, 3))
+    ]
     errs = [p.communicate(timeout=40)[1].decode() for p in procs]
     assert all(p.returncode != 0 for p in procs)
     assert "rank 1 was started with world_size 3, rank 0 with 2" in errs[1]
@@ -361,9 +386,30 @@ def test_mismatched_world_sizes_are_refused(tmp_path):
 def test_fastopt_train_nproc_2_writes_from_rank_0_only(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "fastopt.cli", "train", "--nproc", "2", "--epochs", "1", "--device",
-                           "cpu", "--sync-bn", "--width", "4", "8", "--quiet", "--out", str(out)],
-                          env=env, capture_output=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastopt.cli",
+            "train",
+            "--nproc",
+            "2",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--sync-bn",
+            "--width",
+            "4",
+            "8",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout.decode().count("wrote ") == 1  # one report: rank 0's
     metrics = json.loads((out / "metrics.json").read_text())

@@ -1,5 +1,6 @@
 """`fastopt bench distributed`: the on-paper model's numbers, and a smoke run with the smallest
 sizes on 2 processes (the timings themselves are not checked: the lead times on an idle machine)."""
+
 import json
 import subprocess
 import sys
@@ -22,9 +23,28 @@ def test_paper_model_ring_bytes():
 
 
 def test_bench_distributed_smoke(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "fastopt.cli", "bench", "distributed", "--model", "mlp", "--batch",
-                          "4", "--steps", "1", "--nproc", "2", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastopt.cli",
+            "bench",
+            "distributed",
+            "--model",
+            "mlp",
+            "--batch",
+            "4",
+            "--steps",
+            "1",
+            "--nproc",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     doc = json.loads((tmp_path / "results.json").read_text())
     assert [(r["nproc"], r["mode"]) for r in doc["rows"]] == [(2, "allreduce"), (2, "zero1")]

@@ -3,6 +3,7 @@ DistributedDataParallel, unchanged, equal one process with the whole batch; and
 fastopt.torch.optim.ZeroRedundancy equals the unsharded optimizer, its consolidated checkpoint
 resuming on 1 rank (the plain optimizer) and on 2. The launcher and the tolerance (ATOL, derived
 there) are test_distributed's."""
+
 import os
 import sys
 
@@ -19,9 +20,13 @@ from test_distributed import ATOL, B, K, launch, results  # noqa: E402
 import fastopt.torch.optim as fo  # noqa: E402
 
 HERE = os.path.abspath(__file__)
-CLASSES = {"sgd": (fo.SGD, dict(lr=0.1, momentum=0.9)), "adagrad": (fo.Adagrad, dict(lr=0.1)),
-           "rmsprop": (fo.RMSprop, dict(lr=0.01, centered=True)), "adam": (fo.Adam, dict(lr=0.01)),
-           "adamw": (fo.AdamW, dict(lr=0.01, weight_decay=0.1))}
+CLASSES = {
+    "sgd": (fo.SGD, dict(lr=0.1, momentum=0.9)),
+    "adagrad": (fo.Adagrad, dict(lr=0.1)),
+    "rmsprop": (fo.RMSprop, dict(lr=0.01, centered=True)),
+    "adam": (fo.Adam, dict(lr=0.01)),
+    "adamw": (fo.AdamW, dict(lr=0.01, weight_decay=0.1)),
+}
 
 
 def net():
@@ -47,6 +52,7 @@ def train(model, opt, part, steps, first=0, sched=None):
 
 def worker(out):
     import fastopt.distributed as fdist
+
     rank, world = fdist.init(timeout=20)
     part = slice(rank * B, (rank + 1) * B)
     ddp = torch.nn.parallel.DistributedDataParallel

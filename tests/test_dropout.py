@@ -5,6 +5,7 @@ Tolerances: the mask is compared exactly (bit for bit). y = x * float32(scale) i
 rounding of the exact product, so fastopt's output equals the float32 product x * scale exactly
 and is within 2^-24 relative of the float64 reference; dropped elements are exactly x * 0.
 """
+
 import math
 import os
 import subprocess
@@ -12,22 +13,29 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import fetch, put
 
 import fastopt
-from fastopt import _C
-from fastopt import functional as F
+from fastopt import _C, functional as F
 from fastopt.reference import dropout as R
-
-from conftest import fetch, put
 
 # Random123's published known-answer vectors (kat_vectors, philox4x32 with 10 rounds).
 KAT = [
-    ((0x00000000, 0x00000000, 0x00000000, 0x00000000), (0x00000000, 0x00000000),
-     (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF),
-     (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    (
+        (0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x00000000, 0x00000000),
+        (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8),
+    ),
+    (
+        (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF),
+        (0xFFFFFFFF, 0xFFFFFFFF),
+        (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD),
+    ),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
 
 SHAPES = [(0,), (1,), (3,), (4,), (5,), (97,), (4099,), (3, 5, 7), (2, 0, 3), (32768 * 2 + 13,)]
@@ -69,7 +77,7 @@ def test_threshold_and_scale():
     assert R.threshold(1.0) == 0
     assert R.threshold(0.5) == 2**31
     assert R.threshold(0.25) == 3 * 2**30
-    assert R.threshold(2.0**-40) == 2**32 - 1   # (1 - 2^-40) 2^32 = 2^32 - 2^-8, floored
+    assert R.threshold(2.0**-40) == 2**32 - 1  # (1 - 2^-40) 2^32 = 2^32 - 2^-8, floored
     assert R.scale(0.0) == np.float32(1.0)
     assert R.scale(1.0) == np.float32(0.0)
     assert R.scale(0.999) == np.float32(1.0) / np.float32(0.001)
@@ -103,11 +111,13 @@ def test_mask_extreme_seeds_and_last_offset(backend, seed):
 def test_gpu_mask_equals_cpu_mask_bit_for_bit(rng):
     for n, offset in [(2**20 + 7, 0), (2**20 + 7, 3), (12345, 2**40 + 1)]:
         p, seed = float(rng.uniform(0.1, 0.9)), _seed(rng)
-        np.testing.assert_array_equal(fetch(F.dropout_mask(n, p, seed, offset, device="cuda")),
-                                      F.dropout_mask(n, p, seed, offset))
+        np.testing.assert_array_equal(
+            fetch(F.dropout_mask(n, p, seed, offset, device="cuda")), F.dropout_mask(n, p, seed, offset)
+        )
         x = rng.standard_normal(n).astype(np.float32)
-        np.testing.assert_array_equal(fetch(F.dropout_forward(put(x, "cuda"), p, seed, offset)),
-                                      F.dropout_forward(x, p, seed, offset))
+        np.testing.assert_array_equal(
+            fetch(F.dropout_forward(put(x, "cuda"), p, seed, offset)), F.dropout_forward(x, p, seed, offset)
+        )
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -165,7 +175,7 @@ def test_offset_skips_words(rng):
     seed, n = _seed(rng), 70001
     whole = F.dropout_mask(n + 40, 0.5, seed)
     for k in [1, 2, 3, 4, 17, 39]:
-        np.testing.assert_array_equal(F.dropout_mask(n, 0.5, seed, k), whole[k:k + n])
+        np.testing.assert_array_equal(F.dropout_mask(n, 0.5, seed, k), whole[k : k + n])
     a = F.dropout_mask(n, 0.5, seed, 0)
     b = F.dropout_mask(n, 0.5, seed, n)
     np.testing.assert_array_equal(np.concatenate([a, b]), F.dropout_mask(2 * n, 0.5, seed))
@@ -174,10 +184,17 @@ def test_offset_skips_words(rng):
 def test_mask_independent_of_thread_count():
     # Chunks are spread over OpenMP threads; the words an element draws must not depend on that.
     n, offset, seed = 3 * 32768 + 5, 3, 2**63 + 11
-    code = ("import sys, numpy as np; from fastopt import functional as F; "
-            f"sys.stdout.write(np.packbits(F.dropout_mask({n}, 0.3, {seed}, {offset})).tobytes().hex())")
-    one = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                         capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys, numpy as np; from fastopt import functional as F; "
+        f"sys.stdout.write(np.packbits(F.dropout_mask({n}, 0.3, {seed}, {offset})).tobytes().hex())"
+    )
+    one = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert one == np.packbits(F.dropout_mask(n, 0.3, seed, offset)).tobytes().hex()
 
 
@@ -219,30 +236,45 @@ def test_read_only_input_is_fine(rng):
     np.testing.assert_array_equal(F.dropout_forward(x, 0.5, 1), R.dropout_forward(x, 0.5, 1).astype(np.float32))
 
 
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda x: F.dropout_forward(x.astype(np.float64), 0.5, 1), TypeError, r"x: expected a float32 array, got float64"),
-    (lambda x: F.dropout_forward(x[::2], 0.5, 1), ValueError, r"x: array must be C-contiguous"),
-    (lambda x: F.dropout_forward([1.0, 2.0], 0.5, 1), TypeError, r"^x: "),
-    (lambda x: F.dropout_backward(x.astype(np.float16), 0.5, 1), TypeError, r"dy: unsupported dtype float16"),
-    (lambda x: F.dropout_forward(x, -0.1, 1), ValueError, r"p: dropout probability has to be between 0 and 1"),
-    (lambda x: F.dropout_forward(x, 1.0000001, 1), ValueError, r"^p: "),
-    (lambda x: F.dropout_backward(x, float("nan"), 1), ValueError, r"^p: "),
-    (lambda x: F.dropout_forward(x, "half", 1), TypeError, r"p: expected a real number, got str"),
-    (lambda x: F.dropout_forward(x, 0.5, -1), ValueError, r"seed: must be an integer in \[0, 2\^64\)"),
-    (lambda x: F.dropout_forward(x, 0.5, 2**64), ValueError, r"^seed: "),
-    (lambda x: F.dropout_forward(x, 0.5, 1.5), TypeError, r"seed: expected an integer, got float"),
-    (lambda x: F.dropout_forward(x, 0.5, True), TypeError, r"^seed: "),
-    (lambda x: F.dropout_forward(x, 0.5, 1, offset=-3), ValueError, r"^offset: "),
-    (lambda x: F.dropout_forward(x, 0.5, 1, offset=2**64 - 15), ValueError, r"offset: offset \+ numel must not exceed"),
-    (lambda x: F.dropout_backward(x, 0.5, 1, offset="0"), TypeError, r"^offset: "),
-    (lambda x: F.dropout_mask((3, -1), 0.5, 1), ValueError, r"shape\[1\]: must be an integer"),
-    (lambda x: F.dropout_mask((3, 2.0), 0.5, 1), TypeError, r"shape\[1\]: expected an integer"),
-    (lambda x: F.dropout_mask(4, 2.0, 1), ValueError, r"^p: "),
-    (lambda x: F.dropout_mask(4, 0.5, 1, device="tpu"), ValueError, r"^device: "),
-    (lambda x: _C.philox4x32_10([0, 0, 0], [0, 0]), ValueError, r"counter: expected 4 words, got 3"),
-    (lambda x: _C.philox4x32_10([0, 0, 0, 0], [0, 2**32]), ValueError, r"key\[1\]: must be an integer in \[0, 2\^32\)"),
-    (lambda x: _C.philox4x32_10([0, -1, 0, 0], [0, 0]), ValueError, r"counter\[1\]: "),
-])
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (
+            lambda x: F.dropout_forward(x.astype(np.float64), 0.5, 1),
+            TypeError,
+            r"x: expected a float32 array, got float64",
+        ),
+        (lambda x: F.dropout_forward(x[::2], 0.5, 1), ValueError, r"x: array must be C-contiguous"),
+        (lambda x: F.dropout_forward([1.0, 2.0], 0.5, 1), TypeError, r"^x: "),
+        (lambda x: F.dropout_backward(x.astype(np.float16), 0.5, 1), TypeError, r"dy: unsupported dtype float16"),
+        (lambda x: F.dropout_forward(x, -0.1, 1), ValueError, r"p: dropout probability has to be between 0 and 1"),
+        (lambda x: F.dropout_forward(x, 1.0000001, 1), ValueError, r"^p: "),
+        (lambda x: F.dropout_backward(x, float("nan"), 1), ValueError, r"^p: "),
+        (lambda x: F.dropout_forward(x, "half", 1), TypeError, r"p: expected a real number, got str"),
+        (lambda x: F.dropout_forward(x, 0.5, -1), ValueError, r"seed: must be an integer in \[0, 2\^64\)"),
+        (lambda x: F.dropout_forward(x, 0.5, 2**64), ValueError, r"^seed: "),
+        (lambda x: F.dropout_forward(x, 0.5, 1.5), TypeError, r"seed: expected an integer, got float"),
+        (lambda x: F.dropout_forward(x, 0.5, True), TypeError, r"^seed: "),
+        (lambda x: F.dropout_forward(x, 0.5, 1, offset=-3), ValueError, r"^offset: "),
+        (
+            lambda x: F.dropout_forward(x, 0.5, 1, offset=2**64 - 15),
+            ValueError,
+            r"offset: offset \+ numel must not exceed",
+        ),
+        (lambda x: F.dropout_backward(x, 0.5, 1, offset="0"), TypeError, r"^offset: "),
+        (lambda x: F.dropout_mask((3, -1), 0.5, 1), ValueError, r"shape\[1\]: must be an integer"),
+        (lambda x: F.dropout_mask((3, 2.0), 0.5, 1), TypeError, r"shape\[1\]: expected an integer"),
+        (lambda x: F.dropout_mask(4, 2.0, 1), ValueError, r"^p: "),
+        (lambda x: F.dropout_mask(4, 0.5, 1, device="tpu"), ValueError, r"^device: "),
+        (lambda x: _C.philox4x32_10([0, 0, 0], [0, 0]), ValueError, r"counter: expected 4 words, got 3"),
+        (
+            lambda x: _C.philox4x32_10([0, 0, 0, 0], [0, 2**32]),
+            ValueError,
+            r"key\[1\]: must be an integer in \[0, 2\^32\)",
+        ),
+        (lambda x: _C.philox4x32_10([0, -1, 0, 0], [0, 0]), ValueError, r"counter\[1\]: "),
+    ],
+)
 def test_bad_arguments(call, exc, match):
     with pytest.raises(exc, match=match):
         call(np.ones(16, np.float32))

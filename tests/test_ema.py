@@ -7,23 +7,24 @@ Tolerances: an EMA update rounds two products and a sum, so the float32 average 
 Accumulated gradients sum the same terms in another order: relative L2 error < 1e-5 (float32
 sums over a few hundred terms; measured ~1e-7).
 """
+
 import json
 
 import numpy as np
 import pytest
+from conftest import fetch
 
 from fastopt import _arrays, nn, optim
 from fastopt.data import Dataset, Split
 from fastopt.train import TrainConfig, Trainer, read_checkpoint
 
-from conftest import fetch
-
 EPS32 = float(np.finfo(np.float32).eps)
 
 
 def _bn_model(backend):
-    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.GlobalAvgPool2d(),
-                          nn.Linear(3, 2))
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.GlobalAvgPool2d(), nn.Linear(3, 2)
+    )
     model.build(backend, seed=0)
     return model
 
@@ -153,20 +154,25 @@ def test_trainer_ema_evaluates_and_checkpoints_the_average(rng, tmp_path):
 
 
 def _bn_model_1ch():
-    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.GlobalAvgPool2d(),
-                         nn.Linear(3, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.GlobalAvgPool2d(), nn.Linear(3, 3)
+    )
 
 
-@pytest.mark.parametrize("cls, rule, kw", [
-    (optim.SGD, "sgd", dict(lr=0.1, momentum=0.9, weight_decay=0.01)),
-    (optim.Adam, "adam", dict(lr=1e-2, maximize=True)),
-    (optim.AdamW, "adamw", dict(lr=1e-2)),
-    (optim.RMSprop, "rmsprop", dict(lr=1e-2, centered=True)),
-], ids=["sgd", "adam-max", "adamw", "rmsprop"])
+@pytest.mark.parametrize(
+    "cls, rule, kw",
+    [
+        (optim.SGD, "sgd", dict(lr=0.1, momentum=0.9, weight_decay=0.01)),
+        (optim.Adam, "adam", dict(lr=1e-2, maximize=True)),
+        (optim.AdamW, "adamw", dict(lr=1e-2)),
+        (optim.RMSprop, "rmsprop", dict(lr=1e-2, centered=True)),
+    ],
+    ids=["sgd", "adam-max", "adamw", "rmsprop"],
+)
 def test_l1_inside_the_fused_update(cls, rule, kw, backend, rng):
-    from fastopt.reference import optim as ref
-
     from conftest import put
+
+    from fastopt.reference import optim as ref
 
     p = rng.standard_normal(101).astype(np.float32)
     p[:4] = 0.0  # sign(0) = 0: no pull either way

@@ -1,5 +1,6 @@
 """`fastopt evaluate`: single checkpoints and ensembles against a hand computation (the networks
 run again by hand on hand-normalized images), SGDR snapshots, and the refusals."""
+
 import json
 import math
 
@@ -22,11 +23,39 @@ def run(tmp_path_factory):
     x = rng.integers(0, 120, (n, 8, 8, 3)) + 60 * y[:, None, None, None]
     x[..., 0] = 255 - x[..., 0]
     data = root / "d.npz"
-    np.savez(data, x_train=x[:200].astype(np.uint8), y_train=y[:200], x_test=x[200:].astype(np.uint8),
-             y_test=y[200:], class_names=np.array(["r", "g", "b"]))
+    np.savez(
+        data,
+        x_train=x[:200].astype(np.uint8),
+        y_train=y[:200],
+        x_test=x[200:].astype(np.uint8),
+        y_test=y[200:],
+        class_names=np.array(["r", "g", "b"]),
+    )
     out = root / "run"
-    assert fastopt_main(["train", "--data", str(data), "--device", "cpu", "--epochs", "2", "--snapshots", "2",
-                         "--width", "4", "8", "--batch-size", "32", "--quiet", "--out", str(out)]) == 0
+    assert (
+        fastopt_main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--device",
+                "cpu",
+                "--epochs",
+                "2",
+                "--snapshots",
+                "2",
+                "--width",
+                "4",
+                "8",
+                "--batch-size",
+                "32",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return data, out
 
 
@@ -136,8 +165,10 @@ def test_refusals_name_the_checkpoint(run, tmp_path, capsys):
 def test_digits_checkpoint_evaluates_without_data(tmp_path):
     pytest.importorskip("sklearn")
     out = tmp_path / "run"
-    assert fastopt_main(["train", "--device", "cpu", "--epochs", "1", "--width", "4", "8", "--quiet",
-                         "--out", str(out)]) == 0
+    assert (
+        fastopt_main(["train", "--device", "cpu", "--epochs", "1", "--width", "4", "8", "--quiet", "--out", str(out)])
+        == 0
+    )
     assert fastopt_main(["evaluate", str(out / "best.npz"), "--out", str(tmp_path)]) == 0
     mine = json.loads((tmp_path / "evaluate.json").read_text())
     trainer = json.loads((out / "metrics.json").read_text())["test"]

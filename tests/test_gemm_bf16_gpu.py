@@ -13,15 +13,15 @@ GEMMs (depthwise, few channels, gathers), which widen bf16 to fp32 and round onc
 adds dw and db into dw_out / db_out in fp32. Small shapes: the emulation runs every thread as a
 fiber. On the emulation (tests/test_build_variants.py) and on a GPU when one is present.
 """
+
 import numpy as np
 import pytest
+from bf16_checks import assert_bf16_gemm_close, bf16
 from ml_dtypes import bfloat16
 
 import fastopt
 import fastopt.functional as F
 from fastopt.reference import conv as conv_ref, linear as linear_ref
-
-from bf16_checks import assert_bf16_gemm_close, bf16
 
 pytestmark = pytest.mark.gpu
 
@@ -41,8 +41,18 @@ def f64abs(a):
 # ------------------------------------------------------------------------------------- linear
 # (N, in, out): single elements, empty extents, partial tiles, reductions off the 16-deep step,
 # split-K on every GEMM (few tiles, deep reductions), 128-wide tiles' neighbourhood.
-LINEAR_SHAPES = [(1, 1, 1), (0, 3, 4), (3, 0, 5), (4, 5, 0), (37, 61, 13), (9, 49, 97), (5, 600, 3),
-                 (600, 3, 2), (3, 17, 700), (70, 129, 66)]
+LINEAR_SHAPES = [
+    (1, 1, 1),
+    (0, 3, 4),
+    (3, 0, 5),
+    (4, 5, 0),
+    (37, 61, 13),
+    (9, 49, 97),
+    (5, 600, 3),
+    (600, 3, 2),
+    (3, 17, 700),
+    (70, 129, 66),
+]
 
 
 def check_linear(n, i, o, bias, rng):
@@ -50,8 +60,14 @@ def check_linear(n, i, o, bias, rng):
     b = bf16(rng.standard_normal(o)) if bias else None
     dy = bf16(rng.standard_normal((n, o)))
     y = host(F.linear_forward(dev(x), dev(w), dev(b)))
-    assert_bf16_gemm_close(y, linear_ref.linear_forward(x, w, b),
-                           linear_ref.linear_forward(f64abs(x), f64abs(w), f64abs(b)), i + 1, True, "y")
+    assert_bf16_gemm_close(
+        y,
+        linear_ref.linear_forward(x, w, b),
+        linear_ref.linear_forward(f64abs(x), f64abs(w), f64abs(b)),
+        i + 1,
+        True,
+        "y",
+    )
     want = linear_ref.linear_backward(dy, x, w)
     scale = linear_ref.linear_backward(f64abs(dy), f64abs(x), f64abs(w))
     got = [host(a) for a in F.linear_backward(dev(dy), dev(x), dev(w))]
@@ -61,7 +77,9 @@ def check_linear(n, i, o, bias, rng):
     # accumulate: the fresh fp32 gradients added into what dweight_out / dbias_out hold.
     dw0, db0 = rng.standard_normal((o, i)).astype(np.float32), rng.standard_normal(o).astype(np.float32)
     dw_out, db_out = dev(dw0), dev(db0)
-    F.linear_backward(dev(dy), dev(x), dev(w), need=(False, True, True), dweight_out=dw_out, dbias_out=db_out, accumulate=True)
+    F.linear_backward(
+        dev(dy), dev(x), dev(w), need=(False, True, True), dweight_out=dw_out, dbias_out=db_out, accumulate=True
+    )
     # one more rounding (the fp32 add) over the fresh gradient's bound
     assert_bf16_gemm_close(host(dw_out), want[1] + dw0, scale[1] + np.abs(dw0), n + 1, False, "dweight_out")
     assert_bf16_gemm_close(host(db_out), want[2] + db0, scale[2] + np.abs(db0), n + 1, False, "dbias_out")
@@ -76,17 +94,17 @@ def test_linear_against_reference(rng, n, i, o, bias):
 # ------------------------------------------------------------------------------------- conv2d
 # (N, C, H, W, K, R, S, stride, padding, dilation, groups) and the paths they take on the GPU:
 CONV_SHAPES = [
-    (2, 16, 9, 9, 24, 3, 3, 1, 1, 1, 1),           # implicit GEMM, all three passes
-    (3, 5, 11, 7, 13, 3, 3, 1, 1, 1, 1),           # odd sizes; data-grad with C < 16: few channels (widened)
-    (2, 3, 13, 11, 10, 7, 7, 2, 3, 1, 1),          # 7x7/2 stem: reduction 147, stride 2
+    (2, 16, 9, 9, 24, 3, 3, 1, 1, 1, 1),  # implicit GEMM, all three passes
+    (3, 5, 11, 7, 13, 3, 3, 1, 1, 1, 1),  # odd sizes; data-grad with C < 16: few channels (widened)
+    (2, 3, 13, 11, 10, 7, 7, 2, 3, 1, 1),  # 7x7/2 stem: reduction 147, stride 2
     (1, 34, 10, 13, 17, 3, 5, (2, 1), (1, 2), 1, 1),  # mixed strides and paddings
-    (2, 18, 8, 9, 20, 3, 3, 1, 2, 2, 1),           # dilation
-    (2, 64, 6, 5, 40, 3, 3, 1, 1, 1, 2),           # groups, 32 channels each
-    (4, 24, 6, 6, 20, 1, 1, 1, 0, 1, 1),           # 1x1 unit-stride GEMM
-    (2, 20, 9, 11, 36, 1, 1, 2, 0, 1, 1),          # 1x1, stride 2 (implicit GEMM)
-    (8, 17, 16, 16, 18, 3, 3, 1, 1, 1, 1),         # weight-grad split over N P Q = 2048
-    (2, 12, 5, 5, 12, 3, 3, 1, 1, 1, 12),          # depthwise (widened)
-    (1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1),             # one element (gathers, widened)
+    (2, 18, 8, 9, 20, 3, 3, 1, 2, 2, 1),  # dilation
+    (2, 64, 6, 5, 40, 3, 3, 1, 1, 1, 2),  # groups, 32 channels each
+    (4, 24, 6, 6, 20, 1, 1, 1, 0, 1, 1),  # 1x1 unit-stride GEMM
+    (2, 20, 9, 11, 36, 1, 1, 2, 0, 1, 1),  # 1x1, stride 2 (implicit GEMM)
+    (8, 17, 16, 16, 18, 3, 3, 1, 1, 1, 1),  # weight-grad split over N P Q = 2048
+    (2, 12, 5, 5, 12, 3, 3, 1, 1, 1, 12),  # depthwise (widened)
+    (1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1),  # one element (gathers, widened)
 ]
 
 
@@ -98,8 +116,14 @@ def check_conv(shape, rng):
     args = (stride, pad, dil, g)
     y = host(F.conv2d_forward(dev(x), dev(wt), dev(b), *args))
     ax, aw = f64abs(x), f64abs(wt)
-    assert_bf16_gemm_close(y, conv_ref.conv2d_forward(x, wt, b, *args),
-                           conv_ref.conv2d_forward(ax, aw, f64abs(b), *args), c // g * r * s + 1, True, "y")
+    assert_bf16_gemm_close(
+        y,
+        conv_ref.conv2d_forward(x, wt, b, *args),
+        conv_ref.conv2d_forward(ax, aw, f64abs(b), *args),
+        c // g * r * s + 1,
+        True,
+        "y",
+    )
     dy = bf16(rng.standard_normal(y.shape))
     got = [host(a) for a in F.conv2d_backward(dev(dy), dev(x), dev(wt), *args)]
     want = conv_ref.conv2d_backward(dy, x, wt, *args)
@@ -110,8 +134,9 @@ def check_conv(shape, rng):
     assert_bf16_gemm_close(got[2], want[2], scale[2], n * pq, False, "db")
     dw0, db0 = rng.standard_normal(wt.shape).astype(np.float32), rng.standard_normal(k).astype(np.float32)
     dw_out, db_out = dev(dw0), dev(db0)
-    F.conv2d_backward(dev(dy), dev(x), dev(wt), *args, need=(False, True, True), dw_out=dw_out, db_out=db_out,
-                      accumulate=True)
+    F.conv2d_backward(
+        dev(dy), dev(x), dev(wt), *args, need=(False, True, True), dw_out=dw_out, db_out=db_out, accumulate=True
+    )
     assert_bf16_gemm_close(host(dw_out), want[1] + dw0, scale[1] + np.abs(dw0), n * pq + 1, False, "dw_out")
     assert_bf16_gemm_close(host(db_out), want[2] + db0, scale[2] + np.abs(db0), n * pq + 1, False, "db_out")
 

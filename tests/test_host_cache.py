@@ -1,6 +1,7 @@
 """Large CPU outputs come from a cache of freed blocks (cpp/bindings/host_cache.h): a block freed by
 one output serves the next of its size, views keep theirs, small outputs and a cap of 0 bypass it,
 and the cap bounds what it holds."""
+
 import subprocess
 import sys
 
@@ -60,20 +61,26 @@ def _run(code, cache_mb):
 
 
 def test_cap_zero_turns_it_off():
-    out = _run("import numpy as np, fastopt, fastopt.functional as F\n"
-               "y = F.relu_forward(np.ones((5, 1 << 20), np.float32))\n"
-               "print(y.flags.owndata, fastopt.host_cache_info()['cap_bytes'], y.min())\n", "0")
+    out = _run(
+        "import numpy as np, fastopt, fastopt.functional as F\n"
+        "y = F.relu_forward(np.ones((5, 1 << 20), np.float32))\n"
+        "print(y.flags.owndata, fastopt.host_cache_info()['cap_bytes'], y.min())\n",
+        "0",
+    )
     assert out.split() == ["True", "0", "1.0"]
 
 
 def test_the_cap_bounds_what_it_holds():
     # 30 MiB: the first freed 20 MiB block stays, the second does not fit beside it and is freed.
-    out = _run("import numpy as np, fastopt, fastopt.functional as F\n"
-               "a = F.relu_forward(np.ones((5, 1 << 20), np.float32))\n"
-               "b = F.relu_forward(np.ones((6, 1 << 20), np.float32))\n"
-               "del a, b\n"
-               "print(fastopt.host_cache_info()['cached_bytes'] >> 20)\n"
-               "c = F.relu_forward(np.ones((5, 1 << 20), np.float32))\n"  # 20 MiB: served from the cache
-               "print(fastopt.host_cache_info()['hits'])\n"
-               "keep = c\n", "30")  # alive at exit: the interpreter frees it during shutdown
+    out = _run(
+        "import numpy as np, fastopt, fastopt.functional as F\n"
+        "a = F.relu_forward(np.ones((5, 1 << 20), np.float32))\n"
+        "b = F.relu_forward(np.ones((6, 1 << 20), np.float32))\n"
+        "del a, b\n"
+        "print(fastopt.host_cache_info()['cached_bytes'] >> 20)\n"
+        "c = F.relu_forward(np.ones((5, 1 << 20), np.float32))\n"  # 20 MiB: served from the cache
+        "print(fastopt.host_cache_info()['hits'])\n"
+        "keep = c\n",
+        "30",
+    )  # alive at exit: the interpreter frees it during shutdown
     assert out.split() == ["20", "1"]

@@ -3,20 +3,34 @@ on the same bf16 values (the error bound is derived in bf16_checks.py), on every
 the machine has, bit-identical across thread counts; dtype rules and torch tensors.
 
 y and dx come back in bf16 (rounded once), dweight and dbias in float32."""
+
 import numpy as np
 import pytest
+from bf16_checks import GEMM_COPIES, assert_bf16_gemm_close, bf16, run_under_copy
+from conftest import assert_bits_independent_of_threads
 from ml_dtypes import bfloat16
 
 import fastopt.functional as F
 from fastopt.reference import linear as ref
 
-from bf16_checks import GEMM_COPIES, assert_bf16_gemm_close, bf16, run_under_copy
-from conftest import assert_bits_independent_of_threads
-
 # (N, in, out): single elements, empty extents, primes, odd reductions (bf16 pairs), several KC
 # blocks, thin outputs (rows and columns swapped), and products past the serial threshold.
-SHAPES = [(1, 1, 1), (0, 3, 4), (3, 0, 5), (4, 5, 0), (2, 1, 3), (37, 61, 13), (128, 256, 10), (9, 49, 97),
-          (3, 1001, 4), (600, 3, 2), (5, 321, 700), (257, 129, 65), (200, 701, 300), (129, 513, 47)]
+SHAPES = [
+    (1, 1, 1),
+    (0, 3, 4),
+    (3, 0, 5),
+    (4, 5, 0),
+    (2, 1, 3),
+    (37, 61, 13),
+    (128, 256, 10),
+    (9, 49, 97),
+    (3, 1001, 4),
+    (600, 3, 2),
+    (5, 321, 700),
+    (257, 129, 65),
+    (200, 701, 300),
+    (129, 513, 47),
+]
 
 
 def check_shape(n, i, o, bias=True, seed=0):
@@ -26,9 +40,14 @@ def check_shape(n, i, o, bias=True, seed=0):
     dy = bf16(rng.standard_normal((n, o)))
     ax, aw, ady = (np.abs(a.astype(np.float64)) for a in (x, w, dy))
     y = F.linear_forward(x, w, b)
-    assert_bf16_gemm_close(y, ref.linear_forward(x, w, b),
-                           ref.linear_forward(ax, aw, None if b is None else np.abs(b.astype(np.float64))),
-                           i + 1, True, "y")
+    assert_bf16_gemm_close(
+        y,
+        ref.linear_forward(x, w, b),
+        ref.linear_forward(ax, aw, None if b is None else np.abs(b.astype(np.float64))),
+        i + 1,
+        True,
+        "y",
+    )
     got = F.linear_backward(dy, x, w)
     want = ref.linear_backward(dy, x, w)
     scale = ref.linear_backward(ady, ax, aw)
@@ -55,7 +74,9 @@ def test_every_isa_copy(copy):
 
 def test_bits_independent_of_threads(tmp_path):
     # The serial path (small products) and the OpenMP tasks both reduce each output on one thread.
-    assert_bits_independent_of_threads(tmp_path, """
+    assert_bits_independent_of_threads(
+        tmp_path,
+        """
 from ml_dtypes import bfloat16
 rng = np.random.default_rng(7)
 for n, i, o in [(128, 256, 10), (300, 701, 200), (3000, 40, 300), (5, 2001, 900)]:
@@ -63,7 +84,8 @@ for n, i, o in [(128, 256, 10), (300, 701, 200), (3000, 40, 300), (5, 2001, 900)
     y = F.linear_forward(x, w, b)
     dx, dw, db = F.linear_backward(dy, x, w)
     out += [y.view(np.uint16), dx.view(np.uint16), dw, db]
-""")
+""",
+    )
 
 
 def test_nan_stays_nan():

@@ -7,14 +7,14 @@ CPU and in float32 on the GPU: a few ulp of max(p, q) <= 1 before the subtractio
 cancel); the stats' hit counts exactly (the rank test compares the same float32 logits as the
 reference), their loss sum like the loss.
 """
+
 import numpy as np
 import pytest
+from conftest import fetch, put
 
 import fastopt
 from fastopt import functional as F
 from fastopt.reference import loss as R
-
-from conftest import fetch, put
 
 SHAPES = [(1, 1), (1, 3), (5, 1), (7, 10), (64, 37), (33, 1000), (3, 4099)]
 
@@ -134,8 +134,9 @@ def test_no_grad_and_empty_batch(backend, rng):
     assert dz is None
     np.testing.assert_allclose(fetch(loss), R.row_losses(z, np.arange(4)).mean(), rtol=1e-5)
     stats = put(np.array([1, 2, 3], np.float32), backend)
-    loss, dz = F.softmax_cross_entropy(put(np.zeros((0, 5), np.float32), backend),
-                                       put(np.zeros(0, np.int64), backend), stats=stats)
+    loss, dz = F.softmax_cross_entropy(
+        put(np.zeros((0, 5), np.float32), backend), put(np.zeros(0, np.int64), backend), stats=stats
+    )
     assert np.isnan(fetch(loss)) and fetch(dz).shape == (0, 5)  # torch: mean of nothing is NaN
     np.testing.assert_array_equal(fetch(stats), [1, 2, 3])
 
@@ -184,28 +185,35 @@ READ_ONLY = np.zeros(3, np.float32)
 READ_ONLY.flags.writeable = False
 
 
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda: F.softmax_cross_entropy(Z.astype(np.float64), T), TypeError, r"^logits: expected a float32 array"),
-    (lambda: F.softmax_cross_entropy(Z[:, ::2], T), ValueError, r"^logits: array must be C-contiguous"),
-    (lambda: F.softmax_cross_entropy(Z.reshape(-1), T), ValueError, r"^logits: expected shape \(N, K\)"),
-    (lambda: F.softmax_cross_entropy(np.zeros((4, 0), np.float32), T), ValueError, r"^logits: needs at least one"),
-    (lambda: F.softmax_cross_entropy([[1.0]], T), TypeError, r"^logits: "),
-    (lambda: F.softmax_cross_entropy(Z, T[:3]), ValueError, r"^target: class indices must have shape \(4,\)"),
-    (lambda: F.softmax_cross_entropy(Z, T.astype(np.uint8)), TypeError, r"^target: expected int32/int64"),
-    (lambda: F.softmax_cross_entropy(Z, T.astype(np.float64)), TypeError, r"^target: expected int32/int64"),
-    (lambda: F.softmax_cross_entropy(Z, np.zeros((4, 4), np.float32)), ValueError, r"^target: soft targets must"),
-    (lambda: F.softmax_cross_entropy(Z, T[::2].repeat(2)[::-1]), ValueError, r"^target: array must be C-contig"),
-    (lambda: F.softmax_cross_entropy(Z, T, label_smoothing=-0.1), ValueError, r"^label_smoothing: must lie in"),
-    (lambda: F.softmax_cross_entropy(Z, T, label_smoothing=1.5), ValueError, r"^label_smoothing: "),
-    (lambda: F.softmax_cross_entropy(Z, T, label_smoothing=float("nan")), ValueError, r"^label_smoothing: "),
-    (lambda: F.softmax_cross_entropy(Z, T, label_smoothing="x"), TypeError, r"^label_smoothing: expected a real number"),
-    (lambda: F.softmax_cross_entropy(Z, T, topk=0), ValueError, r"^topk: must be >= 1"),
-    (lambda: F.softmax_cross_entropy(Z, T, topk=2.0), TypeError, r"^topk: expected an integer"),
-    (lambda: F.softmax_cross_entropy(Z, T, stats=np.zeros(4, np.float32)), ValueError, r"^stats: expected shape"),
-    (lambda: F.softmax_cross_entropy(Z, T, stats=np.zeros(3)), TypeError, r"^stats: expected a float32"),
-    (lambda: F.softmax_cross_entropy(Z, T, stats=READ_ONLY), ValueError, r"^stats: array is read-only"),
-    (lambda: F.softmax_cross_entropy(Z, T, stats=Z.reshape(-1)[:3]), ValueError, r"stats.*share memory"),
-])
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: F.softmax_cross_entropy(Z.astype(np.float64), T), TypeError, r"^logits: expected a float32 array"),
+        (lambda: F.softmax_cross_entropy(Z[:, ::2], T), ValueError, r"^logits: array must be C-contiguous"),
+        (lambda: F.softmax_cross_entropy(Z.reshape(-1), T), ValueError, r"^logits: expected shape \(N, K\)"),
+        (lambda: F.softmax_cross_entropy(np.zeros((4, 0), np.float32), T), ValueError, r"^logits: needs at least one"),
+        (lambda: F.softmax_cross_entropy([[1.0]], T), TypeError, r"^logits: "),
+        (lambda: F.softmax_cross_entropy(Z, T[:3]), ValueError, r"^target: class indices must have shape \(4,\)"),
+        (lambda: F.softmax_cross_entropy(Z, T.astype(np.uint8)), TypeError, r"^target: expected int32/int64"),
+        (lambda: F.softmax_cross_entropy(Z, T.astype(np.float64)), TypeError, r"^target: expected int32/int64"),
+        (lambda: F.softmax_cross_entropy(Z, np.zeros((4, 4), np.float32)), ValueError, r"^target: soft targets must"),
+        (lambda: F.softmax_cross_entropy(Z, T[::2].repeat(2)[::-1]), ValueError, r"^target: array must be C-contig"),
+        (lambda: F.softmax_cross_entropy(Z, T, label_smoothing=-0.1), ValueError, r"^label_smoothing: must lie in"),
+        (lambda: F.softmax_cross_entropy(Z, T, label_smoothing=1.5), ValueError, r"^label_smoothing: "),
+        (lambda: F.softmax_cross_entropy(Z, T, label_smoothing=float("nan")), ValueError, r"^label_smoothing: "),
+        (
+            lambda: F.softmax_cross_entropy(Z, T, label_smoothing="x"),
+            TypeError,
+            r"^label_smoothing: expected a real number",
+        ),
+        (lambda: F.softmax_cross_entropy(Z, T, topk=0), ValueError, r"^topk: must be >= 1"),
+        (lambda: F.softmax_cross_entropy(Z, T, topk=2.0), TypeError, r"^topk: expected an integer"),
+        (lambda: F.softmax_cross_entropy(Z, T, stats=np.zeros(4, np.float32)), ValueError, r"^stats: expected shape"),
+        (lambda: F.softmax_cross_entropy(Z, T, stats=np.zeros(3)), TypeError, r"^stats: expected a float32"),
+        (lambda: F.softmax_cross_entropy(Z, T, stats=READ_ONLY), ValueError, r"^stats: array is read-only"),
+        (lambda: F.softmax_cross_entropy(Z, T, stats=Z.reshape(-1)[:3]), ValueError, r"stats.*share memory"),
+    ],
+)
 def test_bad_arguments(call, exc, match):
     with pytest.raises(exc, match=match):
         call()

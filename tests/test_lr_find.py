@@ -1,5 +1,6 @@
 """The learning-rate range test and the sanity checks: a sane lr on digits, the smoothing against a
 hand computation, the checks passing on digits and failing on deliberately broken networks."""
+
 import json
 import math
 
@@ -45,8 +46,9 @@ def test_lr_find_sweeps_exponentially_and_suggests_a_sane_lr(digits):
 def test_cli_lr_find_writes_json_and_png(tmp_path, capsys):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
-    rc = train_main(["--device", "cpu", "--width", "4", "8", "--lr-find", "--lr-find-steps", "30",
-                     "--out", str(tmp_path)])
+    rc = train_main(
+        ["--device", "cpu", "--width", "4", "8", "--lr-find", "--lr-find-steps", "30", "--out", str(tmp_path)]
+    )
     assert rc == 0
     saved = json.loads((tmp_path / "lr_find.json").read_text())
     assert len(saved["lr"]) == 30 and saved["lr"][-1] == pytest.approx(10.0)

@@ -8,16 +8,16 @@ for every layer. Inputs keep clear of kinks (ReLU at 0, max-pool ties) by more t
 numerical derivative is the true one there. The kernels themselves are checked against the
 float64 references at ~1e-5 in their own test files.
 """
+
 import math
 
 import numpy as np
 import pytest
+from conftest import BACKENDS, fetch, put
 
 import fastopt
 from fastopt import nn
 from fastopt.reference import loss as ref_loss
-
-from conftest import BACKENDS, fetch, put
 
 EPS = 1e-2
 TOL = 2e-4
@@ -58,54 +58,150 @@ def _distinct(rng, shape):
 # hyperparameters for the float64 reference: stated here, never read off the layer, so a wrong
 # default fails the reference check even where torch is not installed).
 LAYERS = {
-    "conv": (lambda: nn.Conv2d(3, 4, 3, padding=1), (2, 3, 5, 5), "normal",
-             lambda t: t.nn.Conv2d(3, 4, 3, padding=1), dict(stride=1, padding=1, dilation=1, groups=1)),
-    "conv_stride_groups": (lambda: nn.Conv2d(4, 6, 3, stride=2, groups=2), (2, 4, 7, 6), "normal",
-                           lambda t: t.nn.Conv2d(4, 6, 3, stride=2, groups=2),
-                           dict(stride=2, padding=0, dilation=1, groups=2)),
-    "conv_nobias": (lambda: nn.Conv2d(2, 3, (1, 3), padding=(0, 1), bias=False), (3, 2, 4, 5), "normal",
-                    lambda t: t.nn.Conv2d(2, 3, (1, 3), padding=(0, 1), bias=False),
-                    dict(stride=1, padding=(0, 1), dilation=1, groups=1)),
+    "conv": (
+        lambda: nn.Conv2d(3, 4, 3, padding=1),
+        (2, 3, 5, 5),
+        "normal",
+        lambda t: t.nn.Conv2d(3, 4, 3, padding=1),
+        dict(stride=1, padding=1, dilation=1, groups=1),
+    ),
+    "conv_stride_groups": (
+        lambda: nn.Conv2d(4, 6, 3, stride=2, groups=2),
+        (2, 4, 7, 6),
+        "normal",
+        lambda t: t.nn.Conv2d(4, 6, 3, stride=2, groups=2),
+        dict(stride=2, padding=0, dilation=1, groups=2),
+    ),
+    "conv_nobias": (
+        lambda: nn.Conv2d(2, 3, (1, 3), padding=(0, 1), bias=False),
+        (3, 2, 4, 5),
+        "normal",
+        lambda t: t.nn.Conv2d(2, 3, (1, 3), padding=(0, 1), bias=False),
+        dict(stride=1, padding=(0, 1), dilation=1, groups=1),
+    ),
     "linear": (lambda: nn.Linear(7, 5), (3, 7), "normal", lambda t: t.nn.Linear(7, 5), {}),
-    "linear_nobias": (lambda: nn.Linear(7, 5, bias=False), (3, 7), "normal",
-                      lambda t: t.nn.Linear(7, 5, bias=False), {}),
-    "batchnorm2d": (lambda: nn.BatchNorm2d(3), (4, 3, 3, 3), "normal", lambda t: t.nn.BatchNorm2d(3),
-                    dict(momentum=0.1, eps=1e-5, track=True)),
-    "batchnorm2d_cumulative": (lambda: nn.BatchNorm2d(3, momentum=None, eps=1e-3), (4, 3, 3, 3), "normal",
-                               lambda t: t.nn.BatchNorm2d(3, momentum=None, eps=1e-3),
-                               dict(momentum=None, eps=1e-3, track=True)),
-    "batchnorm2d_batch_stats_only": (lambda: nn.BatchNorm2d(3, affine=False, track_running_stats=False), (4, 3, 3, 3),
-                                     "normal", lambda t: t.nn.BatchNorm2d(3, affine=False, track_running_stats=False),
-                                     dict(momentum=0.1, eps=1e-5, track=False)),
-    "batchnorm1d": (lambda: nn.BatchNorm1d(5), (6, 5), "normal", lambda t: t.nn.BatchNorm1d(5),
-                    dict(momentum=0.1, eps=1e-5, track=True)),
-    "batchnorm1d_3d": (lambda: nn.BatchNorm1d(4), (3, 4, 5), "normal", lambda t: t.nn.BatchNorm1d(4),
-                       dict(momentum=0.1, eps=1e-5, track=True)),
+    "linear_nobias": (
+        lambda: nn.Linear(7, 5, bias=False),
+        (3, 7),
+        "normal",
+        lambda t: t.nn.Linear(7, 5, bias=False),
+        {},
+    ),
+    "batchnorm2d": (
+        lambda: nn.BatchNorm2d(3),
+        (4, 3, 3, 3),
+        "normal",
+        lambda t: t.nn.BatchNorm2d(3),
+        dict(momentum=0.1, eps=1e-5, track=True),
+    ),
+    "batchnorm2d_cumulative": (
+        lambda: nn.BatchNorm2d(3, momentum=None, eps=1e-3),
+        (4, 3, 3, 3),
+        "normal",
+        lambda t: t.nn.BatchNorm2d(3, momentum=None, eps=1e-3),
+        dict(momentum=None, eps=1e-3, track=True),
+    ),
+    "batchnorm2d_batch_stats_only": (
+        lambda: nn.BatchNorm2d(3, affine=False, track_running_stats=False),
+        (4, 3, 3, 3),
+        "normal",
+        lambda t: t.nn.BatchNorm2d(3, affine=False, track_running_stats=False),
+        dict(momentum=0.1, eps=1e-5, track=False),
+    ),
+    "batchnorm1d": (
+        lambda: nn.BatchNorm1d(5),
+        (6, 5),
+        "normal",
+        lambda t: t.nn.BatchNorm1d(5),
+        dict(momentum=0.1, eps=1e-5, track=True),
+    ),
+    "batchnorm1d_3d": (
+        lambda: nn.BatchNorm1d(4),
+        (3, 4, 5),
+        "normal",
+        lambda t: t.nn.BatchNorm1d(4),
+        dict(momentum=0.1, eps=1e-5, track=True),
+    ),
     # Inputs of variance 1e-4, where eps = 1e-5 moves the output by 5%: a wrong default eps shows.
-    "batchnorm2d_small_variance": (lambda: nn.BatchNorm2d(3), (4, 3, 3, 3), "small", lambda t: t.nn.BatchNorm2d(3),
-                                   dict(momentum=0.1, eps=1e-5, track=True)),
-    "layernorm_small_variance": (lambda: nn.LayerNorm(6), (5, 6), "small", lambda t: t.nn.LayerNorm(6),
-                                 dict(normalized_shape=(6,), eps=1e-5)),
-    "groupnorm_small_variance": (lambda: nn.GroupNorm(2, 4), (3, 4, 3, 3), "small", lambda t: t.nn.GroupNorm(2, 4),
-                                 dict(num_groups=2, eps=1e-5)),
-    "layernorm": (lambda: nn.LayerNorm((3, 4)), (4, 3, 4), "normal", lambda t: t.nn.LayerNorm((3, 4)),
-                  dict(normalized_shape=(3, 4), eps=1e-5)),
-    "layernorm_nobias": (lambda: nn.LayerNorm(6, bias=False), (5, 6), "normal", lambda t: t.nn.LayerNorm(6, bias=False),
-                         dict(normalized_shape=(6,), eps=1e-5)),
-    "groupnorm": (lambda: nn.GroupNorm(2, 4), (3, 4, 3, 3), "normal", lambda t: t.nn.GroupNorm(2, 4),
-                  dict(num_groups=2, eps=1e-5)),
-    "groupnorm_noaffine": (lambda: nn.GroupNorm(3, 6, affine=False), (2, 6, 2, 3), "normal",
-                           lambda t: t.nn.GroupNorm(3, 6, affine=False), dict(num_groups=3, eps=1e-5)),
+    "batchnorm2d_small_variance": (
+        lambda: nn.BatchNorm2d(3),
+        (4, 3, 3, 3),
+        "small",
+        lambda t: t.nn.BatchNorm2d(3),
+        dict(momentum=0.1, eps=1e-5, track=True),
+    ),
+    "layernorm_small_variance": (
+        lambda: nn.LayerNorm(6),
+        (5, 6),
+        "small",
+        lambda t: t.nn.LayerNorm(6),
+        dict(normalized_shape=(6,), eps=1e-5),
+    ),
+    "groupnorm_small_variance": (
+        lambda: nn.GroupNorm(2, 4),
+        (3, 4, 3, 3),
+        "small",
+        lambda t: t.nn.GroupNorm(2, 4),
+        dict(num_groups=2, eps=1e-5),
+    ),
+    "layernorm": (
+        lambda: nn.LayerNorm((3, 4)),
+        (4, 3, 4),
+        "normal",
+        lambda t: t.nn.LayerNorm((3, 4)),
+        dict(normalized_shape=(3, 4), eps=1e-5),
+    ),
+    "layernorm_nobias": (
+        lambda: nn.LayerNorm(6, bias=False),
+        (5, 6),
+        "normal",
+        lambda t: t.nn.LayerNorm(6, bias=False),
+        dict(normalized_shape=(6,), eps=1e-5),
+    ),
+    "groupnorm": (
+        lambda: nn.GroupNorm(2, 4),
+        (3, 4, 3, 3),
+        "normal",
+        lambda t: t.nn.GroupNorm(2, 4),
+        dict(num_groups=2, eps=1e-5),
+    ),
+    "groupnorm_noaffine": (
+        lambda: nn.GroupNorm(3, 6, affine=False),
+        (2, 6, 2, 3),
+        "normal",
+        lambda t: t.nn.GroupNorm(3, 6, affine=False),
+        dict(num_groups=3, eps=1e-5),
+    ),
     "relu": (lambda: nn.ReLU(), (3, 4, 5), "away", lambda t: t.nn.ReLU(), {}),
     "leaky_relu": (lambda: nn.LeakyReLU(), (3, 4, 5), "away", lambda t: t.nn.LeakyReLU(), dict(negative_slope=0.01)),
-    "leaky_relu_0.1": (lambda: nn.LeakyReLU(0.1), (3, 4, 5), "away", lambda t: t.nn.LeakyReLU(0.1),
-                       dict(negative_slope=0.1)),
-    "maxpool": (lambda: nn.MaxPool2d(2), (2, 3, 4, 6), "distinct", lambda t: t.nn.MaxPool2d(2),
-                dict(kernel_size=2, stride=2, padding=0)),
-    "maxpool_overlap": (lambda: nn.MaxPool2d(3, stride=2, padding=1), (2, 2, 5, 7), "distinct",
-                        lambda t: t.nn.MaxPool2d(3, stride=2, padding=1), dict(kernel_size=3, stride=2, padding=1)),
-    "global_avg_pool": (lambda: nn.GlobalAvgPool2d(), (3, 4, 5, 3), "normal",
-                        lambda t: t.nn.Sequential(t.nn.AdaptiveAvgPool2d(1), t.nn.Flatten()), {}),
+    "leaky_relu_0.1": (
+        lambda: nn.LeakyReLU(0.1),
+        (3, 4, 5),
+        "away",
+        lambda t: t.nn.LeakyReLU(0.1),
+        dict(negative_slope=0.1),
+    ),
+    "maxpool": (
+        lambda: nn.MaxPool2d(2),
+        (2, 3, 4, 6),
+        "distinct",
+        lambda t: t.nn.MaxPool2d(2),
+        dict(kernel_size=2, stride=2, padding=0),
+    ),
+    "maxpool_overlap": (
+        lambda: nn.MaxPool2d(3, stride=2, padding=1),
+        (2, 2, 5, 7),
+        "distinct",
+        lambda t: t.nn.MaxPool2d(3, stride=2, padding=1),
+        dict(kernel_size=3, stride=2, padding=1),
+    ),
+    "global_avg_pool": (
+        lambda: nn.GlobalAvgPool2d(),
+        (3, 4, 5, 3),
+        "normal",
+        lambda t: t.nn.Sequential(t.nn.AdaptiveAvgPool2d(1), t.nn.Flatten()),
+        {},
+    ),
     "flatten": (lambda: nn.Flatten(), (3, 2, 2, 3), "normal", lambda t: t.nn.Flatten(), {}),
     "dropout": (lambda: nn.Dropout(), (4, 37), "normal", None, dict(p=0.5)),
     "dropout_0.3": (lambda: nn.Dropout(0.3), (4, 37), "normal", None, dict(p=0.3)),
@@ -187,8 +283,11 @@ def _fastopt_run(layer, xs, dys):
         y = np.array(layer.forward(x.copy(), True))
         dx = np.array(layer.backward(dy.copy()))
         grads = {k: p.grad.copy() for k, p in layer.params.items() if p is not None}
-        state = {k: np.asarray(v, np.float64) for k, v in [*layer.named_buffers(), *layer.extra_state().items()]
-                 if k != "seed"}
+        state = {
+            k: np.asarray(v, np.float64)
+            for k, v in [*layer.named_buffers(), *layer.extra_state().items()]
+            if k != "seed"
+        }
         steps.append((y, dx, grads, state))
     return steps, np.array(layer.forward(xs[-1].copy(), False))
 
@@ -196,11 +295,18 @@ def _fastopt_run(layer, xs, dys):
 def _reference_run(layer, hyper, xs, dys):
     """The same steps through fastopt.reference in float64, with torch's hyperparameters `hyper`
     (the layer supplies only its parameter values and, for dropout, its seed)."""
-    from fastopt.reference import (activation as ra, conv as rc, dropout as rd, linear as rl,
-                                   normalization as rn, pooling as rp)
+    from fastopt.reference import (
+        activation as ra,
+        conv as rc,
+        dropout as rd,
+        linear as rl,
+        normalization as rn,
+        pooling as rp,
+    )
 
-    w, b = (None if layer.params.get(k) is None else layer.params[k].data.astype(np.float64)
-            for k in ("weight", "bias"))
+    w, b = (
+        None if layer.params.get(k) is None else layer.params[k].data.astype(np.float64) for k in ("weight", "bias")
+    )
     state = {}
     if isinstance(layer, nn.BatchNorm1d | nn.BatchNorm2d) and hyper["track"]:
         c = layer.num_features
@@ -213,20 +319,31 @@ def _reference_run(layer, hyper, xs, dys):
         if isinstance(layer, nn.Conv2d | nn.Linear):
             conv = isinstance(layer, nn.Conv2d)
             y = rc.conv2d_forward(x, w, b, **hyper) if conv else rl.linear_forward(x, w, b)
-            dx, dw, db = (rc.conv2d_backward(dy, x, w, **hyper) if conv else rl.linear_backward(dy, x, w))
+            dx, dw, db = rc.conv2d_backward(dy, x, w, **hyper) if conv else rl.linear_backward(dy, x, w)
         elif isinstance(layer, nn.BatchNorm1d | nn.BatchNorm2d):
             batch = training or not hyper["track"]
             if training and hyper["track"]:
                 state["num_batches_tracked"] += 1
-            y, mean, invstd = rn.batch_norm_forward(x, w, b, state.get("running_mean"), state.get("running_var"), batch,
-                                                    hyper["momentum"], hyper["eps"],
-                                                    num_batches_tracked=state.get("num_batches_tracked"))
+            y, mean, invstd = rn.batch_norm_forward(
+                x,
+                w,
+                b,
+                state.get("running_mean"),
+                state.get("running_var"),
+                batch,
+                hyper["momentum"],
+                hyper["eps"],
+                num_batches_tracked=state.get("num_batches_tracked"),
+            )
             dx, dw, db = rn.batch_norm_backward(dy, x, w, mean, invstd, batch)
         elif isinstance(layer, nn.LayerNorm | nn.GroupNorm):
             ln = isinstance(layer, nn.LayerNorm)
             arg = hyper["normalized_shape"] if ln else hyper["num_groups"]
-            fwd, bwd = ((rn.layer_norm_forward, rn.layer_norm_backward) if ln
-                        else (rn.group_norm_forward, rn.group_norm_backward))
+            fwd, bwd = (
+                (rn.layer_norm_forward, rn.layer_norm_backward)
+                if ln
+                else (rn.group_norm_forward, rn.group_norm_backward)
+            )
             y, mean, rstd = fwd(x, arg, w, b, hyper["eps"])
             dx, dw, db = bwd(dy, x, arg, mean, rstd, w)
         elif isinstance(layer, nn.LeakyReLU):
@@ -375,10 +492,14 @@ def test_cross_entropy_defaults_match_reference(rng):
     _close(ce.backward(), expected_grad, "dlogits")
 
 
-@pytest.mark.parametrize("ours,theirs", [
-    (lambda: nn.Conv2d(16, 128, 3), lambda t: t.nn.Conv2d(16, 128, 3)),
-    (lambda: nn.Linear(300, 200), lambda t: t.nn.Linear(300, 200)),
-], ids=["conv", "linear"])
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [
+        (lambda: nn.Conv2d(16, 128, 3), lambda t: t.nn.Conv2d(16, 128, 3)),
+        (lambda: nn.Linear(300, 200), lambda t: t.nn.Linear(300, 200)),
+    ],
+    ids=["conv", "linear"],
+)
 def test_default_initialization_follows_torch(ours, theirs):
     # Both draw weight and bias uniformly within +-1/sqrt(fan_in) (torch: kaiming_uniform with
     # a = sqrt(5), bias U(+-1/sqrt(fan_in))). 18432 / 60000 weights and 128 / 200 biases: the
@@ -392,8 +513,9 @@ def test_default_initialization_follows_torch(ours, theirs):
     for name in ("weight", "bias"):
         w, t = layer.params[name].data, getattr(module, name).detach().numpy()
         assert w.shape == t.shape
-        bound = 1 / math.sqrt(w.size // w.shape[0] if name == "weight" else layer.params["weight"].size
-                              // layer.params["weight"].shape[0])
+        bound = 1 / math.sqrt(
+            w.size // w.shape[0] if name == "weight" else layer.params["weight"].size // layer.params["weight"].shape[0]
+        )
         for values in (w, t):
             assert np.abs(values).max() <= bound * (1 + 1e-6)
             assert np.abs(values).max() >= bound * (0.998 if name == "weight" else 0.9)
@@ -483,15 +605,18 @@ def test_layer_argument_errors():
 FAN_SHAPE = (64, 32, 3, 3)  # fan_in 288, fan_out 576
 
 
-@pytest.mark.parametrize("name,init,std", [
-    ("xavier_normal", nn.init.xavier_normal(), math.sqrt(2 / (288 + 576))),
-    ("xavier_uniform", nn.init.xavier_uniform(), math.sqrt(6 / (288 + 576)) / math.sqrt(3)),
-    ("kaiming_normal", nn.init.kaiming_normal(nonlinearity="relu"), math.sqrt(2 / 288)),
-    ("kaiming_uniform_fan_out", nn.init.kaiming_uniform(mode="fan_out", nonlinearity="relu"), math.sqrt(2 / 576)),
-    ("lecun_normal", nn.init.lecun_normal(), math.sqrt(1 / 288)),
-    ("lecun_uniform", nn.init.lecun_uniform(), math.sqrt(1 / 288)),
-    ("torch_default", nn.init.kaiming_uniform(a=math.sqrt(5)), math.sqrt(1 / (3 * 288))),
-])
+@pytest.mark.parametrize(
+    "name,init,std",
+    [
+        ("xavier_normal", nn.init.xavier_normal(), math.sqrt(2 / (288 + 576))),
+        ("xavier_uniform", nn.init.xavier_uniform(), math.sqrt(6 / (288 + 576)) / math.sqrt(3)),
+        ("kaiming_normal", nn.init.kaiming_normal(nonlinearity="relu"), math.sqrt(2 / 288)),
+        ("kaiming_uniform_fan_out", nn.init.kaiming_uniform(mode="fan_out", nonlinearity="relu"), math.sqrt(2 / 576)),
+        ("lecun_normal", nn.init.lecun_normal(), math.sqrt(1 / 288)),
+        ("lecun_uniform", nn.init.lecun_uniform(), math.sqrt(1 / 288)),
+        ("torch_default", nn.init.kaiming_uniform(a=math.sqrt(5)), math.sqrt(1 / (3 * 288))),
+    ],
+)
 def test_initializer_statistics(name, init, std):
     w = init(np.random.default_rng(0), FAN_SHAPE)
     assert w.dtype == np.float32 and w.shape == FAN_SHAPE
@@ -504,8 +629,16 @@ def test_initializer_statistics(name, init, std):
 
 def test_gains_follow_torch():
     torch = pytest.importorskip("torch")
-    for nl, param in [("linear", None), ("sigmoid", None), ("tanh", None), ("relu", None), ("leaky_relu", None),
-                      ("leaky_relu", 0.2), ("selu", None), ("conv2d", None)]:
+    for nl, param in [
+        ("linear", None),
+        ("sigmoid", None),
+        ("tanh", None),
+        ("relu", None),
+        ("leaky_relu", None),
+        ("leaky_relu", 0.2),
+        ("selu", None),
+        ("conv2d", None),
+    ]:
         assert nn.init.calculate_gain(nl, param) == pytest.approx(torch.nn.init.calculate_gain(nl, param))
     with pytest.raises(ValueError, match="nonlinearity"):
         nn.init.calculate_gain("swish")

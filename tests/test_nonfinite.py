@@ -12,19 +12,21 @@ finite values within TOL relative to max(1, |want|): float32 sums of <= 360 valu
 torch's float32 and the float64 reference differ by a few ulps times sqrt(count) ~ 1e-6, so
 1e-4 only accepts rounding, never a wrong value. The values in this file are O(1).
 """
+
 import math
 
 import numpy as np
 import pytest
+from conftest import fetch, put
 
 import fastopt.functional as F
-from fastopt.reference import loss as ref_loss
-from fastopt.reference import linear as ref_linear
-from fastopt.reference import normalization as ref_norm
-from fastopt.reference import norms as ref_norms
-from fastopt.reference import pooling as ref_pool
-
-from conftest import fetch, put
+from fastopt.reference import (
+    linear as ref_linear,
+    loss as ref_loss,
+    normalization as ref_norm,
+    norms as ref_norms,
+    pooling as ref_pool,
+)
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
@@ -55,8 +57,10 @@ def assert_matches(got, want, what):
     assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
     for name, test in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
         mismatch = test(got) != test(want)
-        assert not mismatch.any(), (f"{what}: {name} at {np.argwhere(mismatch)[:4].tolist()}: "
-                                    f"got {got[mismatch][:4]}, want {want[mismatch][:4]}")
+        assert not mismatch.any(), (
+            f"{what}: {name} at {np.argwhere(mismatch)[:4].tolist()}: "
+            f"got {got[mismatch][:4]}, want {want[mismatch][:4]}"
+        )
     finite = np.isfinite(want)
     err = np.abs(got[finite] - want[finite]) / np.maximum(1.0, np.abs(want[finite]))
     assert err.size == 0 or err.max() <= TOL, f"{what}: max relative error {err.max():.3g} > {TOL}"
@@ -70,11 +74,16 @@ def t(a, grad=False):
 # Each op: (x, params, backend) -> {output: ours}, and (x, params) -> {output: want} for torch and
 # the reference. params holds the finite inputs (weights, dy), drawn once per test.
 
+
 def params_for(x, rng):
     C = x.shape[1]
-    return {"w": rng.uniform(0.5, 2.0, C).astype(np.float32), "b": rng.standard_normal(C).astype(np.float32),
-            "dy": rng.standard_normal(x.shape).astype(np.float32), "rm": rng.standard_normal(C).astype(np.float32),
-            "rv": rng.uniform(0.5, 2.0, C).astype(np.float32)}
+    return {
+        "w": rng.uniform(0.5, 2.0, C).astype(np.float32),
+        "b": rng.standard_normal(C).astype(np.float32),
+        "dy": rng.standard_normal(x.shape).astype(np.float32),
+        "rm": rng.standard_normal(C).astype(np.float32),
+        "rv": rng.uniform(0.5, 2.0, C).astype(np.float32),
+    }
 
 
 def bn_train_ours(x, p, backend):
@@ -82,16 +91,23 @@ def bn_train_ours(x, p, backend):
     args = [put(a, backend) for a in (x, p["w"], p["b"])]
     y, mean, invstd = F.batch_norm_forward(*args, rm, rv, True)
     dx, dw, db = F.batch_norm_backward(put(p["dy"], backend), args[0], args[1], mean, invstd, True, has_bias=True)
-    return {"y": y, "mean": mean, "invstd": invstd, "running_mean": rm, "running_var": rv, "dx": dx, "dw": dw,
-            "db": db}
+    return {"y": y, "mean": mean, "invstd": invstd, "running_mean": rm, "running_var": rv, "dx": dx, "dw": dw, "db": db}
 
 
 def bn_train_torch(x, p):
     rm, rv, xt, w, b = t(p["rm"]), t(p["rv"]), t(x, True), t(p["w"], True), t(p["b"], True)
     y, mean, invstd = torch.native_batch_norm(xt, w, b, rm, rv, True, 0.1, 1e-5)
     y.backward(t(p["dy"]))
-    return {"y": y, "mean": mean, "invstd": invstd, "running_mean": rm, "running_var": rv, "dx": xt.grad,
-            "dw": w.grad, "db": b.grad}
+    return {
+        "y": y,
+        "mean": mean,
+        "invstd": invstd,
+        "running_mean": rm,
+        "running_var": rv,
+        "dx": xt.grad,
+        "dw": w.grad,
+        "db": b.grad,
+    }
 
 
 def bn_train_ref(x, p):
@@ -99,15 +115,13 @@ def bn_train_ref(x, p):
     with np.errstate(invalid="ignore"):
         y, mean, invstd = ref_norm.batch_norm_forward(x, p["w"], p["b"], rm, rv, True)
         dx, dw, db = ref_norm.batch_norm_backward(p["dy"], x, p["w"], mean, invstd, True)
-    return {"y": y, "mean": mean, "invstd": invstd, "running_mean": rm, "running_var": rv, "dx": dx, "dw": dw,
-            "db": db}
+    return {"y": y, "mean": mean, "invstd": invstd, "running_mean": rm, "running_var": rv, "dx": dx, "dw": dw, "db": db}
 
 
 def bn_eval_ours(x, p, backend):
     args = [put(a, backend) for a in (x, p["w"], p["b"], p["rm"], p["rv"])]
     y, _, invstd = F.batch_norm_forward(*args, False)
-    dx, dw, db = F.batch_norm_backward(put(p["dy"], backend), args[0], args[1], args[3], invstd, False,
-                                       has_bias=True)
+    dx, dw, db = F.batch_norm_backward(put(p["dy"], backend), args[0], args[1], args[3], invstd, False, has_bias=True)
     return {"y": y, "dx": dx, "dw": dw, "db": db}
 
 
@@ -143,8 +157,14 @@ def ln_torch(x, p):
     y.backward(t(p["dy"]))
     # torch's saved mean is a Welford mean, NaN for a row holding +Inf (Inf - Inf inside the
     # update); the mean of such a row is +Inf, as torch.mean and torch's batch norm say.
-    return {"y": y, "mean": xt.detach().reshape(x.shape[0], -1).mean(1), "rstd": rstd.reshape(-1),
-            "dx": xt.grad, "dw": w.grad, "db": b.grad}
+    return {
+        "y": y,
+        "mean": xt.detach().reshape(x.shape[0], -1).mean(1),
+        "rstd": rstd.reshape(-1),
+        "dx": xt.grad,
+        "dw": w.grad,
+        "db": b.grad,
+    }
 
 
 def ln_ref(x, p):
@@ -172,8 +192,14 @@ def gn_torch(x, p):
     y, _, rstd = torch.native_group_norm(xt, w, b, N, C, int(np.prod(x.shape[2:])), GROUPS, 1e-5)
     y.backward(t(p["dy"]))
     # torch's saved mean: Welford, as for layer norm above.
-    return {"y": y, "mean": xt.detach().reshape(N, GROUPS, -1).mean(2), "rstd": rstd, "dx": xt.grad,
-            "dw": w.grad, "db": b.grad}
+    return {
+        "y": y,
+        "mean": xt.detach().reshape(N, GROUPS, -1).mean(2),
+        "rstd": rstd,
+        "dx": xt.grad,
+        "dw": w.grad,
+        "db": b.grad,
+    }
 
 
 def gn_ref(x, p):
@@ -189,16 +215,21 @@ POOL = (3, 2, 1)  # kernel, stride, padding: overlapping windows with padding
 def pool_ours(x, p, backend):
     xs = put(x, backend)
     y, idx = F.max_pool2d_forward(xs, *POOL)
-    dx = F.max_pool2d_backward(put(p["dy"][:, :, :y.shape[2], :y.shape[3]], backend), idx, x.shape, *POOL)
+    dx = F.max_pool2d_backward(put(p["dy"][:, :, : y.shape[2], : y.shape[3]], backend), idx, x.shape, *POOL)
     g = F.global_avg_pool_forward(xs)
-    return {"max": y, "argmax": idx, "max_dx": dx, "avg": g,
-            "avg_dx": F.global_avg_pool_backward(put(fetch(g), backend), x.shape)}
+    return {
+        "max": y,
+        "argmax": idx,
+        "max_dx": dx,
+        "avg": g,
+        "avg_dx": F.global_avg_pool_backward(put(fetch(g), backend), x.shape),
+    }
 
 
 def pool_torch(x, p):
     xt = t(x, True)
     y, idx = TF.max_pool2d(xt, *POOL, return_indices=True)
-    y.backward(t(p["dy"][:, :, :y.shape[2], :y.shape[3]]))
+    y.backward(t(p["dy"][:, :, : y.shape[2], : y.shape[3]]))
     g = xt.detach().mean((2, 3))
     gx = t(x, True)
     gx.mean((2, 3)).backward(g)
@@ -209,9 +240,13 @@ def pool_ref(x, p):
     y, idx = ref_pool.max_pool2d_forward(x, *POOL)
     with np.errstate(invalid="ignore"):
         g = ref_pool.global_avg_pool_forward(x)
-    return {"max": y, "argmax": idx,
-            "max_dx": ref_pool.max_pool2d_backward(p["dy"][:, :, :y.shape[2], :y.shape[3]], idx, x.shape),
-            "avg": g, "avg_dx": ref_pool.global_avg_pool_backward(g.astype(np.float32), x.shape)}
+    return {
+        "max": y,
+        "argmax": idx,
+        "max_dx": ref_pool.max_pool2d_backward(p["dy"][:, :, : y.shape[2], : y.shape[3]], idx, x.shape),
+        "avg": g,
+        "avg_dx": ref_pool.global_avg_pool_backward(g.astype(np.float32), x.shape),
+    }
 
 
 NORM_TYPES = [0.5, 1.0, 2.0, 3.0, INF]
@@ -303,8 +338,10 @@ def op_input(op, kind, rng):
 def test_nonfinite_input_reaches_every_output(kind, op, backend, rng):
     x = op_input(op, kind, rng)
     p = params_for(x, rng)
-    p["lin_w"], p["lin_dy"] = rng.standard_normal((3, 30)).astype(np.float32), rng.standard_normal(
-        (x.size // 30, 3)).astype(np.float32)
+    p["lin_w"], p["lin_dy"] = (
+        rng.standard_normal((3, 30)).astype(np.float32),
+        rng.standard_normal((x.size // 30, 3)).astype(np.float32),
+    )
     ours, run_torch, run_ref = OPS[op]
     got = ours(x, p, backend)
     for source, want in (("torch", run_torch(x, p)), ("reference", run_ref(x, p))):
@@ -334,13 +371,13 @@ def test_batch_norm_eval_nonfinite_running_statistics(backend, rng):
 # ------------------------------------------------------------------------------ cross-entropy
 # (logits row, target class, label smoothing) -> torch.nn.functional.cross_entropy's loss and grad.
 XENT_CASES = [
-    ("-inf off target", [1.0, -INF, 2.0, 0.5], 0, 0.0),     # finite: exp(-inf) = 0
+    ("-inf off target", [1.0, -INF, 2.0, 0.5], 0, 0.0),  # finite: exp(-inf) = 0
     ("-inf off target, smoothed", [1.0, -INF, 2.0, 0.5], 0, 0.1),  # +inf: eps/K log 0
-    ("-inf at target", [1.0, -INF, 2.0, 0.5], 1, 0.0),      # +inf
+    ("-inf at target", [1.0, -INF, 2.0, 0.5], 1, 0.0),  # +inf
     ("two -inf off target", [-INF, 3.0, -INF, 0.5], 1, 0.0),
-    ("+inf", [1.0, INF, 2.0, 0.5], 0, 0.0),                 # NaN (inf - inf)
+    ("+inf", [1.0, INF, 2.0, 0.5], 0, 0.0),  # NaN (inf - inf)
     ("nan", [1.0, NAN, 2.0, 0.5], 0, 0.0),
-    ("all -inf", [-INF, -INF, -INF, -INF], 2, 0.0),         # NaN: no finite maximum
+    ("all -inf", [-INF, -INF, -INF, -INF], 2, 0.0),  # NaN: no finite maximum
     ("overflowing spread", [3e38, -3e38, 2.0, 0.0], 0, 0.0),  # z - max = -inf in float32
 ]
 
@@ -394,11 +431,11 @@ def test_softmax_cross_entropy_soft_target_mass_decides(backend):
 # can come out as NaN (Inf - Inf): which outputs are non-finite still matches, and every NaN of
 # torch's is a NaN here.
 CONV_CASES = [  # N, C, H, W, K, R, stride, padding, groups
-    (2, 3, 9, 9, 4, 3, 1, 1, 1),      # few channels: im2col GEMM
+    (2, 3, 9, 9, 4, 3, 1, 1, 1),  # few channels: im2col GEMM
     (2, 16, 10, 10, 16, 3, 1, 1, 1),  # Winograd on the CPU
     (2, 16, 10, 10, 16, 1, 1, 0, 1),  # 1x1
-    (2, 8, 12, 12, 8, 3, 1, 1, 8),    # depthwise
-    (2, 3, 15, 15, 8, 7, 2, 3, 1),    # the 7x7 / 2 stem
+    (2, 8, 12, 12, 8, 3, 1, 1, 8),  # depthwise
+    (2, 3, 15, 15, 8, 7, 2, 3, 1),  # the 7x7 / 2 stem
     (2, 16, 10, 10, 16, 3, 2, 1, 1),  # strided
 ]
 

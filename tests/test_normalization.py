@@ -6,13 +6,13 @@ Tolerances: max |got - want| <= TOL * max(1, max |want|) per output (for dx the 
 least max |dy * w * rstd|, the size of the terms that cancel in dx), TOL = 1e-5 on the CPU
 (statistics in double, so what is left is float32 rounding of the elementwise math) and 5e-5 on
 the GPU (float32 Welford/Chan statistics). rstd / invstd: relative 1e-6 (CPU) / 1e-5 (GPU)."""
+
 import numpy as np
 import pytest
+from conftest import fetch, put
 
 import fastopt.functional as F
 from fastopt.reference import normalization as ref
-
-from conftest import fetch, put
 
 TOL = {"cpu": 1e-5, "cuda": 5e-5}
 RSTD_TOL = {"cpu": 1e-6, "cuda": 1e-5}
@@ -50,8 +50,20 @@ def affine_params(rng, shape, affine):
 
 # ------------------------------------------------------------------------------ batch norm
 
-BN_SHAPES = [(2, 3), (7, 13), (3, 1), (2, 4099), (256, 1024 + 3), (1, 5, 2, 2), (5, 3, 7, 11), (4, 17, 1, 1),
-             (3, 1, 13, 1), (2, 1031, 3, 1), (8, 4, 31, 29), (1, 2, 1, 3)]
+BN_SHAPES = [
+    (2, 3),
+    (7, 13),
+    (3, 1),
+    (2, 4099),
+    (256, 1024 + 3),
+    (1, 5, 2, 2),
+    (5, 3, 7, 11),
+    (4, 17, 1, 1),
+    (3, 1, 13, 1),
+    (2, 1031, 3, 1),
+    (8, 4, 31, 29),
+    (1, 2, 1, 3),
+]
 
 
 @pytest.mark.parametrize("shape", BN_SHAPES)
@@ -63,8 +75,9 @@ def test_batch_norm_training_matches_reference(shape, affine, backend, rng):
     gamma, beta = affine_params(rng, C, affine)
     rm, rv = f32(rng.standard_normal(C)), f32(rng.uniform(0.5, 2.0, C))
     rm_d, rv_d = put(rm, backend), put(rv, backend)
-    y, mean, invstd = F.batch_norm_forward(put(x, backend), maybe(gamma, backend), maybe(beta, backend), rm_d, rv_d,
-                                           True, momentum=0.3, eps=1e-4)
+    y, mean, invstd = F.batch_norm_forward(
+        put(x, backend), maybe(gamma, backend), maybe(beta, backend), rm_d, rv_d, True, momentum=0.3, eps=1e-4
+    )
     rm_ref, rv_ref = rm.astype(np.float64), rv.astype(np.float64)
     y_ref, mean_ref, invstd_ref = ref.batch_norm_forward(x, gamma, beta, rm_ref, rv_ref, True, 0.3, 1e-4)
     tol = TOL[backend]
@@ -91,16 +104,16 @@ def test_batch_norm_eval_matches_reference(shape, backend, rng):
     gamma, beta = affine_params(rng, C, True)
     rm, rv = f32(rng.standard_normal(C)), f32(rng.uniform(0.5, 2.0, C))
     rm_d, rv_d = put(rm, backend), put(rv, backend)
-    y, mean, invstd = F.batch_norm_forward(put(x, backend), put(gamma, backend), put(beta, backend), rm_d, rv_d,
-                                           False)
+    y, mean, invstd = F.batch_norm_forward(put(x, backend), put(gamma, backend), put(beta, backend), rm_d, rv_d, False)
     y_ref, _, invstd_ref = ref.batch_norm_forward(x, gamma, beta, rm, rv, False)
     assert_close(y, y_ref, TOL[backend], "y")
     np.testing.assert_array_equal(fetch(mean), rm)
     np.testing.assert_allclose(fetch(invstd), invstd_ref, rtol=RSTD_TOL[backend])
     np.testing.assert_array_equal(fetch(rm_d), rm)  # eval never touches the running stats
     np.testing.assert_array_equal(fetch(rv_d), rv)
-    dx, dgamma, dbeta = F.batch_norm_backward(put(dy, backend), put(x, backend), put(gamma, backend), mean, invstd,
-                                              training=False)
+    dx, dgamma, dbeta = F.batch_norm_backward(
+        put(dy, backend), put(x, backend), put(gamma, backend), mean, invstd, training=False
+    )
     want = ref.batch_norm_backward(dy, x, gamma, rm, fetch(invstd), training=False)
     scales = (dx_scale(dy, gamma, invstd), 1.0, 1.0)
     for got, w, name, sc in zip((dx, dgamma, dbeta), want, ("dx", "dgamma", "dbeta"), scales):
@@ -188,8 +201,16 @@ def test_bias_only_gradient(backend, rng):
 
 # -------------------------------------------------------------------------- layer norm
 
-LN_CASES = [((1, 1), (1,)), ((3, 7), (7,)), ((5, 4, 33), (33,)), ((5, 4, 33), (4, 33)), ((2, 1031), 1031),
-            ((64, 1024), (1024,)), ((0, 8), (8,)), ((3, 2, 2, 5), (2, 2, 5))]
+LN_CASES = [
+    ((1, 1), (1,)),
+    ((3, 7), (7,)),
+    ((5, 4, 33), (33,)),
+    ((5, 4, 33), (4, 33)),
+    ((2, 1031), 1031),
+    ((64, 1024), (1024,)),
+    ((0, 8), (8,)),
+    ((3, 2, 2, 5), (2, 2, 5)),
+]
 
 
 def check_row_norm(backend, dy, w, affine, forward, forward_ref, backward, backward_ref):
@@ -217,12 +238,17 @@ def test_layer_norm_matches_reference(shape, normalized, affine, backend, rng):
     dy = f32(rng.standard_normal(shape))
     w, b = affine_params(rng, nshape, affine)
     check_row_norm(
-        backend, dy, w, affine,
+        backend,
+        dy,
+        w,
+        affine,
         F.layer_norm_forward(put(x, backend), normalized, maybe(w, backend), maybe(b, backend), eps=1e-3),
         ref.layer_norm_forward(x, nshape, w, b, eps=1e-3),
-        lambda mean, rstd: F.layer_norm_backward(put(dy, backend), put(x, backend), normalized, mean, rstd,
-                                                 maybe(w, backend)),
-        lambda mean, rstd: ref.layer_norm_backward(dy, x, nshape, mean, rstd, w))
+        lambda mean, rstd: F.layer_norm_backward(
+            put(dy, backend), put(x, backend), normalized, mean, rstd, maybe(w, backend)
+        ),
+        lambda mean, rstd: ref.layer_norm_backward(dy, x, nshape, mean, rstd, w),
+    )
 
 
 def test_layer_norm_large_mean_tiny_std(backend, rng):
@@ -233,8 +259,18 @@ def test_layer_norm_large_mean_tiny_std(backend, rng):
 
 # -------------------------------------------------------------------------- group norm
 
-GN_CASES = [((2, 6, 5, 3), 3), ((2, 6, 5, 3), 1), ((2, 6, 5, 3), 6), ((3, 8), 4), ((1, 1, 1, 1), 1),
-            ((4, 1031, 2, 1), 1031), ((5, 12, 7, 7), 4), ((2, 4, 3), 2), ((0, 4, 3, 3), 2), ((3, 64, 17, 13), 32)]
+GN_CASES = [
+    ((2, 6, 5, 3), 3),
+    ((2, 6, 5, 3), 1),
+    ((2, 6, 5, 3), 6),
+    ((3, 8), 4),
+    ((1, 1, 1, 1), 1),
+    ((4, 1031, 2, 1), 1031),
+    ((5, 12, 7, 7), 4),
+    ((2, 4, 3), 2),
+    ((0, 4, 3, 3), 2),
+    ((3, 64, 17, 13), 32),
+]
 
 
 @pytest.mark.parametrize("shape,groups", GN_CASES)
@@ -247,10 +283,17 @@ def test_group_norm_matches_reference(shape, groups, affine, backend, rng):
     forward = F.group_norm_forward(put(x, backend), groups, maybe(w, backend), maybe(b, backend))
     assert fetch(forward[1]).shape == (shape[0], groups)
     check_row_norm(
-        backend, dy, w, affine, forward, ref.group_norm_forward(x, groups, w, b),
-        lambda mean, rstd: F.group_norm_backward(put(dy, backend), put(x, backend), groups, mean, rstd,
-                                                 maybe(w, backend)),
-        lambda mean, rstd: ref.group_norm_backward(dy, x, groups, mean, rstd, w))
+        backend,
+        dy,
+        w,
+        affine,
+        forward,
+        ref.group_norm_forward(x, groups, w, b),
+        lambda mean, rstd: F.group_norm_backward(
+            put(dy, backend), put(x, backend), groups, mean, rstd, maybe(w, backend)
+        ),
+        lambda mean, rstd: ref.group_norm_backward(dy, x, groups, mean, rstd, w),
+    )
 
 
 def test_group_norm_constant_groups(backend, rng):
@@ -262,6 +305,7 @@ def test_group_norm_constant_groups(backend, rng):
 
 
 # ------------------------------------------------------------------- reproducibility, torch
+
 
 def test_bitwise_deterministic(backend, rng):
     x, dy = f32(rng.standard_normal((16, 24, 9, 9))), f32(rng.standard_normal((16, 24, 9, 9)))
@@ -308,8 +352,11 @@ def test_matches_torch(rng):
     for g, t, name in zip(got, want, ("y", "dx", "dgamma", "dbeta")):
         assert_close(g, t, 1e-5, f"eval batch_norm {name}")
 
-    want = torch_run(lambda xt, wt, bt: tf.layer_norm(xt, (7, 3), wt, bt), w[0] * np.ones((7, 3), np.float32),
-                     np.ones((7, 3), np.float32))
+    want = torch_run(
+        lambda xt, wt, bt: tf.layer_norm(xt, (7, 3), wt, bt),
+        w[0] * np.ones((7, 3), np.float32),
+        np.ones((7, 3), np.float32),
+    )
     y, m, s = F.layer_norm_forward(x, (7, 3), w[0] * np.ones((7, 3), np.float32), np.ones((7, 3), np.float32))
     got = [y, *F.layer_norm_backward(dy, x, (7, 3), m, s, w[0] * np.ones((7, 3), np.float32))]
     for g, t, name in zip(got, want, ("y", "dx", "dweight", "dbias")):
@@ -324,25 +371,35 @@ def test_matches_torch(rng):
 
 # ----------------------------------------------------------------------------- bad input
 
+
 def _bn_args():
-    return dict(x=np.ones((4, 3, 2, 2), np.float32), gamma=np.ones(3, np.float32), beta=np.zeros(3, np.float32),
-                running_mean=np.zeros(3, np.float32), running_var=np.ones(3, np.float32), training=True)
+    return dict(
+        x=np.ones((4, 3, 2, 2), np.float32),
+        gamma=np.ones(3, np.float32),
+        beta=np.zeros(3, np.float32),
+        running_mean=np.zeros(3, np.float32),
+        running_var=np.ones(3, np.float32),
+        training=True,
+    )
 
 
-@pytest.mark.parametrize("change,exc,match", [
-    (dict(x=np.ones((4, 3), np.float64)), TypeError, r"x: expected a float32 array, got float64"),
-    (dict(x=np.ones((4, 6), np.float32)[:, ::2]), ValueError, r"x: array must be C-contiguous"),
-    (dict(x=np.ones(5, np.float32)), ValueError, r"x: batch norm expects \(N, C, ...\)"),
-    (dict(x=[[1.0, 2.0]]), TypeError, r"x: expected a numpy.ndarray"),
-    (dict(gamma=np.ones(4, np.float32)), ValueError, r"gamma: expected shape \(3,\), got \(4,\)"),
-    (dict(beta=np.ones(3, np.int32)), TypeError, r"beta: expected a float32 array"),
-    (dict(running_mean=np.zeros(2, np.float32)), ValueError, r"running_mean: expected shape \(3,\)"),
-    (dict(running_var=None), ValueError, r"running_mean, running_var: pass both or neither"),
-    (dict(running_mean=None, running_var=None, training=False), ValueError, r"required when training=False"),
-    (dict(momentum=1.5), ValueError, r"momentum: must lie in \[0, 1\]"),
-    (dict(momentum=None), ValueError, r"num_batches_tracked"),
-    (dict(eps=-1.0), ValueError, r"eps: must be a finite number >= 0"),
-])
+@pytest.mark.parametrize(
+    "change,exc,match",
+    [
+        (dict(x=np.ones((4, 3), np.float64)), TypeError, r"x: expected a float32 array, got float64"),
+        (dict(x=np.ones((4, 6), np.float32)[:, ::2]), ValueError, r"x: array must be C-contiguous"),
+        (dict(x=np.ones(5, np.float32)), ValueError, r"x: batch norm expects \(N, C, ...\)"),
+        (dict(x=[[1.0, 2.0]]), TypeError, r"x: expected a numpy.ndarray"),
+        (dict(gamma=np.ones(4, np.float32)), ValueError, r"gamma: expected shape \(3,\), got \(4,\)"),
+        (dict(beta=np.ones(3, np.int32)), TypeError, r"beta: expected a float32 array"),
+        (dict(running_mean=np.zeros(2, np.float32)), ValueError, r"running_mean: expected shape \(3,\)"),
+        (dict(running_var=None), ValueError, r"running_mean, running_var: pass both or neither"),
+        (dict(running_mean=None, running_var=None, training=False), ValueError, r"required when training=False"),
+        (dict(momentum=1.5), ValueError, r"momentum: must lie in \[0, 1\]"),
+        (dict(momentum=None), ValueError, r"num_batches_tracked"),
+        (dict(eps=-1.0), ValueError, r"eps: must be a finite number >= 0"),
+    ],
+)
 def test_batch_norm_bad_arguments(change, exc, match):
     args = _bn_args()
     args.update(change)
@@ -382,20 +439,26 @@ def test_backward_bad_arguments():
     with pytest.raises(ValueError, match=r"rstd: expected shape \(4, 3\)"):
         F.layer_norm_backward(x, x, (2, 2), np.ones((4, 3), np.float32), s)
     with pytest.raises(ValueError, match=r"weight: expected shape \(3,\)"):
-        F.group_norm_backward(x, x, 3, np.ones((4, 3), np.float32), np.ones((4, 3), np.float32),
-                              np.ones(4, np.float32))
+        F.group_norm_backward(x, x, 3, np.ones((4, 3), np.float32), np.ones((4, 3), np.float32), np.ones(4, np.float32))
 
 
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda x: F.layer_norm_forward(x, (3, 3)), ValueError, r"normalized_shape: \(3, 3\) is not the trailing shape"),
-    (lambda x: F.layer_norm_forward(x, ()), ValueError, r"normalized_shape: must name at least one"),
-    (lambda x: F.layer_norm_forward(x, 2, np.ones(3, np.float32)), ValueError, r"weight: expected shape \(2,\)"),
-    (lambda x: F.layer_norm_forward(x, 2, eps=float("nan")), ValueError, r"eps: must be a finite number"),
-    (lambda x: F.group_norm_forward(x, 2), ValueError, r"num_groups: 2 does not divide the 3 channels"),
-    (lambda x: F.group_norm_forward(x, 0), ValueError, r"num_groups: must be >= 1"),
-    (lambda x: F.group_norm_forward(x[0, 0, 0], 1), ValueError, r"x: group norm expects \(N, C, ...\)"),
-    (lambda x: F.group_norm_forward(x, 3, None, np.ones((3, 1), np.float32)), ValueError, r"bias: expected shape"),
-])
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (
+            lambda x: F.layer_norm_forward(x, (3, 3)),
+            ValueError,
+            r"normalized_shape: \(3, 3\) is not the trailing shape",
+        ),
+        (lambda x: F.layer_norm_forward(x, ()), ValueError, r"normalized_shape: must name at least one"),
+        (lambda x: F.layer_norm_forward(x, 2, np.ones(3, np.float32)), ValueError, r"weight: expected shape \(2,\)"),
+        (lambda x: F.layer_norm_forward(x, 2, eps=float("nan")), ValueError, r"eps: must be a finite number"),
+        (lambda x: F.group_norm_forward(x, 2), ValueError, r"num_groups: 2 does not divide the 3 channels"),
+        (lambda x: F.group_norm_forward(x, 0), ValueError, r"num_groups: must be >= 1"),
+        (lambda x: F.group_norm_forward(x[0, 0, 0], 1), ValueError, r"x: group norm expects \(N, C, ...\)"),
+        (lambda x: F.group_norm_forward(x, 3, None, np.ones((3, 1), np.float32)), ValueError, r"bias: expected shape"),
+    ],
+)
 def test_row_norm_bad_arguments(call, exc, match):
     with pytest.raises(exc, match=match):
         call(np.ones((4, 3, 2, 2), np.float32))

@@ -1,14 +1,14 @@
 """Fused optimizers against the float64 NumPy reference (fastopt.reference.optim) and torch.optim."""
+
 import copy
 import inspect
 
 import numpy as np
 import pytest
+from conftest import fetch, put
 
 from fastopt import optim
 from fastopt.reference import optim as ref
-
-from conftest import fetch, put
 
 # Every rule x option combination, torch's defaults included (empty kwargs).
 CASES = [
@@ -63,7 +63,7 @@ NORM_RTOL = {"cpu": 1e-9, "cuda": 1e-5}
 # The tolerance follows the update, not the parameter, so a wrong constant shows: with gradients
 # spanning nine decades (per-element scales 10^U(-9, 0)), Adam's eps 1e-6 instead of 1e-8 moves
 # the update of an element whose gradient is ~1e-8 by about lr / 2, ~10^4 tolerances.
-U = 2.0 ** -24
+U = 2.0**-24
 K = 8.0
 
 
@@ -85,8 +85,13 @@ def _perturbed(params, grads, states, hypers, kw, clip_rel):
         yield params, grads, states, [{**h, key: h[key] * up} for h in hypers], kw
     for j in (0, 1):
         if "betas" in hypers[0]:
-            yield params, grads, states, [{**h, "betas": tuple(b * up ** (i == j) for i, b in enumerate(h["betas"]))}
-                                          for h in hypers], kw
+            yield (
+                params,
+                grads,
+                states,
+                [{**h, "betas": tuple(b * up ** (i == j) for i, b in enumerate(h["betas"]))} for h in hypers],
+                kw,
+            )
     if kw.get("max_grad_norm") is not None:
         yield params, grads, states, hypers, {**kw, "max_grad_norm": kw["max_grad_norm"] * (1.0 + clip_rel)}
 
@@ -105,8 +110,10 @@ def reference_step(rule, params, grads, states, hypers, clip_rel=U, **kw):
             cond[i] += np.abs((out_p[i] - pp[i]) - update[i])
             for k in cond_s[i]:
                 cond_s[i][k] += np.abs(out_s[i][k] - want_s[i][k])
-    tol_p = [2 * _ulp(np.maximum(np.abs(p), np.abs(w))) + K * (c + U * np.abs(d))
-             for p, w, c, d in zip(params, want_p, cond, update)]
+    tol_p = [
+        2 * _ulp(np.maximum(np.abs(p), np.abs(w))) + K * (c + U * np.abs(d))
+        for p, w, c, d in zip(params, want_p, cond, update)
+    ]
     tol_s = [{k: _ulp(s[k]) + K * (c[k] + U * np.abs(s[k])) for k in c} for s, c in zip(want_s, cond_s)]
     return want_p, want_s, tol_p, tol_s, result
 
@@ -120,8 +127,10 @@ def assert_within(got, want, tol, what):
     bad = ~(err <= tol)
     if bad.any():
         i = np.unravel_index(np.argmax(np.where(bad, err / np.maximum(tol, 1e-300), 0)), err.shape)
-        pytest.fail(f"{what}: {bad.sum()} of {err.size} elements off; worst at {i}: got {got[i]!r}, "
-                    f"want {want[i]!r}, error {err[i]:.3g} > tolerance {tol[i]:.3g}")
+        pytest.fail(
+            f"{what}: {bad.sum()} of {err.size} elements off; worst at {i}: got {got[i]!r}, "
+            f"want {want[i]!r}, error {err[i]:.3g} > tolerance {tol[i]:.3g}"
+        )
 
 
 def _inputs(opt, params):
@@ -136,7 +145,8 @@ def checked_step(rule, opt, params, grads32, hypers, backend, clip_rel=U, **step
     p_in, s_in = _inputs(opt, params)
     res = opt.step([put(g, backend) for g in grads32], **step_kwargs)
     want_p, want_s, tol_p, tol_s, ref_res = reference_step(
-        rule, p_in, [g.astype(np.float64) for g in grads32], s_in, hypers, clip_rel, **step_kwargs)
+        rule, p_in, [g.astype(np.float64) for g in grads32], s_in, hypers, clip_rel, **step_kwargs
+    )
     for i, p in enumerate(params):
         assert_within(fetch(p), want_p[i], tol_p[i], f"param {i}")
         assert set(opt.state[i]) == set(want_s[i]) - {"step"}
@@ -159,8 +169,10 @@ def _run(rule, cls, kwargs, shapes, backend, rng, steps=STEPS, clip_rel=U, **ste
     params = [put(rng.standard_normal(s).astype(np.float32), backend) for s in shapes]
     opt = cls(params, **kwargs)
     scales = _scales(rng, shapes)
-    return [checked_step(rule, opt, params, _grads(rng, scales), [kwargs] * len(shapes), backend, clip_rel,
-                         **step_kwargs) for _ in range(steps)]
+    return [
+        checked_step(rule, opt, params, _grads(rng, scales), [kwargs] * len(shapes), backend, clip_rel, **step_kwargs)
+        for _ in range(steps)
+    ]
 
 
 @pytest.mark.parametrize("rule,cls,kwargs", CASES, ids=CASE_IDS)
@@ -192,22 +204,28 @@ def test_tolerance_sweep():
             wd = kwargs.get("weight_decay", opt.defaults["weight_decay"]) * (rule != "adamw")
             scales = _scales(rng, shapes)
             for t in range(6):
-                grads = _grads(rng, scales) if t else [
-                    (-wd * p + 1e-8 * rng.standard_normal(p.shape)).astype(np.float32) for p in params]
+                grads = (
+                    _grads(rng, scales)
+                    if t
+                    else [(-wd * p + 1e-8 * rng.standard_normal(p.shape)).astype(np.float32) for p in params]
+                )
                 p_in, s_in = _inputs(opt, params)
                 opt.step(grads)
-                want_p, want_s, tol_p, tol_s, _ = reference_step(rule, p_in, [g.astype(np.float64) for g in grads],
-                                                                 s_in, [kwargs] * 2)
+                want_p, want_s, tol_p, tol_s, _ = reference_step(
+                    rule, p_in, [g.astype(np.float64) for g in grads], s_in, [kwargs] * 2
+                )
                 for i, p in enumerate(params):
                     pairs = [(p, want_p[i], tol_p[i], 2 * _ulp(np.maximum(np.abs(p_in[i]), np.abs(want_p[i]))))]
                     pairs += [(opt.state[i][k], want_s[i][k], tol_s[i][k], _ulp(want_s[i][k])) for k in opt.state[i]]
                     for got, want, tol, ulps in pairs:
                         share = np.maximum(np.abs(got - want) - ulps, 0) / np.maximum(tol - ulps, 1e-300)
                         worst[name] = max(worst.get(name, 0.0), float(share.max(initial=0.0)))
-    print(f"largest error beyond the ulps, in units of (cond + u |update|), of the K = {K:g} allowed:",
-          {k: round(v * K, 2) for k, v in worst.items()})
+    print(
+        f"largest error beyond the ulps, in units of (cond + u |update|), of the K = {K:g} allowed:",
+        {k: round(v * K, 2) for k, v in worst.items()},
+    )
     assert max(worst.values()) <= 1.0
-    assert max(worst.values()) > 0.0     # the kernels do round: the check is not vacuous
+    assert max(worst.values()) > 0.0  # the kernels do round: the check is not vacuous
 
 
 def test_param_groups_with_different_rules(backend, rng):
@@ -220,8 +238,9 @@ def test_param_groups_with_different_rules(backend, rng):
     opt = optim.SGD([{"params": params[:2], **g0}, {"params": params[2:], **g1}], lr=0.5)
     scales = _scales(rng, shapes)
     for _ in range(STEPS):
-        checked_step("sgd", opt, params, _grads(rng, scales), [g0, g0, g1, g1], backend, NORM_RTOL[backend],
-                     max_grad_norm=2.0)
+        checked_step(
+            "sgd", opt, params, _grads(rng, scales), [g0, g0, g1, g1], backend, NORM_RTOL[backend], max_grad_norm=2.0
+        )
     assert set(opt.state[0]) == set() and set(opt.state[2]) == {"momentum_buffer"}
 
 
@@ -241,8 +260,17 @@ def test_group_options_can_change_between_steps(rng):
 
 def test_many_small_tensors(backend, rng):
     shapes = [(int(n),) for n in rng.integers(0, 60, size=3000)]
-    _run("adamw", optim.AdamW, dict(lr=0.01), shapes, backend, rng, steps=3, clip_rel=NORM_RTOL[backend],
-         max_grad_norm=5.0)
+    _run(
+        "adamw",
+        optim.AdamW,
+        dict(lr=0.01),
+        shapes,
+        backend,
+        rng,
+        steps=3,
+        clip_rel=NORM_RTOL[backend],
+        max_grad_norm=5.0,
+    )
 
 
 def test_clipping_inactive_below_max_norm(backend, rng):
@@ -307,8 +335,11 @@ def test_bitwise_deterministic(backend, rng):
     assert runs[0][1] == runs[1][1]
 
 
-@pytest.mark.parametrize("rule,cls,kwargs", [CASES[3], CASES[6], CASES[10], CASES[13]],
-                         ids=["nesterov", "adagrad", "rmsprop-centered-momentum", "amsgrad"])
+@pytest.mark.parametrize(
+    "rule,cls,kwargs",
+    [CASES[3], CASES[6], CASES[10], CASES[13]],
+    ids=["nesterov", "adagrad", "rmsprop-centered-momentum", "amsgrad"],
+)
 def test_state_dict_resume_is_bit_identical(rule, cls, kwargs, backend, rng):
     shapes = [(33,), (4, 9)]
     init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
@@ -352,12 +383,14 @@ def test_state_dict_layout_and_npz_round_trip(tmp_path, rng):
 # ------------------------------------------------------------------- load_state_dict checks
 def _corrupt(path, value):
     """sd -> sd with the entry at `path` (keys, outermost first) set to value(old)."""
+
     def apply(sd):
         node = sd
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = value(node.get(path[-1]) if isinstance(node, dict) else node[path[-1]])
         return sd
+
     return apply
 
 
@@ -365,64 +398,206 @@ def _drop(key):
     return lambda sd: {k: v for k, v in sd.items() if k != key}
 
 
-S1 = ("state", 1)     # the last parameter's entry: a loader that wrote as it checked has written entry 0 by then
+S1 = ("state", 1)  # the last parameter's entry: a loader that wrote as it checked has written entry 0 by then
 G0 = ("param_groups", 0)
 ADAMW, AMSGRAD = (optim.AdamW, {}), (optim.AdamW, dict(amsgrad=True))
 CORRUPT = [
     ("not-a-dict", ADAMW, lambda sd: [sd], TypeError, r"^state_dict: expected a dict, got list"),
     ("no-state", ADAMW, _drop("state"), ValueError, r"^state_dict: missing the 'state' entry"),
     ("no-param-groups", ADAMW, _drop("param_groups"), ValueError, r"^state_dict: missing the 'param_groups' entry"),
-    ("negative-step", ADAMW, _corrupt(S1 + ("step",), lambda v: -3), ValueError,
-     r"^state_dict\['state'\]\[1\]\['step'\]: must lie in \[0, 9223372036854775807\], got -3"),
-    ("0d-negative-step", ADAMW, _corrupt(S1 + ("step",), lambda v: np.array(-1)), ValueError, r"\['step'\]: must lie in \[0, "),
-    ("float-step", ADAMW, _corrupt(S1 + ("step",), lambda v: 3.0), ValueError,
-     r"\[1\]\['step'\]: expected an integer, got float"),
-    ("bool-step", ADAMW, _corrupt(S1 + ("step",), lambda v: True), ValueError, r"\['step'\]: expected an integer, got bool"),
-    ("str-step", ADAMW, _corrupt(S1 + ("step",), lambda v: "3"), ValueError, r"\['step'\]: expected an integer, got str"),
+    (
+        "negative-step",
+        ADAMW,
+        _corrupt(S1 + ("step",), lambda v: -3),
+        ValueError,
+        r"^state_dict\['state'\]\[1\]\['step'\]: must lie in \[0, 9223372036854775807\], got -3",
+    ),
+    (
+        "0d-negative-step",
+        ADAMW,
+        _corrupt(S1 + ("step",), lambda v: np.array(-1)),
+        ValueError,
+        r"\['step'\]: must lie in \[0, ",
+    ),
+    (
+        "float-step",
+        ADAMW,
+        _corrupt(S1 + ("step",), lambda v: 3.0),
+        ValueError,
+        r"\[1\]\['step'\]: expected an integer, got float",
+    ),
+    (
+        "bool-step",
+        ADAMW,
+        _corrupt(S1 + ("step",), lambda v: True),
+        ValueError,
+        r"\['step'\]: expected an integer, got bool",
+    ),
+    (
+        "str-step",
+        ADAMW,
+        _corrupt(S1 + ("step",), lambda v: "3"),
+        ValueError,
+        r"\['step'\]: expected an integer, got str",
+    ),
     ("huge-step", ADAMW, _corrupt(S1 + ("step",), lambda v: 2**63), ValueError, r"\['step'\]: must lie in"),
-    ("wrong-shape", ADAMW, _corrupt(S1 + ("exp_avg",), lambda v: v.ravel()), ValueError,
-     r"\[1\]\['exp_avg'\]: has shape \(6,\), parameter \(2, 3\)"),
-    ("float64-buffer", ADAMW, _corrupt(S1 + ("exp_avg",), lambda v: v.astype(np.float64)), ValueError,
-     r"\['exp_avg'\]: expected float32, got float64"),
-    ("list-buffer", ADAMW, _corrupt(S1 + ("exp_avg",), lambda v: v.tolist()), ValueError,
-     r"\['exp_avg'\]: expected a float32 NumPy array, got list"),
-    ("nan-buffer", ADAMW, _corrupt(S1 + ("exp_avg",), lambda v: np.where(v == v.flat[4], np.nan, v)), ValueError,
-     r"\['exp_avg'\]: holds NaN or Inf"),
+    (
+        "wrong-shape",
+        ADAMW,
+        _corrupt(S1 + ("exp_avg",), lambda v: v.ravel()),
+        ValueError,
+        r"\[1\]\['exp_avg'\]: has shape \(6,\), parameter \(2, 3\)",
+    ),
+    (
+        "float64-buffer",
+        ADAMW,
+        _corrupt(S1 + ("exp_avg",), lambda v: v.astype(np.float64)),
+        ValueError,
+        r"\['exp_avg'\]: expected float32, got float64",
+    ),
+    (
+        "list-buffer",
+        ADAMW,
+        _corrupt(S1 + ("exp_avg",), lambda v: v.tolist()),
+        ValueError,
+        r"\['exp_avg'\]: expected a float32 NumPy array, got list",
+    ),
+    (
+        "nan-buffer",
+        ADAMW,
+        _corrupt(S1 + ("exp_avg",), lambda v: np.where(v == v.flat[4], np.nan, v)),
+        ValueError,
+        r"\['exp_avg'\]: holds NaN or Inf",
+    ),
     ("inf-buffer", ADAMW, _corrupt(S1 + ("exp_avg_sq",), lambda v: v + np.inf), ValueError, r"holds NaN or Inf"),
-    ("negative-exp_avg_sq", ADAMW, _corrupt(S1 + ("exp_avg_sq",), lambda v: -v), ValueError,
-     r"\['exp_avg_sq'\]: holds negative values"),
-    ("negative-max_exp_avg_sq", AMSGRAD, _corrupt(S1 + ("max_exp_avg_sq",), lambda v: v - 1), ValueError,
-     r"\['max_exp_avg_sq'\]: holds negative values"),
-    ("negative-sum", (optim.Adagrad, {}), _corrupt(S1 + ("sum",), lambda v: v - 100), ValueError,
-     r"\['sum'\]: holds negative values"),
-    ("negative-square_avg", (optim.RMSprop, {}), _corrupt(S1 + ("square_avg",), lambda v: -v), ValueError,
-     r"\['square_avg'\]: holds negative values"),
-    ("sgd-buffer-under-adamw", ADAMW, _corrupt(S1 + ("momentum_buffer",), lambda v: np.zeros((2, 3), np.float32)),
-     ValueError, r"^state_dict\['state'\]\[1\]\['momentum_buffer'\]: AdamW keeps no such state"),
-    ("sgd-state-under-adamw", ADAMW, _corrupt(S1, lambda v: {"step": 3, "momentum_buffer": np.zeros((2, 3), np.float32)}),
-     ValueError, r"'momentum_buffer'\]: AdamW keeps no such state"),
-    ("sgd-option-in-adamw-group", ADAMW, _corrupt(G0 + ("momentum",), lambda v: 0.9), ValueError,
-     r"^state_dict\['param_groups'\]\[0\]: unknown option\(s\) \['momentum'\] for AdamW"),
-    ("adamw-buffer-under-sgd", (optim.SGD, dict(momentum=0.9)), _corrupt(S1 + ("exp_avg",), lambda v: np.zeros((2, 3), np.float32)),
-     ValueError, r"'exp_avg'\]: SGD keeps no such state"),
-    ("negative-lr", ADAMW, _corrupt(G0 + ("lr",), lambda v: -1.0), ValueError,
-     r"^state_dict\['param_groups'\]\[0\]\['lr'\]: must be a finite number >= 0, got -1.0"),
-    ("str-lr", ADAMW, _corrupt(G0 + ("lr",), lambda v: "0.1"), ValueError, r"\['lr'\]: expected a real number, got str"),
-    ("none-eps", ADAMW, _corrupt(G0 + ("eps",), lambda v: None), ValueError, r"\['eps'\]: expected a real number, got NoneType"),
-    ("beta-one", ADAMW, _corrupt(G0 + ("betas",), lambda v: (0.9, 1.0)), ValueError, r"\['betas'\]\[1\]: must lie in \[0, 1\)"),
-    ("negative-rmsprop-momentum", (optim.RMSprop, dict(momentum=0.5)), _corrupt(G0 + ("momentum",), lambda v: -0.5),
-     ValueError, r"\['momentum'\]: must be a finite number >= 0"),
-    ("unknown-index", ADAMW, _corrupt(("state", 7), lambda v: {"step": 1}), ValueError,
-     r"^state_dict\['state'\]: key 7 names no parameter \(this optimizer has 2"),
+    (
+        "negative-exp_avg_sq",
+        ADAMW,
+        _corrupt(S1 + ("exp_avg_sq",), lambda v: -v),
+        ValueError,
+        r"\['exp_avg_sq'\]: holds negative values",
+    ),
+    (
+        "negative-max_exp_avg_sq",
+        AMSGRAD,
+        _corrupt(S1 + ("max_exp_avg_sq",), lambda v: v - 1),
+        ValueError,
+        r"\['max_exp_avg_sq'\]: holds negative values",
+    ),
+    (
+        "negative-sum",
+        (optim.Adagrad, {}),
+        _corrupt(S1 + ("sum",), lambda v: v - 100),
+        ValueError,
+        r"\['sum'\]: holds negative values",
+    ),
+    (
+        "negative-square_avg",
+        (optim.RMSprop, {}),
+        _corrupt(S1 + ("square_avg",), lambda v: -v),
+        ValueError,
+        r"\['square_avg'\]: holds negative values",
+    ),
+    (
+        "sgd-buffer-under-adamw",
+        ADAMW,
+        _corrupt(S1 + ("momentum_buffer",), lambda v: np.zeros((2, 3), np.float32)),
+        ValueError,
+        r"^state_dict\['state'\]\[1\]\['momentum_buffer'\]: AdamW keeps no such state",
+    ),
+    (
+        "sgd-state-under-adamw",
+        ADAMW,
+        _corrupt(S1, lambda v: {"step": 3, "momentum_buffer": np.zeros((2, 3), np.float32)}),
+        ValueError,
+        r"'momentum_buffer'\]: AdamW keeps no such state",
+    ),
+    (
+        "sgd-option-in-adamw-group",
+        ADAMW,
+        _corrupt(G0 + ("momentum",), lambda v: 0.9),
+        ValueError,
+        r"^state_dict\['param_groups'\]\[0\]: unknown option\(s\) \['momentum'\] for AdamW",
+    ),
+    (
+        "adamw-buffer-under-sgd",
+        (optim.SGD, dict(momentum=0.9)),
+        _corrupt(S1 + ("exp_avg",), lambda v: np.zeros((2, 3), np.float32)),
+        ValueError,
+        r"'exp_avg'\]: SGD keeps no such state",
+    ),
+    (
+        "negative-lr",
+        ADAMW,
+        _corrupt(G0 + ("lr",), lambda v: -1.0),
+        ValueError,
+        r"^state_dict\['param_groups'\]\[0\]\['lr'\]: must be a finite number >= 0, got -1.0",
+    ),
+    (
+        "str-lr",
+        ADAMW,
+        _corrupt(G0 + ("lr",), lambda v: "0.1"),
+        ValueError,
+        r"\['lr'\]: expected a real number, got str",
+    ),
+    (
+        "none-eps",
+        ADAMW,
+        _corrupt(G0 + ("eps",), lambda v: None),
+        ValueError,
+        r"\['eps'\]: expected a real number, got NoneType",
+    ),
+    (
+        "beta-one",
+        ADAMW,
+        _corrupt(G0 + ("betas",), lambda v: (0.9, 1.0)),
+        ValueError,
+        r"\['betas'\]\[1\]: must lie in \[0, 1\)",
+    ),
+    (
+        "negative-rmsprop-momentum",
+        (optim.RMSprop, dict(momentum=0.5)),
+        _corrupt(G0 + ("momentum",), lambda v: -0.5),
+        ValueError,
+        r"\['momentum'\]: must be a finite number >= 0",
+    ),
+    (
+        "unknown-index",
+        ADAMW,
+        _corrupt(("state", 7), lambda v: {"step": 1}),
+        ValueError,
+        r"^state_dict\['state'\]: key 7 names no parameter \(this optimizer has 2",
+    ),
     ("str-index", ADAMW, _corrupt(("state", "w"), lambda v: {"step": 1}), ValueError, r"key 'w' names no parameter"),
     ("index-twice", ADAMW, _corrupt(("state", "1"), lambda v: {"step": 1}), ValueError, r"parameter 1 has two entries"),
-    ("entry-not-a-dict", ADAMW, _corrupt(S1, lambda v: 3), ValueError, r"^state_dict\['state'\]\[1\]: expected a dict, got int"),
-    ("group-count", ADAMW, lambda sd: {**sd, "param_groups": sd["param_groups"] * 2}, ValueError,
-     r"state_dict: has 2 parameter groups, this optimizer 1"),
-    ("group-size", ADAMW, _corrupt(G0 + ("params",), lambda v: v[:1]), ValueError,
-     r"state_dict: group 0 has 1 parameters, expected 2"),
-    ("group-without-params", ADAMW, lambda sd: {**sd, "param_groups": [{"lr": 0.1}]}, ValueError,
-     r"^state_dict\['param_groups'\]\[0\]: expected a dict with a 'params' list"),
+    (
+        "entry-not-a-dict",
+        ADAMW,
+        _corrupt(S1, lambda v: 3),
+        ValueError,
+        r"^state_dict\['state'\]\[1\]: expected a dict, got int",
+    ),
+    (
+        "group-count",
+        ADAMW,
+        lambda sd: {**sd, "param_groups": sd["param_groups"] * 2},
+        ValueError,
+        r"state_dict: has 2 parameter groups, this optimizer 1",
+    ),
+    (
+        "group-size",
+        ADAMW,
+        _corrupt(G0 + ("params",), lambda v: v[:1]),
+        ValueError,
+        r"state_dict: group 0 has 1 parameters, expected 2",
+    ),
+    (
+        "group-without-params",
+        ADAMW,
+        lambda sd: {**sd, "param_groups": [{"lr": 0.1}]},
+        ValueError,
+        r"^state_dict\['param_groups'\]\[0\]: expected a dict with a 'params' list",
+    ),
 ]
 
 
@@ -461,11 +636,11 @@ def test_load_state_dict_refuses_corrupt_checkpoints_and_changes_nothing(name, o
 def test_load_state_dict_accepts_checkpoint_spellings(how, rng):
     opt, params = _trained(optim.Adam, dict(lr=0.01, amsgrad=True), rng)
     sd = opt.state_dict()
-    if how == "str-keys":        # JSON keys
+    if how == "str-keys":  # JSON keys
         sd["state"] = {str(k): v for k, v in sd["state"].items()}
-    elif how == "npz-scalars":   # np.savez / np.load turn Python scalars into 0-d arrays
+    elif how == "npz-scalars":  # np.savez / np.load turn Python scalars into 0-d arrays
         sd["state"] = {k: {n: np.asarray(v) for n, v in e.items()} for k, e in sd["state"].items()}
-    else:                        # torch omits parameters that have no state yet
+    else:  # torch omits parameters that have no state yet
         del sd["state"][1]
     opt2 = optim.Adam([p.copy() for p in params], lr=1.0)
     opt2.load_state_dict(sd)
@@ -491,7 +666,7 @@ def test_rmsprop_refuses_a_negative_momentum(rng):
     with pytest.raises(ValueError, match=r"^param_groups\[1\]\['momentum'\]: must be a finite number >= 0, got -0.1"):
         optim.RMSprop([{"params": [p]}, {"params": [p.copy()], "momentum": -0.1}])
     opt = optim.RMSprop([p], momentum=0.5)
-    opt.param_groups[0]["momentum"] = -0.5   # a group edit is checked at the next step, before anything moves
+    opt.param_groups[0]["momentum"] = -0.5  # a group edit is checked at the next step, before anything moves
     before = p.copy()
     with pytest.raises(ValueError, match=r"^param_groups\[0\]\['momentum'\]: must be a finite number >= 0"):
         opt.step([np.ones(3, np.float32)])
@@ -502,8 +677,9 @@ def test_rmsprop_refuses_a_negative_momentum(rng):
 # ---------------------------------------------------------------------------- torch's defaults
 TORCH_DEFAULTS = {  # torch.optim's documented defaults
     optim.SGD: dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False),
-    optim.Adagrad: dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
-                        maximize=False),
+    optim.Adagrad: dict(
+        lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=False
+    ),
     optim.RMSprop: dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False),
     optim.Adam: dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False),
     optim.AdamW: dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False),
@@ -515,7 +691,7 @@ def test_torch_defaults(cls):
     # torch's, plus fastopt's options for bf16/fp16 parameters (tests/test_optim_bf16.py)
     precision = dict(master_weights=False, stochastic_rounding=False, seed=0)
     assert cls([np.zeros(3, np.float32)]).defaults == {**TORCH_DEFAULTS[cls], **precision}
-    assert ref.RULES[cls.__name__.lower()].__kwdefaults__ == TORCH_DEFAULTS[cls]   # the oracle's too
+    assert ref.RULES[cls.__name__.lower()].__kwdefaults__ == TORCH_DEFAULTS[cls]  # the oracle's too
 
 
 @pytest.mark.parametrize("cls", list(TORCH_DEFAULTS), ids=lambda c: c.__name__)
@@ -533,11 +709,15 @@ def _torch_step(torch, rule, kwargs, params, grads, states, steps):
     for tp, g, state, t in zip(tparams, grads, states, steps):
         tp.grad = torch.tensor(g)
         if state:  # else torch's own first-step state (Adagrad's initial accumulator included)
-            topt.state[tp] = {**{k: torch.tensor(v) for k, v in state.items()},
-                              **({"step": torch.tensor(float(t))} if rule != "sgd" else {})}
+            topt.state[tp] = {
+                **{k: torch.tensor(v) for k, v in state.items()},
+                **({"step": torch.tensor(float(t))} if rule != "sgd" else {}),
+            }
     topt.step()
-    return ([tp.detach().numpy() for tp in tparams],
-            [{k: v.numpy() for k, v in topt.state[tp].items() if k != "step" and v is not None} for tp in tparams])
+    return (
+        [tp.detach().numpy() for tp in tparams],
+        [{k: v.numpy() for k, v in topt.state[tp].items() if k != "step" and v is not None} for tp in tparams],
+    )
 
 
 @pytest.mark.parametrize("rule,cls,kwargs", CASES, ids=CASE_IDS)
@@ -555,9 +735,12 @@ def test_matches_torch_when_installed(rule, cls, kwargs, rng):
         s_in = [{k: v.copy() for k, v in s.items()} for s in opt.state]
         steps = [int(t) for t in opt._steps]
         want_p, want_s, tol_p, tol_s, _ = reference_step(
-            rule, [p.astype(np.float64) for p in p_in], [g.astype(np.float64) for g in grads],
+            rule,
+            [p.astype(np.float64) for p in p_in],
+            [g.astype(np.float64) for g in grads],
             [{"step": t, **{k: v.astype(np.float64) for k, v in s.items()}} for s, t in zip(s_in, steps)],
-            [kwargs] * len(shapes))
+            [kwargs] * len(shapes),
+        )
         t_p, t_s = _torch_step(torch, rule, kwargs, p_in, grads, s_in, steps)
         opt.step(grads)
         for i, p in enumerate(params):

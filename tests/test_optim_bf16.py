@@ -15,6 +15,7 @@ What is checked, and the bounds:
   is within 5 standard deviations, 5 h sqrt(T) / (2 sqrt(N)), of 1 - T delta (a 6e-7 chance to
   fail, and the seed is fixed). Nearest rounding of the same updates never moves (delta < h / 2).
 """
+
 import numpy as np
 import pytest
 from ml_dtypes import bfloat16
@@ -181,8 +182,9 @@ def test_errors_are_named(rng):
     with pytest.raises(ValueError, match=r"stochastic_rounding: .*master"):
         optim.SGD([p], master_weights=True, stochastic_rounding=True)
     with pytest.raises(ValueError, match=r"param_groups\[1\]\['stochastic_rounding'\]"):
-        optim.SGD([{"params": [p]}, {"params": [np.zeros(2, bfloat16)], "stochastic_rounding": True}],
-                  master_weights=True)
+        optim.SGD(
+            [{"params": [p]}, {"params": [np.zeros(2, bfloat16)], "stochastic_rounding": True}], master_weights=True
+        )
     with pytest.raises(TypeError, match=r"params\[0\]: stochastic rounding stores bfloat16.*master weights"):
         optim.SGD([np.zeros(4, np.float16)], stochastic_rounding=True).step([np.zeros(4, np.float16)])
     with pytest.raises(TypeError, match=r"grads\[0\]: expected a bfloat16 array, got float32"):
@@ -200,10 +202,12 @@ def test_checkpoint_masters_are_checked(rng):
     opt = optim.SGD([p, q], lr=0.1, master_weights=True)
     opt.step([np.ones(4, bfloat16), np.ones(4, np.float32)])
     sd = opt.state_dict()
-    for entry, message in [({1: {"master": np.zeros(4, np.float32)}}, r"parameter 1 is float32, which keeps no master"),
-                           ({0: {"master": np.zeros(4, bfloat16)}}, r"\['master'\]: expected float32"),
-                           ({0: {"master": np.zeros(5, np.float32)}}, r"\['master'\]: has shape"),
-                           ({0: {"master": np.full(4, np.nan, np.float32)}}, r"\['master'\]: holds NaN")]:
+    for entry, message in [
+        ({1: {"master": np.zeros(4, np.float32)}}, r"parameter 1 is float32, which keeps no master"),
+        ({0: {"master": np.zeros(4, bfloat16)}}, r"\['master'\]: expected float32"),
+        ({0: {"master": np.zeros(5, np.float32)}}, r"\['master'\]: has shape"),
+        ({0: {"master": np.full(4, np.nan, np.float32)}}, r"\['master'\]: holds NaN"),
+    ]:
         with pytest.raises(ValueError, match=message):
             opt.load_state_dict({**sd, "state": entry})
     assert np.array_equal(opt.state[0]["master"], sd["state"][0]["master"])  # nothing changed
@@ -213,6 +217,7 @@ def test_checkpoint_masters_are_checked(rng):
 def test_torch_front_master_weights_and_fp32_state_through_checkpoints(rng):
     torch = pytest.importorskip("torch")
     from fastopt import torch as ft
+
     shapes = [(5, 7), (3, 4, 5, 6)]
     low = [torch.tensor(rng.standard_normal(s), dtype=torch.float32).to(torch.bfloat16) for s in shapes]
     low[1] = low[1].contiguous(memory_format=torch.channels_last)  # stepped through its memory order
@@ -220,8 +225,9 @@ def test_torch_front_master_weights_and_fp32_state_through_checkpoints(rng):
     full = [p.detach().float().requires_grad_() for p in low]
     make = lambda ps, **kw: ft.optim.AdamW(ps, lr=0.01, max_grad_norm=1.0, **kw)  # noqa: E731
     opt, ref = make(low, master_weights=True), make(full)
-    grads = [[torch.tensor(rng.standard_normal(s), dtype=torch.float32).to(torch.bfloat16) for s in shapes]
-             for _ in range(5)]
+    grads = [
+        [torch.tensor(rng.standard_normal(s), dtype=torch.float32).to(torch.bfloat16) for s in shapes] for _ in range(5)
+    ]
 
     def step(o, params, gs, up=False):
         for p, g in zip(params, gs):

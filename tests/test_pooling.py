@@ -9,35 +9,35 @@ Global average pool sums in double and rounds once: within 2^-23 relative of the
 rounding, plus the double sum's ~1e-16 relative error). Its backward dy / float(H*W) is one
 float32 rounding of the exact quotient: equal to the reference rounded to float32.
 """
+
 import math
 
 import numpy as np
 import pytest
+from conftest import fetch, put
 
 import fastopt
 from fastopt import functional as F
 from fastopt.reference import pooling as R
 
-from conftest import fetch, put
-
 # (shape, kernel_size, stride, padding)
 CASES = [
-    ((3, 5, 7, 9), 2, None, 0),            # non-overlapping, odd sizes leave a ragged edge
-    ((3, 5, 7, 9), 3, 2, 1),               # overlapping, padded
-    ((2, 3, 13, 11), 2, 1, 0),             # overlapping
-    ((2, 3, 13, 11), 3, 1, 1),             # overlapping, same-size output
-    ((2, 3, 13, 11), 3, 3, 1),             # non-overlapping, padded
+    ((3, 5, 7, 9), 2, None, 0),  # non-overlapping, odd sizes leave a ragged edge
+    ((3, 5, 7, 9), 3, 2, 1),  # overlapping, padded
+    ((2, 3, 13, 11), 2, 1, 0),  # overlapping
+    ((2, 3, 13, 11), 3, 1, 1),  # overlapping, same-size output
+    ((2, 3, 13, 11), 3, 3, 1),  # non-overlapping, padded
     ((2, 3, 13, 11), 3, 2, 0),
-    ((2, 2, 5, 5), 2, 3, 0),               # stride > kernel: inputs no window covers
+    ((2, 2, 5, 5), 2, 3, 0),  # stride > kernel: inputs no window covers
     ((2, 3, 13, 11), (3, 2), (2, 3), (1, 0)),
     ((1, 2, 2, 17), (1, 3), (1, 2), (0, 1)),
-    ((1, 2, 4, 4), 4, None, 2),            # padding = kernel / 2
+    ((1, 2, 4, 4), 4, None, 2),  # padding = kernel / 2
     ((1, 1, 1, 1), 1, None, 0),
-    ((1, 1, 1, 1), 2, 1, 1),               # every window mostly padding
-    ((0, 3, 5, 5), 2, None, 0),            # empty batch
-    ((2, 0, 5, 5), 3, 2, 1),               # no channels
-    ((2, 4, 32, 32), 3, 2, 1),             # ResNet stem shape (smaller)
-    ((2, 3, 16, 38), 2, 2, 0),             # 2x2 / 2, even sizes, rows past a vector (19 outputs)
+    ((1, 1, 1, 1), 2, 1, 1),  # every window mostly padding
+    ((0, 3, 5, 5), 2, None, 0),  # empty batch
+    ((2, 0, 5, 5), 3, 2, 1),  # no channels
+    ((2, 4, 32, 32), 3, 2, 1),  # ResNet stem shape (smaller)
+    ((2, 3, 16, 38), 2, 2, 0),  # 2x2 / 2, even sizes, rows past a vector (19 outputs)
 ]
 IDS = [f"{s}-k{k}-s{st}-p{p}" for s, k, st, p in CASES]
 
@@ -101,14 +101,14 @@ def test_max_pool2d_constant_and_minus_inf_planes(backend):
 def test_max_pool2d_nan_is_selected(backend, rng):
     x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
     x[0, 0, 1, 1] = np.nan
-    x[0, 0, 1, 2] = np.nan        # two NaNs in one window: the later one is taken, as in torch
-    x[1, 2, 8, 9] = np.nan        # in the last row and column
+    x[0, 0, 1, 2] = np.nan  # two NaNs in one window: the later one is taken, as in torch
+    x[1, 2, 8, 9] = np.nan  # in the last row and column
     x[1, 1, 0, 0] = np.nan
     x[1, 1, 0, 1] = np.inf
     for k, s, p in [(2, None, 0), (3, 1, 1), (3, 2, 1)]:
         y, idx = (fetch(a) for a in F.max_pool2d_forward(put(x, backend), k, s, p))
         ry, ridx = R.max_pool2d_forward(x, k, s, p)
-        np.testing.assert_array_equal(y, ry)   # NaN positions compared as equal
+        np.testing.assert_array_equal(y, ry)  # NaN positions compared as equal
         np.testing.assert_array_equal(idx, ridx)
         assert np.isnan(y).sum() == np.isnan(ry).sum() > 0
     y, idx = F.max_pool2d_forward(x, 2)
@@ -190,8 +190,16 @@ def test_max_pool2d_stride_defaults_to_kernel(rng):
         np.testing.assert_array_equal(a, b)
 
 
-SHAPES_AVG = [(0, 3, 4, 4), (2, 0, 3, 3), (1, 1, 1, 1), (3, 5, 7, 9), (2, 3, 13, 11), (4, 6, 7, 7), (2, 2, 61, 67),
-              (1, 3, 1, 300)]
+SHAPES_AVG = [
+    (0, 3, 4, 4),
+    (2, 0, 3, 3),
+    (1, 1, 1, 1),
+    (3, 5, 7, 9),
+    (2, 3, 13, 11),
+    (4, 6, 7, 7),
+    (2, 2, 61, 67),
+    (1, 3, 1, 300),
+]
 
 
 @pytest.mark.parametrize("shape", SHAPES_AVG)
@@ -240,52 +248,96 @@ Y4 = np.ones((2, 3, 3, 3), np.float32)
 I4 = np.zeros((2, 3, 3, 3), np.int32)
 
 
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda: F.max_pool2d_forward(X4.astype(np.float64), 2), TypeError, r"x: expected a float32 array, got float64"),
-    (lambda: F.max_pool2d_forward(X4[:, :, :, ::2], 2), ValueError, r"x: array must be C-contiguous"),
-    (lambda: F.max_pool2d_forward(X4[0], 2), ValueError, r"x: expected 4 dimensions \(N, C, H, W\), got shape \(3, 6, 6\)"),
-    (lambda: F.max_pool2d_forward(np.ones((1, 1, 0, 4), np.float32), 1), ValueError, r"x: H and W must be >= 1"),
-    (lambda: F.max_pool2d_forward(X4, 0), ValueError, r"kernel_size: must be >= 1"),
-    (lambda: F.max_pool2d_forward(X4, (2, 2, 2)), ValueError, r"kernel_size: expected an int or a pair"),
-    (lambda: F.max_pool2d_forward(X4, 2.0), TypeError, r"^kernel_size: expected an integer, got float"),
-    (lambda: F.max_pool2d_forward(X4, 2, 0), ValueError, r"stride: must be in \[1, 2\^31\)"),
-    (lambda: F.max_pool2d_forward(X4, 2, (1, -1)), ValueError, r"^stride: "),
-    (lambda: F.max_pool2d_forward(X4, 2, "2"), TypeError, r"^stride: expected an integer, got str"),
-    (lambda: F.max_pool2d_forward(X4, 2, 2, -1), ValueError, r"padding: must be >= 0"),
-    (lambda: F.max_pool2d_forward(X4, 3, 1, 2), ValueError, r"padding: should be at most half of kernel_size"),
-    (lambda: F.max_pool2d_forward(X4, (4, 2), 1, (1, 2)), ValueError, r"^padding: should be at most half"),
-    (lambda: F.max_pool2d_forward(X4, 7), ValueError, r"x: output size would be \(0, 0\), below 1"),
-    (lambda: F.max_pool2d_forward(X4, (2, 9), 1, (0, 1)), ValueError, r"^x: output size would be"),
-    (lambda: F.max_pool2d_backward(np.ones((0, 1, 1, 1), np.float32), np.zeros((0, 1, 1, 1), np.int32),
-                                   (0, 1, 2**16, 2**16), 2**16), ValueError, r"input_shape: plane \(65536, 65536\) too large"),
-    (lambda: F.max_pool2d_backward(np.ones((0, 1, 1, 1), np.float32), np.zeros((0, 1, 1, 1), np.int32),
-                                   (0, 1, 2**30, 1), 2**31, 1, 2**30), ValueError, r"padding: \(1073741824, 1073741824\) too large"),
-    (lambda: F.max_pool2d_backward(Y4, I4, X4.shape, 3), ValueError,
-     r"dy: expected the output shape \(2, 3, 2, 2\) of this pooling, got \(2, 3, 3, 3\)"),
-    (lambda: F.max_pool2d_backward(Y4, I4[:1], X4.shape, 2), ValueError, r"indices: expected the output shape"),
-    (lambda: F.max_pool2d_backward(Y4, I4.astype(np.int64), X4.shape, 2), TypeError,
-     r"indices: expected a int32 array, got int64"),
-    (lambda: F.max_pool2d_backward(Y4, I4.astype(np.float32), X4.shape, 2), TypeError, r"^indices: expected a int32"),
-    (lambda: F.max_pool2d_backward(Y4, I4.T, X4.shape, 2), ValueError, r"indices: array must be C-contiguous"),
-    (lambda: F.max_pool2d_backward(Y4.astype(np.float64), I4, X4.shape, 2), TypeError, r"^dy: expected a float32"),
-    (lambda: F.max_pool2d_backward(Y4, I4, (2, 3, 6), 2), ValueError, r"input_shape: expected 4 dimensions"),
-    (lambda: F.max_pool2d_backward(Y4, I4, (2, 3, -6, 6), 2), ValueError, r"input_shape: negative dimension"),
-    (lambda: F.max_pool2d_backward(Y4, I4, (2, 3, 6.0, 6), 2), TypeError, r"input_shape\[2\]: expected an integer, got float"),
-    (lambda: F.max_pool2d_backward(Y4, I4, 6, 2), TypeError, r"^input_shape: "),
-    (lambda: F.max_pool2d_backward(Y4, I4, X4.shape, 2, 2, 3), ValueError, r"^padding: "),
-    (lambda: F.global_avg_pool_forward(X4[0]), ValueError, r"x: expected 4 dimensions"),
-    (lambda: F.global_avg_pool_forward(np.ones((2, 3, 0, 4), np.float32)), ValueError, r"x: H and W must be >= 1"),
-    (lambda: F.global_avg_pool_forward(X4.astype(np.float16)), TypeError, r"x: unsupported dtype float16"),
-    (lambda: F.global_avg_pool_forward(X4.transpose(0, 1, 3, 2)), ValueError, r"x: array must be C-contiguous"),
-    (lambda: F.global_avg_pool_backward(np.ones((2, 4), np.float32), X4.shape), ValueError,
-     r"dy: expected the output shape \(2, 3\), got \(2, 4\)"),
-    (lambda: F.global_avg_pool_backward(np.ones((2, 3, 1, 1), np.float32), X4.shape), ValueError, r"^dy: expected"),
-    (lambda: F.global_avg_pool_backward(np.ones((2, 3), np.float32), (2, 3, 4, 0)), ValueError,
-     r"input_shape: H and W must be >= 1"),
-    (lambda: F.global_avg_pool_backward(np.ones((2, 3), np.float32), (2, 3, 2**40, 2**40)), ValueError,
-     r"input_shape: too many elements"),
-    (lambda: F.global_avg_pool_backward(np.ones((2, 3), np.float32), None), TypeError, r"^input_shape: "),
-])
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (
+            lambda: F.max_pool2d_forward(X4.astype(np.float64), 2),
+            TypeError,
+            r"x: expected a float32 array, got float64",
+        ),
+        (lambda: F.max_pool2d_forward(X4[:, :, :, ::2], 2), ValueError, r"x: array must be C-contiguous"),
+        (
+            lambda: F.max_pool2d_forward(X4[0], 2),
+            ValueError,
+            r"x: expected 4 dimensions \(N, C, H, W\), got shape \(3, 6, 6\)",
+        ),
+        (lambda: F.max_pool2d_forward(np.ones((1, 1, 0, 4), np.float32), 1), ValueError, r"x: H and W must be >= 1"),
+        (lambda: F.max_pool2d_forward(X4, 0), ValueError, r"kernel_size: must be >= 1"),
+        (lambda: F.max_pool2d_forward(X4, (2, 2, 2)), ValueError, r"kernel_size: expected an int or a pair"),
+        (lambda: F.max_pool2d_forward(X4, 2.0), TypeError, r"^kernel_size: expected an integer, got float"),
+        (lambda: F.max_pool2d_forward(X4, 2, 0), ValueError, r"stride: must be in \[1, 2\^31\)"),
+        (lambda: F.max_pool2d_forward(X4, 2, (1, -1)), ValueError, r"^stride: "),
+        (lambda: F.max_pool2d_forward(X4, 2, "2"), TypeError, r"^stride: expected an integer, got str"),
+        (lambda: F.max_pool2d_forward(X4, 2, 2, -1), ValueError, r"padding: must be >= 0"),
+        (lambda: F.max_pool2d_forward(X4, 3, 1, 2), ValueError, r"padding: should be at most half of kernel_size"),
+        (lambda: F.max_pool2d_forward(X4, (4, 2), 1, (1, 2)), ValueError, r"^padding: should be at most half"),
+        (lambda: F.max_pool2d_forward(X4, 7), ValueError, r"x: output size would be \(0, 0\), below 1"),
+        (lambda: F.max_pool2d_forward(X4, (2, 9), 1, (0, 1)), ValueError, r"^x: output size would be"),
+        (
+            lambda: F.max_pool2d_backward(
+                np.ones((0, 1, 1, 1), np.float32), np.zeros((0, 1, 1, 1), np.int32), (0, 1, 2**16, 2**16), 2**16
+            ),
+            ValueError,
+            r"input_shape: plane \(65536, 65536\) too large",
+        ),
+        (
+            lambda: F.max_pool2d_backward(
+                np.ones((0, 1, 1, 1), np.float32), np.zeros((0, 1, 1, 1), np.int32), (0, 1, 2**30, 1), 2**31, 1, 2**30
+            ),
+            ValueError,
+            r"padding: \(1073741824, 1073741824\) too large",
+        ),
+        (
+            lambda: F.max_pool2d_backward(Y4, I4, X4.shape, 3),
+            ValueError,
+            r"dy: expected the output shape \(2, 3, 2, 2\) of this pooling, got \(2, 3, 3, 3\)",
+        ),
+        (lambda: F.max_pool2d_backward(Y4, I4[:1], X4.shape, 2), ValueError, r"indices: expected the output shape"),
+        (
+            lambda: F.max_pool2d_backward(Y4, I4.astype(np.int64), X4.shape, 2),
+            TypeError,
+            r"indices: expected a int32 array, got int64",
+        ),
+        (
+            lambda: F.max_pool2d_backward(Y4, I4.astype(np.float32), X4.shape, 2),
+            TypeError,
+            r"^indices: expected a int32",
+        ),
+        (lambda: F.max_pool2d_backward(Y4, I4.T, X4.shape, 2), ValueError, r"indices: array must be C-contiguous"),
+        (lambda: F.max_pool2d_backward(Y4.astype(np.float64), I4, X4.shape, 2), TypeError, r"^dy: expected a float32"),
+        (lambda: F.max_pool2d_backward(Y4, I4, (2, 3, 6), 2), ValueError, r"input_shape: expected 4 dimensions"),
+        (lambda: F.max_pool2d_backward(Y4, I4, (2, 3, -6, 6), 2), ValueError, r"input_shape: negative dimension"),
+        (
+            lambda: F.max_pool2d_backward(Y4, I4, (2, 3, 6.0, 6), 2),
+            TypeError,
+            r"input_shape\[2\]: expected an integer, got float",
+        ),
+        (lambda: F.max_pool2d_backward(Y4, I4, 6, 2), TypeError, r"^input_shape: "),
+        (lambda: F.max_pool2d_backward(Y4, I4, X4.shape, 2, 2, 3), ValueError, r"^padding: "),
+        (lambda: F.global_avg_pool_forward(X4[0]), ValueError, r"x: expected 4 dimensions"),
+        (lambda: F.global_avg_pool_forward(np.ones((2, 3, 0, 4), np.float32)), ValueError, r"x: H and W must be >= 1"),
+        (lambda: F.global_avg_pool_forward(X4.astype(np.float16)), TypeError, r"x: unsupported dtype float16"),
+        (lambda: F.global_avg_pool_forward(X4.transpose(0, 1, 3, 2)), ValueError, r"x: array must be C-contiguous"),
+        (
+            lambda: F.global_avg_pool_backward(np.ones((2, 4), np.float32), X4.shape),
+            ValueError,
+            r"dy: expected the output shape \(2, 3\), got \(2, 4\)",
+        ),
+        (lambda: F.global_avg_pool_backward(np.ones((2, 3, 1, 1), np.float32), X4.shape), ValueError, r"^dy: expected"),
+        (
+            lambda: F.global_avg_pool_backward(np.ones((2, 3), np.float32), (2, 3, 4, 0)),
+            ValueError,
+            r"input_shape: H and W must be >= 1",
+        ),
+        (
+            lambda: F.global_avg_pool_backward(np.ones((2, 3), np.float32), (2, 3, 2**40, 2**40)),
+            ValueError,
+            r"input_shape: too many elements",
+        ),
+        (lambda: F.global_avg_pool_backward(np.ones((2, 3), np.float32), None), TypeError, r"^input_shape: "),
+    ],
+)
 def test_bad_arguments(call, exc, match):
     with pytest.raises(exc, match=match):
         call()

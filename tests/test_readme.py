@@ -1,4 +1,5 @@
 """The README's CPU tour runs as written, and its set-up commands match CI's."""
+
 import re
 from pathlib import Path
 

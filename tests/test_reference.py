@@ -1,6 +1,7 @@
 """The float64 reference (fastopt.reference) on closed-form cases, the textbook
 momentum identities, step()'s clipping/skip contract, norms, and (when torch is
 installed) torch.optim / torch.nn.utils cross-checks."""
+
 import copy
 import inspect
 import itertools
@@ -19,6 +20,7 @@ def arr(*xs):
 
 
 # --- the two textbook momentum formulations -------------------------------------------
+
 
 def test_momentum_formulations_agree_and_match_torch_form():
     """Classic:  v = rho v + g, p -= lr v.   Velocity: u = rho u - lr g, p += u.
@@ -52,18 +54,18 @@ def test_dampening_skips_the_first_step():
     for t in range(n):
         optim.sgd(p, grads[t], state, lr=0.1, momentum=mu, dampening=d)
         c = mu * c + grads[t]
-        np.testing.assert_allclose(state["momentum_buffer"],
-                                   (1 - d) * c + d * mu ** t * grads[0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(state["momentum_buffer"], (1 - d) * c + d * mu**t * grads[0], rtol=1e-12, atol=1e-14)
 
 
 # --- hand-computed steps ---------------------------------------------------------------
+
 
 def test_sgd_plain_weight_decay_maximize():
     p = arr(1.0, -2.0)
     optim.sgd(p, arr(0.5, 0.25), {}, lr=0.1)
     np.testing.assert_allclose(p, [0.95, -2.025], rtol=1e-15)
     p = arr(1.0, -2.0)
-    optim.sgd(p, arr(0.5, 0.25), {}, lr=0.1, weight_decay=0.1)   # g + 0.1 p = (0.6, 0.05)
+    optim.sgd(p, arr(0.5, 0.25), {}, lr=0.1, weight_decay=0.1)  # g + 0.1 p = (0.6, 0.05)
     np.testing.assert_allclose(p, [0.94, -2.005], rtol=1e-15)
     p = arr(1.0, -2.0)
     optim.sgd(p, arr(0.5, 0.25), {}, lr=0.1, maximize=True)
@@ -72,12 +74,12 @@ def test_sgd_plain_weight_decay_maximize():
 
 def test_sgd_momentum_and_nesterov_two_steps():
     p, s = arr(0.0), {}
-    optim.sgd(p, arr(1.0), s, lr=0.1, momentum=0.9)          # b = 1
-    optim.sgd(p, arr(1.0), s, lr=0.1, momentum=0.9)          # b = 1.9
+    optim.sgd(p, arr(1.0), s, lr=0.1, momentum=0.9)  # b = 1
+    optim.sgd(p, arr(1.0), s, lr=0.1, momentum=0.9)  # b = 1.9
     np.testing.assert_allclose(p, [-0.29], rtol=1e-15)
     p, s = arr(0.0), {}
-    optim.sgd(p, arr(1.0), s, lr=0.1, momentum=0.9, nesterov=True)   # d = 1 + 0.9 * 1
-    optim.sgd(p, arr(1.0), s, lr=0.1, momentum=0.9, nesterov=True)   # d = 1 + 0.9 * 1.9
+    optim.sgd(p, arr(1.0), s, lr=0.1, momentum=0.9, nesterov=True)  # d = 1 + 0.9 * 1
+    optim.sgd(p, arr(1.0), s, lr=0.1, momentum=0.9, nesterov=True)  # d = 1 + 0.9 * 1.9
     np.testing.assert_allclose(p, [-0.1 * (1.9 + 2.71)], rtol=1e-15)
     assert s["step"] == 2 and set(s) == {"step", "momentum_buffer"}
     with pytest.raises(ValueError):
@@ -93,11 +95,10 @@ def test_sgd_without_momentum_keeps_no_buffer():
 def test_adagrad_two_steps_and_lr_decay():
     eps = 1e-10
     p, s = arr(1.0), {}
-    optim.adagrad(p, arr(2.0), s, lr=0.1)                    # sum 4: p -= 0.1 * 2 / 2
+    optim.adagrad(p, arr(2.0), s, lr=0.1)  # sum 4: p -= 0.1 * 2 / 2
     np.testing.assert_allclose(p, [1 - 0.1 * 2 / (2 + eps)], rtol=1e-15)
-    optim.adagrad(p, arr(2.0), s, lr=0.1, lr_decay=0.5)      # lr / (1 + 1 * 0.5), sum 8
-    np.testing.assert_allclose(p, [1 - 0.1 * 2 / (2 + eps) - (0.1 / 1.5) * 2 / (math.sqrt(8) + eps)],
-                               rtol=1e-15)
+    optim.adagrad(p, arr(2.0), s, lr=0.1, lr_decay=0.5)  # lr / (1 + 1 * 0.5), sum 8
+    np.testing.assert_allclose(p, [1 - 0.1 * 2 / (2 + eps) - (0.1 / 1.5) * 2 / (math.sqrt(8) + eps)], rtol=1e-15)
     np.testing.assert_array_equal(s["sum"], [8.0])
     s2 = {}
     optim.adagrad(arr(0.0), arr(1.0), s2, initial_accumulator_value=3.0)
@@ -107,15 +108,15 @@ def test_adagrad_two_steps_and_lr_decay():
 def test_rmsprop_first_step_plain_centered_momentum():
     eps = 1e-8
     p = arr(1.0)
-    optim.rmsprop(p, arr(2.0), {}, lr=0.01)                  # v = 0.04: p -= 0.01 * 2 / 0.2
+    optim.rmsprop(p, arr(2.0), {}, lr=0.01)  # v = 0.04: p -= 0.01 * 2 / 0.2
     np.testing.assert_allclose(p, [1 - 0.01 * 2 / (0.2 + eps)], rtol=1e-15)
     p, s = arr(1.0), {}
-    optim.rmsprop(p, arr(2.0), s, lr=0.01, centered=True)    # m = 0.02: v - m^2 = 0.0396
+    optim.rmsprop(p, arr(2.0), s, lr=0.01, centered=True)  # m = 0.02: v - m^2 = 0.0396
     np.testing.assert_allclose(p, [1 - 0.01 * 2 / (math.sqrt(0.0396) + eps)], rtol=1e-14)
     assert set(s) == {"step", "square_avg", "grad_avg"}
     p, s = arr(1.0), {}
-    optim.rmsprop(p, arr(2.0), s, lr=0.01, momentum=0.5)     # b = 2 / 0.2 = 10
-    optim.rmsprop(p, arr(2.0), s, lr=0.01, momentum=0.5)     # v = 0.0796, b = 5 + 2 / sqrt(v)
+    optim.rmsprop(p, arr(2.0), s, lr=0.01, momentum=0.5)  # b = 2 / 0.2 = 10
+    optim.rmsprop(p, arr(2.0), s, lr=0.01, momentum=0.5)  # v = 0.0796, b = 5 + 2 / sqrt(v)
     b1 = 2 / (0.2 + eps)
     b2 = 0.5 * b1 + 2 / (math.sqrt(0.0796) + eps)
     np.testing.assert_allclose(p, [1 - 0.01 * b1 - 0.01 * b2], rtol=1e-14)
@@ -156,16 +157,18 @@ def test_amsgrad_keeps_the_largest_second_moment():
     optim.adam(p, arr(0.0), s, lr=0.01, amsgrad=True)
     np.testing.assert_allclose(s["max_exp_avg_sq"], [0.1], rtol=1e-15)
     np.testing.assert_allclose(s["exp_avg_sq"], [0.0999], rtol=1e-13)
-    bc1, bc2 = 1 - 0.9 ** 2, 1 - 0.999 ** 2
+    bc1, bc2 = 1 - 0.9**2, 1 - 0.999**2
     expected = p1 - 0.01 / bc1 * 0.9 / (math.sqrt(0.1) / math.sqrt(bc2) + 1e-8)
     np.testing.assert_allclose(p, expected, rtol=1e-13)
 
 
-HYPERS = {"sgd": dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
-          "adagrad": dict(lr=0.1, weight_decay=0.1, maximize=True),
-          "rmsprop": dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.1, maximize=True),
-          "adam": dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True),
-          "adamw": dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True)}
+HYPERS = {
+    "sgd": dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
+    "adagrad": dict(lr=0.1, weight_decay=0.1, maximize=True),
+    "rmsprop": dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.1, maximize=True),
+    "adam": dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True),
+    "adamw": dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True),
+}
 
 
 @pytest.mark.parametrize("name", sorted(optim.RULES))
@@ -180,6 +183,7 @@ def test_rules_leave_the_gradient_alone(name):
 
 
 # --- step(): clipping and skipping -----------------------------------------------------
+
 
 def _problem(n=3):
     shapes = [(3,), (2, 5), (1,)]
@@ -203,14 +207,14 @@ def test_step_without_clipping_is_the_rule_per_tensor():
 
 def test_step_clips_by_the_global_norm():
     params = [np.zeros(2), np.zeros(1)]
-    grads = [arr(3.0, 4.0), arr(12.0)]                      # ||g|| = 13
+    grads = [arr(3.0, 4.0), arr(12.0)]  # ||g|| = 13
     states, hypers = [{}, {}], [dict(lr=1.0)] * 2
     norm, skipped = optim.step(optim.sgd, params, grads, states, hypers, max_grad_norm=6.5)
     assert (norm, skipped) == (13.0, False)
     coef = 6.5 / (13.0 + 1e-6)
     np.testing.assert_allclose(params[0], [-3 * coef, -4 * coef], rtol=1e-15)
     np.testing.assert_allclose(params[1], [-12 * coef], rtol=1e-15)
-    np.testing.assert_array_equal(grads[1], [12.0])        # inputs untouched
+    np.testing.assert_array_equal(grads[1], [12.0])  # inputs untouched
     # max_grad_norm above the norm: coef = 1, the same as no clipping, bit for bit.
     params2 = [np.zeros(2), np.zeros(1)]
     norm, _ = optim.step("sgd", params2, grads, [{}, {}], hypers, max_grad_norm=100.0)
@@ -222,20 +226,19 @@ def test_step_reports_the_norm_when_only_skipping():
     params, grads = _problem()
     norm, skipped = optim.step("adam", params, grads, [{}, {}, {}], [{}] * 3, skip_nonfinite=True)
     assert not skipped
-    assert norm == pytest.approx(math.sqrt(sum(float((g ** 2).sum()) for g in grads)), rel=1e-14)
+    assert norm == pytest.approx(math.sqrt(sum(float((g**2).sum()) for g in grads)), rel=1e-14)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_step_skips_nonfinite_and_changes_nothing(bad):
     params, grads = _problem()
     states, hypers = [{} for _ in params], [dict(lr=0.01, amsgrad=True)] * 3
-    optim.step("adamw", params, grads, states, hypers)                # states now hold step 1
+    optim.step("adamw", params, grads, states, hypers)  # states now hold step 1
     before_p, before_s = copy.deepcopy(params), copy.deepcopy(states)
     grads[1][1, 3] = bad
-    norm, skipped = optim.step("adamw", params, grads, states, hypers,
-                               max_grad_norm=1.0, skip_nonfinite=True)
+    norm, skipped = optim.step("adamw", params, grads, states, hypers, max_grad_norm=1.0, skip_nonfinite=True)
     assert skipped
-    assert (math.isnan(norm) if math.isnan(bad) else norm == math.inf)
+    assert math.isnan(norm) if math.isnan(bad) else norm == math.inf
     for p, q in zip(params, before_p):
         np.testing.assert_array_equal(p, q)
     for s, t in zip(states, before_s):
@@ -263,9 +266,15 @@ def test_step_checks_lengths():
 GRADS = [arr(3.0, -4.0), arr(-12.0), np.zeros((0,))]
 
 
-@pytest.mark.parametrize("p, expected", [
-    (2.0, 13.0), (1.0, 19.0), (3.0, (27 + 64 + 1728) ** (1 / 3)), (math.inf, 12.0),
-])
+@pytest.mark.parametrize(
+    "p, expected",
+    [
+        (2.0, 13.0),
+        (1.0, 19.0),
+        (3.0, (27 + 64 + 1728) ** (1 / 3)),
+        (math.inf, 12.0),
+    ],
+)
 def test_global_norm(p, expected):
     assert norms.global_norm(GRADS, p) == pytest.approx(expected, rel=1e-15)
 
@@ -310,34 +319,31 @@ def test_clip_grad_value():
 
 # --- cross-checks against torch (optional) -------------------------------------------------
 
+
 def _configs():
     out = []
-    for m, nest, damp, wd, mx in itertools.product((0.0, 0.9), (False, True), (0.0, 0.3),
-                                                   (0.0, 0.05), (False, True)):
+    for m, nest, damp, wd, mx in itertools.product((0.0, 0.9), (False, True), (0.0, 0.3), (0.0, 0.05), (False, True)):
         if nest and (m == 0.0 or damp != 0.0):
             continue
-        out.append(("sgd", dict(lr=0.1, momentum=m, nesterov=nest, dampening=damp,
-                                weight_decay=wd, maximize=mx)))
+        out.append(("sgd", dict(lr=0.1, momentum=m, nesterov=nest, dampening=damp, weight_decay=wd, maximize=mx)))
     for dec, wd, acc, mx in itertools.product((0.0, 0.1), (0.0, 0.05), (0.0, 0.5), (False, True)):
-        out.append(("adagrad", dict(lr=0.1, lr_decay=dec, weight_decay=wd,
-                                    initial_accumulator_value=acc, maximize=mx)))
+        out.append(("adagrad", dict(lr=0.1, lr_decay=dec, weight_decay=wd, initial_accumulator_value=acc, maximize=mx)))
     for m, c, wd, mx in itertools.product((0.0, 0.5), (False, True), (0.0, 0.05), (False, True)):
-        out.append(("rmsprop", dict(lr=0.01, alpha=0.9, momentum=m, centered=c,
-                                    weight_decay=wd, maximize=mx)))
+        out.append(("rmsprop", dict(lr=0.01, alpha=0.9, momentum=m, centered=c, weight_decay=wd, maximize=mx)))
     for name in ("adam", "adamw"):
         for ams, wd, mx in itertools.product((False, True), (0.0, 0.05), (False, True)):
-            out.append((name, dict(lr=0.01, betas=(0.8, 0.99), amsgrad=ams,
-                                   weight_decay=wd, maximize=mx)))
+            out.append((name, dict(lr=0.01, betas=(0.8, 0.99), amsgrad=ams, weight_decay=wd, maximize=mx)))
     return out
 
 
-_TORCH_CLASS = {"sgd": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop",
-                "adam": "Adam", "adamw": "AdamW"}
+_TORCH_CLASS = {"sgd": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW"}
 
 
-@pytest.mark.parametrize("name, hyper", _configs(),
-                         ids=lambda v: v if isinstance(v, str) else
-                         "-".join(f"{k}={v[k]}" for k in sorted(v) if k != "lr"))
+@pytest.mark.parametrize(
+    "name, hyper",
+    _configs(),
+    ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v[k]}" for k in sorted(v) if k != "lr"),
+)
 def test_rules_match_torch(name, hyper):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(7)
@@ -358,7 +364,7 @@ def test_rules_match_torch(name, hyper):
         ts = topt.state[tp]
         for key, value in s.items():
             if key == "step":
-                assert int(ts.get("step", 20)) == value == 20   # torch's SGD keeps no step
+                assert int(ts.get("step", 20)) == value == 20  # torch's SGD keeps no step
             else:
                 np.testing.assert_allclose(value, ts[key].numpy(), rtol=1e-10, atol=1e-12)
         assert set(s) - {"step"} == {k for k, v in ts.items() if v is not None} - {"step"}

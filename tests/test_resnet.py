@@ -6,6 +6,7 @@ input gradients, every parameter gradient and the running statistics, each compa
 float64 torch twin, must be within 4x torch float32's own distance to that twin (relative L2
 norm; floor 1e-6): "as accurate as torch". Measured: at most 1.3x.
 """
+
 import numpy as np
 import pytest
 
@@ -21,13 +22,26 @@ def _rel(a, b):
 def _mixed():
     """Every new layer, a projection shortcut and an identity one, odd sizes."""
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.GELU(),
-        nn.Residual(nn.Sequential(nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(12),
-                                  nn.ELU(0.7), nn.Conv2d(12, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12)),
-                    nn.Sequential(nn.Conv2d(8, 12, 1, stride=2, bias=False), nn.BatchNorm2d(12))),
-        nn.Tanh(), nn.AvgPool2d(3, stride=2, padding=1),
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.GELU(),
+        nn.Residual(
+            nn.Sequential(
+                nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(12),
+                nn.ELU(0.7),
+                nn.Conv2d(12, 12, 3, padding=1, bias=False),
+                nn.BatchNorm2d(12),
+            ),
+            nn.Sequential(nn.Conv2d(8, 12, 1, stride=2, bias=False), nn.BatchNorm2d(12)),
+        ),
+        nn.Tanh(),
+        nn.AvgPool2d(3, stride=2, padding=1),
         nn.Residual(nn.Sequential(nn.Conv2d(12, 12, 3, padding=1), nn.Sigmoid(), nn.BatchNorm2d(12))),
-        nn.ReLU(), nn.GlobalAvgPool2d(), nn.Linear(12, 5))
+        nn.ReLU(),
+        nn.GlobalAvgPool2d(),
+        nn.Linear(12, 5),
+    )
 
 
 def _twin(model, torch, dtype=None):
@@ -56,8 +70,13 @@ def test_network_of_new_layers_matches_torch(rng):
             xt = torch.from_numpy(x).to(dtype).requires_grad_()
             yt = t(xt)
             yt.backward(torch.from_numpy(r).to(dtype))
-            peers.append({"y": yt.detach().numpy(), "dx": xt.grad.numpy(),
-                          **{n: p.grad.numpy().copy() for n, p in t.named_parameters()}})
+            peers.append(
+                {
+                    "y": yt.detach().numpy(),
+                    "dx": xt.grad.numpy(),
+                    **{n: p.grad.numpy().copy() for n, p in t.named_parameters()},
+                }
+            )
             t.zero_grad()
         assert got.keys() == peers[0].keys()
         for k in got:
@@ -167,8 +186,11 @@ def test_residual_forward_backward_and_bad_input(rng):
     np.testing.assert_allclose(block.backward(dy), body_dx + dy, rtol=1e-5, atol=1e-6)
     wide = nn.Residual(nn.Conv2d(3, 4, 3, padding=1))
     wide.build("cpu")
-    with pytest.raises(ValueError, match=r"^Residual: the body maps x \(2, 3, 5, 5\) to \(2, 4, 5, 5\) but the "
-                                         r"identity shortcut passes \(2, 3, 5, 5\); a projection shortcut"):
+    with pytest.raises(
+        ValueError,
+        match=r"^Residual: the body maps x \(2, 3, 5, 5\) to \(2, 4, 5, 5\) but the "
+        r"identity shortcut passes \(2, 3, 5, 5\); a projection shortcut",
+    ):
         wide.forward(x)
     with pytest.raises(TypeError, match="^body: expected a fastopt.nn.Module"):
         nn.Residual(lambda v: v)
@@ -205,9 +227,15 @@ def test_drop_path_in_a_block(rng):
 
 def test_older_flat_checkpoint_is_refused(tmp_path):
     path = tmp_path / "old.npz"
-    meta = {"config": {}, "param_groups": [], "epoch": 1, "step": 1,
-            "history": {"epochs": [], "best_epoch": 1, "best_val_loss": 1.0, "stopped": ""}}
+    meta = {
+        "config": {},
+        "param_groups": [],
+        "epoch": 1,
+        "step": 1,
+        "history": {"epochs": [], "best_epoch": 1, "best_val_loss": 1.0, "stopped": ""},
+    }
     import json
+
     np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **{"model/params": np.ones(3)})
     with pytest.raises(CheckpointError, match="written by an older fastopt"):
         read_checkpoint(str(path))
@@ -223,7 +251,9 @@ def test_train_cli_resnet20_and_resume_guard(tmp_path, capsys):
     meta, state, _ = read_checkpoint(str(tmp_path / "r20" / "last.npz"))
     assert "3.body.0.weight" in state and "22.weight" in state
     with pytest.raises(SystemExit):  # a checkpoint of another network is refused by name
-        main(["--epochs", "2", "--quiet", "--out", str(tmp_path / "cnn"), "--resume", str(tmp_path / "r20" / "last.npz")])
+        main(
+            ["--epochs", "2", "--quiet", "--out", str(tmp_path / "cnn"), "--resume", str(tmp_path / "r20" / "last.npz")]
+        )
     assert "written for another model" in capsys.readouterr().err
 
 
@@ -231,19 +261,39 @@ def test_bench_train_resnet20_smoke(tmp_path):
     pytest.importorskip("torch")
     from fastopt.bench.train import main
 
-    assert main(["--device", "cpu", "--model", "resnet20", "--quick", "--batch", "2", "--steps", "1", "--rounds", "1",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "--device",
+                "cpu",
+                "--model",
+                "resnet20",
+                "--quick",
+                "--batch",
+                "2",
+                "--steps",
+                "1",
+                "--rounds",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     row = __import__("json").loads((tmp_path / "results.json").read_text())["rows"][0]
     assert row["model"] == "resnet20" and set(row["ms_per_step"]) == {"fastopt", "torch"}
-    assert row["fastopt_speedup_vs"]["torch"] == pytest.approx(row["ms_per_step"]["torch"] / row["ms_per_step"]["fastopt"])
+    assert row["fastopt_speedup_vs"]["torch"] == pytest.approx(
+        row["ms_per_step"]["torch"] / row["ms_per_step"]["fastopt"]
+    )
     assert {"conv2d", "batchnorm", "residual add", "optimizer"} <= set(row["split_ms"])
 
 
 @pytest.mark.gpu
 def test_resnet_on_the_gpu_matches_the_cpu(rng):
-    from fastopt import optim
-
     from conftest import fetch, put
+
+    from fastopt import optim
 
     models = []
     for device in ("cpu", "cuda"):

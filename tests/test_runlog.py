@@ -1,5 +1,6 @@
 """Seeing the run: steps.jsonl, TensorBoard event files read back with tensorboard's own reader
 (values against hand computations), and the per-epoch progress line."""
+
 import io
 import json
 import math
@@ -35,7 +36,7 @@ def test_per_layer_norms_histograms_and_update_ratio(tmp_path):
     log = RunLog(str(tmp_path / "steps.jsonl"), str(tmp_path / "tb"), detail_every=1, flush_every=1)
     old_w = w.copy()
     log.before_step(trainer)
-    w -= 0.01 * g          # the "step": known updates
+    w -= 0.01 * g  # the "step": known updates
     b[:] = [3.0, 4.3]
     trainer.step = 1
     log.after_step(trainer, np.float32(2.5), np.float32(7.0), 0.01, 32)
@@ -48,7 +49,7 @@ def test_per_layer_norms_histograms_and_update_ratio(tmp_path):
     assert scalar["weight_norm/0.bias"] == [(1, r(math.hypot(3.0, 4.3)))]
     assert scalar["grad_norm/0.bias"] == [(1, r(math.hypot(0.5, 0.5)))]
     assert scalar["update_ratio/0.bias"] == [(1, r(0.3 / 5.0))]
-    want = np.linalg.norm((w.astype(np.float64) - old_w)) / np.linalg.norm(old_w.astype(np.float64))
+    want = np.linalg.norm(w.astype(np.float64) - old_w) / np.linalg.norm(old_w.astype(np.float64))
     assert scalar["update_ratio/0.weight"] == [(1, r(want))]
     hist = ev.Histograms("weights/0.weight")[0].histogram_value
     assert hist.num == 12 and hist.min == pytest.approx(w.min()) and hist.max == pytest.approx(w.max())
@@ -56,8 +57,15 @@ def test_per_layer_norms_histograms_and_update_ratio(tmp_path):
     assert ev.Histograms("grads/0.bias")[0].histogram_value.num == 2
     # The first step has no previous one to be timed against.
     row = json.loads((tmp_path / "steps.jsonl").read_text())
-    assert row == {"step": 1, "epoch": 1, "loss": 2.5, "lr": 0.01, "grad_norm": 7.0, "step_time": None,
-                   "samples_per_s": None}
+    assert row == {
+        "step": 1,
+        "epoch": 1,
+        "loss": 2.5,
+        "lr": 0.01,
+        "grad_norm": 7.0,
+        "step_time": None,
+        "samples_per_s": None,
+    }
 
 
 def test_train_cli_writes_steps_and_event_files(tmp_path, capsys):
@@ -65,8 +73,26 @@ def test_train_cli_writes_steps_and_event_files(tmp_path, capsys):
     pytest.importorskip("tensorboardX")
     out, tb = tmp_path / "run", tmp_path / "tb"
     # digits: 1257 training images, batch 256 -> 5 steps per epoch, 10 steps; warm-up 2 epochs = 10 steps.
-    rc = train_main(["--device", "cpu", "--epochs", "2", "--batch-size", "256", "--width", "4", "8", "--quiet",
-                     "--out", str(out), "--tensorboard", str(tb), "--tensorboard-every", "4"])
+    rc = train_main(
+        [
+            "--device",
+            "cpu",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "256",
+            "--width",
+            "4",
+            "8",
+            "--quiet",
+            "--out",
+            str(out),
+            "--tensorboard",
+            str(tb),
+            "--tensorboard-every",
+            "4",
+        ]
+    )
     assert rc == 0
     rows = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 11))
@@ -90,8 +116,9 @@ def test_train_cli_writes_steps_and_event_files(tmp_path, capsys):
     assert "weights/0.weight" in tags["histograms"] and "grads/0.weight" in tags["histograms"]
     # The optimizer's global norm is the root of the per-parameter squares (fused pass vs NumPy).
     for step in (1, 5, 9):
-        parts = [e.value for t in tags["scalars"] if t.startswith("grad_norm/") for e in ev.Scalars(t)
-                 if e.step == step]
+        parts = [
+            e.value for t in tags["scalars"] if t.startswith("grad_norm/") for e in ev.Scalars(t) if e.step == step
+        ]
         assert math.sqrt(sum(v * v for v in parts)) == pytest.approx(rows[step - 1]["grad_norm"], rel=1e-4)
 
 
@@ -128,4 +155,7 @@ def test_tensorboard_without_a_writer_is_a_usage_error(tmp_path, monkeypatch, ca
     with pytest.raises(SystemExit) as e:
         train_main(["--tensorboard", str(tmp_path / "tb"), "--out", str(tmp_path)])
     assert e.value.code == 2
-    assert "argument --tensorboard: TensorBoard logging needs a writer: pip install tensorboardX" in capsys.readouterr().err
+    assert (
+        "argument --tensorboard: TensorBoard logging needs a writer: pip install tensorboardX"
+        in capsys.readouterr().err
+    )

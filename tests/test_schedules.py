@@ -1,6 +1,7 @@
 """Learning-rate schedules (fastopt.schedules) against the reference closed forms
 (fastopt.reference.schedules), hand-computed values, checkpoint round trips, and
 torch.optim.lr_scheduler when torch is installed."""
+
 import math
 import pickle
 import warnings
@@ -11,7 +12,7 @@ import pytest
 from fastopt import schedules as S
 from fastopt.reference import schedules as R
 
-LRS = [0.1, 0.03, 2.5]          # three param groups with different initial lrs
+LRS = [0.1, 0.03, 2.5]  # three param groups with different initial lrs
 
 
 class Opt:
@@ -37,32 +38,38 @@ def trace(sched, n):
 # name -> (build on an optimizer, reference lr(t, base_lr))
 CASES = {
     "step": (lambda o: S.StepLR(o, 7, gamma=0.5), lambda t, b: R.step_lr(t, b, 7, 0.5)),
-    "multistep": (lambda o: S.MultiStepLR(o, [30, 10, 10, 45]),
-                  lambda t, b: R.multistep_lr(t, b, [10, 10, 30, 45])),
+    "multistep": (lambda o: S.MultiStepLR(o, [30, 10, 10, 45]), lambda t, b: R.multistep_lr(t, b, [10, 10, 30, 45])),
     "exponential": (lambda o: S.ExponentialLR(o, 0.97), lambda t, b: R.exponential_lr(t, b, 0.97)),
-    "cosine": (lambda o: S.CosineAnnealingLR(o, 40, eta_min=1e-3),
-               lambda t, b: R.cosine_annealing_lr(t, b, 40, 1e-3)),
+    "cosine": (lambda o: S.CosineAnnealingLR(o, 40, eta_min=1e-3), lambda t, b: R.cosine_annealing_lr(t, b, 40, 1e-3)),
     "linear": (lambda o: S.LinearLR(o), lambda t, b: R.linear_lr(t, b)),
-    "linear-down": (lambda o: S.LinearLR(o, 1.0, 0.1, 30),
-                    lambda t, b: R.linear_lr(t, b, 1.0, 0.1, 30)),
-    "sgdr": (lambda o: S.CosineAnnealingWarmRestarts(o, 10, eta_min=1e-4),
-             lambda t, b: R.cosine_warm_restarts_lr(t, b, 10, 1, 1e-4)),
-    "sgdr-x2": (lambda o: S.CosineAnnealingWarmRestarts(o, 3, T_mult=2),
-                lambda t, b: R.cosine_warm_restarts_lr(t, b, 3, 2)),
-    "sgdr-x3": (lambda o: S.CosineAnnealingWarmRestarts(o, 2, T_mult=3, eta_min=0.01),
-                lambda t, b: R.cosine_warm_restarts_lr(t, b, 2, 3, 0.01)),
-    "inverse-time": (lambda o: S.InverseTimeLR(o, 0.5, decay_steps=10),
-                     lambda t, b: R.inverse_time_lr(t, b, 0.5, 10)),
+    "linear-down": (lambda o: S.LinearLR(o, 1.0, 0.1, 30), lambda t, b: R.linear_lr(t, b, 1.0, 0.1, 30)),
+    "sgdr": (
+        lambda o: S.CosineAnnealingWarmRestarts(o, 10, eta_min=1e-4),
+        lambda t, b: R.cosine_warm_restarts_lr(t, b, 10, 1, 1e-4),
+    ),
+    "sgdr-x2": (
+        lambda o: S.CosineAnnealingWarmRestarts(o, 3, T_mult=2),
+        lambda t, b: R.cosine_warm_restarts_lr(t, b, 3, 2),
+    ),
+    "sgdr-x3": (
+        lambda o: S.CosineAnnealingWarmRestarts(o, 2, T_mult=3, eta_min=0.01),
+        lambda t, b: R.cosine_warm_restarts_lr(t, b, 2, 3, 0.01),
+    ),
+    "inverse-time": (lambda o: S.InverseTimeLR(o, 0.5, decay_steps=10), lambda t, b: R.inverse_time_lr(t, b, 0.5, 10)),
     "inverse-sqrt": (lambda o: S.InverseSqrtLR(o, 16), lambda t, b: R.inverse_sqrt_lr(t, b, 16)),
     "warmup": (lambda o: S.LinearWarmup(o, 8), lambda t, b: R.linear_warmup_lr(t, b, 8)),
-    "warmup-cosine": (lambda o: S.LinearWarmup(o, 10, after=S.CosineAnnealingLR(o, 50), start_factor=0.1),
-                      lambda t, b: R.linear_warmup_lr(t, b, 10, lambda s: R.cosine_annealing_lr(s, b, 50),
-                                                      0.1)),
-    "warmup-step": (lambda o: S.LinearWarmup(o, 5, after=S.StepLR(o, 4, 0.5)),
-                    lambda t, b: R.linear_warmup_lr(t, b, 5, lambda s: R.step_lr(s, b, 4, 0.5))),
-    "warmup-sgdr": (lambda o: S.LinearWarmup(o, 6, after=S.CosineAnnealingWarmRestarts(o, 4, 2)),
-                    lambda t, b: R.linear_warmup_lr(
-                        t, b, 6, lambda s: R.cosine_warm_restarts_lr(s, b, 4, 2))),
+    "warmup-cosine": (
+        lambda o: S.LinearWarmup(o, 10, after=S.CosineAnnealingLR(o, 50), start_factor=0.1),
+        lambda t, b: R.linear_warmup_lr(t, b, 10, lambda s: R.cosine_annealing_lr(s, b, 50), 0.1),
+    ),
+    "warmup-step": (
+        lambda o: S.LinearWarmup(o, 5, after=S.StepLR(o, 4, 0.5)),
+        lambda t, b: R.linear_warmup_lr(t, b, 5, lambda s: R.step_lr(s, b, 4, 0.5)),
+    ),
+    "warmup-sgdr": (
+        lambda o: S.LinearWarmup(o, 6, after=S.CosineAnnealingWarmRestarts(o, 4, 2)),
+        lambda t, b: R.linear_warmup_lr(t, b, 6, lambda s: R.cosine_warm_restarts_lr(s, b, 4, 2)),
+    ),
 }
 
 
@@ -76,9 +83,12 @@ def test_matches_reference_closed_form(name):
     assert [g["initial_lr"] for g in opt.param_groups] == LRS
 
 
-CYCLIC = [dict(step_size_up=4), dict(step_size_up=3, step_size_down=7),
-          dict(step_size_up=5, mode="triangular2"), dict(step_size_up=2, step_size_down=5,
-                                                          mode="exp_range", gamma=0.99)]
+CYCLIC = [
+    dict(step_size_up=4),
+    dict(step_size_up=3, step_size_down=7),
+    dict(step_size_up=5, mode="triangular2"),
+    dict(step_size_up=2, step_size_down=5, mode="exp_range", gamma=0.99),
+]
 
 
 @pytest.mark.parametrize("kw", CYCLIC, ids=lambda kw: "-".join(map(str, kw.values())))
@@ -86,15 +96,14 @@ def test_cyclic_matches_reference(kw):
     base, top = [0.01, 0.02, 0.5], [0.1, 0.05, 1.0]
     opt = Opt()
     got = trace(S.CyclicLR(opt, base, top, **kw), 300)
-    expect = np.array([[R.cyclic_lr(t, b, m, **kw) for b, m in zip(base, top)]
-                       for t in range(301)])
+    expect = np.array([[R.cyclic_lr(t, b, m, **kw) for b, m in zip(base, top)] for t in range(301)])
     # the reference follows torch's x = 1 + t/L - floor(1 + t/L), which cancels digits
     np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-14)
     assert [g["initial_lr"] for g in opt.param_groups] == base
 
 
 def _decay(x):
-    return 0.97 ** x
+    return 0.97**x
 
 
 @pytest.mark.parametrize("scale_mode", ["cycle", "iterations"])
@@ -108,14 +117,16 @@ def test_cyclic_scale_fn_matches_reference(scale_mode):
 
 def test_cyclic_scale_mode_iterations_by_hand():
     # up 2, down 2, amplitude 4 scaled by 2^-t ('iterations') or 2^-cycle ('cycle'): heights 0, .5, 1, .5, 0, ...
-    it = trace(S.CyclicLR(Opt([9.0]), 1.0, 5.0, step_size_up=2, scale_fn=lambda x: 0.5 ** x,
-                          scale_mode="iterations"), 6)[:, 0]
+    it = trace(S.CyclicLR(Opt([9.0]), 1.0, 5.0, step_size_up=2, scale_fn=lambda x: 0.5**x, scale_mode="iterations"), 6)[
+        :, 0
+    ]
     np.testing.assert_allclose(it, [1, 1 + 2 * 0.5, 1 + 4 * 0.25, 1 + 2 * 0.125, 1, 1 + 2 / 32, 1 + 4 / 64], rtol=1e-15)
-    cyc = trace(S.CyclicLR(Opt([9.0]), 1.0, 5.0, step_size_up=2, scale_fn=lambda x: 0.5 ** x), 6)[:, 0]
+    cyc = trace(S.CyclicLR(Opt([9.0]), 1.0, 5.0, step_size_up=2, scale_fn=lambda x: 0.5**x), 6)[:, 0]
     np.testing.assert_allclose(cyc, [1, 2, 3, 2, 1, 1.5, 2], rtol=1e-15)
 
 
 # --- hand-computed values ------------------------------------------------------------
+
 
 def lrs_at(sched, ts, group=0):
     values = dict(enumerate(trace(sched, max(ts))[:, group]))
@@ -155,14 +166,13 @@ def test_sgdr_restarts_with_t_mult_2():
     mid = (base + eta) / 2
     for restart in (0, 2, 6, 14, 30):
         assert got[restart] == base
-    for start, last in ((0, 1), (2, 5), (6, 13), (14, 29)):   # one step before a restart
-        assert eta < got[last] == got[start:last + 1].min()        # ... is the period's lowest lr
-        assert np.all(np.diff(got[start:last + 1]) < 0)
+    for start, last in ((0, 1), (2, 5), (6, 13), (14, 29)):  # one step before a restart
+        assert eta < got[last] == got[start : last + 1].min()  # ... is the period's lowest lr
+        assert np.all(np.diff(got[start : last + 1]) < 0)
     # halfway through each period: cos(pi / 2) = 0
     assert got[[1, 4, 10, 22]] == pytest.approx([mid] * 4, rel=1e-15)
     assert got[5] == pytest.approx(eta + (base - eta) * (1 + math.cos(3 * math.pi / 4)) / 2, rel=1e-15)
-    assert got[29] == pytest.approx(eta + (base - eta) * (1 + math.cos(15 * math.pi / 16)) / 2,
-                                    rel=1e-15)
+    assert got[29] == pytest.approx(eta + (base - eta) * (1 + math.cos(15 * math.pi / 16)) / 2, rel=1e-15)
 
 
 def test_sgdr_t_mult_1_is_periodic():
@@ -178,10 +188,10 @@ def test_cyclic_modes_by_hand():
     np.testing.assert_allclose(tri, [1, 3, 5, 4, 3, 2, 1, 3, 5, 4, 3, 2, 1], rtol=1e-15)
     tri2 = trace(S.CyclicLR(Opt([9.0]), 1.0, 5.0, step_size_up=2, mode="triangular2"), 12)[:, 0]
     np.testing.assert_allclose(tri2, [1, 3, 5, 3, 1, 2, 3, 2, 1, 1.5, 2, 1.5, 1], rtol=1e-15)
-    exp = trace(S.CyclicLR(Opt([9.0]), 1.0, 5.0, step_size_up=2, mode="exp_range", gamma=0.9),
-                6)[:, 0]
-    np.testing.assert_allclose(exp, [1, 1 + 2 * 0.9, 1 + 4 * 0.81, 1 + 2 * 0.729, 1,
-                                     1 + 2 * 0.9 ** 5, 1 + 4 * 0.9 ** 6], rtol=1e-15)
+    exp = trace(S.CyclicLR(Opt([9.0]), 1.0, 5.0, step_size_up=2, mode="exp_range", gamma=0.9), 6)[:, 0]
+    np.testing.assert_allclose(
+        exp, [1, 1 + 2 * 0.9, 1 + 4 * 0.81, 1 + 2 * 0.729, 1, 1 + 2 * 0.9**5, 1 + 4 * 0.9**6], rtol=1e-15
+    )
     custom = S.CyclicLR(Opt([9.0]), 1.0, 5.0, step_size_up=2, scale_fn=lambda c: 1.0 / c)
     np.testing.assert_allclose(trace(custom, 6)[:, 0], [1, 3, 5, 3, 1, 2, 3], rtol=1e-15)
 
@@ -216,6 +226,7 @@ def test_linear_warmup_refuses_foreign_or_stateful_after():
 
 # --- ReduceLROnPlateau ------------------------------------------------------------------
 
+
 def plateau_trace(sched, metrics):
     out = []
     for m in metrics:
@@ -247,14 +258,14 @@ def test_plateau_min_lr_and_eps():
 
 
 def test_plateau_threshold_modes():
-    rel = S.ReduceLROnPlateau(Opt(), threshold=0.1)                # needs < best * 0.9
-    abs_ = S.ReduceLROnPlateau(Opt(), threshold=0.1, threshold_mode="abs")   # < best - 0.1
+    rel = S.ReduceLROnPlateau(Opt(), threshold=0.1)  # needs < best * 0.9
+    abs_ = S.ReduceLROnPlateau(Opt(), threshold=0.1, threshold_mode="abs")  # < best - 0.1
     for s in (rel, abs_):
         s.step(10.0)
         s.step(9.5)
     assert (rel.best, rel.num_bad_epochs) == (10.0, 1)
     assert (abs_.best, abs_.num_bad_epochs) == (9.5, 0)
-    up = S.ReduceLROnPlateau(Opt(), mode="max", threshold=0.1)     # needs > best * 1.1
+    up = S.ReduceLROnPlateau(Opt(), mode="max", threshold=0.1)  # needs > best * 1.1
     for m in (10.0, 10.5, 11.5):
         up.step(m)
     assert (up.best, up.num_bad_epochs) == (11.5, 0)
@@ -278,10 +289,13 @@ def test_plateau_groups_and_min_lr_list():
         S.ReduceLROnPlateau(Opt([1.0, 0.5]), min_lr=[0.1])
 
 
-PLATEAU_CONFIGS = [dict(), dict(patience=3, cooldown=2, factor=0.5),
-                   dict(mode="max", patience=2, threshold=0.05),
-                   dict(threshold_mode="abs", threshold=0.01, patience=1, min_lr=1e-3),
-                   dict(mode="max", threshold_mode="abs", patience=0, cooldown=3, factor=0.7)]
+PLATEAU_CONFIGS = [
+    dict(),
+    dict(patience=3, cooldown=2, factor=0.5),
+    dict(mode="max", patience=2, threshold=0.05),
+    dict(threshold_mode="abs", threshold=0.01, patience=1, min_lr=1e-3),
+    dict(mode="max", threshold_mode="abs", patience=0, cooldown=3, factor=0.7),
+]
 
 
 def _metrics(n=200, seed=3):
@@ -295,14 +309,15 @@ def test_plateau_matches_reference(cfg):
     got = plateau_trace(S.ReduceLROnPlateau(Opt(), **cfg), metrics)
     expect = np.array([R.plateau_lrs(metrics, b, **cfg) for b in LRS]).T
     np.testing.assert_array_equal(got, expect)
-    assert len(set(expect[:, 0])) > 2     # the sequence did reduce, more than once
+    assert len(set(expect[:, 0])) > 2  # the sequence did reduce, more than once
 
 
 # --- checkpoints --------------------------------------------------------------------------
 
 BUILDERS = {name: build for name, (build, _) in CASES.items()}
-BUILDERS["cyclic"] = lambda o: S.CyclicLR(o, 0.01, [0.1, 0.2, 0.3], step_size_up=3,
-                                          step_size_down=5, mode="triangular2")
+BUILDERS["cyclic"] = lambda o: S.CyclicLR(
+    o, 0.01, [0.1, 0.2, 0.3], step_size_up=3, step_size_down=5, mode="triangular2"
+)
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
@@ -314,7 +329,7 @@ def test_state_dict_resume_is_bit_identical(name):
         first.step()
     blob = pickle.dumps(first.state_dict())
     assert "optimizer" not in first.state_dict()
-    resumed = build(Opt([7.0, 8.0, 9.0]))        # a fresh run, even with other lrs
+    resumed = build(Opt([7.0, 8.0, 9.0]))  # a fresh run, even with other lrs
     resumed.load_state_dict(pickle.loads(blob))
     assert resumed.last_epoch == 61
     assert resumed.get_last_lr() == list(straight[61])
@@ -345,7 +360,7 @@ def test_plateau_state_dict_resume_is_bit_identical():
 
 
 def test_cyclic_state_dict_keeps_the_users_scale_fn():
-    fn = lambda c: 0.5 ** c  # noqa: E731
+    fn = lambda c: 0.5**c  # noqa: E731
     s = S.CyclicLR(Opt(), 0.01, 0.1, step_size_up=2, scale_fn=fn)
     assert "scale_fn" not in s.state_dict()
     s2 = S.CyclicLR(Opt(), 0.01, 0.1, step_size_up=2, scale_fn=fn)
@@ -365,7 +380,7 @@ def test_resume_with_last_epoch_argument():
 
 def test_second_schedule_keeps_the_first_initial_lr():
     opt = Opt([1.0])
-    S.ExponentialLR(opt, 0.5).step()                 # lr is now 0.5
+    S.ExponentialLR(opt, 0.5).step()  # lr is now 0.5
     s = S.StepLR(opt, 3)
     assert s.base_lrs == [1.0] and opt.param_groups[0]["lr"] == 1.0
 
@@ -385,12 +400,17 @@ NAN, INF = math.nan, math.inf
 # < 0, decay_rate < 0 (InverseTimeLR; -1 divides by zero at t = decay_steps), a factor outside
 # torch's range; test_api_args.py feeds each its negative, NaN and infinite values.
 
-@pytest.mark.parametrize("build", [
-    lambda o: S.CyclicLR(o, 0.01, 0.1, scale_mode="epochs"),        # CyclicLR writes base_lr into the groups
-    lambda o: S.StepLR(o, 3, last_epoch=-2),                         # LRSchedule adds 'initial_lr'
-    lambda o: S.LinearWarmup(o, 3, start_factor=2.0),
-    lambda o: S.CosineAnnealingLR(o, 10, eta_min=-1e-3),
-], ids=["cyclic", "step", "warmup", "cosine"])
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda o: S.CyclicLR(o, 0.01, 0.1, scale_mode="epochs"),  # CyclicLR writes base_lr into the groups
+        lambda o: S.StepLR(o, 3, last_epoch=-2),  # LRSchedule adds 'initial_lr'
+        lambda o: S.LinearWarmup(o, 3, start_factor=2.0),
+        lambda o: S.CosineAnnealingLR(o, 10, eta_min=-1e-3),
+    ],
+    ids=["cyclic", "step", "warmup", "cosine"],
+)
 def test_a_refused_schedule_writes_nothing(build):
     opt = Opt()
     before = [dict(g) for g in opt.param_groups]
@@ -404,12 +424,16 @@ def test_impossible_initial_lr_is_refused(lrs):
     for build in [lambda o: S.StepLR(o, 3), lambda o: S.CosineAnnealingLR(o, 5), lambda o: S.LinearWarmup(o, 2)]:
         opt = Opt(lrs)
         bad = next(i for i, v in enumerate(lrs) if not isinstance(v, float) or not 0 <= v < INF)
-        with pytest.raises(TypeError if isinstance(lrs[bad], str) else ValueError,
-                           match=rf"^optimizer\.param_groups\[{bad}\]\['lr'\]: "):
+        with pytest.raises(
+            TypeError if isinstance(lrs[bad], str) else ValueError,
+            match=rf"^optimizer\.param_groups\[{bad}\]\['lr'\]: ",
+        ):
             build(opt)
     opt = Opt([0.1])
-    opt.param_groups[0]["initial_lr"] = -1.0     # resuming from a corrupt group
-    with pytest.raises(ValueError, match=r"^optimizer\.param_groups\[0\]\['initial_lr'\]: must be a finite number >= 0"):
+    opt.param_groups[0]["initial_lr"] = -1.0  # resuming from a corrupt group
+    with pytest.raises(
+        ValueError, match=r"^optimizer\.param_groups\[0\]\['initial_lr'\]: must be a finite number >= 0"
+    ):
         S.StepLR(opt, 3, last_epoch=4)
 
 
@@ -428,9 +452,9 @@ def test_zero_gamma_is_allowed_and_stays_nonnegative():
 def test_scale_fn_that_would_write_an_impossible_lr_raises_and_writes_nothing():
     opt = Opt([9.0])
     s = S.CyclicLR(opt, 1.0, 5.0, step_size_up=2, scale_fn=lambda t: 1.0 - t / 2.0, scale_mode="iterations")
-    s.step()                                 # t = 1: scale 0.5
+    s.step()  # t = 1: scale 0.5
     assert s.get_last_lr() == [1.0 + 4.0 * 0.5 * 0.5]
-    s.step()                                 # t = 2: scale 0, lr = base
+    s.step()  # t = 2: scale 0, lr = base
     assert s.get_last_lr() == [1.0]
     with pytest.raises(ValueError, match=r"^scale_fn\(3\): must be a finite number >= 0, got -0.5"):
         s.step()
@@ -443,9 +467,9 @@ def test_scale_fn_that_would_write_an_impossible_lr_raises_and_writes_nothing():
 def test_plateau_metric_kinds():
     s = S.ReduceLROnPlateau(Opt([1.0]), patience=0)
     s.step(np.float32(2.0))
-    s.step(np.array(1.0))                    # a 0-d array, as a loss often is
+    s.step(np.array(1.0))  # a 0-d array, as a loss often is
     assert s.best == 1.0
-    s.step(NAN)                              # no improvement, as in torch
+    s.step(NAN)  # no improvement, as in torch
     assert s.get_last_lr() == [pytest.approx(0.1)]
     for bad in ("1.0", None, True):
         with pytest.raises(TypeError, match=r"^metric: "):
@@ -482,6 +506,7 @@ def test_refuses_what_torch_refuses(name, build):
 
 # --- torch cross-checks (optional) -----------------------------------------------------------
 
+
 def _torch_opt(torch):
     ps = [torch.zeros(1, requires_grad=True) for _ in LRS]
     return torch.optim.SGD([{"params": [p], "lr": lr} for p, lr in zip(ps, LRS)])
@@ -505,26 +530,35 @@ TORCH_CASES = {
     "cosine": (lambda o: S.CosineAnnealingLR(o, 30, 1e-3), lambda L, o: L.CosineAnnealingLR(o, 30, 1e-3)),
     "linear": (lambda o: S.LinearLR(o), lambda L, o: L.LinearLR(o)),
     "linear-down": (lambda o: S.LinearLR(o, 0.9, 0.05, 40), lambda L, o: L.LinearLR(o, 0.9, 0.05, 40)),
-    "sgdr": (lambda o: S.CosineAnnealingWarmRestarts(o, 9, 1, 1e-4),
-             lambda L, o: L.CosineAnnealingWarmRestarts(o, 9, 1, 1e-4)),
-    "sgdr-x2": (lambda o: S.CosineAnnealingWarmRestarts(o, 3, 2),
-                lambda L, o: L.CosineAnnealingWarmRestarts(o, 3, 2)),
-    "cyclic": (lambda o: S.CyclicLR(o, 0.01, 0.1, 6, 9),
-               lambda L, o: L.CyclicLR(o, 0.01, 0.1, 6, 9, cycle_momentum=False)),
-    "cyclic2": (lambda o: S.CyclicLR(o, [0.01, 0.02, 0.5], 1.0, 5, mode="triangular2"),
-                lambda L, o: L.CyclicLR(o, [0.01, 0.02, 0.5], 1.0, 5, mode="triangular2",
-                                        cycle_momentum=False)),
-    "cyclic-exp": (lambda o: S.CyclicLR(o, 0.01, 0.1, 4, mode="exp_range", gamma=0.98),
-                   lambda L, o: L.CyclicLR(o, 0.01, 0.1, 4, mode="exp_range", gamma=0.98,
-                                           cycle_momentum=False)),
-    "cyclic-scale-iterations": (lambda o: S.CyclicLR(o, 0.01, 0.1, 4, 7, scale_fn=_decay, scale_mode="iterations"),
-                                lambda L, o: L.CyclicLR(o, 0.01, 0.1, 4, 7, scale_fn=_decay, scale_mode="iterations",
-                                                        cycle_momentum=False)),
-    "cyclic-scale-cycle": (lambda o: S.CyclicLR(o, 0.01, 0.1, 4, 7, scale_fn=_decay),
-                           lambda L, o: L.CyclicLR(o, 0.01, 0.1, 4, 7, scale_fn=_decay, cycle_momentum=False)),
-    "warmup-cosine": (lambda o: S.LinearWarmup(o, 10, S.CosineAnnealingLR(o, 50), start_factor=0.1),
-                      lambda L, o: L.SequentialLR(o, [L.LinearLR(o, 0.1, 1.0, 10),
-                                                      L.CosineAnnealingLR(o, 50)], [10])),
+    "sgdr": (
+        lambda o: S.CosineAnnealingWarmRestarts(o, 9, 1, 1e-4),
+        lambda L, o: L.CosineAnnealingWarmRestarts(o, 9, 1, 1e-4),
+    ),
+    "sgdr-x2": (lambda o: S.CosineAnnealingWarmRestarts(o, 3, 2), lambda L, o: L.CosineAnnealingWarmRestarts(o, 3, 2)),
+    "cyclic": (
+        lambda o: S.CyclicLR(o, 0.01, 0.1, 6, 9),
+        lambda L, o: L.CyclicLR(o, 0.01, 0.1, 6, 9, cycle_momentum=False),
+    ),
+    "cyclic2": (
+        lambda o: S.CyclicLR(o, [0.01, 0.02, 0.5], 1.0, 5, mode="triangular2"),
+        lambda L, o: L.CyclicLR(o, [0.01, 0.02, 0.5], 1.0, 5, mode="triangular2", cycle_momentum=False),
+    ),
+    "cyclic-exp": (
+        lambda o: S.CyclicLR(o, 0.01, 0.1, 4, mode="exp_range", gamma=0.98),
+        lambda L, o: L.CyclicLR(o, 0.01, 0.1, 4, mode="exp_range", gamma=0.98, cycle_momentum=False),
+    ),
+    "cyclic-scale-iterations": (
+        lambda o: S.CyclicLR(o, 0.01, 0.1, 4, 7, scale_fn=_decay, scale_mode="iterations"),
+        lambda L, o: L.CyclicLR(o, 0.01, 0.1, 4, 7, scale_fn=_decay, scale_mode="iterations", cycle_momentum=False),
+    ),
+    "cyclic-scale-cycle": (
+        lambda o: S.CyclicLR(o, 0.01, 0.1, 4, 7, scale_fn=_decay),
+        lambda L, o: L.CyclicLR(o, 0.01, 0.1, 4, 7, scale_fn=_decay, cycle_momentum=False),
+    ),
+    "warmup-cosine": (
+        lambda o: S.LinearWarmup(o, 10, S.CosineAnnealingLR(o, 50), start_factor=0.1),
+        lambda L, o: L.SequentialLR(o, [L.LinearLR(o, 0.1, 1.0, 10), L.CosineAnnealingLR(o, 50)], [10]),
+    ),
 }
 
 

@@ -1,6 +1,7 @@
 """The switchboard (cpp/include/fastopt/switches.h): every environment variable fastopt reads is
 declared there, listed by fastopt.switches() and `fastopt info` and in the README table, and
 read under its new name and its deprecated alias alike."""
+
 import json
 import os
 import pathlib
@@ -15,9 +16,16 @@ import fastopt.functional as F
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NAMES = {
-    "FASTOPT_CPU_ISA", "FASTOPT_CPU_AMX", "FASTOPT_CPU_CONV2D_WINOGRAD", "FASTOPT_HOST_CACHE_MB",
-    "FASTOPT_CUDA_CONV2D_WINOGRAD", "FASTOPT_CUDA_CONV2D_GATHER", "FASTOPT_CUDA_CONV2D_STRIPS",
-    "FASTOPT_CUDA_CONV2D_DW_TAPS", "FASTOPT_CUDA_CONV2D_DW_LOADS", "FASTOPT_CUDA_EMULATION_GUARD_HOST",
+    "FASTOPT_CPU_ISA",
+    "FASTOPT_CPU_AMX",
+    "FASTOPT_CPU_CONV2D_WINOGRAD",
+    "FASTOPT_HOST_CACHE_MB",
+    "FASTOPT_CUDA_CONV2D_WINOGRAD",
+    "FASTOPT_CUDA_CONV2D_GATHER",
+    "FASTOPT_CUDA_CONV2D_STRIPS",
+    "FASTOPT_CUDA_CONV2D_DW_TAPS",
+    "FASTOPT_CUDA_CONV2D_DW_LOADS",
+    "FASTOPT_CUDA_EMULATION_GUARD_HOST",
     "FASTOPT_CUDA_EMULATION_SEED",
 }
 
@@ -38,15 +46,19 @@ def test_table_lists_every_switch_once():
 def test_no_environment_read_outside_the_switchboard():
     # std::getenv only in the switchboard and the emulator (which its own test builds without it).
     allowed = {ROOT / "cpp" / "switches.cpp", ROOT / "cuda" / "emulation" / "emulator.cpp"}
-    found = {path for folder in ("cpp", "cuda") for path in (ROOT / folder).rglob("*")
-             if path.suffix in (".cpp", ".h", ".cu", ".cuh") and re.search(r"\bgetenv\s*\(", path.read_text())}
+    found = {
+        path
+        for folder in ("cpp", "cuda")
+        for path in (ROOT / folder).rglob("*")
+        if path.suffix in (".cpp", ".h", ".cu", ".cuh") and re.search(r"\bgetenv\s*\(", path.read_text())
+    }
     assert found == allowed
 
 
 def test_readme_table_names_every_switch():
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Environment switches"):]
-    section = section[:section.index("\n## ")]
+    section = readme[readme.index("### Environment switches") :]
+    section = section[: section.index("\n## ")]
     rows = set(re.findall(r"^\| `(FASTOPT_[A-Z0-9_]+)` \|", section, re.M))
     assert rows == NAMES
 
@@ -56,8 +68,9 @@ def test_values_under_new_names_and_aliases():
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTOPT_")}
 
     def values(**extra):
-        out = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True, check=True
+        )
         return json.loads(out.stdout)
 
     assert all(v is None for v in values().values())
@@ -92,11 +105,19 @@ def test_cpu_winograd_switch_reaches_the_kernel(monkeypatch, rng):
 
 
 def test_cli_info_prints_the_switches():
-    out = subprocess.run([sys.executable, "-m", "fastopt.cli", "info"], capture_output=True, text=True, check=True,
-                         env={**os.environ, "FASTOPT_CUDA_CONV2D_DW_TAPS": "1"})
+    out = subprocess.run(
+        [sys.executable, "-m", "fastopt.cli", "info"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "FASTOPT_CUDA_CONV2D_DW_TAPS": "1"},
+    )
     assert "environment switches" in out.stdout
     line = next(l for l in out.stdout.splitlines() if "FASTOPT_CUDA_CONV2D_DW_TAPS" in l)
     assert "'1'" in line and "default 0" in line
-    listed = json.loads(subprocess.run([sys.executable, "-m", "fastopt.cli", "info", "--json"], capture_output=True,
-                                       text=True, check=True).stdout)["switches"]
+    listed = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "fastopt.cli", "info", "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )["switches"]
     assert {s["name"] for s in listed} == NAMES

@@ -4,6 +4,7 @@ to the float64 reference in test_bf16.py and test_bf16_layers.py), with the dtyp
 expects (activations and their gradients bf16; conv/linear weights in the input's dtype and their
 gradients too; normalization parameters, statistics and their gradients float32), and
 torch.library.opcheck passes on bf16 inputs (the fake kernels give the real dtypes)."""
+
 import numpy as np
 import pytest
 
@@ -85,15 +86,17 @@ def test_layer_and_group_norm(rng):
     y, (dx, dw, db) = grads_of(lambda x, w, b: F.layer_norm(x, [5, 5], w, b), (x, w, b), dy)
     ky, m, r = K.layer_norm_forward(x, [5, 5], w, b)
     same(y, k(ky), "layer y")
-    for got, want, name in zip((dx, dw, db), K.layer_norm_backward(dy, x, [5, 5], m, r, w, has_bias=True),
-                               ("dx", "dw", "db")):
+    for got, want, name in zip(
+        (dx, dw, db), K.layer_norm_backward(dy, x, [5, 5], m, r, w, has_bias=True), ("dx", "dw", "db")
+    ):
         same(got, k(want), f"layer {name}")
     g, gb = f32(rng, 6), f32(rng, 6)
     y, (dx, dw, db) = grads_of(lambda x, w, b: F.group_norm(x, 3, w, b), (x, g, gb), dy)
     ky, m, r = K.group_norm_forward(x, 3, g, gb)
     same(y, k(ky), "group y")
-    for got, want, name in zip((dx, dw, db), K.group_norm_backward(dy, x, 3, m, r, g, has_bias=True),
-                               ("dx", "dw", "db")):
+    for got, want, name in zip(
+        (dx, dw, db), K.group_norm_backward(dy, x, 3, m, r, g, has_bias=True), ("dx", "dw", "db")
+    ):
         same(got, k(want), f"group {name}")
 
 
@@ -111,8 +114,9 @@ def test_relu_max_pool_dropout(rng):
     assert y.dtype == torch.bfloat16 and torch.all((y == 0) | (y.float() != 0))
 
 
-@pytest.mark.parametrize("name", ["conv2d", "linear", "batch_norm", "layer_norm", "group_norm", "relu", "max_pool2d",
-                                  "dropout"])
+@pytest.mark.parametrize(
+    "name", ["conv2d", "linear", "batch_norm", "layer_norm", "group_norm", "relu", "max_pool2d", "dropout"]
+)
 def test_opcheck_bf16(rng, name):
     r = lambda *s: bf(rng, *s).requires_grad_()  # noqa: E731
     p = lambda *s: f32(rng, *s).requires_grad_()  # noqa: E731

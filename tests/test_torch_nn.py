@@ -7,6 +7,7 @@ The ops themselves are held to their float32 rounding bounds in test_torch_ops.p
 question is the wiring (which argument goes where, which statistics are kept), and a mistake
 there is an O(1) error, so outputs are compared normwise: max |got - want| <= 1e-5 * max |want|
 (a few float32 roundings of an ~1e3-term sum at most; WIRING_TOL)."""
+
 import copy
 import io
 from contextlib import redirect_stdout
@@ -56,8 +57,7 @@ LAYERS = [  # (class name, constructor args, kwargs, input shape)
 ]
 
 
-@pytest.mark.parametrize("name, args, kwargs, shape", LAYERS,
-                         ids=[f"{n}-{i}" for i, (n, *_) in enumerate(LAYERS)])
+@pytest.mark.parametrize("name, args, kwargs, shape", LAYERS, ids=[f"{n}-{i}" for i, (n, *_) in enumerate(LAYERS)])
 def test_layer_matches_torch(rng, name, args, kwargs, shape):
     torch.manual_seed(0)
     peer = getattr(tn, name)(*args, **kwargs)
@@ -109,9 +109,21 @@ class Custom(tn.Conv2d):
 def test_convert_in_place_keeps_parameters_and_lists_what_it_kept():
     torch.manual_seed(0)
     model = tn.Sequential(
-        tn.Conv2d(3, 8, 3, padding=1), tn.BatchNorm2d(8), tn.ReLU(), tn.MaxPool2d(2, ceil_mode=True),
-        tn.Conv2d(8, 8, 3, padding=1).double(), Custom(8, 8, 1), tn.ReLU(inplace=True), tn.GroupNorm(2, 8),
-        tn.Dropout(0.1, inplace=True), tn.MaxPool2d(2), tn.Flatten(), tn.LayerNorm(32), tn.Dropout(0.1), tn.Linear(32, 4))
+        tn.Conv2d(3, 8, 3, padding=1),
+        tn.BatchNorm2d(8),
+        tn.ReLU(),
+        tn.MaxPool2d(2, ceil_mode=True),
+        tn.Conv2d(8, 8, 3, padding=1).double(),
+        Custom(8, 8, 1),
+        tn.ReLU(inplace=True),
+        tn.GroupNorm(2, 8),
+        tn.Dropout(0.1, inplace=True),
+        tn.MaxPool2d(2),
+        tn.Flatten(),
+        tn.LayerNorm(32),
+        tn.Dropout(0.1),
+        tn.Linear(32, 4),
+    )
     modules, params = list(model.modules()), list(model.parameters())
     keys = list(model.state_dict())
     opt = torch.optim.SGD(params, lr=0.1)  # made before the conversion
@@ -125,8 +137,14 @@ def test_convert_in_place_keeps_parameters_and_lists_what_it_kept():
     assert [i for i, m in enumerate(model) if type(m).__module__ == "fastopt.torch.nn"] == converted
     assert type(model[5]) is Custom
     assert "8 layers now run fastopt's kernels" in text
-    for kept in ("3 (MaxPool2d): ceil_mode=True", "4 (Conv2d): weight is torch.float64", "6 (ReLU): inplace=True",
-                 "8 (Dropout): inplace=True", "channels_last", "torch.autocast"):
+    for kept in (
+        "3 (MaxPool2d): ceil_mode=True",
+        "4 (Conv2d): weight is torch.float64",
+        "6 (ReLU): inplace=True",
+        "8 (Dropout): inplace=True",
+        "channels_last",
+        "torch.autocast",
+    ):
         assert kept in text, kept
     model[4].float()
     x = torch.randn(2, 3, 8, 8)
@@ -144,8 +162,9 @@ def test_convert_in_place_keeps_parameters_and_lists_what_it_kept():
 
 def small_resnet():
     """Skip connections (identity and 1x1 projection), a grouped conv, BatchNorm, GroupNorm and pooling."""
-    return resnet(widths=(8, 16), blocks=(1, 1), groups=2, norms=[tn.BatchNorm2d, lambda c: tn.GroupNorm(4, c)],
-                  stem_pool=True)
+    return resnet(
+        widths=(8, 16), blocks=(1, 1), groups=2, norms=[tn.BatchNorm2d, lambda c: tn.GroupNorm(4, c)], stem_pool=True
+    )
 
 
 def test_resnet_training_tracks_torch():
@@ -180,9 +199,18 @@ def test_resnet_training_tracks_torch():
 
 
 def compile_model():
-    return tn.Sequential(tn.Conv2d(3, 8, 3, padding=1), tn.BatchNorm2d(8), tn.ReLU(), tn.MaxPool2d(2),
-                         tn.Conv2d(8, 8, 3, padding=1, groups=2), tn.GroupNorm(2, 8), tn.Flatten(), tn.LayerNorm(128),
-                         tn.Dropout(0.2), tn.Linear(128, 5))
+    return tn.Sequential(
+        tn.Conv2d(3, 8, 3, padding=1),
+        tn.BatchNorm2d(8),
+        tn.ReLU(),
+        tn.MaxPool2d(2),
+        tn.Conv2d(8, 8, 3, padding=1, groups=2),
+        tn.GroupNorm(2, 8),
+        tn.Flatten(),
+        tn.LayerNorm(128),
+        tn.Dropout(0.2),
+        tn.Linear(128, 5),
+    )
 
 
 def test_compile_fullgraph_matches_eager():

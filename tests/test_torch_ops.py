@@ -9,11 +9,11 @@ and S the largest such sum over the output (computed in float64 on |inputs|): th
 for Winograd's transforms and the few elementwise roundings around the sums. Normalization
 outputs use the same rule with n = the statistics' reduction length and S bounded by their
 terms' sizes (see norm_scales). Max, relu and dropout are exact up to one rounding."""
+
 import math
 
 import numpy as np
 import pytest
-
 from conftest import torch_with_cuda
 
 torch = pytest.importorskip("torch")
@@ -22,7 +22,7 @@ import torch.nn.functional as TF  # noqa: E402
 from fastopt.torch import ops  # noqa: E402
 from fastopt.torch.nn import functional as F  # noqa: E402
 
-U = 2.0 ** -24
+U = 2.0**-24
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -45,11 +45,13 @@ def assert_close(got, want, terms, scale, what):
 def run_both(fast, peer, inputs, dy, peer_inputs=None):
     """(out, grads) of fast on float32 inputs and of peer on the same values in float64 (or on
     peer_inputs, e.g. absolute values); None inputs stay None and get no gradient."""
+
     def go(fn, tensors, dtype, device):
         leaves = [None if t is None else t.detach().to(device, dtype).requires_grad_() for t in tensors]
         out = fn(*leaves)
         out.backward(dy.to(device, dtype))
         return out.detach(), [None if t is None else t.grad for t in leaves]
+
     device = next(t for t in inputs if t is not None).device
     return go(fast, inputs, torch.float32, device), go(peer, peer_inputs or inputs, torch.float64, "cpu")
 
@@ -125,7 +127,7 @@ def norm_scales(xhat, rstd, weight, bias, dy, m):
     wmax = 1.0 if weight is None else weight.abs().max().item()
     bmax = 0.0 if bias is None else bias.abs().max().item()
     xmax, dmax = xhat.abs().max().item(), dy.abs().max().item()
-    return {"y": xmax * wmax + bmax, "dx": rstd * wmax * dmax * (2 + xmax ** 2), "dw": m * dmax * xmax, "db": m * dmax}
+    return {"y": xmax * wmax + bmax, "dx": rstd * wmax * dmax * (2 + xmax**2), "dw": m * dmax * xmax, "db": m * dmax}
 
 
 def check_norm(fast, peer, x, weight, bias, dy, xhat, rstd, m):
@@ -176,9 +178,15 @@ def test_batch_norm_matches_torch_float64(device, rng, shape, training, affine):
         assert_close(stats[key], stats[key + "64"], m, scale, f"running_{key}")
 
 
-@pytest.mark.parametrize("shape, normalized, affine", [
-    ((4, 3, 5, 6), (5, 6), "affine"), ((7, 10), 10, "none"), ((2, 3, 17), (17,), "weight-only"),
-    ((5, 8), (8,), "bias-only")])
+@pytest.mark.parametrize(
+    "shape, normalized, affine",
+    [
+        ((4, 3, 5, 6), (5, 6), "affine"),
+        ((7, 10), 10, "none"),
+        ((2, 3, 17), (17,), "weight-only"),
+        ((5, 8), (8,), "bias-only"),
+    ],
+)
 def test_layer_norm_matches_torch_float64(device, rng, shape, normalized, affine):
     norm = (normalized,) if isinstance(normalized, int) else normalized
     x = randn(rng, *shape, device=device) * 2 - 1
@@ -186,12 +194,23 @@ def test_layer_norm_matches_torch_float64(device, rng, shape, normalized, affine
     x64 = x.cpu().double()
     dims = list(range(len(shape) - len(norm), len(shape)))
     rstd = (x64.var(dims, unbiased=False) + 1e-5).rsqrt().max().item()
-    check_norm(lambda x, w, b: F.layer_norm(x, normalized, w, b), lambda x, w, b: TF.layer_norm(x, norm, w, b),
-               x, weight, bias, randn(rng, *shape), TF.layer_norm(x64, norm), rstd, math.prod(norm))
+    check_norm(
+        lambda x, w, b: F.layer_norm(x, normalized, w, b),
+        lambda x, w, b: TF.layer_norm(x, norm, w, b),
+        x,
+        weight,
+        bias,
+        randn(rng, *shape),
+        TF.layer_norm(x64, norm),
+        rstd,
+        math.prod(norm),
+    )
 
 
-@pytest.mark.parametrize("shape, groups, affine", [
-    ((4, 6, 5, 5), 3, "affine"), ((3, 4, 7), 4, "affine"), ((2, 8, 3, 3), 1, "none"), ((2, 6, 4, 3), 2, "bias-only")])
+@pytest.mark.parametrize(
+    "shape, groups, affine",
+    [((4, 6, 5, 5), 3, "affine"), ((3, 4, 7), 4, "affine"), ((2, 8, 3, 3), 1, "none"), ((2, 6, 4, 3), 2, "bias-only")],
+)
 def test_group_norm_matches_torch_float64(device, rng, shape, groups, affine):
     x = randn(rng, *shape, device=device) + 0.5
     c = shape[1]
@@ -202,8 +221,18 @@ def test_group_norm_matches_torch_float64(device, rng, shape, groups, affine):
     def peer(x, w, b):  # torch's group_norm fails backward with a bias but no weight: add the bias apart
         y = TF.group_norm(x, groups, w)
         return y if b is None else y + b.view(-1, *[1] * (x.dim() - 2))
-    check_norm(lambda x, w, b: F.group_norm(x, groups, w, b), peer, x, weight, bias, randn(rng, *shape),
-               TF.group_norm(x64, groups), rstd, x[0].numel() // groups)
+
+    check_norm(
+        lambda x, w, b: F.group_norm(x, groups, w, b),
+        peer,
+        x,
+        weight,
+        bias,
+        randn(rng, *shape),
+        TF.group_norm(x64, groups),
+        rstd,
+        x[0].numel() // groups,
+    )
 
 
 def test_batch_norm_training_needs_more_than_one_value():
@@ -259,14 +288,17 @@ def test_relu_is_exact(device, rng):
     assert torch.equal(fast.grad.nan_to_num(), ref.grad.nan_to_num())
 
 
-@pytest.mark.parametrize("shape, kernel, stride, padding", [
-    ((2, 3, 9, 8), 3, 2, 1), ((2, 4, 8, 8), 2, None, 0), ((1, 2, 7, 7), (3, 2), (1, 2), (1, 0)), ((3, 6, 5), 2, 1, 1)])
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding",
+    [((2, 3, 9, 8), 3, 2, 1), ((2, 4, 8, 8), 2, None, 0), ((1, 2, 7, 7), (3, 2), (1, 2), (1, 0)), ((3, 6, 5), 2, 1, 1)],
+)
 def test_max_pool2d_matches_torch(device, rng, shape, kernel, stride, padding):
     x = randn(rng, *shape, device=device)
     want = TF.max_pool2d(x.cpu().double(), kernel, stride, padding)
     dy = randn(rng, *want.shape)
-    (y, (dx,)), (want, (dx_want,)) = run_both(lambda x: F.max_pool2d(x, kernel, stride, padding),
-                                              lambda x: TF.max_pool2d(x, kernel, stride, padding), [x], dy)
+    (y, (dx,)), (want, (dx_want,)) = run_both(
+        lambda x: F.max_pool2d(x, kernel, stride, padding), lambda x: TF.max_pool2d(x, kernel, stride, padding), [x], dy
+    )
     assert torch.equal(y.cpu().double(), want)
     k, s = F._pair(kernel, "k"), F._pair(stride if stride is not None else kernel, "s")
     overlap = math.ceil(k[0] / s[0]) * math.ceil(k[1] / s[1])  # windows that can pick one input
@@ -321,8 +353,10 @@ def _opcheck_cases(rng):
     x4 = r(2, 4, 7, 9)
     return {
         "conv2d": (ops.conv2d, (x4, r(6, 2, 3, 3), r(6), [1, 2], [1, 0], [1, 1], 2)),
-        "conv2d_backward": (ops.conv2d_backward, (randn(rng, 2, 6, 7, 4), x4.detach(), randn(rng, 6, 2, 3, 3),
-                                                  [1, 2], [1, 0], [1, 1], 2, True, False, True)),
+        "conv2d_backward": (
+            ops.conv2d_backward,
+            (randn(rng, 2, 6, 7, 4), x4.detach(), randn(rng, 6, 2, 3, 3), [1, 2], [1, 0], [1, 1], 2, True, False, True),
+        ),
         "linear": (ops.linear, (r(3, 5, 7), r(4, 7), r(4))),
         "batch_norm-train": (ops.batch_norm, (r(4, 3, 5, 5), r(3), r(3), None, None, True, 1e-5)),
         "batch_norm-eval": (ops.batch_norm, (r(4, 3, 5, 5), r(3), None, randn(rng, 3), torch.ones(3), False, 1e-5)),
@@ -334,8 +368,21 @@ def _opcheck_cases(rng):
     }
 
 
-@pytest.mark.parametrize("name", ["conv2d", "conv2d_backward", "linear", "batch_norm-train", "batch_norm-eval",
-                                  "layer_norm", "group_norm", "dropout", "relu", "max_pool2d"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "conv2d",
+        "conv2d_backward",
+        "linear",
+        "batch_norm-train",
+        "batch_norm-eval",
+        "layer_norm",
+        "group_norm",
+        "dropout",
+        "relu",
+        "max_pool2d",
+    ],
+)
 def test_opcheck(rng, name):
     op, args = _opcheck_cases(rng)[name]
     torch.library.opcheck(op, args)
@@ -346,12 +393,19 @@ def test_bad_input_names_the_argument(rng):
     x, w = randn(rng, 2, 3, 5, 5), randn(rng, 4, 3, 3, 3)
     with pytest.raises(TypeError, match=r"input: expected a float32 or bfloat16 tensor, got torch.float64"):
         F.conv2d(x.double(), w)
-    with pytest.raises(TypeError, match=r"weight: expected a torch.float32 tensor \(input's dtype\), got torch.float16"):
+    with pytest.raises(
+        TypeError, match=r"weight: expected a torch.float32 tensor \(input's dtype\), got torch.float16"
+    ):
         F.conv2d(x, w.half())
-    with pytest.raises(TypeError, match=r"weight: expected a torch.bfloat16 tensor \(input's dtype\), got torch.float32"):
+    with pytest.raises(
+        TypeError, match=r"weight: expected a torch.bfloat16 tensor \(input's dtype\), got torch.float32"
+    ):
         F.conv2d(x.bfloat16(), w)
-    with pytest.raises(TypeError, match=r"weight: expected a torch.float32 tensor \(parameters stay float32\), got "
-                                        r"torch.bfloat16"):
+    with pytest.raises(
+        TypeError,
+        match=r"weight: expected a torch.float32 tensor \(parameters stay float32\), got "
+        r"torch.bfloat16",
+    ):
         F.batch_norm(x.bfloat16(), None, None, w[0, 0, 0].bfloat16(), None, training=True)
     with pytest.raises(ValueError, match="weight: on meta, but input is on cpu"):
         F.conv2d(x, w.to("meta"))

@@ -1,4 +1,5 @@
 """fastopt.torch.optim against torch.optim's own single-tensor optimizers (foreach=False)."""
+
 import copy
 import io
 import math
@@ -10,8 +11,12 @@ torch = pytest.importorskip("torch")
 import fastopt  # noqa: E402
 import fastopt.torch as ft  # noqa: E402
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="torch without CUDA")])]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="torch without CUDA")]
+    ),
+]
 
 # Every option the issue names, torch's defaults included (empty kwargs).
 CASES = [
@@ -37,7 +42,7 @@ ONE_OF_EACH = [CASES[i] for i in (1, 5, 9, 11, 14)]
 # Empty, single, primes, no multiple of any vector width.
 SHAPES = [(0, 3), (1,), (7,), (33, 5), (3, 4, 5), (1031,)]
 STEPS = 6
-EPS32 = 2.0 ** -23
+EPS32 = 2.0**-23
 
 
 def _pair(name, kwargs, device="cpu", shapes=SHAPES, seed=0, **ours):
@@ -227,8 +232,9 @@ def test_sgd_momentum_switched_on_later():
     for o in (ref, opt):
         o.param_groups[0].update(momentum=0.9, dampening=0.5)
     _run(ref, opt, ref_p, our_p, gen, steps=3)
-    assert torch.allclose(opt.state[our_p[0]]["momentum_buffer"], ref.state[ref_p[0]]["momentum_buffer"],
-                          rtol=0, atol=1e-6)
+    assert torch.allclose(
+        opt.state[our_p[0]]["momentum_buffer"], ref.state[ref_p[0]]["momentum_buffer"], rtol=0, atol=1e-6
+    )
 
 
 def test_parameter_storage_swapped():
@@ -281,8 +287,9 @@ def test_step_lr():
 @pytest.mark.parametrize("name, key", [("SGD", "momentum"), ("Adam", "betas")])
 def test_one_cycle_with_momentum_cycling(name, key):
     kwargs = dict(lr=0.01, momentum=0.9) if name == "SGD" else dict(lr=0.01)
-    seen = _scheduled(name, kwargs, lambda o: torch.optim.lr_scheduler.OneCycleLR(
-        o, max_lr=0.05, total_steps=14, cycle_momentum=True))
+    seen = _scheduled(
+        name, kwargs, lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=14, cycle_momentum=True)
+    )
     cycled = {m if key == "momentum" else b for _, m, b in seen}
     assert len(cycled) > 5  # the momentum really moved, and the steps above followed it
 
@@ -300,9 +307,11 @@ def test_grad_scaler(unscale_first):
     unscales inside the kernel); with scaler.unscale_(opt) first (to clip by hand) the step gets
     grad_scale None and steps the unscaled gradients."""
     models = [_tiny_model(0), _tiny_model(0)]
-    opts = [torch.optim.AdamW(models[0].parameters(), lr=0.01, foreach=False),
-            ft.optim.AdamW(models[1].parameters(), lr=0.01, max_grad_norm=10.0)]
-    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0 ** 12) for _ in models]
+    opts = [
+        torch.optim.AdamW(models[0].parameters(), lr=0.01, foreach=False),
+        ft.optim.AdamW(models[1].parameters(), lr=0.01, max_grad_norm=10.0),
+    ]
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**12) for _ in models]
     gen = torch.Generator().manual_seed(1)
     track = Tracker(list(models[0].parameters()))
     for t in range(6):
@@ -323,7 +332,7 @@ def test_grad_scaler(unscale_first):
             scaler.update()
         if t == 3:
             assert all(torch.equal(p, q) for p, q in zip(models[1].parameters(), before))
-            assert scalers[1].get_scale() == 2.0 ** 11
+            assert scalers[1].get_scale() == 2.0**11
         track.step(list(models[0].parameters()))
         track.check(list(models[1].parameters()), list(models[0].parameters()), f"step {t}")
     assert scalers[0].get_scale() == scalers[1].get_scale()
@@ -336,15 +345,19 @@ def test_state_dict_both_ways(name, kwargs, direction):
     """Run 3 steps on one optimizer, hand its state_dict (through torch.save) to the other kind,
     and continue: the result equals the first optimizer continuing."""
     ref, opt, ref_p, our_p, gen = _pair(name, kwargs, shapes=[(7,), (3, 5)])
-    first, first_p, second, second_p = (ref, ref_p, opt, our_p) if direction == "torch->fastopt" else (opt, our_p, ref, ref_p)
+    first, first_p, second, second_p = (
+        (ref, ref_p, opt, our_p) if direction == "torch->fastopt" else (opt, our_p, ref, ref_p)
+    )
     for _ in range(3):
         _set_grads(first_p, second_p, gen)
         first.step()
     saved = first.state_dict()
     assert all(isinstance(k, int) for k in saved["state"])
     if name != "SGD":  # torch's SGD keeps no step count
-        assert all(s["step"].dtype == torch.float32 and s["step"].shape == () and int(s["step"]) == 3
-                   for s in saved["state"].values())
+        assert all(
+            s["step"].dtype == torch.float32 and s["step"].shape == () and int(s["step"]) == 3
+            for s in saved["state"].values()
+        )
     buf = io.BytesIO()
     torch.save(saved, buf)
     with torch.no_grad():

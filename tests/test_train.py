@@ -1,5 +1,6 @@
 """The trainer and `fastopt train`: learning on digits, bit-identical resume from a checkpoint,
 early stopping, the divergence rules, metrics/curves output, and the search table."""
+
 import argparse
 import json
 import os
@@ -7,13 +8,12 @@ import re
 
 import numpy as np
 import pytest
+from conftest import BACKENDS
 
 from fastopt import data as datasets
 from fastopt.nn.models import small_cnn
-from fastopt.train import OPTIMIZERS, CheckpointError, Trainer, TrainConfig, TrainingStopped, read_checkpoint
+from fastopt.train import OPTIMIZERS, CheckpointError, TrainConfig, Trainer, TrainingStopped, read_checkpoint
 from fastopt.train_cli import add_arguments, main as train_main, train_once
-
-from conftest import BACKENDS
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,9 @@ def digits():
 
 def _small(d, n=400):
     """The first n training images (validation and test kept whole)."""
-    return datasets.Dataset(d.name, datasets.Split(d.train.x[:n], d.train.y[:n]), d.val, d.test, d.num_classes,
-                            d.mean, d.std)
+    return datasets.Dataset(
+        d.name, datasets.Split(d.train.x[:n], d.train.y[:n]), d.val, d.test, d.num_classes, d.mean, d.std
+    )
 
 
 def _trainer(data, backend="cpu", out_dir=None, widths=(8, 16), **overrides):
@@ -44,13 +45,16 @@ def test_digits_split_is_stratified_and_standardized(digits):
     assert np.all(digits.train.x.min(axis=(1, 2, 3)) == pytest.approx(digits.background))
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(val_fraction=1.5), ValueError, r"^val_fraction: must lie in \[0, 1\), got 1.5"),
-    (dict(test_fraction="0.2"), TypeError, r"^test_fraction: expected a real number, got str"),
-    (dict(val_fraction=0.5, test_fraction=0.5), ValueError, r"^val_fraction \+ test_fraction: must be < 1"),
-    (dict(seed=-1), ValueError, r"^seed: must be >= 0"),
-    (dict(seed=1.0), TypeError, r"^seed: expected an integer, got float"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(val_fraction=1.5), ValueError, r"^val_fraction: must lie in \[0, 1\), got 1.5"),
+        (dict(test_fraction="0.2"), TypeError, r"^test_fraction: expected a real number, got str"),
+        (dict(val_fraction=0.5, test_fraction=0.5), ValueError, r"^val_fraction \+ test_fraction: must be < 1"),
+        (dict(seed=-1), ValueError, r"^seed: must be >= 0"),
+        (dict(seed=1.0), TypeError, r"^seed: expected an integer, got float"),
+    ],
+)
 def test_load_digits_names_a_bad_argument(kwargs, error, match):
     with pytest.raises(error, match=match):
         datasets.load_digits(**kwargs)
@@ -59,8 +63,18 @@ def test_load_digits_names_a_bad_argument(kwargs, error, match):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_learns_digits(backend, digits):
     # Every augmentation on; 400 images, 78 steps: ~0.91 validation accuracy on the CPU.
-    t = _trainer(_small(digits), backend, widths=(32, 64), epochs=6, batch_size=32, warmup_epochs=1, mixup=0.2,
-                 cutout=2, brightness=0.1, contrast=0.1)
+    t = _trainer(
+        _small(digits),
+        backend,
+        widths=(32, 64),
+        epochs=6,
+        batch_size=32,
+        warmup_epochs=1,
+        mixup=0.2,
+        cutout=2,
+        brightness=0.1,
+        contrast=0.1,
+    )
     history = t.fit()
     assert not history.stopped
     assert len(history.epochs) == 6
@@ -109,8 +123,16 @@ def test_nan_loss_stops_training(digits):
 
 
 def test_exploding_loss_stops_training(digits):
-    t = _trainer(_small(digits, 256), epochs=3, optimizer="sgd", lr=50.0, max_grad_norm=0.0, warmup_epochs=0,
-                 check_every=1, label_smoothing=0.0)
+    t = _trainer(
+        _small(digits, 256),
+        epochs=3,
+        optimizer="sgd",
+        lr=50.0,
+        max_grad_norm=0.0,
+        warmup_epochs=0,
+        check_every=1,
+        label_smoothing=0.0,
+    )
     history = t.fit()
     assert "exceeds 3x" in history.stopped or "loss is" in history.stopped
     assert len(history.epochs) < 3
@@ -140,16 +162,18 @@ def test_cli_writes_metrics_curves_and_checkpoints(tmp_path, digits):
 
 
 def test_cli_search_prints_a_sorted_table(tmp_path, capsys, digits):
-    rc = train_main(["--device", "cpu", "--search", "2", "--search-epochs", "1", "--width", "4", "8",
-                     "--out", str(tmp_path)])
+    rc = train_main(
+        ["--device", "cpu", "--search", "2", "--search-epochs", "1", "--width", "4", "8", "--out", str(tmp_path)]
+    )
     assert rc == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
     assert [r[:2] for r in rows] in ([["1", "coarse"], ["2", "fine"]], [["1", "fine"], ["2", "coarse"]])
     losses = [float(r[4]) for r in rows]
     assert losses == sorted(losses)
     saved = json.loads((tmp_path / "search.json").read_text())  # the same trials, in the table's order
-    assert [(f"{t['lr']:.3e}", f"{t['weight_decay']:.3e}", f"{t['val_loss']:.4f}") for t in saved] == \
-        [(r[2], r[3], r[4]) for r in rows]
+    assert [(f"{t['lr']:.3e}", f"{t['weight_decay']:.3e}", f"{t['val_loss']:.4f}") for t in saved] == [
+        (r[2], r[3], r[4]) for r in rows
+    ]
     coarse, fine = (next(t for t in saved if t["stage"] == s) for s in ("coarse", "fine"))
     assert 1e-4 <= coarse["lr"] <= 1e-1 and 1e-6 <= coarse["weight_decay"] <= 1e-2  # the full ranges
     for k in ("lr", "weight_decay"):  # then within half a decade of the best so far
@@ -181,10 +205,14 @@ def _lrs_per_step(trainer, epochs):
     return lrs
 
 
-@pytest.mark.parametrize("changes", [
-    {"epochs": 4},
-    {"epochs": 5, "lr": 1e-3, "warmup_epochs": 2.5, "min_lr_ratio": 0.1},
-], ids=["epochs", "epochs_lr_warmup_floor"])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"epochs": 4},
+        {"epochs": 5, "lr": 1e-3, "warmup_epochs": 2.5, "min_lr_ratio": 0.1},
+    ],
+    ids=["epochs", "epochs_lr_warmup_floor"],
+)
 def test_resume_with_new_options_follows_their_schedule(changes, digits, tmp_path):
     # 64 images in batches of 16: 4 steps per epoch. The first run's schedule (2 epochs, warm-up 1)
     # ends at lr 0; the resumed one must take, at every later step, exactly the lr a fresh run
@@ -207,13 +235,16 @@ def test_resume_with_new_options_follows_their_schedule(changes, digits, tmp_pat
     assert len(later) == 4 * (options["epochs"] - 2) and min(later) > 0  # the old schedule had ended at 0
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"batch_size": 32}, "written with batch_size 16; it cannot resume with batch_size 32"),
-    ({"optimizer": "sgd"}, "written with optimizer 'adamw'; it cannot resume with optimizer 'sgd'"),
-    ({"seed": 1}, "written with seed 0; it cannot resume with seed 1"),
-    ({"epochs": 1, "warmup_epochs": 0.0}, "2 epochs already done, more than epochs=1"),
-    ({"widths": (4, 4)}, "written for another model"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"batch_size": 32}, "written with batch_size 16; it cannot resume with batch_size 32"),
+        ({"optimizer": "sgd"}, "written with optimizer 'adamw'; it cannot resume with optimizer 'sgd'"),
+        ({"seed": 1}, "written with seed 0; it cannot resume with seed 1"),
+        ({"epochs": 1, "warmup_epochs": 0.0}, "2 epochs already done, more than epochs=1"),
+        ({"widths": (4, 4)}, "written for another model"),
+    ],
+)
 def test_resume_refuses_options_it_cannot_continue(change, message, digits, tmp_path):
     data = _small(digits, 64)
     base = dict(epochs=2, batch_size=16, widths=(4, 8))
@@ -234,7 +265,7 @@ def _corrupt(kind, good, path):
         path.write_bytes(good[: len(good) // 2])
     elif kind == "flipped_bytes":  # the zip directory intact, a member's bytes not: its CRC fails
         bad = bytearray(good)
-        bad[len(bad) // 3: len(bad) // 3 + 64] = bytes(64)
+        bad[len(bad) // 3 : len(bad) // 3 + 64] = bytes(64)
         path.write_bytes(bytes(bad))
     elif kind == "foreign_npz":
         np.savez(path, weights=np.ones(3))
@@ -284,8 +315,22 @@ def test_bad_checkpoint_files_get_one_clear_line(kind, good_checkpoint, digits, 
     assert str(e.value).startswith(f"{path}: {BAD_FILES[kind]}")
     # The command line: one usage error naming the option and the file, exit code 2, no traceback.
     with pytest.raises(SystemExit) as exit_:
-        train_main(["--device", "cpu", "--epochs", "2", "--width", "4", "8", "--quiet", "--resume", str(path),
-                    "--out", str(tmp_path / "out")])
+        train_main(
+            [
+                "--device",
+                "cpu",
+                "--epochs",
+                "2",
+                "--width",
+                "4",
+                "8",
+                "--quiet",
+                "--resume",
+                str(path),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err
     assert err.splitlines()[-1] == f"fastopt train: error: argument --resume: {e.value}"
@@ -314,15 +359,21 @@ def test_interrupted_save_keeps_the_previous_checkpoint(digits, tmp_path, monkey
 def _scripted_validation(monkeypatch, losses):
     """Trainer.evaluate returns these validation losses, one per epoch (test evaluations unscripted)."""
     losses, real = iter(losses), Trainer.evaluate
-    monkeypatch.setattr(Trainer, "evaluate", lambda self, split, batch_size=512: (
-        {"loss": next(losses), "acc": 0.5, "top5": 0.9} if split is self.data.val else real(self, split, batch_size)))
+    monkeypatch.setattr(
+        Trainer,
+        "evaluate",
+        lambda self, split, batch_size=512: (
+            {"loss": next(losses), "acc": 0.5, "top5": 0.9} if split is self.data.val else real(self, split, batch_size)
+        ),
+    )
 
 
 def _args(*argv):
     p = argparse.ArgumentParser()
     add_arguments(p)
-    return p.parse_args(["--device", "cpu", "--width", "4", "8", "--batch-size", "16", "--warmup-epochs", "1",
-                         "--quiet", *argv])
+    return p.parse_args(
+        ["--device", "cpu", "--width", "4", "8", "--batch-size", "16", "--warmup-epochs", "1", "--quiet", *argv]
+    )
 
 
 @pytest.mark.parametrize("source_best", ["kept", "deleted"])
@@ -340,12 +391,16 @@ def test_resume_into_another_out_without_a_new_best(source_best, digits, tmp_pat
     err = capsys.readouterr().err
     if source_best == "kept":  # carried over, and the reported model is epoch 2's
         best = read_checkpoint(os.path.join(second, "best.npz"))
-        assert best[0]["epoch"] == 2 and all(np.array_equal(v, best[1][k]) for k, v in trainer.model.state_dict().items())
+        assert best[0]["epoch"] == 2 and all(
+            np.array_equal(v, best[1][k]) for k, v in trainer.model.state_dict().items()
+        )
     else:  # nothing to carry: said so, and the last model is reported
         assert not os.path.exists(os.path.join(second, "best.npz"))
         assert "not beside" in err and "reporting the last model" in err
         last = read_checkpoint(os.path.join(second, "last.npz"))
-        assert last[0]["epoch"] == 4 and all(np.array_equal(v, last[1][k]) for k, v in trainer.model.state_dict().items())
+        assert last[0]["epoch"] == 4 and all(
+            np.array_equal(v, last[1][k]) for k, v in trainer.model.state_dict().items()
+        )
 
 
 def test_cli_resume_continues_to_the_new_epochs(tmp_path, digits, capsys):
@@ -423,8 +478,11 @@ def test_bad_options_table_covers_every_option():
     assert takes_value == set(BAD_OPTIONS)
 
 
-@pytest.mark.parametrize("option,values", [(o, v) for o, vs in BAD_OPTIONS.items() for v in vs],
-                         ids=lambda x: x if isinstance(x, str) else "_".join(x))
+@pytest.mark.parametrize(
+    "option,values",
+    [(o, v) for o, vs in BAD_OPTIONS.items() for v in vs],
+    ids=lambda x: x if isinstance(x, str) else "_".join(x),
+)
 def test_cli_bad_values_are_one_line_usage_errors(option, values, tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("")
@@ -433,11 +491,21 @@ def test_cli_bad_values_are_one_line_usage_errors(option, values, tmp_path, caps
     assert line.startswith(f"fastopt train: error: argument {option}")
 
 
-@pytest.mark.parametrize("field,value,error", [
-    ("epochs", True, TypeError), ("epochs", 2.0, TypeError), ("lr", "0.1", TypeError), ("lr", None, TypeError),
-    ("lr", float("inf"), ValueError), ("contrast", 1.5, ValueError), ("seed", -1, ValueError),
-    ("explode_factor", 1.0, ValueError), ("warmup_epochs", 31.0, ValueError), ("flip", 1, TypeError),
-])
+@pytest.mark.parametrize(
+    "field,value,error",
+    [
+        ("epochs", True, TypeError),
+        ("epochs", 2.0, TypeError),
+        ("lr", "0.1", TypeError),
+        ("lr", None, TypeError),
+        ("lr", float("inf"), ValueError),
+        ("contrast", 1.5, ValueError),
+        ("seed", -1, ValueError),
+        ("explode_factor", 1.0, ValueError),
+        ("warmup_epochs", 31.0, ValueError),
+        ("flip", 1, TypeError),
+    ],
+)
 def test_config_rejects_wrong_types_and_ranges(field, value, error):
     with pytest.raises(error, match=f"^{field}: "):
         TrainConfig(**{field: value}).check()
@@ -445,9 +513,21 @@ def test_config_rejects_wrong_types_and_ranges(field, value, error):
 
 # `fastopt bench` (the optimizer suite's options.py): the same standard.
 BAD_BENCH_OPTIONS = [
-    ["--device", "gpu"], ["--optimizers", "lion"], ["--optimizers", ","], ["--sizes", "abc"], ["--sizes", "1e5,0"],
-    ["--sizes", "1e400"], ["--repeat", "0"], ["--repeat", "x"], ["--budget", "-1"], ["--budget", "nan"],
-    ["--budget", "0"], ["--ref-max", "x"], ["--ref-max", "0"], ["--out", "{file}/sub"], ["--append"],
+    ["--device", "gpu"],
+    ["--optimizers", "lion"],
+    ["--optimizers", ","],
+    ["--sizes", "abc"],
+    ["--sizes", "1e5,0"],
+    ["--sizes", "1e400"],
+    ["--repeat", "0"],
+    ["--repeat", "x"],
+    ["--budget", "-1"],
+    ["--budget", "nan"],
+    ["--budget", "0"],
+    ["--ref-max", "x"],
+    ["--ref-max", "0"],
+    ["--out", "{file}/sub"],
+    ["--append"],
 ]
 
 

@@ -2,6 +2,7 @@
 its running statistics, the optimizer never touching frozen parameters or keeping state for
 them, backward stopping below the lowest trainable layer), parameter groups by name with lower
 learning rates, and `fastopt transfer` end to end."""
+
 import json
 
 import numpy as np
@@ -27,6 +28,7 @@ def _spy(monkeypatch):
         def spy(*args, _real=real, _name=name, **kw):
             calls.append((_name, tuple(kw["need"])))
             return _real(*args, **kw)
+
         monkeypatch.setattr(F, name, spy)
     return calls
 
@@ -71,13 +73,16 @@ def test_frozen_middle_block_passes_gradients_without_weight_grads(monkeypatch, 
     assert not np.array_equal(after["0.weight"], _model().state_dict()["0.weight"])  # the stem did train
     needs = [need for kind, need in calls if kind == "conv2d_backward"]
     # per step, backward order: stage 2 and 3 blocks, the frozen block, then the stem's conv
-    per_step = needs[:len(needs) // 3]
+    per_step = needs[: len(needs) // 3]
     assert per_step.count((True, False, False)) == 2  # the frozen block's two convs: d(input) only
     assert per_step[-1] == (False, True, False)  # the stem: weights only (its input is data)
     block.unfreeze()
     _steps(model, opt, rng, 1)  # the old optimizer's groups do not hold the block
-    assert all(np.array_equal(model.state_dict()[k], v) for k, v in frozen.items() if "running" not in k
-               and "num_batches" not in k)
+    assert all(
+        np.array_equal(model.state_dict()[k], v)
+        for k, v in frozen.items()
+        if "running" not in k and "num_batches" not in k
+    )
     assert model.state_dict()["3.body.1.num_batches_tracked"] == 1  # batch norm trains again
 
 
@@ -93,7 +98,15 @@ def test_param_groups_by_name():
                     where[name] = (g["lr"], g["weight_decay"])
     assert set(where) == {n for n, _ in model.named_parameters()}
     for name, p in model.named_parameters():
-        lr = 0.1 if name.startswith("0.") else 0.2 if name.startswith("5.shortcut.") else 0.5 if name.startswith("5.") else 1.0
+        lr = (
+            0.1
+            if name.startswith("0.")
+            else 0.2
+            if name.startswith("5.shortcut.")
+            else 0.5
+            if name.startswith("5.")
+            else 1.0
+        )
         assert where[name] == (lr, 0.01 if p.decay else 0.0), name
     # the default: the store's two flat views, as before
     assert [g["params"][0] is t for g, t in zip(model.store.param_groups(0.01), model.store.tensors)] == [True, True]
@@ -140,8 +153,8 @@ def test_transfer_cli_quick(tmp_path, capsys):
 
 
 def test_readme_recipe_runs():
-    from pathlib import Path
     import re
+    from pathlib import Path
 
     readme = Path(__file__).resolve().parents[1] / "README.md"
     if not readme.exists():

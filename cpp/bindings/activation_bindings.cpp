@@ -22,7 +22,8 @@ const void* dy_data(py::handle dy_obj, const ArrayView& x) {
   const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
-  if (dy.shape != x.shape) raise_value("dy: expected the shape " + shape_str(x.shape) + " of x, got " + shape_str(dy.shape));
+  if (dy.shape != x.shape)
+    raise_value("dy: expected the shape " + shape_str(x.shape) + " of x, got " + shape_str(dy.shape));
   return dy.data;
 }
 
@@ -102,7 +103,7 @@ py::object smooth_activation(Smooth op, py::handle dy_obj, py::handle x_obj, dou
 
 // y = s + b * f_n per sample n (the first dim), s optional; p, seed, offset are checked in Python.
 py::object residual_add_op(py::handle b_obj, py::handle s_obj, double p, uint64_t seed, uint64_t offset,
-                        uintptr_t stream) {
+                           uintptr_t stream) {
   const ArrayView b = view_floating(b_obj, ArgName{"body"}, false);
   const void* sv = nullptr;
   if (!s_obj.is_none()) {
@@ -110,7 +111,8 @@ py::object residual_add_op(py::handle b_obj, py::handle s_obj, double p, uint64_
     require_same_device(b, ArgName{"body"}, s, ArgName{"shortcut"});
     require_same_dtype(b, ArgName{"body"}, s, ArgName{"shortcut"});
     if (s.shape != b.shape)
-      raise_value("shortcut: its output shape " + shape_str(s.shape) + " differs from the body's " + shape_str(b.shape) +
+      raise_value("shortcut: its output shape " + shape_str(s.shape) + " differs from the body's " +
+                  shape_str(b.shape) +
                   " (a projection shortcut, e.g. a strided 1x1 conv + batch norm, makes them match)");
     sv = s.data;
   }
@@ -168,9 +170,7 @@ void axpby_lists(py::sequence ys_obj, py::sequence xs_obj, double a, double b, u
       cpu::axpby(xp, yp, ys[i].numel, af, bf);
       continue;
     }
-    on_gpu(ys[i].device, [&](auto) {
-      cuda::axpby(xp, yp, ys[i].numel, af, bf, reinterpret_cast<void*>(stream));
-    });
+    on_gpu(ys[i].device, [&](auto) { cuda::axpby(xp, yp, ys[i].numel, af, bf, reinterpret_cast<void*>(stream)); });
   }
 }
 
@@ -219,11 +219,13 @@ void cast_lists(py::sequence ys_obj, py::sequence xs_obj, uintptr_t stream) {
 void bind_activation(py::module_& m) {
   m.def(
       "relu_forward", [](py::handle x, uintptr_t stream) { return activation(Act::relu, {}, x, 0.0, stream); },
-      py::arg("x"), py::arg("stream") = 0, "y = max(x, 0) (NaN propagates), a new array of x's dtype (float32 or bfloat16) on its device.");
+      py::arg("x"), py::arg("stream") = 0,
+      "y = max(x, 0) (NaN propagates), a new array of x's dtype (float32 or bfloat16) on its device.");
   m.def(
       "relu_backward",
       [](py::handle dy, py::handle x, uintptr_t stream) { return activation(Act::relu_grad, dy, x, 0.0, stream); },
-      py::arg("dy"), py::arg("x"), py::arg("stream") = 0, "dx = x <= 0 ? 0 : dy (torch's threshold_backward: a NaN x passes dy).");
+      py::arg("dy"), py::arg("x"), py::arg("stream") = 0,
+      "dx = x <= 0 ? 0 : dy (torch's threshold_backward: a NaN x passes dy).");
   m.def(
       "leaky_relu_forward",
       [](py::handle x, double slope, uintptr_t stream) { return activation(Act::leaky, {}, x, slope, stream); },
@@ -243,9 +245,12 @@ void bind_activation(py::module_& m) {
       .value("gelu", Smooth::gelu);
   m.def(
       "smooth_forward",
-      [](Smooth op, py::handle x, double alpha, uintptr_t stream) { return smooth_activation(op, {}, x, alpha, stream); },
+      [](Smooth op, py::handle x, double alpha, uintptr_t stream) {
+        return smooth_activation(op, {}, x, alpha, stream);
+      },
       py::arg("op"), py::arg("x"), py::arg("alpha") = 1.0, py::arg("stream") = 0,
-      "y = tanh, sigmoid, elu (alpha) or exact gelu of x, a new array of x's dtype (float32 or bfloat16) on its device.");
+      "y = tanh, sigmoid, elu (alpha) or exact gelu of x, a new array of x's dtype (float32 or bfloat16) on its "
+      "device.");
   m.def(
       "smooth_backward",
       [](Smooth op, py::handle dy, py::handle x, double alpha, uintptr_t stream) {

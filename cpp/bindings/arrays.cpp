@@ -61,9 +61,7 @@ const char* dtype_name(DType t) {
 
 bool is_low_precision(DType t) { return t == DType::bf16 || t == DType::f16; }
 
-Storage storage_of(DType t) {
-  return t == DType::bf16 ? Storage::bf16 : t == DType::f16 ? Storage::f16 : Storage::f32;
-}
+Storage storage_of(DType t) { return t == DType::bf16 ? Storage::bf16 : t == DType::f16 ? Storage::f16 : Storage::f32; }
 
 // ml_dtypes' bfloat16 dtype, imported on first use (a required dependency of fastopt). Kept for
 // the interpreter's lifetime, guarded by the GIL.
@@ -150,8 +148,7 @@ static ArrayView view_cuda_interface(py::handle obj, const ArgName& name, bool w
   v.writable = !data[1].cast<bool>();
   const std::string typestr = cai["typestr"].cast<std::string>();
   DType t;
-  if (typestr.size() < 3 || typestr[0] == '>' ||
-      !dtype_from_code(typestr[1], std::stoul(typestr.substr(2)), &t))
+  if (typestr.size() < 3 || typestr[0] == '>' || !dtype_from_code(typestr[1], std::stoul(typestr.substr(2)), &t))
     raise_type(name.str() + ": unsupported typestr '" + typestr + "'");
   check_dtype(t, want, name);
   v.dtype = t;
@@ -240,9 +237,11 @@ ArrayView view_array(py::handle obj, const ArgName& name, bool writable, const D
     v.device = d.device();
     return v;
   }
-  if (const TorchTypes* tt = torch_types(); tt && py::isinstance(obj, tt->tensor)) return view_torch(*tt, obj, name, want);
+  if (const TorchTypes* tt = torch_types(); tt && py::isinstance(obj, tt->tensor))
+    return view_torch(*tt, obj, name, want);
   if (py::hasattr(obj, "__cuda_array_interface__")) return view_cuda_interface(obj, name, writable, want);
-  raise_type(name.str() + ": expected a numpy.ndarray, a torch.Tensor or a CUDA array (fastopt.DeviceArray, CuPy), got " +
+  raise_type(name.str() +
+             ": expected a numpy.ndarray, a torch.Tensor or a CUDA array (fastopt.DeviceArray, CuPy), got " +
              py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
 }
 
@@ -250,7 +249,7 @@ ArrayView view_floating(py::handle obj, const ArgName& name, bool writable) {
   ArrayView v = view_array(obj, name, writable, nullptr);
   if (v.dtype == DType::f16)
     raise_type(name.str() + ": unsupported dtype float16: this op takes float32 or bfloat16 (its float16 path: not "
-               "yet); fastopt never converts");
+                            "yet); fastopt never converts");
   if (v.dtype != DType::f32 && v.dtype != DType::bf16)
     raise_type(name.str() + ": expected a float32 array, got " + dtype_name(v.dtype) +
                " (bfloat16 too; fastopt never converts)");
@@ -259,8 +258,8 @@ ArrayView view_floating(py::handle obj, const ArgName& name, bool writable) {
 
 void require_same_dtype(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn) {
   if (a.dtype != b.dtype)
-    raise_type(bn.str() + ": expected a " + dtype_name(a.dtype) + " array, got " + dtype_name(b.dtype) + " (" + an.str() +
-               " is " + dtype_name(a.dtype) + "; one op, one dtype: fastopt never converts)");
+    raise_type(bn.str() + ": expected a " + dtype_name(a.dtype) + " array, got " + dtype_name(b.dtype) + " (" +
+               an.str() + " is " + dtype_name(a.dtype) + "; one op, one dtype: fastopt never converts)");
 }
 
 void require_same_device(const ArrayView& a, const ArgName& an, const ArrayView& b, const ArgName& bn) {

@@ -68,10 +68,8 @@ ArrayView view_floating(py::handle obj, const ArgName& name, bool writable);
 // lambda instantiates an op's kernel call for both storage types.
 template <class F>
 void by_floating_dtype(const ArrayView& v, F&& f) {
-  if (v.dtype == DType::bf16)
-    f(bf16{});
-  else
-    f(float{});
+  if (v.dtype == DType::bf16) f(bf16{});
+  else f(float{});
 }
 
 // v's data as a T array (T: the storage type the view's dtype holds).

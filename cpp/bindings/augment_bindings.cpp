@@ -40,7 +40,8 @@ float contrast_arg(double v) {
 float* out_ptr(const py::object& obj) { return static_cast<float*>(view_f32(obj, ArgName{"out"}, true).data); }
 
 float fill_arg(double v) {
-  if (!std::isfinite(v) || std::fabs(v) > 3.4e38) raise_value("fill: must be a finite float32, got " + std::to_string(v));
+  if (!std::isfinite(v) || std::fabs(v) > 3.4e38)
+    raise_value("fill: must be a finite float32, got " + std::to_string(v));
   return static_cast<float>(v);
 }
 
@@ -56,7 +57,8 @@ PlaneShape planes_of(const ArrayView& x) {
 }
 
 int64_t side_arg(int64_t v, const char* name) {
-  if (v < 1 || v > kMaxSide) raise_value(std::string(name) + ": must be an integer in [1, 2^24], got " + std::to_string(v));
+  if (v < 1 || v > kMaxSide)
+    raise_value(std::string(name) + ": must be an integer in [1, 2^24], got " + std::to_string(v));
   return v;
 }
 
@@ -171,8 +173,7 @@ int index_array(const ArrayView& x, const ArrayView& l, const char* name) {
   return l.dtype == DType::i32 ? 4 : 8;
 }
 
-py::object alternating_flip(py::handle x_obj, py::handle indices_obj, uint64_t seed, uint64_t epoch,
-                            uintptr_t stream) {
+py::object alternating_flip(py::handle x_obj, py::handle indices_obj, uint64_t seed, uint64_t epoch, uintptr_t stream) {
   const ArrayView x = view_f32(x_obj, ArgName{"x"}, false);
   const PlaneShape s = planes_of(x);
   const ArrayView l = view_array(indices_obj, ArgName{"indices"}, false, nullptr);
@@ -352,7 +353,9 @@ py::tuple cutmix(py::handle x_obj, py::handle labels_obj, double lam, int64_t nu
   {
     py::gil_scoped_release nogil;
     if (x.device == kCPU) cpu::cutmix(xp, l.data, index_bytes, yp, tp, s);
-    else on_gpu(x.device, [&](auto) { cuda::cutmix(xp, l.data, index_bytes, yp, tp, s, reinterpret_cast<void*>(stream)); });
+    else
+      on_gpu(x.device,
+             [&](auto) { cuda::cutmix(xp, l.data, index_bytes, yp, tp, s, reinterpret_cast<void*>(stream)); });
   }
   return py::make_tuple(y, targets);
 }
@@ -364,8 +367,8 @@ void bind_augment(py::module_& m) {
         py::arg("flip") = false, py::arg("cutout") = 0, py::arg("brightness") = 0.0, py::arg("contrast") = 0.0,
         py::arg("fill") = 0.0, py::arg("stream") = 0,
         "y: x (N, C, H, W) shifted, mirrored, jittered and cut out per sample, draws keyed by (seed, step, n).");
-  m.def("mixup", &mixup, py::arg("x"), py::arg("labels"), py::arg("lam"), py::arg("num_classes"),
-        py::arg("stream") = 0, "(x_mixed, soft_targets): each sample mixed with the flipped batch's.");
+  m.def("mixup", &mixup, py::arg("x"), py::arg("labels"), py::arg("lam"), py::arg("num_classes"), py::arg("stream") = 0,
+        "(x_mixed, soft_targets): each sample mixed with the flipped batch's.");
   m.def("cutmix", &cutmix, py::arg("x"), py::arg("labels"), py::arg("lam"), py::arg("num_classes"), py::arg("seed"),
         py::arg("step"), py::arg("stream") = 0,
         "(x_mixed, soft_targets): a box of the flipped batch pasted in, labels mixed by its area.");
@@ -380,8 +383,8 @@ void bind_augment(py::module_& m) {
         "y: AlexNet's PCA colour jitter, eigvecs row-major (C, C), eigenvector k in column k.");
   m.def("alternating_flip", &alternating_flip, py::arg("x"), py::arg("indices"), py::arg("seed"), py::arg("epoch"),
         py::arg("stream") = 0, "y: sample mirrored iff epoch + its index's hash bit is odd.");
-  m.def("tta_views", &tta_views, py::arg("x"), py::arg("tops"), py::arg("lefts"), py::arg("mirrors"),
-        py::arg("out_h"), py::arg("out_w"), py::arg("fill") = 0.0, py::arg("stream") = 0,
+  m.def("tta_views", &tta_views, py::arg("x"), py::arg("tops"), py::arg("lefts"), py::arg("mirrors"), py::arg("out_h"),
+        py::arg("out_w"), py::arg("fill") = 0.0, py::arg("stream") = 0,
         "y (views * N, C, out_h, out_w): view v of sample n at v * N + n.");
   m.def("tta_mean", &tta_mean, py::arg("y"), py::arg("views"), py::arg("stream") = 0,
         "out (N, ...): the mean of y's views (view-major, (views * N, ...)).");

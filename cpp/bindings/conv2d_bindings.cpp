@@ -49,15 +49,15 @@ Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair
   s.S = w.shape[3];
   if (s.C < 1) raise_value("x: needs at least one input channel, got shape " + shape_str(x.shape));
   if (s.C % groups)
-    raise_value("groups: the " + std::to_string(s.C) + " input channels of x are not divisible by groups=" +
-                std::to_string(groups));
+    raise_value("groups: the " + std::to_string(s.C) +
+                " input channels of x are not divisible by groups=" + std::to_string(groups));
   if (s.K < 1 || s.R < 1 || s.S < 1) raise_value("w: every dimension must be >= 1, got shape " + shape_str(w.shape));
   if (s.K % groups)
-    raise_value("groups: the " + std::to_string(s.K) + " output channels of w are not divisible by groups=" +
-                std::to_string(groups));
+    raise_value("groups: the " + std::to_string(s.K) +
+                " output channels of w are not divisible by groups=" + std::to_string(groups));
   if (w.shape[1] * groups != s.C)
-    raise_value("w: expected shape (K, C/groups = " + std::to_string(s.C / groups) + ", R, S) for x " + shape_str(x.shape) +
-                " and groups=" + std::to_string(groups) + ", got " + shape_str(w.shape));
+    raise_value("w: expected shape (K, C/groups = " + std::to_string(s.C / groups) + ", R, S) for x " +
+                shape_str(x.shape) + " and groups=" + std::to_string(groups) + ", got " + shape_str(w.shape));
   s.stride_h = stride[0];
   s.stride_w = stride[1];
   s.pad_h = padding[0];
@@ -78,9 +78,9 @@ Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair
   s.P = eh < 0 ? 0 : eh / s.stride_h + 1;
   s.Q = ew < 0 ? 0 : ew / s.stride_w + 1;
   if (s.P < 1 || s.Q < 1)
-    raise_value("x: output size would be <= 0: input " + shape_str({s.H, s.W}) +
-                " is too small for kernel " + shape_str({s.R, s.S}) + " with padding " + shape_str({s.pad_h, s.pad_w}) +
-                " and dilation " + shape_str({s.dil_h, s.dil_w}));
+    raise_value("x: output size would be <= 0: input " + shape_str({s.H, s.W}) + " is too small for kernel " +
+                shape_str({s.R, s.S}) + " with padding " + shape_str({s.pad_h, s.pad_w}) + " and dilation " +
+                shape_str({s.dil_h, s.dil_w}));
   return s;
 }
 
@@ -97,7 +97,8 @@ py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
     require_same_device(x, ArgName{"x"}, bv, ArgName{"b"});
     require_same_dtype(x, ArgName{"x"}, bv, ArgName{"b"});
     if (bv.shape != std::vector<int64_t>{s.K})
-      raise_value("b: expected shape (" + std::to_string(s.K) + ",), one bias per output channel, got " + shape_str(bv.shape));
+      raise_value("b: expected shape (" + std::to_string(s.K) + ",), one bias per output channel, got " +
+                  shape_str(bv.shape));
     b = bv.data;
   }
   // Only padding can make the output plane larger than the input's; else N * K makes the size.
@@ -138,7 +139,8 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
   const Conv2dShape s = conv_shape(x, w, stride, padding, dilation, groups);
   const std::vector<int64_t> yshape{s.N, s.K, s.P, s.Q};
   if (dy.shape != yshape)
-    raise_value("dy: expected the output shape " + shape_str(yshape) + " of this convolution, got " + shape_str(dy.shape));
+    raise_value("dy: expected the output shape " + shape_str(yshape) + " of this convolution, got " +
+                shape_str(dy.shape));
 
   const std::vector<NamedRange> inputs{{"dy", &dy}, {"x", &x}, {"w", &w}};
   const GradOut dw = grad_output(need_dw, "dw", dw_out, "dw_out", w.shape, x, accumulate, stream, "w", inputs);

@@ -42,7 +42,8 @@ int cuda_device_count() {
 
 void require_cuda(const char* what) {
   if (!cuda_compiled())
-    throw std::runtime_error(std::string(what) + " needs CUDA, but this fastopt was built without it (no nvcc at build time)");
+    throw std::runtime_error(std::string(what) +
+                             " needs CUDA, but this fastopt was built without it (no nvcc at build time)");
   if (cuda_device_count() == 0)
     throw std::runtime_error(std::string(what) + " needs a CUDA GPU, and none is usable here (no device or no driver)");
 }
@@ -147,8 +148,8 @@ size_t checked_nbytes(const std::vector<int64_t>& shape, DType dtype, const char
   }
   const bool empty = std::find(shape.begin(), shape.end(), int64_t{0}) != shape.end();
   if (overflow && !empty)
-    raise_value(std::string(source) + ": " + output + " would have shape " + shape_str(shape) + ", 2^63 or more bytes of " +
-                dtype_name(dtype) + ": larger than any array can be");
+    raise_value(std::string(source) + ": " + output + " would have shape " + shape_str(shape) +
+                ", 2^63 or more bytes of " + dtype_name(dtype) + ": larger than any array can be");
   return empty ? 0 : static_cast<size_t>(bytes);
 }
 
@@ -185,8 +186,8 @@ DeviceArray device_alloc(std::vector<int64_t> shape, DType dtype, int device, ui
 
 DeviceArray device_empty(std::vector<int64_t> shape, DType dtype, int device, uintptr_t stream) {
   const size_t nbytes = checked_nbytes(shape, dtype, "the array", "shape");
-  return allocate([&] { return device_alloc(shape, dtype, device, stream); }, shape, dtype, device, nbytes,
-                  "the array", "shape");
+  return allocate([&] { return device_alloc(shape, dtype, device, stream); }, shape, dtype, device, nbytes, "the array",
+                  "shape");
 }
 
 py::object new_array(const std::vector<int64_t>& shape, DType dtype, int device, uintptr_t stream, const char* output,
@@ -367,10 +368,12 @@ it to the host.)doc")
              if (a.shape.empty()) throw py::type_error("len() of a 0-d DeviceArray");
              return a.shape[0];
            })
-      .def("reshape", [](const DeviceArray& a, py::args shape) { return device_reshape(a, shape); },
-           "A view of the same memory with another shape (one dimension may be -1).")
-      .def("__getitem__", [](const DeviceArray& a, py::slice s) { return device_rows(a, s); },
-           "A view of rows start:stop along the first axis (step 1), sharing this array's memory.")
+      .def(
+          "reshape", [](const DeviceArray& a, py::args shape) { return device_reshape(a, shape); },
+          "A view of the same memory with another shape (one dimension may be -1).")
+      .def(
+          "__getitem__", [](const DeviceArray& a, py::slice s) { return device_rows(a, s); },
+          "A view of rows start:stop along the first axis (step 1), sharing this array's memory.")
       .def_property_readonly("__cuda_array_interface__",
                              [](const DeviceArray& a) {
                                py::dict d;
@@ -414,14 +417,16 @@ it to the host.)doc")
             return out;
           },
           "Copy to a new NumPy array (waits for the work queued on this array's stream).")
-      .def("item", [](py::object self) { return device_item(self); },
-           "The single value of a one-element array, as a Python scalar (waits for the GPU).")
+      .def(
+          "item", [](py::object self) { return device_item(self); },
+          "The single value of a one-element array, as a Python scalar (waits for the GPU).")
       .def("__float__", [](py::object self) { return py::float_(device_item(self)); })
       .def("__int__", [](py::object self) { return py::int_(device_item(self)); })
       .def("__bool__", [](py::object self) { return py::bool_(device_item(self)); })
       .def("__repr__", [](const DeviceArray& a) {
         std::string s = "DeviceArray(shape=(";
-        for (size_t i = 0; i < a.shape.size(); ++i) s += std::to_string(a.shape[i]) + (a.shape.size() == 1 ? "," : (i + 1 < a.shape.size() ? ", " : ""));
+        for (size_t i = 0; i < a.shape.size(); ++i)
+          s += std::to_string(a.shape[i]) + (a.shape.size() == 1 ? "," : (i + 1 < a.shape.size() ? ", " : ""));
         return s + "), dtype=" + dtype_name(a.dtype) + ", device='cuda:" + std::to_string(a.device()) + "')";
       });
 
@@ -453,8 +458,7 @@ it to the host.)doc")
           // be staged through a bounce buffer and waited for anyway), synchronous otherwise.
           if (non_blocking && cuda::is_pinned(v.data))
             cuda::memcpy_h2d_async(a.data(), v.data, a.nbytes(), reinterpret_cast<void*>(stream));
-          else
-            cuda::memcpy_h2d(a.data(), v.data, a.nbytes(), reinterpret_cast<void*>(stream));
+          else cuda::memcpy_h2d(a.data(), v.data, a.nbytes(), reinterpret_cast<void*>(stream));
         }
 #else
         (void)non_blocking;
@@ -492,7 +496,8 @@ it to the host.)doc")
         // Device-to-device or host<->device copy between equal-sized arrays of one dtype.
         const ArrayView d = view_array(dst, ArgName{"dst"}, true, nullptr);
         const ArrayView s = view_array(src, ArgName{"src"}, false, &d.dtype);
-        if (s.numel != d.numel) raise_value("src: has " + std::to_string(s.numel) + " elements, dst has " + std::to_string(d.numel));
+        if (s.numel != d.numel)
+          raise_value("src: has " + std::to_string(s.numel) + " elements, dst has " + std::to_string(d.numel));
         const size_t nb = static_cast<size_t>(d.numel) * itemsize(d.dtype);
         if (nb == 0) return;
         if (d.device == kCPU && s.device == kCPU) {
@@ -527,8 +532,8 @@ it to the host.)doc")
             throw py::type_error(std::string(name) + ": expected a callable, got " +
                                  std::string(py::str(py::type::of(*f).attr("__name__"))));
         // Arrays keep the allocator that made them, so switching never frees into the wrong one.
-        external_allocator() =
-            alloc.is_none() ? nullptr : std::make_shared<ExternalAllocator>(ExternalAllocator{alloc, free});
+        external_allocator() = alloc.is_none() ? nullptr
+                                               : std::make_shared<ExternalAllocator>(ExternalAllocator{alloc, free});
       },
       py::arg("alloc"), py::arg("free"));
   m.def(

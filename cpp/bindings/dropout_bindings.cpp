@@ -50,7 +50,8 @@ py::tuple philox_words(py::sequence counter, py::sequence key) {
   if (py::len(counter) != 4) raise_value("counter: expected 4 words, got " + std::to_string(py::len(counter)));
   if (py::len(key) != 2) raise_value("key: expected 2 words, got " + std::to_string(py::len(key)));
   uint32_t c[4], k[2];
-  for (int i = 0; i < 4; ++i) c[i] = static_cast<uint32_t>(unsigned_arg(counter[i], "counter[" + std::to_string(i) + "]", 32));
+  for (int i = 0; i < 4; ++i)
+    c[i] = static_cast<uint32_t>(unsigned_arg(counter[i], "counter[" + std::to_string(i) + "]", 32));
   for (int i = 0; i < 2; ++i) k[i] = static_cast<uint32_t>(unsigned_arg(key[i], "key[" + std::to_string(i) + "]", 32));
   const Philox4 r = fastopt::philox4x32_10(c[0], c[1], c[2], c[3], k[0], k[1]);
   return py::make_tuple(r.v[0], r.v[1], r.v[2], r.v[3]);
@@ -59,10 +60,11 @@ py::tuple philox_words(py::sequence counter, py::sequence key) {
 // y = x * m for forward (name "x") and backward (name "dy") alike; float32 or bfloat16, the
 // output of x's dtype. training = false: validated all the same, then x itself comes back, as
 // torch returns its input.
-py::object dropout_apply(py::handle x, const char* name, double p, py::handle seed, py::handle offset,
-                         bool training, uintptr_t stream) {
+py::object dropout_apply(py::handle x, const char* name, double p, py::handle seed, py::handle offset, bool training,
+                         uintptr_t stream) {
   const ArrayView xv = view_floating(x, ArgName{name}, false);
-  const DropoutParams d = dropout_params(probability_arg(p), unsigned_arg(seed, "seed", 64), offset_arg(offset, xv.numel));
+  const DropoutParams d = dropout_params(probability_arg(p), unsigned_arg(seed, "seed", 64),
+                                         offset_arg(offset, xv.numel));
   if (!training) return py::reinterpret_borrow<py::object>(x);
   py::object out = new_array(xv.shape, xv.dtype, xv.device, stream, "the output", name);
   void* yp = view_array(out, ArgName{"out"}, true, &xv.dtype).data;
@@ -127,7 +129,8 @@ void bind_dropout(py::module_& m) {
         "Philox4x32-10 (Random123) of one 128-bit counter (4 words) under a 64-bit key (2 words): 4 words.");
   m.def("dropout_forward", &dropout_forward, py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("offset") = 0,
         py::arg("training") = true, py::arg("stream") = 0,
-        "y = x * mask / (1 - p), a new array of x's dtype (float32 or bfloat16) on its device; x itself when not training.");
+        "y = x * mask / (1 - p), a new array of x's dtype (float32 or bfloat16) on its device; x itself when not "
+        "training.");
   m.def("dropout_backward", &dropout_backward, py::arg("dy"), py::arg("p"), py::arg("seed"), py::arg("offset") = 0,
         py::arg("stream") = 0, "dx = dy * mask / (1 - p), the mask regenerated from (seed, offset).");
   m.def("dropout_mask", &dropout_mask, py::arg("shape"), py::arg("p"), py::arg("seed"), py::arg("offset") = 0,

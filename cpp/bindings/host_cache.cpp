@@ -135,9 +135,10 @@ py::object host_empty(const std::vector<int64_t>& shape, DType dtype) {
 }
 
 void bind_host_cache(py::module_& m) {
-  m.def("host_cache_info", [] { return HostCache::get().info(); },
-        "The CPU output cache: cached_bytes (freed blocks held), cap_bytes, min_bytes (smaller outputs "
-        "bypass it), hits and misses.");
+  m.def(
+      "host_cache_info", [] { return HostCache::get().info(); },
+      "The CPU output cache: cached_bytes (freed blocks held), cap_bytes, min_bytes (smaller outputs "
+      "bypass it), hits and misses.");
   m.def("empty_host_cache", [] { HostCache::get().clear(); }, "Free every block the CPU output cache holds.");
 }
 

@@ -90,10 +90,10 @@ py::tuple linear_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
                 shape_str(w.shape) + ", got " + shape_str(dy.shape));
 
   const std::vector<NamedRange> inputs{{"dy", &dy}, {"x", &x}, {"weight", &w}};
-  const GradOut dw =
-      grad_output(need_dw, "dweight", dw_out, "dweight_out", w.shape, x, accumulate, stream, "weight", inputs);
-  const GradOut db =
-      grad_output(need_db, "dbias", db_out, "dbias_out", {s.out}, x, accumulate, stream, "weight", inputs);
+  const GradOut dw = grad_output(need_dw, "dweight", dw_out, "dweight_out", w.shape, x, accumulate, stream, "weight",
+                                 inputs);
+  const GradOut db = grad_output(need_db, "dbias", db_out, "dbias_out", {s.out}, x, accumulate, stream, "weight",
+                                 inputs);
   require_distinct_outputs(dw, "dweight_out", db, "dbias_out");
   py::object dx = py::none();
   void* dxp = nullptr;

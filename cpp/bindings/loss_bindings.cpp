@@ -23,8 +23,8 @@ template <class Index>
 void check_classes(const Index* t, int64_t n, int64_t K) {
   for (int64_t i = 0; i < n; ++i)
     if (!class_in_range(t[i], K))
-      raise_value("target: class index " + std::to_string(t[i]) + " at row " + std::to_string(i) +
-                  " is outside [0, " + std::to_string(K) + ")");
+      raise_value("target: class index " + std::to_string(t[i]) + " at row " + std::to_string(i) + " is outside [0, " +
+                  std::to_string(K) + ")");
 }
 
 py::tuple softmax_cross_entropy(py::handle logits, py::handle target, double label_smoothing, bool need_grad,

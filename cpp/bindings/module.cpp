@@ -53,37 +53,43 @@ PYBIND11_MODULE(_C, m) {
     return d;
   });
 
-  m.def("switches", [] {
-    const auto str_or_none = [](const char* s) -> py::object { return s ? py::str(s) : py::object(py::none()); };
-    py::list out;
-    for (const Switch* s : switches::all()) {
-      py::dict d;
-      d["name"] = s->name;
-      d["alias"] = str_or_none(s->alias);
-      d["backend"] = s->backend;
-      d["default"] = s->default_value;
-      d["read"] = s->read;
-      d["meaning"] = s->meaning;
-      d["value"] = str_or_none(switch_value(*s));
-      out.append(d);
-    }
-    return out;
-  }, "The environment switches (fastopt/switches.h): name, alias, backend, default, read, meaning, and value "
-     "(the environment's now, None when unset; a switch read once keeps the value it had at first use).");
+  m.def(
+      "switches",
+      [] {
+        const auto str_or_none = [](const char* s) -> py::object { return s ? py::str(s) : py::object(py::none()); };
+        py::list out;
+        for (const Switch* s : switches::all()) {
+          py::dict d;
+          d["name"] = s->name;
+          d["alias"] = str_or_none(s->alias);
+          d["backend"] = s->backend;
+          d["default"] = s->default_value;
+          d["read"] = s->read;
+          d["meaning"] = s->meaning;
+          d["value"] = str_or_none(switch_value(*s));
+          out.append(d);
+        }
+        return out;
+      },
+      "The environment switches (fastopt/switches.h): name, alias, backend, default, read, meaning, and value "
+      "(the environment's now, None when unset; a switch read once keeps the value it had at first use).");
 
   py::module_ c = m.def_submodule("cuda", "CUDA device queries");
   c.def("is_compiled", &cuda_compiled);
   c.def("is_emulated", &cuda_emulated, "Built with FASTOPT_CUDA=EMULATE: the CUDA kernels run on the host.");
   c.def("device_count", &cuda_device_count, "GPUs usable here; 0 without a GPU or driver (never an error).");
-  c.def("device_name", [](int device) -> std::string {
-    require_cuda("fastopt.cuda.device_name");
-    if (device < 0 || device >= cuda_device_count()) raise_value("device: no GPU " + std::to_string(device));
+  c.def(
+      "device_name",
+      [](int device) -> std::string {
+        require_cuda("fastopt.cuda.device_name");
+        if (device < 0 || device >= cuda_device_count()) raise_value("device: no GPU " + std::to_string(device));
 #ifdef FASTOPT_WITH_CUDA
-    return cuda::device_name(device);
+        return cuda::device_name(device);
 #else
-    return "";
+        return "";
 #endif
-  }, py::arg("device") = 0);
+      },
+      py::arg("device") = 0);
   c.def("runtime_version", [] {
 #ifdef FASTOPT_WITH_CUDA
     return cuda::runtime_version();
@@ -98,13 +104,16 @@ PYBIND11_MODULE(_C, m) {
     return 0;
 #endif
   });
-  c.def("synchronize", [](uintptr_t stream) {
-    require_cuda("fastopt.cuda.synchronize");
+  c.def(
+      "synchronize",
+      [](uintptr_t stream) {
+        require_cuda("fastopt.cuda.synchronize");
 #ifdef FASTOPT_WITH_CUDA
-    py::gil_scoped_release nogil;
-    cuda::synchronize(reinterpret_cast<void*>(stream));
+        py::gil_scoped_release nogil;
+        cuda::synchronize(reinterpret_cast<void*>(stream));
 #endif
-  }, py::arg("stream") = 0);
+      },
+      py::arg("stream") = 0);
 
   bind_device_array(m);
   bind_host_cache(m);

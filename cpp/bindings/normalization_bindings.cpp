@@ -19,12 +19,13 @@ namespace fastopt {
 namespace {
 
 // An optional float32 input: nullptr for None, else checked for shape and device.
-const float* optional_input(py::handle obj, const char* name, const std::vector<int64_t>& shape,
-                            const ArrayView& x, std::vector<ByteRange>* ranges, int32_t arg) {
+const float* optional_input(py::handle obj, const char* name, const std::vector<int64_t>& shape, const ArrayView& x,
+                            std::vector<ByteRange>* ranges, int32_t arg) {
   if (obj.is_none()) return nullptr;
   const ArrayView v = view_f32(obj, ArgName{name}, false);
   require_same_device(x, ArgName{"x"}, v, ArgName{name});
-  if (v.shape != shape) raise_value(std::string(name) + ": expected shape " + shape_str(shape) + ", got " + shape_str(v.shape));
+  if (v.shape != shape)
+    raise_value(std::string(name) + ": expected shape " + shape_str(shape) + ", got " + shape_str(v.shape));
   if (ranges != nullptr) {
     const auto b = reinterpret_cast<uintptr_t>(v.data);
     ranges->push_back({b, b + static_cast<uintptr_t>(v.numel) * 4, arg, -1});
@@ -70,7 +71,8 @@ AffineGrads affine_grads(const char* const names[4], bool need_dw, bool need_db,
 // x as (N, C, S): N = shape[0], C = shape[1], S = the product of the rest.
 NormShape channel_shape(const ArrayView& x, const char* what) {
   if (x.shape.size() < 2)
-    raise_value(std::string("x: ") + what + " expects (N, C, ...) with at least 2 dims, got shape " + shape_str(x.shape));
+    raise_value(std::string("x: ") + what + " expects (N, C, ...) with at least 2 dims, got shape " +
+                shape_str(x.shape));
   NormShape s{x.shape[0], x.shape[1], 1, 1};
   for (size_t i = 2; i < x.shape.size(); ++i) s.S *= x.shape[i];
   return s;
@@ -95,8 +97,7 @@ py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta
   ranges.push_back({xb, xb + static_cast<uintptr_t>(x.numel) * itemsize(x.dtype), 0, -1});
   const float* w = optional_input(gamma, "gamma", cshape, x, &ranges, 1);
   const float* b = optional_input(beta, "beta", cshape, x, &ranges, 2);
-  if (running_mean.is_none() != running_var.is_none())
-    raise_value("running_mean, running_var: pass both or neither");
+  if (running_mean.is_none() != running_var.is_none()) raise_value("running_mean, running_var: pass both or neither");
   float* rm = nullptr;
   float* rv = nullptr;
   if (!running_mean.is_none()) {
@@ -104,8 +105,10 @@ py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta
     const ArrayView m = view_f32(running_mean, rmn, training), v = view_f32(running_var, rvn, training);
     require_same_device(x, ArgName{"x"}, m, rmn);
     require_same_device(x, ArgName{"x"}, v, rvn);
-    if (m.shape != cshape) raise_value("running_mean: expected shape " + shape_str(cshape) + ", got " + shape_str(m.shape));
-    if (v.shape != cshape) raise_value("running_var: expected shape " + shape_str(cshape) + ", got " + shape_str(v.shape));
+    if (m.shape != cshape)
+      raise_value("running_mean: expected shape " + shape_str(cshape) + ", got " + shape_str(m.shape));
+    if (v.shape != cshape)
+      raise_value("running_var: expected shape " + shape_str(cshape) + ", got " + shape_str(v.shape));
     rm = static_cast<float*>(m.data);
     rv = static_cast<float*>(v.data);
     if (training) {
@@ -117,7 +120,8 @@ py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta
         require_disjoint(std::move(all), {"x", "gamma", "beta", "running_mean", "running_var"});
       }
       const auto a = reinterpret_cast<uintptr_t>(rm), c = reinterpret_cast<uintptr_t>(rv);
-      require_disjoint({{a, a + static_cast<uintptr_t>(s.C) * 4, 0, -1}, {c, c + static_cast<uintptr_t>(s.C) * 4, 1, -1}},
+      require_disjoint({{a, a + static_cast<uintptr_t>(s.C) * 4, 0, -1},
+                        {c, c + static_cast<uintptr_t>(s.C) * 4, 1, -1}},
                        {"running_mean", "running_var"});
     }
   } else if (!training) {
@@ -156,8 +160,8 @@ py::tuple batch_norm_forward(py::handle x_obj, py::handle gamma, py::handle beta
 }
 
 py::tuple batch_norm_backward(py::handle dy_obj, py::handle x_obj, py::handle gamma, py::handle save_mean,
-                              py::handle save_invstd, bool training, bool need_dgamma, bool need_dbeta, uintptr_t stream,
-                              py::handle dgamma_out, py::handle dbeta_out, bool accumulate) {
+                              py::handle save_invstd, bool training, bool need_dgamma, bool need_dbeta,
+                              uintptr_t stream, py::handle dgamma_out, py::handle dbeta_out, bool accumulate) {
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
@@ -219,7 +223,8 @@ NormShape group_shape(const ArrayView& x, int64_t num_groups) {
     raise_value("num_groups: " + std::to_string(num_groups) + " does not divide the " + std::to_string(s.C) +
                 " channels of x");
   s.G = num_groups;
-  if (s.N > 0 && s.C / s.G * s.S == 0) raise_value("x: group norm over 0 elements per group, shape " + shape_str(x.shape));
+  if (s.N > 0 && s.C / s.G * s.S == 0)
+    raise_value("x: group norm over 0 elements per group, shape " + shape_str(x.shape));
   return s;
 }
 
@@ -265,8 +270,8 @@ py::tuple row_backward(const ArrayView& dy, const ArrayView& x, const NormShape&
   py::object dx = new_array(x.shape, x.dtype, x.device, stream, "dx", "x");
   void* dxp = view_array(dx, ArgName{"output"}, true, &x.dtype).data;
   static const char* const names[4] = {"dweight", "dweight_out", "dbias", "dbias_out"};
-  const AffineGrads g = affine_grads(names, need_dweight, need_dbias, dweight_out, dbias_out, accumulate, wshape, x,
-                                     dy, stream);
+  const AffineGrads g = affine_grads(names, need_dweight, need_dbias, dweight_out, dbias_out, accumulate, wshape, x, dy,
+                                     stream);
   const GradOut &dw = g.dw, &db = g.db;
   {
     py::gil_scoped_release nogil;
@@ -317,8 +322,8 @@ py::tuple group_norm_forward(py::handle x_obj, int64_t num_groups, py::handle we
   return row_forward(x, s, {s.C}, {s.N, s.G}, weight, bias, eps, stream);
 }
 
-py::tuple group_norm_backward(py::handle dy_obj, py::handle x_obj, int64_t num_groups, py::handle mean,
-                              py::handle rstd, py::handle weight, bool need_dweight, bool need_dbias, uintptr_t stream,
+py::tuple group_norm_backward(py::handle dy_obj, py::handle x_obj, int64_t num_groups, py::handle mean, py::handle rstd,
+                              py::handle weight, bool need_dweight, bool need_dbias, uintptr_t stream,
                               py::handle dweight_out, py::handle dbias_out, bool accumulate) {
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);

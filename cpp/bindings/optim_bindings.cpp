@@ -96,7 +96,7 @@ ArrayView view_param(py::handle obj, const ArgName& name, bool writable) {
     raise_type(name.str() + ": expected a float32, bfloat16 or float16 array, got " + dtype_name(v.dtype));
   if (v.device != kCPU && v.dtype == DType::f16)
     raise_type(name.str() + ": float16 on the GPU: not yet (issue 21); fastopt's CUDA optimizers take float32 and "
-               "bfloat16 parameters");
+                            "bfloat16 parameters");
   return v;
 }
 
@@ -146,8 +146,8 @@ py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence state
     r.state[0] = r.state[1] = r.state[2] = nullptr;
     ranges.push_back(range_of(p, 0, i));
     ranges.push_back(range_of(g, 1, i));
-    const py::object m =
-        masters.is_none() ? py::object(py::none()) : py::object(py::reinterpret_borrow<py::sequence>(masters)[i]);
+    const py::object m = masters.is_none() ? py::object(py::none())
+                                           : py::object(py::reinterpret_borrow<py::sequence>(masters)[i]);
     if (!m.is_none()) {
       if (!is_low_precision(p.dtype))
         raise_value(mn.str() + ": params[" + std::to_string(i) + "] is float32 and is its own master");
@@ -191,7 +191,8 @@ py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence state
   req.steps = static_cast<int64_t*>(st.data);
   req.clip = !max_norm.is_none();
   req.max_norm = req.clip ? max_norm.cast<double>() : 0.0;
-  if (req.clip && !(req.max_norm >= 0.0)) raise_value("max_grad_norm: must be >= 0, got " + std::to_string(req.max_norm));
+  if (req.clip && !(req.max_norm >= 0.0))
+    raise_value("max_grad_norm: must be >= 0, got " + std::to_string(req.max_norm));
   req.check_finite = req.clip || skip_nonfinite;
   if (!(inv_scale > 0.0) || std::isinf(inv_scale))
     raise_value("inv_scale: must be a finite number > 0, got " + std::to_string(inv_scale));
@@ -203,14 +204,14 @@ py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence state
                 "scalar, read without a sync)");
   // GradScaler's scalars stay on the GPU: the step reads them there, so nothing waits for the host.
   const DType f32 = DType::f32;
-  for (auto [obj, name, out] : {std::tuple{&grad_scale, "grad_scale", &req.grad_scale},
-                                std::tuple{&found_inf, "found_inf", &req.found_inf}}) {
+  for (auto [obj, name, out] :
+       {std::tuple{&grad_scale, "grad_scale", &req.grad_scale}, std::tuple{&found_inf, "found_inf", &req.found_inf}}) {
     if (obj->is_none()) continue;
     const ArrayView v = view_array(*obj, ArgName{name}, false, &f32);
     if (v.numel != 1) raise_value(std::string(name) + ": must hold one value, got " + std::to_string(v.numel));
     if (device == kCPU)
       raise_value(std::string(name) + ": a device scalar is for GPU parameters; on the CPU pass inv_scale "
-                  "(and skip the call when an Inf was found)");
+                                      "(and skip the call when an Inf was found)");
     require_same_device(first, ArgName{"params", 0}, v, ArgName{name});
     *out = static_cast<const float*>(v.data);
   }
@@ -293,7 +294,8 @@ void clip_by_norm_(py::sequence grads, py::handle norm, double max_norm, uintptr
 }
 
 void clamp_(py::sequence grads, double lo, double hi, uintptr_t stream) {
-  if (!(lo <= hi)) raise_value("clip_value: the range [" + std::to_string(lo) + ", " + std::to_string(hi) + "] is empty");
+  if (!(lo <= hi))
+    raise_value("clip_value: the range [" + std::to_string(lo) + ", " + std::to_string(hi) + "] is empty");
   int device;
   const std::vector<Span> spans = grad_spans(grads, true, &device);
   const int64_t n = static_cast<int64_t>(spans.size());
@@ -340,18 +342,17 @@ void bind_optim(py::module_& m) {
       .value("ADAM", OptKind::ADAM)
       .value("ADAM_AMSGRAD", OptKind::ADAM_AMSGRAD);
 
-  m.def("optim_step", &optim_step, py::arg("params"), py::arg("grads"), py::arg("states"),
-        py::arg("steps"), py::arg("groups"), py::arg("group_of"), py::arg("max_norm") = py::none(),
-        py::arg("skip_nonfinite") = false, py::arg("stream") = 0, py::arg("masters") = py::none(),
-        py::arg("inv_scale") = 1.0, py::arg("grad_scale") = py::none(), py::arg("found_inf") = py::none(),
+  m.def("optim_step", &optim_step, py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("steps"),
+        py::arg("groups"), py::arg("group_of"), py::arg("max_norm") = py::none(), py::arg("skip_nonfinite") = false,
+        py::arg("stream") = 0, py::arg("masters") = py::none(), py::arg("inv_scale") = 1.0,
+        py::arg("grad_scale") = py::none(), py::arg("found_inf") = py::none(),
         "One fused step over all tensors. Returns (norm, skipped): Python scalars on the CPU, "
         "0-d DeviceArrays on the GPU (None, False when no norm pass ran). params/grads: float32, or "
         "bfloat16/float16 on the CPU (one dtype per pair); masters: per parameter None or the float32 "
         "master copy of a bfloat16/float16 parameter. inv_scale (CPU) or grad_scale and found_inf (0-d "
         "float32 arrays on the parameters' GPU): GradScaler's unscale and Inf skip, fused.");
   m.def("grad_norm", &grad_norm, py::arg("grads"), py::arg("norm_type") = 2.0, py::arg("stream") = 0);
-  m.def("clip_by_norm_", &clip_by_norm_, py::arg("grads"), py::arg("norm"), py::arg("max_norm"),
-        py::arg("stream") = 0);
+  m.def("clip_by_norm_", &clip_by_norm_, py::arg("grads"), py::arg("norm"), py::arg("max_norm"), py::arg("stream") = 0);
   m.def("clamp_", &clamp_, py::arg("grads"), py::arg("lo"), py::arg("hi"), py::arg("stream") = 0);
 }
 

@@ -23,11 +23,13 @@ using Pair = std::array<int64_t, 2>;
 std::string fmt_pair(Pair p) { return shape_str(std::vector<int64_t>{p[0], p[1]}); }
 
 void require_4d(const std::vector<int64_t>& shape, const char* name) {
-  if (shape.size() != 4) raise_value(std::string(name) + ": expected 4 dimensions (N, C, H, W), got shape " + shape_str(shape));
+  if (shape.size() != 4)
+    raise_value(std::string(name) + ": expected 4 dimensions (N, C, H, W), got shape " + shape_str(shape));
   int64_t numel = 1;
   for (int64_t d : shape) {
     if (d < 0) raise_value(std::string(name) + ": negative dimension in " + shape_str(shape));
-    if (d != 0 && numel > (int64_t{1} << 62) / d) raise_value(std::string(name) + ": too many elements in " + shape_str(shape));
+    if (d != 0 && numel > (int64_t{1} << 62) / d)
+      raise_value(std::string(name) + ": too many elements in " + shape_str(shape));
     numel *= d;
   }
 }
@@ -40,8 +42,8 @@ Pool2dShape pool_shape(const std::vector<int64_t>& in, const char* name, Pair ke
     if (stride[i] < 1 || stride[i] > INT_MAX) raise_value("stride: must be in [1, 2^31), got " + fmt_pair(stride));
     if (padding[i] < 0) raise_value("padding: must be >= 0, got " + fmt_pair(padding));
     if (padding[i] > kernel[i] / 2)
-      raise_value("padding: should be at most half of kernel_size, got padding " + fmt_pair(padding) + " and kernel_size " +
-                  fmt_pair(kernel));
+      raise_value("padding: should be at most half of kernel_size, got padding " + fmt_pair(padding) +
+                  " and kernel_size " + fmt_pair(kernel));
   }
   const int64_t H = in[2], W = in[3];
   if (H < 1 || W < 1) raise_value(std::string(name) + ": H and W must be >= 1, got shape " + shape_str(in));
@@ -53,9 +55,11 @@ Pool2dShape pool_shape(const std::vector<int64_t>& in, const char* name, Pair ke
   const int64_t eh = H + 2 * padding[0] - kernel[0], ew = W + 2 * padding[1] - kernel[1];
   const int64_t P = eh < 0 ? 0 : eh / stride[0] + 1, Q = ew < 0 ? 0 : ew / stride[1] + 1;
   if (P < 1 || Q < 1)
-    raise_value(std::string(name) + ": output size would be " + shape_str({P, Q}) + ", below 1: input " + shape_str({H, W}) +
-                " is too small for kernel_size " + fmt_pair(kernel) + " with padding " + fmt_pair(padding));
-  if (P * Q > INT_MAX) raise_value(std::string(name) + ": output plane " + shape_str({P, Q}) + " has 2^31 or more elements");
+    raise_value(std::string(name) + ": output size would be " + shape_str({P, Q}) + ", below 1: input " +
+                shape_str({H, W}) + " is too small for kernel_size " + fmt_pair(kernel) + " with padding " +
+                fmt_pair(padding));
+  if (P * Q > INT_MAX)
+    raise_value(std::string(name) + ": output plane " + shape_str({P, Q}) + " has 2^31 or more elements");
   Pool2dShape s{};
   s.planes = in[0] * in[1];
   s.H = static_cast<int>(H);
@@ -110,7 +114,8 @@ py::object max_pool2d_backward(py::handle dy_obj, py::handle idx_obj, std::vecto
   if (dy.shape != yshape)
     raise_value("dy: expected the output shape " + shape_str(yshape) + " of this pooling, got " + shape_str(dy.shape));
   if (idx.shape != yshape)
-    raise_value("indices: expected the output shape " + shape_str(yshape) + " of this pooling, got " + shape_str(idx.shape));
+    raise_value("indices: expected the output shape " + shape_str(yshape) + " of this pooling, got " +
+                shape_str(idx.shape));
   py::object dx = new_array(input_shape, dy.dtype, dy.device, stream, "dx", "input_shape");
   const auto* ip = static_cast<const int32_t*>(idx.data);
   void* dxp = view_array(dx, ArgName{"out"}, true, &dy.dtype).data;
@@ -134,7 +139,8 @@ py::object max_pool2d_backward(py::handle dy_obj, py::handle idx_obj, std::vecto
 
 int64_t plane_size(const std::vector<int64_t>& shape, const char* name) {
   require_4d(shape, name);
-  if (shape[2] < 1 || shape[3] < 1) raise_value(std::string(name) + ": H and W must be >= 1, got shape " + shape_str(shape));
+  if (shape[2] < 1 || shape[3] < 1)
+    raise_value(std::string(name) + ": H and W must be >= 1, got shape " + shape_str(shape));
   return shape[2] * shape[3];
 }
 
@@ -166,7 +172,8 @@ py::object global_avg_pool_backward(py::handle dy_obj, std::vector<int64_t> inpu
   const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const int64_t hw = plane_size(input_shape, "input_shape");
   const std::vector<int64_t> yshape{input_shape[0], input_shape[1]};
-  if (dy.shape != yshape) raise_value("dy: expected the output shape " + shape_str(yshape) + ", got " + shape_str(dy.shape));
+  if (dy.shape != yshape)
+    raise_value("dy: expected the output shape " + shape_str(yshape) + ", got " + shape_str(dy.shape));
   const int64_t planes = input_shape[0] * input_shape[1];
   py::object dx = new_array(input_shape, dy.dtype, dy.device, stream, "dx", "input_shape");
   void* dxp = view_array(dx, ArgName{"out"}, true, &dy.dtype).data;
@@ -181,7 +188,8 @@ py::object global_avg_pool_backward(py::handle dy_obj, std::vector<int64_t> inpu
       py::gil_scoped_release nogil;
       by_floating_dtype(dy, [&](auto tag) {
         using T = decltype(tag);
-        cuda::global_avg_pool_backward(data_as<T>(dy), static_cast<T*>(dxp), planes, hw, reinterpret_cast<void*>(stream));
+        cuda::global_avg_pool_backward(data_as<T>(dy), static_cast<T*>(dxp), planes, hw,
+                                       reinterpret_cast<void*>(stream));
       });
     });
   }
@@ -230,7 +238,8 @@ py::object avg_pool2d_backward(py::handle dy_obj, std::vector<int64_t> input_sha
     on_gpu(dy.device, [&](auto) {
       by_floating_dtype(dy, [&](auto tag) {
         using T = decltype(tag);
-        cuda::avg_pool2d_backward(s, data_as<T>(dy), static_cast<T*>(dxp), include_pad, reinterpret_cast<void*>(stream));
+        cuda::avg_pool2d_backward(s, data_as<T>(dy), static_cast<T*>(dxp), include_pad,
+                                  reinterpret_cast<void*>(stream));
       });
     });
   }

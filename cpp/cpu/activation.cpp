@@ -29,8 +29,7 @@ FASTOPT_FOR_EACH_ISA(void relu_forward(const float* x, float* y, int64_t n);
                      void smooth_backward(Smooth op, const float* dy, const float* x, float* dx, int64_t n,
                                           float alpha);
                      void smooth_forward(Smooth op, const bf16* x, bf16* y, int64_t n, float alpha);
-                     void smooth_backward(Smooth op, const bf16* dy, const bf16* x, bf16* dx, int64_t n,
-                                          float alpha);
+                     void smooth_backward(Smooth op, const bf16* dy, const bf16* x, bf16* dx, int64_t n, float alpha);
                      void residual_add(const float* b, const float* s, float* y, int64_t rows, int64_t inner,
                                        const DropoutParams& d);
                      void residual_add(const bf16* b, const bf16* s, bf16* y, int64_t rows, int64_t inner,
@@ -97,10 +96,8 @@ namespace {
 
 template <Smooth op, class T>
 void smooth_map(const T* dy, const T* x, T* y, int64_t n, float alpha) {
-  if (dy == nullptr)
-    map(x, x, y, n, [alpha](float a, float) { return smooth_forward(op, a, alpha); });
-  else
-    map(dy, x, y, n, [alpha](float g, float a) { return smooth_backward(op, g, a, alpha); });
+  if (dy == nullptr) map(x, x, y, n, [alpha](float a, float) { return smooth_forward(op, a, alpha); });
+  else map(dy, x, y, n, [alpha](float g, float a) { return smooth_backward(op, g, a, alpha); });
 }
 
 template <class T>

@@ -124,8 +124,7 @@ void tta_mean(const float* y, float* out, int64_t views, int64_t M) {
 void augment_batch(const float* x, float* y, const AugmentSpec& s) {
   const int64_t planes = s.N * s.C, plane = s.H * s.W;
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < planes; ++i)
-    augment_plane(x + i * plane, y + i * plane, s, augment_sample(s, i / s.C));
+  for (int64_t i = 0; i < planes; ++i) augment_plane(x + i * plane, y + i * plane, s, augment_sample(s, i / s.C));
 }
 
 void mixup(const float* x, const void* labels, int index_bytes, float* y, float* targets, const MixupParams& p) {

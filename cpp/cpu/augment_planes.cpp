@@ -46,7 +46,9 @@ void random_resized_crop(const float* x, float* y, const CropSpec& s) {
   plane_map(CropOp{s}, s.s, s.s.N * s.s.C, x, y);
 }
 
-void random_rotation(const float* x, float* y, const RotateSpec& s) { plane_map(RotateOp{s}, s.s, s.s.N * s.s.C, x, y); }
+void random_rotation(const float* x, float* y, const RotateSpec& s) {
+  plane_map(RotateOp{s}, s.s, s.s.N * s.s.C, x, y);
+}
 
 void pca_jitter(const float* x, float* y, const PcaSpec& s) { plane_map(PcaOp{s}, s.s, s.s.N * s.s.C, x, y); }
 
@@ -63,7 +65,9 @@ void alternating_flip(const float* x, const void* indices, int index_bytes, floa
 }  // namespace FASTOPT_ISA
 
 #ifdef FASTOPT_ISA_BASELINE
-void random_resized_crop(const float* x, float* y, const CropSpec& s) { FASTOPT_CPU_DISPATCH(random_resized_crop(x, y, s)) }
+void random_resized_crop(const float* x, float* y, const CropSpec& s) {
+  FASTOPT_CPU_DISPATCH(random_resized_crop(x, y, s))
+}
 void random_rotation(const float* x, float* y, const RotateSpec& s) { FASTOPT_CPU_DISPATCH(random_rotation(x, y, s)) }
 void pca_jitter(const float* x, float* y, const PcaSpec& s) { FASTOPT_CPU_DISPATCH(pca_jitter(x, y, s)) }
 void tta_views(const float* x, float* y, const ViewSpec& s) { FASTOPT_CPU_DISPATCH(tta_views(x, y, s)) }

@@ -104,8 +104,8 @@ double grad_norm(const Span* grads, int64_t n, double p) {
   if (std::isinf(p)) return reduce_chunks(grads, n, nan_max_abs, nan_max, 0.0);
   if (p == 1.0)
     return reduce_chunks(
-        grads, n, [](const float* x, int64_t m) { return lane_sum(x, m, [](double v) { return std::fabs(v); }); },
-        plus, 0.0);
+        grads, n, [](const float* x, int64_t m) { return lane_sum(x, m, [](double v) { return std::fabs(v); }); }, plus,
+        0.0);
   const double s = reduce_chunks(
       grads, n,
       [p](const float* x, int64_t m) { return lane_sum(x, m, [p](double v) { return std::pow(std::fabs(v), p); }); },

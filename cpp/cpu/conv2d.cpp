@@ -51,16 +51,15 @@
 
 namespace fastopt::cpu {
 
-FASTOPT_FOR_EACH_ISA(void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
+FASTOPT_FOR_EACH_ISA(void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b,
+                                         float* y);
                      void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
                      void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw,
                                                  bool accumulate);
-                     void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b,
-                                         bf16* y);
-                     void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w,
-                                               bf16* dx);
-                     void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x,
-                                                 float* dw, bool accumulate);)
+                     void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y);
+                     void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx);
+                     void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw,
+                                                 bool accumulate);)
 
 namespace FASTOPT_ISA {
 namespace {
@@ -73,8 +72,8 @@ using namespace conv2d_pack;
 // One implicit GEMM per group over im2col panels: group g's B rows start group_src elements into
 // the image, and each finished tile goes straight to its place in the output (OutMap).
 template <class T, class PackA>
-void im2col_gemm(int64_t G, int64_t M, int64_t N, int64_t Kd, PackA pack_a, const Im2col<T>& im2col,
-                 int64_t group_src, const OutMap<T>& out) {
+void im2col_gemm(int64_t G, int64_t M, int64_t N, int64_t Kd, PackA pack_a, const Im2col<T>& im2col, int64_t group_src,
+                 const OutMap<T>& out) {
   auto pack_b = [&](int64_t g, int64_t p0, int64_t kc, int64_t j0, int64_t cols, auto* dst) {
     Im2col<T> at = im2col;
     at.src += g * group_src;
@@ -93,8 +92,8 @@ void forward(const Conv2dShape& s, const T* x, const T* w, const T* b, T* y) {
   auto pack_a = [&](int64_t g, int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) {
     gemm::rows_to_strip(w + (g * Kg + i0) * Kd + p0, Kd, rows, kc, dst);
   };
-  const Im2col<T> im2col{x, HW, s.C * HW, s.P, s.Q, s.H, s.W, s.stride_h, s.stride_w, s.R, s.S,
-                         -s.pad_h, s.dil_h, -s.pad_w, s.dil_w};
+  const Im2col<T> im2col{x,          HW,  s.C * HW, s.P,      s.Q,     s.H,      s.W,    s.stride_h,
+                         s.stride_w, s.R, s.S,      -s.pad_h, s.dil_h, -s.pad_w, s.dil_w};
   im2col_gemm<T>(G, Kg, s.N * PQ, Kd, pack_a, im2col, Cg * HW, OutMap<T>{y, PQ, s.K * PQ, PQ, Kg, b});
 }
 
@@ -159,10 +158,8 @@ void data_grad_col2im(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
       for (int64_t c = 0; c < Cg; ++c) {
         T* const target = dx + (n * s.C + g * Cg + c) * HW;
         float* plane;
-        if constexpr (std::is_same_v<T, float>)
-          plane = target;
-        else
-          plane = fold.data();
+        if constexpr (std::is_same_v<T, float>) plane = target;
+        else plane = fold.data();
         std::fill(plane, plane + HW, 0.0f);
         for (int64_t rs = 0; rs < RS; ++rs) {
           const int64_t r = rs / s.S, sc = rs % s.S;
@@ -173,8 +170,7 @@ void data_grad_col2im(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
             add_row(plane + h * s.W, s.W, src + p * s.Q, s.Q, sc * s.dil_w - s.pad_w, s.stride_w);
           }
         }
-        if constexpr (!std::is_same_v<T, float>)
-          from_float_n(plane, target, HW);
+        if constexpr (!std::is_same_v<T, float>) from_float_n(plane, target, HW);
       }
     }
   }
@@ -183,10 +179,8 @@ void data_grad_col2im(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
 // The gather form wins when it wastes nothing (stride 1) and its M = C/G fills the tile rows.
 template <class T>
 void backward_data(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
-  if (s.stride_h * s.stride_w > 1 || s.C / s.groups < 2 * MR)
-    data_grad_col2im(s, dy, w, dx);
-  else
-    data_grad_gather(s, dy, w, dx);
+  if (s.stride_h * s.stride_w > 1 || s.C / s.groups < 2 * MR) data_grad_col2im(s, dy, w, dx);
+  else data_grad_gather(s, dy, w, dx);
 }
 
 #if defined(__AVX512F__)
@@ -200,8 +194,8 @@ void backward_data(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
 // image and block (24 loads + stores per 8 NB PQ / 16 FMAs); partials are summed in chunk order,
 // then each vector's 16 lanes in a fixed tree, so the bits do not depend on the thread count.
 template <int NB, class T>
-void narrow_block(int64_t PQ, int64_t t0, int64_t t1, const T* dyk, const T* xn, const int64_t* off,
-                  const __m256i* bit, const uint16_t* tap_ok, float* acc) {
+void narrow_block(int64_t PQ, int64_t t0, int64_t t1, const T* dyk, const T* xn, const int64_t* off, const __m256i* bit,
+                  const uint16_t* tap_ok, float* acc) {
   __m512 a[8][NB];
   for (int i = 0; i < 8; ++i)
     for (int j = 0; j < NB; ++j) a[i][j] = _mm512_loadu_ps(acc + (i * NB + j) * 16);
@@ -251,12 +245,9 @@ void weight_grad_narrow(const Conv2dShape& s, const T* dy, const T* x, float* dw
             }
             const T* xn = x + n * s.C * HW;
             float* a = ak + j0 * 8 * 16;
-            if (nb == 3)
-              narrow_block<3>(PQ, t0, t1, dyk, xn, off, bit, tap_ok.data(), a);
-            else if (nb == 2)
-              narrow_block<2>(PQ, t0, t1, dyk, xn, off, bit, tap_ok.data(), a);
-            else
-              narrow_block<1>(PQ, t0, t1, dyk, xn, off, bit, tap_ok.data(), a);
+            if (nb == 3) narrow_block<3>(PQ, t0, t1, dyk, xn, off, bit, tap_ok.data(), a);
+            else if (nb == 2) narrow_block<2>(PQ, t0, t1, dyk, xn, off, bit, tap_ok.data(), a);
+            else narrow_block<1>(PQ, t0, t1, dyk, xn, off, bit, tap_ok.data(), a);
           }
         }
   }
@@ -294,8 +285,8 @@ void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw, bool 
 #endif
   // Each partial costs a write and a read of dw: worth it only with >= 1024 reduction terms per
   // element of it, and bounded in memory. Columns give the threads work when chunks cannot.
-  const int64_t max_chunks =
-      std::min<int64_t>({8, std::max<int64_t>(1, (int64_t{16} << 20) / size), std::max<int64_t>(1, s.N * PQ / 1024)});
+  const int64_t max_chunks = std::min<int64_t>({8, std::max<int64_t>(1, (int64_t{16} << 20) / size),
+                                                std::max<int64_t>(1, s.N * PQ / 1024)});
   int64_t chunks = 1;
   for (int64_t d = std::min(s.N, max_chunks); d > 1; --d)
     if (s.N % d == 0) {
@@ -386,13 +377,12 @@ void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw, bool 
     }
     gemm::via_stage(dst, kc, [&](float* strip) { gemm::transpose_to_panel(tmp, kc, kc, cols, strip); });
   };
-  gemm::run_typed<T>(
-      chunks * G, Kg, Nn, Kd, false, pack_a, pack_b,
-      [&](int64_t item, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) {
-        float* target = chunks > 1 ? partial.data() + item / G * size : dw;
-        OutMap<float>{target, Nn, 0, Nn, Kg, nullptr, accumulate && chunks == 1}.store(item % G, i0, rows, j0, cols,
-                                                                                        tile);
-      });
+  gemm::run_typed<T>(chunks * G, Kg, Nn, Kd, false, pack_a, pack_b,
+                     [&](int64_t item, int64_t i0, int64_t rows, int64_t j0, int64_t cols, const float* tile) {
+                       float* target = chunks > 1 ? partial.data() + item / G * size : dw;
+                       OutMap<float>{target, Nn, 0, Nn, Kg, nullptr, accumulate && chunks == 1}
+                           .store(item % G, i0, rows, j0, cols, tile);
+                     });
   if (chunks > 1) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < size; ++i) {

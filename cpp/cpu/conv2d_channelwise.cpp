@@ -35,8 +35,8 @@ namespace fastopt::cpu::FASTOPT_ISA {
 namespace {
 
 // row[w0 + q*step] += a * src[q] for q < nq where that index lies in [0, n).
-inline void axpy_to_row(float* __restrict row, int64_t n, float a, const float* __restrict src, int64_t nq,
-                        int64_t w0, int64_t step) {
+inline void axpy_to_row(float* __restrict row, int64_t n, float a, const float* __restrict src, int64_t nq, int64_t w0,
+                        int64_t step) {
   const int64_t lo = std::min(nq, w0 >= 0 ? int64_t{0} : (-w0 + step - 1) / step);
   const int64_t hi = std::max(lo, std::min(nq, w0 >= n ? int64_t{0} : (n - w0 + step - 1) / step));
   if (step == 1)
@@ -90,8 +90,8 @@ void generic_forward(const Conv2dShape& s, const float* x, const float* w, const
         const int64_t h = p * s.stride_h - s.pad_h + r * s.dil_h;
         if (h < 0 || h >= s.H) continue;
         for (int64_t sc = 0; sc < s.S; ++sc)
-          axpy_from_row(out + p * s.Q, s.Q, w[(k * s.R + r) * s.S + sc], plane + h * s.W, s.W,
-                        sc * s.dil_w - s.pad_w, s.stride_w);
+          axpy_from_row(out + p * s.Q, s.Q, w[(k * s.R + r) * s.S + sc], plane + h * s.W, s.W, sc * s.dil_w - s.pad_w,
+                        s.stride_w);
       }
   }
 }
@@ -148,8 +148,8 @@ using gemm::lanes_between;
 template <int K, int RB, int NV>
 inline __attribute__((always_inline)) void correlate_block(float* out, int64_t Q, int64_t p, int64_t q0,
                                                            const float* in, int64_t H, int64_t W, int64_t ph,
-                                                           int64_t pw, const __mmask16 (*masks)[4],
-                                                           const float* taps, float init, bool accumulate) {
+                                                           int64_t pw, const __mmask16 (*masks)[4], const float* taps,
+                                                           float init, bool accumulate) {
   __m512 acc[RB][NV];
 #pragma GCC unroll 8
   for (int rb = 0; rb < RB; ++rb)
@@ -236,8 +236,8 @@ void fast_backward_data(const Conv2dShape& s, const float* dy, const float* w, f
     for (int64_t kl = 0; kl < Kg; ++kl) {
       const int64_t k = c * Kg + kl;
       for (int i = 0; i < K * K; ++i) rotated[i] = w[k * K * K + K * K - 1 - i];
-      correlate_plane<K>(dx + nc * HW, s.H, s.W, dy + (n * s.K + k) * PQ, s.P, s.Q, K - 1 - s.pad_h,
-                         K - 1 - s.pad_w, rotated, 0.0f, kl > 0);
+      correlate_plane<K>(dx + nc * HW, s.H, s.W, dy + (n * s.K + k) * PQ, s.P, s.Q, K - 1 - s.pad_h, K - 1 - s.pad_w,
+                         rotated, 0.0f, kl > 0);
     }
   }
 }

@@ -86,8 +86,7 @@ inline int make_runs(int64_t j0, int64_t cols, int64_t A, int64_t B, Run* runs) 
 // dst[t] = src[i0 + t*step] where that index lies in [0, n), else 0, for t < len. The valid
 // range is computed once, so the middle is a plain (vectorizable) copy.
 template <class T>
-inline void copy_row(float* __restrict dst, int64_t len, const T* __restrict src, int64_t i0, int64_t step,
-                     int64_t n) {
+inline void copy_row(float* __restrict dst, int64_t len, const T* __restrict src, int64_t i0, int64_t step, int64_t n) {
   // Unit stride needs no division for the valid range (this runs per image row per reduction
   // step of every packed strip).
   int64_t lo = step == 1 ? std::max<int64_t>(0, -i0) : i0 >= 0 ? 0 : (-i0 + step - 1) / step;
@@ -159,10 +158,8 @@ inline uint32_t source_lanes(__mmask16 m) {
 // lanes of 32: its panel rows went through copy_row's per-run logic.
 template <int CS, class Rows, class T>
 inline __m512 load_lanes(uint32_t src, const T* p) {
-  if constexpr (CS == 1)
-    return Rows::load(static_cast<__mmask16>(src), p);
-  else
-    return Rows::load_evens(src, p);
+  if constexpr (CS == 1) return Rows::load(static_cast<__mmask16>(src), p);
+  else return Rows::load_evens(src, p);
 }
 
 template <class T>
@@ -175,10 +172,8 @@ struct ShiftGather {
   // Rows: gemm::RowsF32 or gemm::RowPairs.
   template <class Rows>
   void pack(int64_t p0, int64_t kc, int64_t j0, int64_t cols, Rows& out) const {
-    if (sb == 2)
-      pack_cs<2>(p0, kc, j0, cols, out);
-    else
-      pack_cs<1>(p0, kc, j0, cols, out);
+    if (sb == 2) pack_cs<2>(p0, kc, j0, cols, out);
+    else pack_cs<1>(p0, kc, j0, cols, out);
     out.finish(kc);
   }
 
@@ -203,10 +198,8 @@ struct ShiftGather {
         lane_b[l] = (ru.b0 + l - ru.jj) * CS;
         const int v = static_cast<int>(l / 16);
         const auto bit = static_cast<__mmask16>(1u << (l % 16));
-        if (nl[v] > 0 && loads[v][nl[v] - 1].base == base + 16 * v * CS)
-          loads[v][nl[v] - 1].mask |= bit;
-        else
-          loads[v][nl[v]++] = {base + 16 * v * CS, bit};
+        if (nl[v] > 0 && loads[v][nl[v] - 1].base == base + 16 * v * CS) loads[v][nl[v] - 1].mask |= bit;
+        else loads[v][nl[v]++] = {base + 16 * v * CS, bit};
       }
     }
     // Lane validity per kernel row r and column s (bit l: tap inside the source plane), built in
@@ -214,14 +207,12 @@ struct ShiftGather {
     uint64_t rok[16], sok[16];
     for (int64_t r = 0; r < R; ++r) {
       uint64_t bits = 0;
-      for (int64_t l = 0; l < cols; ++l)
-        bits |= uint64_t{lane_a[l] + roff[r] >= 0 && lane_a[l] + roff[r] < SH} << l;
+      for (int64_t l = 0; l < cols; ++l) bits |= uint64_t{lane_a[l] + roff[r] >= 0 && lane_a[l] + roff[r] < SH} << l;
       rok[r] = bits;
     }
     for (int64_t s = 0; s < S; ++s) {
       uint64_t bits = 0;
-      for (int64_t l = 0; l < cols; ++l)
-        bits |= uint64_t{lane_b[l] + soff[s] >= 0 && lane_b[l] + soff[s] < SW} << l;
+      for (int64_t l = 0; l < cols; ++l) bits |= uint64_t{lane_b[l] + soff[s] >= 0 && lane_b[l] + soff[s] < SW} << l;
       sok[s] = bits;
     }
     // What a channel's rows read: per image run, one span from the lowest to the highest tap.
@@ -238,10 +229,8 @@ struct ShiftGather {
         const Run& ru = runs[u];
         const int64_t first = ru.n * img + ru.a * sa * SW + ru.b0 * CS;
         const int64_t lo = first + rlo * SW + slo, hi = first + (ru.len - 1) * CS + rhi * SW + shi;
-        if (nspans > 0 && lo <= span_hi[nspans - 1] + 16)
-          span_hi[nspans - 1] = std::max(span_hi[nspans - 1], hi);
-        else
-          span_lo[nspans] = lo, span_hi[nspans++] = hi;
+        if (nspans > 0 && lo <= span_hi[nspans - 1] + 16) span_hi[nspans - 1] = std::max(span_hi[nspans - 1], hi);
+        else span_lo[nspans] = lo, span_hi[nspans++] = hi;
       }
     }
     const int64_t RS = R * S, c_end = (p0 + kc + RS - 1) / RS;
@@ -285,10 +274,8 @@ struct ShiftGather {
           }
         }
       };
-      if (std::all_of(nl, nl + NV, [](int n) { return n <= 1; }))
-        rows(std::false_type{});
-      else
-        rows(std::true_type{});
+      if (std::all_of(nl, nl + NV, [](int n) { return n <= 1; })) rows(std::false_type{});
+      else rows(std::true_type{});
       return;
     }
     for (int64_t p = 0; p < kc; ++p) {
@@ -356,10 +343,8 @@ struct Im2col {
       for (int u = 0; u < nruns; ++u) {
         const Run& ru = runs[u];
         const int64_t h = ru.a * sa + r0 + r * rd;
-        if (h < 0 || h >= SH)
-          std::fill(d + ru.jj, d + ru.jj + ru.len, 0.0f);
-        else
-          copy_row(d + ru.jj, ru.len, src + ru.n * img + c * chan + h * SW, ru.b0 * sb + s0 + sc * sd, sb, SW);
+        if (h < 0 || h >= SH) std::fill(d + ru.jj, d + ru.jj + ru.len, 0.0f);
+        else copy_row(d + ru.jj, ru.len, src + ru.n * img + c * chan + h * SW, ru.b0 * sb + s0 + sc * sd, sb, SW);
       }
       if (++sc == S) {
         sc = 0;

@@ -152,7 +152,8 @@ void transform_inputs(const Tiling& tl, const float* src, int64_t g, int64_t NB,
         for (int q = 0; q < 4; ++q) {
           const __mmask16 m = _mm256_test_epi16_mask(taps, _mm256_set1_epi16(static_cast<short>(1 << (i * 4 + q))));
           d[q] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m,
-                                          _mm512_add_epi32(idx, _mm512_set1_epi32(static_cast<int>(i * tl.Wi + q))), bc, 4);
+                                          _mm512_add_epi32(idx, _mm512_set1_epi32(static_cast<int>(i * tl.Wi + q))), bc,
+                                          4);
         }
         wg::input_1d(d[0], d[1], d[2], d[3], r[i]);
       }
@@ -183,7 +184,8 @@ void transform_inputs(const Tiling& tl, const float* src, int64_t g, int64_t NB,
         }
       }
       for (int xi = 0; xi < 16; ++xi)
-        for (int64_t l = 0; l < lanes; ++l) vc[xi * Cg * NB + (j + l) / NR * kc * NR + (j + l) % NR] = v[xi][l];  // NR may be 8
+        for (int64_t l = 0; l < lanes; ++l)
+          vc[xi * Cg * NB + (j + l) / NR * kc * NR + (j + l) % NR] = v[xi][l];  // NR may be 8
 #endif
     }
   }
@@ -192,8 +194,8 @@ void transform_inputs(const Tiling& tl, const float* src, int64_t g, int64_t NB,
 // out[n, g*Kg + k] tiles = A^T m A (+ bias) for rows k0 .. k0 + rows of the block's products
 // (mp: element (xi, kl, j) at xi*RP*NB + (kl/MR)*MR*NB + (j/NR)*MR*NR + (kl%MR)*NR + j%NR).
 // AVX-512: 16 tiles per vector, each output pixel one masked scatter.
-void transform_outputs(const Tiling& tl, int64_t g, int64_t k0, int64_t rows, int64_t RP, int64_t NB,
-                       const float* bias, float* out, BlockBuffers& bb) {
+void transform_outputs(const Tiling& tl, int64_t g, int64_t k0, int64_t rows, int64_t RP, int64_t NB, const float* bias,
+                       float* out, BlockBuffers& bb) {
   const int64_t Kg = tl.Co / tl.G, plane = tl.Ho * tl.Wo;
   const BlockMap& bm = bb.map;
   for (int64_t kl = 0; kl < rows; ++kl) {
@@ -228,7 +230,8 @@ void transform_outputs(const Tiling& tl, int64_t g, int64_t k0, int64_t rows, in
       for (int64_t l = 0; l < lanes; ++l) {
         const unsigned px = bm.out_px[j + l];
         float sm[4][2];
-        for (int a = 0; a < 4; ++a) wg::output_1d(v[a * 4][l], v[a * 4 + 1][l], v[a * 4 + 2][l], v[a * 4 + 3][l], sm[a]);
+        for (int a = 0; a < 4; ++a)
+          wg::output_1d(v[a * 4][l], v[a * 4 + 1][l], v[a * 4 + 2][l], v[a * 4 + 3][l], sm[a]);
         for (int q = 0; q < 2; ++q) {
           float yv[2];
           wg::output_1d(sm[0][q], sm[1][q], sm[2][q], sm[3][q], yv);
@@ -279,8 +282,9 @@ void transform_inputs_t(const Tiling& tl, const float* src, int64_t g, int64_t n
         for (int i = 0; i < 4; ++i) {
           __m512 d[4];
           for (int q = 0; q < 4; ++q)
-            d[q] = taps >> (i * 4 + q) & 1u ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, idx, ac + i * tl.Wi + q, 4)
-                                            : _mm512_setzero_ps();
+            d[q] = taps >> (i * 4 + q) & 1u
+                       ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, idx, ac + i * tl.Wi + q, 4)
+                       : _mm512_setzero_ps();
           wg::input_1d(d[0], d[1], d[2], d[3], r[i]);
         }
         for (int b = 0; b < 4; ++b) {
@@ -332,8 +336,9 @@ void transform_output_grads_t(const Tiling& tl, const float* dy, int64_t g, int6
         for (int i = 0; i < 2; ++i) {
           __m512 d[2];
           for (int q = 0; q < 2; ++q)
-            d[q] = px >> (i * 2 + q) & 1u ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, idx, ak + i * tl.Wo + q, 4)
-                                          : _mm512_setzero_ps();
+            d[q] = px >> (i * 2 + q) & 1u
+                       ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, idx, ak + i * tl.Wo + q, 4)
+                       : _mm512_setzero_ps();
           wg::output_grad_1d(d[0], d[1], c[i]);
         }
         float* const lo = dg + k0 / MR * nb * MR + p * MR;
@@ -392,7 +397,8 @@ const float* transform_weights(const Conv2dShape& s, const float* w, bool flip, 
         // Lane offsets to filter (k, c): forward k = i0 + l%8, c = j + l/8; flip c = i0 + l%8, k = j + l/8.
         const int32_t si = static_cast<int32_t>(flip ? 9 : Cg * 9), sj = static_cast<int32_t>(flip ? Cg * 9 : 9);
         const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-        const __m512i idx = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_and_si512(lane, _mm512_set1_epi32(7)), _mm512_set1_epi32(si)),
+        const __m512i idx = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_and_si512(lane, _mm512_set1_epi32(7)),
+                                                                _mm512_set1_epi32(si)),
                                              _mm512_mullo_epi32(_mm512_srli_epi32(lane, 3), _mm512_set1_epi32(sj)));
         const __mmask16 row_lanes = static_cast<__mmask16>(0x0101 * first_lanes(std::min<int64_t>(rows - i0, 8)));
         for (int64_t j = pc; j < pc + kc; j += 2) {
@@ -400,7 +406,8 @@ const float* transform_weights(const Conv2dShape& s, const float* w, bool flip, 
           const __mmask16 live = cols2 & row_lanes;
           const float* f = w + ((g * Kg + (flip ? j : i0)) * Cg + (flip ? i0 : j)) * 9;
           __m512 tap[9];
-          for (int e = 0; e < 9; ++e) tap[e] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, f + (flip ? 8 - e : e), 4);
+          for (int e = 0; e < 9; ++e)
+            tap[e] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, f + (flip ? 8 - e : e), 4);
           __m512 t[3][4];
           for (int r = 0; r < 3; ++r) wg::weight_1d(tap[r * 3], tap[r * 3 + 1], tap[r * 3 + 2], t[r]);
           float* const dst = strip + (j - pc) * MR;
@@ -425,10 +432,8 @@ const float* transform_weights(const Conv2dShape& s, const float* w, bool flip, 
           const float* f = w + ((g * Kg + k) * Cg + c) * 9;
           float t[3][4];
           for (int r = 0; r < 3; ++r) {
-            if (flip)
-              wg::weight_1d(f[(2 - r) * 3 + 2], f[(2 - r) * 3 + 1], f[(2 - r) * 3], t[r]);
-            else
-              wg::weight_1d(f[r * 3], f[r * 3 + 1], f[r * 3 + 2], t[r]);
+            if (flip) wg::weight_1d(f[(2 - r) * 3 + 2], f[(2 - r) * 3 + 1], f[(2 - r) * 3], t[r]);
+            else wg::weight_1d(f[r * 3], f[r * 3 + 1], f[r * 3 + 2], t[r]);
           }
           for (int b = 0; b < 4; ++b) {
             float col[4];
@@ -577,8 +582,8 @@ void winograd_backward_weight(const Conv2dShape& s, const float* dy, const float
         const int64_t item = task / (CS * kparts), cs = task / kparts % CS, kp = task % kparts;
         const float* b = vt + item * Cp * nb + cs * nb * NR;
         for (int64_t ks = kp * ks_per; ks < std::min(KS, (kp + 1) * ks_per); ++ks)
-          gemm::micro_kernel(nb, dmt + item * Kp * nb + ks * nb * MR, b,
-                             dU + ((item * KS + ks) * CS + cs) * MR * NR, t0 > 0);
+          gemm::micro_kernel(nb, dmt + item * Kp * nb + ks * nb * MR, b, dU + ((item * KS + ks) * CS + cs) * MR * NR,
+                             t0 > 0);
       }
     }
   }

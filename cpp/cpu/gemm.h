@@ -175,7 +175,8 @@ inline void transpose8x16_to_strip(const __m512 r[8], int count, float* __restri
   for (int u = 0; 2 * u < count; ++u) {
     const int L = u / 2, e = 2 * (u % 2);
     const __m512* xs = x + (L >= 2 ? 4 : 0);
-    const __m512 o = (L % 2) ? _mm512_shuffle_f32x4(xs[e], xs[e + 1], 0xdd) : _mm512_shuffle_f32x4(xs[e], xs[e + 1], 0x88);
+    const __m512 o = (L % 2) ? _mm512_shuffle_f32x4(xs[e], xs[e + 1], 0xdd)
+                             : _mm512_shuffle_f32x4(xs[e], xs[e + 1], 0x88);
     _mm512_mask_storeu_ps(dst + 16 * u, 2 * u + 1 < count ? 0xffff : 0x00ff, o);
   }
 }

@@ -76,23 +76,22 @@ inline TileConfig amx_config() {
 struct Tiles {
   static void config(const TileConfig& cfg) { asm volatile("ldtilecfg %0" ::"m"(cfg)); }
   static void release() { asm volatile("tilerelease" ::); }
-#define FASTOPT_AMX_BY_V(V, OP) \
-  if constexpr (V == 0) {       \
-    OP(0, 4);                   \
+#define FASTOPT_AMX_BY_V(V, OP)  \
+  if constexpr (V == 0) {        \
+    OP(0, 4);                    \
   } else if constexpr (V == 1) { \
-    OP(1, 5);                   \
-  } else {                      \
-    OP(2, 6);                   \
+    OP(1, 5);                    \
+  } else {                       \
+    OP(2, 6);                    \
   }
   template <int V>
   static void load_c(const float* p) {
-#define FASTOPT_AMX_LOAD_C(c, b) \
-  asm volatile("tileloadd (%0,%1,1), %%tmm" #c ::"r"(p), "r"(kAmxCStride) : "memory")
+#define FASTOPT_AMX_LOAD_C(c, b) asm volatile("tileloadd (%0,%1,1), %%tmm" #c::"r"(p), "r"(kAmxCStride) : "memory")
     FASTOPT_AMX_BY_V(V, FASTOPT_AMX_LOAD_C)
   }
   template <int V>
   static void zero_c() {
-#define FASTOPT_AMX_ZERO_C(c, b) asm volatile("tilezero %%tmm" #c ::)
+#define FASTOPT_AMX_ZERO_C(c, b) asm volatile("tilezero %%tmm" #c::)
     FASTOPT_AMX_BY_V(V, FASTOPT_AMX_ZERO_C)
   }
   template <int V>
@@ -101,13 +100,15 @@ struct Tiles {
   asm volatile("tilestored %%tmm" #c ", (%0,%1,1)" ::"r"(p), "r"(kAmxCStride) : "memory")
     FASTOPT_AMX_BY_V(V, FASTOPT_AMX_STORE_C)
   }
-  static void load_a(const bf16* p) { asm volatile("tileloadd (%0,%1,1), %%tmm3" ::"r"(p), "r"(int64_t{64}) : "memory"); }
+  static void load_a(const bf16* p) {
+    asm volatile("tileloadd (%0,%1,1), %%tmm3" ::"r"(p), "r"(int64_t{64}) : "memory");
+  }
   // B block V and C_V += A B_V (AT&T order: B, A, C).
   template <int V>
   static void load_b_dot(const bf16* p) {
-#define FASTOPT_AMX_LOAD_B_DOT(c, b)                                                                 \
-  asm volatile("tileloadd (%0,%1,1), %%tmm" #b ::"r"(p), "r"(kAmxBStride) : "memory"); \
-  asm volatile("tdpbf16ps %%tmm" #b ", %%tmm3, %%tmm" #c ::)
+#define FASTOPT_AMX_LOAD_B_DOT(c, b)                                                  \
+  asm volatile("tileloadd (%0,%1,1), %%tmm" #b::"r"(p), "r"(kAmxBStride) : "memory"); \
+  asm volatile("tdpbf16ps %%tmm" #b ", %%tmm3, %%tmm" #c::)
     FASTOPT_AMX_BY_V(V, FASTOPT_AMX_LOAD_B_DOT)
   }
 #undef FASTOPT_AMX_LOAD_B_DOT
@@ -190,10 +191,8 @@ struct Emulated {
 template <class T, int... V>
 void amx_micro(std::integer_sequence<int, V...>, int64_t kp, const bf16* __restrict a, const bf16* __restrict b,
                float* __restrict tile, bool acc) {
-  if (acc)
-    (T::template load_c<V>(tile + 16 * V), ...);
-  else
-    (T::template zero_c<V>(), ...);
+  if (acc) (T::template load_c<V>(tile + 16 * V), ...);
+  else (T::template zero_c<V>(), ...);
   for (int64_t q = 0; q < kp / kAmxK; ++q) {
     T::load_a(a + q * kAmxK * MR);
     (T::template load_b_dot<V>(b + q * kAmxK * NR + 32 * V), ...);

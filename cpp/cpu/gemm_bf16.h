@@ -116,10 +116,8 @@ struct RowPairs {
   static __m512 load_evens(uint32_t m, const bf16* p) { return _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(m, p)); }
   void put(int64_t p, int v, __m512 val) {
     const __m512i u = _mm512_castps_si512(val);
-    if (p % 2 == 0)
-      held[v] = u;
-    else
-      _mm512_storeu_si512(dst + (p - 1) * NR + 32 * v, _mm512_or_si512(_mm512_slli_epi32(u, 16), held[v]));
+    if (p % 2 == 0) held[v] = u;
+    else _mm512_storeu_si512(dst + (p - 1) * NR + 32 * v, _mm512_or_si512(_mm512_slli_epi32(u, 16), held[v]));
   }
   void finish(int64_t kc) {
     if (kc % 2)
@@ -140,8 +138,8 @@ inline void pairs_from_rows(const float* __restrict src, int64_t kc, bf16* __res
     for (int j = 0; j < W; j += 16) {
       const __mmask16 m = W - j >= 16 ? 0xffff : static_cast<__mmask16>((1u << (W - j)) - 1);
       const __m512i lo = _mm512_srli_epi32(_mm512_castps_si512(_mm512_maskz_loadu_ps(m, r0 + j)), 16);
-      const __m512i up =
-          p + 1 < kc ? _mm512_castps_si512(_mm512_maskz_loadu_ps(m, r0 + W + j)) : _mm512_setzero_si512();
+      const __m512i up = p + 1 < kc ? _mm512_castps_si512(_mm512_maskz_loadu_ps(m, r0 + W + j))
+                                    : _mm512_setzero_si512();
       // The odd row's bf16 in the high half of each 32-bit pair.
       _mm512_mask_storeu_epi32(dst + p * W + 2 * j, m, _mm512_or_si512(_mm512_and_si512(up, hi), lo));
     }
@@ -194,10 +192,8 @@ auto stage_b(PackB& pack) {
 // others are staged.
 template <class PackB>
 auto pairs_b(PackB& pack) {
-  if constexpr (std::is_invocable_v<PackB&, int64_t, int64_t, int64_t, int64_t, int64_t, bf16*>)
-    return pack;
-  else
-    return stage_b(pack);
+  if constexpr (std::is_invocable_v<PackB&, int64_t, int64_t, int64_t, int64_t, int64_t, bf16*>) return pack;
+  else return stage_b(pack);
 }
 #endif
 

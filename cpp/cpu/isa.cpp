@@ -113,11 +113,13 @@ static const AmxDecision& amx_decision() {
       return {AmxMode::off, "off (FASTOPT_CPU_AMX=" + want + " is none of auto, off, emulate)"};
     if (want == "off") return {AmxMode::off, "off (FASTOPT_CPU_AMX=off)"};
 #if defined(FASTOPT_HAVE_ISA_avx512bf16)
-    if (best_isa() != Isa::avx512bf16) return {AmxMode::off, "off (the AVX512-BF16 copy, which holds it, is not in use)"};
+    if (best_isa() != Isa::avx512bf16)
+      return {AmxMode::off, "off (the AVX512-BF16 copy, which holds it, is not in use)"};
     if (want == "emulate") return {AmxMode::emulated, "emulated (FASTOPT_CPU_AMX=emulate)"};
     if (!cpu_has_amx_bf16()) return {AmxMode::off, "off (this CPU has no AMX-BF16)"};
 #if defined(FASTOPT_AMX_ASM)
-    if (!os_grants_tiles()) return {AmxMode::off, "off (the OS refused the tile state: arch_prctl ARCH_REQ_XCOMP_PERM)"};
+    if (!os_grants_tiles())
+      return {AmxMode::off, "off (the OS refused the tile state: arch_prctl ARCH_REQ_XCOMP_PERM)"};
     std::string why;
     if (!avx512bf16::amx_self_check(&why)) return {AmxMode::off, "off (failed its self-check: " + why + ")"};
     return {AmxMode::tiles, "tiles"};

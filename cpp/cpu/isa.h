@@ -64,12 +64,10 @@ AmxMode amx_mode();
 #endif
 
 // Returns call(...) from the best copy; use inside namespace fastopt::cpu.
-#define FASTOPT_CPU_DISPATCH(call)        \
-  switch (::fastopt::cpu::best_isa()) {   \
-    FASTOPT_ISA_CASE_avx512bf16(call)     \
-    FASTOPT_ISA_CASE_avx512(call)         \
-    FASTOPT_ISA_CASE_avx2(call)           \
-    default: return baseline::call;       \
+#define FASTOPT_CPU_DISPATCH(call)                                                                      \
+  switch (::fastopt::cpu::best_isa()) {                                                                 \
+    FASTOPT_ISA_CASE_avx512bf16(call) FASTOPT_ISA_CASE_avx512(call) FASTOPT_ISA_CASE_avx2(call) default \
+        : return baseline::call;                                                                        \
   }
 
 // Work is cut into fixed chunks of one tensor each, so a parallel loop over chunks balances

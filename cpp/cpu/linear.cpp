@@ -41,12 +41,10 @@ FASTOPT_FOR_EACH_ISA(void linear_forward(const LinearShape& s, const float* x, c
                      void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw,
                                                  bool accumulate);
                      void linear_backward_bias(const LinearShape& s, const float* dy, float* db, bool accumulate);
-                     void linear_forward(const LinearShape& s, const bf16* x, const bf16* w,
-                                         const bf16* b, bf16* y);
-                     void linear_backward_data(const LinearShape& s, const bf16* dy, const bf16* w,
-                                               bf16* dx);
-                     void linear_backward_weight(const LinearShape& s, const bf16* dy, const bf16* x,
-                                                 float* dw, bool accumulate);
+                     void linear_forward(const LinearShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y);
+                     void linear_backward_data(const LinearShape& s, const bf16* dy, const bf16* w, bf16* dx);
+                     void linear_backward_weight(const LinearShape& s, const bf16* dy, const bf16* x, float* dw,
+                                                 bool accumulate);
                      void linear_backward_bias(const LinearShape& s, const bf16* dy, float* db, bool accumulate);)
 
 namespace FASTOPT_ISA {
@@ -116,8 +114,7 @@ void gemm_oriented(int64_t M, int64_t Nn, int64_t Kd, Factor<T> A, Factor<T> B, 
         if (j < cols)
           std::transform(B.p + (j0 + j) * B.ld + p0, B.p + (j0 + j) * B.ld + p0 + kc, tmp + j * kc,
                          [](T v) { return to_float(v); });
-        else
-          std::fill_n(tmp + j * kc, kc, 0.0f);
+        else std::fill_n(tmp + j * kc, kc, 0.0f);
       gemm::transpose_to_panel(tmp, kc, kc, NR, dst);
     } else {
       for (int64_t p = 0; p < kc; ++p) {
@@ -175,18 +172,15 @@ void matmul(int64_t M, int64_t Nn, int64_t Kd, Factor<T> A, Factor<T> B, Out<TO>
     for (int64_t m = 0; m < M; ++m)
       for (int64_t j = 0; j < Nn; ++j) {
         TO* o = C.p + (C.transposed ? j * C.ld + m : m * C.ld + j);
-        if (C.accumulate)
-          grad_to(o, 0.0f);
-        else
-          *o = from_float<TO>(bias_col ? to_float(bias_col[j]) : 0.0f);
+        if (C.accumulate) grad_to(o, 0.0f);
+        else *o = from_float<TO>(bias_col ? to_float(bias_col[j]) : 0.0f);
       }
     return;
   }
   if (padded(Nn, MR) * padded(M, NR) < padded(M, MR) * padded(Nn, NR))
     gemm_oriented(Nn, M, Kd, B, A, Out<TO>{C.p, C.ld, !C.transposed, C.accumulate}, bias_col,
                   static_cast<const T*>(nullptr));
-  else
-    gemm_oriented(M, Nn, Kd, A, B, C, static_cast<const T*>(nullptr), bias_col);
+  else gemm_oriented(M, Nn, Kd, A, B, C, static_cast<const T*>(nullptr), bias_col);
 }
 
 template <class T, class TO>

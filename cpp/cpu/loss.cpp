@@ -114,24 +114,24 @@ void cross_entropy(const T* logits, const void* target, TargetKind kind, const L
 
 }  // namespace
 
-void softmax_cross_entropy(const float* logits, const void* target, TargetKind kind, const LossParams& p,
-                           float* loss, float* dlogits, float* stats) {
+void softmax_cross_entropy(const float* logits, const void* target, TargetKind kind, const LossParams& p, float* loss,
+                           float* dlogits, float* stats) {
   cross_entropy(logits, target, kind, p, loss, dlogits, stats);
 }
-void softmax_cross_entropy(const bf16* logits, const void* target, TargetKind kind, const LossParams& p,
-                           float* loss, bf16* dlogits, float* stats) {
+void softmax_cross_entropy(const bf16* logits, const void* target, TargetKind kind, const LossParams& p, float* loss,
+                           bf16* dlogits, float* stats) {
   cross_entropy(logits, target, kind, p, loss, dlogits, stats);
 }
 
 }  // namespace FASTOPT_ISA
 
 #ifdef FASTOPT_ISA_BASELINE
-void softmax_cross_entropy(const float* logits, const void* target, TargetKind kind, const LossParams& p,
-                           float* loss, float* dlogits, float* stats) {
+void softmax_cross_entropy(const float* logits, const void* target, TargetKind kind, const LossParams& p, float* loss,
+                           float* dlogits, float* stats) {
   FASTOPT_CPU_DISPATCH(softmax_cross_entropy(logits, target, kind, p, loss, dlogits, stats))
 }
-void softmax_cross_entropy(const bf16* logits, const void* target, TargetKind kind, const LossParams& p,
-                           float* loss, bf16* dlogits, float* stats) {
+void softmax_cross_entropy(const bf16* logits, const void* target, TargetKind kind, const LossParams& p, float* loss,
+                           bf16* dlogits, float* stats) {
   FASTOPT_CPU_DISPATCH(softmax_cross_entropy(logits, target, kind, p, loss, dlogits, stats))
 }
 #endif

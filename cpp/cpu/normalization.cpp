@@ -35,33 +35,34 @@
 
 namespace fastopt::cpu {
 
-FASTOPT_FOR_EACH_ISA(
-    void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y,
-                                  float* mean, float* rstd, float* running_mean, float* running_var,
-                                  double factor, double eps);
-    void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
-                                 float* mean, float* rstd, const float* running_mean, const float* running_var,
-                                 double eps);
-    void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w,
-                             const float* mean, const float* rstd, bool training, float* dx, float* dw, float* db,
-                             bool accumulate);
-    void batch_norm_forward_train(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
-                                  float* mean, float* rstd, float* running_mean, float* running_var,
-                                  double factor, double eps);
-    void batch_norm_forward_eval(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
-                                 float* mean, float* rstd, const float* running_mean, const float* running_var,
-                                 double eps);
-    void batch_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w,
-                             const float* mean, const float* rstd, bool training, bf16* dx, float* dw, float* db,
-                             bool accumulate);
-    void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y,
-                          float* mean, float* rstd, double eps);
-    void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w,
-                           const float* mean, const float* rstd, float* dx, float* dw, float* db, bool accumulate);
-    void row_norm_forward(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
-                          float* mean, float* rstd, double eps);
-    void row_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w,
-                           const float* mean, const float* rstd, bf16* dx, float* dw, float* db, bool accumulate);)
+FASTOPT_FOR_EACH_ISA(void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b,
+                                                   float* y, float* mean, float* rstd, float* running_mean,
+                                                   float* running_var, double factor, double eps);
+                     void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b,
+                                                  float* y, float* mean, float* rstd, const float* running_mean,
+                                                  const float* running_var, double eps);
+                     void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w,
+                                              const float* mean, const float* rstd, bool training, float* dx, float* dw,
+                                              float* db, bool accumulate);
+                     void batch_norm_forward_train(const NormShape& s, const bf16* x, const float* w, const float* b,
+                                                   bf16* y, float* mean, float* rstd, float* running_mean,
+                                                   float* running_var, double factor, double eps);
+                     void batch_norm_forward_eval(const NormShape& s, const bf16* x, const float* w, const float* b,
+                                                  bf16* y, float* mean, float* rstd, const float* running_mean,
+                                                  const float* running_var, double eps);
+                     void batch_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w,
+                                              const float* mean, const float* rstd, bool training, bf16* dx, float* dw,
+                                              float* db, bool accumulate);
+                     void row_norm_forward(const NormShape& s, const float* x, const float* w, const float* b, float* y,
+                                           float* mean, float* rstd, double eps);
+                     void row_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w,
+                                            const float* mean, const float* rstd, float* dx, float* dw, float* db,
+                                            bool accumulate);
+                     void row_norm_forward(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
+                                           float* mean, float* rstd, double eps);
+                     void row_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w,
+                                            const float* mean, const float* rstd, bf16* dx, float* dw, float* db,
+                                            bool accumulate);)
 
 namespace FASTOPT_ISA {
 namespace {
@@ -219,7 +220,8 @@ template <class T>
 void plane_dx(const T* __restrict dy, const T* __restrict x, T* __restrict dx, int64_t n, float mean, float k, float c2,
               float c3) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dx[i] = from_float<T>(norm_backward_dx(to_float(dy[i]), to_float(x[i]) - mean, k, c2, c3));
+  for (int64_t i = 0; i < n; ++i)
+    dx[i] = from_float<T>(norm_backward_dx(to_float(dy[i]), to_float(x[i]) - mean, k, c2, c3));
 }
 
 // Per-channel moments of a 2-d (N, C) batch norm input, into mom[C]: tiles of kTile channels
@@ -259,7 +261,8 @@ void channel_apply(const NormShape& s, const T* x, T* y, const float* hi, const 
   const int64_t N = s.N, C = s.C, S = s.S;
   if (S > 1) {
 #pragma omp parallel for schedule(static)
-    for (int64_t p = 0; p < N * C; ++p) plane_apply(x + p * S, y + p * S, S, hi[p % C], lo[p % C], scale[p % C], shift[p % C]);
+    for (int64_t p = 0; p < N * C; ++p)
+      plane_apply(x + p * S, y + p * S, S, hi[p % C], lo[p % C], scale[p % C], shift[p % C]);
     return;
   }
 #pragma omp parallel for schedule(static)
@@ -267,7 +270,8 @@ void channel_apply(const NormShape& s, const T* x, T* y, const float* hi, const 
     const T* __restrict xr = x + n * C;
     T* __restrict yr = y + n * C;
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) yr[c] = from_float<T>(norm_apply(to_float(xr[c]), hi[c], lo[c], scale[c], shift[c]));
+    for (int64_t c = 0; c < C; ++c)
+      yr[c] = from_float<T>(norm_apply(to_float(xr[c]), hi[c], lo[c], scale[c], shift[c]));
   }
 }
 
@@ -407,24 +411,20 @@ void bn_backward(const NormShape& s, const T* dy, const T* x, const float* w, co
 
 }  // namespace
 
-void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y,
-                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
-                              double eps) {
+void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
+                              float* rstd, float* running_mean, float* running_var, double factor, double eps) {
   bn_forward_train(s, x, w, b, y, mean, rstd, running_mean, running_var, factor, eps);
 }
-void batch_norm_forward_train(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
-                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
-                              double eps) {
+void batch_norm_forward_train(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y, float* mean,
+                              float* rstd, float* running_mean, float* running_var, double factor, double eps) {
   bn_forward_train(s, x, w, b, y, mean, rstd, running_mean, running_var, factor, eps);
 }
-void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
-                             float* mean, float* rstd, const float* running_mean, const float* running_var,
-                             double eps) {
+void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
+                             float* rstd, const float* running_mean, const float* running_var, double eps) {
   bn_forward_eval(s, x, w, b, y, mean, rstd, running_mean, running_var, eps);
 }
-void batch_norm_forward_eval(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
-                             float* mean, float* rstd, const float* running_mean, const float* running_var,
-                             double eps) {
+void batch_norm_forward_eval(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y, float* mean,
+                             float* rstd, const float* running_mean, const float* running_var, double eps) {
   bn_forward_eval(s, x, w, b, y, mean, rstd, running_mean, running_var, eps);
 }
 void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
@@ -515,8 +515,8 @@ void row_backward(const NormShape& s, const T* dy, const T* x, const float* w, c
         if (S == 1) {
 #pragma omp simd
           for (int64_t j = 0; j < Cg; ++j)
-            o[j] = from_float<T>(
-                norm_backward_dx(to_float(gr[j]), to_float(xr[j]) - mu, w ? w[c0 + j] * rs : rs, c2, c3));
+            o[j] = from_float<T>(norm_backward_dx(to_float(gr[j]), to_float(xr[j]) - mu, w ? w[c0 + j] * rs : rs, c2,
+                                                  c3));
         } else {
           for (int64_t j = 0; j < Cg; ++j)
             plane_dx(gr + j * S, xr + j * S, o + j * S, S, mu, w ? w[c0 + j] * rs : rs, c2, c3);
@@ -558,28 +558,24 @@ void row_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const 
 }  // namespace FASTOPT_ISA
 
 #ifdef FASTOPT_ISA_BASELINE
-void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y,
-                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
-                              double eps) {
+void batch_norm_forward_train(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
+                              float* rstd, float* running_mean, float* running_var, double factor, double eps) {
   FASTOPT_CPU_DISPATCH(batch_norm_forward_train(s, x, w, b, y, mean, rstd, running_mean, running_var, factor, eps))
 }
-void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y,
-                             float* mean, float* rstd, const float* running_mean, const float* running_var,
-                             double eps) {
+void batch_norm_forward_eval(const NormShape& s, const float* x, const float* w, const float* b, float* y, float* mean,
+                             float* rstd, const float* running_mean, const float* running_var, double eps) {
   FASTOPT_CPU_DISPATCH(batch_norm_forward_eval(s, x, w, b, y, mean, rstd, running_mean, running_var, eps))
 }
 void batch_norm_backward(const NormShape& s, const float* dy, const float* x, const float* w, const float* mean,
                          const float* rstd, bool training, float* dx, float* dw, float* db, bool accumulate) {
   FASTOPT_CPU_DISPATCH(batch_norm_backward(s, dy, x, w, mean, rstd, training, dx, dw, db, accumulate))
 }
-void batch_norm_forward_train(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
-                              float* mean, float* rstd, float* running_mean, float* running_var, double factor,
-                              double eps) {
+void batch_norm_forward_train(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y, float* mean,
+                              float* rstd, float* running_mean, float* running_var, double factor, double eps) {
   FASTOPT_CPU_DISPATCH(batch_norm_forward_train(s, x, w, b, y, mean, rstd, running_mean, running_var, factor, eps))
 }
-void batch_norm_forward_eval(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y,
-                             float* mean, float* rstd, const float* running_mean, const float* running_var,
-                             double eps) {
+void batch_norm_forward_eval(const NormShape& s, const bf16* x, const float* w, const float* b, bf16* y, float* mean,
+                             float* rstd, const float* running_mean, const float* running_var, double eps) {
   FASTOPT_CPU_DISPATCH(batch_norm_forward_eval(s, x, w, b, y, mean, rstd, running_mean, running_var, eps))
 }
 void batch_norm_backward(const NormShape& s, const bf16* dy, const bf16* x, const float* w, const float* mean,

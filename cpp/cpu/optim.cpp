@@ -78,7 +78,7 @@ void update_chunk(const TensorRef& tr, const StepScalars& s, float gmul, int64_t
     const T* g = static_cast<const T*>(tr.grad) + b;
     auto go = [&](auto rounding) {
       update_range<K, decltype(rounding)::value>(s, gmul, p, g, at(tr.master), at(tr.state[0]), at(tr.state[1]),
-                                                  at(tr.state[2]), e - b, seed, tensor, t, b);
+                                                 at(tr.state[2]), e - b, seed, tensor, t, b);
     };
     if constexpr (std::is_same_v<T, float>) {
       go(std::integral_constant<Rounding, Rounding::nearest>{});
@@ -117,10 +117,8 @@ StepOutcome optim_step(const StepRequest& req) {
   std::vector<StepScalars> scalars(req.num_tensors);
   for (int64_t t = 0; t < req.num_tensors; ++t) {
     const int32_t g = req.tensors[t].group;
-    if (t > 0 && g == req.tensors[t - 1].group && req.steps[t] == req.steps[t - 1])
-      scalars[t] = scalars[t - 1];
-    else
-      scalars[t] = prepare_step(req.groups[g], req.groups[g].kind, req.steps[t] + 1);
+    if (t > 0 && g == req.tensors[t - 1].group && req.steps[t] == req.steps[t - 1]) scalars[t] = scalars[t - 1];
+    else scalars[t] = prepare_step(req.groups[g], req.groups[g].kind, req.steps[t] + 1);
   }
 
   const std::vector<Chunk> chunks = make_chunks(req.num_tensors, [&](int64_t t) { return req.tensors[t].numel; });
@@ -134,8 +132,9 @@ StepOutcome optim_step(const StepRequest& req) {
     dispatch_kind(req.groups[tr.group].kind, [&](auto tag) {
       // GradScaler's scales are powers of two, so folding 1/scale into the multiplier rounds
       // exactly as unscaling the gradients first would.
-      update_chunk<decltype(tag)::value>(tr, s, coef * s.sign * req.inv_scale, ch.begin, ch.end, req.groups[tr.group].seed,
-                                         static_cast<uint32_t>(ch.tensor), req.steps[ch.tensor] + 1);
+      update_chunk<decltype(tag)::value>(tr, s, coef * s.sign * req.inv_scale, ch.begin, ch.end,
+                                         req.groups[tr.group].seed, static_cast<uint32_t>(ch.tensor),
+                                         req.steps[ch.tensor] + 1);
     });
   }
   for (int64_t t = 0; t < req.num_tensors; ++t) ++req.steps[t];

@@ -30,8 +30,7 @@ namespace fastopt::cpu {
 FASTOPT_FOR_EACH_ISA(void max_pool2d_forward(const Pool2dShape& s, const float* x, float* y, int32_t* indices);
                      void max_pool2d_forward(const Pool2dShape& s, const bf16* x, bf16* y, int32_t* indices);
                      void max_pool2d_backward(const Pool2dShape& s, const bf16* dy, const int32_t* indices, bf16* dx);
-                     void max_pool2d_backward(const Pool2dShape& s, const float* dy, const int32_t* indices,
-                                              float* dx);
+                     void max_pool2d_backward(const Pool2dShape& s, const float* dy, const int32_t* indices, float* dx);
                      void global_avg_pool_forward(const float* x, float* y, int64_t planes, int64_t hw);
                      void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_t hw);
                      void global_avg_pool_forward(const bf16* x, bf16* y, int64_t planes, int64_t hw);
@@ -77,9 +76,18 @@ void max_pool2d_forward_2x2(const Pool2dShape& s, const T* x, T* y, int32_t* ind
       float best = to_float(x0[2 * q]);
       int32_t at = f0 + 2 * q;
       const float b = to_float(x0[2 * q + 1]), c = to_float(x1[2 * q]), d = to_float(x1[2 * q + 1]);
-      if (max_pool_takes(b, best)) { best = b; at = f0 + 2 * q + 1; }
-      if (max_pool_takes(c, best)) { best = c; at = f1 + 2 * q; }
-      if (max_pool_takes(d, best)) { best = d; at = f1 + 2 * q + 1; }
+      if (max_pool_takes(b, best)) {
+        best = b;
+        at = f0 + 2 * q + 1;
+      }
+      if (max_pool_takes(c, best)) {
+        best = c;
+        at = f1 + 2 * q;
+      }
+      if (max_pool_takes(d, best)) {
+        best = d;
+        at = f1 + 2 * q + 1;
+      }
       yr[q] = from_float<T>(best);  // one of the inputs: exact
       ir[q] = at;
     }

@@ -188,10 +188,13 @@ struct Launch {
       Call* call;
       std::tuple<std::decay_t<Args>...>* params;
     } ctx{&call, &params};
-    run_grid(grid, block, smem, (sizeof(std::decay_t<Args>) + ... + 0), [](void* p) {
-      auto* c = static_cast<Ctx*>(p);
-      std::apply(*c->call, *c->params);
-    }, &ctx);
+    run_grid(
+        grid, block, smem, (sizeof(std::decay_t<Args>) + ... + 0),
+        [](void* p) {
+          auto* c = static_cast<Ctx*>(p);
+          std::apply(*c->call, *c->params);
+        },
+        &ctx);
   }
 };
 

@@ -109,9 +109,10 @@ void on_segv(int sig, siginfo_t* info, void* uctx) {
       const bool past_end = q >= reinterpret_cast<uintptr_t>(a.map) + a.map_bytes - kPage;
       char msg[256];
       const int n = std::snprintf(msg, sizeof msg,
-                                  past_end ? "fastopt CUDA emulation: access past the end of a %zu-byte device allocation\n"
-                                           : "fastopt CUDA emulation: host code touched device memory (a %zu-byte "
-                                             "allocation); on a GPU this is a crash\n",
+                                  past_end
+                                      ? "fastopt CUDA emulation: access past the end of a %zu-byte device allocation\n"
+                                      : "fastopt CUDA emulation: host code touched device memory (a %zu-byte "
+                                        "allocation); on a GPU this is a crash\n",
                                   a.nbytes);
       if (n > 0) (void)!write(2, msg, static_cast<size_t>(n));
       break;
@@ -126,7 +127,7 @@ void on_segv(int sig, siginfo_t* info, void* uctx) {
 void install_segv_handler() {
   static std::once_flag once;
   std::call_once(once, [] {
-    struct sigaction sa {};
+    struct sigaction sa{};
     sa.sa_sigaction = on_segv;
     sa.sa_flags = SA_SIGINFO;
     sigemptyset(&sa.sa_mask);
@@ -139,7 +140,8 @@ cudaError_t device_malloc(void** ptr, size_t nbytes) {
   install_segv_handler();
   const size_t span = (std::max<size_t>(nbytes, 1) + 255) / 256 * 256;
   const size_t data_pages = (span + kPage - 1) / kPage * kPage;
-  void* m = mmap(nullptr, data_pages + kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* m = mmap(nullptr, data_pages + kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                 0);
   if (m == MAP_FAILED) return fail(cudaErrorMemoryAllocation);
   Allocation a{static_cast<char*>(m), data_pages + kPage, nbytes, span, false};
   mprotect(a.map + data_pages, kPage, PROT_NONE);
@@ -348,8 +350,10 @@ void run_block(Block& b, unsigned bx, unsigned by, unsigned bz) {
     }
     b.running = -1;
     if (remaining > 0 && b.progress == before) {
-      std::fprintf(stderr, "fastopt CUDA emulation: deadlock in block (%u, %u, %u): %d threads wait at a barrier "
-                   "that the others never reach\n", bx, by, bz, remaining);
+      std::fprintf(stderr,
+                   "fastopt CUDA emulation: deadlock in block (%u, %u, %u): %d threads wait at a barrier "
+                   "that the others never reach\n",
+                   bx, by, bz, remaining);
       std::abort();
     }
   }
@@ -451,9 +455,7 @@ void mma_m16n8k16_bf16(float& d0, float& d1, float& d2, float& d3, const uint32_
   // Lane L = 4 g + t holds A(g + 8 (i%2), 2 t + 8 (i/2) + h) in half h of a[i] and B(2 t + 8 i + h, g)
   // in half h of b[i] (h = 0: the low 16 bits).
   auto half = [](uint32_t word, int h) { return word_float((h ? word >> 16 : word & 0xffffu) << 16); };
-  auto A = [&](int r, int k) {
-    return half(lanes[6 * ((r % 8) * 4 + (k % 8) / 2) + (r / 8) + 2 * (k / 8)], k % 2);
-  };
+  auto A = [&](int r, int k) { return half(lanes[6 * ((r % 8) * 4 + (k % 8) / 2) + (r / 8) + 2 * (k / 8)], k % 2); };
   auto B = [&](int k, int n) { return half(lanes[6 * (n * 4 + (k % 8) / 2) + 4 + k / 8], k % 2); };
   mma_accumulate(d0, d1, d2, d3, lane, 16, A, B);
 }
@@ -600,7 +602,9 @@ cudaError_t cudaFreeHost(void* ptr) {
 
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* ptr) {
   *attr = cudaPointerAttributes{};
-  attr->type = is_device(ptr) ? cudaMemoryTypeDevice : in_pinned_block(ptr) ? cudaMemoryTypeHost : cudaMemoryTypeUnregistered;
+  attr->type = is_device(ptr)         ? cudaMemoryTypeDevice
+               : in_pinned_block(ptr) ? cudaMemoryTypeHost
+                                      : cudaMemoryTypeUnregistered;
   attr->device = is_device(ptr) ? 0 : -1;
   return cudaSuccess;
 }

@@ -5,6 +5,7 @@
 - each `__shared__ T name[...];` is followed by fastopt_emulation::fresh_shared(&name, sizeof name),
   which poisons the variable once per block, as a new block's shared memory holds garbage.
 Usage: rewrite_for_host.py SOURCE OUTPUT"""
+
 import re
 import sys
 
@@ -28,15 +29,17 @@ def declared_names(declaration):
 
 
 def poison(m):
-    return m.group(0) + "".join(f" ::fastopt_emulation::fresh_shared(&{n}, sizeof {n});"
-                                for n in declared_names(m.group(1)))
+    return m.group(0) + "".join(
+        f" ::fastopt_emulation::fresh_shared(&{n}, sizeof {n});" for n in declared_names(m.group(1))
+    )
 
 
 src, out = sys.argv[1], sys.argv[2]
 with open(src) as f:
     text = f.read()
-text = LAUNCH.sub(lambda m: (f"::fastopt_emulation::launch({m.group(2)})"
-                             f"([](auto&... a) {{ {m.group(1)}(a...); }}, "), text)
+text = LAUNCH.sub(
+    lambda m: f"::fastopt_emulation::launch({m.group(2)})([](auto&... a) {{ {m.group(1)}(a...); }}, ", text
+)
 if "<<<" in text:
     sys.exit(f"{src}: a launch the rewrite does not understand remains")
 text = SHARED.sub(poison, text)

@@ -4,12 +4,12 @@ Arrays are NumPy float32 arrays on the CPU and fastopt.DeviceArray (or any CUDA 
 PyTorch) on the GPU; every op runs where its arrays live. fastopt.bfloat16 (ml_dtypes' NumPy
 bfloat16) is the dtype of the mixed-precision kernels and optimizers (CPU; see the README).
 """
+
 from ml_dtypes import bfloat16
 
-from . import _C
-from ._C import DeviceArray
+from . import _C, cuda, functional, nn, optim, reference, schedules
 from ._arrays import empty, to_device, zeros
-from . import cuda, functional, nn, optim, reference, schedules
+from ._C import DeviceArray
 from .functional import clip_grad_norm_, clip_grad_value_, global_norm
 
 __version__ = _C.build_info()["version"]
@@ -41,6 +41,22 @@ def switches():
 
 
 __all__ = [
-    "bfloat16", "DeviceArray", "to_device", "empty", "zeros", "build_info", "switches", "host_cache_info", "empty_host_cache", "cuda", "functional", "nn", "optim",
-    "reference", "schedules", "clip_grad_norm_", "clip_grad_value_", "global_norm",
+    "bfloat16",
+    "DeviceArray",
+    "to_device",
+    "empty",
+    "zeros",
+    "build_info",
+    "switches",
+    "host_cache_info",
+    "empty_host_cache",
+    "cuda",
+    "functional",
+    "nn",
+    "optim",
+    "reference",
+    "schedules",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "global_norm",
 ]

@@ -4,6 +4,7 @@ Each helper returns the plain Python value it checked and raises TypeError for t
 value, ValueError for a value out of range, both naming the argument. Nothing is converted that
 would hide a mistake: a bool is not a number, a str is not a number, a float is not an integer.
 """
+
 import math
 import numbers
 import operator
@@ -39,7 +40,7 @@ def _check_interval(v, name, low, high, low_open, high_open, finite=False):
     raise ValueError(f"{name}: must {need}, got {v!r}")
 
 
-_INT64 = (-2**63, 2**63 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def integer(v, name, low=-math.inf, high=math.inf):

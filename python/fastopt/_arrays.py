@@ -7,6 +7,7 @@ devices, names dtypes and allocates state.
 bfloat16 is ml_dtypes' NumPy dtype on the host (fastopt.bfloat16), torch.bfloat16 for tensors;
 dtype_of maps both to numpy.dtype(bfloat16), and every bf16 op returns ml_dtypes arrays.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -46,13 +47,17 @@ def to_device(array: ArrayLike, device: Device = "cuda", stream: Stream = 0, non
     return _C.to_device(np.ascontiguousarray(array), _device_index(device), stream, bool(non_blocking))
 
 
-def empty(shape: Sequence[int], dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0) -> np.ndarray | DeviceArray:
+def empty(
+    shape: Sequence[int], dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0
+) -> np.ndarray | DeviceArray:
     if device == "cpu":
         return np.empty(shape, dtype)
     return _C.empty(shape, np.dtype(dtype), _device_index(device), stream)
 
 
-def zeros(shape: Sequence[int], dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0) -> np.ndarray | DeviceArray:
+def zeros(
+    shape: Sequence[int], dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0
+) -> np.ndarray | DeviceArray:
     if device == "cpu":
         return np.zeros(shape, dtype)
     return _C.zeros(shape, np.dtype(dtype), _device_index(device), stream)
@@ -102,7 +107,9 @@ def dtype_of(x: object) -> np.dtype | None:
     return None
 
 
-def full(shape: Sequence[int], value: float, dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0) -> np.ndarray | DeviceArray:
+def full(
+    shape: Sequence[int], value: float, dtype: DTypeLike = np.float32, device: Device = "cuda", stream: Stream = 0
+) -> np.ndarray | DeviceArray:
     """An array of this shape on `device` ('cpu' too) filled with value."""
     if device == "cpu":
         return np.full(shape, value, dtype)
@@ -126,6 +133,7 @@ def to_numpy(x: Array) -> np.ndarray:
     if _is_torch(x) and x.device.type == "cpu":
         if dtype_of(x) == BFLOAT16:  # torch has no NumPy bf16: reinterpret the bits
             import torch
+
             return x.detach().view(torch.int16).numpy().view(BFLOAT16).copy()
         return x.detach().numpy().copy()
     out = np.empty(tuple(x.shape), dtype_of(x))

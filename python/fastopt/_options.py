@@ -1,6 +1,7 @@
 """Options of the command lines (`fastopt train`, `fastopt bench`) checked by the same rules as the
 trainer's config (fastopt._args): argparse turns a value the rule refuses into a one-line usage
 error (`error: argument --lr: must be a finite number >= 0, got nan`, exit code 2)."""
+
 import argparse
 import math
 import os
@@ -21,12 +22,14 @@ def check(name, value, kind, low=None, high=None, low_open=False):
 
 def arg_type(kind, low=None, high=None, low_open=False):
     """An argparse `type=` that parses an int or a float and applies check()."""
+
     def parse(text):
         try:
             value = int(text) if kind == "int" else float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind == 'int' else 'a number'}, "
-                                             f"got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind == 'int' else 'a number'}, got {text!r}"
+            ) from None
         try:
             return check("value", value, kind, low, high, low_open)
         except ValueError as e:  # argparse names the option itself

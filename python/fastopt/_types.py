@@ -1,5 +1,6 @@
 """Type aliases of the public signatures. Annotations only: nothing here is checked at run time
 (the checks are _args' and the native layer's)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -42,4 +43,16 @@ Device = Union[str, int]  # 'cpu', 'cuda', 'cuda:N' or N
 IntPair = Union[int, tuple[int, int], list[int]]  # an int or an (h, w) pair
 Shape = Union[int, tuple[int, ...], list[int]]
 
-__all__ = ["Array", "Arrays", "CudaArray", "Device", "DTypeLike", "HasParamGroups", "Initializer", "IntPair", "Params", "Shape", "Stream"]
+__all__ = [
+    "Array",
+    "Arrays",
+    "CudaArray",
+    "Device",
+    "DTypeLike",
+    "HasParamGroups",
+    "Initializer",
+    "IntPair",
+    "Params",
+    "Shape",
+    "Stream",
+]

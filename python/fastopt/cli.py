@@ -1,5 +1,6 @@
 """The `fastopt` console script: `fastopt train`, `fastopt evaluate`, `fastopt transfer`, `fastopt info` and
 `fastopt bench [SUITE]`."""
+
 import argparse
 import importlib
 import json
@@ -25,7 +26,7 @@ def _info(args):
         print(f"{key:<{width}}  {value}")
     if not info["gpus"]:
         print(f"{'':<{width}}  (no usable GPU: fastopt runs on the CPU)")
-    print("\nenvironment switches (README, \"Environment switches\"):")
+    print('\nenvironment switches (README, "Environment switches"):')
     width = max(len(s["name"]) for s in switches)
     for s in switches:
         value = "unset" if s["value"] is None else repr(s["value"])
@@ -41,8 +42,15 @@ def _bench(args):
 
 # `fastopt bench SUITE ...` hands the rest of the command line to that suite's own main();
 # `fastopt bench ...` without a suite times the optimizers.
-SUITES = {"normalization": "normalization", "dropout": "dropout", "conv2d": "conv2d", "train": "train",
-          "torch": "torch_suite", "loader": "loader", "distributed": "distributed"}
+SUITES = {
+    "normalization": "normalization",
+    "dropout": "dropout",
+    "conv2d": "conv2d",
+    "train": "train",
+    "torch": "torch_suite",
+    "loader": "loader",
+    "distributed": "distributed",
+}
 
 
 def main(argv=None):
@@ -64,17 +72,24 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastopt", description="fastopt: fused training kernels")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train a small CNN on digits or your own images, --data (fastopt train --help)")
-    sub.add_parser("evaluate", help="accuracy, top-5, confusion matrix and ensembles of checkpoints (fastopt evaluate "
-                                    "--help)")
-    sub.add_parser("transfer", help="pretrain on digits 0-4, learn 5-9 from K images per class: scratch, linear "
-                                    "probe, fine-tune (fastopt transfer --help)")
+    sub.add_parser(
+        "evaluate", help="accuracy, top-5, confusion matrix and ensembles of checkpoints (fastopt evaluate --help)"
+    )
+    sub.add_parser(
+        "transfer",
+        help="pretrain on digits 0-4, learn 5-9 from K images per class: scratch, linear "
+        "probe, fine-tune (fastopt transfer --help)",
+    )
     p_info = sub.add_parser("info", help="how fastopt was built, and the devices it sees")
     p_info.add_argument("--json", action="store_true")
     p_info.set_defaults(func=_info)
-    p_bench = sub.add_parser("bench", help="time the optimizers against copy bandwidth, NumPy and torch",
-                             description="Time fastopt's optimizer steps against the copy bandwidth, the "
-                                         "NumPy reference and torch (foreach, fused); writes JSON, Markdown, PNG.",
-                             epilog=f"Other suites: fastopt bench {{{','.join(SUITES)}}} --help")
+    p_bench = sub.add_parser(
+        "bench",
+        help="time the optimizers against copy bandwidth, NumPy and torch",
+        description="Time fastopt's optimizer steps against the copy bandwidth, the "
+        "NumPy reference and torch (foreach, fused); writes JSON, Markdown, PNG.",
+        epilog=f"Other suites: fastopt bench {{{','.join(SUITES)}}} --help",
+    )
     bench_options.add_arguments(p_bench)
     p_bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)

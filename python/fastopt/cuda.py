@@ -1,4 +1,5 @@
 """GPU queries. Importing fastopt never needs a GPU or a driver; these answer at run time."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -52,7 +53,9 @@ def versions() -> tuple[int, int]:
     return _C.cuda.runtime_version(), _C.cuda.driver_version()
 
 
-def set_allocator(alloc: Callable[[int, int, int], int] | None, free: Callable[[int, int, int, int], None] | None) -> None:
+def set_allocator(
+    alloc: Callable[[int, int, int], int] | None, free: Callable[[int, int, int, int], None] | None
+) -> None:
     """Make fastopt's GPU arrays with `alloc(nbytes, device, stream) -> int address` and release
     them with `free(address, nbytes, device, stream)` instead of fastopt's own stream-ordered pool;
     `set_allocator(None, None)` returns to the pool. An array is always freed by the allocator

@@ -9,6 +9,7 @@ of the training split, optional whitening) that the loader applies batch by batc
 checkpoint stores for evaluation. `Dataset.inputs` gives network inputs either way. Labels are
 int32.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +38,7 @@ class Dataset:
     mean: float  # training-set statistics used to standardize every split (per channel: tuples)
     std: float
     preprocess: object = None  # fastopt.preprocess.Preprocess of raw splits; None: splits are inputs already
-    classes: tuple = None      # class names, when the data has them
+    classes: tuple = None  # class names, when the data has them
 
     @property
     def background(self):
@@ -73,8 +74,9 @@ def _standardize(name, images, labels, fractions, seed, num_classes):
     train, val, test = _stratified(labels, fractions, rng)
     mean = float(images[train].mean())
     std = float(images[train].std())
-    splits = [Split(((images[i] - mean) / std).astype(np.float32), labels[i].astype(np.int32))
-              for i in (train, val, test)]
+    splits = [
+        Split(((images[i] - mean) / std).astype(np.float32), labels[i].astype(np.int32)) for i in (train, val, test)
+    ]
     return Dataset(name, *splits, num_classes, mean, std)
 
 
@@ -85,8 +87,9 @@ def load_digits(val_fraction=0.1, test_fraction=0.2, seed=0):
     val_fraction = _args.finite(val_fraction, "val_fraction", 0.0, 1.0, high_open=True)
     test_fraction = _args.finite(test_fraction, "test_fraction", 0.0, 1.0, high_open=True)
     if val_fraction + test_fraction >= 1.0:
-        raise ValueError(f"val_fraction + test_fraction: must be < 1 (no training images left), got "
-                         f"{val_fraction} + {test_fraction}")
+        raise ValueError(
+            f"val_fraction + test_fraction: must be < 1 (no training images left), got {val_fraction} + {test_fraction}"
+        )
     _args.integer(seed, "seed", 0)
     try:
         from sklearn.datasets import load_digits as sk_digits
@@ -98,9 +101,17 @@ def load_digits(val_fraction=0.1, test_fraction=0.2, seed=0):
     return _standardize("digits", images, d.target, fractions, seed, 10)
 
 
-
-def load(path, image_size=None, whiten="", whiten_eps=1e-2, val_fraction=0.1, test_fraction=0.1, seed=0,
-         layout="auto", preprocess=None):
+def load(
+    path,
+    image_size=None,
+    whiten="",
+    whiten_eps=1e-2,
+    val_fraction=0.1,
+    test_fraction=0.1,
+    seed=0,
+    layout="auto",
+    preprocess=None,
+):
     """A user's data set: an .npz file or an ImageFolder (fastopt.datafiles), its missing splits
     drawn stratified from the training images by `seed`, its preprocessing fitted on the training
     split (per-channel mean/std, then `whiten` "pca"/"zca" if asked) unless `preprocess` (a
@@ -118,8 +129,10 @@ def load(path, image_size=None, whiten="", whiten_eps=1e-2, val_fraction=0.1, te
     if missing:
         share = {s: fractions[s] for s in missing}
         if sum(share.values()) >= 1.0:
-            raise ValueError(f"val_fraction + test_fraction: must be < 1 (no training images left), got "
-                             f"{val_fraction} + {test_fraction}")
+            raise ValueError(
+                f"val_fraction + test_fraction: must be < 1 (no training images left), got "
+                f"{val_fraction} + {test_fraction}"
+            )
         parts = _stratified(y, [1.0 - sum(share.values())] + list(share.values()), np.random.default_rng(seed))
         for split, idx in zip(missing, parts[1:]):
             arrays[split] = (x[idx], y[idx])
@@ -128,5 +141,12 @@ def load(path, image_size=None, whiten="", whiten_eps=1e-2, val_fraction=0.1, te
         raise ValueError(f"{path}: no training images left after taking the validation and test splits")
     pre = preprocess if preprocess is not None else fitting.fit(x, whiten, whiten_eps, seed)
     splits = [Split(x, y)] + [Split(*arrays[s]) for s in ("val", "test")]
-    return Dataset(name, *splits, num_classes, tuple(pre.mean.tolist()), tuple(pre.std.tolist()), pre,
-                   None if classes is None else tuple(classes))
+    return Dataset(
+        name,
+        *splits,
+        num_classes,
+        tuple(pre.mean.tolist()),
+        tuple(pre.std.tolist()),
+        pre,
+        None if classes is None else tuple(classes),
+    )

@@ -14,6 +14,7 @@ file and the array or image.
   threads, as RGB (grayscale when every image is), resized to image_size x image_size when given;
   otherwise every image must have the same size.
 """
+
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -39,8 +40,9 @@ def read(path, image_size=None, layout="auto"):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or folder (--data takes an .npz file or an ImageFolder)")
     if image_size is not None:
-        raise ValueError(f"image_size: resizes an ImageFolder's images; {path} is an array file, its images are used "
-                         "as they are")
+        raise ValueError(
+            f"image_size: resizes an ImageFolder's images; {path} is an array file, its images are used as they are"
+        )
     return _read_npz(path, layout)
 
 
@@ -58,8 +60,10 @@ def _read_npz(path, layout):
         names = set(z.files)
         for need in ("x_train", "y_train"):
             if need not in names:
-                raise ValueError(f"{path}: no {need!r} array (it holds {', '.join(sorted(names)) or 'nothing'}); "
-                                 "expected x_train, y_train and optionally x_val, y_val, x_test, y_test")
+                raise ValueError(
+                    f"{path}: no {need!r} array (it holds {', '.join(sorted(names)) or 'nothing'}); "
+                    "expected x_train, y_train and optionally x_val, y_val, x_test, y_test"
+                )
         arrays, shape = {}, None
         for split in SPLITS:
             xn, yn = f"x_{split}", f"y_{split}"
@@ -85,8 +89,10 @@ def _array(z, path, name):
     try:
         return z[name]
     except ValueError as e:  # an object array (images of several sizes, say) needs pickle
-        raise ValueError(f"{path}: {name!r} is not a plain numeric array ({e}); images of mixed sizes must be "
-                         "resized to one size first") from None
+        raise ValueError(
+            f"{path}: {name!r} is not a plain numeric array ({e}); images of mixed sizes must be "
+            "resized to one size first"
+        ) from None
     except Exception as e:
         raise ValueError(f"{path}: {name!r} is unreadable ({type(e).__name__}: {e})") from None
 
@@ -104,8 +110,9 @@ def _images(path, name, x, layout):
     if layout == "auto":
         first, last = x.shape[1] in _CHANNELS, x.shape[3] in _CHANNELS
         if first == last:
-            raise ValueError(f"{path}: {name} has shape {x.shape}: cannot tell NCHW from NHWC; give --layout "
-                             "nchw or nhwc")
+            raise ValueError(
+                f"{path}: {name} has shape {x.shape}: cannot tell NCHW from NHWC; give --layout nchw or nhwc"
+            )
         layout = "nchw" if first else "nhwc"
     if layout == "nhwc":
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
@@ -131,14 +138,18 @@ def _check_label_range(path, arrays, classes):
         if len(y) and y.min() < 0:
             raise ValueError(f"{path}: y_{split}[{int(np.argmin(y))}] is {int(y.min())}; labels must be >= 0")
         if limit is not None and len(y) and y.max() >= limit:
-            raise ValueError(f"{path}: y_{split}[{int(np.argmax(y))}] is {int(y.max())}, out of range for the "
-                             f"{limit} names in class_names")
+            raise ValueError(
+                f"{path}: y_{split}[{int(np.argmax(y))}] is {int(y.max())}, out of range for the "
+                f"{limit} names in class_names"
+            )
     if limit is None:
         top = int(arrays["train"][1].max())
         for split, (_, y) in arrays.items():
             if len(y) and y.max() > top:
-                raise ValueError(f"{path}: y_{split}[{int(np.argmax(y))}] is {int(y.max())}, a class no training "
-                                 f"image has (y_train's labels go up to {top})")
+                raise ValueError(
+                    f"{path}: y_{split}[{int(np.argmax(y))}] is {int(y.max())}, a class no training "
+                    f"image has (y_train's labels go up to {top})"
+                )
 
 
 # ------------------------------------------------------------------------------ ImageFolder
@@ -152,12 +163,15 @@ def _read_folder(root, image_size):
     if "train" not in split_roots:
         split_roots = {"train": root}
     elif set(subs) - set(split_roots):
-        raise ValueError(f"{root}: has a train/ folder and also {sorted(set(subs) - set(split_roots))[0]}/; either "
-                         "one folder per class, or train/ (val/, test/) each holding one folder per class")
+        raise ValueError(
+            f"{root}: has a train/ folder and also {sorted(set(subs) - set(split_roots))[0]}/; either "
+            "one folder per class, or train/ (val/, test/) each holding one folder per class"
+        )
     classes = _class_folders(split_roots["train"])
     if not classes:
-        raise ValueError(f"{split_roots['train']}: no class folders (an ImageFolder holds one subfolder of images "
-                         "per class)")
+        raise ValueError(
+            f"{split_roots['train']}: no class folders (an ImageFolder holds one subfolder of images per class)"
+        )
     files = {}
     for split, folder in split_roots.items():
         found = _class_folders(folder)
@@ -199,8 +213,10 @@ def _decode(files, image_size):
                 sizes.setdefault(size, f)
             if len(sizes) > 1:
                 (a, fa), (b, fb) = list(sizes.items())[:2]
-                raise ValueError(f"images of mixed sizes: {fa} is {a[0]}x{a[1]}, {fb} is {b[0]}x{b[1]}; give "
-                                 "--image-size to resize them all")
+                raise ValueError(
+                    f"images of mixed sizes: {fa} is {a[0]}x{a[1]}, {fb} is {b[0]}x{b[1]}; give "
+                    "--image-size to resize them all"
+                )
         mode = "L" if gray else "RGB"
 
         def load(f):

@@ -11,6 +11,7 @@ sanity: with regularization off (no weight decay, dropout, label smoothing or au
 guess over C classes; (2) the network drives a small training subset to ~100% accuracy. A
 network failing either has a bug (initialization, wiring, gradients) that no tuning will fix.
 """
+
 import math
 from dataclasses import replace
 
@@ -31,8 +32,9 @@ def _loss(trainer, x, y, rng, indices):
     logits = trainer.model.forward(x, training=True)
     loss = trainer.loss_fn.forward(logits, y, training=True)
     trainer.model.backward(trainer.loss_fn.backward())
-    trainer.optimizer.step(trainer.store.grads_for(trainer.optimizer),
-                           max_grad_norm=trainer.config.max_grad_norm or None)
+    trainer.optimizer.step(
+        trainer.store.grads_for(trainer.optimizer), max_grad_norm=trainer.config.max_grad_norm or None
+    )
     return float(loss)
 
 
@@ -55,7 +57,7 @@ def lr_find(model, data, config, start=1e-7, end=10.0, steps=100):
             lr = start * (end / start) ** (k / max(steps - 1, 1))
             for group, s in zip(trainer.optimizer.param_groups, scales):
                 group["lr"] = lr * s
-            loss = _loss(trainer, x, y, rng, batches.order[b * config.batch_size:(b + 1) * config.batch_size])
+            loss = _loss(trainer, x, y, rng, batches.order[b * config.batch_size : (b + 1) * config.batch_size])
             trainer.step += 1
             if not math.isfinite(loss):
                 stopped = f"loss {loss} at lr {lr:.3g}"
@@ -73,8 +75,14 @@ def lr_find(model, data, config, start=1e-7, end=10.0, steps=100):
     if not smoothed:
         raise TrainingStopped(f"lr_find: the loss was not finite from the first step ({stopped})")
     at_min = lrs[int(np.argmin(smoothed))]
-    return {"lr": lrs, "loss": losses, "smoothed": smoothed, "min_loss_lr": at_min, "suggested_lr": at_min / 10,
-            "stopped": stopped or f"{steps} steps done"}
+    return {
+        "lr": lrs,
+        "loss": losses,
+        "smoothed": smoothed,
+        "min_loss_lr": at_min,
+        "suggested_lr": at_min / 10,
+        "stopped": stopped or f"{steps} steps done",
+    }
 
 
 def plot_lr_find(result, path):
@@ -88,8 +96,13 @@ def plot_lr_find(result, path):
     ax.plot(result["lr"], result["smoothed"], label="smoothed")
     ax.axvline(result["suggested_lr"], color="C3", ls="--", label=f"suggested {result['suggested_lr']:.2g}")
     top = min(max(result["smoothed"]), DIVERGED * min(result["smoothed"]))
-    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="learning-rate range test",
-           ylim=(None, top * 1.05))
+    ax.set(
+        xscale="log",
+        xlabel="learning rate",
+        ylabel="training loss",
+        title="learning-rate range test",
+        ylim=(None, top * 1.05),
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -104,12 +117,28 @@ def sanity(make_model, data, config, subset=20, steps=200, tolerance=0.25, targe
     "overfit_ok", "passed"}. The initial loss passes within `tolerance` x log(C) of log(C): a
     network whose logits start with a spread of order 1 (He-initialized layers, a head of fan-in
     scale) sits within ~0.5 of it; one whose logits start large (a scale bug) is far above."""
-    quiet = dict(weight_decay=0.0, label_smoothing=0.0, max_shift=0, cutout=0, flip=False, brightness=0.0,
-                 contrast=0.0, mixup=0.0, ema=0.0, progress=False, snapshots=0,
-                 cutmix=0.0, crop_scale=0.0, rotation=0.0, pca_jitter=0.0, alt_flip=False, tta="")
+    quiet = dict(
+        weight_decay=0.0,
+        label_smoothing=0.0,
+        max_shift=0,
+        cutout=0,
+        flip=False,
+        brightness=0.0,
+        contrast=0.0,
+        mixup=0.0,
+        ema=0.0,
+        progress=False,
+        snapshots=0,
+        cutmix=0.0,
+        crop_scale=0.0,
+        rotation=0.0,
+        pca_jitter=0.0,
+        alt_flip=False,
+        tta="",
+    )
     rng = np.random.default_rng([config.seed, 3])
     first = Trainer(make_model(), data, replace(config, **quiet))
-    take = rng.permutation(len(data.train))[:max(subset, config.batch_size)]
+    take = rng.permutation(len(data.train))[: max(subset, config.batch_size)]
     x = first._to_device(data.inputs(data.train.x[take]))
     y = first._to_device(data.train.y[take])
     initial = float(first.loss_fn.forward(first.model.forward(x, training=True), y, training=False))
@@ -119,8 +148,11 @@ def sanity(make_model, data, config, subset=20, steps=200, tolerance=0.25, targe
     tiny = datasets.Split(data.train.x[idx], data.train.y[idx])
     small = replace(data, train=tiny, val=tiny, test=tiny)
     # Full batches at a constant lr: each "epoch" is one step on the whole subset.
-    overfit = Trainer(make_model(), small, replace(config, **quiet, epochs=steps, batch_size=subset,
-                                                   warmup_epochs=0.0, min_lr_ratio=1.0, patience=steps))
+    overfit = Trainer(
+        make_model(),
+        small,
+        replace(config, **quiet, epochs=steps, batch_size=subset, warmup_epochs=0.0, min_lr_ratio=1.0, patience=steps),
+    )
     note = ""
     try:
         for _ in range(steps):
@@ -128,10 +160,18 @@ def sanity(make_model, data, config, subset=20, steps=200, tolerance=0.25, targe
     except TrainingStopped as e:
         note, metrics = str(e), {"train_loss": math.inf, "train_acc": 0.0}
     after = overfit.evaluate(tiny)
-    result = {"initial_loss": initial, "log_classes": log_c, "initial_ok": abs(initial - log_c) <= tolerance * log_c,
-              "subset": len(idx), "steps": steps, "overfit_loss": metrics["train_loss"],
-              "overfit_acc": metrics["train_acc"], "overfit_eval_acc": after["acc"],
-              "overfit_ok": metrics["train_acc"] >= target_acc, "note": note}
+    result = {
+        "initial_loss": initial,
+        "log_classes": log_c,
+        "initial_ok": abs(initial - log_c) <= tolerance * log_c,
+        "subset": len(idx),
+        "steps": steps,
+        "overfit_loss": metrics["train_loss"],
+        "overfit_acc": metrics["train_acc"],
+        "overfit_eval_acc": after["acc"],
+        "overfit_ok": metrics["train_acc"] >= target_acc,
+        "note": note,
+    }
     result["passed"] = result["initial_ok"] and result["overfit_ok"]
     return result
 
@@ -139,11 +179,13 @@ def sanity(make_model, data, config, subset=20, steps=200, tolerance=0.25, targe
 def sanity_report(r):
     """The checks as lines of text, pass/fail with their numbers."""
     mark = lambda ok: "PASS" if ok else "FAIL"
-    lines = [f"{mark(r['initial_ok'])} initial loss {r['initial_loss']:.4f} vs log(C) = {r['log_classes']:.4f} "
-             f"(regularization off; within 25% expected)",
-             f"{mark(r['overfit_ok'])} overfit {r['subset']} training images in {r['steps']} full-batch steps: "
-             f"train loss {r['overfit_loss']:.4f}, train acc {r['overfit_acc']:.4f} (eval mode "
-             f"{r['overfit_eval_acc']:.4f}; ~1.0 expected)"]
+    lines = [
+        f"{mark(r['initial_ok'])} initial loss {r['initial_loss']:.4f} vs log(C) = {r['log_classes']:.4f} "
+        f"(regularization off; within 25% expected)",
+        f"{mark(r['overfit_ok'])} overfit {r['subset']} training images in {r['steps']} full-batch steps: "
+        f"train loss {r['overfit_loss']:.4f}, train acc {r['overfit_acc']:.4f} (eval mode "
+        f"{r['overfit_eval_acc']:.4f}; ~1.0 expected)",
+    ]
     if r["note"]:
         lines.append(f"     stopped: {r['note']}")
     lines.append(f"sanity checks {'passed' if r['passed'] else 'FAILED'}")

@@ -10,6 +10,7 @@ as the trainer does. Splits the data does not give are drawn by the checkpoint's
 training, so the test images are the ones training never saw; checkpoints trained with different
 seeds on such data are refused (each one's test split holds others' training images).
 """
+
 import argparse
 import json
 import os
@@ -42,13 +43,17 @@ class Member:
 def _spec_of(meta, path, expect):
     spec = meta.get("model_spec")
     if not spec or "mean" not in (meta.get("data_arrays") or {}):
-        raise CheckpointError(f"{path}: records no architecture or input normalization (written by an older fastopt "
-                              "train): train again to evaluate it")
+        raise CheckpointError(
+            f"{path}: records no architecture or input normalization (written by an older fastopt "
+            "train): train again to evaluate it"
+        )
     named = {k: v for k, v in (expect or {}).items() if v is not None}
     differ = {k: v for k, v in named.items() if spec.get(k) != v}
     if differ:
-        raise CheckpointError(f"{path}: a checkpoint of another architecture: it holds {spec['model']} (width "
-                              f"{spec.get('width')}), not the {', '.join(f'{k} {v}' for k, v in differ.items())} asked for")
+        raise CheckpointError(
+            f"{path}: a checkpoint of another architecture: it holds {spec['model']} (width "
+            f"{spec.get('width')}), not the {', '.join(f'{k} {v}' for k, v in differ.items())} asked for"
+        )
     return spec
 
 
@@ -67,9 +72,11 @@ def load_member(path, device="cpu", expect=None):
     theirs = {k: np.shape(v) for k, v in weights.items()}
     if mine != theirs:
         wrong = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))[0]
-        raise CheckpointError(f"{path}: its weights are of another architecture than the {spec['model']} (width "
-                              f"{spec.get('width')}) it names ({wrong}: shape {theirs.get(wrong)} in the file, "
-                              f"{mine.get(wrong)} in the network)")
+        raise CheckpointError(
+            f"{path}: its weights are of another architecture than the {spec['model']} (width "
+            f"{spec.get('width')}) it names ({wrong}: shape {theirs.get(wrong)} in the file, "
+            f"{mine.get(wrong)} in the network)"
+        )
     model.load_state_dict(weights)
     model.load_extra_state(meta.get("extra_state", {}))
     pre = Preprocess.from_checkpoint((meta.get("data") or {}).get("preprocess", {}), meta["data_arrays"])
@@ -84,7 +91,7 @@ def predict(member, x, batch_size=512, tta=""):
     fill = (member.meta.get("data") or {}).get("background", 0.0)  # what the trainer padded with
     out = []
     for lo in range(0, len(x), batch_size):
-        inputs = member.preprocess(x[lo:lo + batch_size])
+        inputs = member.preprocess(x[lo : lo + batch_size])
         inputs = inputs if device == "cpu" else _arrays.to_device(inputs, device)
         logits = eval_logits(member.model, inputs, tta, pad, fill)
         z = np.asarray(_arrays.to_numpy(logits), np.float64)
@@ -99,8 +106,11 @@ def scores(probs, y, k=5):
     k = min(k, probs.shape[1])
     topk = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     n = len(y)
-    return {"acc": float(np.mean(topk[:, 0] == y)), f"top{k}": float(np.mean((topk == y[:, None]).any(axis=1))),
-            "nll": float(-np.mean(np.log(np.maximum(probs[np.arange(n), y], 1e-300))))}
+    return {
+        "acc": float(np.mean(topk[:, 0] == y)),
+        f"top{k}": float(np.mean((topk == y[:, None]).any(axis=1))),
+        "nll": float(-np.mean(np.log(np.maximum(probs[np.arange(n), y], 1e-300)))),
+    }
 
 
 def confusion(pred, y, num_classes):
@@ -125,8 +135,15 @@ def plot_confusion(matrix, classes, path, title):
         for i in range(c):
             for j in range(c):
                 if matrix[i, j]:
-                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if rates[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(matrix[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if rates[i, j] > 0.5 else "black",
+                    )
         ax.set_xticks(range(c), classes, rotation=90)
         ax.set_yticks(range(c), classes)
     ax.set(xlabel="predicted", ylabel="true", title=title)
@@ -150,9 +167,11 @@ def load_split(members, path, split, image_size=None, layout="auto"):
     first = members[0]
     seeds = sorted({m.seed for m in members})
     if len(seeds) > 1 and (split == "train" or not _given(path, split)):
-        raise ValueError(f"checkpoints trained with seeds {seeds}: the {split} split is drawn by the seed, so each "
-                         f"one's {split} images differ (some are others' training images); ensemble runs of one seed, "
-                         "or data with its own x_test / test folder")
+        raise ValueError(
+            f"checkpoints trained with seeds {seeds}: the {split} split is drawn by the seed, so each "
+            f"one's {split} images differ (some are others' training images); ensemble runs of one seed, "
+            "or data with its own x_test / test folder"
+        )
     shape = tuple((first.meta.get("data") or {}).get("shape") or ())
     if path is None:
         d = datasets.load_digits(seed=first.seed)
@@ -172,8 +191,10 @@ def _check_fit(member, x, num_classes):
     spec = member.meta.get("model_spec") or {}
     trained = tuple((member.meta.get("data") or {}).get("shape") or ())
     if trained and tuple(x.shape[1:]) != trained:
-        raise CheckpointError(f"{member.path}: trained on {'x'.join(map(str, trained))} images (C x H x W), the data's "
-                              f"are {'x'.join(map(str, x.shape[1:]))}")
+        raise CheckpointError(
+            f"{member.path}: trained on {'x'.join(map(str, trained))} images (C x H x W), the data's "
+            f"are {'x'.join(map(str, x.shape[1:]))}"
+        )
     classes = (member.meta.get("data") or {}).get("num_classes", spec.get("num_classes"))
     if classes is not None and classes != num_classes:
         raise CheckpointError(f"{member.path}: trained for {classes} classes, the data has {num_classes}")
@@ -191,13 +212,20 @@ def evaluate(members, x, y, num_classes, topk=5, batch_size=512, tta=""):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="fastopt evaluate", description="Accuracy, top-k and the confusion matrix of "
-                                "checkpoints from fastopt train, alone and as an ensemble (averaged probabilities).")
+    p = argparse.ArgumentParser(
+        prog="fastopt evaluate",
+        description="Accuracy, top-k and the confusion matrix of "
+        "checkpoints from fastopt train, alone and as an ensemble (averaged probabilities).",
+    )
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
     p.add_argument("--data", metavar="PATH", help="the .npz or ImageFolder trained on (default: digits)")
     p.add_argument("--split", choices=SPLITS, default="test")
-    p.add_argument("--image-size", type=_options.arg_type("int", 1), metavar="S",
-                   help="resize an ImageFolder's images (default: the size trained on)")
+    p.add_argument(
+        "--image-size",
+        type=_options.arg_type("int", 1),
+        metavar="S",
+        help="resize an ImageFolder's images (default: the size trained on)",
+    )
     p.add_argument("--layout", choices=LAYOUTS, default="auto")
     p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--batch-size", type=_options.arg_type("int", 1), default=512)
@@ -231,12 +259,22 @@ def main(argv=None):
     for r in results:
         print(f"{r['checkpoint']}: acc {r['acc']:.4f}, top-{k} {r[f'top{k}']:.4f}, nll {r['nll']:.4f}")
     if len(members) > 1:
-        print(f"ensemble of {len(members)} (mean probabilities): acc {ensemble['acc']:.4f}, top-{k} "
-              f"{ensemble[f'top{k}']:.4f}, nll {ensemble['nll']:.4f}")
+        print(
+            f"ensemble of {len(members)} (mean probabilities): acc {ensemble['acc']:.4f}, top-{k} "
+            f"{ensemble[f'top{k}']:.4f}, nll {ensemble['nll']:.4f}"
+        )
     matrix = confusion(np.argmax(probs, axis=1), y, len(classes))
-    report = {"data": name, "split": args.split, "tta": args.tta, "images": int(len(y)), "classes": classes, "members": results,
-              "ensemble": ensemble if len(members) > 1 else None, "confusion": matrix.tolist(),
-              "per_class_acc": (np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)).tolist()}
+    report = {
+        "data": name,
+        "split": args.split,
+        "tta": args.tta,
+        "images": int(len(y)),
+        "classes": classes,
+        "members": results,
+        "ensemble": ensemble if len(members) > 1 else None,
+        "confusion": matrix.tolist(),
+        "per_class_acc": (np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)).tolist(),
+    }
     write_atomically(os.path.join(args.out, "evaluate.json"), lambda f: f.write(json.dumps(report, indent=2).encode()))
     written = ["evaluate.json"]
     try:
@@ -247,4 +285,3 @@ def main(argv=None):
         print(f"no confusion.png ({e}; pip install matplotlib)", file=sys.stderr)
     print(f"wrote {args.out}/: {', '.join(written)}")
     return 0
-

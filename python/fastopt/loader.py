@@ -13,6 +13,7 @@ the step's kernels run, so a step never reads a batch before its copy is done. A
 is reused; before refilling a buffer the thread waits for the stream, so no copy still reading
 it is overwritten.
 """
+
 import queue
 import threading
 
@@ -38,7 +39,7 @@ class BatchLoader:
         return -(-len(self.order) // self.batch_size)
 
     def batch(self, b):
-        idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+        idx = self.order[b * self.batch_size : (b + 1) * self.batch_size]
         x, y = np.ascontiguousarray(self.data.inputs(self.split.x[idx])), self.split.y[idx]
         if self.device != "cpu":
             slot = b % (self.ahead + 2)

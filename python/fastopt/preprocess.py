@@ -12,6 +12,7 @@ relative to 1. Whitening works on C*H*W features: small images only (WHITEN_MAX_
 Statistics are accumulated in float64 over chunks (a 50,000-image uint8 set never exists as one
 float64 copy); batches are transformed in float32.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,20 +22,21 @@ from . import _args
 __all__ = ["Preprocess", "fit", "WHITENINGS"]
 
 WHITENINGS = ("pca", "zca")
-WHITEN_MAX_FEATURES = 4096   # a (D, D) float64 covariance and its eigendecomposition stay within seconds
-WHITEN_MAX_IMAGES = 10000    # the covariance is estimated on at most this many training images
+WHITEN_MAX_FEATURES = 4096  # a (D, D) float64 covariance and its eigendecomposition stay within seconds
+WHITEN_MAX_IMAGES = 10000  # the covariance is estimated on at most this many training images
 _CHUNK = 2048
 
 
 @dataclass
 class Preprocess:
     """x -> float32 ((x - mean_c) / std_c, then (flat - center) @ matrix when whitening)."""
-    mean: np.ndarray            # (C,) float64
-    std: np.ndarray             # (C,) float64
-    whiten: str = ""            # "", "pca" or "zca"
+
+    mean: np.ndarray  # (C,) float64
+    std: np.ndarray  # (C,) float64
+    whiten: str = ""  # "", "pca" or "zca"
     eps: float = 0.0
-    center: np.ndarray = None   # (D,) float32 per-feature mean of the normalized training images
-    matrix: np.ndarray = None   # (D, D) float32: whitened = (flat - center) @ matrix
+    center: np.ndarray = None  # (D,) float32 per-feature mean of the normalized training images
+    matrix: np.ndarray = None  # (D, D) float32: whitened = (flat - center) @ matrix
 
     def __post_init__(self):
         self._scale = (1.0 / self.std).astype(np.float32)[:, None, None]
@@ -67,8 +69,14 @@ class Preprocess:
 
     @classmethod
     def from_checkpoint(cls, meta, arrays):
-        return cls(np.asarray(arrays["mean"], np.float64), np.asarray(arrays["std"], np.float64),
-                   meta.get("whiten", ""), float(meta.get("eps", 0.0)), arrays.get("center"), arrays.get("matrix"))
+        return cls(
+            np.asarray(arrays["mean"], np.float64),
+            np.asarray(arrays["std"], np.float64),
+            meta.get("whiten", ""),
+            float(meta.get("eps", 0.0)),
+            arrays.get("center"),
+            arrays.get("matrix"),
+        )
 
 
 def _channel_stats(x):
@@ -76,7 +84,7 @@ def _channel_stats(x):
     c = x.shape[1]
     total, squares = np.zeros(c), np.zeros(c)
     for lo in range(0, len(x), _CHUNK):
-        chunk = x[lo:lo + _CHUNK].astype(np.float64)
+        chunk = x[lo : lo + _CHUNK].astype(np.float64)
         total += chunk.sum(axis=(0, 2, 3))
         squares += np.einsum("nchw,nchw->c", chunk, chunk)
     count = len(x) * x.shape[2] * x.shape[3]
@@ -92,26 +100,30 @@ def fit(x, whiten="", eps=1e-2, seed=0):
     mean, std = _channel_stats(x)
     flat_channels = [i for i in range(len(std)) if std[i] == 0.0]
     if flat_channels:
-        raise ValueError(f"x_train: channel {flat_channels[0]} has the same value in every training image "
-                         f"(standard deviation 0): nothing to normalize by")
+        raise ValueError(
+            f"x_train: channel {flat_channels[0]} has the same value in every training image "
+            f"(standard deviation 0): nothing to normalize by"
+        )
     pre = Preprocess(mean, std)
     if not whiten:
         return pre
     d = int(np.prod(x.shape[1:]))
     if d > WHITEN_MAX_FEATURES:
-        raise ValueError(f"whiten: for small images only (C*H*W <= {WHITEN_MAX_FEATURES}); these have "
-                         f"{'x'.join(map(str, x.shape[1:]))} = {d} features: use --image-size to shrink them or "
-                         "drop --whiten")
+        raise ValueError(
+            f"whiten: for small images only (C*H*W <= {WHITEN_MAX_FEATURES}); these have "
+            f"{'x'.join(map(str, x.shape[1:]))} = {d} features: use --image-size to shrink them or "
+            "drop --whiten"
+        )
     pick = np.random.default_rng([seed, 7]).permutation(len(x))[:WHITEN_MAX_IMAGES]
     pick.sort()
     sums, gram = np.zeros(d), np.zeros((d, d))
     for lo in range(0, len(pick), _CHUNK):
-        chunk = pre(x[pick[lo:lo + _CHUNK]]).reshape(-1, d).astype(np.float64)
+        chunk = pre(x[pick[lo : lo + _CHUNK]]).reshape(-1, d).astype(np.float64)
         sums += chunk.sum(axis=0)
         gram += chunk.T @ chunk
     center = sums / len(pick)
     cov = gram / len(pick) - np.outer(center, center)
     lam, u = np.linalg.eigh(cov)
-    scaled = u / np.sqrt(np.maximum(lam, 0.0) + eps)   # column k: u_k / sqrt(lam_k + eps)
+    scaled = u / np.sqrt(np.maximum(lam, 0.0) + eps)  # column k: u_k / sqrt(lam_k + eps)
     matrix = scaled if whiten == "pca" else scaled @ u.T  # row-vector form: flat @ matrix
     return Preprocess(mean, std, whiten, eps, center.astype(np.float32), matrix.astype(np.float32))

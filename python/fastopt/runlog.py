@@ -15,6 +15,7 @@ should sit near 1e-3 (much lower: the lr is too small; much higher: too large).
 
 Progress is the epoch's bar on a terminal (tqdm) and its one summary line.
 """
+
 import json
 import math
 import os
@@ -37,8 +38,9 @@ def writer_class():
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ImportError("TensorBoard logging needs a writer: pip install tensorboardX (or fastopt[logging])"
-                              ) from None
+            raise ImportError(
+                "TensorBoard logging needs a writer: pip install tensorboardX (or fastopt[logging])"
+            ) from None
     return SummaryWriter
 
 
@@ -69,8 +71,11 @@ class RunLog:
     # ------------------------------------------------------------------------ hooks
     def before_step(self, trainer):
         if self.writer is not None and trainer.step % self.detail_every == 0:
-            self.before = {name: _arrays.to_numpy(p.data).astype(np.float64)
-                           for name, p in trainer.model.named_parameters() if p.requires_grad}
+            self.before = {
+                name: _arrays.to_numpy(p.data).astype(np.float64)
+                for name, p in trainer.model.named_parameters()
+                if p.requires_grad
+            }
 
     def after_step(self, trainer, loss, grad_norm, lr, samples):
         now = time.perf_counter()
@@ -94,9 +99,15 @@ class RunLog:
     # ----------------------------------------------------------------------- output
     def flush(self):
         for step, epoch, loss, norm, lr, seconds, samples in self.pending:
-            row = {"step": step, "epoch": epoch, "loss": float(loss), "lr": float(lr),
-                   "grad_norm": None if norm is None else float(norm), "step_time": seconds,
-                   "samples_per_s": None if not seconds else samples / seconds}
+            row = {
+                "step": step,
+                "epoch": epoch,
+                "loss": float(loss),
+                "lr": float(lr),
+                "grad_norm": None if norm is None else float(norm),
+                "step_time": seconds,
+                "samples_per_s": None if not seconds else samples / seconds,
+            }
             if self.file is not None:
                 self.file.write(json.dumps(row) + "\n")
             if self.writer is not None:

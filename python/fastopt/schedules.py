@@ -29,6 +29,7 @@ argument; torch's own range checks (LinearLR's factors, ReduceLROnPlateau's fact
 kept. A user's scale_fn is checked when it is called: an lr it would make impossible raises
 ValueError and no group is written.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -42,9 +43,20 @@ import numpy as np
 from ._args import choice, finite, integer, real, shape
 from ._types import HasParamGroups
 
-__all__ = ["LRSchedule", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
-           "LinearLR", "CosineAnnealingWarmRestarts", "CyclicLR", "InverseTimeLR",
-           "InverseSqrtLR", "LinearWarmup", "ReduceLROnPlateau"]
+__all__ = [
+    "LRSchedule",
+    "StepLR",
+    "MultiStepLR",
+    "ExponentialLR",
+    "CosineAnnealingLR",
+    "LinearLR",
+    "CosineAnnealingWarmRestarts",
+    "CyclicLR",
+    "InverseTimeLR",
+    "InverseSqrtLR",
+    "LinearWarmup",
+    "ReduceLROnPlateau",
+]
 
 
 def _param_groups(optimizer):
@@ -86,8 +98,10 @@ class _Scheduler:
     def _set_lrs(self, lrs):
         for i, lr in enumerate(lrs):
             if not (math.isfinite(lr) and lr >= 0):
-                raise ValueError(f"{type(self).__name__}: computed lr {lr!r} for param group {i} at step "
-                                 f"{getattr(self, 'last_epoch', 0)}; an lr must be finite and >= 0")
+                raise ValueError(
+                    f"{type(self).__name__}: computed lr {lr!r} for param group {i} at step "
+                    f"{getattr(self, 'last_epoch', 0)}; an lr must be finite and >= 0"
+                )
         for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
         self._last_lr = list(lrs)
@@ -122,7 +136,9 @@ class LRSchedule(_Scheduler):
     then call ``super().__init__`` and define ``lr_at`` (or ``lrs_at``).
     """
 
-    def __init__(self, optimizer: HasParamGroups, last_epoch: int = -1, base_lrs: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, optimizer: HasParamGroups, last_epoch: int = -1, base_lrs: Sequence[float] | None = None
+    ) -> None:
         super().__init__(optimizer)
         last_epoch = integer(last_epoch, "last_epoch", -1)
         groups = optimizer.param_groups
@@ -130,8 +146,9 @@ class LRSchedule(_Scheduler):
             if last_epoch >= 0 and not all("initial_lr" in g for g in groups):
                 raise KeyError("resuming with last_epoch >= 0 needs 'initial_lr' in every param group")
             keys = ["initial_lr" if "initial_lr" in g else "lr" for g in groups]
-            base_lrs = [_rate(g[k], f"optimizer.param_groups[{i}][{k!r}]")
-                        for i, (g, k) in enumerate(zip(groups, keys))]
+            base_lrs = [
+                _rate(g[k], f"optimizer.param_groups[{i}][{k!r}]") for i, (g, k) in enumerate(zip(groups, keys))
+            ]
         if last_epoch == -1:
             for group in groups:
                 group.setdefault("initial_lr", group["lr"])
@@ -170,7 +187,9 @@ class StepLR(LRSchedule):
 class MultiStepLR(LRSchedule):
     """lr_t = base_lr * gamma^(number of milestones <= t); a repeated milestone counts twice."""
 
-    def __init__(self, optimizer: HasParamGroups, milestones: Sequence[int], gamma: float = 0.1, last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: HasParamGroups, milestones: Sequence[int], gamma: float = 0.1, last_epoch: int = -1
+    ) -> None:
         self.milestones = sorted(shape(milestones, "milestones", 0, ints_ok=False))
         self.gamma = _rate(gamma, "gamma")
         super().__init__(optimizer, last_epoch)
@@ -187,7 +206,7 @@ class ExponentialLR(LRSchedule):
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int, base_lr: float) -> float:
-        return base_lr * self.gamma ** t
+        return base_lr * self.gamma**t
 
 
 def _cosine(eta_min, base_lr, t_cur, t_max):
@@ -212,8 +231,14 @@ class CosineAnnealingLR(LRSchedule):
 class LinearLR(LRSchedule):
     """lr_t = base_lr * (s + (e - s) min(t, total_iters) / total_iters),  s, e = start/end factor."""
 
-    def __init__(self, optimizer: HasParamGroups, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: HasParamGroups,
+        start_factor: float = 1.0 / 3,
+        end_factor: float = 1.0,
+        total_iters: int = 5,
+        last_epoch: int = -1,
+    ) -> None:
         self.start_factor = real(start_factor, "start_factor", 0.0, 1.0, low_open=True)
         self.end_factor = real(end_factor, "end_factor", 0.0, 1.0)
         self.total_iters = _steps(total_iters, "total_iters")
@@ -232,7 +257,9 @@ class CosineAnnealingWarmRestarts(LRSchedule):
     with T_i the current period and T_cur the steps taken since the last restart.
     """
 
-    def __init__(self, optimizer: HasParamGroups, T_0: int, T_mult: int = 1, eta_min: float = 0.0, last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: HasParamGroups, T_0: int, T_mult: int = 1, eta_min: float = 0.0, last_epoch: int = -1
+    ) -> None:
         self.T_0 = _steps(T_0, "T_0")
         self.T_mult = _steps(T_mult, "T_mult")
         self.eta_min = _rate(eta_min, "eta_min")
@@ -268,10 +295,19 @@ class CyclicLR(LRSchedule):
 
     _MODES = ("triangular", "triangular2", "exp_range")
 
-    def __init__(self, optimizer: HasParamGroups, base_lr: float | Sequence[float], max_lr: float | Sequence[float],
-                 step_size_up: int = 2000, step_size_down: int | None = None, mode: str = "triangular",
-                 gamma: float = 1.0, scale_fn: Callable[[int], float] | None = None, scale_mode: str = "cycle",
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: HasParamGroups,
+        base_lr: float | Sequence[float],
+        max_lr: float | Sequence[float],
+        step_size_up: int = 2000,
+        step_size_down: int | None = None,
+        mode: str = "triangular",
+        gamma: float = 1.0,
+        scale_fn: Callable[[int], float] | None = None,
+        scale_mode: str = "cycle",
+        last_epoch: int = -1,
+    ) -> None:
         groups = _param_groups(optimizer)
         base_lrs = _per_group("base_lr", base_lr, groups)
         self.max_lrs = _per_group("max_lr", max_lr, groups)
@@ -296,7 +332,7 @@ class CyclicLR(LRSchedule):
             return 1.0
         if self.mode == "triangular2":
             return 1.0 / 2.0 ** (cycle - 1)
-        return self.gamma ** t
+        return self.gamma**t
 
     def height(self, t: int) -> tuple[float, int]:
         """(h_t, cycle): position on the triangle, 0 at base_lr and 1 at max_lr."""
@@ -315,7 +351,9 @@ class CyclicLR(LRSchedule):
 class InverseTimeLR(LRSchedule):
     """The "1/t" decay: lr_t = base_lr / (1 + decay_rate t / decay_steps)."""
 
-    def __init__(self, optimizer: HasParamGroups, decay_rate: float, decay_steps: int = 1, last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: HasParamGroups, decay_rate: float, decay_steps: int = 1, last_epoch: int = -1
+    ) -> None:
         self.decay_rate = _rate(decay_rate, "decay_rate")
         self.decay_steps = finite(decay_steps, "decay_steps", 0.0, low_open=True)
         super().__init__(optimizer, last_epoch)
@@ -358,8 +396,14 @@ class LinearWarmup(LRSchedule):
     at its t = 0 should be base_lr, which holds for all schedules here but CyclicLR.
     """
 
-    def __init__(self, optimizer: HasParamGroups, warmup_steps: int, after: LRSchedule | None = None, start_factor: float = 0.0,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: HasParamGroups,
+        warmup_steps: int,
+        after: LRSchedule | None = None,
+        start_factor: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
         self.warmup_steps = _steps(warmup_steps, "warmup_steps", minimum=0)
         start_factor = real(start_factor, "start_factor", 0.0, 1.0)
         if after is not None:
@@ -396,9 +440,18 @@ class ReduceLROnPlateau(_Scheduler):
     counted. This one is stateful by nature: it scales the groups' current lrs.
     """
 
-    def __init__(self, optimizer: HasParamGroups, mode: str = "min", factor: float = 0.1, patience: int = 10,
-                 threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0,
-                 min_lr: float | Sequence[float] = 0.0, eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        optimizer: HasParamGroups,
+        mode: str = "min",
+        factor: float = 0.1,
+        patience: int = 10,
+        threshold: float = 1e-4,
+        threshold_mode: str = "rel",
+        cooldown: int = 0,
+        min_lr: float | Sequence[float] = 0.0,
+        eps: float = 1e-8,
+    ) -> None:
         super().__init__(optimizer)
         self.mode = choice(mode, "mode", ("min", "max"))
         self.factor = real(factor, "factor", 0.0, 1.0, high_open=True)

@@ -16,6 +16,7 @@ Where time goes and why:
 - Checkpoints are written atomically (a temporary file, then a rename): an interrupted run keeps
   its last whole checkpoint.
 """
+
 import json
 import math
 import os
@@ -40,37 +41,37 @@ PRECISIONS = ("fp32", "bf16")  # bf16: Module.build's mixed precision (fp32 mast
 
 @dataclass
 class TrainConfig:
-    device: str = "auto"          # "auto": the GPU when one is usable, else the CPU
+    device: str = "auto"  # "auto": the GPU when one is usable, else the CPU
     epochs: int = 30
     batch_size: int = 64
     optimizer: str = "adamw"
     lr: float = 3e-3
     weight_decay: float = 5e-4
-    warmup_epochs: float = None   # None: 2, or epochs when the run is shorter
-    min_lr_ratio: float = 0.0     # cosine floor, as a fraction of lr
-    max_grad_norm: float = 5.0    # 0: no clipping
+    warmup_epochs: float = None  # None: 2, or epochs when the run is shorter
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
+    max_grad_norm: float = 5.0  # 0: no clipping
     label_smoothing: float = 0.05
-    max_shift: int = 1            # random translation, pixels
-    cutout: int = 0               # square side, pixels
-    flip: bool = False            # off for digits: a mirrored digit is another glyph
+    max_shift: int = 1  # random translation, pixels
+    cutout: int = 0  # square side, pixels
+    flip: bool = False  # off for digits: a mirrored digit is another glyph
     brightness: float = 0.0
     contrast: float = 0.0
-    mixup: float = 0.0            # Beta(alpha, alpha); 0: off
-    cutmix: float = 0.0           # Beta(alpha, alpha) CutMix; with mixup too, one of them per step (timm)
-    crop_scale: float = 0.0       # random-resized crop of area fraction U(crop_scale, 1), back to HxW; 0: off
-    rotation: float = 0.0         # random rotation within +-degrees
-    pca_jitter: float = 0.0       # AlexNet's colour jitter along the training set's channel PCA, sigma; 0: off
-    alt_flip: bool = False        # airbench's alternating flip (each image mirrored every other epoch)
-    tta: str = ""                 # evaluation averages the logits of views: "flip", "five_crop", "ten_crop"
-    patience: int = 10            # epochs without a better validation loss before stopping
+    mixup: float = 0.0  # Beta(alpha, alpha); 0: off
+    cutmix: float = 0.0  # Beta(alpha, alpha) CutMix; with mixup too, one of them per step (timm)
+    crop_scale: float = 0.0  # random-resized crop of area fraction U(crop_scale, 1), back to HxW; 0: off
+    rotation: float = 0.0  # random rotation within +-degrees
+    pca_jitter: float = 0.0  # AlexNet's colour jitter along the training set's channel PCA, sigma; 0: off
+    alt_flip: bool = False  # airbench's alternating flip (each image mirrored every other epoch)
+    tta: str = ""  # evaluation averages the logits of views: "flip", "five_crop", "ten_crop"
+    patience: int = 10  # epochs without a better validation loss before stopping
     seed: int = 0
-    check_every: int = 10         # steps between host reads of the loss
+    check_every: int = 10  # steps between host reads of the loss
     explode_factor: float = 3.0
     topk: int = 5
-    accumulate: int = 1           # micro-batches of batch_size per optimizer step
-    ema: float = 0.0              # decay of the weights' moving average (warm-up ramp); 0: off
-    precision: str = "fp32"       # "bf16": bf16 activations and conv/linear math, fp32 master weights
-    snapshots: int = 0            # SGDR cycles, each ending in a snapshot checkpoint; 0: one cosine
+    accumulate: int = 1  # micro-batches of batch_size per optimizer step
+    ema: float = 0.0  # decay of the weights' moving average (warm-up ramp); 0: off
+    precision: str = "fp32"  # "bf16": bf16 activations and conv/linear math, fp32 master weights
+    snapshots: int = 0  # SGDR cycles, each ending in a snapshot checkpoint; 0: one cosine
     progress: bool = True
 
     def check(self):
@@ -85,12 +86,16 @@ class TrainConfig:
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs: must not exceed epochs ({self.epochs}), got {self.warmup_epochs}")
         if self.snapshots and (self.warmup_epochs % 1 or (self.epochs - self.warmup_epochs) % self.snapshots):
-            raise ValueError(f"snapshots: the {self.epochs - self.warmup_epochs:g} epochs after warm-up must split into "
-                             f"{self.snapshots} cycles of whole epochs (epochs {self.epochs}, warmup_epochs "
-                             f"{self.warmup_epochs:g})")
+            raise ValueError(
+                f"snapshots: the {self.epochs - self.warmup_epochs:g} epochs after warm-up must split into "
+                f"{self.snapshots} cycles of whole epochs (epochs {self.epochs}, warmup_epochs "
+                f"{self.warmup_epochs:g})"
+            )
         if self.precision == "bf16" and self.accumulate > 1:
-            raise ValueError("accumulate: gradient accumulation with precision bf16: not yet (the micro-batch "
-                             "weighting scales float32 gradients only)")
+            raise ValueError(
+                "accumulate: gradient accumulation with precision bf16: not yet (the micro-batch "
+                "weighting scales float32 gradients only)"
+            )
         for name in ("flip", "progress", "alt_flip"):
             _args.boolean(getattr(self, name), name)
         if self.flip and self.alt_flip:
@@ -107,13 +112,30 @@ class TrainConfig:
 # Each numeric field's kind and range (fastopt._options.check); `fastopt train` parses its options
 # with the same rules.
 LIMITS = {
-    "epochs": ("int", 1), "batch_size": ("int", 1), "patience": ("int", 1), "check_every": ("int", 1),
-    "topk": ("int", 1), "seed": ("int", 0, 2**64 - 1), "max_shift": ("int", 0), "cutout": ("int", 0),
-    "lr": ("real", 0.0), "weight_decay": ("real", 0.0), "warmup_epochs": ("real", 0.0),
-    "max_grad_norm": ("real", 0.0), "brightness": ("real", 0.0), "mixup": ("real", 0.0),
-    "contrast": ("real", 0.0, 1.0), "label_smoothing": ("real", 0.0, 1.0), "min_lr_ratio": ("real", 0.0, 1.0),
-    "explode_factor": ("real", 1.0, None, True), "accumulate": ("int", 1), "ema": ("real", 0.0, 1.0),
-    "snapshots": ("int", 0), "cutmix": ("real", 0.0), "crop_scale": ("real", 0.0, 1.0), "rotation": ("real", 0.0, 360.0),
+    "epochs": ("int", 1),
+    "batch_size": ("int", 1),
+    "patience": ("int", 1),
+    "check_every": ("int", 1),
+    "topk": ("int", 1),
+    "seed": ("int", 0, 2**64 - 1),
+    "max_shift": ("int", 0),
+    "cutout": ("int", 0),
+    "lr": ("real", 0.0),
+    "weight_decay": ("real", 0.0),
+    "warmup_epochs": ("real", 0.0),
+    "max_grad_norm": ("real", 0.0),
+    "brightness": ("real", 0.0),
+    "mixup": ("real", 0.0),
+    "contrast": ("real", 0.0, 1.0),
+    "label_smoothing": ("real", 0.0, 1.0),
+    "min_lr_ratio": ("real", 0.0, 1.0),
+    "explode_factor": ("real", 1.0, None, True),
+    "accumulate": ("int", 1),
+    "ema": ("real", 0.0, 1.0),
+    "snapshots": ("int", 0),
+    "cutmix": ("real", 0.0),
+    "crop_scale": ("real", 0.0, 1.0),
+    "rotation": ("real", 0.0, 360.0),
     "pca_jitter": ("real", 0.0),
 }
 TTA_MODES = ("flip", "five_crop", "ten_crop")
@@ -153,7 +175,7 @@ class History:
     epochs: list = field(default_factory=list)  # one dict of metrics per epoch
     best_epoch: int = -1
     best_val_loss: float = math.inf
-    stopped: str = ""                            # why training ended early, if it did
+    stopped: str = ""  # why training ended early, if it did
 
 
 class Trainer:
@@ -167,7 +189,7 @@ class Trainer:
     def __init__(self, model, data, config=None, out_dir=None, lr_scale=None, model_spec=None, monitor=None):
         self.config = (config or TrainConfig()).check()
         self.model_spec = model_spec  # how to rebuild the model (fastopt evaluate), stored in checkpoints
-        self.monitor = monitor        # fastopt.runlog.RunLog or anything with its hooks
+        self.monitor = monitor  # fastopt.runlog.RunLog or anything with its hooks
         self.model, self.data = model, data
         self.device = resolve_device(self.config.device)
         self.out_dir = out_dir
@@ -179,8 +201,9 @@ class Trainer:
         elif model.store.device != self.device:
             raise ValueError(f"model: built on {model.store.device}, but this trainer runs on {self.device}")
         elif model.store.precision != c.precision:
-            raise ValueError(f"model: built with precision {model.store.precision}, but this trainer's is "
-                             f"{c.precision}")
+            raise ValueError(
+                f"model: built with precision {model.store.precision}, but this trainer's is {c.precision}"
+            )
         else:
             self.store = model.store
         groups = self.store.param_groups(c.weight_decay, lr=c.lr if lr_scale else None, lr_scale=lr_scale)
@@ -193,8 +216,8 @@ class Trainer:
         self.schedule = self._schedule()
         self.loss_fn = SoftmaxCrossEntropy(c.label_smoothing, topk=c.topk)
         self.history = History()
-        self.epoch = 0           # epochs completed
-        self.step = 0            # optimizer steps taken
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps taken
         self.initial_loss = None
         self._eval_cache = {}
         self._pca = None
@@ -207,11 +230,13 @@ class Trainer:
         warmup = min(int(round(c.warmup_epochs * self.steps_per_epoch)), total)
         if c.snapshots:  # SGDR: cycles of whole epochs, each one restarting at the peak lr
             cycle = (total - warmup) // c.snapshots
-            cosine = schedules.CosineAnnealingWarmRestarts(self.optimizer, T_0=max(cycle, 1),
-                                                           eta_min=c.lr * c.min_lr_ratio)
+            cosine = schedules.CosineAnnealingWarmRestarts(
+                self.optimizer, T_0=max(cycle, 1), eta_min=c.lr * c.min_lr_ratio
+            )
         else:
-            cosine = schedules.CosineAnnealingLR(self.optimizer, T_max=max(total - warmup, 1),
-                                                 eta_min=c.lr * c.min_lr_ratio)
+            cosine = schedules.CosineAnnealingLR(
+                self.optimizer, T_max=max(total - warmup, 1), eta_min=c.lr * c.min_lr_ratio
+            )
         return schedules.LinearWarmup(self.optimizer, warmup, after=cosine, last_epoch=step - 1)
 
     # ------------------------------------------------------------------------- data
@@ -243,8 +268,17 @@ class Trainer:
         if c.alt_flip:
             x = F.alternating_flip(x, self._to_device(np.asarray(indices, np.int64)), c.seed, self.epoch)
         if c.max_shift or c.cutout or c.flip or c.brightness or c.contrast:
-            x = F.augment_batch(x, c.seed, key, max_shift=c.max_shift, flip=c.flip, cutout=c.cutout,
-                                brightness=c.brightness, contrast=c.contrast, fill=self.data.background)
+            x = F.augment_batch(
+                x,
+                c.seed,
+                key,
+                max_shift=c.max_shift,
+                flip=c.flip,
+                cutout=c.cutout,
+                brightness=c.brightness,
+                contrast=c.contrast,
+                fill=self.data.background,
+            )
         mix = c.mixup > 0
         if c.cutmix > 0 and (not mix or rng.random() < 0.5):  # both: one of them per step, as timm switches
             lam = float(rng.beta(c.cutmix, c.cutmix))
@@ -258,13 +292,17 @@ class Trainer:
     def _check_loss(self, loss):
         value = getattr(self.model, "mean_over_ranks", float)(loss)  # data parallel: the global batch's loss
         if not math.isfinite(value):
-            raise TrainingStopped(f"loss is {value} at step {self.step} (epoch {self.epoch + 1}): training diverged; "
-                                  "try a lower --lr or stronger clipping")
+            raise TrainingStopped(
+                f"loss is {value} at step {self.step} (epoch {self.epoch + 1}): training diverged; "
+                "try a lower --lr or stronger clipping"
+            )
         if self.initial_loss is None:
             self.initial_loss = value
         elif value > self.config.explode_factor * self.initial_loss:
-            raise TrainingStopped(f"loss {value:.4g} at step {self.step} exceeds {self.config.explode_factor:g}x its "
-                                  f"initial value {self.initial_loss:.4g}: training is exploding; try a lower --lr")
+            raise TrainingStopped(
+                f"loss {value:.4g} at step {self.step} exceeds {self.config.explode_factor:g}x its "
+                f"initial value {self.initial_loss:.4g}: training is exploding; try a lower --lr"
+            )
         return value
 
     def train_epoch(self):
@@ -294,7 +332,9 @@ class Trainer:
                 if monitor is not None:
                     monitor.before_step(self)
                 lr = self.optimizer.param_groups[0]["lr"]
-                result = self.optimizer.step(self.store.grads_for(self.optimizer), max_grad_norm=c.max_grad_norm or None)
+                result = self.optimizer.step(
+                    self.store.grads_for(self.optimizer), max_grad_norm=c.max_grad_norm or None
+                )
                 self.schedule.step()
                 self.step += 1
                 if self.ema is not None:
@@ -307,8 +347,14 @@ class Trainer:
         seconds = time.perf_counter() - start
         loss_sum, top1, topk = (float(v) for v in _arrays.to_numpy(stats))
         self.epoch += 1
-        return {"train_loss": loss_sum / n, "train_acc": top1 / n, f"train_top{c.topk}": topk / n,
-                "train_seconds": seconds, "samples_per_s": n / seconds, "lr": self.optimizer.param_groups[0]["lr"]}, bar
+        return {
+            "train_loss": loss_sum / n,
+            "train_acc": top1 / n,
+            f"train_top{c.topk}": topk / n,
+            "train_seconds": seconds,
+            "samples_per_s": n / seconds,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }, bar
 
     def evaluate(self, split, batch_size=512):
         """Mean loss and top-1 / top-k accuracy on a split (eval mode: running statistics, no
@@ -326,9 +372,10 @@ class Trainer:
         stats = _arrays.zeros((3,), np.float32, self.device)
         n = len(split)
         for lo in range(0, n, batch_size):
-            logits = eval_logits(self.model, xs[lo:lo + batch_size], self.config.tta, self.config.max_shift,
-                                 self.data.background)
-            self.loss_fn.forward(logits, ys[lo:lo + batch_size], training=False, stats=stats)
+            logits = eval_logits(
+                self.model, xs[lo : lo + batch_size], self.config.tta, self.config.max_shift, self.data.background
+            )
+            self.loss_fn.forward(logits, ys[lo : lo + batch_size], training=False, stats=stats)
         loss_sum, top1, topk = (float(v) for v in _arrays.to_numpy(stats))
         return {"loss": loss_sum / n, "acc": top1 / n, f"top{self.config.topk}": topk / n}
 
@@ -356,13 +403,17 @@ class Trainer:
             if improved:
                 self.history.best_val_loss, self.history.best_epoch = val["loss"], self.epoch
                 self.save(self._path("best.npz"))
-            bar.close(f"train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.4f} | val loss "
-                      f"{val['loss']:.4f} acc {val['acc']:.4f} | {metrics['samples_per_s']:.0f} samples/s"
-                      + (" *" if improved else ""))
+            bar.close(
+                f"train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.4f} | val loss "
+                f"{val['loss']:.4f} acc {val['acc']:.4f} | {metrics['samples_per_s']:.0f} samples/s"
+                + (" *" if improved else "")
+            )
             self.save(self._path("last.npz"))
             if self.epoch - self.history.best_epoch >= c.patience:
-                self.history.stopped = (f"early stop: no better validation loss for {c.patience} epochs "
-                                        f"(best {self.history.best_val_loss:.4f} at epoch {self.history.best_epoch})")
+                self.history.stopped = (
+                    f"early stop: no better validation loss for {c.patience} epochs "
+                    f"(best {self.history.best_val_loss:.4f} at epoch {self.history.best_epoch})"
+                )
                 if c.progress:
                     print(self.history.stopped, file=sys.stderr)
                 break
@@ -382,9 +433,17 @@ class Trainer:
         for i, entry in opt["state"].items():
             for name, value in entry.items():
                 arrays[f"optim/{i}/{name}"] = np.asarray(value)
-        meta = {"config": asdict(self.config), "param_groups": opt["param_groups"], "epoch": self.epoch,
-                "step": self.step, "initial_loss": self.initial_loss, "history": asdict(self.history),
-                "extra_state": self.model.extra_state(), "model_spec": self.model_spec, "data": self._data_meta()}
+        meta = {
+            "config": asdict(self.config),
+            "param_groups": opt["param_groups"],
+            "epoch": self.epoch,
+            "step": self.step,
+            "initial_loss": self.initial_loss,
+            "history": asdict(self.history),
+            "extra_state": self.model.extra_state(),
+            "model_spec": self.model_spec,
+            "data": self._data_meta(),
+        }
         arrays.update({f"data/{k}": np.asarray(v) for k, v in self._preprocess_arrays().items()})
         if self.ema is not None:  # the averaged network under the same names: loadable as it is
             with self.ema.applied():
@@ -395,8 +454,13 @@ class Trainer:
 
     def _data_meta(self):
         d = self.data
-        meta = {"name": d.name, "shape": list(d.shape), "num_classes": d.num_classes,
-                "classes": None if d.classes is None else list(d.classes), "background": d.background}
+        meta = {
+            "name": d.name,
+            "shape": list(d.shape),
+            "num_classes": d.num_classes,
+            "classes": None if d.classes is None else list(d.classes),
+            "background": d.background,
+        }
         if d.preprocess is not None:
             meta["preprocess"] = d.preprocess.meta()
         return meta
@@ -424,21 +488,27 @@ class Trainer:
         c, saved = self.config, meta["config"]
         for name in RESUME_FIXED:
             if saved.get(name) != getattr(c, name):
-                raise CheckpointError(f"{path}: written with {name} {saved.get(name)!r}; it cannot resume with "
-                                      f"{name} {getattr(c, name)!r} (its steps, state and random streams follow "
-                                      f"{name}): use {saved.get(name)!r} or start afresh")
+                raise CheckpointError(
+                    f"{path}: written with {name} {saved.get(name)!r}; it cannot resume with "
+                    f"{name} {getattr(c, name)!r} (its steps, state and random streams follow "
+                    f"{name}): use {saved.get(name)!r} or start afresh"
+                )
         epoch, step = meta["epoch"], meta["step"]
         if step != epoch * self.steps_per_epoch:
-            raise CheckpointError(f"{path}: {step} steps in {epoch} epochs, but this run takes {self.steps_per_epoch} "
-                                  "steps per epoch (another training set?)")
+            raise CheckpointError(
+                f"{path}: {step} steps in {epoch} epochs, but this run takes {self.steps_per_epoch} "
+                "steps per epoch (another training set?)"
+            )
         if epoch > c.epochs:
             raise CheckpointError(f"{path}: {epoch} epochs already done, more than epochs={c.epochs}")
         mine = {k: np.shape(v) for k, v in self.model.state_dict().items()}
         theirs = {k: np.shape(v) for k, v in model.items()}
         if mine != theirs:
             wrong = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
-            raise CheckpointError(f"{path}: written for another model ({wrong[0]}: shape {theirs.get(wrong[0])} there, "
-                                  f"{mine.get(wrong[0])} here; another --width?)")
+            raise CheckpointError(
+                f"{path}: written for another model ({wrong[0]}: shape {theirs.get(wrong[0])} there, "
+                f"{mine.get(wrong[0])} here; another --width?)"
+            )
         if meta["ema"] and {k: np.shape(v) for k, v in meta["ema"].items()} != mine:
             raise CheckpointError(f"{path}: its weight average (ema/ entries) does not fit this model")
         try:
@@ -457,14 +527,19 @@ class Trainer:
         self.epoch, self.step, self.initial_loss = epoch, step, meta["initial_loss"]
         h = meta["history"]
         self.history = History(h["epochs"], h["best_epoch"], h["best_val_loss"], h["stopped"])
-        changed = [f"{k} {saved.get(k)} -> {v}" for k, v in asdict(c).items()
-                   if k not in ("device", "progress") and saved.get(k) != v]
+        changed = [
+            f"{k} {saved.get(k)} -> {v}"
+            for k, v in asdict(c).items()
+            if k not in ("device", "progress") and saved.get(k) != v
+        ]
         note = f"resumed {path} at epoch {epoch} (step {step})"
         if changed:
             note += f"; changed: {', '.join(changed)}"
         if any(saved.get(k) != getattr(c, k) for k in SCHEDULE_FIELDS):
-            note += (f"; the warm-up + cosine schedule is rebuilt for {c.epochs} epochs and continued at step {step}: "
-                     "every later step takes the lr a run started with these options takes at that step")
+            note += (
+                f"; the warm-up + cosine schedule is rebuilt for {c.epochs} epochs and continued at step {step}: "
+                "every later step takes the lr a run started with these options takes at that step"
+            )
         return note
 
 
@@ -519,19 +594,22 @@ def read_checkpoint(path):
             except ValueError:  # no NumPy magic: NumPy then takes the bytes for a pickle
                 raise CheckpointError(f"{path}: not a NumPy .npz file, so not a training checkpoint") from None
             if not isinstance(z, np.lib.npyio.NpzFile):
-                raise CheckpointError(f"{path}: a single NumPy array, not a training checkpoint "
-                                      "(.npz from fastopt train)")
+                raise CheckpointError(
+                    f"{path}: a single NumPy array, not a training checkpoint (.npz from fastopt train)"
+                )
             with z:
                 if "meta" not in z.files:
-                    raise CheckpointError(f"{path}: not a training checkpoint (no 'meta' entry; it holds "
-                                          f"{', '.join(sorted(z.files)[:4]) or 'nothing'})")
+                    raise CheckpointError(
+                        f"{path}: not a training checkpoint (no 'meta' entry; it holds "
+                        f"{', '.join(sorted(z.files)[:4]) or 'nothing'})"
+                    )
                 meta = json.loads(z["meta"].tobytes().decode())
                 wrong = _meta_problem(meta)
                 if wrong:
                     raise CheckpointError(f"{path}: not a usable training checkpoint ({wrong})")
-                model = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
-                meta["ema"] = {k[len("ema/"):]: z[k] for k in z.files if k.startswith("ema/")}
-                meta["data_arrays"] = {k[len("data/"):]: z[k] for k in z.files if k.startswith("data/")}
+                model = {k[len("model/") :]: z[k] for k in z.files if k.startswith("model/")}
+                meta["ema"] = {k[len("ema/") :]: z[k] for k in z.files if k.startswith("ema/")}
+                meta["data_arrays"] = {k[len("data/") :]: z[k] for k in z.files if k.startswith("data/")}
                 state = {}
                 for k in z.files:
                     if k.startswith("optim/"):
@@ -548,11 +626,14 @@ def read_checkpoint(path):
     except zipfile.BadZipFile as e:
         raise CheckpointError(f"{path}: truncated or corrupt ({e})") from None
     except (OSError, ValueError, UnicodeDecodeError, zlib.error) as e:
-        raise CheckpointError(f"{path}: unreadable, not a checkpoint written by fastopt train "
-                              f"({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{path}: unreadable, not a checkpoint written by fastopt train ({type(e).__name__}: {e})"
+        ) from None
     if "params" in model:
-        raise CheckpointError(f"{path}: written by an older fastopt (one flat 'params' vector, no parameter names); "
-                              "checkpoints now name every parameter as torch does: train afresh")
+        raise CheckpointError(
+            f"{path}: written by an older fastopt (one flat 'params' vector, no parameter names); "
+            "checkpoints now name every parameter as torch does: train afresh"
+        )
     if not model:
         raise CheckpointError(f"{path}: not a usable training checkpoint (no model parameters)")
     return meta, model, state

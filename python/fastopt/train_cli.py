@@ -2,6 +2,7 @@
 data (--data: an .npz or an ImageFolder), curves as PNG, metrics as JSON, a per-step log
 (steps.jsonl, TensorBoard with --tensorboard), and the lectures' tools: `--search N` (a
 coarse-to-fine random search over lr and weight decay), `--lr-find`, `--sanity`, `--snapshots`."""
+
 import argparse
 import json
 import math
@@ -15,12 +16,22 @@ import numpy as np
 
 from . import _arrays, _options, cuda, data as datasets, diagnose
 from .datafiles import LAYOUTS
+from .distributed import launch
+from .nn.models import resnet, small_cnn
 from .preprocess import WHITENINGS
 from .runlog import RunLog, writer_class
-from .nn.models import resnet, small_cnn
-from .distributed import launch
-from .train import (LIMITS, OPTIMIZERS, PRECISIONS, TTA_MODES, CheckpointError, Trainer, TrainConfig, config_from,
-                    read_checkpoint, write_atomically)
+from .train import (
+    LIMITS,
+    OPTIMIZERS,
+    PRECISIONS,
+    TTA_MODES,
+    CheckpointError,
+    TrainConfig,
+    Trainer,
+    config_from,
+    read_checkpoint,
+    write_atomically,
+)
 
 DEFAULTS = TrainConfig()
 
@@ -47,8 +58,12 @@ def add_arguments(p):
     a("--epochs", help="total epochs (with --resume: of the whole run, the checkpoint's included)")
     a("--batch-size")
     a("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer)
-    a("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
-      help="bf16: bfloat16 activations and conv/linear math with float32 master weights (CPU)")
+    a(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULTS.precision,
+        help="bf16: bfloat16 activations and conv/linear math with float32 master weights (CPU)",
+    )
     a("--lr", help="peak learning rate (after warm-up)")
     a("--weight-decay", help="on conv/linear weights only")
     a("--warmup-epochs", help="linear warm-up, at most --epochs (default: 2, or --epochs when fewer)")
@@ -56,10 +71,16 @@ def add_arguments(p):
     a("--label-smoothing", help="in [0, 1]")
     a("--patience", help="early stopping on validation loss")
     a("--seed")
-    a("--accumulate", help="micro-batches of --batch-size per optimizer step (gradient accumulation: for a network "
-                            "without batch norm the same step as one batch N times larger)")
-    a("--ema", help="keep a moving average of the weights with this decay (e.g. 0.999, ramped up early on) and "
-                    "evaluate and checkpoint it; 0 disables")
+    a(
+        "--accumulate",
+        help="micro-batches of --batch-size per optimizer step (gradient accumulation: for a network "
+        "without batch norm the same step as one batch N times larger)",
+    )
+    a(
+        "--ema",
+        help="keep a moving average of the weights with this decay (e.g. 0.999, ramped up early on) and "
+        "evaluate and checkpoint it; 0 disables",
+    )
     g = p.add_argument_group("augmentation (on the device)")
     a("--max-shift", group=g, help="random translation in pixels")
     a("--cutout", group=g, help="side of the zeroed square; 0 disables")
@@ -68,55 +89,137 @@ def add_arguments(p):
     a("--contrast", group=g, help="in [0, 1]")
     a("--mixup", group=g, help="Beta(alpha, alpha) mixing; 0 disables")
     a("--cutmix", group=g, help="Beta(alpha, alpha) CutMix; 0 disables; with --mixup, one of the two per step")
-    a("--crop-scale", group=g, metavar="S", help="random-resized crop of a fraction U(S, 1) of the area (aspect 3/4 to "
-                                                 "4/3), resized back; 0 disables")
+    a(
+        "--crop-scale",
+        group=g,
+        metavar="S",
+        help="random-resized crop of a fraction U(S, 1) of the area (aspect 3/4 to 4/3), resized back; 0 disables",
+    )
     a("--rotation", group=g, metavar="DEG", help="random rotation within +-DEG degrees")
-    a("--pca-jitter", group=g, metavar="SIGMA", help="AlexNet's colour jitter along the training set's channel PCA "
-                                                     "(0.1 in the paper); 0 disables")
-    a("--alt-flip", group=g, action="store_true", help="alternating flip: each image mirrored every other epoch "
-                                                       "(instead of --flip)")
-    a("--tta", group=g, choices=TTA_MODES, help="evaluate on the mean logits of test-time views: flip, five_crop or "
-                                                "ten_crop (crops shifted by --max-shift)")
+    a(
+        "--pca-jitter",
+        group=g,
+        metavar="SIGMA",
+        help="AlexNet's colour jitter along the training set's channel PCA (0.1 in the paper); 0 disables",
+    )
+    a(
+        "--alt-flip",
+        group=g,
+        action="store_true",
+        help="alternating flip: each image mirrored every other epoch (instead of --flip)",
+    )
+    a(
+        "--tta",
+        group=g,
+        choices=TTA_MODES,
+        help="evaluate on the mean logits of test-time views: flip, five_crop or "
+        "ten_crop (crops shifted by --max-shift)",
+    )
     g = p.add_argument_group("data (default: scikit-learn's digits)")
-    a("--data", group=g, metavar="PATH",
-      help="an .npz (x_train, y_train; optional x_val, y_val, x_test, y_test; NCHW or NHWC, uint8 or float) or an "
-           "ImageFolder (one subfolder of PNG/JPEG images per class, or train/ val/ test/ folders of those); splits "
-           "missing are drawn from the training images by --seed")
-    a("--image-size", group=g, type=_options.arg_type("int", 1), metavar="S",
-      help="resize an ImageFolder's images to S x S (required when their sizes differ)")
+    a(
+        "--data",
+        group=g,
+        metavar="PATH",
+        help="an .npz (x_train, y_train; optional x_val, y_val, x_test, y_test; NCHW or NHWC, uint8 or float) or an "
+        "ImageFolder (one subfolder of PNG/JPEG images per class, or train/ val/ test/ folders of those); splits "
+        "missing are drawn from the training images by --seed",
+    )
+    a(
+        "--image-size",
+        group=g,
+        type=_options.arg_type("int", 1),
+        metavar="S",
+        help="resize an ImageFolder's images to S x S (required when their sizes differ)",
+    )
     a("--layout", group=g, choices=LAYOUTS, default="auto", help="an .npz's image layout (auto: by the channel axis)")
-    a("--whiten", group=g, choices=("none",) + WHITENINGS, default="none",
-      help="after per-channel normalization, PCA or ZCA whitening of the training images (small images only)")
-    a("--whiten-eps", group=g, type=_options.arg_type("real", 0.0, None, True), default=1e-2,
-      help="added to the covariance's eigenvalues (the features have unit variance)")
-    a("--model", choices=MODELS, default="cnn",
-      help="cnn: the small CNN (--width, --dropout); resnetN: the CIFAR ResNet of depth N (He et al.)")
-    a("--width", type=_options.arg_type("int", 1), nargs=2, default=(32, 64), metavar=("C1", "C2"),
-      help="channels of the small CNN's two stages")
+    a(
+        "--whiten",
+        group=g,
+        choices=("none",) + WHITENINGS,
+        default="none",
+        help="after per-channel normalization, PCA or ZCA whitening of the training images (small images only)",
+    )
+    a(
+        "--whiten-eps",
+        group=g,
+        type=_options.arg_type("real", 0.0, None, True),
+        default=1e-2,
+        help="added to the covariance's eigenvalues (the features have unit variance)",
+    )
+    a(
+        "--model",
+        choices=MODELS,
+        default="cnn",
+        help="cnn: the small CNN (--width, --dropout); resnetN: the CIFAR ResNet of depth N (He et al.)",
+    )
+    a(
+        "--width",
+        type=_options.arg_type("int", 1),
+        nargs=2,
+        default=(32, 64),
+        metavar=("C1", "C2"),
+        help="channels of the small CNN's two stages",
+    )
     a("--dropout", type=_options.arg_type("real", 0.0, 1.0), default=0.25)
     a("--out", default="fastopt-train", help="folder for checkpoints, metrics.json and curves.png")
-    a("--resume", help="a checkpoint (.npz) to continue from; --epochs counts the whole run, and the schedule "
-                       "follows the options given now from the checkpoint's step on")
-    a("--snapshots", metavar="N", help="SGDR: N cosine cycles of whole epochs (no warm-up unless given), a snapshot-K.npz "
-                                       "at the end of each, for fastopt evaluate's snapshot ensemble; 0: one cosine")
-    a("--search", type=_options.arg_type("int", 0), default=0, metavar="N",
-      help="N short trials sampling lr and weight decay log-uniformly (coarse, then fine), as a table")
+    a(
+        "--resume",
+        help="a checkpoint (.npz) to continue from; --epochs counts the whole run, and the schedule "
+        "follows the options given now from the checkpoint's step on",
+    )
+    a(
+        "--snapshots",
+        metavar="N",
+        help="SGDR: N cosine cycles of whole epochs (no warm-up unless given), a snapshot-K.npz "
+        "at the end of each, for fastopt evaluate's snapshot ensemble; 0: one cosine",
+    )
+    a(
+        "--search",
+        type=_options.arg_type("int", 0),
+        default=0,
+        metavar="N",
+        help="N short trials sampling lr and weight decay log-uniformly (coarse, then fine), as a table",
+    )
     a("--search-epochs", type=_options.arg_type("int", 1), default=8)
-    a("--lr-find", action="store_true", help="instead of training: the learning-rate range test (exponential sweep "
-                                             "1e-7 to 10), lr_find.png and lr_find.json in --out, a suggested --lr")
+    a(
+        "--lr-find",
+        action="store_true",
+        help="instead of training: the learning-rate range test (exponential sweep "
+        "1e-7 to 10), lr_find.png and lr_find.json in --out, a suggested --lr",
+    )
     a("--lr-find-steps", type=_options.arg_type("int", 2), default=100, metavar="N")
-    a("--sanity", action="store_true", help="instead of training: initial loss ~ log(C) with regularization off, "
-                                            "and overfitting 20 training images; pass/fail with the numbers")
+    a(
+        "--sanity",
+        action="store_true",
+        help="instead of training: initial loss ~ log(C) with regularization off, "
+        "and overfitting 20 training images; pass/fail with the numbers",
+    )
     a("--quiet", action="store_true", help="no progress bars")
-    a("--nproc", type=_options.arg_type("int", 1), default=1, metavar="N",
-      help="N local processes training one model (data parallel: gloo on the CPU, NCCL on GPUs); --batch-size is "
-           "per process; rank 0 alone writes --out. Under torchrun (several machines) leave it out")
+    a(
+        "--nproc",
+        type=_options.arg_type("int", 1),
+        default=1,
+        metavar="N",
+        help="N local processes training one model (data parallel: gloo on the CPU, NCCL on GPUs); --batch-size is "
+        "per process; rank 0 alone writes --out. Under torchrun (several machines) leave it out",
+    )
     a("--sync-bn", action="store_true", help="in a data-parallel run: batch norm statistics over every process's batch")
     g = p.add_argument_group("watching the run (every run writes --out/steps.jsonl, one JSON line per step)")
-    a("--tensorboard", group=g, metavar="DIR", help="also write TensorBoard event files under DIR: scalars, per-layer "
-                                                   "weight/gradient norms and histograms, update/weight ratios")
-    a("--tensorboard-every", group=g, type=_options.arg_type("int", 1), default=20, metavar="N",
-      help="steps between the per-layer norms, histograms and update ratios")
+    a(
+        "--tensorboard",
+        group=g,
+        metavar="DIR",
+        help="also write TensorBoard event files under DIR: scalars, per-layer "
+        "weight/gradient norms and histograms, update/weight ratios",
+    )
+    a(
+        "--tensorboard-every",
+        group=g,
+        type=_options.arg_type("int", 1),
+        default=20,
+        metavar="N",
+        help="steps between the per-layer norms, histograms and update ratios",
+    )
 
 
 def check_arguments(args, error):
@@ -128,8 +231,10 @@ def check_arguments(args, error):
     if args.snapshots:
         warmup = args.warmup_epochs or 0.0
         if warmup % 1 or (epochs - warmup) % args.snapshots:
-            error(f"argument --snapshots: the {epochs - warmup:g} epochs after warm-up must split into {args.snapshots} "
-                  f"cycles of whole epochs")
+            error(
+                f"argument --snapshots: the {epochs - warmup:g} epochs after warm-up must split into {args.snapshots} "
+                f"cycles of whole epochs"
+            )
     if sum(map(bool, (args.search, args.lr_find, args.sanity))) > 1:
         error("argument --search/--lr-find/--sanity: one at a time")
     if args.flip and args.alt_flip:
@@ -155,8 +260,13 @@ MODELS = ("cnn", "resnet20", "resnet32", "resnet44", "resnet56")
 
 def model_spec(args, data):
     """What rebuilds the network (stored in checkpoints for fastopt evaluate)."""
-    return {"model": getattr(args, "model", "cnn"), "width": list(args.width), "dropout": args.dropout,
-            "in_channels": int(data.shape[0]), "num_classes": int(data.num_classes)}
+    return {
+        "model": getattr(args, "model", "cnn"),
+        "width": list(args.width),
+        "dropout": args.dropout,
+        "in_channels": int(data.shape[0]),
+        "num_classes": int(data.num_classes),
+    }
 
 
 def build_model(spec):
@@ -173,8 +283,14 @@ def load_data(args):
     """The data set the options name: digits, or --data's (ValueError/OSError naming the problem)."""
     if not getattr(args, "data", None):
         return datasets.load_digits(seed=args.seed)
-    return datasets.load(args.data, image_size=args.image_size, whiten=args.whiten, whiten_eps=args.whiten_eps,
-                         seed=args.seed, layout=args.layout)
+    return datasets.load(
+        args.data,
+        image_size=args.image_size,
+        whiten=args.whiten,
+        whiten_eps=args.whiten_eps,
+        seed=args.seed,
+        layout=args.layout,
+    )
 
 
 def plot_curves(history, path):
@@ -226,8 +342,11 @@ def _carry_best(trainer, resume, out_dir):
         with open(source, "rb") as f:
             write_atomically(best, lambda out: shutil.copyfileobj(f, out))
     else:
-        print(f"note: the best checkpoint so far (epoch {history.best_epoch}) is not beside {resume}; "
-              f"{best} will be written only if a later epoch beats it", file=sys.stderr)
+        print(
+            f"note: the best checkpoint so far (epoch {history.best_epoch}) is not beside {resume}; "
+            f"{best} will be written only if a later epoch beats it",
+            file=sys.stderr,
+        )
 
 
 def train_once(args, data, progress=True, out_dir=None):
@@ -235,11 +354,16 @@ def train_once(args, data, progress=True, out_dir=None):
     config.progress = progress
     monitor = None
     if out_dir:
-        monitor = RunLog(os.path.join(out_dir, "steps.jsonl"), getattr(args, "tensorboard", None),
-                         getattr(args, "tensorboard_every", 20), config.check_every,
-                         append=bool(getattr(args, "resume", None)))
-    trainer = Trainer(_model(args, data), data, config, out_dir=out_dir, model_spec=model_spec(args, data),
-                      monitor=monitor)
+        monitor = RunLog(
+            os.path.join(out_dir, "steps.jsonl"),
+            getattr(args, "tensorboard", None),
+            getattr(args, "tensorboard_every", 20),
+            config.check_every,
+            append=bool(getattr(args, "resume", None)),
+        )
+    trainer = Trainer(
+        _model(args, data), data, config, out_dir=out_dir, model_spec=model_spec(args, data), monitor=monitor
+    )
     if getattr(args, "resume", None):
         print(trainer.load(args.resume), file=sys.stderr)
         if out_dir:
@@ -256,8 +380,10 @@ def train_once(args, data, progress=True, out_dir=None):
         if _is_best(best, history):
             trainer.load(best)  # report the best model, not the last
         else:
-            print(f"note: no best.npz of epoch {history.best_epoch} in {out_dir}; reporting the last model",
-                  file=sys.stderr)
+            print(
+                f"note: no best.npz of epoch {history.best_epoch} in {out_dir}; reporting the last model",
+                file=sys.stderr,
+            )
     return trainer, history, seconds
 
 
@@ -272,8 +398,10 @@ def _lr_find(args, data):
         diagnose.plot_lr_find(result, os.path.join(args.out, "lr_find.png"))
     except ImportError as e:
         print(f"no lr_find.png ({e}; pip install matplotlib)", file=sys.stderr)
-    print(f"lr range test ({len(result['lr'])} steps, {result['stopped']}): smallest smoothed loss "
-          f"{min(result['smoothed']):.4f} at lr {result['min_loss_lr']:.3g}; suggested --lr {result['suggested_lr']:.3g}")
+    print(
+        f"lr range test ({len(result['lr'])} steps, {result['stopped']}): smallest smoothed loss "
+        f"{min(result['smoothed']):.4f} at lr {result['min_loss_lr']:.3g}; suggested --lr {result['suggested_lr']:.3g}"
+    )
     print(f"wrote {args.out}/: lr_find.json, lr_find.png")
     return 0
 
@@ -302,8 +430,14 @@ def _run(args, data):
     k = trainer.config.topk
     report = {
         "data": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
-        "device": trainer.device, "config": vars(args), "seconds": seconds, "epochs_run": len(history.epochs),
-        "best_epoch": history.best_epoch, "stopped": history.stopped, "val": val, "test": test,
+        "device": trainer.device,
+        "config": vars(args),
+        "seconds": seconds,
+        "epochs_run": len(history.epochs),
+        "best_epoch": history.best_epoch,
+        "stopped": history.stopped,
+        "val": val,
+        "test": test,
         "history": history.epochs,
     }
     _write_json(os.path.join(args.out, "metrics.json"), report)
@@ -311,11 +445,14 @@ def _run(args, data):
         plot_curves(history, os.path.join(args.out, "curves.png"))
     except ImportError as e:
         print(f"no curves.png ({e}; pip install matplotlib)", file=sys.stderr)
-    print(f"{data.name} on {trainer.device}: {len(history.epochs)} epochs in {seconds:.1f} s; best epoch "
-          f"{history.best_epoch}: val acc {val['acc']:.4f}; test loss {test['loss']:.4f}, test acc "
-          f"{test['acc']:.4f}, top-{k} {test[f'top{k}']:.4f}")
-    written = [n for n in ("metrics.json", "curves.png", "best.npz", "last.npz")
-               if os.path.exists(os.path.join(args.out, n))]
+    print(
+        f"{data.name} on {trainer.device}: {len(history.epochs)} epochs in {seconds:.1f} s; best epoch "
+        f"{history.best_epoch}: val acc {val['acc']:.4f}; test loss {test['loss']:.4f}, test acc "
+        f"{test['acc']:.4f}, top-{k} {test[f'top{k}']:.4f}"
+    )
+    written = [
+        n for n in ("metrics.json", "curves.png", "best.npz", "last.npz") if os.path.exists(os.path.join(args.out, n))
+    ]
     print(f"wrote {args.out}/: {', '.join(written)} (best.npz: lowest validation loss)")
     return 0 if not history.stopped or history.stopped.startswith("early stop") else 2
 
@@ -331,30 +468,45 @@ def _search(args, data):
     for trial in range(args.search):
         if trial == (args.search + 1) // 2 and results:
             best = min(results, key=lambda r: r["val_loss"])
-            ranges = {k: (best[k] / 10 ** 0.5, best[k] * 10 ** 0.5) for k in ranges}
+            ranges = {k: (best[k] / 10**0.5, best[k] * 10**0.5) for k in ranges}
         sample = {k: float(math.exp(rng.uniform(math.log(lo), math.log(hi)))) for k, (lo, hi) in ranges.items()}
         trial_args = argparse.Namespace(**{**base, **sample})
         trainer, history, seconds = train_once(trial_args, data, progress=False)
         val = trainer.evaluate(data.val) if history.epochs else {"loss": math.inf, "acc": 0.0}
-        results.append({**sample, "val_loss": val["loss"], "val_acc": val["acc"], "seconds": seconds,
-                        "stage": "coarse" if trial < (args.search + 1) // 2 else "fine",
-                        "note": history.stopped if history.stopped and not history.stopped.startswith("early") else ""})
+        results.append(
+            {
+                **sample,
+                "val_loss": val["loss"],
+                "val_acc": val["acc"],
+                "seconds": seconds,
+                "stage": "coarse" if trial < (args.search + 1) // 2 else "fine",
+                "note": history.stopped if history.stopped and not history.stopped.startswith("early") else "",
+            }
+        )
         r = results[-1]
-        print(f"trial {trial + 1}/{args.search} ({r['stage']}): lr {r['lr']:.2e} wd {r['weight_decay']:.2e} -> "
-              f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f} ({seconds:.1f} s)", file=sys.stderr)
+        print(
+            f"trial {trial + 1}/{args.search} ({r['stage']}): lr {r['lr']:.2e} wd {r['weight_decay']:.2e} -> "
+            f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f} ({seconds:.1f} s)",
+            file=sys.stderr,
+        )
     results.sort(key=lambda r: r["val_loss"])
     print(f"\n{'rank':>4} {'stage':>6} {'lr':>10} {'weight_decay':>12} {'val_loss':>9} {'val_acc':>8}  note")
     for i, r in enumerate(results):
-        print(f"{i + 1:>4} {r['stage']:>6} {r['lr']:>10.3e} {r['weight_decay']:>12.3e} {r['val_loss']:>9.4f} "
-              f"{r['val_acc']:>8.4f}  {r['note'][:40]}")
+        print(
+            f"{i + 1:>4} {r['stage']:>6} {r['lr']:>10.3e} {r['weight_decay']:>12.3e} {r['val_loss']:>9.4f} "
+            f"{r['val_acc']:>8.4f}  {r['note'][:40]}"
+        )
     _write_json(os.path.join(args.out, "search.json"), results)
     return 0
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="fastopt train", description="Train a small CNN on scikit-learn's digits or your "
-                                "own images (--data) with fastopt's kernels (AdamW, warm-up + cosine, clipping, "
-                                "augmentation on the device).")
+    p = argparse.ArgumentParser(
+        prog="fastopt train",
+        description="Train a small CNN on scikit-learn's digits or your "
+        "own images (--data) with fastopt's kernels (AdamW, warm-up + cosine, clipping, "
+        "augmentation on the device).",
+    )
     add_arguments(p)
     args = p.parse_args(argv)
     check_arguments(args, p.error)
@@ -364,13 +516,17 @@ def main(argv=None):
         except ValueError as e:
             p.error(f"argument {e}")
     if args.device.startswith("cuda") and not cuda.is_available():
-        p.error(f"argument --device: {args.device}, but no usable CUDA GPU here (fastopt.cuda.is_available() is "
-                "False); use --device cpu or auto")
+        p.error(
+            f"argument --device: {args.device}, but no usable CUDA GPU here (fastopt.cuda.is_available() is "
+            "False); use --device cpu or auto"
+        )
     if args.device.startswith("cuda") and int(args.device[5:]) >= cuda.device_count():
         p.error(f"argument --device: {args.device}, but this machine has {cuda.device_count()} GPU(s)")
     if args.device.startswith("cuda") and cuda.is_emulated():
-        print("note: this build's CUDA device is the host emulation (FASTOPT_CUDA=EMULATE): right, but slow",
-              file=sys.stderr)
+        print(
+            "note: this build's CUDA device is the host emulation (FASTOPT_CUDA=EMULATE): right, but slow",
+            file=sys.stderr,
+        )
     try:
         data = load_data(args)
     except (ValueError, OSError) as e:

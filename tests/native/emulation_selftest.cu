@@ -10,12 +10,12 @@
 #include <cstring>
 #include <vector>
 
-#define REQUIRE(cond)                                                  \
-  do {                                                                 \
-    if (!(cond)) {                                                     \
-      std::printf("FAILED line %d: %s\n", __LINE__, #cond);            \
-      std::exit(1);                                                    \
-    }                                                                  \
+#define REQUIRE(cond)                                       \
+  do {                                                      \
+    if (!(cond)) {                                          \
+      std::printf("FAILED line %d: %s\n", __LINE__, #cond); \
+      std::exit(1);                                         \
+    }                                                       \
   } while (0)
 
 // Thread 0 gets the block's sum of v through two rounds of shuffles and a shared array.

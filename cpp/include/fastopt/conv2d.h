@@ -36,8 +36,8 @@ void conv2d_backward_bias(const Conv2dShape& s, const bf16* dy, float* db, bool 
 namespace cuda {
 // Same contracts, device pointers, queued on `stream` (a cudaStream_t; 0 = legacy default).
 // allow_tf32 opts into tensor-core TF32 math; the default path is exact float32 FMA.
-void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
-                    bool allow_tf32, void* stream);
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, bool allow_tf32,
+                    void* stream);
 void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx, bool allow_tf32,
                           void* stream);
 void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate,
@@ -47,8 +47,7 @@ void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, bool
 // accumulation, the others through fp32; allow_tf32 has no effect.
 void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y, bool allow_tf32,
                     void* stream);
-void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx, bool allow_tf32,
-                          void* stream);
+void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx, bool allow_tf32, void* stream);
 void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate,
                             bool allow_tf32, void* stream);
 void conv2d_backward_bias(const Conv2dShape& s, const bf16* dy, float* db, bool accumulate, void* stream);

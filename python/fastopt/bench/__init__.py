@@ -1,4 +1,5 @@
 """fastopt's benchmark harness: `fastopt bench --help`."""
+
 from .harness import main
 
 __all__ = ["main"]

@@ -5,6 +5,7 @@ Copies ('copy-fastopt', 'copy-numpy', 'copy-torch') are pseudo-backends: a copy 
 working set (cases.py), timed in the same rounds as the optimizers so the ceiling is measured
 under the same conditions (this matters on a shared, noisy CPU).
 """
+
 import numpy as np
 
 import fastopt
@@ -40,6 +41,7 @@ def numpy_ref_step(case, device, host_p, host_g):
         raise Unavailable("CPU only")
     try:
         from fastopt.reference import optim as ref
+
         ref_step = ref.step
     except (ImportError, AttributeError) as e:
         raise Unavailable(f"fastopt.reference.optim.step missing ({e})") from e
@@ -75,6 +77,7 @@ def torch_params_or_unavailable(device, host_p, host_g):
 def torch_step(mode):
     """mode: 'foreach' or 'fused'. For a clip case the peer is torch's usual recipe,
     clip_grad_norm_ (its default implementation choice) then the step."""
+
     def make(case, device, host_p, host_g):
         torch, params = torch_params_or_unavailable(device, host_p, host_g)
         try:
@@ -87,11 +90,13 @@ def torch_step(mode):
             if case.clip:
                 clip(params, 1.0)
             opt.step()
+
         try:
             step()  # some unsupported combinations fail only at the first step
         except (RuntimeError, TypeError, ValueError) as e:
             raise Unavailable(f"torch {mode} {case.optimizer}: {str(e).splitlines()[0][:80]}") from e
         return step
+
     return make
 
 

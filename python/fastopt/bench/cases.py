@@ -9,6 +9,7 @@ The ceiling is a plain copy whose working set (source + destination) equals the 
 p, g, m, v = 16 B/param, so a copy of 2n floats), so both see the same cache level: this matters
 at small sizes and on a CPU whose L3 holds hundreds of MB.
 """
+
 import math
 import re
 from dataclasses import dataclass, field
@@ -16,32 +17,35 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MANY_TENSORS = 10_000
-MANY_MEAN = 400          # mean tensor length of the many-small-tensors case (~4M params in all)
-CLIP_NORM = 1.0          # random gradients have norm ~sqrt(n) >> 1, so clipping really scales
+MANY_MEAN = 400  # mean tensor length of the many-small-tensors case (~4M params in all)
+CLIP_NORM = 1.0  # random gradients have norm ~sqrt(n) >> 1, so clipping really scales
 LR = 1e-3
 
 
 @dataclass(frozen=True)
 class Case:
-    name: str            # 'adamw', 'clip+adamw', ...
-    optimizer: str       # fastopt.optim class name
+    name: str  # 'adamw', 'clip+adamw', ...
+    optimizer: str  # fastopt.optim class name
     bytes_per_param: int
-    working_set: int     # bytes per param of the distinct arrays touched (the copy ceiling's size)
-    kwargs: dict = field(default_factory=dict)   # the same for fastopt, torch and the reference
-    ref_rule: str = ""   # fastopt.reference.optim rule name
+    working_set: int  # bytes per param of the distinct arrays touched (the copy ceiling's size)
+    kwargs: dict = field(default_factory=dict)  # the same for fastopt, torch and the reference
+    ref_rule: str = ""  # fastopt.reference.optim rule name
     clip: bool = False
 
 
-CASES = {c.name: c for c in [
-    Case("sgd", "SGD", 12, 8, dict(lr=LR), "sgd"),
-    Case("sgd-momentum", "SGD", 20, 12, dict(lr=LR, momentum=0.9), "sgd"),
-    Case("adagrad", "Adagrad", 20, 12, dict(lr=LR), "adagrad"),
-    Case("rmsprop", "RMSprop", 20, 12, dict(lr=LR), "rmsprop"),
-    Case("adam", "Adam", 28, 16, dict(lr=LR), "adam"),
-    Case("adamw", "AdamW", 28, 16, dict(lr=LR, weight_decay=1e-2), "adamw"),
-    Case("adamw-amsgrad", "AdamW", 36, 20, dict(lr=LR, weight_decay=1e-2, amsgrad=True), "adamw"),
-    Case("clip+adamw", "AdamW", 32, 16, dict(lr=LR, weight_decay=1e-2), "adamw", clip=True),
-]}
+CASES = {
+    c.name: c
+    for c in [
+        Case("sgd", "SGD", 12, 8, dict(lr=LR), "sgd"),
+        Case("sgd-momentum", "SGD", 20, 12, dict(lr=LR, momentum=0.9), "sgd"),
+        Case("adagrad", "Adagrad", 20, 12, dict(lr=LR), "adagrad"),
+        Case("rmsprop", "RMSprop", 20, 12, dict(lr=LR), "rmsprop"),
+        Case("adam", "Adam", 28, 16, dict(lr=LR), "adam"),
+        Case("adamw", "AdamW", 28, 16, dict(lr=LR, weight_decay=1e-2), "adamw"),
+        Case("adamw-amsgrad", "AdamW", 36, 20, dict(lr=LR, weight_decay=1e-2, amsgrad=True), "adamw"),
+        Case("clip+adamw", "AdamW", 32, 16, dict(lr=LR, weight_decay=1e-2), "adamw", clip=True),
+    ]
+}
 DEFAULT_CASES = [c for c in CASES if c != "adamw-amsgrad"]
 
 # The many-small-tensors case is spelled 'many' in --sizes.
@@ -56,7 +60,7 @@ SIZES = {
 @dataclass(frozen=True)
 class Size:
     label: str
-    lengths: tuple       # one entry per tensor
+    lengths: tuple  # one entry per tensor
 
     @property
     def n(self):
@@ -92,7 +96,7 @@ def size_label(n):
     if n >= 1024 and n & (n - 1) == 0:
         return f"2^{n.bit_length() - 1}"
     e = round(math.log10(n)) if n > 0 else 0
-    if n >= 1000 and 10 ** e == n:
+    if n >= 1000 and 10**e == n:
         return f"1e{e}"
     return f"{n:,}"
 

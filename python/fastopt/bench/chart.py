@@ -1,5 +1,6 @@
 """chart.png: per device, (1) % of copy bandwidth per case and backend at the largest single-tensor
 size, (2) AdamW time vs size with the copy floor, (3) the many-small-tensors case."""
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -28,8 +29,16 @@ def _bars(ax, rows, cases, value, ylabel, title, fmt):
         bars = ax.bar(x, vals, width, label=name, color=COLORS[name])
         for b, v in zip(bars, vals):
             if np.isfinite(v):
-                ax.annotate(fmt(v), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
-                            fontsize=7, rotation=90, xytext=(0, 2), textcoords="offset points")
+                ax.annotate(
+                    fmt(v),
+                    (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    rotation=90,
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                )
     ax.set_xticks(np.arange(len(cases)), cases, rotation=20, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
@@ -56,8 +65,9 @@ def _lines(ax, rows, device):
 
 def draw(doc, path):
     devices = list(doc["devices"])
-    fig, axes = plt.subplots(len(devices), 3, figsize=(19, 5.6 * len(devices)), squeeze=False,
-                             gridspec_kw=dict(width_ratios=[1.35, 1, 1.1]))
+    fig, axes = plt.subplots(
+        len(devices), 3, figsize=(19, 5.6 * len(devices)), squeeze=False, gridspec_kw=dict(width_ratios=[1.35, 1, 1.1])
+    )
     for row_axes, device in zip(axes, devices):
         rows = [r for r in doc["rows"] if r["device"] == device and not r["backend"].startswith("copy")]
         single = [r for r in rows if r["tensors"] == 1]
@@ -69,14 +79,28 @@ def draw(doc, path):
             label = at_n[0]["size"]
             copy = [r["copy_gbs"] for r in at_n if r["copy_gbs"]]
             span = f"{min(copy):.0f}-{max(copy):.0f} GB/s" if copy else "not measured"
-            _bars(row_axes[0], at_n, cases, lambda r: r["pct_copy"], "% of copy bandwidth (minimal bytes)",
-                  f"{device} ({name}), {label} params: % of copy bandwidth (copy {span})", lambda v: f"{v:.0f}")
+            _bars(
+                row_axes[0],
+                at_n,
+                cases,
+                lambda r: r["pct_copy"],
+                "% of copy bandwidth (minimal bytes)",
+                f"{device} ({name}), {label} params: % of copy bandwidth (copy {span})",
+                lambda v: f"{v:.0f}",
+            )
             row_axes[0].axhline(100, color="k", lw=0.8, ls=":")
             _lines(row_axes[1], rows, device)
         many = [r for r in rows if r["tensors"] > 1]
         if many:
-            _bars(row_axes[2], many, cases, lambda r: r["median_ms"], "median ms per step (lower is better)",
-                  f"{device}: {many[0]['size']} ({many[0]['n'] / 1e6:.1f}M params)", lambda v: f"{v:.3g}")
+            _bars(
+                row_axes[2],
+                many,
+                cases,
+                lambda r: r["median_ms"],
+                "median ms per step (lower is better)",
+                f"{device}: {many[0]['size']} ({many[0]['n'] / 1e6:.1f}M params)",
+                lambda v: f"{v:.3g}",
+            )
         else:
             row_axes[2].axis("off")
         row_axes[0].legend(fontsize=9, loc="upper right")

@@ -23,6 +23,7 @@ and torch in float32; the GEMM ceiling is then torch.matmul's bf16 rate (2048^3,
 the same device), and a second table gives each pass's bf16 speed-up over fastopt's own float32. Without
 torch (on the GPU: without torch.cuda) the torch rows and the GEMM ceiling are left out, and the log says so.
 """
+
 import argparse
 import os
 import statistics
@@ -30,12 +31,11 @@ import sys
 import time
 
 import numpy as np
+from ml_dtypes import bfloat16
 
 import fastopt
-from fastopt import _C
-from fastopt import functional as F
+from fastopt import _C, functional as F
 from fastopt.reference import conv as ref
-from ml_dtypes import bfloat16
 
 from .backends import torch_or_none
 from .report import cpu_model, git_info, save
@@ -59,13 +59,23 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     p.add_argument("--quick", action="store_true", help="small batch (N=8 on the CPU, 32 on the GPU)")
     p.add_argument("--out", metavar="DIR", help="write results.json, results.md and chart.png here")
-    p.add_argument("--repeat", type=int, default=9, help="timed rounds per contender (default 9; NumPy: 1 with --quick, else 3)")
+    p.add_argument(
+        "--repeat", type=int, default=9, help="timed rounds per contender (default 9; NumPy: 1 with --quick, else 3)"
+    )
     p.add_argument("--batch", type=int, default=None, help="override N (default 32 CPU / 128 GPU)")
-    p.add_argument("--no-opt-in", dest="opt_in", action="store_false",
-                   help="leave out the kernels that are opt-in until timed on a GPU (should one of them fail)")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: fastopt and torch (channels_last) in bfloat16 beside both in float32, against "
-                        "torch.matmul's bf16 rate")
+    p.add_argument(
+        "--no-opt-in",
+        dest="opt_in",
+        action="store_false",
+        help="leave out the kernels that are opt-in until timed on a GPU (should one of them fail)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: fastopt and torch (channels_last) in bfloat16 beside both in float32, against "
+        "torch.matmul's bf16 rate",
+    )
     a = p.parse_args(argv)
     if a.repeat < 1:
         p.error("--repeat must be >= 1")
@@ -103,7 +113,7 @@ def sgemm_rate(device, torch, rounds=5, dtype="fp32"):
         step = lambda: torch.matmul(a, b, out=c)  # noqa: E731
     clock = clock_for(device)
     step()
-    return 2.0 * n ** 3 / min(sum((clock.block(step, 2) for _ in range(rounds)), []))
+    return 2.0 * n**3 / min(sum((clock.block(step, 2) for _ in range(rounds)), []))
 
 
 def copy_bandwidth(device, nbytes, rounds=7):
@@ -122,6 +132,7 @@ def copy_bandwidth(device, nbytes, rounds=7):
 # ------------------------------------------------------------------------ contenders
 def with_env(name, value, step):
     """step, run with the environment variable `name` set to `value` (the native code reads it per call)."""
+
     def run():
         old = os.environ.get(name)
         os.environ[name] = value
@@ -132,28 +143,46 @@ def with_env(name, value, step):
                 del os.environ[name]
             else:
                 os.environ[name] = old
+
     return run
 
 
 # The CUDA kernels that are opt-in until timed on a GPU: (backend, environment switch, passes it
 # takes, whether it takes a layer (C, R, stride, groups)).
 OPT_IN_KERNELS = [
-    ("fastopt-winograd", "FASTOPT_CUDA_CONV2D_WINOGRAD", PASSES,
-     lambda c, r, stride, groups: r == 3 and stride == 1 and groups == 1),
-    ("fastopt-strips", "FASTOPT_CUDA_CONV2D_STRIPS", ("data-grad",),  # the few-channel data-grad: the stem
-     lambda c, r, stride, groups: c // groups < 16 and groups < c),
-    ("fastopt-dw-loads", "FASTOPT_CUDA_CONV2D_DW_LOADS", ("forward", "data-grad"),
-     lambda c, r, stride, groups: groups == c),
-    ("fastopt-dw-taps", "FASTOPT_CUDA_CONV2D_DW_TAPS", ("weight-grad",),
-     lambda c, r, stride, groups: groups == c and r in (3, 5, 7)),
+    (
+        "fastopt-winograd",
+        "FASTOPT_CUDA_CONV2D_WINOGRAD",
+        PASSES,
+        lambda c, r, stride, groups: r == 3 and stride == 1 and groups == 1,
+    ),
+    (
+        "fastopt-strips",
+        "FASTOPT_CUDA_CONV2D_STRIPS",
+        ("data-grad",),  # the few-channel data-grad: the stem
+        lambda c, r, stride, groups: c // groups < 16 and groups < c,
+    ),
+    (
+        "fastopt-dw-loads",
+        "FASTOPT_CUDA_CONV2D_DW_LOADS",
+        ("forward", "data-grad"),
+        lambda c, r, stride, groups: groups == c,
+    ),
+    (
+        "fastopt-dw-taps",
+        "FASTOPT_CUDA_CONV2D_DW_TAPS",
+        ("weight-grad",),
+        lambda c, r, stride, groups: groups == c and r in (3, 5, 7),
+    ),
 ]
 OPT_IN_BACKENDS = {backend for backend, *_ in OPT_IN_KERNELS}
 
 
 def opt_in_kernels(c, r, stride, groups):
     """(backend, environment switch, passes) of the opt-in kernels that would take passes of this layer."""
-    return [(backend, switch, passes) for backend, switch, passes, takes in OPT_IN_KERNELS
-            if takes(c, r, stride, groups)]
+    return [
+        (backend, switch, passes) for backend, switch, passes, takes in OPT_IN_KERNELS if takes(c, r, stride, groups)
+    ]
 
 
 def fastopt_steps(x, w, dy, args, **kw):
@@ -200,9 +229,11 @@ def contenders(device, layer, n, torch, with_reference, opt_in=True, dtype="fp32
 
         out["torch"] = torch_steps(xt, wt, dyt)
         if dtype == "bf16":
-            out["torch-bf16-cl"] = torch_steps(*(t.bfloat16().contiguous(memory_format=torch.channels_last)
-                                                 for t in (xt, wt, dyt)))
+            out["torch-bf16-cl"] = torch_steps(
+                *(t.bfloat16().contiguous(memory_format=torch.channels_last) for t in (xt, wt, dyt))
+            )
         if device == "cuda":
+
             def tf32(step):
                 def run():
                     torch.backends.cudnn.allow_tf32 = True
@@ -210,7 +241,9 @@ def contenders(device, layer, n, torch, with_reference, opt_in=True, dtype="fp32
                         return step()
                     finally:
                         torch.backends.cudnn.allow_tf32 = False
+
                 return run
+
             out["torch-tf32"] = {ps: tf32(step) for ps, step in out["torch"].items()}
     if with_reference:
         out["numpy-ref"] = {
@@ -259,11 +292,21 @@ def run(args):
         tdev = torch if (torch is not None and (device == "cpu" or torch.cuda.is_available())) else None
         has_sgemm = (device == "cpu" and args.dtype == "fp32") or tdev is not None
         if tdev is None:
-            log(f"{device}: no torch{'' if device == 'cpu' else ' with CUDA'}: the torch rows are skipped"
-                + ("" if has_sgemm else f", and so is the {'torch.matmul bf16' if args.dtype == 'bf16' else 'SGEMM'} "
-                                        "ceiling (the floor is then the copy bandwidth's alone)"))
-        ceilings[device] = {"sgemm_gflops": None, "batch": n, "copy_gbps": {},
-                            "gemm": "torch.matmul bf16" if args.dtype == "bf16" else "float32 SGEMM"}
+            log(
+                f"{device}: no torch{'' if device == 'cpu' else ' with CUDA'}: the torch rows are skipped"
+                + (
+                    ""
+                    if has_sgemm
+                    else f", and so is the {'torch.matmul bf16' if args.dtype == 'bf16' else 'SGEMM'} "
+                    "ceiling (the floor is then the copy bandwidth's alone)"
+                )
+            )
+        ceilings[device] = {
+            "sgemm_gflops": None,
+            "batch": n,
+            "copy_gbps": {},
+            "gemm": "torch.matmul bf16" if args.dtype == "bf16" else "float32 SGEMM",
+        }
         rates, measured = [], []
         # The SGEMM rate is sampled next to every layer and the best kept, so that the ceiling
         # sees the same quiet spells as the layers it is compared with.
@@ -272,8 +315,9 @@ def run(args):
             if has_sgemm:
                 rates.append(sgemm_rate(device, tdev, dtype=args.dtype))
             with_reference = device == "cpu" and args.dtype == "fp32"
-            times, fl, nbytes = time_layer(device, layer, n, tdev, args.repeat, with_reference,
-                                           1 if args.quick else 3, args.opt_in, args.dtype)
+            times, fl, nbytes = time_layer(
+                device, layer, n, tdev, args.repeat, with_reference, 1 if args.quick else 3, args.opt_in, args.dtype
+            )
             bw = copy_bandwidth(device, nbytes)
             ceilings[device]["copy_gbps"][layer[0]] = bw / 1e9
             measured.append((layer, fl, nbytes, bw, times))
@@ -283,34 +327,51 @@ def run(args):
         ceilings[device]["sgemm_gflops"] = rate / 1e9 if rate else None
         ceilings[device]["sgemm_samples_gflops"] = [r / 1e9 for r in rates]
         gemm = ceilings[device]["gemm"]
-        log(f"{device}: {gemm} (best of {len(rates)}) {rate / 1e9:.0f} GFLOP/s" if rate
-            else f"{device}: no {gemm} rate")
+        log(
+            f"{device}: {gemm} (best of {len(rates)}) {rate / 1e9:.0f} GFLOP/s" if rate else f"{device}: no {gemm} rate"
+        )
         for layer, fl, nbytes, bw, times in measured:
             floor = max(fl / rate if rate else 0.0, nbytes / bw)
             for ps in PASSES:
-                base = {b: times[(b, ps)] for b in ("torch", "torch-tf32", "torch-bf16-cl", "numpy-ref")
-                        if (b, ps) in times}
+                base = {
+                    b: times[(b, ps)] for b in ("torch", "torch-tf32", "torch-bf16-cl", "numpy-ref") if (b, ps) in times
+                }
                 for b in sorted({b for b, p in times if p == ps}):
                     t = times[(b, ps)]
                     # TF32 against TF32, bf16 against torch's bf16 channels_last
                     peer = "torch-tf32" if b.endswith("-tf32") else "torch-bf16-cl" if b.endswith("-bf16") else "torch"
-                    rows.append({
-                        "device": device, "layer": layer[0], "pass": ps, "backend": b, "batch": n,
-                        "median_ms": t * 1e3, "gflops": fl / t / 1e9, "gflop": fl / 1e9, "bytes": nbytes,
-                        "pct_of_floor": 100.0 * floor / t,
-                        "pct_of_sgemm": 100.0 * fl / t / rate if rate else None,
-                        "vs_torch": base[peer] / t if peer in base else None,
-                        "vs_numpy": base["numpy-ref"] / t if "numpy-ref" in base else None,
-                    })
+                    rows.append(
+                        {
+                            "device": device,
+                            "layer": layer[0],
+                            "pass": ps,
+                            "backend": b,
+                            "batch": n,
+                            "median_ms": t * 1e3,
+                            "gflops": fl / t / 1e9,
+                            "gflop": fl / 1e9,
+                            "bytes": nbytes,
+                            "pct_of_floor": 100.0 * floor / t,
+                            "pct_of_sgemm": 100.0 * fl / t / rate if rate else None,
+                            "vs_torch": base[peer] / t if peer in base else None,
+                            "vs_numpy": base["numpy-ref"] / t if "numpy-ref" in base else None,
+                        }
+                    )
         release_gpu_memory()
     doc = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "git": git_info(),
-        "host": {"cpu_model": cpu_model(), "cpus": os.cpu_count(),
-                 "gpu": fastopt.cuda.device_name(0) if "cuda" in devices else None},
-        "fastopt": fastopt.build_info(), "torch": getattr(torch, "__version__", None), "numpy": np.__version__,
+        "host": {
+            "cpu_model": cpu_model(),
+            "cpus": os.cpu_count(),
+            "gpu": fastopt.cuda.device_name(0) if "cuda" in devices else None,
+        },
+        "fastopt": fastopt.build_info(),
+        "torch": getattr(torch, "__version__", None),
+        "numpy": np.__version__,
         "settings": {"quick": args.quick, "repeat": args.repeat, "devices": devices, "dtype": args.dtype},
-        "ceilings": ceilings, "rows": rows,
+        "ceilings": ceilings,
+        "rows": rows,
     }
     md = markdown(doc)
     print(md)
@@ -325,26 +386,37 @@ def _f(v, fmt):
 
 def markdown(doc):
     git, gpu = doc.get("git") or {}, doc["host"].get("gpu")
-    out = [f"# conv2d, {doc['date']}", "",
-           f"Host: {doc['host']['cpu_model']} ({doc['host']['cpus']} CPUs){f', {gpu}' if gpu else ''}; "
-           f"commit {str(git.get('commit'))[:12]}{' (dirty)' if git.get('dirty') else ''}; torch {doc['torch']}, "
-           f"numpy {doc['numpy']}; fastopt SIMD {doc['fastopt'].get('simd')}, AMX {doc['fastopt'].get('amx')}; "
-           f"settings {doc['settings']}.", ""]
+    out = [
+        f"# conv2d, {doc['date']}",
+        "",
+        f"Host: {doc['host']['cpu_model']} ({doc['host']['cpus']} CPUs){f', {gpu}' if gpu else ''}; "
+        f"commit {str(git.get('commit'))[:12]}{' (dirty)' if git.get('dirty') else ''}; torch {doc['torch']}, "
+        f"numpy {doc['numpy']}; fastopt SIMD {doc['fastopt'].get('simd')}, AMX {doc['fastopt'].get('amx')}; "
+        f"settings {doc['settings']}.",
+        "",
+    ]
     for device, ceil in doc["ceilings"].items():
-        out.append(f"**{device}**: N = {ceil['batch']}; {ceil.get('gemm', 'SGEMM')} {_f(ceil['sgemm_gflops'], '.0f')} "
-                   "GFLOP/s; copy "
-                   f"{_f(min(ceil['copy_gbps'].values(), default=None), '.0f')}-"
-                   f"{_f(max(ceil['copy_gbps'].values(), default=None), '.0f')} GB/s (read + write).")
-    out += ["", "GFLOP/s = 2 N K (C/G) R S P Q / median time. % floor: the floor (max of flops / GEMM rate, "
-            "bytes / copy bandwidth) over the time. vs torch / vs NumPy: their time over this one (> 1: faster); "
-            "the -tf32 rows (tensor cores, opt-in) are compared with torch-tf32, the -bf16 rows with torch-bf16-cl.",
-            "",
-            "| device | layer | pass | backend | median ms | GFLOP/s | % floor | % SGEMM | vs torch | vs NumPy |",
-            "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        out.append(
+            f"**{device}**: N = {ceil['batch']}; {ceil.get('gemm', 'SGEMM')} {_f(ceil['sgemm_gflops'], '.0f')} "
+            "GFLOP/s; copy "
+            f"{_f(min(ceil['copy_gbps'].values(), default=None), '.0f')}-"
+            f"{_f(max(ceil['copy_gbps'].values(), default=None), '.0f')} GB/s (read + write)."
+        )
+    out += [
+        "",
+        "GFLOP/s = 2 N K (C/G) R S P Q / median time. % floor: the floor (max of flops / GEMM rate, "
+        "bytes / copy bandwidth) over the time. vs torch / vs NumPy: their time over this one (> 1: faster); "
+        "the -tf32 rows (tensor cores, opt-in) are compared with torch-tf32, the -bf16 rows with torch-bf16-cl.",
+        "",
+        "| device | layer | pass | backend | median ms | GFLOP/s | % floor | % SGEMM | vs torch | vs NumPy |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in doc["rows"]:
-        out.append(f"| {r['device']} | {r['layer']} | {r['pass']} | {r['backend']} | {r['median_ms']:.2f} | "
-                   f"{r['gflops']:.1f} | {r['pct_of_floor']:.0f}% | {_f(r['pct_of_sgemm'], '.0f')}% | "
-                   f"{_f(r['vs_torch'], '.2f')} | {_f(r['vs_numpy'], '.1f')} |")
+        out.append(
+            f"| {r['device']} | {r['layer']} | {r['pass']} | {r['backend']} | {r['median_ms']:.2f} | "
+            f"{r['gflops']:.1f} | {r['pct_of_floor']:.0f}% | {_f(r['pct_of_sgemm'], '.0f')}% | "
+            f"{_f(r['vs_torch'], '.2f')} | {_f(r['vs_numpy'], '.1f')} |"
+        )
     out += opt_in_verdicts(doc["rows"]) + bf16_speedups(doc["rows"])
     return "\n".join(out)
 
@@ -355,12 +427,19 @@ def bf16_speedups(rows):
     bf16 = [r for r in rows if r["backend"] == "fastopt-bf16" and (r["layer"], r["pass"]) in fp32]
     if not bf16:
         return []
-    out = ["", "bfloat16 against float32 (fastopt): fp32 ms / bf16 ms.", "",
-           "| layer | pass | fp32 ms | bf16 ms | speed-up | vs torch bf16 CL |", "|---|---|---:|---:|---:|---:|"]
+    out = [
+        "",
+        "bfloat16 against float32 (fastopt): fp32 ms / bf16 ms.",
+        "",
+        "| layer | pass | fp32 ms | bf16 ms | speed-up | vs torch bf16 CL |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in bf16:
         base = fp32[(r["layer"], r["pass"])]
-        out.append(f"| {r['layer']} | {r['pass']} | {base:.2f} | {r['median_ms']:.2f} | {base / r['median_ms']:.2f} | "
-                   f"{_f(r['vs_torch'], '.2f')} |")
+        out.append(
+            f"| {r['layer']} | {r['pass']} | {base:.2f} | {r['median_ms']:.2f} | {base / r['median_ms']:.2f} | "
+            f"{_f(r['vs_torch'], '.2f')} |"
+        )
     return out
 
 
@@ -371,25 +450,40 @@ def opt_in_verdicts(rows):
     opt_in = [r for r in rows if r["backend"] in OPT_IN_BACKENDS and (r["device"], r["layer"], r["pass"]) in default]
     if not opt_in:
         return []
-    out = ["", "Opt-in kernels (each with its switch set) against the default path: default ms / opt-in ms.", "",
-           "| device | layer | pass | opt-in | default ms | opt-in ms | speed-up | vs torch |",
-           "|---|---|---|---|---:|---:|---:|---:|"]
+    out = [
+        "",
+        "Opt-in kernels (each with its switch set) against the default path: default ms / opt-in ms.",
+        "",
+        "| device | layer | pass | opt-in | default ms | opt-in ms | speed-up | vs torch |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
     for r in opt_in:
         base = default[(r["device"], r["layer"], r["pass"])]
-        out.append(f"| {r['device']} | {r['layer']} | {r['pass']} | {r['backend']} | {base:.3f} | "
-                   f"{r['median_ms']:.3f} | {base / r['median_ms']:.2f} | {_f(r['vs_torch'], '.2f')} |")
+        out.append(
+            f"| {r['device']} | {r['layer']} | {r['pass']} | {r['backend']} | {base:.3f} | "
+            f"{r['median_ms']:.3f} | {base / r['median_ms']:.2f} | {_f(r['vs_torch'], '.2f')} |"
+        )
     return out
 
 
 def chart(doc, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     devices = list(doc["ceilings"])
     fig, axes = plt.subplots(len(devices), len(PASSES), figsize=(18, 5.5 * len(devices)), squeeze=False)
-    colors = {"fastopt": "#1f77b4", "fastopt-winograd": "#2ca02c", "torch": "#ff7f0e", "fastopt-tf32": "#9ecae1",
-              "torch-tf32": "#fdbe85", "fastopt-bf16": "#08519c", "torch-bf16-cl": "#a63603", "numpy-ref": "#7f7f7f"}
+    colors = {
+        "fastopt": "#1f77b4",
+        "fastopt-winograd": "#2ca02c",
+        "torch": "#ff7f0e",
+        "fastopt-tf32": "#9ecae1",
+        "torch-tf32": "#fdbe85",
+        "fastopt-bf16": "#08519c",
+        "torch-bf16-cl": "#a63603",
+        "numpy-ref": "#7f7f7f",
+    }
     for di, device in enumerate(devices):
         rows = [r for r in doc["rows"] if r["device"] == device]
         layers = list(dict.fromkeys(r["layer"] for r in rows))
@@ -398,8 +492,10 @@ def chart(doc, path):
         for pi, ps in enumerate(PASSES):
             ax = axes[di][pi]
             for bi, b in enumerate(backends):
-                vals = [next((r["gflops"] for r in rows if r["layer"] == l and r["pass"] == ps and r["backend"] == b),
-                             0.0) for l in layers]
+                vals = [
+                    next((r["gflops"] for r in rows if r["layer"] == l and r["pass"] == ps and r["backend"] == b), 0.0)
+                    for l in layers
+                ]
                 xs = np.arange(len(layers)) + (bi - (len(backends) - 1) / 2) * width
                 ax.bar(xs, vals, width, label=b, color=colors[b])
             rate = doc["ceilings"][device]["sgemm_gflops"]

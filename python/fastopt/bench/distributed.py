@@ -8,6 +8,7 @@ NCCL need a machine with several GPUs (--device cuda; not run on a single-GPU ho
 
   python -m fastopt.bench.distributed [--model resnet20|cnn|mlp] [--batch B] [--steps S] [--quick] [--out DIR]
 """
+
 import argparse
 import json
 import os
@@ -27,9 +28,9 @@ from .report import cpu_model, header, save
 # keeps the optimizer state of S / P elements only.
 PAPER_MODELS = [("ResNet-50", 25.6e6), ("1B-parameter model", 1.0e9)]
 PAPER_RANKS = [8, 64]
-GRAD_BYTES = 4            # float32 gradients and parameters
-ADAM_STATE_BYTES = 8      # exp_avg + exp_avg_sq, float32
-LINK_GBPS = 25.0          # GB/s per rank: a 200 Gb/s InfiniBand port, for the time column
+GRAD_BYTES = 4  # float32 gradients and parameters
+ADAM_STATE_BYTES = 8  # exp_avg + exp_avg_sq, float32
+LINK_GBPS = 25.0  # GB/s per rank: a 200 Gb/s InfiniBand port, for the time column
 
 
 def paper_rows():
@@ -37,11 +38,20 @@ def paper_rows():
     for name, params in PAPER_MODELS:
         for p in PAPER_RANKS:
             ring = (p - 1) / p * params * GRAD_BYTES
-            rows.append(dict(model=name, params=params, ranks=p, allreduce_bytes=2 * ring,
-                             zero1_reduce_scatter_bytes=ring, zero1_all_gather_bytes=ring, zero1_bytes=2 * ring,
-                             allreduce_ms_at_link=2 * ring / (LINK_GBPS * 1e9) * 1e3,
-                             adam_state_bytes_unsharded=params * ADAM_STATE_BYTES,
-                             adam_state_bytes_zero1=params * ADAM_STATE_BYTES / p))
+            rows.append(
+                dict(
+                    model=name,
+                    params=params,
+                    ranks=p,
+                    allreduce_bytes=2 * ring,
+                    zero1_reduce_scatter_bytes=ring,
+                    zero1_all_gather_bytes=ring,
+                    zero1_bytes=2 * ring,
+                    allreduce_ms_at_link=2 * ring / (LINK_GBPS * 1e9) * 1e3,
+                    adam_state_bytes_unsharded=params * ADAM_STATE_BYTES,
+                    adam_state_bytes_zero1=params * ADAM_STATE_BYTES / p,
+                )
+            )
     return rows
 
 
@@ -68,6 +78,7 @@ def parse_args(argv=None):
 def _model(name):
     from .. import nn
     from ..nn.models import resnet, small_cnn
+
     if name == "resnet20":
         return resnet(20, 10, in_channels=3), (3, 32, 32)
     if name == "cnn":
@@ -79,6 +90,7 @@ def worker(args):
     """One rank: warm-up, then timed steps of DataParallel and of ZeRO-1; rank 0 writes the result."""
     from .. import distributed as dist, nn, optim
     from ..distributed import core
+
     rank, world = dist.init()
     model, shape = _model(args.model)
     steps = args.steps or (5 if args.quick else 20)
@@ -92,8 +104,11 @@ def worker(args):
         if model.store is None:
             net.build(seed=0)
         groups = model.store.param_groups(5e-4)
-        opt = optim.AdamW(groups, lr=1e-3) if mode == "allreduce" else dist.ZeroOptimizer(model, groups, optim.AdamW,
-                                                                                          lr=1e-3)
+        opt = (
+            optim.AdamW(groups, lr=1e-3)
+            if mode == "allreduce"
+            else dist.ZeroOptimizer(model, groups, optim.AdamW, lr=1e-3)
+        )
 
         def step():
             loss.forward(net.forward(x, training=True), y)
@@ -114,8 +129,11 @@ def worker(args):
             step()
             times.append(time.perf_counter() - t0)
             comm.append(core.comm_seconds())
-        out[mode] = dict(step_ms=statistics.median(times) * 1e3, comm_ms=statistics.median(comm) * 1e3,
-                         comm_share=float(np.sum(comm) / np.sum(times)))
+        out[mode] = dict(
+            step_ms=statistics.median(times) * 1e3,
+            comm_ms=statistics.median(comm) * 1e3,
+            comm_share=float(np.sum(comm) / np.sum(times)),
+        )
     if rank == 0:
         with open(args.worker, "w") as f:
             json.dump(dict(world=world, params=model.store.size, **out), f)
@@ -124,11 +142,24 @@ def worker(args):
 
 def _run_ranks(args, nproc, path):
     from ..distributed.launch import free_port, rank_env
+
     port = free_port()
     threads = max(1, (os.cpu_count() or 1) // nproc)
-    argv = [sys.executable, "-m", "fastopt.bench.distributed", "--worker", path, "--model", args.model,
-            "--batch", str(args.batch)] + (["--steps", str(args.steps)] if args.steps else []) + \
-        (["--quick"] if args.quick else [])
+    argv = (
+        [
+            sys.executable,
+            "-m",
+            "fastopt.bench.distributed",
+            "--worker",
+            path,
+            "--model",
+            args.model,
+            "--batch",
+            str(args.batch),
+        ]
+        + (["--steps", str(args.steps)] if args.steps else [])
+        + (["--quick"] if args.quick else [])
+    )
     procs = [subprocess.Popen(argv, env=rank_env(r, nproc, port, threads)) for r in range(nproc)]
     codes = [p.wait() for p in procs]
     if any(codes):
@@ -138,22 +169,36 @@ def _run_ranks(args, nproc, path):
 
 
 def run(args):
-    hdr = header(dict(model=args.model, batch=args.batch, steps=args.steps, quick=args.quick, nproc=args.nproc),
-                 ["cpu"])
+    hdr = header(
+        dict(model=args.model, batch=args.batch, steps=args.steps, quick=args.quick, nproc=args.nproc), ["cpu"]
+    )
     rows = []
     if not args.paper_only:
         with tempfile.TemporaryDirectory() as tmp:
             for n in args.nproc:
-                print(f"fastopt bench distributed: {n} process(es), {args.model}, batch {args.batch} each",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"fastopt bench distributed: {n} process(es), {args.model}, batch {args.batch} each",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 result = _run_ranks(args, n, os.path.join(tmp, f"r{n}.json"))
                 for mode in ("allreduce", "zero1"):
                     r = result[mode]
-                    rows.append(dict(device="cpu", nproc=n, mode=mode, params=result["params"],
-                                     step_ms=r["step_ms"], comm_ms=r["comm_ms"], comm_share=r["comm_share"],
-                                     samples_per_s=n * args.batch / (r["step_ms"] / 1e3)))
-    return dict(header=hdr, devices={"cpu": dict(name=cpu_model(), clock="time.perf_counter")}, rows=rows,
-                paper=paper_rows())
+                    rows.append(
+                        dict(
+                            device="cpu",
+                            nproc=n,
+                            mode=mode,
+                            params=result["params"],
+                            step_ms=r["step_ms"],
+                            comm_ms=r["comm_ms"],
+                            comm_share=r["comm_share"],
+                            samples_per_s=n * args.batch / (r["step_ms"] / 1e3),
+                        )
+                    )
+    return dict(
+        header=hdr, devices={"cpu": dict(name=cpu_model(), clock="time.perf_counter")}, rows=rows, paper=paper_rows()
+    )
 
 
 def _gb(x):
@@ -163,22 +208,33 @@ def _gb(x):
 def markdown(doc):
     lines = []
     if doc["rows"]:
-        lines += ["## Step time on this machine (gloo, CPU): a correctness-and-overhead figure", "",
-                  "| processes | mode | params | step (ms, median) | gradient comm (ms) | comm share | samples/s |",
-                  "|---:|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "## Step time on this machine (gloo, CPU): a correctness-and-overhead figure",
+            "",
+            "| processes | mode | params | step (ms, median) | gradient comm (ms) | comm share | samples/s |",
+            "|---:|---|---:|---:|---:|---:|---:|",
+        ]
         for r in doc["rows"]:
-            lines.append(f"| {r['nproc']} | {r['mode']} | {r['params']:,} | {r['step_ms']:.2f} | {r['comm_ms']:.2f} | "
-                         f"{100 * r['comm_share']:.1f}% | {r['samples_per_s']:.0f} |")
+            lines.append(
+                f"| {r['nproc']} | {r['mode']} | {r['params']:,} | {r['step_ms']:.2f} | {r['comm_ms']:.2f} | "
+                f"{100 * r['comm_share']:.1f}% | {r['samples_per_s']:.0f} |"
+            )
         lines.append("")
-    lines += ["## On paper: bytes each rank sends per step (ring algorithms, float32)", "",
-              f"all-reduce = 2 (P-1)/P x 4S; ZeRO-1 = reduce-scatter (P-1)/P x 4S + all-gather (P-1)/P x 4S; "
-              f"time at {LINK_GBPS:g} GB/s per rank; Adam state 8 B/parameter.", "",
-              "| model | ranks | all-reduce | ZeRO-1 (RS + AG) | comm at link | Adam state/rank | ZeRO-1 state/rank |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "## On paper: bytes each rank sends per step (ring algorithms, float32)",
+        "",
+        f"all-reduce = 2 (P-1)/P x 4S; ZeRO-1 = reduce-scatter (P-1)/P x 4S + all-gather (P-1)/P x 4S; "
+        f"time at {LINK_GBPS:g} GB/s per rank; Adam state 8 B/parameter.",
+        "",
+        "| model | ranks | all-reduce | ZeRO-1 (RS + AG) | comm at link | Adam state/rank | ZeRO-1 state/rank |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in doc["paper"]:
-        lines.append(f"| {r['model']} | {r['ranks']} | {_gb(r['allreduce_bytes'])} | "
-                     f"{_gb(r['zero1_reduce_scatter_bytes'])} + {_gb(r['zero1_all_gather_bytes'])} | {r['allreduce_ms_at_link']:.1f} ms | "
-                     f"{_gb(r['adam_state_bytes_unsharded'])} | {_gb(r['adam_state_bytes_zero1'])} |")
+        lines.append(
+            f"| {r['model']} | {r['ranks']} | {_gb(r['allreduce_bytes'])} | "
+            f"{_gb(r['zero1_reduce_scatter_bytes'])} + {_gb(r['zero1_all_gather_bytes'])} | {r['allreduce_ms_at_link']:.1f} ms | "
+            f"{_gb(r['adam_state_bytes_unsharded'])} | {_gb(r['adam_state_bytes_zero1'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ F.dropout does; the copy writes into a preallocated one.
 
   python -m fastopt.bench.dropout [--device cpu|cuda|all] [--quick] [--repeat R] [--out DIR]
 """
+
 import argparse
 import os
 import statistics
@@ -18,8 +19,7 @@ import time
 import numpy as np
 
 import fastopt
-from fastopt import _C
-from fastopt import functional as F
+from fastopt import _C, functional as F
 from fastopt.reference import dropout as R
 
 from .backends import torch_or_none
@@ -48,8 +48,9 @@ class Unavailable(Exception):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="fastopt bench dropout", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                    help="all = the CPU plus the GPU when one is usable")
+    ap.add_argument(
+        "--device", choices=["cpu", "cuda", "all"], default="all", help="all = the CPU plus the GPU when one is usable"
+    )
     ap.add_argument("--quick", action="store_true", help="fewer rounds; the NumPy reference at 2^24 only (~90 s)")
     ap.add_argument("--repeat", type=int, default=None, help="timing rounds per case (default 11, quick 5)")
     ap.add_argument("--out", help="write results.json, results.md and chart.png here")
@@ -125,9 +126,14 @@ def time_case(device, op, label, n, clock, rounds, ref_max, progress):
         progress(f"{device} {op} {label}: round {r + 1}/{rounds}")
     for row, step, inner, want, samples in live:
         ms = sorted(s * 1e3 for s in samples)
-        row.update(median_ms=statistics.median(ms), min_ms=ms[0], p10_ms=ms[int(0.1 * (len(ms) - 1))],
-                   p90_ms=ms[int(0.9 * (len(ms) - 1))], samples=len(ms),
-                   gbs=BYTES_PER_ELEMENT * n / (statistics.median(ms) * 1e-3) / 1e9)
+        row.update(
+            median_ms=statistics.median(ms),
+            min_ms=ms[0],
+            p10_ms=ms[int(0.1 * (len(ms) - 1))],
+            p90_ms=ms[int(0.9 * (len(ms) - 1))],
+            samples=len(ms),
+            gbs=BYTES_PER_ELEMENT * n / (statistics.median(ms) * 1e-3) / 1e9,
+        )
     copy = next((r for r in rows if r["backend"] == "copy-fastopt" and r["median_ms"]), None)
     for row in rows:
         timed = row["median_ms"] is not None
@@ -147,44 +153,75 @@ def evaluate(rows):
     for device, op, size, versus, goal, what in TARGETS:
         if device not in measured:
             continue
-        fo = next((r for r in rows if (r["device"], r["op"], r["size"], r["backend"]) ==
-                   (device, op, size, f"fastopt-{device}")), None)
+        fo = next(
+            (
+                r
+                for r in rows
+                if (r["device"], r["op"], r["size"], r["backend"]) == (device, op, size, f"fastopt-{device}")
+            ),
+            None,
+        )
         value = None
         if fo and fo["median_ms"]:
             if versus is None:
                 value = fo["pct_copy"]
             else:
-                peer = next((r for r in rows if (r["device"], r["op"], r["size"], r["backend"]) ==
-                             (device, op, size, versus)), None)
+                peer = next(
+                    (r for r in rows if (r["device"], r["op"], r["size"], r["backend"]) == (device, op, size, versus)),
+                    None,
+                )
                 value = peer.get("fastopt_speedup") if peer else None
-        out.append(dict(device=device, op=op, size=size, versus=versus or "copy bandwidth", target=goal,
-                        value=value, met=None if value is None else bool(value >= goal), what=what))
+        out.append(
+            dict(
+                device=device,
+                op=op,
+                size=size,
+                versus=versus or "copy bandwidth",
+                target=goal,
+                value=value,
+                met=None if value is None else bool(value >= goal),
+                what=what,
+            )
+        )
     return out
 
 
 # -------------------------------------------------------------------------------- output
 def markdown(doc):
     h = doc["header"]
-    lines = ["# fastopt dropout benchmark", "",
-             f"- date {h['date']}, git {str(h['git']['commit'])[:12]}{' (dirty)' if h['git']['dirty'] else ''}, "
-             f"SIMD {h['fastopt'].get('simd')}, OpenMP threads {h['fastopt'].get('cpu_threads')}, "
-             f"torch {h['torch']}, numpy {h['numpy']}",
-             f"- host: {h['host']['cpu_model']}, {h['host']['cpus']} CPUs, load average at start "
-             f"{h['host']['loadavg_start']}, at end {doc.get('loadavg_end')}",
-             f"- p = {P}; GB/s counts 8 bytes per element (read x or dy, write y or dx) for every backend; "
-             "floor = the same bytes at the copy bandwidth measured in the same rounds "
-             "(fastopt._C.copy_, float32, n elements); % copy = GB/s / copy GB/s; "
-             "'fastopt speedup' = that backend's median / fastopt's median.", "",
-             "## Targets", "", "| device | target | size | measured | met |", "|---|---|---|--:|---|"]
+    lines = [
+        "# fastopt dropout benchmark",
+        "",
+        f"- date {h['date']}, git {str(h['git']['commit'])[:12]}{' (dirty)' if h['git']['dirty'] else ''}, "
+        f"SIMD {h['fastopt'].get('simd')}, OpenMP threads {h['fastopt'].get('cpu_threads')}, "
+        f"torch {h['torch']}, numpy {h['numpy']}",
+        f"- host: {h['host']['cpu_model']}, {h['host']['cpus']} CPUs, load average at start "
+        f"{h['host']['loadavg_start']}, at end {doc.get('loadavg_end')}",
+        f"- p = {P}; GB/s counts 8 bytes per element (read x or dy, write y or dx) for every backend; "
+        "floor = the same bytes at the copy bandwidth measured in the same rounds "
+        "(fastopt._C.copy_, float32, n elements); % copy = GB/s / copy GB/s; "
+        "'fastopt speedup' = that backend's median / fastopt's median.",
+        "",
+        "## Targets",
+        "",
+        "| device | target | size | measured | met |",
+        "|---|---|---|--:|---|",
+    ]
     for t in doc["targets"]:
         v = t["value"]
         shown = "not measured" if v is None else (f"{v:.1f}%" if t["versus"] == "copy bandwidth" else f"{v:.2f}x")
-        lines.append(f"| {t['device']} | {t['what']} | {t['size']} | {shown} | "
-                     f"{ {None: '-', True: 'yes', False: '**no**'}[t['met']]} |")
+        lines.append(
+            f"| {t['device']} | {t['what']} | {t['size']} | {shown} | "
+            f"{ {None: '-', True: 'yes', False: '**no**'}[t['met']] } |"
+        )
     for dev in doc["devices"]:
-        lines += ["", f"## {dev} ({doc['devices'][dev]['clock']})", "",
-                  "| op | size | backend | median ms | p10-p90 ms | GB/s | floor ms | % copy | fastopt speedup |",
-                  "|---|---|---|--:|--:|--:|--:|--:|--:|"]
+        lines += [
+            "",
+            f"## {dev} ({doc['devices'][dev]['clock']})",
+            "",
+            "| op | size | backend | median ms | p10-p90 ms | GB/s | floor ms | % copy | fastopt speedup |",
+            "|---|---|---|--:|--:|--:|--:|--:|--:|",
+        ]
         for r in (r for r in doc["rows"] if r["device"] == dev):
             if r["median_ms"] is None:
                 lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | {r['note']} | | | | | |")
@@ -192,8 +229,10 @@ def markdown(doc):
             pct = "" if r["pct_copy"] is None else f"{r['pct_copy']:.0f}%"
             sp = f"{r['fastopt_speedup']:.2f}x" if r.get("fastopt_speedup") else ""
             floor = "" if r["floor_ms"] is None else f"{r['floor_ms']:.4g}"
-            lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | {r['median_ms']:.4g} | "
-                         f"{r['p10_ms']:.4g}-{r['p90_ms']:.4g} | {r['gbs']:.2f} | {floor} | {pct} | {sp} |")
+            lines.append(
+                f"| {r['op']} | {r['size']} | {r['backend']} | {r['median_ms']:.4g} | "
+                f"{r['p10_ms']:.4g}-{r['p90_ms']:.4g} | {r['gbs']:.2f} | {floor} | {pct} | {sp} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -206,6 +245,7 @@ def _color(backend):
 
 def chart(doc, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -226,8 +266,15 @@ def chart(doc, path):
             bars = ax.bar(xs, vals, width, label=label, color=_color(b))
             for bar, v in zip(bars, vals):
                 if np.isfinite(v):
-                    ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                                va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+                    ax.annotate(
+                        f"{v:.3g}",
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center",
+                        va="bottom",
+                        fontsize=8,
+                        xytext=(0, 2),
+                        textcoords="offset points",
+                    )
         ax.set_yscale("log")
         ax.set_xticks(np.arange(len(cases)), [f"{op}\n{size} elements" for op, size in cases])
         ax.set_ylabel("GB/s (8 bytes per element, log scale)")
@@ -263,8 +310,7 @@ def run(args):
             rows += time_case(device, op, label, n, clock, rounds, ref_max, progress)
         if device == "cuda":
             release_gpu_memory()
-    doc = dict(header=hdr, devices=dev_info,
-               rows=rows, targets=evaluate(rows))
+    doc = dict(header=hdr, devices=dev_info, rows=rows, targets=evaluate(rows))
     try:
         doc["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:

@@ -5,6 +5,7 @@ copy of the same data, then timed in interleaved rounds: A B C A B C ... so that
 neighbour or frequency change hits all contenders alike. Progress goes to stderr, the table to
 stdout, and with --out: results.json, results.md and chart.png.
 """
+
 import argparse
 import gc
 import json
@@ -44,18 +45,22 @@ class Progress:
     as its bytes moved plus a per-tensor overhead, capped by the per-case time budget."""
 
     def __init__(self, plan, budget):
-        self.weights = [min(size.n * CASES[c].bytes_per_param / 2e9 + size.tensors / 2e3, budget) + 0.3
-                        for _, size, c in plan]
+        self.weights = [
+            min(size.n * CASES[c].bytes_per_param / 2e9 + size.tensors / 2e3, budget) + 0.3 for _, size, c in plan
+        ]
         self.t0 = time.perf_counter()
         self.done = 0
 
     def line(self, text):
         elapsed = time.perf_counter() - self.t0
         self.done += 1
-        done_w = sum(self.weights[:self.done])
-        left = elapsed / done_w * sum(self.weights[self.done:])
-        print(f"[{self.done:>3}/{len(self.weights)} {_clock(elapsed)}, ETA ~{_clock(left)}] {text}",
-              file=sys.stderr, flush=True)
+        done_w = sum(self.weights[: self.done])
+        left = elapsed / done_w * sum(self.weights[self.done :])
+        print(
+            f"[{self.done:>3}/{len(self.weights)} {_clock(elapsed)}, ETA ~{_clock(left)}] {text}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _clock(s):
@@ -66,8 +71,9 @@ def time_case(device, case, size, host, clock, rounds, budget, ref_max, makers=N
     """Rows for one (device, case, size). makers: (backend name, maker) pairs to time instead of
     the optimizer suite's (copies_for + backends_for); a name starting with 'copy' is a ceiling."""
     contenders, rows = [], []
-    base = dict(device=device, case=case.name, optimizer=case.optimizer, size=size.label, n=size.n,
-                tensors=size.tensors)
+    base = dict(
+        device=device, case=case.name, optimizer=case.optimizer, size=size.label, n=size.n, tensors=size.tensors
+    )
     for name, maker in makers or copies_for(device) + backends_for(case, device):
         # A copy's bytes (read + write) per parameter of the case are its working set.
         bpp = case.working_set if name.startswith("copy") else case.bytes_per_param
@@ -106,8 +112,15 @@ def time_case(device, case, size, host, clock, rounds, budget, ref_max, makers=N
         ms = sorted(s * 1e3 for s in samples)
         q = lambda f: ms[min(len(ms) - 1, int(f * len(ms)))]
         median = (ms[(len(ms) - 1) // 2] + ms[len(ms) // 2]) / 2
-        row.update(median_ms=median, p10_ms=q(0.1), p90_ms=q(0.9), min_ms=ms[0], samples=len(ms), steps_per_block=inner,
-                   gbs=row["bytes_per_param"] * size.n / (median * 1e-3) / 1e9)
+        row.update(
+            median_ms=median,
+            p10_ms=q(0.1),
+            p90_ms=q(0.9),
+            min_ms=ms[0],
+            samples=len(ms),
+            steps_per_block=inner,
+            gbs=row["bytes_per_param"] * size.n / (median * 1e-3) / 1e9,
+        )
     copy_gbs = max((r["gbs"] for r in rows if r["backend"].startswith("copy") and r["median_ms"]), default=None)
     for row in rows:
         row["copy_gbs"] = copy_gbs
@@ -144,15 +157,28 @@ def run(args):
             plan += [(device, size, c) for c in args.cases]
     rounds_for = lambda d: args.repeat or (5 if args.quick else 20 if d == "cuda" else 15)
     budget = args.budget or (2.0 if args.quick else 8.0)
-    settings = dict(quick=args.quick, cases=args.cases, ref_max=ref_max, budget_s=budget,
-                    rounds={d: rounds_for(d) for d in devices}, argv=sys.argv[1:])
+    settings = dict(
+        quick=args.quick,
+        cases=args.cases,
+        ref_max=ref_max,
+        budget_s=budget,
+        rounds={d: rounds_for(d) for d in devices},
+        argv=sys.argv[1:],
+    )
     dev_info = {}
     for d in devices:
-        dev_info[d] = dict(name=report.cpu_model() if d == "cpu" else fastopt.cuda.device_name(0),
-                           clock=clock_for(d).name, copy_gbs={}, copies=[])
+        dev_info[d] = dict(
+            name=report.cpu_model() if d == "cpu" else fastopt.cuda.device_name(0),
+            clock=clock_for(d).name,
+            copy_gbs={},
+            copies=[],
+        )
     doc = report.header(settings, dev_info)
-    print(f"fastopt bench: {len(plan)} cases on {', '.join(devices)}; progress below, table at the end",
-          file=sys.stderr, flush=True)
+    print(
+        f"fastopt bench: {len(plan)} cases on {', '.join(devices)}; progress below, table at the end",
+        file=sys.stderr,
+        flush=True,
+    )
     progress = Progress(plan, budget)
     rows, host_key, host, copies = [], None, None, {}
     for device, size, c in plan:
@@ -171,8 +197,9 @@ def run(args):
     for (device, label), values in copies.items():
         dev_info[device]["copy_gbs"][label] = statistics.median(values)
     for d in devices:
-        dev_info[d]["copies"] = sorted({r["backend"] for r in rows
-                                        if r["device"] == d and r["backend"].startswith("copy") and r["median_ms"]})
+        dev_info[d]["copies"] = sorted(
+            {r["backend"] for r in rows if r["device"] == d and r["backend"].startswith("copy") and r["median_ms"]}
+        )
     doc["host"]["loadavg_end"] = report._loadavg()
     doc["rows"] = rows
     doc["notes"] = [
@@ -198,4 +225,5 @@ def run(args):
 
 def _draw(doc, path):
     from .chart import draw  # matplotlib is optional
+
     draw(doc, path)

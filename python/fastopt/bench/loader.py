@@ -14,6 +14,7 @@ Reports training samples/s (median over rounds) and data / memory, whose target 
 loader costs at most 10%). Progress on stderr, a Markdown table on stdout; --out DIR writes
 results.json and results.md.
 """
+
 import argparse
 import os
 import statistics
@@ -26,7 +27,7 @@ import numpy as np
 import fastopt
 from fastopt import data as datasets
 from fastopt.nn.models import small_cnn
-from fastopt.train import Trainer, TrainConfig
+from fastopt.train import TrainConfig, Trainer
 
 from .report import cpu_model, header, save
 
@@ -57,8 +58,11 @@ def parse_args(argv=None):
 def make_npz(path, n, seed=0):
     """n random uint8 images (n, 32, 32, 3) and labels (n,) in 10 classes, as CIFAR-10's arrays."""
     rng = np.random.default_rng(seed)
-    np.savez(path, x_train=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-             y_train=rng.integers(0, 10, (n, 1), dtype=np.uint8))
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        y_train=rng.integers(0, 10, (n, 1), dtype=np.uint8),
+    )
 
 
 def _in_memory(d):
@@ -87,22 +91,34 @@ def run(args):
             rates[name].append(metrics["samples_per_s"])
             log(f"round {r + 1}/{args.rounds} {name}: {metrics['samples_per_s']:.0f} samples/s")
     median = {k: statistics.median(v) for k, v in rates.items()}
-    return {"device": device, "images": args.images, "batch": args.batch, "load_seconds": load_s,
-            "samples_per_s": median, "all_samples_per_s": rates, "ratio": median["data"] / median["memory"],
-            "target": TARGET, "met": median["data"] / median["memory"] >= TARGET}
+    return {
+        "device": device,
+        "images": args.images,
+        "batch": args.batch,
+        "load_seconds": load_s,
+        "samples_per_s": median,
+        "all_samples_per_s": rates,
+        "ratio": median["data"] / median["memory"],
+        "target": TARGET,
+        "met": median["data"] / median["memory"] >= TARGET,
+    }
 
 
 def markdown(doc):
     r = doc["row"]
-    return "\n".join([
-        f"# fastopt bench loader ({doc['host']['cpu_model']}, {r['device']})", "",
-        f"{r['images']} images of 32x32x3 uint8, batch {r['batch']}, small_cnn; the .npz loaded and its statistics "
-        f"fitted in {r['load_seconds']:.1f} s.", "",
-        "| device | memory samples/s | --data samples/s | data / memory | target |",
-        "|---|---|---|---|---|",
-        f"| {r['device']} | {r['samples_per_s']['memory']:.0f} | {r['samples_per_s']['data']:.0f} | "
-        f"{r['ratio']:.3f} | >= {r['target']} {'met' if r['met'] else 'NOT met'} |",
-    ])
+    return "\n".join(
+        [
+            f"# fastopt bench loader ({doc['host']['cpu_model']}, {r['device']})",
+            "",
+            f"{r['images']} images of 32x32x3 uint8, batch {r['batch']}, small_cnn; the .npz loaded and its statistics "
+            f"fitted in {r['load_seconds']:.1f} s.",
+            "",
+            "| device | memory samples/s | --data samples/s | data / memory | target |",
+            "|---|---|---|---|---|",
+            f"| {r['device']} | {r['samples_per_s']['memory']:.0f} | {r['samples_per_s']['data']:.0f} | "
+            f"{r['ratio']:.3f} | >= {r['target']} {'met' if r['met'] else 'NOT met'} |",
+        ]
+    )
 
 
 def main(argv=None):

@@ -11,6 +11,7 @@ Contenders are timed in interleaved rounds (A B C A B C ...) so a noisy neighbou
 alike; medians are reported. Progress goes to stderr, a Markdown table to stdout, and with --out
 results.json, results.md and chart.png. Run: python -m fastopt.bench.normalization --quick.
 """
+
 import argparse
 import os
 import platform
@@ -27,10 +28,15 @@ from .backends import torch_or_none
 from .report import git_info, save
 from .timing import clock_for, release_gpu_memory
 
-FLOOR_BYTES = 20      # per element: 3 reads + 2 writes of fp32
-WORKING_SET = 16      # per element: x, y, dy, dx
-CASES = [("batch_norm", (64, 64, 56, 56)), ("batch_norm", (64, 256, 28, 28)), ("batch_norm", (64, 512, 7, 7)),
-         ("batch_norm", (256, 1024)), ("layer_norm", (4096, 1024))]
+FLOOR_BYTES = 20  # per element: 3 reads + 2 writes of fp32
+WORKING_SET = 16  # per element: x, y, dy, dx
+CASES = [
+    ("batch_norm", (64, 64, 56, 56)),
+    ("batch_norm", (64, 256, 28, 28)),
+    ("batch_norm", (64, 512, 7, 7)),
+    ("batch_norm", (256, 1024)),
+    ("layer_norm", (4096, 1024)),
+]
 TARGET_VS_TORCH = {"cpu": 1.0, "cuda": 1.0}
 TARGET_PCT_FLOOR = {"cuda": 70.0}
 
@@ -60,6 +66,7 @@ def _label(op, shape):
 # ---------------------------------------------------------------------------- contenders
 # Each maker returns a zero-argument step: one training forward + backward on its own data.
 
+
 def fastopt_step(op, shape, device, host):
     x, dy, w, b = host
     put = (lambda a: a.copy()) if device == "cpu" else fastopt.to_device
@@ -70,12 +77,14 @@ def fastopt_step(op, shape, device, host):
         def step():
             y, m, s = F.batch_norm_forward(x, w, b, rm, rv, True)
             return F.batch_norm_backward(dy, x, w, m, s)
+
         return step
     D = shape[-1]
 
     def step():
         y, m, s = F.layer_norm_forward(x, D, w, b)
         return F.layer_norm_backward(dy, x, D, m, s, w)
+
     return step
 
 
@@ -89,12 +98,14 @@ def numpy_step(op, shape, device, host):
         def step():
             y, m, s = ref.batch_norm_forward(x, w, b, rm, rv, True)
             return ref.batch_norm_backward(dy, x, w, m, s)
+
         return step
     D = shape[-1]
 
     def step():
         y, m, s = ref.layer_norm_forward(x, (D,), w, b)
         return ref.layer_norm_backward(dy, x, (D,), m, s, w)
+
     return step
 
 
@@ -114,11 +125,13 @@ def torch_step(op, shape, device, host):
         def step():
             y = tf.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5)
             return torch.autograd.grad(y, (x, w, b), dy)
+
         return step
 
     def step():
         y = tf.layer_norm(x, (shape[-1],), w, b)
         return torch.autograd.grad(y, (x, w, b), dy)
+
     return step
 
 
@@ -132,19 +145,28 @@ def copy_step(op, shape, device, host):
 
 
 def contenders(device):
-    return [("copy", copy_step), (f"fastopt-{device}", fastopt_step), (f"torch-{device}", torch_step),
-            ("numpy-ref", numpy_step)]
+    return [
+        ("copy", copy_step),
+        (f"fastopt-{device}", fastopt_step),
+        (f"torch-{device}", torch_step),
+        ("numpy-ref", numpy_step),
+    ]
 
 
 # -------------------------------------------------------------------------------- timing
+
 
 def host_data(op, shape, seed=0):
     """x, dy and the affine parameters (per channel for batch norm, per element of the row for
     layer norm)."""
     rng = np.random.default_rng(seed)
     C = shape[1] if op == "batch_norm" else shape[-1]
-    return (rng.standard_normal(shape, dtype=np.float32) * 2 + 1, rng.standard_normal(shape, dtype=np.float32),
-            rng.uniform(0.5, 1.5, C).astype(np.float32), rng.standard_normal(C, dtype=np.float32))
+    return (
+        rng.standard_normal(shape, dtype=np.float32) * 2 + 1,
+        rng.standard_normal(shape, dtype=np.float32),
+        rng.uniform(0.5, 1.5, C).astype(np.float32),
+        rng.standard_normal(C, dtype=np.float32),
+    )
 
 
 def time_case(device, op, shape, clock, rounds, quick):
@@ -152,8 +174,9 @@ def time_case(device, op, shape, clock, rounds, quick):
     numel = int(np.prod(shape))
     live, rows = [], []
     for name, maker in contenders(device):
-        row = dict(device=device, op=op, shape=list(shape), case=_label(op, shape), backend=name, median_ms=None,
-                   note="")
+        row = dict(
+            device=device, op=op, shape=list(shape), case=_label(op, shape), backend=name, median_ms=None, note=""
+        )
         rows.append(row)
         try:
             step = maker(op, shape, device, host)
@@ -172,8 +195,12 @@ def time_case(device, op, shape, clock, rounds, quick):
                 samples += clock.block(step, inner)
     for row, step, inner, reps, samples in live:
         ms = sorted(s * 1e3 for s in samples)
-        row.update(median_ms=(ms[(len(ms) - 1) // 2] + ms[len(ms) // 2]) / 2, p10_ms=ms[int(0.1 * (len(ms) - 1))],
-                   p90_ms=ms[int(0.9 * (len(ms) - 1))], samples=len(ms))
+        row.update(
+            median_ms=(ms[(len(ms) - 1) // 2] + ms[len(ms) // 2]) / 2,
+            p10_ms=ms[int(0.1 * (len(ms) - 1))],
+            p90_ms=ms[int(0.9 * (len(ms) - 1))],
+            samples=len(ms),
+        )
     copy = rows[0]
     copy_gbs = 2 * (numel * WORKING_SET // 8) * 4 / (copy["median_ms"] * 1e-3) / 1e9 if copy["median_ms"] else None
     floor_ms = numel * FLOOR_BYTES / (copy_gbs * 1e9) * 1e3 if copy_gbs else None
@@ -191,6 +218,7 @@ def time_case(device, op, shape, clock, rounds, quick):
 
 # ------------------------------------------------------------------------------- reports
 
+
 def _fmt(v, spec, suffix=""):
     return "-" if v is None else format(v, spec) + suffix
 
@@ -200,17 +228,27 @@ def markdown(doc):
     for device in doc["devices"]:
         rows = [r for r in doc["rows"] if r["device"] == device]
         out.append(f"### {device}: training forward + backward (median of {doc['rounds']} rounds)\n")
-        out.append("| case | fastopt ms | torch ms | numpy-ref ms | floor ms (20 B/elem) | copy GB/s | "
-                   "fastopt % of floor | fastopt vs torch | fastopt vs numpy |")
+        out.append(
+            "| case | fastopt ms | torch ms | numpy-ref ms | floor ms (20 B/elem) | copy GB/s | "
+            "fastopt % of floor | fastopt vs torch | fastopt vs numpy |"
+        )
         out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for case in dict.fromkeys(r["case"] for r in rows):
             at = {r["backend"]: r for r in rows if r["case"] == case}
             fo = at[f"fastopt-{device}"]
-            out.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-                case, _fmt(fo["median_ms"], ".2f"), _fmt(at[f"torch-{device}"]["median_ms"], ".2f"),
-                _fmt(at["numpy-ref"]["median_ms"], ".1f"), _fmt(fo["floor_ms"], ".2f"), _fmt(fo["copy_gbs"], ".1f"),
-                _fmt(fo.get("pct_floor"), ".0f"), _fmt(fo.get("speedup_vs_torch"), ".2f", "x"),
-                _fmt(fo.get("speedup_vs_numpy"), ".1f", "x")))
+            out.append(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                    case,
+                    _fmt(fo["median_ms"], ".2f"),
+                    _fmt(at[f"torch-{device}"]["median_ms"], ".2f"),
+                    _fmt(at["numpy-ref"]["median_ms"], ".1f"),
+                    _fmt(fo["floor_ms"], ".2f"),
+                    _fmt(fo["copy_gbs"], ".1f"),
+                    _fmt(fo.get("pct_floor"), ".0f"),
+                    _fmt(fo.get("speedup_vs_torch"), ".2f", "x"),
+                    _fmt(fo.get("speedup_vs_numpy"), ".1f", "x"),
+                )
+            )
         targets = f"target: BN >= {TARGET_VS_TORCH[device]:.1f}x torch"
         if device in TARGET_PCT_FLOOR:
             targets += f" and >= {TARGET_PCT_FLOOR[device]:.0f}% of the floor"
@@ -220,6 +258,7 @@ def markdown(doc):
 
 def draw(doc, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -237,11 +276,22 @@ def draw(doc, path):
             for case in cases:
                 r = next(r for r in rows if r["case"] == case and r["backend"] == name)
                 vals.append(r.get("pct_floor") or 0.0)
-            bars = ax.bar(np.arange(len(cases)) + (k - 1) * width, vals, width, label=name,
-                          color=colors[name.split("-")[0] if name != "numpy-ref" else name])
+            bars = ax.bar(
+                np.arange(len(cases)) + (k - 1) * width,
+                vals,
+                width,
+                label=name,
+                color=colors[name.split("-")[0] if name != "numpy-ref" else name],
+            )
             for bar, v in zip(bars, vals):
-                ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{v:.0f}", ha="center", va="bottom",
-                        fontsize=8)
+                ax.text(
+                    bar.get_x() + bar.get_width() / 2,
+                    bar.get_height(),
+                    f"{v:.0f}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
         if device in TARGET_PCT_FLOOR:
             ax.axhline(TARGET_PCT_FLOOR[device], color="red", ls="--", lw=1, label="target")
         ax.set_xticks(np.arange(len(cases)), cases, rotation=15, fontsize=9)
@@ -255,8 +305,9 @@ def draw(doc, path):
             sp.append(r.get("speedup_vs_torch") or 0.0)
         bars = ax.bar(np.arange(len(cases)), sp, 0.5, color=colors["fastopt"])
         for bar, v in zip(bars, sp):
-            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{v:.2f}x", ha="center", va="bottom",
-                    fontsize=9)
+            ax.text(
+                bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{v:.2f}x", ha="center", va="bottom", fontsize=9
+            )
         ax.axhline(TARGET_VS_TORCH[device], color="red", ls="--", lw=1, label="target (BN)")
         ax.set_xticks(np.arange(len(cases)), cases, rotation=15, fontsize=9)
         ax.set_ylabel("torch time / fastopt time")
@@ -272,8 +323,7 @@ def run(args):
     gpu = fastopt.cuda.has_gpu()
     if args.device == "cuda" and not gpu:
         raise SystemExit("fastopt bench normalization: --device cuda, but no usable GPU")
-    devices = ["cpu", "cuda"] if args.device == "all" and gpu else (["cpu"] if args.device == "all" else
-                                                                     [args.device])
+    devices = ["cpu", "cuda"] if args.device == "all" and gpu else (["cpu"] if args.device == "all" else [args.device])
     torch = torch_or_none()
     t0 = time.perf_counter()
     load_before = os.getloadavg()[0]
@@ -283,28 +333,44 @@ def run(args):
         clock = clock_for(device)
         rows += time_case(device, op, shape, clock, args.repeat, args.quick)
         fo = next(r for r in rows[-4:] if r["backend"] == f"fastopt-{device}")
-        print(f"[{i + 1}/{len(plan)} {time.perf_counter() - t0:5.1f}s] {device} {_label(op, shape)}: "
-              f"fastopt {_fmt(fo['median_ms'], '.2f')} ms, {_fmt(fo.get('speedup_vs_torch'), '.2f')}x torch, "
-              f"{_fmt(fo.get('pct_floor'), '.0f')}% of floor", file=sys.stderr, flush=True)
+        print(
+            f"[{i + 1}/{len(plan)} {time.perf_counter() - t0:5.1f}s] {device} {_label(op, shape)}: "
+            f"fastopt {_fmt(fo['median_ms'], '.2f')} ms, {_fmt(fo.get('speedup_vs_torch'), '.2f')}x torch, "
+            f"{_fmt(fo.get('pct_floor'), '.0f')}% of floor",
+            file=sys.stderr,
+            flush=True,
+        )
         if device == "cuda":
             release_gpu_memory()
-    doc = dict(benchmark="normalization", date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), git=git_info(),
-               rounds=args.repeat, quick=args.quick, devices=devices,
-               machine=f"{platform.machine()}, {os.cpu_count()} CPUs" + (
-                   f", {fastopt.cuda.device_name(0)}" if "cuda" in devices else ""),
-               build=fastopt.build_info(), torch=getattr(torch, "__version__", None),
-               torch_threads=torch.get_num_threads() if torch is not None else None,
-               floor_bytes_per_element=FLOOR_BYTES, working_set_bytes_per_element=WORKING_SET,
-               seconds=time.perf_counter() - t0, load_average=[load_before, os.getloadavg()[0]], rows=rows)
+    doc = dict(
+        benchmark="normalization",
+        date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        git=git_info(),
+        rounds=args.repeat,
+        quick=args.quick,
+        devices=devices,
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs"
+        + (f", {fastopt.cuda.device_name(0)}" if "cuda" in devices else ""),
+        build=fastopt.build_info(),
+        torch=getattr(torch, "__version__", None),
+        torch_threads=torch.get_num_threads() if torch is not None else None,
+        floor_bytes_per_element=FLOOR_BYTES,
+        working_set_bytes_per_element=WORKING_SET,
+        seconds=time.perf_counter() - t0,
+        load_average=[load_before, os.getloadavg()[0]],
+        rows=rows,
+    )
     md = markdown(doc)
     print(md)
     if args.out:
         commit = str(doc["git"].get("commit"))[:12] + (" (dirty)" if doc["git"].get("dirty") else "")
-        header = (f"# fastopt normalization benchmark, {doc['date']}\n\n{doc['machine']}; commit {commit}; "
-                  f"build {doc['build']['simd']}, "
-                  f"{doc['build']['cpu_threads']} threads; torch {doc['torch']} "
-                  f"({doc['torch_threads']} threads). 1-minute load average {doc['load_average'][0]:.1f} "
-                  f"before, {doc['load_average'][1]:.1f} after the run ({os.cpu_count()} CPUs).\n\n")
+        header = (
+            f"# fastopt normalization benchmark, {doc['date']}\n\n{doc['machine']}; commit {commit}; "
+            f"build {doc['build']['simd']}, "
+            f"{doc['build']['cpu_threads']} threads; torch {doc['torch']} "
+            f"({doc['torch_threads']} threads). 1-minute load average {doc['load_average'][0]:.1f} "
+            f"before, {doc['load_average'][1]:.1f} after the run ({os.cpu_count()} CPUs).\n\n"
+        )
         save(args.out, doc, header + md, draw)
     return 0
 

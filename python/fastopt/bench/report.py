@@ -1,10 +1,11 @@
 """Results: rows -> ratios, targets, the JSON document and the Markdown table."""
+
 import datetime
 import json
 import os
-import sys
 import platform
 import subprocess
+import sys
 
 import numpy as np
 
@@ -47,16 +48,27 @@ def evaluate_targets(rows):
         value = None
         if r and r["median_ms"]:
             value = r["pct_copy"] if peer is None else r.get("speedup_vs", {}).get(peer)
-        out.append(dict(device=device, case=case, size=size, versus=peer or "copy bandwidth", target=goal,
-                        value=value, met=None if value is None else bool(value >= goal), what=what))
+        out.append(
+            dict(
+                device=device,
+                case=case,
+                size=size,
+                versus=peer or "copy bandwidth",
+                target=goal,
+                value=value,
+                met=None if value is None else bool(value >= goal),
+                what=what,
+            )
+        )
     return out
 
 
 def _git(*args):
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
     except Exception:
         return None
 
@@ -90,8 +102,7 @@ def header(settings, devices):
         "torch": getattr(torch, "__version__", None),
         "numpy": np.__version__,
         "python": platform.python_version(),
-        "host": {"cpu_model": cpu_model(), "cpus": os.cpu_count(),
-                 "loadavg_start": _loadavg()},
+        "host": {"cpu_model": cpu_model(), "cpus": os.cpu_count(), "loadavg_start": _loadavg()},
         "devices": devices,
         "settings": settings,
     }
@@ -110,7 +121,8 @@ def merge(old, new):
     new["rows"] = [r for r in old.get("rows", []) if r["device"] not in rerun] + new["rows"]
     new["devices"] = {**{d: v for d, v in old.get("devices", {}).items() if d not in rerun}, **new["devices"]}
     new["previous_runs"] = old.get("previous_runs", []) + [
-        {k: old.get(k) for k in ("date", "settings", "host") if k in old} | {"devices": sorted(old.get("devices", {}))}]
+        {k: old.get(k) for k in ("date", "settings", "host") if k in old} | {"devices": sorted(old.get("devices", {}))}
+    ]
     return new
 
 
@@ -127,7 +139,8 @@ def markdown(doc):
     h = doc
     fo = h["fastopt"]
     lines = [
-        "# fastopt optimizer benchmark", "",
+        "# fastopt optimizer benchmark",
+        "",
         f"- date {h['date']}, git {str(h['git']['commit'])[:12]}{' (dirty)' if h['git']['dirty'] else ''}, "
         f"fastopt {fo.get('version')} (SIMD {fo.get('simd')}, OpenMP threads {fo.get('cpu_threads')}, "
         f"CUDA {fo.get('cuda_version') or 'no'}), torch {h['torch'] or 'not installed'}, numpy {h['numpy']}",
@@ -136,13 +149,19 @@ def markdown(doc):
     ]
     for dev, info in h["devices"].items():
         bw = ", ".join(f"{k}: {v:.0f}" for k, v in info["copy_gbs"].items())
-        lines.append(f"- {dev}: {info['name']}; timed with {info['clock']}; copy bandwidth (GB/s, read + write, "
-                     f"best of {' / '.join(info['copies'])}; median over the cases) by size: {bw}")
-    lines += ["", "GB/s counts the minimal fp32 bytes of a step for every backend (AdamW 28 B/param, "
-              "clip+AdamW 32, SGD 12, momentum/Adagrad/RMSprop 20); % copy = that rate / the bandwidth of a "
-              "copy with the same working set, timed in the same rounds (column 'copy GB/s'). Above 100% is "
-              "possible: a copy to a cold destination also reads it (write-allocate), an in-place update does not. 'fastopt speedup' = the peer's "
-              "median / fastopt's median (> 1: fastopt is faster).", ""]
+        lines.append(
+            f"- {dev}: {info['name']}; timed with {info['clock']}; copy bandwidth (GB/s, read + write, "
+            f"best of {' / '.join(info['copies'])}; median over the cases) by size: {bw}"
+        )
+    lines += [
+        "",
+        "GB/s counts the minimal fp32 bytes of a step for every backend (AdamW 28 B/param, "
+        "clip+AdamW 32, SGD 12, momentum/Adagrad/RMSprop 20); % copy = that rate / the bandwidth of a "
+        "copy with the same working set, timed in the same rounds (column 'copy GB/s'). Above 100% is "
+        "possible: a copy to a cold destination also reads it (write-allocate), an in-place update does not. 'fastopt speedup' = the peer's "
+        "median / fastopt's median (> 1: fastopt is faster).",
+        "",
+    ]
     lines += ["## Targets", "", "| device | target | measured | met |", "|---|---|---|---|"]
     for t in doc["targets"]:
         v = t["value"]
@@ -150,9 +169,13 @@ def markdown(doc):
         met = {None: "-", True: "yes", False: "**no**"}[t["met"]]
         lines.append(f"| {t['device']} | {t['what']} ({t['size']}) | {shown} | {met} |")
     for dev in h["devices"]:
-        lines += ["", f"## {dev}", "",
-                  "| case | size | tensors | backend | median ms | p10-p90 ms | GB/s | copy GB/s | % copy | fastopt speedup |",
-                  "|---|---|--:|---|--:|--:|--:|--:|--:|--:|"]
+        lines += [
+            "",
+            f"## {dev}",
+            "",
+            "| case | size | tensors | backend | median ms | p10-p90 ms | GB/s | copy GB/s | % copy | fastopt speedup |",
+            "|---|---|--:|---|--:|--:|--:|--:|--:|--:|",
+        ]
         for r in (r for r in doc["rows"] if r["device"] == dev):
             if r["backend"].startswith("copy"):
                 continue
@@ -160,11 +183,17 @@ def markdown(doc):
                 lines.append(f"| {r['case']} | {r['size']} | {r['tensors']} | {r['backend']} | {r['note']} | | | | | |")
                 continue
             fo_name = f"fastopt-{dev}"
-            vs = "" if r["backend"] == fo_name else _fmt_ratio(r["speedup_vs"].get(fo_name) and 1 / r["speedup_vs"][fo_name])
+            vs = (
+                ""
+                if r["backend"] == fo_name
+                else _fmt_ratio(r["speedup_vs"].get(fo_name) and 1 / r["speedup_vs"][fo_name])
+            )
             pct = "" if r["pct_copy"] is None else f"{r['pct_copy']:.0f}%"
             copy = "" if r["copy_gbs"] is None else f"{r['copy_gbs']:.0f}"
-            lines.append(f"| {r['case']} | {r['size']} | {r['tensors']} | {r['backend']} | {_fmt_ms(r['median_ms'])} "
-                         f"| {_fmt_ms(r['p10_ms'])}-{_fmt_ms(r['p90_ms'])} | {r['gbs']:.1f} | {copy} | {pct} | {vs} |")
+            lines.append(
+                f"| {r['case']} | {r['size']} | {r['tensors']} | {r['backend']} | {_fmt_ms(r['median_ms'])} "
+                f"| {_fmt_ms(r['p10_ms'])}-{_fmt_ms(r['p90_ms'])} | {r['gbs']:.1f} | {copy} | {pct} | {vs} |"
+            )
     if doc.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
     return "\n".join(lines) + "\n"

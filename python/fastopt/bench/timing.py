@@ -4,6 +4,7 @@ CPU: every step is timed on its own (perf_counter costs ~0.1 us), so a step that
 to another process is one outlier sample, not a spoiled average. GPU: one sample per block, the
 block's mean, because the GPU runs asynchronously; host-side launch overhead still counts
 whenever it is the bottleneck (the GPU idles between steps and the events see it)."""
+
 import time
 
 import fastopt
@@ -27,6 +28,7 @@ class CpuClock:
 class CudaEventClock:
     """torch.cuda.Event on torch's current stream, which is the legacy default stream that
     fastopt's stream=0 also uses."""
+
     name = "torch.cuda.Event"
     block_s = 0.002
 

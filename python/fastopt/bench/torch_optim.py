@@ -10,6 +10,7 @@ torch's clip_grad_norm_ then step moves 40, judged by the same 32), SGD with mom
 `optimizer_step_rows()` and `markdown()` are what `fastopt bench torch` reports; run alone
 (`python -m fastopt.bench.torch_optim`) this writes results.json, results.md and chart.png.
 """
+
 import argparse
 import math
 import sys
@@ -55,8 +56,11 @@ def fastopt_torch_step(case, device, host_p, host_g):
 
 def contenders(case, device):
     prefix = "torch-clip+" if case.clip else "torch-"
-    return copies_for(device) + [(BACKEND, fastopt_torch_step), (prefix + "foreach", torch_step("foreach")),
-                                 (prefix + "fused", torch_step("fused"))]
+    return copies_for(device) + [
+        (BACKEND, fastopt_torch_step),
+        (prefix + "foreach", torch_step("foreach")),
+        (prefix + "fused", torch_step("fused")),
+    ]
 
 
 def model_size(shapes, scale=1.0):
@@ -74,11 +78,15 @@ def optimizer_step_rows(device, shapes=None, cases=DEFAULT_CASES, rounds=15, bud
     rows = []
     for name in cases:
         case = CASES[name]
-        case_rows = time_case(device, case, size, host, clock_for(device), rounds, budget, 0,
-                              makers=contenders(case, device))
+        case_rows = time_case(
+            device, case, size, host, clock_for(device), rounds, budget, 0, makers=contenders(case, device)
+        )
         rows += case_rows
-        timed = ", ".join(f"{r['backend']} {r['median_ms']:.3g} ms" for r in case_rows
-                          if r["median_ms"] and not r["backend"].startswith("copy"))
+        timed = ", ".join(
+            f"{r['backend']} {r['median_ms']:.3g} ms"
+            for r in case_rows
+            if r["median_ms"] and not r["backend"].startswith("copy")
+        )
         print(f"[torch optimizer bench] {device} {name}: {timed}", file=sys.stderr, flush=True)
         if device == "cuda":
             release_gpu_memory()
@@ -92,25 +100,46 @@ def evaluate_targets(rows):
         for case, peer, goal, what in TARGETS:
             r = next((r for r in rows if (r["device"], r["case"], r["backend"]) == (device, case, BACKEND)), None)
             value = r.get("speedup_vs", {}).get(peer) if r and r["median_ms"] else None
-            out.append(dict(device=device, case=case, size=r["size"] if r else None, versus=peer, target=goal,
-                            value=value, met=None if value is None else bool(value >= goal), what=what))
+            out.append(
+                dict(
+                    device=device,
+                    case=case,
+                    size=r["size"] if r else None,
+                    versus=peer,
+                    target=goal,
+                    value=value,
+                    met=None if value is None else bool(value >= goal),
+                    what=what,
+                )
+            )
     return out
 
 
 def markdown(rows, targets, level="##"):
     """The section `fastopt bench torch` prints: targets, then one table per device."""
     size = rows[0]["size"] if rows else "no rows"
-    lines = [f"{level} Optimizer step on a torch model's parameters: {size}", "",
-             "GB/s counts the minimal fp32 bytes of the step (bytes/param column) for every backend; % copy = that "
-             "rate / the bandwidth of a copy with the same working set timed in the same rounds; floor = the "
-             f"time of those bytes at that bandwidth. Speedup = the peer's median / {BACKEND}'s.", "",
-             "| device | target | measured | met |", "|---|---|---|---|"]
+    lines = [
+        f"{level} Optimizer step on a torch model's parameters: {size}",
+        "",
+        "GB/s counts the minimal fp32 bytes of the step (bytes/param column) for every backend; % copy = that "
+        "rate / the bandwidth of a copy with the same working set timed in the same rounds; floor = the "
+        f"time of those bytes at that bandwidth. Speedup = the peer's median / {BACKEND}'s.",
+        "",
+        "| device | target | measured | met |",
+        "|---|---|---|---|",
+    ]
     for t in targets:
         shown = "not measured" if t["value"] is None else f"{t['value']:.2f}x"
-        lines.append(f"| {t['device']} | {t['what']} | {shown} | {({None: '-', True: 'yes', False: '**no**'})[t['met']]} |")
+        lines.append(
+            f"| {t['device']} | {t['what']} | {shown} | {({None: '-', True: 'yes', False: '**no**'})[t['met']]} |"
+        )
     for device in dict.fromkeys(r["device"] for r in rows):
-        lines += ["", f"| {device}: case | backend | B/param | median ms | p10-p90 ms | GB/s | % copy | floor ms "
-                      f"| {BACKEND} speedup |", "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+        lines += [
+            "",
+            f"| {device}: case | backend | B/param | median ms | p10-p90 ms | GB/s | % copy | floor ms "
+            f"| {BACKEND} speedup |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        ]
         for r in rows:
             if r["device"] != device or r["backend"].startswith("copy"):
                 continue
@@ -121,8 +150,10 @@ def markdown(rows, targets, level="##"):
             pct = "" if r["pct_copy"] is None else f"{r['pct_copy']:.0f}%"
             floor = "" if r["floor_ms"] is None else f"{r['floor_ms']:.3g}"
             vs = "" if r["backend"] == BACKEND or ours is None else f"{1 / ours:.2f}x"
-            lines.append(f"| {r['case']} | {r['backend']} | {r['bytes_per_param']} | {r['median_ms']:.4g} | "
-                         f"{r['p10_ms']:.4g}-{r['p90_ms']:.4g} | {r['gbs']:.1f} | {pct} | {floor} | {vs} |")
+            lines.append(
+                f"| {r['case']} | {r['backend']} | {r['bytes_per_param']} | {r['median_ms']:.4g} | "
+                f"{r['p10_ms']:.4g}-{r['p90_ms']:.4g} | {r['gbs']:.1f} | {pct} | {floor} | {vs} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -135,16 +166,26 @@ def draw(doc, path):
     for ax, device in zip(axes[0], devices):
         rows = [r for r in doc["rows"] if r["device"] == device and not r["backend"].startswith("copy")]
         cases = list(dict.fromkeys(r["case"] for r in rows))
-        _bars(ax, rows, cases, lambda r: r["median_ms"], "median ms per step (lower is better)",
-              f"{device} ({doc['devices'][device]['name']}): {rows[0]['size']}", lambda v: f"{v:.3g}")
+        _bars(
+            ax,
+            rows,
+            cases,
+            lambda r: r["median_ms"],
+            "median ms per step (lower is better)",
+            f"{device} ({doc['devices'][device]['name']}): {rows[0]['size']}",
+            lambda v: f"{v:.3g}",
+        )
         for k, case in enumerate(cases):
             floor = next((r["floor_ms"] for r in rows if r["case"] == case and r["floor_ms"]), None)
             if floor:
-                ax.hlines(floor, k - 0.45, k + 0.45, colors="k", linestyles="--", lw=1,
-                          label="copy floor" if k == 0 else None)
+                ax.hlines(
+                    floor, k - 0.45, k + 0.45, colors="k", linestyles="--", lw=1, label="copy floor" if k == 0 else None
+                )
         ax.legend(fontsize=9)
-    fig.suptitle(f"Optimizer step on a torch model's parameters, {doc['date'][:10]}, "
-                 f"git {str(doc['git']['commit'])[:10]}", fontsize=12)
+    fig.suptitle(
+        f"Optimizer step on a torch model's parameters, {doc['date'][:10]}, git {str(doc['git']['commit'])[:10]}",
+        fontsize=12,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -183,10 +224,13 @@ def main(argv=None):
     rows = []
     for device in a.devices:
         rows += optimizer_step_rows(device, cases=a.cases, rounds=a.repeat, budget=a.budget, scale=a.scale)
-    devices = {d: dict(name=report.cpu_model() if d == "cpu" else fastopt.cuda.device_name(0),
-                       clock=clock_for(d).name) for d in a.devices}
-    doc = report.header(dict(cases=a.cases, rounds=a.repeat, budget_s=a.budget, scale=a.scale, argv=sys.argv[1:]),
-                        devices)
+    devices = {
+        d: dict(name=report.cpu_model() if d == "cpu" else fastopt.cuda.device_name(0), clock=clock_for(d).name)
+        for d in a.devices
+    }
+    doc = report.header(
+        dict(cases=a.cases, rounds=a.repeat, budget_s=a.budget, scale=a.scale, argv=sys.argv[1:]), devices
+    )
     doc["rows"] = rows
     doc["targets"] = evaluate_targets(rows)
     text = "# fastopt.torch optimizer benchmark\n\n" + markdown(rows, doc["targets"])

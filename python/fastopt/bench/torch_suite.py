@@ -9,6 +9,7 @@
 `fastopt bench torch [--out DIR] [--quick]` runs both with their defaults, writing DIR/train and
 DIR/optim; each part's --help lists its own options.
 """
+
 import argparse
 import importlib
 import importlib.util
@@ -25,8 +26,11 @@ def main(argv=None):
         return 2
     if argv and argv[0] in PARTS:
         return importlib.import_module(PARTS[argv[0]]).main(argv[1:])
-    p = argparse.ArgumentParser(prog="fastopt bench torch", description=__doc__.split("\n\n")[0],
-                                epilog="Parts alone: fastopt bench torch {train,optim} --help")
+    p = argparse.ArgumentParser(
+        prog="fastopt bench torch",
+        description=__doc__.split("\n\n")[0],
+        epilog="Parts alone: fastopt bench torch {train,optim} --help",
+    )
     p.add_argument("--out", metavar="DIR", help="write DIR/train and DIR/optim (JSON, Markdown, PNG)")
     p.add_argument("--quick", action="store_true", help="a short run of each part (checks, not figures)")
     a = p.parse_args(argv)

@@ -20,6 +20,7 @@ ms/step are medians of per-step samples. Progress on stderr, a Markdown table on
 writes results.json, results.md and chart.png. `training_step_rows()` and `markdown()` are what
 `fastopt bench torch` reports; run alone: `python -m fastopt.bench.torch_train`.
 """
+
 import argparse
 import statistics
 import sys
@@ -36,8 +37,10 @@ LR, WD, CLIP, SMOOTH = 3e-3, 5e-4, 5.0, 0.05
 CONTENDERS = ("torch", "fastopt", "torch compile", "fastopt compile", "torch bf16+CL", "fastopt bf16")
 MODELS = ("resnet18", "small_cnn")
 # The issue's targets for the converted model's training step on the CPU: (peer, goal, what).
-TARGETS = [("torch", 1.3, "fastopt >= 1.3x torch eager"),
-           ("torch compile", 1.0, "fastopt not slower than torch.compile of the unconverted model")]
+TARGETS = [
+    ("torch", 1.3, "fastopt >= 1.3x torch eager"),
+    ("torch compile", 1.0, "fastopt not slower than torch.compile of the unconverted model"),
+]
 # bf16 (issue 17): fastopt's bf16 step against torch's bf16 autocast + channels_last, reported beside.
 
 
@@ -60,8 +63,7 @@ class BasicBlock(torch.nn.Module):
         return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-def resnet(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), num_classes=10, groups=1, norms=None,
-           stem_pool=False):
+def resnet(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), num_classes=10, groups=1, norms=None, stem_pool=False):
     """ResNet of basic blocks with a CIFAR stem (3x3 conv-BN-ReLU; a 3x3/2 max pool when
     stem_pool). The defaults are ResNet-18. norms: one norm-layer factory per stage (default
     BatchNorm2d everywhere)."""
@@ -181,8 +183,10 @@ def _has_fused(device):
 def time_model(model, device, args):
     build = {"resnet18": resnet, "small_cnn": small_cnn}[model]
     g = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(args.batch, 3, 32, 32, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
-               for _ in range(4)]
+    batches = [
+        (torch.randn(args.batch, 3, 32, 32, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
+        for _ in range(4)
+    ]
     total = (args.rounds + 2) * args.steps + 10
     contenders = []
     for name in args.contenders:
@@ -201,12 +205,21 @@ def time_model(model, device, args):
                 c.step()
                 c.sync()
                 samples[c.name].append(time.perf_counter() - t0)
-        log(f"{device} {model} round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{k} {statistics.median(v) * 1e3:.1f}" for k, v in samples.items()) + " ms/step")
+        log(
+            f"{device} {model} round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{k} {statistics.median(v) * 1e3:.1f}" for k, v in samples.items())
+            + " ms/step"
+        )
     ms = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
-    row = {"device": device, "model": model, "batch": args.batch, "ms_per_step": ms,
-           "p10_p90_ms": {k: [float(np.percentile(v, 10)) * 1e3, float(np.percentile(v, 90)) * 1e3]
-                          for k, v in samples.items()}}
+    row = {
+        "device": device,
+        "model": model,
+        "batch": args.batch,
+        "ms_per_step": ms,
+        "p10_p90_ms": {
+            k: [float(np.percentile(v, 10)) * 1e3, float(np.percentile(v, 90)) * 1e3] for k, v in samples.items()
+        },
+    }
     if "fastopt" in ms:
         row["fastopt_speedup_vs"] = {k: v / ms["fastopt"] for k, v in ms.items() if k != "fastopt"}
     if "fastopt bf16" in ms and "torch bf16+CL" in ms:
@@ -215,8 +228,11 @@ def time_model(model, device, args):
 
 
 def training_step_rows(args):
-    devices = {"all": ["cpu"] + (["cuda"] if torch.cuda.is_available() and fastopt.cuda.has_gpu() else []),
-               "cpu": ["cpu"], "cuda": ["cuda"]}[args.device]
+    devices = {
+        "all": ["cpu"] + (["cuda"] if torch.cuda.is_available() and fastopt.cuda.has_gpu() else []),
+        "cpu": ["cpu"],
+        "cuda": ["cuda"],
+    }[args.device]
     if "cuda" in devices and not (torch.cuda.is_available() and fastopt.cuda.has_gpu()):
         raise SystemExit("torch train bench: --device cuda, but torch or fastopt sees no usable GPU")
     rows = []
@@ -233,17 +249,31 @@ def targets(rows):
         for peer, goal, what in TARGETS:
             value = r.get("fastopt_speedup_vs", {}).get(peer)
             if r["device"] == "cpu" and value is not None:
-                out.append({"device": r["device"], "model": r["model"], "what": what, "target": goal, "value": value,
-                            "met": value >= goal})
+                out.append(
+                    {
+                        "device": r["device"],
+                        "model": r["model"],
+                        "what": what,
+                        "target": goal,
+                        "value": value,
+                        "met": value >= goal,
+                    }
+                )
     return out
 
 
 def markdown(doc):
     names = [c for c in CONTENDERS if any(c in r["ms_per_step"] for r in doc["rows"])]
-    lines = [f"# Training step of torch models, 3x32x32, AdamW + clipping ({doc['date']})", "",
-             f"CPU: {doc['host']['cpu_model']}; torch {doc['torch']}; commit {doc['git']['commit']}", "",
-             "ms per training step (median); in brackets the fastopt row's speedup over that contender.", "",
-             "| device | model | batch | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    lines = [
+        f"# Training step of torch models, 3x32x32, AdamW + clipping ({doc['date']})",
+        "",
+        f"CPU: {doc['host']['cpu_model']}; torch {doc['torch']}; commit {doc['git']['commit']}",
+        "",
+        "ms per training step (median); in brackets the fastopt row's speedup over that contender.",
+        "",
+        "| device | model | batch | " + " | ".join(names) + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
     for r in doc["rows"]:
         cells = []
         for n in names:
@@ -253,12 +283,16 @@ def markdown(doc):
         lines.append(f"| {r['device']} | {r['model']} | {r['batch']} | " + " | ".join(cells) + " |")
     for r in doc["rows"]:
         if "bf16_speedup_vs_torch_bf16" in r:
-            lines.append(f"\n{r['device']} {r['model']}: fastopt bf16 vs torch bf16+CL "
-                         f"{r['bf16_speedup_vs_torch_bf16']:.2f}x (> 1: fastopt faster)")
+            lines.append(
+                f"\n{r['device']} {r['model']}: fastopt bf16 vs torch bf16+CL "
+                f"{r['bf16_speedup_vs_torch_bf16']:.2f}x (> 1: fastopt faster)"
+            )
     if doc.get("targets"):
         lines += ["", "| model | target | measured | met |", "|---|---|---|---|"]
-        lines += [f"| {t['model']} | {t['what']} | {t['value']:.2f}x | {'yes' if t['met'] else '**no**'} |"
-                  for t in doc["targets"]]
+        lines += [
+            f"| {t['model']} | {t['what']} | {t['value']:.2f}x | {'yes' if t['met'] else '**no**'} |"
+            for t in doc["targets"]
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,7 @@ time of nested modules subtracted from their container's) and reports the split 
 time by op family, beside torch's from torch.profiler. Progress on stderr, a Markdown table on
 stdout; --out DIR writes results.json, results.md and chart.png (the split as a stacked bar).
 """
+
 import argparse
 import math
 import statistics
@@ -36,9 +37,17 @@ from .backends import torch_or_none
 from .report import cpu_model, header, save
 
 FAMILY = {
-    nn.Conv2d: "conv2d", nn.BatchNorm2d: "batchnorm", nn.ReLU: "activation", nn.MaxPool2d: "pooling",
-    nn.GlobalAvgPool2d: "pooling", nn.AvgPool2d: "pooling", nn.Dropout: "dropout", nn.Linear: "linear",
-    nn.Residual: "residual add", nn.Tanh: "activation", nn.GELU: "activation",
+    nn.Conv2d: "conv2d",
+    nn.BatchNorm2d: "batchnorm",
+    nn.ReLU: "activation",
+    nn.MaxPool2d: "pooling",
+    nn.GlobalAvgPool2d: "pooling",
+    nn.AvgPool2d: "pooling",
+    nn.Dropout: "dropout",
+    nn.Linear: "linear",
+    nn.Residual: "residual add",
+    nn.Tanh: "activation",
+    nn.GELU: "activation",
 }
 MODELS = {"small_cnn": lambda: small_cnn(3, 10), "resnet20": lambda: resnet(20, 10, in_channels=3)}
 CONTENDERS = ("fastopt", "fastopt bf16", "torch", "torch compile", "torch bf16+CL")
@@ -53,15 +62,22 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="fastopt bench train", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     p.add_argument("--model", choices=sorted(MODELS), default="small_cnn")
-    p.add_argument("--contenders", default=None,
-                   help=f"comma-separated, of {', '.join(CONTENDERS)} (default: all; --quick: fastopt,torch)")
+    p.add_argument(
+        "--contenders",
+        default=None,
+        help=f"comma-separated, of {', '.join(CONTENDERS)} (default: all; --quick: fastopt,torch)",
+    )
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=10, help="timed steps per contender and round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="2 rounds of 3 steps, batch 32 unless --batch is given")
-    p.add_argument("--precision", choices=["fp32", "bf16", "both"], default=None,
-                   help="fastopt's precision: bf16 adds 'fastopt bf16' (CPU) and makes it the reference of the "
-                        "ratios; both: fp32 and bf16 (the default with all contenders)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "both"],
+        default=None,
+        help="fastopt's precision: bf16 adds 'fastopt bf16' (CPU) and makes it the reference of the "
+        "ratios; both: fp32 and bf16 (the default with all contenders)",
+    )
     p.add_argument("--out", metavar="DIR")
     a = p.parse_args(argv)
     if a.quick:
@@ -86,6 +102,7 @@ def _lr_lambda(total):
         if t < WARMUP:
             return t / WARMUP
         return 0.5 * (1 + math.cos(math.pi * (t - WARMUP) / max(total - WARMUP, 1)))
+
     return f
 
 
@@ -118,6 +135,7 @@ class Split:
             if self.stack:
                 self.stack[-1] += dt
             return out
+
         return timed
 
     def close(self):
@@ -132,7 +150,8 @@ class FastoptStep:
         self.store = self.model.build(device, seed=0, precision=precision)
         self.opt = make_optimizer("adamw", self.store.param_groups(WD), LR)
         self.sched = fastopt.schedules.LinearWarmup(
-            self.opt, WARMUP, after=fastopt.schedules.CosineAnnealingLR(self.opt, T_max=total - WARMUP))
+            self.opt, WARMUP, after=fastopt.schedules.CosineAnnealingLR(self.opt, T_max=total - WARMUP)
+        )
         self.ce = nn.SoftmaxCrossEntropy(SMOOTH)
         put = (lambda a: a) if device == "cpu" else fastopt.to_device
         self.batches = [(put(x), put(y)) for x, y in batches]
@@ -180,6 +199,7 @@ _TORCH_RESIDUAL = {}
 def _torch_residual(torch):
     """torch's twin of nn.Residual: children "body" and "shortcut", y = body(x) + shortcut(x)."""
     if "cls" not in _TORCH_RESIDUAL:
+
         class Residual(torch.nn.Module):
             def __init__(self, body, shortcut=None):
                 super().__init__()
@@ -205,25 +225,46 @@ def torch_twin(module, torch):
         return _torch_residual(torch)(torch_twin(module.body, torch), shortcut)
     if isinstance(module, nn.Conv2d):
         k, c = module.params["weight"].shape, module.conv
-        return tn.Conv2d(k[1] * c["groups"], k[0], tuple(k[2:]), stride=c["stride"], padding=c["padding"],
-                         dilation=c["dilation"], groups=c["groups"], bias=module.params["bias"] is not None)
+        return tn.Conv2d(
+            k[1] * c["groups"],
+            k[0],
+            tuple(k[2:]),
+            stride=c["stride"],
+            padding=c["padding"],
+            dilation=c["dilation"],
+            groups=c["groups"],
+            bias=module.params["bias"] is not None,
+        )
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         cls = tn.BatchNorm2d if isinstance(module, nn.BatchNorm2d) else tn.BatchNorm1d
-        return cls(module.num_features, module.eps, module.momentum, module.params["weight"] is not None,
-                   module.track_running_stats)
+        return cls(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.params["weight"] is not None,
+            module.track_running_stats,
+        )
     if isinstance(module, nn.Linear):
         out_f, in_f = module.params["weight"].shape
         return tn.Linear(in_f, out_f, bias=module.params["bias"] is not None)
     if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
         if isinstance(module, nn.MaxPool2d):
             return tn.MaxPool2d(module.kernel_size, module.stride, module.padding)
-        return tn.AvgPool2d(module.kernel_size, module.stride, module.padding,
-                            count_include_pad=module.count_include_pad)
+        return tn.AvgPool2d(
+            module.kernel_size, module.stride, module.padding, count_include_pad=module.count_include_pad
+        )
     if isinstance(module, nn.GlobalAvgPool2d):
         return tn.Sequential(tn.AdaptiveAvgPool2d(1), tn.Flatten())
-    simple = {nn.ReLU: lambda m: tn.ReLU(), nn.LeakyReLU: lambda m: tn.LeakyReLU(m.negative_slope),
-              nn.Tanh: lambda m: tn.Tanh(), nn.Sigmoid: lambda m: tn.Sigmoid(), nn.ELU: lambda m: tn.ELU(m.alpha),
-              nn.GELU: lambda m: tn.GELU(), nn.Flatten: lambda m: tn.Flatten(), nn.Dropout: lambda m: tn.Dropout(m.p)}
+    simple = {
+        nn.ReLU: lambda m: tn.ReLU(),
+        nn.LeakyReLU: lambda m: tn.LeakyReLU(m.negative_slope),
+        nn.Tanh: lambda m: tn.Tanh(),
+        nn.Sigmoid: lambda m: tn.Sigmoid(),
+        nn.ELU: lambda m: tn.ELU(m.alpha),
+        nn.GELU: lambda m: tn.GELU(),
+        nn.Flatten: lambda m: tn.Flatten(),
+        nn.Dropout: lambda m: tn.Dropout(m.p),
+    }
     if type(module) not in simple:
         raise TypeError(f"torch_twin: no torch twin for {type(module).__name__}")
     return simple[type(module)](module)
@@ -246,15 +287,22 @@ class TorchStep:
         decayed = {n for n, p in init_from.model.named_parameters() if p.decay}  # fastopt's groups, by name
         params = dict(model.named_parameters())
         kw = {"fused": True} if dev == "cuda" or _has_cpu_fused(torch) else {}
-        self.opt = torch.optim.AdamW([{"params": [p for n, p in params.items() if n in decayed], "weight_decay": WD},
-                                      {"params": [p for n, p in params.items() if n not in decayed],
-                                       "weight_decay": 0.0}], lr=LR, **kw)
+        self.opt = torch.optim.AdamW(
+            [
+                {"params": [p for n, p in params.items() if n in decayed], "weight_decay": WD},
+                {"params": [p for n, p in params.items() if n not in decayed], "weight_decay": 0.0},
+            ],
+            lr=LR,
+            **kw,
+        )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(total))
         self.loss = tn.CrossEntropyLoss(label_smoothing=SMOOTH)
         self.params = list(params.values())
         self.model = torch.compile(model) if variant == "torch compile" else model
-        self.batches = [(torch.from_numpy(x).to(dev).contiguous(memory_format=fmt), torch.from_numpy(y).long().to(dev))
-                        for x, y in batches]
+        self.batches = [
+            (torch.from_numpy(x).to(dev).contiguous(memory_format=fmt), torch.from_numpy(y).long().to(dev))
+            for x, y in batches
+        ]
         self.i = 0
 
     def step(self):
@@ -320,15 +368,21 @@ def _has_cpu_fused(torch):
 
 def time_device(device, args, torch):
     rng = np.random.default_rng(0)
-    batches = [(rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32),
-                rng.integers(0, 10, args.batch).astype(np.int32)) for _ in range(4)]
+    batches = [
+        (
+            rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32),
+            rng.integers(0, 10, args.batch).astype(np.int32),
+        )
+        for _ in range(4)
+    ]
     total = args.rounds * args.steps + 2 * args.steps + 100
     contenders = [FastoptStep(device, batches, total, args.model)]
     if "fastopt bf16" in args.contenders:
         contenders.append(FastoptStep(device, batches, total, args.model, "bf16"))
     if torch is not None and (device == "cpu" or torch.cuda.is_available()):
-        contenders += [TorchStep(torch, device, batches, total, contenders[0], v) for v in args.contenders
-                       if v.startswith("torch")]
+        contenders += [
+            TorchStep(torch, device, batches, total, contenders[0], v) for v in args.contenders if v.startswith("torch")
+        ]
     samples = {c.name: [] for c in contenders}
     for c in contenders:  # warm-up: allocators, oneDNN/cuDNN plans, compilation, page faults
         for _ in range(2):
@@ -341,22 +395,30 @@ def time_device(device, args, torch):
                 c.step()
                 c.sync()
                 samples[c.name].append(time.perf_counter() - t0)
-        log(f"{device} round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{k} {statistics.median(v) * 1e3:.1f} ms/step" for k, v in samples.items()))
+        log(
+            f"{device} round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{k} {statistics.median(v) * 1e3:.1f} ms/step" for k, v in samples.items())
+        )
     split_steps = max(args.steps, 3)
     split = contenders[0].timed_split(split_steps)
     eager = [c for c in contenders if c.name == "torch"]
     peer_split = torch_split(eager[0], device, torch, split_steps) if eager else {}
     med = {k: statistics.median(v) for k, v in samples.items()}
     ref = args.reference if args.reference in med else "fastopt"
-    row = {"device": device, "model": args.model, "batch": args.batch, "reference": ref,
-           "ms_per_step": {k: v * 1e3 for k, v in med.items()},
-           "steps_per_s": {k: 1.0 / v for k, v in med.items()},
-           "p10_p90_ms": {k: [float(np.percentile(v, 10)) * 1e3, float(np.percentile(v, 90)) * 1e3]
-                          for k, v in samples.items()},
-           "fastopt_speedup_vs": {k: v / med[ref] for k, v in med.items() if k != ref},
-           "split_ms": {k: v * 1e3 for k, v in split.items()},
-           "torch_split_ms": peer_split}
+    row = {
+        "device": device,
+        "model": args.model,
+        "batch": args.batch,
+        "reference": ref,
+        "ms_per_step": {k: v * 1e3 for k, v in med.items()},
+        "steps_per_s": {k: 1.0 / v for k, v in med.items()},
+        "p10_p90_ms": {
+            k: [float(np.percentile(v, 10)) * 1e3, float(np.percentile(v, 90)) * 1e3] for k, v in samples.items()
+        },
+        "fastopt_speedup_vs": {k: v / med[ref] for k, v in med.items() if k != ref},
+        "split_ms": {k: v * 1e3 for k, v in split.items()},
+        "torch_split_ms": peer_split,
+    }
     if "torch" in med:
         row["speedup_vs_torch"] = med["torch"] / med["fastopt"]
     if "fastopt bf16" in med and "torch bf16+CL" in med:
@@ -369,31 +431,52 @@ def markdown(doc):
     names = [n for n in CONTENDERS if any(n in r["ms_per_step"] for r in doc["rows"])]
     ref = doc["rows"][0].get("reference", "fastopt") if doc["rows"] else "fastopt"
     peers = [n for n in names if n != ref]
-    lines = [f"# Training step: {model}, 3x32x32, AdamW + clipping ({doc['date']})", "",
-             f"CPU: {doc['host']['cpu_model']}; commit {doc['git']['commit']}", "",
-             "| device | batch | " + " | ".join(f"{n} ms/step" for n in names) + " | " +
-             " | ".join(f"{ref} vs {n}" for n in peers) + " |",
-             "|---|---|" + "---|" * (len(names) + len(peers))]
+    lines = [
+        f"# Training step: {model}, 3x32x32, AdamW + clipping ({doc['date']})",
+        "",
+        f"CPU: {doc['host']['cpu_model']}; commit {doc['git']['commit']}",
+        "",
+        "| device | batch | "
+        + " | ".join(f"{n} ms/step" for n in names)
+        + " | "
+        + " | ".join(f"{ref} vs {n}" for n in peers)
+        + " |",
+        "|---|---|" + "---|" * (len(names) + len(peers)),
+    ]
     for r in doc["rows"]:
         ms, sp = r["ms_per_step"], r["fastopt_speedup_vs"]
-        lines.append(f"| {r['device']} | {r['batch']} | " + " | ".join(f"{ms[n]:.1f}" if n in ms else "-" for n in names)
-                     + " | " + " | ".join(f"{sp[n]:.2f}x" if n in sp else "-" for n in peers) + " |")
+        lines.append(
+            f"| {r['device']} | {r['batch']} | "
+            + " | ".join(f"{ms[n]:.1f}" if n in ms else "-" for n in names)
+            + " | "
+            + " | ".join(f"{sp[n]:.2f}x" if n in sp else "-" for n in peers)
+            + " |"
+        )
     for r in doc["rows"]:
         if "bf16_speedup_vs_torch_bf16" in r:
-            lines += ["", f"{r['device']}: fastopt bf16 vs torch bf16 autocast + channels_last: "
-                      f"{r['bf16_speedup_vs_torch_bf16']:.2f}x (> 1: fastopt faster)"]
+            lines += [
+                "",
+                f"{r['device']}: fastopt bf16 vs torch bf16 autocast + channels_last: "
+                f"{r['bf16_speedup_vs_torch_bf16']:.2f}x (> 1: fastopt faster)",
+            ]
     for r in doc["rows"]:
         total = sum(r["split_ms"].values())
         peer = r.get("torch_split_ms", {})
-        lines += ["", f"Split of the step time by op family on {r['device']}: fastopt's modules timed one by one "
-                  "(synchronized, a container's time net of its children's); torch's from torch.profiler self times "
-                  "(ops matched by name).", "",
-                  "| op family | fastopt ms/step | share | torch ms/step |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Split of the step time by op family on {r['device']}: fastopt's modules timed one by one "
+            "(synchronized, a container's time net of its children's); torch's from torch.profiler self times "
+            "(ops matched by name).",
+            "",
+            "| op family | fastopt ms/step | share | torch ms/step |",
+            "|---|---|---|---|",
+        ]
         for k in list(r["split_ms"]) + [k for k in peer if k not in r["split_ms"]]:
             v = r["split_ms"].get(k)
             share = f"{100 * v / total:.1f}%" if v is not None else "-"
-            lines.append(f"| {k} | {'-' if v is None else f'{v:.2f}'} | {share} | "
-                         f"{f'{peer[k]:.2f}' if k in peer else '-'} |")
+            lines.append(
+                f"| {k} | {'-' if v is None else f'{v:.2f}'} | {share} | {f'{peer[k]:.2f}' if k in peer else '-'} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -428,8 +511,13 @@ def main(argv=None):
     torch = torch_or_none()
     if torch is not None:
         torch.manual_seed(0)
-    devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else (
-        ["cpu"] + (["cuda"] if fastopt.cuda.has_gpu() else []))
+    devices = (
+        ["cpu"]
+        if args.device == "cpu"
+        else ["cuda"]
+        if args.device == "cuda"
+        else (["cpu"] + (["cuda"] if fastopt.cuda.has_gpu() else []))
+    )
     if "cuda" in devices and not fastopt.cuda.has_gpu():
         log("no usable GPU")
         return 1

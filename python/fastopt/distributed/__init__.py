@@ -11,11 +11,24 @@
   files (rank 0 writes, atomically).
 
 torch is needed by this package only (imported on first use)."""
+
 from .core import DistributedError, barrier, destroy, init, is_initialized, rank, world_size
 from .parallel import DataParallel
 from .syncbn import SyncBatchNorm, convert_sync_batchnorm
 from .zero import ZeroOptimizer, load_checkpoint, save_checkpoint
 
-__all__ = ["DistributedError", "init", "destroy", "is_initialized", "rank", "world_size", "barrier",
-           "DataParallel", "SyncBatchNorm", "convert_sync_batchnorm", "ZeroOptimizer", "save_checkpoint",
-           "load_checkpoint"]
+__all__ = [
+    "DistributedError",
+    "init",
+    "destroy",
+    "is_initialized",
+    "rank",
+    "world_size",
+    "barrier",
+    "DataParallel",
+    "SyncBatchNorm",
+    "convert_sync_batchnorm",
+    "ZeroOptimizer",
+    "save_checkpoint",
+    "load_checkpoint",
+]

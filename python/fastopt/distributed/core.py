@@ -3,6 +3,7 @@ fastopt uses with their failures turned into one clear error, and zero-copy torc
 fastopt's flat buffers.
 
 torch is imported here only, on first use: `import fastopt` needs NumPy alone."""
+
 import datetime
 import os
 import time
@@ -28,8 +29,9 @@ def torch_modules():
         import torch
         import torch.distributed as dist
     except ImportError:
-        raise ImportError("fastopt.distributed runs on torch.distributed: install PyTorch "
-                          "(pip install torch)") from None
+        raise ImportError(
+            "fastopt.distributed runs on torch.distributed: install PyTorch (pip install torch)"
+        ) from None
     if not dist.is_available():
         raise ImportError("fastopt.distributed: this PyTorch build has no torch.distributed")
     return torch, dist
@@ -61,11 +63,15 @@ def backend_for(backend, device):
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend: expected 'gloo' (CPU arrays) or 'nccl' (CUDA arrays), got {backend!r}")
     if backend == "nccl" and device == "cpu":
-        raise ValueError("backend: 'nccl' moves CUDA arrays only, and this process's device is the CPU; use 'gloo' "
-                         "(or pass device='cuda:N')")
+        raise ValueError(
+            "backend: 'nccl' moves CUDA arrays only, and this process's device is the CPU; use 'gloo' "
+            "(or pass device='cuda:N')"
+        )
     if backend == "gloo" and device != "cpu":
-        raise ValueError(f"backend: 'gloo' for a model on {device}: fastopt reduces CUDA arrays with 'nccl' (gloo "
-                         "would stage every gradient through the host)")
+        raise ValueError(
+            f"backend: 'gloo' for a model on {device}: fastopt reduces CUDA arrays with 'nccl' (gloo "
+            "would stage every gradient through the host)"
+        )
     return backend
 
 
@@ -82,13 +88,16 @@ def init(backend=None, rank=None, world_size=None, device=None, init_method=None
     number raises ValueError naming both."""
     torch, dist = torch_modules()
     if dist.is_initialized():
-        raise RuntimeError("init: the process group is initialized already (call fastopt.distributed.destroy() "
-                           "first to join another)")
+        raise RuntimeError(
+            "init: the process group is initialized already (call fastopt.distributed.destroy() first to join another)"
+        )
     rank = _env_int("RANK") if rank is None else rank
     world_size = _env_int("WORLD_SIZE") if world_size is None else world_size
     if rank is None or world_size is None:
-        raise ValueError("init: no rank/world_size: run under torchrun (which sets RANK and WORLD_SIZE) or pass "
-                         "rank= and world_size=")
+        raise ValueError(
+            "init: no rank/world_size: run under torchrun (which sets RANK and WORLD_SIZE) or pass "
+            "rank= and world_size="
+        )
     world_size = integer(world_size, "world_size", 1)
     rank = integer(rank, "rank", 0, world_size - 1)
     timeout = real(timeout, "timeout", 0.0, low_open=True)
@@ -101,8 +110,10 @@ def init(backend=None, rank=None, world_size=None, device=None, init_method=None
         raise RuntimeError("backend: 'nccl' is not in this PyTorch build (a CPU-only build?); install a CUDA one")
     if init_method is None:
         if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-            raise ValueError("init_method: none given and MASTER_ADDR/MASTER_PORT are not set (torchrun sets them); "
-                             "pass init_method='tcp://host:port'")
+            raise ValueError(
+                "init_method: none given and MASTER_ADDR/MASTER_PORT are not set (torchrun sets them); "
+                "pass init_method='tcp://host:port'"
+            )
         init_method = "env://"
     delta = datetime.timedelta(seconds=timeout)
     store, _, _ = next(dist.rendezvous(init_method, rank, world_size, timeout=delta))
@@ -124,12 +135,16 @@ def _check_world_size(store, rank, world_size, timeout):
         try:
             store.wait([key], datetime.timedelta(seconds=timeout))
         except Exception as e:  # noqa: BLE001 - torch raises several kinds for a store timeout
-            raise DistributedError(f"init: rank {other} never joined within {timeout:g} s (is it running, with the "
-                                   f"same MASTER_ADDR/MASTER_PORT and WORLD_SIZE?) ({e})") from None
+            raise DistributedError(
+                f"init: rank {other} never joined within {timeout:g} s (is it running, with the "
+                f"same MASTER_ADDR/MASTER_PORT and WORLD_SIZE?) ({e})"
+            ) from None
         theirs = int(store.get(key))
         if theirs != world_size:
-            raise ValueError(f"world_size: rank {rank} was started with world_size {world_size}, rank {other} with "
-                             f"{theirs}: every rank must be given the same number")
+            raise ValueError(
+                f"world_size: rank {rank} was started with world_size {world_size}, rank {other} with "
+                f"{theirs}: every rank must be given the same number"
+            )
 
 
 def is_initialized():
@@ -152,8 +167,10 @@ def world_size():
 
 def require_init(what):
     if not is_initialized():
-        raise RuntimeError(f"{what}: no process group; call fastopt.distributed.init() first (under torchrun, or "
-                           "with rank=, world_size=, init_method=)")
+        raise RuntimeError(
+            f"{what}: no process group; call fastopt.distributed.init() first (under torchrun, or "
+            "with rank=, world_size=, init_method=)"
+        )
 
 
 def destroy():
@@ -178,7 +195,8 @@ def collective(what, fn, *args, **kwargs):
             pass
         raise DistributedError(
             f"{what}: failed on rank {rank} of {world}: another rank died or did not answer within the "
-            f"{_State.timeout:g} s timeout ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+            f"{_State.timeout:g} s timeout ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from e
 
 
 def barrier(what="barrier"):

@@ -9,6 +9,7 @@ runs the same way. In each rank: the process group joins, the model is wrapped i
 writes into --out (logs, curves, checkpoints); the others write nowhere the user sees (a scratch
 folder, removed at exit) and print nothing but errors.
 """
+
 import atexit
 import dataclasses
 import os
@@ -49,8 +50,15 @@ def refuse(args):
 def rank_env(rank, nproc, port, threads=None):
     """os.environ plus torchrun's variables for local rank `rank` of nproc (MASTER_PORT = port),
     and OMP_NUM_THREADS = cores / nproc unless set (threads: set it to that)."""
-    env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env = dict(
+        os.environ,
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(nproc),
+        LOCAL_WORLD_SIZE=str(nproc),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     default = str(max(1, (os.cpu_count() or 1) // nproc))
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -65,8 +73,10 @@ def spawn(args, argv, command=("train",), poll=0.2):
     refuse(args)
     nproc = args.nproc
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "fastopt.cli", *command, *argv], env=rank_env(rank, nproc, port))
-             for rank in range(nproc)]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "fastopt.cli", *command, *argv], env=rank_env(rank, nproc, port))
+        for rank in range(nproc)
+    ]
     try:
         while True:
             codes = [p.poll() for p in procs]
@@ -87,8 +97,10 @@ def spawn(args, argv, command=("train",), poll=0.2):
             p.wait()
     if failed:
         rank = next(r for r, p in enumerate(procs) if p.returncode == failed[0])
-        print(f"fastopt train --nproc {nproc}: rank {rank} exited with code {failed[0]}; the other ranks were stopped",
-              file=sys.stderr)
+        print(
+            f"fastopt train --nproc {nproc}: rank {rank} exited with code {failed[0]}; the other ranks were stopped",
+            file=sys.stderr,
+        )
         return failed[0]
     return 0
 
@@ -98,6 +110,7 @@ def setup(args, data):
     training split (every rank the same number of images, the remainder dropped), and on ranks
     other than 0 silence the output and point --out at a scratch folder. Returns the data."""
     from .. import cuda
+
     refuse(args)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     gpu = args.device.startswith("cuda") or (args.device == "auto" and cuda.has_gpu())
@@ -124,6 +137,7 @@ def wrap(model, args):
         return model
     from .parallel import DataParallel
     from .syncbn import convert_sync_batchnorm
+
     if getattr(args, "sync_bn", False):
         model = convert_sync_batchnorm(model)
     return DataParallel(model)

@@ -10,6 +10,7 @@ Gradients are reduced after the whole backward, not in buckets overlapped with i
 (gloo) the all-reduce competes with the backward's own threads for the same cores, so overlap
 does not pay there; `fastopt bench distributed` reports the all-reduce's share of a step.
 """
+
 import contextlib
 import zlib
 
@@ -40,14 +41,19 @@ class DataParallel:
 
     def __init__(self, model, broadcast=True, broadcast_buffers=True):
         from ..nn import Module
+
         if not isinstance(model, Module):
             raise TypeError(f"model: expected a fastopt.nn.Module, got {type(model).__name__}")
         core.require_init("DataParallel")
         if model.store is not None and model.store.root is not model:
             raise ValueError("model: part of another built network; wrap the network it was built in")
-        self.__dict__.update(module=model, broadcast=boolean(broadcast, "broadcast"),
-                             broadcast_buffers=boolean(broadcast_buffers, "broadcast_buffers"), _sync=True,
-                             _stale=False)
+        self.__dict__.update(
+            module=model,
+            broadcast=boolean(broadcast, "broadcast"),
+            broadcast_buffers=boolean(broadcast_buffers, "broadcast_buffers"),
+            _sync=True,
+            _stale=False,
+        )
         if model.store is not None:
             self._join()
 
@@ -71,8 +77,9 @@ class DataParallel:
         if self.broadcast:
             for flat in (store.data, store.buffers):
                 if flat.size:
-                    core.collective("DataParallel: broadcasting rank 0's parameters", dist.broadcast,
-                                    core.as_tensor(flat), 0)
+                    core.collective(
+                        "DataParallel: broadcasting rank 0's parameters", dist.broadcast, core.as_tensor(flat), 0
+                    )
             counters = [(m, k) for _, m in self.module.named_modules() for k in m.counters()]
             values = core.all_gather_objects("DataParallel: counters", [getattr(m, k) for m, k in counters])[0]
             for (m, k), v in zip(counters, values):
@@ -85,8 +92,13 @@ class DataParallel:
         store = self.module.store
         # Before a training forward, and before the first eval forward after training (each rank
         # updated its running statistics from its own batch), so that every rank evaluates alike.
-        if (training or self._stale) and self.broadcast_buffers and store is not None and store.buffers.size \
-                and core.world_size() > 1:
+        if (
+            (training or self._stale)
+            and self.broadcast_buffers
+            and store is not None
+            and store.buffers.size
+            and core.world_size() > 1
+        ):
             _, dist = core.torch_modules()
             core.timed("DataParallel: broadcasting buffers", dist.broadcast, core.as_tensor(store.buffers), 0)
         self.__dict__["_stale"] = training
@@ -138,16 +150,22 @@ def allreduce_mean(flat, what):
 def check_same_network(model, what):
     """Every rank built the same network: parameter and buffer names and shapes, and the world size
     each rank's process group reports. DistributedError naming the first difference otherwise."""
-    mine = ([(n, tuple(p.shape)) for n, p in model.named_parameters()]
-            + [(n, tuple(np.shape(v))) for n, v in model.named_buffers()])
+    mine = [(n, tuple(p.shape)) for n, p in model.named_parameters()] + [
+        (n, tuple(np.shape(v))) for n, v in model.named_buffers()
+    ]
     everyone = core.all_gather_objects(f"{what}: comparing the networks", mine)
     me = core.rank()
     for r, theirs in enumerate(everyone):
         if theirs == mine:
             continue
-        diff = next((f"{a[0]!r} of shape {a[1]} here, {b[0]!r} of shape {b[1]} on rank {r}"
-                     for a, b in zip(mine, theirs) if a != b),
-                    f"{len(mine)} parameters and buffers here, {len(theirs)} on rank {r}")
+        diff = next(
+            (
+                f"{a[0]!r} of shape {a[1]} here, {b[0]!r} of shape {b[1]} on rank {r}"
+                for a, b in zip(mine, theirs)
+                if a != b
+            ),
+            f"{len(mine)} parameters and buffers here, {len(theirs)} on rank {r}",
+        )
         raise core.DistributedError(f"{what}: rank {me} and rank {r} built different networks ({diff})")
 
 
@@ -161,4 +179,5 @@ def check_same_values(model, what):
             if a != b:
                 raise core.DistributedError(
                     f"{what}: parameter {name!r} differs between rank 0 and rank {r} at start (build every rank "
-                    "from the same seed and checkpoint, or pass broadcast=True to take rank 0's)")
+                    "from the same seed and checkpoint, or pass broadcast=True to take rank 0's)"
+                )

@@ -11,6 +11,7 @@ Composed from the native batch-norm kernels rather than new ones:
   dx = gamma * invstd * (dy - sum(dy) / N - xhat * sum(dy * xhat) / N).
 The weight and bias gradients stay this rank's share, which DataParallel averages like any other.
 """
+
 import numpy as np
 
 from .. import functional as F
@@ -36,12 +37,16 @@ class SyncBatchNorm(_BatchNorm):
         if not batch_stats or core.world_size() == 1:
             return super().forward(x, training)
         if len(x.shape) not in self.ndims or x.shape[1] != self.num_features:
-            raise ValueError(f"x: SyncBatchNorm({self.num_features}) expects (N, {self.num_features}, ...) input, "
-                             f"got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"x: SyncBatchNorm({self.num_features}) expects (N, {self.num_features}, ...) input, "
+                f"got shape {tuple(x.shape)}"
+            )
         count, mean, var = global_statistics(x)
         if count < 2:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)} "
-                             "on every rank together")
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)} "
+                "on every rank together"
+            )
         updating = training and not self.frozen and self.track_running_stats
         if updating:
             self.num_batches_tracked += 1
@@ -49,8 +54,9 @@ class SyncBatchNorm(_BatchNorm):
             for buf, stat in ((self.running_mean, mean), (self.running_var, var * count / (count - 1))):
                 copy_(buf, ((1.0 - f) * to_numpy(buf).astype(np.float64) + f * stat).astype(np.float32))
         mean32, var32 = _on(x, mean.astype(np.float32)), _on(x, var.astype(np.float32))
-        y, save_mean, invstd = F.batch_norm_forward(x, _data(self.params["weight"]), _data(self.params["bias"]),
-                                                    mean32, var32, False, 0.0, self.eps)
+        y, save_mean, invstd = F.batch_norm_forward(
+            x, _data(self.params["weight"]), _data(self.params["bias"]), mean32, var32, False, 0.0, self.eps
+        )
         self._saved, self._sync_saved = None, (x, save_mean, invstd, count) if training else None
         return y
 
@@ -66,11 +72,12 @@ class SyncBatchNorm(_BatchNorm):
         core.timed("SyncBatchNorm: summing sum(dy) and sum(dy * xhat)", dist.all_reduce, sums)
         sums = sums.cpu().numpy()
         g64, s64 = to_numpy(gamma).astype(np.float64), to_numpy(invstd).astype(np.float64)
-        k1 = g64 * s64 * sums[0] / count       # the sum(dy) / N term
+        k1 = g64 * s64 * sums[0] / count  # the sum(dy) / N term
         k2 = g64 * s64 * s64 * sums[1] / count  # xhat * sum(dy * xhat) / N = k2 * (x - mean)
         ones = np.ones(self.num_features, np.float32)
-        corr, _, _ = F.batch_norm_forward(x, _on(x, k2.astype(np.float32)), _on(x, k1.astype(np.float32)),
-                                          mean, _on(x, ones), False, 0.0, 0.0)
+        corr, _, _ = F.batch_norm_forward(
+            x, _on(x, k2.astype(np.float32)), _on(x, k1.astype(np.float32)), mean, _on(x, ones), False, 0.0, 0.0
+        )
         F.axpby_(dx, corr, -1.0, 1.0)
         if not self.frozen:
             self.set_grad(w, dgamma)
@@ -103,7 +110,7 @@ def global_statistics(x):
     count, mean, m2 = 0.0, np.zeros(c), np.zeros(c)
     for part in gathered:
         part = part.cpu().numpy()
-        nb, mb, m2b = part[0], part[1:1 + c], part[1 + c:]
+        nb, mb, m2b = part[0], part[1 : 1 + c], part[1 + c :]
         total = count + nb
         delta = mb - mean
         mean = mean + delta * (nb / total)

@@ -12,6 +12,7 @@ then stepped unclipped, which is the fused kernel's arithmetic exactly.
 Bytes per step on a ring (P ranks, S parameters, 4 B each): all-reduce 2 (P - 1) / P * 4S;
 reduce-scatter + all-gather the same total, but each rank keeps 1 / P of the optimizer state.
 """
+
 import json
 import math
 import os
@@ -83,8 +84,11 @@ class ZeroOptimizer:
         mine = self._reduce_scatter()
         norm = None
         if max_grad_norm is not None or skip_nonfinite:
-            norm = math.sqrt(core.global_sum("ZeroOptimizer: the global gradient norm",
-                                             float(torch.sum(mine.to(torch.float64) ** 2))))
+            norm = math.sqrt(
+                core.global_sum(
+                    "ZeroOptimizer: the global gradient norm", float(torch.sum(mine.to(torch.float64) ** 2))
+                )
+            )
             if not math.isfinite(norm):
                 return StepResult(norm, True)  # every rank sees the same norm: all skip
             if max_grad_norm is not None:
@@ -110,7 +114,7 @@ class ZeroOptimizer:
         return out
 
     def _own(self, flat):
-        return core.as_tensor(flat)[self.lo:self.hi]
+        return core.as_tensor(flat)[self.lo : self.hi]
 
     def _reduce_scatter(self):
         """This rank's chunk of the gradients, averaged over the ranks, in place; returned as a view."""
@@ -121,7 +125,7 @@ class ZeroOptimizer:
         parts = self._chunks(self.store.grad)
         out = parts[self.rank].clone()
         core.timed("ZeroOptimizer: reduce-scattering gradients", dist.reduce_scatter, out, parts)
-        mine.copy_(out[:self.hi - self.lo])
+        mine.copy_(out[: self.hi - self.lo])
         mine.mul_(1.0 / self.world)
         return mine
 
@@ -134,7 +138,7 @@ class ZeroOptimizer:
         core.timed("ZeroOptimizer: all-gathering parameters", dist.all_gather, parts, mine)
         a, b = self._bounds(self.world - 1)
         if b - a < self.chunk:  # the padded last chunk came back into a copy
-            core.as_tensor(self.store.data)[a:b].copy_(parts[-1][:b - a])
+            core.as_tensor(self.store.data)[a:b].copy_(parts[-1][: b - a])
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self, dst=0):
@@ -147,7 +151,7 @@ class ZeroOptimizer:
             flat = np.zeros(self.chunk, np.float32)
             for i, (a, b, s, e) in enumerate(self._ranges):
                 if e > s:
-                    flat[s - self.lo:e - self.lo] = shard["state"][i][name]
+                    flat[s - self.lo : e - self.lo] = shard["state"][i][name]
             gathered = self._gather(torch.from_numpy(flat).to(core.as_tensor(self.store.data).device), dst)
             if gathered is not None:
                 for i, (a, b, _, _) in enumerate(self._ranges):
@@ -184,16 +188,20 @@ class ZeroOptimizer:
             for name, value in entry.items():
                 if name != "step":
                     if np.shape(value) != (b - a,):
-                        raise ValueError(f"state_dict['state'][{key!r}][{name!r}]: has shape {np.shape(value)}, the "
-                                         f"parameter ({b - a},)")
-                    value = np.ascontiguousarray(value[s - a:e - a])
+                        raise ValueError(
+                            f"state_dict['state'][{key!r}][{name!r}]: has shape {np.shape(value)}, the "
+                            f"parameter ({b - a},)"
+                        )
+                    value = np.ascontiguousarray(value[s - a : e - a])
                 part[name] = value
             shard[i] = part
         self.optimizer.load_state_dict({"state": shard, "param_groups": state_dict["param_groups"]})
 
     def __repr__(self):
-        return (f"ZeroOptimizer(rank {self.rank} of {self.world}, elements [{self.lo}, {self.hi}) of "
-                f"{self.store.size},\n{self.optimizer!r})")
+        return (
+            f"ZeroOptimizer(rank {self.rank} of {self.world}, elements [{self.lo}, {self.hi}) of "
+            f"{self.store.size},\n{self.optimizer!r})"
+        )
 
 
 def _range_of(store, t, where):
@@ -211,6 +219,7 @@ def save_checkpoint(path, model, optimizer, meta=None):
     writes, atomically (a temporary file renamed over path), and the others wait for it. The file
     does not depend on the number of ranks."""
     from ..train import write_atomically
+
     state = optimizer.state_dict(dst=0) if isinstance(optimizer, ZeroOptimizer) else optimizer.state_dict()
     module = getattr(model, "module", model)
     if core.rank() == 0:
@@ -218,8 +227,12 @@ def save_checkpoint(path, model, optimizer, meta=None):
         for i, entry in state["state"].items():
             for name, value in entry.items():
                 arrays[f"optim/{i}/{name}"] = np.asarray(value)
-        info = {"param_groups": state["param_groups"], "meta": meta, "world_size": core.world_size(),
-                "extra_state": module.extra_state()}
+        info = {
+            "param_groups": state["param_groups"],
+            "meta": meta,
+            "world_size": core.world_size(),
+            "extra_state": module.extra_state(),
+        }
         arrays["meta"] = np.frombuffer(json.dumps(info).encode(), np.uint8)
         write_atomically(path, lambda f: np.savez(f, **arrays))
     if core.is_initialized():
@@ -233,7 +246,7 @@ def load_checkpoint(path, model, optimizer):
         raise FileNotFoundError(f"path: no checkpoint at {path}")
     with np.load(path) as z:
         info = json.loads(bytes(z["meta"]).decode())
-        model_state = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
+        model_state = {k[len("model/") :]: z[k] for k in z.files if k.startswith("model/")}
         state = {}
         for k in z.files:
             if k.startswith("optim/"):

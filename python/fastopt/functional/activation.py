@@ -8,15 +8,30 @@ the forward pass; -0.0 stays -0.0 through relu, as in torch, so outputs match to
 Every op but axpby_ also takes bfloat16 on the CPU (fastopt.bfloat16 arrays or torch.bfloat16
 tensors; dy and x, body and shortcut of one dtype) and returns bfloat16: fp32 math, one rounding.
 """
+
 from __future__ import annotations
 
 from .. import _C
 from .._args import finite, real, stream as _stream, uint64
 from .._types import Array, Arrays, Stream
 
-__all__ = ["relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "tanh_forward",
-           "tanh_backward", "sigmoid_forward", "sigmoid_backward", "elu_forward", "elu_backward", "gelu_forward",
-           "gelu_backward", "residual_add", "axpby_", "cast_"]
+__all__ = [
+    "relu_forward",
+    "relu_backward",
+    "leaky_relu_forward",
+    "leaky_relu_backward",
+    "tanh_forward",
+    "tanh_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
+    "elu_forward",
+    "elu_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "residual_add",
+    "axpby_",
+    "cast_",
+]
 
 
 def relu_forward(x: Array, stream: Stream = 0) -> Array:
@@ -81,8 +96,9 @@ def gelu_backward(dy: Array, x: Array, stream: Stream = 0) -> Array:
     return _C.smooth_backward(_C.Smooth.gelu, dy, x, 1.0, _stream(stream))
 
 
-def residual_add(body: Array, shortcut: Array | None = None, p: float = 0.0, seed: int = 0, offset: int = 0,
-                 stream: Stream = 0) -> Array:
+def residual_add(
+    body: Array, shortcut: Array | None = None, p: float = 0.0, seed: int = 0, offset: int = 0, stream: Stream = 0
+) -> Array:
     """y = shortcut + body * f_n for every sample n (the first dim): a new array on body's device.
 
     Drop path (stochastic depth): f_n = 1 / (1 - p) (as float32, dropout's scale) if sample n is

@@ -7,6 +7,7 @@ own stream, so one seed serves them all), so the CPU, the GPU, every CPU instruc
 fastopt.reference.augment draw the same parameters for any thread count. Outputs are new arrays
 on x's device; `stream` (a CUDA stream handle) is ignored on the CPU.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,12 +21,33 @@ from .._types import Array, IntPair, Stream
 
 # Here Python checks the kinds of the arguments (a bool is not an integer), the native layer their ranges.
 
-__all__ = ["augment_batch", "mixup", "cutmix", "random_resized_crop", "random_rotation", "pca_jitter", "channel_pca",
-           "alternating_flip", "tta_views", "tta_mean", "tta_num_views"]
+__all__ = [
+    "augment_batch",
+    "mixup",
+    "cutmix",
+    "random_resized_crop",
+    "random_rotation",
+    "pca_jitter",
+    "channel_pca",
+    "alternating_flip",
+    "tta_views",
+    "tta_mean",
+    "tta_num_views",
+]
 
 
-def augment_batch(x: Array, seed: int, step: int, max_shift: int = 0, flip: bool = False, cutout: int = 0,
-                  brightness: float = 0.0, contrast: float = 0.0, fill: float = 0.0, stream: Stream = 0) -> Array:
+def augment_batch(
+    x: Array,
+    seed: int,
+    step: int,
+    max_shift: int = 0,
+    flip: bool = False,
+    cutout: int = 0,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    fill: float = 0.0,
+    stream: Stream = 0,
+) -> Array:
     """y = augmented x, x float32 (N, C, H, W); all channels of a sample share its parameters.
 
     Per sample: a shift (dy, dx), each uniform in [-max_shift, max_shift] (zero-pad by max_shift,
@@ -38,9 +60,18 @@ def augment_batch(x: Array, seed: int, step: int, max_shift: int = 0, flip: bool
     seed, step: integers in [0, 2^64); the same (seed, step) reproduces a batch exactly.
     max_shift, cutout: integers >= 0; brightness >= 0; contrast in [0, 1].
     """
-    return _C.augment_batch(x, uint64(seed, "seed"), uint64(step, "step"), integer(max_shift, "max_shift"),
-                            boolean(flip, "flip"), integer(cutout, "cutout"), real(brightness, "brightness"),
-                            real(contrast, "contrast"), real(fill, "fill"), _stream(stream))
+    return _C.augment_batch(
+        x,
+        uint64(seed, "seed"),
+        uint64(step, "step"),
+        integer(max_shift, "max_shift"),
+        boolean(flip, "flip"),
+        integer(cutout, "cutout"),
+        real(brightness, "brightness"),
+        real(contrast, "contrast"),
+        real(fill, "fill"),
+        _stream(stream),
+    )
 
 
 def mixup(x: Array, labels: Array, lam: float, num_classes: int, stream: Stream = 0) -> tuple[Array, Array]:
@@ -57,8 +88,9 @@ def mixup(x: Array, labels: Array, lam: float, num_classes: int, stream: Stream 
     return _C.mixup(x, labels, real(lam, "lam"), integer(num_classes, "num_classes"), _stream(stream))
 
 
-def cutmix(x: Array, labels: Array, lam: float, num_classes: int, seed: int, step: int,
-           stream: Stream = 0) -> tuple[Array, Array]:
+def cutmix(
+    x: Array, labels: Array, lam: float, num_classes: int, seed: int, step: int, stream: Stream = 0
+) -> tuple[Array, Array]:
     """(x_mixed, soft_targets): CutMix as timm does it, beside mixup (same pairing and targets).
 
     x float32 (N, C, H, W), labels int32/int64 (N,) in [0, num_classes), lam in [0, 1] (drawn by
@@ -69,8 +101,15 @@ def cutmix(x: Array, labels: Array, lam: float, num_classes: int, seed: int, ste
     1 - box area / (H W), the exact share of the sample's own pixels (timm's correct_lam). Label
     errors behave as in mixup.
     """
-    return _C.cutmix(x, labels, real(lam, "lam"), integer(num_classes, "num_classes"), uint64(seed, "seed"),
-                     uint64(step, "step"), _stream(stream))
+    return _C.cutmix(
+        x,
+        labels,
+        real(lam, "lam"),
+        integer(num_classes, "num_classes"),
+        uint64(seed, "seed"),
+        uint64(step, "step"),
+        _stream(stream),
+    )
 
 
 def _bounds(v, name):
@@ -79,8 +118,15 @@ def _bounds(v, name):
     return real(v[0], f"{name}[0]"), real(v[1], f"{name}[1]")
 
 
-def random_resized_crop(x: Array, seed: int, step: int, size: IntPair, scale: Sequence[float] = (0.08, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3), stream: Stream = 0) -> Array:
+def random_resized_crop(
+    x: Array,
+    seed: int,
+    step: int,
+    size: IntPair,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    stream: Stream = 0,
+) -> Array:
     """y (N, C, size_h, size_w): torchvision's RandomResizedCrop per sample, drawn from (seed, step).
 
     A box of area H W * U(scale) and aspect ratio exp(U(log ratio)) (width / height), sides
@@ -91,12 +137,21 @@ def random_resized_crop(x: Array, seed: int, step: int, size: IntPair, scale: Se
     scale: 0 < low <= high; ratio: 0 < low <= high.
     """
     size = pair(size, "size")
-    return _C.random_resized_crop(x, uint64(seed, "seed"), uint64(step, "step"), size[0], size[1],
-                                  *_bounds(scale, "scale"), *_bounds(ratio, "ratio"), _stream(stream))
+    return _C.random_resized_crop(
+        x,
+        uint64(seed, "seed"),
+        uint64(step, "step"),
+        size[0],
+        size[1],
+        *_bounds(scale, "scale"),
+        *_bounds(ratio, "ratio"),
+        _stream(stream),
+    )
 
 
-def random_rotation(x: Array, seed: int, step: int, degrees: float | Sequence[float], fill: float = 0.0,
-                    stream: Stream = 0) -> Array:
+def random_rotation(
+    x: Array, seed: int, step: int, degrees: float | Sequence[float], fill: float = 0.0, stream: Stream = 0
+) -> Array:
     """y: each sample rotated counter-clockwise about its center by an angle uniform in
     [-degrees, degrees) (or [low, high) for a pair, within [-360, 360]), drawn from (seed, step);
     torchvision's rotate with bilinear interpolation, expand=False, the pixels from outside the
@@ -106,8 +161,9 @@ def random_rotation(x: Array, seed: int, step: int, degrees: float | Sequence[fl
     else:
         hi = finite(degrees, "degrees", 0)
         lo = -hi
-    return _C.random_rotation(x, uint64(seed, "seed"), uint64(step, "step"), lo, hi, real(fill, "fill"),
-                              _stream(stream))
+    return _C.random_rotation(
+        x, uint64(seed, "seed"), uint64(step, "step"), lo, hi, real(fill, "fill"), _stream(stream)
+    )
 
 
 def _float64(v, name, ndim):
@@ -120,16 +176,24 @@ def _float64(v, name, ndim):
     return a
 
 
-def pca_jitter(x: Array, seed: int, step: int, eigvals: ArrayLike, eigvecs: ArrayLike, sigma: float = 0.1,
-               stream: Stream = 0) -> Array:
+def pca_jitter(
+    x: Array, seed: int, step: int, eigvals: ArrayLike, eigvecs: ArrayLike, sigma: float = 0.1, stream: Stream = 0
+) -> Array:
     """y = x + eigvecs @ (alpha * eigvals) per sample (AlexNet's "fancy PCA" colour jitter), the
     shift added to every pixel of the channel; alpha_k ~ N(0, sigma) drawn from (seed, step) by
     Box-Muller. eigvals (C,) >= 0 and eigvecs (C, C) (eigenvector k in column k, as
     numpy.linalg.eigh returns them) of the per-channel covariance of the training set in x's
     representation (channel_pca computes them); 1 <= C <= 4. sigma >= 0 (AlexNet: 0.1)."""
     vals, vecs = _float64(eigvals, "eigvals", 1), _float64(eigvecs, "eigvecs", 2)
-    return _C.pca_jitter(x, uint64(seed, "seed"), uint64(step, "step"), vals.tolist(), vecs.reshape(-1).tolist(),
-                         real(sigma, "sigma"), _stream(stream))
+    return _C.pca_jitter(
+        x,
+        uint64(seed, "seed"),
+        uint64(step, "step"),
+        vals.tolist(),
+        vecs.reshape(-1).tolist(),
+        real(sigma, "sigma"),
+        _stream(stream),
+    )
 
 
 def channel_pca(x: Array, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +208,7 @@ def channel_pca(x: Array, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("x: no pixels")
     total, outer = np.zeros(channels), np.zeros((channels, channels))
     for lo in range(0, x.shape[0], chunk):  # in chunks: a float64 copy of all pixels may not fit
-        v = np.moveaxis(np.asarray(x[lo:lo + chunk], np.float64), 1, 0).reshape(channels, -1)
+        v = np.moveaxis(np.asarray(x[lo : lo + chunk], np.float64), 1, 0).reshape(channels, -1)
         total += v.sum(axis=1)
         outer += v @ v.T
     mean = total / count
@@ -168,8 +232,9 @@ def tta_num_views(mode: str) -> int:
     return _TTA_VIEWS[choice(mode, "mode", tuple(_TTA_VIEWS))]
 
 
-def tta_views(x: Array, mode: str = "flip", size: IntPair | None = None, pad: int = 0, fill: float = 0.0,
-              stream: Stream = 0) -> Array:
+def tta_views(
+    x: Array, mode: str = "flip", size: IntPair | None = None, pad: int = 0, fill: float = 0.0, stream: Stream = 0
+) -> Array:
     """The test-time augmentation views of a batch, stacked view-major: y ((V N), C, h, w) with view
     v of sample n at v N + n, V = tta_num_views(mode).
 
@@ -193,16 +258,28 @@ def tta_views(x: Array, mode: str = "flip", size: IntPair | None = None, pad: in
     pad = integer(pad, "pad", 0, 2**24)
     oh, ow = (height, width) if size is None else pair(size, "size", 1)
     if oh > height + 2 * pad or ow > width + 2 * pad:
-        raise ValueError(f"size: the views ({oh}, {ow}) are larger than the padded image "
-                         f"({height + 2 * pad}, {width + 2 * pad})")
+        raise ValueError(
+            f"size: the views ({oh}, {ow}) are larger than the padded image ({height + 2 * pad}, {width + 2 * pad})"
+        )
     ph, pw = height + 2 * pad, width + 2 * pad
     center = (int(round((ph - oh) / 2.0)), int(round((pw - ow) / 2.0)))  # torchvision's center_crop
     five = [(0, 0), (0, pw - ow), (ph - oh, 0), (ph - oh, pw - ow), center]
-    wins = {"flip": [(*center, False), (*center, True)], "five_crop": [(t, l, False) for t, l in five],
-            # the crop at (t, l) of the mirrored image is the mirror of the crop at (t, pw - ow - l)
-            "ten_crop": [(t, l, False) for t, l in five] + [(t, pw - ow - l, True) for t, l in five]}[mode]
-    return _C.tta_views(x, [t - pad for t, _, _ in wins], [l - pad for _, l, _ in wins], [m for _, _, m in wins],
-                        oh, ow, real(fill, "fill"), _stream(stream))
+    wins = {
+        "flip": [(*center, False), (*center, True)],
+        "five_crop": [(t, l, False) for t, l in five],
+        # the crop at (t, l) of the mirrored image is the mirror of the crop at (t, pw - ow - l)
+        "ten_crop": [(t, l, False) for t, l in five] + [(t, pw - ow - l, True) for t, l in five],
+    }[mode]
+    return _C.tta_views(
+        x,
+        [t - pad for t, _, _ in wins],
+        [l - pad for _, l, _ in wins],
+        [m for _, _, m in wins],
+        oh,
+        ow,
+        real(fill, "fill"),
+        _stream(stream),
+    )
 
 
 def tta_mean(y: Array, views: int, stream: Stream = 0) -> Array:

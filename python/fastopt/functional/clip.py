@@ -1,4 +1,5 @@
 """Global gradient norms and clipping (torch.nn.utils semantics)."""
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,9 @@ def global_norm(grads: Arrays, norm_type: float = 2.0, stream: Stream = 0) -> fl
     return _C.grad_norm(grads, _norm_type(norm_type), _stream(stream))
 
 
-def clip_grad_norm_(grads: Arrays, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False,
-                    stream: Stream = 0) -> float | Array:
+def clip_grad_norm_(
+    grads: Arrays, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False, stream: Stream = 0
+) -> float | Array:
     """Scale gradients in place so that their global norm is at most max_norm.
 
     As torch.nn.utils.clip_grad_norm_: coefficient min(1, max_norm / (norm + 1e-6)); returns the
@@ -47,7 +49,8 @@ def clip_grad_norm_(grads: Arrays, max_norm: float, norm_type: float = 2.0, erro
             raise RuntimeError(
                 f"The total norm of order {norm_type} for gradients is non-finite, so it cannot be "
                 "clipped. To disable this error and scale the gradients by the non-finite norm anyway, "
-                "set error_if_nonfinite=False")
+                "set error_if_nonfinite=False"
+            )
     _C.clip_by_norm_(grads, norm, max_norm, stream)
     return norm
 

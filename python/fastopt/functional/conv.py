@@ -7,6 +7,7 @@ In bfloat16, y and dx come back in bfloat16, rounded once to nearest even (NaN s
 dw and db in float32, unrounded: what an optimizer with float32 master weights consumes. On the
 GPU, bfloat16 runs the implicit-GEMM passes on bf16 tensor cores (sm_80+).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,8 +23,17 @@ def _hyper(stride, padding, dilation, groups):
     return pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"), integer(groups, "groups")
 
 
-def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair = 1, padding: IntPair = 0,
-                   dilation: IntPair = 1, groups: int = 1, allow_tf32: bool = False, stream: Stream = 0) -> Array:
+def conv2d_forward(
+    x: Array,
+    w: Array,
+    b: Array | None = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    allow_tf32: bool = False,
+    stream: Stream = 0,
+) -> Array:
     """y = conv2d(x, w, b): x (N, C, H, W), w (K, C/groups, R, S), b (K,) or None -> y (N, K, P, Q).
 
     stride, padding and dilation are ints or (h, w) pairs. Works on NumPy arrays (CPU) and on
@@ -32,14 +42,26 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: IntPair =
     allow_tf32=True lets the GPU use TF32 tensor cores for float32 (about 10 mantissa bits); it is
     ignored on the CPU, which always accumulates in float32, and for bfloat16.
     """
-    return _C.conv2d_forward(x, w, b, *_hyper(stride, padding, dilation, groups), boolean(allow_tf32, "allow_tf32"),
-                             _stream(stream))
+    return _C.conv2d_forward(
+        x, w, b, *_hyper(stride, padding, dilation, groups), boolean(allow_tf32, "allow_tf32"), _stream(stream)
+    )
 
 
-def conv2d_backward(dy: Array, x: Array, w: Array, stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
-                    groups: int = 1, need: Sequence[bool] = (True, True, True), allow_tf32: bool = False,
-                    stream: Stream = 0, dw_out: Array | None = None, db_out: Array | None = None,
-                    accumulate: bool = False) -> tuple[Array | None, Array | None, Array | None]:
+def conv2d_backward(
+    dy: Array,
+    x: Array,
+    w: Array,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    need: Sequence[bool] = (True, True, True),
+    allow_tf32: bool = False,
+    stream: Stream = 0,
+    dw_out: Array | None = None,
+    db_out: Array | None = None,
+    accumulate: bool = False,
+) -> tuple[Array | None, Array | None, Array | None]:
     """(dx, dw, db) of conv2d_forward(x, w, b, ...) for the output gradient dy.
 
     need = (dx, dw, db) flags: a gradient not asked for is not computed and is returned as None.
@@ -52,6 +74,17 @@ def conv2d_backward(dy: Array, x: Array, w: Array, stride: IntPair = 1, padding:
     pass of its own.
     """
     need = flags(need, "need", ("dx", "dw", "db"))
-    return tuple(_C.conv2d_backward(dy, x, w, *_hyper(stride, padding, dilation, groups), *need,
-                                    boolean(allow_tf32, "allow_tf32"), _stream(stream), dw_out, db_out,
-                                    boolean(accumulate, "accumulate")))
+    return tuple(
+        _C.conv2d_backward(
+            dy,
+            x,
+            w,
+            *_hyper(stride, padding, dilation, groups),
+            *need,
+            boolean(allow_tf32, "allow_tf32"),
+            _stream(stream),
+            dw_out,
+            db_out,
+            boolean(accumulate, "accumulate"),
+        )
+    )

@@ -10,6 +10,7 @@ draws several masks from one seed advances `offset` by the number of elements ea
 dropout_forward / dropout_backward also take bfloat16 on the CPU (the same mask; x * factor in
 fp32, rounded once to bfloat16).
 """
+
 from __future__ import annotations
 
 from .. import _C
@@ -34,8 +35,14 @@ def dropout_forward(x: Array, p: float, seed: int, offset: int = 0, training: bo
     training=False is the identity and, like torch, returns x itself (no copy; the arguments
     are still validated).
     """
-    return _C.dropout_forward(x, _probability(p), uint64(seed, "seed"), uint64(offset, "offset"),
-                              boolean(training, "training"), _stream(stream))
+    return _C.dropout_forward(
+        x,
+        _probability(p),
+        uint64(seed, "seed"),
+        uint64(offset, "offset"),
+        boolean(training, "training"),
+        _stream(stream),
+    )
 
 
 def dropout_backward(dy: Array, p: float, seed: int, offset: int = 0, stream: Stream = 0) -> Array:
@@ -43,9 +50,12 @@ def dropout_backward(dy: Array, p: float, seed: int, offset: int = 0, stream: St
     return _C.dropout_backward(dy, _probability(p), uint64(seed, "seed"), uint64(offset, "offset"), _stream(stream))
 
 
-def dropout_mask(shape: Shape, p: float, seed: int, offset: int = 0, device: Device = "cpu", stream: Stream = 0) -> Array:
+def dropout_mask(
+    shape: Shape, p: float, seed: int, offset: int = 0, device: Device = "cpu", stream: Stream = 0
+) -> Array:
     """The keep mask of an array of this shape: bool NumPy array, or a bool fastopt.DeviceArray
     on the GPU for device='cuda' / 'cuda:N'."""
     dev = -1 if device == "cpu" else _device_index(device)
-    return _C.dropout_mask(_shape(shape, "shape"), _probability(p), uint64(seed, "seed"), uint64(offset, "offset"), dev,
-                           _stream(stream))
+    return _C.dropout_mask(
+        _shape(shape, "shape"), _probability(p), uint64(seed, "seed"), uint64(offset, "offset"), dev, _stream(stream)
+    )

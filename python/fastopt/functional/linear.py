@@ -7,6 +7,7 @@ converted). In bfloat16, y and dx come back in bfloat16, rounded once to nearest
 NaN), and dweight and dbias in float32, unrounded: what an optimizer with float32 master weights
 consumes. On the GPU, bfloat16 runs on bf16 tensor cores (sm_80+).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,9 +30,16 @@ def linear_forward(x: Array, weight: Array, bias: Array | None = None, stream: S
     return _C.linear_forward(x, weight, bias, _stream(stream))
 
 
-def linear_backward(dy: Array, x: Array, weight: Array, need: Sequence[bool] = (True, True, True), stream: Stream = 0,
-                    dweight_out: Array | None = None, dbias_out: Array | None = None,
-                    accumulate: bool = False) -> tuple[Array | None, Array | None, Array | None]:
+def linear_backward(
+    dy: Array,
+    x: Array,
+    weight: Array,
+    need: Sequence[bool] = (True, True, True),
+    stream: Stream = 0,
+    dweight_out: Array | None = None,
+    dbias_out: Array | None = None,
+    accumulate: bool = False,
+) -> tuple[Array | None, Array | None, Array | None]:
     """(dx, dweight, dbias) of linear_forward(x, weight, bias) for the output gradient dy (N, out).
 
     dx = dy @ weight, dweight = dy.T @ x, dbias = dy.sum(0). need = (dx, dweight, dbias) flags:
@@ -43,5 +51,8 @@ def linear_backward(dy: Array, x: Array, weight: Array, need: Sequence[bool] = (
     returns that array); accumulate=True adds it into them, rounded once (each out then required).
     """
     need = flags(need, "need", ("dx", "dweight", "dbias"))
-    return tuple(_C.linear_backward(dy, x, weight, *need, _stream(stream), dweight_out, dbias_out,
-                                    boolean(accumulate, "accumulate")))
+    return tuple(
+        _C.linear_backward(
+            dy, x, weight, *need, _stream(stream), dweight_out, dbias_out, boolean(accumulate, "accumulate")
+        )
+    )

@@ -9,6 +9,7 @@ order, so results are bitwise reproducible run to run.
 bfloat16 logits (CPU; soft targets then bfloat16 too) give the same float32 loss the float32 kernel
 gives on their values, and bfloat16 dlogits (the float32 gradient rounded once).
 """
+
 from __future__ import annotations
 
 from .. import _C
@@ -18,8 +19,15 @@ from .._types import Array, Stream
 __all__ = ["softmax_cross_entropy"]
 
 
-def softmax_cross_entropy(logits: Array, target: Array, label_smoothing: float = 0.0, need_grad: bool = True,
-                          stats: Array | None = None, topk: int = 5, stream: Stream = 0) -> tuple[Array, Array | None]:
+def softmax_cross_entropy(
+    logits: Array,
+    target: Array,
+    label_smoothing: float = 0.0,
+    need_grad: bool = True,
+    stats: Array | None = None,
+    topk: int = 5,
+    stream: Stream = 0,
+) -> tuple[Array, Array | None]:
     """Mean softmax cross-entropy of logits (N, K) float32, K >= 1, and its gradient.
 
     target: class indices, int32 or int64 (N,) in [0, K), or soft targets, float32 (N, K) whose
@@ -42,5 +50,12 @@ def softmax_cross_entropy(logits: Array, target: Array, label_smoothing: float =
     A class index outside [0, K) raises ValueError on the CPU; on the GPU (no sync to raise) that
     row's loss is NaN, and so are its dlogits row, the mean and stats[0].
     """
-    return _C.softmax_cross_entropy(logits, target, real(label_smoothing, "label_smoothing"),
-                                    boolean(need_grad, "need_grad"), stats, integer(topk, "topk"), _stream(stream))
+    return _C.softmax_cross_entropy(
+        logits,
+        target,
+        real(label_smoothing, "label_smoothing"),
+        boolean(need_grad, "need_grad"),
+        stats,
+        integer(topk, "topk"),
+        _stream(stream),
+    )

@@ -10,6 +10,7 @@ All three also take bfloat16 on the CPU and return bfloat16: the max is exact (o
 inputs), max pool's dx and average pooling's window sums and gathers are summed in fp32 and the
 global mean in double, each rounded once.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,8 +19,14 @@ from .. import _C
 from .._args import boolean, pair, shape, stream as _stream
 from .._types import Array, IntPair, Stream
 
-__all__ = ["max_pool2d_forward", "max_pool2d_backward", "global_avg_pool_forward", "global_avg_pool_backward",
-           "avg_pool2d_forward", "avg_pool2d_backward"]
+__all__ = [
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "global_avg_pool_forward",
+    "global_avg_pool_backward",
+    "avg_pool2d_forward",
+    "avg_pool2d_backward",
+]
 
 
 def _hyper(kernel_size, stride, padding):
@@ -32,8 +39,9 @@ def _shape(input_shape):
     return shape(input_shape, "input_shape", ints_ok=False)
 
 
-def max_pool2d_forward(x: Array, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
-                       stream: Stream = 0) -> tuple[Array, Array]:
+def max_pool2d_forward(
+    x: Array, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, stream: Stream = 0
+) -> tuple[Array, Array]:
     """(y, indices) of max pooling x (N, C, H, W) -> (N, C, P, Q), P = (H + 2*ph - kh) // sh + 1.
 
     kernel_size, stride and padding are ints or (h, w) pairs; stride None means kernel_size;
@@ -45,8 +53,15 @@ def max_pool2d_forward(x: Array, kernel_size: IntPair, stride: IntPair | None = 
     return tuple(_C.max_pool2d_forward(x, k, s, p, _stream(stream)))
 
 
-def max_pool2d_backward(dy: Array, indices: Array, input_shape: Sequence[int], kernel_size: IntPair,
-                        stride: IntPair | None = None, padding: IntPair = 0, stream: Stream = 0) -> Array:
+def max_pool2d_backward(
+    dy: Array,
+    indices: Array,
+    input_shape: Sequence[int],
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    stream: Stream = 0,
+) -> Array:
     """dx (input_shape) of max_pool2d_forward: dx[i] = sum of dy over the outputs whose index is i.
 
     dy and indices (int32) have the forward's output shape; the hyper-parameters are the forward's.
@@ -67,8 +82,14 @@ def global_avg_pool_backward(dy: Array, input_shape: Sequence[int], stream: Stre
     return _C.global_avg_pool_backward(dy, _shape(input_shape), _stream(stream))
 
 
-def avg_pool2d_forward(x: Array, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
-                       count_include_pad: bool = True, stream: Stream = 0) -> Array:
+def avg_pool2d_forward(
+    x: Array,
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    count_include_pad: bool = True,
+    stream: Stream = 0,
+) -> Array:
     """y of average pooling x (N, C, H, W) -> (N, C, P, Q) (torch.nn.functional.avg_pool2d, floor mode).
 
     Each window's sum (clipped to the plane, in float32, row-major) is divided by kh * kw with
@@ -79,10 +100,18 @@ def avg_pool2d_forward(x: Array, kernel_size: IntPair, stride: IntPair | None = 
     return _C.avg_pool2d_forward(x, k, s, p, boolean(count_include_pad, "count_include_pad"), _stream(stream))
 
 
-def avg_pool2d_backward(dy: Array, input_shape: Sequence[int], kernel_size: IntPair, stride: IntPair | None = None,
-                        padding: IntPair = 0, count_include_pad: bool = True, stream: Stream = 0) -> Array:
+def avg_pool2d_backward(
+    dy: Array,
+    input_shape: Sequence[int],
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    count_include_pad: bool = True,
+    stream: Stream = 0,
+) -> Array:
     """dx (input_shape) of avg_pool2d_forward: each input gathers dy / divisor from the windows that
     cover it, in row-major output order (deterministic, no atomics)."""
     k, s, p = _hyper(kernel_size, stride, padding)
-    return _C.avg_pool2d_backward(dy, _shape(input_shape), k, s, p, boolean(count_include_pad, "count_include_pad"),
-                                  _stream(stream))
+    return _C.avg_pool2d_backward(
+        dy, _shape(input_shape), k, s, p, boolean(count_include_pad, "count_include_pad"), _stream(stream)
+    )

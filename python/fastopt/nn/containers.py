@@ -1,5 +1,6 @@
 """Containers: Sequential (layers in a line) and Residual (a body plus a shortcut, with drop path),
 named as torch names their children so that state_dict keys match torch's for the same structure."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -50,7 +51,7 @@ class Sequential(Module):
         over micro-batches); the slots must have been zeroed (zero_grad) or written by a plain
         backward since build."""
         self._begin_backward(accumulate)
-        for layer in reversed(self.layers[self._lowest:]):
+        for layer in reversed(self.layers[self._lowest :]):
             dout = layer.backward(dout)
         return dout if self.needs_input_grad else None
 
@@ -73,7 +74,9 @@ class Residual(Module):
         if not isinstance(body, Module):
             raise TypeError(f"body: expected a fastopt.nn.Module, got {type(body).__name__}")
         if shortcut is not None and not isinstance(shortcut, Module):
-            raise TypeError(f"shortcut: expected a fastopt.nn.Module or None (the identity), got {type(shortcut).__name__}")
+            raise TypeError(
+                f"shortcut: expected a fastopt.nn.Module or None (the identity), got {type(shortcut).__name__}"
+            )
         self.body, self.shortcut = body, shortcut
         self.drop_path = real(drop_path, "drop_path", 0.0, 1.0)
         self.seed = 0
@@ -96,9 +99,11 @@ class Residual(Module):
         s = x if self.shortcut is None else self.shortcut.forward(x, training)
         if tuple(b.shape) != tuple(s.shape):
             which = "the identity shortcut passes" if self.shortcut is None else "the shortcut gives"
-            raise ValueError(f"Residual: the body maps x {tuple(x.shape)} to {tuple(b.shape)} but {which} "
-                             f"{tuple(s.shape)}; a projection shortcut (e.g. Sequential(Conv2d(c_in, c_out, 1, "
-                             "stride, bias=False), BatchNorm2d(c_out))) makes the shapes match")
+            raise ValueError(
+                f"Residual: the body maps x {tuple(x.shape)} to {tuple(b.shape)} but {which} "
+                f"{tuple(s.shape)}; a projection shortcut (e.g. Sequential(Conv2d(c_in, c_out, 1, "
+                "stride, bias=False), BatchNorm2d(c_out))) makes the shapes match"
+            )
         drop = training and self.drop_path > 0.0
         y = F.residual_add(b, s, self.drop_path if drop else 0.0, self.seed, self.offset)
         self._saved = (drop, self.offset) if training else None

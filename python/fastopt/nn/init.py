@@ -6,6 +6,7 @@ copied to the parameter buffer, so a seed gives the same network on every device
 fan_in = shape[1] * receptive field, fan_out = shape[0] * receptive field (receptive field =
 prod(shape[2:])), as torch computes them for Linear (out, in) and Conv2d (K, C/groups, R, S).
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,17 @@ from .._args import choice, finite, integer, shape as _shape
 from .._types import Initializer
 
 __all__ = [
-    "calculate_gain", "fans", "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform",
-    "lecun_normal", "lecun_uniform", "constant", "zeros", "ones",
+    "calculate_gain",
+    "fans",
+    "xavier_normal",
+    "xavier_uniform",
+    "kaiming_normal",
+    "kaiming_uniform",
+    "lecun_normal",
+    "lecun_uniform",
+    "constant",
+    "zeros",
+    "ones",
 ]
 
 

@@ -6,6 +6,7 @@ Constructor arguments are checked as torch.nn's are, and strictly: a bool or flo
 integer goes, a str or None where a number goes, raise TypeError naming the argument; a value out
 of range raises ValueError.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,23 @@ from . import init as I
 from .module import Module, Parameter, take_saved as _take
 
 __all__ = [
-    "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "ReLU", "LeakyReLU", "Tanh",
-    "Sigmoid", "ELU", "GELU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten", "Dropout",
+    "Conv2d",
+    "Linear",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "LayerNorm",
+    "GroupNorm",
+    "ReLU",
+    "LeakyReLU",
+    "Tanh",
+    "Sigmoid",
+    "ELU",
+    "GELU",
+    "MaxPool2d",
+    "AvgPool2d",
+    "GlobalAvgPool2d",
+    "Flatten",
+    "Dropout",
 ]
 
 
@@ -48,9 +64,20 @@ class Conv2d(Module):
 
     bf16 = True  # runs in a precision='bf16' network
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair, stride: IntPair = 1,
-                 padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1, bias: bool = True,
-                 weight_init: Initializer | None = None, bias_init: Initializer | None = None, allow_tf32: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair = 0,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        weight_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
+        allow_tf32: bool = False,
+    ) -> None:
         super().__init__()
         in_channels, out_channels = integer(in_channels, "in_channels", 1), integer(out_channels, "out_channels", 1)
         groups = integer(groups, "groups", 1)
@@ -61,11 +88,18 @@ class Conv2d(Module):
         shape = (out_channels, in_channels // groups, kh, kw)
         fan_in = I.fans(shape)[0]
         self.params["weight"] = Parameter(shape, weight_init or I.kaiming_uniform(a=math.sqrt(5)))
-        self.params["bias"] = (Parameter((out_channels,), bias_init or I.fan_in_uniform(fan_in), decay=False)
-                               if boolean(bias, "bias") else None)
-        self.conv = dict(stride=pair(stride, "stride", 1), padding=pair(padding, "padding", 0),
-                         dilation=pair(dilation, "dilation", 1), groups=groups,
-                         allow_tf32=boolean(allow_tf32, "allow_tf32"))
+        self.params["bias"] = (
+            Parameter((out_channels,), bias_init or I.fan_in_uniform(fan_in), decay=False)
+            if boolean(bias, "bias")
+            else None
+        )
+        self.conv = dict(
+            stride=pair(stride, "stride", 1),
+            padding=pair(padding, "padding", 0),
+            dilation=pair(dilation, "dilation", 1),
+            groups=groups,
+            allow_tf32=boolean(allow_tf32, "allow_tf32"),
+        )
         self._x = self._w = None
 
     def forward(self, x: Array, training: bool = True) -> Array:
@@ -77,16 +111,24 @@ class Conv2d(Module):
     def backward(self, dy: Array) -> Array | None:
         w, b = self.params["weight"], self.params["bias"]
         train = w.requires_grad
-        dx, _, _ = F.conv2d_backward(dy, _take(self, "_x"), _take(self, "_w"),
-                                     need=(self.needs_input_grad, train, train and b is not None),
-                                     dw_out=_slot(w, train), db_out=_slot(b, train),
-                                     accumulate=self.store.accumulate, **self.conv)
+        dx, _, _ = F.conv2d_backward(
+            dy,
+            _take(self, "_x"),
+            _take(self, "_w"),
+            need=(self.needs_input_grad, train, train and b is not None),
+            dw_out=_slot(w, train),
+            db_out=_slot(b, train),
+            accumulate=self.store.accumulate,
+            **self.conv,
+        )
         return dx
 
     def extra_repr(self) -> str:
         k, c = self.params["weight"].shape, self.conv
-        return (f"{k[1] * c['groups']}, {k[0]}, kernel_size={k[2:]}, stride={c['stride']}, padding={c['padding']}, "
-                f"bias={self.params['bias'] is not None}")
+        return (
+            f"{k[1] * c['groups']}, {k[0]}, kernel_size={k[2:]}, stride={c['stride']}, padding={c['padding']}, "
+            f"bias={self.params['bias'] is not None}"
+        )
 
 
 class Linear(Module):
@@ -94,15 +136,23 @@ class Linear(Module):
 
     bf16 = True  # runs in a precision='bf16' network
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, weight_init: Initializer | None = None,
-                 bias_init: Initializer | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        weight_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
+    ) -> None:
         super().__init__()
         in_features, out_features = integer(in_features, "in_features", 1), integer(out_features, "out_features", 1)
         weight_init, bias_init = _init(weight_init, "weight_init"), _init(bias_init, "bias_init")
-        self.params["weight"] = Parameter((out_features, in_features),
-                                          weight_init or I.kaiming_uniform(a=math.sqrt(5)))
-        self.params["bias"] = (Parameter((out_features,), bias_init or I.fan_in_uniform(in_features), decay=False)
-                               if boolean(bias, "bias") else None)
+        self.params["weight"] = Parameter((out_features, in_features), weight_init or I.kaiming_uniform(a=math.sqrt(5)))
+        self.params["bias"] = (
+            Parameter((out_features,), bias_init or I.fan_in_uniform(in_features), decay=False)
+            if boolean(bias, "bias")
+            else None
+        )
         self._x = self._w = None
 
     def forward(self, x: Array, training: bool = True) -> Array:
@@ -114,10 +164,15 @@ class Linear(Module):
     def backward(self, dy: Array) -> Array | None:
         w, b = self.params["weight"], self.params["bias"]
         train = w.requires_grad
-        dx, _, _ = F.linear_backward(dy, _take(self, "_x"), _take(self, "_w"),
-                                     need=(self.needs_input_grad, train, train and b is not None),
-                                     dweight_out=_slot(w, train), dbias_out=_slot(b, train),
-                                     accumulate=self.store.accumulate)
+        dx, _, _ = F.linear_backward(
+            dy,
+            _take(self, "_x"),
+            _take(self, "_w"),
+            need=(self.needs_input_grad, train, train and b is not None),
+            dweight_out=_slot(w, train),
+            dbias_out=_slot(b, train),
+            accumulate=self.store.accumulate,
+        )
         return dx
 
     def extra_repr(self) -> str:
@@ -150,8 +205,14 @@ class _BatchNorm(Module):
     bf16 = True  # runs in a precision='bf16' network
     ndims = ()
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
         super().__init__()
         self.num_features, self.eps = integer(num_features, "num_features", 1), _eps(eps)
         self.momentum = None if momentum is None else real(momentum, "momentum", 0.0, 1.0)
@@ -171,8 +232,10 @@ class _BatchNorm(Module):
 
     def forward(self, x: Array, training: bool = True) -> Array:
         if len(x.shape) not in self.ndims or x.shape[1] != self.num_features:
-            raise ValueError(f"x: {type(self).__name__}({self.num_features}) expects {self.ndims[0]}-d input with "
-                             f"{self.num_features} channels, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"x: {type(self).__name__}({self.num_features}) expects {self.ndims[0]}-d input with "
+                f"{self.num_features} channels, got shape {tuple(x.shape)}"
+            )
         batch_stats = (training and not self.frozen) or not self.track_running_stats
         updating = training and not self.frozen and self.track_running_stats
         if updating:
@@ -180,8 +243,16 @@ class _BatchNorm(Module):
         # As torch.nn.BatchNorm: momentum=None (a cumulative average) matters only when updating.
         momentum = 0.0 if self.momentum is None and not updating else self.momentum
         y, mean, invstd = F.batch_norm_forward(
-            x, _data(self.params["weight"]), _data(self.params["bias"]), self.running_mean, self.running_var,
-            batch_stats, momentum, self.eps, num_batches_tracked=self.num_batches_tracked)
+            x,
+            _data(self.params["weight"]),
+            _data(self.params["bias"]),
+            self.running_mean,
+            self.running_var,
+            batch_stats,
+            momentum,
+            self.eps,
+            num_batches_tracked=self.num_batches_tracked,
+        )
         self._saved = (x, mean, invstd, batch_stats) if training else None
         return y
 
@@ -190,22 +261,36 @@ class _BatchNorm(Module):
         w, b = self.params["weight"], self.params["bias"]
         # Frozen: no affine gradients, so eval-mode batch norm skips its reduction pass entirely.
         train = not self.frozen
-        dx, _, _ = F.batch_norm_backward(dy, x, _data(w), mean, invstd, batch_stats, has_bias=b is not None,
-                                         dgamma_out=_slot(w, train), dbeta_out=_slot(b, train),
-                                         accumulate=self.store.accumulate, affine_grads=train)
+        dx, _, _ = F.batch_norm_backward(
+            dy,
+            x,
+            _data(w),
+            mean,
+            invstd,
+            batch_stats,
+            has_bias=b is not None,
+            dgamma_out=_slot(w, train),
+            dbeta_out=_slot(b, train),
+            accumulate=self.store.accumulate,
+            affine_grads=train,
+        )
         return dx
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.params['weight'] is not None}"
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.params['weight'] is not None}"
+        )
 
 
 class BatchNorm1d(_BatchNorm):
     """Over (N, C) or (N, C, L)."""
+
     ndims = (2, 3)
 
 
 class BatchNorm2d(_BatchNorm):
     """Over (N, C, H, W)."""
+
     ndims = (4,)
 
 
@@ -217,8 +302,9 @@ class _SampleNorm(Module):
     forward_fn = backward_fn = None
 
     def forward(self, x: Array, training: bool = True) -> Array:
-        y, mean, rstd = type(self).forward_fn(x, self.arg, _data(self.params["weight"]), _data(self.params["bias"]),
-                                              self.eps)
+        y, mean, rstd = type(self).forward_fn(
+            x, self.arg, _data(self.params["weight"]), _data(self.params["bias"]), self.eps
+        )
         self._saved = (x, mean, rstd) if training else None
         return y
 
@@ -226,9 +312,19 @@ class _SampleNorm(Module):
         x, mean, rstd = _take(self, "_saved")
         w, b = self.params["weight"], self.params["bias"]
         train = not self.frozen
-        dx, _, _ = type(self).backward_fn(dy, x, self.arg, mean, rstd, _data(w), has_bias=b is not None,
-                                          dweight_out=_slot(w, train), dbias_out=_slot(b, train),
-                                          accumulate=self.store.accumulate, affine_grads=train)
+        dx, _, _ = type(self).backward_fn(
+            dy,
+            x,
+            self.arg,
+            mean,
+            rstd,
+            _data(w),
+            has_bias=b is not None,
+            dweight_out=_slot(w, train),
+            dbias_out=_slot(b, train),
+            accumulate=self.store.accumulate,
+            affine_grads=train,
+        )
         return dx
 
     def extra_repr(self) -> str:
@@ -237,10 +333,12 @@ class _SampleNorm(Module):
 
 class LayerNorm(_SampleNorm):
     """Normalization over the trailing normalized_shape dims, per sample."""
+
     forward_fn, backward_fn = F.layer_norm_forward, F.layer_norm_backward
 
-    def __init__(self, normalized_shape: Shape, eps: float = 1e-5, elementwise_affine: bool = True,
-                 bias: bool = True) -> None:
+    def __init__(
+        self, normalized_shape: Shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True
+    ) -> None:
         super().__init__()
         dims = shape(normalized_shape, "normalized_shape", 1)
         self.arg, self.eps = dims, _eps(eps)
@@ -250,6 +348,7 @@ class LayerNorm(_SampleNorm):
 
 class GroupNorm(_SampleNorm):
     """Normalization per (sample, group of consecutive channels)."""
+
     forward_fn, backward_fn = F.group_norm_forward, F.group_norm_backward
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
@@ -328,6 +427,7 @@ class Sigmoid(_Pointwise):
 
 class ELU(_Pointwise):
     """x if x > 0 else alpha * (exp(x) - 1)."""
+
     forward_fn, backward_fn = F.elu_forward, F.elu_backward
 
     def __init__(self, alpha: float = 1.0) -> None:
@@ -343,6 +443,7 @@ class ELU(_Pointwise):
 
 class GELU(_Pointwise):
     """x * Phi(x), the exact (erf) form: torch's GELU(approximate='none')."""
+
     forward_fn, backward_fn = F.gelu_forward, F.gelu_backward
 
 
@@ -382,16 +483,21 @@ class AvgPool2d(Module):
 
     bf16 = True  # runs in a precision='bf16' network
 
-    def __init__(self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
-                 count_include_pad: bool = True) -> None:
+    def __init__(
+        self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, count_include_pad: bool = True
+    ) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding = _pool_hyper(kernel_size, stride, padding)
         self.count_include_pad = boolean(count_include_pad, "count_include_pad")
         self._shape = None
 
     def _hyper(self):
-        return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
-                    count_include_pad=self.count_include_pad)
+        return dict(
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            count_include_pad=self.count_include_pad,
+        )
 
     def forward(self, x: Array, training: bool = True) -> Array:
         self._shape = tuple(x.shape) if training else None

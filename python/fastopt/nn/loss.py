@@ -1,4 +1,5 @@
 """Softmax cross-entropy, the loss every classifier here trains with."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,9 @@ class SoftmaxCrossEntropy:
     def forward(self, logits: Array, target: Array, training: bool = True, stats: Array | None = None) -> Array:
         if _arrays.dtype_of(logits) == _arrays.BFLOAT16 and _arrays.dtype_of(target) == np.float32:
             target = np.asarray(target).astype(_arrays.BFLOAT16)
-        loss, dlogits = F.softmax_cross_entropy(logits, target, self.label_smoothing, need_grad=training,
-                                                stats=stats, topk=self.topk)
+        loss, dlogits = F.softmax_cross_entropy(
+            logits, target, self.label_smoothing, need_grad=training, stats=stats, topk=self.topk
+        )
         self._dlogits = dlogits
         return loss
 

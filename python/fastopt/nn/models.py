@@ -1,4 +1,5 @@
 """Ready-made networks: the small CNN `fastopt train` starts with, and the CIFAR ResNets."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -13,12 +14,20 @@ __all__ = ["small_cnn", "resnet"]
 
 def _conv(c_in, c_out, kernel=3, stride=1):
     # No conv bias: the batch norm right after it has its own shift.
-    return Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False,
-                  weight_init=I.kaiming_normal(mode="fan_out", nonlinearity="relu"))
+    return Conv2d(
+        c_in,
+        c_out,
+        kernel,
+        stride=stride,
+        padding=kernel // 2,
+        bias=False,
+        weight_init=I.kaiming_normal(mode="fan_out", nonlinearity="relu"),
+    )
 
 
-def small_cnn(in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = (32, 64),
-              dropout: float = 0.25) -> Sequential:
+def small_cnn(
+    in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = (32, 64), dropout: float = 0.25
+) -> Sequential:
     """Two stages of two conv-BN-ReLU blocks, each stage ending in a 2x2 max pool, then global
     average pooling, dropout and a linear classifier. Global pooling makes it size-agnostic:
     the same network trains on 8x8 digits and 32x32 CIFAR-shaped images."""
@@ -32,12 +41,21 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, widths: Sequence[int]
 
 def _plain_block(c_in, c_out):
     # The small CNN keeps its original initialization (fan_in), so its seeds draw the same networks.
-    return [Conv2d(c_in, c_out, 3, padding=1, bias=False, weight_init=I.kaiming_normal(nonlinearity="relu")),
-            BatchNorm2d(c_out), ReLU()]
+    return [
+        Conv2d(c_in, c_out, 3, padding=1, bias=False, weight_init=I.kaiming_normal(nonlinearity="relu")),
+        BatchNorm2d(c_out),
+        ReLU(),
+    ]
 
 
-def resnet(depth: int = 20, num_classes: int = 10, in_channels: int = 3, width: int = 16, drop_path: float = 0.0,
-           zero_init_residual: bool = False) -> Sequential:
+def resnet(
+    depth: int = 20,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    width: int = 16,
+    drop_path: float = 0.0,
+    zero_init_residual: bool = False,
+) -> Sequential:
     """The CIFAR ResNets of He et al. (2016, section 4.2): 6n + 2 weighted layers, depth 20, 32,
     44, 56, 110, ... A 3x3 conv-BN-ReLU stem of `width` channels, three stages of n basic blocks
     (conv-BN-ReLU-conv-BN plus a shortcut, then ReLU) at width, 2 width and 4 width channels, the
@@ -65,8 +83,9 @@ def resnet(depth: int = 20, num_classes: int = 10, in_channels: int = 3, width: 
             if zero_init_residual:
                 last.params["weight"].init = I.zeros()
             body = Sequential(_conv(c, w, stride=stride), BatchNorm2d(w), ReLU(), _conv(w, w), last)
-            shortcut = (None if stride == 1 and c == w else
-                        Sequential(_conv(c, w, kernel=1, stride=stride), BatchNorm2d(w)))
+            shortcut = (
+                None if stride == 1 and c == w else Sequential(_conv(c, w, kernel=1, stride=stride), BatchNorm2d(w))
+            )
             block += 1
             layers += [Residual(body, shortcut, drop_path=drop_path * block / (3 * n)), ReLU()]
             c = w

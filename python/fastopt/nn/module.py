@@ -24,6 +24,7 @@ backward skips their weight-gradient kernels, a frozen batch norm normalizes wit
 statistics and leaves them as they are, and backward stops at the first layer below which
 nothing trains.
 """
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -32,8 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import _arrays
-from .. import functional as F
+from .. import _arrays, functional as F
 from .._args import boolean, choice, integer, shape as _shape
 from .._arrays import copy_, to_numpy
 from .._types import Array, Device, Initializer, Shape
@@ -73,8 +73,10 @@ def take_saved(module: Module, name: str) -> Any:
     """The state a forward saved for backward, used exactly once."""
     value = getattr(module, name, None)
     if value is None:
-        raise RuntimeError(f"{type(module).__name__}.backward: no saved forward state (call forward with "
-                           "training=True before each backward)")
+        raise RuntimeError(
+            f"{type(module).__name__}.backward: no saved forward state (call forward with "
+            "training=True before each backward)"
+        )
     setattr(module, name, None)
     return value
 
@@ -116,8 +118,12 @@ class Module:
 
     def named_parameters(self, prefix: str = "") -> list[tuple[str, Parameter]]:
         """[(name, Parameter)] with torch's names ("3.body.0.weight") and order."""
-        return [(_join(p, k), param) for p, m in self.named_modules(prefix)
-                for k, param in m.params.items() if param is not None]
+        return [
+            (_join(p, k), param)
+            for p, m in self.named_modules(prefix)
+            for k, param in m.params.items()
+            if param is not None
+        ]
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
@@ -143,8 +149,9 @@ class Module:
         return any(p.requires_grad for p in self.parameters())
 
     # -------------------------------------------------------------------------- building
-    def build(self, device: Device = "cpu", seed: int = 0, input_grad: bool = False,
-              precision: str = "fp32") -> ParameterStore:
+    def build(
+        self, device: Device = "cpu", seed: int = 0, input_grad: bool = False, precision: str = "fp32"
+    ) -> ParameterStore:
         """Allocate the parameters (one flat buffer on `device`, drawn from `seed`), the buffers
         and every module's state; returns the ParameterStore. input_grad=False skips d(input) of
         the first layer (its input is data). Only the root of a tree is built.
@@ -158,20 +165,25 @@ class Module:
         seed, input_grad = integer(seed, "seed", 0), boolean(input_grad, "input_grad")
         precision = choice(precision, "precision", ("fp32", "bf16"))
         if self.store is not None and self.store.root is not self:
-            raise RuntimeError(f"build: this {type(self).__name__} is part of a built network; build that network "
-                               "(its store holds this module's parameters)")
+            raise RuntimeError(
+                f"build: this {type(self).__name__} is part of a built network; build that network "
+                "(its store holds this module's parameters)"
+            )
         modules = self.named_modules()
         owners = {}
         for name, m in modules:
             if id(m) in owners:
-                raise ValueError(f"build: module {name!r} also appears as {owners[id(m)]!r}; a module can sit in "
-                                 "one place of a network only (build a second one for the other place)")
+                raise ValueError(
+                    f"build: module {name!r} also appears as {owners[id(m)]!r}; a module can sit in "
+                    "one place of a network only (build a second one for the other place)"
+                )
             owners[id(m)] = name
         if precision == "bf16":
             lacking = [f"{name or 'the root'} ({type(m).__name__})" for name, m in modules if not m.bf16]
             if lacking:
-                raise ValueError("precision: bf16 needs a bfloat16 path in every module; not yet in "
-                                 + ", ".join(lacking))
+                raise ValueError(
+                    "precision: bf16 needs a bfloat16 path in every module; not yet in " + ", ".join(lacking)
+                )
         seeds = np.random.SeedSequence(seed).spawn(len(modules))
         from .store import ParameterStore  # the store lays out a tree of Modules
 
@@ -187,8 +199,9 @@ class Module:
 
     def _require_built(self, what):
         if self.store is None:
-            raise RuntimeError(f"{what}: {type(self).__name__} is not built yet; call build(device, seed) on the "
-                               "whole network first")
+            raise RuntimeError(
+                f"{what}: {type(self).__name__} is not built yet; call build(device, seed) on the whole network first"
+            )
 
     def plan(self, needs_input_grad: bool) -> None:
         """Set which d(input) the backward pass computes (containers pass it down)."""
@@ -209,8 +222,9 @@ class Module:
         if self.store is not None and self.store.root is self:
             self.store.begin_backward(accumulate)
         elif accumulate:
-            raise ValueError("accumulate: only the root of a built network takes it (its backward sets the mode "
-                             "for every layer)")
+            raise ValueError(
+                "accumulate: only the root of a built network takes it (its backward sets the mode for every layer)"
+            )
 
     def set_grad(self, param: Parameter, value: Array) -> None:
         """Write (or, in an accumulating backward, add) a gradient into its slot."""
@@ -295,9 +309,11 @@ class Module:
             if key in state_dict:
                 value, problem = _loadable(state_dict[key], shape, kind)
                 if problem == "size mismatch":  # torch's wording
-                    errors.append(f"size mismatch for {key}: copying a param with shape "
-                                  f"{tuple(np.shape(state_dict[key]))} from checkpoint, the shape in current model "
-                                  f"is {tuple(shape)}.")
+                    errors.append(
+                        f"size mismatch for {key}: copying a param with shape "
+                        f"{tuple(np.shape(state_dict[key]))} from checkpoint, the shape in current model "
+                        f"is {tuple(shape)}."
+                    )
                 elif problem:
                     errors.append(f"{key}: {problem}")
                 values[key] = value

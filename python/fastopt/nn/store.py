@@ -1,6 +1,7 @@
 """The parameter store of a built network: one flat parameter array, one flat gradient array and
 one flat buffer array (running statistics) per device, and the optimizer's groups over views of
 them (module.py explains the layout)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -9,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .. import _arrays
-from .. import functional as F
+from .. import _arrays, functional as F
 from .._args import boolean, finite
 from .._arrays import copy_, to_numpy
 from .._types import Array, HasParamGroups
@@ -22,7 +22,7 @@ __all__ = ["ParameterStore"]
 
 
 def _view(flat, start, shape):
-    return flat[start:start + int(np.prod(shape))].reshape(tuple(shape))
+    return flat[start : start + int(np.prod(shape))].reshape(tuple(shape))
 
 
 class ParameterStore:
@@ -39,8 +39,9 @@ class ParameterStore:
         seen = {}
         for name, p in named:
             if id(p) in seen:
-                raise ValueError(f"build: parameter {name!r} is also {seen[id(p)]!r}; shared parameters are not "
-                                 "supported")
+                raise ValueError(
+                    f"build: parameter {name!r} is also {seen[id(p)]!r}; shared parameters are not supported"
+                )
             seen[id(p)] = name
         self.names = {id(p): name for name, p in named}
         self.parameters = sorted((p for _, p in named), key=lambda p: not p.decay)  # stable: decayed first
@@ -58,7 +59,7 @@ class ParameterStore:
             value = np.asarray(p.init(rng, p.shape), np.float32)
             if value.shape != p.shape:
                 raise ValueError(f"init: returned shape {value.shape} for a parameter of shape {p.shape}")
-            host[self._offset[id(p)]:self._offset[id(p)] + p.size] = value.ravel()
+            host[self._offset[id(p)] : self._offset[id(p)] + p.size] = value.ravel()
         self.data = host if device == "cpu" else _arrays.to_device(host, device)
         self.grad = _arrays.zeros((self.size,), np.float32, device)
         for p in self.parameters:
@@ -70,15 +71,16 @@ class ParameterStore:
         self._all = [self.data[a:b] for a, b in self._parts]
         self._all_grads = [self.grad[a:b] for a, b in self._parts]
         self._views = {id(t): (t, g, a, b) for t, g, (a, b) in zip(self._all, self._all_grads, self._parts)}
-        self.grads_ready = False   # whether the gradients were zeroed or written since build
-        self.accumulate = False    # the mode of the backward pass running now
-        self.version = 0           # bumped by every freeze/unfreeze
+        self.grads_ready = False  # whether the gradients were zeroed or written since build
+        self.accumulate = False  # the mode of the backward pass running now
+        self.version = 0  # bumped by every freeze/unfreeze
         self._grads_cache = None
 
     def _allocate_buffers(self, root, device):
         specs = [(m, k, tuple(shape), fill) for _, m in root.named_modules() for k, shape, fill in m.buffer_specs()]
-        host = np.concatenate([np.full(int(np.prod(s)), fill, np.float32) for _, _, s, fill in specs]
-                              or [np.zeros(0, np.float32)])
+        host = np.concatenate(
+            [np.full(int(np.prod(s)), fill, np.float32) for _, _, s, fill in specs] or [np.zeros(0, np.float32)]
+        )
         self.buffers = host if device == "cpu" else _arrays.to_device(host, device)
         start = 0
         for m, k, s, _ in specs:
@@ -120,12 +122,15 @@ class ParameterStore:
     def _refuse_frozen(self, what):
         frozen = self._frozen()
         if frozen:
-            raise RuntimeError(f"store.{what}: {len(frozen)} parameters are frozen ({frozen[0]}, ...): use "
-                               "store.param_groups(...) for the optimizer and store.grads_for(optimizer) for its "
-                               "gradients, which leave them out")
+            raise RuntimeError(
+                f"store.{what}: {len(frozen)} parameters are frozen ({frozen[0]}, ...): use "
+                "store.param_groups(...) for the optimizer and store.grads_for(optimizer) for its "
+                "gradients, which leave them out"
+            )
 
-    def param_groups(self, weight_decay: float, lr: float | None = None, lr_scale: Mapping[str, float] | None = None,
-                     l1: float = 0.0) -> list[dict[str, Any]]:
+    def param_groups(
+        self, weight_decay: float, lr: float | None = None, lr_scale: Mapping[str, float] | None = None, l1: float = 0.0
+    ) -> list[dict[str, Any]]:
         """Optimizer groups over the trainable parameters: weight decay on conv/linear weights,
         none on biases and normalization affines; frozen parameters left out.
 
@@ -144,8 +149,10 @@ class ParameterStore:
         if not trainable:
             raise ValueError("param_groups: every parameter is frozen; nothing to optimize (unfreeze() a part)")
         if len(trainable) == len(self.parameters) and not scales:
-            return [self._group([t], a == 0 and self.num_decay, weight_decay, lr, l1)
-                    for t, (a, _) in zip(self._all, self._parts)]
+            return [
+                self._group([t], a == 0 and self.num_decay, weight_decay, lr, l1)
+                for t, (a, _) in zip(self._all, self._parts)
+            ]
         groups = {}
         run = None  # (key, start, end) of the current run of adjacent parameters
         runs = []
@@ -159,8 +166,10 @@ class ParameterStore:
                 runs.append(run)
         for key, a, b in runs:
             groups.setdefault(key, []).append(self._slice(a, b))
-        return [self._group(ts, decay, weight_decay, None if lr is None else lr * scale, l1)
-                for (decay, scale), ts in groups.items()]
+        return [
+            self._group(ts, decay, weight_decay, None if lr is None else lr * scale, l1)
+            for (decay, scale), ts in groups.items()
+        ]
 
     @staticmethod
     def _group(tensors, decay, weight_decay, lr, l1):
@@ -212,13 +221,17 @@ class ParameterStore:
             for t in group["params"]:
                 entry = self._views.get(id(t))
                 if entry is None or entry[0] is not t:
-                    raise ValueError(f"grads_for: param_groups[{gi}] holds a tensor that is not a view made by "
-                                     "this store's param_groups()")
+                    raise ValueError(
+                        f"grads_for: param_groups[{gi}] holds a tensor that is not a view made by "
+                        "this store's param_groups()"
+                    )
                 a, b = entry[2], entry[3]
                 frozen = [p for p in self.parameters if not p.requires_grad and a <= self._offset[id(p)] < b]
                 if frozen:
-                    raise RuntimeError(f"grads_for: {self.names[id(frozen[0])]!r} was frozen after the optimizer's "
-                                       "groups were made; build the optimizer again from store.param_groups(...)")
+                    raise RuntimeError(
+                        f"grads_for: {self.names[id(frozen[0])]!r} was frozen after the optimizer's "
+                        "groups were made; build the optimizer again from store.param_groups(...)"
+                    )
                 out.append(entry[1])
         self._grads_cache = (key, out)
         return list(out)
@@ -232,8 +245,10 @@ class ParameterStore:
         """Called by the root's backward: whether the layers add into the gradient slots."""
         accumulate = boolean(accumulate, "accumulate")
         if accumulate and not self.grads_ready:
-            raise RuntimeError("backward(accumulate=True): the gradients were never zeroed or written; call "
-                               "model.zero_grad() first, or run the first micro-batch with accumulate=False")
+            raise RuntimeError(
+                "backward(accumulate=True): the gradients were never zeroed or written; call "
+                "model.zero_grad() first, or run the first micro-batch with accumulate=False"
+            )
         self.accumulate, self.grads_ready = accumulate, True
 
     def numpy(self) -> np.ndarray:

@@ -7,6 +7,7 @@ which the store keeps in two flat arrays: an update is ONE native call (axpby ov
 12 bytes per value: read the average and the weights, write the average). num_batches_tracked
 is a count, not averaged.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,9 @@ class EMA:
     def __init__(self, store: ParameterStore | Module, decay: float | None = 0.999, warmup: bool = False) -> None:
         store = getattr(store, "store", store)
         if not all(hasattr(store, a) for a in ("data", "buffers", "root")):
-            raise TypeError(f"store: expected a built network or its ParameterStore (model.build(...)), got "
-                            f"{type(store).__name__}")
+            raise TypeError(
+                f"store: expected a built network or its ParameterStore (model.build(...)), got {type(store).__name__}"
+            )
         self.decay = None if decay is None else real(decay, "decay", 0.0, 1.0)
         self.warmup = boolean(warmup, "warmup")
         if self.warmup and self.decay is None:
@@ -101,8 +103,10 @@ class EMA:
             raise ValueError(f"state['average']: {len(average)} arrays, this network's average has {len(self.average)}")
         for i, (saved, mine) in enumerate(zip(average, self.average)):
             if np.shape(saved) != tuple(mine.shape) or np.asarray(saved).dtype != np.float32:
-                raise ValueError(f"state['average'][{i}]: float32 {tuple(mine.shape)} expected, got "
-                                 f"{np.asarray(saved).dtype} {np.shape(saved)} (another network?)")
+                raise ValueError(
+                    f"state['average'][{i}]: float32 {tuple(mine.shape)} expected, got "
+                    f"{np.asarray(saved).dtype} {np.shape(saved)} (another network?)"
+                )
         for saved, mine in zip(average, self.average):
             _arrays.copy_(mine, np.ascontiguousarray(saved))
         self.num_updates = n

@@ -1,6 +1,7 @@
 """The optimizer machinery shared by every rule: param groups, state, the fused step, and
 checkpointing. A concrete optimizer only names its defaults, checks them, and maps a group to
 its update rule (optimizers.py)."""
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -71,8 +72,10 @@ def group_hyper(rule, group, prefix=""):
     l1 = nonnegative(group.get("l1", 0.0), option_name(prefix, "l1"))
     rule._check_rule(group, prefix)
     if group["master_weights"] and group["stochastic_rounding"]:
-        raise ValueError(f"{option_name(prefix, 'stochastic_rounding')}: rounds parameters that have no master "
-                         "weights; with master_weights=True the fp32 master keeps every update (pick one)")
+        raise ValueError(
+            f"{option_name(prefix, 'stochastic_rounding')}: rounds parameters that have no master "
+            "weights; with master_weights=True the fp32 master keeps every update (pick one)"
+        )
     h = _C.Hyper()
     h.kind = rule._kind(group)
     h.lr = float(group["lr"])
@@ -160,10 +163,10 @@ class Optimizer:
         self.defaults = dict(defaults)
         group_hyper(type(self), self.defaults)  # a bad default is named plainly: "lr: ..."
         self.param_groups = []
-        self.state = []         # per flat parameter: {state name: array}
-        self._params = []       # flat, group by group
+        self.state = []  # per flat parameter: {state name: array}
+        self._params = []  # flat, group by group
         self._group_of = []
-        self._steps = None      # int64 per parameter, on the parameters' device
+        self._steps = None  # int64 per parameter, on the parameters' device
         groups = _as_list(params, "params")
         if not groups:
             raise ValueError("params: optimizer got an empty parameter list")
@@ -204,11 +207,15 @@ class Optimizer:
         for i, p in enumerate(params):
             dt = dtype_of(p)
             if dt != np.float32 and dt not in LOW_PRECISION:
-                raise TypeError(f"params[{len(self._params) + i}]: expected float32, bfloat16 or float16, "
-                                f"got {getattr(p, 'dtype', type(p).__name__)}")
+                raise TypeError(
+                    f"params[{len(self._params) + i}]: expected float32, bfloat16 or float16, "
+                    f"got {getattr(p, 'dtype', type(p).__name__)}"
+                )
             if dt == np.float16 and device_of(p) != "cpu":
-                raise TypeError(f"params[{len(self._params) + i}]: float16 on the GPU: not yet (issue 21); "
-                                "fastopt's CUDA optimizers take float32 and bfloat16 parameters")
+                raise TypeError(
+                    f"params[{len(self._params) + i}]: float16 on the GPU: not yet (issue 21); "
+                    "fastopt's CUDA optimizers take float32 and bfloat16 parameters"
+                )
             if id(p) in seen:
                 raise ValueError(f"params[{len(self._params) + i}]: a parameter appears twice")
             seen.add(id(p))
@@ -235,7 +242,9 @@ class Optimizer:
         state = self.state[i]
         for name in STATE_NAMES[kind]:
             if name not in state:
-                state[name] = full_like(self._params[i], self._initial_state(name, self.param_groups[self._group_of[i]]))
+                state[name] = full_like(
+                    self._params[i], self._initial_state(name, self.param_groups[self._group_of[i]])
+                )
         return tuple(state[name] for name in STATE_NAMES[kind])
 
     @classmethod
@@ -256,8 +265,9 @@ class Optimizer:
         return state[MASTER]
 
     # ------------------------------------------------------------------------------ step
-    def step(self, grads: Arrays, max_grad_norm: float | None = None, skip_nonfinite: bool = False,
-             stream: Stream = 0) -> StepResult:
+    def step(
+        self, grads: Arrays, max_grad_norm: float | None = None, skip_nonfinite: bool = False, stream: Stream = 0
+    ) -> StepResult:
         """Update every parameter from `grads` (aligned with the parameters, group by group).
 
         max_grad_norm: clip by the global L2 norm first, fused into the update (the gradients
@@ -278,8 +288,18 @@ class Optimizer:
             buffers = [self._buffers(i, kinds[g]) for i, g in enumerate(self._group_of)]
             masters = [self._master(i, masters_on[g]) for i, g in enumerate(self._group_of)]
             self._state_cache = ((kinds, masters_on), buffers, None if all(m is None for m in masters) else masters)
-        norm, skipped = _C.optim_step(self._params, grads, self._state_cache[1], self._steps, hypers,
-                                      self._group_of, max_grad_norm, skip_nonfinite, stream, self._state_cache[2])
+        norm, skipped = _C.optim_step(
+            self._params,
+            grads,
+            self._state_cache[1],
+            self._steps,
+            hypers,
+            self._group_of,
+            max_grad_norm,
+            skip_nonfinite,
+            stream,
+            self._state_cache[2],
+        )
         return StepResult(norm, skipped)
 
     # ------------------------------------------------------------------- checkpointing
@@ -337,7 +357,9 @@ class Optimizer:
             if not isinstance(saved, Mapping) or not isinstance(saved.get("params"), (list, tuple)):
                 raise ValueError(f"{where}: expected a dict with a 'params' list")
             if len(saved["params"]) != len(group["params"]):
-                raise ValueError(f"state_dict: group {gi} has {len(saved['params'])} parameters, expected {len(group['params'])}")
+                raise ValueError(
+                    f"state_dict: group {gi} has {len(saved['params'])} parameters, expected {len(group['params'])}"
+                )
             options = {k: v for k, v in saved.items() if k != "params"}
             _loaded(self._hyper, {**group, **options}, where)
             out.append(options)
@@ -368,8 +390,10 @@ class Optimizer:
                 if name == "step":
                     continue
                 if name not in allowed:
-                    raise ValueError(f"{where}[{name!r}]: {type(self).__name__} keeps no such state (only "
-                                     f"{sorted(allowed)}); a checkpoint of another optimizer?")
+                    raise ValueError(
+                        f"{where}[{name!r}]: {type(self).__name__} keeps no such state (only "
+                        f"{sorted(allowed)}); a checkpoint of another optimizer?"
+                    )
                 if name == MASTER and dtype_of(p) not in LOW_PRECISION:
                     raise ValueError(f"{where}[{name!r}]: parameter {i} is {dtype_of(p)}, which keeps no master")
                 buffers[name] = _buffer(value, tuple(p.shape), f"{where}[{name!r}]", name in NONNEGATIVE_STATE)

@@ -8,6 +8,7 @@ Every option is checked when the optimizer is built, when a group is added, befo
 schedule or the user may have edited a group) and when a checkpoint is loaded: a wrong kind of
 value (a str, None, a bool for a number) raises TypeError and a value out of range ValueError,
 each naming the option. The ranges are torch's, and every number must be finite."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,16 +21,45 @@ from .optimizer import PRECISION_OPTIONS, K, Optimizer, any_real, betas, nonnega
 class SGD(Optimizer):
     """SGD with optional momentum (heavy ball or Nesterov), dampening and L2 weight decay."""
 
-    OPTIONS = dict(lr=nonnegative, momentum=nonnegative, dampening=any_real, weight_decay=nonnegative,
-                   nesterov=boolean, maximize=boolean, **PRECISION_OPTIONS)
+    OPTIONS = dict(
+        lr=nonnegative,
+        momentum=nonnegative,
+        dampening=any_real,
+        weight_decay=nonnegative,
+        nesterov=boolean,
+        maximize=boolean,
+        **PRECISION_OPTIONS,
+    )
     KINDS = (K.SGD, K.SGD_MOMENTUM, K.SGD_NESTEROV)
 
-    def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
-                 master_weights: bool = False, stochastic_rounding: bool = False, seed: int = 0) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                                      nesterov=nesterov, maximize=maximize, master_weights=master_weights,
-                                      stochastic_rounding=stochastic_rounding, seed=seed))
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                momentum=momentum,
+                dampening=dampening,
+                weight_decay=weight_decay,
+                nesterov=nesterov,
+                maximize=maximize,
+                master_weights=master_weights,
+                stochastic_rounding=stochastic_rounding,
+                seed=seed,
+            ),
+        )
 
     @classmethod
     def _check_rule(cls, g, prefix):
@@ -50,18 +80,45 @@ class SGD(Optimizer):
 class Adagrad(Optimizer):
     """Adagrad: per-coordinate steps lr / (sqrt(sum of squared gradients) + eps)."""
 
-    OPTIONS = dict(lr=nonnegative, lr_decay=nonnegative, weight_decay=nonnegative,
-                   initial_accumulator_value=nonnegative, eps=nonnegative, maximize=boolean,
-                   **PRECISION_OPTIONS)
+    OPTIONS = dict(
+        lr=nonnegative,
+        lr_decay=nonnegative,
+        weight_decay=nonnegative,
+        initial_accumulator_value=nonnegative,
+        eps=nonnegative,
+        maximize=boolean,
+        **PRECISION_OPTIONS,
+    )
     KINDS = (K.ADAGRAD,)
 
-    def __init__(self, params: Params, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
-                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, *, maximize: bool = False,
-                 master_weights: bool = False, stochastic_rounding: bool = False, seed: int = 0) -> None:
-        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                                      initial_accumulator_value=initial_accumulator_value, eps=eps,
-                                      maximize=maximize, master_weights=master_weights,
-                                      stochastic_rounding=stochastic_rounding, seed=seed))
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-2,
+        lr_decay: float = 0.0,
+        weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+        *,
+        maximize: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                lr_decay=lr_decay,
+                weight_decay=weight_decay,
+                initial_accumulator_value=initial_accumulator_value,
+                eps=eps,
+                maximize=maximize,
+                master_weights=master_weights,
+                stochastic_rounding=stochastic_rounding,
+                seed=seed,
+            ),
+        )
 
     @classmethod
     def _kind(cls, g):
@@ -80,16 +137,48 @@ class RMSprop(Optimizer):
     """RMSprop (Hinton): divide by a running RMS of the gradients; optionally centered and with momentum.
     alpha lies in [0, 1] (above 1 the running average of squares could turn negative)."""
 
-    OPTIONS = dict(lr=nonnegative, alpha=unit, eps=nonnegative, weight_decay=nonnegative, momentum=nonnegative,
-                   centered=boolean, maximize=boolean, **PRECISION_OPTIONS)
+    OPTIONS = dict(
+        lr=nonnegative,
+        alpha=unit,
+        eps=nonnegative,
+        weight_decay=nonnegative,
+        momentum=nonnegative,
+        centered=boolean,
+        maximize=boolean,
+        **PRECISION_OPTIONS,
+    )
     KINDS = (K.RMSPROP, K.RMSPROP_MOMENTUM, K.RMSPROP_CENTERED, K.RMSPROP_CENTERED_MOMENTUM)
 
-    def __init__(self, params: Params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *, maximize: bool = False,
-                 master_weights: bool = False, stochastic_rounding: bool = False, seed: int = 0) -> None:
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                                      centered=centered, maximize=maximize, master_weights=master_weights,
-                                      stochastic_rounding=stochastic_rounding, seed=seed))
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+        *,
+        maximize: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                alpha=alpha,
+                eps=eps,
+                weight_decay=weight_decay,
+                momentum=momentum,
+                centered=centered,
+                maximize=maximize,
+                master_weights=master_weights,
+                stochastic_rounding=stochastic_rounding,
+                seed=seed,
+            ),
+        )
 
     @classmethod
     def _kind(cls, g):
@@ -106,18 +195,47 @@ class RMSprop(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction; weight_decay is L2 (added to the gradient)."""
 
-    OPTIONS = dict(lr=nonnegative, betas=betas, eps=nonnegative, weight_decay=nonnegative, amsgrad=boolean,
-                   maximize=boolean, **PRECISION_OPTIONS)
+    OPTIONS = dict(
+        lr=nonnegative,
+        betas=betas,
+        eps=nonnegative,
+        weight_decay=nonnegative,
+        amsgrad=boolean,
+        maximize=boolean,
+        **PRECISION_OPTIONS,
+    )
     KINDS = (K.ADAM, K.ADAM_AMSGRAD)
     _decoupled = False
 
-    def __init__(self, params: Params, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
-                 master_weights: bool = False, stochastic_rounding: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-3,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
+    ) -> None:
         betas = tuple(betas) if isinstance(betas, list) else betas
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize, master_weights=master_weights,
-                                      stochastic_rounding=stochastic_rounding, seed=seed))
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                amsgrad=amsgrad,
+                maximize=maximize,
+                master_weights=master_weights,
+                stochastic_rounding=stochastic_rounding,
+                seed=seed,
+            ),
+        )
 
     @classmethod
     def _kind(cls, g):
@@ -135,9 +253,29 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params: Params, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
-                 master_weights: bool = False, stochastic_rounding: bool = False, seed: int = 0) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                         maximize=maximize, master_weights=master_weights, stochastic_rounding=stochastic_rounding,
-                         seed=seed)
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-3,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
+        )

@@ -7,15 +7,29 @@ elu tests x <= 0 as torch does (a NaN x passes dy backward); alpha is rounded to
 the kernels use it. gelu is the exact erf form. residual_add and axpby are the pointwise maps of
 the containers and optimizers (fastopt.functional.activation).
 """
+
 import math
 
 import numpy as np
 
 from .dropout import dropout_mask, scale
 
-__all__ = ["relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward", "tanh_forward",
-           "tanh_backward", "sigmoid_forward", "sigmoid_backward", "elu_forward", "elu_backward", "gelu_forward",
-           "gelu_backward", "residual_add", "axpby"]
+__all__ = [
+    "relu_forward",
+    "relu_backward",
+    "leaky_relu_forward",
+    "leaky_relu_backward",
+    "tanh_forward",
+    "tanh_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
+    "elu_forward",
+    "elu_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "residual_add",
+    "axpby",
+]
 
 
 def relu_forward(x):

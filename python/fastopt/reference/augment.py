@@ -10,6 +10,7 @@ Philox4x32-10 block with counter (d // 4, n, low 32 bits of step, high 32 bits o
   d = 5, 6  cy, cx  = uniform_int(w, H), uniform_int(w, W)
 uniform_int(w, m) = (w * m) >> 32; uniform_pm1(w) = (w >> 8) * 2^-23 - 1.
 """
+
 import math
 
 import numpy as np
@@ -37,10 +38,15 @@ def sample_params(seed, step, n, height, width, max_shift=0, flip=False, cutout=
     top-left corner (cy - cutout // 2, cx - cutout // 2), possibly outside the image."""
     w = sample_words(seed, step, n)
     b, c = np.float32(brightness), np.float32(contrast)
-    return dict(dy=uniform_int(w[0], 2 * max_shift + 1) - max_shift, dx=uniform_int(w[1], 2 * max_shift + 1) - max_shift,
-                mirror=bool(flip) and bool(w[2] >> 31),
-                bias=np.float32(b * uniform_pm1(w[3])), scale=np.float32(np.float32(1) + c * uniform_pm1(w[4])),
-                y0=uniform_int(w[5], height) - cutout // 2, x0=uniform_int(w[6], width) - cutout // 2)
+    return dict(
+        dy=uniform_int(w[0], 2 * max_shift + 1) - max_shift,
+        dx=uniform_int(w[1], 2 * max_shift + 1) - max_shift,
+        mirror=bool(flip) and bool(w[2] >> 31),
+        bias=np.float32(b * uniform_pm1(w[3])),
+        scale=np.float32(np.float32(1) + c * uniform_pm1(w[4])),
+        y0=uniform_int(w[5], height) - cutout // 2,
+        x0=uniform_int(w[6], width) - cutout // 2,
+    )
 
 
 def augment_batch(x, seed, step, max_shift=0, flip=False, cutout=0, brightness=0.0, contrast=0.0, fill=0.0):
@@ -52,11 +58,11 @@ def augment_batch(x, seed, step, max_shift=0, flip=False, cutout=0, brightness=0
         src = x[n, :, :, ::-1] if p["mirror"] else x[n]
         padded = np.pad(src, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)), constant_values=fill)
         top, left = max_shift + p["dy"], max_shift + p["dx"]
-        out = padded[:, top:top + height, left:left + width]
+        out = padded[:, top : top + height, left : left + width]
         if brightness > 0 or contrast > 0:
             out = float(p["scale"]) * out + float(p["bias"])
         y0, x0 = p["y0"], p["x0"]
-        out[:, max(y0, 0):max(y0 + cutout, 0), max(x0, 0):max(x0 + cutout, 0)] = fill
+        out[:, max(y0, 0) : max(y0 + cutout, 0), max(x0, 0) : max(x0 + cutout, 0)] = fill
         y[n] = out
     return y
 
@@ -154,10 +160,12 @@ def crop_box(seed, step, n, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 
 
 def _resize_bilinear(img, out_h, out_w):
     """img (C, h, w) resized like torch's interpolate(mode='bilinear', align_corners=False)."""
+
     def taps(size, out):
         src = np.maximum((np.arange(out) + 0.5) * (size / out) - 0.5, 0.0)
         i0 = np.floor(src).astype(np.int64)
         return i0, np.minimum(i0 + 1, size - 1), src - i0
+
     y0, y1, ly = taps(img.shape[1], out_h)
     x0, x1, lx = taps(img.shape[2], out_w)
     ly, lx = ly[:, None], lx[None, :]
@@ -173,7 +181,7 @@ def random_resized_crop(x, seed, step, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 
     y = np.empty((n_samples, channels, out_h, out_w))
     for n in range(n_samples):
         top, left, h, w = crop_box(seed, step, n, height, width, scale, ratio)
-        y[n] = _resize_bilinear(x[n, :, top:top + h, left:left + w], out_h, out_w)
+        y[n] = _resize_bilinear(x[n, :, top : top + h, left : left + w], out_h, out_w)
     return y
 
 
@@ -202,8 +210,9 @@ def random_rotation(x, seed, step, lo, hi, fill=0.0):
         iy = [np.clip(y0 + d + 1, 0, height + 1).astype(np.int64) for d in (0, 1)]
         ix = [np.clip(x0 + d + 1, 0, width + 1).astype(np.int64) for d in (0, 1)]
         p = padded[n]
-        y[n] = ((1 - ly) * ((1 - lx) * p[:, iy[0], ix[0]] + lx * p[:, iy[0], ix[1]]) +
-                ly * ((1 - lx) * p[:, iy[1], ix[0]] + lx * p[:, iy[1], ix[1]]))
+        y[n] = (1 - ly) * ((1 - lx) * p[:, iy[0], ix[0]] + lx * p[:, iy[0], ix[1]]) + ly * (
+            (1 - lx) * p[:, iy[1], ix[0]] + lx * p[:, iy[1], ix[1]]
+        )
     return y
 
 
@@ -220,13 +229,16 @@ def normals(seed, step, n):
 def pca_shift(seed, step, n, eigvals, eigvecs, sigma):
     """AlexNet's per-channel shift of sample n: eigvecs @ (alpha * eigvals), alpha = sigma z."""
     eigvals = np.asarray(eigvals, np.float64)
-    return np.asarray(eigvecs, np.float64) @ (sigma * normals(seed, step, n)[:eigvals.size] * eigvals)
+    return np.asarray(eigvecs, np.float64) @ (sigma * normals(seed, step, n)[: eigvals.size] * eigvals)
 
 
 def pca_jitter(x, seed, step, eigvals, eigvecs, sigma=0.1):
     x = np.asarray(x, np.float64)
-    shifts = np.stack([pca_shift(seed, step, n, eigvals, eigvecs, sigma) for n in range(x.shape[0])]) \
-        if x.shape[0] else np.zeros((0, x.shape[1]))
+    shifts = (
+        np.stack([pca_shift(seed, step, n, eigvals, eigvecs, sigma) for n in range(x.shape[0])])
+        if x.shape[0]
+        else np.zeros((0, x.shape[1]))
+    )
     return x + shifts[:, :, None, None]
 
 
@@ -253,8 +265,9 @@ def cutmix(x, labels, lam, num_classes, seed, step):
 def alternating_flips(seed, epoch, indices):
     """Whether each data-set index is mirrored at `epoch` (bool array)."""
     i = np.asarray(indices, np.int64).astype(np.uint64).reshape(-1)
-    counters = np.stack([np.full_like(i, STREAM_FLIP), i & np.uint64(0xFFFFFFFF), i >> np.uint64(32),
-                         np.ones_like(i)], axis=-1)
+    counters = np.stack(
+        [np.full_like(i, STREAM_FLIP), i & np.uint64(0xFFFFFFFF), i >> np.uint64(32), np.ones_like(i)], axis=-1
+    )
     seed = int(seed)
     top = philox4x32_10(counters, (seed & 0xFFFFFFFF, seed >> 32))[:, 0] >> 31
     return (top.astype(np.uint64) + np.uint64(int(epoch) & 1)) % 2 == 1
@@ -270,8 +283,13 @@ def _five_crop(img, oh, ow):
     """torchvision's FiveCrop of img (..., H, W): top-left, top-right, bottom-left, bottom-right, center."""
     height, width = img.shape[-2:]
     top, left = int(round((height - oh) / 2.0)), int(round((width - ow) / 2.0))
-    return [img[..., :oh, :ow], img[..., :oh, width - ow:], img[..., height - oh:, :ow],
-            img[..., height - oh:, width - ow:], img[..., top:top + oh, left:left + ow]]
+    return [
+        img[..., :oh, :ow],
+        img[..., :oh, width - ow :],
+        img[..., height - oh :, :ow],
+        img[..., height - oh :, width - ow :],
+        img[..., top : top + oh, left : left + ow],
+    ]
 
 
 def tta_views(x, mode="flip", size=None, pad=0, fill=0.0):

@@ -7,6 +7,7 @@ output element to bfloat16 (unit roundoff u = 2^-8). `inputs` makes bf16 twins o
 for a test; `round_nearest` and `stochastic_round` are the two ways fastopt stores an fp32 value
 in bfloat16 (cpp/include/fastopt/bf16.h), bit for bit.
 """
+
 import numpy as np
 from ml_dtypes import bfloat16
 
@@ -35,8 +36,9 @@ def sr_words(n, seed, tensor, step):
     tensor, low 32 bits of step) under the 64-bit seed (optim_rules.h, Rounding)."""
     seed = int(seed)
     j = np.arange((n + 3) // 4, dtype=np.uint64)
-    counter = np.stack([j & MASK32, j >> np.uint64(32), np.full_like(j, tensor),
-                        np.full_like(j, int(step) & 0xFFFFFFFF)], axis=-1)
+    counter = np.stack(
+        [j & MASK32, j >> np.uint64(32), np.full_like(j, tensor), np.full_like(j, int(step) & 0xFFFFFFFF)], axis=-1
+    )
     return philox4x32_10(counter, (seed & 0xFFFFFFFF, seed >> 32)).reshape(-1)[:n]
 
 

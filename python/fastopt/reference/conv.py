@@ -5,6 +5,7 @@ The forward and weight-grad are one GEMM each over an im2col view (numpy.lib.str
 column gradient with one GEMM and folds it back with col2im written as a gather over the R x S
 kernel taps. conv2d_loop is the plain definition, kept to check the fast forms on small shapes.
 """
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -52,8 +53,9 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     cols = _columns(x, r, s, p, q, stride, padding, dilation)
     y = np.empty((n, k, p, q))
     for g in range(groups):
-        y[:, g * kg:(g + 1) * kg] = np.einsum(
-            "ncijab,kcij->nkab", cols[:, g * cg:(g + 1) * cg], w[g * kg:(g + 1) * kg], optimize=True)
+        y[:, g * kg : (g + 1) * kg] = np.einsum(
+            "ncijab,kcij->nkab", cols[:, g * cg : (g + 1) * cg], w[g * kg : (g + 1) * kg], optimize=True
+        )
     if b is not None:
         y += np.asarray(b, np.float64)[None, :, None, None]
     return y
@@ -75,18 +77,25 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, need=(T
         for g in range(groups):
             # dcols[n, c, i, j, a, b]: the gradient of every im2col entry; then scatter-add by tap,
             # each tap being a disjoint strided slice, so the fold is R*S vectorized additions.
-            dcols = np.einsum("nkab,kcij->ncijab", dy[:, g * kg:(g + 1) * kg], w[g * kg:(g + 1) * kg], optimize=True)
+            dcols = np.einsum(
+                "nkab,kcij->ncijab", dy[:, g * kg : (g + 1) * kg], w[g * kg : (g + 1) * kg], optimize=True
+            )
             for i in range(r):
                 for j in range(s):
-                    dxp[:, g * cg:(g + 1) * cg, i * dh:i * dh + sh * (p - 1) + 1:sh,
-                        j * ddw:j * ddw + sw * (q - 1) + 1:sw] += dcols[:, :, i, j]
-        dx = dxp[:, :, ph:ph + h, pw:pw + wd].copy()
+                    dxp[
+                        :,
+                        g * cg : (g + 1) * cg,
+                        i * dh : i * dh + sh * (p - 1) + 1 : sh,
+                        j * ddw : j * ddw + sw * (q - 1) + 1 : sw,
+                    ] += dcols[:, :, i, j]
+        dx = dxp[:, :, ph : ph + h, pw : pw + wd].copy()
     if need[1]:
         cols = _columns(x, r, s, p, q, stride, padding, dilation)
         dw = np.empty(w.shape)
         for g in range(groups):
-            dw[g * kg:(g + 1) * kg] = np.einsum(
-                "nkab,ncijab->kcij", dy[:, g * kg:(g + 1) * kg], cols[:, g * cg:(g + 1) * cg], optimize=True)
+            dw[g * kg : (g + 1) * kg] = np.einsum(
+                "nkab,ncijab->kcij", dy[:, g * kg : (g + 1) * kg], cols[:, g * cg : (g + 1) * cg], optimize=True
+            )
     if need[2]:
         db = dy.sum(axis=(0, 2, 3))
     return dx, dw, db

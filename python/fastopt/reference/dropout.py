@@ -9,6 +9,7 @@ The stream: word s (0, 1, 2, ...) is output word s % 4 of the block with counter
 Element i of a call with `offset` draws word offset + i and is kept iff that word is below
 floor((1 - p) * 2^32).
 """
+
 import math
 
 import numpy as np
@@ -26,8 +27,12 @@ def philox4x32_10(counter, key):
     for _ in range(10):
         p0 = np.uint64(M0) * c0
         p1 = np.uint64(M1) * c2
-        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & MASK32,
-                          (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & MASK32)
+        c0, c1, c2, c3 = (
+            (p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0),
+            p1 & MASK32,
+            (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1),
+            p0 & MASK32,
+        )
         k0, k1 = (k0 + W0) & 0xFFFFFFFF, (k1 + W1) & 0xFFFFFFFF
     return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
 
@@ -42,7 +47,7 @@ def stream_words(seed, offset, n):
     counter = np.stack([j & MASK32, j >> np.uint64(32), np.zeros_like(j), np.zeros_like(j)], axis=-1)
     words = philox4x32_10(counter, (seed & 0xFFFFFFFF, seed >> 32)).reshape(-1)
     lead = offset - 4 * first
-    return words[lead:lead + n]
+    return words[lead : lead + n]
 
 
 def threshold(p):

@@ -1,8 +1,9 @@
 """float64 NumPy reference of the linear layer (torch.nn.functional.linear semantics).
 
-    y  = x @ w.T + b        x (N, in), w (out, in), b (out,) or None
-    dx = dy @ w,   dw = dy.T @ x,   db = dy.sum(0)
+y  = x @ w.T + b        x (N, in), w (out, in), b (out,) or None
+dx = dy @ w,   dw = dy.T @ x,   db = dy.sum(0)
 """
+
 import numpy as np
 
 __all__ = ["linear_forward", "linear_backward"]

@@ -6,6 +6,7 @@ With eps = label_smoothing, K classes and target distribution
 row loss = -sum_k q_k log softmax(z)_k, loss = mean over rows (NaN for no rows), and
 dlogits = (sum_k q_k * softmax(z) - q) / N, the exact gradient of the mean.
 """
+
 import numpy as np
 
 

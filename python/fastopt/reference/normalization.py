@@ -4,11 +4,16 @@ Statistics are taken in two passes (mean, then mean squared deviation), never as
 E[x^2] - E[x]^2. Each *_forward returns (y, mean, rstd) with rstd = 1 / sqrt(var_biased + eps);
 each *_backward returns (dx, dweight, dbias) with None for an absent weight.
 """
+
 import numpy as np
 
 __all__ = [
-    "batch_norm_forward", "batch_norm_backward", "layer_norm_forward", "layer_norm_backward",
-    "group_norm_forward", "group_norm_backward",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "group_norm_forward",
+    "group_norm_backward",
 ]
 
 
@@ -21,8 +26,9 @@ def _channel_view(x):
     return x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:])))
 
 
-def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5,
-                       num_batches_tracked=None):
+def batch_norm_forward(
+    x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5, num_batches_tracked=None
+):
     """Returns (y, save_mean, save_invstd) and updates running_mean/running_var in place (float64
     arithmetic, stored in their own dtype) when training and they are given."""
     x3 = _channel_view(_f64(x))
@@ -76,14 +82,13 @@ def _rows_backward(gr, xr, mean, rstd):
     """dx of rows normalized without affine, given the upstream gradient gr of xhat."""
     xhat = (xr - mean[:, None]) * rstd[:, None]
     L = xr.shape[1]
-    return rstd[:, None] * (gr - gr.sum(axis=1, keepdims=True) / L
-                            - xhat * (gr * xhat).sum(axis=1, keepdims=True) / L)
+    return rstd[:, None] * (gr - gr.sum(axis=1, keepdims=True) / L - xhat * (gr * xhat).sum(axis=1, keepdims=True) / L)
 
 
 def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     x = _f64(x)
     normalized_shape = tuple(normalized_shape)
-    lead = x.shape[:x.ndim - len(normalized_shape)]
+    lead = x.shape[: x.ndim - len(normalized_shape)]
     xhat, mean, rstd = _rows_forward(x.reshape(int(np.prod(lead)), int(np.prod(normalized_shape))), eps)
     y = xhat.reshape(x.shape)
     if weight is not None:

@@ -1,4 +1,5 @@
 """Float64 NumPy gradient norms and clipping (torch.nn.utils semantics)."""
+
 import math
 
 import numpy as np
@@ -23,7 +24,7 @@ def vector_norm(x, norm_type=2.0):
         return float(a.min())
     if p == 0.0:
         return float(np.count_nonzero(a))
-    return float(np.sum(a ** p) ** (1.0 / p))
+    return float(np.sum(a**p) ** (1.0 / p))
 
 
 def global_norm(grads, norm_type=2.0):

@@ -7,14 +7,24 @@ SGD keeps a step count as well, which torch's SGD does not.
 
 Notation: t = step, g_t = gradient (negated when ``maximize``), lambda = weight decay.
 """
+
 import math
 
 import numpy as np
 
 from .norms import global_norm
 
-__all__ = ["sgd", "adagrad", "rmsprop", "adam", "adamw", "RULES", "step",
-           "sgd_momentum_classic", "sgd_momentum_velocity"]
+__all__ = [
+    "sgd",
+    "adagrad",
+    "rmsprop",
+    "adam",
+    "adamw",
+    "RULES",
+    "step",
+    "sgd_momentum_classic",
+    "sgd_momentum_velocity",
+]
 
 
 def _grad(p, g, weight_decay, maximize):
@@ -32,14 +42,13 @@ def _count_step(state):
     return state["step"]
 
 
-def sgd(p, g, state, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-        nesterov=False, maximize=False):
+def sgd(p, g, state, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False):
     """SGD with optional heavy-ball or Nesterov momentum (torch.optim.SGD).
 
-        g_t = g + lambda p
-        b_1 = g_1;   b_t = momentum b_{t-1} + (1 - dampening) g_t       (t > 1)
-        d_t = g_t + momentum b_t   if nesterov else   b_t
-        p  -= lr d_t                                      (d_t = g_t when momentum == 0)
+    g_t = g + lambda p
+    b_1 = g_1;   b_t = momentum b_{t-1} + (1 - dampening) g_t       (t > 1)
+    d_t = g_t + momentum b_t   if nesterov else   b_t
+    p  -= lr d_t                                      (d_t = g_t when momentum == 0)
     """
     if nesterov and (momentum <= 0.0 or dampening != 0.0):
         raise ValueError("nesterov needs momentum > 0 and dampening == 0")
@@ -57,13 +66,14 @@ def sgd(p, g, state, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
     p -= lr * d
 
 
-def adagrad(p, g, state, *, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-            initial_accumulator_value=0.0, eps=1e-10, maximize=False):
+def adagrad(
+    p, g, state, *, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=False
+):
     """AdaGrad (torch.optim.Adagrad).
 
-        s_t  = s_{t-1} + g_t^2                    s_0 = initial_accumulator_value
-        lr_t = lr / (1 + (t - 1) lr_decay)
-        p   -= lr_t g_t / (sqrt(s_t) + eps)
+    s_t  = s_{t-1} + g_t^2                    s_0 = initial_accumulator_value
+    lr_t = lr / (1 + (t - 1) lr_decay)
+    p   -= lr_t g_t / (sqrt(s_t) + eps)
     """
     if "sum" not in state:
         state["sum"] = np.full_like(p, initial_accumulator_value, dtype=np.float64)
@@ -74,15 +84,16 @@ def adagrad(p, g, state, *, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
     p -= clr * d / (np.sqrt(state["sum"]) + eps)
 
 
-def rmsprop(p, g, state, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
-            momentum=0.0, centered=False, maximize=False):
+def rmsprop(
+    p, g, state, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False
+):
     """RMSprop (torch.optim.RMSprop), optionally centered and with momentum.
 
-        v_t = alpha v_{t-1} + (1 - alpha) g_t^2            (square_avg, v_0 = 0)
-        m_t = alpha m_{t-1} + (1 - alpha) g_t              (grad_avg, centered only)
-        den = sqrt(v_t - m_t^2) + eps  if centered  else  sqrt(v_t) + eps
-        b_t = momentum b_{t-1} + g_t / den,  p -= lr b_t   (momentum > 0)
-        p  -= lr g_t / den                                 (otherwise)
+    v_t = alpha v_{t-1} + (1 - alpha) g_t^2            (square_avg, v_0 = 0)
+    m_t = alpha m_{t-1} + (1 - alpha) g_t              (grad_avg, centered only)
+    den = sqrt(v_t - m_t^2) + eps  if centered  else  sqrt(v_t) + eps
+    b_t = momentum b_{t-1} + g_t / den,  p -= lr b_t   (momentum > 0)
+    p  -= lr g_t / den                                 (otherwise)
     """
     if "square_avg" not in state:
         state["square_avg"] = np.zeros_like(p, dtype=np.float64)
@@ -128,29 +139,27 @@ def _adam(p, d, state, lr, betas, eps, amsgrad):
     if amsgrad:
         np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
         v = state["max_exp_avg_sq"]
-    bc1 = 1.0 - beta1 ** t
-    bc2 = 1.0 - beta2 ** t
+    bc1 = 1.0 - beta1**t
+    bc2 = 1.0 - beta2**t
     p -= (lr / bc1) * m / (np.sqrt(v) / math.sqrt(bc2) + eps)
 
 
-def adam(p, g, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-         amsgrad=False, maximize=False):
+def adam(p, g, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False):
     """Adam with L2 weight decay folded into the gradient (torch.optim.Adam).
 
-        g_t = g + lambda p
-        m_t = b1 m_{t-1} + (1 - b1) g_t;   v_t = b2 v_{t-1} + (1 - b2) g_t^2
-        vmax_t = max(vmax_{t-1}, v_t) replaces v_t below when amsgrad
-        p  -= lr / (1 - b1^t) * m_t / (sqrt(v_t) / sqrt(1 - b2^t) + eps)
+    g_t = g + lambda p
+    m_t = b1 m_{t-1} + (1 - b1) g_t;   v_t = b2 v_{t-1} + (1 - b2) g_t^2
+    vmax_t = max(vmax_{t-1}, v_t) replaces v_t below when amsgrad
+    p  -= lr / (1 - b1^t) * m_t / (sqrt(v_t) / sqrt(1 - b2^t) + eps)
     """
     _adam(p, _grad(p, g, weight_decay, maximize), state, lr, betas, eps, amsgrad)
 
 
-def adamw(p, g, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-          amsgrad=False, maximize=False):
+def adamw(p, g, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False):
     """AdamW: decoupled weight decay (torch.optim.AdamW).
 
-        p *= 1 - lr lambda       (before the moments see g; g itself is not decayed)
-        then the Adam update of ``adam`` with lambda = 0.
+    p *= 1 - lr lambda       (before the moments see g; g itself is not decayed)
+    then the Adam update of ``adam`` with lambda = 0.
     """
     p *= 1.0 - lr * weight_decay
     _adam(p, _grad(p, g, 0.0, maximize), state, lr, betas, eps, amsgrad)

@@ -5,12 +5,20 @@ visited in row-major order and an element replaces the running max iff it is gre
 running index starting at the window's first in-plane element. So the first of tied maxima wins,
 a NaN always wins (the last NaN if several), and padded positions are never candidates.
 """
+
 import numpy as np
 
 from .conv import pair
 
-__all__ = ["max_pool2d_forward", "max_pool2d_backward", "global_avg_pool_forward", "global_avg_pool_backward",
-           "avg_pool2d_forward", "avg_pool2d_backward", "pool_output_size"]
+__all__ = [
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "global_avg_pool_forward",
+    "global_avg_pool_backward",
+    "avg_pool2d_forward",
+    "avg_pool2d_backward",
+    "pool_output_size",
+]
 
 
 def pool_output_size(h, w, kernel_size, stride, padding):

@@ -4,11 +4,22 @@ t is the number of scheduler steps taken (t = 0 right after construction) and
 base_lr a param group's initial lr. These functions share no code with
 fastopt.schedules, so the tests can hold one against the other.
 """
+
 import math
 
-__all__ = ["step_lr", "multistep_lr", "exponential_lr", "cosine_annealing_lr", "linear_lr",
-           "cosine_warm_restarts_lr", "cyclic_lr", "inverse_time_lr", "inverse_sqrt_lr",
-           "linear_warmup_lr", "plateau_lrs"]
+__all__ = [
+    "step_lr",
+    "multistep_lr",
+    "exponential_lr",
+    "cosine_annealing_lr",
+    "linear_lr",
+    "cosine_warm_restarts_lr",
+    "cyclic_lr",
+    "inverse_time_lr",
+    "inverse_sqrt_lr",
+    "linear_warmup_lr",
+    "plateau_lrs",
+]
 
 
 def step_lr(t, base_lr, step_size, gamma=0.1):
@@ -23,7 +34,7 @@ def multistep_lr(t, base_lr, milestones, gamma=0.1):
 
 def exponential_lr(t, base_lr, gamma):
     """base_lr * gamma^t"""
-    return base_lr * gamma ** t
+    return base_lr * gamma**t
 
 
 def cosine_annealing_lr(t, base_lr, T_max, eta_min=0.0):
@@ -49,13 +60,22 @@ def cosine_warm_restarts_lr(t, base_lr, T_0, T_mult=1, eta_min=0.0):
         n = 0
         while T_0 * (T_mult ** (n + 1) - 1) // (T_mult - 1) <= t:
             n += 1
-        start = T_0 * (T_mult ** n - 1) // (T_mult - 1)
-    T_i = T_0 * T_mult ** n
+        start = T_0 * (T_mult**n - 1) // (T_mult - 1)
+    T_i = T_0 * T_mult**n
     return cosine_annealing_lr(t - start, base_lr, T_i, eta_min)
 
 
-def cyclic_lr(t, base_lr, max_lr, step_size_up=2000, step_size_down=None,
-              mode="triangular", gamma=1.0, scale_fn=None, scale_mode="cycle"):
+def cyclic_lr(
+    t,
+    base_lr,
+    max_lr,
+    step_size_up=2000,
+    step_size_down=None,
+    mode="triangular",
+    gamma=1.0,
+    scale_fn=None,
+    scale_mode="cycle",
+):
     """Smith's triangular cycle, written as torch documents it:
     cycle = floor(1 + t / L), x = 1 + t / L - cycle (fraction of the cycle, L = up + down),
     height = x / r while x <= r (r = up / L), else (1 - x) / (1 - r);
@@ -70,8 +90,7 @@ def cyclic_lr(t, base_lr, max_lr, step_size_up=2000, step_size_down=None,
     if scale_fn is not None:
         scale = scale_fn(cycle if scale_mode == "cycle" else t)
     else:
-        scale = {"triangular": 1.0, "triangular2": 0.5 ** (cycle - 1),
-                 "exp_range": gamma ** t}[mode]
+        scale = {"triangular": 1.0, "triangular2": 0.5 ** (cycle - 1), "exp_range": gamma**t}[mode]
     return base_lr + (max_lr - base_lr) * height * scale
 
 
@@ -93,8 +112,18 @@ def linear_warmup_lr(t, base_lr, warmup_steps, after=None, start_factor=0.0):
     return base_lr if after is None else after(t - warmup_steps)
 
 
-def plateau_lrs(metrics, base_lr, mode="min", factor=0.1, patience=10, threshold=1e-4,
-                threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
+def plateau_lrs(
+    metrics,
+    base_lr,
+    mode="min",
+    factor=0.1,
+    patience=10,
+    threshold=1e-4,
+    threshold_mode="rel",
+    cooldown=0,
+    min_lr=0.0,
+    eps=1e-8,
+):
     """The lr after each metric of ReduceLROnPlateau, one group.
 
     An improvement beats the best so far by the threshold (see fastopt.schedules);
@@ -105,10 +134,12 @@ def plateau_lrs(metrics, base_lr, mode="min", factor=0.1, patience=10, threshold
     best = math.inf if mode == "min" else -math.inf
     lr, bad, cooling, out = base_lr, 0, 0, []
     for m in metrics:
-        improved = {("min", "rel"): m < best * (1.0 - threshold),
-                    ("min", "abs"): m < best - threshold,
-                    ("max", "rel"): m > best * (1.0 + threshold),
-                    ("max", "abs"): m > best + threshold}[mode, threshold_mode]
+        improved = {
+            ("min", "rel"): m < best * (1.0 - threshold),
+            ("min", "abs"): m < best - threshold,
+            ("max", "rel"): m > best * (1.0 + threshold),
+            ("max", "abs"): m > best + threshold,
+        }[mode, threshold_mode]
         if improved:
             best, bad = m, 0
         else:

@@ -10,6 +10,7 @@ Where torch and fastopt both see a GPU, importing it hands fastopt's GPU allocat
 caching allocator (fastopt.cuda.set_allocator), so the outputs of fastopt's ops on CUDA tensors
 come from torch's pool, on the stream they are made on, as torch's own ops' do.
 """
+
 try:
     import torch  # noqa: F401
 except ImportError as e:

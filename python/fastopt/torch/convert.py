@@ -1,4 +1,5 @@
 """fastopt.torch.convert(model): torch layers -> fastopt.torch.nn layers, in place."""
+
 from __future__ import annotations
 
 from typing import TypeVar
@@ -12,15 +13,28 @@ from .nn import functional as F
 _M = TypeVar("_M", bound=torch.nn.Module)
 
 # torch class -> fastopt class; exact types only, so a user's subclass (its own forward) stays as it is.
-_LAYERS = {getattr(torch.nn, cls.__name__): cls for cls in (
-    nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.LayerNorm, nn.GroupNorm, nn.MaxPool2d,
-    nn.ReLU)}
+_LAYERS = {
+    getattr(torch.nn, cls.__name__): cls
+    for cls in (
+        nn.Conv2d,
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.Dropout,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.MaxPool2d,
+        nn.ReLU,
+    )
+}
 
-LAYOUT_NOTE = ("inputs: float32 contiguous NCHW tensors go to the kernels as they are; channels_last (and other "
-               "non-contiguous) inputs are converted with .contiguous() (one copy per layer) and outputs are "
-               "contiguous NCHW; under torch.autocast('cpu', bfloat16) conv and linear compute in bf16 and the "
-               "other layers keep a bf16 input bf16 (fastopt's bf16 kernels); float16 autocast and CUDA run them "
-               "in float32")
+LAYOUT_NOTE = (
+    "inputs: float32 contiguous NCHW tensors go to the kernels as they are; channels_last (and other "
+    "non-contiguous) inputs are converted with .contiguous() (one copy per layer) and outputs are "
+    "contiguous NCHW; under torch.autocast('cpu', bfloat16) conv and linear compute in bf16 and the "
+    "other layers keep a bf16 input bf16 (fastopt's bf16 kernels); float16 autocast and CUDA run them "
+    "in float32"
+)
 
 
 def _tensors_fallback(module):

@@ -21,6 +21,7 @@ DLPack.
 
 The user-facing API, with torch's signatures and defaults, is fastopt.torch.nn.functional.
 """
+
 from typing import Optional
 
 import numpy as np
@@ -50,8 +51,10 @@ def check(t, name, input=None, dtype=None):
             raise TypeError(f"{name}: expected a {dtype} tensor ({why}), got {t.dtype}; fastopt never converts")
         return
     if t.dtype not in (torch.float32, torch.bfloat16):
-        raise TypeError(f"{name}: expected a float32 or bfloat16 tensor, got {t.dtype}; fastopt never "
-                        "converts (under torch.autocast these ops choose their dtype themselves)")
+        raise TypeError(
+            f"{name}: expected a float32 or bfloat16 tensor, got {t.dtype}; fastopt never "
+            "converts (under torch.autocast these ops choose their dtype themselves)"
+        )
 
 
 def _check_all(input, same_dtype=False, **others):
@@ -157,14 +160,18 @@ def conv2d_output_shape(input, weight, stride, padding, dilation, groups):
     if input.dim() != 4:
         raise ValueError(f"input: expected a 4-D (N, C, H, W) tensor, got shape {tuple(input.shape)}")
     if weight.dim() != 4 or input.shape[1] != weight.shape[1] * groups or weight.shape[0] % groups != 0:
-        raise ValueError(f"weight: expected (out_channels, {input.shape[1]} / groups={groups}, kH, kW) with "
-                         f"out_channels divisible by groups, got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight: expected (out_channels, {input.shape[1]} / groups={groups}, kH, kW) with "
+            f"out_channels divisible by groups, got shape {tuple(weight.shape)}"
+        )
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     p = (input.shape[2] + 2 * ph - dh * (weight.shape[2] - 1) - 1) // sh + 1
     q = (input.shape[3] + 2 * pw - dw * (weight.shape[3] - 1) - 1) // sw + 1
     if p < 1 or q < 1:
-        raise ValueError(f"input: spatial size {tuple(input.shape[2:])} is too small for the kernel "
-                         f"{tuple(weight.shape[2:])} (output {p}x{q})")
+        raise ValueError(
+            f"input: spatial size {tuple(input.shape[2:])} is too small for the kernel "
+            f"{tuple(weight.shape[2:])} (output {p}x{q})"
+        )
     return input.shape[0], weight.shape[0], p, q
 
 
@@ -173,12 +180,29 @@ def _tf32(device):
 
 
 @custom_op("fastopt::conv2d", mutates_args=())
-def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
-           dilation: list[int], groups: int) -> Tensor:
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> Tensor:
     _check_all(input, True, weight=weight, bias=bias)
     conv2d_output_shape(input, weight, stride, padding, dilation, groups)
-    return _run(K.conv2d_forward, input.device, input.contiguous(), weight.contiguous(), _c(bias), tuple(stride),
-                tuple(padding), tuple(dilation), groups, allow_tf32=_tf32(input.device))
+    return _run(
+        K.conv2d_forward,
+        input.device,
+        input.contiguous(),
+        weight.contiguous(),
+        _c(bias),
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        groups,
+        allow_tf32=_tf32(input.device),
+    )
 
 
 @conv2d.register_fake
@@ -188,19 +212,41 @@ def _(input, weight, bias, stride, padding, dilation, groups):
 
 
 @custom_op("fastopt::conv2d_backward", mutates_args=())
-def conv2d_backward(grad: Tensor, input: Tensor, weight: Tensor, stride: list[int], padding: list[int],
-                    dilation: list[int], groups: int, need_input: bool, need_weight: bool,
-                    need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
-    out = _run(K.conv2d_backward, input.device, grad.contiguous(), input.contiguous(), weight.contiguous(),
-               tuple(stride), tuple(padding), tuple(dilation), groups, (need_input, need_weight, need_bias),
-               allow_tf32=_tf32(input.device))
+def conv2d_backward(
+    grad: Tensor,
+    input: Tensor,
+    weight: Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    need_input: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    out = _run(
+        K.conv2d_backward,
+        input.device,
+        grad.contiguous(),
+        input.contiguous(),
+        weight.contiguous(),
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        groups,
+        (need_input, need_weight, need_bias),
+        allow_tf32=_tf32(input.device),
+    )
     return _grads((out[0], _as(out[1], weight), _as(out[2], weight)), input)
 
 
 @conv2d_backward.register_fake
 def _(grad, input, weight, stride, padding, dilation, groups, need_input, need_weight, need_bias):
-    return (_new(input, input.shape if need_input else (0,)), _new(input, weight.shape if need_weight else (0,)),
-            _new(input, weight.shape[:1] if need_bias else (0,)))
+    return (
+        _new(input, input.shape if need_input else (0,)),
+        _new(input, weight.shape if need_weight else (0,)),
+        _new(input, weight.shape[:1] if need_bias else (0,)),
+    )
 
 
 def _conv2d_setup(ctx, inputs, output):
@@ -224,8 +270,10 @@ _register_autograd(conv2d, _conv2d_grad, _conv2d_setup, lower=True)
 def _linear_check(input, weight, bias):
     _check_all(input, True, weight=weight, bias=bias)
     if input.dim() < 1 or weight.dim() != 2 or input.shape[-1] != weight.shape[1]:
-        raise ValueError(f"weight: expected (out_features, {input.shape[-1] if input.dim() else '?'}), got shape "
-                         f"{tuple(weight.shape)}")
+        raise ValueError(
+            f"weight: expected (out_features, {input.shape[-1] if input.dim() else '?'}), got shape "
+            f"{tuple(weight.shape)}"
+        )
 
 
 def _rows(t):
@@ -246,17 +294,27 @@ def _(input, weight, bias):
 
 
 @custom_op("fastopt::linear_backward", mutates_args=())
-def linear_backward(grad: Tensor, input: Tensor, weight: Tensor, need_input: bool, need_weight: bool,
-                    need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
-    dx, dw, db = _run(K.linear_backward, input.device, _rows(grad), _rows(input), weight.contiguous(),
-                      (need_input, need_weight, need_bias))
+def linear_backward(
+    grad: Tensor, input: Tensor, weight: Tensor, need_input: bool, need_weight: bool, need_bias: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    dx, dw, db = _run(
+        K.linear_backward,
+        input.device,
+        _rows(grad),
+        _rows(input),
+        weight.contiguous(),
+        (need_input, need_weight, need_bias),
+    )
     return _grads((None if dx is None else dx.reshape(input.shape), _as(dw, weight), _as(db, weight)), input)
 
 
 @linear_backward.register_fake
 def _(grad, input, weight, need_input, need_weight, need_bias):
-    return (_new(input, input.shape if need_input else (0,)), _new(input, weight.shape if need_weight else (0,)),
-            _new(input, weight.shape[:1] if need_bias else (0,)))
+    return (
+        _new(input, input.shape if need_input else (0,)),
+        _new(input, weight.shape if need_weight else (0,)),
+        _new(input, weight.shape[:1] if need_bias else (0,)),
+    )
 
 
 def _linear_setup(ctx, inputs, output):
@@ -288,14 +346,22 @@ def _batch_norm_check(input, weight, bias, running_mean, running_var, training):
         if t is not None and tuple(t.shape) != (c,):
             raise ValueError(f"{name}: expected shape ({c},) for input with {c} channels, got {tuple(t.shape)}")
     if not training and (running_mean is None or running_var is None):
-        raise ValueError("running_mean: normalizing with running statistics (training=False) needs "
-                         "running_mean and running_var")
+        raise ValueError(
+            "running_mean: normalizing with running statistics (training=False) needs running_mean and running_var"
+        )
     return c
 
 
 @custom_op("fastopt::batch_norm", mutates_args=())
-def batch_norm(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
-               running_var: Optional[Tensor], training: bool, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def batch_norm(
+    input: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    training: bool,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, mean, invstd, batch variance): training normalizes with the batch statistics (running
     ones are not read) and returns the unbiased batch variance for the caller's running-stat
     update; eval normalizes with running_mean / running_var and returns an empty variance."""
@@ -305,11 +371,20 @@ def batch_norm(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], 
         # The kernel's running-stat update with factor 1 on zeros yields the batch mean and the
         # unbiased batch variance, computed in the same pass, without mutating an op input.
         mean, var = x.new_zeros(c, dtype=torch.float32), x.new_zeros(c, dtype=torch.float32)
-        y, save_mean, invstd = _run(K.batch_norm_forward, x.device, x, _c(weight), _c(bias), mean, var, True, 1.0,
-                                    eps)
+        y, save_mean, invstd = _run(K.batch_norm_forward, x.device, x, _c(weight), _c(bias), mean, var, True, 1.0, eps)
         return y, save_mean, invstd, var
-    y, mean, invstd = _run(K.batch_norm_forward, x.device, x, _c(weight), _c(bias), running_mean.contiguous(),
-                           running_var.contiguous(), False, 0.0, eps)
+    y, mean, invstd = _run(
+        K.batch_norm_forward,
+        x.device,
+        x,
+        _c(weight),
+        _c(bias),
+        running_mean.contiguous(),
+        running_var.contiguous(),
+        False,
+        0.0,
+        eps,
+    )
     return y, mean, invstd, x.new_empty(0)
 
 
@@ -320,18 +395,31 @@ def _(input, weight, bias, running_mean, running_var, training, eps):
 
 
 @custom_op("fastopt::batch_norm_backward", mutates_args=())
-def batch_norm_backward(grad: Tensor, input: Tensor, weight: Optional[Tensor], mean: Tensor, invstd: Tensor,
-                        training: bool, has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
-    out = _run(K.batch_norm_backward, input.device, grad.contiguous(), input.contiguous(), _c(weight), mean, invstd,
-               training, has_bias)
+def batch_norm_backward(
+    grad: Tensor, input: Tensor, weight: Optional[Tensor], mean: Tensor, invstd: Tensor, training: bool, has_bias: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    out = _run(
+        K.batch_norm_backward,
+        input.device,
+        grad.contiguous(),
+        input.contiguous(),
+        _c(weight),
+        mean,
+        invstd,
+        training,
+        has_bias,
+    )
     return _grads(out, input, torch.float32)
 
 
 @batch_norm_backward.register_fake
 def _(grad, input, weight, mean, invstd, training, has_bias):
     c = input.shape[1]
-    return _new(input, input.shape), _f32(input, (c,) if weight is not None else (0,)), _f32(input, (c,) if has_bias
-                                                                                             else (0,))
+    return (
+        _new(input, input.shape),
+        _f32(input, (c,) if weight is not None else (0,)),
+        _f32(input, (c,) if has_bias else (0,)),
+    )
 
 
 def _batch_norm_setup(ctx, inputs, output):
@@ -355,13 +443,15 @@ _register_autograd(batch_norm, _batch_norm_grad, _batch_norm_setup)
 def _layer_norm_check(input, normalized_shape, weight, bias):
     _check_all(input, weight=weight, bias=bias)
     k = len(normalized_shape)
-    if k == 0 or input.dim() < k or list(input.shape[input.dim() - k:]) != list(normalized_shape):
-        raise ValueError(f"normalized_shape: {list(normalized_shape)} must be the trailing dims of input's shape "
-                         f"{tuple(input.shape)}")
+    if k == 0 or input.dim() < k or list(input.shape[input.dim() - k :]) != list(normalized_shape):
+        raise ValueError(
+            f"normalized_shape: {list(normalized_shape)} must be the trailing dims of input's shape "
+            f"{tuple(input.shape)}"
+        )
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and list(t.shape) != list(normalized_shape):
             raise ValueError(f"{name}: expected shape {tuple(normalized_shape)}, got {tuple(t.shape)}")
-    return input.shape[:input.dim() - k]
+    return input.shape[: input.dim() - k]
 
 
 def _group_norm_check(input, num_groups, weight, bias):
@@ -376,11 +466,13 @@ def _group_norm_check(input, num_groups, weight, bias):
 
 
 @custom_op("fastopt::layer_norm", mutates_args=())
-def layer_norm(input: Tensor, normalized_shape: list[int], weight: Optional[Tensor], bias: Optional[Tensor],
-               eps: float) -> tuple[Tensor, Tensor, Tensor]:
+def layer_norm(
+    input: Tensor, normalized_shape: list[int], weight: Optional[Tensor], bias: Optional[Tensor], eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
     _layer_norm_check(input, normalized_shape, weight, bias)
-    return _run(K.layer_norm_forward, input.device, input.contiguous(), list(normalized_shape), _c(weight), _c(bias),
-                eps)
+    return _run(
+        K.layer_norm_forward, input.device, input.contiguous(), list(normalized_shape), _c(weight), _c(bias), eps
+    )
 
 
 @layer_norm.register_fake
@@ -390,8 +482,9 @@ def _(input, normalized_shape, weight, bias, eps):
 
 
 @custom_op("fastopt::group_norm", mutates_args=())
-def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
-               eps: float) -> tuple[Tensor, Tensor, Tensor]:
+def group_norm(
+    input: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
     _group_norm_check(input, num_groups, weight, bias)
     return _run(K.group_norm_forward, input.device, input.contiguous(), num_groups, _c(weight), _c(bias), eps)
 
@@ -409,10 +502,26 @@ def _affine_grads_fake(input, weight, has_bias):
 
 
 @custom_op("fastopt::layer_norm_backward", mutates_args=())
-def layer_norm_backward(grad: Tensor, input: Tensor, normalized_shape: list[int], mean: Tensor, rstd: Tensor,
-                        weight: Optional[Tensor], has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
-    out = _run(K.layer_norm_backward, input.device, grad.contiguous(), input.contiguous(), list(normalized_shape),
-               mean, rstd, _c(weight), has_bias)
+def layer_norm_backward(
+    grad: Tensor,
+    input: Tensor,
+    normalized_shape: list[int],
+    mean: Tensor,
+    rstd: Tensor,
+    weight: Optional[Tensor],
+    has_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    out = _run(
+        K.layer_norm_backward,
+        input.device,
+        grad.contiguous(),
+        input.contiguous(),
+        list(normalized_shape),
+        mean,
+        rstd,
+        _c(weight),
+        has_bias,
+    )
     return _grads(out, input, torch.float32)
 
 
@@ -423,10 +532,20 @@ def _(grad, input, normalized_shape, mean, rstd, weight, has_bias):
 
 
 @custom_op("fastopt::group_norm_backward", mutates_args=())
-def group_norm_backward(grad: Tensor, input: Tensor, num_groups: int, mean: Tensor, rstd: Tensor,
-                        weight: Optional[Tensor], has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
-    out = _run(K.group_norm_backward, input.device, grad.contiguous(), input.contiguous(), num_groups, mean, rstd,
-               _c(weight), has_bias)
+def group_norm_backward(
+    grad: Tensor, input: Tensor, num_groups: int, mean: Tensor, rstd: Tensor, weight: Optional[Tensor], has_bias: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    out = _run(
+        K.group_norm_backward,
+        input.device,
+        grad.contiguous(),
+        input.contiguous(),
+        num_groups,
+        mean,
+        rstd,
+        _c(weight),
+        has_bias,
+    )
     return _grads(out, input, torch.float32)
 
 
@@ -449,6 +568,7 @@ def _norm_grad(backward):
         grads = backward(grad, input, ctx.arg, mean, rstd, weight, ctx.has_bias)
         need = ctx.needs_input_grad
         return _given(grads[0], need[0]), None, _given(grads[1], need[2]), _given(grads[2], need[3]), None
+
     return grad_fn
 
 
@@ -458,8 +578,12 @@ _register_autograd(group_norm, _norm_grad(group_norm_backward), _norm_setup)
 
 # ---------------------------------------------------------------------------------- dropout
 def _seed(seed):
-    if not isinstance(seed, Tensor) or seed.dtype != torch.int64 or seed.numel() != 1 or seed.device.type not in (
-            "cpu", "meta"):
+    if (
+        not isinstance(seed, Tensor)
+        or seed.dtype != torch.int64
+        or seed.numel() != 1
+        or seed.device.type not in ("cpu", "meta")
+    ):
         raise ValueError(f"seed: expected a one-element int64 CPU tensor, got {seed!r}")
 
 
@@ -540,12 +664,15 @@ def max_pool2d_output_shape(input, kernel_size, stride, padding):
         raise ValueError(f"input: expected a 4-D (N, C, H, W) tensor, got shape {tuple(input.shape)}")
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0 or 2 * ph > kh or 2 * pw > kw:
-        raise ValueError(f"padding: must be at most half of kernel_size (positive, like stride), got kernel_size "
-                         f"{tuple(kernel_size)}, stride {tuple(stride)}, padding {tuple(padding)}")
+        raise ValueError(
+            f"padding: must be at most half of kernel_size (positive, like stride), got kernel_size "
+            f"{tuple(kernel_size)}, stride {tuple(stride)}, padding {tuple(padding)}"
+        )
     p, q = (input.shape[2] + 2 * ph - kh) // sh + 1, (input.shape[3] + 2 * pw - kw) // sw + 1
     if p < 1 or q < 1:
-        raise ValueError(f"input: spatial size {tuple(input.shape[2:])} is too small for kernel_size "
-                         f"{tuple(kernel_size)}")
+        raise ValueError(
+            f"input: spatial size {tuple(input.shape[2:])} is too small for kernel_size {tuple(kernel_size)}"
+        )
     return input.shape[0], input.shape[1], p, q
 
 
@@ -554,8 +681,9 @@ def max_pool2d(input: Tensor, kernel_size: list[int], stride: list[int], padding
     """(y, indices): indices are int32 flat positions h * W + w within each input plane."""
     check(input, "input")
     max_pool2d_output_shape(input, kernel_size, stride, padding)
-    return _run(K.max_pool2d_forward, input.device, input.contiguous(), tuple(kernel_size), tuple(stride),
-                tuple(padding))
+    return _run(
+        K.max_pool2d_forward, input.device, input.contiguous(), tuple(kernel_size), tuple(stride), tuple(padding)
+    )
 
 
 @max_pool2d.register_fake
@@ -566,10 +694,19 @@ def _(input, kernel_size, stride, padding):
 
 
 @custom_op("fastopt::max_pool2d_backward", mutates_args=())
-def max_pool2d_backward(grad: Tensor, indices: Tensor, input_shape: list[int], kernel_size: list[int],
-                        stride: list[int], padding: list[int]) -> Tensor:
-    return _run(K.max_pool2d_backward, grad.device, grad.contiguous(), indices.contiguous(), tuple(input_shape),
-                tuple(kernel_size), tuple(stride), tuple(padding))
+def max_pool2d_backward(
+    grad: Tensor, indices: Tensor, input_shape: list[int], kernel_size: list[int], stride: list[int], padding: list[int]
+) -> Tensor:
+    return _run(
+        K.max_pool2d_backward,
+        grad.device,
+        grad.contiguous(),
+        indices.contiguous(),
+        tuple(input_shape),
+        tuple(kernel_size),
+        tuple(stride),
+        tuple(padding),
+    )
 
 
 @max_pool2d_backward.register_fake

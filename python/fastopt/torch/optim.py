@@ -28,6 +28,7 @@ float16 on the CPU: the low-precision ones take fastopt.optim's `master_weights`
 with every state buffer kept in float32, loaded checkpoints included (torch would cast them to
 the parameter's dtype).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -99,8 +100,9 @@ class _Plan:
         view = self.host or (lambda t: t)
         self.params = [view(_flat(p)) for p in originals]
         self.states = [tuple(view(_flat(s)) for s in st) for st in states]
-        self.masters = (None if all(m is None for m in masters)
-                        else [m if m is None else view(_flat(m)) for m in masters])
+        self.masters = (
+            None if all(m is None for m in masters) else [m if m is None else view(_flat(m)) for m in masters]
+        )
         self.flat = [not p.is_contiguous() for p in originals]
         self.ptrs = [p.data_ptr() for p in originals]
 
@@ -113,19 +115,27 @@ class Optimizer(torch.optim.Optimizer):
     checks and update rule it takes."""
 
     _rule = None
-    _torch_steps = True     # torch keeps a per-parameter 'step' in the state (SGD does not)
-    _eager_state = False    # torch's Adagrad creates its state in __init__, not at the first step
+    _torch_steps = True  # torch keeps a per-parameter 'step' in the state (SGD does not)
+    _eager_state = False  # torch's Adagrad creates its state in __init__, not at the first step
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         sig = inspect.signature(cls._rule.__init__)
-        extra = [inspect.Parameter("max_grad_norm", inspect.Parameter.KEYWORD_ONLY, default=None),
-                 inspect.Parameter("skip_nonfinite", inspect.Parameter.KEYWORD_ONLY, default=False)]
+        extra = [
+            inspect.Parameter("max_grad_norm", inspect.Parameter.KEYWORD_ONLY, default=None),
+            inspect.Parameter("skip_nonfinite", inspect.Parameter.KEYWORD_ONLY, default=False),
+        ]
         cls._rule_signature = sig
         cls.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:] + extra)
 
-    def __init__(self, params: ParamsT, *args: Any, max_grad_norm: float | None = None, skip_nonfinite: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        params: ParamsT,
+        *args: Any,
+        max_grad_norm: float | None = None,
+        skip_nonfinite: bool = False,
+        **kwargs: Any,
+    ) -> None:
         bound = self._rule_signature.bind(self, params, *args, **kwargs)
         bound.apply_defaults()
         defaults = {k: v for k, v in bound.arguments.items() if k not in ("self", "params")}
@@ -135,8 +145,8 @@ class Optimizer(torch.optim.Optimizer):
         self.max_grad_norm = max_grad_norm
         self.skip_nonfinite = boolean(skip_nonfinite, "skip_nonfinite")
         self.grad_norm = None
-        self._steps = {}        # device -> int64 step counters of its parameters, in param_groups order
-        self._where = []        # flat parameter index -> (device, slot in that device's counters)
+        self._steps = {}  # device -> int64 step counters of its parameters, in param_groups order
+        self._where = []  # flat parameter index -> (device, slot in that device's counters)
         self._plans = None
         super().__init__(params, defaults)
         self._install_hooks()
@@ -173,16 +183,20 @@ class Optimizer(torch.optim.Optimizer):
     @staticmethod
     def _check_param(p, name, seen):
         if p.dtype != torch.float32 and p.dtype not in _LOW:
-            raise TypeError(f"{name}: expected a torch.float32 parameter, got {p.dtype} (bfloat16 too, and "
-                            "float16 on the CPU)")
+            raise TypeError(
+                f"{name}: expected a torch.float32 parameter, got {p.dtype} (bfloat16 too, and float16 on the CPU)"
+            )
         if p.dtype == torch.float16 and p.device.type != "cpu":
-            raise TypeError(f"{name}: float16 on the GPU: fastopt's CUDA optimizers take float32 and bfloat16 "
-                            "parameters")
+            raise TypeError(
+                f"{name}: float16 on the GPU: fastopt's CUDA optimizers take float32 and bfloat16 parameters"
+            )
         if p.device.type not in ("cpu", "cuda"):
             raise ValueError(f"{name}: on {p.device}, but fastopt runs on cpu and cuda")
         if not _is_dense(p):
-            raise ValueError(f"{name}: a parameter must be dense (a view with gaps or overlaps cannot be "
-                             "stepped in place); make it contiguous before creating the optimizer")
+            raise ValueError(
+                f"{name}: a parameter must be dense (a view with gaps or overlaps cannot be "
+                "stepped in place); make it contiguous before creating the optimizer"
+            )
         if id(p) in seen:
             raise ValueError(f"{name}: a parameter appears twice in this optimizer")
         seen.add(id(p))
@@ -218,8 +232,11 @@ class Optimizer(torch.optim.Optimizer):
     def _plan(self, kinds, grads):
         """The per-device native calls for this set of parameters with gradients (cached: it only
         changes when a group's rule or the set of gradients that are None does)."""
-        key = (kinds, tuple(bool(g["master_weights"]) for g in self.param_groups),
-               tuple(i for i, g in enumerate(grads) if g is None))
+        key = (
+            kinds,
+            tuple(bool(g["master_weights"]) for g in self.param_groups),
+            tuple(i for i, g in enumerate(grads) if g is None),
+        )
         if self._plans is not None and self._plans[0] == key and not any(p.stale() for p in self._plans[1]):
             return self._plans[1]
         per_device = {}
@@ -229,9 +246,11 @@ class Optimizer(torch.optim.Optimizer):
                 if grads[i] is not None:
                     device, slot = self._where[i]
                     if p.device != device or (p.dtype != torch.float32 and p.dtype not in _LOW):
-                        raise ValueError(f"{self._name(gi, j)}: was a float32 tensor (or bf16/fp16) on {device} "
-                                         f"when the optimizer was made, is now {p.dtype} on {p.device}; make the "
-                                         "optimizer after moving or converting the model")
+                        raise ValueError(
+                            f"{self._name(gi, j)}: was a float32 tensor (or bf16/fp16) on {device} "
+                            f"when the optimizer was made, is now {p.dtype} on {p.device}; make the "
+                            "optimizer after moving or converting the model"
+                        )
                     entry = per_device.setdefault(device, ([], [], [], [], [], []))
                     values = (i, p, self._state_of(i, p, group, kinds[gi]), gi, slot, self._master_of(p, group))
                     for lst, value in zip(entry, values):
@@ -289,9 +308,11 @@ class Optimizer(torch.optim.Optimizer):
         skip = boolean(self.skip_nonfinite, "skip_nonfinite")
         norm_pass = clip is not None or skip
         if norm_pass and len(plans) > 1:
-            raise ValueError(f"max_grad_norm / skip_nonfinite: the parameters are on {len(plans)} devices "
-                             f"({', '.join(str(p.device) for p in plans)}), but the global norm is computed "
-                             "within one native call; clip with torch.nn.utils.clip_grad_norm_ instead")
+            raise ValueError(
+                f"max_grad_norm / skip_nonfinite: the parameters are on {len(plans)} devices "
+                f"({', '.join(str(p.device) for p in plans)}), but the global norm is computed "
+                "within one native call; clip with torch.nn.utils.clip_grad_norm_ instead"
+            )
         self.grad_norm = None
         skip_all, inv_scale, (scale, found_inf) = self._amp_scaling(plans)
         if skip_all:  # an Inf/NaN in the scaled gradients: nothing changes, the step counts included
@@ -301,9 +322,21 @@ class Optimizer(torch.optim.Optimizer):
             counters = self._steps[plan.device]
             steps = counters if plan.steps is None else counters.index_select(0, plan.steps)
             stream = torch.cuda.current_stream(plan.device).cuda_stream if plan.device.type == "cuda" else 0
-            norm, _ = _C.optim_step(plan.params, gl, plan.states, steps, hypers, plan.group_of, clip, skip, stream,
-                                    plan.masters, inv_scale, self._on(scale, plan.device),
-                                    self._on(found_inf, plan.device))
+            norm, _ = _C.optim_step(
+                plan.params,
+                gl,
+                plan.states,
+                steps,
+                hypers,
+                plan.group_of,
+                clip,
+                skip,
+                stream,
+                plan.masters,
+                inv_scale,
+                self._on(scale, plan.device),
+                self._on(found_inf, plan.device),
+            )
             if plan.steps is not None:
                 counters.index_copy_(0, plan.steps, steps)
             # Autograd must see the in-place change (a parameter saved for a pending backward).
@@ -316,8 +349,10 @@ class Optimizer(torch.optim.Optimizer):
         if not plan.flat[k] and g.layout is _STRIDED and g.is_contiguous():
             return plan.host(g) if plan.host else g
         if g.layout is not _STRIDED:
-            raise TypeError(f"{self._name(*self._locate(plan.index[k]))}.grad: {g.layout} gradients are not "
-                            "supported (fastopt's step is dense; torch.optim.SparseAdam takes sparse gradients)")
+            raise TypeError(
+                f"{self._name(*self._locate(plan.index[k]))}.grad: {g.layout} gradients are not "
+                "supported (fastopt's step is dense; torch.optim.SparseAdam takes sparse gradients)"
+            )
         p = plan.originals[k]
         if g.stride() != p.stride():
             g = torch.empty_like(p).copy_(g)  # a gradient laid out unlike its parameter: rare, copied
@@ -353,8 +388,10 @@ class Optimizer(torch.optim.Optimizer):
         if not self._torch_steps:
             return state_dict
         counts = self._counts()
-        state = {k: ({"step": torch.tensor(float(counts[k]), dtype=torch.float32), **v} if isinstance(k, int) else v)
-                 for k, v in state_dict["state"].items()}
+        state = {
+            k: ({"step": torch.tensor(float(counts[k]), dtype=torch.float32), **v} if isinstance(k, int) else v)
+            for k, v in state_dict["state"].items()
+        }
         return {**state_dict, "state": state}
 
     def _check_loaded(self, state_dict):
@@ -374,22 +411,32 @@ class Optimizer(torch.optim.Optimizer):
                     if not (step >= 0 and step.is_integer()):
                         raise ValueError(f"{where}: expected a step count (an integer >= 0), got {step}")
                 elif name not in allowed:
-                    raise ValueError(f"{where}: {type(self).__name__} keeps no such state (only {sorted(allowed)}); "
-                                     "a checkpoint of another optimizer?")
+                    raise ValueError(
+                        f"{where}: {type(self).__name__} keeps no such state (only {sorted(allowed)}); "
+                        "a checkpoint of another optimizer?"
+                    )
                 elif value is not None and tuple(value.shape) != tuple(params[key].shape):
-                    raise ValueError(f"{where}: has shape {tuple(value.shape)}, its parameter {tuple(params[key].shape)}")
+                    raise ValueError(
+                        f"{where}: has shape {tuple(value.shape)}, its parameter {tuple(params[key].shape)}"
+                    )
             if key in params and params[key].dtype in _LOW:  # kept float32 through torch's cast to the param's dtype
-                entry = {k: _Fp32(v) if torch.is_tensor(v) and v.is_floating_point() and k != "step" else v
-                         for k, v in entry.items()}
+                entry = {
+                    k: _Fp32(v) if torch.is_tensor(v) and v.is_floating_point() and k != "step" else v
+                    for k, v in entry.items()
+                }
             state[key] = entry
         groups = []
         for gi, saved in enumerate(state_dict["param_groups"]):
             if saved.get("differentiable"):
-                raise ValueError(f"state_dict: param group {gi} was saved with differentiable=True, "
-                                 "which fastopt's step does not support")
+                raise ValueError(
+                    f"state_dict: param group {gi} was saved with differentiable=True, "
+                    "which fastopt's step does not support"
+                )
             if self._rule is _rules.Adam and saved.get("decoupled_weight_decay"):
-                raise ValueError(f"state_dict: param group {gi} has decoupled_weight_decay=True (torch's AdamW "
-                                 "rule): load it into fastopt.torch.optim.AdamW")
+                raise ValueError(
+                    f"state_dict: param group {gi} has decoupled_weight_decay=True (torch's AdamW "
+                    "rule): load it into fastopt.torch.optim.AdamW"
+                )
             group = {k: v for k, v in {**self.defaults, **saved}.items() if k not in _TORCH_IMPL_KEYS}
             group_hyper(self._rule, group, f"state_dict['param_groups'][{gi}]")
             groups.append(group)
@@ -419,8 +466,15 @@ class Optimizer(torch.optim.Optimizer):
         self._plans = None
 
     def __getstate__(self):
-        return {**super().__getstate__(), "max_grad_norm": self.max_grad_norm, "skip_nonfinite": self.skip_nonfinite,
-                "grad_norm": None, "_steps": self._steps, "_where": self._where, "_plans": None}
+        return {
+            **super().__getstate__(),
+            "max_grad_norm": self.max_grad_norm,
+            "skip_nonfinite": self.skip_nonfinite,
+            "grad_norm": None,
+            "_steps": self._steps,
+            "_where": self._where,
+            "_plans": None,
+        }
 
     def __setstate__(self, state):
         hooked = "_optimizer_state_dict_post_hooks" in self.__dict__

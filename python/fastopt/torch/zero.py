@@ -11,6 +11,7 @@ scaled, in a copy, by the float32 coefficient the fused kernel would use and ste
 the same arithmetic as the unsharded optimizer, whose parameters these stay equal to bit for bit
 (up to the norm's summation order).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,12 +49,20 @@ class ZeroRedundancy(torch.optim.Optimizer):
     optimizer_class itself or a ZeroRedundancy on any number of ranks loads (load_state_dict on
     every rank keeps that rank's part)."""
 
-    def __init__(self, params: ParamsT, optimizer_class: type[torch.optim.Optimizer], *, max_grad_norm: float | None = None,
-                 skip_nonfinite: bool = False, **defaults: Any) -> None:
+    def __init__(
+        self,
+        params: ParamsT,
+        optimizer_class: type[torch.optim.Optimizer],
+        *,
+        max_grad_norm: float | None = None,
+        skip_nonfinite: bool = False,
+        **defaults: Any,
+    ) -> None:
         _, dist = core.torch_modules()
         if not dist.is_initialized():
-            raise RuntimeError("ZeroRedundancy: no process group; initialize torch.distributed (or "
-                               "fastopt.distributed.init()) first")
+            raise RuntimeError(
+                "ZeroRedundancy: no process group; initialize torch.distributed (or fastopt.distributed.init()) first"
+            )
         if not isinstance(optimizer_class, type) or not issubclass(optimizer_class, torch.optim.Optimizer):
             raise TypeError(f"optimizer_class: expected a fastopt.torch.optim optimizer class, got {optimizer_class!r}")
         super().__init__(params, defaults)
@@ -74,7 +83,7 @@ class ZeroRedundancy(torch.optim.Optimizer):
                 s = min(max(a, self.lo), b)
                 e = max(min(b, self.hi), s)
                 self._ranges.append((p, a, b, s, e))
-                pieces.append(_flat(p.detach())[s - a:e - a])
+                pieces.append(_flat(p.detach())[s - a : e - a])
                 start = b
             shards.append({**{k: v for k, v in group.items() if k != "params"}, "params": pieces})
         self.shard = optimizer_class(shards, **defaults)
@@ -97,8 +106,13 @@ class ZeroRedundancy(torch.optim.Optimizer):
             inner.update({k: v for k, v in group.items() if k != "params"})
         pieces = [inner_p for g in self.shard.param_groups for inner_p in g["params"]]
         for piece, (p, a, _, s, e) in zip(pieces, self._ranges):
-            piece.grad = None if p.grad is None else _flat(p.grad if p.grad.stride() == p.stride()
-                                                          else torch.empty_like(p).copy_(p.grad))[s - a:e - a]
+            piece.grad = (
+                None
+                if p.grad is None
+                else _flat(p.grad if p.grad.stride() == p.stride() else torch.empty_like(p).copy_(p.grad))[
+                    s - a : e - a
+                ]
+            )
         self.grad_norm = None
         clip, skip = self.max_grad_norm, bool(self.skip_nonfinite)
         if clip is not None or skip:
@@ -124,7 +138,7 @@ class ZeroRedundancy(torch.optim.Optimizer):
         flat = torch.zeros(self.chunk, dtype=torch.float32, device=device)
         for v, (_, _, _, s, e) in zip(values, self._ranges):
             if e > s:
-                flat[s - self.lo:e - self.lo] = v.reshape(-1).to(torch.float32)
+                flat[s - self.lo : e - self.lo] = v.reshape(-1).to(torch.float32)
         return flat
 
     def _all_gather(self):
@@ -165,13 +179,16 @@ class ZeroRedundancy(torch.optim.Optimizer):
             options = {k: v for k, v in group.items() if k != "params"}
             groups.append({**options, "params": list(range(start, start + n))})
             start += n
-        self._consolidated = {"state": {i: e for i, e in full.items() if e}, "param_groups": groups} \
-            if self.rank == to else None
+        self._consolidated = (
+            {"state": {i: e for i, e in full.items() if e}, "param_groups": groups} if self.rank == to else None
+        )
 
     def state_dict(self) -> dict[str, Any]:
         if self._consolidated is None:
-            raise RuntimeError("ZeroRedundancy.state_dict: call consolidate_state_dict(to=rank) on every rank first, "
-                               "then state_dict() on that rank")
+            raise RuntimeError(
+                "ZeroRedundancy.state_dict: call consolidate_state_dict(to=rank) on every rank first, "
+                "then state_dict() on that rank"
+            )
         return self._consolidated
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -191,13 +208,21 @@ class ZeroRedundancy(torch.optim.Optimizer):
             for name, value in entry.items():
                 if name != "step" and torch.is_tensor(value) and value.dim() > 0:
                     if tuple(value.shape) != tuple(p.shape):
-                        raise ValueError(f"state_dict['state'][{key!r}][{name!r}]: has shape {tuple(value.shape)}, "
-                                         f"its parameter {tuple(p.shape)}")
-                    value = _flat(torch.empty_like(p, dtype=value.dtype).copy_(value))[s - a:e - a].clone()
+                        raise ValueError(
+                            f"state_dict['state'][{key!r}][{name!r}]: has shape {tuple(value.shape)}, "
+                            f"its parameter {tuple(p.shape)}"
+                        )
+                    value = _flat(torch.empty_like(p, dtype=value.dtype).copy_(value))[s - a : e - a].clone()
                 state[k][name] = value
-        shard_groups = [{**g, "params": list(range(sum(len(h["params"]) for h in groups[:gi]),
-                                                   sum(len(h["params"]) for h in groups[:gi + 1])))}
-                        for gi, g in enumerate(groups)]
+        shard_groups = [
+            {
+                **g,
+                "params": list(
+                    range(sum(len(h["params"]) for h in groups[:gi]), sum(len(h["params"]) for h in groups[: gi + 1]))
+                ),
+            }
+            for gi, g in enumerate(groups)
+        ]
         self.shard.load_state_dict({"state": state, "param_groups": shard_groups})
         for group, inner in zip(self.param_groups, self.shard.param_groups):
             group.update({k: v for k, v in inner.items() if k != "params"})

@@ -3,14 +3,25 @@ constructor arguments, parameters, buffers and state_dict keys, whose forward ca
 fastopt.torch.nn.functional. fastopt.torch.convert(model) turns a model's torch layers into
 these in place (the same module objects and Parameters, so an optimizer made before still works).
 """
+
 from __future__ import annotations
 
 import torch
 
 from . import functional as F
 
-__all__ = ["Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "Dropout", "LayerNorm", "GroupNorm", "MaxPool2d",
-           "ReLU", "functional"]
+__all__ = [
+    "Conv2d",
+    "Linear",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Dropout",
+    "LayerNorm",
+    "GroupNorm",
+    "MaxPool2d",
+    "ReLU",
+    "functional",
+]
 
 
 class Conv2d(torch.nn.Conv2d):
@@ -38,8 +49,16 @@ class _BatchNorm:
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         use_batch = self.training or (self.running_mean is None and self.running_var is None)
         keep = not self.training or self.track_running_stats
-        return F.batch_norm(input, self.running_mean if keep else None, self.running_var if keep else None,
-                            self.weight, self.bias, use_batch, factor, self.eps)
+        return F.batch_norm(
+            input,
+            self.running_mean if keep else None,
+            self.running_var if keep else None,
+            self.weight,
+            self.bias,
+            use_batch,
+            factor,
+            self.eps,
+        )
 
 
 class BatchNorm1d(_BatchNorm, torch.nn.BatchNorm1d):
@@ -67,8 +86,15 @@ class GroupNorm(torch.nn.GroupNorm):
 
 class MaxPool2d(torch.nn.MaxPool2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
-                            ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+        return F.max_pool2d(
+            input,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            ceil_mode=self.ceil_mode,
+            return_indices=self.return_indices,
+        )
 
 
 class ReLU(torch.nn.ReLU):

@@ -8,6 +8,7 @@ outputs are contiguous. A few options the kernels do not have fall back to torch
 documented on each function (fastopt.torch.convert leaves such layers as torch layers and lists
 them); everything else that fastopt cannot compute is refused with an error naming the argument.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,8 +19,18 @@ import torch.nn.functional as TF
 from ..._args import integer
 from .. import ops
 
-__all__ = ["conv2d", "linear", "batch_norm", "dropout", "layer_norm", "group_norm", "max_pool2d", "relu",
-           "max_pool2d_fallback", "inplace_fallback"]
+__all__ = [
+    "conv2d",
+    "linear",
+    "batch_norm",
+    "dropout",
+    "layer_norm",
+    "group_norm",
+    "max_pool2d",
+    "relu",
+    "max_pool2d_fallback",
+    "inplace_fallback",
+]
 
 
 def _pair(v, name):
@@ -52,13 +63,21 @@ def _same_padding(input, weight, stride, dilation):
     return input, [t // 2 for t in total]
 
 
-def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
-           dilation: int | Sequence[int] = 1, groups: int = 1) -> torch.Tensor:
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> torch.Tensor:
     """torch.nn.functional.conv2d: padding an int, a pair, 'valid' or 'same'."""
     stride, dilation, groups = _pair(stride, "stride"), _pair(dilation, "dilation"), integer(groups, "groups")
     if min(stride) < 1 or min(dilation) < 1 or groups < 1:
-        raise ValueError(f"stride, dilation and groups must be positive, got stride {stride}, dilation {dilation}, "
-                         f"groups {groups}")
+        raise ValueError(
+            f"stride, dilation and groups must be positive, got stride {stride}, dilation {dilation}, groups {groups}"
+        )
 
     def run(x):
         pad = padding
@@ -70,6 +89,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         if min(pad) < 0:
             raise ValueError(f"padding: must be non-negative, got {pad}")
         return ops.conv2d(x, weight, bias, stride, pad, dilation, groups)
+
     return _batched(input, run)
 
 
@@ -86,8 +106,16 @@ def _verify_batch_size(input):
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.shape}")
 
 
-def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None, weight: torch.Tensor | None = None,
-               bias: torch.Tensor | None = None, training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+def batch_norm(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
     """torch.nn.functional.batch_norm. In training the running statistics (when given) are
     updated in place with torch's rule: running = (1 - momentum) * running + momentum * batch,
     with the unbiased batch variance; the normalization is an autograd-aware fastopt op, the update
@@ -135,19 +163,31 @@ def _normalized_shape(normalized_shape):
     return [integer(normalized_shape, "normalized_shape")]
 
 
-def layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int], weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-               eps: float = 1e-5) -> torch.Tensor:
+def layer_norm(
+    input: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
     """torch.nn.functional.layer_norm over the trailing dims normalized_shape."""
     return ops.layer_norm(input, _normalized_shape(normalized_shape), weight, bias, eps)[0]
 
 
-def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-               eps: float = 1e-5) -> torch.Tensor:
+def group_norm(
+    input: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
     """torch.nn.functional.group_norm (input (N, C, ...), num_groups dividing C)."""
     return ops.group_norm(input, integer(num_groups, "num_groups"), weight, bias, eps)[0]
 
 
-def max_pool2d_fallback(dilation: int | Sequence[int] = 1, ceil_mode: bool = False, return_indices: bool = False) -> str | None:
+def max_pool2d_fallback(
+    dilation: int | Sequence[int] = 1, ceil_mode: bool = False, return_indices: bool = False
+) -> str | None:
     """Why max pooling with these options runs torch's op (None when fastopt takes it)."""
     reasons = []
     if _pair(dilation, "dilation") != [1, 1]:
@@ -159,16 +199,25 @@ def max_pool2d_fallback(dilation: int | Sequence[int] = 1, ceil_mode: bool = Fal
     return f"{', '.join(reasons)} (not in fastopt's kernel; torch's op is kept)" if reasons else None
 
 
-def max_pool2d(input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
-               ceil_mode: bool = False, return_indices: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def max_pool2d(
+    input: torch.Tensor,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """torch.nn.functional.max_pool2d. dilation != 1, ceil_mode=True and return_indices=True run
     torch's op (fastopt's indices are int32 and it has neither option)."""
     if max_pool2d_fallback(dilation, ceil_mode, return_indices):
-        return TF.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
-                             return_indices=return_indices)
+        return TF.max_pool2d(
+            input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=return_indices
+        )
     kernel_size = _pair(kernel_size, "kernel_size")
-    stride = kernel_size if stride is None or (isinstance(stride, (tuple, list)) and not stride) else _pair(
-        stride, "stride")
+    stride = (
+        kernel_size if stride is None or (isinstance(stride, (tuple, list)) and not stride) else _pair(stride, "stride")
+    )
     padding = _pair(padding, "padding")
     return _batched(input, lambda x: ops.max_pool2d(x, kernel_size, stride, padding)[0])
 
