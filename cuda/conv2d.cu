@@ -11,7 +11,7 @@ and data-grad.
 
 Paths, chosen per call by shape (forward_path & co. in conv2d_tiles.cuh):
   Winograd             (opt-in: FASTOPT_CUDA_CONV2D_WINOGRAD=1) 3x3, unit stride and dilation, >= 32
-                       channels per group, fp32: cuda/conv2d_winograd.cu, all three passes.
+                       channels per group, fp32: cuda/opt_in/conv2d_winograd.cu, all three passes.
   tiled implicit GEMM  (stage 2) 256 threads, a BM x BN tile per block: 128x128, 64x128 for
                        M <= 64, or 64x64 when the grid would not fill the SMs (gemm_tiles);
                        weight-grad 128x64 or 64x64, split so that the grid fills whole waves. 8-deep
@@ -56,7 +56,7 @@ bitwise reproducible run to run.
 
 #include "conv2d_small_c.h"
 #include "conv2d_tiles.cuh"
-#include "conv2d_winograd.h"
+#include "opt_in/conv2d_winograd.h"
 #include "fastopt/backend.h"
 #include "fastopt/conv2d.h"
 #include "launch.cuh"

@@ -1,4 +1,4 @@
-// The CUDA Winograd F(2x2, 3x3) conv2d passes (cuda/conv2d_winograd.cu), which conv2d.cu
+// The CUDA Winograd F(2x2, 3x3) conv2d passes (cuda/opt_in/conv2d_winograd.cu), which conv2d.cu
 // dispatches to when winograd_applies says so.
 #pragma once
 

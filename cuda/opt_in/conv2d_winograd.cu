@@ -25,7 +25,7 @@ reproducible.
 */
 
 #include "conv2d_tiles.cuh"
-#include "conv2d_winograd.h"
+#include "opt_in/conv2d_winograd.h"
 #include "fastopt/winograd.h"
 #include "launch.cuh"
 
