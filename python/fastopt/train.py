@@ -36,7 +36,7 @@ from .runlog import Progress
 __all__ = ["CheckpointError", "TrainConfig", "Trainer", "TrainingStopped", "make_optimizer", "read_checkpoint"]
 
 OPTIMIZERS = ("adamw", "adam", "amsgrad", "sgd", "momentum", "nesterov", "rmsprop", "adagrad")
-PRECISIONS = ("fp32", "bf16")  # bf16: Module.build's mixed precision (fp32 master weights, CPU)
+PRECISIONS = ("fp32", "bf16")  # bf16: Module.build's mixed precision (fp32 master weights)
 
 
 @dataclass
