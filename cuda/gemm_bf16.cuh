@@ -109,17 +109,12 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float& d0, float& d1, float& d
 template <int BM, int BN>
 __device__ __forceinline__ void tile_mma_bf16(const TileBf16<BM, BN>& t, int tid,
                                               float (&acc)[Tile<BM, BN>::TM][Tile<BM, BN>::TN]) {
-  constexpr int TN = Tile<BM, BN>::TN, MI = Mma<BM, BN>::MI, NI = Mma<BM, BN>::NI;
-  uint32_t a[MI][4], b[NI][2];
+  uint32_t a[Mma<BM, BN>::MI][4], b[Mma<BM, BN>::NI][2];
   mma_fragments_bf16<BM, BN>(t, tid, a, b);
-#pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < NI; ++ni) {
-      const int f = (mi * NI + ni) * 4;
-      mma_m16n8k16_bf16(acc[f / TN][f % TN], acc[(f + 1) / TN][(f + 1) % TN], acc[(f + 2) / TN][(f + 2) % TN],
-                        acc[(f + 3) / TN][(f + 3) % TN], a[mi], b[ni]);
-    }
+  mma_all<BM, BN>(acc, a, b,
+                  [](float& d0, float& d1, float& d2, float& d3, const uint32_t(&x)[4], const uint32_t(&y)[2]) {
+                    mma_m16n8k16_bf16(d0, d1, d2, d3, x, y);
+                  });
 }
 #endif
 

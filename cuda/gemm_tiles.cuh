@@ -289,6 +289,24 @@ FASTOPT_HD void mma_fragments(const Tile<BM, BN>& t, int tid, float (&a)[Mma<BM,
   }
 }
 
+#if defined(__CUDACC__) || defined(FASTOPT_CUDA_EMULATION)
+// acc += a b over every (mi, ni) fragment pair through mma(d0..d3, a[mi], b[ni]): fragment f =
+// (mi NI + ni) 4 holds accumulators f .. f + 3 of the TM x TN array (the TF32 and bf16 stages).
+template <int BM, int BN, class R, class MmaOp>
+__device__ __forceinline__ void mma_all(float (&acc)[Tile<BM, BN>::TM][Tile<BM, BN>::TN],
+                                        const R (&a)[Mma<BM, BN>::MI][4], const R (&b)[Mma<BM, BN>::NI][2], MmaOp mma) {
+  constexpr int TN = Tile<BM, BN>::TN, MI = Mma<BM, BN>::MI, NI = Mma<BM, BN>::NI;
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni) {
+      const int f = (mi * NI + ni) * 4;
+      mma(acc[f / TN][f % TN], acc[(f + 1) / TN][(f + 1) % TN], acc[(f + 2) / TN][(f + 2) % TN],
+          acc[(f + 3) / TN][(f + 3) % TN], a[mi], b[ni]);
+    }
+}
+#endif
+
 }  // namespace fastopt::cuda::tiled
 
 // The bf16 stage (TileBf16, its fragments and tile_mma_bf16) builds on Tile and Mma above.
@@ -316,17 +334,11 @@ __device__ __forceinline__ void mma_m16n8k8_tf32(float& d0, float& d1, float& d2
 template <int BM, int BN>
 __device__ __forceinline__ void tile_mma(const Tile<BM, BN>& t, int tid,
                                          float (&acc)[Tile<BM, BN>::TM][Tile<BM, BN>::TN]) {
-  constexpr int TN = Tile<BM, BN>::TN, MI = Mma<BM, BN>::MI, NI = Mma<BM, BN>::NI;
-  float a[MI][4], b[NI][2];
+  float a[Mma<BM, BN>::MI][4], b[Mma<BM, BN>::NI][2];
   mma_fragments<BM, BN>(t, tid, a, b);
-#pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < NI; ++ni) {
-      const int f = (mi * NI + ni) * 4;
-      mma_m16n8k8_tf32(acc[f / TN][f % TN], acc[(f + 1) / TN][(f + 1) % TN], acc[(f + 2) / TN][(f + 2) % TN],
-                       acc[(f + 3) / TN][(f + 3) % TN], a[mi], b[ni]);
-    }
+  mma_all<BM, BN>(acc, a, b, [](float& d0, float& d1, float& d2, float& d3, const float(&x)[4], const float(&y)[2]) {
+    mma_m16n8k8_tf32(d0, d1, d2, d3, x, y);
+  });
 }
 
 // The block's main loop (device only: it synchronizes the block), shared by the conv and linear

@@ -139,9 +139,13 @@ py::object residual_add_op(py::handle b_obj, py::handle s_obj, double p, uint64_
   return out;
 }
 
-// ys[i] = a * xs[i] + b * ys[i] for every pair, in one call. xs[i] may be ys[i] itself; no other
-// memory may be shared (a partial overlap would make the result depend on the order of work).
-void axpby_lists(py::sequence ys_obj, py::sequence xs_obj, double a, double b, uintptr_t stream) {
+// The pairs (ys[i], xs[i]) of a list op, checked: as many xs as ys, each pair on one device with
+// one element count, ys writable, no memory shared between any two arrays but an x that is its
+// own y (when in_place; a partial overlap would make the result depend on the order of work).
+// view(obj, name, writable) reads one array and checks its dtype.
+template <class View>
+std::pair<std::vector<ArrayView>, std::vector<ArrayView>> array_pairs(py::sequence ys_obj, py::sequence xs_obj,
+                                                                      View view, bool in_place) {
   const size_t n = py::len(ys_obj);
   if (py::len(xs_obj) != n)
     raise_value("xs: expected " + std::to_string(n) + " arrays (one per ys), got " + std::to_string(py::len(xs_obj)));
@@ -149,21 +153,30 @@ void axpby_lists(py::sequence ys_obj, py::sequence xs_obj, double a, double b, u
   std::vector<ByteRange> ranges;
   for (size_t i = 0; i < n; ++i) {
     const int64_t k = static_cast<int64_t>(i);
-    ys.push_back(view_f32(ys_obj[i], ArgName{"ys", k}, true));
-    xs.push_back(view_f32(xs_obj[i], ArgName{"xs", k}, false));
+    ys.push_back(view(ys_obj[i], ArgName{"ys", k}, true));
+    xs.push_back(view(xs_obj[i], ArgName{"xs", k}, false));
     require_same_device(ys[i], ArgName{"ys", k}, xs[i], ArgName{"xs", k});
     require_same_device(ys[0], ArgName{"ys", 0}, ys[i], ArgName{"ys", k});
     if (xs[i].numel != ys[i].numel)
       raise_value(ArgName{"xs", k}.str() + ": expected " + std::to_string(ys[i].numel) + " elements like ys[" +
                   std::to_string(i) + "], got shape " + shape_str(xs[i].shape));
     const auto yb = reinterpret_cast<uintptr_t>(ys[i].data), xb = reinterpret_cast<uintptr_t>(xs[i].data);
-    ranges.push_back({yb, yb + static_cast<uintptr_t>(ys[i].numel) * 4u, 0, k});
-    if (xb != yb) ranges.push_back({xb, xb + static_cast<uintptr_t>(xs[i].numel) * 4u, 1, k});
+    ranges.push_back({yb, yb + static_cast<uintptr_t>(ys[i].numel) * itemsize(ys[i].dtype), 0, k});
+    if (!(in_place && xb == yb))
+      ranges.push_back({xb, xb + static_cast<uintptr_t>(xs[i].numel) * itemsize(xs[i].dtype), 1, k});
   }
   require_disjoint(std::move(ranges), {"ys", "xs"});
+  return {std::move(ys), std::move(xs)};
+}
+
+// ys[i] = a * xs[i] + b * ys[i] for every pair (float32), in one call; xs[i] may be ys[i] itself.
+void axpby_lists(py::sequence ys_obj, py::sequence xs_obj, double a, double b, uintptr_t stream) {
+  const auto pairs = array_pairs(ys_obj, xs_obj, view_f32, true);
+  const std::vector<ArrayView>& ys = pairs.first;
+  const std::vector<ArrayView>& xs = pairs.second;
   const float af = static_cast<float>(a), bf = static_cast<float>(b);
   py::gil_scoped_release nogil;
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = 0; i < ys.size(); ++i) {
     const auto* xp = static_cast<const float*>(xs[i].data);
     auto* yp = static_cast<float*>(ys[i].data);
     if (ys[i].device == kCPU) {
@@ -176,29 +189,15 @@ void axpby_lists(py::sequence ys_obj, py::sequence xs_obj, double a, double b, u
 
 // ys[i] = xs[i] converted to ys[i]'s dtype (float32 <-> bfloat16), pair by pair, in one call.
 void cast_lists(py::sequence ys_obj, py::sequence xs_obj, uintptr_t stream) {
-  const size_t n = py::len(ys_obj);
-  if (py::len(xs_obj) != n)
-    raise_value("xs: expected " + std::to_string(n) + " arrays (one per ys), got " + std::to_string(py::len(xs_obj)));
-  std::vector<ArrayView> ys, xs;
-  std::vector<ByteRange> ranges;
-  for (size_t i = 0; i < n; ++i) {
-    const int64_t k = static_cast<int64_t>(i);
-    ys.push_back(view_floating(ys_obj[i], ArgName{"ys", k}, true));
-    xs.push_back(view_floating(xs_obj[i], ArgName{"xs", k}, false));
-    require_same_device(ys[i], ArgName{"ys", k}, xs[i], ArgName{"xs", k});
-    if (xs[i].numel != ys[i].numel)
-      raise_value(ArgName{"xs", k}.str() + ": expected " + std::to_string(ys[i].numel) + " elements like ys[" +
-                  std::to_string(i) + "], got shape " + shape_str(xs[i].shape));
+  const auto pairs = array_pairs(ys_obj, xs_obj, view_floating, false);
+  const std::vector<ArrayView>& ys = pairs.first;
+  const std::vector<ArrayView>& xs = pairs.second;
+  for (size_t i = 0; i < ys.size(); ++i)
     if (xs[i].dtype == ys[i].dtype)
-      raise_type(ArgName{"xs", k}.str() + ": already " + dtype_name(xs[i].dtype) + " like ys[" + std::to_string(i) +
-                 "]; cast_ converts between float32 and bfloat16 (copy_ copies)");
-    const auto yb = reinterpret_cast<uintptr_t>(ys[i].data), xb = reinterpret_cast<uintptr_t>(xs[i].data);
-    ranges.push_back({yb, yb + static_cast<uintptr_t>(ys[i].numel) * itemsize(ys[i].dtype), 0, k});
-    ranges.push_back({xb, xb + static_cast<uintptr_t>(xs[i].numel) * itemsize(xs[i].dtype), 1, k});
-  }
-  require_disjoint(std::move(ranges), {"ys", "xs"});
+      raise_type(ArgName{"xs", static_cast<int64_t>(i)}.str() + ": already " + dtype_name(xs[i].dtype) + " like ys[" +
+                 std::to_string(i) + "]; cast_ converts between float32 and bfloat16 (copy_ copies)");
   py::gil_scoped_release nogil;
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = 0; i < ys.size(); ++i) {
     const ArrayView &x = xs[i], &y = ys[i];
     const bool narrow = x.dtype == DType::f32;  // else bf16 -> f32
     if (y.device == kCPU) {
