@@ -174,9 +174,16 @@ def require_init(what):
 
 
 def destroy():
-    """Leave the process group (at the end of a run)."""
+    """Leave the process group (at the end of a run), all ranks together: a rank that tears its
+    gloo connections down while a peer still uses them can make that peer's gloo threads abort its
+    exit ("terminate called without an active exception"), so every rank first waits at a barrier."""
     if is_initialized():
-        torch_modules()[1].destroy_process_group()
+        dist = torch_modules()[1]
+        try:
+            dist.barrier()
+        except (RuntimeError, dist.DistError):  # a broken group: leave it all the same
+            pass
+        dist.destroy_process_group()
 
 
 def collective(what, fn, *args, **kwargs):
