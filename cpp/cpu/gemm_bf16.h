@@ -256,49 +256,40 @@ using KernFor = F32;
 namespace fastopt::cpu::FASTOPT_ISA {
 namespace gemm {
 
-// gemm::run and gemm::serial for operands of type T (float or bf16) read by packers of fp32
-// strips, with the kernel KernFor<T>; bf16 in the AVX512-BF16 copy takes AMX tiles instead where
-// amx_mode() says so (isa.cpp: the CPU's tiles, or their software copy for tests).
-template <class T, class PackA, class PackB, class Store>
-void run_typed(int64_t items, int64_t M, int64_t Nn, int64_t Kd, bool prepack_a, PackA pack_a, PackB pack_b,
-               Store store) {
-  if constexpr (!std::is_same_v<KernFor<T>, F32>) {
+// f(Kern{}, pack_a', pack_b'): the kernel for operands of type T (float or bf16) with the fp32-strip
+// packers adapted to its layout. KernFor<T>, except that bf16 in the AVX512-BF16 copy takes AMX
+// tiles where amx_mode() says so (isa.cpp: the CPU's tiles, or their software copy for tests).
+template <class T, class PackA, class PackB, class F>
+void with_kernel(PackA& pack_a, PackB& pack_b, F&& f) {
+  if constexpr (std::is_same_v<KernFor<T>, F32>) {
+    f(F32{}, pack_a, pack_b);
+  } else {
 #if defined(__AVX512BF16__)
     switch (amx_mode()) {
 #if defined(FASTOPT_AMX_ASM)
-      case AmxMode::tiles:
-        return run<AmxKern<Tiles>>(items, M, Nn, Kd, prepack_a, amx_stage_a(pack_a), amx_pairs_b(pack_b), store);
+      case AmxMode::tiles: return f(AmxKern<Tiles>{}, amx_stage_a(pack_a), amx_pairs_b(pack_b));
 #endif
-      case AmxMode::emulated:
-        return run<AmxKern<Emulated>>(items, M, Nn, Kd, prepack_a, amx_stage_a(pack_a), amx_pairs_b(pack_b), store);
+      case AmxMode::emulated: return f(AmxKern<Emulated>{}, amx_stage_a(pack_a), amx_pairs_b(pack_b));
       default: break;
     }
 #endif
-    run<KernFor<T>>(items, M, Nn, Kd, prepack_a, stage_a(pack_a), pairs_b(pack_b), store);
-  } else {
-    run<F32>(items, M, Nn, Kd, prepack_a, pack_a, pack_b, store);
+    f(KernFor<T>{}, stage_a(pack_a), pairs_b(pack_b));
   }
+}
+
+// gemm::run and gemm::serial for operands of type T, with with_kernel's kernel.
+template <class T, class PackA, class PackB, class Store>
+void run_typed(int64_t items, int64_t M, int64_t Nn, int64_t Kd, bool prepack_a, PackA pack_a, PackB pack_b,
+               Store store) {
+  with_kernel<T>(pack_a, pack_b,
+                 [&](auto kern, auto a, auto b) { run<decltype(kern)>(items, M, Nn, Kd, prepack_a, a, b, store); });
 }
 
 template <class T, class PackA, class PackB, class Store>
 void serial_typed(int64_t item, int64_t M, int64_t Nn, int64_t Kd, PackA pack_a, PackB pack_b, Store store,
                   WorkspaceOf<KernFor<T>>& ws) {
-  if constexpr (!std::is_same_v<KernFor<T>, F32>) {
-#if defined(__AVX512BF16__)
-    switch (amx_mode()) {
-#if defined(FASTOPT_AMX_ASM)
-      case AmxMode::tiles:
-        return serial<AmxKern<Tiles>>(item, M, Nn, Kd, amx_stage_a(pack_a), amx_pairs_b(pack_b), store, ws);
-#endif
-      case AmxMode::emulated:
-        return serial<AmxKern<Emulated>>(item, M, Nn, Kd, amx_stage_a(pack_a), amx_pairs_b(pack_b), store, ws);
-      default: break;
-    }
-#endif
-    serial<KernFor<T>>(item, M, Nn, Kd, stage_a(pack_a), pairs_b(pack_b), store, ws);
-  } else {
-    serial<F32>(item, M, Nn, Kd, pack_a, pack_b, store, ws);
-  }
+  with_kernel<T>(pack_a, pack_b,
+                 [&](auto kern, auto a, auto b) { serial<decltype(kern)>(item, M, Nn, Kd, a, b, store, ws); });
 }
 
 }  // namespace gemm

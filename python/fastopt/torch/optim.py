@@ -20,10 +20,12 @@ gradients for Inf/NaN and hands over `grad_scale` and `found_inf`; the step skip
 found_inf is set and otherwise unscales inside the kernel (1/scale folded into the gradient
 multiplier, exact for GradScaler's power-of-two scales), saving the unscale pass that writes every
 gradient. On the GPU the two scalars stay in device memory and the kernels read them there: no
-sync (a skipped step's `grad_norm`, if asked for, is then that of the scaled gradients' Inf). `state_dict()` is torch's format, so a checkpoint moves between this
-optimizer and torch's own of the same name in both directions. Parameters must be dense (any
-memory format, channels_last included), on the CPU or a CUDA device, and float32, bfloat16, or
-float16 on the CPU: the low-precision ones take fastopt.optim's `master_weights` (an fp32 master in the state as
+sync (after a step skipped that way, `grad_norm`, when computed, is the non-finite norm found).
+
+`state_dict()` is torch's format, so a checkpoint moves between this optimizer and torch's own of
+the same name in both directions. Parameters must be dense (any memory format, channels_last
+included), on the CPU or a CUDA device, and float32, bfloat16, or float16 on the CPU: the
+low-precision ones take fastopt.optim's `master_weights` (an fp32 master in the state as
 'master', updated in the fused step that writes the parameter) or `stochastic_rounding` (bf16),
 with every state buffer kept in float32, loaded checkpoints included (torch would cast them to
 the parameter's dtype).
