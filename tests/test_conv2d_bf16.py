@@ -25,6 +25,8 @@ SHAPES = [
     (1, 131, 5, 6, 70, 3, 3, 1, 0, 1, 1),  # reduction 1179 over several KC blocks, odd
     (1, 64, 4, 4, 256, 3, 3, 1, 1, 1, 1),  # 16 columns, 256 rows: row-split tasks, shared B
     (8, 20, 16, 16, 24, 3, 3, 1, 1, 1, 1),  # weight-grad over image chunks
+    (2, 24, 16, 20, 40, 3, 3, 1, 1, 1, 1),  # even images: weight-grad's pixel-pair transposes, 2 KC blocks
+    (1, 8, 15, 22, 8, 3, 3, 1, 1, 1, 1),  # even image, odd KC blocks (165): the widened transposes
     (4, 24, 6, 6, 20, 1, 1, 1, 0, 1, 1),  # 1x1
     (2, 20, 17, 19, 36, 1, 1, 2, 0, 1, 1),  # 1x1, stride 2
     (1, 8, 9, 8, 8, 5, 5, 1, 2, 1, 1),  # 25 taps: the weight-grad's generic packers

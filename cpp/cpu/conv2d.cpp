@@ -329,6 +329,39 @@ void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw, bool 
         bit[j] = _mm256_set1_epi16(static_cast<short>(1 << (r * s.S + sc)));
       }
       using Rows = gemm::RowsOf<std::remove_pointer_t<decltype(dst)>>;
+      if constexpr (std::is_same_v<Rows, gemm::RowPairs> && std::is_same_v<T, bf16>) {
+        if (kc % 2 == 0 && PQ % 2 == 0 && p0 % 2 == 0) {
+          // bf16 pairs of pixels are 32-bit words of x, so a 16-column by 32-pixel block is a
+          // 16 x 16 transpose of words that leaves each pair row whole: half the transposes of
+          // the widened path and no pairing (a third of a 32-channel layer's weight-grad packing).
+          // Needs every pair inside one image: even PQ, p0 and kc.
+          int64_t n = n0 + p0 / PQ, pq = p0 % PQ;
+          for (int64_t p = 0; p < kc;) {
+            const int64_t len = std::min(kc - p, PQ - pq);
+            const T* xn = x + n * s.C * HW + pq;
+            for (int64_t t = 0; t < len; t += 32) {
+              const int count = static_cast<int>(std::min<int64_t>(32, len - t));
+              const auto m = static_cast<__mmask32>(count == 32 ? ~0u : (1u << count) - 1);
+              const __m512i taps = _mm512_maskz_loadu_epi16(m, tap_ok.data() + pq + t);
+              for (int64_t jb = 0; jb < NR; jb += 16) {
+                __m512 r[16];
+                for (int64_t i = 0; i < 16; ++i)
+                  r[i] = jb + i < cols ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(
+                                             m & _mm512_test_epi16_mask(taps, _mm512_broadcast_i64x4(bit[jb + i])),
+                                             xn + off[jb + i] + t))
+                                       : _mm512_setzero_ps();
+                if (jb < cols) gemm::transpose16(r);
+                for (int q = 0; q < count / 2; ++q)
+                  _mm512_storeu_si512(dst + (p + t + 2 * q) * NR + 2 * jb, _mm512_castps_si512(r[q]));
+              }
+            }
+            p += len;
+            pq = 0;
+            ++n;
+          }
+          return;
+        }
+      }
       Rows out{dst};
       int64_t n = n0 + p0 / PQ, pq = p0 % PQ;
       for (int64_t p = 0; p < kc;) {

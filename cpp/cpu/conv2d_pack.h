@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "fastopt/conv2d.h"
@@ -22,6 +23,32 @@ namespace conv2d_pack {
 
 using gemm::MR;
 using gemm::NR;
+
+// o[u] = init + t[u] for u < len (added into o for an accumulated fp32 gradient), rounded once
+// for a bf16 o.
+template <class TO>
+inline void store_run(TO* __restrict o, const float* __restrict t, int64_t len, float init, bool accumulate) {
+#if defined(__AVX512F__)
+  // 16 at a time: the scalar loop vectorized only runs of 32 or more, and a 16 x 16 image's are 16.
+  const __m512 vinit = _mm512_set1_ps(init);
+  for (int64_t u = 0; u < len; u += 16) {
+    const __mmask16 m = gemm::first_lanes(len - u);
+    __m512 v = _mm512_add_ps(vinit, _mm512_maskz_loadu_ps(m, t + u));
+    if constexpr (std::is_same_v<TO, float>)
+      if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + u), v);
+    gemm::store16(m, o + u, v);
+  }
+#else
+  if constexpr (std::is_same_v<TO, float>) {
+    if (accumulate)
+      for (int64_t u = 0; u < len; ++u) store_grad(o + u, init + t[u], true);
+    else
+      for (int64_t u = 0; u < len; ++u) o[u] = init + t[u];
+  } else {
+    for (int64_t u = 0; u < len; ++u) o[u] = from_float<TO>(init + t[u]);
+  }
+#endif
+}
 
 // Output addressing shared by the three passes: row i of group g, column j = (n, inner) with
 // `inner_len` inner positions per image: out + n*n_stride + (row0 + i)*row_stride + inner.
@@ -43,15 +70,7 @@ struct OutMap {
       int64_t n = n0, in = in0;
       for (int64_t j = 0; j < cols;) {
         const int64_t len = std::min(cols - j, inner_len - in);
-        TO* o = out + n * n_stride + row * row_stride + in;
-        if constexpr (std::is_same_v<TO, float>) {
-          if (accumulate)
-            for (int64_t u = 0; u < len; ++u) store_grad(o + u, init + t[j + u], true);
-          else
-            for (int64_t u = 0; u < len; ++u) o[u] = init + t[j + u];
-        } else {
-          for (int64_t u = 0; u < len; ++u) o[u] = from_float<TO>(init + t[j + u]);
-        }
+        store_run(out + n * n_stride + row * row_stride + in, t + j, len, init, accumulate);
         j += len;
         in = 0;
         ++n;
@@ -164,6 +183,8 @@ inline __m512 load_lanes(uint32_t src, const T* p) {
 
 template <class T>
 struct ShiftGather {
+  static constexpr int32_t kOutside = -(1 << 29);
+
   const T* src;
   int64_t chan, img, A, B, SH, SW, sa, sb, R, S;  // sa, sb: row and column strides, sb 1 or 2
   const int64_t* roff;  // R entries
@@ -189,13 +210,17 @@ struct ShiftGather {
     int nl[NV] = {};
     Run runs[NR];
     const int nruns = make_runs(j0, cols, A, B, runs);
-    int64_t lane_a[NR], lane_b[NR];
+    // Image row and column of each lane's first tap; lanes past `cols` hold a value that no
+    // offset brings inside the plane.
+    alignas(64) int32_t lane_a[NR], lane_b[NR];
+    std::fill(lane_a, lane_a + NR, kOutside);
+    std::fill(lane_b, lane_b + NR, kOutside);
     for (int u = 0; u < nruns; ++u) {
       const Run& ru = runs[u];
       const int64_t base = ru.n * img + ru.a * sa * SW + (ru.b0 - ru.jj) * CS;
       for (int64_t l = ru.jj; l < ru.jj + ru.len; ++l) {
-        lane_a[l] = ru.a * sa;
-        lane_b[l] = (ru.b0 + l - ru.jj) * CS;
+        lane_a[l] = static_cast<int32_t>(ru.a * sa);
+        lane_b[l] = static_cast<int32_t>((ru.b0 + l - ru.jj) * CS);
         const int v = static_cast<int>(l / 16);
         const auto bit = static_cast<__mmask16>(1u << (l % 16));
         if (nl[v] > 0 && loads[v][nl[v] - 1].base == base + 16 * v * CS) loads[v][nl[v] - 1].mask |= bit;
@@ -204,17 +229,20 @@ struct ShiftGather {
     }
     // Lane validity per kernel row r and column s (bit l: tap inside the source plane), built in
     // a register: or-ing into the array went through memory, a tenth of the stem's packing.
+    // Compared 16 lanes at a time: the per-lane loops were a third of a 32-channel layer's packing.
+    const auto inside = [](const int32_t* lane, int64_t off, int64_t size) {
+      uint64_t bits = 0;
+      for (int v = 0; v < NV; ++v) {
+        const __m512i at = _mm512_add_epi32(_mm512_load_si512(lane + 16 * v), _mm512_set1_epi32(static_cast<int>(off)));
+        const __mmask16 ok = _mm512_cmpge_epi32_mask(at, _mm512_setzero_si512()) &
+                             _mm512_cmplt_epi32_mask(at, _mm512_set1_epi32(static_cast<int>(size)));
+        bits |= uint64_t{ok} << (16 * v);
+      }
+      return bits;
+    };
     uint64_t rok[16], sok[16];
-    for (int64_t r = 0; r < R; ++r) {
-      uint64_t bits = 0;
-      for (int64_t l = 0; l < cols; ++l) bits |= uint64_t{lane_a[l] + roff[r] >= 0 && lane_a[l] + roff[r] < SH} << l;
-      rok[r] = bits;
-    }
-    for (int64_t s = 0; s < S; ++s) {
-      uint64_t bits = 0;
-      for (int64_t l = 0; l < cols; ++l) bits |= uint64_t{lane_b[l] + soff[s] >= 0 && lane_b[l] + soff[s] < SW} << l;
-      sok[s] = bits;
-    }
+    for (int64_t r = 0; r < R; ++r) rok[r] = inside(lane_a, roff[r], SH);
+    for (int64_t s = 0; s < S; ++s) sok[s] = inside(lane_b, soff[s], SW);
     // What a channel's rows read: per image run, one span from the lowest to the highest tap.
     // Prefetched PF channels ahead: the spans of successive channels lie a plane apart, a
     // pattern the hardware prefetcher does not follow (1-2% on the 16x16 layers).
@@ -258,19 +286,31 @@ struct ShiftGather {
         for (int i = 0; i < 2; ++i) base[v][i] = i < nl[v] ? loads[v][i].base : 0;
       // Strips with one load per vector (all but those that cross a row) keep the loop free of
       // the second load's test.
+      // Two panel rows per step (put2): a bf16 pair is stored whole, with nothing held over.
       const auto rows = [&](auto two_loads) {
-        for (int64_t p = 0; p < kc; ++p) {
+        const auto next = [&] {
           if (rs == 0) prefetch(c + PF);
-          const T* from = src + c * chan + d[rs];
-          for (int v = 0; v < NV; ++v) {
-            __m512 val = load_lanes<CS, Rows>(m[rs][v][0], from + base[v][0]);  // zero outside its lanes
-            if constexpr (decltype(two_loads)::value)
-              if (nl[v] == 2) val = _mm512_or_ps(val, load_lanes<CS, Rows>(m[rs][v][1], from + base[v][1]));
-            out.put(p, v, val);
-          }
+          const int64_t t = rs;
+          const T* from = src + c * chan + d[t];
           if (++rs == RS) {
             rs = 0;
             ++c;
+          }
+          return std::pair{t, from};
+        };
+        const auto row = [&](int64_t t, const T* from, int v) {
+          __m512 val = load_lanes<CS, Rows>(m[t][v][0], from + base[v][0]);  // zero outside its lanes
+          if constexpr (decltype(two_loads)::value)
+            if (nl[v] == 2) val = _mm512_or_ps(val, load_lanes<CS, Rows>(m[t][v][1], from + base[v][1]));
+          return val;
+        };
+        for (int64_t p = 0; p < kc; p += 2) {
+          const auto [t0, from0] = next();
+          if (p + 1 < kc) {
+            const auto [t1, from1] = next();
+            for (int v = 0; v < NV; ++v) out.put2(p, v, row(t0, from0, v), row(t1, from1, v));
+          } else {
+            for (int v = 0; v < NV; ++v) out.put(p, v, row(t0, from0, v));  // finish() pairs it
           }
         }
       };

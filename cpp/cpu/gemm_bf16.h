@@ -61,6 +61,20 @@ inline __m512 load16_evens(uint32_t m, const bf16* p) {
   // Element 2i is the low half of 32-bit lane i: shift it into the high half.
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_maskz_loadu_epi16(m, p), 16));
 }
+// Stores lanes m of v at p: fp32 as it is, bf16 rounded as from_float<bf16> rounds (nearest even
+// in integer arithmetic, NaN kept quiet, subnormals kept), 16 at a time. The scalar loop it
+// replaces in the GEMM stores went vector only for runs of 32 or more: a 16 x 16 image's runs
+// are 16.
+inline void store16(__mmask16 m, float* p, __m512 v) { _mm512_mask_storeu_ps(p, m, v); }
+inline void store16(__mmask16 m, bf16* p, __m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb)), 16);
+  const __m512i quiet_nan = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)),
+                                                _mm512_set1_epi32(0x7F800000));
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet_nan)));
+}
 #endif
 
 // An A strip from MR rows of a row-major matrix of type T: dst[p*MR + i] = src[i*ld + p] for
@@ -103,6 +117,11 @@ struct RowsF32 {
     return load16_evens(m, p);
   }
   void put(int64_t p, int v, __m512 val) { _mm512_storeu_ps(dst + p * NR + 16 * v, val); }
+  // Rows p and p + 1 at once.
+  void put2(int64_t p, int v, __m512 even, __m512 odd) {
+    put(p, v, even);
+    put(p + 1, v, odd);
+  }
   void finish(int64_t) {}
 };
 
@@ -118,6 +137,11 @@ struct RowPairs {
     const __m512i u = _mm512_castps_si512(val);
     if (p % 2 == 0) held[v] = u;
     else _mm512_storeu_si512(dst + (p - 1) * NR + 32 * v, _mm512_or_si512(_mm512_slli_epi32(u, 16), held[v]));
+  }
+  // Rows p (even) and p + 1 at once: nothing held.
+  void put2(int64_t p, int v, __m512 even, __m512 odd) {
+    _mm512_storeu_si512(dst + p * NR + 32 * v,
+                        _mm512_or_si512(_mm512_slli_epi32(_mm512_castps_si512(odd), 16), _mm512_castps_si512(even)));
   }
   void finish(int64_t kc) {
     if (kc % 2)
