@@ -78,6 +78,7 @@ def test_all_combinations(backend, rng, stride, padding, dilation, groups, ksize
         (2, 8, 7, 7, 8, 3, 3, 1, 1, 1, 8),  # depthwise
         (1, 2, 8, 8, 2, 3, 3, 3, 0, 1, 1),  # stride that skips input pixels
         (2, 10, 12, 11, 200, 3, 3, 2, 1, 1, 1),  # data-grad, 10 channels: weights in 4 chunks
+        (13, 12, 7, 7, 20, 3, 3, 2, 1, 1, 2),  # col2im data-grad on 4x4 outputs: runs of 12 images and 1
         (1, 6, 2, 3, 20, 3, 3, 3, 2, 2, 2),  # stride past the image: phases with no pixel
         (1, 2, 100, 301, 2, 3, 3, 1, 1, 1, 2),  # depthwise, rows in several shared-memory bands
         (1, 3, 90, 257, 6, 5, 5, 2, 2, 2, 3),  # the same strided and dilated, 2 planes per channel

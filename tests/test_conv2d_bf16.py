@@ -27,6 +27,7 @@ SHAPES = [
     (8, 20, 16, 16, 24, 3, 3, 1, 1, 1, 1),  # weight-grad over image chunks
     (2, 24, 16, 20, 40, 3, 3, 1, 1, 1, 1),  # even images: weight-grad's pixel-pair transposes, 2 KC blocks
     (1, 8, 15, 22, 8, 3, 3, 1, 1, 1, 1),  # even image, odd KC blocks (165): the widened transposes
+    (13, 20, 7, 7, 24, 3, 3, 2, 1, 1, 1),  # col2im data-grad on 4x4 outputs: runs of 12 images and 1
     (4, 24, 6, 6, 20, 1, 1, 1, 0, 1, 1),  # 1x1
     (2, 20, 17, 19, 36, 1, 1, 2, 0, 1, 1),  # 1x1, stride 2
     (1, 8, 9, 8, 8, 5, 5, 1, 2, 1, 1),  # 25 taps: the weight-grad's generic packers
