@@ -32,7 +32,9 @@ SHAPES = [
     (2, 20, 17, 19, 36, 1, 1, 2, 0, 1, 1),  # 1x1, stride 2
     (1, 8, 9, 8, 8, 5, 5, 1, 2, 1, 1),  # 25 taps: the weight-grad's generic packers
     (1, 2, 21, 20, 3, 17, 17, 1, 8, 1, 1),  # 17x17: the forward's generic im2col
-    (2, 12, 5, 5, 12, 3, 3, 1, 1, 1, 12),  # depthwise: the widened fp32 kernels
+    (2, 12, 5, 5, 12, 3, 3, 1, 1, 1, 12),  # depthwise: the fp32 kernels on planes widened in cache
+    (2, 6, 9, 11, 12, 5, 5, 1, 2, 1, 6),  # depthwise 5x5, two filters per channel
+    (2, 4, 9, 8, 4, 3, 3, 2, 1, 1, 4),  # depthwise, stride 2: the whole tensors widened
     (1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1),  # one element
 ]
 

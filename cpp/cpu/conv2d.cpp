@@ -474,6 +474,9 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
 
 void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y) {
   if (s.C != s.groups) return forward(s, x, w, b, y);
+#if defined(__AVX512F__)
+  if (channelwise_planes(s)) return channelwise_forward(s, x, w, b, y);
+#endif
   const std::vector<float> xf = widen(x, s.N * s.C * s.H * s.W), wf = widen(w, s.K * s.R * s.S);
   const std::vector<float> bf = b ? widen(b, s.K) : std::vector<float>();
   std::vector<float> yf(static_cast<size_t>(s.N * s.K * s.P * s.Q));
@@ -483,6 +486,9 @@ void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf
 
 void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx) {
   if (s.C != s.groups) return backward_data(s, dy, w, dx);
+#if defined(__AVX512F__)
+  if (channelwise_planes(s)) return channelwise_backward_data(s, dy, w, dx);
+#endif
   const std::vector<float> dyf = widen(dy, s.N * s.K * s.P * s.Q), wf = widen(w, s.K * s.R * s.S);
   std::vector<float> dxf(static_cast<size_t>(s.N * s.C * s.H * s.W));
   channelwise_backward_data(s, dyf.data(), wf.data(), dxf.data());
@@ -491,6 +497,9 @@ void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, b
 
 void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate) {
   if (s.C != s.groups) return weight_grad(s, dy, x, dw, accumulate);
+#if defined(__AVX512F__)
+  if (channelwise_planes(s)) return channelwise_backward_weight(s, dy, x, dw, accumulate);
+#endif
   const std::vector<float> dyf = widen(dy, s.N * s.K * s.P * s.Q), xf = widen(x, s.N * s.C * s.H * s.W);
   channelwise_backward_weight(s, dyf.data(), xf.data(), dw, accumulate);
 }
