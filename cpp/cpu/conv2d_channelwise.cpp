@@ -30,7 +30,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "gemm.h"
+#include "gemm_bf16.h"
 
 namespace fastopt::cpu::FASTOPT_ISA {
 namespace {
@@ -146,28 +146,28 @@ using gemm::lanes_between;
 // block and feeds the RB output rows that use it: (RB + K - 1) K loads per RB K^2 FMAs, where a
 // row at a time took one load per FMA. Loads are masked to the plane (masks[s][v]), so there is
 // no zero-padded copy to build: building one cost a quarter of the forward.
-template <int K, int RB, int NV>
-inline __attribute__((always_inline)) void correlate_block(float* out, int64_t Q, int64_t p, int64_t q0,
-                                                           const float* in, int64_t H, int64_t W, int64_t ph,
-                                                           int64_t pw, const __mmask16 (*masks)[4], const float* taps,
-                                                           float init, bool accumulate) {
+template <int K, int RB, int NV, class TO, class TI>
+inline __attribute__((always_inline)) void correlate_block(TO* out, int64_t Q, int64_t p, int64_t q0, const TI* in,
+                                                           int64_t H, int64_t W, int64_t ph, int64_t pw,
+                                                           const __mmask16 (*masks)[4], const float* taps, float init,
+                                                           bool accumulate) {
   __m512 acc[RB][NV];
 #pragma GCC unroll 8
   for (int rb = 0; rb < RB; ++rb)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
-      acc[rb][v] = accumulate ? _mm512_maskz_loadu_ps(first_lanes(Q - q0 - 16 * v), out + (p + rb) * Q + q0 + 16 * v)
+      acc[rb][v] = accumulate ? gemm::load16(first_lanes(Q - q0 - 16 * v), out + (p + rb) * Q + q0 + 16 * v)
                               : _mm512_set1_ps(init);
 #pragma GCC unroll 16
   for (int i = 0; i < RB + K - 1; ++i) {
     const int64_t h = p - ph + i;
     if (h < 0 || h >= H) continue;
-    const float* src = in + h * W + q0 - pw;
+    const TI* src = in + h * W + q0 - pw;
 #pragma GCC unroll 8
     for (int s = 0; s < K; ++s) {
       __m512 xv[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) xv[v] = _mm512_maskz_loadu_ps(masks[s][v], src + s + 16 * v);
+      for (int v = 0; v < NV; ++v) xv[v] = gemm::load16(masks[s][v], src + s + 16 * v);
 #pragma GCC unroll 8
       for (int rb = 0; rb < RB; ++rb) {
         const int r = i - rb;
@@ -182,13 +182,13 @@ inline __attribute__((always_inline)) void correlate_block(float* out, int64_t Q
   for (int rb = 0; rb < RB; ++rb)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
-      _mm512_mask_storeu_ps(out + (p + rb) * Q + q0 + 16 * v, first_lanes(Q - q0 - 16 * v), acc[rb][v]);
+      gemm::store16(first_lanes(Q - q0 - 16 * v), out + (p + rb) * Q + q0 + 16 * v, acc[rb][v]);
 }
 
 // One 16 NV-lane column chunk of every output row: blocks of 4 rows (16 of the 32 vector
 // registers accumulate at NV = 4), then the rows left one at a time.
-template <int K, int NV>
-void correlate_chunk(float* out, int64_t P, int64_t Q, int64_t q0, const float* in, int64_t H, int64_t W, int64_t ph,
+template <int K, int NV, class TO, class TI>
+void correlate_chunk(TO* out, int64_t P, int64_t Q, int64_t q0, const TI* in, int64_t H, int64_t W, int64_t ph,
                      int64_t pw, const float* taps, float init, bool accumulate) {
   constexpr int64_t kRows = 4;
   __mmask16 masks[K][4];
@@ -201,8 +201,8 @@ void correlate_chunk(float* out, int64_t P, int64_t Q, int64_t q0, const float* 
 }
 
 // A P x Q output plane in 64-column chunks.
-template <int K>
-void correlate_plane(float* out, int64_t P, int64_t Q, const float* in, int64_t H, int64_t W, int64_t ph, int64_t pw,
+template <int K, class TO, class TI>
+void correlate_plane(TO* out, int64_t P, int64_t Q, const TI* in, int64_t H, int64_t W, int64_t ph, int64_t pw,
                      const float* taps, float init, bool accumulate) {
   for (int64_t q0 = 0; q0 < Q; q0 += 64) {
     switch (std::min<int64_t>(4, (Q - q0 + 15) / 16)) {
@@ -214,74 +214,46 @@ void correlate_plane(float* out, int64_t P, int64_t Q, const float* in, int64_t 
   }
 }
 
-// A plane of T as fp32: the plane itself, or (bf16) its exact widening into buf, an L1/L2-sized
-// per-thread buffer: widening whole tensors first cost bf16 four times fp32's time (a 25 MB
-// fresh copy of x per call, its page faults, and a second pass over y).
-template <class T>
-const float* as_float(const T* p, int64_t n, std::vector<float>& buf) {
-  if constexpr (std::is_same_v<T, float>) {
-    return p;
-  } else {
-    buf.resize(static_cast<size_t>(n));
-    to_float_n(p, buf.data(), n);
-    return buf.data();
-  }
-}
-
-// Where a plane of T is summed: in place for fp32, else in buf, to be rounded once (finish).
-template <class T>
-float* sum_plane(T* p, int64_t n, std::vector<float>& buf) {
-  if constexpr (std::is_same_v<T, float>) {
-    return p;
-  } else {
-    buf.resize(static_cast<size_t>(n));
-    return buf.data();
-  }
-}
-template <class T>
-void finish_plane(const std::vector<float>& buf, T* p, int64_t n) {
-  if constexpr (!std::is_same_v<T, float>) from_float_n(buf.data(), p, n);
-}
-
+// The passes below read bf16 planes as they lie (widened in registers) and round each output
+// once at its store: with whole tensors widened to fp32 first, bf16 took four times fp32's time
+// (a 25 MB fresh copy of x per call, its page faults, and a second pass over y). The sums are
+// the fp32 kernel's, in the same order.
 template <int K, class T>
 void fast_forward(const Conv2dShape& s, const T* x, const T* w, const T* b, T* y) {
   const int64_t Kg = s.K / s.groups, HW = s.H * s.W, PQ = s.P * s.Q;
-#pragma omp parallel
-  {
-    std::vector<float> in, out;
-#pragma omp for schedule(static)
-    for (int64_t nk = 0; nk < s.N * s.K; ++nk) {
-      const int64_t n = nk / s.K, k = nk % s.K;
-      float taps[K * K];
-      for (int i = 0; i < K * K; ++i) taps[i] = to_float(w[k * K * K + i]);
-      float* o = sum_plane(y + nk * PQ, PQ, out);
-      correlate_plane<K>(o, s.P, s.Q, as_float(x + (n * s.C + k / Kg) * HW, HW, in), s.H, s.W, s.pad_h, s.pad_w, taps,
-                         b ? to_float(b[k]) : 0.0f, false);
-      finish_plane(out, y + nk * PQ, PQ);
-    }
+#pragma omp parallel for schedule(static)
+  for (int64_t nk = 0; nk < s.N * s.K; ++nk) {
+    const int64_t n = nk / s.K, k = nk % s.K;
+    float taps[K * K];
+    for (int i = 0; i < K * K; ++i) taps[i] = to_float(w[k * K * K + i]);
+    correlate_plane<K>(y + nk * PQ, s.P, s.Q, x + (n * s.C + k / Kg) * HW, s.H, s.W, s.pad_h, s.pad_w, taps,
+                       b ? to_float(b[k]) : 0.0f, false);
   }
 }
 
 // dx = dy correlated with each filter rotated by 180 degrees, padding K - 1 - ph and K - 1 - pw,
-// summed over the plane's Kg filters in order.
+// summed over the plane's Kg filters in order: in place for fp32 and for one filter per channel,
+// else in an fp32 plane rounded once.
 template <int K, class T>
 void fast_backward_data(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
   const int64_t Kg = s.K / s.groups, HW = s.H * s.W, PQ = s.P * s.Q;
+  const bool in_place = std::is_same_v<T, float> || Kg == 1;
 #pragma omp parallel
   {
-    std::vector<float> in, out;
+    std::vector<float> sum(in_place ? 0 : static_cast<size_t>(HW));
 #pragma omp for schedule(static)
     for (int64_t nc = 0; nc < s.N * s.C; ++nc) {
       const int64_t n = nc / s.C, c = nc % s.C;
       float rotated[K * K];
-      float* o = sum_plane(dx + nc * HW, HW, out);
       for (int64_t kl = 0; kl < Kg; ++kl) {
         const int64_t k = c * Kg + kl;
         for (int i = 0; i < K * K; ++i) rotated[i] = to_float(w[k * K * K + K * K - 1 - i]);
-        correlate_plane<K>(o, s.H, s.W, as_float(dy + (n * s.K + k) * PQ, PQ, in), s.P, s.Q, K - 1 - s.pad_h,
-                           K - 1 - s.pad_w, rotated, 0.0f, kl > 0);
+        const T* plane = dy + (n * s.K + k) * PQ;
+        const int64_t ph = K - 1 - s.pad_h, pw = K - 1 - s.pad_w;
+        if (in_place) correlate_plane<K>(dx + nc * HW, s.H, s.W, plane, s.P, s.Q, ph, pw, rotated, 0.0f, kl > 0);
+        else correlate_plane<K>(sum.data(), s.H, s.W, plane, s.P, s.Q, ph, pw, rotated, 0.0f, kl > 0);
       }
-      finish_plane(out, dx + nc * HW, HW);
+      if (!in_place) from_float_n(sum.data(), dx + nc * HW, HW);
     }
   }
 }
@@ -291,9 +263,9 @@ void fast_backward_data(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
 // the group, so K + G loads feed G K FMAs (a filter row at a time took K + 1 loads per K). Both
 // operands are masked (x to the plane and, like dy, to the Q columns), so every lane past an edge
 // adds an exact zero, even next to an Inf.
-template <int K, int G>
-void weight_grad_rows(const float* dy, int64_t P, int64_t Q, const float* x, int64_t H, int64_t W, int64_t ph,
-                      int64_t pw, int64_t r0, double* sum) {
+template <int K, int G, class T>
+void weight_grad_rows(const T* dy, int64_t P, int64_t Q, const T* x, int64_t H, int64_t W, int64_t ph, int64_t pw,
+                      int64_t r0, double* sum) {
   __m512 acc[G][K];
 #pragma GCC unroll 8
   for (int g = 0; g < G; ++g)
@@ -308,12 +280,12 @@ void weight_grad_rows(const float* dy, int64_t P, int64_t Q, const float* x, int
     for (int64_t h = h_lo; h < h_hi; ++h) {
       __m512 xv[K];
 #pragma GCC unroll 8
-      for (int t = 0; t < K; ++t) xv[t] = _mm512_maskz_loadu_ps(mx[t], x + h * W + q0 - pw + t);
+      for (int t = 0; t < K; ++t) xv[t] = gemm::load16(mx[t], x + h * W + q0 - pw + t);
 #pragma GCC unroll 8
       for (int g = 0; g < G; ++g) {
         const int64_t p = h + ph - r0 - g;
         if (r0 + g >= K || p < 0 || p >= P) continue;
-        const __m512 d = _mm512_maskz_loadu_ps(m, dy + p * Q + q0);
+        const __m512 d = gemm::load16(m, dy + p * Q + q0);
 #pragma GCC unroll 8
         for (int t = 0; t < K; ++t) acc[g][t] = _mm512_fmadd_ps(d, xv[t], acc[g][t]);
       }
@@ -342,19 +314,14 @@ void fast_backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* 
   std::vector<double> part(static_cast<size_t>(batch * per_image)), sum(static_cast<size_t>(per_image), 0.0);
   for (int64_t n0 = 0; n0 < s.N; n0 += batch) {
     const int64_t nb = std::min(batch, s.N - n0);
-#pragma omp parallel
-    {
-      std::vector<float> dyb, xb;
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < nb * s.K; ++i) {
-        const int64_t n = n0 + i / s.K, k = i % s.K;
-        double* ps = part.data() + i * K * K;
-        std::fill(ps, ps + K * K, 0.0);
-        const float* dyp = as_float(dy + (n * s.K + k) * PQ, PQ, dyb);
-        const float* xp = as_float(x + (n * s.C + k / Kg) * HW, HW, xb);
-        for (int64_t r0 = 0; r0 < K; r0 += G)
-          weight_grad_rows<K, G>(dyp, s.P, s.Q, xp, s.H, s.W, s.pad_h, s.pad_w, r0, ps);
-      }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nb * s.K; ++i) {
+      const int64_t n = n0 + i / s.K, k = i % s.K;
+      double* ps = part.data() + i * K * K;
+      std::fill(ps, ps + K * K, 0.0);
+      for (int64_t r0 = 0; r0 < K; r0 += G)
+        weight_grad_rows<K, G>(dy + (n * s.K + k) * PQ, s.P, s.Q, x + (n * s.C + k / Kg) * HW, s.H, s.W, s.pad_h,
+                               s.pad_w, r0, ps);
     }
 #pragma omp parallel for schedule(static)
     for (int64_t j = 0; j < per_image; ++j)
