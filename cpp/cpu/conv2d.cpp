@@ -22,7 +22,8 @@
 // (what an optimizer with fp32 master weights consumes; torch AMP likewise keeps a bf16 layer's
 // fp32 master gradient). No bf16 Winograd: its transforms would round bf16 inputs that the GEMM
 // multiplies exactly, and the bf16 GEMM is what gains from VDPBF16PS. Channel-wise layers are
-// memory-bound: their bf16 passes widen to fp32 copies and run the fp32 kernels.
+// memory-bound: the AVX-512 per-plane kernels read bf16 planes directly (conv2d_channelwise.cpp);
+// other channel-wise shapes and copies widen to fp32 copies and run the fp32 kernels.
 //
 // Work: 2 N K (C/G) R S P Q flops per pass; the floor in bytes is x + w + y (or dy) once each
 // (2 bytes per element in bf16), far below the flops at these layer sizes, so the GEMM passes
@@ -438,8 +439,9 @@ void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw, bool 
   }
 }
 
-// bf16 channel-wise layers (memory-bound, nothing for VDPBF16PS to do) run the fp32 kernels on
-// widened copies: an extra pass over each tensor, exact, and the outputs rounded once.
+// bf16 channel-wise layers that the per-plane kernels do not take (strides, dilation, other
+// filters; the copies without AVX-512) run the fp32 kernels on widened copies: an extra pass over
+// each tensor, exact, and the outputs rounded once.
 std::vector<float> widen(const bf16* p, int64_t n) {
   std::vector<float> out(static_cast<size_t>(n));
 #pragma omp parallel for schedule(static)

@@ -20,6 +20,10 @@
 // dw3x3 64@56, N = 32, against about 0.95 ms to copy x: forward 1.73 -> 1.20 ms, data-grad
 // 1.83 -> 0.96, weight-grad 2.57 -> 1.75, from a row at a time through a zero-padded copy of the
 // plane. Other shapes and ISA copies take row AXPYs and dots.
+// bf16 (the AVX-512 kernels): planes are read as bf16 and widened in registers, outputs rounded
+// once at their store (dx of a channel multiplier > 1 sums in an fp32 plane first), so the bytes
+// halve and the sums are the fp32 kernel's: dw3x3 64@56 bf16 forward 1.5 ms, data-grad 1.4,
+// weight-grad 1.1 (bench/results/cpu-conv2d-bf16-2026-12-07d).
 // Launch: OpenMP over output planes (forward, data-grad) or (image, filter) plane pairs
 // (weight-grad); every output is a sum in a fixed order, so the bits do not depend on the thread
 // count.
