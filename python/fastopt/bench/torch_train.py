@@ -16,7 +16,10 @@ initial weights:
   layers take NCHW, so the input stays contiguous), fastopt's optimizer on the fp32 parameters
 
 Contenders alternate round by round (A B C A B C ...), so a noisy neighbour hits all alike;
-ms/step are medians of per-step samples. Progress on stderr, a Markdown table on stdout; --out DIR
+ms/step are medians of per-step samples. `--malloc steady` fixes glibc's mmap and trim thresholds
+first: under its adaptive ones, whether a step's freed activations go back to the kernel (and are
+faulted in again next step) depends on the sizes other contenders freed before, which moved torch
+bf16+CL's small-CNN step between 69 and 111 ms on one machine in one hour. Progress on stderr, a Markdown table on stdout; --out DIR
 writes results.json, results.md and chart.png. `training_step_rows()` and `markdown()` are what
 `fastopt bench torch` reports; run alone: `python -m fastopt.bench.torch_train`.
 """
@@ -109,6 +112,14 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="2 rounds of 2 steps, batch 32 unless --batch is given")
     p.add_argument("--out", metavar="DIR")
+    p.add_argument(
+        "--malloc",
+        choices=["default", "steady"],
+        default="default",
+        help="steady: fix glibc's mmap and trim thresholds (32 MiB, 1 GiB) so freed activations stay "
+        "mapped, as a caching allocator (jemalloc, tcmalloc) keeps them; with the default, a "
+        "contender's step may pay page faults that depend on which contenders ran before it",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.rounds, a.steps = 2, 2
@@ -267,7 +278,8 @@ def markdown(doc):
     lines = [
         f"# Training step of torch models, 3x32x32, AdamW + clipping ({doc['date']})",
         "",
-        f"CPU: {doc['host']['cpu_model']}; torch {doc['torch']}; commit {doc['git']['commit']}",
+        f"CPU: {doc['host']['cpu_model']}; torch {doc['torch']}; commit {doc['git']['commit']}; "
+        f"malloc {doc['devices'].get('malloc', 'default')}",
         "",
         "ms per training step (median); in brackets the fastopt row's speedup over that contender.",
         "",
@@ -316,9 +328,23 @@ def chart(doc, path):
     plt.close(fig)
 
 
+def steady_malloc():
+    """glibc's mallopt: M_MMAP_THRESHOLD (-3) at its 64-bit maximum, 32 MiB, which also stops its
+    dynamic adjustment, and M_TRIM_THRESHOLD (-1) at 1 GiB. Returns what was set, or why not."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return "default (no glibc mallopt here)"
+    if mallopt(-3, 32 << 20) != 1 or mallopt(-1, 1 << 30) != 1:
+        return "default (mallopt refused)"
+    return "steady: glibc mmap threshold 32 MiB, trim threshold 1 GiB"
+
+
 def main(argv=None):
     args = parse_args(argv)
-    info = {"cpu": cpu_model()}
+    info = {"cpu": cpu_model(), "malloc": steady_malloc() if args.malloc == "steady" else "default (glibc's own)"}
     doc = header({k: v for k, v in vars(args).items()}, info)
     doc["rows"] = training_step_rows(args)
     doc["targets"] = targets(doc["rows"])
