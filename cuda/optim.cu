@@ -226,7 +226,7 @@ void step_bf16(const StepRequest& req, int32_t g, const float* coef, const int32
         ptrs[0] = static_cast<float*>(t.param);
         ptrs[1] = static_cast<float*>(const_cast<void*>(t.grad));
         ptrs[2] = t.master;
-        for (int a = 0; a < num_states(K); ++a) ptrs[3 + a] = t.state[a];
+        for (int a = 0; a < num_states(K); ++a) ptrs[3 + a] = static_cast<float*>(t.state[a]);
         return t.numel;
       },
       [&](const TensorList<N>& list, int grid) {
@@ -297,7 +297,7 @@ void optim_step(const StepRequest& req, float* norm_out, int32_t* skipped_out, v
             if (t.group != g || t.type != Storage::f32) return 0;
             ptrs[0] = static_cast<float*>(t.param);
             ptrs[1] = static_cast<float*>(const_cast<void*>(t.grad));
-            for (int a = 0; a < num_states(K); ++a) ptrs[2 + a] = t.state[a];
+            for (int a = 0; a < num_states(K); ++a) ptrs[2 + a] = static_cast<float*>(t.state[a]);
             return t.numel;
           },
           [&](const TensorList<N>& list, int grid) {

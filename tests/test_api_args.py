@@ -433,7 +433,9 @@ OPTIMIZER_ARGS = {
     ),
 }
 for _args in OPTIMIZER_ARGS.values():  # every optimizer's options for bf16/fp16 parameters
-    _args.update(master_weights=BOOL, stochastic_rounding=BOOL, seed=INT(-1, 2**64))
+    _args.update(
+        master_weights=BOOL, stochastic_rounding=BOOL, seed=INT(-1, 2**64), state_dtype=A("choice", bad=["float16"])
+    )
 OPTIMIZER_ARGS[optim.AdamW] = OPTIMIZER_ARGS[optim.Adam]
 
 

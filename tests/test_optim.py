@@ -453,14 +453,14 @@ CORRUPT = [
         ADAMW,
         _corrupt(S1 + ("exp_avg",), lambda v: v.astype(np.float64)),
         ValueError,
-        r"\['exp_avg'\]: expected float32, got float64",
+        r"\['exp_avg'\]: expected float32 or bfloat16, got float64",
     ),
     (
         "list-buffer",
         ADAMW,
         _corrupt(S1 + ("exp_avg",), lambda v: v.tolist()),
         ValueError,
-        r"\['exp_avg'\]: expected a float32 NumPy array, got list",
+        r"\['exp_avg'\]: expected a float32 or bfloat16 NumPy array, got list",
     ),
     (
         "nan-buffer",
@@ -689,7 +689,7 @@ TORCH_DEFAULTS = {  # torch.optim's documented defaults
 @pytest.mark.parametrize("cls", list(TORCH_DEFAULTS), ids=lambda c: c.__name__)
 def test_torch_defaults(cls):
     # torch's, plus fastopt's options for bf16/fp16 parameters (tests/test_optim_bf16.py)
-    precision = dict(master_weights=False, stochastic_rounding=False, seed=0)
+    precision = dict(master_weights=False, stochastic_rounding=False, seed=0, state_dtype="float32")
     assert cls([np.zeros(3, np.float32)]).defaults == {**TORCH_DEFAULTS[cls], **precision}
     assert ref.RULES[cls.__name__.lower()].__kwdefaults__ == TORCH_DEFAULTS[cls]  # the oracle's too
 

@@ -144,6 +144,7 @@ py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence state
     r.master = nullptr;
     r.rounding = Rounding::nearest;
     r.state[0] = r.state[1] = r.state[2] = nullptr;
+    r.state_type = Storage::f32;
     ranges.push_back(range_of(p, 0, i));
     ranges.push_back(range_of(g, 1, i));
     const py::object m = masters.is_none() ? py::object(py::none())
@@ -169,10 +170,19 @@ py::tuple optim_step(py::sequence params, py::sequence grads, py::sequence state
       raise_value(sn.str() + ": this rule keeps " + std::to_string(ns) + " state buffers per parameter, got " +
                   std::to_string(py::len(bufs)));
     for (int k = 0; k < ns; ++k) {
-      const ArrayView s = view_f32(bufs[k], sn, true);
+      // float32, or bfloat16 on the CPU (state_dtype), the same for all of a parameter's buffers.
+      const ArrayView s = view_array(bufs[k], sn, true, nullptr);
+      if (s.dtype != DType::f32 && s.dtype != DType::bf16)
+        raise_type(sn.str() + ": optimizer state is float32 or bfloat16, got " + dtype_name(s.dtype));
+      if (s.dtype == DType::bf16 && s.device != kCPU)
+        raise_type(sn.str() + ": bfloat16 optimizer state on the GPU: not yet; fastopt's CUDA optimizers keep "
+                              "float32 state (state_dtype='float32')");
+      if (k > 0 && storage_of(s.dtype) != r.state_type)
+        raise_type(sn.str() + ": a parameter's state buffers share one dtype (all float32 or all bfloat16)");
       require_same_device(p, pn, s, sn);
       require_same_shape(p, pn, s, sn);
-      r.state[k] = static_cast<float*>(s.data);
+      r.state[k] = s.data;
+      r.state_type = storage_of(s.dtype);
       ranges.push_back(range_of(s, 2, i));
     }
   }

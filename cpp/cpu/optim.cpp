@@ -8,7 +8,8 @@
 // bf16/f16 params (update_stored): the param and grad move 2 B each instead of 4, so AdamW with
 // fp32 master weights moves 2 (grad) + 8 (master) + 16 (state) + 2 (param written) = 28 B, and
 // without a master 20 B; stochastic rounding adds a quarter Philox evaluation per element,
-// generated 64 words at a time in vector lanes (philox_blocks).
+// generated 64 words at a time in vector lanes (philox_blocks). bf16 state (state_dtype) halves
+// the state's bytes (AdamW on fp32 params: 28 -> 20 B) for one integer hash per element (state_word).
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -30,28 +31,41 @@ constexpr int64_t kSrWords = 4 * kSrBlocks;
 static_assert(kChunk % kSrWords == 0, "batches never straddle chunks");
 
 // Elements [b, b + n) of one tensor; `at` is the element index b within the tensor, which picks
-// stochastic rounding's words.
-template <OptKind K, Rounding R, class T>
+// stochastic rounding's words. S: the state's storage (float, or bf16 rounded stochastically
+// with bits of its own, state_word).
+template <OptKind K, Rounding R, class T, class S>
 void update_range(const StepScalars& s, float gmul, T* __restrict p, const T* __restrict g, float* __restrict m,
-                  float* __restrict s0, float* __restrict s1, float* __restrict s2, int64_t n, uint64_t seed,
-                  uint32_t tensor, int64_t t, int64_t at) {
+                  S* __restrict s0, S* __restrict s1, S* __restrict s2, int64_t n, uint64_t seed, uint32_t tensor,
+                  int64_t t, int64_t at) {
   constexpr int ns = num_states(K);
+  constexpr bool sr_state = std::is_same_v<S, bf16> && ns > 0;
   // A local copy of the scalars: through the reference, GCC reloads every field each iteration
   // (it cannot prove the stores to p and the state miss it), and the loop ran about 2x slower.
   const StepScalars sc = s;
+  // Chunks never straddle a multiple of 2^32 elements (kChunk divides it): one key per range.
+  const uint32_t key = sr_state ? state_key(seed, tensor, static_cast<uint32_t>(t), static_cast<uint32_t>(at >> 32))
+                                : 0u;
+  const auto low = static_cast<uint32_t>(at);
   auto run = [&](auto penalty, int64_t i0, int64_t count, const uint32_t* __restrict words) {
 #pragma omp simd
     for (int64_t i = i0; i < i0 + count; ++i) {
       float a = 0.0f, b = 0.0f, c = 0.0f, w = 0.0f;
-      if constexpr (ns > 0) a = s0[i];
-      if constexpr (ns > 1) b = s1[i];
-      if constexpr (ns > 2) c = s2[i];
+      if constexpr (ns > 0) a = to_float(s0[i]);
+      if constexpr (ns > 1) b = to_float(s1[i]);
+      if constexpr (ns > 2) c = to_float(s2[i]);
       if constexpr (R == Rounding::master) w = m[i];
       update_stored<K, R, decltype(penalty)::value>(sc, to_float(g[i]) * gmul, p[i], w, a, b, c,
                                                     words ? words[i - i0] : 0u);
-      if constexpr (ns > 0) s0[i] = a;
-      if constexpr (ns > 1) s1[i] = b;
-      if constexpr (ns > 2) s2[i] = c;
+      if constexpr (sr_state) {
+        const uint32_t word = state_word(key, low + static_cast<uint32_t>(i));
+        s0[i] = store_state<S>(a, word);
+        if constexpr (ns > 1) s1[i] = store_state<S>(b, state_bits(word, 1));
+        if constexpr (ns > 2) s2[i] = store_state<S>(c, state_bits(word, 2));
+      } else {  // fp32 state: the loop body as it was (GCC stopped inlining the rule when it grew)
+        if constexpr (ns > 0) s0[i] = a;
+        if constexpr (ns > 1) s1[i] = b;
+        if constexpr (ns > 2) s2[i] = c;
+      }
       if constexpr (R == Rounding::master) m[i] = w;
     }
   };
@@ -67,7 +81,7 @@ void update_range(const StepScalars& s, float gmul, T* __restrict p, const T* __
   }
 }
 
-// The instantiations a tensor needs: its rule, its storage type and how it stores.
+// The instantiations a tensor needs: its rule, its storage types and how it stores.
 template <OptKind K>
 void update_chunk(const TensorRef& tr, const StepScalars& s, float gmul, int64_t b, int64_t e, uint64_t seed,
                   uint32_t tensor, int64_t t) {
@@ -77,8 +91,14 @@ void update_chunk(const TensorRef& tr, const StepScalars& s, float gmul, int64_t
     T* p = static_cast<T*>(tr.param) + b;
     const T* g = static_cast<const T*>(tr.grad) + b;
     auto go = [&](auto rounding) {
-      update_range<K, decltype(rounding)::value>(s, gmul, p, g, at(tr.master), at(tr.state[0]), at(tr.state[1]),
-                                                 at(tr.state[2]), e - b, seed, tensor, t, b);
+      auto with_state = [&](auto state_tag) {
+        using S = decltype(state_tag);
+        auto st = [&](int j) { return tr.state[j] ? static_cast<S*>(tr.state[j]) + b : nullptr; };
+        update_range<K, decltype(rounding)::value>(s, gmul, p, g, at(tr.master), st(0), st(1), st(2), e - b, seed,
+                                                   tensor, t, b);
+      };
+      if (tr.state_type == Storage::bf16) with_state(bf16{});
+      else with_state(0.0f);
     };
     if constexpr (std::is_same_v<T, float>) {
       go(std::integral_constant<Rounding, Rounding::nearest>{});

@@ -17,12 +17,13 @@ namespace fastopt {
 struct TensorRef {
   void* param;
   const void* grad;
-  float* state[3];  // num_states(groups[group].kind) of them are used
+  void* state[3];  // num_states(groups[group].kind) of them are used, each of state_type
   float* master;    // the fp32 master copy of a bf16/f16 param (Rounding::master), else null
   int64_t numel;
   int32_t group;    // index into StepRequest::groups
   Storage type;
-  Rounding rounding;  // how the new value is stored (optim_rules.h); nearest for fp32
+  Rounding rounding;                // how the new value is stored (optim_rules.h); nearest for fp32
+  Storage state_type = Storage::f32;  // bf16: the CPU step rounds each state stochastically (optim_rules.h)
 };
 
 // A read-only buffer of `numel` elements of `type`, host memory.

@@ -22,7 +22,8 @@
 // the bf16/f16 param only written, rounded to nearest even, in the same pass), so the master's
 // trajectory is the fp32 optimizer's fed the upcast gradients, bit for bit. Without them w is
 // the upcast param, written back rounded to nearest even, or stochastically (bf16): the update's
-// rounding is unbiased there, so updates below half an ulp are not all lost. State stays fp32.
+// rounding is unbiased there, so updates below half an ulp are not all lost. State is fp32, or bf16
+// on the CPU (store_state).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -130,7 +131,7 @@ FASTOPT_HD StepScalars prepare_step(const Hyper& h, OptKind k, int64_t t) {
 }
 
 // torch.lerp's two-sided form (exact at both ends).
-FASTOPT_HD float lerp(float a, float b, float w) {
+FASTOPT_HD_INLINE float lerp(float a, float b, float w) {
   return fabsf(w) < 0.5f ? a + w * (b - a) : b - (b - a) * (1.0f - w);
 }
 
@@ -139,7 +140,7 @@ FASTOPT_HD float lerp(float a, float b, float w) {
 // kPenalty = false promises l2 = l1 = 0, so a vector loop carries no per-element test for them
 // (the tests cannot be dropped in general: 0 * p is NaN for an infinite p).
 template <OptKind K, bool kPenalty = true>
-FASTOPT_HD void update(const StepScalars& s, float g, float& p, float& s0, float& s1, float& s2) {
+FASTOPT_HD_INLINE void update(const StepScalars& s, float g, float& p, float& s0, float& s1, float& s2) {
   if constexpr (kPenalty) {
     if (s.l2 != 0.0f) g = g + s.l2 * p;
     if (s.l1 != 0.0f) g = g + s.l1 * (p > 0.0f ? 1.0f : p < 0.0f ? -1.0f : 0.0f);
@@ -198,7 +199,7 @@ enum class Rounding : uint8_t {
 // One element's step on a parameter stored as T (float, bf16, f16): the rule on the fp32 value
 // w, then the store R says. `random` is the element's random word (stochastic only).
 template <OptKind K, Rounding R, bool kPenalty, class T>
-FASTOPT_HD void update_stored(const StepScalars& s, float g, T& p, float& master, float& s0, float& s1, float& s2,
+FASTOPT_HD_INLINE void update_stored(const StepScalars& s, float g, T& p, float& master, float& s0, float& s1, float& s2,
                               uint32_t random) {
   float w = R == Rounding::master ? master : to_float(p);
   update<K, kPenalty>(s, g, w, s0, s1, s2);
@@ -209,6 +210,45 @@ FASTOPT_HD void update_stored(const StepScalars& s, float g, T& p, float& master
   } else {
     p = from_float<T>(w);
   }
+}
+
+// A state value as stored: fp32 as it is; bf16 (state_dtype="bfloat16") rounded stochastically
+// with 16 random bits, so that small increments (an Adam second moment moves by (1 - beta2) =
+// 0.1% of itself a step, under half a bf16 ulp) survive on average instead of rounding away
+// every time, as they would with round-to-nearest.
+template <class S>
+FASTOPT_HD_INLINE S store_state(float v, uint32_t random) {
+  if constexpr (StorageOf<S>::value == Storage::bf16) return bf16_stochastic(v, random);
+  else return v;
+}
+
+// The random bits of state rounding come from a 32-bit integer hash (lowbias32, C. Wellons: full
+// avalanche in 5 operations) rather than Philox: 16 uniform bits per rounding is all that
+// unbiasedness asks, and two Philox streams per element made AdamW's step 3x slower. An element's
+// word is hash32(key + i * 0x9E3779B9) with key = state_key(seed, tensor, step, i / 2^32); its
+// low 16 bits round state 0, its high 16 bits state 1, and hash32(word ^ 0xA511E9B3) state 2.
+FASTOPT_HD_INLINE uint32_t hash32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  x ^= x >> 16;
+  return x;
+}
+
+FASTOPT_HD uint32_t state_key(uint64_t seed, uint32_t tensor, uint32_t step, uint32_t high) {
+  uint32_t k = hash32(static_cast<uint32_t>(seed) ^ 0x5BD1E995u);
+  k = hash32(k ^ static_cast<uint32_t>(seed >> 32));
+  k = hash32(k ^ tensor);
+  k = hash32(k ^ step);
+  return hash32(k ^ high);
+}
+
+FASTOPT_HD_INLINE uint32_t state_word(uint32_t key, uint32_t index) { return hash32(key + index * 0x9E3779B9u); }
+
+// Rounding bits of state j (0, 1, 2) from the element's word.
+FASTOPT_HD_INLINE uint32_t state_bits(uint32_t word, int j) {
+  return j == 0 ? word : j == 1 ? word >> 16 : hash32(word ^ 0xA511E9B3u);
 }
 
 // Runs f(std::integral_constant<OptKind, k>) for the run-time kind k: the one switch both

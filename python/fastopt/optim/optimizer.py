@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from .. import _C
-from .._args import boolean, finite, integer, real, stream as stream_arg, uint64
-from .._arrays import LOW_PRECISION, copy_, device_of, dtype_of, full_like, to_device, to_numpy, zeros
+from .._args import boolean, choice, finite, integer, real, stream as stream_arg, uint64
+from .._arrays import BFLOAT16, LOW_PRECISION, copy_, device_of, dtype_of, full_like, to_device, to_numpy, zeros
 from .._types import Arrays, Params, Stream
 
 K = _C.OptKind
@@ -100,8 +100,20 @@ def unit(value, name):
     return finite(value, name, 0.0, 1.0)
 
 
-# Options of every optimizer: how bfloat16/float16 parameters are stored (see Optimizer).
-PRECISION_OPTIONS = dict(master_weights=boolean, stochastic_rounding=boolean, seed=uint64)
+def state_dtype(value, name):
+    """The canonical name of a state dtype option: "float32" or "bfloat16" (given as that str, a
+    NumPy / ml_dtypes dtype or type, or a torch dtype)."""
+    if isinstance(value, (np.dtype, type)):
+        value = np.dtype(value).name
+    elif type(value).__module__ == "torch":  # torch.float32 / torch.bfloat16
+        value = str(value).removeprefix("torch.")
+    return choice(value, name, ("float32", "bfloat16"))
+
+
+STATE_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": BFLOAT16}
+
+# Options of every optimizer: how bfloat16/float16 parameters and the state are stored (see Optimizer).
+PRECISION_OPTIONS = dict(master_weights=boolean, stochastic_rounding=boolean, seed=uint64, state_dtype=state_dtype)
 
 
 def betas(value, name):
@@ -138,8 +150,14 @@ class Optimizer:
     across options), all classmethods, so that a group can be checked without an instance.
 
     Parameters are float32, or bfloat16 / float16 (CPU; NumPy ml_dtypes arrays or torch tensors),
-    each with a gradient of its own dtype; state is always float32. Three options of every group
-    say how a low-precision parameter is stored:
+    each with a gradient of its own dtype. State is float32, or with state_dtype="bfloat16" (CPU)
+    bfloat16: half the state's memory and bytes per step (AdamW on float32 parameters: 28 -> 20 B
+    per element). The rule still runs in fp32; each new state value is rounded stochastically
+    (Philox words of its own, deterministic in seed, parameter, step and element), because
+    round-to-nearest would drop every increment under half a bf16 ulp: Adam's second moment moves
+    by 0.1% of itself a step, and would freeze. A buffer found in the other dtype (a checkpoint,
+    or the option changed) is converted at the next step: widened exactly, or rounded to nearest.
+    Three options of every group say how a low-precision parameter is stored:
     - master_weights=True: the optimizer keeps a float32 master copy (state 'master', in
       state_dict; made from the parameter at its first step). The fused step reads the bf16/fp16
       gradient, updates the master and the state in fp32 and writes the parameter rounded to
@@ -237,14 +255,23 @@ class Optimizer:
         self._state_cache = None
 
     def _buffers(self, i, kind):
-        """Parameter i's state buffers for `kind`, creating missing ones (torch creates state
-        lazily too: a group switched to momentum starts its buffer then)."""
-        state = self.state[i]
+        """Parameter i's state buffers for `kind` in the group's state dtype, creating missing ones
+        (torch creates state lazily too: a group switched to momentum starts its buffer then) and
+        converting ones held in the other dtype."""
+        state, p = self.state[i], self._params[i]
+        group = self.param_groups[self._group_of[i]]
+        dtype = STATE_DTYPES[state_dtype(group["state_dtype"], "state_dtype")]
+        if dtype == BFLOAT16 and device_of(p) != "cpu":
+            raise ValueError(
+                f"param_groups[{self._group_of[i]}]['state_dtype']: bfloat16 state on the GPU: not yet; "
+                "fastopt's CUDA optimizers keep float32 state"
+            )
         for name in STATE_NAMES[kind]:
             if name not in state:
-                state[name] = full_like(
-                    self._params[i], self._initial_state(name, self.param_groups[self._group_of[i]])
-                )
+                state[name] = full_like(p, self._initial_state(name, group), dtype)
+            elif dtype_of(state[name]) != dtype:
+                value = to_numpy(state[name]).astype(dtype)
+                state[name] = value if device_of(p) == "cpu" else to_device(value, device_of(p))
         return tuple(state[name] for name in STATE_NAMES[kind])
 
     @classmethod
@@ -284,10 +311,12 @@ class Optimizer:
         hypers = [self._hyper(group, f"param_groups[{gi}]") for gi, group in enumerate(self.param_groups)]
         kinds = tuple(h.kind for h in hypers)
         masters_on = tuple(bool(group["master_weights"]) for group in self.param_groups)
-        if self._state_cache is None or self._state_cache[0] != (kinds, masters_on):
+        state_dtypes = tuple(group["state_dtype"] for group in self.param_groups)
+        key = (kinds, masters_on, state_dtypes)
+        if self._state_cache is None or self._state_cache[0] != key:
             buffers = [self._buffers(i, kinds[g]) for i, g in enumerate(self._group_of)]
             masters = [self._master(i, masters_on[g]) for i, g in enumerate(self._group_of)]
-            self._state_cache = ((kinds, masters_on), buffers, None if all(m is None for m in masters) else masters)
+            self._state_cache = (key, buffers, None if all(m is None for m in masters) else masters)
         norm, skipped = _C.optim_step(
             self._params,
             grads,
@@ -337,10 +366,18 @@ class Optimizer:
         for group, saved in zip(self.param_groups, options):
             group.update(saved)
         for i, (p, entry) in enumerate(zip(self._params, state)):
+            on_cpu = device_of(p) == "cpu"
             for name, value in entry.items():
+                if not on_cpu:
+                    value = value.astype(np.float32)  # GPU state is float32: a bf16 buffer widens exactly
                 buf = self.state[i].get(name)
-                entry[name] = buf if buf is not None else full_like(p, 0.0)
-                copy_(entry[name], value)
+                if buf is None or dtype_of(buf) != value.dtype:
+                    buf = full_like(p, 0.0, value.dtype)
+                if on_cpu:
+                    np.copyto(buf, value)
+                else:
+                    copy_(buf, value)
+                entry[name] = buf
         self.state = state
         copy_(self._steps, steps)
         self._state_cache = None
@@ -396,7 +433,9 @@ class Optimizer:
                     )
                 if name == MASTER and dtype_of(p) not in LOW_PRECISION:
                     raise ValueError(f"{where}[{name!r}]: parameter {i} is {dtype_of(p)}, which keeps no master")
-                buffers[name] = _buffer(value, tuple(p.shape), f"{where}[{name!r}]", name in NONNEGATIVE_STATE)
+                buffers[name] = _buffer(
+                    value, tuple(p.shape), f"{where}[{name!r}]", name in NONNEGATIVE_STATE, low=name != MASTER
+                )
             state.append(buffers)
         return state, steps
 
@@ -416,13 +455,14 @@ def _as_list(values, name):
     return list(values)
 
 
-def _buffer(value, shape, where, nonnegative):
-    """A saved state buffer as a float32 array of the parameter's shape, finite (and >= 0 where
-    it accumulates squares)."""
+def _buffer(value, shape, where, nonnegative, low=True):
+    """A saved state buffer as a float32 (or, unless it is a master (low=False), bfloat16:
+    state_dtype) array of the parameter's shape, finite (and >= 0 where it accumulates squares)."""
+    what = "float32 or bfloat16" if low else "float32"
     if not isinstance(value, np.ndarray):
-        raise ValueError(f"{where}: expected a float32 NumPy array, got {type(value).__name__}")
-    if value.dtype != np.float32:
-        raise ValueError(f"{where}: expected float32, got {value.dtype}")
+        raise ValueError(f"{where}: expected a {what} NumPy array, got {type(value).__name__}")
+    if value.dtype != np.float32 and not (low and value.dtype == BFLOAT16):
+        raise ValueError(f"{where}: expected {what}, got {value.dtype}")
     if value.shape != shape:
         raise ValueError(f"{where}: has shape {value.shape}, parameter {shape}")
     if not np.isfinite(value).all():

@@ -1,8 +1,9 @@
 """The optimizers: each names torch.optim's defaults, checks its options and picks the update
 rule (optim_rules.h) for a group. The math itself lives once, in the native rules.
 
-Every optimizer also takes master_weights, stochastic_rounding and seed, group options like
-the others: how bfloat16/float16 parameters are stored (fastopt.optim.Optimizer says how).
+Every optimizer also takes master_weights, stochastic_rounding, seed and state_dtype, group options
+like the others: how bfloat16/float16 parameters and the state are stored (fastopt.optim.Optimizer
+says how).
 
 Every option is checked when the optimizer is built, when a group is added, before every step (a
 schedule or the user may have edited a group) and when a checkpoint is loaded: a wrong kind of
@@ -45,6 +46,7 @@ class SGD(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int = 0,
+        state_dtype: str = "float32",
     ) -> None:
         super().__init__(
             params,
@@ -58,6 +60,7 @@ class SGD(Optimizer):
                 master_weights=master_weights,
                 stochastic_rounding=stochastic_rounding,
                 seed=seed,
+                state_dtype=state_dtype,
             ),
         )
 
@@ -104,6 +107,7 @@ class Adagrad(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int = 0,
+        state_dtype: str = "float32",
     ) -> None:
         super().__init__(
             params,
@@ -117,6 +121,7 @@ class Adagrad(Optimizer):
                 master_weights=master_weights,
                 stochastic_rounding=stochastic_rounding,
                 seed=seed,
+                state_dtype=state_dtype,
             ),
         )
 
@@ -163,6 +168,7 @@ class RMSprop(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int = 0,
+        state_dtype: str = "float32",
     ) -> None:
         super().__init__(
             params,
@@ -177,6 +183,7 @@ class RMSprop(Optimizer):
                 master_weights=master_weights,
                 stochastic_rounding=stochastic_rounding,
                 seed=seed,
+                state_dtype=state_dtype,
             ),
         )
 
@@ -220,6 +227,7 @@ class Adam(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int = 0,
+        state_dtype: str = "float32",
     ) -> None:
         betas = tuple(betas) if isinstance(betas, list) else betas
         super().__init__(
@@ -234,6 +242,7 @@ class Adam(Optimizer):
                 master_weights=master_weights,
                 stochastic_rounding=stochastic_rounding,
                 seed=seed,
+                state_dtype=state_dtype,
             ),
         )
 
@@ -266,6 +275,7 @@ class AdamW(Adam):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int = 0,
+        state_dtype: str = "float32",
     ) -> None:
         super().__init__(
             params,
@@ -278,4 +288,5 @@ class AdamW(Adam):
             master_weights=master_weights,
             stochastic_rounding=stochastic_rounding,
             seed=seed,
+            state_dtype=state_dtype,
         )

@@ -42,6 +42,34 @@ def sr_words(n, seed, tensor, step):
     return philox4x32_10(counter, (seed & 0xFFFFFFFF, seed >> 32)).reshape(-1)[:n]
 
 
+def hash32(x):
+    """lowbias32 (C. Wellons) on uint32 arrays: the integer hash behind bf16 state rounding."""
+    x = np.asarray(x, np.uint32)
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def state_words(n, seed, tensor, step, j):
+    """The random words (low 16 bits used) that round state buffer j (the rule's order) of elements
+    0 .. n-1 of the parameter at flat index `tensor` at step `step` (from 1), for
+    state_dtype="bfloat16" (optim_rules.h, state_word): word i = hash32(key + i * 0x9E3779B9)
+    with key = hash32 chained over (seed low, seed high, tensor, step, i >> 32); state 0 takes the
+    word, state 1 its high half, state 2 hash32(word ^ 0xA511E9B3)."""
+    seed = int(seed)
+    with np.errstate(over="ignore"):
+        i = np.arange(n, dtype=np.uint64)
+        k = hash32(np.uint32(seed & 0xFFFFFFFF) ^ np.uint32(0x5BD1E995))
+        k = hash32(k ^ np.uint32(seed >> 32))
+        k = hash32(k ^ np.uint32(tensor))
+        k = hash32(k ^ np.uint32(int(step) & 0xFFFFFFFF))
+        key = hash32(k ^ (i >> np.uint64(32)).astype(np.uint32))
+        word = hash32(key + (i & np.uint64(MASK32)).astype(np.uint32) * np.uint32(0x9E3779B9))
+        return [word, word >> np.uint32(16), hash32(word ^ np.uint32(0xA511E9B3))][j]
+
+
 def stochastic_round(x, words):
     """float32 x stored as bfloat16 by stochastic rounding with the low 16 bits of `words`: the
     magnitude rounds up with probability (x's 16 dropped bits) / 2^16, so E[result] = x; NaN stays

@@ -26,9 +26,10 @@ sync (after a step skipped that way, `grad_norm`, when computed, is the non-fini
 the same name in both directions. Parameters must be dense (any memory format, channels_last
 included), on the CPU or a CUDA device, and float32, bfloat16, or float16 on the CPU: the
 low-precision ones take fastopt.optim's `master_weights` (an fp32 master in the state as
-'master', updated in the fused step that writes the parameter) or `stochastic_rounding` (bf16),
-with every state buffer kept in float32, loaded checkpoints included (torch would cast them to
-the parameter's dtype).
+'master', updated in the fused step that writes the parameter) or `stochastic_rounding` (bf16).
+State buffers are float32, or bfloat16 on the CPU with `state_dtype=torch.bfloat16` (rounded
+stochastically: fastopt.optim.Optimizer says why), loaded checkpoints included (torch would cast
+them to the parameter's dtype).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from .. import _C
 from .._args import boolean
 from .._arrays import BFLOAT16
 from ..optim import optimizers as _rules
-from ..optim.optimizer import STATE_NAMES, check_range, group_hyper
+from ..optim.optimizer import STATE_NAMES, check_range, group_hyper, state_dtype
 
 if TYPE_CHECKING:
     from torch.optim.optimizer import ParamsT
@@ -52,6 +53,7 @@ __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
 
 _STRIDED = torch.strided
 _LOW = (torch.bfloat16, torch.float16)  # parameter dtypes whose state fastopt keeps in float32
+_STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # the state_dtype option
 # Group keys of torch's optimizers that choose an implementation, not the math: fastopt's step is
 # always the fused one, so they are dropped when a torch state_dict is loaded.
 _TORCH_IMPL_KEYS = ("foreach", "fused", "capturable", "differentiable", "decoupled_weight_decay")
@@ -207,12 +209,21 @@ class Optimizer(torch.optim.Optimizer):
         """Parameter i's state buffers for `kind` in the native order, creating missing ones the way
         torch does: zeros (Adagrad: initial_accumulator_value) laid out like the parameter."""
         state = self.state[p]
+        dtype = _STATE_DTYPES[state_dtype(group["state_dtype"], "state_dtype")]
+        if dtype == torch.bfloat16 and p.device.type != "cpu":
+            gi = next(k for k, g in enumerate(self.param_groups) if g is group)
+            raise ValueError(
+                f"param_groups[{gi}]['state_dtype']: bfloat16 state on the GPU: not yet; fastopt's CUDA "
+                "optimizers keep float32 state"
+            )
         for name in STATE_NAMES[kind]:
-            if name in state and state[name].stride() != p.stride():
-                state[name] = torch.empty_like(p).copy_(state[name])  # p.data was swapped for another layout
+            if name in state and (state[name].stride() != p.stride() or state[name].dtype != dtype):
+                # p.data was swapped for another layout, or the state is in the other dtype (a
+                # checkpoint, or state_dtype changed): widened exactly or rounded to nearest.
+                state[name] = torch.empty_like(p, dtype=dtype).copy_(state[name])
             if name not in state:
                 init = self._rule._initial_state(name, group)
-                state[name] = torch.full_like(p, init, dtype=torch.float32, memory_format=torch.preserve_format)
+                state[name] = torch.full_like(p, init, dtype=dtype, memory_format=torch.preserve_format)
                 if name == "momentum_buffer" and not self._torch_steps:
                     # torch's SGD starts a new momentum buffer as the gradient (b = g), which the
                     # native rule does at step 1: this counter only marks that first step.
@@ -237,6 +248,7 @@ class Optimizer(torch.optim.Optimizer):
         key = (
             kinds,
             tuple(bool(g["master_weights"]) for g in self.param_groups),
+            tuple(g["state_dtype"] for g in self.param_groups),
             tuple(i for i, g in enumerate(grads) if g is None),
         )
         if self._plans is not None and self._plans[0] == key and not any(p.stale() for p in self._plans[1]):
