@@ -164,3 +164,16 @@ def test_every_state_is_its_fp32_value_rounded_with_its_own_bits(rng, rule, kw):
     for j, name in enumerate(names):
         want = R.bf16.stochastic_round(twin.state[0][name], R.bf16.state_words(1000, seed, 0, 4, j))
         assert np.array_equal(bits(opt.state[0][name]), bits(want)), name
+
+
+@pytest.mark.gpu
+def test_gpu_refuses_bf16_state_by_name(rng):
+    import fastopt
+
+    p = fastopt.to_device(rng.standard_normal(8).astype(np.float32))
+    opt = optim.AdamW([p], state_dtype="bfloat16")
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['state_dtype'\]: bfloat16 state on the GPU"):
+        opt.step([fastopt.to_device(np.ones(8, np.float32))])
+    opt.param_groups[0]["state_dtype"] = "float32"  # and with float32 state the step runs
+    opt.step([fastopt.to_device(np.ones(8, np.float32))])
+    assert opt.state[0]["exp_avg"].dtype == np.float32

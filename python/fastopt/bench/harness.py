@@ -69,14 +69,16 @@ def _clock(s):
 
 def time_case(device, case, size, host, clock, rounds, budget, ref_max, makers=None):
     """Rows for one (device, case, size). makers: (backend name, maker) pairs to time instead of
-    the optimizer suite's (copies_for + backends_for); a name starting with 'copy' is a ceiling."""
+    the optimizer suite's (copies_for + backends_for), or triples whose third item is the bytes
+    per parameter that backend moves (default: the case's); a name starting with 'copy' is a
+    ceiling."""
     contenders, rows = [], []
     base = dict(
         device=device, case=case.name, optimizer=case.optimizer, size=size.label, n=size.n, tensors=size.tensors
     )
-    for name, maker in makers or copies_for(device) + backends_for(case, device):
+    for name, maker, *moved in makers or copies_for(device) + backends_for(case, device):
         # A copy's bytes (read + write) per parameter of the case are its working set.
-        bpp = case.working_set if name.startswith("copy") else case.bytes_per_param
+        bpp = case.working_set if name.startswith("copy") else moved[0] if moved else case.bytes_per_param
         row = dict(base, backend=name, bytes_per_param=bpp, median_ms=None, note="")
         rows.append(row)
         if name == "numpy-ref" and size.n > ref_max:
