@@ -342,16 +342,25 @@ void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw, bool 
         bit[j] = _mm256_set1_epi16(static_cast<short>(1 << (r * s.S + sc)));
       }
       using Rows = gemm::RowsOf<std::remove_pointer_t<decltype(dst)>>;
+      // f(p, len, xn, pq) for each run of the strip's pixels inside one image: panel rows
+      // [p, p + len) are pixels pq ... of the image at xn (channel 0).
+      const auto image_runs = [&](auto&& f) {
+        int64_t n = n0 + p0 / PQ, pq = p0 % PQ;
+        for (int64_t p = 0; p < kc;) {
+          const int64_t len = std::min(kc - p, PQ - pq);
+          f(p, len, x + n * s.C * HW + pq, pq);
+          p += len;
+          pq = 0;
+          ++n;
+        }
+      };
       if constexpr (std::is_same_v<Rows, gemm::RowPairs> && std::is_same_v<T, bf16>) {
         if (kc % 2 == 0 && PQ % 2 == 0 && p0 % 2 == 0) {
           // bf16 pairs of pixels are 32-bit words of x, so a 16-column by 32-pixel block is a
           // 16 x 16 transpose of words that leaves each pair row whole: half the transposes of
           // the widened path and no pairing (a third of a 32-channel layer's weight-grad packing).
           // Needs every pair inside one image: even PQ, p0 and kc.
-          int64_t n = n0 + p0 / PQ, pq = p0 % PQ;
-          for (int64_t p = 0; p < kc;) {
-            const int64_t len = std::min(kc - p, PQ - pq);
-            const T* xn = x + n * s.C * HW + pq;
+          image_runs([&](int64_t p, int64_t len, const T* xn, int64_t pq) {
             for (int64_t t = 0; t < len; t += 32) {
               const int count = static_cast<int>(std::min<int64_t>(32, len - t));
               const auto m = static_cast<__mmask32>(count == 32 ? ~0u : (1u << count) - 1);
@@ -368,18 +377,12 @@ void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw, bool 
                   _mm512_storeu_si512(dst + (p + t + 2 * q) * NR + 2 * jb, _mm512_castps_si512(r[q]));
               }
             }
-            p += len;
-            pq = 0;
-            ++n;
-          }
+          });
           return;
         }
       }
       Rows out{dst};
-      int64_t n = n0 + p0 / PQ, pq = p0 % PQ;
-      for (int64_t p = 0; p < kc;) {
-        const int64_t len = std::min(kc - p, PQ - pq);
-        const T* xn = x + n * s.C * HW + pq;
+      image_runs([&](int64_t p, int64_t len, const T* xn, int64_t pq) {
         for (int64_t t = 0; t < len; t += 16) {
           const int count = static_cast<int>(std::min<int64_t>(16, len - t));
           const auto m = static_cast<__mmask16>((1u << count) - 1);
@@ -393,10 +396,7 @@ void weight_grad(const Conv2dShape& s, const T* dy, const T* x, float* dw, bool 
             for (int i = 0; i < count; ++i) out.put(p + t + i, static_cast<int>(jb / 16), r[i]);
           }
         }
-        p += len;
-        pq = 0;
-        ++n;
-      }
+      });
       return out.finish(kc);
     }
 #endif
