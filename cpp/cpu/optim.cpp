@@ -85,15 +85,14 @@ void update_range(const StepScalars& s, float gmul, T* __restrict p, const T* __
 template <OptKind K>
 void update_chunk(const TensorRef& tr, const StepScalars& s, float gmul, int64_t b, int64_t e, uint64_t seed,
                   uint32_t tensor, int64_t t) {
-  auto at = [b](float* base) { return base ? base + b : nullptr; };
+  auto at = [b](auto* base) { return base ? base + b : nullptr; };
   dispatch_storage(tr.type, [&](auto tag) {
     using T = decltype(tag);
     T* p = static_cast<T*>(tr.param) + b;
     const T* g = static_cast<const T*>(tr.grad) + b;
     auto go = [&](auto rounding) {
       auto with_state = [&](auto state_tag) {
-        using S = decltype(state_tag);
-        auto st = [&](int j) { return tr.state[j] ? static_cast<S*>(tr.state[j]) + b : nullptr; };
+        auto st = [&](int j) { return at(static_cast<decltype(state_tag)*>(tr.state[j])); };
         update_range<K, decltype(rounding)::value>(s, gmul, p, g, at(tr.master), st(0), st(1), st(2), e - b, seed,
                                                    tensor, t, b);
       };
