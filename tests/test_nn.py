@@ -54,6 +54,15 @@ def _distinct(rng, shape):
     return (rng.permutation(n).astype(np.float32) * 0.05 - n * 0.025).reshape(shape)
 
 
+def _spread(rng, shape):
+    """Normal values with every channel (axis 1) rescaled to unit standard deviation over the
+    batch: batch norm's central-difference error grows like (EPS / sigma)^2, and six draws leave
+    some channel with sigma near 0.15 about once in 200 runs (relative error 3e-4 > TOL)."""
+    x = rng.standard_normal(shape)
+    axes = tuple(i for i in range(x.ndim) if i != 1)
+    return (x / x.std(axis=axes, keepdims=True)).astype(np.float32)
+
+
 # name: (fastopt layer, input shape, input kind, the torch module it must equal, and torch's
 # hyperparameters for the float64 reference: stated here, never read off the layer, so a wrong
 # default fails the reference check even where torch is not installed).
@@ -111,7 +120,7 @@ LAYERS = {
     "batchnorm1d": (
         lambda: nn.BatchNorm1d(5),
         (6, 5),
-        "normal",
+        "spread",
         lambda t: t.nn.BatchNorm1d(5),
         dict(momentum=0.1, eps=1e-5, track=True),
     ),
@@ -213,6 +222,8 @@ def _input(rng, shape, kind):
         return _away_from_zero(rng, shape)
     if kind == "distinct":
         return _distinct(rng, shape)
+    if kind == "spread":
+        return _spread(rng, shape)
     return (rng.standard_normal(shape) * (0.01 if kind == "small" else 1.0)).astype(np.float32)
 
 
