@@ -662,21 +662,63 @@ def _net():
     return small_cnn(1, 10, widths=(8, 16), dropout=0.2)
 
 
+# The two devices round differently (forward activations agree to about 1e-6), so an activation
+# within that gap of a ReLU's zero or of a max-pool window's runner-up can take the other branch on
+# the other device and route its gradient elsewhere: a kink of the network, not a kernel error
+# (seen once in ~70 fresh seeds: a pre-ReLU value of 1.5e-8 flipped 3 of 4370 gradient entries).
+# So the test draws inputs whose CPU forward keeps every kink KINK_MARGIN away, and asserts that
+# the devices' pre-activations agree to within that margin, which then rules out any flip.
+KINK_MARGIN = 2e-5
+
+
+def _kink_margin(model):
+    """Smallest distance of the last forward from a branch of a ReLU or a 2x2 max pool."""
+    from fastopt.nn.layers import MaxPool2d, ReLU
+
+    margin, prev = np.inf, None
+    for layer in model.layers:
+        if isinstance(layer, ReLU):
+            prev = fetch(layer._x).astype(np.float64)
+            margin = min(margin, np.abs(prev).min())
+        elif isinstance(layer, MaxPool2d):
+            a = np.maximum(prev, 0.0)
+            n, c, h, w = a.shape
+            win = np.sort(a.reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(-1, 4), 1)
+            top, second = win[:, -1], win[:, -2]
+            # Windows that are all zero tie exactly on both devices; only a positive leader can flip.
+            gap = (top - second)[top > 0]
+            margin = min(margin, gap.min() if gap.size else np.inf)
+    return margin
+
+
 @pytest.mark.gpu
 def test_network_on_gpu_matches_cpu(rng):
     if not fastopt.cuda.is_available():
         pytest.skip("no usable CUDA GPU here")
-    x = rng.standard_normal((16, 1, 8, 8)).astype(np.float32)
+    from fastopt.nn.layers import ReLU
+
+    for _ in range(50):
+        x = rng.standard_normal((16, 1, 8, 8)).astype(np.float32)
+        probe = _net()
+        probe.build("cpu", seed=3)
+        probe.forward(x, True)
+        if _kink_margin(probe) > KINK_MARGIN:
+            break
+    else:
+        pytest.fail(f"50 draws all came within {KINK_MARGIN} of a ReLU or max-pool kink")
     y = rng.integers(0, 10, 16).astype(np.int32)
-    out = {}
+    out, pre = {}, {}
     for backend in ("cpu", "cuda"):
         model = _net()
         store = model.build(backend, seed=3)
         ce = nn.SoftmaxCrossEntropy(0.1)
         logits = model.forward(put(x, backend), True)
+        pre[backend] = [fetch(layer._x) for layer in model.layers if isinstance(layer, ReLU)]
         loss = ce.forward(logits, put(y, backend))
         model.backward(ce.backward())
         out[backend] = (fetch(logits), float(loss), fetch(store.grad))
+    for cpu, gpu in zip(pre["cpu"], pre["cuda"]):
+        assert np.abs(gpu.astype(np.float64) - cpu).max() < KINK_MARGIN / 2
     assert np.allclose(out["cuda"][0], out["cpu"][0], rtol=1e-4, atol=1e-5)
     assert out["cuda"][1] == pytest.approx(out["cpu"][1], rel=1e-5)
     assert _rel(out["cuda"][2], out["cpu"][2]) < 1e-4
