@@ -22,9 +22,9 @@ using Pair = std::array<int64_t, 2>;
 
 std::string fmt_pair(Pair p) { return shape_str(std::vector<int64_t>{p[0], p[1]}); }
 
-void require_4d(const std::vector<int64_t>& shape, const char* name) {
+void require_4d(const std::vector<int64_t>& shape, const char* name, const char* dims = "(N, C, H, W)") {
   if (shape.size() != 4)
-    raise_value(std::string(name) + ": expected 4 dimensions (N, C, H, W), got shape " + shape_str(shape));
+    raise_value(std::string(name) + ": expected 4 dimensions " + dims + ", got shape " + shape_str(shape));
   int64_t numel = 1;
   for (int64_t d : shape) {
     if (d < 0) raise_value(std::string(name) + ": negative dimension in " + shape_str(shape));
@@ -75,11 +75,35 @@ Pool2dShape pool_shape(const std::vector<int64_t>& in, const char* name, Pair ke
   return s;
 }
 
+// max pool's layout argument: true for "nhwc" (CPU only: a ValueError names layout on a GPU).
+bool nhwc_layout(const std::string& layout, int device) {
+  if (layout != "nchw" && layout != "nhwc") raise_value("layout: expected 'nchw' or 'nhwc', got '" + layout + "'");
+  if (layout == "nhwc" && device != kCPU)
+    raise_value("layout: 'nhwc' runs on the CPU only; the arrays are on cuda:" + std::to_string(device));
+  return layout == "nhwc";
+}
+
+// shape in its layout (NHWC: (N, H, W, C)) as (N, C, H, W), for pool_shape.
+std::vector<int64_t> as_nchw(const std::vector<int64_t>& shape, const char* name, bool nhwc) {
+  if (!nhwc) return shape;
+  require_4d(shape, name, "(N, H, W, C)");
+  return {shape[0], shape[3], shape[1], shape[2]};
+}
+
+// The output shape (N, C, P, Q), or (N, P, Q, C) for NHWC.
+std::vector<int64_t> out_shape(const std::vector<int64_t>& nchw, const Pool2dShape& s, bool nhwc) {
+  if (nhwc) return {nchw[0], s.P, s.Q, nchw[1]};
+  return {nchw[0], nchw[1], s.P, s.Q};
+}
+
 // x: float32 or bfloat16; y has x's dtype.
-py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair padding, uintptr_t stream) {
+py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair padding, uintptr_t stream,
+                             const std::string& layout) {
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
-  const Pool2dShape s = pool_shape(x.shape, "x", kernel, stride, padding);
-  const std::vector<int64_t> yshape{x.shape[0], x.shape[1], s.P, s.Q};
+  const bool nhwc = nhwc_layout(layout, x.device);
+  const std::vector<int64_t> in = as_nchw(x.shape, "x", nhwc);
+  const Pool2dShape s = pool_shape(in, "x", kernel, stride, padding);
+  const std::vector<int64_t> yshape = out_shape(in, s, nhwc);
   py::object y = new_array(yshape, x.dtype, x.device, stream, "y", "x");
   py::object idx = new_array(yshape, DType::i32, x.device, stream, "indices", "x");
   void* yp = view_array(y, ArgName{"out"}, true, &x.dtype).data;
@@ -89,7 +113,8 @@ py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair pa
     py::gil_scoped_release nogil;
     by_floating_dtype(x, [&](auto tag) {
       using T = decltype(tag);
-      cpu::max_pool2d_forward(s, data_as<T>(x), static_cast<T*>(yp), ip);
+      if (nhwc) cpu::max_pool2d_forward_nhwc(s, in[1], data_as<T>(x), static_cast<T*>(yp), ip);
+      else cpu::max_pool2d_forward(s, data_as<T>(x), static_cast<T*>(yp), ip);
     });
   } else {
     on_gpu(x.device, [&](auto) {
@@ -104,13 +129,15 @@ py::tuple max_pool2d_forward(py::handle x_obj, Pair kernel, Pair stride, Pair pa
 }
 
 py::object max_pool2d_backward(py::handle dy_obj, py::handle idx_obj, std::vector<int64_t> input_shape, Pair kernel,
-                               Pair stride, Pair padding, uintptr_t stream) {
+                               Pair stride, Pair padding, uintptr_t stream, const std::string& layout) {
   const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const DType i32 = DType::i32;
   const ArrayView idx = view_array(idx_obj, ArgName{"indices"}, false, &i32);
   require_same_device(dy, ArgName{"dy"}, idx, ArgName{"indices"});
-  const Pool2dShape s = pool_shape(input_shape, "input_shape", kernel, stride, padding);
-  const std::vector<int64_t> yshape{input_shape[0], input_shape[1], s.P, s.Q};
+  const bool nhwc = nhwc_layout(layout, dy.device);
+  const std::vector<int64_t> in = as_nchw(input_shape, "input_shape", nhwc);
+  const Pool2dShape s = pool_shape(in, "input_shape", kernel, stride, padding);
+  const std::vector<int64_t> yshape = out_shape(in, s, nhwc);
   if (dy.shape != yshape)
     raise_value("dy: expected the output shape " + shape_str(yshape) + " of this pooling, got " + shape_str(dy.shape));
   if (idx.shape != yshape)
@@ -123,7 +150,8 @@ py::object max_pool2d_backward(py::handle dy_obj, py::handle idx_obj, std::vecto
     py::gil_scoped_release nogil;
     by_floating_dtype(dy, [&](auto tag) {
       using T = decltype(tag);
-      cpu::max_pool2d_backward(s, data_as<T>(dy), ip, static_cast<T*>(dxp));
+      if (nhwc) cpu::max_pool2d_backward_nhwc(s, in[1], data_as<T>(dy), ip, static_cast<T*>(dxp));
+      else cpu::max_pool2d_backward(s, data_as<T>(dy), ip, static_cast<T*>(dxp));
     });
   } else {
     on_gpu(dy.device, [&](auto) {
@@ -250,12 +278,15 @@ py::object avg_pool2d_backward(py::handle dy_obj, std::vector<int64_t> input_sha
 
 void bind_pooling(py::module_& m) {
   m.def("max_pool2d_forward", &max_pool2d_forward, py::arg("x"), py::arg("kernel_size"), py::arg("stride"),
-        py::arg("padding"), py::arg("stream") = 0,
+        py::arg("padding"), py::arg("stream") = 0, py::arg("layout") = "nchw",
         "(y, indices) of max_pool2d over x (N, C, H, W); kernel_size, stride, padding are (h, w) pairs; "
-        "indices are int32 flat positions h*W + w within the input plane.");
+        "indices are int32 flat positions h*W + w within the input plane. layout='nhwc' (CPU only): x is "
+        "(N, H, W, C) and y, indices are (N, P, Q, C), with the same values.");
   m.def("max_pool2d_backward", &max_pool2d_backward, py::arg("dy"), py::arg("indices"), py::arg("input_shape"),
         py::arg("kernel_size"), py::arg("stride"), py::arg("padding"), py::arg("stream") = 0,
-        "dx (input_shape) of max_pool2d: each dy routed to its index; deterministic, no atomics.");
+        py::arg("layout") = "nchw",
+        "dx (input_shape) of max_pool2d: each dy routed to its index; deterministic, no atomics. "
+        "layout='nhwc' (CPU only): input_shape is (N, H, W, C), dy and indices (N, P, Q, C).");
   m.def("global_avg_pool_forward", &global_avg_pool_forward, py::arg("x"), py::arg("stream") = 0,
         "y (N, C) = mean of x (N, C, H, W) over H and W.");
   m.def("global_avg_pool_backward", &global_avg_pool_backward, py::arg("dy"), py::arg("input_shape"),

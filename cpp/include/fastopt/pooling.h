@@ -131,6 +131,14 @@ void max_pool2d_backward(const Pool2dShape& s, const float* dy, const int32_t* i
 // bf16 in and out: windows compared in fp32 (exact), dx summed in fp32 and rounded once.
 void max_pool2d_forward(const Pool2dShape& s, const bf16* x, bf16* y, int32_t* indices);
 void max_pool2d_backward(const Pool2dShape& s, const bf16* dy, const int32_t* indices, bf16* dx);
+// NHWC (channels last), CPU only: x (N, H, W, C) -> y, indices (N, P, Q, C) with s.planes = N * C
+// and channels = C; the same windows, tie and NaN rule, indices (h*W + w) and dx sums as NCHW.
+void max_pool2d_forward_nhwc(const Pool2dShape& s, int64_t channels, const float* x, float* y, int32_t* indices);
+void max_pool2d_forward_nhwc(const Pool2dShape& s, int64_t channels, const bf16* x, bf16* y, int32_t* indices);
+void max_pool2d_backward_nhwc(const Pool2dShape& s, int64_t channels, const float* dy, const int32_t* indices,
+                              float* dx);
+void max_pool2d_backward_nhwc(const Pool2dShape& s, int64_t channels, const bf16* dy, const int32_t* indices,
+                              bf16* dx);
 // x (planes, hw) -> y (planes); dy (planes) -> dx (planes, hw). hw >= 1.
 void global_avg_pool_forward(const float* x, float* y, int64_t planes, int64_t hw);
 void global_avg_pool_backward(const float* dy, float* dx, int64_t planes, int64_t hw);

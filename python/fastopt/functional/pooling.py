@@ -6,6 +6,10 @@ input plane, as int32 (torch's indices, at half the bytes); max_pool2d_backward 
 through those indices, deterministically (no atomics: each input gathers from the windows that
 cover it, in row-major order). Outputs are new arrays on the input's device.
 
+max pooling also runs on NHWC (channels last) arrays on the CPU: layout="nhwc" takes x (N, H, W, C)
+and gives y and indices (N, P, Q, C), with the same values and indices as the NCHW call on the
+transposed x (indices stay h*W + w within the input plane) and the same dx bits.
+
 All three also take bfloat16 on the CPU and return bfloat16: the max is exact (one of the
 inputs), max pool's dx and average pooling's window sums and gathers are summed in fp32 and the
 global mean in double, each rounded once.
@@ -16,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .. import _C
-from .._args import boolean, pair, shape, stream as _stream
+from .._args import boolean, choice, pair, shape, stream as _stream
 from .._types import Array, IntPair, Stream
 
 __all__ = [
@@ -39,8 +43,17 @@ def _shape(input_shape):
     return shape(input_shape, "input_shape", ints_ok=False)
 
 
+def _layout(layout):
+    return choice(layout, "layout", ("nchw", "nhwc"))
+
+
 def max_pool2d_forward(
-    x: Array, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0, stream: Stream = 0
+    x: Array,
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    stream: Stream = 0,
+    layout: str = "nchw",
 ) -> tuple[Array, Array]:
     """(y, indices) of max pooling x (N, C, H, W) -> (N, C, P, Q), P = (H + 2*ph - kh) // sh + 1.
 
@@ -48,9 +61,10 @@ def max_pool2d_forward(
     padding at most half the kernel (padded positions never win). indices: int32 (N, C, P, Q),
     the flat position h*W + w of the max within its input plane. Ties go to the first max in
     row-major window order; a NaN in a window is selected (the last one if several), as in torch.
+    layout="nhwc" (CPU only): x is (N, H, W, C) and y, indices are (N, P, Q, C).
     """
     k, s, p = _hyper(kernel_size, stride, padding)
-    return tuple(_C.max_pool2d_forward(x, k, s, p, _stream(stream)))
+    return tuple(_C.max_pool2d_forward(x, k, s, p, _stream(stream), _layout(layout)))
 
 
 def max_pool2d_backward(
@@ -61,15 +75,17 @@ def max_pool2d_backward(
     stride: IntPair | None = None,
     padding: IntPair = 0,
     stream: Stream = 0,
+    layout: str = "nchw",
 ) -> Array:
     """dx (input_shape) of max_pool2d_forward: dx[i] = sum of dy over the outputs whose index is i.
 
     dy and indices (int32) have the forward's output shape; the hyper-parameters are the forward's.
     Sums run in row-major output order, so results are bitwise reproducible on every backend. An
     index outside its own window (never produced by the forward) contributes nothing.
+    layout="nhwc" (CPU only): input_shape is (N, H, W, C), dy and indices (N, P, Q, C).
     """
     k, s, p = _hyper(kernel_size, stride, padding)
-    return _C.max_pool2d_backward(dy, indices, _shape(input_shape), k, s, p, _stream(stream))
+    return _C.max_pool2d_backward(dy, indices, _shape(input_shape), k, s, p, _stream(stream), _layout(layout))
 
 
 def global_avg_pool_forward(x: Array, stream: Stream = 0) -> Array:
