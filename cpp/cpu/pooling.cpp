@@ -22,7 +22,9 @@
 // by lane against a block of running maxima; same traffic as NCHW. OpenMP over (image, output
 // row) forward and (image, input row) backward, vectorized over channels; the backward is the
 // NCHW gather with a select per lane (adding 0 to a sum that starts at +0 changes no bits), so
-// both layouts give the same values, indices and dx bits.
+// both layouts give the same values, indices and dx bits; an input one window covers (all of
+// them when stride >= kernel) takes 0 + dy or 0 directly, without the block of sums (fp32 2x2/2
+// backward at 32x64x56x56, one thread: 6.0 -> 1.6 ms, NCHW's 2.7).
 // Global average pool sums a plane in 8 double lanes folded in a fixed order, so every ISA (and
 // thread count) gives the same bits.
 #include <algorithm>
@@ -342,7 +344,15 @@ void max_pool_bwd_nhwc(const Pool2dShape& s, int64_t C, const T* dy, const int32
     const int32_t* in = indices + n * out_image;
     for (int w = 0; w < s.W; ++w) {
       const int32_t flat = h * s.W + w;
-      T* dxw = dx + (r * s.W + w) * C;
+      T* __restrict dxw = dx + (r * s.W + w) * C;
+      if (p1 - p0 == 1 && q1[w] - q0[w] == 1) {  // one window covers it (always when stride >= kernel)
+        const int64_t o = (static_cast<int64_t>(p0) * s.Q + q0[w]) * C;
+        const T* __restrict g = dyn + o;
+        const int32_t* __restrict ix = in + o;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) dxw[c] = from_float<T>(ix[c] == flat ? 0.0f + to_float(g[c]) : 0.0f);
+        continue;
+      }
       for (int64_t c0 = 0; c0 < C; c0 += kChannelBlock) {
         const int len = static_cast<int>(std::min<int64_t>(kChannelBlock, C - c0));
         float acc[kChannelBlock] = {};
@@ -352,7 +362,10 @@ void max_pool_bwd_nhwc(const Pool2dShape& s, int64_t C, const T* dy, const int32
             const T* __restrict g = dyn + o;
             const int32_t* __restrict ix = in + o;
 #pragma omp simd
-            for (int c = 0; c < len; ++c) acc[c] += ix[c] == flat ? to_float(g[c]) : 0.0f;
+            for (int c = 0; c < len; ++c) {
+              const float v = to_float(g[c]);
+              acc[c] += ix[c] == flat ? v : 0.0f;
+            }
           }
 #pragma omp simd
         for (int c = 0; c < len; ++c) dxw[c0 + c] = from_float<T>(acc[c]);
