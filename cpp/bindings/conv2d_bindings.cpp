@@ -28,10 +28,27 @@ void require_4d(const ArrayView& v, const char* name, const char* dims) {
     raise_value(std::string(name) + ": expected a 4-D array " + dims + ", got shape " + shape_str(v.shape));
 }
 
-// Checks x (N, C, H, W), w (K, C/groups, R, S) and the hyper-parameters; fills in P and Q.
-Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair padding, Pair dilation,
-                       int64_t groups) {
-  require_4d(x, "x", "(N, C, H, W)");
+// layout "nchw" (x (N, C, H, W), y (N, K, P, Q)) or "nhwc" (channels_last: x (N, H, W, C),
+// y (N, P, Q, K), CPU only, groups = 1); w is (K, C/groups, R, S) in both.
+bool parse_layout(const std::string& layout) {
+  if (layout == "nchw") return false;
+  if (layout == "nhwc") return true;
+  raise_value("layout: expected 'nchw' or 'nhwc', got '" + layout + "'");
+}
+
+void require_nhwc_ok(bool nhwc, const ArrayView& x, int64_t groups) {
+  if (!nhwc) return;
+  if (x.device != kCPU) raise_value("layout: 'nhwc' runs on the CPU only; pass NCHW arrays on the GPU");
+  if (groups != 1)
+    raise_value("groups: layout 'nhwc' takes groups=1 only, got groups=" + std::to_string(groups) +
+                "; pass NCHW arrays for grouped convolutions");
+}
+
+// Checks x (N, C, H, W) (or (N, H, W, C): nhwc), w (K, C/groups, R, S) and the hyper-parameters;
+// fills in P and Q.
+Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair padding, Pair dilation, int64_t groups,
+                       bool nhwc = false) {
+  require_4d(x, "x", nhwc ? "(N, H, W, C)" : "(N, C, H, W)");
   require_4d(w, "w", "(K, C/groups, R, S)");
   for (int i = 0; i < 2; ++i) {
     if (stride[i] < 1) raise_value("stride: must be >= 1, got " + std::to_string(stride[i]));
@@ -41,9 +58,9 @@ Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair
   if (groups < 1) raise_value("groups: must be >= 1, got " + std::to_string(groups));
   Conv2dShape s{};
   s.N = x.shape[0];
-  s.C = x.shape[1];
-  s.H = x.shape[2];
-  s.W = x.shape[3];
+  s.C = x.shape[nhwc ? 3 : 1];
+  s.H = x.shape[nhwc ? 1 : 2];
+  s.W = x.shape[nhwc ? 2 : 3];
   s.K = w.shape[0];
   s.R = w.shape[2];
   s.S = w.shape[3];
@@ -85,12 +102,14 @@ Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair
 }
 
 py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, Pair stride, Pair padding,
-                          Pair dilation, int64_t groups, bool allow_tf32, uintptr_t stream) {
+                          Pair dilation, int64_t groups, bool allow_tf32, uintptr_t stream, const std::string& layout) {
+  const bool nhwc = parse_layout(layout);
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const ArrayView w = view_floating(w_obj, ArgName{"w"}, false);
   require_same_device(x, ArgName{"x"}, w, ArgName{"w"});
   require_same_dtype(x, ArgName{"x"}, w, ArgName{"w"});
-  const Conv2dShape s = conv_shape(x, w, stride, padding, dilation, groups);
+  const Conv2dShape s = conv_shape(x, w, stride, padding, dilation, groups, nhwc);
+  require_nhwc_ok(nhwc, x, groups);
   const void* b = nullptr;
   if (!b_obj.is_none()) {
     const ArrayView bv = view_floating(b_obj, ArgName{"b"}, false);
@@ -103,14 +122,18 @@ py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
   }
   // Only padding can make the output plane larger than the input's; else N * K makes the size.
   const char* source = s.pad_h > s.H || s.pad_w > s.W ? "padding" : "x and w";
-  py::object y = new_array({s.N, s.K, s.P, s.Q}, x.dtype, x.device, stream, "y", source);
+  const std::vector<int64_t> yshape = nhwc ? std::vector<int64_t>{s.N, s.P, s.Q, s.K}
+                                           : std::vector<int64_t>{s.N, s.K, s.P, s.Q};
+  py::object y = new_array(yshape, x.dtype, x.device, stream, "y", source);
   void* yp = data_of(y, "y");
   if (x.device == kCPU) {
     {
       py::gil_scoped_release nogil;
       by_floating_dtype(x, [&](auto tag) {
         using T = decltype(tag);
-        cpu::conv2d_forward(s, data_as<T>(x), data_as<T>(w), static_cast<const T*>(b), static_cast<T*>(yp));
+        const T *xp = data_as<T>(x), *wp = data_as<T>(w), *bp = static_cast<const T*>(b);
+        if (nhwc) cpu::conv2d_nhwc_forward(s, xp, wp, bp, static_cast<T*>(yp));
+        else cpu::conv2d_forward(s, xp, wp, bp, static_cast<T*>(yp));
       });
     }
     return y;
@@ -128,7 +151,9 @@ py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, 
 
 py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj, Pair stride, Pair padding,
                           Pair dilation, int64_t groups, bool need_dx, bool need_dw, bool need_db, bool allow_tf32,
-                          uintptr_t stream, py::handle dw_out, py::handle db_out, bool accumulate) {
+                          uintptr_t stream, py::handle dw_out, py::handle db_out, bool accumulate,
+                          const std::string& layout) {
+  const bool nhwc = parse_layout(layout);
   const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const ArrayView w = view_floating(w_obj, ArgName{"w"}, false);
@@ -136,8 +161,10 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_dtype(x, ArgName{"x"}, w, ArgName{"w"});
   require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
-  const Conv2dShape s = conv_shape(x, w, stride, padding, dilation, groups);
-  const std::vector<int64_t> yshape{s.N, s.K, s.P, s.Q};
+  const Conv2dShape s = conv_shape(x, w, stride, padding, dilation, groups, nhwc);
+  require_nhwc_ok(nhwc, x, groups);
+  const std::vector<int64_t> yshape = nhwc ? std::vector<int64_t>{s.N, s.P, s.Q, s.K}
+                                           : std::vector<int64_t>{s.N, s.K, s.P, s.Q};
   if (dy.shape != yshape)
     raise_value("dy: expected the output shape " + shape_str(yshape) + " of this convolution, got " +
                 shape_str(dy.shape));
@@ -155,9 +182,16 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
       py::gil_scoped_release nogil;
       by_floating_dtype(x, [&](auto tag) {
         using T = decltype(tag);
-        if (dxp) cpu::conv2d_backward_data(s, data_as<T>(dy), data_as<T>(w), static_cast<T*>(dxp));
-        if (dwp) cpu::conv2d_backward_weight(s, data_as<T>(dy), data_as<T>(x), dwp, accumulate);
-        if (dbp) cpu::conv2d_backward_bias(s, data_as<T>(dy), dbp, accumulate);
+        const T *dyp = data_as<T>(dy), *xp = data_as<T>(x), *wp = data_as<T>(w);
+        if (nhwc) {
+          if (dxp) cpu::conv2d_nhwc_backward_data(s, dyp, wp, static_cast<T*>(dxp));
+          if (dwp) cpu::conv2d_nhwc_backward_weight(s, dyp, xp, dwp, accumulate);
+          if (dbp) cpu::conv2d_nhwc_backward_bias(s, dyp, dbp, accumulate);
+          return;
+        }
+        if (dxp) cpu::conv2d_backward_data(s, dyp, wp, static_cast<T*>(dxp));
+        if (dwp) cpu::conv2d_backward_weight(s, dyp, xp, dwp, accumulate);
+        if (dbp) cpu::conv2d_backward_bias(s, dyp, dbp, accumulate);
       });
     }
     return py::make_tuple(dx, dw.obj, db.obj);
@@ -181,12 +215,14 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
 void bind_conv2d(py::module_& m) {
   m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("allow_tf32") = false,
-        py::arg("stream") = 0,
-        "y = conv2d(x, w, b) in NCHW float32 or bfloat16; stride, padding, dilation are (h, w) pairs.");
+        py::arg("stream") = 0, py::arg("layout") = "nchw",
+        "y = conv2d(x, w, b), float32 or bfloat16, NCHW or (layout='nhwc', CPU, groups=1) channels_last x "
+        "and y; stride, padding, dilation are (h, w) pairs.");
   m.def("conv2d_backward", &conv2d_backward, py::arg("dy"), py::arg("x"), py::arg("w"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("need_dx") = true,
         py::arg("need_dw") = true, py::arg("need_db") = true, py::arg("allow_tf32") = false, py::arg("stream") = 0,
         py::arg("dw_out") = py::none(), py::arg("db_out") = py::none(), py::arg("accumulate") = false,
+        py::arg("layout") = "nchw",
         "(dx, dw, db) of conv2d for the output gradient dy (dx in the inputs' dtype, dw and db float32); "
         "an output not asked for is None. dw_out / db_out receive dw / db (accumulate: added into them).");
 }

@@ -6,6 +6,11 @@ float32 or all bfloat16; a mix raises TypeError naming the odd argument (nothing
 In bfloat16, y and dx come back in bfloat16, rounded once to nearest even (NaN stays NaN), and
 dw and db in float32, unrounded: what an optimizer with float32 master weights consumes. On the
 GPU, bfloat16 runs the implicit-GEMM passes on bf16 tensor cores (sm_80+).
+
+layout="nhwc" (CPU, groups=1) takes and returns channels_last arrays: x (N, H, W, C), y and dy
+(N, P, Q, K), dx (N, H, W, C); w and dw stay (K, C, R, S). It is what torch's channels_last
+tensors hold as they lie (fastopt.torch passes them without a copy), and on AVX512-BF16 CPUs the
+faster bfloat16 path: no packing of x, padded taps skipped (cpp/cpu/conv2d_nhwc.cpp).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .. import _C
-from .._args import boolean, flags, integer, pair, stream as _stream
+from .._args import boolean, choice, flags, integer, pair, stream as _stream
 from .._types import Array, IntPair, Stream
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
@@ -21,6 +26,10 @@ __all__ = ["conv2d_forward", "conv2d_backward"]
 
 def _hyper(stride, padding, dilation, groups):
     return pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"), integer(groups, "groups")
+
+
+def _layout(layout):
+    return choice(layout, "layout", ("nchw", "nhwc"))
 
 
 def conv2d_forward(
@@ -33,6 +42,7 @@ def conv2d_forward(
     groups: int = 1,
     allow_tf32: bool = False,
     stream: Stream = 0,
+    layout: str = "nchw",
 ) -> Array:
     """y = conv2d(x, w, b): x (N, C, H, W), w (K, C/groups, R, S), b (K,) or None -> y (N, K, P, Q).
 
@@ -43,7 +53,13 @@ def conv2d_forward(
     ignored on the CPU, which always accumulates in float32, and for bfloat16.
     """
     return _C.conv2d_forward(
-        x, w, b, *_hyper(stride, padding, dilation, groups), boolean(allow_tf32, "allow_tf32"), _stream(stream)
+        x,
+        w,
+        b,
+        *_hyper(stride, padding, dilation, groups),
+        boolean(allow_tf32, "allow_tf32"),
+        _stream(stream),
+        _layout(layout),
     )
 
 
@@ -61,6 +77,7 @@ def conv2d_backward(
     dw_out: Array | None = None,
     db_out: Array | None = None,
     accumulate: bool = False,
+    layout: str = "nchw",
 ) -> tuple[Array | None, Array | None, Array | None]:
     """(dx, dw, db) of conv2d_forward(x, w, b, ...) for the output gradient dy.
 
@@ -86,5 +103,6 @@ def conv2d_backward(
             dw_out,
             db_out,
             boolean(accumulate, "accumulate"),
+            _layout(layout),
         )
     )

@@ -1,0 +1,465 @@
+// Conv2d on the CPU in channels_last (NHWC) layout, groups = 1, float32 or bfloat16: what
+// torch's channels_last tensors hold as they lie, so the PyTorch front converts nothing.
+//
+// Math (x (N, H, W, C), y and dy (N, P, Q, K), w (K, C, R, S) as torch stores it, dw likewise):
+//   forward      y[n,p,q,k]  = b[k] + sum_(r,s,c) x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, c] * w[k,c,r,s]
+//   data-grad    dx[n,h,w,c] = sum_(r,s,k) dy[n, (h+ph-r*dh)/sh, (w+pw-s*dw)/sw, k] * w[k,c,r,s]
+//                (terms whose division is inexact or out of range are absent)
+//   weight-grad  dw[k,c,r,s] = sum_(n,p,q) dy[n,p,q,k] * x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, c]
+//   bias-grad    db[k]       = sum_(n,p,q) dy[n,p,q,k]
+//
+// Why no packing of x: in NHWC a pixel's channels are contiguous, so the forward and the
+// data-grad broadcast a pixel's channel pair (one 32-bit load) straight from the source and
+// multiply it into the weights, packed once per call as pair-interleaved rows over the output
+// channels ("VNNI", the B layout of gemm_bf16.h). Each pixel of a tile reads its source row
+// through a pointer per tap, so padding costs nothing: an out-of-range pixel reads a zero row, a
+// tap no pixel of the tile reaches is skipped. The NCHW im2col path spends 15-25% of a
+// 32-64-channel layer packing strips and multiplies padded taps like any other
+// (bench/results/cpu-nhwc-proto-2026-12-07d/).
+//   The data-grad is the same engine run from dy with the weights transposed: a tile holds dx
+// pixels of one stride phase ((h mod sh, w mod sw) equal), so a tap's division is exact for all
+// of them or for none, and strided layers skip the absent taps per tile instead of multiplying
+// zeros. The weight-grad reduces over pixels, which are not contiguous per channel, so it packs
+// both operands per block of pixel pairs (dy pairs for the broadcast rows, x pairs over the
+// channel lanes); each thread owns fixed (tap, channel block, filter group) units and walks all
+// blocks in order, so every dw element is summed in one fixed order for any thread count.
+//
+// Engine tile: MR pixels x NV vectors of 16 output lanes, MR x NV fp32 accumulators (6 x 4,
+// 8 x 3, 12 x 2, 12 x 1: 24 zmm, with NV weight vectors and one broadcast). The AVX512-BF16 copy
+// multiplies with VDPBF16PS (two products per lane and instruction, exact products, fp32 sums;
+// subnormal bf16 inputs read as zero, as the instruction is defined). The other copies, and fp32
+// data, run the portable loop over the same panels (fp32 arithmetic; bf16 products are exact).
+// Outputs are rounded to bf16 once, at the store; dw and db stay fp32.
+//
+// Bytes: x, w, y (dy) once each from memory (2 bytes per element in bf16); a tile rereads its
+// source rows once per 64-lane block of outputs, from L1/L2. Flops: 2 N K C R S P Q per pass, the
+// padded taps excluded where a whole tile skips them. Launch: an OpenMP team over (image, stride
+// phase, chunk of 96 pixels, lane block) items for forward and data-grad, over fixed units for
+// the weight-grad, over fixed pixel chunks for the bias-grad.
+#include "fastopt/conv2d.h"
+#include "isa.h"
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "gemm_bf16.h"
+
+namespace fastopt::cpu {
+
+FASTOPT_FOR_EACH_ISA(
+    void conv2d_nhwc_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
+    void conv2d_nhwc_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y);
+    void conv2d_nhwc_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
+    void conv2d_nhwc_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx);
+    void conv2d_nhwc_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate);
+    void conv2d_nhwc_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate);)
+
+namespace FASTOPT_ISA {
+namespace {
+
+constexpr int64_t kLanes = 16;
+constexpr int kMaxMR = 12;
+constexpr int64_t kChunkPixels = 96;  // a multiple of every MR, so chunks hold whole tiles
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// Weights as the engine reads them: for tap t, reduction-channel pair cp and output lane l, the
+// pair (w(t, 2cp, l), w(t, 2cp+1, l)) at ((t * pairs + cp) * lanes + l) * 2. Lanes are padded to
+// 16 and an odd last channel is paired with zero, so every load is whole.
+template <class T>
+struct Panel {
+  int64_t taps, cin, pairs, cout, lanes;
+  std::vector<T> v;
+  const T* at(int64_t t, int64_t cp, int64_t l) const { return v.data() + ((t * pairs + cp) * lanes + l) * 2; }
+};
+
+template <class T, class Get>
+Panel<T> make_panel(int64_t taps, int64_t cin, int64_t cout, Get get) {
+  Panel<T> p{taps, cin, (cin + 1) / 2, cout, round_up(cout, kLanes), {}};
+  p.v.assign(static_cast<size_t>(taps * p.pairs * p.lanes * 2), T{});
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t c = 0; c < cin; ++c)
+      for (int64_t l = 0; l < cout; ++l) p.v[((t * p.pairs + c / 2) * p.lanes + l) * 2 + c % 2] = get(t, c, l);
+  return p;
+}
+
+// acc[i][l] = sum over live taps t and channels c of rows[t * MR + i][c] * panel(t, c, l0 + l),
+// stored (+ bias) to outs[i][l0 + l] for the first `count` pixels and the first nl lanes.
+template <int MR, int NV, class T>
+void tile(const Panel<T>& w, const T* const* rows, const unsigned char* live, int64_t l0, int64_t nl, int count,
+          T* const* outs, const T* bias) {
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, bf16>) {
+    __m512 acc[MR][NV];
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+    const int64_t full = w.cin / 2;
+    for (int64_t t = 0; t < w.taps; ++t) {
+      if (!live[t]) continue;
+      const T* const* rp = rows + t * MR;
+      const T* wt = w.at(t, 0, l0);
+      auto pair = [&](int64_t cp, auto load) {
+        __m512i b[NV];
+        for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(wt + cp * w.lanes * 2 + 32 * v);
+        for (int i = 0; i < MR; ++i) {
+          const __m512bh a = (__m512bh)_mm512_set1_epi32(load(rp[i] + 2 * cp));
+          for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], a, (__m512bh)b[v]);
+        }
+      };
+      for (int64_t cp = 0; cp < full; ++cp)
+        pair(cp, [](const T* p) {
+          int32_t u;
+          std::memcpy(&u, p, 4);
+          return u;
+        });
+      // An odd last channel: its pair partner would be the next pixel's first channel (or past
+      // the array), so read 16 bits; the panel pairs it with zero.
+      if (full < w.pairs) pair(full, [](const T* p) { return static_cast<int32_t>(p->bits); });
+    }
+    for (int v = 0; v < NV; ++v) {
+      const int64_t l = 16 * v;
+      if (l >= nl) break;
+      const __mmask16 m = nl - l >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (nl - l)) - 1);
+      const __m512 bv = bias ? gemm::load16(m, bias + l0 + l) : _mm512_setzero_ps();
+      for (int i = 0; i < count; ++i) gemm::store16(m, outs[i] + l0 + l, _mm512_add_ps(acc[i][v], bv));
+    }
+    return;
+  }
+#endif
+  float acc[MR][NV * kLanes] = {};
+  for (int64_t t = 0; t < w.taps; ++t) {
+    if (!live[t]) continue;
+    const T* const* rp = rows + t * MR;
+    for (int64_t cp = 0; cp < w.pairs; ++cp) {
+      const T* wt = w.at(t, cp, l0);
+      const bool odd = 2 * cp + 1 == w.cin;
+      for (int i = 0; i < MR; ++i) {
+        const float a0 = to_float(rp[i][2 * cp]), a1 = odd ? 0.0f : to_float(rp[i][2 * cp + 1]);
+        for (int j = 0; j < NV * kLanes; ++j) acc[i][j] += a0 * to_float(wt[2 * j]) + a1 * to_float(wt[2 * j + 1]);
+      }
+    }
+  }
+  for (int i = 0; i < count; ++i)
+    for (int64_t j = 0; j < nl; ++j)
+      outs[i][l0 + j] = from_float<T>(acc[i][j] + (bias ? to_float(bias[l0 + j]) : 0.0f));
+}
+
+// One spatial dimension of an engine pass. Output coordinates come in `phases` classes
+// (o = phase + phases * g, g = 0, 1, ...); tap t of phase a reads source coordinate
+// g * mul + off[a * taps + t], or nothing where off is kDead. The forward has one phase, mul =
+// stride, off = t dil - pad; the data-grad has `stride` phases, mul = 1 and exact quotients, so a
+// tile (one phase) skips the absent taps as a whole and no division is left in the tile loop.
+constexpr int64_t kDead = INT64_MIN;
+struct Dim {
+  int64_t phases, out, src, mul, taps;
+  std::vector<int64_t> off;
+  int64_t count(int64_t a) const { return (out - a + phases - 1) / phases; }
+};
+
+Dim forward_dim(int64_t out, int64_t src, int64_t taps, int64_t stride, int64_t pad, int64_t dil) {
+  Dim d{1, out, src, stride, taps, std::vector<int64_t>(static_cast<size_t>(taps))};
+  for (int64_t t = 0; t < taps; ++t) d.off[t] = t * dil - pad;
+  return d;
+}
+
+Dim data_grad_dim(int64_t out, int64_t src, int64_t taps, int64_t stride, int64_t pad, int64_t dil) {
+  Dim d{stride, out, src, 1, taps, std::vector<int64_t>(static_cast<size_t>(stride * taps))};
+  for (int64_t a = 0; a < stride; ++a)
+    for (int64_t t = 0; t < taps; ++t) {
+      const int64_t num = a + pad - t * dil;  // dx at a + stride g reads dy at g + num / stride
+      d.off[a * taps + t] = num % stride ? kDead : num / stride;
+    }
+  return d;
+}
+
+// One pass of the engine: out (N, OH, OW, cout) from src (N, IH, IW, cin) along dims dh, dw.
+template <class T>
+void engine(const Panel<T>& w, const T* src, T* out, const T* bias, int64_t N, const Dim& dh, const Dim& dw) {
+  const int64_t cin = w.cin, cout = w.cout, R = dh.taps, S = dw.taps, taps = R * S;
+  const std::vector<T> zeros(static_cast<size_t>(cin + 2), T{});
+  const int64_t lane_blocks = (cout + 63) / 64;
+  // Items: (image, phase pair, chunk of the phase's pixels, lane block); the chunk count is that
+  // of the largest phase (phase 0), so smaller phases leave some items empty.
+  const int64_t chunks = (dh.count(0) * dw.count(0) + kChunkPixels - 1) / kChunkPixels;
+  const int64_t items = N * dh.phases * dw.phases * chunks * lane_blocks;
+#pragma omp parallel
+  {
+    std::vector<const T*> rows(static_cast<size_t>(taps * kMaxMR));
+    std::vector<unsigned char> live(static_cast<size_t>(taps));
+    T* outs[kMaxMR];
+    int64_t hb[kMaxMR], wb[kMaxMR], hv[kMaxMR];
+#pragma omp for schedule(dynamic)
+    for (int64_t it = 0; it < items; ++it) {
+      int64_t rest = it;
+      const int64_t lb = rest % lane_blocks;
+      rest /= lane_blocks;
+      const int64_t chunk = rest % chunks;
+      rest /= chunks;
+      const int64_t b = rest % dw.phases;
+      rest /= dw.phases;
+      const int64_t a = rest % dh.phases, n = rest / dh.phases;
+      const int64_t gw = dw.count(b), first = chunk * kChunkPixels;
+      const int64_t last = std::min(dh.count(a) * gw, first + kChunkPixels);
+      const int64_t* offh = dh.off.data() + a * R;
+      const int64_t* offw = dw.off.data() + b * S;
+      const T* image = src + n * dh.src * dw.src * cin;
+      const int64_t l0 = lb * 64, nl = std::min<int64_t>(64, cout - l0), nv = (nl + 15) / 16;
+      const int mr = nv == 4 ? 6 : nv == 3 ? 8 : 12;
+      for (int64_t f = first; f < last; f += mr) {
+        const int count = static_cast<int>(std::min<int64_t>(mr, last - f));
+        for (int i = 0; i < mr; ++i) {
+          const int64_t g = f + std::min(i, count - 1), g_h = g / gw, g_w = g % gw;
+          hb[i] = g_h * dh.mul;
+          wb[i] = g_w * dw.mul;
+          outs[i] = out + ((n * dh.out + a + g_h * dh.phases) * dw.out + b + g_w * dw.phases) * cout;
+        }
+        for (int64_t r = 0; r < R; ++r) {
+          for (int i = 0; i < mr; ++i) {
+            const int64_t h = hb[i] + offh[r];
+            hv[i] = offh[r] != kDead && i < count && h >= 0 && h < dh.src ? h * dw.src : -1;
+          }
+          for (int64_t s = 0; s < S; ++s) {
+            const int64_t t = r * S + s;
+            bool any = false;
+            for (int i = 0; i < mr; ++i) {
+              const int64_t v = wb[i] + offw[s];
+              const bool ok = hv[i] >= 0 && offw[s] != kDead && v >= 0 && v < dw.src;
+              rows[t * mr + i] = ok ? image + (hv[i] + v) * cin : zeros.data();
+              any |= ok;
+            }
+            live[t] = any;
+          }
+        }
+        switch (nv) {
+          case 4: tile<6, 4>(w, rows.data(), live.data(), l0, nl, count, outs, bias); break;
+          case 3: tile<8, 3>(w, rows.data(), live.data(), l0, nl, count, outs, bias); break;
+          case 2: tile<12, 2>(w, rows.data(), live.data(), l0, nl, count, outs, bias); break;
+          default: tile<12, 1>(w, rows.data(), live.data(), l0, nl, count, outs, bias); break;
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+void forward(const Conv2dShape& s, const T* x, const T* w, const T* b, T* y) {
+  const int64_t taps = s.R * s.S;
+  const Panel<T> panel = make_panel<T>(taps, s.C, s.K,
+                                       [&](int64_t t, int64_t c, int64_t k) { return w[(k * s.C + c) * taps + t]; });
+  engine(panel, x, y, b, s.N, forward_dim(s.P, s.H, s.R, s.stride_h, s.pad_h, s.dil_h),
+         forward_dim(s.Q, s.W, s.S, s.stride_w, s.pad_w, s.dil_w));
+}
+
+template <class T>
+void backward_data(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
+  const int64_t taps = s.R * s.S;
+  const Panel<T> panel = make_panel<T>(taps, s.K, s.C,
+                                       [&](int64_t t, int64_t k, int64_t c) { return w[(k * s.C + c) * taps + t]; });
+  engine<T>(panel, dy, dx, nullptr, s.N, data_grad_dim(s.H, s.P, s.R, s.stride_h, s.pad_h, s.dil_h),
+            data_grad_dim(s.W, s.Q, s.S, s.stride_w, s.pad_w, s.dil_w));
+}
+
+// dst[2j] = a[j], dst[2j + 1] = b[j] for j < n, zeros for n <= j < lanes (lanes a multiple of 16).
+template <class T>
+void interleave(const T* a, const T* b, int64_t n, int64_t lanes, T* dst) {
+  int64_t j = 0;
+#if defined(__AVX512BW__)
+  if constexpr (std::is_same_v<T, bf16>) {
+    const __m512i lo = _mm512_setr_epi32(0x00200000, 0x00210001, 0x00220002, 0x00230003, 0x00240004, 0x00250005,
+                                         0x00260006, 0x00270007, 0x00280008, 0x00290009, 0x002A000A, 0x002B000B,
+                                         0x002C000C, 0x002D000D, 0x002E000E, 0x002F000F);
+    const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+    for (; j < lanes; j += 32) {
+      const int64_t left = n - j;
+      const __mmask32 m = left >= 32 ? ~0u : left <= 0 ? 0u : static_cast<__mmask32>((1u << left) - 1);
+      const __m512i va = _mm512_maskz_loadu_epi16(m, a + j), vb = _mm512_maskz_loadu_epi16(m, b + j);
+      _mm512_storeu_si512(dst + 2 * j, _mm512_permutex2var_epi16(va, lo, vb));
+      if (j + 16 < lanes) _mm512_storeu_si512(dst + 2 * j + 32, _mm512_permutex2var_epi16(va, hi, vb));
+    }
+    return;
+  }
+#endif
+  for (; j < n; ++j) {
+    dst[2 * j] = a[j];
+    dst[2 * j + 1] = b[j];
+  }
+  for (; j < lanes; ++j) dst[2 * j] = dst[2 * j + 1] = T{};
+}
+
+// acc (MR rows of k x NV * 16 lanes of c, fp32, row stride ld) += sum over the block's pairs pp
+// of the dy pair of row k (dyp + (pp * Kp + k) * 2) times the x pairs of the lanes (xp + pp * 64).
+template <int MR, int NV, class T>
+void wgrad_tile(const T* dyp, int64_t Kp, const T* xp, int64_t pairs, float* acc, int64_t ld) {
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, bf16>) {
+    __m512 c[MR][NV];
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < NV; ++v) c[i][v] = _mm512_loadu_ps(acc + i * ld + 16 * v);
+    for (int64_t pp = 0; pp < pairs; ++pp) {
+      __m512i b[NV];
+      for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(xp + pp * 64 + 32 * v);
+      const T* ap = dyp + pp * Kp * 2;
+      for (int i = 0; i < MR; ++i) {
+        int32_t u;
+        std::memcpy(&u, ap + 2 * i, 4);
+        const __m512bh a = (__m512bh)_mm512_set1_epi32(u);
+        for (int v = 0; v < NV; ++v) c[i][v] = _mm512_dpbf16_ps(c[i][v], a, (__m512bh)b[v]);
+      }
+    }
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < NV; ++v) _mm512_storeu_ps(acc + i * ld + 16 * v, c[i][v]);
+    return;
+  }
+#endif
+  for (int64_t pp = 0; pp < pairs; ++pp) {
+    const T* ap = dyp + pp * Kp * 2;
+    for (int i = 0; i < MR; ++i) {
+      const float a0 = to_float(ap[2 * i]), a1 = to_float(ap[2 * i + 1]);
+      for (int j = 0; j < NV * kLanes; ++j)
+        acc[i * ld + j] += a0 * to_float(xp[pp * 64 + 2 * j]) + a1 * to_float(xp[pp * 64 + 2 * j + 1]);
+    }
+  }
+}
+
+template <class T>
+void backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* dw, bool accumulate) {
+  constexpr int MR = 12;
+  const int64_t taps = s.R * s.S, pixels = s.N * s.P * s.Q, cblocks = (s.C + 31) / 32, Cp = cblocks * 32;
+  // Packed dy rows hold Kp pairs: whole tiles of MR filters, rounded to the 16 lanes of a vector
+  // store; filters past K read zero pairs.
+  const int64_t ktiles = (s.K + MR - 1) / MR, Kp = round_up(ktiles * MR, kLanes);
+  // Pairs per block: the thread's dy pairs (all K) stay within ~64 KiB.
+  const int64_t block = std::clamp<int64_t>(16384 / Kp, 16, 256);
+  const int64_t nthreads = gemm::max_threads();
+  // Units (tap, 32-channel block, filter group); groups split K finely enough for 4 units per
+  // thread, since small layers have few taps x channel blocks.
+  const int64_t groups = std::clamp<int64_t>((4 * nthreads + taps * cblocks - 1) / (taps * cblocks), 1, ktiles);
+  const int64_t per_group = (ktiles + groups - 1) / groups;
+  const int64_t units = taps * cblocks * groups;
+  std::vector<float> acc(static_cast<size_t>(taps * Kp * Cp), 0.0f);  // [tap][k][c]
+  const std::vector<T> zeros(static_cast<size_t>(std::max(s.C, s.K) + 64), T{});
+  auto dy_row = [&](int64_t pix) { return pix < pixels ? dy + pix * s.K : zeros.data(); };
+#pragma omp parallel
+  {
+#ifdef _OPENMP
+    const int64_t tid = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+    const int64_t tid = 0, team = 1;
+#endif
+    const int64_t u0 = units * tid / team, u1 = units * (tid + 1) / team;
+    std::vector<T> dyp(static_cast<size_t>(block * Kp * 2)), xp(static_cast<size_t>(block * 64));
+    // The block's pixels as (first row of their image, top row and left column of their window),
+    // walked once per block so that no division is left in the per-tap packing.
+    std::vector<int64_t> img(static_cast<size_t>(2 * block)), top(img.size()), left(img.size());
+    for (int64_t first = 0; u0 < u1 && first < pixels; first += 2 * block) {
+      const int64_t pairs = std::min(block, (pixels - first + 1) / 2);
+      int64_t q = first % s.Q, p = first / s.Q % s.P, n = first / (s.P * s.Q);
+      for (int64_t j = 0; j < 2 * pairs; ++j) {
+        img[j] = first + j < pixels ? n * s.H : -1;
+        top[j] = p * s.stride_h - s.pad_h;
+        left[j] = q * s.stride_w - s.pad_w;
+        if (++q == s.Q) {
+          q = 0;
+          if (++p == s.P) p = 0, ++n;
+        }
+      }
+      auto x_row = [&](int64_t j, int64_t r, int64_t c) -> const T* {
+        const int64_t h = top[j] + r * s.dil_h, v = left[j] + c * s.dil_w;
+        return img[j] >= 0 && h >= 0 && h < s.H && v >= 0 && v < s.W ? x + ((img[j] + h) * s.W + v) * s.C
+                                                                     : zeros.data();
+      };
+      for (int64_t pp = 0; pp < pairs; ++pp)
+        interleave(dy_row(first + 2 * pp), dy_row(first + 2 * pp + 1), s.K, Kp, dyp.data() + pp * Kp * 2);
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t g = u % groups, cb = u / groups % cblocks, t = u / (groups * cblocks);
+        const int64_t r = t / s.S, c = t % s.S, c0 = cb * 32, nc = std::min<int64_t>(32, s.C - c0);
+        for (int64_t pp = 0; pp < pairs; ++pp)
+          interleave(x_row(2 * pp, r, c) + c0, x_row(2 * pp + 1, r, c) + c0, nc, 32, xp.data() + pp * 64);
+        const int64_t k1 = std::min(ktiles, (g + 1) * per_group);
+        for (int64_t kt = g * per_group; kt < k1; ++kt)
+          wgrad_tile<MR, 2>(dyp.data() + kt * MR * 2, Kp, xp.data(), pairs, acc.data() + (t * Kp + kt * MR) * Cp + c0,
+                            Cp);
+      }
+    }
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < s.K; ++k)
+    for (int64_t c = 0; c < s.C; ++c)
+      for (int64_t t = 0; t < taps; ++t)
+        store_grad(dw + (k * s.C + c) * taps + t, acc[(t * Kp + k) * Cp + c], accumulate);
+}
+
+}  // namespace
+
+void conv2d_nhwc_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+  forward(s, x, w, b, y);
+}
+void conv2d_nhwc_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y) {
+  forward(s, x, w, b, y);
+}
+void conv2d_nhwc_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+  backward_data(s, dy, w, dx);
+}
+void conv2d_nhwc_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx) {
+  backward_data(s, dy, w, dx);
+}
+void conv2d_nhwc_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate) {
+  backward_weight(s, dy, x, dw, accumulate);
+}
+void conv2d_nhwc_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate) {
+  backward_weight(s, dy, x, dw, accumulate);
+}
+
+}  // namespace FASTOPT_ISA
+
+#ifdef FASTOPT_ISA_BASELINE
+void conv2d_nhwc_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+  FASTOPT_CPU_DISPATCH(conv2d_nhwc_forward(s, x, w, b, y))
+}
+void conv2d_nhwc_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y) {
+  FASTOPT_CPU_DISPATCH(conv2d_nhwc_forward(s, x, w, b, y))
+}
+void conv2d_nhwc_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+  FASTOPT_CPU_DISPATCH(conv2d_nhwc_backward_data(s, dy, w, dx))
+}
+void conv2d_nhwc_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx) {
+  FASTOPT_CPU_DISPATCH(conv2d_nhwc_backward_data(s, dy, w, dx))
+}
+void conv2d_nhwc_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate) {
+  FASTOPT_CPU_DISPATCH(conv2d_nhwc_backward_weight(s, dy, x, dw, accumulate))
+}
+void conv2d_nhwc_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate) {
+  FASTOPT_CPU_DISPATCH(conv2d_nhwc_backward_weight(s, dy, x, dw, accumulate))
+}
+
+// Memory-bound: fixed chunks of pixel rows summed in double, then the chunks in order, so the
+// result does not depend on the thread count.
+template <class T>
+static void nhwc_backward_bias(const Conv2dShape& s, const T* dy, float* db, bool accumulate) {
+  constexpr int64_t kRows = 1024;
+  const int64_t pixels = s.N * s.P * s.Q, chunks = (pixels + kRows - 1) / kRows;
+  std::vector<double> part(static_cast<size_t>(chunks * s.K), 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    double* sum = part.data() + ch * s.K;
+    for (int64_t pix = ch * kRows; pix < std::min(pixels, (ch + 1) * kRows); ++pix)
+      for (int64_t k = 0; k < s.K; ++k) sum[k] += to_float(dy[pix * s.K + k]);
+  }
+  for (int64_t k = 0; k < s.K; ++k) {
+    double total = 0.0;
+    for (int64_t ch = 0; ch < chunks; ++ch) total += part[ch * s.K + k];
+    store_grad(db + k, static_cast<float>(total), accumulate);
+  }
+}
+void conv2d_nhwc_backward_bias(const Conv2dShape& s, const float* dy, float* db, bool accumulate) {
+  nhwc_backward_bias(s, dy, db, accumulate);
+}
+void conv2d_nhwc_backward_bias(const Conv2dShape& s, const bf16* dy, float* db, bool accumulate) {
+  nhwc_backward_bias(s, dy, db, accumulate);
+}
+#endif
+
+}  // namespace fastopt::cpu
