@@ -29,10 +29,12 @@ _LAYERS = {
 }
 
 LAYOUT_NOTE = (
-    "inputs: float32 contiguous NCHW tensors go to the kernels as they are; channels_last (and other "
-    "non-contiguous) inputs are converted with .contiguous() (one copy per layer) and outputs are "
-    "contiguous NCHW; under torch.autocast('cpu', bfloat16) conv and linear compute in bf16 and the "
-    "other layers keep a bf16 input bf16 (fastopt's bf16 kernels); float16 autocast and CUDA run them "
+    "inputs: float32 contiguous NCHW tensors go to the kernels as they are; channels_last inputs stay "
+    "channels_last through ReLU, Dropout and BatchNorm (any device) and MaxPool2d (CPU), which run on "
+    "the storage as it lies (outputs and input gradients channels_last, no copy); the other layers "
+    "(and other non-contiguous inputs) convert with .contiguous() (one copy per layer) and give "
+    "contiguous NCHW outputs; under torch.autocast('cpu', bfloat16) conv and linear compute in bf16 "
+    "and the other layers keep a bf16 input bf16 (fastopt's bf16 kernels); float16 autocast and CUDA run them "
     "in float32"
 )
 

@@ -13,7 +13,11 @@ Under torch.autocast (CPU or CUDA) these ops follow torch's rules: with dtype=to
 conv2d and linear cast their floating inputs to bfloat16 (as torch's conv and matmul do) and the
 others run in the dtype their input arrives in (bf16 activations stay bf16, parameters stay
 float32); other autocast dtypes (float16) run them in float32 (fastopt has no fp16 kernels).
-Non-contiguous inputs (channels_last included) are copied to contiguous NCHW first; outputs are
+channels_last inputs keep their layout through relu, dropout and batch norm (any device) and
+max pool (CPU): these run on the storage as it lies (batch norm on it as an (N*H*W, C) matrix,
+max pool through fastopt's NHWC kernel), so outputs and input gradients are channels_last too and
+these layers convert no layouts (_as_lies is the shared helper). Other non-contiguous inputs
+(and channels_last ones elsewhere) are copied to contiguous NCHW first, and those outputs are
 contiguous. CPU results are NumPy arrays from fastopt's host cache, wrapped without a copy; CUDA
 results are fastopt.DeviceArrays allocated by torch's caching allocator (fastopt.torch installs
 it: fastopt.cuda.set_allocator) and computed on torch's current stream, handed over through
@@ -91,6 +95,39 @@ def _run(kernel, device, *args, **kw):
 
 def _c(t):
     return None if t is None else t.contiguous()
+
+
+def _nhwc(t):
+    """t is a 4-D channels_last tensor whose storage is not also in NCHW order (with C = 1 or
+    H = W = 1 both orders are one: those take the NCHW path, whose outputs are both too)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _to_nchw(t):
+    return t.permute(0, 3, 1, 2)
+
+
+def _same(t):
+    return t
+
+
+def _as_lies(t, nhwc=None):
+    """(view, restore): t as a contiguous operand for the kernels, and the map from a result of
+    the kernel back to a logical (N, C, ...) tensor. nhwc (default _nhwc(t)): view is the
+    contiguous (N, H, W, C) view of t's channels_last storage (t is copied only if it does not lie
+    channels_last already) and restore turns an (N, P, Q, K) result into a channels_last
+    (N, K, P, Q) view, no copy; otherwise t.contiguous() and the identity. A gradient passes its
+    forward input's layout as nhwc, so storage-indexed work (dropout's mask) lines up."""
+    if _nhwc(t) if nhwc is None else nhwc:
+        return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1), _to_nchw
+    return t.contiguous(), _same
+
+
+def _empty_as(like, shape, nhwc, dtype=None):
+    """A fake kernel's output where the real one returns restore(...) of _as_lies(.., nhwc):
+    channels_last strides for nhwc (what the permuted view has), else contiguous."""
+    layout = torch.channels_last if nhwc else torch.contiguous_format
+    return torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device, memory_format=layout)
 
 
 def _grads(out, like, params=None):
@@ -349,32 +386,36 @@ def dropout(input: Tensor, p: float, seed: Tensor) -> Tensor:
     """Inverted dropout with the Philox mask of (seed, offset 0): backward regenerates it."""
     check(input, "input")
     _seed(seed)
-    return _run(K.dropout_forward, input.device, input.contiguous(), p, int(seed.item()))
+    x, restore = _as_lies(input)
+    return restore(_run(K.dropout_forward, input.device, x, p, int(seed.item())))
 
 
 @dropout.register_fake
 def _(input, p, seed):
     check(input, "input")
     _seed(seed)
-    return _new(input, input.shape)
+    return _empty_as(input, input.shape, _nhwc(input))
 
 
 @custom_op("fastopt::dropout_backward", mutates_args=())
 def dropout_backward(grad: Tensor, p: float, seed: Tensor) -> Tensor:
-    return _run(K.dropout_backward, grad.device, grad.contiguous(), p, int(seed.item()))
+    """The mask is indexed by storage position: grad must lie as the forward input did."""
+    g, restore = _as_lies(grad)
+    return restore(_run(K.dropout_backward, grad.device, g, p, int(seed.item())))
 
 
 @dropout_backward.register_fake
 def _(grad, p, seed):
-    return _new(grad, grad.shape)
+    return _empty_as(grad, grad.shape, _nhwc(grad))
 
 
 def _dropout_setup(ctx, inputs, output):
-    ctx.p = inputs[1]
+    ctx.p, ctx.nhwc = inputs[1], _nhwc(inputs[0])
     ctx.save_for_backward(inputs[2])
 
 
 def _dropout_grad(ctx, grad):
+    grad = grad.contiguous(memory_format=torch.channels_last if ctx.nhwc else torch.contiguous_format)
     return dropout_backward(grad, ctx.p, ctx.saved_tensors[0]), None, None
 
 
@@ -385,23 +426,25 @@ _register_autograd(dropout, _dropout_grad, _dropout_setup)
 @custom_op("fastopt::relu", mutates_args=())
 def relu(input: Tensor) -> Tensor:
     check(input, "input")
-    return _run(K.relu_forward, input.device, input.contiguous())
+    x, restore = _as_lies(input)
+    return restore(_run(K.relu_forward, input.device, x))
 
 
 @relu.register_fake
 def _(input):
     check(input, "input")
-    return _new(input, input.shape)
+    return _empty_as(input, input.shape, _nhwc(input))
 
 
 @custom_op("fastopt::relu_backward", mutates_args=())
 def relu_backward(grad: Tensor, input: Tensor) -> Tensor:
-    return _run(K.relu_backward, input.device, grad.contiguous(), input.contiguous())
+    x, restore = _as_lies(input)
+    return restore(_run(K.relu_backward, input.device, _as_lies(grad, _nhwc(input))[0], x))
 
 
 @relu_backward.register_fake
 def _(grad, input):
-    return _new(input, input.shape)
+    return _empty_as(input, input.shape, _nhwc(input))
 
 
 def _relu_setup(ctx, inputs, output):
@@ -433,51 +476,66 @@ def max_pool2d_output_shape(input, kernel_size, stride, padding):
     return input.shape[0], input.shape[1], p, q
 
 
+def _pool_nhwc(input):
+    """fastopt's NHWC max pool runs on the CPU only; channels_last CUDA tensors go through NCHW."""
+    return input.device.type == "cpu" and _nhwc(input)
+
+
+def _layout(nhwc):
+    return "nhwc" if nhwc else "nchw"
+
+
 @custom_op("fastopt::max_pool2d", mutates_args=())
 def max_pool2d(input: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
-    """(y, indices): indices are int32 flat positions h * W + w within each input plane."""
+    """(y, indices): indices are int32 flat positions h * W + w within each input plane, whatever
+    the layout; a channels_last CPU input gives channels_last y and indices."""
     check(input, "input")
     max_pool2d_output_shape(input, kernel_size, stride, padding)
-    return _run(
-        K.max_pool2d_forward, input.device, input.contiguous(), tuple(kernel_size), tuple(stride), tuple(padding)
-    )
+    nhwc = _pool_nhwc(input)
+    x, restore = _as_lies(input, nhwc)
+    hyper = tuple(kernel_size), tuple(stride), tuple(padding)
+    y, indices = _run(K.max_pool2d_forward, input.device, x, *hyper, layout=_layout(nhwc))
+    return restore(y), restore(indices)
 
 
 @max_pool2d.register_fake
 def _(input, kernel_size, stride, padding):
     check(input, "input")
-    shape = max_pool2d_output_shape(input, kernel_size, stride, padding)
-    return _new(input, shape), input.new_empty(tuple(shape), dtype=torch.int32)
+    shape, nhwc = max_pool2d_output_shape(input, kernel_size, stride, padding), _pool_nhwc(input)
+    return _empty_as(input, shape, nhwc), _empty_as(input, shape, nhwc, torch.int32)
 
 
 @custom_op("fastopt::max_pool2d_backward", mutates_args=())
 def max_pool2d_backward(
-    grad: Tensor, indices: Tensor, input_shape: list[int], kernel_size: list[int], stride: list[int], padding: list[int]
+    grad: Tensor,
+    indices: Tensor,
+    input_shape: list[int],
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    channels_last: bool = False,
 ) -> Tensor:
-    return _run(
-        K.max_pool2d_backward,
-        grad.device,
-        grad.contiguous(),
-        indices.contiguous(),
-        tuple(input_shape),
-        tuple(kernel_size),
-        tuple(stride),
-        tuple(padding),
-    )
+    """channels_last: the forward ran NHWC (a channels_last CPU input); dx is then channels_last."""
+    nhwc = channels_last and grad.device.type == "cpu"
+    (g, restore), (i, _) = _as_lies(grad, nhwc), _as_lies(indices, nhwc)
+    shape = [input_shape[0], *input_shape[2:], input_shape[1]] if nhwc else input_shape
+    hyper = tuple(kernel_size), tuple(stride), tuple(padding)
+    return restore(_run(K.max_pool2d_backward, grad.device, g, i, shape, *hyper, layout=_layout(nhwc)))
 
 
 @max_pool2d_backward.register_fake
-def _(grad, indices, input_shape, kernel_size, stride, padding):
-    return _new(grad, input_shape)
+def _(grad, indices, input_shape, kernel_size, stride, padding, channels_last=False):
+    return _empty_as(grad, input_shape, channels_last and grad.device.type == "cpu")
 
 
 def _max_pool2d_setup(ctx, inputs, output):
-    ctx.shape, ctx.conf = list(inputs[0].shape), inputs[1:]
+    ctx.shape, ctx.conf, ctx.nhwc = list(inputs[0].shape), inputs[1:], _pool_nhwc(inputs[0])
     ctx.save_for_backward(output[1])
 
 
 def _max_pool2d_grad(ctx, grad, _):
-    return (max_pool2d_backward(grad, ctx.saved_tensors[0], ctx.shape, *ctx.conf), None, None, None)
+    dx = max_pool2d_backward(grad, ctx.saved_tensors[0], ctx.shape, *ctx.conf, ctx.nhwc)
+    return dx, None, None, None
 
 
 _register_autograd(max_pool2d, _max_pool2d_grad, _max_pool2d_setup)

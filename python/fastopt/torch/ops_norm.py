@@ -2,7 +2,9 @@
 the `fastopt` namespace with their backward ops, fake kernels, autograd and autocast rules: the
 conventions of ops.py, which re-exports them. Batch norm in training is functional (y, mean,
 invstd, var): torch refuses an autograd formula on an op that mutates its inputs, so the running
-statistics are updated by the caller (fastopt.torch.nn.functional.batch_norm)."""
+statistics are updated by the caller (fastopt.torch.nn.functional.batch_norm). A channels_last
+batch norm input runs as the (N*H*W, C) matrix its storage is, which the kernel's 2-d path
+normalizes per column: the same statistics (summed in another order), channels_last y and dx."""
 
 from typing import Optional
 
@@ -11,7 +13,20 @@ from torch import Tensor
 from torch.library import custom_op
 
 from .. import functional as K
-from .ops import _c, _check_all, _f32, _given, _given_all, _grads, _new, _register_autograd, _run
+from .ops import (
+    _as_lies,
+    _c,
+    _check_all,
+    _empty_as,
+    _f32,
+    _given,
+    _given_all,
+    _grads,
+    _new,
+    _nhwc,
+    _register_autograd,
+    _run,
+)
 
 
 # ------------------------------------------------------------------------------- batch norm
@@ -34,6 +49,15 @@ def _batch_norm_check(input, weight, bias, running_mean, running_var, training):
     return c
 
 
+def _columns(t, nhwc):
+    """(operand, restore) of batch norm: a channels_last t as its storage's (N*H*W, C) matrix
+    (nhwc: the forward input's layout, for a gradient), else t.contiguous()."""
+    x, restore = _as_lies(t, nhwc)
+    if not nhwc:
+        return x, restore
+    return x.reshape(-1, x.shape[-1]), lambda r: restore(r.reshape(x.shape))
+
+
 @custom_op("fastopt::batch_norm", mutates_args=())
 def batch_norm(
     input: Tensor,
@@ -48,13 +72,13 @@ def batch_norm(
     ones are not read) and returns the unbiased batch variance for the caller's running-stat
     update; eval normalizes with running_mean / running_var and returns an empty variance."""
     c = _batch_norm_check(input, weight, bias, running_mean, running_var, training)
-    x = input.contiguous()
+    x, restore = _columns(input, _nhwc(input))
     if training:
         # The kernel's running-stat update with factor 1 on zeros yields the batch mean and the
         # unbiased batch variance, computed in the same pass, without mutating an op input.
         mean, var = x.new_zeros(c, dtype=torch.float32), x.new_zeros(c, dtype=torch.float32)
         y, save_mean, invstd = _run(K.batch_norm_forward, x.device, x, _c(weight), _c(bias), mean, var, True, 1.0, eps)
-        return y, save_mean, invstd, var
+        return restore(y), save_mean, invstd, var
     y, mean, invstd = _run(
         K.batch_norm_forward,
         x.device,
@@ -67,38 +91,31 @@ def batch_norm(
         0.0,
         eps,
     )
-    return y, mean, invstd, x.new_empty(0)
+    return restore(y), mean, invstd, _f32(x, (0,))
 
 
 @batch_norm.register_fake
 def _(input, weight, bias, running_mean, running_var, training, eps):
     c = _batch_norm_check(input, weight, bias, running_mean, running_var, training)
-    return _new(input, input.shape), _f32(input, (c,)), _f32(input, (c,)), _f32(input, (c,) if training else (0,))
+    y = _empty_as(input, input.shape, _nhwc(input))
+    return y, _f32(input, (c,)), _f32(input, (c,)), _f32(input, (c,) if training else (0,))
 
 
 @custom_op("fastopt::batch_norm_backward", mutates_args=())
 def batch_norm_backward(
     grad: Tensor, input: Tensor, weight: Optional[Tensor], mean: Tensor, invstd: Tensor, training: bool, has_bias: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    out = _run(
-        K.batch_norm_backward,
-        input.device,
-        grad.contiguous(),
-        input.contiguous(),
-        _c(weight),
-        mean,
-        invstd,
-        training,
-        has_bias,
-    )
-    return _grads(out, input, torch.float32)
+    nhwc = _nhwc(input)
+    (g, _), (x, restore) = _columns(grad, nhwc), _columns(input, nhwc)
+    dx, dw, db = _run(K.batch_norm_backward, input.device, g, x, _c(weight), mean, invstd, training, has_bias)
+    return _grads((None if dx is None else restore(dx), dw, db), input, torch.float32)
 
 
 @batch_norm_backward.register_fake
 def _(grad, input, weight, mean, invstd, training, has_bias):
     c = input.shape[1]
     return (
-        _new(input, input.shape),
+        _empty_as(input, input.shape, _nhwc(input)),
         _f32(input, (c,) if weight is not None else (0,)),
         _f32(input, (c,) if has_bias else (0,)),
     )
