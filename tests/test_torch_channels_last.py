@@ -203,7 +203,7 @@ def small_model(conv):
         torch.nn.Dropout(0.2),
         conv(3, 8, 3, padding=1),
         torch.nn.BatchNorm2d(8),
-        torch.nn.ReLU(),
+        torch.nn.ReLU(inplace=True),  # stays torch's: in place on the batch norm's output
         torch.nn.MaxPool2d(2),
         torch.nn.Dropout(0.1),
         conv(8, 4, 3),

@@ -27,6 +27,7 @@ The user-facing API, with torch's signatures and defaults, is fastopt.torch.nn.f
 normalization ops are in ops_norm.py (re-exported here).
 """
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -35,6 +36,7 @@ from ml_dtypes import bfloat16
 from torch import Tensor
 from torch.library import custom_op
 
+from .. import _C
 from .. import functional as K
 
 _DEVICES = ("cpu", "cuda", "meta")
@@ -104,7 +106,11 @@ def _nhwc(t):
 
 
 def _to_nchw(t):
-    return t.permute(0, 3, 1, 2)
+    """The channels_last (N, C, P, Q) tensor over an (N, P, Q, C) result's memory. A new tensor
+    on that storage, not a permute: autograd refuses in-place ops (a ReLU(inplace=True) after the
+    layer) on a custom op's output that is a view."""
+    (n, p, q, c), (sn, sp, sq, sc) = t.shape, t.stride()
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (n, c, p, q), (sn, sc, sp, sq))
 
 
 def _same(t):
@@ -116,7 +122,7 @@ def _as_lies(t, nhwc=None):
     the kernel back to a logical (N, C, ...) tensor. nhwc (default _nhwc(t)): view is the
     contiguous (N, H, W, C) view of t's channels_last storage (t is copied only if it does not lie
     channels_last already) and restore turns an (N, P, Q, K) result into a channels_last
-    (N, K, P, Q) view, no copy; otherwise t.contiguous() and the identity. A gradient passes its
+    (N, K, P, Q) tensor on the same memory, no copy; otherwise t.contiguous() and the identity. A gradient passes its
     forward input's layout as nhwc, so storage-indexed work (dropout's mask) lines up."""
     if _nhwc(t) if nhwc is None else nhwc:
         return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1), _to_nchw
@@ -213,6 +219,26 @@ def conv2d_output_shape(input, weight, stride, padding, dilation, groups):
     return input.shape[0], weight.shape[0], p, q
 
 
+@functools.cache
+def _vnni_bf16():
+    return _C.build_info()["simd"] == "avx512bf16"
+
+
+def _conv_nhwc(input, weight, groups):
+    """Whether conv2d runs fastopt's channels_last kernels: bf16 on a CPU with AVX512-BF16,
+    groups=1, and input or weight channels_last (torch's rule for its own conv). There they skip
+    the NCHW path's packing and its padded taps; fp32 keeps NCHW and its Winograd kernels, and
+    the CPUs without VDPBF16PS keep the NCHW GEMM over widened panels (the NHWC kernels' portable
+    loop is slower). Everywhere else a channels_last input is copied to NCHW."""
+    return (
+        input.device.type == "cpu"
+        and input.dtype == torch.bfloat16
+        and groups == 1
+        and (_nhwc(input) or _nhwc(weight))
+        and _vnni_bf16()
+    )
+
+
 def _tf32(device):
     return device.type == "cuda" and torch.backends.cudnn.allow_tf32
 
@@ -229,24 +255,30 @@ def conv2d(
 ) -> Tensor:
     _check_all(input, True, weight=weight, bias=bias)
     conv2d_output_shape(input, weight, stride, padding, dilation, groups)
-    return _run(
-        K.conv2d_forward,
-        input.device,
-        input.contiguous(),
-        weight.contiguous(),
-        _c(bias),
-        tuple(stride),
-        tuple(padding),
-        tuple(dilation),
-        groups,
-        allow_tf32=_tf32(input.device),
+    nhwc = _conv_nhwc(input, weight, groups)
+    x, restore = _as_lies(input, nhwc)
+    return restore(
+        _run(
+            K.conv2d_forward,
+            input.device,
+            x,
+            weight.contiguous(),
+            _c(bias),
+            tuple(stride),
+            tuple(padding),
+            tuple(dilation),
+            groups,
+            allow_tf32=_tf32(input.device),
+            layout=_layout(nhwc),
+        )
     )
 
 
 @conv2d.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups):
     _check_all(input, True, weight=weight, bias=bias)
-    return _new(input, conv2d_output_shape(input, weight, stride, padding, dilation, groups))
+    shape = conv2d_output_shape(input, weight, stride, padding, dilation, groups)
+    return _empty_as(input, shape, _conv_nhwc(input, weight, groups))
 
 
 @custom_op("fastopt::conv2d_backward", mutates_args=())
@@ -262,11 +294,13 @@ def conv2d_backward(
     need_weight: bool,
     need_bias: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    nhwc = _conv_nhwc(input, weight, groups)
+    x, restore = _as_lies(input, nhwc)
     out = _run(
         K.conv2d_backward,
         input.device,
-        grad.contiguous(),
-        input.contiguous(),
+        _as_lies(grad, nhwc)[0],
+        x,
         weight.contiguous(),
         tuple(stride),
         tuple(padding),
@@ -274,14 +308,16 @@ def conv2d_backward(
         groups,
         (need_input, need_weight, need_bias),
         allow_tf32=_tf32(input.device),
+        layout=_layout(nhwc),
     )
-    return _grads((out[0], _as(out[1], weight), _as(out[2], weight)), input)
+    dx = None if out[0] is None else restore(out[0])
+    return _grads((dx, _as(out[1], weight), _as(out[2], weight)), input)
 
 
 @conv2d_backward.register_fake
 def _(grad, input, weight, stride, padding, dilation, groups, need_input, need_weight, need_bias):
     return (
-        _new(input, input.shape if need_input else (0,)),
+        _empty_as(input, input.shape, _conv_nhwc(input, weight, groups)) if need_input else _new(input, (0,)),
         _new(input, weight.shape if need_weight else (0,)),
         _new(input, weight.shape[:1] if need_bias else (0,)),
     )
