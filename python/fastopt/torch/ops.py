@@ -122,8 +122,9 @@ def _as_lies(t, nhwc=None):
     the kernel back to a logical (N, C, ...) tensor. nhwc (default _nhwc(t)): view is the
     contiguous (N, H, W, C) view of t's channels_last storage (t is copied only if it does not lie
     channels_last already) and restore turns an (N, P, Q, K) result into a channels_last
-    (N, K, P, Q) tensor on the same memory, no copy; otherwise t.contiguous() and the identity. A gradient passes its
-    forward input's layout as nhwc, so storage-indexed work (dropout's mask) lines up."""
+    (N, K, P, Q) tensor on the same memory, no copy; otherwise t.contiguous() and the identity.
+    A gradient passes its forward input's layout as nhwc, so storage-indexed work (dropout's
+    mask) lines up."""
     if _nhwc(t) if nhwc is None else nhwc:
         return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1), _to_nchw
     return t.contiguous(), _same
