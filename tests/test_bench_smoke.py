@@ -145,7 +145,7 @@ def test_torch_training_step_bench_tiny(tmp_path):
             "--models",
             "small_cnn",
             "--contenders",
-            "torch,fastopt,torch bf16+CL,fastopt bf16",
+            "torch,fastopt,torch bf16+CL,fastopt bf16,fastopt bf16+CL",
             "--batch",
             "4",
             "--rounds",
@@ -172,8 +172,10 @@ def test_torch_training_step_bench_tiny(tmp_path):
         "fastopt",
         "torch bf16+CL",
         "fastopt bf16",
+        "fastopt bf16+CL",
     }
-    assert row["bf16_speedup_vs_torch_bf16"] > 0
+    assert set(row["bf16_speedup_vs_torch_bf16"]) == {"fastopt bf16", "fastopt bf16+CL"}
+    assert all(v > 0 for v in row["bf16_speedup_vs_torch_bf16"].values())
     assert all(v > 0 for v in row["ms_per_step"].values()) and row["fastopt_speedup_vs"]["torch"] > 0
     assert "| cpu | small_cnn | 4 |" in (tmp_path / "results.md").read_text() and (tmp_path / "chart.png").exists()
 

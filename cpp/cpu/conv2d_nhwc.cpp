@@ -289,10 +289,11 @@ void interleave(const T* a, const T* b, int64_t n, int64_t lanes, T* dst) {
   for (; j < lanes; ++j) dst[2 * j] = dst[2 * j + 1] = T{};
 }
 
-// acc (MR rows of k x NV * 16 lanes of c, fp32, row stride ld) += sum over the block's pairs pp
-// of the dy pair of row k (dyp + (pp * Kp + k) * 2) times the x pairs of the lanes (xp + pp * 64).
+// The weight-grad as dw^T: rows are (tap, channel) pairs, lanes are filters. acc (MR rows x NV * 16
+// lanes, fp32, row stride ld) += sum over the block's pixel pairs pp of the x pair of each row
+// (xq + (pp * xs + i) * 2, broadcast) times the dy pairs of the lanes (dyq + (pp * Kp) * 2).
 template <int MR, int NV, class T>
-void wgrad_tile(const T* dyp, int64_t Kp, const T* xp, int64_t pairs, float* acc, int64_t ld) {
+void wgrad_tile(const T* xq, int64_t xs, const T* dyq, int64_t Kp, int64_t pairs, float* acc, int64_t ld) {
 #if defined(__AVX512BF16__)
   if constexpr (std::is_same_v<T, bf16>) {
     __m512 c[MR][NV];
@@ -300,8 +301,8 @@ void wgrad_tile(const T* dyp, int64_t Kp, const T* xp, int64_t pairs, float* acc
       for (int v = 0; v < NV; ++v) c[i][v] = _mm512_loadu_ps(acc + i * ld + 16 * v);
     for (int64_t pp = 0; pp < pairs; ++pp) {
       __m512i b[NV];
-      for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(xp + pp * 64 + 32 * v);
-      const T* ap = dyp + pp * Kp * 2;
+      for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(dyq + pp * Kp * 2 + 32 * v);
+      const T* ap = xq + pp * xs * 2;
       for (int i = 0; i < MR; ++i) {
         int32_t u;
         std::memcpy(&u, ap + 2 * i, 4);
@@ -315,33 +316,32 @@ void wgrad_tile(const T* dyp, int64_t Kp, const T* xp, int64_t pairs, float* acc
   }
 #endif
   for (int64_t pp = 0; pp < pairs; ++pp) {
-    const T* ap = dyp + pp * Kp * 2;
+    const T* ap = xq + pp * xs * 2;
+    const T* bp = dyq + pp * Kp * 2;
     for (int i = 0; i < MR; ++i) {
       const float a0 = to_float(ap[2 * i]), a1 = to_float(ap[2 * i + 1]);
-      for (int j = 0; j < NV * kLanes; ++j)
-        acc[i * ld + j] += a0 * to_float(xp[pp * 64 + 2 * j]) + a1 * to_float(xp[pp * 64 + 2 * j + 1]);
+      for (int j = 0; j < NV * kLanes; ++j) acc[i * ld + j] += a0 * to_float(bp[2 * j]) + a1 * to_float(bp[2 * j + 1]);
     }
   }
 }
 
+// dw[k, c, t] = sum over output pixels of x_t[pixel, c] * dy[pixel, k], reduced as dw^T: rows
+// (t, c), T C of them, so a 3-channel stem wastes no lanes; lanes k in blocks of 32. Each thread
+// owns a fixed range of (row tile, lane block) units and walks every block of pixel pairs in
+// order, packing only its own rows of x (one interleave per pixel pair and tap) and all of dy.
 template <class T>
 void backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* dw, bool accumulate) {
   constexpr int MR = 12;
-  const int64_t taps = s.R * s.S, pixels = s.N * s.P * s.Q, cblocks = (s.C + 31) / 32, Cp = cblocks * 32;
-  // Packed dy rows hold Kp pairs: whole tiles of MR filters, rounded to the 16 lanes of a vector
-  // store; filters past K read zero pairs.
-  const int64_t ktiles = (s.K + MR - 1) / MR, Kp = round_up(ktiles * MR, kLanes);
-  // Pairs per block: the thread's dy pairs (all K) stay within ~64 KiB.
-  const int64_t block = std::clamp<int64_t>(16384 / Kp, 16, 256);
-  const int64_t nthreads = gemm::max_threads();
-  // Units (tap, 32-channel block, filter group); groups split K finely enough for 4 units per
-  // thread, since small layers have few taps x channel blocks.
-  const int64_t groups = std::clamp<int64_t>((4 * nthreads + taps * cblocks - 1) / (taps * cblocks), 1, ktiles);
-  const int64_t per_group = (ktiles + groups - 1) / groups;
-  const int64_t units = taps * cblocks * groups;
-  std::vector<float> acc(static_cast<size_t>(taps * Kp * Cp), 0.0f);  // [tap][k][c]
+  const int64_t taps = s.R * s.S, rows = taps * s.C, pixels = s.N * s.P * s.Q;
+  const int64_t rtiles = (rows + MR - 1) / MR, lblocks = (s.K + 31) / 32, Kp = lblocks * 32;
+  const int64_t units = rtiles * lblocks;
+  // 64 pixel pairs per block: a thread's dy pairs (Kp lanes) and a tile's x pairs stay in L1.
+  constexpr int64_t block = 64;
+  std::vector<float> acc(static_cast<size_t>(rtiles * MR * Kp), 0.0f);  // [(t, c)][k]
   const std::vector<T> zeros(static_cast<size_t>(std::max(s.C, s.K) + 64), T{});
   auto dy_row = [&](int64_t pix) { return pix < pixels ? dy + pix * s.K : zeros.data(); };
+  std::vector<int64_t> tap_h(static_cast<size_t>(taps)), tap_w(tap_h.size());  // window offsets of each tap
+  for (int64_t t = 0; t < taps; ++t) tap_h[t] = t / s.S * s.dil_h, tap_w[t] = t % s.S * s.dil_w;
 #pragma omp parallel
   {
 #ifdef _OPENMP
@@ -350,7 +350,11 @@ void backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* dw, b
     const int64_t tid = 0, team = 1;
 #endif
     const int64_t u0 = units * tid / team, u1 = units * (tid + 1) / team;
-    std::vector<T> dyp(static_cast<size_t>(block * Kp * 2)), xp(static_cast<size_t>(block * 64));
+    // The taps this thread's rows touch (units run row tile by row tile), packed whole.
+    const int64_t t0 = u0 < u1 ? u0 / lblocks * MR / s.C : 0;
+    const int64_t t1 = u0 < u1 ? std::min(taps, ((u1 - 1) / lblocks * MR + MR - 1) / s.C + 1) : 0;
+    const int64_t xs = round_up((t1 - t0) * s.C + 64, 2);  // x pairs per pixel pair (+ interleave spill)
+    std::vector<T> dyq(static_cast<size_t>(block * Kp * 2)), xq(static_cast<size_t>(block * xs * 2 + 2 * MR));
     // The block's pixels as (first row of their image, top row and left column of their window),
     // walked once per block so that no division is left in the per-tap packing.
     std::vector<int64_t> img(static_cast<size_t>(2 * block)), top(img.size()), left(img.size());
@@ -366,22 +370,22 @@ void backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* dw, b
           if (++p == s.P) p = 0, ++n;
         }
       }
-      auto x_row = [&](int64_t j, int64_t r, int64_t c) -> const T* {
-        const int64_t h = top[j] + r * s.dil_h, v = left[j] + c * s.dil_w;
+      auto x_row = [&](int64_t j, int64_t t) -> const T* {
+        const int64_t h = top[j] + tap_h[t], v = left[j] + tap_w[t];
         return img[j] >= 0 && h >= 0 && h < s.H && v >= 0 && v < s.W ? x + ((img[j] + h) * s.W + v) * s.C
                                                                      : zeros.data();
       };
-      for (int64_t pp = 0; pp < pairs; ++pp)
-        interleave(dy_row(first + 2 * pp), dy_row(first + 2 * pp + 1), s.K, Kp, dyp.data() + pp * Kp * 2);
+      for (int64_t pp = 0; pp < pairs; ++pp) {
+        interleave(dy_row(first + 2 * pp), dy_row(first + 2 * pp + 1), s.K, Kp, dyq.data() + pp * Kp * 2);
+        // Taps in order: each interleave's zero spill past C is overwritten by the next tap.
+        for (int64_t t = t0; t < t1; ++t)
+          interleave(x_row(2 * pp, t), x_row(2 * pp + 1, t), s.C, round_up(s.C, kLanes),
+                     xq.data() + (pp * xs + (t - t0) * s.C) * 2);
+      }
       for (int64_t u = u0; u < u1; ++u) {
-        const int64_t g = u % groups, cb = u / groups % cblocks, t = u / (groups * cblocks);
-        const int64_t r = t / s.S, c = t % s.S, c0 = cb * 32, nc = std::min<int64_t>(32, s.C - c0);
-        for (int64_t pp = 0; pp < pairs; ++pp)
-          interleave(x_row(2 * pp, r, c) + c0, x_row(2 * pp + 1, r, c) + c0, nc, 32, xp.data() + pp * 64);
-        const int64_t k1 = std::min(ktiles, (g + 1) * per_group);
-        for (int64_t kt = g * per_group; kt < k1; ++kt)
-          wgrad_tile<MR, 2>(dyp.data() + kt * MR * 2, Kp, xp.data(), pairs, acc.data() + (t * Kp + kt * MR) * Cp + c0,
-                            Cp);
+        const int64_t rt = u / lblocks, lb = u % lblocks;
+        wgrad_tile<MR, 2>(xq.data() + (rt * MR - t0 * s.C) * 2, xs, dyq.data() + lb * 64, Kp, pairs,
+                          acc.data() + rt * MR * Kp + lb * 32, Kp);
       }
     }
   }
@@ -389,7 +393,7 @@ void backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* dw, b
   for (int64_t k = 0; k < s.K; ++k)
     for (int64_t c = 0; c < s.C; ++c)
       for (int64_t t = 0; t < taps; ++t)
-        store_grad(dw + (k * s.C + c) * taps + t, acc[(t * Kp + k) * Cp + c], accumulate);
+        store_grad(dw + (k * s.C + c) * taps + t, acc[(t * s.C + c) * Kp + k], accumulate);
 }
 
 }  // namespace

@@ -51,6 +51,15 @@ LAYERS = [
     ("dw3x3 64@56", 64, 64, 56, 3, 1, 1, 64),
     ("7x7/2 3>64@224", 3, 64, 224, 7, 2, 3, 1),
 ]
+# The small CNN of `fastopt bench train` / `fastopt bench torch train` (3x32x32 input): what its
+# training step spends in conv (--layers small_cnn).
+SMALL_CNN_LAYERS = [
+    ("3x3 3>32@32", 3, 32, 32, 3, 1, 1, 1),
+    ("3x3 32>32@32", 32, 32, 32, 3, 1, 1, 1),
+    ("3x3 32>64@16", 32, 64, 16, 3, 1, 1, 1),
+    ("3x3 64>64@16", 64, 64, 16, 3, 1, 1, 1),
+]
+LAYER_SETS = {"resnet": LAYERS, "small_cnn": SMALL_CNN_LAYERS, "all": LAYERS + SMALL_CNN_LAYERS}
 PASSES = ("forward", "data-grad", "weight-grad")
 
 
@@ -75,6 +84,12 @@ def parse_args(argv=None):
         default="fp32",
         help="bf16: fastopt and torch (channels_last) in bfloat16 beside both in float32, against "
         "torch.matmul's bf16 rate",
+    )
+    p.add_argument(
+        "--layers",
+        choices=sorted(LAYER_SETS),
+        default="resnet",
+        help="resnet: the issue's ResNet-style set (default); small_cnn: the small CNN's four convs; all: both",
     )
     a = p.parse_args(argv)
     if a.repeat < 1:
@@ -208,6 +223,10 @@ def contenders(device, layer, n, torch, with_reference, opt_in=True, dtype="fp32
     out["fastopt"] = fastopt_steps(xd, wd, dyd, args)
     if dtype == "bf16":
         out["fastopt-bf16"] = fastopt_steps(*(put(a.astype(bfloat16)) for a in (x, w, dy)), args)
+        if device == "cpu" and groups == 1:
+            # channels_last, what fastopt.torch runs for channels_last bf16 tensors on AVX512-BF16 CPUs
+            xl, dyl = (np.ascontiguousarray(a.astype(bfloat16).transpose(0, 2, 3, 1)) for a in (x, dy))
+            out["fastopt-bf16-nhwc"] = fastopt_steps(xl, w.astype(bfloat16), dyl, args, layout="nhwc")
     if device == "cuda":
         out["fastopt-tf32"] = fastopt_steps(xd, wd, dyd, args, allow_tf32=True)
         for backend, switch, passes in opt_in_kernels(c, r, stride, groups) if opt_in else ():
@@ -310,7 +329,8 @@ def run(args):
         rates, measured = [], []
         # The SGEMM rate is sampled next to every layer and the best kept, so that the ceiling
         # sees the same quiet spells as the layers it is compared with.
-        for i, layer in enumerate(LAYERS):
+        layers = LAYER_SETS[args.layers]
+        for i, layer in enumerate(layers):
             t0 = time.perf_counter()
             if has_sgemm:
                 rates.append(sgemm_rate(device, tdev, dtype=args.dtype))
@@ -321,7 +341,7 @@ def run(args):
             bw = copy_bandwidth(device, nbytes)
             ceilings[device]["copy_gbps"][layer[0]] = bw / 1e9
             measured.append((layer, fl, nbytes, bw, times))
-            log(f"{device}: [{i + 1}/{len(LAYERS)}] {layer[0]} in {time.perf_counter() - t0:.1f} s")
+            log(f"{device}: [{i + 1}/{len(layers)}] {layer[0]} in {time.perf_counter() - t0:.1f} s")
         rates = [r for r in rates if r]
         rate = max(rates) if rates else None
         ceilings[device]["sgemm_gflops"] = rate / 1e9 if rate else None
@@ -339,7 +359,7 @@ def run(args):
                 for b in sorted({b for b, p in times if p == ps}):
                     t = times[(b, ps)]
                     # TF32 against TF32, bf16 against torch's bf16 channels_last
-                    peer = "torch-tf32" if b.endswith("-tf32") else "torch-bf16-cl" if b.endswith("-bf16") else "torch"
+                    peer = "torch-tf32" if b.endswith("-tf32") else "torch-bf16-cl" if "-bf16" in b else "torch"
                     rows.append(
                         {
                             "device": device,
@@ -369,7 +389,13 @@ def run(args):
         "fastopt": fastopt.build_info(),
         "torch": getattr(torch, "__version__", None),
         "numpy": np.__version__,
-        "settings": {"quick": args.quick, "repeat": args.repeat, "devices": devices, "dtype": args.dtype},
+        "settings": {
+            "quick": args.quick,
+            "repeat": args.repeat,
+            "devices": devices,
+            "dtype": args.dtype,
+            "layers": args.layers,
+        },
         "ceilings": ceilings,
         "rows": rows,
     }
@@ -424,20 +450,21 @@ def markdown(doc):
 def bf16_speedups(rows):
     """Markdown lines: fastopt's bf16 time against its own float32 time on the same pass."""
     fp32 = {(r["layer"], r["pass"]): r["median_ms"] for r in rows if r["backend"] == "fastopt"}
-    bf16 = [r for r in rows if r["backend"] == "fastopt-bf16" and (r["layer"], r["pass"]) in fp32]
+    bf16 = [r for r in rows if r["backend"].startswith("fastopt-bf16") and (r["layer"], r["pass"]) in fp32]
     if not bf16:
         return []
     out = [
         "",
         "bfloat16 against float32 (fastopt): fp32 ms / bf16 ms.",
         "",
-        "| layer | pass | fp32 ms | bf16 ms | speed-up | vs torch bf16 CL |",
-        "|---|---|---:|---:|---:|---:|",
+        "| layer | pass | backend | fp32 ms | bf16 ms | speed-up | vs torch bf16 CL |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in bf16:
         base = fp32[(r["layer"], r["pass"])]
         out.append(
-            f"| {r['layer']} | {r['pass']} | {base:.2f} | {r['median_ms']:.2f} | {base / r['median_ms']:.2f} | "
+            f"| {r['layer']} | {r['pass']} | {r['backend']} | {base:.2f} | {r['median_ms']:.2f} | "
+            f"{base / r['median_ms']:.2f} | "
             f"{_f(r['vs_torch'], '.2f')} |"
         )
     return out
