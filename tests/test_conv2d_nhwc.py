@@ -18,8 +18,9 @@ import fastopt.functional as F
 from fastopt.reference import conv as ref
 
 # (N, C, H, W, K, R, S, stride, padding, dilation), chosen to reach every path of the engine
-# (lane blocks of 64, 48, 32 and 16 outputs, odd channel counts, stride phases, dead taps) and of
-# the weight-grad (filter tails, channel blocks past 32, odd pixel counts, several pixel blocks):
+# (lane blocks of 64, 48, 32 and 16 outputs, odd channel counts, stride phases, dead taps, window
+# rows folded into one run for C < 16) and of the weight-grad (row tiles across taps, filter
+# tails, odd pixel counts, several pixel blocks):
 SHAPES = [
     (2, 16, 9, 9, 24, 3, 3, 1, 1, 1),  # 24 outputs: one 32-lane block with 8 masked lanes
     (3, 5, 11, 7, 13, 3, 3, 1, 1, 1),  # odd C: the last channel paired with zero
@@ -31,6 +32,7 @@ SHAPES = [
     (2, 20, 17, 19, 36, 1, 1, 2, 0, 1),  # 1x1 stride 2: the data-grad's odd pixels receive nothing
     (1, 8, 9, 8, 8, 5, 5, 3, 4, 1),  # stride 3 > half the kernel: whole phases without taps
     (5, 24, 14, 14, 40, 3, 3, 1, 1, 1),  # 980 pixels: several weight-grad blocks, two filter tiles
+    (2, 2, 5, 2, 6, 5, 5, 1, 2, 1),  # a folded window row wider than the image: both edges at once
     (1, 1, 1, 1, 1, 1, 1, 1, 0, 1),  # one element
 ]
 

@@ -175,9 +175,17 @@ Dim data_grad_dim(int64_t out, int64_t src, int64_t taps, int64_t stride, int64_
   return d;
 }
 
-// One pass of the engine: out (N, OH, OW, cout) from src (N, IH, IW, cin) along dims dh, dw.
+// Small-channel layers (the stem) read the S taps of a window row as one run of S C contiguous
+// values where dil_w = 1 (a "folded" row: cin = S C, one tap per row), so a tile carries R
+// pointers per pixel instead of R S and reduces over pairs of S C values instead of S pairs of
+// C. A run that crosses the image's left or right edge is copied with zeros into a scratch row.
+bool fold_rows(int64_t C, int64_t S, int64_t dil_w) { return S > 1 && dil_w == 1 && C * S <= 64 && C < 16; }
+
+// One pass of the engine: out (N, OH, OW, cout) from src (N, IH, IW, pixel) along dims dh, dw;
+// each source row read is `run` pixels long (1, or S when folded: w.cin = run * pixel).
 template <class T>
-void engine(const Panel<T>& w, const T* src, T* out, const T* bias, int64_t N, const Dim& dh, const Dim& dw) {
+void engine(const Panel<T>& w, const T* src, T* out, const T* bias, int64_t N, const Dim& dh, const Dim& dw,
+            int64_t pixel, int64_t run) {
   const int64_t cin = w.cin, cout = w.cout, R = dh.taps, S = dw.taps, taps = R * S;
   const std::vector<T> zeros(static_cast<size_t>(cin + 2), T{});
   const int64_t lane_blocks = (cout + 63) / 64;
@@ -188,6 +196,7 @@ void engine(const Panel<T>& w, const T* src, T* out, const T* bias, int64_t N, c
 #pragma omp parallel
   {
     std::vector<const T*> rows(static_cast<size_t>(taps * kMaxMR));
+    std::vector<T> edge(run > 1 ? static_cast<size_t>(taps * kMaxMR * (cin + 2)) : 0);
     std::vector<unsigned char> live(static_cast<size_t>(taps));
     T* outs[kMaxMR];
     int64_t hb[kMaxMR], wb[kMaxMR], hv[kMaxMR];
@@ -205,7 +214,7 @@ void engine(const Panel<T>& w, const T* src, T* out, const T* bias, int64_t N, c
       const int64_t last = std::min(dh.count(a) * gw, first + kChunkPixels);
       const int64_t* offh = dh.off.data() + a * R;
       const int64_t* offw = dw.off.data() + b * S;
-      const T* image = src + n * dh.src * dw.src * cin;
+      const T* image = src + n * dh.src * dw.src * pixel;
       const int64_t l0 = lb * 64, nl = std::min<int64_t>(64, cout - l0), nv = (nl + 15) / 16;
       const int mr = nv == 4 ? 6 : nv == 3 ? 8 : 12;
       for (int64_t f = first; f < last; f += mr) {
@@ -226,8 +235,16 @@ void engine(const Panel<T>& w, const T* src, T* out, const T* bias, int64_t N, c
             bool any = false;
             for (int i = 0; i < mr; ++i) {
               const int64_t v = wb[i] + offw[s];
-              const bool ok = hv[i] >= 0 && offw[s] != kDead && v >= 0 && v < dw.src;
-              rows[t * mr + i] = ok ? image + (hv[i] + v) * cin : zeros.data();
+              const bool ok = hv[i] >= 0 && offw[s] != kDead && v + run > 0 && v < dw.src;
+              const T* row = ok ? image + (hv[i] + v) * pixel : zeros.data();
+              if (ok && (v < 0 || v + run > dw.src)) {  // a folded run across an edge
+                T* e = edge.data() + (t * mr + i) * (cin + 2);
+                for (int64_t j = 0; j < run; ++j)
+                  for (int64_t c = 0; c < pixel; ++c)
+                    e[j * pixel + c] = v + j >= 0 && v + j < dw.src ? image[(hv[i] + v + j) * pixel + c] : T{};
+                row = e;
+              }
+              rows[t * mr + i] = row;
               any |= ok;
             }
             live[t] = any;
@@ -247,10 +264,16 @@ void engine(const Panel<T>& w, const T* src, T* out, const T* bias, int64_t N, c
 template <class T>
 void forward(const Conv2dShape& s, const T* x, const T* w, const T* b, T* y) {
   const int64_t taps = s.R * s.S;
+  const Dim dh = forward_dim(s.P, s.H, s.R, s.stride_h, s.pad_h, s.dil_h);
+  if (fold_rows(s.C, s.S, s.dil_w)) {  // panel row (r, (s, c)): one tap per window row
+    const Panel<T> panel = make_panel<T>(s.R, s.S * s.C, s.K, [&](int64_t r, int64_t sc, int64_t k) {
+      return w[(k * s.C + sc % s.C) * taps + r * s.S + sc / s.C];
+    });
+    return engine(panel, x, y, b, s.N, dh, forward_dim(s.Q, s.W, 1, s.stride_w, s.pad_w, 1), s.C, s.S);
+  }
   const Panel<T> panel = make_panel<T>(taps, s.C, s.K,
                                        [&](int64_t t, int64_t c, int64_t k) { return w[(k * s.C + c) * taps + t]; });
-  engine(panel, x, y, b, s.N, forward_dim(s.P, s.H, s.R, s.stride_h, s.pad_h, s.dil_h),
-         forward_dim(s.Q, s.W, s.S, s.stride_w, s.pad_w, s.dil_w));
+  engine(panel, x, y, b, s.N, dh, forward_dim(s.Q, s.W, s.S, s.stride_w, s.pad_w, s.dil_w), s.C, 1);
 }
 
 template <class T>
@@ -259,7 +282,7 @@ void backward_data(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
   const Panel<T> panel = make_panel<T>(taps, s.K, s.C,
                                        [&](int64_t t, int64_t k, int64_t c) { return w[(k * s.C + c) * taps + t]; });
   engine<T>(panel, dy, dx, nullptr, s.N, data_grad_dim(s.H, s.P, s.R, s.stride_h, s.pad_h, s.dil_h),
-            data_grad_dim(s.W, s.Q, s.S, s.stride_w, s.pad_w, s.dil_w));
+            data_grad_dim(s.W, s.Q, s.S, s.stride_w, s.pad_w, s.dil_w), s.K, 1);
 }
 
 // dst[2j] = a[j], dst[2j + 1] = b[j] for j < n, zeros for n <= j < lanes (lanes a multiple of 16).
@@ -335,6 +358,7 @@ void backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* dw, b
   const int64_t taps = s.R * s.S, rows = taps * s.C, pixels = s.N * s.P * s.Q;
   const int64_t rtiles = (rows + MR - 1) / MR, lblocks = (s.K + 31) / 32, Kp = lblocks * 32;
   const int64_t units = rtiles * lblocks;
+  const bool fold = fold_rows(s.C, s.S, s.dil_w);
   // 64 pixel pairs per block: a thread's dy pairs (Kp lanes) and a tile's x pairs stay in L1.
   constexpr int64_t block = 64;
   std::vector<float> acc(static_cast<size_t>(rtiles * MR * Kp), 0.0f);  // [(t, c)][k]
@@ -351,8 +375,11 @@ void backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* dw, b
 #endif
     const int64_t u0 = units * tid / team, u1 = units * (tid + 1) / team;
     // The taps this thread's rows touch (units run row tile by row tile), packed whole.
-    const int64_t t0 = u0 < u1 ? u0 / lblocks * MR / s.C : 0;
-    const int64_t t1 = u0 < u1 ? std::min(taps, ((u1 - 1) / lblocks * MR + MR - 1) / s.C + 1) : 0;
+    // Folded (small C): whole window rows, each packed as one run of S C values.
+    const int64_t span = fold ? s.S : 1;
+    const int64_t t0 = u0 < u1 ? u0 / lblocks * MR / s.C / span * span : 0;
+    const int64_t t1 = u0 < u1 ? std::min(taps, ((u1 - 1) / lblocks * MR + MR - 1) / s.C / span * span + span) : 0;
+    std::vector<T> edge(fold ? static_cast<size_t>(2 * (s.S * s.C + 2)) : 0);
     const int64_t xs = round_up((t1 - t0) * s.C + 64, 2);  // x pairs per pixel pair (+ interleave spill)
     std::vector<T> dyq(static_cast<size_t>(block * Kp * 2)), xq(static_cast<size_t>(block * xs * 2 + 2 * MR));
     // The block's pixels as (first row of their image, top row and left column of their window),
@@ -375,9 +402,27 @@ void backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* dw, b
         return img[j] >= 0 && h >= 0 && h < s.H && v >= 0 && v < s.W ? x + ((img[j] + h) * s.W + v) * s.C
                                                                      : zeros.data();
       };
+      // The S taps of window row t / S as one run (fold), copied with zeros where it crosses an edge.
+      auto x_run = [&](int64_t j, int64_t t, T* scratch) -> const T* {
+        const int64_t h = top[j] + tap_h[t], v = left[j];
+        if (img[j] < 0 || h < 0 || h >= s.H || v + s.S <= 0 || v >= s.W) return zeros.data();
+        const T* row = x + (img[j] + h) * s.W * s.C;
+        if (v >= 0 && v + s.S <= s.W) return row + v * s.C;
+        for (int64_t e = 0; e < s.S; ++e)
+          for (int64_t c = 0; c < s.C; ++c)
+            scratch[e * s.C + c] = v + e >= 0 && v + e < s.W ? row[(v + e) * s.C + c] : T{};
+        return scratch;
+      };
       for (int64_t pp = 0; pp < pairs; ++pp) {
         interleave(dy_row(first + 2 * pp), dy_row(first + 2 * pp + 1), s.K, Kp, dyq.data() + pp * Kp * 2);
         // Taps in order: each interleave's zero spill past C is overwritten by the next tap.
+        if (fold) {
+          const int64_t L = s.S * s.C;
+          for (int64_t t = t0; t < t1; t += s.S)
+            interleave(x_run(2 * pp, t, edge.data()), x_run(2 * pp + 1, t, edge.data() + L + 2), L, round_up(L, kLanes),
+                       xq.data() + (pp * xs + (t - t0) * s.C) * 2);
+          continue;
+        }
         for (int64_t t = t0; t < t1; ++t)
           interleave(x_row(2 * pp, t), x_row(2 * pp + 1, t), s.C, round_up(s.C, kLanes),
                      xq.data() + (pp * xs + (t - t0) * s.C) * 2);
