@@ -15,9 +15,9 @@
 // Layout: batch norm with spatial dims runs OpenMP over blocks of channels (channel_block), a
 // channel being N planes of S contiguous floats, vectorized along S. A block is walked sample by
 // sample, so small planes (7x7) make one contiguous stream per sample rather than N strided
-// ones, which the prefetchers could not follow. A 2-d (N, C) input walks tiles of kTile channels
-// down the rows instead, vectorized along C, with a two-pass mean/deviation (it is cheap
-// there). The row family (layer/group norm) runs OpenMP over rows; its dw/db column sums go to
+// ones, which the prefetchers could not follow. A 2-d (N, C) input (also channels_last
+// activations, as (N H W, C)) walks tiles of kTile channels down fixed blocks of rows instead,
+// vectorized along C, the blocks in parallel and their partials added in block order. The row family (layer/group norm) runs OpenMP over rows; its dw/db column sums go to
 // per-block partials over fixed blocks of samples, added in the sums pass and folded in block
 // order. Every sum therefore has a fixed order for any thread count and ISA (16 double lanes,
 // lane i % 16 for element i of a run, folded by a fixed tree), so results are bitwise
@@ -68,8 +68,9 @@ namespace FASTOPT_ISA {
 namespace {
 
 constexpr int kLanes = 16;
-constexpr int64_t kTile = 64;         // channels per task of a 2-d batch norm
-constexpr int64_t kMaxBlocks = 64;    // sample blocks of the row family's dw/db partials
+constexpr int64_t kTile = 64;  // channels per task of a 2-d batch norm
+constexpr int64_t kRowBlock = 1024;  // rows per partial sum of a 2-d batch norm
+constexpr int64_t kMaxBlocks = 64;  // sample blocks of the row family's dw/db partials
 
 // GCC vector types: the same lane-wise double arithmetic on every ISA (baseline splits them into
 // SSE2 halves), the accumulators kept in registers through a run.
@@ -224,34 +225,55 @@ void plane_dx(const T* __restrict dy, const T* __restrict x, T* __restrict dx, i
     dx[i] = from_float<T>(norm_backward_dx(to_float(dy[i]), to_float(x[i]) - mean, k, c2, c3));
 }
 
-// Per-channel moments of a 2-d (N, C) batch norm input, into mom[C]: tiles of kTile channels
-// walk down the rows, vectorized along C.
+// Column sums of a 2-d (N, C) input, rows cut into fixed blocks of kRowBlock (channels_last
+// activations are (N H W, C): 10^5 rows of 32-64 channels, one tile): tiles of kTile channels
+// walk down a block's rows, vectorized along C, the blocks run in parallel, and each channel's
+// block partials are added in block order, so the sums do not depend on the thread count.
+// add(n, c0, w, a, q) adds row n's terms for channels c0 .. c0 + w - 1 into their two accumulators.
+template <class Add>
+void column_sums(int64_t N, int64_t C, std::vector<double>& out0, std::vector<double>& out1, Add add) {
+  const int64_t tiles = (C + kTile - 1) / kTile, blocks = (N + kRowBlock - 1) / kRowBlock;
+  std::vector<double> part(static_cast<size_t>(blocks * C * 2), 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t bt = 0; bt < blocks * tiles; ++bt) {
+    const int64_t blk = bt / tiles, c0 = bt % tiles * kTile, w = C - c0 < kTile ? C - c0 : kTile;
+    const int64_t n1 = (blk + 1) * kRowBlock < N ? (blk + 1) * kRowBlock : N;
+    double a[kTile] = {}, q[kTile] = {};
+    for (int64_t n = blk * kRowBlock; n < n1; ++n) add(n, c0, w, a, q);
+    for (int64_t j = 0; j < w; ++j) {
+      part[(blk * C + c0 + j) * 2] = a[j];
+      part[(blk * C + c0 + j) * 2 + 1] = q[j];
+    }
+  }
+  out0.assign(static_cast<size_t>(C), 0.0);
+  out1.assign(static_cast<size_t>(C), 0.0);
+  for (int64_t blk = 0; blk < blocks; ++blk)
+    for (int64_t c = 0; c < C; ++c) {
+      out0[c] += part[(blk * C + c) * 2];
+      out1[c] += part[(blk * C + c) * 2 + 1];
+    }
+}
+
+// Per-channel moments of a 2-d (N, C) batch norm input, into mom[C]: one pass of sums of d = x - k
+// and d^2 around each channel's first value (norm_shift), as the channel path does.
 template <class T>
 void column_moments(const NormShape& s, const T* x, Moments<double>* mom) {
   const int64_t N = s.N, C = s.C;
-  const int64_t tiles = (C + kTile - 1) / kTile;
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t c0 = t * kTile, w = C - c0 < kTile ? C - c0 : kTile;
-    double sum[kTile] = {}, q[kTile] = {}, d[kTile] = {};
-    for (int64_t n = 0; n < N; ++n) {
-      const T* __restrict row = x + n * C + c0;
+  std::vector<float> k(static_cast<size_t>(C), 0.0f);
+  for (int64_t c = 0; N > 0 && c < C; ++c) k[c] = norm_shift(to_float(x[c]));
+  std::vector<double> sum, sq;
+  column_sums(N, C, sum, sq, [&](int64_t n, int64_t c0, int64_t w, double* a, double* q) {
+    const T* __restrict row = x + n * C + c0;
+    const float* __restrict kk = k.data() + c0;
 #pragma omp simd
-      for (int64_t j = 0; j < w; ++j) sum[j] += to_float(row[j]);
+    for (int64_t j = 0; j < w; ++j) {
+      const double d = static_cast<double>(to_float(row[j])) - kk[j];
+      a[j] += d;
+      q[j] += d * d;
     }
-    for (int64_t j = 0; j < w; ++j) sum[j] /= static_cast<double>(N);
-    for (int64_t n = 0; n < N; ++n) {
-      const T* __restrict row = x + n * C + c0;
-#pragma omp simd
-      for (int64_t j = 0; j < w; ++j) {
-        const double v = to_float(row[j]) - sum[j];
-        q[j] += v * v;
-        d[j] += v;
-      }
-    }
-    for (int64_t j = 0; j < w; ++j)
-      mom[c0 + j] = {static_cast<double>(N), sum[j], clamp_m2(q[j] - d[j] * d[j] / static_cast<double>(N))};
-  }
+  });
+  const double count = static_cast<double>(N);
+  for (int64_t c = 0; c < C; ++c) mom[c] = {count, k[c] + sum[c] / count, clamp_m2(sq[c] - sum[c] * sum[c] / count)};
 }
 
 // y = norm_apply(x, hi[c], lo[c], scale[c], shift[c]) over every (n, c) plane.
@@ -381,23 +403,20 @@ void bn_backward(const NormShape& s, const T* dy, const T* x, const float* w, co
     return;
   }
   std::vector<float> k(C), c2(C), c3(C);
-  const int64_t tiles = (C + kTile - 1) / kTile;
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t c0 = t * kTile, wd = C - c0 < kTile ? C - c0 : kTile;
-    double a[kTile] = {}, q[kTile] = {};
-    for (int64_t n = 0; sums && n < N; ++n) {
+  std::vector<double> a(static_cast<size_t>(C), 0.0), q(static_cast<size_t>(C), 0.0);
+  if (sums)
+    column_sums(N, C, a, q, [&](int64_t n, int64_t c0, int64_t wd, double* sa, double* sq) {
       const T* __restrict g = dy + n * C + c0;
       const T* __restrict xr = x + n * C + c0;
+      const float* __restrict mu = mean + c0;
 #pragma omp simd
       for (int64_t j = 0; j < wd; ++j) {
         const float gj = to_float(g[j]);
-        a[j] += gj;
-        q[j] += static_cast<double>(gj) * static_cast<double>(to_float(xr[j]) - mean[c0 + j]);
+        sa[j] += gj;
+        sq[j] += static_cast<double>(gj) * static_cast<double>(to_float(xr[j]) - mu[j]);
       }
-    }
-    for (int64_t j = 0; j < wd; ++j) finish(c0 + j, a[j], q[j], &k[c0 + j], &c2[c0 + j], &c3[c0 + j]);
-  }
+    });
+  for (int64_t c = 0; c < C; ++c) finish(c, a[c], q[c], &k[c], &c2[c], &c3[c]);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     const T* __restrict g = dy + n * C;
