@@ -234,10 +234,92 @@ def test_converted_model_keeps_channels_last_under_bf16_autocast(conv):
         if issubclass(kind, mine):
             assert not cl_in or cl_out, kind
     assert all(cl_in for kind, cl_in, _, _ in seen[:4])  # the first block sees the channels_last input
-    if conv is TorchConv:
+    if conv is TorchConv or ops._vnni_bf16():  # fastopt's conv keeps channels_last in bf16 there
         assert all(cl_in and cl_out for _, cl_in, cl_out, _ in seen), seen
         assert is_cl(y)
     assert seen[-1][3] == torch.bfloat16
     assert is_cl(x.grad) and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     for name, prm in model.named_parameters():
         assert prm.grad is not None and torch.isfinite(prm.grad).all(), name
+
+
+# ---------------------------------------------------------------------------------- conv2d
+# bf16 conv2d on channels_last inputs runs fastopt's NHWC kernels where the CPU has VDPBF16PS
+# (ops._conv_nhwc); elsewhere, and for fp32 or groups > 1, the input is copied to NCHW. Either
+# way the values are checked against float64 on the same bf16 values with the bound of
+# bf16_checks.py: m exact products summed in fp32 (gamma(m) S) plus one bf16 rounding of y and dx
+# (2^-8 |y|); dw comes back in the weight's dtype (bf16: autograd wants the weight's), so it gets
+# that rounding too.
+CONV_CASES = [  # N, C, H, W, K, R, stride, padding, bias
+    (2, 16, 9, 9, 24, 3, 1, 1, True),
+    (3, 5, 11, 7, 13, 3, 2, 1, False),
+    (2, 3, 12, 10, 32, 3, 1, 1, False),  # the stem: folded window rows
+    (2, 20, 9, 8, 36, 1, 2, 0, True),  # 1x1 stride 2: half the dx pixels receive nothing
+]
+
+
+def _bound_close(got, want, scale, terms):
+    from bf16_checks import U16, gamma
+
+    got = got.double().numpy()
+    bound = U16 * np.abs(want) + (1 + U16) * gamma(terms) * scale + 2.0**-126
+    assert np.all(np.abs(got - want) <= bound), np.max(np.abs(got - want) - bound)
+
+
+def _conv_ref(x, w, b, stride, pad):
+    f = torch.nn.functional.conv2d
+    return (
+        f(x.double(), w.double(), None if b is None else b.double(), stride, pad).numpy(),
+        f(x.double().abs(), w.double().abs(), None if b is None else b.double().abs(), stride, pad).numpy(),
+    )
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[str(c) for c in CONV_CASES])
+@pytest.mark.parametrize("weight_cl", [False, True], ids=["w-nchw", "w-cl"])
+def test_conv2d_bf16_channels_last(rng, case, weight_cl):
+    n, c, h, w_, k, r, stride, pad, has_bias = case
+    x = draw(rng, (n, c, h, w_), torch.bfloat16).requires_grad_()
+    w = draw(rng, (k, c, r, r), torch.bfloat16, cl=weight_cl).requires_grad_()
+    b = draw(rng, (k,), torch.bfloat16, cl=False).requires_grad_() if has_bias else None
+    y = torch.ops.fastopt.conv2d(x, w, b, [stride] * 2, [pad] * 2, [1, 1], 1)
+    assert y.dtype == torch.bfloat16 and is_cl(y) == ops._vnni_bf16()
+    want, scale = _conv_ref(x.detach(), w.detach(), None if b is None else b.detach(), stride, pad)
+    _bound_close(y.detach(), want, scale, c * r * r + 1)
+    g = draw(rng, tuple(y.shape), torch.bfloat16)  # the upstream gradient arrives channels_last
+    y.backward(g)
+    assert is_cl(x.grad) == ops._vnni_bf16() and x.grad.dtype == torch.bfloat16
+    xd, wd, gd = (t.detach().double().requires_grad_() for t in (x, w, g))
+    torch.nn.functional.conv2d(xd, wd, None, stride, pad).backward(gd)
+    xa, wa = x.detach().double().abs().requires_grad_(), w.detach().double().abs().requires_grad_()
+    torch.nn.functional.conv2d(xa, wa, None, stride, pad).backward(gd.detach().abs())
+    _bound_close(x.grad, xd.grad.numpy(), xa.grad.numpy(), k * r * r)
+    _bound_close(w.grad, wd.grad.numpy(), wa.grad.numpy(), n * y.shape[2] * y.shape[3])
+    if has_bias:
+        gs = gd.detach()
+        _bound_close(b.grad, gs.sum((0, 2, 3)).numpy(), gs.abs().sum((0, 2, 3)).numpy(), n * y.shape[2] * y.shape[3])
+
+
+def test_conv2d_channels_last_fallbacks(rng):
+    """fp32 (fastopt's NCHW path has Winograd) and grouped convs copy a channels_last input to
+    NCHW and return NCHW outputs, with the NCHW call's values exactly."""
+    x32 = draw(rng, (2, 8, 7, 7), torch.float32)
+    w32 = draw(rng, (6, 8, 3, 3), torch.float32, cl=False)
+    y = torch.ops.fastopt.conv2d(x32, w32, None, [1, 1], [1, 1], [1, 1], 1)
+    assert y.is_contiguous()
+    assert torch.equal(y, torch.ops.fastopt.conv2d(x32.contiguous(), w32, None, [1, 1], [1, 1], [1, 1], 1))
+    xb, wb = x32.to(torch.bfloat16), draw(rng, (6, 4, 3, 3), torch.bfloat16, cl=False)
+    y = torch.ops.fastopt.conv2d(xb, wb, None, [1, 1], [1, 1], [1, 1], 2)
+    assert y.is_contiguous()
+    assert torch.equal(y, torch.ops.fastopt.conv2d(xb.contiguous(), wb, None, [1, 1], [1, 1], [1, 1], 2))
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["conv2d", "conv2d_backward"])
+def test_opcheck_conv2d_channels_last(rng, backward):
+    x = draw(rng, (2, 6, 7, 5), torch.bfloat16)
+    w = draw(rng, (10, 6, 3, 3), torch.bfloat16, cl=False)
+    hyper = ([1, 1], [1, 1], [1, 1], 1)
+    if not backward:
+        torch.library.opcheck(torch.ops.fastopt.conv2d.default, (x, w, None, *hyper))
+        return
+    g = draw(rng, (2, 10, 7, 5), torch.bfloat16)
+    torch.library.opcheck(torch.ops.fastopt.conv2d_backward.default, (g, x, w, *hyper, True, True, False))
