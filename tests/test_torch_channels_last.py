@@ -287,7 +287,11 @@ def test_conv2d_bf16_channels_last(rng, case, weight_cl):
     _bound_close(y.detach(), want, scale, c * r * r + 1)
     g = draw(rng, tuple(y.shape), torch.bfloat16)  # the upstream gradient arrives channels_last
     y.backward(g)
-    assert is_cl(x.grad) == ops._vnni_bf16() and x.grad.dtype == torch.bfloat16
+    assert x.grad.dtype == torch.bfloat16  # (a leaf's .grad takes the leaf's strides: see the op's below)
+    dx = torch.ops.fastopt.conv2d_backward(
+        g, x.detach(), w.detach(), [stride] * 2, [pad] * 2, [1, 1], 1, True, False, False
+    )[0]
+    assert is_cl(dx) == ops._vnni_bf16() and torch.equal(dx, x.grad)
     xd, wd, gd = (t.detach().double().requires_grad_() for t in (x, w, g))
     torch.nn.functional.conv2d(xd, wd, None, stride, pad).backward(gd)
     xa, wa = x.detach().double().abs().requires_grad_(), w.detach().double().abs().requires_grad_()
