@@ -148,32 +148,63 @@ void tile(const Panel<T>& w, Rows rows, int64_t l0, int64_t nl, int count, T* co
       outs[i][l0 + j] = from_float<T>(acc[i][j] + (bias ? to_float(bias[l0 + j]) : 0.0f));
 }
 
-// One spatial dimension of an engine pass. Output coordinates come in `phases` classes
-// (o = phase + phases * g, g = 0, 1, ...); tap t of phase a reads source coordinate
-// g * mul + off[a * taps + t], or nothing where off is kDead. The forward has one phase, mul =
-// stride, off = t dil - pad; the data-grad has `stride` phases, mul = 1 and exact quotients, so a
-// tile (one phase) skips the absent taps as a whole and no division is left in the tile loop.
 constexpr int64_t kDead = INT64_MIN;
+
+// One spatial dimension of an engine pass: the source coordinate that output coordinate o reads
+// through tap t, src[o * taps + t] (kDead where the term is absent: padding, or a data-grad
+// division that is inexact), and the output coordinates grouped into classes of equal live-tap
+// sets (each edge position, each stride phase of the data-grad, the interior). A tile takes
+// pixels of one class pair, gathered across images, so a tap is live for all of its pixels or for
+// none and padded taps are skipped whole: a 4 x 4 image's 3 x 3 layer multiplied 44% zeros when
+// tiles mixed its edge and interior pixels.
 struct Dim {
-  int64_t phases, out, src, mul, taps;
-  std::vector<int64_t> off;
-  int64_t count(int64_t a) const { return (out - a + phases - 1) / phases; }
+  int64_t out, size, taps;
+  std::vector<int64_t> src;
+  std::vector<std::vector<int64_t>> classes;
 };
 
-Dim forward_dim(int64_t out, int64_t src, int64_t taps, int64_t stride, int64_t pad, int64_t dil) {
-  Dim d{1, out, src, stride, taps, std::vector<int64_t>(static_cast<size_t>(taps))};
-  for (int64_t t = 0; t < taps; ++t) d.off[t] = t * dil - pad;
+// source(o, t): the source coordinate or kDead; live(o, t): whether the term exists, the key of
+// o's class (a folded run's taps are live where any part of the run is inside).
+template <class Source, class Live>
+Dim make_dim(int64_t out, int64_t size, int64_t taps, int64_t key_taps, Source source, Live live) {
+  Dim d{out, size, taps, std::vector<int64_t>(static_cast<size_t>(out * taps)), {}};
+  std::vector<std::vector<bool>> keys;
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t t = 0; t < taps; ++t) d.src[o * taps + t] = source(o, t);
+    std::vector<bool> key(static_cast<size_t>(key_taps));
+    for (int64_t t = 0; t < key_taps; ++t) key[t] = live(o, t);
+    const auto at = std::find(keys.begin(), keys.end(), key);
+    if (at == keys.end()) {
+      keys.push_back(key);
+      d.classes.push_back({o});
+    } else {
+      d.classes[at - keys.begin()].push_back(o);
+    }
+  }
   return d;
 }
 
-Dim data_grad_dim(int64_t out, int64_t src, int64_t taps, int64_t stride, int64_t pad, int64_t dil) {
-  Dim d{stride, out, src, 1, taps, std::vector<int64_t>(static_cast<size_t>(stride * taps))};
-  for (int64_t a = 0; a < stride; ++a)
-    for (int64_t t = 0; t < taps; ++t) {
-      const int64_t num = a + pad - t * dil;  // dx at a + stride g reads dy at g + num / stride
-      d.off[a * taps + t] = num % stride ? kDead : num / stride;
-    }
-  return d;
+Dim forward_dim(int64_t out, int64_t size, int64_t taps, int64_t stride, int64_t pad, int64_t dil) {
+  auto at = [=](int64_t o, int64_t t) { return o * stride - pad + t * dil; };
+  auto live = [=](int64_t o, int64_t t) { return at(o, t) >= 0 && at(o, t) < size; };
+  return make_dim(out, size, taps, taps, [=](int64_t o, int64_t t) { return live(o, t) ? at(o, t) : kDead; }, live);
+}
+
+// A folded dimension (fold_rows): one tap, a run of `run` pixels from o * stride - pad, live where
+// the run overlaps the image; classed by the unfolded taps, so runs across an edge are apart.
+Dim folded_dim(int64_t out, int64_t size, int64_t run, int64_t stride, int64_t pad) {
+  auto start = [=](int64_t o) { return o * stride - pad; };
+  return make_dim(
+      out, size, 1, run, [=](int64_t o, int64_t) { return start(o) + run > 0 && start(o) < size ? start(o) : kDead; },
+      [=](int64_t o, int64_t t) { return start(o) + t >= 0 && start(o) + t < size; });
+}
+
+Dim data_grad_dim(int64_t out, int64_t size, int64_t taps, int64_t stride, int64_t pad, int64_t dil) {
+  auto source = [=](int64_t o, int64_t t) {
+    const int64_t num = o + pad - t * dil;  // dx at o reads dy at num / stride when exact
+    return num >= 0 && num % stride == 0 && num / stride < size ? num / stride : kDead;
+  };
+  return make_dim(out, size, taps, taps, source, [=](int64_t o, int64_t t) { return source(o, t) != kDead; });
 }
 
 // Small-channel layers (the stem) read the S taps of a window row as one run of S C contiguous
@@ -187,64 +218,66 @@ bool fold_rows(int64_t C, int64_t S, int64_t dil_w) { return S > 1 && dil_w == 1
 template <class T>
 void engine(const Panel<T>& w, const T* src, T* out, const T* bias, int64_t N, const Dim& dh, const Dim& dw,
             int64_t pixel, int64_t run) {
-  const int64_t cin = w.cin, cout = w.cout, R = dh.taps, S = dw.taps, taps = R * S;
+  const int64_t cin = w.cin, cout = w.cout, R = dh.taps, S = dw.taps;
   const std::vector<T> zeros(static_cast<size_t>(cin + 2), T{});
   const int64_t lane_blocks = (cout + 63) / 64;
-  // Items: (image, phase pair, chunk of the phase's pixels, lane block); the chunk count is that
-  // of the largest phase (phase 0), so smaller phases leave some items empty.
-  const int64_t chunks = (dh.count(0) * dw.count(0) + kChunkPixels - 1) / kChunkPixels;
-  const int64_t items = N * dh.phases * dw.phases * chunks * lane_blocks;
+  // Items: chunks of kChunkPixels pixels of one class pair, in (image, row, column) order.
+  struct Item {
+    int64_t ch, cw, first, last;
+  };
+  std::vector<Item> items;
+  for (size_t ch = 0; ch < dh.classes.size(); ++ch)
+    for (size_t cw = 0; cw < dw.classes.size(); ++cw) {
+      const int64_t total = N * static_cast<int64_t>(dh.classes[ch].size() * dw.classes[cw].size());
+      for (int64_t f = 0; f < total; f += kChunkPixels)
+        items.push_back({static_cast<int64_t>(ch), static_cast<int64_t>(cw), f, std::min(total, f + kChunkPixels)});
+    }
+  const int64_t work = static_cast<int64_t>(items.size()) * lane_blocks;
 #pragma omp parallel
   {
     std::vector<T> edge(run > 1 ? static_cast<size_t>(kMaxMR * (cin + 2)) : 0);
-    std::vector<int64_t> hv(static_cast<size_t>(R * kMaxMR));  // [r][i]: source row * IW, or -1
+    std::vector<int64_t> hv(static_cast<size_t>(R * kMaxMR));  // [r][i]: (image row) * IW, or -1
     T* outs[kMaxMR];
-    int64_t hb[kMaxMR], wb[kMaxMR];
+    int64_t ows[kMaxMR];
 #pragma omp for schedule(dynamic)
-    for (int64_t it = 0; it < items; ++it) {
-      int64_t rest = it;
-      const int64_t lb = rest % lane_blocks;
-      rest /= lane_blocks;
-      const int64_t chunk = rest % chunks;
-      rest /= chunks;
-      const int64_t b = rest % dw.phases;
-      rest /= dw.phases;
-      const int64_t a = rest % dh.phases, n = rest / dh.phases;
-      const int64_t gw = dw.count(b), first = chunk * kChunkPixels;
-      const int64_t last = std::min(dh.count(a) * gw, first + kChunkPixels);
-      const int64_t* offh = dh.off.data() + a * R;
-      const int64_t* offw = dw.off.data() + b * S;
-      const T* image = src + n * dh.src * dw.src * pixel;
+    for (int64_t it = 0; it < work; ++it) {
+      const Item& item = items[it / lane_blocks];
+      const int64_t lb = it % lane_blocks;
+      const std::vector<int64_t>&hs = dh.classes[item.ch], &wsv = dw.classes[item.cw];
+      const int64_t nh = static_cast<int64_t>(hs.size()), nw = static_cast<int64_t>(wsv.size());
       const int64_t l0 = lb * 64, nl = std::min<int64_t>(64, cout - l0), nv = (nl + 15) / 16;
       const int mr = nv == 4 ? 6 : nv == 3 ? 8 : 12;
-      for (int64_t f = first; f < last; f += mr) {
-        const int count = static_cast<int>(std::min<int64_t>(mr, last - f));
-        // Grid coordinates walked from the tile's first pixel: no division per pixel.
-        for (int64_t i = 0, g_h = f / gw, g_w = f % gw; i < mr; ++i) {
-          hb[i] = g_h * dh.mul;
-          wb[i] = g_w * dw.mul;
-          outs[i] = out + ((n * dh.out + a + g_h * dh.phases) * dw.out + b + g_w * dw.phases) * cout;
-          if (i + 1 < count && ++g_w == gw) g_w = 0, ++g_h;  // pixels past count repeat the last
-        }
-        for (int64_t r = 0; r < R; ++r)
-          for (int i = 0; i < mr; ++i) {
-            const int64_t h = hb[i] + offh[r];
-            hv[r * kMaxMR + i] = offh[r] != kDead && i < count && h >= 0 && h < dh.src ? h * dw.src : -1;
+      for (int64_t f = item.first; f < item.last; f += mr) {
+        const int count = static_cast<int>(std::min<int64_t>(mr, item.last - f));
+        // (image, row, column) walked from the tile's first pixel: no division per pixel.
+        int64_t n = f / (nh * nw), ih = f / nw % nh, iw = f % nw;
+        for (int i = 0; i < mr; ++i) {
+          const int64_t oh = hs[ih];
+          ows[i] = wsv[iw];
+          outs[i] = out + ((n * dh.out + oh) * dw.out + ows[i]) * cout;
+          for (int64_t r = 0; r < R; ++r) {
+            const int64_t h = dh.src[oh * R + r];
+            hv[r * kMaxMR + i] = i < count && h != kDead ? (n * dh.size + h) * dw.size : -1;
           }
+          if (i + 1 < count && ++iw == nw) {  // pixels past count repeat the last
+            iw = 0;
+            if (++ih == nh) ih = 0, ++n;
+          }
+        }
         auto rows = [&](int64_t t, const T** rp) {
-          const int64_t r = t / S, ow = offw[t % S];
+          const int64_t r = t / S, s = t % S;
           const int64_t* hr = hv.data() + r * kMaxMR;
           bool any = false;
           for (int i = 0; i < mr; ++i) {
-            const int64_t v = wb[i] + ow;
-            const bool ok = hr[i] >= 0 && ow != kDead && v + run > 0 && v < dw.src;
-            rp[i] = ok ? image + (hr[i] + v) * pixel : zeros.data();
+            const int64_t v = dw.src[ows[i] * S + s];
+            const bool ok = hr[i] >= 0 && v != kDead;
+            rp[i] = ok ? src + (hr[i] + v) * pixel : zeros.data();
             any |= ok;
-            if (run > 1 && ok && (v < 0 || v + run > dw.src)) {  // a folded run across an edge
+            if (run > 1 && ok && (v < 0 || v + run > dw.size)) {  // a folded run across an edge
               T* e = edge.data() + i * (cin + 2);
               for (int64_t j = 0; j < run; ++j)
                 for (int64_t c = 0; c < pixel; ++c)
-                  e[j * pixel + c] = v + j >= 0 && v + j < dw.src ? image[(hr[i] + v + j) * pixel + c] : T{};
+                  e[j * pixel + c] = v + j >= 0 && v + j < dw.size ? src[(hr[i] + v + j) * pixel + c] : T{};
               rp[i] = e;
             }
           }
@@ -269,7 +302,7 @@ void forward(const Conv2dShape& s, const T* x, const T* w, const T* b, T* y) {
     const Panel<T> panel = make_panel<T>(s.R, s.S * s.C, s.K, [&](int64_t r, int64_t sc, int64_t k) {
       return w[(k * s.C + sc % s.C) * taps + r * s.S + sc / s.C];
     });
-    return engine(panel, x, y, b, s.N, dh, forward_dim(s.Q, s.W, 1, s.stride_w, s.pad_w, 1), s.C, s.S);
+    return engine(panel, x, y, b, s.N, dh, folded_dim(s.Q, s.W, s.S, s.stride_w, s.pad_w), s.C, s.S);
   }
   const Panel<T> panel = make_panel<T>(taps, s.C, s.K,
                                        [&](int64_t t, int64_t c, int64_t k) { return w[(k * s.C + c) * taps + t]; });
@@ -350,22 +383,28 @@ void wgrad_tile(const T* xq, int64_t xs, const T* dyq, int64_t Kp, int64_t pairs
 
 // dw[k, c, t] = sum over output pixels of x_t[pixel, c] * dy[pixel, k], reduced as dw^T: rows
 // (t, c), T C of them, so a 3-channel stem wastes no lanes; lanes k in blocks of 32. Each thread
-// owns a fixed range of (row tile, lane block) units and walks every block of pixel pairs in
-// order, packing only its own rows of x (one interleave per pixel pair and tap) and all of dy.
+// owns a fixed range of (row tile, lane block) units and walks every block of pixel pairs in a
+// fixed order, packing only its own rows of x (one interleave per pixel pair and tap, or per
+// window row when folded) and all of dy. Pixels come class pair by class pair (the engine's
+// classes: equal live taps), so a block's padded taps are the same for all its pixels: their rows
+// are packed as zeros and the row tiles that hold nothing else are skipped (31% of a 4 x 4
+// image's 3 x 3 work).
 template <class T>
 void backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* dw, bool accumulate) {
   constexpr int MR = 12;
-  const int64_t taps = s.R * s.S, rows = taps * s.C, pixels = s.N * s.P * s.Q;
+  const int64_t taps = s.R * s.S, rows = taps * s.C;
   const int64_t rtiles = (rows + MR - 1) / MR, lblocks = (s.K + 31) / 32, Kp = lblocks * 32;
   const int64_t units = rtiles * lblocks;
   const bool fold = fold_rows(s.C, s.S, s.dil_w);
+  const Dim dh = forward_dim(s.P, s.H, s.R, s.stride_h, s.pad_h, s.dil_h);
+  const Dim dwd = fold ? folded_dim(s.Q, s.W, s.S, s.stride_w, s.pad_w)
+                       : forward_dim(s.Q, s.W, s.S, s.stride_w, s.pad_w, s.dil_w);
+  // Packing units: (window row r, tap column sd), sd < Sd (1 when folded), width Wd rows each.
+  const int64_t Sd = dwd.taps, Wd = fold ? s.S * s.C : s.C, punits = s.R * Sd;
   // 64 pixel pairs per block: a thread's dy pairs (Kp lanes) and a tile's x pairs stay in L1.
   constexpr int64_t block = 64;
   std::vector<float> acc(static_cast<size_t>(rtiles * MR * Kp), 0.0f);  // [(t, c)][k]
-  const std::vector<T> zeros(static_cast<size_t>(std::max(s.C, s.K) + 64), T{});
-  auto dy_row = [&](int64_t pix) { return pix < pixels ? dy + pix * s.K : zeros.data(); };
-  std::vector<int64_t> tap_h(static_cast<size_t>(taps)), tap_w(tap_h.size());  // window offsets of each tap
-  for (int64_t t = 0; t < taps; ++t) tap_h[t] = t / s.S * s.dil_h, tap_w[t] = t % s.S * s.dil_w;
+  const std::vector<T> zeros(static_cast<size_t>(std::max(Wd, s.K) + 64), T{});
 #pragma omp parallel
   {
 #ifdef _OPENMP
@@ -374,65 +413,71 @@ void backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* dw, b
     const int64_t tid = 0, team = 1;
 #endif
     const int64_t u0 = units * tid / team, u1 = units * (tid + 1) / team;
-    // The taps this thread's rows touch (units run row tile by row tile), packed whole.
-    // Folded (small C): whole window rows, each packed as one run of S C values.
-    const int64_t span = fold ? s.S : 1;
-    const int64_t t0 = u0 < u1 ? u0 / lblocks * MR / s.C / span * span : 0;
-    const int64_t t1 = u0 < u1 ? std::min(taps, ((u1 - 1) / lblocks * MR + MR - 1) / s.C / span * span + span) : 0;
-    std::vector<T> edge(fold ? static_cast<size_t>(2 * (s.S * s.C + 2)) : 0);
-    const int64_t xs = round_up((t1 - t0) * s.C + 64, 2);  // x pairs per pixel pair (+ interleave spill)
+    // The packing units this thread's rows touch (units run row tile by row tile).
+    const int64_t p0 = u0 < u1 ? u0 / lblocks * MR / Wd : 0;
+    const int64_t p1 = u0 < u1 ? std::min(punits, ((u1 - 1) / lblocks * MR + MR - 1) / Wd + 1) : 0;
+    const int64_t xs = round_up((p1 - p0) * Wd + 64, 2);  // x pairs per pixel pair (+ interleave spill)
     std::vector<T> dyq(static_cast<size_t>(block * Kp * 2)), xq(static_cast<size_t>(block * xs * 2 + 2 * MR));
-    // The block's pixels as (first row of their image, top row and left column of their window),
-    // walked once per block so that no division is left in the per-tap packing.
-    std::vector<int64_t> img(static_cast<size_t>(2 * block)), top(img.size()), left(img.size());
-    for (int64_t first = 0; u0 < u1 && first < pixels; first += 2 * block) {
-      const int64_t pairs = std::min(block, (pixels - first + 1) / 2);
-      int64_t q = first % s.Q, p = first / s.Q % s.P, n = first / (s.P * s.Q);
-      for (int64_t j = 0; j < 2 * pairs; ++j) {
-        img[j] = first + j < pixels ? n * s.H : -1;
-        top[j] = p * s.stride_h - s.pad_h;
-        left[j] = q * s.stride_w - s.pad_w;
-        if (++q == s.Q) {
-          q = 0;
-          if (++p == s.P) p = 0, ++n;
+    std::vector<T> edge(fold ? static_cast<size_t>(2 * (Wd + 2)) : 0);
+    std::vector<int64_t> img(static_cast<size_t>(2 * block)), oh(img.size()), ow(img.size());
+    std::vector<unsigned char> live(static_cast<size_t>(punits));
+    // Pixel j's source row for packing unit u: x's, a zero row, or an edge run copied with zeros.
+    auto x_row = [&](int64_t j, int64_t u, T* scratch) -> const T* {
+      const int64_t h = img[j] < 0 ? kDead : dh.src[oh[j] * s.R + u / Sd], v = dwd.src[ow[j] * Sd + u % Sd];
+      if (h == kDead || v == kDead) return zeros.data();
+      const T* row = x + (img[j] * s.H + h) * s.W * s.C;
+      if (!fold || (v >= 0 && v + s.S <= s.W)) return row + v * s.C;
+      for (int64_t e = 0; e < s.S; ++e)
+        for (int64_t c = 0; c < s.C; ++c)
+          scratch[e * s.C + c] = v + e >= 0 && v + e < s.W ? row[(v + e) * s.C + c] : T{};
+      return scratch;
+    };
+    for (size_t ch = 0; u0 < u1 && ch < dh.classes.size(); ++ch)
+      for (size_t cw = 0; cw < dwd.classes.size(); ++cw) {
+        const std::vector<int64_t>&hs = dh.classes[ch], &wsv = dwd.classes[cw];
+        const int64_t nh = static_cast<int64_t>(hs.size()), nw = static_cast<int64_t>(wsv.size());
+        const int64_t total = s.N * nh * nw;
+        for (int64_t u = p0; u < p1; ++u)
+          live[u] = dh.src[hs[0] * s.R + u / Sd] != kDead && dwd.src[wsv[0] * Sd + u % Sd] != kDead;
+        for (int64_t first = 0; first < total; first += 2 * block) {
+          const int64_t pairs = std::min(block, (total - first + 1) / 2);
+          for (int64_t j = 0, n = first / (nh * nw), ih = first / nw % nh, iw = first % nw; j < 2 * pairs; ++j) {
+            img[j] = first + j < total ? n : -1;
+            oh[j] = hs[ih];
+            ow[j] = wsv[iw];
+            if (++iw == nw) {
+              iw = 0;
+              if (++ih == nh) ih = 0, ++n;
+            }
+          }
+          for (int64_t pp = 0; pp < pairs; ++pp) {
+            const T* d0 = img[2 * pp] < 0 ? zeros.data()
+                                          : dy + ((img[2 * pp] * s.P + oh[2 * pp]) * s.Q + ow[2 * pp]) * s.K;
+            const T* d1 = img[2 * pp + 1] < 0
+                              ? zeros.data()
+                              : dy + ((img[2 * pp + 1] * s.P + oh[2 * pp + 1]) * s.Q + ow[2 * pp + 1]) * s.K;
+            interleave(d0, d1, s.K, Kp, dyq.data() + pp * Kp * 2);
+            // Units in order: each interleave's zero spill past Wd is overwritten by the next.
+            for (int64_t u = p0; u < p1; ++u) {
+              T* dst = xq.data() + (pp * xs + (u - p0) * Wd) * 2;
+              if (!live[u]) {
+                interleave(zeros.data(), zeros.data(), Wd, round_up(Wd, kLanes), dst);
+                continue;
+              }
+              interleave(x_row(2 * pp, u, edge.data()), x_row(2 * pp + 1, u, edge.data() + Wd + 2), Wd,
+                         round_up(Wd, kLanes), dst);
+            }
+          }
+          for (int64_t unit = u0; unit < u1; ++unit) {
+            const int64_t rt = unit / lblocks, lb = unit % lblocks;
+            bool any = false;
+            for (int64_t u = rt * MR / Wd; u <= std::min(rows - 1, rt * MR + MR - 1) / Wd; ++u) any |= live[u] != 0;
+            if (!any) continue;
+            wgrad_tile<MR, 2>(xq.data() + (rt * MR - p0 * Wd) * 2, xs, dyq.data() + lb * 64, Kp, pairs,
+                              acc.data() + rt * MR * Kp + lb * 32, Kp);
+          }
         }
       }
-      auto x_row = [&](int64_t j, int64_t t) -> const T* {
-        const int64_t h = top[j] + tap_h[t], v = left[j] + tap_w[t];
-        return img[j] >= 0 && h >= 0 && h < s.H && v >= 0 && v < s.W ? x + ((img[j] + h) * s.W + v) * s.C
-                                                                     : zeros.data();
-      };
-      // The S taps of window row t / S as one run (fold), copied with zeros where it crosses an edge.
-      auto x_run = [&](int64_t j, int64_t t, T* scratch) -> const T* {
-        const int64_t h = top[j] + tap_h[t], v = left[j];
-        if (img[j] < 0 || h < 0 || h >= s.H || v + s.S <= 0 || v >= s.W) return zeros.data();
-        const T* row = x + (img[j] + h) * s.W * s.C;
-        if (v >= 0 && v + s.S <= s.W) return row + v * s.C;
-        for (int64_t e = 0; e < s.S; ++e)
-          for (int64_t c = 0; c < s.C; ++c)
-            scratch[e * s.C + c] = v + e >= 0 && v + e < s.W ? row[(v + e) * s.C + c] : T{};
-        return scratch;
-      };
-      for (int64_t pp = 0; pp < pairs; ++pp) {
-        interleave(dy_row(first + 2 * pp), dy_row(first + 2 * pp + 1), s.K, Kp, dyq.data() + pp * Kp * 2);
-        // Taps in order: each interleave's zero spill past C is overwritten by the next tap.
-        if (fold) {
-          const int64_t L = s.S * s.C;
-          for (int64_t t = t0; t < t1; t += s.S)
-            interleave(x_run(2 * pp, t, edge.data()), x_run(2 * pp + 1, t, edge.data() + L + 2), L, round_up(L, kLanes),
-                       xq.data() + (pp * xs + (t - t0) * s.C) * 2);
-          continue;
-        }
-        for (int64_t t = t0; t < t1; ++t)
-          interleave(x_row(2 * pp, t), x_row(2 * pp + 1, t), s.C, round_up(s.C, kLanes),
-                     xq.data() + (pp * xs + (t - t0) * s.C) * 2);
-      }
-      for (int64_t u = u0; u < u1; ++u) {
-        const int64_t rt = u / lblocks, lb = u % lblocks;
-        wgrad_tile<MR, 2>(xq.data() + (rt * MR - t0 * s.C) * 2, xs, dyq.data() + lb * 64, Kp, pairs,
-                          acc.data() + rt * MR * Kp + lb * 32, Kp);
-      }
-    }
   }
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < s.K; ++k)

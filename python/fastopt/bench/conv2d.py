@@ -59,7 +59,27 @@ SMALL_CNN_LAYERS = [
     ("3x3 32>64@16", 32, 64, 16, 3, 1, 1, 1),
     ("3x3 64>64@16", 64, 64, 16, 3, 1, 1, 1),
 ]
-LAYER_SETS = {"resnet": LAYERS, "small_cnn": SMALL_CNN_LAYERS, "all": LAYERS + SMALL_CNN_LAYERS}
+# The CIFAR ResNet-18 of `fastopt bench torch train` (3x32x32 input): each distinct conv shape
+# (--layers resnet18_cifar).
+RESNET18_CIFAR_LAYERS = [
+    ("3x3 3>64@32", 3, 64, 32, 3, 1, 1, 1),
+    ("3x3 64@32", 64, 64, 32, 3, 1, 1, 1),
+    ("3x3/2 64>128@32", 64, 128, 32, 3, 2, 1, 1),
+    ("1x1/2 64>128@32", 64, 128, 32, 1, 2, 0, 1),
+    ("3x3 128@16", 128, 128, 16, 3, 1, 1, 1),
+    ("3x3/2 128>256@16", 128, 256, 16, 3, 2, 1, 1),
+    ("1x1/2 128>256@16", 128, 256, 16, 1, 2, 0, 1),
+    ("3x3 256@8", 256, 256, 8, 3, 1, 1, 1),
+    ("3x3/2 256>512@8", 256, 512, 8, 3, 2, 1, 1),
+    ("1x1/2 256>512@8", 256, 512, 8, 1, 2, 0, 1),
+    ("3x3 512@4", 512, 512, 4, 3, 1, 1, 1),
+]
+LAYER_SETS = {
+    "resnet": LAYERS,
+    "small_cnn": SMALL_CNN_LAYERS,
+    "resnet18_cifar": RESNET18_CIFAR_LAYERS,
+    "all": LAYERS + SMALL_CNN_LAYERS + RESNET18_CIFAR_LAYERS,
+}
 PASSES = ("forward", "data-grad", "weight-grad")
 
 
@@ -89,7 +109,8 @@ def parse_args(argv=None):
         "--layers",
         choices=sorted(LAYER_SETS),
         default="resnet",
-        help="resnet: the issue's ResNet-style set (default); small_cnn: the small CNN's four convs; all: both",
+        help="resnet: the issue's ResNet-style set (default); small_cnn: the small CNN's four convs; "
+        "resnet18_cifar: the CIFAR ResNet-18's eleven conv shapes; all: every set",
     )
     a = p.parse_args(argv)
     if a.repeat < 1:
