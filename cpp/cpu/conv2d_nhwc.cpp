@@ -12,17 +12,17 @@
 // data-grad broadcast a pixel's channel pair (one 32-bit load) straight from the source and
 // multiply it into the weights, packed once per call as pair-interleaved rows over the output
 // channels ("VNNI", the B layout of gemm_bf16.h). Each pixel of a tile reads its source row
-// through a pointer per tap, so padding costs nothing: an out-of-range pixel reads a zero row, a
-// tap no pixel of the tile reaches is skipped. The NCHW im2col path spends 15-25% of a
-// 32-64-channel layer packing strips and multiplies padded taps like any other
-// (bench/results/cpu-nhwc-proto-2026-12-07d/).
-//   The data-grad is the same engine run from dy with the weights transposed: a tile holds dx
-// pixels of one stride phase ((h mod sh, w mod sw) equal), so a tap's division is exact for all
-// of them or for none, and strided layers skip the absent taps per tile instead of multiplying
-// zeros. The weight-grad reduces over pixels, which are not contiguous per channel, so it packs
-// both operands per block of pixel pairs (dy pairs for the broadcast rows, x pairs over the
-// channel lanes); each thread owns fixed (tap, channel block, filter group) units and walks all
-// blocks in order, so every dw element is summed in one fixed order for any thread count.
+// through a pointer per tap. Output pixels are grouped into classes of equal live taps (edge
+// positions, the data-grad's stride phases, the interior) and a tile takes pixels of one class
+// (gathered across a group of images), so a padded or absent tap is skipped for the whole tile;
+// the interior, where dil_w = 1, reads each window row as one run of S C channels (one pointer
+// per row). The NCHW im2col path spends 15-25% of a 32-64-channel layer packing strips and
+// multiplies padded taps like any other (bench/results/cpu-nhwc-proto-2026-12-07d/).
+//   The data-grad is the same engine run from dy with the weights transposed. The weight-grad
+// reduces over pixels, which are not contiguous per channel, so it packs both operands per block
+// of pixel pairs and reduces dw^T: rows (tap, channel) broadcast from packed x pairs, lanes
+// filters from packed dy pairs. Each thread owns fixed (row tile, lane block) units and walks all
+// blocks in one fixed order, so every dw element is summed in one order for any thread count.
 //
 // Engine tile: MR pixels x NV vectors of 16 output lanes, MR x NV fp32 accumulators (6 x 4,
 // 8 x 3, 12 x 2, 12 x 1: 24 zmm, with NV weight vectors and one broadcast). The AVX512-BF16 copy
@@ -33,9 +33,10 @@
 //
 // Bytes: x, w, y (dy) once each from memory (2 bytes per element in bf16); a tile rereads its
 // source rows once per 64-lane block of outputs, from L1/L2. Flops: 2 N K C R S P Q per pass, the
-// padded taps excluded where a whole tile skips them. Launch: an OpenMP team over (image, stride
-// phase, chunk of 96 pixels, lane block) items for forward and data-grad, over fixed units for
-// the weight-grad, over fixed pixel chunks for the bias-grad.
+// padded taps excluded. Launch: an OpenMP team over (image group, class pair, chunk of 96 pixels,
+// lane block) items for forward and data-grad (dynamic: no output is shared), over fixed units
+// for the weight-grad, over fixed pixel chunks for the bias-grad. Timings and what was tried:
+// bench/results/cpu-conv2d-nhwc-2026-12-08/.
 #include "fastopt/conv2d.h"
 #include "isa.h"
 
@@ -215,27 +216,43 @@ bool fold_rows(int64_t C, int64_t S, int64_t dil_w) { return S > 1 && dil_w == 1
 
 // One pass of the engine: out (N, OH, OW, cout) from src (N, IH, IW, pixel) along dims dh, dw;
 // each source row read is `run` pixels long (1, or S when folded: w.cin = run * pixel).
+// wide (with its panel): the folded form of an unfolded pass (run = wide->run), for the classes
+// whose window rows lie wholly inside the image (the interior): one pointer and one reduction of
+// S C channels per window row instead of S of C, the same sums in another order. Where dil_w = 1
+// this is every layer's interior: a 32-channel 3 x 3 layer then runs 3 taps of 48 pairs per tile,
+// not 9 of 16.
+struct Wide {
+  const Dim* dw;
+  int64_t run;
+};
 template <class T>
 void engine(const Panel<T>& w, const T* src, T* out, const T* bias, int64_t N, const Dim& dh, const Dim& dw,
-            int64_t pixel, int64_t run) {
-  const int64_t cin = w.cin, cout = w.cout, R = dh.taps, S = dw.taps;
+            int64_t pixel, int64_t run, const Panel<T>* wide_w = nullptr, Wide wide = {nullptr, 1}) {
+  const int64_t cout = w.cout, R = dh.taps;
+  const int64_t cin = std::max(w.cin, wide_w ? wide_w->cin : 0);
   const std::vector<T> zeros(static_cast<size_t>(cin + 2), T{});
   const int64_t lane_blocks = (cout + 63) / 64;
-  // Items: chunks of kChunkPixels pixels of one class pair, in (image, row, column) order.
+  // Items: chunks of kChunkPixels pixels of one class pair, in (image, row, column) order, group
+  // of kMaxMR images by group: a corner class still fills a tile (one pixel per image), and the
+  // group's images stay in cache while all of its classes run (class by class over the whole batch
+  // fetched each edge pixel's rows from memory again).
   struct Item {
-    int64_t ch, cw, first, last;
+    int64_t ch, cw, n0, first, last;  // pixels first .. last of the class pair, counted from image n0
   };
   std::vector<Item> items;
-  for (size_t ch = 0; ch < dh.classes.size(); ++ch)
-    for (size_t cw = 0; cw < dw.classes.size(); ++cw) {
-      const int64_t total = N * static_cast<int64_t>(dh.classes[ch].size() * dw.classes[cw].size());
-      for (int64_t f = 0; f < total; f += kChunkPixels)
-        items.push_back({static_cast<int64_t>(ch), static_cast<int64_t>(cw), f, std::min(total, f + kChunkPixels)});
-    }
+  for (int64_t n0 = 0; n0 < N; n0 += kMaxMR)
+    for (size_t ch = 0; ch < dh.classes.size(); ++ch)
+      for (size_t cw = 0; cw < dw.classes.size(); ++cw) {
+        const int64_t total = std::min<int64_t>(kMaxMR, N - n0) *
+                              static_cast<int64_t>(dh.classes[ch].size() * dw.classes[cw].size());
+        for (int64_t f = 0; f < total; f += kChunkPixels)
+          items.push_back({static_cast<int64_t>(ch), static_cast<int64_t>(cw), n0, f,
+                           std::min(total, f + kChunkPixels)});
+      }
   const int64_t work = static_cast<int64_t>(items.size()) * lane_blocks;
 #pragma omp parallel
   {
-    std::vector<T> edge(run > 1 ? static_cast<size_t>(kMaxMR * (cin + 2)) : 0);
+    std::vector<T> edge(run > 1 || wide_w ? static_cast<size_t>(kMaxMR * (cin + 2)) : 0);
     std::vector<int64_t> hv(static_cast<size_t>(R * kMaxMR));  // [r][i]: (image row) * IW, or -1
     T* outs[kMaxMR];
     int64_t ows[kMaxMR];
@@ -244,13 +261,18 @@ void engine(const Panel<T>& w, const T* src, T* out, const T* bias, int64_t N, c
       const Item& item = items[it / lane_blocks];
       const int64_t lb = it % lane_blocks;
       const std::vector<int64_t>&hs = dh.classes[item.ch], &wsv = dw.classes[item.cw];
+      bool interior = wide_w != nullptr;
+      for (int64_t t = 0; interior && t < dw.taps; ++t) interior = dw.src[wsv[0] * dw.taps + t] != kDead;
+      const Panel<T>& P = interior ? *wide_w : w;
+      const Dim& D = interior ? *wide.dw : dw;
+      const int64_t S = D.taps, rn = interior ? wide.run : run;
       const int64_t nh = static_cast<int64_t>(hs.size()), nw = static_cast<int64_t>(wsv.size());
       const int64_t l0 = lb * 64, nl = std::min<int64_t>(64, cout - l0), nv = (nl + 15) / 16;
       const int mr = nv == 4 ? 6 : nv == 3 ? 8 : 12;
       for (int64_t f = item.first; f < item.last; f += mr) {
         const int count = static_cast<int>(std::min<int64_t>(mr, item.last - f));
         // (image, row, column) walked from the tile's first pixel: no division per pixel.
-        int64_t n = f / (nh * nw), ih = f / nw % nh, iw = f % nw;
+        int64_t n = item.n0 + f / (nh * nw), ih = f / nw % nh, iw = f % nw;
         for (int i = 0; i < mr; ++i) {
           const int64_t oh = hs[ih];
           ows[i] = wsv[iw];
@@ -269,13 +291,13 @@ void engine(const Panel<T>& w, const T* src, T* out, const T* bias, int64_t N, c
           const int64_t* hr = hv.data() + r * kMaxMR;
           bool any = false;
           for (int i = 0; i < mr; ++i) {
-            const int64_t v = dw.src[ows[i] * S + s];
+            const int64_t v = D.src[ows[i] * S + s];
             const bool ok = hr[i] >= 0 && v != kDead;
             rp[i] = ok ? src + (hr[i] + v) * pixel : zeros.data();
             any |= ok;
-            if (run > 1 && ok && (v < 0 || v + run > dw.size)) {  // a folded run across an edge
+            if (rn > 1 && ok && (v < 0 || v + rn > dw.size)) {  // a folded run across an edge
               T* e = edge.data() + i * (cin + 2);
-              for (int64_t j = 0; j < run; ++j)
+              for (int64_t j = 0; j < rn; ++j)
                 for (int64_t c = 0; c < pixel; ++c)
                   e[j * pixel + c] = v + j >= 0 && v + j < dw.size ? src[(hr[i] + v + j) * pixel + c] : T{};
               rp[i] = e;
@@ -284,10 +306,10 @@ void engine(const Panel<T>& w, const T* src, T* out, const T* bias, int64_t N, c
           return any;
         };
         switch (nv) {
-          case 4: tile<6, 4>(w, rows, l0, nl, count, outs, bias); break;
-          case 3: tile<8, 3>(w, rows, l0, nl, count, outs, bias); break;
-          case 2: tile<12, 2>(w, rows, l0, nl, count, outs, bias); break;
-          default: tile<12, 1>(w, rows, l0, nl, count, outs, bias); break;
+          case 4: tile<6, 4>(P, rows, l0, nl, count, outs, bias); break;
+          case 3: tile<8, 3>(P, rows, l0, nl, count, outs, bias); break;
+          case 2: tile<12, 2>(P, rows, l0, nl, count, outs, bias); break;
+          default: tile<12, 1>(P, rows, l0, nl, count, outs, bias); break;
         }
       }
     }
@@ -306,7 +328,14 @@ void forward(const Conv2dShape& s, const T* x, const T* w, const T* b, T* y) {
   }
   const Panel<T> panel = make_panel<T>(taps, s.C, s.K,
                                        [&](int64_t t, int64_t c, int64_t k) { return w[(k * s.C + c) * taps + t]; });
-  engine(panel, x, y, b, s.N, dh, forward_dim(s.Q, s.W, s.S, s.stride_w, s.pad_w, s.dil_w), s.C, 1);
+  const Dim dw = forward_dim(s.Q, s.W, s.S, s.stride_w, s.pad_w, s.dil_w);
+  if (s.S == 1 || s.dil_w != 1) return engine(panel, x, y, b, s.N, dh, dw, s.C, 1);
+  // The interior's window rows as runs of S pixels from q sw - pw (folded_dim's sources).
+  const Panel<T> wide = make_panel<T>(s.R, s.S * s.C, s.K, [&](int64_t r, int64_t sc, int64_t k) {
+    return w[(k * s.C + sc % s.C) * taps + r * s.S + sc / s.C];
+  });
+  const Dim runs = folded_dim(s.Q, s.W, s.S, s.stride_w, s.pad_w);
+  engine(panel, x, y, b, s.N, dh, dw, s.C, 1, &wide, Wide{&runs, s.S});
 }
 
 template <class T>
@@ -314,8 +343,17 @@ void backward_data(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
   const int64_t taps = s.R * s.S;
   const Panel<T> panel = make_panel<T>(taps, s.K, s.C,
                                        [&](int64_t t, int64_t k, int64_t c) { return w[(k * s.C + c) * taps + t]; });
-  engine<T>(panel, dy, dx, nullptr, s.N, data_grad_dim(s.H, s.P, s.R, s.stride_h, s.pad_h, s.dil_h),
-            data_grad_dim(s.W, s.Q, s.S, s.stride_w, s.pad_w, s.dil_w), s.K, 1);
+  const Dim dh = data_grad_dim(s.H, s.P, s.R, s.stride_h, s.pad_h, s.dil_h);
+  const Dim dw = data_grad_dim(s.W, s.Q, s.S, s.stride_w, s.pad_w, s.dil_w);
+  if (s.S == 1 || s.dil_w != 1 || s.stride_w != 1) return engine<T>(panel, dy, dx, nullptr, s.N, dh, dw, s.K, 1);
+  // Unit stride: dx column w reads dy columns w + pw - s, s = S - 1 ... 0, one run of S pixels
+  // from w + pw - (S - 1), so run element j is tap S - 1 - j.
+  const Panel<T> wide = make_panel<T>(s.R, s.S * s.K, s.C, [&](int64_t r, int64_t jk, int64_t c) {
+    return w[(jk % s.K * s.C + c) * taps + r * s.S + (s.S - 1 - jk / s.K)];
+  });
+  Dim runs{s.W, s.Q, 1, std::vector<int64_t>(static_cast<size_t>(s.W)), {}};
+  for (int64_t o = 0; o < s.W; ++o) runs.src[o] = o + s.pad_w - (s.S - 1);
+  engine<T>(panel, dy, dx, nullptr, s.N, dh, dw, s.K, 1, &wide, Wide{&runs, s.S});
 }
 
 // dst[2j] = a[j], dst[2j + 1] = b[j] for j < n, zeros for n <= j < lanes (lanes a multiple of 16).
