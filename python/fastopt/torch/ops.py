@@ -13,10 +13,11 @@ Under torch.autocast (CPU or CUDA) these ops follow torch's rules: with dtype=to
 conv2d and linear cast their floating inputs to bfloat16 (as torch's conv and matmul do) and the
 others run in the dtype their input arrives in (bf16 activations stay bf16, parameters stay
 float32); other autocast dtypes (float16) run them in float32 (fastopt has no fp16 kernels).
-channels_last inputs keep their layout through relu, dropout and batch norm (any device) and
-max pool (CPU): these run on the storage as it lies (batch norm on it as an (N*H*W, C) matrix,
-max pool through fastopt's NHWC kernel), so outputs and input gradients are channels_last too and
-these layers convert no layouts (_as_lies is the shared helper). Other non-contiguous inputs
+channels_last inputs keep their layout through relu, dropout and batch norm (any device), max
+pool (CPU) and bf16 conv2d with groups=1 on CPUs with AVX512-BF16 (_conv_nhwc says why only
+there): these run on the storage as it lies (batch norm on it as an (N*H*W, C) matrix, max pool
+and conv through fastopt's NHWC kernels), so outputs and input gradients are channels_last too
+and these layers convert no layouts (_as_lies is the shared helper). Other non-contiguous inputs
 (and channels_last ones elsewhere) are copied to contiguous NCHW first, and those outputs are
 contiguous. CPU results are NumPy arrays from fastopt's host cache, wrapped without a copy; CUDA
 results are fastopt.DeviceArrays allocated by torch's caching allocator (fastopt.torch installs

@@ -4,7 +4,8 @@ fastopt.torch.ops): conv2d, linear, batch_norm, dropout, layer_norm, group_norm,
 Inputs are float32 CPU or CUDA tensors, or bfloat16 CPU tensors (conv and linear weights in the
 input's dtype, normalization parameters float32); under torch.autocast they follow torch's CPU
 rules on fastopt's bf16 kernels (see fastopt.torch.ops). channels_last inputs stay channels_last
-through relu, dropout, batch_norm and max_pool2d (CPU) (fastopt.torch.ops says how); other
+through relu, dropout, batch_norm, max_pool2d (CPU) and bf16 conv2d (groups=1, CPUs with
+AVX512-BF16) (fastopt.torch.ops says how); other
 non-contiguous inputs, and channels_last ones elsewhere, are copied to contiguous NCHW first and
 give contiguous outputs. A few options the kernels do not have fall back to torch's own op, as
 documented on each function (fastopt.torch.convert leaves such layers as torch layers and lists
