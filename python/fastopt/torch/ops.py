@@ -37,8 +37,7 @@ from ml_dtypes import bfloat16
 from torch import Tensor
 from torch.library import custom_op
 
-from .. import _C
-from .. import functional as K
+from .. import _C, functional as K
 
 _DEVICES = ("cpu", "cuda", "meta")
 
