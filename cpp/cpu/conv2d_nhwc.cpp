@@ -434,13 +434,29 @@ void backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* dw, b
   const int64_t rtiles = (rows + MR - 1) / MR, lblocks = (s.K + 31) / 32, Kp = lblocks * 32;
   const int64_t units = rtiles * lblocks;
   const bool fold = fold_rows(s.C, s.S, s.dil_w);
-  const Dim dh = forward_dim(s.P, s.H, s.R, s.stride_h, s.pad_h, s.dil_h);
-  const Dim dwd = fold ? folded_dim(s.Q, s.W, s.S, s.stride_w, s.pad_w)
-                       : forward_dim(s.Q, s.W, s.S, s.stride_w, s.pad_w, s.dil_w);
+  // Large images keep the flat pixel order (one class per dimension): their few edge pixels
+  // save little, and consecutive pixels read consecutive rows.
+  auto flat = [](Dim d) {
+    size_t largest = 0;
+    for (const auto& c : d.classes) largest = std::max(largest, c.size());
+    if (8 * static_cast<int64_t>(largest) >= 7 * d.out) {
+      d.classes.assign(1, std::vector<int64_t>(static_cast<size_t>(d.out)));
+      for (int64_t o = 0; o < d.out; ++o) d.classes[0][o] = o;
+    }
+    return d;
+  };
+  const Dim dh = flat(forward_dim(s.P, s.H, s.R, s.stride_h, s.pad_h, s.dil_h));
+  const Dim dwd = flat(fold ? folded_dim(s.Q, s.W, s.S, s.stride_w, s.pad_w)
+                            : forward_dim(s.Q, s.W, s.S, s.stride_w, s.pad_w, s.dil_w));
   // Packing units: (window row r, tap column sd), sd < Sd (1 when folded), width Wd rows each.
   const int64_t Sd = dwd.taps, Wd = fold ? s.S * s.C : s.C, punits = s.R * Sd;
+  std::vector<int64_t> unit_r(static_cast<size_t>(punits)), unit_s(unit_r.size());  // no division per row
+  for (int64_t u = 0; u < punits; ++u) unit_r[u] = u / Sd, unit_s[u] = u % Sd;
   // 64 pixel pairs per block: a thread's dy pairs (Kp lanes) and a tile's x pairs stay in L1.
   constexpr int64_t block = 64;
+  // Images in groups of ~256 KiB of x (at least 12, so a corner class still makes a few pairs),
+  // all classes of a group before the next, so an edge class finds its rows in cache.
+  const int64_t group = std::min(s.N, std::max<int64_t>(12, (256 << 10) / std::max<int64_t>(1, s.H * s.W * s.C * 2)));
   std::vector<float> acc(static_cast<size_t>(rtiles * MR * Kp), 0.0f);  // [(t, c)][k]
   const std::vector<T> zeros(static_cast<size_t>(std::max(Wd, s.K) + 64), T{});
 #pragma omp parallel
@@ -461,7 +477,7 @@ void backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* dw, b
     std::vector<unsigned char> live(static_cast<size_t>(punits));
     // Pixel j's source row for packing unit u: x's, a zero row, or an edge run copied with zeros.
     auto x_row = [&](int64_t j, int64_t u, T* scratch) -> const T* {
-      const int64_t h = img[j] < 0 ? kDead : dh.src[oh[j] * s.R + u / Sd], v = dwd.src[ow[j] * Sd + u % Sd];
+      const int64_t h = img[j] < 0 ? kDead : dh.src[oh[j] * s.R + unit_r[u]], v = dwd.src[ow[j] * Sd + unit_s[u]];
       if (h == kDead || v == kDead) return zeros.data();
       const T* row = x + (img[j] * s.H + h) * s.W * s.C;
       if (!fold || (v >= 0 && v + s.S <= s.W)) return row + v * s.C;
@@ -470,52 +486,57 @@ void backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* dw, b
           scratch[e * s.C + c] = v + e >= 0 && v + e < s.W ? row[(v + e) * s.C + c] : T{};
       return scratch;
     };
-    for (size_t ch = 0; u0 < u1 && ch < dh.classes.size(); ++ch)
-      for (size_t cw = 0; cw < dwd.classes.size(); ++cw) {
-        const std::vector<int64_t>&hs = dh.classes[ch], &wsv = dwd.classes[cw];
-        const int64_t nh = static_cast<int64_t>(hs.size()), nw = static_cast<int64_t>(wsv.size());
-        const int64_t total = s.N * nh * nw;
-        for (int64_t u = p0; u < p1; ++u)
-          live[u] = dh.src[hs[0] * s.R + u / Sd] != kDead && dwd.src[wsv[0] * Sd + u % Sd] != kDead;
-        for (int64_t first = 0; first < total; first += 2 * block) {
-          const int64_t pairs = std::min(block, (total - first + 1) / 2);
-          for (int64_t j = 0, n = first / (nh * nw), ih = first / nw % nh, iw = first % nw; j < 2 * pairs; ++j) {
-            img[j] = first + j < total ? n : -1;
-            oh[j] = hs[ih];
-            ow[j] = wsv[iw];
-            if (++iw == nw) {
-              iw = 0;
-              if (++ih == nh) ih = 0, ++n;
-            }
+    for (int64_t n0 = 0; u0 < u1 && n0 < s.N; n0 += group)
+      for (size_t ch = 0; ch < dh.classes.size(); ++ch)
+        for (size_t cw = 0; cw < dwd.classes.size(); ++cw) {
+          const std::vector<int64_t>&hs = dh.classes[ch], &wsv = dwd.classes[cw];
+          const int64_t nh = static_cast<int64_t>(hs.size()), nw = static_cast<int64_t>(wsv.size());
+          const int64_t total = std::min(group, s.N - n0) * nh * nw;
+          for (int64_t u = p0; u < p1; ++u) {  // live for some pixel of the class pair
+            bool in_h = false, in_w = false;
+            for (const int64_t h : hs) in_h |= dh.src[h * s.R + unit_r[u]] != kDead;
+            for (const int64_t w : wsv) in_w |= dwd.src[w * Sd + unit_s[u]] != kDead;
+            live[u] = in_h && in_w;
           }
-          for (int64_t pp = 0; pp < pairs; ++pp) {
-            const T* d0 = img[2 * pp] < 0 ? zeros.data()
-                                          : dy + ((img[2 * pp] * s.P + oh[2 * pp]) * s.Q + ow[2 * pp]) * s.K;
-            const T* d1 = img[2 * pp + 1] < 0
-                              ? zeros.data()
-                              : dy + ((img[2 * pp + 1] * s.P + oh[2 * pp + 1]) * s.Q + ow[2 * pp + 1]) * s.K;
-            interleave(d0, d1, s.K, Kp, dyq.data() + pp * Kp * 2);
-            // Units in order: each interleave's zero spill past Wd is overwritten by the next.
-            for (int64_t u = p0; u < p1; ++u) {
-              T* dst = xq.data() + (pp * xs + (u - p0) * Wd) * 2;
-              if (!live[u]) {
-                interleave(zeros.data(), zeros.data(), Wd, round_up(Wd, kLanes), dst);
-                continue;
+          for (int64_t first = 0; first < total; first += 2 * block) {
+            const int64_t pairs = std::min(block, (total - first + 1) / 2);
+            for (int64_t j = 0, n = n0 + first / (nh * nw), ih = first / nw % nh, iw = first % nw; j < 2 * pairs; ++j) {
+              img[j] = first + j < total ? n : -1;
+              oh[j] = hs[ih];
+              ow[j] = wsv[iw];
+              if (++iw == nw) {
+                iw = 0;
+                if (++ih == nh) ih = 0, ++n;
               }
-              interleave(x_row(2 * pp, u, edge.data()), x_row(2 * pp + 1, u, edge.data() + Wd + 2), Wd,
-                         round_up(Wd, kLanes), dst);
             }
-          }
-          for (int64_t unit = u0; unit < u1; ++unit) {
-            const int64_t rt = unit / lblocks, lb = unit % lblocks;
-            bool any = false;
-            for (int64_t u = rt * MR / Wd; u <= std::min(rows - 1, rt * MR + MR - 1) / Wd; ++u) any |= live[u] != 0;
-            if (!any) continue;
-            wgrad_tile<MR, 2>(xq.data() + (rt * MR - p0 * Wd) * 2, xs, dyq.data() + lb * 64, Kp, pairs,
-                              acc.data() + rt * MR * Kp + lb * 32, Kp);
+            for (int64_t pp = 0; pp < pairs; ++pp) {
+              const T* d0 = img[2 * pp] < 0 ? zeros.data()
+                                            : dy + ((img[2 * pp] * s.P + oh[2 * pp]) * s.Q + ow[2 * pp]) * s.K;
+              const T* d1 = img[2 * pp + 1] < 0
+                                ? zeros.data()
+                                : dy + ((img[2 * pp + 1] * s.P + oh[2 * pp + 1]) * s.Q + ow[2 * pp + 1]) * s.K;
+              interleave(d0, d1, s.K, Kp, dyq.data() + pp * Kp * 2);
+              // Units in order: each interleave's zero spill past Wd is overwritten by the next.
+              for (int64_t u = p0; u < p1; ++u) {
+                T* dst = xq.data() + (pp * xs + (u - p0) * Wd) * 2;
+                if (!live[u]) {
+                  interleave(zeros.data(), zeros.data(), Wd, round_up(Wd, kLanes), dst);
+                  continue;
+                }
+                interleave(x_row(2 * pp, u, edge.data()), x_row(2 * pp + 1, u, edge.data() + Wd + 2), Wd,
+                           round_up(Wd, kLanes), dst);
+              }
+            }
+            for (int64_t unit = u0; unit < u1; ++unit) {
+              const int64_t rt = unit / lblocks, lb = unit % lblocks;
+              bool any = false;
+              for (int64_t u = rt * MR / Wd; u <= std::min(rows - 1, rt * MR + MR - 1) / Wd; ++u) any |= live[u] != 0;
+              if (!any) continue;
+              wgrad_tile<MR, 2>(xq.data() + (rt * MR - p0 * Wd) * 2, xs, dyq.data() + lb * 64, Kp, pairs,
+                                acc.data() + rt * MR * Kp + lb * 32, Kp);
+            }
           }
         }
-      }
   }
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < s.K; ++k)
