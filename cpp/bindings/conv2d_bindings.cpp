@@ -186,7 +186,7 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
         if (nhwc) {
           if (dxp) cpu::conv2d_nhwc_backward_data(s, dyp, wp, static_cast<T*>(dxp));
           if (dwp) cpu::conv2d_nhwc_backward_weight(s, dyp, xp, dwp, accumulate);
-          if (dbp) cpu::conv2d_nhwc_backward_bias(s, dyp, dbp, accumulate);
+          if (dbp) cpu::conv2d_backward_bias(s, dyp, dbp, accumulate, true);
           return;
         }
         if (dxp) cpu::conv2d_backward_data(s, dyp, wp, static_cast<T*>(dxp));

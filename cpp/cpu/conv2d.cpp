@@ -528,11 +528,29 @@ void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x,
   FASTOPT_CPU_DISPATCH(conv2d_backward_weight(s, dy, x, dw, accumulate))
 }
 
-// Memory-bound (4 bytes read per flop, 2 in bf16), so one plain pass: channels over the threads,
-// each summed in double in (n, p, q) order.
+// Memory-bound (4 bytes read per flop, 2 in bf16), so one plain pass. NCHW: channels over the
+// threads, each summed in double in (n, p, q) order. NHWC (a channel strided by K): fixed chunks
+// of pixel rows summed in double, then the chunks in order. Neither depends on the thread count.
 template <class T>
-static void backward_bias(const Conv2dShape& s, const T* dy, float* db, bool accumulate) {
+static void backward_bias(const Conv2dShape& s, const T* dy, float* db, bool accumulate, bool nhwc) {
   const int64_t PQ = s.P * s.Q;
+  if (nhwc) {
+    constexpr int64_t kRows = 1024;
+    const int64_t pixels = s.N * PQ, chunks = (pixels + kRows - 1) / kRows;
+    std::vector<double> part(static_cast<size_t>(chunks * s.K), 0.0);
+#pragma omp parallel for schedule(static)
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      double* sum = part.data() + ch * s.K;
+      for (int64_t pix = ch * kRows; pix < std::min(pixels, (ch + 1) * kRows); ++pix)
+        for (int64_t k = 0; k < s.K; ++k) sum[k] += to_float(dy[pix * s.K + k]);
+    }
+    for (int64_t k = 0; k < s.K; ++k) {
+      double total = 0.0;
+      for (int64_t ch = 0; ch < chunks; ++ch) total += part[ch * s.K + k];
+      store_grad(db + k, static_cast<float>(total), accumulate);
+    }
+    return;
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < s.K; ++k) {
     double acc = 0.0;
@@ -545,11 +563,11 @@ static void backward_bias(const Conv2dShape& s, const T* dy, float* db, bool acc
     store_grad(db + k, static_cast<float>(acc), accumulate);
   }
 }
-void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, bool accumulate) {
-  backward_bias(s, dy, db, accumulate);
+void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, bool accumulate, bool nhwc) {
+  backward_bias(s, dy, db, accumulate, nhwc);
 }
-void conv2d_backward_bias(const Conv2dShape& s, const bf16* dy, float* db, bool accumulate) {
-  backward_bias(s, dy, db, accumulate);
+void conv2d_backward_bias(const Conv2dShape& s, const bf16* dy, float* db, bool accumulate, bool nhwc) {
+  backward_bias(s, dy, db, accumulate, nhwc);
 }
 #endif
 

@@ -307,32 +307,6 @@ void conv2d_nhwc_backward_data(const Conv2dShape& s, const float* dy, const floa
 void conv2d_nhwc_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx) {
   FASTOPT_CPU_DISPATCH(conv2d_nhwc_backward_data(s, dy, w, dx))
 }
-
-// Memory-bound: fixed chunks of pixel rows summed in double, then the chunks in order, so the
-// result does not depend on the thread count.
-template <class T>
-static void nhwc_backward_bias(const Conv2dShape& s, const T* dy, float* db, bool accumulate) {
-  constexpr int64_t kRows = 1024;
-  const int64_t pixels = s.N * s.P * s.Q, chunks = (pixels + kRows - 1) / kRows;
-  std::vector<double> part(static_cast<size_t>(chunks * s.K), 0.0);
-#pragma omp parallel for schedule(static)
-  for (int64_t ch = 0; ch < chunks; ++ch) {
-    double* sum = part.data() + ch * s.K;
-    for (int64_t pix = ch * kRows; pix < std::min(pixels, (ch + 1) * kRows); ++pix)
-      for (int64_t k = 0; k < s.K; ++k) sum[k] += to_float(dy[pix * s.K + k]);
-  }
-  for (int64_t k = 0; k < s.K; ++k) {
-    double total = 0.0;
-    for (int64_t ch = 0; ch < chunks; ++ch) total += part[ch * s.K + k];
-    store_grad(db + k, static_cast<float>(total), accumulate);
-  }
-}
-void conv2d_nhwc_backward_bias(const Conv2dShape& s, const float* dy, float* db, bool accumulate) {
-  nhwc_backward_bias(s, dy, db, accumulate);
-}
-void conv2d_nhwc_backward_bias(const Conv2dShape& s, const bf16* dy, float* db, bool accumulate) {
-  nhwc_backward_bias(s, dy, db, accumulate);
-}
 #endif
 
 }  // namespace fastopt::cpu

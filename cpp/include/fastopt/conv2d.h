@@ -24,13 +24,14 @@ namespace cpu {
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
 void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
 void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate);
-void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, bool accumulate);
+// nhwc: dy is (N, P, Q, K) (channels_last, conv2d_nhwc_*'s layout).
+void conv2d_backward_bias(const Conv2dShape& s, const float* dy, float* db, bool accumulate, bool nhwc = false);
 // bfloat16 (fastopt/bf16.h): x, w, b, dy in bf16, fp32 accumulation; y and dx rounded to bf16
 // once (to nearest even), dw and db in fp32.
 void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const bf16* b, bf16* y);
 void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx);
 void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate);
-void conv2d_backward_bias(const Conv2dShape& s, const bf16* dy, float* db, bool accumulate);
+void conv2d_backward_bias(const Conv2dShape& s, const bf16* dy, float* db, bool accumulate, bool nhwc = false);
 // channels_last (conv2d_nhwc.cpp), groups = 1: x (N, H, W, C), y and dy (N, P, Q, K); w, dw and db
 // as above (w (K, C, R, S), torch's weight layout). Same dtypes, rounding and accumulate rules.
 void conv2d_nhwc_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
@@ -39,8 +40,6 @@ void conv2d_nhwc_backward_data(const Conv2dShape& s, const float* dy, const floa
 void conv2d_nhwc_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx);
 void conv2d_nhwc_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dw, bool accumulate);
 void conv2d_nhwc_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dw, bool accumulate);
-void conv2d_nhwc_backward_bias(const Conv2dShape& s, const float* dy, float* db, bool accumulate);
-void conv2d_nhwc_backward_bias(const Conv2dShape& s, const bf16* dy, float* db, bool accumulate);
 }  // namespace cpu
 
 namespace cuda {
