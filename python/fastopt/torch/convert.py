@@ -31,7 +31,7 @@ _LAYERS = {
 LAYOUT_NOTE = (
     "inputs: float32 contiguous NCHW tensors go to the kernels as they are; channels_last inputs stay "
     "channels_last through ReLU, Dropout and BatchNorm (any device), MaxPool2d (CPU) and, in bf16 with "
-    "groups=1 on a CPU with AVX512-BF16, Conv2d, which run on "
+    "groups=1 on a CPU with AVX512-BF16 and no AMX, Conv2d, which run on "
     "the storage as it lies (outputs and input gradients channels_last, no copy); the other layers "
     "(and other non-contiguous inputs) convert with .contiguous() (one copy per layer) and give "
     "contiguous NCHW outputs; under torch.autocast('cpu', bfloat16) conv and linear compute in bf16 "

@@ -222,15 +222,19 @@ def conv2d_output_shape(input, weight, stride, padding, dilation, groups):
 
 @functools.cache
 def _vnni_bf16():
-    return _C.build_info()["simd"] == "avx512bf16"
+    """The NHWC kernels' fast copy runs: AVX512-BF16, and no AMX tiles (the NCHW GEMMs run on the
+    tiles, about 16x VDPBF16PS's rate; the NHWC kernels have no tile path yet)."""
+    info = _C.build_info()
+    return info["simd"] == "avx512bf16" and not info["amx"].startswith("tiles")
 
 
 def _conv_nhwc(input, weight, groups):
-    """Whether conv2d runs fastopt's channels_last kernels: bf16 on a CPU with AVX512-BF16,
-    groups=1, and input or weight channels_last (torch's rule for its own conv). There they skip
-    the NCHW path's packing and its padded taps; fp32 keeps NCHW and its Winograd kernels, and
-    the CPUs without VDPBF16PS keep the NCHW GEMM over widened panels (the NHWC kernels' portable
-    loop is slower). Everywhere else a channels_last input is copied to NCHW."""
+    """Whether conv2d runs fastopt's channels_last kernels: bf16 on a CPU with AVX512-BF16 and
+    no AMX tiles, groups=1, and input or weight channels_last (torch's rule for its own conv).
+    There they skip the NCHW path's packing and its padded taps; fp32 keeps NCHW and its Winograd
+    kernels, the CPUs without VDPBF16PS keep the NCHW GEMM over widened panels (the NHWC kernels'
+    portable loop is slower), and AMX CPUs the NCHW tile GEMMs. Everywhere else a channels_last
+    input is copied to NCHW."""
     return (
         input.device.type == "cpu"
         and input.dtype == torch.bfloat16
