@@ -5,6 +5,8 @@
 #   info.txt           the CPU's model and AMX/AVX512 flags, `fastopt info` (amx must say "tiles")
 #   tests.log          the bf16 conv2d and linear suites, their amx-tiles copies included
 #   conv2d-bf16/       fastopt bench conv2d --dtype bf16 on the tiles, beside torch bf16 channels_last
+#                      and fastopt-bf16-nhwc (the channels_last kernels: VDPBF16PS, no tile path
+#                      yet, so fastopt.torch sends channels_last bf16 convs to the NCHW tiles here)
 #   conv2d-bf16-vnni/  the same with FASTOPT_CPU_AMX=off (the AVX512-BF16 kernel): the tiles' gain
 #   train/             fastopt bench torch train --malloc steady (small CNN and ResNet-18)
 # It stops before the benchmarks when the CPU has no AMX-BF16 or the tiles are not in use (the
@@ -34,6 +36,6 @@ if [[ $amx != tiles* ]]; then
   exit 3
 fi
 python3 -m pytest -q tests/test_conv2d_bf16.py tests/test_linear_bf16.py 2>&1 | tee "$OUT/tests.log" | tail -3
-fastopt bench conv2d --device cpu --dtype bf16 --out "$OUT/conv2d-bf16"
+fastopt bench conv2d --device cpu --dtype bf16 --layers all --out "$OUT/conv2d-bf16"
 FASTOPT_CPU_AMX=off fastopt bench conv2d --device cpu --dtype bf16 --out "$OUT/conv2d-bf16-vnni"
 python3 -m fastopt.bench.torch_train --malloc steady --out "$OUT/train"
