@@ -170,7 +170,7 @@ void engine(const Panel<T>& w, const T* src, T* out, const T* bias, int64_t N, c
           items.push_back({static_cast<int64_t>(ch), static_cast<int64_t>(cw), n0, f,
                            std::min(total, f + kChunkPixels)});
       }
-  const int64_t nitems = static_cast<int64_t>(items.size()), work = nitems * lane_blocks;
+  const int64_t work = static_cast<int64_t>(items.size()) * lane_blocks;
 #pragma omp parallel
   {
     std::vector<T> edge(run > 1 || wide_w ? static_cast<size_t>(kMaxMR * (cin + 2)) : 0);
@@ -179,11 +179,8 @@ void engine(const Panel<T>& w, const T* src, T* out, const T* bias, int64_t N, c
     int64_t ows[kMaxMR];
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < work; ++it) {
-      // Lane block outermost: a thread's run of items shares one lane block's weights, which a
-      // 512-channel 3 x 3 layer (590 KiB per 64 lanes) could not keep in cache when consecutive
-      // items took the blocks in turn (512@7, N = 32: 28.6 ms, against 21.8 for the NCHW GEMM).
-      const Item& item = items[it % nitems];
-      const int64_t lb = it / nitems;
+      const Item& item = items[it / lane_blocks];
+      const int64_t lb = it % lane_blocks;
       const std::vector<int64_t>&hs = dh.classes[item.ch], &wsv = dw.classes[item.cw];
       bool interior = wide_w != nullptr;
       for (int64_t t = 0; interior && t < dw.taps; ++t) interior = dw.src[wsv[0] * dw.taps + t] != kDead;
