@@ -32,6 +32,7 @@ SHAPES = [
     (2, 20, 17, 19, 36, 1, 1, 2, 0, 1),  # 1x1 stride 2: the data-grad's odd pixels receive nothing
     (1, 8, 9, 8, 8, 5, 5, 3, 4, 1),  # stride 3 > half the kernel: whole phases without taps
     (5, 24, 14, 14, 40, 3, 3, 1, 1, 1),  # 980 pixels: several weight-grad blocks, two filter tiles
+    (2, 130, 6, 5, 20, 3, 3, 1, 1, 1),  # C >= 128: the interior unfolded too (no wide rows), odd pairs
     (2, 2, 5, 2, 6, 5, 5, 1, 2, 1),  # a folded window row wider than the image: both edges at once
     (1, 1, 1, 1, 1, 1, 1, 1, 0, 1),  # one element
 ]

@@ -142,6 +142,10 @@ void tile(const Panel<T>& w, Rows rows, int64_t l0, int64_t nl, int count, T* co
 // S C channels per window row instead of S of C, the same sums in another order. Where dil_w = 1
 // this is every layer's interior: a 32-channel 3 x 3 layer then runs 3 taps of 48 pairs per tile,
 // not 9 of 16.
+// Wide rows pay where a tap's reduction is short (C < 128: under 64 pairs per tap); for wider
+// layers the 3x larger panel slice per window row cost more in cache than the taps saved
+// (512@4 forward: 21-22 ms unfolded, 22-24 wide).
+constexpr int64_t kWideUpTo = 128;
 struct Wide {
   const Dim* dw;
   int64_t run;
@@ -250,7 +254,7 @@ void forward(const Conv2dShape& s, const T* x, const T* w, const T* b, T* y) {
   const Panel<T> panel = make_panel<T>(taps, s.C, s.K,
                                        [&](int64_t t, int64_t c, int64_t k) { return w[(k * s.C + c) * taps + t]; });
   const Dim dw = forward_dim(s.Q, s.W, s.S, s.stride_w, s.pad_w, s.dil_w);
-  if (s.S == 1 || s.dil_w != 1) return engine(panel, x, y, b, s.N, dh, dw, s.C, 1);
+  if (s.S == 1 || s.dil_w != 1 || s.C >= kWideUpTo) return engine(panel, x, y, b, s.N, dh, dw, s.C, 1);
   // The interior's window rows as runs of S pixels from q sw - pw (folded_dim's sources).
   const Panel<T> wide = make_panel<T>(s.R, s.S * s.C, s.K, [&](int64_t r, int64_t sc, int64_t k) {
     return w[(k * s.C + sc % s.C) * taps + r * s.S + sc / s.C];
@@ -266,7 +270,8 @@ void backward_data(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
                                        [&](int64_t t, int64_t k, int64_t c) { return w[(k * s.C + c) * taps + t]; });
   const Dim dh = data_grad_dim(s.H, s.P, s.R, s.stride_h, s.pad_h, s.dil_h);
   const Dim dw = data_grad_dim(s.W, s.Q, s.S, s.stride_w, s.pad_w, s.dil_w);
-  if (s.S == 1 || s.dil_w != 1 || s.stride_w != 1) return engine<T>(panel, dy, dx, nullptr, s.N, dh, dw, s.K, 1);
+  if (s.S == 1 || s.dil_w != 1 || s.stride_w != 1 || s.K >= kWideUpTo)
+    return engine<T>(panel, dy, dx, nullptr, s.N, dh, dw, s.K, 1);
   // Unit stride: dx column w reads dy columns w + pw - s, s = S - 1 ... 0, one run of S pixels
   // from w + pw - (S - 1), so run element j is tap S - 1 - j.
   const Panel<T> wide = make_panel<T>(s.R, s.S * s.K, s.C, [&](int64_t r, int64_t jk, int64_t c) {
