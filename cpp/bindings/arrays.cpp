@@ -11,6 +11,13 @@ namespace fastopt {
 void raise_value(const std::string& msg) { throw py::value_error(msg); }
 void raise_type(const std::string& msg) { throw py::type_error(msg); }
 
+bool nhwc_layout(const std::string& layout, int device) {
+  if (layout != "nchw" && layout != "nhwc") raise_value("layout: expected 'nchw' or 'nhwc', got '" + layout + "'");
+  if (layout == "nhwc" && device != kCPU)
+    raise_value("layout: 'nhwc' runs on the CPU only; the arrays are on cuda:" + std::to_string(device));
+  return layout == "nhwc";
+}
+
 namespace {
 // pybind11 turns a std::bad_alloc into MemoryError with its what() as the message.
 struct OutOfMemory : std::bad_alloc {

@@ -86,6 +86,10 @@ void require_same_device(const ArrayView& a, const ArgName& an, const ArrayView&
 
 [[noreturn]] void raise_value(const std::string& msg);
 [[noreturn]] void raise_type(const std::string& msg);
+
+// An image op's layout argument: false for "nchw", true for "nhwc" (channels_last), which the CPU
+// kernels take only: ValueError naming layout for any other string or for arrays on a GPU.
+bool nhwc_layout(const std::string& layout, int device);
 [[noreturn]] void raise_memory(const std::string& msg);  // MemoryError
 
 // The byte ranges an operation writes must not overlap anything else it touches.

@@ -29,17 +29,9 @@ void require_4d(const ArrayView& v, const char* name, const char* dims) {
 }
 
 // layout "nchw" (x (N, C, H, W), y (N, K, P, Q)) or "nhwc" (channels_last: x (N, H, W, C),
-// y (N, P, Q, K), CPU only, groups = 1); w is (K, C/groups, R, S) in both.
-bool parse_layout(const std::string& layout) {
-  if (layout == "nchw") return false;
-  if (layout == "nhwc") return true;
-  raise_value("layout: expected 'nchw' or 'nhwc', got '" + layout + "'");
-}
-
-void require_nhwc_ok(bool nhwc, const ArrayView& x, int64_t groups) {
-  if (!nhwc) return;
-  if (x.device != kCPU) raise_value("layout: 'nhwc' runs on the CPU only; pass NCHW arrays on the GPU");
-  if (groups != 1)
+// y (N, P, Q, K), CPU only (nhwc_layout), groups = 1); w is (K, C/groups, R, S) in both.
+void require_nhwc_groups(bool nhwc, int64_t groups) {
+  if (nhwc && groups != 1)
     raise_value("groups: layout 'nhwc' takes groups=1 only, got groups=" + std::to_string(groups) +
                 "; pass NCHW arrays for grouped convolutions");
 }
@@ -103,13 +95,13 @@ Conv2dShape conv_shape(const ArrayView& x, const ArrayView& w, Pair stride, Pair
 
 py::object conv2d_forward(py::handle x_obj, py::handle w_obj, py::handle b_obj, Pair stride, Pair padding,
                           Pair dilation, int64_t groups, bool allow_tf32, uintptr_t stream, const std::string& layout) {
-  const bool nhwc = parse_layout(layout);
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const ArrayView w = view_floating(w_obj, ArgName{"w"}, false);
   require_same_device(x, ArgName{"x"}, w, ArgName{"w"});
   require_same_dtype(x, ArgName{"x"}, w, ArgName{"w"});
+  const bool nhwc = nhwc_layout(layout, x.device);
   const Conv2dShape s = conv_shape(x, w, stride, padding, dilation, groups, nhwc);
-  require_nhwc_ok(nhwc, x, groups);
+  require_nhwc_groups(nhwc, groups);
   const void* b = nullptr;
   if (!b_obj.is_none()) {
     const ArrayView bv = view_floating(b_obj, ArgName{"b"}, false);
@@ -153,7 +145,6 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
                           Pair dilation, int64_t groups, bool need_dx, bool need_dw, bool need_db, bool allow_tf32,
                           uintptr_t stream, py::handle dw_out, py::handle db_out, bool accumulate,
                           const std::string& layout) {
-  const bool nhwc = parse_layout(layout);
   const ArrayView dy = view_floating(dy_obj, ArgName{"dy"}, false);
   const ArrayView x = view_floating(x_obj, ArgName{"x"}, false);
   const ArrayView w = view_floating(w_obj, ArgName{"w"}, false);
@@ -161,8 +152,9 @@ py::tuple conv2d_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
   require_same_device(x, ArgName{"x"}, dy, ArgName{"dy"});
   require_same_dtype(x, ArgName{"x"}, w, ArgName{"w"});
   require_same_dtype(x, ArgName{"x"}, dy, ArgName{"dy"});
+  const bool nhwc = nhwc_layout(layout, x.device);
   const Conv2dShape s = conv_shape(x, w, stride, padding, dilation, groups, nhwc);
-  require_nhwc_ok(nhwc, x, groups);
+  require_nhwc_groups(nhwc, groups);
   const std::vector<int64_t> yshape = nhwc ? std::vector<int64_t>{s.N, s.P, s.Q, s.K}
                                            : std::vector<int64_t>{s.N, s.K, s.P, s.Q};
   if (dy.shape != yshape)

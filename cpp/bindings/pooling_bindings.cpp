@@ -75,14 +75,6 @@ Pool2dShape pool_shape(const std::vector<int64_t>& in, const char* name, Pair ke
   return s;
 }
 
-// max pool's layout argument: true for "nhwc" (CPU only: a ValueError names layout on a GPU).
-bool nhwc_layout(const std::string& layout, int device) {
-  if (layout != "nchw" && layout != "nhwc") raise_value("layout: expected 'nchw' or 'nhwc', got '" + layout + "'");
-  if (layout == "nhwc" && device != kCPU)
-    raise_value("layout: 'nhwc' runs on the CPU only; the arrays are on cuda:" + std::to_string(device));
-  return layout == "nhwc";
-}
-
 // shape in its layout (NHWC: (N, H, W, C)) as (N, C, H, W), for pool_shape.
 std::vector<int64_t> as_nchw(const std::vector<int64_t>& shape, const char* name, bool nhwc) {
   if (!nhwc) return shape;

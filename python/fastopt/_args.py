@@ -128,6 +128,11 @@ def choice(v, name, options):
     return v
 
 
+def layout(v):
+    """An image op's memory layout: "nchw" or "nhwc" (channels_last)."""
+    return choice(v, "layout", ("nchw", "nhwc"))
+
+
 def stream(v):
     """A CUDA stream handle: an integer >= 0 (0 is the legacy default stream)."""
     return uint64(v, "stream")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .. import _C
-from .._args import boolean, choice, flags, integer, pair, stream as _stream
+from .._args import boolean, flags, integer, layout as _layout_arg, pair, stream as _stream
 from .._types import Array, IntPair, Stream
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
@@ -26,10 +26,6 @@ __all__ = ["conv2d_forward", "conv2d_backward"]
 
 def _hyper(stride, padding, dilation, groups):
     return pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"), integer(groups, "groups")
-
-
-def _layout(layout):
-    return choice(layout, "layout", ("nchw", "nhwc"))
 
 
 def conv2d_forward(
@@ -59,7 +55,7 @@ def conv2d_forward(
         *_hyper(stride, padding, dilation, groups),
         boolean(allow_tf32, "allow_tf32"),
         _stream(stream),
-        _layout(layout),
+        _layout_arg(layout),
     )
 
 
@@ -103,6 +99,6 @@ def conv2d_backward(
             dw_out,
             db_out,
             boolean(accumulate, "accumulate"),
-            _layout(layout),
+            _layout_arg(layout),
         )
     )

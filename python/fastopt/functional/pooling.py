@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .. import _C
-from .._args import boolean, choice, pair, shape, stream as _stream
+from .._args import boolean, layout as _layout_arg, pair, shape, stream as _stream
 from .._types import Array, IntPair, Stream
 
 __all__ = [
@@ -43,10 +43,6 @@ def _shape(input_shape):
     return shape(input_shape, "input_shape", ints_ok=False)
 
 
-def _layout(layout):
-    return choice(layout, "layout", ("nchw", "nhwc"))
-
-
 def max_pool2d_forward(
     x: Array,
     kernel_size: IntPair,
@@ -64,7 +60,7 @@ def max_pool2d_forward(
     layout="nhwc" (CPU only): x is (N, H, W, C) and y, indices are (N, P, Q, C).
     """
     k, s, p = _hyper(kernel_size, stride, padding)
-    return tuple(_C.max_pool2d_forward(x, k, s, p, _stream(stream), _layout(layout)))
+    return tuple(_C.max_pool2d_forward(x, k, s, p, _stream(stream), _layout_arg(layout)))
 
 
 def max_pool2d_backward(
@@ -85,7 +81,7 @@ def max_pool2d_backward(
     layout="nhwc" (CPU only): input_shape is (N, H, W, C), dy and indices (N, P, Q, C).
     """
     k, s, p = _hyper(kernel_size, stride, padding)
-    return _C.max_pool2d_backward(dy, indices, _shape(input_shape), k, s, p, _stream(stream), _layout(layout))
+    return _C.max_pool2d_backward(dy, indices, _shape(input_shape), k, s, p, _stream(stream), _layout_arg(layout))
 
 
 def global_avg_pool_forward(x: Array, stream: Stream = 0) -> Array:
